@@ -190,13 +190,52 @@ def test_alpha_gates_start_near_the_shortcut():
     assert gates and all(abs(g.item() + 2.5) < 1e-7 for g in gates)
 
 
-def test_upblock_projection_before_upsampling_is_exact():
-    """The shortcut projects then upsamples; the spec's upsample-then-project order gives the same."""
+def reference_encoder_block(block, x):
+    """The spec's EncoderBlock written plainly with the block's own modules."""
     import torch.nn.functional as F
+
+    shortcut = F.avg_pool3d(x, 2) if block.downsample else x
+    return block.gate(block.projection(shortcut), block.residual(x))
+
+
+def reference_up_block(block, x):
+    """The spec's UpBlock written plainly: upsample, then project; ConvTranspose3d module."""
+    import torch.nn.functional as F
+
+    shortcut = block.projection(F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False))
+    return block.gate(shortcut, block.residual(x))
+
+
+@pytest.mark.parametrize("in_channels,out_channels,downsample", [(4, 16, False), (16, 32, True), (8, 8, False)])
+def test_fused_encoder_block_equals_the_plain_formula(in_channels, out_channels, downsample):
+    from TokenUNetSegmentLib.model.blocks import EncoderBlock
+
+    block = EncoderBlock(in_channels, out_channels, downsample=downsample)
+    block.gate.alpha.data.fill_(0.3)
+    x = torch.randn(2, in_channels, 8, 12, 16)
+    torch.testing.assert_close(block(x), reference_encoder_block(block, x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("in_channels,out_channels", [(16, 8), (8, 8)])
+def test_fused_up_block_equals_the_plain_formula(in_channels, out_channels):
+    from TokenUNetSegmentLib.model.blocks import UpBlock
+
+    block = UpBlock(in_channels, out_channels)
+    block.gate.alpha.data.fill_(-0.4)
+    with torch.no_grad():
+        block.residual[4].bias.normal_()
+    x = torch.randn(2, in_channels, 4, 6, 8)
+    torch.testing.assert_close(block(x), reference_up_block(block, x), atol=1e-5, rtol=1e-5)
+
+
+def test_fused_blocks_have_the_plain_gradients():
     from TokenUNetSegmentLib.model.blocks import UpBlock
 
     block = UpBlock(8, 4)
-    x = torch.randn(1, 8, 4, 6, 8)
-    spec_order = block.projection(F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False))
-    ours = F.interpolate(block.projection(x), scale_factor=2, mode="trilinear", align_corners=False)
-    torch.testing.assert_close(ours, spec_order, atol=1e-5, rtol=1e-5)
+    x = torch.randn(1, 8, 4, 4, 4)
+    block(x).square().sum().backward()
+    fused = {n: p.grad.clone() for n, p in block.named_parameters()}
+    block.zero_grad()
+    reference_up_block(block, x).square().sum().backward()
+    for name, parameter in block.named_parameters():
+        torch.testing.assert_close(fused[name], parameter.grad, atol=1e-4, rtol=1e-4)

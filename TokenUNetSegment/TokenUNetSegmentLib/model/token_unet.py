@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .blocks import EncoderBlock, UpBlock
+from .fused_ops import pointwise
 from .token_processors import PROCESSORS, build_token_processor
 from .tokens import TokenFuser3D, TokenLearner3D, normalize_voxels
 
@@ -153,15 +154,16 @@ class TokenUNet(nn.Module):
             raise ValueError("this network has no tokens (NoToken), so it has no attention maps to return.")
         skips = []
         x = self.input_norm(x)
-        for stage in self.encoder:
+        for index, stage in enumerate(self.encoder):
             x = stage(x)
-            skips.append(x)
+            # The full-resolution map is a skip only on request: not holding it saves memory.
+            skips.append(x if index or self.full_resolution_skip else None)
         x, maps = self._tokenize(x) if self.has_tokens else (x, None)
         for stage, skip in zip(self.decoder, reversed(skips[:-1]), strict=True):
             x = stage(x)
-            if stage is not self.decoder[-1] or self.full_resolution_skip:
-                x = x + skip
-        logits = self.head(x)
+            if skip is not None:
+                x = x.add_(skip)
+        logits = pointwise(x, self.head.weight.flatten(1), self.head.bias)
         return (logits, maps) if return_attention else logits
 
     def _tokenize(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
