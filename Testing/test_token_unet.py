@@ -239,3 +239,14 @@ def test_fused_blocks_have_the_plain_gradients():
     reference_up_block(block, x).square().sum().backward()
     for name, parameter in block.named_parameters():
         torch.testing.assert_close(fused[name], parameter.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_transposed_accumulation_in_slabs_equals_conv_transpose():
+    from TokenUNetSegmentLib.model.fused_ops import accumulate_transposed_k2s2
+
+    conv = torch.nn.ConvTranspose3d(6, 3, 2, stride=2, bias=False)
+    x = torch.randn(2, 6, 5, 3, 4)
+    base = torch.randn(2, 3, 10, 6, 8)
+    expected = base + conv(x)
+    for chunk in (1, 3 * 8 * 3 * 4 * 2, 10**9):  # one depth slice, two slices, everything at once
+        torch.testing.assert_close(accumulate_transposed_k2s2(base.clone(), x, conv.weight, chunk), expected)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+_CHUNK_ELEMENTS = 1 << 22  # 16 MB of float32 per temporary slab
+
 
 def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``Conv3d(k=1)`` of ``x`` (B, C, *S) with ``weight`` (O, C) and ``bias`` (O,) as a matrix product."""
@@ -35,17 +37,29 @@ def accumulate_pointwise(out: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
     return out
 
 
-def accumulate_transposed_k2s2(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``out += ConvTranspose3d(k=2, s=2, no bias)(x)`` in place.
+def accumulate_transposed_k2s2(
+    out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, chunk_elements: int = _CHUNK_ELEMENTS
+) -> torch.Tensor:
+    """``out += ConvTranspose3d(k=2, s=2, no bias)(x)`` in place, a slab of input depth at a time.
+
+    Working in slabs bounds the temporary block tensor to about ``chunk_elements`` values instead
+    of a second full-resolution map.
 
     Args:
         out: (B, O, 2D, 2H, 2W) fresh contiguous tensor.
         x: (B, C, D, H, W).
         weight: (C, O, 2, 2, 2), the ConvTranspose3d weight layout.
+        chunk_elements: largest temporary, in values.
     """
     batch, channels, depth, height, width = x.shape
     out_channels = weight.shape[1]
-    blocks = torch.matmul(weight.reshape(channels, out_channels * 8).t(), x.reshape(batch, channels, -1))
-    blocks = blocks.view(batch, out_channels, 2, 2, 2, depth, height, width).permute(0, 1, 5, 2, 6, 3, 7, 4)
-    out.view(batch, out_channels, depth, 2, height, 2, width, 2).add_(blocks)
+    matrix = weight.reshape(channels, out_channels * 8).t()
+    slab = max(1, min(depth, chunk_elements // max(1, out_channels * 8 * height * width)))
+    target = out.view(batch, out_channels, depth, 2, height, 2, width, 2)
+    for index in range(batch):
+        for start in range(0, depth, slab):
+            stop = min(depth, start + slab)
+            blocks = torch.mm(matrix, x[index, :, start:stop].reshape(channels, -1))
+            blocks = blocks.view(out_channels, 2, 2, 2, stop - start, height, width).permute(0, 4, 1, 5, 2, 6, 3)
+            target[index, :, start:stop].add_(blocks)
     return out
