@@ -215,7 +215,8 @@ def test_gradients_reach_every_parameter():
 
 
 def test_gru_and_rnn_cells_build_and_change_the_count():
-    counts = {cell: count(build_on_meta("MetaUNETR-recurrence", recurrent_cell=cell)) for cell in ("lstm", "gru", "rnn")}
+    cells = ("lstm", "gru", "rnn")
+    counts = {cell: count(build_on_meta("MetaUNETR-recurrence", recurrent_cell=cell)) for cell in cells}
     assert counts["lstm"] > counts["gru"] > counts["rnn"]
 
 
