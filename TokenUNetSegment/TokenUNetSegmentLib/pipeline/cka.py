@@ -6,11 +6,14 @@ ICML 2019. Linear CKA of X (n, p) and Y (n, q), both centred over the n samples,
 ``||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)``: 1 for identical representations, invariant to orthogonal
 transforms and isotropic scaling of either side, near 0 for independent ones.
 
-Samples and features: one sample is one input volume. By default (``pooling="flatten"``) a stage's
-feature vector for a sample is its whole map flattened (channels x positions), so spatial layout
-counts and stages of different resolutions compare directly; ``pooling="mean"`` averages over
-positions first (channels only, invariant to where things are). Use more samples than a handful:
-with n samples, independent random features still give a CKA around p / n for small n.
+Samples and features (``pooling``): by default (``"positions"``) every stage map is average-pooled to
+the coarsest stage grid of the two networks, and each position of that grid in each input is one
+sample whose features are the stage's channels; so stages of different resolutions and widths
+compare on the same samples, and many samples come from few inputs. ``"flatten"`` makes each input
+one sample with its whole map as features (needs many real inputs: with a few random inputs the
+Gram matrices are near-identity and every CKA comes out near 1); ``"mean"`` makes each input one
+sample with its channel means as features. Independent features of p dimensions over n samples
+still give a CKA of about p / n, so use n well above the feature count for a meaningful zero.
 
 Command line::
 
@@ -28,11 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..model import build_network, network_names
 
-POOLINGS = ("flatten", "mean")
+POOLINGS = ("positions", "flatten", "mean")
 
 
 def _as_matrix(features, name: str) -> torch.Tensor:
@@ -65,40 +69,79 @@ def linear_cka(x, y) -> float:
     return float(cross / denominator)
 
 
-def stage_feature_matrices(
-    network: nn.Module, inputs: Sequence[torch.Tensor], pooling: str = "flatten"
-) -> list[torch.Tensor]:
-    """The (n_samples, features) matrix of every encoder stage of ``network`` (``network.stage_features``).
+def stage_maps(network: nn.Module, inputs: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Every encoder stage's map for every input: ``maps[stage][sample]`` is (1, C, h, w, d).
 
     Args:
-        network: a network with ``stage_features(x) -> list of (1, C, h, w, d) maps``.
-        inputs: the samples, each (1, in_channels, H, W, D); run one at a time, in eval mode.
-        pooling: ``"flatten"`` (whole map per sample) or ``"mean"`` (average over positions).
+        network: a network with ``stage_features(x) -> list of (1, C, h, w, d) maps``; run in eval mode.
+        inputs: the samples, each (1, in_channels, H, W, D), run one at a time.
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling '{pooling}'; choose one of {', '.join(POOLINGS)}.")
     if not hasattr(network, "stage_features"):
         raise ValueError(f"{type(network).__name__} has no stage_features method, so CKA cannot compare its stages.")
     network.eval()
-    per_stage: list[list[torch.Tensor]] = []
+    maps: list[list[torch.Tensor]] = []
     with torch.inference_mode():
         for x in inputs:
             for index, feature in enumerate(network.stage_features(x)):
-                row = feature.flatten(2).mean(dim=2) if pooling == "mean" else feature.flatten(1)
-                if index == len(per_stage):
-                    per_stage.append([])
-                per_stage[index].append(row.to(torch.float64))
-    return [torch.cat(rows) for rows in per_stage]
+                if index == len(maps):
+                    maps.append([])
+                maps[index].append(feature.float())
+    return maps
+
+
+def coarsest_grid(*networks_maps: list[list[torch.Tensor]]) -> tuple[int, int, int]:
+    """The smallest stage grid, axis by axis, over all stages of all networks."""
+    shapes = [stage[0].shape[2:] for maps in networks_maps for stage in maps]
+    return tuple(min(shape[axis] for shape in shapes) for axis in range(3))
+
+
+def to_matrix(maps: Sequence[torch.Tensor], pooling: str = "positions", grid: Sequence[int] | None = None):
+    """One stage's (n_samples, features) matrix from its maps (one (1, C, h, w, d) map per input).
+
+    ``positions``: each map is average-pooled to ``grid`` and every grid position of every input is a
+    sample with the C channels as features; ``flatten``: one sample per input, its whole map as
+    features; ``mean``: one sample per input, its channel means as features.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling '{pooling}'; choose one of {', '.join(POOLINGS)}.")
+    if pooling == "flatten":
+        rows = [m.flatten(1) for m in maps]
+    elif pooling == "mean":
+        rows = [m.flatten(2).mean(dim=2) for m in maps]
+    else:
+        if grid is None:
+            raise ValueError("pooling 'positions' needs the common grid of the stages to compare.")
+        rows = [F.adaptive_avg_pool3d(m, tuple(grid)).flatten(2).transpose(1, 2).flatten(0, 1) for m in maps]
+    return torch.cat(rows).to(torch.float64)
+
+
+def stage_feature_matrices(
+    network: nn.Module, inputs: Sequence[torch.Tensor], pooling: str = "positions", grid=None
+) -> list[torch.Tensor]:
+    """The (n_samples, features) matrix of every encoder stage (see :func:`to_matrix`).
+
+    For ``positions`` the grid defaults to the network's own coarsest stage grid.
+    """
+    maps = stage_maps(network, inputs)
+    grid = grid or coarsest_grid(maps)
+    return [to_matrix(stage, pooling, grid) for stage in maps]
 
 
 def cka_matrix(
-    network_a: nn.Module, network_b: nn.Module, inputs: Sequence[torch.Tensor], pooling: str = "flatten"
+    network_a: nn.Module, network_b: nn.Module, inputs: Sequence[torch.Tensor], pooling: str = "positions"
 ) -> np.ndarray:
-    """The stage x stage linear CKA matrix between two networks on the same inputs (rows: stages of ``a``)."""
+    """The stage x stage linear CKA matrix between two networks on the same inputs (rows: stages of ``a``).
+
+    With ``positions`` every stage of both networks is pooled to the coarsest stage grid of the two.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling '{pooling}'; choose one of {', '.join(POOLINGS)}.")
     if len(inputs) < 2:
         raise ValueError("CKA needs at least 2 input samples.")
-    features_a = stage_feature_matrices(network_a, inputs, pooling)
-    features_b = stage_feature_matrices(network_b, inputs, pooling)
+    maps_a, maps_b = stage_maps(network_a, inputs), stage_maps(network_b, inputs)
+    grid = coarsest_grid(maps_a, maps_b)
+    features_a = [to_matrix(stage, pooling, grid) for stage in maps_a]
+    features_b = [to_matrix(stage, pooling, grid) for stage in maps_b]
     return np.array([[linear_cka(fa, fb) for fb in features_b] for fa in features_a])
 
 
@@ -165,7 +208,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--in-channels", type=int, default=1, help="input channels of both networks (default 1)")
     parser.add_argument("--size", type=int, default=64, help="side of the cubic random inputs (default 64)")
     parser.add_argument("--samples", type=int, default=8, help="number of input samples (default 8)")
-    parser.add_argument("--pooling", choices=POOLINGS, default="flatten", help="stage feature per sample")
+    parser.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default="positions",
+        help="what a sample is: a position of the coarsest stage grid (default), or a whole input (flatten, mean)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default 0)")
     parser.add_argument("--a-option", action="append", metavar="NAME=VALUE", help="constructor option of --a")
     parser.add_argument("--b-option", action="append", metavar="NAME=VALUE", help="constructor option of --b")
