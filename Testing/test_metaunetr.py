@@ -182,8 +182,8 @@ def test_network_follows_the_product_conventions():
     net = build_network("MetaUNETR-conv", 2, 3, **SMALL)
     assert isinstance(net, MetaUNETR)
     assert (net.in_channels, net.out_channels, net.size_multiple, net.has_tokens) == (2, 3, 32, False)
-    assert net.fixed_size is None
-    assert build_network("MetaUNETR-global_filter", 1, 2, **SMALL).fixed_size == (32, 32, 64)
+    assert net.fixed_patch_size is None
+    assert build_network("MetaUNETR-global_filter", 1, 2, **SMALL).fixed_patch_size == (32, 32, 64)
 
 
 @pytest.mark.parametrize("mixer", [m for m in MIXERS if m != "permute_mlp"])

@@ -56,6 +56,10 @@ class MetaUNETR(nn.Module):
     Spatial sizes of the input must be multiples of 32 (``size_multiple``), and not 32 in all three axes
     (the 1/32 bottleneck needs at least two voxels for the decoder's instance norm, as in SwinUNETR).
 
+    Attributes:
+        fixed_patch_size: the only input size (H, W, D) accepted by ``permute_mlp`` and ``global_filter``
+            networks (their ``img_size``); None for the mixers that accept any valid size.
+
     Examples::
 
         net = MetaUNETR(in_channels=1, out_channels=14, mixer="recurrence", feature_size=24)
@@ -91,7 +95,7 @@ class MetaUNETR(nn.Module):
             raise ValueError("recurrent_hidden and num_heads must give one value per stage (4 values).")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.mixer, self.feature_size = mixer, feature_size
-        self.fixed_size = img_size if mixer in FIXED_SIZE_MIXERS else None
+        self.fixed_patch_size = img_size if mixer in FIXED_SIZE_MIXERS else None
 
         f = feature_size
         self.encoder = MetaFormerEncoder(
@@ -100,7 +104,7 @@ class MetaUNETR(nn.Module):
             mixer,
             tuple(depths),
             mlp_ratio,
-            self.fixed_size,
+            self.fixed_patch_size,
             tuple(recurrent_hidden),
             recurrent_cell,
             tuple(num_heads),
@@ -164,9 +168,9 @@ class MetaUNETR(nn.Module):
             )
         if size == (multiple,) * 3:
             raise ValueError(_SINGLE_VOXEL.format(size=size))
-        if self.fixed_size is not None and size != self.fixed_size:
+        if self.fixed_patch_size is not None and size != self.fixed_patch_size:
             raise ValueError(
-                f"this MetaUNETR-{self.mixer} network was built for inputs of size {self.fixed_size} "
+                f"this MetaUNETR-{self.mixer} network was built for inputs of size {self.fixed_patch_size} "
                 f"(its {self.mixer} weights are tied to that size), got {size}; use patches of that size "
                 "(e.g. a sliding window) or build the network with a matching img_size."
             )
