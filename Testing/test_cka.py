@@ -50,6 +50,19 @@ def test_cka_of_independent_random_features_is_near_zero():
     assert linear_cka(x, y) < 0.02
 
 
+def test_debiased_cka_is_near_zero_for_independent_features_where_the_plain_one_is_not():
+    generator = torch.Generator().manual_seed(2)
+    x, y = torch.randn(50, 20, generator=generator), torch.randn(50, 20, generator=generator)
+    assert linear_cka(x, y) > 0.2  # the known bias of about p / n
+    assert abs(linear_cka(x, y, debiased=True)) < 0.05
+    assert linear_cka(x, x, debiased=True) == pytest.approx(1.0, abs=1e-12)
+    q = random_orthogonal(20).float()
+    related = y + x
+    assert linear_cka(3.0 * x @ q, related, debiased=True) == pytest.approx(linear_cka(x, related, debiased=True))
+    with pytest.raises(ValueError, match="at least 4 samples when debiased"):
+        linear_cka(x[:3], y[:3], debiased=True)
+
+
 def test_cka_is_symmetric_and_accepts_numpy():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(30, 4)), rng.normal(size=(30, 9))
@@ -97,14 +110,15 @@ def test_samples_are_positions_of_the_coarsest_grid_or_whole_inputs():
 
 def test_cli_compares_two_families_and_saves_json_and_heatmap(tmp_path, capsys):
     out = tmp_path / "cka"
-    argv = [*TINY_TOKEN_UNET, *TINY_METAUNETR, "--size", "64", "--samples", "3", "--out", str(out)]
+    argv = [*TINY_TOKEN_UNET, *TINY_METAUNETR, "--size", "64", "--samples", "3", "--out", str(out), "--debiased"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "linear CKA (positions, 3 samples of 64^3): rows NoToken, columns MetaUNETR-conv" in printed
+    assert "debiased linear CKA (positions, 3 samples of 64^3): rows NoToken, columns MetaUNETR-conv" in printed
     record = json.loads((out / "cka.json").read_text())
     assert (record["a"], record["b"], record["samples"], record["size"]) == ("NoToken", "MetaUNETR-conv", 3, 64)
     matrix = np.array(record["matrix"])
     assert matrix.shape == (4, 4) and np.isfinite(matrix).all() and (matrix <= 1 + 1e-9).all()
+    assert record["debiased"] is True and record["pooling"] == "positions"
     assert (out / "cka.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

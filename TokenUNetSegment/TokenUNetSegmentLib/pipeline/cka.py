@@ -46,27 +46,50 @@ def _as_matrix(features, name: str) -> torch.Tensor:
     return matrix.detach().to("cpu", torch.float64)
 
 
-def linear_cka(x, y) -> float:
+def linear_cka(x, y, debiased: bool = False) -> float:
     """Linear CKA of two (n_samples, features) matrices (torch or numpy) with the same samples in the same order.
 
+    Args:
+        x, y: the two representations, (n, p) and (n, q).
+        debiased: use the unbiased HSIC estimator (Song et al. 2012), whose value for independent
+            features is near 0 even when the feature count is not small against n (it can then be
+            slightly negative); needs at least 4 samples.
+
     Raises:
-        ValueError: not 2D, different sample counts, fewer than 2 samples, or a constant representation.
+        ValueError: not 2D, different sample counts, too few samples, or a constant representation.
     """
     x, y = _as_matrix(x, "x"), _as_matrix(y, "y")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y must have the same number of samples, got {x.shape[0]} and {y.shape[0]}.")
-    if x.shape[0] < 2:
-        raise ValueError("CKA needs at least 2 samples.")
+    n = x.shape[0]
+    if n != y.shape[0]:
+        raise ValueError(f"x and y must have the same number of samples, got {n} and {y.shape[0]}.")
+    if n < (4 if debiased else 2):
+        raise ValueError(f"CKA needs at least {4 if debiased else 2} samples{' when debiased' if debiased else ''}.")
     x, y = x - x.mean(dim=0), y - y.mean(dim=0)
-    if x.shape[0] <= max(x.shape[1], y.shape[1]):  # kernel (Gram) form: n x n
+    if debiased:
+        gram_x, gram_y = x @ x.T, y @ y.T
+        cross, self_x, self_y = (
+            _unbiased_hsic(gram_x, gram_y),
+            _unbiased_hsic(gram_x, gram_x),
+            _unbiased_hsic(gram_y, gram_y),
+        )
+    elif n <= max(x.shape[1], y.shape[1]):  # kernel (Gram) form: n x n
         gram_x, gram_y = x @ x.T, y @ y.T
         cross, self_x, self_y = (gram_x * gram_y).sum(), gram_x.square().sum(), gram_y.square().sum()
     else:  # feature form: p x q
         cross, self_x, self_y = (y.T @ x).square().sum(), (x.T @ x).square().sum(), (y.T @ y).square().sum()
-    denominator = torch.sqrt(self_x * self_y)
-    if denominator == 0:
+    if self_x <= 0 or self_y <= 0:
         raise ValueError("CKA is undefined for a representation that is constant over the samples.")
-    return float(cross / denominator)
+    return float(cross / torch.sqrt(self_x * self_y))
+
+
+def _unbiased_hsic(gram_x: torch.Tensor, gram_y: torch.Tensor) -> torch.Tensor:
+    """Unbiased HSIC estimator of two n x n Gram matrices (up to a constant factor)."""
+    n = gram_x.shape[0]
+    gram_x, gram_y = gram_x - torch.diag(gram_x.diagonal()), gram_y - torch.diag(gram_y.diagonal())
+    trace = (gram_x * gram_y).sum()
+    sums = gram_x.sum() * gram_y.sum() / ((n - 1) * (n - 2))
+    cross = 2.0 * (gram_x.sum(dim=0) @ gram_y.sum(dim=1)) / (n - 2)
+    return (trace + sums - cross) / (n * (n - 3))
 
 
 def stage_maps(network: nn.Module, inputs: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -128,7 +151,11 @@ def stage_feature_matrices(
 
 
 def cka_matrix(
-    network_a: nn.Module, network_b: nn.Module, inputs: Sequence[torch.Tensor], pooling: str = "positions"
+    network_a: nn.Module,
+    network_b: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    pooling: str = "positions",
+    debiased: bool = False,
 ) -> np.ndarray:
     """The stage x stage linear CKA matrix between two networks on the same inputs (rows: stages of ``a``).
 
@@ -142,7 +169,7 @@ def cka_matrix(
     grid = coarsest_grid(maps_a, maps_b)
     features_a = [to_matrix(stage, pooling, grid) for stage in maps_a]
     features_b = [to_matrix(stage, pooling, grid) for stage in maps_b]
-    return np.array([[linear_cka(fa, fb) for fb in features_b] for fa in features_a])
+    return np.array([[linear_cka(fa, fb, debiased) for fb in features_b] for fa in features_a])
 
 
 def _literal(text: str):
@@ -214,6 +241,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default="positions",
         help="what a sample is: a position of the coarsest stage grid (default), or a whole input (flatten, mean)",
     )
+    parser.add_argument("--debiased", action="store_true", help="unbiased HSIC estimator (near 0 when unrelated)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default 0)")
     parser.add_argument("--a-option", action="append", metavar="NAME=VALUE", help="constructor option of --a")
     parser.add_argument("--b-option", action="append", metavar="NAME=VALUE", help="constructor option of --b")
@@ -238,9 +266,10 @@ def run(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     shape = (1, args.in_channels, args.size, args.size, args.size)
     inputs = [torch.randn(shape, generator=generator) for _ in range(args.samples)]
-    matrix = cka_matrix(network_a, network_b, inputs, args.pooling)
+    matrix = cka_matrix(network_a, network_b, inputs, args.pooling, args.debiased)
 
-    print(f"linear CKA ({args.pooling}, {args.samples} samples of {args.size}^3): rows {args.a}, columns {args.b}")
+    kind = "debiased linear CKA" if args.debiased else "linear CKA"
+    print(f"{kind} ({args.pooling}, {args.samples} samples of {args.size}^3): rows {args.a}, columns {args.b}")
     print("stage " + "".join(f"{j + 1:>8d}" for j in range(matrix.shape[1])))
     for i, row in enumerate(matrix):
         print(f"{i + 1:>5d} " + "".join(f"{value:8.3f}" for value in row))
@@ -254,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
         "size": args.size,
         "samples": args.samples,
         "pooling": args.pooling,
+        "debiased": args.debiased,
         "seed": args.seed,
         "matrix": matrix.tolist(),
     }
