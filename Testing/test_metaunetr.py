@@ -151,6 +151,9 @@ def test_selective_scan_matches_the_recurrence_written_step_by_step():
     expected = naive_scan(u, delta, A, B, C, D, z, bias)
     actual = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True)
     torch.testing.assert_close(actual, expected)
+    with torch.no_grad():  # the in-place inference path
+        actual = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True)
+    torch.testing.assert_close(actual, expected)
 
 
 def test_mamba_on_cpu_is_deterministic_and_causal():
