@@ -63,7 +63,8 @@ class MetaUNETR(nn.Module):
     Examples::
 
         net = MetaUNETR(in_channels=1, out_channels=14, mixer="recurrence", feature_size=24)
-        logits = net(torch.randn(1, 1, 96, 96, 96))  # (1, 14, 96, 96, 96)
+        x = torch.randn(1, 1, 96, 96, 96)
+        logits = net(x)  # (1, 14, 96, 96, 96)
         features = net.stage_features(x)  # 4 maps: (1, 24, 48^3), (1, 48, 24^3), (1, 96, 12^3), (1, 192, 6^3)
     """
 

@@ -72,7 +72,7 @@ class PermuteMLP(nn.Module):
         if dim % segment_dim:
             raise ValueError(
                 f"permute_mlp needs the stage width ({dim}) to be divisible by its grid side ({segment_dim}); "
-                "use a larger feature_size or a smaller img_size."
+                "choose feature_size and img_size so that every stage width is (e.g. feature_size=48, img_size=96)."
             )
         self.segment_dim = segment_dim
         self.mlp_h = nn.Linear(dim, dim, bias=qkv_bias)
