@@ -1,6 +1,15 @@
 """Layer 1, the networks: torch, einops and monai.networks only (no transforms, I/O, Slicer or Qt)."""
 
+from .metaunetr import METAUNETR_NAMES, MetaUNETR
 from .registry import TOKEN_UNET_VARIANTS, build_network, network_names, register_network
 from .token_unet import TokenUNet
 
-__all__ = ["TOKEN_UNET_VARIANTS", "TokenUNet", "build_network", "network_names", "register_network"]
+__all__ = [
+    "METAUNETR_NAMES",
+    "TOKEN_UNET_VARIANTS",
+    "MetaUNETR",
+    "TokenUNet",
+    "build_network",
+    "network_names",
+    "register_network",
+]

@@ -166,6 +166,16 @@ class TokenUNet(nn.Module):
         logits = pointwise(x, self.head.weight.flatten(1), self.head.bias)
         return (logits, maps) if return_attention else logits
 
+    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs of the encoder stages (channels-first), for analysis (CKA)."""
+        self.check_input(x)
+        features = []
+        x = self.input_norm(x)
+        for stage in self.encoder:
+            x = stage(x)
+            features.append(x)
+        return features
+
     def _tokenize(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """TokenLearner -> processor -> TokenFuser on the bottleneck map; returns the map and maps."""
         grid = x.shape[2:]

@@ -1,0 +1,312 @@
+"""Linear Centered Kernel Alignment (CKA) between the encoder stages of two networks (MetaUNETR's analysis).
+
+Reference: Kornblith, Norouzi, Lee, Hinton, "Similarity of Neural Network Representations Revisited",
+ICML 2019. Linear CKA of X (n, p) and Y (n, q), both centred over the n samples, is
+``HSIC(X, Y) / sqrt(HSIC(X, X) HSIC(Y, Y))`` with the linear kernel, i.e.
+``||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)``: 1 for identical representations, invariant to orthogonal
+transforms and isotropic scaling of either side, near 0 for independent ones.
+
+Samples and features (``pooling``): by default (``"positions"``) every stage map is average-pooled to
+the coarsest stage grid of the two networks, and each position of that grid in each input is one
+sample whose features are the stage's channels; so stages of different resolutions and widths
+compare on the same samples, and many samples come from few inputs. ``"flatten"`` makes each input
+one sample with its whole map as features (needs many real inputs: with a few random inputs the
+Gram matrices are near-identity and every CKA comes out near 1); ``"mean"`` makes each input one
+sample with its channel means as features. Independent features of p dimensions over n samples
+still give a CKA of about p / n, so use n well above the feature count for a meaningful zero.
+
+Command line::
+
+    python -m TokenUNetSegmentLib.pipeline.cka --a MetaUNETR-conv --b MetaUNETR-recurrence --size 64 --out cka
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model import build_network, network_names
+
+POOLINGS = ("positions", "flatten", "mean")
+
+
+def _as_matrix(features, name: str) -> torch.Tensor:
+    matrix = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
+    if matrix.ndim != 2:
+        raise ValueError(f"{name} must be a 2D (samples, features) matrix, got shape {tuple(matrix.shape)}.")
+    return matrix.detach().to("cpu", torch.float64)
+
+
+def linear_cka(x, y, debiased: bool = False) -> float:
+    """Linear CKA of two (n_samples, features) matrices (torch or numpy) with the same samples in the same order.
+
+    Args:
+        x, y: the two representations, (n, p) and (n, q).
+        debiased: use the unbiased HSIC estimator (Song et al. 2012), whose value for independent
+            features is near 0 even when the feature count is not small against n (it can then be
+            slightly negative); needs at least 4 samples.
+
+    Raises:
+        ValueError: not 2D, different sample counts, too few samples, or a constant representation.
+    """
+    x, y = _as_matrix(x, "x"), _as_matrix(y, "y")
+    n = x.shape[0]
+    if n != y.shape[0]:
+        raise ValueError(f"x and y must have the same number of samples, got {n} and {y.shape[0]}.")
+    if n < (4 if debiased else 2):
+        raise ValueError(f"CKA needs at least {4 if debiased else 2} samples{' when debiased' if debiased else ''}.")
+    x, y = x - x.mean(dim=0), y - y.mean(dim=0)
+    if debiased:
+        gram_x, gram_y = x @ x.T, y @ y.T
+        cross, self_x, self_y = (
+            _unbiased_hsic(gram_x, gram_y),
+            _unbiased_hsic(gram_x, gram_x),
+            _unbiased_hsic(gram_y, gram_y),
+        )
+    elif n <= max(x.shape[1], y.shape[1]):  # kernel (Gram) form: n x n
+        gram_x, gram_y = x @ x.T, y @ y.T
+        cross, self_x, self_y = (gram_x * gram_y).sum(), gram_x.square().sum(), gram_y.square().sum()
+    else:  # feature form: p x q
+        cross, self_x, self_y = (y.T @ x).square().sum(), (x.T @ x).square().sum(), (y.T @ y).square().sum()
+    if self_x <= 0 or self_y <= 0:
+        raise ValueError("CKA is undefined for a representation that is constant over the samples.")
+    return float(cross / torch.sqrt(self_x * self_y))
+
+
+def _unbiased_hsic(gram_x: torch.Tensor, gram_y: torch.Tensor) -> torch.Tensor:
+    """Unbiased HSIC estimator of two n x n Gram matrices (up to a constant factor)."""
+    n = gram_x.shape[0]
+    gram_x, gram_y = gram_x - torch.diag(gram_x.diagonal()), gram_y - torch.diag(gram_y.diagonal())
+    trace = (gram_x * gram_y).sum()
+    sums = gram_x.sum() * gram_y.sum() / ((n - 1) * (n - 2))
+    cross = 2.0 * (gram_x.sum(dim=0) @ gram_y.sum(dim=1)) / (n - 2)
+    return (trace + sums - cross) / (n * (n - 3))
+
+
+def stage_maps(network: nn.Module, inputs: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Every encoder stage's map for every input: ``maps[stage][sample]`` is (1, C, h, w, d).
+
+    Args:
+        network: a network with ``stage_features(x) -> list of (1, C, h, w, d) maps``; run in eval mode.
+        inputs: the samples, each (1, in_channels, H, W, D), run one at a time.
+    """
+    if not hasattr(network, "stage_features"):
+        raise ValueError(f"{type(network).__name__} has no stage_features method, so CKA cannot compare its stages.")
+    network.eval()
+    maps: list[list[torch.Tensor]] = []
+    with torch.inference_mode():
+        for x in inputs:
+            for index, feature in enumerate(network.stage_features(x)):
+                if index == len(maps):
+                    maps.append([])
+                maps[index].append(feature.float())
+    return maps
+
+
+def coarsest_grid(*networks_maps: list[list[torch.Tensor]]) -> tuple[int, int, int]:
+    """The smallest stage grid, axis by axis, over all stages of all networks."""
+    shapes = [stage[0].shape[2:] for maps in networks_maps for stage in maps]
+    return tuple(min(shape[axis] for shape in shapes) for axis in range(3))
+
+
+def to_matrix(maps: Sequence[torch.Tensor], pooling: str = "positions", grid: Sequence[int] | None = None):
+    """One stage's (n_samples, features) matrix from its maps (one (1, C, h, w, d) map per input).
+
+    ``positions``: each map is average-pooled to ``grid`` and every grid position of every input is a
+    sample with the C channels as features; ``flatten``: one sample per input, its whole map as
+    features; ``mean``: one sample per input, its channel means as features.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling '{pooling}'; choose one of {', '.join(POOLINGS)}.")
+    if pooling == "flatten":
+        rows = [m.flatten(1) for m in maps]
+    elif pooling == "mean":
+        rows = [m.flatten(2).mean(dim=2) for m in maps]
+    else:
+        if grid is None:
+            raise ValueError("pooling 'positions' needs the common grid of the stages to compare.")
+        rows = [F.adaptive_avg_pool3d(m, tuple(grid)).flatten(2).transpose(1, 2).flatten(0, 1) for m in maps]
+    return torch.cat(rows).to(torch.float64)
+
+
+def stage_feature_matrices(
+    network: nn.Module, inputs: Sequence[torch.Tensor], pooling: str = "positions", grid=None
+) -> list[torch.Tensor]:
+    """The (n_samples, features) matrix of every encoder stage (see :func:`to_matrix`).
+
+    For ``positions`` the grid defaults to the network's own coarsest stage grid.
+    """
+    maps = stage_maps(network, inputs)
+    grid = grid or coarsest_grid(maps)
+    return [to_matrix(stage, pooling, grid) for stage in maps]
+
+
+def cka_matrix(
+    network_a: nn.Module,
+    network_b: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    pooling: str = "positions",
+    debiased: bool = False,
+) -> np.ndarray:
+    """The stage x stage linear CKA matrix between two networks on the same inputs (rows: stages of ``a``).
+
+    With ``positions`` every stage of both networks is pooled to the coarsest stage grid of the two.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling '{pooling}'; choose one of {', '.join(POOLINGS)}.")
+    if len(inputs) < 2:
+        raise ValueError("CKA needs at least 2 input samples.")
+    maps_a, maps_b = stage_maps(network_a, inputs), stage_maps(network_b, inputs)
+    grid = coarsest_grid(maps_a, maps_b)
+    features_a = [to_matrix(stage, pooling, grid) for stage in maps_a]
+    features_b = [to_matrix(stage, pooling, grid) for stage in maps_b]
+    return np.array([[linear_cka(fa, fb, debiased) for fb in features_b] for fa in features_a])
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _parse_options(pairs: Sequence[str] | None) -> dict:
+    options = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"network option '{pair}' must look like NAME=VALUE (e.g. feature_size=12).")
+        options[key] = _literal(value)
+    return options
+
+
+def _build(name: str, in_channels: int, size: int, options: dict, weights: str | None) -> nn.Module:
+    if name.startswith("MetaUNETR-"):  # its fixed-size mixers need to know the input size
+        options = {"img_size": size, **options}
+    network = build_network(name, in_channels, 2, **options)
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise ValueError(f"weights file not found: {path}")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            network.load_state_dict(state)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[0]
+            raise ValueError(f"weights {path.name} do not fit network '{name}': {first}") from None
+    return network
+
+
+def save_heatmap(matrix: np.ndarray, path: Path, label_a: str, label_b: str) -> None:
+    """Write the CKA matrix as a heatmap PNG (needs matplotlib)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(1.2 + 0.9 * matrix.shape[1], 1.0 + 0.9 * matrix.shape[0]), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(matrix, vmin=0.0, vmax=1.0, cmap="magma", origin="lower")
+    for (row, column), value in np.ndenumerate(matrix):
+        axes.text(column, row, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
+    axes.set_xticks(range(matrix.shape[1]), [str(i + 1) for i in range(matrix.shape[1])])
+    axes.set_yticks(range(matrix.shape[0]), [str(i + 1) for i in range(matrix.shape[0])])
+    axes.set_xlabel(f"{label_b} stage")
+    axes.set_ylabel(f"{label_a} stage")
+    figure.colorbar(image, ax=axes, label="linear CKA")
+    figure.savefig(path, dpi=100)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the CKA command's arguments to ``parser`` (so it can be mounted as a subcommand)."""
+    parser.add_argument("--a", required=True, help="first network name (see build_network), e.g. MetaUNETR-conv")
+    parser.add_argument("--b", required=True, help="second network name, e.g. MetaUNETR-recurrence or 32Attn")
+    parser.add_argument("--in-channels", type=int, default=1, help="input channels of both networks (default 1)")
+    parser.add_argument("--size", type=int, default=64, help="side of the cubic random inputs (default 64)")
+    parser.add_argument("--samples", type=int, default=8, help="number of input samples (default 8)")
+    parser.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default="positions",
+        help="what a sample is: a position of the coarsest stage grid (default), or a whole input (flatten, mean)",
+    )
+    parser.add_argument("--debiased", action="store_true", help="unbiased HSIC estimator (near 0 when unrelated)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default 0)")
+    parser.add_argument("--a-option", action="append", metavar="NAME=VALUE", help="constructor option of --a")
+    parser.add_argument("--b-option", action="append", metavar="NAME=VALUE", help="constructor option of --b")
+    parser.add_argument("--a-weights", help="state dict of --a (.safetensors or torch file); default: random init")
+    parser.add_argument("--b-weights", help="state dict of --b; default: random init")
+    parser.add_argument("--out", default="cka", help="folder for cka.json and cka.png (default ./cka)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the CKA command on parsed arguments; user errors raise ``ValueError``."""
+    for name in (args.a, args.b):
+        if name not in network_names():
+            raise ValueError(f"unknown network '{name}'; choose one of {', '.join(network_names())}.")
+    if args.samples < 2:
+        raise ValueError(f"--samples must be at least 2, got {args.samples}.")
+    if args.size < 1:
+        raise ValueError(f"--size must be positive, got {args.size}.")
+    torch.manual_seed(args.seed)
+    network_a = _build(args.a, args.in_channels, args.size, _parse_options(args.a_option), args.a_weights)
+    network_b = _build(args.b, args.in_channels, args.size, _parse_options(args.b_option), args.b_weights)
+    generator = torch.Generator().manual_seed(args.seed)
+    shape = (1, args.in_channels, args.size, args.size, args.size)
+    inputs = [torch.randn(shape, generator=generator) for _ in range(args.samples)]
+    matrix = cka_matrix(network_a, network_b, inputs, args.pooling, args.debiased)
+
+    kind = "debiased linear CKA" if args.debiased else "linear CKA"
+    print(f"{kind} ({args.pooling}, {args.samples} samples of {args.size}^3): rows {args.a}, columns {args.b}")
+    print("stage " + "".join(f"{j + 1:>8d}" for j in range(matrix.shape[1])))
+    for i, row in enumerate(matrix):
+        print(f"{i + 1:>5d} " + "".join(f"{value:8.3f}" for value in row))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "a": args.a,
+        "b": args.b,
+        "in_channels": args.in_channels,
+        "size": args.size,
+        "samples": args.samples,
+        "pooling": args.pooling,
+        "debiased": args.debiased,
+        "seed": args.seed,
+        "matrix": matrix.tolist(),
+    }
+    (out / "cka.json").write_text(json.dumps(record, indent=2) + "\n")
+    try:
+        save_heatmap(matrix, out / "cka.png", args.a, args.b)
+    except ImportError:
+        print("matplotlib is not installed: wrote cka.json only (pip install matplotlib for cka.png).", file=sys.stderr)
+        return 0
+    print(f"wrote {out / 'cka.json'} and {out / 'cka.png'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code (2 with a one-line message for user errors)."""
+    parser = add_arguments(argparse.ArgumentParser(prog="cka", description=__doc__.split("\n")[0]))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, OSError) as error:
+        print(f"cka: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
