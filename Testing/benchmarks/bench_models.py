@@ -24,6 +24,8 @@ MODULE_DIR = Path(__file__).resolve().parents[2] / "TokenUNetSegment"
 BASELINE = "SwinUNETR"
 IN_CHANNELS, OUT_CHANNELS = 4, 3
 FIXED_PATCH_SIZE = 96  # MetaUNETR mixers whose weights depend on the patch size are measured at 96^3
+META_FEATURE_SIZE = 24
+PERMUTE_MLP_FEATURE_SIZE = 48  # permute_mlp needs stage widths divisible by its grid sides: none exist at f=24
 
 
 def default_models() -> list[str]:
@@ -48,11 +50,12 @@ def build(name: str, size: int):
     from TokenUNetSegmentLib.model import build_network
 
     if name.startswith("MetaUNETR-"):
-        net = build_network(name, IN_CHANNELS, OUT_CHANNELS, feature_size=24, img_size=size)
-        if getattr(net, "fixed_patch_size", False) and size != FIXED_PATCH_SIZE:
-            net = build_network(name, IN_CHANNELS, OUT_CHANNELS, feature_size=24, img_size=FIXED_PATCH_SIZE)
-            size = FIXED_PATCH_SIZE
-        return net, size
+        from TokenUNetSegmentLib.model.token_mixers import FIXED_SIZE_MIXERS
+
+        mixer = name.split("-", 1)[1]
+        size = FIXED_PATCH_SIZE if mixer in FIXED_SIZE_MIXERS else size
+        feature_size = PERMUTE_MLP_FEATURE_SIZE if mixer == "permute_mlp" else META_FEATURE_SIZE
+        return build_network(name, IN_CHANNELS, OUT_CHANNELS, feature_size=feature_size, img_size=size), size
     return build_network(name, IN_CHANNELS, OUT_CHANNELS), size
 
 
@@ -105,6 +108,7 @@ def measure(name: str, device: str, size: int, runs: int, warmup: int) -> dict:
         "peak_mb": round(peak_mb, 1),
         "median_ms": round(statistics.median(timings), 2),
         "input_size": size,
+        "feature_size": getattr(net, "feature_size", None),
         "threads": torch.get_num_threads(),
     }
 
@@ -133,23 +137,32 @@ def run_in_child(name: str, args: argparse.Namespace) -> dict:
 
 
 def table(rows: list[dict], device: str) -> str:
-    base = next((r for r in rows if r["name"] == BASELINE), None)
+    """Rows with their ratios to the baseline measured at the same input size."""
+    bases = {r["input_size"]: r for r in rows if r["name"] == BASELINE}
+    base_size = max(bases) if bases else rows[0]["input_size"]
     lines = [
         f"device: {device}",
-        f"{'model':<26}{'input':>7}{'params':>13}{'peak MB':>10}{'median ms':>12}"
+        f"{'model':<34}{'input':>7}{'params':>13}{'peak MB':>10}{'median ms':>12}"
         f"{'params %':>10}{'memory %':>10}{'time %':>9}",
     ]
     for row in rows:
         ratios = ("", "", "")
+        base = bases.get(row["input_size"])
         if base:
             ratios = tuple(f"{100 * row[k] / base[k]:.1f}" for k in ("params", "peak_mb", "median_ms"))
-        note = "" if row["input_size"] == rows[0]["input_size"] else " *"
+        note = "" if row["input_size"] == base_size else " *"
+        note += " (f48)" if row.get("feature_size") == PERMUTE_MLP_FEATURE_SIZE else ""
         lines.append(
-            f"{row['name'] + note:<26}{row['input_size']:>6}^3{row['params']:>13,}{row['peak_mb']:>10.1f}"
+            f"{row['name'] + note:<34}{row['input_size']:>6}^3{row['params']:>13,}{row['peak_mb']:>10.1f}"
             f"{row['median_ms']:>12.1f}{ratios[0]:>10}{ratios[1]:>10}{ratios[2]:>9}"
         )
-    if any(row["input_size"] != rows[0]["input_size"] for row in rows):
-        lines.append(f"* measured at {FIXED_PATCH_SIZE}^3: the mixer's weights are tied to that patch size")
+    if any(row["input_size"] != base_size for row in rows):
+        lines.append(
+            f"* measured at {FIXED_PATCH_SIZE}^3 (the mixer's weights are tied to that patch size); "
+            f"ratios to {BASELINE} at {FIXED_PATCH_SIZE}^3"
+        )
+    if any(row.get("feature_size") == PERMUTE_MLP_FEATURE_SIZE for row in rows):
+        lines.append("(f48): permute_mlp exists only at feature size 48 (stage widths must divide by grid sides)")
     return "\n".join(lines)
 
 
@@ -184,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         rows.append(run_in_child(name, args))
         print(f"measured {name}: {rows[-1]['median_ms']:.1f} ms, {rows[-1]['peak_mb']:.0f} MB", file=sys.stderr)
+    for size in sorted({row["input_size"] for row in rows} - {args.size}):  # a baseline for every size used
+        rows.append(run_in_child(BASELINE, args, size))
+        print(f"measured {BASELINE} at {size}^3: {rows[-1]['median_ms']:.1f} ms", file=sys.stderr)
     print(table(rows, args.device))
     if args.json:
         args.json.write_text(json.dumps({"device": args.device, "size": args.size, "models": rows}, indent=2))
