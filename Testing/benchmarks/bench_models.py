@@ -1,7 +1,8 @@
 """Parameters, peak memory and median forward latency of every network against MONAI's SwinUNETR.
 
 Each model runs in its own process (so memory figures don't mix) on a (1, 4, S, S, S) input:
-parameters; peak memory (CPU: growth of the process's peak RSS from just before the model is built;
+parameters; peak memory (CPU: growth of the process's peak RSS from just before the model is built,
+libraries already imported;
 CUDA: torch.cuda.max_memory_allocated); median latency of at least 5 forward passes under inference
 mode after warm-up. Ratios are to SwinUNETR (in 4, out 3, feature_size 24) measured in the same run.
 
@@ -78,6 +79,9 @@ def measure(name: str, device: str, size: int, runs: int, warmup: int) -> dict:
     import torch
 
     sys.path.insert(0, str(MODULE_DIR))
+    import monai.networks.nets  # noqa: F401  (imports are not the model's memory)
+    import TokenUNetSegmentLib.model  # noqa: F401
+
     torch.manual_seed(0)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
