@@ -59,17 +59,18 @@ class ThresholdNet(torch.nn.Module):
     num_tokens = 2
     size_multiple = 8
 
-    def __init__(self, in_channels=1):
+    def __init__(self, in_channels=1, channel=0):
         super().__init__()
-        self.in_channels, self.out_channels = in_channels, 2
+        self.in_channels, self.out_channels, self.channel = in_channels, 2, channel
         self.scale = torch.nn.Parameter(torch.tensor(20.0))
 
     def forward(self, x, return_attention=False):
-        fg = self.scale * (x[:, :1] - 0.5)
+        x = x[:, self.channel:self.channel + 1]
+        fg = self.scale * (x - 0.5)
         logits = torch.cat([-fg, fg], dim=1)
         if not return_attention:
             return logits
-        pooled = torch.nn.functional.avg_pool3d((x[:, :1] > 0.5).float(), 8)
+        pooled = torch.nn.functional.avg_pool3d((x > 0.5).float(), 8)
         maps = torch.cat([pooled, 1 - pooled], dim=1)
         return logits, {"gather": maps, "broadcast": maps}
 
@@ -79,3 +80,41 @@ def ball_phantom(shape, center_ijk, radius_vox, value=500.0, background=-1000.0)
     grid = np.indices(shape, dtype=np.float32)
     r = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, center_ijk, radius_vox, strict=True))
     return np.where(r <= 1.0, value, background).astype(np.float32)
+
+
+def threshold_package(in_channels=1, channel=0, spacing=(2.0, 2.0, 2.0), roi=(32, 32, 32), orientation="RAS",
+                      crop=False):
+    """An in-memory package around :class:`ThresholdNet` (label 1 = 'ball' where the window is > 0.5)."""
+    from TokenUNetSegmentLib.pipeline.package import ModelPackage
+
+    config = tiny_config("threshold", in_channels=in_channels, labels=1, spacing=spacing, roi=roi, crop=crop,
+                         orientation=orientation)
+    config["labels"][0]["name"] = "ball"
+    return ModelPackage(ThresholdNet(in_channels, channel).eval(), make_metadata(
+        config, description="threshold", authors="tests", copyright="none"))
+
+
+def rotation(axis, degrees):
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    i, j = [a for a in range(3) if a != axis]
+    m = np.eye(3)
+    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    return m
+
+
+def physical_ball(shape, affine, center_ras, radius_mm, value=500.0, background=-1000.0):
+    """Array (i, j, k) on the grid ``affine`` with a ball (centre/radius in RAS mm)."""
+    ras = voxel_centres(shape, affine)
+    inside = np.linalg.norm(ras - np.asarray(center_ras), axis=-1) <= radius_mm
+    return np.where(inside, value, background).astype(np.float32)
+
+
+def voxel_centres(shape, affine):
+    """RAS coordinates of every voxel centre, shape (*shape, 3)."""
+    idx = np.stack(np.indices(shape, dtype=np.float64), axis=-1)
+    return idx @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+
+
+def dice(a, b):
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return 2.0 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
