@@ -21,7 +21,7 @@ def scan_plan(shape, roi_size, overlap: float, multiple: int) -> tuple[list[floa
     for size, roi in zip(shape, roi_size, strict=True):
         step = max(multiple, int(roi * (1.0 - overlap)) // multiple * multiple)
         step = min(step, roi)
-        overlaps.append(1.0 - (step + 0.5) / roi)
+        overlaps.append(0.0 if step == roi else 1.0 - (step + 0.5) / roi)  # MONAI's step: int(roi * (1 - o))
         count *= 1 if size <= roi else math.ceil((size - roi) / step) + 1
     return overlaps, count
 

@@ -15,7 +15,7 @@ import torch
 from .catalog import ModelStore, resolve_model
 from .device import check_memory, estimate_memory, resolve_device, run_with_oom_fallback
 from .errors import InputError
-from .geometry import Grid, model_grid, resample, resample_image
+from .geometry import Grid, image_from_array, model_grid, resample, resample_image
 from .inference import sliding_window
 from .package import Label, ModelPackage
 from .postprocess import (
@@ -214,8 +214,8 @@ def segment(
     reporter.update("postprocess", 1.0)
 
     clock = time.perf_counter()
+    reporter.update("map back", 0.0)
     target = volumes[0].grid
-    from .geometry import image_from_array
 
     labels = resample_image(image_from_array(full, prepared.grid.affine), target, "nearest", 0, np.uint8)
     del full
@@ -234,6 +234,7 @@ def segment(
         factor = prepared.region.shape[0] // coarse["gather"].shape[1]
         heatmap_set = Heatmaps(coarse, prepared.region.downsampled(factor), target)
     timings["map back"] = time.perf_counter() - clock
+    reporter.update("map back", 1.0)
     timings["total"] = sum(timings.values())
     reporter.done()
     return SegmentationResult(
