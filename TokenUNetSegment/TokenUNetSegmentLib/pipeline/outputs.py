@@ -1,0 +1,86 @@
+"""Write a run's files: segmentation.seg.nrrd, attention/*.nrrd, report.json and overview.png.
+
+Files are written into a staging folder and moved into place only when all are complete, so a failed or
+cancelled run leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from .nrrd import write_nrrd, write_segmentation
+from .overview import render_overview
+from .package import describe_environment
+
+SEGMENTATION_FILE = "segmentation.seg.nrrd"
+REPORT_FILE = "report.json"
+OVERVIEW_FILE = "overview.png"
+ATTENTION_DIR = "attention"
+
+
+def write_outputs(result, out_dir: str | Path, *, image=None, window=None, attention_grid: str = "input",
+                  overview: bool = True, extra_report: dict | None = None, progress=None) -> dict[str, Path]:
+    """Write every output of ``result`` into ``out_dir`` (created if needed); returns name -> path.
+
+    Args:
+        result: a SegmentationResult.
+        image: the first input channel's array (i, j, k) for the overview (skipped when None).
+        window: display window (low, high) for the overview.
+        attention_grid: ``"input"`` maps each token map onto the input grid (exactly its geometry);
+            ``"token"`` writes the coarse token grid with its own geometry (small and fast; same place in space).
+        progress: optional ``progress(fraction)`` called after each file.
+    """
+    out_dir = Path(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix="tokenunet-run-"))
+    written: dict[str, Path] = {}
+    try:
+        write_segmentation(staging / SEGMENTATION_FILE, result.labels, result.affine, result.label_table)
+        written["segmentation"] = Path(SEGMENTATION_FILE)
+        maps = []
+        if result.heatmaps is not None:
+            (staging / ATTENTION_DIR).mkdir()
+            best = {(m["kind"], m["token"]): m for m in result.token_matches}
+            tasks = [(kind, token) for kind in result.heatmaps.kinds for token in range(result.heatmaps.num_tokens)]
+            for number, (kind, token) in enumerate(tasks):
+                match = best.get((kind, token), {})
+                name = f"token{token:02d}_{kind}.nrrd"
+                fields = {"TokenUNet_Token": str(token), "TokenUNet_Kind": kind,
+                          "TokenUNet_BestLabel": match.get("best_label", ""),
+                          "TokenUNet_SoftDice": str(match.get("soft_dice", ""))}
+                if attention_grid == "token":
+                    array, affine = result.heatmaps.coarse[kind][token], result.heatmaps.coarse_grid.affine
+                else:
+                    array, affine = result.heatmaps.get(kind, token), result.affine
+                write_nrrd(staging / ATTENTION_DIR / name, array, affine, fields)
+                maps.append({"file": f"{ATTENTION_DIR}/{name}", "token": token, "kind": kind,
+                             "best_label": match.get("best_label"), "soft_dice": match.get("soft_dice")})
+                if progress:
+                    progress(0.8 * (number + 1) / len(tasks))
+            written["attention"] = Path(ATTENTION_DIR)
+        if overview and image is not None:
+            render_overview(staging / OVERVIEW_FILE, image, result, window)
+            written["overview"] = Path(OVERVIEW_FILE)
+        report = result.report()
+        report["environment"] = describe_environment()
+        report["attention_maps"] = maps
+        report["attention_grid"] = attention_grid
+        report.update(extra_report or {})
+        report["files"] = sorted(str(p) for p in written.values()) + [REPORT_FILE]
+        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
+        written["report"] = Path(REPORT_FILE)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for relative in written.values():
+            target = out_dir / relative
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            shutil.move(str(staging / relative), str(target))
+        if progress:
+            progress(1.0)
+        return {key: out_dir / relative for key, relative in written.items()}
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
