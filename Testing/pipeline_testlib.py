@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from TokenUNetSegmentLib.model import build_network
 from TokenUNetSegmentLib.pipeline.package import make_metadata, write_package
 

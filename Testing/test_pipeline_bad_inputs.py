@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from pipeline_testlib import ball_phantom, threshold_package
-
 from TokenUNetSegmentLib.pipeline.errors import InputError, ModelPackageError, TokenUNetError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
 from TokenUNetSegmentLib.pipeline.segment import segment

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from pipeline_testlib import ball_phantom, make_package, tiny_config
-
 from TokenUNetSegmentLib.pipeline import cli
 from TokenUNetSegmentLib.pipeline.errors import CancelledError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, affine_of_image, image_from_array
@@ -159,7 +158,6 @@ def test_models_list_info_import_remove(tmp_path, monkeypatch, capsys):
     assert "8Token (1 -> 3 channels)" in capsys.readouterr().out
     # weights from a .pt file in the configuration of an existing model
     import torch
-
     from TokenUNetSegmentLib.model import build_network
 
     torch.save(build_network("8Token", 1, 3, channels=(4, 8, 16, 32)).state_dict(), tmp_path / "w.pt")

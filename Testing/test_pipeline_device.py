@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from pipeline_testlib import ball_phantom, threshold_package
-
 from TokenUNetSegmentLib.pipeline import device as dev
 from TokenUNetSegmentLib.pipeline.errors import OutOfMemoryError, TokenUNetError
 from TokenUNetSegmentLib.pipeline.segment import segment

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from pipeline_testlib import dice, physical_ball, rotation, threshold_package, voxel_centres
-
 from TokenUNetSegmentLib.pipeline.geometry import (
     Grid,
     affine_from_spacing,

@@ -8,7 +8,6 @@ import zipfile
 import pytest
 import torch
 from pipeline_testlib import TINY, make_package, tiny_config
-
 from TokenUNetSegmentLib.model import build_network
 from TokenUNetSegmentLib.pipeline.catalog import DEFAULT_CATALOG, ModelStore, tokenunet_home
 from TokenUNetSegmentLib.pipeline.errors import ModelPackageError, UnsafeWeightsError
@@ -101,7 +100,8 @@ def test_weights_of_another_architecture_are_refused_naming_keys(tmp_path):
 
     metadata["tokenunet"]["weights"]["sha256"] = hashlib.sha256(data).hexdigest()
     (path / "configs/metadata.json").write_text(json.dumps(metadata))
-    with pytest.raises(ModelPackageError, match=r"do not fit the declared architecture '8Token'.*missing keys: .*token"):
+    expected = r"do not fit the declared architecture '8Token'.*missing keys: .*token"
+    with pytest.raises(ModelPackageError, match=expected):
         load_package(path)
 
 

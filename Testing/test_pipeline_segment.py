@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from pipeline_testlib import ball_phantom, make_package, threshold_package, tiny_config
-
 from TokenUNetSegmentLib.pipeline.errors import CancelledError
 from TokenUNetSegmentLib.pipeline.inference import scan_plan, sliding_window
 from TokenUNetSegmentLib.pipeline.package import load_package

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -35,7 +35,7 @@ WEIGHTS_FILE = "models/model.safetensors"
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict:
     """A JSON schema shipped with the pipeline: ``"metadata"`` or ``"catalog"``."""
     return json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text(encoding="utf-8"))
@@ -243,7 +243,8 @@ def write_package(
     data = save(state, metadata={"format": "pt"})
     metadata["tokenunet"]["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256_bytes(data)}
     validate_metadata(metadata)
-    load_weights_into(build_package_network(metadata["tokenunet"]), state, metadata["tokenunet"]["architecture"]["name"])
+    config = metadata["tokenunet"]
+    load_weights_into(build_package_network(config), state, config["architecture"]["name"])
     files = {
         METADATA_FILE: json.dumps(metadata, indent=2).encode("utf-8"),
         WEIGHTS_FILE: data,

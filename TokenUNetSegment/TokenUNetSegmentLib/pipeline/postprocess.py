@@ -16,7 +16,10 @@ def labels_from_logits(logits: np.ndarray, cfg: dict, labels: list[Label]) -> np
     tensor = torch.from_numpy(logits)
     if inference["activation"] == "sigmoid":
         threshold = float(inference.get("threshold", 0.5))
-        cut = float(np.log(threshold / (1.0 - threshold))) if 0 < threshold < 1 else (np.inf if threshold >= 1 else -np.inf)
+        if 0 < threshold < 1:
+            cut = float(np.log(threshold / (1.0 - threshold)))  # sigmoid(x) > t  <=>  x > logit(t)
+        else:
+            cut = np.inf if threshold >= 1 else -np.inf
         out = torch.zeros(logits.shape[1:], dtype=torch.uint8)
         for region in inference["regions"]:  # later regions overwrite earlier ones (nested regions)
             out[tensor[region["channel"]] > cut] = region["label"]
