@@ -6,7 +6,7 @@ import SimpleITK as sitk
 from pipeline_testlib import ball_phantom, threshold_package
 from TokenUNetSegmentLib.pipeline.errors import InputError, ModelPackageError, TokenUNetError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
-from TokenUNetSegmentLib.pipeline.segment import segment
+from TokenUNetSegmentLib.pipeline.segmentation import segment
 from TokenUNetSegmentLib.pipeline.volumes import read_volume
 
 GOOD = ball_phantom((20, 20, 20), (10, 10, 10), (5, 5, 5))

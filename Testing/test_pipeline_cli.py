@@ -18,7 +18,7 @@ from TokenUNetSegmentLib.pipeline.errors import CancelledError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, affine_of_image, image_from_array
 from TokenUNetSegmentLib.pipeline.nrrd import read_nrrd_fields
 from TokenUNetSegmentLib.pipeline.package import load_package
-from TokenUNetSegmentLib.pipeline.segment import segment
+from TokenUNetSegmentLib.pipeline.segmentation import segment
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "TokenUNetSegment"
 AFFINE = affine_from_spacing((1.4, 1.2, 2.5), origin=(80, 60, -40), direction=np.diag([-1.0, -1.0, 1.0]))

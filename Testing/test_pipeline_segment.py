@@ -10,7 +10,7 @@ from TokenUNetSegmentLib.pipeline.errors import CancelledError
 from TokenUNetSegmentLib.pipeline.inference import scan_plan, sliding_window
 from TokenUNetSegmentLib.pipeline.package import load_package
 from TokenUNetSegmentLib.pipeline.postprocess import keep_largest_component, labels_from_logits, token_label_dice
-from TokenUNetSegmentLib.pipeline.segment import segment
+from TokenUNetSegmentLib.pipeline.segmentation import segment
 
 AFFINE = np.diag([1.6, 1.6, 2.4, 1.0])
 

@@ -100,7 +100,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     from .errors import TokenUNetError
     from .nrrd import write_nrrd
     from .outputs import write_outputs
-    from .segment import segment
+    from .segmentation import segment
 
     cancel = cancel or threading.Event()
     printer = ProgressPrinter(args.progress)
