@@ -105,6 +105,17 @@ def test_segment_end_to_end_writes_what_slicer_reads(case, tmp_path):
     assert width == 3 * 220 and height == 4 * 220
 
 
+def test_progress_json_lines_are_monotonic_and_cover_writing(case, tmp_path, capsys):
+    root, package, path = case
+    assert cli.main(["segment", str(path), "--model", str(package), "--out", str(tmp_path), "--no-overview",
+                     "--progress", "json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    fractions = [e["fraction"] for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert events[-1]["stage"] == "write" and max(f for e, f in zip(events, fractions, strict=True)
+                                                  if e["stage"] != "write") <= 0.9
+
+
 def test_token_grid_attention_and_probabilities(case, tmp_path):
     root, package, path = case
     assert cli.main(["segment", str(path), "--model", str(package), "--out", str(tmp_path), "--device", "cpu",

@@ -1,4 +1,5 @@
-"""Write a run's files: segmentation.seg.nrrd, attention/*.nrrd, report.json and overview.png.
+"""Write a run's files: segmentation.seg.nrrd, attention/*.nrrd, report.json, overview.png
+(and probabilities/*.nrrd when the result has them).
 
 Files are written into a staging folder and moved into place only when all are complete, so a failed or
 cancelled run leaves no partial output.
@@ -23,6 +24,7 @@ SEGMENTATION_FILE = "segmentation.seg.nrrd"
 REPORT_FILE = "report.json"
 OVERVIEW_FILE = "overview.png"
 ATTENTION_DIR = "attention"
+PROBABILITY_DIR = "probabilities"
 MAP_STEPS = 1024  # token maps are written in steps of 1/1024
 AUTO_INPUT_GRID_LIMIT = 2 * 2**30  # bytes of float32 maps on the input grid beyond which "auto" keeps the token grid
 
@@ -84,6 +86,11 @@ def write_outputs(result, out_dir: str | Path, *, image=None, window=None, atten
                         progress(0.8 * (number + 1) / len(tasks))
                 maps = [future.result() for future in futures]
             written["attention"] = Path(ATTENTION_DIR)
+        if result.probabilities:
+            (staging / PROBABILITY_DIR).mkdir()
+            for name, array in result.probabilities.items():
+                write_nrrd(staging / PROBABILITY_DIR / f"{name}.nrrd", array, result.affine)
+            written["probabilities"] = Path(PROBABILITY_DIR)
         if overview and image is not None:
             render_overview(staging / OVERVIEW_FILE, image, result, window)
             written["overview"] = Path(OVERVIEW_FILE)
