@@ -129,7 +129,9 @@ def test_unknown_model_id(tmp_path):
 def test_bad_overlap_and_device():
     with pytest.raises(InputError, match="overlap"):
         segment((GOOD, np.eye(4)), threshold_package(), device="cpu", overlap=1.5)
-    with pytest.raises(TokenUNetError, match="unknown device 'tpu'"):
+    with pytest.raises(InputError, match="label_interpolation"):
+        segment((GOOD, np.eye(4)), threshold_package(), device="cpu", label_interpolation="cubic")
+    with pytest.raises(TokenUNetError, match="unknown device .tpu."):
         segment((GOOD, np.eye(4)), threshold_package(), device="tpu")
 
 
