@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from pipeline_testlib import ball_phantom, threshold_package
+from pipeline_testlib import ball_phantom, dice, threshold_package
 from TokenUNetSegmentLib.pipeline.errors import InputError, ModelPackageError, TokenUNetError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
 from TokenUNetSegmentLib.pipeline.segmentation import segment
@@ -148,3 +148,13 @@ def test_any_real_voxel_type_is_accepted(dtype):
     assert result.labels.shape == GOOD.shape
     if dtype is not bool:  # 200 is inside the CT window: the threshold model finds the ball
         assert result.labels.sum() > 0
+
+
+def test_inputs_by_channel_name():
+    package = threshold_package(in_channels=2, channel=1)
+    result = segment({"ch1": (GOOD, np.eye(4)), "ch0": (-GOOD, np.eye(4))}, package, device="cpu")
+    assert dice(result.labels == 1, GOOD > 0) > 0.8  # the ball of ch1 (the channel the network reads)
+    with pytest.raises(InputError, match="missing: ch1"):
+        segment({"ch0": (GOOD, np.eye(4))}, package, device="cpu")
+    with pytest.raises(InputError, match="unknown: t2"):
+        segment({"ch0": (GOOD, np.eye(4)), "ch1": (GOOD, np.eye(4)), "t2": (GOOD, np.eye(4))}, package, device="cpu")

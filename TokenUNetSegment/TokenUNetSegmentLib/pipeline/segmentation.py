@@ -120,7 +120,7 @@ def segment(
         inputs: one volume per model input channel, in the package's channel order; each a path (NIfTI,
             NRRD, MHA, a DICOM series folder) or an ``(array (i, j, k), ijk_to_ras 4x4)`` pair. A single
             path or pair is accepted for one-channel models. Extra channels are resampled onto the first
-            channel's grid in physical space.
+            channel's grid in physical space. A dict {channel name: input} is also accepted.
         model: a :class:`ModelPackage`, a catalog/cache id, a package path, or None for the catalog default.
         device: ``auto`` (cuda > mps > cpu), ``cpu``, ``cuda``, ``cuda:1`` or ``mps``.
         overlap: sliding-window overlap (default: the package's).
@@ -148,6 +148,15 @@ def segment(
     reporter.update("load", 0.0)
     package = resolve_model(model, store)
     cfg = package.config
+    if isinstance(inputs, dict):  # {channel name: input}, e.g. from assign_inputs()
+        missing = [name for name in package.input_names if inputs.get(name) is None]
+        unknown = [name for name in inputs if name not in package.input_names]
+        if missing or unknown:
+            raise InputError(f"model '{package.id}' needs the channels {', '.join(package.input_names)}; "
+                             + "; ".join(part for part in (f"missing: {', '.join(missing)}" if missing else "",
+                                                          f"unknown: {', '.join(unknown)}" if unknown else "")
+                                         if part))
+        inputs = [inputs[name] for name in package.input_names]
     items = [inputs] if isinstance(inputs, (str, Path)) or _is_pair(inputs) else list(inputs)
     expected = cfg["architecture"]["in_channels"]
     if len(items) != expected:
