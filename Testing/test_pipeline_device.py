@@ -119,3 +119,10 @@ def test_segment_refuses_before_running_when_memory_is_short(monkeypatch):
     image = ball_phantom((20, 20, 20), (10, 10, 10), (5, 5, 5))
     with pytest.raises(OutOfMemoryError, match="memory"):
         segment((image, np.eye(4)), threshold_package(), device="cpu")
+
+
+def test_available_memory_reads_the_gpu_and_the_host(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3 * 2**30, 80 * 2**30))
+    assert dev.available_memory(torch.device("cuda")) == 3 * 2**30
+    host = dev.available_memory(torch.device("cpu"))
+    assert 2**26 < host < 2**50  # a plausible amount of free RAM, read from /proc/meminfo or sysconf
