@@ -234,3 +234,23 @@ def test_sigterm_cancels_between_windows_and_exits_130(case, tmp_path):
     stderr = process.stderr.read()
     assert process.wait(timeout=120) == 130, stderr
     assert "cancelled" in stderr and not out.exists()
+
+
+def test_multichannel_files_are_assigned_by_name(tmp_path):
+    config = tiny_config("two-channel", in_channels=2, intensity={"method": "zscore"}, roi=(32, 32, 32))
+    config["inputs"][0]["patterns"], config["inputs"][1]["patterns"] = ["*t1c*"], ["*flair*"]
+    package = make_package(tmp_path, config)
+    t1c = ball_phantom((30, 30, 30), (12, 15, 15), (6, 6, 6), value=300, background=10)
+    flair = ball_phantom((30, 30, 30), (18, 15, 15), (8, 8, 8), value=500, background=20)
+    paths = []
+    for name, image in (("case_t1c.nii.gz", t1c), ("case_flair.nii.gz", flair)):
+        sitk.WriteImage(image_from_array(image, np.eye(4)), str(tmp_path / name))
+        paths.append(str(tmp_path / name))
+    common = ["--model", str(package), "--no-overview", "--no-heatmaps", "--progress", "none"]
+    assert cli.main(["segment", *paths, "--out", str(tmp_path / "a"), *common]) == 0
+    assert cli.main(["segment", *paths[::-1], "--out", str(tmp_path / "b"), *common]) == 0
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a/segmentation.seg.nrrd")))
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "b/segmentation.seg.nrrd")))
+    np.testing.assert_array_equal(a, b)
+    report = json.loads((tmp_path / "b/report.json").read_text())
+    assert report["inputs"] == {"ch0": paths[0], "ch1": paths[1]}

@@ -68,7 +68,8 @@ class ProgressPrinter:
 
 def _segment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="one volume per model input channel (NIfTI, NRRD, MHA or a DICOM folder)")
+                        help="one volume per model input channel (NIfTI, NRRD, MHA or a DICOM folder), in the "
+                             "model's channel order, or in any order when the file names match its channel patterns")
     parser.add_argument("--model", "-m", default=None, help="model id or package path (default: the catalog's)")
     parser.add_argument("--out", "-o", required=True, help="output folder")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
@@ -100,6 +101,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     from .catalog import ModelStore
     from .errors import TokenUNetError
     from .outputs import write_outputs
+    from .package import assign_inputs
     from .segmentation import segment
 
     cancel = cancel or threading.Event()
@@ -110,7 +112,12 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
 
         store = ModelStore(getattr(args, "catalog", None))
         package = store.load(args.model)
-        volumes = [as_volume(path) for path in args.inputs]  # read once: segment() and the overview share them
+        inputs = list(args.inputs)
+        if len(inputs) > 1:  # files named like the package's channel patterns go to their channels
+            assigned = assign_inputs(inputs, package.config)
+            if all(assigned.values()) and len(set(assigned.values())) == len(inputs):
+                inputs = list(assigned.values())
+        volumes = [as_volume(path) for path in inputs]  # read once: segment() and the overview share them
         def segment_progress(stage: str, fraction: float) -> None:
             printer(stage, WRITE_START * fraction)  # the output files take the rest of the bar
 
@@ -123,7 +130,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         intensity = intensity[0] if isinstance(intensity, list) else intensity
         window = intensity.get("window") if intensity["method"] == "ct_window" else None
         started = time.perf_counter()
-        extra = {"inputs": [str(Path(p).resolve()) for p in args.inputs],
+        extra = {"inputs": {name: str(Path(p).resolve()) for name, p in zip(package.input_names, inputs, strict=True)},
                  "package": {"id": package.id, "path": str(package.path), "version": package.metadata["version"],
                              "description": package.metadata["description"]}}
         outputs = write_outputs(result, args.out, image=volumes[0].array, window=window,
