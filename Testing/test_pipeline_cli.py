@@ -221,7 +221,8 @@ def test_cancelled_run_leaves_no_output(case, tmp_path):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigterm_cancels_between_windows_and_exits_130(case, tmp_path):
-    root, package, path = case
+    root, _, path = case
+    package = make_package(tmp_path, tiny_config(roi=(16, 16, 16), spacing=(3.0, 3.0, 3.0)))  # many windows
     out = tmp_path / "out"
     process = subprocess.Popen(
         [sys.executable, "-m", "TokenUNetSegmentLib.pipeline", "segment", str(path), "--model", str(package),
