@@ -160,3 +160,15 @@ def test_linear_label_interpolation_is_smoother_and_in_the_same_place():
     assert np.linalg.norm(centres[smooth.labels == 1].mean(axis=0) - CENTER) < 1.5
     assert dice(smooth.labels == 1, truth) > dice(nearest.labels == 1, truth)
     assert dice(smooth.labels == 1, truth) > 0.85
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "PIR"])
+def test_any_model_orientation_maps_back_to_the_same_place(orientation):
+    shape, affine = GRIDS["oblique mirrored anisotropic"]
+    image = physical_ball(shape, affine, CENTER, 11.0)
+    result = segment((image, affine), threshold_package(orientation=orientation), device="cpu")
+    centres = voxel_centres(shape, affine)
+    assert dice(result.labels == 1, image > 0) > 0.85
+    assert np.linalg.norm(centres[result.labels == 1].mean(axis=0) - CENTER) < 1.5
+    heat = result.heatmaps.get("broadcast", 0)
+    assert np.linalg.norm((centres * heat[..., None]).sum(axis=(0, 1, 2)) / heat.sum() - CENTER) < 1.5
