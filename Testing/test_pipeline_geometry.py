@@ -162,7 +162,7 @@ def test_linear_label_interpolation_is_smoother_and_in_the_same_place():
     assert dice(smooth.labels == 1, truth) > 0.85
 
 
-@pytest.mark.parametrize("orientation", ["LPS", "PIR"])
+@pytest.mark.parametrize("orientation", ["RAS", "LPS", "PIR"])
 def test_any_model_orientation_maps_back_to_the_same_place(orientation):
     shape, affine = GRIDS["oblique mirrored anisotropic"]
     image = physical_ball(shape, affine, CENTER, 11.0)
@@ -172,3 +172,5 @@ def test_any_model_orientation_maps_back_to_the_same_place(orientation):
     assert np.linalg.norm(centres[result.labels == 1].mean(axis=0) - CENTER) < 1.5
     heat = result.heatmaps.get("broadcast", 0)
     assert np.linalg.norm((centres * heat[..., None]).sum(axis=(0, 1, 2)) / heat.sum() - CENTER) < 1.5
+    # ThresholdNet returns one tensor as both maps: stitching must not let them share storage
+    np.testing.assert_array_equal(result.heatmaps.coarse["gather"], result.heatmaps.coarse["broadcast"])

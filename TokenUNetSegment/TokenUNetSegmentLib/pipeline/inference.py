@@ -55,7 +55,8 @@ def sliding_window(network: torch.nn.Module, image: np.ndarray, roi_size, overla
             progress.update("inference", done[0] / total)
         if with_tokens:
             logits, maps = out
-            return logits.float(), maps["gather"].float(), maps["broadcast"].float()
+            # copies: MONAI accumulates each output in place, so two outputs must never share storage
+            return logits.float(), maps["gather"].float().clone(), maps["broadcast"].float().clone()
         return out.float()
 
     tensor = torch.from_numpy(image)[None]
