@@ -99,17 +99,15 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     from pathlib import Path
 
     from .catalog import ModelStore
-    from .errors import TokenUNetError
     from .outputs import write_outputs
     from .package import assign_inputs
     from .segmentation import segment
+    from .volumes import as_volume
 
     cancel = cancel or threading.Event()
     printer = ProgressPrinter(args.progress)
     handlers = _install_cancel_handlers(cancel) if isinstance(cancel, threading.Event) else []
     try:
-        from .volumes import as_volume
-
         store = ModelStore(getattr(args, "catalog", None))
         package = store.load(args.model)
         inputs = list(args.inputs)
@@ -118,6 +116,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
             if all(assigned.values()) and len(set(assigned.values())) == len(inputs):
                 inputs = list(assigned.values())
         volumes = [as_volume(path) for path in inputs]  # read once: segment() and the overview share them
+
         def segment_progress(stage: str, fraction: float) -> None:
             printer(stage, WRITE_START * fraction)  # the output files take the rest of the bar
 
@@ -142,10 +141,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         print(f"wrote {outputs['segmentation']} ({len(result.label_table)} labels, device {result.device}, "
               f"{result.timings['total'] + time.perf_counter() - started:.1f} s)")
         return 0
-    except KeyboardInterrupt:
-        printer.close()
-        raise
-    except TokenUNetError:
+    except BaseException:  # errors, cancel, Ctrl-C: end the progress line before the message
         printer.close()
         raise
     finally:
