@@ -151,7 +151,7 @@ def main() -> None:
     if args.run:
         print(json.dumps(run_one(args)))
         return
-    if not args.no_swin and args.roi % 32 or (not args.no_swin and args.roi < 64):
+    if not args.no_swin and (args.roi % 32 or args.roi < 64):
         parser.error("SwinUNETR needs --roi a multiple of 32 and at least 64 (or pass --no-swin)")
     shape = [max(8, round(s * args.scale)) for s in args.shape]
     spacing = list(args.spacing)
