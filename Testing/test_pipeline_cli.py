@@ -255,3 +255,26 @@ def test_multichannel_files_are_assigned_by_name(tmp_path):
     np.testing.assert_array_equal(a, b)
     report = json.loads((tmp_path / "b/report.json").read_text())
     assert report["inputs"] == {"ch0": paths[0], "ch1": paths[1]}
+
+
+def test_progress_printer_bar_on_a_terminal_and_silent_otherwise():
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    printer = cli.ProgressPrinter("auto", terminal)
+    printer("inference", 0.5)
+    printer("inference", 0.5)  # unchanged line: not redrawn
+    printer("write", 1.0)
+    printer.close()
+    text = terminal.getvalue()
+    assert text.count("\r") == 2 and "[###############...............]  50.0% inference" in text
+    assert "100.0% write" in text and text.endswith("\n")
+    pipe = io.StringIO()
+    silent = cli.ProgressPrinter("auto", pipe)
+    silent("inference", 0.5)
+    silent.close()
+    assert pipe.getvalue() == ""
