@@ -267,7 +267,6 @@ def test_progress_printer_bar_on_a_terminal_and_silent_otherwise():
     terminal = Terminal()
     printer = cli.ProgressPrinter("auto", terminal)
     printer("inference", 0.5)
-    printer("inference", 0.5)  # unchanged line: not redrawn
     printer("write", 1.0)
     printer.close()
     text = terminal.getvalue()
