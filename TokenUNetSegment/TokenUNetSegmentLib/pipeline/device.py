@@ -1,0 +1,135 @@
+"""Device choice, mixed precision, memory estimates and the CUDA out-of-memory fallbacks."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+
+import torch
+
+from .errors import OutOfMemoryError, TokenUNetError
+
+log = logging.getLogger(__name__)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device that is absent is refused."""
+    if isinstance(name, torch.device):
+        return name
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = name.split(":")[0]
+    if kind not in DEVICES:
+        raise TokenUNetError(f"unknown device '{name}'", f"use one of {', '.join(DEVICES)}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise TokenUNetError("device 'cuda' was requested but no CUDA GPU is available",
+                             "use --device auto or cpu, or install a CUDA build of PyTorch")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TokenUNetError("device 'mps' was requested but Apple MPS is not available", "use --device cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """float16 autocast on CUDA; a no-op elsewhere (CPU and MPS run in float32)."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", ())
+    if oom_type and isinstance(error, oom_type):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def run_with_oom_fallback(run: Callable[[torch.device, int], object], device: torch.device, batch_size: int,
+                          warn: Callable[[str], None] = log.warning, empty_cache: Callable[[], None] | None = None):
+    """Call ``run(device, batch_size)``; on CUDA out-of-memory halve the batch, then fall back to the CPU.
+
+    On the CPU an out-of-memory error becomes :class:`OutOfMemoryError` with advice.
+    """
+    empty_cache = empty_cache or (torch.cuda.empty_cache if torch.cuda.is_available() else (lambda: None))
+    size = batch_size
+    while True:
+        try:
+            return run(device, size)
+        except Exception as error:  # noqa: BLE001 - filtered just below
+            if not is_out_of_memory(error):
+                raise
+            if device.type == "cpu":
+                raise OutOfMemoryError("out of memory on the CPU",
+                                       "close other programs, use a GPU, or crop the volume") from None
+            empty_cache()
+            if size > 1:
+                size = max(1, size // 2)
+                warn(f"{device.type} out of memory; retrying with {size} window(s) per batch")
+                continue
+            warn(f"{device.type} out of memory even with one window per batch; falling back to the CPU")
+            device, size = torch.device("cpu"), batch_size
+
+
+def available_memory(device: torch.device) -> int:
+    """Free bytes on ``device`` (host RAM for cpu and mps)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as stream:
+            for line in stream:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: do not refuse
+
+
+def estimate_memory(network, model_voxels: int, input_voxels: int, roi_size, batch_size: int,
+                    probabilities: bool = False) -> dict[str, int]:
+    """Rough peak bytes: ``host`` (volumes, stitched outputs) and ``window`` (one window batch's activations)."""
+    in_ch = int(getattr(network, "in_channels", 1))
+    out_ch = int(getattr(network, "out_channels", 2))
+    tokens = int(getattr(network, "num_tokens", 0)) if getattr(network, "has_tokens", False) else 0
+    convs = [m for m in network.modules() if isinstance(m, torch.nn.Conv3d)]
+    first = max((int(m.out_channels) for m in convs[:3]), default=24)
+    roi_voxels = int(roi_size[0]) * int(roi_size[1]) * int(roi_size[2])
+    # activations alive at once per window voxel: a few full-resolution feature maps (calibrated on the
+    # 512 x 512 x 300 CT benchmark: estimate 3.0 GB for a measured peak RSS of 2.4 GB)
+    window = batch_size * roi_voxels * 4 * (in_ch + out_ch + 6 * first) + sum(
+        p.numel() * p.element_size() for p in network.parameters())
+    host = (
+        input_voxels * (4 * in_ch + 1 + 4)  # inputs as float32, labels, scratch of a resampling
+        + model_voxels * 4 * (in_ch + out_ch + 2)  # resampled inputs, stitched logits, blending weights, argmax
+        + (model_voxels // 512) * 4 * 4 * tokens  # stitched token maps (1/8 grid)
+        + (model_voxels * 4 * out_ch + input_voxels * 4 * out_ch if probabilities else 0)
+    )
+    return {"host": int(host), "window": int(window)}
+
+
+def check_memory(estimate: dict[str, int], device: torch.device, available: Callable[[torch.device], int] = None):
+    """Refuse with :class:`OutOfMemoryError` when the estimate cannot fit."""
+    available = available or available_memory
+    host_free = available(torch.device("cpu"))
+    need_host = estimate["host"] + (estimate["window"] if device.type != "cuda" else 0)
+    if need_host > host_free:
+        raise OutOfMemoryError(
+            f"this run needs about {need_host / 2**30:.1f} GiB of memory but only {host_free / 2**30:.1f} GiB is free",
+            "use a coarser model spacing, crop the volume, or close other programs")
+    if device.type == "cuda":
+        free = available(device)
+        if estimate["window"] > free:
+            raise OutOfMemoryError(
+                f"one window batch needs about {estimate['window'] / 2**30:.1f} GiB of GPU memory but only "
+                f"{free / 2**30:.1f} GiB is free", "use --device cpu, or a smaller window batch")

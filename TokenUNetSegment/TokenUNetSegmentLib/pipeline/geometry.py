@@ -1,0 +1,166 @@
+"""Voxel grids in physical space: IJK->RAS affines, SimpleITK (LPS) conversion and resampling.
+
+Arrays are indexed (i, j, k); an ``ijk_to_ras`` 4x4 matrix maps voxel indices to RAS millimetres.
+SimpleITK works in LPS: RAS = diag(-1, -1, 1) x LPS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+AXIS_VECTORS = {"R": (1, 0, 0), "L": (-1, 0, 0), "A": (0, 1, 0), "P": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A voxel grid: its shape (i, j, k) and IJK->RAS affine."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    @property
+    def direction(self) -> np.ndarray:
+        """Unit axis directions in RAS, as columns."""
+        return self.affine[:3, :3] / self.spacing
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(abs(np.linalg.det(self.affine[:3, :3])))
+
+    def corners_ras(self) -> np.ndarray:
+        """The 8 corners of the grid's box (voxel edges, not centres) in RAS, shape (8, 3)."""
+        lo, hi = -0.5, np.asarray(self.shape, float) - 0.5
+        idx = np.array([[a, b, c] for a in (lo, hi[0]) for b in (lo, hi[1]) for c in (lo, hi[2])])
+        return idx @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def sub_grid(self, start, shape) -> Grid:
+        """The grid of a region starting at index ``start`` (may be negative) with ``shape``."""
+        affine = self.affine.copy()
+        affine[:3, 3] = self.affine[:3, :3] @ np.asarray(start, float) + self.affine[:3, 3]
+        return Grid(tuple(int(s) for s in shape), affine)
+
+    def downsampled(self, factor: int) -> Grid:
+        """The grid of an average-pooling by ``factor`` (a voxel is the mean of a factor^3 block)."""
+        affine = self.affine.copy()
+        affine[:3, :3] = self.affine[:3, :3] * factor
+        affine[:3, 3] = self.affine[:3, :3] @ np.full(3, (factor - 1) / 2.0) + self.affine[:3, 3]
+        return Grid(tuple(int(s) // factor for s in self.shape), affine)
+
+
+def check_affine(affine, what: str = "volume") -> np.ndarray:
+    """A validated float64 4x4 IJK->RAS matrix: finite, positive spacing, orthogonal axes."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise InputError(f"{what}: the IJK->RAS matrix must be a finite 4x4 matrix, got shape {affine.shape}")
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    if np.any(spacing <= 1e-9):
+        raise InputError(f"{what}: zero voxel spacing {tuple(np.round(spacing, 6))}",
+                         "fix the image header: every spacing must be positive")
+    direction = affine[:3, :3] / spacing
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        raise InputError(f"{what}: the voxel axes are not orthogonal (sheared grid)",
+                         "resample the image to an orthogonal grid first")
+    return affine
+
+
+def affine_from_spacing(spacing, origin=(0.0, 0.0, 0.0), direction=None) -> np.ndarray:
+    """IJK->RAS from spacing (mm, must be positive), origin (RAS) and direction columns (RAS)."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    if spacing.shape != (3,) or np.any(~np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise InputError(f"voxel spacing must be three positive numbers, got {tuple(spacing.tolist())}",
+                         "fix the image header (zero or negative spacing)")
+    affine = np.eye(4)
+    affine[:3, :3] = (np.eye(3) if direction is None else np.asarray(direction, float)) * spacing
+    affine[:3, 3] = origin
+    return affine
+
+
+def image_from_array(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    """A SimpleITK image of an (i, j, k) array with an IJK->RAS affine (converted to LPS)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
+    set_geometry(image, affine)
+    return image
+
+
+def set_geometry(image: sitk.Image, affine: np.ndarray) -> None:
+    lps = LPS_FROM_RAS @ affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetDirection(tuple(float(v) for v in (lps[:3, :3] / spacing).ravel()))
+    image.SetOrigin(tuple(float(v) for v in lps[:3, 3]))
+
+
+def affine_of_image(image: sitk.Image) -> np.ndarray:
+    """IJK->RAS of a 3D SimpleITK image."""
+    lps = np.eye(4)
+    lps[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+    lps[:3, 3] = image.GetOrigin()
+    return LPS_FROM_RAS @ lps
+
+
+def reference_image(grid: Grid) -> sitk.Image:
+    """An empty SimpleITK image carrying ``grid``'s geometry (for resampling onto it)."""
+    image = sitk.Image([int(s) for s in grid.shape], sitk.sitkUInt8)
+    set_geometry(image, grid.affine)
+    return image
+
+
+def resample(array: np.ndarray, source: Grid | np.ndarray, target: Grid, interpolation: str = "linear",
+             default: float = 0.0, dtype=np.float32) -> np.ndarray:
+    """Resample an (i, j, k) array from its grid (or affine) onto ``target`` in physical space."""
+    affine = source.affine if isinstance(source, Grid) else source
+    image = image_from_array(array, affine)
+    return resample_image(image, target, interpolation, default, dtype)
+
+
+def resample_image(image: sitk.Image, target: Grid, interpolation: str = "linear", default: float = 0.0,
+                   dtype=np.float32) -> np.ndarray:
+    pixel = {np.float32: sitk.sitkFloat32, np.uint8: sitk.sitkUInt8, np.uint16: sitk.sitkUInt16,
+             np.int16: sitk.sitkInt16}[np.dtype(dtype).type]
+    interpolator = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}[interpolation]
+    out = sitk.Resample(image, reference_image(target), sitk.Transform(), interpolator, float(default), pixel)
+    return sitk.GetArrayViewFromImage(out).transpose(2, 1, 0).copy()
+
+
+def orientation_matrix(code: str) -> np.ndarray:
+    """Direction columns (RAS) of an orientation code such as ``"RAS"`` (axis i points to R, ...)."""
+    return np.array([AXIS_VECTORS[c] for c in code.upper()], dtype=np.float64).T
+
+
+def model_grid(source: Grid, orientation: str, spacing) -> Grid:
+    """The axis-aligned grid (given orientation and spacing) that covers ``source``'s box in physical space.
+
+    ``spacing`` None keeps the source's voxel size along the nearest axes.
+    """
+    direction = orientation_matrix(orientation)
+    if spacing is None:
+        # for each model axis, the source spacing of the most aligned source axis
+        alignment = np.abs(direction.T @ source.direction)
+        spacing = source.spacing[np.argmax(alignment, axis=1)]
+    spacing = np.asarray(spacing, dtype=np.float64)
+    coords = source.corners_ras() @ direction  # corner coordinates along the model axes
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    shape = np.maximum(1, np.ceil((hi - lo) / spacing - 1e-6)).astype(int)
+    start = lo + ((hi - lo) - shape * spacing) / 2 + spacing / 2  # centre the grid on the box
+    affine = np.eye(4)
+    affine[:3, :3] = direction * spacing
+    affine[:3, 3] = direction @ start
+    return Grid(tuple(int(s) for s in shape), affine)
+
+
+def overlaps(a: Grid, b: Grid) -> bool:
+    """Whether the boxes of two grids intersect (tested along the axes of ``a``)."""
+    inverse = np.linalg.inv(a.affine)
+    corners = b.corners_ras() @ inverse[:3, :3].T + inverse[:3, 3]
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    return bool(np.all(hi > -0.5) and np.all(lo < np.asarray(a.shape) - 0.5))

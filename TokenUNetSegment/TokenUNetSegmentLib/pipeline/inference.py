@@ -1,0 +1,71 @@
+"""Sliding-window inference with MONAI: logits and token maps stitched with the same blending."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .device import autocast
+from .progress import Progress
+
+
+def scan_plan(shape, roi_size, overlap: float, multiple: int) -> tuple[list[float], int]:
+    """Per-axis overlaps whose window steps are multiples of ``multiple``, and the number of windows.
+
+    Steps that are multiples of the network's downsampling factor keep the token maps (1/``multiple``
+    of the window) aligned with the logits when MONAI stitches both.
+    """
+    overlaps, count = [], 1
+    for size, roi in zip(shape, roi_size, strict=True):
+        step = max(multiple, int(roi * (1.0 - overlap)) // multiple * multiple)
+        step = min(step, roi)
+        overlaps.append(0.0 if step == roi else 1.0 - (step + 0.5) / roi)  # MONAI's step: int(roi * (1 - o))
+        count *= 1 if size <= roi else math.ceil((size - roi) / step) + 1
+    return overlaps, count
+
+
+def sliding_window(network: torch.nn.Module, image: np.ndarray, roi_size, overlap: float = 0.25,
+                   blending: str = "gaussian", batch_size: int = 1, device: torch.device | None = None,
+                   progress: Progress | None = None, with_tokens: bool = True):
+    """Run ``network`` over ``image`` (C, X, Y, Z), every size a multiple of the network's size multiple.
+
+    Returns:
+        (logits as a float32 array (out, X, Y, Z), token maps {"gather", "broadcast"} each (N, X/m, Y/m, Z/m)
+        float32, or None). Stitching happens on the CPU; windows run on ``device``.
+    """
+    from monai.inferers import sliding_window_inference
+
+    device = device or torch.device("cpu")
+    with_tokens = with_tokens and bool(getattr(network, "has_tokens", False))
+    # only the token maps (on a grid 1/size_multiple of the window) need window steps on that grid
+    multiple = int(getattr(network, "size_multiple", 32)) if with_tokens else 1
+    overlaps, total = scan_plan(image.shape[1:], roi_size, overlap, multiple)
+    done = [0]
+    network = network.to(device).eval()
+
+    def predictor(window: torch.Tensor):
+        if progress is not None:
+            progress.check()
+        with autocast(device):
+            out = network(window, return_attention=True) if with_tokens else network(window)
+        done[0] += window.shape[0]
+        if progress is not None:
+            progress.update("inference", done[0] / total)
+        if with_tokens:
+            logits, maps = out
+            # copies: MONAI accumulates each output in place, so two outputs must never share storage
+            return logits.float(), maps["gather"].float().clone(), maps["broadcast"].float().clone()
+        return out.float()
+
+    tensor = torch.from_numpy(image)[None]
+    with torch.inference_mode():
+        out = sliding_window_inference(
+            tensor, tuple(int(r) for r in roi_size), batch_size, predictor, overlap=overlaps, mode=blending,
+            sigma_scale=0.125, padding_mode="constant", cval=0.0, sw_device=device, device=torch.device("cpu"),
+        )
+    if with_tokens:
+        logits, gather, broadcast = (o[0].numpy() for o in out)
+        return logits, {"gather": gather, "broadcast": broadcast}
+    return out[0].numpy(), None

@@ -1,0 +1,79 @@
+"""From stitched network outputs to labels, normalised token maps and token-label soft Dice."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from .package import Label
+
+
+def labels_from_logits(logits: np.ndarray, cfg: dict, labels: list[Label]) -> np.ndarray:
+    """uint8 label map from stitched logits: argmax (softmax models) or ordered region thresholds (sigmoid)."""
+    inference = cfg["inference"]
+    tensor = torch.from_numpy(logits)
+    if inference["activation"] == "sigmoid":
+        threshold = float(inference.get("threshold", 0.5))
+        if 0 < threshold < 1:
+            cut = float(np.log(threshold / (1.0 - threshold)))  # sigmoid(x) > t  <=>  x > logit(t)
+        else:
+            cut = np.inf if threshold >= 1 else -np.inf
+        out = torch.zeros(logits.shape[1:], dtype=torch.uint8)
+        for region in inference["regions"]:  # later regions overwrite earlier ones (nested regions)
+            out[tensor[region["channel"]] > cut] = region["label"]
+        return out.numpy()
+    lookup = torch.zeros(logits.shape[0], dtype=torch.uint8)
+    for label in labels:
+        lookup[label.channel if label.channel is not None else label.value] = label.value
+    return lookup[torch.argmax(tensor, dim=0)].numpy()
+
+
+def probabilities_of(logits: np.ndarray, cfg: dict, labels: list[Label]) -> dict[int, np.ndarray]:
+    """Per label value, its probability map (softmax channel, or the sigmoid of its region channel)."""
+    tensor = torch.from_numpy(logits)
+    if cfg["inference"]["activation"] == "sigmoid":
+        return {r["label"]: torch.sigmoid(tensor[r["channel"]]).numpy() for r in cfg["inference"]["regions"]}
+    soft = torch.softmax(tensor, dim=0)
+    return {label.value: soft[label.channel if label.channel is not None else label.value].numpy() for label in labels}
+
+
+def keep_largest_component(labels: np.ndarray, values: list[int]) -> np.ndarray:
+    """For each label value in ``values``, keep only its largest 26-connected component (in place)."""
+    for value in values:
+        mask = labels == value
+        if not mask.any():
+            continue
+        components = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True)
+        ranked = sitk.GetArrayViewFromImage(sitk.RelabelComponent(components))
+        labels[mask & (ranked != 1)] = 0
+    return labels
+
+
+def normalise_maps(maps: np.ndarray) -> np.ndarray:
+    """Each token's map (N, ...) min-max scaled to [0, 1] (a constant map becomes 0)."""
+    out = np.empty_like(maps, dtype=np.float32)
+    for token, m in enumerate(maps):
+        low, high = float(m.min()), float(m.max())
+        out[token] = (m - low) / (high - low) if high > low else 0.0
+    return out
+
+
+def token_label_dice(maps: np.ndarray, labels: np.ndarray, values: list[int]) -> np.ndarray:
+    """Soft Dice (N tokens x L labels) of normalised maps on a coarse grid against fine labels.
+
+    The labels are average-pooled onto the maps' grid (a label's fraction in each coarse voxel), so
+    sums match those of the upsampled maps against the labels on the fine grid.
+    """
+    factor = labels.shape[0] // maps.shape[1]
+    fine = torch.from_numpy(labels)[None, None]
+    m = torch.from_numpy(maps).double().reshape(maps.shape[0], -1)
+    dice = np.zeros((maps.shape[0], len(values)))
+    for column, value in enumerate(values):
+        fraction = F.avg_pool3d((fine == value).float(), factor)[0, 0].double().reshape(-1)
+        if fraction.numel() != m.shape[1]:
+            raise ValueError("token maps and labels are not on nested grids")
+        overlap = m @ fraction
+        dice[:, column] = (2 * overlap / (m.sum(dim=1) + fraction.sum()).clamp_min(1e-12)).numpy()
+    return dice

@@ -1,0 +1,145 @@
+"""Preprocessing per package: channels onto one grid, model orientation and spacing, foreground crop,
+intensity normalisation and padding to the network's size multiple and window size."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError
+from .geometry import Grid, model_grid, overlaps, resample
+from .volumes import Volume
+
+
+@dataclass
+class Prepared:
+    """The network input and where it sits in physical space.
+
+    ``image`` (C, *region.shape) is the preprocessed region of ``grid`` (the model grid) starting at index
+    ``start``; parts of the region outside the model grid are padding.
+    """
+
+    image: np.ndarray
+    grid: Grid
+    start: np.ndarray
+    region: Grid
+    warnings: list[str] = field(default_factory=list)
+
+    def paste_slices(self) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """(slices into the model grid, slices into the region) of their intersection."""
+        stop = self.start + np.asarray(self.region.shape)
+        lo, hi = np.maximum(self.start, 0), np.minimum(stop, self.grid.shape)
+        in_grid = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+        in_region = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, self.start, strict=True))
+        return in_grid, in_region
+
+
+def intensity_settings(cfg: dict, channels: int) -> list[dict]:
+    setting = cfg["preprocessing"]["intensity"]
+    return list(setting) if isinstance(setting, list) else [setting] * channels
+
+
+def stack_channels(volumes: list[Volume], names: list[str]) -> tuple[list[np.ndarray], Grid]:
+    """Every channel on the first channel's grid (resampled in physical space when needed)."""
+    reference = volumes[0].grid
+    arrays = [volumes[0].array]
+    for volume, name in zip(volumes[1:], names[1:], strict=True):
+        grid = volume.grid
+        if grid.shape == reference.shape and np.allclose(grid.affine, reference.affine, atol=1e-5):
+            arrays.append(volume.array)
+            continue
+        if not overlaps(reference, grid) or not overlaps(grid, reference):
+            raise InputError(f"channel '{name}' ({volume.name}) does not overlap channel '{names[0]}' "
+                             f"({volumes[0].name}) in physical space",
+                             "the images must show the same anatomy; check that they belong to the same patient/study")
+        arrays.append(resample(volume.array, grid, reference, "linear", default=float(volume.array.min())))
+    return arrays, reference
+
+
+def _foreground(raw: np.ndarray, setting: dict) -> np.ndarray:
+    if setting["method"] == "ct_window":
+        return raw > setting["window"][0]
+    if setting["method"] == "zscore":
+        return raw != 0
+    return raw > raw.min()
+
+
+def _bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    if not mask.any():
+        return None
+    lo, hi = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        lo.append(hits[0])
+        hi.append(hits[-1] + 1)
+    return np.array(lo), np.array(hi)
+
+
+def normalise_intensity(array: np.ndarray, setting: dict, name: str, warnings: list[str]) -> np.ndarray:
+    """In-place intensity normalisation of a float32 array (CT window to [0, 1], or z-score over non-zero)."""
+    method = setting["method"]
+    if method == "ct_window":
+        low, high = (float(v) for v in setting["window"])
+        np.clip(array, low, high, out=array)
+        array -= low
+        array *= 1.0 / (high - low)
+    elif method == "zscore":
+        mask = array != 0
+        values = array[mask]
+        if values.size == 0:
+            return array
+        mean, std = float(values.mean()), float(values.std())
+        array[mask] = (values - mean) / std if std > 0 else 0.0
+    return array
+
+
+def prepare(volumes: list[Volume], cfg: dict, size_multiple: int, roi_size, names: list[str] | None = None,
+            progress=None) -> Prepared:
+    """Preprocess ``volumes`` (one per input channel) for a package configuration ``cfg``."""
+    names = names or [entry["name"] for entry in cfg["inputs"]]
+    pre = cfg["preprocessing"]
+    settings = intensity_settings(cfg, len(volumes))
+    warnings: list[str] = []
+    arrays, reference = stack_channels(volumes, names)
+    grid = model_grid(reference, pre["orientation"], pre.get("spacing"))
+    model_arrays = []
+    for index, (array, name) in enumerate(zip(arrays, names, strict=True)):
+        low, high = float(array.min()), float(array.max())
+        if low == high:
+            warnings.append(f"channel '{name}' is constant ({low:g}); the result will be meaningless")
+        if grid.shape == reference.shape and np.allclose(grid.affine, reference.affine, atol=1e-5):
+            model_arrays.append(np.asarray(array, dtype=np.float32))
+        else:
+            model_arrays.append(resample(array, reference, grid, "linear", default=low))
+        arrays[index] = None  # free the source-grid copy early
+        if progress:
+            progress.update("preprocess", 0.6 * (index + 1) / len(volumes))
+    shape = np.asarray(grid.shape)
+    lo, hi = np.zeros(3, int), shape.copy()
+    if pre.get("crop_foreground"):
+        mask = np.zeros(grid.shape, bool)
+        for array, setting in zip(model_arrays, settings, strict=True):
+            mask |= _foreground(array, setting)
+        box = _bbox(mask)
+        if box is not None:
+            margin = np.ceil(float(pre.get("crop_margin_mm", 10.0)) / grid.spacing).astype(int)
+            lo, hi = np.maximum(box[0] - margin, 0), np.minimum(box[1] + margin, shape)
+    roi = np.asarray(roi_size, int)
+    length = hi - lo
+    target = np.maximum(roi, np.array([math.ceil(n / size_multiple) * size_multiple for n in length]))
+    start = lo - (target - length) // 2
+    region = grid.sub_grid(start, target)
+    image = np.empty((len(model_arrays), *target), np.float32)
+    prepared = Prepared(image, grid, start, region, warnings)
+    in_grid, in_region = prepared.paste_slices()
+    for channel, (array, setting, name) in enumerate(zip(model_arrays, settings, names, strict=True)):
+        image[channel].fill(float(array.min()))
+        image[channel][in_region] = array[in_grid]
+        model_arrays[channel] = None
+        normalise_intensity(image[channel], setting, name, warnings)
+    if progress:
+        progress.update("preprocess", 1.0)
+    return prepared

@@ -1,0 +1,54 @@
+"""Progress reporting (stage name, overall fraction, monotonic) and cooperative cancel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .errors import CancelledError
+
+ProgressCallback = Callable[[str, float], None]
+
+# share of the whole run given to each stage (sums to 1)
+STAGES = {"load": 0.04, "preprocess": 0.08, "inference": 0.76, "postprocess": 0.06, "map back": 0.06}
+
+
+class Progress:
+    """Turns per-stage fractions into a monotonic overall fraction and checks the cancel flag.
+
+    Args:
+        callback: called as ``callback(stage, fraction)`` with fraction in [0, 1], never decreasing.
+        cancel: an object with ``is_set()`` (e.g. ``threading.Event``) or a callable returning True to cancel.
+    """
+
+    def __init__(self, callback: ProgressCallback | None = None, cancel=None):
+        self.callback = callback
+        self.cancel = cancel
+        self.fraction = 0.0
+
+    def cancelled(self) -> bool:
+        if self.cancel is None:
+            return False
+        return bool(self.cancel.is_set() if hasattr(self.cancel, "is_set") else self.cancel())
+
+    def check(self) -> None:
+        """Raise :class:`CancelledError` if cancel was requested."""
+        if self.cancelled():
+            raise CancelledError("segmentation cancelled")
+
+    def update(self, stage: str, stage_fraction: float = 0.0) -> None:
+        """Report ``stage_fraction`` (0..1) of ``stage``; checks cancel first."""
+        self.check()
+        start = 0.0
+        for name, share in STAGES.items():
+            if name == stage:
+                break
+            start += share
+        value = min(1.0, start + STAGES.get(stage, 0.0) * min(max(stage_fraction, 0.0), 1.0))
+        self.fraction = max(self.fraction, value)
+        if self.callback is not None:
+            self.callback(stage, self.fraction)
+
+    def done(self) -> None:
+        self.fraction = 1.0
+        if self.callback is not None:
+            self.callback("done", 1.0)
