@@ -50,7 +50,9 @@ class TokenUNetSegmentWidget(ScriptedLoadableModuleWidget):
         ScriptedLoadableModuleWidget.setup(self)
         import qt
 
-        label = qt.QLabel(_("Networks available: {names}").format(names=", ".join(TokenUNetSegmentLogic().networkNames())))
+        label = qt.QLabel(
+            _("Networks available: {names}").format(names=", ".join(TokenUNetSegmentLogic().networkNames()))
+        )
         label.wordWrap = True
         self.layout.addWidget(label)
         self.layout.addStretch(1)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused_ops import accumulate_pointwise, accumulate_transposed_k2s2, pointwise
+
 ALPHA_INIT = -2.5
 """Initial logit of every alpha gate: sigmoid(-2.5) ~ 0.076, so a new block starts near its shortcut."""
 
@@ -17,8 +19,19 @@ class AlphaGate(nn.Module):
         super().__init__()
         self.alpha = nn.Parameter(torch.tensor(float(init)))
 
+    def weight(self) -> torch.Tensor:
+        """The residual's share ``g`` in (0, 1)."""
+        return torch.sigmoid(self.alpha)
+
     def forward(self, shortcut: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return torch.lerp(shortcut, residual, torch.sigmoid(self.alpha).to(shortcut.dtype))
+        return torch.lerp(shortcut, residual, self.weight().to(shortcut.dtype))
+
+
+def _gated_shortcut(x: torch.Tensor, projection: nn.Module, keep: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``keep * projection(x) + bias`` as a fresh tensor (one pass; ``bias`` is per channel)."""
+    if isinstance(projection, nn.Identity):
+        return torch.addcmul(bias.view(1, -1, *([1] * (x.ndim - 2))), x, keep)
+    return pointwise(x, keep * projection.weight.flatten(1), keep * projection.bias + bias)
 
 
 def _pointwise(in_channels: int, out_channels: int) -> nn.Module:
@@ -56,8 +69,13 @@ class EncoderBlock(nn.Module):
             nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # gate(projection(shortcut), conv(hidden)) with the gate folded into both linear maps.
+        hidden = self.residual[:4](x)
+        conv = self.residual[4]
         shortcut = F.avg_pool3d(x, 2) if self.downsample else x
-        return self.gate(self.projection(shortcut), self.residual(x))
+        g = self.gate.weight().to(x.dtype)
+        out = _gated_shortcut(shortcut, self.projection, 1 - g, g * conv.bias)
+        return accumulate_pointwise(out, hidden, g * conv.weight.flatten(1))
 
 
 class UpBlock(nn.Module):
@@ -88,5 +106,11 @@ class UpBlock(nn.Module):
         self.gate = AlphaGate()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = F.interpolate(self.projection(x), scale_factor=2, mode="trilinear", align_corners=False)
-        return self.gate(shortcut, self.residual(x))
+        # gate(upsample(projection(x)), convT(hidden)) with the gate folded into both linear maps; the
+        # convT bias joins the shortcut before upsampling (interpolation preserves constants).
+        hidden = self.residual[:4](x)
+        conv = self.residual[4]
+        g = self.gate.weight().to(x.dtype)
+        low = _gated_shortcut(x, self.projection, 1 - g, g * conv.bias)
+        out = F.interpolate(low, scale_factor=2, mode="trilinear", align_corners=False)
+        return accumulate_transposed_k2s2(out, hidden, g * conv.weight)

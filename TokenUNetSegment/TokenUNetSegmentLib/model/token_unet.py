@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .blocks import EncoderBlock, UpBlock
+from .fused_ops import pointwise
 from .token_processors import PROCESSORS, build_token_processor
 from .tokens import TokenFuser3D, TokenLearner3D, normalize_voxels
 
@@ -80,7 +81,7 @@ class TokenUNet(nn.Module):
         self.input_norm = nn.InstanceNorm3d(in_channels)
         self.encoder = nn.ModuleList()
         width = in_channels
-        for stage, (stage_width, count) in enumerate(zip(channels, encoder_blocks)):
+        for stage, (stage_width, count) in enumerate(zip(channels, encoder_blocks, strict=True)):
             blocks = []
             for index in range(count):
                 downsample = stage > 0 and index == count - 1
@@ -91,9 +92,7 @@ class TokenUNet(nn.Module):
         if num_tokens:
             bottleneck = channels[-1]
             self.token_learner = TokenLearner3D(bottleneck, num_tokens)
-            self.token_processor = build_token_processor(
-                processor, bottleneck, num_tokens, processor_depth, num_heads
-            )
+            self.token_processor = build_token_processor(processor, bottleneck, num_tokens, processor_depth, num_heads)
             self.token_fuser = TokenFuser3D(bottleneck, num_tokens)
 
         self.decoder = nn.ModuleList()
@@ -115,6 +114,11 @@ class TokenUNet(nn.Module):
             raise ValueError(f"num_tokens must be 0 (no tokens) or a positive integer, got {num_tokens!r}.")
         if processor not in PROCESSORS:
             raise ValueError(f"unknown token processor '{processor}'; choose one of {', '.join(PROCESSORS)}.")
+        if num_tokens == 0 and processor != "none":
+            raise ValueError(
+                f"num_tokens=0 leaves no tokens for the '{processor}' processor; use at least 1 token, "
+                "or processor='none' for the plain UNet (NoToken)."
+            )
 
     @property
     def has_tokens(self) -> bool:
@@ -131,11 +135,12 @@ class TokenUNet(nn.Module):
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(f"input has {x.shape[1]} channels but the network expects {self.in_channels}.")
-        bad = [s for s in x.shape[2:] if s % self.size_multiple or s == 0]
-        if bad:
+        size, multiple = tuple(x.shape[2:]), self.size_multiple
+        if any(s % multiple or s == 0 for s in size):
+            padded = tuple(max(multiple, -(-s // multiple) * multiple) for s in size)
             raise ValueError(
-                f"input spatial size {tuple(x.shape[2:])} must be a multiple of {self.size_multiple} "
-                f"in every axis; pad or crop it (e.g. to {tuple(-(-s // self.size_multiple) * self.size_multiple for s in x.shape[2:])})."
+                f"input spatial size {size} must be a non-zero multiple of {multiple} in every axis; "
+                f"pad or crop it (e.g. to {padded})."
             )
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
@@ -149,15 +154,16 @@ class TokenUNet(nn.Module):
             raise ValueError("this network has no tokens (NoToken), so it has no attention maps to return.")
         skips = []
         x = self.input_norm(x)
-        for stage in self.encoder:
+        for index, stage in enumerate(self.encoder):
             x = stage(x)
-            skips.append(x)
+            # The full-resolution map is a skip only on request: not holding it saves memory.
+            skips.append(x if index or self.full_resolution_skip else None)
         x, maps = self._tokenize(x) if self.has_tokens else (x, None)
-        for stage, skip in zip(self.decoder, reversed(skips[:-1])):
+        for stage, skip in zip(self.decoder, reversed(skips[:-1]), strict=True):
             x = stage(x)
-            if stage is not self.decoder[-1] or self.full_resolution_skip:
-                x = x + skip
-        logits = self.head(x)
+            if skip is not None:
+                x = x.add_(skip)
+        logits = pointwise(x, self.head.weight.flatten(1), self.head.bias)
         return (logits, maps) if return_attention else logits
 
     def _tokenize(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

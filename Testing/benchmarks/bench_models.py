@@ -1,0 +1,194 @@
+"""Parameters, peak memory and median forward latency of every network against MONAI's SwinUNETR.
+
+Each model runs in its own process (so memory figures don't mix) on a (1, 4, S, S, S) input:
+parameters; peak memory (CPU: growth of the process's peak RSS from just before the model is built;
+CUDA: torch.cuda.max_memory_allocated); median latency of at least 5 forward passes under inference
+mode after warm-up. Ratios are to SwinUNETR (in 4, out 3, feature_size 24) measured in the same run.
+
+    python Testing/benchmarks/bench_models.py [--device cpu|cuda] [--size 128] [--json FILE]
+                                              [--models NAME ...] [--runs 5] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "TokenUNetSegment"
+BASELINE = "SwinUNETR"
+IN_CHANNELS, OUT_CHANNELS = 4, 3
+FIXED_PATCH_SIZE = 96  # MetaUNETR mixers whose weights depend on the patch size are measured at 96^3
+
+
+def default_models() -> list[str]:
+    sys.path.insert(0, str(MODULE_DIR))
+    from TokenUNetSegmentLib.model import network_names
+
+    return [*network_names(), BASELINE, "UNet"]
+
+
+def build(name: str, size: int):
+    """The network ``name`` and the cubic input size it is measured at."""
+    if name == BASELINE:
+        from monai.networks.nets import SwinUNETR
+
+        return SwinUNETR(in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, feature_size=24), size
+    if name == "UNet":
+        from monai.networks.nets import UNet
+
+        return UNet(
+            3, IN_CHANNELS, OUT_CHANNELS, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2
+        ), size
+    from TokenUNetSegmentLib.model import build_network
+
+    if name.startswith("MetaUNETR-"):
+        net = build_network(name, IN_CHANNELS, OUT_CHANNELS, feature_size=24, img_size=size)
+        if getattr(net, "fixed_patch_size", False) and size != FIXED_PATCH_SIZE:
+            net = build_network(name, IN_CHANNELS, OUT_CHANNELS, feature_size=24, img_size=FIXED_PATCH_SIZE)
+            size = FIXED_PATCH_SIZE
+        return net, size
+    return build_network(name, IN_CHANNELS, OUT_CHANNELS), size
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process (Linux)."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def _rss_mb(field: str) -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def measure(name: str, device: str, size: int, runs: int, warmup: int) -> dict:
+    """Measure one model in this process; returns the JSON row."""
+    import torch
+
+    sys.path.insert(0, str(MODULE_DIR))
+    torch.manual_seed(0)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        _reset_peak_rss()
+        baseline_mb = _rss_mb("VmRSS")
+    net, size = build(name, size)
+    net = net.to(device).eval()
+    x = torch.randn(1, IN_CHANNELS, size, size, size, device=device)
+    timings = []
+    with torch.inference_mode():
+        for index in range(warmup + runs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            net(x)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if index >= warmup:
+                timings.append((time.perf_counter() - start) * 1000)
+    if device == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = _rss_mb("VmHWM") - baseline_mb
+    return {
+        "name": name,
+        "params": sum(p.numel() for p in net.parameters()),
+        "peak_mb": round(peak_mb, 1),
+        "median_ms": round(statistics.median(timings), 2),
+        "input_size": size,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_in_child(name: str, args: argparse.Namespace) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        name,
+        "--device",
+        args.device,
+        "--size",
+        str(args.size),
+        "--runs",
+        str(args.runs),
+        "--warmup",
+        str(args.warmup),
+    ]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"measuring {name} failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict], device: str) -> str:
+    base = next((r for r in rows if r["name"] == BASELINE), None)
+    lines = [
+        f"device: {device}",
+        f"{'model':<26}{'input':>7}{'params':>13}{'peak MB':>10}{'median ms':>12}"
+        f"{'params %':>10}{'memory %':>10}{'time %':>9}",
+    ]
+    for row in rows:
+        ratios = ("", "", "")
+        if base:
+            ratios = tuple(f"{100 * row[k] / base[k]:.1f}" for k in ("params", "peak_mb", "median_ms"))
+        note = "" if row["input_size"] == rows[0]["input_size"] else " *"
+        lines.append(
+            f"{row['name'] + note:<26}{row['input_size']:>6}^3{row['params']:>13,}{row['peak_mb']:>10.1f}"
+            f"{row['median_ms']:>12.1f}{ratios[0]:>10}{ratios[1]:>10}{ratios[2]:>9}"
+        )
+    if any(row["input_size"] != rows[0]["input_size"] for row in rows):
+        lines.append(f"* measured at {FIXED_PATCH_SIZE}^3: the mixer's weights are tied to that patch size")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--size", type=int, default=128, help="cubic input size (default 128)")
+    parser.add_argument("--json", type=Path, help="write the results as JSON to this file")
+    parser.add_argument("--models", nargs="+", help="models to measure (default: every network + baselines)")
+    parser.add_argument("--runs", type=int, default=5, help="timed forward passes per model (at least 5)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    if args.child:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(json.dumps(measure(args.child, args.device, args.size, args.runs, args.warmup)))
+        return 0
+    if args.runs < 5:
+        parser.error("--runs must be at least 5 for a meaningful median")
+    if args.size % 32:
+        parser.error("--size must be a multiple of 32 (MetaUNETR and SwinUNETR need it)")
+    names = args.models or default_models()
+    if BASELINE not in names:
+        names.append(BASELINE)
+    rows = []
+    for name in names:
+        rows.append(run_in_child(name, args))
+        print(f"measured {name}: {rows[-1]['median_ms']:.1f} ms, {rows[-1]['peak_mb']:.0f} MB", file=sys.stderr)
+    print(table(rows, args.device))
+    if args.json:
+        args.json.write_text(json.dumps({"device": args.device, "size": args.size, "models": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
