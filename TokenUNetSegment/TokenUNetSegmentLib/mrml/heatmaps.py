@@ -49,7 +49,6 @@ def heat_color_node(scene):
     node.SetSingletonTag(HEAT_TABLE_TAG)
     node.SetTypeToUser()
     node.SetNumberOfColors(256)
-    node.SetNamesInitialised(True)
     for index, (r, g, b) in enumerate(heat_rgb(np.linspace(0.0, 1.0, 256))):
         node.SetColor(index, f"{index}", float(r), float(g), float(b), 1.0)
     scene.AddNode(node)
