@@ -7,10 +7,14 @@ import vtk
 from TokenUNetSegmentLib.mrml.scene import create_scene
 from TokenUNetSegmentLib.mrml.volumes import array_to_matrix, set_volume_from_array
 
-ROTATE_Z_30 = np.array([[np.cos(np.pi / 6), -np.sin(np.pi / 6), 0, 12.0],
-                        [np.sin(np.pi / 6), np.cos(np.pi / 6), 0, -7.0],
-                        [0, 0, 1, 25.0],
-                        [0, 0, 0, 1]])
+ROTATE_Z_30 = np.array(
+    [
+        [np.cos(np.pi / 6), -np.sin(np.pi / 6), 0, 12.0],
+        [np.sin(np.pi / 6), np.cos(np.pi / 6), 0, -7.0],
+        [0, 0, 1, 25.0],
+        [0, 0, 0, 1],
+    ]
+)
 
 
 def new_scene():

@@ -100,8 +100,10 @@ def test_threshold_model_run_creates_every_node_at_the_right_place(ctx):
     hierarchy = subject_hierarchy(ctx.scene)
     assert hierarchy.GetItemAttribute(nodes.folder, RUN_ATTRIBUTE) == "1"
     assert hierarchy.GetItemParent(nodes.folder) == hierarchy.GetItemParent(hierarchy.GetItemByDataNode(volume))
-    in_folder = {hierarchy.GetItemDataNode(hierarchy.GetItemByPositionUnderParent(nodes.folder, i)).GetID()
-                 for i in range(hierarchy.GetNumberOfItemChildren(nodes.folder))}
+    in_folder = {
+        hierarchy.GetItemDataNode(hierarchy.GetItemByPositionUnderParent(nodes.folder, i)).GetID()
+        for i in range(hierarchy.GetNumberOfItemChildren(nodes.folder))
+    }
     assert in_folder == {n.GetID() for n in [*nodes.heatmaps, nodes.attention, *nodes.probabilities]}
     # attention segmentation: one segment per token of the first kind, the map thresholded at 0.5
     attention = nodes.attention.GetSegmentation()
@@ -111,7 +113,9 @@ def test_threshold_model_run_creates_every_node_at_the_right_place(ctx):
     mask, affine, _ = segment_mask_world(nodes.attention, first)
     full = np.zeros(SHAPE, bool)
     start = np.round(np.linalg.solve(world, affine @ [0, 0, 0, 1.0])[:3]).astype(int)
-    full[start[0]:start[0] + mask.shape[0], start[1]:start[1] + mask.shape[1], start[2]:start[2] + mask.shape[2]] = mask
+    full[
+        start[0] : start[0] + mask.shape[0], start[1] : start[1] + mask.shape[1], start[2] : start[2] + mask.shape[2]
+    ] = mask
     np.testing.assert_array_equal(full, token0_map >= 0.5)
     assert attention.GetSegment(first).GetName() == "Token 00 - ball"
     # a new threshold rebuilds the segments from the heatmap nodes alone
@@ -146,8 +150,7 @@ def test_heatmap_shown_as_foreground_of_every_slice_view(ctx):
 def test_in_process_scene_run_with_progress(ctx, tiny_package):
     volume = ball_volume(ctx.scene)
     events = []
-    run = SceneRun(ctx.scene, Parameters(inputVolume0=volume, model=str(tiny_package), device="cpu"),
-                   mode="inprocess")
+    run = SceneRun(ctx.scene, Parameters(inputVolume0=volume, model=str(tiny_package), device="cpu"), mode="inprocess")
     run.add_observer(events.append)
     assert run.run_now() == RunState.COMPLETED
     fractions = [e["fraction"] for e in events if e["type"] == "progress"]
@@ -162,8 +165,7 @@ def test_in_process_scene_run_with_progress(ctx, tiny_package):
 def test_in_process_worker_thread_run_and_cancel(ctx, tiny_package):
     volume = ball_volume(ctx.scene)
     before = node_ids(ctx.scene)
-    run = SceneRun(ctx.scene, Parameters(inputVolume0=volume, model=str(tiny_package), device="cpu"),
-                   mode="inprocess")
+    run = SceneRun(ctx.scene, Parameters(inputVolume0=volume, model=str(tiny_package), device="cpu"), mode="inprocess")
     run.run.add_observer(lambda e: run.cancel() if e["type"] == "progress" else None)
     run.start()
     assert run.wait(timeout=120) == RunState.CANCELLED
@@ -197,8 +199,9 @@ def alive(pid):
 def test_subprocess_run_matches_in_process_and_cleans_up(ctx, tiny_package):
     volume = ball_volume(ctx.scene, transform=ROTATE_Z_30)
     events = []
-    parameters = Parameters(inputVolume0=volume, model=str(tiny_package), device="cpu", heatmapKind="both",
-                            probabilities=True)
+    parameters = Parameters(
+        inputVolume0=volume, model=str(tiny_package), device="cpu", heatmapKind="both", probabilities=True
+    )
     run = SceneRun(ctx.scene, parameters, mode="subprocess")
     run.add_observer(events.append)
     run.start()
@@ -224,8 +227,7 @@ def test_subprocess_run_matches_in_process_and_cleans_up(ctx, tiny_package):
 def test_subprocess_cancel_leaves_no_nodes_no_process_no_files(ctx, tiny_package):
     volume = ball_volume(ctx.scene)
     before = node_ids(ctx.scene)
-    run = SceneRun(ctx.scene, Parameters(inputVolume0=volume, model=str(tiny_package), device="cpu"),
-                   mode="subprocess")
+    run = SceneRun(ctx.scene, Parameters(inputVolume0=volume, model=str(tiny_package), device="cpu"), mode="subprocess")
     run.run.grace = 1.0
     cancelled_at = []
 
@@ -253,10 +255,14 @@ def test_cancel_kills_the_whole_process_tree_even_when_it_ignores_sigterm(tmp_pa
         "child = subprocess.Popen([sys.executable, '-c', "
         "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)'])\n"
         "print(child.pid, flush=True)\n"
-        "time.sleep(120)\n")
+        "time.sleep(120)\n"
+    )
     lines = []
-    run = SubprocessRun(RunRequest(inputs=[(np.zeros((2, 2, 2), np.float32), np.eye(4))]), grace=0.5,
-                        command=[sys.executable, str(script)])
+    run = SubprocessRun(
+        RunRequest(inputs=[(np.zeros((2, 2, 2), np.float32), np.eye(4))]),
+        grace=0.5,
+        command=[sys.executable, str(script)],
+    )
     run.add_observer(lambda e: lines.append(e["line"]) if e["type"] == "log" else None)
     run.start()
     limit = time.monotonic() + 30
@@ -286,8 +292,13 @@ def test_kill_process_tree_of_a_finished_process_is_harmless():
 def test_failed_subprocess_run_reports_the_cli_message_and_adds_nothing(ctx, tmp_path):
     volume = ball_volume(ctx.scene)
     before = node_ids(ctx.scene)
-    run = SceneRun(ctx.scene, Parameters(inputVolume0=volume, device="cpu"), mode="subprocess", channels=1,
-                   model=str(tmp_path / "missing.zip"))
+    run = SceneRun(
+        ctx.scene,
+        Parameters(inputVolume0=volume, device="cpu"),
+        mode="subprocess",
+        channels=1,
+        model=str(tmp_path / "missing.zip"),
+    )
     run.start()
     assert run.wait(timeout=240) == RunState.FAILED
     assert "model package not found" in str(run.error)

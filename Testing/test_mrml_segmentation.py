@@ -19,8 +19,11 @@ from TokenUNetSegmentLib.pipeline.package import Label
 
 SPLEEN = {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "78961009", "Spleen"]}
 LIVER = {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "10200004", "Liver"]}
-TABLE = [Label(1, "spleen", (157, 108, 162), None, SPLEEN), Label(2, "liver", (221, 130, 101), None, LIVER),
-         Label(5, "absent", (0, 151, 206), None, None)]
+TABLE = [
+    Label(1, "spleen", (157, 108, 162), None, SPLEEN),
+    Label(2, "liver", (221, 130, 101), None, LIVER),
+    Label(5, "absent", (0, 151, 206), None, None),
+]
 PLAIN = np.array([[0.8, 0, 0, -30.0], [0, 0.9, 0, 12.0], [0, 0, 2.5, 40.0], [0, 0, 0, 1]])
 MIRRORED = np.array([[0.8, 0, 0, -30.0], [0, 0.9, 0, 12.0], [0, 0, -2.5, 40.0], [0, 0, 0, 1]])  # det < 0
 
@@ -51,8 +54,9 @@ def assert_segments_match(node, labels, world_affine):
 def test_one_segment_per_label_with_the_input_geometry_in_physical_space(ctx, case):
     shape = (12, 9, 6)
     affine = MIRRORED if case == "mirrored" else PLAIN
-    volume = add_volume(ctx.scene, np.zeros(shape, np.int16), affine,
-                        transform=ROTATE_Z_30 if case == "transformed" else None)
+    volume = add_volume(
+        ctx.scene, np.zeros(shape, np.int16), affine, transform=ROTATE_Z_30 if case == "transformed" else None
+    )
     world = ijk_to_world(volume)
     labels = labels_for(shape)
     node = write_labels(ctx.scene, labels, world, TABLE, reference=volume, model_id="tiny")

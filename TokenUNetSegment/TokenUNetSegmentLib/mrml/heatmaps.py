@@ -63,15 +63,26 @@ def token_color(token: int, count: int) -> tuple[float, float, float]:
 def run_folder(scene, reference, name: str, run_id: str) -> int:
     """A new subject-hierarchy folder for one run's maps, beside ``reference`` (the input volume)."""
     hierarchy = subject_hierarchy(scene)
-    parent = hierarchy.GetItemParent(hierarchy_item(scene, reference)) if reference is not None \
+    parent = (
+        hierarchy.GetItemParent(hierarchy_item(scene, reference))
+        if reference is not None
         else hierarchy.GetSceneItemID()
+    )
     folder = hierarchy.CreateFolderItem(parent, name)
     hierarchy.SetItemAttribute(folder, RUN_ATTRIBUTE, run_id)
     return folder
 
 
-def add_map_volume(scene, array_ijk: np.ndarray, world_affine: np.ndarray, name: str, reference=None,
-                   folder: int | None = None, attributes: dict | None = None, color_node=None):
+def add_map_volume(
+    scene,
+    array_ijk: np.ndarray,
+    world_affine: np.ndarray,
+    name: str,
+    reference=None,
+    folder: int | None = None,
+    attributes: dict | None = None,
+    color_node=None,
+):
     """A float32 volume node for a map in [0, 1] (heat colors, window 0..1), under the reference's transform."""
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
     if reference is not None:
@@ -101,16 +112,34 @@ def add_heatmaps(scene, heatmaps, token_matches, world_affine, kinds, reference=
     for kind in kinds:
         for token in range(heatmaps.num_tokens):
             match = best.get((kind, token), {})
-            attributes = {TOKEN_ATTRIBUTE: token, KIND_ATTRIBUTE: kind, LABEL_ATTRIBUTE: match.get("best_label", ""),
-                          DICE_ATTRIBUTE: match.get("soft_dice", "")}
-            nodes.append(add_map_volume(scene, heatmaps.get(kind, token), world_affine,
-                                        heatmap_name(token, kind, match.get("best_label")), reference, folder,
-                                        attributes))
+            attributes = {
+                TOKEN_ATTRIBUTE: token,
+                KIND_ATTRIBUTE: kind,
+                LABEL_ATTRIBUTE: match.get("best_label", ""),
+                DICE_ATTRIBUTE: match.get("soft_dice", ""),
+            }
+            nodes.append(
+                add_map_volume(
+                    scene,
+                    heatmaps.get(kind, token),
+                    world_affine,
+                    heatmap_name(token, kind, match.get("best_label")),
+                    reference,
+                    folder,
+                    attributes,
+                )
+            )
     return nodes
 
 
-def add_attention_segmentation(scene, heatmap_nodes: list, threshold: float = DEFAULT_THRESHOLD, reference=None,
-                               folder=None, name: str = "Token attention"):
+def add_attention_segmentation(
+    scene,
+    heatmap_nodes: list,
+    threshold: float = DEFAULT_THRESHOLD,
+    reference=None,
+    folder=None,
+    name: str = "Token attention",
+):
     """A segmentation with one segment per heatmap node: its map thresholded at ``threshold``."""
     node = new_segmentation_node(scene, name, reference)
     for heatmap in heatmap_nodes:
@@ -141,8 +170,14 @@ def update_attention_segments(node, threshold: float) -> None:
             image = _cropped_mask_image(mask, to_local @ ijk_to_world(heatmap))
             label = heatmap.GetAttribute(LABEL_ATTRIBUTE) or ""
             name = f"Token {token:02d}" + (f" - {label}" if label else "")
-            add_segment(node, name, token_color(token, len(heatmaps)), image, 1,
-                        {TOKEN_TAG: token, KIND_ATTRIBUTE: heatmap.GetAttribute(KIND_ATTRIBUTE) or ""})
+            add_segment(
+                node,
+                name,
+                token_color(token, len(heatmaps)),
+                image,
+                1,
+                {TOKEN_TAG: token, KIND_ATTRIBUTE: heatmap.GetAttribute(KIND_ATTRIBUTE) or ""},
+            )
         node.SetAttribute(THRESHOLD_ATTRIBUTE, f"{threshold:g}")
     finally:
         node.EndModify(was)
@@ -157,7 +192,7 @@ def _cropped_mask_image(mask: np.ndarray, affine: np.ndarray):
         hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
         lo.append(int(hits[0]))
         hi.append(int(hits[-1]) + 1)
-    block = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.uint8)
+    block = mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.uint8)
     return oriented_image(block, affine, offset=lo)
 
 

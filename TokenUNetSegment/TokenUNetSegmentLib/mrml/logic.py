@@ -55,10 +55,14 @@ def request_from_parameters(parameters: Parameters, channels: int, model=None) -
     missing = [str(i + 1) for i, node in enumerate(nodes) if node is None]
     if missing:
         raise InputError(f"input volume {', '.join(missing)} of {channels} is not selected")
-    return RunRequest(inputs=[volume_to_array(node) for node in nodes],
-                      model=model if model is not None else (parameters.model or None), device=parameters.device,
-                      heatmaps=parameters.heatmaps, probabilities=parameters.probabilities,
-                      largest_component=parameters.largestComponent)
+    return RunRequest(
+        inputs=[volume_to_array(node) for node in nodes],
+        model=model if model is not None else (parameters.model or None),
+        device=parameters.device,
+        heatmaps=parameters.heatmaps,
+        probabilities=parameters.probabilities,
+        largest_component=parameters.largestComponent,
+    )
 
 
 def make_run(request: RunRequest, mode: str = "subprocess", python: str | None = None):
@@ -75,9 +79,16 @@ def apply_result(scene, result, parameters: Parameters, reference, output=None) 
 
     ``output`` is the segmentation node to write into (module-made segments replaced, others kept) or None.
     """
-    segmentation = write_labels(scene, result.labels, result.affine, result.label_table, node=output,
-                                reference=reference, model_id=result.model_id or "TokenUNet",
-                                show3d=parameters.show3D)
+    segmentation = write_labels(
+        scene,
+        result.labels,
+        result.affine,
+        result.label_table,
+        node=output,
+        reference=reference,
+        model_id=result.model_id or "TokenUNet",
+        show3d=parameters.show3D,
+    )
     nodes = RunNodes(segmentation)
     want_maps = parameters.heatmaps and result.heatmaps is not None
     if not (want_maps or result.probabilities):
@@ -88,16 +99,32 @@ def apply_result(scene, result, parameters: Parameters, reference, output=None) 
     nodes.folder = run_folder(scene, reference, " ".join(name.split()), f"{count + 1}")
     if want_maps:
         kinds = [k for k in parameters.kinds if k in result.heatmaps.kinds]
-        nodes.heatmaps = add_heatmaps(scene, result.heatmaps, result.token_matches, result.affine, kinds, reference,
-                                      nodes.folder)
+        nodes.heatmaps = add_heatmaps(
+            scene, result.heatmaps, result.token_matches, result.affine, kinds, reference, nodes.folder
+        )
         if parameters.attentionSegments and nodes.heatmaps:
             first_kind = [n for n in nodes.heatmaps if n.GetAttribute("TokenUNet.Kind") == kinds[0]]
-            nodes.attention = add_attention_segmentation(scene, first_kind, parameters.attentionThreshold, reference,
-                                                         nodes.folder, f"Token attention ({kinds[0]})")
+            nodes.attention = add_attention_segmentation(
+                scene,
+                first_kind,
+                parameters.attentionThreshold,
+                reference,
+                nodes.folder,
+                f"Token attention ({kinds[0]})",
+            )
     for label in result.label_table if result.probabilities else []:
-        nodes.probabilities.append(add_map_volume(
-            scene, result.probabilities[label.name], result.affine, f"{label.name} probability", reference,
-            nodes.folder, {PROBABILITY_ATTRIBUTE: label.name}, heat_color_node(scene)))
+        nodes.probabilities.append(
+            add_map_volume(
+                scene,
+                result.probabilities[label.name],
+                result.affine,
+                f"{label.name} probability",
+                reference,
+                nodes.folder,
+                {PROBABILITY_ATTRIBUTE: label.name},
+                heat_color_node(scene),
+            )
+        )
     hierarchy.SetItemExpanded(nodes.folder, False)
     return nodes
 
@@ -128,8 +155,15 @@ class SceneRun:
         model: a model id, package path or loaded ModelPackage (default: ``parameters.model`` or the catalog's).
     """
 
-    def __init__(self, scene, parameters: Parameters, mode: str | None = None, model=None, python: str | None = None,
-                 channels: int | None = None):
+    def __init__(
+        self,
+        scene,
+        parameters: Parameters,
+        mode: str | None = None,
+        model=None,
+        python: str | None = None,
+        channels: int | None = None,
+    ):
         self.scene = scene
         self.parameters = parameters
         chosen = model if model is not None else (parameters.model or None)
@@ -148,13 +182,17 @@ class SceneRun:
     def _relay(self, event: dict) -> None:
         if event["type"] == "state" and event["state"] == RunState.COMPLETED:
             try:
-                self.nodes = apply_result(self.scene, self.run.result, self.parameters, self.reference,
-                                          self.parameters.outputSegmentation)
+                self.nodes = apply_result(
+                    self.scene, self.run.result, self.parameters, self.reference, self.parameters.outputSegmentation
+                )
             except Exception as error:  # noqa: BLE001 - reported through the state event
                 from ..pipeline.errors import TokenUNetError
 
-                self.error = error if isinstance(error, TokenUNetError) else TokenUNetError(
-                    f"cannot add the results to the scene: {type(error).__name__}: {error}")
+                self.error = (
+                    error
+                    if isinstance(error, TokenUNetError)
+                    else TokenUNetError(f"cannot add the results to the scene: {type(error).__name__}: {error}")
+                )
                 event = {**event, "state": RunState.FAILED, "error": self.error}
             self.run.result = None  # release the arrays
         elif event["type"] == "state":
@@ -193,5 +231,12 @@ class SceneRun:
         self.run.cancel()
 
 
-__all__ = ["RunNodes", "SceneRun", "apply_result", "hierarchy_item", "make_run", "model_input_names",
-           "request_from_parameters"]
+__all__ = [
+    "RunNodes",
+    "SceneRun",
+    "apply_result",
+    "hierarchy_item",
+    "make_run",
+    "model_input_names",
+    "request_from_parameters",
+]

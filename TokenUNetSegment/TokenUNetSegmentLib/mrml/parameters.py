@@ -76,8 +76,11 @@ def node_fields() -> dict[str, str]:
 def value_fields() -> dict[str, type]:
     """Field name -> Python type of the plain parameters."""
     types = {"str": str, "bool": bool, "int": int, "float": float}
-    return {f.name: types[f.type if isinstance(f.type, str) else f.type.__name__]
-            for f in fields(Parameters) if "node" not in f.metadata}
+    return {
+        f.name: types[f.type if isinstance(f.type, str) else f.type.__name__]
+        for f in fields(Parameters)
+        if "node" not in f.metadata
+    }
 
 
 def write_parameters(node, parameters: Parameters) -> None:

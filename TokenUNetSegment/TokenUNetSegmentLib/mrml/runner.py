@@ -133,10 +133,16 @@ class InProcessRun(Run):
         from ..pipeline.segment import segment
 
         r = self.request
-        return segment(r.inputs, r.model if r.model not in ("", None) else None, device=r.device,
-                       heatmaps=r.heatmaps, probabilities=r.probabilities,
-                       largest_component=True if r.largest_component else None,
-                       progress=self._progress, cancel=self._cancel)
+        return segment(
+            r.inputs,
+            r.model if r.model not in ("", None) else None,
+            device=r.device,
+            heatmaps=r.heatmaps,
+            probabilities=r.probabilities,
+            largest_component=True if r.largest_component else None,
+            progress=self._progress,
+            cancel=self._cancel,
+        )
 
     def _outcome(self, work) -> tuple[RunState, TokenUNetError | None]:
         try:
@@ -153,7 +159,8 @@ class InProcessRun(Run):
         """Run in the calling thread, delivering events as they happen."""
         self.state, self.started = RunState.RUNNING, time.monotonic()
         self._progress = lambda stage, fraction: self._emit(  # noqa: E731 - direct delivery
-            {"type": "progress", "stage": stage, "fraction": float(fraction), "elapsed": self.elapsed})
+            {"type": "progress", "stage": stage, "fraction": float(fraction), "elapsed": self.elapsed}
+        )
         state, error = self._outcome(self._segment)
         self._finish(state, error)
         return state
@@ -194,8 +201,14 @@ class SubprocessRun(Run):
         command: replaces the CLI command (for tests of the process handling); ``{out}`` is substituted.
     """
 
-    def __init__(self, request: RunRequest, python: str | None = None, grace: float = 3.0,
-                 command: list[str] | None = None, env: dict | None = None):
+    def __init__(
+        self,
+        request: RunRequest,
+        python: str | None = None,
+        grace: float = 3.0,
+        command: list[str] | None = None,
+        env: dict | None = None,
+    ):
         super().__init__(request)
         self.python = python or sys.executable
         self.grace = grace
@@ -233,8 +246,22 @@ class SubprocessRun(Run):
         if self.custom_command is not None:
             return [part.replace("{out}", str(out)) for part in self.custom_command]
         r = self.request
-        command = [self.python, "-m", "TokenUNetSegmentLib.pipeline", "segment", *map(str, inputs), "--out", str(out),
-                   "--device", r.device, "--progress", "json", "--attention-grid", "token", "--no-overview"]
+        command = [
+            self.python,
+            "-m",
+            "TokenUNetSegmentLib.pipeline",
+            "segment",
+            *map(str, inputs),
+            "--out",
+            str(out),
+            "--device",
+            r.device,
+            "--progress",
+            "json",
+            "--attention-grid",
+            "token",
+            "--no-overview",
+        ]
         model = r.model_argument()
         if model is not None:
             command += ["--model", str(model)]
@@ -255,11 +282,22 @@ class SubprocessRun(Run):
             env = dict(os.environ if self.env is None else self.env)
             env["PYTHONPATH"] = os.pathsep.join([str(MODULE_DIR), *filter(None, [env.get("PYTHONPATH")])])
             env.setdefault("PYTHONUNBUFFERED", "1")
-            options = {"start_new_session": True} if os.name == "posix" else {
-                "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
-            self.process = subprocess.Popen(self.command(inputs), cwd=str(self.folder), env=env,
-                                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                            stderr=subprocess.STDOUT, text=True, bufsize=1, **options)
+            options = (
+                {"start_new_session": True}
+                if os.name == "posix"
+                else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+            )
+            self.process = subprocess.Popen(
+                self.command(inputs),
+                cwd=str(self.folder),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                **options,
+            )
         except Exception as error:
             self._cleanup()
             self._finish(RunState.FAILED, TokenUNetError(f"cannot start the segmentation process: {error}"))
@@ -404,11 +442,19 @@ def result_from_folder(folder: str | Path, input_affine=None):
     probabilities = None
     probability_dir = folder / "probabilities"
     if probability_dir.is_dir():
-        probabilities = {label.name: read_volume(probability_dir / f"{label.name}.nrrd").array.astype(np.float32)
-                         for label in table}
+        probabilities = {
+            label.name: read_volume(probability_dir / f"{label.name}.nrrd").array.astype(np.float32) for label in table
+        }
     return SegmentationResult(
-        labels=labels, affine=affine, label_table=table, heatmaps=heatmaps,
+        labels=labels,
+        affine=affine,
+        label_table=table,
+        heatmaps=heatmaps,
         token_matches=report.get("token_matches", []),
         volumes_ml={e["name"]: float(e.get("volume_ml", 0.0)) for e in report["labels"]},
-        timings=dict(report.get("timings_s", {})), device=report.get("device", ""),
-        model_id=report.get("model", ""), probabilities=probabilities, warnings=list(report.get("warnings", [])))
+        timings=dict(report.get("timings_s", {})),
+        device=report.get("device", ""),
+        model_id=report.get("model", ""),
+        probabilities=probabilities,
+        warnings=list(report.get("warnings", [])),
+    )

@@ -33,8 +33,11 @@ def create_scene() -> SceneContext:
     color_logic.AddDefaultColorNodes()
     application_logic.SetModuleLogic("Colors", color_logic)
     logics = []
-    for cls in (slicer.vtkSlicerVolumesLogic, slicer.vtkSlicerSegmentationsModuleLogic,
-                slicer.vtkSlicerSubjectHierarchyModuleLogic):
+    for cls in (
+        slicer.vtkSlicerVolumesLogic,
+        slicer.vtkSlicerSegmentationsModuleLogic,
+        slicer.vtkSlicerSubjectHierarchyModuleLogic,
+    ):
         logic = cls()
         logic.SetMRMLApplicationLogic(application_logic)
         logic.SetMRMLScene(scene)

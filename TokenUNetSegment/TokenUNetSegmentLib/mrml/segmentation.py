@@ -72,15 +72,21 @@ def made_segment_ids(node, tag: str = MADE_TAG) -> list[str]:
 
 def _check_writable(node) -> None:
     segmentation = node.GetSegmentation()
-    source = segmentation.GetSourceRepresentationName() if hasattr(segmentation, "GetSourceRepresentationName") \
+    source = (
+        segmentation.GetSourceRepresentationName()
+        if hasattr(segmentation, "GetSourceRepresentationName")
         else segmentation.GetMasterRepresentationName()
+    )
     if segmentation.GetNumberOfSegments() and source != LABELMAP:
-        raise InputError(f"segmentation '{node.GetName()}' is stored as '{source}', not as a binary labelmap",
-                         "choose a new output segmentation")
+        raise InputError(
+            f"segmentation '{node.GetName()}' is stored as '{source}', not as a binary labelmap",
+            "choose a new output segmentation",
+        )
 
 
-def add_segment(node, name: str, color, image, label_value: int = 1, tags: dict | None = None,
-                terminology: str | None = None) -> str:
+def add_segment(
+    node, name: str, color, image, label_value: int = 1, tags: dict | None = None, terminology: str | None = None
+) -> str:
     """Add a segment whose labelmap is ``image`` (shared by every segment given the same image object)."""
     segmentation = node.GetSegmentation()
     segment = slicer.vtkSegment()
@@ -99,8 +105,17 @@ def add_segment(node, name: str, color, image, label_value: int = 1, tags: dict 
     return segment_id
 
 
-def write_labels(scene, labels: np.ndarray, world_affine: np.ndarray, label_table, node=None, reference=None,
-                 model_id: str = "TokenUNet", name: str | None = None, show3d: bool = False):
+def write_labels(
+    scene,
+    labels: np.ndarray,
+    world_affine: np.ndarray,
+    label_table,
+    node=None,
+    reference=None,
+    model_id: str = "TokenUNet",
+    name: str | None = None,
+    show3d: bool = False,
+):
     """Write a label map as one segment per label entry; returns the segmentation node.
 
     Args:
@@ -128,8 +143,15 @@ def write_labels(scene, labels: np.ndarray, world_affine: np.ndarray, label_tabl
             node.SetSourceRepresentationToBinaryLabelmap()
         image = oriented_image(labels, local)  # one shared layer for all labels of this run
         for label in label_table:
-            add_segment(node, label.name, [c / 255.0 for c in label.color], image, label.value,
-                        {MADE_TAG: model_id}, terminology_entry(label))
+            add_segment(
+                node,
+                label.name,
+                [c / 255.0 for c in label.color],
+                image,
+                label.value,
+                {MADE_TAG: model_id},
+                terminology_entry(label),
+            )
     finally:
         node.EndModify(was)
     set_closed_surface(node, show3d)

@@ -38,8 +38,10 @@ def local_to_world(node) -> np.ndarray:
     if transform is None:
         return np.eye(4)
     if not transform.IsTransformToWorldLinear():
-        raise InputError(f"'{node.GetName()}' is under the non-linear transform '{transform.GetName()}'",
-                         "harden the transform on the volume (Data module) before segmenting")
+        raise InputError(
+            f"'{node.GetName()}' is under the non-linear transform '{transform.GetName()}'",
+            "harden the transform on the volume (Data module) before segmenting",
+        )
     matrix = vtk.vtkMatrix4x4()
     transform.GetMatrixTransformToWorld(matrix)
     return matrix_to_array(matrix)
@@ -69,8 +71,10 @@ def volume_to_array(node) -> tuple[np.ndarray, np.ndarray]:
     if image is None or image.GetNumberOfPoints() == 0:
         raise InputError(f"volume '{node.GetName()}' has no voxels")
     if image.GetNumberOfScalarComponents() != 1:
-        raise InputError(f"volume '{node.GetName()}' has {image.GetNumberOfScalarComponents()} components per voxel",
-                         "segmentation needs a scalar volume (convert color images to grayscale first)")
+        raise InputError(
+            f"volume '{node.GetName()}' has {image.GetNumberOfScalarComponents()} components per voxel",
+            "segmentation needs a scalar volume (convert color images to grayscale first)",
+        )
     array_kji = slicer.util.arrayFromVolume(node)
     return array_kji.transpose(2, 1, 0), ijk_to_world(node)
 
@@ -102,8 +106,14 @@ def oriented_image(array_ijk: np.ndarray, affine: np.ndarray, offset=(0, 0, 0)):
     array_ijk = np.asarray(array_ijk, np.uint8)
     image = slicer.vtkOrientedImageData()
     lo = [int(o) for o in offset]
-    image.SetExtent(lo[0], lo[0] + array_ijk.shape[0] - 1, lo[1], lo[1] + array_ijk.shape[1] - 1,
-                    lo[2], lo[2] + array_ijk.shape[2] - 1)
+    image.SetExtent(
+        lo[0],
+        lo[0] + array_ijk.shape[0] - 1,
+        lo[1],
+        lo[1] + array_ijk.shape[1] - 1,
+        lo[2],
+        lo[2] + array_ijk.shape[2] - 1,
+    )
     image.SetImageToWorldMatrix(array_to_matrix(affine))
     flat = np.ascontiguousarray(array_ijk.ravel(order="F"))
     scalars = numpy_support.numpy_to_vtk(flat, deep=True, array_type=vtk.VTK_UNSIGNED_CHAR)
