@@ -115,6 +115,17 @@ def test_token_grid_attention_and_probabilities(case, tmp_path):
     assert not (tmp_path / "overview.png").exists()
 
 
+def test_auto_attention_grid_keeps_large_maps_on_the_token_grid(case, tmp_path, monkeypatch):
+    from TokenUNetSegmentLib.pipeline import outputs
+
+    root, package, path = case
+    monkeypatch.setattr(outputs, "AUTO_INPUT_GRID_LIMIT", 1000)
+    assert cli.main(["segment", str(path), "--model", str(package), "--out", str(tmp_path), "--no-overview"]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["attention_grid"] == "token"
+    assert sitk.ReadImage(str(tmp_path / "attention" / "token03_broadcast.nrrd")).GetSpacing() == pytest.approx(
+        (24.0, 24.0, 24.0))
+
+
 def test_user_errors_exit_2_with_one_line(case, tmp_path, capsys):
     root, package, path = case
     for argv, message in [

@@ -104,6 +104,21 @@ def test_scan_plan_counts_windows_and_keeps_steps_on_the_token_grid(ct_package):
     assert logits.shape == (3, 64, 40, 32) and maps["gather"].shape == (8, 8, 5, 4)
 
 
+def test_networks_without_tokens_keep_the_requested_overlap():
+    calls = []
+
+    class Plain(torch.nn.Module):
+        size_multiple, has_tokens = 32, False
+
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return torch.zeros(x.shape[0], 2, *x.shape[2:])
+
+    logits, maps = sliding_window(Plain(), np.zeros((1, 96, 64, 64), np.float32), (64, 64, 64), 0.25)
+    # step int(64 * 0.75) = 48, not rounded to 32: 2 windows along the first axis
+    assert maps is None and logits.shape == (2, 96, 64, 64) and sum(calls) == 2
+
+
 def test_small_image_is_padded_not_refused(ct_package):
     image = ball_phantom((9, 7, 5), (4, 3, 2), (3, 3, 2))
     result = segment((image, np.diag([1.0, 1.0, 1.0, 1.0])), ct_package, device="cpu")

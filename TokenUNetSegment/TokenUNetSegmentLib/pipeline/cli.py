@@ -75,8 +75,9 @@ def _segment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
     parser.add_argument("--probabilities", action="store_true", help="also write per-label probability maps")
     parser.add_argument("--no-heatmaps", action="store_true", help="skip the token attention maps")
-    parser.add_argument("--attention-grid", choices=("input", "token"), default="input",
-                        help="write token maps on the input grid (default) or on the coarse token grid")
+    parser.add_argument("--attention-grid", choices=("auto", "input", "token"), default="auto",
+                        help="write token maps on the input grid, or on the coarse token grid (small, same place "
+                             "in space); auto: the input grid unless that exceeds 2 GiB")
     parser.add_argument("--largest-component", action="store_true", help="keep each label's largest component")
     parser.add_argument("--no-overview", action="store_true", help="skip overview.png")
     parser.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
@@ -103,14 +104,14 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     printer = ProgressPrinter(args.progress)
     handlers = _install_cancel_handlers(cancel) if isinstance(cancel, threading.Event) else []
     try:
-        store = ModelStore(getattr(args, "catalog", None))
-        package = store.load(args.model)
-        result = segment(args.inputs, package, device=args.device, overlap=args.overlap, batch_size=args.batch_size,
-                         probabilities=args.probabilities, heatmaps=not args.no_heatmaps,
-                         largest_component=True if args.largest_component else None, progress=printer, cancel=cancel)
         from .volumes import as_volume
 
-        first = as_volume(args.inputs[0])
+        store = ModelStore(getattr(args, "catalog", None))
+        package = store.load(args.model)
+        volumes = [as_volume(path) for path in args.inputs]  # read once: segment() and the overview share them
+        result = segment(volumes, package, device=args.device, overlap=args.overlap, batch_size=args.batch_size,
+                         probabilities=args.probabilities, heatmaps=not args.no_heatmaps,
+                         largest_component=True if args.largest_component else None, progress=printer, cancel=cancel)
         intensity = package.config["preprocessing"]["intensity"]
         intensity = intensity[0] if isinstance(intensity, list) else intensity
         window = intensity.get("window") if intensity["method"] == "ct_window" else None
@@ -118,7 +119,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         extra = {"inputs": [str(Path(p).resolve()) for p in args.inputs],
                  "package": {"id": package.id, "path": str(package.path), "version": package.metadata["version"],
                              "description": package.metadata["description"]}}
-        outputs = write_outputs(result, args.out, image=first.array, window=window,
+        outputs = write_outputs(result, args.out, image=volumes[0].array, window=window,
                                 attention_grid=args.attention_grid, overview=not args.no_overview, extra_report=extra)
         if result.probabilities:
             folder = Path(args.out) / "probabilities"

@@ -38,8 +38,9 @@ def sliding_window(network: torch.nn.Module, image: np.ndarray, roi_size, overla
     from monai.inferers import sliding_window_inference
 
     device = device or torch.device("cpu")
-    multiple = int(getattr(network, "size_multiple", 32))
     with_tokens = with_tokens and bool(getattr(network, "has_tokens", False))
+    # only the token maps (on a grid 1/size_multiple of the window) need window steps on that grid
+    multiple = int(getattr(network, "size_multiple", 32)) if with_tokens else 1
     overlaps, total = scan_plan(image.shape[1:], roi_size, overlap, multiple)
     done = [0]
     network = network.to(device).eval()

@@ -19,9 +19,10 @@ SEGMENTATION_FILE = "segmentation.seg.nrrd"
 REPORT_FILE = "report.json"
 OVERVIEW_FILE = "overview.png"
 ATTENTION_DIR = "attention"
+AUTO_INPUT_GRID_LIMIT = 2 * 2**30  # bytes of float32 maps on the input grid beyond which "auto" keeps the token grid
 
 
-def write_outputs(result, out_dir: str | Path, *, image=None, window=None, attention_grid: str = "input",
+def write_outputs(result, out_dir: str | Path, *, image=None, window=None, attention_grid: str = "auto",
                   overview: bool = True, extra_report: dict | None = None, progress=None) -> dict[str, Path]:
     """Write every output of ``result`` into ``out_dir`` (created if needed); returns name -> path.
 
@@ -30,7 +31,8 @@ def write_outputs(result, out_dir: str | Path, *, image=None, window=None, atten
         image: the first input channel's array (i, j, k) for the overview (skipped when None).
         window: display window (low, high) for the overview.
         attention_grid: ``"input"`` maps each token map onto the input grid (exactly its geometry);
-            ``"token"`` writes the coarse token grid with its own geometry (small and fast; same place in space).
+            ``"token"`` writes the coarse token grid with its own geometry (small and fast; same place in space);
+            ``"auto"`` is ``"input"`` unless that would exceed 2 GiB of maps (e.g. 64 maps of a 512^2 x 300 CT).
         progress: optional ``progress(fraction)`` called after each file.
     """
     out_dir = Path(out_dir)
@@ -40,6 +42,10 @@ def write_outputs(result, out_dir: str | Path, *, image=None, window=None, atten
         write_segmentation(staging / SEGMENTATION_FILE, result.labels, result.affine, result.label_table)
         written["segmentation"] = Path(SEGMENTATION_FILE)
         maps = []
+        if attention_grid == "auto":
+            size = 0 if result.heatmaps is None else (
+                len(result.heatmaps.kinds) * result.heatmaps.num_tokens * result.labels.size * 4)
+            attention_grid = "input" if size <= AUTO_INPUT_GRID_LIMIT else "token"
         if result.heatmaps is not None:
             (staging / ATTENTION_DIR).mkdir()
             best = {(m["kind"], m["token"]): m for m in result.token_matches}
