@@ -119,3 +119,11 @@ def test_elapsed_formatting_and_translation_hook():
     finally:
         controller.set_translator(None)
     assert view_state(Parameters(inputVolume0=VOLUME), CT).button_text == "Segment"
+
+
+def test_missing_dependencies_turn_segment_into_install():
+    state = view_state(Parameters(), None, dependencies_ready=False, message="PyTorch is not installed")
+    assert (state.button_text, state.button_enabled) == ("Install dependencies", True)
+    assert "PyTorch" in state.button_tooltip and state.status == "PyTorch is not installed"
+    # a running run is still cancellable whatever the dependency state says
+    assert view_state(Parameters(), None, RunState.RUNNING, dependencies_ready=False).button_text == "Cancel"

@@ -101,8 +101,13 @@ def view_state(
     cancelling: bool = False,
     message: str = "",
     has_heatmaps: bool = False,
+    dependencies_ready: bool = True,
 ) -> ViewState:
-    """The view for the given parameters, model and run state."""
+    """The view for the given parameters, model and run state.
+
+    Without its Python dependencies (torch, MONAI, ...) the module cannot list models: the button then offers
+    to install them.
+    """
     run_state = RunState(run_state)
     running = run_state == RunState.RUNNING
     names = model.input_names if model is not None else ["image"]
@@ -122,6 +127,10 @@ def view_state(
         status = _("{stage} {percent}% - {elapsed}").format(
             stage=(stage or _("starting")).capitalize(), percent=int(100 * fraction), elapsed=format_elapsed(elapsed)
         )
+    elif not dependencies_ready:
+        text, enabled = _("Install dependencies"), True
+        tooltip = _("Install PyTorch (through the PyTorch extension) and MONAI, einops and safetensors.")
+        status = message
     else:
         text = _("Segment")
         enabled = not problems

@@ -29,15 +29,15 @@ class Parameters:
     inputVolume3: object = _node("vtkMRMLScalarVolumeNode")
     outputSegmentation: object = _node("vtkMRMLSegmentationNode")
     model: str = ""  # model id or package path; "" = the catalog's default
-    device: str = "auto"
-    runMode: str = "subprocess"
+    device: str = field(default="auto", metadata={"choices": DEVICES})
+    runMode: str = field(default="subprocess", metadata={"choices": RUN_MODES})
     show3D: bool = False
     largestComponent: bool = False
     heatmaps: bool = True
-    heatmapKind: str = "gather"
+    heatmapKind: str = field(default="gather", metadata={"choices": HEATMAP_KINDS})
     attentionSegments: bool = True
-    attentionThreshold: float = 0.5
-    heatmapOpacity: float = 0.6
+    attentionThreshold: float = field(default=0.5, metadata={"range": (0.01, 1.0)})
+    heatmapOpacity: float = field(default=0.6, metadata={"range": (0.0, 1.0)})
     selectedHeatmap: object = _node("vtkMRMLScalarVolumeNode")
     probabilities: bool = False
 
@@ -66,6 +66,16 @@ class Parameters:
     @property
     def kinds(self) -> list[str]:
         return ["gather", "broadcast"] if self.heatmapKind == "both" else [self.heatmapKind]
+
+
+def choices(name: str) -> tuple | None:
+    """The allowed values of a field (for combo boxes), or None."""
+    return next((f.metadata.get("choices") for f in fields(Parameters) if f.name == name), None)
+
+
+def value_range(name: str) -> tuple[float, float] | None:
+    """The (minimum, maximum) of a numeric field (for sliders), or None."""
+    return next((f.metadata.get("range") for f in fields(Parameters) if f.name == name), None)
 
 
 def node_fields() -> dict[str, str]:

@@ -11,7 +11,6 @@ import slicer
 import vtk
 
 from ..pipeline.errors import InputError
-from ..pipeline.nrrd import terminology_entry
 from .volumes import local_to_world, oriented_image, oriented_image_to_array
 
 MADE_TAG = "TokenUNet.Model"
@@ -126,6 +125,8 @@ def write_labels(
         reference: the input volume: gives the reference geometry, the transform and the hierarchy parent.
         show3d: also build the closed-surface representation (3D view).
     """
+    from ..pipeline.nrrd import terminology_entry  # on use: the pipeline's package module needs torch
+
     if node is None:
         base = f"{reference.GetName()} segmentation" if reference is not None else "TokenUNet segmentation"
         node = new_segmentation_node(scene, name or base, reference)
