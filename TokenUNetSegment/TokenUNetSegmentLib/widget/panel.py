@@ -297,4 +297,3 @@ class Panel:
         if self.run is not None and self.run.state == RunState.RUNNING:
             self.run.cancel()
             self.run.wait(timeout=10)
-
