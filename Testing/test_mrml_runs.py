@@ -43,9 +43,9 @@ def ctx():
     return new_scene()
 
 
-def ball_volume(scene, transform=None, name="ct"):
-    array = physical_ball(SHAPE, AFFINE, AFFINE[:3, :3] @ [10, 9, 6] + AFFINE[:3, 3], 9.0, value=250.0)
-    return add_volume(scene, array, AFFINE, name=name, transform=transform)
+def ball_volume(scene, transform=None, name="ct", affine=AFFINE):
+    array = physical_ball(SHAPE, affine, affine[:3, :3] @ [10, 9, 6] + affine[:3, 3], 9.0, value=250.0)
+    return add_volume(scene, array, affine, name=name, transform=transform)
 
 
 def made_labels(node, shape):
@@ -197,7 +197,9 @@ def alive(pid):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="checks the process table in /proc")
 def test_subprocess_run_matches_in_process_and_cleans_up(ctx, tiny_package):
-    volume = ball_volume(ctx.scene, transform=ROTATE_Z_30)
+    # a mirrored grid (negative determinant) under a rotation: files must not flip or move anything
+    volume = ball_volume(ctx.scene, transform=ROTATE_Z_30, affine=AFFINE @ np.diag([1.0, 1.0, -1.0, 1.0]))
+    assert np.linalg.det(ijk_to_world(volume)[:3, :3]) < 0
     events = []
     parameters = Parameters(
         inputVolume0=volume, model=str(tiny_package), device="cpu", heatmapKind="both", probabilities=True
