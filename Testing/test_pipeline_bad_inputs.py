@@ -137,3 +137,12 @@ def test_sitk_writes_int_images_we_read_back(tmp_path):
     path = tmp_path / "ok.nrrd"
     sitk.WriteImage(image_from_array(GOOD.astype(np.int16), np.eye(4)), str(path))
     assert read_volume(path).array.shape == (20, 20, 20)
+
+
+@pytest.mark.parametrize("dtype", [bool, np.float16, np.int64, np.uint8, np.float64])
+def test_any_real_voxel_type_is_accepted(dtype):
+    image = (GOOD > 0).astype(dtype) if dtype is bool else ((GOOD > 0) * 200).astype(dtype)
+    result = run((image, np.eye(4)))
+    assert result.labels.shape == GOOD.shape
+    if dtype is not bool:  # 200 is inside the CT window: the threshold model finds the ball
+        assert result.labels.sum() > 0

@@ -108,7 +108,8 @@ def test_segment_end_to_end_writes_what_slicer_reads(case, tmp_path):
 def test_token_grid_attention_and_probabilities(case, tmp_path):
     root, package, path = case
     assert cli.main(["segment", str(path), "--model", str(package), "--out", str(tmp_path), "--device", "cpu",
-                     "--attention-grid", "token", "--probabilities", "--no-overview", "--progress", "none"]) == 0
+                     "--attention-grid", "token", "--probabilities", "--smooth", "--no-overview",
+                     "--progress", "none"]) == 0
     heat = sitk.ReadImage(str(tmp_path / "attention" / "token00_gather.nrrd"))
     assert heat.GetSpacing() == pytest.approx((24.0, 24.0, 24.0))  # 8 x the 3 mm model spacing
     assert sorted(p.name for p in (tmp_path / "probabilities").iterdir()) == ["organ1.nrrd", "organ2.nrrd"]

@@ -147,3 +147,16 @@ def test_dicom_series_folder(tmp_path):
     np.testing.assert_allclose(result.affine, affine, atol=1e-3)
     centres = voxel_centres(result.labels.shape, result.affine)
     assert np.linalg.norm(centres[result.labels == 1].mean(axis=0) - CENTER) < 1.5
+
+
+def test_linear_label_interpolation_is_smoother_and_in_the_same_place():
+    shape, affine = GRIDS["oblique mirrored anisotropic"]
+    image = physical_ball(shape, affine, CENTER, 11.0)
+    truth = image > 0
+    coarse = threshold_package(spacing=(4.0, 4.0, 4.0))
+    nearest = segment((image, affine), coarse, device="cpu")
+    smooth = segment((image, affine), coarse, device="cpu", label_interpolation="linear")
+    centres = voxel_centres(shape, affine)
+    assert np.linalg.norm(centres[smooth.labels == 1].mean(axis=0) - CENTER) < 1.5
+    assert dice(smooth.labels == 1, truth) > dice(nearest.labels == 1, truth)
+    assert dice(smooth.labels == 1, truth) > 0.85

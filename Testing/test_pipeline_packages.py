@@ -215,3 +215,17 @@ def test_unknown_model_id_lists_known_ones(tmp_path):
     assert "known models" in info.value.hint
     with pytest.raises(ModelPackageError, match="model package not found"):
         store.load(str(tmp_path / "missing.zip"))
+
+
+def test_inputs_are_assigned_by_filename_pattern():
+    from TokenUNetSegmentLib.pipeline.package import assign_inputs
+
+    config = tiny_config(in_channels=4)
+    for entry, patterns in zip(config["inputs"], [["*t1n*", "*t1.*"], ["*t1c*"], ["*t2w*", "*t2.*"], ["*flair*"]],
+                               strict=True):
+        entry["patterns"] = patterns
+    files = ["/data/BraTS-001-FLAIR.nii.gz", "/data/BraTS-001-t1c.nii.gz", "C:\\data\\BraTS-001-t2w.nii.gz",
+             "/data/BraTS-001-t1n.nii.gz"]
+    assert assign_inputs(files, config) == {"ch0": files[3], "ch1": files[1], "ch2": files[2], "ch3": files[0]}
+    assert assign_inputs(files[:2], config) == {"ch0": None, "ch1": files[1], "ch2": None, "ch3": files[0]}
+    assert assign_inputs(["anything.nrrd"], tiny_config()) == {"ch0": "anything.nrrd"}

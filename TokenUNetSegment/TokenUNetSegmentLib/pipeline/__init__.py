@@ -24,7 +24,7 @@ _LAZY = {
     "segment": "segment", "SegmentationResult": "segment", "Heatmaps": "segment",
     "ModelPackage": "package", "Label": "package", "load_package": "package", "write_package": "package",
     "make_metadata": "package", "read_metadata": "package", "validate_metadata": "package",
-    "package_from_weights": "package",
+    "package_from_weights": "package", "assign_inputs": "package",
     "ModelStore": "catalog", "ModelEntry": "catalog", "resolve_model": "catalog", "tokenunet_home": "catalog",
     "Volume": "volumes", "read_volume": "volumes", "as_volume": "volumes",
     "Grid": "geometry", "resolve_device": "device", "write_outputs": "outputs",

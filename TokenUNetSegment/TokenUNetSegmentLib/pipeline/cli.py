@@ -79,6 +79,8 @@ def _segment_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write token maps on the input grid, or on the coarse token grid (small, same place "
                              "in space); auto: the input grid unless that exceeds 2 GiB")
     parser.add_argument("--largest-component", action="store_true", help="keep each label's largest component")
+    parser.add_argument("--smooth", action="store_true",
+                        help="decide labels on the input grid from interpolated probabilities (smoother, slower)")
     parser.add_argument("--no-overview", action="store_true", help="skip overview.png")
     parser.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
 
@@ -111,7 +113,8 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         volumes = [as_volume(path) for path in args.inputs]  # read once: segment() and the overview share them
         result = segment(volumes, package, device=args.device, overlap=args.overlap, batch_size=args.batch_size,
                          probabilities=args.probabilities, heatmaps=not args.no_heatmaps,
-                         largest_component=True if args.largest_component else None, progress=printer, cancel=cancel)
+                         largest_component=True if args.largest_component else None,
+                         label_interpolation="linear" if args.smooth else "nearest", progress=printer, cancel=cancel)
         intensity = package.config["preprocessing"]["intensity"]
         intensity = intensity[0] if isinstance(intensity, list) else intensity
         window = intensity.get("window") if intensity["method"] == "ct_window" else None

@@ -87,6 +87,31 @@ class ModelPackage:
         return [entry["name"] for entry in self.config["inputs"]]
 
 
+def assign_inputs(candidates: list[str], config: dict) -> dict[str, str | None]:
+    """Match file or volume names to the package's input channels by their filename patterns.
+
+    Each channel (in order) takes the first not yet taken candidate whose base name matches one of its
+    patterns (case-insensitive shell patterns such as ``*t1c*``); unmatched channels get None. With one
+    channel and one candidate, the candidate is taken whatever its name.
+    """
+    import fnmatch
+
+    inputs = config["inputs"]
+    if len(inputs) == 1 and len(candidates) == 1:
+        return {inputs[0]["name"]: candidates[0]}
+    taken: set[int] = set()
+    chosen: dict[str, str | None] = {}
+    for entry in inputs:
+        chosen[entry["name"]] = None
+        for index, candidate in enumerate(candidates):
+            base = PurePosixPath(str(candidate).replace("\\", "/")).name.lower()
+            if index not in taken and any(fnmatch.fnmatch(base, p.lower()) for p in entry.get("patterns", [])):
+                chosen[entry["name"]] = candidate
+                taken.add(index)
+                break
+    return chosen
+
+
 def validate_metadata(metadata: dict, what: str = "metadata.json") -> None:
     """Check ``metadata`` against the schema and the rules a schema cannot express.
 

@@ -108,6 +108,7 @@ def segment(
     probabilities: bool = False,
     heatmaps: bool = True,
     largest_component: bool | Sequence[str] | None = None,
+    label_interpolation: str = "nearest",
     progress=None,
     cancel=None,
     store: ModelStore | None = None,
@@ -128,6 +129,9 @@ def segment(
         heatmaps: compute the per-token maps (Token-UNet packages only).
         largest_component: keep only the largest component of all labels (True) or of the named ones
             (default: the package's postprocessing setting).
+        label_interpolation: ``"nearest"`` maps the model-grid labels onto the input grid (fast); ``"linear"``
+            interpolates each label's probability onto the input grid and takes the argmax there (smoother
+            boundaries when the input is finer than the model spacing; one resampling per label).
         progress: ``progress(stage, fraction)`` with a monotonic overall fraction in [0, 1].
         cancel: ``threading.Event``-like (``is_set()``) or a callable; checked between windows and stages.
         store: the model store used to resolve ids (default: catalog + per-user cache).
@@ -208,7 +212,10 @@ def segment(
     full = np.zeros(prepared.grid.shape, np.uint8)
     in_grid, in_region = prepared.paste_slices()
     full[in_grid] = region_labels[in_region]
-    probability_maps = probabilities_of(logits, cfg, package.labels) if probabilities else None
+    if label_interpolation not in ("nearest", "linear"):
+        raise InputError(f"label_interpolation must be 'nearest' or 'linear', got {label_interpolation!r}")
+    smooth = label_interpolation == "linear"
+    probability_maps = probabilities_of(logits, cfg, package.labels) if probabilities or smooth else None
     del logits
     timings["postprocess"] = time.perf_counter() - clock
     reporter.update("postprocess", 1.0)
@@ -217,13 +224,18 @@ def segment(
     reporter.update("map back", 0.0)
     target = volumes[0].grid
 
-    labels = resample_image(image_from_array(full, prepared.grid.affine), target, "nearest", 0, np.uint8)
+    if smooth:
+        labels = _smooth_labels(probability_maps, prepared, target, cfg, package.labels)
+        if names:
+            keep_largest_component(labels, [label.value for label in package.labels if label.name in names])
+    else:
+        labels = resample_image(image_from_array(full, prepared.grid.affine), target, "nearest", 0, np.uint8)
     del full
     counts = np.bincount(labels.ravel(), minlength=256)
     volumes_ml = {label.name: float(counts[label.value]) * target.voxel_volume_mm3 / 1000.0
                   for label in package.labels}
     output_probabilities = None
-    if probability_maps is not None:
+    if probabilities:
         output_probabilities = {}
         for label in package.labels:
             canvas = np.zeros(prepared.grid.shape, np.float32)
@@ -266,3 +278,29 @@ def _largest_component_names(option, cfg: dict, labels: list[Label]) -> list[str
     if unknown:
         raise InputError(f"largest_component names unknown labels: {', '.join(unknown)}")
     return list(option)
+
+
+def _smooth_labels(probability_maps: dict[int, np.ndarray], prepared, target: Grid, cfg: dict,
+                   labels: list[Label]) -> np.ndarray:
+    """Labels decided on the input grid from linearly interpolated probabilities (running argmax, or the
+    ordered region thresholds of sigmoid models)."""
+    in_grid, in_region = prepared.paste_slices()
+
+    def on_target(region_array: np.ndarray) -> np.ndarray:
+        canvas = np.zeros(prepared.grid.shape, np.float32)
+        canvas[in_grid] = region_array[in_region]
+        return resample(canvas, prepared.grid, target, "linear", 0.0)
+
+    out = np.zeros(target.shape, np.uint8)
+    if cfg["inference"]["activation"] == "sigmoid":
+        threshold = float(cfg["inference"].get("threshold", 0.5))
+        for region in cfg["inference"]["regions"]:
+            out[on_target(probability_maps[region["label"]]) > threshold] = region["label"]
+        return out
+    best = 1.0 - on_target(sum(probability_maps.values()))  # background probability (outside the crop: 1)
+    for label in labels:
+        p = on_target(probability_maps[label.value])
+        better = p > best
+        out[better] = label.value
+        best[better] = p[better]
+    return out

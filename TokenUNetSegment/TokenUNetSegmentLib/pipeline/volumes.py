@@ -52,6 +52,8 @@ def check_volume(volume: Volume) -> None:
                          "split 4D/multi-component images into one 3D volume per channel")
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
         raise InputError(f"{volume.name} has unsupported voxel type {array.dtype}")
+    if array.dtype == bool or array.dtype.type in (np.float16, np.int64, np.uint64):
+        volume.array = array = array.astype(np.float32)  # types SimpleITK cannot take as they are
     if np.issubdtype(array.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         if bad:
