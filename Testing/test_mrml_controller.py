@@ -86,11 +86,13 @@ def test_inputs_are_auto_assigned_by_filename_pattern():
     names = ["BraTS-001_flair", "BraTS-001_t1", "BraTS-001_t1ce", "BraTS-001_t2", "Segmentation"]
     assert assign_inputs(names, BRATS) == ["BraTS-001_t1", "BraTS-001_t1ce", "BraTS-001_t2", "BraTS-001_flair"]
     # a channel the user already chose is kept, and a volume serves one channel only
-    assert assign_inputs(names, BRATS, ["BraTS-001_t2", None, None, None])[0] == "BraTS-001_t2"
-    assert assign_inputs(names, BRATS, ["BraTS-001_t2", None, None, None])[2] is None
-    # one channel without a match: the last volume, as Slicer's selectors do
-    assert assign_inputs(["a", "b"], CT) == ["b"]
+    kept = assign_inputs(names, BRATS, ["BraTS-001_t2", None, None, None])
+    assert kept == ["BraTS-001_t2", "BraTS-001_t1ce", None, "BraTS-001_flair"]
+    assert assign_inputs(names, BRATS, kept) == kept
+    # one channel: a matching name, or the only volume whatever its name
     assert assign_inputs(["a", "my CT"], CT) == ["my CT"]
+    assert assign_inputs(["scan"], CT) == ["scan"]
+    assert assign_inputs(["a", "b"], CT) == [None]
     assert assign_inputs([], CT) == [None]
 
 

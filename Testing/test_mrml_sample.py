@@ -54,8 +54,9 @@ def test_sample_ct_with_a_tiny_package_in_process(tmp_path):
     package = make_package(tmp_path, tiny_config(labels=3, roi=(32, 32, 32), spacing=(6.0, 6.0, 6.0)))
     ctx = new_scene()
     volume = load_sample(ctx)
-    run = SceneRun(ctx.scene, Parameters(inputVolume0=volume, model=str(package), device="cpu", show3D=True),
-                   mode="inprocess")
+    run = SceneRun(
+        ctx.scene, Parameters(inputVolume0=volume, model=str(package), device="cpu", show3D=True), mode="inprocess"
+    )
     assert run.run_now() == RunState.COMPLETED, run.error
     check_run_nodes(ctx, volume, run, ["organ1", "organ2", "organ3"], 8)
     assert run.nodes.segmentation.GetSegmentation().ContainsRepresentation("Closed surface")

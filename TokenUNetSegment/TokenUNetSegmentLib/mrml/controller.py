@@ -6,7 +6,6 @@ without the Slicer application.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 
 from .parameters import MAX_INPUTS, Parameters
@@ -163,24 +162,24 @@ def _finished_status(state: RunState, elapsed: float, message: str) -> str:
 
 
 def assign_inputs(volume_names: list[str], model: ModelInfo, current: list[str | None] | None = None) -> list:
-    """Volume name per input channel, matched by the model's filename patterns (case-insensitive).
+    """Volume name per input channel: ``current`` choices kept, empty channels filled by filename pattern.
 
-    A channel keeps its ``current`` choice; a volume is used for one channel at most. With one channel and no
-    pattern match, the only (or last added) volume is chosen, as Slicer's selectors do.
+    The matching itself is the pipeline's (``pipeline.package.assign_inputs``), given only the empty channels
+    and the volumes no channel uses yet.
     """
-    chosen: list[str | None] = list(current or [None] * len(model.input_names))
+    from ..pipeline.package import assign_inputs as match_by_pattern  # on use: the package module needs torch
+
+    chosen: list[str | None] = list(current or [])[: len(model.input_names)]
     chosen += [None] * (len(model.input_names) - len(chosen))
-    used = {name for name in chosen if name}
-    for channel, patterns in enumerate(model.input_patterns[: len(model.input_names)]):
-        if chosen[channel]:
-            continue
-        for name in volume_names:
-            if name not in used and any(fnmatch.fnmatch(name.lower(), p.lower()) for p in patterns):
-                chosen[channel] = name
-                used.add(name)
-                break
-    if len(model.input_names) == 1 and not chosen[0] and volume_names:
-        chosen[0] = volume_names[-1]
+    empty = [i for i, name in enumerate(chosen) if not name]
+    free = [name for name in volume_names if name not in chosen]
+    if not empty or not free:
+        return chosen
+    patterns = model.input_patterns + [[]] * (len(model.input_names) - len(model.input_patterns))
+    config = {"inputs": [{"name": model.input_names[i], "patterns": patterns[i]} for i in empty]}
+    matched = match_by_pattern(free, config)
+    for i in empty:
+        chosen[i] = matched.get(model.input_names[i])
     return chosen
 
 

@@ -91,6 +91,8 @@ class Panel:
         self.attention_node = None
         self.heatmap_nodes = []
         self.reference = None
+        self.dependencies_ready = False
+        self.devices = {}
 
     # -- parameters ------------------------------------------------------------------------------------
     def parameters(self) -> Parameters:
@@ -106,11 +108,17 @@ class Panel:
     # -- models ----------------------------------------------------------------------------------------
     def refresh_models(self) -> None:
         """Fill the model selector from the catalog and the cache."""
-        try:
-            self.models = self.logic.modelInfos()
-        except Exception as error:  # noqa: BLE001 - shown, the panel stays usable
-            self.models = []
-            self.message = str(error)
+        from .dependencies import missing_requirements, read_requirements, torch_available
+
+        self.dependencies_ready = torch_available() and not missing_requirements(read_requirements())
+        self.models = []
+        if self.dependencies_ready:
+            try:
+                self.models = self.logic.modelInfos()
+            except Exception as error:  # noqa: BLE001 - shown, the panel stays usable
+                self.message = str(error)
+        else:
+            self.message = "TokenUNet needs PyTorch, MONAI, einops and safetensors."
         selector = self.ui.modelSelector
         wanted = self.parameters().model
         was = selector.blockSignals(True)
@@ -147,12 +155,12 @@ class Panel:
                 match = next(v for v in volumes if v.GetName() == name)
                 node.SetNodeReferenceID(f"inputVolume{channel}", match.GetID())
 
-    def on_open_cache(self) -> None:
+    def on_open_cache(self, *_args) -> None:
         folder = self.logic.modelStore().cache_dir
         folder.mkdir(parents=True, exist_ok=True)
         qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
 
-    def on_import_package(self) -> None:
+    def on_import_package(self, *_args) -> None:
         path = qt.QFileDialog.getOpenFileName(None, "Import model package", "", "Model packages (*.zip);;All files (*)")
         if not path:
             return
@@ -160,7 +168,7 @@ class Panel:
             self.logic.modelStore().import_package(path)
             self.refresh_models()
 
-    def on_delete_model(self) -> None:
+    def on_delete_model(self, *_args) -> None:
         info = self.model_info()
         if info is None or not slicer.util.confirmYesNoDisplay(f"Delete the cached model '{info.id}'?"):
             return
@@ -169,15 +177,20 @@ class Panel:
             self.refresh_models()
 
     # -- runs ------------------------------------------------------------------------------------------
-    def on_segment_clicked(self) -> None:
+    def on_segment_clicked(self, *_args) -> None:
         if self.run is not None and self.run.state == RunState.RUNNING:
             self.cancelling = True
             self.run.cancel()
             self.update_view()
             return
+        if not self.dependencies_ready:
+            with slicer.util.tryWithErrorDisplay("Failed to install the dependencies.", waitCursor=True):
+                if self.logic.ensureDependencies():
+                    self.message = ""
+                    self.refresh_models()
+            self.update_view()
+            return
         with slicer.util.tryWithErrorDisplay("Failed to start the segmentation.", waitCursor=True):
-            if not self.logic.ensureDependencies():
-                return
             info = self.model_info()
             self.cancelling, self.message = False, ""
             self.run = self.logic.startRun(
@@ -269,10 +282,11 @@ class Panel:
             fraction=run.run.fraction if run else 0.0,
             stage=run.run.stage if run else "",
             elapsed=run.run.elapsed if run else 0.0,
-            resolved_device=self.logic.resolvedDevice(self.parameters().device),
+            resolved_device=self.resolved_device(self.parameters().device),
             cancelling=self.cancelling and running,
             message=self.message,
             has_heatmaps=bool(self.heatmap_nodes),
+            dependencies_ready=self.dependencies_ready,
         )
         ui = self.ui
         ui.segmentButton.text = view.button_text
@@ -291,6 +305,13 @@ class Panel:
         ui.statusLabel.text = view.status
         ui.tokenList.enabled = view.heatmaps_enabled
         ui.attentionThresholdSlider.enabled = view.heatmaps_enabled and self.attention_node is not None
+
+    def resolved_device(self, device: str):
+        if not self.dependencies_ready:
+            return None
+        if device not in self.devices:
+            self.devices[device] = self.logic.resolvedDevice(device)
+        return self.devices[device]
 
     def cleanup(self) -> None:
         self.timer.stop()
