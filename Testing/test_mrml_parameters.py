@@ -69,6 +69,7 @@ def test_round_trip_through_a_saved_and_reloaded_scene(tmp_path):
         show3D=True,
         heatmapKind="broadcast",
         attentionThreshold=0.35,
+        heatmapGrid="token",
         heatmapOpacity=0.25,
         probabilities=True,
         largestComponent=True,

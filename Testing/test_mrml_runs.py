@@ -305,3 +305,30 @@ def test_failed_subprocess_run_reports_the_cli_message_and_adds_nothing(ctx, tmp
     assert run.wait(timeout=240) == RunState.FAILED
     assert "model package not found" in str(run.error)
     assert node_ids(ctx.scene) == before and not run.run.folder.exists()
+
+
+def test_heatmaps_on_the_token_grid_sit_at_the_same_place_with_little_memory(ctx):
+    volume = ball_volume(ctx.scene, transform=ROTATE_Z_30)
+    package = threshold_package(spacing=(2.0, 2.0, 2.0), roi=(16, 16, 16))
+    result = segment([volume_to_array(volume)], package, device="cpu")
+    nodes = apply_result(ctx.scene, result, Parameters(inputVolume0=volume, heatmapGrid="token"), volume)
+    coarse = result.heatmaps.coarse_grid
+    for node in nodes.heatmaps:
+        array, affine = volume_to_array(node)
+        token = int(node.GetAttribute(TOKEN_ATTRIBUTE))
+        assert array.shape == coarse.shape and array.size < np.prod(SHAPE)
+        np.testing.assert_allclose(affine, coarse.affine, atol=1e-6)  # world geometry of the token grid
+        np.testing.assert_array_equal(array, result.heatmaps.coarse["gather"][token])
+        assert node.GetParentTransformNode() is volume.GetParentTransformNode()
+    mask, affine, _ = segment_mask_world(nodes.attention, nodes.attention.GetSegmentation().GetNthSegmentID(0))
+    assert mask.sum() == (result.heatmaps.coarse["gather"][0] >= 0.5).sum() > 0
+
+
+def test_auto_heatmap_grid_keeps_the_input_grid_until_maps_get_large():
+    from TokenUNetSegmentLib.mrml.heatmaps import choose_grid
+
+    assert choose_grid("auto", 1, 8, 122 * 101 * 112) == "input"
+    assert choose_grid("auto", 2, 32, 512 * 512 * 300) == "token"
+    assert choose_grid("token", 1, 1, 1) == "token" and choose_grid("input", 9, 99, 10**9) == "input"
+    with pytest.raises(ValueError):
+        choose_grid("coarse", 1, 1, 1)

@@ -8,6 +8,7 @@ import logging
 import os
 
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -112,7 +113,7 @@ class TokenUNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._guiConnection)
             self._guiConnection = None
-            self.removeObserver(self._parameterNode, slicer.vtkMRMLScriptedModuleNode.ModifiedEvent, self.onParameters)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameters)
 
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)
@@ -129,11 +130,11 @@ class TokenUNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, wrapped):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._guiConnection)
-            self.removeObserver(self._parameterNode, slicer.vtkMRMLScriptedModuleNode.ModifiedEvent, self.onParameters)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameters)
         self._parameterNode = wrapped
         if self._parameterNode:
             self._guiConnection = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, slicer.vtkMRMLScriptedModuleNode.ModifiedEvent, self.onParameters)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameters)
             self.onParameters()
 
     def onParameters(self, caller=None, event=None):

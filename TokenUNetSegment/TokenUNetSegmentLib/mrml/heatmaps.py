@@ -101,12 +101,27 @@ def add_map_volume(
     return node
 
 
+def choose_grid(choice: str, kinds: int, tokens: int, voxels: int, limit: int = 2 * 2**30) -> str:
+    """``input`` or ``token`` for ``choice`` (``auto``: the input grid unless its float32 maps exceed ``limit``)."""
+    if choice in ("input", "token"):
+        return choice
+    if choice != "auto":
+        raise ValueError(f"unknown heatmap grid '{choice}'")
+    return "input" if kinds * tokens * voxels * 4 <= limit else "token"
+
+
 def heatmap_name(token: int, kind: str, best_label: str | None) -> str:
     return f"Token {token:02d} {kind}" + (f" - {best_label}" if best_label else "")
 
 
-def add_heatmaps(scene, heatmaps, token_matches, world_affine, kinds, reference=None, folder=None) -> list:
-    """One volume node per token and map kind (``heatmaps.get(kind, token)`` arrays on the input grid)."""
+def add_heatmaps(
+    scene, heatmaps, token_matches, world_affine, kinds, reference=None, folder=None, grid: str = "input"
+) -> list:
+    """One volume node per token and map kind.
+
+    ``grid="input"``: each map resampled onto the input grid (``world_affine``); ``grid="token"``: the coarse
+    token grid with its own geometry (same place in space, far less memory; Slicer interpolates on display).
+    """
     best = {(m["kind"], m["token"]): m for m in token_matches}
     nodes = []
     for kind in kinds:
@@ -118,11 +133,15 @@ def add_heatmaps(scene, heatmaps, token_matches, world_affine, kinds, reference=
                 LABEL_ATTRIBUTE: match.get("best_label", ""),
                 DICE_ATTRIBUTE: match.get("soft_dice", ""),
             }
+            if grid == "token":
+                array, affine = heatmaps.coarse[kind][token], heatmaps.coarse_grid.affine
+            else:
+                array, affine = heatmaps.get(kind, token), world_affine
             nodes.append(
                 add_map_volume(
                     scene,
-                    heatmaps.get(kind, token),
-                    world_affine,
+                    array,
+                    affine,
                     heatmap_name(token, kind, match.get("best_label")),
                     reference,
                     folder,

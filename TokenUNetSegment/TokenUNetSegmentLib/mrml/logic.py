@@ -12,6 +12,7 @@ from .heatmaps import (
     add_attention_segmentation,
     add_heatmaps,
     add_map_volume,
+    choose_grid,
     heat_color_node,
     run_folder,
 )
@@ -99,8 +100,9 @@ def apply_result(scene, result, parameters: Parameters, reference, output=None) 
     nodes.folder = run_folder(scene, reference, " ".join(name.split()), f"{count + 1}")
     if want_maps:
         kinds = [k for k in parameters.kinds if k in result.heatmaps.kinds]
+        grid = choose_grid(parameters.heatmapGrid, len(kinds), result.heatmaps.num_tokens, result.labels.size)
         nodes.heatmaps = add_heatmaps(
-            scene, result.heatmaps, result.token_matches, result.affine, kinds, reference, nodes.folder
+            scene, result.heatmaps, result.token_matches, result.affine, kinds, reference, nodes.folder, grid
         )
         if parameters.attentionSegments and nodes.heatmaps:
             first_kind = [n for n in nodes.heatmaps if n.GetAttribute("TokenUNet.Kind") == kinds[0]]

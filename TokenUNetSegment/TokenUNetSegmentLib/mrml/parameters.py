@@ -13,6 +13,7 @@ MAX_INPUTS = 4
 DEVICES = ("auto", "cpu", "cuda", "mps")
 RUN_MODES = ("subprocess", "inprocess")
 HEATMAP_KINDS = ("gather", "broadcast", "both")
+HEATMAP_GRIDS = ("auto", "input", "token")
 
 
 def _node(class_name: str):
@@ -35,6 +36,7 @@ class Parameters:
     largestComponent: bool = False
     heatmaps: bool = True
     heatmapKind: str = field(default="gather", metadata={"choices": HEATMAP_KINDS})
+    heatmapGrid: str = field(default="auto", metadata={"choices": HEATMAP_GRIDS})
     attentionSegments: bool = True
     attentionThreshold: float = field(default=0.5, metadata={"range": (0.01, 1.0)})
     heatmapOpacity: float = field(default=0.6, metadata={"range": (0.0, 1.0)})
@@ -57,6 +59,8 @@ class Parameters:
             problems.append(f"unknown run mode '{self.runMode}'")
         if self.heatmapKind not in HEATMAP_KINDS:
             problems.append(f"unknown heatmap kind '{self.heatmapKind}'")
+        if self.heatmapGrid not in HEATMAP_GRIDS:
+            problems.append(f"unknown heatmap grid '{self.heatmapGrid}'")
         if not 0.0 < self.attentionThreshold <= 1.0:
             problems.append("the attention threshold must be in (0, 1]")
         if not 0.0 <= self.heatmapOpacity <= 1.0:
