@@ -332,3 +332,19 @@ def test_auto_heatmap_grid_keeps_the_input_grid_until_maps_get_large():
     assert choose_grid("token", 1, 1, 1) == "token" and choose_grid("input", 9, 99, 10**9) == "input"
     with pytest.raises(ValueError):
         choose_grid("coarse", 1, 1, 1)
+
+
+def test_nodes_removed_during_a_run_do_not_break_the_result(ctx):
+    volume = ball_volume(ctx.scene, transform=ROTATE_Z_30)
+    output = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "chosen output")
+    package = threshold_package(spacing=(2.0, 2.0, 2.0), roi=(16, 16, 16))
+    result = segment([volume_to_array(volume)], package, device="cpu")
+    world = ijk_to_world(volume)
+    ctx.scene.RemoveNode(output)
+    ctx.scene.RemoveNode(volume)
+    nodes = apply_result(ctx.scene, result, Parameters(heatmaps=False), volume, output)
+    assert nodes.segmentation is not output and nodes.segmentation.GetScene() is ctx.scene
+    segmentation = nodes.segmentation.GetSegmentation()
+    mask, affine, _ = segment_mask_world(nodes.segmentation, segmentation.GetSegmentIdBySegmentName("ball"))
+    np.testing.assert_allclose(affine, world, atol=1e-6)
+    np.testing.assert_array_equal(mask, result.labels == 1)

@@ -79,7 +79,13 @@ def apply_result(scene, result, parameters: Parameters, reference, output=None) 
     """Add a completed run's nodes to the scene (beside ``reference``, the first input volume).
 
     ``output`` is the segmentation node to write into (module-made segments replaced, others kept) or None.
+    Nodes removed from the scene while the run was going on are treated as absent (the labels are in world
+    coordinates, so they still land at the right place).
     """
+    if output is not None and output.GetScene() is not scene:
+        output = None
+    if reference is not None and reference.GetScene() is not scene:
+        reference = None
     segmentation = write_labels(
         scene,
         result.labels,
