@@ -160,6 +160,11 @@ def test_panel_segments_lists_tokens_shows_maps_and_rethresholds(panel_env):
     assert composite.GetForegroundVolumeID() == selected.GetID()
     ui.heatmapOpacitySlider.emit("valueChanged(double)", 0.3)
     assert composite.GetForegroundOpacity() == pytest.approx(0.3)
+    segmentation = env.panel.segmentation_node.GetSegmentation()
+    ui.show3DCheckBox.emit("toggled(bool)", True)
+    assert segmentation.ContainsRepresentation("Closed surface")
+    ui.show3DCheckBox.emit("toggled(bool)", False)
+    assert not segmentation.ContainsRepresentation("Closed surface")
     attention = env.panel.attention_node
     ui.attentionThresholdSlider.emit("valueChanged(double)", 0.95)
     assert attention.GetAttribute("TokenUNet.Threshold") == "0.95"

@@ -24,6 +24,7 @@ from ..mrml.heatmaps import (
 )
 from ..mrml.parameters import Parameters, choices, node_fields, value_fields, value_range
 from ..mrml.runner import RunState
+from ..mrml.segmentation import set_closed_surface
 
 POLL_MS = 100
 LIST_ROLE = qt.Qt.UserRole
@@ -85,10 +86,12 @@ class Panel:
         ui.tokenList.connect("currentRowChanged(int)", self.on_token_selected)
         ui.heatmapOpacitySlider.connect("valueChanged(double)", self.on_opacity_changed)
         ui.attentionThresholdSlider.connect("valueChanged(double)", self.on_threshold_changed)
+        ui.show3DCheckBox.connect("toggled(bool)", self.on_show3d_toggled)
         ui.openCacheButton.connect("clicked(bool)", self.on_open_cache)
         ui.importPackageButton.connect("clicked(bool)", self.on_import_package)
         ui.deleteModelButton.connect("clicked(bool)", self.on_delete_model)
         self.attention_node = None
+        self.segmentation_node = None
         self.heatmap_nodes = []
         self.reference = None
         self.dependencies_ready = False
@@ -233,6 +236,7 @@ class Panel:
         """Show the new segmentation over the input and list the run's tokens."""
         self.reference = self.run.reference if self.run is not None else None
         self.heatmap_nodes, self.attention_node = list(nodes.heatmaps), nodes.attention
+        self.segmentation_node = nodes.segmentation
         entries = [
             {
                 "token": n.GetAttribute(TOKEN_ATTRIBUTE),
@@ -251,6 +255,13 @@ class Panel:
             self.ui.tokenList.addItem(item)
         if self.reference is not None:
             slicer.util.setSliceViewerLayers(background=self.reference, fit=False)
+
+    def on_show3d_toggled(self, checked: bool) -> None:
+        """Build or drop the surfaces of the last run's segmentation when Show 3D changes."""
+        segmentation = self.segmentation_node
+        if segmentation is not None and segmentation.GetScene() is not None:
+            with slicer.util.tryWithErrorDisplay("Failed to update the 3D view.", waitCursor=True):
+                set_closed_surface(segmentation, bool(checked))
 
     def on_token_selected(self, row: int) -> None:
         item = self.ui.tokenList.item(row) if row >= 0 else None
