@@ -27,8 +27,8 @@ def tiny_config(model_id="tiny-ct", arch="8Token", in_channels=1, labels=2, spac
                           "intensity": intensity or {"method": "ct_window", "window": [-100.0, 300.0]},
                           "crop_foreground": crop},
         "inference": {"roi_size": list(roi), "overlap": 0.25, "blending": "gaussian", "activation": activation},
-        "labels": [{"value": v, "name": f"organ{v}", "color": [40 * v, 200, 255 - 40 * v], "terminology": SNOMED_ORGAN}
-                   for v in range(1, labels + 1)],
+        "labels": [{"value": v, "name": f"organ{v}", "color": [(40 * v) % 256, 200, (255 - 40 * v) % 256],
+                    "terminology": SNOMED_ORGAN} for v in range(1, labels + 1)],
     }
     if activation == "sigmoid":
         config["inference"]["regions"] = [{"channel": c, "label": c + 1} for c in range(labels)]

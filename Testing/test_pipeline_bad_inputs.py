@@ -6,7 +6,7 @@ import SimpleITK as sitk
 from pipeline_testlib import ball_phantom, threshold_package
 from TokenUNetSegmentLib.pipeline.errors import InputError, ModelPackageError, TokenUNetError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
-from TokenUNetSegmentLib.pipeline.segment import segment
+from TokenUNetSegmentLib.pipeline.segmentation import segment
 from TokenUNetSegmentLib.pipeline.volumes import read_volume
 
 GOOD = ball_phantom((20, 20, 20), (10, 10, 10), (5, 5, 5))
@@ -129,7 +129,9 @@ def test_unknown_model_id(tmp_path):
 def test_bad_overlap_and_device():
     with pytest.raises(InputError, match="overlap"):
         segment((GOOD, np.eye(4)), threshold_package(), device="cpu", overlap=1.5)
-    with pytest.raises(TokenUNetError, match="unknown device 'tpu'"):
+    with pytest.raises(InputError, match="label_interpolation"):
+        segment((GOOD, np.eye(4)), threshold_package(), device="cpu", label_interpolation="cubic")
+    with pytest.raises(TokenUNetError, match="unknown device .tpu."):
         segment((GOOD, np.eye(4)), threshold_package(), device="tpu")
 
 

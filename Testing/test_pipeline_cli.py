@@ -18,7 +18,7 @@ from TokenUNetSegmentLib.pipeline.errors import CancelledError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, affine_of_image, image_from_array
 from TokenUNetSegmentLib.pipeline.nrrd import read_nrrd_fields
 from TokenUNetSegmentLib.pipeline.package import load_package
-from TokenUNetSegmentLib.pipeline.segment import segment
+from TokenUNetSegmentLib.pipeline.segmentation import segment
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "TokenUNetSegment"
 AFFINE = affine_from_spacing((1.4, 1.2, 2.5), origin=(80, 60, -40), direction=np.diag([-1.0, -1.0, 1.0]))
@@ -103,6 +103,17 @@ def test_segment_end_to_end_writes_what_slicer_reads(case, tmp_path):
     # the overview: 3 views per row, labels + 3 token rows
     width, height = png_size(out / "overview.png")
     assert width == 3 * 220 and height == 4 * 220
+
+
+def test_progress_json_lines_are_monotonic_and_cover_writing(case, tmp_path, capsys):
+    root, package, path = case
+    assert cli.main(["segment", str(path), "--model", str(package), "--out", str(tmp_path), "--no-overview",
+                     "--progress", "json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    fractions = [e["fraction"] for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert events[-1]["stage"] == "write" and max(f for e, f in zip(events, fractions, strict=True)
+                                                  if e["stage"] != "write") <= 0.9
 
 
 def test_token_grid_attention_and_probabilities(case, tmp_path):

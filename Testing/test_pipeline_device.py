@@ -6,7 +6,7 @@ import torch
 from pipeline_testlib import ball_phantom, threshold_package
 from TokenUNetSegmentLib.pipeline import device as dev
 from TokenUNetSegmentLib.pipeline.errors import OutOfMemoryError, TokenUNetError
-from TokenUNetSegmentLib.pipeline.segment import segment
+from TokenUNetSegmentLib.pipeline.segmentation import segment
 
 
 def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
@@ -80,7 +80,7 @@ def test_cpu_oom_becomes_a_clear_error_and_other_errors_pass_through():
 
 def test_segment_falls_back_to_cpu_when_the_gpu_runs_out(monkeypatch):
     """The whole segment() path with a fake CUDA device whose windows always run out of memory."""
-    import TokenUNetSegmentLib.pipeline.segment as seg
+    import TokenUNetSegmentLib.pipeline.segmentation as seg
 
     real = seg.sliding_window
     devices = []

@@ -12,7 +12,7 @@ from TokenUNetSegmentLib.pipeline.geometry import (
     model_grid,
     resample,
 )
-from TokenUNetSegmentLib.pipeline.segment import segment
+from TokenUNetSegmentLib.pipeline.segmentation import segment
 
 CENTER = np.array([12.0, -20.0, 31.0])  # off-centre on purpose: a flipped axis moves the ball away
 

@@ -28,9 +28,12 @@ def test_pipeline_imports_no_slicer_vtk_or_qt_in_a_fresh_interpreter():
 def test_importing_the_package_is_cheap_and_the_lazy_names_resolve():
     code = ("import sys, TokenUNetSegmentLib.pipeline as p\n"
             "print('torch' in sys.modules, 'monai' in sys.modules)\n"
-            "print(all(getattr(p, n) is not None for n in p.__all__))\n")
+            "print(all(getattr(p, n) is not None for n in p.__all__))\n"
+            "import TokenUNetSegmentLib.pipeline.cli\n"
+            "from TokenUNetSegmentLib.pipeline import segment\n"
+            "print(callable(segment) and segment.__name__ == 'segment')\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=MODULE, capture_output=True, text=True, timeout=120)
-    assert done.stdout.split() == ["False", "False", "True"], done.stderr
+    assert done.stdout.split() == ["False", "False", "True", "True"], done.stderr
 
 
 def test_every_pipeline_file_and_resource_is_listed_in_cmake():

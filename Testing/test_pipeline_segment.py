@@ -10,7 +10,7 @@ from TokenUNetSegmentLib.pipeline.errors import CancelledError
 from TokenUNetSegmentLib.pipeline.inference import scan_plan, sliding_window
 from TokenUNetSegmentLib.pipeline.package import load_package
 from TokenUNetSegmentLib.pipeline.postprocess import keep_largest_component, labels_from_logits, token_label_dice
-from TokenUNetSegmentLib.pipeline.segment import segment
+from TokenUNetSegmentLib.pipeline.segmentation import segment
 
 AFFINE = np.diag([1.6, 1.6, 2.4, 1.0])
 
@@ -185,3 +185,16 @@ def test_token_label_dice_matches_the_fine_grid_computation():
             y = labels == v
             expected = 2 * (fine[t] * y).sum() / (fine[t].sum() + y.sum())
             assert got[t, c] == pytest.approx(expected, rel=1e-6)
+
+
+def test_networks_without_tokens_segment_without_heatmaps(tmp_path, phantom):
+    package = load_package(make_package(tmp_path, tiny_config("plain", arch="NoToken", roi=(32, 32, 32))))
+    assert not package.network.has_tokens
+    result = segment(phantom, package, device="cpu")
+    assert result.labels.shape == phantom[0].shape
+    assert result.heatmaps is None and result.token_matches == []
+    from TokenUNetSegmentLib.pipeline.outputs import write_outputs
+
+    written = write_outputs(result, tmp_path / "out", image=phantom[0])
+    assert "attention" not in written and (tmp_path / "out" / "segmentation.seg.nrrd").is_file()
+    assert (tmp_path / "out" / "overview.png").is_file()

@@ -91,7 +91,7 @@ def run_one(args) -> dict:
     from TokenUNetSegmentLib.model import build_network
     from TokenUNetSegmentLib.pipeline.outputs import write_outputs
     from TokenUNetSegmentLib.pipeline.package import ModelPackage, make_metadata
-    from TokenUNetSegmentLib.pipeline.segment import segment
+    from TokenUNetSegmentLib.pipeline.segmentation import segment
     from TokenUNetSegmentLib.pipeline.volumes import read_volume
 
     torch.manual_seed(0)

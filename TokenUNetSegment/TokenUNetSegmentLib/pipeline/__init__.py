@@ -21,7 +21,7 @@ from .errors import (
 )
 
 _LAZY = {
-    "segment": "segment", "SegmentationResult": "segment", "Heatmaps": "segment",
+    "segment": "segmentation", "SegmentationResult": "segmentation", "Heatmaps": "segmentation",
     "ModelPackage": "package", "Label": "package", "load_package": "package", "write_package": "package",
     "make_metadata": "package", "read_metadata": "package", "validate_metadata": "package",
     "package_from_weights": "package", "assign_inputs": "package",

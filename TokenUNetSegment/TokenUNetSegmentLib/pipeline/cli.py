@@ -27,6 +27,7 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
+WRITE_START = 0.9  # share of the progress bar for segment(); the output files take the rest
 
 
 def register_command(name: str, help: str, add_arguments, run) -> None:
@@ -98,9 +99,8 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
 
     from .catalog import ModelStore
     from .errors import TokenUNetError
-    from .nrrd import write_nrrd
     from .outputs import write_outputs
-    from .segment import segment
+    from .segmentation import segment
 
     cancel = cancel or threading.Event()
     printer = ProgressPrinter(args.progress)
@@ -111,10 +111,14 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         store = ModelStore(getattr(args, "catalog", None))
         package = store.load(args.model)
         volumes = [as_volume(path) for path in args.inputs]  # read once: segment() and the overview share them
+        def segment_progress(stage: str, fraction: float) -> None:
+            printer(stage, WRITE_START * fraction)  # the output files take the rest of the bar
+
         result = segment(volumes, package, device=args.device, overlap=args.overlap, batch_size=args.batch_size,
                          probabilities=args.probabilities, heatmaps=not args.no_heatmaps,
                          largest_component=True if args.largest_component else None,
-                         label_interpolation="linear" if args.smooth else "nearest", progress=printer, cancel=cancel)
+                         label_interpolation="linear" if args.smooth else "nearest", progress=segment_progress,
+                         cancel=cancel)
         intensity = package.config["preprocessing"]["intensity"]
         intensity = intensity[0] if isinstance(intensity, list) else intensity
         window = intensity.get("window") if intensity["method"] == "ct_window" else None
@@ -123,12 +127,8 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
                  "package": {"id": package.id, "path": str(package.path), "version": package.metadata["version"],
                              "description": package.metadata["description"]}}
         outputs = write_outputs(result, args.out, image=volumes[0].array, window=window,
-                                attention_grid=args.attention_grid, overview=not args.no_overview, extra_report=extra)
-        if result.probabilities:
-            folder = Path(args.out) / "probabilities"
-            folder.mkdir(exist_ok=True)
-            for name, array in result.probabilities.items():
-                write_nrrd(folder / f"{name}.nrrd", array, result.affine)
+                                attention_grid=args.attention_grid, overview=not args.no_overview, extra_report=extra,
+                                progress=lambda f: printer("write", WRITE_START + (1 - WRITE_START) * f))
         printer.close()
         for message in result.warnings:
             print(f"warning: {message}", file=sys.stderr)

@@ -140,6 +140,8 @@ def segment(
     Raises:
         TokenUNetError: (and its subclasses) for bad inputs, bad packages, cancel, or memory.
     """
+    if label_interpolation not in ("nearest", "linear"):
+        raise InputError(f"label_interpolation must be 'nearest' or 'linear', got {label_interpolation!r}")
     reporter = Progress(progress, cancel)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -159,6 +161,9 @@ def segment(
 
     clock = time.perf_counter()
     inference = cfg["inference"]
+    chosen_overlap = float(inference.get("overlap", 0.25) if overlap is None else overlap)
+    if not 0 <= chosen_overlap < 1:
+        raise InputError(f"overlap must be in [0, 1), got {chosen_overlap}")
     multiple = int(getattr(network, "size_multiple", 32))
     roi = [max(multiple, -(-int(r) // multiple) * multiple) for r in inference["roi_size"]]
     batch = int(batch_size or inference.get("sw_batch_size") or (2 if run_device.type == "cuda" else 1))
@@ -175,9 +180,6 @@ def segment(
 
     clock = time.perf_counter()
     want_tokens = heatmaps and bool(getattr(network, "has_tokens", False))
-    chosen_overlap = float(inference.get("overlap", 0.25) if overlap is None else overlap)
-    if not 0 <= chosen_overlap < 1:
-        raise InputError(f"overlap must be in [0, 1), got {chosen_overlap}")
     used = {"device": run_device}
 
     def run(dev, size):
@@ -185,8 +187,10 @@ def segment(
         return sliding_window(network, prepared.image, roi, chosen_overlap, inference.get("blending", "gaussian"),
                               size, dev, reporter, want_tokens)
 
-    logits, maps = run_with_oom_fallback(run, run_device, batch, warn=lambda m: _warn(m, result_warnings))
-    network.to("cpu")
+    try:
+        logits, maps = run_with_oom_fallback(run, run_device, batch, warn=lambda m: _warn(m, result_warnings))
+    finally:
+        network.to("cpu")  # also after a cancel or an error: the package stays usable on the CPU
     timings["inference"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -212,8 +216,6 @@ def segment(
     full = np.zeros(prepared.grid.shape, np.uint8)
     in_grid, in_region = prepared.paste_slices()
     full[in_grid] = region_labels[in_region]
-    if label_interpolation not in ("nearest", "linear"):
-        raise InputError(f"label_interpolation must be 'nearest' or 'linear', got {label_interpolation!r}")
     smooth = label_interpolation == "linear"
     probability_maps = probabilities_of(logits, cfg, package.labels) if probabilities or smooth else None
     del logits
