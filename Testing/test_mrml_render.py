@@ -8,7 +8,7 @@ from TokenUNetSegmentLib.mrml.logic import apply_result
 from TokenUNetSegmentLib.mrml.parameters import Parameters
 from TokenUNetSegmentLib.mrml.render import image_array, render_run
 from TokenUNetSegmentLib.mrml.volumes import volume_to_array
-from TokenUNetSegmentLib.pipeline.segment import segment
+from TokenUNetSegmentLib.pipeline import segment
 
 
 def test_render_run_shows_ct_heatmap_segments_and_surfaces(tmp_path):

@@ -130,7 +130,7 @@ class InProcessRun(Run):
     """``pipeline.segment`` in this process: :meth:`run` blocks; :meth:`start` uses a worker thread."""
 
     def _segment(self):
-        from ..pipeline.segment import segment
+        from ..pipeline.segmentation import segment
 
         r = self.request
         return segment(
@@ -414,7 +414,7 @@ def result_from_folder(folder: str | Path, input_affine=None):
     """
     from ..pipeline.geometry import Grid
     from ..pipeline.package import Label
-    from ..pipeline.segment import Heatmaps, SegmentationResult
+    from ..pipeline.segmentation import Heatmaps, SegmentationResult
     from ..pipeline.volumes import read_volume
 
     folder = Path(folder)
