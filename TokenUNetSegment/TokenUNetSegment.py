@@ -1,18 +1,21 @@
 """TokenUNetSegment: efficient, interpretable transformer segmentation for 3D Slicer.
 
-Only the standard library and Slicer-bundled modules are imported at file scope: torch, MONAI and
-the helper package are imported on first use, after their installation has been offered.
+Only the standard library and Slicer-bundled modules are imported at file scope: torch, MONAI and the helper
+package are imported on first use, after their installation has been offered. Nothing runs at import time.
 """
 
 import logging
+import os
 
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
 
 try:
     from slicer.i18n import tr as _
@@ -20,6 +23,12 @@ except ImportError:  # Slicer < 5.4 has no translation helper
 
     def _(text):
         return text
+
+
+MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+SAMPLE_FILE = "AbdomenCT.nii.gz"
+SAMPLE_SHA256 = "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1"
+SAMPLE_NAME = "TokenUNetAbdomenCT"
 
 
 class TokenUNetSegment(ScriptedLoadableModule):
@@ -32,67 +41,293 @@ class TokenUNetSegment(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["TokenUNet developers"]
         self.parent.helpText = _(
-            "Segment CT or brain MRI volumes with Token-UNet or MetaUNETR networks, on the GPU or the CPU, "
+            "Segment CT or brain MRI volumes with Token-UNet networks, on the GPU or the CPU, "
             "and see where each learned token looked as a heatmap. "
             "See the <a href='https://github.com/tokenunet/SlicerTokenUNet'>project page</a> for details."
         )
         self.parent.acknowledgementText = _(
             "Token-UNet: Tshimanga, Zanola, Del Pup, Atzori, arXiv 2602.20008 (2026). "
-            "MetaUNETR: Lyu, Zhang, Zhang, Liu, Wang, Zhu, MICCAI 2024. "
-            "Built on PyTorch, MONAI and SimpleITK."
+            "Built on PyTorch, MONAI and SimpleITK. The sample CT comes from the TotalSegmentator dataset "
+            "(Wasserthal et al. 2023, CC BY 4.0)."
         )
+        if hasattr(slicer, "app") and slicer.app is not None:  # only inside the Slicer application
+            slicer.app.connect("startupCompleted()", registerSampleData)
 
 
-class TokenUNetSegmentWidget(ScriptedLoadableModuleWidget):
-    """Minimal GUI: lists the available networks (the segmentation GUI arrives with issue #6)."""
+def registerSampleData():
+    """Offer the bundled abdominal CT in the Sample Data module (checked by its SHA256)."""
+    import SampleData
+
+    path = os.path.join(MODULE_DIR, "Resources", "Samples", SAMPLE_FILE)
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="TokenUNet",
+        sampleName=SAMPLE_NAME,
+        thumbnailFileName=os.path.join(MODULE_DIR, "Resources", "Icons", "TokenUNetSegment.png"),
+        uris="file:///" + path.replace("\\", "/").lstrip("/"),
+        fileNames=SAMPLE_FILE,
+        nodeNames=SAMPLE_NAME,
+        checksums=f"SHA256:{SAMPLE_SHA256}",
+    )
+
+
+class TokenUNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Thin widget: loads the .ui, binds it to the parameter node and hands the rest to the panel glue."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self.panel = None
+        self._parameterNode = None
+        self._guiConnection = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        import qt
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/TokenUNetSegment.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = TokenUNetSegmentLogic()
 
-        label = qt.QLabel(
-            _("Networks available: {names}").format(names=", ".join(TokenUNetSegmentLogic().networkNames()))
+        from TokenUNetSegmentLib.mrml import controller
+        from TokenUNetSegmentLib.widget.panel import Panel
+
+        controller.set_translator(_)
+        self.panel = Panel(
+            self.ui, self.logic, lambda: self._parameterNode.parameterNode if self._parameterNode else None
         )
-        label.wordWrap = True
-        self.layout.addWidget(label)
-        self.layout.addStretch(1)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+        self.panel.refresh_models()
+
+    def cleanup(self):
+        self.removeObservers()
+        if self.panel is not None:
+            self.panel.cleanup()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._guiConnection)
+            self._guiConnection = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameters)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        from TokenUNetSegmentLib.mrml.parameters import parameter_node
+
+        self.setParameterNode(self.logic.wrapParameterNode(parameter_node(slicer.mrmlScene)))
+
+    def setParameterNode(self, wrapped):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._guiConnection)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameters)
+        self._parameterNode = wrapped
+        if self._parameterNode:
+            self._guiConnection = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameters)
+            self.onParameters()
+
+    def onParameters(self, caller=None, event=None):
+        if self.panel is not None:
+            self.panel.update_view()
 
 
 class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
-    """Thin logic over the helper package, usable from Slicer's Python console."""
+    """Thin logic over the helper package, usable from Slicer's Python console.
 
-    def networkNames(self):
-        """Names accepted by ``buildNetwork`` (imports torch on first call)."""
-        from TokenUNetSegmentLib.model import network_names
+    Example::
 
-        return network_names()
+        logic = slicer.util.getModuleLogic("TokenUNetSegment")
+        nodes = logic.process([getNode("CT")], None, model="abdomen-demo", device="auto")
+        nodes.segmentation, nodes.heatmaps, nodes.attention
+    """
 
-    def buildNetwork(self, name, inChannels, outChannels, **overrides):
-        """A freshly initialised network by name (see ``TokenUNetSegmentLib.model.build_network``)."""
-        from TokenUNetSegmentLib.model import build_network
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._wrapperClass = None
 
-        return build_network(name, inChannels, outChannels, **overrides)
+    # -- parameters and models ---------------------------------------------------------------------
+    def wrapParameterNode(self, node):
+        """The parameter node wrapped for GUI binding (``SlicerParameterName``)."""
+        if self._wrapperClass is None:
+            from TokenUNetSegmentLib.widget.panel import parameter_wrapper_class
+
+            self._wrapperClass = parameter_wrapper_class()
+        return self._wrapperClass(node)
+
+    def ensureDependencies(self, ask=True):
+        """Install torch (PyTorch extension) and the packages of Resources/requirements.txt if missing."""
+        from TokenUNetSegmentLib.widget.dependencies import ensure_dependencies
+
+        return ensure_dependencies(ask=ask)
+
+    def modelStore(self):
+        from TokenUNetSegmentLib.pipeline.catalog import ModelStore
+
+        return ModelStore()
+
+    def modelInfos(self):
+        """Every known model with description, licence, expected time and input channels."""
+        from TokenUNetSegmentLib.mrml.controller import ModelInfo
+        from TokenUNetSegmentLib.pipeline.errors import ModelPackageError
+        from TokenUNetSegmentLib.pipeline.package import read_metadata
+
+        infos = []
+        for entry in self.modelStore().entries():
+            info = ModelInfo(
+                entry.id, entry.description, entry.license or "", entry.expected_time or "", available=entry.available
+            )
+            if entry.available:
+                try:
+                    inputs = read_metadata(entry.path)["tokenunet"]["inputs"]
+                except ModelPackageError as error:
+                    logging.warning(f"TokenUNet: skipping model '{entry.id}': {error}")
+                    continue
+                info.input_names = [item["name"] for item in inputs]
+                info.input_patterns = [item.get("patterns", []) for item in inputs]
+            infos.append(info)
+        return infos
+
+    def resolvedDevice(self, device="auto"):
+        """What ``device`` becomes on this computer (None if torch is not available yet)."""
+        try:
+            from TokenUNetSegmentLib.pipeline.device import resolve_device
+        except ImportError:
+            return None
+        try:
+            return str(resolve_device(device))
+        except Exception:  # noqa: BLE001 - an unavailable device is reported when running
+            return None
+
+    # -- runs --------------------------------------------------------------------------------------
+    def startRun(self, parameters, model=None, python=None, mode=None):
+        """A run of ``parameters`` on the application scene (not started)."""
+        from TokenUNetSegmentLib.mrml.logic import SceneRun
+
+        return SceneRun(slicer.mrmlScene, parameters, mode=mode, model=model, python=python)
+
+    def process(
+        self,
+        inputVolumes,
+        outputSegmentation=None,
+        model=None,
+        device="auto",
+        waitForCompletion=True,
+        heatmaps=True,
+        heatmapKind="gather",
+        attentionThreshold=0.5,
+        probabilities=False,
+        show3D=False,
+        largestComponent=False,
+        runMode="inprocess",
+        observer=None,
+    ):
+        """Segment ``inputVolumes`` (one volume node per model input channel) with ``model``.
+
+        Args:
+            inputVolumes: a volume node or a list of them, in the model's channel order.
+            outputSegmentation: a segmentation node to write into (only segments this module made are replaced),
+                or None for a new one beside the input.
+            model: model id, package path or None for the catalog's default.
+            device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+            waitForCompletion: block until done (returns the nodes); otherwise returns the started run, which a
+                timer polls in the background (``run.nodes`` is set once it completes).
+            runMode: ``inprocess`` (default for scripting) or ``subprocess``.
+            observer: optional callable receiving the run's progress and state events.
+
+        Returns:
+            RunNodes (segmentation, heatmaps, attention, probabilities, folder) or, without waiting, the run.
+        """
+        from TokenUNetSegmentLib.mrml.parameters import Parameters
+        from TokenUNetSegmentLib.mrml.runner import RunState
+
+        volumes = list(inputVolumes) if isinstance(inputVolumes, (list, tuple)) else [inputVolumes]
+        parameters = Parameters(
+            outputSegmentation=outputSegmentation,
+            model=str(model or ""),
+            device=device,
+            runMode=runMode,
+            show3D=show3D,
+            largestComponent=largestComponent,
+            heatmaps=heatmaps,
+            heatmapKind=heatmapKind,
+            attentionThreshold=attentionThreshold,
+            probabilities=probabilities,
+        )
+        for index, volume in enumerate(volumes):
+            setattr(parameters, f"inputVolume{index}", volume)
+        run = self.startRun(
+            parameters, model=model, mode=runMode, python=self._python() if runMode == "subprocess" else None
+        )
+        if observer is not None:
+            run.add_observer(observer)
+        if waitForCompletion:
+            state = run.run_now()
+            if state != RunState.COMPLETED:
+                raise run.error or RuntimeError(f"segmentation {state.value}")
+            return run.nodes
+        import qt
+
+        run.start()
+        timer = qt.QTimer()
+        timer.setInterval(100)
+
+        def poll():
+            if run.poll() != RunState.RUNNING:
+                timer.stop()
+
+        timer.connect("timeout()", poll)
+        timer.start()
+        run.timer = timer  # keep the timer alive as long as the run
+        return run
+
+    @staticmethod
+    def _python():
+        from TokenUNetSegmentLib.widget.panel import python_executable
+
+        return python_executable()
 
 
 class TokenUNetSegmentTest(ScriptedLoadableModuleTest):
-    """In-Slicer tests (run from the Reload & Test button or Slicer's test driver)."""
+    """In-Slicer tests (Reload & Test, or Slicer's test driver): the bundled sample through the bundled model."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_build_network()
+        self.test_sample_with_bundled_model()
 
-    def test_build_network(self):
-        self.delayDisplay("Building a Token-UNet")
-        try:
-            import torch
-        except ImportError:
-            logging.warning("PyTorch is not installed (install the PyTorch extension); skipping the network test.")
+    def test_sample_with_bundled_model(self):
+        self.delayDisplay("Loading the bundled sample CT")
+        logic = TokenUNetSegmentLogic()
+        if not logic.ensureDependencies(ask=False):
+            self.skipTest("dependencies were not installed")
+        if logic.modelStore().default_id() is None:
+            logging.warning("No bundled default model yet: skipping the segmentation test.")
             return
-        net = TokenUNetSegmentLogic().buildNetwork("8Token", 1, 2).eval()
-        with torch.no_grad():
-            logits = net(torch.zeros(1, 1, 16, 16, 16))
-        self.assertEqual(tuple(logits.shape), (1, 2, 16, 16, 16))
+        volume = slicer.util.loadVolume(os.path.join(MODULE_DIR, "Resources", "Samples", SAMPLE_FILE))
+        self.delayDisplay("Segmenting with the bundled model")
+        fractions = []
+        nodes = logic.process(volume, device="cpu", observer=lambda e: fractions.append(e.get("fraction", 0.0)))
+        segmentation = nodes.segmentation.GetSegmentation()
+        self.assertGreater(segmentation.GetNumberOfSegments(), 0)
+        names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+        self.assertIn("liver", names)
+        self.assertEqual(max(fractions), 1.0)
+        self.assertGreater(len(nodes.heatmaps), 0)
+        array = slicer.util.arrayFromVolume(nodes.heatmaps[0])
+        self.assertEqual(array.shape, slicer.util.arrayFromVolume(volume).shape)
+        self.assertTrue(0.0 <= array.min() <= array.max() <= 1.0)
+        self.assertIsNotNone(nodes.attention)
         self.delayDisplay("Test passed")

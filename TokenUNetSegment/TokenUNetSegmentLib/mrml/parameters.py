@@ -1,0 +1,145 @@
+"""The module's parameters: a plain dataclass stored in a ``vtkMRMLScriptedModuleNode`` (saved with the scene).
+
+Values are written the way Slicer's ``parameterNodeWrapper`` writes them (numbers with ``str``, booleans as
+``True``/``False``, strings as they are, nodes as a node reference with the field's name), so the GUI can bind
+the same parameter node to its widgets through ``SlicerParameterName`` without a second copy of the state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+MAX_INPUTS = 4
+DEVICES = ("auto", "cpu", "cuda", "mps")
+RUN_MODES = ("subprocess", "inprocess")
+HEATMAP_KINDS = ("gather", "broadcast", "both")
+HEATMAP_GRIDS = ("auto", "input", "token")
+
+
+def _node(class_name: str):
+    return field(default=None, metadata={"node": class_name})
+
+
+@dataclass
+class Parameters:
+    """What a run needs and how its results are shown (field names are the GUI's ``SlicerParameterName``)."""
+
+    inputVolume0: object = _node("vtkMRMLScalarVolumeNode")
+    inputVolume1: object = _node("vtkMRMLScalarVolumeNode")
+    inputVolume2: object = _node("vtkMRMLScalarVolumeNode")
+    inputVolume3: object = _node("vtkMRMLScalarVolumeNode")
+    outputSegmentation: object = _node("vtkMRMLSegmentationNode")
+    model: str = ""  # model id or package path; "" = the catalog's default
+    device: str = field(default="auto", metadata={"choices": DEVICES})
+    runMode: str = field(default="subprocess", metadata={"choices": RUN_MODES})
+    show3D: bool = False
+    largestComponent: bool = False
+    heatmaps: bool = True
+    heatmapKind: str = field(default="gather", metadata={"choices": HEATMAP_KINDS})
+    heatmapGrid: str = field(default="auto", metadata={"choices": HEATMAP_GRIDS})
+    attentionSegments: bool = True
+    attentionThreshold: float = field(default=0.5, metadata={"range": (0.01, 1.0)})
+    heatmapOpacity: float = field(default=0.6, metadata={"range": (0.0, 1.0)})
+    selectedHeatmap: object = _node("vtkMRMLScalarVolumeNode")
+    probabilities: bool = False
+
+    def inputs(self, count: int | None = None) -> list:
+        """The first ``count`` input volume nodes (all set ones when ``count`` is None)."""
+        nodes = [getattr(self, f"inputVolume{i}") for i in range(MAX_INPUTS)]
+        if count is None:
+            return [n for n in nodes if n is not None]
+        return nodes[:count]
+
+    def validate(self) -> list[str]:
+        """Problems with the plain values (empty when fine)."""
+        problems = []
+        if self.device.split(":")[0] not in DEVICES:
+            problems.append(f"unknown device '{self.device}'")
+        if self.runMode not in RUN_MODES:
+            problems.append(f"unknown run mode '{self.runMode}'")
+        if self.heatmapKind not in HEATMAP_KINDS:
+            problems.append(f"unknown heatmap kind '{self.heatmapKind}'")
+        if self.heatmapGrid not in HEATMAP_GRIDS:
+            problems.append(f"unknown heatmap grid '{self.heatmapGrid}'")
+        if not 0.0 < self.attentionThreshold <= 1.0:
+            problems.append("the attention threshold must be in (0, 1]")
+        if not 0.0 <= self.heatmapOpacity <= 1.0:
+            problems.append("the heatmap opacity must be in [0, 1]")
+        return problems
+
+    @property
+    def kinds(self) -> list[str]:
+        return ["gather", "broadcast"] if self.heatmapKind == "both" else [self.heatmapKind]
+
+
+def choices(name: str) -> tuple | None:
+    """The allowed values of a field (for combo boxes), or None."""
+    return next((f.metadata.get("choices") for f in fields(Parameters) if f.name == name), None)
+
+
+def value_range(name: str) -> tuple[float, float] | None:
+    """The (minimum, maximum) of a numeric field (for sliders), or None."""
+    return next((f.metadata.get("range") for f in fields(Parameters) if f.name == name), None)
+
+
+def node_fields() -> dict[str, str]:
+    """Field name -> MRML class of the node-valued parameters."""
+    return {f.name: f.metadata["node"] for f in fields(Parameters) if "node" in f.metadata}
+
+
+def value_fields() -> dict[str, type]:
+    """Field name -> Python type of the plain parameters."""
+    types = {"str": str, "bool": bool, "int": int, "float": float}
+    return {
+        f.name: types[f.type if isinstance(f.type, str) else f.type.__name__]
+        for f in fields(Parameters)
+        if "node" not in f.metadata
+    }
+
+
+def write_parameters(node, parameters: Parameters) -> None:
+    """Store every field in the scripted-module node (one Modified event)."""
+    was = node.StartModify()
+    try:
+        for name, kind in value_fields().items():
+            value = getattr(parameters, name)
+            node.SetParameter(name, ("True" if value else "False") if kind is bool else str(value))
+        for name in node_fields():
+            value = getattr(parameters, name)
+            node.SetParameter(name, "")
+            node.SetNodeReferenceID(name, value.GetID() if value is not None else None)
+    finally:
+        node.EndModify(was)
+
+
+def read_parameters(node) -> Parameters:
+    """The parameters stored in the node; fields it lacks (or cannot parse) keep their defaults."""
+    parameters = Parameters()
+    for name, kind in value_fields().items():
+        if not node.GetParameter(name):
+            continue
+        text = node.GetParameter(name)
+        try:
+            value = text == "True" if kind is bool else kind(text)
+        except ValueError:
+            continue
+        setattr(parameters, name, value)
+    for name, class_name in node_fields().items():
+        value = node.GetNodeReference(name)
+        setattr(parameters, name, value if value is not None and value.IsA(class_name) else None)
+    return parameters
+
+
+def parameter_node(scene, module_name: str = "TokenUNetSegment", create: bool = True):
+    """The module's parameter node in ``scene`` (a singleton tagged with the module name)."""
+    node = scene.GetSingletonNode(module_name, "vtkMRMLScriptedModuleNode")
+    if node is None and create:
+        import slicer
+
+        node = slicer.vtkMRMLScriptedModuleNode()
+        node.SetName(module_name)
+        node.SetSingletonTag(module_name)
+        node.SetModuleName(module_name)
+        write_parameters(node, Parameters())
+        node = scene.AddNode(node)
+    return node
