@@ -14,21 +14,43 @@ TINY = {"channels": [4, 8, 16, 32]}
 SNOMED_ORGAN = {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "78961009", "Spleen"]}
 
 
-def tiny_config(model_id="tiny-ct", arch="8Token", in_channels=1, labels=2, spacing=(2.0, 2.0, 2.0), roi=(16, 16, 16),
-                intensity=None, activation="softmax", crop=False, orientation="RAS"):
+def tiny_config(
+    model_id="tiny-ct",
+    arch="8Token",
+    in_channels=1,
+    labels=2,
+    spacing=(2.0, 2.0, 2.0),
+    roi=(16, 16, 16),
+    intensity=None,
+    activation="softmax",
+    crop=False,
+    orientation="RAS",
+):
     out = labels + 1 if activation == "softmax" else labels
     config = {
         "id": model_id,
         "name": "tiny test model",
         "architecture": {"name": arch, "in_channels": in_channels, "out_channels": out, "parameters": dict(TINY)},
-        "inputs": [{"name": f"ch{i}", "modality": "CT" if in_channels == 1 else "MR", "patterns": [f"*ch{i}*"]}
-                   for i in range(in_channels)],
-        "preprocessing": {"orientation": orientation, "spacing": list(spacing) if spacing else None,
-                          "intensity": intensity or {"method": "ct_window", "window": [-100.0, 300.0]},
-                          "crop_foreground": crop},
+        "inputs": [
+            {"name": f"ch{i}", "modality": "CT" if in_channels == 1 else "MR", "patterns": [f"*ch{i}*"]}
+            for i in range(in_channels)
+        ],
+        "preprocessing": {
+            "orientation": orientation,
+            "spacing": list(spacing) if spacing else None,
+            "intensity": intensity or {"method": "ct_window", "window": [-100.0, 300.0]},
+            "crop_foreground": crop,
+        },
         "inference": {"roi_size": list(roi), "overlap": 0.25, "blending": "gaussian", "activation": activation},
-        "labels": [{"value": v, "name": f"organ{v}", "color": [(40 * v) % 256, 200, (255 - 40 * v) % 256],
-                    "terminology": SNOMED_ORGAN} for v in range(1, labels + 1)],
+        "labels": [
+            {
+                "value": v,
+                "name": f"organ{v}",
+                "color": [(40 * v) % 256, 200, (255 - 40 * v) % 256],
+                "terminology": SNOMED_ORGAN,
+            }
+            for v in range(1, labels + 1)
+        ],
     }
     if activation == "sigmoid":
         config["inference"]["regions"] = [{"channel": c, "label": c + 1} for c in range(labels)]
@@ -43,8 +65,9 @@ def make_package(folder: Path, config=None, network=None, as_zip=False) -> Path:
         network = build_network(arch["name"], arch["in_channels"], arch["out_channels"], **params)
     metadata = make_metadata(config, description="tiny random-weight test model", authors="tests", copyright="none")
     name = config["id"] + (".zip" if as_zip else "")
-    return write_package(Path(folder) / name, network, metadata, license_text="Apache-2.0\n",
-                         readme_text="# tiny\n", as_zip=as_zip)
+    return write_package(
+        Path(folder) / name, network, metadata, license_text="Apache-2.0\n", readme_text="# tiny\n", as_zip=as_zip
+    )
 
 
 class ThresholdNet(torch.nn.Module):
@@ -64,7 +87,7 @@ class ThresholdNet(torch.nn.Module):
         self.scale = torch.nn.Parameter(torch.tensor(20.0))
 
     def forward(self, x, return_attention=False):
-        x = x[:, self.channel:self.channel + 1]
+        x = x[:, self.channel : self.channel + 1]
         fg = self.scale * (x - 0.5)
         logits = torch.cat([-fg, fg], dim=1)
         if not return_attention:
@@ -81,16 +104,20 @@ def ball_phantom(shape, center_ijk, radius_vox, value=500.0, background=-1000.0)
     return np.where(r <= 1.0, value, background).astype(np.float32)
 
 
-def threshold_package(in_channels=1, channel=0, spacing=(2.0, 2.0, 2.0), roi=(32, 32, 32), orientation="RAS",
-                      crop=False):
+def threshold_package(
+    in_channels=1, channel=0, spacing=(2.0, 2.0, 2.0), roi=(32, 32, 32), orientation="RAS", crop=False
+):
     """An in-memory package around :class:`ThresholdNet` (label 1 = 'ball' where the window is > 0.5)."""
     from TokenUNetSegmentLib.pipeline.package import ModelPackage
 
-    config = tiny_config("threshold", in_channels=in_channels, labels=1, spacing=spacing, roi=roi, crop=crop,
-                         orientation=orientation)
+    config = tiny_config(
+        "threshold", in_channels=in_channels, labels=1, spacing=spacing, roi=roi, crop=crop, orientation=orientation
+    )
     config["labels"][0]["name"] = "ball"
-    return ModelPackage(ThresholdNet(in_channels, channel).eval(), make_metadata(
-        config, description="threshold", authors="tests", copyright="none"))
+    return ModelPackage(
+        ThresholdNet(in_channels, channel).eval(),
+        make_metadata(config, description="threshold", authors="tests", copyright="none"),
+    )
 
 
 def rotation(axis, degrees):

@@ -107,9 +107,11 @@ def test_zero_or_negative_spacing(tmp_path):
     # a header with a zero spacing (written by hand: writers refuse it)
     path = tmp_path / "zero.nhdr"
     (tmp_path / "zero.raw").write_bytes(np.zeros(8 * 8 * 8, np.int16).tobytes())
-    path.write_text("NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 8 8 8\n"
-                    "space directions: (1,0,0) (0,0,0) (0,0,1)\nkinds: domain domain domain\nendian: little\n"
-                    "encoding: raw\nspace origin: (0,0,0)\ndata file: zero.raw\n")
+    path.write_text(
+        "NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 8 8 8\n"
+        "space directions: (1,0,0) (0,0,0) (0,0,1)\nkinds: domain domain domain\nendian: little\n"
+        "encoding: raw\nspace origin: (0,0,0)\ndata file: zero.raw\n"
+    )
     with pytest.raises(InputError, match="spacing|cannot read"):
         run(path)
 

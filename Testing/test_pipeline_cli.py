@@ -38,8 +38,15 @@ def case(tmp_path_factory):
 
 
 def run_cli(*args, env=None, **kwargs):
-    return subprocess.run([sys.executable, "-m", "TokenUNetSegmentLib.pipeline", *map(str, args)], cwd=MODULE_DIR,
-                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "TokenUNetSegmentLib.pipeline", *map(str, args)],
+        cwd=MODULE_DIR,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+        **kwargs,
+    )
 
 
 def png_size(path):
@@ -48,9 +55,9 @@ def png_size(path):
     width, height = struct.unpack(">II", data[16:24])
     idat, position = b"", 8
     while position < len(data):
-        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
         if kind == b"IDAT":
-            idat += data[position + 8:position + 8 + length]
+            idat += data[position + 8 : position + 8 + length]
         position += 12 + length
     assert len(zlib.decompress(idat)) == height * (3 * width + 1)
     return width, height
@@ -107,20 +114,55 @@ def test_segment_end_to_end_writes_what_slicer_reads(case, tmp_path):
 
 def test_progress_json_lines_are_monotonic_and_cover_writing(case, tmp_path, capsys):
     root, package, path = case
-    assert cli.main(["segment", str(path), "--model", str(package), "--out", str(tmp_path), "--no-overview",
-                     "--progress", "json"]) == 0
+    assert (
+        cli.main(
+            [
+                "segment",
+                str(path),
+                "--model",
+                str(package),
+                "--out",
+                str(tmp_path),
+                "--no-overview",
+                "--progress",
+                "json",
+            ]
+        )
+        == 0
+    )
     events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     fractions = [e["fraction"] for e in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert events[-1]["stage"] == "write" and max(f for e, f in zip(events, fractions, strict=True)
-                                                  if e["stage"] != "write") <= 0.9
+    assert (
+        events[-1]["stage"] == "write"
+        and max(f for e, f in zip(events, fractions, strict=True) if e["stage"] != "write") <= 0.9
+    )
 
 
 def test_token_grid_attention_and_probabilities(case, tmp_path):
     root, package, path = case
-    assert cli.main(["segment", str(path), "--model", str(package), "--out", str(tmp_path), "--device", "cpu",
-                     "--attention-grid", "token", "--probabilities", "--smooth", "--no-overview",
-                     "--progress", "none"]) == 0
+    assert (
+        cli.main(
+            [
+                "segment",
+                str(path),
+                "--model",
+                str(package),
+                "--out",
+                str(tmp_path),
+                "--device",
+                "cpu",
+                "--attention-grid",
+                "token",
+                "--probabilities",
+                "--smooth",
+                "--no-overview",
+                "--progress",
+                "none",
+            ]
+        )
+        == 0
+    )
     heat = sitk.ReadImage(str(tmp_path / "attention" / "token00_gather.nrrd"))
     assert heat.GetSpacing() == pytest.approx((24.0, 24.0, 24.0))  # 8 x the 3 mm model spacing
     assert sorted(p.name for p in (tmp_path / "probabilities").iterdir()) == ["organ1.nrrd", "organ2.nrrd"]
@@ -135,17 +177,22 @@ def test_auto_attention_grid_keeps_large_maps_on_the_token_grid(case, tmp_path, 
     assert cli.main(["segment", str(path), "--model", str(package), "--out", str(tmp_path), "--no-overview"]) == 0
     assert json.loads((tmp_path / "report.json").read_text())["attention_grid"] == "token"
     assert sitk.ReadImage(str(tmp_path / "attention" / "token03_broadcast.nrrd")).GetSpacing() == pytest.approx(
-        (24.0, 24.0, 24.0))
+        (24.0, 24.0, 24.0)
+    )
 
 
 def test_user_errors_exit_2_with_one_line(case, tmp_path, capsys):
     root, package, path = case
     for argv, message in [
-        (["segment", str(tmp_path / "missing.nii.gz"), "--model", str(package), "--out", str(tmp_path / "o")],
-         "input not found"),
+        (
+            ["segment", str(tmp_path / "missing.nii.gz"), "--model", str(package), "--out", str(tmp_path / "o")],
+            "input not found",
+        ),
         (["segment", str(path), "--model", "no-such-model", "--out", str(tmp_path / "o")], "unknown model id"),
-        (["segment", str(path), str(path), "--model", str(package), "--out", str(tmp_path / "o")],
-         "needs 1 input channel"),
+        (
+            ["segment", str(path), str(path), "--model", str(package), "--out", str(tmp_path / "o")],
+            "needs 1 input channel",
+        ),
         (["models", "remove", "no-such-model"], "unknown model id"),
     ]:
         assert cli.main(argv) == 2
@@ -153,8 +200,17 @@ def test_user_errors_exit_2_with_one_line(case, tmp_path, capsys):
         assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
     with pytest.raises(Exception, match="input not found"):
-        cli.main(["--debug", "segment", str(tmp_path / "missing.nii.gz"), "--model", str(package), "--out",
-                  str(tmp_path / "o")])
+        cli.main(
+            [
+                "--debug",
+                "segment",
+                str(tmp_path / "missing.nii.gz"),
+                "--model",
+                str(package),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
 
 
 def test_checksum_mismatch_through_the_cli(tmp_path, capsys):
@@ -199,8 +255,9 @@ def test_models_list_info_import_remove(tmp_path, monkeypatch, capsys):
 def test_cancelled_run_leaves_no_output(case, tmp_path):
     root, package, path = case
     out = tmp_path / "out"
-    args = cli.build_parser().parse_args(["segment", str(path), "--model", str(package), "--out", str(out),
-                                          "--progress", "none", "--overlap", "0.5"])
+    args = cli.build_parser().parse_args(
+        ["segment", str(path), "--model", str(package), "--out", str(out), "--progress", "none", "--overlap", "0.5"]
+    )
     calls = []
 
     def cancel():
@@ -225,9 +282,26 @@ def test_sigterm_cancels_between_windows_and_exits_130(case, tmp_path):
     package = make_package(tmp_path, tiny_config(roi=(16, 16, 16), spacing=(3.0, 3.0, 3.0)))  # many windows
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "TokenUNetSegmentLib.pipeline", "segment", str(path), "--model", str(package),
-         "--out", str(out), "--progress", "json", "--overlap", "0.75"],
-        cwd=MODULE_DIR, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "TokenUNetSegmentLib.pipeline",
+            "segment",
+            str(path),
+            "--model",
+            str(package),
+            "--out",
+            str(out),
+            "--progress",
+            "json",
+            "--overlap",
+            "0.75",
+        ],
+        cwd=MODULE_DIR,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     for line in process.stderr:
         if json.loads(line)["stage"] == "inference":
             process.send_signal(signal.SIGTERM)

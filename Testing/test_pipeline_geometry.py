@@ -28,11 +28,16 @@ def oblique_mirrored_affine():
 
 GRIDS = {
     "axis-aligned isotropic": ((48, 48, 48), affine_from_spacing((1.5, 1.5, 1.5), origin=(-36, -56, -5))),
-    "LPS-like flips, anisotropic": ((64, 50, 30), affine_from_spacing((1.0, 1.4, 2.5), origin=(40, 20, -10),
-                                                                       direction=np.diag([-1.0, -1.0, 1.0]))),
-    "permuted axes (sagittal)": ((30, 60, 56), affine_from_spacing((2.2, 1.1, 1.2), origin=(-20, 20, 60),
-                                                                    direction=np.array([[0, 0, 1], [-1, 0, 0],
-                                                                                        [0, -1, 0]], float))),
+    "LPS-like flips, anisotropic": (
+        (64, 50, 30),
+        affine_from_spacing((1.0, 1.4, 2.5), origin=(40, 20, -10), direction=np.diag([-1.0, -1.0, 1.0])),
+    ),
+    "permuted axes (sagittal)": (
+        (30, 60, 56),
+        affine_from_spacing(
+            (2.2, 1.1, 1.2), origin=(-20, 20, 60), direction=np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], float)
+        ),
+    ),
     "oblique mirrored anisotropic": oblique_mirrored_affine(),
 }
 
@@ -133,10 +138,14 @@ def test_dicom_series_folder(tmp_path):
         slice_ = volume[:, :, k]
         origin = volume.TransformIndexToPhysicalPoint((0, 0, k))
         for tag, value in {
-            "0008|0060": "CT", "0020|000d": series + ".1", "0020|000e": series + ".2",
-            "0020|0032": "\\".join(f"{v:.6f}" for v in origin), "0020|0013": str(k + 1),
-            "0020|0037": "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6],
-                                                       direction[1], direction[4], direction[7])),
+            "0008|0060": "CT",
+            "0020|000d": series + ".1",
+            "0020|000e": series + ".2",
+            "0020|0032": "\\".join(f"{v:.6f}" for v in origin),
+            "0020|0013": str(k + 1),
+            "0020|0037": "\\".join(
+                f"{v:.6f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7])
+            ),
             "0028|0030": f"{volume.GetSpacing()[1]:.6f}\\{volume.GetSpacing()[0]:.6f}",
             "0018|0050": f"{volume.GetSpacing()[2]:.6f}",
         }.items():

@@ -26,12 +26,14 @@ def test_pipeline_imports_no_slicer_vtk_or_qt_in_a_fresh_interpreter():
 
 
 def test_importing_the_package_is_cheap_and_the_lazy_names_resolve():
-    code = ("import sys, TokenUNetSegmentLib.pipeline as p\n"
-            "print('torch' in sys.modules, 'monai' in sys.modules)\n"
-            "print(all(getattr(p, n) is not None for n in p.__all__))\n"
-            "import TokenUNetSegmentLib.pipeline.cli\n"
-            "from TokenUNetSegmentLib.pipeline import segment\n"
-            "print(callable(segment) and segment.__name__ == 'segment')\n")
+    code = (
+        "import sys, TokenUNetSegmentLib.pipeline as p\n"
+        "print('torch' in sys.modules, 'monai' in sys.modules)\n"
+        "print(all(getattr(p, n) is not None for n in p.__all__))\n"
+        "import TokenUNetSegmentLib.pipeline.cli\n"
+        "from TokenUNetSegmentLib.pipeline import segment\n"
+        "print(callable(segment) and segment.__name__ == 'segment')\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=MODULE, capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["False", "False", "True", "True"], done.stderr
 
@@ -52,6 +54,11 @@ def test_entry_point_is_declared():
 
 
 def test_help_lists_the_commands():
-    done = subprocess.run([sys.executable, "-m", "TokenUNetSegmentLib.pipeline", "--help"], cwd=MODULE,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "TokenUNetSegmentLib.pipeline", "--help"],
+        cwd=MODULE,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and "segment" in done.stdout and "models" in done.stdout

@@ -42,7 +42,10 @@ def test_write_and_load_round_trip_gives_the_same_network(tmp_path, as_zip):
     for key in ("version", "monai_version", "pytorch_version", "task", "description", "authors", "copyright"):
         assert key in metadata
     assert metadata["network_data_format"]["outputs"]["pred"]["channel_def"] == {
-        "0": "background", "1": "organ1", "2": "organ2"}
+        "0": "background",
+        "1": "organ1",
+        "2": "organ2",
+    }
 
 
 def test_package_files_and_checksum(package_dir):
@@ -69,8 +72,12 @@ def test_schema_validation_names_the_problem(package_dir):
 
 
 def test_json_schema_subset_validator():
-    schema = {"type": "object", "required": ["a"], "additionalProperties": False,
-              "properties": {"a": {"type": "array", "items": {"type": "integer", "minimum": 0}}}}
+    schema = {
+        "type": "object",
+        "required": ["a"],
+        "additionalProperties": False,
+        "properties": {"a": {"type": "array", "items": {"type": "integer", "minimum": 0}}},
+    }
     assert validation_errors({"a": [1, 2]}, schema) == []
     assert validation_errors({"a": [1, -1]}, schema) == ["$.a[1]: -1 is below the minimum 0"]
     assert validation_errors({"b": 1}, schema) == ["$: missing required key 'a'", "$: unexpected key 'b'"]
@@ -111,8 +118,9 @@ def test_write_refuses_weights_that_do_not_fit(tmp_path):
     config = tiny_config()
     metadata = make_metadata(config, description="d", authors="a", copyright="c")
     with pytest.raises(ModelPackageError, match="shape mismatches"):
-        write_package(tmp_path / "p", build_network("8Token", 1, 5, **TINY), metadata, license_text="x",
-                      readme_text="y")
+        write_package(
+            tmp_path / "p", build_network("8Token", 1, 5, **TINY), metadata, license_text="x", readme_text="y"
+        )
     assert not (tmp_path / "p").exists()
 
 
@@ -171,10 +179,26 @@ def test_catalog_bundled_downloadable_import_and_remove(tmp_path, package_dir):
     bundled_root = tmp_path / "Resources"
     bundled_root.mkdir()
     catalog = bundled_root / "Models.json"
-    catalog.write_text(json.dumps({"default": "bundled-model", "models": [
-        {"id": "bundled-model", "description": "bundled", "path": os.path.relpath(package_dir, bundled_root)},
-        {"id": "remote-model", "description": "remote", "url": zipped.as_uri(), "sha256": sha256_file(zipped)},
-    ]}))
+    catalog.write_text(
+        json.dumps(
+            {
+                "default": "bundled-model",
+                "models": [
+                    {
+                        "id": "bundled-model",
+                        "description": "bundled",
+                        "path": os.path.relpath(package_dir, bundled_root),
+                    },
+                    {
+                        "id": "remote-model",
+                        "description": "remote",
+                        "url": zipped.as_uri(),
+                        "sha256": sha256_file(zipped),
+                    },
+                ],
+            }
+        )
+    )
     store = ModelStore(catalog, home=tmp_path / "home")
     entries = {e.id: e for e in store.entries()}
     assert entries["bundled-model"].source == "bundled" and entries["bundled-model"].available
@@ -200,8 +224,11 @@ def test_catalog_bundled_downloadable_import_and_remove(tmp_path, package_dir):
 def test_download_checksum_mismatch_is_refused(tmp_path):
     zipped = make_package(tmp_path / "dl", config=tiny_config("remote-model"), as_zip=True)
     catalog = tmp_path / "Models.json"
-    catalog.write_text(json.dumps({"models": [
-        {"id": "remote-model", "description": "remote", "url": zipped.as_uri(), "sha256": "0" * 64}]}))
+    catalog.write_text(
+        json.dumps(
+            {"models": [{"id": "remote-model", "description": "remote", "url": zipped.as_uri(), "sha256": "0" * 64}]}
+        )
+    )
     store = ModelStore(catalog, home=tmp_path / "home")
     with pytest.raises(ModelPackageError, match="checksum mismatch for the download"):
         store.load("remote-model")
@@ -221,11 +248,16 @@ def test_inputs_are_assigned_by_filename_pattern():
     from TokenUNetSegmentLib.pipeline.package import assign_inputs
 
     config = tiny_config(in_channels=4)
-    for entry, patterns in zip(config["inputs"], [["*t1n*", "*t1.*"], ["*t1c*"], ["*t2w*", "*t2.*"], ["*flair*"]],
-                               strict=True):
+    for entry, patterns in zip(
+        config["inputs"], [["*t1n*", "*t1.*"], ["*t1c*"], ["*t2w*", "*t2.*"], ["*flair*"]], strict=True
+    ):
         entry["patterns"] = patterns
-    files = ["/data/BraTS-001-FLAIR.nii.gz", "/data/BraTS-001-t1c.nii.gz", "C:\\data\\BraTS-001-t2w.nii.gz",
-             "/data/BraTS-001-t1n.nii.gz"]
+    files = [
+        "/data/BraTS-001-FLAIR.nii.gz",
+        "/data/BraTS-001-t1c.nii.gz",
+        "C:\\data\\BraTS-001-t2w.nii.gz",
+        "/data/BraTS-001-t1n.nii.gz",
+    ]
     assert assign_inputs(files, config) == {"ch0": files[3], "ch1": files[1], "ch2": files[2], "ch3": files[0]}
     assert assign_inputs(files[:2], config) == {"ch0": None, "ch1": files[1], "ch2": None, "ch3": files[0]}
     assert assign_inputs(["anything.nrrd"], tiny_config()) == {"ch0": "anything.nrrd"}

@@ -59,13 +59,25 @@ def test_result_has_everything_on_the_input_grid(ct_package, phantom):
 
 def test_progress_is_monotonic_and_reaches_one(large_phantom):
     calls = []
-    segment(large_phantom, threshold_package(), device="cpu", heatmaps=False, overlap=0.0,
-            progress=lambda stage, f: calls.append((stage, f)))
+    segment(
+        large_phantom,
+        threshold_package(),
+        device="cpu",
+        heatmaps=False,
+        overlap=0.0,
+        progress=lambda stage, f: calls.append((stage, f)),
+    )
     fractions = [f for _, f in calls]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and fractions[0] < 0.1
     stages = [s for s, _ in calls]
     assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == [
-        "load", "preprocess", "inference", "postprocess", "map back", "done"]
+        "load",
+        "preprocess",
+        "inference",
+        "postprocess",
+        "map back",
+        "done",
+    ]
     assert sum(s == "inference" for s in stages) == 8  # one report per window
 
 
@@ -157,8 +169,12 @@ def test_sigmoid_regions_are_applied_in_order():
 
 
 def test_sigmoid_package_segments(tmp_path):
-    package = load_package(make_package(tmp_path, tiny_config("brats", in_channels=2, activation="sigmoid", labels=3,
-                                                              intensity={"method": "zscore"})))
+    package = load_package(
+        make_package(
+            tmp_path,
+            tiny_config("brats", in_channels=2, activation="sigmoid", labels=3, intensity={"method": "zscore"}),
+        )
+    )
     image = ball_phantom((24, 24, 24), (12, 12, 12), (6, 6, 6), value=300, background=0)
     result = segment([(image, np.eye(4)), (image * 2, np.eye(4))], package, device="cpu", probabilities=True)
     assert result.labels.shape == (24, 24, 24)

@@ -51,11 +51,25 @@ def test_slicer_reads_names_colors_terminology_and_physical_place(tmp_path):
         labels[physical_ball(shape, affine, centre, 7.0) > 0] = value
     assert all((labels == v).sum() > 100 for v in centres)
     table = [
-        Label(1, "liver", (221, 130, 101), terminology={
-            "category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "10200004", "Liver"]}),
-        Label(2, "kidney_right", (185, 102, 83), terminology={
-            "category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "64033007", "Kidney"],
-            "modifier": ["SCT", "24028007", "Right"]}),
+        Label(
+            1,
+            "liver",
+            (221, 130, 101),
+            terminology={
+                "category": ["SCT", "123037004", "Anatomical Structure"],
+                "type": ["SCT", "10200004", "Liver"],
+            },
+        ),
+        Label(
+            2,
+            "kidney_right",
+            (185, 102, 83),
+            terminology={
+                "category": ["SCT", "123037004", "Anatomical Structure"],
+                "type": ["SCT", "64033007", "Kidney"],
+                "modifier": ["SCT", "24028007", "Right"],
+            },
+        ),
     ]
     path = write_segmentation(tmp_path / "seg.seg.nrrd", labels, affine, table)
     segmentation = read_with_slicer(path)

@@ -46,9 +46,13 @@ def synthetic_ct(shape, spacing):
         s[body2d] = -90  # fat
         s[inner2d] = 40  # soft tissue
         s[spine2d] = 700  # bone
-    for centre, radii, value in [((-60, 10, 40), (70, 55, 60), 60), ((80, -10, 60), (45, 40, 50), 50),
-                                 ((-70, -40, -50), (28, 30, 45), 35), ((70, -40, -50), (28, 30, 45), 35),
-                                 ((0, 30, 0), (25, 25, 60), 120)]:
+    for centre, radii, value in [
+        ((-60, 10, 40), (70, 55, 60), 60),
+        ((80, -10, 60), (45, 40, 50), 50),
+        ((-70, -40, -50), (28, 30, 45), 35),
+        ((70, -40, -50), (28, 30, 45), 35),
+        ((0, 30, 0), (25, 25, 60), 120),
+    ]:
         sx = ((x - centre[0]) / radii[0]) ** 2
         sy = ((y - centre[1]) / radii[1]) ** 2
         for k in np.flatnonzero(np.abs(z - centre[2]) <= radii[2]):
@@ -72,17 +76,35 @@ def make_input(folder: Path, shape, spacing) -> Path:
 
 
 def config(network: str, model_spacing: float, roi: int) -> dict:
-    organs = ["spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "aorta",
-              "inferior_vena_cava", "portal_vein_and_splenic_vein", "pancreas", "adrenal_gland_right",
-              "adrenal_gland_left"]
+    organs = [
+        "spleen",
+        "kidney_right",
+        "kidney_left",
+        "gallbladder",
+        "liver",
+        "stomach",
+        "aorta",
+        "inferior_vena_cava",
+        "portal_vein_and_splenic_vein",
+        "pancreas",
+        "adrenal_gland_right",
+        "adrenal_gland_left",
+    ]
     return {
-        "id": f"bench-{network}", "architecture": {"name": network, "in_channels": 1, "out_channels": 13},
+        "id": f"bench-{network}",
+        "architecture": {"name": network, "in_channels": 1, "out_channels": 13},
         "inputs": [{"name": "CT", "modality": "CT"}],
-        "preprocessing": {"orientation": "RAS", "spacing": [model_spacing] * 3,
-                          "intensity": {"method": "ct_window", "window": [-200.0, 300.0]}, "crop_foreground": True},
+        "preprocessing": {
+            "orientation": "RAS",
+            "spacing": [model_spacing] * 3,
+            "intensity": {"method": "ct_window", "window": [-200.0, 300.0]},
+            "crop_foreground": True,
+        },
         "inference": {"roi_size": [roi] * 3, "overlap": 0.25, "blending": "gaussian", "activation": "softmax"},
-        "labels": [{"value": i + 1, "name": n, "color": [(37 * i) % 256, (91 * i) % 256, (53 * i) % 256]}
-                   for i, n in enumerate(organs)],
+        "labels": [
+            {"value": i + 1, "name": n, "color": [(37 * i) % 256, (91 * i) % 256, (53 * i) % 256]}
+            for i, n in enumerate(organs)
+        ],
     }
 
 
@@ -123,8 +145,11 @@ def run_one(args) -> dict:
         timings["one heatmap on the input grid"] = time.perf_counter() - clock
     network_share = timings["inference"] / timings["total"]
     return {
-        "pipeline": name, "parameters": parameters, "device": result.device,
-        "input_shape": list(result.labels.shape), "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "pipeline": name,
+        "parameters": parameters,
+        "device": result.device,
+        "input_shape": list(result.labels.shape),
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "non_network_share": round(1 - network_share, 3),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "threads": torch.get_num_threads(),
@@ -135,8 +160,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=int, nargs=3, default=[512, 512, 300])
     parser.add_argument("--spacing", type=float, nargs=3, default=[0.8, 0.8, 1.5])
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="shrink the volume by this factor per axis (same spacing: a smaller field of view)")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="shrink the volume by this factor per axis (same spacing: a smaller field of view)",
+    )
     parser.add_argument("--model-spacing", type=float, default=1.5)
     parser.add_argument("--roi", type=int, default=128)
     parser.add_argument("--network", default="32AttnLong")
@@ -160,20 +189,45 @@ def main() -> None:
         folder = Path(scratch)
         clock = time.perf_counter()
         path = make_input(folder, shape, spacing)
-        print(f"input {shape} at {[round(s, 3) for s in spacing]} mm written in {time.perf_counter() - clock:.1f} s "
-              f"({path.stat().st_size / 2**20:.0f} MiB .nii.gz)", flush=True)
+        print(
+            f"input {shape} at {[round(s, 3) for s in spacing]} mm written in {time.perf_counter() - clock:.1f} s "
+            f"({path.stat().st_size / 2**20:.0f} MiB .nii.gz)",
+            flush=True,
+        )
         for run in ["ours"] + ([] if args.no_swin else ["swin"]):
-            command = [sys.executable, __file__, "--run", run, "--input", str(path), "--out", str(folder / run),
-                       "--model-spacing", str(args.model_spacing), "--roi", str(args.roi), "--network", args.network,
-                       "--device", args.device, "--attention-grid", args.attention_grid]
+            command = [
+                sys.executable,
+                __file__,
+                "--run",
+                run,
+                "--input",
+                str(path),
+                "--out",
+                str(folder / run),
+                "--model-spacing",
+                str(args.model_spacing),
+                "--roi",
+                str(args.roi),
+                "--network",
+                args.network,
+                "--device",
+                args.device,
+                "--attention-grid",
+                args.attention_grid,
+            ]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 print(done.stderr[-3000:], file=sys.stderr)
                 raise SystemExit(f"{run} failed")
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), flush=True)
-    summary = {"input_shape": shape, "spacing_mm": spacing, "model_spacing_mm": args.model_spacing, "roi": args.roi,
-               "results": results}
+    summary = {
+        "input_shape": shape,
+        "spacing_mm": spacing,
+        "model_spacing_mm": args.model_spacing,
+        "roi": args.roi,
+        "results": results,
+    }
     if len(results) == 2:
         summary["ours_vs_swin_time"] = round(results[0]["timings_s"]["total"] / results[1]["timings_s"]["total"], 3)
         summary["ours_vs_swin_peak_rss"] = round(results[0]["peak_rss_gib"] / results[1]["peak_rss_gib"], 3)

@@ -21,18 +21,43 @@ from .errors import (
 )
 
 _LAZY = {
-    "segment": "segmentation", "SegmentationResult": "segmentation", "Heatmaps": "segmentation",
-    "ModelPackage": "package", "Label": "package", "load_package": "package", "write_package": "package",
-    "make_metadata": "package", "read_metadata": "package", "validate_metadata": "package",
-    "package_from_weights": "package", "assign_inputs": "package",
-    "ModelStore": "catalog", "ModelEntry": "catalog", "resolve_model": "catalog", "tokenunet_home": "catalog",
-    "Volume": "volumes", "read_volume": "volumes", "as_volume": "volumes",
-    "Grid": "geometry", "resolve_device": "device", "write_outputs": "outputs",
-    "write_segmentation": "nrrd", "write_nrrd": "nrrd", "register_command": "cli", "main": "cli",
+    "segment": "segmentation",
+    "SegmentationResult": "segmentation",
+    "Heatmaps": "segmentation",
+    "ModelPackage": "package",
+    "Label": "package",
+    "load_package": "package",
+    "write_package": "package",
+    "make_metadata": "package",
+    "read_metadata": "package",
+    "validate_metadata": "package",
+    "package_from_weights": "package",
+    "assign_inputs": "package",
+    "ModelStore": "catalog",
+    "ModelEntry": "catalog",
+    "resolve_model": "catalog",
+    "tokenunet_home": "catalog",
+    "Volume": "volumes",
+    "read_volume": "volumes",
+    "as_volume": "volumes",
+    "Grid": "geometry",
+    "resolve_device": "device",
+    "write_outputs": "outputs",
+    "write_segmentation": "nrrd",
+    "write_nrrd": "nrrd",
+    "register_command": "cli",
+    "main": "cli",
 }
 
-__all__ = ["CancelledError", "InputError", "ModelPackageError", "OutOfMemoryError", "TokenUNetError",
-           "UnsafeWeightsError", *_LAZY]
+__all__ = [
+    "CancelledError",
+    "InputError",
+    "ModelPackageError",
+    "OutOfMemoryError",
+    "TokenUNetError",
+    "UnsafeWeightsError",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str):

@@ -98,8 +98,9 @@ class ModelStore:
                 path = (self.catalog_path.parent / item["path"]).resolve()
                 entry = ModelEntry(item["id"], item["description"], "bundled", path)
             else:
-                entry = ModelEntry(item["id"], item["description"], "downloadable", url=item["url"],
-                                   sha256=item["sha256"])
+                entry = ModelEntry(
+                    item["id"], item["description"], "downloadable", url=item["url"], sha256=item["sha256"]
+                )
             entry.license, entry.expected_time = item.get("license"), item.get("expected_time")
             found[item["id"]] = entry
         return list(found.values())
@@ -129,8 +130,9 @@ class ModelStore:
         if entry.source == "downloadable":
             return self.download(entry)
         if not entry.available:
-            raise ModelPackageError(f"the bundled package of '{entry.id}' is missing at {entry.path}",
-                                    "reinstall the extension")
+            raise ModelPackageError(
+                f"the bundled package of '{entry.id}' is missing at {entry.path}", "reinstall the extension"
+            )
         return entry.path
 
     def load(self, model: str | Path | None) -> ModelPackage:
@@ -146,13 +148,17 @@ class ModelStore:
                 with urllib.request.urlopen(entry.url, timeout=60) as response, open(target, "wb") as out:
                     shutil.copyfileobj(response, out)
             except OSError as error:
-                raise ModelPackageError(f"cannot download model '{entry.id}' from {entry.url}: {error}",
-                                        "check the network, or import the package from a local file") from None
+                raise ModelPackageError(
+                    f"cannot download model '{entry.id}' from {entry.url}: {error}",
+                    "check the network, or import the package from a local file",
+                ) from None
             actual = sha256_file(target)
             if actual != entry.sha256:
                 raise ModelPackageError(
                     f"checksum mismatch for the download of '{entry.id}': expected {entry.sha256[:12]}..., "
-                    f"got {actual[:12]}...", "the download is corrupted or was tampered with; try again")
+                    f"got {actual[:12]}...",
+                    "the download is corrupted or was tampered with; try again",
+                )
             return self.import_package(target, expected_id=entry.id)
 
     def import_package(self, path: str | Path, overwrite: bool = False, expected_id: str | None = None) -> Path:
@@ -164,8 +170,9 @@ class ModelStore:
             raise ModelPackageError(f"the package's id is '{model_id}', expected '{expected_id}'")
         target = self.cache_dir / model_id
         if target.exists() and not overwrite:
-            raise ModelPackageError(f"model '{model_id}' is already in the cache at {target}",
-                                    "remove it first, or import with overwrite")
+            raise ModelPackageError(
+                f"model '{model_id}' is already in the cache at {target}", "remove it first, or import with overwrite"
+            )
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.cache_dir) as scratch:
             staging = Path(scratch) / model_id

@@ -51,8 +51,10 @@ class ProgressPrinter:
             print(json.dumps({"stage": stage, "fraction": round(fraction, 4)}), file=self.stream, flush=True)
         elif self.mode == "bar":
             filled = int(30 * fraction)
-            line = (f"\r[{'#' * filled}{'.' * (30 - filled)}] {100 * fraction:5.1f}% {stage:<12} "
-                    f"{time.monotonic() - self.start:6.1f}s")
+            line = (
+                f"\r[{'#' * filled}{'.' * (30 - filled)}] {100 * fraction:5.1f}% {stage:<12} "
+                f"{time.monotonic() - self.start:6.1f}s"
+            )
             if line != self.last:
                 self.stream.write(line)
                 self.stream.flush()
@@ -66,10 +68,15 @@ class ProgressPrinter:
 
 # --- segment -------------------------------------------------------------------------------------------
 
+
 def _segment_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="one volume per model input channel (NIfTI, NRRD, MHA or a DICOM folder), in the "
-                             "model's channel order, or in any order when the file names match its channel patterns")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="one volume per model input channel (NIfTI, NRRD, MHA or a DICOM folder), in the "
+        "model's channel order, or in any order when the file names match its channel patterns",
+    )
     parser.add_argument("--model", "-m", default=None, help="model id or package path (default: the catalog's)")
     parser.add_argument("--out", "-o", required=True, help="output folder")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
@@ -77,12 +84,19 @@ def _segment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
     parser.add_argument("--probabilities", action="store_true", help="also write per-label probability maps")
     parser.add_argument("--no-heatmaps", action="store_true", help="skip the token attention maps")
-    parser.add_argument("--attention-grid", choices=("auto", "input", "token"), default="auto",
-                        help="write token maps on the input grid, or on the coarse token grid (small, same place "
-                             "in space); auto: the input grid unless that exceeds 2 GiB")
+    parser.add_argument(
+        "--attention-grid",
+        choices=("auto", "input", "token"),
+        default="auto",
+        help="write token maps on the input grid, or on the coarse token grid (small, same place "
+        "in space); auto: the input grid unless that exceeds 2 GiB",
+    )
     parser.add_argument("--largest-component", action="store_true", help="keep each label's largest component")
-    parser.add_argument("--smooth", action="store_true",
-                        help="decide labels on the input grid from interpolated probabilities (smoother, slower)")
+    parser.add_argument(
+        "--smooth",
+        action="store_true",
+        help="decide labels on the input grid from interpolated probabilities (smoother, slower)",
+    )
     parser.add_argument("--no-overview", action="store_true", help="skip overview.png")
     parser.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
 
@@ -120,26 +134,49 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         def segment_progress(stage: str, fraction: float) -> None:
             printer(stage, WRITE_START * fraction)  # the output files take the rest of the bar
 
-        result = segment(volumes, package, device=args.device, overlap=args.overlap, batch_size=args.batch_size,
-                         probabilities=args.probabilities, heatmaps=not args.no_heatmaps,
-                         largest_component=True if args.largest_component else None,
-                         label_interpolation="linear" if args.smooth else "nearest", progress=segment_progress,
-                         cancel=cancel)
+        result = segment(
+            volumes,
+            package,
+            device=args.device,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            probabilities=args.probabilities,
+            heatmaps=not args.no_heatmaps,
+            largest_component=True if args.largest_component else None,
+            label_interpolation="linear" if args.smooth else "nearest",
+            progress=segment_progress,
+            cancel=cancel,
+        )
         intensity = package.config["preprocessing"]["intensity"]
         intensity = intensity[0] if isinstance(intensity, list) else intensity
         window = intensity.get("window") if intensity["method"] == "ct_window" else None
         started = time.perf_counter()
-        extra = {"inputs": {name: str(Path(p).resolve()) for name, p in zip(package.input_names, inputs, strict=True)},
-                 "package": {"id": package.id, "path": str(package.path), "version": package.metadata["version"],
-                             "description": package.metadata["description"]}}
-        outputs = write_outputs(result, args.out, image=volumes[0].array, window=window,
-                                attention_grid=args.attention_grid, overview=not args.no_overview, extra_report=extra,
-                                progress=lambda f: printer("write", WRITE_START + (1 - WRITE_START) * f))
+        extra = {
+            "inputs": {name: str(Path(p).resolve()) for name, p in zip(package.input_names, inputs, strict=True)},
+            "package": {
+                "id": package.id,
+                "path": str(package.path),
+                "version": package.metadata["version"],
+                "description": package.metadata["description"],
+            },
+        }
+        outputs = write_outputs(
+            result,
+            args.out,
+            image=volumes[0].array,
+            window=window,
+            attention_grid=args.attention_grid,
+            overview=not args.no_overview,
+            extra_report=extra,
+            progress=lambda f: printer("write", WRITE_START + (1 - WRITE_START) * f),
+        )
         printer.close()
         for message in result.warnings:
             print(f"warning: {message}", file=sys.stderr)
-        print(f"wrote {outputs['segmentation']} ({len(result.label_table)} labels, device {result.device}, "
-              f"{result.timings['total'] + time.perf_counter() - started:.1f} s)")
+        print(
+            f"wrote {outputs['segmentation']} ({len(result.label_table)} labels, device {result.device}, "
+            f"{result.timings['total'] + time.perf_counter() - started:.1f} s)"
+        )
         return 0
     except BaseException:  # errors, cancel, Ctrl-C: end the progress line before the message
         printer.close()
@@ -150,6 +187,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
 
 
 # --- models --------------------------------------------------------------------------------------------
+
 
 def _models_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -178,8 +216,22 @@ def run_models(args: argparse.Namespace) -> int:
     if args.action == "list":
         entries = store.entries()
         if args.json:
-            print(json.dumps([{"id": e.id, "source": e.source, "available": e.available, "description": e.description,
-                               "path": str(e.path) if e.path else None, "url": e.url} for e in entries], indent=2))
+            print(
+                json.dumps(
+                    [
+                        {
+                            "id": e.id,
+                            "source": e.source,
+                            "available": e.available,
+                            "description": e.description,
+                            "path": str(e.path) if e.path else None,
+                            "url": e.url,
+                        }
+                        for e in entries
+                    ],
+                    indent=2,
+                )
+            )
         elif not entries:
             print(f"no models (catalog {store.catalog_path}, cache {store.cache_dir})")
         else:
@@ -195,21 +247,25 @@ def run_models(args: argparse.Namespace) -> int:
             print(json.dumps(metadata, indent=2))
             return 0
         arch = cfg["architecture"]
-        print(f"id:           {cfg['id']}\npath:         {path}\nversion:      {metadata['version']}\n"
-              f"description:  {metadata['description']}\narchitecture: {arch['name']} "
-              f"({arch['in_channels']} -> {arch['out_channels']} channels)\n"
-              f"inputs:       {', '.join(i['name'] + ' (' + i['modality'] + ')' for i in cfg['inputs'])}\n"
-              f"spacing:      {cfg['preprocessing']['spacing']} mm, orientation {cfg['preprocessing']['orientation']}\n"
-              f"labels:       {', '.join(str(label['value']) + ' ' + label['name'] for label in cfg['labels'])}\n"
-              f"weights:      {cfg['weights']['file']} sha256 {cfg['weights']['sha256']}\n"
-              f"copyright:    {metadata['copyright']}")
+        print(
+            f"id:           {cfg['id']}\npath:         {path}\nversion:      {metadata['version']}\n"
+            f"description:  {metadata['description']}\narchitecture: {arch['name']} "
+            f"({arch['in_channels']} -> {arch['out_channels']} channels)\n"
+            f"inputs:       {', '.join(i['name'] + ' (' + i['modality'] + ')' for i in cfg['inputs'])}\n"
+            f"spacing:      {cfg['preprocessing']['spacing']} mm, orientation {cfg['preprocessing']['orientation']}\n"
+            f"labels:       {', '.join(str(label['value']) + ' ' + label['name'] for label in cfg['labels'])}\n"
+            f"weights:      {cfg['weights']['file']} sha256 {cfg['weights']['sha256']}\n"
+            f"copyright:    {metadata['copyright']}"
+        )
         return 0
     if args.action == "import":
         source = Path(args.path)
         if source.suffix.lower() in (".safetensors", ".pt", ".pth", ".ckpt"):
             if not (args.like and args.new_id):
-                raise TokenUNetError("importing a weights file needs --like MODEL and --id NEW_ID",
-                                     "MODEL is the package whose configuration the weights fit")
+                raise TokenUNetError(
+                    "importing a weights file needs --like MODEL and --id NEW_ID",
+                    "MODEL is the package whose configuration the weights fit",
+                )
             target = store.cache_dir / args.new_id
             if target.exists() and not args.overwrite:
                 raise TokenUNetError(f"model '{args.new_id}' is already in the cache", "remove it or pass --overwrite")
@@ -235,6 +291,7 @@ register_command("models", "list, inspect, import or remove model packages", _mo
 
 
 # --- entry point ---------------------------------------------------------------------------------------
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenunet", description="TokenUNet segmentation with token attention maps.")

@@ -30,8 +30,10 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if kind not in DEVICES:
         raise TokenUNetError(f"unknown device '{name}'", f"use one of {', '.join(DEVICES)}")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise TokenUNetError("device 'cuda' was requested but no CUDA GPU is available",
-                             "use --device auto or cpu, or install a CUDA build of PyTorch")
+        raise TokenUNetError(
+            "device 'cuda' was requested but no CUDA GPU is available",
+            "use --device auto or cpu, or install a CUDA build of PyTorch",
+        )
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise TokenUNetError("device 'mps' was requested but Apple MPS is not available", "use --device cpu")
     return torch.device(name)
@@ -52,8 +54,13 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def run_with_oom_fallback(run: Callable[[torch.device, int], object], device: torch.device, batch_size: int,
-                          warn: Callable[[str], None] = log.warning, empty_cache: Callable[[], None] | None = None):
+def run_with_oom_fallback(
+    run: Callable[[torch.device, int], object],
+    device: torch.device,
+    batch_size: int,
+    warn: Callable[[str], None] = log.warning,
+    empty_cache: Callable[[], None] | None = None,
+):
     """Call ``run(device, batch_size)``; on CUDA out-of-memory halve the batch, then fall back to the CPU.
 
     On the CPU an out-of-memory error becomes :class:`OutOfMemoryError` with advice.
@@ -67,8 +74,9 @@ def run_with_oom_fallback(run: Callable[[torch.device, int], object], device: to
             if not is_out_of_memory(error):
                 raise
             if device.type == "cpu":
-                raise OutOfMemoryError("out of memory on the CPU",
-                                       "close other programs, use a GPU, or crop the volume") from None
+                raise OutOfMemoryError(
+                    "out of memory on the CPU", "close other programs, use a GPU, or crop the volume"
+                ) from None
             empty_cache()
             if size > 1:
                 size = max(1, size // 2)
@@ -96,8 +104,9 @@ def available_memory(device: torch.device) -> int:
         return 1 << 62  # unknown: do not refuse
 
 
-def estimate_memory(network, model_voxels: int, input_voxels: int, roi_size, batch_size: int,
-                    probabilities: bool = False) -> dict[str, int]:
+def estimate_memory(
+    network, model_voxels: int, input_voxels: int, roi_size, batch_size: int, probabilities: bool = False
+) -> dict[str, int]:
     """Rough peak bytes: ``host`` (volumes, stitched outputs) and ``window`` (one window batch's activations)."""
     in_ch = int(getattr(network, "in_channels", 1))
     out_ch = int(getattr(network, "out_channels", 2))
@@ -108,7 +117,8 @@ def estimate_memory(network, model_voxels: int, input_voxels: int, roi_size, bat
     # activations alive at once per window voxel: a few full-resolution feature maps (calibrated on the
     # 512 x 512 x 300 CT benchmark: estimate 3.0 GB for a measured peak RSS of 2.4 GB)
     window = batch_size * roi_voxels * 4 * (in_ch + out_ch + 6 * first) + sum(
-        p.numel() * p.element_size() for p in network.parameters())
+        p.numel() * p.element_size() for p in network.parameters()
+    )
     host = (
         input_voxels * (4 * in_ch + 1 + 4)  # inputs as float32, labels, scratch of a resampling
         + model_voxels * 4 * (in_ch + out_ch + 2)  # resampled inputs, stitched logits, blending weights, argmax
@@ -126,10 +136,13 @@ def check_memory(estimate: dict[str, int], device: torch.device, available: Call
     if need_host > host_free:
         raise OutOfMemoryError(
             f"this run needs about {need_host / 2**30:.1f} GiB of memory but only {host_free / 2**30:.1f} GiB is free",
-            "use a coarser model spacing, crop the volume, or close other programs")
+            "use a coarser model spacing, crop the volume, or close other programs",
+        )
     if device.type == "cuda":
         free = available(device)
         if estimate["window"] > free:
             raise OutOfMemoryError(
                 f"one window batch needs about {estimate['window'] / 2**30:.1f} GiB of GPU memory but only "
-                f"{free / 2**30:.1f} GiB is free", "use --device cpu, or a smaller window batch")
+                f"{free / 2**30:.1f} GiB is free",
+                "use --device cpu, or a smaller window batch",
+            )

@@ -64,12 +64,16 @@ def check_affine(affine, what: str = "volume") -> np.ndarray:
         raise InputError(f"{what}: the IJK->RAS matrix must be a finite 4x4 matrix, got shape {affine.shape}")
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     if np.any(spacing <= 1e-9):
-        raise InputError(f"{what}: zero voxel spacing {tuple(np.round(spacing, 6))}",
-                         "fix the image header: every spacing must be positive")
+        raise InputError(
+            f"{what}: zero voxel spacing {tuple(np.round(spacing, 6))}",
+            "fix the image header: every spacing must be positive",
+        )
     direction = affine[:3, :3] / spacing
     if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
-        raise InputError(f"{what}: the voxel axes are not orthogonal (sheared grid)",
-                         "resample the image to an orthogonal grid first")
+        raise InputError(
+            f"{what}: the voxel axes are not orthogonal (sheared grid)",
+            "resample the image to an orthogonal grid first",
+        )
     return affine
 
 
@@ -77,8 +81,10 @@ def affine_from_spacing(spacing, origin=(0.0, 0.0, 0.0), direction=None) -> np.n
     """IJK->RAS from spacing (mm, must be positive), origin (RAS) and direction columns (RAS)."""
     spacing = np.asarray(spacing, dtype=np.float64)
     if spacing.shape != (3,) or np.any(~np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise InputError(f"voxel spacing must be three positive numbers, got {tuple(spacing.tolist())}",
-                         "fix the image header (zero or negative spacing)")
+        raise InputError(
+            f"voxel spacing must be three positive numbers, got {tuple(spacing.tolist())}",
+            "fix the image header (zero or negative spacing)",
+        )
     affine = np.eye(4)
     affine[:3, :3] = (np.eye(3) if direction is None else np.asarray(direction, float)) * spacing
     affine[:3, 3] = origin
@@ -115,18 +121,29 @@ def reference_image(grid: Grid) -> sitk.Image:
     return image
 
 
-def resample(array: np.ndarray, source: Grid | np.ndarray, target: Grid, interpolation: str = "linear",
-             default: float = 0.0, dtype=np.float32) -> np.ndarray:
+def resample(
+    array: np.ndarray,
+    source: Grid | np.ndarray,
+    target: Grid,
+    interpolation: str = "linear",
+    default: float = 0.0,
+    dtype=np.float32,
+) -> np.ndarray:
     """Resample an (i, j, k) array from its grid (or affine) onto ``target`` in physical space."""
     affine = source.affine if isinstance(source, Grid) else source
     image = image_from_array(array, affine)
     return resample_image(image, target, interpolation, default, dtype)
 
 
-def resample_image(image: sitk.Image, target: Grid, interpolation: str = "linear", default: float = 0.0,
-                   dtype=np.float32) -> np.ndarray:
-    pixel = {np.float32: sitk.sitkFloat32, np.uint8: sitk.sitkUInt8, np.uint16: sitk.sitkUInt16,
-             np.int16: sitk.sitkInt16}[np.dtype(dtype).type]
+def resample_image(
+    image: sitk.Image, target: Grid, interpolation: str = "linear", default: float = 0.0, dtype=np.float32
+) -> np.ndarray:
+    pixel = {
+        np.float32: sitk.sitkFloat32,
+        np.uint8: sitk.sitkUInt8,
+        np.uint16: sitk.sitkUInt16,
+        np.int16: sitk.sitkInt16,
+    }[np.dtype(dtype).type]
     interpolator = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}[interpolation]
     out = sitk.Resample(image, reference_image(target), sitk.Transform(), interpolator, float(default), pixel)
     return sitk.GetArrayViewFromImage(out).transpose(2, 1, 0).copy()

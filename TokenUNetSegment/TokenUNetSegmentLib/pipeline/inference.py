@@ -26,9 +26,17 @@ def scan_plan(shape, roi_size, overlap: float, multiple: int) -> tuple[list[floa
     return overlaps, count
 
 
-def sliding_window(network: torch.nn.Module, image: np.ndarray, roi_size, overlap: float = 0.25,
-                   blending: str = "gaussian", batch_size: int = 1, device: torch.device | None = None,
-                   progress: Progress | None = None, with_tokens: bool = True):
+def sliding_window(
+    network: torch.nn.Module,
+    image: np.ndarray,
+    roi_size,
+    overlap: float = 0.25,
+    blending: str = "gaussian",
+    batch_size: int = 1,
+    device: torch.device | None = None,
+    progress: Progress | None = None,
+    with_tokens: bool = True,
+):
     """Run ``network`` over ``image`` (C, X, Y, Z), every size a multiple of the network's size multiple.
 
     Returns:
@@ -62,8 +70,17 @@ def sliding_window(network: torch.nn.Module, image: np.ndarray, roi_size, overla
     tensor = torch.from_numpy(image)[None]
     with torch.inference_mode():
         out = sliding_window_inference(
-            tensor, tuple(int(r) for r in roi_size), batch_size, predictor, overlap=overlaps, mode=blending,
-            sigma_scale=0.125, padding_mode="constant", cval=0.0, sw_device=device, device=torch.device("cpu"),
+            tensor,
+            tuple(int(r) for r in roi_size),
+            batch_size,
+            predictor,
+            overlap=overlaps,
+            mode=blending,
+            sigma_scale=0.125,
+            padding_mode="constant",
+            cval=0.0,
+            sw_device=device,
+            device=torch.device("cpu"),
         )
     if with_tokens:
         logits, gather, broadcast = (o[0].numpy() for o in out)

@@ -79,6 +79,8 @@ def validation_errors(instance: Any, schema: dict, root: dict | None = None, pat
         if keyword in schema:
             matches = sum(not validation_errors(instance, sub, root, path) for sub in schema[keyword])
             if matches < needed or (keyword == "oneOf" and matches > 1):
-                errors.append(f"{path}: must match {'exactly one' if keyword == 'oneOf' else 'at least one'} "
-                              f"of the allowed forms ({matches} matched)")
+                errors.append(
+                    f"{path}: must match {'exactly one' if keyword == 'oneOf' else 'at least one'} "
+                    f"of the allowed forms ({matches} matched)"
+                )
     return errors

@@ -29,8 +29,17 @@ MAP_STEPS = 1024  # token maps are written in steps of 1/1024
 AUTO_INPUT_GRID_LIMIT = 2 * 2**30  # bytes of float32 maps on the input grid beyond which "auto" keeps the token grid
 
 
-def write_outputs(result, out_dir: str | Path, *, image=None, window=None, attention_grid: str = "auto",
-                  overview: bool = True, extra_report: dict | None = None, progress=None) -> dict[str, Path]:
+def write_outputs(
+    result,
+    out_dir: str | Path,
+    *,
+    image=None,
+    window=None,
+    attention_grid: str = "auto",
+    overview: bool = True,
+    extra_report: dict | None = None,
+    progress=None,
+) -> dict[str, Path]:
     """Write every output of ``result`` into ``out_dir`` (created if needed); returns name -> path.
 
     Args:
@@ -50,8 +59,11 @@ def write_outputs(result, out_dir: str | Path, *, image=None, window=None, atten
         written["segmentation"] = Path(SEGMENTATION_FILE)
         maps = []
         if attention_grid == "auto":
-            size = 0 if result.heatmaps is None else (
-                len(result.heatmaps.kinds) * result.heatmaps.num_tokens * result.labels.size * 4)
+            size = (
+                0
+                if result.heatmaps is None
+                else (len(result.heatmaps.kinds) * result.heatmaps.num_tokens * result.labels.size * 4)
+            )
             attention_grid = "input" if size <= AUTO_INPUT_GRID_LIMIT else "token"
         if result.heatmaps is not None:
             (staging / ATTENTION_DIR).mkdir()
@@ -61,9 +73,12 @@ def write_outputs(result, out_dir: str | Path, *, image=None, window=None, atten
             def write_map(kind: str, token: int) -> dict:
                 match = best.get((kind, token), {})
                 name = f"token{token:02d}_{kind}.nrrd"
-                fields = {"TokenUNet_Token": str(token), "TokenUNet_Kind": kind,
-                          "TokenUNet_BestLabel": match.get("best_label", ""),
-                          "TokenUNet_SoftDice": str(match.get("soft_dice", ""))}
+                fields = {
+                    "TokenUNet_Token": str(token),
+                    "TokenUNet_Kind": kind,
+                    "TokenUNet_BestLabel": match.get("best_label", ""),
+                    "TokenUNet_SoftDice": str(match.get("soft_dice", "")),
+                }
                 if attention_grid == "token":
                     array = result.heatmaps.coarse[kind][token].astype(np.float32)  # a copy
                     affine = result.heatmaps.coarse_grid.affine
@@ -74,8 +89,13 @@ def write_outputs(result, out_dir: str | Path, *, image=None, window=None, atten
                 np.round(array, out=array)
                 array *= np.float32(1.0 / MAP_STEPS)
                 write_nrrd(staging / ATTENTION_DIR / name, array, affine, fields)
-                return {"file": f"{ATTENTION_DIR}/{name}", "token": token, "kind": kind,
-                        "best_label": match.get("best_label"), "soft_dice": match.get("soft_dice")}
+                return {
+                    "file": f"{ATTENTION_DIR}/{name}",
+                    "token": token,
+                    "kind": kind,
+                    "best_label": match.get("best_label"),
+                    "soft_dice": match.get("soft_dice"),
+                }
 
             # zlib and SimpleITK release the GIL: a few threads write maps in parallel
             with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:

@@ -52,7 +52,7 @@ def _fit(tile: np.ndarray) -> np.ndarray:
     scaled = tile[rows][:, cols]
     out = np.zeros((TILE, TILE, 3), np.float32)
     top, left = (TILE - scaled.shape[0]) // 2, (TILE - scaled.shape[1]) // 2
-    out[top:top + scaled.shape[0], left:left + scaled.shape[1]] = scaled
+    out[top : top + scaled.shape[0], left : left + scaled.shape[1]] = scaled
     return out
 
 
@@ -75,8 +75,12 @@ def render_overview(path: str | Path, image: np.ndarray, result, window=None, ma
     rows = []
     gray_views = _views(gray, point)
     label_views = _views(labels, point)
-    rows.append([_fit(np.where((lab > 0)[..., None], 0.45 * g[..., None] + 0.55 * colors[lab], g[..., None]))
-                 for g, lab in zip(gray_views, label_views, strict=True)])
+    rows.append(
+        [
+            _fit(np.where((lab > 0)[..., None], 0.45 * g[..., None] + 0.55 * colors[lab], g[..., None]))
+            for g, lab in zip(gray_views, label_views, strict=True)
+        ]
+    )
     heat = result.heatmaps
     if heat is not None and result.token_matches:
         matches = sorted((m for m in result.token_matches if m["kind"] == "gather"), key=lambda m: -m["soft_dice"])
@@ -88,8 +92,15 @@ def render_overview(path: str | Path, image: np.ndarray, result, window=None, ma
         chosen += [m["token"] for m in matches if m["token"] not in chosen]
         for token in chosen[:max_tokens]:
             maps = resample(heat.coarse["gather"][token], heat.coarse_grid, grid, "linear", 0.0)
-            rows.append([_fit(0.5 * g[..., None] + 0.5 * _hot(m) * (m[..., None] > 0.05) + 0.5 * g[..., None] *
-                              (m[..., None] <= 0.05))
-                         for g, m in zip(gray_views, _views(maps, point), strict=True)])
+            rows.append(
+                [
+                    _fit(
+                        0.5 * g[..., None]
+                        + 0.5 * _hot(m) * (m[..., None] > 0.05)
+                        + 0.5 * g[..., None] * (m[..., None] <= 0.05)
+                    )
+                    for g, m in zip(gray_views, _views(maps, point), strict=True)
+                ]
+            )
     canvas = np.concatenate([np.concatenate(row, axis=1) for row in rows], axis=0)
     return write_png(path, (np.clip(canvas, 0, 1) * 255).astype(np.uint8))

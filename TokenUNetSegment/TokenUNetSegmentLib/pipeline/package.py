@@ -205,17 +205,31 @@ def make_metadata(
         "copyright": copyright,
         "intended_use": intended_use,
         "network_data_format": {
-            "inputs": {"image": {
-                "type": "image", "format": "magnitude", "modality": "+".join(i["modality"] for i in config["inputs"]),
-                "num_channels": config["architecture"]["in_channels"], "spatial_shape": roi, "dtype": "float32",
-                "value_range": [], "is_patch_data": True,
-                "channel_def": {str(i): entry["name"] for i, entry in enumerate(config["inputs"])},
-            }},
-            "outputs": {"pred": {
-                "type": "image", "format": "segmentation", "num_channels": config["architecture"]["out_channels"],
-                "spatial_shape": roi, "dtype": "float32", "value_range": [0, 1], "is_patch_data": True,
-                "channel_def": out_def,
-            }},
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "magnitude",
+                    "modality": "+".join(i["modality"] for i in config["inputs"]),
+                    "num_channels": config["architecture"]["in_channels"],
+                    "spatial_shape": roi,
+                    "dtype": "float32",
+                    "value_range": [],
+                    "is_patch_data": True,
+                    "channel_def": {str(i): entry["name"] for i, entry in enumerate(config["inputs"])},
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "format": "segmentation",
+                    "num_channels": config["architecture"]["out_channels"],
+                    "spatial_shape": roi,
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                    "is_patch_data": True,
+                    "channel_def": out_def,
+                }
+            },
         },
         "tokenunet": copy.deepcopy(config),
     }
@@ -391,5 +405,9 @@ def describe_environment() -> dict[str, Any]:
     """Versions recorded in reports."""
     import monai
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
-            "numpy": np.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "numpy": np.__version__,
+    }

@@ -51,9 +51,11 @@ def stack_channels(volumes: list[Volume], names: list[str]) -> tuple[list[np.nda
             arrays.append(volume.array)
             continue
         if not overlaps(reference, grid) or not overlaps(grid, reference):
-            raise InputError(f"channel '{name}' ({volume.name}) does not overlap channel '{names[0]}' "
-                             f"({volumes[0].name}) in physical space",
-                             "the images must show the same anatomy; check that they belong to the same patient/study")
+            raise InputError(
+                f"channel '{name}' ({volume.name}) does not overlap channel '{names[0]}' "
+                f"({volumes[0].name}) in physical space",
+                "the images must show the same anatomy; check that they belong to the same patient/study",
+            )
         arrays.append(resample(volume.array, grid, reference, "linear", default=float(volume.array.min())))
     return arrays, reference
 
@@ -96,8 +98,9 @@ def normalise_intensity(array: np.ndarray, setting: dict, name: str, warnings: l
     return array
 
 
-def prepare(volumes: list[Volume], cfg: dict, size_multiple: int, roi_size, names: list[str] | None = None,
-            progress=None) -> Prepared:
+def prepare(
+    volumes: list[Volume], cfg: dict, size_multiple: int, roi_size, names: list[str] | None = None, progress=None
+) -> Prepared:
     """Preprocess ``volumes`` (one per input channel) for a package configuration ``cfg``."""
     names = names or [entry["name"] for entry in cfg["inputs"]]
     pre = cfg["preprocessing"]

@@ -91,8 +91,10 @@ class SegmentationResult:
             "shape": list(self.labels.shape),
             "ijk_to_ras": np.asarray(self.affine).round(6).tolist(),
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
-            "labels": [{**label.to_dict(), "volume_ml": round(self.volumes_ml.get(label.name, 0.0), 3)}
-                       for label in self.label_table],
+            "labels": [
+                {**label.to_dict(), "volume_ml": round(self.volumes_ml.get(label.name, 0.0), 3)}
+                for label in self.label_table
+            ],
             "token_matches": self.token_matches,
             "warnings": list(self.warnings),
         }
@@ -152,16 +154,25 @@ def segment(
         missing = [name for name in package.input_names if inputs.get(name) is None]
         unknown = [name for name in inputs if name not in package.input_names]
         if missing or unknown:
-            raise InputError(f"model '{package.id}' needs the channels {', '.join(package.input_names)}; "
-                             + "; ".join(part for part in (f"missing: {', '.join(missing)}" if missing else "",
-                                                          f"unknown: {', '.join(unknown)}" if unknown else "")
-                                         if part))
+            raise InputError(
+                f"model '{package.id}' needs the channels {', '.join(package.input_names)}; "
+                + "; ".join(
+                    part
+                    for part in (
+                        f"missing: {', '.join(missing)}" if missing else "",
+                        f"unknown: {', '.join(unknown)}" if unknown else "",
+                    )
+                    if part
+                )
+            )
         inputs = [inputs[name] for name in package.input_names]
     items = [inputs] if isinstance(inputs, (str, Path)) or _is_pair(inputs) else list(inputs)
     expected = cfg["architecture"]["in_channels"]
     if len(items) != expected:
-        raise InputError(f"model '{package.id}' needs {expected} input channel(s) "
-                         f"({', '.join(package.input_names)}), got {len(items)}")
+        raise InputError(
+            f"model '{package.id}' needs {expected} input channel(s) "
+            f"({', '.join(package.input_names)}), got {len(items)}"
+        )
     volumes = [as_volume(item, name) for item, name in zip(items, package.input_names, strict=True)]
     network = package.network
     run_device = resolve_device(device)
@@ -178,8 +189,9 @@ def segment(
     batch = int(batch_size or inference.get("sw_batch_size") or (2 if run_device.type == "cuda" else 1))
     if check_free_memory:
         grid = model_grid(volumes[0].grid, cfg["preprocessing"]["orientation"], cfg["preprocessing"].get("spacing"))
-        estimate = estimate_memory(network, int(np.prod(grid.shape)), int(volumes[0].array.size), roi, batch,
-                                   probabilities)
+        estimate = estimate_memory(
+            network, int(np.prod(grid.shape)), int(volumes[0].array.size), roi, batch, probabilities
+        )
         check_memory(estimate, run_device)
     prepared = prepare(volumes, cfg, multiple, roi, package.input_names, reporter)
     result_warnings = list(prepared.warnings)
@@ -193,8 +205,17 @@ def segment(
 
     def run(dev, size):
         used["device"] = dev
-        return sliding_window(network, prepared.image, roi, chosen_overlap, inference.get("blending", "gaussian"),
-                              size, dev, reporter, want_tokens)
+        return sliding_window(
+            network,
+            prepared.image,
+            roi,
+            chosen_overlap,
+            inference.get("blending", "gaussian"),
+            size,
+            dev,
+            reporter,
+            want_tokens,
+        )
 
     try:
         logits, maps = run_with_oom_fallback(run, run_device, batch, warn=lambda m: _warn(m, result_warnings))
@@ -216,12 +237,17 @@ def segment(
             dice = token_label_dice(coarse[kind], region_labels, values)
             for token in range(dice.shape[0]):
                 best = int(np.argmax(dice[token]))
-                token_matches.append({
-                    "token": token, "kind": kind, "best_label": package.labels[best].name,
-                    "soft_dice": round(float(dice[token, best]), 4),
-                    "scores": {label.name: round(float(d), 4) for label, d in zip(package.labels, dice[token],
-                                                                                  strict=True)},
-                })
+                token_matches.append(
+                    {
+                        "token": token,
+                        "kind": kind,
+                        "best_label": package.labels[best].name,
+                        "soft_dice": round(float(dice[token, best]), 4),
+                        "scores": {
+                            label.name: round(float(d), 4) for label, d in zip(package.labels, dice[token], strict=True)
+                        },
+                    }
+                )
     full = np.zeros(prepared.grid.shape, np.uint8)
     in_grid, in_region = prepared.paste_slices()
     full[in_grid] = region_labels[in_region]
@@ -243,8 +269,7 @@ def segment(
         labels = resample_image(image_from_array(full, prepared.grid.affine), target, "nearest", 0, np.uint8)
     del full
     counts = np.bincount(labels.ravel(), minlength=256)
-    volumes_ml = {label.name: float(counts[label.value]) * target.voxel_volume_mm3 / 1000.0
-                  for label in package.labels}
+    volumes_ml = {label.name: float(counts[label.value]) * target.voxel_volume_mm3 / 1000.0 for label in package.labels}
     output_probabilities = None
     if probabilities:
         output_probabilities = {}
@@ -261,15 +286,27 @@ def segment(
     timings["total"] = sum(timings.values())
     reporter.done()
     return SegmentationResult(
-        labels=labels, affine=target.affine, label_table=list(package.labels), heatmaps=heatmap_set,
-        token_matches=token_matches, volumes_ml=volumes_ml, timings=timings, device=str(used["device"]),
-        model_id=package.id, probabilities=output_probabilities, warnings=result_warnings,
+        labels=labels,
+        affine=target.affine,
+        label_table=list(package.labels),
+        heatmaps=heatmap_set,
+        token_matches=token_matches,
+        volumes_ml=volumes_ml,
+        timings=timings,
+        device=str(used["device"]),
+        model_id=package.id,
+        probabilities=output_probabilities,
+        warnings=result_warnings,
     )
 
 
 def _is_pair(item) -> bool:
-    return (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], np.ndarray)
-            and np.asarray(item[1]).shape == (4, 4))
+    return (
+        isinstance(item, tuple)
+        and len(item) == 2
+        and isinstance(item[0], np.ndarray)
+        and np.asarray(item[1]).shape == (4, 4)
+    )
 
 
 def _warn(message: str, sink: list[str]) -> None:
@@ -291,8 +328,9 @@ def _largest_component_names(option, cfg: dict, labels: list[Label]) -> list[str
     return list(option)
 
 
-def _smooth_labels(probability_maps: dict[int, np.ndarray], prepared, target: Grid, cfg: dict,
-                   labels: list[Label]) -> np.ndarray:
+def _smooth_labels(
+    probability_maps: dict[int, np.ndarray], prepared, target: Grid, cfg: dict, labels: list[Label]
+) -> np.ndarray:
     """Labels decided on the input grid from linearly interpolated probabilities (running argmax, or the
     ordered region thresholds of sigmoid models)."""
     in_grid, in_region = prepared.paste_slices()
