@@ -351,3 +351,49 @@ def test_progress_printer_bar_on_a_terminal_and_silent_otherwise():
     silent("inference", 0.5)
     silent.close()
     assert pipe.getvalue() == ""
+
+
+SAMPLE_CT = MODULE_DIR / "Resources" / "Samples" / "AbdomenCT.nii.gz"
+
+
+def test_segment_the_bundled_real_ct_end_to_end(tmp_path):
+    """A real abdominal CT file (LPS-flipped direction, int32 voxels) through the CLI with a test package."""
+    package = make_package(
+        tmp_path / "pkg", tiny_config(labels=3, spacing=(3.0, 3.0, 3.0), roi=(64, 64, 64), crop=True)
+    )
+    out = tmp_path / "out"
+    done = run_cli("segment", SAMPLE_CT, "--model", package, "--out", out, "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    source = sitk.ReadImage(str(SAMPLE_CT))
+    seg = sitk.ReadImage(str(out / "segmentation.seg.nrrd"))
+    np.testing.assert_allclose(affine_of_image(seg), affine_of_image(source), atol=1e-4)
+    assert seg.GetSize() == source.GetSize()
+    report = json.loads((out / "report.json").read_text())
+    assert [label["name"] for label in report["labels"]] == ["organ1", "organ2", "organ3"]
+    assert len(list((out / "attention").glob("*.nrrd"))) == 2 * 8
+    assert png_size(out / "overview.png")[0] > 0
+
+
+def test_cka_is_a_subcommand_of_the_pipeline_cli(tmp_path, capsys):
+    argv = [
+        "cka",
+        "--a",
+        "NoToken",
+        "--a-option",
+        "channels=(4, 8, 16, 32)",
+        "--b",
+        "8Token",
+        "--b-option",
+        "channels=(4, 8, 16, 32)",
+        "--size",
+        "16",
+        "--samples",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
+    assert cli.main(argv) == 0
+    assert (tmp_path / "cka.json").is_file()
+    assert cli.main(["cka", "--a", "Nope", "--b", "NoToken", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown network 'Nope'") and len(err.strip().splitlines()) == 1

@@ -286,8 +286,25 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cka_arguments(parser: argparse.ArgumentParser) -> None:
+    from .cka import add_arguments
+
+    add_arguments(parser)
+
+
+def run_cka(args: argparse.Namespace) -> int:
+    from .cka import run
+    from .errors import InputError
+
+    try:
+        return run(args)
+    except (ValueError, OSError) as error:
+        raise InputError(" ".join(str(error).split())) from None
+
+
 register_command("segment", "segment volumes with a model package", _segment_arguments, run_segment)
 register_command("models", "list, inspect, import or remove model packages", _models_arguments, run_models)
+register_command("cka", "compare two networks' encoder stages with linear CKA", _cka_arguments, run_cka)
 
 
 # --- entry point ---------------------------------------------------------------------------------------
