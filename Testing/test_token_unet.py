@@ -250,3 +250,16 @@ def test_transposed_accumulation_in_slabs_equals_conv_transpose():
     expected = base + conv(x)
     for chunk in (1, 3 * 8 * 3 * 4 * 2, 10**9):  # one depth slice, two slices, everything at once
         torch.testing.assert_close(accumulate_transposed_k2s2(base.clone(), x, conv.weight, chunk), expected)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 4, 6, 8), (2, 2, 1, 5, 3), (1, 1, 2, 1, 1)])
+def test_fast_trilinear_upsampling_equals_torch(shape):
+    import torch.nn.functional as F
+    from TokenUNetSegmentLib.model.fused_ops import upsample2x_trilinear
+
+    x = torch.randn(shape)
+    expected = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+    with torch.no_grad():
+        torch.testing.assert_close(upsample2x_trilinear(x), expected)
+    x.requires_grad_(True)
+    torch.testing.assert_close(upsample2x_trilinear(x), expected)  # the autograd path

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused_ops import accumulate_pointwise, accumulate_transposed_k2s2, pointwise
+from .fused_ops import accumulate_pointwise, accumulate_transposed_k2s2, pointwise, upsample2x_trilinear
 
 ALPHA_INIT = -2.5
 """Initial logit of every alpha gate: sigmoid(-2.5) ~ 0.076, so a new block starts near its shortcut."""
@@ -112,5 +112,5 @@ class UpBlock(nn.Module):
         conv = self.residual[4]
         g = self.gate.weight().to(x.dtype)
         low = _gated_shortcut(x, self.projection, 1 - g, g * conv.bias)
-        out = F.interpolate(low, scale_factor=2, mode="trilinear", align_corners=False)
+        out = upsample2x_trilinear(low)
         return accumulate_transposed_k2s2(out, hidden, g * conv.weight)

@@ -63,3 +63,33 @@ def accumulate_transposed_k2s2(
             blocks = blocks.view(out_channels, 2, 2, 2, stop - start, height, width).permute(0, 4, 1, 5, 2, 6, 3)
             target[index, :, start:stop].add_(blocks)
     return out
+
+
+def upsample2x_trilinear(x: torch.Tensor) -> torch.Tensor:
+    """``F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)`` for (B, C, D, H, W).
+
+    Without autograd it runs as three separable passes (each output voxel is 3/4 of its nearest input
+    voxel plus 1/4 of the next nearest, clamped at the borders), several times faster on a CPU than
+    the generic kernel; with autograd it calls ``F.interpolate``.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return torch.nn.functional.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+    for dim in (2, 3, 4):
+        x = _upsample2x_axis(x, dim)
+    return x
+
+
+def _upsample2x_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
+    length = x.shape[dim]
+    out = x.new_empty((*x.shape[:dim], length, 2, *x.shape[dim + 1 :]))
+    even, odd = out.select(dim + 1, 0), out.select(dim + 1, 1)
+    if length == 1:
+        even.copy_(x)
+        odd.copy_(x)
+    else:
+        head, tail = x.narrow(dim, 0, length - 1), x.narrow(dim, 1, length - 1)
+        torch.lerp(tail, head, 0.25, out=even.narrow(dim, 1, length - 1))
+        torch.lerp(head, tail, 0.25, out=odd.narrow(dim, 0, length - 1))
+        even.narrow(dim, 0, 1).copy_(x.narrow(dim, 0, 1))
+        odd.narrow(dim, length - 1, 1).copy_(x.narrow(dim, length - 1, 1))
+    return out.flatten(dim, dim + 1)
