@@ -31,8 +31,8 @@ def test_ratios_use_the_baseline_of_the_same_input_size():
         row("SwinUNETR", 96, 100, 40, 60),
     ]
     lines = bench_models.table(rows, "cpu").splitlines()
-    assert lines[2].split()[-3:] == ["25.0", "10.0", "5.0"]
-    assert lines[3].split()[-3:] == ["50.0", "50.0", "50.0"]
+    assert lines[2].split()[-4:] == ["25.0", "10.0", "5.0", "5.0"]
+    assert lines[3].split()[-4:] == ["50.0", "50.0", "50.0", "50.0"]
     assert any("ratios to SwinUNETR at 96^3" in line for line in lines)
 
 
@@ -49,4 +49,5 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path):
     data = json.loads(out.read_text())
     assert data["device"] == "cpu" and [m["name"] for m in data["models"]] == ["8Token", "SwinUNETR"]
     assert all(m["params"] > 0 and m["peak_mb"] > 0 and m["median_ms"] > 0 for m in data["models"])
+    assert all(m["median_cpu_ms"] > 0 for m in data["models"])
     assert "SwinUNETR" in result.stdout and "time %" in result.stdout

@@ -4,7 +4,8 @@ Each model runs in its own process (so memory figures don't mix) on a (1, 4, S, 
 parameters; peak memory (CPU: growth of the process's peak RSS from just before the model is built,
 libraries already imported;
 CUDA: torch.cuda.max_memory_allocated); median latency of at least 5 forward passes under inference
-mode after warm-up. Ratios are to SwinUNETR (in 4, out 3, feature_size 24) measured in the same run.
+mode after warm-up, as wall time and as the process's CPU time (all threads; less sensitive to other load
+on the machine). Ratios are to SwinUNETR (in 4, out 3, feature_size 24) measured in the same run.
 
     python Testing/benchmarks/bench_models.py [--device cpu|cuda] [--size 128] [--json FILE]
                                               [--models NAME ...] [--runs 5] [--threads N]
@@ -91,17 +92,18 @@ def measure(name: str, device: str, size: int, runs: int, warmup: int) -> dict:
     net, size = build(name, size)
     net = net.to(device).eval()
     x = torch.randn(1, IN_CHANNELS, size, size, size, device=device)
-    timings = []
+    timings, cpu_timings = [], []
     with torch.inference_mode():
         for index in range(warmup + runs):
             if device == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             net(x)
             if device == "cuda":
                 torch.cuda.synchronize()
             if index >= warmup:
                 timings.append((time.perf_counter() - start) * 1000)
+                cpu_timings.append((time.process_time() - cpu_start) * 1000)
     if device == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -111,6 +113,7 @@ def measure(name: str, device: str, size: int, runs: int, warmup: int) -> dict:
         "params": sum(p.numel() for p in net.parameters()),
         "peak_mb": round(peak_mb, 1),
         "median_ms": round(statistics.median(timings), 2),
+        "median_cpu_ms": round(statistics.median(cpu_timings), 2),
         "input_size": size,
         "feature_size": getattr(net, "feature_size", None),
         "threads": torch.get_num_threads(),
@@ -146,19 +149,20 @@ def table(rows: list[dict], device: str) -> str:
     base_size = max(bases) if bases else rows[0]["input_size"]
     lines = [
         f"device: {device}",
-        f"{'model':<34}{'input':>7}{'params':>13}{'peak MB':>10}{'median ms':>12}"
-        f"{'params %':>10}{'memory %':>10}{'time %':>9}",
+        f"{'model':<34}{'input':>7}{'params':>13}{'peak MB':>10}{'median ms':>12}{'cpu ms':>10}"
+        f"{'params %':>10}{'memory %':>10}{'time %':>9}{'cpu %':>8}",
     ]
     for row in rows:
-        ratios = ("", "", "")
+        ratios = ("", "", "", "")
         base = bases.get(row["input_size"])
         if base:
-            ratios = tuple(f"{100 * row[k] / base[k]:.1f}" for k in ("params", "peak_mb", "median_ms"))
+            ratios = tuple(f"{100 * row[k] / base[k]:.1f}" for k in ("params", "peak_mb", "median_ms", "median_cpu_ms"))
         note = "" if row["input_size"] == base_size else " *"
         note += " (f48)" if row.get("feature_size") == PERMUTE_MLP_FEATURE_SIZE else ""
         lines.append(
             f"{row['name'] + note:<34}{row['input_size']:>6}^3{row['params']:>13,}{row['peak_mb']:>10.1f}"
-            f"{row['median_ms']:>12.1f}{ratios[0]:>10}{ratios[1]:>10}{ratios[2]:>9}"
+            f"{row['median_ms']:>12.1f}{row.get('median_cpu_ms', 0):>10.0f}"
+            f"{ratios[0]:>10}{ratios[1]:>10}{ratios[2]:>9}{ratios[3]:>8}"
         )
     if any(row["input_size"] != base_size for row in rows):
         lines.append(
