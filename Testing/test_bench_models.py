@@ -19,6 +19,7 @@ def row(name, size, params, peak, ms, feature_size=None):
         "params": params,
         "peak_mb": peak,
         "median_ms": ms,
+        "median_cpu_ms": 2 * ms,
         "feature_size": feature_size,
     }
 
