@@ -16,6 +16,7 @@ from .metaformer import MetaFormerEncoder
 from .registry import register_network
 from .token_mixers import FIXED_SIZE_MIXERS, MIXERS
 from .tricruci import RECURRENT_CELLS
+from .validation import check_volume_batch
 
 REFERENCE_RECURRENT_HIDDEN = (12, 24, 36, 48)
 """Hidden sizes per stage of the recurrence mixer that reproduce the reference parameter counts (f = 24 and 48)."""
@@ -152,21 +153,8 @@ class MetaUNETR(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` naming the problem if ``x`` is not a valid (B, C, H, W, D) input."""
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"input must be a torch.Tensor, got {type(x).__name__}.")
-        if x.ndim != 5:
-            raise ValueError(
-                f"input must be 5D (batch, channels, H, W, D), got a {x.ndim}D tensor of shape {tuple(x.shape)}."
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"input has {x.shape[1]} channels but the network expects {self.in_channels}.")
+        check_volume_batch(x, self.in_channels, self.size_multiple)
         size, multiple = tuple(x.shape[2:]), self.size_multiple
-        if any(s % multiple or s == 0 for s in size):
-            padded = tuple(max(multiple, -(-s // multiple) * multiple) for s in size)
-            raise ValueError(
-                f"input spatial size {size} must be a non-zero multiple of {multiple} in every axis; "
-                f"pad or crop it (e.g. to {padded})."
-            )
         if size == (multiple,) * 3:
             raise ValueError(_SINGLE_VOXEL.format(size=size))
         if self.fixed_patch_size is not None and size != self.fixed_patch_size:

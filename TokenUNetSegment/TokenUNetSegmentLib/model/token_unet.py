@@ -15,6 +15,7 @@ from .blocks import EncoderBlock, UpBlock
 from .fused_ops import pointwise
 from .token_processors import PROCESSORS, build_token_processor
 from .tokens import TokenFuser3D, TokenLearner3D, normalize_voxels
+from .validation import check_volume_batch
 
 
 def _as_tuple(value: int | Sequence[int], length: int, name: str) -> tuple[int, ...]:
@@ -127,21 +128,7 @@ class TokenUNet(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` naming the problem if ``x`` is not a valid (B, C, H, W, D) input."""
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"input must be a torch.Tensor, got {type(x).__name__}.")
-        if x.ndim != 5:
-            raise ValueError(
-                f"input must be 5D (batch, channels, H, W, D), got a {x.ndim}D tensor of shape {tuple(x.shape)}."
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"input has {x.shape[1]} channels but the network expects {self.in_channels}.")
-        size, multiple = tuple(x.shape[2:]), self.size_multiple
-        if any(s % multiple or s == 0 for s in size):
-            padded = tuple(max(multiple, -(-s // multiple) * multiple) for s in size)
-            raise ValueError(
-                f"input spatial size {size} must be a non-zero multiple of {multiple} in every axis; "
-                f"pad or crop it (e.g. to {padded})."
-            )
+        check_volume_batch(x, self.in_channels, self.size_multiple)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """Logits (B, out_channels, H, W, D); with ``return_attention`` also the token maps.
