@@ -214,3 +214,13 @@ def test_networks_without_tokens_segment_without_heatmaps(tmp_path, phantom):
     written = write_outputs(result, tmp_path / "out", image=phantom[0])
     assert "attention" not in written and (tmp_path / "out" / "segmentation.seg.nrrd").is_file()
     assert (tmp_path / "out" / "overview.png").is_file()
+
+
+def test_channel_argmax_equals_torch_argmax_with_ties():
+    import torch
+    from TokenUNetSegmentLib.pipeline.postprocess import channel_argmax
+
+    scores = torch.randn(5, 6, 7, 8)
+    scores[3, :2] = scores[1, :2]  # ties go to the first channel, as with torch.argmax
+    scores[:, 4] = 0.0
+    assert torch.equal(channel_argmax(scores).long(), torch.argmax(scores, dim=0))

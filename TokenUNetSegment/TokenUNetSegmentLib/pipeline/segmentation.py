@@ -20,10 +20,11 @@ from .inference import sliding_window
 from .package import Label, ModelPackage
 from .postprocess import (
     keep_largest_component,
+    label_fractions,
     labels_from_logits,
     normalise_maps,
     probabilities_of,
-    token_label_dice,
+    soft_dice,
 )
 from .preprocess import prepare
 from .progress import Progress
@@ -233,8 +234,10 @@ def segment(
     if maps is not None:
         coarse = {kind: normalise_maps(maps[kind]) for kind in MAP_KINDS}
         values = [label.value for label in package.labels]
+        factor = region_labels.shape[0] // coarse["gather"].shape[1]
+        fractions = label_fractions(region_labels, values, factor)  # once for both kinds of map
         for kind in MAP_KINDS:
-            dice = token_label_dice(coarse[kind], region_labels, values)
+            dice = soft_dice(coarse[kind], fractions)
             for token in range(dice.shape[0]):
                 best = int(np.argmax(dice[token]))
                 token_matches.append(
