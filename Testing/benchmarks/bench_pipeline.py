@@ -173,6 +173,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--attention-grid", choices=("input", "token"), default="token")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--image", help="an existing CT file instead of the synthetic volume (e.g. the bundled sample)")
     parser.add_argument("--run", choices=("ours", "swin"), help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -188,12 +189,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         clock = time.perf_counter()
-        path = make_input(folder, shape, spacing)
-        print(
-            f"input {shape} at {[round(s, 3) for s in spacing]} mm written in {time.perf_counter() - clock:.1f} s "
-            f"({path.stat().st_size / 2**20:.0f} MiB .nii.gz)",
-            flush=True,
-        )
+        if args.image:
+            path = Path(args.image).resolve()
+            print(f"input {path}", flush=True)
+        else:
+            path = make_input(folder, shape, spacing)
+            print(
+                f"input {shape} at {[round(s, 3) for s in spacing]} mm written in {time.perf_counter() - clock:.1f} s "
+                f"({path.stat().st_size / 2**20:.0f} MiB .nii.gz)",
+                flush=True,
+            )
         for run in ["ours"] + ([] if args.no_swin else ["swin"]):
             command = [
                 sys.executable,
