@@ -164,7 +164,12 @@ def evaluate_files(
     The prediction is resampled (nearest neighbour) onto the reference grid when the grids differ.
     """
     from .geometry import resample
+    from .samples import PREFIX, sample
     from .volumes import Volume, read_volume
+
+    if isinstance(reference, str) and reference.startswith(PREFIX):  # a bundled sample's reference labels
+        reference_names = reference_names or sample(reference).names
+        reference = sample(reference).labels
 
     if isinstance(prediction, tuple):
         pred_volume, pred_names = prediction
@@ -228,7 +233,7 @@ def format_table(result: dict) -> str:
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("reference", help="reference label map (.seg.nrrd, NIfTI, NRRD, MHA)")
+    parser.add_argument("reference", help="reference label map (.seg.nrrd, NIfTI, NRRD, MHA), or sample:ID")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prediction", "-p", help="predicted label map (e.g. segmentation.seg.nrrd)")
     source.add_argument("--model", "-m", help="run this model (id or package path) on --image instead")
