@@ -9,6 +9,6 @@ shift || true
 export PYTHONPATH=TokenUNetSegment
 .venv/bin/python -m TokenUNetSegmentLib.pipeline train scripts/demo-model/datalist.json \
   --config scripts/demo-model/config.json --out "$work" \
-  --steps 1300 --batch-size 2 --optimizer adamw --lr 0.002 --schedule cosine --warmup-steps 50 \
-  --augmentation 1.25 --val-every 100 --seed 0 --threads 2 "$@"
+  --steps 1500 --batch-size 2 --optimizer adamw --lr 0.002 --schedule cosine --warmup-steps 50 \
+  --augmentation 1.25 --val-every 150 --seed 0 --threads 1 "$@"
 .venv/bin/python scripts/demo-model/build.py "$work/package"
