@@ -55,14 +55,14 @@ def measure(package, image, reference, names=None) -> dict:
     }
 
 
-def model_card(metadata: dict, size_bytes: int) -> str:
+def model_card(metadata: dict, size_bytes: int, note: str = "") -> str:
     cfg = metadata["tokenunet"]
     record = cfg["training"]
     recipe = record["recipe"]
     sample = record["evaluation"]["sample"]
     held_out = record["evaluation"].get("held_out", [])
     rows = "\n".join(
-        f"| {name} | {dice:.3f} | {sample['hd95_mm'].get(name, float('nan')):.1f} |"
+        f"| {name} | {dice:.3f} | {sample['hd95_mm'][name] if name in sample['hd95_mm'] else '-'} |"
         for name, dice in sample["dice"].items()
     )
     held = (
@@ -103,7 +103,7 @@ record (data hashes, recipe, validation history) is in `configs/metadata.json` u
 
 ## Measured
 On the training scan itself (so this measures fit, not generalisation), full pipeline `segment()` then
-`evaluate` against the reference labels (inference {sample["segment_seconds"]} s on the development CPU):
+`evaluate` against the reference labels (the network's inference {sample["segment_seconds"]} s on the development CPU):
 
 | organ | Dice | HD95 (mm) |
 |---|---|---|
@@ -113,6 +113,8 @@ Mean Dice {sample["mean_dice"]:.3f}.
 
 Other patients:
 {held}
+{note}
+
 ## Train your own
 1. Write a datalist JSON (`{{"labels": {{"1": "spleen", ...}}, "training": [{{"image": "ct.nii.gz",
    "label": "seg.nii.gz"}}], "validation": [...]}}`) and a configuration like
@@ -131,6 +133,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("package", help="the trained package (RUN/package)")
     parser.add_argument("--held-out", nargs=3, action="append", default=[], metavar=("CT", "REFERENCE", "NAMES"))
+    parser.add_argument("--note", default="", help="text for the model card after the other-patient figures")
     args = parser.parse_args()
     package = load_package(args.package)
     metadata = package.metadata
@@ -146,7 +149,12 @@ def main() -> int:
     target = MODULE / "Resources" / "Models" / cfg["id"]
     size = (Path(args.package) / cfg["weights"]["file"]).stat().st_size
     write_package(
-        target, package.network, metadata, license_text=LICENSE, readme_text=model_card(metadata, size), overwrite=True
+        target,
+        package.network,
+        metadata,
+        license_text=LICENSE,
+        readme_text=model_card(metadata, size, args.note),
+        overwrite=True,
     )
     catalog = json.loads(CATALOG.read_text(encoding="utf-8"))
     seconds = max(5, round(evaluation["sample"]["segment_seconds"]))
