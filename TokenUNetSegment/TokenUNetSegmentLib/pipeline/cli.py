@@ -310,7 +310,15 @@ register_command("cka", "compare two networks' encoder stages with linear CKA", 
 # --- entry point ---------------------------------------------------------------------------------------
 
 
+COMMAND_MODULES = ("evaluate", "training.command")
+"""Modules that register further commands when imported (their heavy imports happen on use)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from importlib import import_module
+
+    for module in COMMAND_MODULES:
+        import_module(f"{__package__}.{module}")
     parser = argparse.ArgumentParser(prog="tokenunet", description="TokenUNet segmentation with token attention maps.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--catalog", default=None, help=argparse.SUPPRESS)

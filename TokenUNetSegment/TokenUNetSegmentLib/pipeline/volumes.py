@@ -28,7 +28,10 @@ class Volume:
 
 
 def as_volume(item, name: str | None = None) -> Volume:
-    """A checked :class:`Volume` from a Volume, an ``(array, ijk_to_ras)`` pair or a path."""
+    """A checked :class:`Volume` from a Volume, an ``(array, ijk_to_ras)`` pair, a path or ``sample:ID``."""
+    from .samples import resolve_input
+
+    item = resolve_input(item)
     if isinstance(item, Volume):
         volume = item
     elif isinstance(item, (str, Path)):

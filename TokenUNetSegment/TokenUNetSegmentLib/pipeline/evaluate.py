@@ -1,0 +1,279 @@
+"""``evaluate``: per-label Dice (MONAI), HD95 (MONAI's definition) and volume difference of a segmentation
+against a reference, labels matched by name.
+
+Name tables come with the files: a ``.seg.nrrd`` carries its segment names; for other label maps pass a
+JSON table ``{"1": "spleen", ...}`` (or put it next to the file as ``<file stem>.json``). A model package
+(``--model``) run on ``--image`` can stand in for the prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .cli import register_command
+from .errors import InputError
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[\s\-]+", "_", name.strip().lower())
+
+
+def surface_voxels(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` with a 6-neighbour outside it (the array border counts as outside), as MONAI's
+    ``get_mask_edges`` defines edges (mask XOR its binary erosion)."""
+    padded = np.pad(mask, 1, constant_values=False)
+    interior = mask.copy()
+    for axis in range(3):
+        for shift in (0, 2):
+            index = [slice(1, -1)] * 3
+            index[axis] = slice(shift, shift + mask.shape[axis])
+            interior &= padded[tuple(index)]
+    return mask & ~interior
+
+
+def hausdorff95(predicted: np.ndarray, reference: np.ndarray, spacing) -> float:
+    """95th-percentile symmetric Hausdorff distance (mm) between two non-empty masks.
+
+    The definition of MONAI's ``compute_hausdorff_distance(percentile=95)``: the larger of the two directed
+    95th percentiles of edge-voxel to nearest-edge-voxel distances. Computed exactly with chunked torch
+    distances, so it needs no SciPy (which MONAI's implementation requires on the CPU).
+    """
+    import torch
+
+    scale = torch.tensor(np.asarray(spacing, dtype=np.float64))
+    a = torch.from_numpy(np.argwhere(surface_voxels(predicted))).double() * scale
+    b = torch.from_numpy(np.argwhere(surface_voxels(reference))).double() * scale
+
+    def directed(source, target):
+        nearest = torch.cat([torch.cdist(chunk, target).min(dim=1).values for chunk in source.split(2048)])
+        return (
+            float(torch.quantile(nearest, 0.95))
+            if nearest.numel() <= 16_000_000
+            else float(np.percentile(nearest.numpy(), 95))
+        )
+
+    return max(directed(a, b), directed(b, a))
+
+
+def label_metrics(
+    predicted: np.ndarray, reference: np.ndarray, pairs, spacing, hd95: bool = True
+) -> dict[str, dict[str, float | None]]:
+    """Metrics per label for two label maps on the same grid.
+
+    Args:
+        predicted, reference: integer label maps (X, Y, Z) on the same grid.
+        pairs: (predicted value, reference value, name) per label.
+        spacing: voxel size in mm (for HD95 and volumes).
+        hd95: also compute the 95th-percentile Hausdorff distance (mm).
+
+    Returns:
+        {name: {"dice", "hd95_mm", "volume_ml", "reference_ml", "volume_difference_ml",
+        "volume_difference_percent"}}; Dice is None when the label is absent from both maps; HD95 is None
+        when either mask is empty.
+    """
+    import torch
+    from monai.metrics import compute_dice
+
+    if predicted.shape != reference.shape:
+        raise InputError(f"prediction {predicted.shape} and reference {reference.shape} are on different grids")
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    out = {}
+    for pred_value, ref_value, name in pairs:
+        p = torch.from_numpy(np.asarray(predicted == pred_value))[None, None].float()
+        r = torch.from_numpy(np.asarray(reference == ref_value))[None, None].float()
+        p_sum, r_sum = float(p.sum()), float(r.sum())
+        dice = None
+        if p_sum + r_sum > 0:
+            dice = float(compute_dice(p, r, include_background=True, ignore_empty=False)[0, 0])
+        distance = None
+        if hd95 and p_sum > 0 and r_sum > 0:
+            distance = hausdorff95(predicted == pred_value, reference == ref_value, spacing)
+        volume, ref_volume = p_sum * voxel_ml, r_sum * voxel_ml
+        out[name] = {
+            "dice": dice,
+            "hd95_mm": distance,
+            "volume_ml": round(volume, 3),
+            "reference_ml": round(ref_volume, 3),
+            "volume_difference_ml": round(volume - ref_volume, 3),
+            "volume_difference_percent": round(100 * (volume - ref_volume) / ref_volume, 2) if ref_volume else None,
+        }
+    return out
+
+
+def name_table(path: str | Path, table: str | Path | dict | None = None) -> dict[int, str] | None:
+    """Value -> name of a label file: from ``table`` (JSON file or dict), a .seg.nrrd header, or a sidecar
+    ``<stem>.json``; None when there is none."""
+    path = Path(path)
+    if isinstance(table, dict):
+        return {int(k): str(v) for k, v in table.items()}
+    if table:
+        try:
+            data = json.loads(Path(table).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise InputError(f"cannot read the name table {table}: {error}") from None
+        return {int(k): str(v) for k, v in data.items()}
+    if path.name.lower().endswith(".nrrd"):
+        from .nrrd import read_nrrd_fields
+
+        fields = read_nrrd_fields(path)
+        names = {}
+        for key, value in fields.items():
+            match = re.fullmatch(r"Segment(\d+)_Name", key)
+            if match and f"Segment{match.group(1)}_LabelValue" in fields:
+                names[int(fields[f"Segment{match.group(1)}_LabelValue"])] = value
+        if names:
+            return names
+    name = path.name
+    stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+    sidecar = path.with_name(stem + ".json")
+    if sidecar.is_file():
+        return name_table(path, sidecar)
+    return None
+
+
+def match_labels(predicted: dict[int, str], reference: dict[int, str]) -> tuple[list[tuple[int, int, str]], dict]:
+    """Pairs (predicted value, reference value, name) of labels with the same name (case, spaces and dashes
+    ignored), and the names found on one side only."""
+    ref_by_key = {_key(n): (v, n) for v, n in reference.items()}
+    pairs, only_predicted = [], []
+    for value, name in sorted(predicted.items()):
+        if _key(name) in ref_by_key:
+            pairs.append((value, ref_by_key[_key(name)][0], name))
+        else:
+            only_predicted.append(name)
+    matched = {_key(n) for _, _, n in pairs}
+    only_reference = [n for v, n in sorted(reference.items()) if _key(n) not in matched]
+    return pairs, {"prediction_only": only_predicted, "reference_only": only_reference}
+
+
+def evaluate_files(
+    prediction,
+    reference: str | Path,
+    prediction_names=None,
+    reference_names=None,
+    hd95: bool = True,
+) -> dict:
+    """Compare a prediction (file path, or (Volume, names) from a model run) with a reference file.
+
+    The prediction is resampled (nearest neighbour) onto the reference grid when the grids differ.
+    """
+    from .geometry import resample
+    from .samples import PREFIX, sample
+    from .volumes import Volume, read_volume
+
+    if isinstance(reference, str) and reference.startswith(PREFIX):  # a bundled sample's reference labels
+        reference_names = reference_names or sample(reference).names
+        reference = sample(reference).labels
+
+    if isinstance(prediction, tuple):
+        pred_volume, pred_names = prediction
+    else:
+        pred_volume = read_volume(prediction)
+        pred_names = name_table(prediction, prediction_names)
+    ref_volume = read_volume(reference)
+    ref_names = name_table(reference, reference_names)
+    if pred_names is None and ref_names is None:
+        values = sorted(set(np.unique(ref_volume.array).astype(int)) - {0})
+        pred_names = ref_names = {v: f"label {v}" for v in values}
+    if pred_names is None or ref_names is None:
+        side = "prediction" if pred_names is None else "reference"
+        raise InputError(
+            f"the {side} has no name table, so its labels cannot be matched by name",
+            f'pass --{side}-names TABLE.json ({{"1": "spleen", ...}}) or use a .seg.nrrd',
+        )
+    pairs, unmatched = match_labels(pred_names, ref_names)
+    if not pairs:
+        raise InputError("no label names in common between the prediction and the reference")
+    ref_grid = ref_volume.grid
+    pred = np.asarray(pred_volume.array)
+    if isinstance(pred_volume, Volume) and (
+        pred.shape != ref_grid.shape or not np.allclose(pred_volume.affine, ref_grid.affine, atol=1e-4)
+    ):
+        pred = resample(pred.astype(np.uint16), pred_volume.grid, ref_grid, "nearest", 0, np.uint16)
+    ref = np.asarray(ref_volume.array)
+    metrics = label_metrics(
+        np.rint(pred).astype(np.int32), np.rint(ref).astype(np.int32), pairs, ref_grid.spacing, hd95
+    )
+    dices = [m["dice"] for m in metrics.values() if m["dice"] is not None]
+    hds = [m["hd95_mm"] for m in metrics.values() if m["hd95_mm"] is not None]
+    return {
+        "reference": str(reference),
+        "labels": metrics,
+        "mean_dice": float(np.mean(dices)) if dices else None,
+        "mean_hd95_mm": float(np.mean(hds)) if hds else None,
+        "unmatched": unmatched,
+    }
+
+
+def format_table(result: dict) -> str:
+    """The metrics as a fixed-width text table."""
+    labels = result["labels"]
+    width = max([5, *(len(n) for n in labels)])
+    lines = [f"{'label':<{width}}  {'Dice':>6}  {'HD95 mm':>8}  {'volume ml':>10}  {'reference ml':>12}  {'diff %':>7}"]
+
+    def fmt(value, spec):
+        return format(value, spec) if value is not None else "-"
+
+    for name, m in labels.items():
+        lines.append(
+            f"{name:<{width}}  {fmt(m['dice'], '6.3f'):>6}  {fmt(m['hd95_mm'], '8.1f'):>8}  "
+            f"{m['volume_ml']:>10.1f}  {m['reference_ml']:>12.1f}  {fmt(m['volume_difference_percent'], '7.1f'):>7}"
+        )
+    lines.append(f"{'mean':<{width}}  {fmt(result['mean_dice'], '6.3f'):>6}  {fmt(result['mean_hd95_mm'], '8.1f'):>8}")
+    for side, names in result["unmatched"].items():
+        if names:
+            lines.append(f"unmatched ({side.replace('_', ' ')}): {', '.join(names)}")
+    return "\n".join(lines)
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("reference", help="reference label map (.seg.nrrd, NIfTI, NRRD, MHA), or sample:ID")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prediction", "-p", help="predicted label map (e.g. segmentation.seg.nrrd)")
+    source.add_argument("--model", "-m", help="run this model (id or package path) on --image instead")
+    parser.add_argument("--image", nargs="+", help="input volume(s) for --model")
+    parser.add_argument("--reference-names", help='JSON name table of the reference {"1": "spleen", ...}')
+    parser.add_argument("--prediction-names", help="JSON name table of the prediction")
+    parser.add_argument("--no-hd95", action="store_true", help="skip the Hausdorff distance (faster)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", dest="json_out", help="write the metrics to this JSON file")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import time
+
+    prediction = args.prediction
+    timing = None
+    if args.model:
+        if not args.image:
+            raise InputError("--model needs --image (the volume(s) to segment)")
+        from .catalog import ModelStore
+        from .segmentation import segment
+        from .volumes import Volume
+
+        package = ModelStore(getattr(args, "catalog", None)).load(args.model)
+        started = time.perf_counter()
+        result = segment(args.image, package, device=args.device, heatmaps=False)
+        timing = time.perf_counter() - started
+        names = {label.value: label.name for label in result.label_table}
+        prediction = (Volume(result.labels, result.affine, "prediction"), names)
+    result = evaluate_files(prediction, args.reference, args.prediction_names, args.reference_names, not args.no_hd95)
+    result["prediction"] = args.prediction or f"model {args.model} on {', '.join(args.image)}"
+    if timing is not None:
+        result["segment_seconds"] = round(timing, 2)
+    print(format_table(result))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        print(f"wrote {args.json_out}", file=sys.stderr)
+    return 0
+
+
+register_command(
+    "evaluate", "Dice, HD95 and volume difference of a segmentation vs a reference", _arguments, run_evaluate
+)

@@ -1,0 +1,171 @@
+"""Training data: a decathlon-style datalist, cases preprocessed like the package does, and the patch
+sampler with its augmentations (MONAI transforms)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..geometry import resample
+from ..preprocess import prepare
+from ..volumes import read_volume
+from ..weights import sha256_file
+
+
+@dataclass
+class Case:
+    """One preprocessed case: image (C, X, Y, Z) float32 and label (X, Y, Z) uint8 in package label values."""
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+    spacing: tuple[float, float, float]
+    files: dict[str, str]
+
+
+def read_datalist(path: str | Path) -> dict:
+    """A decathlon-style datalist with paths made absolute.
+
+    Format::
+
+        {"labels": {"1": "spleen", "2": "kidney_right"},          # optional: label file value -> name
+         "training":   [{"image": "ct1.nii.gz" | ["t1.nii.gz", "t2.nii.gz"], "label": "seg1.nii.gz",
+                         "labels": {...}}],                         # optional per-case name table
+         "validation": [{"image": ..., "label": ...}]}              # optional
+
+    Relative paths are relative to the datalist's folder (or to ``"dataroot"`` when given).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read the datalist {path}: {error}") from None
+    if not isinstance(data, dict) or not data.get("training"):
+        raise InputError(f"the datalist {path} has no 'training' list", "see the README for the datalist format")
+    root = (path.parent / data.get("dataroot", ".")).resolve()
+
+    def absolute(value):
+        return str((root / value).resolve())
+
+    out = {"labels": data.get("labels"), "training": [], "validation": []}
+    for split in ("training", "validation"):
+        for index, entry in enumerate(data.get(split) or []):
+            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+                raise InputError(f"datalist {split}[{index}] needs 'image' and 'label'")
+            images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
+            case = {"image": [absolute(i) for i in images], "label": absolute(entry["label"])}
+            for file in [*case["image"], case["label"]]:
+                if not Path(file).exists():
+                    raise InputError(f"datalist {split}[{index}]: file not found: {file}")
+            names = entry.get("labels", data.get("labels"))
+            case["labels"] = {int(k): str(v) for k, v in names.items()} if names else None
+            case["name"] = entry.get("name") or Path(case["image"][0]).name.split(".")[0]
+            out[split].append(case)
+    return out
+
+
+def label_lookup(file_names: dict[int, str] | None, labels: list[dict]) -> np.ndarray:
+    """A table mapping label-file values (0..65535) to package label values; names decide when known.
+
+    Without a name table the file's values are the package's values. Unknown values become background.
+    """
+    lut = np.zeros(65536, np.uint8)
+    if file_names is None:
+        for label in labels:
+            lut[label["value"]] = label["value"]
+        return lut
+    by_name = {_key(name): value for value, name in file_names.items()}
+    missing = [label["name"] for label in labels if _key(label["name"]) not in by_name]
+    if missing:
+        raise InputError(
+            f"the label file's name table lacks {', '.join(missing)}",
+            "name every model label in the datalist's 'labels' table (file value -> name)",
+        )
+    for label in labels:
+        lut[by_name[_key(label["name"])]] = label["value"]
+    return lut
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
+    """Read and preprocess one datalist entry with the package configuration ``cfg``."""
+    volumes = [read_volume(p) for p in entry["image"]]
+    if len(volumes) != len(cfg["inputs"]):
+        raise InputError(
+            f"case {entry['name']} has {len(volumes)} image channels; the model takes {len(cfg['inputs'])}"
+        )
+    prepared = prepare(volumes, cfg, size_multiple, roi_size)
+    label_volume = read_volume(entry["label"])
+    values = np.asarray(label_volume.array)
+    if not np.issubdtype(values.dtype, np.integer):
+        values = np.rint(values)
+    values = np.clip(values, 0, 65535).astype(np.uint16)
+    on_grid = resample(values, label_volume.grid, prepared.region, "nearest", 0, np.uint16)
+    label = label_lookup(entry["labels"], cfg["labels"])[on_grid]
+    files = {Path(p).name: sha256_file(p) for p in [*entry["image"], entry["label"]]}
+    return Case(entry["name"], prepared.image, label, tuple(float(s) for s in prepared.grid.spacing), files)
+
+
+def is_lateralised(labels: list[dict]) -> bool:
+    """Whether any label names a side (left/right), so that left-right flips would corrupt labels."""
+    names = [label["name"].lower() for label in labels]
+    return any("left" in n or "right" in n or n.endswith(("_l", "_r", " l", " r")) for n in names)
+
+
+def training_transforms(patch, num_classes: int, samples: int, strength: float = 1.0, flip_axes=()):
+    """MONAI transforms: balanced patches over the classes present, spatial and intensity augmentation.
+
+    ``strength`` scales the probabilities and ranges (0 turns augmentation off).
+    """
+    from monai import transforms as T
+
+    s = float(strength)
+    p = min(1.0, 0.3 * s)
+    steps = [
+        T.ClassesToIndicesd(keys="label", num_classes=num_classes, indices_postfix="_cls_indices"),
+        T.RandCropByLabelClassesd(
+            keys=["image", "label"],
+            label_key="label",
+            spatial_size=list(patch),
+            num_classes=num_classes,
+            ratios=[1.0] * num_classes,
+            num_samples=samples,
+            indices_key="label_cls_indices",
+            allow_smaller=False,
+        ),
+    ]
+    if s > 0:
+        steps += [
+            T.RandAffined(
+                keys=["image", "label"],
+                prob=min(1.0, 0.6 * s),
+                rotate_range=[0.26 * s] * 3,  # about 15 degrees
+                scale_range=[0.2 * s] * 3,
+                mode=("bilinear", "nearest"),
+                padding_mode="border",
+            ),
+            T.Rand3DElasticd(
+                keys=["image", "label"],
+                prob=min(1.0, 0.15 * s),
+                sigma_range=(5.0, 8.0),
+                magnitude_range=(0.0, 4.0 * s),
+                mode=("bilinear", "nearest"),
+                padding_mode="border",
+            ),
+            T.RandScaleIntensityd(keys="image", factors=0.15 * s, prob=p),
+            T.RandShiftIntensityd(keys="image", offsets=0.1 * s, prob=p),
+            T.RandAdjustContrastd(keys="image", gamma=(1 - 0.3 * min(s, 2) / 2, 1 + 0.5 * s), prob=p),
+            T.RandGaussianNoised(keys="image", std=0.03 * s, prob=p),
+            T.RandGaussianSmoothd(keys="image", sigma_x=(0.5, 1.2), sigma_y=(0.5, 1.2), sigma_z=(0.5, 1.2), prob=p / 2),
+            T.RandSimulateLowResolutiond(keys="image", zoom_range=(max(0.3, 1 - 0.5 * s), 1.0), prob=p / 2),
+        ]
+    steps += [T.RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=axis) for axis in flip_axes]
+    steps += [T.EnsureTyped(keys=["image", "label"], track_meta=False)]
+    return T.Compose(steps)

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The main job: set up .venv if needed, then segment the bundled sample CT with the bundled demo model.
+#   bash scripts/segment-sample.sh [OUTPUT_FOLDER]   (default: sample-output/)
+# Writes OUTPUT/segmentation.seg.nrrd, OUTPUT/attention/*.nrrd (token heatmaps), OUTPUT/report.json,
+# OUTPUT/overview.png, and OUTPUT/evaluation.json (Dice, HD95, volumes against the sample's reference labels).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-venv.sh
+out=${1:-sample-output}
+samples=TokenUNetSegment/Resources/Samples
+export PYTHONPATH=TokenUNetSegment
+.venv/bin/python -m TokenUNetSegmentLib.pipeline segment "$samples/AbdomenCT.nii.gz" --out "$out"
+.venv/bin/python -m TokenUNetSegmentLib.pipeline evaluate "$samples/AbdomenCT.TotalSegmentatorLabels.nii.gz" \
+  --prediction "$out/segmentation.seg.nrrd" --json "$out/evaluation.json"
+echo "open $out/overview.png, or load $out/segmentation.seg.nrrd and $samples/AbdomenCT.nii.gz in 3D Slicer"
