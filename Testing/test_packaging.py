@@ -100,3 +100,11 @@ def test_ci_runs_exactly_the_readme_test_command():
         if line.strip() and not line.startswith("#") and not line.startswith(("set ", "cd "))
     ]
     assert ci_lines == [command]
+
+
+def test_screenshots_named_in_metadata_are_pngs_in_the_repository():
+    urls = cmake_sets((ROOT / "CMakeLists.txt").read_text())["EXTENSION_SCREENSHOTURLS"].split()
+    assert urls, "name at least one screenshot in EXTENSION_SCREENSHOTURLS"
+    for url in urls:
+        data = (ROOT / url.split("/main/", 1)[1]).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
