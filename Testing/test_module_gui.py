@@ -2,13 +2,11 @@
 
 import ast
 import hashlib
-import json
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from fresh_import import modules_loaded_by
 from TokenUNetSegmentLib.mrml.parameters import MAX_INPUTS, Parameters, choices, node_fields, value_fields, value_range
 from TokenUNetSegmentLib.widget.dependencies import PROTECTED, missing_requirements, read_requirements
 
@@ -176,14 +174,8 @@ def test_mrml_layer_and_controller_load_without_torch():
         for n in ("controller", "heatmaps", "logic", "parameters", "runner", "segmentation", "volumes")
     ]
     modules.append("TokenUNetSegmentLib.widget.dependencies")
-    code = (
-        "import importlib, json, sys\n"
-        f"for name in {modules!r}: importlib.import_module(name)\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai', 'qt'))))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    loaded = modules_loaded_by(modules, timeout=120)
+    assert [m for m in loaded if m.split(".")[0] in ("torch", "monai", "qt")] == []
 
 
 def test_parameters_dataclass_defaults_are_what_the_ui_starts_with():
