@@ -16,7 +16,14 @@ from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing
 from TokenUNetSegmentLib.pipeline.package import load_package
 from TokenUNetSegmentLib.pipeline.segmentation import segment
 from TokenUNetSegmentLib.pipeline.training import Recipe, train
-from TokenUNetSegmentLib.pipeline.training.data import is_lateralised, label_lookup
+from TokenUNetSegmentLib.pipeline.training.data import (
+    UNKNOWN,
+    crop_size,
+    is_lateralised,
+    label_lookup,
+    missing_labels,
+    training_transforms,
+)
 from train_testlib import phantom_case, train_config, write_dataset
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "TokenUNetSegment"
@@ -42,7 +49,7 @@ def test_few_steps_give_a_package_that_loads_and_segments(datalist, tmp_path):
     assert set(record["metrics"]["best"]["dice"]) == {"organ1", "organ2"}
     assert record["data"]["validated_on"] == "validation"
     assert set(record["data"]["training"][0]["files"]) == {"case0.nii.gz", "case0_seg.nii.gz"}
-    assert record["recipe"]["optimizer"] == "sgd" and record["recipe"]["loss"].startswith("DiceCE")
+    assert record["recipe"]["optimizer"] == "sgd" and record["recipe"]["loss"].startswith("Dice + cross-entropy")
     assert (tmp_path / "checkpoints" / "best.pt").exists() and (tmp_path / "checkpoints" / "last.pt").exists()
     events = [r["event"] for r in log_records(tmp_path)]
     assert events == ["start", "validation", "validation", "end"]
@@ -83,8 +90,58 @@ def test_labels_are_matched_by_name():
     lut = label_lookup({20: "Organ2", 10: "organ1", 5: "other"}, labels)
     assert lut[10] == 1 and lut[20] == 2 and lut[5] == 0
     assert label_lookup(None, labels)[2] == 2
-    with pytest.raises(InputError, match="organ2"):
+    with pytest.raises(InputError, match="organ2.*partial"):
         label_lookup({10: "organ1"}, labels)
+
+
+def test_partial_name_tables_mark_unnamed_voxels_unknown():
+    labels = train_config()["labels"]
+    lut = label_lookup({10: "organ1", 7: "heart"}, labels, partial=True)
+    assert lut[10] == 1  # annotated model label
+    assert lut[7] == 0  # a named structure that is no model label: background
+    assert lut[0] == UNKNOWN and lut[20] == UNKNOWN  # background or the unannotated organ2
+    assert missing_labels({10: "organ1", 7: "heart"}, labels) == (2,)
+    assert missing_labels(None, labels) == ()
+
+
+@pytest.mark.parametrize("strength", [0.0, 1.25])
+def test_augmented_patches_have_the_patch_size(strength):
+    patch = (16, 16, 16)
+    region = crop_size(patch, strength)
+    assert region == list(patch) if strength == 0 else all(r > p for r, p in zip(region, patch, strict=True))
+    rng = np.random.default_rng(0)
+    label = np.zeros((1, 40, 40, 40), np.uint8)
+    label[0, 10:20, 10:20, 10:20], label[0, 25:30, 20:30, 5:35] = 1, 2
+    transform = training_transforms(patch, 3, 1, strength)
+    transform.set_random_state(0)
+    for _ in range(3):
+        out = transform({"image": rng.random((1, 40, 40, 40), dtype=np.float32), "label": label})
+        item = out[0] if isinstance(out, list) else out
+        assert tuple(item["image"].shape) == (1, *patch) and tuple(item["label"].shape) == (1, *patch)
+        assert set(np.unique(np.asarray(item["label"]))) <= {0, 1, 2}  # nearest-neighbour labels
+
+
+def test_a_partially_labelled_case_trains_and_is_scored_on_its_labels(tmp_path):
+    import SimpleITK as sitk
+
+    root = tmp_path / "data"
+    datalist = json.loads(write_dataset(root).read_text())
+    seg = sitk.ReadImage(str(root / "case1_seg.nii.gz"))
+    array = sitk.GetArrayFromImage(seg)
+    array[array == 20] = 0  # organ2 not annotated in this case
+    array[:2] = 99  # a named non-organ structure
+    partial = sitk.GetImageFromArray(array)
+    partial.CopyInformation(seg)
+    sitk.WriteImage(partial, str(root / "case1_partial.nii.gz"))
+    datalist["training"][1].update(label="case1_partial.nii.gz", partial=True, labels={"10": "organ1", "99": "table"})
+    datalist["validation"] = [dict(datalist["training"][1])]
+    (root / "datalist.json").write_text(json.dumps(datalist))
+    recipe = Recipe(steps=2, val_every=2)
+    package = load_package(train(root / "datalist.json", train_config(), tmp_path / "run", recipe))
+    record = package.config["training"]
+    assert record["data"]["training"][1]["unannotated_labels"] == ["organ2"]
+    assert "unannotated_labels" not in record["data"]["training"][0]
+    assert set(record["metrics"]["best"]["dice"]) == {"organ1"}  # organ2 is not scored where unannotated
 
 
 def test_left_right_flips_refused_for_lateralised_labels(datalist, tmp_path):

@@ -25,6 +25,11 @@ class Case:
     label: np.ndarray
     spacing: tuple[float, float, float]
     files: dict[str, str]
+    missing: tuple[int, ...] = ()  # package label values not annotated in a partially labelled case
+
+
+UNKNOWN = 255
+"""Label value of voxels in a partially labelled case that are background or one of its unannotated labels."""
 
 
 def read_datalist(path: str | Path) -> dict:
@@ -34,10 +39,13 @@ def read_datalist(path: str | Path) -> dict:
 
         {"labels": {"1": "spleen", "2": "kidney_right"},          # optional: label file value -> name
          "training":   [{"image": "ct1.nii.gz" | ["t1.nii.gz", "t2.nii.gz"], "label": "seg1.nii.gz",
-                         "labels": {...}}],                         # optional per-case name table
+                         "labels": {...},                           # optional per-case name table
+                         "partial": true}],                         # optional: see below
          "validation": [{"image": ..., "label": ...}]}              # optional
 
     Relative paths are relative to the datalist's folder (or to ``"dataroot"`` when given).
+    A ``"partial"`` case annotates only the model labels its name table names; its unnamed voxels count
+    as "background or an unannotated label", and values named after other structures as background.
     """
     path = Path(path)
     try:
@@ -64,14 +72,19 @@ def read_datalist(path: str | Path) -> dict:
             names = entry.get("labels", data.get("labels"))
             case["labels"] = {int(k): str(v) for k, v in names.items()} if names else None
             case["name"] = entry.get("name") or Path(case["image"][0]).name.split(".")[0]
+            case["partial"] = bool(entry.get("partial", False))
+            if case["partial"] and not names:
+                raise InputError(f"datalist {split}[{index}] is partial but has no 'labels' name table")
             out[split].append(case)
     return out
 
 
-def label_lookup(file_names: dict[int, str] | None, labels: list[dict]) -> np.ndarray:
+def label_lookup(file_names: dict[int, str] | None, labels: list[dict], partial: bool = False) -> np.ndarray:
     """A table mapping label-file values (0..65535) to package label values; names decide when known.
 
-    Without a name table the file's values are the package's values. Unknown values become background.
+    Without a name table the file's values are the package's values. Values the table does not name become
+    background, or ``UNKNOWN`` in a ``partial`` case (where only named structures are known); values named
+    after structures that are not model labels are background either way.
     """
     lut = np.zeros(65536, np.uint8)
     if file_names is None:
@@ -80,14 +93,27 @@ def label_lookup(file_names: dict[int, str] | None, labels: list[dict]) -> np.nd
         return lut
     by_name = {_key(name): value for value, name in file_names.items()}
     missing = [label["name"] for label in labels if _key(label["name"]) not in by_name]
-    if missing:
+    if missing and not partial:
         raise InputError(
             f"the label file's name table lacks {', '.join(missing)}",
-            "name every model label in the datalist's 'labels' table (file value -> name)",
+            "name every model label in the datalist's 'labels' table (file value -> name), "
+            'or mark the case "partial": true if those labels are not annotated in it',
         )
+    if partial:
+        lut[:] = UNKNOWN
+        lut[[value for value in file_names if 0 <= value < 65536]] = 0
     for label in labels:
-        lut[by_name[_key(label["name"])]] = label["value"]
+        if _key(label["name"]) in by_name:
+            lut[by_name[_key(label["name"])]] = label["value"]
     return lut
+
+
+def missing_labels(file_names: dict[int, str] | None, labels: list[dict]) -> tuple[int, ...]:
+    """Package label values that a name table does not name (not annotated in a partial case)."""
+    if file_names is None:
+        return ()
+    named = {_key(name) for name in file_names.values()}
+    return tuple(label["value"] for label in labels if _key(label["name"]) not in named)
 
 
 def _key(name: str) -> str:
@@ -108,9 +134,11 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
         values = np.rint(values)
     values = np.clip(values, 0, 65535).astype(np.uint16)
     on_grid = resample(values, label_volume.grid, prepared.region, "nearest", 0, np.uint16)
-    label = label_lookup(entry["labels"], cfg["labels"])[on_grid]
+    partial = entry.get("partial", False)
+    label = label_lookup(entry["labels"], cfg["labels"], partial)[on_grid]
     files = {Path(p).name: sha256_file(p) for p in [*entry["image"], entry["label"]]}
-    return Case(entry["name"], prepared.image, label, tuple(float(s) for s in prepared.grid.spacing), files)
+    missing = missing_labels(entry["labels"], cfg["labels"]) if partial else ()
+    return Case(entry["name"], prepared.image, label, tuple(float(s) for s in prepared.grid.spacing), files, missing)
 
 
 def is_lateralised(labels: list[dict]) -> bool:
@@ -119,41 +147,55 @@ def is_lateralised(labels: list[dict]) -> bool:
     return any("left" in n or "right" in n or n.endswith(("_l", "_r", " l", " r")) for n in names)
 
 
+def crop_size(patch, strength: float) -> list[int]:
+    """The region cropped before the spatial augmentation: larger than the patch, so that rotating or
+    shrinking it fills the patch with real anatomy rather than padding."""
+    margin = 1.0 + 0.25 * min(max(float(strength), 0.0), 2.0)
+    return [int(np.ceil(p * margin / 8) * 8) for p in patch]
+
+
 def training_transforms(patch, num_classes: int, samples: int, strength: float = 1.0, flip_axes=()):
     """MONAI transforms: balanced patches over the classes present, spatial and intensity augmentation.
 
+    The augmentations stand in for other patients and scanners: body size (scaling), posture (rotation,
+    elastic deformation), contrast timing and calibration (intensity shift, scale, gamma), dose (noise),
+    reconstruction kernel and slice thickness (blur, z-only blur, simulated low resolution).
     ``strength`` scales the probabilities and ranges (0 turns augmentation off).
     """
     from monai import transforms as T
 
     s = float(strength)
     p = min(1.0, 0.3 * s)
+    region = crop_size(patch, s) if s > 0 else list(patch)
     steps = [
         T.ClassesToIndicesd(keys="label", num_classes=num_classes, indices_postfix="_cls_indices"),
         T.RandCropByLabelClassesd(
             keys=["image", "label"],
             label_key="label",
-            spatial_size=list(patch),
+            spatial_size=region,
             num_classes=num_classes,
             ratios=[1.0] * num_classes,
             num_samples=samples,
             indices_key="label_cls_indices",
             allow_smaller=False,
+            warn=False,  # partially labelled cases lack some classes
         ),
     ]
     if s > 0:
         steps += [
             T.RandAffined(
                 keys=["image", "label"],
-                prob=min(1.0, 0.6 * s),
-                rotate_range=[0.26 * s] * 3,  # about 15 degrees
-                scale_range=[0.2 * s] * 3,
+                spatial_size=list(patch),
+                prob=min(1.0, 0.7 * s),
+                rotate_range=[0.21 * s] * 3,  # about 15 degrees at strength 1.25
+                scale_range=[0.25 * s] * 3,
                 mode=("bilinear", "nearest"),
                 padding_mode="border",
             ),
+            T.CenterSpatialCropd(keys=["image", "label"], roi_size=list(patch)),
             T.Rand3DElasticd(
                 keys=["image", "label"],
-                prob=min(1.0, 0.15 * s),
+                prob=min(1.0, 0.2 * s),
                 sigma_range=(5.0, 8.0),
                 magnitude_range=(0.0, 4.0 * s),
                 mode=("bilinear", "nearest"),
@@ -164,6 +206,7 @@ def training_transforms(patch, num_classes: int, samples: int, strength: float =
             T.RandAdjustContrastd(keys="image", gamma=(1 - 0.3 * min(s, 2) / 2, 1 + 0.5 * s), prob=p),
             T.RandGaussianNoised(keys="image", std=0.03 * s, prob=p),
             T.RandGaussianSmoothd(keys="image", sigma_x=(0.5, 1.2), sigma_y=(0.5, 1.2), sigma_z=(0.5, 1.2), prob=p / 2),
+            T.RandGaussianSmoothd(keys="image", sigma_x=(0.0, 0.1), sigma_y=(0.0, 0.1), sigma_z=(0.8, 2.0), prob=p / 2),
             T.RandSimulateLowResolutiond(keys="image", zoom_range=(max(0.3, 1 - 0.5 * s), 1.0), prob=p / 2),
         ]
     steps += [T.RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=axis) for axis in flip_axes]

@@ -17,11 +17,13 @@ import torch
 
 from ..errors import InputError
 from ..package import build_package_network, describe_environment, make_metadata, validate_metadata, write_package
-from .data import Case, is_lateralised, load_case, read_datalist, training_transforms
+from .data import UNKNOWN, Case, crop_size, is_lateralised, load_case, read_datalist, training_transforms
+from .loss import PartialDiceCELoss
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "train.log"
 PACKAGE_DIR = "package"
+LOSS_NAME = "Dice + cross-entropy (marginal over unannotated labels in partial cases)"
 
 
 @dataclass
@@ -93,7 +95,9 @@ def validate(network, cases: list[Case], cfg: dict, overlap: float) -> dict:
     for case in cases:
         logits, _ = sliding_window(network, case.image, cfg["inference"]["roi_size"], overlap, with_tokens=False)
         predicted = logits.argmax(0).astype(np.uint8)
-        metrics = label_metrics(predicted, case.label, [(v, v, n) for v, n in names.items()], case.spacing, hd95=False)
+        reference = np.where(case.label == UNKNOWN, 0, case.label)  # annotated labels are complete
+        scored = [(v, v, n) for v, n in names.items() if v not in case.missing]
+        metrics = label_metrics(predicted, reference, scored, case.spacing, hd95=False)
         for name, values in metrics.items():
             if values["dice"] is not None:
                 per_label[name].append(values["dice"])
@@ -123,7 +127,6 @@ def train(
     preprocessing, inference, labels). Under ``torchrun`` every process trains on its own patches
     (DistributedDataParallel); rank 0 validates, checkpoints and writes the package.
     """
-    from monai.losses import DiceCELoss
     from monai.utils import set_determinism
 
     from ..device import resolve_device
@@ -155,7 +158,7 @@ def train(
         raise InputError(f"patch size {patch} must be a multiple of {multiple} for this network")
     recipe.patch_size = patch
     data = read_datalist(datalist)
-    roi = np.maximum(patch, config["inference"]["roi_size"])
+    roi = np.maximum(crop_size(patch, recipe.augmentation), config["inference"]["roi_size"])
     train_cases = [load_case(entry, config, multiple, roi) for entry in data["training"]]
     val_cases = [load_case(entry, config, multiple, roi) for entry in data["validation"]] or train_cases
     val_split = "validation" if data["validation"] else "training"
@@ -166,7 +169,7 @@ def train(
     from monai.data import CacheDataset, DataLoader
 
     samples = recipe.batch_size
-    items = [{"image": c.image, "label": c.label[None]} for c in train_cases]
+    items = [{"image": c.image, "label": c.label[None], "missing": _missing_mask(c, num_classes)} for c in train_cases]
     transform = training_transforms(patch, num_classes, 1, recipe.augmentation, recipe.flip_axes)
     dataset = CacheDataset(items, transform, progress=False)
     loader = DataLoader(dataset, batch_size=1, shuffle=True, num_workers=0)
@@ -179,7 +182,7 @@ def train(
         model = DistributedDataParallel(network, device_ids=[dev.index] if dev.type == "cuda" else None)
     optimizer = _optimizer(network, recipe)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(recipe))
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=False, smooth_nr=1e-5, smooth_dr=1e-5)
+    loss_fn = PartialDiceCELoss(smooth=1e-5)
 
     checkpoints = output / CHECKPOINT_DIR
     log_path = output / LOG_FILE
@@ -233,7 +236,7 @@ def train(
         if out_of_time():
             stopped_early = True
             break
-        batch_images, batch_labels = [], []
+        batch_images, batch_labels, batch_missing = [], [], []
         while len(batch_images) < samples:
             try:
                 batch = next(iterator)
@@ -243,10 +246,12 @@ def train(
             for item in batch if isinstance(batch, list) else [batch]:
                 batch_images.append(item["image"])
                 batch_labels.append(item["label"])
+                batch_missing.append(item["missing"].reshape(-1, num_classes))
         images = torch.cat(batch_images[:samples]).to(dev)
         labels = torch.cat(batch_labels[:samples]).long().to(dev)
+        missing = torch.cat(batch_missing[:samples]).to(dev)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(images), labels)
+        loss = loss_fn(model(images), labels, missing)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
         optimizer.step()
@@ -285,13 +290,13 @@ def train(
         record = {
             "data": {
                 "datalist": str(Path(datalist).name),
-                "training": [{"name": c.name, "files": c.files} for c in train_cases],
+                "training": [_case_record(c, config) for c in train_cases],
                 "validation": [{"name": c.name, "files": c.files} for c in val_cases]
                 if val_split == "validation"
                 else [],
                 "validated_on": val_split,
             },
-            "recipe": {**asdict(recipe), "learning_rate": recipe.lr(), "loss": "DiceCE (MONAI)"},
+            "recipe": {**asdict(recipe), "learning_rate": recipe.lr(), "loss": LOSS_NAME},
             "metrics": {"best": best, "history": history},
             "steps_done": step,
             "stopped_early": stopped_early,
@@ -318,6 +323,20 @@ def train(
         dist.barrier()
         dist.destroy_process_group()
     return package
+
+
+def _case_record(case: Case, config: dict) -> dict:
+    record = {"name": case.name, "files": case.files}
+    if case.missing:
+        names = {label["value"]: label["name"] for label in config["labels"]}
+        record["unannotated_labels"] = [names[value] for value in case.missing]
+    return record
+
+
+def _missing_mask(case: Case, num_classes: int) -> torch.Tensor:
+    mask = torch.zeros(num_classes, dtype=torch.bool)
+    mask[list(case.missing)] = True
+    return mask
 
 
 def _device_for_rank(device: str) -> torch.device:
