@@ -101,6 +101,8 @@ def test_partial_name_tables_mark_unnamed_voxels_unknown():
     assert lut[7] == 0  # a named structure that is no model label: background
     assert lut[0] == UNKNOWN and lut[20] == UNKNOWN  # background or the unannotated organ2
     assert missing_labels({10: "organ1", 7: "heart"}, labels) == (2,)
+    complete = label_lookup({10: "organ1", 7: "heart"}, labels, partial=False)  # organ2 absent from the scan
+    assert complete[10] == 1 and complete[7] == 0 and complete[0] == 0 and complete[20] == 0
     assert missing_labels(None, labels) == ()
 
 
@@ -134,6 +136,7 @@ def test_a_partially_labelled_case_trains_and_is_scored_on_its_labels(tmp_path):
     partial.CopyInformation(seg)
     sitk.WriteImage(partial, str(root / "case1_partial.nii.gz"))
     datalist["training"][1].update(label="case1_partial.nii.gz", partial=True, labels={"10": "organ1", "99": "table"})
+    datalist["training"][0]["repeat"] = 2
     datalist["validation"] = [dict(datalist["training"][1])]
     (root / "datalist.json").write_text(json.dumps(datalist))
     recipe = Recipe(steps=2, val_every=2)
@@ -141,6 +144,7 @@ def test_a_partially_labelled_case_trains_and_is_scored_on_its_labels(tmp_path):
     record = package.config["training"]
     assert record["data"]["training"][1]["unannotated_labels"] == ["organ2"]
     assert "unannotated_labels" not in record["data"]["training"][0]
+    assert [case["repeat"] for case in record["data"]["training"]] == [2, 1]
     assert set(record["metrics"]["best"]["dice"]) == {"organ1"}  # organ2 is not scored where unannotated
 
 

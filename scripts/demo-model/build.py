@@ -133,7 +133,7 @@ def model_card(metadata: dict, size_bytes: int, note: str = "") -> str:
             for h in items
         )
 
-    held = listed(second, "the second training patient, partially labelled: fit, not generalisation") + (
+    held = listed(second, "the whole scan of the second patient; its upper chest was trained on") + (
         listed(held_out, "held out") or "- no held-out patient with labels for these organs is available offline\n"
     )
     resampled = "; ".join(
@@ -155,23 +155,24 @@ the extension segments real anatomy out of the box and so its token heatmaps can
   et al. 2023) as shipped in the TotalSegmentator 2.18.0 source distribution (Apache-2.0):
   1. the bundled sample `AbdomenCT.nii.gz` (122 x 101 x 112 voxels, 3 mm, lower chest to hips) with all
      twelve organs labelled;
-  2. a chest CT of another patient (`aorta_report/example_ct.nii.gz`, 233 x 167 x 191 voxels, 1.5 mm, T12 to
-     neck, aortic dissection) labelled **partially**: the aorta, plus the heart, pulmonary artery, aortic
-     branches and T12 named as structures that are none of the twelve organs
-     (`scripts/demo-model/fetch_second_patient.py`). Its unlabelled voxels count as "background or an
-     organ not annotated here" (marginal loss), so it teaches the thoracic aorta and that the heart is no
-     abdominal organ without claiming anything about the rest.
+  2. the upper chest and neck of another patient (from about 2 cm above the diaphragm; cut from
+     `aorta_report/example_ct.nii.gz`, 1.5 mm, a CT angiogram with an aortic dissection) where the aorta is
+     the only one of the twelve organs: the aorta labelled, every other voxel background
+     (`scripts/demo-model/fetch_second_patient.py`). It teaches the thoracic aorta and that the heart, lungs
+     and neck hold none of the organs. Training on the whole scan as a *partial* case (unlabelled liver
+     dome, spleen and stomach) was tried and dropped: it pulled those organs towards background on the
+     sample (mean Dice 0.55).
 - The reference labels are **model-generated** (TotalSegmentator model outputs), not drawn by hand, and
   carry that model's errors.
 - Two patients cannot represent anatomy, pathology, contrast phases or scanners: expect errors on other
   scans, most on the small structures (adrenal glands, pancreas, portal/splenic vein). Strong augmentation
-  stands in for other patients: scaling 0.69-1.31, rotation up to 15 degrees, elastic deformation, intensity
-  scale/shift/gamma, noise, blur, z-only blur and simulated low resolution (thick slices); no left-right
-  flips (lateralised labels).
+  stands in for other patients: scaling 0.75-1.25, rotation up to 12 degrees, elastic deformation,
+  intensity scale/shift/gamma, noise, blur, z-only blur and simulated low resolution (thick slices); no
+  left-right flips (lateralised labels).
 
 ## Recipe
 `tokenunet train` (MONAI): patches {recipe["patch_size"]} at 3 mm, batch {recipe["batch_size"]}, class-balanced
-patch sampling, Dice + cross-entropy loss (marginal over unannotated labels),
+patch sampling (the sample twice as often as the chest), Dice + cross-entropy loss,
 {recipe["optimizer"]} lr {recipe["learning_rate"]} with {recipe["schedule"]} schedule
 ({recipe["warmup_steps"]} warm-up steps), augmentation strength {recipe["augmentation"]}, seed {recipe["seed"]};
 {record["steps_done"]} steps in **{record["seconds"] / 60:.1f} min** on a shared 2-core CPU
@@ -213,7 +214,9 @@ def main() -> int:
     parser.add_argument("--held-out", nargs=3, action="append", default=[], metavar=("CT", "REFERENCE", "NAMES"))
     parser.add_argument("--second-patient", nargs=3, action="append", default=[], metavar=("CT", "REFERENCE", "NAMES"))
     parser.add_argument("--no-install", action="store_true", help="print the figures, install nothing")
-    parser.add_argument("--note", default="", help="text for the model card after the other-patient figures")
+    parser.add_argument(
+        "--note", type=Path, help="Markdown file whose text goes in the model card after the other-patient figures"
+    )
     args = parser.parse_args()
     package = load_package(args.package)
     metadata = package.metadata
@@ -238,7 +241,7 @@ def main() -> int:
         package.network,
         metadata,
         license_text=LICENSE,
-        readme_text=model_card(metadata, size, args.note),
+        readme_text=model_card(metadata, size, args.note.read_text(encoding="utf-8") if args.note else ""),
         overwrite=True,
     )
     catalog = json.loads(CATALOG.read_text(encoding="utf-8"))

@@ -4,6 +4,12 @@ masks (model-generated, like the sample's). Only the aorta is one of the demo mo
 pulmonary artery, aortic branches and T12 are named too, so training learns they are none of the
 model's organs. The files are generated, not committed.
 
+It also writes the upper part of that scan, from about 2 cm above the diaphragm domes (slice 65, checked on
+coronal views) to the neck, as a *complete* case: there, none of the twelve organs but the aorta can lie,
+so every voxel outside the aorta is background. Training on it (rather than on the partial whole scan,
+whose unlabelled liver dome, spleen and stomach let the marginal loss drift towards background) teaches
+the thoracic aorta and that the heart, lungs and neck hold none of the organs.
+
     .venv/bin/python scripts/demo-model/fetch_second_patient.py [OUT_FOLDER]   (default: demo-model-data)
 """
 
@@ -25,6 +31,7 @@ SDIST = "totalsegmentator==2.18.0"
 
 PREFIX = "totalsegmentator-2.18.0/tests/reference_files/"
 IMAGE = "aorta_report/example_ct.nii.gz"
+UPPER_CHEST_FIRST_SLICE = 65  # 97.5 mm above the scan's first slice, about 2 cm above the diaphragm domes
 # label file value -> (structure name, mask in the sdist); earlier entries win where masks overlap
 STRUCTURES = {
     1: ("aorta", "aorta_report/test_result/models/aorta.nii.gz"),
@@ -70,6 +77,9 @@ def main(out: Path) -> None:
         label_image.CopyInformation(image)
         sitk.WriteImage(image, str(out / "ChestCT.nii.gz"), useCompression=True)
         sitk.WriteImage(label_image, str(out / "ChestCT.PartialLabels.nii.gz"), useCompression=True)
+        upper = (slice(0, image.GetSize()[0]), slice(0, image.GetSize()[1]), slice(UPPER_CHEST_FIRST_SLICE, None))
+        sitk.WriteImage(image[upper], str(out / "UpperChestCT.nii.gz"), useCompression=True)
+        sitk.WriteImage(label_image[upper], str(out / "UpperChestCT.Labels.nii.gz"), useCompression=True)
     names = {str(value): name for value, (name, _) in STRUCTURES.items()}
     provenance = {
         "source": f"{SDIST} source distribution on PyPI (Apache-2.0), sha256 {sha256(archive)}",
@@ -81,7 +91,7 @@ def main(out: Path) -> None:
     }
     (out / "ChestCT.PartialLabels.names.json").write_text(json.dumps(names, indent=2) + "\n", encoding="utf-8")
     (out / "ChestCT.provenance.json").write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out / 'ChestCT.nii.gz'} and {out / 'ChestCT.PartialLabels.nii.gz'}")
+    print(f"wrote ChestCT and UpperChestCT images and labels to {out}")
 
 
 if __name__ == "__main__":

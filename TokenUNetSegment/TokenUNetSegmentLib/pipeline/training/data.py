@@ -26,6 +26,7 @@ class Case:
     spacing: tuple[float, float, float]
     files: dict[str, str]
     missing: tuple[int, ...] = ()  # package label values not annotated in a partially labelled case
+    repeat: int = 1  # how many times the case enters each pass over the training data
 
 
 UNKNOWN = 255
@@ -40,12 +41,15 @@ def read_datalist(path: str | Path) -> dict:
         {"labels": {"1": "spleen", "2": "kidney_right"},          # optional: label file value -> name
          "training":   [{"image": "ct1.nii.gz" | ["t1.nii.gz", "t2.nii.gz"], "label": "seg1.nii.gz",
                          "labels": {...},                           # optional per-case name table
-                         "partial": true}],                         # optional: see below
+                         "partial": true,                           # optional: see below
+                         "repeat": 2}],                             # optional: sample it twice as often
          "validation": [{"image": ..., "label": ...}]}              # optional
 
     Relative paths are relative to the datalist's folder (or to ``"dataroot"`` when given).
-    A ``"partial"`` case annotates only the model labels its name table names; its unnamed voxels count
-    as "background or an unannotated label", and values named after other structures as background.
+    A ``"partial": true`` case annotates only the model labels its name table names; its unnamed voxels
+    count as "background or an unannotated label", and values named after other structures as background.
+    ``"partial": false`` says the case is complete: model labels its table does not name are absent from
+    the scan (without the key, a name table that lacks model labels is refused as a likely mistake).
     """
     path = Path(path)
     try:
@@ -72,14 +76,17 @@ def read_datalist(path: str | Path) -> dict:
             names = entry.get("labels", data.get("labels"))
             case["labels"] = {int(k): str(v) for k, v in names.items()} if names else None
             case["name"] = entry.get("name") or Path(case["image"][0]).name.split(".")[0]
-            case["partial"] = bool(entry.get("partial", False))
+            case["partial"] = entry.get("partial")
             if case["partial"] and not names:
                 raise InputError(f"datalist {split}[{index}] is partial but has no 'labels' name table")
+            case["repeat"] = entry.get("repeat", 1)
+            if not isinstance(case["repeat"], int) or case["repeat"] < 1:
+                raise InputError(f"datalist {split}[{index}]: 'repeat' must be a whole number >= 1")
             out[split].append(case)
     return out
 
 
-def label_lookup(file_names: dict[int, str] | None, labels: list[dict], partial: bool = False) -> np.ndarray:
+def label_lookup(file_names: dict[int, str] | None, labels: list[dict], partial: bool | None = None) -> np.ndarray:
     """A table mapping label-file values (0..65535) to package label values; names decide when known.
 
     Without a name table the file's values are the package's values. Values the table does not name become
@@ -93,11 +100,12 @@ def label_lookup(file_names: dict[int, str] | None, labels: list[dict], partial:
         return lut
     by_name = {_key(name): value for value, name in file_names.items()}
     missing = [label["name"] for label in labels if _key(label["name"]) not in by_name]
-    if missing and not partial:
+    if missing and partial is None:
         raise InputError(
             f"the label file's name table lacks {', '.join(missing)}",
             "name every model label in the datalist's 'labels' table (file value -> name), "
-            'or mark the case "partial": true if those labels are not annotated in it',
+            'or mark the case "partial": true (those labels are not annotated in it) or "partial": false '
+            "(they are absent from the scan)",
         )
     if partial:
         lut[:] = UNKNOWN
@@ -134,11 +142,12 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
         values = np.rint(values)
     values = np.clip(values, 0, 65535).astype(np.uint16)
     on_grid = resample(values, label_volume.grid, prepared.region, "nearest", 0, np.uint16)
-    partial = entry.get("partial", False)
+    partial = entry.get("partial")
     label = label_lookup(entry["labels"], cfg["labels"], partial)[on_grid]
     files = {Path(p).name: sha256_file(p) for p in [*entry["image"], entry["label"]]}
     missing = missing_labels(entry["labels"], cfg["labels"]) if partial else ()
-    return Case(entry["name"], prepared.image, label, tuple(float(s) for s in prepared.grid.spacing), files, missing)
+    spacing = tuple(float(s) for s in prepared.grid.spacing)
+    return Case(entry["name"], prepared.image, label, spacing, files, missing, entry.get("repeat", 1))
 
 
 def is_lateralised(labels: list[dict]) -> bool:

@@ -169,7 +169,11 @@ def train(
     from monai.data import CacheDataset, DataLoader
 
     samples = recipe.batch_size
-    items = [{"image": c.image, "label": c.label[None], "missing": _missing_mask(c, num_classes)} for c in train_cases]
+    items = [
+        {"image": c.image, "label": c.label[None], "missing": _missing_mask(c, num_classes)}
+        for c in train_cases
+        for _ in range(c.repeat)
+    ]
     transform = training_transforms(patch, num_classes, 1, recipe.augmentation, recipe.flip_axes)
     dataset = CacheDataset(items, transform, progress=False)
     loader = DataLoader(dataset, batch_size=1, shuffle=True, num_workers=0)
@@ -326,7 +330,7 @@ def train(
 
 
 def _case_record(case: Case, config: dict) -> dict:
-    record = {"name": case.name, "files": case.files}
+    record = {"name": case.name, "files": case.files, "repeat": case.repeat}
     if case.missing:
         names = {label["value"]: label["name"] for label in config["labels"]}
         record["unannotated_labels"] = [names[value] for value in case.missing]
