@@ -129,11 +129,16 @@ def model_card(metadata: dict, size_bytes: int, note: str = "") -> str:
         return "".join(
             f"- `{h['image']}` ({what}, vs `{h['reference']}`): Dice "
             + ", ".join(f"{n} {d:.3f}" for n, d in h["dice"].items())
+            + "".join(
+                f"; organ voxels predicted inside the {n}: {ml} mL"
+                for n, ml in h.get("organ_ml_inside_non_organs", {}).items()
+                if ml
+            )
             + "\n"
             for h in items
         )
 
-    held = listed(second, "the whole scan of the second patient; its upper chest was trained on") + (
+    held = listed(second, "the whole scan of the second patient, whose upper chest was trained on") + (
         listed(held_out, "held out") or "- no held-out patient with labels for these organs is available offline\n"
     )
     resampled = "; ".join(
@@ -181,7 +186,7 @@ record (data hashes, recipe, validation history) is in `configs/metadata.json` u
 
 ## Measured
 On the training scan itself (so this measures fit, not generalisation), full pipeline `segment()` then
-`evaluate` against the reference labels (the network's inference {sample["segment_seconds"]} s on the development CPU):
+`evaluate` against the reference labels (`segment()` took {sample["segment_seconds"]} s on the development CPU):
 
 | organ | Dice | HD95 (mm) |
 |---|---|---|

@@ -12,7 +12,7 @@ export PYTHONPATH=TokenUNetSegment
 [ -f demo-model-data/UpperChestCT.Labels.nii.gz ] || .venv/bin/python scripts/demo-model/fetch_second_patient.py
 .venv/bin/python -m TokenUNetSegmentLib.pipeline train "${DATALIST:-scripts/demo-model/datalist.json}" \
   --config scripts/demo-model/config.json --out "$work" \
-  --steps 3000 --batch-size 2 --optimizer adamw --lr 0.002 --schedule cosine --warmup-steps 50 \
+  --steps 2600 --batch-size 2 --optimizer adamw --lr 0.002 --schedule cosine --warmup-steps 50 \
   --augmentation 1.0 --val-every 250 --seed 0 --threads 2 --progress none "$@"
 if [ -z "${DATALIST:-}" ]; then
   .venv/bin/python scripts/demo-model/build.py "$work/package" --second-patient demo-model-data/ChestCT.nii.gz \

@@ -163,6 +163,17 @@ def crop_size(patch, strength: float) -> list[int]:
     return [int(np.ceil(p * margin / 8) * 8) for p in patch]
 
 
+def pad_for_crop(image: np.ndarray, label: np.ndarray, patch, region) -> tuple[np.ndarray, np.ndarray]:
+    """Pad a case by half the difference between the crop ``region`` and the ``patch`` on every side, so
+    that the larger crop can still be centred wherever a patch could: without it, patches would never
+    reach the outer ``(region - patch) / 2`` voxels of the case. Image padding: its minimum (air after the
+    CT window); label padding: background."""
+    margins = [((r - p) // 2, (r - p) - (r - p) // 2) for r, p in zip(region, patch, strict=True)]
+    image = np.pad(image, [(0, 0), *margins], constant_values=float(image.min()))
+    label = np.pad(label, [(0, 0), *margins], constant_values=0)
+    return image, label
+
+
 def training_transforms(patch, num_classes: int, samples: int, strength: float = 1.0, flip_axes=()):
     """MONAI transforms: balanced patches over the classes present, spatial and intensity augmentation.
 

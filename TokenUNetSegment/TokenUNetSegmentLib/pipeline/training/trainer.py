@@ -17,7 +17,16 @@ import torch
 
 from ..errors import InputError
 from ..package import build_package_network, describe_environment, make_metadata, validate_metadata, write_package
-from .data import UNKNOWN, Case, crop_size, is_lateralised, load_case, read_datalist, training_transforms
+from .data import (
+    UNKNOWN,
+    Case,
+    crop_size,
+    is_lateralised,
+    load_case,
+    pad_for_crop,
+    read_datalist,
+    training_transforms,
+)
 from .loss import PartialDiceCELoss
 
 CHECKPOINT_DIR = "checkpoints"
@@ -169,11 +178,11 @@ def train(
     from monai.data import CacheDataset, DataLoader
 
     samples = recipe.batch_size
-    items = [
-        {"image": c.image, "label": c.label[None], "missing": _missing_mask(c, num_classes)}
-        for c in train_cases
-        for _ in range(c.repeat)
-    ]
+    region = crop_size(patch, recipe.augmentation)
+    items = []
+    for case in train_cases:
+        image, label = pad_for_crop(case.image, case.label[None], patch, region)
+        items += [{"image": image, "label": label, "missing": _missing_mask(case, num_classes)}] * case.repeat
     transform = training_transforms(patch, num_classes, 1, recipe.augmentation, recipe.flip_axes)
     dataset = CacheDataset(items, transform, progress=False)
     loader = DataLoader(dataset, batch_size=1, shuffle=True, num_workers=0)
