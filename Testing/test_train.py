@@ -22,6 +22,7 @@ from TokenUNetSegmentLib.pipeline.training.data import (
     is_lateralised,
     label_lookup,
     missing_labels,
+    pad_for_crop,
     training_transforms,
 )
 from train_testlib import phantom_case, train_config, write_dataset
@@ -121,6 +122,24 @@ def test_augmented_patches_have_the_patch_size(strength):
         item = out[0] if isinstance(out, list) else out
         assert tuple(item["image"].shape) == (1, *patch) and tuple(item["label"].shape) == (1, *patch)
         assert set(np.unique(np.asarray(item["label"]))) <= {0, 1, 2}  # nearest-neighbour labels
+
+
+def test_patches_reach_the_edges_of_a_case_despite_the_larger_crop():
+    patch, strength = (16, 16, 16), 1.25
+    region = crop_size(patch, strength)
+    image = np.zeros((1, 32, 32, 32), np.float32)
+    label = np.zeros((1, 32, 32, 32), np.uint8)
+    label[0, :3, :3, :3] = 1  # an organ in the corner of the case
+    padded_image, padded_label = pad_for_crop(image, label, patch, region)
+    assert padded_image.shape == (1, 40, 40, 40) and padded_label[0, 4:7, 4:7, 4:7].all()
+    transform = training_transforms(patch, 2, 1, strength)
+
+    def organ_seen(image, label, seed):
+        transform.set_random_state(seed)
+        return bool((np.asarray(transform({"image": image, "label": label})[0]["label"]) == 1).any())
+
+    assert sum(organ_seen(padded_image, padded_label, seed) for seed in range(8)) >= 2
+    assert not any(organ_seen(image, label, seed) for seed in range(8))  # unpadded: the corner is out of reach
 
 
 def test_a_partially_labelled_case_trains_and_is_scored_on_its_labels(tmp_path):
