@@ -167,7 +167,8 @@ def train(
         raise InputError(f"patch size {patch} must be a multiple of {multiple} for this network")
     recipe.patch_size = patch
     data = read_datalist(datalist)
-    roi = np.maximum(crop_size(patch, recipe.augmentation), config["inference"]["roi_size"])
+    region = crop_size(patch, recipe.augmentation)  # cropped before the spatial augmentation
+    roi = np.maximum(region, config["inference"]["roi_size"])
     train_cases = [load_case(entry, config, multiple, roi) for entry in data["training"]]
     val_cases = [load_case(entry, config, multiple, roi) for entry in data["validation"]] or train_cases
     val_split = "validation" if data["validation"] else "training"
@@ -178,7 +179,6 @@ def train(
     from monai.data import CacheDataset, DataLoader
 
     samples = recipe.batch_size
-    region = crop_size(patch, recipe.augmentation)
     items = []
     for case in train_cases:
         image, label = pad_for_crop(case.image, case.label[None], patch, region)
