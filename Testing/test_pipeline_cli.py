@@ -112,24 +112,14 @@ def test_segment_end_to_end_writes_what_slicer_reads(case, tmp_path):
     assert width == 3 * 220 and height == 4 * 220
 
 
+def segment_cli(path, package, out, *options) -> int:
+    """Exit code of ``segment PATH --model PACKAGE --out OUT OPTIONS...`` through the CLI."""
+    return cli.main(["segment", str(path), "--model", str(package), "--out", str(out), *options])
+
+
 def test_progress_json_lines_are_monotonic_and_cover_writing(case, tmp_path, capsys):
     root, package, path = case
-    assert (
-        cli.main(
-            [
-                "segment",
-                str(path),
-                "--model",
-                str(package),
-                "--out",
-                str(tmp_path),
-                "--no-overview",
-                "--progress",
-                "json",
-            ]
-        )
-        == 0
-    )
+    assert segment_cli(path, package, tmp_path, "--no-overview", "--progress", "json") == 0
     events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     fractions = [e["fraction"] for e in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
@@ -141,28 +131,8 @@ def test_progress_json_lines_are_monotonic_and_cover_writing(case, tmp_path, cap
 
 def test_token_grid_attention_and_probabilities(case, tmp_path):
     root, package, path = case
-    assert (
-        cli.main(
-            [
-                "segment",
-                str(path),
-                "--model",
-                str(package),
-                "--out",
-                str(tmp_path),
-                "--device",
-                "cpu",
-                "--attention-grid",
-                "token",
-                "--probabilities",
-                "--smooth",
-                "--no-overview",
-                "--progress",
-                "none",
-            ]
-        )
-        == 0
-    )
+    options = ["--device", "cpu", "--attention-grid", "token", "--probabilities", "--smooth", "--no-overview"]
+    assert segment_cli(path, package, tmp_path, *options, "--progress", "none") == 0
     heat = sitk.ReadImage(str(tmp_path / "attention" / "token00_gather.nrrd"))
     assert heat.GetSpacing() == pytest.approx((24.0, 24.0, 24.0))  # 8 x the 3 mm model spacing
     assert sorted(p.name for p in (tmp_path / "probabilities").iterdir()) == ["organ1.nrrd", "organ2.nrrd"]
