@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checksums import sha256_file
 from ..errors import InputError
 from ..geometry import resample
+from ..metadata import parse_config
 from ..preprocess import prepare
 from ..volumes import read_volume
-from ..weights import sha256_file
 
 
 @dataclass
@@ -135,7 +136,7 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
         raise InputError(
             f"case {entry['name']} has {len(volumes)} image channels; the model takes {len(cfg['inputs'])}"
         )
-    prepared = prepare(volumes, cfg, size_multiple, roi_size)
+    prepared = prepare(volumes, parse_config(cfg, "training configuration"), size_multiple, roi_size)
     label_volume = read_volume(entry["label"])
     values = np.asarray(label_volume.array)
     if not np.issubdtype(values.dtype, np.integer):
