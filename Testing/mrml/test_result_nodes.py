@@ -5,15 +5,7 @@ import numpy as np
 import pytest
 from helpers.packages import dice, threshold_package
 from helpers.scenes import BALL_SHAPE, ROTATE_Z_30, ball_volume
-from TokenUNetSegmentLib.mrml.attributes import (
-    BEST_LABEL_ATTRIBUTE,
-    HEATMAP_ROLE,
-    KIND_ATTRIBUTE,
-    RUN_ATTRIBUTE,
-    SOFT_DICE_ATTRIBUTE,
-    THRESHOLD_ATTRIBUTE,
-    TOKEN_ATTRIBUTE,
-)
+from TokenUNetSegmentLib.mrml import attributes as keys
 from TokenUNetSegmentLib.mrml.heatmap_nodes import HEAT_TABLE_TAG, show_in_slice_views, update_attention_segments
 from TokenUNetSegmentLib.mrml.parameters import Parameters
 from TokenUNetSegmentLib.mrml.result_nodes import apply_result
@@ -50,20 +42,25 @@ def test_threshold_model_run_creates_every_node_at_the_right_place(ctx):
         assert display.GetColorNodeID() == heat.GetID()
         assert not display.GetAutoWindowLevel()
         assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 1.0)
-        token, kind = int(node.GetAttribute(TOKEN_ATTRIBUTE)), node.GetAttribute(KIND_ATTRIBUTE)
-        assert node.GetName() == f"Token {token:02d} {kind} - {node.GetAttribute(BEST_LABEL_ATTRIBUTE)}"
-        assert node.GetAttribute(BEST_LABEL_ATTRIBUTE) == "ball" and float(node.GetAttribute(SOFT_DICE_ATTRIBUTE)) >= 0
-    token0 = next(n for n in nodes.heatmap_nodes if n.GetAttribute(TOKEN_ATTRIBUTE) == "0")
+        token, kind = int(node.GetAttribute(keys.TOKEN_ATTRIBUTE)), node.GetAttribute(keys.KIND_ATTRIBUTE)
+        assert node.GetName() == f"Token {token:02d} {kind} - {node.GetAttribute(keys.BEST_LABEL_ATTRIBUTE)}"
+        assert (
+            node.GetAttribute(keys.BEST_LABEL_ATTRIBUTE) == "ball"
+            and float(node.GetAttribute(keys.SOFT_DICE_ATTRIBUTE)) >= 0
+        )
+    token0 = next(n for n in nodes.heatmap_nodes if n.GetAttribute(keys.TOKEN_ATTRIBUTE) == "0")
     token0_map = volume_to_array(token0)[0]
-    token1_map = volume_to_array(next(n for n in nodes.heatmap_nodes if n.GetAttribute(TOKEN_ATTRIBUTE) == "1"))[0]
+    token1_map = volume_to_array(next(n for n in nodes.heatmap_nodes if n.GetAttribute(keys.TOKEN_ATTRIBUTE) == "1"))[0]
     assert token0_map[ball].mean() > 1.5 * token0_map[~ball].mean()  # token 0 looks at the ball (1/8 grid)
     assert token1_map[ball].mean() < token1_map[~ball].mean()  # token 1 at its complement
     for node in nodes.heatmap_nodes:
-        expected = result.token_maps.get(node.GetAttribute(KIND_ATTRIBUTE), int(node.GetAttribute(TOKEN_ATTRIBUTE)))
+        expected = result.token_maps.get(
+            node.GetAttribute(keys.KIND_ATTRIBUTE), int(node.GetAttribute(keys.TOKEN_ATTRIBUTE))
+        )
         np.testing.assert_array_equal(volume_to_array(node)[0], expected)
     # one folder per run, beside the input, holding maps, attention segmentation and probabilities
     hierarchy = subject_hierarchy(ctx.scene)
-    assert hierarchy.GetItemAttribute(nodes.folder, RUN_ATTRIBUTE) == "1"
+    assert hierarchy.GetItemAttribute(nodes.folder, keys.RUN_ATTRIBUTE) == "1"
     assert hierarchy.GetItemParent(nodes.folder) == hierarchy.GetItemParent(hierarchy.GetItemByDataNode(volume))
     in_folder = {
         hierarchy.GetItemDataNode(hierarchy.GetItemByPositionUnderParent(nodes.folder, i)).GetID()
@@ -73,7 +70,7 @@ def test_threshold_model_run_creates_every_node_at_the_right_place(ctx):
     # attention segmentation: one segment per token of the first kind, the map thresholded at 0.5
     attention = nodes.attention.GetSegmentation()
     assert attention.GetNumberOfSegments() == 2
-    assert nodes.attention.GetAttribute(THRESHOLD_ATTRIBUTE) == "0.5"
+    assert nodes.attention.GetAttribute(keys.THRESHOLD_ATTRIBUTE) == "0.5"
     first = attention.GetNthSegmentID(0)
     mask, affine, _ = segment_mask_world(nodes.attention, first)
     full = np.zeros(SHAPE, bool)
@@ -87,7 +84,7 @@ def test_threshold_model_run_creates_every_node_at_the_right_place(ctx):
     update_attention_segments(nodes.attention, 0.9)
     mask, _, _ = segment_mask_world(nodes.attention, nodes.attention.GetSegmentation().GetNthSegmentID(0))
     assert mask.sum() == (token0_map >= 0.9).sum() < full.sum()
-    assert nodes.attention.GetNumberOfNodeReferences(HEATMAP_ROLE) == 2
+    assert nodes.attention.GetNumberOfNodeReferences(keys.HEATMAP_ROLE) == 2
     with pytest.raises(ValueError):
         update_attention_segments(nodes.attention, 0.0)
     # probabilities: one map per label
@@ -97,7 +94,7 @@ def test_threshold_model_run_creates_every_node_at_the_right_place(ctx):
     assert probability[ball].mean() > 0.5 > 0.1 > probability[~ball].mean()
     # a second run gets its own folder
     again = apply_result(ctx.scene, result, Parameters(inputVolume0=volume, attentionSegments=False), volume)
-    assert again.folder != nodes.folder and hierarchy.GetItemAttribute(again.folder, RUN_ATTRIBUTE) == "2"
+    assert again.folder != nodes.folder and hierarchy.GetItemAttribute(again.folder, keys.RUN_ATTRIBUTE) == "2"
     assert again.attention is None and len(again.heatmap_nodes) == 2
 
 
@@ -120,7 +117,7 @@ def test_heatmaps_on_the_token_grid_sit_at_the_same_place_with_little_memory(ctx
     coarse = result.token_maps.coarse_grid
     for node in nodes.heatmap_nodes:
         array, affine = volume_to_array(node)
-        token = int(node.GetAttribute(TOKEN_ATTRIBUTE))
+        token = int(node.GetAttribute(keys.TOKEN_ATTRIBUTE))
         assert array.shape == coarse.shape and array.size < np.prod(SHAPE)
         np.testing.assert_allclose(affine, coarse.affine, atol=1e-6)  # world geometry of the token grid
         np.testing.assert_array_equal(array, result.token_maps.coarse["gather"][token])

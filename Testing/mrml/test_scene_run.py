@@ -1,10 +1,12 @@
 """Scene runs on real MRML: in-process (blocking and worker thread) and subprocess runs bound to a scene,
 their typed events, cancel and failures; nothing is added to the scene unless a run completes."""
 
+import json
 import sys
 
 import numpy as np
 import pytest
+from helpers.packages import make_package, tiny_config
 from helpers.processes import alive, child_pids
 from helpers.scenes import BALL_AFFINE, BALL_SHAPE, ROTATE_Z_30, ball_volume, made_labels, node_ids
 from TokenUNetSegmentLib.mrml.attributes import KIND_ATTRIBUTE, TOKEN_ATTRIBUTE
@@ -12,6 +14,7 @@ from TokenUNetSegmentLib.mrml.parameters import Parameters
 from TokenUNetSegmentLib.mrml.scene_run import SceneRun, SceneRunFinished
 from TokenUNetSegmentLib.mrml.volume_nodes import ijk_to_world, volume_to_array
 from TokenUNetSegmentLib.pipeline import segment
+from TokenUNetSegmentLib.pipeline.checksums import sha256_file
 from TokenUNetSegmentLib.pipeline.errors import ModelPackageError
 from TokenUNetSegmentLib.pipeline.run_contract import ProgressEvent, RunState
 
@@ -107,3 +110,28 @@ def test_failed_subprocess_run_reports_the_cli_message_and_adds_nothing(ctx, tmp
     # the child's typed error event, not a parsed "error:" line: the same error class as in-process
     assert isinstance(run.error, ModelPackageError) and "model package not found" in str(run.error)
     assert node_ids(ctx.scene) == before and not run.run.folder.exists()
+
+
+def test_the_model_is_resolved_inside_the_run_and_downloaded_there_with_progress(ctx, tmp_path, monkeypatch):
+    """``Parameters.model`` ("": the catalog default) goes into the request unresolved: building the run reads at
+    most the catalog (the channel names of a model not downloaded yet); the run's worker thread downloads it."""
+    from TokenUNetSegmentLib.pipeline import catalog
+
+    zipped = make_package(
+        tmp_path / "dl", tiny_config("remote-model", roi=(16, 16, 16), spacing=(3.0, 3.0, 3.0)), as_zip=True
+    )
+    entry = {"id": "remote-model", "description": "remote", "url": zipped.as_uri(), "sha256": sha256_file(zipped)}
+    models = tmp_path / "Models.json"
+    models.write_text(json.dumps({"default": "remote-model", "models": [{**entry, "inputs": ["ct"]}]}))
+    monkeypatch.setattr(catalog, "DEFAULT_CATALOG", models)
+    monkeypatch.setenv("TOKENUNET_HOME", str(tmp_path / "home"))
+    run = SceneRun(ctx.scene, Parameters(inputVolume0=ball_volume(ctx.scene), device="cpu"), mode="inprocess")
+    assert run.request.model is None and not (tmp_path / "home" / "models").exists()
+    events = []
+    run.add_observer(events.append)
+    run.start()
+    assert run.wait(timeout=120) == RunState.COMPLETED, run.error
+    stages = [e.stage for e in events if isinstance(e, ProgressEvent)]
+    assert "download" in stages and stages.index("download") < stages.index("inference")
+    assert (tmp_path / "home" / "models" / "remote-model" / "configs" / "metadata.json").is_file()
+    assert len(run.nodes.heatmap_nodes) == 8

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from helpers.packages import ball_phantom, make_package, threshold_package, tiny_config
+from helpers.packages import TINY, ThresholdNet, ball_phantom, make_package, threshold_package, tiny_config
 from TokenUNetSegmentLib.pipeline.errors import CancelledError
 from TokenUNetSegmentLib.pipeline.inference import scan_plan, sliding_window
 from TokenUNetSegmentLib.pipeline.metadata import parse_config
@@ -225,3 +225,19 @@ def test_channel_argmax_equals_torch_argmax_with_ties():
     scores[3, :2] = scores[1, :2]  # ties go to the first channel, as with torch.argmax
     scores[:, 4] = 0.0
     assert torch.equal(channel_argmax(scores).long(), torch.argmax(scores, dim=0))
+
+
+def test_a_network_without_what_the_pipeline_needs_is_refused_clearly():
+    from TokenUNetSegmentLib.model import build_network
+    from TokenUNetSegmentLib.pipeline.errors import ModelPackageError
+    from TokenUNetSegmentLib.pipeline.network import SegmentationNetwork
+    from TokenUNetSegmentLib.pipeline.package_writer import package_in_memory
+
+    class Bare(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ModelPackageError, match="lacks size_multiple, has_tokens"):
+        package_in_memory(Bare(), tiny_config())
+    networks = [build_network("8Token", 1, 3, **TINY), build_network("MetaUNETR-conv", 1, 3, feature_size=12)]
+    assert all(isinstance(net, SegmentationNetwork) for net in [*networks, ThresholdNet()])

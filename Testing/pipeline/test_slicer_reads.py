@@ -50,26 +50,16 @@ def test_slicer_reads_names_colors_terminology_and_physical_place(tmp_path):
     for value, centre in centres.items():
         labels[physical_ball(shape, affine, centre, 7.0) > 0] = value
     assert all((labels == v).sum() > 100 for v in centres)
+    anatomy = ["SCT", "123037004", "Anatomical Structure"]
+    liver = {"category": anatomy, "type": ["SCT", "10200004", "Liver"]}
+    right_kidney = {
+        "category": anatomy,
+        "type": ["SCT", "64033007", "Kidney"],
+        "modifier": ["SCT", "24028007", "Right"],
+    }
     table = [
-        Label(
-            1,
-            "liver",
-            (221, 130, 101),
-            terminology={
-                "category": ["SCT", "123037004", "Anatomical Structure"],
-                "type": ["SCT", "10200004", "Liver"],
-            },
-        ),
-        Label(
-            2,
-            "kidney_right",
-            (185, 102, 83),
-            terminology={
-                "category": ["SCT", "123037004", "Anatomical Structure"],
-                "type": ["SCT", "64033007", "Kidney"],
-                "modifier": ["SCT", "24028007", "Right"],
-            },
-        ),
+        Label(1, "liver", (221, 130, 101), terminology=liver),
+        Label(2, "kidney_right", (185, 102, 83), terminology=right_kidney),
     ]
     path = write_segmentation(tmp_path / "seg.seg.nrrd", labels, affine, table)
     segmentation = read_with_slicer(path)

@@ -195,6 +195,7 @@ def test_train_command(datalist, tmp_path):
     assert cli.main(["train", str(datalist), "--config", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
 
 
+@pytest.mark.slow  # two processes each importing torch; the in-process training tests above run by default
 def test_torchrun_two_processes_gloo(datalist, tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps(train_config("ddp-model")))

@@ -146,6 +146,9 @@ class Weights:
     file: str
     sha256: str
 
+    def __str__(self) -> str:
+        return f"{self.file} sha256 {self.sha256}"
+
 
 @dataclass(frozen=True)
 class PackageConfig:

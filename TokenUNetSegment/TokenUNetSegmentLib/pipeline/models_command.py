@@ -77,7 +77,6 @@ def describe(metadata: PackageMetadata, path: Path) -> str:
     """The ``models info`` text of a package."""
     config = metadata.config
     arch, pre = config.architecture, config.preprocessing
-    weights = f"{config.weights.file} sha256 {config.weights.sha256}" if config.weights else "none"
     return (
         f"id:           {config.id}\npath:         {path}\nversion:      {metadata.version}\n"
         f"description:  {metadata.description}\narchitecture: {arch.name} "
@@ -85,7 +84,7 @@ def describe(metadata: PackageMetadata, path: Path) -> str:
         f"inputs:       {', '.join(f'{i.name} ({i.modality})' for i in config.inputs)}\n"
         f"spacing:      {list(pre.spacing) if pre.spacing else None} mm, orientation {pre.orientation}\n"
         f"labels:       {', '.join(f'{label.value} {label.name}' for label in config.labels)}\n"
-        f"weights:      {weights}\n"
+        f"weights:      {config.weights or 'none'}\n"
         f"copyright:    {metadata.copyright}"
     )
 

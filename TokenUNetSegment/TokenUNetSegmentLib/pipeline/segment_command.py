@@ -59,13 +59,14 @@ def _install_cancel_handlers(event: threading.Event) -> list:
 
 
 def run_segment(args: argparse.Namespace, cancel=None) -> int:
-    """Segment ``args.inputs`` and write the output folder; returns the exit code (errors raise)."""
+    """Segment ``args.inputs`` and write the output folder; returns the exit code (errors raise).
+
+    What the user can get wrong (model, input files, their channels) is checked before torch is imported.
+    """
     from .catalog import ModelStore
     from .metadata import assign_inputs
-    from .outputs import write_outputs
-    from .package_loader import resolve_model
+    from .package_source import read_metadata
     from .progress import Progress
-    from .segmentation import segment
     from .volumes import as_volume
 
     cancel = cancel or threading.Event()
@@ -77,18 +78,20 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
 
     try:
         download = Progress(segment_progress, cancel)
-        package = resolve_model(
-            args.model,
-            ModelStore(getattr(args, "catalog", None)),
-            progress=lambda fraction: download.update("download", fraction),
-            cancel=cancel,
-        )
+        store = ModelStore(getattr(args, "catalog", None))
+        package_path = store.resolve(args.model, lambda fraction: download.update("download", fraction), cancel)
+        config = read_metadata(package_path).config
         inputs = list(args.inputs)
         if len(inputs) > 1:  # files named like the package's channel patterns go to their channels
-            assigned = assign_inputs(inputs, package.config)
+            assigned = assign_inputs(inputs, config)
             if all(assigned.values()) and len(set(assigned.values())) == len(inputs):
                 inputs = list(assigned.values())
-        volumes = [as_volume(path) for path in inputs]  # read once: segment() and the overview share them
+        volumes = [as_volume(item) for item in inputs]  # read once: segment() and the overview share them
+        from .outputs import write_outputs
+        from .package_loader import load_package
+        from .segmentation import segment
+
+        package = load_package(package_path)
         result = segment(
             volumes,
             package,
