@@ -44,14 +44,14 @@ def test_user_errors_exit_2_with_one_line(cli_case, tmp_path, capsys):
         )
 
 
-def test_checksum_mismatch_through_the_cli(tmp_path, capsys):
+def test_checksum_mismatch_through_the_cli(cli_case, tmp_path, capsys):
     package = make_package(tmp_path)
     weights = package / "models/model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
     assert cli.main(["models", "info", str(package)]) == 0  # metadata alone is fine
     capsys.readouterr()
-    assert cli.main(["segment", str(tmp_path / "x.nii.gz"), "--model", str(package), "--out", str(tmp_path)]) == 2
-    assert "checksum mismatch" in capsys.readouterr().err
+    assert cli.main(["segment", str(cli_case[2]), "--model", str(package), "--out", str(tmp_path / "o")]) == 2
+    assert "checksum mismatch" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_progress_printer_bar_on_a_terminal_and_silent_otherwise():
