@@ -240,7 +240,7 @@ def app_members(tag: str) -> set[str]:
     members = set(PYTHONQT_OBJECT_METHODS)
     for name in ("qSlicerCoreApplication", "qSlicerApplication"):
         info = FACTS["slicer"][tag]["classes"][name]
-        for kind in ("properties", "invokables", "slots", "signals"):
+        for kind in ("properties", "invokables", "slots", "signals", "python_decorators"):
             members.update(info[kind])
     for name in ("QApplication", "QGuiApplication", "QCoreApplication", "QObject"):
         info = FACTS["qt"]["classes"][name]

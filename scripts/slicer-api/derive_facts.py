@@ -62,6 +62,10 @@ SLICER_HEADERS = {
     "qSlicerCoreApplication": "Base/QTCore/qSlicerCoreApplication.h",
     "qSlicerApplication": "Base/QTGUI/qSlicerApplication.h",
 }
+PYTHONQT_DECORATORS = (
+    "Base/QTCore/qSlicerBaseQTCorePythonQtDecorators.h",
+    "Base/QTGUI/qSlicerBaseQTGUIPythonQtDecorators.h",
+)
 CTK_HEADERS = {
     "ctkCollapsibleButton": "Libs/Widgets/ctkCollapsibleButton.h",
     "ctkSliderWidget": "Libs/Widgets/ctkSliderWidget.h",
@@ -225,6 +229,11 @@ def tag_facts(mirror: pathlib.Path, tag: str) -> dict:
     )
     for name, path in SLICER_HEADERS.items():
         facts["classes"][name] = qt_header(show(mirror, "Slicer+Slicer", tag, path), name)
+    decorators = "".join(show(mirror, "Slicer+Slicer", tag, path) or "" for path in PYTHONQT_DECORATORS)
+    for name in ("qSlicerCoreApplication", "qSlicerApplication"):  # PythonQt adds these to the classes
+        static = re.findall(rf"static_{name}_(\w+)\s*\(", decorators)
+        methods = re.findall(rf"\b(\w+)\s*\(\s*{name}\s*\*", decorators)
+        facts["classes"][name]["python_decorators"] = sorted(set(static + methods))
     ctk_commit = re.search(
         r'Slicer_\$\{proj\}_GIT_TAG\s*\n\s*"([0-9a-f]{40})"', show(mirror, "Slicer+Slicer", tag, CTK_PIN_FILE)
     ).group(1)
