@@ -90,3 +90,15 @@ def test_requirements_resolve_for_slicers_python_without_replacing_its_packages(
                 if "==" in line)  # fmt: skip
     assert {name.lower(): version for name, version in pins.items()}.items() <= installed.items()
     assert "simpleitk" not in installed  # nothing we install asks for another SimpleITK
+
+
+def test_the_module_file_itself_parses_under_python_3_9_so_older_slicers_show_the_refusal():
+    """Slicer 5.8 (Python 3.9) must be able to load TokenUNetSegment.py to tell the user it is too old."""
+    python = find_python("3.9")
+    if python is None:
+        pytest.skip("no Python 3.9 interpreter here")
+    code = "import ast, sys; ast.parse(open(sys.argv[1], encoding='utf-8').read())"
+    result = subprocess.run(
+        [python, "-c", code, str(MODULE_DIR / "TokenUNetSegment.py")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
