@@ -24,7 +24,7 @@ def prettier():
         pytest.skip("npm is not installed: the Extensions Index's prettier check cannot run here")
     packages = [f"prettier@{INDEX['prettier']}", *(f"{name}@{v}" for name, v in INDEX["plugins"].items())]
     stamp = TOOLS / "installed.txt"
-    if not stamp.is_file() or stamp.read_text() != " ".join(packages):
+    if not stamp.is_file() or stamp.read_text(encoding="utf-8") != " ".join(packages):
         TOOLS.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
             [npm, "install", "--prefix", str(TOOLS), "--no-save", "--no-audit", "--no-fund", *packages],
@@ -45,13 +45,13 @@ def test_catalog_entry_is_formatted_as_the_index_pre_commit_formats_it(prettier,
     result = subprocess.run([*prettier, "--check", str(CATALOG)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     unformatted = tmp_path / "Unformatted.json"
-    unformatted.write_text(CATALOG.read_text().replace('[\n    "PyTorch"\n  ]', '["PyTorch"]'))
+    unformatted.write_text(CATALOG.read_text(encoding="utf-8").replace('[\n    "PyTorch"\n  ]', '["PyTorch"]'))
     check = subprocess.run([*prettier, "--check", str(unformatted)], capture_output=True, text=True, timeout=120)
     assert check.returncode != 0  # the check sees the one-line array the multi-line-arrays plugin rewraps
 
 
 def test_catalog_entry_fits_the_index_schema():
-    entry = json.loads(CATALOG.read_text())
+    entry = json.loads(CATALOG.read_text(encoding="utf-8"))
     schema = INDEX["schema"]
     assert set(schema["required"]) <= set(entry)
     assert set(entry) <= set(schema["properties"])  # additionalProperties: false (no description field)

@@ -44,9 +44,7 @@ def test_stop_tree_ends_the_child_and_its_grandchild_without_raising(monkeypatch
         monkeypatch.setattr(process_tree, "_psutil", lambda: None)  # Slicer does not bundle psutil
     elif process_tree._psutil() is None:
         pytest.skip("psutil is not installed here")
-    process = subprocess.Popen(
-        [sys.executable, "-c", GRANDCHILD], stdout=subprocess.PIPE, text=True, **popen_options()
-    )
+    process = subprocess.Popen([sys.executable, "-c", GRANDCHILD], stdout=subprocess.PIPE, text=True, **popen_options())
     grandchild = int(process.stdout.readline())
     assert alive(grandchild)
     stop_tree(process, grace=1.0)

@@ -443,7 +443,7 @@ def test_parameters_are_stored_as_the_real_wrapper_stores_them():
 
 # -- packaging facts -----------------------------------------------------------------------------------------
 def test_module_cmake_registers_the_self_test_with_the_real_macro_arguments():
-    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     match = re.search(r"slicer_add_python_unittest\(([^)]*)\)", text)
     assert match, "register the module's self-test: slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)"
     words = match.group(1).split()
@@ -460,13 +460,13 @@ def test_module_cmake_registers_the_self_test_with_the_real_macro_arguments():
 
 
 def test_cmake_minimum_is_the_oldest_supported_extension_template():
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     wanted = FACTS["slicer"][TAGS[0]]["extension_template_cmake_minimum"]
     assert f"cmake_minimum_required(VERSION {wanted} FATAL_ERROR)" in text
 
 
 def test_minimum_slicer_version_is_the_oldest_supported_tag():
-    tree = ast.parse((MODULE_DIR / "TokenUNetSegment.py").read_text())
+    tree = ast.parse((MODULE_DIR / "TokenUNetSegment.py").read_text(encoding="utf-8"))
     constants = {
         t.id: ast.literal_eval(n.value)
         for n in tree.body

@@ -45,7 +45,7 @@ def find_python(version: str) -> str | None:
 
 def test_slicer_python_versions_are_what_the_project_supports():
     assert SLICER_PYTHONS == ["3.12"]
-    assert 'target-version = "py310"' in (ROOT / "pyproject.toml").read_text()  # ruff: no syntax newer than 3.12
+    assert 'target-version = "py310"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")  # ruff: no syntax newer than 3.12
 
 
 @pytest.mark.parametrize("version", SLICER_PYTHONS)
@@ -83,11 +83,12 @@ def test_requirements_resolve_for_slicers_python_without_replacing_its_packages(
         pytest.skip("the package index is unreachable from here")
     assert result.returncode == 0, output
     installed = {
-        i["metadata"]["name"].lower(): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]
+        i["metadata"]["name"].lower(): i["metadata"]["version"]
+        for i in json.loads(report.read_text(encoding="utf-8"))["install"]
     }
     assert installed["numpy"] == facts["numpy"] and installed["torch"] == LOWEST_TORCH
-    pins = dict(line.split("==") for line in (MODULE_DIR / "Resources" / "requirements.txt").read_text().split()
-                if "==" in line)  # fmt: skip
+    requirements = (MODULE_DIR / "Resources" / "requirements.txt").read_text(encoding="utf-8")
+    pins = dict(line.split("==") for line in requirements.split() if "==" in line)
     assert {name.lower(): version for name, version in pins.items()}.items() <= installed.items()
     assert "simpleitk" not in installed  # nothing we install asks for another SimpleITK
 
