@@ -160,3 +160,14 @@ def test_self_test_skips_without_dependencies_and_fails_without_the_bundled_mode
     monkeypatch.setattr(ModelStore, "entry", lambda self, model_id: missing)
     with pytest.raises(AssertionError, match="bundled model is missing"):
         test.test_sample_with_bundled_model()
+
+
+def test_self_test_is_reported_skipped_by_unittest_and_quiet_in_reload_and_test(module, monkeypatch):
+    from TokenUNetSegmentLib.widget import dependencies
+
+    monkeypatch.setattr(dependencies, "dependencies_ready", lambda: False)
+    monkeypatch.setattr(module.module.TokenUNetSegmentTest, "setUp", lambda self: None)
+    result = unittest.TestResult()
+    module.module.TokenUNetSegmentTest().run(result)  # as Slicer's ctest driver runs it
+    assert len(result.skipped) == 1 and not result.errors and not result.failures
+    module.module.TokenUNetSegmentTest().runTest()  # as Reload and Test calls it: no exception

@@ -369,8 +369,15 @@ class TokenUNetSegmentTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        import unittest
+
         self.setUp()
-        self.test_sample_with_bundled_model()
+        try:
+            self.test_sample_with_bundled_model()
+        except unittest.SkipTest as skipped:
+            if getattr(self, "_outcome", None) is not None:
+                raise  # run by unittest (Slicer's ctest driver): reported as skipped
+            self.delayDisplay(f"Test skipped: {skipped}")  # Reload and Test calls runTest directly
 
     def test_sample_with_bundled_model(self):
         """Skips when the Python dependencies are not installed; fails when the bundled model is missing."""
