@@ -9,3 +9,4 @@ RESOURCES = MODULE_DIR / "Resources"
 SAMPLE_CT = RESOURCES / "Samples" / "AbdomenCT.nii.gz"
 SAMPLE_LABELS = RESOURCES / "Samples" / "AbdomenCT.TotalSegmentatorLabels.nii.gz"
 SCRIPTS = ROOT / "scripts"
+SLICER_FACTS = ROOT / "Testing" / "slicer_api_facts.json"  # derived from Slicer's sources (scripts/slicer-api)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -32,16 +31,6 @@ def run_python(code: str, timeout: float = 300) -> str:
     done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr
     return done.stdout
-
-
-def modules_loaded_by(names: list[str], timeout: float = 300) -> list[str]:
-    """Every entry of ``sys.modules`` after importing ``names`` in a new Python process."""
-    code = (
-        "import importlib, json, sys\n"
-        f"for name in {names!r}: importlib.import_module(name)\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
-    )
-    return json.loads(run_python(code, timeout).strip().splitlines()[-1])
 
 
 def child_pids(pid):

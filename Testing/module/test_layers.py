@@ -189,17 +189,35 @@ def test_module_file_imports_only_stdlib_and_slicer_at_file_scope():
     assert [m for m in top_level if m not in sys.stdlib_module_names and m not in SLICER_BUNDLED] == []
 
 
+def file_scope_imports(path):
+    """Modules a file imports at file scope (not inside functions)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
 def test_headless_logic_imports_no_qt_module():
-    """The module file's Logic reaches the widget layer only for GUI binding (``wrapParameterNode``) and for a
-    run that does not wait (``qt.QTimer``); the scripting path imports nothing that imports qt."""
+    """The module file's Logic imports Qt only for a run that does not wait (``qt.QTimer``); the widget-layer
+    helpers it uses (GUI binding, dependency checks) import no Qt themselves, and the scripting path
+    (``process``, ``startRun``, ``modelInfos``) nothing of the widget layer."""
     tree = ast.parse((MODULE_DIR / "TokenUNetSegment.py").read_text())
     logic = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TokenUNetSegmentLogic")
-    gui_only = {"wrapParameterNode", "ensureDependencies", "process"}  # process: qt only without waiting
-    for method in (n for n in logic.body if isinstance(n, ast.FunctionDef) and n.name not in gui_only):
-        imports = [ast.unparse(n) for n in ast.walk(method) if isinstance(n, (ast.Import, ast.ImportFrom))]
-        assert not [line for line in imports if "widget" in line or "import qt" in line], method.name
-    process = next(n for n in logic.body if isinstance(n, ast.FunctionDef) and n.name == "process")
-    waiting = ast.unparse(process).split("if waitForCompletion:")[0]
-    assert "import qt" not in waiting and "widget" not in ast.unparse(process)
-    binding = LIB / "widget" / "parameter_binding.py"
-    assert not [n for n in imported_names(binding) if matches(n, {"qt", "ctk", "TokenUNetSegmentLib.widget.panel"})]
+    methods = {n.name: n for n in logic.body if isinstance(n, ast.FunctionDef)}
+    used_widgets = set()
+    for name, method in methods.items():
+        for node in ast.walk(method):
+            if isinstance(node, ast.ImportFrom) and node.module and ".widget." in node.module:
+                used_widgets.add(node.module.rsplit(".", 1)[1])
+                assert name not in ("process", "startRun", "modelInfos", "_python"), name
+            if isinstance(node, ast.Import) and any(alias.name == "qt" for alias in node.names):
+                assert name == "process", name
+    waiting = ast.unparse(methods["process"]).split("if waitForCompletion:")[1].split("import qt")[0]
+    assert "return run.nodes" in waiting  # a waiting run returns before qt is imported
+    assert used_widgets and "panel" not in used_widgets
+    for module in used_widgets:
+        imports = file_scope_imports(LIB / "widget" / f"{module}.py")
+        assert not [n for n in imports if matches(n, {"qt", "ctk", "slicer"})], module

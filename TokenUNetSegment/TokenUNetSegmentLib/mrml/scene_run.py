@@ -71,17 +71,25 @@ class SceneRun:
         scene: the MRML scene.
         parameters: the module parameters (model, inputs, output, display options).
         mode: ``subprocess`` (default in the GUI) or ``inprocess`` (default: ``parameters.runMode``).
-        python: the interpreter of a subprocess run.
+        python: the interpreter of a subprocess run; temp_dir: where its exchange folder goes.
         store: the model store that tells the model's input channels (default: catalog + per-user cache).
     """
 
-    def __init__(self, scene, parameters: Parameters, mode: str | None = None, python: str | None = None, store=None):
+    def __init__(
+        self,
+        scene,
+        parameters: Parameters,
+        mode: str | None = None,
+        python: str | None = None,
+        temp_dir=None,
+        store=None,
+    ):
         self.scene = scene
         self.parameters = parameters
         channels = channel_count(parameters, store)
         self.request = request_from_parameters(parameters, channels)
         self.reference = parameters.inputs(channels)[0]
-        self.run = make_run(self.request, mode or parameters.runMode, python)
+        self.run = make_run(self.request, mode or parameters.runMode, python, temp_dir)
         self.nodes: RunNodes | None = None
         self.error = None
         self._observers = []

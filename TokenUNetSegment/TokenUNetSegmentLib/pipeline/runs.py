@@ -145,12 +145,13 @@ class InProcessRun(Run):
             self._emit(event)
 
 
-def make_run(request: RunRequest, mode: str = "subprocess", python: str | None = None) -> Run:
-    """An unstarted run of the requested kind (``subprocess`` or ``inprocess``)."""
+def make_run(request: RunRequest, mode: str = "subprocess", python: str | None = None, temp_dir=None) -> Run:
+    """An unstarted run of the requested kind (``subprocess`` or ``inprocess``); ``python`` and ``temp_dir`` (where
+    its exchange folder goes) are a subprocess run's."""
     if mode == "inprocess":
         return InProcessRun(request)
     if mode == "subprocess":
         from .subprocess_run import SubprocessRun
 
-        return SubprocessRun(request, python=python)
+        return SubprocessRun(request, python=python, temp_dir=temp_dir)
     raise ValueError(f"unknown run mode '{mode}'; choose one of {', '.join(RUN_MODES)}")

@@ -2,14 +2,13 @@
 
 The child runs in its own process group and reports typed JSON events (``--progress json``, see
 :mod:`.run_contract`); its output folder is read back with :func:`.outputs.read_outputs`. The temporary folder
-is removed whatever the outcome, and cancel ends the child's whole process tree.
+is removed whatever the outcome, and cancel ends the child's whole process tree (:mod:`.process_tree`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CancelledError, TokenUNetError
+from .process_tree import popen_options, signal_tree, stop_tree
 from .run_contract import ErrorEvent, ExitCode, LogEvent, ProgressEvent, ResultEvent, RunRequest, RunState, decode_event
 from .runs import Run
 
@@ -48,6 +48,8 @@ class SubprocessRun(Run):
         python: the interpreter for the child (default ``sys.executable``; inside Slicer, ``PythonSlicer``).
         grace: seconds a cancelled child gets to stop by itself before its process tree is killed.
         command: replaces the CLI command (for tests of the process handling); ``{out}`` is substituted.
+        env: the child's environment (default: this process's).
+        temp_dir: the folder for the run's temporary exchange folder (default: the system's).
     """
 
     def __init__(
@@ -57,8 +59,10 @@ class SubprocessRun(Run):
         grace: float = 3.0,
         command: list[str] | None = None,
         env: dict | None = None,
+        temp_dir: str | Path | None = None,
     ):
         super().__init__(request)
+        self.temp_dir = temp_dir  # where the run's exchange folder goes (Slicer: its temporary folder)
         self.python = python or sys.executable
         self.grace = grace
         self.custom_command = command
@@ -75,7 +79,7 @@ class SubprocessRun(Run):
             return
         self._cancel.set()
         self._kill_at = time.monotonic() + self.grace
-        signal_process_tree(self.process, kill=False)
+        signal_tree(self.process, kill=False)
 
     def _write_inputs(self) -> list[Path]:
         from .nrrd import plain_array, write_nrrd
@@ -97,17 +101,12 @@ class SubprocessRun(Run):
 
     def start(self) -> SubprocessRun:
         self._begin()
-        self.folder = Path(tempfile.mkdtemp(prefix="tokenunet-run-"))
+        self.folder = Path(tempfile.mkdtemp(prefix="tokenunet-run-", dir=self.temp_dir))
         try:
             inputs = self._write_inputs()
             env = dict(os.environ if self.env is None else self.env)
             env["PYTHONPATH"] = os.pathsep.join([str(MODULE_DIR), *filter(None, [env.get("PYTHONPATH")])])
             env.setdefault("PYTHONUNBUFFERED", "1")
-            options = (
-                {"start_new_session": True}
-                if os.name == "posix"
-                else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
-            )
             self.process = subprocess.Popen(
                 self.command(inputs),
                 cwd=str(self.folder),
@@ -117,7 +116,9 @@ class SubprocessRun(Run):
                 stderr=subprocess.STDOUT,
                 text=True,
                 bufsize=1,
-                **options,
+                encoding="utf-8",
+                errors="replace",
+                **popen_options(),
             )
         except Exception as error:
             self._cleanup()
@@ -151,7 +152,7 @@ class SubprocessRun(Run):
         self._drain()
         if self.process.poll() is None:
             if self._kill_at is not None and time.monotonic() >= self._kill_at:
-                signal_process_tree(self.process, kill=True)
+                signal_tree(self.process, kill=True)
             return self.state
         self._reader.join()
         self._drain()
@@ -164,7 +165,7 @@ class SubprocessRun(Run):
             else:
                 self._finish_with_outputs()
         finally:
-            kill_process_tree(self.process, 0)  # anything the child left behind in its group
+            stop_tree(self.process, 0)  # anything the child left behind in its tree
             self._cleanup()
         return self.state
 
@@ -190,47 +191,3 @@ class SubprocessRun(Run):
     def _cleanup(self) -> None:
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def signal_process_tree(process: subprocess.Popen | None, kill: bool) -> None:
-    """Send SIGTERM (or SIGKILL when ``kill``) to the child's process group (on Windows, kill the tree)."""
-    if process is None:
-        return
-    if os.name != "posix":
-        if process.poll() is None:
-            if kill:
-                subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
-            else:
-                process.send_signal(signal.CTRL_BREAK_EVENT)
-        return
-    try:
-        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def kill_process_tree(process: subprocess.Popen | None, grace: float = 3.0) -> None:
-    """Stop ``process`` and every process of its group: SIGTERM, then SIGKILL after ``grace`` seconds."""
-    if process is None:
-        return
-    if os.name != "posix":
-        if process.poll() is None:
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
-        process.wait()
-        return
-    group = process.pid  # start_new_session made the child its group leader
-
-    def signal_group(signum):
-        try:
-            os.killpg(group, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    if process.poll() is None:
-        signal_group(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    signal_group(signal.SIGKILL)
-    process.wait()
