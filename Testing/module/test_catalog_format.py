@@ -10,10 +10,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers.paths import ROOT, SLICER_FACTS
+from helpers.paths import ROOT
+from helpers.slicer_facts import FACTS
 
 CATALOG = ROOT / "TokenUNet.json"
-INDEX = json.loads(SLICER_FACTS.read_text(encoding="utf-8"))["extensions_index"]
+INDEX = FACTS["extensions_index"]
 TOOLS = ROOT / ".venv" / "prettier"
 
 

@@ -14,11 +14,11 @@ import subprocess
 import sys
 
 import pytest
-from helpers.paths import ROOT, SLICER_FACTS
+from helpers.paths import ROOT
+from helpers.slicer_facts import FACTS
 from TokenUNetSegmentLib.widget.dependencies import TORCH_REQUIREMENT
 
 MODULE_DIR = ROOT / "TokenUNetSegment"
-FACTS = json.loads(SLICER_FACTS.read_text(encoding="utf-8"))
 SLICER_PYTHONS = sorted({".".join(FACTS["slicer"][tag]["python_version"].split(".")[:2]) for tag in FACTS["slicer"]})
 LOWEST_TORCH = TORCH_REQUIREMENT.removeprefix(">=")
 
