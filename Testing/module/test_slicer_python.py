@@ -3,7 +3,8 @@
 - Every module file compiles with a 3.12 interpreter (warnings are errors), when one is installed here.
 - ``Resources/requirements.txt`` resolves for Python 3.12 wheels with the numpy each supported Slicer bundles
   and a torch that MONAI accepts pinned by a constraints file (as the module installs them): pip must not need
-  to replace either.
+  to replace either. The default run checks this from the pinned packages' own metadata (offline, instant); the
+  full resolution against the package index takes about a minute here and is marked slow.
 """
 
 import glob
@@ -65,6 +66,37 @@ def test_every_module_file_compiles_under_slicers_python(version):
     assert int(result.stdout) == len(files) > 50
 
 
+def test_pinned_requirements_accept_slicers_python_numpy_and_our_lowest_torch_by_their_metadata():
+    """Each pinned requirement, installed here at its pin, accepts each supported Slicer's Python; what they require
+    accepts that Slicer's numpy and the lowest torch we ask for, and none of them asks for SimpleITK."""
+    from importlib.metadata import metadata, requires, version
+
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    text = (MODULE_DIR / "Resources" / "requirements.txt").read_text(encoding="utf-8")
+    pins = dict(line.split("==") for line in text.split() if "==" in line)
+    checked = 0
+    for tag in FACTS["supported_tags"]:
+        facts = FACTS["slicer"][tag]
+        python = facts["python_version"]
+        environment = {"python_version": ".".join(python.split(".")[:2]), "python_full_version": python, "extra": ""}
+        wanted = {"numpy": facts["numpy"], "torch": LOWEST_TORCH}
+        for name, pinned in pins.items():
+            assert version(name) == pinned, f"the environment should have the {name} users get"
+            requires_python = metadata(name).get("Requires-Python")
+            assert not requires_python or SpecifierSet(requires_python).contains(python), (name, tag)
+            for requirement in map(Requirement, requires(name) or []):
+                if requirement.marker is not None and not requirement.marker.evaluate(environment):
+                    continue
+                assert requirement.name.lower() != "simpleitk", name
+                if requirement.name.lower() in wanted:
+                    assert requirement.specifier.contains(wanted[requirement.name.lower()]), (name, requirement, tag)
+                    checked += 1
+    assert checked >= 2 * len(FACTS["supported_tags"])  # MONAI's numpy and torch requirements, at every tag
+
+
+@pytest.mark.slow  # resolves against the package index: about 30 s per Slicer here; the check above runs by default
 @pytest.mark.parametrize("tag", FACTS["supported_tags"])
 def test_requirements_resolve_for_slicers_python_without_replacing_its_packages(tag, tmp_path):
     facts = FACTS["slicer"][tag]
