@@ -1,13 +1,12 @@
 """Linear CKA: known facts of the measure, the stage x stage matrix between networks, and the CLI."""
 
 import json
-import subprocess
+import runpy
 import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers.paths import MODULE_DIR
 from TokenUNetSegmentLib.model import build_network
 from TokenUNetSegmentLib.pipeline.cka import cka_matrix, linear_cka, main, stage_feature_matrices
 
@@ -137,14 +136,13 @@ def test_cli_user_errors_give_one_line_and_exit_code_2(argv, message, capsys, tm
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_cli_runs_as_a_module_and_fails_cleanly():
-    result = subprocess.run(
-        [sys.executable, "-m", "TokenUNetSegmentLib.pipeline.cka", "--a", "Nope", "--b", "NoToken"],
-        cwd=MODULE_DIR,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert result.stderr.startswith("cka: error: unknown network 'Nope'; choose one of NoToken")
-    assert len(result.stderr.strip().splitlines()) == 1
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules after import:RuntimeWarning")  # imported by this file
+def test_cli_runs_as_a_module_and_fails_cleanly(monkeypatch, capsys):
+    """``python -m TokenUNetSegmentLib.pipeline.cka`` (its ``__main__`` entry, run here without a new interpreter)."""
+    monkeypatch.setattr(sys, "argv", ["cka", "--a", "Nope", "--b", "NoToken"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("TokenUNetSegmentLib.pipeline.cka", run_name="__main__", alter_sys=True)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cka: error: unknown network 'Nope'; choose one of NoToken")
+    assert len(err.strip().splitlines()) == 1

@@ -13,7 +13,6 @@ import pytest
 import SimpleITK as sitk
 from helpers.packages import PHANTOM_AFFINE, ball_phantom, make_package, tiny_config
 from helpers.paths import MODULE_DIR, SAMPLE_CT
-from helpers.processes import run_cli
 from TokenUNetSegmentLib.pipeline import cli, segment_command
 from TokenUNetSegmentLib.pipeline.errors import CancelledError
 from TokenUNetSegmentLib.pipeline.geometry import affine_of_image, image_from_array
@@ -38,12 +37,12 @@ def png_size(path):
     return width, height
 
 
-def test_segment_end_to_end_writes_what_slicer_reads(cli_case, tmp_path):
+def test_segment_end_to_end_writes_what_slicer_reads(cli_case, tmp_path, capsys):
+    """The command in this process (the ``python -m`` entry and its own process are the session's sample run's)."""
     root, package, path = cli_case
     out = tmp_path / "out"
-    done = run_cli("segment", path, "--model", package, "--out", out, "--device", "cpu", "--overlap", "0.25")
-    assert done.returncode == 0, done.stderr
-    assert "segmentation.seg.nrrd" in done.stdout
+    assert segment_cli(path, package, out, "--device", "cpu", "--overlap", "0.25") == 0
+    assert f"wrote {out / 'segmentation.seg.nrrd'}" in capsys.readouterr().out
     # the segmentation: geometry of the input, labels equal to the in-process result
     seg_path = out / "segmentation.seg.nrrd"
     seg = sitk.ReadImage(str(seg_path))
