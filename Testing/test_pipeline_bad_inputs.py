@@ -36,7 +36,7 @@ def test_unsupported_file_type(tmp_path):
 def test_unreadable_file(tmp_path):
     path = tmp_path / "broken.nii.gz"
     path.write_bytes(b"not an image")
-    with pytest.raises(InputError, match="cannot read broken.nii.gz"):
+    with pytest.raises(InputError, match="broken.nii.gz is not a valid NIfTI file"):
         run(path)
 
 

@@ -1,0 +1,88 @@
+"""Is the voxel data all there? Checked before the image reader runs, in bounded memory.
+
+A raw payload must be as long as its header says; a compressed one must decompress, without error and
+with an intact checksum, to at least that many bytes. SimpleITK fills a short NIfTI file with zeros
+without a word, and allocates the whole declared volume before it notices a short compressed stream.
+"""
+
+from __future__ import annotations
+
+import bz2
+import zlib
+from pathlib import Path
+
+from ..errors import InputError
+from ..memory import format_size
+from .header import Payload
+
+CHUNK = 1 << 20
+SLACK = 1 << 16
+"""Decoded bytes read past what is needed, so that a stream's end and its checksum are usually reached."""
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def verify_payloads(payloads: list[Payload], name: str) -> None:
+    """Raise :class:`InputError` when a payload's file is missing, short, or its compressed data is broken."""
+    for payload in payloads:
+        if not payload.path.is_file():
+            raise InputError(
+                f"{name} names a data file that is missing: {payload.path.name}",
+                "keep the header and its data file together in one folder",
+            )
+        available = _available_bytes(payload, name)
+        if available < payload.size:
+            where = name if payload.path.name == name else f"{name} (data file {payload.path.name})"
+            percent = 100.0 * available / payload.size
+            raise InputError(
+                f"{where} is truncated: {format_size(available)} of the {format_size(payload.size)} of data "
+                f"its header declares ({percent:.0f}%)",
+                "the file is incomplete: copy or export it again",
+            )
+
+
+def _available_bytes(payload: Payload, name: str) -> int:
+    """Decoded bytes present at the payload's place (counted up to ``size + SLACK`` for streams)."""
+    file_size = payload.path.stat().st_size
+    if payload.encoding == "raw":
+        return file_size if payload.offset < 0 else max(0, file_size - payload.offset)
+    start = max(payload.offset, 0)
+    if payload.encoding == "hex":
+        return max(0, file_size - start) // 2
+    if payload.encoding == "text":  # at least one character and one separator per value: a lower bound
+        return max(0, file_size - start + 1) // 2 * payload.value_bytes
+    return decoded_size(payload.path, start, payload.size + SLACK, payload.encoding, name)
+
+
+def decoded_size(path: Path, offset: int, enough: int, encoding: str, name: str) -> int:
+    """Bytes a gzip/zlib (several gzip members allowed) or bzip2 stream decodes to, counted up to ``enough``.
+
+    Raises :class:`InputError` when the stream is corrupt (bad data or checksum); a stream cut short simply
+    decodes to fewer bytes. Memory stays bounded by ``CHUNK`` whatever the compression ratio.
+    """
+    gzip = encoding == "gzip"
+    make = (lambda: zlib.decompressobj(47)) if gzip else bz2.BZ2Decompressor  # 47: gzip or zlib header
+    decoder, total = make(), 0
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(offset)
+            data = stream.read(CHUNK)
+            while total < enough:
+                total += len(decoder.decompress(data, CHUNK))
+                if decoder.eof:  # another gzip member may follow (as `cat a.gz b.gz` makes)
+                    data = decoder.unused_data + stream.read(CHUNK)
+                    if not (gzip and data.startswith(GZIP_MAGIC)):
+                        break
+                    decoder = make()
+                    continue
+                if gzip:
+                    data = decoder.unconsumed_tail or stream.read(CHUNK)
+                else:
+                    data = stream.read(CHUNK) if decoder.needs_input else b""
+                if not data and (gzip or decoder.needs_input):
+                    break  # the file ends before the stream does
+    except (zlib.error, OSError, EOFError, ValueError) as error:
+        raise InputError(
+            f"{name} has corrupt compressed data ({str(error).strip()[:60]})",
+            "the file is damaged: copy or export it again",
+        ) from None
+    return total
