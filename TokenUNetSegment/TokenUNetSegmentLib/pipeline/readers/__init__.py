@@ -83,7 +83,8 @@ def _read_file(path: Path, image_io: str, name: str, limit: int | None) -> sitk.
     try:
         with quiet_itk():
             reader.ReadImageInformation()  # the header as ITK sees it: the voxel type it will allocate
-            sizes = (*reader.GetSize(), reader.GetNumberOfComponents())
+            components = reader.GetNumberOfComponents()
+            sizes = (*reader.GetSize(),) + ((components,) if components > 1 else ())
             pixel = reader.GetPixelID()
             check_size(sizes, sitk.GetPixelIDValueAsString(pixel), pixel_bytes(pixel), name, limit)
             return reader.Execute()

@@ -70,7 +70,15 @@ def read_series(folder: Path, limit: int | None = None) -> tuple[sitk.Image, lis
         if slices[0].size[2:] and slices[0].size[2] > 1:  # one multi-frame file: its frames are the volume
             return _read_files(reader, [slices[0].file], slices, folder, limit), warnings
         raise InputError(f"the DICOM series in {folder.name} has one slice", "segmentation needs a 3D volume")
-    ordered, uneven = check_slices(slices, folder.name)
+    try:
+        ordered, uneven = check_slices(slices, folder.name)
+    except InputError as error:
+        if not unread:
+            raise
+        raise InputError(  # a damaged slice the DICOM scanner skipped is the likely cause
+            f"{error.message}; {len(unread)} damaged file(s) left out, e.g. {unread[0][:40]}",
+            "export the series again",
+        ) from None
     if uneven:
         warnings.append(uneven)
     return _read_files(reader, [s.file for s in ordered], ordered, folder, limit), warnings
@@ -168,8 +176,8 @@ def check_slices(slices: list[Slice], name: str) -> tuple[list[Slice], str | Non
     if steps[widest] > GAP_FACTOR * usual:
         missing = max(1, round(steps[widest] / usual) - 1)
         raise InputError(
-            f"the DICOM series in {name} misses slices: a {steps[widest]:.2f} mm gap after {along[widest]:.2f} mm "
-            f"where slices are {usual:.2f} mm apart (about {missing} missing)",
+            f"the DICOM series in {name} misses about {missing} slice(s): a {steps[widest]:.2f} mm gap after "
+            f"{along[widest]:.2f} mm where slices are {usual:.2f} mm apart",
             "export the complete series again",
         )
     if error > UNEVEN_FRACTION * usual:
@@ -190,7 +198,7 @@ def _size(s: Slice) -> str:
 def _read_files(reader, files: list[str], slices: list[Slice], folder: Path, limit: int | None) -> sitk.Image:
     first = slices[0]
     frames = first.size[2] if len(first.size) > 2 else 1
-    sizes = (*first.size[:2], frames * len(files), first.components)
+    sizes = (*first.size[:2], frames * len(files)) + ((first.components,) if first.components > 1 else ())
     pixel = sitk.GetPixelIDValueAsString(first.pixel)
     check_size(sizes, pixel, pixel_bytes(first.pixel), folder.name, limit)
     reader.SetFileNames(files)

@@ -51,7 +51,7 @@ def _open_start(path: Path, name: str) -> tuple[bytes, bool]:
         with open(path, "rb") as stream:
             return stream.read(540), False
     except (OSError, EOFError, zlib.error) as error:
-        raise header_error(name, KIND, f"its gzip stream is broken ({str(error)[:60]})") from None
+        raise header_error(name, KIND, f"its gzip stream is broken ({str(error).split(': ')[-1][:50]})") from None
 
 
 def parse_nifti(path: Path, name: str) -> ImageHeader:

@@ -82,7 +82,7 @@ def decoded_size(path: Path, offset: int, enough: int, encoding: str, name: str)
                     break  # the file ends before the stream does
     except (zlib.error, OSError, EOFError, ValueError) as error:
         raise InputError(
-            f"{name} has corrupt compressed data ({str(error).strip()[:60]})",
+            f"{name} has corrupt compressed data ({str(error).split(': ')[-1].strip()[:50]})",
             "the file is damaged: copy or export it again",
         ) from None
     return total
