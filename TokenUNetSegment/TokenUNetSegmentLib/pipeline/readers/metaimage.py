@@ -128,10 +128,14 @@ def _payloads(path, name, fields, listed, length, data_bytes, value_bytes) -> li
     if header_size < -1:
         raise header_error(name, KIND, f"HeaderSize {header_size} is negative")
     share = data_bytes // len(files)
+    stored = fields.get("compresseddatasize") if compressed and len(files) == 1 else None
     payloads = []
     for file in files:
         offset = length if file == path else max(header_size, 0)
         if header_size == -1 and encoding == "raw" and file != path:
             offset = -1  # the data are the file's last bytes
         payloads.append(Payload(file, offset, share, encoding, value_bytes))
+        if stored is not None:  # MetaIO reads exactly this many compressed bytes
+            size = parse_numbers(stored, 1, name, KIND, "CompressedDataSize", int)[0]
+            payloads.append(Payload(file, offset, max(size, 0)))
     return payloads

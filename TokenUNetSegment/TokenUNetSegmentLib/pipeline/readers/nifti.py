@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from .header import ImageHeader, Payload, header_error
 
 KIND = "NIfTI"
@@ -50,7 +51,11 @@ def _open_start(path: Path, name: str) -> tuple[bytes, bool]:
                 return stream.read(540), True
         with open(path, "rb") as stream:
             return stream.read(540), False
-    except (OSError, EOFError, zlib.error) as error:
+    except EOFError:
+        raise InputError(
+            f"{name} is truncated: it ends inside its header", "the file is incomplete: copy or export it again"
+        ) from None
+    except (OSError, zlib.error) as error:
         raise header_error(name, KIND, f"its gzip stream is broken ({str(error).split(': ')[-1][:50]})") from None
 
 

@@ -29,35 +29,42 @@ def verify_payloads(payloads: list[Payload], name: str) -> None:
                 f"{name} names a data file that is missing: {payload.path.name}",
                 "keep the header and its data file together in one folder",
             )
-        available = _available_bytes(payload, name)
+        available, complete = _available_bytes(payload, name)
+        where = name if payload.path.name == name else f"{name} (data file {payload.path.name})"
         if available < payload.size:
-            where = name if payload.path.name == name else f"{name} (data file {payload.path.name})"
             percent = 100.0 * available / payload.size
             raise InputError(
                 f"{where} is truncated: {format_size(available)} of the {format_size(payload.size)} of data "
                 f"its header declares ({percent:.0f}%)",
                 "the file is incomplete: copy or export it again",
             )
+        if not complete:
+            raise InputError(
+                f"{where} is truncated: its compressed data ends before the end of its stream",
+                "the file is incomplete: copy or export it again",
+            )
 
 
-def _available_bytes(payload: Payload, name: str) -> int:
-    """Decoded bytes present at the payload's place (counted up to ``size + SLACK`` for streams)."""
+def _available_bytes(payload: Payload, name: str) -> tuple[int, bool]:
+    """(decoded bytes present at the payload's place, whether a compressed stream is complete); streams are
+    decoded up to ``size + SLACK`` bytes."""
     file_size = payload.path.stat().st_size
     if payload.encoding == "raw":
-        return file_size if payload.offset < 0 else max(0, file_size - payload.offset)
+        return (file_size if payload.offset < 0 else max(0, file_size - payload.offset)), True
     start = max(payload.offset, 0)
     if payload.encoding == "hex":
-        return max(0, file_size - start) // 2
+        return max(0, file_size - start) // 2, True
     if payload.encoding == "text":  # at least one character and one separator per value: a lower bound
-        return max(0, file_size - start + 1) // 2 * payload.value_bytes
+        return max(0, file_size - start + 1) // 2 * payload.value_bytes, True
     return decoded_size(payload.path, start, payload.size + SLACK, payload.encoding, name)
 
 
-def decoded_size(path: Path, offset: int, enough: int, encoding: str, name: str) -> int:
-    """Bytes a gzip/zlib (several gzip members allowed) or bzip2 stream decodes to, counted up to ``enough``.
+def decoded_size(path: Path, offset: int, enough: int, encoding: str, name: str) -> tuple[int, bool]:
+    """(bytes a gzip/zlib (several gzip members allowed) or bzip2 stream decodes to, counted up to ``enough``;
+    whether the stream is whole: it reached its end, or ``enough`` bytes).
 
-    Raises :class:`InputError` when the stream is corrupt (bad data or checksum); a stream cut short simply
-    decodes to fewer bytes. Memory stays bounded by ``CHUNK`` whatever the compression ratio.
+    Raises :class:`InputError` when the stream is corrupt (bad data or checksum). Memory stays bounded by
+    ``CHUNK`` whatever the compression ratio.
     """
     gzip = encoding == "gzip"
     make = (lambda: zlib.decompressobj(47)) if gzip else bz2.BZ2Decompressor  # 47: gzip or zlib header
@@ -71,7 +78,7 @@ def decoded_size(path: Path, offset: int, enough: int, encoding: str, name: str)
                 if decoder.eof:  # another gzip member may follow (as `cat a.gz b.gz` makes)
                     data = decoder.unused_data + stream.read(CHUNK)
                     if not (gzip and data.startswith(GZIP_MAGIC)):
-                        break
+                        return total, True
                     decoder = make()
                     continue
                 if gzip:
@@ -79,10 +86,10 @@ def decoded_size(path: Path, offset: int, enough: int, encoding: str, name: str)
                 else:
                     data = stream.read(CHUNK) if decoder.needs_input else b""
                 if not data and (gzip or decoder.needs_input):
-                    break  # the file ends before the stream does
+                    return total, False  # the file ends before the stream does
     except (zlib.error, OSError, EOFError, ValueError) as error:
         raise InputError(
             f"{name} has corrupt compressed data ({str(error).split(': ')[-1].strip()[:50]})",
             "the file is damaged: copy or export it again",
         ) from None
-    return total
+    return total, True
