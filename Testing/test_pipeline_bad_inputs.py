@@ -307,3 +307,16 @@ def test_reader_errors_exit_2_with_one_short_line_from_every_command(tmp_path, c
         assert err.startswith("error: ") and err.count("\n") == 1 and len(err) <= 201, err
         assert "Traceback" not in err and "internal error" not in err
     assert not (tmp_path / "o").exists() and not (tmp_path / "run" / "package").exists()
+
+
+def test_warnings_reach_the_slicer_module_runner(tmp_path):
+    """The module's subprocess run reads report.json back: its result carries the warnings (showing them in
+    the panel is the widget's part)."""
+    from pipeline_testlib import make_package, tiny_config
+    from TokenUNetSegmentLib.mrml.runner import RunRequest, RunState, SubprocessRun
+
+    package = make_package(tmp_path, tiny_config(roi=(16, 16, 16), spacing=(3.0, 3.0, 3.0)))
+    thin = (GOOD[:, :, 8:12], np.eye(4))  # 4 slices of 1 mm
+    run = SubprocessRun(RunRequest(inputs=[thin], model=package, device="cpu", heatmaps=False)).start()
+    assert run.wait(timeout=240) == RunState.COMPLETED, run.error
+    assert any("small for this model" in message for message in run.result.warnings)
