@@ -15,6 +15,7 @@ from reader_testlib import (
     NIFTI_PIXDIM,
     NIFTI_SFORM_CODE,
     NIFTI_SROW,
+    SHAPE,
     data_file_of,
     data_start,
     edit_nifti,
@@ -293,8 +294,38 @@ def test_unreadable_file_and_directory_named_like_a_file(tmp_path):
         path.chmod(0o644)
 
 
+def test_a_fifo_named_like_an_image_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "scan.nii")
+    with pytest.raises(InputError, match="scan.nii is not a regular file"):
+        read_volume(tmp_path / "scan.nii")
+
+
 def test_memory_limit_sizes():
     assert parse_size("8G") == 8 * 2**30 and parse_size("512m") == 512 * 2**20 and parse_size("2GiB") == 2 * 2**30
     assert parse_size("1000") == 1000 and parse_size("1.5k") == 1536
     with pytest.raises(Exception, match="is not a size"):
         parse_size("lots")
+
+
+@pytest.mark.parametrize("encoding", ["hex", "ascii", "bzip2"])
+def test_nrrd_text_encodings_read_and_short_ones_refused(tmp_path, encoding):
+    values = volume_array().ravel(order="F")
+    payload = {
+        "hex": values.astype("<i2").tobytes().hex(),
+        "ascii": " ".join(str(v) for v in values),
+        "bzip2": "BZh9",
+    }[encoding]
+    header = (
+        f"NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: {' '.join(map(str, SHAPE))}\n"
+        f"space directions: (1,0,0) (0,1,0) (0,0,1)\nendian: little\nencoding: {encoding}\n\n"
+    )
+    path = tmp_path / "scan.nrrd"
+    path.write_text(header + payload)
+    if encoding == "bzip2":  # SimpleITK's NRRD reader has no bzip2
+        with pytest.raises(InputError, match="unsupported encoding 'bzip2' .use raw or gzip."):
+            read_volume(path)
+        return
+    np.testing.assert_array_equal(read_volume(path).array, volume_array())
+    path.write_text(header + payload[: len(payload) // 3])
+    with pytest.raises(InputError, match="is truncated|cannot read scan.nrrd: .*couldn't parse element"):
+        read_volume(path)

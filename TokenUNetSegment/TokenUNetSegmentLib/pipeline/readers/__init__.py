@@ -55,6 +55,8 @@ def read_image(path: str | Path, limit: int | None = None) -> tuple[sitk.Image, 
             return read_series(path, limit)
         if not path.exists():
             raise InputError(f"input not found: {path}")
+        if not path.is_file():  # a FIFO or a device would block or never end
+            raise InputError(f"{name} is not a regular file", "pass an image file or a DICOM series folder")
         suffix = file_suffix(path)
         if suffix not in FORMATS:
             raise InputError(

@@ -29,7 +29,7 @@ class Payload:
     """Where voxel data lies: ``path`` from byte ``offset`` (-1: the last bytes of the file).
 
     ``size`` is the number of decoded bytes the header needs there; ``encoding`` is ``raw``, ``gzip`` (a gzip
-    or zlib stream), ``bzip2``, ``hex`` (two characters per byte) or ``text`` (numbers separated by spaces,
+    or zlib stream), ``hex`` (two characters per byte) or ``text`` (numbers separated by spaces,
     ``value_bytes`` each once decoded).
     """
 

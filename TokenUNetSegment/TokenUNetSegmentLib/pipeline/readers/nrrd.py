@@ -37,8 +37,6 @@ ENCODINGS = {
     "raw": "raw",
     "gz": "gzip",
     "gzip": "gzip",
-    "bz2": "bzip2",
-    "bzip2": "bzip2",
     "hex": "hex",
     "txt": "text",
     "text": "text",
@@ -94,7 +92,7 @@ def parse_nrrd(path: Path, name: str) -> ImageHeader:
     sizes = positive_sizes(parse_numbers(fields["sizes"], dimension, name, KIND, "sizes", int), name, KIND)
     encoding = ENCODINGS.get(fields["encoding"].lower())
     if encoding is None:
-        raise header_error(name, KIND, f"unsupported encoding '{fields['encoding'][:20]}' (save it as raw or gzip)")
+        raise header_error(name, KIND, f"unsupported encoding '{fields['encoding'][:20]}' (use raw or gzip)")
     spacing, directions, warnings = _geometry(fields, dimension, name)
     data_bytes = math.prod(sizes) * value_bytes
     return ImageHeader(

@@ -7,7 +7,6 @@ without a word, and allocates the whole declared volume before it notices a shor
 
 from __future__ import annotations
 
-import bz2
 import zlib
 from pathlib import Path
 
@@ -56,19 +55,17 @@ def _available_bytes(payload: Payload, name: str) -> tuple[int, bool]:
         return max(0, file_size - start) // 2, True
     if payload.encoding == "text":  # at least one character and one separator per value: a lower bound
         return max(0, file_size - start + 1) // 2 * payload.value_bytes, True
-    return decoded_size(payload.path, start, payload.size + SLACK, payload.encoding, name)
+    return decoded_size(payload.path, start, payload.size + SLACK, name)
 
 
-def decoded_size(path: Path, offset: int, enough: int, encoding: str, name: str) -> tuple[int, bool]:
-    """(bytes a gzip/zlib (several gzip members allowed) or bzip2 stream decodes to, counted up to ``enough``;
+def decoded_size(path: Path, offset: int, enough: int, name: str) -> tuple[int, bool]:
+    """(bytes a gzip or zlib stream (several gzip members allowed) decodes to, counted up to ``enough``;
     whether the stream is whole: it reached its end, or ``enough`` bytes).
 
     Raises :class:`InputError` when the stream is corrupt (bad data or checksum). Memory stays bounded by
     ``CHUNK`` whatever the compression ratio.
     """
-    gzip = encoding == "gzip"
-    make = (lambda: zlib.decompressobj(47)) if gzip else bz2.BZ2Decompressor  # 47: gzip or zlib header
-    decoder, total = make(), 0
+    decoder, total = zlib.decompressobj(47), 0  # 47: a gzip or a zlib header
     try:
         with open(path, "rb") as stream:
             stream.seek(offset)
@@ -77,17 +74,14 @@ def decoded_size(path: Path, offset: int, enough: int, encoding: str, name: str)
                 total += len(decoder.decompress(data, CHUNK))
                 if decoder.eof:  # another gzip member may follow (as `cat a.gz b.gz` makes)
                     data = decoder.unused_data + stream.read(CHUNK)
-                    if not (gzip and data.startswith(GZIP_MAGIC)):
+                    if not data.startswith(GZIP_MAGIC):
                         return total, True
-                    decoder = make()
+                    decoder = zlib.decompressobj(47)
                     continue
-                if gzip:
-                    data = decoder.unconsumed_tail or stream.read(CHUNK)
-                else:
-                    data = stream.read(CHUNK) if decoder.needs_input else b""
-                if not data and (gzip or decoder.needs_input):
+                data = decoder.unconsumed_tail or stream.read(CHUNK)
+                if not data:
                     return total, False  # the file ends before the stream does
-    except (zlib.error, OSError, EOFError, ValueError) as error:
+    except (zlib.error, OSError, ValueError) as error:
         raise InputError(
             f"{name} has corrupt compressed data ({str(error).split(': ')[-1].strip()[:50]})",
             "the file is damaged: copy or export it again",
