@@ -134,12 +134,12 @@ def check_slices(slices: list[Slice], name: str) -> tuple[list[Slice], str | Non
         if s.size != first.size or s.components != first.components:
             raise InputError(
                 f"the DICOM series in {name} mixes slice sizes ({_size(first)} and {_size(s)})",
-                "it holds several images (e.g. a localizer): put only the volume's slices in the folder",
+                "put only one volume's slices in the folder (no localizer or reformats)",
             )
         if not np.allclose(s.orientation, first.orientation, atol=SAME_ORIENTATION):
             raise InputError(
                 f"the DICOM series in {name} mixes slice orientations ({Path(first.file).name}, {Path(s.file).name})",
-                "it holds several images (e.g. a localizer or reformats): put only the volume's slices in the folder",
+                "put only one volume's slices in the folder (no localizer or reformats)",
             )
         if not np.allclose(s.spacing, first.spacing, rtol=1e-4) or s.pixel != first.pixel:
             raise InputError(
@@ -157,7 +157,7 @@ def check_slices(slices: list[Slice], name: str) -> tuple[list[Slice], str | Non
     if np.max(np.abs(in_plane - in_plane[0])) > max(EXACT_MM, 0.01 * min(first.spacing)):
         raise InputError(
             f"the DICOM slices in {name} are shifted in plane from slice to slice (gantry tilt or a sheared series)",
-            "resample it onto a regular grid first (e.g. Slicer's DICOM module regularizes it), save it as NRRD",
+            "resample it onto a regular grid first (e.g. in Slicer) and save it as NRRD",
         )
     steps = np.diff(along)
     duplicates = int(np.count_nonzero(steps < SAME_POSITION_MM))
@@ -165,7 +165,7 @@ def check_slices(slices: list[Slice], name: str) -> tuple[list[Slice], str | Non
         at = along[1:][steps < SAME_POSITION_MM][0]
         raise InputError(
             f"the DICOM series in {name} has {duplicates} slice(s) at the same position as another (e.g. {at:.2f} mm)",
-            "it holds duplicated files or several acquisitions (phases, echoes): keep one copy of one acquisition",
+            "duplicated files, or several phases or echoes: keep one copy of one acquisition",
         )
     usual = float(np.median(steps))
     step = (along[-1] - along[0]) / (len(along) - 1)
@@ -183,7 +183,7 @@ def check_slices(slices: list[Slice], name: str) -> tuple[list[Slice], str | Non
     if error > UNEVEN_FRACTION * usual:
         raise InputError(
             f"the DICOM series in {name} has uneven slice spacing ({steps.min():.2f} to {steps.max():.2f} mm)",
-            "resample it onto a regular grid first (e.g. in Slicer), and save it as NRRD",
+            "resample it onto a regular grid first (e.g. in Slicer) and save it as NRRD",
         )
     return ordered, (
         f"the DICOM slices in {name} are unevenly spaced ({steps.min():.3f} to {steps.max():.3f} mm): "
@@ -204,12 +204,27 @@ def _read_files(reader, files: list[str], slices: list[Slice], folder: Path, lim
     reader.SetFileNames(files)
     try:
         with quiet_itk():
-            return reader.Execute()
+            image = reader.Execute()
     except RuntimeError as error:
         raise InputError(
             f"cannot read the DICOM series in {folder.name}: {itk_error_text(error)}",
             "the series may be damaged or compressed in an unsupported way: export it again",
         ) from None
+    if len(files) > 1 and not _placed_as_declared(image, slices):
+        raise InputError(
+            f"the DICOM reader placed the slices of {folder.name} elsewhere than their headers say",
+            "export the series again, or convert it to NRRD in Slicer",
+        )
+    return image
+
+
+def _placed_as_declared(image: sitk.Image, slices: list[Slice]) -> bool:
+    """Whether the stacked volume starts at the first slice and steps to the last one."""
+    first, last = slices[0].position, slices[-1].position
+    index = (0, 0, len(slices) - 1)
+    return np.allclose(image.GetOrigin(), first, atol=1e-3) and np.allclose(
+        image.TransformIndexToPhysicalPoint(index), last, atol=1e-2
+    )
 
 
 def _description(file: str) -> str:
