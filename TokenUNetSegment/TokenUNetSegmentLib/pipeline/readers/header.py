@@ -70,10 +70,6 @@ class ImageHeader:
     def values(self) -> int:
         return math.prod(self.sizes)
 
-    @property
-    def data_bytes(self) -> int:
-        return self.values * self.value_bytes
-
 
 def header_error(name: str, kind: str, problem: str) -> InputError:
     """The error for a header that cannot be parsed."""
