@@ -45,9 +45,12 @@ def read_series(folder: Path, limit: int | None = None) -> tuple[sitk.Image, lis
     """The DICOM series in ``folder`` (the one with most files when there are several) and any warnings."""
     warnings: list[str] = []
     reader = sitk.ImageSeriesReader()
-    with quiet_itk():
-        uids = reader.GetGDCMSeriesIDs(str(folder))
-        series = [(uid, reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids]
+    try:
+        with quiet_itk():
+            uids = reader.GetGDCMSeriesIDs(str(folder))
+            series = [(uid, reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids]
+    except RuntimeError as error:
+        raise InputError(f"cannot list the DICOM files in {folder.name}: {itk_error_text(error)}") from None
     if not series:
         raise InputError(
             f"{folder} is a folder without a DICOM series", "pass an image file or a folder of DICOM slices"
