@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from helpers.packages import ball_phantom, threshold_package
+from TokenUNetSegmentLib.pipeline.errors import InputError
 from TokenUNetSegmentLib.pipeline.outputs import (
     ATTENTION_DIR,
     MAP_STEPS,
@@ -49,12 +50,12 @@ def test_the_folder_reads_back_as_the_result_it_was_written_from(result, tmp_pat
 
 def test_the_reader_refuses_maps_on_the_input_grid_and_another_geometry(result, tmp_path):
     write_outputs(result, tmp_path / "input", attention_grid="input", overview=False)
-    with pytest.raises(ValueError, match="not written on the token grid"):
+    with pytest.raises(InputError, match="not written on the token grid"):
         read_outputs(tmp_path / "input")
     write_outputs(result, tmp_path / "token", attention_grid="token", overview=False)
     moved = AFFINE.copy()
     moved[0, 3] += 5.0
-    with pytest.raises(ValueError, match="geometry differs"):
+    with pytest.raises(InputError, match="geometry differs"):
         read_outputs(tmp_path / "token", moved)
 
 

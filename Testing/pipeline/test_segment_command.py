@@ -143,14 +143,16 @@ def test_cancelled_run_leaves_no_output(cli_case, tmp_path):
 
     with pytest.raises(CancelledError):
         segment_command.run_segment(args, cancel=cancel)
-    assert not out.exists()
-    # an existing folder keeps its content and gets nothing new
-    out.mkdir()
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []  # no staging folder, no lock
+    # a previous result (with a file of the user's) keeps its content and gets nothing new
+    assert segment_command.run_segment(args) == 0
     (out / "mine.txt").write_text("keep")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     calls.clear()
     with pytest.raises(CancelledError):
         segment_command.run_segment(args, cancel=cancel)
-    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

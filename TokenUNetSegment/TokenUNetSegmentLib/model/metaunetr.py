@@ -14,6 +14,7 @@ from torch import nn
 
 from .metaformer import MetaFormerEncoder
 from .registry import register_network
+from .sizes import NetworkSize, metaunetr_size
 from .token_mixers import FIXED_SIZE_MIXERS, MIXERS
 from .tricruci import RECURRENT_CELLS
 from .validation import check_volume_batch
@@ -195,8 +196,15 @@ def _metaunetr_factory(mixer: str):
     return factory
 
 
+def _metaunetr_sizer(mixer: str):
+    def size(in_channels: int, out_channels: int, **overrides) -> NetworkSize:
+        return metaunetr_size(in_channels, out_channels, mixer=mixer, **overrides)
+
+    return size
+
+
 METAUNETR_NAMES = tuple(f"MetaUNETR-{mixer}" for mixer in MIXERS)
 """Registered names, one per token mixer."""
 
 for _mixer in MIXERS:
-    register_network(f"MetaUNETR-{_mixer}", _metaunetr_factory(_mixer))
+    register_network(f"MetaUNETR-{_mixer}", _metaunetr_factory(_mixer), _metaunetr_sizer(_mixer))

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .sizes import NetworkSize, token_unet_size
 from .token_unet import TokenUNet
 
 TOKEN_UNET_VARIANTS: dict[str, dict] = {
@@ -21,11 +22,17 @@ TOKEN_UNET_VARIANTS: dict[str, dict] = {
 """The Token-UNet variants of the paper: token count and token processor."""
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
+_SIZES: dict[str, Callable[..., NetworkSize]] = {}
 
 
-def register_network(name: str, factory: Callable[..., nn.Module]) -> None:
-    """Make ``factory(in_channels, out_channels, **overrides)`` available as ``name``."""
+def register_network(
+    name: str, factory: Callable[..., nn.Module], size: Callable[..., NetworkSize] | None = None
+) -> None:
+    """Make ``factory(in_channels, out_channels, **overrides)`` available as ``name``; ``size`` (same arguments)
+    gives its :class:`.sizes.NetworkSize` without building it (else it is measured on PyTorch's meta device)."""
     _FACTORIES[name] = factory
+    if size is not None:
+        _SIZES[name] = size
 
 
 def network_names() -> list[str]:
@@ -54,6 +61,34 @@ def build_network(name: str, in_channels: int, out_channels: int, **overrides) -
         raise ValueError(f"invalid argument for network '{name}': {error}") from None
 
 
+def network_size(name: str, in_channels: int, out_channels: int, **overrides) -> NetworkSize:
+    """The size of ``build_network(name, in_channels, out_channels, **overrides)``, without allocating it.
+
+    Raises:
+        ValueError: unknown name, or an argument the network does not accept or that is out of range.
+    """
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown network '{name}'; choose one of {', '.join(network_names())}.")
+    try:
+        if name in _SIZES:
+            return _SIZES[name](in_channels, out_channels, **overrides)
+        return _measured_size(name, in_channels, out_channels, **overrides)
+    except TypeError as error:
+        raise ValueError(f"invalid argument for network '{name}': {error}") from None
+
+
+def _measured_size(name: str, in_channels: int, out_channels: int, **overrides) -> NetworkSize:
+    """A network registered without a size formula, built on the meta device (no memory) and counted."""
+    import torch
+
+    with torch.device("meta"):
+        network = _FACTORIES[name](in_channels, out_channels, **overrides)
+    widest = max((m.out_channels for m in network.modules() if isinstance(m, nn.Conv3d)), default=32)
+    return NetworkSize(
+        float(sum(p.numel() for p in network.parameters())), float(in_channels + out_channels + 6 * widest)
+    )
+
+
 def _token_unet_factory(variant: dict) -> Callable[..., nn.Module]:
     def factory(in_channels: int, out_channels: int, **overrides) -> nn.Module:
         return TokenUNet(in_channels, out_channels, **{**variant, **overrides})
@@ -61,5 +96,12 @@ def _token_unet_factory(variant: dict) -> Callable[..., nn.Module]:
     return factory
 
 
+def _token_unet_sizer(variant: dict) -> Callable[..., NetworkSize]:
+    def size(in_channels: int, out_channels: int, **overrides) -> NetworkSize:
+        return token_unet_size(in_channels, out_channels, **{**variant, **overrides})
+
+    return size
+
+
 for _name, _variant in TOKEN_UNET_VARIANTS.items():
-    register_network(_name, _token_unet_factory(_variant))
+    register_network(_name, _token_unet_factory(_variant), _token_unet_sizer(_variant))

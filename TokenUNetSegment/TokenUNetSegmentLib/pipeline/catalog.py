@@ -3,33 +3,59 @@
 The cache lives outside the extension folder: ``$TOKENUNET_HOME/models/<id>/`` (default
 ``~/.tokenunet``), so every Slicer version and the command line share downloaded and imported packages.
 Listing and resolving read metadata only (no torch); loading a network is :mod:`.package_loader`'s job.
+
+The cache is only ever touched inside its own folder: ids are matched in full against the schema's pattern
+wherever they come in (so an id is never a path), a package is written into a staging folder in the cache and
+swapped into place under a lock (:mod:`.output_folder`), and removing deletes only the files the tool wrote. The
+catalog's ids belong to the catalog: a package with a bundled model's id is never imported, and a cached folder
+named like a bundled model is ignored (with a warning), so the bundled models can be neither removed nor shadowed.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-import shutil
 import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from .checksums import sha256_file
-from .errors import CancelledError, ModelPackageError
+from .errors import CancelledError, ModelPackageError, OutputError
+from .json_files import read_json_file
 from .jsonschema_lite import validation_errors
-from .metadata import load_schema
-from .package_source import METADATA_FILE, TEXT_FILES, PackageSource, read_metadata
+from .metadata import check_model_id, load_schema, model_id_problem
+from .output_folder import OutputFolder, remove_listed_files
+from .package_source import LICENSE_FILE, METADATA_FILE, README_FILE, TEXT_FILES, PackageSource, read_metadata
 from .progress import cancel_requested
+
+log = logging.getLogger(__name__)
 
 HOME_VARIABLE = "TOKENUNET_HOME"
 DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "Resources" / "Models.json"
 
 
 def tokenunet_home() -> Path:
-    """The per-user folder: ``$TOKENUNET_HOME`` if set, else ``~/.tokenunet``."""
-    value = os.environ.get(HOME_VARIABLE)
-    return Path(value).expanduser() if value else Path.home() / ".tokenunet"
+    """The per-user folder: ``$TOKENUNET_HOME`` if set, else ``~/.tokenunet`` (an absolute path)."""
+    value = os.environ.get(HOME_VARIABLE, "").strip()
+    try:
+        return Path(value).expanduser().absolute() if value else Path.home() / ".tokenunet"
+    except (RuntimeError, KeyError, OSError):  # no home folder can be found (HOME unset, no user entry)
+        raise ModelPackageError(
+            "cannot find a home folder for the model cache", f"set {HOME_VARIABLE} to a folder you can write to"
+        ) from None
+
+
+def package_files(folder: Path) -> set[str] | None:
+    """The files of a package folder written before manifests existed (None when it is no package)."""
+    if not (folder / METADATA_FILE).is_file():
+        return None
+    weights = (
+        {f"models/{p.name}" for p in (folder / "models").glob("*.safetensors")}
+        if (folder / "models").is_dir()
+        else set()
+    )
+    return {METADATA_FILE, LICENSE_FILE, README_FILE, *weights}
 
 
 @dataclass
@@ -71,10 +97,7 @@ class ModelStore:
         """The validated catalog (an empty one when the file does not exist)."""
         if not self.catalog_path.exists():
             return {"models": []}
-        try:
-            data = json.loads(self.catalog_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ModelPackageError(f"model catalog {self.catalog_path} is not valid JSON ({error})") from None
+        data = read_json_file(self.catalog_path, f"model catalog {self.catalog_path}", ModelPackageError)
         problems = validation_errors(data, load_schema("catalog"))
         if problems:
             raise ModelPackageError(f"invalid model catalog {self.catalog_path}: {'; '.join(problems[:3])}")
@@ -85,17 +108,29 @@ class ModelStore:
         return self.catalog().get("default")
 
     def entries(self) -> list[ModelEntry]:
-        """Every cached package, then every catalog entry not shadowed by a cached copy."""
+        """Every cached package, then every catalog entry not replaced by a cached copy (a downloaded model).
+
+        Cached folders that are not plain folders named by a valid id, whose metadata names another id, or that are
+        named like a bundled model (case ignored) are left out with a warning.
+        """
+        catalog = self.catalog()["models"]
+        bundled = {item["id"].lower(): item["id"] for item in catalog if "path" in item}
         found: dict[str, ModelEntry] = {}
-        if self.cache_dir.is_dir():
-            for folder in sorted(self.cache_dir.iterdir()):
-                if (folder / METADATA_FILE).is_file():
-                    try:
-                        metadata = read_metadata(folder)
-                    except ModelPackageError:
-                        continue
-                    found[folder.name] = ModelEntry(folder.name, metadata.description, "cached", folder)
-        for item in self.catalog()["models"]:
+        for folder in self._cached_folders():
+            if folder.name.lower() in bundled:
+                name = bundled[folder.name.lower()]
+                log.warning(f"ignored the cached folder {folder}: it is named like the bundled model '{name}'")
+                continue
+            try:
+                metadata = read_metadata(folder)
+            except ModelPackageError as error:
+                log.warning(f"ignored the cached folder {folder}: {error.message}")
+                continue
+            if metadata.id != folder.name:
+                log.warning(f"ignored the cached folder {folder}: its metadata names the model '{metadata.id}'")
+                continue
+            found[folder.name] = ModelEntry(folder.name, metadata.description, "cached", folder)
+        for item in catalog:
             if item["id"] in found:
                 continue
             if "path" in item:
@@ -110,14 +145,41 @@ class ModelStore:
             found[item["id"]] = entry
         return list(found.values())
 
+    def protected_folders(self) -> list[tuple[Path, str]]:
+        """The folders no output may be written into: the cache and the bundled packages (``(path, what)``)."""
+        folders = [(self.cache_dir, "the model cache")]
+        for item in self.catalog()["models"]:
+            if "path" in item:
+                folders.append((self.catalog_path.parent / item["path"], f"the bundled model '{item['id']}'"))
+        return folders
+
+    def _cached_folders(self) -> list[Path]:
+        """The cache's package folders: plain folders named by a valid id and holding metadata (sorted)."""
+        try:
+            names = sorted(os.listdir(self.cache_dir)) if self.cache_dir.is_dir() else []
+        except OSError as error:
+            log.warning(f"cannot list the model cache {self.cache_dir}: {error.strerror or error}")
+            return []
+        folders = []
+        for name in names:
+            folder = self.cache_dir / name
+            if name.startswith(".") or model_id_problem(name) or not (folder / METADATA_FILE).is_file():
+                continue
+            if folder.is_symlink():
+                log.warning(f"ignored the cached folder {folder}: it is a link")
+                continue
+            folders.append(folder)
+        return folders
+
     def entry(self, model_id: str) -> ModelEntry:
+        check_model_id(model_id)
         for entry in self.entries():
             if entry.id == model_id:
                 return entry
         known = ", ".join(e.id for e in self.entries()) or "none"
         raise ModelPackageError(
             f"unknown model id '{model_id}'",
-            f"known models: {known}; or pass the path of a package folder or .zip",
+            f"known models: {known[:80]}; or pass the path of a package folder or .zip",
         )
 
     def resolve(self, model: str | Path | None, progress=None, cancel=None) -> Path:
@@ -144,17 +206,38 @@ class ModelStore:
         return entry_or_path.input_names
 
     def _locate(self, model: str | Path | None) -> Path | ModelEntry:
-        """A local package path, or the catalog entry of a model that must be downloaded first."""
+        """A local package path, or the catalog entry of a model that must be downloaded first.
+
+        A valid model id that the store knows is that model, even when a file or folder of the same name exists
+        in the working folder (a local package can never stand in for a bundled model); anything else must be an
+        existing package path.
+        """
         if model is None or str(model) == "":
             model = self.default_id()
             if model is None:
                 raise ModelPackageError("no model given and the catalog names no default", "pass --model ID|PATH")
-        path = Path(model).expanduser()
-        if path.exists():
+        text = os.fspath(model) if isinstance(model, (str, os.PathLike)) else model
+        if not isinstance(text, str):
+            raise ModelPackageError(f"a model is an id or a package path, got {type(model).__name__}")
+        if model_id_problem(text) is None:
+            known = {entry.id: entry for entry in self.entries()}
+            if text in known:
+                return self._local(known[text])
+            if _existing(text) is None:
+                self.entry(text)  # raises: unknown id, naming the known ones
+        path = _existing(text)
+        if path is not None:
             return path
-        if any(sep in str(model) for sep in ("/", "\\")) or str(model).endswith(".zip"):
-            raise ModelPackageError(f"model package not found: {model}")
-        entry = self.entry(str(model))
+        if (
+            model_id_problem(text) is not None
+            and not any(sep in text for sep in ("/", "\\"))
+            and not text.endswith(".zip")
+        ):
+            raise ModelPackageError(model_id_problem(text), "pass a model id (tokenunet models list) or a package path")
+        raise ModelPackageError(f"model package not found: {text[:150]}")
+
+    @staticmethod
+    def _local(entry: ModelEntry) -> Path | ModelEntry:
         if entry.source == "downloadable":
             return entry
         if not entry.available:
@@ -175,8 +258,8 @@ class ModelStore:
         ``progress(fraction)`` is called as bytes arrive (when the size is known); ``cancel`` (an object with
         ``is_set()``, or a callable) stops the download between chunks with :class:`CancelledError`.
         """
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.cache_dir) as scratch:
+        self._make_cache()
+        with tempfile.TemporaryDirectory(prefix=".download-", dir=self.cache_dir) as scratch:
             target = Path(scratch) / f"{entry.id}.zip"
             try:
                 with urllib.request.urlopen(entry.url, timeout=60) as response, open(target, "wb") as out:
@@ -196,36 +279,95 @@ class ModelStore:
             return self.import_package(target, expected_id=entry.id)
 
     def import_package(self, path: str | Path, overwrite: bool = False, expected_id: str | None = None) -> Path:
-        """Copy a package folder or zip into the cache after checking it fully; returns the cached folder."""
+        """Copy a package folder or zip into the cache after checking it fully; returns the cached folder.
+
+        Refused: a package whose id belongs to the catalog (unless it is the catalog's download of that id,
+        ``expected_id``), or that is already cached (case ignored) unless ``overwrite``. Only the package's own
+        files are copied, into a staging folder in the cache that replaces the cached one all at once.
+        """
         from .package_loader import load_package
 
         path = Path(path)
         package = load_package(path)  # validates metadata, checksum and weights
-        model_id = package.id
+        model_id = check_model_id(package.id)
         if expected_id and model_id != expected_id:
             raise ModelPackageError(f"the package's id is '{model_id}', expected '{expected_id}'")
-        target = self.cache_dir / model_id
-        if target.exists() and not overwrite:
+        catalog = {item["id"].lower(): item for item in self.catalog()["models"]}
+        owner = catalog.get(model_id.lower())
+        if owner is not None and not (expected_id and "path" not in owner and owner["id"] == model_id):
+            kind = "bundled" if "path" in owner else "downloadable"
             raise ModelPackageError(
-                f"model '{model_id}' is already in the cache at {target}", "remove it first, or import with overwrite"
+                f"the id '{model_id}' belongs to the {kind} model '{owner['id']}' and cannot be replaced",
+                "give the package another id (tokenunet.id in its configs/metadata.json)",
             )
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.cache_dir) as scratch:
-            staging = Path(scratch) / model_id
-            PackageSource(path).extract_to(staging, (*TEXT_FILES, package.config.weights.file))
-            if target.exists():
-                shutil.rmtree(target)
-            staging.rename(target)
+        taken = [folder.name for folder in self._cached_folders() if folder.name.lower() == model_id.lower()]
+        if taken and taken[0] != model_id:
+            raise ModelPackageError(
+                f"the cache holds '{taken[0]}', which differs from '{model_id}' only in case",
+                f"remove {taken[0]} first",
+            )
+        target = self.cache_dir / model_id
+        if (taken or os.path.lexists(target)) and not overwrite:
+            raise ModelPackageError(
+                f"model '{model_id}' is already in the cache", "remove it first, or import with --overwrite"
+            )
+        self._make_cache()
+        if target.is_symlink():
+            target.unlink()  # a link in the cache is replaced by the package, never written through
+        folder = OutputFolder(target, "models import", legacy_files=package_files)
+        try:
+            with folder:
+                with folder.writing(), PackageSource(path) as source:
+                    source.extract_to(folder.staging, (*TEXT_FILES, package.config.weights.file))
+                folder.commit()
+        except OutputError as error:
+            raise ModelPackageError(
+                f"cannot install '{model_id}' in the model cache: {error.message}", error.hint
+            ) from None
+        for message in folder.warnings:
+            log.warning(message)
         return target
 
     def remove(self, model_id: str) -> Path:
-        """Delete a cached package (bundled packages cannot be removed)."""
+        """Delete a cached package: only the files the tool wrote, only inside the cache (never a bundled model)."""
+        check_model_id(model_id)
         target = self.cache_dir / model_id
-        if not (target / METADATA_FILE).is_file():
+        if not (target.is_symlink() or (target / METADATA_FILE).is_file()):
             entry = self.entry(model_id)  # raises for unknown ids
             raise ModelPackageError(f"model '{model_id}' is {entry.source}, not in the cache; nothing to remove")
-        shutil.rmtree(target)
+        if target.is_symlink():
+            target.unlink()  # a link someone put into the cache: the link goes, never what it points to
+            return target
+        try:
+            kept = remove_listed_files(target, "models remove", package_files, first=(METADATA_FILE,))
+        except OutputError as error:
+            raise ModelPackageError(f"cannot remove '{model_id}': {error.message}", error.hint) from None
+        if kept:
+            log.warning(f"kept {target}: it also holds files TokenUNet did not write ({kept[0]})")
         return target
+
+    def _make_cache(self) -> None:
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            writable = os.access(self.cache_dir, os.W_OK | os.X_OK)
+        except OSError as error:
+            raise ModelPackageError(
+                f"cannot create the model cache {self.cache_dir}: {error.strerror or error}",
+                f"set {HOME_VARIABLE} to a folder you can write to",
+            ) from None
+        if not writable:
+            raise ModelPackageError(
+                f"cannot write to the model cache {self.cache_dir}", f"set {HOME_VARIABLE} to a folder you can write to"
+            )
+
+
+def _existing(text: str) -> Path | None:
+    """``text`` as an existing path, or None (also for names no file system accepts)."""
+    try:
+        path = Path(text).expanduser()
+        return path if path.exists() else None
+    except (OSError, ValueError, RuntimeError):
+        return None
 
 
 def _copy_with_progress(response, out, progress=None, cancel=None, chunk: int = 1 << 20) -> None:

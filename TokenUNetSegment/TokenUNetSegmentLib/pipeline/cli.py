@@ -11,6 +11,8 @@ traceback only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -120,10 +122,19 @@ class ProgressPrinter:
             self.stream.flush()
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``error: ... (see 'tokenunet segment --help')``) and exit
+    code 2, like every other user error; its subcommand parsers are of the same kind."""
+
+    def error(self, message: str):
+        hint = f"see '{self.prog} --help'"
+        self.exit(ExitCode.USER_ERROR, ErrorEvent(message, "user", hint, "ArgumentError").line() + "\n")
+
+
 def build_parser(*commands: str) -> argparse.ArgumentParser:
     """The parser; the named commands get their arguments declared (importing where they live), the others
     are listed with their help only (enough for ``--help``)."""
-    parser = argparse.ArgumentParser(prog="tokenunet", description="TokenUNet segmentation with token attention maps.")
+    parser = OneLineParser(prog="tokenunet", description="TokenUNet segmentation with token attention maps.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--catalog", default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -138,7 +149,7 @@ def build_parser(*commands: str) -> argparse.ArgumentParser:
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse a command line, declaring the arguments of the command it names only."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    top = argparse.ArgumentParser(add_help=False)
+    top = OneLineParser(prog="tokenunet", add_help=False)
     top.add_argument("--debug", action="store_true")
     top.add_argument("--catalog")
     _, rest = top.parse_known_args(argv)
@@ -150,10 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (see :class:`.run_contract.ExitCode`)."""
     import logging
 
+    for stream in (sys.stdout, sys.stderr):  # file names that are not valid text are printed escaped
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     args = parse_arguments(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # the reader of our output went away (``| head``): nothing left to tell it
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
     except (Exception, KeyboardInterrupt) as error:
         event = ErrorEvent.from_error(error)
         if args.debug and event.category != "cancelled":

@@ -32,6 +32,16 @@ class UnsafeWeightsError(ModelPackageError):
     """A weights file would execute code when loaded, or is in a format we do not load."""
 
 
+class OutputError(TokenUNetError):
+    """An output cannot be written: the destination is a file, not writable, full, locked by another run, or
+    holds files the tool did not write."""
+
+
+class ArgumentError(TokenUNetError, ValueError):
+    """An argument of a pipeline function or command is of the wrong kind or out of range (also a
+    ``ValueError``, so callers that caught that keep working)."""
+
+
 class OutOfMemoryError(TokenUNetError):
     """The run cannot fit in the memory of the chosen device."""
 

@@ -1,7 +1,8 @@
 """A small JSON-schema validator (the subset our schemas use), so the pipeline needs no extra package.
 
 Supported keywords: type, properties, required, additionalProperties (bool or schema), items,
-minItems, maxItems, enum, const, minimum, maximum, exclusiveMinimum, minLength, pattern, oneOf, anyOf,
+minItems, maxItems, enum, const, minimum, maximum, exclusiveMinimum, minLength, maxLength, pattern (``$`` at its
+end matches only the end of the string, as in JSON schema, not before a final newline), oneOf, anyOf,
 $ref to ``#/definitions/...`` or ``#/$defs/...``. Unknown keywords are ignored, as in JSON schema.
 """
 
@@ -19,6 +20,14 @@ _TYPES = {
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
     "null": lambda v: v is None,
 }
+
+
+def pattern_matches(pattern: str, text: str) -> bool:
+    """JSON schema's ``pattern``: a search, where a final ``$`` is the end of the string (Python's ``$`` would also
+    match before a final newline, letting ``"id\\n"`` pass ``^[a-z]+$``)."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.search(pattern, text) is not None
 
 
 def validation_errors(instance: Any, schema: dict, root: dict | None = None, path: str = "$") -> list[str]:
@@ -52,8 +61,10 @@ def validation_errors(instance: Any, schema: dict, root: dict | None = None, pat
     if isinstance(instance, str):
         if len(instance) < schema.get("minLength", 0):
             errors.append(f"{path}: string is shorter than {schema['minLength']}")
-        if "pattern" in schema and not re.search(schema["pattern"], instance):
-            errors.append(f"{path}: {instance!r} does not match {schema['pattern']!r}")
+        if "maxLength" in schema and len(instance) > schema["maxLength"]:
+            errors.append(f"{path}: string is longer than {schema['maxLength']}")
+        if "pattern" in schema and not pattern_matches(schema["pattern"], instance):
+            errors.append(f"{path}: {instance[:80]!r} does not match {schema['pattern']!r}")
     if isinstance(instance, list):
         if len(instance) < schema.get("minItems", 0):
             errors.append(f"{path}: needs at least {schema['minItems']} items")

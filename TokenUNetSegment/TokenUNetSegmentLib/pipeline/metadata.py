@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import InputError, ModelPackageError
-from .jsonschema_lite import validation_errors
+from .jsonschema_lite import pattern_matches, validation_errors
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 ACTIVATIONS = ("softmax", "sigmoid")
@@ -35,6 +35,35 @@ _AXIS_OF = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
 def load_schema(name: str) -> dict:
     """A JSON schema shipped with the pipeline: ``"metadata"`` or ``"catalog"``."""
     return json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text(encoding="utf-8"))
+
+
+ID_RULE = "an id has letters, digits, '.', '_' and '-', up to 100, e.g. abdomen-organs-3mm-demo"
+WINDOWS_DEVICE_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+
+
+def model_id_problem(model_id) -> str | None:
+    """What is wrong with ``model_id`` as a model id (None when it is a valid one).
+
+    A valid id matches the schema's pattern in full (letters, digits, ``.``, ``_``, ``-``; a letter or digit
+    first, no ``.`` last; at most 100 characters) and is no Windows device name (``con``, ``nul.x``...), so it
+    is a safe folder name on every system and never a path.
+    """
+    if not isinstance(model_id, str):
+        return f"a model id must be text, got {type(model_id).__name__}"
+    rule = load_schema("metadata")["properties"]["tokenunet"]["properties"]["id"]
+    if not model_id or len(model_id) > rule["maxLength"] or not pattern_matches(rule["pattern"], model_id):
+        return f"'{model_id[:60]}' is not a valid model id"
+    if model_id.split(".")[0].lower() in WINDOWS_DEVICE_NAMES:
+        return f"'{model_id}' is not a valid model id (a device name on Windows)"
+    return None
+
+
+def check_model_id(model_id) -> str:
+    """``model_id`` when it is a valid model id (see :func:`model_id_problem`), else :class:`ModelPackageError`."""
+    problem = model_id_problem(model_id)
+    if problem:
+        raise ModelPackageError(problem, ID_RULE)
+    return model_id
 
 
 @dataclass(frozen=True)
@@ -321,6 +350,8 @@ def _config_from(section: Mapping) -> PackageConfig:
 def semantic_problems(config: PackageConfig) -> list[str]:
     """The rules a schema cannot express: channel counts, windows, orientation, unique labels, output channels."""
     problems = []
+    if config.id.split(".")[0].lower() in WINDOWS_DEVICE_NAMES:
+        problems.append(f"id '{config.id}' is a device name on Windows")
     arch = config.architecture
     if len(config.inputs) != arch.in_channels:
         problems.append(f"{len(config.inputs)} inputs declared for a network with {arch.in_channels} channels")

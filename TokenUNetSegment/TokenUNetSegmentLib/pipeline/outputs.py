@@ -8,25 +8,26 @@ Layout::
     overview.png                            unless --no-overview
     report.json                             timings, device, label volumes, token matches, the files above
 
-Files are written into a staging folder and moved into place only when all are complete, so a failed or
-cancelled run leaves no partial output. The reader turns a folder back into a :class:`SegmentationResult`
-(the subprocess run's way back; no torch).
+The folder is written all at once (:class:`.output_folder.OutputFolder`): into a staging folder beside it, swapped
+into place when every file is complete, under a lock, with a manifest of the files written; a failed or cancelled
+run leaves the previous result as it was, and a re-run keeps the user's own files in the folder. The reader turns
+a folder back into a :class:`SegmentationResult` (the subprocess run's way back; no torch).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 
+from .errors import ArgumentError, InputError
 from .geometry import Grid
 from .metadata import Label
 from .nrrd import write_nrrd, write_segmentation
+from .output_folder import OutputFolder
 from .result import SegmentationResult, TokenMaps
 
 SEGMENTATION_FILE = "segmentation.seg.nrrd"
@@ -56,14 +57,59 @@ def choose_attention_grid(choice: str, kinds: int, tokens: int, voxels: int, lim
     if choice in ("input", "token"):
         return choice
     if choice != "auto":
-        raise ValueError(f"unknown attention grid '{choice}'; choose one of {', '.join(ATTENTION_GRIDS)}")
+        raise ArgumentError(f"unknown attention grid '{choice}'", f"choose one of {', '.join(ATTENTION_GRIDS)}")
     limit = AUTO_INPUT_GRID_LIMIT if limit is None else limit
     return "input" if kinds * tokens * voxels * 4 <= limit else "token"
 
 
+RESERVED_FILES = (
+    SEGMENTATION_FILE,
+    REPORT_FILE,
+    OVERVIEW_FILE,
+    f"{ATTENTION_DIR}/token*_*.nrrd",
+    f"{PROBABILITY_DIR}/*.nrrd",
+)
+"""What a run may write in its folder (a user's file by one of these names refuses the run before it starts)."""
+
+
+def output_folder(out_dir: str | Path, protected=()) -> OutputFolder:
+    """The :class:`.output_folder.OutputFolder` of a segmentation run (``protected``: ``(folder, what)`` pairs the
+    output may not be inside, such as the model cache), not yet opened."""
+    return OutputFolder(
+        out_dir, "segment", reserved=RESERVED_FILES, legacy_files=_files_of_a_result, protected=protected
+    )
+
+
+def estimate_output_bytes(
+    voxels: int, labels: int, token_maps: int = 0, token_voxels: int = 0, probabilities: bool = False
+) -> int:
+    """About the bytes a result of ``voxels`` input voxels takes on disk (compressed as written; token maps on
+    the input grid unless ``token_voxels``, the token grid's size, is given)."""
+    maps = token_maps * (token_voxels or voxels) * 4 // 2  # maps in steps of 1/1024 compress to about 40 %
+    return int(voxels + maps + (labels * voxels * 4 if probabilities else 0) + 2**20)
+
+
+def _files_of_a_result(folder: Path) -> set[str] | None:
+    """The files of a result written before manifests existed (its report lists them), or None."""
+    try:
+        report = json.loads((folder / REPORT_FILE).read_text(encoding="utf-8"))
+        listed = set(report["files"]) if isinstance(report, dict) and isinstance(report.get("files"), list) else None
+    except (OSError, ValueError, TypeError):
+        return None
+    if not listed or SEGMENTATION_FILE not in listed:
+        return None
+    names = {name for name in (SEGMENTATION_FILE, REPORT_FILE, OVERVIEW_FILE) if name in listed}
+    for entry in (report.get("attention_maps") or []) if ATTENTION_DIR in listed else []:
+        if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+            names.add(entry["file"])
+    if PROBABILITY_DIR in listed and (folder / PROBABILITY_DIR).is_dir():
+        names.update(f"{PROBABILITY_DIR}/{p.name}" for p in (folder / PROBABILITY_DIR).glob("*.nrrd"))
+    return names
+
+
 def write_outputs(
     result: SegmentationResult,
-    out_dir: str | Path,
+    out_dir: str | Path | OutputFolder,
     *,
     image=None,
     window=None,
@@ -72,64 +118,64 @@ def write_outputs(
     extra_report: dict | None = None,
     progress=None,
 ) -> dict[str, Path]:
-    """Write every output of ``result`` into ``out_dir`` (created if needed); returns role -> path.
+    """Write every output of ``result`` into ``out_dir`` all at once (created if needed); returns role -> path.
 
     Args:
         result: a SegmentationResult.
+        out_dir: the folder, or an :class:`.output_folder.OutputFolder` the caller opened before computing (it
+            is committed here).
         image: the first input channel's array (i, j, k) for the overview (skipped when None).
         window: display window (low, high) for the overview.
         attention_grid: ``"input"`` maps each token map onto the input grid (exactly its geometry);
             ``"token"`` writes the coarse token grid with its own geometry (small and fast; same place in space);
             ``"auto"``: see :func:`choose_attention_grid`.
         progress: optional ``progress(fraction)`` called after each file.
+
+    Raises:
+        OutputError: the folder cannot be written (a file, not writable, full, in use by another run, or holding
+            files of the user's that this run would replace); the folder is then as it was.
     """
     from .overview import render_overview
     from .versions import describe_environment
 
-    out_dir = Path(out_dir)
+    if not isinstance(result, SegmentationResult):
+        raise ArgumentError(f"write_outputs needs a SegmentationResult, got {type(result).__name__}")
     maps = result.token_maps
     grid = choose_attention_grid(
         attention_grid, len(maps.kinds) if maps else 0, maps.num_tokens if maps else 0, result.labels.size
     )
-    staging = Path(tempfile.mkdtemp(prefix="tokenunet-run-"))
-    written: dict[str, Path] = {}
-    try:
-        write_segmentation(staging / SEGMENTATION_FILE, result.labels, result.affine, result.label_table)
-        written["segmentation"] = Path(SEGMENTATION_FILE)
-        entries = []
-        if maps is not None:
-            (staging / ATTENTION_DIR).mkdir()
-            entries = _write_token_maps(result, staging, grid, progress)
-            written["attention"] = Path(ATTENTION_DIR)
-        if result.probabilities:
-            (staging / PROBABILITY_DIR).mkdir()
-            for name, array in result.probabilities.items():
-                write_nrrd(staging / probability_file(name), array, result.affine)
-            written["probabilities"] = Path(PROBABILITY_DIR)
-        if overview and image is not None:
-            render_overview(staging / OVERVIEW_FILE, image, result, window)
-            written["overview"] = Path(OVERVIEW_FILE)
-        report = result.report()
-        report["environment"] = describe_environment()
-        report["attention_maps"] = entries
-        report["attention_grid"] = grid
-        report.update(extra_report or {})
-        report["files"] = sorted(str(p) for p in written.values()) + [REPORT_FILE]
-        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
-        written["report"] = Path(REPORT_FILE)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for relative in written.values():
-            target = out_dir / relative
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-            shutil.move(str(staging / relative), str(target))
-        if progress:
-            progress(1.0)
-        return {key: out_dir / relative for key, relative in written.items()}
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    folder = out_dir if isinstance(out_dir, OutputFolder) else output_folder(out_dir)
+    with folder:
+        staging = folder.staging
+        written: dict[str, Path] = {}
+        with folder.writing():
+            write_segmentation(staging / SEGMENTATION_FILE, result.labels, result.affine, result.label_table)
+            written["segmentation"] = Path(SEGMENTATION_FILE)
+            entries = []
+            if maps is not None:
+                (staging / ATTENTION_DIR).mkdir()
+                entries = _write_token_maps(result, staging, grid, progress)
+                written["attention"] = Path(ATTENTION_DIR)
+            if result.probabilities:
+                (staging / PROBABILITY_DIR).mkdir()
+                for name, array in result.probabilities.items():
+                    write_nrrd(staging / probability_file(name), array, result.affine)
+                written["probabilities"] = Path(PROBABILITY_DIR)
+            if overview and image is not None:
+                render_overview(staging / OVERVIEW_FILE, image, result, window)
+                written["overview"] = Path(OVERVIEW_FILE)
+            report = result.report()
+            report["environment"] = describe_environment()
+            report["attention_maps"] = entries
+            report["attention_grid"] = grid
+            report.update(extra_report or {})
+            report["files"] = sorted(str(p) for p in written.values()) + [REPORT_FILE]
+            (staging / REPORT_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
+            written["report"] = Path(REPORT_FILE)
+        destination = folder.commit()
+    if progress:
+        progress(1.0)
+    return {key: destination / relative for key, relative in written.items()}
 
 
 def _write_token_maps(result: SegmentationResult, staging: Path, grid: str, progress) -> list[dict]:
@@ -174,17 +220,21 @@ def read_outputs(folder: str | Path, input_affine=None) -> SegmentationResult:
     ``input_affine`` (the first input's IJK -> RAS) replaces the files' affine, which NRRD stores rounded.
 
     Raises:
-        ValueError: the folder's geometry differs from ``input_affine`` or its maps are on the input grid.
+        InputError: the folder is no complete result, its geometry differs from ``input_affine`` or its maps are
+            on the input grid.
     """
+    from .json_files import read_json_file
     from .volumes import read_volume
 
     folder = Path(folder)
-    report = json.loads((folder / REPORT_FILE).read_text(encoding="utf-8"))
+    report = read_json_file(folder / REPORT_FILE)
+    if not isinstance(report, dict) or not isinstance(report.get("labels"), list):
+        raise InputError(f"{folder / REPORT_FILE} is not the report of a segmentation run")
     labels_volume = read_volume(folder / SEGMENTATION_FILE)
     affine = labels_volume.affine
     if input_affine is not None:
         if not np.allclose(affine, input_affine, atol=1e-3):
-            raise ValueError("the segmentation's geometry differs from the input's")
+            raise InputError("the segmentation's geometry differs from the input's")
         affine = np.asarray(input_affine, float)
     labels = np.ascontiguousarray(labels_volume.array, dtype=np.uint8)
     table = [Label(e["value"], e["name"], tuple(e["color"]), None, e.get("terminology")) for e in report["labels"]]
@@ -192,7 +242,7 @@ def read_outputs(folder: str | Path, input_affine=None) -> SegmentationResult:
     entries = report.get("attention_maps") or []
     if entries:
         if report.get("attention_grid") != "token":
-            raise ValueError("the attention maps were not written on the token grid")
+            raise InputError("the attention maps were not written on the token grid")
         coarse, grid = {}, None
         for kind in dict.fromkeys(m["kind"] for m in entries):
             ordered = sorted((m for m in entries if m["kind"] == kind), key=lambda m: m["token"])

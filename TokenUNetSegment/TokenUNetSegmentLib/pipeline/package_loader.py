@@ -7,9 +7,10 @@ from pathlib import Path
 
 from torch import nn
 
-from ..model import build_network
+from ..model import NetworkSize, build_network, network_size
 from .checksums import verify_sha256
-from .errors import ModelPackageError
+from .errors import ModelPackageError, OutOfMemoryError
+from .memory import format_size, memory_limit
 from .metadata import Architecture, Label, PackageConfig, PackageMetadata
 from .network import SegmentationNetwork, check_network
 from .package_source import PackageSource
@@ -45,16 +46,41 @@ class ModelPackage:
         return self.config.input_names
 
 
-def build_package_network(architecture: Architecture | PackageConfig) -> nn.Module:
-    """The network a package declares (random weights), built through the model registry."""
+def build_package_network(architecture: Architecture | PackageConfig, roi_size=None) -> nn.Module:
+    """The network a package declares (random weights), built through the model registry once
+    :func:`check_network_fits` has found that it fits in memory (``roi_size``: the window it will run on)."""
     if isinstance(architecture, PackageConfig):
+        roi_size = roi_size or architecture.inference.roi_size
         architecture = architecture.architecture
+    check_network_fits(architecture, roi_size)
     try:
         return build_network(
             architecture.name, architecture.in_channels, architecture.out_channels, **architecture.build_arguments()
         )
     except ValueError as error:
         raise ModelPackageError(f"cannot build the package's network: {error}") from None
+
+
+def check_network_fits(architecture: Architecture, roi_size=None, what: str = "the package's network") -> NetworkSize:
+    """The declared network's size, from its configuration alone (nothing is built); refused with
+    :class:`OutOfMemoryError` when its weights (three copies while loading) and one window's activations would
+    not fit in free memory or ``TOKENUNET_MEMORY_LIMIT``."""
+    try:
+        size = network_size(
+            architecture.name, architecture.in_channels, architecture.out_channels, **architecture.build_arguments()
+        )
+    except ValueError as error:
+        raise ModelPackageError(f"cannot build {what}: {error}") from None
+    need = 3 * size.parameter_bytes + (size.window_bytes(roi_size) if roi_size else 0)
+    limit, described = memory_limit()
+    if need > limit:
+        window = f" and run a {'x'.join(str(int(r)) for r in roi_size)} window" if roi_size else ""
+        raise OutOfMemoryError(
+            f"{what} ({architecture.name}, {size.parameters:.3g} parameters) needs about {format_size(need)} to "
+            f"load{window}, over {described} ({format_size(limit)})",
+            "check architecture.parameters and inference.roi_size in the package's metadata, or free memory",
+        )
+    return size
 
 
 def load_package(path: str | Path, expected_sha256: str | None = None) -> ModelPackage:
@@ -71,12 +97,21 @@ def load_package(path: str | Path, expected_sha256: str | None = None) -> ModelP
         ModelPackageError: invalid metadata, checksum mismatch, weights that do not fit the architecture.
     """
     path = Path(path)
-    source = PackageSource(path)
-    metadata = source.read_metadata()
-    config = metadata.config
-    if config.weights is None:  # the schema requires weights in a package; kept for type checkers
-        raise ModelPackageError(f"{path}: the metadata names no weights file")
-    data = source.read(config.weights.file)
+    with PackageSource(path) as source:
+        metadata = source.read_metadata()
+        config = metadata.config
+        if config.weights is None:  # the schema requires weights in a package; kept for type checkers
+            raise ModelPackageError(f"{path}: the metadata names no weights file")
+        size = check_network_fits(config.architecture, config.inference.roi_size, f"the network of model '{config.id}'")
+        declared = source.size(config.weights.file)
+        # float16 (2 bytes a parameter) to float64 (8) plus the safetensors header: checked before anything is built
+        if not 1.9 * size.parameters <= declared <= 8 * size.parameters + 2**20:
+            raise ModelPackageError(
+                f"the weights file of '{config.id}' ({format_size(declared)}) cannot hold the declared network "
+                f"({size.parameters:.3g} parameters, {format_size(size.parameter_bytes)})",
+                "the weights and the architecture do not match",
+            )
+        data = source.read(config.weights.file)
     verify_sha256(data, config.weights.sha256, f"{path}/{config.weights.file}")
     if expected_sha256:
         verify_sha256(data, expected_sha256, f"{path}/{config.weights.file} (catalog checksum)")

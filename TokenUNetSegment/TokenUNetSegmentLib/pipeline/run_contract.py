@@ -69,6 +69,24 @@ class ResultEvent:
     kind: ClassVar[str] = "result"
 
 
+MAX_LINE = 200  # characters of the one line a user error prints
+MAX_MESSAGE = 1000  # characters of an error event's message (a library's error text can be kilobytes long)
+
+
+def one_line(prefix: str, message: str, hint: str | None = None, limit: int = MAX_LINE) -> str:
+    """``prefix message (hint)`` on one line of at most ``limit`` characters: whitespace collapsed, the hint kept
+    (up to half the line) and the message shortened in its middle, where long paths are."""
+    message = " ".join(str(message).split())
+    hint_part = f" ({' '.join(str(hint).split())})" if hint else ""
+    if len(hint_part) > limit // 2:
+        hint_part = hint_part[: limit // 2 - 4] + "...)"
+    room = limit - len(prefix) - len(hint_part)
+    if len(message) > room:
+        head = (room - 3) * 2 // 3
+        message = message[:head] + "..." + message[len(message) - (room - 3 - head) :]
+    return f"{prefix}{message}{hint_part}"
+
+
 ERROR_CATEGORIES = {"user": ExitCode.USER_ERROR, "cancelled": ExitCode.CANCELLED, "internal": ExitCode.INTERNAL_ERROR}
 
 
@@ -93,16 +111,19 @@ class ErrorEvent:
             message = "interrupted" if isinstance(error, KeyboardInterrupt) else "cancelled"
             return cls(message, "cancelled", error_type="CancelledError")
         if isinstance(error, TokenUNetError):
-            return cls(error.message, "user", error.hint, type(error).__name__, error.restart_required)
-        return cls(f"internal error: {type(error).__name__}: {error}", "internal", error_type=type(error).__name__)
+            return cls(
+                str(error.message)[:MAX_MESSAGE], "user", error.hint, type(error).__name__, error.restart_required
+            )
+        text = f"internal error: {type(error).__name__}: {error}"[:MAX_MESSAGE]
+        return cls(text, "internal", error_type=type(error).__name__)
 
     def line(self) -> str:
-        """The one line the command line prints for this error."""
+        """The one line (at most :data:`MAX_LINE` characters) the command line prints for this error."""
         if self.category == "cancelled":
             return f"{self.message}; no output was written"
         if self.category == "internal":
-            return f"{self.message} (run with --debug for the traceback)"
-        return "error: " + (f"{self.message} ({self.hint})" if self.hint else self.message)
+            return one_line("", self.message, "run with --debug for the traceback")
+        return one_line("error: ", self.message, self.hint)
 
     def to_error(self) -> TokenUNetError:
         """The typed error this event describes (its class when the pipeline defines it)."""

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from .arguments import integer, number
 from .cli import WRITE_START, ProgressPrinter
 from .outputs import ATTENTION_GRIDS
 from .run_contract import ExitCode, ResultEvent
@@ -29,8 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", default=None, help="model id or package path (default: the catalog's)")
     parser.add_argument("--out", "-o", required=True, help="output folder")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1)")
-    parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
+    parser.add_argument(
+        "--overlap", type=number(minimum=0.0, below=1.0), default=None, help="sliding-window overlap in [0, 1)"
+    )
+    parser.add_argument("--batch-size", type=integer(minimum=1, maximum=4096), default=None, help="windows per pass")
     parser.add_argument("--probabilities", action="store_true", help="also write per-label probability maps")
     parser.add_argument("--no-heatmaps", action="store_true", help="skip the token attention maps")
     parser.add_argument(
@@ -61,10 +64,12 @@ def _install_cancel_handlers(event: threading.Event) -> list:
 def run_segment(args: argparse.Namespace, cancel=None) -> int:
     """Segment ``args.inputs`` and write the output folder; returns the exit code (errors raise).
 
-    What the user can get wrong (model, input files, their channels) is checked before torch is imported.
+    What the user can get wrong (the output folder, model, input files, their channels, free disk space) is checked
+    before torch is imported; the output folder is locked from the start and replaced only when the run is done.
     """
     from .catalog import ModelStore
     from .metadata import assign_inputs
+    from .outputs import estimate_output_bytes, output_folder
     from .package_source import read_metadata
     from .progress import Progress
     from .volumes import as_volume
@@ -76,9 +81,12 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     def segment_progress(stage: str, fraction: float) -> None:
         printer(stage, WRITE_START * fraction)  # the output files take the rest of the bar
 
+    folder = None
     try:
-        download = Progress(segment_progress, cancel)
         store = ModelStore(getattr(args, "catalog", None))
+        folder = output_folder(args.out, store.protected_folders())
+        folder.open()
+        download = Progress(segment_progress, cancel)
         package_path = store.resolve(args.model, lambda fraction: download.update("download", fraction), cancel)
         config = read_metadata(package_path).config
         inputs = list(args.inputs)
@@ -87,6 +95,13 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
             if all(assigned.values()) and len(set(assigned.values())) == len(inputs):
                 inputs = list(assigned.values())
         volumes = [as_volume(item) for item in inputs]  # read once: segment() and the overview share them
+        tokens = 0 if args.no_heatmaps else 2 * 32  # the most maps a package has (gather and broadcast)
+        token_voxels = volumes[0].array.size // 512 if args.attention_grid == "token" else 0
+        folder.check_space(
+            estimate_output_bytes(
+                volumes[0].array.size, len(config.labels), tokens, token_voxels, probabilities=args.probabilities
+            )
+        )
         from .outputs import write_outputs
         from .package_loader import load_package
         from .segmentation import segment
@@ -117,7 +132,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         }
         outputs = write_outputs(
             result,
-            args.out,
+            folder,
             image=volumes[0].array,
             window=package.config.display_window,
             attention_grid=args.attention_grid,
@@ -126,13 +141,13 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
             progress=lambda f: printer("write", WRITE_START + (1 - WRITE_START) * f),
         )
         printer.close()
-        for message in result.warnings:
+        for message in [*result.warnings, *folder.warnings]:
             printer.warning(message)
         seconds = result.timings["total"] + time.perf_counter() - started
         printer.emit(
             ResultEvent(
-                str(Path(args.out).resolve()),
-                {role: str(path.relative_to(args.out)) for role, path in outputs.items()},
+                str(folder.destination),
+                {role: str(path.relative_to(folder.destination)) for role, path in outputs.items()},
                 tuple(result.warnings),
                 round(seconds, 3),
             )
@@ -144,6 +159,8 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         return ExitCode.OK
     except BaseException:  # errors, cancel, Ctrl-C: end the progress line before the message
         printer.close()
+        if folder is not None:
+            folder.abort()  # the previous result stays as it was
         raise
     finally:
         for signum, handler in handlers:

@@ -1,0 +1,668 @@
+"""All-or-nothing output folders: a run writes a staging folder beside its destination and swaps it into place.
+
+The destination holds the previous complete result or the new complete one, never a mix:
+
+1. :meth:`OutputFolder.open` (before any computation) checks the destination (a folder or creatable, not a file,
+   not inside a protected folder such as the model cache), takes its lock (:mod:`.locks`), recovers what a
+   crashed run left beside it, and creates the staging folder ``.<name>.tokenunet-staging-<pid>-<token>`` in the
+   same parent (so the same file system, where renames are atomic).
+2. The run writes into :attr:`OutputFolder.staging`; :meth:`OutputFolder.writing` turns a full disk or an
+   unwritable file into one :class:`.errors.OutputError` line.
+3. :meth:`OutputFolder.commit` writes the manifest ``.tokenunet-manifest.json`` (every file the run wrote, with
+   its size and modification time), then swaps: on Linux one ``renameat2(RENAME_EXCHANGE)`` call exchanges the
+   two folders atomically; elsewhere the old folder is renamed aside and the new one renamed in (restored on
+   failure). Then the user's own files inside the old folder (any file its manifest does not list, or that
+   changed since it was written) are moved into the new one, and the old folder's listed files are deleted;
+   nothing else is ever deleted. Ctrl-C and SIGTERM wait until the swap is done.
+
+A crash (power loss, ``kill -9``) at any point leaves the destination with the old or the new complete result
+(or, between the two renames of the fallback, no destination and a complete old folder beside it); the next run
+on the same destination restores or cleans up those leftovers under the lock before it starts. A destination that
+holds files no manifest lists (and that is not a result of an older version, see ``legacy_files``) is refused, so
+a user's folder is never swapped or deleted wholesale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fnmatch
+import json
+import os
+import secrets
+import shutil
+import signal
+import stat
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path, PurePosixPath
+
+from .errors import OutputError
+from .locks import DestinationLock, hidden_sibling
+from .memory import format_size
+
+MANIFEST = ".tokenunet-manifest.json"
+STAGING_TAG = ".tokenunet-staging-"
+ASIDE_TAG = ".tokenunet-old-"
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+
+
+def resolve_destination(path: str | Path) -> Path:
+    """The absolute destination with symbolic links resolved (the folder that is really replaced)."""
+    text = os.fspath(path)
+    if not text or "\x00" in text:
+        raise OutputError(f"invalid output path {text!r}", "give a folder name")
+    destination = Path(os.path.realpath(Path(text).expanduser()))
+    if destination.name in ("", ".", ".."):
+        raise OutputError(f"cannot use {destination} as an output folder", "name a folder inside it")
+    return destination
+
+
+class OutputFolder:
+    """The destination folder of one run, written all at once (a context manager that aborts unless committed).
+
+    Args:
+        destination: the folder to (re)place.
+        command: the writer's name, recorded in the manifest and the lock.
+        reserved: patterns (``fnmatch``, relative POSIX paths) of the files this run may write; a file of the
+            user's that matches one refuses the run before it starts instead of being replaced.
+        legacy_files: ``legacy_files(folder)`` -> the files of a result written before manifests existed (None
+            when the folder is not one); such a folder is taken over with those files as the tool's.
+        protected: folders the destination may not be in (e.g. the model cache); ``(path, what)`` pairs.
+    """
+
+    def __init__(
+        self,
+        destination: str | Path,
+        command: str,
+        *,
+        reserved: Iterable[str] = (),
+        legacy_files: Callable[[Path], set[str] | None] | None = None,
+        protected: Iterable[tuple[Path, str]] = (),
+    ):
+        self.destination = resolve_destination(destination)
+        self.command = command
+        self.reserved = tuple(reserved)
+        self.legacy_files = legacy_files
+        self.protected = tuple(protected)
+        self.staging: Path | None = None
+        self.warnings: list[str] = []
+        self.committed = False
+        self._lock = DestinationLock(self.destination, command)
+        self._created: list[Path] = []
+
+    # -- opening ---------------------------------------------------------------------------------------------
+
+    def __enter__(self) -> OutputFolder:
+        if self.staging is None:
+            self.open()
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if not self.committed:
+            self.abort()
+
+    def open(self) -> Path:
+        """Check the destination, lock it, clean up after crashed runs, create the staging folder; returns it."""
+        destination = self.destination
+        self._check_protected()
+        if destination.exists() and not destination.is_dir():
+            raise OutputError(f"the output path {destination} is a file, not a folder", "choose a folder")
+        self._make_parents()
+        self._lock.acquire()
+        try:
+            self._recover()
+            self._owned_files()  # refuses a folder of the user's before anything is computed
+            self._check_collisions(self.reserved, patterns=True)
+            staging = (
+                destination.parent / f"{hidden_sibling(destination, STAGING_TAG)}{os.getpid()}-{secrets.token_hex(4)}"
+            )
+            staging.mkdir()
+            _write_manifest(staging, {"state": "staging", "written_by": self.command})
+        except OSError as error:
+            self._release()
+            raise _os_output_error(error, destination) from None
+        except BaseException:
+            self._release()
+            raise
+        self.staging = staging
+        return staging
+
+    def _check_protected(self) -> None:
+        for folder, what in self.protected:
+            try:
+                inside = self.destination == Path(os.path.realpath(folder)) or self.destination.is_relative_to(
+                    os.path.realpath(folder)
+                )
+            except (OSError, ValueError):
+                inside = False
+            if inside:
+                raise OutputError(f"the output folder {self.destination} is inside {what}", "choose another folder")
+
+    def _make_parents(self) -> None:
+        missing = []
+        parent = self.destination.parent
+        while not parent.exists():
+            missing.append(parent)
+            parent = parent.parent
+        if not parent.is_dir():
+            raise OutputError(f"cannot create {self.destination}: {parent} is a file", "choose another folder")
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as error:
+                self._remove_created()
+                raise _os_output_error(error, self.destination) from None
+            self._created.append(folder)
+        if not os.access(self.destination.parent, os.W_OK | os.X_OK):
+            self._remove_created()
+            raise OutputError(
+                f"cannot write in {self.destination.parent} (the output is made beside {self.destination.name} and "
+                "moved into place)",
+                "choose a folder you can write to",
+            )
+
+    def check_space(self, expected_bytes: int) -> None:
+        """Refuse (before computing) when the destination's disk has less free space than ``expected_bytes``."""
+        try:
+            free = shutil.disk_usage(self.destination.parent).free
+        except OSError:
+            return
+        if expected_bytes > free:
+            raise OutputError(
+                f"the output needs about {format_size(expected_bytes)} but {self.destination.parent} has "
+                f"{format_size(free)} free",
+                "free some disk space or choose another folder",
+            )
+
+    # -- writing ---------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Turn failures while files are written into the staging folder into one-line :class:`OutputError`."""
+        try:
+            yield self.staging
+        except OutputError:
+            raise
+        except OSError as error:
+            raise _os_output_error(error, self.destination) from None
+        except RuntimeError as error:  # SimpleITK's writers report a full disk as a long RuntimeError
+            if _disk_nearly_full(self.destination.parent):
+                raise _os_output_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), self.destination) from None
+            first = " ".join(str(error).split())[:160]
+            if "itk::" in first or "ImageFileWriter" in first or "Could not create" in first:
+                raise OutputError(f"cannot write the output in {self.destination}: {first}") from None
+            raise
+
+    # -- committing ------------------------------------------------------------------------------------------
+
+    def commit(self) -> Path:
+        """Put the staging folder in place of the destination (all at once); returns the destination."""
+        if self.staging is None or self.committed:
+            raise OutputError("the output folder was not opened (or was already committed)")
+        destination, staging = self.destination, self.staging
+        try:
+            with self.writing():
+                files = _record(staging)
+                _sync_files(staging, files)
+                _write_manifest(staging, {"state": "complete", "written_by": self.command, "files": files})
+            with _deferred_signals(self.warnings):
+                old_files = self._owned_files() if destination.exists() else None
+                new_names = set(files)
+                self._check_collisions(new_names, patterns=False, owned=old_files)
+                old = self._swap(staging, old_files)
+                self.committed = True
+                self.staging = None
+                if old is not None:
+                    self._finish_old(old, set(old_files or {}), destination)
+        except OSError as error:
+            raise _os_output_error(error, destination) from None
+        finally:
+            if not self.committed:
+                self.abort()
+            else:
+                self._release()
+        return destination
+
+    def abort(self) -> None:
+        """Remove the staging folder (every file in it is this run's) and the lock; the destination is untouched."""
+        if self.committed:
+            return
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+        self._release()
+        self._remove_created()
+
+    def _release(self) -> None:
+        self._lock.release()
+
+    def _remove_created(self) -> None:
+        for folder in reversed(self._created):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self._created = []
+
+    def _swap(self, staging: Path, old_files: dict | None) -> Path | None:
+        destination = self.destination
+        if old_files is None:
+            os.rename(staging, destination)
+            _sync_dir(destination.parent)
+            return None
+        _write_manifest(destination, {"state": "complete", "written_by": self.command, "files": old_files})
+        if _exchange(staging, destination):
+            _sync_dir(destination.parent)
+            return staging
+        aside = _sibling(destination, ASIDE_TAG)
+        os.rename(destination, aside)
+        try:
+            os.rename(staging, destination)
+        except BaseException:
+            os.rename(aside, destination)
+            raise
+        _sync_dir(destination.parent)
+        return aside
+
+    def _finish_old(self, old: Path, owned: set[str], destination: Path) -> None:
+        """Move the user's files from the replaced folder into the new one, then delete the old listed files."""
+        _carry_foreign(old, destination, owned, self.warnings)
+        leftover = _delete_listed(old, owned)
+        if leftover:
+            self.warnings.append(f"kept {old}: it still holds {leftover[0]} (not written by TokenUNet)")
+
+    # -- what the destination holds --------------------------------------------------------------------------
+
+    def _owned_files(self) -> dict:
+        """The destination's files that this tool wrote and that are unchanged, with their records.
+
+        Raises :class:`OutputError` for a non-empty folder that is no result of this tool.
+        """
+        destination = self.destination
+        if not destination.is_dir():
+            return {}
+        manifest = _read_manifest(destination)
+        if manifest is None:
+            entries = [entry for entry in os.listdir(destination)]
+            if not entries:
+                return {}
+            legacy = self.legacy_files(destination) if self.legacy_files else None
+            if legacy is None:
+                example = sorted(entries)[0]
+                raise OutputError(
+                    f"the output folder {destination} already holds files that TokenUNet did not write (e.g. "
+                    f"{example[:60]!r})",
+                    "choose a new or empty folder",
+                )
+            return {name: None for name in legacy if _is_plain_file(destination, name)}
+        listed = manifest.get("files") or {}
+        return {
+            name: record
+            for name, record in listed.items()
+            if _safe_relative(name) and _is_plain_file(destination, name) and _unchanged(destination, name, record)
+        }
+
+    def _check_collisions(self, names: Iterable[str], patterns: bool, owned: dict | None = None) -> None:
+        """Refuse when a file of the user's in the destination would be replaced by one of ``names``."""
+        destination = self.destination
+        if not destination.is_dir():
+            return
+        owned = self._owned_files() if owned is None else owned
+        names = tuple(names)
+        for relative in _files(destination):
+            if relative in owned or relative == MANIFEST:
+                continue
+            hit = any(fnmatch.fnmatchcase(relative, pattern) for pattern in names) if patterns else relative in names
+            if hit:
+                raise OutputError(
+                    f"{destination / relative} was not written by TokenUNet (or was changed since) and this run "
+                    "would replace it",
+                    "move it away, or choose another folder",
+                )
+
+    # -- recovery after a crash ------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Finish or undo what a run that died left beside the destination (the lock is held)."""
+        destination, parent = self.destination, self.destination.parent
+        prefixes = (hidden_sibling(destination, STAGING_TAG), hidden_sibling(destination, ASIDE_TAG))
+        leftovers = sorted(
+            (parent / name for name in os.listdir(parent) if name.startswith(prefixes)),
+            key=lambda path: ASIDE_TAG not in path.name,  # an old folder set aside comes first
+        )
+        for folder in leftovers:
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            manifest = _read_manifest(folder)
+            if manifest is None:
+                try:
+                    folder.rmdir()  # created, but the run died before its manifest
+                except OSError:
+                    self.warnings.append(f"left {folder} alone: it has no manifest")
+                continue
+            if manifest.get("state") != "complete":
+                shutil.rmtree(folder, ignore_errors=True)  # an unfinished staging folder: all the run's own
+                continue
+            owned = {
+                name
+                for name, record in (manifest.get("files") or {}).items()
+                if _safe_relative(name) and _is_plain_file(folder, name) and _unchanged(folder, name, record)
+            }
+            if not destination.exists():
+                os.rename(folder, destination)  # the crash came between the two renames: put it back
+                continue
+            self._finish_old(folder, owned, destination)
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+
+
+def remove_listed_files(
+    folder: str | Path,
+    command: str,
+    legacy_files: Callable[[Path], set[str] | None] | None = None,
+    first: Iterable[str] = (),
+) -> list[str]:
+    """Delete what the tool wrote in ``folder`` (the files its manifest lists and that are unchanged, or, without a
+    manifest, ``legacy_files(folder)``), ``first`` ones first, then the folders left empty, under the folder's lock.
+
+    Returns the entries that remain (the user's); :class:`OutputError` for a folder the tool did not write.
+    """
+    folder = Path(os.path.abspath(folder))
+    with DestinationLock(folder, command):
+        manifest = _read_manifest(folder)
+        if manifest is None:
+            owned = legacy_files(folder) if legacy_files else None
+            if owned is None:
+                raise OutputError(f"{folder} was not written by TokenUNet", "delete it yourself if you want it gone")
+        else:
+            owned = {
+                name
+                for name, record in (manifest.get("files") or {}).items()
+                if _safe_relative(name) and _is_plain_file(folder, name) and _unchanged(folder, name, record)
+            }
+        for name in first:
+            if name in owned and _is_plain_file(folder, name):
+                os.unlink(folder / name)
+        return _delete_listed(folder, owned)
+
+
+def write_file_atomically(path: str | Path, data: bytes | str, command: str = "tokenunet") -> Path:
+    """Write one output file all at once: a hidden temporary file beside it, synced, then renamed over it."""
+    path = resolve_destination(path)
+    check_file_destination(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    temporary = _sibling(path, STAGING_TAG)
+    try:
+        with open(temporary, "xb") as stream:
+            if path.is_file():
+                os.chmod(temporary, stat.S_IMODE(path.stat().st_mode))  # keep the replaced file's permissions
+            stream.write(raw)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise _os_output_error(error, path) from None
+    return path
+
+
+def check_file_destination(path: str | Path) -> Path:
+    """Check (before computing) that a single output file can be written at ``path``; returns it resolved."""
+    path = resolve_destination(path)
+    if path.is_dir():
+        raise OutputError(f"the output file {path} is a folder", "give a file name")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"the output path {path} is not a regular file", "give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise OutputError(f"the folder of the output file {path} does not exist", "create it first")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputError(f"cannot write {path}: permission denied", "choose a place you can write to")
+    return path
+
+
+def _sibling(destination: Path, tag: str) -> Path:
+    """A new hidden name beside ``destination`` for this process (staging, set aside, temporary file)."""
+    return destination.parent / f"{hidden_sibling(destination, tag)}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _os_output_error(error: OSError, destination: Path) -> OutputError:
+    if error.errno in _DISK_FULL:
+        try:
+            free = format_size(shutil.disk_usage(destination.parent).free)
+        except OSError:
+            free = "unknown"
+        return OutputError(
+            f"the disk of {destination} is full ({free} free); nothing was changed there",
+            "free some disk space or choose another folder",
+        )
+    reason = error.strerror or str(error)
+    where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+    hint = {
+        errno.EACCES: "choose a folder you can write to",
+        errno.EPERM: "choose a folder you can write to",
+        errno.EROFS: "the file system is read-only: choose another folder",
+        errno.ENAMETOOLONG: "choose a shorter path",
+    }.get(error.errno, "choose another folder")
+    return OutputError(f"cannot write the output {destination}: {reason}{where}", hint)
+
+
+def _disk_nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
+def _files(folder: Path) -> list[str]:
+    """Relative POSIX paths of every non-directory entry below ``folder`` (symbolic links not followed)."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        base = Path(root).relative_to(folder)
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            found.append((base / name).as_posix())
+    return sorted(found)
+
+
+def _record(folder: Path) -> dict:
+    """{relative path: [size, mtime_ns]} of the files in a staging folder (no links or special files allowed)."""
+    records = {}
+    for relative in _files(folder):
+        if relative == MANIFEST:
+            continue
+        info = os.lstat(folder / relative)
+        if not stat.S_ISREG(info.st_mode):
+            raise OutputError(f"the run wrote something other than a plain file: {relative}")
+        records[relative] = [info.st_size, info.st_mtime_ns]
+    return records
+
+
+def _sync_files(folder: Path, files: dict) -> None:
+    if os.name == "nt":
+        return
+    for relative in files:
+        descriptor = os.open(folder / relative, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    _sync_dir(folder)
+
+
+def _sync_dir(folder: Path) -> None:
+    if os.name == "nt":
+        return
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _write_manifest(folder: Path, content: dict) -> None:
+    temporary = folder / f"{MANIFEST}.tmp"
+    with open(temporary, "w", encoding="utf-8") as stream:
+        json.dump({"version": 1, **content}, stream, indent=1)
+        stream.flush()
+        if os.name != "nt":
+            os.fsync(stream.fileno())
+    os.replace(temporary, folder / MANIFEST)
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    path = folder / MANIFEST
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > 64 * 2**20:
+            return None
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(content, dict) or not isinstance(content.get("files", {}), dict):
+        return None
+    return content
+
+
+def _safe_relative(name: str) -> bool:
+    """A manifest entry that names a file inside its folder (no absolute path, ``..``, drive or backslash)."""
+    if not isinstance(name, str) or not name or "\\" in name or "\x00" in name or ":" in name:
+        return False
+    pure = PurePosixPath(name)
+    return not pure.is_absolute() and all(part not in ("", ".", "..") for part in pure.parts)
+
+
+def _is_plain_file(folder: Path, relative: str) -> bool:
+    """Whether ``folder/relative`` is a regular file reached through real folders only (no links on the way)."""
+    current = folder
+    parts = PurePosixPath(relative).parts
+    try:
+        for part in parts[:-1]:
+            current = current / part
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                return False
+        return stat.S_ISREG(os.lstat(current / parts[-1]).st_mode)
+    except OSError:
+        return False
+
+
+def _unchanged(folder: Path, relative: str, record) -> bool:
+    """Whether a listed file still has the size and modification time it was written with."""
+    if record is None:
+        return True
+    try:
+        info = os.lstat(folder / relative)
+        return [info.st_size, info.st_mtime_ns] == list(record)
+    except (OSError, TypeError):
+        return False
+
+
+def _carry_foreign(old: Path, new: Path, owned: set[str], warnings: list[str], relative: str = "") -> None:
+    """Move every entry of ``old`` that is not the tool's into ``new`` (whole folders when they hold none of
+    the tool's files); an entry whose name is taken in ``new`` stays where it is, with a warning."""
+    source = old / relative if relative else old
+    for name in sorted(os.listdir(source)):
+        path = f"{relative}/{name}" if relative else name
+        if path in owned or path == MANIFEST or path == f"{MANIFEST}.tmp":
+            continue
+        here, there = source / name, new / path
+        is_folder = stat.S_ISDIR(os.lstat(here).st_mode)
+        if is_folder and os.path.isdir(there) and not os.path.islink(there):
+            _carry_foreign(old, new, owned, warnings, path)  # both have this folder: merge into the new one
+            continue
+        if is_folder and not os.path.lexists(there) and any(item.startswith(path + "/") for item in owned):
+            there.mkdir()
+            _carry_foreign(old, new, owned, warnings, path)
+            continue
+        if os.path.lexists(there):
+            warnings.append(f"kept {here}: {there} exists")
+            continue
+        there.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(here, there)
+
+
+def _delete_listed(folder: Path, owned: set[str]) -> list[str]:
+    """Delete ``owned`` files of ``folder``, its manifest and then its empty folders; what remains, if anything."""
+    for relative in sorted(owned):
+        if _is_plain_file(folder, relative):
+            with contextlib.suppress(OSError):
+                os.unlink(folder / relative)
+    for name in (MANIFEST, f"{MANIFEST}.tmp"):
+        with contextlib.suppress(OSError):
+            os.unlink(folder / name)
+    for root, dirs, _ in os.walk(folder, topdown=False):
+        for name in dirs:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+    try:
+        folder.rmdir()
+        return []
+    except OSError:
+        return _files(folder)[:1] or ["an empty folder"]
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two folders atomically (Linux ``renameat2``); False where the system or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    result = function(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, getattr(errno, "ENOTSUP", errno.EINVAL), errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+@contextlib.contextmanager
+def _deferred_signals(warnings: list[str]):
+    """Hold Ctrl-C and SIGTERM until the block is done (main thread only; other threads cannot get them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    names = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
+    previous = {}
+    for signum in names:
+        try:
+            previous[signum] = signal.signal(signum, lambda number, _frame: received.append(number))
+        except (ValueError, OSError):
+            pass
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            warnings.append("an interrupt came while the result was put in place; it waited until the swap was done")
+            for signum in dict.fromkeys(received):
+                handler = previous.get(signum)
+                if signum == signal.SIGINT and handler is signal.default_int_handler:
+                    continue  # the result is complete: a deferred Ctrl-C no longer cancels anything
+                if callable(handler):
+                    handler(signum, None)
+                elif handler == signal.SIG_DFL and signum != signal.SIGINT:
+                    signal.raise_signal(signum)
