@@ -126,7 +126,7 @@ def test_cli_compares_two_families_and_saves_json_and_heatmap(tmp_path, capsys):
         (["--a", "NoSuchNet", "--b", "NoToken"], "unknown network 'NoSuchNet'"),
         ([*TINY_TOKEN_UNET, *TINY_METAUNETR, "--size", "48"], "multiple of 32"),
         ([*TINY_TOKEN_UNET, "--b", "NoToken", "--b-option", "channels"], "must look like NAME=VALUE"),
-        ([*TINY_TOKEN_UNET, "--b", "NoToken", "--samples", "1"], "--samples must be at least 2"),
+        ([*TINY_TOKEN_UNET, "--b", "NoToken", "--samples", "1"], "--samples: must be at least 2"),
         ([*TINY_TOKEN_UNET, "--b", "NoToken", "--b-weights", "missing.safetensors"], "weights file not found"),
     ],
 )

@@ -26,7 +26,7 @@ from .json_files import read_json_file
 from .jsonschema_lite import validation_errors
 from .metadata import check_model_id, load_schema, model_id_problem
 from .output_folder import OutputFolder, remove_listed_files
-from .package_source import LICENSE_FILE, METADATA_FILE, README_FILE, TEXT_FILES, PackageSource, read_metadata
+from .package_source import METADATA_FILE, TEXT_FILES, PackageSource, package_files, read_metadata
 from .progress import cancel_requested
 
 log = logging.getLogger(__name__)
@@ -44,18 +44,6 @@ def tokenunet_home() -> Path:
         raise ModelPackageError(
             "cannot find a home folder for the model cache", f"set {HOME_VARIABLE} to a folder you can write to"
         ) from None
-
-
-def package_files(folder: Path) -> set[str] | None:
-    """The files of a package folder written before manifests existed (None when it is no package)."""
-    if not (folder / METADATA_FILE).is_file():
-        return None
-    weights = (
-        {f"models/{p.name}" for p in (folder / "models").glob("*.safetensors")}
-        if (folder / "models").is_dir()
-        else set()
-    )
-    return {METADATA_FILE, LICENSE_FILE, README_FILE, *weights}
 
 
 @dataclass
@@ -298,7 +286,7 @@ class ModelStore:
             kind = "bundled" if "path" in owner else "downloadable"
             raise ModelPackageError(
                 f"the id '{model_id}' belongs to the {kind} model '{owner['id']}' and cannot be replaced",
-                "give the package another id (tokenunet.id in its configs/metadata.json)",
+                "give the package another id: tokenunet.id in its configs/metadata.json",
             )
         taken = [folder.name for folder in self._cached_folders() if folder.name.lower() == model_id.lower()]
         if taken and taken[0] != model_id:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import build_network, network_names
+from .arguments import integer
 from .run_contract import ExitCode
 
 POOLINGS = ("positions", "flatten", "mean")
@@ -190,20 +191,33 @@ def _parse_options(pairs: Sequence[str] | None) -> dict:
     return options
 
 
-def _build(name: str, in_channels: int, size: int, options: dict, weights: str | None) -> nn.Module:
+def _build(name: str, in_channels: int, size: int, options: dict, weights: str | None, samples: int = 1) -> nn.Module:
+    from .errors import OutOfMemoryError
+    from .memory import format_size, memory_limit
+    from .metadata import Architecture
+    from .package_loader import check_network_fits
+
     if name.startswith("MetaUNETR-"):  # its fixed-size mixers need to know the input size
         options = {"img_size": size, **options}
+    # the network, one input's activations and all the inputs fit, checked before anything is allocated
+    fit = check_network_fits(Architecture(name, in_channels, 2, options), (size,) * 3, f"network '{name}'")
+    need = 3 * fit.parameter_bytes + fit.window_bytes((size,) * 3) + 4.0 * samples * in_channels * size**3
+    limit, described = memory_limit()
+    if need > limit:
+        raise OutOfMemoryError(
+            f"comparing {samples} inputs of {size}^3 with '{name}' needs about {format_size(need)}, over {described}",
+            "use a smaller --size or fewer --samples",
+        )
     network = build_network(name, in_channels, 2, **options)
     if weights:
+        from .weights import state_dict_from_bytes
+
         path = Path(weights)
         if not path.is_file():
             raise ValueError(f"weights file not found: {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.stat().st_size > limit // 3:
+            raise ValueError(f"weights file {path.name} is larger than a third of {described}")
+        state = state_dict_from_bytes(path.read_bytes(), path.name)
         try:
             network.load_state_dict(state)
         except RuntimeError as error:
@@ -233,9 +247,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the CKA command's arguments to ``parser`` (so it can be mounted as a subcommand)."""
     parser.add_argument("--a", required=True, help="first network name (see build_network), e.g. MetaUNETR-conv")
     parser.add_argument("--b", required=True, help="second network name, e.g. MetaUNETR-recurrence or 32Attn")
-    parser.add_argument("--in-channels", type=int, default=1, help="input channels of both networks (default 1)")
-    parser.add_argument("--size", type=int, default=64, help="side of the cubic random inputs (default 64)")
-    parser.add_argument("--samples", type=int, default=8, help="number of input samples (default 8)")
+    parser.add_argument(
+        "--in-channels", type=integer(1, 64), default=1, help="input channels of both networks (default 1)"
+    )
+    parser.add_argument(
+        "--size", type=integer(1, 4096), default=64, help="side of the cubic random inputs (default 64)"
+    )
+    parser.add_argument("--samples", type=integer(2, 100000), default=8, help="number of input samples (default 8)")
     parser.add_argument(
         "--pooling",
         choices=POOLINGS,
@@ -243,7 +261,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="what a sample is: a position of the coarsest stage grid (default), or a whole input (flatten, mean)",
     )
     parser.add_argument("--debiased", action="store_true", help="unbiased HSIC estimator (near 0 when unrelated)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default 0)")
+    parser.add_argument(
+        "--seed", type=integer(0, 2**63 - 1), default=0, help="seed of the weights and inputs (default 0)"
+    )
     parser.add_argument("--a-option", action="append", metavar="NAME=VALUE", help="constructor option of --a")
     parser.add_argument("--b-option", action="append", metavar="NAME=VALUE", help="constructor option of --b")
     parser.add_argument("--a-weights", help="state dict of --a (.safetensors or torch file); default: random init")
@@ -261,9 +281,25 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--samples must be at least 2, got {args.samples}.")
     if args.size < 1:
         raise ValueError(f"--size must be positive, got {args.size}.")
+    from .output_folder import OutputFolder
+
+    folder = OutputFolder(args.out, "cka", reserved=("cka.json", "cka.png"), legacy_files=_cka_files)
+    folder.open()  # checked and locked before anything is computed
+    with folder:
+        return _run(args, folder)
+
+
+def _cka_files(folder: Path) -> set[str] | None:
+    """The files of a CKA folder written before manifests existed."""
+    names = {name for name in ("cka.json", "cka.png") if (folder / name).is_file()}
+    return names if "cka.json" in names and set(p.name for p in folder.iterdir()) <= {"cka.json", "cka.png"} else None
+
+
+def _run(args: argparse.Namespace, folder) -> int:
     torch.manual_seed(args.seed)
-    network_a = _build(args.a, args.in_channels, args.size, _parse_options(args.a_option), args.a_weights)
-    network_b = _build(args.b, args.in_channels, args.size, _parse_options(args.b_option), args.b_weights)
+    a_options, b_options = _parse_options(args.a_option), _parse_options(args.b_option)
+    network_a = _build(args.a, args.in_channels, args.size, a_options, args.a_weights, args.samples)
+    network_b = _build(args.b, args.in_channels, args.size, b_options, args.b_weights, args.samples)
     generator = torch.Generator().manual_seed(args.seed)
     shape = (1, args.in_channels, args.size, args.size, args.size)
     inputs = [torch.randn(shape, generator=generator) for _ in range(args.samples)]
@@ -275,8 +311,7 @@ def run(args: argparse.Namespace) -> int:
     for i, row in enumerate(matrix):
         print(f"{i + 1:>5d} " + "".join(f"{value:8.3f}" for value in row))
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = folder.staging
     record = {
         "a": args.a,
         "b": args.b,
@@ -288,13 +323,18 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "matrix": matrix.tolist(),
     }
-    (out / "cka.json").write_text(json.dumps(record, indent=2) + "\n")
-    try:
-        save_heatmap(matrix, out / "cka.png", args.a, args.b)
-    except ImportError:
-        print("matplotlib is not installed: wrote cka.json only (pip install matplotlib for cka.png).", file=sys.stderr)
-        return 0
-    print(f"wrote {out / 'cka.json'} and {out / 'cka.png'}")
+    with folder.writing():
+        (out / "cka.json").write_text(json.dumps(record, indent=2) + "\n")
+        try:
+            save_heatmap(matrix, out / "cka.png", args.a, args.b)
+        except ImportError:
+            print(
+                "matplotlib is not installed: writing cka.json only (pip install matplotlib for cka.png).",
+                file=sys.stderr,
+            )
+    destination = folder.commit()
+    written = " and ".join(str(destination / name) for name in ("cka.json", "cka.png") if (destination / name).exists())
+    print(f"wrote {written}")
     return 0
 
 
@@ -304,18 +344,29 @@ def run_command(args: argparse.Namespace) -> int:
 
     try:
         return run(args)
+    except InputError:
+        raise
     except (ValueError, OSError) as error:
         raise InputError(" ".join(str(error).split())) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (2 with a one-line message for user errors)."""
-    parser = add_arguments(argparse.ArgumentParser(prog="cka", description=__doc__.split("\n")[0]))
-    args = parser.parse_args(argv)
+    from .cli import OneLineParser
+    from .errors import TokenUNetError
+    from .run_contract import ErrorEvent
+
+    parser = add_arguments(OneLineParser(prog="cka", description=__doc__.split("\n")[0]))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, or an argument error already printed as one line
+        return int(stop.code or 0)
     try:
         return run(args)
-    except (ValueError, OSError) as error:
-        print(f"cka: error: {' '.join(str(error).split())}", file=sys.stderr)
+    except (ValueError, OSError, TokenUNetError) as error:
+        message = error.message if isinstance(error, TokenUNetError) else str(error)
+        hint = error.hint if isinstance(error, TokenUNetError) else None
+        print(ErrorEvent(message, "user", hint).line().replace("error: ", "cka: error: ", 1), file=sys.stderr)
         return ExitCode.USER_ERROR
 
 

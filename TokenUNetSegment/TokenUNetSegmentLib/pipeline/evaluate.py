@@ -110,13 +110,11 @@ def name_table(path: str | Path, table: str | Path | dict | None = None) -> dict
     ``<stem>.json``; None when there is none."""
     path = Path(path)
     if isinstance(table, dict):
-        return {int(k): str(v) for k, v in table.items()}
+        return _checked_table(table, "the name table")
     if table:
-        try:
-            data = json.loads(Path(table).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise InputError(f"cannot read the name table {table}: {error}") from None
-        return {int(k): str(v) for k, v in data.items()}
+        from .json_files import read_json_file
+
+        return _checked_table(read_json_file(table, f"the name table {table}"), f"the name table {table}")
     if path.name.lower().endswith(".nrrd"):
         from .nrrd import read_nrrd_fields
 
@@ -134,6 +132,23 @@ def name_table(path: str | Path, table: str | Path | dict | None = None) -> dict
     if sidecar.is_file():
         return name_table(path, sidecar)
     return None
+
+
+def _checked_table(data, what: str) -> dict[int, str]:
+    """A name table ``{"1": "spleen", ...}`` as {value: name}; :class:`InputError` naming the first bad entry."""
+    hint = 'a name table maps label values to names: {"1": "spleen", "2": "liver"}'
+    if not isinstance(data, dict) or not data:
+        raise InputError(f"{what} is not a mapping of label values to names", hint)
+    table = {}
+    for key, name in data.items():
+        try:
+            value = int(str(key).strip())
+        except ValueError:
+            raise InputError(f"{what} has a key that is not a label value: {str(key)[:40]!r}", hint) from None
+        if not 0 <= value < 2**31 or not isinstance(name, str) or not name.strip():
+            raise InputError(f"{what} has an invalid entry {str(key)[:20]!r}: {str(name)[:40]!r}", hint)
+        table[value] = name
+    return table
 
 
 def match_labels(predicted: dict[int, str], reference: dict[int, str]) -> tuple[list[tuple[int, int, str]], dict]:
@@ -253,6 +268,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     import time
 
+    from .output_folder import check_file_destination, write_file_atomically
+
+    if args.json_out:
+        check_file_destination(args.json_out)  # before any computation
     prediction = args.prediction
     timing, segment_warnings = None, []
     if args.model:
@@ -278,6 +297,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for message in result["warnings"]:
         print(f"warning: {message}", file=sys.stderr)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        write_file_atomically(args.json_out, json.dumps(result, indent=2))
         print(f"wrote {args.json_out}", file=sys.stderr)
     return 0

@@ -391,24 +391,32 @@ def remove_listed_files(
         return _delete_listed(folder, owned)
 
 
-def write_file_atomically(path: str | Path, data: bytes | str, command: str = "tokenunet") -> Path:
-    """Write one output file all at once: a hidden temporary file beside it, synced, then renamed over it."""
+def write_file_atomically(path: str | Path, data: bytes | str | Callable) -> Path:
+    """Write one output file all at once: a hidden temporary file beside it, synced, then renamed over it.
+
+    ``data`` is bytes, text (UTF-8) or a function that writes into the binary stream it is given.
+    """
     path = resolve_destination(path)
     check_file_destination(path)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
     temporary = _sibling(path, STAGING_TAG)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "xb") as stream:
             if path.is_file():
                 os.chmod(temporary, stat.S_IMODE(path.stat().st_mode))  # keep the replaced file's permissions
-            stream.write(raw)
+            if callable(data):
+                data(stream)
+            else:
+                stream.write(data.encode("utf-8") if isinstance(data, str) else data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except OSError as error:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             temporary.unlink()
-        raise _os_output_error(error, path) from None
+        if isinstance(error, OSError):
+            raise _os_output_error(error, path) from None
+        raise
     return path
 
 
@@ -420,8 +428,10 @@ def check_file_destination(path: str | Path) -> Path:
     if path.exists() and not path.is_file():
         raise OutputError(f"the output path {path} is not a regular file", "give a file name")
     parent = path.parent
+    while not parent.exists():  # missing folders are created when the file is written
+        parent = parent.parent
     if not parent.is_dir():
-        raise OutputError(f"the folder of the output file {path} does not exist", "create it first")
+        raise OutputError(f"cannot create {path}: {parent} is a file", "choose another place")
     if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise OutputError(f"cannot write {path}: permission denied", "choose a place you can write to")
     return path

@@ -79,6 +79,11 @@ class PackageSource:
         return ModelPackageError(f"the model package {self.path} {problem}", "the package is not safe to use")
 
     def _scan_folder(self) -> None:
+        try:
+            if not stat.S_ISREG(os.lstat(self.path / METADATA_FILE).st_mode):
+                raise self._refuse(f"has {METADATA_FILE} as a link or special file")
+        except (FileNotFoundError, NotADirectoryError):
+            raise ModelPackageError(f"model package {self.path} lacks {METADATA_FILE}") from None
         total, seen, pending = 0, 0, [(self.path, "")]
         while pending:
             folder, prefix = pending.pop()
@@ -204,6 +209,15 @@ class PackageSource:
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             with open(target / name, "xb") as stream:
                 stream.write(self.read(name))
+
+
+def package_files(folder: Path) -> set[str] | None:
+    """The files of a package folder written before manifests existed (None when it is no package)."""
+    if not (folder / METADATA_FILE).is_file():
+        return None
+    models = folder / "models"
+    weights = {f"models/{p.name}" for p in models.glob("*.safetensors")} if models.is_dir() else set()
+    return {METADATA_FILE, LICENSE_FILE, README_FILE, *weights}
 
 
 def read_metadata(path: str | Path) -> PackageMetadata:

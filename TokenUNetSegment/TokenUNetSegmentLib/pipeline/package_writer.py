@@ -1,15 +1,15 @@
 """Writing model packages: MONAI-bundle metadata around a ``tokenunet`` configuration, weights as safetensors.
 
 The layout is :mod:`.package_source`'s; a package is validated (metadata, and weights against the declared
-architecture) before anything is written, then written into a staging folder and moved into place.
+architecture) before anything is written, then written all at once: a folder through
+:class:`.output_folder.OutputFolder` (staging beside it, swapped into place under a lock), a zip as a temporary file
+renamed over the destination.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -18,8 +18,9 @@ from torch import nn
 from .checksums import sha256_bytes
 from .errors import ModelPackageError
 from .metadata import PackageConfig, parse_metadata
+from .output_folder import OutputFolder, check_file_destination, write_file_atomically
 from .package_loader import ModelPackage, build_package_network
-from .package_source import LICENSE_FILE, METADATA_FILE, README_FILE, WEIGHTS_FILE, PackageSource
+from .package_source import LICENSE_FILE, METADATA_FILE, README_FILE, WEIGHTS_FILE, PackageSource, package_files
 from .versions import installed_version
 from .weights import load_weights_into, state_dict_from_bytes
 
@@ -133,21 +134,23 @@ def write_package(
         LICENSE_FILE: license_text.encode("utf-8"),
         README_FILE: readme_text.encode("utf-8"),
     }
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=destination.parent) as scratch:
-        staging = Path(scratch) / "package"
-        for name, content in files.items():
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            (staging / name).write_bytes(content)
-        if destination.exists():
-            shutil.rmtree(destination) if destination.is_dir() else destination.unlink()
-        if as_zip:
-            with zipfile.ZipFile(destination, "w", zipfile.ZIP_DEFLATED) as archive:
-                for name in files:
-                    archive.write(staging / name, name)
-        else:
-            staging.rename(destination)
-    return destination
+    if as_zip:
+        check_file_destination(destination)
+
+        def write_zip(stream) -> None:
+            with zipfile.ZipFile(stream, "w", zipfile.ZIP_DEFLATED) as archive:
+                for name, content in files.items():
+                    archive.writestr(name, content)
+
+        write_file_atomically(destination, write_zip)
+        return destination
+    folder = OutputFolder(destination, "package", legacy_files=package_files)
+    with folder:
+        with folder.writing():
+            for name, content in files.items():
+                (folder.staging / name).parent.mkdir(parents=True, exist_ok=True)
+                (folder.staging / name).write_bytes(content)
+        return folder.commit()
 
 
 def package_in_memory(network: nn.Module, config: dict | PackageConfig, description: str = "in memory") -> ModelPackage:

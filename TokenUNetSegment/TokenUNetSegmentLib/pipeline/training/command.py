@@ -6,12 +6,13 @@ Data-parallel: ``torchrun --nproc_per_node N -m TokenUNetSegmentLib.pipeline tra
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 
+from ..arguments import integer, number
 from ..cli import ProgressPrinter
-from ..errors import InputError
+from ..errors import InputError, OutputError
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,20 +28,26 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", "-o", required=True, help="output folder (log, checkpoints, package/)")
     parser.add_argument("--id", dest="model_id", help="model id of the package (default: the config's)")
-    parser.add_argument("--steps", type=int, default=default.steps)
-    parser.add_argument("--batch-size", type=int, default=default.batch_size, help="patches per step and process")
-    parser.add_argument("--patch-size", type=int, nargs=3, help="patch size (default: the inference roi_size)")
+    parser.add_argument("--steps", type=integer(1), default=default.steps)
+    parser.add_argument(
+        "--batch-size", type=integer(1, 4096), default=default.batch_size, help="patches per step and process"
+    )
+    parser.add_argument(
+        "--patch-size", type=integer(1, 4096), nargs=3, help="patch size (default: the inference roi_size)"
+    )
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=default.optimizer)
-    parser.add_argument("--lr", type=float, help="learning rate (default 0.01 sgd, 3e-4 adamw)")
-    parser.add_argument("--weight-decay", type=float, default=default.weight_decay)
+    parser.add_argument("--lr", type=number(above=0.0), help="learning rate (default 0.01 sgd, 3e-4 adamw)")
+    parser.add_argument("--weight-decay", type=number(minimum=0.0), default=default.weight_decay)
     parser.add_argument("--schedule", choices=("poly", "cosine"), default=default.schedule)
-    parser.add_argument("--warmup-steps", type=int, default=0)
-    parser.add_argument("--augmentation", type=float, default=1.0, help="augmentation strength (0 = none)")
-    parser.add_argument("--flip-axes", type=int, nargs="*", default=[], help="random flips along these axes")
-    parser.add_argument("--val-every", type=int, default=default.val_every, help="validate every N steps")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, help="CPU threads per process")
-    parser.add_argument("--max-minutes", type=float, help="stop after this long and package the best checkpoint")
+    parser.add_argument("--warmup-steps", type=integer(0), default=0)
+    parser.add_argument("--augmentation", type=number(0.0, 10.0), default=1.0, help="augmentation strength (0 = none)")
+    parser.add_argument("--flip-axes", type=integer(0, 2), nargs="*", default=[], help="random flips along these axes")
+    parser.add_argument("--val-every", type=integer(1), default=default.val_every, help="validate every N steps")
+    parser.add_argument("--seed", type=integer(0, 2**32 - 1 - 10**6), default=0)
+    parser.add_argument("--threads", type=integer(1, 1024), help="CPU threads per process")
+    parser.add_argument(
+        "--max-minutes", type=number(above=0.0), help="stop after this long and package the best checkpoint"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--description", help="package description")
@@ -54,19 +61,64 @@ def load_config(path: str) -> dict:
         from ..package_source import read_metadata
 
         return read_metadata(source).config.to_dict()
+    from ..json_files import read_json_file
+
+    data = read_json_file(source, f"the training configuration {path}")
+    if not isinstance(data, dict):
+        raise InputError(
+            f"the training configuration {path} is not a JSON object", "see scripts/demo-model/config.json"
+        )
+    section = data.get("tokenunet", data)
+    if not isinstance(section, dict):
+        raise InputError(f"the 'tokenunet' section of {path} is not a JSON object")
+    return section
+
+
+def check_output(out: str | Path, resume: bool) -> Path:
+    """The training folder, checked before any work: a folder (or creatable), and, without ``resume``, holding
+    no earlier run whose log, checkpoints or package this run would replace."""
+    from ..output_folder import resolve_destination
+    from .trainer import CHECKPOINT_DIR, LOG_FILE, PACKAGE_DIR
+
+    folder = resolve_destination(out)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"the output path {folder} is a file, not a folder", "choose a folder")
+    earlier = [name for name in (LOG_FILE, CHECKPOINT_DIR, PACKAGE_DIR) if (folder / name).exists()]
+    if earlier and not resume:
+        raise OutputError(
+            f"{folder} already holds a training run ({', '.join(earlier)})",
+            "pass --resume to continue it, or choose another folder",
+        )
     try:
-        data = json.loads(source.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"cannot read the training configuration {path}: {error}") from None
-    return data.get("tokenunet", data)
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(
+            f"cannot create {folder}: {error.strerror or error}", "choose a folder you can write to"
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write in {folder}", "choose a folder you can write to")
+    return folder
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..locks import DestinationLock
     from .trainer import Recipe, _distributed, train
+
+    rank, _ = _distributed()
+    if rank == 0:  # one process checks and locks the folder; the others write nothing there but through it
+        out = check_output(args.out, args.resume)
+        with DestinationLock(out, "train"):
+            return _train(args, train, Recipe, rank)
+    return _train(args, train, Recipe, rank)
+
+
+def _train(args: argparse.Namespace, train, Recipe, rank: int) -> int:
+    from ..metadata import parse_config
 
     config = load_config(args.config)
     if args.model_id:
         config["id"] = args.model_id
+    parse_config(config, f"training configuration {args.config}")  # one clear error before any work
     recipe = Recipe(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -83,7 +135,6 @@ def run_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         max_minutes=args.max_minutes,
     )
-    rank, _ = _distributed()
     printer = ProgressPrinter(args.progress if rank == 0 else "none")
 
     def echo(record: dict) -> None:
