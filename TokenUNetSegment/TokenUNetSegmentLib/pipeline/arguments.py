@@ -1,13 +1,30 @@
-"""Argument types of the command line: numbers checked where they are parsed, so a bad value is one argparse
-error (exit code 2, one line) before anything runs, never an internal error deep inside.
+"""Arguments checked where they come in: numbers of the command line (each function below returns an ``argparse``
+type, so a bad value is one argparse error, exit code 2, before anything runs) and paths given to the Python API
+(:func:`as_path`, an :class:`.errors.ArgumentError` for anything else, never a ``TypeError`` from deep inside).
 
-Each function returns an ``argparse`` type: ``parser.add_argument("--steps", type=integer(minimum=1))``.
+Example: ``parser.add_argument("--steps", type=integer(minimum=1))``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+from pathlib import Path
+
+from .errors import ArgumentError
+
+
+def as_path(value, what: str = "path") -> Path:
+    """``value`` (text or a path-like object) as a :class:`~pathlib.Path`; :class:`ArgumentError` otherwise."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise ArgumentError(f"{what} must be a file or folder path, got {type(value).__name__}")
+    if not value or "\x00" in value:
+        raise ArgumentError(f"{what} must be a file or folder path, got {value[:40]!r}")
+    return Path(value)
+
 
 MAX_INT = 2**31 - 1  # counts beyond this are typing mistakes (and overflow C integers in torch and NumPy)
 

@@ -74,8 +74,10 @@ class ModelStore:
     """
 
     def __init__(self, catalog: str | Path | None = None, home: str | Path | None = None):
-        self.catalog_path = Path(catalog) if catalog else DEFAULT_CATALOG
-        self.home = Path(home) if home else tokenunet_home()
+        from .arguments import as_path
+
+        self.catalog_path = as_path(catalog, "the catalog") if catalog is not None else DEFAULT_CATALOG
+        self.home = as_path(home, "the TokenUNet home folder").absolute() if home is not None else tokenunet_home()
 
     @property
     def cache_dir(self) -> Path:
@@ -83,8 +85,11 @@ class ModelStore:
 
     def catalog(self) -> dict:
         """The validated catalog (an empty one when the file does not exist)."""
-        if not self.catalog_path.exists():
-            return {"models": []}
+        try:
+            if not self.catalog_path.exists():
+                return {"models": []}
+        except OSError as error:
+            raise ModelPackageError(f"cannot read the model catalog {self.catalog_path}: {error.strerror}") from None
         data = read_json_file(self.catalog_path, f"model catalog {self.catalog_path}", ModelPackageError)
         problems = validation_errors(data, load_schema("catalog"))
         if problems:
@@ -275,8 +280,8 @@ class ModelStore:
         """
         from .package_loader import load_package
 
-        path = Path(path)
         package = load_package(path)  # validates metadata, checksum and weights
+        path = package.path
         model_id = check_model_id(package.id)
         if expected_id and model_id != expected_id:
             raise ModelPackageError(f"the package's id is '{model_id}', expected '{expected_id}'")

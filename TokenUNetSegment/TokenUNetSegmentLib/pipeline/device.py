@@ -19,20 +19,27 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """``auto`` picks cuda, then mps, then cpu; an explicit device that is absent is refused."""
     if isinstance(name, torch.device):
         return name
-    name = (name or "auto").lower()
+    if name is not None and not isinstance(name, str):
+        raise TokenUNetError(f"a device is a name such as cpu or cuda:0, got {type(name).__name__}")
+    name = (name or "auto").strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    kind = name.split(":")[0]
-    if kind not in DEVICES:
-        raise TokenUNetError(f"unknown device '{name}'", f"use one of {', '.join(DEVICES)}")
+    kind, _, index = name.partition(":")
+    if kind not in DEVICES or (index and not (kind == "cuda" and index.isdigit() and len(index) < 4)):
+        raise TokenUNetError(f"unknown device '{name[:40]}'", f"use one of {', '.join(DEVICES)}, or cuda:N")
     if kind == "cuda" and not torch.cuda.is_available():
         raise TokenUNetError(
             "device 'cuda' was requested but no CUDA GPU is available",
             "use --device auto or cpu, or install a CUDA build of PyTorch",
+        )
+    if index and int(index) >= torch.cuda.device_count():
+        raise TokenUNetError(
+            f"device '{name}' was requested but this computer has {torch.cuda.device_count()} CUDA GPU(s)",
+            "use cuda:0, or --device auto",
         )
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise TokenUNetError("device 'mps' was requested but Apple MPS is not available", "use --device cpu")

@@ -20,10 +20,10 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
-from .errors import InputError, ModelPackageError
+from .errors import ArgumentError, InputError, ModelPackageError
 from .jsonschema_lite import pattern_matches, validation_errors
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
@@ -410,4 +410,10 @@ def match_channels(candidates: Sequence[str], channels: Sequence[InputChannel]) 
 
 def assign_inputs(candidates: Sequence[str], config: PackageConfig) -> dict[str, str | None]:
     """Input channel name -> matching candidate (or None), by the package's filename patterns."""
-    return match_channels(candidates, config.inputs)
+    if not isinstance(config, PackageConfig):
+        raise ArgumentError(f"assign_inputs needs a PackageConfig (package.config), got {type(config).__name__}")
+    if not isinstance(candidates, Sequence) or isinstance(candidates, str):
+        raise ArgumentError("assign_inputs needs a list of file names")
+    if not all(isinstance(c, (str, PurePath)) for c in candidates):
+        raise ArgumentError("assign_inputs needs a list of file names")
+    return match_channels([str(c) for c in candidates], config.inputs)

@@ -37,12 +37,24 @@ def write_nrrd(
 
     ``fields`` become ``key:=value`` lines (NRRD key/value pairs), e.g. Slicer's ``Segment0_Name``.
     """
-    path = Path(path)
-    array = np.asarray(array)
+    from .arguments import as_path
+    from .errors import ArgumentError
+
+    path = as_path(path, "the NRRD file")
+    try:
+        array = np.asarray(array)
+    except (TypeError, ValueError):
+        raise ArgumentError("write_nrrd needs a 3D array") from None
     kind = _TYPES.get(array.dtype.type)
-    if kind is None:
-        raise ValueError(f"unsupported NRRD voxel type {array.dtype}")
-    lps = LPS_FROM_RAS @ np.asarray(affine, float)
+    if kind is None or array.ndim != 3:
+        raise ArgumentError(f"write_nrrd needs a 3D array of a numeric NRRD type, got {array.dtype} {array.shape}")
+    try:
+        affine = np.asarray(affine, float)
+    except (TypeError, ValueError):
+        affine = None
+    if affine is None or affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise ArgumentError("write_nrrd needs a finite 4 x 4 IJK->RAS matrix")
+    lps = LPS_FROM_RAS @ affine
     lines = [
         "NRRD0004",
         "# Complete NRRD file format specification at: http://teem.sourceforge.net/nrrd/format.html",
@@ -58,7 +70,7 @@ def write_nrrd(
     ]
     for key, value in (fields or {}).items():
         if "\n" in key + str(value) or ":=" in key:
-            raise ValueError(f"invalid NRRD field {key!r}")
+            raise ArgumentError(f"invalid NRRD field {key[:40]!r}")
         lines.append(f"{key}:={value}")
     data = np.asarray(array, dtype=array.dtype.newbyteorder("<")).ravel(order="F").tobytes()
     if compression:
@@ -138,5 +150,11 @@ def segmentation_fields(labels: np.ndarray, table: list[Label]) -> dict[str, str
 
 def write_segmentation(path: str | Path, labels: np.ndarray, affine: np.ndarray, table: list[Label]) -> Path:
     """A .seg.nrrd Slicer opens as a segmentation with names, colors and terminology."""
+    from .errors import ArgumentError
+
+    if not isinstance(table, (list, tuple)) or not all(isinstance(label, Label) for label in table):
+        raise ArgumentError("write_segmentation needs a list of Label entries (the label table)")
+    if not isinstance(labels, np.ndarray) or labels.ndim != 3 or not np.issubdtype(labels.dtype, np.integer):
+        raise ArgumentError("write_segmentation needs a 3D integer label array")
     dtype = np.uint8 if max((label.value for label in table), default=0) < 256 else np.uint16
     return write_nrrd(path, labels.astype(dtype, copy=False), affine, segmentation_fields(labels, table))

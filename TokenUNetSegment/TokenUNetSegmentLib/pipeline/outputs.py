@@ -223,10 +223,11 @@ def read_outputs(folder: str | Path, input_affine=None) -> SegmentationResult:
         InputError: the folder is no complete result, its geometry differs from ``input_affine`` or its maps are
             on the input grid.
     """
+    from .arguments import as_path
     from .json_files import read_json_file
     from .volumes import read_volume
 
-    folder = Path(folder)
+    folder = as_path(folder, "an output folder")
     report = read_json_file(folder / REPORT_FILE)
     if not isinstance(report, dict) or not isinstance(report.get("labels"), list):
         raise InputError(f"{folder / REPORT_FILE} is not the report of a segmentation run")

@@ -96,8 +96,8 @@ def load_package(path: str | Path, expected_sha256: str | None = None) -> ModelP
     Raises:
         ModelPackageError: invalid metadata, checksum mismatch, weights that do not fit the architecture.
     """
-    path = Path(path)
     with PackageSource(path) as source:
+        path = source.path
         metadata = source.read_metadata()
         config = metadata.config
         if config.weights is None:  # the schema requires weights in a package; kept for type checkers

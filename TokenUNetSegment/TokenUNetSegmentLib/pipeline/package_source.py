@@ -48,7 +48,9 @@ class PackageSource:
     """
 
     def __init__(self, path: str | Path):
-        self.path = path = Path(path)
+        from .arguments import as_path
+
+        self.path = path = as_path(path, "a model package")
         self.zip = None
         self.prefix = ""
         self.sizes: dict[str, int] = {}

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import zipfile
 from pathlib import Path
 
 from torch import nn
 
+from .arguments import as_path
 from .checksums import sha256_bytes
-from .errors import ModelPackageError
-from .metadata import PackageConfig, parse_metadata
+from .errors import ArgumentError, ModelPackageError
+from .memory import memory_limit
+from .metadata import PackageConfig, check_model_id, parse_config, parse_metadata
 from .output_folder import OutputFolder, check_file_destination, write_file_atomically
 from .package_loader import ModelPackage, build_package_network
 from .package_source import LICENSE_FILE, METADATA_FILE, README_FILE, WEIGHTS_FILE, PackageSource, package_files
@@ -49,7 +52,9 @@ def make_metadata(
     import numpy as np
     import torch
 
-    section = config.to_dict() if isinstance(config, PackageConfig) else copy.deepcopy(config)
+    if not isinstance(config, PackageConfig):
+        config = parse_config(config)  # a clear error for what is not a configuration
+    section = config.to_dict()
     labels, inference = section["labels"], section["inference"]
     if inference["activation"] == "sigmoid":
         by_label = {label["value"]: label["name"] for label in labels}
@@ -119,8 +124,12 @@ def write_package(
     """
     from safetensors.torch import save
 
-    destination = Path(destination)
-    if destination.exists() and not overwrite:
+    destination = as_path(destination, "the package destination")
+    if not isinstance(network, nn.Module):
+        raise ArgumentError(f"write_package needs a torch network, got {type(network).__name__}")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("tokenunet"), dict):
+        raise ModelPackageError("the package metadata must be a dict with a 'tokenunet' section (see make_metadata)")
+    if os.path.lexists(destination) and not overwrite:
         raise ModelPackageError(f"{destination} already exists", "choose another destination or pass overwrite")
     metadata = copy.deepcopy(metadata)
     state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
@@ -167,9 +176,15 @@ def package_from_weights(
     The weights are loaded safely (no code runs), checked against the architecture and re-saved as
     safetensors.
     """
-    weights_path = Path(weights_path)
+    weights_path = as_path(weights_path, "the weights file")
+    if not isinstance(like, ModelPackage):
+        raise ArgumentError(f"package_from_weights needs a ModelPackage as 'like', got {type(like).__name__}")
+    check_model_id(new_id)
     if not weights_path.is_file():
         raise ModelPackageError(f"weights file not found: {weights_path}")
+    limit, described = memory_limit()
+    if weights_path.stat().st_size > limit // 3:
+        raise ModelPackageError(f"the weights file {weights_path.name} is too large for {described}")
     state = state_dict_from_bytes(weights_path.read_bytes(), weights_path.name)
     network = load_weights_into(build_package_network(like.config), state, like.config.architecture.name)
     metadata = like.metadata.to_dict()

@@ -189,6 +189,14 @@ class RunRequest:
     largest_component: bool = False
 
     def __post_init__(self) -> None:
+        from .errors import ArgumentError
+
+        if self.model is not None and not isinstance(self.model, (str, Path)):
+            raise ArgumentError(f"a run's model is an id or a package path, got {type(self.model).__name__}")
+        if not isinstance(self.device, str):
+            raise ArgumentError(f"a run's device is a name such as cpu, got {type(self.device).__name__}")
+        if not isinstance(self.inputs, (list, tuple)):
+            raise ArgumentError("a run's inputs are a list (one per channel)")
         self.model = str(self.model) if self.model not in (None, "") else None
 
     def segment_options(self) -> dict:

@@ -78,7 +78,9 @@ def read_volume(path: str | Path, limit: int | None = None) -> Volume:
     ``limit``: bytes the voxels may take while read (default: free memory or ``TOKENUNET_MEMORY_LIMIT``).
     The reader's warnings (e.g. uneven DICOM slices) are kept in ``Volume.warnings``.
     """
-    path = Path(path)
+    from .arguments import as_path
+
+    path = as_path(path, "an input volume")
     image, warnings = read_image(path, limit)
     volume = volume_from_image(image, path.name)
     volume.warnings = warnings
