@@ -53,6 +53,8 @@ class Parameters:
     def validate(self) -> list[str]:
         """Problems with the plain values (empty when fine)."""
         problems = []
+        if not valid_model(self.model):
+            problems.append(f"'{str(self.model)[:60]}' is neither a model id nor a package path")
         if not valid_device(self.device):
             problems.append(f"unknown device '{self.device}'")
         if self.runMode not in RUN_MODES:
@@ -70,6 +72,16 @@ class Parameters:
     @property
     def kinds(self) -> list[str]:
         return ["gather", "broadcast"] if self.heatmapKind == "both" else [self.heatmapKind]
+
+
+def valid_model(model: str) -> bool:
+    """``""`` (the catalog's default), a model id matched in full, or a package path (a folder or ``.zip``)."""
+    from ..pipeline.metadata import model_id_problem
+
+    if not isinstance(model, str):
+        return False
+    is_path = any(separator in model for separator in ("/", "\\")) or model.lower().endswith(".zip")
+    return model == "" or model_id_problem(model) is None or (is_path and "\x00" not in model)
 
 
 def valid_device(device: str) -> bool:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from .catalog import ModelEntry, ModelStore
 from .errors import TokenUNetError
-from .metadata import PackageMetadata
+from .metadata import PackageMetadata, check_model_id
 from .package_source import read_metadata
 from .run_contract import ExitCode
 
@@ -100,11 +101,12 @@ def _import(store: ModelStore, args: argparse.Namespace) -> Path:
             "importing a weights file needs --like MODEL and --id NEW_ID",
             "MODEL is the package whose configuration the weights fit",
         )
+    check_model_id(args.new_id)
     target = store.cache_dir / args.new_id
-    if target.exists() and not args.overwrite:
+    if os.path.lexists(target) and not args.overwrite:
         raise TokenUNetError(f"model '{args.new_id}' is already in the cache", "remove it or pass --overwrite")
-    store.cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=store.cache_dir) as scratch:
+    store._make_cache()
+    with tempfile.TemporaryDirectory(prefix=".weights-", dir=store.cache_dir) as scratch:
         built = package_from_weights(source, store.load(args.like), args.new_id, Path(scratch) / "pkg")
         path = store.import_package(built, overwrite=args.overwrite)
         shutil.rmtree(built, ignore_errors=True)

@@ -3,7 +3,6 @@ sampler with its augmentations (MONAI transforms)."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,13 +54,14 @@ def read_datalist(path: str | Path) -> dict:
     ``"partial": false`` says the case is complete: model labels its table does not name are absent from
     the scan (without the key, a name table that lacks model labels is refused as a likely mistake).
     """
+    from ..json_files import read_json_file
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"cannot read the datalist {path}: {error}") from None
-    if not isinstance(data, dict) or not data.get("training"):
+    data = read_json_file(path, f"the datalist {path}")
+    if not isinstance(data, dict) or not isinstance(data.get("training"), list) or not data["training"]:
         raise InputError(f"the datalist {path} has no 'training' list", "see the README for the datalist format")
+    if not isinstance(data.get("dataroot", "."), str):
+        raise InputError(f"the datalist's 'dataroot' is not a path: {str(data['dataroot'])[:40]}")
     root = (path.parent / data.get("dataroot", ".")).resolve()
 
     def absolute(value):
@@ -73,6 +73,8 @@ def read_datalist(path: str | Path) -> dict:
             if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
                 raise InputError(f"datalist {split}[{index}] needs 'image' and 'label'")
             images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
+            if not images or not all(isinstance(item, str) and item for item in [*images, entry["label"]]):
+                raise InputError(f"datalist {split}[{index}]: 'image' and 'label' must be file paths")
             case = {"image": [absolute(i) for i in images], "label": absolute(entry["label"])}
             for file in [*case["image"], case["label"]]:
                 if not Path(file).exists():
