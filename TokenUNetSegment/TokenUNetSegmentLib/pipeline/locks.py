@@ -80,8 +80,8 @@ class DestinationLock:
                 holder = self._holder()
                 if holder is not None and not _stale(holder):
                     raise OutputError(
-                        f"{self.destination} is in use by another TokenUNet run ({_describe(holder)})",
-                        f"wait for it to end, or choose another destination; if no run is going on, delete {self.path}",
+                        f"{self.destination.name} is in use by another TokenUNet run ({_describe(holder)})",
+                        f"wait for it to end; if none is running, delete {self.path.name} beside it",
                     ) from None
                 self._take_over()
                 continue
@@ -159,7 +159,7 @@ def _describe(holder: dict) -> str:
     if holder.get("writing"):
         return "a run is starting"
     where = "" if holder.get("host") == socket.gethostname() else f" on {str(holder.get('host'))[:40]}"
-    return f"{str(holder.get('command', 'tokenunet'))[:20]}, pid {holder['pid']}{where}, since {holder.get('since')}"
+    return f"{str(holder.get('command', 'tokenunet'))[:20]}, pid {holder['pid']}{where} since {holder.get('since')}"
 
 
 def process_alive(pid: int) -> bool:

@@ -159,9 +159,8 @@ class OutputFolder:
             self._created.append(folder)
         if not os.access(self.destination.parent, os.W_OK | os.X_OK):
             self._remove_created()
-            raise OutputError(
-                f"cannot write in {self.destination.parent} (the output is made beside {self.destination.name} and "
-                "moved into place)",
+            raise OutputError(  # the output is made beside its folder, then moved in: the parent must be writable
+                f"cannot write in {self.destination.parent}: {_why_not_writable(self.destination.parent)}",
                 "choose a folder you can write to",
             )
 
@@ -433,7 +432,7 @@ def check_file_destination(path: str | Path) -> Path:
     if not parent.is_dir():
         raise OutputError(f"cannot create {path}: {parent} is a file", "choose another place")
     if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise OutputError(f"cannot write {path}: permission denied", "choose a place you can write to")
+        raise OutputError(f"cannot write {path}: {_why_not_writable(parent)}", "choose a place you can write to")
     return path
 
 
@@ -461,6 +460,15 @@ def _os_output_error(error: OSError, destination: Path) -> OutputError:
         errno.ENAMETOOLONG: "choose a shorter path",
     }.get(error.errno, "choose another folder")
     return OutputError(f"cannot write the output {destination}: {reason}{where}", hint)
+
+
+def _why_not_writable(folder: Path) -> str:
+    try:
+        if os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1):
+            return "its file system is read-only"
+    except (OSError, AttributeError):
+        pass
+    return "permission denied"
 
 
 def _disk_nearly_full(folder: Path) -> bool:
