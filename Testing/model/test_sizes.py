@@ -34,8 +34,9 @@ def test_absurd_configurations_are_sized_without_building_them(monkeypatch):
     assert size.parameters > 1e11 and size.window_bytes((128, 128, 128)) > 2**30
     with pytest.raises(ValueError, match="channels"):
         network_size("32Attn", 1, 13, channels=(8, "16", 32))
-    with pytest.raises(ValueError, match="invalid argument"):
+    with pytest.raises(ValueError, match="invalid argument") as raised:
         network_size("32Attn", 1, 13, no_such_option=1)
+    assert "_size()" not in str(raised.value) and "'no_such_option'" in str(raised.value)  # no internal names
     with pytest.raises(ValueError, match="unknown network"):
         network_size("Nope", 1, 2)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from torch import nn
@@ -58,7 +59,7 @@ def build_network(name: str, in_channels: int, out_channels: int, **overrides) -
     try:
         return _FACTORIES[name](in_channels, out_channels, **overrides)
     except TypeError as error:
-        raise ValueError(f"invalid argument for network '{name}': {error}") from None
+        raise ValueError(f"invalid argument for network '{name}': {_without_function(error)}") from None
 
 
 def network_size(name: str, in_channels: int, out_channels: int, **overrides) -> NetworkSize:
@@ -74,7 +75,12 @@ def network_size(name: str, in_channels: int, out_channels: int, **overrides) ->
             return _SIZES[name](in_channels, out_channels, **overrides)
         return _measured_size(name, in_channels, out_channels, **overrides)
     except TypeError as error:
-        raise ValueError(f"invalid argument for network '{name}': {error}") from None
+        raise ValueError(f"invalid argument for network '{name}': {_without_function(error)}") from None
+
+
+def _without_function(error: TypeError) -> str:
+    """Python's "f() got an unexpected keyword argument 'x'" without the internal function's name."""
+    return re.sub(r"^[\w.<>]+\(\) ", "", str(error))
 
 
 def _measured_size(name: str, in_channels: int, out_channels: int, **overrides) -> NetworkSize:

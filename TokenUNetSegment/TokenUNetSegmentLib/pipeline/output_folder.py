@@ -166,16 +166,7 @@ class OutputFolder:
 
     def check_space(self, expected_bytes: int) -> None:
         """Refuse (before computing) when the destination's disk has less free space than ``expected_bytes``."""
-        try:
-            free = shutil.disk_usage(self.destination.parent).free
-        except OSError:
-            return
-        if expected_bytes > free:
-            raise OutputError(
-                f"the output needs about {format_size(expected_bytes)} but {self.destination.parent} has "
-                f"{format_size(free)} free",
-                "free some disk space or choose another folder",
-            )
+        check_free_space(self.destination.parent, expected_bytes)
 
     # -- writing ---------------------------------------------------------------------------------------------
 
@@ -415,8 +406,23 @@ def write_file_atomically(path: str | Path, data: bytes | str | Callable) -> Pat
             temporary.unlink()
         if isinstance(error, OSError):
             raise _os_output_error(error, path) from None
+        if isinstance(error, RuntimeError) and _disk_nearly_full(path.parent):  # a writer that hides the OSError
+            raise _os_output_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path) from None
         raise
     return path
+
+
+def check_free_space(folder: str | Path, expected_bytes: float, what: str = "the output") -> None:
+    """Refuse (before computing) when ``folder``'s disk has less free space than ``expected_bytes``."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if expected_bytes > free:
+        raise OutputError(
+            f"{what} needs about {format_size(expected_bytes)} but {folder} has {format_size(free)} free",
+            "free some disk space or choose another folder",
+        )
 
 
 def check_file_destination(path: str | Path) -> Path:

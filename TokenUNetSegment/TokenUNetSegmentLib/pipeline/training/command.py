@@ -6,6 +6,7 @@ Data-parallel: ``torchrun --nproc_per_node N -m TokenUNetSegmentLib.pipeline tra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -106,9 +107,18 @@ def run_train(args: argparse.Namespace) -> int:
 
     rank, _ = _distributed()
     if rank == 0:  # one process checks and locks the folder; the others write nothing there but through it
+        from ..output_folder import resolve_destination
+
+        created = not os.path.lexists(resolve_destination(args.out))
         out = check_output(args.out, args.resume)
-        with DestinationLock(out, "train"):
-            return _train(args, train, Recipe, rank)
+        try:
+            with DestinationLock(out, "train"):
+                return _train(args, train, Recipe, rank)
+        except BaseException:
+            if created:  # a run refused or failed before writing anything leaves no empty folder behind
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+            raise
     return _train(args, train, Recipe, rank)
 
 

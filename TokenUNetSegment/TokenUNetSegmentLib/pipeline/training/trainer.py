@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..metadata import parse_config, validate_metadata
+from ..output_folder import check_free_space, write_file_atomically
 from ..package_loader import build_package_network
 from ..package_writer import make_metadata, write_package
 from ..versions import describe_environment
@@ -66,10 +67,25 @@ def _distributed() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def training_output_bytes(network: torch.nn.Module, resume: bool = False) -> float:
+    """What a training run writes at most: checkpoints ``best`` and ``last`` and one being written (weights and up
+    to two optimizer moments each), the package's weights, 2 MiB for the log and text files; on ``resume`` the
+    checkpoints are already there, so only the one being written and the package."""
+    weights = sum(p.numel() * p.element_size() for p in network.parameters())
+    checkpoints = 1 if resume else 3
+    return 3 * weights * checkpoints + weights + 2 * 2**20
+
+
 def _log(path: Path, record: dict, echo=None) -> None:
     record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}
-    with open(path, "a", encoding="utf-8") as stream:
-        stream.write(json.dumps(record) + "\n")
+    try:
+        with open(path, "a", encoding="utf-8") as stream:
+            stream.write(json.dumps(record) + "\n")
+    except OSError as error:
+        raise OutputError(
+            f"cannot write the training log {path}: {error.strerror or error}",
+            "free some disk space or choose another folder",
+        ) from None
     if echo:
         echo(record)
 
@@ -164,6 +180,8 @@ def train(
     set_determinism(seed=recipe.seed + rank)
     torch.manual_seed(recipe.seed)  # the same initial weights on every rank
     network = build_package_network(parse_config(config, "training configuration"))
+    if rank == 0:
+        check_free_space(output, training_output_bytes(network, resume), "the training run")
     multiple = int(getattr(network, "size_multiple", 1))
     patch = list(recipe.patch_size or config["inference"]["roi_size"])
     if any(p % multiple for p in patch):
@@ -221,19 +239,17 @@ def train(
     started = time.monotonic()
 
     def save(name: str) -> None:
-        torch.save(
-            {
-                "network": network.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "step": step,
-                "best": json.dumps(best),
-                "history": json.dumps(history),
-                "elapsed": elapsed_before + time.monotonic() - started,
-            },
-            checkpoints / f"{name}.pt.tmp",
-        )
-        os.replace(checkpoints / f"{name}.pt.tmp", checkpoints / f"{name}.pt")
+        state = {
+            "network": network.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "best": json.dumps(best),
+            "history": json.dumps(history),
+            "elapsed": elapsed_before + time.monotonic() - started,
+        }
+        # all at once: a full disk leaves the previous checkpoint and no partial file, and exits as a user error
+        write_file_atomically(checkpoints / f"{name}.pt", lambda stream: torch.save(state, stream))
 
     def out_of_time() -> bool:
         if not recipe.max_minutes:
