@@ -2,7 +2,6 @@
 folder, an output path that is a file, a second run on the same folder, a Ctrl-C in the final swap. Each time the
 folder holds the previous complete result or the new one, the error is one line, and it comes before the work."""
 
-import contextlib
 import errno
 import os
 import shutil
@@ -12,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers.disks import LINUX_MOUNT, tmpfs
 from helpers.packages import ball_phantom, make_package, threshold_package, tiny_config
 from helpers.paths import MODULE_DIR
 from TokenUNetSegmentLib.pipeline import cli, segmentation
@@ -40,21 +40,7 @@ def contents(folder) -> dict:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@contextlib.contextmanager
-def tmpfs(path, size="1m", read_only=False):
-    """A small tmpfs at ``path`` (root only; the test is skipped where it cannot be mounted)."""
-    path.mkdir()
-    options = f"size={size}" + (",ro" if read_only else "")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); needs root on Linux")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("mount") is None, reason="Linux tmpfs")
+@pytest.mark.skipif(not LINUX_MOUNT, reason="Linux tmpfs")
 def test_a_disk_that_fills_while_writing_keeps_the_previous_result(small_and_large, tmp_path):
     small, large = small_and_large
     with tmpfs(tmp_path / "disk", "1m") as disk:
@@ -94,7 +80,7 @@ def test_a_full_disk_simulated_anywhere_in_the_writers(small_and_large, tmp_path
     assert contents(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("mount") is None, reason="Linux tmpfs")
+@pytest.mark.skipif(not LINUX_MOUNT, reason="Linux tmpfs")
 def test_a_read_only_folder_is_refused_before_the_segmentation_runs(cli_case, tmp_path, monkeypatch, capsys):
     root, package, path = cli_case
     monkeypatch.setattr(segmentation, "segment", _must_not_run)

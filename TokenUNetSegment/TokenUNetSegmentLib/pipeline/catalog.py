@@ -308,10 +308,12 @@ class ModelStore:
         if target.is_symlink():
             target.unlink()  # a link in the cache is replaced by the package, never written through
         folder = OutputFolder(target, "models import", legacy_files=package_files)
+        names = (*TEXT_FILES, package.config.weights.file)
         try:
-            with folder:
-                with folder.writing(), PackageSource(path) as source:
-                    source.extract_to(folder.staging, (*TEXT_FILES, package.config.weights.file))
+            with folder, PackageSource(path) as source:
+                folder.check_space(sum(source.size(name) for name in names) + 2**20)
+                with folder.writing():
+                    source.extract_to(folder.staging, names)
                 folder.commit()
         except OutputError as error:
             raise ModelPackageError(

@@ -74,11 +74,11 @@ def check_network_fits(architecture: Architecture, roi_size=None, what: str = "t
     need = 3 * size.parameter_bytes + (size.window_bytes(roi_size) if roi_size else 0)
     limit, described = memory_limit()
     if need > limit:
-        window = f" and run a {'x'.join(str(int(r)) for r in roi_size)} window" if roi_size else ""
-        raise OutOfMemoryError(
-            f"{what} ({architecture.name}, {size.parameters:.3g} parameters) needs about {format_size(need)} to "
-            f"load{window}, over {described} ({format_size(limit)})",
-            "check architecture.parameters and inference.roi_size in the package's metadata, or free memory",
+        window = f" ({'x'.join(str(int(r)) for r in roi_size)})" if roi_size else ""
+        raise OutOfMemoryError(  # short: the line must keep the figures and the hint
+            f"{what} ({architecture.name}, {size.parameters:.3g} parameters) needs about {format_size(need)}, "
+            f"over {described} ({format_size(limit)})",
+            f"check architecture.parameters and inference.roi_size{window} in its metadata",
         )
     return size
 

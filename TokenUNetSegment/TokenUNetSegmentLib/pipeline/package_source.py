@@ -78,7 +78,8 @@ class PackageSource:
         self.close()
 
     def _refuse(self, problem: str) -> ModelPackageError:
-        return ModelPackageError(f"the model package {self.path} {problem}", "the package is not safe to use")
+        # the package's name, not its full path: the line keeps what is wrong (the user knows where it is)
+        return ModelPackageError(f"the model package '{self.path.name}' {problem}", "the package is not safe to use")
 
     def _scan_folder(self) -> None:
         try:
