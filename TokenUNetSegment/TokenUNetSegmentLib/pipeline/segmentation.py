@@ -19,7 +19,7 @@ import torch
 
 from .catalog import ModelStore
 from .device import check_memory, estimate_memory, resolve_device
-from .errors import InputError
+from .errors import ArgumentError, InputError
 from .geometry import model_grid
 from .inference import WindowPlan, plan_windows, run_windows
 from .map_back import map_back
@@ -168,7 +168,16 @@ def channel_volumes(inputs, package: ModelPackage) -> list[Volume]:
             ]
             raise InputError(f"model '{package.id}' needs the channels {', '.join(names)}; " + "; ".join(parts))
         inputs = [inputs[name] for name in names]
-    items = [inputs] if isinstance(inputs, (str, Path)) or _is_pair(inputs) else list(inputs)
+    if isinstance(inputs, (str, Path)) or _is_pair(inputs):
+        items = [inputs]
+    else:
+        try:
+            items = list(inputs)
+        except TypeError:
+            raise ArgumentError(
+                f"the inputs are a path, an (array, ijk_to_ras) pair, or a list of them (one per channel), "
+                f"got {type(inputs).__name__}"
+            ) from None
     if len(items) != len(names):
         raise InputError(
             f"model '{package.id}' needs {len(names)} input channel(s) ({', '.join(names)}), got {len(items)}"
