@@ -179,3 +179,21 @@ def test_ctrl_c_during_the_final_swap_completes_it(small_and_large, tmp_path, mo
     write_outputs(large, out, attention_grid="token", overview=False)  # no KeyboardInterrupt, nothing half done
     assert len(list((out / "attention").glob("*.nrrd"))) == 4 and (out / "probabilities").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_users_files_inside_the_attention_folder_are_kept_or_refuse_the_run(small_and_large, tmp_path):
+    """Before: a re-run deleted ``out/attention/`` with the user's own file in it."""
+    _, large = small_and_large
+    out = tmp_path / "out"
+    write_outputs(large, out, attention_grid="token", overview=False)
+    (out / "attention" / "my-notes.txt").write_text("the user's")
+    write_outputs(large, out, attention_grid="token", overview=False)
+    assert (out / "attention" / "my-notes.txt").read_text() == "the user's"
+    maps = sorted(p.name for p in (out / "attention").iterdir() if p.name.startswith("token"))
+    assert maps and (out / "attention" / maps[0]).stat().st_size > 0
+    # a map the user edited since the run wrote it is theirs now: the next run refuses instead of replacing it
+    (out / "attention" / maps[0]).write_bytes(b"edited")
+    before = contents(out)
+    with pytest.raises(OutputError, match="attention"):
+        write_outputs(large, out, attention_grid="token", overview=False)
+    assert contents(out) == before
