@@ -114,7 +114,8 @@ def name_table(path: str | Path, table: str | Path | dict | None = None) -> dict
     if table:
         from .json_files import read_json_file
 
-        return _checked_table(read_json_file(table, f"the name table {table}"), f"the name table {table}")
+        what = f"the name table {Path(table).name}"  # the file's name: the one line keeps what is wrong in it
+        return _checked_table(read_json_file(table, what), what)
     if path.name.lower().endswith(".nrrd"):
         from .nrrd import read_nrrd_fields
 
