@@ -121,4 +121,3 @@ def test_an_internal_error_exits_1_with_a_hint_to_debug(monkeypatch, tmp_path, c
     assert err == "internal error: KeyError: 'a bug' (run with --debug for the traceback)\n"
     with pytest.raises(KeyError):
         cli.main(["--debug", "models", "list"])
-
