@@ -3,6 +3,7 @@ at once (a full disk keeps the previous checkpoint, leaves no partial file and e
 leaves no folder behind."""
 
 import json
+import os
 import shutil
 from collections import namedtuple
 
@@ -86,3 +87,19 @@ def test_an_unwritable_log_is_one_line(inputs, tmp_path, monkeypatch, capsys):
     assert cli.main(train_arguments(inputs, out, "--steps", "1")) == 2
     err = capsys.readouterr().err
     assert "error: cannot write the training log" in err and "No space left" in err and err.count("\n") == 1
+
+
+def test_an_earlier_run_is_never_replaced_without_resume(inputs, tmp_path, monkeypatch, capsys):
+    from TokenUNetSegmentLib.pipeline.training import trainer
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "train.log").write_text("the earlier run's log\n")
+    monkeypatch.setattr(trainer, "load_case", lambda *a, **k: pytest.fail("the data was read"))
+    assert cli.main(train_arguments(inputs, out, "--steps", "1")) == 2
+    err = capsys.readouterr().err
+    assert "already holds a training run (train.log, checkpoints)" in err and "--resume" in err
+    assert (out / "train.log").read_text() == "the earlier run's log\n" and sorted(os.listdir(out)) == [
+        "checkpoints",
+        "train.log",
+    ]
