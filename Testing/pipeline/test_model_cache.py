@@ -288,6 +288,10 @@ def test_a_network_edited_to_an_absurd_size_is_refused_before_it_is_built(world,
     assert code == 2 and "parameters) needs about" in err and "roi_size (16x16x16)" in err
     code, err = run(world, capsys, "info", str(package))  # metadata only: still readable
     assert code == 0
+    data["tokenunet"]["architecture"]["parameters"]["channels"] = [64, 128, 256, 512]  # fits in memory, not the file
+    metadata.write_text(json.dumps(data))
+    code, err = run(world, capsys, "import", str(package))
+    assert code == 2 and "cannot hold the declared network" in err
     data["tokenunet"]["architecture"]["parameters"] = {"channels": [4, 8, 16, 32], "no_such_option": 1}
     metadata.write_text(json.dumps(data))
     code, err = run(world, capsys, "import", str(package))
