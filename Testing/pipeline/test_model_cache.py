@@ -12,6 +12,7 @@ import zipfile
 from collections import namedtuple
 
 import pytest
+import torch
 from helpers.disks import LINUX_MOUNT, tmpfs
 from helpers.packages import make_package, tiny_config
 from TokenUNetSegmentLib.pipeline import cli
@@ -104,6 +105,10 @@ def test_the_bundled_model_can_be_neither_removed_nor_shadowed(world, capsys, tm
         for extra in ([], ["--overwrite"]):
             code, err = run(world, capsys, "import", str(package), *extra)
             assert code == 2 and f"belongs to the bundled model '{BUNDLED}'" in err
+    weights = tmp_path / "weights.pt"  # weights imported under the bundled id
+    torch.save(world.store.load(BUNDLED).network.state_dict(), weights)
+    code, err = run(world, capsys, "import", str(weights), "--like", BUNDLED, "--id", BUNDLED.upper())
+    assert code == 2 and f"belongs to the catalog's model '{BUNDLED}' (choose another --id)" in err
     assert tree(world.bundled) == before and not world.cache.exists()
     # a folder put into the cache by hand under the bundled id is ignored, never used instead of the bundled model
     shutil.copytree(world.bundled, world.cache / BUNDLED)

@@ -102,6 +102,9 @@ def _import(store: ModelStore, args: argparse.Namespace) -> Path:
             "MODEL is the package whose configuration the weights fit",
         )
     check_model_id(args.new_id)
+    owner = next((m["id"] for m in store.catalog()["models"] if m["id"].lower() == args.new_id.lower()), None)
+    if owner is not None:  # refused before the weights are read (the import would refuse it at the end)
+        raise TokenUNetError(f"the id '{args.new_id}' belongs to the catalog's model '{owner}'", "choose another --id")
     target = store.cache_dir / args.new_id
     if os.path.lexists(target) and not args.overwrite:
         raise TokenUNetError(f"model '{args.new_id}' is already in the cache", "remove it or pass --overwrite")
