@@ -43,6 +43,7 @@ FRAGMENT_WEIGHT = 0.5  # fragmented penalty: 1 - FRAGMENT_WEIGHT x share outside
 VOLUME_FACTOR = 2.0  # volumes within [min / factor, max x factor] of the training range pass
 MAX_EDGE_PENALTY = 0.25  # cut-off penalty: 1 - min(MAX_EDGE_PENALTY, share of the organ on the edge)
 NOT_HU_MINIMUM = -200.0  # a CT in HU has air or fat below this; an MRI or an unrescaled CT has not
+SPREAD_FACTOR = 4.0  # body intensities whose 5-95 % spread is this many times training's (or 1/this) are flagged
 SPACING_FACTOR = 1.25  # voxels coarser than the coarsest training scan by more than this are flagged
 ANATOMY_FACTOR = 4.0  # labelled share of the field of view below training's minimum / this is flagged
 SURE = 0.5  # a scan where no label reaches this confidence (before the scan's own flags) is flagged
@@ -314,13 +315,14 @@ def _thinnest_trained(statistics: TrainingStatistics) -> float | None:
 
 def _intensities_unlike(intensity: IntensitySummary, trained: Mapping[str, float]) -> str:
     """Why the body intensities differ from the training inputs' ("" when they do not): the median outside
-    training's 5-95 % range, or a 5-95 % spread more than twice as wide or narrow."""
+    training's 5-95 % range, or a 5-95 % spread more than :data:`SPREAD_FACTOR` times as wide or narrow."""
     body = intensity.body
     if not body or not all(key in trained for key in ("p05", "p50", "p95")):
         return ""
     median = body["p50"]
     spread, trained_spread = body["p95"] - body["p05"], trained["p95"] - trained["p05"]
-    if not trained["p05"] <= median <= trained["p95"] or not 0.5 <= spread / max(trained_spread, 1e-6) <= 2.0:
+    ratio = spread / max(trained_spread, 1e-6)
+    if not trained["p05"] <= median <= trained["p95"] or not 1 / SPREAD_FACTOR <= ratio <= SPREAD_FACTOR:
         return (
             f"the body's intensities (median {median:.0f}, 5-95 % {body['p05']:.0f} to {body['p95']:.0f}) are unlike "
             f"the training scans' (median {trained['p50']:.0f}, {trained['p05']:.0f} to {trained['p95']:.0f} HU)"
