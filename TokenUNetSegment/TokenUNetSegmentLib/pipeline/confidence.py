@@ -197,16 +197,13 @@ def label_flags(name: str, measures: Mapping[str, float], statistics: TrainingSt
     if probability < LOW_PROBABILITY:
         flags.append(Flag("low_probability", f"the model is unsure (mean probability {probability:.2f})"))
     if low > AMBIGUOUS_SHARE:
-        flags.append(
-            Flag("ambiguous", f"{100 * low:.0f} % of its voxels are close to a tie with another label")
-        )
+        flags.append(Flag("ambiguous", f"{100 * low:.0f} % of its voxels are close to a tie with another label"))
     outside = measures.get("outside_largest_share", 0.0)
     if outside > FRAGMENTED_SHARE:
         flags.append(
             Flag(
                 "fragmented",
-                f"found in {int(measures.get('pieces', 0))} pieces, {100 * outside:.0f} % of it outside the "
-                "largest",
+                f"found in {int(measures.get('pieces', 0))} pieces, {100 * outside:.0f} % of it outside the largest",
             )
         )
     cut = measures.get("edge_share", 0.0) > 0

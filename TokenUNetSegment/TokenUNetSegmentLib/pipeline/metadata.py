@@ -4,7 +4,8 @@ The JSON (MONAI bundle keys plus our ``tokenunet`` section) is checked against t
 against the rules a schema cannot express, then turned into :class:`PackageMetadata` (bundle fields) around a
 :class:`PackageConfig` (the ``tokenunet`` section: architecture, inputs, preprocessing, inference, labels,
 weights; the training record stays an opaque mapping, the training data's statistics are typed as
-:class:`TrainingStatistics`). Everything downstream reads these objects, never the raw dict. This module needs neither torch nor MONAI, so listing models and ``--help`` stay fast.
+:class:`TrainingStatistics`). Everything downstream reads these objects, never the raw dict. This module needs
+neither torch nor MONAI, so listing models and ``--help`` stay fast.
 
 Example::
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from .confidence import measure_labels
 from .metadata import Inference, Label, PackageConfig
 from .preprocess import Prepared
-from .scan_summary import edge_layer
 from .result import MAP_KINDS
+from .scan_summary import edge_layer
 
 
 @dataclass
