@@ -386,10 +386,15 @@ def summarise(assessment: Assessment) -> str:
             "it cannot tell"
         ]
         return "No organ found. Possible reasons: " + "; ".join(reasons) + "."
-    total, found, flagged = len(assessment.labels), assessment.found, assessment.flagged
-    text = f"{len(found)} of {total} labels found"
-    if flagged:
-        text += f"; check {', '.join(flagged)}"
+    labels = assessment.labels
+    text = f"{len(assessment.found)} of {len(labels)} labels found"
+    doubtful = [name for name in assessment.flagged if {flag.code for flag in labels[name].flags} - {"cut_off"}]
+    if doubtful:
+        doubtful.sort(key=lambda name: labels[name].confidence)
+        text += "; check (least confident first) " + ", ".join(f"{n} {labels[n].confidence:.2f}" for n in doubtful)
+    cut = [name for name in assessment.flagged if any(flag.code == "cut_off" for flag in labels[name].flags)]
+    if cut:
+        text += f"; cut off by the scan's edge: {', '.join(cut)}"
     if run:
         text += ". " + "; ".join(flag.message[0].upper() + flag.message[1:] for flag in run)
     return text + "."
