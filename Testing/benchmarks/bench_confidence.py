@@ -40,6 +40,7 @@ def main(argv=None) -> int:
 
     import numpy as np
     from TokenUNetSegmentLib.pipeline import confidence, postprocess, scan_summary, segmentation
+    from TokenUNetSegmentLib.pipeline.evaluate import surface_voxels
     from TokenUNetSegmentLib.pipeline.package_loader import resolve_model
     from TokenUNetSegmentLib.pipeline.volumes import read_volume
 
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     found = labels[in_region]
     inside = scan_summary.field_of_view(volume.grid, prepared.grid)
     certainty, margin = postprocess.label_certainty(logits[(slice(None), *in_region)], found, config.inference)
-    edge = scan_summary.edge_layer(inside)[in_grid][found > 0]
+    edge = surface_voxels(inside)[in_grid][found > 0]
     voxel_ml = prepared.grid.voxel_volume_mm3 / 1000
     measures = confidence.measure_labels(found[found > 0], certainty, margin, edge, pieces, values, voxel_ml)
     by_name = {label.name: measures[label.value] for label in config.labels}
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
         "labels from logits": (True, lambda: postprocess.labels_from_logits(logits, config.inference, config.labels)),
         "pieces, largest kept": (True, lambda: postprocess.component_pieces(labels.copy(), values, keep_largest)),
         "field of view": (False, lambda: scan_summary.field_of_view(volume.grid, prepared.grid)),
-        "its edge": (False, lambda: scan_summary.edge_layer(inside)),
+        "its edge": (False, lambda: surface_voxels(inside)),
         "intensity summary": (False, lambda: scan_summary.summarise_intensities(hounsfield, inside_region)),
         "top-two probabilities": (
             False,

@@ -9,11 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from TokenUNetSegmentLib.pipeline import confidence
 from TokenUNetSegmentLib.pipeline.confidence import Assessment, Flag, assess, label_confidence, label_flags
+from TokenUNetSegmentLib.pipeline.evaluate import surface_voxels
 from TokenUNetSegmentLib.pipeline.geometry import Grid, affine_from_spacing
 from TokenUNetSegmentLib.pipeline.metadata import Inference, Region, TrainingStatistics
 from TokenUNetSegmentLib.pipeline.package_writer import package_in_memory
 from TokenUNetSegmentLib.pipeline.postprocess import component_pieces, label_certainty
-from TokenUNetSegmentLib.pipeline.scan_summary import edge_layer, field_of_view, summarise_intensities
+from TokenUNetSegmentLib.pipeline.scan_summary import field_of_view, summarise_intensities
 from TokenUNetSegmentLib.pipeline.segmentation import segment
 
 SPACING = (2.0, 2.0, 2.5)
@@ -296,9 +297,9 @@ def test_field_of_view_and_its_edge_follow_a_tilted_scan():
     index = (centres - source.affine[:3, 3]) @ np.linalg.inv(source.affine[:3, :3]).T
     expected = np.all((index >= -0.5) & (index <= np.asarray(source.shape) - 0.5), axis=-1)
     assert (inside != expected).sum() <= 0.001 * inside.size and inside.sum() > 1000
-    edge = edge_layer(inside)
+    edge = surface_voxels(inside)
     assert edge.any() and not (edge & ~inside).any()
-    assert edge_layer(np.ones((4, 4, 4), bool)).sum() == 64 - 8  # a box's faces
+    assert surface_voxels(np.ones((4, 4, 4), bool)).sum() == 64 - 8  # a box's faces
 
 
 def test_intensity_summary_of_the_body():

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from .confidence import measure_labels
+from .evaluate import surface_voxels
 from .metadata import Inference, Label, PackageConfig
 from .preprocess import Prepared
 from .result import MAP_KINDS
-from .scan_summary import edge_layer
 
 
 @dataclass
@@ -65,7 +65,7 @@ def postprocess(
         found[labelled],
         certainty,
         margin,
-        edge_layer(inside)[in_grid][labelled],
+        surface_voxels(inside)[in_grid][labelled],
         pieces,
         values,
         prepared.grid.voxel_volume_mm3 / 1000.0,

@@ -1,6 +1,7 @@
-"""What a scan looks like on the model grid, for judging a result: where the scanned field of view lies, and the
-intensities inside it (the quantiles the training statistics record, so that a scan can be compared with the
-training inputs). Both are computed once, on the model grid, while preprocessing has the raw values at hand.
+"""What a scan looks like on the model grid, for judging a result: where the scanned field of view lies (its edge:
+:func:`.evaluate.surface_voxels`), and the intensities inside it (the quantiles the training statistics record, so
+that a scan can be compared with the training inputs). Both are computed once, on the model grid, while
+preprocessing has the raw values at hand.
 """
 
 from __future__ import annotations
@@ -55,20 +56,6 @@ def field_of_view(source: Grid, target: Grid) -> np.ndarray:
                 index = index + weight * axes[column].reshape(shape)
         inside &= np.broadcast_to((index >= -0.5) & (index <= source.shape[axis] - 0.5), target.shape)
     return inside
-
-
-def edge_layer(inside: np.ndarray) -> np.ndarray:
-    """The voxels of ``inside`` that have a face neighbour outside it (or outside the array): the edge of the
-    field of view."""
-    padded = np.pad(inside, 1, constant_values=False)
-    core = padded[1:-1, 1:-1, 1:-1]
-    interior = core.copy()
-    for axis in range(3):
-        for shift in (0, 2):
-            index = [slice(1, -1)] * 3
-            index[axis] = slice(shift, shift + inside.shape[axis])
-            interior &= padded[tuple(index)]
-    return core & ~interior
 
 
 def summarise_intensities(array: np.ndarray, inside: np.ndarray, body_threshold: float = BODY_THRESHOLD_HU):
