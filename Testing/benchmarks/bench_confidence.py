@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         "flags and scores": (
             False,
             lambda: confidence.assess(
-                by_name, config.training_statistics, prepared.intensity, True, volume.grid, int(inside.sum())
+                by_name, config.statistics, prepared.intensity, True, volume.grid, int(inside.sum())
             ),
         ),
     }

@@ -7,6 +7,7 @@ import slicer
 from helpers.packages import dice, physical_ball, threshold_package
 from helpers.scenes import BALL_AFFINE, BALL_SHAPE, ROTATE_Z_30, add_volume, ball_volume
 from TokenUNetSegmentLib.mrml import attributes as keys
+from TokenUNetSegmentLib.mrml.controller import result_notice
 from TokenUNetSegmentLib.mrml.heatmap_nodes import HEAT_TABLE_TAG, show_in_slice_views, update_attention_segments
 from TokenUNetSegmentLib.mrml.parameters import Parameters
 from TokenUNetSegmentLib.mrml.result_nodes import apply_result
@@ -161,6 +162,9 @@ def test_segments_carry_their_confidence_and_flags_and_keep_them_when_saved(ctx,
     assert "edge of the scan" in segment_tag(ball, keys.FLAG_MESSAGES_TAG)
     assert logic.GetSegmentStatus(ball) == logic.Flagged
     assert nodes.segmentation.GetAttribute(keys.SUMMARY_ATTRIBUTE) == result.assessment.summary
+    notice = result_notice(nodes.assessment, nodes.warnings)  # the module's warning line about this result
+    assert f"Check ball (cut off; {judged.confidence:.2f})." in notice.text
+    assert f"ball (confidence {judged.confidence:.2f}): " in notice.details and "edge of the scan" in notice.details
     # saved and read back (tags are part of the .seg.nrrd file)
     storage = nodes.segmentation.CreateDefaultStorageNode()
     ctx.scene.AddNode(storage)

@@ -3,9 +3,10 @@
 The JSON (MONAI bundle keys plus our ``tokenunet`` section) is checked against the schema in ``schemas/`` and
 against the rules a schema cannot express, then turned into :class:`PackageMetadata` (bundle fields) around a
 :class:`PackageConfig` (the ``tokenunet`` section: architecture, inputs, preprocessing, inference, labels,
-weights; the training record stays an opaque mapping, the training data's statistics are typed as
-:class:`TrainingStatistics`). Everything downstream reads these objects, never the raw dict. This module needs
-neither torch nor MONAI, so listing models and ``--help`` stay fast.
+weights; the training record and the training data's statistics stay mappings as written, and
+``PackageConfig.statistics`` types the latter as :class:`TrainingStatistics`). Everything downstream reads these
+objects, never the raw dict. This module needs neither torch nor MONAI, so listing models and ``--help`` stay
+fast.
 
 Example::
 
@@ -259,8 +260,14 @@ class PackageConfig:
     largest_component: bool | tuple[str, ...] = False  # postprocessing default
     weights: Weights | None = None
     training: Mapping | None = None  # the training record, kept as written
-    training_statistics: TrainingStatistics | None = None  # what the training data looked like, if recorded
+    training_statistics: Mapping | None = None  # what the training data looked like (volumes, HU, fields of view)
     source: Mapping = field(default_factory=dict, repr=False, compare=False)  # the section as read
+
+    @property
+    def statistics(self) -> TrainingStatistics | None:
+        """``training_statistics`` typed for the confidence checks; None when the package has none (packages
+        written before the training tool recorded them, third-party packages)."""
+        return TrainingStatistics.parse(self.training_statistics)
 
     @property
     def input_names(self) -> list[str]:
@@ -410,7 +417,7 @@ def _config_from(section: Mapping) -> PackageConfig:
         largest_component=tuple(largest) if isinstance(largest, list) else bool(largest),
         weights=Weights(weights["file"], weights["sha256"]) if weights else None,
         training=copy.deepcopy(section.get("training")),
-        training_statistics=TrainingStatistics.parse(section.get("training_statistics")),
+        training_statistics=copy.deepcopy(section.get("training_statistics")),
         source=copy.deepcopy(dict(section)),
     )
 

@@ -142,7 +142,8 @@ def prepare(volumes: list[Volume], config: PackageConfig, size_multiple: int, ro
         if progress:
             progress.update("preprocess", 0.6 * (index + 1) / len(volumes))
     inside = field_of_view(reference, grid)
-    recorded = config.training_statistics.intensity_hu if config.training_statistics is not None else None
+    statistics = config.statistics
+    recorded = statistics.intensity_hu if statistics is not None else None
     threshold = (recorded or {}).get("body_threshold_hu", BODY_THRESHOLD_HU)
     intensity = summarise_intensities(model_arrays[0], inside, threshold)
     shape = np.asarray(grid.shape)

@@ -162,7 +162,7 @@ def assess_run(outputs: ModelGridOutputs, prepared: Prepared, config: PackageCon
     inside = prepared.field_of_view
     return assess(
         by_name,
-        config.training_statistics,
+        config.statistics,
         prepared.intensity,
         config.preprocessing.intensity[0].method == "ct_window",
         source,
