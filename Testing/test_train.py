@@ -16,15 +16,7 @@ from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing
 from TokenUNetSegmentLib.pipeline.package import load_package
 from TokenUNetSegmentLib.pipeline.segmentation import segment
 from TokenUNetSegmentLib.pipeline.training import Recipe, train
-from TokenUNetSegmentLib.pipeline.training.data import (
-    UNKNOWN,
-    crop_size,
-    is_lateralised,
-    label_lookup,
-    missing_labels,
-    pad_for_crop,
-    training_transforms,
-)
+from TokenUNetSegmentLib.pipeline.training.data import UNKNOWN, is_lateralised, label_lookup, missing_labels
 from train_testlib import phantom_case, train_config, write_dataset
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "TokenUNetSegment"
@@ -73,7 +65,7 @@ def test_resume_continues_from_the_last_checkpoint(datalist, tmp_path):
 
 
 def test_training_learns_the_phantom(datalist, tmp_path):
-    recipe = Recipe(steps=120, batch_size=2, val_every=20, optimizer="adamw", learning_rate=1e-2, threads=1)
+    recipe = Recipe(steps=160, batch_size=2, val_every=20, optimizer="adamw", learning_rate=1e-2, threads=1)
     recipe.augmentation = 0.5
     config = train_config()
     config["architecture"]["parameters"]["channels"] = [8, 16, 32, 64]
@@ -105,41 +97,6 @@ def test_partial_name_tables_mark_unnamed_voxels_unknown():
     complete = label_lookup({10: "organ1", 7: "heart"}, labels, partial=False)  # organ2 absent from the scan
     assert complete[10] == 1 and complete[7] == 0 and complete[0] == 0 and complete[20] == 0
     assert missing_labels(None, labels) == ()
-
-
-@pytest.mark.parametrize("strength", [0.0, 1.25])
-def test_augmented_patches_have_the_patch_size(strength):
-    patch = (16, 16, 16)
-    region = crop_size(patch, strength)
-    assert region == list(patch) if strength == 0 else all(r > p for r, p in zip(region, patch, strict=True))
-    rng = np.random.default_rng(0)
-    label = np.zeros((1, 40, 40, 40), np.uint8)
-    label[0, 10:20, 10:20, 10:20], label[0, 25:30, 20:30, 5:35] = 1, 2
-    transform = training_transforms(patch, 3, 1, strength)
-    transform.set_random_state(0)
-    for _ in range(3):
-        out = transform({"image": rng.random((1, 40, 40, 40), dtype=np.float32), "label": label})
-        item = out[0] if isinstance(out, list) else out
-        assert tuple(item["image"].shape) == (1, *patch) and tuple(item["label"].shape) == (1, *patch)
-        assert set(np.unique(np.asarray(item["label"]))) <= {0, 1, 2}  # nearest-neighbour labels
-
-
-def test_patches_reach_the_edges_of_a_case_despite_the_larger_crop():
-    patch, strength = (16, 16, 16), 1.25
-    region = crop_size(patch, strength)
-    image = np.zeros((1, 32, 32, 32), np.float32)
-    label = np.zeros((1, 32, 32, 32), np.uint8)
-    label[0, :3, :3, :3] = 1  # an organ in the corner of the case
-    padded_image, padded_label = pad_for_crop(image, label, patch, region)
-    assert padded_image.shape == (1, 40, 40, 40) and padded_label[0, 4:7, 4:7, 4:7].all()
-    transform = training_transforms(patch, 2, 1, strength)
-
-    def organ_seen(image, label, seed):
-        transform.set_random_state(seed)
-        return bool((np.asarray(transform({"image": image, "label": label})[0]["label"]) == 1).any())
-
-    assert sum(organ_seen(padded_image, padded_label, seed) for seed in range(8)) >= 2
-    assert not any(organ_seen(image, label, seed) for seed in range(8))  # unpadded: the corner is out of reach
 
 
 def test_a_partially_labelled_case_trains_and_is_scored_on_its_labels(tmp_path):

@@ -37,6 +37,28 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-steps", type=int, default=0)
     parser.add_argument("--augmentation", type=float, default=1.0, help="augmentation strength (0 = none)")
     parser.add_argument("--flip-axes", type=int, nargs="*", default=[], help="random flips along these axes")
+    parser.add_argument(
+        "--synthetic-ratio", type=float, default=default.synthetic_ratio,
+        help="share of patches synthesised from tissue maps (SynthSeg-style CT; cases with \"synthesis\": false excluded)",
+    )
+    parser.add_argument(
+        "--remap-ratio", type=float, default=default.remap_ratio,
+        help="share of the other patches whose tissues get another contrast phase",
+    )
+    parser.add_argument(
+        "--background-ratio", type=float, default=default.background_ratio,
+        help="share of patches centred anywhere rather than on an organ (hard background)",
+    )
+    parser.add_argument("--lesion-probability", type=float, default=default.lesion_probability)
+    parser.add_argument(
+        "--hold-out", nargs="*", default=[], metavar="PATIENT",
+        help="leave these patients' cases out (leave-one-patient-out folds; see the datalist's \"patient\")",
+    )
+    parser.add_argument(
+        "--select", choices=("best", "last"), default=default.select,
+        help="package the best validated checkpoint or the last one",
+    )
+    parser.add_argument("--workers", type=int, default=default.workers, help="processes that draw patches")
     parser.add_argument("--val-every", type=int, default=default.val_every, help="validate every N steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="CPU threads per process")
@@ -78,6 +100,13 @@ def run_train(args: argparse.Namespace) -> int:
         warmup_steps=args.warmup_steps,
         augmentation=args.augmentation,
         flip_axes=list(args.flip_axes),
+        synthetic_ratio=args.synthetic_ratio,
+        remap_ratio=args.remap_ratio,
+        background_ratio=args.background_ratio,
+        lesion_probability=args.lesion_probability,
+        hold_out=list(args.hold_out),
+        select=args.select,
+        workers=args.workers,
         val_every=args.val_every,
         seed=args.seed,
         threads=args.threads,

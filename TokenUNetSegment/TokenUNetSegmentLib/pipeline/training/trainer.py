@@ -17,17 +17,10 @@ import torch
 
 from ..errors import InputError
 from ..package import build_package_network, describe_environment, make_metadata, validate_metadata, write_package
-from .data import (
-    UNKNOWN,
-    Case,
-    crop_size,
-    is_lateralised,
-    load_case,
-    pad_for_crop,
-    read_datalist,
-    training_transforms,
-)
+from .data import UNKNOWN, Case, is_lateralised, load_case, read_datalist
 from .loss import PartialDiceCELoss
+from .sampler import PatchSampler, PatchStream, SamplerSettings
+from .statistics import training_statistics
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "train.log"
@@ -49,6 +42,13 @@ class Recipe:
     warmup_steps: int = 0
     augmentation: float = 1.0  # strength; 0 turns it off
     flip_axes: list[int] = field(default_factory=list)
+    synthetic_ratio: float = 0.0  # share of patches synthesised from tissue maps
+    remap_ratio: float = 0.3  # share of the other patches with re-mapped tissue contrast
+    background_ratio: float = 0.3  # share of patches centred anywhere (hard background)
+    lesion_probability: float = 0.3
+    hold_out: list[str] = field(default_factory=list)  # patients left out (leave-one-patient-out)
+    select: str = "best"  # package the best validated checkpoint, or the last one
+    workers: int = 0  # DataLoader processes that draw patches
     val_every: int = 100
     val_overlap: float = 0.25
     seed: int = 0
@@ -166,26 +166,27 @@ def train(
     if any(p % multiple for p in patch):
         raise InputError(f"patch size {patch} must be a multiple of {multiple} for this network")
     recipe.patch_size = patch
+    if recipe.select not in ("best", "last"):
+        raise InputError(f"select must be 'best' or 'last', got {recipe.select!r}")
     data = read_datalist(datalist)
-    region = crop_size(patch, recipe.augmentation)  # cropped before the spatial augmentation
-    roi = np.maximum(region, config["inference"]["roi_size"])
-    train_cases = [load_case(entry, config, multiple, roi) for entry in data["training"]]
-    val_cases = [load_case(entry, config, multiple, roi) for entry in data["validation"]] or train_cases
-    val_split = "validation" if data["validation"] else "training"
+    held = set(recipe.hold_out)
+    known = {entry["patient"] for split in ("training", "validation") for entry in data[split]}
+    if held - known:
+        raise InputError(f"hold-out patient(s) {', '.join(sorted(held - known))} are not in the datalist")
+    entries = [entry for entry in data["training"] if entry["patient"] not in held]
+    if not entries:
+        raise InputError("no training case is left after holding out " + ", ".join(sorted(held)))
+    roi = np.maximum(patch, config["inference"]["roi_size"])
+    train_cases = [load_case(entry, config, multiple, roi) for entry in entries]
+    val_entries = [entry for entry in data["validation"] if entry["patient"] not in held]
+    val_cases = [load_case(entry, config, multiple, roi) for entry in val_entries] or train_cases
+    val_split = "validation" if val_entries else "training"
     num_classes = len(config["labels"]) + 1
     if config["architecture"]["out_channels"] != num_classes:
         raise InputError(f"out_channels must be {num_classes} (background + {num_classes - 1} labels)")
 
-    from monai.data import CacheDataset, DataLoader
-
-    samples = recipe.batch_size
-    items = []
-    for case in train_cases:
-        image, label = pad_for_crop(case.image, case.label[None], patch, region)
-        items += [{"image": image, "label": label, "missing": _missing_mask(case, num_classes)}] * case.repeat
-    transform = training_transforms(patch, num_classes, 1, recipe.augmentation, recipe.flip_axes)
-    dataset = CacheDataset(items, transform, progress=False)
-    loader = DataLoader(dataset, batch_size=1, shuffle=True, num_workers=0)
+    settings = sampler_settings(recipe, config, train_cases)
+    sampler = PatchSampler(train_cases, num_classes, settings)
 
     network = network.to(dev).train()
     model = network
@@ -244,25 +245,17 @@ def train(
 
     losses: list[float] = []
     stopped_early = False
+    from torch.utils.data import DataLoader
+
+    stream = PatchStream(sampler, (recipe.seed, rank, step))
+    loader = DataLoader(stream, batch_size=recipe.batch_size, num_workers=recipe.workers)
     iterator = iter(loader)
     while step < recipe.steps:
         if out_of_time():
             stopped_early = True
             break
-        batch_images, batch_labels, batch_missing = [], [], []
-        while len(batch_images) < samples:
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                iterator = iter(loader)
-                continue
-            for item in batch if isinstance(batch, list) else [batch]:
-                batch_images.append(item["image"])
-                batch_labels.append(item["label"])
-                batch_missing.append(item["missing"].reshape(-1, num_classes))
-        images = torch.cat(batch_images[:samples]).to(dev)
-        labels = torch.cat(batch_labels[:samples]).long().to(dev)
-        missing = torch.cat(batch_missing[:samples]).to(dev)
+        images, labels, missing = next(iterator)
+        images, labels, missing = images.to(dev), labels.long().to(dev), missing.to(dev)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(images), labels, missing)
         loss.backward()
@@ -299,7 +292,8 @@ def train(
     package = None
     if rank == 0:
         _log(log_path, {"event": "end", "step": step, "stopped_early": stopped_early, "seconds": elapsed}, echo)
-        network.load_state_dict(torch.load(checkpoints / "best.pt", map_location="cpu", weights_only=True)["network"])
+        chosen = "best" if recipe.select == "best" else "last"
+        network.load_state_dict(torch.load(checkpoints / f"{chosen}.pt", map_location="cpu", weights_only=True)["network"])
         record = {
             "data": {
                 "datalist": str(Path(datalist).name),
@@ -310,7 +304,7 @@ def train(
                 "validated_on": val_split,
             },
             "recipe": {**asdict(recipe), "learning_rate": recipe.lr(), "loss": LOSS_NAME},
-            "metrics": {"best": best, "history": history},
+            "metrics": {"best": best, "history": history, "packaged": recipe.select},
             "steps_done": step,
             "stopped_early": stopped_early,
             "seconds": round(elapsed, 1),
@@ -320,6 +314,7 @@ def train(
             "environment": describe_environment(),
         }
         config["training"] = record
+        config["training_statistics"] = training_statistics(train_cases, config, settings)
         metadata = make_metadata(
             config,
             description=description or f"{config['architecture']['name']} trained with the TokenUNet training tool",
@@ -339,17 +334,31 @@ def train(
 
 
 def _case_record(case: Case, config: dict) -> dict:
-    record = {"name": case.name, "files": case.files, "repeat": case.repeat}
+    record = {"name": case.name, "patient": case.patient, "files": case.files, "repeat": case.repeat}
+    record["synthesis"] = case.synthesis
     if case.missing:
         names = {label["value"]: label["name"] for label in config["labels"]}
         record["unannotated_labels"] = [names[value] for value in case.missing]
     return record
 
 
-def _missing_mask(case: Case, num_classes: int) -> torch.Tensor:
-    mask = torch.zeros(num_classes, dtype=torch.bool)
-    mask[list(case.missing)] = True
-    return mask
+def sampler_settings(recipe: Recipe, config: dict, cases: list[Case]) -> SamplerSettings:
+    """The patch sampler's settings for a recipe: CT windows when every case kept its HU image."""
+    windows = None
+    if all(case.hu is not None for case in cases):
+        intensity = config["preprocessing"]["intensity"]
+        channels = intensity if isinstance(intensity, list) else [intensity] * len(config["inputs"])
+        windows = [tuple(float(v) for v in setting["window"]) for setting in channels]
+    return SamplerSettings(
+        patch=tuple(recipe.patch_size),
+        strength=recipe.augmentation,
+        synthetic_ratio=recipe.synthetic_ratio,
+        remap_ratio=recipe.remap_ratio,
+        background_ratio=recipe.background_ratio,
+        lesion_probability=recipe.lesion_probability,
+        windows=windows,
+        flip_axes=tuple(recipe.flip_axes),
+    )
 
 
 def _device_for_rank(device: str) -> torch.device:
