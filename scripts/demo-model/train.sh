@@ -1,21 +1,18 @@
 #!/usr/bin/env bash
-# Train the bundled demo model (the exact recipe of the shipped package), then package it into the module.
-#   bash scripts/demo-model/train.sh [WORK_FOLDER] [extra train options, e.g. --max-minutes 35]
-# DATALIST=scripts/demo-model/datalist-sample-only.json trains the held-out recipe check instead
-# (then package it by hand with build.py --no-install).
+# Train the bundled demo model (the exact recipe of the shipped package), measure it and package it into the module.
+#   bash scripts/demo-model/train.sh [WORK_FOLDER] [extra train options, e.g. --max-minutes 120]
+# Re-running with the same WORK_FOLDER resumes from its last checkpoint (saved every 5 minutes), so a long run
+# can be spread over several sessions. WORK_FOLDER defaults to /work/runs/demo-model (outside git).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/setup-venv.sh
-work=${1:-demo-model-run}
+work=${1:-/work/runs/demo-model}
 shift || true
 export PYTHONPATH=TokenUNetSegment
+source scripts/demo-model/recipe.sh
 [ -f demo-model-data/UpperChestCT.Labels.nii.gz ] || .venv/bin/python scripts/demo-model/fetch_second_patient.py
-.venv/bin/python -m TokenUNetSegmentLib.pipeline train "${DATALIST:-scripts/demo-model/datalist.json}" \
-  --config scripts/demo-model/config.json --out "$work" \
-  --steps 2600 --batch-size 2 --optimizer adamw --lr 0.002 --schedule cosine --warmup-steps 50 \
-  --augmentation 1.0 --val-every 250 --seed 0 --threads 2 --progress none "$@"
-if [ -z "${DATALIST:-}" ]; then
-  .venv/bin/python scripts/demo-model/build.py "$work/package" --second-patient demo-model-data/ChestCT.nii.gz \
-    demo-model-data/ChestCT.PartialLabels.nii.gz demo-model-data/ChestCT.PartialLabels.names.json \
-    --note scripts/demo-model/recipe-check.md
-fi
+[ -f demo-model-data/LiverCT.Labels.nii.gz ] || .venv/bin/python scripts/demo-model/fetch_liver_patient.py
+.venv/bin/python -m TokenUNetSegmentLib.pipeline train scripts/demo-model/datalist.json --out "$work" --resume \
+  "${RECIPE[@]}" "$@"
+.venv/bin/python scripts/demo-model/build.py "$work/package" --datalist scripts/demo-model/datalist-patients.json \
+  --lopo "${LOPO:-/work/runs/demo-model-lopo}"

@@ -310,7 +310,7 @@ register_command("cka", "compare two networks' encoder stages with linear CKA", 
 # --- entry point ---------------------------------------------------------------------------------------
 
 
-COMMAND_MODULES = ("evaluate", "training.command")
+COMMAND_MODULES = ("evaluate", "robustness", "training.command")
 """Modules that register further commands when imported (their heavy imports happen on use)."""
 
 

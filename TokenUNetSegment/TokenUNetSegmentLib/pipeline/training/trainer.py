@@ -24,6 +24,7 @@ from .statistics import training_statistics
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "train.log"
+CHECKPOINT_SECONDS = 300.0
 PACKAGE_DIR = "package"
 LOSS_NAME = "Dice + cross-entropy (marginal over unannotated labels in partial cases)"
 
@@ -217,6 +218,7 @@ def train(
         _log(log_path, {"event": "start", "recipe": asdict(recipe), "world_size": world, "device": str(dev)}, echo)
 
     started = time.monotonic()
+    saved_at = [started]
 
     def save(name: str) -> None:
         torch.save(
@@ -276,11 +278,17 @@ def train(
                     best = {"step": step, **result}
                     save("best")
                 save("last")
+                saved_at[0] = time.monotonic()
                 _log(log_path, {"event": "validation", **record}, echo)
             if world > 1:
                 import torch.distributed as dist
 
                 dist.barrier()
+        elif rank == 0 and time.monotonic() - saved_at[0] > CHECKPOINT_SECONDS:
+            save("last")  # a run stopped from outside loses at most a few minutes
+            saved_at[0] = time.monotonic()
+            seconds = elapsed_before + saved_at[0] - started
+            _log(log_path, {"event": "checkpoint", "step": step, "loss": float(np.mean(losses[-50:])), "seconds": round(seconds)})
     if rank == 0 and (stopped_early or not (checkpoints / "best.pt").exists()):
         result = validate(network, val_cases, config, recipe.val_overlap)
         history.append({"step": step, "loss": float(np.mean(losses)) if losses else None, **result})
