@@ -15,7 +15,7 @@ from ..errors import InputError
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    from .trainer import Recipe
+    from .recipe import Recipe
 
     default = Recipe()
     parser.add_argument("datalist", help="decathlon-style datalist JSON (training/validation cases, label names)")
@@ -84,7 +84,8 @@ def load_config(path: str) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .trainer import Recipe, _distributed, train
+    from .recipe import Recipe
+    from .trainer import _distributed, train
 
     config = load_config(args.config)
     if args.model_id:
