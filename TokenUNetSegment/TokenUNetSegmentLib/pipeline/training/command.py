@@ -147,3 +147,56 @@ def run_train(args: argparse.Namespace) -> int:
 register_command(
     "train", "train a model package on a datalist (MONAI; torchrun for several processes)", _arguments, run_train
 )
+
+
+def _datalist_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("layout", choices=("totalsegmentator", "decathlon", "folders"),
+                        help="totalsegmentator: <case>/ct.nii.gz + segmentations/; decathlon: dataset.json "
+                        "(MSD, nnU-Net raw, AMOS); folders: --images and --labels paired by number (BTCV)")
+    parser.add_argument("root", nargs="?", help="the dataset folder (totalsegmentator, decathlon)")
+    parser.add_argument("--images", help="folders: the image folder")
+    parser.add_argument("--labels", help="folders: the label folder")
+    parser.add_argument("--table", default="btcv", help="folders: btcv, amos, totalsegmentator or a JSON name table")
+    parser.add_argument("--config", help="the model configuration whose labels to match (report and 'partial')")
+    parser.add_argument("--splits", nargs="+", default=["train"], help="totalsegmentator: meta.csv splits to train on")
+    parser.add_argument("--validation-splits", nargs="*", default=["val"], help="totalsegmentator: splits to validate on")
+    parser.add_argument("--structures", choices=("all", "model"), default="all",
+                        help="totalsegmentator: read every mask (full maps for synthesis) or only the model's")
+    parser.add_argument("--validation-fraction", type=float, default=0.0, help="decathlon, folders: share held out")
+    parser.add_argument("--out", "-o", required=True, help="the datalist JSON to write")
+
+
+def run_datalist(args: argparse.Namespace) -> int:
+    from . import datasets
+
+    labels = [label["name"] for label in load_config(args.config)["labels"]] if args.config else None
+    if args.layout == "folders":
+        if not (args.images and args.labels):
+            raise InputError("the folders layout needs --images and --labels")
+        datalist, report = datasets.folders(args.images, args.labels, args.table, labels, args.validation_fraction)
+    elif not args.root:
+        raise InputError(f"the {args.layout} layout needs the dataset folder")
+    elif args.layout == "totalsegmentator":
+        datalist, report = datasets.totalsegmentator(
+            args.root, labels, tuple(args.splits), tuple(args.validation_splits), args.structures
+        )
+    else:
+        datalist, report = datasets.decathlon(args.root, labels, args.validation_fraction)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(datalist, indent=2) + "\n", encoding="utf-8")
+    cases = len(datalist["training"]), len(datalist.get("validation", []))
+    print(f"wrote {out}: {cases[0]} training and {cases[1]} validation cases, {report['structures']} structures")
+    if labels:
+        print(f"model labels found: {', '.join(report['matched'])}")
+        if report["missing"]:
+            print(f"model labels not in the dataset (cases marked partial): {', '.join(report['missing'])}")
+    return 0
+
+
+register_command(
+    "datalist",
+    "write a training datalist from a TotalSegmentator, Decathlon/nnU-Net or BTCV-style dataset",
+    _datalist_arguments,
+    run_datalist,
+)

@@ -150,9 +150,10 @@ def label_lookup(file_names: dict[int, str] | None, labels: list[dict], partial:
     if partial:
         lut[:] = UNKNOWN
         lut[[value for value in file_names if 0 <= value < 65536]] = 0
-    for label in labels:
-        if _key(label["name"]) in by_name:
-            lut[by_name[_key(label["name"])]] = label["value"]
+    model_value = {_key(label["name"]): label["value"] for label in labels}
+    for value, name in file_names.items():  # several file values may name one label (e.g. an organ and its tumour)
+        if _key(name) in model_value and 0 <= value < 65536:
+            lut[value] = model_value[_key(name)]
     return lut
 
 
