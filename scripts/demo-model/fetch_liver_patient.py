@@ -2,11 +2,12 @@
 wheel ``liver-ct-segmentation-package==1.1.0`` (``data/img_117.pt``, ``data/lab_117.pt``: 128^3 voxels in HU,
 liver = 1, tumour = 2, no voxel size stored). Writes NIfTI files (not committed):
 
-- ``LiverCT.nii.gz``: the image, with an assumed voxel size of 1.4 x 1.3 x 1.4 mm and LPS-aligned axes
-  (axis 0 patient right -> left, axis 1 anterior -> posterior, axis 2 inferior -> superior; read from the
-  anatomy: liver on the right, spine posterior, heart and lung above). The size was estimated from the
-  vertebral bodies (about 45 x 32 mm in the axial plane, 30 mm from one vertebra to the next); it may be off
-  by 15 %.
+- ``LiverCT.nii.gz``: the image, with an assumed voxel size of 1.5 mm and LPS-aligned axes (axis 0 patient
+  right -> left, axis 1 anterior -> posterior, axis 2 inferior -> superior; read from the anatomy: liver on the
+  right, spine posterior, lung bases above). No size is stored; 1.5 mm follows from the vertebral bodies
+  (28-29 voxels wide, 25 deep, 22.5 voxels from one vertebra to the next), the suprarenal aorta (10-12 voxels)
+  against typical adult sizes, and from the HU values being multiples of 1/8 (a 2x2x2 average of a finer scan).
+  It may be off by about 0.2 mm per axis (the project's dataset inventory, notes/datasets.md of the data survey).
 - ``LiverCT.Labels.nii.gz``: liver including its tumours = 1 (the model's "liver"); ``LiverCT.Tumour.nii.gz``.
 
 The crop is the liver's bounding box resized to 128^3: the liver touches every face, so every other organ is
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WHEEL = "liver-ct-segmentation-package==1.1.0"
 WHEEL_FILE = "liver_ct_segmentation_package-1.1.0-py2.py3-none-any.whl"
 WHEEL_SHA256 = "3e65fbe24a469cba197a1fb91ae1e02555375c4f7e7ced6c5fcb7845fca4cf90"
-SPACING_MM = (1.4, 1.3, 1.4)
+SPACING_MM = (1.5, 1.5, 1.5)
 _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
