@@ -90,8 +90,14 @@ def test_decathlon_and_nnunet_layouts(tmp_path):
         write(image, nnunet / "imagesTr" / f"liver_{index:03d}_0000.nii.gz")
         write(label, nnunet / "labelsTr" / f"liver_{index:03d}.nii.gz")
     training = [{"image": f"./imagesTr/liver_{i}.nii.gz", "label": f"./labelsTr/liver_{i}.nii.gz"} for i in range(2)]
-    (msd / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "liver", "2": "spleen"}, "training": training}))
-    spec = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "spleen": 2}, "file_ending": ".nii.gz"}
+    (msd / "dataset.json").write_text(
+        json.dumps({"labels": {"0": "background", "1": "liver", "2": "spleen"}, "training": training})
+    )
+    spec = {
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "liver": 1, "spleen": 2},
+        "file_ending": ".nii.gz",
+    }
     (nnunet / "dataset.json").write_text(json.dumps(spec))
     for root in (msd, nnunet):
         datalist, report = datasets.decathlon(root, ["liver", "spleen"], validation_fraction=0.5)

@@ -43,7 +43,9 @@ def test_variants_keep_the_reference_aligned():
     image, reference = liver_phantom()
     volume = Volume(image, affine_from_spacing(SPACING))
     variants = {v.name: v for v in make_variants(volume, reference.astype(np.int32), {1: "liver"})}
-    assert {"plain", "slab 10 @ liver", "slab 40 @ liver", "oblique", "1 mm", "5 mm slices", "noise 40 HU"} <= set(variants)
+    assert {"plain", "slab 10 @ liver", "slab 40 @ liver", "oblique", "1 mm", "5 mm slices", "noise 40 HU"} <= set(
+        variants
+    )
     slab = variants["slab 10 @ liver"]
     assert slab.image.array.shape == (40, 36, 10)
     centre = int(round(np.argwhere(reference).mean(0)[2]))
@@ -93,7 +95,10 @@ def test_robustness_command_writes_json_and_a_table(tmp_path):
     config = tiny_config("random-liver", labels=1, spacing=SPACING, roi=(16, 16, 16))
     config["labels"][0]["name"] = "liver"
     path = make_package(tmp_path, config)  # random weights: the command's plumbing, not its figures
-    datalist = {"training": [], "evaluation": [{"patient": "P", "image": "ct.nii.gz", "label": "ref.nii.gz", "labels": {"1": "liver"}}]}
+    datalist = {
+        "training": [],
+        "evaluation": [{"patient": "P", "image": "ct.nii.gz", "label": "ref.nii.gz", "labels": {"1": "liver"}}],
+    }
     (tmp_path / "list.json").write_text(json.dumps(datalist))
     out = tmp_path / "out"
     code = cli.main(["robustness", "--model", str(path), "--datalist", str(tmp_path / "list.json"), "--patient", "P",
@@ -102,6 +107,18 @@ def test_robustness_command_writes_json_and_a_table(tmp_path):
     result = json.loads((out / "robustness.json").read_text())
     assert [row["variant"] for row in result["variants"]][:2] == ["plain", "slab 10 @ liver"]
     assert "| variant | liver | mean |" in (out / "robustness.md").read_text()
-    assert cli.main(["robustness", "--model", str(path), "--image", str(tmp_path / "ct.nii.gz"), "--out", str(out)]) == 2
-    bad = ["robustness", "--model", str(path), "--datalist", str(tmp_path / "list.json"), "--patient", "Q", "--out", str(out)]
+    assert (
+        cli.main(["robustness", "--model", str(path), "--image", str(tmp_path / "ct.nii.gz"), "--out", str(out)]) == 2
+    )
+    bad = [
+        "robustness",
+        "--model",
+        str(path),
+        "--datalist",
+        str(tmp_path / "list.json"),
+        "--patient",
+        "Q",
+        "--out",
+        str(out),
+    ]
     assert cli.main(bad) == 2  # no evaluation entry for that patient

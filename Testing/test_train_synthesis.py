@@ -233,8 +233,8 @@ def test_datalist_reads_named_tables_and_per_structure_masks(tmp_path):
         mask.CopyInformation(label)
         sitk.WriteImage(mask, str(masks / f"{name}.nii.gz"))
     entries = [
-        {"image": "case0.nii.gz", "label": {"organ1": "segmentations/organ1.nii.gz", "organ2": "segmentations/organ2.nii.gz"},
-         "patient": "P1"},
+        {"image": "case0.nii.gz", "patient": "P1",
+         "label": {"organ1": "segmentations/organ1.nii.gz", "organ2": "segmentations/organ2.nii.gz"}},
         {"image": "case0.nii.gz", "label": "case0_seg.nii.gz", "labels": "btcv", "partial": True, "synthesis": False},
     ]  # fmt: skip
     (root / "list.json").write_text(json.dumps({"training": entries}))

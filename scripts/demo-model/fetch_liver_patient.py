@@ -98,7 +98,8 @@ def main(out: Path) -> None:
         "files": ["liver_ct_segmentation_package/data/img_117.pt", "liver_ct_segmentation_package/data/lab_117.pt"],
         "case": "LiTS (Liver Tumor Segmentation Benchmark) training case 117, cropped to the liver, 128^3",
         "assumed_spacing_mm": list(SPACING_MM),
-        "licence": "LiTS data: non-commercial research use; used here for evaluation and leave-one-patient-out folds only",
+        "licence": "LiTS data: non-commercial research use; used here for evaluation and "
+        "leave-one-patient-out folds only",
         "labels": "liver and tumour merged into liver = 1; the tumour alone in LiverCT.Tumour.nii.gz",
     }
     (out / "LiverCT.provenance.json").write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")

@@ -140,7 +140,15 @@ def make_variants(image, reference: np.ndarray, names: dict[int, str], wanted=AL
                 lo = int(round(centre[axis] - slices / 2))
                 lo = max(0, min(lo, image.array.shape[axis] - slices))  # whole slabs, inside the scan
                 variants.append(
-                    _crop(image, reference, axis, lo, lo + slices, f"slab {slices} @ {organ}", f"{slices} slices around the {organ}'s centre")
+                    _crop(
+                        image,
+                        reference,
+                        axis,
+                        lo,
+                        lo + slices,
+                        f"slab {slices} @ {organ}",
+                        f"{slices} slices around the {organ}'s centre",
+                    )
                 )
     if "oblique" in wanted:
         target = _oblique_grid(image.grid, OBLIQUE_DEG)
@@ -151,7 +159,9 @@ def make_variants(image, reference: np.ndarray, names: dict[int, str], wanted=AL
             target = _iso_grid(image.grid, spacing)
             old = image.grid.spacing
             blur = np.maximum(0.0, (spacing - old) / 2.355)
-            variants.append(_resampled(image, reference, target, f"{spacing:g} mm", f"resampled to {spacing:g} mm", blur))
+            variants.append(
+                _resampled(image, reference, target, f"{spacing:g} mm", f"resampled to {spacing:g} mm", blur)
+            )
     if "thick" in wanted:
         spacing = image.grid.spacing.copy()
         spacing[axis] = THICK_SLICE_MM
@@ -163,14 +173,24 @@ def make_variants(image, reference: np.ndarray, names: dict[int, str], wanted=AL
     if "noise" in wanted:
         rng = np.random.default_rng(seed)
         noisy = np.asarray(image.array, np.float32) + rng.normal(0, NOISE_HU, image.array.shape).astype(np.float32)
-        variants.append(Variant(f"noise {NOISE_HU:g} HU", Volume(noisy, image.affine, "noise"), reference, image.grid, f"Gaussian noise SD {NOISE_HU:g} HU"))
+        variants.append(
+            Variant(
+                f"noise {NOISE_HU:g} HU",
+                Volume(noisy, image.affine, "noise"),
+                reference,
+                image.grid,
+                f"Gaussian noise SD {NOISE_HU:g} HU",
+            )
+        )
     if "mid-liver" in wanted and name_key("liver") in by_key:
         centre = _centroid_index(reference, [by_key[name_key("liver")]])
         if centre is not None:
             up = image.grid.direction[2, axis] > 0  # index grows towards the head
             middle = int(round(centre[axis]))
             lo, hi = (0, middle) if up else (middle, image.array.shape[axis])
-            variants.append(_crop(image, reference, axis, lo, hi, "mid-liver start", "the scan starts halfway down the liver"))
+            variants.append(
+                _crop(image, reference, axis, lo, hi, "mid-liver start", "the scan starts halfway down the liver")
+            )
     return variants
 
 
@@ -178,7 +198,11 @@ def _pairs(model_labels, names: dict[int, str]):
     from .training.label_tables import name_key
 
     by_key = {name_key(n): v for v, n in names.items()}
-    return [(label.value, by_key[name_key(label.name)], label.name) for label in model_labels if name_key(label.name) in by_key]
+    return [
+        (label.value, by_key[name_key(label.name)], label.name)
+        for label in model_labels
+        if name_key(label.name) in by_key
+    ]
 
 
 def _best_token_dice(result, reference: np.ndarray, pairs) -> dict:
@@ -204,7 +228,9 @@ def _best_token_dice(result, reference: np.ndarray, pairs) -> dict:
     return out
 
 
-def evaluate_robustness(package, image, reference, names: dict[int, str], wanted=ALL_VARIANTS, device="auto", tokens=True, progress=None) -> dict:
+def evaluate_robustness(
+    package, image, reference, names: dict[int, str], wanted=ALL_VARIANTS, device="auto", tokens=True, progress=None
+) -> dict:
     """Segment every variant of ``image`` (a Volume) with ``package`` and score it against ``reference`` (a
     label Volume named by ``names``)."""
     from .evaluate import label_metrics
@@ -229,13 +255,20 @@ def evaluate_robustness(package, image, reference, names: dict[int, str], wanted
         if predicted.shape != variant.reference.shape or not np.allclose(result.affine, variant.grid.affine, atol=1e-4):
             predicted = resample(predicted, result.grid, variant.grid, "nearest", 0, np.uint8)
         present = [(p, r, n) for p, r, n in pairs if (variant.reference == r).any()]
-        metrics = label_metrics(predicted.astype(np.int32), variant.reference, present, variant.grid.spacing, hd95=False)
+        metrics = label_metrics(
+            predicted.astype(np.int32), variant.reference, present, variant.grid.spacing, hd95=False
+        )
         dice = {name: round(m["dice"], 4) for name, m in metrics.items() if m["dice"] is not None}
-        row = {"variant": variant.name, "note": variant.note, "shape": list(variant.image.array.shape),
-               "spacing_mm": [round(float(s), 3) for s in variant.image.grid.spacing],
-               "dice": dice, "mean_dice": round(float(np.mean(list(dice.values()))), 4) if dice else None,
-               "volume_ml": {n: round(m["volume_ml"], 1) for n, m in metrics.items()},
-               "seconds": round(result.timings["total"], 2)}
+        row = {
+            "variant": variant.name,
+            "note": variant.note,
+            "shape": list(variant.image.array.shape),
+            "spacing_mm": [round(float(s), 3) for s in variant.image.grid.spacing],
+            "dice": dice,
+            "mean_dice": round(float(np.mean(list(dice.values()))), 4) if dice else None,
+            "volume_ml": {n: round(m["volume_ml"], 1) for n, m in metrics.items()},
+            "seconds": round(result.timings["total"], 2),
+        }
         if variant.name == "plain":
             plain_labels = predicted
             if want_tokens:
@@ -243,11 +276,21 @@ def evaluate_robustness(package, image, reference, names: dict[int, str], wanted
                     "reference": _best_token_dice(result, ref, pairs),
                     "prediction": _best_prediction_tokens(result.token_matches),
                 }
-        elif plain_labels is not None and predicted.shape == plain_labels.shape and np.allclose(
-            variant.grid.affine, image.affine, atol=1e-4
+        elif (
+            plain_labels is not None
+            and predicted.shape == plain_labels.shape
+            and np.allclose(variant.grid.affine, image.affine, atol=1e-4)
         ):
-            agreement = label_metrics(predicted.astype(np.int32), plain_labels.astype(np.int32), [(p, p, n) for p, _, n in pairs], variant.grid.spacing, hd95=False)
-            row["agreement_with_plain"] = {n: round(m["dice"], 4) for n, m in agreement.items() if m["dice"] is not None}
+            agreement = label_metrics(
+                predicted.astype(np.int32),
+                plain_labels.astype(np.int32),
+                [(p, p, n) for p, _, n in pairs],
+                variant.grid.spacing,
+                hd95=False,
+            )
+            row["agreement_with_plain"] = {
+                n: round(m["dice"], 4) for n, m in agreement.items() if m["dice"] is not None
+            }
         rows.append(row)
     if progress:
         progress("done", 1.0)
@@ -272,15 +315,29 @@ def format_table(result: dict) -> str:
         return "-" if value is None else f"{value:.3f}"
 
     for row in result["variants"]:
-        lines.append(f"| {row['variant']} | " + " | ".join(cell(row["dice"].get(n)) for n in labels) + f" | {cell(row['mean_dice'])} |")
+        lines.append(
+            f"| {row['variant']} | "
+            + " | ".join(cell(row["dice"].get(n)) for n in labels)
+            + f" | {cell(row['mean_dice'])} |"
+        )
         if "agreement_with_plain" in row:
             agree = row["agreement_with_plain"]
-            lines.append(f"| {row['variant']}: agreement with plain | " + " | ".join(cell(agree.get(n)) for n in labels) + " | |")
+            lines.append(
+                f"| {row['variant']}: agreement with plain | " + " | ".join(cell(agree.get(n)) for n in labels) + " | |"
+            )
     tokens = result.get("best_token") or {}
     if tokens.get("reference"):
-        lines.append("| best-token soft Dice (vs reference) | " + " | ".join(cell(tokens["reference"].get(n, {}).get("soft_dice")) for n in labels) + " | |")
+        lines.append(
+            "| best-token soft Dice (vs reference) | "
+            + " | ".join(cell(tokens["reference"].get(n, {}).get("soft_dice")) for n in labels)
+            + " | |"
+        )
     if tokens.get("prediction"):
-        lines.append("| best-token soft Dice (vs prediction) | " + " | ".join(cell(tokens["prediction"].get(n)) for n in labels) + " | |")
+        lines.append(
+            "| best-token soft Dice (vs prediction) | "
+            + " | ".join(cell(tokens["prediction"].get(n)) for n in labels)
+            + " | |"
+        )
     return "\n".join(lines)
 
 
@@ -300,9 +357,23 @@ def evaluation_entries(datalist: str | Path, patient: str) -> list[dict]:
     out = []
     for entry in entries:
         names = named_table(entry.get("labels", data.get("labels")))
-        out.append({"name": entry.get("name", patient), "image": str((root / entry["image"]).resolve()),
-                    "label": str((root / entry["label"]).resolve()), "names": names})
+        out.append(
+            {
+                "name": entry.get("name", patient),
+                "image": str((root / entry["image"]).resolve()),
+                "label": str((root / entry["label"]).resolve()),
+                "names": names,
+            }
+        )
     return out
+
+
+def _announce(name: str):
+    def progress(stage: str, fraction: float) -> None:
+        if stage != "done":
+            print(f"{name}: {stage}", file=sys.stderr)
+
+    return progress
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -330,8 +401,12 @@ def run_robustness(args: argparse.Namespace) -> int:
     elif args.image and args.reference:
         names = name_table(args.reference, args.reference_names)
         if names is None:
-            raise InputError("the reference has no name table", 'pass --reference-names TABLE.json ({"1": "liver", ...})')
-        cases = [{"name": Path(args.image).name.split(".")[0], "image": args.image, "label": args.reference, "names": names}]
+            raise InputError(
+                "the reference has no name table", 'pass --reference-names TABLE.json ({"1": "liver", ...})'
+            )
+        cases = [
+            {"name": Path(args.image).name.split(".")[0], "image": args.image, "label": args.reference, "names": names}
+        ]
     else:
         raise InputError("give --image and --reference, or --datalist and --patient")
     package = ModelStore(getattr(args, "catalog", None)).load(args.model)
@@ -339,20 +414,32 @@ def run_robustness(args: argparse.Namespace) -> int:
     results = []
     for case in cases:
         result = evaluate_robustness(
-            package, read_volume(case["image"]), read_volume(case["label"]), case["names"], args.variants, args.device,
+            package,
+            read_volume(case["image"]),
+            read_volume(case["label"]),
+            case["names"],
+            args.variants,
+            args.device,
             not args.no_tokens,
-            progress=lambda stage, fraction: print(f"{case['name']}: {stage}", file=sys.stderr) if stage != "done" else None,
+            progress=_announce(case["name"]),
         )
         result["case"] = case["name"]
         result["image"] = case["image"]
         results.append(result)
     tables = "\n\n".join(f"### {r['case']} ({r['model']})\n\n{format_table(r)}" for r in results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "robustness.json").write_text(json.dumps(results if len(results) > 1 else results[0], indent=2), encoding="utf-8")
+    (out / "robustness.json").write_text(
+        json.dumps(results if len(results) > 1 else results[0], indent=2), encoding="utf-8"
+    )
     (out / "robustness.md").write_text(tables + "\n", encoding="utf-8")
     print(tables)
     print(f"wrote {out / 'robustness.json'} and {out / 'robustness.md'}", file=sys.stderr)
     return 0
 
 
-register_command("robustness", "Dice of a model on thin slabs, oblique grids, other voxel sizes, noise and crops of a labelled CT", _arguments, run_robustness)
+register_command(
+    "robustness",
+    "Dice of a model on thin slabs, oblique grids, other voxel sizes, noise and crops of a labelled CT",
+    _arguments,
+    run_robustness,
+)

@@ -38,24 +38,36 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augmentation", type=float, default=1.0, help="augmentation strength (0 = none)")
     parser.add_argument("--flip-axes", type=int, nargs="*", default=[], help="random flips along these axes")
     parser.add_argument(
-        "--synthetic-ratio", type=float, default=default.synthetic_ratio,
-        help="share of patches synthesised from tissue maps (SynthSeg-style CT; cases with \"synthesis\": false excluded)",
+        "--synthetic-ratio",
+        type=float,
+        default=default.synthetic_ratio,
+        help="share of patches synthesised from tissue maps (SynthSeg-style CT; "
+        'cases with "synthesis": false excluded)',
     )
     parser.add_argument(
-        "--remap-ratio", type=float, default=default.remap_ratio,
+        "--remap-ratio",
+        type=float,
+        default=default.remap_ratio,
         help="share of the other patches whose tissues get another contrast phase",
     )
     parser.add_argument(
-        "--background-ratio", type=float, default=default.background_ratio,
+        "--background-ratio",
+        type=float,
+        default=default.background_ratio,
         help="share of patches centred anywhere rather than on an organ (hard background)",
     )
     parser.add_argument("--lesion-probability", type=float, default=default.lesion_probability)
     parser.add_argument(
-        "--hold-out", nargs="*", default=[], metavar="PATIENT",
+        "--hold-out",
+        nargs="*",
+        default=[],
+        metavar="PATIENT",
         help="leave these patients' cases out (leave-one-patient-out folds; see the datalist's \"patient\")",
     )
     parser.add_argument(
-        "--select", choices=("best", "last"), default=default.select,
+        "--select",
+        choices=("best", "last"),
+        default=default.select,
         help="package the best validated checkpoint or the last one",
     )
     parser.add_argument("--workers", type=int, default=default.workers, help="processes that draw patches")
@@ -150,18 +162,27 @@ register_command(
 
 
 def _datalist_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("layout", choices=("totalsegmentator", "decathlon", "folders"),
-                        help="totalsegmentator: <case>/ct.nii.gz + segmentations/; decathlon: dataset.json "
-                        "(MSD, nnU-Net raw, AMOS); folders: --images and --labels paired by number (BTCV)")
+    parser.add_argument(
+        "layout",
+        choices=("totalsegmentator", "decathlon", "folders"),
+        help="totalsegmentator: <case>/ct.nii.gz + segmentations/; decathlon: dataset.json "
+        "(MSD, nnU-Net raw, AMOS); folders: --images and --labels paired by number (BTCV)",
+    )
     parser.add_argument("root", nargs="?", help="the dataset folder (totalsegmentator, decathlon)")
     parser.add_argument("--images", help="folders: the image folder")
     parser.add_argument("--labels", help="folders: the label folder")
     parser.add_argument("--table", default="btcv", help="folders: btcv, amos, totalsegmentator or a JSON name table")
     parser.add_argument("--config", help="the model configuration whose labels to match (report and 'partial')")
     parser.add_argument("--splits", nargs="+", default=["train"], help="totalsegmentator: meta.csv splits to train on")
-    parser.add_argument("--validation-splits", nargs="*", default=["val"], help="totalsegmentator: splits to validate on")
-    parser.add_argument("--structures", choices=("all", "model"), default="all",
-                        help="totalsegmentator: read every mask (full maps for synthesis) or only the model's")
+    parser.add_argument(
+        "--validation-splits", nargs="*", default=["val"], help="totalsegmentator: splits to validate on"
+    )
+    parser.add_argument(
+        "--structures",
+        choices=("all", "model"),
+        default="all",
+        help="totalsegmentator: read every mask (full maps for synthesis) or only the model's",
+    )
     parser.add_argument("--validation-fraction", type=float, default=0.0, help="decathlon, folders: share held out")
     parser.add_argument("--out", "-o", required=True, help="the datalist JSON to write")
 

@@ -211,7 +211,11 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
         "extent_mm": [round(float(n * s), 1) for n, s in zip(source_grid.shape, source_grid.spacing, strict=True)],
     }
     case = Case(entry["name"], prepared.image, label, spacing, files, missing, entry.get("repeat", 1))
-    case.patient, case.synthesis, case.source = entry.get("patient", entry["name"]), entry.get("synthesis", True), source
+    case.patient, case.synthesis, case.source = (
+        entry.get("patient", entry["name"]),
+        entry.get("synthesis", True),
+        source,
+    )
     ones = np.ones(source_grid.shape, np.uint8)
     case.inside = resample(ones, source_grid, prepared.region, "nearest", 0, np.uint8) > 0
     if all(setting["method"] == "ct_window" for setting in settings):

@@ -45,7 +45,11 @@ def match_report(names: list[str], model_labels: list[str] | None) -> dict:
         return {"matched": [], "missing": [], "structures": len(names)}
     keys = {name_key(n) for n in names}
     matched = [label for label in model_labels if name_key(label) in keys]
-    return {"matched": matched, "missing": [label for label in model_labels if label not in matched], "structures": len(names)}
+    return {
+        "matched": matched,
+        "missing": [label for label in model_labels if label not in matched],
+        "structures": len(names),
+    }
 
 
 def _finish(root: Path, training: list[dict], validation: list[dict], model_labels, names_seen: list[str], source: str):
@@ -185,8 +189,12 @@ def folders(images, labels, table, model_labels=None, validation_fraction: float
         label = label_by_number.get(number(image))
         if label is None:
             continue
-        entry = {"name": _stem(image), "image": str(image.resolve().relative_to(root)),
-                 "label": str(label.resolve().relative_to(root)), "labels": {str(v): n for v, n in names.items()}}
+        entry = {
+            "name": _stem(image),
+            "image": str(image.resolve().relative_to(root)),
+            "label": str(label.resolve().relative_to(root)),
+            "labels": {str(v): n for v, n in names.items()},
+        }
         if _partial(list(names.values()), model_labels):
             entry["partial"] = True
         entries.append(entry)

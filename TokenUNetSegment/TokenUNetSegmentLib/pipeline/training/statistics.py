@@ -15,7 +15,11 @@ PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 
 def _range(values) -> dict:
     values = np.asarray(values, np.float64)
-    return {"min": round(float(values.min()), 3), "max": round(float(values.max()), 3), "mean": round(float(values.mean()), 3)}
+    return {
+        "min": round(float(values.min()), 3),
+        "max": round(float(values.max()), 3),
+        "mean": round(float(values.mean()), 3),
+    }
 
 
 def _touches_edge(mask: np.ndarray, inside: np.ndarray) -> bool:
@@ -57,9 +61,18 @@ def training_statistics(cases: list[Case], config: dict, settings) -> dict:
         if hu:
             values = np.concatenate(hu)
             entry["hu"] = {"mean": round(float(values.mean()), 1), "sd": round(float(values.std()), 1)}
-            entry["hu"].update({f"p{p:02d}": round(float(v), 1) for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True)})
+            entry["hu"].update(
+                {
+                    f"p{p:02d}": round(float(v), 1)
+                    for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True)
+                }
+            )
         labels[name] = entry
-    body = [case.hu[0][(case.inside if case.inside is not None else True) & (case.hu[0] > -500)] for case in cases if case.hu is not None]
+    body = [
+        case.hu[0][(case.inside if case.inside is not None else True) & (case.hu[0] > -500)]
+        for case in cases
+        if case.hu is not None
+    ]
     intensity = None
     if body:
         values = np.concatenate([b.ravel() for b in body])
@@ -67,13 +80,24 @@ def training_statistics(cases: list[Case], config: dict, settings) -> dict:
             "body_threshold_hu": -500,
             "mean": round(float(values.mean()), 1),
             "sd": round(float(values.std()), 1),
-            **{f"p{p:02d}": round(float(v), 1) for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True)},
+            **{
+                f"p{p:02d}": round(float(v), 1)
+                for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True)
+            },
         }
     source_spacing = np.array([case.source["spacing_mm"] for case in cases if case.source])
     source_extent = np.array([case.source["extent_mm"] for case in cases if case.source])
     labelled_fraction = [
         float(np.isin(case.label, [label["value"] for label in config["labels"]]).sum())
-        / max(1, int(((case.inside if case.inside is not None else np.ones_like(case.label, bool)) & (case.label != UNKNOWN)).sum()))
+        / max(
+            1,
+            int(
+                (
+                    (case.inside if case.inside is not None else np.ones_like(case.label, bool))
+                    & (case.label != UNKNOWN)
+                ).sum()
+            ),
+        )
         for case in cases
     ]
     warp, fov = settings.warp.scaled(settings.strength), settings.field_of_view.scaled(settings.strength)
@@ -97,6 +121,8 @@ def training_statistics(cases: list[Case], config: dict, settings) -> dict:
             "elastic_mm": round(warp.elastic_mm, 1),
             "min_slab_mm": fov.min_slab_mm if fov.slab > 0 else None,
             "synthetic_ratio": settings.synthetic_ratio,
-            "contrast_phases": ["unenhanced", "arterial", "portal venous"] if settings.synthetic_ratio or settings.remap_ratio else [],
+            "contrast_phases": ["unenhanced", "arterial", "portal venous"]
+            if settings.synthetic_ratio or settings.remap_ratio
+            else [],
         },
     }

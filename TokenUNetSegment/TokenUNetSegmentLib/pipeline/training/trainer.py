@@ -258,7 +258,10 @@ def train(
             save("last")  # a run stopped from outside loses at most a few minutes
             saved_at[0] = time.monotonic()
             seconds = elapsed_before + saved_at[0] - started
-            _log(log_path, {"event": "checkpoint", "step": step, "loss": float(np.mean(losses[-50:])), "seconds": round(seconds)})
+            _log(
+                log_path,
+                {"event": "checkpoint", "step": step, "loss": float(np.mean(losses[-50:])), "seconds": round(seconds)},
+            )
     if rank == 0 and (stopped_early or not (checkpoints / "best.pt").exists()):
         result = validate(network, val_cases, config, recipe.val_overlap)
         history.append({"step": step, "loss": float(np.mean(losses)) if losses else None, **result})
@@ -271,7 +274,9 @@ def train(
     if rank == 0:
         _log(log_path, {"event": "end", "step": step, "stopped_early": stopped_early, "seconds": elapsed}, echo)
         chosen = "best" if recipe.select == "best" else "last"
-        network.load_state_dict(torch.load(checkpoints / f"{chosen}.pt", map_location="cpu", weights_only=True)["network"])
+        network.load_state_dict(
+            torch.load(checkpoints / f"{chosen}.pt", map_location="cpu", weights_only=True)["network"]
+        )
         record = {
             "data": {
                 "datalist": str(Path(datalist).name),

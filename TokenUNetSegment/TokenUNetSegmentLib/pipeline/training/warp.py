@@ -58,9 +58,7 @@ def rotation_matrix(angles_rad) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def random_source_grid(
-    patch, centre, spacing, settings: WarpSettings, rng: np.random.Generator
-) -> torch.Tensor:
+def random_source_grid(patch, centre, spacing, settings: WarpSettings, rng: np.random.Generator) -> torch.Tensor:
     """Source voxel coordinates (3, *patch) for every patch voxel: ``centre + M @ offset + displacement``.
 
     ``M`` rotates and scales (a scale factor f > 1 samples a smaller source region, so the anatomy appears
