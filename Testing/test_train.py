@@ -53,6 +53,22 @@ def test_few_steps_give_a_package_that_loads_and_segments(datalist, tmp_path):
     assert "# tiny-trained" in (package_path / "docs" / "README.md").read_text()
 
 
+def test_packages_record_what_the_training_data_looked_like(datalist, tmp_path):
+    """tokenunet.training_statistics: organ volumes, HU, voxel sizes, fields of view and the augmentation envelope
+    (validated by the metadata schema when the package loads)."""
+    package = load_package(train(datalist, train_config(), tmp_path, Recipe(steps=1, val_every=1, threads=1)))
+    stats = package.config["training_statistics"]
+    assert stats["cases"] == 2 and stats["patients"] == ["case0", "case1"]
+    organ1 = stats["labels"]["organ1"]
+    _, label = phantom_case()
+    volume_ml = float((label == 10).sum()) * 8.0 / 1000.0  # 2 mm voxels
+    assert organ1["cases"] == 2 and organ1["volume_ml"]["min"] == pytest.approx(volume_ml, rel=0.2)
+    assert organ1["volume_ml_complete"] is not None  # the phantom organs lie well inside the scans
+    assert 150 < organ1["hu"]["mean"] < 290 and organ1["hu"]["p05"] <= organ1["hu"]["p95"]  # 220 HU + noise
+    assert stats["intensity_hu"]["body_threshold_hu"] == -500 and stats["source_spacing_mm"]["min"] == [2.0, 2.0, 2.0]
+    assert stats["augmentation"]["rotation_deg"] == 30.0 and stats["augmentation"]["min_slab_mm"] == 30.0
+
+
 def test_resume_continues_from_the_last_checkpoint(datalist, tmp_path):
     train(datalist, train_config(), tmp_path, Recipe(steps=2, batch_size=1, val_every=2, threads=1))
     package = train(
