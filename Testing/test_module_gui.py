@@ -2,13 +2,23 @@
 
 import ast
 import hashlib
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 from fresh_import import modules_loaded_by
 from TokenUNetSegmentLib.mrml.parameters import MAX_INPUTS, Parameters, choices, node_fields, value_fields, value_range
-from TokenUNetSegmentLib.widget.dependencies import PROTECTED, missing_requirements, read_requirements
+from TokenUNetSegmentLib.widget.dependencies import (
+    PROTECTED,
+    TORCH_REQUIREMENT,
+    constraints_text,
+    dependencies_ready,
+    missing_requirements,
+    read_requirements,
+    torch_available,
+)
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "TokenUNetSegment"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "TokenUNetSegment.ui"
@@ -59,8 +69,9 @@ def test_every_slicer_parameter_name_maps_to_a_parameter_field_of_a_fitting_type
             if cls == "ctkSliderWidget":
                 low, high = value_range(parameter)
                 assert (float(properties["minimum"]), float(properties["maximum"])) == (low, high), name
-    # the inputs, the output and the run options are all bound
-    assert {f"inputVolume{i}" for i in range(MAX_INPUTS)} | {"outputSegmentation", "device", "show3D"} <= set(bound)
+    # the inputs, the output and the run options are bound; the device combo is filled by the panel (cuda:N)
+    assert {f"inputVolume{i}" for i in range(MAX_INPUTS)} | {"outputSegmentation", "runMode"} <= set(bound)
+    assert "device" not in bound and choices("device") is None
 
 
 def test_the_checker_rejects_a_binding_to_an_unknown_field():
@@ -133,6 +144,36 @@ def test_only_absent_packages_are_installed():
     assert missing_requirements(read_requirements()) == []  # this environment has them all
 
 
+def test_torch_requirement_is_monais_own():
+    from importlib.metadata import requires, version
+
+    from packaging.requirements import Requirement
+
+    (name, version_pin) = next((n, v) for n, v in read_requirements() if n.lower() == "monai")
+    assert version("monai") == version_pin  # the environment has the MONAI users get
+    torch = [Requirement(r) for r in requires("monai") if Requirement(r).name == "torch" and not Requirement(r).marker]
+    assert [str(r.specifier) for r in torch] == [TORCH_REQUIREMENT]
+
+
+def test_constraints_pin_the_installed_torch_numpy_and_simpleitk():
+    versions = {"torch": "2.9.1+cu128", "numpy": "2.0.2", "SimpleITK": None}
+    text = constraints_text(versions.get)
+    assert [line for line in text.splitlines() if not line.startswith("#")] == ["torch==2.9.1+cu128", "numpy==2.0.2"]
+
+
+def test_dependency_checks_read_package_metadata_without_importing_torch():
+    assert torch_available({"torch": "2.13.0"}.get) and not torch_available({}.get)
+    assert not dependencies_ready({"torch": "2.13.0"}.get)  # MONAI & co. missing
+    loaded = modules_loaded_by(["TokenUNetSegmentLib.widget.dependencies", "TokenUNetSegmentLib.pipeline.catalog"])
+    assert [m for m in loaded if m.split(".")[0] in ("torch", "monai")] == []
+    code = (
+        "import sys; from TokenUNetSegmentLib.widget.dependencies import dependencies_ready;"
+        "from TokenUNetSegmentLib.pipeline.catalog import ModelStore;"
+        "assert dependencies_ready(); ModelStore().entries(); assert 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, check=True, timeout=120)
+
+
 def module_tree():
     return ast.parse(MODULE_FILE.read_text())
 
@@ -180,6 +221,6 @@ def test_mrml_layer_and_controller_load_without_torch():
 
 def test_parameters_dataclass_defaults_are_what_the_ui_starts_with():
     defaults = Parameters()
-    assert defaults.device in choices("device") and defaults.heatmapKind in choices("heatmapKind")
+    assert defaults.device == "auto" and defaults.heatmapKind in choices("heatmapKind")
     low, high = value_range("attentionThreshold")
     assert low <= defaults.attentionThreshold <= high

@@ -2,8 +2,10 @@
 for what the PyPI wheel lacks (ScriptedLoadableModule base classes, the application scene, qt.QTimer)."""
 
 import importlib
+import os
 import sys
 import types
+import unittest
 
 import numpy as np
 import pytest
@@ -22,13 +24,12 @@ class _Base:
 @pytest.fixture
 def module(monkeypatch, tmp_path):
     scripted = types.ModuleType("slicer.ScriptedLoadableModule")
-    for name in (
-        "ScriptedLoadableModule",
-        "ScriptedLoadableModuleLogic",
-        "ScriptedLoadableModuleWidget",
-        "ScriptedLoadableModuleTest",
-    ):
-        setattr(scripted, name, type(name, (_Base,), {}))
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleWidget"):
+        setattr(scripted, name, type(name, (_Base,), {"onReload": lambda self: reloads.append(self)}))
+    scripted.ScriptedLoadableModuleTest = type(
+        "ScriptedLoadableModuleTest", (unittest.TestCase,), {"delayDisplay": lambda self, message: None}
+    )
+    reloads = []
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
     timers = []
 
@@ -55,7 +56,7 @@ def module(monkeypatch, tmp_path):
     monkeypatch.setattr(slicer, "mrmlScene", ctx.scene, raising=False)
     sys.modules.pop("TokenUNetSegment", None)
     loaded = importlib.import_module("TokenUNetSegment")
-    yield types.SimpleNamespace(module=loaded, ctx=ctx, timers=timers, tmp=tmp_path)
+    yield types.SimpleNamespace(module=loaded, ctx=ctx, timers=timers, tmp=tmp_path, reloads=reloads)
     sys.modules.pop("TokenUNetSegment", None)
 
 
@@ -115,3 +116,58 @@ def test_model_infos_list_cached_packages_with_their_inputs_and_devices(module):
     assert infos["brain"].description == "tiny random-weight test model" and infos["brain"].available
     assert logic.resolvedDevice("auto") in ("cpu", "cuda", "mps")
     assert logic.resolvedDevice("tpu") is None
+
+
+def test_slicer_older_than_5_10_is_refused_with_a_clear_message(module):
+    problem = module.module.slicerVersionProblem(5, 8)
+    assert "requires 3D Slicer 5.10 or newer" in problem and "this is Slicer 5.8" in problem
+    assert module.module.slicerVersionProblem(5, 10) == module.module.slicerVersionProblem(6, 0) == ""
+    assert "Requires 3D Slicer {version} or newer" in (module.module.__file__ and open(module.module.__file__).read())
+
+
+def test_models_go_to_slicers_cache_folder_unless_tokenunet_home_is_set(module, monkeypatch, tmp_path):
+    app = types.SimpleNamespace(cachePath=str(tmp_path / "cache"), temporaryPath=str(tmp_path / "tmp"))
+    monkeypatch.setattr(slicer, "app", app, raising=False)
+    monkeypatch.delenv("TOKENUNET_HOME")
+    module.module.useSlicerCacheByDefault()
+    assert os.environ["TOKENUNET_HOME"] == os.path.join(app.cachePath, "TokenUNet")
+    monkeypatch.setenv("TOKENUNET_HOME", "/elsewhere")
+    module.module.useSlicerCacheByDefault()
+    assert os.environ["TOKENUNET_HOME"] == "/elsewhere"
+    assert module.module.temporaryFolder() == app.temporaryPath
+
+
+def test_reload_also_reloads_the_helper_package(module, monkeypatch):
+    monkeypatch.setattr(module.module, "LIBRARY", "TokenUNetReloadProbe")
+    for name in ("TokenUNetReloadProbe", "TokenUNetReloadProbe.widget", "TokenUNetReloadProbeOther"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    widget = module.module.TokenUNetSegmentWidget()
+    widget.onReload()
+    assert "TokenUNetReloadProbe" not in sys.modules and "TokenUNetReloadProbe.widget" not in sys.modules
+    assert "TokenUNetReloadProbeOther" in sys.modules and module.reloads == [widget]
+
+
+def test_self_test_skips_without_dependencies_and_fails_without_the_bundled_model(module, monkeypatch, tmp_path):
+    from TokenUNetSegmentLib.pipeline.catalog import ModelEntry, ModelStore
+    from TokenUNetSegmentLib.widget import dependencies
+
+    test = module.module.TokenUNetSegmentTest("test_sample_with_bundled_model")
+    monkeypatch.setattr(dependencies, "dependencies_ready", lambda: False)
+    with pytest.raises(unittest.SkipTest, match="not installed"):
+        test.test_sample_with_bundled_model()
+    monkeypatch.setattr(dependencies, "dependencies_ready", lambda: True)
+    missing = ModelEntry("abdomen-organs-3mm-demo", "demo", "bundled", tmp_path / "gone")
+    monkeypatch.setattr(ModelStore, "entry", lambda self, model_id: missing)
+    with pytest.raises(AssertionError, match="bundled model is missing"):
+        test.test_sample_with_bundled_model()
+
+
+def test_self_test_is_reported_skipped_by_unittest_and_quiet_in_reload_and_test(module, monkeypatch):
+    from TokenUNetSegmentLib.widget import dependencies
+
+    monkeypatch.setattr(dependencies, "dependencies_ready", lambda: False)
+    monkeypatch.setattr(module.module.TokenUNetSegmentTest, "setUp", lambda self: None)
+    result = unittest.TestResult()
+    module.module.TokenUNetSegmentTest().run(result)  # as Slicer's ctest driver runs it
+    assert len(result.skipped) == 1 and not result.errors and not result.failures
+    module.module.TokenUNetSegmentTest().runTest()  # as Reload and Test calls it: no exception

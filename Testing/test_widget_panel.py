@@ -56,6 +56,17 @@ class FakeWidget:
     def item(self, row):
         return self.items[row] if 0 <= row < len(self.items) else None
 
+    def itemText(self, index):
+        return self.items[index] if 0 <= index < len(self.items) else ""
+
+    def sortFilterProxyModel(self):
+        if not hasattr(self, "proxy"):
+            self.proxy = types.SimpleNamespace(hiddenNodeIDs=[])
+        return self.proxy
+
+    def setSegmentationNode(self, node):
+        self.segmentation = node
+
 
 class FakeItem:
     def __init__(self, text):
@@ -85,6 +96,21 @@ class FakeTimer:
         self.active = False
 
 
+DEVICES = ["auto", "cpu", "cuda", "cuda:0", "cuda:1"]
+
+
+class FakeProbe:
+    """Answers like the device probe child (on a computer with two GPUs) on the second poll."""
+
+    def __init__(self, devices):
+        self.devices, self.polls = devices, 0
+        self.process = None
+
+    def poll(self):
+        self.polls += 1
+        return self.devices if self.polls > 1 else None
+
+
 @pytest.fixture
 def panel_env(monkeypatch, tmp_path):
     fake_qt = types.SimpleNamespace(QTimer=FakeTimer, Qt=types.SimpleNamespace(UserRole=32), QListWidgetItem=FakeItem)
@@ -97,10 +123,19 @@ def panel_env(monkeypatch, tmp_path):
     def try_with_error_display(message, waitCursor=False):
         yield  # errors propagate to the test
 
-    shown = {}
+    shown, status, editor, modules = {}, [], types.SimpleNamespace(calls=[]), []
+    editor.setSegmentationNode = lambda node: editor.calls.append(("segmentation", node))
+    editor.setSourceVolumeNode = lambda node: editor.calls.append(("source", node))
     monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", try_with_error_display)
-    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: shown.update(kw))
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: shown.update(kw), raising=False)
+    monkeypatch.setattr(slicer.util, "showStatusMessage", lambda text, duration=0: status.append(text), raising=False)
+    monkeypatch.setattr(slicer.util, "selectModule", modules.append, raising=False)
+    monkeypatch.setattr(
+        slicer.util, "getModuleWidget", lambda name: types.SimpleNamespace(editor=editor), raising=False
+    )
     from TokenUNetSegmentLib.widget import panel as panel_module
+
+    monkeypatch.setattr(panel_module, "start_device_probe", lambda: FakeProbe(DEVICES))
 
     package = make_package(tmp_path, tiny_config(roi=(16, 16, 16), spacing=(3.0, 3.0, 3.0)))
     ui = types.SimpleNamespace(**{name: FakeWidget(name) for name in ui_widgets()})
@@ -114,7 +149,19 @@ def panel_env(monkeypatch, tmp_path):
     )
     node = parameter_node(ctx.scene)
     panel = panel_module.Panel(ui, logic, lambda: node)
-    yield types.SimpleNamespace(ctx=ctx, ui=ui, panel=panel, node=node, shown=shown, module=panel_module)
+    yield types.SimpleNamespace(
+        ctx=ctx,
+        ui=ui,
+        panel=panel,
+        node=node,
+        shown=shown,
+        module=panel_module,
+        status=status,
+        editor=editor,
+        modules=modules,
+        package=package,
+        logic=logic,
+    )
     sys.modules.pop("TokenUNetSegmentLib.widget.panel", None)
 
 
@@ -142,6 +189,11 @@ def test_panel_segments_lists_tokens_shows_maps_and_rethresholds(panel_env):
     assert "Licence: Apache-2.0" in ui.modelDescriptionLabel.text
     assert read_parameters(env.node).inputVolume0 is volume
     assert ui.segmentButton.text == "Segment" and ui.segmentButton.enabled
+    while env.panel.probe is not None:  # the device probe answers (a fake computer with two GPUs)
+        env.panel.poll()
+    assert not ui.deviceNoteLabel.visible  # auto -> cuda there
+    env.panel.devices = ["auto", "cpu"]
+    env.panel.update_view()
     assert ui.deviceNoteLabel.visible and "CPU" in ui.deviceNoteLabel.text
     assert [w.visible for w in (ui.inputSelector0, ui.inputSelector1)] == [True, False]
 
@@ -160,14 +212,39 @@ def test_panel_segments_lists_tokens_shows_maps_and_rethresholds(panel_env):
     assert composite.GetForegroundVolumeID() == selected.GetID()
     ui.heatmapOpacitySlider.emit("valueChanged(double)", 0.3)
     assert composite.GetForegroundOpacity() == pytest.approx(0.3)
-    segmentation = env.panel.segmentation_node.GetSegmentation()
-    ui.show3DCheckBox.emit("toggled(bool)", True)
-    assert segmentation.ContainsRepresentation("Closed surface")
-    ui.show3DCheckBox.emit("toggled(bool)", False)
-    assert not segmentation.ContainsRepresentation("Closed surface")
+    # the result: Show 3D and Segment Editor buttons act on it; the next run reuses the node
+    result = env.panel.segmentation_node
+    assert ui.show3DButton.segmentation is result and ui.show3DButton.enabled and ui.segmentEditorButton.enabled
+    assert read_parameters(env.node).outputSegmentation is result
+    ui.segmentEditorButton.emit("clicked(bool)", False)
+    assert env.modules == ["SegmentEditor"]
+    assert env.editor.calls == [("segmentation", result), ("source", volume)]
+    # run outputs never appear in the input selectors
+    hidden = set(ui.inputSelector0.sortFilterProxyModel().hiddenNodeIDs)
+    assert {n.GetID() for n in env.panel.heatmap_nodes} <= hidden and volume.GetID() not in hidden
+    # progress and messages reached the status bar
+    assert any("%" in text for text in env.status) and any("done" in text for text in env.status)
+    # the threshold is applied once per new value (the slider reports on release), not on repeats
     attention = env.panel.attention_node
-    ui.attentionThresholdSlider.emit("valueChanged(double)", 0.95)
-    assert attention.GetAttribute("TokenUNet.Threshold") == "0.95"
+    calls = []
+    original = env.module.update_attention_segments
+    env.module.update_attention_segments = lambda node, value: (calls.append(value), original(node, value))
+    try:
+        ui.attentionThresholdSlider.emit("valueChanged(double)", 0.95)
+        ui.attentionThresholdSlider.emit("valueChanged(double)", 0.95)
+    finally:
+        env.module.update_attention_segments = original
+    assert calls == [0.95] and attention.GetAttribute("TokenUNet.Threshold") == "0.95"
+
+    ui.segmentButton.emit("clicked(bool)", False)  # again: same output node, no segmentation_1
+    run_panel_until_done(env)
+    assert env.panel.segmentation_node is result
+    names = [
+        env.ctx.scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode").GetName()
+        for i in range(env.ctx.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))
+    ]
+    results = [n for n in names if not n.startswith("Token attention")]  # each run keeps its own token segments
+    assert results == [result.GetName()], names
 
 
 def test_panel_cancel_adds_nothing(panel_env):
@@ -189,10 +266,54 @@ def test_panel_without_dependencies_offers_to_install_them(panel_env, monkeypatc
     env, ui = panel_env, panel_env.ui
     from TokenUNetSegmentLib.widget import dependencies
 
-    monkeypatch.setattr(dependencies, "torch_available", lambda: False)
+    monkeypatch.setattr(dependencies, "dependencies_ready", lambda: False)
     env.panel.refresh_models()
     assert ui.segmentButton.text == "Install dependencies" and ui.segmentButton.enabled
-    assert ui.modelSelector.items == []
-    monkeypatch.setattr(dependencies, "torch_available", lambda: True)
+    assert ui.modelSelector.items == [] and env.panel.probe is None  # no torch: no device probe either
+    env.logic.ensureDependencies = lambda ask=True: False  # the user declines
+    ui.segmentButton.emit("clicked(bool)", False)
+    assert ui.segmentButton.text == "Install dependencies" and ui.segmentButton.enabled
+    assert ui.statusLabel.text == dependencies.DECLINED
+    monkeypatch.setattr(dependencies, "dependencies_ready", lambda: True)
+    env.logic.ensureDependencies = lambda ask=True: True
     ui.segmentButton.emit("clicked(bool)", False)  # installs (stub), then lists the models
     assert ui.segmentButton.text == "Segment" and len(ui.modelSelector.items) == 1
+
+
+def test_panel_lists_cuda_devices_and_keeps_a_stored_device(panel_env):
+    env, ui = panel_env, panel_env.ui
+    env.panel.refresh_models()
+    assert ui.deviceSelector.items == ["auto", "cpu"]  # until the probe answers
+    while env.panel.probe is not None:
+        env.panel.poll()
+    assert ui.deviceSelector.items == DEVICES and not env.panel.timer.active
+    ui.deviceSelector.setCurrentIndex(4)
+    ui.deviceSelector.emit("currentIndexChanged(int)", 4)
+    assert read_parameters(env.node).device == "cuda:1"
+    env.panel.devices = ["auto", "cpu"]  # the scene opened on a computer without that GPU
+    env.panel.fill_devices()
+    assert ui.deviceSelector.items == ["auto", "cpu", "cuda:1"] and ui.deviceSelector.currentIndex == 2
+    assert read_parameters(env.node).device == "cuda:1"
+
+
+def test_panel_clears_hidden_channels_and_offers_no_run_outputs(panel_env):
+    env, ui = panel_env, panel_env.ui
+    affine = np.eye(4)
+    ct = add_volume(env.ctx.scene, noise(), affine, name="ct")
+    heatmap = add_volume(env.ctx.scene, noise(), affine, name="Token 01 gather")
+    heatmap.SetAttribute("TokenUNet.Token", "1")
+    env.node.SetNodeReferenceID("inputVolume2", ct.GetID())  # left over from a 4-channel model
+    env.panel.refresh_models()  # the one-channel model
+    parameters = read_parameters(env.node)
+    assert parameters.inputVolume0 is ct and parameters.inputVolume2 is None
+    env.panel.update_input_filters()
+    assert ui.inputSelector1.sortFilterProxyModel().hiddenNodeIDs == [heatmap.GetID()]
+
+
+def test_panel_forwards_the_child_log_to_slicer_log_and_status_bar(panel_env, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        panel_env.panel.on_run_event({"type": "log", "line": "loading model"})
+    assert "TokenUNet: loading model" in caplog.text
+    assert panel_env.status[-1] == "TokenUNet: loading model"

@@ -167,7 +167,7 @@ def assign_inputs(volume_names: list[str], model: ModelInfo, current: list[str |
     The matching itself is the pipeline's (``pipeline.package.assign_inputs``), given only the empty channels
     and the volumes no channel uses yet.
     """
-    from ..pipeline.package import assign_inputs as match_by_pattern  # on use: the package module needs torch
+    from ..pipeline.metadata import assign_inputs as match_by_pattern
 
     chosen: list[str | None] = list(current or [])[: len(model.input_names)]
     chosen += [None] * (len(model.input_names) - len(chosen))

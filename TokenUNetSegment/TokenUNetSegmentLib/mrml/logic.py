@@ -66,12 +66,12 @@ def request_from_parameters(parameters: Parameters, channels: int, model=None) -
     )
 
 
-def make_run(request: RunRequest, mode: str = "subprocess", python: str | None = None):
+def make_run(request: RunRequest, mode: str = "subprocess", python: str | None = None, temp_dir=None):
     """An unstarted run of the requested kind (``subprocess`` or ``inprocess``)."""
     if mode == "inprocess":
         return InProcessRun(request)
     if mode == "subprocess":
-        return SubprocessRun(request, python=python)
+        return SubprocessRun(request, python=python, temp_dir=temp_dir)
     raise ValueError(f"unknown run mode '{mode}'")
 
 
@@ -161,6 +161,7 @@ class SceneRun:
         parameters: the module parameters (inputs, output, display options).
         mode: ``subprocess`` (default in the GUI) or ``inprocess``.
         model: a model id, package path or loaded ModelPackage (default: ``parameters.model`` or the catalog's).
+        python: the interpreter of a subprocess run; temp_dir: where its exchange folder goes.
     """
 
     def __init__(
@@ -171,6 +172,7 @@ class SceneRun:
         model=None,
         python: str | None = None,
         channels: int | None = None,
+        temp_dir=None,
     ):
         self.scene = scene
         self.parameters = parameters
@@ -178,7 +180,7 @@ class SceneRun:
         channels = channels or len(model_input_names(chosen))
         self.request = request_from_parameters(parameters, channels, chosen)
         self.reference = parameters.inputs(channels)[0]
-        self.run = make_run(self.request, mode or parameters.runMode, python)
+        self.run = make_run(self.request, mode or parameters.runMode, python, temp_dir)
         self.nodes: RunNodes | None = None
         self.error = None
         self._observers = []

@@ -30,7 +30,7 @@ class Parameters:
     inputVolume3: object = _node("vtkMRMLScalarVolumeNode")
     outputSegmentation: object = _node("vtkMRMLSegmentationNode")
     model: str = ""  # model id or package path; "" = the catalog's default
-    device: str = field(default="auto", metadata={"choices": DEVICES})
+    device: str = "auto"  # one of DEVICES or cuda:N: the panel lists what the computer has (no fixed choices)
     runMode: str = field(default="subprocess", metadata={"choices": RUN_MODES})
     show3D: bool = False
     largestComponent: bool = False
@@ -53,7 +53,7 @@ class Parameters:
     def validate(self) -> list[str]:
         """Problems with the plain values (empty when fine)."""
         problems = []
-        if self.device.split(":")[0] not in DEVICES:
+        if not valid_device(self.device):
             problems.append(f"unknown device '{self.device}'")
         if self.runMode not in RUN_MODES:
             problems.append(f"unknown run mode '{self.runMode}'")
@@ -61,15 +61,21 @@ class Parameters:
             problems.append(f"unknown heatmap kind '{self.heatmapKind}'")
         if self.heatmapGrid not in HEATMAP_GRIDS:
             problems.append(f"unknown heatmap grid '{self.heatmapGrid}'")
-        if not 0.0 < self.attentionThreshold <= 1.0:
-            problems.append("the attention threshold must be in (0, 1]")
-        if not 0.0 <= self.heatmapOpacity <= 1.0:
-            problems.append("the heatmap opacity must be in [0, 1]")
+        for name, what in (("attentionThreshold", "attention threshold"), ("heatmapOpacity", "heatmap opacity")):
+            low, high = value_range(name)
+            if not low <= getattr(self, name) <= high:
+                problems.append(f"the {what} must be in [{low}, {high}]")
         return problems
 
     @property
     def kinds(self) -> list[str]:
         return ["gather", "broadcast"] if self.heatmapKind == "both" else [self.heatmapKind]
+
+
+def valid_device(device: str) -> bool:
+    """``auto``, ``cpu``, ``cuda``, ``mps`` or ``cuda:N``."""
+    kind, _, index = device.partition(":")
+    return device in DEVICES or (kind == "cuda" and index.isdigit())
 
 
 def choices(name: str) -> tuple | None:

@@ -19,7 +19,6 @@ import json
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..pipeline.errors import CancelledError, TokenUNetError
+from ..pipeline.process_tree import popen_options, signal_tree, stop_tree
 
 MODULE_DIR = Path(__file__).resolve().parents[2]  # the folder that holds TokenUNetSegmentLib
 EXIT_CANCELLED = 130
@@ -199,6 +199,8 @@ class SubprocessRun(Run):
         python: the interpreter for the child (default ``sys.executable``; inside Slicer, ``PythonSlicer``).
         grace: seconds a cancelled child gets to stop by itself before its process tree is killed.
         command: replaces the CLI command (for tests of the process handling); ``{out}`` is substituted.
+        env: the child's environment (default: this process's).
+        temp_dir: the folder for the run's temporary exchange folder (default: the system's).
     """
 
     def __init__(
@@ -208,8 +210,10 @@ class SubprocessRun(Run):
         grace: float = 3.0,
         command: list[str] | None = None,
         env: dict | None = None,
+        temp_dir: str | Path | None = None,
     ):
         super().__init__(request)
+        self.temp_dir = temp_dir  # where the run's exchange folder goes (Slicer: its temporary folder)
         self.python = python or sys.executable
         self.grace = grace
         self.custom_command = command
@@ -276,17 +280,12 @@ class SubprocessRun(Run):
     # -- process -------------------------------------------------------------------------------------
     def start(self) -> SubprocessRun:
         self.state, self.started = RunState.RUNNING, time.monotonic()
-        self.folder = Path(tempfile.mkdtemp(prefix="tokenunet-run-"))
+        self.folder = Path(tempfile.mkdtemp(prefix="tokenunet-run-", dir=self.temp_dir))
         try:
             inputs = self._write_inputs()
             env = dict(os.environ if self.env is None else self.env)
             env["PYTHONPATH"] = os.pathsep.join([str(MODULE_DIR), *filter(None, [env.get("PYTHONPATH")])])
             env.setdefault("PYTHONUNBUFFERED", "1")
-            options = (
-                {"start_new_session": True}
-                if os.name == "posix"
-                else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
-            )
             self.process = subprocess.Popen(
                 self.command(inputs),
                 cwd=str(self.folder),
@@ -296,7 +295,9 @@ class SubprocessRun(Run):
                 stderr=subprocess.STDOUT,
                 text=True,
                 bufsize=1,
-                **options,
+                encoding="utf-8",
+                errors="replace",
+                **popen_options(),
             )
         except Exception as error:
             self._cleanup()
@@ -364,47 +365,13 @@ class SubprocessRun(Run):
 
 
 def signal_process_tree(process: subprocess.Popen | None, kill: bool) -> None:
-    """Send SIGTERM (or SIGKILL when ``kill``) to the child's process group (on Windows, kill the tree)."""
-    if process is None:
-        return
-    if os.name != "posix":
-        if process.poll() is None:
-            if kill:
-                subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
-            else:
-                process.send_signal(signal.CTRL_BREAK_EVENT)
-        return
-    try:
-        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
+    """Ask the child's process tree to stop (``kill``: force it); never raises."""
+    signal_tree(process, kill=kill)
 
 
 def kill_process_tree(process: subprocess.Popen | None, grace: float = 3.0) -> None:
-    """Stop ``process`` and every process of its group: SIGTERM, then SIGKILL after ``grace`` seconds."""
-    if process is None:
-        return
-    if os.name != "posix":
-        if process.poll() is None:
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
-        process.wait()
-        return
-    group = process.pid  # start_new_session made the child its group leader
-
-    def signal_group(signum):
-        try:
-            os.killpg(group, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    if process.poll() is None:
-        signal_group(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    signal_group(signal.SIGKILL)
-    process.wait()
+    """Stop ``process`` and its descendants: terminate, then kill after ``grace`` seconds; never raises."""
+    stop_tree(process, grace)
 
 
 def result_from_folder(folder: str | Path, input_affine=None):

@@ -13,11 +13,14 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ModelPackageError
 from .jsonschema_lite import validation_errors
-from .package import METADATA_FILE, ModelPackage, _Source, load_package, load_schema, read_metadata
-from .weights import sha256_file
+from .metadata import METADATA_FILE, _Source, load_schema, read_metadata
+
+if TYPE_CHECKING:  # listing models needs no torch: loading them imports .package on use
+    from .package import ModelPackage
 
 HOME_VARIABLE = "TOKENUNET_HOME"
 DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "Resources" / "Models.json"
@@ -137,6 +140,8 @@ class ModelStore:
 
     def load(self, model: str | Path | None) -> ModelPackage:
         """Resolve and load a package (see :func:`load_package`)."""
+        from .package import load_package
+
         return load_package(self.resolve(model))
 
     def download(self, entry: ModelEntry) -> Path:
@@ -152,6 +157,8 @@ class ModelStore:
                     f"cannot download model '{entry.id}' from {entry.url}: {error}",
                     "check the network, or import the package from a local file",
                 ) from None
+            from .weights import sha256_file
+
             actual = sha256_file(target)
             if actual != entry.sha256:
                 raise ModelPackageError(
@@ -163,6 +170,8 @@ class ModelStore:
 
     def import_package(self, path: str | Path, overwrite: bool = False, expected_id: str | None = None) -> Path:
         """Copy a package folder or zip into the cache after checking it fully; returns the cached folder."""
+        from .package import load_package
+
         path = Path(path)
         package = load_package(path)  # validates metadata, checksum and weights
         model_id = package.id
@@ -198,6 +207,8 @@ class ModelStore:
 
 def resolve_model(model: str | Path | ModelPackage | None, store: ModelStore | None = None) -> ModelPackage:
     """A :class:`ModelPackage` from a package object, an id, a path or None (the catalog default)."""
+    from .package import ModelPackage
+
     if isinstance(model, ModelPackage):
         return model
     return (store or ModelStore()).load(model)

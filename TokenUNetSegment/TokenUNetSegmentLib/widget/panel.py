@@ -7,6 +7,7 @@ from the MRML adapter. This file only moves values between them and the widgets.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 import sys
 import typing
@@ -22,12 +23,27 @@ from ..mrml.heatmaps import (
     show_in_slice_views,
     update_attention_segments,
 )
-from ..mrml.parameters import Parameters, choices, node_fields, value_fields, value_range
+from ..mrml.logic import PROBABILITY_ATTRIBUTE
+from ..mrml.parameters import MAX_INPUTS, Parameters, choices, node_fields, value_fields, value_range
 from ..mrml.runner import RunState
-from ..mrml.segmentation import set_closed_surface
+from ..pipeline.device_probe import DeviceProbe, resolved
+from . import dependencies
+from .i18n import tr as _
 
 POLL_MS = 100
 LIST_ROLE = qt.Qt.UserRole
+OUTPUT_ATTRIBUTES = (TOKEN_ATTRIBUTE, PROBABILITY_ATTRIBUTE)  # run outputs: never offered as inputs
+STATUS_MS = 5000
+
+
+def is_run_output(node) -> bool:
+    """Whether a volume node is a run's heatmap or probability map (kept out of the input selectors)."""
+    return any(node.GetAttribute(name) for name in OUTPUT_ATTRIBUTES)
+
+
+def start_device_probe():
+    """Ask a child interpreter which devices exist (torch stays out of Slicer's process until a run)."""
+    return DeviceProbe(python_executable())
 
 
 def parameter_wrapper_class():
@@ -86,7 +102,8 @@ class Panel:
         ui.tokenList.connect("currentRowChanged(int)", self.on_token_selected)
         ui.heatmapOpacitySlider.connect("valueChanged(double)", self.on_opacity_changed)
         ui.attentionThresholdSlider.connect("valueChanged(double)", self.on_threshold_changed)
-        ui.show3DCheckBox.connect("toggled(bool)", self.on_show3d_toggled)
+        ui.deviceSelector.connect("currentIndexChanged(int)", self.on_device_changed)
+        ui.segmentEditorButton.connect("clicked(bool)", self.on_show_in_segment_editor)
         ui.openCacheButton.connect("clicked(bool)", self.on_open_cache)
         ui.importPackageButton.connect("clicked(bool)", self.on_import_package)
         ui.deleteModelButton.connect("clicked(bool)", self.on_delete_model)
@@ -95,7 +112,9 @@ class Panel:
         self.heatmap_nodes = []
         self.reference = None
         self.dependencies_ready = False
-        self.devices = {}
+        self.devices: list[str] | None = None  # None until the device probe has answered
+        self.probe = None
+        self.applied_threshold = None
 
     # -- parameters ------------------------------------------------------------------------------------
     def parameters(self) -> Parameters:
@@ -111,17 +130,19 @@ class Panel:
     # -- models ----------------------------------------------------------------------------------------
     def refresh_models(self) -> None:
         """Fill the model selector from the catalog and the cache."""
-        from .dependencies import missing_requirements, read_requirements, torch_available
-
-        self.dependencies_ready = torch_available() and not missing_requirements(read_requirements())
+        self.dependencies_ready = dependencies.dependencies_ready()
         self.models = []
         if self.dependencies_ready:
             try:
                 self.models = self.logic.modelInfos()
             except Exception as error:  # noqa: BLE001 - shown, the panel stays usable
                 self.message = str(error)
+            if self.devices is None and self.probe is None:
+                self.probe = start_device_probe()
+                self.timer.start()
         else:
-            self.message = "TokenUNet needs PyTorch, MONAI, einops and safetensors."
+            self.message = _("TokenUNet needs PyTorch, MONAI, einops and safetensors: click Install dependencies.")
+        self.fill_devices()
         selector = self.ui.modelSelector
         wanted = self.parameters().model
         was = selector.blockSignals(True)
@@ -137,8 +158,12 @@ class Panel:
         info = self.model_info()
         node = self.get_parameter_node()
         if node is not None and info is not None:
+            was = node.StartModify()
             node.SetParameter("model", info.id)
+            for channel in range(len(info.input_names), MAX_INPUTS):  # hidden selectors hold nothing
+                node.SetNodeReferenceID(f"inputVolume{channel}", None)
             self.auto_assign_inputs(info)
+            node.EndModify(was)
         self.ui.modelDescriptionLabel.text = info.summary if info is not None else ""
         self.update_view()
 
@@ -148,7 +173,7 @@ class Panel:
             scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
             for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))
         ]
-        volumes = [v for v in volumes if not v.GetAttribute(TOKEN_ATTRIBUTE) and not v.GetHideFromEditors()]
+        volumes = [v for v in volumes if not is_run_output(v) and not v.GetHideFromEditors()]
         parameters = self.parameters()
         current = [n.GetName() if n is not None else None for n in parameters.inputs(len(info.input_names))]
         chosen = controller.assign_inputs([v.GetName() for v in volumes], info, current)
@@ -158,24 +183,73 @@ class Panel:
                 match = next(v for v in volumes if v.GetName() == name)
                 node.SetNodeReferenceID(f"inputVolume{channel}", match.GetID())
 
+    def update_input_filters(self) -> None:
+        """Hide run outputs (heatmaps, probability maps) from the input selectors."""
+        scene = slicer.mrmlScene
+        hidden = [
+            node.GetID()
+            for node in (
+                scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+                for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))
+            )
+            if is_run_output(node)
+        ]
+        for selector in self.input_selectors:
+            selector.sortFilterProxyModel().hiddenNodeIDs = hidden
+
+    def enter(self) -> None:
+        self.update_input_filters()
+        self.update_view()
+
+    # -- devices ---------------------------------------------------------------------------------------
+    def fill_devices(self) -> None:
+        """The devices this computer has (``cuda:N`` per GPU) plus the stored choice, even if absent here."""
+        stored = self.parameters().device
+        items = list(self.devices or ["auto", "cpu"])
+        if stored not in items:
+            items.append(stored)  # e.g. cuda:1 from a scene saved on another computer: shown, not lost
+        selector = self.ui.deviceSelector
+        was = selector.blockSignals(True)
+        selector.clear()
+        for item in items:
+            selector.addItem(item)
+        selector.setCurrentIndex(items.index(stored))
+        selector.blockSignals(was)
+
+    def on_device_changed(self, index: int) -> None:
+        node = self.get_parameter_node()
+        text = self.ui.deviceSelector.itemText(index) if index >= 0 else ""
+        if node is not None and text:
+            node.SetParameter("device", text)
+        self.update_view()
+
+    def resolved_device(self, device: str):
+        if not self.dependencies_ready or self.devices is None:
+            return None
+        return resolved(self.devices, device)
+
     def on_open_cache(self, *_args) -> None:
         folder = self.logic.modelStore().cache_dir
         folder.mkdir(parents=True, exist_ok=True)
         qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
 
     def on_import_package(self, *_args) -> None:
-        path = qt.QFileDialog.getOpenFileName(None, "Import model package", "", "Model packages (*.zip);;All files (*)")
+        path = qt.QFileDialog.getOpenFileName(
+            None, _("Import model package"), "", _("Model packages (*.zip);;All files (*)")
+        )
         if not path:
             return
-        with slicer.util.tryWithErrorDisplay("Failed to import the model package.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Failed to import the model package."), waitCursor=True):
             self.logic.modelStore().import_package(path)
             self.refresh_models()
 
     def on_delete_model(self, *_args) -> None:
         info = self.model_info()
-        if info is None or not slicer.util.confirmYesNoDisplay(f"Delete the cached model '{info.id}'?"):
+        if info is None or not slicer.util.confirmYesNoDisplay(
+            _("Delete the cached model '{model}'?").format(model=info.id)
+        ):
             return
-        with slicer.util.tryWithErrorDisplay("Failed to delete the model.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Failed to delete the model."), waitCursor=True):
             self.logic.modelStore().remove(info.id)
             self.refresh_models()
 
@@ -187,13 +261,9 @@ class Panel:
             self.update_view()
             return
         if not self.dependencies_ready:
-            with slicer.util.tryWithErrorDisplay("Failed to install the dependencies.", waitCursor=True):
-                if self.logic.ensureDependencies():
-                    self.message = ""
-                    self.refresh_models()
-            self.update_view()
+            self.install_dependencies()
             return
-        with slicer.util.tryWithErrorDisplay("Failed to start the segmentation.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
             info = self.model_info()
             self.cancelling, self.message = False, ""
             self.run = self.logic.startRun(
@@ -202,18 +272,41 @@ class Panel:
             self.run.add_observer(self.on_run_event)
             self.run.start()
             self.timer.start()
+            slicer.util.showStatusMessage(_("TokenUNet: segmentation started."), STATUS_MS)
+        self.update_view()
+
+    def install_dependencies(self) -> None:
+        """Offer to install the dependencies; a refusal leaves the panel usable and says what is missing."""
+        installed = False
+        with slicer.util.tryWithErrorDisplay(_("Failed to install the dependencies."), waitCursor=True):
+            installed = self.logic.ensureDependencies()
+        if installed:
+            self.message = ""
+            self.refresh_models()
+        elif not dependencies.dependencies_ready():
+            self.message = _(dependencies.DECLINED)
         self.update_view()
 
     def poll(self) -> None:
-        if self.run is None:
-            self.timer.stop()
-            return
-        self.run.poll()
-        self.update_view()
-        if self.run.state != RunState.RUNNING:
+        if self.probe is not None and self.probe.poll() is not None:
+            self.devices, self.probe = self.probe.poll(), None
+            self.fill_devices()
+            self.update_view()
+        if self.run is not None and self.run.state == RunState.RUNNING:
+            self.run.poll()
+            self.update_view()
+        if self.probe is None and (self.run is None or self.run.state != RunState.RUNNING):
             self.timer.stop()
 
     def on_run_event(self, event: dict) -> None:
+        if event["type"] == "log":  # the child's output: Slicer's log and the status bar
+            logging.info(f"TokenUNet: {event['line']}")
+            slicer.util.showStatusMessage(f"TokenUNet: {event['line']}", STATUS_MS)
+            return
+        if event["type"] == "progress":
+            text = _("TokenUNet: {stage} {percent}%").format(stage=event["stage"], percent=int(100 * event["fraction"]))
+            slicer.util.showStatusMessage(text, STATUS_MS)
+            return
         if event["type"] != "state":
             return
         self.last_state = event["state"]
@@ -221,14 +314,16 @@ class Panel:
         if event["state"] == RunState.COMPLETED and event.get("nodes") is not None:
             nodes = event["nodes"]
             count = nodes.segmentation.GetSegmentation().GetNumberOfSegments()
-            self.message = f"{count} segments in '{nodes.segmentation.GetName()}'."
+            self.message = _("{count} segments in '{name}'.").format(count=count, name=nodes.segmentation.GetName())
             self.show_run(nodes)
+            slicer.util.showStatusMessage(_("TokenUNet: done. ") + self.message, STATUS_MS)
         elif event["state"] == RunState.FAILED:
             self.message = str(error) if error else ""
+            slicer.util.showStatusMessage(_("TokenUNet: failed: ") + self.message, STATUS_MS)
             if (
                 error is not None
                 and getattr(error, "restart_required", False)
-                and slicer.util.confirmYesNoDisplay(f"{error}\n\nRestart Slicer now?")
+                and slicer.util.confirmYesNoDisplay(_("{error}\n\nRestart Slicer now?").format(error=error))
             ):
                 slicer.util.restart()
 
@@ -237,6 +332,13 @@ class Panel:
         self.reference = self.run.reference if self.run is not None else None
         self.heatmap_nodes, self.attention_node = list(nodes.heatmaps), nodes.attention
         self.segmentation_node = nodes.segmentation
+        parameter_node = self.get_parameter_node()
+        if parameter_node is not None and parameter_node.GetNodeReference("outputSegmentation") is None:
+            # the next run writes into this node again (no segmentation_1, _2...)
+            parameter_node.SetNodeReferenceID("outputSegmentation", nodes.segmentation.GetID())
+        self.ui.show3DButton.setSegmentationNode(nodes.segmentation)
+        self.applied_threshold = self.parameters().attentionThreshold
+        self.update_input_filters()
         entries = [
             {
                 "token": n.GetAttribute(TOKEN_ATTRIBUTE),
@@ -256,12 +358,17 @@ class Panel:
         if self.reference is not None:
             slicer.util.setSliceViewerLayers(background=self.reference, fit=False)
 
-    def on_show3d_toggled(self, checked: bool) -> None:
-        """Build or drop the surfaces of the last run's segmentation when Show 3D changes."""
+    def on_show_in_segment_editor(self, *_args) -> None:
+        """Open the result in the Segment Editor, with the input as its source volume."""
         segmentation = self.segmentation_node
-        if segmentation is not None and segmentation.GetScene() is not None:
-            with slicer.util.tryWithErrorDisplay("Failed to update the 3D view.", waitCursor=True):
-                set_closed_surface(segmentation, bool(checked))
+        if segmentation is None or segmentation.GetScene() is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to open the Segment Editor."), waitCursor=True):
+            slicer.util.selectModule("SegmentEditor")
+            editor = slicer.util.getModuleWidget("SegmentEditor").editor
+            editor.setSegmentationNode(segmentation)
+            if self.reference is not None and self.reference.GetScene() is not None:
+                editor.setSourceVolumeNode(self.reference)
 
     def on_token_selected(self, row: int) -> None:
         item = self.ui.tokenList.item(row) if row >= 0 else None
@@ -277,9 +384,14 @@ class Panel:
             show_in_slice_views(slicer.mrmlScene, selected, value)
 
     def on_threshold_changed(self, value: float) -> None:
-        if self.attention_node is not None and self.attention_node.GetScene() is not None and value > 0:
-            with slicer.util.tryWithErrorDisplay("Failed to update the token attention segments.", waitCursor=True):
-                update_attention_segments(self.attention_node, value)
+        """Rebuild the token segments at the new level (the slider reports it on release: tracking is off)."""
+        if self.attention_node is None or self.attention_node.GetScene() is None or value <= 0:
+            return
+        if self.applied_threshold is not None and abs(value - self.applied_threshold) < 1e-9:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to update the token attention segments."), waitCursor=True):
+            update_attention_segments(self.attention_node, value)
+            self.applied_threshold = value
 
     # -- view ------------------------------------------------------------------------------------------
     def update_view(self, *_args) -> None:
@@ -316,16 +428,17 @@ class Panel:
         ui.statusLabel.text = view.status
         ui.tokenList.enabled = view.heatmaps_enabled
         ui.attentionThresholdSlider.enabled = view.heatmaps_enabled and self.attention_node is not None
-
-    def resolved_device(self, device: str):
-        if not self.dependencies_ready:
-            return None
-        if device not in self.devices:
-            self.devices[device] = self.logic.resolvedDevice(device)
-        return self.devices[device]
+        has_result = self.segmentation_node is not None and self.segmentation_node.GetScene() is not None
+        ui.show3DButton.enabled = has_result and not running
+        ui.segmentEditorButton.enabled = has_result and not running
+        ui.deviceSelector.enabled = view.inputs_enabled
 
     def cleanup(self) -> None:
         self.timer.stop()
+        if self.probe is not None and self.probe.process is not None:
+            from ..pipeline.process_tree import stop_tree
+
+            stop_tree(self.probe.process, grace=0)
         if self.run is not None and self.run.state == RunState.RUNNING:
             self.run.cancel()
             self.run.wait(timeout=10)
