@@ -229,7 +229,7 @@ recipe, history) is in `configs/metadata.json` under `tokenunet.training`; what 
 
 ## Robustness of these weights
 Dice per organ of `segment()` on changed versions of each patient's scan (`tokenunet robustness`): thin slabs
-of 10, 20 and 40 slices around the liver's and the spleen's centres, an oblique grid (tilted 25 and 10 degrees,
+of 10, 13, 20, 30 and 40 slices around the liver's and the spleen's centres, an oblique grid (tilted 25 and 10 degrees,
 with its agreement with the plain result), other voxel sizes, 5 mm slices, noise, a scan that starts halfway down
 the liver; last rows: each organ's best-token soft Dice (how well the best of the 32 tokens' maps follows it).
 A and B are training patients (robustness, not generalisation); C was never seen.

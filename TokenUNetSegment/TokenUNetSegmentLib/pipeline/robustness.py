@@ -24,7 +24,7 @@ import numpy as np
 from .cli import register_command
 from .errors import InputError
 
-SLAB_SLICES = (10, 20, 40)
+SLAB_SLICES = (10, 13, 20, 30, 40)  # 13 and 30: the cuts of the sample quoted in issue 10
 SLAB_ORGANS = ("liver", "spleen")
 SPACINGS_MM = (1.0, 1.5, 3.0)
 THICK_SLICE_MM = 5.0
