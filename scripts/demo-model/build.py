@@ -269,8 +269,12 @@ def main() -> int:
     parser.add_argument("--lopo", type=Path, help="folder of the leave-one-patient-out folds (fold-<P>/)")
     parser.add_argument("--no-install", action="store_true", help="print the figures, install nothing")
     parser.add_argument("--note", type=Path, help="Markdown file whose text goes in the model card")
-    parser.add_argument("--id", dest="model_id", default="abdomen-organs-3mm-demo",
-                        help="install under this id (a fold's package, trained identically, has its own)")
+    parser.add_argument(
+        "--id",
+        dest="model_id",
+        default="abdomen-organs-3mm-demo",
+        help="install under this id (a fold's package, trained identically, has its own)",
+    )
     args = parser.parse_args()
     package = load_package(args.package)
     metadata = package.metadata
