@@ -320,7 +320,7 @@ def format_table(result: dict) -> str:
             + " | ".join(cell(row["dice"].get(n)) for n in labels)
             + f" | {cell(row['mean_dice'])} |"
         )
-        if "agreement_with_plain" in row:
+        if "agreement_with_plain" in row and row["variant"] == "oblique":  # all variants' agreement: in the JSON
             agree = row["agreement_with_plain"]
             lines.append(
                 f"| {row['variant']}: agreement with plain | " + " | ".join(cell(agree.get(n)) for n in labels) + " | |"
