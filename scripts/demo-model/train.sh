@@ -12,8 +12,11 @@ export PYTHONPATH=TokenUNetSegment
 source scripts/demo-model/recipe.sh
 [ -f demo-model-data/UpperChestCT.Labels.nii.gz ] || .venv/bin/python scripts/demo-model/fetch_second_patient.py
 [ -f demo-model-data/LiverCT.Labels.nii.gz ] || .venv/bin/python scripts/demo-model/fetch_liver_patient.py
-# the shipped weights never see patient C (LiTS, non-commercial): this is the leave-one-patient-out fold "C"
-.venv/bin/python -m TokenUNetSegmentLib.pipeline train scripts/demo-model/datalist-patients.json --hold-out C \
-  --id abdomen-organs-3mm-demo --out "$work" --resume "${RECIPE[@]}" "$@"
+# the shipped weights never see patient C (LiTS, non-commercial): phase 1 is the leave-one-patient-out fold "C"
+# (lopo.sh), phase 2 continues it to SHIPPED_STEPS
+for steps in 2500 "$SHIPPED_STEPS"; do
+  .venv/bin/python -m TokenUNetSegmentLib.pipeline train scripts/demo-model/datalist-patients.json --hold-out C \
+    --id abdomen-organs-3mm-demo --out "$work" --resume "${RECIPE[@]}" --steps "$steps" "$@"
+done
 .venv/bin/python scripts/demo-model/build.py "$work/package" --datalist scripts/demo-model/datalist-patients.json \
   --lopo "${LOPO:-/work/runs/demo-model-lopo}"
