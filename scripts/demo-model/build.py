@@ -106,6 +106,25 @@ def lopo_results(folder: Path | None) -> list[dict]:
     return out
 
 
+def baseline(folder: Path | None, robust: list[dict]) -> list[dict]:
+    """Liver and spleen Dice of the previous model and of this one on the same variants, per patient."""
+    if folder is None:
+        return []
+    rows = []
+    for result in robust:
+        path = folder / result["patient"] / "robustness.json"
+        if not path.is_file():
+            continue
+        before = {row["variant"]: row for row in json.loads(path.read_text(encoding="utf-8"))["variants"]}
+        for row in result["variants"]:
+            old = before.get(row["variant"])
+            for organ in ("liver", "spleen"):
+                if old is not None and organ in row["dice"] and organ in old["dice"]:
+                    rows.append({"patient": result["patient"], "variant": row["variant"], "organ": organ,
+                                 "before": old["dice"][organ], "after": row["dice"][organ]})  # fmt: skip
+    return rows
+
+
 def targets(robust: list[dict], lopo: list[dict]) -> list[dict]:
     rows = []
     sample = next((r for r in robust if r["patient"] == "A"), None)
@@ -171,6 +190,16 @@ def model_card(metadata: dict, size_bytes: int, note: str = "") -> str:
     def mark(met):
         return "n/a" if met is None else ("met" if met else "**not met**")
 
+    compared = "\n".join(
+        f"| {b['patient']} | {b['variant']} | {b['organ']} | {b['before']:.3f} | {b['after']:.3f} |"
+        for b in evaluation.get("baseline", [])
+    )
+    if compared:
+        compared = (
+            "\n## Compared with the previous bundled model\nDice of the previous weights (trained on A and B without "
+            "the new augmentation and synthesis) and of these, on the same variants:\n\n"
+            "| patient | variant | organ | previous | these |\n|---|---|---|---|---|\n" + compared + "\n"
+        )
     target_rows = "\n".join(f"| {t['target']} | {t['value']:.3f} | {mark(t['met'])} |" for t in evaluation["targets"])
     arch = cfg["architecture"]
     stats = cfg.get("training_statistics", {})
@@ -227,6 +256,7 @@ recipe, history) is in `configs/metadata.json` under `tokenunet.training`; what 
 |---|---|---|
 {target_rows}
 
+{compared}
 ## Robustness of these weights
 Dice per organ of `segment()` on changed versions of each patient's scan (`tokenunet robustness`): thin slabs
 of 10, 13, 20, 30 and 40 slices around the liver's and the spleen's centres, an oblique grid (tilted 25 and 10 degrees,
@@ -270,6 +300,9 @@ def main() -> int:
     parser.add_argument("--no-install", action="store_true", help="print the figures, install nothing")
     parser.add_argument("--note", type=Path, help="Markdown file whose text goes in the model card")
     parser.add_argument(
+        "--baseline", type=Path, help="folder of the previous model's robustness (<patient>/robustness.json) to compare"
+    )
+    parser.add_argument(
         "--id",
         dest="model_id",
         default="abdomen-organs-3mm-demo",
@@ -285,6 +318,7 @@ def main() -> int:
     evaluation["robustness"] = robustness(package, args.datalist, trained)
     evaluation["lopo"] = lopo_results(args.lopo)
     evaluation["targets"] = targets(evaluation["robustness"], evaluation["lopo"])
+    evaluation["baseline"] = baseline(args.baseline, evaluation["robustness"])
     if args.no_install:
         print(json.dumps(evaluation, indent=2))
         return 0

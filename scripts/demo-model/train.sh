@@ -19,4 +19,4 @@ for steps in 2500 "$SHIPPED_STEPS"; do
     --id abdomen-organs-3mm-demo --out "$work" --resume "${RECIPE[@]}" --steps "$steps" "$@"
 done
 .venv/bin/python scripts/demo-model/build.py "$work/package" --datalist scripts/demo-model/datalist-patients.json \
-  --lopo "${LOPO:-/work/runs/demo-model-lopo}"
+  --lopo "${LOPO:-/work/runs/demo-model-lopo}" ${BASELINE:+--baseline "$BASELINE"}
