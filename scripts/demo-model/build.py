@@ -245,7 +245,9 @@ the extension segments real anatomy out of the box and so its token heatmaps can
 {round(100 * recipe["background_ratio"])} % anywhere (hard background), Dice + cross-entropy (marginal over
 unannotated labels), {recipe["optimizer"]} lr {recipe["learning_rate"]} with {recipe["schedule"]} schedule,
 augmentation strength {recipe["augmentation"]}, seed {recipe["seed"]}; {record["steps_done"]} steps in
-**{record["seconds"] / 60:.1f} min** on a shared 2-core CPU ({record["threads"]} thread(s)); the **last**
+**{record["seconds"] / 60:.1f} min** on a shared 2-core CPU ({record["threads"]} thread(s)): 2500 steps (one
+cosine cycle; that model is the leave-one-patient-out fold without C), then resumed to {record["steps_done"]}
+(resuming with more steps restarts the schedule at its value for the new length: a warm restart); the **last**
 checkpoint is packaged (no checkpoint was chosen by Dice on any scan). The complete record (data SHA256s,
 recipe, history) is in `configs/metadata.json` under `tokenunet.training`; what the training data looked like
 (organ volumes, HU, voxel sizes, fields of view, augmentation envelope) under `tokenunet.training_statistics`.
