@@ -9,6 +9,7 @@ import numpy as np
 
 from .geometry import LPS_FROM_RAS
 from .package import Label
+from .readers.nrrd import read_fields
 
 _TYPES = {
     np.uint8: "uint8",
@@ -68,21 +69,11 @@ def write_nrrd(
 
 
 def read_nrrd_fields(path: str | Path) -> dict[str, str]:
-    """The header of a NRRD file: ``field: value`` and ``key:=value`` lines, as one dict."""
-    fields = {}
-    with open(path, "rb") as stream:
-        for raw in stream:
-            line = raw.decode("utf-8").rstrip("\n")
-            if not line:
-                break
-            if line.startswith(("#", "NRRD")):
-                continue
-            if ":=" in line:
-                key, value = line.split(":=", 1)
-            else:
-                key, value = line.split(": ", 1)
-            fields[key] = value
-    return fields
+    """The header of a NRRD file as one dict: ``key:=value`` pairs under their keys, and ``field: value``
+    lines under their lower-cased names without spaces (``spacedirections``). Bounded; raises InputError."""
+    path = Path(path)
+    fields, pairs, _, _ = read_fields(path, path.name)
+    return {**fields, **pairs}
 
 
 def _code(code) -> str:

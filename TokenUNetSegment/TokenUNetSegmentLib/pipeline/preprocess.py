@@ -98,6 +98,25 @@ def normalise_intensity(array: np.ndarray, setting: dict, name: str, warnings: l
     return array
 
 
+MIN_VOXELS = 8
+MIN_WINDOW_SHARE = 0.25
+
+
+def small_volume_warning(source: Grid, model: Grid, roi_size) -> str | None:
+    """A warning when the volume is too small to hold what the model was trained on: fewer than ``MIN_VOXELS``
+    voxels along an axis, or a side shorter than ``MIN_WINDOW_SHARE`` of the model's window (in mm)."""
+    extent = np.asarray(source.shape) * source.spacing
+    window = float(np.min(np.asarray(roi_size, float) * model.spacing))
+    if min(source.shape) >= MIN_VOXELS and extent.min() >= MIN_WINDOW_SHARE * window:
+        return None
+    shape = " x ".join(str(s) for s in source.shape)
+    size = " x ".join(f"{e:.0f}" for e in extent)
+    return (
+        f"the volume is small for this model ({shape} voxels, {size} mm; the model looks at {window:.0f} mm "
+        "windows): anatomy may be cut off or missing, check the result"
+    )
+
+
 def prepare(
     volumes: list[Volume], cfg: dict, size_multiple: int, roi_size, names: list[str] | None = None, progress=None
 ) -> Prepared:
@@ -105,9 +124,12 @@ def prepare(
     names = names or [entry["name"] for entry in cfg["inputs"]]
     pre = cfg["preprocessing"]
     settings = intensity_settings(cfg, len(volumes))
-    warnings: list[str] = []
+    warnings = [message for volume in volumes for message in volume.warnings]  # what the readers noticed
     arrays, reference = stack_channels(volumes, names)
     grid = model_grid(reference, pre["orientation"], pre.get("spacing"))
+    small = small_volume_warning(reference, grid, roi_size)
+    if small:
+        warnings.append(small)
     model_arrays = []
     for index, (array, name) in enumerate(zip(arrays, names, strict=True)):
         low, high = float(array.min()), float(array.max())

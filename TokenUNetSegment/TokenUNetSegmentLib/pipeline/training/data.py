@@ -5,18 +5,21 @@ for synthesis and intensity augmentation."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
-from ..geometry import resample
-from ..preprocess import intensity_settings, normalise_intensity, prepare
+from ..geometry import overlaps, resample
+from ..preprocess import intensity_settings, prepare
 from ..volumes import read_volume
 from ..weights import sha256_file
 from .label_tables import name_key, named_table
 from .tissues import tissue_map, tissue_means
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -196,8 +199,15 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
             f"case {entry['name']} has {len(volumes)} image channels; the model takes {len(cfg['inputs'])}"
         )
     settings = intensity_settings(cfg, len(volumes))
-    prepared = prepare(volumes, cfg, size_multiple, roi_size)
     values, label_grid = read_label_values(entry)
+    if not (overlaps(volumes[0].grid, label_grid) and overlaps(label_grid, volumes[0].grid)):
+        raise InputError(
+            f"case {entry['name']}: the label map does not overlap its image in physical space",
+            "check that the label map belongs to this image (same patient, same scan)",
+        )
+    prepared = prepare(volumes, cfg, size_multiple, roi_size)
+    for message in prepared.warnings:
+        log.warning("case %s: %s", entry["name"], message)
     on_grid = resample(values, label_grid, prepared.region, "nearest", 0, np.uint16)
     partial = entry.get("partial")
     label = label_lookup(entry["labels"], cfg["labels"], partial)[on_grid]
@@ -241,14 +251,6 @@ def _file_keys(paths: list[str]) -> dict[str, str]:
     for path, name in zip(paths, names, strict=True):
         vague = names.count(name) > 1 or name.startswith("ct.") or Path(path).parent.name == "segmentations"
         out[f"{Path(path).parent.name}/{name}" if vague else name] = path
-    return out
-
-
-def normalised(case_hu: np.ndarray, cfg: dict) -> np.ndarray:
-    """The package's intensity normalisation of an HU region (C, X, Y, Z)."""
-    out = case_hu.astype(np.float32, copy=True)
-    for channel, setting in enumerate(intensity_settings(cfg, out.shape[0])):
-        normalise_intensity(out[channel], setting, str(channel), [])
     return out
 
 
