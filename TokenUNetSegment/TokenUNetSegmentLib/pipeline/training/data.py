@@ -202,7 +202,7 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
     values, label_grid = read_label_values(entry)
     if not (overlaps(volumes[0].grid, label_grid) and overlaps(label_grid, volumes[0].grid)):
         raise InputError(
-            f"case {entry['name']}: the label map does not overlap its image in physical space",
+            f"case {entry['name']}: the label map {_label_name(entry)} does not overlap its image in physical space",
             "check that the label map belongs to this image (same patient, same scan)",
         )
     prepared = prepare(volumes, cfg, size_multiple, roi_size)
@@ -241,6 +241,10 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
     else:
         case.pad = tuple(float(case.image[c].min()) for c in range(case.image.shape[0]))
     return case
+
+
+def _label_name(entry: dict) -> str:
+    return "(structure masks)" if isinstance(entry["label"], dict) else Path(entry["label"]).name
 
 
 def _file_keys(paths: list[str]) -> dict[str, str]:
