@@ -75,8 +75,28 @@ def test_resume_continues_from_the_last_checkpoint(datalist, tmp_path):
     package = train(datalist, train_config(), tmp_path, resumed, resume=True)
     events = [(r["event"], r.get("step")) for r in log_records(tmp_path)]
     assert ("resume", 2) in events and events[-1] == ("end", 4)
-    history = load_package(package).config["training"]["metrics"]["history"]
-    assert [h["step"] for h in history] == [2, 4]  # the first run's validation is kept
+    record = load_package(package).config["training"]
+    assert [h["step"] for h in record["metrics"]["history"]] == [2, 4]  # the first run's validation is kept
+    assert [(p["from_step"], p["to_step"]) for p in record["phases"]] == [(0, 2), (2, 4)]  # more steps: a new phase
+
+
+def test_a_resume_with_another_recipe_records_a_phase_with_its_own_learning_rate(datalist, tmp_path):
+    first = Recipe(steps=2, batch_size=1, val_every=2, threads=1, optimizer="adamw", learning_rate=1e-3)
+    train(datalist, train_config(), tmp_path, first)
+    again = Recipe(**{**first.__dict__, "max_minutes": 60.0, "threads": 2})  # how it runs, not what it learns
+    train(datalist, train_config(), tmp_path, again, resume=True)
+    assert "phase" not in [r["event"] for r in log_records(tmp_path)]
+    second = Recipe(**{**first.__dict__, "steps": 4, "synthetic_ratio": 0.1, "learning_rate": 1e-4, "schedule": "cosine"})
+    package = load_package(train(datalist, train_config(), tmp_path, second, resume=True))
+    phases = package.config["training"]["phases"]
+    assert [(p["from_step"], p["to_step"]) for p in phases] == [(0, 2), (2, 4)]
+    assert phases[0]["recipe"]["synthetic_ratio"] == 0.0 and phases[1]["recipe"]["synthetic_ratio"] == 0.1
+    assert phases[1]["recipe"]["learning_rate"] == 1e-4 and "max_minutes" not in phases[1]["recipe"]
+    assert [r["step"] for r in log_records(tmp_path) if r["event"] == "phase"] == [2]
+    lr = [h["lr"] for h in package.config["training"]["metrics"]["history"]][-1]
+    assert lr == pytest.approx(0.0, abs=1e-12)  # cosine ends at 0 (the new rate, not the saved one, was scaled)
+    state = __import__("torch").load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["initial_lr"] == 1e-4
 
 
 def test_training_learns_the_phantom(datalist, tmp_path):

@@ -28,6 +28,8 @@ LOG_FILE = "train.log"
 CHECKPOINT_SECONDS = 300.0
 PACKAGE_DIR = "package"
 LOSS_NAME = "Dice + cross-entropy (marginal over unannotated labels in partial cases)"
+RUN_ONLY = ("max_minutes", "threads", "workers")
+"""Recipe fields that decide how a run is carried out, not what it learns (a resume may change them freely)."""
 
 
 def _distributed() -> tuple[int, int]:
@@ -172,6 +174,7 @@ def train(
     checkpoints = output / CHECKPOINT_DIR
     log_path = output / LOG_FILE
     step, best, history, elapsed_before = 0, {"mean_dice": -1.0, "step": 0}, [], 0.0
+    phases: list[dict] = []
     if rank == 0:
         checkpoints.mkdir(parents=True, exist_ok=True)
     if resume and (checkpoints / "last.pt").exists():
@@ -181,11 +184,18 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         step, best, history = state["step"], json.loads(state["best"]), json.loads(state["history"])
         elapsed_before = float(state["elapsed"])
+        phases = json.loads(state.get("phases", "[]")) or [{"from_step": 0, "recipe": None}]  # older checkpoints
+        scheduler.base_lrs = [recipe.lr() for _ in optimizer.param_groups]  # this phase's rate, not the saved one
+        for group in optimizer.param_groups:
+            group["initial_lr"] = recipe.lr()
+            group["lr"] = recipe.lr() * _schedule(recipe)(step)
         set_determinism(seed=recipe.seed + rank + 7919 * step)
         if rank == 0:
             _log(log_path, {"event": "resume", "step": step}, echo)
     elif rank == 0:
         _log(log_path, {"event": "start", "recipe": asdict(recipe), "world_size": world, "device": str(dev)}, echo)
+    if next_phase(phases, recipe, step) and rank == 0 and step:
+        _log(log_path, {"event": "phase", "step": step, "recipe": phases[-1]["recipe"]}, echo)
 
     started = time.monotonic()
     saved_at = [started]
@@ -199,6 +209,7 @@ def train(
                 "step": step,
                 "best": json.dumps(best),
                 "history": json.dumps(history),
+                "phases": json.dumps(phases),
                 "elapsed": elapsed_before + time.monotonic() - started,
             },
             checkpoints / f"{name}.pt.tmp",
@@ -287,6 +298,9 @@ def train(
                 "validated_on": val_split,
             },
             "recipe": {**asdict(recipe), "learning_rate": recipe.lr(), "loss": LOSS_NAME},
+            "phases": [
+                {**phase, "to_step": end} for phase, end in zip(phases, [p["from_step"] for p in phases[1:]] + [step])
+            ],
             "metrics": {"best": best, "history": history, "packaged": recipe.select},
             "steps_done": step,
             "stopped_early": stopped_early,
@@ -314,6 +328,18 @@ def train(
         dist.barrier()
         dist.destroy_process_group()
     return package
+
+
+def next_phase(phases: list[dict], recipe: Recipe, step: int) -> bool:
+    """Append ``recipe`` to ``phases`` as a new training phase from ``step`` when it differs from the current
+    phase's recipe in what it learns (a resume with more steps, other ratios or another patch size); returns
+    whether it did. Each phase keeps its full recipe, so a package records every schedule it was trained with."""
+    current = {key: value for key, value in asdict(recipe).items() if key not in RUN_ONLY}
+    current["learning_rate"] = recipe.lr()
+    if phases and phases[-1]["recipe"] == current:
+        return False
+    phases.append({"from_step": step, "recipe": current})
+    return True
 
 
 def _case_record(case: Case, config: dict) -> dict:
