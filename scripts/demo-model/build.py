@@ -26,7 +26,8 @@ MODULE = ROOT / "TokenUNetSegment"
 sys.path.insert(0, str(MODULE))
 
 from TokenUNetSegmentLib.pipeline.evaluate import evaluate_files  # noqa: E402
-from TokenUNetSegmentLib.pipeline.package import load_package, write_package  # noqa: E402
+from TokenUNetSegmentLib.pipeline.package_loader import load_package  # noqa: E402
+from TokenUNetSegmentLib.pipeline.package_writer import write_package  # noqa: E402
 from TokenUNetSegmentLib.pipeline.robustness import evaluate_robustness, evaluation_entries, format_table  # noqa: E402
 from TokenUNetSegmentLib.pipeline.segmentation import segment  # noqa: E402
 from TokenUNetSegmentLib.pipeline.volumes import Volume, read_volume  # noqa: E402
@@ -54,7 +55,7 @@ Not for clinical use.
 
 def measure_sample(package) -> dict:
     started = time.perf_counter()
-    result = segment([SAMPLE], package, heatmaps=False)
+    result = segment([SAMPLE], package, with_token_maps=False)
     seconds = time.perf_counter() - started
     table = {label.value: label.name for label in result.label_table}
     metrics = evaluate_files((Volume(result.labels, result.affine, "prediction"), table), SAMPLE_LABELS)
@@ -312,7 +313,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     package = load_package(args.package)
-    metadata = package.metadata
+    metadata = package.metadata.to_dict()  # a JSON-ready copy, completed below
     cfg = metadata["tokenunet"]
     cfg["id"] = args.model_id
     trained = {case.get("patient", case["name"]) for case in cfg["training"]["data"]["training"]}

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import register_command
 from .errors import InputError
 
 
@@ -238,7 +237,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reference", help="reference label map (.seg.nrrd, NIfTI, NRRD, MHA), or sample:ID")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prediction", "-p", help="predicted label map (e.g. segmentation.seg.nrrd)")
@@ -265,7 +264,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
         package = ModelStore(getattr(args, "catalog", None)).load(args.model)
         started = time.perf_counter()
-        result = segment(args.image, package, device=args.device, heatmaps=False)
+        result = segment(args.image, package, device=args.device, with_token_maps=False)
         timing = time.perf_counter() - started
         names = {label.value: label.name for label in result.label_table}
         segment_warnings = list(result.warnings)
@@ -282,8 +281,3 @@ def run_evaluate(args: argparse.Namespace) -> int:
         Path(args.json_out).write_text(json.dumps(result, indent=2), encoding="utf-8")
         print(f"wrote {args.json_out}", file=sys.stderr)
     return 0
-
-
-register_command(
-    "evaluate", "Dice, HD95 and volume difference of a segmentation vs a reference", _arguments, run_evaluate
-)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .geometry import LPS_FROM_RAS
-from .package import Label
+from .metadata import Label
 from .readers.nrrd import read_fields
 
 _TYPES = {
@@ -21,6 +21,7 @@ _TYPES = {
     np.float32: "float",
     np.float64: "double",
 }
+PLAIN_TYPES = tuple(_TYPES)  # voxel types written as they are; anything else becomes float32 (plain_array)
 TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMY_CONTEXT = "Anatomic codes - DICOM master list"
 
@@ -66,6 +67,11 @@ def write_nrrd(
         stream.write(("\n".join(lines) + "\n\n").encode("utf-8"))
         stream.write(data)
     return path
+
+
+def plain_array(array: np.ndarray) -> np.ndarray:
+    """The array itself when NRRD (and the pipeline's readers) take its voxel type, else a float32 copy."""
+    return array if array.dtype.type in PLAIN_TYPES else array.astype(np.float32)
 
 
 def read_nrrd_fields(path: str | Path) -> dict[str, str]:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import register_command
 from .errors import InputError
 
 SLAB_SLICES = (10, 13, 20, 30, 40)  # 13 and 30: the cuts of the sample quoted in issue 10
@@ -208,9 +207,9 @@ def _pairs(model_labels, names: dict[int, str]):
 def _best_token_dice(result, reference: np.ndarray, pairs) -> dict:
     """Each label's best soft Dice of a token map (gather or broadcast, on the input grid) against the
     reference mask, and which token it was."""
-    if result.heatmaps is None:
+    if result.token_maps is None:
         return {}
-    maps = {kind: result.heatmaps.all(kind) for kind in result.heatmaps.kinds}
+    maps = {kind: result.token_maps.all(kind) for kind in result.token_maps.kinds}
     out = {}
     for _, ref_value, name in pairs:
         mask = reference == ref_value
@@ -250,7 +249,7 @@ def evaluate_robustness(
         if progress:
             progress(variant.name, index / len(variants))
         want_tokens = tokens and variant.name == "plain"
-        result = segment([variant.image], package, device=device, heatmaps=want_tokens, check_free_memory=False)
+        result = segment([variant.image], package, device=device, with_token_maps=want_tokens, check_free_memory=False)
         predicted = result.labels
         if predicted.shape != variant.reference.shape or not np.allclose(result.affine, variant.grid.affine, atol=1e-4):
             predicted = resample(predicted, result.grid, variant.grid, "nearest", 0, np.uint8)
@@ -376,7 +375,7 @@ def _announce(name: str):
     return progress
 
 
-def _arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", required=True, help="model id or package path")
     parser.add_argument("--image", help="the CT to change and segment")
     parser.add_argument("--reference", help="its reference label map")
@@ -435,11 +434,3 @@ def run_robustness(args: argparse.Namespace) -> int:
     print(tables)
     print(f"wrote {out / 'robustness.json'} and {out / 'robustness.md'}", file=sys.stderr)
     return 0
-
-
-register_command(
-    "robustness",
-    "Dice of a model on thin slabs, oblique grids, other voxel sizes, noise and crops of a labelled CT",
-    _arguments,
-    run_robustness,
-)

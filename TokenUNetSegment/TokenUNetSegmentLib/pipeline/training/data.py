@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checksums import sha256_file
 from ..errors import InputError
 from ..geometry import overlaps, resample
-from ..preprocess import intensity_settings, prepare
+from ..metadata import parse_config
+from ..preprocess import prepare
 from ..volumes import read_volume
-from ..weights import sha256_file
 from .label_tables import name_key, named_table
 from .tissues import tissue_map, tissue_means
 
@@ -198,14 +199,14 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
         raise InputError(
             f"case {entry['name']} has {len(volumes)} image channels; the model takes {len(cfg['inputs'])}"
         )
-    settings = intensity_settings(cfg, len(volumes))
+    typed = parse_config(cfg, "training configuration")
     values, label_grid = read_label_values(entry)
     if not (overlaps(volumes[0].grid, label_grid) and overlaps(label_grid, volumes[0].grid)):
         raise InputError(
             f"case {entry['name']}: the label map {_label_name(entry)} does not overlap its image in physical space",
             "check that the label map belongs to this image (same patient, same scan)",
         )
-    prepared = prepare(volumes, cfg, size_multiple, roi_size)
+    prepared = prepare(volumes, typed, size_multiple, roi_size)
     for message in prepared.warnings:
         log.warning("case %s: %s", entry["name"], message)
     on_grid = resample(values, label_grid, prepared.region, "nearest", 0, np.uint16)
@@ -228,7 +229,7 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
     )
     ones = np.ones(source_grid.shape, np.uint8)
     case.inside = resample(ones, source_grid, prepared.region, "nearest", 0, np.uint8) > 0
-    if all(setting["method"] == "ct_window" for setting in settings):
+    if all(setting.method == "ct_window" for setting in typed.preprocessing.intensity):
         # the same region before the CT window: outside the scan, each channel's minimum (as prepare() pads)
         hu = [
             resample(np.asarray(v.array, np.float32), v.grid, prepared.region, "linear", float(np.min(v.array)))

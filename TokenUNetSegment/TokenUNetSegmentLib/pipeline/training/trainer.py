@@ -16,7 +16,10 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..package import build_package_network, describe_environment, make_metadata, validate_metadata, write_package
+from ..metadata import parse_config, validate_metadata
+from ..package_loader import build_package_network
+from ..package_writer import make_metadata, write_package
+from ..versions import describe_environment
 from .data import UNKNOWN, Case, is_lateralised, load_case, read_datalist
 from .loss import PartialDiceCELoss
 from .recipe import Recipe
@@ -133,7 +136,7 @@ def train(
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     set_determinism(seed=recipe.seed + rank)
     torch.manual_seed(recipe.seed)  # the same initial weights on every rank
-    network = build_package_network(config)
+    network = build_package_network(parse_config(config, "training configuration"))
     multiple = int(getattr(network, "size_multiple", 1))
     patch = list(recipe.patch_size or config["inference"]["roi_size"])
     if any(p % multiple for p in patch):
@@ -299,7 +302,8 @@ def train(
             },
             "recipe": {**asdict(recipe), "learning_rate": recipe.lr(), "loss": LOSS_NAME},
             "phases": [
-                {**phase, "to_step": end} for phase, end in zip(phases, [p["from_step"] for p in phases[1:]] + [step])
+                {**phase, "to_step": end}
+                for phase, end in zip(phases, [p["from_step"] for p in phases[1:]] + [step], strict=True)
             ],
             "metrics": {"best": best, "history": history, "packaged": recipe.select},
             "steps_done": step,

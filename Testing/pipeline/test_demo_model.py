@@ -1,0 +1,115 @@
+"""The bundled demo model: the catalog's default, a valid package whose SHA256 matches, and on the bundled
+sample it reproduces the Dice recorded in its package (a regression test of the whole pipeline)."""
+
+import json
+
+import pytest
+from helpers.paths import RESOURCES
+from helpers.paths import SAMPLE_CT as SAMPLE
+from helpers.paths import SAMPLE_LABELS as REFERENCE
+from TokenUNetSegmentLib.pipeline.catalog import ModelStore
+from TokenUNetSegmentLib.pipeline.checksums import sha256_file
+from TokenUNetSegmentLib.pipeline.evaluate import evaluate_files, name_table
+from TokenUNetSegmentLib.pipeline.package_loader import load_package
+from TokenUNetSegmentLib.pipeline.package_source import read_metadata
+from TokenUNetSegmentLib.pipeline.volumes import Volume
+
+BTCV = [
+    "spleen",
+    "right kidney",
+    "left kidney",
+    "gallbladder",
+    "liver",
+    "stomach",
+    "aorta",
+    "inferior vena cava",
+    "portal vein and splenic vein",
+    "pancreas",
+    "right adrenal gland",
+    "left adrenal gland",
+]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return ModelStore(home=tmp_path_factory.mktemp("home"))  # no cached packages shadow the bundled one
+
+
+def test_default_model_is_the_bundled_demo(store):
+    model_id = store.default_id()
+    assert model_id is not None
+    entry = store.entry(model_id)
+    assert entry.source == "bundled" and entry.available
+    assert entry.path.is_relative_to(RESOURCES / "Models")
+    catalog = json.loads((RESOURCES / "Models.json").read_text())
+    assert [m["id"] for m in catalog["models"]].count(model_id) == 1
+
+
+def test_bundled_package_validates_and_its_checksum_matches(store):
+    path = store.resolve(None)
+    config = read_metadata(path).config  # schema and semantic checks
+    weights = path / config.weights.file
+    assert sha256_file(weights) == config.weights.sha256
+    assert weights.stat().st_size < 20e6
+    package = load_package(path)
+    assert [label.name for label in package.labels] == BTCV
+    assert all(label.terminology["type"][0] == "SCT" for label in package.labels)
+    modifiers = {label.name: label.terminology.get("modifier", [None, None, None])[2] for label in package.labels}
+    assert modifiers["right kidney"] == "Right" and modifiers["left adrenal gland"] == "Left"
+    assert config.preprocessing.spacing == (3.0, 3.0, 3.0)
+    card = (path / "docs" / "README.md").read_text()
+    assert "not for clinical use" in card.lower() and "model-generated" in card
+    assert "CC BY 4.0" in (path / "LICENSE").read_text()
+    record = config.training
+    assert record["steps_done"] > 0 and record["seconds"] > 0 and record["evaluation"]["sample"]["dice"]
+
+
+def test_bundled_model_reproduces_its_recorded_dice_on_the_sample(store, sample_result):
+    """The session's one segmentation of the sample (the CLI with the catalog default) against the Dice the
+    package records: a regression test of the whole pipeline."""
+    recorded = read_metadata(store.resolve(None)).config.training["evaluation"]["sample"]
+    result = sample_result
+    assert result.model_id == store.default_id()
+    table = {label.value: label.name for label in result.label_table}
+    metrics = evaluate_files((Volume(result.labels, result.affine, "prediction"), table), REFERENCE, hd95=False)
+    assert name_table(REFERENCE) is not None  # the sample's sidecar name table matched the labels by name
+    assert set(recorded["dice"]) <= set(metrics["labels"])
+    for name, dice in recorded["dice"].items():
+        assert metrics["labels"][name]["dice"] == pytest.approx(dice, abs=0.01), name
+    assert metrics["mean_dice"] == pytest.approx(recorded["mean_dice"], abs=0.01)
+
+
+def test_bundled_model_records_its_generalisation_and_training_data(store):
+    path = store.resolve(None)
+    config = read_metadata(path).config
+    record = config.training
+    for case in record["data"]["training"]:
+        assert case["files"] and all(len(digest) == 64 for digest in case["files"].values())
+    evaluation = record["evaluation"]
+    patients = {result["patient"]: result for result in evaluation["robustness"]}
+    assert {"A", "B", "C"} <= set(patients)
+    assert not patients["C"]["trained_on"] and patients["A"]["trained_on"]  # C is held out from the shipped weights
+    assert "C" not in {case.get("patient") for case in record["data"]["training"]}
+    assert evaluation["targets"] and all("value" in target for target in evaluation["targets"])
+    stats = config.training_statistics
+    assert stats["labels"]["liver"]["cases"] >= 1 and stats["augmentation"]["synthetic_ratio"] > 0
+    card = (path / "docs" / "README.md").read_text(encoding="utf-8")
+    assert "## Targets of issue 10" in card and "## Leave-one-patient-out" in card and "never seen" in card
+
+
+def test_bundled_model_reproduces_its_recorded_slab_figures(store):
+    from TokenUNetSegmentLib.pipeline.robustness import evaluate_robustness
+    from TokenUNetSegmentLib.pipeline.training.label_tables import TOTALSEGMENTATOR_V2
+    from TokenUNetSegmentLib.pipeline.volumes import read_volume
+
+    package = store.load(None)
+    recorded = next(r for r in package.config.training["evaluation"]["robustness"] if r["patient"] == "A")
+    result = evaluate_robustness(
+        package, read_volume(SAMPLE), read_volume(REFERENCE), TOTALSEGMENTATOR_V2, ("slabs",), tokens=False
+    )
+    expected = {row["variant"]: row["dice"] for row in recorded["variants"] if row["variant"].startswith("slab")}
+    assert {row["variant"] for row in result["variants"]} == set(expected)
+    for row in result["variants"]:
+        for organ in ("liver", "spleen"):
+            if organ in expected[row["variant"]]:
+                assert row["dice"][organ] == pytest.approx(expected[row["variant"]][organ], abs=0.02), row["variant"]
