@@ -30,6 +30,7 @@ from TokenUNetSegmentLib.pipeline.package_loader import load_package  # noqa: E4
 from TokenUNetSegmentLib.pipeline.package_writer import write_package  # noqa: E402
 from TokenUNetSegmentLib.pipeline.robustness import evaluate_robustness, evaluation_entries, format_table  # noqa: E402
 from TokenUNetSegmentLib.pipeline.segmentation import segment  # noqa: E402
+from TokenUNetSegmentLib.pipeline.training.recipe import Recipe  # noqa: E402
 from TokenUNetSegmentLib.pipeline.volumes import Volume, read_volume  # noqa: E402
 
 SAMPLE = MODULE / "Resources" / "Samples" / "AbdomenCT.nii.gz"
@@ -38,6 +39,11 @@ CATALOG = MODULE / "Resources" / "Models.json"
 TARGET_SAMPLE = {"liver": 0.85, "spleen": 0.80}
 TARGET_AGREEMENT = 0.90
 TARGET_LOPO = {"liver": 0.80, "spleen": 0.70}
+BASELINE_NOTE = (
+    "Dice of the earlier bundled weights and of these on the same variants (liver and spleen on every variant, "
+    "every organ on the plain scan). 1.0.0: trained on A and B with plain crops and mild augmentation (fit to the "
+    "sample); 2.0.0: the augmentation and synthesis of this recipe, 4000 steps in one phase and a warm restart."
+)
 
 LICENSE = """The weights of this package are licensed under CC BY 4.0
 (https://creativecommons.org/licenses/by/4.0/).
@@ -107,23 +113,57 @@ def lopo_results(folder: Path | None) -> list[dict]:
     return out
 
 
-def baseline(folder: Path | None, robust: list[dict]) -> list[dict]:
-    """Liver and spleen Dice of the previous model and of this one on the same variants, per patient."""
-    if folder is None:
-        return []
+def _plain(result: dict) -> dict:
+    return next((row for row in result["variants"] if row["variant"] == "plain"), {"dice": {}})
+
+
+def baseline(folders: dict[str, Path], robust: list[dict]) -> list[dict]:
+    """Dice of earlier models (``{name: folder of <patient>/robustness.json}``) and of this one on the same
+    variants: liver and spleen on every variant, every organ on the plain scan."""
     rows = []
     for result in robust:
-        path = folder / result["patient"] / "robustness.json"
-        if not path.is_file():
+        before = {}
+        for name, folder in folders.items():
+            path = folder / result["patient"] / "robustness.json"
+            if path.is_file():
+                variants = json.loads(path.read_text(encoding="utf-8"))["variants"]
+                before[name] = {row["variant"]: row["dice"] for row in variants}
+        if not before:
             continue
-        before = {row["variant"]: row for row in json.loads(path.read_text(encoding="utf-8"))["variants"]}
         for row in result["variants"]:
-            old = before.get(row["variant"])
-            for organ in ("liver", "spleen"):
-                if old is not None and organ in row["dice"] and organ in old["dice"]:
+            organs = list(row["dice"]) if row["variant"] == "plain" else ["liver", "spleen"]
+            for organ in organs:
+                values = {name: old.get(row["variant"], {}).get(organ) for name, old in before.items()}
+                if organ in row["dice"] and any(v is not None for v in values.values()):
                     rows.append({"patient": result["patient"], "variant": row["variant"], "organ": organ,
-                                 "before": old["dice"][organ], "after": row["dice"][organ]})  # fmt: skip
+                                 "before": values, "after": row["dice"][organ]})  # fmt: skip
     return rows
+
+
+def lopo_comparison(folders: dict[str, Path], lopo: list[dict]) -> list[dict]:
+    """Plain-scan Dice of earlier recipes' leave-one-patient-out folds (``{name: folder of fold-<P>/}``) and of
+    this recipe's, per held-out patient and organ."""
+    rows = []
+    for result in lopo:
+        before = {}
+        for name, folder in folders.items():
+            path = folder / f"fold-{result['patient']}" / "robustness" / "robustness.json"
+            if path.is_file():
+                before[name] = _plain(json.loads(path.read_text(encoding="utf-8")))["dice"]
+        for organ, value in _plain(result)["dice"].items():
+            values = {name: dice.get(organ) for name, dice in before.items()}
+            rows.append({"patient": result["patient"], "organ": organ, "before": values, "after": value})
+    return rows
+
+
+def _named_folders(values: list[str] | None) -> dict[str, Path]:
+    out = {}
+    for value in values or []:
+        name, _, folder = value.partition("=")
+        if not folder:
+            raise SystemExit(f"expected NAME=FOLDER, got {value!r}")
+        out[name] = Path(folder)
+    return out
 
 
 def targets(robust: list[dict], lopo: list[dict]) -> list[dict]:
@@ -165,6 +205,47 @@ def targets(robust: list[dict], lopo: list[dict]) -> list[dict]:
     return rows
 
 
+def _phase_row(index: int, phase: dict) -> str:
+    recipe = phase["recipe"]
+    if recipe is None:
+        return f"| {index} | {phase['from_step']}-{phase['to_step']} | (not recorded) | | | | | |"
+    rate = Recipe(**recipe).lr() * Recipe(**recipe).rate_factor(phase["from_step"])
+    return (
+        f"| {index} | {phase['from_step']}-{phase['to_step']} | {rate:.2g} | {recipe['synthetic_ratio']:.0%} | "
+        f"{recipe['remap_ratio']:.0%} | {recipe['background_ratio']:.0%} | {recipe['lesion_probability']:.0%} | "
+        f"{recipe['augmentation']} |"
+    )
+
+
+def _values(before: dict, names: list[str]) -> str:
+    return " | ".join("-" if before.get(name) is None else f"{before[name]:.3f}" for name in names)
+
+
+def comparison_tables(evaluation: dict) -> str:
+    """Markdown: earlier bundled models and earlier recipes' folds against these weights."""
+    out = []
+    rows = evaluation.get("baseline", [])
+    if rows:
+        names = list(rows[0]["before"])
+        head = "| patient | variant | organ | " + " | ".join(names) + " | these |\n|" + "---|" * (len(names) + 4)
+        body = "\n".join(
+            f"| {r['patient']} | {r['variant']} | {r['organ']} | {_values(r['before'], names)} | {r['after']:.3f} |"
+            for r in rows
+        )
+        out.append(
+            "## Compared with the previous bundled models\n" + BASELINE_NOTE + "\n\n" + head + "\n" + body + "\n"
+        )
+    rows = evaluation.get("lopo_comparison", [])
+    if rows and rows[0]["before"]:
+        names = list(rows[0]["before"])
+        head = "| held out | organ | " + " | ".join(names) + " | this recipe |\n|" + "---|" * (len(names) + 3)
+        body = "\n".join(
+            f"| {r['patient']} | {r['organ']} | {_values(r['before'], names)} | {r['after']:.3f} |" for r in rows
+        )
+        out.append("Leave-one-patient-out, plain scan of the held-out patient:\n\n" + head + "\n" + body + "\n")
+    return "\n".join(out)
+
+
 def model_card(metadata: dict, size_bytes: int, note: str = "") -> str:
     cfg = metadata["tokenunet"]
     record = cfg["training"]
@@ -191,16 +272,9 @@ def model_card(metadata: dict, size_bytes: int, note: str = "") -> str:
     def mark(met):
         return "n/a" if met is None else ("met" if met else "**not met**")
 
-    compared = "\n".join(
-        f"| {b['patient']} | {b['variant']} | {b['organ']} | {b['before']:.3f} | {b['after']:.3f} |"
-        for b in evaluation.get("baseline", [])
-    )
-    if compared:
-        compared = (
-            "\n## Compared with the previous bundled model\nDice of the previous weights (trained on A and B without "
-            "the new augmentation and synthesis) and of these, on the same variants:\n\n"
-            "| patient | variant | organ | previous | these |\n|---|---|---|---|---|\n" + compared + "\n"
-        )
+    compared = comparison_tables(evaluation)
+    phases = record.get("phases") or [{"from_step": 0, "to_step": record["steps_done"], "recipe": recipe}]
+    phase_rows = "\n".join(_phase_row(index, phase) for index, phase in enumerate(phases, start=1))
     target_rows = "\n".join(f"| {t['target']} | {t['value']:.3f} | {mark(t['met'])} |" for t in evaluation["targets"])
     arch = cfg["architecture"]
     stats = cfg.get("training_statistics", {})
@@ -241,17 +315,22 @@ the extension segments real anatomy out of the box and so its token heatmaps can
   (every labelled CT obtainable from PyPI, Debian and npm) found no other scan with labels for these organs.
 
 ## Recipe
-`bash scripts/demo-model/train.sh` (`tokenunet train`, recipe in `scripts/demo-model/recipe.sh`): patches
-{recipe["patch_size"]} at 3 mm, batch {recipe["batch_size"]}, organ-centred patches with
-{round(100 * recipe["background_ratio"])} % anywhere (hard background), Dice + cross-entropy (marginal over
-unannotated labels), {recipe["optimizer"]} lr {recipe["learning_rate"]} with {recipe["schedule"]} schedule,
-augmentation strength {recipe["augmentation"]}, seed {recipe["seed"]}; {record["steps_done"]} steps in
-**{record["seconds"] / 60:.1f} min** on a shared 2-core CPU ({record["threads"]} thread(s)): 2500 steps (one
-cosine cycle; that model is the leave-one-patient-out fold without C), then resumed to {record["steps_done"]}
-(resuming with more steps restarts the schedule at its value for the new length: a warm restart); the **last**
-checkpoint is packaged (no checkpoint was chosen by Dice on any scan). The complete record (data SHA256s,
-recipe, history) is in `configs/metadata.json` under `tokenunet.training`; what the training data looked like
-(organ volumes, HU, voxel sizes, fields of view, augmentation envelope) under `tokenunet.training_statistics`.
+`bash scripts/demo-model/train.sh` (`tokenunet train`, options in `scripts/demo-model/recipe.sh`): patches of
+{recipe["patch_size"]} voxels at 3 mm, batch {recipe["batch_size"]}, organ-centred patches (each organ of a case
+equally often) with the rest centred anywhere (hard background), Dice + cross-entropy (marginal over unannotated
+labels), {recipe["optimizer"]}, cosine learning-rate schedule, seed {recipe["seed"]}; {record["steps_done"]} steps
+in **{record["seconds"] / 60:.1f} min** on a shared 2-core CPU ({record["threads"]} thread(s) per run), in
+{len(phases)} phase(s) (each a `--resume` with more steps, which continues on the longer cosine schedule: a warm
+restart):
+
+| phase | steps | first learning rate | synthetic | re-mapped (of the rest) | background | lesions | augmentation |
+|---|---|---|---|---|---|---|---|
+{phase_rows}
+
+The **last** checkpoint is packaged (no checkpoint was chosen by Dice on any scan); the recipe was chosen by the
+robustness tables below. The complete record (data SHA256s, every phase's recipe, history) is in
+`configs/metadata.json` under `tokenunet.training`; what the training data looked like (organ volumes, HU, voxel
+sizes, fields of view, augmentation envelope) under `tokenunet.training_statistics`.
 
 ## Targets of issue 10
 
@@ -303,8 +382,18 @@ def main() -> int:
     parser.add_argument("--no-install", action="store_true", help="print the figures, install nothing")
     parser.add_argument("--note", type=Path, help="Markdown file whose text goes in the model card")
     parser.add_argument(
-        "--baseline", type=Path, help="folder of the previous model's robustness (<patient>/robustness.json) to compare"
+        "--baseline",
+        action="append",
+        metavar="NAME=FOLDER",
+        help="an earlier model's robustness (FOLDER/<patient>/robustness.json) to compare with; repeatable",
     )
+    parser.add_argument(
+        "--previous-lopo",
+        action="append",
+        metavar="NAME=FOLDER",
+        help="an earlier recipe's leave-one-patient-out folds (FOLDER/fold-<P>/robustness/) to compare; repeatable",
+    )
+    parser.add_argument("--version", default="3.0.0", help="the package version to write")
     parser.add_argument(
         "--id",
         dest="model_id",
@@ -321,7 +410,8 @@ def main() -> int:
     evaluation["robustness"] = robustness(package, args.datalist, trained)
     evaluation["lopo"] = lopo_results(args.lopo)
     evaluation["targets"] = targets(evaluation["robustness"], evaluation["lopo"])
-    evaluation["baseline"] = baseline(args.baseline, evaluation["robustness"])
+    evaluation["baseline"] = baseline(_named_folders(args.baseline), evaluation["robustness"])
+    evaluation["lopo_comparison"] = lopo_comparison(_named_folders(args.previous_lopo), evaluation["lopo"])
     if args.no_install:
         print(json.dumps(evaluation, indent=2))
         return 0
@@ -332,7 +422,7 @@ def main() -> int:
         "model-generated labels and synthetic CTs from their label maps; research and demonstration only, not for "
         "clinical use."
     )
-    metadata["version"] = "2.0.0"
+    metadata["version"] = args.version
     target = MODULE / "Resources" / "Models" / cfg["id"]
     size = (Path(args.package) / cfg["weights"]["file"]).stat().st_size
     note = args.note.read_text(encoding="utf-8") if args.note else ""

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Leave-one-patient-out folds of the demo model's recipe: for each patient P of datalist-patients.json, train on
 # the others (nothing derived from P, synthetic cases included) and measure P with the robustness command.
-#   bash scripts/demo-model/lopo.sh [RUNS_FOLDER] [PATIENT ...]     (default /work/runs/demo-model-lopo; A B C)
-# Extra train options go in TRAIN_OPTIONS, e.g. TRAIN_OPTIONS="--max-minutes 100". Re-running resumes.
+#   bash scripts/demo-model/lopo.sh [RUNS_FOLDER] [PATIENT ...]     (default /work/runs/demo-model-v3; A B C)
+# Fold C is the shipped model (train.sh trains it in the same folder). Extra train options go in TRAIN_OPTIONS,
+# e.g. TRAIN_OPTIONS="--max-minutes 100". Re-running resumes (exit code 3: a fold stopped early, run again).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/setup-venv.sh
-runs=${1:-/work/runs/demo-model-lopo}
+runs=${1:-/work/runs/demo-model-v3}
 shift || true
 patients=("$@")
 [ ${#patients[@]} -gt 0 ] || patients=(A B C)
@@ -15,10 +16,9 @@ source scripts/demo-model/recipe.sh
 [ -f demo-model-data/UpperChestCT.Labels.nii.gz ] || .venv/bin/python scripts/demo-model/fetch_second_patient.py
 [ -f demo-model-data/LiverCT.Labels.nii.gz ] || .venv/bin/python scripts/demo-model/fetch_liver_patient.py
 for patient in "${patients[@]}"; do
-  fold="$runs/fold-$patient"
+  id=demo-lopo-$patient
+  [ "$patient" = C ] && id=abdomen-organs-3mm-demo
   # shellcheck disable=SC2086
-  .venv/bin/python -m TokenUNetSegmentLib.pipeline train scripts/demo-model/datalist-patients.json --out "$fold" \
-    --resume --hold-out "$patient" --id "demo-lopo-$patient" "${RECIPE[@]}" ${TRAIN_OPTIONS:-}
-  .venv/bin/python -m TokenUNetSegmentLib.pipeline robustness --model "$fold/package" \
-    --datalist scripts/demo-model/datalist-patients.json --patient "$patient" --out "$fold/robustness"
+  train_recipe "$runs/fold-$patient" "$patient" "$id" ${TRAIN_OPTIONS:-}
+  robustness_of "$runs/fold-$patient" "$patient"
 done

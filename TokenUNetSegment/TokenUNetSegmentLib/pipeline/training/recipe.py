@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -35,3 +36,13 @@ class Recipe:
 
     def lr(self) -> float:
         return self.learning_rate or (0.01 if self.optimizer == "sgd" else 3e-4)
+
+    def rate_factor(self, step: int) -> float:
+        """The learning rate at ``step`` as a share of :meth:`lr`: linear warm-up, then cosine or poly decay to 0
+        at ``steps`` (a resume with more steps continues on the longer schedule: a warm restart)."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
+        if self.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return (1 - progress) ** 0.9

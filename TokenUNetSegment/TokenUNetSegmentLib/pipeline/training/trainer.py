@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
 from dataclasses import asdict
@@ -45,18 +44,6 @@ def _log(path: Path, record: dict, echo=None) -> None:
         stream.write(json.dumps(record) + "\n")
     if echo:
         echo(record)
-
-
-def _schedule(recipe: Recipe):
-    def factor(step: int) -> float:
-        if step < recipe.warmup_steps:
-            return (step + 1) / recipe.warmup_steps
-        progress = min(1.0, (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps))
-        if recipe.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        return (1 - progress) ** 0.9
-
-    return factor
 
 
 def _optimizer(network, recipe: Recipe):
@@ -171,7 +158,7 @@ def train(
 
         model = DistributedDataParallel(network, device_ids=[dev.index] if dev.type == "cuda" else None)
     optimizer = _optimizer(network, recipe)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(recipe))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipe.rate_factor)
     loss_fn = PartialDiceCELoss(smooth=1e-5)
 
     checkpoints = output / CHECKPOINT_DIR
@@ -191,7 +178,7 @@ def train(
         scheduler.base_lrs = [recipe.lr() for _ in optimizer.param_groups]  # this phase's rate, not the saved one
         for group in optimizer.param_groups:
             group["initial_lr"] = recipe.lr()
-            group["lr"] = recipe.lr() * _schedule(recipe)(step)
+            group["lr"] = recipe.lr() * recipe.rate_factor(step)
         set_determinism(seed=recipe.seed + rank + 7919 * step)
         if rank == 0:
             _log(log_path, {"event": "resume", "step": step}, echo)
