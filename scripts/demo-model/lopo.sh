@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Leave-one-patient-out folds of the demo model's recipe: for each patient P of datalist-patients.json, train on
 # the others (nothing derived from P, synthetic cases included) and measure P with the robustness command.
-#   bash scripts/demo-model/lopo.sh [RUNS_FOLDER] [PATIENT ...]     (default /work/runs/demo-model-v3; A B C)
+#   bash scripts/demo-model/lopo.sh [RUNS_FOLDER] [PATIENT ...]     (default ${TOKENUNET_RUNS:-$HOME/tokenunet-runs}/demo-model; A B C)
 # Fold C is the shipped model (train.sh trains it in the same folder). Extra train options go in TRAIN_OPTIONS,
 # e.g. TRAIN_OPTIONS="--max-minutes 100". Re-running resumes (exit code 3: a fold stopped early, run again).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/setup-venv.sh
-runs=${1:-/work/runs/demo-model-v3}
+runs=${1:-${TOKENUNET_RUNS:-$HOME/tokenunet-runs}/demo-model}
 shift || true
 patients=("$@")
 [ ${#patients[@]} -gt 0 ] || patients=(A B C)

@@ -4,11 +4,11 @@
 # The shipped weights are the leave-one-patient-out fold without patient C (LiTS, non-commercial licence), trained in
 # RUNS_FOLDER/fold-C; build.py also reads the other folds there (lopo.sh) when they exist. Re-running resumes from the
 # last checkpoint (saved every 5 minutes), so a long run can be spread over several sessions (exit code 3: stopped by
-# --max-minutes, run again). RUNS_FOLDER defaults to /work/runs/demo-model-v3 (outside git).
+# --max-minutes, run again). RUNS_FOLDER defaults to ${TOKENUNET_RUNS:-$HOME/tokenunet-runs}/demo-model (outside git).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/setup-venv.sh
-runs=${1:-/work/runs/demo-model-v3}
+runs=${1:-${TOKENUNET_RUNS:-$HOME/tokenunet-runs}/demo-model}
 shift || true
 export PYTHONPATH=TokenUNetSegment
 source scripts/demo-model/recipe.sh
