@@ -174,6 +174,19 @@ def test_max_minutes_stops_early_and_still_packages(datalist, tmp_path):
     assert record["stopped_early"] and record["steps_done"] < 1000
 
 
+def test_max_minutes_limits_each_invocation_so_a_resume_goes_on(datalist, tmp_path):
+    import torch
+
+    train(datalist, train_config(), tmp_path, Recipe(steps=2, batch_size=1, val_every=2, threads=1))
+    last = tmp_path / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    state["elapsed"] = 3 * 3600.0  # earlier sessions trained for three hours
+    torch.save(state, last)
+    again = Recipe(steps=4, batch_size=1, val_every=2, threads=1, max_minutes=60.0)
+    record = load_package(train(datalist, train_config(), tmp_path, again, resume=True)).config.training
+    assert not record["stopped_early"] and record["steps_done"] == 4
+
+
 def test_train_command(datalist, tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps(train_config()))

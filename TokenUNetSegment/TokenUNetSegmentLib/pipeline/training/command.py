@@ -74,7 +74,11 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-every", type=int, default=default.val_every, help="validate every N steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="CPU threads per process")
-    parser.add_argument("--max-minutes", type=float, help="stop after this long and package the best checkpoint")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop this invocation after this long (a --resume continues) and package the selected checkpoint",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--description", help="package description")
