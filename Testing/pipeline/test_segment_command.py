@@ -249,6 +249,13 @@ def test_segment_the_bundled_real_ct_end_to_end(sample_cli_run):
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert f"wrote {out / 'segmentation.seg.nrrd'}" in sample_cli_run.stdout
     table = sample_cli_run.stdout.split("wrote ", 1)[1].splitlines()[2:]
-    for label in report["labels"]:  # every organ with its confidence (the bundled model's, with or without
-        assert 0.0 <= label["confidence"] <= 1.0  # training statistics)
+    for label in report["labels"]:  # every organ with its confidence
+        assert 0.0 <= label["confidence"] <= 1.0
         assert any(line.startswith(label["name"] + " ") and f" {label['confidence']:.2f}" in line for line in table)
+    # the bundled model records its training statistics, and the sample (its training patient) is judged by them:
+    # a CT like its training scans (no scan flag), its well-found organs confident and not all flagged
+    statistics = config.statistics
+    assert statistics is not None and set(statistics.labels) == {label.name for label in config.labels}
+    assert report["flags"] == [] and not report["summary"].startswith("No organ found")
+    trusted = [e for e in report["labels"] if e["confidence"] >= 0.6 and {f["code"] for f in e["flags"]} <= {"cut_off"}]
+    assert "liver" in {e["name"] for e in trusted}, report["summary"]
