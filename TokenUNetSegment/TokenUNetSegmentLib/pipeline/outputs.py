@@ -6,7 +6,8 @@ Layout::
     attention/token<NN>_<kind>.nrrd         each token's map in [0, 1] (input grid or token grid)
     probabilities/<label name>.nrrd         with --probabilities
     overview.png                            unless --no-overview
-    report.json                             timings, device, label volumes, token matches, the files above
+    report.json                             timings, device, label volumes with confidence and flags, the run's
+                                            flags and summary, token matches, the files above
 
 The folder is written all at once (:class:`.output_folder.OutputFolder`): into a staging folder beside it, swapped
 into place when every file is complete, under a lock, with a manifest of the files written; a failed or cancelled
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .confidence import Assessment
 from .errors import ArgumentError, InputError
 from .geometry import Grid
 from .metadata import Label
@@ -268,4 +270,5 @@ def read_outputs(folder: str | Path, input_affine=None) -> SegmentationResult:
         model_id=report.get("model", ""),
         probabilities=probabilities,
         warnings=list(report.get("warnings", [])),
+        assessment=Assessment.from_report(report),
     )

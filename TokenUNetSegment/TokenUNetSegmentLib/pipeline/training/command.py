@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from ..errors import InputError, OutputError
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    from .trainer import Recipe
+    from .recipe import Recipe
 
     default = Recipe()
     parser.add_argument("datalist", help="decathlon-style datalist JSON (training/validation cases, label names)")
@@ -43,11 +44,47 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-steps", type=integer(0), default=0)
     parser.add_argument("--augmentation", type=number(0.0, 10.0), default=1.0, help="augmentation strength (0 = none)")
     parser.add_argument("--flip-axes", type=integer(0, 2), nargs="*", default=[], help="random flips along these axes")
+    parser.add_argument(
+        "--synthetic-ratio",
+        type=number(0.0, 1.0),
+        default=default.synthetic_ratio,
+        help="share of patches synthesised from tissue maps (SynthSeg-style CT; "
+        'cases with "synthesis": false excluded)',
+    )
+    parser.add_argument(
+        "--remap-ratio",
+        type=number(0.0, 1.0),
+        default=default.remap_ratio,
+        help="share of the other patches whose tissues get another contrast phase",
+    )
+    parser.add_argument(
+        "--background-ratio",
+        type=number(0.0, 1.0),
+        default=default.background_ratio,
+        help="share of patches centred anywhere rather than on an organ (hard background)",
+    )
+    parser.add_argument("--lesion-probability", type=number(0.0, 1.0), default=default.lesion_probability)
+    parser.add_argument(
+        "--hold-out",
+        nargs="*",
+        default=[],
+        metavar="PATIENT",
+        help="leave these patients' cases out (leave-one-patient-out folds; see the datalist's \"patient\")",
+    )
+    parser.add_argument(
+        "--select",
+        choices=("best", "last"),
+        default=default.select,
+        help="package the best validated checkpoint or the last one",
+    )
+    parser.add_argument("--workers", type=integer(0, 256), default=default.workers, help="processes that draw patches")
     parser.add_argument("--val-every", type=integer(1), default=default.val_every, help="validate every N steps")
     parser.add_argument("--seed", type=integer(0, 2**32 - 1 - 10**6), default=0)
     parser.add_argument("--threads", type=integer(1, 1024), help="CPU threads per process")
     parser.add_argument(
-        "--max-minutes", type=number(above=0.0), help="stop after this long and package the best checkpoint"
+        "--max-minutes",
+        type=number(above=0.0),
+        help="stop this invocation after this long (a --resume continues) and package the selected checkpoint",
     )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     parser.add_argument("--device", default="auto")
@@ -103,7 +140,8 @@ def check_output(out: str | Path, resume: bool) -> Path:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..locks import DestinationLock
-    from .trainer import Recipe, _distributed, train
+    from .recipe import Recipe
+    from .trainer import _distributed, train
 
     rank, _ = _distributed()
     if rank == 0:  # one process checks and locks the folder; the others write nothing there but through it
@@ -140,6 +178,13 @@ def _train(args: argparse.Namespace, train, Recipe, rank: int) -> int:
         warmup_steps=args.warmup_steps,
         augmentation=args.augmentation,
         flip_axes=list(args.flip_axes),
+        synthetic_ratio=args.synthetic_ratio,
+        remap_ratio=args.remap_ratio,
+        background_ratio=args.background_ratio,
+        lesion_probability=args.lesion_probability,
+        hold_out=list(args.hold_out),
+        select=args.select,
+        workers=args.workers,
         val_every=args.val_every,
         seed=args.seed,
         threads=args.threads,
@@ -172,4 +217,60 @@ def _train(args: argparse.Namespace, train, Recipe, rank: int) -> int:
         printer.close()
     if package is not None:
         print(f"wrote {package}")
+    return 0
+
+
+def _datalist_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "layout",
+        choices=("totalsegmentator", "decathlon", "folders"),
+        help="totalsegmentator: <case>/ct.nii.gz + segmentations/; decathlon: dataset.json "
+        "(MSD, nnU-Net raw, AMOS); folders: --images and --labels paired by number (BTCV)",
+    )
+    parser.add_argument("root", nargs="?", help="the dataset folder (totalsegmentator, decathlon)")
+    parser.add_argument("--images", help="folders: the image folder")
+    parser.add_argument("--labels", help="folders: the label folder")
+    parser.add_argument("--table", default="btcv", help="folders: btcv, amos, totalsegmentator or a JSON name table")
+    parser.add_argument("--config", help="the model configuration whose labels to match (report and 'partial')")
+    parser.add_argument("--splits", nargs="+", default=["train"], help="totalsegmentator: meta.csv splits to train on")
+    parser.add_argument(
+        "--validation-splits", nargs="*", default=["val"], help="totalsegmentator: splits to validate on"
+    )
+    parser.add_argument(
+        "--structures",
+        choices=("all", "model"),
+        default="all",
+        help="totalsegmentator: read every mask (full maps for synthesis) or only the model's",
+    )
+    parser.add_argument(
+        "--validation-fraction", type=number(0.0, below=1.0), default=0.0, help="decathlon, folders: share held out"
+    )
+    parser.add_argument("--out", "-o", required=True, help="the datalist JSON to write")
+
+
+def run_datalist(args: argparse.Namespace) -> int:
+    from ..output_folder import check_file_destination, write_file_atomically
+    from . import datasets
+
+    out = check_file_destination(args.out)  # before the dataset is scanned
+    labels = [label["name"] for label in load_config(args.config)["labels"]] if args.config else None
+    if args.layout == "folders":
+        if not (args.images and args.labels):
+            raise InputError("the folders layout needs --images and --labels")
+        datalist, report = datasets.folders(args.images, args.labels, args.table, labels, args.validation_fraction)
+    elif not args.root:
+        raise InputError(f"the {args.layout} layout needs the dataset folder")
+    elif args.layout == "totalsegmentator":
+        datalist, report = datasets.totalsegmentator(
+            args.root, labels, tuple(args.splits), tuple(args.validation_splits), args.structures
+        )
+    else:
+        datalist, report = datasets.decathlon(args.root, labels, args.validation_fraction)
+    write_file_atomically(out, json.dumps(datalist, indent=2) + "\n")  # all at once
+    cases = len(datalist["training"]), len(datalist.get("validation", []))
+    print(f"wrote {out}: {cases[0]} training and {cases[1]} validation cases, {report['structures']} structures")
+    if labels:
+        print(f"model labels found: {', '.join(report['matched'])}")
+        if report["missing"]:
+            print(f"model labels not in the dataset (cases marked partial): {', '.join(report['missing'])}")
     return 0
