@@ -23,6 +23,17 @@ def run_cli(*args, env=None, timeout: float = 300, **kwargs) -> subprocess.Compl
     )
 
 
+def start_cli(*args) -> subprocess.Popen:
+    """``python -m TokenUNetSegmentLib.pipeline ARGS...`` started in a child process (text pipes), not waited for."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "TokenUNetSegmentLib.pipeline", *map(str, args)],
+        cwd=MODULE_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_python(code: str, timeout: float = 300) -> str:
     """Run ``code`` in a fresh interpreter (the module folder as working directory); its stdout.
 

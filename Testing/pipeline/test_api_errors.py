@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from helpers.fuzz import bounded
+from hypothesis import given
 from hypothesis import strategies as st
 from TokenUNetSegmentLib.pipeline import evaluate, metadata, outputs, segmentation, volumes
 from TokenUNetSegmentLib.pipeline.catalog import ModelStore
@@ -14,13 +15,7 @@ from TokenUNetSegmentLib.pipeline.errors import ArgumentError, InputError, Model
 from TokenUNetSegmentLib.pipeline.package_loader import load_package
 from TokenUNetSegmentLib.pipeline.package_writer import write_package
 
-BOUNDED = settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+BOUNDED = bounded(40)
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,13 @@ folder holds the previous complete result or the new one, the error is one line,
 import errno
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 from helpers.disks import LINUX_MOUNT, tmpfs
 from helpers.packages import ball_phantom, make_package, threshold_package, tiny_config
-from helpers.paths import MODULE_DIR
+from helpers.processes import start_cli
 from TokenUNetSegmentLib.pipeline import cli, segmentation
 from TokenUNetSegmentLib.pipeline.errors import OutputError
 from TokenUNetSegmentLib.pipeline.locks import lock_path
@@ -137,13 +135,7 @@ def test_a_second_run_on_the_same_folder_is_refused_and_the_first_completes(tmp_
     package = make_package(tmp_path, tiny_config(roi=(16, 16, 16), spacing=(3.0, 3.0, 3.0)))  # many windows
     out = tmp_path / "out"
     argv = ["segment", str(path), "--model", str(package), "--out", str(out), "--device", "cpu", "--overlap", "0.75"]
-    first = subprocess.Popen(
-        [sys.executable, "-m", "TokenUNetSegmentLib.pipeline", *argv, "--progress", "none"],
-        cwd=MODULE_DIR,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start_cli(*argv, "--progress", "none")
     try:
         deadline = time.monotonic() + 120
         while not lock_path(out).exists() and first.poll() is None and time.monotonic() < deadline:

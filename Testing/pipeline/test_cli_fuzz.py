@@ -7,17 +7,12 @@ import argparse
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from helpers.fuzz import bounded
+from hypothesis import given
 from hypothesis import strategies as st
 from TokenUNetSegmentLib.pipeline import cli
 
-BOUNDED = settings(
-    max_examples=80,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+BOUNDED = bounded(80)
 
 
 def _options() -> dict[str, list[str]]:

@@ -9,20 +9,15 @@ import stat
 import zipfile
 
 import pytest
+from helpers.fuzz import bounded
 from helpers.packages import make_package, tiny_config
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from TokenUNetSegmentLib.pipeline.catalog import ModelStore
 from TokenUNetSegmentLib.pipeline.errors import TokenUNetError
 from TokenUNetSegmentLib.pipeline.package_source import METADATA_FILE, TEXT_FILES, WEIGHTS_FILE
 
-BOUNDED = settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,  # the same examples on every run (reproducible CI)
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+BOUNDED = bounded(40)
 PACKAGE_FILES = sorted((*TEXT_FILES, WEIGHTS_FILE))
 _counter = itertools.count()
 pytestmark = pytest.mark.filterwarnings("ignore:Duplicate name")  # a zip listing a name twice is one of the inputs
@@ -135,11 +130,9 @@ def test_hostile_extra_members(base, extras, prefix):
         assert cached is None
 
 
-JSON = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=8)),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-    max_leaves=8,
-)
+LEAF = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=8))
+NESTED = st.lists(LEAF, max_size=3) | st.dictionaries(st.text(max_size=6), LEAF, max_size=3)
+JSON = LEAF | NESTED | st.lists(NESTED, max_size=2) | st.dictionaries(st.text(max_size=6), NESTED, max_size=2)
 
 
 def _paths(value, path=()):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.fuzz import bounded
 from helpers.readers import (
     FORMATS,
     NIFTI_DIM,
@@ -22,18 +23,12 @@ from helpers.readers import (
     volume_array,
     write_volume,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from TokenUNetSegmentLib.pipeline.errors import InputError
 from TokenUNetSegmentLib.pipeline.volumes import as_volume
 
-BOUNDED = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,  # the same examples on every run, so that CI is reproducible
-    database=None,  # and nothing written into the repository
-    suppress_health_check=[HealthCheck.too_slow],
-)
+BOUNDED = bounded(60)
 COMPRESSED = ("nii.gz", "gz.nrrd", "z.mha")
 ORIGINAL = volume_array()
 

@@ -3,7 +3,6 @@
 import json
 import signal
 import struct
-import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -12,7 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from helpers.packages import PHANTOM_AFFINE, ball_phantom, blank_network, make_package, tiny_config
-from helpers.paths import MODULE_DIR, SAMPLE_CT
+from helpers.paths import SAMPLE_CT
+from helpers.processes import start_cli
 from TokenUNetSegmentLib.pipeline import cli, segment_command
 from TokenUNetSegmentLib.pipeline.confidence import Assessment
 from TokenUNetSegmentLib.pipeline.errors import CancelledError
@@ -190,13 +190,7 @@ def test_sigterm_cancels_between_windows_and_exits_130(cli_case, tmp_path):
     package = make_package(tmp_path, tiny_config(roi=(16, 16, 16), spacing=(3.0, 3.0, 3.0)))  # many windows
     out = tmp_path / "out"
     arguments = ["segment", str(path), "--model", str(package), "--out", str(out), "--progress", "json"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "TokenUNetSegmentLib.pipeline", *arguments, "--overlap", "0.75"],
-        cwd=MODULE_DIR,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    process = start_cli(*arguments, "--overlap", "0.75")
     for line in process.stderr:
         if decode_event(line).stage == "inference":
             process.send_signal(signal.SIGTERM)
