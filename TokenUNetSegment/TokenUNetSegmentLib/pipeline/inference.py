@@ -36,8 +36,11 @@ def sliding_window(
     device: torch.device | None = None,
     progress: Progress | None = None,
     with_tokens: bool = True,
+    precision: str = "auto",
 ):
     """Run ``network`` over ``image`` (C, X, Y, Z), every size a multiple of the network's size multiple.
+
+    ``precision`` "auto" runs the device's mixed precision (:func:`~.device.autocast`), "float32" none.
 
     Returns:
         (logits as a float32 array (out, X, Y, Z), token maps {"gather", "broadcast"} each (N, X/m, Y/m, Z/m)
@@ -56,7 +59,7 @@ def sliding_window(
     def predictor(window: torch.Tensor):
         if progress is not None:
             progress.check()
-        with autocast(device):
+        with autocast(device, network, precision):
             out = network(window, return_attention=True) if with_tokens else network(window)
         done[0] += window.shape[0]
         if progress is not None:
