@@ -254,21 +254,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument(
         "--allocator",
-        choices=("retain", "default"),
-        default="retain",
-        help="retain: huge pages and freed memory kept for reuse, as the command line does (default); "
-        "default: the C library's allocator",
+        choices=("huge-pages", "default"),
+        default="huge-pages",
+        help="huge-pages: PyTorch's transparent huge pages, as the command line uses (default); default: 4 KiB pages",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if args.child:
-        if args.allocator == "retain":
+        if args.allocator == "huge-pages":
             sys.path.insert(0, str(MODULE_DIR))
-            from TokenUNetSegmentLib.pipeline.allocator import tune_inference_process
+            from TokenUNetSegmentLib.pipeline.allocator import use_huge_pages
 
-            tune_inference_process()
+            use_huge_pages()
         import torch
 
         if args.threads:

@@ -119,14 +119,16 @@ def test_instance_statistics_match_float64_for_large_offsets_and_few_channels():
     torch.testing.assert_close(normalised, F.instance_norm(x), rtol=0, atol=2e-4)
 
 
-def test_pooling_upsampling_and_transposed_convolution_match_torch():
+@pytest.mark.parametrize("slab_planes", [None, 1, 2])
+def test_pooling_upsampling_and_transposed_convolution_match_torch(slab_planes):
     x = cl.channels_last(torch.randn(2, 5, 6, 8, 4))
     torch.testing.assert_close(cl.average_pool2x(x), F.avg_pool3d(x, 2))
     low = cl.channels_last(torch.randn(2, 3, 5, 4, 6))
     hidden = cl.channels_last(torch.randn(2, 7, 5, 4, 6))
     weight, offsets = torch.randn(7, 3, 2, 2, 2), torch.randn(2, 8 * 3)
     matrix = weight.permute(0, 2, 3, 4, 1).reshape(7, 24)[None].expand(2, 7, 24)
-    out = cl.upsample_and_add_transposed_k2s2(low, hidden, matrix, offsets)
+    slab = slab_planes and slab_planes * 8 * 3 * 4 * 6  # output values of that many input planes
+    out = cl.upsample_and_add_transposed_k2s2(low, hidden, matrix, offsets, slab)
     # the offsets are one constant per output channel and position in the 2x2x2 block
     pattern = offsets.view(2, 2, 2, 2, 3).permute(0, 4, 1, 2, 3).repeat(1, 1, 5, 4, 6)
     expected = (

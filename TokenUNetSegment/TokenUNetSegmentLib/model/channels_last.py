@@ -28,9 +28,10 @@ from torch import nn
 from .fused_ops import upsample2x_axis
 
 CHANNELS_LAST = torch.channels_last_3d
-_STATISTICS_ROWS = 4096  # rows per float32 partial sum of the instance statistics
+_STATISTICS_ROWS = 32768  # rows per float32 partial sum of the instance statistics
 _STATISTICS_COLUMNS = 64  # columns the statistics kernel reads at once (fast from about 64)
-_CONVERSION_ROWS = 1 << 16  # voxels per slab of a bfloat16 map converted to float32 for a product
+_CONVERSION_ELEMENTS = 1 << 21  # values per slab of a bfloat16 map converted to float32 for a product (8 MB)
+_SLAB_ELEMENTS = 1 << 21  # output values per slab of the upsampling and transposed convolution (8 MB)
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +115,7 @@ def pointwise_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bia
     A bfloat16 ``x`` is converted slab by slab (cache-sized) and multiplied in ``out``'s float32.
     """
     flat_out, flat_x = voxels(out), voxels(x)
-    step = flat_x.shape[1] if x.dtype == out.dtype else _CONVERSION_ROWS
+    step = flat_x.shape[1] if x.dtype == out.dtype else max(1, _CONVERSION_ELEMENTS // x.shape[1])
     for index in range(x.shape[0]):
         matrix = (weight[index] if weight.ndim == 3 else weight).t()
         for start in range(0, flat_x.shape[1], step):
@@ -198,15 +199,15 @@ def average_pool2x(x: torch.Tensor) -> torch.Tensor:
 
 
 def upsample_and_add_transposed_k2s2(
-    low: torch.Tensor, x: torch.Tensor, matrix: torch.Tensor, offsets: torch.Tensor
+    low: torch.Tensor, x: torch.Tensor, matrix: torch.Tensor, offsets: torch.Tensor, slab_elements=None
 ) -> torch.Tensor:
-    """``upsample2x(low) + ConvTranspose3d(k=2, s=2)(x)`` for channels-last maps, one input depth plane at a time.
+    """``upsample2x(low) + ConvTranspose3d(k=2, s=2)(x)`` for channels-last maps, in slabs of input depth planes.
 
-    Output planes 2d and 2d + 1 depend on planes d - 1 to d + 1 of ``low`` and on plane d of ``x`` only.
-    Each pair is upsampled by three separable linear passes through two small reused buffers, so the
-    full-resolution map is written once, without the passes' intermediate maps; then each pair receives its
-    transposed-convolution blocks (a GEMM per plane, whose result stays in the cache). Upsampling every
-    plane first measured faster than alternating the two per plane (the GEMM's buffers stay cached).
+    Output planes 2d and 2d + 1 depend on planes d - 1 to d + 1 of ``low`` and on plane d of ``x`` only. Each
+    slab's planes are upsampled by three separable linear passes through reused slab-sized buffers, so the
+    full-resolution map is written once, without full-size intermediate maps; then each slab receives its
+    transposed-convolution blocks (a GEMM per slab, its result still in the cache). Slabs of about
+    :data:`_SLAB_ELEMENTS` output values keep the number of operations (and thread synchronisations) small.
 
     Args:
         low: (B, O, D, H, W) channels-last, the map to upsample trilinearly (``align_corners=False``).
@@ -219,27 +220,31 @@ def upsample_and_add_transposed_k2s2(
     """
     batch, out_channels, depth, height, width = low.shape
     channels = x.shape[1]
+    step = max(1, min(depth, (slab_elements or _SLAB_ELEMENTS) // (8 * height * width * out_channels)))
     out = torch.empty(
         (batch, out_channels, 2 * depth, 2 * height, 2 * width), dtype=low.dtype, device=low.device,
         memory_format=CHANNELS_LAST,
     )  # fmt: skip
-    planes = out.permute(0, 2, 3, 4, 1).view(batch, depth, 2, 2 * height, 2 * width, out_channels)
-    blocks_target = out.permute(0, 2, 3, 4, 1).view(batch, depth, 2, height, 2, width, 2, out_channels)
-    pair = low.new_empty((2, height, width, out_channels))
-    rows = low.new_empty((2, height, 2, width, out_channels))
+    planes = out.permute(0, 2, 3, 4, 1)  # (B, 2D, 2H, 2W, O)
+    blocks_target = planes.view(batch, depth, 2, height, 2, width, 2, out_channels)
+    deep = low.new_empty((step + 2, 2, height, width, out_channels))  # the slab and its two neighbours, x2 in depth
+    tall = low.new_empty((2 * step, height, 2, width, out_channels))
     low_flat, x_flat = low.permute(0, 2, 3, 4, 1), x.permute(0, 2, 3, 4, 1)
     for index in range(batch):
-        source = low_flat[index]
-        for d in range(depth):
-            plane = source[d]
-            torch.lerp(plane, source[max(d - 1, 0)], 0.25, out=pair[0])
-            torch.lerp(plane, source[min(d + 1, depth - 1)], 0.25, out=pair[1])
-            upsample2x_axis(pair, 1, out=rows)
-            upsample2x_axis(rows.view(2, 2 * height, width, out_channels), 2, out=planes[index, d].view(
-                2, 2 * height, width, 2, out_channels))  # fmt: skip
-        for d in range(depth):
-            rows_in = x_flat[index, d].reshape(-1, channels).to(out.dtype)  # bfloat16 hidden maps: one plane
-            blocks = torch.addmm(offsets[index], rows_in, matrix[index])
-            blocks = blocks.view(height, width, 2, 2, 2, out_channels).permute(2, 0, 3, 1, 4, 5)
-            blocks_target[index, d].add_(blocks)
+        for start in range(0, depth, step):
+            stop = min(depth, start + step)
+            first, last = max(start - 1, 0), min(stop + 1, depth)  # with the neighbouring planes
+            count = 2 * (stop - start)
+            doubled = upsample2x_axis(low_flat[index, first:last], 0, out=deep[: last - first])
+            doubled = doubled[2 * (start - first) : 2 * (start - first) + count]
+            upsample2x_axis(doubled, 1, out=tall[:count])
+            upsample2x_axis(
+                tall[:count].view(count, 2 * height, width, out_channels),
+                2,
+                out=planes[index, 2 * start : 2 * stop].view(count, 2 * height, width, 2, out_channels),
+            )
+            rows = x_flat[index, start:stop].reshape(-1, channels).to(out.dtype)  # bfloat16 hidden maps: a slab
+            blocks = torch.addmm(offsets[index], rows, matrix[index])
+            blocks = blocks.view(stop - start, height, width, 2, 2, 2, out_channels).permute(0, 3, 1, 4, 2, 5, 6)
+            blocks_target[index, start:stop].add_(blocks)
     return out

@@ -82,8 +82,8 @@ def upsample2x_trilinear(x: torch.Tensor) -> torch.Tensor:
 def upsample2x_axis(x: torch.Tensor, dim: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Linear x2 upsampling (``align_corners=False``) along one axis ``dim`` of ``x``.
 
-    Writes into ``out`` of shape (*x.shape[:dim], length, 2, *x.shape[dim + 1:]) (any strides; default a new
-    contiguous tensor) and returns it with the (length, 2) axes merged when they can be.
+    Writes into ``out`` of shape (*x.shape[:dim], length, 2, *x.shape[dim + 1:]) (default a new contiguous
+    tensor; any strides that let the (length, 2) axes merge into one) and returns it with those axes merged.
     """
     length = x.shape[dim]
     if out is None:
@@ -98,4 +98,4 @@ def upsample2x_axis(x: torch.Tensor, dim: int, out: torch.Tensor | None = None) 
         torch.lerp(head, tail, 0.25, out=odd.narrow(dim, 0, length - 1))
         even.narrow(dim, 0, 1).copy_(x.narrow(dim, 0, 1))
         odd.narrow(dim, length - 1, 1).copy_(x.narrow(dim, length - 1, 1))
-    return out.flatten(dim, dim + 1) if out.is_contiguous() else out
+    return out.view(*out.shape[:dim], 2 * length, *out.shape[dim + 2 :])

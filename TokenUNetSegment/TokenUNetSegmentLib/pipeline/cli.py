@@ -334,12 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 user error, 130 cancelled)."""
     import logging
 
-    from .allocator import retain_freed_memory, use_huge_pages
+    from .allocator import use_huge_pages
 
     use_huge_pages()  # before torch is imported
     args = build_parser().parse_args(argv)
-    if args.command == "segment":
-        retain_freed_memory()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     from .errors import CancelledError, TokenUNetError
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from .device import autocast
+from .device import autocast, inference_threads
 from .progress import Progress
 
 
@@ -71,7 +71,7 @@ def sliding_window(
         return out.float()
 
     tensor = torch.from_numpy(image)[None]
-    with torch.inference_mode():
+    with torch.inference_mode(), inference_threads(device):
         out = sliding_window_inference(
             tensor,
             tuple(int(r) for r in roi_size),
