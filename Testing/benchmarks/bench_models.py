@@ -9,7 +9,8 @@ time (all threads; less sensitive to other load on the machine). Ratios are to S
 feature_size 24) measured in the same run.
 
 The machine's limit: each process also times a 2048 x 2048 float32 matrix product (best of 5) with the same
-threads; "x limit" is a forward's median time over the time its FLOPs would take at that rate.
+threads; "x limit" is a forward's median time over the time its FLOPs would take at that rate, "(cpu)" the
+same in CPU time (less sensitive to other load on the machine).
 
 A Token-UNet name runs its default CPU inference path (channels-last, float32); ``NAME:bf16`` runs it under CPU
 autocast to bfloat16 (the pipeline's default on CPUs with native bfloat16), ``NAME:plain`` the plain modules.
@@ -83,21 +84,24 @@ def _rss_mb(field: str) -> float:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
-def matmul_gflops(device: str, repeats: int = 5) -> float:
-    """The best rate of a 2048 x 2048 float32 matrix product on ``device``, in GFLOP/s."""
+def matmul_gflops(device: str, repeats: int = 5) -> tuple[float, float]:
+    """The best rate of a 2048 x 2048 float32 matrix product on ``device``, in GFLOP/s of wall time and of the
+    process's CPU time (the latter hardly moves with other load on the machine)."""
     import torch
 
     a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
-    best = float("inf")
+    best, best_cpu = float("inf"), float("inf")
     for _ in range(repeats + 1):
         if device == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         torch.mm(a, b)
         if device == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
-    return 2 * 2048**3 / best / 1e9
+        best_cpu = min(best_cpu, time.process_time() - cpu_start)
+    flop = 2 * 2048**3 / 1e9
+    return flop / best, flop / max(best_cpu, 1e-9)
 
 
 def count_flops(net, x) -> int:
@@ -140,7 +144,7 @@ def measure(name: str, device: str, size: int, runs: int, warmup: int) -> dict:
     import TokenUNetSegmentLib.model  # noqa: F401
 
     torch.manual_seed(0)
-    limit = matmul_gflops(device)
+    limit, limit_cpu = matmul_gflops(device)
     network_name, _, variant = name.partition(":")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -167,7 +171,7 @@ def measure(name: str, device: str, size: int, runs: int, warmup: int) -> dict:
     else:
         peak_mb = _rss_mb("VmHWM") - baseline_mb
     flops = count_flops(net, x)
-    median_s = statistics.median(timings) / 1000
+    median_s, median_cpu_s = statistics.median(timings) / 1000, statistics.median(cpu_timings) / 1000
     return {
         "name": name,
         "params": sum(p.numel() for p in net.parameters()),
@@ -175,6 +179,7 @@ def measure(name: str, device: str, size: int, runs: int, warmup: int) -> dict:
         "gflops": round(flops / 1e9 / median_s, 1),
         "matmul_gflops": round(limit, 1),
         "x_limit": round(median_s / (flops / 1e9 / limit), 2),
+        "x_limit_cpu": round(median_cpu_s / (flops / 1e9 / limit_cpu), 2),
         "peak_mb": round(peak_mb, 1),
         "median_ms": round(statistics.median(timings), 2),
         "median_cpu_ms": round(statistics.median(cpu_timings), 2),
@@ -218,7 +223,7 @@ def table(rows: list[dict], device: str) -> str:
         + ", ".join(f"{row['matmul_gflops']:.0f}" for row in rows if "matmul_gflops" in row)
         + " GFLOP/s",
         f"{'model':<34}{'input':>7}{'params':>13}{'GFLOP':>8}{'peak MB':>10}{'median ms':>12}{'cpu ms':>10}"
-        f"{'GFLOP/s':>9}{'x limit':>9}{'params %':>10}{'memory %':>10}{'time %':>9}{'cpu %':>8}",
+        f"{'GFLOP/s':>9}{'x limit':>9}{'(cpu)':>7}{'params %':>10}{'memory %':>10}{'time %':>9}{'cpu %':>8}",
     ]
     for row in rows:
         ratios = ("", "", "", "")
@@ -230,7 +235,7 @@ def table(rows: list[dict], device: str) -> str:
         lines.append(
             f"{row['name'] + note:<34}{row['input_size']:>6}^3{row['params']:>13,}{row.get('gflop', 0):>8.1f}"
             f"{row['peak_mb']:>10.1f}{row['median_ms']:>12.1f}{row.get('median_cpu_ms', 0):>10.0f}"
-            f"{row.get('gflops', 0):>9.1f}{row.get('x_limit', 0):>9.2f}"
+            f"{row.get('gflops', 0):>9.1f}{row.get('x_limit', 0):>9.2f}{row.get('x_limit_cpu', 0):>7.2f}"
             f"{ratios[0]:>10}{ratios[1]:>10}{ratios[2]:>9}{ratios[3]:>8}"
         )
     if any(row["input_size"] != base_size for row in rows):

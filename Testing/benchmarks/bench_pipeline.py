@@ -181,7 +181,8 @@ def main() -> None:
     )
     parser.add_argument("--json", default=None)
     parser.add_argument(
-        "--module-dir", help="with --cli: run the command line of another checkout's TokenUNetSegment folder"
+        "--baseline-dir",
+        help="with --cli: also run every command with another checkout's TokenUNetSegment folder (interleaved)",
     )
     parser.add_argument("--image", help="an existing CT file instead of the synthetic volume (e.g. the bundled sample)")
     parser.add_argument("--run", choices=("ours", "swin"), help=argparse.SUPPRESS)

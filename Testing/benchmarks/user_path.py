@@ -16,7 +16,8 @@ at 1.5 mm that it writes. Per run it prints:
 - the peak resident memory of the process, the output folder's size and file count, and the share of the
   wall time spent outside the network (everything but ``inference``).
 
-It also times ``--help`` and ``models list`` (median of 3 each).
+It also times ``--help`` and ``models list`` (median of 3 each). With ``--baseline-dir`` every command also runs
+with another checkout's code, just before this one's (same load on the machine: compare within a run).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import time
 from pathlib import Path
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "TokenUNetSegment"
-CHILD_MODULE_DIR = MODULE_DIR  # the code the command line runs (--module-dir: another checkout's, to compare)
 CLI = [sys.executable, "-m", "TokenUNetSegmentLib.pipeline"]
 CT_SHAPE = (512, 512, 300)
 SLAB_SLICES = 20
@@ -39,10 +39,10 @@ SPACING = (0.8, 0.8, 1.5)
 STAGES = ("load", "preprocess", "inference", "postprocess", "map back")
 
 
-def environment() -> dict:
-    """The child's environment: the module folder importable, as inside Slicer or after ``pip install``."""
+def environment(module_dir: Path = MODULE_DIR) -> dict:
+    """The child's environment: ``module_dir`` (a TokenUNetSegment folder) importable, as inside Slicer."""
     path = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": str(CHILD_MODULE_DIR) + (os.pathsep + path if path else "")}
+    return {**os.environ, "PYTHONPATH": str(module_dir) + (os.pathsep + path if path else "")}
 
 
 def write_dicom_series(folder: Path, array, affine, series_uid: str) -> Path:
@@ -121,11 +121,17 @@ def read_seconds(series: Path) -> float:
     return float(done.stdout.split()[-1])
 
 
-def run_command(arguments: list[str], cwd: Path) -> dict:
-    """Run the command line; returns wall seconds, peak RSS (GiB), first progress line (s), stdout, stderr."""
+def run_command(arguments: list[str], cwd: Path, module_dir: Path = MODULE_DIR) -> dict:
+    """Run the command line of ``module_dir``; returns wall seconds, peak RSS (GiB), first progress line (s),
+    stdout."""
     started = time.perf_counter()
     process = subprocess.Popen(
-        CLI + arguments, cwd=cwd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        CLI + arguments,
+        cwd=cwd,
+        env=environment(module_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     first_line, err_lines = [], []
 
@@ -157,11 +163,11 @@ def folder_size(folder: Path) -> tuple[int, int]:
     return sum(p.stat().st_size for p in files), len(files)
 
 
-def segment_run(series: Path, read: float, model: Path | None, out: Path) -> dict:
+def segment_run(series: Path, read: float, model: Path | None, out: Path, module_dir: Path = MODULE_DIR) -> dict:
     """One user run of ``segment`` with its defaults; the figures of the module docstring."""
     arguments = ["segment", str(series), "--out", str(out), "--progress", "json"]
     arguments += ["--model", str(model)] if model else []
-    done = run_command(arguments, out.parent)
+    done = run_command(arguments, out.parent, module_dir)
     report = json.loads((out / "report.json").read_text())
     stages = {name: float(report["timings_s"][name]) for name in STAGES}
     reported = float(done["stdout"].rsplit("(", 1)[1].split(" s)")[0].split(", ")[-1])  # "wrote ... (…, 12.3 s)"
@@ -183,18 +189,24 @@ def segment_run(series: Path, read: float, model: Path | None, out: Path) -> dic
     }
 
 
-def command_seconds(arguments: list[str], cwd: Path, repeats: int = 3) -> float:
-    return statistics.median(run_command(arguments, cwd)["wall"] for _ in range(repeats))
+def command_seconds(arguments: list[str], cwd: Path, module_dir: Path = MODULE_DIR, repeats: int = 3) -> float:
+    return statistics.median(run_command(arguments, cwd, module_dir)["wall"] for _ in range(repeats))
 
 
 def main(args, synthetic_ct, config) -> dict:
-    """Write the inputs and packages, run every case, print the table; returns the JSON summary."""
+    """Write the inputs and packages, run every case, print the table; returns the JSON summary.
+
+    With ``args.baseline_dir`` (another checkout's TokenUNetSegment folder) every command runs with that code
+    first and then with this one, so that both see the same load on the machine.
+    """
     import tempfile
 
-    global CHILD_MODULE_DIR
-    CHILD_MODULE_DIR = Path(args.module_dir).resolve() if args.module_dir else MODULE_DIR
     sys.path.insert(0, str(MODULE_DIR))
-    summary = {"machine": {"cpus": os.cpu_count()}, "commands": {}, "runs": []}
+    versions = {"this": MODULE_DIR}
+    if args.baseline_dir:
+        versions = {"baseline": Path(args.baseline_dir).resolve(), **versions}
+    summary = {"machine": {"cpus": os.cpu_count()}, "versions": {k: str(v) for k, v in versions.items()}}
+    summary.update(commands=[], runs=[])
     with tempfile.TemporaryDirectory(prefix="tokenunet-bench-") as scratch_name:
         scratch = Path(scratch_name)
         clock = time.perf_counter()
@@ -204,33 +216,43 @@ def main(args, synthetic_ct, config) -> dict:
         if args.network:
             cfg = config(args.network, args.model_spacing, args.roi)
             models[f"{args.network} {args.model_spacing:g} mm"] = write_random_package(scratch, args.network, cfg)
-        summary["commands"] = {
-            "--help": round(command_seconds(["--help"], scratch), 2),
-            "models list": round(command_seconds(["models", "list"], scratch), 2),
-        }
-        print(f"--help {summary['commands']['--help']:.2f} s, models list {summary['commands']['models list']:.2f} s")
+        for version, module_dir in versions.items():
+            row = {
+                "version": version,
+                "--help_s": round(command_seconds(["--help"], scratch, module_dir), 2),
+                "models list_s": round(command_seconds(["models", "list"], scratch, module_dir), 2),
+            }
+            summary["commands"].append(row)
+            print(json.dumps(row), flush=True)
         for case, series in inputs.items():
             read = read_seconds(series)
             for model_name, model in models.items():
-                out = scratch / f"out-{len(summary['runs'])}"
-                row = {"case": case, "model": model_name, **segment_run(series, read, model, out)}
-                summary["runs"].append(row)
-                print(json.dumps(row), flush=True)
-    print(table(summary["runs"]))
+                for version, module_dir in versions.items():
+                    out = scratch / f"out-{len(summary['runs'])}"
+                    row = {"case": case, "model": model_name, "version": version}
+                    row.update(segment_run(series, read, model, out, module_dir))
+                    summary["runs"].append(row)
+                    print(json.dumps(row), flush=True)
+    print(table(summary["runs"], summary["commands"]))
     return summary
 
 
-def table(rows: list[dict]) -> str:
-    columns = ["wall", "start-up", "read", *STAGES, "write", "other"]
+def table(rows: list[dict], commands: list[dict]) -> str:
     lines = [
-        f"{'case':<22}{'model':<24}"
+        f"{row['version']}: --help {row['--help_s']:.2f} s, models list {row['models list_s']:.2f} s"
+        for row in commands
+    ]
+    columns = ["wall", "start-up", "read", *STAGES, "write", "other"]
+    lines += [
+        f"{'case':<22}{'model':<20}{'version':<10}"
         + "".join(f"{c:>12}" for c in columns)
         + f"{'1st line':>10}{'outside %':>11}{'peak GiB':>10}{'out MB':>9}{'files':>7}"
     ]
     for row in rows:
         values = "".join(f"{row[c + '_s'] if row[c + '_s'] is not None else float('nan'):>12.2f}" for c in columns)
         lines.append(
-            f"{row['case']:<22}{row['model']:<24}{values}{row['first_line_s'] or float('nan'):>10.2f}"
+            f"{row['case']:<22}{row['model']:<20}{row['version']:<10}{values}"
+            f"{row['first_line_s'] or float('nan'):>10.2f}"
             f"{100 * row['non_network_share']:>11.1f}{row['peak_rss_gib']:>10.2f}{row['output_mb']:>9.1f}"
             f"{row['output_files']:>7}"
         )
