@@ -177,7 +177,7 @@ class TokenUNet(nn.Module):
         return not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
     def _forward_channels_last(self, x: torch.Tensor, conv_dtype: torch.dtype | None = None):
-        """:meth:`forward` on the channels-last inference path; logits come channels-last."""
+        """:meth:`forward` on the channels-last inference path (logits come channels-first, as usual)."""
         x = cl.instance_norm(x, self.input_norm.eps)
         skips = []
         for index, stage in enumerate(self.encoder):
@@ -194,9 +194,7 @@ class TokenUNet(nn.Module):
                 x = run(block, x, conv_dtype)
             if skip is not None:
                 x = x.add_(skip)
-        logits = cl.new_map(x, self.out_channels)
-        cl.pointwise_into(logits, x, self.head.weight.flatten(1), self.head.bias)
-        return logits, maps
+        return cl.pointwise_channels_first(x, self.head.weight.flatten(1), self.head.bias), maps
 
     def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The outputs of the encoder stages (channels-first), for analysis (CKA)."""
