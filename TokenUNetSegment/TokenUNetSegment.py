@@ -202,7 +202,7 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
 
         logic = slicer.util.getModuleLogic("TokenUNetSegment")
         nodes = logic.process([getNode("CT")], None, model="abdomen-demo", device="auto")
-        nodes.segmentation, nodes.heatmaps, nodes.attention
+        nodes.segmentation, nodes.heatmap_nodes, nodes.attention
     """
 
     def __init__(self):
@@ -214,7 +214,7 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
     def wrapParameterNode(self, node):
         """The parameter node wrapped for GUI binding (``SlicerParameterName``)."""
         if self._wrapperClass is None:
-            from TokenUNetSegmentLib.widget.panel import parameter_wrapper_class
+            from TokenUNetSegmentLib.widget.parameter_binding import parameter_wrapper_class
 
             self._wrapperClass = parameter_wrapper_class()
         return self._wrapperClass(node)
@@ -241,26 +241,10 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
         return ModelStore()
 
     def modelInfos(self):
-        """Every known model with description, licence, expected time and input channels."""
-        from TokenUNetSegmentLib.mrml.controller import ModelInfo
-        from TokenUNetSegmentLib.pipeline.errors import ModelPackageError
-        from TokenUNetSegmentLib.pipeline.metadata import read_metadata
+        """Every known model with description, licence, expected time and input channels (metadata only)."""
+        from TokenUNetSegmentLib.mrml.controller import model_infos
 
-        infos = []
-        for entry in self.modelStore().entries():
-            info = ModelInfo(
-                entry.id, entry.description, entry.license or "", entry.expected_time or "", available=entry.available
-            )
-            if entry.available:
-                try:
-                    inputs = read_metadata(entry.path)["tokenunet"]["inputs"]
-                except ModelPackageError as error:
-                    logging.warning(f"TokenUNet: skipping model '{entry.id}': {error}")
-                    continue
-                info.input_names = [item["name"] for item in inputs]
-                info.input_patterns = [item.get("patterns", []) for item in inputs]
-            infos.append(info)
-        return infos
+        return model_infos(self.modelStore())
 
     def resolvedDevice(self, device="auto"):
         """What ``device`` becomes on this computer (None if torch is not available yet)."""
@@ -274,11 +258,11 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
             return None
 
     # -- runs --------------------------------------------------------------------------------------
-    def startRun(self, parameters, model=None, python=None, mode=None):
-        """A run of ``parameters`` on the application scene (not started)."""
-        from TokenUNetSegmentLib.mrml.logic import SceneRun
+    def startRun(self, parameters, python=None, mode=None):
+        """A run of ``parameters`` (``parameters.model`` names the model) on the application scene, not started."""
+        from TokenUNetSegmentLib.mrml.scene_run import SceneRun
 
-        return SceneRun(slicer.mrmlScene, parameters, mode=mode, model=model, python=python, temp_dir=temporaryFolder())
+        return SceneRun(slicer.mrmlScene, parameters, mode=mode, python=python, temp_dir=temporaryFolder())
 
     def process(
         self,
@@ -307,18 +291,19 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
             waitForCompletion: block until done (returns the nodes); otherwise returns the started run, which a
                 timer polls in the background (``run.nodes`` is set once it completes).
             runMode: ``inprocess`` (default for scripting) or ``subprocess``.
-            observer: optional callable receiving the run's progress and state events.
+            observer: optional callable receiving the run's typed events (``ProgressEvent``, ..., and a final
+                ``SceneRunFinished``).
 
         Returns:
-            RunNodes (segmentation, heatmaps, attention, probabilities, folder) or, without waiting, the run.
+            RunNodes (segmentation, heatmap_nodes, attention, probabilities, folder) or, without waiting, the run.
         """
         from TokenUNetSegmentLib.mrml.parameters import Parameters
-        from TokenUNetSegmentLib.mrml.runner import RunState
+        from TokenUNetSegmentLib.pipeline.run_contract import RunState
 
         volumes = list(inputVolumes) if isinstance(inputVolumes, (list, tuple)) else [inputVolumes]
         parameters = Parameters(
             outputSegmentation=outputSegmentation,
-            model=str(model or ""),
+            model=str(model) if model else "",
             device=device,
             runMode=runMode,
             show3D=show3D,
@@ -330,9 +315,7 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
         )
         for index, volume in enumerate(volumes):
             setattr(parameters, f"inputVolume{index}", volume)
-        run = self.startRun(
-            parameters, model=model, mode=runMode, python=self._python() if runMode == "subprocess" else None
-        )
+        run = self.startRun(parameters, mode=runMode, python=self._python() if runMode == "subprocess" else None)
         if observer is not None:
             run.add_observer(observer)
         if waitForCompletion:
@@ -357,7 +340,7 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _python():
-        from TokenUNetSegmentLib.widget.panel import python_executable
+        from TokenUNetSegmentLib.pipeline.subprocess_run import python_executable
 
         return python_executable()
 
@@ -394,7 +377,7 @@ class TokenUNetSegmentTest(ScriptedLoadableModuleTest):
         volume = slicer.util.loadVolume(os.path.join(MODULE_DIR, "Resources", "Samples", SAMPLE_FILE))
         self.delayDisplay("Segmenting with the bundled model")
         fractions = []
-        nodes = logic.process(volume, device="cpu", observer=lambda e: fractions.append(e.get("fraction", 0.0)))
+        nodes = logic.process(volume, device="cpu", observer=lambda e: fractions.append(getattr(e, "fraction", 0.0)))
         segmentation = nodes.segmentation.GetSegmentation()
         self.assertGreater(segmentation.GetNumberOfSegments(), 0)
         names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]

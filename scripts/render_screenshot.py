@@ -25,17 +25,18 @@ def main(argv=None) -> int:
     parser.add_argument("--panel", type=int, default=480, help="size of each view in pixels")
     args = parser.parse_args(argv)
 
-    from TokenUNetSegmentLib.mrml.logic import SceneRun
+    from TokenUNetSegmentLib.mrml.attributes import SOFT_DICE_ATTRIBUTE, TOKEN_ATTRIBUTE
     from TokenUNetSegmentLib.mrml.parameters import Parameters
     from TokenUNetSegmentLib.mrml.render import render_run
-    from TokenUNetSegmentLib.mrml.runner import RunState
     from TokenUNetSegmentLib.mrml.scene import create_scene
+    from TokenUNetSegmentLib.mrml.scene_run import SceneRun
     from TokenUNetSegmentLib.pipeline.catalog import ModelStore
     from TokenUNetSegmentLib.pipeline.errors import TokenUNetError
+    from TokenUNetSegmentLib.pipeline.run_contract import ExitCode, RunState
 
     if args.model is None and ModelStore().default_id() is None:
         print("error: the catalog names no default model yet; pass --model ID|PATH", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
     ctx = create_scene()
     sample = ROOT / "TokenUNetSegment" / "Resources" / "Samples" / "AbdomenCT.nii.gz"
     volume = ctx.volumes_logic.AddArchetypeVolume(str(sample), "AbdomenCT", 0)
@@ -45,22 +46,22 @@ def main(argv=None) -> int:
         )
     except TokenUNetError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
     if run.run_now() != RunState.COMPLETED:
         print(f"error: {run.error}", file=sys.stderr)
-        return 2
-    heatmaps = run.nodes.heatmaps
-    if not heatmaps:
+        return ExitCode.USER_ERROR
+    heatmap_nodes = run.nodes.heatmap_nodes
+    if not heatmap_nodes:
         print("error: the model gives no token heatmaps", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
     if args.token is None:
-        heatmap = max(heatmaps, key=lambda n: float(n.GetAttribute("TokenUNet.SoftDice") or 0.0))
+        heatmap = max(heatmap_nodes, key=lambda n: float(n.GetAttribute(SOFT_DICE_ATTRIBUTE) or 0.0))
     else:
-        heatmap = next(n for n in heatmaps if n.GetAttribute("TokenUNet.Token") == str(args.token))
+        heatmap = next(n for n in heatmap_nodes if n.GetAttribute(TOKEN_ATTRIBUTE) == str(args.token))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     render_run(ctx.application_logic, ctx.scene, volume, run.nodes.segmentation, heatmap, args.out, args.panel)
-    print(f"wrote {args.out} (token {heatmap.GetAttribute('TokenUNet.Token')}: {heatmap.GetName()})")
-    return 0
+    print(f"wrote {args.out} (token {heatmap.GetAttribute(TOKEN_ATTRIBUTE)}: {heatmap.GetName()})")
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def run_one(args) -> dict:
     import torch
     from TokenUNetSegmentLib.model import build_network
     from TokenUNetSegmentLib.pipeline.outputs import write_outputs
-    from TokenUNetSegmentLib.pipeline.package import ModelPackage, make_metadata
+    from TokenUNetSegmentLib.pipeline.package_writer import package_in_memory
     from TokenUNetSegmentLib.pipeline.segmentation import segment
     from TokenUNetSegmentLib.pipeline.volumes import read_volume
 
@@ -128,7 +128,7 @@ def run_one(args) -> dict:
         network = build_network(args.network, 1, 13)
         name = args.network
     cfg = config(args.network if args.run != "swin" else "SwinUNETR", args.model_spacing, args.roi)
-    package = ModelPackage(network.eval(), make_metadata(cfg, description="benchmark", authors="-", copyright="-"))
+    package = package_in_memory(network, cfg, "benchmark")
     parameters = sum(p.numel() for p in network.parameters())
     started = time.perf_counter()
     volume = read_volume(args.input)  # as the CLI does: read once, for segment() and the overview
@@ -140,9 +140,9 @@ def run_one(args) -> dict:
     timings["load"] += read
     timings["write"] = time.perf_counter() - clock
     timings["total"] = time.perf_counter() - started
-    if result.heatmaps is not None:  # the cost of one token map on the input grid, on request
+    if result.token_maps is not None:  # the cost of one token map on the input grid, on request
         clock = time.perf_counter()
-        result.heatmaps.get("gather", 0)
+        result.token_maps.get("gather", 0)
         timings["one heatmap on the input grid"] = time.perf_counter() - clock
     network_share = timings["inference"] / timings["total"]
     return {

@@ -23,7 +23,8 @@ MODULE = ROOT / "TokenUNetSegment"
 sys.path.insert(0, str(MODULE))
 
 from TokenUNetSegmentLib.pipeline.evaluate import evaluate_files  # noqa: E402
-from TokenUNetSegmentLib.pipeline.package import load_package, write_package  # noqa: E402
+from TokenUNetSegmentLib.pipeline.package_loader import load_package  # noqa: E402
+from TokenUNetSegmentLib.pipeline.package_writer import write_package  # noqa: E402
 from TokenUNetSegmentLib.pipeline.segmentation import segment  # noqa: E402
 from TokenUNetSegmentLib.pipeline.volumes import Volume  # noqa: E402
 
@@ -46,7 +47,7 @@ Not for clinical use.
 
 def measure(package, image, reference, names=None) -> dict:
     started = time.perf_counter()
-    result = segment([image], package, heatmaps=False)
+    result = segment([image], package, with_token_maps=False)
     seconds = time.perf_counter() - started
     table = {label.value: label.name for label in result.label_table}
     prediction = Volume(result.labels, result.affine, "prediction")
@@ -224,7 +225,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     package = load_package(args.package)
-    metadata = package.metadata
+    metadata = package.metadata.to_dict()  # a JSON-ready copy, completed below
     cfg = metadata["tokenunet"]
     evaluation = {"sample": measure(package, SAMPLE, SAMPLE_LABELS)}
     evaluation["held_out"] = [measure(package, ct, ref, names) for ct, ref, names in args.held_out]

@@ -6,10 +6,12 @@ without the Slicer application.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
+from ..pipeline.metadata import InputChannel, match_channels
+from ..pipeline.run_contract import RunState
 from .parameters import MAX_INPUTS, Parameters
-from .runner import RunState
 
 _translate = str
 
@@ -35,6 +37,11 @@ class ModelInfo:
     input_names: list[str] = field(default_factory=lambda: ["image"])
     input_patterns: list[list[str]] = field(default_factory=list)
     available: bool = True  # False: downloadable, fetched on first use
+
+    @property
+    def channels(self) -> list[InputChannel]:
+        patterns = self.input_patterns + [[]] * (len(self.input_names) - len(self.input_patterns))
+        return [InputChannel(name, patterns=tuple(p)) for name, p in zip(self.input_names, patterns, strict=False)]
 
     @property
     def summary(self) -> str:
@@ -161,23 +168,47 @@ def _finished_status(state: RunState, elapsed: float, message: str) -> str:
     return ""
 
 
+def model_infos(store) -> list[ModelInfo]:
+    """Every model ``store`` knows, with what the GUI shows; reads metadata only (no torch, no MONAI).
+
+    A package whose metadata is invalid is left out with a warning in the log.
+    """
+    from ..pipeline.errors import ModelPackageError
+    from ..pipeline.package_source import read_metadata
+
+    infos = []
+    for entry in store.entries():
+        info = ModelInfo(
+            entry.id, entry.description, entry.license or "", entry.expected_time or "", available=entry.available
+        )
+        if entry.input_names:
+            info.input_names = list(entry.input_names)
+        if entry.available:
+            try:
+                inputs = read_metadata(entry.path).config.inputs
+            except ModelPackageError as error:
+                logging.getLogger(__name__).warning(f"TokenUNet: skipping model '{entry.id}': {error}")
+                continue
+            info.input_names = [channel.name for channel in inputs]
+            info.input_patterns = [list(channel.patterns) for channel in inputs]
+        infos.append(info)
+    return infos
+
+
 def assign_inputs(volume_names: list[str], model: ModelInfo, current: list[str | None] | None = None) -> list:
     """Volume name per input channel: ``current`` choices kept, empty channels filled by filename pattern.
 
-    The matching itself is the pipeline's (``pipeline.package.assign_inputs``), given only the empty channels
-    and the volumes no channel uses yet.
+    The matching itself is the pipeline's (:func:`..pipeline.metadata.match_channels`), given only the empty
+    channels and the volumes no channel uses yet.
     """
-    from ..pipeline.metadata import assign_inputs as match_by_pattern
-
     chosen: list[str | None] = list(current or [])[: len(model.input_names)]
     chosen += [None] * (len(model.input_names) - len(chosen))
     empty = [i for i, name in enumerate(chosen) if not name]
     free = [name for name in volume_names if name not in chosen]
     if not empty or not free:
         return chosen
-    patterns = model.input_patterns + [[]] * (len(model.input_names) - len(model.input_patterns))
-    config = {"inputs": [{"name": model.input_names[i], "patterns": patterns[i]} for i in empty]}
-    matched = match_by_pattern(free, config)
+    channels = model.channels
+    matched = match_channels(free, [channels[i] for i in empty])
     for i in empty:
         chosen[i] = matched.get(model.input_names[i])
     return chosen

@@ -11,7 +11,7 @@ import numpy as np
 import slicer
 import vtk
 
-from .segmentation import CLOSED_SURFACE
+from .segmentation_nodes import CLOSED_SURFACE
 
 ORIENTATIONS = ("Axial", "Coronal", "Sagittal")
 
@@ -167,7 +167,7 @@ def render_run(
     labelmap = label_layer(scene, segmentation_node, volume)
     centre = None
     if heatmap is not None:
-        from .volumes import ijk_to_world
+        from .volume_nodes import ijk_to_world
 
         values = slicer.util.arrayFromVolume(heatmap)  # (k, j, i)
         k, j, i = np.unravel_index(int(np.argmax(values)), values.shape)

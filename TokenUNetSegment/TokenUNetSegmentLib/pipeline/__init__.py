@@ -4,7 +4,7 @@ Main entry points::
 
     from TokenUNetSegmentLib.pipeline import segment, ModelStore, load_package, write_package, make_metadata
     result = segment("ct.nii.gz", model="my-model")        # or [(array_ijk, ijk_to_ras), ...]
-    result.labels, result.heatmaps.get("gather", 0), result.token_matches, result.volumes_ml, result.timings
+    result.labels, result.token_maps.get("gather", 0), result.token_matches, result.volumes_ml, result.timings
 
 Heavy modules load on first use of a name, so ``import TokenUNetSegmentLib.pipeline`` stays cheap.
 """
@@ -22,27 +22,35 @@ from .errors import (
 
 _LAZY = {
     "segment": "segmentation",
-    "SegmentationResult": "segmentation",
-    "Heatmaps": "segmentation",
-    "ModelPackage": "package",
-    "Label": "package",
-    "load_package": "package",
-    "write_package": "package",
-    "make_metadata": "package",
-    "read_metadata": "package",
-    "validate_metadata": "package",
-    "package_from_weights": "package",
-    "assign_inputs": "package",
+    "SegmentationResult": "result",
+    "TokenMaps": "result",
+    "PackageConfig": "metadata",
+    "PackageMetadata": "metadata",
+    "Label": "metadata",
+    "parse_metadata": "metadata",
+    "parse_config": "metadata",
+    "validate_metadata": "metadata",
+    "assign_inputs": "metadata",
+    "read_metadata": "package_source",
+    "ModelPackage": "package_loader",
+    "load_package": "package_loader",
+    "resolve_model": "package_loader",
+    "write_package": "package_writer",
+    "make_metadata": "package_writer",
+    "package_from_weights": "package_writer",
     "ModelStore": "catalog",
     "ModelEntry": "catalog",
-    "resolve_model": "catalog",
     "tokenunet_home": "catalog",
     "Volume": "volumes",
     "read_volume": "volumes",
     "as_volume": "volumes",
     "Grid": "geometry",
     "resolve_device": "device",
+    "RunRequest": "run_contract",
+    "RunState": "run_contract",
+    "ExitCode": "run_contract",
     "write_outputs": "outputs",
+    "read_outputs": "outputs",
     "write_segmentation": "nrrd",
     "write_nrrd": "nrrd",
     "register_command": "cli",

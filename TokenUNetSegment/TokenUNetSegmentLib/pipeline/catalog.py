@@ -2,6 +2,7 @@
 
 The cache lives outside the extension folder: ``$TOKENUNET_HOME/models/<id>/`` (default
 ``~/.tokenunet``), so every Slicer version and the command line share downloaded and imported packages.
+Listing and resolving read metadata only (no torch); loading a network is :mod:`.package_loader`'s job.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .errors import ModelPackageError
+from .checksums import sha256_file
+from .errors import CancelledError, ModelPackageError
 from .jsonschema_lite import validation_errors
-from .metadata import METADATA_FILE, _Source, load_schema, read_metadata
-
-if TYPE_CHECKING:  # listing models needs no torch: loading them imports .package on use
-    from .package import ModelPackage
+from .metadata import load_schema
+from .package_source import METADATA_FILE, TEXT_FILES, PackageSource, read_metadata
+from .progress import cancel_requested
 
 HOME_VARIABLE = "TOKENUNET_HOME"
 DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "Resources" / "Models.json"
@@ -44,6 +44,7 @@ class ModelEntry:
     sha256: str | None = None
     license: str | None = None
     expected_time: str | None = None
+    input_names: list[str] | None = None  # for downloadable models, from the catalog (else from the metadata)
 
     @property
     def available(self) -> bool:
@@ -93,7 +94,7 @@ class ModelStore:
                         metadata = read_metadata(folder)
                     except ModelPackageError:
                         continue
-                    found[folder.name] = ModelEntry(folder.name, metadata["description"], "cached", folder)
+                    found[folder.name] = ModelEntry(folder.name, metadata.description, "cached", folder)
         for item in self.catalog()["models"]:
             if item["id"] in found:
                 continue
@@ -105,6 +106,7 @@ class ModelStore:
                     item["id"], item["description"], "downloadable", url=item["url"], sha256=item["sha256"]
                 )
             entry.license, entry.expected_time = item.get("license"), item.get("expected_time")
+            entry.input_names = item.get("inputs")
             found[item["id"]] = entry
         return list(found.values())
 
@@ -118,9 +120,32 @@ class ModelStore:
             f"known models: {known}; or pass the path of a package folder or .zip",
         )
 
-    def resolve(self, model: str | Path | None) -> Path:
-        """Path of the package for an id or a path; downloads a catalog model on first use."""
-        if model is None:
+    def resolve(self, model: str | Path | None, progress=None, cancel=None) -> Path:
+        """Path of the package for an id or a path (None or ``""``: the catalog's default).
+
+        A downloadable catalog model is fetched on first use (see :meth:`download`).
+        """
+        entry_or_path = self._locate(model)
+        if isinstance(entry_or_path, Path):
+            return entry_or_path
+        return self.download(entry_or_path, progress=progress, cancel=cancel)
+
+    def local_path(self, model: str | Path | None) -> Path | None:
+        """The package's path when it is on this computer now (no download), else None."""
+        entry_or_path = self._locate(model)
+        return entry_or_path if isinstance(entry_or_path, Path) else None
+
+    def input_names(self, model: str | Path | None) -> list[str] | None:
+        """The model's input channel names, read from its metadata (no torch) or, for a downloadable model,
+        from the catalog; None when they cannot be known before the model is downloaded."""
+        entry_or_path = self._locate(model)
+        if isinstance(entry_or_path, Path):
+            return read_metadata(entry_or_path).config.input_names
+        return entry_or_path.input_names
+
+    def _locate(self, model: str | Path | None) -> Path | ModelEntry:
+        """A local package path, or the catalog entry of a model that must be downloaded first."""
+        if model is None or str(model) == "":
             model = self.default_id()
             if model is None:
                 raise ModelPackageError("no model given and the catalog names no default", "pass --model ID|PATH")
@@ -131,34 +156,36 @@ class ModelStore:
             raise ModelPackageError(f"model package not found: {model}")
         entry = self.entry(str(model))
         if entry.source == "downloadable":
-            return self.download(entry)
+            return entry
         if not entry.available:
             raise ModelPackageError(
                 f"the bundled package of '{entry.id}' is missing at {entry.path}", "reinstall the extension"
             )
         return entry.path
 
-    def load(self, model: str | Path | None) -> ModelPackage:
-        """Resolve and load a package (see :func:`load_package`)."""
-        from .package import load_package
+    def load(self, model: str | Path | None):
+        """Resolve and load a package (see :func:`.package_loader.load_package`)."""
+        from .package_loader import load_package
 
         return load_package(self.resolve(model))
 
-    def download(self, entry: ModelEntry) -> Path:
-        """Fetch a downloadable package, check its SHA256 and install it into the cache."""
+    def download(self, entry: ModelEntry, progress=None, cancel=None) -> Path:
+        """Fetch a downloadable package, check its SHA256 and install it into the cache.
+
+        ``progress(fraction)`` is called as bytes arrive (when the size is known); ``cancel`` (an object with
+        ``is_set()``, or a callable) stops the download between chunks with :class:`CancelledError`.
+        """
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.cache_dir) as scratch:
             target = Path(scratch) / f"{entry.id}.zip"
             try:
                 with urllib.request.urlopen(entry.url, timeout=60) as response, open(target, "wb") as out:
-                    shutil.copyfileobj(response, out)
+                    _copy_with_progress(response, out, progress, cancel)
             except OSError as error:
                 raise ModelPackageError(
                     f"cannot download model '{entry.id}' from {entry.url}: {error}",
                     "check the network, or import the package from a local file",
                 ) from None
-            from .weights import sha256_file
-
             actual = sha256_file(target)
             if actual != entry.sha256:
                 raise ModelPackageError(
@@ -170,7 +197,7 @@ class ModelStore:
 
     def import_package(self, path: str | Path, overwrite: bool = False, expected_id: str | None = None) -> Path:
         """Copy a package folder or zip into the cache after checking it fully; returns the cached folder."""
-        from .package import load_package
+        from .package_loader import load_package
 
         path = Path(path)
         package = load_package(path)  # validates metadata, checksum and weights
@@ -185,11 +212,7 @@ class ModelStore:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.cache_dir) as scratch:
             staging = Path(scratch) / model_id
-            source = _Source(path)
-            source.extract_to(staging)
-            weights = package.config["weights"]["file"]
-            (staging / weights).parent.mkdir(parents=True, exist_ok=True)
-            (staging / weights).write_bytes(source.read(weights))
+            PackageSource(path).extract_to(staging, (*TEXT_FILES, package.config.weights.file))
             if target.exists():
                 shutil.rmtree(target)
             staging.rename(target)
@@ -205,10 +228,16 @@ class ModelStore:
         return target
 
 
-def resolve_model(model: str | Path | ModelPackage | None, store: ModelStore | None = None) -> ModelPackage:
-    """A :class:`ModelPackage` from a package object, an id, a path or None (the catalog default)."""
-    from .package import ModelPackage
-
-    if isinstance(model, ModelPackage):
-        return model
-    return (store or ModelStore()).load(model)
+def _copy_with_progress(response, out, progress=None, cancel=None, chunk: int = 1 << 20) -> None:
+    total = int(response.headers.get("Content-Length") or 0) if getattr(response, "headers", None) else 0
+    done = 0
+    while True:
+        if cancel_requested(cancel):
+            raise CancelledError("download cancelled")
+        block = response.read(chunk)
+        if not block:
+            return
+        out.write(block)
+        done += len(block)
+        if progress is not None and total:
+            progress(min(1.0, done / total))

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import build_network, network_names
+from .run_contract import ExitCode
 
 POOLINGS = ("positions", "flatten", "mean")
 
@@ -297,6 +298,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_command(args: argparse.Namespace) -> int:
+    """The pipeline CLI's ``cka`` command: :func:`run`, with user errors as one-line ``InputError``."""
+    from .errors import InputError
+
+    try:
+        return run(args)
+    except (ValueError, OSError) as error:
+        raise InputError(" ".join(str(error).split())) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (2 with a one-line message for user errors)."""
     parser = add_arguments(argparse.ArgumentParser(prog="cka", description=__doc__.split("\n")[0]))
@@ -305,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args)
     except (ValueError, OSError) as error:
         print(f"cka: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
 
 
 if __name__ == "__main__":

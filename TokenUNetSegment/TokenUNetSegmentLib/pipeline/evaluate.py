@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import register_command
 from .errors import InputError
 
 
@@ -163,7 +162,7 @@ def evaluate_files(
 
     The prediction is resampled (nearest neighbour) onto the reference grid when the grids differ.
     """
-    from .geometry import resample
+    from .geometry import overlaps, resample
     from .samples import PREFIX, sample
     from .volumes import Volume, read_volume
 
@@ -191,6 +190,11 @@ def evaluate_files(
     if not pairs:
         raise InputError("no label names in common between the prediction and the reference")
     ref_grid = ref_volume.grid
+    if not (overlaps(ref_grid, pred_volume.grid) and overlaps(pred_volume.grid, ref_grid)):
+        raise InputError(
+            f"the prediction ({pred_volume.name}) does not overlap the reference ({ref_volume.name}) in physical space",
+            "check that both belong to the same scan, with their geometry (origin, spacing, orientation) kept",
+        )
     pred = np.asarray(pred_volume.array)
     if isinstance(pred_volume, Volume) and (
         pred.shape != ref_grid.shape or not np.allclose(pred_volume.affine, ref_grid.affine, atol=1e-4)
@@ -208,6 +212,7 @@ def evaluate_files(
         "mean_dice": float(np.mean(dices)) if dices else None,
         "mean_hd95_mm": float(np.mean(hds)) if hds else None,
         "unmatched": unmatched,
+        "warnings": [*pred_volume.warnings, *ref_volume.warnings],
     }
 
 
@@ -232,7 +237,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reference", help="reference label map (.seg.nrrd, NIfTI, NRRD, MHA), or sample:ID")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prediction", "-p", help="predicted label map (e.g. segmentation.seg.nrrd)")
@@ -249,7 +254,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import time
 
     prediction = args.prediction
-    timing = None
+    timing, segment_warnings = None, []
     if args.model:
         if not args.image:
             raise InputError("--model needs --image (the volume(s) to segment)")
@@ -259,21 +264,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
         package = ModelStore(getattr(args, "catalog", None)).load(args.model)
         started = time.perf_counter()
-        result = segment(args.image, package, device=args.device, heatmaps=False)
+        result = segment(args.image, package, device=args.device, with_token_maps=False)
         timing = time.perf_counter() - started
         names = {label.value: label.name for label in result.label_table}
+        segment_warnings = list(result.warnings)
         prediction = (Volume(result.labels, result.affine, "prediction"), names)
     result = evaluate_files(prediction, args.reference, args.prediction_names, args.reference_names, not args.no_hd95)
     result["prediction"] = args.prediction or f"model {args.model} on {', '.join(args.image)}"
+    result["warnings"] = [*segment_warnings, *result["warnings"]]
     if timing is not None:
         result["segment_seconds"] = round(timing, 2)
     print(format_table(result))
+    for message in result["warnings"]:
+        print(f"warning: {message}", file=sys.stderr)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2), encoding="utf-8")
         print(f"wrote {args.json_out}", file=sys.stderr)
     return 0
-
-
-register_command(
-    "evaluate", "Dice, HD95 and volume difference of a segmentation vs a reference", _arguments, run_evaluate
-)

@@ -3,12 +3,63 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .device import autocast, inference_threads
+from .device import autocast, inference_threads, run_with_oom_fallback
+from .errors import InputError
+from .metadata import Inference
+from .network import SegmentationNetwork
 from .progress import Progress
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How the network runs over the image: window size (a multiple of the network's), overlap, blending and
+    windows per forward pass."""
+
+    roi_size: tuple[int, int, int]
+    overlap: float
+    blending: str
+    batch_size: int
+    size_multiple: int
+
+
+def plan_windows(
+    network: SegmentationNetwork, inference: Inference, device: torch.device, overlap=None, batch_size=None
+) -> WindowPlan:
+    """The package's sliding-window settings, with the caller's overrides, fitted to the network.
+
+    Raises:
+        InputError: an overlap outside [0, 1).
+    """
+    chosen = float(inference.overlap if overlap is None else overlap)
+    if not 0 <= chosen < 1:
+        raise InputError(f"overlap must be in [0, 1), got {chosen}")
+    multiple = int(network.size_multiple)
+    roi = tuple(max(multiple, -(-int(r) // multiple) * multiple) for r in inference.roi_size)
+    batch = int(batch_size or inference.sw_batch_size or (2 if device.type == "cuda" else 1))
+    return WindowPlan(roi, chosen, inference.blending, batch, multiple)
+
+
+def run_windows(network, image: np.ndarray, plan: WindowPlan, device, progress, with_tokens: bool, warn):
+    """:func:`sliding_window` with the CUDA out-of-memory fallbacks; the network is back on the CPU afterwards
+    (also after a cancel or an error). Returns (logits, token maps or None, the device used)."""
+    used = {"device": device}
+
+    def run(dev, size):
+        used["device"] = dev
+        return sliding_window(
+            network, image, plan.roi_size, plan.overlap, plan.blending, size, dev, progress, with_tokens
+        )
+
+    try:
+        logits, maps = run_with_oom_fallback(run, device, plan.batch_size, warn=warn)
+    finally:
+        network.to("cpu")
+    return logits, maps, used["device"]
 
 
 def scan_plan(shape, roi_size, overlap: float, multiple: int) -> tuple[list[float], int]:
@@ -27,7 +78,7 @@ def scan_plan(shape, roi_size, overlap: float, multiple: int) -> tuple[list[floa
 
 
 def sliding_window(
-    network: torch.nn.Module,
+    network: SegmentationNetwork,
     image: np.ndarray,
     roi_size,
     overlap: float = 0.25,
@@ -49,9 +100,9 @@ def sliding_window(
     from monai.inferers import sliding_window_inference
 
     device = device or torch.device("cpu")
-    with_tokens = with_tokens and bool(getattr(network, "has_tokens", False))
+    with_tokens = with_tokens and bool(network.has_tokens)
     # only the token maps (on a grid 1/size_multiple of the window) need window steps on that grid
-    multiple = int(getattr(network, "size_multiple", 32)) if with_tokens else 1
+    multiple = int(network.size_multiple) if with_tokens else 1
     overlaps, total = scan_plan(image.shape[1:], roi_size, overlap, multiple)
     done = [0]
     network = network.to(device).eval()

@@ -1,23 +1,34 @@
-"""Model package metadata without torch: the files' layout, the schema checks and the zip/folder reader.
+"""A model package's configuration, typed: ``configs/metadata.json`` parsed once into frozen dataclasses.
 
-Listing and describing models (the Slicer module opening, ``models list``) reads only this, so it never imports
-torch; loading the network is :mod:`.package`'s job.
+The JSON (MONAI bundle keys plus our ``tokenunet`` section) is checked against the schema in ``schemas/`` and
+against the rules a schema cannot express, then turned into :class:`PackageMetadata` (bundle fields) around a
+:class:`PackageConfig` (the ``tokenunet`` section: architecture, inputs, preprocessing, inference, labels,
+weights; the training record stays an opaque mapping). Everything downstream reads these objects, never the
+raw dict. This module needs neither torch nor MONAI, so listing models and ``--help`` stay fast.
+
+Example::
+
+    metadata = parse_metadata(json.loads(text))
+    metadata.config.input_names, metadata.config.inference.roi_size, metadata.config.labels[0].color
 """
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import json
-import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-from .errors import ModelPackageError
+from .errors import InputError, ModelPackageError
 from .jsonschema_lite import validation_errors
 
-METADATA_FILE = "configs/metadata.json"
-WEIGHTS_FILE = "models/model.safetensors"
 SCHEMA_DIR = Path(__file__).with_name("schemas")
+ACTIVATIONS = ("softmax", "sigmoid")
+_AXIS_OF = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
 
 
 @cache
@@ -26,126 +37,346 @@ def load_schema(name: str) -> dict:
     return json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text(encoding="utf-8"))
 
 
-def assign_inputs(candidates: list[str], config: dict) -> dict[str, str | None]:
-    """Match file or volume names to the package's input channels by their filename patterns.
+@dataclass(frozen=True)
+class Label:
+    """One output label: its value in the label map, name, RGB color (0-255) and SNOMED CT codes.
 
-    Each channel (in order) takes the first not yet taken candidate whose base name matches one of its
-    patterns (case-insensitive shell patterns such as ``*t1c*``); unmatched channels get None. With one
-    channel and one candidate, the candidate is taken whatever its name.
+    ``channel`` is the softmax output channel when it differs from ``value``.
     """
-    inputs = config["inputs"]
-    if len(inputs) == 1 and len(candidates) == 1:
-        return {inputs[0]["name"]: candidates[0]}
-    taken: set[int] = set()
-    chosen: dict[str, str | None] = {}
-    for entry in inputs:
-        chosen[entry["name"]] = None
-        for index, candidate in enumerate(candidates):
-            base = PurePosixPath(str(candidate).replace("\\", "/")).name.lower()
-            if index not in taken and any(fnmatch.fnmatch(base, p.lower()) for p in entry.get("patterns", [])):
-                chosen[entry["name"]] = candidate
-                taken.add(index)
-                break
-    return chosen
+
+    value: int
+    name: str
+    color: tuple[int, int, int]
+    channel: int | None = None
+    terminology: Mapping | None = None
+
+    @property
+    def output_channel(self) -> int:
+        return self.channel if self.channel is not None else self.value
+
+    def to_dict(self) -> dict:
+        out = {"value": self.value, "name": self.name, "color": list(self.color)}
+        if self.terminology:
+            out["terminology"] = copy.deepcopy(dict(self.terminology))
+        return out
+
+    @classmethod
+    def from_dict(cls, entry: Mapping) -> Label:
+        return cls(
+            int(entry["value"]),
+            str(entry["name"]),
+            tuple(int(c) for c in entry["color"]),
+            entry.get("channel"),
+            copy.deepcopy(entry.get("terminology")),
+        )
 
 
-def validate_metadata(metadata: dict, what: str = "metadata.json") -> None:
-    """Check ``metadata`` against the schema and the rules a schema cannot express.
+@dataclass(frozen=True)
+class InputChannel:
+    """One input channel: its name, modality and the filename patterns that identify its files."""
+
+    name: str
+    modality: str = ""
+    patterns: tuple[str, ...] = ()
+
+    def matches(self, candidate: str) -> bool:
+        """Whether ``candidate``'s base name matches one of the patterns (case-insensitive shell patterns)."""
+        base = PurePosixPath(str(candidate).replace("\\", "/")).name.lower()
+        return any(fnmatch.fnmatch(base, pattern.lower()) for pattern in self.patterns)
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """Intensity normalisation of one channel: ``ct_window`` (to [0, 1]), ``zscore`` (over non-zero) or ``none``."""
+
+    method: str
+    window: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Model orientation and spacing (None: keep the input's), per-channel intensity, foreground crop."""
+
+    orientation: str
+    spacing: tuple[float, float, float] | None
+    intensity: tuple[Intensity, ...]  # one per input channel
+    crop_foreground: bool = False
+    crop_margin_mm: float = 10.0
+
+
+@dataclass(frozen=True)
+class Region:
+    """A sigmoid output channel and the label value it sets (regions later in the list win)."""
+
+    channel: int
+    label: int
+
+
+@dataclass(frozen=True)
+class Inference:
+    """Sliding-window settings and how outputs become labels."""
+
+    roi_size: tuple[int, int, int]
+    activation: str = "softmax"
+    overlap: float = 0.25
+    blending: str = "gaussian"
+    sw_batch_size: int | None = None
+    threshold: float = 0.5
+    regions: tuple[Region, ...] = ()
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The network by registry name, with its channel counts and constructor parameters."""
+
+    name: str
+    in_channels: int
+    out_channels: int
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+    def build_arguments(self) -> dict[str, Any]:
+        """The constructor keyword arguments (JSON lists as tuples)."""
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in self.parameters.items()}
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The weights file inside the package and its SHA256."""
+
+    file: str
+    sha256: str
+
+    def __str__(self) -> str:
+        return f"{self.file} sha256 {self.sha256}"
+
+
+@dataclass(frozen=True)
+class PackageConfig:
+    """The ``tokenunet`` section of a package: what the pipeline needs to build, feed and read the network."""
+
+    id: str
+    architecture: Architecture
+    inputs: tuple[InputChannel, ...]
+    preprocessing: Preprocessing
+    inference: Inference
+    labels: tuple[Label, ...]
+    name: str = ""
+    largest_component: bool | tuple[str, ...] = False  # postprocessing default
+    weights: Weights | None = None
+    training: Mapping | None = None  # the training record, kept as written
+    source: Mapping = field(default_factory=dict, repr=False, compare=False)  # the section as read
+
+    @property
+    def input_names(self) -> list[str]:
+        return [channel.name for channel in self.inputs]
+
+    @property
+    def display_window(self) -> tuple[float, float] | None:
+        """The first channel's CT window (for pictures), or None for other intensity methods."""
+        first = self.preprocessing.intensity[0]
+        return first.window if first.method == "ct_window" else None
+
+    def largest_component_labels(self, option: bool | Sequence[str] | None = None) -> list[str]:
+        """Names of the labels whose largest component alone is kept (``option`` None: the package default).
+
+        Raises:
+            InputError: ``option`` names a label the package does not have.
+        """
+        option = self.largest_component if option is None else option
+        if option is True:
+            return [label.name for label in self.labels]
+        if not option:
+            return []
+        known = {label.name for label in self.labels}
+        unknown = [name for name in option if name not in known]
+        if unknown:
+            raise InputError(f"largest_component names unknown labels: {', '.join(unknown)}")
+        return list(option)
+
+    def to_dict(self) -> dict:
+        """The section as JSON-ready data (a copy of what was parsed)."""
+        return copy.deepcopy(dict(self.source))
+
+
+@dataclass(frozen=True)
+class PackageMetadata:
+    """The whole ``configs/metadata.json``: bundle fields we show, our typed config, and the document itself."""
+
+    config: PackageConfig
+    version: str
+    description: str
+    authors: str
+    copyright: str
+    intended_use: str = ""
+    document: Mapping = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    def to_dict(self) -> dict:
+        return copy.deepcopy(dict(self.document))
+
+
+def parse_metadata(document: Mapping, what: str = "metadata.json", require_weights: bool = True) -> PackageMetadata:
+    """Validate a metadata document and return it typed (``require_weights=False``: a package in memory).
 
     Raises:
         ModelPackageError: listing the first problems found.
     """
-    problems = validation_errors(metadata, load_schema("metadata"))
-    if not problems:
-        problems = _semantic_problems(metadata["tokenunet"])
+    _raise_if(validation_errors(document, metadata_schema(require_weights)), what)
+    config = _config_from(document["tokenunet"])
+    _raise_if(semantic_problems(config), what)
+    return PackageMetadata(
+        config=config,
+        version=document["version"],
+        description=document["description"],
+        authors=document["authors"],
+        copyright=document["copyright"],
+        intended_use=document.get("intended_use", ""),
+        document=copy.deepcopy(dict(document)),
+    )
+
+
+def parse_config(section: Mapping, what: str = "configuration", require_weights: bool = False) -> PackageConfig:
+    """Validate a bare ``tokenunet`` section (e.g. a training configuration, without weights) and type it."""
+    schema = metadata_schema(require_weights)
+    _raise_if(validation_errors(section, schema["properties"]["tokenunet"], schema), what)
+    config = _config_from(section)
+    _raise_if(semantic_problems(config), what)
+    return config
+
+
+def validate_metadata(document: Mapping, what: str = "metadata.json") -> None:
+    """Check a metadata document against the schema and the semantic rules (see :func:`parse_metadata`)."""
+    parse_metadata(document, what)
+
+
+@cache
+def metadata_schema(require_weights: bool = True) -> dict:
+    """The metadata schema; without ``require_weights`` the ``tokenunet.weights`` entry is optional
+    (training configurations, packages held in memory)."""
+    schema = copy.deepcopy(load_schema("metadata"))
+    if not require_weights:
+        section = schema["properties"]["tokenunet"]
+        section["required"] = [key for key in section["required"] if key != "weights"]
+    return schema
+
+
+def _raise_if(problems: list[str], what: str) -> None:
     if problems:
         shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
         raise ModelPackageError(f"invalid model package {what}: {shown}")
 
 
-def _semantic_problems(cfg: dict) -> list[str]:
+def _config_from(section: Mapping) -> PackageConfig:
+    """The typed config of a schema-valid section (every key the schema requires is present)."""
+    arch = section["architecture"]
+    architecture = Architecture(
+        arch["name"], arch["in_channels"], arch["out_channels"], copy.deepcopy(arch.get("parameters") or {})
+    )
+    pre = section["preprocessing"]
+    settings = pre["intensity"] if isinstance(pre["intensity"], list) else [pre["intensity"]] * arch["in_channels"]
+    intensity = tuple(
+        Intensity(entry["method"], tuple(float(v) for v in entry["window"]) if "window" in entry else None)
+        for entry in settings
+    )
+    spacing = pre.get("spacing")
+    inference = section["inference"]
+    postprocessing = section.get("postprocessing") or {}
+    largest = postprocessing.get("largest_component", False)
+    weights = section.get("weights")
+    return PackageConfig(
+        id=section["id"],
+        name=section.get("name", ""),
+        architecture=architecture,
+        inputs=tuple(
+            InputChannel(entry["name"], entry.get("modality", ""), tuple(entry.get("patterns", [])))
+            for entry in section["inputs"]
+        ),
+        preprocessing=Preprocessing(
+            orientation=pre["orientation"],
+            spacing=tuple(float(s) for s in spacing) if spacing else None,
+            intensity=intensity,
+            crop_foreground=bool(pre.get("crop_foreground", False)),
+            crop_margin_mm=float(pre.get("crop_margin_mm", 10.0)),
+        ),
+        inference=Inference(
+            roi_size=tuple(int(r) for r in inference["roi_size"]),
+            activation=inference["activation"],
+            overlap=float(inference.get("overlap", 0.25)),
+            blending=inference.get("blending", "gaussian"),
+            sw_batch_size=inference.get("sw_batch_size"),
+            threshold=float(inference.get("threshold", 0.5)),
+            regions=tuple(Region(r["channel"], r["label"]) for r in inference.get("regions", [])),
+        ),
+        labels=tuple(Label.from_dict(entry) for entry in section["labels"]),
+        largest_component=tuple(largest) if isinstance(largest, list) else bool(largest),
+        weights=Weights(weights["file"], weights["sha256"]) if weights else None,
+        training=copy.deepcopy(section.get("training")),
+        source=copy.deepcopy(dict(section)),
+    )
+
+
+def semantic_problems(config: PackageConfig) -> list[str]:
+    """The rules a schema cannot express: channel counts, windows, orientation, unique labels, output channels."""
     problems = []
-    arch = cfg["architecture"]
-    if len(cfg["inputs"]) != arch["in_channels"]:
-        problems.append(f"{len(cfg['inputs'])} inputs declared for a network with {arch['in_channels']} channels")
-    intensity = cfg["preprocessing"]["intensity"]
-    if isinstance(intensity, list) and len(intensity) != arch["in_channels"]:
+    arch = config.architecture
+    if len(config.inputs) != arch.in_channels:
+        problems.append(f"{len(config.inputs)} inputs declared for a network with {arch.in_channels} channels")
+    if len(config.preprocessing.intensity) != arch.in_channels:
         problems.append("preprocessing.intensity must have one entry per input channel")
-    for entry in intensity if isinstance(intensity, list) else [intensity]:
-        if entry["method"] == "ct_window" and ("window" not in entry or entry["window"][0] >= entry["window"][1]):
+    for entry in config.preprocessing.intensity:
+        if entry.method == "ct_window" and (entry.window is None or entry.window[0] >= entry.window[1]):
             problems.append("a ct_window intensity needs window [low, high] with low < high")
-    orientation = cfg["preprocessing"]["orientation"]
+    orientation = config.preprocessing.orientation
     if sorted(_AXIS_OF[c] for c in orientation) != [0, 1, 2]:
         problems.append(f"orientation '{orientation}' must name each of the three axes once (e.g. RAS)")
-    values = [label["value"] for label in cfg["labels"]]
+    values = [label.value for label in config.labels]
     if len(set(values)) != len(values):
         problems.append("label values must be unique")
-    names = [label["name"] for label in cfg["labels"]]
+    names = [label.name for label in config.labels]
     if len(set(names)) != len(names):
         problems.append("label names must be unique")
-    inference = cfg["inference"]
-    out = arch["out_channels"]
-    if inference["activation"] == "sigmoid":
-        regions = inference.get("regions")
-        if not regions:
+    out = arch.out_channels
+    if config.inference.activation == "sigmoid":
+        if not config.inference.regions:
             problems.append("a sigmoid model needs inference.regions (output channel -> label value)")
-        for region in regions or []:
-            if region["channel"] >= out:
-                problems.append(f"region channel {region['channel']} >= out_channels {out}")
-            if region["label"] not in values:
-                problems.append(f"region label {region['label']} is not in labels")
+        for region in config.inference.regions:
+            if region.channel >= out:
+                problems.append(f"region channel {region.channel} >= out_channels {out}")
+            if region.label not in values:
+                problems.append(f"region label {region.label} is not in labels")
     else:
-        for label in cfg["labels"]:
-            channel = label.get("channel", label["value"])
-            if channel >= out:
-                problems.append(f"label '{label['name']}' uses output channel {channel} >= out_channels {out}")
+        for label in config.labels:
+            if label.output_channel >= out:
+                problems.append(
+                    f"label '{label.name}' uses output channel {label.output_channel} >= out_channels {out}"
+                )
     return problems
 
 
-_AXIS_OF = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+def match_channels(candidates: Sequence[str], channels: Sequence[InputChannel]) -> dict[str, str | None]:
+    """Match file or volume names to input channels by their filename patterns.
+
+    Each channel (in order) takes the first not yet taken candidate whose base name matches one of its
+    patterns; unmatched channels get None. With one channel and one candidate, the candidate is taken whatever
+    its name.
+    """
+    if len(channels) == 1 and len(candidates) == 1:
+        return {channels[0].name: candidates[0]}
+    taken: set[int] = set()
+    chosen: dict[str, str | None] = {}
+    for channel in channels:
+        chosen[channel.name] = None
+        for index, candidate in enumerate(candidates):
+            if index not in taken and channel.matches(candidate):
+                chosen[channel.name] = candidate
+                taken.add(index)
+                break
+    return chosen
 
 
-class _Source:
-    """Read files of a package that is a folder or a zip (optionally with one top-level folder)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        if path.is_dir():
-            self.zip = None
-            return
-        if not path.is_file():
-            raise ModelPackageError(f"model package not found: {path}")
-        if not zipfile.is_zipfile(path):
-            raise ModelPackageError(f"{path} is neither a package folder nor a .zip package")
-        self.zip = zipfile.ZipFile(path)
-        names = self.zip.namelist()
-        for name in names:
-            pure = PurePosixPath(name)
-            if pure.is_absolute() or ".." in pure.parts or "\\" in name:
-                raise ModelPackageError(f"{path} contains an unsafe path '{name}'", "the archive is not a package")
-        hits = [n for n in names if n == METADATA_FILE or n.endswith("/" + METADATA_FILE)]
-        self.prefix = min(hits, key=len)[: -len(METADATA_FILE)] if hits else ""
-
-    def read(self, name: str) -> bytes:
-        try:
-            if self.zip is None:
-                return (self.path / name).read_bytes()
-            return self.zip.read(self.prefix + name)
-        except (FileNotFoundError, KeyError):
-            raise ModelPackageError(f"model package {self.path} lacks {name}") from None
-
-    def extract_to(self, target: Path) -> None:
-        for name in (METADATA_FILE, "LICENSE", "docs/README.md"):
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            (target / name).write_bytes(self.read(name))
-
-
-def read_metadata(path: str | Path) -> dict:
-    """The validated metadata of a package folder or zip, without loading weights."""
-    source = _Source(Path(path))
-    try:
-        metadata = json.loads(source.read(METADATA_FILE))
-    except json.JSONDecodeError as error:
-        raise ModelPackageError(f"{path}: {METADATA_FILE} is not valid JSON ({error})") from None
-    validate_metadata(metadata, f"{path}/{METADATA_FILE}")
-    return metadata
+def assign_inputs(candidates: Sequence[str], config: PackageConfig) -> dict[str, str | None]:
+    """Input channel name -> matching candidate (or None), by the package's filename patterns."""
+    return match_channels(candidates, config.inputs)

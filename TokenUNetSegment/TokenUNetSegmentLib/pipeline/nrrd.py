@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from .geometry import LPS_FROM_RAS
-from .package import Label
+from .metadata import Label
+from .readers.nrrd import read_fields
 
 _TYPES = {
     np.uint8: "uint8",
@@ -20,6 +21,7 @@ _TYPES = {
     np.float32: "float",
     np.float64: "double",
 }
+PLAIN_TYPES = tuple(_TYPES)  # voxel types written as they are; anything else becomes float32 (plain_array)
 TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMY_CONTEXT = "Anatomic codes - DICOM master list"
 
@@ -67,22 +69,17 @@ def write_nrrd(
     return path
 
 
+def plain_array(array: np.ndarray) -> np.ndarray:
+    """The array itself when NRRD (and the pipeline's readers) take its voxel type, else a float32 copy."""
+    return array if array.dtype.type in PLAIN_TYPES else array.astype(np.float32)
+
+
 def read_nrrd_fields(path: str | Path) -> dict[str, str]:
-    """The header of a NRRD file: ``field: value`` and ``key:=value`` lines, as one dict."""
-    fields = {}
-    with open(path, "rb") as stream:
-        for raw in stream:
-            line = raw.decode("utf-8").rstrip("\n")
-            if not line:
-                break
-            if line.startswith(("#", "NRRD")):
-                continue
-            if ":=" in line:
-                key, value = line.split(":=", 1)
-            else:
-                key, value = line.split(": ", 1)
-            fields[key] = value
-    return fields
+    """The header of a NRRD file as one dict: ``key:=value`` pairs under their keys, and ``field: value``
+    lines under their lower-cased names without spaces (``spacedirections``). Bounded; raises InputError."""
+    path = Path(path)
+    fields, pairs, _, _ = read_fields(path, path.name)
+    return {**fields, **pairs}
 
 
 def _code(code) -> str:

@@ -1,8 +1,16 @@
-"""Write a run's files: segmentation.seg.nrrd, attention/*.nrrd, report.json, overview.png
-(and probabilities/*.nrrd when the result has them).
+"""A run's output folder: its layout, its writer (:func:`write_outputs`) and its reader (:func:`read_outputs`).
+
+Layout::
+
+    segmentation.seg.nrrd                   labels, with Slicer's segment names, colors and terminology
+    attention/token<NN>_<kind>.nrrd         each token's map in [0, 1] (input grid or token grid)
+    probabilities/<label name>.nrrd         with --probabilities
+    overview.png                            unless --no-overview
+    report.json                             timings, device, label volumes, token matches, the files above
 
 Files are written into a staging folder and moved into place only when all are complete, so a failed or
-cancelled run leaves no partial output.
+cancelled run leaves no partial output. The reader turns a folder back into a :class:`SegmentationResult`
+(the subprocess run's way back; no torch).
 """
 
 from __future__ import annotations
@@ -16,21 +24,45 @@ from pathlib import Path
 
 import numpy as np
 
+from .geometry import Grid
+from .metadata import Label
 from .nrrd import write_nrrd, write_segmentation
-from .overview import render_overview
-from .package import describe_environment
+from .result import SegmentationResult, TokenMaps
 
 SEGMENTATION_FILE = "segmentation.seg.nrrd"
 REPORT_FILE = "report.json"
 OVERVIEW_FILE = "overview.png"
 ATTENTION_DIR = "attention"
 PROBABILITY_DIR = "probabilities"
+ATTENTION_GRIDS = ("auto", "input", "token")
 MAP_STEPS = 1024  # token maps are written in steps of 1/1024
 AUTO_INPUT_GRID_LIMIT = 2 * 2**30  # bytes of float32 maps on the input grid beyond which "auto" keeps the token grid
+MAP_FIELDS = ("TokenUNet_Token", "TokenUNet_Kind", "TokenUNet_BestLabel", "TokenUNet_SoftDice")  # NRRD keys
+
+
+def token_map_file(token: int, kind: str) -> str:
+    """The path of a token map inside the output folder."""
+    return f"{ATTENTION_DIR}/token{token:02d}_{kind}.nrrd"
+
+
+def probability_file(label_name: str) -> str:
+    return f"{PROBABILITY_DIR}/{label_name}.nrrd"
+
+
+def choose_attention_grid(choice: str, kinds: int, tokens: int, voxels: int, limit: int | None = None) -> str:
+    """``input`` or ``token`` for ``choice``: ``auto`` is the input grid unless its float32 maps (``kinds`` x
+    ``tokens`` maps of ``voxels`` voxels) would exceed ``limit`` (default 2 GiB, e.g. 64 maps of a 512^2 x 300 CT).
+    """
+    if choice in ("input", "token"):
+        return choice
+    if choice != "auto":
+        raise ValueError(f"unknown attention grid '{choice}'; choose one of {', '.join(ATTENTION_GRIDS)}")
+    limit = AUTO_INPUT_GRID_LIMIT if limit is None else limit
+    return "input" if kinds * tokens * voxels * 4 <= limit else "token"
 
 
 def write_outputs(
-    result,
+    result: SegmentationResult,
     out_dir: str | Path,
     *,
     image=None,
@@ -40,7 +72,7 @@ def write_outputs(
     extra_report: dict | None = None,
     progress=None,
 ) -> dict[str, Path]:
-    """Write every output of ``result`` into ``out_dir`` (created if needed); returns name -> path.
+    """Write every output of ``result`` into ``out_dir`` (created if needed); returns role -> path.
 
     Args:
         result: a SegmentationResult.
@@ -48,76 +80,39 @@ def write_outputs(
         window: display window (low, high) for the overview.
         attention_grid: ``"input"`` maps each token map onto the input grid (exactly its geometry);
             ``"token"`` writes the coarse token grid with its own geometry (small and fast; same place in space);
-            ``"auto"`` is ``"input"`` unless that would exceed 2 GiB of maps (e.g. 64 maps of a 512^2 x 300 CT).
+            ``"auto"``: see :func:`choose_attention_grid`.
         progress: optional ``progress(fraction)`` called after each file.
     """
+    from .overview import render_overview
+    from .versions import describe_environment
+
     out_dir = Path(out_dir)
+    maps = result.token_maps
+    grid = choose_attention_grid(
+        attention_grid, len(maps.kinds) if maps else 0, maps.num_tokens if maps else 0, result.labels.size
+    )
     staging = Path(tempfile.mkdtemp(prefix="tokenunet-run-"))
     written: dict[str, Path] = {}
     try:
         write_segmentation(staging / SEGMENTATION_FILE, result.labels, result.affine, result.label_table)
         written["segmentation"] = Path(SEGMENTATION_FILE)
-        maps = []
-        if attention_grid == "auto":
-            size = (
-                0
-                if result.heatmaps is None
-                else (len(result.heatmaps.kinds) * result.heatmaps.num_tokens * result.labels.size * 4)
-            )
-            attention_grid = "input" if size <= AUTO_INPUT_GRID_LIMIT else "token"
-        if result.heatmaps is not None:
+        entries = []
+        if maps is not None:
             (staging / ATTENTION_DIR).mkdir()
-            best = {(m["kind"], m["token"]): m for m in result.token_matches}
-            tasks = [(kind, token) for kind in result.heatmaps.kinds for token in range(result.heatmaps.num_tokens)]
-
-            def write_map(kind: str, token: int) -> dict:
-                match = best.get((kind, token), {})
-                name = f"token{token:02d}_{kind}.nrrd"
-                fields = {
-                    "TokenUNet_Token": str(token),
-                    "TokenUNet_Kind": kind,
-                    "TokenUNet_BestLabel": match.get("best_label", ""),
-                    "TokenUNet_SoftDice": str(match.get("soft_dice", "")),
-                }
-                if attention_grid == "token":
-                    array = result.heatmaps.coarse[kind][token].astype(np.float32)  # a copy
-                    affine = result.heatmaps.coarse_grid.affine
-                else:
-                    array, affine = result.heatmaps.get(kind, token), result.affine
-                # stored in steps of 1/1024 (exact in float32): compresses about twice as fast and small
-                np.multiply(array, MAP_STEPS, out=array)
-                np.round(array, out=array)
-                array *= np.float32(1.0 / MAP_STEPS)
-                write_nrrd(staging / ATTENTION_DIR / name, array, affine, fields)
-                return {
-                    "file": f"{ATTENTION_DIR}/{name}",
-                    "token": token,
-                    "kind": kind,
-                    "best_label": match.get("best_label"),
-                    "soft_dice": match.get("soft_dice"),
-                }
-
-            # zlib and SimpleITK release the GIL: a few threads write maps in parallel
-            with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-                futures = [pool.submit(write_map, kind, token) for kind, token in tasks]
-                for number, future in enumerate(as_completed(futures)):
-                    future.result()
-                    if progress:
-                        progress(0.8 * (number + 1) / len(tasks))
-                maps = [future.result() for future in futures]
+            entries = _write_token_maps(result, staging, grid, progress)
             written["attention"] = Path(ATTENTION_DIR)
         if result.probabilities:
             (staging / PROBABILITY_DIR).mkdir()
             for name, array in result.probabilities.items():
-                write_nrrd(staging / PROBABILITY_DIR / f"{name}.nrrd", array, result.affine)
+                write_nrrd(staging / probability_file(name), array, result.affine)
             written["probabilities"] = Path(PROBABILITY_DIR)
         if overview and image is not None:
             render_overview(staging / OVERVIEW_FILE, image, result, window)
             written["overview"] = Path(OVERVIEW_FILE)
         report = result.report()
         report["environment"] = describe_environment()
-        report["attention_maps"] = maps
-        report["attention_grid"] = attention_grid
+        report["attention_maps"] = entries
+        report["attention_grid"] = grid
         report.update(extra_report or {})
         report["files"] = sorted(str(p) for p in written.values()) + [REPORT_FILE]
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -135,3 +130,91 @@ def write_outputs(
         return {key: out_dir / relative for key, relative in written.items()}
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_token_maps(result: SegmentationResult, staging: Path, grid: str, progress) -> list[dict]:
+    """Every token map as NRRD (steps of 1/1024, token/kind/best label in the header); their report entries."""
+    maps = result.token_maps
+    best = {(m["kind"], m["token"]): m for m in result.token_matches}
+    tasks = [(kind, token) for kind in maps.kinds for token in range(maps.num_tokens)]
+
+    def write_map(kind: str, token: int) -> dict:
+        match = best.get((kind, token), {})
+        values = (str(token), kind, match.get("best_label", ""), str(match.get("soft_dice", "")))
+        if grid == "token":
+            array, affine = maps.coarse[kind][token].astype(np.float32), maps.coarse_grid.affine  # a copy
+        else:
+            array, affine = maps.get(kind, token), result.affine
+        # stored in steps of 1/1024 (exact in float32): compresses about twice as fast and small
+        np.multiply(array, MAP_STEPS, out=array)
+        np.round(array, out=array)
+        array *= np.float32(1.0 / MAP_STEPS)
+        write_nrrd(staging / token_map_file(token, kind), array, affine, dict(zip(MAP_FIELDS, values, strict=True)))
+        return {
+            "file": token_map_file(token, kind),
+            "token": token,
+            "kind": kind,
+            "best_label": match.get("best_label"),
+            "soft_dice": match.get("soft_dice"),
+        }
+
+    # zlib and SimpleITK release the GIL: a few threads write maps in parallel
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(write_map, kind, token) for kind, token in tasks]
+        for number, future in enumerate(as_completed(futures)):
+            future.result()
+            if progress:
+                progress(0.8 * (number + 1) / len(tasks))
+        return [future.result() for future in futures]
+
+
+def read_outputs(folder: str | Path, input_affine=None) -> SegmentationResult:
+    """The :class:`SegmentationResult` an output folder holds (token maps must be on the token grid).
+
+    ``input_affine`` (the first input's IJK -> RAS) replaces the files' affine, which NRRD stores rounded.
+
+    Raises:
+        ValueError: the folder's geometry differs from ``input_affine`` or its maps are on the input grid.
+    """
+    from .volumes import read_volume
+
+    folder = Path(folder)
+    report = json.loads((folder / REPORT_FILE).read_text(encoding="utf-8"))
+    labels_volume = read_volume(folder / SEGMENTATION_FILE)
+    affine = labels_volume.affine
+    if input_affine is not None:
+        if not np.allclose(affine, input_affine, atol=1e-3):
+            raise ValueError("the segmentation's geometry differs from the input's")
+        affine = np.asarray(input_affine, float)
+    labels = np.ascontiguousarray(labels_volume.array, dtype=np.uint8)
+    table = [Label(e["value"], e["name"], tuple(e["color"]), None, e.get("terminology")) for e in report["labels"]]
+    token_maps = None
+    entries = report.get("attention_maps") or []
+    if entries:
+        if report.get("attention_grid") != "token":
+            raise ValueError("the attention maps were not written on the token grid")
+        coarse, grid = {}, None
+        for kind in dict.fromkeys(m["kind"] for m in entries):
+            ordered = sorted((m for m in entries if m["kind"] == kind), key=lambda m: m["token"])
+            volumes = [read_volume(folder / m["file"]) for m in ordered]
+            grid = grid or Grid(tuple(volumes[0].array.shape), volumes[0].affine)
+            coarse[kind] = np.stack([v.array.astype(np.float32) for v in volumes])
+        token_maps = TokenMaps(coarse, grid, Grid(tuple(labels.shape), affine))
+    probabilities = None
+    if (folder / PROBABILITY_DIR).is_dir():
+        probabilities = {
+            label.name: read_volume(folder / probability_file(label.name)).array.astype(np.float32) for label in table
+        }
+    return SegmentationResult(
+        labels=labels,
+        affine=affine,
+        label_table=table,
+        token_maps=token_maps,
+        token_matches=report.get("token_matches", []),
+        volumes_ml={e["name"]: float(e.get("volume_ml", 0.0)) for e in report["labels"]},
+        timings=dict(report.get("timings_s", {})),
+        device=report.get("device", ""),
+        model_id=report.get("model", ""),
+        probabilities=probabilities,
+        warnings=list(report.get("warnings", [])),
+    )

@@ -81,7 +81,7 @@ def render_overview(path: str | Path, image: np.ndarray, result, window=None, ma
             for g, lab in zip(gray_views, label_views, strict=True)
         ]
     )
-    heat = result.heatmaps
+    heat = result.token_maps
     if heat is not None and result.token_matches:
         matches = sorted((m for m in result.token_matches if m["kind"] == "gather"), key=lambda m: -m["soft_dice"])
         chosen, seen = [], set()

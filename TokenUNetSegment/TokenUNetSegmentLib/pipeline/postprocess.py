@@ -1,32 +1,98 @@
-"""From stitched network outputs to labels, normalised token maps and token-label soft Dice."""
+"""From stitched network outputs to labels, normalised token maps and token-label soft Dice, on the model grid."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from .package import Label
+from .metadata import Inference, Label, PackageConfig
+from .preprocess import Prepared
+from .result import MAP_KINDS
 
 
-def labels_from_logits(logits: np.ndarray, cfg: dict, labels: list[Label]) -> np.ndarray:
+@dataclass
+class ModelGridOutputs:
+    """What the network's outputs become on the model grid, before they are mapped back onto the input grid.
+
+    ``labels`` covers the whole model grid (zero outside the processed region); ``probability_maps`` (label
+    value -> map over the processed region) only when asked for; ``coarse_maps`` (kind -> (N, h, w, d) in
+    [0, 1] on the token grid of the region) only for networks with tokens.
+    """
+
+    labels: np.ndarray
+    probability_maps: dict[int, np.ndarray] | None
+    coarse_maps: dict[str, np.ndarray] | None
+    token_matches: list[dict]
+
+
+def postprocess(
+    logits: np.ndarray,
+    maps: dict[str, np.ndarray] | None,
+    prepared: Prepared,
+    config: PackageConfig,
+    largest_component: Sequence[str],
+    with_probabilities: bool,
+    progress=None,
+) -> ModelGridOutputs:
+    """Labels (largest components kept for the named labels), token maps and their label matches."""
+    region_labels = labels_from_logits(logits, config.inference, config.labels)
+    keep_largest_component(region_labels, [label.value for label in config.labels if label.name in largest_component])
+    if progress is not None:
+        progress.update("postprocess", 0.4)
+    coarse, matches = None, []
+    if maps is not None:
+        coarse = {kind: normalise_maps(maps[kind]) for kind in MAP_KINDS}
+        matches = match_tokens(coarse, region_labels, config.labels)
+    full = np.zeros(prepared.grid.shape, np.uint8)
+    in_grid, in_region = prepared.paste_slices()
+    full[in_grid] = region_labels[in_region]
+    probability_maps = probabilities_of(logits, config.inference, config.labels) if with_probabilities else None
+    return ModelGridOutputs(full, probability_maps, coarse, matches)
+
+
+def match_tokens(coarse: dict[str, np.ndarray], labels: np.ndarray, table: Sequence[Label]) -> list[dict]:
+    """Per token and kind of map, its soft Dice with every label and the best-matching label."""
+    values = [label.value for label in table]
+    factor = labels.shape[0] // next(iter(coarse.values())).shape[1]
+    fractions = label_fractions(labels, values, factor)  # once for every kind of map
+    matches = []
+    for kind, maps in coarse.items():
+        dice = soft_dice(maps, fractions)
+        for token in range(dice.shape[0]):
+            best = int(np.argmax(dice[token]))
+            matches.append(
+                {
+                    "token": token,
+                    "kind": kind,
+                    "best_label": table[best].name,
+                    "soft_dice": round(float(dice[token, best]), 4),
+                    "scores": {label.name: round(float(d), 4) for label, d in zip(table, dice[token], strict=True)},
+                }
+            )
+    return matches
+
+
+def labels_from_logits(logits: np.ndarray, inference: Inference, labels: Sequence[Label]) -> np.ndarray:
     """uint8 label map from stitched logits: argmax (softmax models) or ordered region thresholds (sigmoid)."""
-    inference = cfg["inference"]
     tensor = torch.from_numpy(logits)
-    if inference["activation"] == "sigmoid":
-        threshold = float(inference.get("threshold", 0.5))
+    if inference.activation == "sigmoid":
+        threshold = inference.threshold
         if 0 < threshold < 1:
             cut = float(np.log(threshold / (1.0 - threshold)))  # sigmoid(x) > t  <=>  x > logit(t)
         else:
             cut = np.inf if threshold >= 1 else -np.inf
         out = torch.zeros(logits.shape[1:], dtype=torch.uint8)
-        for region in inference["regions"]:  # later regions overwrite earlier ones (nested regions)
-            out[tensor[region["channel"]] > cut] = region["label"]
+        for region in inference.regions:  # later regions overwrite earlier ones (nested regions)
+            out[tensor[region.channel] > cut] = region.label
         return out.numpy()
     lookup = torch.zeros(logits.shape[0], dtype=torch.uint8)
     for label in labels:
-        lookup[label.channel if label.channel is not None else label.value] = label.value
+        lookup[label.output_channel] = label.value
     return lookup[channel_argmax(tensor).long()].numpy()
 
 
@@ -44,13 +110,13 @@ def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
     return index
 
 
-def probabilities_of(logits: np.ndarray, cfg: dict, labels: list[Label]) -> dict[int, np.ndarray]:
+def probabilities_of(logits: np.ndarray, inference: Inference, labels: Sequence[Label]) -> dict[int, np.ndarray]:
     """Per label value, its probability map (softmax channel, or the sigmoid of its region channel)."""
     tensor = torch.from_numpy(logits)
-    if cfg["inference"]["activation"] == "sigmoid":
-        return {r["label"]: torch.sigmoid(tensor[r["channel"]]).numpy() for r in cfg["inference"]["regions"]}
+    if inference.activation == "sigmoid":
+        return {r.label: torch.sigmoid(tensor[r.channel]).numpy() for r in inference.regions}
     soft = torch.softmax(tensor, dim=0)
-    return {label.value: soft[label.channel if label.channel is not None else label.value].numpy() for label in labels}
+    return {label.value: soft[label.output_channel].numpy() for label in labels}
 
 
 def keep_largest_component(labels: np.ndarray, values: list[int]) -> np.ndarray:

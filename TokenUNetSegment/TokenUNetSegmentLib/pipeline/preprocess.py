@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import InputError
 from .geometry import Grid, model_grid, overlaps, resample
+from .metadata import Intensity, PackageConfig
 from .volumes import Volume
 
 
@@ -36,11 +37,6 @@ class Prepared:
         return in_grid, in_region
 
 
-def intensity_settings(cfg: dict, channels: int) -> list[dict]:
-    setting = cfg["preprocessing"]["intensity"]
-    return list(setting) if isinstance(setting, list) else [setting] * channels
-
-
 def stack_channels(volumes: list[Volume], names: list[str]) -> tuple[list[np.ndarray], Grid]:
     """Every channel on the first channel's grid (resampled in physical space when needed)."""
     reference = volumes[0].grid
@@ -60,10 +56,10 @@ def stack_channels(volumes: list[Volume], names: list[str]) -> tuple[list[np.nda
     return arrays, reference
 
 
-def _foreground(raw: np.ndarray, setting: dict) -> np.ndarray:
-    if setting["method"] == "ct_window":
-        return raw > setting["window"][0]
-    if setting["method"] == "zscore":
+def _foreground(raw: np.ndarray, setting: Intensity) -> np.ndarray:
+    if setting.method == "ct_window":
+        return raw > setting.window[0]
+    if setting.method == "zscore":
         return raw != 0
     return raw > raw.min()
 
@@ -80,11 +76,11 @@ def _bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return np.array(lo), np.array(hi)
 
 
-def normalise_intensity(array: np.ndarray, setting: dict, name: str, warnings: list[str]) -> np.ndarray:
+def normalise_intensity(array: np.ndarray, setting: Intensity) -> np.ndarray:
     """In-place intensity normalisation of a float32 array (CT window to [0, 1], or z-score over non-zero)."""
-    method = setting["method"]
+    method = setting.method
     if method == "ct_window":
-        low, high = (float(v) for v in setting["window"])
+        low, high = setting.window
         np.clip(array, low, high, out=array)
         array -= low
         array *= 1.0 / (high - low)
@@ -98,16 +94,36 @@ def normalise_intensity(array: np.ndarray, setting: dict, name: str, warnings: l
     return array
 
 
-def prepare(
-    volumes: list[Volume], cfg: dict, size_multiple: int, roi_size, names: list[str] | None = None, progress=None
-) -> Prepared:
-    """Preprocess ``volumes`` (one per input channel) for a package configuration ``cfg``."""
-    names = names or [entry["name"] for entry in cfg["inputs"]]
-    pre = cfg["preprocessing"]
-    settings = intensity_settings(cfg, len(volumes))
-    warnings: list[str] = []
+MIN_VOXELS = 8
+MIN_WINDOW_SHARE = 0.25
+
+
+def small_volume_warning(source: Grid, model: Grid, roi_size) -> str | None:
+    """A warning when the volume is too small to hold what the model was trained on: fewer than ``MIN_VOXELS``
+    voxels along an axis, or a side shorter than ``MIN_WINDOW_SHARE`` of the model's window (in mm)."""
+    extent = np.asarray(source.shape) * source.spacing
+    window = float(np.min(np.asarray(roi_size, float) * model.spacing))
+    if min(source.shape) >= MIN_VOXELS and extent.min() >= MIN_WINDOW_SHARE * window:
+        return None
+    shape = " x ".join(str(s) for s in source.shape)
+    size = " x ".join(f"{e:.0f}" for e in extent)
+    return (
+        f"the volume is small for this model ({shape} voxels, {size} mm; the model looks at {window:.0f} mm "
+        "windows): anatomy may be cut off or missing, check the result"
+    )
+
+
+def prepare(volumes: list[Volume], config: PackageConfig, size_multiple: int, roi_size, progress=None) -> Prepared:
+    """Preprocess ``volumes`` (one per input channel, in the package's order) for the package ``config``."""
+    names = config.input_names
+    pre = config.preprocessing
+    settings = pre.intensity
+    warnings = [message for volume in volumes for message in volume.warnings]  # what the readers noticed
     arrays, reference = stack_channels(volumes, names)
-    grid = model_grid(reference, pre["orientation"], pre.get("spacing"))
+    grid = model_grid(reference, pre.orientation, pre.spacing)
+    small = small_volume_warning(reference, grid, roi_size)
+    if small:
+        warnings.append(small)
     model_arrays = []
     for index, (array, name) in enumerate(zip(arrays, names, strict=True)):
         low, high = float(array.min()), float(array.max())
@@ -122,13 +138,13 @@ def prepare(
             progress.update("preprocess", 0.6 * (index + 1) / len(volumes))
     shape = np.asarray(grid.shape)
     lo, hi = np.zeros(3, int), shape.copy()
-    if pre.get("crop_foreground"):
+    if pre.crop_foreground:
         mask = np.zeros(grid.shape, bool)
         for array, setting in zip(model_arrays, settings, strict=True):
             mask |= _foreground(array, setting)
         box = _bbox(mask)
         if box is not None:
-            margin = np.ceil(float(pre.get("crop_margin_mm", 10.0)) / grid.spacing).astype(int)
+            margin = np.ceil(pre.crop_margin_mm / grid.spacing).astype(int)
             lo, hi = np.maximum(box[0] - margin, 0), np.minimum(box[1] + margin, shape)
     roi = np.asarray(roi_size, int)
     length = hi - lo
@@ -138,11 +154,11 @@ def prepare(
     image = np.empty((len(model_arrays), *target), np.float32)
     prepared = Prepared(image, grid, start, region, warnings)
     in_grid, in_region = prepared.paste_slices()
-    for channel, (array, setting, name) in enumerate(zip(model_arrays, settings, names, strict=True)):
+    for channel, (array, setting) in enumerate(zip(model_arrays, settings, strict=True)):
         image[channel].fill(float(array.min()))
         image[channel][in_region] = array[in_grid]
         model_arrays[channel] = None
-        normalise_intensity(image[channel], setting, name, warnings)
+        normalise_intensity(image[channel], setting)
     if progress:
         progress.update("preprocess", 1.0)
     return prepared

@@ -10,6 +10,15 @@ ProgressCallback = Callable[[str, float], None]
 
 # share of the whole run given to each stage (sums to 1)
 STAGES = {"load": 0.04, "preprocess": 0.08, "inference": 0.76, "postprocess": 0.06, "map back": 0.06}
+# parts of a stage reported under their own name: (stage, start, end) as fractions of that stage
+SUBSTAGES = {"download": ("load", 0.0, 0.9)}
+
+
+def cancel_requested(cancel) -> bool:
+    """Whether ``cancel`` (None, an object with ``is_set()`` such as ``threading.Event``, or a callable) is set."""
+    if cancel is None:
+        return False
+    return bool(cancel.is_set() if hasattr(cancel, "is_set") else cancel())
 
 
 class Progress:
@@ -26,9 +35,7 @@ class Progress:
         self.fraction = 0.0
 
     def cancelled(self) -> bool:
-        if self.cancel is None:
-            return False
-        return bool(self.cancel.is_set() if hasattr(self.cancel, "is_set") else self.cancel())
+        return cancel_requested(self.cancel)
 
     def check(self) -> None:
         """Raise :class:`CancelledError` if cancel was requested."""
@@ -36,14 +43,16 @@ class Progress:
             raise CancelledError("segmentation cancelled")
 
     def update(self, stage: str, stage_fraction: float = 0.0) -> None:
-        """Report ``stage_fraction`` (0..1) of ``stage``; checks cancel first."""
+        """Report ``stage_fraction`` (0..1) of ``stage`` (or of a sub-stage such as ``download``); checks cancel."""
         self.check()
+        parent, low, high = SUBSTAGES.get(stage, (stage, 0.0, 1.0))
         start = 0.0
         for name, share in STAGES.items():
-            if name == stage:
+            if name == parent:
                 break
             start += share
-        value = min(1.0, start + STAGES.get(stage, 0.0) * min(max(stage_fraction, 0.0), 1.0))
+        within = low + (high - low) * min(max(stage_fraction, 0.0), 1.0)
+        value = min(1.0, start + STAGES.get(parent, 0.0) * within)
         self.fraction = max(self.fraction, value)
         if self.callback is not None:
             self.callback(stage, self.fraction)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -10,17 +10,18 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .geometry import Grid, affine_of_image, check_affine
-
-SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+from .readers import read_image
 
 
 @dataclass
 class Volume:
-    """A scalar 3D volume: ``array`` indexed (i, j, k) and its IJK->RAS ``affine``."""
+    """A scalar 3D volume: ``array`` indexed (i, j, k), its IJK->RAS ``affine``, and what its reader warned
+    about (these go into the segmentation's ``warnings`` and ``report.json``)."""
 
     array: np.ndarray
     affine: np.ndarray
     name: str = "volume"
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def grid(self) -> Grid:
@@ -71,43 +72,17 @@ def check_volume(volume: Volume) -> None:
     volume.affine = check_affine(volume.affine, volume.name)
 
 
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+def read_volume(path: str | Path, limit: int | None = None) -> Volume:
+    """Read a scalar 3D volume from a file or a DICOM series folder, checked by :mod:`.readers`.
 
-
-def read_volume(path: str | Path) -> Volume:
-    """Read a scalar 3D volume from a file or a DICOM series folder."""
+    ``limit``: bytes the voxels may take while read (default: free memory or ``TOKENUNET_MEMORY_LIMIT``).
+    The reader's warnings (e.g. uneven DICOM slices) are kept in ``Volume.warnings``.
+    """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"input not found: {path}")
-    if path.is_dir():
-        image = _read_dicom_folder(path)
-    else:
-        if _suffix(path) not in SUPPORTED_SUFFIXES:
-            raise InputError(
-                f"unsupported file type '{_suffix(path) or path.name}' for {path.name}",
-                f"use one of {', '.join(SUPPORTED_SUFFIXES)} or a DICOM series folder",
-            )
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError as error:
-            raise InputError(f"cannot read {path.name}: {str(error).strip().splitlines()[-1][:200]}") from None
-    return volume_from_image(image, path.name)
-
-
-def _read_dicom_folder(path: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(path))
-    if not series:
-        raise InputError(f"{path} is a folder without a DICOM series", "pass an image file or a folder of DICOM slices")
-    # the series with the most slices
-    files = max((reader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
-    reader.SetFileNames(files)
-    try:
-        return reader.Execute()
-    except RuntimeError as error:
-        raise InputError(f"cannot read the DICOM series in {path}: {str(error).strip()[-200:]}") from None
+    image, warnings = read_image(path, limit)
+    volume = volume_from_image(image, path.name)
+    volume.warnings = warnings
+    return volume
 
 
 def volume_from_image(image: sitk.Image, name: str = "volume") -> Volume:

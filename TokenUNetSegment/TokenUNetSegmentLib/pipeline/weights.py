@@ -1,8 +1,7 @@
-"""Safe weight loading: safetensors, or ``torch.load(weights_only=True)``; SHA256; state-dict fit checks."""
+"""Safe weight loading: safetensors, or ``torch.load(weights_only=True)``; state-dict fit checks."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 from collections.abc import Mapping
@@ -12,30 +11,6 @@ import torch
 from torch import nn
 
 from .errors import ModelPackageError, UnsafeWeightsError
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex SHA256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_sha256(data: bytes, expected: str, what: str) -> None:
-    """Raise :class:`ModelPackageError` when ``data`` does not hash to ``expected``."""
-    actual = sha256_bytes(data)
-    if actual != expected.lower():
-        raise ModelPackageError(
-            f"checksum mismatch for {what}: expected SHA256 {expected[:12]}..., got {actual[:12]}...",
-            "the file is corrupted or was modified; download or import the package again",
-        )
 
 
 def state_dict_from_bytes(data: bytes, name: str) -> dict[str, torch.Tensor]:

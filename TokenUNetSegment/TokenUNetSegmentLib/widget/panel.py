@@ -6,27 +6,25 @@ from the MRML adapter. This file only moves values between them and the widgets.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import shutil
-import sys
-import typing
-from pathlib import Path
 
 import qt
 import slicer
 
 from ..mrml import controller
-from ..mrml.heatmaps import (
+from ..mrml.attributes import (
+    BEST_LABEL_ATTRIBUTE,
     KIND_ATTRIBUTE,
+    PROBABILITY_ATTRIBUTE,
+    SOFT_DICE_ATTRIBUTE,
     TOKEN_ATTRIBUTE,
-    show_in_slice_views,
-    update_attention_segments,
 )
-from ..mrml.logic import PROBABILITY_ATTRIBUTE
-from ..mrml.parameters import MAX_INPUTS, Parameters, choices, node_fields, value_fields, value_range
-from ..mrml.runner import RunState
+from ..mrml.heatmap_nodes import show_in_slice_views, update_attention_segments
+from ..mrml.parameters import MAX_INPUTS, Parameters
+from ..mrml.scene_run import SceneRunFinished
 from ..pipeline.device_probe import DeviceProbe, resolved
+from ..pipeline.run_contract import LogEvent, ProgressEvent, RunState
+from ..pipeline.subprocess_run import python_executable
 from . import dependencies
 from .i18n import tr as _
 
@@ -44,40 +42,6 @@ def is_run_output(node) -> bool:
 def start_device_probe():
     """Ask a child interpreter which devices exist (torch stays out of Slicer's process until a run)."""
     return DeviceProbe(python_executable())
-
-
-def parameter_wrapper_class():
-    """A ``parameterNodeWrapper`` class with the fields of :class:`Parameters` (same names, same storage)."""
-    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-
-    annotations, defaults = {}, {}
-    nodes, values = node_fields(), value_fields()
-    for field in dataclasses.fields(Parameters):
-        if field.name in nodes:
-            annotations[field.name] = getattr(slicer, nodes[field.name])
-            continue
-        kind = values[field.name]
-        extra = []
-        if choices(field.name):
-            extra.append(Choice(list(choices(field.name))))
-        if value_range(field.name):
-            extra.append(WithinRange(*value_range(field.name)))
-        annotations[field.name] = typing.Annotated[(kind, *extra)] if extra else kind
-        defaults[field.name] = field.default
-    namespace = {"__annotations__": annotations, **defaults}
-    return parameterNodeWrapper(type("TokenUNetSegmentParameterNode", (), namespace))
-
-
-def python_executable() -> str:
-    """The interpreter for subprocess runs: Slicer's ``PythonSlicer`` (the app's own ``sys.executable`` is Slicer)."""
-    found = shutil.which("PythonSlicer")
-    if found:
-        return found
-    folder = Path(sys.executable).parent
-    for name in ("PythonSlicer", "PythonSlicer.exe"):
-        if (folder / name).is_file():
-            return str(folder / name)
-    return sys.executable
 
 
 class Panel:
@@ -264,11 +228,8 @@ class Panel:
             self.install_dependencies()
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
-            info = self.model_info()
             self.cancelling, self.message = False, ""
-            self.run = self.logic.startRun(
-                self.parameters(), model=info.id if info else None, python=python_executable()
-            )
+            self.run = self.logic.startRun(self.parameters(), python=python_executable())
             self.run.add_observer(self.on_run_event)
             self.run.start()
             self.timer.start()
@@ -298,26 +259,26 @@ class Panel:
         if self.probe is None and (self.run is None or self.run.state != RunState.RUNNING):
             self.timer.stop()
 
-    def on_run_event(self, event: dict) -> None:
-        if event["type"] == "log":  # the child's output: Slicer's log and the status bar
-            logging.info(f"TokenUNet: {event['line']}")
-            slicer.util.showStatusMessage(f"TokenUNet: {event['line']}", STATUS_MS)
+    def on_run_event(self, event) -> None:
+        if isinstance(event, LogEvent):  # the child's output: Slicer's log and the status bar
+            logging.info(f"TokenUNet: {event.message}")
+            slicer.util.showStatusMessage(f"TokenUNet: {event.message}", STATUS_MS)
             return
-        if event["type"] == "progress":
-            text = _("TokenUNet: {stage} {percent}%").format(stage=event["stage"], percent=int(100 * event["fraction"]))
+        if isinstance(event, ProgressEvent):
+            text = _("TokenUNet: {stage} {percent}%").format(stage=event.stage, percent=int(100 * event.fraction))
             slicer.util.showStatusMessage(text, STATUS_MS)
             return
-        if event["type"] != "state":
+        if not isinstance(event, SceneRunFinished):
             return
-        self.last_state = event["state"]
-        error = event.get("error")
-        if event["state"] == RunState.COMPLETED and event.get("nodes") is not None:
-            nodes = event["nodes"]
+        self.last_state = event.state
+        error = event.error
+        if event.state == RunState.COMPLETED and event.nodes is not None:
+            nodes = event.nodes
             count = nodes.segmentation.GetSegmentation().GetNumberOfSegments()
             self.message = _("{count} segments in '{name}'.").format(count=count, name=nodes.segmentation.GetName())
             self.show_run(nodes)
             slicer.util.showStatusMessage(_("TokenUNet: done. ") + self.message, STATUS_MS)
-        elif event["state"] == RunState.FAILED:
+        elif event.state == RunState.FAILED:
             self.message = str(error) if error else ""
             slicer.util.showStatusMessage(_("TokenUNet: failed: ") + self.message, STATUS_MS)
             if (
@@ -330,7 +291,7 @@ class Panel:
     def show_run(self, nodes) -> None:
         """Show the new segmentation over the input and list the run's tokens."""
         self.reference = self.run.reference if self.run is not None else None
-        self.heatmap_nodes, self.attention_node = list(nodes.heatmaps), nodes.attention
+        self.heatmap_nodes, self.attention_node = list(nodes.heatmap_nodes), nodes.attention
         self.segmentation_node = nodes.segmentation
         parameter_node = self.get_parameter_node()
         if parameter_node is not None and parameter_node.GetNodeReference("outputSegmentation") is None:
@@ -343,8 +304,8 @@ class Panel:
             {
                 "token": n.GetAttribute(TOKEN_ATTRIBUTE),
                 "kind": n.GetAttribute(KIND_ATTRIBUTE),
-                "best_label": n.GetAttribute("TokenUNet.BestLabel"),
-                "soft_dice": n.GetAttribute("TokenUNet.SoftDice"),
+                "best_label": n.GetAttribute(BEST_LABEL_ATTRIBUTE),
+                "soft_dice": n.GetAttribute(SOFT_DICE_ATTRIBUTE),
             }
             for n in self.heatmap_nodes
         ]

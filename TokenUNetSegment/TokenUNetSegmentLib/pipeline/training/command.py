@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli import ProgressPrinter, register_command
+from ..cli import ProgressPrinter
 from ..errors import InputError
 
 
@@ -51,9 +51,9 @@ def load_config(path: str) -> dict:
     """The ``tokenunet`` section from a JSON file (bare or within a metadata.json) or a package."""
     source = Path(path)
     if source.is_dir() or source.suffix.lower() == ".zip":
-        from ..package import read_metadata
+        from ..package_source import read_metadata
 
-        return read_metadata(source)["tokenunet"]
+        return read_metadata(source).config.to_dict()
     try:
         data = json.loads(source.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
@@ -112,8 +112,3 @@ def run_train(args: argparse.Namespace) -> int:
     if package is not None:
         print(f"wrote {package}")
     return 0
-
-
-register_command(
-    "train", "train a model package on a datalist (MONAI; torchrun for several processes)", _arguments, run_train
-)

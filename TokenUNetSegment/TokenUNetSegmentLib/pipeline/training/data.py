@@ -4,16 +4,20 @@ sampler with its augmentations (MONAI transforms)."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..checksums import sha256_file
 from ..errors import InputError
-from ..geometry import resample
+from ..geometry import overlaps, resample
+from ..metadata import parse_config
 from ..preprocess import prepare
 from ..volumes import read_volume
-from ..weights import sha256_file
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -135,8 +139,15 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
         raise InputError(
             f"case {entry['name']} has {len(volumes)} image channels; the model takes {len(cfg['inputs'])}"
         )
-    prepared = prepare(volumes, cfg, size_multiple, roi_size)
     label_volume = read_volume(entry["label"])
+    if not (overlaps(volumes[0].grid, label_volume.grid) and overlaps(label_volume.grid, volumes[0].grid)):
+        raise InputError(
+            f"case {entry['name']}: the label map {label_volume.name} does not overlap its image in physical space",
+            "check that the label map belongs to this image (same patient, same scan)",
+        )
+    prepared = prepare(volumes, parse_config(cfg, "training configuration"), size_multiple, roi_size)
+    for message in prepared.warnings:
+        log.warning("case %s: %s", entry["name"], message)
     values = np.asarray(label_volume.array)
     if not np.issubdtype(values.dtype, np.integer):
         values = np.rint(values)

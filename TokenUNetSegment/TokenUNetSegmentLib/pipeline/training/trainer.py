@@ -16,7 +16,10 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..package import build_package_network, describe_environment, make_metadata, validate_metadata, write_package
+from ..metadata import parse_config, validate_metadata
+from ..package_loader import build_package_network
+from ..package_writer import make_metadata, write_package
+from ..versions import describe_environment
 from .data import (
     UNKNOWN,
     Case,
@@ -160,7 +163,7 @@ def train(
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     set_determinism(seed=recipe.seed + rank)
     torch.manual_seed(recipe.seed)  # the same initial weights on every rank
-    network = build_package_network(config)
+    network = build_package_network(parse_config(config, "training configuration"))
     multiple = int(getattr(network, "size_multiple", 1))
     patch = list(recipe.patch_size or config["inference"]["roi_size"])
     if any(p % multiple for p in patch):

@@ -1,0 +1,56 @@
+"""Child processes of the tests: the pipeline's command line, and what importing some modules loads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .paths import MODULE_DIR
+
+
+def run_cli(*args, env=None, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m TokenUNetSegmentLib.pipeline ARGS...`` in a child process (text output captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", "TokenUNetSegmentLib.pipeline", *map(str, args)],
+        cwd=MODULE_DIR,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def run_python(code: str, timeout: float = 300) -> str:
+    """Run ``code`` in a fresh interpreter (the module folder as working directory); its stdout.
+
+    Fails the test with the child's stderr when it exits with an error.
+    """
+    done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def child_pids(pid):
+    """Processes whose parent or process group is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and (int(fields[1]) == pid or int(fields[2]) == pid):
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] if Path(f"/proc/{pid}").exists() else "X"
+    return state != "Z"

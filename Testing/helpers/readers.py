@@ -1,0 +1,138 @@
+"""Helpers for the reader tests: small volumes written in every supported format, header edits, DICOM series."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
+
+SHAPE = (9, 8, 7)  # (i, j, k)
+AFFINE = affine_from_spacing((0.8, 0.9, 2.5), origin=(10.0, -20.0, 30.0), direction=np.diag([-1.0, 1.0, 1.0]))
+FORMATS = ("nii", "nii.gz", "nrrd", "gz.nrrd", "mha", "z.mha", "nhdr", "mhd")
+"""Suffixes of :func:`write_volume`: ``gz.nrrd`` and ``z.mha`` are the compressed NRRD and MetaImage."""
+
+
+def volume_array(shape=SHAPE, dtype=np.int16) -> np.ndarray:
+    """A deterministic (i, j, k) array with no two equal neighbours along i (so shifts and zeros show)."""
+    values = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape) * 7 % 2000 - 1000
+    return values.astype(dtype)
+
+
+def write_volume(folder: Path, kind: str, array=None, affine=AFFINE, stem="scan") -> Path:
+    """Write ``array`` (default :func:`volume_array`) as ``stem.<kind>`` (one of :data:`FORMATS`)."""
+    array = volume_array() if array is None else array
+    compressed = kind in ("nii.gz", "gz.nrrd", "z.mha")
+    suffix = {"gz.nrrd": "nrrd", "z.mha": "mha"}.get(kind, kind)
+    path = Path(folder) / f"{stem}.{suffix}"
+    sitk.WriteImage(image_from_array(array, affine), str(path), useCompression=compressed)
+    return path
+
+
+def data_start(path: Path) -> int:
+    """Where the voxel data starts in an uncompressed single file (NIfTI vox_offset, after a text header)."""
+    data = path.read_bytes()
+    if path.name.endswith(".nii"):
+        return int(struct.unpack_from("<f", data, 108)[0])
+    if path.name.endswith(".nrrd"):
+        return data.index(b"\n\n") + 2
+    return data.index(b"ElementDataFile = LOCAL\n") + len(b"ElementDataFile = LOCAL\n")
+
+
+def data_file_of(path: Path) -> Path:
+    """The detached data file named by a .nhdr or .mhd header."""
+    text = path.read_text(errors="replace")
+    match = re.search(r"^(?:data file|datafile|ElementDataFile)\s*[:=]\s*(.+)$", text, re.MULTILINE)
+    return path.with_name(match.group(1).strip())
+
+
+def edit_text_header(path: Path, pattern: str, replacement: str) -> Path:
+    """Replace a line of a NRRD/MetaImage text header (the voxel data after it is kept byte for byte)."""
+    data = path.read_bytes()
+    if path.suffix == ".nrrd":
+        end = data.index(b"\n\n") + 2
+    elif path.suffix == ".mha":
+        end = re.search(rb"ElementDataFile = [^\n]*\n", data).end()
+    else:  # a detached header is all header
+        end = len(data)
+    edited, count = re.subn(pattern, replacement, data[:end].decode(), flags=re.MULTILINE)
+    assert count, f"{pattern!r} not in the header of {path.name}"
+    path.write_bytes(edited.encode() + data[end:])
+    return path
+
+
+def edit_nifti(path: Path, offset: int, fmt: str, *values) -> Path:
+    """Overwrite a field of a NIfTI-1 header (little endian), compressed or not."""
+    compressed = path.name.endswith(".gz")
+    data = bytearray(gzip.decompress(path.read_bytes()) if compressed else path.read_bytes())
+    struct.pack_into("<" + fmt, data, offset, *values)
+    path.write_bytes(gzip.compress(bytes(data)) if compressed else bytes(data))
+    return path
+
+
+# NIfTI-1 field offsets (nifti1.h)
+NIFTI_DIM, NIFTI_PIXDIM, NIFTI_VOX_OFFSET, NIFTI_SFORM_CODE, NIFTI_SROW = 40, 76, 108, 254, 280
+
+
+def write_dicom_series(
+    folder: Path,
+    array_kji: np.ndarray,
+    spacing=(0.8, 0.8, 2.5),
+    positions=None,
+    origin=(0.0, 0.0),
+    orientation=(1, 0, 0, 0, 1, 0),
+    series="1.2.826.0.1.3680043.2.1125.1.1",
+    description="test series",
+    prefix="IM",
+    first_number=1,
+) -> list[Path]:
+    """Write one 2D DICOM CT file per slice (k, j, i indexing) with its own position; returns the files.
+
+    ``positions``: the slices' offsets along the slice normal (default: ``k * spacing[2]``); ``origin``: the
+    in-plane position of every slice (a list of pairs gives each slice its own, e.g. for a gantry tilt).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
+    normal = np.cross(row, column)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    files = []
+    for k, pixels in enumerate(np.asarray(array_kji)):
+        offset = k * spacing[2] if positions is None else positions[k]
+        in_plane = origin[k] if isinstance(origin, list) else origin
+        position = in_plane[0] * row + in_plane[1] * column + offset * normal
+        image = sitk.GetImageFromArray(np.ascontiguousarray(pixels, dtype=np.int16))
+        image.SetSpacing(tuple(float(s) for s in spacing[:2]))
+        number = first_number + k
+        tags = {
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+            "0008|0018": f"{series}.{number}",
+            "0008|0060": "CT",
+            "0008|103e": description,
+            "0010|0010": "Test^Patient",
+            "0010|0020": "P1",
+            "0018|0050": str(spacing[2]),
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+            "0020|000e": series,
+            "0020|0013": str(number),
+            "0020|0032": "\\".join(f"{v:.4f}" for v in position),
+            "0020|0037": "\\".join(str(float(v)) for v in orientation),
+            "0028|0030": f"{spacing[1]}\\{spacing[0]}",
+        }
+        for key, value in tags.items():
+            image.SetMetaData(key, value)
+        path = folder / f"{prefix}{number:04d}.dcm"
+        writer.SetFileName(str(path))
+        writer.Execute(image)
+        files.append(path)
+    return files
+
+
+def dicom_array(slices=12, rows=16, columns=20) -> np.ndarray:
+    """A (k, j, i) int16 array for :func:`write_dicom_series` with distinct slices."""
+    return (np.arange(slices * rows * columns).reshape(slices, rows, columns) % 500).astype(np.int16)

@@ -1,0 +1,79 @@
+"""Helpers for the MRML adapter tests (real MRML from PyPI's slicer-core, app-like set-up)."""
+
+from __future__ import annotations
+
+import numpy as np
+import vtk
+from TokenUNetSegmentLib.mrml.scene import create_scene
+from TokenUNetSegmentLib.mrml.segmentation_nodes import segment_mask_world
+from TokenUNetSegmentLib.mrml.volume_nodes import array_to_matrix, set_volume_from_array
+
+from .packages import physical_ball
+
+ROTATE_Z_30 = np.array(
+    [
+        [np.cos(np.pi / 6), -np.sin(np.pi / 6), 0, 12.0],
+        [np.sin(np.pi / 6), np.cos(np.pi / 6), 0, -7.0],
+        [0, 0, 1, 25.0],
+        [0, 0, 0, 1],
+    ]
+)
+
+
+BALL_AFFINE = np.array([[2.0, 0, 0, -20.0], [0, 2.0, 0, -18.0], [0, 0, 2.0, -10.0], [0, 0, 0, 1]])
+BALL_SHAPE = (20, 18, 12)
+
+
+def new_scene():
+    return create_scene()
+
+
+def add_volume(scene, array_ijk, affine, name="ct", transform=None):
+    """A scalar volume node with ``array_ijk`` at ``affine`` in its own (local) coordinates."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    set_volume_from_array(node, array_ijk, affine)  # no parent transform yet: local == world
+    node.CreateDefaultDisplayNodes()
+    if transform is not None:
+        node.SetAndObserveTransformNodeID(add_linear_transform(scene, transform).GetID())
+    return node
+
+
+def add_linear_transform(scene, matrix, name="moved"):
+    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    node.SetMatrixTransformToParent(array_to_matrix(matrix))
+    return node
+
+
+def world_point(node, ijk):
+    """World RAS of voxel ``ijk`` of a volume node, computed by VTK/MRML (independent of our matrices)."""
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    local = matrix.MultiplyPoint([*map(float, ijk), 1.0])[:3]
+    transform = node.GetParentTransformNode()
+    if transform is None:
+        return np.array(local)
+    to_world = vtk.vtkGeneralTransform()
+    transform.GetTransformToWorld(to_world)
+    return np.array(to_world.TransformPoint(local))
+
+
+def node_ids(scene):
+    nodes = scene.GetNodes()
+    return {nodes.GetItemAsObject(i).GetID() for i in range(nodes.GetNumberOfItems())}
+
+
+def ball_volume(scene, transform=None, name="ct", affine=BALL_AFFINE):
+    """A small CT-like volume node (a 9 mm ball of 250 HU) on ``affine``, optionally under a transform."""
+    array = physical_ball(BALL_SHAPE, affine, affine[:3, :3] @ [10, 9, 6] + affine[:3, 3], 9.0, value=250.0)
+    return add_volume(scene, array, affine, name=name, transform=transform)
+
+
+def made_labels(node, shape):
+    """The made segments' masks combined into a label array on the input grid (value from the segment)."""
+    segmentation = node.GetSegmentation()
+    labels = np.zeros(shape, np.uint8)
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(index)
+        mask, _, _ = segment_mask_world(node, segment_id)
+        labels[mask] = segmentation.GetSegment(segment_id).GetLabelValue()
+    return labels

@@ -1,0 +1,131 @@
+"""The Qt-free controller: button, labels, messages and input auto-assignment from parameters and run state."""
+
+import pytest
+from TokenUNetSegmentLib.mrml import controller
+from TokenUNetSegmentLib.mrml.controller import (
+    ModelInfo,
+    assign_inputs,
+    device_note,
+    format_elapsed,
+    token_rows,
+    view_state,
+)
+from TokenUNetSegmentLib.mrml.parameters import Parameters
+from TokenUNetSegmentLib.pipeline.run_contract import RunState
+
+CT = ModelInfo("abdomen", "Abdominal organs", "CC-BY-4.0", "1 min on a CPU", ["ct"], [["*ct*"]])
+BRATS = ModelInfo(
+    "brats",
+    "Brain tumour",
+    input_names=["t1", "t1c", "t2", "flair"],
+    input_patterns=[["*t1.*", "*t1n*", "*_t1"], ["*t1c*", "*t1ce*"], ["*t2.*", "*t2w*", "*_t2"], ["*flair*"]],
+)
+VOLUME = object()  # any non-None value stands for a selected node
+
+
+def test_ready_to_segment():
+    state = view_state(Parameters(inputVolume0=VOLUME), CT)
+    assert (state.button_text, state.button_enabled) == ("Segment", True)
+    assert state.input_labels == ["Input volume:", "", "", ""] and state.input_visible == [True, False, False, False]
+    assert state.inputs_enabled and not state.progress_visible and state.problems == []
+
+
+def test_missing_inputs_disable_segment_and_say_which():
+    state = view_state(Parameters(inputVolume0=VOLUME, inputVolume2=VOLUME), BRATS)
+    assert not state.button_enabled
+    assert state.button_tooltip == "Select the input volume for: t1c, flair."
+    assert state.input_labels == ["t1:", "t1c:", "t2:", "flair:"] and all(state.input_visible)
+    assert view_state(Parameters(), CT).button_tooltip == "Select the input volume for: ct."
+
+
+def test_no_model_or_bad_parameters_disable_segment():
+    assert view_state(Parameters(inputVolume0=VOLUME), None).button_tooltip == "Select a model."
+    state = view_state(Parameters(inputVolume0=VOLUME, attentionThreshold=0.0), CT)
+    assert not state.button_enabled and "threshold" in state.button_tooltip
+
+
+def test_running_turns_segment_into_cancel_with_progress_and_elapsed_time():
+    state = view_state(
+        Parameters(inputVolume0=VOLUME), CT, RunState.RUNNING, fraction=0.4215, stage="inference", elapsed=75
+    )
+    assert (state.button_text, state.button_enabled) == ("Cancel", True)
+    assert state.progress_visible and state.progress_percent == 42
+    assert state.status == "Inference 42% - 1:15"
+    assert not state.inputs_enabled and not state.heatmaps_enabled
+    cancelling = view_state(Parameters(inputVolume0=VOLUME), CT, "running", cancelling=True)
+    assert (cancelling.button_text, cancelling.button_enabled) == ("Cancelling...", False)
+    # cancel stays possible even when the parameters became incomplete meanwhile
+    assert view_state(Parameters(), CT, RunState.RUNNING).button_enabled
+
+
+@pytest.mark.parametrize(
+    "state, expected",
+    [
+        (RunState.COMPLETED, "Done in 12 s. 3 segments"),
+        (RunState.CANCELLED, "Cancelled; nothing was added"),
+        (RunState.FAILED, "Failed: model package not found"),
+        (RunState.IDLE, ""),
+    ],
+)
+def test_status_after_a_run(state, expected):
+    message = {"completed": "3 segments", "failed": "model package not found"}.get(state.value, "")
+    view = view_state(Parameters(inputVolume0=VOLUME), CT, state, elapsed=12.2, message=message, has_heatmaps=True)
+    assert view.status.startswith(expected) if expected else view.status == ""
+    assert view.button_text == "Segment" and view.heatmaps_enabled and not view.progress_visible
+
+
+def test_cpu_note_only_when_running_on_the_cpu():
+    assert "CPU" in device_note("auto", "cpu") and "No GPU" in device_note("auto", "cpu")
+    assert device_note("cpu", None).startswith("Running on the CPU")
+    assert device_note("auto", "cuda") == "" and device_note("cuda:1", None) == "" and device_note("mps", "mps") == ""
+    assert view_state(Parameters(inputVolume0=VOLUME, device="cpu"), CT).device_note
+    assert view_state(Parameters(inputVolume0=VOLUME), CT, resolved_device="cuda").device_note == ""
+
+
+def test_inputs_are_auto_assigned_by_filename_pattern():
+    names = ["BraTS-001_flair", "BraTS-001_t1", "BraTS-001_t1ce", "BraTS-001_t2", "Segmentation"]
+    assert assign_inputs(names, BRATS) == ["BraTS-001_t1", "BraTS-001_t1ce", "BraTS-001_t2", "BraTS-001_flair"]
+    # a channel the user already chose is kept, and a volume serves one channel only
+    kept = assign_inputs(names, BRATS, ["BraTS-001_t2", None, None, None])
+    assert kept == ["BraTS-001_t2", "BraTS-001_t1ce", None, "BraTS-001_flair"]
+    assert assign_inputs(names, BRATS, kept) == kept
+    # one channel: a matching name, or the only volume whatever its name
+    assert assign_inputs(["a", "my CT"], CT) == ["my CT"]
+    assert assign_inputs(["scan"], CT) == ["scan"]
+    assert assign_inputs(["a", "b"], CT) == [None]
+    assert assign_inputs([], CT) == [None]
+
+
+def test_model_summary_and_token_rows():
+    assert CT.summary == "Abdominal organs\nLicence: CC-BY-4.0\nExpected time: 1 min on a CPU"
+    assert "Downloaded on first use." in ModelInfo("x", available=False).summary
+    rows = token_rows(
+        [
+            {"token": 1, "kind": "gather", "best_label": "liver", "soft_dice": 0.6249},
+            {"token": 0, "kind": "gather", "best_label": "spleen", "soft_dice": 0.1},
+            {"token": 0, "kind": "broadcast", "best_label": "", "soft_dice": ""},
+        ]
+    )
+    assert rows == [
+        "Token 00 broadcast",
+        "Token 00 gather - spleen (soft Dice 0.10)",
+        "Token 01 gather - liver (soft Dice 0.62)",
+    ]
+
+
+def test_elapsed_formatting_and_translation_hook():
+    assert [format_elapsed(s) for s in (0, 9.6, 61, 3600)] == ["0 s", "10 s", "1:01", "60:00"]
+    try:
+        controller.set_translator(lambda text: text.upper())
+        assert view_state(Parameters(inputVolume0=VOLUME), CT).button_text == "SEGMENT"
+    finally:
+        controller.set_translator(None)
+    assert view_state(Parameters(inputVolume0=VOLUME), CT).button_text == "Segment"
+
+
+def test_missing_dependencies_turn_segment_into_install():
+    state = view_state(Parameters(), None, dependencies_ready=False, message="PyTorch is not installed")
+    assert (state.button_text, state.button_enabled) == ("Install dependencies", True)
+    assert "PyTorch" in state.button_tooltip and state.status == "PyTorch is not installed"
+    # a running run is still cancellable whatever the dependency state says
+    assert view_state(Parameters(), None, RunState.RUNNING, dependencies_ready=False).button_text == "Cancel"

@@ -1,0 +1,87 @@
+"""Offscreen pictures of a run: slice views through MRML's slice logic and a 3D view of the surfaces."""
+
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers.packages import make_package, threshold_package, tiny_config
+from helpers.paths import SCRIPTS
+from helpers.scenes import ball_volume, new_scene, node_ids
+from TokenUNetSegmentLib.mrml.parameters import Parameters
+from TokenUNetSegmentLib.mrml.render import image_array, render_run
+from TokenUNetSegmentLib.mrml.result_nodes import apply_result
+from TokenUNetSegmentLib.mrml.volume_nodes import volume_to_array
+from TokenUNetSegmentLib.pipeline import segment
+
+
+def test_render_run_shows_ct_heatmap_segments_and_surfaces(tmp_path):
+    ctx = new_scene()
+    volume = ball_volume(ctx.scene)
+    result = segment(
+        [volume_to_array(volume)], threshold_package(spacing=(2.0, 2.0, 2.0), roi=(16, 16, 16)), device="cpu"
+    )
+    nodes = apply_result(ctx.scene, result, Parameters(inputVolume0=volume), volume)
+    segment_color = np.array(nodes.segmentation.GetSegmentation().GetNthSegment(0).GetColor()) * 255
+    before = node_ids(ctx.scene)
+    path = tmp_path / "shot.png"
+    image = render_run(
+        ctx.application_logic,
+        ctx.scene,
+        volume,
+        nodes.segmentation,
+        nodes.heatmap_nodes[0],
+        path,
+        panel=120,
+        window_level=(1000.0, 0.0),
+    )
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = image_array(image)
+    assert pixels.shape == (120, 480, 3)
+    slices, surfaces = pixels[:, :360].astype(int), pixels[:, 360:].astype(int)
+    # heat overlay: reddish pixels (the heat scale has more red than blue) inside the slice views
+    assert ((slices[..., 0] - slices[..., 2]) > 60).sum() > 50
+    # the ball segment shows in its color in the slices (blended) and in the 3D view (shaded)
+    distance = np.abs(surfaces - segment_color).sum(-1)
+    hue = surfaces / np.maximum(1, surfaces.max(-1, keepdims=True))
+    expected_hue = segment_color / segment_color.max()
+    assert (np.abs(hue - expected_hue).sum(-1) < 0.15).sum() > 100 or (distance < 60).sum() > 100
+    # the nodes made for the picture (labelmap, colors, slice views) are gone again
+    assert node_ids(ctx.scene) == before
+
+
+def screenshot_tool():
+    """scripts/render_screenshot.py as a module."""
+    spec = importlib.util.spec_from_file_location("render_screenshot", SCRIPTS / "render_screenshot.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+@pytest.fixture(scope="module")
+def shot_package(tmp_path_factory):
+    return make_package(tmp_path_factory.mktemp("shot"), tiny_config(roi=(32, 32, 32), spacing=(6.0, 6.0, 6.0)))
+
+
+def test_screenshot_script_renders_a_given_model_and_refuses_without_one(shot_package, tmp_path, capsys):
+    tool = screenshot_tool()
+    out = tmp_path / "shot.png"
+    assert tool.main(["--model", str(shot_package), "--out", str(out), "--panel", "96"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "wrote" in capsys.readouterr().out
+    assert int.from_bytes(out.read_bytes()[16:20], "big") == 4 * 96
+    assert tool.main(["--model", str(tmp_path / "nope.zip"), "--out", str(tmp_path / "x.png")]) == 2
+    assert not (tmp_path / "x.png").exists() and "model package not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_screenshot_script_runs_as_a_command(shot_package, tmp_path):
+    out = tmp_path / "shot.png"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "render_screenshot.py"), "--model", str(shot_package), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int.from_bytes(out.read_bytes()[16:20], "big") == 4 * 480 and "wrote" in done.stdout

@@ -1,0 +1,142 @@
+"""A run's result -> nodes on real MRML: segmentation, heatmap volumes, the attention segmentation and
+probability volumes, each at the right place and in its run's folder."""
+
+import numpy as np
+import pytest
+from helpers.packages import dice, threshold_package
+from helpers.scenes import BALL_SHAPE, ROTATE_Z_30, ball_volume
+from TokenUNetSegmentLib.mrml import attributes as keys
+from TokenUNetSegmentLib.mrml.heatmap_nodes import HEAT_TABLE_TAG, show_in_slice_views, update_attention_segments
+from TokenUNetSegmentLib.mrml.parameters import Parameters
+from TokenUNetSegmentLib.mrml.result_nodes import apply_result
+from TokenUNetSegmentLib.mrml.segmentation_nodes import segment_mask_world, subject_hierarchy
+from TokenUNetSegmentLib.mrml.volume_nodes import ijk_to_world, volume_to_array
+from TokenUNetSegmentLib.pipeline import segment
+
+SHAPE = BALL_SHAPE
+
+
+def test_threshold_model_run_creates_every_node_at_the_right_place(ctx):
+    volume = ball_volume(ctx.scene, transform=ROTATE_Z_30)
+    parameters = Parameters(inputVolume0=volume, heatmapKind="both", probabilities=True)
+    package = threshold_package(spacing=(2.0, 2.0, 2.0), roi=(16, 16, 16))
+    result = segment([volume_to_array(volume)], package, device="cpu", probabilities=True)
+    nodes = apply_result(ctx.scene, result, parameters, volume)
+    world = ijk_to_world(volume)
+    ball = volume_to_array(volume)[0] > 0
+    # the segmentation: the ball, where the input's ball is
+    segmentation = nodes.segmentation.GetSegmentation()
+    mask, affine, _ = segment_mask_world(nodes.segmentation, segmentation.GetSegmentIdBySegmentName("ball"))
+    np.testing.assert_allclose(affine, world, atol=1e-6)
+    np.testing.assert_array_equal(mask, result.labels == 1)
+    assert dice(mask, ball) > 0.85  # resampling a rotated 4.5-voxel ball to the model grid erodes its rim
+    np.testing.assert_allclose(np.argwhere(mask).mean(0), np.argwhere(ball).mean(0), atol=0.2)
+    # heatmaps: tokens x kinds float volumes in [0, 1] on the input grid, heat colors, window 0..1, named
+    assert len(nodes.heatmap_nodes) == 2 * 2
+    heat = ctx.scene.GetSingletonNode(HEAT_TABLE_TAG, "vtkMRMLColorTableNode")
+    for node in nodes.heatmap_nodes:
+        array, node_affine = volume_to_array(node)
+        assert array.dtype == np.float32 and array.shape == SHAPE and 0.0 <= array.min() <= array.max() <= 1.0
+        np.testing.assert_allclose(node_affine, world, atol=1e-6)
+        display = node.GetDisplayNode()
+        assert display.GetColorNodeID() == heat.GetID()
+        assert not display.GetAutoWindowLevel()
+        assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 1.0)
+        token, kind = int(node.GetAttribute(keys.TOKEN_ATTRIBUTE)), node.GetAttribute(keys.KIND_ATTRIBUTE)
+        assert node.GetName() == f"Token {token:02d} {kind} - {node.GetAttribute(keys.BEST_LABEL_ATTRIBUTE)}"
+        assert (
+            node.GetAttribute(keys.BEST_LABEL_ATTRIBUTE) == "ball"
+            and float(node.GetAttribute(keys.SOFT_DICE_ATTRIBUTE)) >= 0
+        )
+    token0 = next(n for n in nodes.heatmap_nodes if n.GetAttribute(keys.TOKEN_ATTRIBUTE) == "0")
+    token0_map = volume_to_array(token0)[0]
+    token1_map = volume_to_array(next(n for n in nodes.heatmap_nodes if n.GetAttribute(keys.TOKEN_ATTRIBUTE) == "1"))[0]
+    assert token0_map[ball].mean() > 1.5 * token0_map[~ball].mean()  # token 0 looks at the ball (1/8 grid)
+    assert token1_map[ball].mean() < token1_map[~ball].mean()  # token 1 at its complement
+    for node in nodes.heatmap_nodes:
+        expected = result.token_maps.get(
+            node.GetAttribute(keys.KIND_ATTRIBUTE), int(node.GetAttribute(keys.TOKEN_ATTRIBUTE))
+        )
+        np.testing.assert_array_equal(volume_to_array(node)[0], expected)
+    # one folder per run, beside the input, holding maps, attention segmentation and probabilities
+    hierarchy = subject_hierarchy(ctx.scene)
+    assert hierarchy.GetItemAttribute(nodes.folder, keys.RUN_ATTRIBUTE) == "1"
+    assert hierarchy.GetItemParent(nodes.folder) == hierarchy.GetItemParent(hierarchy.GetItemByDataNode(volume))
+    in_folder = {
+        hierarchy.GetItemDataNode(hierarchy.GetItemByPositionUnderParent(nodes.folder, i)).GetID()
+        for i in range(hierarchy.GetNumberOfItemChildren(nodes.folder))
+    }
+    assert in_folder == {n.GetID() for n in [*nodes.heatmap_nodes, nodes.attention, *nodes.probabilities]}
+    # attention segmentation: one segment per token of the first kind, the map thresholded at 0.5
+    attention = nodes.attention.GetSegmentation()
+    assert attention.GetNumberOfSegments() == 2
+    assert nodes.attention.GetAttribute(keys.THRESHOLD_ATTRIBUTE) == "0.5"
+    first = attention.GetNthSegmentID(0)
+    mask, affine, _ = segment_mask_world(nodes.attention, first)
+    full = np.zeros(SHAPE, bool)
+    start = np.round(np.linalg.solve(world, affine @ [0, 0, 0, 1.0])[:3]).astype(int)
+    full[
+        start[0] : start[0] + mask.shape[0], start[1] : start[1] + mask.shape[1], start[2] : start[2] + mask.shape[2]
+    ] = mask
+    np.testing.assert_array_equal(full, token0_map >= 0.5)
+    assert attention.GetSegment(first).GetName() == "Token 00 - ball"
+    # a new threshold rebuilds the segments from the heatmap nodes alone
+    update_attention_segments(nodes.attention, 0.9)
+    mask, _, _ = segment_mask_world(nodes.attention, nodes.attention.GetSegmentation().GetNthSegmentID(0))
+    assert mask.sum() == (token0_map >= 0.9).sum() < full.sum()
+    assert nodes.attention.GetNumberOfNodeReferences(keys.HEATMAP_ROLE) == 2
+    with pytest.raises(ValueError):
+        update_attention_segments(nodes.attention, 0.0)
+    # probabilities: one map per label
+    assert [n.GetName() for n in nodes.probabilities] == ["ball probability"]
+    probability = volume_to_array(nodes.probabilities[0])[0]
+    np.testing.assert_array_equal(probability, result.probabilities["ball"])
+    assert probability[ball].mean() > 0.5 > 0.1 > probability[~ball].mean()
+    # a second run gets its own folder
+    again = apply_result(ctx.scene, result, Parameters(inputVolume0=volume, attentionSegments=False), volume)
+    assert again.folder != nodes.folder and hierarchy.GetItemAttribute(again.folder, keys.RUN_ATTRIBUTE) == "2"
+    assert again.attention is None and len(again.heatmap_nodes) == 2
+
+
+def test_heatmap_shown_as_foreground_of_every_slice_view(ctx):
+    volume = ball_volume(ctx.scene)
+    composites = [ctx.scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]
+    heatmap = ctx.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "map")
+    show_in_slice_views(ctx.scene, heatmap, 0.4, background=volume)
+    for composite in composites:
+        assert composite.GetForegroundVolumeID() == heatmap.GetID()
+        assert composite.GetBackgroundVolumeID() == volume.GetID()
+        assert composite.GetForegroundOpacity() == pytest.approx(0.4)
+
+
+def test_heatmaps_on_the_token_grid_sit_at_the_same_place_with_little_memory(ctx):
+    volume = ball_volume(ctx.scene, transform=ROTATE_Z_30)
+    package = threshold_package(spacing=(2.0, 2.0, 2.0), roi=(16, 16, 16))
+    result = segment([volume_to_array(volume)], package, device="cpu")
+    nodes = apply_result(ctx.scene, result, Parameters(inputVolume0=volume, heatmapGrid="token"), volume)
+    coarse = result.token_maps.coarse_grid
+    for node in nodes.heatmap_nodes:
+        array, affine = volume_to_array(node)
+        token = int(node.GetAttribute(keys.TOKEN_ATTRIBUTE))
+        assert array.shape == coarse.shape and array.size < np.prod(SHAPE)
+        np.testing.assert_allclose(affine, coarse.affine, atol=1e-6)  # world geometry of the token grid
+        np.testing.assert_array_equal(array, result.token_maps.coarse["gather"][token])
+        assert node.GetParentTransformNode() is volume.GetParentTransformNode()
+    mask, affine, _ = segment_mask_world(nodes.attention, nodes.attention.GetSegmentation().GetNthSegmentID(0))
+    assert mask.sum() == (result.token_maps.coarse["gather"][0] >= 0.5).sum() > 0
+
+
+def test_nodes_removed_during_a_run_do_not_break_the_result(ctx):
+    volume = ball_volume(ctx.scene, transform=ROTATE_Z_30)
+    output = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "chosen output")
+    package = threshold_package(spacing=(2.0, 2.0, 2.0), roi=(16, 16, 16))
+    result = segment([volume_to_array(volume)], package, device="cpu")
+    world = ijk_to_world(volume)
+    ctx.scene.RemoveNode(output)
+    ctx.scene.RemoveNode(volume)
+    nodes = apply_result(ctx.scene, result, Parameters(heatmaps=False), volume, output)
+    assert nodes.segmentation is not output and nodes.segmentation.GetScene() is ctx.scene
+    segmentation = nodes.segmentation.GetSegmentation()
+    mask, affine, _ = segment_mask_world(nodes.segmentation, segmentation.GetSegmentIdBySegmentName("ball"))
+    np.testing.assert_allclose(affine, world, atol=1e-6)
+    np.testing.assert_array_equal(mask, result.labels == 1)

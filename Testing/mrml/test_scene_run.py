@@ -1,0 +1,137 @@
+"""Scene runs on real MRML: in-process (blocking and worker thread) and subprocess runs bound to a scene,
+their typed events, cancel and failures; nothing is added to the scene unless a run completes."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from helpers.packages import make_package, tiny_config
+from helpers.processes import alive, child_pids
+from helpers.scenes import BALL_AFFINE, BALL_SHAPE, ROTATE_Z_30, ball_volume, made_labels, node_ids
+from TokenUNetSegmentLib.mrml.attributes import KIND_ATTRIBUTE, TOKEN_ATTRIBUTE
+from TokenUNetSegmentLib.mrml.parameters import Parameters
+from TokenUNetSegmentLib.mrml.scene_run import SceneRun, SceneRunFinished
+from TokenUNetSegmentLib.mrml.volume_nodes import ijk_to_world, volume_to_array
+from TokenUNetSegmentLib.pipeline import segment
+from TokenUNetSegmentLib.pipeline.checksums import sha256_file
+from TokenUNetSegmentLib.pipeline.errors import ModelPackageError
+from TokenUNetSegmentLib.pipeline.run_contract import ProgressEvent, RunState
+
+SHAPE = BALL_SHAPE
+
+
+def test_in_process_scene_run_with_progress(ctx, tiny_package):
+    volume = ball_volume(ctx.scene)
+    events = []
+    run = SceneRun(ctx.scene, Parameters(inputVolume0=volume, model=str(tiny_package), device="cpu"), mode="inprocess")
+    run.add_observer(events.append)
+    assert run.run_now() == RunState.COMPLETED
+    fractions = [e.fraction for e in events if isinstance(e, ProgressEvent)]
+    assert fractions[-1] == 1.0 and fractions == sorted(fractions) and len(fractions) > 3
+    assert isinstance(events[-1], SceneRunFinished) and events[-1].nodes is run.nodes
+    expected = segment([volume_to_array(volume)], str(tiny_package), device="cpu")
+    np.testing.assert_array_equal(made_labels(run.nodes.segmentation, SHAPE), expected.labels)
+    assert len(run.nodes.heatmap_nodes) == 8  # 8 tokens, gather maps by default
+    assert run.nodes.attention.GetSegmentation().GetNumberOfSegments() == 8
+
+
+def test_in_process_worker_thread_run_and_cancel(ctx, tiny_package):
+    volume = ball_volume(ctx.scene)
+    before = node_ids(ctx.scene)
+    run = SceneRun(ctx.scene, Parameters(inputVolume0=volume, model=str(tiny_package), device="cpu"), mode="inprocess")
+    run.run.add_observer(lambda e: run.cancel() if isinstance(e, ProgressEvent) else None)
+    run.start()
+    assert run.wait(timeout=120) == RunState.CANCELLED
+    assert node_ids(ctx.scene) == before
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="checks the process table in /proc")
+def test_subprocess_run_matches_in_process_and_cleans_up(ctx, tiny_package):
+    # a mirrored grid (negative determinant) under a rotation: files must not flip or move anything
+    volume = ball_volume(ctx.scene, transform=ROTATE_Z_30, affine=BALL_AFFINE @ np.diag([1.0, 1.0, -1.0, 1.0]))
+    assert np.linalg.det(ijk_to_world(volume)[:3, :3]) < 0
+    events = []
+    parameters = Parameters(
+        inputVolume0=volume, model=str(tiny_package), device="cpu", heatmapKind="both", probabilities=True
+    )
+    run = SceneRun(ctx.scene, parameters, mode="subprocess")
+    run.add_observer(events.append)
+    run.start()
+    folder = run.run.folder
+    assert folder.is_dir() and (folder / "inputs" / "channel0.nrrd").is_file()
+    assert run.wait(timeout=240) == RunState.COMPLETED, run.error
+    assert not folder.exists()
+    assert not alive(run.run.process.pid)
+    fractions = [e.fraction for e in events if isinstance(e, ProgressEvent)]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) > 3
+    expected = segment([volume_to_array(volume)], str(tiny_package), device="cpu", probabilities=True)
+    np.testing.assert_array_equal(made_labels(run.nodes.segmentation, SHAPE), expected.labels)
+    assert len(run.nodes.heatmap_nodes) == 16
+    for node in run.nodes.heatmap_nodes:
+        kind, token = node.GetAttribute(KIND_ATTRIBUTE), int(node.GetAttribute(TOKEN_ATTRIBUTE))
+        # the CLI writes token maps in steps of 1/1024
+        np.testing.assert_allclose(volume_to_array(node)[0], expected.token_maps.get(kind, token), atol=1 / 1024)
+        np.testing.assert_allclose(volume_to_array(node)[1], ijk_to_world(volume), atol=1e-6)
+    for node, label in zip(run.nodes.probabilities, expected.label_table, strict=True):
+        np.testing.assert_allclose(volume_to_array(node)[0], expected.probabilities[label.name], atol=1e-5)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="checks the process table in /proc")
+def test_subprocess_cancel_leaves_no_nodes_no_process_no_files(ctx, tiny_package):
+    volume = ball_volume(ctx.scene)
+    before = node_ids(ctx.scene)
+    run = SceneRun(ctx.scene, Parameters(inputVolume0=volume, model=str(tiny_package), device="cpu"), mode="subprocess")
+    run.run.grace = 1.0
+    cancelled_at = []
+
+    def on_event(event):
+        if isinstance(event, ProgressEvent) and not cancelled_at:
+            cancelled_at.append(event.fraction)
+            run.cancel()
+
+    run.add_observer(on_event)
+    run.start()
+    folder, pid = run.run.folder, run.run.process.pid
+    assert run.wait(timeout=240) == RunState.CANCELLED
+    assert cancelled_at and cancelled_at[0] < 1.0
+    assert node_ids(ctx.scene) == before
+    assert not alive(pid) and child_pids(pid) == []
+    assert not folder.exists()
+
+
+def test_failed_subprocess_run_reports_the_cli_message_and_adds_nothing(ctx, tmp_path):
+    volume = ball_volume(ctx.scene)
+    before = node_ids(ctx.scene)
+    parameters = Parameters(inputVolume0=volume, device="cpu", model=str(tmp_path / "missing.zip"))
+    run = SceneRun(ctx.scene, parameters, mode="subprocess")
+    run.start()
+    assert run.wait(timeout=240) == RunState.FAILED
+    # the child's typed error event, not a parsed "error:" line: the same error class as in-process
+    assert isinstance(run.error, ModelPackageError) and "model package not found" in str(run.error)
+    assert node_ids(ctx.scene) == before and not run.run.folder.exists()
+
+
+def test_the_model_is_resolved_inside_the_run_and_downloaded_there_with_progress(ctx, tmp_path, monkeypatch):
+    """``Parameters.model`` ("": the catalog default) goes into the request unresolved: building the run reads at
+    most the catalog (the channel names of a model not downloaded yet); the run's worker thread downloads it."""
+    from TokenUNetSegmentLib.pipeline import catalog
+
+    zipped = make_package(
+        tmp_path / "dl", tiny_config("remote-model", roi=(16, 16, 16), spacing=(3.0, 3.0, 3.0)), as_zip=True
+    )
+    entry = {"id": "remote-model", "description": "remote", "url": zipped.as_uri(), "sha256": sha256_file(zipped)}
+    models = tmp_path / "Models.json"
+    models.write_text(json.dumps({"default": "remote-model", "models": [{**entry, "inputs": ["ct"]}]}))
+    monkeypatch.setattr(catalog, "DEFAULT_CATALOG", models)
+    monkeypatch.setenv("TOKENUNET_HOME", str(tmp_path / "home"))
+    run = SceneRun(ctx.scene, Parameters(inputVolume0=ball_volume(ctx.scene), device="cpu"), mode="inprocess")
+    assert run.request.model is None and not (tmp_path / "home" / "models").exists()
+    events = []
+    run.add_observer(events.append)
+    run.start()
+    assert run.wait(timeout=120) == RunState.COMPLETED, run.error
+    stages = [e.stage for e in events if isinstance(e, ProgressEvent)]
+    assert "download" in stages and stages.index("download") < stages.index("inference")
+    assert (tmp_path / "home" / "models" / "remote-model" / "configs" / "metadata.json").is_file()
+    assert len(run.nodes.heatmap_nodes) == 8

@@ -1,0 +1,12 @@
+"""Fixtures of the pipeline tests: a CT-like phantom file and a package for it, made once per session."""
+
+import pytest
+from helpers.packages import ct_phantom_file, make_package, tiny_config
+
+
+@pytest.fixture(scope="session")
+def cli_case(tmp_path_factory):
+    """(folder, a tiny package (3 mm, 32^3 windows, foreground crop), a CT-like phantom .nii.gz)."""
+    root = tmp_path_factory.mktemp("cli")
+    package = make_package(root, tiny_config(roi=(32, 32, 32), spacing=(3.0, 3.0, 3.0), crop=True))
+    return root, package, ct_phantom_file(root / "ct.nii.gz")

@@ -1,0 +1,323 @@
+"""Every bad input gets a clear, typed error (or a warning where the issue asks to run anyway)."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from helpers.packages import ball_phantom, dice, threshold_package
+from TokenUNetSegmentLib.pipeline.errors import InputError, ModelPackageError, TokenUNetError
+from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
+from TokenUNetSegmentLib.pipeline.segmentation import segment
+from TokenUNetSegmentLib.pipeline.volumes import read_volume
+
+GOOD = ball_phantom((20, 20, 20), (10, 10, 10), (5, 5, 5))
+
+
+def run(inputs, package=None):
+    return segment(inputs, package or threshold_package(), device="cpu")
+
+
+def test_errors_are_typed_and_carry_hints():
+    error = InputError("what failed", "what to do")
+    assert isinstance(error, TokenUNetError) and str(error) == "what failed (what to do)" and error.hint == "what to do"
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="input not found: .*nothere.nii.gz"):
+        run(tmp_path / "nothere.nii.gz")
+
+
+def test_unsupported_file_type(tmp_path):
+    path = tmp_path / "scan.png"
+    path.write_bytes(b"\x89PNG")
+    with pytest.raises(InputError, match="unsupported file type '.png'"):
+        run(path)
+
+
+def test_unreadable_file(tmp_path):
+    path = tmp_path / "broken.nii.gz"
+    path.write_bytes(b"not an image")
+    with pytest.raises(InputError, match="broken.nii.gz is not a valid NIfTI file"):
+        run(path)
+
+
+def test_folder_without_dicom(tmp_path):
+    with pytest.raises(InputError, match="without a DICOM series"):
+        run(tmp_path)
+
+
+def test_2d_image_array_and_file(tmp_path):
+    with pytest.raises(InputError, match="2D image"):
+        run((np.zeros((20, 20), np.float32), np.eye(4)))
+    with pytest.raises(InputError, match="2D image"):
+        run((np.zeros((20, 20, 1), np.float32), np.eye(4)))
+    path = tmp_path / "slice.nrrd"
+    sitk.WriteImage(sitk.Image(20, 20, sitk.sitkInt16), str(path))
+    with pytest.raises(InputError, match="2D image"):
+        read_volume(path)
+
+
+def test_4d_image_array_and_file(tmp_path):
+    with pytest.raises(InputError, match="4 dimensions"):
+        run((np.zeros((10, 10, 10, 3), np.float32), np.eye(4)))
+    path = tmp_path / "series.nii.gz"
+    sitk.WriteImage(sitk.Image([6, 6, 6, 2], sitk.sitkFloat32), str(path))
+    with pytest.raises(InputError, match="4 dimensions"):
+        run(path)
+
+
+def test_wrong_number_of_channels():
+    with pytest.raises(InputError, match="needs 1 input channel.*got 2"):
+        run([(GOOD, np.eye(4)), (GOOD, np.eye(4))])
+    with pytest.raises(InputError, match="needs 2 input channel.*got 1"):
+        run([(GOOD, np.eye(4))], threshold_package(in_channels=2))
+
+
+def test_channels_that_do_not_overlap_in_physical_space():
+    far = affine_from_spacing((1, 1, 1), origin=(500, 0, 0))
+    with pytest.raises(InputError, match="does not overlap"):
+        run([(GOOD, np.eye(4)), (GOOD, far)], threshold_package(in_channels=2))
+
+
+def test_image_smaller_than_the_window_is_padded():
+    with pytest.warns(UserWarning, match="small for this model"):
+        result = run((ball_phantom((6, 5, 4), (3, 2, 2), (2, 2, 2)), np.eye(4)))
+    assert result.labels.shape == (6, 5, 4) and result.labels.sum() > 0
+
+
+def test_constant_image_warns_and_runs():
+    with pytest.warns(UserWarning, match="constant"):
+        result = run((np.zeros((20, 20, 20), np.float32), np.eye(4)))
+    assert result.labels.shape == (20, 20, 20) and not result.labels.any()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_and_inf_voxels(bad):
+    image = GOOD.copy()
+    image[3, 4, 5] = bad
+    with pytest.raises(InputError, match="1 NaN or infinite voxels"):
+        run((image, np.eye(4)))
+
+
+def test_zero_or_negative_spacing(tmp_path):
+    with pytest.raises(InputError, match="zero voxel spacing"):
+        run((GOOD, np.diag([1.0, 0.0, 1.0, 1.0])))
+    with pytest.raises(InputError, match="zero or negative spacing"):
+        affine_from_spacing((1.0, -1.0, 1.0))
+    with pytest.raises(InputError, match="not orthogonal"):
+        run((GOOD, np.array([[1, 0.5, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], float)))
+    # a header with a zero spacing (written by hand: writers refuse it)
+    path = tmp_path / "zero.nhdr"
+    (tmp_path / "zero.raw").write_bytes(np.zeros(8 * 8 * 8, np.int16).tobytes())
+    path.write_text(
+        "NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 8 8 8\n"
+        "space directions: (1,0,0) (0,0,0) (0,0,1)\nkinds: domain domain domain\nendian: little\n"
+        "encoding: raw\nspace origin: (0,0,0)\ndata file: zero.raw\n"
+    )
+    with pytest.raises(InputError, match="spacing|cannot read"):
+        run(path)
+
+
+def test_unsupported_input_object():
+    with pytest.raises(InputError, match="unsupported input"):
+        run([{"array": GOOD}])
+
+
+def test_unknown_model_id(tmp_path):
+    from TokenUNetSegmentLib.pipeline.catalog import ModelStore
+
+    with pytest.raises(ModelPackageError, match="unknown model id 'no-such-model'"):
+        segment((GOOD, np.eye(4)), "no-such-model", store=ModelStore(tmp_path / "c.json", tmp_path / "home"))
+
+
+def test_bad_overlap_and_device():
+    with pytest.raises(InputError, match="overlap"):
+        segment((GOOD, np.eye(4)), threshold_package(), device="cpu", overlap=1.5)
+    with pytest.raises(InputError, match="label_interpolation"):
+        segment((GOOD, np.eye(4)), threshold_package(), device="cpu", label_interpolation="cubic")
+    with pytest.raises(TokenUNetError, match="unknown device .tpu."):
+        segment((GOOD, np.eye(4)), threshold_package(), device="tpu")
+
+
+def test_sitk_writes_int_images_we_read_back(tmp_path):
+    path = tmp_path / "ok.nrrd"
+    sitk.WriteImage(image_from_array(GOOD.astype(np.int16), np.eye(4)), str(path))
+    assert read_volume(path).array.shape == (20, 20, 20)
+
+
+@pytest.mark.parametrize("dtype", [bool, np.float16, np.int64, np.uint8, np.float64])
+def test_any_real_voxel_type_is_accepted(dtype):
+    image = (GOOD > 0).astype(dtype) if dtype is bool else ((GOOD > 0) * 200).astype(dtype)
+    result = run((image, np.eye(4)))
+    assert result.labels.shape == GOOD.shape
+    if dtype is not bool:  # 200 is inside the CT window: the threshold model finds the ball
+        assert result.labels.sum() > 0
+
+
+def test_inputs_by_channel_name():
+    package = threshold_package(in_channels=2, channel=1)
+    result = segment({"ch1": (GOOD, np.eye(4)), "ch0": (-GOOD, np.eye(4))}, package, device="cpu")
+    assert dice(result.labels == 1, GOOD > 0) > 0.8  # the ball of ch1 (the channel the network reads)
+    with pytest.raises(InputError, match="missing: ch1"):
+        segment({"ch0": (GOOD, np.eye(4))}, package, device="cpu")
+    with pytest.raises(InputError, match="unknown: t2"):
+        segment({"ch0": (GOOD, np.eye(4)), "ch1": (GOOD, np.eye(4)), "t2": (GOOD, np.eye(4))}, package, device="cpu")
+
+
+# --- the checked readers behind segment, evaluate and train (issue 11, part 2) ---------------------------
+
+
+def test_a_small_volume_warns_that_anatomy_may_be_missing():
+    """4 slices of 1 mm where the test model looks at 64 mm windows (32 voxels of 2 mm)."""
+    with pytest.warns(UserWarning, match=r"small for this model \(20 x 20 x 4 voxels, 20 x 20 x 4 mm; .* 64 mm"):
+        result = run((GOOD[:, :, 8:12], np.eye(4)))
+    assert any("small for this model" in w for w in result.warnings)
+    assert not [w for w in run((GOOD, np.eye(4))).warnings if "small" in w]  # 20 mm cube: a quarter window or more
+
+
+def test_reader_warnings_reach_the_result_and_report_json(tmp_path, capsys):
+    import json
+
+    from helpers.packages import make_package, tiny_config
+    from helpers.readers import write_dicom_series
+    from TokenUNetSegmentLib.pipeline import cli
+
+    folder = tmp_path / "ct"
+    pixels = np.full((40, 40, 40), -1000, np.int16)
+    pixels[10:30, 10:30, 10:30] = 200
+    write_dicom_series(folder, pixels, spacing=(1.0, 1.0, 1.0))
+    write_dicom_series(folder, pixels[:3], series="1.2.826.0.1.3680043.2.1125.1.9", description="scout", prefix="S")
+    expected = "ct holds 2 DICOM series; read the largest, 'test series' (40 files)"
+    with pytest.warns(UserWarning, match=r"ct holds 2 DICOM series"):
+        result = run(folder)
+    assert result.warnings[0].startswith(expected)
+    package = make_package(tmp_path, tiny_config(roi=(16, 16, 16)))
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match=r"ct holds 2 DICOM series"):
+        assert cli.main(["segment", str(folder), "--model", str(package), "--out", str(out), "--no-overview"]) == 0
+    assert json.loads((out / "report.json").read_text())["warnings"][0].startswith(expected)
+    assert f"warning: {expected}" in capsys.readouterr().err
+
+
+def _label_file(path, labels, affine, names):
+    import json
+
+    sitk.WriteImage(image_from_array(labels, affine), str(path))
+    path.with_name(path.name[: -len(".nii.gz")] + ".json").write_text(json.dumps(names))
+    return path
+
+
+def test_evaluate_refuses_a_prediction_that_does_not_overlap_the_reference(tmp_path, capsys):
+    """Before: Dice 0 for every label, exit code 0."""
+    from TokenUNetSegmentLib.pipeline import cli
+    from TokenUNetSegmentLib.pipeline.evaluate import evaluate_files
+
+    labels = (GOOD > 0).astype(np.uint8)
+    reference = _label_file(tmp_path / "ref.nii.gz", labels, np.eye(4), {"1": "ball"})
+    far = affine_from_spacing((1, 1, 1), origin=(0, 0, 400))
+    prediction = _label_file(tmp_path / "pred.nii.gz", labels, far, {"1": "ball"})
+    with pytest.raises(InputError, match=r"the prediction \(pred.nii.gz\) does not overlap the reference"):
+        evaluate_files(prediction, reference)
+    assert cli.main(["evaluate", str(reference), "--prediction", str(prediction)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the prediction") and err.count("\n") == 1 and len(err) <= 201
+    # shifted but overlapping: still evaluated
+    near = affine_from_spacing((1, 1, 1), origin=(0, 0, 5))
+    _label_file(tmp_path / "pred.nii.gz", labels, near, {"1": "ball"})
+    assert 0 < evaluate_files(prediction, reference)["labels"]["ball"]["dice"] < 1
+
+
+def test_evaluate_reports_reader_warnings(tmp_path):
+    from helpers.readers import write_dicom_series
+    from TokenUNetSegmentLib.pipeline.evaluate import evaluate_files
+
+    labels = (GOOD > 0).astype(np.int16)
+    positions = [float(k) + (0.05 if k == 3 else 0.0) for k in range(20)]
+    write_dicom_series(tmp_path / "ref", labels.transpose(2, 1, 0), spacing=(1.0, 1.0, 1.0), positions=positions)
+    (tmp_path / "names.json").write_text('{"1": "ball"}')
+    result = evaluate_files(tmp_path / "ref", tmp_path / "ref", tmp_path / "names.json", tmp_path / "names.json")
+    assert result["labels"]["ball"]["dice"] == 1.0
+    assert len(result["warnings"]) == 2 and "unevenly spaced" in result["warnings"][0]
+
+
+def test_train_refuses_a_label_map_that_does_not_overlap_its_image(tmp_path, capsys):
+    """Before: trained on background and wrote a package."""
+    import json
+
+    from helpers.training_data import train_config, write_dataset
+    from TokenUNetSegmentLib.pipeline import cli
+
+    datalist = write_dataset(tmp_path / "data", cases=1, validation=0)
+    label = tmp_path / "data" / "case0_seg.nii.gz"
+    moved = sitk.ReadImage(str(label))
+    moved.SetOrigin((0.0, 0.0, 500.0))
+    sitk.WriteImage(moved, str(label))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(train_config()))
+    out = tmp_path / "run"
+    assert cli.main(["train", str(datalist), "--config", str(config), "--out", str(out), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "case case0: the label map case0_seg.nii.gz does not overlap its image" in err and err.count("\n") == 1
+    assert not (out / "package").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "zero pixdim", "dicom gap", "huge header"])
+def test_reader_errors_exit_2_with_one_short_line_from_every_command(tmp_path, capsys, damage):
+    import gzip
+    import json
+
+    from helpers.packages import make_package, tiny_config
+    from helpers.readers import NIFTI_PIXDIM, dicom_array, edit_nifti, write_dicom_series, write_volume
+    from helpers.training_data import train_config
+    from TokenUNetSegmentLib.pipeline import cli
+
+    if damage == "dicom gap":
+        path = tmp_path / "ct"
+        write_dicom_series(path, dicom_array())
+        (path / "IM0005.dcm").unlink()
+    elif damage == "huge header":
+        path = tmp_path / "scan.nrrd"
+        path.write_bytes(
+            b"NRRD0004\ntype: short\ndimension: 3\nsizes: 9000 9000 9000\nencoding: gzip\n\n" + gzip.compress(b"0")
+        )
+    else:
+        path = write_volume(tmp_path, "nii.gz")
+        if damage == "truncate":
+            path.write_bytes(path.read_bytes()[:300])
+        else:
+            edit_nifti(path, NIFTI_PIXDIM + 4, "f", 0.0)
+    good = write_volume(tmp_path, "nrrd", stem="good")
+    names = tmp_path / "names.json"
+    names.write_text('{"1": "ball"}')
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [{"image": str(good), "label": str(path)}]}))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(train_config()))
+    package = make_package(tmp_path, tiny_config(roi=(16, 16, 16)))
+    commands = [
+        ["segment", str(path), "--model", str(package), "--out", str(tmp_path / "o")],
+        ["evaluate", str(path), "--prediction", str(good), "--reference-names", str(names)],
+        ["evaluate", str(good), "--prediction", str(path), "--reference-names", str(names)],
+        ["train", str(datalist), "--config", str(config), "--out", str(tmp_path / "run"), "--steps", "1"],
+    ]
+    for argv in commands:
+        capsys.readouterr()
+        code = cli.main(argv)
+        err = capsys.readouterr().err
+        assert code == 2, (argv, err)
+        assert err.startswith("error: ") and err.count("\n") == 1 and len(err) <= 201, err
+        assert "Traceback" not in err and "internal error" not in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "run" / "package").exists()
+
+
+def test_warnings_reach_the_slicer_module_runner(tmp_path):
+    """The module's subprocess run reads report.json back: its result carries the warnings (showing them in
+    the panel is the widget's part)."""
+    from helpers.packages import make_package, tiny_config
+    from TokenUNetSegmentLib.pipeline.run_contract import RunRequest, RunState
+    from TokenUNetSegmentLib.pipeline.subprocess_run import SubprocessRun
+
+    package = make_package(tmp_path, tiny_config(roi=(16, 16, 16), spacing=(3.0, 3.0, 3.0)))
+    thin = (GOOD[:, :, 8:12], np.eye(4))  # 4 slices of 1 mm
+    run = SubprocessRun(RunRequest(inputs=[thin], model=package, device="cpu", with_token_maps=False)).start()
+    assert run.wait(timeout=240) == RunState.COMPLETED, run.error
+    assert any("small for this model" in message for message in run.result.warnings)

@@ -1,0 +1,149 @@
+"""The command line: its commands, exit codes, one-line errors, typed error events, progress display."""
+
+import pytest
+from helpers.packages import make_package
+from helpers.processes import run_python
+from TokenUNetSegmentLib.pipeline import cli
+from TokenUNetSegmentLib.pipeline.run_contract import ErrorEvent, ExitCode, decode_event
+
+
+def segment_cli(path, package, out, *options) -> int:
+    """Exit code of ``segment PATH --model PACKAGE --out OUT OPTIONS...`` through the CLI."""
+    return cli.main(["segment", str(path), "--model", str(package), "--out", str(out), *options])
+
+
+def test_user_errors_exit_2_with_one_line(cli_case, tmp_path, capsys):
+    root, package, path = cli_case
+    for argv, message in [
+        (
+            ["segment", str(tmp_path / "missing.nii.gz"), "--model", str(package), "--out", str(tmp_path / "o")],
+            "input not found",
+        ),
+        (["segment", str(path), "--model", "no-such-model", "--out", str(tmp_path / "o")], "unknown model id"),
+        (
+            ["segment", str(path), str(path), "--model", str(package), "--out", str(tmp_path / "o")],
+            "needs 1 input channel",
+        ),
+        (["models", "remove", "no-such-model"], "unknown model id"),
+    ]:
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(Exception, match="input not found"):
+        cli.main(
+            [
+                "--debug",
+                "segment",
+                str(tmp_path / "missing.nii.gz"),
+                "--model",
+                str(package),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+
+
+def test_checksum_mismatch_through_the_cli(cli_case, tmp_path, capsys):
+    package = make_package(tmp_path)
+    weights = package / "models/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    assert cli.main(["models", "info", str(package)]) == 0  # metadata alone is fine
+    capsys.readouterr()
+    assert cli.main(["segment", str(cli_case[2]), "--model", str(package), "--out", str(tmp_path / "o")]) == 2
+    assert "checksum mismatch" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_progress_printer_bar_on_a_terminal_and_silent_otherwise():
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    printer = cli.ProgressPrinter("auto", terminal)
+    printer("inference", 0.5)
+    printer("write", 1.0)
+    printer.close()
+    text = terminal.getvalue()
+    assert text.count("\r") == 2 and "[###############...............]  50.0% inference" in text
+    assert "100.0% write" in text and text.endswith("\n")
+    pipe = io.StringIO()
+    silent = cli.ProgressPrinter("auto", pipe)
+    silent("inference", 0.5)
+    silent.close()
+    assert pipe.getvalue() == ""
+
+
+def test_cka_is_a_subcommand_of_the_pipeline_cli(tmp_path, capsys):
+    argv = [
+        "cka",
+        "--a",
+        "NoToken",
+        "--a-option",
+        "channels=(4, 8, 16, 32)",
+        "--b",
+        "8Token",
+        "--b-option",
+        "channels=(4, 8, 16, 32)",
+        "--size",
+        "16",
+        "--samples",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
+    assert cli.main(argv) == 0
+    assert (tmp_path / "cka.json").is_file()
+    assert cli.main(["cka", "--a", "Nope", "--b", "NoToken", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown network 'Nope'") and len(err.strip().splitlines()) == 1
+
+
+def test_help_lists_every_command_and_declares_none_of_their_arguments(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in ("segment", "models", "evaluate", "train", "cka"))
+    parser = cli.build_parser()  # no command named: subcommands listed, arguments not declared (no imports)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["segment", "ct.nii.gz", "--out", "o"])
+    capsys.readouterr()
+    args = cli.parse_arguments(["--catalog", "c.json", "segment", "ct.nii.gz", "--out", "o", "--no-heatmaps"])
+    assert (args.command, args.catalog, args.inputs, args.no_heatmaps) == ("segment", "c.json", ["ct.nii.gz"], True)
+
+
+def test_a_command_imports_only_its_own_modules():
+    code = (
+        "import sys\n"
+        "from TokenUNetSegmentLib.pipeline import cli\n"
+        "cli.parse_arguments(['segment', 'a.nii.gz', '--out', 'o'])\n"
+        "cli.parse_arguments(['models', 'list'])\n"
+        "print(sorted(m for m in sys.modules if m.endswith(('.trainer', '.evaluate', '.cka', 'training.command'))))\n"
+    )
+    assert run_python(code).strip() == "[]"
+
+
+def test_failures_with_json_progress_end_with_a_typed_error_event(cli_case, tmp_path, capsys):
+    root, package, path = cli_case
+    argv = ["segment", str(tmp_path / "missing.nii.gz"), "--model", str(package), "--out", str(tmp_path / "o")]
+    assert cli.main([*argv, "--progress", "json"]) == ExitCode.USER_ERROR
+    lines = capsys.readouterr().err.splitlines()
+    event = decode_event(lines[-1])
+    assert isinstance(event, ErrorEvent) and event.category == "user" and event.error_type == "InputError"
+    assert "input not found" in event.message and event.exit_code == 2
+    assert all(decode_event(line) is not None for line in lines)  # nothing but events on stderr
+
+
+def test_internal_errors_exit_1_with_a_hint_to_debug(monkeypatch, capsys):
+    from TokenUNetSegmentLib.pipeline import models_command
+
+    def broken(args):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(models_command, "run_models", broken)
+    assert cli.main(["models", "list"]) == ExitCode.INTERNAL_ERROR == 1
+    err = capsys.readouterr().err
+    assert err.startswith("internal error: KeyError") and "--debug" in err and err.count("\n") == 1

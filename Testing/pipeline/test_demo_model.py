@@ -1,0 +1,78 @@
+"""The bundled demo model: the catalog's default, a valid package whose SHA256 matches, and on the bundled
+sample it reproduces the Dice recorded in its package (a regression test of the whole pipeline)."""
+
+import json
+
+import pytest
+from helpers.paths import RESOURCES
+from helpers.paths import SAMPLE_LABELS as REFERENCE
+from TokenUNetSegmentLib.pipeline.catalog import ModelStore
+from TokenUNetSegmentLib.pipeline.checksums import sha256_file
+from TokenUNetSegmentLib.pipeline.evaluate import evaluate_files, name_table
+from TokenUNetSegmentLib.pipeline.package_loader import load_package
+from TokenUNetSegmentLib.pipeline.package_source import read_metadata
+from TokenUNetSegmentLib.pipeline.volumes import Volume
+
+BTCV = [
+    "spleen",
+    "right kidney",
+    "left kidney",
+    "gallbladder",
+    "liver",
+    "stomach",
+    "aorta",
+    "inferior vena cava",
+    "portal vein and splenic vein",
+    "pancreas",
+    "right adrenal gland",
+    "left adrenal gland",
+]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return ModelStore(home=tmp_path_factory.mktemp("home"))  # no cached packages shadow the bundled one
+
+
+def test_default_model_is_the_bundled_demo(store):
+    model_id = store.default_id()
+    assert model_id is not None
+    entry = store.entry(model_id)
+    assert entry.source == "bundled" and entry.available
+    assert entry.path.is_relative_to(RESOURCES / "Models")
+    catalog = json.loads((RESOURCES / "Models.json").read_text())
+    assert [m["id"] for m in catalog["models"]].count(model_id) == 1
+
+
+def test_bundled_package_validates_and_its_checksum_matches(store):
+    path = store.resolve(None)
+    config = read_metadata(path).config  # schema and semantic checks
+    weights = path / config.weights.file
+    assert sha256_file(weights) == config.weights.sha256
+    assert weights.stat().st_size < 20e6
+    package = load_package(path)
+    assert [label.name for label in package.labels] == BTCV
+    assert all(label.terminology["type"][0] == "SCT" for label in package.labels)
+    modifiers = {label.name: label.terminology.get("modifier", [None, None, None])[2] for label in package.labels}
+    assert modifiers["right kidney"] == "Right" and modifiers["left adrenal gland"] == "Left"
+    assert config.preprocessing.spacing == (3.0, 3.0, 3.0)
+    card = (path / "docs" / "README.md").read_text()
+    assert "not for clinical use" in card.lower() and "model-generated" in card
+    assert "CC BY 4.0" in (path / "LICENSE").read_text()
+    record = config.training
+    assert record["steps_done"] > 0 and record["seconds"] > 0 and record["evaluation"]["sample"]["dice"]
+
+
+def test_bundled_model_reproduces_its_recorded_dice_on_the_sample(store, sample_result):
+    """The session's one segmentation of the sample (the CLI with the catalog default) against the Dice the
+    package records: a regression test of the whole pipeline."""
+    recorded = read_metadata(store.resolve(None)).config.training["evaluation"]["sample"]
+    result = sample_result
+    assert result.model_id == store.default_id()
+    table = {label.value: label.name for label in result.label_table}
+    metrics = evaluate_files((Volume(result.labels, result.affine, "prediction"), table), REFERENCE, hd95=False)
+    assert name_table(REFERENCE) is not None  # the sample's sidecar name table matched the labels by name
+    assert set(recorded["dice"]) <= set(metrics["labels"])
+    for name, dice in recorded["dice"].items():
+        assert metrics["labels"][name]["dice"] == pytest.approx(dice, abs=0.01), name
+    assert metrics["mean_dice"] == pytest.approx(recorded["mean_dice"], abs=0.01)

@@ -1,0 +1,167 @@
+"""DICOM series folders: slices that do not make one regular grid are refused; what a careful reader goes on
+with (several series, slightly uneven spacing, an unreadable extra file) comes back as a warning."""
+
+import shutil
+
+import numpy as np
+import pytest
+from helpers.readers import dicom_array, write_dicom_series
+from TokenUNetSegmentLib.pipeline.errors import InputError
+from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing
+from TokenUNetSegmentLib.pipeline.volumes import read_volume
+
+PIXELS = dicom_array()  # (k, j, i): 12 slices of 16 x 20
+SERIES_AFFINE = affine_from_spacing((0.8, 0.8, 2.5), direction=np.diag([-1.0, -1.0, 1.0]))  # LPS axes in RAS
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dicom") / "ct"
+    write_dicom_series(folder, PIXELS)
+    return folder
+
+
+def copy_of(series, tmp_path, name="ct"):
+    return shutil.copytree(series, tmp_path / name)
+
+
+def short_line(error: InputError) -> None:
+    line = f"error: {error}"
+    assert "\n" not in line and len(line) <= 200, line
+
+
+def test_a_regular_series_reads_with_its_geometry(series):
+    volume = read_volume(series)
+    np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
+    np.testing.assert_allclose(volume.affine, SERIES_AFFINE, atol=1e-6)
+    assert volume.warnings == []
+
+
+def test_slices_are_placed_by_position_whatever_their_order(tmp_path):
+    positions = [27.5 - 2.5 * k for k in range(12)]  # written top to bottom, numbered the other way
+    write_dicom_series(tmp_path / "ct", PIXELS, positions=positions)
+    volume = read_volume(tmp_path / "ct")
+    np.testing.assert_array_equal(volume.array, PIXELS[::-1].transpose(2, 1, 0))
+    np.testing.assert_allclose(volume.affine, SERIES_AFFINE, atol=1e-6)
+
+
+def test_a_missing_slice_is_refused_not_stretched(series, tmp_path):
+    """Before: read as 11 slices 2.75 mm apart, everything past the gap shifted by up to 2.5 mm."""
+    folder = copy_of(series, tmp_path)
+    (folder / "IM0006.dcm").unlink()
+    with pytest.raises(InputError, match=r"misses about 1 slice\(s\): a 5.00 mm gap after 10.00 mm .* 2.50 mm apart"):
+        read_volume(folder)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.98])
+def test_a_corrupt_slice_that_the_scanner_drops_is_named(series, tmp_path, keep):
+    folder = copy_of(series, tmp_path)
+    damaged = folder / "IM0006.dcm"
+    damaged.write_bytes(damaged.read_bytes()[: int(damaged.stat().st_size * keep)])
+    with pytest.raises(InputError, match=r"misses about 1 slice.*1 damaged file\(s\) left out, e.g. IM0006.dcm") as e:
+        read_volume(folder)
+    short_line(e.value)
+
+
+def test_a_damaged_last_slice_is_left_out_with_a_warning(series, tmp_path):
+    folder = copy_of(series, tmp_path)
+    (folder / "IM0012.dcm").write_bytes((folder / "IM0012.dcm").read_bytes()[:400])
+    volume = read_volume(folder)
+    assert volume.array.shape == (20, 16, 11)
+    assert volume.warnings == [
+        "1 DICOM file(s) in ct could not be read and were left out (e.g. IM0012.dcm); the volume may be incomplete"
+    ]
+
+
+def test_duplicate_slices_are_refused(series, tmp_path):
+    folder = copy_of(series, tmp_path)
+    write_dicom_series(folder, PIXELS[4:5], positions=[10.0], prefix="DUP", first_number=99)
+    with pytest.raises(InputError, match=r"has 1 slice\(s\) at the same position as another \(e.g. 10.00 mm\)"):
+        read_volume(folder)
+
+
+def test_slightly_uneven_spacing_is_read_with_a_warning(tmp_path):
+    positions = [2.5 * k + (0.1 if k == 4 else 0.0) for k in range(12)]
+    write_dicom_series(tmp_path / "ct", PIXELS, positions=positions)
+    volume = read_volume(tmp_path / "ct")
+    np.testing.assert_allclose(volume.grid.spacing, (0.8, 0.8, 2.5))
+    assert volume.warnings == [
+        "the DICOM slices in ct are unevenly spaced (2.400 to 2.600 mm): read with a uniform 2.500 mm, "
+        "positions off by up to 0.100 mm"
+    ]
+
+
+def test_uneven_spacing_beyond_tolerance_is_refused(tmp_path):
+    positions = [2.5 * k + (0.6 if k == 4 else 0.0) for k in range(12)]
+    write_dicom_series(tmp_path / "ct", PIXELS, positions=positions)
+    with pytest.raises(InputError, match=r"uneven slice spacing \(1.90 to 3.10 mm\)"):
+        read_volume(tmp_path / "ct")
+
+
+def test_rounding_in_positions_is_not_uneven(tmp_path):
+    positions = [2.5 * k + (0.004 if k % 2 else 0.0) for k in range(12)]
+    write_dicom_series(tmp_path / "ct", PIXELS, positions=positions)
+    assert read_volume(tmp_path / "ct").warnings == []
+
+
+def test_several_series_read_the_largest_and_say_which(series, tmp_path):
+    """Before: the largest was taken silently."""
+    folder = copy_of(series, tmp_path)
+    write_dicom_series(folder, PIXELS[:5], series="1.2.826.0.1.3680043.2.1125.1.2", description="scout", prefix="S")
+    volume = read_volume(folder)
+    np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
+    assert volume.warnings == [
+        "ct holds 2 DICOM series; read the largest, 'test series' (12 files): put one series per folder to "
+        "choose another"
+    ]
+
+
+def test_mixed_orientations_within_a_series_are_refused(series, tmp_path):
+    folder = copy_of(series, tmp_path)
+    write_dicom_series(folder, PIXELS[:1], orientation=(1, 0, 0, 0, 0, -1), prefix="COR", first_number=50)
+    with pytest.raises(InputError, match=r"mixes slice orientations \(IM0001.dcm, COR0050.dcm\)") as error:
+        read_volume(folder)
+    short_line(error.value)
+
+
+def test_slices_of_different_sizes_are_refused(series, tmp_path):
+    folder = copy_of(series, tmp_path)
+    write_dicom_series(folder, PIXELS[:1, :8, :8], positions=[30.0], prefix="SMALL", first_number=50)
+    with pytest.raises(InputError, match=r"mixes slice sizes \(20 x 16 and 8 x 8\)"):
+        read_volume(folder)
+
+
+def test_mixed_pixel_spacing_is_refused(series, tmp_path):
+    folder = copy_of(series, tmp_path)
+    write_dicom_series(folder, PIXELS[:1], spacing=(0.5, 0.5, 2.5), positions=[30.0], prefix="FINE", first_number=50)
+    with pytest.raises(InputError, match="mixes pixel spacings or pixel types"):
+        read_volume(folder)
+
+
+def test_a_tilted_series_is_refused(tmp_path):
+    write_dicom_series(tmp_path / "ct", PIXELS, origin=[(0.0, 0.5 * k) for k in range(12)])
+    with pytest.raises(InputError, match="shifted in plane from slice to slice .gantry tilt"):
+        read_volume(tmp_path / "ct")
+
+
+def test_an_oblique_regular_series_is_read(tmp_path):
+    c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+    write_dicom_series(tmp_path / "ct", PIXELS, orientation=(c, s, 0, -s, c, 0))
+    volume = read_volume(tmp_path / "ct")
+    assert volume.warnings == [] and volume.array.shape == (20, 16, 12)
+    np.testing.assert_allclose(volume.grid.spacing, (0.8, 0.8, 2.5), atol=1e-6)
+
+
+def test_one_slice_or_no_dicom(tmp_path):
+    write_dicom_series(tmp_path / "one", PIXELS[:1])
+    with pytest.raises(InputError, match="has one slice"):
+        read_volume(tmp_path / "one")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(InputError, match="without a DICOM series"):
+        read_volume(tmp_path / "empty")
+
+
+def test_a_series_over_the_memory_limit_is_refused_before_reading(series):
+    with pytest.raises(InputError, match=r"ct declares 20 x 16 x 12 voxels of 16-bit signed integer"):
+        read_volume(series, limit=1000)

@@ -1,0 +1,148 @@
+"""The evaluate command: Dice, HD95 and volume difference per label, labels matched by name."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from helpers.packages import ball_phantom, make_package, tiny_config
+from TokenUNetSegmentLib.pipeline import cli
+from TokenUNetSegmentLib.pipeline.errors import InputError
+from TokenUNetSegmentLib.pipeline.evaluate import evaluate_files, hausdorff95, label_metrics, match_labels, name_table
+from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
+from TokenUNetSegmentLib.pipeline.metadata import Label
+from TokenUNetSegmentLib.pipeline.nrrd import write_segmentation
+
+AFFINE = affine_from_spacing((2.0, 2.0, 3.0))
+SHAPE = (30, 30, 20)
+
+
+def two_balls():
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[ball_phantom(SHAPE, (9, 15, 10), (5, 5, 4)) > 0] = 1
+    labels[ball_phantom(SHAPE, (21, 15, 10), (4, 6, 4)) > 0] = 2
+    return labels
+
+
+def write(path, array, names=None):
+    sitk.WriteImage(image_from_array(array, AFFINE), str(path))
+    if names is not None:
+        stem = path.name[: -len(".nii.gz")]
+        path.with_name(stem + ".json").write_text(json.dumps(names))
+    return path
+
+
+def test_identical_gives_dice_one_and_zero_distance():
+    labels = two_balls()
+    metrics = label_metrics(labels, labels, [(1, 1, "a"), (2, 2, "b")], (2.0, 2.0, 3.0))
+    for m in metrics.values():
+        assert m["dice"] == pytest.approx(1.0)
+        assert m["hd95_mm"] == pytest.approx(0.0)
+        assert m["volume_difference_ml"] == 0.0
+    assert metrics["a"]["volume_ml"] == pytest.approx((labels == 1).sum() * 12 / 1000, abs=1e-3)
+
+
+def test_disjoint_gives_dice_zero_and_the_distance_apart():
+    labels = two_balls()
+    metrics = label_metrics(labels, labels, [(1, 2, "swapped")], (2.0, 2.0, 3.0))
+    assert metrics["swapped"]["dice"] == 0.0
+    assert 10.0 < metrics["swapped"]["hd95_mm"] < 40.0
+    empty = label_metrics(np.zeros(SHAPE, np.uint8), labels, [(1, 1, "a"), (3, 3, "none")], (1, 1, 1))
+    assert empty["a"]["dice"] == 0.0 and empty["a"]["hd95_mm"] is None
+    assert empty["none"]["dice"] is None and empty["a"]["volume_difference_percent"] == -100.0
+
+
+def test_shifted_ball_has_known_dice():
+    a = np.zeros(SHAPE, np.uint8)
+    b = np.zeros(SHAPE, np.uint8)
+    a[5:15, 5:15, 5:15] = 1
+    b[10:20, 5:15, 5:15] = 1  # half overlap
+    assert label_metrics(a, b, [(1, 1, "cube")], (1, 1, 1), hd95=False)["cube"]["dice"] == pytest.approx(0.5)
+
+
+def test_labels_are_matched_by_name_not_value(tmp_path):
+    labels = two_balls()
+    swapped = np.zeros_like(labels)
+    swapped[labels == 1], swapped[labels == 2] = 7, 3
+    reference = write(tmp_path / "ref.nii.gz", swapped, {"7": "Left Kidney", "3": "spleen", "9": "liver"})
+    prediction = tmp_path / "pred.seg.nrrd"
+    table = [Label(1, "left kidney", (1, 2, 3)), Label(2, "Spleen", (3, 2, 1)), Label(3, "aorta", (0, 0, 0))]
+    write_segmentation(prediction, labels, AFFINE, table)
+    assert name_table(prediction) == {1: "left kidney", 2: "Spleen", 3: "aorta"}
+    result = evaluate_files(prediction, reference)
+    assert result["labels"]["left kidney"]["dice"] == pytest.approx(1.0)
+    assert result["labels"]["Spleen"]["dice"] == pytest.approx(1.0)
+    assert result["unmatched"] == {"prediction_only": ["aorta"], "reference_only": ["liver"]}
+    pairs, _ = match_labels({1: "inferior-vena cava"}, {5: "Inferior vena_cava"})
+    assert pairs == [(1, 5, "inferior-vena cava")]
+
+
+def test_prediction_on_another_grid_is_resampled(tmp_path):
+    labels = two_balls()
+    reference = write(tmp_path / "ref.nii.gz", labels, {"1": "a", "2": "b"})
+    fine = np.repeat(labels, 2, axis=0)  # 1 mm along i, same physical extent
+    fine_affine = affine_from_spacing((1.0, 2.0, 3.0), origin=(-0.5, 0, 0))
+    sitk.WriteImage(image_from_array(fine, fine_affine), str(tmp_path / "pred.nii.gz"))
+    result = evaluate_files(tmp_path / "pred.nii.gz", reference, prediction_names={"1": "a", "2": "b"})
+    assert result["labels"]["a"]["dice"] > 0.95 and result["labels"]["b"]["dice"] > 0.95
+
+
+def test_missing_name_table_is_an_error(tmp_path):
+    labels = two_balls()
+    reference = write(tmp_path / "ref.nii.gz", labels, {"1": "a"})
+    prediction = write(tmp_path / "pred.nii.gz", labels)
+    with pytest.raises(InputError, match="no name table"):
+        evaluate_files(prediction, reference)
+
+
+def test_evaluate_command_writes_json_and_a_table(tmp_path, capsys):
+    labels = two_balls()
+    reference = write(tmp_path / "ref.nii.gz", labels, {"1": "organ1", "2": "organ2"})
+    damaged = labels.copy()
+    damaged[damaged == 2] = 0
+    prediction = write(tmp_path / "pred.nii.gz", damaged, {"1": "organ1", "2": "organ2"})
+    out = tmp_path / "metrics.json"
+    assert cli.main(["evaluate", str(reference), "--prediction", str(prediction), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "organ1" in printed and "1.000" in printed and "mean" in printed
+    result = json.loads(out.read_text())
+    assert result["labels"]["organ1"]["dice"] == pytest.approx(1.0)
+    assert result["labels"]["organ2"]["dice"] == 0.0
+    assert result["mean_dice"] == pytest.approx(0.5)
+
+
+def test_evaluate_command_runs_a_model(tmp_path):
+    package = make_package(tmp_path, tiny_config(labels=2, spacing=(2.0, 2.0, 3.0)))
+    image = ball_phantom(SHAPE, (15, 15, 10), (8, 8, 6), value=200, background=-1000)
+    write(tmp_path / "ct.nii.gz", image.astype(np.int16))
+    reference = write(tmp_path / "ref.nii.gz", two_balls(), {"1": "organ1", "2": "organ2"})
+    out = tmp_path / "metrics.json"
+    code = cli.main(
+        ["evaluate", str(reference), "--model", str(package), "--image", str(tmp_path / "ct.nii.gz")]
+        + ["--json", str(out), "--no-hd95"]
+    )
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert set(result["labels"]) == {"organ1", "organ2"} and result["segment_seconds"] > 0
+    assert cli.main(["evaluate", str(reference), "--model", str(package)]) == 2  # --image missing
+
+
+def test_hd95_matches_a_brute_force_computation():
+    rng = np.random.default_rng(3)
+    a = ball_phantom(SHAPE, (14, 15, 10), (6, 5, 4)) > 0
+    b = (ball_phantom(SHAPE, (17, 13, 9), (5, 7, 4)) > 0) | (rng.random(SHAPE) > 0.999)
+    spacing = np.array([2.0, 1.5, 3.0])
+
+    def edges(mask):  # a voxel with any 6-neighbour outside (outside the array counts as outside)
+        out = np.zeros_like(mask)
+        for i, j, k in np.argwhere(mask):
+            for d in np.vstack([np.eye(3, dtype=int), -np.eye(3, dtype=int)]):
+                n = np.array([i, j, k]) + d
+                if np.any(n < 0) or np.any(n >= SHAPE) or not mask[tuple(n)]:
+                    out[i, j, k] = True
+        return out
+
+    pa, pb = np.argwhere(edges(a)) * spacing, np.argwhere(edges(b)) * spacing
+    d = np.linalg.norm(pa[:, None] - pb[None], axis=-1)
+    expected = max(np.percentile(d.min(1), 95), np.percentile(d.min(0), 95))
+    assert hausdorff95(a, b, spacing) == pytest.approx(expected, rel=1e-9)

@@ -1,0 +1,69 @@
+"""The output folder: its writer and its reader agree (a round trip without Slicer), and the 2 GiB grid rule."""
+
+import json
+
+import numpy as np
+import pytest
+from helpers.packages import ball_phantom, threshold_package
+from TokenUNetSegmentLib.pipeline.outputs import (
+    ATTENTION_DIR,
+    MAP_STEPS,
+    choose_attention_grid,
+    read_outputs,
+    token_map_file,
+    write_outputs,
+)
+from TokenUNetSegmentLib.pipeline.segmentation import segment
+
+AFFINE = np.array([[1.5, 0, 0, -10.0], [0, -1.5, 0, 20.0], [0, 0, 2.5, -5.0], [0, 0, 0, 1]])
+
+
+@pytest.fixture(scope="module")
+def result():
+    image = ball_phantom((40, 36, 24), (20, 18, 12), (9, 8, 6))
+    return segment([(image, AFFINE)], threshold_package(), device="cpu", probabilities=True)
+
+
+def test_the_folder_reads_back_as_the_result_it_was_written_from(result, tmp_path):
+    written = write_outputs(result, tmp_path / "out", attention_grid="token", overview=False)
+    assert set(written) == {"segmentation", "attention", "probabilities", "report"}
+    back = read_outputs(tmp_path / "out", AFFINE)
+    np.testing.assert_array_equal(back.labels, result.labels)
+    np.testing.assert_array_equal(back.affine, AFFINE)
+    assert back.label_table == result.label_table and back.model_id == result.model_id
+    assert back.volumes_ml == pytest.approx(result.volumes_ml, abs=1e-3) and back.device == result.device
+    assert back.token_matches == result.token_matches and back.warnings == result.warnings
+    assert back.token_maps.kinds == result.token_maps.kinds and back.token_maps.num_tokens == 2
+    np.testing.assert_allclose(back.token_maps.coarse_grid.affine, result.token_maps.coarse_grid.affine, atol=1e-6)
+    for kind in result.token_maps.kinds:  # written in steps of 1/1024
+        np.testing.assert_allclose(back.token_maps.coarse[kind], result.token_maps.coarse[kind], atol=0.5 / MAP_STEPS)
+        np.testing.assert_allclose(back.token_maps.get(kind, 0), result.token_maps.get(kind, 0), atol=1 / MAP_STEPS)
+    for name, array in result.probabilities.items():
+        np.testing.assert_allclose(back.probabilities[name], array, atol=1e-6)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert {m["file"] for m in report["attention_maps"]} == {
+        token_map_file(t, k) for k in ("gather", "broadcast") for t in (0, 1)
+    }
+    assert sorted(report["files"]) == sorted(["segmentation.seg.nrrd", ATTENTION_DIR, "probabilities", "report.json"])
+
+
+def test_the_reader_refuses_maps_on_the_input_grid_and_another_geometry(result, tmp_path):
+    write_outputs(result, tmp_path / "input", attention_grid="input", overview=False)
+    with pytest.raises(ValueError, match="not written on the token grid"):
+        read_outputs(tmp_path / "input")
+    write_outputs(result, tmp_path / "token", attention_grid="token", overview=False)
+    moved = AFFINE.copy()
+    moved[0, 3] += 5.0
+    with pytest.raises(ValueError, match="geometry differs"):
+        read_outputs(tmp_path / "token", moved)
+
+
+def test_auto_attention_grid_keeps_the_input_grid_until_maps_get_large():
+    assert choose_attention_grid("auto", 1, 8, 122 * 101 * 112) == "input"
+    assert choose_attention_grid("auto", 2, 32, 512 * 512 * 300) == "token"  # 64 maps of 300 MB each
+    assert choose_attention_grid("auto", 2, 32, 512 * 512 * 300, limit=2**40) == "input"
+    assert (
+        choose_attention_grid("token", 1, 1, 1) == "token" and choose_attention_grid("input", 9, 99, 10**9) == "input"
+    )
+    with pytest.raises(ValueError, match="unknown attention grid 'coarse'"):
+        choose_attention_grid("coarse", 1, 1, 1)

@@ -1,0 +1,221 @@
+"""The ``segment`` command end to end: files Slicer reads, report, overview, typed progress events, cancel."""
+
+import json
+import signal
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from helpers.packages import PHANTOM_AFFINE, ball_phantom, make_package, tiny_config
+from helpers.paths import MODULE_DIR, SAMPLE_CT
+from TokenUNetSegmentLib.pipeline import cli, segment_command
+from TokenUNetSegmentLib.pipeline.errors import CancelledError
+from TokenUNetSegmentLib.pipeline.geometry import affine_of_image, image_from_array
+from TokenUNetSegmentLib.pipeline.nrrd import read_nrrd_fields
+from TokenUNetSegmentLib.pipeline.package_loader import load_package
+from TokenUNetSegmentLib.pipeline.package_source import read_metadata
+from TokenUNetSegmentLib.pipeline.run_contract import ErrorEvent, ProgressEvent, ResultEvent, decode_event
+from TokenUNetSegmentLib.pipeline.segmentation import segment
+
+
+def png_size(path):
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    idat, position = b"", 8
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        if kind == b"IDAT":
+            idat += data[position + 8 : position + 8 + length]
+        position += 12 + length
+    assert len(zlib.decompress(idat)) == height * (3 * width + 1)
+    return width, height
+
+
+def test_segment_end_to_end_writes_what_slicer_reads(cli_case, tmp_path, capsys):
+    """The command in this process (the ``python -m`` entry and its own process are the session's sample run's)."""
+    root, package, path = cli_case
+    out = tmp_path / "out"
+    assert segment_cli(path, package, out, "--device", "cpu", "--overlap", "0.25") == 0
+    assert f"wrote {out / 'segmentation.seg.nrrd'}" in capsys.readouterr().out
+    # the segmentation: geometry of the input, labels equal to the in-process result
+    seg_path = out / "segmentation.seg.nrrd"
+    seg = sitk.ReadImage(str(seg_path))
+    np.testing.assert_allclose(affine_of_image(seg), PHANTOM_AFFINE, atol=1e-6)
+    labels = sitk.GetArrayFromImage(seg).transpose(2, 1, 0)
+    expected = segment(path, load_package(package), device="cpu", overlap=0.25).labels
+    np.testing.assert_array_equal(labels, expected)
+    fields = read_nrrd_fields(seg_path)
+    for index, name in enumerate(["organ1", "organ2"]):
+        assert fields[f"Segment{index}_Name"] == name and fields[f"Segment{index}_ID"] == name
+        assert fields[f"Segment{index}_LabelValue"] == str(index + 1) and fields[f"Segment{index}_Layer"] == "0"
+        assert len(fields[f"Segment{index}_Color"].split()) == 3
+        tags = fields[f"Segment{index}_Tags"]
+        entry = tags.split("TerminologyEntry:")[1].split("|")[0]
+        assert entry.split("~")[1:3] == ["SCT^123037004^Anatomical Structure", "SCT^78961009^Spleen"]
+        assert len(entry.split("~")) == 7
+        mask = labels == index + 1
+        if mask.any():
+            hits = np.argwhere(mask)
+            extent = [int(v) for v in fields[f"Segment{index}_Extent"].split()]
+            assert extent == [v for a in range(3) for v in (hits[:, a].min(), hits[:, a].max())]
+    assert fields["space"] == "left-posterior-superior"
+    # token maps on the input grid, in [0, 1]
+    maps = sorted((out / "attention").glob("*.nrrd"))
+    assert len(maps) == 16
+    heat = sitk.ReadImage(str(maps[0]))
+    np.testing.assert_allclose(affine_of_image(heat), PHANTOM_AFFINE, atol=1e-6)
+    values = sitk.GetArrayFromImage(heat)
+    assert values.shape == labels.shape[::-1] and values.min() >= 0 and values.max() <= 1
+    assert read_nrrd_fields(maps[0])["TokenUNet_BestLabel"] in ("organ1", "organ2")
+    # the report
+    report = json.loads((out / "report.json").read_text())
+    assert report["device"] == "cpu" and report["model"] == "tiny-ct"
+    assert {"load", "preprocess", "inference", "postprocess", "map back", "total"} <= set(report["timings_s"])
+    assert [label["name"] for label in report["labels"]] == ["organ1", "organ2"]
+    voxel_ml = 1.4 * 1.2 * 2.5 / 1000
+    assert report["labels"][0]["volume_ml"] == pytest.approx((labels == 1).sum() * voxel_ml, abs=1e-3)
+    assert len(report["token_matches"]) == 16 and len(report["attention_maps"]) == 16
+    # the overview: 3 views per row, labels + 3 token rows
+    width, height = png_size(out / "overview.png")
+    assert width == 3 * 220 and height == 4 * 220
+
+
+def segment_cli(path, package, out, *options) -> int:
+    """Exit code of ``segment PATH --model PACKAGE --out OUT OPTIONS...`` through the CLI."""
+    return cli.main(["segment", str(path), "--model", str(package), "--out", str(out), *options])
+
+
+def test_progress_json_lines_are_monotonic_and_cover_writing(cli_case, tmp_path, capsys):
+    root, package, path = cli_case
+    assert segment_cli(path, package, tmp_path / "out", "--no-overview", "--progress", "json") == 0
+    events = [decode_event(line) for line in capsys.readouterr().err.splitlines()]
+    assert None not in events  # stderr carries typed events only
+    progress = [e for e in events if isinstance(e, ProgressEvent)]
+    fractions = [e.fraction for e in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert progress[-1].stage == "write" and max(e.fraction for e in progress if e.stage != "write") <= 0.9
+    assert [e.elapsed for e in progress] == sorted(e.elapsed for e in progress)
+    result = events[-1]  # the last event says what was written
+    assert isinstance(result, ResultEvent) and Path(result.folder) == (tmp_path / "out").resolve()
+    assert result.files["segmentation"] == "segmentation.seg.nrrd" and result.files["report"] == "report.json"
+    assert all((tmp_path / "out" / name).exists() for name in result.files.values())
+
+
+def test_token_grid_attention_and_probabilities(cli_case, tmp_path):
+    root, package, path = cli_case
+    options = ["--device", "cpu", "--attention-grid", "token", "--probabilities", "--smooth", "--no-overview"]
+    assert segment_cli(path, package, tmp_path, *options, "--progress", "none") == 0
+    heat = sitk.ReadImage(str(tmp_path / "attention" / "token00_gather.nrrd"))
+    assert heat.GetSpacing() == pytest.approx((24.0, 24.0, 24.0))  # 8 x the 3 mm model spacing
+    assert sorted(p.name for p in (tmp_path / "probabilities").iterdir()) == ["organ1.nrrd", "organ2.nrrd"]
+    assert not (tmp_path / "overview.png").exists()
+
+
+def test_auto_attention_grid_keeps_large_maps_on_the_token_grid(cli_case, tmp_path, monkeypatch):
+    from TokenUNetSegmentLib.pipeline import outputs
+
+    root, package, path = cli_case
+    monkeypatch.setattr(outputs, "AUTO_INPUT_GRID_LIMIT", 1000)
+    assert cli.main(["segment", str(path), "--model", str(package), "--out", str(tmp_path), "--no-overview"]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["attention_grid"] == "token"
+    assert sitk.ReadImage(str(tmp_path / "attention" / "token03_broadcast.nrrd")).GetSpacing() == pytest.approx(
+        (24.0, 24.0, 24.0)
+    )
+
+
+def test_cancelled_run_leaves_no_output(cli_case, tmp_path):
+    root, package, path = cli_case
+    out = tmp_path / "out"
+    args = cli.parse_arguments(
+        ["segment", str(path), "--model", str(package), "--out", str(out), "--progress", "none", "--overlap", "0.5"]
+    )
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 12  # after a few windows
+
+    with pytest.raises(CancelledError):
+        segment_command.run_segment(args, cancel=cancel)
+    assert not out.exists()
+    # an existing folder keeps its content and gets nothing new
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    calls.clear()
+    with pytest.raises(CancelledError):
+        segment_command.run_segment(args, cancel=cancel)
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_cancels_between_windows_and_exits_130(cli_case, tmp_path):
+    root, _, path = cli_case
+    package = make_package(tmp_path, tiny_config(roi=(16, 16, 16), spacing=(3.0, 3.0, 3.0)))  # many windows
+    out = tmp_path / "out"
+    arguments = ["segment", str(path), "--model", str(package), "--out", str(out), "--progress", "json"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "TokenUNetSegmentLib.pipeline", *arguments, "--overlap", "0.75"],
+        cwd=MODULE_DIR,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stderr:
+        if decode_event(line).stage == "inference":
+            process.send_signal(signal.SIGTERM)
+            break
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 130, stderr
+    last = decode_event(stderr.splitlines()[-1])  # a typed error event, not an "error:" line
+    assert isinstance(last, ErrorEvent) and last.category == "cancelled" and last.exit_code == 130
+    assert not out.exists()
+
+
+def test_multichannel_files_are_assigned_by_name(tmp_path):
+    config = tiny_config("two-channel", in_channels=2, intensity={"method": "zscore"}, roi=(32, 32, 32))
+    config["inputs"][0]["patterns"], config["inputs"][1]["patterns"] = ["*t1c*"], ["*flair*"]
+    package = make_package(tmp_path, config)
+    t1c = ball_phantom((30, 30, 30), (12, 15, 15), (6, 6, 6), value=300, background=10)
+    flair = ball_phantom((30, 30, 30), (18, 15, 15), (8, 8, 8), value=500, background=20)
+    paths = []
+    for name, image in (("case_t1c.nii.gz", t1c), ("case_flair.nii.gz", flair)):
+        sitk.WriteImage(image_from_array(image, np.eye(4)), str(tmp_path / name))
+        paths.append(str(tmp_path / name))
+    common = ["--model", str(package), "--no-overview", "--no-heatmaps", "--progress", "none"]
+    assert cli.main(["segment", *paths, "--out", str(tmp_path / "a"), *common]) == 0
+    assert cli.main(["segment", *paths[::-1], "--out", str(tmp_path / "b"), *common]) == 0
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a/segmentation.seg.nrrd")))
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "b/segmentation.seg.nrrd")))
+    np.testing.assert_array_equal(a, b)
+    report = json.loads((tmp_path / "b/report.json").read_text())
+    assert report["inputs"] == {"ch0": paths[0], "ch1": paths[1]}
+
+
+def test_segment_the_bundled_real_ct_end_to_end(sample_cli_run):
+    """The real abdominal CT file (LPS-flipped direction, int32 voxels) through the CLI with the catalog's default
+    model (the session's one run of the sample; see conftest.py)."""
+    out = sample_cli_run.folder
+    source = sitk.ReadImage(str(SAMPLE_CT))
+    seg = sitk.ReadImage(str(out / "segmentation.seg.nrrd"))
+    np.testing.assert_allclose(affine_of_image(seg), affine_of_image(source), atol=1e-4)
+    assert seg.GetSize() == source.GetSize()
+    report = json.loads((out / "report.json").read_text())
+    config = read_metadata(report["package"]["path"]).config
+    assert report["model"] == config.id and [label["name"] for label in report["labels"]] == [
+        label.name for label in config.labels
+    ]
+    assert report["attention_grid"] == "token"
+    tokens = report["token_matches"][-1]["token"] + 1
+    assert len(list((out / "attention").glob("*.nrrd"))) == 2 * tokens == len(report["attention_maps"])
+    assert png_size(out / "overview.png") == (3 * 220, 4 * 220)
+    events = [decode_event(line) for line in sample_cli_run.stderr.splitlines()]
+    assert None not in events and isinstance(events[-1], ResultEvent)
+    fractions = [e.fraction for e in events if isinstance(e, ProgressEvent)]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert f"wrote {out / 'segmentation.seg.nrrd'}" in sample_cli_run.stdout

@@ -1,0 +1,72 @@
+"""A run in a child process (pipeline layer, no Slicer): process-tree handling, and the typed events that carry
+the child's error back."""
+
+import sys
+import time
+
+import numpy as np
+import pytest
+from helpers.processes import alive
+from TokenUNetSegmentLib.pipeline.errors import InputError
+from TokenUNetSegmentLib.pipeline.run_contract import ErrorEvent, LogEvent, RunRequest, RunState, encode_event
+from TokenUNetSegmentLib.pipeline.subprocess_run import SubprocessRun
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="checks the process table in /proc")
+def test_cancel_kills_the_whole_process_tree_even_when_it_ignores_sigterm(tmp_path):
+    script = tmp_path / "stubborn.py"
+    script.write_text(
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "child = subprocess.Popen([sys.executable, '-c', "
+        "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    lines = []
+    run = SubprocessRun(
+        RunRequest(inputs=[(np.zeros((2, 2, 2), np.float32), np.eye(4))]),
+        grace=0.5,
+        command=[sys.executable, str(script)],
+    )
+    run.add_observer(lambda e: lines.append(e.message) if isinstance(e, LogEvent) else None)
+    run.start()
+    limit = time.monotonic() + 30
+    while not lines and time.monotonic() < limit:
+        run.poll()
+        time.sleep(0.05)
+    grandchild = int(lines[0])
+    assert alive(grandchild)
+    started = time.monotonic()
+    run.cancel()
+    assert run.wait(timeout=30) == RunState.CANCELLED
+    assert time.monotonic() - started < 10
+    time.sleep(0.2)
+    assert not alive(run.process.pid) and not alive(grandchild)
+
+
+def fake_child(tmp_path, lines: list[str], code: int) -> SubprocessRun:
+    """A subprocess run whose child prints ``lines`` (on stdout) and exits with ``code``."""
+    script = tmp_path / "child.py"
+    script.write_text(f"import sys\nfor line in {lines!r}: print(line)\nsys.exit({code})\n")
+    return SubprocessRun(
+        RunRequest(inputs=[(np.zeros((2, 2, 2), np.float32), np.eye(4))]), command=[sys.executable, str(script)]
+    )
+
+
+def test_the_childs_typed_error_event_becomes_the_same_error_class(tmp_path):
+    error = InputError("channel 'ct' is constant", "pick another volume")
+    lines = ["error: a plain line that looks like an error", encode_event(ErrorEvent.from_error(error))]
+    run = fake_child(tmp_path, lines, 2)
+    seen = []
+    run.add_observer(seen.append)
+    assert run.start().wait(timeout=60) == RunState.FAILED
+    assert type(run.error) is InputError and (run.error.message, run.error.hint) == (error.message, error.hint)
+    assert [e.message for e in seen if isinstance(e, LogEvent)] == [lines[0]]  # plain lines are log events
+
+
+def test_a_child_that_dies_without_an_event_reports_its_exit_code_and_last_line(tmp_path):
+    run = fake_child(tmp_path, ["starting", "Segmentation fault"], 139)
+    assert run.start().wait(timeout=60) == RunState.FAILED
+    assert "exit code 139" in str(run.error) and "Segmentation fault" in str(run.error)
+    assert not run.folder.exists()

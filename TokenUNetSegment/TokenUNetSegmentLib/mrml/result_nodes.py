@@ -1,0 +1,106 @@
+"""A completed run's result -> nodes: the segmentation, and per run a folder of heatmaps, the "Token attention"
+segmentation and probability volumes.
+
+This is all the MRML layer does with a run: the run itself (in-process or a child process) and its files are
+the pipeline's (:mod:`..pipeline.runs`, :mod:`..pipeline.outputs`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..pipeline.outputs import choose_attention_grid
+from .attributes import KIND_ATTRIBUTE, PROBABILITY_ATTRIBUTE, RUN_ATTRIBUTE
+from .heatmap_nodes import add_attention_segmentation, add_heatmaps, add_map_volume, heat_color_node, run_folder
+from .parameters import Parameters
+from .segmentation_nodes import subject_hierarchy, write_labels
+
+
+@dataclass
+class RunNodes:
+    """What a completed run added to (or updated in) the scene."""
+
+    segmentation: object
+    folder: int = 0
+    heatmap_nodes: list = field(default_factory=list)
+    attention: object = None
+    probabilities: list = field(default_factory=list)
+
+    @property
+    def heatmaps(self) -> list:
+        """The former name of :attr:`heatmap_nodes` (kept for scripts written against it)."""
+        return self.heatmap_nodes
+
+
+def apply_result(scene, result, parameters: Parameters, reference, output=None) -> RunNodes:
+    """Add a completed run's nodes to the scene (beside ``reference``, the first input volume).
+
+    ``output`` is the segmentation node to write into (module-made segments replaced, others kept) or None.
+    Nodes removed from the scene while the run was going on are treated as absent (the labels are in world
+    coordinates, so they still land at the right place).
+    """
+    if output is not None and output.GetScene() is not scene:
+        output = None
+    if reference is not None and reference.GetScene() is not scene:
+        reference = None
+    segmentation = write_labels(
+        scene,
+        result.labels,
+        result.affine,
+        result.label_table,
+        node=output,
+        reference=reference,
+        model_id=result.model_id or "TokenUNet",
+        show3d=parameters.show3D,
+    )
+    nodes = RunNodes(segmentation)
+    token_maps = result.token_maps
+    want_maps = parameters.heatmaps and token_maps is not None
+    if not (want_maps or result.probabilities):
+        return nodes
+    count = sum(1 for _ in _run_folders(scene))
+    name = f"TokenUNet {result.model_id} {reference.GetName() if reference is not None else ''} run {count + 1}"
+    nodes.folder = run_folder(scene, reference, " ".join(name.split()), f"{count + 1}")
+    if want_maps:
+        kinds = [k for k in parameters.kinds if k in token_maps.kinds]
+        grid = choose_attention_grid(parameters.heatmapGrid, len(kinds), token_maps.num_tokens, result.labels.size)
+        nodes.heatmap_nodes = add_heatmaps(
+            scene, token_maps, result.token_matches, result.affine, kinds, reference, nodes.folder, grid
+        )
+        if parameters.attentionSegments and nodes.heatmap_nodes:
+            first_kind = [n for n in nodes.heatmap_nodes if n.GetAttribute(KIND_ATTRIBUTE) == kinds[0]]
+            nodes.attention = add_attention_segmentation(
+                scene,
+                first_kind,
+                parameters.attentionThreshold,
+                reference,
+                nodes.folder,
+                f"Token attention ({kinds[0]})",
+            )
+    for label in result.label_table if result.probabilities else []:
+        nodes.probabilities.append(
+            add_map_volume(
+                scene,
+                result.probabilities[label.name],
+                result.affine,
+                f"{label.name} probability",
+                reference,
+                nodes.folder,
+                {PROBABILITY_ATTRIBUTE: label.name},
+                heat_color_node(scene),
+            )
+        )
+    subject_hierarchy(scene).SetItemExpanded(nodes.folder, False)
+    return nodes
+
+
+def _run_folders(scene):
+    import vtk
+
+    hierarchy = subject_hierarchy(scene)
+    children = vtk.vtkIdList()
+    hierarchy.GetItemChildren(hierarchy.GetSceneItemID(), children, True)
+    for index in range(children.GetNumberOfIds()):
+        item = children.GetId(index)
+        if hierarchy.GetItemAttribute(item, RUN_ATTRIBUTE):
+            yield item

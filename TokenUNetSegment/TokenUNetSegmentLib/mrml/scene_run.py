@@ -1,0 +1,152 @@
+"""A run bound to a scene: the module parameters -> a pipeline run request; when the run completes, its result
+-> nodes (:func:`.result_nodes.apply_result`).
+
+``Parameters.model`` is the only source of the model: the run resolves it (and downloads it if needed) in its
+worker thread or child process. Building the request reads at most the model's metadata, to know how many input
+volumes to send (a model whose channels cannot be known before its download gets every selected volume, and the
+run checks the count). Nothing is added to the scene before a run has completed, so a cancelled or failed run
+leaves no new nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..pipeline.errors import InputError, ModelPackageError, TokenUNetError
+from ..pipeline.run_contract import FinishedEvent, RunRequest, RunState
+from ..pipeline.runs import InProcessRun, make_run
+from .parameters import MAX_INPUTS, Parameters
+from .result_nodes import RunNodes, apply_result
+from .volume_nodes import volume_to_array
+
+
+@dataclass(frozen=True)
+class SceneRunFinished(FinishedEvent):
+    """A scene run ended; ``nodes`` holds what a completed run added to the scene."""
+
+    nodes: RunNodes | None = None
+
+
+def channel_count(parameters: Parameters, store=None) -> int:
+    """How many input volumes the model of ``parameters`` takes, from its metadata (or the catalog for a model
+    not downloaded yet); when that cannot be known here, the selected volumes up to the first empty selector."""
+    from ..pipeline.catalog import ModelStore
+
+    try:
+        names = (store or ModelStore()).input_names(parameters.model or None)
+    except ModelPackageError:
+        names = None  # the run reports the model's problem
+    if names:
+        return len(names)
+    nodes = parameters.inputs(MAX_INPUTS)
+    return next((index for index, node in enumerate(nodes) if node is None), MAX_INPUTS) or 1
+
+
+def request_from_parameters(parameters: Parameters, channels: int) -> RunRequest:
+    """A run request with the arrays of the first ``channels`` input volumes (world geometry).
+
+    Raises:
+        InputError: an input volume is missing or unusable.
+    """
+    nodes = parameters.inputs(channels)
+    missing = [str(i + 1) for i, node in enumerate(nodes) if node is None]
+    if missing:
+        raise InputError(f"input volume {', '.join(missing)} of {channels} is not selected")
+    return RunRequest(
+        inputs=[volume_to_array(node) for node in nodes],
+        model=parameters.model or None,
+        device=parameters.device,
+        with_token_maps=parameters.heatmaps,
+        probabilities=parameters.probabilities,
+        largest_component=parameters.largestComponent,
+    )
+
+
+class SceneRun:
+    """A run bound to a scene: when it completes, :meth:`poll` (or :meth:`wait`) adds its nodes.
+
+    Observers get the run's typed events; the last one is a :class:`SceneRunFinished` with the nodes.
+
+    Args:
+        scene: the MRML scene.
+        parameters: the module parameters (model, inputs, output, display options).
+        mode: ``subprocess`` (default in the GUI) or ``inprocess`` (default: ``parameters.runMode``).
+        python: the interpreter of a subprocess run; temp_dir: where its exchange folder goes.
+        store: the model store that tells the model's input channels (default: catalog + per-user cache).
+    """
+
+    def __init__(
+        self,
+        scene,
+        parameters: Parameters,
+        mode: str | None = None,
+        python: str | None = None,
+        temp_dir=None,
+        store=None,
+    ):
+        self.scene = scene
+        self.parameters = parameters
+        channels = channel_count(parameters, store)
+        self.request = request_from_parameters(parameters, channels)
+        self.reference = parameters.inputs(channels)[0]
+        self.run = make_run(self.request, mode or parameters.runMode, python, temp_dir)
+        self.nodes: RunNodes | None = None
+        self.error = None
+        self._observers = []
+        self.run.add_observer(self._relay)
+
+    def add_observer(self, callback) -> None:
+        self._observers.append(callback)
+
+    def _relay(self, event) -> None:
+        if isinstance(event, FinishedEvent):
+            state, self.error = event.state, event.error
+            if state == RunState.COMPLETED:
+                self._add_nodes()
+                state = RunState.FAILED if self.error is not None else state
+            event = SceneRunFinished(state, self.error, self.nodes)
+        for callback in list(self._observers):
+            callback(event)
+
+    def _add_nodes(self) -> None:
+        try:
+            self.nodes = apply_result(
+                self.scene, self.run.result, self.parameters, self.reference, self.parameters.outputSegmentation
+            )
+        except Exception as error:  # noqa: BLE001 - reported through the finished event
+            self.error = (
+                error
+                if isinstance(error, TokenUNetError)
+                else TokenUNetError(f"cannot add the results to the scene: {type(error).__name__}: {error}")
+            )
+        self.run.result = None  # release the arrays
+
+    @property
+    def state(self) -> RunState:
+        if self.run.state == RunState.COMPLETED and self.error is not None:
+            return RunState.FAILED
+        return self.run.state
+
+    def start(self) -> SceneRun:
+        self.run.start()
+        return self
+
+    def run_now(self) -> RunState:
+        """Run in the calling thread (blocking) and add the nodes."""
+        if isinstance(self.run, InProcessRun):
+            self.run.run()
+        else:
+            self.run.start()
+            self.run.wait()
+        return self.state
+
+    def poll(self) -> RunState:
+        self.run.poll()
+        return self.state
+
+    def wait(self, timeout: float | None = None) -> RunState:
+        self.run.wait(timeout)
+        return self.state
+
+    def cancel(self) -> None:
+        self.run.cancel()

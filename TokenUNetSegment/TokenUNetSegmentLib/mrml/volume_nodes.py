@@ -1,0 +1,127 @@
+"""Volume nodes <-> (array (i, j, k), IJK->RAS 4x4), honouring parent linear transforms.
+
+"World" below means Slicer's RAS world coordinates (after every parent transform); "local" means a node's
+own coordinates (before its parent transform).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import slicer
+import vtk
+
+from ..pipeline.errors import InputError
+
+
+def matrix_to_array(matrix) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=float)
+
+
+def array_to_matrix(array) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r][c]))
+    return matrix
+
+
+def local_to_world(node) -> np.ndarray:
+    """The 4x4 from a transformable node's coordinates to world RAS (identity without parent transform).
+
+    Raises:
+        InputError: the node is under a non-linear (e.g. grid or B-spline) transform.
+    """
+    transform = node.GetParentTransformNode() if node is not None else None
+    if transform is None:
+        return np.eye(4)
+    if not transform.IsTransformToWorldLinear():
+        raise InputError(
+            f"'{node.GetName()}' is under the non-linear transform '{transform.GetName()}'",
+            "harden the transform on the volume (Data module) before segmenting",
+        )
+    matrix = vtk.vtkMatrix4x4()
+    transform.GetMatrixTransformToWorld(matrix)
+    return matrix_to_array(matrix)
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    """The volume's own IJK->RAS (without parent transforms)."""
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return matrix_to_array(matrix)
+
+
+def ijk_to_world(node) -> np.ndarray:
+    """IJK -> world RAS of a volume node, through its parent linear transforms."""
+    return local_to_world(node) @ ijk_to_ras(node)
+
+
+def volume_to_array(node) -> tuple[np.ndarray, np.ndarray]:
+    """``(array (i, j, k), IJK->world RAS)`` of a scalar volume node (a view of the node's voxels).
+
+    Raises:
+        InputError: no node, no voxels, more than one component, or a non-linear parent transform.
+    """
+    if node is None:
+        raise InputError("no input volume selected")
+    image = node.GetImageData()
+    if image is None or image.GetNumberOfPoints() == 0:
+        raise InputError(f"volume '{node.GetName()}' has no voxels")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputError(
+            f"volume '{node.GetName()}' has {image.GetNumberOfScalarComponents()} components per voxel",
+            "segmentation needs a scalar volume (convert color images to grayscale first)",
+        )
+    array_kji = slicer.util.arrayFromVolume(node)
+    return array_kji.transpose(2, 1, 0), ijk_to_world(node)
+
+
+def set_volume_from_array(node, array_ijk: np.ndarray, world_affine: np.ndarray) -> None:
+    """Fill a volume node with an (i, j, k) array placed at ``world_affine`` in world RAS.
+
+    The node keeps its parent transform: its own IJK->RAS becomes ``inverse(parent to world) @ world_affine``,
+    so the voxels land at the same physical place whatever transform the node is under.
+    """
+    local = np.linalg.inv(local_to_world(node)) @ np.asarray(world_affine, float)
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(np.asarray(array_ijk).transpose(2, 1, 0)))
+    node.SetIJKToRASMatrix(array_to_matrix(local))
+    node.Modified()
+
+
+def oriented_image(array_ijk: np.ndarray, affine: np.ndarray, offset=(0, 0, 0)):
+    """A ``vtkOrientedImageData`` of an (i, j, k) uint8 array whose voxel (0, 0, 0) sits at ``affine @ offset``.
+
+    ``offset`` lets a cropped block keep the extent (index range) of the full grid it was cut from.
+    """
+    from vtk.util import numpy_support
+
+    array_ijk = np.asarray(array_ijk, np.uint8)
+    image = slicer.vtkOrientedImageData()
+    lo = [int(o) for o in offset]
+    image.SetExtent(
+        lo[0],
+        lo[0] + array_ijk.shape[0] - 1,
+        lo[1],
+        lo[1] + array_ijk.shape[1] - 1,
+        lo[2],
+        lo[2] + array_ijk.shape[2] - 1,
+    )
+    image.SetImageToWorldMatrix(array_to_matrix(affine))
+    flat = np.ascontiguousarray(array_ijk.ravel(order="F"))
+    scalars = numpy_support.numpy_to_vtk(flat, deep=True, array_type=vtk.VTK_UNSIGNED_CHAR)
+    image.GetPointData().SetScalars(scalars)
+    return image
+
+
+def oriented_image_to_array(image) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """``(array (i, j, k), image-to-world 4x4, extent start)`` of a ``vtkOrientedImageData``."""
+    from vtk.util import numpy_support
+
+    extent = image.GetExtent()
+    shape = tuple(extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3))
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    if min(shape) <= 0:
+        return np.zeros((0, 0, 0), np.uint8), matrix_to_array(matrix), (0, 0, 0)
+    flat = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    return flat.reshape(shape, order="F"), matrix_to_array(matrix), (extent[0], extent[2], extent[4])

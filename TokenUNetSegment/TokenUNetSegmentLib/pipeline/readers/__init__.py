@@ -1,0 +1,94 @@
+"""Image readers that check what a file claims before trusting it.
+
+:func:`read_image` reads a NIfTI, NRRD or MetaImage file, or a DICOM series folder, into a SimpleITK image.
+Before any voxel is read, the header is parsed here and refused when its volume would not fit in memory,
+its spacing is zero, negative or not finite, or its axes are degenerate; the voxel data is checked to be
+all there (a short file, a broken gzip stream, a missing detached data file are refused). DICOM slices are
+checked to form one regular grid. What a careful reader would go on with comes back as warnings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from ..errors import InputError, OutOfMemoryError
+from .dicom import read_series
+from .header import check_header, check_size
+from .itk import itk_error_text, pixel_bytes, quiet_itk
+from .metaimage import parse_metaimage
+from .nifti import parse_nifti
+from .nrrd import parse_nrrd
+from .payload import verify_payloads
+
+FORMATS = {
+    ".nii": (parse_nifti, "NiftiImageIO"),
+    ".nii.gz": (parse_nifti, "NiftiImageIO"),
+    ".nrrd": (parse_nrrd, "NrrdImageIO"),
+    ".nhdr": (parse_nrrd, "NrrdImageIO"),
+    ".mha": (parse_metaimage, "MetaImageIO"),
+    ".mhd": (parse_metaimage, "MetaImageIO"),
+}
+SUPPORTED_SUFFIXES = tuple(FORMATS)
+
+
+def file_suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def read_image(path: str | Path, limit: int | None = None) -> tuple[sitk.Image, list[str]]:
+    """A checked SimpleITK image from a supported file or a DICOM folder, and the reader's warnings.
+
+    Args:
+        path: a .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd file, or a folder holding a DICOM series.
+        limit: bytes the voxels may take while read (default: free memory, or ``TOKENUNET_MEMORY_LIMIT``).
+
+    Raises:
+        InputError: the file is missing, unsupported, truncated, damaged, too large or badly formed.
+    """
+    path = Path(path)
+    name = path.name
+    try:
+        if path.is_dir():
+            return read_series(path, limit)
+        if not path.exists():
+            raise InputError(f"input not found: {path}")
+        if not path.is_file():  # a FIFO or a device would block or never end
+            raise InputError(f"{name} is not a regular file", "pass an image file or a DICOM series folder")
+        suffix = file_suffix(path)
+        if suffix not in FORMATS:
+            raise InputError(
+                f"unsupported file type '{suffix or path.name}' for {path.name}",
+                f"use one of {', '.join(SUPPORTED_SUFFIXES)} or a DICOM series folder",
+            )
+        parse, image_io = FORMATS[suffix]
+        header = parse(path, name)
+        check_header(header, name, limit)
+        verify_payloads(header.payloads, name)
+        image = _read_file(path, image_io, name, limit)
+    except OSError as error:
+        raise InputError(f"cannot read {name}: {error.strerror or error}", "check that the file is readable") from None
+    except MemoryError:
+        raise OutOfMemoryError(f"out of memory while reading {name}", "free memory or crop the volume") from None
+    read = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel()
+    if read != header.values:
+        raise InputError(f"{name}: read {read} values where its header declares {header.values}", "export it again")
+    return image, list(header.warnings)
+
+
+def _read_file(path: Path, image_io: str, name: str, limit: int | None) -> sitk.Image:
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO(image_io)
+    reader.SetFileName(str(path))
+    try:
+        with quiet_itk():
+            reader.ReadImageInformation()  # the header as ITK sees it: the voxel type it will allocate
+            components = reader.GetNumberOfComponents()
+            sizes = (*reader.GetSize(),) + ((components,) if components > 1 else ())
+            pixel = reader.GetPixelID()
+            check_size(sizes, sitk.GetPixelIDValueAsString(pixel), pixel_bytes(pixel), name, limit)
+            return reader.Execute()
+    except RuntimeError as error:
+        raise InputError(f"cannot read {name}: {itk_error_text(error)}", "check the file, or export it again") from None

@@ -1,0 +1,259 @@
+"""DICOM series folders: the slices' own positions checked before they are stacked into a volume.
+
+ITK's series reader stacks the files it is given with one uniform spacing (first to last slice), so a
+missing, duplicated or dropped slice stretches or shifts the anatomy without an error. Here each slice's
+header (ImagePositionPatient, ImageOrientationPatient, size, pixel spacing and type) is read first, and
+the series is refused when its slices do not make one regular grid: gaps, duplicates, mixed orientations
+or sizes, slices offset in plane (gantry tilt). Where a careful reader would go on, it does and says so:
+several series in the folder (the largest is read), slightly uneven spacing, DICOM files it cannot read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+from .header import check_size
+from .itk import itk_error_text, pixel_bytes, quiet_itk
+
+POSITION, ORIENTATION, DESCRIPTION = "0020|0032", "0020|0037", "0008|103e"
+SAME_ORIENTATION = 1e-4  # direction cosines
+SAME_POSITION_MM = 1e-3
+EXACT_MM = 1e-2  # slice position errors below this are rounding in the headers
+UNEVEN_FRACTION = 0.1  # positions off by up to this share of the spacing: read, with a warning
+GAP_FACTOR = 1.5  # a step this much larger than the usual one means missing slices
+DICOM_MAGIC_AT, DICOM_MAGIC = 128, b"DICM"
+
+
+@dataclass
+class Slice:
+    file: str
+    size: tuple[int, ...]
+    spacing: tuple[float, float]
+    pixel: int
+    components: int
+    position: np.ndarray
+    orientation: np.ndarray  # row and column directions, shape (2, 3)
+
+
+def read_series(folder: Path, limit: int | None = None) -> tuple[sitk.Image, list[str]]:
+    """The DICOM series in ``folder`` (the one with most files when there are several) and any warnings."""
+    warnings: list[str] = []
+    reader = sitk.ImageSeriesReader()
+    try:
+        with quiet_itk():
+            uids = reader.GetGDCMSeriesIDs(str(folder))
+            series = [(uid, reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids]
+    except RuntimeError as error:
+        raise InputError(f"cannot list the DICOM files in {folder.name}: {itk_error_text(error)}") from None
+    if not series:
+        raise InputError(
+            f"{folder} is a folder without a DICOM series", "pass an image file or a folder of DICOM slices"
+        )
+    uid, files = max(series, key=lambda s: len(s[1]))
+    slices = [_slice_info(file, folder) for file in files]
+    if len(series) > 1:
+        description = _description(files[0]) or uid
+        warnings.append(
+            f"{folder.name} holds {len(series)} DICOM series; read the largest, '{description[:60]}' "
+            f"({len(files)} files): put one series per folder to choose another"
+        )
+    unread = _unread_dicom_files(folder, {os.path.normpath(f) for _, names in series for f in names})
+    if unread:
+        warnings.append(
+            f"{len(unread)} DICOM file(s) in {folder.name} could not be read and were left out "
+            f"(e.g. {unread[0][:40]}); the volume may be incomplete"
+        )
+    if len(slices) == 1:
+        if slices[0].size[2:] and slices[0].size[2] > 1:  # one multi-frame file: its frames are the volume
+            return _read_files(reader, [slices[0].file], slices, folder, limit), warnings
+        raise InputError(f"the DICOM series in {folder.name} has one slice", "segmentation needs a 3D volume")
+    try:
+        ordered, uneven = check_slices(slices, folder.name)
+    except InputError as error:
+        if not unread:
+            raise
+        raise InputError(  # a damaged slice the DICOM scanner skipped is the likely cause
+            f"{error.message}; {len(unread)} damaged file(s) left out, e.g. {unread[0][:40]}",
+            "export the series again",
+        ) from None
+    if uneven:
+        warnings.append(uneven)
+    return _read_files(reader, [s.file for s in ordered], ordered, folder, limit), warnings
+
+
+def _slice_info(file: str, folder: Path) -> Slice:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file)
+    reader.LoadPrivateTagsOff()
+    try:
+        with quiet_itk():
+            reader.ReadImageInformation()
+        position = _numbers(reader, POSITION, 3)
+        orientation = _numbers(reader, ORIENTATION, 6)
+    except RuntimeError as error:
+        raise InputError(
+            f"the DICOM slice {Path(file).name} in {folder.name} cannot be read: {itk_error_text(error)}",
+            "the file is damaged: export the series again",
+        ) from None
+    if position is None or orientation is None:
+        raise InputError(
+            f"the DICOM slice {Path(file).name} in {folder.name} has no position or orientation",
+            "this is not a volume series (e.g. a screenshot or a report): pick the CT/MR series",
+        )
+    return Slice(
+        file,
+        tuple(int(s) for s in reader.GetSize()),
+        tuple(float(s) for s in reader.GetSpacing()[:2]),
+        reader.GetPixelID(),
+        reader.GetNumberOfComponents(),
+        position,
+        orientation.reshape(2, 3),
+    )
+
+
+def _numbers(reader: sitk.ImageFileReader, tag: str, count: int) -> np.ndarray | None:
+    if not reader.HasMetaDataKey(tag):
+        return None
+    try:
+        values = np.array([float(v) for v in reader.GetMetaData(tag).strip().split("\\")])
+    except ValueError:
+        return None
+    return values if values.size == count and np.all(np.isfinite(values)) else None
+
+
+def check_slices(slices: list[Slice], name: str) -> tuple[list[Slice], str | None]:
+    """The slices in order along their normal, and a warning when their spacing is slightly uneven.
+
+    Raises :class:`InputError` when they do not form one regular grid.
+    """
+    first = slices[0]
+    for s in slices[1:]:
+        if s.size != first.size or s.components != first.components:
+            raise InputError(
+                f"the DICOM series in {name} mixes slice sizes ({_size(first)} and {_size(s)})",
+                "put only one volume's slices in the folder (no localizer or reformats)",
+            )
+        if not np.allclose(s.orientation, first.orientation, atol=SAME_ORIENTATION):
+            raise InputError(
+                f"the DICOM series in {name} mixes slice orientations ({Path(first.file).name}, {Path(s.file).name})",
+                "put only one volume's slices in the folder (no localizer or reformats)",
+            )
+        if not np.allclose(s.spacing, first.spacing, rtol=1e-4) or s.pixel != first.pixel:
+            raise InputError(
+                f"the DICOM series in {name} mixes pixel spacings or pixel types",
+                "put only the slices of one acquisition in the folder",
+            )
+    row, column = first.orientation
+    normal = np.cross(row, column)
+    if np.linalg.norm(normal) < 0.5:
+        raise InputError(f"the DICOM series in {name} has a degenerate ImageOrientationPatient", "export it again")
+    ordered = sorted(slices, key=lambda s: float(s.position @ normal))
+    positions = np.array([s.position for s in ordered])
+    along = positions @ normal
+    in_plane = positions @ np.stack([row, column]).T
+    if np.max(np.abs(in_plane - in_plane[0])) > max(EXACT_MM, 0.01 * min(first.spacing)):
+        raise InputError(
+            f"the DICOM slices in {name} are shifted in plane from slice to slice (gantry tilt or a sheared series)",
+            "resample it onto a regular grid first (e.g. in Slicer) and save it as NRRD",
+        )
+    steps = np.diff(along)
+    duplicates = int(np.count_nonzero(steps < SAME_POSITION_MM))
+    if duplicates:
+        at = along[1:][steps < SAME_POSITION_MM][0]
+        raise InputError(
+            f"the DICOM series in {name} has {duplicates} slice(s) at the same position as another (e.g. {at:.2f} mm)",
+            "duplicated files, or several phases or echoes: keep one copy of one acquisition",
+        )
+    usual = float(np.median(steps))
+    step = (along[-1] - along[0]) / (len(along) - 1)
+    error = float(np.max(np.abs(along - (along[0] + step * np.arange(len(along))))))
+    if error <= EXACT_MM:
+        return ordered, None
+    widest = int(np.argmax(steps))
+    if steps[widest] > GAP_FACTOR * usual:
+        missing = max(1, round(steps[widest] / usual) - 1)
+        raise InputError(
+            f"the DICOM series in {name} misses about {missing} slice(s): a {steps[widest]:.2f} mm gap after "
+            f"{along[widest]:.2f} mm where slices are {usual:.2f} mm apart",
+            "export the complete series again",
+        )
+    if error > UNEVEN_FRACTION * usual:
+        raise InputError(
+            f"the DICOM series in {name} has uneven slice spacing ({steps.min():.2f} to {steps.max():.2f} mm)",
+            "resample it onto a regular grid first (e.g. in Slicer) and save it as NRRD",
+        )
+    return ordered, (
+        f"the DICOM slices in {name} are unevenly spaced ({steps.min():.3f} to {steps.max():.3f} mm): "
+        f"read with a uniform {step:.3f} mm, positions off by up to {error:.3f} mm"
+    )
+
+
+def _size(s: Slice) -> str:
+    return " x ".join(str(v) for v in s.size[:2])
+
+
+def _read_files(reader, files: list[str], slices: list[Slice], folder: Path, limit: int | None) -> sitk.Image:
+    first = slices[0]
+    frames = first.size[2] if len(first.size) > 2 else 1
+    sizes = (*first.size[:2], frames * len(files)) + ((first.components,) if first.components > 1 else ())
+    pixel = sitk.GetPixelIDValueAsString(first.pixel)
+    check_size(sizes, pixel, pixel_bytes(first.pixel), folder.name, limit)
+    reader.SetFileNames(files)
+    try:
+        with quiet_itk():
+            image = reader.Execute()
+    except RuntimeError as error:
+        raise InputError(
+            f"cannot read the DICOM series in {folder.name}: {itk_error_text(error)}",
+            "the series may be damaged or compressed in an unsupported way: export it again",
+        ) from None
+    if len(files) > 1 and not _placed_as_declared(image, slices):
+        raise InputError(
+            f"the DICOM reader placed the slices of {folder.name} elsewhere than their headers say",
+            "export the series again, or convert it to NRRD in Slicer",
+        )
+    return image
+
+
+def _placed_as_declared(image: sitk.Image, slices: list[Slice]) -> bool:
+    """Whether the stacked volume starts at the first slice and steps to the last one."""
+    first, last = slices[0].position, slices[-1].position
+    index = (0, 0, len(slices) - 1)
+    return np.allclose(image.GetOrigin(), first, atol=1e-3) and np.allclose(
+        image.TransformIndexToPhysicalPoint(index), last, atol=1e-2
+    )
+
+
+def _description(file: str) -> str:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file)
+    try:
+        with quiet_itk():
+            reader.ReadImageInformation()
+        return reader.GetMetaData(DESCRIPTION).strip() if reader.HasMetaDataKey(DESCRIPTION) else ""
+    except RuntimeError:
+        return ""
+
+
+def _unread_dicom_files(folder: Path, read: set[str]) -> list[str]:
+    """Names of files in ``folder`` that start like DICOM (the DICM preamble) but are in no series."""
+    unread = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            path = os.path.normpath(entry.path)
+            if path in read or not entry.is_file():
+                continue
+            try:
+                with open(path, "rb") as stream:
+                    stream.seek(DICOM_MAGIC_AT)
+                    if stream.read(4) == DICOM_MAGIC:
+                        unread.append(entry.name)
+            except OSError:
+                continue
+    return sorted(unread)

@@ -1,0 +1,45 @@
+"""SimpleITK calls made quiet: ITK warnings off while reading (the reader reports what matters itself), and
+ITK's multi-line exception text cut to its one telling line."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import SimpleITK as sitk
+
+_lock = threading.Lock()
+_depth = 0
+
+
+@contextlib.contextmanager
+def quiet_itk():
+    """ITK's global warning display off for the block (restored after; nested and thread-safe)."""
+    global _depth
+    with _lock:
+        if _depth == 0:
+            quiet_itk.previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+            sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                sitk.ProcessObject.SetGlobalWarningDisplay(quiet_itk.previous)
+
+
+def itk_error_text(error: BaseException, limit: int = 100) -> str:
+    """The last non-empty line of an ITK exception without its source location, at most ``limit`` characters."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(error).__name__
+    for prefix in ("sitk::ERROR:", "ITK ERROR:", "Reason:"):
+        if prefix in text:
+            text = text.split(prefix, 1)[1].strip()
+    return text[:limit]
+
+
+def pixel_bytes(pixel_id: int) -> int:
+    """Bytes of one component of a SimpleITK pixel type."""
+    return sitk.GetArrayViewFromImage(sitk.Image([1, 1], pixel_id)).itemsize

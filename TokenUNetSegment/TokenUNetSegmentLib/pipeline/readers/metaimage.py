@@ -1,0 +1,141 @@
+"""MetaImage headers (``.mha`` with the data after the header, ``.mhd`` with a data file), without the voxels.
+
+``Key = Value`` lines; ``ElementDataFile`` is the last one: ``LOCAL``, a file name, ``LIST`` (file names on the
+following lines) or ``FORMAT MIN MAX STEP`` (e.g. ``slice%03d.raw 1 40 1``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .header import (
+    MAX_HEADER_BYTES,
+    ImageHeader,
+    Payload,
+    data_file,
+    header_error,
+    listed_files,
+    parse_numbers,
+    positive_sizes,
+    read_text_header,
+)
+
+KIND = "MetaImage"
+# bytes per value as MetaIO stores them (its MET_ValueTypeSize table)
+TYPES = {
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_LONG": 4,
+    "MET_ULONG": 4,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
+}
+
+
+def read_fields(path: Path, name: str) -> tuple[dict[str, str], list[str], int]:
+    """(fields by lower-cased key, lines after ``ElementDataFile = LIST``, header length in bytes)."""
+    text, length = read_text_header(path, name, KIND, lambda line: line.strip().lower().startswith("elementdatafile"))
+    fields, listed = {}, []
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        if "=" not in line:
+            raise header_error(name, KIND, f"line {index + 1} is not 'Key = Value'")
+        key, value = (part.strip() for part in line.split("=", 1))
+        fields[key.lower()] = value
+    if "elementdatafile" not in fields:
+        raise header_error(name, KIND, "the field ElementDataFile is missing")
+    if fields["elementdatafile"].split()[:1] == ["LIST"]:
+        with open(path, "rb") as stream:
+            stream.seek(length)
+            rest = stream.read(MAX_HEADER_BYTES).decode("utf-8", errors="replace")
+        listed = [entry.strip() for entry in rest.splitlines() if entry.strip()]
+    return fields, listed, length
+
+
+def _flag(fields: dict, key: str) -> bool:
+    return fields.get(key, "False").strip().lower() in ("true", "1")
+
+
+def parse_metaimage(path: Path, name: str) -> ImageHeader:
+    """The header of a MetaImage file, with local or separate data."""
+    fields, listed, length = read_fields(path, name)
+    if fields.get("objecttype", "Image").lower() != "image":
+        raise header_error(name, KIND, f"ObjectType is {fields['objecttype'][:20]}, not Image")
+    for required in ("ndims", "dimsize", "elementtype"):
+        if required not in fields:
+            raise header_error(name, KIND, f"the required field '{required}' is missing")
+    ndims = parse_numbers(fields["ndims"], 1, name, KIND, "NDims", int)[0]
+    if not 1 <= ndims <= 10:
+        raise header_error(name, KIND, f"NDims {ndims} is not 1 to 10")
+    sizes = positive_sizes(parse_numbers(fields["dimsize"], ndims, name, KIND, "DimSize", int), name, KIND)
+    value_type = fields["elementtype"].upper()
+    if value_type not in TYPES:
+        raise header_error(name, KIND, f"unsupported ElementType '{fields['elementtype'][:20]}'")
+    channels = parse_numbers(fields.get("elementnumberofchannels", "1"), 1, name, KIND, "channels", int)[0]
+    if channels < 1:
+        raise header_error(name, KIND, f"ElementNumberOfChannels {channels} is not positive")
+    warnings = []
+    if "elementspacing" in fields or "elementsize" in fields:
+        key = "elementspacing" if "elementspacing" in fields else "elementsize"
+        spacing = tuple(parse_numbers(fields[key], ndims, name, KIND, key))
+    else:
+        spacing = ()
+        warnings.append(f"{name} declares no voxel spacing: 1 mm is assumed")
+    directions = None
+    for key in ("transformmatrix", "rotation", "orientation"):
+        if key in fields:
+            directions = np.asarray(parse_numbers(fields[key], ndims * ndims, name, KIND, key), float)
+            directions = directions.reshape(ndims, ndims).T  # MetaIO lists the matrix row by row, axes as rows
+            break
+    value_bytes = TYPES[value_type]
+    data_bytes = math.prod(sizes) * channels * value_bytes
+    return ImageHeader(
+        kind=KIND,
+        sizes=(*sizes, channels) if channels > 1 else sizes,
+        value_type=value_type[4:].lower(),
+        value_bytes=value_bytes,
+        memory_bytes=value_bytes,
+        spacing=spacing,
+        directions=directions,
+        payloads=_payloads(path, name, fields, listed, length, data_bytes, value_bytes),
+        warnings=warnings,
+    )
+
+
+def _payloads(path, name, fields, listed, length, data_bytes, value_bytes) -> list[Payload]:
+    entry = fields["elementdatafile"]
+    compressed = _flag(fields, "compresseddata")
+    binary = fields.get("binarydata", "True").strip().lower() in ("true", "1")
+    encoding = "gzip" if compressed else ("raw" if binary else "text")
+    if entry.upper() == "LOCAL":
+        files = [path]
+    elif listed:
+        files = [data_file(path, f, name) for f in listed]
+    else:
+        files = [data_file(path, f, name) for f in listed_files(entry, name, KIND)]
+    header_size = parse_numbers(fields.get("headersize", "0"), 1, name, KIND, "HeaderSize", int)[0]
+    if header_size < -1:
+        raise header_error(name, KIND, f"HeaderSize {header_size} is negative")
+    share = data_bytes // len(files)
+    stored = fields.get("compresseddatasize") if compressed and len(files) == 1 else None
+    payloads = []
+    for file in files:
+        offset = length if file == path else max(header_size, 0)
+        if header_size == -1 and encoding == "raw" and file != path:
+            offset = -1  # the data are the file's last bytes
+        payloads.append(Payload(file, offset, share, encoding, value_bytes))
+        if stored is not None:  # MetaIO reads exactly this many compressed bytes
+            size = parse_numbers(stored, 1, name, KIND, "CompressedDataSize", int)[0]
+            payloads.append(Payload(file, offset, max(size, 0)))
+    return payloads

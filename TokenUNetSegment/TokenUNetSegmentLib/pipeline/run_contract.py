@@ -1,0 +1,197 @@
+"""The contract of a segmentation run between its caller (the Slicer module, a script) and the pipeline.
+
+- :class:`RunRequest`: what to segment and how; turned into ``segment()`` keyword arguments (a run in this
+  process) or into the ``segment`` command line (a run in a child process), here and nowhere else.
+- Typed events: :class:`ProgressEvent`, :class:`LogEvent`, :class:`ResultEvent` and :class:`ErrorEvent` are what
+  the command line writes with ``--progress json`` (one JSON object per line, :func:`encode_event` /
+  :func:`decode_event`); :class:`FinishedEvent` ends every run in the caller's process.
+- :class:`ExitCode`: the command line's exit codes; :class:`RunState`: where a run stands.
+
+The files a run writes, and their reader, are in :mod:`.outputs`.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import ClassVar
+
+from . import errors
+from .errors import CancelledError, TokenUNetError
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes of the command line."""
+
+    OK = 0
+    INTERNAL_ERROR = 1  # a bug: the message suggests --debug
+    USER_ERROR = 2  # bad input, bad package, not enough memory: one line says what to do
+    CANCELLED = 130  # SIGTERM, Ctrl-C or a cancel request; nothing was written
+
+
+class RunState(str, enum.Enum):
+    IDLE = "idle"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """``fraction`` of the whole run (monotonic, 0..1) reached in ``stage``; ``elapsed`` seconds since start."""
+
+    stage: str
+    fraction: float
+    elapsed: float = 0.0
+    kind: ClassVar[str] = "progress"
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """A line for the log: a warning about the result, or a child process's output that is not an event."""
+
+    message: str
+    level: str = "info"  # "info" or "warning"
+    kind: ClassVar[str] = "log"
+
+
+@dataclass(frozen=True)
+class ResultEvent:
+    """A run completed: the output folder and its files (role -> path relative to the folder)."""
+
+    folder: str
+    files: dict
+    warnings: tuple = ()
+    seconds: float = 0.0
+    kind: ClassVar[str] = "result"
+
+
+ERROR_CATEGORIES = {"user": ExitCode.USER_ERROR, "cancelled": ExitCode.CANCELLED, "internal": ExitCode.INTERNAL_ERROR}
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """A run failed (``category`` ``user`` or ``internal``) or was cancelled; carries the typed error's fields."""
+
+    message: str
+    category: str = "user"
+    hint: str | None = None
+    error_type: str = "TokenUNetError"
+    restart_required: bool = False
+    kind: ClassVar[str] = "error"
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ERROR_CATEGORIES[self.category]
+
+    @classmethod
+    def from_error(cls, error: BaseException) -> ErrorEvent:
+        if isinstance(error, (CancelledError, KeyboardInterrupt)):
+            message = "interrupted" if isinstance(error, KeyboardInterrupt) else "cancelled"
+            return cls(message, "cancelled", error_type="CancelledError")
+        if isinstance(error, TokenUNetError):
+            return cls(error.message, "user", error.hint, type(error).__name__, error.restart_required)
+        return cls(f"internal error: {type(error).__name__}: {error}", "internal", error_type=type(error).__name__)
+
+    def line(self) -> str:
+        """The one line the command line prints for this error."""
+        if self.category == "cancelled":
+            return f"{self.message}; no output was written"
+        if self.category == "internal":
+            return f"{self.message} (run with --debug for the traceback)"
+        return "error: " + (f"{self.message} ({self.hint})" if self.hint else self.message)
+
+    def to_error(self) -> TokenUNetError:
+        """The typed error this event describes (its class when the pipeline defines it)."""
+        if self.category == "cancelled":
+            return CancelledError(self.message)
+        cls = getattr(errors, self.error_type, None)
+        if not (isinstance(cls, type) and issubclass(cls, TokenUNetError)) or cls is CancelledError:
+            cls = TokenUNetError
+        return cls(self.message, self.hint, self.restart_required)
+
+
+@dataclass(frozen=True)
+class FinishedEvent:
+    """A run ended in ``state`` (completed, failed or cancelled); ``error`` says why when it did not complete."""
+
+    state: RunState
+    error: TokenUNetError | None = None
+    kind: ClassVar[str] = "finished"
+
+
+WIRE_EVENTS = {cls.kind: cls for cls in (ProgressEvent, LogEvent, ResultEvent, ErrorEvent)}
+
+
+def encode_event(event) -> str:
+    """One JSON line for an event the command line reports (``{"event": kind, ...fields}``)."""
+    return json.dumps({"event": event.kind, **asdict(event)})
+
+
+def decode_event(line: str):
+    """The event a JSON line describes, or None for any other line (plain log output)."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        data = json.loads(line)
+        cls = WIRE_EVENTS[data.pop("event")]
+        known = {f.name for f in fields(cls)}
+        event = cls(**{k: v for k, v in data.items() if k in known})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if isinstance(event, ResultEvent):
+        event = ResultEvent(event.folder, dict(event.files), tuple(event.warnings), float(event.seconds))
+    return event
+
+
+@dataclass
+class RunRequest:
+    """One run: the input channels, the model and the options.
+
+    Args:
+        inputs: one per model input channel, in its order: ``(array (i, j, k), IJK -> world RAS)`` pairs (from
+            a scene) or file paths.
+        model: a model id or package path; None (or "") for the catalog's default. Resolved (and downloaded
+            if needed) by the run itself.
+        with_token_maps: compute the per-token attention maps (Token-UNet models).
+    """
+
+    inputs: list
+    model: str | None = None
+    device: str = "auto"
+    with_token_maps: bool = True
+    probabilities: bool = False
+    largest_component: bool = False
+
+    def __post_init__(self) -> None:
+        self.model = str(self.model) if self.model not in (None, "") else None
+
+    def segment_options(self) -> dict:
+        """Keyword arguments of :func:`.segmentation.segment` for this request (besides inputs and model)."""
+        return {
+            "device": self.device,
+            "with_token_maps": self.with_token_maps,
+            "probabilities": self.probabilities,
+            "largest_component": True if self.largest_component else None,
+        }
+
+    def command_arguments(self, input_files: list[Path], out: Path) -> list[str]:
+        """The ``segment`` command's arguments for this request, with inputs written to ``input_files``.
+
+        Token maps travel on the token grid (small, exact) and there is no overview picture.
+        """
+        arguments = ["segment", *map(str, input_files), "--out", str(out), "--device", self.device]
+        arguments += ["--progress", "json", "--attention-grid", "token", "--no-overview"]
+        if self.model is not None:
+            arguments += ["--model", self.model]
+        if self.probabilities:
+            arguments.append("--probabilities")
+        if not self.with_token_maps:
+            arguments.append("--no-heatmaps")
+        if self.largest_component:
+            arguments.append("--largest-component")
+        return arguments

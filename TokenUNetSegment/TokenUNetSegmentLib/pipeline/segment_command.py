@@ -1,0 +1,150 @@
+"""The ``segment`` command: files in, the output folder of :mod:`.outputs` out.
+
+``tokenunet segment CT.nii.gz --model ID --out FOLDER``; SIGTERM (or Ctrl-C) cancels between windows and
+leaves no partial output. With ``--progress json`` stderr carries typed events only (progress, warnings, and a
+final result or error event; see :mod:`.run_contract`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+from pathlib import Path
+
+from .cli import WRITE_START, ProgressPrinter
+from .outputs import ATTENTION_GRIDS
+from .run_contract import ExitCode, ResultEvent
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="one volume per model input channel (NIfTI, NRRD, MHA or a DICOM folder), in the "
+        "model's channel order, or in any order when the file names match its channel patterns",
+    )
+    parser.add_argument("--model", "-m", default=None, help="model id or package path (default: the catalog's)")
+    parser.add_argument("--out", "-o", required=True, help="output folder")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1)")
+    parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
+    parser.add_argument("--probabilities", action="store_true", help="also write per-label probability maps")
+    parser.add_argument("--no-heatmaps", action="store_true", help="skip the token attention maps")
+    parser.add_argument(
+        "--attention-grid",
+        choices=ATTENTION_GRIDS,
+        default="auto",
+        help="write token maps on the input grid, or on the coarse token grid (small, same place "
+        "in space); auto: the input grid unless that exceeds 2 GiB",
+    )
+    parser.add_argument("--largest-component", action="store_true", help="keep each label's largest component")
+    parser.add_argument(
+        "--smooth",
+        action="store_true",
+        help="decide labels on the input grid from interpolated probabilities (smoother, slower)",
+    )
+    parser.add_argument("--no-overview", action="store_true", help="skip overview.png")
+    parser.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
+
+
+def _install_cancel_handlers(event: threading.Event) -> list:
+    previous = []
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM,) + ((signal.SIGBREAK,) if hasattr(signal, "SIGBREAK") else ()):
+            previous.append((signum, signal.signal(signum, lambda *_: event.set())))
+    return previous
+
+
+def run_segment(args: argparse.Namespace, cancel=None) -> int:
+    """Segment ``args.inputs`` and write the output folder; returns the exit code (errors raise).
+
+    What the user can get wrong (model, input files, their channels) is checked before torch is imported.
+    """
+    from .catalog import ModelStore
+    from .metadata import assign_inputs
+    from .package_source import read_metadata
+    from .progress import Progress
+    from .volumes import as_volume
+
+    cancel = cancel or threading.Event()
+    printer = ProgressPrinter(args.progress)
+    handlers = _install_cancel_handlers(cancel) if isinstance(cancel, threading.Event) else []
+
+    def segment_progress(stage: str, fraction: float) -> None:
+        printer(stage, WRITE_START * fraction)  # the output files take the rest of the bar
+
+    try:
+        download = Progress(segment_progress, cancel)
+        store = ModelStore(getattr(args, "catalog", None))
+        package_path = store.resolve(args.model, lambda fraction: download.update("download", fraction), cancel)
+        config = read_metadata(package_path).config
+        inputs = list(args.inputs)
+        if len(inputs) > 1:  # files named like the package's channel patterns go to their channels
+            assigned = assign_inputs(inputs, config)
+            if all(assigned.values()) and len(set(assigned.values())) == len(inputs):
+                inputs = list(assigned.values())
+        volumes = [as_volume(item) for item in inputs]  # read once: segment() and the overview share them
+        from .outputs import write_outputs
+        from .package_loader import load_package
+        from .segmentation import segment
+
+        package = load_package(package_path)
+        result = segment(
+            volumes,
+            package,
+            device=args.device,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            probabilities=args.probabilities,
+            with_token_maps=not args.no_heatmaps,
+            largest_component=True if args.largest_component else None,
+            label_interpolation="linear" if args.smooth else "nearest",
+            progress=segment_progress,
+            cancel=cancel,
+        )
+        started = time.perf_counter()
+        extra = {
+            "inputs": {name: str(Path(p).resolve()) for name, p in zip(package.input_names, inputs, strict=True)},
+            "package": {
+                "id": package.id,
+                "path": str(package.path),
+                "version": package.metadata.version,
+                "description": package.metadata.description,
+            },
+        }
+        outputs = write_outputs(
+            result,
+            args.out,
+            image=volumes[0].array,
+            window=package.config.display_window,
+            attention_grid=args.attention_grid,
+            overview=not args.no_overview,
+            extra_report=extra,
+            progress=lambda f: printer("write", WRITE_START + (1 - WRITE_START) * f),
+        )
+        printer.close()
+        for message in result.warnings:
+            printer.warning(message)
+        seconds = result.timings["total"] + time.perf_counter() - started
+        printer.emit(
+            ResultEvent(
+                str(Path(args.out).resolve()),
+                {role: str(path.relative_to(args.out)) for role, path in outputs.items()},
+                tuple(result.warnings),
+                round(seconds, 3),
+            )
+        )
+        print(
+            f"wrote {outputs['segmentation']} ({len(result.label_table)} labels, device {result.device}, "
+            f"{seconds:.1f} s)"
+        )
+        return ExitCode.OK
+    except BaseException:  # errors, cancel, Ctrl-C: end the progress line before the message
+        printer.close()
+        raise
+    finally:
+        for signum, handler in handlers:
+            signal.signal(signum, handler)

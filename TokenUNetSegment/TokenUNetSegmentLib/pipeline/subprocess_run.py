@@ -1,0 +1,193 @@
+"""A run in a child process: the pipeline's ``segment`` command, inputs and outputs as NRRD files.
+
+The child runs in its own process group and reports typed JSON events (``--progress json``, see
+:mod:`.run_contract`); its output folder is read back with :func:`.outputs.read_outputs`. The temporary folder
+is removed whatever the outcome, and cancel ends the child's whole process tree (:mod:`.process_tree`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CancelledError, TokenUNetError
+from .process_tree import popen_options, signal_tree, stop_tree
+from .run_contract import ErrorEvent, ExitCode, LogEvent, ProgressEvent, ResultEvent, RunRequest, RunState, decode_event
+from .runs import Run
+
+MODULE_DIR = Path(__file__).resolve().parents[2]  # the folder that holds TokenUNetSegmentLib
+
+
+def python_executable() -> str:
+    """The interpreter for child runs: Slicer's ``PythonSlicer`` where it exists (inside Slicer,
+    ``sys.executable`` is the Slicer application itself), else this interpreter."""
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    folder = Path(sys.executable).parent
+    for name in ("PythonSlicer", "PythonSlicer.exe"):
+        if (folder / name).is_file():
+            return str(folder / name)
+    return sys.executable
+
+
+class SubprocessRun(Run):
+    """The pipeline CLI in a child process (its own process group), inputs and outputs as NRRD files.
+
+    Args:
+        request: the run.
+        python: the interpreter for the child (default ``sys.executable``; inside Slicer, ``PythonSlicer``).
+        grace: seconds a cancelled child gets to stop by itself before its process tree is killed.
+        command: replaces the CLI command (for tests of the process handling); ``{out}`` is substituted.
+        env: the child's environment (default: this process's).
+        temp_dir: the folder for the run's temporary exchange folder (default: the system's).
+    """
+
+    def __init__(
+        self,
+        request: RunRequest,
+        python: str | None = None,
+        grace: float = 3.0,
+        command: list[str] | None = None,
+        env: dict | None = None,
+        temp_dir: str | Path | None = None,
+    ):
+        super().__init__(request)
+        self.temp_dir = temp_dir  # where the run's exchange folder goes (Slicer: its temporary folder)
+        self.python = python or sys.executable
+        self.grace = grace
+        self.custom_command = command
+        self.env = env
+        self.folder: Path | None = None
+        self.process: subprocess.Popen | None = None
+        self.log: deque[str] = deque(maxlen=200)
+        self.reported: ErrorEvent | ResultEvent | None = None  # the child's final event, if it sent one
+        self._kill_at: float | None = None
+
+    def cancel(self) -> None:
+        """Ask the child to stop (SIGTERM to its process group); its tree is killed after ``grace`` seconds."""
+        if self.state != RunState.RUNNING or self._cancel.is_set():
+            return
+        self._cancel.set()
+        self._kill_at = time.monotonic() + self.grace
+        signal_tree(self.process, kill=False)
+
+    def _write_inputs(self) -> list[Path]:
+        from .nrrd import plain_array, write_nrrd
+
+        paths = []
+        for index, (array, affine) in enumerate(self.request.inputs):
+            path = self.folder / "inputs" / f"channel{index}.nrrd"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_nrrd(path, plain_array(np.asarray(array)), np.asarray(affine, float), compression=0)
+            paths.append(path)
+        return paths
+
+    def command(self, inputs: list[Path]) -> list[str]:
+        """The command line of the child."""
+        out = self.folder / "out"
+        if self.custom_command is not None:
+            return [part.replace("{out}", str(out)) for part in self.custom_command]
+        return [self.python, "-m", "TokenUNetSegmentLib.pipeline", *self.request.command_arguments(inputs, out)]
+
+    def start(self) -> SubprocessRun:
+        self._begin()
+        self.folder = Path(tempfile.mkdtemp(prefix="tokenunet-run-", dir=self.temp_dir))
+        try:
+            inputs = self._write_inputs()
+            env = dict(os.environ if self.env is None else self.env)
+            env["PYTHONPATH"] = os.pathsep.join([str(MODULE_DIR), *filter(None, [env.get("PYTHONPATH")])])
+            env.setdefault("PYTHONUNBUFFERED", "1")
+            self.process = subprocess.Popen(
+                self.command(inputs),
+                cwd=str(self.folder),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                encoding="utf-8",
+                errors="replace",
+                **popen_options(),
+            )
+        except Exception as error:
+            self._cleanup()
+            self._finish(RunState.FAILED, TokenUNetError(f"cannot start the segmentation process: {error}"))
+            return self
+        self._reader = threading.Thread(target=self._read, name="TokenUNet output", daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        for raw in self.process.stdout:
+            line = raw.rstrip("\n")
+            if not line:
+                continue
+            event = decode_event(line)
+            if isinstance(event, ProgressEvent):
+                self._queue_progress(event.stage, event.fraction)
+                continue
+            if isinstance(event, (ErrorEvent, ResultEvent)):
+                self.reported = event
+                continue
+            if event is None:
+                event = LogEvent(line)
+            self.log.append(event.message)
+            self._events.put(event)
+        self.process.stdout.close()
+
+    def poll(self) -> RunState:
+        if self.state != RunState.RUNNING:
+            return self.state
+        self._drain()
+        if self.process.poll() is None:
+            if self._kill_at is not None and time.monotonic() >= self._kill_at:
+                signal_tree(self.process, kill=True)
+            return self.state
+        self._reader.join()
+        self._drain()
+        code = self.process.returncode
+        try:
+            if self._cancel.is_set() or code == ExitCode.CANCELLED:
+                self._finish(RunState.CANCELLED, CancelledError("segmentation cancelled"))
+            elif code != ExitCode.OK:
+                self._finish(RunState.FAILED, self._failure(code))
+            else:
+                self._finish_with_outputs()
+        finally:
+            stop_tree(self.process, 0)  # anything the child left behind in its tree
+            self._cleanup()
+        return self.state
+
+    def _finish_with_outputs(self) -> None:
+        from .outputs import read_outputs
+
+        try:
+            self.result = read_outputs(self.folder / "out", self.request.inputs[0][1])
+        except (OSError, ValueError, KeyError, TokenUNetError) as error:
+            self._finish(RunState.FAILED, TokenUNetError(f"cannot read the run's outputs: {error}"))
+        else:
+            self._finish(RunState.COMPLETED)
+
+    def _failure(self, code: int) -> TokenUNetError:
+        """The child's typed error, or (when it died without one) its exit code and last log line."""
+        if isinstance(self.reported, ErrorEvent):
+            return self.reported.to_error()
+        lines = [line for line in self.log if line.strip()]
+        return TokenUNetError(
+            f"the segmentation process failed (exit code {code}): {lines[-1] if lines else 'no output'}"
+        )
+
+    def _cleanup(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)

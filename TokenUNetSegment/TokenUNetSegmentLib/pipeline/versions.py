@@ -1,0 +1,28 @@
+"""Versions of the software a run or a package was made with (recorded in reports and package metadata)."""
+
+from __future__ import annotations
+
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+
+def installed_version(package: str) -> str:
+    """The installed distribution's version, or ``"unknown"``."""
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def describe_environment() -> dict[str, str]:
+    """Python, torch, MONAI and numpy versions (torch as it reports itself, e.g. ``2.13.0+cpu``)."""
+    import monai
+    import numpy as np
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "numpy": np.__version__,
+    }
