@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--network", default="32AttnLong")
     parser.add_argument("--no-swin", action="store_true")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--attention-grid", choices=("auto", "input", "token"), default="auto")
+    parser.add_argument("--attention-grid", choices=("auto", "input", "token"), default="token")  # the CLI's default
     parser.add_argument(
         "--cli",
         action="store_true",

@@ -8,11 +8,13 @@ at 1.5 mm that it writes. Per run it prints:
 
 - wall: from starting the process to its exit (interpreter start-up and imports included);
 - first line: when the first progress line arrived;
-- read: reading the DICOM series with the pipeline's reader in a separate process (the command reads it
-  before its first progress line; start-up = first line - read);
+- read: reading the DICOM series with the pipeline's reader in a separate process;
+- start-up: until the first progress line, less the read when that line comes after it (commands whose first
+  line is the ``start`` stage print it before reading anything: there start-up = first line);
 - load, preprocess, inference, postprocess, map back: ``segment()``'s stages from report.json;
 - write: the output files (the command's reported total minus ``segment()``'s);
-- other: the rest of the wall time (mostly the interpreter's exit after the files are written);
+- other: the rest of the wall time (importing torch and loading the model when the first line comes before them,
+  and the interpreter's exit after the files are written);
 - the peak resident memory of the process, the output folder's size and file count, and the share of the
   wall time spent outside the network (everything but ``inference``).
 
@@ -139,6 +141,7 @@ def run_command(arguments: list[str], cwd: Path, module_dir: Path = MODULE_DIR) 
         for line in process.stderr:
             if not first_line and '"stage"' in line:
                 first_line.append(time.perf_counter() - started)
+                first_line.append(json.loads(line).get("stage"))
             err_lines.append(line)
 
     watcher = threading.Thread(target=watch_stderr, daemon=True)
@@ -154,6 +157,7 @@ def run_command(arguments: list[str], cwd: Path, module_dir: Path = MODULE_DIR) 
         "wall": wall,
         "peak_rss_gib": usage.ru_maxrss / 2**20,  # KiB on Linux
         "first_line": first_line[0] if first_line else None,
+        "first_stage": first_line[1] if first_line else None,
         "stdout": out,
     }
 
@@ -172,15 +176,18 @@ def segment_run(series: Path, read: float, model: Path | None, out: Path, module
     stages = {name: float(report["timings_s"][name]) for name in STAGES}
     reported = float(done["stdout"].rsplit("(", 1)[1].split(" s)")[0].split(", ")[-1])  # "wrote ... (…, 12.3 s)"
     size, count = folder_size(out)
+    first = done["first_line"] or 0.0
+    read_before_first_line = read if done["first_stage"] != "start" else 0.0
     return {
         "wall_s": round(done["wall"], 2),
         "first_line_s": round(done["first_line"], 2) if done["first_line"] is not None else None,
-        "start-up_s": round(done["first_line"] - read, 2) if done["first_line"] is not None else None,
+        "start-up_s": round(first - read_before_first_line, 2) if done["first_line"] is not None else None,
         "read_s": round(read, 2),
         **{f"{name}_s": round(value, 2) for name, value in stages.items()},
         "write_s": round(reported - float(report["timings_s"]["total"]), 2),
-        # after the files: the interpreter's exit (and whatever the stages above do not cover)
-        "other_s": round(done["wall"] - (done["first_line"] or 0) - reported, 2),
+        # whatever the stages above do not cover: torch's import and the model's loading after a "start" line,
+        # the interpreter's exit after the files are written
+        "other_s": round(done["wall"] - first - (read - read_before_first_line) - reported, 2),
         "non_network_share": round(1 - stages["inference"] / done["wall"], 3),
         "peak_rss_gib": round(done["peak_rss_gib"], 2),
         "output_mb": round(size / 2**20, 1),
