@@ -5,6 +5,7 @@ import json
 
 import pytest
 from helpers.paths import RESOURCES
+from helpers.paths import SAMPLE_CT as SAMPLE
 from helpers.paths import SAMPLE_LABELS as REFERENCE
 from TokenUNetSegmentLib.pipeline.catalog import ModelStore
 from TokenUNetSegmentLib.pipeline.checksums import sha256_file
@@ -76,3 +77,39 @@ def test_bundled_model_reproduces_its_recorded_dice_on_the_sample(store, sample_
     for name, dice in recorded["dice"].items():
         assert metrics["labels"][name]["dice"] == pytest.approx(dice, abs=0.01), name
     assert metrics["mean_dice"] == pytest.approx(recorded["mean_dice"], abs=0.01)
+
+
+def test_bundled_model_records_its_generalisation_and_training_data(store):
+    path = store.resolve(None)
+    config = read_metadata(path).config
+    record = config.training
+    for case in record["data"]["training"]:
+        assert case["files"] and all(len(digest) == 64 for digest in case["files"].values())
+    evaluation = record["evaluation"]
+    patients = {result["patient"]: result for result in evaluation["robustness"]}
+    assert {"A", "B", "C"} <= set(patients)
+    assert not patients["C"]["trained_on"] and patients["A"]["trained_on"]  # C is held out from the shipped weights
+    assert "C" not in {case.get("patient") for case in record["data"]["training"]}
+    assert evaluation["targets"] and all("value" in target for target in evaluation["targets"])
+    stats = config.training_statistics
+    assert stats["labels"]["liver"]["cases"] >= 1 and stats["augmentation"]["synthetic_ratio"] > 0
+    card = (path / "docs" / "README.md").read_text(encoding="utf-8")
+    assert "## Targets of issue 10" in card and "## Leave-one-patient-out" in card and "never seen" in card
+
+
+def test_bundled_model_reproduces_its_recorded_slab_figures(store):
+    from TokenUNetSegmentLib.pipeline.robustness import evaluate_robustness
+    from TokenUNetSegmentLib.pipeline.training.label_tables import TOTALSEGMENTATOR_V2
+    from TokenUNetSegmentLib.pipeline.volumes import read_volume
+
+    package = store.load(None)
+    recorded = next(r for r in package.config.training["evaluation"]["robustness"] if r["patient"] == "A")
+    result = evaluate_robustness(
+        package, read_volume(SAMPLE), read_volume(REFERENCE), TOTALSEGMENTATOR_V2, ("slabs",), tokens=False
+    )
+    expected = {row["variant"]: row["dice"] for row in recorded["variants"] if row["variant"].startswith("slab")}
+    assert {row["variant"] for row in result["variants"]} == set(expected)
+    for row in result["variants"]:
+        for organ in ("liver", "spleen"):
+            if organ in expected[row["variant"]]:
+                assert row["dice"][organ] == pytest.approx(expected[row["variant"]][organ], abs=0.02), row["variant"]

@@ -28,6 +28,7 @@ import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[2]
 SDIST = "totalsegmentator==2.18.0"
+SDIST_SHA256 = "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03"
 
 PREFIX = "totalsegmentator-2.18.0/tests/reference_files/"
 IMAGE = "aorta_report/example_ct.nii.gz"
@@ -62,6 +63,8 @@ def download(folder: Path) -> Path:
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     archive = download(out)
+    if sha256(archive) != SDIST_SHA256:
+        raise SystemExit(f"{archive.name}: SHA256 {sha256(archive)}, expected {SDIST_SHA256}")
     with tempfile.TemporaryDirectory() as temp, tarfile.open(archive) as tar:
         wanted = [IMAGE, *(mask for _, mask in STRUCTURES.values())]
         for name in wanted:

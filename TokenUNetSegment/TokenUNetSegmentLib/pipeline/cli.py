@@ -62,6 +62,16 @@ COMMANDS: dict[str, Command] = {
         "training.command:_arguments",
         "training.command:run_train",
     ),
+    "robustness": Command(
+        "Dice of a model on thin slabs, oblique grids, other voxel sizes, noise and crops of a labelled CT",
+        "robustness:add_arguments",
+        "robustness:run_robustness",
+    ),
+    "datalist": Command(
+        "write a training datalist from a TotalSegmentator, Decathlon/nnU-Net or BTCV-style dataset",
+        "training.command:_datalist_arguments",
+        "training.command:run_datalist",
+    ),
     "cka": Command("compare two networks' encoder stages with linear CKA", "cka:add_arguments", "cka:run_command"),
 }
 

@@ -164,6 +164,7 @@ class PackageConfig:
     largest_component: bool | tuple[str, ...] = False  # postprocessing default
     weights: Weights | None = None
     training: Mapping | None = None  # the training record, kept as written
+    training_statistics: Mapping | None = None  # what the training data looked like (volumes, HU, fields of view)
     source: Mapping = field(default_factory=dict, repr=False, compare=False)  # the section as read
 
     @property
@@ -314,6 +315,7 @@ def _config_from(section: Mapping) -> PackageConfig:
         largest_component=tuple(largest) if isinstance(largest, list) else bool(largest),
         weights=Weights(weights["file"], weights["sha256"]) if weights else None,
         training=copy.deepcopy(section.get("training")),
+        training_statistics=copy.deepcopy(section.get("training_statistics")),
         source=copy.deepcopy(dict(section)),
     )
 

@@ -15,7 +15,7 @@ from ..errors import InputError
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    from .trainer import Recipe
+    from .recipe import Recipe
 
     default = Recipe()
     parser.add_argument("datalist", help="decathlon-style datalist JSON (training/validation cases, label names)")
@@ -37,10 +37,48 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-steps", type=int, default=0)
     parser.add_argument("--augmentation", type=float, default=1.0, help="augmentation strength (0 = none)")
     parser.add_argument("--flip-axes", type=int, nargs="*", default=[], help="random flips along these axes")
+    parser.add_argument(
+        "--synthetic-ratio",
+        type=float,
+        default=default.synthetic_ratio,
+        help="share of patches synthesised from tissue maps (SynthSeg-style CT; "
+        'cases with "synthesis": false excluded)',
+    )
+    parser.add_argument(
+        "--remap-ratio",
+        type=float,
+        default=default.remap_ratio,
+        help="share of the other patches whose tissues get another contrast phase",
+    )
+    parser.add_argument(
+        "--background-ratio",
+        type=float,
+        default=default.background_ratio,
+        help="share of patches centred anywhere rather than on an organ (hard background)",
+    )
+    parser.add_argument("--lesion-probability", type=float, default=default.lesion_probability)
+    parser.add_argument(
+        "--hold-out",
+        nargs="*",
+        default=[],
+        metavar="PATIENT",
+        help="leave these patients' cases out (leave-one-patient-out folds; see the datalist's \"patient\")",
+    )
+    parser.add_argument(
+        "--select",
+        choices=("best", "last"),
+        default=default.select,
+        help="package the best validated checkpoint or the last one",
+    )
+    parser.add_argument("--workers", type=int, default=default.workers, help="processes that draw patches")
     parser.add_argument("--val-every", type=int, default=default.val_every, help="validate every N steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="CPU threads per process")
-    parser.add_argument("--max-minutes", type=float, help="stop after this long and package the best checkpoint")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop this invocation after this long (a --resume continues) and package the selected checkpoint",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--description", help="package description")
@@ -62,7 +100,8 @@ def load_config(path: str) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .trainer import Recipe, _distributed, train
+    from .recipe import Recipe
+    from .trainer import _distributed, train
 
     config = load_config(args.config)
     if args.model_id:
@@ -78,6 +117,13 @@ def run_train(args: argparse.Namespace) -> int:
         warmup_steps=args.warmup_steps,
         augmentation=args.augmentation,
         flip_axes=list(args.flip_axes),
+        synthetic_ratio=args.synthetic_ratio,
+        remap_ratio=args.remap_ratio,
+        background_ratio=args.background_ratio,
+        lesion_probability=args.lesion_probability,
+        hold_out=list(args.hold_out),
+        select=args.select,
+        workers=args.workers,
         val_every=args.val_every,
         seed=args.seed,
         threads=args.threads,
@@ -111,4 +157,58 @@ def run_train(args: argparse.Namespace) -> int:
         printer.close()
     if package is not None:
         print(f"wrote {package}")
+    return 0
+
+
+def _datalist_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "layout",
+        choices=("totalsegmentator", "decathlon", "folders"),
+        help="totalsegmentator: <case>/ct.nii.gz + segmentations/; decathlon: dataset.json "
+        "(MSD, nnU-Net raw, AMOS); folders: --images and --labels paired by number (BTCV)",
+    )
+    parser.add_argument("root", nargs="?", help="the dataset folder (totalsegmentator, decathlon)")
+    parser.add_argument("--images", help="folders: the image folder")
+    parser.add_argument("--labels", help="folders: the label folder")
+    parser.add_argument("--table", default="btcv", help="folders: btcv, amos, totalsegmentator or a JSON name table")
+    parser.add_argument("--config", help="the model configuration whose labels to match (report and 'partial')")
+    parser.add_argument("--splits", nargs="+", default=["train"], help="totalsegmentator: meta.csv splits to train on")
+    parser.add_argument(
+        "--validation-splits", nargs="*", default=["val"], help="totalsegmentator: splits to validate on"
+    )
+    parser.add_argument(
+        "--structures",
+        choices=("all", "model"),
+        default="all",
+        help="totalsegmentator: read every mask (full maps for synthesis) or only the model's",
+    )
+    parser.add_argument("--validation-fraction", type=float, default=0.0, help="decathlon, folders: share held out")
+    parser.add_argument("--out", "-o", required=True, help="the datalist JSON to write")
+
+
+def run_datalist(args: argparse.Namespace) -> int:
+    from . import datasets
+
+    labels = [label["name"] for label in load_config(args.config)["labels"]] if args.config else None
+    if args.layout == "folders":
+        if not (args.images and args.labels):
+            raise InputError("the folders layout needs --images and --labels")
+        datalist, report = datasets.folders(args.images, args.labels, args.table, labels, args.validation_fraction)
+    elif not args.root:
+        raise InputError(f"the {args.layout} layout needs the dataset folder")
+    elif args.layout == "totalsegmentator":
+        datalist, report = datasets.totalsegmentator(
+            args.root, labels, tuple(args.splits), tuple(args.validation_splits), args.structures
+        )
+    else:
+        datalist, report = datasets.decathlon(args.root, labels, args.validation_fraction)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(datalist, indent=2) + "\n", encoding="utf-8")
+    cases = len(datalist["training"]), len(datalist.get("validation", []))
+    print(f"wrote {out}: {cases[0]} training and {cases[1]} validation cases, {report['structures']} structures")
+    if labels:
+        print(f"model labels found: {', '.join(report['matched'])}")
+        if report["missing"]:
+            print(f"model labels not in the dataset (cases marked partial): {', '.join(report['missing'])}")
     return 0

@@ -1,11 +1,12 @@
-"""Training data: a decathlon-style datalist, cases preprocessed like the package does, and the patch
-sampler with its augmentations (MONAI transforms)."""
+"""Training data: a decathlon-style datalist and its cases, preprocessed exactly as ``segment()`` does
+(orientation, spacing, foreground crop, padding to the window), with the raw HU image and a tissue map kept
+for synthesis and intensity augmentation."""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +17,21 @@ from ..geometry import overlaps, resample
 from ..metadata import parse_config
 from ..preprocess import prepare
 from ..volumes import read_volume
+from .label_tables import name_key, named_table
+from .tissues import tissue_map, tissue_means
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Case:
-    """One preprocessed case: image (C, X, Y, Z) float32 and label (X, Y, Z) uint8 in package label values."""
+    """One preprocessed case on the model grid (the region ``segment()`` would feed the network).
+
+    ``image`` (C, X, Y, Z) is normalised as the package does; ``hu`` holds the same region before the CT
+    window (None for other intensity methods); ``label`` (X, Y, Z) uint8 holds package label values (or
+    ``UNKNOWN``); ``tissues`` the tissue map (see :mod:`.tissues`); ``pad`` the value per channel that
+    fills voxels outside the scan.
+    """
 
     name: str
     image: np.ndarray
@@ -30,7 +39,15 @@ class Case:
     spacing: tuple[float, float, float]
     files: dict[str, str]
     missing: tuple[int, ...] = ()  # package label values not annotated in a partially labelled case
-    repeat: int = 1  # how many times the case enters each pass over the training data
+    repeat: int = 1  # relative sampling weight
+    hu: np.ndarray | None = None
+    tissues: np.ndarray | None = None
+    tissue_means: np.ndarray | None = None
+    pad: tuple[float, ...] = (0.0,)
+    inside: np.ndarray | None = None  # voxels of the region that lie inside the scan
+    patient: str = ""
+    synthesis: bool = True
+    source: dict = field(default_factory=dict)  # spacing and extent of the scan as read
 
 
 UNKNOWN = 255
@@ -42,14 +59,18 @@ def read_datalist(path: str | Path) -> dict:
 
     Format::
 
-        {"labels": {"1": "spleen", "2": "kidney_right"},          # optional: label file value -> name
-         "training":   [{"image": "ct1.nii.gz" | ["t1.nii.gz", "t2.nii.gz"], "label": "seg1.nii.gz",
-                         "labels": {...},                           # optional per-case name table
-                         "partial": true,                           # optional: see below
-                         "repeat": 2}],                             # optional: sample it twice as often
-         "validation": [{"image": ..., "label": ...}]}              # optional
+        {"labels": {"1": "spleen", "2": "kidney_right"} | "totalsegmentator" | "btcv" | "amos",
+         "training":   [{"image": "ct1.nii.gz" | ["t1.nii.gz", "t2.nii.gz"],
+                         "label": "seg1.nii.gz" | {"spleen": "masks/spleen.nii.gz", ...},
+                         "labels": {...},          # optional per-case name table (file value -> name)
+                         "partial": true,          # optional: see below
+                         "repeat": 2,              # optional: sampled twice as often
+                         "patient": "A",           # optional: for leave-one-patient-out (default: name)
+                         "synthesis": false}],     # optional: no synthetic images from this case
+         "validation": [...]}                      # optional, same keys
 
-    Relative paths are relative to the datalist's folder (or to ``"dataroot"`` when given).
+    Relative paths are relative to the datalist's folder (or to ``"dataroot"`` when given). A label given
+    as {structure name: mask file} is one binary mask per structure (TotalSegmentator's layout).
     A ``"partial": true`` case annotates only the model labels its name table names; its unnamed voxels
     count as "background or an unannotated label", and values named after other structures as background.
     ``"partial": false`` says the case is complete: model labels its table does not name are absent from
@@ -67,25 +88,44 @@ def read_datalist(path: str | Path) -> dict:
     def absolute(value):
         return str((root / value).resolve())
 
-    out = {"labels": data.get("labels"), "training": [], "validation": []}
+    def table(value, where):
+        try:
+            return named_table(value)
+        except (KeyError, ValueError, AttributeError, TypeError):
+            raise InputError(
+                f"{where}: 'labels' must be a {{value: name}} table or one of totalsegmentator, btcv, amos"
+            ) from None
+
+    out = {"labels": table(data.get("labels"), str(path)), "training": [], "validation": []}
     for split in ("training", "validation"):
         for index, entry in enumerate(data.get(split) or []):
+            where = f"datalist {split}[{index}]"
             if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-                raise InputError(f"datalist {split}[{index}] needs 'image' and 'label'")
+                raise InputError(f"{where} needs 'image' and 'label'")
             images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
-            case = {"image": [absolute(i) for i in images], "label": absolute(entry["label"])}
-            for file in [*case["image"], case["label"]]:
+            case = {"image": [absolute(i) for i in images]}
+            if isinstance(entry["label"], dict):  # one mask file per structure
+                masks = {str(name): absolute(file) for name, file in entry["label"].items()}
+                case["label"] = masks
+                names = {value: name for value, name in enumerate(masks, start=1)}
+                files = list(masks.values())
+            else:
+                case["label"] = absolute(entry["label"])
+                names = table(entry["labels"], where) if "labels" in entry else out["labels"]
+                files = [case["label"]]
+            for file in [*case["image"], *files]:
                 if not Path(file).exists():
-                    raise InputError(f"datalist {split}[{index}]: file not found: {file}")
-            names = entry.get("labels", data.get("labels"))
-            case["labels"] = {int(k): str(v) for k, v in names.items()} if names else None
+                    raise InputError(f"{where}: file not found: {file}")
+            case["labels"] = names
             case["name"] = entry.get("name") or Path(case["image"][0]).name.split(".")[0]
+            case["patient"] = str(entry.get("patient", case["name"]))
             case["partial"] = entry.get("partial")
+            case["synthesis"] = bool(entry.get("synthesis", True))
             if case["partial"] and not names:
-                raise InputError(f"datalist {split}[{index}] is partial but has no 'labels' name table")
+                raise InputError(f"{where} is partial but has no 'labels' name table")
             case["repeat"] = entry.get("repeat", 1)
-            if not isinstance(case["repeat"], int) or case["repeat"] < 1:
-                raise InputError(f"datalist {split}[{index}]: 'repeat' must be a whole number >= 1")
+            if not isinstance(case["repeat"], (int, float)) or case["repeat"] <= 0:
+                raise InputError(f"{where}: 'repeat' must be a number > 0")
             out[split].append(case)
     return out
 
@@ -114,9 +154,10 @@ def label_lookup(file_names: dict[int, str] | None, labels: list[dict], partial:
     if partial:
         lut[:] = UNKNOWN
         lut[[value for value in file_names if 0 <= value < 65536]] = 0
-    for label in labels:
-        if _key(label["name"]) in by_name:
-            lut[by_name[_key(label["name"])]] = label["value"]
+    model_value = {_key(label["name"]): label["value"] for label in labels}
+    for value, name in file_names.items():  # several file values may name one label (e.g. an organ and its tumour)
+        if _key(name) in model_value and 0 <= value < 65536:
+            lut[value] = model_value[_key(name)]
     return lut
 
 
@@ -128,8 +169,27 @@ def missing_labels(file_names: dict[int, str] | None, labels: list[dict]) -> tup
     return tuple(label["value"] for label in labels if _key(label["name"]) not in named)
 
 
-def _key(name: str) -> str:
-    return name.strip().lower().replace(" ", "_").replace("-", "_")
+_key = name_key
+
+
+def read_label_values(entry: dict) -> tuple[np.ndarray, object]:
+    """The label file's values (uint16) and its grid; per-structure masks are merged (first one wins)."""
+    if not isinstance(entry["label"], dict):
+        volume = read_volume(entry["label"])
+        values = np.asarray(volume.array)
+        if not np.issubdtype(values.dtype, np.integer):
+            values = np.rint(values)
+        return np.clip(values, 0, 65535).astype(np.uint16), volume.grid
+    merged, grid = None, None
+    for value, file in reversed(list(enumerate(entry["label"].values(), start=1))):
+        volume = read_volume(file)
+        mask = np.asarray(volume.array) > 0
+        if merged is None:
+            merged, grid = np.zeros(mask.shape, np.uint16), volume.grid
+        elif mask.shape != merged.shape:
+            mask = resample(mask.astype(np.uint8), volume.grid, grid, "nearest", 0, np.uint8) > 0
+        merged[mask] = value
+    return merged, grid
 
 
 def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
@@ -139,107 +199,67 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
         raise InputError(
             f"case {entry['name']} has {len(volumes)} image channels; the model takes {len(cfg['inputs'])}"
         )
-    label_volume = read_volume(entry["label"])
-    if not (overlaps(volumes[0].grid, label_volume.grid) and overlaps(label_volume.grid, volumes[0].grid)):
+    typed = parse_config(cfg, "training configuration")
+    values, label_grid = read_label_values(entry)
+    if not (overlaps(volumes[0].grid, label_grid) and overlaps(label_grid, volumes[0].grid)):
         raise InputError(
-            f"case {entry['name']}: the label map {label_volume.name} does not overlap its image in physical space",
+            f"case {entry['name']}: the label map {_label_name(entry)} does not overlap its image in physical space",
             "check that the label map belongs to this image (same patient, same scan)",
         )
-    prepared = prepare(volumes, parse_config(cfg, "training configuration"), size_multiple, roi_size)
+    prepared = prepare(volumes, typed, size_multiple, roi_size)
     for message in prepared.warnings:
         log.warning("case %s: %s", entry["name"], message)
-    values = np.asarray(label_volume.array)
-    if not np.issubdtype(values.dtype, np.integer):
-        values = np.rint(values)
-    values = np.clip(values, 0, 65535).astype(np.uint16)
-    on_grid = resample(values, label_volume.grid, prepared.region, "nearest", 0, np.uint16)
+    on_grid = resample(values, label_grid, prepared.region, "nearest", 0, np.uint16)
     partial = entry.get("partial")
     label = label_lookup(entry["labels"], cfg["labels"], partial)[on_grid]
-    files = {Path(p).name: sha256_file(p) for p in [*entry["image"], entry["label"]]}
+    label_files = list(entry["label"].values()) if isinstance(entry["label"], dict) else [entry["label"]]
+    files = {key: sha256_file(p) for key, p in _file_keys([*entry["image"], *label_files]).items()}
     missing = missing_labels(entry["labels"], cfg["labels"]) if partial else ()
     spacing = tuple(float(s) for s in prepared.grid.spacing)
-    return Case(entry["name"], prepared.image, label, spacing, files, missing, entry.get("repeat", 1))
+    source_grid = volumes[0].grid
+    source = {
+        "spacing_mm": [round(float(s), 4) for s in source_grid.spacing],
+        "extent_mm": [round(float(n * s), 1) for n, s in zip(source_grid.shape, source_grid.spacing, strict=True)],
+    }
+    case = Case(entry["name"], prepared.image, label, spacing, files, missing, entry.get("repeat", 1))
+    case.patient, case.synthesis, case.source = (
+        entry.get("patient", entry["name"]),
+        entry.get("synthesis", True),
+        source,
+    )
+    ones = np.ones(source_grid.shape, np.uint8)
+    case.inside = resample(ones, source_grid, prepared.region, "nearest", 0, np.uint8) > 0
+    if all(setting.method == "ct_window" for setting in typed.preprocessing.intensity):
+        # the same region before the CT window: outside the scan, each channel's minimum (as prepare() pads)
+        hu = [
+            resample(np.asarray(v.array, np.float32), v.grid, prepared.region, "linear", float(np.min(v.array)))
+            for v in volumes
+        ]
+        case.hu = np.stack(hu).astype(np.float32)
+        case.pad = tuple(float(np.min(v.array)) for v in volumes)
+        case.tissues = tissue_map(case.hu[0], on_grid, entry["labels"])
+        case.tissue_means = tissue_means(case.hu[0], case.tissues)
+    else:
+        case.pad = tuple(float(case.image[c].min()) for c in range(case.image.shape[0]))
+    return case
+
+
+def _label_name(entry: dict) -> str:
+    return "(structure masks)" if isinstance(entry["label"], dict) else Path(entry["label"]).name
+
+
+def _file_keys(paths: list[str]) -> dict[str, str]:
+    """File name -> path, with the parent folder in the name where names repeat or say nothing
+    (TotalSegmentator's ``<case>/ct.nii.gz`` and ``segmentations/<structure>.nii.gz``)."""
+    names = [Path(p).name for p in paths]
+    out = {}
+    for path, name in zip(paths, names, strict=True):
+        vague = names.count(name) > 1 or name.startswith("ct.") or Path(path).parent.name == "segmentations"
+        out[f"{Path(path).parent.name}/{name}" if vague else name] = path
+    return out
 
 
 def is_lateralised(labels: list[dict]) -> bool:
     """Whether any label names a side (left/right), so that left-right flips would corrupt labels."""
     names = [label["name"].lower() for label in labels]
     return any("left" in n or "right" in n or n.endswith(("_l", "_r", " l", " r")) for n in names)
-
-
-def crop_size(patch, strength: float) -> list[int]:
-    """The region cropped before the spatial augmentation: larger than the patch, so that rotating or
-    shrinking it fills the patch with real anatomy rather than padding."""
-    margin = 1.0 + 0.25 * min(max(float(strength), 0.0), 2.0)
-    return [int(np.ceil(p * margin / 8) * 8) for p in patch]
-
-
-def pad_for_crop(image: np.ndarray, label: np.ndarray, patch, region) -> tuple[np.ndarray, np.ndarray]:
-    """Pad a case by half the difference between the crop ``region`` and the ``patch`` on every side, so
-    that the larger crop can still be centred wherever a patch could: without it, patches would never
-    reach the outer ``(region - patch) / 2`` voxels of the case. Image padding: its minimum (air after the
-    CT window); label padding: background."""
-    margins = [((r - p) // 2, (r - p) - (r - p) // 2) for r, p in zip(region, patch, strict=True)]
-    image = np.pad(image, [(0, 0), *margins], constant_values=float(image.min()))
-    label = np.pad(label, [(0, 0), *margins], constant_values=0)
-    return image, label
-
-
-def training_transforms(patch, num_classes: int, samples: int, strength: float = 1.0, flip_axes=()):
-    """MONAI transforms: balanced patches over the classes present, spatial and intensity augmentation.
-
-    The augmentations stand in for other patients and scanners: body size (scaling), posture (rotation,
-    elastic deformation), contrast timing and calibration (intensity shift, scale, gamma), dose (noise),
-    reconstruction kernel and slice thickness (blur, z-only blur, simulated low resolution).
-    ``strength`` scales the probabilities and ranges (0 turns augmentation off).
-    """
-    from monai import transforms as T
-
-    s = float(strength)
-    p = min(1.0, 0.3 * s)
-    region = crop_size(patch, s) if s > 0 else list(patch)
-    steps = [
-        T.ClassesToIndicesd(keys="label", num_classes=num_classes, indices_postfix="_cls_indices"),
-        T.RandCropByLabelClassesd(
-            keys=["image", "label"],
-            label_key="label",
-            spatial_size=region,
-            num_classes=num_classes,
-            ratios=[1.0] * num_classes,
-            num_samples=samples,
-            indices_key="label_cls_indices",
-            allow_smaller=False,
-            warn=False,  # partially labelled cases lack some classes
-        ),
-    ]
-    if s > 0:
-        steps += [
-            T.RandAffined(
-                keys=["image", "label"],
-                spatial_size=list(patch),
-                prob=min(1.0, 0.7 * s),
-                rotate_range=[0.21 * s] * 3,  # about 15 degrees at strength 1.25
-                scale_range=[0.25 * s] * 3,
-                mode=("bilinear", "nearest"),
-                padding_mode="border",
-            ),
-            T.CenterSpatialCropd(keys=["image", "label"], roi_size=list(patch)),
-            T.Rand3DElasticd(
-                keys=["image", "label"],
-                prob=min(1.0, 0.2 * s),
-                sigma_range=(5.0, 8.0),
-                magnitude_range=(0.0, 4.0 * s),
-                mode=("bilinear", "nearest"),
-                padding_mode="border",
-            ),
-            T.RandScaleIntensityd(keys="image", factors=0.15 * s, prob=p),
-            T.RandShiftIntensityd(keys="image", offsets=0.1 * s, prob=p),
-            T.RandAdjustContrastd(keys="image", gamma=(1 - 0.3 * min(s, 2) / 2, 1 + 0.5 * s), prob=p),
-            T.RandGaussianNoised(keys="image", std=0.03 * s, prob=p),
-            T.RandGaussianSmoothd(keys="image", sigma_x=(0.5, 1.2), sigma_y=(0.5, 1.2), sigma_z=(0.5, 1.2), prob=p / 2),
-            T.RandGaussianSmoothd(keys="image", sigma_x=(0.0, 0.1), sigma_y=(0.0, 0.1), sigma_z=(0.8, 2.0), prob=p / 2),
-            T.RandSimulateLowResolutiond(keys="image", zoom_range=(max(0.3, 1 - 0.5 * s), 1.0), prob=p / 2),
-        ]
-    steps += [T.RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=axis) for axis in flip_axes]
-    steps += [T.EnsureTyped(keys=["image", "label"], track_meta=False)]
-    return T.Compose(steps)

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,46 +19,19 @@ from ..metadata import parse_config, validate_metadata
 from ..package_loader import build_package_network
 from ..package_writer import make_metadata, write_package
 from ..versions import describe_environment
-from .data import (
-    UNKNOWN,
-    Case,
-    crop_size,
-    is_lateralised,
-    load_case,
-    pad_for_crop,
-    read_datalist,
-    training_transforms,
-)
+from .data import UNKNOWN, Case, is_lateralised, load_case, read_datalist
 from .loss import PartialDiceCELoss
+from .recipe import Recipe
+from .sampler import PatchSampler, PatchStream, SamplerSettings
+from .statistics import training_statistics
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "train.log"
+CHECKPOINT_SECONDS = 300.0
 PACKAGE_DIR = "package"
 LOSS_NAME = "Dice + cross-entropy (marginal over unannotated labels in partial cases)"
-
-
-@dataclass
-class Recipe:
-    """Everything that decides a training run besides the data and the package configuration."""
-
-    steps: int = 1000
-    batch_size: int = 2
-    patch_size: list[int] | None = None  # default: the package's inference roi_size
-    optimizer: str = "sgd"  # sgd (Nesterov, momentum 0.99) or adamw
-    learning_rate: float | None = None  # default 0.01 (sgd) or 3e-4 (adamw)
-    weight_decay: float = 3e-5
-    schedule: str = "poly"  # poly or cosine
-    warmup_steps: int = 0
-    augmentation: float = 1.0  # strength; 0 turns it off
-    flip_axes: list[int] = field(default_factory=list)
-    val_every: int = 100
-    val_overlap: float = 0.25
-    seed: int = 0
-    threads: int | None = None
-    max_minutes: float | None = None
-
-    def lr(self) -> float:
-        return self.learning_rate or (0.01 if self.optimizer == "sgd" else 3e-4)
+RUN_ONLY = ("max_minutes", "threads", "workers")
+"""Recipe fields that decide how a run is carried out, not what it learns (a resume may change them freely)."""
 
 
 def _distributed() -> tuple[int, int]:
@@ -72,18 +44,6 @@ def _log(path: Path, record: dict, echo=None) -> None:
         stream.write(json.dumps(record) + "\n")
     if echo:
         echo(record)
-
-
-def _schedule(recipe: Recipe):
-    def factor(step: int) -> float:
-        if step < recipe.warmup_steps:
-            return (step + 1) / recipe.warmup_steps
-        progress = min(1.0, (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps))
-        if recipe.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        return (1 - progress) ** 0.9
-
-    return factor
 
 
 def _optimizer(network, recipe: Recipe):
@@ -169,26 +129,27 @@ def train(
     if any(p % multiple for p in patch):
         raise InputError(f"patch size {patch} must be a multiple of {multiple} for this network")
     recipe.patch_size = patch
+    if recipe.select not in ("best", "last"):
+        raise InputError(f"select must be 'best' or 'last', got {recipe.select!r}")
     data = read_datalist(datalist)
-    region = crop_size(patch, recipe.augmentation)  # cropped before the spatial augmentation
-    roi = np.maximum(region, config["inference"]["roi_size"])
-    train_cases = [load_case(entry, config, multiple, roi) for entry in data["training"]]
-    val_cases = [load_case(entry, config, multiple, roi) for entry in data["validation"]] or train_cases
-    val_split = "validation" if data["validation"] else "training"
+    held = set(recipe.hold_out)
+    known = {entry["patient"] for split in ("training", "validation") for entry in data[split]}
+    if held - known:
+        raise InputError(f"hold-out patient(s) {', '.join(sorted(held - known))} are not in the datalist")
+    entries = [entry for entry in data["training"] if entry["patient"] not in held]
+    if not entries:
+        raise InputError("no training case is left after holding out " + ", ".join(sorted(held)))
+    roi = np.maximum(patch, config["inference"]["roi_size"])
+    train_cases = [load_case(entry, config, multiple, roi) for entry in entries]
+    val_entries = [entry for entry in data["validation"] if entry["patient"] not in held]
+    val_cases = [load_case(entry, config, multiple, roi) for entry in val_entries] or train_cases
+    val_split = "validation" if val_entries else "training"
     num_classes = len(config["labels"]) + 1
     if config["architecture"]["out_channels"] != num_classes:
         raise InputError(f"out_channels must be {num_classes} (background + {num_classes - 1} labels)")
 
-    from monai.data import CacheDataset, DataLoader
-
-    samples = recipe.batch_size
-    items = []
-    for case in train_cases:
-        image, label = pad_for_crop(case.image, case.label[None], patch, region)
-        items += [{"image": image, "label": label, "missing": _missing_mask(case, num_classes)}] * case.repeat
-    transform = training_transforms(patch, num_classes, 1, recipe.augmentation, recipe.flip_axes)
-    dataset = CacheDataset(items, transform, progress=False)
-    loader = DataLoader(dataset, batch_size=1, shuffle=True, num_workers=0)
+    settings = sampler_settings(recipe, config, train_cases)
+    sampler = PatchSampler(train_cases, num_classes, settings)
 
     network = network.to(dev).train()
     model = network
@@ -197,12 +158,13 @@ def train(
 
         model = DistributedDataParallel(network, device_ids=[dev.index] if dev.type == "cuda" else None)
     optimizer = _optimizer(network, recipe)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(recipe))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipe.rate_factor)
     loss_fn = PartialDiceCELoss(smooth=1e-5)
 
     checkpoints = output / CHECKPOINT_DIR
     log_path = output / LOG_FILE
     step, best, history, elapsed_before = 0, {"mean_dice": -1.0, "step": 0}, [], 0.0
+    phases: list[dict] = []
     if rank == 0:
         checkpoints.mkdir(parents=True, exist_ok=True)
     if resume and (checkpoints / "last.pt").exists():
@@ -212,13 +174,21 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         step, best, history = state["step"], json.loads(state["best"]), json.loads(state["history"])
         elapsed_before = float(state["elapsed"])
+        phases = json.loads(state.get("phases", "[]")) or [{"from_step": 0, "recipe": None}]  # older checkpoints
+        scheduler.base_lrs = [recipe.lr() for _ in optimizer.param_groups]  # this phase's rate, not the saved one
+        for group in optimizer.param_groups:
+            group["initial_lr"] = recipe.lr()
+            group["lr"] = recipe.lr() * recipe.rate_factor(step)
         set_determinism(seed=recipe.seed + rank + 7919 * step)
         if rank == 0:
             _log(log_path, {"event": "resume", "step": step}, echo)
     elif rank == 0:
         _log(log_path, {"event": "start", "recipe": asdict(recipe), "world_size": world, "device": str(dev)}, echo)
+    if next_phase(phases, recipe, step) and rank == 0 and step:
+        _log(log_path, {"event": "phase", "step": step, "recipe": phases[-1]["recipe"]}, echo)
 
     started = time.monotonic()
+    saved_at = [started]
 
     def save(name: str) -> None:
         torch.save(
@@ -229,6 +199,7 @@ def train(
                 "step": step,
                 "best": json.dumps(best),
                 "history": json.dumps(history),
+                "phases": json.dumps(phases),
                 "elapsed": elapsed_before + time.monotonic() - started,
             },
             checkpoints / f"{name}.pt.tmp",
@@ -238,7 +209,7 @@ def train(
     def out_of_time() -> bool:
         if not recipe.max_minutes:
             return False
-        late = torch.tensor(float(elapsed_before + time.monotonic() - started > 60 * recipe.max_minutes))
+        late = torch.tensor(float(time.monotonic() - started > 60 * recipe.max_minutes))  # this invocation's time
         if world > 1:
             import torch.distributed as dist
 
@@ -247,25 +218,17 @@ def train(
 
     losses: list[float] = []
     stopped_early = False
+    from torch.utils.data import DataLoader
+
+    stream = PatchStream(sampler, (recipe.seed, rank, step))
+    loader = DataLoader(stream, batch_size=recipe.batch_size, num_workers=recipe.workers)
     iterator = iter(loader)
     while step < recipe.steps:
         if out_of_time():
             stopped_early = True
             break
-        batch_images, batch_labels, batch_missing = [], [], []
-        while len(batch_images) < samples:
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                iterator = iter(loader)
-                continue
-            for item in batch if isinstance(batch, list) else [batch]:
-                batch_images.append(item["image"])
-                batch_labels.append(item["label"])
-                batch_missing.append(item["missing"].reshape(-1, num_classes))
-        images = torch.cat(batch_images[:samples]).to(dev)
-        labels = torch.cat(batch_labels[:samples]).long().to(dev)
-        missing = torch.cat(batch_missing[:samples]).to(dev)
+        images, labels, missing = next(iterator)
+        images, labels, missing = images.to(dev), labels.long().to(dev), missing.to(dev)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(images), labels, missing)
         loss.backward()
@@ -286,11 +249,20 @@ def train(
                     best = {"step": step, **result}
                     save("best")
                 save("last")
+                saved_at[0] = time.monotonic()
                 _log(log_path, {"event": "validation", **record}, echo)
             if world > 1:
                 import torch.distributed as dist
 
                 dist.barrier()
+        elif rank == 0 and time.monotonic() - saved_at[0] > CHECKPOINT_SECONDS:
+            save("last")  # a run stopped from outside loses at most a few minutes
+            saved_at[0] = time.monotonic()
+            seconds = elapsed_before + saved_at[0] - started
+            _log(
+                log_path,
+                {"event": "checkpoint", "step": step, "loss": float(np.mean(losses[-50:])), "seconds": round(seconds)},
+            )
     if rank == 0 and (stopped_early or not (checkpoints / "best.pt").exists()):
         result = validate(network, val_cases, config, recipe.val_overlap)
         history.append({"step": step, "loss": float(np.mean(losses)) if losses else None, **result})
@@ -302,7 +274,10 @@ def train(
     package = None
     if rank == 0:
         _log(log_path, {"event": "end", "step": step, "stopped_early": stopped_early, "seconds": elapsed}, echo)
-        network.load_state_dict(torch.load(checkpoints / "best.pt", map_location="cpu", weights_only=True)["network"])
+        chosen = "best" if recipe.select == "best" else "last"
+        network.load_state_dict(
+            torch.load(checkpoints / f"{chosen}.pt", map_location="cpu", weights_only=True)["network"]
+        )
         record = {
             "data": {
                 "datalist": str(Path(datalist).name),
@@ -313,7 +288,11 @@ def train(
                 "validated_on": val_split,
             },
             "recipe": {**asdict(recipe), "learning_rate": recipe.lr(), "loss": LOSS_NAME},
-            "metrics": {"best": best, "history": history},
+            "phases": [
+                {**phase, "to_step": end}
+                for phase, end in zip(phases, [p["from_step"] for p in phases[1:]] + [step], strict=True)
+            ],
+            "metrics": {"best": best, "history": history, "packaged": recipe.select},
             "steps_done": step,
             "stopped_early": stopped_early,
             "seconds": round(elapsed, 1),
@@ -323,6 +302,7 @@ def train(
             "environment": describe_environment(),
         }
         config["training"] = record
+        config["training_statistics"] = training_statistics(train_cases, config, settings)
         metadata = make_metadata(
             config,
             description=description or f"{config['architecture']['name']} trained with the TokenUNet training tool",
@@ -341,18 +321,44 @@ def train(
     return package
 
 
+def next_phase(phases: list[dict], recipe: Recipe, step: int) -> bool:
+    """Append ``recipe`` to ``phases`` as a new training phase from ``step`` when it differs from the current
+    phase's recipe in what it learns (a resume with more steps, other ratios or another patch size); returns
+    whether it did. Each phase keeps its full recipe, so a package records every schedule it was trained with."""
+    current = {key: value for key, value in asdict(recipe).items() if key not in RUN_ONLY}
+    current["learning_rate"] = recipe.lr()
+    if phases and phases[-1]["recipe"] == current:
+        return False
+    phases.append({"from_step": step, "recipe": current})
+    return True
+
+
 def _case_record(case: Case, config: dict) -> dict:
-    record = {"name": case.name, "files": case.files, "repeat": case.repeat}
+    record = {"name": case.name, "patient": case.patient, "files": case.files, "repeat": case.repeat}
+    record["synthesis"] = case.synthesis
     if case.missing:
         names = {label["value"]: label["name"] for label in config["labels"]}
         record["unannotated_labels"] = [names[value] for value in case.missing]
     return record
 
 
-def _missing_mask(case: Case, num_classes: int) -> torch.Tensor:
-    mask = torch.zeros(num_classes, dtype=torch.bool)
-    mask[list(case.missing)] = True
-    return mask
+def sampler_settings(recipe: Recipe, config: dict, cases: list[Case]) -> SamplerSettings:
+    """The patch sampler's settings for a recipe: CT windows when every case kept its HU image."""
+    windows = None
+    if all(case.hu is not None for case in cases):
+        intensity = config["preprocessing"]["intensity"]
+        channels = intensity if isinstance(intensity, list) else [intensity] * len(config["inputs"])
+        windows = [tuple(float(v) for v in setting["window"]) for setting in channels]
+    return SamplerSettings(
+        patch=tuple(recipe.patch_size),
+        strength=recipe.augmentation,
+        synthetic_ratio=recipe.synthetic_ratio,
+        remap_ratio=recipe.remap_ratio,
+        background_ratio=recipe.background_ratio,
+        lesion_probability=recipe.lesion_probability,
+        windows=windows,
+        flip_axes=tuple(recipe.flip_axes),
+    )
 
 
 def _device_for_rank(device: str) -> torch.device:

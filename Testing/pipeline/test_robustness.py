@@ -1,0 +1,123 @@
+"""The robustness command: variants of a labelled CT (slabs, oblique grid, voxel sizes, thick slices, noise,
+mid-liver start) scored against the reference, agreement with the plain result, best-token soft Dice."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from helpers.packages import ThresholdNet, make_package, tiny_config
+from TokenUNetSegmentLib.pipeline import cli
+from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
+from TokenUNetSegmentLib.pipeline.package_writer import package_in_memory
+from TokenUNetSegmentLib.pipeline.robustness import (
+    _oblique_grid,
+    evaluate_robustness,
+    format_table,
+    make_variants,
+)
+from TokenUNetSegmentLib.pipeline.volumes import Volume
+
+SPACING = (3.0, 3.0, 3.0)
+
+
+def liver_phantom(shape=(40, 36, 48)):
+    """A body (40 HU) with a bright 'liver' (220 HU, label 1) and the reference label map."""
+    grid = np.indices(shape, dtype=np.float32)
+    centre = np.array(shape) / 2
+    body = sum(((g - c) / (0.45 * n)) ** 2 for g, c, n in zip(grid, centre, shape, strict=True)) <= 1
+    liver = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre + (-4, 0, 2), (8, 7, 12), strict=True)) <= 1
+    image = np.where(body, 40.0, -1000.0).astype(np.float32)
+    image[liver] = 220.0
+    return image, liver.astype(np.uint8)
+
+
+def threshold_liver_package():
+    config = tiny_config("threshold-liver", labels=1, spacing=SPACING, roi=(32, 32, 32))
+    config["labels"][0]["name"] = "liver"
+    return package_in_memory(ThresholdNet(), config, "threshold")
+
+
+def test_variants_keep_the_reference_aligned():
+    image, reference = liver_phantom()
+    volume = Volume(image, affine_from_spacing(SPACING))
+    variants = {v.name: v for v in make_variants(volume, reference.astype(np.int32), {1: "liver"})}
+    assert {"plain", "slab 10 @ liver", "slab 40 @ liver", "oblique", "1 mm", "5 mm slices", "noise 40 HU"} <= set(
+        variants
+    )
+    slab = variants["slab 10 @ liver"]
+    assert slab.image.array.shape == (40, 36, 10)
+    centre = int(round(np.argwhere(reference).mean(0)[2]))
+    lo = centre - 5
+    np.testing.assert_array_equal(slab.reference, reference[:, :, lo : lo + 10])
+    np.testing.assert_array_equal(slab.image.array, image[:, :, lo : lo + 10])
+    assert np.allclose(slab.grid.affine[:3, 3], volume.affine[:3, :3] @ [0, 0, lo] + volume.affine[:3, 3])
+    mid = variants["mid-liver start"]  # superior half of the liver removed (k grows towards the head here)
+    assert mid.image.array.shape[2] == int(round(np.argwhere(reference).mean(0)[2]))
+    assert variants["1 mm"].image.array.shape == (120, 108, 144)
+    assert variants["5 mm slices"].image.grid.spacing[2] == pytest.approx(5.0)
+
+
+def test_the_oblique_grid_holds_the_whole_scan():
+    volume = Volume(np.zeros((40, 36, 48), np.float32), affine_from_spacing(SPACING, origin=(5, -7, 11)))
+    grid = _oblique_grid(volume.grid, (25.0, 10.0))
+    inverse = np.linalg.inv(grid.affine)
+    corners = np.c_[volume.grid.corners_ras(), np.ones(8)] @ inverse.T
+    assert np.all(corners[:, :3] >= -0.51) and np.all(corners[:, :3] <= np.array(grid.shape) - 0.49)
+    assert np.allclose(grid.spacing, SPACING)
+    assert not np.allclose(grid.direction, np.eye(3))
+
+
+def test_robustness_of_a_threshold_model_is_near_perfect():
+    image, reference = liver_phantom()
+    volume = Volume(image, affine_from_spacing(SPACING))
+    result = evaluate_robustness(
+        threshold_liver_package(), volume, Volume(reference, volume.affine), {1: "liver"}, device="cpu"
+    )
+    rows = {row["variant"]: row for row in result["variants"]}
+    assert rows["plain"]["dice"]["liver"] > 0.99
+    assert rows["slab 10 @ liver"]["dice"]["liver"] > 0.95
+    assert rows["oblique"]["dice"]["liver"] > 0.85 and rows["oblique"]["agreement_with_plain"]["liver"] > 0.85
+    assert rows["5 mm slices"]["dice"]["liver"] > 0.8
+    best = result["best_token"]["reference"]["liver"]
+    assert best["soft_dice"] > 0.4 and best["token"] == 0  # token 0 follows the bright organ (coarse 24 mm grid)
+    table = format_table(result)
+    assert "| oblique: agreement with plain |" in table and "best-token soft Dice (vs reference)" in table
+
+
+def test_robustness_command_writes_json_and_a_table(tmp_path):
+    image, reference = liver_phantom((32, 32, 40))
+    affine = affine_from_spacing(SPACING)
+    sitk.WriteImage(image_from_array(image.astype(np.int16), affine), str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(image_from_array(reference, affine), str(tmp_path / "ref.nii.gz"))
+    (tmp_path / "ref.json").write_text(json.dumps({"1": "liver"}))
+    config = tiny_config("random-liver", labels=1, spacing=SPACING, roi=(16, 16, 16))
+    config["labels"][0]["name"] = "liver"
+    path = make_package(tmp_path, config)  # random weights: the command's plumbing, not its figures
+    datalist = {
+        "training": [],
+        "evaluation": [{"patient": "P", "image": "ct.nii.gz", "label": "ref.nii.gz", "labels": {"1": "liver"}}],
+    }
+    (tmp_path / "list.json").write_text(json.dumps(datalist))
+    out = tmp_path / "out"
+    code = cli.main(["robustness", "--model", str(path), "--datalist", str(tmp_path / "list.json"), "--patient", "P",
+                     "--variants", "plain", "slabs", "noise", "--out", str(out), "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    result = json.loads((out / "robustness.json").read_text())
+    assert [row["variant"] for row in result["variants"]][:2] == ["plain", "slab 10 @ liver"]
+    assert "| variant | liver | mean |" in (out / "robustness.md").read_text()
+    assert (
+        cli.main(["robustness", "--model", str(path), "--image", str(tmp_path / "ct.nii.gz"), "--out", str(out)]) == 2
+    )
+    bad = [
+        "robustness",
+        "--model",
+        str(path),
+        "--datalist",
+        str(tmp_path / "list.json"),
+        "--patient",
+        "Q",
+        "--out",
+        str(out),
+    ]
+    assert cli.main(bad) == 2  # no evaluation entry for that patient

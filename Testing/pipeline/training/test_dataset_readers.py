@@ -1,0 +1,166 @@
+"""Dataset readers (TotalSegmentator, Decathlon / nnU-Net raw, BTCV-style folders) and the TotalSegmentator
+recipe (scripts/models/abdomen-organs-totalseg) end to end on a miniature dataset in that layout."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from helpers.packages import ball_phantom, tiny_config
+from helpers.paths import ROOT
+from TokenUNetSegmentLib.pipeline import cli
+from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
+from TokenUNetSegmentLib.pipeline.package_loader import load_package
+from TokenUNetSegmentLib.pipeline.training import datasets
+from TokenUNetSegmentLib.pipeline.training.data import load_case, read_datalist
+
+RECIPE = ROOT / "scripts" / "models" / "abdomen-organs-totalseg"
+SHAPE = (24, 22, 20)
+
+
+def phantom(index: int):
+    """A CT (HU) and structure masks: liver (bright), spleen (dark), kidney_right (not a model label)."""
+    centre = np.array(SHAPE) / 2 + (index % 2, 0, 0)
+    image = ball_phantom(SHAPE, centre, np.array(SHAPE) * 0.45, value=40, background=-1000)
+    masks = {
+        "liver": ball_phantom(SHAPE, centre + (-5, 0, 0), (4, 4, 4)) > 0,
+        "spleen": ball_phantom(SHAPE, centre + (5, 1, 0), (3, 4, 3)) > 0,
+        "kidney_right": ball_phantom(SHAPE, centre + (0, 6, 0), (2, 2, 3)) > 0,
+    }
+    for name, value in (("liver", 220), ("spleen", -80), ("kidney_right", 150)):
+        image[masks[name]] = value
+    return image.astype(np.int16), masks
+
+
+def write(array, path: Path, spacing=(3.0, 3.0, 3.0)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image_from_array(array, affine_from_spacing(spacing)), str(path))
+
+
+def totalsegmentator_dataset(root: Path, cases=3) -> Path:
+    rows = ["image_id;age;gender;institute;study_type;split"]
+    for index in range(cases):
+        case = f"s{index:04d}"
+        image, masks = phantom(index)
+        write(image, root / case / "ct.nii.gz")
+        for name, mask in masks.items():
+            write(mask.astype(np.uint8), root / case / "segmentations" / f"{name}.nii.gz")
+        rows.append(f"{case};60;m;A;ct abdomen;{'val' if index == cases - 1 else 'train'}")
+    (root / "meta.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def model_config(model_id="tiny-totalseg"):
+    config = tiny_config(model_id, labels=2, spacing=(3.0, 3.0, 3.0), roi=(16, 16, 16))
+    config["preprocessing"]["intensity"] = {"method": "ct_window", "window": [-200.0, 300.0]}
+    config["labels"][0]["name"], config["labels"][1]["name"] = "liver", "spleen"
+    return config
+
+
+def test_totalsegmentator_layout_becomes_a_datalist_with_names_matched(tmp_path):
+    root = totalsegmentator_dataset(tmp_path / "ts")
+    datalist, report = datasets.totalsegmentator(root, ["liver", "spleen", "left kidney"])
+    assert [e["name"] for e in datalist["training"]] == ["s0000", "s0001"]
+    assert [e["name"] for e in datalist["validation"]] == ["s0002"]
+    assert report["matched"] == ["liver", "spleen"] and report["missing"] == ["left kidney"]
+    entry = datalist["training"][0]
+    assert set(entry["label"]) == {"liver", "spleen", "kidney_right"} and entry["partial"] is True
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps(datalist))
+    case = load_case(read_datalist(path)["training"][0], model_config(), 8, (16, 16, 16))
+    _, masks = phantom(0)
+    assert int((case.label == 1).sum()) == int(masks["liver"].sum())
+    assert int((case.label == 2).sum()) == int(masks["spleen"].sum())
+    only_model, _ = datasets.totalsegmentator(root, ["liver", "spleen"], structures="model")
+    assert set(only_model["training"][0]["label"]) == {"liver", "spleen"}
+
+
+def test_decathlon_and_nnunet_layouts(tmp_path):
+    msd = tmp_path / "Task03_Liver"
+    nnunet = tmp_path / "Dataset003_Liver"
+    for index in range(2):
+        image, masks = phantom(index)
+        label = masks["liver"].astype(np.uint8) + 2 * masks["spleen"].astype(np.uint8)
+        write(image, msd / "imagesTr" / f"liver_{index}.nii.gz")
+        write(label, msd / "labelsTr" / f"liver_{index}.nii.gz")
+        write(image, nnunet / "imagesTr" / f"liver_{index:03d}_0000.nii.gz")
+        write(label, nnunet / "labelsTr" / f"liver_{index:03d}.nii.gz")
+    training = [{"image": f"./imagesTr/liver_{i}.nii.gz", "label": f"./labelsTr/liver_{i}.nii.gz"} for i in range(2)]
+    (msd / "dataset.json").write_text(
+        json.dumps({"labels": {"0": "background", "1": "liver", "2": "spleen"}, "training": training})
+    )
+    spec = {
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "liver": 1, "spleen": 2},
+        "file_ending": ".nii.gz",
+    }
+    (nnunet / "dataset.json").write_text(json.dumps(spec))
+    for root in (msd, nnunet):
+        datalist, report = datasets.decathlon(root, ["liver", "spleen"], validation_fraction=0.5)
+        assert len(datalist["training"]) == 1 and len(datalist["validation"]) == 1
+        assert report["matched"] == ["liver", "spleen"] and "partial" not in datalist["training"][0]
+        assert datalist["training"][0]["labels"] == {"1": "liver", "2": "spleen"}
+        assert (Path(datalist["dataroot"]) / datalist["training"][0]["image"]).is_file()
+    with pytest.raises(Exception, match="none of the model's labels"):
+        datasets.decathlon(msd, ["heart"])
+
+
+def test_btcv_folders_and_the_datalist_command(tmp_path):
+    for index in (1, 2):
+        image, masks = phantom(index)
+        write(image, tmp_path / "img" / f"img{index:04d}.nii.gz")
+        label = 6 * masks["liver"].astype(np.uint8) + masks["spleen"].astype(np.uint8)  # BTCV: 1 spleen, 6 liver
+        write(label, tmp_path / "label" / f"label{index:04d}.nii.gz")
+    datalist, report = datasets.folders(tmp_path / "img", tmp_path / "label", "btcv", ["liver", "spleen"])
+    assert [e["image"] for e in datalist["training"]] == ["img/img0001.nii.gz", "img/img0002.nii.gz"]
+    assert datalist["training"][0]["label"] == "label/label0001.nii.gz" and report["missing"] == []
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(model_config()))
+    out = tmp_path / "btcv.json"
+    args = ["datalist", "folders", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "label")]
+    assert cli.main([*args, "--table", "btcv", "--config", str(config), "--out", str(out)]) == 0
+    case = load_case(read_datalist(out)["training"][0], model_config(), 8, (16, 16, 16))
+    assert set(np.unique(case.label)) == {0, 1, 2}
+    assert cli.main([*args, "--table", "nonsense", "--out", str(out)]) == 2
+    assert cli.main(["datalist", "totalsegmentator", str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+def run_recipe(tmp_path, nproc: int):
+    data = totalsegmentator_dataset(tmp_path / "Totalsegmentator_dataset")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(model_config()))
+    env = {**os.environ, "NPROC": str(nproc), "STEPS": "2", "CONFIG": str(config), "OMP_NUM_THREADS": "1"}
+    env["PYTHON"] = sys.executable  # the interpreter running the tests
+    run = tmp_path / "run"
+    command = ["bash", str(RECIPE / "train.sh"), str(data), str(run), "--patch-size", "16", "16", "16"]
+    command += ["--batch-size", "1", "--val-every", "1", "--threads", "1", "--workers", "0"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    package = load_package(run / "package")
+    record = package.config.training
+    assert record["steps_done"] == 2 and record["data"]["validated_on"] == "validation"
+    assert [c["name"] for c in record["data"]["training"]] == ["s0000", "s0001"]
+    assert "s0000/ct.nii.gz" in record["data"]["training"][0]["files"]
+    assert package.config.training_statistics["labels"]["liver"]["cases"] == 2
+    return record
+
+
+def test_totalsegmentator_recipe_end_to_end_in_one_process(tmp_path):
+    assert run_recipe(tmp_path, 1)["world_size"] == 1
+
+
+@pytest.mark.slow
+def test_totalsegmentator_recipe_end_to_end_with_torchrun(tmp_path):
+    assert run_recipe(tmp_path, 2)["world_size"] == 2
+
+
+def test_recipe_config_is_a_valid_training_configuration():
+    from TokenUNetSegmentLib.pipeline.training.trainer import _check_config
+
+    config = json.loads((RECIPE / "config.json").read_text())
+    _check_config(config)
+    assert [label["name"] for label in config["labels"]][:2] == ["spleen", "right kidney"]

@@ -1,0 +1,436 @@
+"""``robustness``: how a model holds up when a labelled CT is changed the way real scans differ: thin slabs,
+an oblique grid, other voxel sizes, noise, a scan that starts mid-liver. Each variant is segmented with
+``segment()`` and scored against the reference (Dice per label, labels matched by name); the oblique variant
+is also compared with the plain result (agreement). On the plain scan, each label's best-token soft Dice says
+whether some learned token follows that organ.
+
+    tokenunet robustness --model MODEL --image CT --reference REF [--reference-names NAMES.json] --out DIR
+    tokenunet robustness --model MODEL --datalist DATALIST.json --patient P --out DIR
+
+writes ``DIR/robustness.json`` and ``DIR/robustness.md`` (a table) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+SLAB_SLICES = (10, 13, 20, 30, 40)  # 13 and 30: the cuts of the sample quoted in issue 10
+SLAB_ORGANS = ("liver", "spleen")
+SPACINGS_MM = (1.0, 1.5, 3.0)
+THICK_SLICE_MM = 5.0
+OBLIQUE_DEG = (25.0, 10.0)
+NOISE_HU = 40.0
+ALL_VARIANTS = ("plain", "slabs", "oblique", "spacing", "thick", "noise", "mid-liver")
+
+
+@dataclass
+class Variant:
+    """A changed scan: its image, and where its result is scored (a sub-grid of the reference's grid, or the
+    reference's grid itself when the image was resampled)."""
+
+    name: str
+    image: object  # Volume
+    reference: np.ndarray  # reference label values on the scoring grid
+    grid: object  # scoring Grid
+    note: str = ""
+
+
+def _axis_along_z(grid) -> int:
+    return int(np.argmax(np.abs(grid.direction[2])))
+
+
+def _centroid_index(reference: np.ndarray, values: list[int]) -> np.ndarray | None:
+    mask = np.isin(reference, values)
+    if not mask.any():
+        return None
+    return np.argwhere(mask).mean(0)
+
+
+def _crop(image, reference: np.ndarray, axis: int, lo: int, hi: int, name: str, note: str) -> Variant:
+    from .volumes import Volume
+
+    lo, hi = max(0, lo), min(image.array.shape[axis], hi)
+    index = [slice(None)] * 3
+    index[axis] = slice(lo, hi)
+    start = [0, 0, 0]
+    start[axis] = lo
+    shape = list(image.array.shape)
+    shape[axis] = hi - lo
+    grid = image.grid.sub_grid(start, shape)
+    cropped = Volume(np.ascontiguousarray(image.array[tuple(index)]), grid.affine, name)
+    return Variant(name, cropped, np.ascontiguousarray(reference[tuple(index)]), grid, note)
+
+
+def _resampled(image, reference, target, name: str, note: str, blur_mm=None) -> Variant:
+    import SimpleITK as sitk
+
+    from .geometry import image_from_array, resample_image
+    from .volumes import Volume
+
+    source = image_from_array(np.asarray(image.array, np.float32), image.affine)
+    if blur_mm is not None:
+        sigma = [float(s) for s in blur_mm]
+        source = sitk.DiscreteGaussian(source, [s * s for s in sigma], 32)
+    low = float(np.min(image.array))
+    array = resample_image(source, target, "linear", low, np.float32)
+    return Variant(name, Volume(array, target.affine, name), reference, image.grid, note)
+
+
+def _iso_grid(grid, spacing):
+    """A grid covering ``grid``'s box with the same axes and a new voxel size per axis."""
+    from .geometry import Grid
+
+    spacing = np.broadcast_to(np.asarray(spacing, float), (3,))
+    old = grid.spacing
+    extent = np.asarray(grid.shape) * old
+    shape = np.maximum(1, np.round(extent / spacing)).astype(int)
+    affine = grid.affine.copy()
+    affine[:3, :3] = grid.direction * spacing
+    first = (spacing / old - 1) / 2  # centre of the first new voxel, in old index units
+    affine[:3, 3] = grid.affine[:3, :3] @ first + grid.affine[:3, 3]
+    return Grid(tuple(int(s) for s in shape), affine)
+
+
+def _oblique_grid(grid, degrees):
+    """The grid rotated about its centre by ``degrees`` (about the first, then the second axis) and enlarged
+    to hold the whole original box (so the anatomy is the same, on tilted axes)."""
+    from .geometry import Grid
+    from .training.warp import rotation_matrix
+
+    a, b = (math.radians(d) for d in degrees)
+    rotation = rotation_matrix((a, b, 0.0))
+    direction = grid.direction @ rotation
+    corners = grid.corners_ras()
+    centre = corners.mean(0)
+    local = (corners - centre) @ direction  # corners in the new axes (mm)
+    spacing = grid.spacing
+    shape = np.ceil((local.max(0) - local.min(0)) / spacing).astype(int)
+    affine = np.eye(4)
+    affine[:3, :3] = direction * spacing
+    affine[:3, 3] = centre - direction @ ((shape - 1) / 2 * spacing)
+    return Grid(tuple(int(s) for s in shape), affine)
+
+
+def make_variants(image, reference: np.ndarray, names: dict[int, str], wanted=ALL_VARIANTS, seed: int = 0):
+    """The changed scans of ``image`` (a Volume) whose reference labels ``reference`` lie on its grid."""
+    from .training.label_tables import name_key
+    from .volumes import Volume
+
+    variants = []
+    if "plain" in wanted:
+        variants.append(Variant("plain", image, reference, image.grid))
+    axis = _axis_along_z(image.grid)
+    by_key = {name_key(n): v for v, n in names.items()}
+    if "slabs" in wanted:
+        for organ in SLAB_ORGANS:
+            centre = _centroid_index(reference, [by_key[name_key(organ)]]) if name_key(organ) in by_key else None
+            if centre is None:
+                continue
+            for slices in SLAB_SLICES:
+                lo = int(round(centre[axis] - slices / 2))
+                lo = max(0, min(lo, image.array.shape[axis] - slices))  # whole slabs, inside the scan
+                variants.append(
+                    _crop(
+                        image,
+                        reference,
+                        axis,
+                        lo,
+                        lo + slices,
+                        f"slab {slices} @ {organ}",
+                        f"{slices} slices around the {organ}'s centre",
+                    )
+                )
+    if "oblique" in wanted:
+        target = _oblique_grid(image.grid, OBLIQUE_DEG)
+        note = f"resampled onto a grid tilted {OBLIQUE_DEG[0]:g} and {OBLIQUE_DEG[1]:g} degrees"
+        variants.append(_resampled(image, reference, target, "oblique", note))
+    if "spacing" in wanted:
+        for spacing in SPACINGS_MM:
+            target = _iso_grid(image.grid, spacing)
+            old = image.grid.spacing
+            blur = np.maximum(0.0, (spacing - old) / 2.355)
+            variants.append(
+                _resampled(image, reference, target, f"{spacing:g} mm", f"resampled to {spacing:g} mm", blur)
+            )
+    if "thick" in wanted:
+        spacing = image.grid.spacing.copy()
+        spacing[axis] = THICK_SLICE_MM
+        target = _iso_grid(image.grid, spacing)
+        blur = np.zeros(3)
+        blur[axis] = max(0.0, (THICK_SLICE_MM - image.grid.spacing[axis]) / 2.355)
+        name = f"{THICK_SLICE_MM:g} mm slices"
+        variants.append(_resampled(image, reference, target, name, f"{THICK_SLICE_MM:g} mm thick slices", blur))
+    if "noise" in wanted:
+        rng = np.random.default_rng(seed)
+        noisy = np.asarray(image.array, np.float32) + rng.normal(0, NOISE_HU, image.array.shape).astype(np.float32)
+        variants.append(
+            Variant(
+                f"noise {NOISE_HU:g} HU",
+                Volume(noisy, image.affine, "noise"),
+                reference,
+                image.grid,
+                f"Gaussian noise SD {NOISE_HU:g} HU",
+            )
+        )
+    if "mid-liver" in wanted and name_key("liver") in by_key:
+        centre = _centroid_index(reference, [by_key[name_key("liver")]])
+        if centre is not None:
+            up = image.grid.direction[2, axis] > 0  # index grows towards the head
+            middle = int(round(centre[axis]))
+            lo, hi = (0, middle) if up else (middle, image.array.shape[axis])
+            variants.append(
+                _crop(image, reference, axis, lo, hi, "mid-liver start", "the scan starts halfway down the liver")
+            )
+    return variants
+
+
+def _pairs(model_labels, names: dict[int, str]):
+    from .training.label_tables import name_key
+
+    by_key = {name_key(n): v for v, n in names.items()}
+    return [
+        (label.value, by_key[name_key(label.name)], label.name)
+        for label in model_labels
+        if name_key(label.name) in by_key
+    ]
+
+
+def _best_token_dice(result, reference: np.ndarray, pairs) -> dict:
+    """Each label's best soft Dice of a token map (gather or broadcast, on the input grid) against the
+    reference mask, and which token it was."""
+    if result.token_maps is None:
+        return {}
+    maps = {kind: result.token_maps.all(kind) for kind in result.token_maps.kinds}
+    out = {}
+    for _, ref_value, name in pairs:
+        mask = reference == ref_value
+        if not mask.any():
+            continue
+        best = (0.0, None, None)
+        for kind, stack in maps.items():
+            flat = stack.reshape(stack.shape[0], -1).astype(np.float64)
+            overlap = flat[:, mask.ravel()].sum(1)
+            dice = 2 * overlap / (flat.sum(1) + mask.sum())
+            token = int(np.argmax(dice))
+            if dice[token] > best[0]:
+                best = (float(dice[token]), kind, token)
+        out[name] = {"soft_dice": round(best[0], 4), "kind": best[1], "token": best[2]}
+    return out
+
+
+def evaluate_robustness(
+    package, image, reference, names: dict[int, str], wanted=ALL_VARIANTS, device="auto", tokens=True, progress=None
+) -> dict:
+    """Segment every variant of ``image`` (a Volume) with ``package`` and score it against ``reference`` (a
+    label Volume named by ``names``)."""
+    from .evaluate import label_metrics
+    from .geometry import resample
+    from .segmentation import segment
+
+    ref = np.asarray(reference.array)
+    if ref.shape != image.array.shape or not np.allclose(reference.affine, image.affine, atol=1e-4):
+        ref = resample(np.rint(ref).astype(np.uint16), reference.grid, image.grid, "nearest", 0, np.uint16)
+    ref = np.rint(ref).astype(np.int32)
+    pairs = _pairs(package.labels, names)
+    if not pairs:
+        raise InputError("the reference names none of the model's labels", "pass the reference's name table")
+    rows, plain_labels, tokens_out = [], None, {}
+    variants = make_variants(image, ref, names, wanted)
+    for index, variant in enumerate(variants):
+        if progress:
+            progress(variant.name, index / len(variants))
+        want_tokens = tokens and variant.name == "plain"
+        result = segment([variant.image], package, device=device, with_token_maps=want_tokens, check_free_memory=False)
+        predicted = result.labels
+        if predicted.shape != variant.reference.shape or not np.allclose(result.affine, variant.grid.affine, atol=1e-4):
+            predicted = resample(predicted, result.grid, variant.grid, "nearest", 0, np.uint8)
+        present = [(p, r, n) for p, r, n in pairs if (variant.reference == r).any()]
+        metrics = label_metrics(
+            predicted.astype(np.int32), variant.reference, present, variant.grid.spacing, hd95=False
+        )
+        dice = {name: round(m["dice"], 4) for name, m in metrics.items() if m["dice"] is not None}
+        row = {
+            "variant": variant.name,
+            "note": variant.note,
+            "shape": list(variant.image.array.shape),
+            "spacing_mm": [round(float(s), 3) for s in variant.image.grid.spacing],
+            "dice": dice,
+            "mean_dice": round(float(np.mean(list(dice.values()))), 4) if dice else None,
+            "volume_ml": {n: round(m["volume_ml"], 1) for n, m in metrics.items()},
+            "seconds": round(result.timings["total"], 2),
+        }
+        if variant.name == "plain":
+            plain_labels = predicted
+            if want_tokens:
+                tokens_out = {
+                    "reference": _best_token_dice(result, ref, pairs),
+                    "prediction": _best_prediction_tokens(result.token_matches),
+                }
+        elif (
+            plain_labels is not None
+            and predicted.shape == plain_labels.shape
+            and np.allclose(variant.grid.affine, image.affine, atol=1e-4)
+        ):
+            agreement = label_metrics(
+                predicted.astype(np.int32),
+                plain_labels.astype(np.int32),
+                [(p, p, n) for p, _, n in pairs],
+                variant.grid.spacing,
+                hd95=False,
+            )
+            row["agreement_with_plain"] = {
+                n: round(m["dice"], 4) for n, m in agreement.items() if m["dice"] is not None
+            }
+        rows.append(row)
+    if progress:
+        progress("done", 1.0)
+    return {"model": package.id, "labels": [n for _, _, n in pairs], "variants": rows, "best_token": tokens_out}
+
+
+def _best_prediction_tokens(matches: list[dict]) -> dict:
+    out: dict[str, float] = {}
+    for match in matches:
+        for name, value in match["scores"].items():
+            out[name] = max(out.get(name, 0.0), float(value))
+    return {name: round(v, 4) for name, v in out.items()}
+
+
+def format_table(result: dict) -> str:
+    """Markdown table: one row per variant, one column per label (Dice), the mean, and agreement."""
+    labels = [n for n in result["labels"] if any(n in row["dice"] for row in result["variants"])]
+    head = "| variant | " + " | ".join(labels) + " | mean |"
+    lines = [head, "|" + "---|" * (len(labels) + 2)]
+
+    def cell(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    for row in result["variants"]:
+        lines.append(
+            f"| {row['variant']} | "
+            + " | ".join(cell(row["dice"].get(n)) for n in labels)
+            + f" | {cell(row['mean_dice'])} |"
+        )
+        if "agreement_with_plain" in row and row["variant"] == "oblique":  # all variants' agreement: in the JSON
+            agree = row["agreement_with_plain"]
+            lines.append(
+                f"| {row['variant']}: agreement with plain | " + " | ".join(cell(agree.get(n)) for n in labels) + " | |"
+            )
+    tokens = result.get("best_token") or {}
+    if tokens.get("reference"):
+        lines.append(
+            "| best-token soft Dice (vs reference) | "
+            + " | ".join(cell(tokens["reference"].get(n, {}).get("soft_dice")) for n in labels)
+            + " | |"
+        )
+    if tokens.get("prediction"):
+        lines.append(
+            "| best-token soft Dice (vs prediction) | "
+            + " | ".join(cell(tokens["prediction"].get(n)) for n in labels)
+            + " | |"
+        )
+    return "\n".join(lines)
+
+
+def evaluation_entries(datalist: str | Path, patient: str) -> list[dict]:
+    """The ``evaluation`` entries of a datalist for one patient (paths made absolute, name tables read)."""
+    from .training.label_tables import named_table
+
+    path = Path(datalist)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read the datalist {path}: {error}") from None
+    root = (path.parent / data.get("dataroot", ".")).resolve()
+    entries = [e for e in data.get("evaluation") or [] if str(e.get("patient")) == str(patient)]
+    if not entries:
+        raise InputError(f"the datalist {path} has no 'evaluation' entry for patient {patient}")
+    out = []
+    for entry in entries:
+        names = named_table(entry.get("labels", data.get("labels")))
+        out.append(
+            {
+                "name": entry.get("name", patient),
+                "image": str((root / entry["image"]).resolve()),
+                "label": str((root / entry["label"]).resolve()),
+                "names": names,
+            }
+        )
+    return out
+
+
+def _announce(name: str):
+    def progress(stage: str, fraction: float) -> None:
+        if stage != "done":
+            print(f"{name}: {stage}", file=sys.stderr)
+
+    return progress
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "-m", required=True, help="model id or package path")
+    parser.add_argument("--image", help="the CT to change and segment")
+    parser.add_argument("--reference", help="its reference label map")
+    parser.add_argument("--reference-names", help='JSON name table of the reference {"1": "liver", ...}')
+    parser.add_argument("--datalist", help="a datalist with 'evaluation' entries (instead of --image/--reference)")
+    parser.add_argument("--patient", help="with --datalist: the patient to measure")
+    parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(ALL_VARIANTS))
+    parser.add_argument("--no-tokens", action="store_true", help="skip the best-token soft Dice")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", "-o", required=True, help="folder for robustness.json and robustness.md")
+
+
+def run_robustness(args: argparse.Namespace) -> int:
+    from .catalog import ModelStore
+    from .evaluate import name_table
+    from .volumes import read_volume
+
+    if args.datalist:
+        if not args.patient:
+            raise InputError("--datalist needs --patient")
+        cases = evaluation_entries(args.datalist, args.patient)
+    elif args.image and args.reference:
+        names = name_table(args.reference, args.reference_names)
+        if names is None:
+            raise InputError(
+                "the reference has no name table", 'pass --reference-names TABLE.json ({"1": "liver", ...})'
+            )
+        cases = [
+            {"name": Path(args.image).name.split(".")[0], "image": args.image, "label": args.reference, "names": names}
+        ]
+    else:
+        raise InputError("give --image and --reference, or --datalist and --patient")
+    package = ModelStore(getattr(args, "catalog", None)).load(args.model)
+    out = Path(args.out)
+    results = []
+    for case in cases:
+        result = evaluate_robustness(
+            package,
+            read_volume(case["image"]),
+            read_volume(case["label"]),
+            case["names"],
+            args.variants,
+            args.device,
+            not args.no_tokens,
+            progress=_announce(case["name"]),
+        )
+        result["case"] = case["name"]
+        result["image"] = case["image"]
+        results.append(result)
+    tables = "\n\n".join(f"### {r['case']} ({r['model']})\n\n{format_table(r)}" for r in results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "robustness.json").write_text(
+        json.dumps(results if len(results) > 1 else results[0], indent=2), encoding="utf-8"
+    )
+    (out / "robustness.md").write_text(tables + "\n", encoding="utf-8")
+    print(tables)
+    print(f"wrote {out / 'robustness.json'} and {out / 'robustness.md'}", file=sys.stderr)
+    return 0

@@ -1,0 +1,211 @@
+"""Readers that turn public dataset layouts into training datalists, with the structure names matched to a
+model's labels (words in any order, underscores or spaces, synonyms such as AMOS's "postcava").
+
+- TotalSegmentator (Wasserthal et al. 2023): ``ROOT/<case>/ct.nii.gz`` and ``ROOT/<case>/segmentations/
+  <structure>.nii.gz`` (one binary mask per structure), ``ROOT/meta.csv`` (``;``-separated, columns
+  ``image_id`` and ``split`` = train / val / test).
+- Medical Segmentation Decathlon and nnU-Net raw datasets: ``ROOT/dataset.json`` with ``labels`` (MSD:
+  ``{"1": "liver"}``; nnU-Net v2: ``{"liver": 1}``), ``imagesTr/``, ``labelsTr/`` (MSD lists its
+  ``training`` pairs; nnU-Net v2 names channels ``<case>_0000<ending>``). AMOS 2022 ships this layout.
+- Folders of images and label maps paired by the number in their names (BTCV's ``img/img0001.nii.gz`` and
+  ``label/label0001.nii.gz``) with a known table (``btcv``, ``amos``, ``totalsegmentator``) or a JSON one.
+
+Each reader returns ``(datalist, report)``: the datalist (``dataroot`` absolute, paths relative to it) and
+which model labels were found. A case whose table lacks some model labels is marked ``"partial": true``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+from ..errors import InputError
+from .label_tables import name_key, named_table
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def match_report(names: list[str], model_labels: list[str] | None) -> dict:
+    """Which model labels a dataset's structure names provide (by :func:`name_key`)."""
+    if not model_labels:
+        return {"matched": [], "missing": [], "structures": len(names)}
+    keys = {name_key(n) for n in names}
+    matched = [label for label in model_labels if name_key(label) in keys]
+    return {
+        "matched": matched,
+        "missing": [label for label in model_labels if label not in matched],
+        "structures": len(names),
+    }
+
+
+def _finish(root: Path, training: list[dict], validation: list[dict], model_labels, names_seen: list[str], source: str):
+    report = match_report(names_seen, model_labels)
+    if model_labels and not report["matched"]:
+        raise InputError(
+            f"none of the model's labels ({', '.join(model_labels)}) is among the dataset's structures",
+            "check that the configuration and the dataset describe the same anatomy",
+        )
+    if not training:
+        raise InputError(f"no training cases found in {root}")
+    datalist = {"description": f"{source} dataset at {root}", "dataroot": str(root.resolve()), "training": training}
+    if validation:
+        datalist["validation"] = validation
+    return datalist, report
+
+
+def _partial(names: list[str], model_labels) -> bool:
+    keys = {name_key(n) for n in names}
+    return bool(model_labels) and any(name_key(label) not in keys for label in model_labels)
+
+
+def totalsegmentator(root, model_labels=None, splits=("train",), validation_splits=("val",), structures="all"):
+    """Datalist of a TotalSegmentator-style dataset. ``structures``: "all" masks of each case (full label
+    maps, which also feed synthesis) or "model" (only those named like a model label: faster to read)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"dataset folder not found: {root}")
+    split_of = {}
+    meta = root / "meta.csv"
+    if meta.is_file():
+        with open(meta, newline="", encoding="utf-8") as stream:
+            sample = stream.read(4096)
+            stream.seek(0)
+            reader = csv.DictReader(stream, delimiter=";" if sample.count(";") >= sample.count(",") else ",")
+            for row in reader:
+                if row.get("image_id"):
+                    split_of[row["image_id"].strip()] = (row.get("split") or "train").strip()
+    training, validation, seen = [], [], set()
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        ct = next((folder / f"ct{s}" for s in IMAGE_SUFFIXES if (folder / f"ct{s}").is_file()), None)
+        masks_dir = folder / "segmentations"
+        if ct is None or not masks_dir.is_dir():
+            continue
+        masks = {_stem(m): m for m in sorted(masks_dir.iterdir()) if _is_image(m)}
+        if structures == "model" and model_labels:
+            wanted = {name_key(label) for label in model_labels}
+            masks = {n: m for n, m in masks.items() if name_key(n) in wanted}
+        if not masks:
+            continue
+        seen.update(masks)
+        entry = {
+            "name": folder.name,
+            "patient": folder.name,
+            "image": str(ct.relative_to(root)),
+            "label": {n: str(m.relative_to(root)) for n, m in masks.items()},
+        }
+        entry["partial"] = _partial(list(masks), model_labels) if structures == "all" else True
+        split = split_of.get(folder.name, "train")
+        if split in splits:
+            training.append(entry)
+        elif split in validation_splits:
+            validation.append(entry)
+    return _finish(root, training, validation, model_labels, sorted(seen), "TotalSegmentator")
+
+
+def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
+    """Datalist of a Medical Segmentation Decathlon / nnU-Net raw / AMOS dataset (``dataset.json``)."""
+    root = Path(root)
+    try:
+        spec = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read {root / 'dataset.json'}: {error}") from None
+    labels = spec.get("labels") or {}
+    table = {}
+    for key, value in labels.items():
+        if str(key).isdigit():  # MSD: {"1": "liver"}
+            table[int(key)] = str(value)
+        elif isinstance(value, int):  # nnU-Net v2: {"liver": 1}
+            table[value] = str(key)
+    table = {v: n for v, n in table.items() if v != 0 and name_key(n) != "background"}
+    if not table:
+        raise InputError(f"{root / 'dataset.json'} names no labels")
+    channels = spec.get("channel_names") or spec.get("modality") or {"0": "CT"}
+    pairs = []
+    if spec.get("training"):  # MSD lists its pairs
+        for item in spec["training"]:
+            image = item["image"] if isinstance(item["image"], list) else [item["image"]]
+            pairs.append((image, item["label"]))
+    else:  # nnU-Net v2: cases from labelsTr, channels <case>_<XXXX><ending> in imagesTr
+        ending = spec.get("file_ending", ".nii.gz")
+        for label in sorted((root / "labelsTr").glob(f"*{ending}")):
+            case = label.name[: -len(ending)]
+            images = [f"imagesTr/{case}_{int(c):04d}{ending}" for c in sorted(channels, key=int)]
+            pairs.append((images, f"labelsTr/{label.name}"))
+    entries = []
+    for images, label in pairs:
+        images = [str(Path(i)) for i in images]  # "./imagesTr/x" -> "imagesTr/x"
+        label = str(Path(label))
+        missing = [p for p in [*images, label] if not (root / p).is_file()]
+        if missing:
+            raise InputError(f"{root}: file listed in dataset.json not found: {missing[0]}")
+        entry = {"name": _stem(Path(label)), "image": images if len(images) > 1 else images[0], "label": label}
+        entry["labels"] = {str(v): n for v, n in table.items()}
+        if _partial(list(table.values()), model_labels):
+            entry["partial"] = True
+        entries.append(entry)
+    count = int(round(len(entries) * validation_fraction))
+    training, validation = entries[count:], entries[:count]
+    return _finish(root, training, validation, model_labels, list(table.values()), "Decathlon / nnU-Net")
+
+
+def folders(images, labels, table, model_labels=None, validation_fraction: float = 0.0):
+    """Datalist of images and label maps in two folders, paired by the last number in their names."""
+    images, labels = Path(images), Path(labels)
+    for folder in (images, labels):
+        if not folder.is_dir():
+            raise InputError(f"folder not found: {folder}")
+    try:
+        names = named_table(table) if not (isinstance(table, str) and table.endswith(".json")) else None
+    except KeyError:
+        raise InputError(f"unknown label table '{table}'", "use btcv, amos, totalsegmentator or a JSON file") from None
+    if names is None:
+        try:
+            names = named_table(json.loads(Path(table).read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as error:
+            raise InputError(f"cannot read the label table {table}: {error}") from None
+
+    def number(path: Path) -> str | None:
+        found = re.findall(r"\d+", _stem(path))
+        return found[-1].lstrip("0") or "0" if found else None
+
+    label_by_number = {number(p): p for p in sorted(labels.iterdir()) if _is_image(p) and number(p) is not None}
+    root = _common_parent(images.resolve(), labels.resolve())
+    entries = []
+    for image in sorted(p for p in images.iterdir() if _is_image(p)):
+        label = label_by_number.get(number(image))
+        if label is None:
+            continue
+        entry = {
+            "name": _stem(image),
+            "image": str(image.resolve().relative_to(root)),
+            "label": str(label.resolve().relative_to(root)),
+            "labels": {str(v): n for v, n in names.items()},
+        }
+        if _partial(list(names.values()), model_labels):
+            entry["partial"] = True
+        entries.append(entry)
+    count = int(round(len(entries) * validation_fraction))
+    return _finish(root, entries[count:], entries[:count], model_labels, list(names.values()), "image/label folders")
+
+
+def _common_parent(a: Path, b: Path) -> Path:
+    parts = []
+    for x, y in zip(a.parts, b.parts, strict=False):
+        if x != y:
+            break
+        parts.append(x)
+    return Path(*parts)
