@@ -295,7 +295,8 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
                 ``SceneRunFinished``).
 
         Returns:
-            RunNodes (segmentation, heatmap_nodes, attention, probabilities, folder) or, without waiting, the run.
+            RunNodes (segmentation, heatmap_nodes, attention, probabilities, folder, and the run's assessment and
+            warnings) or, without waiting, the run.
         """
         from TokenUNetSegmentLib.mrml.parameters import Parameters
         from TokenUNetSegmentLib.pipeline.run_contract import RunState

@@ -155,3 +155,69 @@ def voxel_centres(shape, affine):
 def dice(a, b):
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     return 2.0 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
+
+
+TRAINED_HU = {
+    "body_threshold_hu": -500,
+    "mean": -9.3,
+    "sd": 173.9,
+    "p01": -408.0,
+    "p05": -138.0,
+    "p25": -96.0,
+    "p50": -21.0,
+    "p75": 36.0,
+    "p95": 239.0,
+    "p99": 556.0,
+}  # as in the bundled model's statistics
+
+
+def training_statistics(
+    volumes: dict | None = None,
+    intensity_hu: dict | None = TRAINED_HU,
+    spacing=((1.5, 1.5, 1.5), (3.0, 3.0, 3.0)),
+    extent=((300.0, 250.0, 180.0), (400.0, 320.0, 340.0)),
+    min_slab_mm: float | None = 30.0,
+    labelled=(0.01, 0.05),
+) -> dict:
+    """A ``tokenunet.training_statistics`` section in the format the training tool writes (the schema's
+    ``training_statistics`` definition). ``volumes``: label name -> ((min, max) of all, (min, max) of the
+    complete ones or None) in mL."""
+    labels = {}
+    for name, (every, complete) in (volumes or {}).items():
+        labels[name] = {
+            "cases": 2,
+            "volume_ml": {"min": every[0], "max": every[1], "mean": sum(every) / 2},
+            "volume_ml_complete": None if complete is None else {"min": complete[0], "max": complete[1]},
+            "hu": {"mean": 40.0, "sd": 15.0, "p05": 15.0, "p50": 40.0, "p95": 65.0},
+        }
+    section = {
+        "cases": 2,
+        "patients": ["A", "B"],
+        "labels": labels,
+        "intensity_hu": intensity_hu,
+        "labelled_fraction": {"min": labelled[0], "max": labelled[1], "mean": sum(labelled) / 2},
+        "source_spacing_mm": {"min": list(spacing[0]), "max": list(spacing[1])},
+        "source_extent_mm": {"min": list(extent[0]), "max": list(extent[1])},
+        "augmentation": {
+            "strength": 1.0,
+            "scale": [0.75, 1.3],
+            "anisotropy": 0.15,
+            "rotation_deg": 30.0,
+            "elastic_mm": 9.0,
+            "min_slab_mm": min_slab_mm,
+            "synthetic_ratio": 0.3,
+            "contrast_phases": ["unenhanced"],
+        },
+    }
+    return section
+
+
+def blank_network(config: dict):
+    """The network of ``config`` with an output head that puts every voxel in the background (channel 0)."""
+    arch = config["architecture"]
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in arch["parameters"].items()}
+    network = build_network(arch["name"], arch["in_channels"], arch["out_channels"], **params)
+    with torch.no_grad():
+        network.head.weight.zero_()
+        network.head.bias.copy_(torch.tensor([10.0] + [0.0] * (arch["out_channels"] - 1)))
+    return network

@@ -1,17 +1,24 @@
 """The Qt-free controller: button, labels, messages and input auto-assignment from parameters and run state."""
 
+import numpy as np
 import pytest
+from helpers.packages import blank_network, tiny_config
 from TokenUNetSegmentLib.mrml import controller
 from TokenUNetSegmentLib.mrml.controller import (
     ModelInfo,
+    ResultNotice,
     assign_inputs,
     device_note,
     format_elapsed,
+    result_notice,
     token_rows,
     view_state,
 )
 from TokenUNetSegmentLib.mrml.parameters import Parameters
+from TokenUNetSegmentLib.pipeline.confidence import Assessment, Flag, LabelAssessment
+from TokenUNetSegmentLib.pipeline.package_writer import package_in_memory
 from TokenUNetSegmentLib.pipeline.run_contract import RunState
+from TokenUNetSegmentLib.pipeline.segmentation import segment
 
 CT = ModelInfo("abdomen", "Abdominal organs", "CC-BY-4.0", "1 min on a CPU", ["ct"], [["*ct*"]])
 BRATS = ModelInfo(
@@ -129,3 +136,65 @@ def test_missing_dependencies_turn_segment_into_install():
     assert "PyTorch" in state.button_tooltip and state.status == "PyTorch is not installed"
     # a running run is still cancellable whatever the dependency state says
     assert view_state(Parameters(), None, RunState.RUNNING, dependencies_ready=False).button_text == "Cancel"
+
+
+# -- the warning line about a result -------------------------------------------------------------------------
+def judged(confidence=0.9, *codes):
+    return LabelAssessment(confidence, tuple(Flag(code, f"{code} message") for code in codes), {"voxels": 10})
+
+
+def test_a_clean_result_shows_no_warning_line():
+    assessment = Assessment({"liver": judged(0.9), "spleen": judged(0.8)}, (), "2 of 2 labels found.")
+    assert result_notice(assessment) == ResultNotice() and result_notice(None) == ResultNotice()
+    assert (
+        view_state(Parameters(inputVolume0=VOLUME), CT, RunState.COMPLETED, notice=result_notice(assessment)).warning
+        == ""
+    )
+
+
+def test_flagged_organs_least_confident_first_with_scan_flags_and_input_warnings():
+    missing = LabelAssessment(0.0, (Flag("not_found", "not found in this scan"),), {"voxels": 0})
+    assessment = Assessment(
+        {
+            "liver": judged(0.62, "cut_off"),
+            "spleen": judged(0.9),
+            "pancreas": judged(0.05, "low_probability", "ambiguous"),
+            "aorta": judged(0.3, "fragmented"),
+            "stomach": judged(0.4, "volume_small"),
+            "gallbladder": missing,
+        },
+        (Flag("spacing_unlike_training", "voxels of up to 5.0 mm; the coarsest training scan had 3.0 mm"),),
+    )
+    notice = result_notice(assessment, ["several series in the folder: read the largest"])
+    assert notice.text == (
+        "Voxels of up to 5.0 mm; the coarsest training scan had 3.0 mm. "
+        "Check pancreas (unsure, ambiguous; 0.05), aorta (fragmented; 0.30), stomach (small; 0.40) and 1 more. "
+        "1 of 6 not found. 1 input warning(s): several series in the folder: read the largest"
+    )
+    details = notice.details.splitlines()
+    assert details[0].startswith("Voxels of up to 5.0 mm")
+    assert "liver (confidence 0.62): cut_off message" in details and "Not found: gallbladder" in details
+    assert details[-1] == "Input: several series in the folder: read the largest"
+    state = view_state(Parameters(inputVolume0=VOLUME), CT, RunState.COMPLETED, notice=notice)
+    assert (state.warning, state.warning_details) == (notice.text, notice.details)
+    running = view_state(Parameters(inputVolume0=VOLUME), CT, RunState.RUNNING, notice=notice)
+    assert running.warning == ""  # hidden while the next run goes on
+
+
+def test_reader_warnings_alone_show_the_line():
+    notice = result_notice(None, ["a", "b"])
+    assert notice.text == "2 input warning(s): a" and notice.details == "Input: a\nInput: b"
+
+
+def test_an_empty_result_says_nothing_was_found_and_why():
+    """The warning line of a real run that found nothing (a network that puts every voxel in the background)."""
+    config = tiny_config("finds-nothing", roi=(16, 16, 16), spacing=(3.0, 3.0, 3.0))
+    package = package_in_memory(blank_network(config), config)
+    image = np.full((20, 20, 20), -1000.0, np.float32)
+    image[4:16, 4:16, 4:16] = 40.0
+    result = segment([(image, np.diag([3.0, 3.0, 3.0, 1.0]))], package, device="cpu", with_token_maps=False)
+    notice = result_notice(Assessment.from_report(result.report()), result.warnings)
+    assert notice.text.startswith("No organ found. Possible reasons: nothing this model segments was found")
+    assert "Not found: organ1, organ2" in notice.details
+    assessment = Assessment({"organ": LabelAssessment(0.0, (Flag("not_found", "not found"),), {})}, ())
+    assert result_notice(assessment).text == "No organ found. The scan may not show what this model segments."

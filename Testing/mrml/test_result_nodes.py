@@ -3,13 +3,15 @@ probability volumes, each at the right place and in its run's folder."""
 
 import numpy as np
 import pytest
-from helpers.packages import dice, threshold_package
-from helpers.scenes import BALL_SHAPE, ROTATE_Z_30, ball_volume
+import slicer
+from helpers.packages import dice, physical_ball, threshold_package
+from helpers.scenes import BALL_AFFINE, BALL_SHAPE, ROTATE_Z_30, add_volume, ball_volume
 from TokenUNetSegmentLib.mrml import attributes as keys
+from TokenUNetSegmentLib.mrml.controller import result_notice
 from TokenUNetSegmentLib.mrml.heatmap_nodes import HEAT_TABLE_TAG, show_in_slice_views, update_attention_segments
 from TokenUNetSegmentLib.mrml.parameters import Parameters
 from TokenUNetSegmentLib.mrml.result_nodes import apply_result
-from TokenUNetSegmentLib.mrml.segmentation_nodes import segment_mask_world, subject_hierarchy
+from TokenUNetSegmentLib.mrml.segmentation_nodes import segment_mask_world, segment_tag, subject_hierarchy
 from TokenUNetSegmentLib.mrml.volume_nodes import ijk_to_world, volume_to_array
 from TokenUNetSegmentLib.pipeline import segment
 
@@ -165,3 +167,47 @@ def test_nodes_removed_during_a_run_do_not_break_the_result(ctx):
     mask, affine, _ = segment_mask_world(nodes.segmentation, segmentation.GetSegmentIdBySegmentName("ball"))
     np.testing.assert_allclose(affine, world, atol=1e-6)
     np.testing.assert_array_equal(mask, result.labels == 1)
+
+
+def test_segments_carry_their_confidence_and_flags_and_keep_them_when_saved(ctx, tmp_path):
+    """Each made segment is tagged with its confidence and flags; an organ found with flags gets Slicer's
+    "flagged" status (the flag icon in the Segment Editor's list); the node holds the run's flags and summary."""
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    centre = BALL_AFFINE[:3, :3] @ [10, 9, 0] + BALL_AFFINE[:3, 3]  # a ball cut by the scan's first slice
+    edge = add_volume(ctx.scene, physical_ball(SHAPE, BALL_AFFINE, centre, 9.0, value=250.0), BALL_AFFINE, "edge")
+    package = threshold_package(spacing=(2.0, 2.0, 2.0), roi=(16, 16, 16))
+    result = segment([volume_to_array(edge)], package, device="cpu", with_token_maps=False)
+    nodes = apply_result(ctx.scene, result, Parameters(heatmaps=False), edge)
+    assert nodes.assessment is result.assessment and nodes.warnings == result.warnings
+    judged = result.assessment.labels["ball"]
+    segmentation = nodes.segmentation.GetSegmentation()
+    ball = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("ball"))
+    assert segment_tag(ball, keys.CONFIDENCE_TAG) == f"{judged.confidence:.3f}"
+    assert "cut_off" in segment_tag(ball, keys.FLAGS_TAG).split(",")
+    assert "edge of the scan" in segment_tag(ball, keys.FLAG_MESSAGES_TAG)
+    assert logic.GetSegmentStatus(ball) == logic.Flagged
+    assert nodes.segmentation.GetAttribute(keys.SUMMARY_ATTRIBUTE) == result.assessment.summary
+    notice = result_notice(nodes.assessment, nodes.warnings)  # the module's warning line about this result
+    assert f"Check ball (cut off; {judged.confidence:.2f})." in notice.text
+    assert f"ball (confidence {judged.confidence:.2f}): " in notice.details and "edge of the scan" in notice.details
+    # saved and read back (tags are part of the .seg.nrrd file)
+    storage = nodes.segmentation.CreateDefaultStorageNode()
+    ctx.scene.AddNode(storage)
+    storage.SetFileName(str(tmp_path / "result.seg.nrrd"))
+    assert storage.WriteData(nodes.segmentation)
+    loaded = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "loaded")
+    reader = loaded.CreateDefaultStorageNode()
+    reader.SetFileName(str(tmp_path / "result.seg.nrrd"))
+    assert reader.ReadData(loaded)
+    again = loaded.GetSegmentation().GetSegment(loaded.GetSegmentation().GetNthSegmentID(0))
+    assert segment_tag(again, keys.CONFIDENCE_TAG) == f"{judged.confidence:.3f}"
+    assert logic.GetSegmentStatus(again) == logic.Flagged
+    # a later run into the same node replaces the tags: a whole ball, nothing to flag
+    volume = ball_volume(ctx.scene)
+    clean = segment([volume_to_array(volume)], package, device="cpu", with_token_maps=False)
+    assert clean.assessment.labels["ball"].flags == ()
+    apply_result(ctx.scene, clean, Parameters(heatmaps=False), volume, nodes.segmentation)
+    ball = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("ball"))
+    assert segment_tag(ball, keys.FLAGS_TAG) == "" and logic.GetSegmentStatus(ball) == logic.NotStarted
+    assert float(segment_tag(ball, keys.CONFIDENCE_TAG)) == clean.assessment.labels["ball"].confidence > 0.5
+    assert nodes.segmentation.GetAttribute(keys.RUN_FLAGS_ATTRIBUTE) == ""

@@ -6,12 +6,23 @@ import sys
 
 import numpy as np
 import pytest
-from helpers.packages import make_package, tiny_config
+import slicer
+from helpers.packages import blank_network, make_package, tiny_config
 from helpers.processes import alive, child_pids
 from helpers.scenes import BALL_AFFINE, BALL_SHAPE, ROTATE_Z_30, ball_volume, made_labels, node_ids
-from TokenUNetSegmentLib.mrml.attributes import KIND_ATTRIBUTE, TOKEN_ATTRIBUTE
+from TokenUNetSegmentLib.mrml.attributes import (
+    CONFIDENCE_TAG,
+    FLAG_MESSAGES_TAG,
+    FLAGS_TAG,
+    KIND_ATTRIBUTE,
+    RUN_FLAGS_ATTRIBUTE,
+    SUMMARY_ATTRIBUTE,
+    TOKEN_ATTRIBUTE,
+)
+from TokenUNetSegmentLib.mrml.controller import result_notice
 from TokenUNetSegmentLib.mrml.parameters import Parameters
 from TokenUNetSegmentLib.mrml.scene_run import SceneRun, SceneRunFinished
+from TokenUNetSegmentLib.mrml.segmentation_nodes import segment_tag
 from TokenUNetSegmentLib.mrml.volume_nodes import ijk_to_world, volume_to_array
 from TokenUNetSegmentLib.pipeline import segment
 from TokenUNetSegmentLib.pipeline.checksums import sha256_file
@@ -136,3 +147,32 @@ def test_the_model_is_resolved_inside_the_run_and_downloaded_there_with_progress
     assert "download" in stages and stages.index("download") < stages.index("inference")
     assert (tmp_path / "home" / "models" / "remote-model" / "configs" / "metadata.json").is_file()
     assert len(run.nodes.heatmap_nodes) == 8
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="checks the process table in /proc")
+def test_a_run_that_finds_nothing_says_so_on_its_segments_node_and_warning_line(ctx, tmp_path):
+    """The module's path (a child process, report.json read back): a network that puts every voxel in the
+    background leaves segments tagged "not found" with confidence 0, the node's summary and flags, and a warning
+    line that says nothing was found and why."""
+    config = tiny_config("finds-nothing", roi=(16, 16, 16), spacing=(3.0, 3.0, 3.0))
+    package = make_package(tmp_path, config, network=blank_network(config))
+    volume = ball_volume(ctx.scene)
+    run = SceneRun(ctx.scene, Parameters(inputVolume0=volume, model=str(package), device="cpu"), mode="subprocess")
+    run.start()
+    assert run.wait(timeout=240) == RunState.COMPLETED, run.error
+    nodes = run.nodes
+    assert nodes.assessment is not None and nodes.assessment.found == []
+    segmentation = nodes.segmentation.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 2
+    for index in range(2):
+        segment = segmentation.GetNthSegment(index)
+        assert segment_tag(segment, CONFIDENCE_TAG) == "0.000" and segment_tag(segment, FLAGS_TAG) == "not_found"
+        assert segment_tag(segment, FLAG_MESSAGES_TAG) == "not found in this scan"
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        assert logic.GetSegmentStatus(segment) != logic.Flagged  # nothing there to review
+    assert "no_organ_found" in nodes.segmentation.GetAttribute(RUN_FLAGS_ATTRIBUTE).split(",")
+    summary = nodes.segmentation.GetAttribute(SUMMARY_ATTRIBUTE)
+    assert summary == nodes.assessment.summary and summary.startswith("No organ found. Possible reasons: ")
+    notice = result_notice(nodes.assessment, nodes.warnings)
+    assert notice.text.startswith("No organ found. Possible reasons: nothing this model segments was found")
+    assert "Not found: organ1, organ2" in notice.details.splitlines()

@@ -321,3 +321,6 @@ def test_warnings_reach_the_slicer_module_runner(tmp_path):
     run = SubprocessRun(RunRequest(inputs=[thin], model=package, device="cpu", with_token_maps=False)).start()
     assert run.wait(timeout=240) == RunState.COMPLETED, run.error
     assert any("small for this model" in message for message in run.result.warnings)
+    judged = run.result.assessment  # and the confidence and flags of report.json (the module's warning line)
+    assert judged is not None and set(judged.labels) == {"organ1", "organ2"}
+    assert all(0.0 <= label.confidence <= 1.0 for label in judged.labels.values()) and judged.summary

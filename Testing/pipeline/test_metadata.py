@@ -4,7 +4,7 @@ import dataclasses
 import json
 
 import pytest
-from helpers.packages import make_package, tiny_config
+from helpers.packages import make_package, tiny_config, training_statistics
 from TokenUNetSegmentLib.pipeline.errors import ModelPackageError
 from TokenUNetSegmentLib.pipeline.jsonschema_lite import validation_errors
 from TokenUNetSegmentLib.pipeline.metadata import parse_config, parse_metadata, validate_metadata
@@ -131,3 +131,19 @@ def test_a_configuration_needs_no_weights_but_a_package_does():
     with pytest.raises(ModelPackageError, match="weights"):
         validate_metadata(document)
     assert parse_metadata(document, require_weights=False).config.weights is None
+
+
+def test_training_statistics_are_kept_as_written_and_typed_when_a_package_has_them(tmp_path):
+    config = tiny_config()
+    config["training_statistics"] = training_statistics({"organ1": ((8.0, 16.0), None)})
+    read = read_metadata(make_package(tmp_path, config)).config
+    assert read.training_statistics == config["training_statistics"]  # the section as the training tool wrote it
+    stats = read.statistics
+    assert stats.cases == 2 and stats.labels["organ1"].volume_ml.min == 8.0 and stats.min_slab_mm == 30.0
+    assert stats.labels["organ1"].volume_ml_complete is None  # null: the organ always touched the scan's edge
+    assert stats.source_extent_mm == ((300.0, 250.0, 180.0), (400.0, 320.0, 340.0))
+    older = parse_config(tiny_config())  # older and third-party packages
+    assert older.training_statistics is None and older.statistics is None
+    config["training_statistics"]["cases"] = -1
+    with pytest.raises(ModelPackageError, match="training_statistics"):
+        parse_config(config)

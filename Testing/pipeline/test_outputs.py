@@ -35,6 +35,7 @@ def test_the_folder_reads_back_as_the_result_it_was_written_from(result, tmp_pat
     assert back.label_table == result.label_table and back.model_id == result.model_id
     assert back.volumes_ml == pytest.approx(result.volumes_ml, abs=1e-3) and back.device == result.device
     assert back.token_matches == result.token_matches and back.warnings == result.warnings
+    assert back.assessment == result.assessment and back.assessment.labels["ball"].confidence > 0.5  # confidence, flags
     assert back.token_maps.kinds == result.token_maps.kinds and back.token_maps.num_tokens == 2
     np.testing.assert_allclose(back.token_maps.coarse_grid.affine, result.token_maps.coarse_grid.affine, atol=1e-6)
     step = 1 / TOKEN_GRID_LEVELS

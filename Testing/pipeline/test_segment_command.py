@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from helpers.packages import PHANTOM_AFFINE, ball_phantom, make_package, tiny_config
+from helpers.packages import PHANTOM_AFFINE, ball_phantom, blank_network, make_package, tiny_config
 from helpers.paths import MODULE_DIR, SAMPLE_CT
 from TokenUNetSegmentLib.pipeline import cli, segment_command
+from TokenUNetSegmentLib.pipeline.confidence import Assessment
 from TokenUNetSegmentLib.pipeline.errors import CancelledError
 from TokenUNetSegmentLib.pipeline.geometry import affine_of_image, image_from_array
 from TokenUNetSegmentLib.pipeline.nrrd import read_nrrd_fields
@@ -43,7 +44,8 @@ def test_segment_end_to_end_writes_what_slicer_reads(cli_case, tmp_path, capsys)
     root, package, path = cli_case
     out = tmp_path / "out"
     assert segment_cli(path, package, out, "--device", "cpu", "--overlap", "0.25") == 0
-    assert f"wrote {out / 'segmentation.seg.nrrd'}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"wrote {out / 'segmentation.seg.nrrd'}" in printed
     # the segmentation: geometry of the input, labels equal to the in-process result
     seg_path = out / "segmentation.seg.nrrd"
     seg = sitk.ReadImage(str(seg_path))
@@ -84,9 +86,36 @@ def test_segment_end_to_end_writes_what_slicer_reads(cli_case, tmp_path, capsys)
     voxel_ml = 1.4 * 1.2 * 2.5 / 1000
     assert report["labels"][0]["volume_ml"] == pytest.approx((labels == 1).sum() * voxel_ml, abs=1e-3)
     assert len(report["token_matches"]) == 16 and len(report["attention_maps"]) == 16
+    # confidence and flags per label, the run's flags and summary; the table after the "wrote" line
+    for label in report["labels"]:
+        assert 0.0 <= label["confidence"] <= 1.0 and all({"code", "message"} == set(f) for f in label["flags"])
+    assert isinstance(report["flags"], list) and report["summary"]
+    table = printed.split("wrote ", 1)[1].splitlines()[1:]
+    assert table[0].split() == ["label", "volume", "mL", "confidence", "flags"]
+    for line, label in zip(table[1:3], report["labels"], strict=True):
+        assert line.split()[:3] == [label["name"], f"{label['volume_ml']:.1f}", f"{label['confidence']:.2f}"]
+        assert line.endswith(", ".join(f["code"] for f in label["flags"]))
+    assert table[3].endswith(report["summary"])
     # the overview: 3 views per row, labels + 3 token rows
     width, height = png_size(out / "overview.png")
     assert width == 3 * 220 and height == 4 * 220
+
+
+def test_an_empty_result_is_reported_as_such(cli_case, tmp_path, capsys):
+    """A model that finds nothing: the command still writes its result, and its table and report.json say that
+    nothing was found and why that may be."""
+    root, _, path = cli_case
+    config = tiny_config("finds-nothing", roi=(32, 32, 32), spacing=(3.0, 3.0, 3.0), crop=True)
+    package = make_package(tmp_path, config, network=blank_network(config))
+    out = tmp_path / "out"
+    assert segment_cli(path, package, out, "--device", "cpu", "--no-heatmaps", "--no-overview") == 0
+    printed = capsys.readouterr().out.split("wrote ", 1)[1].splitlines()
+    assert [line.split()[-1] for line in printed[2:4]] == ["not_found", "not_found"]
+    assert printed[-1].startswith("warning: No organ found. Possible reasons:")
+    report = json.loads((out / "report.json").read_text())
+    assert {f["code"] for f in report["flags"]} >= {"no_organ_found", "no_known_anatomy"}
+    assert report["summary"].startswith("No organ found.") and all(e["confidence"] == 0 for e in report["labels"])
+    assert Assessment.from_report(report).found == []  # the module's warning line: Testing/mrml/test_controller.py
 
 
 def segment_cli(path, package, out, *options) -> int:
@@ -223,3 +252,14 @@ def test_segment_the_bundled_real_ct_end_to_end(sample_cli_run):
     fractions = [e.fraction for e in events if isinstance(e, ProgressEvent)]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert f"wrote {out / 'segmentation.seg.nrrd'}" in sample_cli_run.stdout
+    table = sample_cli_run.stdout.split("wrote ", 1)[1].splitlines()[2:]
+    for label in report["labels"]:  # every organ with its confidence
+        assert 0.0 <= label["confidence"] <= 1.0
+        assert any(line.startswith(label["name"] + " ") and f" {label['confidence']:.2f}" in line for line in table)
+    # the bundled model records its training statistics, and the sample (its training patient) is judged by them:
+    # a CT like its training scans (no scan flag), its well-found organs confident and not all flagged
+    statistics = config.statistics
+    assert statistics is not None and set(statistics.labels) == {label.name for label in config.labels}
+    assert report["flags"] == [] and not report["summary"].startswith("No organ found")
+    trusted = [e for e in report["labels"] if e["confidence"] >= 0.6 and {f["code"] for f in e["flags"]} <= {"cut_off"}]
+    assert "liver" in {e["name"] for e in trusted}, report["summary"]

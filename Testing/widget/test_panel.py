@@ -315,3 +315,25 @@ def test_panel_forwards_the_child_log_to_slicer_log_and_status_bar(panel_env, ca
         panel_env.panel.on_run_event(LogEvent("loading model"))
     assert "TokenUNet: loading model" in caplog.text
     assert panel_env.status[-1] == "TokenUNet: loading model"
+
+
+def test_panel_shows_what_the_result_says_about_itself_and_the_input_warnings(panel_env, caplog):
+    import logging
+
+    env, ui = panel_env, panel_env.ui
+    volume = add_volume(env.ctx.scene, noise()[:6, :6, :6], np.diag([2.0, 2.0, 2.0, 1.0]), name="tiny ct")
+    env.panel.refresh_models()
+    env.node.SetNodeReferenceID("inputVolume0", volume.GetID())
+    assert not ui.resultWarningLabel.visible
+    with caplog.at_level(logging.WARNING):
+        ui.segmentButton.emit("clicked(bool)", False)
+        run_panel_until_done(env)
+    assert env.panel.run.state == RunState.COMPLETED
+    notice = env.panel.notice
+    assert ui.resultWarningLabel.visible and ui.resultWarningLabel.text == notice.text
+    assert "1 input warning(s): the volume is small for this model" in notice.text  # a reader/preprocess warning
+    assert ui.resultWarningLabel.toolTip == notice.details and "Input: the volume is small" in notice.details
+    assert "TokenUNet: the volume is small for this model" in caplog.text  # and in Slicer's log
+    ui.segmentButton.emit("clicked(bool)", False)  # a new run: the old result's warning goes
+    assert env.panel.notice is None and not ui.resultWarningLabel.visible
+    run_panel_until_done(env)

@@ -71,6 +71,8 @@ class ViewState:
     status: str
     heatmaps_enabled: bool
     problems: list[str]
+    warning: str = ""  # the warning line about the last result ("" hides it)
+    warning_details: str = ""  # its tooltip: every flag and warning in full
 
 
 def format_elapsed(seconds: float) -> str:
@@ -108,8 +110,10 @@ def view_state(
     message: str = "",
     has_heatmaps: bool = False,
     dependencies_ready: bool = True,
+    notice: ResultNotice | None = None,
 ) -> ViewState:
-    """The view for the given parameters, model and run state.
+    """The view for the given parameters, model and run state (``notice``: what the last result said about
+    itself, shown while no run is going on).
 
     Without its Python dependencies (torch, MONAI, ...) the module cannot list models: the button then offers
     to install them.
@@ -155,7 +159,86 @@ def view_state(
         status=status,
         heatmaps_enabled=has_heatmaps and not running,
         problems=problems,
+        warning=notice.text if notice is not None and not running else "",
+        warning_details=notice.details if notice is not None and not running else "",
     )
+
+
+@dataclass
+class ResultNotice:
+    """The warning line about a result (``text``, "" when there is nothing to warn about) and its tooltip."""
+
+    text: str = ""
+    details: str = ""
+
+
+FLAG_WORDS = {  # how the warning line names each label flag (the tooltip has the full messages)
+    "low_probability": "unsure",
+    "ambiguous": "ambiguous",
+    "fragmented": "fragmented",
+    "cut_off": "cut off",
+    "volume_small": "small",
+    "volume_large": "large",
+}
+SHOWN_ORGANS = 3  # organs named on the line; the rest are counted
+
+
+def result_notice(assessment, warnings: list[str] | tuple = ()) -> ResultNotice:
+    """What the module says about a completed run's result (an :class:`..pipeline.confidence.Assessment`, or
+    None for a result without one) and the warnings of reading its input.
+
+    The line says, in this order: that nothing was found (and the possible reasons), the flags about the scan,
+    the organs found with flags (the least confident first, with the words of :data:`FLAG_WORDS`), how many
+    organs were not found (when some were), and how many input warnings there were. Every flag message and
+    warning is in the details.
+    """
+    parts, details = [], []
+    if assessment is not None:
+        scan = [flag for flag in assessment.flags if flag.code != "no_organ_found"]
+        if not assessment.found:
+            parts.append(_("No organ found."))
+            if scan:
+                parts.append(_("Possible reasons: {reasons}.").format(reasons="; ".join(f.message for f in scan)))
+            else:
+                parts.append(_("The scan may not show what this model segments."))
+        else:
+            parts += [_sentence(flag.message) for flag in scan]
+        details += [_sentence(flag.message) for flag in scan]
+        flagged = sorted(assessment.flagged, key=lambda name: assessment.labels[name].confidence)
+        if flagged:
+            named = [_organ_words(name, assessment.labels[name]) for name in flagged[:SHOWN_ORGANS]]
+            more = len(flagged) - SHOWN_ORGANS
+            text = _("Check {organs}").format(organs=", ".join(named))
+            parts.append(text + (_(" and {count} more.").format(count=more) if more > 0 else "."))
+        missing = [name for name, judged in assessment.labels.items() if not judged.found]
+        if missing and assessment.found:
+            parts.append(_("{count} of {total} not found.").format(count=len(missing), total=len(assessment.labels)))
+        for name in flagged:
+            judged = assessment.labels[name]
+            messages = "; ".join(flag.message for flag in judged.flags)
+            details.append(
+                _("{name} (confidence {confidence:.2f}): {messages}").format(
+                    name=name, confidence=judged.confidence, messages=messages
+                )
+            )
+        if missing:
+            details.append(_("Not found: {names}").format(names=", ".join(missing)))
+    if warnings:
+        parts.append(_("{count} input warning(s): {first}").format(count=len(warnings), first=warnings[0]))
+        details += [_("Input: {warning}").format(warning=w) for w in warnings]
+    if not parts:
+        return ResultNotice()
+    return ResultNotice(" ".join(parts), "\n".join(details))
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return (text[:1].upper() + text[1:]).rstrip(".") + "." if text else text
+
+
+def _organ_words(name: str, judged) -> str:
+    words = [FLAG_WORDS.get(flag.code, flag.code) for flag in judged.flags]
+    return f"{name} ({', '.join(words)}; {judged.confidence:.2f})"
 
 
 def _finished_status(state: RunState, elapsed: float, message: str) -> str:

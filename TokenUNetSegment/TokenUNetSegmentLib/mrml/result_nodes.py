@@ -9,22 +9,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import slicer
+
+from ..pipeline.confidence import Assessment
 from ..pipeline.outputs import choose_attention_grid
-from .attributes import KIND_ATTRIBUTE, PROBABILITY_ATTRIBUTE, RUN_ATTRIBUTE
+from .attributes import (
+    CONFIDENCE_TAG,
+    FLAG_MESSAGES_TAG,
+    FLAGS_TAG,
+    KIND_ATTRIBUTE,
+    PROBABILITY_ATTRIBUTE,
+    RUN_ATTRIBUTE,
+    RUN_FLAGS_ATTRIBUTE,
+    SUMMARY_ATTRIBUTE,
+)
 from .heatmap_nodes import add_attention_segmentation, add_heatmaps, add_map_volume, heat_color_node, run_folder
 from .parameters import Parameters
-from .segmentation_nodes import subject_hierarchy, write_labels
+from .segmentation_nodes import made_segment_ids, subject_hierarchy, write_labels
 
 
 @dataclass
 class RunNodes:
-    """What a completed run added to (or updated in) the scene."""
+    """What a completed run added to (or updated in) the scene, with what the run said about its result: its
+    assessment (confidence and flags) and the warnings of reading and preparing the input."""
 
     segmentation: object
     folder: int = 0
     heatmap_nodes: list = field(default_factory=list)
     attention: object = None
     probabilities: list = field(default_factory=list)
+    assessment: Assessment | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def heatmaps(self) -> list:
@@ -53,7 +68,8 @@ def apply_result(scene, result, parameters: Parameters, reference, output=None) 
         model_id=result.model_id or "TokenUNet",
         show3d=parameters.show3D,
     )
-    nodes = RunNodes(segmentation)
+    mark_assessment(segmentation, result.assessment)
+    nodes = RunNodes(segmentation, assessment=result.assessment, warnings=list(result.warnings))
     token_maps = result.token_maps
     want_maps = parameters.heatmaps and token_maps is not None
     if not (want_maps or result.probabilities):
@@ -92,6 +108,27 @@ def apply_result(scene, result, parameters: Parameters, reference, output=None) 
         )
     subject_hierarchy(scene).SetItemExpanded(nodes.folder, False)
     return nodes
+
+
+def mark_assessment(node, assessment: Assessment | None) -> None:
+    """Tag this module's segments with their confidence and flags (segment status "flagged" for an organ found
+    with flags: the flag icon of the Segment Editor's list) and the node with the run's flags and summary."""
+    if assessment is None:
+        return
+    segmentation = node.GetSegmentation()
+    for segment_id in made_segment_ids(node):
+        segment = segmentation.GetSegment(segment_id)
+        judged = assessment.labels.get(segment.GetName())
+        if judged is None:
+            continue
+        segment.SetTag(CONFIDENCE_TAG, f"{judged.confidence:.3f}")
+        segment.SetTag(FLAGS_TAG, ",".join(flag.code for flag in judged.flags))
+        segment.SetTag(FLAG_MESSAGES_TAG, "; ".join(flag.message for flag in judged.flags))
+        if judged.found and judged.flags:
+            logic = slicer.vtkSlicerSegmentationsModuleLogic
+            logic.SetSegmentStatus(segment, logic.Flagged)
+    node.SetAttribute(RUN_FLAGS_ATTRIBUTE, ",".join(flag.code for flag in assessment.flags))
+    node.SetAttribute(SUMMARY_ATTRIBUTE, assessment.summary)
 
 
 def _run_folders(scene):

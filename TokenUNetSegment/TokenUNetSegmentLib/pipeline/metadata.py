@@ -3,8 +3,10 @@
 The JSON (MONAI bundle keys plus our ``tokenunet`` section) is checked against the schema in ``schemas/`` and
 against the rules a schema cannot express, then turned into :class:`PackageMetadata` (bundle fields) around a
 :class:`PackageConfig` (the ``tokenunet`` section: architecture, inputs, preprocessing, inference, labels,
-weights; the training record stays an opaque mapping). Everything downstream reads these objects, never the
-raw dict. This module needs neither torch nor MONAI, so listing models and ``--help`` stay fast.
+weights; the training record and the training data's statistics stay mappings as written, and
+``PackageConfig.statistics`` types the latter as :class:`TrainingStatistics`). Everything downstream reads these
+objects, never the raw dict. This module needs neither torch nor MONAI, so listing models and ``--help`` stay
+fast.
 
 Example::
 
@@ -151,6 +153,100 @@ class Weights:
 
 
 @dataclass(frozen=True)
+class ValueRange:
+    """The range of a value over the training cases (``mean`` when recorded)."""
+
+    min: float
+    max: float
+    mean: float | None = None
+
+    @classmethod
+    def parse(cls, entry) -> ValueRange | None:
+        """A range from ``{"min", "max", "mean"?}``; None for anything else (absent, null, malformed)."""
+        if not isinstance(entry, Mapping) or not all(_is_number(entry.get(key)) for key in ("min", "max")):
+            return None
+        mean = entry.get("mean")
+        return cls(float(entry["min"]), float(entry["max"]), float(mean) if _is_number(mean) else None)
+
+
+@dataclass(frozen=True)
+class LabelStatistics:
+    """One label in the training cases: in how many it was present, its volumes in mL on the model grid (all;
+    ``volume_ml_complete``: only where it did not touch the scan's edge) and the HU of its voxels."""
+
+    cases: int
+    volume_ml: ValueRange | None = None
+    volume_ml_complete: ValueRange | None = None
+    hu: Mapping[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class TrainingStatistics:
+    """What the real training cases looked like (``tokenunet.training_statistics``, written by the training
+    tool), for telling how far a new scan and its result lie from them. Every part may be missing.
+
+    ``intensity_hu``: mean, sd and percentiles (``p01`` ... ``p99``) of the inputs' HU above
+    ``body_threshold_hu``; ``source_spacing_mm`` / ``source_extent_mm``: per-axis (min, max) of the scans as
+    read; ``min_slab_mm``: the thinnest field of view the augmentation simulated.
+    """
+
+    cases: int
+    labels: Mapping[str, LabelStatistics] = field(default_factory=dict)
+    intensity_hu: Mapping[str, float] | None = None
+    labelled_fraction: ValueRange | None = None
+    source_spacing_mm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    source_extent_mm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    min_slab_mm: float | None = None
+
+    @classmethod
+    def parse(cls, section) -> TrainingStatistics | None:
+        """The typed statistics of a package's section, None when the package has none (older or third-party
+        packages); unreadable parts become None."""
+        if not isinstance(section, Mapping):
+            return None
+        labels = {}
+        for name, entry in (section.get("labels") or {}).items():
+            if isinstance(entry, Mapping):
+                hu = entry.get("hu")
+                labels[str(name)] = LabelStatistics(
+                    int(entry.get("cases") or 0),
+                    ValueRange.parse(entry.get("volume_ml")),
+                    ValueRange.parse(entry.get("volume_ml_complete")),
+                    _numbers(hu),
+                )
+        augmentation = section.get("augmentation") or {}
+        slab = augmentation.get("min_slab_mm") if isinstance(augmentation, Mapping) else None
+        return cls(
+            cases=int(section.get("cases") or 0),
+            labels=labels,
+            intensity_hu=_numbers(section.get("intensity_hu")),
+            labelled_fraction=ValueRange.parse(section.get("labelled_fraction")),
+            source_spacing_mm=_axis_ranges(section.get("source_spacing_mm")),
+            source_extent_mm=_axis_ranges(section.get("source_extent_mm")),
+            min_slab_mm=float(slab) if _is_number(slab) else None,
+        )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numbers(entry) -> dict[str, float] | None:
+    if not isinstance(entry, Mapping):
+        return None
+    return {str(key): float(value) for key, value in entry.items() if _is_number(value)}
+
+
+def _axis_ranges(entry) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    if not isinstance(entry, Mapping):
+        return None
+    low, high = entry.get("min"), entry.get("max")
+    if not all(isinstance(v, list) and len(v) == 3 and all(_is_number(x) for x in v) for v in (low, high)):
+        return None
+    return tuple(float(x) for x in low), tuple(float(x) for x in high)
+
+
+@dataclass(frozen=True)
 class PackageConfig:
     """The ``tokenunet`` section of a package: what the pipeline needs to build, feed and read the network."""
 
@@ -166,6 +262,12 @@ class PackageConfig:
     training: Mapping | None = None  # the training record, kept as written
     training_statistics: Mapping | None = None  # what the training data looked like (volumes, HU, fields of view)
     source: Mapping = field(default_factory=dict, repr=False, compare=False)  # the section as read
+
+    @property
+    def statistics(self) -> TrainingStatistics | None:
+        """``training_statistics`` typed for the confidence checks; None when the package has none (packages
+        written before the training tool recorded them, third-party packages)."""
+        return TrainingStatistics.parse(self.training_statistics)
 
     @property
     def input_names(self) -> list[str]:

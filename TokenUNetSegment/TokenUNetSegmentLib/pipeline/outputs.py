@@ -8,7 +8,8 @@ Layout::
                                             input grid as float32 (``--attention-grid input``)
     probabilities/<label name>.nrrd         with --probabilities
     overview.png                            unless --no-overview
-    report.json                             timings, device, label volumes, token matches, the files above
+    report.json                             timings, device, label volumes with confidence and flags, the run's
+                                            flags and summary, token matches, the files above
 
 Files are written into a staging folder and moved into place only when all are complete, so a failed or
 cancelled run leaves no partial output. The reader turns a folder back into a :class:`SegmentationResult`
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .confidence import Assessment
 from .geometry import Grid
 from .metadata import Label
 from .nrrd import write_nrrd, write_segmentation
@@ -250,4 +252,5 @@ def read_outputs(folder: str | Path, input_affine=None) -> SegmentationResult:
         model_id=report.get("model", ""),
         probabilities=probabilities,
         warnings=list(report.get("warnings", [])),
+        assessment=Assessment.from_report(report),
     )

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from .confidence import measure_labels
+from .evaluate import surface_voxels
 from .metadata import Inference, Label, PackageConfig
 from .preprocess import Prepared
 from .result import MAP_KINDS
@@ -21,13 +23,15 @@ class ModelGridOutputs:
 
     ``labels`` covers the whole model grid (zero outside the processed region); ``probability_maps`` (label
     value -> map over the processed region) only when asked for; ``coarse_maps`` (kind -> (N, h, w, d) in
-    [0, 1] on the token grid of the region) only for networks with tokens.
+    [0, 1] on the token grid of the region) only for networks with tokens; ``measures`` (label value -> what
+    :func:`.confidence.measure_labels` measured) for judging the result.
     """
 
     labels: np.ndarray
     probability_maps: dict[int, np.ndarray] | None
     coarse_maps: dict[str, np.ndarray] | None
     token_matches: list[dict]
+    measures: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 def postprocess(
@@ -39,9 +43,11 @@ def postprocess(
     with_probabilities: bool,
     progress=None,
 ) -> ModelGridOutputs:
-    """Labels (largest components kept for the named labels), token maps and their label matches."""
+    """Labels (largest components kept for the named labels), token maps, their label matches, and the measures
+    that say how far to trust each label."""
     region_labels = labels_from_logits(logits, config.inference, config.labels)
-    keep_largest_component(region_labels, [label.value for label in config.labels if label.name in largest_component])
+    values = [label.value for label in config.labels]
+    pieces = component_pieces(region_labels, values, [v.value for v in config.labels if v.name in largest_component])
     if progress is not None:
         progress.update("postprocess", 0.4)
     coarse, matches = None, []
@@ -51,8 +57,21 @@ def postprocess(
     full = np.zeros(prepared.grid.shape, np.uint8)
     in_grid, in_region = prepared.paste_slices()
     full[in_grid] = region_labels[in_region]
+    found = full[in_grid]
+    certainty, margin = label_certainty(logits[(slice(None), *in_region)], found, config.inference)
+    inside = prepared.field_of_view if prepared.field_of_view is not None else np.ones(full.shape, bool)
+    labelled = found > 0
+    measures = measure_labels(
+        found[labelled],
+        certainty,
+        margin,
+        surface_voxels(inside)[in_grid][labelled],
+        pieces,
+        values,
+        prepared.grid.voxel_volume_mm3 / 1000.0,
+    )
     probability_maps = probabilities_of(logits, config.inference, config.labels) if with_probabilities else None
-    return ModelGridOutputs(full, probability_maps, coarse, matches)
+    return ModelGridOutputs(full, probability_maps, coarse, matches, measures)
 
 
 def match_tokens(coarse: dict[str, np.ndarray], labels: np.ndarray, table: Sequence[Label]) -> list[dict]:
@@ -110,6 +129,29 @@ def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
     return index
 
 
+def label_certainty(logits: np.ndarray, labels: np.ndarray, inference: Inference) -> tuple[np.ndarray, np.ndarray]:
+    """How sure the network is of each labelled voxel's label: (probability, margin), one value per voxel of
+    ``labels`` > 0 in C order (``logits`` (C, *labels.shape) may be a view).
+
+    Softmax: the top probability and its lead over the second. Sigmoid: the probability of the voxel's region
+    and its distance above the threshold, scaled to [0, 1] ((p - t) / (1 - t)).
+    """
+    mask = torch.from_numpy(np.ascontiguousarray(labels > 0))
+    scores = torch.from_numpy(logits)[:, mask]  # (C, labelled voxels): only these are computed
+    if inference.activation == "sigmoid":
+        found = torch.from_numpy(labels)[mask]
+        probability, margin = torch.ones(found.shape), torch.ones(found.shape)
+        threshold = min(inference.threshold, 1.0 - 1e-6)
+        for region in inference.regions:
+            where = found == region.label
+            probability[where] = torch.sigmoid(scores[region.channel][where])
+            margin[where] = (probability[where] - threshold) / (1.0 - threshold)
+        return probability.numpy(), margin.numpy()
+    top = torch.softmax(scores.float(), dim=0).topk(min(2, scores.shape[0]), dim=0).values
+    second = top[1] if top.shape[0] > 1 else torch.zeros_like(top[0])
+    return top[0].numpy(), (top[0] - second).numpy()
+
+
 def probabilities_of(logits: np.ndarray, inference: Inference, labels: Sequence[Label]) -> dict[int, np.ndarray]:
     """Per label value, its probability map (softmax channel, or the sigmoid of its region channel)."""
     tensor = torch.from_numpy(logits)
@@ -121,14 +163,41 @@ def probabilities_of(logits: np.ndarray, inference: Inference, labels: Sequence[
 
 def keep_largest_component(labels: np.ndarray, values: list[int]) -> np.ndarray:
     """For each label value in ``values``, keep only its largest 26-connected component (in place)."""
+    component_pieces(labels, values, values)
+    return labels
+
+
+def component_pieces(labels: np.ndarray, values: list[int], keep_largest=()) -> dict[int, tuple[int, float]]:
+    """Per label value present: (its number of 26-connected pieces, the share of its voxels outside the largest).
+
+    The labels in ``keep_largest`` are reduced to their largest piece (in place). Each label is examined inside
+    its bounding box only.
+    """
+    pieces = {}
     for value in values:
         mask = labels == value
-        if not mask.any():
+        box = _bounding_box(mask)
+        if box is None:
             continue
-        components = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True)
-        ranked = sitk.GetArrayViewFromImage(sitk.RelabelComponent(components))
-        labels[mask & (ranked != 1)] = 0
-    return labels
+        inside = mask[box]
+        components = sitk.ConnectedComponent(sitk.GetImageFromArray(inside.view(np.uint8)), True)
+        ranked = sitk.GetArrayFromImage(sitk.RelabelComponent(components))
+        sizes = np.bincount(ranked.ravel())
+        total = int(sizes[1:].sum())
+        pieces[value] = (len(sizes) - 1, 1.0 - sizes[1] / total)
+        if value in keep_largest and len(sizes) > 2:
+            labels[box][inside & (ranked != 1)] = 0
+    return pieces
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
 
 
 def normalise_maps(maps: np.ndarray) -> np.ndarray:

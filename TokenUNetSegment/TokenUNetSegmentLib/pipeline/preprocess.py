@@ -11,6 +11,7 @@ import numpy as np
 from .errors import InputError
 from .geometry import Grid, model_grid, overlaps, resample
 from .metadata import Intensity, PackageConfig
+from .scan_summary import BODY_THRESHOLD_HU, IntensitySummary, field_of_view, summarise_intensities
 from .volumes import Volume
 
 
@@ -19,7 +20,9 @@ class Prepared:
     """The network input and where it sits in physical space.
 
     ``image`` (C, *region.shape) is the preprocessed region of ``grid`` (the model grid) starting at index
-    ``start``; parts of the region outside the model grid are padding.
+    ``start``; parts of the region outside the model grid are padding. ``field_of_view`` marks the model-grid
+    voxels inside the first input's box and ``intensity`` summarises its raw values there (for judging the
+    result, :mod:`.confidence`).
     """
 
     image: np.ndarray
@@ -27,6 +30,8 @@ class Prepared:
     start: np.ndarray
     region: Grid
     warnings: list[str] = field(default_factory=list)
+    field_of_view: np.ndarray | None = None
+    intensity: IntensitySummary | None = None
 
     def paste_slices(self) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
         """(slices into the model grid, slices into the region) of their intersection."""
@@ -136,6 +141,11 @@ def prepare(volumes: list[Volume], config: PackageConfig, size_multiple: int, ro
         arrays[index] = None  # free the source-grid copy early
         if progress:
             progress.update("preprocess", 0.6 * (index + 1) / len(volumes))
+    inside = field_of_view(reference, grid)
+    statistics = config.statistics
+    recorded = statistics.intensity_hu if statistics is not None else None
+    threshold = (recorded or {}).get("body_threshold_hu", BODY_THRESHOLD_HU)
+    intensity = summarise_intensities(model_arrays[0], inside, threshold)
     shape = np.asarray(grid.shape)
     lo, hi = np.zeros(3, int), shape.copy()
     if pre.crop_foreground:
@@ -152,7 +162,7 @@ def prepare(volumes: list[Volume], config: PackageConfig, size_multiple: int, ro
     start = lo - (target - length) // 2
     region = grid.sub_grid(start, target)
     image = np.empty((len(model_arrays), *target), np.float32)
-    prepared = Prepared(image, grid, start, region, warnings)
+    prepared = Prepared(image, grid, start, region, warnings, inside, intensity)
     in_grid, in_region = prepared.paste_slices()
     for channel, (array, setting) in enumerate(zip(model_arrays, settings, strict=True)):
         image[channel].fill(float(array.min()))

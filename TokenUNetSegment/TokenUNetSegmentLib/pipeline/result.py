@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .confidence import Assessment
 from .geometry import Grid, resample
 from .metadata import Label
 
@@ -65,6 +66,7 @@ class SegmentationResult:
     model_id: str
     probabilities: dict[str, np.ndarray] | None = None
     warnings: list[str] = field(default_factory=list)
+    assessment: Assessment | None = None  # confidence and flags per label, flags about the scan
 
     @property
     def grid(self) -> Grid:
@@ -77,17 +79,28 @@ class SegmentationResult:
         return self.token_maps
 
     def report(self) -> dict:
-        """A JSON-ready summary (timings, device, label volumes, token-label matches, warnings)."""
-        return {
+        """A JSON-ready summary (timings, device, label volumes with their confidence and flags, token-label
+        matches, warnings, and the run's flags and summary)."""
+        assessment = self.assessment
+        report = {
             "model": self.model_id,
             "device": self.device,
             "shape": list(self.labels.shape),
             "ijk_to_ras": np.asarray(self.affine).round(6).tolist(),
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "labels": [
-                {**label.to_dict(), "volume_ml": round(self.volumes_ml.get(label.name, 0.0), 3)}
+                {
+                    **label.to_dict(),
+                    "volume_ml": round(self.volumes_ml.get(label.name, 0.0), 3),
+                    **(assessment.label_entry(label.name) if assessment is not None else {}),
+                }
                 for label in self.label_table
             ],
             "token_matches": self.token_matches,
             "warnings": list(self.warnings),
         }
+        if assessment is not None:
+            report["flags"] = [flag.to_dict() for flag in assessment.flags]
+            report["summary"] = assessment.summary
+            report["scan"] = dict(assessment.scan)
+        return report

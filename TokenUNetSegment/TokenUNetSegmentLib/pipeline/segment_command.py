@@ -59,6 +59,26 @@ def _install_cancel_handlers(event: threading.Event) -> list:
     return previous
 
 
+def assessment_lines(result) -> list[str]:
+    """The table printed after a run: per label its volume, confidence and flag codes, then the run's summary
+    (``warning:`` first when nothing was found or the scan itself is flagged)."""
+    assessment = result.assessment
+    if assessment is None:
+        return []
+    width = max([len("label")] + [len(label.name) for label in result.label_table])
+    lines = [f"{'label':<{width}}  {'volume mL':>10}  {'confidence':>10}  flags"]
+    for label in result.label_table:
+        judged = assessment.labels.get(label.name)
+        if judged is None:
+            continue
+        codes = ", ".join(flag.code for flag in judged.flags)
+        volume = result.volumes_ml.get(label.name, 0.0)
+        lines.append(f"{label.name:<{width}}  {volume:>10.1f}  {judged.confidence:>10.2f}  {codes}".rstrip())
+    warn = bool(assessment.flags) or not assessment.found
+    lines.append(("warning: " if warn else "") + assessment.summary)
+    return lines
+
+
 def run_segment(args: argparse.Namespace, cancel=None) -> int:
     """Segment ``args.inputs`` and write the output folder; returns the exit code (errors raise).
 
@@ -143,6 +163,8 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
             f"wrote {outputs['segmentation']} ({len(result.label_table)} labels, device {result.device}, "
             f"{seconds:.1f} s)"
         )
+        for line in assessment_lines(result):
+            print(line)
         return ExitCode.OK
     except BaseException:  # errors, cancel, Ctrl-C: end the progress line before the message
         printer.close()

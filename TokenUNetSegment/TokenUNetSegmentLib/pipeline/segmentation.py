@@ -18,14 +18,16 @@ import numpy as np
 import torch
 
 from .catalog import ModelStore
+from .confidence import Assessment, assess
 from .device import check_memory, estimate_memory, resolve_device
 from .errors import InputError
-from .geometry import model_grid
+from .geometry import Grid, model_grid
 from .inference import WindowPlan, plan_windows, run_windows
 from .map_back import map_back
+from .metadata import PackageConfig
 from .package_loader import ModelPackage, resolve_model
-from .postprocess import postprocess
-from .preprocess import prepare
+from .postprocess import ModelGridOutputs, postprocess
+from .preprocess import Prepared, prepare
 from .progress import Progress
 from .result import MAP_KINDS, SegmentationResult, TokenMaps
 from .volumes import Volume, as_volume
@@ -126,6 +128,7 @@ def segment(
         on_model_grid = postprocess(logits, maps, prepared, config, keep, probabilities or smooth, reporter)
         token_matches = on_model_grid.token_matches
         del logits, maps
+        assessment = assess_run(on_model_grid, prepared, config, volumes[0].grid)
 
     with clock.stage("map back"):
         target = volumes[0].grid
@@ -149,6 +152,21 @@ def segment(
         model_id=package.id,
         probabilities=on_input_grid.probabilities,
         warnings=result_warnings,
+        assessment=assessment,
+    )
+
+
+def assess_run(outputs: ModelGridOutputs, prepared: Prepared, config: PackageConfig, source: Grid) -> Assessment:
+    """The run's confidence per label and its flags (:mod:`.confidence`), from the model-grid measures."""
+    by_name = {label.name: outputs.measures.get(label.value, {"voxels": 0}) for label in config.labels}
+    inside = prepared.field_of_view
+    return assess(
+        by_name,
+        config.statistics,
+        prepared.intensity,
+        config.preprocessing.intensity[0].method == "ct_window",
+        source,
+        int(inside.sum()) if inside is not None else int(np.prod(prepared.grid.shape)),
     )
 
 

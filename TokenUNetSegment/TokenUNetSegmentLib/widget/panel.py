@@ -79,6 +79,7 @@ class Panel:
         self.devices: list[str] | None = None  # None until the device probe has answered
         self.probe = None
         self.applied_threshold = None
+        self.notice = None  # what the last completed run said about its result (controller.ResultNotice)
 
     # -- parameters ------------------------------------------------------------------------------------
     def parameters(self) -> Parameters:
@@ -228,7 +229,7 @@ class Panel:
             self.install_dependencies()
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
-            self.cancelling, self.message = False, ""
+            self.cancelling, self.message, self.notice = False, "", None
             self.run = self.logic.startRun(self.parameters(), python=python_executable())
             self.run.add_observer(self.on_run_event)
             self.run.start()
@@ -276,6 +277,11 @@ class Panel:
             nodes = event.nodes
             count = nodes.segmentation.GetSegmentation().GetNumberOfSegments()
             self.message = _("{count} segments in '{name}'.").format(count=count, name=nodes.segmentation.GetName())
+            self.notice = controller.result_notice(nodes.assessment, nodes.warnings)
+            for warning in nodes.warnings:
+                logging.warning(f"TokenUNet: {warning}")
+            if self.notice.text:
+                logging.warning(f"TokenUNet: {self.notice.text}")
             self.show_run(nodes)
             slicer.util.showStatusMessage(_("TokenUNet: done. ") + self.message, STATUS_MS)
         elif event.state == RunState.FAILED:
@@ -371,6 +377,7 @@ class Panel:
             message=self.message,
             has_heatmaps=bool(self.heatmap_nodes),
             dependencies_ready=self.dependencies_ready,
+            notice=self.notice,
         )
         ui = self.ui
         ui.segmentButton.text = view.button_text
@@ -387,6 +394,9 @@ class Panel:
         ui.progressBar.visible = view.progress_visible
         ui.progressBar.value = view.progress_percent
         ui.statusLabel.text = view.status
+        ui.resultWarningLabel.text = view.warning
+        ui.resultWarningLabel.toolTip = view.warning_details
+        ui.resultWarningLabel.visible = bool(view.warning)
         ui.tokenList.enabled = view.heatmaps_enabled
         ui.attentionThresholdSlider.enabled = view.heatmaps_enabled and self.attention_node is not None
         has_result = self.segmentation_node is not None and self.segmentation_node.GetScene() is not None
