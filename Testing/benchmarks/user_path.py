@@ -167,6 +167,13 @@ def folder_size(folder: Path) -> tuple[int, int]:
     return sum(p.stat().st_size for p in files), len(files)
 
 
+def reported_seconds(stdout: str) -> float:
+    """The seconds the command reports for segmenting and writing: its ``wrote ... (…, 12.3 s)`` line (other lines,
+    such as the labels' table, may follow it)."""
+    line = next(line for line in stdout.splitlines() if line.startswith("wrote "))
+    return float(line.rsplit("(", 1)[1].split(" s)")[0].split(", ")[-1])
+
+
 def segment_run(series: Path, read: float, model: Path | None, out: Path, module_dir: Path = MODULE_DIR) -> dict:
     """One user run of ``segment`` with its defaults; the figures of the module docstring."""
     arguments = ["segment", str(series), "--out", str(out), "--progress", "json"]
@@ -174,7 +181,7 @@ def segment_run(series: Path, read: float, model: Path | None, out: Path, module
     done = run_command(arguments, out.parent, module_dir)
     report = json.loads((out / "report.json").read_text())
     stages = {name: float(report["timings_s"][name]) for name in STAGES}
-    reported = float(done["stdout"].rsplit("(", 1)[1].split(" s)")[0].split(", ")[-1])  # "wrote ... (…, 12.3 s)"
+    reported = reported_seconds(done["stdout"])
     size, count = folder_size(out)
     first = done["first_line"] or 0.0
     read_before_first_line = read if done["first_stage"] != "start" else 0.0
