@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (see :class:`.run_contract.ExitCode`)."""
     import logging
 
+    from .allocator import use_huge_pages
+
+    use_huge_pages()  # before torch is imported
     args = parse_arguments(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
