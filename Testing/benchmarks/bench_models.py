@@ -1,14 +1,23 @@
-"""Parameters, peak memory and median forward latency of every network against MONAI's SwinUNETR.
+"""Parameters, FLOPs, peak memory and median forward latency of every network against MONAI's SwinUNETR.
 
 Each model runs in its own process (so memory figures don't mix) on a (1, 4, S, S, S) input:
-parameters; peak memory (CPU: growth of the process's peak RSS from just before the model is built,
-libraries already imported;
-CUDA: torch.cuda.max_memory_allocated); median latency of at least 5 forward passes under inference
-mode after warm-up, as wall time and as the process's CPU time (all threads; less sensitive to other load
-on the machine). Ratios are to SwinUNETR (in 4, out 3, feature_size 24) measured in the same run.
+parameters; FLOPs of one forward (counted from its layers by torch.utils.flop_counter on the plain modules:
+convolutions and matrix products, 2 per multiply-add); peak memory (CPU: growth of the process's peak RSS from
+just before the model is built, libraries already imported; CUDA: torch.cuda.max_memory_allocated); median
+latency of at least 5 forward passes under inference mode after warm-up, as wall time and as the process's CPU
+time (all threads; less sensitive to other load on the machine). Ratios are to SwinUNETR (in 4, out 3,
+feature_size 24) measured in the same run.
+
+The machine's limit: each process also times a 2048 x 2048 float32 matrix product (best of 5) with the same
+threads; "x limit" is a forward's median time over the time its FLOPs would take at that rate, "(cpu)" the
+same in CPU time (less sensitive to other load on the machine).
+
+A Token-UNet name runs its default CPU inference path (channels-last, float32); ``NAME:bf16`` runs it under CPU
+autocast to bfloat16 (the pipeline's default on CPUs with native bfloat16), ``NAME:plain`` the plain modules.
+Processes allocate memory as the command line does (``pipeline/allocator.py``; ``--allocator default`` not).
 
     python Testing/benchmarks/bench_models.py [--device cpu|cuda] [--size 128] [--json FILE]
-                                              [--models NAME ...] [--runs 5] [--threads N]
+                                              [--models NAME[:bf16|:plain] ...] [--runs 5] [--threads N]
 """
 
 from __future__ import annotations
@@ -34,11 +43,11 @@ def default_models() -> list[str]:
     sys.path.insert(0, str(MODULE_DIR))
     from TokenUNetSegmentLib.model import network_names
 
-    return [*network_names(), BASELINE, "UNet"]
+    return [*network_names(), "32AttnLong:bf16", "32AttnLong:plain", BASELINE, "UNet"]
 
 
 def build(name: str, size: int):
-    """The network ``name`` and the cubic input size it is measured at."""
+    """The network ``name`` (without its ``:variant``) and the cubic input size it is measured at."""
     if name == BASELINE:
         from monai.networks.nets import SwinUNETR
 
@@ -75,6 +84,57 @@ def _rss_mb(field: str) -> float:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
+def matmul_gflops(device: str, repeats: int = 5) -> tuple[float, float]:
+    """The best rate of a 2048 x 2048 float32 matrix product on ``device``, in GFLOP/s of wall time and of the
+    process's CPU time (the latter hardly moves with other load on the machine)."""
+    import torch
+
+    a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
+    best, best_cpu = float("inf"), float("inf")
+    for _ in range(repeats + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        torch.mm(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+        best_cpu = min(best_cpu, time.process_time() - cpu_start)
+    flop = 2 * 2048**3 / 1e9
+    return flop / best, flop / max(best_cpu, 1e-9)
+
+
+def count_flops(net, x) -> int:
+    """FLOPs of one forward, counted from the layers (convolutions, matrix products) on the plain modules."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    previous = getattr(net, "channels_last_inference", None)
+    if previous is not None:
+        net.channels_last_inference = False  # the fused path's oneDNN calls are not counted by the counter
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        net(x)
+    if previous is not None:
+        del net.channels_last_inference
+    return int(counter.get_total_flops())
+
+
+def variant_context(net, variant: str, device: str):
+    """The context a forward runs in for ``variant`` ("", "bf16" or "plain")."""
+    import contextlib
+
+    import torch
+
+    if variant == "plain":
+        net.channels_last_inference = False
+    elif variant == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    elif variant:
+        raise SystemExit(f"unknown variant ':{variant}' (use :bf16 or :plain)")
+    return contextlib.nullcontext()
+
+
 def measure(name: str, device: str, size: int, runs: int, warmup: int) -> dict:
     """Measure one model in this process; returns the JSON row."""
     import torch
@@ -84,16 +144,18 @@ def measure(name: str, device: str, size: int, runs: int, warmup: int) -> dict:
     import TokenUNetSegmentLib.model  # noqa: F401
 
     torch.manual_seed(0)
+    limit, limit_cpu = matmul_gflops(device)
+    network_name, _, variant = name.partition(":")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     else:
         _reset_peak_rss()
         baseline_mb = _rss_mb("VmRSS")
-    net, size = build(name, size)
+    net, size = build(network_name, size)
     net = net.to(device).eval()
     x = torch.randn(1, IN_CHANNELS, size, size, size, device=device)
     timings, cpu_timings = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), variant_context(net, variant, device):
         for index in range(warmup + runs):
             if device == "cuda":
                 torch.cuda.synchronize()
@@ -108,9 +170,16 @@ def measure(name: str, device: str, size: int, runs: int, warmup: int) -> dict:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = _rss_mb("VmHWM") - baseline_mb
+    flops = count_flops(net, x)
+    median_s, median_cpu_s = statistics.median(timings) / 1000, statistics.median(cpu_timings) / 1000
     return {
         "name": name,
         "params": sum(p.numel() for p in net.parameters()),
+        "gflop": round(flops / 1e9, 2),
+        "gflops": round(flops / 1e9 / median_s, 1),
+        "matmul_gflops": round(limit, 1),
+        "x_limit": round(median_s / (flops / 1e9 / limit), 2),
+        "x_limit_cpu": round(median_cpu_s / (flops / 1e9 / limit_cpu), 2),
         "peak_mb": round(peak_mb, 1),
         "median_ms": round(statistics.median(timings), 2),
         "median_cpu_ms": round(statistics.median(cpu_timings), 2),
@@ -120,7 +189,7 @@ def measure(name: str, device: str, size: int, runs: int, warmup: int) -> dict:
     }
 
 
-def run_in_child(name: str, args: argparse.Namespace) -> dict:
+def run_in_child(name: str, args: argparse.Namespace, size: int | None = None) -> dict:
     command = [
         sys.executable,
         __file__,
@@ -129,7 +198,9 @@ def run_in_child(name: str, args: argparse.Namespace) -> dict:
         "--device",
         args.device,
         "--size",
-        str(args.size),
+        str(size or args.size),
+        "--allocator",
+        args.allocator,
         "--runs",
         str(args.runs),
         "--warmup",
@@ -148,9 +219,11 @@ def table(rows: list[dict], device: str) -> str:
     bases = {r["input_size"]: r for r in rows if r["name"] == BASELINE}
     base_size = max(bases) if bases else rows[0]["input_size"]
     lines = [
-        f"device: {device}",
-        f"{'model':<34}{'input':>7}{'params':>13}{'peak MB':>10}{'median ms':>12}{'cpu ms':>10}"
-        f"{'params %':>10}{'memory %':>10}{'time %':>9}{'cpu %':>8}",
+        f"device: {device}; matmul limit (2048^2 float32, per process): "
+        + ", ".join(f"{row['matmul_gflops']:.0f}" for row in rows if "matmul_gflops" in row)
+        + " GFLOP/s",
+        f"{'model':<34}{'input':>7}{'params':>13}{'GFLOP':>8}{'peak MB':>10}{'median ms':>12}{'cpu ms':>10}"
+        f"{'GFLOP/s':>9}{'x limit':>9}{'(cpu)':>7}{'params %':>10}{'memory %':>10}{'time %':>9}{'cpu %':>8}",
     ]
     for row in rows:
         ratios = ("", "", "", "")
@@ -160,8 +233,9 @@ def table(rows: list[dict], device: str) -> str:
         note = "" if row["input_size"] == base_size else " *"
         note += " (f48)" if row.get("feature_size") == PERMUTE_MLP_FEATURE_SIZE else ""
         lines.append(
-            f"{row['name'] + note:<34}{row['input_size']:>6}^3{row['params']:>13,}{row['peak_mb']:>10.1f}"
-            f"{row['median_ms']:>12.1f}{row.get('median_cpu_ms', 0):>10.0f}"
+            f"{row['name'] + note:<34}{row['input_size']:>6}^3{row['params']:>13,}{row.get('gflop', 0):>8.1f}"
+            f"{row['peak_mb']:>10.1f}{row['median_ms']:>12.1f}{row.get('median_cpu_ms', 0):>10.0f}"
+            f"{row.get('gflops', 0):>9.1f}{row.get('x_limit', 0):>9.2f}{row.get('x_limit_cpu', 0):>7.2f}"
             f"{ratios[0]:>10}{ratios[1]:>10}{ratios[2]:>9}{ratios[3]:>8}"
         )
     if any(row["input_size"] != base_size for row in rows):
@@ -183,11 +257,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="timed forward passes per model (at least 5)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument(
+        "--allocator",
+        choices=("huge-pages", "default"),
+        default="huge-pages",
+        help="huge-pages: PyTorch's transparent huge pages, as the command line uses (default); default: 4 KiB pages",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if args.child:
+        if args.allocator == "huge-pages":
+            sys.path.insert(0, str(MODULE_DIR))
+            from TokenUNetSegmentLib.pipeline.allocator import use_huge_pages
+
+            use_huge_pages()
         import torch
 
         if args.threads:

@@ -8,6 +8,7 @@ peak RSS is its own. Weights are random: the figures are about time and memory, 
     python Testing/benchmarks/bench_pipeline.py                   # full size
     python Testing/benchmarks/bench_pipeline.py --scale 0.5       # 256 x 256 x 150, same spacing (smaller field)
     python Testing/benchmarks/bench_pipeline.py --no-swin --json out.json
+    python Testing/benchmarks/bench_pipeline.py --cli             # the user's path: see user_path.py
 
 Reported per pipeline: wall time per stage (load = reading the file, preprocess, inference = the
 network's sliding windows, postprocess, map back, write = the output files of the CLI), the share of
@@ -171,13 +172,30 @@ def main() -> None:
     parser.add_argument("--network", default="32AttnLong")
     parser.add_argument("--no-swin", action="store_true")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--attention-grid", choices=("input", "token"), default="token")
+    parser.add_argument("--attention-grid", choices=("auto", "input", "token"), default="token")  # the CLI's default
+    parser.add_argument(
+        "--cli",
+        action="store_true",
+        help="the user's path: the command line on DICOM series it writes, with the bundled model and --network "
+        "at --model-spacing (user_path.py)",
+    )
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--baseline-dir",
+        help="with --cli: also run every command with another checkout's TokenUNetSegment folder (interleaved)",
+    )
     parser.add_argument("--image", help="an existing CT file instead of the synthetic volume (e.g. the bundled sample)")
     parser.add_argument("--run", choices=("ours", "swin"), help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cli:
+        import user_path
+
+        summary = user_path.main(args, synthetic_ct, config)
+        if args.json:
+            Path(args.json).write_text(json.dumps(summary, indent=2))
+        return
     if args.run:
         print(json.dumps(run_one(args)))
         return

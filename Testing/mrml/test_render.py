@@ -85,3 +85,22 @@ def test_screenshot_script_runs_as_a_command(shot_package, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert int.from_bytes(out.read_bytes()[16:20], "big") == 4 * 480 and "wrote" in done.stdout
+
+
+def test_views_centre_on_the_hottest_point_inside_the_scan_not_in_the_padding_around_it():
+    from helpers.scenes import BALL_AFFINE, add_volume
+    from TokenUNetSegmentLib.mrml.render import hottest_point_inside
+
+    ctx = new_scene()
+    volume = ball_volume(ctx.scene)
+    coarse = BALL_AFFINE.copy()
+    coarse[:3, :3] *= 8.0
+    coarse[:3, 3] -= BALL_AFFINE[:3, :3] @ [12.0, 12.0, 12.0]  # voxel (1, 1, 1) lies 4 voxels outside the scan
+    values = np.zeros((5, 5, 5), np.float32)
+    values[1, 1, 1], values[3, 3, 2] = 1.0, 0.8
+    heatmap = add_volume(ctx.scene, values, coarse, name="coarse map")
+    np.testing.assert_allclose(hottest_point_inside(heatmap, volume), (coarse @ [3, 3, 2, 1.0])[:3])
+    values[3, 3, 2] = 0.0
+    values[:, :, 2] = 0.0  # nothing inside the scan: its centre
+    heatmap = add_volume(ctx.scene, values[:, :, :2], coarse, name="coarse map 2")
+    np.testing.assert_allclose(hottest_point_inside(heatmap, volume), (BALL_AFFINE @ [9.5, 8.5, 5.5, 1.0])[:3])

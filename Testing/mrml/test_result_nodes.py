@@ -20,7 +20,7 @@ SHAPE = BALL_SHAPE
 
 def test_threshold_model_run_creates_every_node_at_the_right_place(ctx):
     volume = ball_volume(ctx.scene, transform=ROTATE_Z_30)
-    parameters = Parameters(inputVolume0=volume, heatmapKind="both", probabilities=True)
+    parameters = Parameters(inputVolume0=volume, heatmapKind="both", heatmapGrid="input", probabilities=True)
     package = threshold_package(spacing=(2.0, 2.0, 2.0), roi=(16, 16, 16))
     result = segment([volume_to_array(volume)], package, device="cpu", probabilities=True)
     nodes = apply_result(ctx.scene, result, parameters, volume)
@@ -115,7 +115,7 @@ def test_heatmaps_on_the_token_grid_sit_at_the_same_place_with_little_memory(ctx
     volume = ball_volume(ctx.scene, transform=ROTATE_Z_30)
     package = threshold_package(spacing=(2.0, 2.0, 2.0), roi=(16, 16, 16))
     result = segment([volume_to_array(volume)], package, device="cpu")
-    nodes = apply_result(ctx.scene, result, Parameters(inputVolume0=volume, heatmapGrid="token"), volume)
+    nodes = apply_result(ctx.scene, result, Parameters(inputVolume0=volume), volume)  # the token grid by default
     coarse = result.token_maps.coarse_grid
     for node in nodes.heatmap_nodes:
         array, affine = volume_to_array(node)
@@ -124,8 +124,33 @@ def test_heatmaps_on_the_token_grid_sit_at_the_same_place_with_little_memory(ctx
         np.testing.assert_allclose(affine, coarse.affine, atol=1e-6)  # world geometry of the token grid
         np.testing.assert_array_equal(array, result.token_maps.coarse["gather"][token])
         assert node.GetParentTransformNode() is volume.GetParentTransformNode()
+    # token 0's segment: cut on a grid finer than the token grid (test_attention_segments_of_coarse_maps...)
     mask, affine, _ = segment_mask_world(nodes.attention, nodes.attention.GetSegmentation().GetNthSegmentID(0))
-    assert mask.sum() == (result.token_maps.coarse["gather"][0] >= 0.5).sum() > 0
+    assert np.all(np.linalg.norm(affine[:3, :3], axis=0) < coarse.spacing) and mask.sum() > 0
+
+
+def test_attention_segments_of_coarse_maps_follow_their_interpolation(ctx):
+    """A 16 mm map of a ball thresholded on a finer grid: the trilinear interpolation SimpleITK computes there."""
+    from TokenUNetSegmentLib.mrml.heatmap_nodes import refinement, threshold_image
+    from TokenUNetSegmentLib.mrml.volume_nodes import oriented_image_to_array
+    from TokenUNetSegmentLib.pipeline.geometry import Grid, resample
+
+    coarse = Grid((9, 8, 7), np.array([[16.0, 0, 0, -60], [0, 0, -16.0, 40], [0, 16.0, 0, -50], [0, 0, 0, 1]]))
+    centre = np.array([4.2, 3.6, 3.1])
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in coarse.shape], indexing="ij"), -1)
+    values = np.exp(-(((index - centre) ** 2).sum(-1)) / 4.0).astype(np.float32)
+    factor = refinement(coarse.affine)
+    assert factor == 6 and refinement(np.diag([0.8, 0.8, 1.5, 1.0])) == 1  # 16 mm -> 2.7 mm; input grids as they are
+    array, image_affine, start = oriented_image_to_array(threshold_image(values, 0.5, coarse.affine))
+    # the fine grid of the whole map, where SimpleITK interpolates the same map
+    to_map = np.diag([1 / factor] * 3 + [1.0])
+    to_map[:3, 3] = 0.5 / factor - 0.5
+    fine = Grid(tuple(n * factor for n in coarse.shape), coarse.affine @ to_map)
+    np.testing.assert_allclose(image_affine, fine.affine, atol=1e-9)
+    expected = resample(values, coarse, fine, "linear", 0.0) >= 0.5
+    got = np.zeros(fine.shape, bool)
+    got[tuple(slice(s, s + n) for s, n in zip(start, array.shape, strict=True))] = array > 0
+    assert got.sum() > 1000 and (got != expected).sum() <= 0.01 * expected.sum()  # float rounding at the rim
 
 
 def test_nodes_removed_during_a_run_do_not_break_the_result(ctx):

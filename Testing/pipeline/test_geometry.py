@@ -11,7 +11,9 @@ from TokenUNetSegmentLib.pipeline.geometry import (
     image_from_array,
     model_grid,
     resample,
+    resample_image,
 )
+from TokenUNetSegmentLib.pipeline.map_back import label_counts
 from TokenUNetSegmentLib.pipeline.segmentation import segment
 
 CENTER = np.array([12.0, -20.0, 31.0])  # off-centre on purpose: a flipped axis moves the ball away
@@ -183,3 +185,18 @@ def test_any_model_orientation_maps_back_to_the_same_place(orientation):
     assert np.linalg.norm((centres * heat[..., None]).sum(axis=(0, 1, 2)) / heat.sum() - CENTER) < 1.5
     # ThresholdNet returns one tensor as both maps: stitching must not let them share storage
     np.testing.assert_array_equal(result.token_maps.coarse["gather"], result.token_maps.coarse["broadcast"])
+
+
+def test_label_counts_match_bincount_in_any_memory_order_and_chunking():
+    labels = np.random.default_rng(0).integers(0, 7, (33, 20, 17), dtype=np.uint8)
+    expected = np.bincount(labels.ravel(), minlength=256)
+    for array in (labels, np.asfortranarray(labels), labels.transpose(2, 0, 1)):
+        np.testing.assert_array_equal(label_counts(array, chunk=1000), expected)
+
+
+def test_resampled_arrays_keep_simpleitk_memory_order_and_their_values():
+    affine = np.diag([2.0, 3.0, 4.0, 1.0])
+    values = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)
+    out = resample_image(image_from_array(values, affine), Grid(values.shape, affine), "nearest")
+    assert out.flags.f_contiguous and out.flags.writeable  # i fastest: no copy on either side
+    np.testing.assert_array_equal(out, values)

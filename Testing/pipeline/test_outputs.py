@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from helpers.packages import ball_phantom, threshold_package
 from TokenUNetSegmentLib.pipeline.errors import InputError
+from TokenUNetSegmentLib.pipeline.nrrd import read_nrrd_fields
 from TokenUNetSegmentLib.pipeline.outputs import (
     ATTENTION_DIR,
-    MAP_STEPS,
+    SCALE_FIELD,
+    TOKEN_GRID_LEVELS,
     choose_attention_grid,
     read_outputs,
     token_map_file,
@@ -37,9 +39,10 @@ def test_the_folder_reads_back_as_the_result_it_was_written_from(result, tmp_pat
     assert back.assessment == result.assessment and back.assessment.labels["ball"].confidence > 0.5  # confidence, flags
     assert back.token_maps.kinds == result.token_maps.kinds and back.token_maps.num_tokens == 2
     np.testing.assert_allclose(back.token_maps.coarse_grid.affine, result.token_maps.coarse_grid.affine, atol=1e-6)
-    for kind in result.token_maps.kinds:  # written in steps of 1/1024
-        np.testing.assert_allclose(back.token_maps.coarse[kind], result.token_maps.coarse[kind], atol=0.5 / MAP_STEPS)
-        np.testing.assert_allclose(back.token_maps.get(kind, 0), result.token_maps.get(kind, 0), atol=1 / MAP_STEPS)
+    step = 1 / TOKEN_GRID_LEVELS
+    for kind in result.token_maps.kinds:  # written as uint8 steps of 1/255
+        np.testing.assert_allclose(back.token_maps.coarse[kind], result.token_maps.coarse[kind], atol=0.5 * step + 1e-7)
+        np.testing.assert_allclose(back.token_maps.get(kind, 0), result.token_maps.get(kind, 0), atol=step)
     for name, array in result.probabilities.items():
         np.testing.assert_allclose(back.probabilities[name], array, atol=1e-6)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -47,6 +50,20 @@ def test_the_folder_reads_back_as_the_result_it_was_written_from(result, tmp_pat
         token_map_file(t, k) for k in ("gather", "broadcast") for t in (0, 1)
     }
     assert sorted(report["files"]) == sorted(["segmentation.seg.nrrd", ATTENTION_DIR, "probabilities", "report.json"])
+
+
+def test_token_grid_maps_are_uint8_with_their_scale_and_input_grid_maps_float32(result, tmp_path):
+    write_outputs(result, tmp_path / "token", overview=False)  # the token grid by default
+    write_outputs(result, tmp_path / "input", attention_grid="input", overview=False)
+    coarse_file, fine_file = (
+        tmp_path / "token" / token_map_file(0, "gather"),
+        tmp_path / "input" / token_map_file(0, "gather"),
+    )
+    coarse_fields, fine_fields = read_nrrd_fields(coarse_file), read_nrrd_fields(fine_file)
+    assert coarse_fields["type"] == "uint8" and float(coarse_fields[SCALE_FIELD]) == pytest.approx(1 / 255)
+    assert coarse_fields["sizes"] == " ".join(map(str, result.token_maps.coarse_grid.shape))
+    assert fine_fields["type"] == "float" and SCALE_FIELD not in fine_fields
+    assert coarse_file.stat().st_size * 20 < fine_file.stat().st_size
 
 
 def test_the_reader_refuses_maps_on_the_input_grid_and_another_geometry(result, tmp_path):

@@ -18,6 +18,7 @@ from TokenUNetSegmentLib.pipeline.confidence import Assessment
 from TokenUNetSegmentLib.pipeline.errors import CancelledError
 from TokenUNetSegmentLib.pipeline.geometry import affine_of_image, image_from_array
 from TokenUNetSegmentLib.pipeline.nrrd import read_nrrd_fields
+from TokenUNetSegmentLib.pipeline.outputs import read_map
 from TokenUNetSegmentLib.pipeline.package_loader import load_package
 from TokenUNetSegmentLib.pipeline.package_source import read_metadata
 from TokenUNetSegmentLib.pipeline.run_contract import ErrorEvent, ProgressEvent, ResultEvent, decode_event
@@ -67,13 +68,15 @@ def test_segment_end_to_end_writes_what_slicer_reads(cli_case, tmp_path, capsys)
             extent = [int(v) for v in fields[f"Segment{index}_Extent"].split()]
             assert extent == [v for a in range(3) for v in (hits[:, a].min(), hits[:, a].max())]
     assert fields["space"] == "left-posterior-superior"
-    # token maps on the input grid, in [0, 1]
+    # token maps on their own token grid by default (uint8 steps of 1/255), where the in-process maps are
     maps = sorted((out / "attention").glob("*.nrrd"))
     assert len(maps) == 16
+    token_maps = segment(path, load_package(package), device="cpu", overlap=0.25).token_maps
     heat = sitk.ReadImage(str(maps[0]))
-    np.testing.assert_allclose(affine_of_image(heat), PHANTOM_AFFINE, atol=1e-6)
-    values = sitk.GetArrayFromImage(heat)
-    assert values.shape == labels.shape[::-1] and values.min() >= 0 and values.max() <= 1
+    np.testing.assert_allclose(affine_of_image(heat), token_maps.coarse_grid.affine, atol=1e-5)
+    values, _ = read_map(maps[0])
+    assert values.shape == token_maps.coarse_grid.shape and values.min() >= 0 and values.max() <= 1
+    assert sitk.GetArrayViewFromImage(heat).dtype == np.uint8
     assert read_nrrd_fields(maps[0])["TokenUNet_BestLabel"] in ("organ1", "organ2")
     # the report
     report = json.loads((out / "report.json").read_text())
@@ -126,6 +129,7 @@ def test_progress_json_lines_are_monotonic_and_cover_writing(cli_case, tmp_path,
     events = [decode_event(line) for line in capsys.readouterr().err.splitlines()]
     assert None not in events  # stderr carries typed events only
     progress = [e for e in events if isinstance(e, ProgressEvent)]
+    assert events[0] == progress[0] and (progress[0].stage, progress[0].fraction) == ("start", 0.0)  # at once
     fractions = [e.fraction for e in progress]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert progress[-1].stage == "write" and max(e.fraction for e in progress if e.stage != "write") <= 0.9

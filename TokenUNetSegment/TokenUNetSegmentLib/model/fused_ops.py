@@ -75,13 +75,19 @@ def upsample2x_trilinear(x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return torch.nn.functional.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
     for dim in (2, 3, 4):
-        x = _upsample2x_axis(x, dim)
+        x = upsample2x_axis(x, dim)
     return x
 
 
-def _upsample2x_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
+def upsample2x_axis(x: torch.Tensor, dim: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Linear x2 upsampling (``align_corners=False``) along one axis ``dim`` of ``x``.
+
+    Writes into ``out`` of shape (*x.shape[:dim], length, 2, *x.shape[dim + 1:]) (default a new contiguous
+    tensor; any strides that let the (length, 2) axes merge into one) and returns it with those axes merged.
+    """
     length = x.shape[dim]
-    out = x.new_empty((*x.shape[:dim], length, 2, *x.shape[dim + 1 :]))
+    if out is None:
+        out = x.new_empty((*x.shape[:dim], length, 2, *x.shape[dim + 1 :]))
     even, odd = out.select(dim + 1, 0), out.select(dim + 1, 1)
     if length == 1:
         even.copy_(x)
@@ -92,4 +98,4 @@ def _upsample2x_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
         torch.lerp(head, tail, 0.25, out=odd.narrow(dim, 0, length - 1))
         even.narrow(dim, 0, 1).copy_(x.narrow(dim, 0, 1))
         odd.narrow(dim, length - 1, 1).copy_(x.narrow(dim, length - 1, 1))
-    return out.flatten(dim, dim + 1)
+    return out.view(*out.shape[:dim], 2 * length, *out.shape[dim + 2 :])

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from . import channels_last as cl
 from .blocks import EncoderBlock, UpBlock
 from .fused_ops import pointwise
 from .token_processors import PROCESSORS, build_token_processor
@@ -55,6 +56,11 @@ class TokenUNet(nn.Module):
         logits = net(torch.randn(1, 4, 128, 128, 128))
         logits, maps = net(x, return_attention=True)  # maps["gather"]: (1, 32, 16, 16, 16)
     """
+
+    channels_last_inference: bool = True
+    """Run CPU inference (no autograd, float32 input) on the channels-last path of :mod:`.channels_last`:
+    the plain modules' result up to float rounding, with fewer passes over memory. Under CPU autocast to
+    bfloat16 its k3 convolutions run in bfloat16. False runs the plain modules."""
 
     def __init__(
         self,
@@ -122,6 +128,11 @@ class TokenUNet(nn.Module):
             )
 
     @property
+    def bfloat16_cpu_inference(self) -> bool:
+        """Whether CPU autocast to bfloat16 speeds up inference (the channels-last path's k3 convolutions)."""
+        return self.channels_last_inference
+
+    @property
     def has_tokens(self) -> bool:
         """Whether this network has a TokenLearner/TokenFuser and so per-token maps."""
         return self.num_tokens > 0
@@ -139,6 +150,11 @@ class TokenUNet(nn.Module):
         self.check_input(x)
         if return_attention and not self.has_tokens:
             raise ValueError("this network has no tokens (NoToken), so it has no attention maps to return.")
+        if self._runs_channels_last(x):
+            conv_dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else None
+            with torch.autocast("cpu", enabled=False):  # the path chooses its own precision
+                logits, maps = self._forward_channels_last(x, conv_dtype)
+            return (logits, maps) if return_attention else logits
         skips = []
         x = self.input_norm(x)
         for index, stage in enumerate(self.encoder):
@@ -152,6 +168,33 @@ class TokenUNet(nn.Module):
                 x = x.add_(skip)
         logits = pointwise(x, self.head.weight.flatten(1), self.head.bias)
         return (logits, maps) if return_attention else logits
+
+    def _runs_channels_last(self, x: torch.Tensor) -> bool:
+        if not self.channels_last_inference or x.device.type != "cpu" or x.dtype != torch.float32:
+            return False
+        if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") != torch.bfloat16:
+            return False
+        return not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+
+    def _forward_channels_last(self, x: torch.Tensor, conv_dtype: torch.dtype | None = None):
+        """:meth:`forward` on the channels-last inference path (logits come channels-first, as usual)."""
+        x = cl.instance_norm(x, self.input_norm.eps)
+        skips = []
+        for index, stage in enumerate(self.encoder):
+            for block in stage:
+                x = cl.encoder_block(block, x, conv_dtype)
+            skips.append(x if index or self.full_resolution_skip else None)
+        maps = None
+        if self.has_tokens:
+            x, maps = self._tokenize(x)
+            x = cl.channels_last(x)
+        for stage, skip in zip(self.decoder, reversed(skips[:-1]), strict=True):
+            for block in stage:
+                run = cl.up_block if isinstance(block, UpBlock) else cl.encoder_block
+                x = run(block, x, conv_dtype)
+            if skip is not None:
+                x = x.add_(skip)
+        return cl.pointwise_channels_first(x, self.head.weight.flatten(1), self.head.bias), maps
 
     def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The outputs of the encoder stages (channels-first), for analysis (CKA)."""

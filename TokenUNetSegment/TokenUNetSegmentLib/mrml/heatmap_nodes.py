@@ -8,6 +8,7 @@ heatmap nodes, so its threshold can be changed later without the run's result.
 from __future__ import annotations
 
 import colorsys
+import math
 
 import numpy as np
 import slicer
@@ -27,6 +28,8 @@ from .volume_nodes import ijk_to_world, local_to_world, oriented_image, set_volu
 HEAT_TABLE_TAG = "TokenUNetHeat"
 HEAT_TABLE_NAME = "TokenUNet Heat"
 DEFAULT_THRESHOLD = 0.5
+SEGMENT_SPACING_MM = 3.0  # maps coarser than this (token grids: 12-24 mm) are cut on a finer grid
+MAX_REFINEMENT = 8
 
 
 def heat_rgb(t: np.ndarray) -> np.ndarray:
@@ -172,8 +175,7 @@ def update_attention_segments(node, threshold: float) -> None:
         for heatmap in heatmap_nodes:
             token = int(heatmap.GetAttribute(TOKEN_ATTRIBUTE) or 0)
             array = slicer.util.arrayFromVolume(heatmap).transpose(2, 1, 0)
-            mask = array >= threshold
-            image = _cropped_mask_image(mask, to_local @ ijk_to_world(heatmap))
+            image = threshold_image(array, threshold, to_local @ ijk_to_world(heatmap))
             label = heatmap.GetAttribute(BEST_LABEL_ATTRIBUTE) or ""
             name = f"Token {token:02d}" + (f" - {label}" if label else "")
             add_segment(
@@ -189,17 +191,60 @@ def update_attention_segments(node, threshold: float) -> None:
         node.EndModify(was)
 
 
-def _cropped_mask_image(mask: np.ndarray, affine: np.ndarray):
-    """An oriented image of the mask's bounding block (keeps the full grid's index extent); empty if none."""
-    if not mask.any():
-        return oriented_image(np.zeros((0, 0, 0), np.uint8), affine)
+def refinement(affine: np.ndarray) -> int:
+    """How many times finer than its map's grid a token segment is cut: about :data:`SEGMENT_SPACING_MM`
+    (a token grid's 12-24 mm voxels would give blocks), at most :data:`MAX_REFINEMENT`; 1 for grids of at most
+    3 mm (input grids of CTs and MRIs as they are)."""
+    spacing = float(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0).max())
+    return int(min(MAX_REFINEMENT, max(1, math.ceil(spacing / SEGMENT_SPACING_MM - 1e-6))))
+
+
+def threshold_image(array: np.ndarray, threshold: float, affine: np.ndarray):
+    """The oriented image of ``array >= threshold`` (an (i, j, k) map with its IJK -> world ``affine``).
+
+    A coarse map is first upsampled :func:`refinement` times by trilinear interpolation, as slice views show it
+    (``align_corners=False``: each voxel's value at its centre), over the block that can reach the threshold
+    only: an interpolated value lies between its neighbours', so it sits next to a voxel at the threshold.
+    """
+    factor, hot = refinement(affine), array >= threshold
+    if factor == 1 or not hot.any():
+        return _cropped_mask_image(hot, affine)
+    lo, hi = _bounds(hot)
+    lo = [max(0, a - 1) for a in lo]
+    hi = [min(size, b + 1) for b, size in zip(hi, array.shape, strict=True)]
+    fine = np.asarray(array, np.float32)
+    for axis in range(3):  # separable: one axis at a time, on the block's fine voxels only
+        index = np.arange(lo[axis] * factor, hi[axis] * factor)
+        position = (index + 0.5) / factor - 0.5  # in the map's voxels
+        below = np.floor(position).astype(int)
+        weight = (position - below).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(3)])
+        below_values = np.take(fine, np.clip(below, 0, array.shape[axis] - 1), axis=axis)
+        above_values = np.take(fine, np.clip(below + 1, 0, array.shape[axis] - 1), axis=axis)
+        fine = below_values + weight * (above_values - below_values)
+    # fine voxel n (over the whole grid) sits at map coordinate (n + 0.5) / factor - 0.5
+    to_map = np.diag([1.0 / factor] * 3 + [1.0])
+    to_map[:3, 3] = 0.5 / factor - 0.5
+    return _cropped_mask_image(fine >= threshold, np.asarray(affine) @ to_map, [a * factor for a in lo])
+
+
+def _bounds(mask: np.ndarray) -> tuple[list[int], list[int]]:
+    """Index bounds [lo, hi) per axis of a non-empty mask."""
     lo, hi = [], []
     for axis in range(3):
         hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
         lo.append(int(hits[0]))
         hi.append(int(hits[-1]) + 1)
+    return lo, hi
+
+
+def _cropped_mask_image(mask: np.ndarray, affine: np.ndarray, origin=(0, 0, 0)):
+    """An oriented image of the mask's bounding block (keeps the index extent of the grid ``affine`` maps, in
+    which the mask starts at index ``origin``); empty if none."""
+    if not mask.any():
+        return oriented_image(np.zeros((0, 0, 0), np.uint8), affine)
+    lo, hi = _bounds(mask)
     block = mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.uint8)
-    return oriented_image(block, affine, offset=lo)
+    return oriented_image(block, affine, offset=[a + o for a, o in zip(lo, origin, strict=True)])
 
 
 def show_in_slice_views(scene, foreground, opacity: float, background=None) -> None:

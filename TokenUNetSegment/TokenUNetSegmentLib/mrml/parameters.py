@@ -36,7 +36,7 @@ class Parameters:
     largestComponent: bool = False
     heatmaps: bool = True
     heatmapKind: str = field(default="gather", metadata={"choices": HEATMAP_KINDS})
-    heatmapGrid: str = field(default="auto", metadata={"choices": HEATMAP_GRIDS})
+    heatmapGrid: str = field(default="token", metadata={"choices": HEATMAP_GRIDS})
     attentionSegments: bool = True
     attentionThreshold: float = field(default=0.5, metadata={"range": (0.01, 1.0)})
     heatmapOpacity: float = field(default=0.6, metadata={"range": (0.0, 1.0)})

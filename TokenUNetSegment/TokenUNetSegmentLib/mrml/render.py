@@ -141,6 +141,23 @@ def image_array(image) -> np.ndarray:
     return flat.reshape(height, width, -1)
 
 
+def hottest_point_inside(heatmap, volume):
+    """World position of ``heatmap``'s hottest voxel among those whose centres lie in ``volume``'s extent (a map
+    on the coarse token grid also covers the padding around the scan); the volume's centre if none does."""
+    from .volume_nodes import ijk_to_world
+
+    values = slicer.util.arrayFromVolume(heatmap).transpose(2, 1, 0)  # (i, j, k)
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in values.shape], indexing="ij"), -1).reshape(-1, 3)
+    world = ijk_to_world(heatmap) @ np.c_[index, np.ones(len(index))].T
+    inside_ijk = (np.linalg.inv(ijk_to_world(volume)) @ world)[:3].T
+    extent = np.array(volume.GetImageData().GetDimensions()) - 0.5
+    inside = np.all((inside_ijk >= -0.5) & (inside_ijk <= extent), axis=1)
+    if not inside.any():
+        return (ijk_to_world(volume) @ [*((extent - 0.5) / 2), 1.0])[:3]
+    hottest = np.flatnonzero(inside)[int(np.argmax(values.reshape(-1)[inside]))]
+    return world[:3, hottest]
+
+
 def render_run(
     application_logic,
     scene,
@@ -165,13 +182,7 @@ def render_run(
     display.SetWindowLevel(*window_level)
     before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     labelmap = label_layer(scene, segmentation_node, volume)
-    centre = None
-    if heatmap is not None:
-        from .volume_nodes import ijk_to_world
-
-        values = slicer.util.arrayFromVolume(heatmap)  # (k, j, i)
-        k, j, i = np.unravel_index(int(np.argmax(values)), values.shape)
-        centre = (ijk_to_world(heatmap) @ [i, j, k, 1.0])[:3]
+    centre = None if heatmap is None else hottest_point_inside(heatmap, volume)
     views = [
         slice_view(
             application_logic,

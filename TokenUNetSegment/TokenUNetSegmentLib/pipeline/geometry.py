@@ -138,6 +138,12 @@ def resample(
 def resample_image(
     image: sitk.Image, target: Grid, interpolation: str = "linear", default: float = 0.0, dtype=np.float32
 ) -> np.ndarray:
+    """``image`` resampled onto ``target`` as an (i, j, k) array.
+
+    The array keeps SimpleITK's memory order (i fastest, as the readers' arrays): copying it into (i, j, k)
+    C order took 0.5-1.7 s for a 512 x 512 x 300 map on 2 cores, and every later SimpleITK image, NRRD file or
+    Slicer volume made of it would need the reverse copy.
+    """
     pixel = {
         np.float32: sitk.sitkFloat32,
         np.uint8: sitk.sitkUInt8,
@@ -146,7 +152,7 @@ def resample_image(
     }[np.dtype(dtype).type]
     interpolator = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}[interpolation]
     out = sitk.Resample(image, reference_image(target), sitk.Transform(), interpolator, float(default), pixel)
-    return sitk.GetArrayViewFromImage(out).transpose(2, 1, 0).copy()
+    return sitk.GetArrayViewFromImage(out).transpose(2, 1, 0).copy(order="K")
 
 
 def orientation_matrix(code: str) -> np.ndarray:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .device import autocast, run_with_oom_fallback
+from .device import autocast, inference_threads, run_with_oom_fallback
 from .errors import InputError
 from .metadata import Inference
 from .network import SegmentationNetwork
@@ -87,8 +87,11 @@ def sliding_window(
     device: torch.device | None = None,
     progress: Progress | None = None,
     with_tokens: bool = True,
+    precision: str = "auto",
 ):
     """Run ``network`` over ``image`` (C, X, Y, Z), every size a multiple of the network's size multiple.
+
+    ``precision`` "auto" runs the device's mixed precision (:func:`~.device.autocast`), "float32" none.
 
     Returns:
         (logits as a float32 array (out, X, Y, Z), token maps {"gather", "broadcast"} each (N, X/m, Y/m, Z/m)
@@ -107,7 +110,7 @@ def sliding_window(
     def predictor(window: torch.Tensor):
         if progress is not None:
             progress.check()
-        with autocast(device):
+        with autocast(device, network, precision):
             out = network(window, return_attention=True) if with_tokens else network(window)
         done[0] += window.shape[0]
         if progress is not None:
@@ -119,7 +122,7 @@ def sliding_window(
         return out.float()
 
     tensor = torch.from_numpy(image)[None]
-    with torch.inference_mode():
+    with torch.inference_mode(), inference_threads(device):
         out = sliding_window_inference(
             tensor,
             tuple(int(r) for r in roi_size),

@@ -44,7 +44,7 @@ def map_back(
         keep_largest_component(labels, [label.value for label in table if label.name in largest_component])
     else:
         labels = resample_image(image_from_array(outputs.labels, prepared.grid.affine), target, "nearest", 0, np.uint8)
-    counts = np.bincount(labels.ravel(), minlength=256)
+    counts = label_counts(labels)
     volumes_ml = {label.name: float(counts[label.value]) * target.voxel_volume_mm3 / 1000.0 for label in table}
     probabilities = None
     if with_probabilities:
@@ -56,6 +56,16 @@ def map_back(
         factor = prepared.region.shape[0] // next(iter(outputs.coarse_maps.values())).shape[1]
         token_maps = TokenMaps(outputs.coarse_maps, prepared.region.downsampled(factor), target)
     return InputGridOutputs(labels, volumes_ml, probabilities, token_maps)
+
+
+def label_counts(labels: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """Voxels per value (256 counts) of a uint8 map, counted in chunks: ``np.bincount`` converts its input to
+    64-bit integers, a 624 MB temporary for a 512 x 512 x 300 map (measured 0.35-2.9 s against 0.2 s)."""
+    flat = labels.ravel(order="K")  # any memory order: no copy
+    counts = np.zeros(256, np.int64)
+    for start in range(0, flat.size, chunk):
+        counts += np.bincount(flat[start : start + chunk], minlength=256)
+    return counts
 
 
 def region_on_target(region_array: np.ndarray, prepared: Prepared, target: Grid) -> np.ndarray:

@@ -72,7 +72,7 @@ def write_nrrd(
         if "\n" in key + str(value) or ":=" in key:
             raise ArgumentError(f"invalid NRRD field {key[:40]!r}")
         lines.append(f"{key}:={value}")
-    data = np.asarray(array, dtype=array.dtype.newbyteorder("<")).ravel(order="F").tobytes()
+    data = np.asarray(array, dtype=array.dtype.newbyteorder("<")).tobytes(order="F")  # no copy of i-fastest arrays
     if compression:
         data = gzip.compress(data, compresslevel=compression)
     with open(path, "wb") as stream:

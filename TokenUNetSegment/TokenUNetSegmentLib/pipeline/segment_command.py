@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .arguments import integer, number
 from .cli import WRITE_START, ProgressPrinter
-from .outputs import ATTENTION_GRIDS
+from .outputs import ATTENTION_GRIDS, DEFAULT_ATTENTION_GRID
 from .run_contract import ExitCode, ResultEvent
 
 
@@ -39,9 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--attention-grid",
         choices=ATTENTION_GRIDS,
-        default="auto",
-        help="write token maps on the input grid, or on the coarse token grid (small, same place "
-        "in space); auto: the input grid unless that exceeds 2 GiB",
+        default=DEFAULT_ATTENTION_GRID,
+        help="token (default): each map on its own coarse token grid, same place in space (small: Slicer shows "
+        "it interpolated); input: resampled onto the input grid (large); auto: the input grid unless that "
+        "exceeds 2 GiB",
     )
     parser.add_argument("--largest-component", action="store_true", help="keep each label's largest component")
     parser.add_argument(
@@ -103,6 +104,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
 
     folder = None
     try:
+        printer("start", 0.0)  # a first line at once: before the model and inputs are read, torch imported
         store = ModelStore(getattr(args, "catalog", None))
         folder = output_folder(args.out, store.protected_folders())
         folder.open()

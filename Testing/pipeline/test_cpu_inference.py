@@ -1,0 +1,122 @@
+"""CPU inference settings of the pipeline: threads for the machine's load, mixed precision, and the command
+line's memory allocation (huge pages: few page faults for new large tensors)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "TokenUNetSegment"
+FAULTS = """
+import resource
+import torch
+
+def faults_of_a_new_64_mb_tensor():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(1 << 24).fill_(1.0)  # created, touched and freed
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+# the fewest over a few tries: a kernel may reclaim idle pages (e.g. DAMON's pageout) or lack huge pages
+def fewest_faults():
+    return min(faults_of_a_new_64_mb_tensor() for _ in range(6))
+"""
+
+
+def _run(script: str) -> list[str]:
+    """``script``'s printed words, run in a fresh interpreter without a huge-page setting of its own."""
+    env = {key: value for key, value in os.environ.items() if key != "THP_MEM_ALLOC_ENABLE"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=MODULE_DIR, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def _transparent_huge_pages() -> bool:
+    try:
+        return "[never]" not in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _transparent_huge_pages(), reason="needs Linux transparent huge pages")
+def test_huge_pages_make_a_new_large_tensor_cost_few_page_faults():
+    before_torch = "from TokenUNetSegmentLib.pipeline.allocator import use_huge_pages\nprint(use_huge_pages())\n"
+    applied, huge = _run(before_torch + FAULTS + "print(fewest_faults())")
+    assert applied == "True" and int(huge) < 4_000  # 32 pages of 2 MiB (4 KiB ones where none is free)
+    after_torch = "import torch\nfrom TokenUNetSegmentLib.pipeline.allocator import use_huge_pages\n"
+    assert _run(after_torch + "print(use_huge_pages())") == ["False"]  # too late once torch is imported
+
+
+def test_nothing_changes_off_linux(monkeypatch):
+    from TokenUNetSegmentLib.pipeline import allocator
+
+    monkeypatch.setattr(allocator.sys, "platform", "win32")
+    assert allocator.use_huge_pages() is False
+
+
+def test_threads_leave_the_cpus_other_work_uses():
+    from TokenUNetSegmentLib.pipeline.device import threads_for_load
+
+    assert threads_for_load(2, cpus=2, load=0.1) == 2
+    assert threads_for_load(2, cpus=2, load=0.8) == 1  # 1.2 CPUs free: one thread
+    assert threads_for_load(2, cpus=2, load=6.0) == 1  # never fewer than one
+    assert threads_for_load(8, cpus=16, load=4.0) == 8  # never more than before
+    assert threads_for_load(4, cpus=8, load=5.6) == 2
+
+
+def test_inference_threads_are_restored(monkeypatch):
+    import torch
+    from TokenUNetSegmentLib.pipeline import device
+
+    monkeypatch.setattr(device.os, "getloadavg", lambda: (1e6, 0.0, 0.0))  # a saturated machine
+    before = torch.get_num_threads()
+    with device.inference_threads(torch.device("cpu")) as threads:
+        assert threads == torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with device.inference_threads(torch.device("cuda")) as threads:  # the GPU's host threads are left alone
+        assert threads == before
+
+
+def test_cpu_autocast_is_bfloat16_only_for_networks_that_run_it(monkeypatch):
+    import torch
+    from TokenUNetSegmentLib.model import build_network
+    from TokenUNetSegmentLib.pipeline import device
+
+    cpu, token_unet = torch.device("cpu"), build_network("8Token", 1, 2, channels=(4, 8, 16, 32))
+    monkeypatch.setattr(device, "cpu_has_bfloat16", lambda: True)
+    with device.autocast(cpu, token_unet):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    for network, precision in ((token_unet, "float32"), (torch.nn.Conv3d(1, 1, 1), "auto")):
+        with device.autocast(cpu, network, precision):
+            assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(device, "cpu_has_bfloat16", lambda: False)  # emulated bfloat16 is slower
+    with device.autocast(cpu, token_unet):
+        assert not torch.is_autocast_enabled("cpu")
+    with pytest.raises(device.TokenUNetError, match="unknown precision"):
+        device.autocast(cpu, token_unet, "float16")
+
+
+def test_sliding_window_labels_agree_in_bfloat16_and_float32():
+    """The precision the pipeline picks on this CPU against float32: same labels but for near-ties."""
+    import numpy as np
+    import torch
+    from TokenUNetSegmentLib.model import build_network
+    from TokenUNetSegmentLib.pipeline.inference import sliding_window
+
+    torch.manual_seed(0)
+    network = build_network("8Attn", 1, 4, channels=(8, 16, 32, 64)).eval()
+    image = np.random.default_rng(0).random((1, 48, 40, 56), dtype=np.float32)
+    results = {
+        precision: sliding_window(network, image, (32, 32, 32), 0.25, precision=precision)
+        for precision in ("auto", "float32")
+    }
+    (auto, auto_maps), (full, full_maps) = results["auto"], results["float32"]
+    assert auto.dtype == np.float32 and auto.shape == full.shape
+    scale = float(np.abs(full).max())
+    assert float(np.abs(auto - full).max()) < 3e-2 * scale  # bfloat16's bound (Testing/model/test_channels_last.py)
+    assert (auto.argmax(0) == full.argmax(0)).mean() > 0.99
+    for kind in ("gather", "broadcast"):
+        assert float(np.abs(auto_maps[kind] - full_maps[kind]).max()) < 3e-2
