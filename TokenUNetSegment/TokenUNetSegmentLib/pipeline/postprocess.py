@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 
 from .confidence import measure_labels
 from .evaluate import surface_voxels
@@ -129,17 +128,49 @@ def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
     return index
 
 
+CERTAINTY_CHUNK = 1 << 20  # voxels per slab in label_certainty: the temporaries stay near 13 x 4 MB
+WHOLE_SLAB_SHARE = 0.5  # labelled share above which a slab's softmax is taken over all its voxels (no C-row gather)
+
+
 def label_certainty(logits: np.ndarray, labels: np.ndarray, inference: Inference) -> tuple[np.ndarray, np.ndarray]:
     """How sure the network is of each labelled voxel's label: (probability, margin), one value per voxel of
     ``labels`` > 0 in C order (``logits`` (C, *labels.shape) may be a view).
 
     Softmax: the top probability and its lead over the second. Sigmoid: the probability of the voxel's region
     and its distance above the threshold, scaled to [0, 1] ((p - t) / (1 - t)).
+
+    Computed slab by slab along the first axis (about :data:`CERTAINTY_CHUNK` voxels each), without full-size
+    (C, voxels) copies of the logits: every voxel's values depend on its own scores only (the same formulas as
+    on the whole volume; torch's vector kernels may differ in the last float32 bit on an array's last elements).
     """
-    mask = torch.from_numpy(np.ascontiguousarray(labels > 0))
-    scores = torch.from_numpy(logits)[:, mask]  # (C, labelled voxels): only these are computed
+    mask = labels > 0
+    probability = np.empty(int(np.count_nonzero(mask)), np.float32)
+    margin = np.empty_like(probability)
+    rows = max(1, CERTAINTY_CHUNK // max(1, int(np.prod(labels.shape[1:]))))
+    done = 0
+    for start in range(0, labels.shape[0], rows):
+        inside = mask[start : start + rows]
+        count = int(np.count_nonzero(inside))
+        if count == 0:
+            continue
+        slab = torch.from_numpy(logits[:, start : start + rows])
+        found = labels[start : start + rows][inside]
+        if inference.activation == "softmax" and count > WHOLE_SLAB_SHARE * inside.size:
+            top, lead = _softmax_top_two(slab.reshape(slab.shape[0], -1))  # all voxels, then the labelled ones
+            flat = inside.reshape(-1)
+            top, lead = top[flat], lead[flat]
+        else:
+            top, lead = _certainty_of(slab[:, torch.from_numpy(inside)], found, inference)
+        probability[done : done + count] = top
+        margin[done : done + count] = lead
+        done += count
+    return probability, margin
+
+
+def _certainty_of(scores: torch.Tensor, found: np.ndarray, inference: Inference) -> tuple[np.ndarray, np.ndarray]:
+    """(probability, margin) of voxels given as (C, voxels) scores and their labels (see label_certainty)."""
     if inference.activation == "sigmoid":
-        found = torch.from_numpy(labels)[mask]
+        found = torch.from_numpy(found)
         probability, margin = torch.ones(found.shape), torch.ones(found.shape)
         threshold = min(inference.threshold, 1.0 - 1e-6)
         for region in inference.regions:
@@ -147,9 +178,24 @@ def label_certainty(logits: np.ndarray, labels: np.ndarray, inference: Inference
             probability[where] = torch.sigmoid(scores[region.channel][where])
             margin[where] = (probability[where] - threshold) / (1.0 - threshold)
         return probability.numpy(), margin.numpy()
-    top = torch.softmax(scores.float(), dim=0).topk(min(2, scores.shape[0]), dim=0).values
-    second = top[1] if top.shape[0] > 1 else torch.zeros_like(top[0])
-    return top[0].numpy(), (top[0] - second).numpy()
+    return _softmax_top_two(scores)
+
+
+def _softmax_top_two(scores: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of (C, voxels) scores: the top softmax probability and its lead over the second (0 lead for
+    one channel). The top two are kept in a running pass over the channels (the values ``topk`` returns, ties
+    included, at a tenth of its time)."""
+    soft = torch.softmax(scores.float(), dim=0).numpy()
+    top = soft[0].copy()
+    if soft.shape[0] == 1:
+        return top, top.copy()  # the lead over a second probability of 0
+    second = np.full_like(top, -np.inf)
+    lower = np.empty_like(top)
+    for channel in soft[1:]:
+        np.minimum(top, channel, out=lower)
+        np.maximum(second, lower, out=second)
+        np.maximum(top, channel, out=top)
+    return top, top - second
 
 
 def probabilities_of(logits: np.ndarray, inference: Inference, labels: Sequence[Label]) -> dict[int, np.ndarray]:
@@ -181,22 +227,26 @@ def component_pieces(labels: np.ndarray, values: list[int], keep_largest=()) -> 
             continue
         inside = mask[box]
         components = sitk.ConnectedComponent(sitk.GetImageFromArray(inside.view(np.uint8)), True)
-        ranked = sitk.GetArrayFromImage(sitk.RelabelComponent(components))
-        sizes = np.bincount(ranked.ravel())
+        if value in keep_largest:  # ranked by size: piece 1 is the largest, the one kept
+            components = sitk.RelabelComponent(components)
+        numbered = sitk.GetArrayViewFromImage(components)
+        sizes = np.bincount(numbered.ravel())
         total = int(sizes[1:].sum())
-        pieces[value] = (len(sizes) - 1, 1.0 - sizes[1] / total)
+        pieces[value] = (len(sizes) - 1, 1.0 - sizes[1:].max() / total)
         if value in keep_largest and len(sizes) > 2:
-            labels[box][inside & (ranked != 1)] = 0
+            labels[box][inside & (numbered != 1)] = 0
     return pieces
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    box = []
+    """The smallest box holding ``mask``'s voxels (None when it has none); each axis is searched inside the box
+    found along the axes before it."""
+    box = [slice(None)] * mask.ndim
     for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        hits = np.flatnonzero(mask[tuple(box)].any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
         if hits.size == 0:
             return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+        box[axis] = slice(int(hits[0]), int(hits[-1]) + 1)
     return tuple(box)
 
 
@@ -210,9 +260,26 @@ def normalise_maps(maps: np.ndarray) -> np.ndarray:
 
 
 def label_fractions(labels: np.ndarray, values: list[int], factor: int) -> torch.Tensor:
-    """(L, coarse voxels) share of each label value in each ``factor``^3 block of ``labels``."""
-    fine = torch.from_numpy(labels)[None, None]
-    return torch.stack([F.avg_pool3d((fine == value).float(), factor)[0, 0].double().reshape(-1) for value in values])
+    """(L, coarse voxels) share of each label value in each ``factor``^3 block of ``labels`` (blocks past the
+    last whole one are left out, as ``avg_pool3d`` does).
+
+    One pass over the labels, a block row at a time: each voxel's (block, label) pair is counted with
+    ``bincount``; the counts are divided in float32, the number ``avg_pool3d`` of each label's 0/1 mask gives.
+    """
+    coarse = [n // factor for n in labels.shape]
+    lookup = np.full(256, len(values), np.int64)  # values not asked for go to a spare column
+    lookup[np.asarray(values, np.int64)] = np.arange(len(values))
+    columns = len(values) + 1
+    blocks_per_row = coarse[1] * coarse[2]
+    within = (np.arange(coarse[1])[:, None] * coarse[2] + np.arange(coarse[2])[None, :]) * columns  # block ids
+    counts = np.empty((coarse[0], blocks_per_row, columns), np.int64)
+    for row in range(coarse[0]):
+        block = labels[row * factor : (row + 1) * factor, : coarse[1] * factor, : coarse[2] * factor]
+        block = block.reshape(factor, coarse[1], factor, coarse[2], factor)
+        keys = lookup[block] + within[None, :, None, :, None]
+        counts[row] = np.bincount(keys.ravel(), minlength=blocks_per_row * columns).reshape(blocks_per_row, columns)
+    shares = counts[..., : len(values)].reshape(-1, len(values)).T.astype(np.float32) / np.float32(factor**3)
+    return torch.from_numpy(np.ascontiguousarray(shares, np.float64))
 
 
 def soft_dice(maps: np.ndarray, fractions: torch.Tensor) -> np.ndarray:

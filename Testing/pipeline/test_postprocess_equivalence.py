@@ -1,0 +1,99 @@
+"""The postprocessing measures computed slab by slab and in one pass give the numbers of the plain whole-volume
+formulas they replace (softmax + topk on all labelled voxels, one avg_pool3d per label, ranked connected
+components), on cropped views, several slabs, both slab paths and shapes that do not divide.
+
+Label fractions and pieces are exact. Probabilities agree to a few float32 units in the last place: torch's
+elementwise kernels (exp in softmax, sigmoid) compute the last few elements of an array outside the vector loop,
+so even the whole-volume formula's bits depend on how many voxels are labelled; the reported measures are rounded
+to 4 decimals."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from TokenUNetSegmentLib.pipeline import postprocess
+from TokenUNetSegmentLib.pipeline.metadata import Inference, Region
+from TokenUNetSegmentLib.pipeline.postprocess import component_pieces, label_certainty, label_fractions
+
+SOFTMAX = Inference(roi_size=(8, 8, 8))
+
+
+def whole_volume_certainty(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: every labelled voxel's (C,) scores gathered at once, softmax, top two."""
+    scores = torch.from_numpy(logits)[:, torch.from_numpy(labels > 0)]
+    top = torch.softmax(scores, dim=0).topk(min(2, scores.shape[0]), dim=0).values
+    second = top[1] if top.shape[0] > 1 else torch.zeros_like(top[0])
+    return top[0].numpy(), (top[0] - second).numpy()
+
+
+@pytest.mark.parametrize("labelled_share", [0.05, 0.6, 1.0])  # the gather path, both paths, the whole-slab path
+@pytest.mark.parametrize("channels", [1, 2, 5])
+def test_certainty_slab_by_slab_is_the_whole_volume_computation(monkeypatch, labelled_share, channels):
+    monkeypatch.setattr(postprocess, "CERTAINTY_CHUNK", 150)  # about 3 rows of 7 x 7 per slab
+    rng = np.random.default_rng(channels)
+    logits = (rng.normal(size=(channels, 12, 9, 8)) * 3).astype(np.float32)
+    logits[:, 2, 3, 4] = 1.5  # an exact tie between all channels
+    labelled = rng.random((12, 9, 8)) < labelled_share
+    labels = (labelled * rng.integers(1, 4, (12, 9, 8))).astype(np.uint8)
+    labels[5] = 0  # a slab row with nothing labelled
+    crop = (slice(1, 11), slice(1, 8), slice(0, 7))  # a view, as postprocess passes it
+    expected = whole_volume_certainty(np.ascontiguousarray(logits[(slice(None), *crop)]), labels[crop])
+    probability, margin = label_certainty(logits[(slice(None), *crop)], labels[crop], SOFTMAX)
+    assert probability.dtype == margin.dtype == np.float32
+    assert probability.shape == margin.shape == expected[0].shape
+    np.testing.assert_array_max_ulp(probability, expected[0], maxulp=4)
+    np.testing.assert_allclose(margin, expected[1], rtol=0, atol=5e-7)
+
+
+def test_sigmoid_certainty_slab_by_slab_is_the_whole_volume_computation(monkeypatch):
+    monkeypatch.setattr(postprocess, "CERTAINTY_CHUNK", 100)
+    logits = np.random.default_rng(3).normal(size=(2, 10, 8, 6)).astype(np.float32)
+    labels = np.where(logits[1] > 0, 2, np.where(logits[0] > 0, 1, 0)).astype(np.uint8)
+    sigmoid = Inference(roi_size=(8, 8, 8), activation="sigmoid", threshold=0.4, regions=(Region(0, 1), Region(1, 2)))
+    probability, margin = label_certainty(logits, labels, sigmoid)
+    mask = labels > 0
+    expected = torch.sigmoid(torch.from_numpy(np.where(labels == 2, logits[1], logits[0])[mask])).numpy()
+    np.testing.assert_array_max_ulp(probability, expected, maxulp=4)
+    np.testing.assert_allclose(margin, (expected - 0.4) / 0.6, atol=1e-6)
+
+
+def pooled_fractions(labels: np.ndarray, values: list[int], factor: int) -> torch.Tensor:
+    fine = torch.from_numpy(labels)[None, None]
+    return torch.stack([F.avg_pool3d((fine == v).float(), factor)[0, 0].double().reshape(-1) for v in values])
+
+
+@pytest.mark.parametrize(
+    ("shape", "factor", "values"),
+    [
+        ((16, 16, 16), 2, [1, 2, 3]),
+        ((18, 21, 13), 3, [2, 5]),  # blocks past the last whole one left out
+        ((20, 15, 10), 5, [0, 1, 7, 255]),
+        ((32, 16, 48), 16, [9]),  # a value not present
+    ],
+)
+def test_label_fractions_in_one_pass_are_the_pooled_masks(shape, factor, values):
+    labels = np.random.default_rng(factor).integers(0, 9, shape).astype(np.uint8)
+    labels[labels == 8] = 255
+    got = label_fractions(labels, values, factor)
+    expected = pooled_fractions(labels, values, factor)
+    assert got.dtype == torch.float64 and got.shape == expected.shape
+    assert torch.equal(got, expected)
+
+
+def ranked_pieces(labels: np.ndarray, value: int) -> tuple[int, float]:
+    """The reference: the whole mask's 26-connected pieces, ranked by size."""
+    image = sitk.GetImageFromArray((labels == value).astype(np.uint8))
+    sizes = np.bincount(sitk.GetArrayFromImage(sitk.RelabelComponent(sitk.ConnectedComponent(image, True))).ravel())
+    return len(sizes) - 1, 1.0 - sizes[1] / sizes[1:].sum()
+
+
+def test_pieces_of_labels_not_kept_match_the_ranked_count_and_leave_them_alone():
+    labels = np.random.default_rng(5).integers(0, 4, (14, 12, 10)).astype(np.uint8)
+    labels[labels == 3] = 0  # sparse enough to fall apart into many pieces
+    before = labels.copy()
+    pieces = component_pieces(labels, [1, 2, 7])
+    assert set(pieces) == {1, 2} and np.array_equal(labels, before)
+    for value in (1, 2):
+        assert pieces[value][0] > 1
+        assert pieces[value] == ranked_pieces(before, value)
