@@ -167,29 +167,7 @@ def _train(args: argparse.Namespace, train, Recipe, rank: int) -> int:
     if args.model_id:
         config["id"] = args.model_id
     parse_config(config, f"training configuration {args.config}")  # one clear error before any work
-    recipe = Recipe(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        patch_size=args.patch_size,
-        optimizer=args.optimizer,
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
-        schedule=args.schedule,
-        warmup_steps=args.warmup_steps,
-        augmentation=args.augmentation,
-        flip_axes=list(args.flip_axes),
-        synthetic_ratio=args.synthetic_ratio,
-        remap_ratio=args.remap_ratio,
-        background_ratio=args.background_ratio,
-        lesion_probability=args.lesion_probability,
-        hold_out=list(args.hold_out),
-        select=args.select,
-        workers=args.workers,
-        val_every=args.val_every,
-        seed=args.seed,
-        threads=args.threads,
-        max_minutes=args.max_minutes,
-    )
+    recipe = Recipe.from_arguments(args)
     printer = ProgressPrinter(args.progress if rank == 0 else "none")
 
     def echo(record: dict) -> None:

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+
+OPTION_NAMES = {"learning_rate": "lr"}
+"""The ``train`` command's option for a field, where the names differ."""
 
 
 @dataclass
@@ -33,6 +36,18 @@ class Recipe:
     seed: int = 0
     threads: int | None = None
     max_minutes: float | None = None
+
+    @classmethod
+    def from_arguments(cls, args) -> Recipe:
+        """The recipe the ``train`` command's parsed options describe (fields without an option keep their
+        default; lists are copied)."""
+        values = {}
+        for item in fields(cls):
+            option = OPTION_NAMES.get(item.name, item.name)
+            if hasattr(args, option):
+                value = getattr(args, option)
+                values[item.name] = list(value) if isinstance(value, list | tuple) else value
+        return cls(**values)
 
     def lr(self) -> float:
         return self.learning_rate or (0.01 if self.optimizer == "sgd" else 3e-4)
