@@ -8,16 +8,18 @@ latency of at least 5 forward passes under inference mode after warm-up, as wall
 time (all threads; less sensitive to other load on the machine). Ratios are to SwinUNETR (in 4, out 3,
 feature_size 24) measured in the same run.
 
-The machine's limit: each process also times a 2048 x 2048 float32 matrix product (best of 5) with the same
-threads; "x limit" is a forward's median time over the time its FLOPs would take at that rate, "(cpu)" the
-same in CPU time (less sensitive to other load on the machine).
+The machine's limit: each process also times a square matrix product (best of 5; 2048 on a CPU with the same
+threads, 8192 on CUDA) in the type the variant computes in (float32, or float16 / bfloat16 under autocast);
+"x limit" is a forward's median time over the time its FLOPs would take at that rate, "(cpu)" the same in CPU
+time (less sensitive to other load on the machine).
 
-A Token-UNet name runs its default CPU inference path (channels-last, float32); ``NAME:bf16`` runs it under CPU
-autocast to bfloat16 (the pipeline's default on CPUs with native bfloat16), ``NAME:plain`` the plain modules.
+A Token-UNet name runs its default inference path (on a CPU channels-last, float32); ``NAME:bf16`` runs any model
+under autocast to bfloat16 (the pipeline's default on CPUs with native bfloat16), ``NAME:fp16`` under autocast to
+float16 (the pipeline's default on CUDA), ``NAME:plain`` a Token-UNet's plain modules.
 Processes allocate memory as the command line does (``pipeline/allocator.py``; ``--allocator default`` not).
 
     python Testing/benchmarks/bench_models.py [--device cpu|cuda] [--size 128] [--json FILE]
-                                              [--models NAME[:bf16|:plain] ...] [--runs 5] [--threads N]
+                                              [--models NAME[:bf16|:fp16|:plain] ...] [--runs 5] [--threads N]
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ IN_CHANNELS, OUT_CHANNELS = 4, 3
 FIXED_PATCH_SIZE = 96  # MetaUNETR mixers whose weights depend on the patch size are measured at 96^3
 META_FEATURE_SIZE = 24
 PERMUTE_MLP_FEATURE_SIZE = 48  # permute_mlp needs stage widths divisible by its grid sides: none exist at f=24
+AUTOCAST_TYPES = {"bf16": "bfloat16", "fp16": "float16"}  # variant -> the torch type its autocast computes in
 
 
 def default_models() -> list[str]:
@@ -84,12 +87,15 @@ def _rss_mb(field: str) -> float:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
-def matmul_gflops(device: str, repeats: int = 5) -> tuple[float, float]:
-    """The best rate of a 2048 x 2048 float32 matrix product on ``device``, in GFLOP/s of wall time and of the
-    process's CPU time (the latter hardly moves with other load on the machine)."""
+def matmul_gflops(device: str, dtype=None, repeats: int = 5) -> tuple[float, float]:
+    """The best rate of a square ``dtype`` matrix product on ``device`` (2048 on a CPU, 8192 on CUDA, where a
+    smaller one is mostly launch overhead), in GFLOP/s of wall time and of the process's CPU time (the latter
+    hardly moves with other load on the machine)."""
     import torch
 
-    a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
+    n = 8192 if device == "cuda" else 2048
+    dtype = dtype or torch.float32
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     best, best_cpu = float("inf"), float("inf")
     for _ in range(repeats + 1):
         if device == "cuda":
@@ -100,7 +106,7 @@ def matmul_gflops(device: str, repeats: int = 5) -> tuple[float, float]:
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
         best_cpu = min(best_cpu, time.process_time() - cpu_start)
-    flop = 2 * 2048**3 / 1e9
+    flop = 2 * n**3 / 1e9
     return flop / best, flop / max(best_cpu, 1e-9)
 
 
@@ -128,10 +134,10 @@ def variant_context(net, variant: str, device: str):
 
     if variant == "plain":
         net.channels_last_inference = False
-    elif variant == "bf16":
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    elif variant in AUTOCAST_TYPES:
+        return torch.autocast(device_type=device, dtype=getattr(torch, AUTOCAST_TYPES[variant]))
     elif variant:
-        raise SystemExit(f"unknown variant ':{variant}' (use :bf16 or :plain)")
+        raise SystemExit(f"unknown variant ':{variant}' (use :bf16, :fp16 or :plain)")
     return contextlib.nullcontext()
 
 
@@ -144,8 +150,8 @@ def measure(name: str, device: str, size: int, runs: int, warmup: int) -> dict:
     import TokenUNetSegmentLib.model  # noqa: F401
 
     torch.manual_seed(0)
-    limit, limit_cpu = matmul_gflops(device)
     network_name, _, variant = name.partition(":")
+    limit, limit_cpu = matmul_gflops(device, getattr(torch, AUTOCAST_TYPES.get(variant, "float32")))
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     else:
@@ -219,7 +225,7 @@ def table(rows: list[dict], device: str) -> str:
     bases = {r["input_size"]: r for r in rows if r["name"] == BASELINE}
     base_size = max(bases) if bases else rows[0]["input_size"]
     lines = [
-        f"device: {device}; matmul limit (2048^2 float32, per process): "
+        f"device: {device}; matmul limit (per process, in the variant's type): "
         + ", ".join(f"{row['matmul_gflops']:.0f}" for row in rows if "matmul_gflops" in row)
         + " GFLOP/s",
         f"{'model':<34}{'input':>7}{'params':>13}{'GFLOP':>8}{'peak MB':>10}{'median ms':>12}{'cpu ms':>10}"

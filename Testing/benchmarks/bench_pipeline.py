@@ -153,6 +153,7 @@ def run_one(args) -> dict:
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "non_network_share": round(1 - network_share, 3),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if "cuda" in result.device else None,
         "threads": torch.get_num_threads(),
     }
 

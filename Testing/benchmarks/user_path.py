@@ -3,8 +3,8 @@
 ``bench_pipeline.py --cli`` writes synthetic CT DICOM series (512 x 512 x 300 at 0.8 x 0.8 x 1.5 mm, and a
 20-slice slab of it) and runs ``python -m TokenUNetSegmentLib.pipeline segment SERIES --out FOLDER`` in a
 fresh process with the command's defaults (token maps, overview, report; ``--progress json`` only adds the
-progress lines Slicer's runs read), with the bundled default model and with a random-weight 32AttnLong package
-at 1.5 mm that it writes. Per run it prints:
+progress lines Slicer's runs read; ``--device`` is bench_pipeline's: cpu unless it names another), with the
+bundled default model and with a random-weight 32AttnLong package at 1.5 mm that it writes. Per run it prints:
 
 - wall: from starting the process to its exit (interpreter start-up and imports included);
 - first line: when the first progress line arrived;
@@ -174,9 +174,11 @@ def reported_seconds(stdout: str) -> float:
     return float(line.rsplit("(", 1)[1].split(" s)")[0].split(", ")[-1])
 
 
-def segment_run(series: Path, read: float, model: Path | None, out: Path, module_dir: Path = MODULE_DIR) -> dict:
-    """One user run of ``segment`` with its defaults; the figures of the module docstring."""
-    arguments = ["segment", str(series), "--out", str(out), "--progress", "json"]
+def segment_run(
+    series: Path, read: float, model: Path | None, out: Path, module_dir: Path = MODULE_DIR, device: str = "cpu"
+) -> dict:
+    """One user run of ``segment`` with its defaults on ``device``; the figures of the module docstring."""
+    arguments = ["segment", str(series), "--out", str(out), "--progress", "json", "--device", device]
     arguments += ["--model", str(model)] if model else []
     done = run_command(arguments, out.parent, module_dir)
     report = json.loads((out / "report.json").read_text())
@@ -219,7 +221,10 @@ def main(args, synthetic_ct, config) -> dict:
     versions = {"this": MODULE_DIR}
     if args.baseline_dir:
         versions = {"baseline": Path(args.baseline_dir).resolve(), **versions}
-    summary = {"machine": {"cpus": os.cpu_count()}, "versions": {k: str(v) for k, v in versions.items()}}
+    summary = {
+        "machine": {"cpus": os.cpu_count(), "device": args.device},
+        "versions": {k: str(v) for k, v in versions.items()},
+    }
     summary.update(commands=[], runs=[])
     with tempfile.TemporaryDirectory(prefix="tokenunet-bench-") as scratch_name:
         scratch = Path(scratch_name)
@@ -244,7 +249,7 @@ def main(args, synthetic_ct, config) -> dict:
                 for version, module_dir in versions.items():
                     out = scratch / f"out-{len(summary['runs'])}"
                     row = {"case": case, "model": model_name, "version": version}
-                    row.update(segment_run(series, read, model, out, module_dir))
+                    row.update(segment_run(series, read, model, out, module_dir, args.device))
                     summary["runs"].append(row)
                     print(json.dumps(row), flush=True)
     print(table(summary["runs"], summary["commands"]))

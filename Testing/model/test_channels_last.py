@@ -89,6 +89,34 @@ def test_bfloat16_autocast_runs_the_convolutions_in_bfloat16_within_its_toleranc
         assert 0 < difference < BFLOAT16_TOLERANCE  # rounded (so bfloat16 really ran), but close
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_plain_modules_run_under_autocast_as_on_cuda(dtype):
+    """CUDA runs the plain modules under float16 autocast, where a convolution's half-precision output meets the
+    float32 gate-folded weights in the fused pointwise sums (once a type error on every GPU run)."""
+    net = _randomise_gates(build_network("32Attn", 2, 3))
+    x = torch.randn(1, 2, 32, 32, 32)
+    full = _outputs(net, x, channels_last=False)
+    with torch.autocast("cpu", dtype=dtype):
+        half = _outputs(net, x, channels_last=False)
+    for f, h in zip(full, half, strict=True):
+        difference = float((h.float() - f).abs().max()) / float(f.abs().max())
+        assert 0 < difference < BFLOAT16_TOLERANCE  # rounded (so the lower precision really ran), but close
+
+
+def test_gates_sum_a_float16_and_a_float32_path_in_float32():
+    """Under CUDA autocast a token layer's residual comes out in float16 while its shortcut stays float32."""
+    from TokenUNetSegmentLib.model.blocks import AlphaGate
+
+    shortcut, residual = torch.randn(2, 8, 16), torch.randn(2, 8, 16)
+    gate = AlphaGate(0.3)
+    with torch.no_grad():
+        expected = gate(shortcut, residual)
+        for a, b in ((shortcut, residual.half()), (shortcut.half(), residual)):
+            mixed = gate(a, b)
+            assert mixed.dtype == torch.float32
+            assert torch.allclose(mixed, expected, atol=2e-3)
+
+
 def test_both_paths_refuse_a_single_voxel_bottleneck():
     net = build_network("8Token", 1, 2, channels=(4, 8, 16, 32))
     for channels_last in (False, True):

@@ -52,6 +52,21 @@ def test_few_steps_give_a_package_that_loads_and_segments(datalist, tmp_path):
     assert "# tiny-trained" in (package_path / "docs" / "README.md").read_text()
 
 
+def test_validation_windows_run_on_the_training_device(datalist, tmp_path, monkeypatch):
+    """Validation once ran its windows on the CPU default, which moved a GPU-trained network off its device."""
+    from TokenUNetSegmentLib.pipeline import inference
+
+    devices, real = [], inference.sliding_window
+
+    def spy(network, *args, device=None, **kwargs):
+        devices.append(device)
+        return real(network, *args, device=device, **kwargs)
+
+    monkeypatch.setattr(inference, "sliding_window", spy)
+    train(datalist, train_config(), tmp_path, Recipe(steps=4, batch_size=2, val_every=2, threads=1), device="cpu")
+    assert [str(d) for d in devices] == ["cpu", "cpu"]
+
+
 def test_packages_record_what_the_training_data_looked_like(datalist, tmp_path):
     """tokenunet.training_statistics: organ volumes, HU, voxel sizes, fields of view and the augmentation envelope
     (validated by the metadata schema when the package loads)."""

@@ -24,7 +24,9 @@ class AlphaGate(nn.Module):
         return torch.sigmoid(self.alpha)
 
     def forward(self, shortcut: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return torch.lerp(shortcut, residual, self.weight().to(shortcut.dtype))
+        # under CUDA autocast one path may come out in float16 and the other in float32: sum in the wider type
+        dtype = torch.promote_types(shortcut.dtype, residual.dtype)
+        return torch.lerp(shortcut.to(dtype), residual.to(dtype), self.weight().to(dtype))
 
 
 def _gated_shortcut(x: torch.Tensor, projection: nn.Module, keep: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -28,12 +28,21 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
 
 
 def accumulate_pointwise(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``out += Conv3d(k=1, no bias)(x)`` in place; ``out`` must be a fresh contiguous tensor."""
+    """``out += Conv3d(k=1, no bias)(x)`` in place; ``out`` must be a fresh contiguous tensor.
+
+    With one type throughout the product is accumulated in place; otherwise (under autocast, where ``x`` comes
+    from a float16 or bfloat16 convolution and ``out`` or ``weight`` stay float32) it is computed on its own
+    (in autocast's type) and added, since an in-place product cannot mix types.
+    """
     batch, channels = x.shape[:2]
     flat_out = out.view(batch, weight.shape[0], -1)
     flat_x = x.reshape(batch, channels, -1)
+    same_type = out.dtype == x.dtype == weight.dtype
     for index in range(batch):
-        flat_out[index].addmm_(weight, flat_x[index])
+        if same_type:
+            flat_out[index].addmm_(weight, flat_x[index])
+        else:
+            flat_out[index].add_(torch.mm(weight.to(x.dtype), flat_x[index]))
     return out
 
 

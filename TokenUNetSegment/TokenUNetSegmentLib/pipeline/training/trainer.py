@@ -72,8 +72,9 @@ def _optimizer(network, recipe: Recipe):
     raise InputError(f"unknown optimizer '{recipe.optimizer}'", "use sgd or adamw")
 
 
-def validate(network, cases: list[Case], cfg: dict, overlap: float) -> dict:
-    """Sliding-window Dice per label (and the mean over labels present in a case) on preprocessed cases."""
+def validate(network, cases: list[Case], cfg: dict, overlap: float, device: torch.device | None = None) -> dict:
+    """Sliding-window Dice per label (and the mean over labels present in a case) on preprocessed cases, with the
+    windows on ``device`` (the training's: the network stays where it trains)."""
     from ..evaluate import label_metrics
     from ..inference import sliding_window
 
@@ -81,7 +82,9 @@ def validate(network, cases: list[Case], cfg: dict, overlap: float) -> dict:
     per_label: dict[str, list[float]] = {name: [] for name in names.values()}
     network.eval()
     for case in cases:
-        logits, _ = sliding_window(network, case.image, cfg["inference"]["roi_size"], overlap, with_tokens=False)
+        logits, _ = sliding_window(
+            network, case.image, cfg["inference"]["roi_size"], overlap, device=device, with_tokens=False
+        )
         predicted = logits.argmax(0).astype(np.uint8)
         reference = np.where(case.label == UNKNOWN, 0, case.label)  # annotated labels are complete
         scored = [(v, v, n) for v, n in names.items() if v not in case.missing]
@@ -257,7 +260,8 @@ def train(
             progress(f"step {step}/{recipe.steps} loss {np.mean(losses[-20:]):.3f}", step / recipe.steps)
         if step % recipe.val_every == 0 or step == recipe.steps:
             if rank == 0:
-                result = validate(network, val_cases, config, recipe.val_overlap)
+                result = validate(network, val_cases, config, recipe.val_overlap, dev)
+                network.train()  # validation's sliding windows left it in evaluation mode
                 record = {"step": step, "loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0], **result}
                 history.append(record)
                 losses = []
@@ -280,7 +284,7 @@ def train(
                 {"event": "checkpoint", "step": step, "loss": float(np.mean(losses[-50:])), "seconds": round(seconds)},
             )
     if rank == 0 and (stopped_early or not (checkpoints / "best.pt").exists()):
-        result = validate(network, val_cases, config, recipe.val_overlap)
+        result = validate(network, val_cases, config, recipe.val_overlap, dev)
         history.append({"step": step, "loss": float(np.mean(losses)) if losses else None, **result})
         if result["mean_dice"] > best["mean_dice"]:
             best = {"step": step, **result}
