@@ -6,7 +6,7 @@ import json
 import sys
 
 import pytest
-from helpers.paths import LIB, MODULE_DIR
+from helpers.paths import LIB, MODULE_DIR, SAMPLE_CT
 from helpers.processes import run_python
 
 LAYERS = ["model", "pipeline", "mrml", "widget"]
@@ -123,6 +123,20 @@ def test_light_entry_points_load_neither_torch_nor_monai():
     assert heavy == [] and commands == []
     assert codes == [0, 0] and "segment" in printed and "models" in printed and "abdomen-organs" in printed
     assert "architecture: 32Attn" in printed and inputs and resolved
+
+
+def test_segmenting_with_a_token_unet_never_imports_monai(tmp_path):
+    """A whole ``segment`` run of the bundled Token-UNet (windows, token maps, report, overview) without MONAI,
+    whose package import costs seconds per run (15 s on a machine with many optional packages)."""
+    code = (
+        "import json, sys\n"
+        "from TokenUNetSegmentLib.pipeline import cli\n"
+        f"code = cli.main(['segment', {str(SAMPLE_CT)!r}, '--out', {str(tmp_path / 'out')!r}, '--device', 'cpu'])\n"
+        "print(json.dumps([code, sorted(m for m in sys.modules if m.split('.')[0] == 'monai')]))\n"
+    )
+    code, monai_modules = json.loads(run_python(code).strip().splitlines()[-1])
+    assert code == 0 and (tmp_path / "out" / "report.json").exists()
+    assert monai_modules == []
 
 
 @pytest.mark.parametrize("layer", LAYERS)

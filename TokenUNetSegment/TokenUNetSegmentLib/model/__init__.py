@@ -1,7 +1,13 @@
 """Layer 1, the networks: torch, einops and monai.networks only (no transforms, I/O, Slicer or Qt)."""
 
-from .metaunetr import METAUNETR_NAMES, MetaUNETR
-from .registry import TOKEN_UNET_VARIANTS, build_network, network_names, network_size, register_network
+from .registry import (
+    METAUNETR_NAMES,
+    TOKEN_UNET_VARIANTS,
+    build_network,
+    network_names,
+    network_size,
+    register_network,
+)
 from .sizes import NetworkSize
 from .token_unet import TokenUNet
 
@@ -16,3 +22,12 @@ __all__ = [
     "network_size",
     "register_network",
 ]
+
+
+def __getattr__(name: str):
+    """``MetaUNETR`` on first access: it imports MONAI's blocks, which Token-UNet alone never needs."""
+    if name == "MetaUNETR":
+        from .metaunetr import MetaUNETR
+
+        return MetaUNETR
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

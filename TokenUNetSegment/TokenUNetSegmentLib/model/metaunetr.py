@@ -13,8 +13,6 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 from torch import nn
 
 from .metaformer import MetaFormerEncoder
-from .registry import register_network
-from .sizes import NetworkSize, metaunetr_size
 from .token_mixers import FIXED_SIZE_MIXERS, MIXERS
 from .tricruci import RECURRENT_CELLS
 from .validation import check_volume_batch
@@ -187,24 +185,3 @@ class MetaUNETR(nn.Module):
         """The outputs of the four encoder stages (before downsampling), channels-first, for analysis (CKA)."""
         self.check_input(x)
         return self.encoder.hidden_states(x)[1]
-
-
-def _metaunetr_factory(mixer: str):
-    def factory(in_channels: int, out_channels: int, **overrides) -> nn.Module:
-        return MetaUNETR(in_channels, out_channels, mixer=mixer, **overrides)
-
-    return factory
-
-
-def _metaunetr_sizer(mixer: str):
-    def size(in_channels: int, out_channels: int, **overrides) -> NetworkSize:
-        return metaunetr_size(in_channels, out_channels, mixer=mixer, **overrides)
-
-    return size
-
-
-METAUNETR_NAMES = tuple(f"MetaUNETR-{mixer}" for mixer in MIXERS)
-"""Registered names, one per token mixer."""
-
-for _mixer in MIXERS:
-    register_network(f"MetaUNETR-{_mixer}", _metaunetr_factory(_mixer), _metaunetr_sizer(_mixer))

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .sizes import NetworkSize, token_unet_size
+from .sizes import NetworkSize, metaunetr_size, token_unet_size
+from .token_mixers import MIXERS
 from .token_unet import TokenUNet
 
 TOKEN_UNET_VARIANTS: dict[str, dict] = {
@@ -111,3 +112,26 @@ def _token_unet_sizer(variant: dict) -> Callable[..., NetworkSize]:
 
 for _name, _variant in TOKEN_UNET_VARIANTS.items():
     register_network(_name, _token_unet_factory(_variant), _token_unet_sizer(_variant))
+
+
+def _metaunetr_factory(mixer: str) -> Callable[..., nn.Module]:
+    def factory(in_channels: int, out_channels: int, **overrides) -> nn.Module:
+        from .metaunetr import MetaUNETR  # on first use: it builds on MONAI's blocks, whose import is slow
+
+        return MetaUNETR(in_channels, out_channels, mixer=mixer, **overrides)
+
+    return factory
+
+
+def _metaunetr_sizer(mixer: str) -> Callable[..., NetworkSize]:
+    def size(in_channels: int, out_channels: int, **overrides) -> NetworkSize:
+        return metaunetr_size(in_channels, out_channels, mixer=mixer, **overrides)
+
+    return size
+
+
+METAUNETR_NAMES = tuple(f"MetaUNETR-{mixer}" for mixer in MIXERS)
+"""Registered names of MetaUNETR, one per token mixer."""
+
+for _mixer in MIXERS:
+    register_network(f"MetaUNETR-{_mixer}", _metaunetr_factory(_mixer), _metaunetr_sizer(_mixer))

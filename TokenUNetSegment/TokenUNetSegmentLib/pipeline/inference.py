@@ -1,4 +1,4 @@
-"""Sliding-window inference with MONAI: logits and token maps stitched with the same blending."""
+"""Sliding-window inference: logits and token maps stitched with the same blending (:mod:`.stitching`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from .errors import InputError
 from .metadata import Inference
 from .network import SegmentationNetwork
 from .progress import Progress
+from .stitching import stitch_windows
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def scan_plan(shape, roi_size, overlap: float, multiple: int) -> tuple[list[floa
     """Per-axis overlaps whose window steps are multiples of ``multiple``, and the number of windows.
 
     Steps that are multiples of the network's downsampling factor keep the token maps (1/``multiple``
-    of the window) aligned with the logits when MONAI stitches both.
+    of the window) aligned with the logits when both are stitched.
     """
     overlaps, count = [], 1
     for size, roi in zip(shape, roi_size, strict=True):
@@ -97,8 +98,6 @@ def sliding_window(
         (logits as a float32 array (out, X, Y, Z), token maps {"gather", "broadcast"} each (N, X/m, Y/m, Z/m)
         float32, or None). Stitching happens on the CPU; windows run on ``device``.
     """
-    from monai.inferers import sliding_window_inference
-
     device = device or torch.device("cpu")
     with_tokens = with_tokens and bool(network.has_tokens)
     # only the token maps (on a grid 1/size_multiple of the window) need window steps on that grid
@@ -117,26 +116,13 @@ def sliding_window(
             progress.update("inference", done[0] / total)
         if with_tokens:
             logits, maps = out
-            # copies: MONAI accumulates each output in place, so two outputs must never share storage
-            return logits.float(), maps["gather"].float().clone(), maps["broadcast"].float().clone()
+            return logits.float(), maps["gather"].float(), maps["broadcast"].float()
         return out.float()
 
     tensor = torch.from_numpy(image)[None]
     with torch.inference_mode(), inference_threads(device):
-        out = sliding_window_inference(
-            tensor,
-            tuple(int(r) for r in roi_size),
-            batch_size,
-            predictor,
-            overlap=overlaps,
-            mode=blending,
-            sigma_scale=0.125,
-            padding_mode="constant",
-            cval=0.0,
-            sw_device=device,
-            device=torch.device("cpu"),
-        )
+        out = stitch_windows(tensor, roi_size, overlaps, batch_size, predictor, blending, device)
     if with_tokens:
         logits, gather, broadcast = (o[0].numpy() for o in out)
         return logits, {"gather": gather, "broadcast": broadcast}
-    return out[0].numpy(), None
+    return out[0][0].numpy(), None

@@ -15,14 +15,14 @@ def installed_version(package: str) -> str:
 
 
 def describe_environment() -> dict[str, str]:
-    """Python, torch, MONAI and numpy versions (torch as it reports itself, e.g. ``2.13.0+cpu``)."""
-    import monai
+    """Python, torch, MONAI and numpy versions (torch as it reports itself, e.g. ``2.13.0+cpu``; MONAI from its
+    installed metadata: importing it costs seconds that a segmentation run does not otherwise spend)."""
     import numpy as np
     import torch
 
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "monai": monai.__version__,
+        "monai": installed_version("monai"),
         "numpy": np.__version__,
     }
