@@ -97,3 +97,33 @@ def test_pieces_of_labels_not_kept_match_the_ranked_count_and_leave_them_alone()
     for value in (1, 2):
         assert pieces[value][0] > 1
         assert pieces[value] == ranked_pieces(before, value)
+
+
+def largest_kept(labels: np.ndarray, value: int) -> np.ndarray:
+    """The reference: the whole mask's largest 26-connected piece (ranked by size; of equals the first in raster
+    order)."""
+    ranked = sitk.GetArrayFromImage(
+        sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray((labels == value).astype(np.uint8)), True))
+    )
+    return ranked == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_keeping_the_largest_piece_in_one_pass_is_the_per_label_computation(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 5, (16, 13, 11)).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.4] = 0  # many pieces, equal sizes among them
+    labels[:2] = 0  # the labelled box starts inside the volume
+    crop = (slice(1, 15), slice(0, 12), slice(2, 11))  # a view, as postprocess passes it
+    before = labels.copy()
+    view = labels[crop]
+    pieces = component_pieces(view, [1, 2, 3, 4], keep_largest=[1, 3])
+    for value in (1, 2, 3, 4):
+        assert pieces[value] == ranked_pieces(before[crop], value)
+    for value in (1, 3):
+        assert np.array_equal(view == value, largest_kept(before[crop], value))
+    for value in (2, 4):
+        assert np.array_equal(view == value, before[crop] == value)
+    outside = np.ones(labels.shape, bool)
+    outside[crop] = False
+    assert np.array_equal(labels[outside], before[outside])  # nothing outside the view changes
