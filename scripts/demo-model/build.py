@@ -42,7 +42,8 @@ TARGET_LOPO = {"liver": 0.80, "spleen": 0.70}
 BASELINE_NOTE = (
     "Dice of the earlier bundled weights and of these on the same variants (liver and spleen on every variant, "
     "every organ on the plain scan). 1.0.0: trained on A and B with plain crops and mild augmentation (fit to the "
-    "sample); 2.0.0: the augmentation and synthesis of this recipe, its first two phases (4000 steps)."
+    "sample); 2.0.0: the augmentation and synthesis of this recipe, its first two phases (4000 steps); 2.1.0: its "
+    "first three phases (6000 steps)."
 )
 
 LICENSE = """The weights of this package are licensed under CC BY 4.0

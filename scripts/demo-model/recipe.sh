@@ -2,8 +2,9 @@
 # patient C) and lopo.sh (every fold). Sourced, not run; call from the repository root with PYTHONPATH set.
 # Phase 1 (2500 steps) learns organs from heavily augmented real, re-mapped and synthetic patches; phase 2 resumes
 # it to 4000 steps on the longer cosine schedule (a warm restart, package 2.0.0); phase 3 goes on to 6000 steps at
-# half the rate with fewer synthetic and re-mapped patches (package 2.1.0, the shipped one; its metadata lists the
-# phases). PHASE_OPTIONS[i] adds train options to phase i only.
+# half the rate with fewer synthetic and re-mapped patches (package 2.1.0); phase 4 goes on to 8000 steps at a quarter
+# of the rate (package 2.2.0, the shipped one; its metadata lists the phases). PHASE_OPTIONS[i] adds train options to
+# phase i only.
 RECIPE=(
   --config scripts/demo-model/config.json
   --batch-size 2 --patch-size 48 48 48
@@ -11,8 +12,8 @@ RECIPE=(
   --augmentation 1.0 --synthetic-ratio 0.3 --remap-ratio 0.4 --background-ratio 0.3 --lesion-probability 0.3
   --select last --val-every 500 --seed 0 --threads 1 --progress none
 )
-PHASE_STEPS=(2500 4000 6000)
-PHASE_OPTIONS=("" "" "--lr 0.001 --synthetic-ratio 0.15 --remap-ratio 0.3")
+PHASE_STEPS=(2500 4000 6000 8000)
+PHASE_OPTIONS=("" "" "--lr 0.001 --synthetic-ratio 0.15 --remap-ratio 0.3" "--lr 0.0005 --synthetic-ratio 0.15 --remap-ratio 0.3")
 DATALIST=scripts/demo-model/datalist-patients.json
 
 # steps the run in folder $1 has finished (its log's last "end" record; 0 before any)
