@@ -88,6 +88,29 @@ def test_synthetic_images_follow_the_tissue_map():
     assert changed.any() and not changed[0][tissues != TISSUE_ID["liver"]].any()  # lesions only inside the organ
 
 
+def test_large_lesions_reach_metastasis_size_and_the_default_draws_are_unchanged():
+    tissues = torch.zeros((48, 48, 48), dtype=torch.uint8)
+    tissues[2:46, 2:46, 2:46] = TISSUE_ID["liver"]
+    image = torch.full((1, 48, 48, 48), 60.0)
+
+    def lesion_volumes_ml(large_share):
+        volumes = []
+        for seed in range(12):
+            out = synthesis.add_lesions(
+                image.clone(), tissues, (3.0, 3.0, 3.0), np.random.default_rng(seed), 1, large_share
+            )
+            volumes.append(float(((out - image).abs() > 1).sum()) * 27 / 1000)
+        return volumes
+
+    small, large = lesion_volumes_ml(0.0), lesion_volumes_ml(1.0)
+    assert max(small) < 32  # 6-30 mm across, stretched by up to 30 % per axis: a 39 mm ball at most
+    assert np.median(large) > 4 * np.median(small) and max(large) > 100  # metastases of 60 mm and more
+    rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
+    plain = synthesis.add_lesions(image.clone(), tissues, (3.0, 3.0, 3.0), rng_a, 2)
+    assert torch.equal(plain, synthesis.add_lesions(image.clone(), tissues, (3.0, 3.0, 3.0), rng_b, 2, 0.0))
+    assert rng_a.random() == rng_b.random()  # the same draws as before the option: old recipes reproduce
+
+
 def test_remapping_keeps_texture_and_moves_tissue_means():
     rng = np.random.default_rng(2)
     tissues = torch.zeros((16, 16, 16), dtype=torch.uint8)

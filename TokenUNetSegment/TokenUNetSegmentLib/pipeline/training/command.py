@@ -65,6 +65,12 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lesion-probability", type=number(0.0, 1.0), default=default.lesion_probability)
     parser.add_argument(
+        "--large-lesion-share",
+        type=number(0.0, 1.0),
+        default=default.large_lesion_share,
+        help="share of the lesions drawn 30-90 mm across (large metastases) instead of 6-30 mm",
+    )
+    parser.add_argument(
         "--hold-out",
         nargs="*",
         default=[],

@@ -28,6 +28,7 @@ class Recipe:
     remap_ratio: float = 0.3  # share of the other patches with re-mapped tissue contrast
     background_ratio: float = 0.3  # share of patches centred anywhere (hard background)
     lesion_probability: float = 0.3
+    large_lesion_share: float = 0.0  # share of lesions 30-90 mm across instead of 6-30 mm
     hold_out: list[str] = field(default_factory=list)  # patients left out (leave-one-patient-out)
     select: str = "best"  # package the best validated checkpoint, or the last one
     workers: int = 0  # DataLoader processes that draw patches

@@ -29,6 +29,7 @@ class SamplerSettings:
         remap_ratio: share of the other patches whose tissues are re-mapped to another contrast.
         background_ratio: share of patches centred anywhere instead of on an organ voxel.
         lesion_probability: chance of organ lesions in a patch.
+        large_lesion_share: share of those lesions 30-90 mm across instead of 6-30 mm.
         windows: per channel (low, high) CT window; None when the cases are already normalised.
         flip_axes: axes flipped at random (never 0, left-right, for lateralised labels).
     """
@@ -39,6 +40,7 @@ class SamplerSettings:
     remap_ratio: float = 0.3
     background_ratio: float = 0.3
     lesion_probability: float = 0.3
+    large_lesion_share: float = 0.0
     windows: list[tuple[float, float]] | None = None
     flip_axes: tuple[int, ...] = ()
     warp: WarpSettings = field(default_factory=WarpSettings)
@@ -139,7 +141,7 @@ class PatchSampler:
         else:
             image = image * rng.uniform(0.95, 1.05) + rng.normal(0, 8.0)
         if single and rng.random() < s.lesion_probability:
-            image = synthesis.add_lesions(image, tissues, case.spacing, rng)
+            image = synthesis.add_lesions(image, tissues, case.spacing, rng, large_share=s.large_lesion_share)
         return synthesis.scanner_imprint(image, rng, min(s.strength, 1.5))
 
 

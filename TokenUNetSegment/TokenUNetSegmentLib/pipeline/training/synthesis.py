@@ -53,10 +53,17 @@ def remap(image: torch.Tensor, tissues: torch.Tensor, own_means: np.ndarray, rng
 
 
 def add_lesions(
-    image: torch.Tensor, tissues: torch.Tensor, spacing, rng: np.random.Generator, count: int | None = None
+    image: torch.Tensor,
+    tissues: torch.Tensor,
+    spacing,
+    rng: np.random.Generator,
+    count: int | None = None,
+    large_share: float = 0.0,
 ):
-    """Hypo- or hyperdense round lesions (6-30 mm) inside solid organs; their labels stay the organ's, so
-    tumours and cysts do not turn an organ into a hole. ``image`` (1, X, Y, Z) HU, modified in place."""
+    """Hypo- or hyperdense round lesions inside solid organs, 6-30 mm across or, for a ``large_share`` of them,
+    30-90 mm (large metastases); their labels stay the organ's, so tumours and cysts do not turn an organ into a
+    hole. ``image`` (1, X, Y, Z) HU, modified in place. With ``large_share`` 0 the random draws are those of
+    earlier versions (recipes trained before the option reproduce)."""
     hosts = torch.zeros_like(tissues, dtype=torch.bool)
     for name in LESION_HOSTS:
         hosts |= tissues == TISSUE_ID[name]
@@ -68,7 +75,8 @@ def add_lesions(
     axes = [torch.arange(n, dtype=torch.float32) for n in tissues.shape]
     for _ in range(count):
         centre = candidates[int(rng.integers(0, len(candidates)))].float()
-        radius_mm = torch.as_tensor(rng.uniform(3.0, 15.0) * rng.uniform(0.7, 1.3, 3), dtype=torch.float32)
+        low, high = (15.0, 45.0) if large_share > 0 and rng.random() < large_share else (3.0, 15.0)
+        radius_mm = torch.as_tensor(rng.uniform(low, high) * rng.uniform(0.7, 1.3, 3), dtype=torch.float32)
         reach = torch.ceil(radius_mm / spacing).long() + 1
         lo = torch.clamp(centre.long() - reach, min=0)
         hi = torch.minimum(centre.long() + reach + 1, torch.as_tensor(tissues.shape))

@@ -376,6 +376,7 @@ def sampler_settings(recipe: Recipe, config: dict, cases: list[Case]) -> Sampler
         remap_ratio=recipe.remap_ratio,
         background_ratio=recipe.background_ratio,
         lesion_probability=recipe.lesion_probability,
+        large_lesion_share=recipe.large_lesion_share,
         windows=windows,
         flip_axes=tuple(recipe.flip_axes),
     )
