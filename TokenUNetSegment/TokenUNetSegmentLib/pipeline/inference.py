@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +12,7 @@ from .errors import InputError
 from .metadata import Inference
 from .network import SegmentationNetwork
 from .progress import Progress
-from .stitching import stitch_windows
+from .stitching import stitch_windows, window_starts
 
 
 @dataclass(frozen=True)
@@ -73,8 +72,8 @@ def scan_plan(shape, roi_size, overlap: float, multiple: int) -> tuple[list[floa
     for size, roi in zip(shape, roi_size, strict=True):
         step = max(multiple, int(roi * (1.0 - overlap)) // multiple * multiple)
         step = min(step, roi)
-        overlaps.append(0.0 if step == roi else 1.0 - (step + 0.5) / roi)  # MONAI's step: int(roi * (1 - o))
-        count *= 1 if size <= roi else math.ceil((size - roi) / step) + 1
+        overlaps.append(0.0 if step == roi else 1.0 - (step + 0.5) / roi)  # the stitcher's step: int(roi * (1 - o))
+        count *= len(window_starts(max(size, roi), roi, overlaps[-1]))
     return overlaps, count
 
 

@@ -82,21 +82,23 @@ def stitch_windows(
     sums: list[torch.Tensor] = []
     counts: list[torch.Tensor] = []
     scales: list[list[float]] = []
+    part_weights: list[torch.Tensor] = []  # per output: the window weights on its grid
     for first in range(0, len(windows), batch_size):
         batch = windows[first : first + batch_size]
         pieces = [image[(slice(None), slice(None), *_slices(start, roi))] for start in batch]
         out = predictor(torch.cat(pieces).to(device))
         outputs = out if isinstance(out, tuple) else (out,)
         for index, part in enumerate(outputs):
-            side = tuple(part.shape[2:])
-            weight = weights if side == roi else F.interpolate(weights, side, mode="nearest-exact")
-            if index == len(sums):
+            if index == len(sums):  # the first batch: each output's grid, weights and summed weights
+                side = tuple(part.shape[2:])
+                weight = weights if side == roi else F.interpolate(weights, side, mode="nearest-exact")
                 scale = [s / r for s, r in zip(side, roi, strict=True)]
                 shape = [int(n * z) for n, z in zip(full, scale, strict=True)]
                 sums.append(torch.zeros((1, part.shape[1], *shape), dtype=torch.float32))
                 counts.append(_count_map(windows, roi, scale, shape, weight.cpu()))
                 scales.append(scale)
-            weighted = (part * weight).cpu()
+                part_weights.append(weight)
+            weighted = (part * part_weights[index]).cpu()
             for item, start in enumerate(batch):
                 where = (slice(None), slice(None), *_slices(start, roi, scales[index]))
                 sums[index][where] += weighted[item : item + 1]
