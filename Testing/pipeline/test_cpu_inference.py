@@ -4,6 +4,7 @@ line's memory allocation (huge pages: few page faults for new large tensors)."""
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,55 @@ def test_threads_leave_the_cpus_other_work_uses():
     assert threads_for_load(4, cpus=8, load=5.6) == 2
 
 
+def test_the_load_of_others_leaves_out_this_process_own_cpu_time():
+    from TokenUNetSegmentLib.pipeline.device import CpuSample, load_of_others, threads_for_load
+
+    since = CpuSample(when=100.0, machine_busy=50.0, own=3.0)
+    # 2 s later: the machine was busy 3 CPU-seconds, 2 of them this process's (its reading, preprocessing)
+    assert load_of_others(since, CpuSample(102.0, 53.0, 5.0)) == pytest.approx(0.5)
+    assert load_of_others(since, CpuSample(102.0, 53.0, 6.5)) == 0.0  # clock ticks: never below zero
+    assert load_of_others(CpuSample(100.0, None, 3.0), CpuSample(102.0, 53.0, 5.0)) is None  # no /proc/stat
+    assert threads_for_load(2, cpus=2, load=load_of_others(since, CpuSample(102.0, 53.0, 5.0))) == 2
+    assert threads_for_load(2, cpus=2, load=load_of_others(since, CpuSample(102.0, 55.0, 5.0))) == 1
+
+
+def test_a_run_that_keeps_the_cpus_busy_itself_still_gets_every_thread(monkeypatch):
+    """The bug this replaced: the 1-minute load average counted the run's own work (and the runs before it), so
+    the network got 1 thread of 2 on every command-line run on an otherwise idle 2-core machine."""
+    import numpy as np
+    from TokenUNetSegmentLib.pipeline import device
+
+    sample = device.cpu_sample()
+    if sample.machine_busy is None:
+        pytest.skip("no /proc/stat on this system")
+    monkeypatch.setattr(device.os, "getloadavg", lambda: (1e6, 0.0, 0.0))  # a stale, saturated load average
+    since = device.cpu_sample()
+    data = np.random.default_rng(0).random(2_000_000)
+    deadline = time.monotonic() + 0.6
+    while time.monotonic() < deadline:  # this process busy: its preprocessing
+        np.sort(data)
+    now = device.cpu_sample()
+    own = (now.own - since.own) / (now.when - since.when)
+    others = device.load_of_others(since, now)
+    assert own > 0.8 and others is not None and others < 0.5  # about 0 here; 1 if its own work counted
+    assert device.threads_for_load(2, cpus=2, load=0.0, since=since) == 2
+    calls = []
+    monkeypatch.setattr(device, "load_of_others", lambda s: calls.append(s) or 0.0)
+    assert device.threads_for_load(2, cpus=2, since=since) == 2 and calls == [since]  # measured, not averaged
+    assert device.threads_for_load(1, cpus=2, since=since) == 1 and calls == [since]  # one thread: nothing to ask
+    assert device.threads_for_load(2, cpus=2) == 1  # without a start sample: the load average
+
+
+def test_a_short_run_waits_for_enough_clock_ticks(monkeypatch):
+    from TokenUNetSegmentLib.pipeline import device
+
+    since = device.cpu_sample()
+    if since.machine_busy is None:
+        pytest.skip("no /proc/stat on this system")
+    device.load_of_others(since)
+    assert time.monotonic() - since.when >= device.MIN_LOAD_INTERVAL_S
+
+
 def test_inference_threads_are_restored(monkeypatch):
     import torch
     from TokenUNetSegmentLib.pipeline import device
@@ -120,3 +170,22 @@ def test_sliding_window_labels_agree_in_bfloat16_and_float32():
     assert (auto.argmax(0) == full.argmax(0)).mean() > 0.99
     for kind in ("gather", "broadcast"):
         assert float(np.abs(auto_maps[kind] - full_maps[kind]).max()) < 3e-2
+
+
+def test_segment_sets_its_threads_from_the_load_others_put_on_the_cpus_since_it_started(monkeypatch):
+    import numpy as np
+    import torch
+    from helpers.packages import ball_phantom, threshold_package
+    from TokenUNetSegmentLib.pipeline import device
+    from TokenUNetSegmentLib.pipeline.segmentation import segment
+
+    calls = []
+    monkeypatch.setattr(device, "load_of_others", lambda since: calls.append(since) or 0.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        started = time.monotonic()
+        segment([(ball_phantom((24, 24, 24), (12, 12, 12), (5, 5, 5)), np.eye(4))], threshold_package(), device="cpu")
+    finally:
+        torch.set_num_threads(before)
+    assert len(calls) == 1 and started <= calls[0].when <= time.monotonic()

@@ -86,7 +86,7 @@ def test_segment_falls_back_to_cpu_when_the_gpu_runs_out(monkeypatch):
     real = inference.sliding_window
     devices = []
 
-    def fake_sliding_window(network, image, roi, overlap, blending, batch, device, progress, tokens):
+    def fake_sliding_window(network, image, roi, overlap, blending, batch, device, progress, tokens, since=None):
         devices.append(device.type)
         if device.type == "cuda":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")

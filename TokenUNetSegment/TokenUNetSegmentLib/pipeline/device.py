@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -14,6 +16,7 @@ from .memory import host_available
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda", "mps")
+MIN_LOAD_INTERVAL_S = 0.1  # /proc/stat counts 10 ms ticks per CPU: the load over 0.1 s is good to +-0.3 CPU
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -78,16 +81,64 @@ def autocast(device: torch.device, network=None, precision: str = "auto"):
     return contextlib.nullcontext()
 
 
-def threads_for_load(current: int, cpus: int | None = None, load: float | None = None) -> int:
-    """Intra-op threads for CPU inference: ``current`` at most, and no more than the CPUs that other work leaves
-    free (``cpus`` minus the 1-minute load average, rounded; at least 1).
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU time at one moment, in seconds: the whole machine's busy time (None where it is not known) and this
+    process's own (all its threads)."""
 
-    Each parallel operation waits for its slowest thread; where other processes keep the CPUs busy, a thread
-    that lost its CPU holds up every operation. Measured on the 2-core development machine at load 5-6 (the
-    2 threads of torch's default against 1): 32AttnLong over 18 windows of 128^3 took 75-114 s against 27-31 s,
-    the bundled model over 18 windows of 64^3 6.2-20.7 s against 1.4 s. Without a load average (Windows),
-    ``current``.
+    when: float
+    machine_busy: float | None
+    own: float
+
+
+def cpu_sample() -> CpuSample:
+    """The machine's busy CPU time (Linux: ``/proc/stat``) and this process's, now."""
+    times = os.times()
+    return CpuSample(time.monotonic(), _machine_busy_seconds(), times.user + times.system)
+
+
+def _machine_busy_seconds() -> float | None:
+    try:
+        with open("/proc/stat", "rb") as stat:
+            fields = stat.readline().split()
+        ticks = [int(value) for value in fields[1:9]]  # user nice system idle iowait irq softirq steal
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def load_of_others(since: CpuSample, now: CpuSample | None = None) -> float | None:
+    """The CPUs that other processes kept busy on average from ``since`` to ``now`` (default: now, at least
+    ``MIN_LOAD_INTERVAL_S`` after ``since``: a short wait when the run got there sooner); None where the machine's
+    CPU time is unknown."""
+    if since.machine_busy is None:
+        return None
+    if now is None:
+        time.sleep(max(0.0, MIN_LOAD_INTERVAL_S - (time.monotonic() - since.when)))
+        now = cpu_sample()
+    elapsed = now.when - since.when
+    if now.machine_busy is None or elapsed <= 0:
+        return None
+    return max(0.0, (now.machine_busy - since.machine_busy - (now.own - since.own)) / elapsed)
+
+
+def threads_for_load(
+    current: int, cpus: int | None = None, load: float | None = None, since: CpuSample | None = None
+) -> int:
+    """Intra-op threads for CPU inference: ``current`` at most, and no more than the CPUs that other work leaves
+    free (``cpus`` minus their load, rounded; at least 1).
+
+    The load of others is measured from ``since`` (a :func:`cpu_sample` taken when the run started) with this
+    process's own CPU time taken out; without it (or on a system without ``/proc/stat``) it is the 1-minute load
+    average, which also counts this run's own reading and preprocessing and the runs just before it: on the
+    2-core development machine it chose 1 thread for every run of the command line, and the network took twice
+    its time. Each parallel operation waits for its slowest thread; where other processes keep the CPUs busy, a
+    thread that lost its CPU holds up every operation. Measured on that machine at load 5-6 (the 2 threads of
+    torch's default against 1): 32AttnLong over 18 windows of 128^3 took 75-114 s against 27-31 s, the bundled
+    model over 18 windows of 64^3 6.2-20.7 s against 1.4 s. Without any load figure (Windows), ``current``.
     """
+    if load is None and since is not None and current > 1:
+        load = load_of_others(since)
     try:
         load = os.getloadavg()[0] if load is None else load
     except (AttributeError, OSError):
@@ -97,10 +148,11 @@ def threads_for_load(current: int, cpus: int | None = None, load: float | None =
 
 
 @contextlib.contextmanager
-def inference_threads(device: torch.device):
-    """Run the block with :func:`threads_for_load` intra-op threads on the CPU (restored afterwards)."""
+def inference_threads(device: torch.device, since: CpuSample | None = None):
+    """Run the block with :func:`threads_for_load` intra-op threads on the CPU (restored afterwards); ``since``:
+    the run's first :func:`cpu_sample`."""
     current = torch.get_num_threads()
-    wanted = threads_for_load(current) if device.type == "cpu" else current
+    wanted = threads_for_load(current, since=since) if device.type == "cpu" else current
     if wanted != current:
         torch.set_num_threads(wanted)
     try:

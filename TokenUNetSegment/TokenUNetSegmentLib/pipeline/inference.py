@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .device import autocast, inference_threads, run_with_oom_fallback
+from .device import CpuSample, autocast, inference_threads, run_with_oom_fallback
 from .errors import InputError
 from .metadata import Inference
 from .network import SegmentationNetwork
@@ -44,15 +44,16 @@ def plan_windows(
     return WindowPlan(roi, chosen, inference.blending, batch, multiple)
 
 
-def run_windows(network, image: np.ndarray, plan: WindowPlan, device, progress, with_tokens: bool, warn):
+def run_windows(network, image: np.ndarray, plan: WindowPlan, device, progress, with_tokens: bool, warn, since=None):
     """:func:`sliding_window` with the CUDA out-of-memory fallbacks; the network is back on the CPU afterwards
-    (also after a cancel or an error). Returns (logits, token maps or None, the device used)."""
+    (also after a cancel or an error). ``since``: the run's first :func:`~.device.cpu_sample`, for the number of
+    CPU threads. Returns (logits, token maps or None, the device used)."""
     used = {"device": device}
 
     def run(dev, size):
         used["device"] = dev
         return sliding_window(
-            network, image, plan.roi_size, plan.overlap, plan.blending, size, dev, progress, with_tokens
+            network, image, plan.roi_size, plan.overlap, plan.blending, size, dev, progress, with_tokens, since=since
         )
 
     try:
@@ -88,10 +89,13 @@ def sliding_window(
     progress: Progress | None = None,
     with_tokens: bool = True,
     precision: str = "auto",
+    since: CpuSample | None = None,
 ):
     """Run ``network`` over ``image`` (C, X, Y, Z), every size a multiple of the network's size multiple.
 
     ``precision`` "auto" runs the device's mixed precision (:func:`~.device.autocast`), "float32" none.
+    ``since``: a :func:`~.device.cpu_sample` from the run's start: the CPU threads are those that other processes
+    have left free since then (:func:`~.device.threads_for_load`).
 
     Returns:
         (logits as a float32 array (out, X, Y, Z), token maps {"gather", "broadcast"} each (N, X/m, Y/m, Z/m)
@@ -119,7 +123,7 @@ def sliding_window(
         return out.float()
 
     tensor = torch.from_numpy(image)[None]
-    with torch.inference_mode(), inference_threads(device):
+    with torch.inference_mode(), inference_threads(device, since):
         out = stitch_windows(tensor, roi_size, overlaps, batch_size, predictor, blending, device)
     if with_tokens:
         logits, gather, broadcast = (o[0].numpy() for o in out)

@@ -19,7 +19,7 @@ import torch
 
 from .catalog import ModelStore
 from .confidence import Assessment, assess
-from .device import check_memory, estimate_memory, resolve_device
+from .device import check_memory, cpu_sample, estimate_memory, resolve_device
 from .errors import ArgumentError, InputError
 from .geometry import Grid, model_grid
 from .inference import WindowPlan, plan_windows, run_windows
@@ -97,6 +97,7 @@ def segment(
     """
     if label_interpolation not in ("nearest", "linear"):
         raise InputError(f"label_interpolation must be 'nearest' or 'linear', got {label_interpolation!r}")
+    started = cpu_sample()  # the CPU time others use from here on sets the network's threads
     reporter = Progress(progress, cancel)
     clock = StageClock(reporter)
     result_warnings: list[str] = []
@@ -121,7 +122,14 @@ def segment(
     with clock.stage("inference"):
         want_tokens = with_token_maps and bool(network.has_tokens)
         logits, maps, used_device = run_windows(
-            network, prepared.image, plan, run_device, reporter, want_tokens, lambda m: _warn(m, result_warnings)
+            network,
+            prepared.image,
+            plan,
+            run_device,
+            reporter,
+            want_tokens,
+            lambda m: _warn(m, result_warnings),
+            since=started,
         )
 
     with clock.stage("postprocess"):
