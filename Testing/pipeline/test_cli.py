@@ -147,3 +147,21 @@ def test_internal_errors_exit_1_with_a_hint_to_debug(monkeypatch, capsys):
     assert cli.main(["models", "list"]) == ExitCode.INTERNAL_ERROR == 1
     err = capsys.readouterr().err
     assert err.startswith("internal error: KeyError") and "--debug" in err and err.count("\n") == 1
+
+
+def test_a_process_of_its_own_freezes_the_collector_before_it_exits_and_a_caller_keeps_its_own(
+    monkeypatch, tmp_path, capsys
+):
+    import gc
+
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text('{"models": []}')
+    before = gc.get_freeze_count()
+    assert cli.main(["--catalog", str(catalog), "models", "list"]) == 0  # called with arguments: nothing frozen
+    assert gc.get_freeze_count() == before
+    monkeypatch.setattr("sys.argv", ["tokenunet", "--catalog", str(catalog), "models", "list"])
+    try:
+        assert cli.main() == 0  # as ``tokenunet`` / ``python -m``: the exit skips collecting every object
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()

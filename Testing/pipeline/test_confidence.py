@@ -318,6 +318,24 @@ def test_intensity_summary_of_the_body():
     assert summarise_intensities(values.reshape(10, 10, 10), np.zeros((10, 10, 10), bool)) is None
 
 
+def test_intensity_summary_is_the_same_whether_every_voxel_or_some_are_inside_and_in_any_memory_order():
+    rng = np.random.default_rng(3)
+    volume = rng.normal(0, 400, (60, 50, 40)).astype(np.float32)
+    everything = np.ones(volume.shape, bool)
+    almost = everything.copy()
+    almost[0, 0, 0] = False  # the gathering path, nearly the same voxels
+    summaries = [
+        summarise_intensities(array, inside)
+        for array in (volume, np.asfortranarray(volume))
+        for inside in (everything, almost)
+    ]
+    for summary in summaries:
+        assert summary.minimum <= volume.min() + 1e-3 and summary.maximum >= volume.max() - 1e-3
+        assert summary.below_share == pytest.approx(np.mean(volume <= -500), abs=0.01)
+        for key, value in summary.body.items():
+            assert value == pytest.approx(np.percentile(volume[volume > -500], int(key[1:])), abs=25)
+
+
 def test_training_statistics_are_read_tolerantly():
     stats = TrainingStatistics.parse(training_statistics({"ball": ((8.0, 16.0), None)}))
     assert stats.labels["ball"].volume_ml.max == 16.0 and stats.labels["ball"].volume_ml_complete is None

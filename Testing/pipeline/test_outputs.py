@@ -86,3 +86,29 @@ def test_auto_attention_grid_keeps_the_input_grid_until_maps_get_large():
     )
     with pytest.raises(ValueError, match="unknown attention grid 'coarse'"):
         choose_attention_grid("coarse", 1, 1, 1)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_label_extents_are_each_values_index_bounds_whatever_the_values_and_slabs(order):
+    from TokenUNetSegmentLib.pipeline.nrrd import label_extents
+
+    rng = np.random.default_rng(4)
+    labels = np.zeros((30, 20, 17), np.uint8, order=order)
+    labels[3:9, 5:6, 2:16] = 1
+    labels[rng.integers(0, 30, 40), rng.integers(0, 20, 40), rng.integers(0, 17, 40)] = 7
+    labels[29, 0, 16] = 63  # the widest word's last bit
+    labels[12, 13, 4] = 64  # beyond it: the one-label path
+    labels[0, 19, 0] = 200  # a value that is not asked for
+    values = [1, 2, 7, 63, 64]
+
+    def expected(value):
+        hits = np.argwhere(labels == value)
+        if not hits.size:
+            return "0 -1 0 -1 0 -1"
+        return " ".join(f"{lo} {hi}" for lo, hi in zip(hits.min(axis=0), hits.max(axis=0), strict=True))
+
+    for chunk in (1, 600, 1 << 23):  # one k-slice per slab, a few, all at once
+        assert label_extents(labels, values, chunk_voxels=chunk) == {v: expected(v) for v in values}
+    assert label_extents(labels[:, :, :0], [1]) == {1: "0 -1 0 -1 0 -1"}
+    small = np.where(labels < 16, labels, 0).astype(np.uint8)
+    assert label_extents(small, [1, 7]) == {1: "3 8 5 5 2 15", 7: label_extents(labels, [7])[7]}  # 16-bit words

@@ -114,6 +114,37 @@ def terminology_entry(label: Label) -> str:
     )
 
 
+def label_extents(labels: np.ndarray, values: list[int], chunk_voxels: int = 1 << 23) -> dict[int, str]:
+    """Per label value, its index bounds "i0 i1 j0 j1 k0 k1" in ``labels`` ("0 -1 0 -1 0 -1" when absent).
+
+    Values below 64 are found together, slab by slab along k: each voxel becomes one bit of a word, and OR-ing
+    the words over the other two axes tells which values occur at each index (a comparison and three reductions
+    per label took 0.3-0.6 s for 12 labels on a 512 x 512 x 300 map).
+    """
+    out = {v: "0 -1 0 -1 0 -1" for v in values}
+    small = [v for v in values if 0 <= v < 64]
+    if small and labels.size:
+        word = next(t for t in (np.uint16, np.uint32, np.uint64) if max(small) < 8 * np.dtype(t).itemsize)
+        along = [np.zeros(labels.shape[0], word), np.zeros(labels.shape[1], word), np.zeros(labels.shape[2], word)]
+        step = max(1, chunk_voxels // max(1, labels.shape[0] * labels.shape[1]))
+        for k in range(0, labels.shape[2], step):
+            # values at or above the word's width shift to 0: they are not among ``small``
+            bits = np.left_shift(word(1), labels[:, :, k : k + step].astype(word), dtype=word)
+            along[0] |= np.bitwise_or.reduce(bits, axis=(1, 2))
+            along[1] |= np.bitwise_or.reduce(bits, axis=(0, 2))
+            along[2][k : k + step] = np.bitwise_or.reduce(bits, axis=(0, 1))
+        for value in small:
+            hits = [np.flatnonzero(present & word(1 << value)) for present in along]
+            if all(h.size for h in hits):
+                out[value] = " ".join(f"{h[0]} {h[-1]}" for h in hits)
+    for value in (v for v in values if not 0 <= v < 64):
+        mask = labels == value
+        if mask.any():
+            hits = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+            out[value] = " ".join(f"{h[0]} {h[-1]}" for h in hits)
+    return out
+
+
 def segmentation_fields(labels: np.ndarray, table: list[Label]) -> dict[str, str]:
     """The ``Segment{i}_*`` and ``Segmentation_*`` fields Slicer reads from a .seg.nrrd."""
     fields = {
@@ -122,15 +153,9 @@ def segmentation_fields(labels: np.ndarray, table: list[Label]) -> dict[str, str
         "Segmentation_MasterRepresentation": "Binary labelmap",
         "Segmentation_ReferenceImageExtentOffset": "0 0 0",
     }
+    extents = label_extents(labels, [label.value for label in table])
     for index, label in enumerate(table):
-        extent = "0 -1 0 -1 0 -1"
-        mask = labels == label.value
-        if mask.any():
-            bounds = []
-            for axis in range(3):
-                hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-                bounds += [str(hits[0]), str(hits[-1])]
-            extent = " ".join(bounds)
+        extent = extents[label.value]
         prefix = f"Segment{index}_"
         fields.update(
             {
