@@ -98,10 +98,14 @@ def stitch_windows(
                 counts.append(_count_map(windows, roi, scale, shape, weight.cpu()))
                 scales.append(scale)
                 part_weights.append(weight)
-            weighted = (part * part_weights[index]).cpu()
+            on_cpu = part.device.type == "cpu"  # weighted and summed in one pass; a GPU weighs before the copy
+            weighted = part if on_cpu else (part * part_weights[index]).cpu()
             for item, start in enumerate(batch):
                 where = (slice(None), slice(None), *_slices(start, roi, scales[index]))
-                sums[index][where] += weighted[item : item + 1]
+                if on_cpu:
+                    sums[index][where].addcmul_(weighted[item : item + 1], part_weights[index])
+                else:
+                    sums[index][where] += weighted[item : item + 1]
     results = []
     for total, count, scale in zip(sums, counts, scales, strict=True):
         total /= count
