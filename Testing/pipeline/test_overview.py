@@ -57,6 +57,20 @@ def test_the_views_centre_on_the_labels_centroid_in_space():
     np.testing.assert_array_equal(label_centre(np.zeros_like(labels), source, grid), np.array(grid.shape) // 2)
 
 
+def test_a_large_map_centres_on_a_subsample_and_still_finds_a_single_voxel():
+    source = oblique_grid((96, 80, 70))
+    grid = display_grid(source)
+    labels = np.zeros(source.shape, np.uint8)
+    labels[20:61, 10:33, 30:47] = 3
+    exact = np.argwhere(labels > 0).mean(axis=0)
+    expected = np.linalg.solve(grid.affine, source.affine @ np.array([*exact, 1.0]))[:3]
+    assert np.all(np.abs(label_centre(labels, source, grid) - expected) <= 1.0)
+    dot = np.zeros(source.shape, np.uint8)
+    dot[51, 33, 21] = 1  # odd indices: between the sampled voxels
+    expected = np.linalg.solve(grid.affine, source.affine @ np.array([51, 33, 21, 1.0]))[:3]
+    assert np.all(np.abs(label_centre(dot, source, grid) - expected) <= 0.5)
+
+
 def test_the_display_window_is_the_volumes_1st_and_99th_percentile():
     rng = np.random.default_rng(1)
     image = rng.normal(40, 300, (200, 180, 90)).astype(np.float32)

@@ -57,20 +57,37 @@ def plane_views(array, source, grid: Grid, point, interpolation: str, default: f
         grid.sub_grid((0, y, 0), (nx, 1, nz)),
         grid.sub_grid((x, 0, 0), (1, ny, nz)),
     ]
-    image = image_from_array(array, source.affine if isinstance(source, Grid) else source)
-    resampled = [resample_image(image, plane, interpolation, default, dtype) for plane in planes]
+    source = source if isinstance(source, Grid) else Grid(tuple(array.shape), source)
+    resampled = []
+    for plane in planes:  # each from the part of the volume around it: no copy of the whole volume
+        box = _footprint(plane, source)
+        part = source.sub_grid([b.start for b in box], [b.stop - b.start for b in box])
+        image = image_from_array(array[box], part.affine)
+        resampled.append(resample_image(image, plane, interpolation, default, dtype))
     return _oriented([resampled[0][:, :, 0], resampled[1][:, 0, :], resampled[2][0, :, :]])
+
+
+def _footprint(target: Grid, source: Grid, margin: int = 2) -> tuple[slice, ...]:
+    """The index box of ``source`` that holds every voxel an interpolation onto ``target`` can read (its box
+    plus ``margin`` voxels, within the volume; at least one voxel wide so that the image stays 3D)."""
+    corners = np.linalg.solve(source.affine, np.c_[target.corners_ras(), np.ones(8)].T)[:3].T
+    low = np.clip(np.floor(corners.min(axis=0)).astype(int) - margin, 0, np.array(source.shape) - 1)
+    high = np.clip(np.ceil(corners.max(axis=0)).astype(int) + margin + 1, low + 1, np.array(source.shape))
+    return tuple(slice(int(lo), int(hi)) for lo, hi in zip(low, high, strict=True))
 
 
 def label_centre(labels: np.ndarray, source: Grid, grid: Grid) -> np.ndarray:
     """The index on ``grid`` nearest to the centroid of ``labels`` > 0 (the grid's centre when none), from
     per-axis voxel counts on the labels' own grid."""
-    mask = labels > 0
+    step = 2 if min(labels.shape) >= 64 else 1  # every 8th voxel of a large map is plenty for a view's centre
+    mask = labels[::step, ::step, ::step] > 0
+    if step > 1 and not mask.any():  # small structures between the sampled voxels
+        step, mask = 1, labels > 0
     total = int(np.count_nonzero(mask))
     if not total:
         return np.array(grid.shape) // 2
     centre = [
-        float(np.dot(np.count_nonzero(mask, axis=tuple(a for a in range(3) if a != axis)), np.arange(n))) / total
+        step * float(np.dot(np.count_nonzero(mask, axis=tuple(a for a in range(3) if a != axis)), np.arange(n))) / total
         for axis, n in enumerate(mask.shape)
     ]
     ras = source.affine @ np.array([*centre, 1.0])
