@@ -12,6 +12,7 @@ from TokenUNetSegmentLib.pipeline.geometry import (
     model_grid,
     resample,
     resample_image,
+    resample_nearest,
 )
 from TokenUNetSegmentLib.pipeline.map_back import label_counts
 from TokenUNetSegmentLib.pipeline.segmentation import segment
@@ -200,3 +201,54 @@ def test_resampled_arrays_keep_simpleitk_memory_order_and_their_values():
     out = resample_image(image_from_array(values, affine), Grid(values.shape, affine), "nearest")
     assert out.flags.f_contiguous and out.flags.writeable  # i fastest: no copy on either side
     np.testing.assert_array_equal(out, values)
+
+
+def _axis_aligned_case(rng):
+    """Random source and target grids with parallel axes (any order and signs), spacings and origins chosen so
+    that voxel centres often fall exactly halfway between two source voxels."""
+    direction = np.zeros((3, 3))
+    direction[rng.permutation(3), np.arange(3)] = rng.choice([-1.0, 1.0], 3)
+    source = Grid(
+        tuple(int(n) for n in rng.integers(4, 25, 3)),
+        affine_from_spacing(rng.choice([0.5, 0.8, 1.0, 1.5, 3.0], 3), origin=0.25 * rng.integers(-6, 7, 3)),
+    )
+    target = Grid(
+        tuple(int(n) for n in rng.integers(4, 35, 3)),
+        affine_from_spacing(rng.choice([0.5, 0.75, 1.0, 1.5, 3.0], 3), 0.25 * rng.integers(-6, 7, 3), direction),
+    )
+    return source, target
+
+
+def test_nearest_on_parallel_axes_is_simpleitks_but_where_a_centre_lies_halfway():
+    rng = np.random.default_rng(7)
+    ties = 0
+    for _ in range(80):
+        source, target = _axis_aligned_case(rng)
+        labels = rng.integers(1, 250, source.shape).astype(np.uint8)
+        ours = resample_nearest(labels, source, target)
+        theirs = resample(labels, source, target, "nearest", 0, np.uint8)
+        assert ours.shape == target.shape and ours.flags.f_contiguous  # SimpleITK's memory order
+        differ = np.argwhere(ours != theirs)
+        if differ.size:  # only at exact ties, where both neighbours are as near
+            to_source = np.linalg.solve(source.affine, target.affine)
+            centres = differ @ to_source[:3, :3].T + to_source[:3, 3]
+            assert np.all(np.any(np.abs(centres - np.floor(centres) - 0.5) < 1e-6, axis=1))
+            ties += len(differ)
+    assert ties  # the cases did include ties
+
+
+def test_nearest_rounds_halfway_centres_up_and_leaves_oblique_grids_to_simpleitk():
+    source = Grid((4, 1, 1), affine_from_spacing((2.0, 1.0, 1.0)))
+    target = Grid((3, 1, 1), affine_from_spacing((2.0, 1.0, 1.0), origin=(1.0, 0.0, 0.0)))  # source index 0.5 ...
+    labels = np.array([1, 2, 3, 4], np.uint8).reshape(4, 1, 1)
+    np.testing.assert_array_equal(resample_nearest(labels, source, target)[:, 0, 0], [2, 3, 4])
+    beyond = Grid((3, 1, 1), affine_from_spacing((8.0, 1.0, 1.0), origin=(-8.0, 0.0, 0.0)))  # -4, 0 and 4 voxels
+    np.testing.assert_array_equal(resample_nearest(labels, source, beyond)[:, 0, 0], [0, 1, 0])
+    tilted_affine = affine_from_spacing((1.2, 1.1, 1.5), origin=(-3, 2, 1))
+    tilted_affine[:3, :3] = rotation(2, 25) @ rotation(0, 10) @ tilted_affine[:3, :3]
+    tilted = Grid((20, 18, 16), tilted_affine)
+    labels = np.random.default_rng(0).integers(0, 9, (12, 14, 10)).astype(np.uint8)
+    coarse = Grid(labels.shape, affine_from_spacing((2.0, 1.5, 2.0), origin=(-8, -6, -5)))
+    np.testing.assert_array_equal(
+        resample_nearest(labels, coarse, tilted), resample(labels, coarse, tilted, "nearest", 0, np.uint8)
+    )

@@ -155,6 +155,35 @@ def resample_image(
     return sitk.GetArrayViewFromImage(out).transpose(2, 1, 0).copy(order="K")
 
 
+def resample_nearest(array: np.ndarray, source: Grid, target: Grid, dtype=np.uint8) -> np.ndarray:
+    """``array`` on ``source`` mapped onto ``target`` by nearest neighbour (0 outside), as an (i, j, k) array in
+    SimpleITK's memory order, like :func:`resample_image`.
+
+    When the two grids' axes are parallel (any order and signs: a DICOM or NIfTI scan against the RAS model grid),
+    each target axis reads one source axis, so the map is three index lookups along the axes: 0.1 s for a
+    512 x 512 x 300 label map against 0.5-0.7 s for SimpleITK's resampler on 2 cores. The index of a voxel is
+    its centre's continuous source index rounded half up, as SimpleITK's nearest-neighbour interpolator rounds;
+    where a centre lies exactly halfway between two source voxels, rounding in either library may pick the
+    other one. Other grids go through SimpleITK.
+    """
+    to_source = np.linalg.solve(source.affine, target.affine)  # target index -> source continuous index
+    linear = to_source[:3, :3]
+    used = np.abs(linear) > 1e-9 * np.abs(linear).max()
+    if not (used.sum(axis=0) == 1).all() or not (used.sum(axis=1) == 1).all():
+        return resample_image(image_from_array(array, source.affine), target, "nearest", 0, dtype)
+    reads = np.argmax(used, axis=0)  # target axis k reads source axis reads[k]
+    padded = np.zeros(tuple(n + 1 for n in array.shape), dtype, order="F")  # the last voxel of each axis: 0
+    padded[: array.shape[0], : array.shape[1], : array.shape[2]] = array
+    # (k, j, i) C-order views throughout, so that the result is in SimpleITK's order (i fastest)
+    out = padded.transpose(*reads).T
+    for k in range(3):
+        r = reads[k]
+        index = np.floor(linear[r, k] * np.arange(target.shape[k]) + to_source[r, 3] + 0.5).astype(np.intp)
+        index[(index < 0) | (index >= array.shape[r])] = array.shape[r]
+        out = np.take(out, index, axis=2 - k)
+    return out.T
+
+
 def orientation_matrix(code: str) -> np.ndarray:
     """Direction columns (RAS) of an orientation code such as ``"RAS"`` (axis i points to R, ...)."""
     return np.array([AXIS_VECTORS[c] for c in code.upper()], dtype=np.float64).T

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import Grid, image_from_array, resample, resample_image
+from .geometry import Grid, resample, resample_nearest
 from .metadata import Inference, Label
 from .postprocess import ModelGridOutputs, keep_largest_component
 from .preprocess import Prepared
@@ -43,7 +43,7 @@ def map_back(
         labels = smooth_labels(outputs.probability_maps, prepared, target, inference, table)
         keep_largest_component(labels, [label.value for label in table if label.name in largest_component])
     else:
-        labels = resample_image(image_from_array(outputs.labels, prepared.grid.affine), target, "nearest", 0, np.uint8)
+        labels = resample_nearest(outputs.labels, prepared.grid, target, np.uint8)
     counts = label_counts(labels)
     volumes_ml = {label.name: float(counts[label.value]) * target.voxel_volume_mm3 / 1000.0 for label in table}
     probabilities = None
