@@ -15,6 +15,7 @@ bundled default model and with a random-weight 32AttnLong package at 1.5 mm that
 - write: the output files (the command's reported total minus ``segment()``'s);
 - other: the rest of the wall time (importing torch and loading the model when the first line comes before them,
   and the interpreter's exit after the files are written);
+- cores: the CPU time of all the command's threads over its wall time (about 1 when the network ran one thread);
 - the peak resident memory of the process, the output folder's size and file count, and the share of the
   wall time spent outside the network (everything but ``inference``).
 
@@ -155,6 +156,7 @@ def run_command(arguments: list[str], cwd: Path, module_dir: Path = MODULE_DIR) 
         raise SystemExit(f"{' '.join(arguments)} failed ({process.returncode}):\n{''.join(err_lines)[-3000:]}")
     return {
         "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,  # all the command's threads
         "peak_rss_gib": usage.ru_maxrss / 2**20,  # KiB on Linux
         "first_line": first_line[0] if first_line else None,
         "first_stage": first_line[1] if first_line else None,
@@ -198,6 +200,7 @@ def segment_run(
         # the interpreter's exit after the files are written
         "other_s": round(done["wall"] - first - (read - read_before_first_line) - reported, 2),
         "non_network_share": round(1 - stages["inference"] / done["wall"], 3),
+        "cpu_s": round(done["cpu"], 2),  # over wall: the cores the run kept busy on average
         "peak_rss_gib": round(done["peak_rss_gib"], 2),
         "output_mb": round(size / 2**20, 1),
         "output_files": count,
@@ -265,14 +268,15 @@ def table(rows: list[dict], commands: list[dict]) -> str:
     lines += [
         f"{'case':<22}{'model':<20}{'version':<10}"
         + "".join(f"{c:>12}" for c in columns)
-        + f"{'1st line':>10}{'outside %':>11}{'peak GiB':>10}{'out MB':>9}{'files':>7}"
+        + f"{'1st line':>10}{'outside %':>11}{'cores':>7}{'peak GiB':>10}{'out MB':>9}{'files':>7}"
     ]
     for row in rows:
         values = "".join(f"{row[c + '_s'] if row[c + '_s'] is not None else float('nan'):>12.2f}" for c in columns)
         lines.append(
             f"{row['case']:<22}{row['model']:<20}{row['version']:<10}{values}"
             f"{row['first_line_s'] or float('nan'):>10.2f}"
-            f"{100 * row['non_network_share']:>11.1f}{row['peak_rss_gib']:>10.2f}{row['output_mb']:>9.1f}"
+            f"{100 * row['non_network_share']:>11.1f}{row.get('cpu_s', float('nan')) / row['wall_s']:>7.2f}"
+            f"{row['peak_rss_gib']:>10.2f}{row['output_mb']:>9.1f}"
             f"{row['output_files']:>7}"
         )
     return "\n".join(lines)
