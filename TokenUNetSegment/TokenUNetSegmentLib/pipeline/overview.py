@@ -33,13 +33,6 @@ def _hot(values: np.ndarray) -> np.ndarray:
     return np.clip(np.concatenate([3 * v, 3 * v - 1, 3 * v - 2], axis=-1), 0, 1)
 
 
-def _views(volume: np.ndarray, point) -> list[np.ndarray]:
-    """Axial, coronal, sagittal slices of an RAS-aligned (x, y, z) volume, oriented for display
-    (radiological: patient right on the left; anterior and superior up)."""
-    x, y, z = point
-    return _oriented([volume[:, :, z], volume[:, y, :], volume[x, :, :]])
-
-
 def _oriented(planes: list[np.ndarray]) -> list[np.ndarray]:
     """The (x, y), (x, z) and (y, z) planes of an RAS-aligned grid as displayed: rows anterior -> posterior
     (axial) or superior -> inferior (coronal, sagittal); columns right -> left (axial, coronal) or anterior ->
@@ -48,8 +41,9 @@ def _oriented(planes: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def plane_views(array, source, grid: Grid, point, interpolation: str, default: float, dtype=np.float32):
-    """``_views`` of ``array`` resampled onto ``grid``, resampling only the three planes through ``point``
-    (a 512 x 512 x 300 CT onto a whole display grid took most of the overview's second)."""
+    """The axial, coronal and sagittal views (:func:`_oriented`) through ``point`` of ``array`` resampled onto
+    ``grid``; only those three planes are resampled (a 512 x 512 x 300 CT onto the whole display grid took most
+    of the overview's second)."""
     x, y, z = (int(v) for v in point)
     nx, ny, nz = grid.shape
     planes = [
