@@ -345,3 +345,23 @@ def test_training_statistics_are_read_tolerantly():
     bare = TrainingStatistics.parse({"cases": 1, "labels": {"ball": {"cases": 0}}, "source_spacing_mm": None})
     assert bare.labels["ball"].volume_ml is None and bare.source_spacing_mm is None and bare.min_slab_mm is None
     assert label_flags("ball", dict(MEASURES, volume_ml=1e6), bare) == []
+
+
+def test_label_measures_counted_in_chunks_are_those_of_one_pass(monkeypatch):
+    from TokenUNetSegmentLib.pipeline import confidence
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(1, 6, 1000).astype(np.uint8)
+    labels[::97] = 9  # a value the table does not ask for
+    certainty, margin = rng.random(1000).astype(np.float32), rng.random(1000).astype(np.float32)
+    edge = rng.random(1000) < 0.1
+    pieces = {2: (3, 0.25)}
+    whole = confidence.measure_labels(labels, certainty, margin, edge, pieces, [1, 2, 3, 4, 5, 7], 0.02)
+    monkeypatch.setattr(confidence, "MEASURE_CHUNK", 7)
+    assert confidence.measure_labels(labels, certainty, margin, edge, pieces, [1, 2, 3, 4, 5, 7], 0.02) == whole
+    value = 3
+    count = int(np.count_nonzero(labels == value))
+    assert whole[value]["voxels"] == count and whole[7]["voxels"] == 0 and whole[2]["pieces"] == 3
+    assert whole[value]["mean_probability"] == round(float(certainty[labels == value].mean()), 4)
+    assert whole[value]["low_margin_share"] == round(float(np.mean(margin[labels == value] < confidence.LOW_MARGIN)), 4)
+    assert whole[value]["edge_share"] == round(float(np.mean(edge[labels == value])), 4)

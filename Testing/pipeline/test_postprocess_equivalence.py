@@ -28,7 +28,7 @@ def whole_volume_certainty(logits: np.ndarray, labels: np.ndarray) -> tuple[np.n
 
 
 @pytest.mark.parametrize("labelled_share", [0.05, 0.6, 1.0])  # the gather path, both paths, the whole-slab path
-@pytest.mark.parametrize("channels", [1, 2, 5])
+@pytest.mark.parametrize("channels", [1, 2, 5, 13])
 def test_certainty_slab_by_slab_is_the_whole_volume_computation(monkeypatch, labelled_share, channels):
     monkeypatch.setattr(postprocess, "CERTAINTY_CHUNK", 150)  # about 3 rows of 7 x 7 per slab
     rng = np.random.default_rng(channels)

