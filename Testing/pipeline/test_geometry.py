@@ -252,3 +252,23 @@ def test_nearest_rounds_halfway_centres_up_and_leaves_oblique_grids_to_simpleitk
     np.testing.assert_array_equal(
         resample_nearest(labels, coarse, tilted), resample(labels, coarse, tilted, "nearest", 0, np.uint8)
     )
+
+
+def test_nearest_treats_float32_rounding_of_the_axes_as_parallel(monkeypatch):
+    from TokenUNetSegmentLib.pipeline import geometry
+
+    rng = np.random.default_rng(11)
+    source = Grid((30, 28, 26), affine_from_spacing((3.0, 3.0, 3.0), origin=(-40.0, -35.0, -30.0)))
+    noisy = affine_from_spacing((0.8, 0.8, 1.5), origin=(35.0, 30.0, -28.0), direction=np.diag([-1.0, -1.0, 1.0]))
+    noisy[:3, :3] += rng.uniform(-1, 1, (3, 3)) * 1e-7 * (np.abs(noisy[:3, :3]) == 0)  # float32 header noise
+    target = Grid((100, 110, 55), noisy)
+    labels = rng.integers(1, 250, source.shape).astype(np.uint8)
+    theirs = resample(labels, source, target, "nearest", 0, np.uint8)
+    monkeypatch.setattr(geometry, "resample_image", None)  # the index lookups, not SimpleITK
+    ours = resample_nearest(labels, source, target)
+    differ = np.argwhere(ours != theirs)
+    if differ.size:  # only within a hair of halfway
+        to_source = np.linalg.solve(source.affine, target.affine)
+        centres = differ @ to_source[:3, :3].T + to_source[:3, 3]
+        assert np.all(np.any(np.abs(centres - np.floor(centres) - 0.5) < 1e-3, axis=1))
+    assert len(differ) < 1e-3 * ours.size
