@@ -272,3 +272,18 @@ def test_nearest_treats_float32_rounding_of_the_axes_as_parallel(monkeypatch):
         centres = differ @ to_source[:3, :3].T + to_source[:3, 3]
         assert np.all(np.any(np.abs(centres - np.floor(centres) - 0.5) < 1e-3, axis=1))
     assert len(differ) < 1e-3 * ours.size
+
+
+def test_float32_rounding_of_a_header_leaves_the_model_grid_on_the_scans_voxels():
+    """A box longer than whole model voxels by a rounding error got one more voxel, which moved the whole grid half
+    a voxel off the scan's own voxels (every value interpolated, labels halfway between two model voxels)."""
+    plain = Grid((122, 101, 112), affine_from_spacing((3.0, 3.0, 3.0), origin=(-180.0, -150.0, -160.0)))
+    noisy_affine = plain.affine.copy()
+    noisy_affine[:3, :3] += np.array([[0, 3e-8, 0], [-2e-8, 0, 1e-8], [0, 0, 0]])  # a float32 direction
+    for spacing in [(3.0, 3.0, 3.0), (1.5, 1.5, 1.5)]:
+        expected = model_grid(plain, "RAS", spacing)
+        grid = model_grid(Grid(plain.shape, noisy_affine), "RAS", spacing)
+        assert grid.shape == expected.shape
+        np.testing.assert_allclose(grid.affine, expected.affine, atol=1e-4)
+    wider = Grid((122, 101, 112), affine_from_spacing((3.0, 3.0, 3.003), origin=(-180.0, -150.0, -160.0)))
+    assert model_grid(wider, "RAS", (3.0, 3.0, 3.0)).shape[2] == 113  # a real 0.1-voxel excess still gets its voxel

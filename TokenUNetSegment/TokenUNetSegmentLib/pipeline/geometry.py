@@ -14,6 +14,7 @@ import SimpleITK as sitk
 from .errors import InputError
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+GRID_SLACK = 1e-3  # voxels of a scan's box that model_grid may leave uncovered (header rounding)
 PARALLEL_TOLERANCE = 1e-6  # relative cross term below which two grids' axes count as parallel (resample_nearest)
 AXIS_VECTORS = {"R": (1, 0, 0), "L": (-1, 0, 0), "A": (0, 1, 0), "P": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
 
@@ -205,7 +206,9 @@ def model_grid(source: Grid, orientation: str, spacing) -> Grid:
     spacing = np.asarray(spacing, dtype=np.float64)
     coords = source.corners_ras() @ direction  # corner coordinates along the model axes
     lo, hi = coords.min(axis=0), coords.max(axis=0)
-    shape = np.maximum(1, np.ceil((hi - lo) / spacing - 1e-6)).astype(int)
+    # a box longer than whole voxels by under GRID_SLACK of one (float32 header rounding) gets no extra voxel: with
+    # one, the grid would sit half a voxel off the scan's own voxels and every value would be interpolated
+    shape = np.maximum(1, np.ceil((hi - lo) / spacing - GRID_SLACK)).astype(int)
     start = lo + ((hi - lo) - shape * spacing) / 2 + spacing / 2  # centre the grid on the box
     affine = np.eye(4)
     affine[:3, :3] = direction * spacing
