@@ -98,7 +98,7 @@ def test_a_run_that_keeps_the_cpus_busy_itself_still_gets_every_thread(monkeypat
     now = device.cpu_sample()
     own = (now.own - since.own) / (now.when - since.when)
     others = device.load_of_others(since, now)
-    assert own > 0.8 and others is not None and others < 0.5  # about 0 here; 1 if its own work counted
+    assert own > 0.8 and others is not None and others < own - 0.3  # about 0 here; own or more if it counted
     assert device.threads_for_load(2, cpus=2, load=0.0, since=since) == 2
     calls = []
     monkeypatch.setattr(device, "load_of_others", lambda s: calls.append(s) or 0.0)
