@@ -4,6 +4,7 @@ import json
 import signal
 import struct
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 from helpers.packages import PHANTOM_AFFINE, ball_phantom, blank_network, make_package, tiny_config
 from helpers.paths import SAMPLE_CT
-from helpers.processes import start_cli
+from helpers.processes import run_python, start_cli
 from TokenUNetSegmentLib.pipeline import cli, segment_command
 from TokenUNetSegmentLib.pipeline.confidence import Assessment
 from TokenUNetSegmentLib.pipeline.errors import CancelledError
@@ -121,6 +122,78 @@ def test_an_empty_result_is_reported_as_such(cli_case, tmp_path, capsys):
 def segment_cli(path, package, out, *options) -> int:
     """Exit code of ``segment PATH --model PACKAGE --out OUT OPTIONS...`` through the CLI."""
     return cli.main(["segment", str(path), "--model", str(package), "--out", str(out), *options])
+
+
+def test_inputs_are_read_while_torch_is_imported_and_the_package_loaded(cli_case, tmp_path, monkeypatch):
+    """The input reading runs in its own thread next to the package loading (which imports torch): here the
+    reader waits until the loading has begun, which would never happen if the two ran one after the other."""
+    import threading
+
+    from TokenUNetSegmentLib.pipeline import package_loader, volumes
+
+    _, package, path = cli_case
+    loading, threads = threading.Event(), []
+    real_as_volume, real_load_package = volumes.as_volume, package_loader.load_package
+
+    def as_volume(item, *args):
+        threads.append(threading.current_thread())
+        assert loading.wait(30), "the package was not loaded while the input was read"
+        return real_as_volume(item, *args)
+
+    def load_package(*args, **kwargs):
+        loading.set()
+        return real_load_package(*args, **kwargs)
+
+    monkeypatch.setattr(volumes, "as_volume", as_volume)
+    monkeypatch.setattr(package_loader, "load_package", load_package)
+    out = tmp_path / "out"
+    assert segment_cli(path, package, out, "--device", "cpu", "--no-heatmaps", "--no-overview") == 0
+    assert threads and threading.main_thread() not in threads and (out / "segmentation.seg.nrrd").exists()
+
+
+def test_an_input_that_fails_later_still_exits_2_in_one_line_and_writes_nothing(cli_case, tmp_path, monkeypatch, capsys):
+    from TokenUNetSegmentLib.pipeline import volumes
+    from TokenUNetSegmentLib.pipeline.errors import InputError
+
+    _, package, path = cli_case
+
+    def as_volume(item, *args):
+        time.sleep(0.2)  # after the quick-failure wait: reported once the package is loaded
+        raise InputError("the DICOM slices in ct are shifted in plane", "resample it first")
+
+    monkeypatch.setattr(volumes, "as_volume", as_volume)
+    monkeypatch.setattr(segment_command, "QUICK_FAILURE_S", 0.0)
+    assert segment_cli(path, package, tmp_path / "out", "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the DICOM slices in ct are shifted") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_input_that_fails_at_once_is_reported_before_torch_is_imported(cli_case, tmp_path):
+    _, package, _ = cli_case
+    code = (
+        "import json, sys\n"
+        "from TokenUNetSegmentLib.pipeline import cli, segment_command\n"
+        "segment_command.QUICK_FAILURE_S = 60.0  # waits for the reading to end (a missing file: at once)\n"
+        f"code = cli.main(['segment', {str(tmp_path / 'missing.nii.gz')!r}, '--model', {str(package)!r}, "
+        f"'--out', {str(tmp_path / 'out')!r}])\n"
+        "print(json.dumps([code, 'torch' in sys.modules]))\n"
+    )
+    assert json.loads(run_python(code).strip().splitlines()[-1]) == [2, False]
+
+
+def test_a_background_call_returns_its_value_or_raises_its_error_in_the_caller():
+    call = segment_command.BackgroundCall(lambda: 42)
+    assert call.result() == 42 and not call.failed
+
+    def fail():
+        raise ValueError("bad input")
+
+    call = segment_command.BackgroundCall(fail)
+    call.wait()
+    assert call.failed
+    with pytest.raises(ValueError, match="bad input"):
+        call.result()
 
 
 def test_progress_json_lines_are_monotonic_and_cover_writing(cli_case, tmp_path, capsys):
