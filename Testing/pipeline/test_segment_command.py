@@ -151,7 +151,9 @@ def test_inputs_are_read_while_torch_is_imported_and_the_package_loaded(cli_case
     assert threads and threading.main_thread() not in threads and (out / "segmentation.seg.nrrd").exists()
 
 
-def test_an_input_that_fails_later_still_exits_2_in_one_line_and_writes_nothing(cli_case, tmp_path, monkeypatch, capsys):
+def test_an_input_that_fails_later_still_exits_2_in_one_line_and_writes_nothing(
+    cli_case, tmp_path, monkeypatch, capsys
+):
     from TokenUNetSegmentLib.pipeline import volumes
     from TokenUNetSegmentLib.pipeline.errors import InputError
 
