@@ -112,3 +112,47 @@ def test_label_extents_are_each_values_index_bounds_whatever_the_values_and_slab
     assert label_extents(labels[:, :, :0], [1]) == {1: "0 -1 0 -1 0 -1"}
     small = np.where(labels < 16, labels, 0).astype(np.uint8)
     assert label_extents(small, [1, 7]) == {1: "3 8 5 5 2 15", 7: label_extents(labels, [7])[7]}  # 16-bit words
+
+
+def test_the_overview_drawn_next_to_the_other_files_is_in_the_folder_or_nothing_is(result, tmp_path, monkeypatch):
+    """The overview is rendered in a thread while the segmentation and maps are written: it lands in the folder
+    with them, its error is the write's error, and when another file fails the folder is removed only once the
+    drawing has ended (a late overview would otherwise recreate the removed staging folder)."""
+    import threading
+    import time
+
+    from TokenUNetSegmentLib.pipeline import outputs, overview
+
+    image = ball_phantom((40, 36, 24), (20, 18, 12), (9, 8, 6))
+    drawn_in = []
+
+    def slow_overview(path, *args):
+        drawn_in.append(threading.current_thread())
+        time.sleep(0.3)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"png")
+        return path
+
+    monkeypatch.setattr(overview, "render_overview", slow_overview)
+    written = write_outputs(result, tmp_path / "out", image=image)
+    assert (tmp_path / "out" / "overview.png").read_bytes() == b"png" and "overview" in written
+    assert drawn_in and threading.main_thread() not in drawn_in
+    assert "overview.png" in json.loads((tmp_path / "out" / "report.json").read_text())["files"]
+
+    def failing_segmentation(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs, "write_segmentation", failing_segmentation)
+    with pytest.raises(Exception, match="is full"):
+        write_outputs(result, tmp_path / "failed", image=image)
+    time.sleep(0.4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no folder, no staging left behind
+
+    def failing_overview(*args):
+        raise ValueError("cannot draw")
+
+    monkeypatch.undo()  # the real segmentation writer
+    monkeypatch.setattr(overview, "render_overview", failing_overview)
+    with pytest.raises(ValueError, match="cannot draw"):
+        write_outputs(result, tmp_path / "again", image=image)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

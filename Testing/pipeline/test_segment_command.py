@@ -15,6 +15,7 @@ from helpers.packages import PHANTOM_AFFINE, ball_phantom, blank_network, make_p
 from helpers.paths import SAMPLE_CT
 from helpers.processes import run_python, start_cli
 from TokenUNetSegmentLib.pipeline import cli, segment_command
+from TokenUNetSegmentLib.pipeline.background import BackgroundCall
 from TokenUNetSegmentLib.pipeline.confidence import Assessment
 from TokenUNetSegmentLib.pipeline.errors import CancelledError
 from TokenUNetSegmentLib.pipeline.geometry import affine_of_image, image_from_array
@@ -185,13 +186,13 @@ def test_an_input_that_fails_at_once_is_reported_before_torch_is_imported(cli_ca
 
 
 def test_a_background_call_returns_its_value_or_raises_its_error_in_the_caller():
-    call = segment_command.BackgroundCall(lambda: 42)
+    call = BackgroundCall(lambda: 42)
     assert call.result() == 42 and not call.failed
 
     def fail():
         raise ValueError("bad input")
 
-    call = segment_command.BackgroundCall(fail)
+    call = BackgroundCall(fail)
     call.wait()
     assert call.failed
     with pytest.raises(ValueError, match="bad input"):

