@@ -126,15 +126,20 @@ def segment_cli(path, package, out, *options) -> int:
 
 
 def test_inputs_are_read_while_torch_is_imported_and_the_package_loaded(cli_case, tmp_path, monkeypatch):
-    """The input reading runs in its own thread next to the package loading (which imports torch): here the
-    reader waits until the loading has begun, which would never happen if the two ran one after the other."""
+    """The input reading and its resampling onto the model grid run in their own thread next to the package loading
+    (which imports torch): here the reader waits until the loading has begun, which would never happen if the two
+    ran one after the other. Meanwhile threads hand over the GIL every millisecond, then as before."""
     import threading
 
-    from TokenUNetSegmentLib.pipeline import package_loader, volumes
+    from TokenUNetSegmentLib.pipeline import package_loader, preprocess, volumes
 
     _, package, path = cli_case
-    loading, threads = threading.Event(), []
-    real_as_volume, real_load_package = volumes.as_volume, package_loader.load_package
+    loading, threads, resampled_in, intervals = threading.Event(), [], [], [sys.getswitchinterval()]
+    real_as_volume, real_load_package, real_resample = (
+        volumes.as_volume,
+        package_loader.load_package,
+        preprocess.resample,
+    )
 
     def as_volume(item, *args):
         threads.append(threading.current_thread())
@@ -142,14 +147,22 @@ def test_inputs_are_read_while_torch_is_imported_and_the_package_loaded(cli_case
         return real_as_volume(item, *args)
 
     def load_package(*args, **kwargs):
+        intervals.append(sys.getswitchinterval())
         loading.set()
         return real_load_package(*args, **kwargs)
 
+    def resample(*args, **kwargs):
+        resampled_in.append(threading.current_thread())
+        return real_resample(*args, **kwargs)
+
     monkeypatch.setattr(volumes, "as_volume", as_volume)
     monkeypatch.setattr(package_loader, "load_package", load_package)
+    monkeypatch.setattr(preprocess, "resample", resample)
     out = tmp_path / "out"
     assert segment_cli(path, package, out, "--device", "cpu", "--no-heatmaps", "--no-overview") == 0
     assert threads and threading.main_thread() not in threads and (out / "segmentation.seg.nrrd").exists()
+    assert resampled_in == threads[:1]  # once, ahead, in the reading thread: prepare() took its result
+    assert intervals[1] == segment_command.READ_SWITCH_INTERVAL_S and sys.getswitchinterval() == intervals[0]
 
 
 def test_an_input_that_fails_later_still_exits_2_in_one_line_and_writes_nothing(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 
 
@@ -39,3 +41,18 @@ class BackgroundCall:
         if not succeeded:
             raise value
         return value
+
+
+@contextlib.contextmanager
+def switch_interval(seconds: float):
+    """Threads hand the GIL over after ``seconds`` (Python's default: 5 ms) inside the block; restored after.
+
+    A thread that calls C++ in many short steps waits for the GIL after each step while another thread runs Python:
+    a shorter interval lets it go on sooner.
+    """
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)

@@ -42,13 +42,17 @@ class Prepared:
         return in_grid, in_region
 
 
+def _same_grid(a: Grid, b: Grid) -> bool:
+    return a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-5)
+
+
 def stack_channels(volumes: list[Volume], names: list[str]) -> tuple[list[np.ndarray], Grid]:
     """Every channel on the first channel's grid (resampled in physical space when needed)."""
     reference = volumes[0].grid
     arrays = [volumes[0].array]
     for volume, name in zip(volumes[1:], names[1:], strict=True):
         grid = volume.grid
-        if grid.shape == reference.shape and np.allclose(grid.affine, reference.affine, atol=1e-5):
+        if _same_grid(grid, reference):
             arrays.append(volume.array)
             continue
         if not overlaps(reference, grid) or not overlaps(grid, reference):
@@ -118,6 +122,33 @@ def small_volume_warning(source: Grid, model: Grid, roi_size) -> str | None:
     )
 
 
+def resample_ahead(volumes: list[Volume], config: PackageConfig) -> None:
+    """Resample the channels that lie on the first channel's grid onto the model grid now, into each
+    ``Volume.on_model_grid``, where :func:`prepare` takes them (the same values it would compute).
+
+    The command line calls this in its reading thread while torch is imported (SimpleITK's resampler lets the
+    import run on: 0.45 s of a 512 x 512 x 300 CT at 1.5 mm). A channel whose model-grid copy would take more
+    memory than its own voxels is left to :func:`prepare`, after the run's memory check.
+    """
+    pre = config.preprocessing
+    reference = volumes[0].grid
+    grid = model_grid(reference, pre.orientation, pre.spacing)
+    if _same_grid(grid, reference):
+        return
+    for volume in volumes:
+        if _same_grid(volume.grid, reference) and 4 * int(np.prod(grid.shape)) <= volume.array.nbytes:
+            array = volume.array
+            volume.on_model_grid = (grid, resample(array, reference, grid, "linear", default=float(array.min())))
+
+
+def _take_ahead(volume: Volume, grid: Grid) -> np.ndarray | None:
+    """The volume's array resampled ahead onto ``grid`` (dropped from the volume), or None."""
+    ahead, volume.on_model_grid = volume.on_model_grid, None
+    if ahead is None or not _same_grid(ahead[0], grid):
+        return None
+    return ahead[1]
+
+
 def prepare(volumes: list[Volume], config: PackageConfig, size_multiple: int, roi_size, progress=None) -> Prepared:
     """Preprocess ``volumes`` (one per input channel, in the package's order) for the package ``config``."""
     names = config.input_names
@@ -134,10 +165,11 @@ def prepare(volumes: list[Volume], config: PackageConfig, size_multiple: int, ro
         low, high = float(array.min()), float(array.max())
         if low == high:
             warnings.append(f"channel '{name}' is constant ({low:g}); the result will be meaningless")
-        if grid.shape == reference.shape and np.allclose(grid.affine, reference.affine, atol=1e-5):
+        if _same_grid(grid, reference):
             model_arrays.append(np.asarray(array, dtype=np.float32))
         else:
-            model_arrays.append(resample(array, reference, grid, "linear", default=low))
+            ahead = _take_ahead(volumes[index], grid) if _same_grid(volumes[index].grid, reference) else None
+            model_arrays.append(ahead if ahead is not None else resample(array, reference, grid, "linear", default=low))
         arrays[index] = None  # free the source-grid copy early
         if progress:
             progress.update("preprocess", 0.6 * (index + 1) / len(volumes))

@@ -22,6 +22,7 @@ class Volume:
     affine: np.ndarray
     name: str = "volume"
     warnings: list[str] = field(default_factory=list)
+    on_model_grid: tuple[Grid, np.ndarray] | None = field(default=None, repr=False)  # see preprocess.resample_ahead
 
     @property
     def grid(self) -> Grid:
