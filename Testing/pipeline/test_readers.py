@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from helpers.paths import MODULE_DIR
 from helpers.readers import (
     AFFINE,
@@ -55,6 +56,25 @@ def test_a_file_shorter_than_its_header_says_is_refused(tmp_path, kind, keep):
     with pytest.raises(InputError, match="is truncated|corrupt compressed data|not a valid") as error:
         read_volume(path)
     one_line(error.value)
+
+
+def test_opening_checks_the_header_and_reading_the_voxels_in_two_steps(tmp_path):
+    """``open_image`` refuses what its header shows at once and leaves the voxel data to the function it returns
+    (which the command line runs in a thread); read_image is the two in one."""
+    path = write_volume(tmp_path, "nrrd")
+    read = readers.open_image(path)
+    image, warnings = read()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image).transpose(2, 1, 0), volume_array())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the header intact, half the voxels
+    read = readers.open_image(path)  # no voxel read yet
+    with pytest.raises(InputError, match="is truncated"):
+        read()
+    with pytest.raises(InputError, match="input not found"):
+        readers.open_image(tmp_path / "missing.nrrd")
+    (tmp_path / "bad.nrrd").write_text("NRRD0004\ntype: float\ndimension: 3\nsizes: 4 4 -4\n\n")
+    with pytest.raises(InputError):
+        readers.open_image(tmp_path / "bad.nrrd")
 
 
 def test_the_truncated_nii_gz_of_the_issue_is_refused_not_zero_filled(tmp_path):

@@ -4,7 +4,6 @@ import json
 import signal
 import struct
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -126,7 +125,7 @@ def segment_cli(path, package, out, *options) -> int:
 
 
 def test_inputs_are_read_while_torch_is_imported_and_the_package_loaded(cli_case, tmp_path, monkeypatch):
-    """The input reading and its resampling onto the model grid run in their own thread next to the package loading
+    """The input voxels are read and resampled onto the model grid in their own thread next to the package loading
     (which imports torch): here the reader waits until the loading has begun, which would never happen if the two
     ran one after the other. Meanwhile threads hand over the GIL every millisecond, then as before."""
     import threading
@@ -135,16 +134,19 @@ def test_inputs_are_read_while_torch_is_imported_and_the_package_loaded(cli_case
 
     _, package, path = cli_case
     loading, threads, resampled_in, intervals = threading.Event(), [], [], [sys.getswitchinterval()]
-    real_as_volume, real_load_package, real_resample = (
-        volumes.as_volume,
-        package_loader.load_package,
-        preprocess.resample,
-    )
+    real_open, real_load_package, real_resample = volumes.open_input, package_loader.load_package, preprocess.resample
 
-    def as_volume(item, *args):
-        threads.append(threading.current_thread())
-        assert loading.wait(30), "the package was not loaded while the input was read"
-        return real_as_volume(item, *args)
+    def open_input(item, *args):
+        read = real_open(item, *args)
+        if isinstance(item, volumes.Volume):  # segment() taking the volumes read
+            return read
+
+        def read_when_loading():
+            threads.append(threading.current_thread())
+            assert loading.wait(30), "the package was not loaded while the input was read"
+            return read()
+
+        return read_when_loading
 
     def load_package(*args, **kwargs):
         intervals.append(sys.getswitchinterval())
@@ -155,7 +157,7 @@ def test_inputs_are_read_while_torch_is_imported_and_the_package_loaded(cli_case
         resampled_in.append(threading.current_thread())
         return real_resample(*args, **kwargs)
 
-    monkeypatch.setattr(volumes, "as_volume", as_volume)
+    monkeypatch.setattr(volumes, "open_input", open_input)
     monkeypatch.setattr(package_loader, "load_package", load_package)
     monkeypatch.setattr(preprocess, "resample", resample)
     out = tmp_path / "out"
@@ -165,37 +167,39 @@ def test_inputs_are_read_while_torch_is_imported_and_the_package_loaded(cli_case
     assert intervals[1] == segment_command.READ_SWITCH_INTERVAL_S and sys.getswitchinterval() == intervals[0]
 
 
-def test_an_input_that_fails_later_still_exits_2_in_one_line_and_writes_nothing(
-    cli_case, tmp_path, monkeypatch, capsys
+def test_damaged_voxel_data_found_while_torch_is_imported_exits_2_in_one_line_and_writes_nothing(
+    cli_case, tmp_path, capsys
 ):
-    from TokenUNetSegmentLib.pipeline import volumes
-    from TokenUNetSegmentLib.pipeline.errors import InputError
-
-    _, package, path = cli_case
-
-    def as_volume(item, *args):
-        time.sleep(0.2)  # after the quick-failure wait: reported once the package is loaded
-        raise InputError("the DICOM slices in ct are shifted in plane", "resample it first")
-
-    monkeypatch.setattr(volumes, "as_volume", as_volume)
-    monkeypatch.setattr(segment_command, "QUICK_FAILURE_S", 0.0)
+    _, package, _ = cli_case
+    path = tmp_path / "short.nii"
+    ct = sitk.ReadImage(str(cli_case[2]))
+    sitk.WriteImage(ct, str(path))
+    path.write_bytes(path.read_bytes()[:-5000])  # the header is whole, the voxels are not
     assert segment_cli(path, package, tmp_path / "out", "--device", "cpu") == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: the DICOM slices in ct are shifted") and err.count("\n") == 1
+    assert err.startswith("error: short.nii is truncated") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 
-def test_an_input_that_fails_at_once_is_reported_before_torch_is_imported(cli_case, tmp_path):
+def test_a_bad_header_or_dicom_series_is_reported_before_torch_is_imported(cli_case, tmp_path):
+    from helpers.readers import write_dicom_series
+
     _, package, _ = cli_case
-    code = (
-        "import json, sys\n"
-        "from TokenUNetSegmentLib.pipeline import cli, segment_command\n"
-        "segment_command.QUICK_FAILURE_S = 60.0  # waits for the reading to end (a missing file: at once)\n"
-        f"code = cli.main(['segment', {str(tmp_path / 'missing.nii.gz')!r}, '--model', {str(package)!r}, "
-        f"'--out', {str(tmp_path / 'out')!r}])\n"
-        "print(json.dumps([code, 'torch' in sys.modules]))\n"
-    )
-    assert json.loads(run_python(code).strip().splitlines()[-1]) == [2, False]
+    series = tmp_path / "series"
+    write_dicom_series(series, np.zeros((12, 16, 16), np.int16))
+    (series / "IM0006.dcm").unlink()
+    (tmp_path / "text.nii").write_text("not an image")
+    results = []
+    for name in ("missing.nii.gz", "text.nii", "series"):
+        code = (
+            "import json, sys\n"
+            "from TokenUNetSegmentLib.pipeline import cli\n"
+            f"code = cli.main(['segment', {str(tmp_path / name)!r}, '--model', {str(package)!r}, "
+            f"'--out', {str(tmp_path / 'out')!r}])\n"
+            "print(json.dumps([code, 'torch' in sys.modules]))\n"
+        )
+        results.append(json.loads(run_python(code).strip().splitlines()[-1]))
+    assert results == [[2, False]] * 3
 
 
 def test_a_background_call_returns_its_value_or_raises_its_error_in_the_caller():

@@ -55,9 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
 
 
-QUICK_FAILURE_S = 0.05  # how long the input reading gets to fail on its own before torch is imported
-# The reading thread returns to Python after each of its many short SimpleITK calls and waits for the GIL that
-# torch's import holds; at Python's 5 ms default, reading the 300-slice CT took 1.5-2 s instead of 0.75 s
+# The reading thread returns to Python between its SimpleITK calls and waits for the GIL that torch's import holds
 READ_SWITCH_INTERVAL_S = 0.001
 
 
@@ -92,11 +90,10 @@ def assessment_lines(result) -> list[str]:
 def run_segment(args: argparse.Namespace, cancel=None) -> int:
     """Segment ``args.inputs`` and write the output folder; returns the exit code (errors raise).
 
-    What the user can get wrong (the output folder, the model, the inputs' channels) is checked before torch is
-    imported. The input files are read and resampled onto the model grid (:func:`.preprocess.resample_ahead`) in
-    a thread while torch is imported and the package loaded; an input that fails at once (a missing or unknown
-    file) is reported before the import, one that fails later once it is done, then the free disk space is
-    checked. The output folder is
+    What the user can get wrong (the output folder, the model, the inputs' channels and headers: a DICOM series'
+    slices included) is checked before torch is imported. The voxels are then read and resampled onto the model
+    grid (:func:`.preprocess.resample_ahead`) in a thread while torch is imported and the package loaded (damaged
+    voxel data is reported once that is done), then the free disk space is checked. The output folder is
     locked from the start and replaced only when the run is done.
     """
     from .catalog import ModelStore
@@ -105,7 +102,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     from .package_source import read_metadata
     from .preprocess import resample_ahead
     from .progress import Progress
-    from .volumes import as_volume
+    from .volumes import open_input
 
     cancel = cancel or threading.Event()
     printer = ProgressPrinter(args.progress)
@@ -128,17 +125,15 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
             assigned = assign_inputs(inputs, config)
             if all(assigned.values()) and len(set(assigned.values())) == len(inputs):
                 inputs = list(assigned.values())
+        opened = [open_input(item) for item in inputs]  # headers checked, DICOM slices' included
 
         def read_inputs() -> list:  # once: segment() and the overview share them
-            volumes = [as_volume(item) for item in inputs]
+            volumes = [read() for read in opened]
             resample_ahead(volumes, config)
             return volumes
 
         with switch_interval(READ_SWITCH_INTERVAL_S):
             reading = BackgroundCall(read_inputs, "TokenUNet read")  # next to torch's import
-            reading.wait(QUICK_FAILURE_S)
-            if reading.failed:
-                reading.result()  # raises its error before torch is imported
             from .outputs import write_outputs
             from .package_loader import load_package
             from .segmentation import segment

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .geometry import Grid, affine_of_image, check_affine
-from .readers import read_image
+from .readers import open_image
 
 
 @dataclass
@@ -31,13 +32,20 @@ class Volume:
 
 def as_volume(item, name: str | None = None) -> Volume:
     """A checked :class:`Volume` from a Volume, an ``(array, ijk_to_ras)`` pair, a path or ``sample:ID``."""
+    return open_input(item, name)()
+
+
+def open_input(item, name: str | None = None) -> Callable[[], Volume]:
+    """:func:`as_volume` in two steps: a file's header (a DICOM series' slice headers) is read and checked now, the
+    returned function reads the voxels and checks the volume (see :func:`.readers.open_image`)."""
     from .samples import resolve_input
 
     item = resolve_input(item)
+    if isinstance(item, (str, Path)):
+        read_file = open_volume(item)
+        return lambda: _checked(read_file())
     if isinstance(item, Volume):
         volume = item
-    elif isinstance(item, (str, Path)):
-        volume = read_volume(item)
     elif isinstance(item, (tuple, list)) and len(item) == 2:
         volume = Volume(np.asarray(item[0]), np.asarray(item[1]), name or "array")
     else:
@@ -45,6 +53,11 @@ def as_volume(item, name: str | None = None) -> Volume:
             f"unsupported input {type(item).__name__}",
             "pass a file path, a DICOM folder or an (array, ijk_to_ras 4x4) pair",
         )
+    _checked(volume)
+    return lambda: volume
+
+
+def _checked(volume: Volume) -> Volume:
     check_volume(volume)
     return volume
 
@@ -79,13 +92,23 @@ def read_volume(path: str | Path, limit: int | None = None) -> Volume:
     ``limit``: bytes the voxels may take while read (default: free memory or ``TOKENUNET_MEMORY_LIMIT``).
     The reader's warnings (e.g. uneven DICOM slices) are kept in ``Volume.warnings``.
     """
+    return open_volume(path, limit)()
+
+
+def open_volume(path: str | Path, limit: int | None = None) -> Callable[[], Volume]:
+    """:func:`read_volume` in two steps: the header now, the voxels when the returned function is called."""
     from .arguments import as_path
 
     path = as_path(path, "an input volume")
-    image, warnings = read_image(path, limit)
-    volume = volume_from_image(image, path.name)
-    volume.warnings = warnings
-    return volume
+    read_image = open_image(path, limit)
+
+    def read() -> Volume:
+        image, warnings = read_image()
+        volume = volume_from_image(image, path.name)
+        volume.warnings = warnings
+        return volume
+
+    return read
 
 
 def volume_from_image(image: sitk.Image, name: str = "volume") -> Volume:

@@ -9,12 +9,14 @@ checked to form one regular grid. What a careful reader would go on with comes b
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import SimpleITK as sitk
 
 from ..errors import InputError, OutOfMemoryError
-from .dicom import read_series
+from .dicom import open_series
 from .header import check_header, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
 from .metaimage import parse_metaimage
@@ -48,11 +50,19 @@ def read_image(path: str | Path, limit: int | None = None) -> tuple[sitk.Image, 
     Raises:
         InputError: the file is missing, unsupported, truncated, damaged, too large or badly formed.
     """
+    return open_image(path, limit)()
+
+
+def open_image(path: str | Path, limit: int | None = None) -> Callable[[], tuple[sitk.Image, list[str]]]:
+    """:func:`read_image` in two steps: the file's header (a DICOM series' slice headers) is read and checked now,
+    the returned function checks the voxel data is all there and reads it (long C++ calls that release the GIL:
+    the command line runs them in a thread while torch is imported). Both steps raise as :func:`read_image`."""
     path = Path(path)
     name = path.name
-    try:
+    with _read_errors(name):
         if path.is_dir():
-            return read_series(path, limit)
+            read_voxels = open_series(path, limit)
+            return lambda: _guarded(name, read_voxels)
         if not path.exists():
             raise InputError(f"input not found: {path}")
         if not path.is_file():  # a FIFO or a device would block or never end
@@ -66,16 +76,32 @@ def read_image(path: str | Path, limit: int | None = None) -> tuple[sitk.Image, 
         parse, image_io = FORMATS[suffix]
         header = parse(path, name)
         check_header(header, name, limit)
+
+    def read_file() -> tuple[sitk.Image, list[str]]:
         verify_payloads(header.payloads, name)
         image = _read_file(path, image_io, name, limit)
+        read = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel()
+        if read != header.values:
+            raise InputError(f"{name}: read {read} values where its header declares {header.values}", "export it again")
+        return image, list(header.warnings)
+
+    return lambda: _guarded(name, read_file)
+
+
+def _guarded(name: str, read):
+    with _read_errors(name):
+        return read()
+
+
+@contextlib.contextmanager
+def _read_errors(name: str):
+    """The operating system's errors while reading ``name`` as the user's errors."""
+    try:
+        yield
     except OSError as error:
         raise InputError(f"cannot read {name}: {error.strerror or error}", "check that the file is readable") from None
     except MemoryError:
         raise OutOfMemoryError(f"out of memory while reading {name}", "free memory or crop the volume") from None
-    read = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel()
-    if read != header.values:
-        raise InputError(f"{name}: read {read} values where its header declares {header.values}", "export it again")
-    return image, list(header.warnings)
 
 
 def _read_file(path: Path, image_io: str, name: str, limit: int | None) -> sitk.Image:

@@ -11,6 +11,7 @@ several series in the folder (the largest is read), slightly uneven spacing, DIC
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,12 @@ class Slice:
 
 def read_series(folder: Path, limit: int | None = None) -> tuple[sitk.Image, list[str]]:
     """The DICOM series in ``folder`` (the one with most files when there are several) and any warnings."""
+    return open_series(folder, limit)()
+
+
+def open_series(folder: Path, limit: int | None = None) -> Callable[[], tuple[sitk.Image, list[str]]]:
+    """:func:`read_series` in two steps: the series is found and its slices' headers checked now; the returned
+    function reads and stacks the voxels (one long SimpleITK call, which another thread can run)."""
     warnings: list[str] = []
     reader = sitk.ImageSeriesReader()
     try:
@@ -71,7 +78,7 @@ def read_series(folder: Path, limit: int | None = None) -> tuple[sitk.Image, lis
         )
     if len(slices) == 1:
         if slices[0].size[2:] and slices[0].size[2] > 1:  # one multi-frame file: its frames are the volume
-            return _read_files(reader, [slices[0].file], slices, folder, limit), warnings
+            return lambda: (_read_files(reader, [slices[0].file], slices, folder, limit), warnings)
         raise InputError(f"the DICOM series in {folder.name} has one slice", "segmentation needs a 3D volume")
     try:
         ordered, uneven = check_slices(slices, folder.name)
@@ -84,7 +91,7 @@ def read_series(folder: Path, limit: int | None = None) -> tuple[sitk.Image, lis
         ) from None
     if uneven:
         warnings.append(uneven)
-    return _read_files(reader, [s.file for s in ordered], ordered, folder, limit), warnings
+    return lambda: (_read_files(reader, [s.file for s in ordered], ordered, folder, limit), warnings)
 
 
 def _slice_info(file: str, folder: Path) -> Slice:
