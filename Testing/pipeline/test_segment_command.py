@@ -352,3 +352,24 @@ def test_segment_the_bundled_real_ct_end_to_end(sample_cli_run):
     assert report["flags"] == [] and not report["summary"].startswith("No organ found")
     trusted = [e for e in report["labels"] if e["confidence"] >= 0.6 and {f["code"] for f in e["flags"]} <= {"cut_off"}]
     assert "liver" in {e["name"] for e in trusted}, report["summary"]
+
+
+def test_a_run_that_fails_while_the_voxels_are_read_still_exits_with_its_own_code(tmp_path):
+    """The process waits for the reading thread: exiting while SimpleITK reads a series in another thread crashed
+    the interpreter (a segmentation fault or an abort instead of exit code 2)."""
+    import subprocess
+
+    from helpers.paths import MODULE_DIR
+    from helpers.readers import write_dicom_series
+
+    write_dicom_series(tmp_path / "series", np.zeros((120, 256, 256), np.int16))
+    code = (
+        "import sys\n"
+        "from TokenUNetSegmentLib.pipeline.background import BackgroundCall\n"
+        "from TokenUNetSegmentLib.pipeline.volumes import open_input\n"
+        f"BackgroundCall(open_input({str(tmp_path / 'series')!r}))\n"
+        "sys.exit(2)  # e.g. a damaged model package found meanwhile\n"
+    )
+    for _ in range(4):
+        done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr[-500:]
