@@ -185,6 +185,12 @@ def main() -> None:
         "--baseline-dir",
         help="with --cli: also run every command with another checkout's TokenUNetSegment folder (interleaved)",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="with --cli: run every case this many times, alternating which version runs first, and print medians",
+    )
     parser.add_argument("--image", help="an existing CT file instead of the synthetic volume (e.g. the bundled sample)")
     parser.add_argument("--run", choices=("ours", "swin"), help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)

@@ -46,6 +46,23 @@ def test_the_table_shows_the_cores_each_run_kept_busy_and_its_share_outside_the_
 
 
 @pytest.mark.slow
+def test_repeats_alternate_which_version_runs_first_and_the_table_shows_medians():
+    versions = {"baseline": Path("b"), "this": Path("t")}
+    assert [v for v, _ in user_path.run_order(versions, 0)] == ["baseline", "this"]
+    assert [v for v, _ in user_path.run_order(versions, 1)] == ["this", "baseline"]
+    rows = [run_row("this", wall, 2 * wall, 10.0) | {"repeat": r} for r, wall in enumerate([14.0, 19.0, 15.0])]
+    rows += [run_row("baseline", 20.0, 30.0, 10.0) | {"to_network_s": None, "outside_s": 10.0}]
+    rows[0] |= {"to_network_s": 2.0, "outside_s": 4.0}
+    rows[1] |= {"to_network_s": 3.0, "outside_s": 9.0}
+    rows[2] |= {"to_network_s": 2.5, "outside_s": 5.0}
+    medians = user_path.medians(rows)
+    this = next(m for m in medians if m["version"] == "this")
+    assert this["runs"] == 3 and this["wall_s"] == 15.0 and this["to_network_s"] == 2.5 and this["outside_s"] == 5.0
+    assert next(m for m in medians if m["version"] == "baseline")["to_network_s"] is None
+    header, line = user_path.table(medians, []).splitlines()[:2]
+    assert "to net" in header and f"{2.5:>8.2f}{5.0:>9.2f}" in line  # to the network, outside it
+
+
 def test_a_small_run_of_the_command_line_reports_every_stage(tmp_path):
     out = tmp_path / "cli.json"
     done = subprocess.run(

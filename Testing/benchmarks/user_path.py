@@ -7,7 +7,7 @@ progress lines Slicer's runs read; ``--device`` is bench_pipeline's: cpu unless 
 bundled default model and with a random-weight 32AttnLong package at 1.5 mm that it writes. Per run it prints:
 
 - wall: from starting the process to its exit (interpreter start-up and imports included);
-- first line: when the first progress line arrived;
+- first line: when the first progress line arrived; to net: when the ``inference`` stage began (the first window);
 - read: reading the DICOM series with the pipeline's reader in a separate process;
 - start-up: until the first progress line, less the read when that line comes after it (commands whose first
   line is the ``start`` stage print it before reading anything: there start-up = first line);
@@ -16,8 +16,11 @@ bundled default model and with a random-weight 32AttnLong package at 1.5 mm that
 - other: the rest of the wall time (importing torch and loading the model when the first line comes before them,
   and the interpreter's exit after the files are written);
 - cores: the CPU time of all the command's threads over its wall time (about 1 when the network ran one thread);
-- the peak resident memory of the process, the output folder's size and file count, and the share of the
-  wall time spent outside the network (everything but ``inference``).
+- the peak resident memory of the process, the output folder's size and file count, and the time (outside) and
+  share of the wall time spent outside the network (everything but ``inference``).
+
+``--repeats N`` runs every case N times, alternating which version goes first, and prints each figure's median
+(this machine's runs vary by seconds, and a run just after another is slower or faster for it).
 
 It also times ``--help`` and ``models list`` (median of 3 each). With ``--baseline-dir`` every command also runs
 with another checkout's code, just before this one's (same load on the machine: compare within a run).
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -136,13 +140,15 @@ def run_command(arguments: list[str], cwd: Path, module_dir: Path = MODULE_DIR) 
         stderr=subprocess.PIPE,
         text=True,
     )
-    first_line, err_lines = [], []
+    first_line, network_at, err_lines = [], [], []
 
     def watch_stderr():
         for line in process.stderr:
             if not first_line and '"stage"' in line:
                 first_line.append(time.perf_counter() - started)
                 first_line.append(json.loads(line).get("stage"))
+            if not network_at and '"stage": "inference"' in line:
+                network_at.append(time.perf_counter() - started)
             err_lines.append(line)
 
     watcher = threading.Thread(target=watch_stderr, daemon=True)
@@ -160,6 +166,7 @@ def run_command(arguments: list[str], cwd: Path, module_dir: Path = MODULE_DIR) 
         "peak_rss_gib": usage.ru_maxrss / 2**20,  # KiB on Linux
         "first_line": first_line[0] if first_line else None,
         "first_stage": first_line[1] if first_line else None,
+        "network_at": network_at[0] if network_at else None,
         "stdout": out,
     }
 
@@ -199,6 +206,8 @@ def segment_run(
         # whatever the stages above do not cover: torch's import and the model's loading after a "start" line,
         # the interpreter's exit after the files are written
         "other_s": round(done["wall"] - first - (read - read_before_first_line) - reported, 2),
+        "to_network_s": round(done["network_at"], 2) if done["network_at"] is not None else None,
+        "outside_s": round(done["wall"] - stages["inference"], 2),
         "non_network_share": round(1 - stages["inference"] / done["wall"], 3),
         "cpu_s": round(done["cpu"], 2),  # over wall: the cores the run kept busy on average
         "peak_rss_gib": round(done["peak_rss_gib"], 2),
@@ -246,17 +255,47 @@ def main(args, synthetic_ct, config) -> dict:
             }
             summary["commands"].append(row)
             print(json.dumps(row), flush=True)
+        repeats = getattr(args, "repeats", 1)
         for case, series in inputs.items():
             read = read_seconds(series)
             for model_name, model in models.items():
-                for version, module_dir in versions.items():
-                    out = scratch / f"out-{len(summary['runs'])}"
-                    row = {"case": case, "model": model_name, "version": version}
-                    row.update(segment_run(series, read, model, out, module_dir, args.device))
-                    summary["runs"].append(row)
-                    print(json.dumps(row), flush=True)
-    print(table(summary["runs"], summary["commands"]))
+                for repeat in range(repeats):
+                    for version, module_dir in run_order(versions, repeat):
+                        out = scratch / f"out-{len(summary['runs'])}"
+                        row = {"case": case, "model": model_name, "version": version, "repeat": repeat}
+                        row.update(segment_run(series, read, model, out, module_dir, args.device))
+                        shutil.rmtree(out)
+                        summary["runs"].append(row)
+                        print(json.dumps(row), flush=True)
+    summary["medians"] = medians(summary["runs"]) if repeats > 1 else []
+    print(table(summary["medians"] or summary["runs"], summary["commands"]))
     return summary
+
+
+def run_order(versions: dict, repeat: int) -> list:
+    """The versions in the order of ``repeat``: as given on even repeats, reversed on odd ones (the run just after
+    another's ran on a machine the first one left warm or fragmented; alternating cancels that out)."""
+    items = list(versions.items())
+    return items if repeat % 2 == 0 else items[::-1]
+
+
+def medians(rows: list[dict]) -> list[dict]:
+    """One row per case, model and version: the median of every figure over its repeats (``runs``: how many)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["case"], row["model"], row["version"]), []).append(row)
+    out = []
+    for (case, model, version), group in groups.items():
+        row = {"case": case, "model": model, "version": version, "runs": len(group)}
+        for key in group[0]:
+            if key.endswith("_s") or key in ("non_network_share", "peak_rss_gib", "output_mb", "output_files"):
+                values = [r[key] for r in group if r[key] is not None]
+                if not values:
+                    row[key] = None
+                else:  # a file count stays a whole number
+                    row[key] = (statistics.median_low if key == "output_files" else statistics.median)(values)
+        out.append(row)
+    return out
 
 
 def table(rows: list[dict], commands: list[dict]) -> str:
@@ -268,13 +307,15 @@ def table(rows: list[dict], commands: list[dict]) -> str:
     lines += [
         f"{'case':<22}{'model':<20}{'version':<10}"
         + "".join(f"{c:>12}" for c in columns)
-        + f"{'1st line':>10}{'outside %':>11}{'cores':>7}{'peak GiB':>10}{'out MB':>9}{'files':>7}"
+        + f"{'1st line':>10}{'to net':>8}{'outside':>9}{'outside %':>11}{'cores':>7}{'peak GiB':>10}{'out MB':>9}"
+        + f"{'files':>7}"
     ]
     for row in rows:
         values = "".join(f"{row[c + '_s'] if row[c + '_s'] is not None else float('nan'):>12.2f}" for c in columns)
         lines.append(
             f"{row['case']:<22}{row['model']:<20}{row['version']:<10}{values}"
             f"{row['first_line_s'] or float('nan'):>10.2f}"
+            f"{row.get('to_network_s') or float('nan'):>8.2f}{row.get('outside_s', float('nan')):>9.2f}"
             f"{100 * row['non_network_share']:>11.1f}{row.get('cpu_s', float('nan')) / row['wall_s']:>7.2f}"
             f"{row['peak_rss_gib']:>10.2f}{row['output_mb']:>9.1f}"
             f"{row['output_files']:>7}"
