@@ -37,6 +37,14 @@ def test_a_regular_series_reads_with_its_geometry(series):
     assert volume.warnings == []
 
 
+def test_an_opened_series_declares_its_voxels_before_reading_them(series):
+    from TokenUNetSegmentLib.pipeline.readers import open_image
+
+    opened = open_image(series)
+    image, _ = opened()
+    assert opened.values == image.GetNumberOfPixels() == PIXELS.size
+
+
 def test_slices_are_placed_by_position_whatever_their_order(tmp_path):
     positions = [27.5 - 2.5 * k for k in range(12)]  # written top to bottom, numbered the other way
     write_dicom_series(tmp_path / "ct", PIXELS, positions=positions)

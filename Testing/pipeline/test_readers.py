@@ -63,6 +63,7 @@ def test_opening_checks_the_header_and_reading_the_voxels_in_two_steps(tmp_path)
     (which the command line runs in a thread); read_image is the two in one."""
     path = write_volume(tmp_path, "nrrd")
     read = readers.open_image(path)
+    assert read.values == int(np.prod(SHAPE))  # known before the voxels are read: the outputs' disk space
     image, warnings = read()
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image).transpose(2, 1, 0), volume_array())
     data = path.read_bytes()

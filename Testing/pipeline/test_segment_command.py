@@ -146,7 +146,7 @@ def test_inputs_are_read_while_torch_is_imported_and_the_package_loaded(cli_case
             assert loading.wait(30), "the package was not loaded while the input was read"
             return read()
 
-        return read_when_loading
+        return volumes.OpenedVolume(read.values, read_when_loading)
 
     def load_package(*args, **kwargs):
         intervals.append(sys.getswitchinterval())
@@ -181,25 +181,34 @@ def test_damaged_voxel_data_found_while_torch_is_imported_exits_2_in_one_line_an
     assert not (tmp_path / "out").exists()
 
 
-def test_a_bad_header_or_dicom_series_is_reported_before_torch_is_imported(cli_case, tmp_path):
+def test_a_bad_header_or_dicom_series_or_a_full_disk_is_reported_before_torch_is_imported(cli_case, tmp_path):
     from helpers.readers import write_dicom_series
 
-    _, package, _ = cli_case
+    _, package, ct = cli_case
     series = tmp_path / "series"
     write_dicom_series(series, np.zeros((12, 16, 16), np.int16))
     (series / "IM0006.dcm").unlink()
     (tmp_path / "text.nii").write_text("not an image")
+    full_disk = (
+        "import collections, shutil\n"
+        "usage = collections.namedtuple('usage', 'total used free')\n"
+        "shutil.disk_usage = lambda folder: usage(10**6, 10**6 - 4096, 4096)\n"
+    )
     results = []
-    for name in ("missing.nii.gz", "text.nii", "series"):
+    for path, setup in [
+        (tmp_path / "missing.nii.gz", ""),
+        (tmp_path / "text.nii", ""),
+        (series, ""),
+        (ct, full_disk),  # the outputs its header implies do not fit
+    ]:
         code = (
-            "import json, sys\n"
-            "from TokenUNetSegmentLib.pipeline import cli\n"
-            f"code = cli.main(['segment', {str(tmp_path / name)!r}, '--model', {str(package)!r}, "
+            "import json, sys\n" + setup + "from TokenUNetSegmentLib.pipeline import cli\n"
+            f"code = cli.main(['segment', {str(path)!r}, '--model', {str(package)!r}, "
             f"'--out', {str(tmp_path / 'out')!r}])\n"
             "print(json.dumps([code, 'torch' in sys.modules]))\n"
         )
         results.append(json.loads(run_python(code).strip().splitlines()[-1]))
-    assert results == [[2, False]] * 3
+    assert results == [[2, False]] * 4
 
 
 def test_a_background_call_returns_its_value_or_raises_its_error_in_the_caller():

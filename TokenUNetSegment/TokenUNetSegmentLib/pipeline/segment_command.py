@@ -91,10 +91,10 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     """Segment ``args.inputs`` and write the output folder; returns the exit code (errors raise).
 
     What the user can get wrong (the output folder, the model, the inputs' channels and headers: a DICOM series'
-    slices included) is checked before torch is imported. The voxels are then read and resampled onto the model
-    grid (:func:`.preprocess.resample_ahead`) in a thread while torch is imported and the package loaded (damaged
-    voxel data is reported once that is done), then the free disk space is checked. The output folder is
-    locked from the start and replaced only when the run is done.
+    slices included, free disk space for the outputs the headers imply) is checked before torch is imported. The
+    voxels are then read and resampled onto the model grid (:func:`.preprocess.resample_ahead`) in a thread while
+    torch is imported and the package loaded (damaged voxel data is reported once that is done). The output folder
+    is locked from the start and replaced only when the run is done.
     """
     from .catalog import ModelStore
     from .metadata import assign_inputs
@@ -126,6 +126,12 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
             if all(assigned.values()) and len(set(assigned.values())) == len(inputs):
                 inputs = list(assigned.values())
         opened = [open_input(item) for item in inputs]  # headers checked, DICOM slices' included
+        tokens = 0 if args.no_heatmaps else 2 * 32  # the most maps a package has (gather and broadcast)
+        voxels = opened[0].values
+        token_voxels = voxels // 512 if args.attention_grid == "token" else 0
+        folder.check_space(
+            estimate_output_bytes(voxels, len(config.labels), tokens, token_voxels, probabilities=args.probabilities)
+        )
 
         def read_inputs() -> list:  # once: segment() and the overview share them
             volumes = [read() for read in opened]
@@ -140,13 +146,6 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
 
             package = load_package(package_path)
             volumes = reading.result()
-        tokens = 0 if args.no_heatmaps else 2 * 32  # the most maps a package has (gather and broadcast)
-        token_voxels = volumes[0].array.size // 512 if args.attention_grid == "token" else 0
-        folder.check_space(
-            estimate_output_bytes(
-                volumes[0].array.size, len(config.labels), tokens, token_voxels, probabilities=args.probabilities
-            )
-        )
         result = segment(
             volumes,
             package,

@@ -35,15 +35,27 @@ def as_volume(item, name: str | None = None) -> Volume:
     return open_input(item, name)()
 
 
-def open_input(item, name: str | None = None) -> Callable[[], Volume]:
-    """:func:`as_volume` in two steps: a file's header (a DICOM series' slice headers) is read and checked now, the
-    returned function reads the voxels and checks the volume (see :func:`.readers.open_image`)."""
+@dataclass(frozen=True)
+class OpenedVolume:
+    """An input whose header has been checked: the ``values`` it declares (its voxels, for a scalar volume) and
+    ``read()`` for the checked :class:`Volume`."""
+
+    values: int
+    read: Callable[[], Volume]
+
+    def __call__(self) -> Volume:
+        return self.read()
+
+
+def open_input(item, name: str | None = None) -> OpenedVolume:
+    """:func:`as_volume` in two steps: a file's header (a DICOM series' slice headers) is read and checked now; calling
+    the result reads the voxels and checks the volume (see :func:`.readers.open_image`)."""
     from .samples import resolve_input
 
     item = resolve_input(item)
     if isinstance(item, (str, Path)):
-        read_file = open_volume(item)
-        return lambda: _checked(read_file())
+        opened = open_volume(item)
+        return OpenedVolume(opened.values, lambda: _checked(opened()))
     if isinstance(item, Volume):
         volume = item
     elif isinstance(item, (tuple, list)) and len(item) == 2:
@@ -54,7 +66,7 @@ def open_input(item, name: str | None = None) -> Callable[[], Volume]:
             "pass a file path, a DICOM folder or an (array, ijk_to_ras 4x4) pair",
         )
     _checked(volume)
-    return lambda: volume
+    return OpenedVolume(int(volume.array.size), lambda: volume)
 
 
 def _checked(volume: Volume) -> Volume:
@@ -95,20 +107,20 @@ def read_volume(path: str | Path, limit: int | None = None) -> Volume:
     return open_volume(path, limit)()
 
 
-def open_volume(path: str | Path, limit: int | None = None) -> Callable[[], Volume]:
-    """:func:`read_volume` in two steps: the header now, the voxels when the returned function is called."""
+def open_volume(path: str | Path, limit: int | None = None) -> OpenedVolume:
+    """:func:`read_volume` in two steps: the header now, the voxels when the result is called."""
     from .arguments import as_path
 
     path = as_path(path, "an input volume")
-    read_image = open_image(path, limit)
+    opened = open_image(path, limit)
 
     def read() -> Volume:
-        image, warnings = read_image()
+        image, warnings = opened()
         volume = volume_from_image(image, path.name)
         volume.warnings = warnings
         return volume
 
-    return read
+    return OpenedVolume(opened.values, read)
 
 
 def volume_from_image(image: sitk.Image, name: str = "volume") -> Volume:

@@ -10,14 +10,13 @@ checked to form one regular grid. What a careful reader would go on with comes b
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from pathlib import Path
 
 import SimpleITK as sitk
 
 from ..errors import InputError, OutOfMemoryError
 from .dicom import open_series
-from .header import check_header, check_size
+from .header import OpenedImage, check_header, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
 from .metaimage import parse_metaimage
 from .nifti import parse_nifti
@@ -53,16 +52,17 @@ def read_image(path: str | Path, limit: int | None = None) -> tuple[sitk.Image, 
     return open_image(path, limit)()
 
 
-def open_image(path: str | Path, limit: int | None = None) -> Callable[[], tuple[sitk.Image, list[str]]]:
-    """:func:`read_image` in two steps: the file's header (a DICOM series' slice headers) is read and checked now,
-    the returned function checks the voxel data is all there and reads it (long C++ calls that release the GIL:
-    the command line runs them in a thread while torch is imported). Both steps raise as :func:`read_image`."""
+def open_image(path: str | Path, limit: int | None = None) -> OpenedImage:
+    """:func:`read_image` in two steps: the file's header (a DICOM series' slice headers) is read and checked now;
+    the :class:`.header.OpenedImage` returned says how many values it declares, and calling it checks the voxel data
+    is all there and reads it (long C++ calls that release the GIL: the command line runs them in a thread while
+    torch is imported). Both steps raise as :func:`read_image`."""
     path = Path(path)
     name = path.name
     with _read_errors(name):
         if path.is_dir():
-            read_voxels = open_series(path, limit)
-            return lambda: _guarded(name, read_voxels)
+            series = open_series(path, limit)
+            return OpenedImage(series.values, lambda: _guarded(name, series.read))
         if not path.exists():
             raise InputError(f"input not found: {path}")
         if not path.is_file():  # a FIFO or a device would block or never end
@@ -85,7 +85,7 @@ def open_image(path: str | Path, limit: int | None = None) -> Callable[[], tuple
             raise InputError(f"{name}: read {read} values where its header declares {header.values}", "export it again")
         return image, list(header.warnings)
 
-    return lambda: _guarded(name, read_file)
+    return OpenedImage(header.values, lambda: _guarded(name, read_file))
 
 
 def _guarded(name: str, read):

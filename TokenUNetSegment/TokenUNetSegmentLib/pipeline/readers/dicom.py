@@ -11,7 +11,6 @@ several series in the folder (the largest is read), slightly uneven spacing, DIC
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from .header import check_size
+from .header import OpenedImage, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
 
 POSITION, ORIENTATION, DESCRIPTION = "0020|0032", "0020|0037", "0008|103e"
@@ -47,9 +46,10 @@ def read_series(folder: Path, limit: int | None = None) -> tuple[sitk.Image, lis
     return open_series(folder, limit)()
 
 
-def open_series(folder: Path, limit: int | None = None) -> Callable[[], tuple[sitk.Image, list[str]]]:
-    """:func:`read_series` in two steps: the series is found and its slices' headers checked now; the returned
-    function reads and stacks the voxels (one long SimpleITK call, which another thread can run)."""
+def open_series(folder: Path, limit: int | None = None) -> OpenedImage:
+    """:func:`read_series` in two steps: the series is found and its slices' headers checked now; calling the
+    returned :class:`.header.OpenedImage` reads and stacks the voxels (one long SimpleITK call, which another thread
+    can run)."""
     warnings: list[str] = []
     reader = sitk.ImageSeriesReader()
     try:
@@ -78,7 +78,9 @@ def open_series(folder: Path, limit: int | None = None) -> Callable[[], tuple[si
         )
     if len(slices) == 1:
         if slices[0].size[2:] and slices[0].size[2] > 1:  # one multi-frame file: its frames are the volume
-            return lambda: (_read_files(reader, [slices[0].file], slices, folder, limit), warnings)
+            return OpenedImage(
+                _values(slices[0], 1), lambda: (_read_files(reader, [slices[0].file], slices, folder, limit), warnings)
+            )
         raise InputError(f"the DICOM series in {folder.name} has one slice", "segmentation needs a 3D volume")
     try:
         ordered, uneven = check_slices(slices, folder.name)
@@ -91,7 +93,16 @@ def open_series(folder: Path, limit: int | None = None) -> Callable[[], tuple[si
         ) from None
     if uneven:
         warnings.append(uneven)
-    return lambda: (_read_files(reader, [s.file for s in ordered], ordered, folder, limit), warnings)
+    files = [s.file for s in ordered]
+    return OpenedImage(
+        _values(ordered[0], len(files)), lambda: (_read_files(reader, files, ordered, folder, limit), warnings)
+    )
+
+
+def _values(first: Slice, files: int) -> int:
+    """Values a series of ``files`` like ``first`` holds (frames of multi-frame files and components included)."""
+    frames = first.size[2] if len(first.size) > 2 else 1
+    return first.size[0] * first.size[1] * frames * files * first.components
 
 
 def _slice_info(file: str, folder: Path) -> Slice:

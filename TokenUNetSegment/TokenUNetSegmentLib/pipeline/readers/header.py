@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,18 @@ class ImageHeader:
     @property
     def values(self) -> int:
         return math.prod(self.sizes)
+
+
+@dataclass(frozen=True)
+class OpenedImage:
+    """An image file or DICOM series whose header has been read and checked: the ``values`` (voxels times
+    components) it declares, and ``read()`` for its voxels (the SimpleITK image and the reader's warnings)."""
+
+    values: int
+    read: Callable[[], tuple]
+
+    def __call__(self) -> tuple:
+        return self.read()
 
 
 def header_error(name: str, kind: str, problem: str) -> InputError:
