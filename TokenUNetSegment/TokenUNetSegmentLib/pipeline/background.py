@@ -31,11 +31,6 @@ class BackgroundCall:
         """Wait until the call has ended, at most ``seconds``."""
         self._thread.join(seconds)
 
-    @property
-    def failed(self) -> bool:
-        """Whether the call has ended with an error."""
-        return self._outcome is not None and not self._outcome[0]
-
     def result(self):
         """The call's value once it has ended; its error is raised here."""
         self._thread.join()

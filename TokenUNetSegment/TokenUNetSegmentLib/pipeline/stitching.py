@@ -95,7 +95,7 @@ def stitch_windows(
                 weight = weights if side == roi else F.interpolate(weights, side, mode="nearest-exact")
                 scale = [s / r for s, r in zip(side, roi, strict=True)]
                 shape = [int(n * z) for n, z in zip(full, scale, strict=True)]
-                sums.append(zeros((1, part.shape[1], *shape)))
+                sums.append(_zeros((1, part.shape[1], *shape)))
                 counts.append(_count_map(windows, roi, scale, shape, weight.cpu()))
                 scales.append(scale)
                 part_weights.append(weight)
@@ -117,7 +117,7 @@ def stitch_windows(
     return tuple(results)
 
 
-def zeros(shape) -> torch.Tensor:
+def _zeros(shape) -> torch.Tensor:
     """A float32 CPU tensor of zeros whose pages the kernel zeroes when they are first written (numpy asks the C
     library for zeroed memory): ``torch.zeros`` writes every byte first, 0.75 s of the 1.2 GB of logit sums of a
     512 x 512 x 300 CT at 1.5 mm, up to 2 s when the system must first gather huge pages."""
@@ -132,7 +132,7 @@ def _slices(start: Sequence[int], roi: Sequence[int], scale: Sequence[float] | N
 
 def _count_map(windows, roi, scale, shape, weight: torch.Tensor) -> torch.Tensor:
     """The summed weight of every window at each voxel of an output on ``shape``."""
-    count = zeros((1, 1, *shape))
+    count = _zeros((1, 1, *shape))
     for start in windows:
         count[(slice(None), slice(None), *_slices(start, roi, scale))] += weight
     return count
