@@ -34,6 +34,18 @@ def test_prepare_takes_the_array_resampled_ahead_and_gets_the_same_image(monkeyp
     assert volume.on_model_grid is None  # handed over, not kept alive through the run
 
 
+def test_resampling_on_one_thread_gives_the_same_values():
+    from TokenUNetSegmentLib.pipeline.geometry import model_grid, resample
+
+    volume = ct_volume()
+    target = model_grid(volume.grid, "RAS", (1.7, 2.3, 1.1))
+    for interpolation in ("linear", "nearest"):
+        everywhere = resample(volume.array, volume.grid, target, interpolation, -1000.0)
+        np.testing.assert_array_equal(
+            resample(volume.array, volume.grid, target, interpolation, -1000.0, threads=1), everywhere
+        )
+
+
 def test_an_array_resampled_for_another_grid_is_dropped_not_used():
     volume = ct_volume()
     resample_ahead([volume], config(spacing=(4.0, 4.0, 4.0)))

@@ -155,6 +155,7 @@ def test_inputs_are_read_while_torch_is_imported_and_the_package_loaded(cli_case
 
     def resample(*args, **kwargs):
         resampled_in.append(threading.current_thread())
+        assert kwargs.get("threads") == 1  # the other core imports torch
         return real_resample(*args, **kwargs)
 
     monkeypatch.setattr(volumes, "open_input", open_input)

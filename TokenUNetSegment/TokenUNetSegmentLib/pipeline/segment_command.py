@@ -135,7 +135,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
 
         def read_inputs() -> list:  # once: segment() and the overview share them
             volumes = [read() for read in opened]
-            resample_ahead(volumes, config)
+            resample_ahead(volumes, config, threads=1)  # the other core imports torch
             return volumes
 
         with switch_interval(READ_SWITCH_INTERVAL_S):
