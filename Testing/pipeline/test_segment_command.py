@@ -1,6 +1,7 @@
 """The ``segment`` command end to end: files Slicer reads, report, overview, typed progress events, cancel."""
 
 import json
+import os
 import signal
 import struct
 import sys
@@ -155,7 +156,7 @@ def test_inputs_are_read_while_torch_is_imported_and_the_package_loaded(cli_case
 
     def resample(*args, **kwargs):
         resampled_in.append(threading.current_thread())
-        assert kwargs.get("threads") == 1  # the other core imports torch
+        assert kwargs.get("threads") == max(1, (os.cpu_count() or 2) - 1)  # one core left to torch's import
         return real_resample(*args, **kwargs)
 
     monkeypatch.setattr(volumes, "open_input", open_input)

@@ -128,9 +128,9 @@ def resample_ahead(volumes: list[Volume], config: PackageConfig, threads: int | 
 
     The command line calls this in its reading thread while torch is imported (SimpleITK's resampler lets the
     import run on: 0.45 s of a 512 x 512 x 300 CT at 1.5 mm on 2 cores). On ``threads`` threads: the command line
-    asks for one, leaving the import a core of its own (on every core the import slowed from 1.1 to 1.5 s; the
-    first window came 0.25 s sooner with one, median of 10 alternating runs). A channel whose model-grid copy would
-    take more memory than its own voxels is left to :func:`prepare`, after the run's memory check.
+    leaves the import a core of its own (on both cores of the 2-core CPU the import slowed from 1.1 to 1.5 s; the
+    first window came 0.25 s sooner with one thread, median of 10 alternating runs). A channel whose model-grid
+    copy would take more memory than its own voxels is left to :func:`prepare`, after the run's memory check.
     """
     pre = config.preprocessing
     reference = volumes[0].grid

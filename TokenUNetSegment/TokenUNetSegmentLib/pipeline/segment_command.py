@@ -8,6 +8,7 @@ final result or error event; see :mod:`.run_contract`).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 import time
@@ -57,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # The reading thread returns to Python between its SimpleITK calls and waits for the GIL that torch's import holds
 READ_SWITCH_INTERVAL_S = 0.001
+AHEAD_THREADS = max(1, (os.cpu_count() or 2) - 1)  # resampling next to torch's import: one core left to the import
 
 
 def _install_cancel_handlers(event: threading.Event) -> list:
@@ -135,7 +137,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
 
         def read_inputs() -> list:  # once: segment() and the overview share them
             volumes = [read() for read in opened]
-            resample_ahead(volumes, config, threads=1)  # the other core imports torch
+            resample_ahead(volumes, config, threads=AHEAD_THREADS)
             return volumes
 
         with switch_interval(READ_SWITCH_INTERVAL_S):
