@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from .arguments import integer, number
@@ -148,19 +149,21 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
 
             package = load_package(package_path)
             volumes = reading.result()
-        result = segment(
-            volumes,
-            package,
-            device=args.device,
-            overlap=args.overlap,
-            batch_size=args.batch_size,
-            probabilities=args.probabilities,
-            with_token_maps=not args.no_heatmaps,
-            largest_component=True if args.largest_component else None,
-            label_interpolation="linear" if args.smooth else "nearest",
-            progress=segment_progress,
-            cancel=cancel,
-        )
+        with warnings.catch_warnings():  # segment() warns API callers; here they are printed from result.warnings
+            warnings.filterwarnings("ignore", category=UserWarning, module=__name__)
+            result = segment(
+                volumes,
+                package,
+                device=args.device,
+                overlap=args.overlap,
+                batch_size=args.batch_size,
+                probabilities=args.probabilities,
+                with_token_maps=not args.no_heatmaps,
+                largest_component=True if args.largest_component else None,
+                label_interpolation="linear" if args.smooth else "nearest",
+                progress=segment_progress,
+                cancel=cancel,
+            )
         started = time.perf_counter()
         extra = {
             "inputs": {name: str(Path(p).resolve()) for name, p in zip(package.input_names, inputs, strict=True)},
