@@ -136,3 +136,30 @@ def write_dicom_series(
 def dicom_array(slices=12, rows=16, columns=20) -> np.ndarray:
     """A (k, j, i) int16 array for :func:`write_dicom_series` with distinct slices."""
     return (np.arange(slices * rows * columns).reshape(slices, rows, columns) % 500).astype(np.int16)
+
+
+def _dicom_element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit-VR little-endian DICOM data element."""
+    value += b"\0" * (len(value) % 2)
+    if vr in (b"OB", b"SQ", b"UN", b"UT"):
+        return struct.pack("<HH", group, element) + vr + b"\0\0" + struct.pack("<I", len(value)) + value
+    return struct.pack("<HH", group, element) + vr + struct.pack("<H", len(value)) + value
+
+
+def write_non_image_dicom(path: Path, sop_class: str, modality: str = "SR") -> Path:
+    """A valid DICOM file without pixels (a structured report, a DICOMDIR...): the file meta group naming
+    ``sop_class``, then its SOP class, modality and a series UID."""
+    meta = (
+        _dicom_element(2, 0x01, b"OB", b"\0\1")
+        + _dicom_element(2, 0x02, b"UI", sop_class.encode())
+        + _dicom_element(2, 0x03, b"UI", b"1.2.826.0.1.3680043.2.1125.9.1")
+        + _dicom_element(2, 0x10, b"UI", b"1.2.840.10008.1.2.1")
+    )
+    body = (
+        _dicom_element(8, 0x16, b"UI", sop_class.encode())
+        + _dicom_element(8, 0x60, b"CS", modality.encode())
+        + _dicom_element(0x20, 0x0E, b"UI", b"1.2.826.0.1.3680043.2.1125.9")
+    )
+    group_length = _dicom_element(2, 0x00, b"UL", struct.pack("<I", len(meta)))
+    Path(path).write_bytes(b"\0" * 128 + b"DICM" + group_length + meta + body)
+    return Path(path)

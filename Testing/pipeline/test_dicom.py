@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers.readers import dicom_array, write_dicom_series
+from helpers.readers import dicom_array, write_dicom_series, write_non_image_dicom
 from TokenUNetSegmentLib.pipeline.errors import InputError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing
 from TokenUNetSegmentLib.pipeline.volumes import read_volume
@@ -79,6 +79,18 @@ def test_a_damaged_last_slice_is_left_out_with_a_warning(series, tmp_path):
     assert volume.warnings == [
         "1 DICOM file(s) in ct could not be read and were left out (e.g. IM0012.dcm); the volume may be incomplete"
     ]
+
+
+def test_dicom_files_without_pixels_beside_the_series_are_not_called_damaged(series, tmp_path):
+    """Before: a structured report (dose report), a DICOMDIR or a presentation state beside the slices gave
+    "2 DICOM file(s) ... could not be read ...; the volume may be incomplete" although nothing was missing."""
+    folder = copy_of(series, tmp_path)
+    write_non_image_dicom(folder / "SR0001.dcm", "1.2.840.10008.5.1.4.1.1.88.22")
+    write_non_image_dicom(folder / "DICOMDIR", "1.2.840.10008.1.3.10", modality="")
+    (folder / "notes.txt").write_text("dose report")
+    volume = read_volume(folder)
+    np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
+    assert volume.warnings == []
 
 
 def test_duplicate_slices_are_refused(series, tmp_path):

@@ -11,6 +11,7 @@ several series in the folder (the largest is read), slightly uneven spacing, DIC
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +22,15 @@ from ..errors import InputError
 from .header import OpenedImage, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
 
-POSITION, ORIENTATION, DESCRIPTION = "0020|0032", "0020|0037", "0008|103e"
+POSITION, ORIENTATION, DESCRIPTION, SOP_CLASS = "0020|0032", "0020|0037", "0008|103e", "0008|0016"
 SAME_ORIENTATION = 1e-4  # direction cosines
 SAME_POSITION_MM = 1e-3
 EXACT_MM = 1e-2  # slice position errors below this are rounding in the headers
 UNEVEN_FRACTION = 0.1  # positions off by up to this share of the spacing: read, with a warning
 GAP_FACTOR = 1.5  # a step this much larger than the usual one means missing slices
 DICOM_MAGIC_AT, DICOM_MAGIC = 128, b"DICM"
+FILE_META_BYTES = 4096  # the file meta group (0002) holding the Media Storage SOP Class UID fits in this
+LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Slice:
     components: int
     position: np.ndarray
     orientation: np.ndarray  # row and column directions, shape (2, 3)
+    sop_class: str = ""  # SOP Class UID (0008,0016): CT Image Storage, MR Image Storage, ...
 
 
 def read_series(folder: Path, limit: int | None = None) -> tuple[sitk.Image, list[str]]:
@@ -70,7 +74,8 @@ def open_series(folder: Path, limit: int | None = None) -> OpenedImage:
             f"{folder.name} holds {len(series)} DICOM series; read the largest, '{description[:60]}' "
             f"({len(files)} files): put one series per folder to choose another"
         )
-    unread = _unread_dicom_files(folder, {os.path.normpath(f) for _, names in series for f in names})
+    read = {os.path.normpath(f) for _, names in series for f in names}
+    unread = _unread_dicom_files(folder, read, slices[0].sop_class)
     if unread:
         warnings.append(
             f"{len(unread)} DICOM file(s) in {folder.name} could not be read and were left out "
@@ -132,6 +137,7 @@ def _slice_info(file: str, folder: Path) -> Slice:
         reader.GetNumberOfComponents(),
         position,
         orientation.reshape(2, 3),
+        reader.GetMetaData(SOP_CLASS).strip(" \0") if reader.HasMetaDataKey(SOP_CLASS) else "",
     )
 
 
@@ -259,8 +265,10 @@ def _description(file: str) -> str:
         return ""
 
 
-def _unread_dicom_files(folder: Path, read: set[str]) -> list[str]:
-    """Names of files in ``folder`` that start like DICOM (the DICM preamble) but are in no series."""
+def _unread_dicom_files(folder: Path, read: set[str], sop_class: str) -> list[str]:
+    """Names of files in ``folder`` that start like DICOM (the DICM preamble) but are in no series, leaving out
+    those whose file meta names another SOP class than the series' (``sop_class``): a structured report, a
+    DICOMDIR or a presentation state is no damaged slice."""
     unread = []
     with os.scandir(folder) as entries:
         for entry in entries:
@@ -270,8 +278,31 @@ def _unread_dicom_files(folder: Path, read: set[str]) -> list[str]:
             try:
                 with open(path, "rb") as stream:
                     stream.seek(DICOM_MAGIC_AT)
-                    if stream.read(4) == DICOM_MAGIC:
-                        unread.append(entry.name)
+                    if stream.read(4) != DICOM_MAGIC:
+                        continue
+                    other = _media_sop_class(stream.read(FILE_META_BYTES))
+                if not (sop_class and other and other != sop_class):
+                    unread.append(entry.name)
             except OSError:
                 continue
     return sorted(unread)
+
+
+def _media_sop_class(meta: bytes) -> str:
+    """The Media Storage SOP Class UID (0002,0002) from the bytes after the DICM preamble ("" if not found)."""
+    at = 0
+    while at + 8 <= len(meta):
+        group, element = struct.unpack_from("<HH", meta, at)
+        vr = meta[at + 4 : at + 6]
+        if group != 2 or not vr.isalpha():
+            return ""
+        if vr in LONG_LENGTH_VRS:
+            if at + 12 > len(meta):
+                return ""
+            (length,), at = struct.unpack_from("<I", meta, at + 8), at + 12
+        else:
+            (length,), at = struct.unpack_from("<H", meta, at + 6), at + 8
+        if element == 2:
+            return meta[at : at + length].decode("ascii", "replace").strip(" \0")
+        at += length
+    return ""
