@@ -131,9 +131,57 @@ def test_several_series_read_the_largest_and_say_which(series, tmp_path):
     volume = read_volume(folder)
     np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
     assert volume.warnings == [
-        "ct holds 2 DICOM series; read the largest, 'test series' (12 files): put one series per folder to "
-        "choose another"
+        "ct holds 2 DICOM series; read the largest, 'test series' (12 files): to choose another, pass one of its "
+        "files or its own folder"
     ]
+
+
+def test_a_series_in_subfolders_is_found(series, tmp_path):
+    """A CD or PACS export (DICOMDIR beside PT0/ST0/SE0/IM...). Before: "is a folder without a DICOM series"."""
+    cd = tmp_path / "cd"
+    shutil.copytree(series, cd / "PT000000" / "ST000000" / "SE000000")
+    write_non_image_dicom(cd / "DICOMDIR", "1.2.840.10008.1.3.10", modality="")
+    volume = read_volume(cd)
+    np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
+    np.testing.assert_allclose(volume.affine, SERIES_AFFINE, atol=1e-6)
+    assert volume.warnings == []
+
+
+def test_series_in_several_subfolders_read_the_largest_and_say_where(series, tmp_path):
+    cd = tmp_path / "cd"
+    shutil.copytree(series, cd / "ST0" / "SE2")
+    write_dicom_series(cd / "ST0" / "SE1", PIXELS[:3], series="1.2.826.0.1.3680043.2.1125.1.2", description="scout")
+    volume = read_volume(cd)
+    np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
+    assert volume.warnings == [
+        "cd holds 2 DICOM series; read the largest, 'test series' (12 files in ST0/SE2): to choose another, "
+        "pass one of its files or its own folder"
+    ]
+    scout = read_volume(cd / "ST0" / "SE1")
+    assert scout.array.shape == (20, 16, 3) and scout.warnings == []
+
+
+def test_two_series_of_the_same_size_are_refused_and_one_is_chosen_by_a_file(series, tmp_path):
+    """Two reconstructions (soft tissue and bone kernels) of one scan. Before: one of them was read, chosen by the
+    order of the series UIDs (the warning named it, but the user could not choose without moving files)."""
+    folder = copy_of(series, tmp_path)
+    write_dicom_series(folder, PIXELS + 7, series="1.2.826.0.1.3680043.2.1125.1.3", description="bone", prefix="B")
+    with pytest.raises(InputError, match=r"ct holds 2 DICOM series of 12 files each \('test series', 'bone'\)") as e:
+        read_volume(folder)
+    assert "pass one of the series' files" in e.value.hint
+    short_line(e.value)
+    bone = folder / "B0003"  # a file name without .dcm, as many exports write them
+    (folder / "B0003.dcm").rename(bone)
+    volume = read_volume(bone)
+    np.testing.assert_array_equal(volume.array, (PIXELS + 7).transpose(2, 1, 0))
+    assert volume.warnings == []
+    np.testing.assert_array_equal(read_volume(folder / "IM0005.dcm").array, PIXELS.transpose(2, 1, 0))
+
+
+def test_a_file_that_is_not_dicom_is_still_an_unsupported_type(tmp_path):
+    (tmp_path / "scan.dcm").write_bytes(b"\0" * 200)
+    with pytest.raises(InputError, match="unsupported file type '.dcm'"):
+        read_volume(tmp_path / "scan.dcm")
 
 
 def test_mixed_orientations_within_a_series_are_refused(series, tmp_path):

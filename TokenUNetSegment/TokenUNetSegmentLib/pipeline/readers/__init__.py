@@ -15,7 +15,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from ..errors import InputError, OutOfMemoryError
-from .dicom import open_series
+from .dicom import is_dicom_file, open_series
 from .header import OpenedImage, check_header, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
 from .metaimage import parse_metaimage
@@ -43,7 +43,8 @@ def read_image(path: str | Path, limit: int | None = None) -> tuple[sitk.Image, 
     """A checked SimpleITK image from a supported file or a DICOM folder, and the reader's warnings.
 
     Args:
-        path: a .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd file, or a folder holding a DICOM series.
+        path: a .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd file, a folder holding a DICOM series (or holding it
+            in subfolders), or one DICOM file of a series (its series is read from the file's folder).
         limit: bytes the voxels may take while read (default: free memory, or ``TOKENUNET_MEMORY_LIMIT``).
 
     Raises:
@@ -69,9 +70,12 @@ def open_image(path: str | Path, limit: int | None = None) -> OpenedImage:
             raise InputError(f"{name} is not a regular file", "pass an image file or a DICOM series folder")
         suffix = file_suffix(path)
         if suffix not in FORMATS:
+            if is_dicom_file(path):  # one file of a series: the user's choice among the series of its folder
+                series = open_series(path.parent, limit, chosen=path)
+                return OpenedImage(series.values, lambda: _guarded(name, series.read))
             raise InputError(
                 f"unsupported file type '{suffix or path.name}' for {path.name}",
-                f"use one of {', '.join(SUPPORTED_SUFFIXES)} or a DICOM series folder",
+                f"use one of {', '.join(SUPPORTED_SUFFIXES)}, a DICOM series folder or one of its files",
             )
         parse, image_io = FORMATS[suffix]
         header = parse(path, name)

@@ -30,6 +30,7 @@ UNEVEN_FRACTION = 0.1  # positions off by up to this share of the spacing: read,
 GAP_FACTOR = 1.5  # a step this much larger than the usual one means missing slices
 DICOM_MAGIC_AT, DICOM_MAGIC = 128, b"DICM"
 FILE_META_BYTES = 4096  # the file meta group (0002) holding the Media Storage SOP Class UID fits in this
+SEARCH_DEPTH, SEARCH_FOLDERS = 6, 2000  # subfolders searched for a series when a folder holds none itself
 LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
@@ -50,32 +51,38 @@ def read_series(folder: Path, limit: int | None = None) -> tuple[sitk.Image, lis
     return open_series(folder, limit)()
 
 
-def open_series(folder: Path, limit: int | None = None) -> OpenedImage:
+def open_series(folder: Path, limit: int | None = None, chosen: Path | None = None) -> OpenedImage:
     """:func:`read_series` in two steps: the series is found and its slices' headers checked now; calling the
     returned :class:`.header.OpenedImage` reads and stacks the voxels (one long SimpleITK call, which another thread
-    can run)."""
+    can run).
+
+    A folder without DICOM files of its own is searched below (a CD or PACS export: DICOMDIR beside
+    ``PT0/ST0/SE0/...``). ``chosen``: a file of ``folder`` whose series to read (the user's choice among several).
+    """
     warnings: list[str] = []
     reader = sitk.ImageSeriesReader()
-    try:
-        with quiet_itk():
-            uids = reader.GetGDCMSeriesIDs(str(folder))
-            series = [(uid, reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids]
-    except RuntimeError as error:
-        raise InputError(f"cannot list the DICOM files in {folder.name}: {itk_error_text(error)}") from None
+    series = _series_in(folder)
+    if not series and chosen is None:
+        series = _series_below(folder)
     if not series:
         raise InputError(
             f"{folder} is a folder without a DICOM series", "pass an image file or a folder of DICOM slices"
         )
-    uid, files = max(series, key=lambda s: len(s[1]))
+    if chosen is not None:
+        target = os.path.normpath(chosen)
+        picked = [s for s in series if target in {os.path.normpath(f) for f in s[1]}]
+        if not picked:
+            raise InputError(
+                f"{chosen.name} is not a slice of a DICOM image series in {folder.name}",
+                "pass a CT/MR slice, or the series' folder",
+            )
+        uid, files = picked[0]
+    else:
+        uid, files = _largest(series, folder, warnings)
     slices = [_slice_info(file, folder) for file in files]
-    if len(series) > 1:
-        description = _description(files[0]) or uid
-        warnings.append(
-            f"{folder.name} holds {len(series)} DICOM series; read the largest, '{description[:60]}' "
-            f"({len(files)} files): put one series per folder to choose another"
-        )
     read = {os.path.normpath(f) for _, names in series for f in names}
-    unread = _unread_dicom_files(folder, read, slices[0].sop_class)
+    places = {folder} | {Path(f).parent for f in files}
+    unread = sorted(name for place in places for name in _unread_dicom_files(place, read, slices[0].sop_class))
     if unread:
         warnings.append(
             f"{len(unread)} DICOM file(s) in {folder.name} could not be read and were left out "
@@ -102,6 +109,59 @@ def open_series(folder: Path, limit: int | None = None) -> OpenedImage:
     return OpenedImage(
         _values(ordered[0], len(files)), lambda: (_read_files(reader, files, ordered, folder, limit), warnings)
     )
+
+
+def _series_in(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """The DICOM series GDCM finds in ``folder`` itself: (series UID, its files)."""
+    reader = sitk.ImageSeriesReader()
+    try:
+        with quiet_itk():
+            return [
+                (uid, reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in reader.GetGDCMSeriesIDs(str(folder))
+            ]
+    except RuntimeError as error:
+        raise InputError(f"cannot list the DICOM files in {folder.name}: {itk_error_text(error)}") from None
+
+
+def _series_below(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """The DICOM series in the subfolders of ``folder`` (down to :data:`SEARCH_DEPTH`, links not followed), a
+    series split over several folders taken whole; refused beyond :data:`SEARCH_FOLDERS` folders."""
+    found: dict[str, list[str]] = {}
+    for count, (root, dirs, _) in enumerate(os.walk(folder)):
+        if count > SEARCH_FOLDERS:
+            raise InputError(
+                f"{folder.name} holds no DICOM files itself and over {SEARCH_FOLDERS} subfolders to search",
+                "pass the folder of the series itself",
+            )
+        dirs.sort()
+        if len(Path(root).relative_to(folder).parts) >= SEARCH_DEPTH:
+            dirs.clear()
+        if count:
+            for uid, files in _series_in(Path(root)):
+                found.setdefault(uid, []).extend(files)
+    return [(uid, tuple(files)) for uid, files in found.items()]
+
+
+def _largest(series: list, folder: Path, warnings: list[str]) -> tuple[str, tuple[str, ...]]:
+    """The series with most files; with several, a warning naming it (refused when two are equally large)."""
+    ranked = sorted(series, key=lambda s: -len(s[1]))
+    uid, files = ranked[0]
+    if len(ranked) == 1:
+        return uid, files
+    if len(ranked[1][1]) == len(files):
+        tied = [f"'{(_description(s[1][0]) or s[0])[:30]}'" for s in ranked if len(s[1]) == len(files)]
+        raise InputError(
+            f"{folder.name} holds {len(ranked)} DICOM series of {len(files)} files each ({', '.join(tied[:3])})",
+            "pass one of the series' files, or its own folder, to say which one to segment",
+        )
+    where = Path(files[0]).parent
+    place = f" in {where.relative_to(folder).as_posix()}" if where != folder else ""
+    warnings.append(
+        f"{folder.name} holds {len(ranked)} DICOM series; read the largest, "
+        f"'{(_description(files[0]) or uid)[:60]}' ({len(files)} files{place}): to choose another, pass one of its "
+        "files or its own folder"
+    )
+    return uid, files
 
 
 def _values(first: Slice, files: int) -> int:
@@ -286,6 +346,16 @@ def _unread_dicom_files(folder: Path, read: set[str], sop_class: str) -> list[st
             except OSError:
                 continue
     return sorted(unread)
+
+
+def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` starts like a DICOM file (the DICM preamble)."""
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(DICOM_MAGIC_AT)
+            return stream.read(4) == DICOM_MAGIC
+    except OSError:
+        return False
 
 
 def _media_sop_class(meta: bytes) -> str:
