@@ -163,3 +163,56 @@ def write_non_image_dicom(path: Path, sop_class: str, modality: str = "SR") -> P
     group_length = _dicom_element(2, 0x00, b"UL", struct.pack("<I", len(meta)))
     Path(path).write_bytes(b"\0" * 128 + b"DICM" + group_length + meta + body)
     return Path(path)
+
+
+def write_enhanced_ct(
+    path: Path, array_kji: np.ndarray, spacing=(0.8, 0.8, 2.5), positions=None, order=None, legacy=None
+) -> Path:
+    """One enhanced (multi-frame) CT file: frames of ``array_kji`` at ``positions`` along z (default k * spacing)
+    with pixel spacing and orientation in the shared functional groups and each frame's position in its own;
+    ``order``: the frames' order in the file (default 0, 1, ...). ``legacy``: a SOP class UID for an older
+    multi-frame file instead, with one position, orientation and SpacingBetweenSlices for all its frames."""
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    array = np.asarray(array_kji, np.int16)
+    order = list(range(len(array))) if order is None else list(order)
+    positions = [k * spacing[2] for k in range(len(array))] if positions is None else positions
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image Storage
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.2.1125.7.1"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName, ds.PatientID = "CT", "Test^Patient", "P1"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.2.1125.7", "1.2.826.0.1.3680043.2.1125.7.2"
+    ds.InstanceNumber, ds.NumberOfFrames = 1, len(order)
+    ds.Rows, ds.Columns = array.shape[1:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    measures, plane, values = Dataset(), Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness = [spacing[1], spacing[0]], spacing[2]
+    plane.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    values.RescaleIntercept, values.RescaleSlope, values.RescaleType = 0, 1, "HU"
+    shared = Dataset()
+    shared.PixelMeasuresSequence = Sequence([measures])
+    shared.PlaneOrientationSequence = Sequence([plane])
+    shared.PixelValueTransformationSequence = Sequence([values])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for k in order:
+        position, frame = Dataset(), Dataset()
+        position.ImagePositionPatient = [0.0, 0.0, float(positions[k])]
+        frame.PlanePositionSequence = Sequence([position])
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    if legacy:
+        del ds.SharedFunctionalGroupsSequence, ds.PerFrameFunctionalGroupsSequence
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID = legacy
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 0.0], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SpacingBetweenSlices = [spacing[1], spacing[0]], spacing[2]
+    ds.PixelData = np.ascontiguousarray(array[order]).tobytes()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return Path(path)

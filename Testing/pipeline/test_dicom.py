@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers.readers import dicom_array, write_dicom_series, write_non_image_dicom
+from helpers.readers import dicom_array, write_dicom_series, write_enhanced_ct, write_non_image_dicom
 from TokenUNetSegmentLib.pipeline.errors import InputError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing
 from TokenUNetSegmentLib.pipeline.volumes import read_volume
@@ -233,3 +233,46 @@ def test_one_slice_or_no_dicom(tmp_path):
 def test_a_series_over_the_memory_limit_is_refused_before_reading(series):
     with pytest.raises(InputError, match=r"ct declares 20 x 16 x 12 voxels of 16-bit signed integer"):
         read_volume(series, limit=1000)
+
+
+def test_an_enhanced_multi_frame_ct_is_read_with_its_frames_positions(tmp_path):
+    """Before: refused as "has no position or orientation ... (e.g. a screenshot or a report)"."""
+    volume = read_volume(write_enhanced_ct(tmp_path / "ct" / "ENH.dcm", PIXELS).parent)
+    np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
+    np.testing.assert_allclose(volume.affine, SERIES_AFFINE, atol=1e-6)
+    assert volume.warnings == []
+    reverse = read_volume(write_enhanced_ct(tmp_path / "rev" / "ENH.dcm", PIXELS, order=range(11, -1, -1)))
+    np.testing.assert_array_equal(reverse.array, PIXELS[::-1].transpose(2, 1, 0))  # top frame first
+    np.testing.assert_allclose(reverse.affine[:3, 3], (SERIES_AFFINE @ [0, 0, 11, 1])[:3], atol=1e-6)
+    np.testing.assert_allclose(reverse.affine[:3, 2], -SERIES_AFFINE[:3, 2], atol=1e-6)
+
+
+def test_a_multi_frame_file_with_one_position_for_all_frames_is_read_as_one_volume(tmp_path):
+    """Before: the series reader made it a 4D image: "has 4 dimensions; a 3D volume is needed"."""
+    ct = write_enhanced_ct(tmp_path / "ct" / "MF.dcm", PIXELS, legacy="1.2.840.10008.5.1.4.1.1.2")
+    volume = read_volume(ct)
+    np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
+    np.testing.assert_allclose(volume.affine, SERIES_AFFINE, atol=1e-6)
+    capture = write_enhanced_ct(tmp_path / "sc" / "MF.dcm", PIXELS, legacy="1.2.840.10008.5.1.4.1.1.7.3")
+    with pytest.raises(InputError, match="placed the frames of MF.dcm elsewhere"):  # GDCM: 1 mm voxels at 0, 0, 0
+        read_volume(capture)
+
+
+def test_an_enhanced_ct_with_a_missing_or_misplaced_frame_is_refused(tmp_path):
+    """Before GDCM's own reading: a missing frame gave 1 x 1 x 1 mm voxels (pixel spacing lost too)."""
+    keep = [k for k in range(12) if k != 6]
+    gap = write_enhanced_ct(tmp_path / "gap" / "ENH.dcm", PIXELS[keep], positions=[2.5 * k for k in keep])
+    with pytest.raises(InputError, match=r"misses about 1 slice\(s\): a 5.00 mm gap after 12.50 mm") as error:
+        read_volume(gap)
+    short_line(error.value)
+    shuffled = [0, 1, 2, 3, 4, 6, 5, 7, 8, 9, 10, 11]  # two frames swapped in the file: no stacking GDCM can express
+    with pytest.raises(InputError, match="placed the frames of ENH.dcm elsewhere than their headers say"):
+        read_volume(write_enhanced_ct(tmp_path / "swap" / "ENH.dcm", PIXELS, order=shuffled))
+
+
+def test_an_enhanced_ct_without_pydicom_is_refused_with_what_to_do(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pydicom", None)
+    with pytest.raises(InputError, match=r"ENH.dcm is an enhanced multi-frame DICOM file.*pip install pydicom"):
+        read_volume(write_enhanced_ct(tmp_path / "ct" / "ENH.dcm", PIXELS).parent)

@@ -23,6 +23,7 @@ from .header import OpenedImage, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
 
 POSITION, ORIENTATION, DESCRIPTION, SOP_CLASS = "0020|0032", "0020|0037", "0008|103e", "0008|0016"
+PIXEL_SPACING, SLICE_STEP = "0028|0030", "0018|0088"  # PixelSpacing, SpacingBetweenSlices
 SAME_ORIENTATION = 1e-4  # direction cosines
 SAME_POSITION_MM = 1e-3
 EXACT_MM = 1e-2  # slice position errors below this are rounding in the headers
@@ -88,11 +89,15 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
             f"{len(unread)} DICOM file(s) in {folder.name} could not be read and were left out "
             f"(e.g. {unread[0][:40]}); the volume may be incomplete"
         )
-    if len(slices) == 1:
-        if slices[0].size[2:] and slices[0].size[2] > 1:  # one multi-frame file: its frames are the volume
-            return OpenedImage(
-                _values(slices[0], 1), lambda: (_read_files(reader, [slices[0].file], slices, folder, limit), warnings)
+    if len(slices) == 1 and slices[0].size[2:] and slices[0].size[2] > 1:  # one multi-frame file: its frames
+        return _open_multi_frame(slices[0], reader, folder, limit, warnings, unread)
+    for s in slices:
+        if s.position is None:  # frames of several multi-frame files are not stacked
+            raise InputError(
+                f"the DICOM series in {folder.name} has several multi-frame files ({Path(s.file).name}, ...)",
+                "convert it to NRRD in Slicer, or export classic single-frame slices",
             )
+    if len(slices) == 1:
         raise InputError(f"the DICOM series in {folder.name} has one slice", "segmentation needs a 3D volume")
     try:
         ordered, uneven = check_slices(slices, folder.name)
@@ -164,6 +169,124 @@ def _largest(series: list, folder: Path, warnings: list[str]) -> tuple[str, tupl
     return uid, files
 
 
+def _open_multi_frame(file: Slice, reader, folder: Path, limit, warnings: list[str], unread: list[str]) -> OpenedImage:
+    """One multi-frame file: its frames are checked as the slices of a series are, and the image GDCM stacks must
+    put every frame where the header says (GDCM falls back to 1 mm voxels where it does not find the geometry)."""
+    frames = _frames(file, folder) if file.position is None else _frames_of_one_plane(file, folder)
+    try:
+        _, uneven = check_slices(frames, Path(file.file).name)
+    except InputError as error:
+        if unread:
+            raise InputError(f"{error.message}; {len(unread)} damaged file(s) left out", "export it again") from None
+        raise
+    if uneven:
+        warnings.append(uneven)
+
+    def read() -> tuple[sitk.Image, list[str]]:
+        image = _read_files(reader, [file.file], [file], folder, limit)
+        if not _frames_placed_as_declared(image, frames):
+            raise InputError(
+                f"the DICOM reader placed the frames of {Path(file.file).name} elsewhere than their headers say",
+                "convert it to NRRD in Slicer, or export classic single-frame slices",
+            )
+        return image, warnings
+
+    return OpenedImage(_values(file, 1), read)
+
+
+def _frames(file: Slice, folder: Path) -> list[Slice]:
+    """The frames of an enhanced multi-frame file as slices, in file order, from its functional groups (pydicom:
+    SimpleITK does not show sequences)."""
+    name = Path(file.file).name
+    try:
+        import pydicom
+    except ImportError:
+        raise InputError(
+            f"{name} is an enhanced multi-frame DICOM file: checking its frames' positions needs pydicom",
+            "pip install pydicom, or convert it to NRRD in Slicer",
+        ) from None
+    try:
+        ds = pydicom.dcmread(file.file, stop_before_pixels=True)
+        shared = ds.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()]
+        groups = ds.get("PerFrameFunctionalGroupsSequence") or []
+        frames = []
+        for group in groups:
+            position = _group_value(group, shared[0], "PlanePositionSequence", "ImagePositionPatient", 3)
+            orientation = _group_value(group, shared[0], "PlaneOrientationSequence", "ImageOrientationPatient", 6)
+            spacing = _group_value(group, shared[0], "PixelMeasuresSequence", "PixelSpacing", 2)
+            if position is None or orientation is None or spacing is None:
+                break
+            frame = (*file.size[:2], 1)
+            in_plane = (float(spacing[1]), float(spacing[0]))  # DICOM: row spacing (y) first
+            frames.append(
+                Slice(file.file, frame, in_plane, file.pixel, file.components, position, orientation.reshape(2, 3))
+            )
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError, TypeError, AttributeError, KeyError) as error:
+        raise InputError(
+            f"the DICOM file {name} in {folder.name} cannot be read: {error}"[:160], "export it again"
+        ) from None
+    if len(frames) != file.size[2] or not frames:
+        raise InputError(
+            f"the DICOM file {name} in {folder.name} has frames without a position or orientation",
+            "this is not a volume (e.g. a cine loop or a screenshot): pick the CT/MR series",
+        )
+    return frames
+
+
+def _frames_of_one_plane(file: Slice, folder: Path) -> list[Slice]:
+    """The frames of an older multi-frame file: one position and orientation for all, SpacingBetweenSlices apart."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file.file)
+    with quiet_itk():
+        reader.ReadImageInformation()
+    spacing, step = _numbers(reader, PIXEL_SPACING, 2), _numbers(reader, SLICE_STEP, 1)
+    if spacing is None or step is None or step[0] <= 0:
+        raise InputError(
+            f"the multi-frame DICOM file {Path(file.file).name} does not say how far apart its frames are",
+            "convert it to NRRD in Slicer, or export classic single-frame slices",
+        )
+    normal = np.cross(*file.orientation)
+    in_plane = (float(spacing[1]), float(spacing[0]))  # DICOM: row spacing (y) first
+    frame = (*file.size[:2], 1)
+    return [
+        Slice(
+            file.file,
+            frame,
+            in_plane,
+            file.pixel,
+            file.components,
+            file.position + k * step[0] * normal,
+            file.orientation,
+        )
+        for k in range(file.size[2])
+    ]
+
+
+def _group_value(frame, shared, sequence: str, keyword: str, count: int) -> np.ndarray | None:
+    """``keyword`` from the frame's functional group ``sequence``, else from the shared one."""
+    for group in (frame, shared):
+        items = group.get(sequence)
+        if items and keyword in items[0]:
+            values = np.array([float(v) for v in items[0][keyword].value], float)
+            return values if values.size == count and np.all(np.isfinite(values)) else None
+    return None
+
+
+def _frames_placed_as_declared(image: sitk.Image, frames: list[Slice]) -> bool:
+    """Whether frame k (file order) of ``image`` lies at its header's position, with its pixel spacing and axes."""
+    if image.GetDimension() != 3 or image.GetSize()[2] != len(frames):
+        return False
+    points = np.array([image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(len(frames))])
+    row = np.subtract(image.TransformIndexToPhysicalPoint((1, 0, 0)), points[0])
+    column = np.subtract(image.TransformIndexToPhysicalPoint((0, 1, 0)), points[0])
+    first = frames[0]
+    return (
+        np.allclose(points, [f.position for f in frames], atol=EXACT_MM)
+        and np.allclose(row, first.spacing[0] * first.orientation[0], atol=1e-3)
+        and np.allclose(column, first.spacing[1] * first.orientation[1], atol=1e-3)
+    )
+
+
 def _values(first: Slice, files: int) -> int:
     """Values a series of ``files`` like ``first`` holds (frames of multi-frame files and components included)."""
     frames = first.size[2] if len(first.size) > 2 else 1
@@ -184,19 +307,22 @@ def _slice_info(file: str, folder: Path) -> Slice:
             f"the DICOM slice {Path(file).name} in {folder.name} cannot be read: {itk_error_text(error)}",
             "the file is damaged: export the series again",
         ) from None
-    if position is None or orientation is None:
+    size = tuple(int(s) for s in reader.GetSize())
+    if (position is None or orientation is None) and size[2:] and size[2] > 1:
+        position = orientation = None  # an enhanced multi-frame file: its frames carry their positions
+    elif position is None or orientation is None:
         raise InputError(
             f"the DICOM slice {Path(file).name} in {folder.name} has no position or orientation",
             "this is not a volume series (e.g. a screenshot or a report): pick the CT/MR series",
         )
     return Slice(
         file,
-        tuple(int(s) for s in reader.GetSize()),
+        size,
         tuple(float(s) for s in reader.GetSpacing()[:2]),
         reader.GetPixelID(),
         reader.GetNumberOfComponents(),
         position,
-        orientation.reshape(2, 3),
+        None if orientation is None else orientation.reshape(2, 3),
         reader.GetMetaData(SOP_CLASS).strip(" \0") if reader.HasMetaDataKey(SOP_CLASS) else "",
     )
 
@@ -288,7 +414,11 @@ def _read_files(reader, files: list[str], slices: list[Slice], folder: Path, lim
     sizes = (*first.size[:2], frames * len(files)) + ((first.components,) if first.components > 1 else ())
     pixel = sitk.GetPixelIDValueAsString(first.pixel)
     check_size(sizes, pixel, pixel_bytes(first.pixel), folder.name, limit)
-    reader.SetFileNames(files)
+    if frames > 1:  # one multi-frame file: the series reader would make it a 4D image of one volume
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(files[0])
+    else:
+        reader.SetFileNames(files)
     try:
         with quiet_itk():
             image = reader.Execute()
