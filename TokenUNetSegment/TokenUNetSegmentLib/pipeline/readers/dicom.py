@@ -200,6 +200,7 @@ def _frames(file: Slice, folder: Path) -> list[Slice]:
     name = Path(file.file).name
     try:
         import pydicom
+        from pydicom.errors import InvalidDicomError
     except ImportError:
         raise InputError(
             f"{name} is an enhanced multi-frame DICOM file: checking its frames' positions needs pydicom",
@@ -221,7 +222,7 @@ def _frames(file: Slice, folder: Path) -> list[Slice]:
             frames.append(
                 Slice(file.file, frame, in_plane, file.pixel, file.components, position, orientation.reshape(2, 3))
             )
-    except (pydicom.errors.InvalidDicomError, OSError, ValueError, TypeError, AttributeError, KeyError) as error:
+    except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, KeyError) as error:
         raise InputError(
             f"the DICOM file {name} in {folder.name} cannot be read: {error}"[:160], "export it again"
         ) from None
