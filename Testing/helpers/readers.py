@@ -89,6 +89,7 @@ def write_dicom_series(
     description="test series",
     prefix="IM",
     first_number=1,
+    modality="CT",
 ) -> list[Path]:
     """Write one 2D DICOM CT file per slice (k, j, i indexing) with its own position; returns the files.
 
@@ -112,7 +113,7 @@ def write_dicom_series(
         tags = {
             "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
             "0008|0018": f"{series}.{number}",
-            "0008|0060": "CT",
+            "0008|0060": modality,
             "0008|103e": description,
             "0010|0010": "Test^Patient",
             "0010|0020": "P1",

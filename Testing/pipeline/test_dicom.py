@@ -276,3 +276,23 @@ def test_an_enhanced_ct_without_pydicom_is_refused_with_what_to_do(tmp_path, mon
     monkeypatch.setitem(sys.modules, "pydicom", None)
     with pytest.raises(InputError, match=r"ENH.dcm is an enhanced multi-frame DICOM file.*pip install pydicom"):
         read_volume(write_enhanced_ct(tmp_path / "ct" / "ENH.dcm", PIXELS).parent)
+
+
+def test_an_mr_series_given_to_a_ct_model_is_refused_before_anything_runs(tmp_path, capsys):
+    """Before: segmented (exit 0, outputs written) with only the `not_ct` flag from its intensities."""
+    from helpers.packages import make_package, tiny_config
+    from TokenUNetSegmentLib.pipeline import cli
+    from TokenUNetSegmentLib.pipeline.segmentation import segment
+
+    write_dicom_series(tmp_path / "mr", PIXELS, modality="MR")
+    assert read_volume(tmp_path / "mr").modality == "MR"
+    package = make_package(tmp_path, tiny_config(roi=(16, 16, 16)))
+    out = tmp_path / "out"
+    assert cli.main(["segment", str(tmp_path / "mr"), "--model", str(package), "--out", str(out)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the DICOM series mr is MR (its Modality); model 'tiny-ct' expects CT for its input ch0" in line, line
+    assert not out.exists()
+    with pytest.raises(InputError, match="mr is MR"):
+        segment(tmp_path / "mr", package)
+    write_dicom_series(tmp_path / "ct", PIXELS)
+    assert read_volume(tmp_path / "ct").modality == "CT"

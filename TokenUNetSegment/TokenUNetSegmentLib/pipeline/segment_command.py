@@ -105,7 +105,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     from .package_source import read_metadata
     from .preprocess import resample_ahead
     from .progress import Progress
-    from .volumes import open_input
+    from .volumes import check_modality, open_input
 
     cancel = cancel or threading.Event()
     printer = ProgressPrinter(args.progress)
@@ -122,13 +122,16 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         folder.open()
         download = Progress(segment_progress, cancel)
         package_path = store.resolve(args.model, lambda fraction: download.update("download", fraction), cancel)
-        config = read_metadata(package_path).config
+        metadata = read_metadata(package_path)
+        config, package_id = metadata.config, metadata.id
         inputs = list(args.inputs)
         if len(inputs) > 1:  # files named like the package's channel patterns go to their channels
             assigned = assign_inputs(inputs, config)
             if all(assigned.values()) and len(set(assigned.values())) == len(inputs):
                 inputs = list(assigned.values())
         opened = [open_input(item) for item in inputs]  # headers checked, DICOM slices' included
+        for item, channel, name in zip(opened, config.inputs, inputs, strict=False):  # counts: checked in segment()
+            check_modality(item.modality, channel.modality, Path(name).name, package_id, channel.name)
         tokens = 0 if args.no_heatmaps else 2 * 32  # the most maps a package has (gather and broadcast)
         voxels = opened[0].values
         token_voxels = voxels // 512 if args.attention_grid == "token" else 0

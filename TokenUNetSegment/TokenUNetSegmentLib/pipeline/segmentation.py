@@ -30,7 +30,7 @@ from .postprocess import ModelGridOutputs, postprocess
 from .preprocess import Prepared, prepare
 from .progress import Progress
 from .result import MAP_KINDS, SegmentationResult, TokenMaps
-from .volumes import Volume, as_volume
+from .volumes import Volume, as_volume, check_modality
 
 log = logging.getLogger(__name__)
 __all__ = ["MAP_KINDS", "SegmentationResult", "TokenMaps", "channel_volumes", "segment"]
@@ -208,7 +208,10 @@ def channel_volumes(inputs, package: ModelPackage) -> list[Volume]:
         raise InputError(
             f"model '{package.id}' needs {len(names)} input channel(s) ({', '.join(names)}), got {len(items)}"
         )
-    return [as_volume(item, name) for item, name in zip(items, names, strict=True)]
+    volumes = [as_volume(item, name) for item, name in zip(items, names, strict=True)]
+    for volume, channel in zip(volumes, package.config.inputs, strict=True):
+        check_modality(volume.modality, channel.modality, volume.name, package.id, channel.name)
+    return volumes
 
 
 def _check_memory(package: ModelPackage, first: Volume, plan: WindowPlan, device, probabilities: bool) -> None:

@@ -23,6 +23,7 @@ class Volume:
     affine: np.ndarray
     name: str = "volume"
     warnings: list[str] = field(default_factory=list)
+    modality: str = ""  # a DICOM series' Modality (CT, MR, ...); "" when its source does not say
     on_model_grid: tuple[Grid, np.ndarray] | None = field(default=None, repr=False)  # see preprocess.resample_ahead
 
     @property
@@ -42,6 +43,7 @@ class OpenedVolume:
 
     values: int
     read: Callable[[], Volume]
+    modality: str = ""  # as Volume.modality, known from the header
 
     def __call__(self) -> Volume:
         return self.read()
@@ -55,7 +57,7 @@ def open_input(item, name: str | None = None) -> OpenedVolume:
     item = resolve_input(item)
     if isinstance(item, (str, Path)):
         opened = open_volume(item)
-        return OpenedVolume(opened.values, lambda: _checked(opened()))
+        return OpenedVolume(opened.values, lambda: _checked(opened()), opened.modality)
     if isinstance(item, Volume):
         volume = item
     elif isinstance(item, (tuple, list)) and len(item) == 2:
@@ -66,12 +68,27 @@ def open_input(item, name: str | None = None) -> OpenedVolume:
             "pass a file path, a DICOM folder or an (array, ijk_to_ras 4x4) pair",
         )
     _checked(volume)
-    return OpenedVolume(int(volume.array.size), lambda: volume)
+    return OpenedVolume(int(volume.array.size), lambda: volume, volume.modality)
 
 
 def _checked(volume: Volume) -> Volume:
     check_volume(volume)
     return volume
+
+
+NOT_HOUNSFIELD = {"MR", "PT", "NM", "US"}  # DICOM modalities whose values are no CT numbers
+
+
+def check_modality(modality: str, expected: str, name: str, model: str, channel: str) -> None:
+    """Refuse a DICOM series whose Modality contradicts the model channel's: an MR, PET, SPECT or ultrasound
+    series given to a CT channel, or a CT series given to an MR one (e.g. ``modality`` "MR", ``expected`` "CT")."""
+    modality, expected = modality.upper(), (expected or "").upper()
+    if (expected == "CT" and modality in NOT_HOUNSFIELD) or (expected.startswith("MR") and modality == "CT"):
+        raise InputError(
+            f"the DICOM series {name} is {modality} (its Modality); model '{model}' expects {expected} for its "
+            f"input {channel}",
+            f"pass a {expected} series, or choose a model for {modality}",
+        )
 
 
 def check_volume(volume: Volume) -> None:
@@ -117,10 +134,10 @@ def open_volume(path: str | Path, limit: int | None = None) -> OpenedVolume:
     def read() -> Volume:
         image, warnings = opened()
         volume = volume_from_image(image, path.name)
-        volume.warnings = warnings
+        volume.warnings, volume.modality = warnings, opened.modality
         return volume
 
-    return OpenedVolume(opened.values, read)
+    return OpenedVolume(opened.values, read, opened.modality)
 
 
 def volume_from_image(image: sitk.Image, name: str = "volume") -> Volume:

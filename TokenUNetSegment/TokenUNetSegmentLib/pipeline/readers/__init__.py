@@ -63,7 +63,7 @@ def open_image(path: str | Path, limit: int | None = None) -> OpenedImage:
     with _read_errors(name):
         if path.is_dir():
             series = open_series(path, limit)
-            return OpenedImage(series.values, lambda: _guarded(name, series.read))
+            return OpenedImage(series.values, lambda: _guarded(name, series.read), series.modality)
         if not path.exists():
             raise InputError(f"input not found: {path}")
         if not path.is_file():  # a FIFO or a device would block or never end
@@ -72,7 +72,7 @@ def open_image(path: str | Path, limit: int | None = None) -> OpenedImage:
         if suffix not in FORMATS:
             if is_dicom_file(path):  # one file of a series: the user's choice among the series of its folder
                 series = open_series(path.parent, limit, chosen=path)
-                return OpenedImage(series.values, lambda: _guarded(name, series.read))
+                return OpenedImage(series.values, lambda: _guarded(name, series.read), series.modality)
             raise InputError(
                 f"unsupported file type '{suffix or path.name}' for {path.name}",
                 f"use one of {', '.join(SUPPORTED_SUFFIXES)}, a DICOM series folder or one of its files",

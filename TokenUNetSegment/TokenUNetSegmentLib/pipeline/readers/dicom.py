@@ -22,7 +22,13 @@ from ..errors import InputError
 from .header import OpenedImage, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
 
-POSITION, ORIENTATION, DESCRIPTION, SOP_CLASS = "0020|0032", "0020|0037", "0008|103e", "0008|0016"
+POSITION, ORIENTATION, DESCRIPTION, SOP_CLASS, MODALITY = (
+    "0020|0032",
+    "0020|0037",
+    "0008|103e",
+    "0008|0016",
+    "0008|0060",
+)
 PIXEL_SPACING, SLICE_STEP = "0028|0030", "0018|0088"  # PixelSpacing, SpacingBetweenSlices
 SAME_ORIENTATION = 1e-4  # direction cosines
 SAME_POSITION_MM = 1e-3
@@ -45,6 +51,7 @@ class Slice:
     position: np.ndarray
     orientation: np.ndarray  # row and column directions, shape (2, 3)
     sop_class: str = ""  # SOP Class UID (0008,0016): CT Image Storage, MR Image Storage, ...
+    modality: str = ""  # Modality (0008,0060): CT, MR, PT, ...
 
 
 def read_series(folder: Path, limit: int | None = None) -> tuple[sitk.Image, list[str]]:
@@ -112,7 +119,9 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
         warnings.append(uneven)
     files = [s.file for s in ordered]
     return OpenedImage(
-        _values(ordered[0], len(files)), lambda: (_read_files(reader, files, ordered, folder, limit), warnings)
+        _values(ordered[0], len(files)),
+        lambda: (_read_files(reader, files, ordered, folder, limit), warnings),
+        ordered[0].modality,
     )
 
 
@@ -191,7 +200,7 @@ def _open_multi_frame(file: Slice, reader, folder: Path, limit, warnings: list[s
             )
         return image, warnings
 
-    return OpenedImage(_values(file, 1), read)
+    return OpenedImage(_values(file, 1), read, file.modality)
 
 
 def _frames(file: Slice, folder: Path) -> list[Slice]:
@@ -325,6 +334,7 @@ def _slice_info(file: str, folder: Path) -> Slice:
         position,
         None if orientation is None else orientation.reshape(2, 3),
         reader.GetMetaData(SOP_CLASS).strip(" \0") if reader.HasMetaDataKey(SOP_CLASS) else "",
+        reader.GetMetaData(MODALITY).strip(" \0").upper() if reader.HasMetaDataKey(MODALITY) else "",
     )
 
 

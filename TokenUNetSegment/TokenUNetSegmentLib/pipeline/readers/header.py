@@ -75,10 +75,12 @@ class ImageHeader:
 @dataclass(frozen=True)
 class OpenedImage:
     """An image file or DICOM series whose header has been read and checked: the ``values`` (voxels times
-    components) it declares, and ``read()`` for its voxels (the SimpleITK image and the reader's warnings)."""
+    components) it declares, and ``read()`` for its voxels (the SimpleITK image and the reader's warnings);
+    ``modality``: a DICOM series' Modality (CT, MR, ...), "" for other files."""
 
     values: int
     read: Callable[[], tuple]
+    modality: str = ""
 
     def __call__(self) -> tuple:
         return self.read()
