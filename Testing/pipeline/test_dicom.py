@@ -111,6 +111,18 @@ def test_slightly_uneven_spacing_is_read_with_a_warning(tmp_path):
     ]
 
 
+def test_a_series_whose_spacing_changes_is_refused_counting_its_gaps(tmp_path):
+    """2.5 mm slices, then 5 mm (variable-pitch protocols, or every other slice deleted). Before: "misses about
+    1 slice(s)" with the advice to export the complete series again."""
+    positions = [2.5 * k for k in range(8)] + [17.5 + 5.0 * k for k in range(1, 5)]
+    write_dicom_series(tmp_path / "ct", PIXELS, positions=positions)
+    with pytest.raises(
+        InputError, match=r"has 4 gaps of up to 5.00 mm between 2.50 mm slices \(the first after 17.50 mm\)"
+    ) as e:
+        read_volume(tmp_path / "ct")
+    short_line(e.value)
+
+
 def test_uneven_spacing_beyond_tolerance_is_refused(tmp_path):
     positions = [2.5 * k + (0.6 if k == 4 else 0.0) for k in range(12)]
     write_dicom_series(tmp_path / "ct", PIXELS, positions=positions)

@@ -396,7 +396,13 @@ def check_slices(slices: list[Slice], name: str) -> tuple[list[Slice], str | Non
     error = float(np.max(np.abs(along - (along[0] + step * np.arange(len(along))))))
     if error <= EXACT_MM:
         return ordered, None
-    widest = int(np.argmax(steps))
+    widest, wide = int(np.argmax(steps)), steps > GAP_FACTOR * usual
+    if np.count_nonzero(wide) > 1:  # a spacing that changes, or several slices missing
+        raise InputError(
+            f"the DICOM series in {name} has {np.count_nonzero(wide)} gaps of up to {steps[widest]:.2f} mm between "
+            f"{usual:.2f} mm slices (the first after {along[:-1][wide][0]:.2f} mm)",
+            "export the complete series, or resample it to a regular grid in Slicer",
+        )
     if steps[widest] > GAP_FACTOR * usual:
         missing = max(1, round(steps[widest] / usual) - 1)
         raise InputError(
