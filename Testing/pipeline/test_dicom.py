@@ -308,3 +308,36 @@ def test_an_mr_series_given_to_a_ct_model_is_refused_before_anything_runs(tmp_pa
         segment(tmp_path / "mr", package)
     write_dicom_series(tmp_path / "ct", PIXELS)
     assert read_volume(tmp_path / "ct").modality == "CT"
+
+
+def _padded(folder, padding, unsigned):
+    """The series' files with a circle of PixelPaddingValue around the field of view (stored values, with
+    RescaleIntercept -1024 when ``unsigned``, as GE and Philips scanners write them)."""
+    import pydicom
+
+    rows, columns = PIXELS.shape[1:]
+    jj, ii = np.mgrid[:rows, :columns]
+    outside = (jj - rows / 2 + 0.5) ** 2 + (ii - columns / 2 + 0.5) ** 2 > (rows / 2) ** 2
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path)
+        hu = ds.pixel_array.astype(np.int32)
+        stored = hu + 1024 if unsigned else hu
+        stored[outside] = padding
+        if unsigned:
+            ds.PixelRepresentation, ds.RescaleIntercept, ds.RescaleSlope = 0, -1024, 1
+        ds.add_new(0x00280120, "US" if unsigned else "SS", padding)  # PixelPaddingValue
+        ds.PixelData = stored.astype(np.uint16 if unsigned else np.int16).tobytes()
+        ds.save_as(path)
+    return outside
+
+
+@pytest.mark.parametrize(("padding", "unsigned"), [(63536, True), (-2000, False)])
+def test_pixel_padding_outside_the_field_of_view_reads_as_the_lowest_value(series, tmp_path, padding, unsigned):
+    """Before: PixelPaddingValue 63536 with unsigned pixels and intercept -1024 (a GE CT) read as 62512 HU, a
+    bright ring around the body (the sample's liver came out at 5104 mL instead of 1241 mL)."""
+    folder = copy_of(series, tmp_path)
+    outside = _padded(folder, padding, unsigned)
+    array = read_volume(folder).array.transpose(2, 1, 0)  # (k, j, i)
+    np.testing.assert_array_equal(array[:, ~outside], PIXELS[:, ~outside])
+    lowest = PIXELS[:, ~outside].min()
+    assert np.all(array[:, outside] == (lowest if unsigned else -2000))  # -2000: already the lowest, kept

@@ -30,6 +30,7 @@ POSITION, ORIENTATION, DESCRIPTION, SOP_CLASS, MODALITY = (
     "0008|0060",
 )
 PIXEL_SPACING, SLICE_STEP = "0028|0030", "0018|0088"  # PixelSpacing, SpacingBetweenSlices
+PADDING, PADDING_LIMIT, INTERCEPT, SLOPE = "0028|0120", "0028|0121", "0028|1052", "0028|1053"
 SAME_ORIENTATION = 1e-4  # direction cosines
 SAME_POSITION_MM = 1e-3
 EXACT_MM = 1e-2  # slice position errors below this are rounding in the headers
@@ -52,6 +53,7 @@ class Slice:
     orientation: np.ndarray  # row and column directions, shape (2, 3)
     sop_class: str = ""  # SOP Class UID (0008,0016): CT Image Storage, MR Image Storage, ...
     modality: str = ""  # Modality (0008,0060): CT, MR, PT, ...
+    padding: tuple[float, float, float] | None = None  # PixelPaddingValue (to its range limit) rescaled, and slope
 
 
 def read_series(folder: Path, limit: int | None = None) -> tuple[sitk.Image, list[str]]:
@@ -335,7 +337,22 @@ def _slice_info(file: str, folder: Path) -> Slice:
         None if orientation is None else orientation.reshape(2, 3),
         reader.GetMetaData(SOP_CLASS).strip(" \0") if reader.HasMetaDataKey(SOP_CLASS) else "",
         reader.GetMetaData(MODALITY).strip(" \0").upper() if reader.HasMetaDataKey(MODALITY) else "",
+        _padding(reader),
     )
+
+
+def _padding(reader: sitk.ImageFileReader) -> tuple[float, float, float] | None:
+    """The values PixelPaddingValue (up to PixelPaddingRangeLimit) marks, after the rescale GDCM applies, and the
+    slope (values within half of it are the same stored value); None without padding."""
+    padding = _numbers(reader, PADDING, 1)
+    if padding is None:
+        return None
+    limit = _numbers(reader, PADDING_LIMIT, 1)
+    slope, intercept = _numbers(reader, SLOPE, 1), _numbers(reader, INTERCEPT, 1)
+    slope = 1.0 if slope is None or slope[0] == 0 else float(slope[0])
+    intercept = 0.0 if intercept is None else float(intercept[0])
+    ends = sorted(float(v) * slope + intercept for v in (padding[0], padding[0] if limit is None else limit[0]))
+    return ends[0], ends[1], abs(slope)
 
 
 def _numbers(reader: sitk.ImageFileReader, tag: str, count: int) -> np.ndarray | None:
@@ -449,7 +466,31 @@ def _read_files(reader, files: list[str], slices: list[Slice], folder: Path, lim
             f"the DICOM reader placed the slices of {folder.name} elsewhere than their headers say",
             "export the series again, or convert it to NRRD in Slicer",
         )
-    return image
+    return _without_padding(image, slices * image.GetSize()[2] if len(slices) == 1 else slices)
+
+
+def _without_padding(image: sitk.Image, slices: list[Slice]) -> sitk.Image:
+    """``image`` with the voxels its slices' PixelPaddingValue marks (outside the scanner's field of view) set to
+    the lowest other value, where padding would read higher than that: GDCM reads padding as a value (e.g. 63536
+    with intercept -1024 as 62512 HU, a bright ring around the body), and a value below the body's is harmless."""
+    if image.GetNumberOfComponentsPerPixel() != 1 or not any(s.padding for s in slices):
+        return image
+    view = sitk.GetArrayViewFromImage(image)  # (k, j, i)
+    mask = np.zeros(view.shape, bool)
+    for k, s in enumerate(slices):
+        if s.padding:
+            low, high, slope = s.padding
+            mask[k] = (view[k] >= low - slope / 2) & (view[k] <= high + slope / 2)
+    if not mask.any() or mask.all():
+        return image
+    lowest = view[~mask].min()
+    if view[mask].min() <= lowest:
+        return image
+    array = sitk.GetArrayFromImage(image)
+    array[mask] = lowest
+    cleaned = sitk.GetImageFromArray(array)
+    cleaned.CopyInformation(image)
+    return cleaned
 
 
 def _placed_as_declared(image: sitk.Image, slices: list[Slice]) -> bool:
