@@ -257,6 +257,11 @@ def test_an_enhanced_multi_frame_ct_is_read_with_its_frames_positions(tmp_path):
     np.testing.assert_array_equal(reverse.array, PIXELS[::-1].transpose(2, 1, 0))  # top frame first
     np.testing.assert_allclose(reverse.affine[:3, 3], (SERIES_AFFINE @ [0, 0, 11, 1])[:3], atol=1e-6)
     np.testing.assert_allclose(reverse.affine[:3, 2], -SERIES_AFFINE[:3, 2], atol=1e-6)
+    spacing = (0.8, 0.6, 2.5)  # non-square pixels: PixelSpacing is (rows' spacing, columns' spacing)
+    classic = read_volume(write_dicom_series(tmp_path / "classic", PIXELS, spacing=spacing)[0].parent)
+    enhanced = read_volume(write_enhanced_ct(tmp_path / "thin" / "ENH.dcm", PIXELS, spacing=spacing))
+    np.testing.assert_allclose(enhanced.affine, classic.affine, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(classic.affine[:3, :3], axis=0), spacing, atol=1e-6)
 
 
 def test_a_multi_frame_file_with_one_position_for_all_frames_is_read_as_one_volume(tmp_path):
