@@ -162,6 +162,16 @@ class Panel:
         for selector in self.input_selectors:
             selector.sortFilterProxyModel().hiddenNodeIDs = hidden
 
+    def on_scene_closing(self) -> None:
+        """The scene is closing: stop a run (its result belongs to the closed scene's patient, never to the next
+        scene) and forget the closed scene's result nodes."""
+        if self.run is not None and self.run.state == RunState.RUNNING:
+            self.run.cancel(discard=True)
+        self.segmentation_node = self.attention_node = self.reference = None
+        self.heatmap_nodes, self.notice, self.applied_threshold = [], None, None
+        self.ui.tokenList.clear()
+        self.update_view()
+
     def enter(self) -> None:
         self.update_input_filters()
         self.update_view()
