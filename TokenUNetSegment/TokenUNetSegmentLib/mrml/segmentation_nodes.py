@@ -70,11 +70,7 @@ def made_segment_ids(node, tag: str = MODEL_TAG) -> list[str]:
 
 def _check_writable(node) -> None:
     segmentation = node.GetSegmentation()
-    source = (
-        segmentation.GetSourceRepresentationName()
-        if hasattr(segmentation, "GetSourceRepresentationName")
-        else segmentation.GetMasterRepresentationName()
-    )
+    source = segmentation.GetSourceRepresentationName()
     if segmentation.GetNumberOfSegments() and source != LABELMAP:
         raise InputError(
             f"segmentation '{node.GetName()}' is stored as '{source}', not as a binary labelmap",
