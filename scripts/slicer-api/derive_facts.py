@@ -31,7 +31,10 @@ import tempfile
 import types
 import typing
 
-SLICER_TAGS = ("v5.10.0", "v5.12.0")
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import derive_mrml_facts  # noqa: E402 - the sibling script: MRML class headers
+
+SLICER_TAGS = ("v5.10.0", "v5.12.0", "v5.12.3")
 CTK_PIN_FILE = "SuperBuild/External_CTK.cmake"
 
 # Python modules of Slicer whose functions/methods the module calls: (dotted name, path, class or None)
@@ -100,6 +103,7 @@ QT_CLASSES = (
     "QDoubleSpinBox",
     "QAbstractSpinBox",
     "QLineEdit",
+    "QTimer",
 )
 # widget classes and value types probed against the real parameterNodeWrapper's GUI connectors
 PROBE_WIDGETS = (
@@ -456,6 +460,9 @@ def qt_facts(python: str) -> dict:
         "    props = [p.decode() if isinstance(p, bytes) else p for p in props]\n"
         "    base = mo.superClass().className() if mo.superClass() is not None else None\n"
         "    entry = {'base': base, 'properties': sorted(props)}\n"
+        "    entry['signals'] = sorted({bytes(mo.method(i).methodSignature()).decode()\n"
+        "                               for i in range(mo.methodOffset(), mo.methodCount())\n"
+        "                               if mo.method(i).methodType() == QtCore.QMetaMethod.Signal})\n"
         "    if name.endswith('Application') or name == 'QObject':  # what slicer.app inherits\n"
         "        entry['methods'] = sorted(n for n in vars(cls) if not n.startswith('_'))\n"
         "    out['classes'][name] = entry\n"
@@ -524,6 +531,7 @@ def main(argv=None) -> int:
         "PyTorchUtils": {"repository": "fepegar/SlicerPyTorch", "commit": pytorch_commit, "PyTorchUtilsLogic": pytorch},
         "qt": qt_facts(args.qt_python),
         "extensions_index": extensions_index_facts(args.mirror),
+        "mrml": derive_mrml_facts.derive(args.mirror / "Slicer+Slicer" / "repo"),
     }
     args.out.write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
