@@ -33,6 +33,7 @@ SLICER = {
     "AddSegment": ("vtkSegmentation",),
     "AddSliceNode": ("vtkMRMLSliceLogic",),
     "Clear": ("vtkMRMLScene",),
+    "ContainsRepresentation": ("vtkSegmentation",),
     "CreateClosedSurfaceRepresentation": ("vtkMRMLSegmentationNode",),
     "CreateDefaultDisplayNodes": ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode"),
     "CreateFolderItem": ("vtkMRMLSubjectHierarchyNode",),

@@ -360,3 +360,21 @@ def test_closing_the_scene_during_a_run_stops_it_and_adds_nothing_to_the_next_sc
     assert env.panel.run.state == RunState.CANCELLED and ui.statusLabel.text.startswith("Cancelled")
     assert ui.tokenList.items == [] and env.panel.heatmap_nodes == [] and env.panel.segmentation_node is None
     assert not ui.show3DButton.enabled and not ui.segmentEditorButton.enabled and not ui.resultWarningLabel.visible
+
+
+def test_a_new_run_into_a_result_shown_in_3d_keeps_it_in_3d(panel_env):
+    """Show 3D (the button builds the closed surfaces), then Segment again: the run writes into the same node and
+    the 3D view keeps showing it (the GUI has no other 3D switch; the user's own segments keep theirs too)."""
+    env, ui = panel_env, panel_env.ui
+    volume = add_volume(env.ctx.scene, noise(), np.diag([2.0, 2.0, 2.0, 1.0]), name="ct")
+    env.panel.refresh_models()
+    env.node.SetNodeReferenceID("inputVolume0", volume.GetID())
+    ui.segmentButton.emit("clicked(bool)", False)
+    run_panel_until_done(env)
+    result = env.panel.segmentation_node
+    assert not result.GetSegmentation().ContainsRepresentation("Closed surface")
+    result.CreateClosedSurfaceRepresentation()  # what qMRMLSegmentationShow3DButton does when checked
+    ui.segmentButton.emit("clicked(bool)", False)
+    run_panel_until_done(env)
+    assert env.panel.run.state == RunState.COMPLETED and env.panel.segmentation_node is result
+    assert result.GetSegmentation().ContainsRepresentation("Closed surface")

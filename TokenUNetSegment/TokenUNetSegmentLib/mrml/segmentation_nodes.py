@@ -154,6 +154,15 @@ def write_labels(
     return node
 
 
+def shows_closed_surfaces(node) -> bool:
+    """Whether ``node`` (a segmentation node in a scene, or None) has its closed surfaces built (Show 3D on)."""
+    return (
+        node is not None
+        and node.GetScene() is not None
+        and node.GetSegmentation().ContainsRepresentation(CLOSED_SURFACE)
+    )
+
+
 def set_closed_surface(node, show3d: bool) -> None:
     """Build (or drop) the closed-surface representation that the 3D view shows."""
     if show3d:

@@ -22,6 +22,7 @@ from ..mrml.attributes import (
 from ..mrml.heatmap_nodes import show_in_slice_views, update_attention_segments
 from ..mrml.parameters import MAX_INPUTS, Parameters
 from ..mrml.scene_run import SceneRunFinished
+from ..mrml.segmentation_nodes import shows_closed_surfaces
 from ..pipeline.device_probe import DeviceProbe, resolved
 from ..pipeline.run_contract import LogEvent, ProgressEvent, RunState
 from ..pipeline.subprocess_run import python_executable
@@ -240,7 +241,10 @@ class Panel:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
             self.cancelling, self.message, self.notice = False, "", None
-            self.run = self.logic.startRun(self.parameters(), python=python_executable())
+            parameters = self.parameters()
+            # the GUI's 3D switch is the Show 3D button: a result it shows in 3D stays in 3D when rewritten
+            parameters.show3D = parameters.show3D or shows_closed_surfaces(parameters.outputSegmentation)
+            self.run = self.logic.startRun(parameters, python=python_executable())
             self.run.add_observer(self.on_run_event)
             self.run.start()
             self.timer.start()
