@@ -174,17 +174,9 @@ def python_api(text: str, class_name: str | None) -> dict:
     return {"functions": functions, "attributes": sorted(attributes), "classes": classes}
 
 
-def strip_comments(text: str) -> str:
-    return re.sub(r"/\*.*?\*/", "", re.sub(r"//[^\n]*", "", text), flags=re.S)
-
-
 def qt_header(text: str, class_name: str) -> dict:
     """Base class, Q_PROPERTYs, public slots and Q_INVOKABLE methods of a Qt class declared in a header."""
-    text = strip_comments(text)
-    match = re.search(rf"class\s+(?:\w+_EXPORT\s+)?{class_name}\s*:\s*public\s+(\w+)", text)
-    if match is None:
-        raise ValueError(f"class {class_name} not found")
-    body = text[match.end() :]
+    base, body = derive_mrml_facts.class_body(text, class_name)
     properties = re.findall(r"Q_PROPERTY\(\s*[\w:<>*& ]+?\s+(\w+)\s+READ", body)
     invokables = re.findall(r"Q_INVOKABLE\s+(?:virtual\s+|static\s+)?[\w:<>*&, ]+?[\s*&](\w+)\s*\(", body)
     slots, signals = [], []
@@ -196,7 +188,7 @@ def qt_header(text: str, class_name: str) -> dict:
         names = re.findall(r"(\w+)\s*\([^;{]*\)\s*(?:const\s*)?(?:override\s*)?[;{]", section.group(2))
         (signals if "signal" in section.group(1).lower() else slots).extend(names)
     return {
-        "base": match.group(1),
+        "base": base,
         "properties": sorted(set(properties)),
         "invokables": sorted(set(invokables)),
         "slots": sorted(set(slots)),

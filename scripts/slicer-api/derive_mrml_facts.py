@@ -96,13 +96,18 @@ def strip_comments(text: str) -> str:
     return re.sub(r"//[^\n]*", " ", text)
 
 
-def class_facts(name: str, header: str) -> dict:
-    """The class's first base and the names it declares (methods, macro accessors, enum values)."""
+def class_body(header: str, name: str) -> tuple[str, str]:
+    """The first base of class ``name`` and the header's text after its declaration, without comments."""
     code = strip_comments(header)
     match = re.search(rf"\bclass\s+(?:\w+\s+)?{name}\s*:\s*public\s+(\w+)", code)
     if match is None:
         raise ValueError(f"no declaration of {name} found")
-    body = code[match.end() :]
+    return match.group(1), code[match.end() :]
+
+
+def class_facts(name: str, header: str) -> dict:
+    """The class's first base and the names it declares (methods, macro accessors, enum values)."""
+    base, body = class_body(header, name)
     names = set()
     for macro, patterns in MACROS.items():
         for argument in re.findall(rf"\b{macro}\s*\(\s*(\w+)", body):
@@ -112,7 +117,7 @@ def class_facts(name: str, header: str) -> dict:
             names.add(declared)
     for enum_body in re.findall(r"\benum\b[^{;]*\{([^}]*)\}", body):
         names.update(re.findall(r"^\s*([A-Za-z_]\w*)", item)[0] for item in enum_body.split(",") if item.strip())
-    return {"base": match.group(1), "header": HEADERS[name], "names": sorted(names)}
+    return {"base": base, "header": HEADERS[name], "names": sorted(names)}
 
 
 def derive(mirror: pathlib.Path) -> dict:
