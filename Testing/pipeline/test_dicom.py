@@ -157,6 +157,7 @@ def test_a_series_in_subfolders_is_found(series, tmp_path):
     np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
     np.testing.assert_allclose(volume.affine, SERIES_AFFINE, atol=1e-6)
     assert volume.warnings == []
+    np.testing.assert_array_equal(read_volume(cd / "DICOMDIR").array, volume.array)  # the DICOMDIR: its folder
 
 
 def test_series_in_several_subfolders_read_the_largest_and_say_where(series, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from ..errors import InputError, OutOfMemoryError
-from .dicom import is_dicom_file, open_series
+from .dicom import DICOMDIR_CLASS, dicom_file_class, open_series
 from .header import OpenedImage, check_header, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
 from .metaimage import parse_metaimage
@@ -70,8 +70,9 @@ def open_image(path: str | Path, limit: int | None = None) -> OpenedImage:
             raise InputError(f"{name} is not a regular file", "pass an image file or a DICOM series folder")
         suffix = file_suffix(path)
         if suffix not in FORMATS:
-            if is_dicom_file(path):  # one file of a series: the user's choice among the series of its folder
-                series = open_series(path.parent, limit, chosen=path)
+            kind = dicom_file_class(path)
+            if kind is not None:  # one file of a series: the user's choice among the series of its folder; a DICOMDIR
+                series = open_series(path.parent, limit, chosen=None if kind == DICOMDIR_CLASS else path)  # its folder
                 return OpenedImage(series.values, lambda: _guarded(name, series.read), series.modality)
             raise InputError(
                 f"unsupported file type '{suffix or path.name}' for {path.name}",

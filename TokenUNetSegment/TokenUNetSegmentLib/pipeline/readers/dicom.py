@@ -37,6 +37,7 @@ EXACT_MM = 1e-2  # slice position errors below this are rounding in the headers
 UNEVEN_FRACTION = 0.1  # positions off by up to this share of the spacing: read, with a warning
 GAP_FACTOR = 1.5  # a step this much larger than the usual one means missing slices
 DICOM_MAGIC_AT, DICOM_MAGIC = 128, b"DICM"
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: a DICOMDIR
 FILE_META_BYTES = 4096  # the file meta group (0002) holding the Media Storage SOP Class UID fits in this
 SEARCH_DEPTH, SEARCH_FOLDERS = 6, 2000  # subfolders searched for a series when a folder holds none itself
 LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
@@ -523,27 +524,23 @@ def _unread_dicom_files(folder: Path, read: set[str], sop_class: str) -> list[st
             path = os.path.normpath(entry.path)
             if path in read or not entry.is_file():
                 continue
-            try:
-                with open(path, "rb") as stream:
-                    stream.seek(DICOM_MAGIC_AT)
-                    if stream.read(4) != DICOM_MAGIC:
-                        continue
-                    other = _media_sop_class(stream.read(FILE_META_BYTES))
-                if not (sop_class and other and other != sop_class):
-                    unread.append(entry.name)
-            except OSError:
-                continue
+            other = dicom_file_class(Path(path))
+            if other is not None and not (sop_class and other and other != sop_class):
+                unread.append(entry.name)
     return sorted(unread)
 
 
-def is_dicom_file(path: Path) -> bool:
-    """Whether ``path`` starts like a DICOM file (the DICM preamble)."""
+def dicom_file_class(path: Path) -> str | None:
+    """None when ``path`` does not start like a DICOM file (the DICM preamble), else the SOP class its file meta
+    names ("" where that cannot be read; :data:`DICOMDIR_CLASS` for a DICOMDIR)."""
     try:
         with open(path, "rb") as stream:
             stream.seek(DICOM_MAGIC_AT)
-            return stream.read(4) == DICOM_MAGIC
+            if stream.read(4) != DICOM_MAGIC:
+                return None
+            return _media_sop_class(stream.read(FILE_META_BYTES))
     except OSError:
-        return False
+        return None
 
 
 def _media_sop_class(meta: bytes) -> str:
