@@ -15,7 +15,8 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from ..errors import InputError, OutOfMemoryError
-from .dicom import DICOMDIR_CLASS, dicom_file_class, open_series
+from .dicom import open_series
+from .dicom_meta import DICOMDIR_CLASS, dicom_file_class
 from .header import OpenedImage, check_header, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
 from .metaimage import parse_metaimage

@@ -1,0 +1,45 @@
+"""What a file's DICOM preamble and file meta say, read without a DICOM library: whether it is DICOM at all, and
+its SOP class (an image slice, a structured report, a DICOMDIR, ...)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+DICOM_MAGIC_AT, DICOM_MAGIC = 128, b"DICM"
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: a DICOMDIR
+FILE_META_BYTES = 4096  # the file meta group (0002) holding the Media Storage SOP Class UID fits in this
+LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def dicom_file_class(path: Path) -> str | None:
+    """None when ``path`` does not start like a DICOM file (the DICM preamble), else the SOP class its file meta
+    names ("" where that cannot be read; :data:`DICOMDIR_CLASS` for a DICOMDIR)."""
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(DICOM_MAGIC_AT)
+            if stream.read(4) != DICOM_MAGIC:
+                return None
+            return _media_sop_class(stream.read(FILE_META_BYTES))
+    except OSError:
+        return None
+
+
+def _media_sop_class(meta: bytes) -> str:
+    """The Media Storage SOP Class UID (0002,0002) from the bytes after the DICM preamble ("" if not found)."""
+    at = 0
+    while at + 8 <= len(meta):
+        group, element = struct.unpack_from("<HH", meta, at)
+        vr = meta[at + 4 : at + 6]
+        if group != 2 or not vr.isalpha():
+            return ""
+        if vr in LONG_LENGTH_VRS:
+            if at + 12 > len(meta):
+                return ""
+            (length,), at = struct.unpack_from("<I", meta, at + 8), at + 12
+        else:
+            (length,), at = struct.unpack_from("<H", meta, at + 6), at + 8
+        if element == 2:
+            return meta[at : at + length].decode("ascii", "replace").strip(" \0")
+        at += length
+    return ""
