@@ -10,6 +10,8 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import InputError
 from ..memory import format_size
 from .header import Payload
@@ -42,6 +44,13 @@ def verify_payloads(payloads: list[Payload], name: str) -> None:
                 f"{where} is truncated: its compressed data ends before the end of its stream",
                 "the file is incomplete: copy or export it again",
             )
+        if payload.floats:
+            bad = count_non_finite(payload)
+            if bad:
+                raise InputError(
+                    f"{name} has {bad} NaN or infinite voxels",
+                    "replace them (e.g. by the background value) before segmenting",
+                )
 
 
 def _available_bytes(payload: Payload, name: str) -> tuple[int, bool]:
@@ -87,3 +96,42 @@ def decoded_size(path: Path, offset: int, enough: int, name: str) -> tuple[int, 
             "the file is damaged: copy or export it again",
         ) from None
     return total, True
+
+
+def count_non_finite(payload: Payload) -> int:
+    """NaN and infinite values of type ``payload.floats`` in the payload's data (``floats_from`` decoded bytes on);
+    memory bounded by ``CHUNK`` (the file is known to be whole)."""
+    dtype = np.dtype(payload.floats)
+    skip, left, bad, carry = payload.floats_from, payload.size - payload.floats_from, 0, b""
+    for data in _decoded_chunks(payload):
+        if skip:
+            data, skip = data[skip:], max(0, skip - len(data))
+        data = carry + data[:left]
+        usable = len(data) - len(data) % dtype.itemsize
+        values = np.frombuffer(data, dtype, usable // dtype.itemsize)
+        bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+        left -= usable
+        carry = data[usable:]
+        if left <= 0:
+            break
+    return bad
+
+
+def _decoded_chunks(payload: Payload):
+    """The payload's decoded bytes, at most ``CHUNK`` at a time (gzip or zlib streams, several members allowed)."""
+    with open(payload.path, "rb") as stream:
+        stream.seek(max(payload.offset, 0))
+        if payload.encoding != "gzip":
+            yield from iter(lambda: stream.read(CHUNK), b"")
+            return
+        decoder = zlib.decompressobj(47)
+        data = stream.read(CHUNK)
+        while data:
+            yield decoder.decompress(data, CHUNK)
+            if decoder.eof:
+                data = decoder.unused_data + stream.read(CHUNK)
+                if not data.startswith(GZIP_MAGIC):
+                    return
+                decoder = zlib.decompressobj(47)
+            else:
+                data = decoder.unconsumed_tail or stream.read(CHUNK)

@@ -1,0 +1,114 @@
+"""Single-file volumes as other tools write them: NIfTI headers whose qform, sform and pixdim disagree, RGB
+voxels, NaN voxels (which ITK's NIfTI reader turns into zeros without a word)."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from helpers.readers import NIFTI_PIXDIM, NIFTI_SFORM_CODE, NIFTI_SROW, edit_nifti, volume_array, write_volume
+from TokenUNetSegmentLib.pipeline.errors import InputError
+from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
+from TokenUNetSegmentLib.pipeline.volumes import read_volume
+
+NIFTI_DATATYPE, NIFTI_BITPIX, NIFTI_QFORM_CODE = 70, 72, 252
+
+
+def srow(path):
+    data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    return np.asarray(struct.unpack_from("<12f", data, NIFTI_SROW), float).reshape(3, 4)
+
+
+@pytest.mark.parametrize("kind", ["nii", "nii.gz"])
+def test_an_sform_whose_voxel_size_disagrees_with_pixdim_is_refused(tmp_path, kind):
+    """ITK (and so Slicer) takes the spacing from pixdim and only the axes from the sform; nibabel, MONAI and
+    TotalSegmentator take the sform whole: a volume off by a factor of 8 in one of them (before: read silently)."""
+    path = write_volume(tmp_path, kind)
+    edit_nifti(path, NIFTI_PIXDIM + 4, "3f", 0.4, 0.45, 1.25)  # half the sform's voxel size
+    with pytest.raises(InputError, match="two geometries") as error:
+        read_volume(path)
+    assert "pixdim" in str(error.value) and len(str(error.value)) < 200
+
+
+def test_an_aligned_sform_that_disagrees_with_the_qform_is_refused(tmp_path):
+    """sform code 2 (aligned) with qform code 1: ITK reads the qform, nibabel the sform (before: read silently
+    with the qform, 50 mm from where nibabel-based tools put the scan)."""
+    path = write_volume(tmp_path, "nii")
+    rows = srow(path)
+    rows[0, 3] += 50.0
+    edit_nifti(path, NIFTI_SROW, "12f", *rows.ravel())
+    edit_nifti(path, NIFTI_SFORM_CODE, "h", 2)
+    with pytest.raises(InputError, match="two geometries up to 50.0 mm apart.*read its qform"):
+        read_volume(path)
+
+
+def test_a_scanner_sform_that_disagrees_with_the_qform_is_read_with_a_warning(tmp_path):
+    """sform code 1 wins in ITK, Slicer and nibabel alike: read with the sform, and the user is told."""
+    path = write_volume(tmp_path, "nii")
+    rows = srow(path)
+    rows[0, 3] += 50.0
+    edit_nifti(path, NIFTI_SROW, "12f", *rows.ravel())
+    volume = read_volume(path)
+    assert np.allclose(volume.affine[:3, 3], [60.0, -20.0, 30.0], atol=1e-3)
+    assert any("qform and sform disagree" in w and "50.0 mm" in w for w in volume.warnings)
+
+
+def test_agreeing_or_single_forms_give_no_warning(tmp_path):
+    path = write_volume(tmp_path, "nii.gz")
+    assert read_volume(path).warnings == []
+    edit_nifti(path, NIFTI_QFORM_CODE, "h", 0)
+    assert read_volume(path).warnings == []
+    edit_nifti(path, NIFTI_QFORM_CODE, "h", 1)
+    edit_nifti(path, NIFTI_SFORM_CODE, "h", 0)
+    assert read_volume(path).warnings == []
+
+
+def test_a_nifti_without_orientation_warns(tmp_path):
+    """qform and sform codes 0: ITK puts the axes along LPS at origin 0, nibabel along LAS elsewhere."""
+    path = write_volume(tmp_path, "nii")
+    edit_nifti(path, NIFTI_QFORM_CODE, "2h", 0, 0)
+    volume = read_volume(path)
+    assert any("no orientation" in w for w in volume.warnings)
+
+
+def test_a_nrrd_without_orientation_warns(tmp_path):
+    path = tmp_path / "scan.nrrd"
+    array = volume_array()
+    header = f"NRRD0004\ntype: short\ndimension: 3\nsizes: {' '.join(map(str, array.shape))}\nspacings: 1 1 2\n"
+    path.write_bytes((header + "endian: little\nencoding: raw\n\n").encode() + array.tobytes(order="F"))
+    volume = read_volume(path)
+    assert any("no orientation" in w for w in volume.warnings)
+
+
+@pytest.mark.parametrize("kind", ["nii", "nii.gz"])
+def test_an_rgb_nifti_is_refused_as_colour_not_as_damaged(tmp_path, kind):
+    """RGB24 voxels (before: "read 3 x N values where its header declares N (export it again)")."""
+    path = write_volume(tmp_path, "nii", volume_array(dtype=np.uint8))
+    data = bytearray(path.read_bytes())
+    offset = int(struct.unpack_from("<f", data, 108)[0])
+    struct.pack_into("<2h", data, NIFTI_DATATYPE, 128, 24)
+    data = bytes(data[:offset]) + bytes(np.repeat(np.frombuffer(bytes(data[offset:]), np.uint8), 3))
+    if kind == "nii.gz":
+        path.unlink()
+        path = path.with_name("scan.nii.gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    with pytest.raises(InputError, match="3 components per voxel"):
+        read_volume(path)
+
+
+@pytest.mark.parametrize("kind", ["nii", "nii.gz"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_voxels_in_a_nifti_are_refused_not_read_as_zeros(tmp_path, kind, dtype):
+    """ITK's NIfTI reader sets NaN and infinite voxels to 0 (water, in a CT) silently; NRRD and MetaImage keep
+    them and are refused: a NIfTI is refused the same way (before: read, 0 in place of NaN)."""
+    array = volume_array(dtype=dtype)
+    array[2, 3, 4], array[0, 0, 0] = np.nan, -np.inf
+    path = tmp_path / f"scan.{kind}"
+    sitk.WriteImage(image_from_array(array, affine_from_spacing((1, 1, 2))), str(path), useCompression=True)
+    with pytest.raises(InputError, match="has 2 NaN or infinite voxels"):
+        read_volume(path)
+    array[2, 3, 4] = array[0, 0, 0] = 0
+    sitk.WriteImage(image_from_array(array, affine_from_spacing((1, 1, 2))), str(path), useCompression=True)
+    assert np.array_equal(read_volume(path).array, array)
