@@ -7,9 +7,11 @@ import struct
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers.packages import threshold_package
 from helpers.readers import NIFTI_PIXDIM, NIFTI_SFORM_CODE, NIFTI_SROW, edit_nifti, volume_array, write_volume
 from TokenUNetSegmentLib.pipeline.errors import InputError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
+from TokenUNetSegmentLib.pipeline.segmentation import segment
 from TokenUNetSegmentLib.pipeline.volumes import read_volume
 
 NIFTI_DATATYPE, NIFTI_BITPIX, NIFTI_QFORM_CODE = 70, 72, 252
@@ -112,3 +114,14 @@ def test_nan_voxels_in_a_nifti_are_refused_not_read_as_zeros(tmp_path, kind, dty
     array[2, 3, 4] = array[0, 0, 0] = 0
     sitk.WriteImage(image_from_array(array, affine_from_spacing((1, 1, 2))), str(path), useCompression=True)
     assert np.array_equal(read_volume(path).array, array)
+
+
+def test_a_scan_measured_in_metres_is_refused_naming_its_size_not_only_memory(tmp_path):
+    """A NIfTI whose xyzt_units say metres while pixdim holds millimetres: ITK (and Slicer) scale it to 3 m voxels
+    (before: "this run needs about 83543509.3 GiB of memory ... (use a coarser model spacing, crop the volume...)")."""
+    path = write_volume(tmp_path, "nii.gz")
+    edit_nifti(path, 123, "B", 1)  # xyzt_units: NIFTI_UNITS_METER
+    volume = read_volume(path)
+    assert volume.grid.spacing.min() > 700
+    with pytest.raises(InputError, match=r"spans 7\.2 x 7\.2 x 17\.5 m.*spacing or units are wrong"):
+        segment([volume], threshold_package(), device="cpu")
