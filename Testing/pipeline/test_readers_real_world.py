@@ -125,3 +125,40 @@ def test_a_scan_measured_in_metres_is_refused_naming_its_size_not_only_memory(tm
     assert volume.grid.spacing.min() > 700
     with pytest.raises(InputError, match=r"spans 7\.2 x 7\.2 x 17\.5 m.*spacing or units are wrong"):
         segment([volume], threshold_package(), device="cpu")
+
+
+def write_nifti2(path, array):
+    """A minimal single-file NIfTI-2 (nifti2.h offsets), int16, 1 x 1 x 2 mm, sform code 1 at the identity."""
+    header = bytearray(540)
+    struct.pack_into("<i8s", header, 0, 540, b"n+2\0\r\n\x1a\n")
+    struct.pack_into("<2h", header, 12, 4, 16)  # datatype int16, bitpix
+    struct.pack_into("<8q", header, 16, 3, *array.shape, 1, 1, 1, 1)
+    struct.pack_into("<8d", header, 104, 1, 1, 1, 2, 1, 1, 1, 1)
+    struct.pack_into("<q", header, 168, 544)  # vox_offset
+    struct.pack_into("<2i", header, 344, 0, 1)  # qform, sform codes
+    struct.pack_into("<12d", header, 400, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 2, 0)
+    data = bytes(header) + b"\0" * 4 + array.astype("<i2").tobytes(order="F")
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["nii", "nii.gz"])
+def test_a_nifti2_file_is_read_or_refused_in_plain_words(tmp_path, kind):
+    """ITK (and 3D Slicer) of this SimpleITK cannot read NIfTI-2 (before: "cannot read scan.nii.gz:
+    NiftiImageIO(0x55d...): /full/path is not recognized as a NIFTI file")."""
+    array = volume_array()
+    path = write_nifti2(tmp_path / f"scan.{kind}", array)
+    try:
+        volume = read_volume(path)
+    except InputError as error:
+        assert str(error).startswith(f"scan.{kind} is a NIfTI-2 file") and "NIfTI-1" in str(error)
+        assert "0x" not in str(error) and str(tmp_path) not in str(error)
+    else:  # a SimpleITK that reads NIfTI-2
+        assert np.array_equal(volume.array, array)
+
+
+def test_itk_messages_lose_object_addresses():
+    from TokenUNetSegmentLib.pipeline.readers.itk import itk_error_text
+
+    error = RuntimeError("a.cxx:10:\nITK ERROR: NiftiImageIO(0x7fcc2800ae90): scan.nii is not recognized")
+    assert itk_error_text(error) == "scan.nii is not recognized"

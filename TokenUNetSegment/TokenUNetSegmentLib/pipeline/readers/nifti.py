@@ -13,9 +13,11 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from ..errors import InputError
 from .header import ImageHeader, Payload, header_error
+from .itk import quiet_itk
 
 KIND = "NIfTI"
 # datatype code -> (name, bytes per voxel); complex and RGB are listed so that their size is known
@@ -81,9 +83,27 @@ def parse_nifti(path: Path, name: str) -> ImageHeader:
         raise header_error(name, KIND, f"only {len(start)} bytes, shorter than a {version} header")
     if start[magic_at : magic_at + 4] != magic:
         raise header_error(name, KIND, f"no {version} single-file magic (a .hdr/.img pair is not supported)")
+    if size == 540 and not _itk_reads(path):
+        raise InputError(
+            f"{name} is a NIfTI-2 file, which ITK and 3D Slicer cannot read",
+            "save it as NIfTI-1 (nibabel's Nifti1Image), NRRD or MetaImage",
+        )
     fields = _fields_v1(start, order) if size == 348 else _fields_v2(start, order)
     fields["order"] = order
     return _header(path, name, fields, compressed)
+
+
+def _itk_reads(path: Path) -> bool:
+    """Whether SimpleITK's NIfTI reader takes the file's header (some ITK builds read NIfTI-1 only)."""
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("NiftiImageIO")
+    reader.SetFileName(str(path))
+    try:
+        with quiet_itk():
+            reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _fields_v1(data: bytes, order: str) -> dict:
