@@ -144,7 +144,7 @@ def write_nifti2(path, array):
 
 @pytest.mark.parametrize("kind", ["nii", "nii.gz"])
 def test_a_nifti2_file_is_read_or_refused_in_plain_words(tmp_path, kind):
-    """ITK (and 3D Slicer) of this SimpleITK cannot read NIfTI-2 (before: "cannot read scan.nii.gz:
+    """The ITK of SimpleITK 2.5.7 cannot read NIfTI-2 (before: "cannot read scan.nii.gz:
     NiftiImageIO(0x55d...): /full/path is not recognized as a NIFTI file")."""
     array = volume_array()
     path = write_nifti2(tmp_path / f"scan.{kind}", array)

@@ -85,7 +85,7 @@ def parse_nifti(path: Path, name: str) -> ImageHeader:
         raise header_error(name, KIND, f"no {version} single-file magic (a .hdr/.img pair is not supported)")
     if size == 540 and not _itk_reads(path):
         raise InputError(
-            f"{name} is a NIfTI-2 file, which ITK and 3D Slicer cannot read",
+            f"{name} is a NIfTI-2 file, which the image reader here (ITK) cannot read",
             "save it as NIfTI-1 (nibabel's Nifti1Image), NRRD or MetaImage",
         )
     fields = _fields_v1(start, order) if size == 348 else _fields_v2(start, order)
