@@ -56,6 +56,18 @@ def test_a_scanner_sform_that_disagrees_with_the_qform_is_read_with_a_warning(tm
     assert any("qform and sform disagree" in w and "50.0 mm" in w for w in volume.warnings)
 
 
+def test_a_sheared_sform_without_a_qform_is_refused_in_plain_words(tmp_path):
+    """ITK reads no sheared sform (before: "ITK only supports orthonormal direction cosines.  No orthonormal
+    definition found!", when the voxels were read)."""
+    path = write_volume(tmp_path, "nii")
+    rows = srow(path)
+    rows[0, 1] += 0.4
+    edit_nifti(path, NIFTI_SROW, "12f", *rows.ravel())
+    edit_nifti(path, NIFTI_QFORM_CODE, "h", 0)
+    with pytest.raises(InputError, match="has a sheared sform .* and no qform"):
+        read_volume(path)
+
+
 def test_agreeing_or_single_forms_give_no_warning(tmp_path):
     path = write_volume(tmp_path, "nii.gz")
     assert read_volume(path).warnings == []

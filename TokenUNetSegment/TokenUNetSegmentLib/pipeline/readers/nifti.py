@@ -237,8 +237,11 @@ def _geometry_warnings(f: dict, sizes, name: str) -> list[str]:
         if rotation and (qform is None or sform_code == 1 or _apart(qform, sform, sizes) < 1e-3):
             used, itk = "sform", sform.copy()
             itk[:3, :3] = axes * pixdim  # ITK's spacing is pixdim's
-    if itk is None:
-        return []  # a sheared sform alone: ITK refuses it, and so does the orientation check
+    if itk is None:  # a sheared sform alone (ITK's own message: "No orthonormal definition found!")
+        raise InputError(
+            f"{name} has a sheared sform (its axes are not at right angles) and no qform",
+            "resample the image to an orthogonal grid first",
+        )
     nibabel = sform if sform is not None else qform
     voxel = float(pixdim.min())
     apart = _apart(itk, nibabel, sizes)
