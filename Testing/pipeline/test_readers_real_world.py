@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from helpers.packages import threshold_package
-from helpers.readers import NIFTI_PIXDIM, NIFTI_SFORM_CODE, NIFTI_SROW, edit_nifti, volume_array, write_volume
+from helpers.readers import (
+    AFFINE,
+    NIFTI_DIM,
+    NIFTI_PIXDIM,
+    NIFTI_SFORM_CODE,
+    NIFTI_SROW,
+    edit_nifti,
+    volume_array,
+    write_volume,
+)
 from TokenUNetSegmentLib.pipeline.errors import InputError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
 from TokenUNetSegmentLib.pipeline.segmentation import segment
@@ -174,3 +183,99 @@ def test_itk_messages_lose_object_addresses():
 
     error = RuntimeError("a.cxx:10:\nITK ERROR: NiftiImageIO(0x7fcc2800ae90): scan.nii is not recognized")
     assert itk_error_text(error) == "scan.nii is not recognized"
+
+
+def flipped(array, affine, axis):
+    """The same volume in physical space stored with ``axis`` reversed (the direction's determinant changes sign)."""
+    moved = affine.copy()
+    moved[:3, 3] = affine[:3, :3] @ np.eye(3)[axis] * (array.shape[axis] - 1) + affine[:3, 3]
+    moved[:3, axis] *= -1
+    return np.ascontiguousarray(np.flip(array, axis)), moved
+
+
+def nrrd_text(array, space, directions, origin, extra="", kinds="domain domain domain", sizes=None):
+    vectors = " ".join(d if isinstance(d, str) else "(" + ",".join(f"{v:.9g}" for v in d) + ")" for d in directions)
+    sizes = sizes or " ".join(map(str, array.shape))
+    return (
+        f"NRRD0004\ntype: short\ndimension: {len(sizes.split())}\n{space}sizes: {sizes}\nspace directions: {vectors}\n"
+        f"kinds: {kinds}\nendian: little\nspace origin: ({','.join(f'{v:.9g}' for v in origin)})\n{extra}"
+    )
+
+
+def write_variant(folder, variant):
+    """The volume of :func:`volume_array` on ``AFFINE`` written as a user's tool might write it."""
+    array = volume_array()
+    lps = np.diag([-1.0, -1.0, 1.0]) @ AFFINE[:3, :3]
+    lps_origin = AFFINE[:3, 3] * [-1, -1, 1]
+    if variant == "nii uint16 with scl_inter -1024":
+        path = write_volume(folder, "nii", (array.astype(np.int32) + 1024).astype(np.uint16))
+        return edit_nifti(path, 112, "2f", 1.0, -1024.0)
+    if variant == "nii 4D with one time point":
+        return edit_nifti(write_volume(folder, "nii", array), NIFTI_DIM, "5h", 4, *array.shape, 1)
+    if variant == "nii qform only":
+        return edit_nifti(write_volume(folder, "nii", array), NIFTI_SFORM_CODE, "h", 0)
+    if variant == "nii sform only":
+        return edit_nifti(write_volume(folder, "nii", array), NIFTI_QFORM_CODE, "h", 0)
+    if variant == "nii.gz stored uncompressed":
+        return write_volume(folder, "nii", array).rename(folder / "scan.nii.gz")
+    if variant == "NII.GZ in capitals":
+        return write_volume(folder, "nii.gz", array).rename(folder / "SCAN.NII.GZ")
+    if variant == "a link to a nii.gz":
+        (folder / "link.nii.gz").symlink_to(write_volume(folder, "nii.gz", array))
+        return folder / "link.nii.gz"
+    if variant.startswith("nii.gz flipped along "):
+        axis = "ijk".index(variant[-1])
+        return write_volume(folder, "nii.gz", *flipped(array, AFFINE, axis))
+    if variant == "nrrd space RAS":
+        text = nrrd_text(array, "space: right-anterior-superior\n", AFFINE[:3, :3].T, AFFINE[:3, 3])
+    elif variant == "nrrd space scanner-xyz":
+        text = nrrd_text(array, "space: scanner-xyz\n", lps.T, lps_origin)
+    elif variant == "nrrd with a measurement frame":
+        extra = "measurement frame: (-1,0,0) (0,-1,0) (0,0,1)\n"
+        text = nrrd_text(array, "space: left-posterior-superior\n", lps.T, lps_origin, extra)
+    elif variant == "nrrd with a list axis of 1 first":
+        directions = ["none", *lps.T]
+        sizes = "1 " + " ".join(map(str, array.shape))
+        text = nrrd_text(array, "space: LPS\n", directions, lps_origin, kinds="list domain domain domain", sizes=sizes)
+    elif variant == "nhdr with a gzip data file":
+        text = nrrd_text(array, "space: LPS\n", lps.T, lps_origin, "encoding: gzip\ndata file: scan.raw.gz\n")
+        (folder / "scan.raw.gz").write_bytes(gzip.compress(array.astype("<i2").tobytes(order="F")))
+        (folder / "scan.nhdr").write_text(text)
+        return folder / "scan.nhdr"
+    else:
+        raise AssertionError(variant)
+    path = folder / "scan.nrrd"
+    path.write_bytes((text + "encoding: raw\n\n").encode() + array.astype("<i2").tobytes(order="F"))
+    return path
+
+
+VARIANTS = [
+    "nii uint16 with scl_inter -1024",
+    "nii 4D with one time point",
+    "nii qform only",
+    "nii sform only",
+    "nii.gz stored uncompressed",
+    "NII.GZ in capitals",
+    "a link to a nii.gz",
+    "nii.gz flipped along i",
+    "nii.gz flipped along k",
+    "nrrd space RAS",
+    "nrrd space scanner-xyz",
+    "nrrd with a measurement frame",
+    "nrrd with a list axis of 1 first",
+    "nhdr with a gzip data file",
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_real_world_variants_read_as_the_same_volume_in_physical_space(tmp_path, variant):
+    """Every voxel value at the same RAS position as the volume written plainly, and no warning."""
+    from TokenUNetSegmentLib.pipeline.geometry import Grid, resample_nearest
+
+    array = volume_array()
+    volume = read_volume(write_variant(tmp_path, variant))
+    assert volume.warnings == []
+    assert np.isclose(abs(np.linalg.det(volume.affine)), abs(np.linalg.det(AFFINE)), rtol=1e-5)
+    source = Grid(volume.array.shape, volume.affine)
+    back = resample_nearest(volume.array.astype(np.int32) + 5000, source, Grid(array.shape, AFFINE), np.int32)
+    assert np.array_equal(back - 5000, array)
