@@ -20,6 +20,7 @@ from helpers.readers import (
 )
 from TokenUNetSegmentLib.pipeline.errors import InputError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
+from TokenUNetSegmentLib.pipeline.readers import payload
 from TokenUNetSegmentLib.pipeline.segmentation import segment
 from TokenUNetSegmentLib.pipeline.volumes import read_volume
 
@@ -123,16 +124,20 @@ def test_an_rgb_nifti_is_refused_as_colour_not_as_damaged(tmp_path, kind):
 
 @pytest.mark.parametrize("kind", ["nii", "nii.gz"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_nan_voxels_in_a_nifti_are_refused_not_read_as_zeros(tmp_path, kind, dtype):
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_nan_voxels_in_a_nifti_are_refused_not_read_as_zeros(tmp_path, monkeypatch, kind, dtype, chunk):
     """ITK's NIfTI reader sets NaN and infinite voxels to 0 (water, in a CT) silently; NRRD and MetaImage keep
-    them and are refused: a NIfTI is refused the same way (before: read, 0 in place of NaN)."""
+    them and are refused: a NIfTI is refused the same way (before: read, 0 in place of NaN). ``chunk`` 7: values
+    split across the pieces the data is read in."""
+    if chunk:
+        monkeypatch.setattr(payload, "CHUNK", chunk)
     array = volume_array(dtype=dtype)
-    array[2, 3, 4], array[0, 0, 0] = np.nan, -np.inf
+    array[2, 3, 4], array[0, 0, 0], array[-1, -1, -1] = np.nan, -np.inf, np.nan
     path = tmp_path / f"scan.{kind}"
     sitk.WriteImage(image_from_array(array, affine_from_spacing((1, 1, 2))), str(path), useCompression=True)
-    with pytest.raises(InputError, match="has 2 NaN or infinite voxels"):
+    with pytest.raises(InputError, match="has 3 NaN or infinite voxels"):
         read_volume(path)
-    array[2, 3, 4] = array[0, 0, 0] = 0
+    array[2, 3, 4] = array[0, 0, 0] = array[-1, -1, -1] = 0
     sitk.WriteImage(image_from_array(array, affine_from_spacing((1, 1, 2))), str(path), useCompression=True)
     assert np.array_equal(read_volume(path).array, array)
 
