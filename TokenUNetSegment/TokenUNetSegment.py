@@ -166,6 +166,8 @@ class TokenUNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)
+        if self.panel is not None:
+            self.panel.on_scene_closing()
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:

@@ -172,3 +172,11 @@ def test_self_test_is_reported_skipped_by_unittest_and_quiet_in_reload_and_test(
     module.module.TokenUNetSegmentTest().run(result)  # as Slicer's ctest driver runs it
     assert len(result.skipped) == 1 and not result.errors and not result.failures
     module.module.TokenUNetSegmentTest().runTest()  # as Reload and Test calls it: no exception
+
+
+def test_closing_the_scene_tells_the_panel(module):
+    widget = module.module.TokenUNetSegmentWidget()
+    calls = []
+    widget.panel = types.SimpleNamespace(on_scene_closing=lambda: calls.append("closing"))
+    widget.onSceneStartClose(None, None)
+    assert calls == ["closing"]

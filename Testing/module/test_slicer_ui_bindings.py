@@ -176,3 +176,66 @@ def test_parameters_are_stored_as_the_real_wrapper_stores_them():
 
 
 # -- packaging facts -----------------------------------------------------------------------------------------
+
+
+# -- signals the code connects to ----------------------------------------------------------------------------
+def connections() -> list[tuple[str, str, str, int]]:
+    """(class of the sender, signal signature, file, line) of every ``sender.connect("signal(args)", slot)``: .ui
+    widgets (``ui.name`` / ``self.ui.name``), Qt timers and ``slicer.app``."""
+    import ast
+
+    from helpers.paths import MODULE_DIR
+    from helpers.ui import ui_widgets
+
+    widgets = {name: cls for name, (cls, _props) in ui_widgets().items()}
+    sources = [
+        MODULE_DIR / "TokenUNetSegment.py",
+        *sorted((MODULE_DIR / "TokenUNetSegmentLib" / "widget").glob("*.py")),
+    ]
+    found = []
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (
+                isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "connect"
+            ):
+                continue
+            if not (node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                continue
+            sender = ast.unparse(node.func.value)
+            name = sender.rsplit(".", 1)[-1]
+            if sender.startswith(("ui.", "self.ui.")):
+                cls = widgets[name]
+            elif name == "timer":
+                cls = "QTimer"
+            elif sender == "slicer.app":
+                cls = "qSlicerApplication"
+            else:
+                cls = f"unknown sender {sender}"
+            found.append((cls, node.args[0].value.replace(" ", ""), path.name, node.lineno))
+    return found
+
+
+def test_every_connected_signal_exists_with_its_arguments_at_every_tag():
+    """Qt's signals are compared in full (``currentIndexChanged(int)``), Slicer's and CTK's by name (their facts
+    hold names; the arguments were read in the headers: ctkSliderWidget ``valueChanged(double)``)."""
+    problems, seen = [], connections()
+    for tag in TAGS:
+        for cls, signal, where, line in seen:
+            try:
+                chain = class_chain(tag, cls)
+            except KeyError:
+                problems.append(f"{where}:{line}: {cls}")
+                continue
+            qt_signals = set().union(*(set(c.get("signals", [])) for c in chain if "invokables" not in c))
+            named = set().union(*(set(c["signals"]) for c in chain if "invokables" in c))
+            if signal not in qt_signals and signal.split("(")[0] not in named:
+                problems.append(f"{tag}: {where}:{line}: {cls} has no signal {signal}")
+    assert len(seen) >= 10, seen
+    assert problems == []
+
+
+def test_the_signal_check_needs_the_arguments_of_qt_signals():
+    chain = class_chain(TAGS[0], "QComboBox")
+    signals = set().union(*(set(c.get("signals", [])) for c in chain))
+    assert "currentIndexChanged(int)" in signals and "currentIndexChanged(double)" not in signals
+    assert "timeout()" in class_chain(TAGS[0], "QTimer")[0]["signals"]

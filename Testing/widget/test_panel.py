@@ -337,3 +337,44 @@ def test_panel_shows_what_the_result_says_about_itself_and_the_input_warnings(pa
     ui.segmentButton.emit("clicked(bool)", False)  # a new run: the old result's warning goes
     assert env.panel.notice is None and not ui.resultWarningLabel.visible
     run_panel_until_done(env)
+
+
+def test_closing_the_scene_during_a_run_stops_it_and_adds_nothing_to_the_next_scene(panel_env):
+    """File > Close Scene while segmenting: the next patient's scene must not receive the previous one's result,
+    even when the run finished in the background before the panel noticed (completed, not yet polled)."""
+    env, ui = panel_env, panel_env.ui
+    volume = add_volume(env.ctx.scene, noise(), np.diag([2.0, 2.0, 2.0, 1.0]), name="first patient")
+    env.panel.refresh_models()
+    env.node.SetNodeReferenceID("inputVolume0", volume.GetID())
+    ui.segmentButton.emit("clicked(bool)", False)
+    run_panel_until_done(env)  # a first result, listed in the panel
+    assert env.panel.run.state == RunState.COMPLETED and ui.tokenList.items
+    ui.segmentButton.emit("clicked(bool)", False)
+    env.panel.run.run._thread.join()  # the worker has finished; its result waits for the next poll
+    env.panel.on_scene_closing()  # what the widget calls on the scene's StartCloseEvent
+    env.ctx.scene.Clear(0)
+    parameter_node(env.ctx.scene)
+    before = node_ids(env.ctx.scene)
+    run_panel_until_done(env)
+    assert node_ids(env.ctx.scene) == before  # nothing of the closed scene's patient arrives
+    assert env.panel.run.state == RunState.CANCELLED and ui.statusLabel.text.startswith("Cancelled")
+    assert ui.tokenList.items == [] and env.panel.heatmap_nodes == [] and env.panel.segmentation_node is None
+    assert not ui.show3DButton.enabled and not ui.segmentEditorButton.enabled and not ui.resultWarningLabel.visible
+
+
+def test_a_new_run_into_a_result_shown_in_3d_keeps_it_in_3d(panel_env):
+    """Show 3D (the button builds the closed surfaces), then Segment again: the run writes into the same node and
+    the 3D view keeps showing it (the GUI has no other 3D switch; the user's own segments keep theirs too)."""
+    env, ui = panel_env, panel_env.ui
+    volume = add_volume(env.ctx.scene, noise(), np.diag([2.0, 2.0, 2.0, 1.0]), name="ct")
+    env.panel.refresh_models()
+    env.node.SetNodeReferenceID("inputVolume0", volume.GetID())
+    ui.segmentButton.emit("clicked(bool)", False)
+    run_panel_until_done(env)
+    result = env.panel.segmentation_node
+    assert not result.GetSegmentation().ContainsRepresentation("Closed surface")
+    result.CreateClosedSurfaceRepresentation()  # what qMRMLSegmentationShow3DButton does when checked
+    ui.segmentButton.emit("clicked(bool)", False)
+    run_panel_until_done(env)
+    assert env.panel.run.state == RunState.COMPLETED and env.panel.segmentation_node is result
+    assert result.GetSegmentation().ContainsRepresentation("Closed surface")

@@ -20,4 +20,5 @@ robustness_of "$runs/fold-C" C
 compare=()
 for entry in ${BASELINES:-}; do compare+=(--baseline "$entry"); done
 for entry in ${PREVIOUS_LOPO:-}; do compare+=(--previous-lopo "$entry"); done
-.venv/bin/python scripts/demo-model/build.py "$runs/fold-C/package" --datalist "$DATALIST" --lopo "$runs" "${compare[@]}"
+.venv/bin/python scripts/demo-model/build.py "$runs/fold-C/package" --datalist "$DATALIST" --lopo "$runs" "${compare[@]}" \
+  --note scripts/demo-model/card-notes.md

@@ -31,7 +31,10 @@ import tempfile
 import types
 import typing
 
-SLICER_TAGS = ("v5.10.0", "v5.12.0")
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import derive_mrml_facts  # noqa: E402 - the sibling script: MRML class headers
+
+SLICER_TAGS = ("v5.10.0", "v5.12.0", "v5.12.3")
 CTK_PIN_FILE = "SuperBuild/External_CTK.cmake"
 
 # Python modules of Slicer whose functions/methods the module calls: (dotted name, path, class or None)
@@ -100,6 +103,7 @@ QT_CLASSES = (
     "QDoubleSpinBox",
     "QAbstractSpinBox",
     "QLineEdit",
+    "QTimer",
 )
 # widget classes and value types probed against the real parameterNodeWrapper's GUI connectors
 PROBE_WIDGETS = (
@@ -170,17 +174,9 @@ def python_api(text: str, class_name: str | None) -> dict:
     return {"functions": functions, "attributes": sorted(attributes), "classes": classes}
 
 
-def strip_comments(text: str) -> str:
-    return re.sub(r"/\*.*?\*/", "", re.sub(r"//[^\n]*", "", text), flags=re.S)
-
-
 def qt_header(text: str, class_name: str) -> dict:
     """Base class, Q_PROPERTYs, public slots and Q_INVOKABLE methods of a Qt class declared in a header."""
-    text = strip_comments(text)
-    match = re.search(rf"class\s+(?:\w+_EXPORT\s+)?{class_name}\s*:\s*public\s+(\w+)", text)
-    if match is None:
-        raise ValueError(f"class {class_name} not found")
-    body = text[match.end() :]
+    base, body = derive_mrml_facts.class_body(text, class_name)
     properties = re.findall(r"Q_PROPERTY\(\s*[\w:<>*& ]+?\s+(\w+)\s+READ", body)
     invokables = re.findall(r"Q_INVOKABLE\s+(?:virtual\s+|static\s+)?[\w:<>*&, ]+?[\s*&](\w+)\s*\(", body)
     slots, signals = [], []
@@ -192,7 +188,7 @@ def qt_header(text: str, class_name: str) -> dict:
         names = re.findall(r"(\w+)\s*\([^;{]*\)\s*(?:const\s*)?(?:override\s*)?[;{]", section.group(2))
         (signals if "signal" in section.group(1).lower() else slots).extend(names)
     return {
-        "base": match.group(1),
+        "base": base,
         "properties": sorted(set(properties)),
         "invokables": sorted(set(invokables)),
         "slots": sorted(set(slots)),
@@ -456,6 +452,9 @@ def qt_facts(python: str) -> dict:
         "    props = [p.decode() if isinstance(p, bytes) else p for p in props]\n"
         "    base = mo.superClass().className() if mo.superClass() is not None else None\n"
         "    entry = {'base': base, 'properties': sorted(props)}\n"
+        "    entry['signals'] = sorted({bytes(mo.method(i).methodSignature()).decode()\n"
+        "                               for i in range(mo.methodOffset(), mo.methodCount())\n"
+        "                               if mo.method(i).methodType() == QtCore.QMetaMethod.Signal})\n"
         "    if name.endswith('Application') or name == 'QObject':  # what slicer.app inherits\n"
         "        entry['methods'] = sorted(n for n in vars(cls) if not n.startswith('_'))\n"
         "    out['classes'][name] = entry\n"
@@ -524,6 +523,7 @@ def main(argv=None) -> int:
         "PyTorchUtils": {"repository": "fepegar/SlicerPyTorch", "commit": pytorch_commit, "PyTorchUtilsLogic": pytorch},
         "qt": qt_facts(args.qt_python),
         "extensions_index": extensions_index_facts(args.mirror),
+        "mrml": derive_mrml_facts.derive(args.mirror / "Slicer+Slicer" / "repo"),
     }
     args.out.write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

@@ -92,6 +92,7 @@ class SceneRun:
         self.run = make_run(self.request, mode or parameters.runMode, python, temp_dir)
         self.nodes: RunNodes | None = None
         self.error = None
+        self.discarded = False  # the scene was closed: the result is never added, the run ends as cancelled
         self._observers = []
         self.run.add_observer(self._relay)
 
@@ -101,7 +102,9 @@ class SceneRun:
     def _relay(self, event) -> None:
         if isinstance(event, FinishedEvent):
             state, self.error = event.state, event.error
-            if state == RunState.COMPLETED:
+            if state == RunState.COMPLETED and self.discarded:
+                state, self.run.result = RunState.CANCELLED, None
+            elif state == RunState.COMPLETED:
                 self._add_nodes()
                 state = RunState.FAILED if self.error is not None else state
             event = SceneRunFinished(state, self.error, self.nodes)
@@ -123,6 +126,8 @@ class SceneRun:
 
     @property
     def state(self) -> RunState:
+        if self.run.state == RunState.COMPLETED and self.discarded:
+            return RunState.CANCELLED
         if self.run.state == RunState.COMPLETED and self.error is not None:
             return RunState.FAILED
         return self.run.state
@@ -148,5 +153,8 @@ class SceneRun:
         self.run.wait(timeout)
         return self.state
 
-    def cancel(self) -> None:
+    def cancel(self, discard: bool = False) -> None:
+        """Stop the run; with ``discard`` its result is never added to the scene, even if the run has already
+        completed and only waits for its next poll (the scene was closed: its inputs are gone)."""
+        self.discarded = self.discarded or discard
         self.run.cancel()

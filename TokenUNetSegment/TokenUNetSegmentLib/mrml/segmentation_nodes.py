@@ -70,11 +70,7 @@ def made_segment_ids(node, tag: str = MODEL_TAG) -> list[str]:
 
 def _check_writable(node) -> None:
     segmentation = node.GetSegmentation()
-    source = (
-        segmentation.GetSourceRepresentationName()
-        if hasattr(segmentation, "GetSourceRepresentationName")
-        else segmentation.GetMasterRepresentationName()
-    )
+    source = segmentation.GetSourceRepresentationName()
     if segmentation.GetNumberOfSegments() and source != LABELMAP:
         raise InputError(
             f"segmentation '{node.GetName()}' is stored as '{source}', not as a binary labelmap",
@@ -156,6 +152,15 @@ def write_labels(
         node.EndModify(was)
     set_closed_surface(node, show3d)
     return node
+
+
+def shows_closed_surfaces(node) -> bool:
+    """Whether ``node`` (a segmentation node in a scene, or None) has its closed surfaces built (Show 3D on)."""
+    return (
+        node is not None
+        and node.GetScene() is not None
+        and node.GetSegmentation().ContainsRepresentation(CLOSED_SURFACE)
+    )
 
 
 def set_closed_surface(node, show3d: bool) -> None:

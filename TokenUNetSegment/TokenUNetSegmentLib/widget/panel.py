@@ -22,6 +22,7 @@ from ..mrml.attributes import (
 from ..mrml.heatmap_nodes import show_in_slice_views, update_attention_segments
 from ..mrml.parameters import MAX_INPUTS, Parameters
 from ..mrml.scene_run import SceneRunFinished
+from ..mrml.segmentation_nodes import shows_closed_surfaces
 from ..pipeline.device_probe import DeviceProbe, resolved
 from ..pipeline.run_contract import LogEvent, ProgressEvent, RunState
 from ..pipeline.subprocess_run import python_executable
@@ -162,6 +163,16 @@ class Panel:
         for selector in self.input_selectors:
             selector.sortFilterProxyModel().hiddenNodeIDs = hidden
 
+    def on_scene_closing(self) -> None:
+        """The scene is closing: stop a run (its result belongs to the closed scene's patient, never to the next
+        scene) and forget the closed scene's result nodes."""
+        if self.run is not None and self.run.state == RunState.RUNNING:
+            self.run.cancel(discard=True)
+        self.segmentation_node = self.attention_node = self.reference = None
+        self.heatmap_nodes, self.notice, self.applied_threshold = [], None, None
+        self.ui.tokenList.clear()
+        self.update_view()
+
     def enter(self) -> None:
         self.update_input_filters()
         self.update_view()
@@ -230,7 +241,10 @@ class Panel:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
             self.cancelling, self.message, self.notice = False, "", None
-            self.run = self.logic.startRun(self.parameters(), python=python_executable())
+            parameters = self.parameters()
+            # the GUI's 3D switch is the Show 3D button: a result it shows in 3D stays in 3D when rewritten
+            parameters.show3D = parameters.show3D or shows_closed_surfaces(parameters.outputSegmentation)
+            self.run = self.logic.startRun(parameters, python=python_executable())
             self.run.add_observer(self.on_run_event)
             self.run.start()
             self.timer.start()
