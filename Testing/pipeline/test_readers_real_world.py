@@ -32,6 +32,14 @@ def srow(path):
     return np.asarray(struct.unpack_from("<12f", data, NIFTI_SROW), float).reshape(3, 4)
 
 
+def nii_with_moved_sform(folder, row, column, delta):
+    """A NIfTI written by SimpleITK (qform and sform code 1, equal) whose sform entry (row, column) is moved."""
+    path = write_volume(folder, "nii")
+    rows = srow(path)
+    rows[row, column] += delta
+    return edit_nifti(path, NIFTI_SROW, "12f", *rows.ravel())
+
+
 @pytest.mark.parametrize("kind", ["nii", "nii.gz"])
 def test_an_sform_whose_voxel_size_disagrees_with_pixdim_is_refused(tmp_path, kind):
     """ITK (and so Slicer) takes the spacing from pixdim and only the axes from the sform; nibabel, MONAI and
@@ -46,10 +54,7 @@ def test_an_sform_whose_voxel_size_disagrees_with_pixdim_is_refused(tmp_path, ki
 def test_an_aligned_sform_that_disagrees_with_the_qform_is_refused(tmp_path):
     """sform code 2 (aligned) with qform code 1: ITK reads the qform, nibabel the sform (before: read silently
     with the qform, 50 mm from where nibabel-based tools put the scan)."""
-    path = write_volume(tmp_path, "nii")
-    rows = srow(path)
-    rows[0, 3] += 50.0
-    edit_nifti(path, NIFTI_SROW, "12f", *rows.ravel())
+    path = nii_with_moved_sform(tmp_path, 0, 3, 50.0)  # 50 mm along x
     edit_nifti(path, NIFTI_SFORM_CODE, "h", 2)
     with pytest.raises(InputError, match="two geometries up to 50.0 mm apart.*read its qform"):
         read_volume(path)
@@ -57,10 +62,7 @@ def test_an_aligned_sform_that_disagrees_with_the_qform_is_refused(tmp_path):
 
 def test_a_scanner_sform_that_disagrees_with_the_qform_is_read_with_a_warning(tmp_path):
     """sform code 1 wins in ITK, Slicer and nibabel alike: read with the sform, and the user is told."""
-    path = write_volume(tmp_path, "nii")
-    rows = srow(path)
-    rows[0, 3] += 50.0
-    edit_nifti(path, NIFTI_SROW, "12f", *rows.ravel())
+    path = nii_with_moved_sform(tmp_path, 0, 3, 50.0)  # 50 mm along x
     volume = read_volume(path)
     assert np.allclose(volume.affine[:3, 3], [60.0, -20.0, 30.0], atol=1e-3)
     assert any("qform and sform disagree" in w and "50.0 mm" in w for w in volume.warnings)
@@ -69,10 +71,7 @@ def test_a_scanner_sform_that_disagrees_with_the_qform_is_read_with_a_warning(tm
 def test_a_sheared_sform_without_a_qform_is_refused_in_plain_words(tmp_path):
     """ITK reads no sheared sform (before: "ITK only supports orthonormal direction cosines.  No orthonormal
     definition found!", when the voxels were read)."""
-    path = write_volume(tmp_path, "nii")
-    rows = srow(path)
-    rows[0, 1] += 0.4
-    edit_nifti(path, NIFTI_SROW, "12f", *rows.ravel())
+    path = nii_with_moved_sform(tmp_path, 0, 1, 0.4)  # the j axis leans towards x
     edit_nifti(path, NIFTI_QFORM_CODE, "h", 0)
     with pytest.raises(InputError, match="has a sheared sform .* and no qform"):
         read_volume(path)
