@@ -44,8 +44,11 @@ FLOATS = {16: "f4", 64: "f8"}
 ITK_READS_NIFTI2 = False
 """SimpleITK 2.5.7 (ITK 5.4) finds no reader for a NIfTI-2 file (and its NIfTI library prints to stderr when asked):
 ``test_a_nifti2_file_is_read_or_refused_in_plain_words`` fails when a SimpleITK that reads them comes."""
-DISAGREEMENT_VOXELS = 0.5
-"""Two geometries that place a corner of the volume more than this share of a voxel apart disagree."""
+REFUSED_VOXELS = 1.0
+"""Geometries of ITK and nibabel that place a corner of the volume more than this many voxels apart are refused."""
+WARNED_VOXELS = 0.1
+"""Geometries that place a corner more than this share of a voxel apart (and no more than ``REFUSED_VOXELS``) are
+read as ITK reads them, with a warning (e.g. a pixdim rounded to two decimals: 0.64 mm over 512 voxels of 0.78 mm)."""
 # header size -> (offset of the magic, the single-file magic, version)
 VERSIONS = {348: (344, b"n+1\0", "NIfTI-1"), 540: (4, b"n+2\0", "NIfTI-2")}
 
@@ -233,17 +236,22 @@ def _geometry_warnings(f: dict, sizes, name: str) -> list[str]:
     nibabel = sform if sform is not None else qform
     voxel = float(pixdim.min())
     apart = _apart(itk, nibabel, sizes)
-    if apart > DISAGREEMENT_VOXELS * voxel:
-        read = "its sform with pixdim's voxel size" if used == "sform" else "its qform"
-        nibabel_read = "the sform's own" if used == "sform" else "its sform"
+    read = "the sform's axes with pixdim's spacing" if used == "sform" else "the qform"
+    nibabel_read = "the whole sform" if used == "sform" else "the sform"
+    if apart > REFUSED_VOXELS * voxel:
         raise InputError(
-            f"{name} has two geometries up to {apart:.1f} mm apart: Slicer and ITK read {read}, "
-            f"nibabel and MONAI {nibabel_read}",
+            f"{name} has two geometries up to {apart:.1f} mm apart: Slicer/ITK read {read}, "
+            f"nibabel/MONAI {nibabel_read}",
             "make its qform, sform and pixdim agree",
         )
+    if apart > WARNED_VOXELS * voxel:
+        return [
+            f"{name}: Slicer/ITK read {read}, nibabel/MONAI {nibabel_read}, up to {apart:.2f} mm apart; "
+            "read as Slicer reads it"
+        ]
     if qform is not None and sform is not None:
         apart = _apart(qform, sform, sizes)
-        if apart > DISAGREEMENT_VOXELS * voxel:
+        if apart > WARNED_VOXELS * voxel:
             return [
                 f"{name}: its qform and sform disagree (up to {apart:.1f} mm apart); read with the sform, as ITK, "
                 "3D Slicer and nibabel do"
