@@ -298,3 +298,17 @@ def test_real_world_variants_read_as_the_same_volume_in_physical_space(tmp_path,
     source = Grid(volume.array.shape, volume.affine)
     back = resample_nearest(volume.array.astype(np.int32) + 5000, source, Grid(array.shape, AFFINE), np.int32)
     assert np.array_equal(back - 5000, array)
+
+
+def test_a_slicer_segmentation_with_overlapping_layers_is_refused_naming_layers(tmp_path):
+    """Slicer writes overlapping segments as a 4D .seg.nrrd with a list axis of layers (before, as an evaluate
+    reference: "has 2 components per voxel (use one scalar volume per channel)")."""
+    layers = np.stack([volume_array(dtype=np.uint8) % 3, volume_array(dtype=np.uint8) % 2])
+    directions = ["none", (-0.8, 0, 0), (0, -0.9, 0), (0, 0, 2.5)]
+    sizes = " ".join(map(str, layers.shape))  # the layer axis first, fastest
+    text = nrrd_text(layers[0], "space: LPS\n", directions, (0, 0, 0), kinds="list domain domain domain", sizes=sizes)
+    text = text.replace("type: short", "type: uchar")
+    path = tmp_path / "reference.seg.nrrd"
+    path.write_bytes((text + "encoding: raw\n\n").encode() + layers.tobytes(order="F"))
+    with pytest.raises(InputError, match="has 2 layers .*overlapping segments.*labelmap volume"):
+        read_volume(path)
