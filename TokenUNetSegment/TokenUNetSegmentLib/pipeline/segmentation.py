@@ -20,7 +20,7 @@ import torch
 from .catalog import ModelStore
 from .confidence import Assessment, assess
 from .device import check_memory, cpu_sample, estimate_memory, resolve_device
-from .errors import ArgumentError, InputError
+from .errors import ArgumentError, InputError, OutOfMemoryError
 from .geometry import Grid, model_grid
 from .inference import WindowPlan, plan_windows, run_windows
 from .map_back import map_back
@@ -214,13 +214,28 @@ def channel_volumes(inputs, package: ModelPackage) -> list[Volume]:
     return volumes
 
 
+BODY_EXTENT_MM = 2500.0
+"""A scan longer than this along an axis is no scan of a body: a memory refusal then names the spacing instead."""
+
+
 def _check_memory(package: ModelPackage, first: Volume, plan: WindowPlan, device, probabilities: bool) -> None:
     pre = package.config.preprocessing
     grid = model_grid(first.grid, pre.orientation, pre.spacing)
     estimate = estimate_memory(
         package.network, int(np.prod(grid.shape)), int(first.array.size), plan.roi_size, plan.batch_size, probabilities
     )
-    check_memory(estimate, device)
+    try:
+        check_memory(estimate, device)
+    except OutOfMemoryError:
+        extent = np.asarray(first.grid.shape) * first.grid.spacing
+        if extent.max() <= BODY_EXTENT_MM:
+            raise
+        metres = " x ".join(f"{e / 1000:.1f}" for e in extent)
+        voxels = " x ".join(f"{s:g}" for s in np.round(first.grid.spacing, 3))
+        raise InputError(
+            f"{first.name} spans {metres} m ({voxels} mm voxels): its voxel spacing or units are wrong",
+            "fix the spacing (in a NIfTI also xyzt_units) in its header",
+        ) from None
 
 
 def _is_pair(item) -> bool:

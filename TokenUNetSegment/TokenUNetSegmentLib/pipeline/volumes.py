@@ -142,6 +142,11 @@ def open_volume(path: str | Path, limit: int | None = None) -> OpenedVolume:
 
 def volume_from_image(image: sitk.Image, name: str = "volume") -> Volume:
     """A :class:`Volume` from a SimpleITK image, refusing 2D, 4D, multi-component and bad spacing."""
+    if image.GetNumberOfComponentsPerPixel() != 1 and name.lower().endswith(".seg.nrrd"):
+        raise InputError(
+            f"{name} has {image.GetNumberOfComponentsPerPixel()} layers (Slicer stores overlapping segments so)",
+            "export the segments you need to a labelmap volume in Slicer's Segmentations module and use that",
+        )
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"{name} has {image.GetNumberOfComponentsPerPixel()} components per voxel",

@@ -31,7 +31,8 @@ class Payload:
 
     ``size`` is the number of decoded bytes the header needs there; ``encoding`` is ``raw``, ``gzip`` (a gzip
     or zlib stream), ``hex`` (two characters per byte) or ``text`` (numbers separated by spaces,
-    ``value_bytes`` each once decoded).
+    ``value_bytes`` each once decoded). ``floats`` (a numpy type such as ``<f4``) asks for the data to be checked
+    for NaN and infinite values, from decoded byte ``floats_from`` on (for a reader that would hide them).
     """
 
     path: Path
@@ -39,6 +40,8 @@ class Payload:
     size: int
     encoding: str = "raw"
     value_bytes: int = 1
+    floats: str | None = None
+    floats_from: int = 0
 
 
 @dataclass

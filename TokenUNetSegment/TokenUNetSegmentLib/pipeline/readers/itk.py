@@ -4,6 +4,7 @@ ITK's multi-line exception text cut to its one telling line."""
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 
 import SimpleITK as sitk
@@ -37,6 +38,7 @@ def itk_error_text(error: BaseException, limit: int = 100) -> str:
     for prefix in ("sitk::ERROR:", "ITK ERROR:", "Reason:"):
         if prefix in text:
             text = text.split(prefix, 1)[1].strip()
+    text = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", text)  # the ITK object's class and address
     return text[:limit]
 
 

@@ -37,6 +37,18 @@ DATATYPES = {
     2048: ("complex256", 32),
     2304: ("RGBA32", 4),
 }
+COMPONENTS = {128: 3, 2304: 4}
+"""Datatypes of colour voxels: RGB24 and RGBA32 are that many uint8 components per voxel."""
+FLOATS = {16: "f4", 64: "f8"}
+"""Datatypes whose NaN and infinite values ITK's NIfTI reader sets to 0 without a word (checked in the data)."""
+ITK_READS_NIFTI2 = False
+"""SimpleITK 2.5.7 (ITK 5.4) finds no reader for a NIfTI-2 file (and its NIfTI library prints to stderr when asked):
+``test_a_nifti2_file_is_read_or_refused_in_plain_words`` fails when a SimpleITK that reads them comes."""
+REFUSED_VOXELS = 1.0
+"""Geometries of ITK and nibabel that place a corner of the volume more than this many voxels apart are refused."""
+WARNED_VOXELS = 0.1
+"""Geometries that place a corner more than this share of a voxel apart (and no more than ``REFUSED_VOXELS``) are
+read as ITK reads them, with a warning (e.g. a pixdim rounded to two decimals: 0.64 mm over 512 voxels of 0.78 mm)."""
 # header size -> (offset of the magic, the single-file magic, version)
 VERSIONS = {348: (344, b"n+1\0", "NIfTI-1"), 540: (4, b"n+2\0", "NIfTI-2")}
 
@@ -75,7 +87,13 @@ def parse_nifti(path: Path, name: str) -> ImageHeader:
         raise header_error(name, KIND, f"only {len(start)} bytes, shorter than a {version} header")
     if start[magic_at : magic_at + 4] != magic:
         raise header_error(name, KIND, f"no {version} single-file magic (a .hdr/.img pair is not supported)")
+    if size == 540 and not ITK_READS_NIFTI2:
+        raise InputError(
+            f"{name} is a NIfTI-2 file, which the image reader here (ITK) cannot read",
+            "save it as NIfTI-1 (nibabel's Nifti1Image), NRRD or MetaImage",
+        )
     fields = _fields_v1(start, order) if size == 348 else _fields_v2(start, order)
+    fields["order"] = order
     return _header(path, name, fields, compressed)
 
 
@@ -119,6 +137,9 @@ def _header(path: Path, name: str, f: dict, compressed: bool) -> ImageHeader:
     if f["datatype"] not in DATATYPES:
         raise header_error(name, KIND, f"unknown voxel type code {f['datatype']}")
     value_type, value_bytes = DATATYPES[f["datatype"]]
+    components = COMPONENTS.get(f["datatype"], 1)
+    if components > 1:  # read by ITK as a vector of uint8 per voxel
+        sizes, value_bytes = (*sizes, components), 1
     slope, inter = f["scl"]
     rescaled = np.isfinite(slope) and slope != 0 and (slope != 1 or inter != 0)
     offset = f["vox_offset"]
@@ -134,8 +155,12 @@ def _header(path: Path, name: str, f: dict, compressed: bool) -> ImageHeader:
     elif qform_code > 0 and not np.all(np.isfinite(f["quatern"])):
         directions = np.full((3, 3), np.nan)  # a quaternion that is not numbers: no orientation at all
     data_bytes = math.prod(sizes) * value_bytes
+    floats = f["order"] + FLOATS[f["datatype"]] if f["datatype"] in FLOATS else None
     # a .nii.gz is one gzip stream, header included: it must decode to the header and all the voxels
-    payload = Payload(path, 0, offset + data_bytes, "gzip") if compressed else Payload(path, offset, data_bytes)
+    if compressed:
+        payload = Payload(path, 0, offset + data_bytes, "gzip", floats=floats, floats_from=offset)
+    else:
+        payload = Payload(path, offset, data_bytes, floats=floats)
     return ImageHeader(
         kind=KIND,
         sizes=sizes,
@@ -145,4 +170,97 @@ def _header(path: Path, name: str, f: dict, compressed: bool) -> ImageHeader:
         spacing=tuple(float(p) for p in f["pixdim"][1 : min(ndim, 3) + 1]),
         directions=directions,
         payloads=[payload],
+        warnings=_geometry_warnings(f, tuple(int(s) for s in f["dim"][1 : min(ndim, 3) + 1]), name),
     )
+
+
+def _qform(f: dict) -> np.ndarray:
+    """The qform's voxel-to-RAS 4x4 matrix (nifti1_io's nifti_quatern_to_mat44)."""
+    b, c, d, *offsets = (float(v) for v in f["quatern"])
+    a = 1.0 - (b * b + c * c + d * d)
+    if a < 1e-7:  # a 180 degree rotation: (b, c, d) is the axis
+        norm = math.sqrt(b * b + c * c + d * d)
+        a, b, c, d = 0.0, b / norm, c / norm, d / norm
+    else:
+        a = math.sqrt(a)
+    rotation = np.array(
+        [
+            [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+            [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+            [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b],
+        ]
+    )
+    qfac = -1.0 if f["pixdim"][0] < 0 else 1.0
+    affine = np.eye(4)
+    affine[:3, :3] = rotation * (np.asarray(f["pixdim"][1:4], float) * [1.0, 1.0, qfac])
+    affine[:3, 3] = offsets
+    return affine
+
+
+def _geometry_warnings(f: dict, sizes, name: str) -> list[str]:
+    """Refuse a header whose qform, sform and pixdim give ITK (and so 3D Slicer, and this tool) one geometry and
+    nibabel (MONAI, TotalSegmentator) another; warn when the two forms disagree but both read the same one, or when
+    there is no orientation at all.
+
+    ITK (itkNiftiImageIO.cxx) reads the sform when it is a rotation with scales and the qform is unset, the sform
+    code is 1 (scanner) or both forms agree, and takes the spacing from pixdim, not from the sform; otherwise the
+    qform. nibabel reads the sform whenever its code is set, scales included.
+    """
+    qform_code, sform_code = f["codes"]
+    pixdim = np.asarray(f["pixdim"][1:4], float)
+    numbers = np.concatenate([pixdim, f["quatern"], f["srow"]])
+    if qform_code <= 0 and sform_code <= 0:
+        return [
+            f"{name} declares no orientation (qform and sform codes 0): read with its axes along LPS at origin 0, "
+            "as ITK and 3D Slicer do; left and right may be wrong"
+        ]
+    if not np.all(np.isfinite(numbers)) or np.any(pixdim <= 0) or len(sizes) < 3:
+        return []  # refused by the spacing and orientation checks, or not a volume
+    qform = _qform(f) if qform_code > 0 else None
+    sform = np.vstack([np.asarray(f["srow"], float).reshape(3, 4), [0, 0, 0, 1]]) if sform_code > 0 else None
+    used, itk = "qform", qform
+    if sform is not None:
+        scales = np.linalg.norm(sform[:3, :3], axis=0)
+        axes = sform[:3, :3] / np.where(scales > 0, scales, 1)
+        if np.any(scales == 0) or abs(np.linalg.det(axes)) < 1e-6:
+            return []  # a degenerate sform: refused by the orientation check
+        rotation = np.allclose(axes.T @ axes, np.eye(3), atol=1e-4)
+        if rotation and (qform is None or sform_code == 1 or _apart(qform, sform, sizes) < 1e-3):
+            used, itk = "sform", sform.copy()
+            itk[:3, :3] = axes * pixdim  # ITK's spacing is pixdim's
+    if itk is None:  # a sheared sform alone (ITK's own message: "No orthonormal definition found!")
+        raise InputError(
+            f"{name} has a sheared sform (its axes are not at right angles) and no qform",
+            "resample the image to an orthogonal grid first",
+        )
+    nibabel = sform if sform is not None else qform
+    voxel = float(pixdim.min())
+    apart = _apart(itk, nibabel, sizes)
+    read = "the sform's axes with pixdim's spacing" if used == "sform" else "the qform"
+    nibabel_read = "the whole sform" if used == "sform" else "the sform"
+    if apart > REFUSED_VOXELS * voxel:
+        raise InputError(
+            f"{name} has two geometries up to {apart:.1f} mm apart: Slicer/ITK read {read}, "
+            f"nibabel/MONAI {nibabel_read}",
+            "make its qform, sform and pixdim agree",
+        )
+    if apart > WARNED_VOXELS * voxel:
+        return [
+            f"{name}: Slicer/ITK read {read}, nibabel/MONAI {nibabel_read}, up to {apart:.2f} mm apart; "
+            "read as Slicer reads it"
+        ]
+    if qform is not None and sform is not None:
+        apart = _apart(qform, sform, sizes)
+        if apart > WARNED_VOXELS * voxel:
+            return [
+                f"{name}: its qform and sform disagree (up to {apart:.1f} mm apart); read with the sform, as ITK, "
+                "3D Slicer and nibabel do"
+            ]
+    return []
+
+
+def _apart(a: np.ndarray, b: np.ndarray, sizes) -> float:
+    """The largest distance (mm) between where two voxel-to-world matrices put the corners of a volume."""
+    last = [s - 1 for s in sizes]
+    corners = np.array([[i, j, k, 1.0] for i in (0, last[0]) for j in (0, last[1]) for k in (0, last[2])])
+    return float(np.max(np.linalg.norm((corners @ a.T - corners @ b.T)[:, :3], axis=1)))

@@ -139,7 +139,11 @@ def _geometry(fields: dict, dimension: int, name: str) -> tuple[tuple[float, ...
         return spacing, matrix, []
     if "spacings" in fields:
         values = parse_numbers(fields["spacings"], dimension, name, KIND, "spacings")
-        return tuple(v for v, is_spatial in zip(values, spatial, strict=True) if is_spatial), None, []
+        orientation = (
+            f"{name} declares no orientation (spacings without space directions): read with its axes along LPS "
+            "at origin 0, as ITK and 3D Slicer do; left and right may be wrong"
+        )
+        return tuple(v for v, is_spatial in zip(values, spatial, strict=True) if is_spatial), None, [orientation]
     return (), None, [f"{name} declares no voxel spacing: 1 mm is assumed"]
 
 

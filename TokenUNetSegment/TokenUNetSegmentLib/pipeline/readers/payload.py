@@ -10,6 +10,8 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import InputError
 from ..memory import format_size
 from .header import Payload
@@ -28,7 +30,8 @@ def verify_payloads(payloads: list[Payload], name: str) -> None:
                 f"{name} names a data file that is missing: {payload.path.name}",
                 "keep the header and its data file together in one folder",
             )
-        available, complete = _available_bytes(payload, name)
+        counter = NonFiniteCounter(payload.floats, payload.floats_from, payload.size) if payload.floats else None
+        available, complete = _available_bytes(payload, name, counter)
         where = name if payload.path.name == name else f"{name} (data file {payload.path.name})"
         if available < payload.size:
             percent = 100.0 * available / payload.size
@@ -42,11 +45,50 @@ def verify_payloads(payloads: list[Payload], name: str) -> None:
                 f"{where} is truncated: its compressed data ends before the end of its stream",
                 "the file is incomplete: copy or export it again",
             )
+        if counter is not None:
+            if payload.encoding == "raw":
+                _feed_file(payload, counter)
+            if counter.bad:
+                raise InputError(
+                    f"{name} has {counter.bad} NaN or infinite voxels",
+                    "replace them (e.g. by the background value) before segmenting",
+                )
 
 
-def _available_bytes(payload: Payload, name: str) -> tuple[int, bool]:
+class NonFiniteCounter:
+    """Counts the NaN and infinite values of a float type (``<f4``) in bytes fed piece by piece, from byte ``start``
+    to ``stop`` of what is fed: ITK's NIfTI reader would set them to 0 without a word."""
+
+    def __init__(self, floats: str, start: int, stop: int):
+        self.dtype, self.start, self.stop = np.dtype(floats), start, stop
+        self.position, self.carry, self.bad = 0, b"", 0
+
+    def feed(self, data: bytes) -> None:
+        begin, self.position = self.position, self.position + len(data)
+        low, high = max(self.start - begin, 0), min(self.stop - begin, len(data))
+        if high <= low:
+            return
+        data = self.carry + data[low:high]
+        usable = len(data) - len(data) % self.dtype.itemsize
+        values = np.frombuffer(data, self.dtype, usable // self.dtype.itemsize)
+        self.bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+        self.carry = data[usable:]
+
+
+def _feed_file(payload: Payload, counter: NonFiniteCounter) -> None:
+    """Feed a raw payload's bytes to ``counter``, ``CHUNK`` at a time."""
+    with open(payload.path, "rb") as stream:
+        stream.seek(max(payload.offset, 0))
+        while counter.position < counter.stop:
+            data = stream.read(CHUNK)
+            if not data:
+                return
+            counter.feed(data)
+
+
+def _available_bytes(payload: Payload, name: str, counter: NonFiniteCounter | None = None) -> tuple[int, bool]:
     """(decoded bytes present at the payload's place, whether a compressed stream is complete); streams are
-    decoded up to ``size + SLACK`` bytes."""
+    decoded up to ``size + SLACK`` bytes (and fed to ``counter`` as they are)."""
     file_size = payload.path.stat().st_size
     if payload.encoding == "raw":
         return (file_size if payload.offset < 0 else max(0, file_size - payload.offset)), True
@@ -55,12 +97,12 @@ def _available_bytes(payload: Payload, name: str) -> tuple[int, bool]:
         return max(0, file_size - start) // 2, True
     if payload.encoding == "text":  # at least one character and one separator per value: a lower bound
         return max(0, file_size - start + 1) // 2 * payload.value_bytes, True
-    return decoded_size(payload.path, start, payload.size + SLACK, name)
+    return decoded_size(payload.path, start, payload.size + SLACK, name, counter.feed if counter else None)
 
 
-def decoded_size(path: Path, offset: int, enough: int, name: str) -> tuple[int, bool]:
+def decoded_size(path: Path, offset: int, enough: int, name: str, consume=None) -> tuple[int, bool]:
     """(bytes a gzip or zlib stream (several gzip members allowed) decodes to, counted up to ``enough``;
-    whether the stream is whole: it reached its end, or ``enough`` bytes).
+    whether the stream is whole: it reached its end, or ``enough`` bytes); ``consume(data)`` sees the decoded bytes.
 
     Raises :class:`InputError` when the stream is corrupt (bad data or checksum). Memory stays bounded by
     ``CHUNK`` whatever the compression ratio.
@@ -71,7 +113,10 @@ def decoded_size(path: Path, offset: int, enough: int, name: str) -> tuple[int, 
             stream.seek(offset)
             data = stream.read(CHUNK)
             while total < enough:
-                total += len(decoder.decompress(data, CHUNK))
+                decoded = decoder.decompress(data, CHUNK)
+                total += len(decoded)
+                if consume is not None:
+                    consume(decoded)
                 if decoder.eof:  # another gzip member may follow (as `cat a.gz b.gz` makes)
                     data = decoder.unused_data + stream.read(CHUNK)
                     if not data.startswith(GZIP_MAGIC):

@@ -1,0 +1,314 @@
+"""Single-file volumes as other tools write them: NIfTI headers whose qform, sform and pixdim disagree, RGB
+voxels, NaN voxels (which ITK's NIfTI reader turns into zeros without a word)."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from helpers.packages import threshold_package
+from helpers.readers import (
+    AFFINE,
+    NIFTI_DIM,
+    NIFTI_PIXDIM,
+    NIFTI_SFORM_CODE,
+    NIFTI_SROW,
+    edit_nifti,
+    volume_array,
+    write_volume,
+)
+from TokenUNetSegmentLib.pipeline.errors import InputError
+from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
+from TokenUNetSegmentLib.pipeline.readers import nifti, open_image, payload
+from TokenUNetSegmentLib.pipeline.segmentation import segment
+from TokenUNetSegmentLib.pipeline.volumes import read_volume
+
+NIFTI_DATATYPE, NIFTI_BITPIX, NIFTI_QFORM_CODE = 70, 72, 252
+
+
+def srow(path):
+    data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    return np.asarray(struct.unpack_from("<12f", data, NIFTI_SROW), float).reshape(3, 4)
+
+
+def nii_with_moved_sform(folder, row, column, delta):
+    """A NIfTI written by SimpleITK (qform and sform code 1, equal) whose sform entry (row, column) is moved."""
+    path = write_volume(folder, "nii")
+    rows = srow(path)
+    rows[row, column] += delta
+    return edit_nifti(path, NIFTI_SROW, "12f", *rows.ravel())
+
+
+@pytest.mark.parametrize("kind", ["nii", "nii.gz"])
+def test_an_sform_whose_voxel_size_disagrees_with_pixdim_is_refused(tmp_path, kind):
+    """ITK (and so Slicer) takes the spacing from pixdim and only the axes from the sform; nibabel, MONAI and
+    TotalSegmentator take the sform whole: a volume off by a factor of 8 in one of them (before: read silently)."""
+    path = write_volume(tmp_path, kind)
+    edit_nifti(path, NIFTI_PIXDIM + 4, "3f", 0.4, 0.45, 1.25)  # half the sform's voxel size
+    with pytest.raises(InputError, match="two geometries") as error:
+        read_volume(path)
+    assert "pixdim" in str(error.value) and len(str(error.value)) < 200
+
+
+def test_a_pixdim_rounded_off_the_sform_by_under_a_voxel_is_read_as_slicer_reads_it_with_a_warning(tmp_path):
+    """pixdim 0.78 against an sform of 0.8 mm: 0.16 mm over 9 voxels (over a tenth of a voxel, under one)."""
+    path = write_volume(tmp_path, "nii")
+    edit_nifti(path, NIFTI_PIXDIM + 4, "f", 0.78)
+    volume = read_volume(path)
+    assert np.isclose(volume.grid.spacing[0], 0.78, atol=1e-6)  # ITK's (and Slicer's) spacing: pixdim's
+    assert any("Slicer/ITK read the sform's axes with pixdim's spacing" in w for w in volume.warnings)
+
+
+def test_an_aligned_sform_that_disagrees_with_the_qform_is_refused(tmp_path):
+    """sform code 2 (aligned) with qform code 1: ITK reads the qform, nibabel the sform (before: read silently
+    with the qform, 50 mm from where nibabel-based tools put the scan)."""
+    path = nii_with_moved_sform(tmp_path, 0, 3, 50.0)  # 50 mm along x
+    edit_nifti(path, NIFTI_SFORM_CODE, "h", 2)
+    with pytest.raises(InputError, match="up to 50.0 mm apart: Slicer/ITK read the qform, nibabel/MONAI the sform"):
+        read_volume(path)
+
+
+def test_a_scanner_sform_that_disagrees_with_the_qform_is_read_with_a_warning(tmp_path):
+    """sform code 1 wins in ITK, Slicer and nibabel alike: read with the sform, and the user is told."""
+    path = nii_with_moved_sform(tmp_path, 0, 3, 50.0)  # 50 mm along x
+    volume = read_volume(path)
+    assert np.allclose(volume.affine[:3, 3], [60.0, -20.0, 30.0], atol=1e-3)
+    assert any("qform and sform disagree" in w and "50.0 mm" in w for w in volume.warnings)
+
+
+def test_a_sheared_sform_without_a_qform_is_refused_in_plain_words(tmp_path):
+    """ITK reads no sheared sform (before: "ITK only supports orthonormal direction cosines.  No orthonormal
+    definition found!", when the voxels were read)."""
+    path = nii_with_moved_sform(tmp_path, 0, 1, 0.4)  # the j axis leans towards x
+    edit_nifti(path, NIFTI_QFORM_CODE, "h", 0)
+    with pytest.raises(InputError, match="has a sheared sform .* and no qform"):
+        read_volume(path)
+
+
+def test_agreeing_or_single_forms_give_no_warning(tmp_path):
+    path = write_volume(tmp_path, "nii.gz")
+    assert read_volume(path).warnings == []
+    edit_nifti(path, NIFTI_QFORM_CODE, "h", 0)
+    assert read_volume(path).warnings == []
+    edit_nifti(path, NIFTI_QFORM_CODE, "h", 1)
+    edit_nifti(path, NIFTI_SFORM_CODE, "h", 0)
+    assert read_volume(path).warnings == []
+
+
+def test_a_nifti_without_orientation_warns(tmp_path):
+    """qform and sform codes 0: ITK puts the axes along LPS at origin 0, nibabel along LAS elsewhere."""
+    path = write_volume(tmp_path, "nii")
+    edit_nifti(path, NIFTI_QFORM_CODE, "2h", 0, 0)
+    volume = read_volume(path)
+    assert any("no orientation" in w for w in volume.warnings)
+
+
+def test_a_nrrd_without_orientation_warns(tmp_path):
+    path = tmp_path / "scan.nrrd"
+    array = volume_array()
+    header = f"NRRD0004\ntype: short\ndimension: 3\nsizes: {' '.join(map(str, array.shape))}\nspacings: 1 1 2\n"
+    path.write_bytes((header + "endian: little\nencoding: raw\n\n").encode() + array.tobytes(order="F"))
+    volume = read_volume(path)
+    assert any("no orientation" in w for w in volume.warnings)
+
+
+@pytest.mark.parametrize("kind", ["nii", "nii.gz"])
+def test_an_rgb_nifti_is_refused_as_colour_not_as_damaged(tmp_path, kind):
+    """RGB24 voxels (before: "read 3 x N values where its header declares N (export it again)")."""
+    path = write_volume(tmp_path, "nii", volume_array(dtype=np.uint8))
+    data = bytearray(path.read_bytes())
+    offset = int(struct.unpack_from("<f", data, 108)[0])
+    struct.pack_into("<2h", data, NIFTI_DATATYPE, 128, 24)
+    data = bytes(data[:offset]) + bytes(np.repeat(np.frombuffer(bytes(data[offset:]), np.uint8), 3))
+    if kind == "nii.gz":
+        path.unlink()
+        path = path.with_name("scan.nii.gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    with pytest.raises(InputError, match="3 components per voxel"):
+        read_volume(path)
+
+
+@pytest.mark.parametrize("kind", ["nii", "nii.gz"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_nan_voxels_in_a_nifti_are_refused_not_read_as_zeros(tmp_path, monkeypatch, kind, dtype, chunk):
+    """ITK's NIfTI reader sets NaN and infinite voxels to 0 (water, in a CT) silently; NRRD and MetaImage keep
+    them and are refused: a NIfTI is refused the same way (before: read, 0 in place of NaN). ``chunk`` 7: values
+    split across the pieces the data is read in."""
+    if chunk:
+        monkeypatch.setattr(payload, "CHUNK", chunk)
+    array = volume_array(dtype=dtype)
+    array[2, 3, 4], array[0, 0, 0], array[-1, -1, -1] = np.nan, -np.inf, np.nan
+    path = tmp_path / f"scan.{kind}"
+    sitk.WriteImage(image_from_array(array, affine_from_spacing((1, 1, 2))), str(path), useCompression=True)
+    with pytest.raises(InputError, match="has 3 NaN or infinite voxels"):
+        read_volume(path)
+    array[2, 3, 4] = array[0, 0, 0] = array[-1, -1, -1] = 0
+    sitk.WriteImage(image_from_array(array, affine_from_spacing((1, 1, 2))), str(path), useCompression=True)
+    assert np.array_equal(read_volume(path).array, array)
+
+
+def test_a_scan_measured_in_metres_is_refused_naming_its_size_not_only_memory(tmp_path):
+    """A NIfTI whose xyzt_units say metres while pixdim holds millimetres: ITK (and Slicer) scale it to 3 m voxels
+    (before: "this run needs about 83543509.3 GiB of memory ... (use a coarser model spacing, crop the volume...)")."""
+    path = write_volume(tmp_path, "nii.gz")
+    edit_nifti(path, 123, "B", 1)  # xyzt_units: NIFTI_UNITS_METER
+    volume = read_volume(path)
+    assert volume.grid.spacing.min() > 700
+    with pytest.raises(InputError, match=r"spans 7\.2 x 7\.2 x 17\.5 m.*spacing or units are wrong"):
+        segment([volume], threshold_package(), device="cpu")
+
+
+def write_nifti2(path, array):
+    """A minimal single-file NIfTI-2 (nifti2.h offsets), int16, 1 x 1 x 2 mm, sform code 1 at the identity."""
+    header = bytearray(540)
+    struct.pack_into("<i8s", header, 0, 540, b"n+2\0\r\n\x1a\n")
+    struct.pack_into("<2h", header, 12, 4, 16)  # datatype int16, bitpix
+    struct.pack_into("<8q", header, 16, 3, *array.shape, 1, 1, 1, 1)
+    struct.pack_into("<8d", header, 104, 1, 1, 1, 2, 1, 1, 1, 1)
+    struct.pack_into("<q", header, 168, 544)  # vox_offset
+    struct.pack_into("<2i", header, 344, 0, 1)  # qform, sform codes
+    struct.pack_into("<12d", header, 400, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 2, 0)
+    data = bytes(header) + b"\0" * 4 + array.astype("<i2").tobytes(order="F")
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["nii", "nii.gz"])
+def test_a_nifti2_file_is_read_or_refused_in_plain_words(tmp_path, kind):
+    """Refused at the header while SimpleITK cannot read NIfTI-2 (before: "cannot read scan.nii.gz:
+    NiftiImageIO(0x55d...): /full/path is not recognized as a NIFTI file", after the output folder was opened)."""
+    array = volume_array()
+    path = write_nifti2(tmp_path / f"scan.{kind}", array)
+    try:
+        sitk.ReadImage(str(path))
+        itk_reads = True
+    except RuntimeError:
+        itk_reads = False
+    assert itk_reads == nifti.ITK_READS_NIFTI2, "SimpleITK now reads NIfTI-2: set ITK_READS_NIFTI2"
+    if itk_reads:
+        assert np.array_equal(read_volume(path).array, array)
+        return
+    with pytest.raises(InputError) as error:
+        open_image(path)  # the header alone
+    assert str(error.value).startswith(f"scan.{kind} is a NIfTI-2 file") and "NIfTI-1" in str(error.value)
+    assert "0x" not in str(error.value) and str(tmp_path) not in str(error.value)
+
+
+def test_itk_messages_lose_object_addresses():
+    from TokenUNetSegmentLib.pipeline.readers.itk import itk_error_text
+
+    error = RuntimeError("a.cxx:10:\nITK ERROR: NiftiImageIO(0x7fcc2800ae90): scan.nii is not recognized")
+    assert itk_error_text(error) == "scan.nii is not recognized"
+
+
+def flipped(array, affine, axis):
+    """The same volume in physical space stored with ``axis`` reversed (the direction's determinant changes sign)."""
+    moved = affine.copy()
+    moved[:3, 3] = affine[:3, :3] @ np.eye(3)[axis] * (array.shape[axis] - 1) + affine[:3, 3]
+    moved[:3, axis] *= -1
+    return np.ascontiguousarray(np.flip(array, axis)), moved
+
+
+def nrrd_text(array, space, directions, origin, extra="", kinds="domain domain domain", sizes=None):
+    vectors = " ".join(d if isinstance(d, str) else "(" + ",".join(f"{v:.9g}" for v in d) + ")" for d in directions)
+    sizes = sizes or " ".join(map(str, array.shape))
+    return (
+        f"NRRD0004\ntype: short\ndimension: {len(sizes.split())}\n{space}sizes: {sizes}\nspace directions: {vectors}\n"
+        f"kinds: {kinds}\nendian: little\nspace origin: ({','.join(f'{v:.9g}' for v in origin)})\n{extra}"
+    )
+
+
+def write_variant(folder, variant):
+    """The volume of :func:`volume_array` on ``AFFINE`` written as a user's tool might write it."""
+    array = volume_array()
+    lps = np.diag([-1.0, -1.0, 1.0]) @ AFFINE[:3, :3]
+    lps_origin = AFFINE[:3, 3] * [-1, -1, 1]
+    if variant == "nii uint16 with scl_inter -1024":
+        path = write_volume(folder, "nii", (array.astype(np.int32) + 1024).astype(np.uint16))
+        return edit_nifti(path, 112, "2f", 1.0, -1024.0)
+    if variant == "nii 4D with one time point":
+        return edit_nifti(write_volume(folder, "nii", array), NIFTI_DIM, "5h", 4, *array.shape, 1)
+    if variant == "nii qform only":
+        return edit_nifti(write_volume(folder, "nii", array), NIFTI_SFORM_CODE, "h", 0)
+    if variant == "nii sform only":
+        return edit_nifti(write_volume(folder, "nii", array), NIFTI_QFORM_CODE, "h", 0)
+    if variant == "nii.gz stored uncompressed":
+        return write_volume(folder, "nii", array).rename(folder / "scan.nii.gz")
+    if variant == "NII.GZ in capitals":
+        return write_volume(folder, "nii.gz", array).rename(folder / "SCAN.NII.GZ")
+    if variant == "a link to a nii.gz":
+        (folder / "link.nii.gz").symlink_to(write_volume(folder, "nii.gz", array))
+        return folder / "link.nii.gz"
+    if variant.startswith("nii.gz flipped along "):
+        axis = "ijk".index(variant[-1])
+        return write_volume(folder, "nii.gz", *flipped(array, AFFINE, axis))
+    if variant == "nrrd space RAS":
+        text = nrrd_text(array, "space: right-anterior-superior\n", AFFINE[:3, :3].T, AFFINE[:3, 3])
+    elif variant == "nrrd space scanner-xyz":
+        text = nrrd_text(array, "space: scanner-xyz\n", lps.T, lps_origin)
+    elif variant == "nrrd with a measurement frame":
+        extra = "measurement frame: (-1,0,0) (0,-1,0) (0,0,1)\n"
+        text = nrrd_text(array, "space: left-posterior-superior\n", lps.T, lps_origin, extra)
+    elif variant == "nrrd with a list axis of 1 first":
+        directions = ["none", *lps.T]
+        sizes = "1 " + " ".join(map(str, array.shape))
+        text = nrrd_text(array, "space: LPS\n", directions, lps_origin, kinds="list domain domain domain", sizes=sizes)
+    elif variant == "nhdr with a gzip data file":
+        text = nrrd_text(array, "space: LPS\n", lps.T, lps_origin, "encoding: gzip\ndata file: scan.raw.gz\n")
+        (folder / "scan.raw.gz").write_bytes(gzip.compress(array.astype("<i2").tobytes(order="F")))
+        (folder / "scan.nhdr").write_text(text)
+        return folder / "scan.nhdr"
+    else:
+        raise AssertionError(variant)
+    path = folder / "scan.nrrd"
+    path.write_bytes((text + "encoding: raw\n\n").encode() + array.astype("<i2").tobytes(order="F"))
+    return path
+
+
+VARIANTS = [
+    "nii uint16 with scl_inter -1024",
+    "nii 4D with one time point",
+    "nii qform only",
+    "nii sform only",
+    "nii.gz stored uncompressed",
+    "NII.GZ in capitals",
+    "a link to a nii.gz",
+    "nii.gz flipped along i",
+    "nii.gz flipped along k",
+    "nrrd space RAS",
+    "nrrd space scanner-xyz",
+    "nrrd with a measurement frame",
+    "nrrd with a list axis of 1 first",
+    "nhdr with a gzip data file",
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_real_world_variants_read_as_the_same_volume_in_physical_space(tmp_path, variant):
+    """Every voxel value at the same RAS position as the volume written plainly, and no warning."""
+    from TokenUNetSegmentLib.pipeline.geometry import Grid, resample_nearest
+
+    array = volume_array()
+    volume = read_volume(write_variant(tmp_path, variant))
+    assert volume.warnings == []
+    assert np.isclose(abs(np.linalg.det(volume.affine)), abs(np.linalg.det(AFFINE)), rtol=1e-5)
+    source = Grid(volume.array.shape, volume.affine)
+    back = resample_nearest(volume.array.astype(np.int32) + 5000, source, Grid(array.shape, AFFINE), np.int32)
+    assert np.array_equal(back - 5000, array)
+
+
+def test_a_slicer_segmentation_with_overlapping_layers_is_refused_naming_layers(tmp_path):
+    """Slicer writes overlapping segments as a 4D .seg.nrrd with a list axis of layers (before, as an evaluate
+    reference: "has 2 components per voxel (use one scalar volume per channel)")."""
+    layers = np.stack([volume_array(dtype=np.uint8) % 3, volume_array(dtype=np.uint8) % 2])
+    directions = ["none", (-0.8, 0, 0), (0, -0.9, 0), (0, 0, 2.5)]
+    sizes = " ".join(map(str, layers.shape))  # the layer axis first, fastest
+    text = nrrd_text(layers[0], "space: LPS\n", directions, (0, 0, 0), kinds="list domain domain domain", sizes=sizes)
+    text = text.replace("type: short", "type: uchar")
+    path = tmp_path / "reference.seg.nrrd"
+    path.write_bytes((text + "encoding: raw\n\n").encode() + layers.tobytes(order="F"))
+    with pytest.raises(InputError, match="has 2 layers .*overlapping segments.*labelmap volume"):
+        read_volume(path)
