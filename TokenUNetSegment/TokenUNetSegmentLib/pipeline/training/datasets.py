@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def totalsegmentator(root, model_labels=None, splits=("train",), validation_spli
     split_of = {}
     meta = root / "meta.csv"
     if meta.is_file():
-        with open(meta, newline="", encoding="utf-8") as stream:
+        with open(meta, newline="", encoding="utf-8-sig") as stream:  # Excel's "CSV UTF-8" starts with a BOM
             sample = stream.read(4096)
             stream.seek(0)
             reader = csv.DictReader(stream, delimiter=";" if sample.count(";") >= sample.count(",") else ",")
@@ -123,24 +124,29 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
         spec = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise InputError(f"cannot read {root / 'dataset.json'}: {error}") from None
-    labels = spec.get("labels") or {}
-    table = {}
-    for key, value in labels.items():
-        if str(key).isdigit():  # MSD: {"1": "liver"}
-            table[int(key)] = str(value)
-        elif isinstance(value, int):  # nnU-Net v2: {"liver": 1}
-            table[value] = str(key)
-    table = {v: n for v, n in table.items() if v != 0 and name_key(n) != "background"}
-    if not table:
-        raise InputError(f"{root / 'dataset.json'} names no labels")
+    where = root / "dataset.json"
+    if not isinstance(spec, dict):
+        raise InputError(f"{where} is not a JSON object", "see the Medical Segmentation Decathlon's dataset.json")
+    table = _decathlon_labels(spec.get("labels"), where)
     channels = spec.get("channel_names") or spec.get("modality") or {"0": "CT"}
+    if not isinstance(channels, dict) or not all(str(key).isdigit() for key in channels):
+        raise InputError(
+            f"{where}: 'channel_names' must map channel numbers to names", 'e.g. {"0": "CT"} (nnU-Net v2)'
+        )
     pairs = []
-    if spec.get("training"):  # MSD lists its pairs
-        for item in spec["training"]:
+    training = spec.get("training")
+    if training is not None and not isinstance(training, list):
+        raise InputError(f"{where}: 'training' must be a list of {{image, label}} pairs")
+    if training:  # MSD lists its pairs
+        for index, item in enumerate(training):
+            if not isinstance(item, dict) or not item.get("image") or not isinstance(item.get("label"), str):
+                raise InputError(f"{where}: training[{index}] needs 'image' and 'label'", "list both file paths")
             image = item["image"] if isinstance(item["image"], list) else [item["image"]]
+            if not all(isinstance(i, str) for i in image):
+                raise InputError(f"{where}: training[{index}]: 'image' must be a file path or a list of them")
             pairs.append((image, item["label"]))
     else:  # nnU-Net v2: cases from labelsTr, channels <case>_<XXXX><ending> in imagesTr
-        ending = spec.get("file_ending", ".nii.gz")
+        ending = str(spec.get("file_ending", ".nii.gz"))
         for label in sorted((root / "labelsTr").glob(f"*{ending}")):
             case = label.name[: -len(ending)]
             images = [f"imagesTr/{case}_{int(c):04d}{ending}" for c in sorted(channels, key=int)]
@@ -160,6 +166,33 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
     count = int(round(len(entries) * validation_fraction))
     training, validation = entries[count:], entries[:count]
     return _finish(root, training, validation, model_labels, list(table.values()), "Decathlon / nnU-Net")
+
+
+def _decathlon_labels(labels, where: Path) -> dict[int, str]:
+    """The label file values -> names of a dataset.json: MSD ``{"1": "liver"}`` or nnU-Net v2 ``{"liver": 1}``.
+    nnU-Net v2 region-based labels (``{"liver": [1, 2]}``: overlapping regions, trained with sigmoids) are no
+    label map and are refused; a region of one value is that value."""
+    if not isinstance(labels, dict):
+        raise InputError(f"{where}: 'labels' must map label values to names", 'e.g. {"0": "background", "1": "liver"}')
+    table = {}
+    for key, value in labels.items():
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if str(key).isdigit() and isinstance(value, str):  # MSD: {"1": "liver"}
+            table[int(key)] = value
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:  # nnU-Net v2: {"liver": 1}
+            table[value] = str(key)
+        elif isinstance(value, list):
+            raise InputError(
+                f"{where}: label '{key}' is region-based ({value}); overlapping regions are no label map",
+                "list each value once with its own name (nnU-Net v2: {\"name\": value})",
+            )
+        else:
+            raise InputError(f"{where}: label {key!r}: {str(value)[:30]!r} is no label value", "use whole numbers >= 0")
+    table = {v: n for v, n in table.items() if v != 0 and name_key(n) != "background"}
+    if not table:
+        raise InputError(f"{where} names no labels")
+    return table
 
 
 def folders(images, labels, table, model_labels=None, validation_fraction: float = 0.0):
@@ -182,17 +215,30 @@ def folders(images, labels, table, model_labels=None, validation_fraction: float
         found = re.findall(r"\d+", _stem(path))
         return found[-1].lstrip("0") or "0" if found else None
 
-    label_by_number = {number(p): p for p in sorted(labels.iterdir()) if _is_image(p) and number(p) is not None}
-    root = _common_parent(images.resolve(), labels.resolve())
+    def by_number(folder: Path) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        for path in sorted(p for p in folder.iterdir() if _is_image(p) and number(p) is not None):
+            if number(path) in found:
+                raise InputError(
+                    f"{found[number(path)].name} and {path.name} in {folder} both have case number {number(path)}",
+                    "keep one file per case in the folder",
+                )
+            found[number(path)] = path
+        return found
+
+    # absolute but not resolved: a folder of symbolic links stays the dataset's root (read_datalist follows them)
+    images, labels = Path(os.path.abspath(images)), Path(os.path.abspath(labels))
+    label_by_number = by_number(labels)
+    root = _common_parent(images, labels)
     entries = []
-    for image in sorted(p for p in images.iterdir() if _is_image(p)):
-        label = label_by_number.get(number(image))
+    for key, image in by_number(images).items():
+        label = label_by_number.get(key)
         if label is None:
             continue
         entry = {
             "name": _stem(image),
-            "image": str(image.resolve().relative_to(root)),
-            "label": str(label.resolve().relative_to(root)),
+            "image": str(image.relative_to(root)),
+            "label": str(label.relative_to(root)),
             "labels": {str(v): n for v, n in names.items()},
         }
         if _partial(list(names.values()), model_labels):
