@@ -164,7 +164,10 @@ def test_a_partially_labelled_case_trains_and_is_scored_on_its_labels(tmp_path):
     sitk.WriteImage(partial, str(root / "case1_partial.nii.gz"))
     datalist["training"][1].update(label="case1_partial.nii.gz", partial=True, labels={"10": "organ1", "99": "table"})
     datalist["training"][0]["repeat"] = 2
-    datalist["validation"] = [dict(datalist["training"][1])]
+    import shutil
+
+    shutil.copy(root / "case1.nii.gz", root / "case1_validation.nii.gz")  # the same scan in both splits is refused
+    datalist["validation"] = [{**datalist["training"][1], "image": "case1_validation.nii.gz"}]
     (root / "datalist.json").write_text(json.dumps(datalist))
     recipe = Recipe(steps=2, val_every=2)
     package = load_package(train(root / "datalist.json", train_config(), tmp_path / "run", recipe))

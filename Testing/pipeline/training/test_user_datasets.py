@@ -206,3 +206,36 @@ def test_symlinked_files_in_the_folders_layout(tmp_path):
     root = Path(datalist["dataroot"])
     assert all((root / e["label"]).exists() for e in datalist["training"])
     assert (root / datalist["training"][1]["label"]).resolve() == (source / "label" / "label0002.nii.gz").resolve()
+
+
+def _train_list(tmp_path: Path, cases: dict[str, np.ndarray], validation=()) -> Path:
+    image, _ = phantom(0)
+    entries = []
+    for name, values in cases.items():
+        sitk.WriteImage(_image(image), str(tmp_path / f"{name}.nii.gz"))
+        sitk.WriteImage(_image(values), str(tmp_path / f"{name}_seg.nii.gz"))
+        entries.append({"name": name, "image": f"{name}.nii.gz", "label": f"{name}_seg.nii.gz"})
+    data = {"labels": {"1": "liver", "2": "spleen"}, "training": entries}
+    data["validation"] = [e for e in entries if e["name"] in validation]
+    (tmp_path / "list.json").write_text(json.dumps(data))
+    return tmp_path / "list.json"
+
+
+def test_training_where_no_case_holds_a_model_label_is_refused(tmp_path):
+    """Empty label maps (a failed export) trained a background-only model and packaged it (before: exit 0)."""
+    from TokenUNetSegmentLib.pipeline.training import Recipe, train
+
+    values, _ = _label_map()
+    datalist = _train_list(tmp_path, {"a": values * 0, "b": values * 0})
+    recipe = Recipe(steps=1, batch_size=1, val_every=1, threads=1, augmentation=0.0)
+    with pytest.raises(InputError, match="no training case holds a voxel of the model's labels"):
+        train(datalist, model_config(), tmp_path / "run", recipe)
+    assert not (tmp_path / "run" / "package").exists()
+
+
+def test_a_scan_in_both_training_and_validation_is_refused(tmp_path):
+    """Validation on a training scan measures fit, not generalisation (before: accepted without a word)."""
+    values, _ = _label_map()
+    datalist = _train_list(tmp_path, {"a": values, "b": values}, validation=("b",))
+    with pytest.raises(InputError, match=r"validation\[0\] uses b.nii.gz, also in training\[1\]"):
+        read_datalist(datalist)

@@ -130,6 +130,14 @@ def read_datalist(path: str | Path) -> dict:
             if not isinstance(case["repeat"], (int, float)) or case["repeat"] <= 0:
                 raise InputError(f"{where}: 'repeat' must be a number > 0")
             out[split].append(case)
+    seen = {image: index for index, case in enumerate(out["training"]) for image in case["image"]}
+    for index, case in enumerate(out["validation"]):
+        both = [image for image in case["image"] if image in seen]
+        if both:
+            raise InputError(
+                f"the datalist's validation[{index}] uses {Path(both[0]).name}, also in training[{seen[both[0]]}]",
+                "validate on other scans than you train on (or leave 'validation' out)",
+            )
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import time
 from dataclasses import asdict
@@ -25,6 +26,8 @@ from .loss import PartialDiceCELoss
 from .recipe import Recipe
 from .sampler import PatchSampler, PatchStream, SamplerSettings
 from .statistics import training_statistics
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "train.log"
@@ -162,6 +165,7 @@ def train(
         raise InputError("no training case is left after holding out " + ", ".join(sorted(held)))
     roi = np.maximum(patch, config["inference"]["roi_size"])
     train_cases = [load_case(entry, config, multiple, roi) for entry in entries]
+    _check_labelled(train_cases, len(config["labels"]))
     val_entries = [entry for entry in data["validation"] if entry["patient"] not in held]
     val_cases = [load_case(entry, config, multiple, roi) for entry in val_entries] or train_cases
     val_split = "validation" if val_entries else "training"
@@ -349,6 +353,19 @@ def train(
     return package
 
 
+def _check_labelled(cases: list[Case], count: int) -> None:
+    """Refuse training cases that, all together, hold no voxel of a model label (empty or unnamed label maps
+    would train a background-only model); warn about each case without one."""
+    empty = [case.name for case in cases if not ((case.label >= 1) & (case.label <= count)).any()]
+    if len(empty) == len(cases):
+        raise InputError(
+            "no training case holds a voxel of the model's labels (empty label maps, or values the table does not name?)",
+            "check the label files and the datalist's 'labels' table",
+        )
+    for name in empty:
+        log.warning("case %s holds no voxel of the model's labels: it trains only background", name)
+
+
 def _what_weights_belong_to(config: dict, cases: list[Case]) -> dict:
     """What a checkpoint's weights mean: the network, its inputs and preprocessing, its labels (value and name,
     in order), and the training cases with their files' SHA256 (the package records them)."""
@@ -356,7 +373,7 @@ def _what_weights_belong_to(config: dict, cases: list[Case]) -> dict:
     return {
         **{key: config.get(key) for key in keys},
         "labels": [[label["value"], label["name"]] for label in config["labels"]],
-        "cases": {case.name: case.files for case in cases},
+        "cases": [[case.name, case.files] for case in cases],
     }
 
 
@@ -371,8 +388,8 @@ def _check_resumed_run(before: dict | None, now: dict, output: Path) -> None:
             f"the configuration differs from the run in {output} in {', '.join(changed)}",
             "resume with the run's configuration, or train into a new folder",
         )
-    old, new = before.get("cases", {}), now["cases"]
-    if old != new:
+    old, new = dict(before.get("cases", [])), dict(now["cases"])
+    if before.get("cases") != now["cases"]:
         counts = {
             "added": len(new.keys() - old.keys()),
             "removed": len(old.keys() - new.keys()),
