@@ -239,3 +239,16 @@ def test_a_scan_in_both_training_and_validation_is_refused(tmp_path):
     datalist = _train_list(tmp_path, {"a": values, "b": values}, validation=("b",))
     with pytest.raises(InputError, match=r"validation\[0\] uses b.nii.gz, also in training\[1\]"):
         read_datalist(datalist)
+
+
+def test_half_cases_are_named_when_left_out(tmp_path, capsys):
+    """A case folder without its CT, an image without its label (before: left out without a word)."""
+    root = totalsegmentator_dataset(tmp_path / "ts")
+    (root / "s0002" / "ct.nii.gz").unlink()
+    assert cli.main(["datalist", "totalsegmentator", str(root), "--out", str(tmp_path / "a.json")]) == 0
+    assert "warning: 1 left out: s0002 (no ct.nii.gz)" in capsys.readouterr().err
+    btcv = _btcv(tmp_path / "btcv")
+    shutil.copy(btcv / "img" / "img0001.nii.gz", btcv / "img" / "img0003.nii.gz")
+    args = ["--images", str(btcv / "img"), "--labels", str(btcv / "label")]
+    assert cli.main(["datalist", "folders", *args, "--out", str(tmp_path / "b.json")]) == 0
+    assert "warning: 1 left out: img0003.nii.gz (no label)" in capsys.readouterr().err

@@ -53,8 +53,11 @@ def match_report(names: list[str], model_labels: list[str] | None) -> dict:
     }
 
 
-def _finish(root: Path, training: list[dict], validation: list[dict], model_labels, names_seen: list[str], source: str):
+def _finish(
+    root: Path, training: list[dict], validation: list[dict], model_labels, names_seen: list[str], source: str, skipped=()
+):
     report = match_report(names_seen, model_labels)
+    report["skipped"] = list(skipped)  # what was found but not used, and why
     if model_labels and not report["matched"]:
         raise InputError(
             f"none of the model's labels ({', '.join(model_labels)}) is among the dataset's structures",
@@ -89,11 +92,13 @@ def totalsegmentator(root, model_labels=None, splits=("train",), validation_spli
             for row in reader:
                 if row.get("image_id"):
                     split_of[row["image_id"].strip()] = (row.get("split") or "train").strip()
-    training, validation, seen = [], [], set()
+    training, validation, seen, skipped = [], [], set(), []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         ct = next((folder / f"ct{s}" for s in IMAGE_SUFFIXES if (folder / f"ct{s}").is_file()), None)
         masks_dir = folder / "segmentations"
         if ct is None or not masks_dir.is_dir():
+            if ct is not None or masks_dir.is_dir():  # half a case (other folders are not cases)
+                skipped.append(f"{folder.name} (no {'segmentations/' if ct else 'ct.nii.gz'})")
             continue
         masks = {_stem(m): m for m in sorted(masks_dir.iterdir()) if _is_image(m)}
         if structures == "model" and model_labels:
@@ -114,7 +119,7 @@ def totalsegmentator(root, model_labels=None, splits=("train",), validation_spli
             training.append(entry)
         elif split in validation_splits:
             validation.append(entry)
-    return _finish(root, training, validation, model_labels, sorted(seen), "TotalSegmentator")
+    return _finish(root, training, validation, model_labels, sorted(seen), "TotalSegmentator", skipped)
 
 
 def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
@@ -230,8 +235,10 @@ def folders(images, labels, table, model_labels=None, validation_fraction: float
     images, labels = Path(os.path.abspath(images)), Path(os.path.abspath(labels))
     label_by_number = by_number(labels)
     root = _common_parent(images, labels)
-    entries = []
-    for key, image in by_number(images).items():
+    entries, image_by_number = [], by_number(images)
+    skipped = [f"{p.name} (no label)" for n, p in image_by_number.items() if n not in label_by_number]
+    skipped += [f"{p.name} (no image)" for n, p in label_by_number.items() if n not in image_by_number]
+    for key, image in image_by_number.items():
         label = label_by_number.get(key)
         if label is None:
             continue
@@ -245,7 +252,8 @@ def folders(images, labels, table, model_labels=None, validation_fraction: float
             entry["partial"] = True
         entries.append(entry)
     count = int(round(len(entries) * validation_fraction))
-    return _finish(root, entries[count:], entries[:count], model_labels, list(names.values()), "image/label folders")
+    names = list(names.values())
+    return _finish(root, entries[count:], entries[:count], model_labels, names, "image/label folders", skipped)
 
 
 def _common_parent(a: Path, b: Path) -> Path:
