@@ -252,3 +252,14 @@ def test_half_cases_are_named_when_left_out(tmp_path, capsys):
     args = ["--images", str(btcv / "img"), "--labels", str(btcv / "label")]
     assert cli.main(["datalist", "folders", *args, "--out", str(tmp_path / "b.json")]) == 0
     assert "warning: 1 left out: img0003.nii.gz (no label)" in capsys.readouterr().err
+
+
+def test_importing_a_training_runs_folder_points_to_its_package(tmp_path, tiny_package, capsys, monkeypatch):
+    """`models import run/` instead of `run/package` (before: "lacks configs/metadata.json" and nothing more)."""
+    monkeypatch.setenv("TOKENUNET_HOME", str(tmp_path / "home"))
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tiny_package, run / "package")
+    assert cli.main(["models", "import", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "lacks configs/metadata.json (a training run keeps its package inside: import run/package)" in err
