@@ -263,3 +263,16 @@ def test_importing_a_training_runs_folder_points_to_its_package(tmp_path, tiny_p
     assert cli.main(["models", "import", str(run)]) == 2
     err = capsys.readouterr().err
     assert "lacks configs/metadata.json (a training run keeps its package inside: import run/package)" in err
+
+
+def test_label_values_the_table_does_not_name_are_warned_about(tmp_path, caplog):
+    """A BTCV-numbered map read with a two-name table: values 3 and 4 train as background (before: silently)."""
+    values, masks = _label_map()
+    values[0, 0, :2], values[1, 0, :2] = 3, 4
+    entry = _case(tmp_path, _image(values))
+    with caplog.at_level("WARNING"):
+        case = load_case(entry, model_config(), 8, (16, 16, 16))
+    assert "case ct: label.nii.gz holds values 3, 4 that its 'labels' table does not name: trained as background" in (
+        caplog.text
+    )
+    assert _counts(case) == (int(masks["liver"].sum()), int(masks["spleen"].sum()))

@@ -253,6 +253,7 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
         log.warning("case %s: %s", entry["name"], message)
     on_grid = resample(values, label_grid, prepared.region, "nearest", 0, np.uint16)
     partial = entry.get("partial")
+    _warn_unnamed_values(values, entry, cfg["labels"])
     label = label_lookup(entry["labels"], cfg["labels"], partial)[on_grid]
     label_files = list(entry["label"].values()) if isinstance(entry["label"], dict) else [entry["label"]]
     files = {key: sha256_file(p) for key, p in _file_keys([*entry["image"], *label_files]).items()}
@@ -284,6 +285,21 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
     else:
         case.pad = tuple(float(case.image[c].min()) for c in range(case.image.shape[0]))
     return case
+
+
+def _warn_unnamed_values(values: np.ndarray, entry: dict, labels: list[dict]) -> None:
+    """Warn about label values that the case's table does not name (or, without a table, that are no model label
+    value): they train as background (or as unknown in a partial case), which is right only if intended."""
+    known = set(entry["labels"]) if entry["labels"] is not None else {label["value"] for label in labels}
+    present = np.flatnonzero(np.bincount(values.ravel(), minlength=1))
+    unnamed = [int(v) for v in present if v and int(v) not in known]
+    if unnamed:
+        shown = ", ".join(str(v) for v in unnamed[:8]) + (", ..." if len(unnamed) > 8 else "")
+        what = "its 'labels' table does not name" if entry["labels"] is not None else "are no model label value"
+        log.warning(
+            "case %s: %s holds values %s that %s: trained as %s",
+            entry["name"], _label_name(entry), shown, what, "unknown" if entry.get("partial") else "background",
+        )  # fmt: skip
 
 
 def _label_name(entry: dict) -> str:
