@@ -276,3 +276,11 @@ def test_label_values_the_table_does_not_name_are_warned_about(tmp_path, caplog)
         caplog.text
     )
     assert _counts(case) == (int(masks["liver"].sum()), int(masks["spleen"].sum()))
+
+
+def test_an_nnunet_case_without_its_second_channel_names_the_file(tmp_path):
+    root = _nnunet(tmp_path / "ds", {"background": 0, "liver": 1, "spleen": 2})
+    spec = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**spec, "channel_names": {"0": "CT", "1": "PET"}}))
+    with pytest.raises(InputError, match=r"labelsTr/case_000.nii.gz has no image imagesTr/case_000_0001.nii.gz"):
+        datasets.decathlon(root)

@@ -161,8 +161,13 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
         images = [str(Path(i)) for i in images]  # "./imagesTr/x" -> "imagesTr/x"
         label = str(Path(label))
         missing = [p for p in [*images, label] if not (root / p).is_file()]
-        if missing:
+        if missing and training:
             raise InputError(f"{root}: file listed in dataset.json not found: {missing[0]}")
+        if missing:  # nnU-Net v2: a label in labelsTr without all its channels in imagesTr
+            raise InputError(
+                f"{root}: {label} has no image {missing[0]}",
+                "every case in labelsTr needs one file per channel_names entry in imagesTr",
+            )
         entry = {"name": _stem(Path(label)), "image": images if len(images) > 1 else images[0], "label": label}
         entry["labels"] = {str(v): n for v, n in table.items()}
         if _partial(list(table.values()), model_labels):
