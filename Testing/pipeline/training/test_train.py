@@ -244,7 +244,10 @@ def test_a_resume_with_other_labels_or_other_data_is_refused(datalist, tmp_path)
     train(datalist, train_config(), tmp_path, recipe)
     before = (tmp_path / "checkpoints" / "last.pt").read_bytes()
     swapped = train_config()
-    swapped["labels"][0]["name"], swapped["labels"][1]["name"] = swapped["labels"][1]["name"], swapped["labels"][0]["name"]
+    swapped["labels"][0]["name"], swapped["labels"][1]["name"] = (
+        swapped["labels"][1]["name"],
+        swapped["labels"][0]["name"],
+    )
     fewer = train_config()
     fewer["labels"], fewer["architecture"]["out_channels"] = fewer["labels"][:1], 2
     again = Recipe(steps=2, batch_size=1, val_every=1, threads=1, augmentation=0.0)

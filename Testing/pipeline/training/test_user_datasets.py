@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from helpers.packages import ball_phantom
 from TokenUNetSegmentLib.pipeline import cli
 from TokenUNetSegmentLib.pipeline.errors import InputError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
@@ -80,7 +79,10 @@ def test_a_label_of_the_images_shape_but_elsewhere_is_refused(tmp_path, masks_or
     if masks_or_map == "map":
         label = _image(values, origin=shifted)
     else:
-        label = {"liver": _image(masks["liver"].astype(np.uint8)), "spleen": _image(masks["spleen"].astype(np.uint8), origin=shifted)}
+        label = {
+            "liver": _image(masks["liver"].astype(np.uint8)),
+            "spleen": _image(masks["spleen"].astype(np.uint8), origin=shifted),
+        }
     entry = _case(tmp_path, label)
     with pytest.raises(InputError, match="same 24 x 22 x 20 voxels as its image but lies 30 mm from it"):
         load_case(entry, model_config(), 8, (16, 16, 16))
@@ -152,7 +154,10 @@ def test_region_based_nnunet_labels_are_refused_not_dropped(tmp_path):
         datasets.decathlon(root, ["liver", "spleen"])
     single = _nnunet(tmp_path / "single", {"background": 0, "liver": [1], "spleen": 2})
     datalist, report = datasets.decathlon(single, ["liver", "spleen"])
-    assert report["matched"] == ["liver", "spleen"] and datalist["training"][0]["labels"] == {"1": "liver", "2": "spleen"}
+    assert report["matched"] == ["liver", "spleen"] and datalist["training"][0]["labels"] == {
+        "1": "liver",
+        "2": "spleen",
+    }
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,13 @@ def match_report(names: list[str], model_labels: list[str] | None) -> dict:
 
 
 def _finish(
-    root: Path, training: list[dict], validation: list[dict], model_labels, names_seen: list[str], source: str, skipped=()
+    root: Path,
+    training: list[dict],
+    validation: list[dict],
+    model_labels,
+    names_seen: list[str],
+    source: str,
+    skipped=(),
 ):
     report = match_report(names_seen, model_labels)
     report["skipped"] = list(skipped)  # what was found but not used, and why
@@ -135,9 +141,7 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
     table = _decathlon_labels(spec.get("labels"), where)
     channels = spec.get("channel_names") or spec.get("modality") or {"0": "CT"}
     if not isinstance(channels, dict) or not all(str(key).isdigit() for key in channels):
-        raise InputError(
-            f"{where}: 'channel_names' must map channel numbers to names", 'e.g. {"0": "CT"} (nnU-Net v2)'
-        )
+        raise InputError(f"{where}: 'channel_names' must map channel numbers to names", 'e.g. {"0": "CT"} (nnU-Net v2)')
     pairs = []
     training = spec.get("training")
     if training is not None and not isinstance(training, list):
@@ -195,7 +199,7 @@ def _decathlon_labels(labels, where: Path) -> dict[int, str]:
         elif isinstance(value, list):
             raise InputError(
                 f"{where}: label '{key}' is region-based ({value}); overlapping regions are no label map",
-                "list each value once with its own name (nnU-Net v2: {\"name\": value})",
+                'list each value once with its own name (nnU-Net v2: {"name": value})',
             )
         else:
             raise InputError(f"{where}: label {key!r}: {str(value)[:30]!r} is no label value", "use whole numbers >= 0")
