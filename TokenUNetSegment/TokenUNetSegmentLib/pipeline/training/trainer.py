@@ -359,7 +359,7 @@ def _check_labelled(cases: list[Case], count: int) -> None:
     empty = [case.name for case in cases if not ((case.label >= 1) & (case.label <= count)).any()]
     if len(empty) == len(cases):
         raise InputError(
-            "no training case holds a voxel of the model's labels (empty label maps, or values the table does not name?)",
+            "no training case holds a voxel of the model's labels (empty label maps, or values no table names?)",
             "check the label files and the datalist's 'labels' table",
         )
     for name in empty:
