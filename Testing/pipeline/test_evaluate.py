@@ -111,6 +111,23 @@ def test_evaluate_command_writes_json_and_a_table(tmp_path, capsys):
     assert result["mean_dice"] == pytest.approx(0.5)
 
 
+def test_evaluate_replaces_only_an_earlier_evaluation_unless_told(tmp_path, capsys):
+    """`--json config.json` by mistake: the user's file is kept (exit 2, before anything is computed); an earlier
+    evaluation at that path is replaced, and any file with --overwrite."""
+    labels = two_balls()
+    reference = write(tmp_path / "ref.nii.gz", labels, {"1": "organ1", "2": "organ2"})
+    command = ["evaluate", str(reference), "--prediction", str(reference), "--json"]
+    mine = tmp_path / "config.json"
+    mine.write_text('{"labels": [1, 2]}')
+    assert cli.main([*command, str(mine)]) == 2
+    assert mine.read_text() == '{"labels": [1, 2]}' and "--overwrite" in capsys.readouterr().err
+    earlier = tmp_path / "metrics.json"
+    assert cli.main([*command, str(earlier)]) == 0
+    earlier.write_text(earlier.read_text().replace('"mean_dice": 1.0', '"mean_dice": 0.5'))
+    assert cli.main([*command, str(earlier)]) == 0 and json.loads(earlier.read_text())["mean_dice"] == 1.0
+    assert cli.main([*command, str(mine), "--overwrite"]) == 0 and json.loads(mine.read_text())["mean_dice"] == 1.0
+
+
 def test_evaluate_command_runs_a_model(tmp_path):
     package = make_package(tmp_path, tiny_config(labels=2, spacing=(2.0, 2.0, 3.0)))
     image = ball_phantom(SHAPE, (15, 15, 10), (8, 8, 6), value=200, background=-1000)

@@ -127,6 +127,13 @@ def test_btcv_folders_and_the_datalist_command(tmp_path):
     assert set(np.unique(case.label)) == {0, 1, 2}
     assert cli.main([*args, "--table", "nonsense", "--out", str(out)]) == 2
     assert cli.main(["datalist", "totalsegmentator", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert cli.main([*args, "--table", "btcv", "--out", str(out)]) == 0  # its own earlier datalist: replaced
+    by_hand = tmp_path / "mine.json"
+    by_hand.write_text(json.dumps({"description": "my cases", "training": []}))
+    assert cli.main([*args, "--table", "btcv", "--out", str(by_hand)]) == 2  # a datalist written by hand: kept
+    assert json.loads(by_hand.read_text())["description"] == "my cases"
+    assert cli.main([*args, "--table", "btcv", "--out", str(by_hand), "--overwrite"]) == 0
+    assert read_datalist(by_hand)["training"][0]["label"].endswith("label/label0001.nii.gz")
 
 
 def run_recipe(tmp_path, nproc: int):

@@ -232,6 +232,10 @@ def evaluate_files(
     }
 
 
+EVALUATION_KEYS = ("reference", "labels", "mean_dice", "unmatched")
+"""Keys every result of :func:`evaluate_files` has: an existing ``--json`` file with them is an earlier evaluation."""
+
+
 def format_table(result: dict) -> str:
     """The metrics as a fixed-width text table."""
     labels = result["labels"]
@@ -264,15 +268,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-hd95", action="store_true", help="skip the Hausdorff distance (faster)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", dest="json_out", help="write the metrics to this JSON file")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --json file that is no earlier evaluation"
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     import time
 
-    from .output_folder import check_file_destination, write_file_atomically
+    from .output_folder import check_file_destination, json_with_keys, write_file_atomically
 
-    if args.json_out:
-        check_file_destination(args.json_out)  # before any computation
+    if args.json_out:  # before any computation; an earlier evaluation there is replaced, any other file only if asked
+        check_file_destination(args.json_out, args.overwrite or json_with_keys(*EVALUATION_KEYS))
     prediction = args.prediction
     timing, segment_warnings = None, []
     if args.model:

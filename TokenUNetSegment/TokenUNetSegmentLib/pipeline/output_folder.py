@@ -387,7 +387,7 @@ def write_file_atomically(path: str | Path, data: bytes | str | Callable) -> Pat
     ``data`` is bytes, text (UTF-8) or a function that writes into the binary stream it is given.
     """
     path = resolve_destination(path)
-    check_file_destination(path)
+    check_file_destination(path, replace=True)  # whether to replace a file there: decided by the caller
     temporary = _sibling(path, STAGING_TAG)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -425,13 +425,23 @@ def check_free_space(folder: str | Path, expected_bytes: float, what: str = "the
         )
 
 
-def check_file_destination(path: str | Path) -> Path:
-    """Check (before computing) that a single output file can be written at ``path``; returns it resolved."""
+def check_file_destination(path: str | Path, replace: bool | Callable[[Path], bool] = False) -> Path:
+    """Check (before computing) that a single output file can be written at ``path``; returns it resolved.
+
+    An existing file is replaced only with the user's say: ``replace`` True (``--overwrite``, or an API caller's
+    explicit path), or a predicate that recognises the file as this command's own earlier output (e.g.
+    :func:`json_with_keys`); anything else there (a config the user mistyped as the output) is refused.
+    """
     path = resolve_destination(path)
     if path.is_dir():
         raise OutputError(f"the output file {path} is a folder", "give a file name")
     if path.exists() and not path.is_file():
         raise OutputError(f"the output path {path} is not a regular file", "give a file name")
+    if path.exists() and not (replace is True or (callable(replace) and replace(path))):
+        raise OutputError(
+            f"{path} already exists and is not an earlier output of this command",
+            "choose another file name, or add --overwrite to replace it",
+        )
     parent = path.parent
     while not parent.exists():  # missing folders are created when the file is written
         parent = parent.parent
@@ -440,6 +450,22 @@ def check_file_destination(path: str | Path) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise OutputError(f"cannot write {path}: {_why_not_writable(parent)}", "choose a place you can write to")
     return path
+
+
+def json_with_keys(*keys: str) -> Callable[[Path], bool]:
+    """A predicate for :func:`check_file_destination`: the file holds a JSON object with all of ``keys``."""
+
+    def written_here(path: Path) -> bool:
+        from .errors import TokenUNetError
+        from .json_files import read_json_file
+
+        try:
+            value = read_json_file(path)
+        except TokenUNetError:
+            return False
+        return isinstance(value, dict) and all(key in value for key in keys)
+
+    return written_here
 
 
 def _sibling(destination: Path, tag: str) -> Path:

@@ -144,7 +144,7 @@ def write_package(
         README_FILE: readme_text.encode("utf-8"),
     }
     if as_zip:
-        check_file_destination(destination)
+        check_file_destination(destination, replace=True)  # the caller named this file
 
         def write_zip(stream) -> None:
             with zipfile.ZipFile(stream, "w", zipfile.ZIP_DEFLATED) as archive:

@@ -230,13 +230,17 @@ def _datalist_arguments(parser: argparse.ArgumentParser) -> None:
         "--validation-fraction", type=number(0.0, below=1.0), default=0.0, help="decathlon, folders: share held out"
     )
     parser.add_argument("--out", "-o", required=True, help="the datalist JSON to write")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out file that this command did not write"
+    )
 
 
 def run_datalist(args: argparse.Namespace) -> int:
     from ..output_folder import check_file_destination, write_file_atomically
     from . import datasets
 
-    out = check_file_destination(args.out)  # before the dataset is scanned
+    # before the dataset is scanned; a datalist this command wrote is replaced, any other file only if asked
+    out = check_file_destination(args.out, args.overwrite or datasets.written_by_datalist)
     labels = [label["name"] for label in load_config(args.config)["labels"]] if args.config else None
     if args.layout == "folders":
         if not (args.images and args.labels):

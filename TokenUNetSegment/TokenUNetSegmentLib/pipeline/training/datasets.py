@@ -77,6 +77,23 @@ def _finish(
     return datalist, report
 
 
+SOURCES = ("TotalSegmentator", "Decathlon / nnU-Net", "image/label folders")
+
+
+def written_by_datalist(path: Path) -> bool:
+    """Whether the file at ``path`` is a datalist this module wrote (its description names a layout of
+    :data:`SOURCES`), which the ``datalist`` command may replace; a datalist written by hand is not."""
+    from ..errors import TokenUNetError
+    from ..json_files import read_json_file
+
+    try:
+        value = read_json_file(path)
+    except TokenUNetError:
+        return False
+    description = value.get("description") if isinstance(value, dict) else None
+    return isinstance(description, str) and description.startswith(tuple(f"{s} dataset at " for s in SOURCES))
+
+
 def _partial(names: list[str], model_labels) -> bool:
     keys = {name_key(n) for n in names}
     return bool(model_labels) and any(name_key(label) not in keys for label in model_labels)
@@ -125,7 +142,7 @@ def totalsegmentator(root, model_labels=None, splits=("train",), validation_spli
             training.append(entry)
         elif split in validation_splits:
             validation.append(entry)
-    return _finish(root, training, validation, model_labels, sorted(seen), "TotalSegmentator", skipped)
+    return _finish(root, training, validation, model_labels, sorted(seen), SOURCES[0], skipped)
 
 
 def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
@@ -179,7 +196,7 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
         entries.append(entry)
     count = int(round(len(entries) * validation_fraction))
     training, validation = entries[count:], entries[:count]
-    return _finish(root, training, validation, model_labels, list(table.values()), "Decathlon / nnU-Net")
+    return _finish(root, training, validation, model_labels, list(table.values()), SOURCES[1])
 
 
 def _decathlon_labels(labels, where: Path) -> dict[int, str]:
@@ -262,7 +279,7 @@ def folders(images, labels, table, model_labels=None, validation_fraction: float
         entries.append(entry)
     count = int(round(len(entries) * validation_fraction))
     names = list(names.values())
-    return _finish(root, entries[count:], entries[:count], model_labels, names, "image/label folders", skipped)
+    return _finish(root, entries[count:], entries[:count], model_labels, names, SOURCES[2], skipped)
 
 
 def _common_parent(a: Path, b: Path) -> Path:
