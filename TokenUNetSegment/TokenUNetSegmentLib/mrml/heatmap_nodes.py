@@ -23,7 +23,7 @@ from .attributes import (
     TOKEN_ATTRIBUTE,
 )
 from .segmentation_nodes import add_segment, hierarchy_item, new_segmentation_node, subject_hierarchy
-from .volume_nodes import ijk_to_world, local_to_world, oriented_image, set_volume_from_array
+from .volume_nodes import array_to_world, local_to_world, oriented_image, set_volume_from_array
 
 HEAT_TABLE_TAG = "TokenUNetHeat"
 HEAT_TABLE_NAME = "TokenUNet Heat"
@@ -175,7 +175,7 @@ def update_attention_segments(node, threshold: float) -> None:
         for heatmap in heatmap_nodes:
             token = int(heatmap.GetAttribute(TOKEN_ATTRIBUTE) or 0)
             array = slicer.util.arrayFromVolume(heatmap).transpose(2, 1, 0)
-            image = threshold_image(array, threshold, to_local @ ijk_to_world(heatmap))
+            image = threshold_image(array, threshold, to_local @ array_to_world(heatmap))
             label = heatmap.GetAttribute(BEST_LABEL_ATTRIBUTE) or ""
             name = f"Token {token:02d}" + (f" - {label}" if label else "")
             add_segment(
