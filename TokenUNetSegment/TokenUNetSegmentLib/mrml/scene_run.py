@@ -17,6 +17,7 @@ from ..pipeline.run_contract import FinishedEvent, RunRequest, RunState
 from ..pipeline.runs import InProcessRun, make_run
 from .parameters import MAX_INPUTS, Parameters
 from .result_nodes import RunNodes, apply_result
+from .segmentation_nodes import check_output
 from .volume_nodes import volume_to_array
 
 
@@ -86,6 +87,8 @@ class SceneRun:
     ):
         self.scene = scene
         self.parameters = parameters
+        if parameters.outputSegmentation is not None:
+            check_output(parameters.outputSegmentation)  # before minutes of inference, not after
         channels = channel_count(parameters, store)
         self.request = request_from_parameters(parameters, channels)
         self.reference = parameters.inputs(channels)[0]

@@ -68,7 +68,13 @@ def made_segment_ids(node, tag: str = MODEL_TAG) -> list[str]:
     return ids
 
 
-def _check_writable(node) -> None:
+def check_output(node) -> None:
+    """Refuse an existing segmentation node that a result cannot be written into (checked before a run).
+
+    Raises:
+        InputError: its segments are stored as another representation (e.g. the user's closed surfaces), or it
+            is under a non-linear transform.
+    """
     segmentation = node.GetSegmentation()
     source = segmentation.GetSourceRepresentationName()
     if segmentation.GetNumberOfSegments() and source != LABELMAP:
@@ -76,6 +82,7 @@ def _check_writable(node) -> None:
             f"segmentation '{node.GetName()}' is stored as '{source}', not as a binary labelmap",
             "choose a new output segmentation",
         )
+    local_to_world(node)
 
 
 def add_segment(
@@ -126,7 +133,7 @@ def write_labels(
         base = f"{reference.GetName()} segmentation" if reference is not None else "TokenUNet segmentation"
         node = new_segmentation_node(scene, name or base, reference)
     else:
-        _check_writable(node)
+        check_output(node)
     local = np.linalg.inv(local_to_world(node)) @ np.asarray(world_affine, float)
     segmentation = node.GetSegmentation()
     was = node.StartModify()

@@ -37,7 +37,7 @@ def local_to_world(node) -> np.ndarray:
     if not transform.IsTransformToWorldLinear():
         raise InputError(
             f"'{node.GetName()}' is under the non-linear transform '{transform.GetName()}'",
-            "harden the transform on the volume (Data module) before segmenting",
+            "harden the transform (Data module) before segmenting",
         )
     matrix = vtk.vtkMatrix4x4()
     transform.GetMatrixTransformToWorld(matrix)
