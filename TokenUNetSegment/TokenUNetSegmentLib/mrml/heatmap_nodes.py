@@ -23,7 +23,7 @@ from .attributes import (
     TOKEN_ATTRIBUTE,
 )
 from .segmentation_nodes import add_segment, hierarchy_item, new_segmentation_node, subject_hierarchy
-from .volume_nodes import array_to_world, local_to_world, oriented_image, set_volume_from_array
+from .volume_nodes import array_to_world, local_to_world, mask_bounds, oriented_image, set_volume_from_array
 
 HEAT_TABLE_TAG = "TokenUNetHeat"
 HEAT_TABLE_NAME = "TokenUNet Heat"
@@ -209,7 +209,7 @@ def threshold_image(array: np.ndarray, threshold: float, affine: np.ndarray):
     factor, hot = refinement(affine), array >= threshold
     if factor == 1 or not hot.any():
         return _cropped_mask_image(hot, affine)
-    lo, hi = _bounds(hot)
+    lo, hi = mask_bounds(hot)
     lo = [max(0, a - 1) for a in lo]
     hi = [min(size, b + 1) for b, size in zip(hi, array.shape, strict=True)]
     fine = np.asarray(array, np.float32)
@@ -227,22 +227,12 @@ def threshold_image(array: np.ndarray, threshold: float, affine: np.ndarray):
     return _cropped_mask_image(fine >= threshold, np.asarray(affine) @ to_map, [a * factor for a in lo])
 
 
-def _bounds(mask: np.ndarray) -> tuple[list[int], list[int]]:
-    """Index bounds [lo, hi) per axis of a non-empty mask."""
-    lo, hi = [], []
-    for axis in range(3):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        lo.append(int(hits[0]))
-        hi.append(int(hits[-1]) + 1)
-    return lo, hi
-
-
 def _cropped_mask_image(mask: np.ndarray, affine: np.ndarray, origin=(0, 0, 0)):
     """An oriented image of the mask's bounding block (keeps the index extent of the grid ``affine`` maps, in
     which the mask starts at index ``origin``); empty if none."""
     if not mask.any():
         return oriented_image(np.zeros((0, 0, 0), np.uint8), affine)
-    lo, hi = _bounds(mask)
+    lo, hi = mask_bounds(mask)
     block = mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.uint8)
     return oriented_image(block, affine, offset=[a + o for a, o in zip(lo, origin, strict=True)])
 

@@ -85,7 +85,7 @@ def volume_to_array(node) -> tuple[np.ndarray, np.ndarray]:
             "pick the image itself, or convert it to a scalar volume in the Volumes module if it was loaded as a "
             "labelmap by mistake",
         )
-    if node.IsA("vtkMRMLDiffusionTensorVolumeNode"):
+    if image.GetPointData().GetTensors() is not None:  # a DTI volume
         raise InputError(
             f"volume '{node.GetName()}' holds diffusion tensors",
             "segmentation needs a scalar volume (e.g. a scalar map computed from the tensors)",
@@ -149,3 +149,13 @@ def oriented_image_to_array(image) -> tuple[np.ndarray, np.ndarray, tuple[int, i
         return np.zeros((0, 0, 0), np.uint8), matrix_to_array(matrix), (0, 0, 0)
     flat = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
     return flat.reshape(shape, order="F"), matrix_to_array(matrix), (extent[0], extent[2], extent[4])
+
+
+def mask_bounds(mask: np.ndarray) -> tuple[list[int], list[int]]:
+    """Index bounds [lo, hi) per axis of a non-empty mask."""
+    lo, hi = [], []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        lo.append(int(hits[0]))
+        hi.append(int(hits[-1]) + 1)
+    return lo, hi
