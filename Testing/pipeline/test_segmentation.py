@@ -139,6 +139,19 @@ def test_small_image_is_padded_not_refused(ct_package):
     assert result.token_maps.get("broadcast", 0).shape == (9, 7, 5)
 
 
+def test_the_small_volume_warning_gives_sizes_below_a_millimetre():
+    """A file in the wrong units (microns read as millimetres) spans a fraction of a millimetre: the warning says
+    how much instead of '0 x 0 x 0 mm'."""
+    from TokenUNetSegmentLib.pipeline.geometry import Grid
+    from TokenUNetSegmentLib.pipeline.preprocess import small_volume_warning
+
+    tiny = Grid((122, 101, 112), np.diag([0.003, 0.003, 0.003, 1.0]))
+    model = Grid((64, 64, 64), np.diag([3.0, 3.0, 3.0, 1.0]))
+    assert "(122 x 101 x 112 voxels, 0.37 x 0.3 x 0.34 mm;" in small_volume_warning(tiny, model, (64, 64, 64))
+    large = Grid((9, 7, 5), np.diag([40.0, 40.0, 1.0, 1.0]))
+    assert "360 x 280 x 5 mm" in small_volume_warning(large, model, (64, 64, 64))
+
+
 def test_constant_image_warns_and_runs(ct_package):
     image = np.full((30, 30, 20), 40.0, np.float32)
     with pytest.warns(UserWarning, match="constant"):

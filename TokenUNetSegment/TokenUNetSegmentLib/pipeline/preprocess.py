@@ -115,7 +115,7 @@ def small_volume_warning(source: Grid, model: Grid, roi_size) -> str | None:
     if min(source.shape) >= MIN_VOXELS and extent.min() >= MIN_WINDOW_SHARE * window:
         return None
     shape = " x ".join(str(s) for s in source.shape)
-    size = " x ".join(f"{e:.0f}" for e in extent)
+    size = " x ".join(f"{e:.0f}" if e >= 10 else f"{e:.2g}" for e in extent)  # microns too (a file in wrong units)
     return (
         f"the volume is small for this model ({shape} voxels, {size} mm; the model looks at {window:.0f} mm "
         "windows): anatomy may be cut off or missing, check the result"
