@@ -189,3 +189,20 @@ def test_a_made_segment_the_user_edited_survives_a_rerun(ctx):
     assert names == ["absent", "liver", "liver", "spleen"]
     np.testing.assert_array_equal(segment_mask_world(node, liver_id)[0], corrected)
     assert len(made_segment_ids(node)) == len(TABLE)
+
+
+@pytest.mark.parametrize("affine", [PLAIN, MIRRORED], ids=["plain", "mirrored"])
+def test_a_saved_and_reloaded_result_is_not_taken_for_an_edited_one(ctx, tmp_path, affine):
+    """The .seg.nrrd writer crops the layer and the reader flips a mirrored grid: the masks are the same."""
+    volume = add_volume(ctx.scene, np.zeros((12, 9, 6), np.int16), affine, transform=ROTATE_Z_30)
+    node = write_labels(ctx.scene, labels_for((12, 9, 6)), ijk_to_world(volume), TABLE, reference=volume)
+    storage = node.CreateDefaultStorageNode()
+    storage.SetFileName(str(tmp_path / "result.seg.nrrd"))
+    assert storage.WriteData(node)
+    loaded = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "loaded")
+    loaded.SetAndObserveTransformNodeID(node.GetTransformNodeID())
+    reader = loaded.CreateDefaultStorageNode()
+    reader.SetFileName(str(tmp_path / "result.seg.nrrd"))
+    assert reader.ReadData(loaded)
+    assert len(made_segment_ids(loaded)) == len(TABLE)
+    assert release_edited_segments(loaded) == []
