@@ -88,7 +88,6 @@ SLICER = {
     "GetTag": ("vtkSegment",),
     "IsTransformToWorldLinear": ("vtkMRMLTransformNode",),
     "JumpSliceByOffsetting": ("vtkMRMLSliceNode",),
-    "RemoveAllSegments": ("vtkSegmentation",),
     "RemoveClosedSurfaceRepresentation": ("vtkMRMLSegmentationNode",),
     "RemoveNode": ("vtkMRMLScene",),
     "RemoveSegment": ("vtkSegmentation",),

@@ -22,7 +22,7 @@ from .attributes import (
     THRESHOLD_ATTRIBUTE,
     TOKEN_ATTRIBUTE,
 )
-from .segmentation_nodes import add_segment, hierarchy_item, new_segmentation_node, subject_hierarchy
+from .segmentation_nodes import add_segment, hierarchy_item, made_segment_ids, new_segmentation_node, subject_hierarchy
 from .volume_nodes import array_to_world, local_to_world, mask_bounds, oriented_image, set_volume_from_array
 
 HEAT_TABLE_TAG = "TokenUNetHeat"
@@ -162,7 +162,8 @@ def add_attention_segmentation(
 
 
 def update_attention_segments(node, threshold: float) -> None:
-    """Rebuild the token segments of an attention segmentation at a new threshold (0 < threshold <= 1)."""
+    """Rebuild the token segments of an attention segmentation at a new threshold (0 < threshold <= 1); segments
+    the user added to it are kept."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"the attention threshold must be in (0, 1], got {threshold}")
     segmentation = node.GetSegmentation()
@@ -171,7 +172,8 @@ def update_attention_segments(node, threshold: float) -> None:
     to_local = np.linalg.inv(local_to_world(node))
     was = node.StartModify()
     try:
-        segmentation.RemoveAllSegments()
+        for segment_id in made_segment_ids(node, TOKEN_ATTRIBUTE):  # the user's own segments stay
+            segmentation.RemoveSegment(segment_id)
         for heatmap in heatmap_nodes:
             token = int(heatmap.GetAttribute(TOKEN_ATTRIBUTE) or 0)
             array = slicer.util.arrayFromVolume(heatmap).transpose(2, 1, 0)
