@@ -204,3 +204,20 @@ def test_an_output_segmentation_that_cannot_take_the_result_is_refused_before_th
     assert node_ids(ctx.scene) == before
     assert surfaces.GetSegmentation().GetNumberOfSegments() == 1
     assert surfaces.GetSegmentation().GetSegment("mine").GetRepresentation("Closed surface").GetNumberOfPoints() > 0
+
+
+def test_an_input_the_pipeline_would_refuse_is_refused_by_its_node_name_before_the_run(ctx, tiny_package):
+    """Not 'ch0 ...' or 'channel0.nrrd is a 2D image' once the run has started: the node's own name, at once."""
+    from helpers.scenes import add_volume
+    from TokenUNetSegmentLib.pipeline.errors import InputError
+
+    holes = np.zeros((4, 5, 6), np.float32)
+    holes[1, 2, 3] = np.nan
+    for volume, problem in (
+        (add_volume(ctx.scene, np.zeros((40, 30, 1), np.int16), BALL_AFFINE, name="one slice"), "'one slice' is a 2D"),
+        (add_volume(ctx.scene, holes, BALL_AFFINE, name="with holes"), "'with holes' has 1 NaN"),
+    ):
+        before = node_ids(ctx.scene)
+        with pytest.raises(InputError, match=problem):
+            SceneRun(ctx.scene, Parameters(inputVolume0=volume, model=str(tiny_package)), mode="subprocess")
+        assert node_ids(ctx.scene) == before
