@@ -164,7 +164,10 @@ def test_a_partially_labelled_case_trains_and_is_scored_on_its_labels(tmp_path):
     sitk.WriteImage(partial, str(root / "case1_partial.nii.gz"))
     datalist["training"][1].update(label="case1_partial.nii.gz", partial=True, labels={"10": "organ1", "99": "table"})
     datalist["training"][0]["repeat"] = 2
-    datalist["validation"] = [dict(datalist["training"][1])]
+    import shutil
+
+    shutil.copy(root / "case1.nii.gz", root / "case1_validation.nii.gz")  # the same scan in both splits is refused
+    datalist["validation"] = [{**datalist["training"][1], "image": "case1_validation.nii.gz"}]
     (root / "datalist.json").write_text(json.dumps(datalist))
     recipe = Recipe(steps=2, val_every=2)
     package = load_package(train(root / "datalist.json", train_config(), tmp_path / "run", recipe))
@@ -231,3 +234,30 @@ def test_torchrun_two_processes_gloo(datalist, tmp_path):
     record = package.config.training
     assert record["world_size"] == 2 and record["steps_done"] == 4
     assert log_records(tmp_path / "run")[0]["world_size"] == 2
+
+
+def test_a_resume_with_other_labels_or_other_data_is_refused(datalist, tmp_path):
+    """The checkpoint's weights belong to its labels and its cases (before: labels swapped in the configuration
+    resumed silently, the organs' channels trained under each other's names; one label fewer: internal error
+    RuntimeError; other cases: resumed, and the package listed only the last invocation's files)."""
+    recipe = Recipe(steps=1, batch_size=1, val_every=1, threads=1, augmentation=0.0)
+    train(datalist, train_config(), tmp_path, recipe)
+    before = (tmp_path / "checkpoints" / "last.pt").read_bytes()
+    swapped = train_config()
+    swapped["labels"][0]["name"], swapped["labels"][1]["name"] = (
+        swapped["labels"][1]["name"],
+        swapped["labels"][0]["name"],
+    )
+    fewer = train_config()
+    fewer["labels"], fewer["architecture"]["out_channels"] = fewer["labels"][:1], 2
+    again = Recipe(steps=2, batch_size=1, val_every=1, threads=1, augmentation=0.0)
+    for config in (swapped, fewer):
+        with pytest.raises(InputError, match="configuration differs from the run in .* in (architecture, )?labels"):
+            train(datalist, config, tmp_path, again, resume=True)
+    data = json.loads(Path(datalist).read_text())
+    data["training"] = data["training"][:1]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**data, "dataroot": str(Path(datalist).parent)}))
+    with pytest.raises(InputError, match="training cases differ from the run in .*: 1 removed"):
+        train(other, train_config(), tmp_path, again, resume=True)
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == before

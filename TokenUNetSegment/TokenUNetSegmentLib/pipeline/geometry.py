@@ -231,6 +231,18 @@ def model_grid(source: Grid, orientation: str, spacing) -> Grid:
     return Grid(tuple(int(s) for s in shape), affine)
 
 
+def same_grid(a: Grid, b: Grid) -> bool:
+    """Whether two grids are the same voxels stored the same way (shape and affine, up to float32 rounding)."""
+    return a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-5)
+
+
+def box_distance_mm(a: Grid, b: Grid) -> float:
+    """How far apart the boxes of two grids lie: the largest distance from a corner of ``b`` to the nearest
+    corner of ``a`` (0 for the same box stored in another axis order or orientation)."""
+    ca, cb = a.corners_ras(), b.corners_ras()
+    return float(np.linalg.norm(cb[:, None, :] - ca[None, :, :], axis=2).min(axis=1).max())
+
+
 def overlaps(a: Grid, b: Grid) -> bool:
     """Whether the boxes of two grids intersect (tested along the axes of ``a``)."""
     inverse = np.linalg.inv(a.affine)

@@ -86,7 +86,9 @@ class PackageSource:
             if not stat.S_ISREG(os.lstat(self.path / METADATA_FILE).st_mode):
                 raise self._refuse(f"has {METADATA_FILE} as a link or special file")
         except (FileNotFoundError, NotADirectoryError):
-            raise ModelPackageError(f"model package {self.path} lacks {METADATA_FILE}") from None
+            run = (self.path / "package" / METADATA_FILE).is_file()  # a training run's folder: its package is inside
+            hint = f"a training run keeps its package inside: import {self.path.name}/package" if run else None
+            raise ModelPackageError(f"model package {self.path} lacks {METADATA_FILE}", hint) from None
         total, seen, pending = 0, 0, [(self.path, "")]
         while pending:
             folder, prefix = pending.pop()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError
-from .geometry import Grid, model_grid, overlaps, resample
+from .geometry import Grid, model_grid, overlaps, resample, same_grid
 from .metadata import Intensity, PackageConfig
 from .scan_summary import BODY_THRESHOLD_HU, IntensitySummary, field_of_view, summarise_intensities
 from .volumes import Volume
@@ -42,17 +42,13 @@ class Prepared:
         return in_grid, in_region
 
 
-def _same_grid(a: Grid, b: Grid) -> bool:
-    return a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-5)
-
-
 def stack_channels(volumes: list[Volume], names: list[str]) -> tuple[list[np.ndarray], Grid]:
     """Every channel on the first channel's grid (resampled in physical space when needed)."""
     reference = volumes[0].grid
     arrays = [volumes[0].array]
     for volume, name in zip(volumes[1:], names[1:], strict=True):
         grid = volume.grid
-        if _same_grid(grid, reference):
+        if same_grid(grid, reference):
             arrays.append(volume.array)
             continue
         if not overlaps(reference, grid) or not overlaps(grid, reference):
@@ -135,10 +131,10 @@ def resample_ahead(volumes: list[Volume], config: PackageConfig, threads: int | 
     pre = config.preprocessing
     reference = volumes[0].grid
     grid = model_grid(reference, pre.orientation, pre.spacing)
-    if _same_grid(grid, reference):
+    if same_grid(grid, reference):
         return
     for volume in volumes:
-        if _same_grid(volume.grid, reference) and 4 * int(np.prod(grid.shape)) <= volume.array.nbytes:
+        if same_grid(volume.grid, reference) and 4 * int(np.prod(grid.shape)) <= volume.array.nbytes:
             array = volume.array
             low = float(array.min())
             volume.on_model_grid = (grid, resample(array, reference, grid, "linear", low, threads=threads))
@@ -147,7 +143,7 @@ def resample_ahead(volumes: list[Volume], config: PackageConfig, threads: int | 
 def _take_ahead(volume: Volume, grid: Grid) -> np.ndarray | None:
     """The volume's array resampled ahead onto ``grid`` (dropped from the volume), or None."""
     ahead, volume.on_model_grid = volume.on_model_grid, None
-    if ahead is None or not _same_grid(ahead[0], grid):
+    if ahead is None or not same_grid(ahead[0], grid):
         return None
     return ahead[1]
 
@@ -168,10 +164,10 @@ def prepare(volumes: list[Volume], config: PackageConfig, size_multiple: int, ro
         low, high = float(array.min()), float(array.max())
         if low == high:
             warnings.append(f"channel '{name}' is constant ({low:g}); the result will be meaningless")
-        if _same_grid(grid, reference):
+        if same_grid(grid, reference):
             model_arrays.append(np.asarray(array, dtype=np.float32))
         else:
-            ahead = _take_ahead(volumes[index], grid) if _same_grid(volumes[index].grid, reference) else None
+            ahead = _take_ahead(volumes[index], grid) if same_grid(volumes[index].grid, reference) else None
             model_arrays.append(ahead if ahead is not None else resample(array, reference, grid, "linear", default=low))
         arrays[index] = None  # free the source-grid copy early
         if progress:

@@ -253,6 +253,9 @@ def run_datalist(args: argparse.Namespace) -> int:
     write_file_atomically(out, json.dumps(datalist, indent=2) + "\n")  # all at once
     cases = len(datalist["training"]), len(datalist.get("validation", []))
     print(f"wrote {out}: {cases[0]} training and {cases[1]} validation cases, {report['structures']} structures")
+    if report.get("skipped"):
+        shown = ", ".join(report["skipped"][:10]) + (", ..." if len(report["skipped"]) > 10 else "")
+        print(f"warning: {len(report['skipped'])} left out: {shown}", file=sys.stderr)
     if labels:
         print(f"model labels found: {', '.join(report['matched'])}")
         if report["missing"]:

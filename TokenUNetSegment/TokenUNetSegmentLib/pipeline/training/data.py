@@ -12,7 +12,7 @@ import numpy as np
 
 from ..checksums import sha256_file
 from ..errors import InputError
-from ..geometry import overlaps, resample
+from ..geometry import box_distance_mm, overlaps, resample, same_grid
 from ..metadata import parse_config
 from ..preprocess import prepare
 from ..volumes import read_volume
@@ -130,6 +130,14 @@ def read_datalist(path: str | Path) -> dict:
             if not isinstance(case["repeat"], (int, float)) or case["repeat"] <= 0:
                 raise InputError(f"{where}: 'repeat' must be a number > 0")
             out[split].append(case)
+    seen = {image: index for index, case in enumerate(out["training"]) for image in case["image"]}
+    for index, case in enumerate(out["validation"]):
+        both = [image for image in case["image"] if image in seen]
+        if both:
+            raise InputError(
+                f"the datalist's validation[{index}] uses {Path(both[0]).name}, also in training[{seen[both[0]]}]",
+                "validate on other scans than you train on (or leave 'validation' out)",
+            )
     return out
 
 
@@ -175,24 +183,55 @@ def missing_labels(file_names: dict[int, str] | None, labels: list[dict]) -> tup
 _key = name_key
 
 
-def read_label_values(entry: dict) -> tuple[np.ndarray, object]:
-    """The label file's values (uint16) and its grid; per-structure masks are merged (first one wins)."""
+def read_label_values(entry: dict, image_grid=None) -> tuple[np.ndarray, object]:
+    """The label file's values (uint16) and its grid; per-structure masks are merged (first one wins), each
+    resampled in physical space onto the first one's grid when stored otherwise. Values that are no labels
+    (fractions, as linear interpolation leaves them; negative values) and a label of the image's voxel shape
+    that lies elsewhere (a header written wrong) are refused rather than rounded or trained on."""
     if not isinstance(entry["label"], dict):
         volume = read_volume(entry["label"])
-        values = np.asarray(volume.array)
-        if not np.issubdtype(values.dtype, np.integer):
-            values = np.rint(values)
-        return np.clip(values, 0, 65535).astype(np.uint16), volume.grid
+        _check_label_volume(volume, entry, image_grid)
+        return np.asarray(volume.array).astype(np.uint16), volume.grid
     merged, grid = None, None
     for value, file in reversed(list(enumerate(entry["label"].values(), start=1))):
         volume = read_volume(file)
+        _check_label_volume(volume, entry, image_grid)
         mask = np.asarray(volume.array) > 0
         if merged is None:
             merged, grid = np.zeros(mask.shape, np.uint16), volume.grid
-        elif mask.shape != merged.shape:
+        elif not same_grid(volume.grid, grid):
             mask = resample(mask.astype(np.uint8), volume.grid, grid, "nearest", 0, np.uint8) > 0
         merged[mask] = value
     return merged, grid
+
+
+def _check_label_volume(volume, entry: dict, image_grid) -> None:
+    where = f"case {entry['name']}: the label {Path(volume.name).name}"
+    values = np.asarray(volume.array)
+    if not np.issubdtype(values.dtype, np.integer):
+        fraction = np.abs(values - np.rint(values)) > 1e-3
+        if fraction.any() or not np.isfinite(values).all():
+            example = values[fraction][0] if fraction.any() else values[~np.isfinite(values)][0]
+            raise InputError(
+                f"{where} holds values that are not whole numbers (e.g. {float(example):g}; linear interpolation?)",
+                "resample label maps with nearest neighbour; threshold soft masks at 0.5",
+            )
+    if values.size and values.min() < 0:
+        raise InputError(
+            f"{where} holds negative values (down to {float(values.min()):g})",
+            "store background as 0 and structures as 1, 2, ... named in the datalist's 'labels'",
+        )
+    if values.size and values.max() > 65535:
+        raise InputError(f"{where} holds values above 65535 ({float(values.max()):g})", "use values 1 to 65535")
+    if image_grid is not None and volume.grid.shape == image_grid.shape and overlaps(image_grid, volume.grid):
+        distance = box_distance_mm(image_grid, volume.grid)
+        if distance > 0.5 * float(np.min(image_grid.spacing)):
+            shape = " x ".join(str(n) for n in image_grid.shape)
+            raise InputError(
+                f"{where} has the same {shape} voxels as its image but lies {distance:.0f} mm from it "
+                "(a wrong origin, spacing or orientation?)",
+                "copy the image's geometry into the label file if they belong together",
+            )
 
 
 def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
@@ -203,7 +242,7 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
             f"case {entry['name']} has {len(volumes)} image channels; the model takes {len(cfg['inputs'])}"
         )
     typed = parse_config(cfg, "training configuration")
-    values, label_grid = read_label_values(entry)
+    values, label_grid = read_label_values(entry, volumes[0].grid)
     if not (overlaps(volumes[0].grid, label_grid) and overlaps(label_grid, volumes[0].grid)):
         raise InputError(
             f"case {entry['name']}: the label map {_label_name(entry)} does not overlap its image in physical space",
@@ -214,6 +253,7 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
         log.warning("case %s: %s", entry["name"], message)
     on_grid = resample(values, label_grid, prepared.region, "nearest", 0, np.uint16)
     partial = entry.get("partial")
+    _warn_unnamed_values(values, entry, cfg["labels"])
     label = label_lookup(entry["labels"], cfg["labels"], partial)[on_grid]
     label_files = list(entry["label"].values()) if isinstance(entry["label"], dict) else [entry["label"]]
     files = {key: sha256_file(p) for key, p in _file_keys([*entry["image"], *label_files]).items()}
@@ -245,6 +285,21 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
     else:
         case.pad = tuple(float(case.image[c].min()) for c in range(case.image.shape[0]))
     return case
+
+
+def _warn_unnamed_values(values: np.ndarray, entry: dict, labels: list[dict]) -> None:
+    """Warn about label values that the case's table does not name (or, without a table, that are no model label
+    value): they train as background (or as unknown in a partial case), which is right only if intended."""
+    known = set(entry["labels"]) if entry["labels"] is not None else {label["value"] for label in labels}
+    present = np.flatnonzero(np.bincount(values.ravel(), minlength=1))
+    unnamed = [int(v) for v in present if v and int(v) not in known]
+    if unnamed:
+        shown = ", ".join(str(v) for v in unnamed[:8]) + (", ..." if len(unnamed) > 8 else "")
+        what = "its 'labels' table does not name" if entry["labels"] is not None else "are no model label value"
+        log.warning(
+            "case %s: %s holds values %s that %s: trained as %s",
+            entry["name"], _label_name(entry), shown, what, "unknown" if entry.get("partial") else "background",
+        )  # fmt: skip
 
 
 def _label_name(entry: dict) -> str:

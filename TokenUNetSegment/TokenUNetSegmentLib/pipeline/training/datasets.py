@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -52,8 +53,17 @@ def match_report(names: list[str], model_labels: list[str] | None) -> dict:
     }
 
 
-def _finish(root: Path, training: list[dict], validation: list[dict], model_labels, names_seen: list[str], source: str):
+def _finish(
+    root: Path,
+    training: list[dict],
+    validation: list[dict],
+    model_labels,
+    names_seen: list[str],
+    source: str,
+    skipped=(),
+):
     report = match_report(names_seen, model_labels)
+    report["skipped"] = list(skipped)  # what was found but not used, and why
     if model_labels and not report["matched"]:
         raise InputError(
             f"none of the model's labels ({', '.join(model_labels)}) is among the dataset's structures",
@@ -81,18 +91,20 @@ def totalsegmentator(root, model_labels=None, splits=("train",), validation_spli
     split_of = {}
     meta = root / "meta.csv"
     if meta.is_file():
-        with open(meta, newline="", encoding="utf-8") as stream:
+        with open(meta, newline="", encoding="utf-8-sig") as stream:  # Excel's "CSV UTF-8" starts with a BOM
             sample = stream.read(4096)
             stream.seek(0)
             reader = csv.DictReader(stream, delimiter=";" if sample.count(";") >= sample.count(",") else ",")
             for row in reader:
                 if row.get("image_id"):
                     split_of[row["image_id"].strip()] = (row.get("split") or "train").strip()
-    training, validation, seen = [], [], set()
+    training, validation, seen, skipped = [], [], set(), []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         ct = next((folder / f"ct{s}" for s in IMAGE_SUFFIXES if (folder / f"ct{s}").is_file()), None)
         masks_dir = folder / "segmentations"
         if ct is None or not masks_dir.is_dir():
+            if ct is not None or masks_dir.is_dir():  # half a case (other folders are not cases)
+                skipped.append(f"{folder.name} (no {'segmentations/' if ct else 'ct.nii.gz'})")
             continue
         masks = {_stem(m): m for m in sorted(masks_dir.iterdir()) if _is_image(m)}
         if structures == "model" and model_labels:
@@ -113,7 +125,7 @@ def totalsegmentator(root, model_labels=None, splits=("train",), validation_spli
             training.append(entry)
         elif split in validation_splits:
             validation.append(entry)
-    return _finish(root, training, validation, model_labels, sorted(seen), "TotalSegmentator")
+    return _finish(root, training, validation, model_labels, sorted(seen), "TotalSegmentator", skipped)
 
 
 def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
@@ -123,24 +135,27 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
         spec = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise InputError(f"cannot read {root / 'dataset.json'}: {error}") from None
-    labels = spec.get("labels") or {}
-    table = {}
-    for key, value in labels.items():
-        if str(key).isdigit():  # MSD: {"1": "liver"}
-            table[int(key)] = str(value)
-        elif isinstance(value, int):  # nnU-Net v2: {"liver": 1}
-            table[value] = str(key)
-    table = {v: n for v, n in table.items() if v != 0 and name_key(n) != "background"}
-    if not table:
-        raise InputError(f"{root / 'dataset.json'} names no labels")
+    where = root / "dataset.json"
+    if not isinstance(spec, dict):
+        raise InputError(f"{where} is not a JSON object", "see the Medical Segmentation Decathlon's dataset.json")
+    table = _decathlon_labels(spec.get("labels"), where)
     channels = spec.get("channel_names") or spec.get("modality") or {"0": "CT"}
+    if not isinstance(channels, dict) or not all(str(key).isdigit() for key in channels):
+        raise InputError(f"{where}: 'channel_names' must map channel numbers to names", 'e.g. {"0": "CT"} (nnU-Net v2)')
     pairs = []
-    if spec.get("training"):  # MSD lists its pairs
-        for item in spec["training"]:
+    training = spec.get("training")
+    if training is not None and not isinstance(training, list):
+        raise InputError(f"{where}: 'training' must be a list of {{image, label}} pairs")
+    if training:  # MSD lists its pairs
+        for index, item in enumerate(training):
+            if not isinstance(item, dict) or not item.get("image") or not isinstance(item.get("label"), str):
+                raise InputError(f"{where}: training[{index}] needs 'image' and 'label'", "list both file paths")
             image = item["image"] if isinstance(item["image"], list) else [item["image"]]
+            if not all(isinstance(i, str) for i in image):
+                raise InputError(f"{where}: training[{index}]: 'image' must be a file path or a list of them")
             pairs.append((image, item["label"]))
     else:  # nnU-Net v2: cases from labelsTr, channels <case>_<XXXX><ending> in imagesTr
-        ending = spec.get("file_ending", ".nii.gz")
+        ending = str(spec.get("file_ending", ".nii.gz"))
         for label in sorted((root / "labelsTr").glob(f"*{ending}")):
             case = label.name[: -len(ending)]
             images = [f"imagesTr/{case}_{int(c):04d}{ending}" for c in sorted(channels, key=int)]
@@ -150,8 +165,13 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
         images = [str(Path(i)) for i in images]  # "./imagesTr/x" -> "imagesTr/x"
         label = str(Path(label))
         missing = [p for p in [*images, label] if not (root / p).is_file()]
-        if missing:
+        if missing and training:
             raise InputError(f"{root}: file listed in dataset.json not found: {missing[0]}")
+        if missing:  # nnU-Net v2: a label in labelsTr without all its channels in imagesTr
+            raise InputError(
+                f"{root}: {label} has no image {missing[0]}",
+                "every case in labelsTr needs one file per channel_names entry in imagesTr",
+            )
         entry = {"name": _stem(Path(label)), "image": images if len(images) > 1 else images[0], "label": label}
         entry["labels"] = {str(v): n for v, n in table.items()}
         if _partial(list(table.values()), model_labels):
@@ -160,6 +180,33 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
     count = int(round(len(entries) * validation_fraction))
     training, validation = entries[count:], entries[:count]
     return _finish(root, training, validation, model_labels, list(table.values()), "Decathlon / nnU-Net")
+
+
+def _decathlon_labels(labels, where: Path) -> dict[int, str]:
+    """The label file values -> names of a dataset.json: MSD ``{"1": "liver"}`` or nnU-Net v2 ``{"liver": 1}``.
+    nnU-Net v2 region-based labels (``{"liver": [1, 2]}``: overlapping regions, trained with sigmoids) are no
+    label map and are refused; a region of one value is that value."""
+    if not isinstance(labels, dict):
+        raise InputError(f"{where}: 'labels' must map label values to names", 'e.g. {"0": "background", "1": "liver"}')
+    table = {}
+    for key, value in labels.items():
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if str(key).isdigit() and isinstance(value, str):  # MSD: {"1": "liver"}
+            table[int(key)] = value
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:  # nnU-Net v2: {"liver": 1}
+            table[value] = str(key)
+        elif isinstance(value, list):
+            raise InputError(
+                f"{where}: label '{key}' is region-based ({value}); overlapping regions are no label map",
+                'list each value once with its own name (nnU-Net v2: {"name": value})',
+            )
+        else:
+            raise InputError(f"{where}: label {key!r}: {str(value)[:30]!r} is no label value", "use whole numbers >= 0")
+    table = {v: n for v, n in table.items() if v != 0 and name_key(n) != "background"}
+    if not table:
+        raise InputError(f"{where} names no labels")
+    return table
 
 
 def folders(images, labels, table, model_labels=None, validation_fraction: float = 0.0):
@@ -182,24 +229,40 @@ def folders(images, labels, table, model_labels=None, validation_fraction: float
         found = re.findall(r"\d+", _stem(path))
         return found[-1].lstrip("0") or "0" if found else None
 
-    label_by_number = {number(p): p for p in sorted(labels.iterdir()) if _is_image(p) and number(p) is not None}
-    root = _common_parent(images.resolve(), labels.resolve())
-    entries = []
-    for image in sorted(p for p in images.iterdir() if _is_image(p)):
-        label = label_by_number.get(number(image))
+    def by_number(folder: Path) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        for path in sorted(p for p in folder.iterdir() if _is_image(p) and number(p) is not None):
+            if number(path) in found:
+                raise InputError(
+                    f"{found[number(path)].name} and {path.name} in {folder} both have case number {number(path)}",
+                    "keep one file per case in the folder",
+                )
+            found[number(path)] = path
+        return found
+
+    # absolute but not resolved: a folder of symbolic links stays the dataset's root (read_datalist follows them)
+    images, labels = Path(os.path.abspath(images)), Path(os.path.abspath(labels))
+    label_by_number = by_number(labels)
+    root = _common_parent(images, labels)
+    entries, image_by_number = [], by_number(images)
+    skipped = [f"{p.name} (no label)" for n, p in image_by_number.items() if n not in label_by_number]
+    skipped += [f"{p.name} (no image)" for n, p in label_by_number.items() if n not in image_by_number]
+    for key, image in image_by_number.items():
+        label = label_by_number.get(key)
         if label is None:
             continue
         entry = {
             "name": _stem(image),
-            "image": str(image.resolve().relative_to(root)),
-            "label": str(label.resolve().relative_to(root)),
+            "image": str(image.relative_to(root)),
+            "label": str(label.relative_to(root)),
             "labels": {str(v): n for v, n in names.items()},
         }
         if _partial(list(names.values()), model_labels):
             entry["partial"] = True
         entries.append(entry)
     count = int(round(len(entries) * validation_fraction))
-    return _finish(root, entries[count:], entries[:count], model_labels, list(names.values()), "image/label folders")
+    names = list(names.values())
+    return _finish(root, entries[count:], entries[:count], model_labels, names, "image/label folders", skipped)
 
 
 def _common_parent(a: Path, b: Path) -> Path:

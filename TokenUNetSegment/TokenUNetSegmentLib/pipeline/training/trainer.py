@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import time
 from dataclasses import asdict
@@ -25,6 +26,8 @@ from .loss import PartialDiceCELoss
 from .recipe import Recipe
 from .sampler import PatchSampler, PatchStream, SamplerSettings
 from .statistics import training_statistics
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "train.log"
@@ -162,6 +165,7 @@ def train(
         raise InputError("no training case is left after holding out " + ", ".join(sorted(held)))
     roi = np.maximum(patch, config["inference"]["roi_size"])
     train_cases = [load_case(entry, config, multiple, roi) for entry in entries]
+    _check_labelled(train_cases, len(config["labels"]))
     val_entries = [entry for entry in data["validation"] if entry["patient"] not in held]
     val_cases = [load_case(entry, config, multiple, roi) for entry in val_entries] or train_cases
     val_split = "validation" if val_entries else "training"
@@ -188,9 +192,16 @@ def train(
     phases: list[dict] = []
     if rank == 0:
         checkpoints.mkdir(parents=True, exist_ok=True)
+    learns = json.dumps(_what_weights_belong_to(config, train_cases), sort_keys=True)
     if resume and (checkpoints / "last.pt").exists():
         state = torch.load(checkpoints / "last.pt", map_location="cpu", weights_only=True)
-        network.load_state_dict(state["network"])
+        _check_resumed_run(json.loads(state.get("learns", "null")), json.loads(learns), output)
+        try:
+            network.load_state_dict(state["network"])
+        except RuntimeError:  # a checkpoint from before "learns" was recorded, of another network
+            raise InputError(
+                f"the configuration's network differs from the run in {output}", "train into a new folder"
+            ) from None
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, best, history = state["step"], json.loads(state["best"]), json.loads(state["history"])
@@ -221,6 +232,7 @@ def train(
             "history": json.dumps(history),
             "phases": json.dumps(phases),
             "elapsed": elapsed_before + time.monotonic() - started,
+            "learns": learns,
         }
         # all at once: a full disk leaves the previous checkpoint and no partial file, and exits as a user error
         write_file_atomically(checkpoints / f"{name}.pt", lambda stream: torch.save(state, stream))
@@ -339,6 +351,55 @@ def train(
         dist.barrier()
         dist.destroy_process_group()
     return package
+
+
+def _check_labelled(cases: list[Case], count: int) -> None:
+    """Refuse training cases that, all together, hold no voxel of a model label (empty or unnamed label maps
+    would train a background-only model); warn about each case without one."""
+    empty = [case.name for case in cases if not ((case.label >= 1) & (case.label <= count)).any()]
+    if len(empty) == len(cases):
+        raise InputError(
+            "no training case holds a voxel of the model's labels (empty label maps, or values no table names?)",
+            "check the label files and the datalist's 'labels' table",
+        )
+    for name in empty:
+        log.warning("case %s holds no voxel of the model's labels: it trains only background", name)
+
+
+def _what_weights_belong_to(config: dict, cases: list[Case]) -> dict:
+    """What a checkpoint's weights mean: the network, its inputs and preprocessing, its labels (value and name,
+    in order), and the training cases with their files' SHA256 (the package records them)."""
+    keys = ("architecture", "inputs", "preprocessing")
+    return {
+        **{key: config.get(key) for key in keys},
+        "labels": [[label["value"], label["name"]] for label in config["labels"]],
+        "cases": [[case.name, case.files] for case in cases],
+    }
+
+
+def _check_resumed_run(before: dict | None, now: dict, output: Path) -> None:
+    """Refuse to resume a run whose configuration or training cases changed (checkpoints without the record
+    are not checked)."""
+    if before is None:
+        return
+    changed = [key for key in ("architecture", "inputs", "preprocessing", "labels") if before.get(key) != now[key]]
+    if changed:
+        raise InputError(
+            f"the configuration differs from the run in {output} in {', '.join(changed)}",
+            "resume with the run's configuration, or train into a new folder",
+        )
+    old, new = dict(before.get("cases", [])), dict(now["cases"])
+    if before.get("cases") != now["cases"]:
+        counts = {
+            "added": len(new.keys() - old.keys()),
+            "removed": len(old.keys() - new.keys()),
+            "changed": sum(old[n] != new[n] for n in old.keys() & new.keys()),
+        }
+        what = ", ".join(f"{count} {word}" for word, count in counts.items() if count)
+        raise InputError(
+            f"the training cases differ from the run in {output}: {what}",
+            "resume with the same datalist and --hold-out, or train into a new folder",
+        )
 
 
 def next_phase(phases: list[dict], recipe: Recipe, step: int) -> bool:
