@@ -286,8 +286,8 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
 
         Args:
             inputVolumes: a volume node or a list of them, in the model's channel order.
-            outputSegmentation: a segmentation node to write into (only segments this module made are replaced),
-                or None for a new one beside the input.
+            outputSegmentation: a segmentation node to write into (only segments this module made and nobody edited
+                since are replaced), or None for a new one beside the input.
             model: model id, package path or None for the catalog's default.
             device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
             waitForCompletion: block until done (returns the nodes); otherwise returns the started run, which a

@@ -12,7 +12,7 @@ from TokenUNetSegmentLib.mrml.heatmap_nodes import HEAT_TABLE_TAG, show_in_slice
 from TokenUNetSegmentLib.mrml.parameters import Parameters
 from TokenUNetSegmentLib.mrml.result_nodes import apply_result
 from TokenUNetSegmentLib.mrml.segmentation_nodes import segment_mask_world, segment_tag, subject_hierarchy
-from TokenUNetSegmentLib.mrml.volume_nodes import ijk_to_world, volume_to_array
+from TokenUNetSegmentLib.mrml.volume_nodes import ijk_to_world, oriented_image, oriented_image_to_array, volume_to_array
 from TokenUNetSegmentLib.pipeline import segment
 
 SHAPE = BALL_SHAPE
@@ -211,3 +211,39 @@ def test_segments_carry_their_confidence_and_flags_and_keep_them_when_saved(ctx,
     assert segment_tag(ball, keys.FLAGS_TAG) == "" and logic.GetSegmentStatus(ball) == logic.NotStarted
     assert float(segment_tag(ball, keys.CONFIDENCE_TAG)) == clean.assessment.labels["ball"].confidence > 0.5
     assert nodes.segmentation.GetAttribute(keys.RUN_FLAGS_ATTRIBUTE) == ""
+
+
+def test_a_rerun_keeps_the_segments_the_user_edited_and_says_so(ctx):
+    volume = ball_volume(ctx.scene)
+    package = threshold_package(spacing=(2.0, 2.0, 2.0), roi=(16, 16, 16))
+    result = segment([volume_to_array(volume)], package, device="cpu", with_token_maps=False)
+    first = apply_result(ctx.scene, result, Parameters(heatmaps=False), volume)
+    node = first.segmentation
+    ball_id = node.GetSegmentation().GetSegmentIdBySegmentName("ball")
+    layer = node.GetSegmentation().GetSegment(ball_id).GetRepresentation("Binary labelmap")
+    edited, _, _ = oriented_image_to_array(layer)
+    edited[0, 0, 0] = 1  # the user's correction
+    layer.Modified()
+    again = apply_result(ctx.scene, result, Parameters(heatmaps=False), volume, node)
+    assert again.segmentation is node and node.GetSegmentation().GetNumberOfSegments() == 2
+    assert segment_mask_world(node, ball_id)[0][0, 0, 0]
+    assert "your edited segment 'ball' is kept; the new result is beside it" in again.warnings
+    third = apply_result(ctx.scene, result, Parameters(heatmaps=False), volume, node)  # nothing edited since
+    assert node.GetSegmentation().GetNumberOfSegments() == 2 and not any("edited" in w for w in third.warnings)
+
+
+def test_a_new_attention_threshold_keeps_what_the_user_added_to_the_attention_segmentation(ctx):
+    volume = ball_volume(ctx.scene)
+    package = threshold_package(spacing=(2.0, 2.0, 2.0), roi=(16, 16, 16))
+    result = segment([volume_to_array(volume)], package, device="cpu")
+    nodes = apply_result(ctx.scene, result, Parameters(inputVolume0=volume, heatmapGrid="input"), volume)
+    attention = nodes.attention.GetSegmentation()
+    tokens = attention.GetNumberOfSegments()
+    mine = slicer.vtkSegment()
+    mine.SetName("my note")
+    mine.AddRepresentation("Binary labelmap", oriented_image(np.ones((2, 2, 2), np.uint8), BALL_AFFINE))
+    attention.AddSegment(mine, "mine")
+    update_attention_segments(nodes.attention, 0.9)
+    assert attention.GetNumberOfSegments() == tokens + 1
+    assert attention.GetSegment("mine").GetName() == "my note"
+    assert segment_mask_world(nodes.attention, "mine")[0].sum() == 8

@@ -176,3 +176,48 @@ def test_a_run_that_finds_nothing_says_so_on_its_segments_node_and_warning_line(
     notice = result_notice(nodes.assessment, nodes.warnings)
     assert notice.text.startswith("No organ found. Possible reasons: nothing this model segments was found")
     assert "Not found: organ1, organ2" in notice.details.splitlines()
+
+
+def test_an_output_segmentation_that_cannot_take_the_result_is_refused_before_the_run(ctx, tiny_package):
+    """A chosen output that the result could not be written into (the user's closed-surface segments, a warping
+    transform) is refused when the run is asked for, not after minutes of inference; the user's node is kept."""
+    import vtk
+    from TokenUNetSegmentLib.pipeline.errors import InputError
+
+    volume = ball_volume(ctx.scene, transform=ROTATE_Z_30)
+    surfaces = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my surfaces")
+    surfaces.GetSegmentation().SetSourceRepresentationName("Closed surface")
+    sphere = vtk.vtkSphereSource()
+    sphere.Update()
+    mine = slicer.vtkSegment()
+    mine.SetName("my tumour")
+    mine.AddRepresentation("Closed surface", sphere.GetOutput())
+    surfaces.GetSegmentation().AddSegment(mine, "mine")
+    warped = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "warped")
+    warp = ctx.scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "warp")
+    warped.SetAndObserveTransformNodeID(warp.GetID())
+    before = node_ids(ctx.scene)
+    for output, problem in ((surfaces, "Closed surface"), (warped, "non-linear")):
+        parameters = Parameters(inputVolume0=volume, outputSegmentation=output, model=str(tiny_package), device="cpu")
+        with pytest.raises(InputError, match=problem):
+            SceneRun(ctx.scene, parameters, mode="inprocess")
+    assert node_ids(ctx.scene) == before
+    assert surfaces.GetSegmentation().GetNumberOfSegments() == 1
+    assert surfaces.GetSegmentation().GetSegment("mine").GetRepresentation("Closed surface").GetNumberOfPoints() > 0
+
+
+def test_an_input_the_pipeline_would_refuse_is_refused_by_its_node_name_before_the_run(ctx, tiny_package):
+    """Not 'ch0 ...' or 'channel0.nrrd is a 2D image' once the run has started: the node's own name, at once."""
+    from helpers.scenes import add_volume
+    from TokenUNetSegmentLib.pipeline.errors import InputError
+
+    holes = np.zeros((4, 5, 6), np.float32)
+    holes[1, 2, 3] = np.nan
+    for volume, problem in (
+        (add_volume(ctx.scene, np.zeros((40, 30, 1), np.int16), BALL_AFFINE, name="one slice"), "'one slice' is a 2D"),
+        (add_volume(ctx.scene, holes, BALL_AFFINE, name="with holes"), "'with holes' has 1 NaN"),
+    ):
+        before = node_ids(ctx.scene)
+        with pytest.raises(InputError, match=problem):
+            SceneRun(ctx.scene, Parameters(inputVolume0=volume, model=str(tiny_package)), mode="subprocess")
+        assert node_ids(ctx.scene) == before

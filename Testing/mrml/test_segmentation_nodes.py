@@ -8,12 +8,13 @@ from TokenUNetSegmentLib.mrml.segmentation_nodes import (
     MODEL_TAG,
     hierarchy_item,
     made_segment_ids,
+    release_edited_segments,
     segment_mask_world,
     segment_tag,
     subject_hierarchy,
     write_labels,
 )
-from TokenUNetSegmentLib.mrml.volume_nodes import ijk_to_world, oriented_image
+from TokenUNetSegmentLib.mrml.volume_nodes import ijk_to_world, oriented_image, oriented_image_to_array
 from TokenUNetSegmentLib.pipeline.metadata import Label
 from TokenUNetSegmentLib.pipeline.nrrd import terminology_entry
 
@@ -162,3 +163,46 @@ def test_show3d_builds_closed_surfaces_and_can_drop_them(ctx):
     assert bounds[0] < centre[0] < bounds[1] and bounds[2] < centre[1] < bounds[3] and bounds[4] < centre[2] < bounds[5]
     write_labels(ctx.scene, labels_for((12, 9, 6)), PLAIN, TABLE, node=node, reference=volume, show3d=False)
     assert not node.GetSegmentation().ContainsRepresentation("Closed surface")
+
+
+def test_a_made_segment_the_user_edited_survives_a_rerun(ctx):
+    """The user corrects the model's liver (painting in the shared layer, as the Segment Editor does) and runs
+    again into the same node: the corrected liver is kept as the user's segment (the new result comes beside
+    it), while the untouched spleen is replaced; an unedited node is replaced as before."""
+    volume = add_volume(ctx.scene, np.zeros((12, 9, 6), np.int16), PLAIN)
+    labels = labels_for((12, 9, 6))
+    node = write_labels(ctx.scene, labels, PLAIN, TABLE, reference=volume)
+    assert release_edited_segments(node) == []  # nothing edited yet
+    segmentation = node.GetSegmentation()
+    liver_id = segmentation.GetSegmentIdBySegmentName("liver")
+    liver = segmentation.GetSegment(liver_id)
+    layer = liver.GetRepresentation("Binary labelmap")
+    array, _, _ = oriented_image_to_array(layer)
+    array[0:2, 0:2, 0:2] = liver.GetLabelValue()  # the correction (in place, like the editor)
+    layer.Modified()
+    corrected = labels == 2
+    corrected[0:2, 0:2, 0:2] = True
+    assert release_edited_segments(node) == ["liver"]
+    assert not segment_tag(liver, MODEL_TAG)
+    write_labels(ctx.scene, labels, PLAIN, TABLE, node=node, reference=volume)
+    names = sorted(segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments()))
+    assert names == ["absent", "liver", "liver", "spleen"]
+    np.testing.assert_array_equal(segment_mask_world(node, liver_id)[0], corrected)
+    assert len(made_segment_ids(node)) == len(TABLE)
+
+
+@pytest.mark.parametrize("affine", [PLAIN, MIRRORED], ids=["plain", "mirrored"])
+def test_a_saved_and_reloaded_result_is_not_taken_for_an_edited_one(ctx, tmp_path, affine):
+    """The .seg.nrrd writer crops the layer and the reader flips a mirrored grid: the masks are the same."""
+    volume = add_volume(ctx.scene, np.zeros((12, 9, 6), np.int16), affine, transform=ROTATE_Z_30)
+    node = write_labels(ctx.scene, labels_for((12, 9, 6)), ijk_to_world(volume), TABLE, reference=volume)
+    storage = node.CreateDefaultStorageNode()
+    storage.SetFileName(str(tmp_path / "result.seg.nrrd"))
+    assert storage.WriteData(node)
+    loaded = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "loaded")
+    loaded.SetAndObserveTransformNodeID(node.GetTransformNodeID())
+    reader = loaded.CreateDefaultStorageNode()
+    reader.SetFileName(str(tmp_path / "result.seg.nrrd"))
+    assert reader.ReadData(loaded)
+    assert len(made_segment_ids(loaded)) == len(TABLE)
+    assert release_edited_segments(loaded) == []

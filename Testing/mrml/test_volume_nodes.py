@@ -6,6 +6,7 @@ import slicer
 import vtk
 from helpers.scenes import ROTATE_Z_30, add_linear_transform, add_volume, new_scene, world_point
 from TokenUNetSegmentLib.mrml.volume_nodes import (
+    array_to_matrix,
     ijk_to_world,
     oriented_image,
     oriented_image_to_array,
@@ -92,3 +93,49 @@ def test_oriented_image_round_trip_keeps_values_geometry_and_extent():
     np.testing.assert_array_equal(array, mask)
     np.testing.assert_allclose(affine, AFFINE)
     assert start == (2, 0, 5)
+
+
+def test_volumes_without_intensities_are_refused_with_advice(ctx):
+    """What a user can pick from the Python console that is not an image of intensities gets a plain message,
+    never a traceback (the panel's selectors already hide labelmaps)."""
+    labelmap = ctx.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    set_volume_from_array(labelmap, np.zeros((4, 5, 6), np.uint8), AFFINE)
+    with pytest.raises(InputError, match="labelmap.*Volumes module"):
+        volume_to_array(labelmap)
+    no_scalars = ctx.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "allocated nothing")
+    image = vtk.vtkImageData()
+    image.SetDimensions(4, 5, 6)  # dimensions but no voxel values
+    no_scalars.SetAndObserveImageData(image)
+    with pytest.raises(InputError, match="no voxels"):
+        volume_to_array(no_scalars)
+    tensors = ctx.scene.AddNewNodeByClass("vtkMRMLDiffusionTensorVolumeNode", "dti")
+    image = vtk.vtkImageData()
+    image.SetDimensions(4, 5, 6)
+    image.AllocateScalars(vtk.VTK_FLOAT, 1)
+    values = vtk.vtkFloatArray()
+    values.SetNumberOfComponents(9)
+    values.SetNumberOfTuples(4 * 5 * 6)
+    image.GetPointData().SetTensors(values)
+    tensors.SetAndObserveImageData(image)
+    with pytest.raises(InputError, match="tensor"):
+        volume_to_array(tensors)
+    frames = ctx.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "4D")
+    slicer.util.updateVolumeFromArray(frames, np.zeros((3, 4, 5, 12), np.int16))
+    with pytest.raises(InputError, match="12 components.*one frame"):
+        volume_to_array(frames)
+
+
+def test_an_image_whose_extent_does_not_start_at_zero_keeps_its_place(ctx):
+    """Slicer's IJK is the image's own index (its extent), e.g. after vtkExtractVOI or a script's SetExtent."""
+    node = ctx.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "cropped")
+    image = vtk.vtkImageData()
+    image.SetExtent(5, 8, 2, 6, 7, 12)
+    image.AllocateScalars(vtk.VTK_SHORT, 1)
+    node.SetAndObserveImageData(image)
+    node.SetIJKToRASMatrix(array_to_matrix(AFFINE))
+    node.SetAndObserveTransformNodeID(add_linear_transform(ctx.scene, ROTATE_Z_30).GetID())
+    array, affine = volume_to_array(node)
+    assert array.shape == (4, 5, 6)
+    for index in [(0, 0, 0), (3, 4, 5)]:
+        extent_index = np.add(index, (5, 2, 7))
+        np.testing.assert_allclose((affine @ [*index, 1.0])[:3], world_point(node, extent_index), atol=1e-6)

@@ -378,3 +378,22 @@ def test_a_new_run_into_a_result_shown_in_3d_keeps_it_in_3d(panel_env):
     run_panel_until_done(env)
     assert env.panel.run.state == RunState.COMPLETED and env.panel.segmentation_node is result
     assert result.GetSegmentation().ContainsRepresentation("Closed surface")
+
+
+def test_an_input_deleted_during_the_run_is_never_shown_again(panel_env):
+    """The user deletes the input while the run goes on: the result still arrives (in world space), but the
+    removed volume is not put back into the slice views as their background."""
+    env, ui = panel_env, panel_env.ui
+    volume = add_volume(env.ctx.scene, noise(), np.eye(4), name="ct")
+    composite = env.ctx.scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    env.panel.refresh_models()
+    env.node.SetNodeReferenceID("inputVolume0", volume.GetID())
+    ui.segmentButton.emit("clicked(bool)", False)
+    env.ctx.scene.RemoveNode(volume)
+    run_panel_until_done(env)
+    assert env.panel.run.state == RunState.COMPLETED
+    assert env.panel.segmentation_node.GetScene() is env.ctx.scene
+    assert env.shown.get("background") is None
+    ui.tokenList.emit("currentRowChanged(int)", 0)
+    assert composite.GetForegroundVolumeID() == env.panel.heatmap_nodes[0].GetID()
+    assert composite.GetBackgroundVolumeID() != volume.GetID()

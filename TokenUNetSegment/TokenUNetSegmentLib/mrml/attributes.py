@@ -4,6 +4,7 @@ Node attributes and segment tags are saved with the scene, so these strings are 
 """
 
 MODEL_TAG = "TokenUNet.Model"  # segment tag: the model id of a segment this module made
+MASK_TAG = "TokenUNet.Mask"  # segment tag: fingerprint of its mask as written (a re-run keeps it if it changed)
 TOKEN_ATTRIBUTE = "TokenUNet.Token"  # heatmap node attribute and attention segment tag: the token number
 KIND_ATTRIBUTE = "TokenUNet.Kind"  # map kind: gather or broadcast
 BEST_LABEL_ATTRIBUTE = "TokenUNet.BestLabel"  # the label a token's map matches best

@@ -22,8 +22,8 @@ from .attributes import (
     THRESHOLD_ATTRIBUTE,
     TOKEN_ATTRIBUTE,
 )
-from .segmentation_nodes import add_segment, hierarchy_item, new_segmentation_node, subject_hierarchy
-from .volume_nodes import ijk_to_world, local_to_world, oriented_image, set_volume_from_array
+from .segmentation_nodes import add_segment, hierarchy_item, made_segment_ids, new_segmentation_node, subject_hierarchy
+from .volume_nodes import array_to_world, local_to_world, mask_bounds, oriented_image, set_volume_from_array
 
 HEAT_TABLE_TAG = "TokenUNetHeat"
 HEAT_TABLE_NAME = "TokenUNet Heat"
@@ -162,7 +162,8 @@ def add_attention_segmentation(
 
 
 def update_attention_segments(node, threshold: float) -> None:
-    """Rebuild the token segments of an attention segmentation at a new threshold (0 < threshold <= 1)."""
+    """Rebuild the token segments of an attention segmentation at a new threshold (0 < threshold <= 1); segments
+    the user added to it are kept."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"the attention threshold must be in (0, 1], got {threshold}")
     segmentation = node.GetSegmentation()
@@ -171,11 +172,12 @@ def update_attention_segments(node, threshold: float) -> None:
     to_local = np.linalg.inv(local_to_world(node))
     was = node.StartModify()
     try:
-        segmentation.RemoveAllSegments()
+        for segment_id in made_segment_ids(node, TOKEN_ATTRIBUTE):  # the user's own segments stay
+            segmentation.RemoveSegment(segment_id)
         for heatmap in heatmap_nodes:
             token = int(heatmap.GetAttribute(TOKEN_ATTRIBUTE) or 0)
             array = slicer.util.arrayFromVolume(heatmap).transpose(2, 1, 0)
-            image = threshold_image(array, threshold, to_local @ ijk_to_world(heatmap))
+            image = threshold_image(array, threshold, to_local @ array_to_world(heatmap))
             label = heatmap.GetAttribute(BEST_LABEL_ATTRIBUTE) or ""
             name = f"Token {token:02d}" + (f" - {label}" if label else "")
             add_segment(
@@ -209,7 +211,7 @@ def threshold_image(array: np.ndarray, threshold: float, affine: np.ndarray):
     factor, hot = refinement(affine), array >= threshold
     if factor == 1 or not hot.any():
         return _cropped_mask_image(hot, affine)
-    lo, hi = _bounds(hot)
+    lo, hi = mask_bounds(hot)
     lo = [max(0, a - 1) for a in lo]
     hi = [min(size, b + 1) for b, size in zip(hi, array.shape, strict=True)]
     fine = np.asarray(array, np.float32)
@@ -227,22 +229,12 @@ def threshold_image(array: np.ndarray, threshold: float, affine: np.ndarray):
     return _cropped_mask_image(fine >= threshold, np.asarray(affine) @ to_map, [a * factor for a in lo])
 
 
-def _bounds(mask: np.ndarray) -> tuple[list[int], list[int]]:
-    """Index bounds [lo, hi) per axis of a non-empty mask."""
-    lo, hi = [], []
-    for axis in range(3):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        lo.append(int(hits[0]))
-        hi.append(int(hits[-1]) + 1)
-    return lo, hi
-
-
 def _cropped_mask_image(mask: np.ndarray, affine: np.ndarray, origin=(0, 0, 0)):
     """An oriented image of the mask's bounding block (keeps the index extent of the grid ``affine`` maps, in
     which the mask starts at index ``origin``); empty if none."""
     if not mask.any():
         return oriented_image(np.zeros((0, 0, 0), np.uint8), affine)
-    lo, hi = _bounds(mask)
+    lo, hi = mask_bounds(mask)
     block = mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.uint8)
     return oriented_image(block, affine, offset=[a + o for a, o in zip(lo, origin, strict=True)])
 

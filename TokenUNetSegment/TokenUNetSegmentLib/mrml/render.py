@@ -144,16 +144,16 @@ def image_array(image) -> np.ndarray:
 def hottest_point_inside(heatmap, volume):
     """World position of ``heatmap``'s hottest voxel among those whose centres lie in ``volume``'s extent (a map
     on the coarse token grid also covers the padding around the scan); the volume's centre if none does."""
-    from .volume_nodes import ijk_to_world
+    from .volume_nodes import array_to_world
 
     values = slicer.util.arrayFromVolume(heatmap).transpose(2, 1, 0)  # (i, j, k)
     index = np.stack(np.meshgrid(*[np.arange(n) for n in values.shape], indexing="ij"), -1).reshape(-1, 3)
-    world = ijk_to_world(heatmap) @ np.c_[index, np.ones(len(index))].T
-    inside_ijk = (np.linalg.inv(ijk_to_world(volume)) @ world)[:3].T
+    world = array_to_world(heatmap) @ np.c_[index, np.ones(len(index))].T
+    inside_ijk = (np.linalg.inv(array_to_world(volume)) @ world)[:3].T
     extent = np.array(volume.GetImageData().GetDimensions()) - 0.5
     inside = np.all((inside_ijk >= -0.5) & (inside_ijk <= extent), axis=1)
     if not inside.any():
-        return (ijk_to_world(volume) @ [*((extent - 0.5) / 2), 1.0])[:3]
+        return (array_to_world(volume) @ [*((extent - 0.5) / 2), 1.0])[:3]
     hottest = np.flatnonzero(inside)[int(np.argmax(values.reshape(-1)[inside]))]
     return world[:3, hottest]
 

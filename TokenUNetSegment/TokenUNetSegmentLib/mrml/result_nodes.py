@@ -25,7 +25,7 @@ from .attributes import (
 )
 from .heatmap_nodes import add_attention_segmentation, add_heatmaps, add_map_volume, heat_color_node, run_folder
 from .parameters import Parameters
-from .segmentation_nodes import made_segment_ids, subject_hierarchy, write_labels
+from .segmentation_nodes import made_segment_ids, release_edited_segments, subject_hierarchy, write_labels
 
 
 @dataclass
@@ -50,7 +50,8 @@ class RunNodes:
 def apply_result(scene, result, parameters: Parameters, reference, output=None) -> RunNodes:
     """Add a completed run's nodes to the scene (beside ``reference``, the first input volume).
 
-    ``output`` is the segmentation node to write into (module-made segments replaced, others kept) or None.
+    ``output`` is the segmentation node to write into (module-made segments replaced unless the user edited them,
+    others kept) or None.
     Nodes removed from the scene while the run was going on are treated as absent (the labels are in world
     coordinates, so they still land at the right place).
     """
@@ -58,6 +59,7 @@ def apply_result(scene, result, parameters: Parameters, reference, output=None) 
         output = None
     if reference is not None and reference.GetScene() is not scene:
         reference = None
+    kept = release_edited_segments(output) if output is not None else []
     segmentation = write_labels(
         scene,
         result.labels,
@@ -70,6 +72,7 @@ def apply_result(scene, result, parameters: Parameters, reference, output=None) 
     )
     mark_assessment(segmentation, result.assessment)
     nodes = RunNodes(segmentation, assessment=result.assessment, warnings=list(result.warnings))
+    nodes.warnings += [f"your edited segment '{name}' is kept; the new result is beside it" for name in kept]
     token_maps = result.token_maps
     want_maps = parameters.heatmaps and token_maps is not None
     if not (want_maps or result.probabilities):

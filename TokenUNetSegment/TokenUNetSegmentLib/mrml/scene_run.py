@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from ..pipeline.errors import InputError, ModelPackageError, TokenUNetError
 from ..pipeline.run_contract import FinishedEvent, RunRequest, RunState
 from ..pipeline.runs import InProcessRun, make_run
+from ..pipeline.volumes import Volume, check_volume
 from .parameters import MAX_INPUTS, Parameters
 from .result_nodes import RunNodes, apply_result
+from .segmentation_nodes import check_output
 from .volume_nodes import volume_to_array
 
 
@@ -46,14 +48,17 @@ def request_from_parameters(parameters: Parameters, channels: int) -> RunRequest
     """A run request with the arrays of the first ``channels`` input volumes (world geometry).
 
     Raises:
-        InputError: an input volume is missing or unusable.
+        InputError: an input volume is missing or unusable (what the pipeline would refuse in it included).
     """
     nodes = parameters.inputs(channels)
     missing = [str(i + 1) for i, node in enumerate(nodes) if node is None]
     if missing:
         raise InputError(f"input volume {', '.join(missing)} of {channels} is not selected")
+    inputs = [volume_to_array(node) for node in nodes]
+    for node, (array, affine) in zip(nodes, inputs, strict=True):  # now, and named by the node (not 'ch0' later)
+        check_volume(Volume(array, affine, f"volume '{node.GetName()}'"))
     return RunRequest(
-        inputs=[volume_to_array(node) for node in nodes],
+        inputs=inputs,
         model=parameters.model or None,
         device=parameters.device,
         with_token_maps=parameters.heatmaps,
@@ -86,6 +91,8 @@ class SceneRun:
     ):
         self.scene = scene
         self.parameters = parameters
+        if parameters.outputSegmentation is not None:
+            check_output(parameters.outputSegmentation)  # before minutes of inference, not after
         channels = channel_count(parameters, store)
         self.request = request_from_parameters(parameters, channels)
         self.reference = parameters.inputs(channels)[0]

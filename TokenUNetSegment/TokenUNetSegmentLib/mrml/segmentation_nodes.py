@@ -1,18 +1,22 @@
 """Labels -> a segmentation node: one segment per label (name, color, terminology), in physical space.
 
 Segments this module makes carry the tag :data:`.attributes.MODEL_TAG` (the model id); writing into an existing node
-replaces only those and keeps every other (the user's own) segment untouched.
+replaces only those and keeps every other (the user's own) segment untouched. A made segment whose mask no longer
+matches its :data:`.attributes.MASK_TAG` fingerprint was edited by the user: :func:`release_edited_segments` gives it
+to the user (untagged) so that a re-run keeps it.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import slicer
 import vtk
 
 from ..pipeline.errors import InputError
-from .attributes import MODEL_TAG
-from .volume_nodes import local_to_world, oriented_image, oriented_image_to_array
+from .attributes import MASK_TAG, MODEL_TAG
+from .volume_nodes import local_to_world, mask_bounds, oriented_image, oriented_image_to_array
 
 LABELMAP = "Binary labelmap"
 CLOSED_SURFACE = "Closed surface"
@@ -68,7 +72,42 @@ def made_segment_ids(node, tag: str = MODEL_TAG) -> list[str]:
     return ids
 
 
-def _check_writable(node) -> None:
+def mask_fingerprint(segment) -> str:
+    """A digest of a segment's binary-labelmap mask and where it lies in the node's coordinates (not of the
+    layer's extent, which the Segment Editor may grow or shrink without changing the mask)."""
+    array, image_to_local, start = oriented_image_to_array(segment.GetRepresentation(LABELMAP))
+    mask = array == segment.GetLabelValue()
+    digest = hashlib.blake2b(np.round(image_to_local, 6).tobytes(), digest_size=16)
+    if mask.any():
+        lo, hi = mask_bounds(mask)
+        block = mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        digest.update(np.add(lo, start).astype(np.int64).tobytes() + np.array(block.shape, np.int64).tobytes())
+        digest.update(np.packbits(block).tobytes())
+    return digest.hexdigest()
+
+
+def release_edited_segments(node) -> list[str]:
+    """Hand the made segments the user edited since they were written over to the user (their model and mask
+    tags removed, so that a re-run keeps them); returns their names."""
+    segmentation = node.GetSegmentation()
+    names = []
+    for segment_id in made_segment_ids(node):
+        segment = segmentation.GetSegment(segment_id)
+        written = segment_tag(segment, MASK_TAG)
+        if written and written != mask_fingerprint(segment):
+            segment.RemoveTag(MODEL_TAG)
+            segment.RemoveTag(MASK_TAG)
+            names.append(segment.GetName())
+    return names
+
+
+def check_output(node) -> None:
+    """Refuse an existing segmentation node that a result cannot be written into (checked before a run).
+
+    Raises:
+        InputError: its segments are stored as another representation (e.g. the user's closed surfaces), or it
+            is under a non-linear transform.
+    """
     segmentation = node.GetSegmentation()
     source = segmentation.GetSourceRepresentationName()
     if segmentation.GetNumberOfSegments() and source != LABELMAP:
@@ -76,6 +115,7 @@ def _check_writable(node) -> None:
             f"segmentation '{node.GetName()}' is stored as '{source}', not as a binary labelmap",
             "choose a new output segmentation",
         )
+    local_to_world(node)
 
 
 def add_segment(
@@ -116,7 +156,8 @@ def write_labels(
         labels: (i, j, k) label values on the grid ``world_affine`` (IJK -> world RAS).
         label_table: entries with ``value``, ``name``, ``color`` (0-255) and ``terminology`` (pipeline ``Label``).
         node: an existing segmentation node to write into (segments tagged by an earlier run are replaced,
-            the others kept), or None for a new node beside ``reference``.
+            the others kept: call :func:`release_edited_segments` first to keep the ones the user edited), or None
+            for a new node beside ``reference``.
         reference: the input volume: gives the reference geometry, the transform and the hierarchy parent.
         show3d: also build the closed-surface representation (3D view).
     """
@@ -126,7 +167,7 @@ def write_labels(
         base = f"{reference.GetName()} segmentation" if reference is not None else "TokenUNet segmentation"
         node = new_segmentation_node(scene, name or base, reference)
     else:
-        _check_writable(node)
+        check_output(node)
     local = np.linalg.inv(local_to_world(node)) @ np.asarray(world_affine, float)
     segmentation = node.GetSegmentation()
     was = node.StartModify()
@@ -139,7 +180,7 @@ def write_labels(
             node.SetSourceRepresentationToBinaryLabelmap()
         image = oriented_image(labels, local)  # one shared layer for all labels of this run
         for label in label_table:
-            add_segment(
+            segment_id = add_segment(
                 node,
                 label.name,
                 [c / 255.0 for c in label.color],
@@ -148,6 +189,8 @@ def write_labels(
                 {MODEL_TAG: model_id},
                 terminology_entry(label),
             )
+            segment = segmentation.GetSegment(segment_id)
+            segment.SetTag(MASK_TAG, mask_fingerprint(segment))
     finally:
         node.EndModify(was)
     set_closed_surface(node, show3d)

@@ -37,7 +37,7 @@ def local_to_world(node) -> np.ndarray:
     if not transform.IsTransformToWorldLinear():
         raise InputError(
             f"'{node.GetName()}' is under the non-linear transform '{transform.GetName()}'",
-            "harden the transform on the volume (Data module) before segmenting",
+            "harden the transform (Data module) before segmenting",
         )
     matrix = vtk.vtkMatrix4x4()
     transform.GetMatrixTransformToWorld(matrix)
@@ -56,24 +56,48 @@ def ijk_to_world(node) -> np.ndarray:
     return local_to_world(node) @ ijk_to_ras(node)
 
 
+def array_to_world(node) -> np.ndarray:
+    """World RAS of the voxel ``array[i, j, k]`` of ``slicer.util.arrayFromVolume(node)`` (transposed to (i, j, k)).
+
+    Slicer's IJK is the image's own index, which starts at the extent's first index (not 0 after e.g.
+    ``vtkExtractVOI``); the array starts there.
+    """
+    start = np.eye(4)
+    start[:3, 3] = node.GetImageData().GetExtent()[0::2]
+    return ijk_to_world(node) @ start
+
+
 def volume_to_array(node) -> tuple[np.ndarray, np.ndarray]:
-    """``(array (i, j, k), IJK->world RAS)`` of a scalar volume node (a view of the node's voxels).
+    """``(array (i, j, k), array index -> world RAS)`` of a scalar volume node (a view of the node's voxels).
 
     Raises:
-        InputError: no node, no voxels, more than one component, or a non-linear parent transform.
+        InputError: no node, no voxels, a labelmap or tensor volume, more than one component, or a non-linear
+            parent transform.
     """
     if node is None:
         raise InputError("no input volume selected")
     image = node.GetImageData()
-    if image is None or image.GetNumberOfPoints() == 0:
+    if image is None or image.GetNumberOfPoints() == 0 or image.GetPointData().GetScalars() is None:
         raise InputError(f"volume '{node.GetName()}' has no voxels")
+    if node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputError(
+            f"volume '{node.GetName()}' is a labelmap (labels, not image intensities)",
+            "pick the image itself, or convert it to a scalar volume in the Volumes module if it was loaded as a "
+            "labelmap by mistake",
+        )
+    if image.GetPointData().GetTensors() is not None:  # a DTI volume
+        raise InputError(
+            f"volume '{node.GetName()}' holds diffusion tensors",
+            "segmentation needs a scalar volume (e.g. a scalar map computed from the tensors)",
+        )
     if image.GetNumberOfScalarComponents() != 1:
         raise InputError(
             f"volume '{node.GetName()}' has {image.GetNumberOfScalarComponents()} components per voxel",
-            "segmentation needs a scalar volume (convert color images to grayscale first)",
+            "segmentation needs a scalar volume: convert a color image to grayscale, or pick one frame of a "
+            "multi-frame (4D) volume",
         )
     array_kji = slicer.util.arrayFromVolume(node)
-    return array_kji.transpose(2, 1, 0), ijk_to_world(node)
+    return array_kji.transpose(2, 1, 0), array_to_world(node)
 
 
 def set_volume_from_array(node, array_ijk: np.ndarray, world_affine: np.ndarray) -> None:
@@ -125,3 +149,13 @@ def oriented_image_to_array(image) -> tuple[np.ndarray, np.ndarray, tuple[int, i
         return np.zeros((0, 0, 0), np.uint8), matrix_to_array(matrix), (0, 0, 0)
     flat = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
     return flat.reshape(shape, order="F"), matrix_to_array(matrix), (extent[0], extent[2], extent[4])
+
+
+def mask_bounds(mask: np.ndarray) -> tuple[list[int], list[int]]:
+    """Index bounds [lo, hi) per axis of a non-empty mask."""
+    lo, hi = [], []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        lo.append(int(hits[0]))
+        hi.append(int(hits[-1]) + 1)
+    return lo, hi

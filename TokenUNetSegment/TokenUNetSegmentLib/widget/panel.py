@@ -310,7 +310,9 @@ class Panel:
 
     def show_run(self, nodes) -> None:
         """Show the new segmentation over the input and list the run's tokens."""
-        self.reference = self.run.reference if self.run is not None else None
+        reference = self.run.reference if self.run is not None else None
+        # an input deleted during the run stays deleted: never shown again as the views' background
+        self.reference = reference if reference is not None and reference.GetScene() is slicer.mrmlScene else None
         self.heatmap_nodes, self.attention_node = list(nodes.heatmap_nodes), nodes.attention
         self.segmentation_node = nodes.segmentation
         parameter_node = self.get_parameter_node()
