@@ -135,7 +135,8 @@ SLICER = {
 }
 # VTK's own API (vtkObject, data objects, rendering): not Slicer's, stable across the VTK 9 of Slicer 5.10+
 VTK = {
-    "AddActor": "vtkRenderer", "AddInputData": "vtkImageAppend", "AddRenderer": "vtkRenderWindow",
+    "AddActor": "vtkRenderer", "AddInputData": "vtkImageAppend", "AddObserver": "vtkObject",
+    "AddRenderer": "vtkRenderWindow", "RemoveObserver": "vtkObject",
     "DeepCopy": "vtkImageData", "Finalize": "vtkRenderWindow", "GetActiveCamera": "vtkRenderer",
     "GetDimensions": "vtkImageData", "GetElement": "vtkMatrix4x4", "GetExtent": "vtkImageData",
     "GetId": "vtkIdList", "GetItemAsObject": "vtkCollection", "GetNumberOfIds": "vtkIdList",

@@ -57,6 +57,25 @@ def test_in_process_worker_thread_run_and_cancel(ctx, tiny_package):
     assert node_ids(ctx.scene) == before
 
 
+def test_a_background_run_started_from_the_console_is_discarded_when_the_scene_closes(ctx, tiny_package):
+    """``logic.process(waitForCompletion=False)`` then File > Close Scene: the closed scene's result never reaches
+    the next scene, even when the worker had finished and only the next poll would add it."""
+    volume = ball_volume(ctx.scene)
+    run = SceneRun(ctx.scene, Parameters(inputVolume0=volume, model=str(tiny_package), device="cpu"), mode="inprocess")
+    run.start()
+    run.run._thread.join()  # the worker has finished; its result waits for the next poll
+    ctx.scene.Clear(0)
+    before = node_ids(ctx.scene)
+    assert run.wait(timeout=120) == RunState.CANCELLED and run.nodes is None
+    assert node_ids(ctx.scene) == before
+    again = Parameters(inputVolume0=ball_volume(ctx.scene), model=str(tiny_package), device="cpu")
+    finished = SceneRun(ctx.scene, again, mode="inprocess")
+    finished.start()
+    assert finished.wait(timeout=120) == RunState.COMPLETED and finished._close_tag is None  # no longer watching
+    ctx.scene.Clear(0)
+    assert finished.state == RunState.COMPLETED
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="checks the process table in /proc")
 def test_subprocess_run_matches_in_process_and_cleans_up(ctx, tiny_package):
     # a mirrored grid (negative determinant) under a rotation: files must not flip or move anything

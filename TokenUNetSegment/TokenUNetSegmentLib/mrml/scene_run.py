@@ -100,14 +100,29 @@ class SceneRun:
         self.nodes: RunNodes | None = None
         self.error = None
         self.discarded = False  # the scene was closed: the result is never added, the run ends as cancelled
+        self._close_tag = None  # the scene observer of _watch_scene_close while the run goes on
         self._observers = []
         self.run.add_observer(self._relay)
 
     def add_observer(self, callback) -> None:
         self._observers.append(callback)
 
+    def _watch_scene_close(self) -> None:
+        """A scene closed while the run goes on cancels it and discards its result, however the run was started
+        (the panel's button or ``logic.process(waitForCompletion=False)`` from the console)."""
+        if self._close_tag is None and hasattr(self.scene, "AddObserver"):
+            self._close_tag = self.scene.AddObserver(
+                self.scene.StartCloseEvent, lambda caller, event: self.cancel(discard=True)
+            )
+
+    def _stop_watching(self) -> None:
+        if self._close_tag is not None:
+            self.scene.RemoveObserver(self._close_tag)
+            self._close_tag = None
+
     def _relay(self, event) -> None:
         if isinstance(event, FinishedEvent):
+            self._stop_watching()
             state, self.error = event.state, event.error
             if state == RunState.COMPLETED and self.discarded:
                 state, self.run.result = RunState.CANCELLED, None
@@ -140,6 +155,7 @@ class SceneRun:
         return self.run.state
 
     def start(self) -> SceneRun:
+        self._watch_scene_close()
         self.run.start()
         return self
 
