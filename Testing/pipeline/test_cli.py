@@ -149,6 +149,29 @@ def test_internal_errors_exit_1_with_a_hint_to_debug(monkeypatch, capsys):
     assert err.startswith("internal error: KeyError") and "--debug" in err and err.count("\n") == 1
 
 
+def test_a_package_missing_from_this_python_is_a_user_error_that_says_which_and_what_to_do(tmp_path):
+    """A new user who runs ``python -m ...`` with a Python lacking the dependencies gets one line, not a traceback:
+    whether the command's module needs the package to declare its arguments (cka: torch) or only in its run
+    (segment: torch after the headers are read)."""
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"  # importing torch now raises ModuleNotFoundError, as where it is missing
+        "sys.stderr = sys.stdout\n"
+        "from TokenUNetSegmentLib.pipeline import cli\n"
+        "print('exit', cli.main(['cka', '--a', 'NoToken', '--b', '8Attn']))\n"
+        f"print('exit', cli.main(['segment', 'Resources/Samples/AbdomenCT.nii.gz', '--out', {str(tmp_path / 'o')!r},"
+        " '--progress', 'none']))\n"
+    )
+    lines = run_python(code).splitlines()
+    assert lines[1] == lines[3] == "exit 2", lines
+    for line in (lines[0], lines[2]):
+        assert line.startswith("error: torch is not installed in ") and "scripts/setup-venv.sh" in line
+    event = ErrorEvent.from_error(ModuleNotFoundError("No module named 'monai'", name="monai.networks"))
+    assert (event.category, event.error_type, event.exit_code) == ("user", "MissingDependencyError", 2)
+    own = ErrorEvent.from_error(ModuleNotFoundError("No module named 'x'", name="TokenUNetSegmentLib.x"))
+    assert own.category == "internal"  # our own module missing: a broken installation, not the user's Python
+
+
 def test_a_process_of_its_own_freezes_the_collector_before_it_exits_and_a_caller_keeps_its_own(
     monkeypatch, tmp_path, capsys
 ):

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
 
+from .errors import missing_dependency
 from .run_contract import ErrorEvent, ExitCode, LogEvent, ProgressEvent, encode_event
 
 WRITE_START = 0.9  # share of the progress bar for segment(); the output files take the rest
@@ -192,7 +193,14 @@ def _run(argv: list[str] | None) -> int:
     from .allocator import use_huge_pages
 
     use_huge_pages()  # before torch is imported
-    args = parse_arguments(argv)
+    try:
+        args = parse_arguments(argv)
+    except ModuleNotFoundError as error:  # declaring a command's arguments imports its module
+        tokens = sys.argv[1:] if argv is None else [str(a) for a in argv]
+        if missing_dependency(error) is None or "--debug" in tokens:
+            raise
+        json_progress = "--progress=json" in tokens or ("--progress", "json") in zip(tokens, tokens[1:], strict=False)
+        return _report(ErrorEvent.from_error(error), json_progress)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
@@ -204,11 +212,16 @@ def _run(argv: list[str] | None) -> int:
         event = ErrorEvent.from_error(error)
         if args.debug and event.category != "cancelled":
             raise
-        if getattr(args, "progress", None) == "json":
-            print(encode_event(event), file=sys.stderr, flush=True)
-        else:
-            print(("\n" if isinstance(error, KeyboardInterrupt) else "") + event.line(), file=sys.stderr)
-        return event.exit_code
+        return _report(event, getattr(args, "progress", None) == "json", isinstance(error, KeyboardInterrupt))
+
+
+def _report(event: ErrorEvent, json_progress: bool, after_interrupt: bool = False) -> int:
+    """Tell a failure as one line (or one JSON event for programs); its exit code."""
+    if json_progress:
+        print(encode_event(event), file=sys.stderr, flush=True)
+    else:
+        print(("\n" if after_interrupt else "") + event.line(), file=sys.stderr)
+    return event.exit_code
 
 
 __all__ = ["COMMANDS", "Command", "ExitCode", "ProgressPrinter", "build_parser", "main", "register_command"]

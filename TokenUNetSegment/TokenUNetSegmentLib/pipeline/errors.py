@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class TokenUNetError(Exception):
     """A user-facing error: ``message`` says what failed, ``hint`` (optional) what to do next.
@@ -51,3 +53,21 @@ class CancelledError(TokenUNetError):
 
     def __init__(self, message: str = "cancelled", hint: str | None = None):
         super().__init__(message, hint)
+
+
+class MissingDependencyError(TokenUNetError):
+    """A third-party package the command needs is not installed in the Python that runs it."""
+
+
+def missing_dependency(error: BaseException) -> MissingDependencyError | None:
+    """The user error for ``error`` when it is a third-party package missing from this Python, else None (a
+    module of our own that fails to import is a broken installation: an internal error)."""
+    if not isinstance(error, ModuleNotFoundError) or not error.name:
+        return None
+    package = error.name.partition(".")[0]
+    if package == __name__.partition(".")[0]:
+        return None
+    return MissingDependencyError(
+        f"{package} is not installed in {sys.executable}",
+        "use the project's .venv/bin/python, which bash scripts/setup-venv.sh sets up",
+    )

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from . import errors
-from .errors import CancelledError, TokenUNetError
+from .errors import CancelledError, TokenUNetError, missing_dependency
 
 
 class ExitCode(enum.IntEnum):
@@ -110,6 +110,7 @@ class ErrorEvent:
         if isinstance(error, (CancelledError, KeyboardInterrupt)):
             message = "interrupted" if isinstance(error, KeyboardInterrupt) else "cancelled"
             return cls(message, "cancelled", error_type="CancelledError")
+        error = missing_dependency(error) or error
         if isinstance(error, TokenUNetError):
             return cls(
                 str(error.message)[:MAX_MESSAGE], "user", error.hint, type(error).__name__, error.restart_required
