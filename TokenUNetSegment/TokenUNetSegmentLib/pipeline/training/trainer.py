@@ -389,7 +389,7 @@ def _check_resumed_run(before: dict | None, now: dict, output: Path) -> None:
             "resume with the run's configuration, or train into a new folder",
         )
     old, new = dict(before.get("cases", [])), dict(now["cases"])
-    if before.get("cases") != now["cases"]:
+    if old != new or len(before.get("cases", [])) != len(now["cases"]):  # the datalist's order does not matter
         counts = {
             "added": len(new.keys() - old.keys()),
             "removed": len(old.keys() - new.keys()),
