@@ -127,3 +127,23 @@ def test_available_memory_reads_the_gpu_and_the_host(monkeypatch):
     assert dev.available_memory(torch.device("cuda")) == 3 * 2**30
     host = dev.available_memory(torch.device("cpu"))
     assert 2**26 < host < 2**50  # a plausible amount of free RAM, read from /proc/meminfo or sysconf
+
+
+def test_the_memory_limit_applies_to_the_whole_run_not_only_to_reading(monkeypatch):
+    """TOKENUNET_MEMORY_LIMIT bounds the run's estimate too (before: only the readers' header check used it; the
+    sample ran to a peak RSS of 635 MB under TOKENUNET_MEMORY_LIMIT=200M)."""
+    image = ball_phantom((20, 20, 20), (10, 10, 10), (5, 5, 5))
+    monkeypatch.setenv("TOKENUNET_MEMORY_LIMIT", "64K")
+    with pytest.raises(OutOfMemoryError, match=r"TOKENUNET_MEMORY_LIMIT=64K \(64 KiB\)"):
+        segment((image, np.eye(4)), threshold_package(), device="cpu")
+    monkeypatch.setenv("TOKENUNET_MEMORY_LIMIT", "100T")  # above free memory: free memory is the bound
+    assert segment((image, np.eye(4)), threshold_package(), device="cpu").labels.sum() > 0
+
+
+def test_a_batch_larger_than_the_window_count_is_sized_by_the_windows(monkeypatch):
+    """``--batch-size 1000`` on a volume of few windows runs those windows in one batch (before: refused as
+    needing 1000 windows' activations, 61 GiB for the sample's 12 windows of 64^3)."""
+    image = ball_phantom((20, 20, 20), (10, 10, 10), (5, 5, 5))  # one 32^3 window
+    one = dev.estimate_memory(threshold_package().network, 8000, 8000, (32, 32, 32), 1)
+    monkeypatch.setattr(dev, "available_memory", lambda device: 4 * (one["host"] + one["window"]))
+    assert segment((image, np.eye(4)), threshold_package(), device="cpu", batch_size=4096).labels.sum() > 0

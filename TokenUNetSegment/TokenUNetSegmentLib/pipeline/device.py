@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import OutOfMemoryError, TokenUNetError
-from .memory import host_available
+from .memory import LIMIT_VARIABLE, format_size, memory_limit
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -203,11 +203,11 @@ def run_with_oom_fallback(
 
 
 def available_memory(device: torch.device) -> int:
-    """Free bytes on ``device`` (host RAM for cpu and mps)."""
+    """Free bytes on ``device``: for cpu and mps host RAM, or ``TOKENUNET_MEMORY_LIMIT`` when that is smaller."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    return host_available()
+    return memory_limit()[0]
 
 
 def estimate_memory(
@@ -240,6 +240,12 @@ def check_memory(estimate: dict[str, int], device: torch.device, available: Call
     host_free = available(torch.device("cpu"))
     need_host = estimate["host"] + (estimate["window"] if device.type != "cuda" else 0)
     if need_host > host_free:
+        limit, what = memory_limit()
+        if LIMIT_VARIABLE in what and limit == host_free:
+            raise OutOfMemoryError(
+                f"this run needs about {format_size(need_host)} of memory, over {what} ({format_size(limit)})",
+                f"raise {LIMIT_VARIABLE}, use a coarser model spacing or crop the volume",
+            )
         raise OutOfMemoryError(
             f"this run needs about {need_host / 2**30:.1f} GiB of memory but only {host_free / 2**30:.1f} GiB is free",
             "use a coarser model spacing, crop the volume, or close other programs",

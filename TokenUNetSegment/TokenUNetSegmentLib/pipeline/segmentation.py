@@ -22,7 +22,7 @@ from .confidence import Assessment, assess
 from .device import check_memory, cpu_sample, estimate_memory, resolve_device
 from .errors import ArgumentError, InputError, OutOfMemoryError
 from .geometry import Grid, model_grid
-from .inference import WindowPlan, plan_windows, run_windows
+from .inference import WindowPlan, plan_windows, run_windows, scan_plan
 from .map_back import map_back
 from .metadata import PackageConfig
 from .package_loader import ModelPackage, resolve_model
@@ -221,8 +221,10 @@ BODY_EXTENT_MM = 2500.0
 def _check_memory(package: ModelPackage, first: Volume, plan: WindowPlan, device, probabilities: bool) -> None:
     pre = package.config.preprocessing
     grid = model_grid(first.grid, pre.orientation, pre.spacing)
+    _, windows = scan_plan(grid.shape, plan.roi_size, plan.overlap, plan.size_multiple)
+    batch = min(plan.batch_size, windows)  # a batch holds at most the volume's windows
     estimate = estimate_memory(
-        package.network, int(np.prod(grid.shape)), int(first.array.size), plan.roi_size, plan.batch_size, probabilities
+        package.network, int(np.prod(grid.shape)), int(first.array.size), plan.roi_size, batch, probabilities
     )
     try:
         check_memory(estimate, device)
