@@ -70,6 +70,18 @@ def choose_attention_grid(choice: str, kinds: int, tokens: int, voxels: int, lim
     return "input" if kinds * tokens * voxels * 4 <= limit else "token"
 
 
+def attention_bounds(choice: str, maps: int, voxels: int) -> tuple[bool, int]:
+    """For the checks before a run, when the package's token count is not known yet: whether ``choice`` may write
+    the maps on the input grid, and the voxels to count per map on disk (at most ``maps`` maps of an input of
+    ``voxels`` voxels). ``auto`` writes at most :data:`AUTO_INPUT_GRID_LIMIT` bytes of input-grid maps."""
+    coarse = voxels // 512  # the token grid: 1/8 of the model grid per axis, which is at most the input's
+    if not maps or choice == "token":
+        return False, coarse
+    if choice == "input":
+        return True, voxels
+    return 2 * voxels * 4 <= AUTO_INPUT_GRID_LIMIT, max(coarse, min(voxels, AUTO_INPUT_GRID_LIMIT // (4 * maps)))
+
+
 RESERVED_FILES = (
     SEGMENTATION_FILE,
     REPORT_FILE,

@@ -101,7 +101,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     """
     from .catalog import ModelStore
     from .metadata import assign_inputs
-    from .outputs import estimate_output_bytes, output_folder
+    from .outputs import attention_bounds, estimate_output_bytes, output_folder
     from .package_source import read_metadata
     from .preprocess import resample_ahead
     from .progress import Progress
@@ -134,9 +134,9 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
             check_modality(item.modality, channel.modality, Path(name).name, package_id, channel.name)
         tokens = 0 if args.no_heatmaps else 2 * 32  # the most maps a package has (gather and broadcast)
         voxels = opened[0].values
-        token_voxels = voxels // 512 if args.attention_grid == "token" else 0
+        on_input_grid, map_voxels = attention_bounds(args.attention_grid, tokens, voxels)
         folder.check_space(
-            estimate_output_bytes(voxels, len(config.labels), tokens, token_voxels, probabilities=args.probabilities)
+            estimate_output_bytes(voxels, len(config.labels), tokens, map_voxels, probabilities=args.probabilities)
         )
 
         def read_inputs() -> list:  # once: segment() and the overview share them
@@ -162,6 +162,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
                 batch_size=args.batch_size,
                 probabilities=args.probabilities,
                 with_token_maps=not args.no_heatmaps,
+                maps_on_input_grid=on_input_grid,
                 largest_component=True if args.largest_component else None,
                 label_interpolation="linear" if args.smooth else "nearest",
                 progress=segment_progress,

@@ -67,6 +67,7 @@ def segment(
     cancel=None,
     store: ModelStore | None = None,
     check_free_memory: bool = True,
+    maps_on_input_grid: bool = False,
 ) -> SegmentationResult:
     """Segment one case.
 
@@ -90,7 +91,10 @@ def segment(
         progress: ``progress(stage, fraction)`` with a monotonic overall fraction in [0, 1].
         cancel: ``threading.Event``-like (``is_set()``) or a callable; checked between windows and stages.
         store: the model store used to resolve ids (default: catalog + per-user cache).
-        check_free_memory: refuse runs whose estimated peak memory exceeds what is free.
+        check_free_memory: refuse runs whose estimated peak memory exceeds what is free (or
+            ``TOKENUNET_MEMORY_LIMIT``).
+        maps_on_input_grid: the caller will write the token maps on the input grid
+            (``write_outputs(attention_grid="input")``): counted in that check.
 
     Raises:
         TokenUNetError: (and its subclasses) for bad inputs, bad packages, cancel, or memory.
@@ -113,7 +117,7 @@ def segment(
     with clock.stage("preprocess"):
         plan = plan_windows(network, config.inference, run_device, overlap, batch_size)
         if check_free_memory:
-            _check_memory(package, volumes[0], plan, run_device, probabilities)
+            _check_memory(package, volumes[0], plan, run_device, probabilities, maps_on_input_grid and with_token_maps)
         prepared = prepare(volumes, config, plan.size_multiple, plan.roi_size, reporter)
         for message in prepared.warnings:
             pywarnings.warn(message, stacklevel=2)
@@ -218,13 +222,21 @@ BODY_EXTENT_MM = 2500.0
 """A scan longer than this along an axis is no scan of a body: a memory refusal then names the spacing instead."""
 
 
-def _check_memory(package: ModelPackage, first: Volume, plan: WindowPlan, device, probabilities: bool) -> None:
+def _check_memory(
+    package: ModelPackage, first: Volume, plan: WindowPlan, device, probabilities: bool, maps_on_input_grid: bool
+) -> None:
     pre = package.config.preprocessing
     grid = model_grid(first.grid, pre.orientation, pre.spacing)
     _, windows = scan_plan(grid.shape, plan.roi_size, plan.overlap, plan.size_multiple)
     batch = min(plan.batch_size, windows)  # a batch holds at most the volume's windows
     estimate = estimate_memory(
-        package.network, int(np.prod(grid.shape)), int(first.array.size), plan.roi_size, batch, probabilities
+        package.network,
+        int(np.prod(grid.shape)),
+        int(first.array.size),
+        plan.roi_size,
+        batch,
+        probabilities,
+        maps_on_input_grid,
     )
     try:
         check_memory(estimate, device)
