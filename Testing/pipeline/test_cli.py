@@ -188,3 +188,46 @@ def test_a_process_of_its_own_freezes_the_collector_before_it_exits_and_a_caller
         assert gc.get_freeze_count() > before
     finally:
         gc.unfreeze()
+
+
+def test_ctrl_c_while_the_command_loads_is_a_cancel_not_a_traceback(monkeypatch, capsys):
+    """Before: Ctrl-C in the first half second of ``segment`` (while its modules are imported to declare its
+    options) printed a ``KeyboardInterrupt`` traceback, also between the JSON events of ``--progress json``."""
+
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "parse_arguments", interrupted)
+    assert cli.main(["segment", "ct.nii.gz", "--out", "o", "--progress", "json"]) == ExitCode.CANCELLED
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and decode_event(lines[0]).category == "cancelled"
+    assert cli.main(["segment", "ct.nii.gz", "--out", "o"]) == ExitCode.CANCELLED
+    assert capsys.readouterr().err.strip() == "interrupted; no output was written"
+
+
+@pytest.mark.parametrize("progress", ["none", "json"])
+def test_python_warnings_of_a_command_are_one_line_or_a_json_event(monkeypatch, capsys, progress):
+    """Before: a warning raised inside a command (``evaluate --model`` on a small volume) printed Python's two
+    lines, ``/path/evaluate.py:294: UserWarning: ...`` and the source line, also under ``--progress json``."""
+    import argparse
+    import sys
+    import warnings
+
+    def add_arguments(parser):
+        parser.add_argument("--progress", default="none")
+
+    def run(args: argparse.Namespace) -> int:
+        warnings.warn("the volume is small\n  for this model", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "warns", cli.Command("warns", add_arguments, run))
+    monkeypatch.setattr(  # what Python does outside pytest (which records warnings)
+        warnings, "showwarning", lambda *a, **k: sys.stderr.write(warnings.formatwarning(*a[:4], k.get("line")))
+    )
+    assert cli.main(["warns", "--progress", progress]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    if progress == "json":
+        assert decode_event(lines[0]).message == "the volume is small for this model"
+    else:
+        assert lines[0] == "warning: the volume is small for this model"

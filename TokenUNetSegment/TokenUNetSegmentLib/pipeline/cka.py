@@ -281,18 +281,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--samples must be at least 2, got {args.samples}.")
     if args.size < 1:
         raise ValueError(f"--size must be positive, got {args.size}.")
-    from .output_folder import OutputFolder
+    from .output_folder import OutputFolder, earlier_result
 
-    folder = OutputFolder(args.out, "cka", reserved=("cka.json", "cka.png"), legacy_files=_cka_files)
+    written_before_manifests = earlier_result(("cka.json",), optional=("cka.png",))
+    folder = OutputFolder(args.out, "cka", reserved=("cka.json", "cka.png"), legacy_files=written_before_manifests)
     folder.open()  # checked and locked before anything is computed
     with folder:
         return _run(args, folder)
-
-
-def _cka_files(folder: Path) -> set[str] | None:
-    """The files of a CKA folder written before manifests existed."""
-    names = {name for name in ("cka.json", "cka.png") if (folder / name).is_file()}
-    return names if "cka.json" in names and set(p.name for p in folder.iterdir()) <= {"cka.json", "cka.png"} else None
 
 
 def _run(args: argparse.Namespace, folder) -> int:

@@ -15,6 +15,7 @@ import contextlib
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
@@ -125,6 +126,9 @@ class ProgressPrinter:
         if self.json:
             self.emit(LogEvent(message, "warning"))
         else:
+            if self.mode == "bar" and self.last:  # below the bar, which goes on on the next line
+                self.stream.write("\n")
+                self.last = ""
             print(f"warning: {message}", file=self.stream)
 
     def close(self) -> None:
@@ -192,18 +196,23 @@ def _run(argv: list[str] | None) -> int:
             stream.reconfigure(errors="backslashreplace")
     from .allocator import use_huge_pages
 
-    use_huge_pages()  # before torch is imported
+    tokens = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    json_progress = "--progress=json" in tokens or ("--progress", "json") in zip(tokens, tokens[1:], strict=False)
     try:
+        use_huge_pages()  # before torch is imported
         args = parse_arguments(argv)
+    except KeyboardInterrupt as error:  # Ctrl-C while a command's modules load: no traceback either
+        return _report(ErrorEvent.from_error(error), json_progress, after_interrupt=True)
     except ModuleNotFoundError as error:  # declaring a command's arguments imports its module
-        tokens = sys.argv[1:] if argv is None else [str(a) for a in argv]
         if missing_dependency(error) is None or "--debug" in tokens:
             raise
-        json_progress = "--progress=json" in tokens or ("--progress", "json") in zip(tokens, tokens[1:], strict=False)
         return _report(ErrorEvent.from_error(error), json_progress)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    json_progress = getattr(args, "progress", None) == "json"
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_printer(json_progress)
+            return COMMANDS[args.command](args)
     except BrokenPipeError:  # the reader of our output went away (``| head``): nothing left to tell it
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -212,7 +221,18 @@ def _run(argv: list[str] | None) -> int:
         event = ErrorEvent.from_error(error)
         if args.debug and event.category != "cancelled":
             raise
-        return _report(event, getattr(args, "progress", None) == "json", isinstance(error, KeyboardInterrupt))
+        return _report(event, json_progress, isinstance(error, KeyboardInterrupt))
+
+
+def _warning_printer(json_progress: bool):
+    """``warnings.showwarning`` for a command: one ``warning: ...`` line (a JSON log event with ``--progress json``),
+    not Python's two lines with the source line that warned."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        print(encode_event(LogEvent(text, "warning")) if json_progress else f"warning: {text}", file=sys.stderr)
+
+    return show
 
 
 def _report(event: ErrorEvent, json_progress: bool, after_interrupt: bool = False) -> int:

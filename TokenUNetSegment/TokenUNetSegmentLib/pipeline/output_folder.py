@@ -351,6 +351,19 @@ class OutputFolder:
 # -- helpers -------------------------------------------------------------------------------------------------
 
 
+def earlier_result(required: Iterable[str], optional: Iterable[str] = ()) -> Callable[[Path], set[str] | None]:
+    """``legacy_files`` for :class:`OutputFolder`: a folder holding the ``required`` files, perhaps some ``optional``
+    ones and nothing else is a result written before manifests existed (its files are the tool's)."""
+    required, allowed = set(required), set(required) | set(optional)
+
+    def files(folder: Path) -> set[str] | None:
+        names = {path.name for path in folder.iterdir()}
+        plain = {name for name in names if (folder / name).is_file()}
+        return names if required <= plain and names <= allowed and names == plain else None
+
+    return files
+
+
 def remove_listed_files(
     folder: str | Path,
     command: str,

@@ -152,8 +152,10 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
 
             package = load_package(package_path)
             volumes = reading.result()
-        with warnings.catch_warnings():  # segment() warns API callers; here they are printed from result.warnings
-            warnings.filterwarnings("ignore", category=UserWarning, module=__name__)
+        shown: list[str] = []
+        with warnings.catch_warnings():  # segment()'s warnings (API callers get them so) are printed when they come
+            warnings.simplefilter("always", UserWarning)
+            warnings.showwarning = lambda message, *_, **__: (shown.append(str(message)), printer.warning(str(message)))
             result = segment(
                 volumes,
                 package,
@@ -189,7 +191,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
             progress=lambda f: printer("write", WRITE_START + (1 - WRITE_START) * f),
         )
         printer.close()
-        for message in [*result.warnings, *folder.warnings]:
+        for message in [*(m for m in result.warnings if m not in shown), *folder.warnings]:
             printer.warning(message)
         seconds = result.timings["total"] + time.perf_counter() - started
         printer.emit(
