@@ -231,3 +231,16 @@ def test_python_warnings_of_a_command_are_one_line_or_a_json_event(monkeypatch, 
         assert decode_event(lines[0]).message == "the volume is small for this model"
     else:
         assert lines[0] == "warning: the volume is small for this model"
+
+
+def test_an_option_given_twice_with_different_values_is_refused(tmp_path, capsys):
+    """Before: ``segment ... --out a --out b`` wrote to b (argparse keeps the last value), silently."""
+    argv = ["segment", "ct.nii.gz", "--out", str(tmp_path / "a"), "--out", str(tmp_path / "b")]
+    with pytest.raises(SystemExit) as stop:  # argparse's exit (parse errors leave main() so)
+        cli.main(argv)
+    assert stop.value.code == ExitCode.USER_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("error: argument --out/-o: given twice (") and "give it once" in err
+    assert err.count("\n") == 1 and not any(tmp_path.iterdir())
+    args = cli.parse_arguments(["segment", "ct.nii.gz", "-o", "o", "--out", "o", "--overlap", "0.5"])
+    assert args.out == "o" and args.overlap == 0.5  # the same value twice is no contradiction

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .arguments import device_name, text
 from .errors import InputError
 
 
@@ -262,12 +263,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reference", help="reference label map (.seg.nrrd, NIfTI, NRRD, MHA), or sample:ID")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prediction", "-p", help="predicted label map (e.g. segmentation.seg.nrrd)")
-    source.add_argument("--model", "-m", help="run this model (id or package path) on --image instead")
+    source.add_argument(
+        "--model", "-m", type=text("a model id or package path"), help="run this model (id or package path) on --image"
+    )
     parser.add_argument("--image", nargs="+", help="input volume(s) for --model")
     parser.add_argument("--reference-names", help='JSON name table of the reference {"1": "spleen", ...}')
     parser.add_argument("--prediction-names", help="JSON name table of the prediction")
     parser.add_argument("--no-hd95", action="store_true", help="skip the Hausdorff distance (faster)")
-    parser.add_argument("--device", help="with --model: auto (the default), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--device", type=device_name, help="with --model: auto (the default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--json", dest="json_out", help="write the metrics to this JSON file")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing --json file that is no earlier evaluation"

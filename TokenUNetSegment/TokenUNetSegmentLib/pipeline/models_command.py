@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .arguments import text
 from .catalog import ModelEntry, ModelStore
 from .errors import TokenUNetError
 from .metadata import PackageMetadata, check_model_id
@@ -26,10 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing = sub.add_parser("list", help="list bundled, cached and downloadable models")
     listing.add_argument("--json", action="store_true")
     info = sub.add_parser("info", help="show a model's metadata")
-    info.add_argument("model", help="id or package path")
+    info.add_argument("model", type=text("a model id or package path"), help="id or package path")
     info.add_argument("--json", action="store_true")
     imp = sub.add_parser("import", help="import a package (folder or .zip), or weights (.safetensors/.pt/.pth)")
-    imp.add_argument("path")
+    imp.add_argument(
+        "path", type=text("a package folder, .zip or weights file"), help="package folder, .zip or weights file"
+    )
     imp.add_argument("--overwrite", action="store_true")
     imp.add_argument("--like", help="for weights files: the model whose configuration they fit")
     imp.add_argument("--id", dest="new_id", help="for weights files: the new model id")

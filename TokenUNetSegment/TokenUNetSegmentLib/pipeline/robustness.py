@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .arguments import device_name, text
 from .errors import InputError
 
 SLAB_SLICES = (10, 13, 20, 30, 40)  # 13 and 30: the cuts of the sample quoted in issue 10
@@ -381,7 +382,9 @@ def _announce(name: str):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", "-m", required=True, help="model id or package path")
+    parser.add_argument(
+        "--model", "-m", type=text("a model id or package path"), required=True, help="model id or package path"
+    )
     parser.add_argument("--image", help="the CT to change and segment")
     parser.add_argument("--reference", help="its reference label map")
     parser.add_argument("--reference-names", help='JSON name table of the reference {"1": "liver", ...}')
@@ -391,7 +394,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--variants", nargs="+", choices=ALL_VARIANTS, default=list(ALL_VARIANTS), help="the changes to measure"
     )
     parser.add_argument("--no-tokens", action="store_true", help="skip the best-token soft Dice")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--device", type=device_name, default="auto", help="auto (the default), cpu, cuda, cuda:N or mps"
+    )
     parser.add_argument("--out", "-o", required=True, help="folder for robustness.json and robustness.md")
 
 

@@ -15,7 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .arguments import integer, number
+from .arguments import device_name, integer, number, text
 from .background import BackgroundCall, switch_interval
 from .cli import WRITE_START, ProgressPrinter
 from .outputs import ATTENTION_GRIDS, DEFAULT_ATTENTION_GRID
@@ -30,9 +30,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="one volume per model input channel (NIfTI, NRRD, MHA or a DICOM folder), in the "
         "model's channel order, or in any order when the file names match its channel patterns",
     )
-    parser.add_argument("--model", "-m", default=None, help="model id or package path (default: the catalog's)")
+    parser.add_argument(
+        "--model",
+        "-m",
+        type=text("a model id or package path"),
+        help="model id or package path (default: the catalog's)",
+    )
     parser.add_argument("--out", "-o", required=True, help="output folder")
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--device",
+        type=device_name,
+        default="auto",
+        help="auto (the default: cuda > mps > cpu), cpu, cuda, cuda:N or mps",
+    )
     parser.add_argument(
         "--overlap", type=number(minimum=0.0, below=1.0), default=None, help="sliding-window overlap in [0, 1)"
     )

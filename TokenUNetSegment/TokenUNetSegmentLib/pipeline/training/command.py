@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..arguments import integer, number
+from ..arguments import device_name, integer, number
 from ..cli import ProgressPrinter
 from ..errors import InputError, OutputError
 
@@ -93,7 +93,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         help="stop this invocation after this long (a --resume continues) and package the selected checkpoint",
     )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--device", type=device_name, default="auto", help="auto (the default), cpu, cuda, cuda:N or mps"
+    )
     parser.add_argument("--description", help="package description")
     parser.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
 
