@@ -244,3 +244,31 @@ def test_an_option_given_twice_with_different_values_is_refused(tmp_path, capsys
     assert err.count("\n") == 1 and not any(tmp_path.iterdir())
     args = cli.parse_arguments(["segment", "ct.nii.gz", "-o", "o", "--out", "o", "--overlap", "0.5"])
     assert args.out == "o" and args.overlap == 0.5  # the same value twice is no contradiction
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_every_option_with_a_default_states_it_truly_in_its_help(name):
+    """Before: ``train --help`` showed no default for --steps, --optimizer, --weight-decay, ...; ``segment --help``
+    none for --overlap and --batch-size (the model's) and --progress. A stated default must be the real one."""
+    import argparse
+
+    parser = cli.build_parser(name)
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    parsers = [command] + [
+        child for a in command._actions if isinstance(a, argparse._SubParsersAction) for child in a.choices.values()
+    ]
+    for each in parsers:
+        for action in each._actions:
+            default = action.default
+            unset = default is None or default is False or default == [] or default == argparse.SUPPRESS
+            if action.option_strings and not unset:
+                assert "default" in command_help(each, action).lower(), (name, action.dest)
+    # the defaults written out by hand are the real ones
+    segment = cli.build_parser("segment").parse_args(["segment", "x", "--out", "o"])
+    assert (segment.device, segment.attention_grid, segment.progress) == ("auto", "token", "auto")
+    cka = cli.build_parser("cka").parse_args(["cka", "--a", "x", "--b", "y"])
+    assert (cka.in_channels, cka.size, cka.samples, cka.pooling, cka.out) == (1, 64, 8, "positions", "cka")
+
+
+def command_help(parser, action) -> str:
+    return " ".join(parser._get_formatter()._expand_help(action).split()) if action.help else ""

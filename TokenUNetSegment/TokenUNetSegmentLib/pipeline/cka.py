@@ -290,6 +290,24 @@ def run(args: argparse.Namespace) -> int:
         return _run(args, folder)
 
 
+def _check_memory(networks, samples: int, shape) -> None:
+    """Refuse before the samples are made when they and the stage maps kept of them (measured on one sample)
+    exceed free memory or ``TOKENUNET_MEMORY_LIMIT`` (before: ``--samples 100000`` of 32^3 allocated until the
+    machine ran out)."""
+    from .memory import format_size, memory_limit
+
+    probe = torch.zeros(shape)
+    per_sample = probe.numel() * 4 + sum(
+        feature.numel() * 4 for network in networks for stage in stage_maps(network, [probe]) for feature in stage
+    )
+    limit, what = memory_limit()
+    if samples * per_sample > limit:
+        raise ValueError(
+            f"{samples} samples of {shape[1]} x {shape[2]}^3 need about {format_size(samples * per_sample)} "
+            f"(inputs and stage maps), over {what} ({format_size(limit)}); use fewer --samples or a smaller --size"
+        )
+
+
 def _run(args: argparse.Namespace, folder) -> int:
     torch.manual_seed(args.seed)
     a_options, b_options = _parse_options(args.a_option), _parse_options(args.b_option)
@@ -297,6 +315,7 @@ def _run(args: argparse.Namespace, folder) -> int:
     network_b = _build(args.b, args.in_channels, args.size, b_options, args.b_weights, args.samples)
     generator = torch.Generator().manual_seed(args.seed)
     shape = (1, args.in_channels, args.size, args.size, args.size)
+    _check_memory((network_a, network_b), args.samples, shape)
     inputs = [torch.randn(shape, generator=generator) for _ in range(args.samples)]
     matrix = cka_matrix(network_a, network_b, inputs, args.pooling, args.debiased)
 

@@ -161,6 +161,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.register("action", "store", StoreOnce)
         self.given_once: dict = {}
 
+    def _add_action(self, action: argparse.Action) -> argparse.Action:
+        """Every option's help states its default (argparse shows none unless told)."""
+        default = action.default
+        unset = default is None or default is False or default == [] or default == argparse.SUPPRESS
+        meaningful = not unset and action.option_strings
+        if meaningful and "default" not in (action.help or "").lower() and action.help is not argparse.SUPPRESS:
+            value = action.default
+            shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+            action.help = f"{action.help} (default: {shown})" if action.help else f"default: {shown}"
+            action.help = action.help.replace("%", "%%").replace("%%(", "%(")
+        return super()._add_action(action)
+
     def parse_known_args(self, args=None, namespace=None):
         self.given_once = {}
         return super().parse_known_args(args, namespace)

@@ -25,10 +25,10 @@ WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = sub.add_parser("list", help="list bundled, cached and downloadable models")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print the list as JSON")
     info = sub.add_parser("info", help="show a model's metadata")
     info.add_argument("model", type=text("a model id or package path"), help="id or package path")
-    info.add_argument("--json", action="store_true")
+    info.add_argument("--json", action="store_true", help="print the metadata as JSON")
     imp = sub.add_parser("import", help="import a package (folder or .zip), or weights (.safetensors/.pt/.pth)")
     imp.add_argument(
         "path", type=text("a package folder, .zip or weights file"), help="package folder, .zip or weights file"

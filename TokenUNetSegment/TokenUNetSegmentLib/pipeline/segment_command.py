@@ -44,9 +44,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto (the default: cuda > mps > cpu), cpu, cuda, cuda:N or mps",
     )
     parser.add_argument(
-        "--overlap", type=number(minimum=0.0, below=1.0), default=None, help="sliding-window overlap in [0, 1)"
+        "--overlap",
+        type=number(minimum=0.0, below=1.0),
+        default=None,
+        help="sliding-window overlap in [0, 1), as MONAI's (default: the model's, 0.25 for the bundled one); the "
+        "window count grows about as 1/(1-overlap)^3, and window steps are whole token cells (16 voxels for the "
+        "bundled model: above 0.75 acts as 0.75); a warning says the count when it doubles",
     )
-    parser.add_argument("--batch-size", type=integer(minimum=1, maximum=4096), default=None, help="windows per pass")
+    parser.add_argument(
+        "--batch-size",
+        type=integer(minimum=1, maximum=4096),
+        default=None,
+        help="windows per pass (default: the model's, else 1 on a CPU, 2 on a GPU)",
+    )
     parser.add_argument("--probabilities", action="store_true", help="also write per-label probability maps")
     parser.add_argument("--no-heatmaps", action="store_true", help="skip the token attention maps")
     parser.add_argument(
@@ -64,7 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decide labels on the input grid from interpolated probabilities (smoother, slower)",
     )
     parser.add_argument("--no-overview", action="store_true", help="skip overview.png")
-    parser.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "bar", "json", "none"),
+        default="auto",
+        help="auto: a bar on a terminal, else none; json: one event per line on stderr (default: auto)",
+    )
 
 
 # The reading thread returns to Python between its SimpleITK calls and waits for the GIL that torch's import holds

@@ -86,7 +86,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=integer(0, 256), default=default.workers, help="processes that draw patches")
     parser.add_argument("--val-every", type=integer(1), default=default.val_every, help="validate every N steps")
     parser.add_argument("--seed", type=integer(0, 2**32 - 1 - 10**6), default=0)
-    parser.add_argument("--threads", type=integer(1, 1024), help="CPU threads per process")
+    parser.add_argument("--threads", type=integer(1, 1024), help="CPU threads per process (default: torch's)")
     parser.add_argument(
         "--max-minutes",
         type=number(above=0.0),
