@@ -272,3 +272,39 @@ def test_every_option_with_a_default_states_it_truly_in_its_help(name):
 
 def command_help(parser, action) -> str:
     return " ".join(parser._get_formatter()._expand_help(action).split()) if action.help else ""
+
+
+def test_sigterm_cancels_every_command_as_ctrl_c_does(tmp_path):
+    """Before: SIGTERM (a batch system's stop) killed every command but ``segment`` at once (exit -15): an output
+    folder's lock and staging folder stayed behind. Now it cancels as Ctrl-C: the folder is aborted, the lock
+    released, exit 130 with one line; one that comes while the result is swapped in waits, then cancels nothing."""
+    code = (
+        "import os, signal, sys\n"
+        "sys.stderr = sys.stdout\n"
+        "from TokenUNetSegmentLib.pipeline import cli\n"
+        "from TokenUNetSegmentLib.pipeline.output_folder import OutputFolder\n"
+        "def run(args):\n"
+        "    with OutputFolder(args.out, 'test') as folder:\n"
+        "        (folder.staging / 'half.txt').write_text('half')\n"
+        "        if args.when == 'writing':\n"
+        "            signal.raise_signal(signal.SIGTERM)\n"
+        "        (folder.staging / 'whole.txt').write_text('whole')\n"
+        "        folder.commit()\n"
+        "    return 0\n"
+        "def arguments(parser):\n"
+        "    parser.add_argument('--out')\n"
+        "    parser.add_argument('--when')\n"
+        "swap = OutputFolder._swap\n"
+        "def swap_with_a_stop(self, *a):\n"
+        "    signal.raise_signal(signal.SIGTERM) if self.destination.name == 'c' else None\n"
+        "    return swap(self, *a)\n"
+        "OutputFolder._swap = swap_with_a_stop\n"
+        "cli.register_command('stops', 'test', arguments, run)\n"
+        f"print('exit', cli.main(['stops', '--out', {str(tmp_path / 'a')!r}, '--when', 'writing']))\n"
+        f"print('exit', cli.main(['stops', '--out', {str(tmp_path / 'b')!r}, '--when', 'never']))\n"
+        f"print('exit', cli.main(['stops', '--out', {str(tmp_path / 'c')!r}, '--when', 'never']))\n"
+        "print('handler restored', signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n"
+    )
+    lines = [line for line in run_python(code).splitlines() if line]
+    assert lines == ["interrupted; no output was written", "exit 130", "exit 0", "exit 0", "handler restored True"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c"]  # no lock, no staging folder, no a/

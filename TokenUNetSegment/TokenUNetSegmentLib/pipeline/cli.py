@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -246,7 +248,7 @@ def _run(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     json_progress = getattr(args, "progress", None) == "json"
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _terminate_as_interrupt():
             warnings.showwarning = _warning_printer(json_progress)
             return COMMANDS[args.command](args)
     except BrokenPipeError:  # the reader of our output went away (``| head``): nothing left to tell it
@@ -258,6 +260,21 @@ def _run(argv: list[str] | None) -> int:
         if args.debug and event.category != "cancelled":
             raise
         return _report(event, json_progress, isinstance(error, KeyboardInterrupt))
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a batch system's or the GUI's stop) cancels as Ctrl-C does: output folders are aborted, locks
+    released, exit code 130 (before: only ``segment``, which cancels between windows; the others died at once, leaving
+    their lock and staging folder behind)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _warning_printer(json_progress: bool):

@@ -723,8 +723,8 @@ def _deferred_signals(warnings: list[str]):
             warnings.append("an interrupt came while the result was put in place; it waited until the swap was done")
             for signum in dict.fromkeys(received):
                 handler = previous.get(signum)
-                if signum == signal.SIGINT and handler is signal.default_int_handler:
-                    continue  # the result is complete: a deferred Ctrl-C no longer cancels anything
+                if handler is signal.default_int_handler:
+                    continue  # the result is complete: a deferred Ctrl-C (or SIGTERM as one) no longer cancels it
                 if callable(handler):
                     handler(signum, None)
                 elif handler == signal.SIG_DFL and signum != signal.SIGINT:
