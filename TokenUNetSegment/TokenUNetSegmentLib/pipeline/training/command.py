@@ -237,10 +237,37 @@ def _datalist_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+LAYOUT_OPTIONS = {  # option: (its dest, its default, the layouts it applies to)
+    "--images": ("images", None, ("folders",)),
+    "--labels": ("labels", None, ("folders",)),
+    "--table": ("table", "btcv", ("folders",)),
+    "--splits": ("splits", ["train"], ("totalsegmentator",)),
+    "--validation-splits": ("validation_splits", ["val"], ("totalsegmentator",)),
+    "--structures": ("structures", "all", ("totalsegmentator",)),
+    "--validation-fraction": ("validation_fraction", 0.0, ("decathlon", "folders")),
+}
+
+
+def _check_layout_options(args: argparse.Namespace) -> None:
+    """Options of another layout are refused, not ignored (before: ``decathlon ... --splits test`` trained on every
+    split without a word)."""
+    if args.layout == "folders" and args.root:
+        raise InputError(
+            f"the folders layout takes no dataset folder (got {args.root!r})", "give --images and --labels instead"
+        )
+    for option, (dest, default, layouts) in LAYOUT_OPTIONS.items():
+        if args.layout not in layouts and getattr(args, dest) != default:
+            raise InputError(
+                f"{option} applies only to the {' and '.join(layouts)} layout{'s' if len(layouts) > 1 else ''}",
+                f"drop it for the {args.layout} layout",
+            )
+
+
 def run_datalist(args: argparse.Namespace) -> int:
     from ..output_folder import check_file_destination, write_file_atomically
     from . import datasets
 
+    _check_layout_options(args)
     # before the dataset is scanned; a datalist this command wrote is replaced, any other file only if asked
     out = check_file_destination(args.out, args.overwrite or datasets.written_by_datalist)
     labels = [label["name"] for label in load_config(args.config)["labels"]] if args.config else None
