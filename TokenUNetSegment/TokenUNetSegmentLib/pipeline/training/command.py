@@ -177,6 +177,11 @@ def _train(args: argparse.Namespace, train, Recipe, rank: int) -> int:
     parse_config(config, f"training configuration {args.config}")  # one clear error before any work
     recipe = Recipe.from_arguments(args)
     printer = ProgressPrinter(args.progress if rank == 0 else "none")
+    cpus = os.cpu_count() or 1
+    if args.threads and args.threads > cpus:  # torch takes them, and the CPUs switch between them
+        printer.warning(
+            f"--threads {args.threads} is more than this computer's {cpus} CPUs: it trains slower, not faster"
+        )
 
     def echo(record: dict) -> None:
         if record.get("event") == "validation":
