@@ -308,3 +308,18 @@ def test_sigterm_cancels_every_command_as_ctrl_c_does(tmp_path):
     lines = [line for line in run_python(code).splitlines() if line]
     assert lines == ["interrupted; no output was written", "exit 130", "exit 0", "exit 0", "handler restored True"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c"]  # no lock, no staging folder, no a/
+
+
+def test_argument_errors_under_json_progress_are_json_events(capsys):
+    """Before: ``segment ... --overlap 2 --progress json`` printed ``error: argument --overlap: ...`` as text, the
+    one line on stderr that a program reading events could not decode."""
+    for argv in (["--overlap", "2", "--out", "o"], ["--out", "a", "--out", "b"], []):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["segment", "ct.nii.gz", "--progress", "json", *argv])
+        assert stop.value.code == ExitCode.USER_ERROR
+        (line,) = capsys.readouterr().err.splitlines()
+        event = decode_event(line)
+        assert isinstance(event, ErrorEvent) and event.category == "user" and event.error_type == "ArgumentError"
+    with pytest.raises(SystemExit):
+        cli.main(["segment", "ct.nii.gz", "--overlap", "2", "--out", "o"])
+    assert capsys.readouterr().err.startswith("error: argument --overlap: must be below 1")

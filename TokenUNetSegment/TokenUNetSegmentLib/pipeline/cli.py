@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import os
 import signal
 import sys
@@ -180,8 +181,12 @@ class OneLineParser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
-        hint = f"see '{self.prog} --help'"
-        self.exit(ExitCode.USER_ERROR, ErrorEvent(message, "user", hint, "ArgumentError").line() + "\n")
+        event = ErrorEvent(message, "user", f"see '{self.prog} --help'", "ArgumentError")
+        self.exit(ExitCode.USER_ERROR, (encode_event(event) if JSON_ERRORS.get() else event.line()) + "\n")
+
+
+JSON_ERRORS = contextvars.ContextVar("JSON_ERRORS", default=False)
+"""Whether parse errors are JSON error events (the command line asks for ``--progress json``)."""
 
 
 def build_parser(*commands: str) -> argparse.ArgumentParser:
@@ -236,6 +241,7 @@ def _run(argv: list[str] | None) -> int:
 
     tokens = sys.argv[1:] if argv is None else [str(a) for a in argv]
     json_progress = "--progress=json" in tokens or ("--progress", "json") in zip(tokens, tokens[1:], strict=False)
+    json_errors = JSON_ERRORS.set(json_progress)
     try:
         use_huge_pages()  # before torch is imported
         args = parse_arguments(argv)
@@ -245,6 +251,8 @@ def _run(argv: list[str] | None) -> int:
         if missing_dependency(error) is None or "--debug" in tokens:
             raise
         return _report(ErrorEvent.from_error(error), json_progress)
+    finally:
+        JSON_ERRORS.reset(json_errors)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     json_progress = getattr(args, "progress", None) == "json"
     try:
