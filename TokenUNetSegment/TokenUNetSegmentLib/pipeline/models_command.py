@@ -96,6 +96,13 @@ def describe(metadata: PackageMetadata, path: Path) -> str:
 def _import(store: ModelStore, args: argparse.Namespace) -> Path:
     source = Path(args.path)
     if source.suffix.lower() not in WEIGHTS_SUFFIXES:
+        given = [option for option, value in (("--like", args.like), ("--id", args.new_id)) if value]
+        if given:  # before: ignored, the package imported under its own id
+            raise TokenUNetError(
+                f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} only to a weights file "
+                f"({', '.join(WEIGHTS_SUFFIXES)}); a package keeps the id in its metadata",
+                f"drop {' and '.join(given)}",
+            )
         return store.import_package(source, overwrite=args.overwrite)
     from .package_writer import package_from_weights
 
