@@ -323,3 +323,12 @@ def test_argument_errors_under_json_progress_are_json_events(capsys):
     with pytest.raises(SystemExit):
         cli.main(["segment", "ct.nii.gz", "--overlap", "2", "--out", "o"])
     assert capsys.readouterr().err.startswith("error: argument --overlap: must be below 1")
+
+
+def test_attention_grid_with_no_heatmaps_is_a_contradiction(tmp_path, capsys):
+    """Before: ``--no-heatmaps --attention-grid input`` wrote no maps without a word about the grid asked for."""
+    argv = ["segment", "ct.nii.gz", "--out", str(tmp_path / "o"), "--no-heatmaps", "--attention-grid", "input"]
+    assert cli.main(argv) == ExitCode.USER_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("error: --attention-grid input places maps that --no-heatmaps does not write"), err
+    assert not any(tmp_path.iterdir())

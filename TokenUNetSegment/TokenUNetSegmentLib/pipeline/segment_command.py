@@ -140,6 +140,13 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         printer(stage, WRITE_START * fraction)  # the output files take the rest of the bar
 
     folder = None
+    if args.no_heatmaps and args.attention_grid != DEFAULT_ATTENTION_GRID:  # before: ignored
+        from .errors import InputError
+
+        raise InputError(
+            f"--attention-grid {args.attention_grid} places maps that --no-heatmaps does not write",
+            "drop one of the two",
+        )
     try:
         printer("start", 0.0)  # a first line at once: before the model and inputs are read, torch imported
         store = ModelStore(getattr(args, "catalog", None))
