@@ -140,29 +140,10 @@ class ProgressPrinter:
             self.stream.flush()
 
 
-class StoreOnce(argparse._StoreAction):
-    """argparse's ``store``, refusing an option given twice with different values (``--out a ... --out b``, where
-    argparse would silently drop ``a``)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        given = parser.given_once.setdefault(self.dest, values)
-        if given != values:
-            shown = " ".join(values) if isinstance(values, list) else values
-            first = " ".join(given) if isinstance(given, list) else given
-            raise argparse.ArgumentError(self, f"given twice ({first!r}, then {shown!r}); give it once")
-        setattr(namespace, self.dest, values)
-
-
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (``error: ... (see 'tokenunet segment --help')``) and exit
-    code 2, like every other user error; its subcommand parsers are of the same kind. An option given twice with
-    different values is such an error (:class:`StoreOnce`)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.register("action", None, StoreOnce)
-        self.register("action", "store", StoreOnce)
-        self.given_once: dict = {}
+    code 2, like every other user error; its subcommand parsers are of the same kind. An option given twice takes
+    its last value, as in argparse and most tools (recipe scripts pass their defaults first, the user's after)."""
 
     def _add_action(self, action: argparse.Action) -> argparse.Action:
         """Every option's help states its default (argparse shows none unless told)."""
@@ -175,10 +156,6 @@ class OneLineParser(argparse.ArgumentParser):
             action.help = f"{action.help} (default: {shown})" if action.help else f"default: {shown}"
             action.help = action.help.replace("%", "%%").replace("%%(", "%(")
         return super()._add_action(action)
-
-    def parse_known_args(self, args=None, namespace=None):
-        self.given_once = {}
-        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
         event = ErrorEvent(message, "user", f"see '{self.prog} --help'", "ArgumentError")
