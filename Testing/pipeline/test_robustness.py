@@ -79,6 +79,9 @@ def test_robustness_of_a_threshold_model_is_near_perfect():
     assert rows["slab 10 @ liver"]["dice"]["liver"] > 0.95
     assert rows["oblique"]["dice"]["liver"] > 0.85 and rows["oblique"]["agreement_with_plain"]["liver"] > 0.85
     assert rows["5 mm slices"]["dice"]["liver"] > 0.8
+    assert rows["plain"]["confidence"]["liver"] > 0.5 and isinstance(rows["plain"]["flags"]["liver"], list)
+    assert set(rows["slab 10 @ liver"]["confidence"]) == {"liver"}  # only found labels carry a confidence
+    assert result["calibration"]["organs"] == sum(len(r["confidence"]) for r in result["variants"])
     best = result["best_token"]["reference"]["liver"]
     assert best["soft_dice"] > 0.4 and best["token"] == 0  # token 0 follows the bright organ (coarse 24 mm grid)
     table = format_table(result)
@@ -106,6 +109,7 @@ def test_robustness_command_writes_json_and_a_table(tmp_path):
     result = json.loads((out / "robustness.json").read_text())
     assert [row["variant"] for row in result["variants"]][:2] == ["plain", "slab 10 @ liver"]
     assert "| variant | liver | mean |" in (out / "robustness.md").read_text()
+    assert "| confidence | organs | mean Dice |" in (out / "robustness.md").read_text()
     assert (
         cli.main(["robustness", "--model", str(path), "--image", str(tmp_path / "ct.nii.gz"), "--out", str(out)]) == 2
     )

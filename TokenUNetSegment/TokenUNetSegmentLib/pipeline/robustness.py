@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import confidence_pairs, format_summary, summarise
 from .errors import InputError
 
 SLAB_SLICES = (10, 13, 20, 30, 40)  # 13 and 30: the cuts of the sample quoted in issue 10
@@ -267,6 +268,7 @@ def evaluate_robustness(
             "mean_dice": round(float(np.mean(list(dice.values()))), 4) if dice else None,
             "volume_ml": {n: round(m["volume_ml"], 1) for n, m in metrics.items()},
             "seconds": round(result.timings["total"], 2),
+            **_judgement(result.assessment),
         }
         if variant.name == "plain":
             plain_labels = predicted
@@ -293,7 +295,19 @@ def evaluate_robustness(
         rows.append(row)
     if progress:
         progress("done", 1.0)
-    return {"model": package.id, "labels": [n for _, _, n in pairs], "variants": rows, "best_token": tokens_out}
+    out = {"model": package.id, "labels": [n for _, _, n in pairs], "variants": rows, "best_token": tokens_out}
+    return {**out, "calibration": summarise(confidence_pairs(out))}
+
+
+def _judgement(assessment) -> dict:
+    """Each found label's confidence and flag codes (empty without an assessment)."""
+    if assessment is None:
+        return {"confidence": {}, "flags": {}}
+    found = {name: label for name, label in assessment.labels.items() if label.found}
+    return {
+        "confidence": {name: round(label.confidence, 3) for name, label in found.items()},
+        "flags": {name: [flag.code for flag in label.flags] for name, label in found.items()},
+    }
 
 
 def _best_prediction_tokens(matches: list[dict]) -> dict:
@@ -425,7 +439,11 @@ def run_robustness(args: argparse.Namespace) -> int:
         result["case"] = case["name"]
         result["image"] = case["image"]
         results.append(result)
-    tables = "\n\n".join(f"### {r['case']} ({r['model']})\n\n{format_table(r)}" for r in results)
+    tables = "\n\n".join(
+        f"### {r['case']} ({r['model']})\n\n{format_table(r)}\n\nConfidence against Dice: "
+        + format_summary(r["calibration"])
+        for r in results
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "robustness.json").write_text(
         json.dumps(results if len(results) > 1 else results[0], indent=2), encoding="utf-8"
