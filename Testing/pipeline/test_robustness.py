@@ -125,3 +125,25 @@ def test_robustness_command_writes_json_and_a_table(tmp_path):
         str(out),
     ]
     assert cli.main(bad) == 2  # no evaluation entry for that patient
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"[]", "is not a JSON object"),
+        (b'{"evaluation": {"patient": "P"}}', "'evaluation' must be a list"),
+        (b'{"evaluation": [{"patient": "P", "image": "ct.nii.gz"}]}', "needs 'image' and 'label'"),
+        (b'{"evaluation": [{"patient": "P", "image": "ct.nii.gz", "label": "r.nii.gz", "labels": [1]}]}', "'labels'"),
+        (b'{"dataroot": 5, "evaluation": []}', "dataroot"),
+        (b'{"evaluation": [], "evaluation": []}', "evaluation"),
+        (b'{"evaluation": [\xe9]}', "not valid JSON"),
+    ],
+)
+def test_a_malformed_datalist_exits_2_in_one_line(tmp_path, capsys, content, message):
+    """Before: read without the JSON checks; a list, a misplaced entry or a bad table was an internal error."""
+    (tmp_path / "list.json").write_bytes(content)
+    args = ["robustness", "--model", "x", "--datalist", str(tmp_path / "list.json"), "--patient", "P"]
+    assert cli.main([*args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and message in err, err
+    assert not (tmp_path / "out").exists()

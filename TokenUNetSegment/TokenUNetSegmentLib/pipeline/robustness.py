@@ -355,21 +355,42 @@ def format_table(result: dict) -> str:
 
 
 def evaluation_entries(datalist: str | Path, patient: str) -> list[dict]:
-    """The ``evaluation`` entries of a datalist for one patient (paths made absolute, name tables read)."""
+    """The ``evaluation`` entries of a datalist for one patient (paths made absolute, name tables read).
+
+    Raises:
+        InputError: a file that is not a datalist, or an entry without its image, label or a valid name table.
+    """
+    from .json_files import read_json_file
     from .training.label_tables import named_table
 
     path = Path(datalist)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"cannot read the datalist {path}: {error}") from None
+    hint = 'entries like {"patient": "A", "image": "ct.nii.gz", "label": "ref.nii.gz", "labels": {"1": "liver"}}'
+    data = read_json_file(path, f"the datalist {path}")
+    if not isinstance(data, dict):
+        raise InputError(f"the datalist {path} is not a JSON object", hint)
+    if not isinstance(data.get("evaluation", []), list):
+        raise InputError(f"the datalist {path}: 'evaluation' must be a list", hint)
+    if not isinstance(data.get("dataroot", "."), str):
+        raise InputError(f"the datalist {path}: 'dataroot' is not a path", hint)
     root = (path.parent / data.get("dataroot", ".")).resolve()
-    entries = [e for e in data.get("evaluation") or [] if str(e.get("patient")) == str(patient)]
+    entries = [
+        (index, e)
+        for index, e in enumerate(data.get("evaluation") or [])
+        if isinstance(e, dict) and str(e.get("patient")) == str(patient)
+    ]
     if not entries:
         raise InputError(f"the datalist {path} has no 'evaluation' entry for patient {patient}")
     out = []
-    for entry in entries:
-        names = named_table(entry.get("labels", data.get("labels")))
+    for index, entry in entries:
+        where = f"{path.name}: evaluation[{index}]"
+        if not all(isinstance(entry.get(key), str) and entry[key] for key in ("image", "label")):
+            raise InputError(f"{where} needs 'image' and 'label' paths", hint)
+        try:
+            names = named_table(entry.get("labels", data.get("labels")))
+        except (KeyError, ValueError, AttributeError, TypeError):
+            raise InputError(
+                f"{where}: 'labels' must be a {{value: name}} table or a known table's name", hint
+            ) from None
         out.append(
             {
                 "name": entry.get("name", patient),
