@@ -372,3 +372,14 @@ def test_stored_values_rescale_and_compression_read_as_the_same_values(
             ds.compress(RLELossless)
         ds.save_as(path)
     np.testing.assert_array_equal(read_volume(folder).array, PIXELS.transpose(2, 1, 0))
+
+
+def test_the_grid_a_series_declares_is_the_grid_read(tmp_path):
+    """The grid known from the slices' headers (for the run's memory check before reading) is the one read."""
+    from TokenUNetSegmentLib.pipeline.volumes import open_input
+
+    write_dicom_series(tmp_path / "ct", PIXELS, spacing=(0.7, 0.8, 3.0), orientation=(1, 0, 0, 0, 0.6, -0.8))
+    opened = open_input(tmp_path / "ct")
+    volume = opened()
+    assert opened.grid.shape == volume.grid.shape == (20, 16, 12)
+    np.testing.assert_allclose(np.abs(opened.grid.affine[:3, :3]), np.abs(volume.affine[:3, :3]), atol=1e-4)

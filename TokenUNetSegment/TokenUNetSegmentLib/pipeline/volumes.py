@@ -39,11 +39,13 @@ def as_volume(item, name: str | None = None) -> Volume:
 @dataclass(frozen=True)
 class OpenedVolume:
     """An input whose header has been checked: the ``values`` it declares (its voxels, for a scalar volume) and
-    ``read()`` for the checked :class:`Volume`."""
+    ``read()`` for the checked :class:`Volume`; ``grid``: the voxel grid its header declares (origin aside), None
+    when it declares none."""
 
     values: int
     read: Callable[[], Volume]
     modality: str = ""  # as Volume.modality, known from the header
+    grid: Grid | None = None
 
     def __call__(self) -> Volume:
         return self.read()
@@ -57,7 +59,7 @@ def open_input(item, name: str | None = None) -> OpenedVolume:
     item = resolve_input(item)
     if isinstance(item, (str, Path)):
         opened = open_volume(item)
-        return OpenedVolume(opened.values, lambda: _checked(opened()), opened.modality)
+        return OpenedVolume(opened.values, lambda: _checked(opened()), opened.modality, opened.grid)
     if isinstance(item, Volume):
         volume = item
     elif isinstance(item, (tuple, list)) and len(item) == 2:
@@ -68,7 +70,7 @@ def open_input(item, name: str | None = None) -> OpenedVolume:
             "pass a file path, a DICOM folder or an (array, ijk_to_ras 4x4) pair",
         )
     _checked(volume)
-    return OpenedVolume(int(volume.array.size), lambda: volume, volume.modality)
+    return OpenedVolume(int(volume.array.size), lambda: volume, volume.modality, volume.grid)
 
 
 def _checked(volume: Volume) -> Volume:
@@ -137,7 +139,7 @@ def open_volume(path: str | Path, limit: int | None = None) -> OpenedVolume:
         volume.warnings, volume.modality = warnings, opened.modality
         return volume
 
-    return OpenedVolume(opened.values, read, opened.modality)
+    return OpenedVolume(opened.values, read, opened.modality, opened.grid)
 
 
 def volume_from_image(image: sitk.Image, name: str = "volume") -> Volume:

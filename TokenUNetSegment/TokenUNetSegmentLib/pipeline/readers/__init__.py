@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from ..errors import InputError, OutOfMemoryError
 from .dicom import open_series
 from .dicom_meta import DICOMDIR_CLASS, dicom_file_class
-from .header import OpenedImage, check_header, check_size
+from .header import OpenedImage, check_header, check_size, header_grid
 from .itk import itk_error_text, pixel_bytes, quiet_itk
 from .metaimage import parse_metaimage
 from .nifti import parse_nifti
@@ -64,7 +64,7 @@ def open_image(path: str | Path, limit: int | None = None) -> OpenedImage:
     with _read_errors(name):
         if path.is_dir():
             series = open_series(path, limit)
-            return OpenedImage(series.values, lambda: _guarded(name, series.read), series.modality)
+            return OpenedImage(series.values, lambda: _guarded(name, series.read), series.modality, series.grid)
         if not path.exists():
             raise InputError(f"input not found: {path}")
         if not path.is_file():  # a FIFO or a device would block or never end
@@ -74,7 +74,7 @@ def open_image(path: str | Path, limit: int | None = None) -> OpenedImage:
             kind = dicom_file_class(path)
             if kind is not None:  # one file of a series: the user's choice among the series of its folder; a DICOMDIR
                 series = open_series(path.parent, limit, chosen=None if kind == DICOMDIR_CLASS else path)  # its folder
-                return OpenedImage(series.values, lambda: _guarded(name, series.read), series.modality)
+                return OpenedImage(series.values, lambda: _guarded(name, series.read), series.modality, series.grid)
             raise InputError(
                 f"unsupported file type '{suffix or path.name}' for {path.name}",
                 f"use one of {', '.join(SUPPORTED_SUFFIXES)}, a DICOM series folder or one of its files",
@@ -91,7 +91,7 @@ def open_image(path: str | Path, limit: int | None = None) -> OpenedImage:
             raise InputError(f"{name}: read {read} values where its header declares {header.values}", "export it again")
         return image, list(header.warnings)
 
-    return OpenedImage(header.values, lambda: _guarded(name, read_file))
+    return OpenedImage(header.values, lambda: _guarded(name, read_file), grid=header_grid(header))
 
 
 def _guarded(name: str, read):

@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..geometry import Grid
 from .dicom_meta import dicom_file_class
 from .header import OpenedImage, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
@@ -123,7 +124,19 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
         _values(ordered[0], len(files)),
         lambda: (_read_files(reader, files, ordered, folder, limit), warnings),
         ordered[0].modality,
+        _grid(ordered),
     )
+
+
+def _grid(ordered: list[Slice]) -> Grid:
+    """The grid of slices in order along their normal (checked regular), its origin left at 0."""
+    first, last = ordered[0], ordered[-1]
+    row, column = first.orientation
+    normal = np.cross(row, column)
+    step = float((last.position - first.position) @ normal) / (len(ordered) - 1)
+    affine = np.eye(4)
+    affine[:3, :3] = np.stack([row * first.spacing[0], column * first.spacing[1], normal * step], axis=1)
+    return Grid((first.size[0], first.size[1], len(ordered)), affine)
 
 
 def _series_in(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
