@@ -55,9 +55,7 @@ def test_the_token_count_declared_by_a_configuration_is_the_built_networks():
     """``declared_token_count`` (torch-free, for the run's memory check before torch is imported) agrees with the
     networks the registry builds, overrides included; a network it does not know gives None."""
     import torch
-    from TokenUNetSegmentLib.model import declared_token_count
-
-    from TokenUNetSegmentLib.model import METAUNETR_NAMES, TOKEN_UNET_VARIANTS, MetaUNETR
+    from TokenUNetSegmentLib.model import METAUNETR_NAMES, TOKEN_UNET_VARIANTS, MetaUNETR, declared_token_count
 
     for name in TOKEN_UNET_VARIANTS:
         for overrides in ({}, {"num_tokens": 4}):

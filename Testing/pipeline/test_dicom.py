@@ -383,3 +383,62 @@ def test_the_grid_a_series_declares_is_the_grid_read(tmp_path):
     volume = opened()
     assert opened.grid.shape == volume.grid.shape == (20, 16, 12)
     np.testing.assert_allclose(np.abs(opened.grid.affine[:3, :3]), np.abs(volume.affine[:3, :3]), atol=1e-4)
+
+
+def write_study(folder, with_ct=True):
+    """A PET/CT study in one folder: a CT series (12 slices), a larger PET series (20), a one-slice scout (CT, a
+    series of its own) and a radiation dose report (a structured report, no pixels)."""
+    if with_ct:
+        write_dicom_series(folder, PIXELS, description="CT abdomen")
+    write_dicom_series(
+        folder, np.concatenate([PIXELS, PIXELS[:8]]), series="1.2.826.0.1.3680043.2.1125.1.5",
+        description="PET AC", prefix="PT", modality="PT", spacing=(0.8, 0.8, 2.0),
+    )  # fmt: skip
+    write_dicom_series(
+        folder, PIXELS[:1], series="1.2.826.0.1.3680043.2.1125.1.6", description="scout", prefix="SC",
+        orientation=(0, 1, 0, 0, 0, -1),
+    )  # fmt: skip
+    write_non_image_dicom(folder / "DOSE.dcm", "1.2.840.10008.5.1.4.1.1.88.67")  # X-Ray Radiation Dose SR
+    return folder
+
+
+def test_a_pet_ct_study_reads_the_series_of_the_models_modality_and_says_why(tmp_path, capsys):
+    """Before: the larger PET series was read and then refused as 'PT; model expects CT'."""
+    from helpers.packages import make_package, tiny_config
+    from TokenUNetSegmentLib.pipeline import cli
+    from TokenUNetSegmentLib.pipeline.volumes import open_input
+
+    study = write_study(tmp_path / "study")
+    package = make_package(tmp_path, tiny_config(roi=(16, 16, 16)))
+    out = tmp_path / "out"
+    assert cli.main(["segment", str(study), "--model", str(package), "--out", str(out), "--no-overview"]) == 0
+    assert "warning: study holds 3 DICOM series; read 'CT abdomen' (12 files)" in capsys.readouterr().err
+    volume = open_input(study, modality="CT")()
+    np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
+    assert volume.modality == "CT"
+    assert volume.warnings == [
+        "study holds 3 DICOM series; read 'CT abdomen' (12 files), the largest CT series, as the model's input is CT "
+        "(also there: 'PET AC' (PT, 20 files), 'scout' (CT, 1 file)): to choose another, pass one of its files or "
+        "its own folder"
+    ]
+    assert open_input(study)().modality == "PT"  # no model: the largest, as before
+
+
+def test_a_study_without_a_series_of_the_models_modality_is_refused_plainly(tmp_path, capsys):
+    from helpers.packages import make_package, tiny_config
+    from TokenUNetSegmentLib.pipeline import cli
+
+    study = write_study(tmp_path / "study", with_ct=False)
+    (study / "SC0001.dcm").unlink()
+    write_dicom_series(
+        study, PIXELS, series="1.2.826.0.1.3680043.2.1125.1.7", description="PET NAC", prefix="NAC", modality="PT"
+    )
+    package = make_package(tmp_path, tiny_config(roi=(16, 16, 16)))
+    out = tmp_path / "out"
+    assert cli.main(["segment", str(study), "--model", str(package), "--out", str(out)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (
+        "error: study holds no CT DICOM series, which the model's input needs: 'PET AC' (PT, 20 files), "
+        "'PET NAC' (PT, 12 files) (pass a folder with a CT series, or choose a model for PT)"
+    ), line
+    assert not out.exists()

@@ -133,7 +133,8 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
             assigned = assign_inputs(inputs, config)
             if all(assigned.values()) and len(set(assigned.values())) == len(inputs):
                 inputs = list(assigned.values())
-        opened = [open_input(item) for item in inputs]  # headers checked, DICOM slices' included
+        expected = [channel.modality for channel in config.inputs] + [""] * len(inputs)  # counts: checked in segment()
+        opened = [open_input(item, modality=kind) for item, kind in zip(inputs, expected, strict=False)]  # headers
         for item, channel, name in zip(opened, config.inputs, inputs, strict=False):  # counts: checked in segment()
             check_modality(item.modality, channel.modality, Path(name).name, package_id, channel.name)
         architecture = config.architecture

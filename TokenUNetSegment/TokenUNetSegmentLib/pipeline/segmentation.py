@@ -213,7 +213,8 @@ def channel_volumes(inputs, package: ModelPackage) -> list[Volume]:
         raise InputError(
             f"model '{package.id}' needs {len(names)} input channel(s) ({', '.join(names)}), got {len(items)}"
         )
-    volumes = [as_volume(item, name) for item, name in zip(items, names, strict=True)]
+    channels = package.config.inputs
+    volumes = [as_volume(item, channel.name, channel.modality) for item, channel in zip(items, channels, strict=True)]
     for volume, channel in zip(volumes, package.config.inputs, strict=True):
         check_modality(volume.modality, channel.modality, volume.name, package.id, channel.name)
     return volumes

@@ -31,9 +31,10 @@ class Volume:
         return Grid(tuple(int(s) for s in self.array.shape), self.affine)
 
 
-def as_volume(item, name: str | None = None) -> Volume:
-    """A checked :class:`Volume` from a Volume, an ``(array, ijk_to_ras)`` pair, a path or ``sample:ID``."""
-    return open_input(item, name)()
+def as_volume(item, name: str | None = None, modality: str = "") -> Volume:
+    """A checked :class:`Volume` from a Volume, an ``(array, ijk_to_ras)`` pair, a path or ``sample:ID`` (``modality``:
+    see :func:`open_input`)."""
+    return open_input(item, name, modality)()
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,15 @@ class OpenedVolume:
         return self.read()
 
 
-def open_input(item, name: str | None = None) -> OpenedVolume:
+def open_input(item, name: str | None = None, modality: str = "") -> OpenedVolume:
     """:func:`as_volume` in two steps: a file's header (a DICOM series' slice headers) is read and checked now; calling
-    the result reads the voxels and checks the volume (see :func:`.readers.open_image`)."""
+    the result reads the voxels and checks the volume (see :func:`.readers.open_image`). ``modality``: what the
+    model's input expects (chooses among the series of a DICOM folder)."""
     from .samples import resolve_input
 
     item = resolve_input(item)
     if isinstance(item, (str, Path)):
-        opened = open_volume(item)
+        opened = open_volume(item, modality=modality)
         return OpenedVolume(opened.values, lambda: _checked(opened()), opened.modality, opened.grid)
     if isinstance(item, Volume):
         volume = item
@@ -126,12 +128,12 @@ def read_volume(path: str | Path, limit: int | None = None) -> Volume:
     return open_volume(path, limit)()
 
 
-def open_volume(path: str | Path, limit: int | None = None) -> OpenedVolume:
+def open_volume(path: str | Path, limit: int | None = None, modality: str = "") -> OpenedVolume:
     """:func:`read_volume` in two steps: the header now, the voxels when the result is called."""
     from .arguments import as_path
 
     path = as_path(path, "an input volume")
-    opened = open_image(path, limit)
+    opened = open_image(path, limit, modality)
 
     def read() -> Volume:
         image, warnings = opened()

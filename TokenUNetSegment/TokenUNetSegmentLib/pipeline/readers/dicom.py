@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..geometry import Grid
-from .dicom_meta import dicom_file_class
+from .dicom_meta import dicom_file_class, modality_matches
 from .header import OpenedImage, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
 
@@ -59,13 +59,15 @@ def read_series(folder: Path, limit: int | None = None) -> tuple[sitk.Image, lis
     return open_series(folder, limit)()
 
 
-def open_series(folder: Path, limit: int | None = None, chosen: Path | None = None) -> OpenedImage:
+def open_series(folder: Path, limit: int | None = None, chosen: Path | None = None, modality: str = "") -> OpenedImage:
     """:func:`read_series` in two steps: the series is found and its slices' headers checked now; calling the
     returned :class:`.header.OpenedImage` reads and stacks the voxels (one long SimpleITK call, which another thread
     can run).
 
     A folder without DICOM files of its own is searched below (a CD or PACS export: DICOMDIR beside
     ``PT0/ST0/SE0/...``). ``chosen``: a file of ``folder`` whose series to read (the user's choice among several).
+    ``modality``: what the model's input expects (``CT``, ``MR``): among several series, the largest of that
+    Modality is read (a PET/CT study: the CT, not the larger PET), and a folder with none of it is refused.
     """
     warnings: list[str] = []
     reader = sitk.ImageSeriesReader()
@@ -86,7 +88,7 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
             )
         uid, files = picked[0]
     else:
-        uid, files = _largest(series, folder, warnings)
+        uid, files = _largest(series, folder, warnings, modality)
     slices = [_slice_info(file, folder) for file in files]
     read = {os.path.normpath(f) for _, names in series for f in names}
     places = {folder} | {Path(f).parent for f in files}
@@ -170,26 +172,50 @@ def _series_below(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
     return [(uid, tuple(files)) for uid, files in found.items()]
 
 
-def _largest(series: list, folder: Path, warnings: list[str]) -> tuple[str, tuple[str, ...]]:
-    """The series with most files; with several, a warning naming it (refused when two are equally large)."""
+def _largest(series: list, folder: Path, warnings: list[str], modality: str = "") -> tuple[str, tuple[str, ...]]:
+    """The series with most files (of ``modality``, when given and there are several); with several, a warning
+    naming it (refused when two are equally large, or when none is of ``modality``)."""
     ranked = sorted(series, key=lambda s: -len(s[1]))
-    uid, files = ranked[0]
     if len(ranked) == 1:
-        return uid, files
-    if len(ranked[1][1]) == len(files):
+        return ranked[0]
+    why, others = "the largest", ""
+    if modality:
+        kinds = [_series_header(files[0])[1] for _, files in ranked]
+        fitting = [s for s, kind in zip(ranked, kinds, strict=True) if modality_matches(kind, modality)]
+        fitting = fitting or [s for s, kind in zip(ranked, kinds, strict=True) if not kind]  # unknown: may be it
+        if not fitting:
+            found = ", ".join(_named(s, kind) for s, kind in zip(ranked[:3], kinds, strict=False))
+            raise InputError(
+                f"{folder.name} holds no {modality} DICOM series, which the model's input needs: {found}",
+                f"pass a folder with a {modality} series, or choose a model for {kinds[0]}",
+            )
+        if len(fitting) < len(ranked) and ranked[0] not in fitting:  # the choice differs from the largest: say why
+            why = f"the largest {modality} series, as the model's input is {modality}"
+            left = [_named(s, kind) for s, kind in zip(ranked, kinds, strict=True) if s != fitting[0]]
+            others = f" (also there: {', '.join(left[:3])}{', ...' if len(left) > 3 else ''})"
+        ranked = fitting
+    uid, files = ranked[0]
+    if len(ranked) > 1 and len(ranked[1][1]) == len(files):
         tied = [f"'{(_description(s[1][0]) or s[0])[:30]}'" for s in ranked if len(s[1]) == len(files)]
         raise InputError(
-            f"{folder.name} holds {len(ranked)} DICOM series of {len(files)} files each ({', '.join(tied[:3])})",
+            f"{folder.name} holds {len(series)} DICOM series of {len(files)} files each ({', '.join(tied[:3])})",
             "pass one of the series' files, or its own folder, to say which one to segment",
         )
     where = Path(files[0]).parent
     place = f" in {where.relative_to(folder).as_posix()}" if where != folder else ""
     warnings.append(
-        f"{folder.name} holds {len(ranked)} DICOM series; read the largest, "
-        f"'{(_description(files[0]) or uid)[:60]}' ({len(files)} files{place}): to choose another, pass one of its "
-        "files or its own folder"
+        f"{folder.name} holds {len(series)} DICOM series; read {'the largest, ' if not others else ''}"
+        f"'{(_description(files[0]) or uid)[:60]}' ({len(files)} files{place}){', ' + why if others else ''}"
+        f"{others}: to choose another, pass one of its files or its own folder"
     )
     return uid, files
+
+
+def _named(series: tuple[str, tuple[str, ...]], modality: str) -> str:
+    """A series for a message: ``'PET AC' (PT, 20 files)``."""
+    uid, files = series
+    count = f"{len(files)} file{'s' if len(files) != 1 else ''}"
+    return f"'{(_description(files[0]) or uid)[:30]}' ({modality or 'no Modality'}, {count})"
 
 
 def _values(first: Slice, files: int) -> int:
@@ -396,14 +422,21 @@ def _placed_as_declared(image: sitk.Image, slices: list[Slice]) -> bool:
 
 
 def _description(file: str) -> str:
+    return _series_header(file)[0]
+
+
+def _series_header(file: str) -> tuple[str, str]:
+    """(SeriesDescription, Modality) of a slice file, "" for what it does not say or cannot be read."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(file)
     try:
         with quiet_itk():
             reader.ReadImageInformation()
-        return reader.GetMetaData(DESCRIPTION).strip() if reader.HasMetaDataKey(DESCRIPTION) else ""
     except RuntimeError:
-        return ""
+        return "", ""
+    return tuple(  # type: ignore[return-value]
+        reader.GetMetaData(tag).strip(" \0") if reader.HasMetaDataKey(tag) else "" for tag in (DESCRIPTION, MODALITY)
+    )
 
 
 def _unread_dicom_files(folder: Path, read: set[str], sop_class: str) -> list[str]:
