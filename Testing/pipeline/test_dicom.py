@@ -198,11 +198,33 @@ def test_a_file_that_is_not_dicom_is_still_an_unsupported_type(tmp_path):
 
 
 def test_mixed_orientations_within_a_series_are_refused(series, tmp_path):
+    """Axial slices and as many coronal reformats under one series UID: no volume to choose."""
     folder = copy_of(series, tmp_path)
-    write_dicom_series(folder, PIXELS[:1], orientation=(1, 0, 0, 0, 0, -1), prefix="COR", first_number=50)
+    write_dicom_series(folder, PIXELS[:6], orientation=(1, 0, 0, 0, 0, -1), prefix="COR", first_number=50)
     with pytest.raises(InputError, match=r"mixes slice orientations \(IM0001.dcm, COR0050.dcm\)") as error:
         read_volume(folder)
     short_line(error.value)
+
+
+@pytest.mark.parametrize("how", ["orientation", "image type"])
+def test_a_localizer_inside_the_series_is_left_out_with_a_warning(series, tmp_path, how):
+    """A scout slice stored under the CT's own series UID, in another orientation (and size), or marked LOCALIZER
+    in its ImageType. Before: refused ("mixes slice orientations", or as a gap or duplicate)."""
+    folder = copy_of(series, tmp_path)
+    if how == "orientation":
+        write_dicom_series(folder, PIXELS[:1, :8], orientation=(0, 1, 0, 0, 0, -1), prefix="LOC", first_number=50)
+    else:
+        write_dicom_series(
+            folder, PIXELS[:1], positions=[40.0], prefix="LOC", first_number=50,
+            extra_tags={"0008|0008": "ORIGINAL\\PRIMARY\\LOCALIZER"},
+        )  # fmt: skip
+    volume = read_volume(folder)
+    np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
+    np.testing.assert_allclose(volume.affine, SERIES_AFFINE, atol=1e-6)
+    reason = "another orientation" if how == "orientation" else "ImageType LOCALIZER"
+    assert volume.warnings == [
+        f"left out 1 localizer slice(s) of the DICOM series in ct (LOC0050.dcm: {reason}); read its 12 other slices"
+    ]
 
 
 def test_slices_of_different_sizes_are_refused(series, tmp_path):

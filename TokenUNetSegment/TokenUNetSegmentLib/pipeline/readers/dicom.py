@@ -30,13 +30,14 @@ POSITION, ORIENTATION, DESCRIPTION, SOP_CLASS, MODALITY = (
     "0008|0016",
     "0008|0060",
 )
-PIXEL_SPACING, SLICE_STEP = "0028|0030", "0018|0088"  # PixelSpacing, SpacingBetweenSlices
+PIXEL_SPACING, SLICE_STEP, IMAGE_TYPE = "0028|0030", "0018|0088", "0008|0008"  # ..., SpacingBetweenSlices, ImageType
 PADDING, PADDING_LIMIT, INTERCEPT, SLOPE = "0028|0120", "0028|0121", "0028|1052", "0028|1053"
 SAME_ORIENTATION = 1e-4  # direction cosines
 SAME_POSITION_MM = 1e-3
 EXACT_MM = 1e-2  # slice position errors below this are rounding in the headers
 UNEVEN_FRACTION = 0.1  # positions off by up to this share of the spacing: read, with a warning
 GAP_FACTOR = 1.5  # a step this much larger than the usual one means missing slices
+LOCALIZER_SLICES = 3  # at most this many slices in another orientation than the rest's are a localizer left out
 SEARCH_DEPTH, SEARCH_FOLDERS = 6, 2000  # subfolders searched for a series when a folder holds none itself
 
 
@@ -52,6 +53,7 @@ class Slice:
     sop_class: str = ""  # SOP Class UID (0008,0016): CT Image Storage, MR Image Storage, ...
     modality: str = ""  # Modality (0008,0060): CT, MR, PT, ...
     padding: tuple[float, float, float] | None = None  # PixelPaddingValue (to its range limit) rescaled, and slope
+    image_type: str = ""  # ImageType (0008,0008): ORIGINAL\PRIMARY\AXIAL, ...\LOCALIZER
 
 
 def read_series(folder: Path, limit: int | None = None) -> tuple[sitk.Image, list[str]]:
@@ -108,6 +110,9 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
                 f"the DICOM series in {folder.name} has several multi-frame files ({Path(s.file).name}, ...)",
                 "convert it to NRRD in Slicer, or export classic single-frame slices",
             )
+    slices, localizer = without_localizer(slices, folder.name)
+    if localizer:
+        warnings.append(localizer)
     if len(slices) == 1:
         raise InputError(f"the DICOM series in {folder.name} has one slice", "segmentation needs a 3D volume")
     try:
@@ -257,6 +262,7 @@ def _slice_info(file: str, folder: Path) -> Slice:
         reader.GetMetaData(SOP_CLASS).strip(" \0") if reader.HasMetaDataKey(SOP_CLASS) else "",
         reader.GetMetaData(MODALITY).strip(" \0").upper() if reader.HasMetaDataKey(MODALITY) else "",
         _padding(reader),
+        reader.GetMetaData(IMAGE_TYPE).strip(" \0").upper() if reader.HasMetaDataKey(IMAGE_TYPE) else "",
     )
 
 
@@ -282,6 +288,35 @@ def _numbers(reader: sitk.ImageFileReader, tag: str, count: int) -> np.ndarray |
     except ValueError:
         return None
     return values if values.size == count and np.all(np.isfinite(values)) else None
+
+
+def without_localizer(slices: list[Slice], name: str) -> tuple[list[Slice], str | None]:
+    """The slices less a localizer (scout) stored under the series' own UID, and a warning naming what was left out
+    (None when nothing was): slices whose ImageType says LOCALIZER, and up to :data:`LOCALIZER_SLICES` slices in
+    another orientation than the rest's (more are a series that mixes orientations: :func:`check_slices` refuses it).
+    """
+    reasons = {id(s): "ImageType LOCALIZER" for s in slices if "LOCALIZER" in s.image_type.split("\\")}
+    rest = [s for s in slices if id(s) not in reasons] or slices  # all marked: what the user gave, checked as it is
+    if rest is slices:
+        reasons = {}
+    groups: list[list[Slice]] = []
+    for s in rest:
+        group = next((g for g in groups if np.allclose(g[0].orientation, s.orientation, atol=SAME_ORIENTATION)), None)
+        if group is None:
+            groups.append([s])
+        else:
+            group.append(s)
+    main = max(groups, key=len)
+    if 0 < len(rest) - len(main) <= LOCALIZER_SLICES and len(main) > 2 * (len(rest) - len(main)):
+        reasons.update({id(s): "another orientation" for s in rest if not any(s is m for m in main)})
+        rest = main
+    if not reasons:
+        return slices, None
+    odd = [s for s in slices if id(s) in reasons]
+    return rest, (
+        f"left out {len(odd)} localizer slice(s) of the DICOM series in {name} ({Path(odd[0].file).name}: "
+        f"{reasons[id(odd[0])]}{', ...' if len(odd) > 1 else ''}); read its {len(rest)} other slices"
+    )
 
 
 def check_slices(slices: list[Slice], name: str) -> tuple[list[Slice], str | None]:
