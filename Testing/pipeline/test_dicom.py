@@ -234,13 +234,6 @@ def test_slices_of_different_sizes_are_refused(series, tmp_path):
         read_volume(folder)
 
 
-def test_mixed_pixel_spacing_is_refused(series, tmp_path):
-    folder = copy_of(series, tmp_path)
-    write_dicom_series(folder, PIXELS[:1], spacing=(0.5, 0.5, 2.5), positions=[30.0], prefix="FINE", first_number=50)
-    with pytest.raises(InputError, match="mixes pixel spacings or pixel types"):
-        read_volume(folder)
-
-
 def test_a_tilted_series_is_refused(tmp_path):
     write_dicom_series(tmp_path / "ct", PIXELS, origin=[(0.0, 0.5 * k) for k in range(12)])
     with pytest.raises(InputError, match="shifted in plane from slice to slice .gantry tilt"):
@@ -464,3 +457,46 @@ def test_a_study_without_a_series_of_the_models_modality_is_refused_plainly(tmp_
         "'PET NAC' (PT, 12 files) (pass a folder with a CT series, or choose a model for PT)"
     ), line
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "rescales",
+    [
+        [(1, -2000, True), (0.25, -1000, False)],  # pixel representation and slope change halfway: quarter values
+        [(1, -1024, False), (1, -1000, False)],  # only the intercept changes
+        [(1, 0, False), (1, -3000, True)],  # signed raw values, then unsigned with an intercept
+    ],
+)
+def test_a_rescale_that_changes_from_slice_to_slice_reads_each_slice_with_its_own(series, tmp_path, rescales):
+    """Scanners that rescale each slice to its own range (PET-like, or a series merged from two exports). Before:
+    refused, "mixes pixel spacings or pixel types". Values checked by hand and against pydicom's modality LUT."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    folder = copy_of(series, tmp_path)
+    by_hand, by_pydicom = [], []
+    for k, path in enumerate(sorted(folder.iterdir())):
+        slope, intercept, unsigned = rescales[k * len(rescales) // len(PIXELS)]
+        ds = pydicom.dcmread(path)
+        stored = ds.pixel_array.astype(np.int64) + 2000  # 1500 to 2499
+        ds.PixelRepresentation = int(not unsigned)
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelData = stored.astype(np.uint16 if unsigned else np.int16).tobytes()
+        ds.save_as(path)
+        by_hand.append(stored * slope + intercept)
+        ds = pydicom.dcmread(path)
+        by_pydicom.append(apply_modality_lut(ds.pixel_array, ds))
+    np.testing.assert_array_equal(np.stack(by_pydicom), np.stack(by_hand))
+    volume = read_volume(folder)
+    assert volume.warnings == []
+    np.testing.assert_array_equal(volume.array, np.stack(by_hand).transpose(2, 1, 0))
+
+
+def test_mixed_pixel_spacing_says_what_differs(series, tmp_path):
+    folder = copy_of(series, tmp_path)
+    write_dicom_series(folder, PIXELS[:1], spacing=(0.5, 0.5, 2.5), positions=[30.0], prefix="FINE", first_number=50)
+    with pytest.raises(
+        InputError, match=r"mixes pixel spacings \(0.8 x 0.8 mm in IM0001.dcm, 0.5 x 0.5 mm in FINE0050.dcm\)"
+    ) as error:
+        read_volume(folder)
+    short_line(error.value)

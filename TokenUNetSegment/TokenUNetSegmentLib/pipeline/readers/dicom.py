@@ -336,9 +336,9 @@ def check_slices(slices: list[Slice], name: str) -> tuple[list[Slice], str | Non
                 f"the DICOM series in {name} mixes slice orientations ({Path(first.file).name}, {Path(s.file).name})",
                 "put only one volume's slices in the folder (no localizer or reformats)",
             )
-        if not np.allclose(s.spacing, first.spacing, rtol=1e-4) or s.pixel != first.pixel:
+        if not np.allclose(s.spacing, first.spacing, rtol=1e-4):
             raise InputError(
-                f"the DICOM series in {name} mixes pixel spacings or pixel types",
+                f"the DICOM series in {name} mixes pixel spacings ({_pixel_spacing(first)}, {_pixel_spacing(s)})",
                 "put only the slices of one acquisition in the folder",
             )
     row, column = first.orientation
@@ -392,6 +392,10 @@ def check_slices(slices: list[Slice], name: str) -> tuple[list[Slice], str | Non
     )
 
 
+def _pixel_spacing(s: Slice) -> str:
+    return f"{s.spacing[0]:g} x {s.spacing[1]:g} mm in {Path(s.file).name}"
+
+
 def _size(s: Slice) -> str:
     return " x ".join(str(v) for v in s.size[:2])
 
@@ -400,13 +404,17 @@ def _read_files(reader, files: list[str], slices: list[Slice], folder: Path, lim
     first = slices[0]
     frames = first.size[2] if len(first.size) > 2 else 1
     sizes = (*first.size[:2], frames * len(files)) + ((first.components,) if first.components > 1 else ())
-    pixel = sitk.GetPixelIDValueAsString(first.pixel)
-    check_size(sizes, pixel, pixel_bytes(first.pixel), folder.name, limit)
+    # slices whose stored values and rescale give other value types (a rescale or pixel representation that changes
+    # from slice to slice): GDCM rescales each slice with its own, into float32 rather than the first slice's type
+    pixel_id = first.pixel if all(s.pixel == first.pixel for s in slices) else sitk.sitkFloat32
+    pixel = sitk.GetPixelIDValueAsString(pixel_id)
+    check_size(sizes, pixel, pixel_bytes(pixel_id), folder.name, limit)
     if frames > 1:  # one multi-frame file: the series reader would make it a 4D image of one volume
         reader = sitk.ImageFileReader()
         reader.SetFileName(files[0])
     else:
         reader.SetFileNames(files)
+        reader.SetOutputPixelType(pixel_id if pixel_id != first.pixel else sitk.sitkUnknown)
     try:
         with quiet_itk():
             image = reader.Execute()
