@@ -299,16 +299,18 @@ def without_localizer(slices: list[Slice], name: str) -> tuple[list[Slice], str 
     rest = [s for s in slices if id(s) not in reasons] or slices  # all marked: what the user gave, checked as it is
     if rest is slices:
         reasons = {}
-    groups: list[list[Slice]] = []
-    for s in rest:
-        group = next((g for g in groups if np.allclose(g[0].orientation, s.orientation, atol=SAME_ORIENTATION)), None)
-        if group is None:
-            groups.append([s])
-        else:
-            group.append(s)
-    main = max(groups, key=len)
+    orientations = np.array([s.orientation.ravel() for s in rest])
+    main = rest
+    if not np.isclose(orientations, orientations[0], atol=SAME_ORIENTATION).all():  # else one orientation: done
+        groups, remaining = [], np.arange(len(rest))
+        while remaining.size:  # the slices of each orientation, the largest group kept
+            close = np.isclose(orientations[remaining], orientations[remaining[0]], atol=SAME_ORIENTATION).all(axis=1)
+            groups.append(remaining[close])
+            remaining = remaining[~close]
+        main = [rest[i] for i in max(groups, key=len)]
     if 0 < len(rest) - len(main) <= LOCALIZER_SLICES and len(main) > 2 * (len(rest) - len(main)):
-        reasons.update({id(s): "another orientation" for s in rest if not any(s is m for m in main)})
+        kept = {id(s) for s in main}
+        reasons.update({id(s): "another orientation" for s in rest if id(s) not in kept})
         rest = main
     if not reasons:
         return slices, None
