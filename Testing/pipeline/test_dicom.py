@@ -234,9 +234,56 @@ def test_slices_of_different_sizes_are_refused(series, tmp_path):
         read_volume(folder)
 
 
-def test_a_tilted_series_is_refused(tmp_path):
-    write_dicom_series(tmp_path / "ct", PIXELS, origin=[(0.0, 0.5 * k) for k in range(12)])
-    with pytest.raises(InputError, match="shifted in plane from slice to slice .gantry tilt"):
+def ramp(points_lps):
+    """A CT-like value that changes linearly in space (LPS mm): what linear interpolation reproduces exactly."""
+    return 10.0 * points_lps[..., 0] + 4.0 * points_lps[..., 1] - 2.0 * points_lps[..., 2]
+
+
+@pytest.mark.parametrize("shift", [(0.0, 0.5), (-0.4, 0.8)])  # mm per slice along (row, column): 11 and 20 degrees
+def test_a_gantry_tilted_series_is_resampled_onto_a_regular_grid_in_physical_space(tmp_path, shift):
+    """Slices shifted in plane by the same step each (a gantry tilt). Before: refused, "resample it ... first". Each
+    voxel of the volume read holds the value the scan has at that voxel's physical position."""
+    spacing, slices, rows, columns = (0.8, 0.8, 2.5), 12, 16, 20
+    row, column = np.eye(3)[0], np.eye(3)[1]
+    origins = [(shift[0] * k, shift[1] * k) for k in range(slices)]
+    jj, ii = np.mgrid[:rows, :columns]
+    pixels = np.stack(
+        [
+            ramp(
+                (origins[k][0] + ii[..., None] * spacing[0]) * row
+                + (origins[k][1] + jj[..., None] * spacing[1]) * column
+                + np.array([0.0, 0.0, k * spacing[2]])
+            )
+            for k in range(slices)
+        ]
+    )
+    write_dicom_series(tmp_path / "ct", np.round(pixels), spacing=spacing, origin=origins)
+    volume = read_volume(tmp_path / "ct")
+    angle = np.degrees(np.arctan(np.hypot(*shift) / spacing[2]))
+    assert volume.warnings == [
+        f"the DICOM slices in ct are tilted by {angle:.1f} degrees (a gantry tilt): resampled onto a regular grid of "
+        f"{' x '.join(str(s) for s in volume.array.shape)} voxels"
+    ]
+    np.testing.assert_allclose(volume.grid.spacing, spacing, atol=1e-6)
+    assert volume.array.shape[2] == slices and volume.array.shape[:2] > (columns, rows)  # widened by the shift
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in volume.array.shape], indexing="ij"), -1).reshape(-1, 3)
+    ras = index @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+    lps = ras * (-1, -1, 1)
+    # inside the scanned slab, away from its in-plane edges: the slice k's in-plane box shifted by k steps
+    k = index[:, 2]
+    u = lps[:, 0] - np.asarray(shift[0]) * k
+    v = lps[:, 1] - np.asarray(shift[1]) * k
+    inside = (u > 0.5) & (u < (columns - 1.5) * spacing[0]) & (v > 0.5) & (v < (rows - 1.5) * spacing[1])
+    assert inside.sum() > 0.7 * columns * rows * slices
+    values = volume.array.reshape(-1)
+    np.testing.assert_allclose(values[inside], ramp(lps[inside]), atol=0.51)  # the written values were rounded
+    assert np.all(values[~inside & ((u < -1) | (v < -1))] == values.min())  # outside the scan: its lowest value
+
+
+def test_slices_shifted_unevenly_in_plane_are_refused(tmp_path):
+    """Not a gantry tilt (the shift changes from slice to slice): still refused, with the advice to resample."""
+    write_dicom_series(tmp_path / "ct", PIXELS, origin=[(0.0, 0.5 * k * k) for k in range(12)])
+    with pytest.raises(InputError, match="shifted in plane unevenly from slice to slice"):
         read_volume(tmp_path / "ct")
 
 

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..geometry import Grid
 from .dicom_meta import dicom_file_class, modality_matches
+from .dicom_tilt import in_plane_shift, tilt_step, tilted_grid, untilted
 from .header import OpenedImage, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
 
@@ -116,7 +117,7 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
     if len(slices) == 1:
         raise InputError(f"the DICOM series in {folder.name} has one slice", "segmentation needs a 3D volume")
     try:
-        ordered, uneven = check_slices(slices, folder.name)
+        ordered, uneven = check_slices(slices, folder.name, tilt=True)
     except InputError as error:
         if not unread:
             raise
@@ -127,9 +128,16 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
     if uneven:
         warnings.append(uneven)
     files = [s.file for s in ordered]
+    step = tilt_step(ordered, folder.name, in_plane_tolerance(ordered[0]))
+    grid = None if step is None else tilted_grid(ordered, step)
+    if grid is not None:
+        warnings.append(
+            f"the DICOM slices in {folder.name} are tilted by {grid.degrees:.1f} degrees (a gantry tilt): resampled "
+            f"onto a regular grid of {' x '.join(str(n) for n in grid.size)} voxels"
+        )
     return OpenedImage(
         _values(ordered[0], len(files)),
-        lambda: (_read_files(reader, files, ordered, folder, limit), warnings),
+        lambda: (_read_files(reader, files, ordered, folder, limit, grid), warnings),
         ordered[0].modality,
         _grid(ordered),
     )
@@ -321,10 +329,11 @@ def without_localizer(slices: list[Slice], name: str) -> tuple[list[Slice], str 
     )
 
 
-def check_slices(slices: list[Slice], name: str) -> tuple[list[Slice], str | None]:
+def check_slices(slices: list[Slice], name: str, tilt: bool = False) -> tuple[list[Slice], str | None]:
     """The slices in order along their normal, and a warning when their spacing is slightly uneven.
 
-    Raises :class:`InputError` when they do not form one regular grid.
+    Raises :class:`InputError` when they do not form one regular grid (``tilt``: in-plane shifts are left to the
+    caller's :func:`.dicom_tilt.tilt_step`, which accepts a gantry tilt's).
     """
     first = slices[0]
     for s in slices[1:]:
@@ -350,8 +359,7 @@ def check_slices(slices: list[Slice], name: str) -> tuple[list[Slice], str | Non
     ordered = sorted(slices, key=lambda s: float(s.position @ normal))
     positions = np.array([s.position for s in ordered])
     along = positions @ normal
-    in_plane = positions @ np.stack([row, column]).T
-    if np.max(np.abs(in_plane - in_plane[0])) > max(EXACT_MM, 0.01 * min(first.spacing)):
+    if not tilt and in_plane_shift(ordered) > in_plane_tolerance(first):
         raise InputError(
             f"the DICOM slices in {name} are shifted in plane from slice to slice (gantry tilt or a sheared series)",
             "resample it onto a regular grid first (e.g. in Slicer) and save it as NRRD",
@@ -394,6 +402,11 @@ def check_slices(slices: list[Slice], name: str) -> tuple[list[Slice], str | Non
     )
 
 
+def in_plane_tolerance(first: Slice) -> float:
+    """In-plane position differences up to this are rounding in the headers, not a shift."""
+    return max(EXACT_MM, 0.01 * min(first.spacing))
+
+
 def _pixel_spacing(s: Slice) -> str:
     return f"{s.spacing[0]:g} x {s.spacing[1]:g} mm in {Path(s.file).name}"
 
@@ -402,7 +415,10 @@ def _size(s: Slice) -> str:
     return " x ".join(str(v) for v in s.size[:2])
 
 
-def _read_files(reader, files: list[str], slices: list[Slice], folder: Path, limit: int | None) -> sitk.Image:
+def _read_files(
+    reader, files: list[str], slices: list[Slice], folder: Path, limit: int | None, tilted=None
+) -> sitk.Image:
+    """The slices' voxels stacked (``tilted``: the :class:`.dicom_tilt.TiltedGrid` to resample them onto)."""
     first = slices[0]
     frames = first.size[2] if len(first.size) > 2 else 1
     sizes = (*first.size[:2], frames * len(files)) + ((first.components,) if first.components > 1 else ())
@@ -410,7 +426,10 @@ def _read_files(reader, files: list[str], slices: list[Slice], folder: Path, lim
     # from slice to slice): GDCM rescales each slice with its own, into float32 rather than the first slice's type
     pixel_id = first.pixel if all(s.pixel == first.pixel for s in slices) else sitk.sitkFloat32
     pixel = sitk.GetPixelIDValueAsString(pixel_id)
-    check_size(sizes, pixel, pixel_bytes(pixel_id), folder.name, limit)
+    if tilted is None:
+        check_size(sizes, pixel, pixel_bytes(pixel_id), folder.name, limit)
+    else:  # the stacked slices and the float32 grid they are resampled onto (and its array) at once
+        check_size(tilted.size, pixel, pixel_bytes(pixel_id) + 4, folder.name, limit)
     if frames > 1:  # one multi-frame file: the series reader would make it a 4D image of one volume
         reader = sitk.ImageFileReader()
         reader.SetFileName(files[0])
@@ -425,6 +444,13 @@ def _read_files(reader, files: list[str], slices: list[Slice], folder: Path, lim
             f"cannot read the DICOM series in {folder.name}: {itk_error_text(error)}",
             "the series may be damaged or compressed in an unsupported way: export it again",
         ) from None
+    if tilted is not None:  # GDCM stacks tilted slices as it can; their own positions place them
+        if image.GetSize()[2] != len(slices) or not np.allclose(image.GetOrigin(), first.position, atol=1e-3):
+            raise InputError(
+                f"the DICOM reader stacked the slices of {folder.name} otherwise than their headers say",
+                "export the series again, or convert it to NRRD in Slicer",
+            )
+        return untilted(_without_padding(image, slices), tilted)
     if len(files) > 1 and not _placed_as_declared(image, slices):
         raise InputError(
             f"the DICOM reader placed the slices of {folder.name} elsewhere than their headers say",
