@@ -138,8 +138,8 @@ def test_inputs_are_read_while_torch_is_imported_and_the_package_loaded(cli_case
     loading, threads, resampled_in, intervals = threading.Event(), [], [], [sys.getswitchinterval()]
     real_open, real_load_package, real_resample = volumes.open_input, package_loader.load_package, preprocess.resample
 
-    def open_input(item, *args):
-        read = real_open(item, *args)
+    def open_input(item, *args, **kwargs):
+        read = real_open(item, *args, **kwargs)
         if isinstance(item, volumes.Volume):  # segment() taking the volumes read
             return read
 
@@ -148,7 +148,7 @@ def test_inputs_are_read_while_torch_is_imported_and_the_package_loaded(cli_case
             assert loading.wait(30), "the package was not loaded while the input was read"
             return read()
 
-        return volumes.OpenedVolume(read.values, read_when_loading)
+        return volumes.OpenedVolume(read.values, read_when_loading, read.modality, read.grid)
 
     def load_package(*args, **kwargs):
         intervals.append(sys.getswitchinterval())
