@@ -30,6 +30,7 @@ from .postprocess import ModelGridOutputs, postprocess
 from .preprocess import Prepared, prepare
 from .progress import Progress
 from .result import MAP_KINDS, SegmentationResult, TokenMaps
+from .run_memory import wrong_spacing
 from .volumes import Volume, as_volume, check_modality
 
 log = logging.getLogger(__name__)
@@ -213,14 +214,11 @@ def channel_volumes(inputs, package: ModelPackage) -> list[Volume]:
         raise InputError(
             f"model '{package.id}' needs {len(names)} input channel(s) ({', '.join(names)}), got {len(items)}"
         )
-    volumes = [as_volume(item, name) for item, name in zip(items, names, strict=True)]
+    channels = package.config.inputs
+    volumes = [as_volume(item, channel.name, channel.modality) for item, channel in zip(items, channels, strict=True)]
     for volume, channel in zip(volumes, package.config.inputs, strict=True):
         check_modality(volume.modality, channel.modality, volume.name, package.id, channel.name)
     return volumes
-
-
-BODY_EXTENT_MM = 2500.0
-"""A scan longer than this along an axis is no scan of a body: a memory refusal then names the spacing instead."""
 
 
 def _check_memory(
@@ -242,15 +240,10 @@ def _check_memory(
     try:
         check_memory(estimate, device)
     except OutOfMemoryError:
-        extent = np.asarray(first.grid.shape) * first.grid.spacing
-        if extent.max() <= BODY_EXTENT_MM:
+        error = wrong_spacing(first.grid, first.name)
+        if error is None:
             raise
-        metres = " x ".join(f"{e / 1000:.1f}" for e in extent)
-        voxels = " x ".join(f"{s:g}" for s in np.round(first.grid.spacing, 3))
-        raise InputError(
-            f"{first.name} spans {metres} m ({voxels} mm voxels): its voxel spacing or units are wrong",
-            "fix the spacing (in a NIfTI also xyzt_units) in its header",
-        ) from None
+        raise error from None
 
 
 def _is_pair(item) -> bool:
