@@ -50,9 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=number(minimum=0.0, below=1.0),
         default=None,
         help="sliding-window overlap in [0, 1), as MONAI's (default: the model's, 0.25 for the bundled one); the "
-        "window count, and the time, grows about as 1/(1-overlap)^3 (0.9: 378 windows on the bundled sample against 12); "
-        "window steps are whole token cells (8 voxels for the bundled model's 64^3 windows: above 0.875 acts as "
-        "0.875); a warning says the count when it doubles",
+        "window count, and the time, grows about as 1/(1-overlap)^3 (0.9: about 30 times 0.25's); window steps are "
+        "whole token cells (8 voxels in the bundled model's 64^3 windows: above 0.875 acts as 0.875); a warning says "
+        "the count when it doubles",
     )
     parser.add_argument(
         "--batch-size",
