@@ -336,6 +336,10 @@ def test_an_nnunet_case_without_its_second_channel_names_the_file(tmp_path):
         ),  # fmt: skip
         (["folders", "ds", "--images", "img", "--labels", "lab"], "the folders layout takes no dataset folder"),
         (["folders", "--images", "img", "--labels", "lab", "--structures", "model"], "--structures applies only"),
+        # given with its default value: still an option of another layout (before: ignored, exit 0 on a dataset)
+        (["decathlon", "ds", "--table", "btcv"], "--table applies only to the folders layout"),
+        (["decathlon", "ds", "--splits", "train"], "--splits applies only to the totalsegmentator layout"),
+        (["totalsegmentator", "ds", "--validation-fraction", "0"], "--validation-fraction applies only"),
     ],
 )
 def test_options_of_another_layout_are_refused_not_ignored(tmp_path, capsys, argv, message):

@@ -211,6 +211,15 @@ def _train(args: argparse.Namespace, train, Recipe, rank: int) -> int:
     return 0
 
 
+class _LayoutOption(argparse.Action):
+    """Stores an option of one layout and notes that it was given, so that it is refused with another layout even
+    when given with its default value (``decathlon ... --table btcv``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.layout_options_given = {*getattr(namespace, "layout_options_given", ()), self.dest}
+
+
 def _datalist_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "layout",
@@ -219,22 +228,42 @@ def _datalist_arguments(parser: argparse.ArgumentParser) -> None:
         "(MSD, nnU-Net raw, AMOS); folders: --images and --labels paired by number (BTCV)",
     )
     parser.add_argument("root", nargs="?", help="the dataset folder (totalsegmentator, decathlon)")
-    parser.add_argument("--images", help="folders: the image folder")
-    parser.add_argument("--labels", help="folders: the label folder")
-    parser.add_argument("--table", default="btcv", help="folders: btcv, amos, totalsegmentator or a JSON name table")
-    parser.add_argument("--config", help="the model configuration whose labels to match (report and 'partial')")
-    parser.add_argument("--splits", nargs="+", default=["train"], help="totalsegmentator: meta.csv splits to train on")
+    parser.add_argument("--images", action=_LayoutOption, help="folders: the image folder")
+    parser.add_argument("--labels", action=_LayoutOption, help="folders: the label folder")
     parser.add_argument(
-        "--validation-splits", nargs="*", default=["val"], help="totalsegmentator: splits to validate on"
+        "--table",
+        action=_LayoutOption,
+        default="btcv",
+        help="folders: btcv, amos, totalsegmentator or a JSON name table",
+    )
+    parser.add_argument("--config", help="the model configuration whose labels to match (report and 'partial')")
+    parser.add_argument(
+        "--splits",
+        action=_LayoutOption,
+        nargs="+",
+        default=["train"],
+        help="totalsegmentator: meta.csv splits to train on",
+    )
+    parser.add_argument(
+        "--validation-splits",
+        action=_LayoutOption,
+        nargs="*",
+        default=["val"],
+        help="totalsegmentator: splits to validate on",
     )
     parser.add_argument(
         "--structures",
+        action=_LayoutOption,
         choices=("all", "model"),
         default="all",
         help="totalsegmentator: read every mask (full maps for synthesis) or only the model's",
     )
     parser.add_argument(
-        "--validation-fraction", type=number(0.0, below=1.0), default=0.0, help="decathlon, folders: share held out"
+        "--validation-fraction",
+        action=_LayoutOption,
+        type=number(0.0, below=1.0),
+        default=0.0,
+        help="decathlon, folders: share held out",
     )
     parser.add_argument("--out", "-o", required=True, help="the datalist JSON to write")
     parser.add_argument(
@@ -242,14 +271,14 @@ def _datalist_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-LAYOUT_OPTIONS = {  # option: (its dest, its default, the layouts it applies to)
-    "--images": ("images", None, ("folders",)),
-    "--labels": ("labels", None, ("folders",)),
-    "--table": ("table", "btcv", ("folders",)),
-    "--splits": ("splits", ["train"], ("totalsegmentator",)),
-    "--validation-splits": ("validation_splits", ["val"], ("totalsegmentator",)),
-    "--structures": ("structures", "all", ("totalsegmentator",)),
-    "--validation-fraction": ("validation_fraction", 0.0, ("decathlon", "folders")),
+LAYOUT_OPTIONS = {  # option: (its dest, the layouts it applies to)
+    "--images": ("images", ("folders",)),
+    "--labels": ("labels", ("folders",)),
+    "--table": ("table", ("folders",)),
+    "--splits": ("splits", ("totalsegmentator",)),
+    "--validation-splits": ("validation_splits", ("totalsegmentator",)),
+    "--structures": ("structures", ("totalsegmentator",)),
+    "--validation-fraction": ("validation_fraction", ("decathlon", "folders")),
 }
 
 
@@ -260,8 +289,9 @@ def _check_layout_options(args: argparse.Namespace) -> None:
         raise InputError(
             f"the folders layout takes no dataset folder (got {args.root!r})", "give --images and --labels instead"
         )
-    for option, (dest, default, layouts) in LAYOUT_OPTIONS.items():
-        if args.layout not in layouts and getattr(args, dest) != default:
+    given = getattr(args, "layout_options_given", set())
+    for option, (dest, layouts) in LAYOUT_OPTIONS.items():
+        if args.layout not in layouts and dest in given:
             raise InputError(
                 f"{option} applies only to the {' and '.join(layouts)} layout{'s' if len(layouts) > 1 else ''}",
                 f"drop it for the {args.layout} layout",
