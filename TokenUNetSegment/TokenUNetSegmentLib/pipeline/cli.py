@@ -79,7 +79,9 @@ COMMANDS: dict[str, Command] = {
         "training.command:_datalist_arguments",
         "training.command:run_datalist",
     ),
-    "cka": Command("compare two networks' encoder stages with linear CKA", "cka:add_arguments", "cka:run_command"),
+    "cka": Command(
+        "compare two networks' encoder stages with linear CKA", "cka_command:add_arguments", "cka_command:run_command"
+    ),
 }
 
 
