@@ -281,6 +281,22 @@ def test_every_option_with_a_default_states_it_truly_in_its_help(name):
     assert (cka.in_channels, cka.size, cka.samples, cka.pooling, cka.out) == (1, 64, 8, "positions", "cka")
 
 
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_every_option_and_argument_says_what_it_is_in_its_help(name):
+    """Before: ``models import --overwrite`` and ``models remove``'s argument were listed without a word."""
+    import argparse
+
+    parser = cli.build_parser(name)
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    parsers = [command] + [
+        child for a in command._actions if isinstance(a, argparse._SubParsersAction) for child in a.choices.values()
+    ]
+    for each in parsers:
+        for action in each._actions:
+            if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                assert action.help, (each.prog, action.dest)
+
+
 def command_help(parser, action) -> str:
     return " ".join(parser._get_formatter()._expand_help(action).split()) if action.help else ""
 

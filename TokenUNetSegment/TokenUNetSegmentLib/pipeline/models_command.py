@@ -29,15 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info = sub.add_parser("info", help="show a model's metadata")
     info.add_argument("model", type=text("a model id or package path"), help="id or package path")
     info.add_argument("--json", action="store_true", help="print the metadata as JSON")
-    imp = sub.add_parser("import", help="import a package (folder or .zip), or weights (.safetensors/.pt/.pth)")
+    imp = sub.add_parser("import", help="import a package (folder or .zip), or weights (.safetensors/.pt/.pth/.ckpt)")
     imp.add_argument(
         "path", type=text("a package folder, .zip or weights file"), help="package folder, .zip or weights file"
     )
-    imp.add_argument("--overwrite", action="store_true")
+    imp.add_argument("--overwrite", action="store_true", help="replace a cached model of the same id")
     imp.add_argument("--like", help="for weights files: the model whose configuration they fit")
     imp.add_argument("--id", dest="new_id", help="for weights files: the new model id")
     remove = sub.add_parser("remove", help="delete a cached model")
-    remove.add_argument("model")
+    remove.add_argument("model", help="id of a cached model (bundled models cannot be removed)")
 
 
 def run_models(args: argparse.Namespace) -> int:
