@@ -82,3 +82,11 @@ def test_the_script_pools_robustness_files_and_refuses_ones_without_confidences(
     old = {"labels": ["liver"], "variants": [{"variant": "plain", "dice": {"liver": 0.9}}]}
     (tmp_path / "old.json").write_text(json.dumps(old))
     assert script.main([str(tmp_path / "old.json")]) == 2
+    capsys.readouterr()
+    # before: a traceback (FileNotFoundError, JSONDecodeError, KeyError 'variants')
+    (tmp_path / "evaluation.json").write_text(json.dumps({"labels": {}}))
+    (tmp_path / "broken.json").write_text("{")
+    for name in ("missing.json", "evaluation.json", "broken.json"):
+        assert script.main([str(tmp_path / name)]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(str(tmp_path / name)) and "robustness" in line, line

@@ -25,9 +25,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     pairs = []
     for path in args.results:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-        for result in loaded if isinstance(loaded, list) else [loaded]:
-            found = confidence_pairs(result)
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            results = loaded if isinstance(loaded, list) else [loaded]
+            found_in_file = [confidence_pairs(result) for result in results]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            print(f"{path}: cannot be read as a robustness.json ({type(error).__name__}: {error})", file=sys.stderr)
+            return 2
+        for result, found in zip(results, found_in_file, strict=True):
             if not found and result["variants"] and "confidence" not in result["variants"][0]:
                 print(
                     f"{path} records no confidences (written before the robustness command kept them)", file=sys.stderr
