@@ -358,6 +358,8 @@ def assess(
         name: LabelAssessment(label_confidence(values, flags[name], run_flags), tuple(flags[name]), dict(values))
         for name, values in measures.items()
     }
+    best = max((label.confidence for label in labels.values()), default=0.0)
+    run_flags = [_with_best(flag, best) for flag in run_flags]
     scan = {
         "spacing_mm": [round(float(s), 3) for s in source.spacing],
         "extent_mm": [round(float(e), 1) for e in np.asarray(source.shape) * source.spacing],
@@ -375,7 +377,7 @@ def _no_known_anatomy(labelled: float, best: float, statistics: TrainingStatisti
     if labelled == 0:
         return f"nothing this model segments was found: {hint}"
     if best < SURE:
-        return f"nothing was found with confidence (best {best:.2f}): {hint}"
+        return f"nothing was found with confidence (best {BEST}): {hint}"
     trained = statistics.labelled_fraction if statistics is not None else None
     if trained is not None and labelled < trained.min / ANATOMY_FACTOR:
         return (
@@ -383,6 +385,14 @@ def _no_known_anatomy(labelled: float, best: float, statistics: TrainingStatisti
             f"more): {hint}"
         )
     return ""
+
+
+BEST = "<best>"  # in a flag's message: the best confidence the run reports, all flags applied
+
+
+def _with_best(flag: Flag, best: float) -> Flag:
+    """``flag`` naming the best confidence as reported (the table's), not the one before the scan's own flags."""
+    return Flag(flag.code, flag.message.replace(BEST, f"{best:.2f}")) if BEST in flag.message else flag
 
 
 def summarise(assessment: Assessment) -> str:
