@@ -227,6 +227,20 @@ def test_a_localizer_inside_the_series_is_left_out_with_a_warning(series, tmp_pa
     ]
 
 
+@pytest.mark.parametrize("radians", [1.5e-4, 1e-2])  # just over the orientation tolerance, and 0.6 degrees
+def test_real_slices_slightly_off_the_others_orientation_are_not_left_out_as_a_localizer(series, tmp_path, radians):
+    """A reformat whose first two slices' orientation differs by rounding (or by half a degree) from the rest's: no
+    localizer, which lies in another plane. Before: those two real slices were left out as "localizer slice(s)"
+    and the volume read short, 10 of 12 slices."""
+    folder = copy_of(series, tmp_path)
+    c, s = np.cos(radians), np.sin(radians)
+    for path in ("IM0001.dcm", "IM0002.dcm"):
+        (folder / path).unlink()
+    write_dicom_series(folder, PIXELS[:2], orientation=(c, s, 0, -s, c, 0))
+    with pytest.raises(InputError, match=r"mixes slice orientations \(IM0001.dcm, IM0003.dcm\)"):
+        read_volume(folder)
+
+
 def test_slices_of_different_sizes_are_refused(series, tmp_path):
     folder = copy_of(series, tmp_path)
     write_dicom_series(folder, PIXELS[:1, :8, :8], positions=[30.0], prefix="SMALL", first_number=50)

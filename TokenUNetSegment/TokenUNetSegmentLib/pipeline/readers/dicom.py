@@ -39,6 +39,7 @@ EXACT_MM = 1e-2  # slice position errors below this are rounding in the headers
 UNEVEN_FRACTION = 0.1  # positions off by up to this share of the spacing: read, with a warning
 GAP_FACTOR = 1.5  # a step this much larger than the usual one means missing slices
 LOCALIZER_SLICES = 3  # at most this many slices in another orientation than the rest's are a localizer left out
+LOCALIZER_DEGREES = 10.0  # ... when their plane lies at least this far from the rest's (scouts are orthogonal views)
 SEARCH_DEPTH, SEARCH_FOLDERS = 6, 2000  # subfolders searched for a series when a folder holds none itself
 
 
@@ -301,7 +302,8 @@ def _numbers(reader: sitk.ImageFileReader, tag: str, count: int) -> np.ndarray |
 def without_localizer(slices: list[Slice], name: str) -> tuple[list[Slice], str | None]:
     """The slices less a localizer (scout) stored under the series' own UID, and a warning naming what was left out
     (None when nothing was): slices whose ImageType says LOCALIZER, and up to :data:`LOCALIZER_SLICES` slices in
-    another orientation than the rest's (more are a series that mixes orientations: :func:`check_slices` refuses it).
+    another plane than the rest's, :data:`LOCALIZER_DEGREES` or more away (more, or slices only slightly off, are a
+    series that mixes orientations: :func:`check_slices` refuses it).
     """
     reasons = {id(s): "ImageType LOCALIZER" for s in slices if "LOCALIZER" in s.image_type.split("\\")}
     rest = [s for s in slices if id(s) not in reasons] or slices  # all marked: what the user gave, checked as it is
@@ -316,9 +318,10 @@ def without_localizer(slices: list[Slice], name: str) -> tuple[list[Slice], str 
             groups.append(remaining[close])
             remaining = remaining[~close]
         main = [rest[i] for i in max(groups, key=len)]
-    if 0 < len(rest) - len(main) <= LOCALIZER_SLICES and len(main) > 2 * (len(rest) - len(main)):
-        kept = {id(s) for s in main}
-        reasons.update({id(s): "another orientation" for s in rest if id(s) not in kept})
+    kept = {id(s) for s in main}
+    odd = [s for s in rest if id(s) not in kept]
+    if 0 < len(odd) <= LOCALIZER_SLICES and len(main) > 2 * len(odd) and _other_planes(odd, main[0]):
+        reasons.update({id(s): "another orientation" for s in odd})
         rest = main
     if not reasons:
         return slices, None
@@ -327,6 +330,15 @@ def without_localizer(slices: list[Slice], name: str) -> tuple[list[Slice], str 
         f"left out {len(odd)} localizer slice(s) of the DICOM series in {name} ({Path(odd[0].file).name}: "
         f"{reasons[id(odd[0])]}{', ...' if len(odd) > 1 else ''}); read its {len(rest)} other slices"
     )
+
+
+def _other_planes(slices: list[Slice], reference: Slice) -> bool:
+    """Whether every one of ``slices`` lies in a plane at least :data:`LOCALIZER_DEGREES` from ``reference``'s (a
+    slice off by rounding, or by a fraction of a degree, is a real slice of the volume, never a localizer)."""
+    normal = np.cross(*reference.orientation)
+    normals = np.cross(*np.stack([s.orientation for s in slices], axis=1))
+    cosines = np.abs(normals @ normal) / (np.linalg.norm(normals, axis=1) * np.linalg.norm(normal))
+    return bool(np.all(cosines < np.cos(np.radians(LOCALIZER_DEGREES))))
 
 
 def check_slices(slices: list[Slice], name: str, tilt: bool = False) -> tuple[list[Slice], str | None]:
