@@ -34,7 +34,9 @@ def in_plane_shift(ordered) -> float:
 
 def tilt_step(ordered, name: str, tolerance: float) -> np.ndarray | None:
     """The in-plane shift (along row, column; mm) from each slice to the next of slices in order along their normal
-    when they shift by the same step (a gantry tilt), None when they do not shift (by more than ``tolerance`` mm).
+    when they shift steadily with their travel along it (a gantry tilt), None when they do not shift (by more than
+    ``tolerance`` mm). The shift is fitted per mm of travel, so slightly uneven slice spacing (which
+    :func:`.dicom.check_slices` accepts) shifts the slices unevenly as the table moved them.
 
     Raises:
         InputError: the slices shift unevenly, or more steeply than :data:`MAX_TILT_DEGREES`.
@@ -42,14 +44,17 @@ def tilt_step(ordered, name: str, tolerance: float) -> np.ndarray | None:
     in_plane = _in_plane(ordered)
     if np.max(np.abs(in_plane - in_plane[0])) <= tolerance:
         return None
-    step = (in_plane[-1] - in_plane[0]) / (len(ordered) - 1)
-    off = float(np.abs(in_plane - in_plane[0] - np.outer(np.arange(len(ordered)), step)).max())
+    row, column = ordered[0].orientation
+    travel = np.array([s.position for s in ordered]) @ np.cross(row, column)
+    travel -= travel[0]
+    per_mm = (in_plane[-1] - in_plane[0]) / travel[-1]
+    off = float(np.abs(in_plane - in_plane[0] - np.outer(travel, per_mm)).max())
     if off > tolerance:
         raise InputError(
-            f"the DICOM slices in {name} are shifted in plane unevenly from slice to slice (by up to {off:.2f} mm off "
-            "a gantry tilt's steady shift)",
+            f"the DICOM slices in {name} shift in plane unevenly (up to {off:.2f} mm off a gantry tilt's steady shift)",
             ADVICE,
         )
+    step = per_mm * _normal_step(ordered)
     if _degrees(ordered, step) > MAX_TILT_DEGREES:
         raise InputError(f"the DICOM slices in {name} are sheared by more than {MAX_TILT_DEGREES:g} degrees", ADVICE)
     return step
