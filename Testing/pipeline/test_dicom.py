@@ -569,6 +569,24 @@ def test_a_rescale_that_changes_from_slice_to_slice_reads_each_slice_with_its_ow
     np.testing.assert_array_equal(volume.array, np.stack(by_hand).transpose(2, 1, 0))
 
 
+def test_a_rescale_slope_of_zero_is_refused(series, tmp_path, capsys):
+    """RescaleSlope 0 makes every value of a slice its intercept (pydicom's modality LUT: -1024 throughout); GDCM
+    reads such a slice as if the slope were 1. Before: read silently with GDCM's values, which no formula gives."""
+    import pydicom
+    from TokenUNetSegmentLib.pipeline import cli
+
+    folder = copy_of(series, tmp_path)
+    ds = pydicom.dcmread(folder / "IM0005.dcm")
+    ds.RescaleSlope, ds.RescaleIntercept = 0, -1024
+    ds.save_as(folder / "IM0005.dcm")
+    with pytest.raises(InputError, match=r"IM0005.dcm in ct has RescaleSlope 0: its stored values cannot be") as error:
+        read_volume(folder)
+    short_line(error.value)
+    out = tmp_path / "out"
+    assert cli.main(["segment", str(folder), "--out", str(out)]) == 2
+    assert "Traceback" not in capsys.readouterr().err and not out.exists()
+
+
 def test_mixed_pixel_spacing_says_what_differs(series, tmp_path):
     folder = copy_of(series, tmp_path)
     write_dicom_series(folder, PIXELS[:1], spacing=(0.5, 0.5, 2.5), positions=[30.0], prefix="FINE", first_number=50)

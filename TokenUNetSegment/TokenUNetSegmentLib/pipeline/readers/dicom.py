@@ -252,6 +252,13 @@ def _slice_info(file: str, folder: Path) -> Slice:
             f"the DICOM slice {Path(file).name} in {folder.name} cannot be read: {itk_error_text(error)}",
             "the file is damaged: export the series again",
         ) from None
+    slope = _numbers(reader, SLOPE, 1)
+    if slope is not None and slope[0] == 0:  # GDCM would read the slice as if it were 1
+        raise InputError(
+            f"the DICOM slice {Path(file).name} in {folder.name} has RescaleSlope 0: its stored values cannot be "
+            "turned into CT numbers or intensities (each would be its intercept)",
+            "export the series again",
+        )
     size = tuple(int(s) for s in reader.GetSize())
     if (position is None or orientation is None) and size[2:] and size[2] > 1:
         position = orientation = None  # an enhanced multi-frame file: its frames carry their positions
