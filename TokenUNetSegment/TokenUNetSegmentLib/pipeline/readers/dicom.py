@@ -132,8 +132,9 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
     step = tilt_step(ordered, folder.name, in_plane_tolerance(ordered[0]))
     grid = None if step is None else tilted_grid(ordered, step)
     if grid is not None:
+        angle = f"{grid.degrees:.1f}" if grid.degrees >= 0.95 else f"{grid.degrees:.2g}"  # 0.03, never 0.0
         warnings.append(
-            f"the DICOM slices in {folder.name} are tilted by {grid.degrees:.1f} degrees (a gantry tilt): resampled "
+            f"the DICOM slices in {folder.name} are tilted by {angle} degrees (a gantry tilt): resampled "
             f"onto a regular grid of {' x '.join(str(n) for n in grid.size)} voxels"
         )
     return OpenedImage(
