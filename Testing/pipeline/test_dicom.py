@@ -543,6 +543,26 @@ def test_a_study_without_a_series_of_the_models_modality_is_refused_plainly(tmp_
     assert not out.exists()
 
 
+def test_the_series_of_the_models_modality_are_counted_and_named_as_what_they_are(tmp_path):
+    """Before: a PET series and two CT series of 12 files were refused as "holds 3 DICOM series of 12 files each"
+    (the PET has 20); a series without a Modality chosen beside a PET was called "the largest CT series"."""
+    from TokenUNetSegmentLib.pipeline.volumes import open_input
+
+    study = write_study(tmp_path / "study")
+    write_dicom_series(study, PIXELS, series="1.2.826.0.1.3680043.2.1125.1.8", description="CT bone", prefix="B")
+    with pytest.raises(InputError, match=r"study holds 2 CT DICOM series of 12 files each \('CT abdomen', 'CT bone'\)"):
+        open_input(study, modality="CT")
+    write_dicom_series(tmp_path / "mixed", PIXELS, description="no modality", modality="")
+    write_dicom_series(
+        tmp_path / "mixed", np.concatenate([PIXELS, PIXELS]), series="1.2.826.0.1.3680043.2.1125.1.5", prefix="PT",
+        description="PET AC", modality="PT", spacing=(0.8, 0.8, 1.25),
+    )  # fmt: skip
+    warning = open_input(tmp_path / "mixed", modality="CT")().warnings[0]
+    assert (
+        "read 'no modality' (12 files), the largest series without a Modality, as none is CT (also there: " in warning
+    )
+
+
 @pytest.mark.parametrize(
     "rescales",
     [

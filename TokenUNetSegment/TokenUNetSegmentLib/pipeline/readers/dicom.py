@@ -193,11 +193,15 @@ def _largest(series: list, folder: Path, warnings: list[str], modality: str = ""
     ranked = sorted(series, key=lambda s: -len(s[1]))
     if len(ranked) == 1:
         return ranked[0]
-    why, others = "the largest", ""
+    why, others, kind_of = "the largest", "", ""
     if modality:
         kinds = [_series_header(files[0])[1] for _, files in ranked]
         fitting = [s for s, kind in zip(ranked, kinds, strict=True) if modality_matches(kind, modality)]
-        fitting = fitting or [s for s, kind in zip(ranked, kinds, strict=True) if not kind]  # unknown: may be it
+        what = f"the largest {modality} series, as the model's input is {modality}"
+        kind_of = f"{modality} "
+        if not fitting:  # a series without a Modality may be it
+            fitting = [s for s, kind in zip(ranked, kinds, strict=True) if not kind]
+            what, kind_of = f"the largest series without a Modality, as none is {modality}", ""
         if not fitting:
             found = ", ".join(_named(s, kind) for s, kind in zip(ranked[:3], kinds, strict=False))
             raise InputError(
@@ -205,7 +209,7 @@ def _largest(series: list, folder: Path, warnings: list[str], modality: str = ""
                 f"pass a folder with a {modality} series, or choose a model for {kinds[0]}",
             )
         if len(fitting) < len(ranked) and ranked[0] not in fitting:  # the choice differs from the largest: say why
-            why = f"the largest {modality} series, as the model's input is {modality}"
+            why = what
             left = [_named(s, kind) for s, kind in zip(ranked, kinds, strict=True) if s != fitting[0]]
             others = f" (also there: {', '.join(left[:3])}{', ...' if len(left) > 3 else ''})"
         ranked = fitting
@@ -213,7 +217,7 @@ def _largest(series: list, folder: Path, warnings: list[str], modality: str = ""
     if len(ranked) > 1 and len(ranked[1][1]) == len(files):
         tied = [f"'{(_description(s[1][0]) or s[0])[:30]}'" for s in ranked if len(s[1]) == len(files)]
         raise InputError(
-            f"{folder.name} holds {len(series)} DICOM series of {len(files)} files each ({', '.join(tied[:3])})",
+            f"{folder.name} holds {len(tied)} {kind_of}DICOM series of {len(files)} files each ({', '.join(tied[:3])})",
             "pass one of the series' files, or its own folder, to say which one to segment",
         )
     where = Path(files[0]).parent
