@@ -315,6 +315,31 @@ def test_a_tilt_of_a_fraction_of_a_degree_says_its_angle(tmp_path):
     assert read_volume(tmp_path / "ct").warnings[0].startswith("the DICOM slices in ct are tilted by 0.03 degrees")
 
 
+@pytest.mark.parametrize("padding", [-3024, -2000])
+def test_a_tilted_series_keeps_pixel_padding_out_of_its_interpolation(tmp_path, padding):
+    """Body (40 HU) inside a field of view that is the same circle in space on every tilted slice, PixelPaddingValue
+    outside it. Every voxel reads the body's value or the padding's, none a mix: before, voxels within a pixel of the
+    edge read down to -1500 HU (the padding interpolated into the body)."""
+    import pydicom
+
+    shift, rows, columns, radius = 0.5, 24, 20, 5.0  # mm per slice along the column axis; the circle's radius (mm)
+    write_dicom_series(tmp_path / "ct", np.full((12, rows, columns), 40), origin=[(0.0, shift * k) for k in range(12)])
+    jj, ii = np.mgrid[:rows, :columns]
+    for k, path in enumerate(sorted((tmp_path / "ct").iterdir())):
+        ds = pydicom.dcmread(path)
+        outside = np.hypot(ii * 0.8 - 7.6, shift * k + jj * 0.8 - 12.0) > radius  # within every slice: (7.6, 12) mm
+        ds.add_new(0x00280120, "SS", padding)  # PixelPaddingValue
+        ds.PixelData = np.where(outside, padding, 40).astype(np.int16).tobytes()
+        ds.save_as(path)
+    volume = read_volume(tmp_path / "ct")
+    assert set(np.unique(volume.array).tolist()) == {padding, 40}
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in volume.array.shape], indexing="ij"), -1)
+    lps = (index @ volume.affine[:3, :3].T + volume.affine[:3, 3]) * (-1, -1, 1)
+    distance = np.hypot(lps[..., 0] - 7.6, lps[..., 1] - 12.0)
+    assert np.all(volume.array[distance < radius - 0.8] == 40)
+    assert np.all(volume.array[distance > radius + 0.8] == padding)
+
+
 def test_slices_shifted_unevenly_in_plane_are_refused(tmp_path):
     """Not a gantry tilt (the shift changes from slice to slice): still refused, with the advice to resample."""
     write_dicom_series(tmp_path / "ct", PIXELS, origin=[(0.0, 0.5 * k * k) for k in range(12)])

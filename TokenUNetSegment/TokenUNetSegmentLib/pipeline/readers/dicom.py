@@ -452,8 +452,10 @@ def _read_files(
     pixel = sitk.GetPixelIDValueAsString(pixel_id)
     if tilted is None:
         check_size(sizes, pixel, pixel_bytes(pixel_id), folder.name, limit)
-    else:  # the stacked slices and the float32 grid they are resampled onto (and its array) at once
-        check_size(tilted.size, pixel, pixel_bytes(pixel_id) + 4, folder.name, limit)
+    else:  # the stacked slices and the float32 grid they are resampled onto (and its array) at once; with padding
+        # also the float32 values and weights interpolated apart (see .dicom_tilt.untilted)
+        extra = 12 if any(s.padding for s in slices) else 4
+        check_size(tilted.size, pixel, pixel_bytes(pixel_id) + extra, folder.name, limit)
     if frames > 1:  # one multi-frame file: the series reader would make it a 4D image of one volume
         reader = sitk.ImageFileReader()
         reader.SetFileName(files[0])
@@ -474,29 +476,37 @@ def _read_files(
                 f"the DICOM reader stacked the slices of {folder.name} otherwise than their headers say",
                 "export the series again, or convert it to NRRD in Slicer",
             )
-        return untilted(_without_padding(image, slices), tilted)
+        padded = _padding_mask(image, slices)  # kept out of the interpolation: no padding smeared into the body
+        return untilted(_without_padding(image, padded), tilted, padded)
     if len(files) > 1 and not _placed_as_declared(image, slices):
         raise InputError(
             f"the DICOM reader placed the slices of {folder.name} elsewhere than their headers say",
             "export the series again, or convert it to NRRD in Slicer",
         )
-    return _without_padding(image, slices * image.GetSize()[2] if len(slices) == 1 else slices)
+    return _without_padding(image, _padding_mask(image, slices * image.GetSize()[2] if len(slices) == 1 else slices))
 
 
-def _without_padding(image: sitk.Image, slices: list[Slice]) -> sitk.Image:
-    """``image`` with the voxels its slices' PixelPaddingValue marks (outside the scanner's field of view) set to
-    the lowest other value, where padding would read higher than that: GDCM reads padding as a value (e.g. 63536
-    with intercept -1024 as 62512 HU, a bright ring around the body), and a value below the body's is harmless."""
+def _padding_mask(image: sitk.Image, slices: list[Slice]) -> np.ndarray | None:
+    """The voxels (k, j, i) its slices' PixelPaddingValue marks (outside the scanner's field of view); None when
+    there are none, or nothing else."""
     if image.GetNumberOfComponentsPerPixel() != 1 or not any(s.padding for s in slices):
-        return image
+        return None
     view = sitk.GetArrayViewFromImage(image)  # (k, j, i)
     mask = np.zeros(view.shape, bool)
     for k, s in enumerate(slices):
         if s.padding:
             low, high, slope = s.padding
             mask[k] = (view[k] >= low - slope / 2) & (view[k] <= high + slope / 2)
-    if not mask.any() or mask.all():
+    return None if not mask.any() or mask.all() else mask
+
+
+def _without_padding(image: sitk.Image, mask: np.ndarray | None) -> sitk.Image:
+    """``image`` with the padding voxels ``mask`` marks (:func:`_padding_mask`) set to the lowest other value, where
+    padding would read higher than that: GDCM reads padding as a value (e.g. 63536 with intercept -1024 as 62512 HU,
+    a bright ring around the body), and a value below the body's is harmless."""
+    if mask is None:
         return image
+    view = sitk.GetArrayViewFromImage(image)
     lowest = view[~mask].min()
     if view[mask].min() <= lowest:
         return image
