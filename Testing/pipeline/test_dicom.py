@@ -174,6 +174,17 @@ def test_series_in_several_subfolders_read_the_largest_and_say_where(series, tmp
     assert scout.array.shape == (20, 16, 3) and scout.warnings == []
 
 
+def test_a_series_split_over_subfolders_is_said_to_be_in_each(series, tmp_path):
+    """Before: "(12 files in a)" for a series whose last 6 files are in b."""
+    study = tmp_path / "study"
+    write_dicom_series(study / "a", PIXELS[:6])
+    write_dicom_series(study / "b", PIXELS[6:], positions=[2.5 * k for k in range(6, 12)], first_number=7)
+    write_dicom_series(study / "c", PIXELS[:3], series="1.2.826.0.1.3680043.2.1125.1.2", description="scout")
+    volume = read_volume(study)
+    np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
+    assert "read the largest, 'test series' (12 files in a, b)" in volume.warnings[0]
+
+
 def test_two_series_of_the_same_size_are_refused_and_one_is_chosen_by_a_file(series, tmp_path):
     """Two reconstructions (soft tissue and bone kernels) of one scan. Before: one of them was read, chosen by the
     order of the series UIDs (the warning named it, but the user could not choose without moving files)."""

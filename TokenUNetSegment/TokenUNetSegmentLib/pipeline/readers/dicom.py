@@ -220,8 +220,9 @@ def _largest(series: list, folder: Path, warnings: list[str], modality: str = ""
             f"{folder.name} holds {len(tied)} {kind_of}DICOM series of {len(files)} files each ({', '.join(tied[:3])})",
             "pass one of the series' files, or its own folder, to say which one to segment",
         )
-    where = Path(files[0]).parent
-    place = f" in {where.relative_to(folder).as_posix()}" if where != folder else ""
+    where = sorted({Path(f).parent for f in files})  # a series split over subfolders: each of them
+    place = "" if where == [folder] else f" in {', '.join(p.relative_to(folder).as_posix() or '.' for p in where[:3])}"
+    place += ", ..." if len(where) > 3 else ""
     warnings.append(
         f"{folder.name} holds {len(series)} DICOM series; read {'the largest, ' if not others else ''}"
         f"'{(_description(files[0]) or uid)[:60]}' ({len(files)} files{place}){', ' + why if others else ''}"
