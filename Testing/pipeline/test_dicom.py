@@ -520,6 +520,18 @@ def test_the_grid_a_series_declares_is_the_grid_read(tmp_path):
     np.testing.assert_allclose(np.abs(opened.grid.affine[:3, :3]), np.abs(volume.affine[:3, :3]), atol=1e-4)
 
 
+@pytest.mark.parametrize("order", [None, range(11, -1, -1)])
+def test_the_grid_an_enhanced_ct_declares_is_the_grid_read(tmp_path, order):
+    """Its frames' headers give the grid, as a series' slices do: the run's memory check before reading counts the
+    model grid. Before: none, so that check left out the model grid (0.006 GiB for an exact 0.089 GiB)."""
+    from TokenUNetSegmentLib.pipeline.volumes import open_input
+
+    opened = open_input(write_enhanced_ct(tmp_path / "ct" / "ENH.dcm", PIXELS, spacing=(0.8, 0.6, 2.5), order=order))
+    volume = opened()
+    assert opened.grid is not None and opened.grid.shape == volume.grid.shape == (20, 16, 12)
+    np.testing.assert_allclose(np.abs(opened.grid.affine[:3, :3]), np.abs(volume.affine[:3, :3]), atol=1e-6)
+
+
 def write_study(folder, with_ct=True):
     """A PET/CT study in one folder: a CT series (12 slices), a larger PET series (20), a one-slice scout (CT, a
     series of its own) and a radiation dose report (a structured report, no pixels)."""
