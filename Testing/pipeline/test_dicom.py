@@ -326,6 +326,18 @@ def test_a_tilt_of_a_fraction_of_a_degree_says_its_angle(tmp_path):
     assert read_volume(tmp_path / "ct").warnings[0].startswith("the DICOM slices in ct are tilted by 0.03 degrees")
 
 
+def test_a_tilted_series_declares_the_grid_it_is_resampled_onto(tmp_path):
+    """The run's memory and disk checks before reading count the widened grid the slices are resampled onto.
+    Before: the stacked slices' (20 x 16 x 12 for 20 x 23 x 12 read)."""
+    from TokenUNetSegmentLib.pipeline.volumes import open_input
+
+    write_dicom_series(tmp_path / "ct", PIXELS, origin=[(0.0, 0.5 * k) for k in range(12)])
+    opened = open_input(tmp_path / "ct")
+    volume = opened()
+    assert opened.values == volume.array.size and opened.grid.shape == volume.grid.shape == (20, 23, 12)
+    np.testing.assert_allclose(np.abs(opened.grid.affine[:3, :3]), np.abs(volume.affine[:3, :3]), atol=1e-6)
+
+
 @pytest.mark.parametrize("padding", [-3024, -2000])
 def test_a_tilted_series_keeps_pixel_padding_out_of_its_interpolation(tmp_path, padding):
     """Body (40 HU) inside a field of view that is the same circle in space on every tilted slice, PixelPaddingValue

@@ -137,11 +137,12 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
             f"the DICOM slices in {folder.name} are tilted by {angle} degrees (a gantry tilt): resampled "
             f"onto a regular grid of {' x '.join(str(n) for n in grid.size)} voxels"
         )
+    declared = _grid(ordered) if grid is None else Grid(grid.size, _affine(grid.direction, grid.spacing))
     return OpenedImage(
-        _values(ordered[0], len(files)),
+        _values(ordered[0], len(files)) if grid is None else int(np.prod(grid.size)),  # tilted: the grid resampled
         lambda: (_read_files(reader, files, ordered, folder, limit, grid), warnings),
         ordered[0].modality,
-        _grid(ordered),
+        declared,
     )
 
 
@@ -151,9 +152,15 @@ def _grid(ordered: list[Slice]) -> Grid:
     row, column = first.orientation
     normal = np.cross(row, column)
     step = float((last.position - first.position) @ normal) / (len(ordered) - 1)
+    axes = np.stack([row, column, normal], axis=1)
+    return Grid((first.size[0], first.size[1], len(ordered)), _affine(axes, (*first.spacing, step)))
+
+
+def _affine(axes: np.ndarray, spacing) -> np.ndarray:
+    """The 4 x 4 matrix of a grid with ``axes`` as columns and ``spacing``, its origin at 0."""
     affine = np.eye(4)
-    affine[:3, :3] = np.stack([row * first.spacing[0], column * first.spacing[1], normal * step], axis=1)
-    return Grid((first.size[0], first.size[1], len(ordered)), affine)
+    affine[:3, :3] = axes * np.asarray(spacing, dtype=np.float64)
+    return affine
 
 
 def _series_in(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
