@@ -363,6 +363,22 @@ def test_a_tilted_series_keeps_pixel_padding_out_of_its_interpolation(tmp_path, 
     assert np.all(volume.array[distance > radius + 0.8] == padding)
 
 
+def test_a_tilted_colour_series_is_refused_as_an_untilted_one_is(tmp_path):
+    """Before: an internal error (exit 1): SimpleITK cannot resample an RGB image into float32."""
+    import pydicom
+
+    write_dicom_series(tmp_path / "rgb", PIXELS, origin=[(0.0, 0.5 * k) for k in range(12)])
+    for path in sorted((tmp_path / "rgb").iterdir()):
+        ds = pydicom.dcmread(path)
+        grey = ds.pixel_array.astype(np.uint8)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = np.stack([grey] * 3, axis=-1).tobytes()
+        ds.save_as(path)
+    with pytest.raises(InputError, match="rgb has 3 components per voxel"):
+        read_volume(tmp_path / "rgb")
+
+
 def test_slices_shifted_unevenly_in_plane_are_refused(tmp_path):
     """Not a gantry tilt (the shift changes from slice to slice): still refused, with the advice to resample."""
     write_dicom_series(tmp_path / "ct", PIXELS, origin=[(0.0, 0.5 * k * k) for k in range(12)])

@@ -131,6 +131,10 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
     files = [s.file for s in ordered]
     step = tilt_step(ordered, folder.name, in_plane_tolerance(ordered[0]))
     grid = None if step is None else tilted_grid(ordered, step)
+    if grid is not None and ordered[0].components > 1:  # not resampled: what an untilted one is told once read
+        raise InputError(
+            f"{folder.name} has {ordered[0].components} components per voxel", "use one scalar volume per channel"
+        )
     if grid is not None:
         angle = f"{grid.degrees:.1f}" if grid.degrees >= 0.95 else f"{grid.degrees:.2g}"  # 0.03, never 0.0
         warnings.append(
