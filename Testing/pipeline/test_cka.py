@@ -146,3 +146,19 @@ def test_cli_runs_as_a_module_and_fails_cleanly(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("cka: error: unknown network 'Nope'; choose one of NoToken")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_samples_that_cannot_fit_are_refused_before_they_are_made(tmp_path, monkeypatch, capsys):
+    """Before: the check counted the inputs but not the stage maps kept of each (here 2000 x 5.7 MB: passed under
+    1 GiB; ``cka --samples 100000 --size 32`` allocated until the machine ran out). Now the need is measured on one
+    sample and refused before the samples are made (exit 2, nothing written)."""
+    from TokenUNetSegmentLib.pipeline import cli
+    from TokenUNetSegmentLib.pipeline.memory import format_size
+
+    monkeypatch.setenv("TOKENUNET_MEMORY_LIMIT", "1G")
+    argv = ["cka", "--a", "8Token", "--b", "8Token", "--size", "32", "--samples", "2000"]
+    assert cli.main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "2000 samples of 1 x 32^3 need about" in err and "use fewer --samples" in err, err
+    assert not any(tmp_path.iterdir())
+    assert (format_size(1023.6 * 2**10), format_size(999 * 2**10)) == ("1024 KiB", "999 KiB")  # not 1.02e+03 KiB

@@ -188,3 +188,141 @@ def test_a_process_of_its_own_freezes_the_collector_before_it_exits_and_a_caller
         assert gc.get_freeze_count() > before
     finally:
         gc.unfreeze()
+
+
+def test_ctrl_c_while_the_command_loads_is_a_cancel_not_a_traceback(monkeypatch, capsys):
+    """Before: Ctrl-C in the first half second of ``segment`` (while its modules are imported to declare its
+    options) printed a ``KeyboardInterrupt`` traceback, also between the JSON events of ``--progress json``."""
+
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "parse_arguments", interrupted)
+    assert cli.main(["segment", "ct.nii.gz", "--out", "o", "--progress", "json"]) == ExitCode.CANCELLED
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and decode_event(lines[0]).category == "cancelled"
+    assert cli.main(["segment", "ct.nii.gz", "--out", "o"]) == ExitCode.CANCELLED
+    assert capsys.readouterr().err.strip() == "interrupted; no output was written"
+
+
+@pytest.mark.parametrize("progress", ["none", "json"])
+def test_python_warnings_of_a_command_are_one_line_or_a_json_event(monkeypatch, capsys, progress):
+    """Before: a warning raised inside a command (``evaluate --model`` on a small volume) printed Python's two
+    lines, ``/path/evaluate.py:294: UserWarning: ...`` and the source line, also under ``--progress json``."""
+    import argparse
+    import sys
+    import warnings
+
+    def add_arguments(parser):
+        parser.add_argument("--progress", default="none")
+
+    def run(args: argparse.Namespace) -> int:
+        warnings.warn("the volume is small\n  for this model", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "warns", cli.Command("warns", add_arguments, run))
+    monkeypatch.setattr(  # what Python does outside pytest (which records warnings)
+        warnings, "showwarning", lambda *a, **k: sys.stderr.write(warnings.formatwarning(*a[:4], k.get("line")))
+    )
+    assert cli.main(["warns", "--progress", progress]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    if progress == "json":
+        assert decode_event(lines[0]).message == "the volume is small for this model"
+    else:
+        assert lines[0] == "warning: the volume is small for this model"
+
+
+def test_an_option_given_twice_takes_its_last_value():
+    """Left as argparse does it (a recipe script passes its defaults first and the user's overrides after them:
+    scripts/models/abdomen-organs-totalseg/train.sh); the README says so."""
+    args = cli.parse_arguments(["segment", "ct.nii.gz", "-o", "a", "--out", "b", "--overlap", "0.5"])
+    assert args.out == "b" and args.overlap == 0.5
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_every_option_with_a_default_states_it_truly_in_its_help(name):
+    """Before: ``train --help`` showed no default for --steps, --optimizer, --weight-decay, ...; ``segment --help``
+    none for --overlap and --batch-size (the model's) and --progress. A stated default must be the real one."""
+    import argparse
+
+    parser = cli.build_parser(name)
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    parsers = [command] + [
+        child for a in command._actions if isinstance(a, argparse._SubParsersAction) for child in a.choices.values()
+    ]
+    for each in parsers:
+        for action in each._actions:
+            default = action.default
+            unset = default is None or default is False or default == [] or default == argparse.SUPPRESS
+            if action.option_strings and not unset:
+                assert "default" in command_help(each, action).lower(), (name, action.dest)
+    # the defaults written out by hand are the real ones
+    segment = cli.build_parser("segment").parse_args(["segment", "x", "--out", "o"])
+    assert (segment.device, segment.attention_grid, segment.progress) == ("auto", "token", "auto")
+    cka = cli.build_parser("cka").parse_args(["cka", "--a", "x", "--b", "y"])
+    assert (cka.in_channels, cka.size, cka.samples, cka.pooling, cka.out) == (1, 64, 8, "positions", "cka")
+
+
+def command_help(parser, action) -> str:
+    return " ".join(parser._get_formatter()._expand_help(action).split()) if action.help else ""
+
+
+def test_sigterm_cancels_every_command_as_ctrl_c_does(tmp_path):
+    """Before: SIGTERM (a batch system's stop) killed every command but ``segment`` at once (exit -15): an output
+    folder's lock and staging folder stayed behind. Now it cancels as Ctrl-C: the folder is aborted, the lock
+    released, exit 130 with one line; one that comes while the result is swapped in waits, then cancels nothing."""
+    code = (
+        "import os, signal, sys\n"
+        "sys.stderr = sys.stdout\n"
+        "from TokenUNetSegmentLib.pipeline import cli\n"
+        "from TokenUNetSegmentLib.pipeline.output_folder import OutputFolder\n"
+        "def run(args):\n"
+        "    with OutputFolder(args.out, 'test') as folder:\n"
+        "        (folder.staging / 'half.txt').write_text('half')\n"
+        "        if args.when == 'writing':\n"
+        "            signal.raise_signal(signal.SIGTERM)\n"
+        "        (folder.staging / 'whole.txt').write_text('whole')\n"
+        "        folder.commit()\n"
+        "    return 0\n"
+        "def arguments(parser):\n"
+        "    parser.add_argument('--out')\n"
+        "    parser.add_argument('--when')\n"
+        "swap = OutputFolder._swap\n"
+        "def swap_with_a_stop(self, *a):\n"
+        "    signal.raise_signal(signal.SIGTERM) if self.destination.name == 'c' else None\n"
+        "    return swap(self, *a)\n"
+        "OutputFolder._swap = swap_with_a_stop\n"
+        "cli.register_command('stops', 'test', arguments, run)\n"
+        f"print('exit', cli.main(['stops', '--out', {str(tmp_path / 'a')!r}, '--when', 'writing']))\n"
+        f"print('exit', cli.main(['stops', '--out', {str(tmp_path / 'b')!r}, '--when', 'never']))\n"
+        f"print('exit', cli.main(['stops', '--out', {str(tmp_path / 'c')!r}, '--when', 'never']))\n"
+        "print('handler restored', signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n"
+    )
+    lines = [line for line in run_python(code).splitlines() if line]
+    assert lines == ["interrupted; no output was written", "exit 130", "exit 0", "exit 0", "handler restored True"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c"]  # no lock, no staging folder, no a/
+
+
+def test_argument_errors_under_json_progress_are_json_events(capsys):
+    """Before: ``segment ... --overlap 2 --progress json`` printed ``error: argument --overlap: ...`` as text, the
+    one line on stderr that a program reading events could not decode."""
+    for argv in (["--overlap", "2", "--out", "o"], ["--batch-size", "x", "--out", "b"], []):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["segment", "ct.nii.gz", "--progress", "json", *argv])
+        assert stop.value.code == ExitCode.USER_ERROR
+        (line,) = capsys.readouterr().err.splitlines()
+        event = decode_event(line)
+        assert isinstance(event, ErrorEvent) and event.category == "user" and event.error_type == "ArgumentError"
+    with pytest.raises(SystemExit):
+        cli.main(["segment", "ct.nii.gz", "--overlap", "2", "--out", "o"])
+    assert capsys.readouterr().err.startswith("error: argument --overlap: must be below 1")
+
+
+def test_attention_grid_with_no_heatmaps_is_a_contradiction(tmp_path, capsys):
+    """Before: ``--no-heatmaps --attention-grid input`` wrote no maps without a word about the grid asked for."""
+    argv = ["segment", "ct.nii.gz", "--out", str(tmp_path / "o"), "--no-heatmaps", "--attention-grid", "input"]
+    assert cli.main(argv) == ExitCode.USER_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("error: --attention-grid input places maps that --no-heatmaps does not write"), err
+    assert not any(tmp_path.iterdir())

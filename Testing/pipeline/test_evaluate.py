@@ -1,6 +1,8 @@
 """The evaluate command: Dice, HD95 and volume difference per label, labels matched by name."""
 
 import json
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -163,3 +165,40 @@ def test_hd95_matches_a_brute_force_computation():
     d = np.linalg.norm(pa[:, None] - pb[None], axis=-1)
     expected = max(np.percentile(d.min(1), 95), np.percentile(d.min(0), 95))
     assert hausdorff95(a, b, spacing) == pytest.approx(expected, rel=1e-9)
+
+
+def test_options_of_model_runs_are_refused_with_a_prediction(tmp_path, capsys):
+    """Before: ``--image`` and ``--device cuda:7`` beside ``--prediction`` were ignored (exit 0): the user who
+    thought they had evaluated a run on the GPU had not."""
+    reference = write(tmp_path / "ref.nii.gz", two_balls(), {"1": "organ1", "2": "organ2"})
+    command = ["evaluate", str(reference), "--prediction", str(reference)]
+    for extra, named in [
+        (["--device", "cuda:7"], "--device applies only with --model"),
+        (["--image", str(reference)], "--image applies only with --model"),
+        (["--image", str(reference), "--device", "cpu"], "--image and --device apply only with --model"),
+    ]:
+        assert cli.main([*command, *extra, "--json", str(tmp_path / "m.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {named}") and err.count("\n") == 1
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_a_model_runs_warnings_are_printed_once_on_one_line(tmp_path, capsys, monkeypatch):
+    """Before: segment()'s warning came as Python's two lines (the file, line number and source line) and then
+    again as ``warning: ...`` after the table."""
+    package = make_package(tmp_path, tiny_config(labels=2, spacing=(2.0, 2.0, 3.0), roi=(128, 128, 128)))
+    image = ball_phantom(SHAPE, (15, 15, 10), (8, 8, 6), value=200, background=-1000)
+    write(tmp_path / "ct.nii.gz", image.astype(np.int16))
+    reference = write(tmp_path / "ref.nii.gz", two_balls(), {"1": "organ1", "2": "organ2"})
+    command = ["evaluate", str(reference), "--model", str(package), "--image", str(tmp_path / "ct.nii.gz")]
+    monkeypatch.setattr(warnings, "showwarning", python_shows_warning)  # as outside pytest, which records them
+    assert cli.main([*command, "--no-hd95"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    small = [line for line in lines if "small for this model" in line]
+    assert len(small) == 1 and small[0].startswith("warning: the volume is small"), lines
+    assert not any("UserWarning" in line or "segment(" in line for line in lines), lines
+
+
+def python_shows_warning(message, category, filename, lineno, file=None, line=None):
+    """What Python does with a warning outside pytest: two lines on stderr."""
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))

@@ -82,6 +82,11 @@ NUMERIC = [
     ("segment", "--batch-size", "0", "must be at least 1"),
     ("segment", "--batch-size", "1.5", "is not a whole number"),
     ("segment", "--device", "gpu", "unknown device 'gpu'"),
+    ("segment", "--device", "", "unknown device ''"),  # before: ran on auto ("--device $DEVICE", unset)
+    ("segment", "--device", "cuda:-1", "unknown device 'cuda:-1'"),
+    ("segment", "--model", "", "argument --model/-m: is empty"),  # before: ran the catalog's default model
+    ("segment", "--model", " ", "is empty"),
+    ("train", "--device", "cuda:x", "unknown device 'cuda:x'"),  # before: refused only after reading the datalist
     ("train", "--steps", "0", "must be at least 1"),
     ("train", "--lr", "inf", "must be a finite number"),
     ("train", "--max-minutes", "-1", "must be above 0"),

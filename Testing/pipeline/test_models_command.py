@@ -32,3 +32,15 @@ def test_models_list_info_import_remove(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert cli.main([*base, "import", str(tmp_path / "w.pt")]) == 2
     assert "--like" in capsys.readouterr().err
+
+
+def test_weights_options_with_a_package_are_refused_not_ignored(tmp_path, monkeypatch, capsys):
+    """Before: ``models import pkg.zip --id my-name`` imported the package under its own id, exit 0."""
+    monkeypatch.setenv("TOKENUNET_HOME", str(tmp_path / "home"))
+    catalog = tmp_path / "Models.json"
+    catalog.write_text(json.dumps({"models": []}))
+    zipped = make_package(tmp_path, tiny_config("zipped-model"), as_zip=True)
+    assert cli.main(["--catalog", str(catalog), "models", "import", str(zipped), "--id", "my-name"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --id applies only to a weights file") and err.count("\n") == 1, err
+    assert not (tmp_path / "home/models/zipped-model").exists()

@@ -127,6 +127,56 @@ def test_robustness_command_writes_json_and_a_table(tmp_path):
     assert cli.main(bad) == 2  # no evaluation entry for that patient
 
 
+def test_robustness_checks_its_output_and_inputs_before_any_work(tmp_path, capsys, monkeypatch):
+    """Before: ``--out`` naming a file failed after every variant had run, as ``internal error: FileExistsError``
+    (exit 1); a folder holding the user's own robustness.json had it overwritten; a reference of another scan
+    (no label inside the image) gave an empty table and exit 0; ``--patient`` without ``--datalist`` was ignored.
+    Now each is one line, exit 2, before the model runs, and the output folder is replaced all at once."""
+    from TokenUNetSegmentLib.pipeline import robustness
+
+    image, reference = liver_phantom((32, 32, 40))
+    affine = affine_from_spacing(SPACING)
+    sitk.WriteImage(image_from_array(image.astype(np.int16), affine), str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(image_from_array(reference, affine), str(tmp_path / "ref.nii.gz"))
+    far = affine.copy()
+    far[:3, 3] = 5000.0
+    sitk.WriteImage(image_from_array(reference, far), str(tmp_path / "far.nii.gz"))
+    (tmp_path / "names.json").write_text(json.dumps({"1": "liver"}))
+    config = tiny_config("random-liver", labels=1, spacing=SPACING, roi=(16, 16, 16))
+    config["labels"][0]["name"] = "liver"
+    package = make_package(tmp_path, config)
+    a_file, theirs = tmp_path / "notes.txt", tmp_path / "theirs"
+    a_file.write_text("mine")
+    theirs.mkdir()
+    (theirs / "robustness.json").write_text("mine")
+
+    def command(reference, out, *extra):
+        return ["robustness", "--model", str(package), "--image", str(tmp_path / "ct.nii.gz"), "--reference",
+                str(reference), "--reference-names", str(tmp_path / "names.json"), "--variants", "plain",
+                "--no-tokens", "--device", "cpu", "--out", str(out), *extra]  # fmt: skip
+
+    real = robustness.evaluate_robustness
+    monkeypatch.setattr(robustness, "evaluate_robustness", lambda *a, **k: pytest.fail("ran before the checks"))
+    for argv, says in [
+        (command(tmp_path / "ref.nii.gz", a_file), "is a file, not a folder"),
+        (command(tmp_path / "ref.nii.gz", theirs), "holds files that TokenUNet did not write"),
+        (command(tmp_path / "ref.nii.gz", tmp_path / "o", "--patient", "P"), "--patient applies only with --datalist"),
+    ]:
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+    assert a_file.read_text() == "mine" and (theirs / "robustness.json").read_text() == "mine"
+    monkeypatch.setattr(robustness, "evaluate_robustness", real)
+    assert cli.main(command(tmp_path / "far.nii.gz", tmp_path / "o")) == 2
+    assert "has none of the model's labels inside the image" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    for _ in range(2):  # its own earlier result is replaced
+        assert cli.main(command(tmp_path / "ref.nii.gz", tmp_path / "o")) == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        ".tokenunet-manifest.json", "robustness.json", "robustness.md"
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "content, message",
     [

@@ -254,3 +254,29 @@ def test_a_network_without_what_the_pipeline_needs_is_refused_clearly():
         package_in_memory(Bare(), tiny_config())
     networks = [build_network("8Token", 1, 3, **TINY), build_network("MetaUNETR-conv", 1, 3, feature_size=12)]
     assert all(isinstance(net, SegmentationNetwork) for net in [*networks, ThresholdNet()])
+
+
+def test_a_high_overlap_says_what_it_costs_and_what_it_acts_as(ct_package, large_phantom):
+    """``overlap`` is MONAI's (the share of a window its neighbour repeats: the window count grows about as
+    1 / (1 - overlap)^3). Before: 0.9 silently ran many times the windows of the package's 0.25 and, with window
+    steps rounded to the token cell, acted as a lower overlap than asked. Now a warning says both, before the
+    network runs (also when the rounding raises it); the package's own overlap says nothing."""
+    with pytest.warns(UserWarning) as caught:
+        result = segment(large_phantom, ct_package, device="cpu", overlap=0.9, with_token_maps=False)
+    (message,) = [str(w.message) for w in caught if "overlap 0.9" in str(w.message)]
+    assert message in result.warnings
+    # 32^3 windows, steps of 8 voxels (32 * 0.1 = 3 rounds up to one 8-voxel token cell)
+    assert "runs 40 windows, 3.3 times the 12 of the model's overlap 0.25" in message
+    assert "acts as overlap 0.75 for 32x32x32 windows" in message
+    quiet = segment(large_phantom, ct_package, device="cpu", overlap=0.25, with_token_maps=False)
+    assert not any("overlap" in w for w in quiet.warnings)
+    with pytest.warns(UserWarning, match=r"overlap 0.3 runs 18 windows, 1.5 times .* acts as overlap 0.50"):
+        segment(large_phantom, ct_package, device="cpu", overlap=0.3, with_token_maps=False)
+
+
+def test_labels_do_not_depend_on_whether_token_maps_are_kept(ct_package, large_phantom):
+    """Before: without token maps the window steps were not rounded to the token cell, so ``--no-heatmaps``
+    changed the windows (``--overlap 0.9`` on the sample: 57 s against 29 s with maps) and the labels."""
+    with_maps = segment(large_phantom, ct_package, device="cpu", overlap=0.6)
+    without = segment(large_phantom, ct_package, device="cpu", overlap=0.6, with_token_maps=False)
+    np.testing.assert_array_equal(with_maps.labels, without.labels)

@@ -220,6 +220,16 @@ def test_train_command(datalist, tmp_path):
     assert cli.main(["train", str(datalist), "--config", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
 
 
+def test_more_threads_than_cpus_are_named_as_a_slowdown(tmp_path, capsys):
+    """Before: ``--threads 1000`` on 2 CPUs was taken without a word (and trains slower than 2)."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(train_config()))
+    argv = ["train", str(tmp_path / "missing.json"), "--config", str(config), "--out", str(tmp_path / "run")]
+    assert cli.main([*argv, "--threads", "1000", "--progress", "none"]) == 2  # the datalist is missing
+    err = capsys.readouterr().err
+    assert f"warning: --threads 1000 is more than this computer's {os.cpu_count()} CPUs" in err
+
+
 @pytest.mark.slow  # two processes each importing torch; the in-process training tests above run by default
 def test_torchrun_two_processes_gloo(datalist, tmp_path):
     config = tmp_path / "config.json"

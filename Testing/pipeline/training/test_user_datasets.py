@@ -323,3 +323,25 @@ def test_an_nnunet_case_without_its_second_channel_names_the_file(tmp_path):
     (root / "dataset.json").write_text(json.dumps({**spec, "channel_names": {"0": "CT", "1": "PET"}}))
     with pytest.raises(InputError, match=r"labelsTr/case_000.nii.gz has no image imagesTr/case_000_0001.nii.gz"):
         datasets.decathlon(root)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["decathlon", "ds", "--splits", "test"], "--splits applies only to the totalsegmentator layout"),
+        (["decathlon", "ds", "--images", "img"], "--images applies only to the folders layout"),
+        (
+            ["totalsegmentator", "ds", "--validation-fraction", "0.2"],
+            "--validation-fraction applies only to the decathlon and folders layouts",
+        ),  # fmt: skip
+        (["folders", "ds", "--images", "img", "--labels", "lab"], "the folders layout takes no dataset folder"),
+        (["folders", "--images", "img", "--labels", "lab", "--structures", "model"], "--structures applies only"),
+    ],
+)
+def test_options_of_another_layout_are_refused_not_ignored(tmp_path, capsys, argv, message):
+    """Before: each was ignored (exit 0 where the dataset was there): ``decathlon ... --splits test`` listed every
+    case for training."""
+    assert cli.main(["datalist", *argv, "--out", str(tmp_path / "list.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "list.json").exists()

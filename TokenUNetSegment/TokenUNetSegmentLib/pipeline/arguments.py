@@ -71,6 +71,33 @@ def number(minimum: float | None = None, maximum: float | None = None, below: fl
     return parse
 
 
+def text(what: str = "a value"):
+    """Text that is not empty (``--model "$MODEL"`` with the variable unset must not mean the default model)."""
+
+    def parse(value: str) -> str:
+        if not str(value).strip():
+            raise argparse.ArgumentTypeError(f"is empty (give {what})")
+        return str(value)
+
+    parse.__name__ = "text"
+    return parse
+
+
+DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")  # as pipeline.device (which imports torch) accepts them
+
+
+def device_name(value: str) -> str:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (is it present: checked when the run starts)."""
+    name = str(value).strip().lower()
+    kind, colon, index = name.partition(":")
+    if kind not in DEVICE_KINDS or (colon and not (kind == "cuda" and index.isdigit() and len(index) < 4)):
+        raise argparse.ArgumentTypeError(f"unknown device {_shown(value)} (use auto, cpu, cuda, cuda:N or mps)")
+    return name
+
+
+device_name.__name__ = "device"
+
+
 def _shown(text) -> str:
     text = str(text)
     return repr(text if len(text) <= 40 else text[:37] + "...")

@@ -281,18 +281,31 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--samples must be at least 2, got {args.samples}.")
     if args.size < 1:
         raise ValueError(f"--size must be positive, got {args.size}.")
-    from .output_folder import OutputFolder
+    from .output_folder import OutputFolder, earlier_result
 
-    folder = OutputFolder(args.out, "cka", reserved=("cka.json", "cka.png"), legacy_files=_cka_files)
+    written_before_manifests = earlier_result(("cka.json",), optional=("cka.png",))
+    folder = OutputFolder(args.out, "cka", reserved=("cka.json", "cka.png"), legacy_files=written_before_manifests)
     folder.open()  # checked and locked before anything is computed
     with folder:
         return _run(args, folder)
 
 
-def _cka_files(folder: Path) -> set[str] | None:
-    """The files of a CKA folder written before manifests existed."""
-    names = {name for name in ("cka.json", "cka.png") if (folder / name).is_file()}
-    return names if "cka.json" in names and set(p.name for p in folder.iterdir()) <= {"cka.json", "cka.png"} else None
+def _check_memory(networks, samples: int, shape) -> None:
+    """Refuse before the samples are made when they and the stage maps kept of them (measured on one sample)
+    exceed free memory or ``TOKENUNET_MEMORY_LIMIT`` (before: ``--samples 100000`` of 32^3 allocated until the
+    machine ran out)."""
+    from .memory import format_size, memory_limit
+
+    probe = torch.zeros(shape)
+    per_sample = probe.numel() * 4 + sum(
+        feature.numel() * 4 for network in networks for stage in stage_maps(network, [probe]) for feature in stage
+    )
+    limit, what = memory_limit()
+    if samples * per_sample > limit:
+        raise ValueError(
+            f"{samples} samples of {shape[1]} x {shape[2]}^3 need about {format_size(samples * per_sample)} "
+            f"(inputs and stage maps), over {what} ({format_size(limit)}); use fewer --samples or a smaller --size"
+        )
 
 
 def _run(args: argparse.Namespace, folder) -> int:
@@ -302,6 +315,7 @@ def _run(args: argparse.Namespace, folder) -> int:
     network_b = _build(args.b, args.in_channels, args.size, b_options, args.b_weights, args.samples)
     generator = torch.Generator().manual_seed(args.seed)
     shape = (1, args.in_channels, args.size, args.size, args.size)
+    _check_memory((network_a, network_b), args.samples, shape)
     inputs = [torch.randn(shape, generator=generator) for _ in range(args.samples)]
     matrix = cka_matrix(network_a, network_b, inputs, args.pooling, args.debiased)
 

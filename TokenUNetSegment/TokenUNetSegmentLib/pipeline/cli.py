@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import os
+import signal
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
@@ -125,6 +129,9 @@ class ProgressPrinter:
         if self.json:
             self.emit(LogEvent(message, "warning"))
         else:
+            if self.mode == "bar" and self.last:  # below the bar, which goes on on the next line
+                self.stream.write("\n")
+                self.last = ""
             print(f"warning: {message}", file=self.stream)
 
     def close(self) -> None:
@@ -135,11 +142,28 @@ class ProgressPrinter:
 
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (``error: ... (see 'tokenunet segment --help')``) and exit
-    code 2, like every other user error; its subcommand parsers are of the same kind."""
+    code 2, like every other user error; its subcommand parsers are of the same kind. An option given twice takes
+    its last value, as in argparse and most tools (recipe scripts pass their defaults first, the user's after)."""
+
+    def _add_action(self, action: argparse.Action) -> argparse.Action:
+        """Every option's help states its default (argparse shows none unless told)."""
+        default = action.default
+        unset = default is None or default is False or default == [] or default == argparse.SUPPRESS
+        meaningful = not unset and action.option_strings
+        if meaningful and "default" not in (action.help or "").lower() and action.help is not argparse.SUPPRESS:
+            value = action.default
+            shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+            action.help = f"{action.help} (default: {shown})" if action.help else f"default: {shown}"
+            action.help = action.help.replace("%", "%%").replace("%%(", "%(")
+        return super()._add_action(action)
 
     def error(self, message: str):
-        hint = f"see '{self.prog} --help'"
-        self.exit(ExitCode.USER_ERROR, ErrorEvent(message, "user", hint, "ArgumentError").line() + "\n")
+        event = ErrorEvent(message, "user", f"see '{self.prog} --help'", "ArgumentError")
+        self.exit(ExitCode.USER_ERROR, (encode_event(event) if JSON_ERRORS.get() else event.line()) + "\n")
+
+
+JSON_ERRORS = contextvars.ContextVar("JSON_ERRORS", default=False)
+"""Whether parse errors are JSON error events (the command line asks for ``--progress json``)."""
 
 
 def build_parser(*commands: str) -> argparse.ArgumentParser:
@@ -192,18 +216,26 @@ def _run(argv: list[str] | None) -> int:
             stream.reconfigure(errors="backslashreplace")
     from .allocator import use_huge_pages
 
-    use_huge_pages()  # before torch is imported
+    tokens = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    json_progress = "--progress=json" in tokens or ("--progress", "json") in zip(tokens, tokens[1:], strict=False)
+    json_errors = JSON_ERRORS.set(json_progress)
     try:
+        use_huge_pages()  # before torch is imported
         args = parse_arguments(argv)
+    except KeyboardInterrupt as error:  # Ctrl-C while a command's modules load: no traceback either
+        return _report(ErrorEvent.from_error(error), json_progress, after_interrupt=True)
     except ModuleNotFoundError as error:  # declaring a command's arguments imports its module
-        tokens = sys.argv[1:] if argv is None else [str(a) for a in argv]
         if missing_dependency(error) is None or "--debug" in tokens:
             raise
-        json_progress = "--progress=json" in tokens or ("--progress", "json") in zip(tokens, tokens[1:], strict=False)
         return _report(ErrorEvent.from_error(error), json_progress)
+    finally:
+        JSON_ERRORS.reset(json_errors)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    json_progress = getattr(args, "progress", None) == "json"
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings(), _terminate_as_interrupt():
+            warnings.showwarning = _warning_printer(json_progress)
+            return COMMANDS[args.command](args)
     except BrokenPipeError:  # the reader of our output went away (``| head``): nothing left to tell it
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -212,7 +244,33 @@ def _run(argv: list[str] | None) -> int:
         event = ErrorEvent.from_error(error)
         if args.debug and event.category != "cancelled":
             raise
-        return _report(event, getattr(args, "progress", None) == "json", isinstance(error, KeyboardInterrupt))
+        return _report(event, json_progress, isinstance(error, KeyboardInterrupt))
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a batch system's or the GUI's stop) cancels as Ctrl-C does: output folders are aborted, locks
+    released, exit code 130 (before: only ``segment``, which cancels between windows; the others died at once, leaving
+    their lock and staging folder behind)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _warning_printer(json_progress: bool):
+    """``warnings.showwarning`` for a command: one ``warning: ...`` line (a JSON log event with ``--progress json``),
+    not Python's two lines with the source line that warned."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        print(encode_event(LogEvent(text, "warning")) if json_progress else f"warning: {text}", file=sys.stderr)
+
+    return show
 
 
 def _report(event: ErrorEvent, json_progress: bool, after_interrupt: bool = False) -> int:

@@ -38,7 +38,7 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         raise TokenUNetError(f"unknown device '{name[:40]}'", f"use one of {', '.join(DEVICES)}, or cuda:N")
     if kind == "cuda" and not torch.cuda.is_available():
         raise TokenUNetError(
-            "device 'cuda' was requested but no CUDA GPU is available",
+            f"device '{name}' was requested but no CUDA GPU is available",
             "use --device auto or cpu, or install a CUDA build of PyTorch",
         )
     if index and int(index) >= torch.cuda.device_count():

@@ -12,10 +12,12 @@ import argparse
 import json
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .arguments import device_name, text
 from .errors import InputError
 
 
@@ -261,12 +263,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reference", help="reference label map (.seg.nrrd, NIfTI, NRRD, MHA), or sample:ID")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prediction", "-p", help="predicted label map (e.g. segmentation.seg.nrrd)")
-    source.add_argument("--model", "-m", help="run this model (id or package path) on --image instead")
+    source.add_argument(
+        "--model", "-m", type=text("a model id or package path"), help="run this model (id or package path) on --image"
+    )
     parser.add_argument("--image", nargs="+", help="input volume(s) for --model")
     parser.add_argument("--reference-names", help='JSON name table of the reference {"1": "spleen", ...}')
     parser.add_argument("--prediction-names", help="JSON name table of the prediction")
     parser.add_argument("--no-hd95", action="store_true", help="skip the Hausdorff distance (faster)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", type=device_name, help="with --model: auto (the default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--json", dest="json_out", help="write the metrics to this JSON file")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing --json file that is no earlier evaluation"
@@ -282,6 +286,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         check_file_destination(args.json_out, args.overwrite or json_with_keys(*EVALUATION_KEYS))
     prediction = args.prediction
     timing, segment_warnings = None, []
+    if args.prediction and (args.image or args.device):
+        given = " and ".join(option for option, value in (("--image", args.image), ("--device", args.device)) if value)
+        verb = "apply" if " and " in given else "applies"
+        raise InputError(
+            f"{given} {verb} only with --model", "drop it, or segment with --model instead of --prediction"
+        )
     if args.model:
         if not args.image:
             raise InputError("--model needs --image (the volume(s) to segment)")
@@ -291,10 +301,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
         package = ModelStore(getattr(args, "catalog", None)).load(args.model)
         started = time.perf_counter()
-        result = segment(args.image, package, device=args.device, with_token_maps=False)
+        with warnings.catch_warnings():  # segment() warns API callers; here its warnings are printed once
+            warnings.simplefilter("ignore", UserWarning)
+            result = segment(args.image, package, device=args.device or "auto", with_token_maps=False)
         timing = time.perf_counter() - started
         names = {label.value: label.name for label in result.label_table}
         segment_warnings = list(result.warnings)
+        for message in segment_warnings:
+            print(f"warning: {message}", file=sys.stderr)
         prediction = (Volume(result.labels, result.affine, "prediction"), names)
     result = evaluate_files(prediction, args.reference, args.prediction_names, args.reference_names, not args.no_hd95)
     result["prediction"] = args.prediction or f"model {args.model} on {', '.join(args.image)}"
@@ -302,7 +316,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if timing is not None:
         result["segment_seconds"] = round(timing, 2)
     print(format_table(result))
-    for message in result["warnings"]:
+    for message in result["warnings"][len(segment_warnings) :]:  # segment()'s: printed when they came
         print(f"warning: {message}", file=sys.stderr)
     if args.json_out:
         write_file_atomically(args.json_out, json.dumps(result, indent=2))

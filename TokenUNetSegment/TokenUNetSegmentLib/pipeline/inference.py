@@ -25,6 +25,8 @@ class WindowPlan:
     blending: str
     batch_size: int
     size_multiple: int
+    step_multiple: int = 1
+    """Window steps are multiples of this (:func:`step_multiple`: 1 for a network without tokens)."""
 
 
 def plan_windows(
@@ -41,7 +43,7 @@ def plan_windows(
     multiple = int(network.size_multiple)
     roi = tuple(max(multiple, -(-int(r) // multiple) * multiple) for r in inference.roi_size)
     batch = int(batch_size or inference.sw_batch_size or (2 if device.type == "cuda" else 1))
-    return WindowPlan(roi, chosen, inference.blending, batch, multiple)
+    return WindowPlan(roi, chosen, inference.blending, batch, multiple, step_multiple(network))
 
 
 def run_windows(network, image: np.ndarray, plan: WindowPlan, device, progress, with_tokens: bool, warn, since=None):
@@ -61,6 +63,38 @@ def run_windows(network, image: np.ndarray, plan: WindowPlan, device, progress, 
     finally:
         network.to("cpu")
     return logits, maps, used["device"]
+
+
+def step_multiple(network) -> int:
+    """The multiple of the window steps: the network's size multiple when it has token maps (on a grid
+    1/size_multiple of the window, which must stay aligned), whether or not a run keeps them, so the labels are
+    the same with and without maps; 1 (any step, as MONAI's) for a network without tokens."""
+    return int(network.size_multiple) if bool(getattr(network, "has_tokens", False)) else 1
+
+
+def overlap_cost(shape, plan: WindowPlan, default_overlap: float) -> str | None:
+    """A warning when ``plan``'s overlap runs many more windows over a volume of ``shape`` (on the model grid)
+    than the package's own overlap, or when the steps' rounding lowers it; None otherwise.
+
+    The window count grows about as 1 / (1 - overlap)^3, and so the time; steps are whole multiples of the
+    network's token cell (:func:`step_multiple`), so an overlap above ``1 - multiple / roi`` acts as that bound.
+    """
+    overlaps, windows = scan_plan(shape, plan.roi_size, plan.overlap, plan.step_multiple)
+    _, usual = scan_plan(shape, plan.roi_size, default_overlap, plan.step_multiple)
+    effective = min(1.0 - max(1, int(r * (1 - o))) / r for r, o in zip(plan.roi_size, overlaps, strict=True))
+    rounded = abs(plan.overlap - effective) > 0.05
+    if windows < 2 * usual and not rounded:
+        return None
+    message = f"overlap {plan.overlap:g} runs {windows} windows"
+    if windows != usual:
+        message += f", {windows / usual:.1f} times the {usual} of the model's overlap {default_overlap:g}"
+        message += " (the network's time grows as much)"
+    if rounded:
+        message += (
+            f"; window steps are whole {plan.step_multiple}-voxel token cells, so it acts as overlap "
+            f"{effective:.2f} for {'x'.join(map(str, plan.roi_size))} windows"
+        )
+    return message
 
 
 def scan_plan(shape, roi_size, overlap: float, multiple: int) -> tuple[list[float], int]:
@@ -103,9 +137,7 @@ def sliding_window(
     """
     device = device or torch.device("cpu")
     with_tokens = with_tokens and bool(network.has_tokens)
-    # only the token maps (on a grid 1/size_multiple of the window) need window steps on that grid
-    multiple = int(network.size_multiple) if with_tokens else 1
-    overlaps, total = scan_plan(image.shape[1:], roi_size, overlap, multiple)
+    overlaps, total = scan_plan(image.shape[1:], roi_size, overlap, step_multiple(network))
     done = [0]
     network = network.to(device).eval()
 

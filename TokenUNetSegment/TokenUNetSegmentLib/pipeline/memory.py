@@ -55,5 +55,6 @@ def format_size(size: float) -> str:
     """``1.9 GiB``, ``512 MiB``, ``12 KiB``, ``100 B``."""
     for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if size >= scale:
-            return f"{size / scale:.3g} {unit}"
+            value = size / scale
+            return f"{value:.3g} {unit}" if value < 1000 else f"{value:.0f} {unit}"  # not 1.02e+03 KiB
     return f"{int(size)} B"

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .arguments import text
 from .catalog import ModelEntry, ModelStore
 from .errors import TokenUNetError
 from .metadata import PackageMetadata, check_model_id
@@ -24,12 +25,14 @@ WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = sub.add_parser("list", help="list bundled, cached and downloadable models")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print the list as JSON")
     info = sub.add_parser("info", help="show a model's metadata")
-    info.add_argument("model", help="id or package path")
-    info.add_argument("--json", action="store_true")
+    info.add_argument("model", type=text("a model id or package path"), help="id or package path")
+    info.add_argument("--json", action="store_true", help="print the metadata as JSON")
     imp = sub.add_parser("import", help="import a package (folder or .zip), or weights (.safetensors/.pt/.pth)")
-    imp.add_argument("path")
+    imp.add_argument(
+        "path", type=text("a package folder, .zip or weights file"), help="package folder, .zip or weights file"
+    )
     imp.add_argument("--overwrite", action="store_true")
     imp.add_argument("--like", help="for weights files: the model whose configuration they fit")
     imp.add_argument("--id", dest="new_id", help="for weights files: the new model id")
@@ -93,6 +96,13 @@ def describe(metadata: PackageMetadata, path: Path) -> str:
 def _import(store: ModelStore, args: argparse.Namespace) -> Path:
     source = Path(args.path)
     if source.suffix.lower() not in WEIGHTS_SUFFIXES:
+        given = [option for option, value in (("--like", args.like), ("--id", args.new_id)) if value]
+        if given:  # before: ignored, the package imported under its own id
+            raise TokenUNetError(
+                f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} only to a weights file "
+                f"({', '.join(WEIGHTS_SUFFIXES)}); a package keeps the id in its metadata",
+                f"drop {' and '.join(given)}",
+            )
         return store.import_package(source, overwrite=args.overwrite)
     from .package_writer import package_from_weights
 

@@ -351,6 +351,19 @@ class OutputFolder:
 # -- helpers -------------------------------------------------------------------------------------------------
 
 
+def earlier_result(required: Iterable[str], optional: Iterable[str] = ()) -> Callable[[Path], set[str] | None]:
+    """``legacy_files`` for :class:`OutputFolder`: a folder holding the ``required`` files, perhaps some ``optional``
+    ones and nothing else is a result written before manifests existed (its files are the tool's)."""
+    required, allowed = set(required), set(required) | set(optional)
+
+    def files(folder: Path) -> set[str] | None:
+        names = {path.name for path in folder.iterdir()}
+        plain = {name for name in names if (folder / name).is_file()}
+        return names if required <= plain and names <= allowed and names == plain else None
+
+    return files
+
+
 def remove_listed_files(
     folder: str | Path,
     command: str,
@@ -710,8 +723,8 @@ def _deferred_signals(warnings: list[str]):
             warnings.append("an interrupt came while the result was put in place; it waited until the swap was done")
             for signum in dict.fromkeys(received):
                 handler = previous.get(signum)
-                if signum == signal.SIGINT and handler is signal.default_int_handler:
-                    continue  # the result is complete: a deferred Ctrl-C no longer cancels anything
+                if handler is signal.default_int_handler:
+                    continue  # the result is complete: a deferred Ctrl-C (or SIGTERM as one) no longer cancels it
                 if callable(handler):
                     handler(signum, None)
                 elif handler == signal.SIG_DFL and signum != signal.SIGINT:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .arguments import device_name, text
 from .calibration import confidence_pairs, format_summary, summarise
 from .errors import InputError
 
@@ -244,6 +245,11 @@ def evaluate_robustness(
     pairs = _pairs(package.labels, names)
     if not pairs:
         raise InputError("the reference names none of the model's labels", "pass the reference's name table")
+    if not any((ref == value).any() for _, value, _ in pairs):  # e.g. a label map of another scan
+        raise InputError(
+            f"the reference ({reference.name}) has none of the model's labels inside the image ({image.name})",
+            "check that both belong to the same scan, with their geometry (origin, spacing, orientation) kept",
+        )
     rows, plain_labels, tokens_out = [], None, {}
     variants = make_variants(image, ref, names, wanted)
     for index, variant in enumerate(variants):
@@ -411,22 +417,44 @@ def _announce(name: str):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", "-m", required=True, help="model id or package path")
+    parser.add_argument(
+        "--model", "-m", type=text("a model id or package path"), required=True, help="model id or package path"
+    )
     parser.add_argument("--image", help="the CT to change and segment")
     parser.add_argument("--reference", help="its reference label map")
     parser.add_argument("--reference-names", help='JSON name table of the reference {"1": "liver", ...}')
     parser.add_argument("--datalist", help="a datalist with 'evaluation' entries (instead of --image/--reference)")
     parser.add_argument("--patient", help="with --datalist: the patient to measure")
-    parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(ALL_VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", choices=ALL_VARIANTS, default=list(ALL_VARIANTS), help="the changes to measure"
+    )
     parser.add_argument("--no-tokens", action="store_true", help="skip the best-token soft Dice")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--device", type=device_name, default="auto", help="auto (the default), cpu, cuda, cuda:N or mps"
+    )
     parser.add_argument("--out", "-o", required=True, help="folder for robustness.json and robustness.md")
 
 
 def run_robustness(args: argparse.Namespace) -> int:
-    from .catalog import ModelStore
+    from .output_folder import OutputFolder, earlier_result
+
+    others = [option for option, value in (("--image", args.image), ("--reference", args.reference)) if value]
+    if args.datalist and others:
+        raise InputError(f"--datalist and {' and '.join(others)} contradict", "give --datalist or --image/--reference")
+    if args.patient and not args.datalist:
+        raise InputError("--patient applies only with --datalist", "drop --patient, or add --datalist")
+    written_before_manifests = earlier_result(OUTPUT_FILES)
+    folder = OutputFolder(args.out, "robustness", reserved=OUTPUT_FILES, legacy_files=written_before_manifests)
+    folder.open()  # checked and locked before anything is computed
+    with folder:
+        return _run(args, folder, _cases(args))
+
+
+OUTPUT_FILES = ("robustness.json", "robustness.md")
+
+
+def _cases(args: argparse.Namespace) -> list[dict]:
     from .evaluate import name_table
-    from .volumes import read_volume
 
     if args.datalist:
         if not args.patient:
@@ -443,8 +471,15 @@ def run_robustness(args: argparse.Namespace) -> int:
         ]
     else:
         raise InputError("give --image and --reference, or --datalist and --patient")
+    return cases
+
+
+def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
+    from .catalog import ModelStore
+    from .volumes import read_volume
+
     package = ModelStore(getattr(args, "catalog", None)).load(args.model)
-    out = Path(args.out)
+    out = folder.staging
     results = []
     for case in cases:
         result = evaluate_robustness(
@@ -465,11 +500,12 @@ def run_robustness(args: argparse.Namespace) -> int:
         + format_summary(r["calibration"])
         for r in results
     )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "robustness.json").write_text(
-        json.dumps(results if len(results) > 1 else results[0], indent=2), encoding="utf-8"
-    )
-    (out / "robustness.md").write_text(tables + "\n", encoding="utf-8")
+    with folder.writing():
+        (out / "robustness.json").write_text(
+            json.dumps(results if len(results) > 1 else results[0], indent=2), encoding="utf-8"
+        )
+        (out / "robustness.md").write_text(tables + "\n", encoding="utf-8")
+    destination = folder.commit()
     print(tables)
-    print(f"wrote {out / 'robustness.json'} and {out / 'robustness.md'}", file=sys.stderr)
+    print(f"wrote {destination / 'robustness.json'} and {destination / 'robustness.md'}", file=sys.stderr)
     return 0

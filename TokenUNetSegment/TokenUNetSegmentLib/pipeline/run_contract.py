@@ -214,7 +214,7 @@ class RunRequest:
 
         Token maps travel on the token grid (small, exact) and there is no overview picture.
         """
-        arguments = ["segment", *map(str, input_files), "--out", str(out), "--device", self.device]
+        arguments = ["segment", *map(str, input_files), "--out", str(out), "--device", self.device or "auto"]
         arguments += ["--progress", "json", "--attention-grid", "token", "--no-overview"]
         if self.model is not None:
             arguments += ["--model", self.model]

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from ..model.variants import declared_token_count
-from .arguments import integer, number
+from .arguments import device_name, integer, number, text
 from .background import BackgroundCall, switch_interval
 from .cli import WRITE_START, ProgressPrinter
 from .outputs import ATTENTION_GRIDS, DEFAULT_ATTENTION_GRID
@@ -32,13 +32,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="one volume per model input channel (NIfTI, NRRD, MHA or a DICOM folder), in the "
         "model's channel order, or in any order when the file names match its channel patterns",
     )
-    parser.add_argument("--model", "-m", default=None, help="model id or package path (default: the catalog's)")
-    parser.add_argument("--out", "-o", required=True, help="output folder")
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument(
-        "--overlap", type=number(minimum=0.0, below=1.0), default=None, help="sliding-window overlap in [0, 1)"
+        "--model",
+        "-m",
+        type=text("a model id or package path"),
+        help="model id or package path (default: the catalog's)",
     )
-    parser.add_argument("--batch-size", type=integer(minimum=1, maximum=4096), default=None, help="windows per pass")
+    parser.add_argument("--out", "-o", required=True, help="output folder")
+    parser.add_argument(
+        "--device",
+        type=device_name,
+        default="auto",
+        help="auto (the default: cuda > mps > cpu), cpu, cuda, cuda:N or mps",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=number(minimum=0.0, below=1.0),
+        default=None,
+        help="sliding-window overlap in [0, 1), as MONAI's (default: the model's, 0.25 for the bundled one); the "
+        "window count, and the time, grows about as 1/(1-overlap)^3 (0.9: about 30 times 0.25's); window steps are "
+        "whole token cells (8 voxels in the bundled model's 64^3 windows: above 0.875 acts as 0.875); a warning says "
+        "the count when it doubles",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=integer(minimum=1, maximum=4096),
+        default=None,
+        help="windows per pass (default: the model's, else 1 on a CPU, 2 on a GPU)",
+    )
     parser.add_argument("--probabilities", action="store_true", help="also write per-label probability maps")
     parser.add_argument("--no-heatmaps", action="store_true", help="skip the token attention maps")
     parser.add_argument(
@@ -56,7 +77,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decide labels on the input grid from interpolated probabilities (smoother, slower)",
     )
     parser.add_argument("--no-overview", action="store_true", help="skip overview.png")
-    parser.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "bar", "json", "none"),
+        default="auto",
+        help="auto: a bar on a terminal, else none; json: one event per line on stderr (default: auto)",
+    )
 
 
 # The reading thread returns to Python between its SimpleITK calls and waits for the GIL that torch's import holds
@@ -119,6 +145,13 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         printer(stage, WRITE_START * fraction)  # the output files take the rest of the bar
 
     folder = None
+    if args.no_heatmaps and args.attention_grid != DEFAULT_ATTENTION_GRID:  # before: ignored
+        from .errors import InputError
+
+        raise InputError(
+            f"--attention-grid {args.attention_grid} places maps that --no-heatmaps does not write",
+            "drop one of the two",
+        )
     try:
         printer("start", 0.0)  # a first line at once: before the model and inputs are read, torch imported
         store = ModelStore(getattr(args, "catalog", None))
@@ -169,8 +202,10 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
 
             package = load_package(package_path)
             volumes = reading.result()
-        with warnings.catch_warnings():  # segment() warns API callers; here they are printed from result.warnings
-            warnings.filterwarnings("ignore", category=UserWarning, module=__name__)
+        shown: list[str] = []
+        with warnings.catch_warnings():  # segment()'s warnings (API callers get them so) are printed when they come
+            warnings.simplefilter("always", UserWarning)
+            warnings.showwarning = lambda message, *_, **__: (shown.append(str(message)), printer.warning(str(message)))
             result = segment(
                 volumes,
                 package,
@@ -206,7 +241,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
             progress=lambda f: printer("write", WRITE_START + (1 - WRITE_START) * f),
         )
         printer.close()
-        for message in [*result.warnings, *folder.warnings]:
+        for message in [*(m for m in result.warnings if m not in shown), *folder.warnings]:
             printer.warning(message)
         seconds = result.timings["total"] + time.perf_counter() - started
         printer.emit(

@@ -22,7 +22,7 @@ from .confidence import Assessment, assess
 from .device import check_memory, cpu_sample, estimate_memory, resolve_device
 from .errors import ArgumentError, InputError, OutOfMemoryError
 from .geometry import Grid, model_grid
-from .inference import WindowPlan, plan_windows, run_windows, scan_plan
+from .inference import WindowPlan, overlap_cost, plan_windows, run_windows, scan_plan
 from .map_back import map_back
 from .metadata import PackageConfig
 from .package_loader import ModelPackage, resolve_model
@@ -120,9 +120,10 @@ def segment(
         if check_free_memory:
             _check_memory(package, volumes[0], plan, run_device, probabilities, maps_on_input_grid and with_token_maps)
         prepared = prepare(volumes, config, plan.size_multiple, plan.roi_size, reporter)
-        for message in prepared.warnings:
+        cost = None if overlap is None else overlap_cost(prepared.image.shape[1:], plan, config.inference.overlap)
+        for message in [*prepared.warnings, *([cost] if cost else [])]:
             pywarnings.warn(message, stacklevel=2)
-        result_warnings += prepared.warnings
+            result_warnings.append(message)
 
     with clock.stage("inference"):
         want_tokens = with_token_maps and bool(network.has_tokens)
@@ -225,7 +226,7 @@ def _check_memory(
 ) -> None:
     pre = package.config.preprocessing
     grid = model_grid(first.grid, pre.orientation, pre.spacing)
-    _, windows = scan_plan(grid.shape, plan.roi_size, plan.overlap, plan.size_multiple)
+    _, windows = scan_plan(grid.shape, plan.roi_size, plan.overlap, plan.step_multiple)
     batch = min(plan.batch_size, windows)  # a batch holds at most the volume's windows
     estimate = estimate_memory(
         package.network,

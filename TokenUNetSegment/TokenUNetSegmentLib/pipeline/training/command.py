@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..arguments import integer, number
+from ..arguments import device_name, integer, number
 from ..cli import ProgressPrinter
 from ..errors import InputError, OutputError
 
@@ -86,14 +86,16 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=integer(0, 256), default=default.workers, help="processes that draw patches")
     parser.add_argument("--val-every", type=integer(1), default=default.val_every, help="validate every N steps")
     parser.add_argument("--seed", type=integer(0, 2**32 - 1 - 10**6), default=0)
-    parser.add_argument("--threads", type=integer(1, 1024), help="CPU threads per process")
+    parser.add_argument("--threads", type=integer(1, 1024), help="CPU threads per process (default: torch's)")
     parser.add_argument(
         "--max-minutes",
         type=number(above=0.0),
         help="stop this invocation after this long (a --resume continues) and package the selected checkpoint",
     )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--device", type=device_name, default="auto", help="auto (the default), cpu, cuda, cuda:N or mps"
+    )
     parser.add_argument("--description", help="package description")
     parser.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
 
@@ -175,6 +177,11 @@ def _train(args: argparse.Namespace, train, Recipe, rank: int) -> int:
     parse_config(config, f"training configuration {args.config}")  # one clear error before any work
     recipe = Recipe.from_arguments(args)
     printer = ProgressPrinter(args.progress if rank == 0 else "none")
+    cpus = os.cpu_count() or 1
+    if args.threads and args.threads > cpus:  # torch takes them, and the CPUs switch between them
+        printer.warning(
+            f"--threads {args.threads} is more than this computer's {cpus} CPUs: it trains slower, not faster"
+        )
 
     def echo(record: dict) -> None:
         if record.get("event") == "validation":
@@ -235,10 +242,37 @@ def _datalist_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+LAYOUT_OPTIONS = {  # option: (its dest, its default, the layouts it applies to)
+    "--images": ("images", None, ("folders",)),
+    "--labels": ("labels", None, ("folders",)),
+    "--table": ("table", "btcv", ("folders",)),
+    "--splits": ("splits", ["train"], ("totalsegmentator",)),
+    "--validation-splits": ("validation_splits", ["val"], ("totalsegmentator",)),
+    "--structures": ("structures", "all", ("totalsegmentator",)),
+    "--validation-fraction": ("validation_fraction", 0.0, ("decathlon", "folders")),
+}
+
+
+def _check_layout_options(args: argparse.Namespace) -> None:
+    """Options of another layout are refused, not ignored (before: ``decathlon ... --splits test`` trained on every
+    split without a word)."""
+    if args.layout == "folders" and args.root:
+        raise InputError(
+            f"the folders layout takes no dataset folder (got {args.root!r})", "give --images and --labels instead"
+        )
+    for option, (dest, default, layouts) in LAYOUT_OPTIONS.items():
+        if args.layout not in layouts and getattr(args, dest) != default:
+            raise InputError(
+                f"{option} applies only to the {' and '.join(layouts)} layout{'s' if len(layouts) > 1 else ''}",
+                f"drop it for the {args.layout} layout",
+            )
+
+
 def run_datalist(args: argparse.Namespace) -> int:
     from ..output_folder import check_file_destination, write_file_atomically
     from . import datasets
 
+    _check_layout_options(args)
     # before the dataset is scanned; a datalist this command wrote is replaced, any other file only if asked
     out = check_file_destination(args.out, args.overwrite or datasets.written_by_datalist)
     labels = [label["name"] for label in load_config(args.config)["labels"]] if args.config else None
