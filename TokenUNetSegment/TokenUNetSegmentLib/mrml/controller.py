@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ..pipeline.metadata import InputChannel, match_channels
+from ..pipeline.channels import match_channels
+from ..pipeline.metadata import InputChannel
 from ..pipeline.run_contract import RunState
 from .parameters import MAX_INPUTS, Parameters
 
@@ -281,7 +282,7 @@ def model_infos(store) -> list[ModelInfo]:
 def assign_inputs(volume_names: list[str], model: ModelInfo, current: list[str | None] | None = None) -> list:
     """Volume name per input channel: ``current`` choices kept, empty channels filled by filename pattern.
 
-    The matching itself is the pipeline's (:func:`..pipeline.metadata.match_channels`), given only the empty
+    The matching itself is the pipeline's (:func:`..pipeline.channels.match_channels`), given only the empty
     channels and the volumes no channel uses yet.
     """
     chosen: list[str | None] = list(current or [])[: len(model.input_names)]

@@ -100,7 +100,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     is locked from the start and replaced only when the run is done.
     """
     from .catalog import ModelStore
-    from .metadata import assign_inputs
+    from .channels import check_channels_fit, order_inputs
     from .outputs import attention_bounds, estimate_output_bytes, output_folder
     from .package_source import read_metadata
     from .preprocess import resample_ahead
@@ -124,13 +124,10 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         package_path = store.resolve(args.model, lambda fraction: download.update("download", fraction), cancel)
         metadata = read_metadata(package_path)
         config, package_id = metadata.config, metadata.id
-        inputs = list(args.inputs)
-        if len(inputs) > 1:  # files named like the package's channel patterns go to their channels
-            assigned = assign_inputs(inputs, config)
-            if all(assigned.values()) and len(set(assigned.values())) == len(inputs):
-                inputs = list(assigned.values())
+        inputs = order_inputs(list(args.inputs), config.inputs, package_id)  # by name, one file per channel
         opened = [open_input(item) for item in inputs]  # headers checked, DICOM slices' included
-        for item, channel, name in zip(opened, config.inputs, inputs, strict=False):  # counts: checked in segment()
+        check_channels_fit([item.values for item in opened])
+        for item, channel, name in zip(opened, config.inputs, inputs, strict=True):
             check_modality(item.modality, channel.modality, Path(name).name, package_id, channel.name)
         tokens = 0 if args.no_heatmaps else 2 * 32  # the most maps a package has (gather and broadcast)
         voxels = opened[0].values

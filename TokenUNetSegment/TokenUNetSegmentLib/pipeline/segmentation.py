@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .catalog import ModelStore
+from .channels import check_distinct
 from .confidence import Assessment, assess
 from .device import check_memory, cpu_sample, estimate_memory, resolve_device
 from .errors import ArgumentError, InputError, OutOfMemoryError
@@ -117,7 +118,7 @@ def segment(
     with clock.stage("preprocess"):
         plan = plan_windows(network, config.inference, run_device, overlap, batch_size)
         if check_free_memory:
-            _check_memory(package, volumes[0], plan, run_device, probabilities, maps_on_input_grid and with_token_maps)
+            _check_memory(package, volumes, plan, run_device, probabilities, maps_on_input_grid and with_token_maps)
         prepared = prepare(volumes, config, plan.size_multiple, plan.roi_size, reporter)
         for message in prepared.warnings:
             pywarnings.warn(message, stacklevel=2)
@@ -212,6 +213,7 @@ def channel_volumes(inputs, package: ModelPackage) -> list[Volume]:
         raise InputError(
             f"model '{package.id}' needs {len(names)} input channel(s) ({', '.join(names)}), got {len(items)}"
         )
+    check_distinct([_identity(item) for item in items], [_shown(item) for item in items], names)
     volumes = [as_volume(item, name) for item, name in zip(items, names, strict=True)]
     for volume, channel in zip(volumes, package.config.inputs, strict=True):
         check_modality(volume.modality, channel.modality, volume.name, package.id, channel.name)
@@ -223,8 +225,14 @@ BODY_EXTENT_MM = 2500.0
 
 
 def _check_memory(
-    package: ModelPackage, first: Volume, plan: WindowPlan, device, probabilities: bool, maps_on_input_grid: bool
+    package: ModelPackage,
+    volumes: list[Volume],
+    plan: WindowPlan,
+    device,
+    probabilities: bool,
+    maps_on_input_grid: bool,
 ) -> None:
+    first = volumes[0]
     pre = package.config.preprocessing
     grid = model_grid(first.grid, pre.orientation, pre.spacing)
     _, windows = scan_plan(grid.shape, plan.roi_size, plan.overlap, plan.size_multiple)
@@ -238,6 +246,7 @@ def _check_memory(
         probabilities,
         maps_on_input_grid,
     )
+    estimate["host"] += sum(volume.array.nbytes for volume in volumes[1:])  # the other channels' own arrays
     try:
         check_memory(estimate, device)
     except OutOfMemoryError:
@@ -250,6 +259,20 @@ def _check_memory(
             f"{first.name} spans {metres} m ({voxels} mm voxels): its voxel spacing or units are wrong",
             "fix the spacing (in a NIfTI also xyzt_units) in its header",
         ) from None
+
+
+def _identity(item):
+    """What makes two inputs the same image: a file's resolved path; an array's memory and layout with its place."""
+    if isinstance(item, (str, Path)):
+        return str(Path(item).resolve())
+    array, affine = (item.array, item.affine) if isinstance(item, Volume) else item if _is_pair(item) else (None, None)
+    if isinstance(array, np.ndarray):
+        return (array.__array_interface__["data"][0], array.shape, array.strides, np.asarray(affine, float).tobytes())
+    return id(item)
+
+
+def _shown(item) -> str:
+    return Path(item).name if isinstance(item, (str, Path)) else "the same array"
 
 
 def _is_pair(item) -> bool:
