@@ -99,6 +99,20 @@ def missing_inputs(parameters: Parameters, model: ModelInfo | None) -> list[str]
     return [name for name, node in zip(model.input_names, nodes, strict=True) if node is None]
 
 
+def repeated_inputs(parameters: Parameters, model: ModelInfo | None) -> list[str]:
+    """The channel names of the first volume selected for more than one of the model's inputs (empty if none)."""
+    if model is None:
+        return []
+    nodes = parameters.inputs(len(model.input_names))
+    for node in nodes:
+        names = [
+            name for name, other in zip(model.input_names, nodes, strict=True) if node is not None and other is node
+        ]
+        if len(names) > 1:
+            return names
+    return []
+
+
 def view_state(
     parameters: Parameters,
     model: ModelInfo | None,
@@ -131,6 +145,10 @@ def view_state(
         problems.insert(0, _("Select a model."))
     elif missing:
         problems.insert(0, _("Select the input volume for: {names}.").format(names=", ".join(missing)))
+    elif repeated := repeated_inputs(parameters, model):
+        problems.insert(
+            0, _("One volume is selected for {names}: each needs its own.").format(names=", ".join(repeated))
+        )
 
     if running:
         text = _("Cancelling...") if cancelling else _("Cancel")
