@@ -116,6 +116,26 @@ def test_the_channel_count_is_checked_before_any_file_is_opened(brats_case, tmp_
     monkeypatch.setattr(volumes, "open_input", no_opening)
     assert run_cli(package, tmp_path / "out", *paths[:3]) == 2
     assert "needs 4 input channel(s) (T1, T1c, T2, FLAIR), got 3" in capsys.readouterr().err
+    assert run_cli(package, tmp_path / "out", root) == 2  # a study folder holding the four series
+    assert "got 1 (one file or DICOM series (its folder or one of its files) per channel)" in capsys.readouterr().err
+
+
+def test_the_run_memory_estimate_counts_every_channel_s_own_array(brats_case, monkeypatch):
+    """Channels on other grids stay in memory beside their copies on the first channel's grid."""
+    from TokenUNetSegmentLib.pipeline import segmentation
+
+    estimates = []
+    monkeypatch.setattr(segmentation, "check_memory", lambda estimate, device: estimates.append(estimate["host"]))
+    first_affine = affine_from_spacing((2, 2, 2), origin=(-30, -30, -20))
+    first = physical_ball((30, 30, 24), first_affine, CENTER, 12.0, value=400, background=0)
+    for spacing in (2.0, 0.5):  # T2 at 0.5 mm: 64 times the voxels of the first channel, in the same box
+        affine = affine_from_spacing((spacing,) * 3, origin=(-30, -30, -20))
+        shape = tuple(int(n * 2 / spacing) for n in first.shape)
+        other = physical_ball(shape, affine, CENTER, 12.0, value=300, background=0)
+        inputs = [(first, first_affine), (first + 1, first_affine), (other, affine), (first + 3, first_affine)]
+        segment(inputs, brats_case[1], device="cpu", with_token_maps=False)
+    fine = 64 * first.size * 4  # float32
+    assert estimates[1] - estimates[0] == fine - first.size * 4
 
 
 def test_all_channels_are_counted_against_the_memory_limit_before_any_is_read(

@@ -76,7 +76,10 @@ def order_inputs(inputs: Sequence[str], channels: Sequence, model: str) -> list[
     """
     names = [channel.name for channel in channels]
     if len(inputs) != len(channels):
-        raise InputError(f"model '{model}' needs {len(names)} input channel(s) ({', '.join(names)}), got {len(inputs)}")
+        raise InputError(
+            f"model '{model}' needs {len(names)} input channel(s) ({', '.join(names)}), got {len(inputs)}",
+            "one file or DICOM series (its folder or one of its files) per channel" if len(names) > 1 else None,
+        )
     check_distinct([str(Path(item).resolve()) for item in inputs], [Path(item).name for item in inputs], names)
     if len(channels) == 1:
         return list(inputs)
