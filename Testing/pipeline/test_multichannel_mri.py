@@ -219,3 +219,29 @@ def test_a_ct_given_to_an_mr_channel_is_reported_and_mr_values_are_not(brats_cas
     result = segment([(uint16, affine), (scaled, affine), (negative, affine), (mr, affine)], package, device="cpu")
     assert not [w for w in result.warnings if "CT" in w]
     assert result.assessment is not None and "not_ct" not in [f.code for f in result.assessment.flags]
+
+
+def test_mr_dicom_series_in_one_folder_are_chosen_by_a_file_each_and_a_ct_series_is_refused(
+    brats_case, tmp_path, capsys
+):
+    """Four MR series in one flat folder (as a PACS export writes them): one file of each chooses it, in the
+    model's channel order (the file names say nothing of the sequence); a CT series given for T1 is refused."""
+    from helpers.readers import write_dicom_series
+
+    package = brats_case[1]
+    pixels = (physical_ball((24, 20, 16), np.eye(4), (12, 10, 8), 6.0, value=400, background=0)).transpose(2, 1, 0)
+    study = tmp_path / "study"
+    for index, name in enumerate(SEQUENCES):
+        uid = f"1.2.826.0.1.3680043.2.1125.5.{index}"
+        write_dicom_series(
+            study, pixels + index, spacing=(2, 2, 2), series=uid, description=name, prefix=f"S{index}_", modality="MR"
+        )
+    firsts = [study / f"S{index}_0001.dcm" for index in range(4)]
+    assert run_cli(package, tmp_path / "out", *firsts) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert list(report["inputs"]) == list(SEQUENCES) and report["warnings"] == []
+    write_dicom_series(tmp_path / "ct", pixels - 1000, spacing=(2, 2, 2), modality="CT")
+    assert run_cli(package, tmp_path / "out2", tmp_path / "ct", *firsts[1:]) == 2
+    assert "the DICOM series ct is CT (its Modality); model 'brats-tiny' expects MR for its input T1" in (
+        capsys.readouterr().err
+    )
