@@ -44,6 +44,17 @@ def channel_count(parameters: Parameters, store=None) -> int:
     return next((index for index, node in enumerate(nodes) if node is None), MAX_INPUTS) or 1
 
 
+def check_volume_count(count: int, parameters: Parameters, store=None) -> None:
+    """Refuse a list of ``count`` input volumes (``logic.process``) longer than the model of ``parameters`` takes:
+    the extra ones would be left out without a word (one missing is reported when the run is asked for)."""
+    takes = channel_count(parameters, store) if count <= MAX_INPUTS else MAX_INPUTS
+    if count > takes:
+        raise InputError(
+            f"{count} input volumes given; the model takes {takes}",
+            "pass one volume per model input channel, in the model's channel order",
+        )
+
+
 def request_from_parameters(parameters: Parameters, channels: int, scene=None) -> RunRequest:
     """A run request with the arrays of the first ``channels`` input volumes (world geometry).
 
