@@ -66,12 +66,17 @@ def stack_channels(volumes: list[Volume], names: list[str]) -> tuple[list[np.nda
         share = covered_share(reference, grid)
         if share < MIN_CHANNEL_COVER:
             warnings.append(
-                f"channel '{name}' ({volume.name}) covers only {100 * share:.0f}% of channel '{names[0]}' "
-                f"({volumes[0].name}), whose grid the result is on; elsewhere the model sees no '{name}' image: "
-                "check that the scans cover the same region"
+                f"{_channel(name, volume)} covers only {100 * share:.0f}% of {_channel(names[0], volumes[0])}, "
+                f"whose grid the result is on; elsewhere the model sees no '{name}' image: check that the scans "
+                "cover the same region"
             )
         arrays.append(resample(volume.array, grid, reference, "linear", default=float(volume.array.min())))
     return arrays, reference, warnings
+
+
+def _channel(name: str, volume: Volume) -> str:
+    """``channel 'T1' (t1.nii.gz)`` in messages; the volume's name only when it says more than the channel's."""
+    return f"channel '{name}'" + (f" ({volume.name})" if volume.name != name else "")
 
 
 def _foreground(raw: np.ndarray, setting: Intensity) -> np.ndarray:
@@ -186,7 +191,7 @@ def prepare(volumes: list[Volume], config: PackageConfig, size_multiple: int, ro
             air = np.count_nonzero(array <= CT_AIR_HU) / array.size
             if air >= CT_AIR_SHARE:
                 warnings.append(
-                    f"channel '{name}' ({volumes[index].name}) looks like a CT, not an MRI: {100 * air:.0f}% of its "
+                    f"{_channel(name, volumes[index])} looks like a CT, not an MRI: {100 * air:.0f}% of its "
                     f"voxels are at or below {CT_AIR_HU:g}, as air in Hounsfield units; this model expects "
                     f"{config.inputs[index].modality}"
                 )
