@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from helpers.packages import make_package, physical_ball, rotation, threshold_package, tiny_config, voxel_centres
-from TokenUNetSegmentLib.pipeline import cli, volumes
+from TokenUNetSegmentLib.pipeline import cli, segmentation, volumes
 from TokenUNetSegmentLib.pipeline.errors import InputError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
 from TokenUNetSegmentLib.pipeline.metadata import assign_inputs, parse_config
+from TokenUNetSegmentLib.pipeline.package_loader import load_package
 from TokenUNetSegmentLib.pipeline.segmentation import segment
 
 SEQUENCES = ("T1", "T1c", "T2", "FLAIR")
@@ -118,12 +119,13 @@ def test_the_channel_count_is_checked_before_any_file_is_opened(brats_case, tmp_
     assert "needs 4 input channel(s) (T1, T1c, T2, FLAIR), got 3" in capsys.readouterr().err
     assert run_cli(package, tmp_path / "out", root) == 2  # a study folder holding the four series
     assert "got 1 (one file or DICOM series (its folder or one of its files) per channel)" in capsys.readouterr().err
+    # `segment case/*.nii.gz` on a BraTS training case takes its label map too
+    assert run_cli(package, tmp_path / "out", *paths, root / "case_seg.nii.gz") == 2
+    assert "got 5 (case_seg.nii.gz matches no channel; one file per channel)" in capsys.readouterr().err
 
 
 def test_the_run_memory_estimate_counts_every_channel_s_own_array(brats_case, monkeypatch):
     """Channels on other grids stay in memory beside their copies on the first channel's grid."""
-    from TokenUNetSegmentLib.pipeline import segmentation
-
     estimates = []
     monkeypatch.setattr(segmentation, "check_memory", lambda estimate, device: estimates.append(estimate["host"]))
     first_affine = affine_from_spacing((2, 2, 2), origin=(-30, -30, -20))
@@ -151,11 +153,16 @@ def test_all_channels_are_counted_against_the_memory_limit_before_any_is_read(
         header = opened(item, name)
         return volumes.OpenedVolume(header.values, lambda: reads.append(item) or header.read(), header.modality)
 
+    loaded = load_package(package)  # before the limit, which its network alone would exceed
     monkeypatch.setattr(volumes, "open_input", counting)
+    monkeypatch.setattr(segmentation, "open_input", counting)
     monkeypatch.setenv("TOKENUNET_MEMORY_LIMIT", "300K")
     assert run_cli(package, tmp_path / "out", *paths) == 2
     message = capsys.readouterr().err
     assert "the 4 input channels need about 338 KiB together" in message and "TOKENUNET_MEMORY_LIMIT" in message
+    assert reads == []
+    with pytest.raises(InputError, match="the 4 input channels need about 338 KiB together"):
+        segment(paths, loaded, device="cpu")  # the Python API: the same check, before reading
     assert reads == []
 
 

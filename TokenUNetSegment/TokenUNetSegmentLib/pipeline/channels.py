@@ -76,9 +76,12 @@ def order_inputs(inputs: Sequence[str], channels: Sequence, model: str) -> list[
     """
     names = [channel.name for channel in channels]
     if len(inputs) != len(channels):
+        hint = "one file or DICOM series (its folder or one of its files) per channel" if len(names) > 1 else None
+        stray = [Path(item).name for item in inputs if not any(channel.matches(str(item)) for channel in channels)]
+        if len(names) > 1 and len(inputs) > len(names) and 0 < len(stray) <= len(inputs) - len(names):
+            hint = f"{', '.join(stray)} {'matches' if len(stray) == 1 else 'match'} no channel; one file per channel"
         raise InputError(
-            f"model '{model}' needs {len(names)} input channel(s) ({', '.join(names)}), got {len(inputs)}",
-            "one file or DICOM series (its folder or one of its files) per channel" if len(names) > 1 else None,
+            f"model '{model}' needs {len(names)} input channel(s) ({', '.join(names)}), got {len(inputs)}", hint
         )
     check_distinct([str(Path(item).resolve()) for item in inputs], [Path(item).name for item in inputs], names)
     if len(channels) == 1:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .catalog import ModelStore
-from .channels import check_distinct
+from .channels import check_channels_fit, check_distinct
 from .confidence import Assessment, assess
 from .device import check_memory, cpu_sample, estimate_memory, resolve_device
 from .errors import ArgumentError, InputError, OutOfMemoryError
@@ -31,7 +31,7 @@ from .postprocess import ModelGridOutputs, postprocess
 from .preprocess import Prepared, prepare
 from .progress import Progress
 from .result import MAP_KINDS, SegmentationResult, TokenMaps
-from .volumes import Volume, as_volume, check_modality
+from .volumes import Volume, check_modality, open_input
 
 log = logging.getLogger(__name__)
 __all__ = ["MAP_KINDS", "SegmentationResult", "TokenMaps", "channel_volumes", "segment"]
@@ -214,7 +214,9 @@ def channel_volumes(inputs, package: ModelPackage) -> list[Volume]:
             f"model '{package.id}' needs {len(names)} input channel(s) ({', '.join(names)}), got {len(items)}"
         )
     check_distinct([_identity(item) for item in items], [_shown(item) for item in items], names)
-    volumes = [as_volume(item, name) for item, name in zip(items, names, strict=True)]
+    opened = [open_input(item, name) for item, name in zip(items, names, strict=True)]  # headers only
+    check_channels_fit([item.values for item in opened])  # all channels together, before any is read
+    volumes = [read() for read in opened]
     for volume, channel in zip(volumes, package.config.inputs, strict=True):
         check_modality(volume.modality, channel.modality, volume.name, package.id, channel.name)
     return volumes
