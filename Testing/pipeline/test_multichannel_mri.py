@@ -240,13 +240,23 @@ def test_mr_dicom_series_in_one_folder_are_chosen_by_a_file_each_and_a_ct_series
     study = tmp_path / "study"
     for index, name in enumerate(SEQUENCES):
         uid = f"1.2.826.0.1.3680043.2.1125.5.{index}"
+        thin = index == 0  # T1 in 1 mm slices: the largest series, the one its folder stands for
+        slices, spacing = (np.repeat(pixels, 2, axis=0), (2, 2, 1)) if thin else (pixels, (2, 2, 2))
         write_dicom_series(
-            study, pixels + index, spacing=(2, 2, 2), series=uid, description=name, prefix=f"S{index}_", modality="MR"
+            study, slices + index, spacing=spacing, series=uid, description=name, prefix=f"S{index}_", modality="MR"
         )
     firsts = [study / f"S{index}_0001.dcm" for index in range(4)]
     assert run_cli(package, tmp_path / "out", *firsts) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert list(report["inputs"]) == list(SEQUENCES) and report["warnings"] == []
+    # the folder (its largest series, T1) and a file of T1: one series for two channels, through two paths
+    assert run_cli(package, tmp_path / "out1", firsts[0], study, *firsts[2:]) == 2
+    assert "the DICOM series 'T1' is given for both channel 'T1' and channel 'T1c'" in capsys.readouterr().err
+    # FLAIR and T1 swapped: their descriptions say so (a warning: descriptions are free text)
+    assert run_cli(package, tmp_path / "swapped", firsts[3], *firsts[1:3], firsts[0]) == 0
+    warnings = json.loads((tmp_path / "swapped" / "report.json").read_text())["warnings"]
+    assert "the DICOM series given for channel 'T1' is described 'FLAIR', like channel 'FLAIR'" in warnings[0]
+    assert "the DICOM series given for channel 'FLAIR' is described 'T1', like channel 'T1'" in warnings[1]
     write_dicom_series(tmp_path / "ct", pixels - 1000, spacing=(2, 2, 2), modality="CT")
     assert run_cli(package, tmp_path / "out2", tmp_path / "ct", *firsts[1:]) == 2
     assert "the DICOM series ct is CT (its Modality); model 'brats-tiny' expects MR for its input T1" in (

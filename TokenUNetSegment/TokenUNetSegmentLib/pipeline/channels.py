@@ -8,6 +8,7 @@ input given for two channels, or an order the names contradict, is refused rathe
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -134,3 +135,36 @@ def check_channels_fit(values: Sequence[int], limit: int | None = None) -> None:
             f"({format_size(limit)})",
             f"crop or downsample the volumes, free memory, or raise {LIMIT_VARIABLE}",
         )
+
+
+def check_series(opened: Sequence, inputs: Sequence[str], channels: Sequence) -> list[str]:
+    """Check the opened inputs (:class:`.volumes.OpenedVolume`) of ``channels``, in order, by their DICOM series.
+
+    Returns warnings for a series whose SeriesDescription matches another channel's patterns and not its own
+    (``FLAIR 3D`` given for T2): the description is free text, so this is said, never refused.
+
+    Raises:
+        InputError: one DICOM series given for two channels through two paths (its folder and one of its files).
+    """
+    shown = [
+        f"the DICOM series '{o.description or Path(i).name}'" if o.series else Path(i).name
+        for o, i in zip(opened, inputs, strict=True)
+    ]
+    keys = [o.series or str(Path(i).resolve()) for o, i in zip(opened, inputs, strict=True)]
+    check_distinct(keys, shown, [channel.name for channel in channels])
+    warnings = []
+    for item, channel in zip(opened, channels, strict=True):
+        text = item.description.lower()
+        if not text or _describes(channel, text):
+            continue
+        others = [other.name for other in channels if other is not channel and _describes(other, text)]
+        if others:
+            warnings.append(
+                f"the DICOM series given for channel '{channel.name}' is described '{item.description}', like "
+                f"channel '{others[0]}': check that each series goes to its channel"
+            )
+    return warnings
+
+
+def _describes(channel, text: str) -> bool:
+    return any(fnmatch.fnmatch(text, pattern.lower()) for pattern in channel.patterns)

@@ -100,7 +100,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     is locked from the start and replaced only when the run is done.
     """
     from .catalog import ModelStore
-    from .channels import check_channels_fit, order_inputs
+    from .channels import check_channels_fit, check_series, order_inputs
     from .outputs import attention_bounds, estimate_output_bytes, output_folder
     from .package_source import read_metadata
     from .preprocess import resample_ahead
@@ -127,6 +127,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         inputs = order_inputs(list(args.inputs), config.inputs, package_id)  # by name, one file per channel
         opened = [open_input(item) for item in inputs]  # headers checked, DICOM slices' included
         check_channels_fit([item.values for item in opened])
+        series_warnings = check_series(opened, inputs, config.inputs)
         for item, channel, name in zip(opened, config.inputs, inputs, strict=True):
             check_modality(item.modality, channel.modality, Path(name).name, package_id, channel.name)
         tokens = 0 if args.no_heatmaps else 2 * 32  # the most maps a package has (gather and broadcast)
@@ -138,6 +139,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
 
         def read_inputs() -> list:  # once: segment() and the overview share them
             volumes = [read() for read in opened]
+            volumes[0].warnings += series_warnings  # reported with the readers' warnings
             resample_ahead(volumes, config, threads=AHEAD_THREADS)
             return volumes
 

@@ -123,6 +123,8 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
         _values(ordered[0], len(files)),
         lambda: (_read_files(reader, files, ordered, folder, limit), warnings),
         ordered[0].modality,
+        uid,
+        _description(files[0]),
     )
 
 

@@ -79,11 +79,14 @@ class ImageHeader:
 class OpenedImage:
     """An image file or DICOM series whose header has been read and checked: the ``values`` (voxels times
     components) it declares, and ``read()`` for its voxels (the SimpleITK image and the reader's warnings);
-    ``modality``: a DICOM series' Modality (CT, MR, ...), "" for other files."""
+    ``modality``: a DICOM series' Modality (CT, MR, ...), ``series`` its SeriesInstanceUID and ``description`` its
+    SeriesDescription; "" for other files."""
 
     values: int
     read: Callable[[], tuple]
     modality: str = ""
+    series: str = ""
+    description: str = ""
 
     def __call__(self) -> tuple:
         return self.read()
