@@ -78,6 +78,8 @@ def test_an_order_the_file_names_contradict_is_refused(brats_case, tmp_path, cap
     message = capsys.readouterr().err
     assert "case_t1_repeat.nii.gz is in channel T1c's place but is named like channel T1" in message
     assert "Traceback" not in message and not (tmp_path / "out").exists()
+    with pytest.raises(InputError, match="case_t1.nii.gz is in channel T1c's place but is named like channel T1 "):
+        segment([paths[1], paths[0], paths[2], paths[3]], package, device="cpu")  # a list is in the channel order
     # names that match no channel keep the order given (the model's channel order)
     plain = []
     for index, path in enumerate(paths):

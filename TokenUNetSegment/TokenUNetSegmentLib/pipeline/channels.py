@@ -90,14 +90,27 @@ def order_inputs(inputs: Sequence[str], channels: Sequence, model: str) -> list[
     chosen, unique = channel_assignment([str(item) for item in inputs], channels)
     if unique:
         return [inputs[i] for i in chosen]
+    check_places(inputs, channels)
+    return list(inputs)
+
+
+def check_places(inputs: Sequence, channels: Sequence) -> None:
+    """Refuse a file in one channel's place whose name matches another channel's patterns and not its own
+    (``case_t1ce.nii.gz`` first for a model whose first channel is T1); inputs that are no paths are skipped.
+
+    Raises:
+        InputError: naming the file and both channels.
+    """
     for item, channel in zip(inputs, channels, strict=True):
+        if not isinstance(item, (str, Path)) or channel.matches(str(item)):
+            continue
         others = [other.name for other in channels if other is not channel and other.matches(str(item))]
-        if others and not channel.matches(str(item)):
+        if others:
             raise InputError(
                 f"{Path(item).name} is in channel {channel.name}'s place but is named like channel {others[0]}",
-                f"give one file per channel in the order {', '.join(names)}, or name each for its channel",
+                f"give one file per channel in the order {', '.join(c.name for c in channels)}, or name each for "
+                "its channel",
             )
-    return list(inputs)
 
 
 def check_distinct(keys: Sequence, shown: Sequence[str], names: Sequence[str]) -> None:

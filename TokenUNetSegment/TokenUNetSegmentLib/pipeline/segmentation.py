@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .catalog import ModelStore
-from .channels import check_channels_fit, check_distinct
+from .channels import check_channels_fit, check_distinct, check_places
 from .confidence import Assessment, assess
 from .device import check_memory, cpu_sample, estimate_memory, resolve_device
 from .errors import ArgumentError, InputError, OutOfMemoryError
@@ -214,6 +214,8 @@ def channel_volumes(inputs, package: ModelPackage) -> list[Volume]:
             f"model '{package.id}' needs {len(names)} input channel(s) ({', '.join(names)}), got {len(items)}"
         )
     check_distinct([_identity(item) for item in items], [_shown(item) for item in items], names)
+    if len(names) > 1:
+        check_places(items, package.config.inputs)  # a list is in the channel order: a name may not contradict it
     opened = [open_input(item, name) for item, name in zip(items, names, strict=True)]  # headers only
     check_channels_fit([item.values for item in opened])  # all channels together, before any is read
     volumes = [read() for read in opened]
