@@ -53,6 +53,27 @@ def test_one_volume_selected_for_two_inputs_disables_segment_and_says_which():
     assert view_state(Parameters(**same), CT).button_enabled  # a one-input model uses only the first
 
 
+class Named:
+    def __init__(self, name):
+        self.name = name
+
+    def GetName(self):  # noqa: N802 (a volume node's method)
+        return self.name
+
+
+def test_a_volume_named_for_another_channel_disables_segment_and_says_which():
+    """As the command line refuses a file in one channel's place named like another (``case_t1`` given for T1c)."""
+    t1, t1ce, t2, flair = (Named(f"BraTS-001_{s}") for s in ("t1", "t1ce", "t2", "flair"))
+    swapped = Parameters(inputVolume0=t1ce, inputVolume1=t1, inputVolume2=t2, inputVolume3=flair)
+    state = view_state(swapped, BRATS)
+    assert not state.button_enabled
+    assert state.button_tooltip == "Volume 'BraTS-001_t1ce' is selected for t1 but is named like t1c: check the inputs."
+    right = Parameters(inputVolume0=t1, inputVolume1=t1ce, inputVolume2=t2, inputVolume3=flair)
+    assert view_state(right, BRATS).button_enabled
+    renamed = Parameters(inputVolume0=Named("AX 3D"), inputVolume1=Named("post"), inputVolume2=t2, inputVolume3=flair)
+    assert view_state(renamed, BRATS).button_enabled  # names that match no channel say nothing
+
+
 def test_no_model_or_bad_parameters_disable_segment():
     assert view_state(Parameters(inputVolume0=VOLUME), None).button_tooltip == "Select a model."
     state = view_state(Parameters(inputVolume0=VOLUME, attentionThreshold=0.0), CT)

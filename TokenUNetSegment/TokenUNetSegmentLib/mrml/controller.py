@@ -113,6 +113,22 @@ def repeated_inputs(parameters: Parameters, model: ModelInfo | None) -> list[str
     return []
 
 
+def misplaced_input(parameters: Parameters, model: ModelInfo | None) -> tuple[str, str, str] | None:
+    """(volume name, its channel, the channel its name matches) for the first volume whose name matches another
+    channel's patterns and not its own (``case_t1`` selected for T1c), else None."""
+    if model is None or len(model.input_names) < 2:
+        return None
+    channels = model.channels
+    for node, channel in zip(parameters.inputs(len(channels)), channels, strict=True):
+        name = node.GetName() if hasattr(node, "GetName") else None
+        if not name or channel.matches(name):
+            continue
+        others = [other.name for other in channels if other is not channel and other.matches(name)]
+        if others:
+            return name, channel.name, others[0]
+    return None
+
+
 def view_state(
     parameters: Parameters,
     model: ModelInfo | None,
@@ -148,6 +164,13 @@ def view_state(
     elif repeated := repeated_inputs(parameters, model):
         problems.insert(
             0, _("One volume is selected for {names}: each needs its own.").format(names=", ".join(repeated))
+        )
+    elif misplaced := misplaced_input(parameters, model):
+        problems.insert(
+            0,
+            _("Volume '{volume}' is selected for {channel} but is named like {other}: check the inputs.").format(
+                volume=misplaced[0], channel=misplaced[1], other=misplaced[2]
+            ),
         )
 
     if running:
