@@ -113,3 +113,23 @@ def test_bundled_model_reproduces_its_recorded_slab_figures(store):
         for organ in ("liver", "spleen"):
             if organ in expected[row["variant"]]:
                 assert row["dice"][organ] == pytest.approx(expected[row["variant"]][organ], abs=0.02), row["variant"]
+
+
+def test_the_model_card_says_how_far_its_confidence_ranked_held_out_results():
+    import importlib.util
+
+    from helpers.paths import ROOT
+    from TokenUNetSegmentLib.pipeline.calibration import summarise
+
+    spec = importlib.util.spec_from_file_location("demo_build", ROOT / "scripts" / "demo-model" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    metadata = json.loads((RESOURCES / "Models" / "abdomen-organs-3mm-demo" / "configs" / "metadata.json").read_text())
+    evaluation = metadata["tokenunet"]["training"]["evaluation"]
+    evaluation.pop("calibration", None)
+    assert "record no confidences" in build.model_card(metadata, 2_000_000)
+    pairs = [{"confidence": c, "dice": d, "flags": []} for c, d in [(0.9, 0.85), (0.5, 0.6), (0.1, 0.0)]]
+    evaluation["calibration"] = summarise(pairs)
+    card = build.model_card(metadata, 2_000_000)
+    assert "## How far to trust the confidence" in card and "3 organs found with a known truth" in card
+    assert "| 0.8-1.0 | 1 | 0.85 | 100 % |" in card

@@ -79,6 +79,9 @@ def test_robustness_of_a_threshold_model_is_near_perfect():
     assert rows["slab 10 @ liver"]["dice"]["liver"] > 0.95
     assert rows["oblique"]["dice"]["liver"] > 0.85 and rows["oblique"]["agreement_with_plain"]["liver"] > 0.85
     assert rows["5 mm slices"]["dice"]["liver"] > 0.8
+    assert rows["plain"]["confidence"]["liver"] > 0.5 and isinstance(rows["plain"]["flags"]["liver"], list)
+    assert set(rows["slab 10 @ liver"]["confidence"]) == {"liver"}  # only found labels carry a confidence
+    assert result["calibration"]["organs"] == sum(len(r["confidence"]) for r in result["variants"])
     best = result["best_token"]["reference"]["liver"]
     assert best["soft_dice"] > 0.4 and best["token"] == 0  # token 0 follows the bright organ (coarse 24 mm grid)
     table = format_table(result)
@@ -106,6 +109,7 @@ def test_robustness_command_writes_json_and_a_table(tmp_path):
     result = json.loads((out / "robustness.json").read_text())
     assert [row["variant"] for row in result["variants"]][:2] == ["plain", "slab 10 @ liver"]
     assert "| variant | liver | mean |" in (out / "robustness.md").read_text()
+    assert "| confidence | organs | mean Dice |" in (out / "robustness.md").read_text()
     assert (
         cli.main(["robustness", "--model", str(path), "--image", str(tmp_path / "ct.nii.gz"), "--out", str(out)]) == 2
     )
@@ -121,3 +125,25 @@ def test_robustness_command_writes_json_and_a_table(tmp_path):
         str(out),
     ]
     assert cli.main(bad) == 2  # no evaluation entry for that patient
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"[]", "is not a JSON object"),
+        (b'{"evaluation": {"patient": "P"}}', "'evaluation' must be a list"),
+        (b'{"evaluation": [{"patient": "P", "image": "ct.nii.gz"}]}', "needs 'image' and 'label'"),
+        (b'{"evaluation": [{"patient": "P", "image": "ct.nii.gz", "label": "r.nii.gz", "labels": [1]}]}', "'labels'"),
+        (b'{"dataroot": 5, "evaluation": []}', "dataroot"),
+        (b'{"evaluation": [], "evaluation": []}', "evaluation"),
+        (b'{"evaluation": [\xe9]}', "not valid JSON"),
+    ],
+)
+def test_a_malformed_datalist_exits_2_in_one_line(tmp_path, capsys, content, message):
+    """Before: read without the JSON checks; a list, a misplaced entry or a bad table was an internal error."""
+    (tmp_path / "list.json").write_bytes(content)
+    args = ["robustness", "--model", "x", "--datalist", str(tmp_path / "list.json"), "--patient", "P"]
+    assert cli.main([*args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and message in err, err
+    assert not (tmp_path / "out").exists()

@@ -10,7 +10,9 @@ Measures (all recorded in the package under ``tokenunet.training.evaluation``):
   whether that patient was in the training data;
 - ``lopo``: the leave-one-patient-out folds' tables (``LOPO_RUNS/fold-<P>/robustness/robustness.json``, written by
   lopo.sh), each fold trained without patient P;
-- ``targets``: the issue's targets, met or not, with the figures.
+- ``targets``: the issue's targets, met or not, with the figures;
+- ``calibration``: how well the confidence ranked the held-out folds' results (Spearman, AUC, bands), from the
+  confidences the fold tables record.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "TokenUNetSegment"
 sys.path.insert(0, str(MODULE))
 
+from TokenUNetSegmentLib.pipeline.calibration import confidence_pairs, format_summary, summarise  # noqa: E402
 from TokenUNetSegmentLib.pipeline.evaluate import evaluate_files  # noqa: E402
 from TokenUNetSegmentLib.pipeline.package_loader import load_package  # noqa: E402
 from TokenUNetSegmentLib.pipeline.package_writer import write_package  # noqa: E402
@@ -274,6 +277,11 @@ def model_card(metadata: dict, size_bytes: int, note: str = "") -> str:
         return "n/a" if met is None else ("met" if met else "**not met**")
 
     compared = comparison_tables(evaluation)
+    trust = (
+        format_summary(evaluation["calibration"])
+        if evaluation.get("calibration")
+        else "(the fold tables given to the build record no confidences)"
+    )
     phases = record.get("phases") or [{"from_step": 0, "to_step": record["steps_done"], "recipe": recipe}]
     phase_rows = "\n".join(_phase_row(index, phase) for index, phase in enumerate(phases, start=1))
     target_rows = "\n".join(f"| {t['target']} | {t['value']:.3f} | {mark(t['met'])} |" for t in evaluation["targets"])
@@ -355,6 +363,13 @@ is measured on that patient (`bash scripts/demo-model/lopo.sh`).
 
 {lopo}
 
+## How far to trust the confidence
+Each organ a fold found on its held-out patient's variants above, with the confidence `segment()` gave it, against
+its Dice (organs the reference labels but the variant does not contain count as found wrongly, Dice 0; organs the
+reference does not label are left out):
+
+{trust}
+
 ## On the bundled sample (a training scan: fit)
 `segment()` then `evaluate` (`segment()` took {sample["segment_seconds"]} s on the development CPU):
 
@@ -411,6 +426,8 @@ def main() -> int:
     evaluation["robustness"] = robustness(package, args.datalist, trained)
     evaluation["lopo"] = lopo_results(args.lopo)
     evaluation["targets"] = targets(evaluation["robustness"], evaluation["lopo"])
+    held_out = [pair for result in evaluation["lopo"] for pair in confidence_pairs(result)]
+    evaluation["calibration"] = summarise(held_out) if held_out else None
     evaluation["baseline"] = baseline(_named_folders(args.baseline), evaluation["robustness"])
     evaluation["lopo_comparison"] = lopo_comparison(_named_folders(args.previous_lopo), evaluation["lopo"])
     if args.no_install:

@@ -179,6 +179,29 @@ def test_malformed_dataset_json_exits_2_in_one_line(tmp_path, capsys, spec, mess
     assert not (tmp_path / "list.json").exists()
 
 
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b'{"labels": {"0": "background", "1": "liv\xe9r"}}', "not valid JSON"),  # Latin-1, not UTF-8
+        (b'{"labels": {"0": "background"}, "labels": {"1": "liver"}}', "labels"),  # a key given twice
+        (None, "too large"),  # 17 MB (sparse): refused before reading
+    ],
+)
+def test_a_dataset_json_that_is_not_plain_json_exits_2_in_one_line(tmp_path, capsys, raw, message):
+    """Before: read without the JSON limits (a Latin-1 file was a UnicodeDecodeError traceback, a duplicated key
+    kept its last value silently, any size was read whole)."""
+    root = _nnunet(tmp_path / "ds", {"background": 0, "liver": 1, "spleen": 2})
+    if raw is None:
+        with open(root / "dataset.json", "r+b") as stream:
+            stream.truncate(17 * 2**20)
+    else:
+        (root / "dataset.json").write_bytes(raw)
+    assert cli.main(["datalist", "decathlon", str(root), "--out", str(tmp_path / "list.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and message in err and "dataset.json" in err, err
+    assert not (tmp_path / "list.json").exists()
+
+
 def _btcv(root: Path) -> Path:
     image, _ = phantom(0)
     values, _ = _label_map()
@@ -188,6 +211,17 @@ def _btcv(root: Path) -> Path:
         sitk.WriteImage(_image(image), str(root / "img" / f"img{number:04d}.nii.gz"))
         sitk.WriteImage(_image(values * number), str(root / "label" / f"label{number:04d}.nii.gz"))
     return root
+
+
+@pytest.mark.parametrize("table", [b"[1, 2]", b'{"liver": 1}', b'{"1": "liver"'])
+def test_a_name_table_file_that_is_not_one_exits_2_in_one_line(tmp_path, capsys, table):
+    """Before: a list or name -> value table was a traceback (AttributeError, ValueError)."""
+    root = _btcv(tmp_path / "btcv")
+    (tmp_path / "names.json").write_bytes(table)
+    args = ["datalist", "folders", "--images", str(root / "img"), "--labels", str(root / "label")]
+    assert cli.main([*args, "--table", str(tmp_path / "names.json"), "--out", str(tmp_path / "list.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "names.json" in err, err
 
 
 def test_two_label_files_with_one_case_number_are_refused(tmp_path):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import confidence_pairs, format_summary, summarise
 from .errors import InputError
 
 SLAB_SLICES = (10, 13, 20, 30, 40)  # 13 and 30: the cuts of the sample quoted in issue 10
@@ -267,6 +268,7 @@ def evaluate_robustness(
             "mean_dice": round(float(np.mean(list(dice.values()))), 4) if dice else None,
             "volume_ml": {n: round(m["volume_ml"], 1) for n, m in metrics.items()},
             "seconds": round(result.timings["total"], 2),
+            **_judgement(result.assessment),
         }
         if variant.name == "plain":
             plain_labels = predicted
@@ -293,7 +295,19 @@ def evaluate_robustness(
         rows.append(row)
     if progress:
         progress("done", 1.0)
-    return {"model": package.id, "labels": [n for _, _, n in pairs], "variants": rows, "best_token": tokens_out}
+    out = {"model": package.id, "labels": [n for _, _, n in pairs], "variants": rows, "best_token": tokens_out}
+    return {**out, "calibration": summarise(confidence_pairs(out))}
+
+
+def _judgement(assessment) -> dict:
+    """Each found label's confidence and flag codes (empty without an assessment)."""
+    if assessment is None:
+        return {"confidence": {}, "flags": {}}
+    found = {name: label for name, label in assessment.labels.items() if label.found}
+    return {
+        "confidence": {name: round(label.confidence, 3) for name, label in found.items()},
+        "flags": {name: [flag.code for flag in label.flags] for name, label in found.items()},
+    }
 
 
 def _best_prediction_tokens(matches: list[dict]) -> dict:
@@ -341,21 +355,42 @@ def format_table(result: dict) -> str:
 
 
 def evaluation_entries(datalist: str | Path, patient: str) -> list[dict]:
-    """The ``evaluation`` entries of a datalist for one patient (paths made absolute, name tables read)."""
+    """The ``evaluation`` entries of a datalist for one patient (paths made absolute, name tables read).
+
+    Raises:
+        InputError: a file that is not a datalist, or an entry without its image, label or a valid name table.
+    """
+    from .json_files import read_json_file
     from .training.label_tables import named_table
 
     path = Path(datalist)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"cannot read the datalist {path}: {error}") from None
+    hint = 'entries like {"patient": "A", "image": "ct.nii.gz", "label": "ref.nii.gz", "labels": {"1": "liver"}}'
+    data = read_json_file(path, f"the datalist {path}")
+    if not isinstance(data, dict):
+        raise InputError(f"the datalist {path} is not a JSON object", hint)
+    if not isinstance(data.get("evaluation", []), list):
+        raise InputError(f"the datalist {path}: 'evaluation' must be a list", hint)
+    if not isinstance(data.get("dataroot", "."), str):
+        raise InputError(f"the datalist {path}: 'dataroot' is not a path", hint)
     root = (path.parent / data.get("dataroot", ".")).resolve()
-    entries = [e for e in data.get("evaluation") or [] if str(e.get("patient")) == str(patient)]
+    entries = [
+        (index, e)
+        for index, e in enumerate(data.get("evaluation") or [])
+        if isinstance(e, dict) and str(e.get("patient")) == str(patient)
+    ]
     if not entries:
         raise InputError(f"the datalist {path} has no 'evaluation' entry for patient {patient}")
     out = []
-    for entry in entries:
-        names = named_table(entry.get("labels", data.get("labels")))
+    for index, entry in entries:
+        where = f"{path.name}: evaluation[{index}]"
+        if not all(isinstance(entry.get(key), str) and entry[key] for key in ("image", "label")):
+            raise InputError(f"{where} needs 'image' and 'label' paths", hint)
+        try:
+            names = named_table(entry.get("labels", data.get("labels")))
+        except (KeyError, ValueError, AttributeError, TypeError):
+            raise InputError(
+                f"{where}: 'labels' must be a {{value: name}} table or a known table's name", hint
+            ) from None
         out.append(
             {
                 "name": entry.get("name", patient),
@@ -425,7 +460,11 @@ def run_robustness(args: argparse.Namespace) -> int:
         result["case"] = case["name"]
         result["image"] = case["image"]
         results.append(result)
-    tables = "\n\n".join(f"### {r['case']} ({r['model']})\n\n{format_table(r)}" for r in results)
+    tables = "\n\n".join(
+        f"### {r['case']} ({r['model']})\n\n{format_table(r)}\n\nConfidence against Dice: "
+        + format_summary(r["calibration"])
+        for r in results
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "robustness.json").write_text(
         json.dumps(results if len(results) > 1 else results[0], indent=2), encoding="utf-8"

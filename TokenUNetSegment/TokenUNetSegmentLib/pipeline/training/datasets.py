@@ -17,12 +17,12 @@ which model labels were found. A case whose table lacks some model labels is mar
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, TokenUNetError
+from ..json_files import read_json_file
 from .label_tables import name_key, named_table
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -83,9 +83,6 @@ SOURCES = ("TotalSegmentator", "Decathlon / nnU-Net", "image/label folders")
 def written_by_datalist(path: Path) -> bool:
     """Whether the file at ``path`` is a datalist this module wrote (its description names a layout of
     :data:`SOURCES`), which the ``datalist`` command may replace; a datalist written by hand is not."""
-    from ..errors import TokenUNetError
-    from ..json_files import read_json_file
-
     try:
         value = read_json_file(path)
     except TokenUNetError:
@@ -148,11 +145,8 @@ def totalsegmentator(root, model_labels=None, splits=("train",), validation_spli
 def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
     """Datalist of a Medical Segmentation Decathlon / nnU-Net raw / AMOS dataset (``dataset.json``)."""
     root = Path(root)
-    try:
-        spec = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"cannot read {root / 'dataset.json'}: {error}") from None
     where = root / "dataset.json"
+    spec = read_json_file(where)
     if not isinstance(spec, dict):
         raise InputError(f"{where} is not a JSON object", "see the Medical Segmentation Decathlon's dataset.json")
     table = _decathlon_labels(spec.get("labels"), where)
@@ -237,10 +231,9 @@ def folders(images, labels, table, model_labels=None, validation_fraction: float
     except KeyError:
         raise InputError(f"unknown label table '{table}'", "use btcv, amos, totalsegmentator or a JSON file") from None
     if names is None:
-        try:
-            names = named_table(json.loads(Path(table).read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError) as error:
-            raise InputError(f"cannot read the label table {table}: {error}") from None
+        from ..evaluate import name_table  # checks every entry of the table
+
+        names = name_table(table, table)
 
     def number(path: Path) -> str | None:
         found = re.findall(r"\d+", _stem(path))

@@ -1,0 +1,84 @@
+"""The confidence's calibration figures: pairs from robustness results, Spearman, AUC, bands."""
+
+import numpy as np
+import pytest
+from TokenUNetSegmentLib.pipeline.calibration import auc, confidence_pairs, format_summary, spearman, summarise
+
+
+def test_spearman_and_auc_match_their_definitions():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=50), rng.normal(size=50)
+    x[:5] = x[0]  # ties: mean ranks
+    n = len(x)
+    rx = np.array([(x < v).sum() + ((x == v).sum() + 1) / 2 for v in x])
+    ry = np.array([(y < v).sum() + ((y == v).sum() + 1) / 2 for v in y])
+    assert spearman(x, y) == pytest.approx(np.corrcoef(rx, ry)[0, 1])
+    assert n == 50
+    scores, positive = rng.random(40), rng.random(40) > 0.5
+    brute = np.mean([1.0 if s > t else 0.5 if s == t else 0.0 for s in scores[positive] for t in scores[~positive]])
+    assert auc(scores, positive) == pytest.approx(brute)
+    assert auc([0.1, 0.9], [False, True]) == 1.0
+    assert auc([0.1, 0.9], [True, True]) is None
+
+
+def robustness_result():
+    return {
+        "case": "P",
+        "labels": ["liver", "spleen"],
+        "variants": [
+            {"variant": "plain", "dice": {"liver": 0.9, "spleen": 0.8},
+             "confidence": {"liver": 0.85, "spleen": 0.7, "stomach": 0.6}, "flags": {"liver": ["cut_off"]}},
+            # the slab holds no spleen, yet one was found: a false find, Dice 0; the stomach has no reference
+            {"variant": "slab", "dice": {"liver": 0.5}, "confidence": {"liver": 0.45, "spleen": 0.1},
+             "flags": {"spleen": ["fragmented"]}},
+            {"variant": "noise", "dice": {"liver": 0.0, "spleen": 0.2}, "confidence": {}},  # nothing found
+        ],
+    }  # fmt: skip
+
+
+def test_pairs_are_the_organs_found_whose_truth_is_known():
+    pairs = confidence_pairs(robustness_result())
+    assert [(p["variant"], p["label"], p["confidence"], p["dice"]) for p in pairs] == [
+        ("plain", "liver", 0.85, 0.9),
+        ("plain", "spleen", 0.7, 0.8),
+        ("slab", "liver", 0.45, 0.5),
+        ("slab", "spleen", 0.1, 0.0),
+    ]
+    assert pairs[0]["flags"] == ["cut_off"] and pairs[3]["flags"] == ["fragmented"]
+
+
+def test_the_summary_counts_bands_and_flags():
+    summary = summarise(confidence_pairs(robustness_result()))
+    assert summary["organs"] == 4 and summary["spearman"] == pytest.approx(1.0) and summary["auc"] == 1.0
+    bands = {b["band"]: b for b in summary["bands"]}
+    assert bands["0.0-0.2"] == {"band": "0.0-0.2", "organs": 1, "mean_dice": 0.0, "good_share": 0.0}
+    assert bands["0.8-1.0"]["organs"] == 1 and bands["0.8-1.0"]["good_share"] == 1.0
+    assert bands["0.2-0.4"]["organs"] == 0 and bands["0.2-0.4"]["mean_dice"] is None
+    assert summary["mean_dice_flagged"] == 0.0  # cut_off alone does not count as flagged
+    assert summary["mean_dice_unflagged"] == pytest.approx((0.9 + 0.8 + 0.5) / 3, abs=1e-3)
+    text = format_summary(summary)
+    assert "4 organs found" in text and "| 0.8-1.0 | 1 | 0.90 | 100 % |" in text and "| 0.2-0.4 | 0 | - | - |" in text
+
+
+def test_the_script_pools_robustness_files_and_refuses_ones_without_confidences(tmp_path, capsys):
+    import importlib.util
+    import json
+
+    from helpers.paths import SCRIPTS
+
+    spec = importlib.util.spec_from_file_location("demo_calibration", SCRIPTS / "demo-model" / "calibration.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    (tmp_path / "one.json").write_text(json.dumps(robustness_result()))
+    (tmp_path / "two.json").write_text(json.dumps([robustness_result()]))  # a datalist patient with several cases
+    assert (
+        script.main([str(tmp_path / "one.json"), str(tmp_path / "two.json"), "--json", str(tmp_path / "s.json")]) == 0
+    )
+    assert "8 organs found" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s.json").read_text())["summary"]["organs"] == 8
+    old = {"labels": ["liver"], "variants": [{"variant": "plain", "dice": {"liver": 0.9}}]}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert script.main([str(tmp_path / "old.json")]) == 2
