@@ -120,7 +120,7 @@ def test_the_channel_count_is_checked_before_any_file_is_opened(brats_case, tmp_
     assert run_cli(package, tmp_path / "out", *paths[:3]) == 2
     assert "needs 4 input channel(s) (T1, T1c, T2, FLAIR), got 3" in capsys.readouterr().err
     assert run_cli(package, tmp_path / "out", root) == 2  # a study folder holding the four series
-    assert "got 1 (one file or DICOM series (its folder or one of its files) per channel)" in capsys.readouterr().err
+    assert "got 1 (one file or DICOM series per channel (split a 4D image into 3D files))" in capsys.readouterr().err
     # `segment case/*.nii.gz` on a BraTS training case takes its label map too
     assert run_cli(package, tmp_path / "out", *paths, root / "case_seg.nii.gz") == 2
     assert "got 5 (case_seg.nii.gz matches no channel; one file per channel)" in capsys.readouterr().err
@@ -259,6 +259,19 @@ def test_mr_dicom_series_in_one_folder_are_chosen_by_a_file_each_and_a_ct_series
     warnings = json.loads((tmp_path / "swapped" / "report.json").read_text())["warnings"]
     assert "the DICOM series given for channel 'T1' is described 'FLAIR', like channel 'FLAIR'" in warnings[0]
     assert "the DICOM series given for channel 'FLAIR' is described 'T1', like channel 'T1'" in warnings[1]
+    # hospital descriptions: 'T1 +C' for T1c matches T1's pattern '*t1*', but T1 has its own T1 series: no warning
+    for index, description in enumerate(["T1 SE AX", "T1 SE AX +C", "T2 TSE AX", "FLAIR 3D"]):
+        write_dicom_series(
+            tmp_path / "hospital" / str(index),
+            pixels,
+            spacing=(2, 2, 2),
+            description=description,
+            modality="MR",
+            series=f"1.2.826.0.1.3680043.2.1125.6.{index}",
+        )
+    folders = [tmp_path / "hospital" / str(index) for index in range(4)]
+    assert run_cli(package, tmp_path / "hospital-out", *folders) == 0
+    assert json.loads((tmp_path / "hospital-out" / "report.json").read_text())["warnings"] == []
     write_dicom_series(tmp_path / "ct", pixels - 1000, spacing=(2, 2, 2), modality="CT")
     assert run_cli(package, tmp_path / "out2", tmp_path / "ct", *firsts[1:]) == 2
     assert "the DICOM series ct is CT (its Modality); model 'brats-tiny' expects MR for its input T1" in (

@@ -78,6 +78,8 @@ def order_inputs(inputs: Sequence[str], channels: Sequence, model: str) -> list[
     names = [channel.name for channel in channels]
     if len(inputs) != len(channels):
         hint = "one file or DICOM series (its folder or one of its files) per channel" if len(names) > 1 else None
+        if len(names) > 1 and len(inputs) == 1:
+            hint = "one file or DICOM series per channel (split a 4D image into 3D files)"
         stray = [Path(item).name for item in inputs if not any(channel.matches(str(item)) for channel in channels)]
         if len(names) > 1 and len(inputs) > len(names) and 0 < len(stray) <= len(inputs) - len(names):
             hint = f"{', '.join(stray)} {'matches' if len(stray) == 1 else 'match'} no channel; one file per channel"
@@ -153,8 +155,9 @@ def check_channels_fit(values: Sequence[int], limit: int | None = None) -> None:
 def check_series(opened: Sequence, inputs: Sequence[str], channels: Sequence) -> list[str]:
     """Check the opened inputs (:class:`.volumes.OpenedVolume`) of ``channels``, in order, by their DICOM series.
 
-    Returns warnings for a series whose SeriesDescription matches another channel's patterns and not its own
-    (``FLAIR 3D`` given for T2): the description is free text, so this is said, never refused.
+    Returns warnings for a series whose SeriesDescription matches another channel's patterns and not its own,
+    where that channel's own series does not match them either (``FLAIR 3D`` given for T1 and ``T1 SE`` for
+    FLAIR): the description is free text, so this is said, never refused.
 
     Raises:
         InputError: one DICOM series given for two channels through two paths (its folder and one of its files).
@@ -166,11 +169,14 @@ def check_series(opened: Sequence, inputs: Sequence[str], channels: Sequence) ->
     keys = [o.series or str(Path(i).resolve()) for o, i in zip(opened, inputs, strict=True)]
     check_distinct(keys, shown, [channel.name for channel in channels])
     warnings = []
-    for item, channel in zip(opened, channels, strict=True):
-        text = item.description.lower()
+    texts = [item.description.lower() for item in opened]
+    own = [bool(text) and _describes(channel, text) for text, channel in zip(texts, channels, strict=True)]
+    for item, text, channel in zip(opened, texts, channels, strict=True):
         if not text or _describes(channel, text):
             continue
-        others = [other.name for other in channels if other is not channel and _describes(other, text)]
+        # another channel the description names, whose own series does not look like it ('T1 +C' for T1c is
+        # no T1 when T1 has its 'T1' series)
+        others = [o.name for i, o in enumerate(channels) if o is not channel and _describes(o, text) and not own[i]]
         if others:
             warnings.append(
                 f"the DICOM series given for channel '{channel.name}' is described '{item.description}', like "
