@@ -90,11 +90,13 @@ def write_dicom_series(
     prefix="IM",
     first_number=1,
     modality="CT",
+    extra_tags=None,
 ) -> list[Path]:
     """Write one 2D DICOM CT file per slice (k, j, i indexing) with its own position; returns the files.
 
     ``positions``: the slices' offsets along the slice normal (default: ``k * spacing[2]``); ``origin``: the
-    in-plane position of every slice (a list of pairs gives each slice its own, e.g. for a gantry tilt).
+    in-plane position of every slice (a list of pairs gives each slice its own, e.g. for a gantry tilt); ``extra_tags``:
+    more DICOM tags (``{"0008|0008": "ORIGINAL\\PRIMARY\\LOCALIZER"}``).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -124,6 +126,7 @@ def write_dicom_series(
             "0020|0032": "\\".join(f"{v:.4f}" for v in position),
             "0020|0037": "\\".join(str(float(v)) for v in orientation),
             "0028|0030": f"{spacing[1]}\\{spacing[0]}",
+            **(extra_tags or {}),
         }
         for key, value in tags.items():
             image.SetMetaData(key, value)

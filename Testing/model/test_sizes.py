@@ -49,3 +49,19 @@ def test_a_network_registered_without_a_formula_is_measured_on_the_meta_device()
         from TokenUNetSegmentLib.model import registry
 
         registry._FACTORIES.pop("TestOnly-tiny")
+
+
+def test_the_token_count_declared_by_a_configuration_is_the_built_networks():
+    """``declared_token_count`` (torch-free, for the run's memory check before torch is imported) agrees with the
+    networks the registry builds, overrides included; a network it does not know gives None."""
+    import torch
+    from TokenUNetSegmentLib.model import METAUNETR_NAMES, TOKEN_UNET_VARIANTS, MetaUNETR, declared_token_count
+
+    for name in TOKEN_UNET_VARIANTS:
+        for overrides in ({}, {"num_tokens": 4}):
+            with torch.device("meta"):
+                network = build_network(name, 1, 3, **overrides)
+            tokens = int(network.num_tokens) if network.has_tokens else 0
+            assert declared_token_count(name, overrides) == tokens, (name, overrides)
+    assert not MetaUNETR.has_tokens and {declared_token_count(name) for name in METAUNETR_NAMES} == {0}
+    assert declared_token_count("SomeoneElsesNet") is None

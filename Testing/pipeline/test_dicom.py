@@ -198,11 +198,33 @@ def test_a_file_that_is_not_dicom_is_still_an_unsupported_type(tmp_path):
 
 
 def test_mixed_orientations_within_a_series_are_refused(series, tmp_path):
+    """Axial slices and as many coronal reformats under one series UID: no volume to choose."""
     folder = copy_of(series, tmp_path)
-    write_dicom_series(folder, PIXELS[:1], orientation=(1, 0, 0, 0, 0, -1), prefix="COR", first_number=50)
+    write_dicom_series(folder, PIXELS[:6], orientation=(1, 0, 0, 0, 0, -1), prefix="COR", first_number=50)
     with pytest.raises(InputError, match=r"mixes slice orientations \(IM0001.dcm, COR0050.dcm\)") as error:
         read_volume(folder)
     short_line(error.value)
+
+
+@pytest.mark.parametrize("how", ["orientation", "image type"])
+def test_a_localizer_inside_the_series_is_left_out_with_a_warning(series, tmp_path, how):
+    """A scout slice stored under the CT's own series UID, in another orientation (and size), or marked LOCALIZER
+    in its ImageType. Before: refused ("mixes slice orientations", or as a gap or duplicate)."""
+    folder = copy_of(series, tmp_path)
+    if how == "orientation":
+        write_dicom_series(folder, PIXELS[:1, :8], orientation=(0, 1, 0, 0, 0, -1), prefix="LOC", first_number=50)
+    else:
+        write_dicom_series(
+            folder, PIXELS[:1], positions=[40.0], prefix="LOC", first_number=50,
+            extra_tags={"0008|0008": "ORIGINAL\\PRIMARY\\LOCALIZER"},
+        )  # fmt: skip
+    volume = read_volume(folder)
+    np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
+    np.testing.assert_allclose(volume.affine, SERIES_AFFINE, atol=1e-6)
+    reason = "another orientation" if how == "orientation" else "ImageType LOCALIZER"
+    assert volume.warnings == [
+        f"left out 1 localizer slice(s) of the DICOM series in ct (LOC0050.dcm: {reason}); read its 12 other slices"
+    ]
 
 
 def test_slices_of_different_sizes_are_refused(series, tmp_path):
@@ -212,16 +234,56 @@ def test_slices_of_different_sizes_are_refused(series, tmp_path):
         read_volume(folder)
 
 
-def test_mixed_pixel_spacing_is_refused(series, tmp_path):
-    folder = copy_of(series, tmp_path)
-    write_dicom_series(folder, PIXELS[:1], spacing=(0.5, 0.5, 2.5), positions=[30.0], prefix="FINE", first_number=50)
-    with pytest.raises(InputError, match="mixes pixel spacings or pixel types"):
-        read_volume(folder)
+def ramp(points_lps):
+    """A CT-like value that changes linearly in space (LPS mm): what linear interpolation reproduces exactly."""
+    return 10.0 * points_lps[..., 0] + 4.0 * points_lps[..., 1] - 2.0 * points_lps[..., 2]
 
 
-def test_a_tilted_series_is_refused(tmp_path):
-    write_dicom_series(tmp_path / "ct", PIXELS, origin=[(0.0, 0.5 * k) for k in range(12)])
-    with pytest.raises(InputError, match="shifted in plane from slice to slice .gantry tilt"):
+@pytest.mark.parametrize("shift", [(0.0, 0.5), (-0.4, 0.8)])  # mm per slice along (row, column): 11 and 20 degrees
+def test_a_gantry_tilted_series_is_resampled_onto_a_regular_grid_in_physical_space(tmp_path, shift):
+    """Slices shifted in plane by the same step each (a gantry tilt). Before: refused, "resample it ... first". Each
+    voxel of the volume read holds the value the scan has at that voxel's physical position."""
+    spacing, slices, rows, columns = (0.8, 0.8, 2.5), 12, 16, 20
+    row, column = np.eye(3)[0], np.eye(3)[1]
+    origins = [(shift[0] * k, shift[1] * k) for k in range(slices)]
+    jj, ii = np.mgrid[:rows, :columns]
+    pixels = np.stack(
+        [
+            ramp(
+                (origins[k][0] + ii[..., None] * spacing[0]) * row
+                + (origins[k][1] + jj[..., None] * spacing[1]) * column
+                + np.array([0.0, 0.0, k * spacing[2]])
+            )
+            for k in range(slices)
+        ]
+    )
+    write_dicom_series(tmp_path / "ct", np.round(pixels), spacing=spacing, origin=origins)
+    volume = read_volume(tmp_path / "ct")
+    angle = np.degrees(np.arctan(np.hypot(*shift) / spacing[2]))
+    assert volume.warnings == [
+        f"the DICOM slices in ct are tilted by {angle:.1f} degrees (a gantry tilt): resampled onto a regular grid of "
+        f"{' x '.join(str(s) for s in volume.array.shape)} voxels"
+    ]
+    np.testing.assert_allclose(volume.grid.spacing, spacing, atol=1e-6)
+    assert volume.array.shape[2] == slices and volume.array.shape[:2] > (columns, rows)  # widened by the shift
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in volume.array.shape], indexing="ij"), -1).reshape(-1, 3)
+    ras = index @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+    lps = ras * (-1, -1, 1)
+    # inside the scanned slab, away from its in-plane edges: the slice k's in-plane box shifted by k steps
+    k = index[:, 2]
+    u = lps[:, 0] - np.asarray(shift[0]) * k
+    v = lps[:, 1] - np.asarray(shift[1]) * k
+    inside = (u > 0.5) & (u < (columns - 1.5) * spacing[0]) & (v > 0.5) & (v < (rows - 1.5) * spacing[1])
+    assert inside.sum() > 0.7 * columns * rows * slices
+    values = volume.array.reshape(-1)
+    np.testing.assert_allclose(values[inside], ramp(lps[inside]), atol=0.51)  # the written values were rounded
+    assert np.all(values[~inside & ((u < -1) | (v < -1))] == values.min())  # outside the scan: its lowest value
+
+
+def test_slices_shifted_unevenly_in_plane_are_refused(tmp_path):
+    """Not a gantry tilt (the shift changes from slice to slice): still refused, with the advice to resample."""
+    write_dicom_series(tmp_path / "ct", PIXELS, origin=[(0.0, 0.5 * k * k) for k in range(12)])
+    with pytest.raises(InputError, match="shifted in plane unevenly from slice to slice"):
         read_volume(tmp_path / "ct")
 
 
@@ -372,3 +434,116 @@ def test_stored_values_rescale_and_compression_read_as_the_same_values(
             ds.compress(RLELossless)
         ds.save_as(path)
     np.testing.assert_array_equal(read_volume(folder).array, PIXELS.transpose(2, 1, 0))
+
+
+def test_the_grid_a_series_declares_is_the_grid_read(tmp_path):
+    """The grid known from the slices' headers (for the run's memory check before reading) is the one read."""
+    from TokenUNetSegmentLib.pipeline.volumes import open_input
+
+    write_dicom_series(tmp_path / "ct", PIXELS, spacing=(0.7, 0.8, 3.0), orientation=(1, 0, 0, 0, 0.6, -0.8))
+    opened = open_input(tmp_path / "ct")
+    volume = opened()
+    assert opened.grid.shape == volume.grid.shape == (20, 16, 12)
+    np.testing.assert_allclose(np.abs(opened.grid.affine[:3, :3]), np.abs(volume.affine[:3, :3]), atol=1e-4)
+
+
+def write_study(folder, with_ct=True):
+    """A PET/CT study in one folder: a CT series (12 slices), a larger PET series (20), a one-slice scout (CT, a
+    series of its own) and a radiation dose report (a structured report, no pixels)."""
+    if with_ct:
+        write_dicom_series(folder, PIXELS, description="CT abdomen")
+    write_dicom_series(
+        folder, np.concatenate([PIXELS, PIXELS[:8]]), series="1.2.826.0.1.3680043.2.1125.1.5",
+        description="PET AC", prefix="PT", modality="PT", spacing=(0.8, 0.8, 2.0),
+    )  # fmt: skip
+    write_dicom_series(
+        folder, PIXELS[:1], series="1.2.826.0.1.3680043.2.1125.1.6", description="scout", prefix="SC",
+        orientation=(0, 1, 0, 0, 0, -1),
+    )  # fmt: skip
+    write_non_image_dicom(folder / "DOSE.dcm", "1.2.840.10008.5.1.4.1.1.88.67")  # X-Ray Radiation Dose SR
+    return folder
+
+
+def test_a_pet_ct_study_reads_the_series_of_the_models_modality_and_says_why(tmp_path, capsys):
+    """Before: the larger PET series was read and then refused as 'PT; model expects CT'."""
+    from helpers.packages import make_package, tiny_config
+    from TokenUNetSegmentLib.pipeline import cli
+    from TokenUNetSegmentLib.pipeline.volumes import open_input
+
+    study = write_study(tmp_path / "study")
+    package = make_package(tmp_path, tiny_config(roi=(16, 16, 16)))
+    out = tmp_path / "out"
+    assert cli.main(["segment", str(study), "--model", str(package), "--out", str(out), "--no-overview"]) == 0
+    assert "warning: study holds 3 DICOM series; read 'CT abdomen' (12 files)" in capsys.readouterr().err
+    volume = open_input(study, modality="CT")()
+    np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
+    assert volume.modality == "CT"
+    assert volume.warnings == [
+        "study holds 3 DICOM series; read 'CT abdomen' (12 files), the largest CT series, as the model's input is CT "
+        "(also there: 'PET AC' (PT, 20 files), 'scout' (CT, 1 file)): to choose another, pass one of its files or "
+        "its own folder"
+    ]
+    assert open_input(study)().modality == "PT"  # no model: the largest, as before
+
+
+def test_a_study_without_a_series_of_the_models_modality_is_refused_plainly(tmp_path, capsys):
+    from helpers.packages import make_package, tiny_config
+    from TokenUNetSegmentLib.pipeline import cli
+
+    study = write_study(tmp_path / "study", with_ct=False)
+    (study / "SC0001.dcm").unlink()
+    write_dicom_series(
+        study, PIXELS, series="1.2.826.0.1.3680043.2.1125.1.7", description="PET NAC", prefix="NAC", modality="PT"
+    )
+    package = make_package(tmp_path, tiny_config(roi=(16, 16, 16)))
+    out = tmp_path / "out"
+    assert cli.main(["segment", str(study), "--model", str(package), "--out", str(out)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (
+        "error: study holds no CT DICOM series, which the model's input needs: 'PET AC' (PT, 20 files), "
+        "'PET NAC' (PT, 12 files) (pass a folder with a CT series, or choose a model for PT)"
+    ), line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "rescales",
+    [
+        [(1, -2000, True), (0.25, -1000, False)],  # pixel representation and slope change halfway: quarter values
+        [(1, -1024, False), (1, -1000, False)],  # only the intercept changes
+        [(1, 0, False), (1, -3000, True)],  # signed raw values, then unsigned with an intercept
+    ],
+)
+def test_a_rescale_that_changes_from_slice_to_slice_reads_each_slice_with_its_own(series, tmp_path, rescales):
+    """Scanners that rescale each slice to its own range (PET-like, or a series merged from two exports). Before:
+    refused, "mixes pixel spacings or pixel types". Values checked by hand and against pydicom's modality LUT."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    folder = copy_of(series, tmp_path)
+    by_hand, by_pydicom = [], []
+    for k, path in enumerate(sorted(folder.iterdir())):
+        slope, intercept, unsigned = rescales[k * len(rescales) // len(PIXELS)]
+        ds = pydicom.dcmread(path)
+        stored = ds.pixel_array.astype(np.int64) + 2000  # 1500 to 2499
+        ds.PixelRepresentation = int(not unsigned)
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelData = stored.astype(np.uint16 if unsigned else np.int16).tobytes()
+        ds.save_as(path)
+        by_hand.append(stored * slope + intercept)
+        ds = pydicom.dcmread(path)
+        by_pydicom.append(apply_modality_lut(ds.pixel_array, ds))
+    np.testing.assert_array_equal(np.stack(by_pydicom), np.stack(by_hand))
+    volume = read_volume(folder)
+    assert volume.warnings == []
+    np.testing.assert_array_equal(volume.array, np.stack(by_hand).transpose(2, 1, 0))
+
+
+def test_mixed_pixel_spacing_says_what_differs(series, tmp_path):
+    folder = copy_of(series, tmp_path)
+    write_dicom_series(folder, PIXELS[:1], spacing=(0.5, 0.5, 2.5), positions=[30.0], prefix="FINE", first_number=50)
+    with pytest.raises(
+        InputError, match=r"mixes pixel spacings \(0.8 x 0.8 mm in IM0001.dcm, 0.5 x 0.5 mm in FINE0050.dcm\)"
+    ) as error:
+        read_volume(folder)
+    short_line(error.value)

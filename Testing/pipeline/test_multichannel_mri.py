@@ -3,6 +3,7 @@ command line and ``segment()``: BraTS file names, hospital grids, a file given t
 each other, a CT given to an MR model, and the memory of all channels counted before any is read."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -151,9 +152,9 @@ def test_all_channels_are_counted_against_the_memory_limit_before_any_is_read(
     opened = volumes.open_input
     reads = []
 
-    def counting(item, name=None):
-        header = opened(item, name)
-        return volumes.OpenedVolume(header.values, lambda: reads.append(item) or header.read(), header.modality)
+    def counting(item, name=None, modality=""):
+        header = opened(item, name, modality)
+        return replace(header, read=lambda: reads.append(item) or header.read())
 
     loaded = load_package(package)  # before the limit, which its network alone would exceed
     monkeypatch.setattr(volumes, "open_input", counting)

@@ -156,3 +156,16 @@ def test_the_overview_drawn_next_to_the_other_files_is_in_the_folder_or_nothing_
     with pytest.raises(ValueError, match="cannot draw"):
         write_outputs(result, tmp_path / "again", image=image)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_auto_attention_bounds_use_the_packages_token_count_when_known():
+    """With the package's token count (read from its configuration before torch is imported) ``auto`` is decided as
+    the writer will decide it: a 512 x 512 x 300 CT keeps its 64 maps on the token grid, counted as such on disk
+    (before: up to 2 GiB of input-grid maps, 1.07 GiB estimated for about 1 MB written)."""
+    from TokenUNetSegmentLib.pipeline.outputs import AUTO_INPUT_GRID_LIMIT, attention_bounds
+
+    ct = 512 * 512 * 300
+    assert attention_bounds("auto", 64, ct, exact=True) == (False, ct // 512)
+    assert attention_bounds("auto", 64, ct) == (True, AUTO_INPUT_GRID_LIMIT // (4 * 64))  # the count unknown: a bound
+    small = 100**3
+    assert attention_bounds("auto", 64, small, exact=True) == attention_bounds("input", 64, small) == (True, small)

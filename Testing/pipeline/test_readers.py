@@ -349,3 +349,17 @@ def test_nrrd_text_encodings_read_and_short_ones_refused(tmp_path, encoding):
     path.write_text(header + payload[: len(payload) // 3])
     with pytest.raises(InputError, match="is truncated|cannot read scan.nrrd: .*couldn't parse element"):
         read_volume(path)
+
+
+@pytest.mark.parametrize("kind", FORMATS)
+def test_the_grid_a_header_declares_is_the_grid_read(tmp_path, kind):
+    """The grid known before reading (for the run's memory check) has the voxels' axes and spacing."""
+    from TokenUNetSegmentLib.pipeline.volumes import open_input
+
+    rotation = np.array([[0.0, -1.0, 0.0], [0.6, 0.0, 0.8], [-0.8, 0.0, 0.6]])
+    oblique = AFFINE.copy()
+    oblique[:3, :3] = rotation * (0.8, 0.9, 2.5)
+    opened = open_input(write_volume(tmp_path, kind, affine=oblique))
+    volume = opened()
+    assert opened.grid.shape == volume.grid.shape
+    np.testing.assert_allclose(np.abs(opened.grid.affine[:3, :3]), np.abs(volume.affine[:3, :3]), atol=1e-4)

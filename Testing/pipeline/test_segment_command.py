@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import struct
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from helpers.packages import PHANTOM_AFFINE, ball_phantom, blank_network, make_package, tiny_config
-from helpers.paths import SAMPLE_CT
+from helpers.paths import MODULE_DIR, SAMPLE_CT
 from helpers.processes import run_python, start_cli
 from TokenUNetSegmentLib.pipeline import cli, segment_command
 from TokenUNetSegmentLib.pipeline.background import BackgroundCall
@@ -137,8 +138,8 @@ def test_inputs_are_read_while_torch_is_imported_and_the_package_loaded(cli_case
     loading, threads, resampled_in, intervals = threading.Event(), [], [], [sys.getswitchinterval()]
     real_open, real_load_package, real_resample = volumes.open_input, package_loader.load_package, preprocess.resample
 
-    def open_input(item, *args):
-        read = real_open(item, *args)
+    def open_input(item, *args, **kwargs):
+        read = real_open(item, *args, **kwargs)
         if isinstance(item, volumes.Volume):  # segment() taking the volumes read
             return read
 
@@ -147,7 +148,7 @@ def test_inputs_are_read_while_torch_is_imported_and_the_package_loaded(cli_case
             assert loading.wait(30), "the package was not loaded while the input was read"
             return read()
 
-        return volumes.OpenedVolume(read.values, read_when_loading)
+        return volumes.OpenedVolume(read.values, read_when_loading, read.modality, read.grid)
 
     def load_package(*args, **kwargs):
         intervals.append(sys.getswitchinterval())
@@ -367,9 +368,6 @@ def test_segment_the_bundled_real_ct_end_to_end(sample_cli_run):
 def test_a_run_that_fails_while_the_voxels_are_read_still_exits_with_its_own_code(tmp_path):
     """The process waits for the reading thread: exiting while SimpleITK reads a series in another thread crashed
     the interpreter (a segmentation fault or an abort instead of exit code 2)."""
-    import subprocess
-
-    from helpers.paths import MODULE_DIR
     from helpers.readers import write_dicom_series
 
     write_dicom_series(tmp_path / "series", np.zeros((120, 256, 256), np.int16))
@@ -405,3 +403,54 @@ def test_maps_on_the_input_grid_count_in_the_memory_and_disk_estimates(cli_case,
     grid = "auto"
     assert segment_cli(path, package, tmp_path / grid, "--attention-grid", grid, "--no-overview") == 0
     assert memory["auto"] == memory["token"] and disk["auto"] == disk["token"] < disk["input"]
+
+
+def sparse_nrrd(path: Path, sizes, spacing=1.0) -> Path:
+    """An int16 NRRD that declares ``sizes`` voxels, its data a hole in the file (no disk used)."""
+    header = (
+        f"NRRD0004\ntype: int16\ndimension: 3\nsizes: {' '.join(str(s) for s in sizes)}\n"
+        f"space: left-posterior-superior\nspace directions: ({spacing},0,0) (0,{spacing},0) (0,0,{spacing})\n"
+        "endian: little\nencoding: raw\n\n"
+    ).encode()
+    with open(path, "wb") as stream:
+        stream.write(header)
+        stream.truncate(len(header) + 2 * int(np.prod(sizes)))
+    return path
+
+
+def test_a_run_that_cannot_fit_is_refused_from_the_header_before_any_voxel_is_read(cli_case, tmp_path):
+    """A 512 x 512 x 200 int16 header under TOKENUNET_MEMORY_LIMIT=400M: reading fits (210 MB), the run does not
+    (about 0.6 GB). Before: refused only once the voxels were read and resampled next to torch's import (the audit's
+    1024 x 1024 x 400 case: 2.09 GB peak RSS before 'needs about 4.49 GiB')."""
+    _, package, _ = cli_case
+    big = sparse_nrrd(tmp_path / "big.nrrd", (512, 512, 200))
+    code = (
+        "import json, os, sys\n"
+        "os.environ['TOKENUNET_MEMORY_LIMIT'] = '400M'\n"
+        "from TokenUNetSegmentLib.pipeline import cli\n"
+        f"code = cli.main(['segment', {str(big)!r}, '--model', {str(package)!r}, '--out', {str(tmp_path / 'out')!r}])\n"
+        "print(json.dumps([code, 'torch' in sys.modules]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=120)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [2, False], done.stderr[-500:]
+    assert done.stderr.startswith("error: this run needs about ") and "TOKENUNET_MEMORY_LIMIT=400M" in done.stderr
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_the_header_estimate_is_the_host_part_of_the_exact_one(cli_case, monkeypatch):
+    """The check before reading counts what the exact check counts for the data (same model grid, tokens and
+    channels), so it refuses nothing the exact check lets run."""
+    from TokenUNetSegmentLib.pipeline import segmentation
+    from TokenUNetSegmentLib.pipeline.run_memory import check_header_fits
+    from TokenUNetSegmentLib.pipeline.volumes import open_input
+
+    _, package_path, path = cli_case
+    package = load_package(package_path)
+    opened = open_input(path)
+    exact = {}
+    monkeypatch.setattr(segmentation, "check_memory", lambda estimate, device: exact.update(estimate))
+    segment(str(path), package, device="cpu", probabilities=True, maps_on_input_grid=True)
+    tokens = package.network.num_tokens
+    assert tokens == 8
+    header = check_header_fits(opened.values, opened.grid, package.config, tokens, path.name, True, True)
+    assert header == exact["host"]

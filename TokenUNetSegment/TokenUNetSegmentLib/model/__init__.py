@@ -1,33 +1,28 @@
-"""Layer 1, the networks: torch, einops and monai.networks only (no transforms, I/O, Slicer or Qt)."""
+"""Layer 1, the networks: torch, einops and monai.networks only (no transforms, I/O, Slicer or Qt).
 
-from .registry import (
-    METAUNETR_NAMES,
-    TOKEN_UNET_VARIANTS,
-    build_network,
-    network_names,
-    network_size,
-    register_network,
-)
-from .sizes import NetworkSize
-from .token_unet import TokenUNet
+Names are imported on first access, so that the torch-free parts (:mod:`.variants`, :mod:`.sizes`) can be used
+before torch is imported; ``MetaUNETR`` imports MONAI's blocks, which Token-UNet alone never needs.
+"""
 
-__all__ = [
-    "METAUNETR_NAMES",
-    "TOKEN_UNET_VARIANTS",
-    "MetaUNETR",
-    "NetworkSize",
-    "TokenUNet",
-    "build_network",
-    "network_names",
-    "network_size",
-    "register_network",
-]
+from importlib import import_module
+
+_WHERE = {
+    "METAUNETR_NAMES": "registry",
+    "TOKEN_UNET_VARIANTS": "variants",
+    "MetaUNETR": "metaunetr",
+    "NetworkSize": "sizes",
+    "TokenUNet": "token_unet",
+    "build_network": "registry",
+    "declared_token_count": "variants",
+    "network_names": "registry",
+    "network_size": "registry",
+    "register_network": "registry",
+}
+
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str):
-    """``MetaUNETR`` on first access: it imports MONAI's blocks, which Token-UNet alone never needs."""
-    if name == "MetaUNETR":
-        from .metaunetr import MetaUNETR
-
-        return MetaUNETR
+    if name in _WHERE:
+        return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,18 +10,7 @@ from torch import nn
 from .sizes import NetworkSize, metaunetr_size, token_unet_size
 from .token_mixers import MIXERS
 from .token_unet import TokenUNet
-
-TOKEN_UNET_VARIANTS: dict[str, dict] = {
-    "NoToken": {"num_tokens": 0, "processor": "none"},
-    "8Token": {"num_tokens": 8, "processor": "none"},
-    "8MLP": {"num_tokens": 8, "processor": "mlp", "processor_depth": 2},
-    "8Attn": {"num_tokens": 8, "processor": "transformer", "processor_depth": 2},
-    "32Token": {"num_tokens": 32, "processor": "none"},
-    "32MLP": {"num_tokens": 32, "processor": "mlp", "processor_depth": 2},
-    "32Attn": {"num_tokens": 32, "processor": "transformer", "processor_depth": 2},
-    "32AttnLong": {"num_tokens": 32, "processor": "transformer", "processor_depth": 8},
-}
-"""The Token-UNet variants of the paper: token count and token processor."""
+from .variants import METAUNETR_PREFIX, TOKEN_UNET_VARIANTS
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 _SIZES: dict[str, Callable[..., NetworkSize]] = {}
@@ -130,8 +119,8 @@ def _metaunetr_sizer(mixer: str) -> Callable[..., NetworkSize]:
     return size
 
 
-METAUNETR_NAMES = tuple(f"MetaUNETR-{mixer}" for mixer in MIXERS)
+METAUNETR_NAMES = tuple(f"{METAUNETR_PREFIX}{mixer}" for mixer in MIXERS)
 """Registered names of MetaUNETR, one per token mixer."""
 
 for _mixer in MIXERS:
-    register_network(f"MetaUNETR-{_mixer}", _metaunetr_factory(_mixer), _metaunetr_sizer(_mixer))
+    register_network(f"{METAUNETR_PREFIX}{_mixer}", _metaunetr_factory(_mixer), _metaunetr_sizer(_mixer))

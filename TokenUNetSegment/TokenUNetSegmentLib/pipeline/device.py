@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from .errors import OutOfMemoryError, TokenUNetError
-from .memory import LIMIT_VARIABLE, format_size, memory_limit
+from .memory import memory_limit
+from .run_memory import host_bytes, host_shortfall
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -210,11 +211,6 @@ def available_memory(device: torch.device) -> int:
     return memory_limit()[0]
 
 
-INPUT_GRID_MAP_BYTES = 20
-"""Host bytes per input voxel while token maps are written on the input grid: two writer threads, each with a float32
-map and SimpleITK's copies (measured on a 512 x 512 x 100 CT: a peak RSS 17.5 B per voxel above the token grid's)."""
-
-
 def estimate_memory(
     network,
     model_voxels: int,
@@ -237,13 +233,7 @@ def estimate_memory(
     window = batch_size * roi_voxels * 4 * (in_ch + out_ch + 6 * first) + sum(
         p.numel() * p.element_size() for p in network.parameters()
     )
-    host = (
-        input_voxels * (4 * in_ch + 1 + 4)  # inputs as float32, labels, scratch of a resampling
-        + model_voxels * 4 * (in_ch + out_ch + 2)  # resampled inputs, stitched logits, blending weights, argmax
-        + (model_voxels // 512) * 4 * 4 * tokens  # stitched token maps (1/8 grid)
-        + (model_voxels * 4 * out_ch + input_voxels * 4 * out_ch if probabilities else 0)
-        + (input_voxels * INPUT_GRID_MAP_BYTES if maps_on_input_grid and tokens else 0)
-    )
+    host = host_bytes(input_voxels, model_voxels, in_ch, out_ch, tokens, probabilities, maps_on_input_grid)
     return {"host": int(host), "window": int(window)}
 
 
@@ -253,16 +243,7 @@ def check_memory(estimate: dict[str, int], device: torch.device, available: Call
     host_free = available(torch.device("cpu"))
     need_host = estimate["host"] + (estimate["window"] if device.type != "cuda" else 0)
     if need_host > host_free:
-        limit, what = memory_limit()
-        if LIMIT_VARIABLE in what and limit == host_free:
-            raise OutOfMemoryError(
-                f"this run needs about {format_size(need_host)} of memory, over {what} ({format_size(limit)})",
-                f"raise {LIMIT_VARIABLE}, use a coarser model spacing or crop the volume",
-            )
-        raise OutOfMemoryError(
-            f"this run needs about {need_host / 2**30:.1f} GiB of memory but only {host_free / 2**30:.1f} GiB is free",
-            "use a coarser model spacing, crop the volume, or close other programs",
-        )
+        raise host_shortfall(need_host, host_free)
     if device.type == "cuda":
         free = available(device)
         if estimate["window"] > free:

@@ -70,11 +70,14 @@ def choose_attention_grid(choice: str, kinds: int, tokens: int, voxels: int, lim
     return "input" if kinds * tokens * voxels * 4 <= limit else "token"
 
 
-def attention_bounds(choice: str, maps: int, voxels: int) -> tuple[bool, int]:
-    """For the checks before a run, when the package's token count is not known yet: whether ``choice`` may write
-    the maps on the input grid, and the voxels to count per map on disk (at most ``maps`` maps of an input of
-    ``voxels`` voxels). ``auto`` writes at most :data:`AUTO_INPUT_GRID_LIMIT` bytes of input-grid maps."""
+def attention_bounds(choice: str, maps: int, voxels: int, exact: bool = False) -> tuple[bool, int]:
+    """For the checks before a run: whether ``choice`` may write the maps on the input grid, and the voxels to count
+    per map on disk, for ``maps`` maps of an input of ``voxels`` voxels (``exact``: the package's own count, so
+    ``auto`` is decided as :func:`choose_attention_grid` will; else at most that many, and ``auto`` writes at most
+    :data:`AUTO_INPUT_GRID_LIMIT` bytes of input-grid maps)."""
     coarse = voxels // 512  # the token grid: 1/8 of the model grid per axis, which is at most the input's
+    if maps and exact:
+        choice = choose_attention_grid(choice, 1, maps, voxels)
     if not maps or choice == "token":
         return False, coarse
     if choice == "input":

@@ -15,10 +15,12 @@ import time
 import warnings
 from pathlib import Path
 
+from ..model.variants import declared_token_count
 from .arguments import integer, number
 from .background import BackgroundCall, switch_interval
 from .cli import WRITE_START, ProgressPrinter
 from .outputs import ATTENTION_GRIDS, DEFAULT_ATTENTION_GRID
+from .result import MAP_KINDS
 from .run_contract import ExitCode, ResultEvent
 
 
@@ -59,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # The reading thread returns to Python between its SimpleITK calls and waits for the GIL that torch's import holds
 READ_SWITCH_INTERVAL_S = 0.001
+MOST_TOKENS = 32  # the most learned tokens of a registered network, for one whose count the configuration does not say
 AHEAD_THREADS = max(1, (os.cpu_count() or 2) - 1)  # resampling next to torch's import: one core left to the import
 
 
@@ -105,6 +108,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     from .package_source import read_metadata
     from .preprocess import resample_ahead
     from .progress import Progress
+    from .run_memory import check_header_fits
     from .volumes import check_modality, open_input
 
     cancel = cancel or threading.Event()
@@ -125,16 +129,30 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         metadata = read_metadata(package_path)
         config, package_id = metadata.config, metadata.id
         inputs = order_inputs(list(args.inputs), config.inputs, package_id)  # by name, one file per channel
-        opened = [open_input(item) for item in inputs]  # headers checked, DICOM slices' included
+        opened = [  # headers checked, DICOM slices' included; a folder's series chosen by the channel's modality
+            open_input(item, modality=channel.modality) for item, channel in zip(inputs, config.inputs, strict=True)
+        ]
         check_channels_fit([item.values for item in opened])
         series_warnings = check_series(opened, inputs, config.inputs)
         for item, channel, name in zip(opened, config.inputs, inputs, strict=True):
             check_modality(item.modality, channel.modality, Path(name).name, package_id, channel.name)
-        tokens = 0 if args.no_heatmaps else 2 * 32  # the most maps a package has (gather and broadcast)
+        architecture = config.architecture
+        learned = declared_token_count(architecture.name, architecture.build_arguments())
+        known = 0 if learned is None else learned  # unknown (a network registered by others): none, for memory
+        maps = 0 if args.no_heatmaps else len(MAP_KINDS) * (MOST_TOKENS if learned is None else learned)
         voxels = opened[0].values
-        on_input_grid, map_voxels = attention_bounds(args.attention_grid, tokens, voxels)
+        on_input_grid, map_voxels = attention_bounds(args.attention_grid, maps, voxels, exact=learned is not None)
+        check_header_fits(  # before any voxel is read; exactly again once the network is loaded
+            voxels,
+            opened[0].grid,
+            config,
+            0 if args.no_heatmaps else known,
+            Path(inputs[0]).name,
+            args.probabilities,
+            on_input_grid,
+        )
         folder.check_space(
-            estimate_output_bytes(voxels, len(config.labels), tokens, map_voxels, probabilities=args.probabilities)
+            estimate_output_bytes(voxels, len(config.labels), maps, map_voxels, probabilities=args.probabilities)
         )
 
         def read_inputs() -> list:  # once: segment() and the overview share them

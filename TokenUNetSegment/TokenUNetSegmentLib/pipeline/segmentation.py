@@ -31,6 +31,7 @@ from .postprocess import ModelGridOutputs, postprocess
 from .preprocess import Prepared, prepare
 from .progress import Progress
 from .result import MAP_KINDS, SegmentationResult, TokenMaps
+from .run_memory import wrong_spacing
 from .volumes import Volume, check_modality, open_input
 
 log = logging.getLogger(__name__)
@@ -216,16 +217,13 @@ def channel_volumes(inputs, package: ModelPackage) -> list[Volume]:
     check_distinct([_identity(item) for item in items], [_shown(item) for item in items], names)
     if len(names) > 1:
         check_places(items, package.config.inputs)  # a list is in the channel order: a name may not contradict it
-    opened = [open_input(item, name) for item, name in zip(items, names, strict=True)]  # headers only
+    channels = package.config.inputs
+    opened = [open_input(item, channel.name, channel.modality) for item, channel in zip(items, channels, strict=True)]
     check_channels_fit([item.values for item in opened])  # all channels together, before any is read
     volumes = [read() for read in opened]
     for volume, channel in zip(volumes, package.config.inputs, strict=True):
         check_modality(volume.modality, channel.modality, volume.name, package.id, channel.name)
     return volumes
-
-
-BODY_EXTENT_MM = 2500.0
-"""A scan longer than this along an axis is no scan of a body: a memory refusal then names the spacing instead."""
 
 
 def _check_memory(
@@ -254,15 +252,10 @@ def _check_memory(
     try:
         check_memory(estimate, device)
     except OutOfMemoryError:
-        extent = np.asarray(first.grid.shape) * first.grid.spacing
-        if extent.max() <= BODY_EXTENT_MM:
+        error = wrong_spacing(first.grid, first.name)
+        if error is None:
             raise
-        metres = " x ".join(f"{e / 1000:.1f}" for e in extent)
-        voxels = " x ".join(f"{s:g}" for s in np.round(first.grid.spacing, 3))
-        raise InputError(
-            f"{first.name} spans {metres} m ({voxels} mm voxels): its voxel spacing or units are wrong",
-            "fix the spacing (in a NIfTI also xyzt_units) in its header",
-        ) from None
+        raise error from None
 
 
 def _identity(item):

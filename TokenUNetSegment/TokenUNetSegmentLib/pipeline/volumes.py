@@ -31,19 +31,22 @@ class Volume:
         return Grid(tuple(int(s) for s in self.array.shape), self.affine)
 
 
-def as_volume(item, name: str | None = None) -> Volume:
-    """A checked :class:`Volume` from a Volume, an ``(array, ijk_to_ras)`` pair, a path or ``sample:ID``."""
-    return open_input(item, name)()
+def as_volume(item, name: str | None = None, modality: str = "") -> Volume:
+    """A checked :class:`Volume` from a Volume, an ``(array, ijk_to_ras)`` pair, a path or ``sample:ID`` (``modality``:
+    see :func:`open_input`)."""
+    return open_input(item, name, modality)()
 
 
 @dataclass(frozen=True)
 class OpenedVolume:
     """An input whose header has been checked: the ``values`` it declares (its voxels, for a scalar volume) and
-    ``read()`` for the checked :class:`Volume`."""
+    ``read()`` for the checked :class:`Volume`; ``grid``: the voxel grid its header declares (origin aside), None
+    when it declares none."""
 
     values: int
     read: Callable[[], Volume]
     modality: str = ""  # as Volume.modality, known from the header
+    grid: Grid | None = None
     series: str = ""  # a DICOM series' SeriesInstanceUID
     description: str = ""  # a DICOM series' SeriesDescription
 
@@ -51,14 +54,15 @@ class OpenedVolume:
         return self.read()
 
 
-def open_input(item, name: str | None = None) -> OpenedVolume:
+def open_input(item, name: str | None = None, modality: str = "") -> OpenedVolume:
     """:func:`as_volume` in two steps: a file's header (a DICOM series' slice headers) is read and checked now; calling
-    the result reads the voxels and checks the volume (see :func:`.readers.open_image`)."""
+    the result reads the voxels and checks the volume (see :func:`.readers.open_image`). ``modality``: what the
+    model's input expects (chooses among the series of a DICOM folder)."""
     from .samples import resolve_input
 
     item = resolve_input(item)
     if isinstance(item, (str, Path)):
-        opened = open_volume(item)
+        opened = open_volume(item, modality=modality)
         return replace(opened, read=lambda: _checked(opened()))
     if isinstance(item, Volume):
         volume = item
@@ -70,7 +74,7 @@ def open_input(item, name: str | None = None) -> OpenedVolume:
             "pass a file path, a DICOM folder or an (array, ijk_to_ras 4x4) pair",
         )
     _checked(volume)
-    return OpenedVolume(int(volume.array.size), lambda: volume, volume.modality)
+    return OpenedVolume(int(volume.array.size), lambda: volume, volume.modality, volume.grid)
 
 
 def _checked(volume: Volume) -> Volume:
@@ -126,12 +130,12 @@ def read_volume(path: str | Path, limit: int | None = None) -> Volume:
     return open_volume(path, limit)()
 
 
-def open_volume(path: str | Path, limit: int | None = None) -> OpenedVolume:
+def open_volume(path: str | Path, limit: int | None = None, modality: str = "") -> OpenedVolume:
     """:func:`read_volume` in two steps: the header now, the voxels when the result is called."""
     from .arguments import as_path
 
     path = as_path(path, "an input volume")
-    opened = open_image(path, limit)
+    opened = open_image(path, limit, modality)
 
     def read() -> Volume:
         image, warnings = opened()
@@ -139,7 +143,7 @@ def open_volume(path: str | Path, limit: int | None = None) -> OpenedVolume:
         volume.warnings, volume.modality = warnings, opened.modality
         return volume
 
-    return OpenedVolume(opened.values, read, opened.modality, opened.series, opened.description)
+    return OpenedVolume(opened.values, read, opened.modality, opened.grid, opened.series, opened.description)
 
 
 def volume_from_image(image: sitk.Image, name: str = "volume") -> Volume:

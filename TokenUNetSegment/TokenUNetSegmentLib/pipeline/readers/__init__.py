@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from ..errors import InputError, OutOfMemoryError
 from .dicom import open_series
 from .dicom_meta import DICOMDIR_CLASS, dicom_file_class
-from .header import OpenedImage, check_header, check_size
+from .header import OpenedImage, check_header, check_size, header_grid
 from .itk import itk_error_text, pixel_bytes, quiet_itk
 from .metaimage import parse_metaimage
 from .nifti import parse_nifti
@@ -55,16 +55,17 @@ def read_image(path: str | Path, limit: int | None = None) -> tuple[sitk.Image, 
     return open_image(path, limit)()
 
 
-def open_image(path: str | Path, limit: int | None = None) -> OpenedImage:
+def open_image(path: str | Path, limit: int | None = None, modality: str = "") -> OpenedImage:
     """:func:`read_image` in two steps: the file's header (a DICOM series' slice headers) is read and checked now;
     the :class:`.header.OpenedImage` returned says how many values it declares, and calling it checks the voxel data
     is all there and reads it (long C++ calls that release the GIL: the command line runs them in a thread while
-    torch is imported). Both steps raise as :func:`read_image`."""
+    torch is imported). Both steps raise as :func:`read_image`. ``modality``: what the model's input expects, which
+    chooses among the series of a DICOM folder (see :func:`.dicom.open_series`)."""
     path = Path(path)
     name = path.name
     with _read_errors(name):
         if path.is_dir():
-            series = open_series(path, limit)
+            series = open_series(path, limit, modality=modality)
             return replace(series, read=lambda: _guarded(name, series.read))
         if not path.exists():
             raise InputError(f"input not found: {path}")
@@ -74,7 +75,9 @@ def open_image(path: str | Path, limit: int | None = None) -> OpenedImage:
         if suffix not in FORMATS:
             kind = dicom_file_class(path)
             if kind is not None:  # one file of a series: the user's choice among the series of its folder; a DICOMDIR
-                series = open_series(path.parent, limit, chosen=None if kind == DICOMDIR_CLASS else path)  # its folder
+                series = open_series(  # its folder
+                    path.parent, limit, None if kind == DICOMDIR_CLASS else path, modality
+                )
                 return replace(series, read=lambda: _guarded(name, series.read))
             raise InputError(
                 f"unsupported file type '{suffix or path.name}' for {path.name}",
@@ -92,7 +95,7 @@ def open_image(path: str | Path, limit: int | None = None) -> OpenedImage:
             raise InputError(f"{name}: read {read} values where its header declares {header.values}", "export it again")
         return image, list(header.warnings)
 
-    return OpenedImage(header.values, lambda: _guarded(name, read_file))
+    return OpenedImage(header.values, lambda: _guarded(name, read_file), grid=header_grid(header))
 
 
 def _guarded(name: str, read):

@@ -18,7 +18,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from .dicom_meta import dicom_file_class
+from ..geometry import Grid
+from .dicom_meta import dicom_file_class, modality_matches
+from .dicom_tilt import in_plane_shift, tilt_step, tilted_grid, untilted
 from .header import OpenedImage, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
 
@@ -29,13 +31,14 @@ POSITION, ORIENTATION, DESCRIPTION, SOP_CLASS, MODALITY = (
     "0008|0016",
     "0008|0060",
 )
-PIXEL_SPACING, SLICE_STEP = "0028|0030", "0018|0088"  # PixelSpacing, SpacingBetweenSlices
+PIXEL_SPACING, SLICE_STEP, IMAGE_TYPE = "0028|0030", "0018|0088", "0008|0008"  # ..., SpacingBetweenSlices, ImageType
 PADDING, PADDING_LIMIT, INTERCEPT, SLOPE = "0028|0120", "0028|0121", "0028|1052", "0028|1053"
 SAME_ORIENTATION = 1e-4  # direction cosines
 SAME_POSITION_MM = 1e-3
 EXACT_MM = 1e-2  # slice position errors below this are rounding in the headers
 UNEVEN_FRACTION = 0.1  # positions off by up to this share of the spacing: read, with a warning
 GAP_FACTOR = 1.5  # a step this much larger than the usual one means missing slices
+LOCALIZER_SLICES = 3  # at most this many slices in another orientation than the rest's are a localizer left out
 SEARCH_DEPTH, SEARCH_FOLDERS = 6, 2000  # subfolders searched for a series when a folder holds none itself
 
 
@@ -51,6 +54,7 @@ class Slice:
     sop_class: str = ""  # SOP Class UID (0008,0016): CT Image Storage, MR Image Storage, ...
     modality: str = ""  # Modality (0008,0060): CT, MR, PT, ...
     padding: tuple[float, float, float] | None = None  # PixelPaddingValue (to its range limit) rescaled, and slope
+    image_type: str = ""  # ImageType (0008,0008): ORIGINAL\PRIMARY\AXIAL, ...\LOCALIZER
 
 
 def read_series(folder: Path, limit: int | None = None) -> tuple[sitk.Image, list[str]]:
@@ -58,13 +62,15 @@ def read_series(folder: Path, limit: int | None = None) -> tuple[sitk.Image, lis
     return open_series(folder, limit)()
 
 
-def open_series(folder: Path, limit: int | None = None, chosen: Path | None = None) -> OpenedImage:
+def open_series(folder: Path, limit: int | None = None, chosen: Path | None = None, modality: str = "") -> OpenedImage:
     """:func:`read_series` in two steps: the series is found and its slices' headers checked now; calling the
     returned :class:`.header.OpenedImage` reads and stacks the voxels (one long SimpleITK call, which another thread
     can run).
 
     A folder without DICOM files of its own is searched below (a CD or PACS export: DICOMDIR beside
     ``PT0/ST0/SE0/...``). ``chosen``: a file of ``folder`` whose series to read (the user's choice among several).
+    ``modality``: what the model's input expects (``CT``, ``MR``): among several series, the largest of that
+    Modality is read (a PET/CT study: the CT, not the larger PET), and a folder with none of it is refused.
     """
     warnings: list[str] = []
     reader = sitk.ImageSeriesReader()
@@ -85,7 +91,7 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
             )
         uid, files = picked[0]
     else:
-        uid, files = _largest(series, folder, warnings)
+        uid, files = _largest(series, folder, warnings, modality)
     slices = [_slice_info(file, folder) for file in files]
     read = {os.path.normpath(f) for _, names in series for f in names}
     places = {folder} | {Path(f).parent for f in files}
@@ -105,10 +111,13 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
                 f"the DICOM series in {folder.name} has several multi-frame files ({Path(s.file).name}, ...)",
                 "convert it to NRRD in Slicer, or export classic single-frame slices",
             )
+    slices, localizer = without_localizer(slices, folder.name)
+    if localizer:
+        warnings.append(localizer)
     if len(slices) == 1:
         raise InputError(f"the DICOM series in {folder.name} has one slice", "segmentation needs a 3D volume")
     try:
-        ordered, uneven = check_slices(slices, folder.name)
+        ordered, uneven = check_slices(slices, folder.name, tilt=True)
     except InputError as error:
         if not unread:
             raise
@@ -119,13 +128,32 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
     if uneven:
         warnings.append(uneven)
     files = [s.file for s in ordered]
+    step = tilt_step(ordered, folder.name, in_plane_tolerance(ordered[0]))
+    grid = None if step is None else tilted_grid(ordered, step)
+    if grid is not None:
+        warnings.append(
+            f"the DICOM slices in {folder.name} are tilted by {grid.degrees:.1f} degrees (a gantry tilt): resampled "
+            f"onto a regular grid of {' x '.join(str(n) for n in grid.size)} voxels"
+        )
     return OpenedImage(
         _values(ordered[0], len(files)),
-        lambda: (_read_files(reader, files, ordered, folder, limit), warnings),
+        lambda: (_read_files(reader, files, ordered, folder, limit, grid), warnings),
         ordered[0].modality,
+        _grid(ordered),
         uid,
         _description(files[0]),
     )
+
+
+def _grid(ordered: list[Slice]) -> Grid:
+    """The grid of slices in order along their normal (checked regular), its origin left at 0."""
+    first, last = ordered[0], ordered[-1]
+    row, column = first.orientation
+    normal = np.cross(row, column)
+    step = float((last.position - first.position) @ normal) / (len(ordered) - 1)
+    affine = np.eye(4)
+    affine[:3, :3] = np.stack([row * first.spacing[0], column * first.spacing[1], normal * step], axis=1)
+    return Grid((first.size[0], first.size[1], len(ordered)), affine)
 
 
 def _series_in(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
@@ -159,26 +187,50 @@ def _series_below(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
     return [(uid, tuple(files)) for uid, files in found.items()]
 
 
-def _largest(series: list, folder: Path, warnings: list[str]) -> tuple[str, tuple[str, ...]]:
-    """The series with most files; with several, a warning naming it (refused when two are equally large)."""
+def _largest(series: list, folder: Path, warnings: list[str], modality: str = "") -> tuple[str, tuple[str, ...]]:
+    """The series with most files (of ``modality``, when given and there are several); with several, a warning
+    naming it (refused when two are equally large, or when none is of ``modality``)."""
     ranked = sorted(series, key=lambda s: -len(s[1]))
-    uid, files = ranked[0]
     if len(ranked) == 1:
-        return uid, files
-    if len(ranked[1][1]) == len(files):
+        return ranked[0]
+    why, others = "the largest", ""
+    if modality:
+        kinds = [_series_header(files[0])[1] for _, files in ranked]
+        fitting = [s for s, kind in zip(ranked, kinds, strict=True) if modality_matches(kind, modality)]
+        fitting = fitting or [s for s, kind in zip(ranked, kinds, strict=True) if not kind]  # unknown: may be it
+        if not fitting:
+            found = ", ".join(_named(s, kind) for s, kind in zip(ranked[:3], kinds, strict=False))
+            raise InputError(
+                f"{folder.name} holds no {modality} DICOM series, which the model's input needs: {found}",
+                f"pass a folder with a {modality} series, or choose a model for {kinds[0]}",
+            )
+        if len(fitting) < len(ranked) and ranked[0] not in fitting:  # the choice differs from the largest: say why
+            why = f"the largest {modality} series, as the model's input is {modality}"
+            left = [_named(s, kind) for s, kind in zip(ranked, kinds, strict=True) if s != fitting[0]]
+            others = f" (also there: {', '.join(left[:3])}{', ...' if len(left) > 3 else ''})"
+        ranked = fitting
+    uid, files = ranked[0]
+    if len(ranked) > 1 and len(ranked[1][1]) == len(files):
         tied = [f"'{(_description(s[1][0]) or s[0])[:30]}'" for s in ranked if len(s[1]) == len(files)]
         raise InputError(
-            f"{folder.name} holds {len(ranked)} DICOM series of {len(files)} files each ({', '.join(tied[:3])})",
+            f"{folder.name} holds {len(series)} DICOM series of {len(files)} files each ({', '.join(tied[:3])})",
             "pass one of the series' files, or its own folder, to say which one to segment",
         )
     where = Path(files[0]).parent
     place = f" in {where.relative_to(folder).as_posix()}" if where != folder else ""
     warnings.append(
-        f"{folder.name} holds {len(ranked)} DICOM series; read the largest, "
-        f"'{(_description(files[0]) or uid)[:60]}' ({len(files)} files{place}): to choose another, pass one of its "
-        "files or its own folder"
+        f"{folder.name} holds {len(series)} DICOM series; read {'the largest, ' if not others else ''}"
+        f"'{(_description(files[0]) or uid)[:60]}' ({len(files)} files{place}){', ' + why if others else ''}"
+        f"{others}: to choose another, pass one of its files or its own folder"
     )
     return uid, files
+
+
+def _named(series: tuple[str, tuple[str, ...]], modality: str) -> str:
+    """A series for a message: ``'PET AC' (PT, 20 files)``."""
+    uid, files = series
+    count = f"{len(files)} file{'s' if len(files) != 1 else ''}"
+    return f"'{(_description(files[0]) or uid)[:30]}' ({modality or 'no Modality'}, {count})"
 
 
 def _values(first: Slice, files: int) -> int:
@@ -220,6 +272,7 @@ def _slice_info(file: str, folder: Path) -> Slice:
         reader.GetMetaData(SOP_CLASS).strip(" \0") if reader.HasMetaDataKey(SOP_CLASS) else "",
         reader.GetMetaData(MODALITY).strip(" \0").upper() if reader.HasMetaDataKey(MODALITY) else "",
         _padding(reader),
+        reader.GetMetaData(IMAGE_TYPE).strip(" \0").upper() if reader.HasMetaDataKey(IMAGE_TYPE) else "",
     )
 
 
@@ -247,10 +300,42 @@ def _numbers(reader: sitk.ImageFileReader, tag: str, count: int) -> np.ndarray |
     return values if values.size == count and np.all(np.isfinite(values)) else None
 
 
-def check_slices(slices: list[Slice], name: str) -> tuple[list[Slice], str | None]:
+def without_localizer(slices: list[Slice], name: str) -> tuple[list[Slice], str | None]:
+    """The slices less a localizer (scout) stored under the series' own UID, and a warning naming what was left out
+    (None when nothing was): slices whose ImageType says LOCALIZER, and up to :data:`LOCALIZER_SLICES` slices in
+    another orientation than the rest's (more are a series that mixes orientations: :func:`check_slices` refuses it).
+    """
+    reasons = {id(s): "ImageType LOCALIZER" for s in slices if "LOCALIZER" in s.image_type.split("\\")}
+    rest = [s for s in slices if id(s) not in reasons] or slices  # all marked: what the user gave, checked as it is
+    if rest is slices:
+        reasons = {}
+    orientations = np.array([s.orientation.ravel() for s in rest])
+    main = rest
+    if not np.isclose(orientations, orientations[0], atol=SAME_ORIENTATION).all():  # else one orientation: done
+        groups, remaining = [], np.arange(len(rest))
+        while remaining.size:  # the slices of each orientation, the largest group kept
+            close = np.isclose(orientations[remaining], orientations[remaining[0]], atol=SAME_ORIENTATION).all(axis=1)
+            groups.append(remaining[close])
+            remaining = remaining[~close]
+        main = [rest[i] for i in max(groups, key=len)]
+    if 0 < len(rest) - len(main) <= LOCALIZER_SLICES and len(main) > 2 * (len(rest) - len(main)):
+        kept = {id(s) for s in main}
+        reasons.update({id(s): "another orientation" for s in rest if id(s) not in kept})
+        rest = main
+    if not reasons:
+        return slices, None
+    odd = [s for s in slices if id(s) in reasons]
+    return rest, (
+        f"left out {len(odd)} localizer slice(s) of the DICOM series in {name} ({Path(odd[0].file).name}: "
+        f"{reasons[id(odd[0])]}{', ...' if len(odd) > 1 else ''}); read its {len(rest)} other slices"
+    )
+
+
+def check_slices(slices: list[Slice], name: str, tilt: bool = False) -> tuple[list[Slice], str | None]:
     """The slices in order along their normal, and a warning when their spacing is slightly uneven.
 
-    Raises :class:`InputError` when they do not form one regular grid.
+    Raises :class:`InputError` when they do not form one regular grid (``tilt``: in-plane shifts are left to the
+    caller's :func:`.dicom_tilt.tilt_step`, which accepts a gantry tilt's).
     """
     first = slices[0]
     for s in slices[1:]:
@@ -264,9 +349,9 @@ def check_slices(slices: list[Slice], name: str) -> tuple[list[Slice], str | Non
                 f"the DICOM series in {name} mixes slice orientations ({Path(first.file).name}, {Path(s.file).name})",
                 "put only one volume's slices in the folder (no localizer or reformats)",
             )
-        if not np.allclose(s.spacing, first.spacing, rtol=1e-4) or s.pixel != first.pixel:
+        if not np.allclose(s.spacing, first.spacing, rtol=1e-4):
             raise InputError(
-                f"the DICOM series in {name} mixes pixel spacings or pixel types",
+                f"the DICOM series in {name} mixes pixel spacings ({_pixel_spacing(first)}, {_pixel_spacing(s)})",
                 "put only the slices of one acquisition in the folder",
             )
     row, column = first.orientation
@@ -276,8 +361,7 @@ def check_slices(slices: list[Slice], name: str) -> tuple[list[Slice], str | Non
     ordered = sorted(slices, key=lambda s: float(s.position @ normal))
     positions = np.array([s.position for s in ordered])
     along = positions @ normal
-    in_plane = positions @ np.stack([row, column]).T
-    if np.max(np.abs(in_plane - in_plane[0])) > max(EXACT_MM, 0.01 * min(first.spacing)):
+    if not tilt and in_plane_shift(ordered) > in_plane_tolerance(first):
         raise InputError(
             f"the DICOM slices in {name} are shifted in plane from slice to slice (gantry tilt or a sheared series)",
             "resample it onto a regular grid first (e.g. in Slicer) and save it as NRRD",
@@ -320,21 +404,40 @@ def check_slices(slices: list[Slice], name: str) -> tuple[list[Slice], str | Non
     )
 
 
+def in_plane_tolerance(first: Slice) -> float:
+    """In-plane position differences up to this are rounding in the headers, not a shift."""
+    return max(EXACT_MM, 0.01 * min(first.spacing))
+
+
+def _pixel_spacing(s: Slice) -> str:
+    return f"{s.spacing[0]:g} x {s.spacing[1]:g} mm in {Path(s.file).name}"
+
+
 def _size(s: Slice) -> str:
     return " x ".join(str(v) for v in s.size[:2])
 
 
-def _read_files(reader, files: list[str], slices: list[Slice], folder: Path, limit: int | None) -> sitk.Image:
+def _read_files(
+    reader, files: list[str], slices: list[Slice], folder: Path, limit: int | None, tilted=None
+) -> sitk.Image:
+    """The slices' voxels stacked (``tilted``: the :class:`.dicom_tilt.TiltedGrid` to resample them onto)."""
     first = slices[0]
     frames = first.size[2] if len(first.size) > 2 else 1
     sizes = (*first.size[:2], frames * len(files)) + ((first.components,) if first.components > 1 else ())
-    pixel = sitk.GetPixelIDValueAsString(first.pixel)
-    check_size(sizes, pixel, pixel_bytes(first.pixel), folder.name, limit)
+    # slices whose stored values and rescale give other value types (a rescale or pixel representation that changes
+    # from slice to slice): GDCM rescales each slice with its own, into float32 rather than the first slice's type
+    pixel_id = first.pixel if all(s.pixel == first.pixel for s in slices) else sitk.sitkFloat32
+    pixel = sitk.GetPixelIDValueAsString(pixel_id)
+    if tilted is None:
+        check_size(sizes, pixel, pixel_bytes(pixel_id), folder.name, limit)
+    else:  # the stacked slices and the float32 grid they are resampled onto (and its array) at once
+        check_size(tilted.size, pixel, pixel_bytes(pixel_id) + 4, folder.name, limit)
     if frames > 1:  # one multi-frame file: the series reader would make it a 4D image of one volume
         reader = sitk.ImageFileReader()
         reader.SetFileName(files[0])
     else:
         reader.SetFileNames(files)
+        reader.SetOutputPixelType(pixel_id if pixel_id != first.pixel else sitk.sitkUnknown)
     try:
         with quiet_itk():
             image = reader.Execute()
@@ -343,6 +446,13 @@ def _read_files(reader, files: list[str], slices: list[Slice], folder: Path, lim
             f"cannot read the DICOM series in {folder.name}: {itk_error_text(error)}",
             "the series may be damaged or compressed in an unsupported way: export it again",
         ) from None
+    if tilted is not None:  # GDCM stacks tilted slices as it can; their own positions place them
+        if image.GetSize()[2] != len(slices) or not np.allclose(image.GetOrigin(), first.position, atol=1e-3):
+            raise InputError(
+                f"the DICOM reader stacked the slices of {folder.name} otherwise than their headers say",
+                "export the series again, or convert it to NRRD in Slicer",
+            )
+        return untilted(_without_padding(image, slices), tilted)
     if len(files) > 1 and not _placed_as_declared(image, slices):
         raise InputError(
             f"the DICOM reader placed the slices of {folder.name} elsewhere than their headers say",
@@ -385,14 +495,21 @@ def _placed_as_declared(image: sitk.Image, slices: list[Slice]) -> bool:
 
 
 def _description(file: str) -> str:
+    return _series_header(file)[0]
+
+
+def _series_header(file: str) -> tuple[str, str]:
+    """(SeriesDescription, Modality) of a slice file, "" for what it does not say or cannot be read."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(file)
     try:
         with quiet_itk():
             reader.ReadImageInformation()
-        return reader.GetMetaData(DESCRIPTION).strip() if reader.HasMetaDataKey(DESCRIPTION) else ""
     except RuntimeError:
-        return ""
+        return "", ""
+    return tuple(  # type: ignore[return-value]
+        reader.GetMetaData(tag).strip(" \0") if reader.HasMetaDataKey(tag) else "" for tag in (DESCRIPTION, MODALITY)
+    )
 
 
 def _unread_dicom_files(folder: Path, read: set[str], sop_class: str) -> list[str]:

@@ -12,6 +12,13 @@ FILE_META_BYTES = 4096  # the file meta group (0002) holding the Media Storage S
 LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
+def modality_matches(modality: str, expected: str) -> bool:
+    """Whether a series' Modality (CT, MR, PT, ...) is what a model input expects (``CT``, ``MR``; ``MR-T1``-like
+    names count as MR)."""
+    modality, expected = modality.strip().upper(), expected.strip().upper()
+    return bool(modality) and (modality == expected or (modality == "MR" and expected.startswith("MR")))
+
+
 def dicom_file_class(path: Path) -> str | None:
     """None when ``path`` does not start like a DICOM file (the DICM preamble), else the SOP class its file meta
     names ("" where that cannot be read; :data:`DICOMDIR_CLASS` for a DICOMDIR)."""

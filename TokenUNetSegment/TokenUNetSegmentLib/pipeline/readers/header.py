@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..geometry import Grid
 from ..memory import LIMIT_VARIABLE, format_size, memory_limit
 
 READ_COPIES = 2
@@ -79,17 +80,35 @@ class ImageHeader:
 class OpenedImage:
     """An image file or DICOM series whose header has been read and checked: the ``values`` (voxels times
     components) it declares, and ``read()`` for its voxels (the SimpleITK image and the reader's warnings);
-    ``modality``: a DICOM series' Modality (CT, MR, ...), ``series`` its SeriesInstanceUID and ``description`` its
-    SeriesDescription; "" for other files."""
+    ``modality``: a DICOM series' Modality (CT, MR, ...), "" for other files; ``grid``: the voxel grid the header
+    declares (its origin left at 0), None when it declares none, for the run's memory check before reading;
+    ``series`` a DICOM series' SeriesInstanceUID and ``description`` its SeriesDescription, "" for other files."""
 
     values: int
     read: Callable[[], tuple]
     modality: str = ""
+    grid: Grid | None = None
     series: str = ""
     description: str = ""
 
     def __call__(self) -> tuple:
         return self.read()
+
+
+def header_grid(header: ImageHeader) -> Grid | None:
+    """The 3D grid ``header`` declares (axis directions scaled by the spacing, origin 0), None unless it declares
+    three spatial axes with finite spacing; without directions, the axes are taken as they are stored."""
+    spacing = np.asarray(header.spacing, dtype=np.float64)
+    if len(header.sizes) < 3 or spacing.shape != (3,) or not np.all(np.isfinite(spacing) & (spacing > 0)):
+        return None
+    axes = np.eye(3)
+    if header.directions is not None and np.shape(header.directions) == (3, 3):
+        lengths = np.linalg.norm(header.directions, axis=0)
+        if np.all(np.isfinite(header.directions)) and np.all(lengths > 0):
+            axes = np.asarray(header.directions, dtype=np.float64) / lengths
+    affine = np.eye(4)
+    affine[:3, :3] = axes * spacing
+    return Grid(tuple(int(s) for s in header.sizes[:3]), affine)
 
 
 def header_error(name: str, kind: str, problem: str) -> InputError:

@@ -1,0 +1,106 @@
+"""A run's host memory: the estimate's host part, and the check made from the input's header alone.
+
+Torch-free: the command line refuses a run that cannot fit from the header (sizes, spacing, axes) and the package's
+configuration (channels, labels, token count, model spacing) before any voxel is read or torch is imported. The
+exact check (:func:`.device.check_memory`, with the loaded network's windows) follows once the network is loaded;
+both count the host bytes with :func:`host_bytes`, so the first never refuses what the second would let run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError, OutOfMemoryError
+from .geometry import Grid, model_grid
+from .memory import LIMIT_VARIABLE, format_size, memory_limit
+
+INPUT_GRID_MAP_BYTES = 20
+"""Host bytes per input voxel while token maps are written on the input grid: two writer threads, each with a float32
+map and SimpleITK's copies (measured on a 512 x 512 x 100 CT: a peak RSS 17.5 B per voxel above the token grid's)."""
+BODY_EXTENT_MM = 2500.0
+"""A scan longer than this along an axis is no scan of a body: a memory refusal then names the spacing instead."""
+
+
+def host_bytes(
+    input_voxels: int,
+    model_voxels: int,
+    in_channels: int,
+    out_channels: int,
+    tokens: int,
+    probabilities: bool = False,
+    maps_on_input_grid: bool = False,
+) -> int:
+    """Rough peak host bytes of a run's data: the inputs, the model-grid arrays, the stitched token maps, and the
+    probabilities and input-grid maps when asked for (the network and its windows are counted apart)."""
+    return int(
+        input_voxels * (4 * in_channels + 1 + 4)  # inputs as float32, labels, scratch of a resampling
+        + model_voxels * 4 * (in_channels + out_channels + 2)  # resampled inputs, stitched logits, weights, argmax
+        + (model_voxels // 512) * 4 * 4 * tokens  # stitched token maps (1/8 grid)
+        + (model_voxels * 4 * out_channels + input_voxels * 4 * out_channels if probabilities else 0)
+        + (input_voxels * INPUT_GRID_MAP_BYTES if maps_on_input_grid and tokens else 0)
+    )
+
+
+def host_shortfall(need: int, free: int) -> OutOfMemoryError:
+    """The refusal of a run that needs ``need`` host bytes where ``free`` are free (or the user's limit allows)."""
+    limit, what = memory_limit()
+    if LIMIT_VARIABLE in what and limit == free:
+        return OutOfMemoryError(
+            f"this run needs about {format_size(need)} of memory, over {what} ({format_size(limit)})",
+            f"raise {LIMIT_VARIABLE}, use a coarser model spacing or crop the volume",
+        )
+    return OutOfMemoryError(
+        f"this run needs about {need / 2**30:.1f} GiB of memory but only {free / 2**30:.1f} GiB is free",
+        "use a coarser model spacing, crop the volume, or close other programs",
+    )
+
+
+def wrong_spacing(grid: Grid, name: str) -> InputError | None:
+    """For a run refused for its memory: the error that names ``grid``'s spacing when the scan spans more than a
+    body (:data:`BODY_EXTENT_MM`: its spacing or units are wrong, not the user's memory), else None."""
+    extent = np.asarray(grid.shape) * grid.spacing
+    if extent.max() <= BODY_EXTENT_MM:
+        return None
+    metres = " x ".join(f"{e / 1000:.1f}" for e in extent)
+    voxels = " x ".join(f"{s:g}" for s in np.round(grid.spacing, 3))
+    return InputError(
+        f"{name} spans {metres} m ({voxels} mm voxels): its voxel spacing or units are wrong",
+        "fix the spacing (in a NIfTI also xyzt_units) in its header",
+    )
+
+
+def check_header_fits(
+    voxels: int,
+    grid: Grid | None,
+    config,
+    tokens: int,
+    name: str,
+    probabilities: bool = False,
+    maps_on_input_grid: bool = False,
+) -> int:
+    """Refuse a run whose host data (:func:`host_bytes`) cannot fit, from the first input's header: ``voxels`` it
+    declares, its ``grid`` (None when the header gives none: the model grid is then left out), the package's
+    ``config`` and ``tokens`` (the network's learned tokens; 0 when unknown). Returns the estimate in bytes.
+
+    Raises:
+        OutOfMemoryError: over free memory or ``TOKENUNET_MEMORY_LIMIT``.
+        InputError: over it because the header's spacing makes the scan longer than a body.
+    """
+    model_voxels = 0
+    if grid is not None:
+        pre = config.preprocessing
+        model_voxels = int(np.prod(model_grid(grid, pre.orientation, pre.spacing).shape, dtype=np.float64))
+    architecture = config.architecture
+    need = host_bytes(
+        voxels,
+        model_voxels,
+        architecture.in_channels,
+        architecture.out_channels,
+        tokens,
+        probabilities,
+        maps_on_input_grid,
+    )
+    free, _ = memory_limit()
+    if need > free:
+        raise (wrong_spacing(grid, name) if grid is not None else None) or host_shortfall(need, free)
+    return need
