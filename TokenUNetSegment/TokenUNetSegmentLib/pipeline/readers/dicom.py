@@ -147,6 +147,8 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
         lambda: (_read_files(reader, files, ordered, folder, limit, grid), warnings),
         ordered[0].modality,
         declared,
+        uid,
+        _description(files[0]),
     )
 
 
