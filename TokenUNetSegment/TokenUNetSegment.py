@@ -301,6 +301,7 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
             warnings) or, without waiting, the run.
         """
         from TokenUNetSegmentLib.mrml.parameters import Parameters
+        from TokenUNetSegmentLib.mrml.scene_run import check_volume_count
         from TokenUNetSegmentLib.pipeline.run_contract import RunState
 
         volumes = list(inputVolumes) if isinstance(inputVolumes, (list, tuple)) else [inputVolumes]
@@ -316,6 +317,7 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
             attentionThreshold=attentionThreshold,
             probabilities=probabilities,
         )
+        check_volume_count(len(volumes), parameters)
         for index, volume in enumerate(volumes):
             setattr(parameters, f"inputVolume{index}", volume)
         run = self.startRun(parameters, mode=runMode, python=self._python() if runMode == "subprocess" else None)

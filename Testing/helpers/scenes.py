@@ -77,3 +77,18 @@ def made_labels(node, shape):
         mask, _, _ = segment_mask_world(node, segment_id)
         labels[mask] = segmentation.GetSegment(segment_id).GetLabelValue()
     return labels
+
+
+def assert_same_labels_but_near_ties(labels, expected, margin: float = 0.02):
+    """``labels`` equal ``expected.labels`` (a ``segment(..., probabilities=True)`` result) except at voxels whose
+    two most likely classes lie within ``margin``, at most 1 % of them: the network's sums run in another order with
+    another thread count (a run picks its threads by the machine's load), and a near-tie can fall either way."""
+    differ = labels != expected.labels
+    if not differ.any():
+        return
+    foreground = np.stack(list(expected.probabilities.values()))
+    ranked = np.sort(np.concatenate([1 - foreground.sum(0, keepdims=True), foreground]), axis=0)
+    gaps = (ranked[-1] - ranked[-2])[differ]
+    assert differ.sum() <= 0.01 * labels.size and gaps.max() < margin, (
+        f"{differ.sum()} voxels differ, the largest probability gap among them {gaps.max():.3f}"
+    )

@@ -104,6 +104,12 @@ def test_process_reports_failures_as_typed_errors(module):
     package = make_package(module.tmp, tiny_config(roi=(16, 16, 16), in_channels=2))
     with pytest.raises(InputError, match="input volume 2 of 2 is not selected"):
         module.module.TokenUNetSegmentLogic().process(ct_volume(module.ctx.scene), model=str(package))
+    # more volumes than the model takes (before: the extra ones left out without a word)
+    volumes = [ct_volume(module.ctx.scene) for _ in range(3)]
+    with pytest.raises(InputError, match="3 input volumes given; the model takes 2"):
+        module.module.TokenUNetSegmentLogic().process(volumes, model=str(package))
+    with pytest.raises(InputError, match="5 input volumes given; the model takes 4"):
+        module.module.TokenUNetSegmentLogic().process(volumes + volumes[:2], model=str(package))
 
 
 def test_model_infos_list_cached_packages_with_their_inputs_and_devices(module):

@@ -86,6 +86,7 @@ SLICER = {
     "GetSourceRepresentationName": ("vtkSegmentation",),
     "GetSubjectHierarchyNode": ("vtkMRMLSubjectHierarchyNode",),
     "GetTag": ("vtkSegment",),
+    "IsNodePresent": ("vtkMRMLScene",),
     "IsTransformToWorldLinear": ("vtkMRMLTransformNode",),
     "JumpSliceByOffsetting": ("vtkMRMLSliceNode",),
     "RemoveClosedSurfaceRepresentation": ("vtkMRMLSegmentationNode",),

@@ -45,6 +45,35 @@ def test_missing_inputs_disable_segment_and_say_which():
     assert view_state(Parameters(), CT).button_tooltip == "Select the input volume for: ct."
 
 
+def test_one_volume_selected_for_two_inputs_disables_segment_and_says_which():
+    same = dict(inputVolume0=VOLUME, inputVolume1=VOLUME, inputVolume2=object(), inputVolume3=object())
+    state = view_state(Parameters(**same), BRATS)
+    assert not state.button_enabled
+    assert state.button_tooltip == "One volume is selected for t1, t1c: each needs its own."
+    assert view_state(Parameters(**same), CT).button_enabled  # a one-input model uses only the first
+
+
+class Named:
+    def __init__(self, name):
+        self.name = name
+
+    def GetName(self):  # noqa: N802 (a volume node's method)
+        return self.name
+
+
+def test_a_volume_named_for_another_channel_disables_segment_and_says_which():
+    """As the command line refuses a file in one channel's place named like another (``case_t1`` given for T1c)."""
+    t1, t1ce, t2, flair = (Named(f"BraTS-001_{s}") for s in ("t1", "t1ce", "t2", "flair"))
+    swapped = Parameters(inputVolume0=t1ce, inputVolume1=t1, inputVolume2=t2, inputVolume3=flair)
+    state = view_state(swapped, BRATS)
+    assert not state.button_enabled
+    assert state.button_tooltip == "Volume 'BraTS-001_t1ce' is selected for t1 but is named like t1c: check the inputs."
+    right = Parameters(inputVolume0=t1, inputVolume1=t1ce, inputVolume2=t2, inputVolume3=flair)
+    assert view_state(right, BRATS).button_enabled
+    renamed = Parameters(inputVolume0=Named("AX 3D"), inputVolume1=Named("post"), inputVolume2=t2, inputVolume3=flair)
+    assert view_state(renamed, BRATS).button_enabled  # names that match no channel say nothing
+
+
 def test_no_model_or_bad_parameters_disable_segment():
     assert view_state(Parameters(inputVolume0=VOLUME), None).button_tooltip == "Select a model."
     state = view_state(Parameters(inputVolume0=VOLUME, attentionThreshold=0.0), CT)
@@ -101,6 +130,12 @@ def test_inputs_are_auto_assigned_by_filename_pattern():
     assert assign_inputs(["scan"], CT) == ["scan"]
     assert assign_inputs(["a", "b"], CT) == [None]
     assert assign_inputs([], CT) == [None]
+
+
+def test_a_t1_pattern_that_also_matches_t1ce_leaves_that_volume_to_t1c():
+    naive = ModelInfo("brats", input_names=["t1", "t1c"], input_patterns=[["*t1*"], ["*t1ce*", "*t1c*"]])
+    assert assign_inputs(["case_t1ce", "case_t1"], naive) == ["case_t1", "case_t1ce"]
+    assert assign_inputs(["case_t1ce", "case_t1"], naive, [None, None]) == ["case_t1", "case_t1ce"]
 
 
 def test_model_summary_and_token_rows():

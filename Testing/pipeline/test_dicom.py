@@ -174,6 +174,17 @@ def test_series_in_several_subfolders_read_the_largest_and_say_where(series, tmp
     assert scout.array.shape == (20, 16, 3) and scout.warnings == []
 
 
+def test_a_series_split_over_subfolders_is_said_to_be_in_each(series, tmp_path):
+    """Before: "(12 files in a)" for a series whose last 6 files are in b."""
+    study = tmp_path / "study"
+    write_dicom_series(study / "a", PIXELS[:6])
+    write_dicom_series(study / "b", PIXELS[6:], positions=[2.5 * k for k in range(6, 12)], first_number=7)
+    write_dicom_series(study / "c", PIXELS[:3], series="1.2.826.0.1.3680043.2.1125.1.2", description="scout")
+    volume = read_volume(study)
+    np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
+    assert "read the largest, 'test series' (12 files in a, b)" in volume.warnings[0]
+
+
 def test_two_series_of_the_same_size_are_refused_and_one_is_chosen_by_a_file(series, tmp_path):
     """Two reconstructions (soft tissue and bone kernels) of one scan. Before: one of them was read, chosen by the
     order of the series UIDs (the warning named it, but the user could not choose without moving files)."""
@@ -225,6 +236,20 @@ def test_a_localizer_inside_the_series_is_left_out_with_a_warning(series, tmp_pa
     assert volume.warnings == [
         f"left out 1 localizer slice(s) of the DICOM series in ct (LOC0050.dcm: {reason}); read its 12 other slices"
     ]
+
+
+@pytest.mark.parametrize("radians", [1.5e-4, 1e-2])  # just over the orientation tolerance, and 0.6 degrees
+def test_real_slices_slightly_off_the_others_orientation_are_not_left_out_as_a_localizer(series, tmp_path, radians):
+    """A reformat whose first two slices' orientation differs by rounding (or by half a degree) from the rest's: no
+    localizer, which lies in another plane. Before: those two real slices were left out as "localizer slice(s)"
+    and the volume read short, 10 of 12 slices."""
+    folder = copy_of(series, tmp_path)
+    c, s = np.cos(radians), np.sin(radians)
+    for path in ("IM0001.dcm", "IM0002.dcm"):
+        (folder / path).unlink()
+    write_dicom_series(folder, PIXELS[:2], orientation=(c, s, 0, -s, c, 0))
+    with pytest.raises(InputError, match=r"mixes slice orientations \(IM0001.dcm, IM0003.dcm\)"):
+        read_volume(folder)
 
 
 def test_slices_of_different_sizes_are_refused(series, tmp_path):
@@ -280,10 +305,86 @@ def test_a_gantry_tilted_series_is_resampled_onto_a_regular_grid_in_physical_spa
     assert np.all(values[~inside & ((u < -1) | (v < -1))] == values.min())  # outside the scan: its lowest value
 
 
+def test_a_gantry_tilted_series_with_slightly_uneven_spacing_is_read_like_an_untilted_one(tmp_path):
+    """The table's travel sets both where a tilted slice lies along the normal and how far it shifts in plane, so a
+    slightly uneven spacing shifts the slices unevenly from one to the next. Before: refused as "shifted in plane
+    unevenly" (the shift was fitted per slice, not per mm of travel), where the same series untilted is read."""
+    positions = [2.5 * k + (0.1 if k % 3 == 1 else 0.0) for k in range(12)]  # positions off by up to 0.1 mm
+    write_dicom_series(tmp_path / "ct", PIXELS, positions=positions, origin=[(0.0, 0.2 * p) for p in positions])
+    volume = read_volume(tmp_path / "ct")
+    assert [w.split(" (")[0].split(":")[0] for w in volume.warnings] == [
+        "the DICOM slices in ct are unevenly spaced",
+        "the DICOM slices in ct are tilted by 11.3 degrees",
+    ]
+    np.testing.assert_allclose(volume.grid.spacing, (0.8, 0.8, 2.5), atol=1e-6)
+
+
+def test_a_tilt_of_a_fraction_of_a_degree_says_its_angle(tmp_path):
+    """0.03 degrees over 12 slices (0.014 mm in all): resampled like any tilt. Before: "tilted by 0.0 degrees"."""
+    shift = 2.5 * np.tan(np.radians(0.03))
+    write_dicom_series(tmp_path / "ct", PIXELS, origin=[(0.0, shift * k) for k in range(12)])
+    assert read_volume(tmp_path / "ct").warnings[0].startswith("the DICOM slices in ct are tilted by 0.03 degrees")
+
+
+def test_a_tilted_series_declares_the_grid_it_is_resampled_onto(tmp_path):
+    """The run's memory and disk checks before reading count the widened grid the slices are resampled onto.
+    Before: the stacked slices' (20 x 16 x 12 for 20 x 23 x 12 read)."""
+    from TokenUNetSegmentLib.pipeline.volumes import open_input
+
+    write_dicom_series(tmp_path / "ct", PIXELS, origin=[(0.0, 0.5 * k) for k in range(12)])
+    opened = open_input(tmp_path / "ct")
+    volume = opened()
+    assert opened.values == volume.array.size and opened.grid.shape == volume.grid.shape == (20, 23, 12)
+    np.testing.assert_allclose(np.abs(opened.grid.affine[:3, :3]), np.abs(volume.affine[:3, :3]), atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", [-3024, -2000])
+def test_a_tilted_series_keeps_pixel_padding_out_of_its_interpolation(tmp_path, padding):
+    """Body (40 HU) inside a field of view that is the same circle in space on every tilted slice, PixelPaddingValue
+    outside it. Every voxel reads the body's value or the padding's, none a mix: before, voxels within a pixel of the
+    edge read down to -1500 HU (the padding interpolated into the body)."""
+    import pydicom
+
+    shift, rows, columns, radius = 0.5, 24, 20, 5.0  # mm per slice along the column axis; the circle's radius (mm)
+    write_dicom_series(tmp_path / "ct", np.full((12, rows, columns), 40), origin=[(0.0, shift * k) for k in range(12)])
+    jj, ii = np.mgrid[:rows, :columns]
+    for k, path in enumerate(sorted((tmp_path / "ct").iterdir())):
+        ds = pydicom.dcmread(path)
+        outside = np.hypot(ii * 0.8 - 7.6, shift * k + jj * 0.8 - 12.0) > radius  # within every slice: (7.6, 12) mm
+        ds.add_new(0x00280120, "SS", padding)  # PixelPaddingValue
+        ds.PixelData = np.where(outside, padding, 40).astype(np.int16).tobytes()
+        ds.save_as(path)
+    volume = read_volume(tmp_path / "ct")
+    assert set(np.unique(volume.array).tolist()) == {padding, 40}
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in volume.array.shape], indexing="ij"), -1)
+    lps = (index @ volume.affine[:3, :3].T + volume.affine[:3, 3]) * (-1, -1, 1)
+    distance = np.hypot(lps[..., 0] - 7.6, lps[..., 1] - 12.0)
+    assert np.all(volume.array[distance < radius - 0.8] == 40)
+    assert np.all(volume.array[distance > radius + 0.8] == padding)
+
+
+def test_a_tilted_colour_series_is_refused_as_an_untilted_one_is(tmp_path):
+    """Before: an internal error (exit 1): SimpleITK cannot resample an RGB image into float32."""
+    import pydicom
+
+    write_dicom_series(tmp_path / "rgb", PIXELS, origin=[(0.0, 0.5 * k) for k in range(12)])
+    for path in sorted((tmp_path / "rgb").iterdir()):
+        ds = pydicom.dcmread(path)
+        grey = ds.pixel_array.astype(np.uint8)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = np.stack([grey] * 3, axis=-1).tobytes()
+        ds.save_as(path)
+    with pytest.raises(InputError, match="rgb has 3 components per voxel"):
+        read_volume(tmp_path / "rgb")
+
+
 def test_slices_shifted_unevenly_in_plane_are_refused(tmp_path):
     """Not a gantry tilt (the shift changes from slice to slice): still refused, with the advice to resample."""
     write_dicom_series(tmp_path / "ct", PIXELS, origin=[(0.0, 0.5 * k * k) for k in range(12)])
-    with pytest.raises(InputError, match="shifted in plane unevenly from slice to slice"):
+    with pytest.raises(
+        InputError, match=r"shift in plane unevenly \(up to 15.00 mm off a gantry tilt.s steady shift\)"
+    ):
         read_volume(tmp_path / "ct")
 
 
@@ -447,6 +548,18 @@ def test_the_grid_a_series_declares_is_the_grid_read(tmp_path):
     np.testing.assert_allclose(np.abs(opened.grid.affine[:3, :3]), np.abs(volume.affine[:3, :3]), atol=1e-4)
 
 
+@pytest.mark.parametrize("order", [None, range(11, -1, -1)])
+def test_the_grid_an_enhanced_ct_declares_is_the_grid_read(tmp_path, order):
+    """Its frames' headers give the grid, as a series' slices do: the run's memory check before reading counts the
+    model grid. Before: none, so that check left out the model grid (0.006 GiB for an exact 0.089 GiB)."""
+    from TokenUNetSegmentLib.pipeline.volumes import open_input
+
+    opened = open_input(write_enhanced_ct(tmp_path / "ct" / "ENH.dcm", PIXELS, spacing=(0.8, 0.6, 2.5), order=order))
+    volume = opened()
+    assert opened.grid is not None and opened.grid.shape == volume.grid.shape == (20, 16, 12)
+    np.testing.assert_allclose(np.abs(opened.grid.affine[:3, :3]), np.abs(volume.affine[:3, :3]), atol=1e-6)
+
+
 def write_study(folder, with_ct=True):
     """A PET/CT study in one folder: a CT series (12 slices), a larger PET series (20), a one-slice scout (CT, a
     series of its own) and a radiation dose report (a structured report, no pixels)."""
@@ -506,6 +619,26 @@ def test_a_study_without_a_series_of_the_models_modality_is_refused_plainly(tmp_
     assert not out.exists()
 
 
+def test_the_series_of_the_models_modality_are_counted_and_named_as_what_they_are(tmp_path):
+    """Before: a PET series and two CT series of 12 files were refused as "holds 3 DICOM series of 12 files each"
+    (the PET has 20); a series without a Modality chosen beside a PET was called "the largest CT series"."""
+    from TokenUNetSegmentLib.pipeline.volumes import open_input
+
+    study = write_study(tmp_path / "study")
+    write_dicom_series(study, PIXELS, series="1.2.826.0.1.3680043.2.1125.1.8", description="CT bone", prefix="B")
+    with pytest.raises(InputError, match=r"study holds 2 CT DICOM series of 12 files each \('CT abdomen', 'CT bone'\)"):
+        open_input(study, modality="CT")
+    write_dicom_series(tmp_path / "mixed", PIXELS, description="no modality", modality="")
+    write_dicom_series(
+        tmp_path / "mixed", np.concatenate([PIXELS, PIXELS]), series="1.2.826.0.1.3680043.2.1125.1.5", prefix="PT",
+        description="PET AC", modality="PT", spacing=(0.8, 0.8, 1.25),
+    )  # fmt: skip
+    warning = open_input(tmp_path / "mixed", modality="CT")().warnings[0]
+    assert (
+        "read 'no modality' (12 files), the largest series without a Modality, as none is CT (also there: " in warning
+    )
+
+
 @pytest.mark.parametrize(
     "rescales",
     [
@@ -537,6 +670,24 @@ def test_a_rescale_that_changes_from_slice_to_slice_reads_each_slice_with_its_ow
     volume = read_volume(folder)
     assert volume.warnings == []
     np.testing.assert_array_equal(volume.array, np.stack(by_hand).transpose(2, 1, 0))
+
+
+def test_a_rescale_slope_of_zero_is_refused(series, tmp_path, capsys):
+    """RescaleSlope 0 makes every value of a slice its intercept (pydicom's modality LUT: -1024 throughout); GDCM
+    reads such a slice as if the slope were 1. Before: read silently with GDCM's values, which no formula gives."""
+    import pydicom
+    from TokenUNetSegmentLib.pipeline import cli
+
+    folder = copy_of(series, tmp_path)
+    ds = pydicom.dcmread(folder / "IM0005.dcm")
+    ds.RescaleSlope, ds.RescaleIntercept = 0, -1024
+    ds.save_as(folder / "IM0005.dcm")
+    with pytest.raises(InputError, match=r"IM0005.dcm in ct has RescaleSlope 0: its stored values cannot be") as error:
+        read_volume(folder)
+    short_line(error.value)
+    out = tmp_path / "out"
+    assert cli.main(["segment", str(folder), "--out", str(out)]) == 2
+    assert "Traceback" not in capsys.readouterr().err and not out.exists()
 
 
 def test_mixed_pixel_spacing_says_what_differs(series, tmp_path):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ..pipeline.metadata import InputChannel, match_channels
+from ..pipeline.channels import match_channels
+from ..pipeline.metadata import InputChannel
 from ..pipeline.run_contract import RunState
 from .parameters import MAX_INPUTS, Parameters
 
@@ -98,6 +99,36 @@ def missing_inputs(parameters: Parameters, model: ModelInfo | None) -> list[str]
     return [name for name, node in zip(model.input_names, nodes, strict=True) if node is None]
 
 
+def repeated_inputs(parameters: Parameters, model: ModelInfo | None) -> list[str]:
+    """The channel names of the first volume selected for more than one of the model's inputs (empty if none)."""
+    if model is None:
+        return []
+    nodes = parameters.inputs(len(model.input_names))
+    for node in nodes:
+        names = [
+            name for name, other in zip(model.input_names, nodes, strict=True) if node is not None and other is node
+        ]
+        if len(names) > 1:
+            return names
+    return []
+
+
+def misplaced_input(parameters: Parameters, model: ModelInfo | None) -> tuple[str, str, str] | None:
+    """(volume name, its channel, the channel its name matches) for the first volume whose name matches another
+    channel's patterns and not its own (``case_t1`` selected for T1c), else None."""
+    if model is None or len(model.input_names) < 2:
+        return None
+    channels = model.channels
+    for node, channel in zip(parameters.inputs(len(channels)), channels, strict=True):
+        name = node.GetName() if hasattr(node, "GetName") else None
+        if not name or channel.matches(name):
+            continue
+        others = [other.name for other in channels if other is not channel and other.matches(name)]
+        if others:
+            return name, channel.name, others[0]
+    return None
+
+
 def view_state(
     parameters: Parameters,
     model: ModelInfo | None,
@@ -130,6 +161,17 @@ def view_state(
         problems.insert(0, _("Select a model."))
     elif missing:
         problems.insert(0, _("Select the input volume for: {names}.").format(names=", ".join(missing)))
+    elif repeated := repeated_inputs(parameters, model):
+        problems.insert(
+            0, _("One volume is selected for {names}: each needs its own.").format(names=", ".join(repeated))
+        )
+    elif misplaced := misplaced_input(parameters, model):
+        problems.insert(
+            0,
+            _("Volume '{volume}' is selected for {channel} but is named like {other}: check the inputs.").format(
+                volume=misplaced[0], channel=misplaced[1], other=misplaced[2]
+            ),
+        )
 
     if running:
         text = _("Cancelling...") if cancelling else _("Cancel")
@@ -281,7 +323,7 @@ def model_infos(store) -> list[ModelInfo]:
 def assign_inputs(volume_names: list[str], model: ModelInfo, current: list[str | None] | None = None) -> list:
     """Volume name per input channel: ``current`` choices kept, empty channels filled by filename pattern.
 
-    The matching itself is the pipeline's (:func:`..pipeline.metadata.match_channels`), given only the empty
+    The matching itself is the pipeline's (:func:`..pipeline.channels.match_channels`), given only the empty
     channels and the volumes no channel uses yet.
     """
     chosen: list[str | None] = list(current or [])[: len(model.input_names)]

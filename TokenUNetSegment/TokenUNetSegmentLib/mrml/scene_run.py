@@ -44,16 +44,39 @@ def channel_count(parameters: Parameters, store=None) -> int:
     return next((index for index, node in enumerate(nodes) if node is None), MAX_INPUTS) or 1
 
 
-def request_from_parameters(parameters: Parameters, channels: int) -> RunRequest:
+def check_volume_count(count: int, parameters: Parameters, store=None) -> None:
+    """Refuse a list of ``count`` input volumes (``logic.process``) longer than the model of ``parameters`` takes:
+    the extra ones would be left out without a word (one missing is reported when the run is asked for)."""
+    takes = channel_count(parameters, store) if count <= MAX_INPUTS else MAX_INPUTS
+    if count > takes:
+        raise InputError(
+            f"{count} input volumes given; the model takes {takes}",
+            "pass one volume per model input channel, in the model's channel order",
+        )
+
+
+def request_from_parameters(parameters: Parameters, channels: int, scene=None) -> RunRequest:
     """A run request with the arrays of the first ``channels`` input volumes (world geometry).
 
     Raises:
-        InputError: an input volume is missing or unusable (what the pipeline would refuse in it included).
+        InputError: an input volume is missing, no longer in ``scene``, selected twice, or unusable (what the
+            pipeline would refuse in it included).
     """
     nodes = parameters.inputs(channels)
     missing = [str(i + 1) for i, node in enumerate(nodes) if node is None]
     if missing:
         raise InputError(f"input volume {', '.join(missing)} of {channels} is not selected")
+    for index, node in enumerate(nodes):
+        if scene is not None and not scene.IsNodePresent(node):
+            raise InputError(
+                f"input volume {index + 1} ('{node.GetName()}') is no longer in the scene", "select another volume"
+            )
+        first = nodes.index(node)
+        if first != index:  # a subprocess run would get two copies and run; in-process it says 'the same array'
+            raise InputError(
+                f"volume '{node.GetName()}' is selected as input {first + 1} and input {index + 1}",
+                "each input needs its own volume (e.g. one MRI sequence each)",
+            )
     inputs = [volume_to_array(node) for node in nodes]
     for node, (array, affine) in zip(nodes, inputs, strict=True):  # now, and named by the node (not 'ch0' later)
         check_volume(Volume(array, affine, f"volume '{node.GetName()}'"))
@@ -94,7 +117,7 @@ class SceneRun:
         if parameters.outputSegmentation is not None:
             check_output(parameters.outputSegmentation)  # before minutes of inference, not after
         channels = channel_count(parameters, store)
-        self.request = request_from_parameters(parameters, channels)
+        self.request = request_from_parameters(parameters, channels, scene)
         self.reference = parameters.inputs(channels)[0]
         self.run = make_run(self.request, mode or parameters.runMode, python, temp_dir)
         self.nodes: RunNodes | None = None

@@ -25,6 +25,7 @@ from functools import cache
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
+from .channels import match_channels
 from .errors import ArgumentError, InputError, ModelPackageError
 from .jsonschema_lite import pattern_matches, validation_errors
 
@@ -489,27 +490,6 @@ def semantic_problems(config: PackageConfig) -> list[str]:
                     f"label '{label.name}' uses output channel {label.output_channel} >= out_channels {out}"
                 )
     return problems
-
-
-def match_channels(candidates: Sequence[str], channels: Sequence[InputChannel]) -> dict[str, str | None]:
-    """Match file or volume names to input channels by their filename patterns.
-
-    Each channel (in order) takes the first not yet taken candidate whose base name matches one of its
-    patterns; unmatched channels get None. With one channel and one candidate, the candidate is taken whatever
-    its name.
-    """
-    if len(channels) == 1 and len(candidates) == 1:
-        return {channels[0].name: candidates[0]}
-    taken: set[int] = set()
-    chosen: dict[str, str | None] = {}
-    for channel in channels:
-        chosen[channel.name] = None
-        for index, candidate in enumerate(candidates):
-            if index not in taken and channel.matches(candidate):
-                chosen[channel.name] = candidate
-                taken.add(index)
-                break
-    return chosen
 
 
 def assign_inputs(candidates: Sequence[str], config: PackageConfig) -> dict[str, str | None]:

@@ -11,7 +11,7 @@ import numpy as np
 from .errors import InputError
 from .geometry import Grid, model_grid, overlaps, resample, same_grid
 from .metadata import Intensity, PackageConfig
-from .scan_summary import BODY_THRESHOLD_HU, IntensitySummary, field_of_view, summarise_intensities
+from .scan_summary import BODY_THRESHOLD_HU, IntensitySummary, covered_share, field_of_view, summarise_intensities
 from .volumes import Volume
 
 
@@ -42,10 +42,16 @@ class Prepared:
         return in_grid, in_region
 
 
-def stack_channels(volumes: list[Volume], names: list[str]) -> tuple[list[np.ndarray], Grid]:
-    """Every channel on the first channel's grid (resampled in physical space when needed)."""
+MIN_CHANNEL_COVER = 0.9
+"""A channel covering less of the first channel's box than this share is reported (the rest is filled)."""
+
+
+def stack_channels(volumes: list[Volume], names: list[str]) -> tuple[list[np.ndarray], Grid, list[str]]:
+    """Every channel on the first channel's grid (resampled in physical space when needed), and warnings for
+    channels that cover only part of it (the model sees their lowest value there)."""
     reference = volumes[0].grid
     arrays = [volumes[0].array]
+    warnings = []
     for volume, name in zip(volumes[1:], names[1:], strict=True):
         grid = volume.grid
         if same_grid(grid, reference):
@@ -57,8 +63,20 @@ def stack_channels(volumes: list[Volume], names: list[str]) -> tuple[list[np.nda
                 f"({volumes[0].name}) in physical space",
                 "the images must show the same anatomy; check that they belong to the same patient/study",
             )
+        share = covered_share(reference, grid)
+        if share < MIN_CHANNEL_COVER:
+            warnings.append(
+                f"{_channel(name, volume)} covers only {100 * share:.0f}% of {_channel(names[0], volumes[0])}, "
+                f"whose grid the result is on; elsewhere the model sees no '{name}' image: check that the scans "
+                "cover the same region"
+            )
         arrays.append(resample(volume.array, grid, reference, "linear", default=float(volume.array.min())))
-    return arrays, reference
+    return arrays, reference, warnings
+
+
+def _channel(name: str, volume: Volume) -> str:
+    """``channel 'T1' (t1.nii.gz)`` in messages; the volume's name only when it says more than the channel's."""
+    return f"channel '{name}'" + (f" ({volume.name})" if volume.name != name else "")
 
 
 def _foreground(raw: np.ndarray, setting: Intensity) -> np.ndarray:
@@ -99,6 +117,10 @@ def normalise_intensity(array: np.ndarray, setting: Intensity) -> np.ndarray:
     return array
 
 
+CT_AIR_HU = -500.0
+CT_AIR_SHARE = 0.1
+"""An MR channel with at least this share of voxels at or below ``CT_AIR_HU`` is reported as a likely CT (MR
+magnitude images are not negative; the air around a head or body in a CT is about -1000)."""
 MIN_VOXELS = 8
 MIN_WINDOW_SHARE = 0.25
 
@@ -154,7 +176,8 @@ def prepare(volumes: list[Volume], config: PackageConfig, size_multiple: int, ro
     pre = config.preprocessing
     settings = pre.intensity
     warnings = [message for volume in volumes for message in volume.warnings]  # what the readers noticed
-    arrays, reference = stack_channels(volumes, names)
+    arrays, reference, stacked = stack_channels(volumes, names)
+    warnings += stacked
     grid = model_grid(reference, pre.orientation, pre.spacing)
     small = small_volume_warning(reference, grid, roi_size)
     if small:
@@ -164,6 +187,14 @@ def prepare(volumes: list[Volume], config: PackageConfig, size_multiple: int, ro
         low, high = float(array.min()), float(array.max())
         if low == high:
             warnings.append(f"channel '{name}' is constant ({low:g}); the result will be meaningless")
+        elif config.inputs[index].modality.upper().startswith("MR") and low <= CT_AIR_HU:
+            air = np.count_nonzero(array <= CT_AIR_HU) / array.size
+            if air >= CT_AIR_SHARE:
+                warnings.append(
+                    f"{_channel(name, volumes[index])} looks like a CT, not an MRI: {100 * air:.0f}% of its "
+                    f"voxels are at or below {CT_AIR_HU:g}, as air in Hounsfield units; this model expects "
+                    f"{config.inputs[index].modality}"
+                )
         if same_grid(grid, reference):
             model_arrays.append(np.asarray(array, dtype=np.float32))
         else:

@@ -58,6 +58,14 @@ def field_of_view(source: Grid, target: Grid) -> np.ndarray:
     return inside
 
 
+def covered_share(reference: Grid, other: Grid, samples: int = 32) -> float:
+    """The share of ``reference``'s box that ``other``'s box covers, from about ``samples`` voxel centres per axis."""
+    shape = np.asarray(reference.shape)
+    step = np.maximum(1, shape // samples)
+    coarse = Grid(tuple(int(n) for n in -(-shape // step)), reference.affine @ np.diag([*step, 1.0]))
+    return float(field_of_view(other, coarse).mean())
+
+
 def summarise_intensities(array: np.ndarray, inside: np.ndarray, body_threshold: float = BODY_THRESHOLD_HU):
     """An :class:`IntensitySummary` of ``array``'s values where ``inside`` (None when nothing is inside)."""
     # every voxel inside (an axis-aligned scan): its values in memory order, without gathering a copy of them

@@ -129,7 +129,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     is locked from the start and replaced only when the run is done.
     """
     from .catalog import ModelStore
-    from .metadata import assign_inputs
+    from .channels import check_channels_fit, check_series, order_inputs
     from .outputs import attention_bounds, estimate_output_bytes, output_folder
     from .package_source import read_metadata
     from .preprocess import resample_ahead
@@ -161,14 +161,13 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         package_path = store.resolve(args.model, lambda fraction: download.update("download", fraction), cancel)
         metadata = read_metadata(package_path)
         config, package_id = metadata.config, metadata.id
-        inputs = list(args.inputs)
-        if len(inputs) > 1:  # files named like the package's channel patterns go to their channels
-            assigned = assign_inputs(inputs, config)
-            if all(assigned.values()) and len(set(assigned.values())) == len(inputs):
-                inputs = list(assigned.values())
-        expected = [channel.modality for channel in config.inputs] + [""] * len(inputs)  # counts: checked in segment()
-        opened = [open_input(item, modality=kind) for item, kind in zip(inputs, expected, strict=False)]  # headers
-        for item, channel, name in zip(opened, config.inputs, inputs, strict=False):  # counts: checked in segment()
+        inputs = order_inputs(list(args.inputs), config.inputs, package_id)  # by name, one file per channel
+        opened = [  # headers checked, DICOM slices' included; a folder's series chosen by the channel's modality
+            open_input(item, modality=channel.modality) for item, channel in zip(inputs, config.inputs, strict=True)
+        ]
+        check_channels_fit([item.values for item in opened])
+        series_warnings = check_series(opened, inputs, config.inputs)
+        for item, channel, name in zip(opened, config.inputs, inputs, strict=True):
             check_modality(item.modality, channel.modality, Path(name).name, package_id, channel.name)
         architecture = config.architecture
         learned = declared_token_count(architecture.name, architecture.build_arguments())
@@ -191,6 +190,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
 
         def read_inputs() -> list:  # once: segment() and the overview share them
             volumes = [read() for read in opened]
+            volumes[0].warnings += series_warnings  # reported with the readers' warnings
             resample_ahead(volumes, config, threads=AHEAD_THREADS)
             return volumes
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .catalog import ModelStore
+from .channels import check_channels_fit, check_distinct, check_places
 from .confidence import Assessment, assess
 from .device import check_memory, cpu_sample, estimate_memory, resolve_device
 from .errors import ArgumentError, InputError, OutOfMemoryError
@@ -31,7 +32,7 @@ from .preprocess import Prepared, prepare
 from .progress import Progress
 from .result import MAP_KINDS, SegmentationResult, TokenMaps
 from .run_memory import wrong_spacing
-from .volumes import Volume, as_volume, check_modality
+from .volumes import Volume, check_modality, open_input
 
 log = logging.getLogger(__name__)
 __all__ = ["MAP_KINDS", "SegmentationResult", "TokenMaps", "channel_volumes", "segment"]
@@ -118,7 +119,7 @@ def segment(
     with clock.stage("preprocess"):
         plan = plan_windows(network, config.inference, run_device, overlap, batch_size)
         if check_free_memory:
-            _check_memory(package, volumes[0], plan, run_device, probabilities, maps_on_input_grid and with_token_maps)
+            _check_memory(package, volumes, plan, run_device, probabilities, maps_on_input_grid and with_token_maps)
         prepared = prepare(volumes, config, plan.size_multiple, plan.roi_size, reporter)
         cost = None if overlap is None else overlap_cost(prepared.image.shape[1:], plan, config.inference.overlap)
         for message in [*prepared.warnings, *([cost] if cost else [])]:
@@ -214,16 +215,27 @@ def channel_volumes(inputs, package: ModelPackage) -> list[Volume]:
         raise InputError(
             f"model '{package.id}' needs {len(names)} input channel(s) ({', '.join(names)}), got {len(items)}"
         )
+    check_distinct([_identity(item) for item in items], [_shown(item) for item in items], names)
+    if len(names) > 1:
+        check_places(items, package.config.inputs)  # a list is in the channel order: a name may not contradict it
     channels = package.config.inputs
-    volumes = [as_volume(item, channel.name, channel.modality) for item, channel in zip(items, channels, strict=True)]
+    opened = [open_input(item, channel.name, channel.modality) for item, channel in zip(items, channels, strict=True)]
+    check_channels_fit([item.values for item in opened])  # all channels together, before any is read
+    volumes = [read() for read in opened]
     for volume, channel in zip(volumes, package.config.inputs, strict=True):
         check_modality(volume.modality, channel.modality, volume.name, package.id, channel.name)
     return volumes
 
 
 def _check_memory(
-    package: ModelPackage, first: Volume, plan: WindowPlan, device, probabilities: bool, maps_on_input_grid: bool
+    package: ModelPackage,
+    volumes: list[Volume],
+    plan: WindowPlan,
+    device,
+    probabilities: bool,
+    maps_on_input_grid: bool,
 ) -> None:
+    first = volumes[0]
     pre = package.config.preprocessing
     grid = model_grid(first.grid, pre.orientation, pre.spacing)
     _, windows = scan_plan(grid.shape, plan.roi_size, plan.overlap, plan.step_multiple)
@@ -237,6 +249,7 @@ def _check_memory(
         probabilities,
         maps_on_input_grid,
     )
+    estimate["host"] += sum(volume.array.nbytes for volume in volumes[1:])  # the other channels' own arrays
     try:
         check_memory(estimate, device)
     except OutOfMemoryError:
@@ -244,6 +257,20 @@ def _check_memory(
         if error is None:
             raise
         raise error from None
+
+
+def _identity(item):
+    """What makes two inputs the same image: a file's resolved path; an array's memory and layout with its place."""
+    if isinstance(item, (str, Path)):
+        return str(Path(item).resolve())
+    array, affine = (item.array, item.affine) if isinstance(item, Volume) else item if _is_pair(item) else (None, None)
+    if isinstance(array, np.ndarray):
+        return (array.__array_interface__["data"][0], array.shape, array.strides, np.asarray(affine, float).tobytes())
+    return id(item)
+
+
+def _shown(item) -> str:
+    return Path(item).name if isinstance(item, (str, Path)) else "the same array"
 
 
 def _is_pair(item) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,8 @@ class OpenedVolume:
     read: Callable[[], Volume]
     modality: str = ""  # as Volume.modality, known from the header
     grid: Grid | None = None
+    series: str = ""  # a DICOM series' SeriesInstanceUID
+    description: str = ""  # a DICOM series' SeriesDescription
 
     def __call__(self) -> Volume:
         return self.read()
@@ -61,7 +63,7 @@ def open_input(item, name: str | None = None, modality: str = "") -> OpenedVolum
     item = resolve_input(item)
     if isinstance(item, (str, Path)):
         opened = open_volume(item, modality=modality)
-        return OpenedVolume(opened.values, lambda: _checked(opened()), opened.modality, opened.grid)
+        return replace(opened, read=lambda: _checked(opened()))
     if isinstance(item, Volume):
         volume = item
     elif isinstance(item, (tuple, list)) and len(item) == 2:
@@ -141,7 +143,7 @@ def open_volume(path: str | Path, limit: int | None = None, modality: str = "") 
         volume.warnings, volume.modality = warnings, opened.modality
         return volume
 
-    return OpenedVolume(opened.values, read, opened.modality, opened.grid)
+    return OpenedVolume(opened.values, read, opened.modality, opened.grid, opened.series, opened.description)
 
 
 def volume_from_image(image: sitk.Image, name: str = "volume") -> Volume:

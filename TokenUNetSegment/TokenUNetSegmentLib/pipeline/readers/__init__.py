@@ -10,6 +10,7 @@ checked to form one regular grid. What a careful reader would go on with comes b
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -65,7 +66,7 @@ def open_image(path: str | Path, limit: int | None = None, modality: str = "") -
     with _read_errors(name):
         if path.is_dir():
             series = open_series(path, limit, modality=modality)
-            return OpenedImage(series.values, lambda: _guarded(name, series.read), series.modality, series.grid)
+            return replace(series, read=lambda: _guarded(name, series.read))
         if not path.exists():
             raise InputError(f"input not found: {path}")
         if not path.is_file():  # a FIFO or a device would block or never end
@@ -77,7 +78,7 @@ def open_image(path: str | Path, limit: int | None = None, modality: str = "") -
                 series = open_series(  # its folder
                     path.parent, limit, None if kind == DICOMDIR_CLASS else path, modality
                 )
-                return OpenedImage(series.values, lambda: _guarded(name, series.read), series.modality, series.grid)
+                return replace(series, read=lambda: _guarded(name, series.read))
             raise InputError(
                 f"unsupported file type '{suffix or path.name}' for {path.name}",
                 f"use one of {', '.join(SUPPORTED_SUFFIXES)}, a DICOM series folder or one of its files",

@@ -39,6 +39,7 @@ EXACT_MM = 1e-2  # slice position errors below this are rounding in the headers
 UNEVEN_FRACTION = 0.1  # positions off by up to this share of the spacing: read, with a warning
 GAP_FACTOR = 1.5  # a step this much larger than the usual one means missing slices
 LOCALIZER_SLICES = 3  # at most this many slices in another orientation than the rest's are a localizer left out
+LOCALIZER_DEGREES = 10.0  # ... when their plane lies at least this far from the rest's (scouts are orthogonal views)
 SEARCH_DEPTH, SEARCH_FOLDERS = 6, 2000  # subfolders searched for a series when a folder holds none itself
 
 
@@ -130,16 +131,24 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
     files = [s.file for s in ordered]
     step = tilt_step(ordered, folder.name, in_plane_tolerance(ordered[0]))
     grid = None if step is None else tilted_grid(ordered, step)
+    if grid is not None and ordered[0].components > 1:  # not resampled: what an untilted one is told once read
+        raise InputError(
+            f"{folder.name} has {ordered[0].components} components per voxel", "use one scalar volume per channel"
+        )
     if grid is not None:
+        angle = f"{grid.degrees:.1f}" if grid.degrees >= 0.95 else f"{grid.degrees:.2g}"  # 0.03, never 0.0
         warnings.append(
-            f"the DICOM slices in {folder.name} are tilted by {grid.degrees:.1f} degrees (a gantry tilt): resampled "
+            f"the DICOM slices in {folder.name} are tilted by {angle} degrees (a gantry tilt): resampled "
             f"onto a regular grid of {' x '.join(str(n) for n in grid.size)} voxels"
         )
+    declared = _grid(ordered) if grid is None else Grid(grid.size, _affine(grid.direction, grid.spacing))
     return OpenedImage(
-        _values(ordered[0], len(files)),
+        _values(ordered[0], len(files)) if grid is None else int(np.prod(grid.size)),  # tilted: the grid resampled
         lambda: (_read_files(reader, files, ordered, folder, limit, grid), warnings),
         ordered[0].modality,
-        _grid(ordered),
+        declared,
+        uid,
+        _description(files[0]),
     )
 
 
@@ -149,9 +158,15 @@ def _grid(ordered: list[Slice]) -> Grid:
     row, column = first.orientation
     normal = np.cross(row, column)
     step = float((last.position - first.position) @ normal) / (len(ordered) - 1)
+    axes = np.stack([row, column, normal], axis=1)
+    return Grid((first.size[0], first.size[1], len(ordered)), _affine(axes, (*first.spacing, step)))
+
+
+def _affine(axes: np.ndarray, spacing) -> np.ndarray:
+    """The 4 x 4 matrix of a grid with ``axes`` as columns and ``spacing``, its origin at 0."""
     affine = np.eye(4)
-    affine[:3, :3] = np.stack([row * first.spacing[0], column * first.spacing[1], normal * step], axis=1)
-    return Grid((first.size[0], first.size[1], len(ordered)), affine)
+    affine[:3, :3] = axes * np.asarray(spacing, dtype=np.float64)
+    return affine
 
 
 def _series_in(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
@@ -191,11 +206,15 @@ def _largest(series: list, folder: Path, warnings: list[str], modality: str = ""
     ranked = sorted(series, key=lambda s: -len(s[1]))
     if len(ranked) == 1:
         return ranked[0]
-    why, others = "the largest", ""
+    why, others, kind_of = "the largest", "", ""
     if modality:
         kinds = [_series_header(files[0])[1] for _, files in ranked]
         fitting = [s for s, kind in zip(ranked, kinds, strict=True) if modality_matches(kind, modality)]
-        fitting = fitting or [s for s, kind in zip(ranked, kinds, strict=True) if not kind]  # unknown: may be it
+        what = f"the largest {modality} series, as the model's input is {modality}"
+        kind_of = f"{modality} "
+        if not fitting:  # a series without a Modality may be it
+            fitting = [s for s, kind in zip(ranked, kinds, strict=True) if not kind]
+            what, kind_of = f"the largest series without a Modality, as none is {modality}", ""
         if not fitting:
             found = ", ".join(_named(s, kind) for s, kind in zip(ranked[:3], kinds, strict=False))
             raise InputError(
@@ -203,7 +222,7 @@ def _largest(series: list, folder: Path, warnings: list[str], modality: str = ""
                 f"pass a folder with a {modality} series, or choose a model for {kinds[0]}",
             )
         if len(fitting) < len(ranked) and ranked[0] not in fitting:  # the choice differs from the largest: say why
-            why = f"the largest {modality} series, as the model's input is {modality}"
+            why = what
             left = [_named(s, kind) for s, kind in zip(ranked, kinds, strict=True) if s != fitting[0]]
             others = f" (also there: {', '.join(left[:3])}{', ...' if len(left) > 3 else ''})"
         ranked = fitting
@@ -211,11 +230,12 @@ def _largest(series: list, folder: Path, warnings: list[str], modality: str = ""
     if len(ranked) > 1 and len(ranked[1][1]) == len(files):
         tied = [f"'{(_description(s[1][0]) or s[0])[:30]}'" for s in ranked if len(s[1]) == len(files)]
         raise InputError(
-            f"{folder.name} holds {len(series)} DICOM series of {len(files)} files each ({', '.join(tied[:3])})",
+            f"{folder.name} holds {len(tied)} {kind_of}DICOM series of {len(files)} files each ({', '.join(tied[:3])})",
             "pass one of the series' files, or its own folder, to say which one to segment",
         )
-    where = Path(files[0]).parent
-    place = f" in {where.relative_to(folder).as_posix()}" if where != folder else ""
+    where = sorted({Path(f).parent for f in files})  # a series split over subfolders: each of them
+    place = "" if where == [folder] else f" in {', '.join(p.relative_to(folder).as_posix() or '.' for p in where[:3])}"
+    place += ", ..." if len(where) > 3 else ""
     warnings.append(
         f"{folder.name} holds {len(series)} DICOM series; read {'the largest, ' if not others else ''}"
         f"'{(_description(files[0]) or uid)[:60]}' ({len(files)} files{place}){', ' + why if others else ''}"
@@ -251,6 +271,13 @@ def _slice_info(file: str, folder: Path) -> Slice:
             f"the DICOM slice {Path(file).name} in {folder.name} cannot be read: {itk_error_text(error)}",
             "the file is damaged: export the series again",
         ) from None
+    slope = _numbers(reader, SLOPE, 1)
+    if slope is not None and slope[0] == 0:  # GDCM would read the slice as if it were 1
+        raise InputError(
+            f"the DICOM slice {Path(file).name} in {folder.name} has RescaleSlope 0: its stored values cannot be "
+            "turned into CT numbers or intensities (each would be its intercept)",
+            "export the series again",
+        )
     size = tuple(int(s) for s in reader.GetSize())
     if (position is None or orientation is None) and size[2:] and size[2] > 1:
         position = orientation = None  # an enhanced multi-frame file: its frames carry their positions
@@ -301,7 +328,8 @@ def _numbers(reader: sitk.ImageFileReader, tag: str, count: int) -> np.ndarray |
 def without_localizer(slices: list[Slice], name: str) -> tuple[list[Slice], str | None]:
     """The slices less a localizer (scout) stored under the series' own UID, and a warning naming what was left out
     (None when nothing was): slices whose ImageType says LOCALIZER, and up to :data:`LOCALIZER_SLICES` slices in
-    another orientation than the rest's (more are a series that mixes orientations: :func:`check_slices` refuses it).
+    another plane than the rest's, :data:`LOCALIZER_DEGREES` or more away (more, or slices only slightly off, are a
+    series that mixes orientations: :func:`check_slices` refuses it).
     """
     reasons = {id(s): "ImageType LOCALIZER" for s in slices if "LOCALIZER" in s.image_type.split("\\")}
     rest = [s for s in slices if id(s) not in reasons] or slices  # all marked: what the user gave, checked as it is
@@ -316,9 +344,10 @@ def without_localizer(slices: list[Slice], name: str) -> tuple[list[Slice], str 
             groups.append(remaining[close])
             remaining = remaining[~close]
         main = [rest[i] for i in max(groups, key=len)]
-    if 0 < len(rest) - len(main) <= LOCALIZER_SLICES and len(main) > 2 * (len(rest) - len(main)):
-        kept = {id(s) for s in main}
-        reasons.update({id(s): "another orientation" for s in rest if id(s) not in kept})
+    kept = {id(s) for s in main}
+    odd = [s for s in rest if id(s) not in kept]
+    if 0 < len(odd) <= LOCALIZER_SLICES and len(main) > 2 * len(odd) and _other_planes(odd, main[0]):
+        reasons.update({id(s): "another orientation" for s in odd})
         rest = main
     if not reasons:
         return slices, None
@@ -327,6 +356,15 @@ def without_localizer(slices: list[Slice], name: str) -> tuple[list[Slice], str 
         f"left out {len(odd)} localizer slice(s) of the DICOM series in {name} ({Path(odd[0].file).name}: "
         f"{reasons[id(odd[0])]}{', ...' if len(odd) > 1 else ''}); read its {len(rest)} other slices"
     )
+
+
+def _other_planes(slices: list[Slice], reference: Slice) -> bool:
+    """Whether every one of ``slices`` lies in a plane at least :data:`LOCALIZER_DEGREES` from ``reference``'s (a
+    slice off by rounding, or by a fraction of a degree, is a real slice of the volume, never a localizer)."""
+    normal = np.cross(*reference.orientation)
+    normals = np.cross(*np.stack([s.orientation for s in slices], axis=1))
+    cosines = np.abs(normals @ normal) / (np.linalg.norm(normals, axis=1) * np.linalg.norm(normal))
+    return bool(np.all(cosines < np.cos(np.radians(LOCALIZER_DEGREES))))
 
 
 def check_slices(slices: list[Slice], name: str, tilt: bool = False) -> tuple[list[Slice], str | None]:
@@ -428,8 +466,10 @@ def _read_files(
     pixel = sitk.GetPixelIDValueAsString(pixel_id)
     if tilted is None:
         check_size(sizes, pixel, pixel_bytes(pixel_id), folder.name, limit)
-    else:  # the stacked slices and the float32 grid they are resampled onto (and its array) at once
-        check_size(tilted.size, pixel, pixel_bytes(pixel_id) + 4, folder.name, limit)
+    else:  # the stacked slices and the float32 grid they are resampled onto (and its array) at once; with padding
+        # also the float32 values and weights interpolated apart (see .dicom_tilt.untilted)
+        extra = 12 if any(s.padding for s in slices) else 4
+        check_size(tilted.size, pixel, pixel_bytes(pixel_id) + extra, folder.name, limit)
     if frames > 1:  # one multi-frame file: the series reader would make it a 4D image of one volume
         reader = sitk.ImageFileReader()
         reader.SetFileName(files[0])
@@ -450,29 +490,37 @@ def _read_files(
                 f"the DICOM reader stacked the slices of {folder.name} otherwise than their headers say",
                 "export the series again, or convert it to NRRD in Slicer",
             )
-        return untilted(_without_padding(image, slices), tilted)
+        padded = _padding_mask(image, slices)  # kept out of the interpolation: no padding smeared into the body
+        return untilted(_without_padding(image, padded), tilted, padded)
     if len(files) > 1 and not _placed_as_declared(image, slices):
         raise InputError(
             f"the DICOM reader placed the slices of {folder.name} elsewhere than their headers say",
             "export the series again, or convert it to NRRD in Slicer",
         )
-    return _without_padding(image, slices * image.GetSize()[2] if len(slices) == 1 else slices)
+    return _without_padding(image, _padding_mask(image, slices * image.GetSize()[2] if len(slices) == 1 else slices))
 
 
-def _without_padding(image: sitk.Image, slices: list[Slice]) -> sitk.Image:
-    """``image`` with the voxels its slices' PixelPaddingValue marks (outside the scanner's field of view) set to
-    the lowest other value, where padding would read higher than that: GDCM reads padding as a value (e.g. 63536
-    with intercept -1024 as 62512 HU, a bright ring around the body), and a value below the body's is harmless."""
+def _padding_mask(image: sitk.Image, slices: list[Slice]) -> np.ndarray | None:
+    """The voxels (k, j, i) its slices' PixelPaddingValue marks (outside the scanner's field of view); None when
+    there are none, or nothing else."""
     if image.GetNumberOfComponentsPerPixel() != 1 or not any(s.padding for s in slices):
-        return image
+        return None
     view = sitk.GetArrayViewFromImage(image)  # (k, j, i)
     mask = np.zeros(view.shape, bool)
     for k, s in enumerate(slices):
         if s.padding:
             low, high, slope = s.padding
             mask[k] = (view[k] >= low - slope / 2) & (view[k] <= high + slope / 2)
-    if not mask.any() or mask.all():
+    return None if not mask.any() or mask.all() else mask
+
+
+def _without_padding(image: sitk.Image, mask: np.ndarray | None) -> sitk.Image:
+    """``image`` with the padding voxels ``mask`` marks (:func:`_padding_mask`) set to the lowest other value, where
+    padding would read higher than that: GDCM reads padding as a value (e.g. 63536 with intercept -1024 as 62512 HU,
+    a bright ring around the body), and a value below the body's is harmless."""
+    if mask is None:
         return image
+    view = sitk.GetArrayViewFromImage(image)
     lowest = view[~mask].min()
     if view[mask].min() <= lowest:
         return image

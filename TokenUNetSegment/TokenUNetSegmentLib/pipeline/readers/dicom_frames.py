@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from .dicom import EXACT_MM, PIXEL_SPACING, SLICE_STEP, Slice, _numbers, _read_files, _values, check_slices
+from .dicom import EXACT_MM, PIXEL_SPACING, SLICE_STEP, Slice, _grid, _numbers, _read_files, _values, check_slices
 from .header import OpenedImage
 from .itk import quiet_itk
 
@@ -19,7 +19,7 @@ def open_multi_frame(file: Slice, reader, folder: Path, limit, warnings: list[st
     put every frame where the header says (GDCM falls back to 1 mm voxels where it does not find the geometry)."""
     frames = _frames(file, folder) if file.position is None else _frames_of_one_plane(file, folder)
     try:
-        _, uneven = check_slices(frames, Path(file.file).name)
+        ordered, uneven = check_slices(frames, Path(file.file).name)
     except InputError as error:
         if unread:
             raise InputError(f"{error.message}; {len(unread)} damaged file(s) left out", "export it again") from None
@@ -36,7 +36,7 @@ def open_multi_frame(file: Slice, reader, folder: Path, limit, warnings: list[st
             )
         return image, warnings
 
-    return OpenedImage(_values(file, 1), read, file.modality)
+    return OpenedImage(_values(file, 1), read, file.modality, _grid(ordered))  # the frames' grid, for memory
 
 
 def _frames(file: Slice, folder: Path) -> list[Slice]:

@@ -34,7 +34,9 @@ def in_plane_shift(ordered) -> float:
 
 def tilt_step(ordered, name: str, tolerance: float) -> np.ndarray | None:
     """The in-plane shift (along row, column; mm) from each slice to the next of slices in order along their normal
-    when they shift by the same step (a gantry tilt), None when they do not shift (by more than ``tolerance`` mm).
+    when they shift steadily with their travel along it (a gantry tilt), None when they do not shift (by more than
+    ``tolerance`` mm). The shift is fitted per mm of travel, so slightly uneven slice spacing (which
+    :func:`.dicom.check_slices` accepts) shifts the slices unevenly as the table moved them.
 
     Raises:
         InputError: the slices shift unevenly, or more steeply than :data:`MAX_TILT_DEGREES`.
@@ -42,14 +44,17 @@ def tilt_step(ordered, name: str, tolerance: float) -> np.ndarray | None:
     in_plane = _in_plane(ordered)
     if np.max(np.abs(in_plane - in_plane[0])) <= tolerance:
         return None
-    step = (in_plane[-1] - in_plane[0]) / (len(ordered) - 1)
-    off = float(np.abs(in_plane - in_plane[0] - np.outer(np.arange(len(ordered)), step)).max())
+    row, column = ordered[0].orientation
+    travel = np.array([s.position for s in ordered]) @ np.cross(row, column)
+    travel -= travel[0]
+    per_mm = (in_plane[-1] - in_plane[0]) / travel[-1]
+    off = float(np.abs(in_plane - in_plane[0] - np.outer(travel, per_mm)).max())
     if off > tolerance:
         raise InputError(
-            f"the DICOM slices in {name} are shifted in plane unevenly from slice to slice (by up to {off:.2f} mm off "
-            "a gantry tilt's steady shift)",
+            f"the DICOM slices in {name} shift in plane unevenly (up to {off:.2f} mm off a gantry tilt's steady shift)",
             ADVICE,
         )
+    step = per_mm * _normal_step(ordered)
     if _degrees(ordered, step) > MAX_TILT_DEGREES:
         raise InputError(f"the DICOM slices in {name} are sheared by more than {MAX_TILT_DEGREES:g} degrees", ADVICE)
     return step
@@ -100,23 +105,47 @@ def tilted_grid(ordered, step: np.ndarray) -> TiltedGrid:
     )
 
 
-def untilted(stacked: sitk.Image, grid: TiltedGrid) -> sitk.Image:
+def untilted(stacked: sitk.Image, grid: TiltedGrid, padded: np.ndarray | None = None) -> sitk.Image:
     """The slices ``stacked`` in order (slice k at index k) resampled onto ``grid`` as float32, linearly.
 
     The stacked image is given the unsheared geometry (first slice's position, the grid's axes and spacing); a point
     X of the scan then lies in it at X - ((X - first) . normal / spacing_k) shift, the transform handed to ITK.
+    ``padded``: the voxels (k, j, i) outside the scanner's field of view (PixelPaddingValue), kept out of the
+    interpolation: values and weights are interpolated apart, and a point mostly outside gets the lowest value.
     """
     source = sitk.Image(stacked)
-    source.SetOrigin(tuple(float(v) for v in grid.first))
-    source.SetSpacing(grid.spacing)
-    source.SetDirection(tuple(float(v) for v in grid.direction.ravel()))
+    _place(source, grid.first, grid)
     normal = grid.direction[:, 2]
     transform = sitk.AffineTransform(3)
     transform.SetMatrix(tuple(float(v) for v in (np.eye(3) - np.outer(grid.shift, normal) / grid.spacing[2]).ravel()))
     transform.SetCenter(tuple(float(v) for v in grid.first))
     reference = sitk.Image([int(n) for n in grid.size], sitk.sitkFloat32)
-    reference.SetOrigin(tuple(float(v) for v in grid.origin))
-    reference.SetSpacing(grid.spacing)
-    reference.SetDirection(tuple(float(v) for v in grid.direction.ravel()))
+    _place(reference, grid.origin, grid)
     lowest = float(sitk.GetArrayViewFromImage(stacked).min())
-    return sitk.Resample(source, reference, transform, sitk.sitkLinear, lowest, sitk.sitkFloat32)
+    if padded is None:
+        return sitk.Resample(source, reference, transform, sitk.sitkLinear, lowest, sitk.sitkFloat32)
+    values = sitk.GetArrayFromImage(stacked).astype(np.float32)
+    values[padded] = 0.0
+    values = sitk.GetImageFromArray(values)
+    weights = sitk.GetImageFromArray((~padded).view(np.uint8))
+    for image in (values, weights):
+        _place(image, grid.first, grid)
+    sums, covered = (
+        sitk.Resample(image, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        for image in (values, weights)
+    )
+    del values, weights
+    inside = sitk.GetArrayViewFromImage(covered) >= 0.5
+    array = np.full(inside.shape, lowest, np.float32)
+    array[inside] = sitk.GetArrayViewFromImage(sums)[inside] / sitk.GetArrayViewFromImage(covered)[inside]
+    del sums, covered
+    result = sitk.GetImageFromArray(array)
+    result.CopyInformation(reference)
+    return result
+
+
+def _place(image: sitk.Image, origin, grid: TiltedGrid) -> None:
+    """Give ``image`` ``origin`` and the grid's spacing and axes."""
+    image.SetOrigin(tuple(float(v) for v in origin))
+    image.SetSpacing(grid.spacing)
+    image.SetDirection(tuple(float(v) for v in grid.direction.ravel()))

@@ -81,12 +81,15 @@ class OpenedImage:
     """An image file or DICOM series whose header has been read and checked: the ``values`` (voxels times
     components) it declares, and ``read()`` for its voxels (the SimpleITK image and the reader's warnings);
     ``modality``: a DICOM series' Modality (CT, MR, ...), "" for other files; ``grid``: the voxel grid the header
-    declares (its origin left at 0), None when it declares none, for the run's memory check before reading."""
+    declares (its origin left at 0), None when it declares none, for the run's memory check before reading;
+    ``series`` a DICOM series' SeriesInstanceUID and ``description`` its SeriesDescription, "" for other files."""
 
     values: int
     read: Callable[[], tuple]
     modality: str = ""
     grid: Grid | None = None
+    series: str = ""
+    description: str = ""
 
     def __call__(self) -> tuple:
         return self.read()
