@@ -263,12 +263,7 @@ def test_every_option_with_a_default_states_it_truly_in_its_help(name):
     none for --overlap and --batch-size (the model's) and --progress. A stated default must be the real one."""
     import argparse
 
-    parser = cli.build_parser(name)
-    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
-    parsers = [command] + [
-        child for a in command._actions if isinstance(a, argparse._SubParsersAction) for child in a.choices.values()
-    ]
-    for each in parsers:
+    for each in command_parsers(name):
         for action in each._actions:
             default = action.default
             unset = default is None or default is False or default == [] or default == argparse.SUPPRESS
@@ -286,15 +281,21 @@ def test_every_option_and_argument_says_what_it_is_in_its_help(name):
     """Before: ``models import --overwrite`` and ``models remove``'s argument were listed without a word."""
     import argparse
 
-    parser = cli.build_parser(name)
-    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
-    parsers = [command] + [
-        child for a in command._actions if isinstance(a, argparse._SubParsersAction) for child in a.choices.values()
-    ]
-    for each in parsers:
+    for each in command_parsers(name):
         for action in each._actions:
             if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
                 assert action.help, (each.prog, action.dest)
+
+
+def command_parsers(name):
+    """The parser of command ``name`` and those of its actions (``models list``, ...)."""
+    import argparse
+
+    parser = cli.build_parser(name)
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return [command] + [
+        child for a in command._actions if isinstance(a, argparse._SubParsersAction) for child in a.choices.values()
+    ]
 
 
 def command_help(parser, action) -> str:
