@@ -74,6 +74,29 @@ def edit_nifti(path: Path, offset: int, fmt: str, *values) -> Path:
     return path
 
 
+def sparse_nrrd(path: Path, sizes, spacing=1.0) -> Path:
+    """An int16 NRRD that declares ``sizes`` voxels, its data a hole in the file (no disk used)."""
+    header = (
+        f"NRRD0004\ntype: int16\ndimension: 3\nsizes: {' '.join(str(s) for s in sizes)}\n"
+        f"space: left-posterior-superior\nspace directions: ({spacing},0,0) (0,{spacing},0) (0,0,{spacing})\n"
+        "endian: little\nencoding: raw\n\n"
+    ).encode()
+    with open(path, "wb") as stream:
+        stream.write(header)
+        stream.truncate(len(header) + 2 * int(np.prod(sizes)))
+    return path
+
+
+def refuse_reading(monkeypatch) -> None:
+    """Make reading any NIfTI, NRRD or MetaImage file's voxels fail the test (its header may still be read)."""
+    from TokenUNetSegmentLib.pipeline import readers
+
+    def read(path, *args, **kwargs):
+        raise AssertionError(f"the voxels of {Path(path).name} were read")
+
+    monkeypatch.setattr(readers, "_read_file", read)
+
+
 # NIfTI-1 field offsets (nifti1.h)
 NIFTI_DIM, NIFTI_PIXDIM, NIFTI_VOX_OFFSET, NIFTI_SFORM_CODE, NIFTI_SROW = 40, 76, 108, 254, 280
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from helpers.packages import ball_phantom, make_package, tiny_config
+from helpers.readers import refuse_reading, sparse_nrrd
 from TokenUNetSegmentLib.pipeline import cli
 from TokenUNetSegmentLib.pipeline.errors import InputError
 from TokenUNetSegmentLib.pipeline.evaluate import evaluate_files, hausdorff95, label_metrics, match_labels, name_table
@@ -197,6 +198,20 @@ def test_a_model_runs_warnings_are_printed_once_on_one_line(tmp_path, capsys, mo
     small = [line for line in lines if "small for this model" in line]
     assert len(small) == 1 and small[0].startswith("warning: the volume is small"), lines
     assert not any("UserWarning" in line or "segment(" in line for line in lines), lines
+
+
+def test_a_model_run_that_cannot_fit_is_refused_from_the_image_header_before_it_is_read(tmp_path, capsys, monkeypatch):
+    """``evaluate --model`` runs segment(): a 512 x 512 x 200 int16 image under TOKENUNET_MEMORY_LIMIT=400M is refused
+    from its header, on one line with exit code 2 (before: its voxels were read first)."""
+    package = make_package(tmp_path, tiny_config(labels=2, spacing=(3.0, 3.0, 3.0)))
+    big = sparse_nrrd(tmp_path / "big.nrrd", (512, 512, 200))
+    reference = write(tmp_path / "ref.nii.gz", two_balls(), {"1": "organ1", "2": "organ2"})
+    refuse_reading(monkeypatch)
+    monkeypatch.setenv("TOKENUNET_MEMORY_LIMIT", "400M")
+    assert cli.main(["evaluate", str(reference), "--model", str(package), "--image", str(big), "--no-hd95"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: this run needs about ") and "TOKENUNET_MEMORY_LIMIT=400M" in error
+    assert error.count("\n") == 1
 
 
 def python_shows_warning(message, category, filename, lineno, file=None, line=None):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from helpers.packages import make_package, physical_ball, rotation, threshold_package, tiny_config, voxel_centres
+from helpers.readers import refuse_reading, sparse_nrrd
 from TokenUNetSegmentLib.pipeline import cli, segmentation, volumes
-from TokenUNetSegmentLib.pipeline.errors import InputError
+from TokenUNetSegmentLib.pipeline.errors import InputError, OutOfMemoryError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
 from TokenUNetSegmentLib.pipeline.metadata import assign_inputs, parse_config
 from TokenUNetSegmentLib.pipeline.package_loader import load_package
@@ -167,6 +168,21 @@ def test_all_channels_are_counted_against_the_memory_limit_before_any_is_read(
     with pytest.raises(InputError, match="the 4 input channels need about 338 KiB together"):
         segment(paths, loaded, device="cpu")  # the Python API: the same check, before reading
     assert reads == []
+
+
+def test_channels_that_fit_together_in_a_run_that_does_not_are_refused_before_any_is_read(
+    brats_case, tmp_path, monkeypatch
+):
+    """Four 64^3 int16 files as float32 take 4 MiB together (check_channels_fit lets them pass under 4.5M); the run
+    needs more (about 5.6 MiB): segment() with a dict or a list of paths refuses it from the headers, as the command
+    does, before any voxel is read."""
+    package = load_package(brats_case[1])  # before the limit
+    paths = {name: sparse_nrrd(tmp_path / f"case_{name.lower()}.nrrd", (64, 64, 64)) for name in SEQUENCES}
+    refuse_reading(monkeypatch)
+    monkeypatch.setenv("TOKENUNET_MEMORY_LIMIT", "4.5M")
+    for inputs in (paths, list(paths.values())):
+        with pytest.raises(OutOfMemoryError, match=r"this run needs about .* TOKENUNET_MEMORY_LIMIT=4.5M"):
+            segment(inputs, package, device="cpu", with_token_maps=False)
 
 
 def test_hospital_grids_are_combined_in_physical_space_on_the_t1_grid():

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from helpers.packages import PHANTOM_AFFINE, ball_phantom, blank_network, make_package, tiny_config
 from helpers.paths import MODULE_DIR, SAMPLE_CT
 from helpers.processes import run_python, start_cli
+from helpers.readers import sparse_nrrd
 from TokenUNetSegmentLib.pipeline import cli, segment_command
 from TokenUNetSegmentLib.pipeline.background import BackgroundCall
 from TokenUNetSegmentLib.pipeline.confidence import Assessment
@@ -403,19 +404,6 @@ def test_maps_on_the_input_grid_count_in_the_memory_and_disk_estimates(cli_case,
     grid = "auto"
     assert segment_cli(path, package, tmp_path / grid, "--attention-grid", grid, "--no-overview") == 0
     assert memory["auto"] == memory["token"] and disk["auto"] == disk["token"] < disk["input"]
-
-
-def sparse_nrrd(path: Path, sizes, spacing=1.0) -> Path:
-    """An int16 NRRD that declares ``sizes`` voxels, its data a hole in the file (no disk used)."""
-    header = (
-        f"NRRD0004\ntype: int16\ndimension: 3\nsizes: {' '.join(str(s) for s in sizes)}\n"
-        f"space: left-posterior-superior\nspace directions: ({spacing},0,0) (0,{spacing},0) (0,0,{spacing})\n"
-        "endian: little\nencoding: raw\n\n"
-    ).encode()
-    with open(path, "wb") as stream:
-        stream.write(header)
-        stream.truncate(len(header) + 2 * int(np.prod(sizes)))
-    return path
 
 
 def test_a_run_that_cannot_fit_is_refused_from_the_header_before_any_voxel_is_read(cli_case, tmp_path):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 from helpers.packages import TINY, ThresholdNet, ball_phantom, make_package, threshold_package, tiny_config
-from TokenUNetSegmentLib.pipeline.errors import CancelledError
+from helpers.readers import refuse_reading, sparse_nrrd
+from TokenUNetSegmentLib.pipeline.errors import CancelledError, OutOfMemoryError
 from TokenUNetSegmentLib.pipeline.inference import scan_plan, sliding_window
 from TokenUNetSegmentLib.pipeline.metadata import parse_config
 from TokenUNetSegmentLib.pipeline.package_loader import load_package
@@ -280,3 +281,18 @@ def test_labels_do_not_depend_on_whether_token_maps_are_kept(ct_package, large_p
     with_maps = segment(large_phantom, ct_package, device="cpu", overlap=0.6)
     without = segment(large_phantom, ct_package, device="cpu", overlap=0.6, with_token_maps=False)
     np.testing.assert_array_equal(with_maps.labels, without.labels)
+
+
+def test_a_file_whose_run_cannot_fit_is_refused_from_its_header_before_it_is_read(cli_case, tmp_path, monkeypatch):
+    """A 512 x 512 x 200 int16 header under TOKENUNET_MEMORY_LIMIT=400M: reading it fits (210 MB), the run does not
+    (about 0.5 GB). Before: segment() read the voxels and refused only then (the audit's 1024 x 1024 x 400 file:
+    2.07 GB peak RSS before the refusal, against 0.16 GB for the command line); the same check as the command's."""
+    package = load_package(cli_case[1])  # before the limit
+    big = sparse_nrrd(tmp_path / "big.nrrd", (512, 512, 200))
+    refuse_reading(monkeypatch)
+    monkeypatch.setenv("TOKENUNET_MEMORY_LIMIT", "400M")
+    for inputs in (str(big), [big], {package.input_names[0]: big}):
+        with pytest.raises(OutOfMemoryError, match=r"this run needs about .* TOKENUNET_MEMORY_LIMIT=400M"):
+            segment(inputs, package, device="cpu")
+    with pytest.raises(AssertionError, match="the voxels of big.nrrd were read"):
+        segment(big, package, device="cpu", check_free_memory=False)  # the caller's choice: no check, read

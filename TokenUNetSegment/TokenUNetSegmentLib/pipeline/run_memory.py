@@ -4,12 +4,16 @@ Torch-free: the command line refuses a run that cannot fit from the header (size
 configuration (channels, labels, token count, model spacing) before any voxel is read or torch is imported. The
 exact check (:func:`.device.check_memory`, with the loaded network's windows) follows once the network is loaded;
 both count the host bytes with :func:`host_bytes`, so the first never refuses what the second would let run.
+``segment()`` given files makes the same check (:func:`check_inputs_fit`) before it reads them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from ..model.variants import declared_token_count
 from .errors import InputError, OutOfMemoryError
 from .geometry import Grid, model_grid
 from .memory import LIMIT_VARIABLE, format_size, memory_limit
@@ -104,3 +108,21 @@ def check_header_fits(
     if need > free:
         raise (wrong_spacing(grid, name) if grid is not None else None) or host_shortfall(need, free)
     return need
+
+
+def check_inputs_fit(
+    opened: Sequence,
+    config,
+    name: str,
+    with_token_maps: bool = True,
+    probabilities: bool = False,
+    maps_on_input_grid: bool = False,
+) -> int:
+    """:func:`check_header_fits` for a run of the package ``config`` on its ``opened`` inputs (one
+    :class:`.volumes.OpenedVolume` per channel, in order; ``name``: the first's), before any is read: the command
+    line's check and ``segment()``'s on files. The token maps counted are those ``config``'s architecture declares
+    (none without ``with_token_maps``, or for a network registered by others). Returns the estimate in bytes."""
+    architecture = config.architecture
+    learned = declared_token_count(architecture.name, architecture.build_arguments()) if with_token_maps else 0
+    first = opened[0]
+    return check_header_fits(first.values, first.grid, config, learned or 0, name, probabilities, maps_on_input_grid)

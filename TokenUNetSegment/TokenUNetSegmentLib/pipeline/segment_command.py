@@ -134,7 +134,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     from .package_source import read_metadata
     from .preprocess import resample_ahead
     from .progress import Progress
-    from .run_memory import check_header_fits
+    from .run_memory import check_inputs_fit
     from .volumes import check_modality, open_input
 
     cancel = cancel or threading.Event()
@@ -171,18 +171,11 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
             check_modality(item.modality, channel.modality, Path(name).name, package_id, channel.name)
         architecture = config.architecture
         learned = declared_token_count(architecture.name, architecture.build_arguments())
-        known = 0 if learned is None else learned  # unknown (a network registered by others): none, for memory
         maps = 0 if args.no_heatmaps else len(MAP_KINDS) * (MOST_TOKENS if learned is None else learned)
         voxels = opened[0].values
         on_input_grid, map_voxels = attention_bounds(args.attention_grid, maps, voxels, exact=learned is not None)
-        check_header_fits(  # before any voxel is read; exactly again once the network is loaded
-            voxels,
-            opened[0].grid,
-            config,
-            0 if args.no_heatmaps else known,
-            Path(inputs[0]).name,
-            args.probabilities,
-            on_input_grid,
+        check_inputs_fit(  # before any voxel is read; exactly again once the network is loaded
+            opened, config, Path(inputs[0]).name, not args.no_heatmaps, args.probabilities, on_input_grid
         )
         folder.check_space(
             estimate_output_bytes(voxels, len(config.labels), maps, map_voxels, probabilities=args.probabilities)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings as pywarnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,8 +31,8 @@ from .postprocess import ModelGridOutputs, postprocess
 from .preprocess import Prepared, prepare
 from .progress import Progress
 from .result import MAP_KINDS, SegmentationResult, TokenMaps
-from .run_memory import wrong_spacing
-from .volumes import Volume, check_modality, open_input
+from .run_memory import check_inputs_fit, wrong_spacing
+from .volumes import OpenedVolume, Volume, check_modality, open_input
 
 log = logging.getLogger(__name__)
 __all__ = ["MAP_KINDS", "SegmentationResult", "TokenMaps", "channel_volumes", "segment"]
@@ -94,7 +94,8 @@ def segment(
         cancel: ``threading.Event``-like (``is_set()``) or a callable; checked between windows and stages.
         store: the model store used to resolve ids (default: catalog + per-user cache).
         check_free_memory: refuse runs whose estimated peak memory exceeds what is free (or
-            ``TOKENUNET_MEMORY_LIMIT``).
+            ``TOKENUNET_MEMORY_LIMIT``): for files, from their headers before any voxel is read (the command
+            line's check), then exactly once they are read.
         maps_on_input_grid: the caller will write the token maps on the input grid
             (``write_outputs(attention_grid="input")``): counted in that check.
 
@@ -111,7 +112,12 @@ def segment(
 
     with clock.stage("load"):
         package = resolve_model(model, store, lambda fraction: reporter.update("download", fraction), cancel)
-        volumes = channel_volumes(inputs, package)
+
+        def fits(opened: list[OpenedVolume], name: str) -> None:  # files: from their headers, as the command line
+            maps = maps_on_input_grid and with_token_maps
+            check_inputs_fit(opened, package.config, name, with_token_maps, probabilities, maps)
+
+        volumes = channel_volumes(inputs, package, fits if check_free_memory else None)
         run_device = resolve_device(device)
         config, network = package.config, package.network
         keep = config.largest_component_labels(largest_component)
@@ -185,8 +191,13 @@ def assess_run(outputs: ModelGridOutputs, prepared: Prepared, config: PackageCon
     )
 
 
-def channel_volumes(inputs, package: ModelPackage) -> list[Volume]:
+def channel_volumes(
+    inputs, package: ModelPackage, fits: Callable[[list[OpenedVolume], str], object] | None = None
+) -> list[Volume]:
     """One checked :class:`Volume` per input channel of ``package``, in its order.
+
+    ``fits(opened, name)``: called with the opened inputs and the first one's name before any is read, when any is a
+    file (arrays in memory are allocated already): to refuse a run that cannot fit from the files' headers.
 
     Raises:
         InputError: the wrong number of channels, or channel names the package does not have.
@@ -221,6 +232,8 @@ def channel_volumes(inputs, package: ModelPackage) -> list[Volume]:
     channels = package.config.inputs
     opened = [open_input(item, channel.name, channel.modality) for item, channel in zip(items, channels, strict=True)]
     check_channels_fit([item.values for item in opened])  # all channels together, before any is read
+    if fits is not None and any(isinstance(item, (str, Path)) for item in items):
+        fits(opened, Path(items[0]).name if isinstance(items[0], (str, Path)) else names[0])
     volumes = [read() for read in opened]
     for volume, channel in zip(volumes, package.config.inputs, strict=True):
         check_modality(volume.modality, channel.modality, volume.name, package.id, channel.name)
