@@ -174,7 +174,7 @@ def test_channels_that_fit_together_in_a_run_that_does_not_are_refused_before_an
     brats_case, tmp_path, monkeypatch
 ):
     """Four 64^3 int16 files as float32 take 4 MiB together (check_channels_fit lets them pass under 4.5M); the run
-    needs more (about 5.6 MiB): segment() with a dict or a list of paths refuses it from the headers, as the command
+    needs more (about 6.4 MiB): segment() with a dict or a list of paths refuses it from the headers, as the command
     does, before any voxel is read."""
     package = load_package(brats_case[1])  # before the limit
     paths = {name: sparse_nrrd(tmp_path / f"case_{name.lower()}.nrrd", (64, 64, 64)) for name in SEQUENCES}
