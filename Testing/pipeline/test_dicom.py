@@ -619,6 +619,20 @@ def test_a_study_without_a_series_of_the_models_modality_is_refused_plainly(tmp_
     assert not out.exists()
 
 
+def test_a_study_whose_only_series_of_the_models_modality_is_a_scout_names_the_others(tmp_path):
+    """Before: the one-slice CT scout of a PET study was chosen and refused as "has one slice", the PET unnamed."""
+    from TokenUNetSegmentLib.pipeline.volumes import open_input
+
+    study = write_study(tmp_path / "study", with_ct=False)
+    with pytest.raises(InputError) as refused:
+        open_input(study, modality="CT")
+    assert refused.value.message == (
+        "study holds no CT DICOM series of more than one slice: 'scout' (CT, 1 file); "
+        "also there: 'PET AC' (PT, 20 files)"
+    ), refused.value.message
+    assert "choose a model for PT" in refused.value.hint
+
+
 def test_the_series_of_the_models_modality_are_counted_and_named_as_what_they_are(tmp_path):
     """Before: a PET series and two CT series of 12 files were refused as "holds 3 DICOM series of 12 files each"
     (the PET has 20); a series without a Modality chosen beside a PET was called "the largest CT series"."""

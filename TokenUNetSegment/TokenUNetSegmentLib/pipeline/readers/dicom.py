@@ -221,6 +221,14 @@ def _largest(series: list, folder: Path, warnings: list[str], modality: str = ""
                 f"{folder.name} holds no {modality} DICOM series, which the model's input needs: {found}",
                 f"pass a folder with a {modality} series, or choose a model for {kinds[0]}",
             )
+        if len(fitting[0][1]) == 1 and ranked[0] not in fitting:  # a scout: the study's volume is of another kind
+            mine = ", ".join(_named(s, kind) for s, kind in zip(ranked, kinds, strict=True) if s in fitting[:3])
+            rest = [_named(s, kind) for s, kind in zip(ranked, kinds, strict=True) if s not in fitting]
+            raise InputError(
+                f"{folder.name} holds no {modality} DICOM series of more than one slice: {mine}; also there: "
+                f"{', '.join(rest[:3])}{', ...' if len(rest) > 3 else ''}",
+                f"pass a folder with a {modality} volume, or choose a model for {kinds[0] or 'that series'}",
+            )
         if len(fitting) < len(ranked) and ranked[0] not in fitting:  # the choice differs from the largest: say why
             why = what
             left = [_named(s, kind) for s, kind in zip(ranked, kinds, strict=True) if s != fitting[0]]
