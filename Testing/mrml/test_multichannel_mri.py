@@ -102,3 +102,17 @@ def test_a_volume_removed_from_the_scene_after_it_was_selected_is_refused(ctx, m
     ctx.scene.RemoveNode(nodes[1])
     with pytest.raises(InputError, match=r"input volume 2 \('T1c'\) is no longer in the scene"):
         SceneRun(ctx.scene, chosen, mode="inprocess")
+
+
+def test_a_subprocess_runs_warnings_name_the_volumes_not_the_exchange_files(ctx, mri_package):
+    """Before: the panel's run (a subprocess fed with channel0.nrrd ... channel3.nrrd) warned "channel 'FLAIR'
+    (channel3.nrrd) covers only ..." about a volume the user knows by its node name."""
+    nodes = sequence_nodes(ctx.scene, flair_ball=BALL + np.array([45.0, 0.0, 0.0]))  # FLAIR covers part of T1
+    nodes[3].SetName("flair sagittal")
+    nodes[0].SetName("t1 axial")
+    run = SceneRun(ctx.scene, parameters(nodes, mri_package), mode="subprocess")
+    run.start()
+    assert run.wait(timeout=240) == RunState.COMPLETED, run.error
+    covering = [w for w in run.nodes.warnings if "covers only" in w]
+    assert covering and "'flair sagittal'" in covering[0] and "'t1 axial'" in covering[0], run.nodes.warnings
+    assert not any(".nrrd" in w for w in run.nodes.warnings), run.nodes.warnings

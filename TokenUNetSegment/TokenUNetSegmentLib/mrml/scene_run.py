@@ -87,6 +87,7 @@ def request_from_parameters(parameters: Parameters, channels: int, scene=None) -
         with_token_maps=parameters.heatmaps,
         probabilities=parameters.probabilities,
         largest_component=parameters.largestComponent,
+        names=tuple(node.GetName() for node in nodes),
     )
 
 

@@ -180,6 +180,8 @@ class RunRequest:
         model: a model id or package path; None (or "") for the catalog's default. Resolved (and downloaded
             if needed) by the run itself.
         with_token_maps: compute the per-token attention maps (Token-UNet models).
+        names: what the user calls each input (a Slicer volume's name), for the run's messages about inputs
+            that it holds as arrays.
     """
 
     inputs: list
@@ -188,6 +190,7 @@ class RunRequest:
     with_token_maps: bool = True
     probabilities: bool = False
     largest_component: bool = False
+    names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from .errors import ArgumentError

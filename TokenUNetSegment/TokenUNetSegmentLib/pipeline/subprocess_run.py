@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,13 @@ class SubprocessRun(Run):
             paths.append(path)
         return paths
 
+    def _named(self, text: str) -> str:
+        """``text`` with the exchange files (``channel0.nrrd``) called by the inputs' names, where the request
+        gives them: the user knows the volumes, not the files this run wrote for its child."""
+        for index, name in enumerate(self.request.names):
+            text = text.replace(f"channel{index}.nrrd", f"'{name}'")
+        return text
+
     def command(self, inputs: list[Path]) -> list[str]:
         """The command line of the child."""
         out = self.folder / "out"
@@ -142,6 +150,8 @@ class SubprocessRun(Run):
                 continue
             if event is None:
                 event = LogEvent(line)
+            if isinstance(event, LogEvent):
+                event = replace(event, message=self._named(event.message))
             self.log.append(event.message)
             self._events.put(event)
         self.process.stdout.close()
@@ -177,12 +187,15 @@ class SubprocessRun(Run):
         except (OSError, ValueError, KeyError, TokenUNetError) as error:
             self._finish(RunState.FAILED, TokenUNetError(f"cannot read the run's outputs: {error}"))
         else:
+            self.result.warnings = [self._named(warning) for warning in self.result.warnings]
             self._finish(RunState.COMPLETED)
 
     def _failure(self, code: int) -> TokenUNetError:
         """The child's typed error, or (when it died without one) its exit code and last log line."""
         if isinstance(self.reported, ErrorEvent):
-            return self.reported.to_error()
+            error = self.reported.to_error()
+            error.message = self._named(error.message)
+            return error
         lines = [line for line in self.log if line.strip()]
         return TokenUNetError(
             f"the segmentation process failed (exit code {code}): {lines[-1] if lines else 'no output'}"
