@@ -232,12 +232,16 @@ def channel_volumes(
     channels = package.config.inputs
     opened = [open_input(item, channel.name, channel.modality) for item, channel in zip(items, channels, strict=True)]
     check_channels_fit([item.values for item in opened])  # all channels together, before any is read
+    for item, found, channel in zip(items, opened, channels, strict=True):  # from the headers, as the command line
+        check_modality(found.modality, channel.modality, _named(item, channel.name), package.id, channel.name)
     if fits is not None and any(isinstance(item, (str, Path)) for item in items):
-        fits(opened, Path(items[0]).name if isinstance(items[0], (str, Path)) else names[0])
-    volumes = [read() for read in opened]
-    for volume, channel in zip(volumes, package.config.inputs, strict=True):
-        check_modality(volume.modality, channel.modality, volume.name, package.id, channel.name)
-    return volumes
+        fits(opened, _named(items[0], names[0]))
+    return [read() for read in opened]
+
+
+def _named(item, channel: str) -> str:
+    """An input as its volume will be named: a file's name, a Volume's own, else the channel's."""
+    return Path(item).name if isinstance(item, (str, Path)) else getattr(item, "name", channel)
 
 
 def _check_memory(
