@@ -159,7 +159,6 @@ def test_all_channels_are_counted_against_the_memory_limit_before_any_is_read(
 
     loaded = load_package(package)  # before the limit, which its network alone would exceed
     monkeypatch.setattr(volumes, "open_input", counting)
-    monkeypatch.setattr(segmentation, "open_input", counting)
     monkeypatch.setenv("TOKENUNET_MEMORY_LIMIT", "300K")
     assert run_cli(package, tmp_path / "out", *paths) == 2
     message = capsys.readouterr().err

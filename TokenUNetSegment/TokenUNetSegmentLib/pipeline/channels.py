@@ -152,22 +152,11 @@ def check_channels_fit(values: Sequence[int], limit: int | None = None) -> None:
         )
 
 
-def check_series(opened: Sequence, inputs: Sequence[str], channels: Sequence) -> list[str]:
-    """Check the opened inputs (:class:`.volumes.OpenedVolume`) of ``channels``, in order, by their DICOM series.
-
-    Returns warnings for a series whose SeriesDescription matches another channel's patterns and not its own,
-    where that channel's own series does not match them either (``FLAIR 3D`` given for T1 and ``T1 SE`` for
-    FLAIR): the description is free text, so this is said, never refused.
-
-    Raises:
-        InputError: one DICOM series given for two channels through two paths (its folder and one of its files).
-    """
-    shown = [
-        f"the DICOM series '{o.description or Path(i).name}'" if o.series else Path(i).name
-        for o, i in zip(opened, inputs, strict=True)
-    ]
-    keys = [o.series or str(Path(i).resolve()) for o, i in zip(opened, inputs, strict=True)]
-    check_distinct(keys, shown, [channel.name for channel in channels])
+def series_warnings(opened: Sequence, channels: Sequence) -> list[str]:
+    """Warnings on the opened inputs (:class:`.volumes.OpenedVolume`) of ``channels``, in order: a DICOM series whose
+    SeriesDescription matches another channel's patterns and not its own, where that channel's own series does not
+    match them either (``FLAIR 3D`` given for T1 and ``T1 SE`` for FLAIR). The description is free text, so this is
+    said, never refused (one series given for two channels is refused by :func:`.run_inputs.open_run_inputs`)."""
     warnings = []
     texts = [item.description.lower() for item in opened]
     own = [bool(text) and _describes(channel, text) for text, channel in zip(texts, channels, strict=True)]

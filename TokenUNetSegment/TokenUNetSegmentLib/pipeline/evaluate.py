@@ -296,10 +296,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if not args.image:
             raise InputError("--model needs --image (the volume(s) to segment)")
         from .catalog import ModelStore
+        from .package_source import read_metadata
+        from .run_inputs import RunNeeds, channel_items, open_run_inputs
+
+        path = ModelStore(getattr(args, "catalog", None)).resolve(args.model)
+        metadata = read_metadata(path)  # the configuration, without the weights
+        items, shown = channel_items(args.image, metadata.config, metadata.id)
+        # from the headers, before the weights are loaded (segment() checks them again: it may be given arrays)
+        open_run_inputs(items, metadata.config, metadata.id, shown, RunNeeds(with_token_maps=False))
+        from .package_loader import load_package
         from .segmentation import segment
         from .volumes import Volume
 
-        package = ModelStore(getattr(args, "catalog", None)).load(args.model)
+        package = load_package(path)
         started = time.perf_counter()
         with warnings.catch_warnings():  # segment() warns API callers; here its warnings are printed once
             warnings.simplefilter("ignore", UserWarning)
