@@ -9,6 +9,7 @@ package's configuration) when any input is a file (arrays are in memory already:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..model.variants import declared_token_count
 from .errors import ArgumentError, InputError
 from .result import MAP_KINDS
 
+log = logging.getLogger(__name__)
 MOST_TOKENS = 32  # the most learned tokens of a registered network, for one whose count the configuration does not say
 
 
@@ -54,16 +56,21 @@ def open_run_inputs(
             does not take, a spacing that makes the scan longer than a body.
         OutOfMemoryError: the run cannot fit in free memory or ``TOKENUNET_MEMORY_LIMIT``.
     """
+    from .channel_stack import refuse_stacked
     from .channels import check_channels_fit, check_distinct
     from .outputs import attention_bounds
     from .run_memory import check_inputs_fit
-    from .volumes import check_modality, open_input
+    from .volumes import OpenedVolume, check_modality, open_input
 
     channels = config.inputs
     opened = [
-        open_input(item, channel.name, channel.modality)  # a folder's series chosen by the channel's Modality
+        item  # a channel of a 4D image (channel_stack.open_stack)
+        if isinstance(item, OpenedVolume)
+        else open_input(item, channel.name, channel.modality)  # a folder's series chosen by the channel's Modality
         for item, channel in zip(items, channels, strict=True)
     ]
+    for item, name, channel in zip(opened, names, channels, strict=True):  # a 4D image given for one channel
+        refuse_stacked(item, name, channels, model, channel.name)
     check_channels_fit([item.values for item in opened])  # all channels together, before any is read
     series = [(o.series, f"the DICOM series '{o.description or name}'") for o, name in zip(opened, names, strict=True)]
     keys = [uid or ("input", index) for index, (uid, _) in enumerate(series)]  # only series are compared here
@@ -77,33 +84,44 @@ def open_run_inputs(
     voxels = opened[0].values
     grid = needs.attention_grid if needs is not None else "token"
     on_input_grid, map_voxels = attention_bounds(grid, maps, voxels, exact=learned is not None)
-    if needs is not None and any(isinstance(item, (str, Path)) for item in items):
+    if needs is not None and any(isinstance(item, (str, Path, OpenedVolume)) for item in items):  # files
         check_inputs_fit(opened, config, names[0], needs.with_token_maps, needs.probabilities, on_input_grid)
     return OpenedInputs(opened, maps, on_input_grid, map_voxels)
 
 
-def channel_items(inputs, config, model: str) -> tuple[list, list[str]]:
+def channel_items(
+    inputs, config, model: str, stack_names: Sequence[str] | None = None, option: str = "channels="
+) -> tuple[list, list[str]]:
     """``segment()``'s inputs as one item per channel of ``config``, in its order, and how each is shown: a path or
-    an ``(array, ijk_to_ras)`` pair for a one-channel model, a list in the channel order, or a dict
-    {channel name: input}. Nothing is opened.
+    an ``(array, ijk_to_ras)`` pair for a one-channel model, a list in the channel order, a dict {channel name:
+    input} (names in any case, with the usual synonyms: ``flair``, ``t1ce``), or one 4D NIfTI image holding every
+    channel, ``stack_names`` naming its volumes in order (else its dataset.json: :mod:`.channel_stack`). Only a 4D
+    image's header is opened. ``option``: how the caller passes ``stack_names``, for messages.
 
     Raises:
         InputError: the wrong number of channels, channel names the package does not have, one image for two
             channels, a list whose file names contradict the channel order.
         ArgumentError: inputs of another kind.
     """
+    from .channel_stack import open_stack
     from .channels import check_distinct, check_places
 
     names = [channel.name for channel in config.inputs]
     if isinstance(inputs, dict):  # {channel name: input}, e.g. from assign_inputs()
-        missing = [name for name in names if inputs.get(name) is None]
-        unknown = [name for name in inputs if name not in names]
-        if missing or unknown:
-            parts = [
-                f"{what}: {', '.join(found)}" for what, found in (("missing", missing), ("unknown", unknown)) if found
-            ]
-            raise InputError(f"model '{model}' needs the channels {', '.join(names)}; " + "; ".join(parts))
-        inputs = [inputs[name] for name in names]
+        inputs = _by_channel(inputs, config.inputs, model)
+    single = isinstance(inputs, (str, Path)) or (isinstance(inputs, (list, tuple)) and len(inputs) == 1)
+    if single and (len(names) > 1 or stack_names is not None):
+        item = inputs if isinstance(inputs, (str, Path)) else inputs[0]
+        stack = open_stack(item, config, model, stack_names, option)
+        if stack is not None:
+            opened, order = stack
+            log.info(order.describe())
+            return opened, [f"{order.file}, volume {volume}" for volume in order.volumes]
+    if stack_names is not None:
+        raise InputError(
+            f"{option} names the volumes of a 4D image, but the input is no 4D NIfTI image",
+            f"drop {option}, or pass the 4D image alone",
+        )
     if isinstance(inputs, (str, Path)) or _is_pair(inputs):
         items = [inputs]
     else:
@@ -120,6 +138,33 @@ def channel_items(inputs, config, model: str) -> tuple[list, list[str]]:
     if len(names) > 1:
         check_places(items, config.inputs)  # a list is in the channel order: a name may not contradict it
     return items, [_named(item, name) for item, name in zip(items, names, strict=True)]
+
+
+def _by_channel(inputs: dict, channels: Sequence, model: str) -> list:
+    """A dict {channel name: input} in the channel order; its names in any case, with the usual synonyms."""
+    from .channels import named_channel
+
+    names = [channel.name for channel in channels]
+    found: dict[int, object] = {}
+    unknown, twice = [], []
+    for key, value in inputs.items():
+        index = named_channel(str(key), channels)
+        if index is None:
+            unknown.append(str(key))
+        elif index in found:
+            keys = ", ".join(str(other) for other in inputs if named_channel(str(other), channels) == index)
+            twice.append(f"{names[index]} (as {keys})")
+        else:
+            found[index] = value
+    missing = [name for index, name in enumerate(names) if found.get(index) is None]
+    parts = [
+        f"{what}: {', '.join(listed)}"
+        for what, listed in (("missing", missing), ("unknown", unknown), ("given twice", twice))
+        if listed
+    ]
+    if parts:
+        raise InputError(f"model '{model}' needs the channels {', '.join(names)}; " + "; ".join(parts))
+    return [found[index] for index in range(len(names))]
 
 
 def _named(item, channel: str) -> str:

@@ -70,6 +70,7 @@ def segment(
     store: ModelStore | None = None,
     check_free_memory: bool = True,
     maps_on_input_grid: bool = False,
+    channels: Sequence[str] | None = None,
 ) -> SegmentationResult:
     """Segment one case.
 
@@ -98,6 +99,10 @@ def segment(
             line's check), then exactly once they are read.
         maps_on_input_grid: the caller will write the token maps on the input grid
             (``write_outputs(attention_grid="input")``): counted in that check.
+        channels: for one 4D NIfTI image holding every channel (the Medical Segmentation Decathlon's layout), what
+            each of its volumes holds, in order (e.g. ``["FLAIR", "T1", "T1c", "T2"]``; names in any case, with the
+            usual synonyms such as ``t1gd``); without it, the dataset.json beside its ``imagesTr``/``imagesTs``
+            folder names them, else the image is refused. Outputs lie on its 3D grid.
 
     Raises:
         TokenUNetError: (and its subclasses) for bad inputs, bad packages, cancel, or memory.
@@ -115,7 +120,7 @@ def segment(
 
         grid = "input" if maps_on_input_grid else "token"
         needs = RunNeeds(with_token_maps, probabilities, grid) if check_free_memory else None
-        volumes = channel_volumes(inputs, package, needs)
+        volumes = channel_volumes(inputs, package, needs, channels)
         run_device = resolve_device(device)
         config, network = package.config, package.network
         keep = config.largest_component_labels(largest_component)
@@ -189,17 +194,20 @@ def assess_run(outputs: ModelGridOutputs, prepared: Prepared, config: PackageCon
     )
 
 
-def channel_volumes(inputs, package: ModelPackage, needs: RunNeeds | None = None) -> list[Volume]:
+def channel_volumes(
+    inputs, package: ModelPackage, needs: RunNeeds | None = None, channels: Sequence[str] | None = None
+) -> list[Volume]:
     """One checked :class:`Volume` per input channel of ``package``, in its order.
 
     Before any is read, the inputs are checked from their headers as the command line checks them
     (:func:`.run_inputs.open_run_inputs`); ``needs``: what the run keeps, for its memory check from the files'
-    headers (None: no memory check; arrays in memory are checked once, in full, later).
+    headers (None: no memory check; arrays in memory are checked once, in full, later); ``channels``: the volumes of
+    a 4D image, as :func:`segment`'s.
 
     Raises:
         InputError: the wrong number of channels, or channel names the package does not have.
     """
-    items, shown = channel_items(inputs, package.config, package.id)
+    items, shown = channel_items(inputs, package.config, package.id, channels)
     opened = open_run_inputs(items, package.config, package.id, shown, needs).opened
     return [read() for read in opened]
 
