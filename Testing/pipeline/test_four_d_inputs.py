@@ -223,3 +223,19 @@ def test_a_dict_names_channels_in_any_case_and_with_synonyms(task01):
         segment({"t1": files[0], "T1w": files[1], "t2": files[2], "flair": files[3]}, package, device="cpu")
     with pytest.raises(InputError, match="unknown: dwi"):
         segment({"t1": files[0], "t1c": files[1], "t2": files[2], "dwi": files[3]}, package, device="cpu")
+
+
+def test_evaluate_runs_a_model_on_a_4d_image(task01, tmp_path, capsys):
+    root, files, four_d, package, _ = task01
+    assert run_cli(package, tmp_path / "three", *files) == 0
+    reference = tmp_path / "three" / "segmentation.seg.nrrd"
+    out = tmp_path / "evaluation.json"
+    assert (
+        cli.main(["evaluate", str(reference), "--model", str(package), "--image", str(four_d), "--json", str(out)]) == 0
+    )
+    result = json.loads(out.read_text())
+    dices = [m["dice"] for m in result["labels"].values()]
+    assert 1.0 in dices and set(dices) <= {1.0, None}  # the same labels as from the 3D files
+    options = ["--image", str(four_d), "--channels", "FLAIR,T1"]
+    assert cli.main(["evaluate", str(reference), "--model", str(package), *options]) == 2
+    assert "error: --channels names 2 volumes; BRATS_001.nii.gz holds 4" in capsys.readouterr().err
