@@ -377,6 +377,19 @@ def earlier_result(required: Iterable[str], optional: Iterable[str] = ()) -> Cal
     return files
 
 
+def complete_result(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a complete result of this tool: a committed manifest whose every file is there,
+    unchanged since it was written."""
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
+    if manifest is None or manifest.get("state") != "complete" or not manifest.get("files"):
+        return False
+    return all(
+        _safe_relative(name) and _is_plain_file(folder, name) and _unchanged(folder, name, record)
+        for name, record in manifest["files"].items()
+    )
+
+
 def remove_listed_files(
     folder: str | Path,
     command: str,

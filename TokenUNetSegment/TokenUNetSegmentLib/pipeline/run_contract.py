@@ -4,7 +4,8 @@
   process) or into the ``segment`` command line (a run in a child process), here and nowhere else.
 - Typed events: :class:`ProgressEvent`, :class:`LogEvent`, :class:`ResultEvent` and :class:`ErrorEvent` are what
   the command line writes with ``--progress json`` (one JSON object per line, :func:`encode_event` /
-  :func:`decode_event`); :class:`FinishedEvent` ends every run in the caller's process.
+  :func:`decode_event`), and ``batch`` adds a :class:`CaseEvent` as each case starts and ends; :class:`FinishedEvent`
+  ends every run in the caller's process.
 - :class:`ExitCode`: the command line's exit codes; :class:`RunState`: where a run stands.
 
 The files a run writes, and their reader, are in :mod:`.outputs`.
@@ -67,6 +68,23 @@ class ResultEvent:
     warnings: tuple = ()
     seconds: float = 0.0
     kind: ClassVar[str] = "result"
+
+
+@dataclass(frozen=True)
+class CaseEvent:
+    """The ``batch`` command's case ``index`` (from 1) of ``count`` started or ended: ``status`` started, done,
+    failed, skipped or cancelled; ``folder`` its output folder; ``message`` and ``category`` (user or internal) say
+    why a case failed. The progress events between a case's ``started`` and its end are that case's."""
+
+    index: int
+    count: int
+    name: str
+    status: str
+    folder: str = ""
+    message: str = ""
+    category: str = ""
+    seconds: float = 0.0
+    kind: ClassVar[str] = "case"
 
 
 MAX_LINE = 200  # characters of the one line a user error prints
@@ -145,7 +163,7 @@ class FinishedEvent:
     kind: ClassVar[str] = "finished"
 
 
-WIRE_EVENTS = {cls.kind: cls for cls in (ProgressEvent, LogEvent, ResultEvent, ErrorEvent)}
+WIRE_EVENTS = {cls.kind: cls for cls in (ProgressEvent, LogEvent, ResultEvent, ErrorEvent, CaseEvent)}
 
 
 def encode_event(event) -> str:
