@@ -283,13 +283,33 @@ def test_a_datalist_of_multichannel_cases(tmp_path, capsys):
     assert "several: training, testing" in capsys.readouterr().err
     assert batch("--datalist", datalist, "--section", "testing", *options) == 0
     document = summary(out)
-    assert [case["name"] for case in document["cases"]] == ["one_t1", "two_t1"]
+    assert [case["name"] for case in document["cases"]] == ["one", "two"]  # what the channel files share
     for case, entry in zip(document["cases"], entries, strict=True):
         assert case["inputs"] == [str(tmp_path / "data" / file) for file in entry["image"]]
         alone = tmp_path / "alone" / case["name"]
         segment_options = [*FAST, "--no-heatmaps", "--model", str(package), "--out", str(alone)]
         assert cli.main(["segment", *case["inputs"], *segment_options]) == 0
         np.testing.assert_array_equal(labels_of(out / case["name"]), labels_of(alone))
+
+
+def test_a_datalist_entry_is_named_by_what_its_channel_files_share(tmp_path):
+    from TokenUNetSegmentLib.pipeline.batch_cases import cases_from_datalist
+
+    groups = {
+        "BraTS2021_00001": ["BraTS2021_00001_t1.nii.gz", "BraTS2021_00001_t1ce.nii.gz", "BraTS2021_00001_flair.nii.gz"],
+        "la_007": ["la_007_0000.nii.gz", "la_007_0001.nii.gz"],  # nnU-Net's channel suffixes
+        "x": ["x.nii.gz"],
+        "ab": ["ab.nii.gz", "abc.nii.gz"],  # one name is the other's start
+        "t1": ["t1.nii.gz", "flair.nii.gz"],  # nothing shared: the first file's
+    }
+    for files in groups.values():
+        for file in files:
+            (tmp_path / file).write_bytes(b"")
+    entries = [{"image": files} for files in groups.values()] + [{"image": "x.nii.gz", "name": "named"}]
+    (tmp_path / "list.json").write_text(json.dumps({"validation": entries}))
+    cases = cases_from_datalist(tmp_path / "list.json")
+    assert [case.name for case in cases] == [*groups, "named"]
+    assert cases[1].inputs == tuple(str(tmp_path / file) for file in groups["la_007"])
 
 
 def test_a_folder_of_cases_holds_volume_files_and_dicom_series_subfolders(tmp_path):

@@ -110,6 +110,19 @@ def _case_name(path: Path) -> str:
     return path.stem
 
 
+def _entry_name(files: Sequence[Path]) -> str:
+    """A datalist entry's case name: its file's, or what its channel files' names share up to a separator
+    (``BraTS_001_t1.nii.gz``, ``BraTS_001_flair.nii.gz`` -> ``BraTS_001``; nnU-Net's ``case_0000``, ``case_0001``
+    -> ``case``), else the first file's."""
+    names = [_case_name(file) for file in files]
+    if len(names) == 1:
+        return names[0]
+    shared = os.path.commonprefix(names)
+    if shared not in names:  # cut back to the last separator: "one_t" of one_t1 and one_t2 is "one"
+        shared = shared[: max(shared.rfind(mark) for mark in "_-. ") + 1] if any(m in shared for m in "_-. ") else ""
+    return shared.rstrip("_-. ") or names[0]
+
+
 def cases_from_datalist(path: str | Path, section: str | None = None) -> list[BatchCase]:
     """The cases of a MONAI datalist's ``section`` (default: its only list of cases): entries with ``"image"`` (a
     path, or a list of channel paths; a 4D image's volumes named by ``"channels"``), or plain paths as in a
@@ -151,7 +164,7 @@ def cases_from_datalist(path: str | Path, section: str | None = None) -> list[Ba
         if channels is not None and not (isinstance(channels, list) and all(isinstance(c, str) for c in channels)):
             raise InputError(f"{where}: 'channels' names the volumes of one 4D image, as a list of names")
         name = entry.get("name") if isinstance(entry, dict) else None
-        name = name if isinstance(name, str) and name else _case_name(Path(files[0]))
+        name = name if isinstance(name, str) and name else _entry_name([Path(file) for file in files])
         cases.append(BatchCase(name, tuple(files), where, tuple(channels) if channels else None))
     if not cases:
         raise InputError(f"the datalist's '{section}' list is empty")
