@@ -80,7 +80,7 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
     """Run every case of ``args`` with one model; returns the exit code (errors of the whole batch raise)."""
     from .batch_cases import BATCH_FILE, cases_from_datalist, cases_from_paths, check_case_names
     from .catalog import ModelStore
-    from .errors import InputError
+    from .errors import InputError, OutputError
     from .locks import DestinationLock
     from .output_folder import check_file_destination, json_with_keys, resolve_destination
     from .outputs import output_folder
@@ -99,7 +99,7 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
     root = resolve_destination(args.out)
     check_case_names(cases, root)
     if root.exists() and not root.is_dir():
-        raise InputError(f"the output root {root} is a file, not a folder", "choose a folder")
+        raise OutputError(f"the output root {root} is a file, not a folder", "choose a folder")
     summary_path = check_file_destination(root / BATCH_FILE, json_with_keys(BATCH_MARK))
     store = ModelStore(getattr(args, "catalog", None))
     protected = store.protected_folders()
