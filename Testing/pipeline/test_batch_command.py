@@ -35,6 +35,11 @@ def truncated(source: Path, path: Path) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _same_threads(one_inference_thread):
+    """Labels of a batch and of segment compared voxel for voxel: the same thread count in both."""
+
+
 def batch(*arguments) -> int:
     return cli.main(["batch", *map(str, arguments)])
 
