@@ -239,3 +239,73 @@ def test_evaluate_runs_a_model_on_a_4d_image(task01, tmp_path, capsys):
     options = ["--image", str(four_d), "--channels", "FLAIR,T1"]
     assert cli.main(["evaluate", str(reference), "--model", str(package), *options]) == 2
     assert "error: --channels names 2 volumes; BRATS_001.nii.gz holds 4" in capsys.readouterr().err
+
+
+def hostile_dataset_jsons():
+    """(what, dataset.json bytes or a maker, the message's start after 'error: ') of dataset.json files that must be
+    refused in one line, from the JSON, before any voxel is read."""
+    good = {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}
+    return {
+        "nested": (b"[" * 100_000 + b"]" * 100_000, "{json} nests 100000 levels deep"),
+        "too large": (b" " * (16 * 2**20 + 1) + b"{}", "{json} is too large for a JSON file"),
+        "two 'modality' keys": (
+            f'{{"modality": {json.dumps(good)}, "modality": {json.dumps(dict(enumerate(reversed(MSD_ORDER))))}}}',
+            "{json} is not valid JSON: the key 'modality' appears twice",
+        ),
+        "one number twice": (
+            '{"modality": {"0": "FLAIR", "1": "T1w", "1": "t1gd", "2": "T1w", "3": "T2w"}}',
+            "{json} is not valid JSON: the key '1' appears twice",
+        ),
+        "modality and channel_names disagree": (
+            json.dumps({"modality": good, "channel_names": dict(enumerate(reversed(MSD_ORDER)))}),
+            "{json} names its channels twice, differently, in 'modality' and 'channel_names'",
+        ),
+        "a folder": (None, "{json} is a folder, not a JSON file"),
+    }
+
+
+def test_a_hostile_dataset_json_is_refused_in_one_line_saying_to_pass_channels(task01, tmp_path, capsys, monkeypatch):
+    root, files, four_d, package, _ = task01
+    refuse_reading(monkeypatch)
+    for what, (content, start) in hostile_dataset_jsons().items():
+        dataset = tmp_path / what.replace(" ", "_").replace("'", "")
+        image = dataset / "imagesTs" / "BRATS_485.nii.gz"
+        image.parent.mkdir(parents=True)
+        image.write_bytes(four_d.read_bytes())
+        if content is None:
+            (dataset / "dataset.json").mkdir()
+        else:
+            (dataset / "dataset.json").write_bytes(content if isinstance(content, bytes) else content.encode())
+        assert run_cli(package, tmp_path / "out", image) == 2, what
+        error = capsys.readouterr().err  # one line (a long path may be cut in its middle)
+        assert error.startswith("error: ") and error.endswith("pass --channels naming its volumes in order)\n"), what
+        assert error.count("\n") == 1 and "Traceback" not in error, what
+        with pytest.raises(InputError) as refused:
+            segment(str(image), package, device="cpu")
+        assert str(refused.value).startswith(start.format(json=dataset / "dataset.json")), (what, str(refused.value))
+        assert refused.value.hint == "fix it, or pass channels= naming its volumes in order", what
+
+
+def test_dataset_json_names_that_name_no_sequence_say_to_pass_channels(task01, tmp_path, capsys):
+    """nnU-Net v2's channel_names may hold normalisation schemes (noNorm, zscore), which say nothing of the sequence:
+    refused, and the hint says how to name the volumes instead of the dataset.json."""
+    root, files, four_d, package, _ = task01
+    image = tmp_path / "Dataset001" / "imagesTs" / "BRATS_485.nii.gz"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(four_d.read_bytes())
+    schemes = {"0": "noNorm", "1": "zscore", "2": "zscore", "3": "zscore"}
+    (image.parent.parent / "dataset.json").write_text(json.dumps({"channel_names": schemes}))
+    assert run_cli(package, tmp_path / "out", image) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: 'noNorm' (volume 0 in dataset.json) names no channel of model 'brats-4d'")
+    assert "pass --channels naming its volumes in order" in error and error.count("\n") == 1
+
+
+def test_dataset_json_numbers_past_nine_are_read_in_numeric_order(tmp_path):
+    from TokenUNetSegmentLib.pipeline.channel_stack import dataset_names
+
+    image = tmp_path / "imagesTr" / "case.nii.gz"
+    image.parent.mkdir()
+    names = [f"sequence{i}" for i in range(12)]
+    (tmp_path / "dataset.json").write_text(json.dumps({"modality": {str(i): n for i, n in enumerate(names)}}))
+    assert dataset_names(image) == (names, tmp_path / "dataset.json")

@@ -9,7 +9,6 @@ that dataset.json, and the run says which. Everything is checked from the header
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,33 +55,47 @@ def is_stack_candidate(item) -> bool:
     return name.endswith(STACK_SUFFIXES) and Path(item).is_file()
 
 
-def dataset_names(path: Path) -> tuple[list[str], Path] | None:
+def dataset_names(path: Path, option: str = "--channels") -> tuple[list[str], Path] | None:
     """The channel names of the dataset.json beside ``path``'s ``imagesTr``/``imagesTs`` folder, and its path; None
-    when there is no such file or it names no channels.
+    when there is no such file or it names no channels. ``option``: how the caller names the volumes instead.
 
     Raises:
-        InputError: a dataset.json that is no JSON, or whose channel names are not numbered 0, 1, ...
+        InputError: a dataset.json that cannot be read as JSON within :mod:`.json_files`' limits (size, nesting,
+            duplicate keys), or whose channel names are not numbered 0, 1, ..., or differ between its two keys.
     """
+    from .json_files import read_json_file
+
     folder = Path(path).absolute().parent
     if folder.name not in DATASET_FOLDERS:
         return None
     found = folder.parent / "dataset.json"
-    if not found.is_file():
+    if not (found.exists() or found.is_symlink()):
         return None
+    hint = f"fix it, or pass {option} naming its volumes in order"
     try:
-        data = json.loads(found.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"cannot read {found}: {error}", "fix the file, or pass --channels") from None
-    table = next((data[key] for key in DATASET_KEYS if isinstance(data, dict) and key in data), None)
-    if table is None:
-        return None
-    if not isinstance(table, dict) or sorted(table) != [str(i) for i in range(len(table))]:
-        raise InputError(
-            f"{found} names its channels in '{next(k for k in DATASET_KEYS if k in data)}' without numbering them "
-            "0, 1, ...",
-            'write it as {"0": "FLAIR", "1": "T1w", ...}, or pass --channels',
-        )
-    return [str(table[str(i)]) for i in range(len(table))], found
+        data = read_json_file(found)
+    except InputError as error:
+        raise InputError(error.message, hint) from None
+    names = dataset_channels(data, found, hint)
+    return (names, found) if names is not None else None
+
+
+def dataset_channels(data, where: Path, hint: str | None = None) -> list[str] | None:
+    """The channel names of the dataset.json ``data`` (read from ``where``): its ``modality`` (MSD, nnU-Net v1) or
+    ``channel_names`` (nnU-Net v2) ``{"0": "FLAIR", "1": "T1w", ...}`` in the order of their numbers; None when it
+    has neither.
+
+    Raises:
+        InputError: a table that is no object numbered 0, 1, ... without gaps, or two tables that differ.
+    """
+    tables = {key: data[key] for key in DATASET_KEYS if isinstance(data, dict) and key in data}
+    for key, table in tables.items():
+        if not isinstance(table, dict) or set(table) != {str(i) for i in range(len(table))}:
+            raise InputError(f"{where} names its channels in '{key}' without numbering them 0, 1, ...", hint)
+    names = {key: [str(table[str(i)]) for i in range(len(table))] for key, table in tables.items()}
+    if len({tuple(listed) for listed in names.values()}) > 1:
+        raise InputError(f"{where} names its channels twice, differently, in {' and '.join(map(repr, names))}", hint)
+    return next(iter(names.values()), None)
 
 
 def refuse_stacked(opened, name: str, channels: Sequence, model: str, channel: str = "") -> None:
@@ -156,7 +169,7 @@ def open_stack(item, config, model: str, names: Sequence[str] | None = None, opt
                 f"name each of its {count} volumes in order, e.g. {_example(option, channels)}",
             )
     else:
-        found = dataset_names(path)
+        found = dataset_names(path, option)
         if found is None:
             raise InputError(
                 f"{path.name} holds {count} volumes (a 4D image), and nothing says which channel each one is",
@@ -171,7 +184,13 @@ def open_stack(item, config, model: str, names: Sequence[str] | None = None, opt
             )
     shown = option if source == option else "dataset.json"
     where = [f"volume {index} in {shown}" for index in range(count)]
-    channel_of = match_names(names, channels, model, where)
+    try:
+        channel_of = match_names(names, channels, model, where)
+    except InputError as error:
+        if source == option:
+            raise
+        # the dataset.json's own names (e.g. nnU-Net v2's normalisation schemes "noNorm", "zscore"): said by the user
+        raise InputError(error.message, f"pass {option} naming its volumes in order") from None
     volumes = tuple(channel_of.index(c) for c in range(len(channels)))
     order = ChannelOrder(path.name, tuple(names), source, volumes, tuple(c.name for c in channels))
     read = _shared_read(opened, path.name, count)
