@@ -309,3 +309,16 @@ def test_dataset_json_numbers_past_nine_are_read_in_numeric_order(tmp_path):
     names = [f"sequence{i}" for i in range(12)]
     (tmp_path / "dataset.json").write_text(json.dumps({"modality": {str(i): n for i, n in enumerate(names)}}))
     assert dataset_names(image) == (names, tmp_path / "dataset.json")
+
+
+def test_a_vector_nifti_is_refused_for_its_components_as_before(task01, tmp_path, capsys):
+    """A NIfTI of vectors (intent VECTOR, the values in dim[5], dim[4] 1: what ITK writes for a multi-component
+    image) is no 5D image: ITK reads it as components, and the message says so as it did before 4D images were
+    split (before this fix: "has 5 dimensions (1 x 3 after the spatial ones)")."""
+    root, files, four_d, package, images = task01
+    vector = tmp_path / "vector.nii.gz"
+    sitk.WriteImage(sitk.Compose([images[name] for name in SEQUENCES[:3]]), str(vector))
+    ct = make_package(tmp_path, tiny_config())
+    assert run_cli(ct, tmp_path / "out", vector) == 2
+    expected = "error: vector.nii.gz has 3 components per voxel (use one scalar volume per channel)\n"
+    assert capsys.readouterr().err == expected
