@@ -177,7 +177,11 @@ def refusals(task01, tmp_path):
             [],
             "BRATS_001.nii.gz is a 4D image of 4 volumes, given for channel T1 (give one",
         ),
-        "channels for 3D files": (files, ["--channels", "T1,T1c,T2,FLAIR"], "--channels names the volumes of a 4D"),
+        "channels for 3D files": (
+            files,
+            ["--channels", "T1,T1c,T2,FLAIR"],
+            "--channels names the volumes of one 4D image, but 4 inputs are given",
+        ),
     }
 
 
@@ -322,3 +326,32 @@ def test_a_vector_nifti_is_refused_for_its_components_as_before(task01, tmp_path
     assert run_cli(ct, tmp_path / "out", vector) == 2
     expected = "error: vector.nii.gz has 3 components per voxel (use one scalar volume per channel)\n"
     assert capsys.readouterr().err == expected
+
+
+def test_channel_names_given_where_no_4d_image_can_take_them_are_refused_saying_what_is_given(task01, tmp_path, capsys):
+    """--channels with the 4D image twice, with a 4D NRRD, with a one-channel model; channels= with a 4D array, and a
+    4D array without it: each refusal says what is wrong with what was given (before: "the input is no 4D NIfTI image"
+    for a 4D NIfTI given twice, "needs 1 channels ... a 4D image of 1 volumes" for a CT model, "got 1" for an array of
+    four channels)."""
+    root, files, four_d, package, images = task01
+    nrrd = tmp_path / "BRATS_001.nrrd"
+    sitk.WriteImage(sitk.JoinSeries([images[name] for name in SEQUENCES]), str(nrrd))
+    ct = make_package(tmp_path, tiny_config())
+    names = ["--channels", "FLAIR,T1,T1c,T2"]
+    cases = [
+        (package, [four_d, four_d], "--channels names the volumes of one 4D image, but 2 inputs are given"),
+        (package, [nrrd], "--channels names the volumes of a 4D NIfTI image; BRATS_001.nrrd is no NIfTI file"),
+        (ct, [four_d], "--channels names the volumes of a multi-channel 4D image; model 'tiny-ct' takes one 3D volume"),
+    ]
+    for model, inputs, start in cases:
+        assert run_cli(model, tmp_path / "out", *inputs, options=names) == 2, start
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {start}") and error.count("\n") == 1, error
+    stacked = np.stack([sitk.GetArrayFromImage(images[name]).T for name in SEQUENCES], axis=-1)
+    with pytest.raises(InputError, match=r"channels= names the volumes of a 4D NIfTI file, not of an array"):
+        segment((stacked, AFFINE), package, device="cpu", channels=list(SEQUENCES))
+    expected = (
+        r"got 1 \(an array of 4 dimensions: pass one \(array, ijk_to_ras\) pair per channel: T1, T1c, T2, FLAIR\)"
+    )
+    with pytest.raises(InputError, match=expected):
+        segment((stacked, AFFINE), package, device="cpu")

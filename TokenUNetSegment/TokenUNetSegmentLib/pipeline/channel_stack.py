@@ -131,6 +131,39 @@ def refuse_stacked(opened, name: str, channels: Sequence, model: str, channel: s
     )
 
 
+def refuse_names(inputs: Sequence, channels: Sequence, model: str, option: str = "--channels") -> None:
+    """Refuse ``option`` (the names of one 4D image's volumes) where ``inputs`` are not one 4D NIfTI image of the
+    package's ``channels``, saying what was given instead.
+
+    Raises:
+        InputError: always.
+    """
+    item = inputs[0] if len(inputs) == 1 else None
+    name = Path(item).name if isinstance(item, (str, Path)) else ""
+    if len(channels) == 1:
+        problem = f"a multi-channel 4D image; model '{model}' takes one 3D volume ({channels[0].name})"
+        raise InputError(f"{option} names the volumes of {problem}", f"drop {option}")
+    if len(inputs) != 1:
+        raise InputError(
+            f"{option} names the volumes of one 4D image, but {len(inputs)} inputs are given",
+            f"pass the 4D image alone, or drop {option} and give one 3D input per channel",
+        )
+    if not name:
+        raise InputError(
+            f"{option} names the volumes of a 4D NIfTI file, not of an array",
+            "pass one (array, ijk_to_ras) pair per channel, in the model's channel order",
+        )
+    if Path(item).is_file() and not name.lower().endswith(STACK_SUFFIXES):
+        raise InputError(
+            f"{option} names the volumes of a 4D NIfTI image; {name} is no NIfTI file",
+            "save it as .nii.gz (e.g. with 3D Slicer or SimpleITK), or pass one 3D file per channel",
+        )
+    raise InputError(
+        f"{option} names the volumes of a 4D image, but the input is no 4D NIfTI image",
+        f"drop {option}, or pass the 4D image alone",
+    )
+
+
 def open_stack(item, config, model: str, names: Sequence[str] | None = None, option: str = "--channels"):
     """The package ``config``'s channels from one 4D NIfTI image ``item``: (one :class:`.volumes.OpenedVolume` per
     channel, in the package's order, a :class:`ChannelOrder`), or None when ``item`` is no 4D NIfTI image. ``names``:
@@ -145,6 +178,8 @@ def open_stack(item, config, model: str, names: Sequence[str] | None = None, opt
     from .readers import open_image
 
     channels = config.inputs
+    if names is not None and len(channels) == 1:
+        refuse_names([item], channels, model, option)
     if not is_stack_candidate(item):
         return None
     path = Path(item)

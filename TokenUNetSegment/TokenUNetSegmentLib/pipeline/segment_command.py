@@ -133,7 +133,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     is locked from the start and replaced only when the run is done.
     """
     from .catalog import ModelStore
-    from .channel_stack import open_stack
+    from .channel_stack import open_stack, refuse_names
     from .channels import order_inputs, series_warnings
     from .errors import InputError
     from .outputs import estimate_output_bytes, output_folder
@@ -173,10 +173,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
             shown = [f"{order.file}, volume {volume}" for volume in order.volumes]
             printer.note(order.describe())
         elif args.channels is not None:
-            raise InputError(
-                "--channels names the volumes of a 4D image, but the input is no 4D NIfTI image",
-                "drop --channels, or pass the 4D image alone",
-            )
+            refuse_names(args.inputs, config.inputs, package_id)
         else:
             items = inputs = order_inputs(list(args.inputs), config.inputs, package_id)  # by name, one per channel
             shown = [Path(item).name for item in inputs]
