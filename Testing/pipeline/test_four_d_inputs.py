@@ -355,3 +355,19 @@ def test_channel_names_given_where_no_4d_image_can_take_them_are_refused_saying_
     )
     with pytest.raises(InputError, match=expected):
         segment((stacked, AFFINE), package, device="cpu")
+
+
+def test_a_hand_edited_datalist_channels_entry_is_refused_with_an_example_in_json(task01):
+    """A datalist's "channels" of the wrong length: the example is the JSON to write (before: "e.g. the datalist's
+    'channels' T1,T1c,T2,FLAIR", a command-line form for a JSON file)."""
+    from TokenUNetSegmentLib.pipeline.channel_stack import open_stack
+    from TokenUNetSegmentLib.pipeline.metadata import parse_config
+
+    four_d = task01[2]
+    config = parse_config(mr_config(), "test")
+    with pytest.raises(InputError) as refused:
+        open_stack(four_d, config, "brats-4d", ["FLAIR", "T1w", "t1gd"], "the datalist's 'channels'")
+    assert str(refused.value) == (
+        "the datalist's 'channels' names 3 volumes; BRATS_001.nii.gz holds 4 "
+        '(name each of its 4 volumes in order, e.g. "channels": ["T1", "T1c", "T2", "FLAIR"])'
+    )

@@ -9,6 +9,7 @@ that dataset.json, and the run says which. Everything is checked from the header
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -234,8 +235,11 @@ def open_stack(item, config, model: str, names: Sequence[str] | None = None, opt
 
 
 def _example(option: str, channels: Sequence) -> str:
+    """How ``option`` names the volumes: as ``segment()``'s keyword, the command line's option or a datalist's JSON."""
     names = [channel.name for channel in channels]
-    return f"{option}{names!r}" if option.endswith("=") else f"{option} {','.join(names)}"
+    if option.endswith("="):
+        return f"{option}{names!r}"
+    return f"{option} {','.join(names)}" if option.startswith("--") else f'"channels": {json.dumps(names)}'
 
 
 def _channel(opened, read, volume: int, count: int):
