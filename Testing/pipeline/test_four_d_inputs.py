@@ -371,3 +371,39 @@ def test_a_hand_edited_datalist_channels_entry_is_refused_with_an_example_in_jso
         "the datalist's 'channels' names 3 volumes; BRATS_001.nii.gz holds 4 "
         '(name each of its 4 volumes in order, e.g. "channels": ["T1", "T1c", "T2", "FLAIR"])'
     )
+
+
+def scaled_nifti(path, images, slope, inter):
+    """3D ``images`` written as one uncompressed NIfTI (4D for several) whose int16 values are (value - inter) /
+    slope, with that scl_slope and scl_inter."""
+    stored = [sitk.Cast((sitk.Cast(image, sitk.sitkFloat32) - inter) / slope, sitk.sitkInt16) for image in images]
+    sitk.WriteImage(stored[0] if len(stored) == 1 else sitk.JoinSeries(stored), str(path))
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<ff", raw, 112, slope, inter)  # scl_slope, scl_inter
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_a_4d_nifti_with_a_flipped_oblique_affine_and_scaled_values_lands_where_its_3d_files_do(tmp_path):
+    """An LPS-flipped (negative determinant), oblique, anisotropic 4D NIfTI of int16 values with scl_slope/scl_inter:
+    the labels of the four 3D files written the same way, voxel for voxel, on the same grid, and FLAIR's ball at its
+    place in physical space (scl_slope applies to every volume)."""
+    flip = np.diag([-1.0, -1.0, -1.0])
+    affine = affine_from_spacing((1.5, 2.0, 2.5), origin=(30.0, -12.0, 40.0), direction=rotation(2, 25) @ flip)
+    assert np.linalg.det(affine[:3, :3]) < 0
+    shape, centre = (20, 18, 16), np.array([10.0, 9.0, 8.0, 1.0])
+    places = {name: (affine @ centre)[:3] + (index - 1.5) * 4.0 for index, name in enumerate(SEQUENCES)}
+    images = {
+        name: image_from_array(physical_ball(shape, affine, places[name], 7.0, 300 + 100 * i, 0), affine)
+        for i, name in enumerate(SEQUENCES)
+    }
+    files = [str(scaled_nifti(tmp_path / f"case_{n.lower()}.nii", [images[n]], 2.0, -100.0)) for n in SEQUENCES]
+    four_d = scaled_nifti(tmp_path / "case.nii", [images[n] for n in SEQUENCES], 2.0, -100.0)
+    package = flair_threshold()
+    from_files = segment(files, package, device="cpu")
+    from_4d = segment(str(four_d), package, device="cpu", channels=list(SEQUENCES))
+    assert from_4d.labels.sum() > 0 and np.array_equal(from_files.labels, from_4d.labels)
+    assert np.allclose(from_4d.affine, from_files.affine, atol=1e-5)
+    assert np.allclose(from_4d.affine, affine, atol=1e-4)
+    found = voxel_centres(from_4d.labels.shape, from_4d.affine)[from_4d.labels == 1].mean(axis=0)
+    assert np.linalg.norm(found - places["FLAIR"]) < 1.0
