@@ -5,6 +5,7 @@ never from a guess; the result is the one of the four 3D files, voxel for voxel;
 headers."""
 
 import json
+import re
 import struct
 
 import numpy as np
@@ -407,3 +408,29 @@ def test_a_4d_nifti_with_a_flipped_oblique_affine_and_scaled_values_lands_where_
     assert np.allclose(from_4d.affine, affine, atol=1e-4)
     found = voxel_centres(from_4d.labels.shape, from_4d.affine)[from_4d.labels == 1].mean(axis=0)
     assert np.linalg.norm(found - places["FLAIR"]) < 1.0
+
+
+def test_a_dataset_json_that_lists_its_images_names_only_those(task01, tmp_path, capsys, monkeypatch):
+    """An MSD dataset.json lists its images ("training" and "test"): an image it does not list (a case from another
+    dataset copied into imagesTs) may hold its volumes in another order, so the dataset.json does not name them
+    (before: its order taken without a word)."""
+    root, files, four_d, package, _ = task01
+    dataset = tmp_path / "Task01_BrainTumour"
+    for name in ("BRATS_485.nii.gz", "other_001.nii.gz"):
+        (dataset / "imagesTs").mkdir(parents=True, exist_ok=True)
+        (dataset / "imagesTs" / name).write_bytes(four_d.read_bytes())
+    spec = {
+        "modality": dict(enumerate(MSD_ORDER)),
+        "training": [{"image": "./imagesTr/BRATS_001.nii.gz", "label": "./labelsTr/BRATS_001.nii.gz"}],
+        "test": ["./imagesTs/BRATS_485.nii.gz"],
+    }
+    (dataset / "dataset.json").write_text(json.dumps(spec))
+    assert run_cli(package, tmp_path / "listed", dataset / "imagesTs" / "BRATS_485.nii.gz") == 0
+    capsys.readouterr()
+    refuse_reading(monkeypatch)
+    assert run_cli(package, tmp_path / "unlisted", dataset / "imagesTs" / "other_001.nii.gz") == 2
+    error = capsys.readouterr().err  # one line (the long path cut in its middle)
+    assert error.endswith("(pass --channels naming its volumes in order)\n") and error.count("\n") == 1
+    expected = f"{dataset / 'dataset.json'} does not list imagesTs/other_001.nii.gz among its images, so its channel"
+    with pytest.raises(InputError, match=re.escape(expected)):
+        segment(str(dataset / "imagesTs" / "other_001.nii.gz"), package, device="cpu")

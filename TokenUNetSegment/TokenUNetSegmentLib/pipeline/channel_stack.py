@@ -78,7 +78,25 @@ def dataset_names(path: Path, option: str = "--channels") -> tuple[list[str], Pa
     except InputError as error:
         raise InputError(error.message, hint) from None
     names = dataset_channels(data, found, hint)
-    return (names, found) if names is not None else None
+    if names is None:
+        return None
+    listed = _listed_images(data)
+    own = f"{folder.name}/{Path(path).name}"
+    if listed and own not in listed:  # another dataset's image copied in: its order may be another
+        raise InputError(
+            f"{found} does not list {own} among its images, so its channel names may not be this image's",
+            f"pass {option} naming its volumes in order",
+        )
+    return names, found
+
+
+def _listed_images(data: dict) -> set[str]:
+    """The images an MSD dataset.json lists in "training" and "test", as ``imagesTr/NAME``; empty when it lists none
+    (nnU-Net v2's dataset.json does not)."""
+    entries = [*(data.get("training") or []), *(data.get("test") or [])]
+    paths = [e.get("image") if isinstance(e, dict) else e for e in entries if isinstance(e, (dict, str))]
+    flat = [p for item in paths for p in (item if isinstance(item, list) else [item]) if isinstance(p, str)]
+    return {"/".join(Path(p).parts[-2:]) for p in flat}
 
 
 def dataset_channels(data, where: Path, hint: str | None = None) -> list[str] | None:
