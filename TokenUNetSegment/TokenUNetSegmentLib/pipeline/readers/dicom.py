@@ -56,6 +56,8 @@ class Slice:
     modality: str = ""  # Modality (0008,0060): CT, MR, PT, ...
     padding: tuple[float, float, float] | None = None  # PixelPaddingValue (to its range limit) rescaled, and slope
     image_type: str = ""  # ImageType (0008,0008): ORIGINAL\PRIMARY\AXIAL, ...\LOCALIZER
+    rescale: tuple[float, float] | None = None  # a frame of a multi-frame file: its own (slope, intercept)
+    content: tuple = ()  # a frame: what tells the volumes of a file apart (stack, phase, echo; see .dicom_frames)
 
 
 def read_series(folder: Path, limit: int | None = None) -> tuple[sitk.Image, list[str]]:
@@ -105,7 +107,7 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
     if len(slices) == 1 and slices[0].size[2:] and slices[0].size[2] > 1:  # one multi-frame file: its frames
         from .dicom_frames import open_multi_frame  # here: it builds on this module's slices and checks
 
-        return open_multi_frame(slices[0], reader, folder, limit, warnings, unread)
+        return open_multi_frame(slices[0], folder, limit, warnings, unread)
     for s in slices:
         if s.position is None:  # frames of several multi-frame files are not stacked
             raise InputError(
@@ -136,20 +138,30 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
             f"{folder.name} has {ordered[0].components} components per voxel", "use one scalar volume per channel"
         )
     if grid is not None:
-        angle = f"{grid.degrees:.1f}" if grid.degrees >= 0.95 else f"{grid.degrees:.2g}"  # 0.03, never 0.0
-        warnings.append(
-            f"the DICOM slices in {folder.name} are tilted by {angle} degrees (a gantry tilt): resampled "
-            f"onto a regular grid of {' x '.join(str(n) for n in grid.size)} voxels"
-        )
-    declared = _grid(ordered) if grid is None else Grid(grid.size, _affine(grid.direction, grid.spacing))
+        warnings.append(tilt_warning(grid, f"slices in {folder.name}"))
     return OpenedImage(
         _values(ordered[0], len(files)) if grid is None else int(np.prod(grid.size)),  # tilted: the grid resampled
         lambda: (_read_files(reader, files, ordered, folder, limit, grid), warnings),
         ordered[0].modality,
-        declared,
+        declared_grid(ordered, grid),
         uid,
         _description(files[0]),
     )
+
+
+def tilt_warning(grid, what: str) -> str:
+    """The warning that ``what`` (``slices in ct``) were resampled from a gantry tilt onto ``grid``."""
+    angle = f"{grid.degrees:.1f}" if grid.degrees >= 0.95 else f"{grid.degrees:.2g}"  # 0.03, never 0.0
+    return (
+        f"the DICOM {what} are tilted by {angle} degrees (a gantry tilt): resampled onto a regular grid of "
+        f"{' x '.join(str(n) for n in grid.size)} voxels"
+    )
+
+
+def declared_grid(ordered: list[Slice], tilted=None) -> Grid:
+    """The grid the slices (or frames) in order make, or the :class:`.dicom_tilt.TiltedGrid` they are resampled onto
+    (its origin left at 0): what the run's memory check counts before any voxel is read."""
+    return _grid(ordered) if tilted is None else Grid(tilted.size, _affine(tilted.direction, tilted.spacing))
 
 
 def _grid(ordered: list[Slice]) -> Grid:
@@ -466,8 +478,7 @@ def _read_files(
 ) -> sitk.Image:
     """The slices' voxels stacked (``tilted``: the :class:`.dicom_tilt.TiltedGrid` to resample them onto)."""
     first = slices[0]
-    frames = first.size[2] if len(first.size) > 2 else 1
-    sizes = (*first.size[:2], frames * len(files)) + ((first.components,) if first.components > 1 else ())
+    sizes = (*first.size[:2], len(files)) + ((first.components,) if first.components > 1 else ())
     # slices whose stored values and rescale give other value types (a rescale or pixel representation that changes
     # from slice to slice): GDCM rescales each slice with its own, into float32 rather than the first slice's type
     pixel_id = first.pixel if all(s.pixel == first.pixel for s in slices) else sitk.sitkFloat32
@@ -478,12 +489,8 @@ def _read_files(
         # also the float32 values and weights interpolated apart (see .dicom_tilt.untilted)
         extra = 12 if any(s.padding for s in slices) else 4
         check_size(tilted.size, pixel, pixel_bytes(pixel_id) + extra, folder.name, limit)
-    if frames > 1:  # one multi-frame file: the series reader would make it a 4D image of one volume
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(files[0])
-    else:
-        reader.SetFileNames(files)
-        reader.SetOutputPixelType(pixel_id if pixel_id != first.pixel else sitk.sitkUnknown)
+    reader.SetFileNames(files)
+    reader.SetOutputPixelType(pixel_id if pixel_id != first.pixel else sitk.sitkUnknown)
     try:
         with quiet_itk():
             image = reader.Execute()
@@ -500,20 +507,26 @@ def _read_files(
             )
         padded = _padding_mask(image, slices)  # kept out of the interpolation: no padding smeared into the body
         return untilted(_without_padding(image, padded), tilted, padded)
-    if len(files) > 1 and not _placed_as_declared(image, slices):
+    if not _placed_as_declared(image, slices):
         raise InputError(
             f"the DICOM reader placed the slices of {folder.name} elsewhere than their headers say",
             "export the series again, or convert it to NRRD in Slicer",
         )
-    return _without_padding(image, _padding_mask(image, slices * image.GetSize()[2] if len(slices) == 1 else slices))
+    return _without_padding(image, _padding_mask(image, slices))
 
 
 def _padding_mask(image: sitk.Image, slices: list[Slice]) -> np.ndarray | None:
     """The voxels (k, j, i) its slices' PixelPaddingValue marks (outside the scanner's field of view); None when
     there are none, or nothing else."""
-    if image.GetNumberOfComponentsPerPixel() != 1 or not any(s.padding for s in slices):
+    if image.GetNumberOfComponentsPerPixel() != 1:
         return None
-    view = sitk.GetArrayViewFromImage(image)  # (k, j, i)
+    return padding_mask(sitk.GetArrayViewFromImage(image), slices)
+
+
+def padding_mask(view: np.ndarray, slices: list[Slice]) -> np.ndarray | None:
+    """:func:`_padding_mask` of the values ``view`` (k, j, i), slice k holding ``slices[k]``'s."""
+    if not any(s.padding for s in slices):
+        return None
     mask = np.zeros(view.shape, bool)
     for k, s in enumerate(slices):
         if s.padding:
@@ -526,17 +539,24 @@ def _without_padding(image: sitk.Image, mask: np.ndarray | None) -> sitk.Image:
     """``image`` with the padding voxels ``mask`` marks (:func:`_padding_mask`) set to the lowest other value, where
     padding would read higher than that: GDCM reads padding as a value (e.g. 63536 with intercept -1024 as 62512 HU,
     a bright ring around the body), and a value below the body's is harmless."""
-    if mask is None:
-        return image
-    view = sitk.GetArrayViewFromImage(image)
-    lowest = view[~mask].min()
-    if view[mask].min() <= lowest:
+    if mask is None or not _pads_high(sitk.GetArrayViewFromImage(image), mask):
         return image
     array = sitk.GetArrayFromImage(image)
-    array[mask] = lowest
+    fill_padding(array, mask)
     cleaned = sitk.GetImageFromArray(array)
     cleaned.CopyInformation(image)
     return cleaned
+
+
+def _pads_high(view: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether the padding ``mask`` marks reads higher than the lowest other value (the only case it harms)."""
+    return bool(view[mask].min() > view[~mask].min())
+
+
+def fill_padding(array: np.ndarray, mask: np.ndarray | None) -> None:
+    """Set the padding voxels ``mask`` marks in ``array`` to the lowest other value, where padding reads higher."""
+    if mask is not None and _pads_high(array, mask):
+        array[mask] = array[~mask].min()
 
 
 def _placed_as_declared(image: sitk.Image, slices: list[Slice]) -> bool:
