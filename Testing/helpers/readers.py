@@ -209,6 +209,7 @@ def write_enhanced_ct(
     frame_groups=None,
     sop_class="1.2.840.10008.5.1.4.1.1.2.1",
     modality="CT",
+    instance=1,
 ) -> Path:
     """One enhanced (multi-frame) CT file: frames of ``array_kji`` (stored values) at ``positions`` along z (default
     k * spacing) with pixel spacing, orientation and rescale in the shared functional groups and each frame's position
@@ -219,7 +220,7 @@ def write_enhanced_ct(
     ``frame_rescales`` (slope, intercept), ``frame_spacings`` (column, row spacing), ``frame_orientations`` (6
     direction cosines), ``origins`` (in-plane x, y of its position, e.g. a gantry tilt), ``frame_groups`` (more
     functional groups: ``{"FrameContentSequence": {"TemporalPositionIndex": 2}}``). ``padding``: PixelPaddingValue,
-    or (value, range limit); ``unsigned``: unsigned stored values."""
+    or (value, range limit); ``unsigned``: unsigned stored values; ``instance``: its InstanceNumber, in its UID."""
     from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
     from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian
@@ -229,13 +230,13 @@ def write_enhanced_ct(
     positions = [k * spacing[2] for k in range(len(array))] if positions is None else positions
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.2.1125.7.1"
+    meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.2.1125.7.1.{instance}"
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.PatientName, ds.PatientID = modality, "Test^Patient", "P1"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.2.1125.7", "1.2.826.0.1.3680043.2.1125.7.2"
-    ds.InstanceNumber, ds.NumberOfFrames = 1, len(order)
+    ds.InstanceNumber, ds.NumberOfFrames = instance, len(order)
     ds.Rows, ds.Columns = array.shape[1:]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(not unsigned)

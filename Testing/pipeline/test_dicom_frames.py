@@ -18,6 +18,13 @@ def hounsfield(stored: np.ndarray, rescales) -> np.ndarray:
     return np.stack([stored[k] * slope + intercept for k, (slope, intercept) in enumerate(rescales)])
 
 
+def outside_the_circle() -> np.ndarray:
+    """The (j, i) pixels of a frame outside the scanner's circular field of view."""
+    rows, columns = STORED.shape[1:]
+    jj, ii = np.mgrid[:rows, :columns]
+    return (jj - rows / 2 + 0.5) ** 2 + (ii - columns / 2 + 0.5) ** 2 > (rows / 2) ** 2
+
+
 def short_line(error: InputError) -> None:
     line = f"error: {error}"
     assert "\n" not in line and len(line) <= 200, line
@@ -79,9 +86,7 @@ def test_a_frame_with_rescale_slope_zero_is_refused(tmp_path):
 def test_pixel_padding_in_an_enhanced_ct_reads_as_the_lowest_value(tmp_path, padding, unsigned, rescales):
     """Before: PixelPaddingValue was compared with the values GDCM read without the frames' rescale: a GE-style
     63536 (62512 HU) stayed a bright ring around the body."""
-    rows, columns = STORED.shape[1:]
-    jj, ii = np.mgrid[:rows, :columns]
-    outside = (jj - rows / 2 + 0.5) ** 2 + (ii - columns / 2 + 0.5) ** 2 > (rows / 2) ** 2
+    outside = outside_the_circle()
     stored = STORED.astype(np.int64) + 100  # body 100 to 3099: clear of the 4000-4095 padding range
     low, high = padding if isinstance(padding, tuple) else (padding, padding)
     stored[:, outside] = low + np.arange(np.count_nonzero(outside)) % (high - low + 1)  # every value of the range
@@ -246,3 +251,28 @@ def test_the_grid_a_tilted_enhanced_ct_declares_is_the_grid_read(tmp_path):
     volume = opened()
     assert opened.grid.shape == volume.grid.shape == (20 + 7, 16, 12)
     assert opened.values == volume.array.size
+
+
+def test_a_series_of_one_frame_enhanced_files_is_read_as_a_series(tmp_path):
+    """Siemens XA-style exports: a series of enhanced CT/MR files of one frame each, their position and rescale in
+    functional groups (here two rescales, and GE-style padding). Before: refused, "has no position or orientation
+    (this is not a volume series (e.g. a screenshot ...": the top-level tags a classic slice has are not there."""
+    outside = outside_the_circle()
+    stored = STORED.astype(np.int64)
+    stored[:, outside] = 63536
+    for k in range(12):
+        write_enhanced_ct(
+            tmp_path / "ct" / f"E{k:03d}.dcm",
+            stored[k : k + 1],
+            unsigned=True,
+            frame_rescales=HALVES[k : k + 1],
+            positions=[2.5 * k],
+            instance=k + 1,
+            padding=63536,
+        )
+    volume = read_volume(tmp_path / "ct")
+    array, body = volume.array.transpose(2, 1, 0), hounsfield(stored, HALVES)
+    np.testing.assert_array_equal(array[:, ~outside], body[:, ~outside])
+    assert np.all(array[:, outside] == body[:, ~outside].min())
+    np.testing.assert_allclose(volume.affine, AFFINE, atol=1e-6)
+    assert volume.warnings == []

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..geometry import Grid
-from .dicom_meta import dicom_file_class, modality_matches
+from .dicom_meta import ENHANCED_CLASSES, dicom_file_class, modality_matches
 from .dicom_tilt import in_plane_shift, tilt_step, tilted_grid, untilted
 from .header import OpenedImage, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
@@ -299,14 +299,15 @@ def _slice_info(file: str, folder: Path) -> Slice:
             "export the series again",
         )
     size = tuple(int(s) for s in reader.GetSize())
-    if (position is None or orientation is None) and size[2:] and size[2] > 1:
-        position = orientation = None  # an enhanced multi-frame file: its frames carry their positions
+    sop_class = reader.GetMetaData(SOP_CLASS).strip(" \0") if reader.HasMetaDataKey(SOP_CLASS) else ""
+    if (position is None or orientation is None) and ((size[2:] and size[2] > 1) or sop_class in ENHANCED_CLASSES):
+        position = orientation = None  # an enhanced or multi-frame file: its frames carry their positions
     elif position is None or orientation is None:
         raise InputError(
             f"the DICOM slice {Path(file).name} in {folder.name} has no position or orientation",
             "this is not a volume series (e.g. a screenshot or a report): pick the CT/MR series",
         )
-    return Slice(
+    found = Slice(
         file,
         size,
         tuple(float(s) for s in reader.GetSpacing()[:2]),
@@ -314,11 +315,16 @@ def _slice_info(file: str, folder: Path) -> Slice:
         reader.GetNumberOfComponents(),
         position,
         None if orientation is None else orientation.reshape(2, 3),
-        reader.GetMetaData(SOP_CLASS).strip(" \0") if reader.HasMetaDataKey(SOP_CLASS) else "",
+        sop_class,
         reader.GetMetaData(MODALITY).strip(" \0").upper() if reader.HasMetaDataKey(MODALITY) else "",
         _padding(reader),
         reader.GetMetaData(IMAGE_TYPE).strip(" \0").upper() if reader.HasMetaDataKey(IMAGE_TYPE) else "",
     )
+    if position is None and size[2:] and size[2] == 1:  # one frame of an enhanced file: a series' slice
+        from .dicom_frames import single_frame  # here: it builds on this module's slices
+
+        return single_frame(found, folder)
+    return found
 
 
 def _padding(reader: sitk.ImageFileReader) -> tuple[float, float, float] | None:

@@ -11,6 +11,7 @@ volumes (phases, stacks, echoes) or no scanner volume (a secondary capture, an R
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,18 +31,11 @@ from .dicom import (
     padding_mask,
     tilt_warning,
 )
+from .dicom_meta import ENHANCED_CLASSES
 from .dicom_tilt import tilt_step, tilted_grid, untilted
 from .header import OpenedImage, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
 
-ENHANCED = {  # frames placed by their functional groups
-    "1.2.840.10008.5.1.4.1.1.2.1": "an enhanced CT",
-    "1.2.840.10008.5.1.4.1.1.2.2": "a legacy converted enhanced CT",
-    "1.2.840.10008.5.1.4.1.1.4.1": "an enhanced MR",
-    "1.2.840.10008.5.1.4.1.1.4.4": "a legacy converted enhanced MR",
-    "1.2.840.10008.5.1.4.1.1.130": "an enhanced PET",
-    "1.2.840.10008.5.1.4.1.1.128.1": "a legacy converted enhanced PET",
-}
 ONE_PLANE = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.128"}  # CT, MR, PET
 NOT_VOLUMES = {  # SOP class UID prefix: what the file is, and what to pass instead
     "1.2.840.10008.5.1.4.1.1.7": (
@@ -100,13 +94,20 @@ def _check_kind(file: Slice, name: str) -> None:
     for prefix, (what, instead) in NOT_VOLUMES.items():
         if file.sop_class == prefix or file.sop_class.startswith(prefix + "."):
             raise InputError(f"{name} is {what}", instead)
-    known = ONE_PLANE if file.position is not None else set(ENHANCED)
+    known = ONE_PLANE if file.position is not None else set(ENHANCED_CLASSES)
     if file.sop_class and file.sop_class not in known:
         raise InputError(
             f"{name} is a multi-frame {_class_name(file.sop_class)} file: its frames are not known to be one "
             "volume's slices (e.g. a cine loop)",
             "pass a CT/MR series, or convert a volume to NRRD in Slicer",
         )
+
+
+def single_frame(file: Slice, folder: Path) -> Slice:
+    """The one frame of an enhanced file as a series' slice (Siemens XA-style exports write a series of them):
+    placed and rescaled by its functional groups, as GDCM reads it."""
+    frame = _frames(file, folder)[0][0]
+    return replace(frame, file=file.file, sop_class=file.sop_class, modality=file.modality, image_type=file.image_type)
 
 
 def _class_name(uid: str) -> str:
@@ -137,7 +138,7 @@ def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float]
         shared = (ds.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
         groups = ds.get("PerFrameFunctionalGroupsSequence") or []
         own = _rescale(ds) or (1.0, 0.0)
-        applied = _rescale(_item(shared)) or (_rescale(_item(groups[0])) if groups else None)
+        applied = _rescale(_item(shared), both=True) or (_rescale(_item(groups[0]), both=True) if groups else None)
         padding = [float(v) for v in (ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit")) if v is not None]
         frames = []
         for number, group in enumerate(groups, 1):
@@ -186,9 +187,11 @@ def _item(group, sequence: str = "PixelValueTransformationSequence"):
     return items[0] if items else None
 
 
-def _rescale(item) -> tuple[float, float] | None:
-    """(slope, intercept) a dataset (a file, a PixelValueTransformationSequence item) gives; None for neither."""
-    if item is None or ("RescaleSlope" not in item and "RescaleIntercept" not in item):
+def _rescale(item, both: bool = False) -> tuple[float, float] | None:
+    """(slope, intercept) a dataset (a file, a PixelValueTransformationSequence item) gives; None for neither
+    (``both``: None unless it gives both, as GDCM reads a functional group's)."""
+    given = [keyword in item for keyword in ("RescaleSlope", "RescaleIntercept")] if item is not None else [False]
+    if not (all(given) if both else any(given)):
         return None
     slope, intercept = item.get("RescaleSlope"), item.get("RescaleIntercept")
     return float(1.0 if slope is None else slope), float(0.0 if intercept is None else intercept)
