@@ -276,3 +276,12 @@ def test_a_series_of_one_frame_enhanced_files_is_read_as_a_series(tmp_path):
     assert np.all(array[:, outside] == body[:, ~outside].min())
     np.testing.assert_allclose(volume.affine, AFFINE, atol=1e-6)
     assert volume.warnings == []
+
+
+def test_two_phases_whose_frames_interleave_into_a_regular_grid_are_refused(tmp_path):
+    """Phase 1 at 0, 5, 10 ... mm and phase 2 at 2.5, 7.5 ... mm make one regular 2.5 mm grid: before, read as one
+    volume that alternates between the phases' contrast from slice to slice."""
+    groups = [{"FrameContentSequence": {"TemporalPositionIndex": 1 + k % 2}} for k in range(12)]
+    path = write_enhanced_ct(tmp_path / "ct" / "ENH.dcm", STORED, frame_groups=groups)
+    with pytest.raises(InputError, match=r"ENH.dcm holds 2 temporal positions \(TemporalPositionIndex 1, 2\) of 6"):
+        read_volume(path)

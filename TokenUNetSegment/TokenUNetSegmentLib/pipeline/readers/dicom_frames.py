@@ -64,12 +64,12 @@ def open_multi_frame(file: Slice, folder: Path, limit, warnings: list[str], unre
     if file.components > 1:
         raise InputError(f"{name} has {file.components} components per voxel", "use one scalar volume per channel")
     frames, applied = _frames(file, folder) if file.position is None else (_frames_of_one_plane(file), None)
+    several = _several_volumes(frames, name)  # also where they interleave into one regular grid
+    if several is not None:
+        raise several
     try:
         ordered, uneven = check_slices(frames, name, tilt=True)
     except InputError as error:
-        several = _several_volumes(frames, name)
-        if several is not None:
-            raise several from None
         if unread:
             raise InputError(f"{error.message}; {len(unread)} damaged file(s) left out", "export it again") from None
         raise
@@ -208,8 +208,8 @@ def _key(frame, shared, sequence: str, keyword: str):
 
 
 def _several_volumes(frames: list[Slice], name: str) -> InputError | None:
-    """The refusal of a file whose frames make no grid because it holds several volumes told apart by one of
-    :data:`VOLUME_KEYS` (phases of a multi-phase CT, stacks, echoes); None when none of them differs."""
+    """The refusal of a file that holds several volumes told apart by one of :data:`VOLUME_KEYS` (phases of a
+    multi-phase CT, stacks, echoes), whether or not their frames happen to make one grid; None when none differs."""
     for index, (_, keyword, what) in enumerate(VOLUME_KEYS):
         values = [f.content[index] if f.content else None for f in frames]
         kinds = sorted({v for v in values if v is not None}, key=lambda v: (isinstance(v, str), str(v).zfill(12)))
