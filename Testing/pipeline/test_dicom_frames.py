@@ -285,3 +285,25 @@ def test_two_phases_whose_frames_interleave_into_a_regular_grid_are_refused(tmp_
     path = write_enhanced_ct(tmp_path / "ct" / "ENH.dcm", STORED, frame_groups=groups)
     with pytest.raises(InputError, match=r"ENH.dcm holds 2 temporal positions \(TemporalPositionIndex 1, 2\) of 6"):
         read_volume(path)
+
+
+def test_a_compressed_enhanced_ct_with_its_rescale_in_the_file_itself_reads_in_hounsfield_units(tmp_path):
+    """RLE-compressed frames (GDCM decodes them), each frame's own rescale, frames out of order; and a file whose
+    only rescale is its top-level RescaleSlope / RescaleIntercept (no functional group gives one)."""
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    order = [3, 1, 2, 0, 4, 5, 6, 7, 8, 9, 11, 10]
+    path = write_enhanced_ct(
+        tmp_path / "rle" / "ENH.dcm", STORED, unsigned=True, frame_rescales=EVERY_FRAME, order=order
+    )
+    ds = pydicom.dcmread(path)
+    ds.compress(RLELossless)
+    ds.save_as(path)
+    np.testing.assert_array_equal(read_volume(path).array, hounsfield(STORED, EVERY_FRAME).transpose(2, 1, 0))
+    path = write_enhanced_ct(tmp_path / "top" / "ENH.dcm", STORED, unsigned=True)
+    ds = pydicom.dcmread(path)
+    del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.save_as(path)
+    np.testing.assert_array_equal(read_volume(path).array, hounsfield(STORED, SIEMENS).transpose(2, 1, 0))
