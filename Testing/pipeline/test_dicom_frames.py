@@ -307,3 +307,20 @@ def test_a_compressed_enhanced_ct_with_its_rescale_in_the_file_itself_reads_in_h
     ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
     ds.save_as(path)
     np.testing.assert_array_equal(read_volume(path).array, hounsfield(STORED, SIEMENS).transpose(2, 1, 0))
+
+
+def test_a_damaged_functional_group_is_refused_plainly(tmp_path, capsys):
+    """A byte flip in a frame's PlanePositionSequence (its VR SQ read as NQ), found by flipping bytes at random:
+    before, pydicom's NotImplementedError reached the user as an internal error with a traceback."""
+    from TokenUNetSegmentLib.pipeline import cli
+
+    path = write_enhanced_ct(tmp_path / "ct" / "ENH.dcm", STORED)
+    data = path.read_bytes()
+    at = data.index(b"\x20\x00\x13\x91SQ")  # (0020,9113) PlanePositionSequence, explicit VR
+    path.write_bytes(data[: at + 4] + b"NQ" + data[at + 6 :])
+    with pytest.raises(InputError, match=r"the DICOM file ENH.dcm in ct cannot be read") as error:
+        read_volume(path)
+    short_line(error.value)
+    out = tmp_path / "out"
+    assert cli.main(["segment", str(path), "--out", str(out)]) == 2
+    assert "Traceback" not in capsys.readouterr().err and not out.exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from warnings import catch_warnings, simplefilter
 
 import numpy as np
 import SimpleITK as sitk
@@ -111,6 +112,7 @@ def single_frame(file: Slice, folder: Path) -> Slice:
 
 
 def _class_name(uid: str) -> str:
+    """A SOP class's name (``Ultrasound Multi-frame Image``) where pydicom knows it."""
     try:
         from pydicom.uid import UID
 
@@ -127,14 +129,15 @@ def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float]
     name = Path(file.file).name
     try:
         import pydicom
-        from pydicom.errors import InvalidDicomError
     except ImportError:
         raise InputError(
             f"{name} is an enhanced multi-frame DICOM file: checking its frames' positions needs pydicom",
             "pip install pydicom, or convert it to NRRD in Slicer",
         ) from None
     try:
-        ds = pydicom.dcmread(file.file, stop_before_pixels=True)
+        with catch_warnings():  # pydicom's own about odd values: not the user's to read on stderr
+            simplefilter("ignore")
+            ds = pydicom.dcmread(file.file, stop_before_pixels=True)
         shared = (ds.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
         groups = ds.get("PerFrameFunctionalGroupsSequence") or []
         own = _rescale(ds) or (1.0, 0.0)
@@ -169,7 +172,9 @@ def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float]
                     content=tuple(_key(group, shared, sequence, keyword) for sequence, keyword, _ in VOLUME_KEYS),
                 )
             )
-    except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, KeyError) as error:
+    except (InputError, MemoryError):
+        raise
+    except Exception as error:  # a damaged file: pydicom raises many kinds (an unknown VR: NotImplementedError)
         raise InputError(
             f"the DICOM file {name} in {folder.name} cannot be read: {error}"[:160], "export it again"
         ) from None
