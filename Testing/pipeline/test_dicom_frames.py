@@ -324,3 +324,37 @@ def test_a_damaged_functional_group_is_refused_plainly(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main(["segment", str(path), "--out", str(out)]) == 2
     assert "Traceback" not in capsys.readouterr().err and not out.exists()
+
+
+def dimension_indices(path, pointers, values):
+    """Give the file a DimensionIndexSequence of ``pointers`` (tags) and frame k the DimensionIndexValues
+    ``values[k]`` (frames in file order)."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    ds = pydicom.dcmread(path)
+    ds.DimensionIndexSequence = [Dataset() for _ in pointers]
+    for item, pointer in zip(ds.DimensionIndexSequence, pointers, strict=True):
+        item.DimensionIndexPointer = pointer
+    for frame, value in zip(ds.PerFrameFunctionalGroupsSequence, values, strict=True):
+        frame.FrameContentSequence = [Dataset()]
+        frame.FrameContentSequence[0].DimensionIndexValues = list(value)
+    ds.save_as(path)
+    return path
+
+
+def test_a_time_dimension_index_that_splits_the_frames_into_volumes_is_refused(tmp_path):
+    """A dimension that is time (TriggerTime, 0018,1060) indexing two volumes at the same positions, with no
+    TemporalPositionIndex; a per-frame acquisition counter (one value per frame) and a stack with its in-stack
+    positions (the usual single volume) are read."""
+    trigger, in_stack, stack, counter = 0x00181060, 0x00209057, 0x00209056, 0x00209156
+    path = write_enhanced_ct(tmp_path / "ct" / "ENH.dcm", PHASES, positions=AT_TWICE)
+    dimension_indices(path, [trigger, in_stack], [(1 + k // 12, 1 + k % 12) for k in range(24)])
+    with pytest.raises(InputError, match=r"holds 2 volumes \(dimension index TriggerTime 1, 2\) of 12 frames each"):
+        read_volume(path)
+    path = dimension_indices(
+        write_enhanced_ct(tmp_path / "one" / "ENH.dcm", STORED),
+        [stack, in_stack, counter],
+        [(1, 1 + k, 1 + k) for k in range(12)],
+    )
+    np.testing.assert_array_equal(read_volume(path).array, STORED.transpose(2, 1, 0))

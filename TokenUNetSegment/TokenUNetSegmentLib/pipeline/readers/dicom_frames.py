@@ -54,7 +54,9 @@ VOLUME_KEYS = (  # (functional group, attribute, what frames differing in it are
     ("MREchoSequence", "EffectiveEchoTime", "echoes"),
     ("MRDiffusionSequence", "DiffusionBValue", "diffusion b-values"),
     ("CardiacSynchronizationSequence", "NominalCardiacTripDelay", "cardiac phases"),
+    ("CardiacSynchronizationSequence", "NominalPercentageOfCardiacPhase", "cardiac phases"),
 )
+SPATIAL_DIMENSIONS = {0x00209057, 0x00200032, 0x00201041}  # InStackPositionNumber, ImagePositionPatient, SliceLocation
 
 
 def open_multi_frame(file: Slice, folder: Path, limit, warnings: list[str], unread: list[str]) -> OpenedImage:
@@ -140,6 +142,11 @@ def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float]
             ds = pydicom.dcmread(file.file, stop_before_pixels=True)
         shared = (ds.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
         groups = ds.get("PerFrameFunctionalGroupsSequence") or []
+        pointers = [
+            int(d.DimensionIndexPointer)
+            for d in ds.get("DimensionIndexSequence") or []
+            if d.get("DimensionIndexPointer")
+        ]
         own = _rescale(ds) or (1.0, 0.0)
         applied = _rescale(_item(shared), both=True) or (_rescale(_item(groups[0]), both=True) if groups else None)
         padding = [float(v) for v in (ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit")) if v is not None]
@@ -169,7 +176,11 @@ def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float]
                     orientation.reshape(2, 3),
                     padding=None if ends is None else (ends[0], ends[1], abs(slope)),
                     rescale=(slope, intercept),
-                    content=tuple(_key(group, shared, sequence, keyword) for sequence, keyword, _ in VOLUME_KEYS),
+                    content=tuple(
+                        (keyword, what, _key(group, shared, sequence, keyword))
+                        for sequence, keyword, what in VOLUME_KEYS
+                    )
+                    + _dimensions(group, pointers),
                 )
             )
     except (InputError, MemoryError):
@@ -212,12 +223,33 @@ def _key(frame, shared, sequence: str, keyword: str):
     return None
 
 
+def _dimensions(group, pointers: list[int]) -> tuple:
+    """The frame's index along each of the file's non-spatial dimensions (DimensionIndexValues against the
+    DimensionIndexSequence's pointers: a time, a phase, an echo, ...), as :attr:`Slice.content` entries."""
+    from pydicom.datadict import keyword_for_tag
+
+    item = _item(group, "FrameContentSequence")
+    values = item.get("DimensionIndexValues") if item is not None else None
+    values = [] if values is None else [values] if isinstance(values, int) else list(values)
+    return tuple(
+        (f"dimension index {keyword_for_tag(pointer) or f'{pointer:08X}'}", "volumes", int(value))
+        for pointer, value in zip(pointers, values, strict=False)
+        if pointer not in SPATIAL_DIMENSIONS
+    )
+
+
 def _several_volumes(frames: list[Slice], name: str) -> InputError | None:
     """The refusal of a file that holds several volumes told apart by one of :data:`VOLUME_KEYS` (phases of a
-    multi-phase CT, stacks, echoes), whether or not their frames happen to make one grid; None when none differs."""
-    for index, (_, keyword, what) in enumerate(VOLUME_KEYS):
-        values = [f.content[index] if f.content else None for f in frames]
+    multi-phase CT, stacks, echoes) or by a non-spatial dimension index shared by several frames each, whether or
+    not their frames happen to make one grid; None when none differs."""
+    keys: dict[str, tuple[str, list]] = {}
+    for k, frame in enumerate(frames):
+        for keyword, what, value in frame.content:
+            keys.setdefault(keyword, (what, [None] * len(frames)))[1][k] = value
+    for keyword, (what, values) in keys.items():
         kinds = sorted({v for v in values if v is not None}, key=lambda v: (isinstance(v, str), str(v).zfill(12)))
+        if what == "volumes" and len(kinds) == len(frames):  # one per frame: an order, not volumes
+            continue
         if len(kinds) > 1:
             counts = sorted({values.count(v) for v in kinds})
             each = f"{counts[0]} frames each" if len(counts) == 1 else f"{counts[0]} to {counts[-1]} frames"
