@@ -24,7 +24,9 @@ from .dicom import (
     SLICE_STEP,
     Slice,
     _numbers,
+    _padding_mask,
     _values,
+    _without_padding,
     check_slices,
     declared_grid,
     fill_padding,
@@ -334,13 +336,8 @@ def _read_frames(file: Slice, frames: list[Slice], ordered: list[Slice], applied
             f"{' x '.join(map(str, sizes))}",
             "convert it to NRRD in Slicer, or export classic single-frame slices",
         )
-    if not copied:
-        mask = padding_mask(sitk.GetArrayViewFromImage(image), ordered)
-        if mask is not None:
-            array = sitk.GetArrayFromImage(image)
-            fill_padding(array, mask)
-            image = sitk.GetImageFromArray(array)
-        return _placed(image, ordered)
+    if not copied:  # GDCM's image as it is, its padding (if it reads high) replaced in a copy as a series'
+        return _placed(_without_padding(image, _padding_mask(image, ordered)), ordered)
     view = sitk.GetArrayViewFromImage(image)  # (k, j, i), frames in file order
     array = np.empty(view.shape, np.float32 if rescaled else view.dtype)
     for k, source in enumerate(order):
