@@ -497,14 +497,7 @@ def _read_files(
         check_size(tilted.size, pixel, pixel_bytes(pixel_id) + extra, folder.name, limit)
     reader.SetFileNames(files)
     reader.SetOutputPixelType(pixel_id if pixel_id != first.pixel else sitk.sitkUnknown)
-    try:
-        with quiet_itk():
-            image = reader.Execute()
-    except RuntimeError as error:
-        raise InputError(
-            f"cannot read the DICOM series in {folder.name}: {itk_error_text(error)}",
-            "the series may be damaged or compressed in an unsupported way: export it again",
-        ) from None
+    image = execute(reader, f"the DICOM series in {folder.name}", "series")
     if tilted is not None:  # GDCM stacks tilted slices as it can; their own positions place them
         if image.GetSize()[2] != len(slices) or not np.allclose(image.GetOrigin(), first.position, atol=1e-3):
             raise InputError(
@@ -519,6 +512,19 @@ def _read_files(
             "export the series again, or convert it to NRRD in Slicer",
         )
     return _without_padding(image, _padding_mask(image, slices))
+
+
+def execute(reader, what: str, kind: str) -> sitk.Image:
+    """The voxels ``reader`` reads, GDCM's failure as the user's error naming ``what`` (``the DICOM series in ct``),
+    a ``kind`` (series, file) that may be damaged or compressed in a way GDCM cannot decode."""
+    try:
+        with quiet_itk():
+            return reader.Execute()
+    except RuntimeError as error:
+        raise InputError(
+            f"cannot read {what}: {itk_error_text(error)}",
+            f"the {kind} may be damaged or compressed in an unsupported way: export it again",
+        ) from None
 
 
 def _padding_mask(image: sitk.Image, slices: list[Slice]) -> np.ndarray | None:

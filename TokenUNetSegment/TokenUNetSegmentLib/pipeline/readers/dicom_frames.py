@@ -29,6 +29,7 @@ from .dicom import (
     _without_padding,
     check_slices,
     declared_grid,
+    execute,
     fill_padding,
     in_plane_tolerance,
     padding_mask,
@@ -37,7 +38,7 @@ from .dicom import (
 from .dicom_meta import ENHANCED_CLASSES
 from .dicom_tilt import tilt_step, tilted_grid, untilted
 from .header import OpenedImage, check_size
-from .itk import itk_error_text, pixel_bytes, quiet_itk
+from .itk import pixel_bytes, quiet_itk
 
 ONE_PLANE = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.128"}  # CT, MR, PET
 NOT_VOLUMES = {  # SOP class UID prefix: what the file is, and what to pass instead
@@ -322,14 +323,7 @@ def _read_frames(file: Slice, frames: list[Slice], ordered: list[Slice], applied
         check_size(tilted.size, "32-bit float", 4 + (12 if any(f.padding for f in frames) else 4), name, limit)
     reader = sitk.ImageFileReader()
     reader.SetFileName(file.file)
-    try:
-        with quiet_itk():
-            image = reader.Execute()
-    except RuntimeError as error:
-        raise InputError(
-            f"cannot read the DICOM file {name}: {itk_error_text(error)}",
-            "the file may be damaged or compressed in an unsupported way: export it again",
-        ) from None
+    image = execute(reader, f"the DICOM file {name}", "file")
     if image.GetDimension() != 3 or image.GetSize() != sizes:
         raise InputError(
             f"the DICOM reader read {name} as {' x '.join(map(str, image.GetSize()))} voxels where its frames make "
