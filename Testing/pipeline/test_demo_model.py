@@ -133,3 +133,18 @@ def test_the_model_card_says_how_far_its_confidence_ranked_held_out_results():
     card = build.model_card(metadata, 2_000_000)
     assert "## How far to trust the confidence" in card and "3 organs found with a known truth" in card
     assert "| 0.8-1.0 | 1 | 0.85 | 100 % |" in card
+
+
+def test_the_shipped_card_says_how_far_the_confidence_ranked_held_out_results(store):
+    """The installed package records the held-out folds' calibration (from fold tables that carry confidences) and
+    its card shows it (``build.py --card-only``)."""
+    path = store.resolve(None)
+    evaluation = read_metadata(path).config.training["evaluation"]
+    calibration = evaluation.get("calibration")
+    assert calibration is not None and calibration["organs"] >= 50
+    assert {fold["patient"] for fold in evaluation["lopo"]} == {"A", "B", "C"}
+    assert all("confidence" in row for fold in evaluation["lopo"] for row in fold["variants"] if row.get("dice"))
+    card = (path / "docs" / "README.md").read_text()
+    assert "## How far to trust the confidence" in card
+    assert f"{calibration['organs']} organs found with a known truth" in card
+    assert "## Seen on scans without reference labels" in card  # the card's notes are kept

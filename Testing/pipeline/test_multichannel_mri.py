@@ -122,7 +122,8 @@ def test_the_channel_count_is_checked_before_any_file_is_opened(brats_case, tmp_
     assert run_cli(package, tmp_path / "out", *paths[:3]) == 2
     assert "needs 4 input channel(s) (T1, T1c, T2, FLAIR), got 3" in capsys.readouterr().err
     assert run_cli(package, tmp_path / "out", root) == 2  # a study folder holding the four series
-    assert "got 1 (one file or DICOM series per channel (split a 4D image into 3D files))" in capsys.readouterr().err
+    hint = "got 1 (one file or DICOM series per channel, or one 4D NIfTI of them all with --channels)"
+    assert hint in capsys.readouterr().err
     # `segment case/*.nii.gz` on a BraTS training case takes its label map too
     assert run_cli(package, tmp_path / "out", *paths, root / "case_seg.nii.gz") == 2
     assert "got 5 (case_seg.nii.gz matches no channel; one file per channel)" in capsys.readouterr().err
@@ -159,7 +160,6 @@ def test_all_channels_are_counted_against_the_memory_limit_before_any_is_read(
 
     loaded = load_package(package)  # before the limit, which its network alone would exceed
     monkeypatch.setattr(volumes, "open_input", counting)
-    monkeypatch.setattr(segmentation, "open_input", counting)
     monkeypatch.setenv("TOKENUNET_MEMORY_LIMIT", "300K")
     assert run_cli(package, tmp_path / "out", *paths) == 2
     message = capsys.readouterr().err

@@ -3,6 +3,8 @@ Resources/Models/<id>/ and make it the catalog's default.
 
     .venv/bin/python scripts/demo-model/build.py RUN/package --datalist scripts/demo-model/datalist-patients.json
         [--lopo LOPO_RUNS] [--no-install]
+    .venv/bin/python scripts/demo-model/build.py TokenUNetSegment/Resources/Models/ID --card-only --lopo LOPO_RUNS \
+        --version X.Y.Z --note scripts/demo-model/card-notes.md     # the installed package's card, figures kept
 
 Measures (all recorded in the package under ``tokenunet.training.evaluation``):
 - ``sample``: Dice and HD95 on the bundled sample (a training scan: fit; the regression test reproduces it);
@@ -158,6 +160,19 @@ def lopo_comparison(folders: dict[str, Path], lopo: list[dict]) -> list[dict]:
             values = {name: dice.get(organ) for name, dice in before.items()}
             rows.append({"patient": result["patient"], "organ": organ, "before": values, "after": value})
     return rows
+
+
+def recorded_evaluation(cfg: dict, lopo: Path | None, previous_lopo: list[str] | None) -> dict:
+    """The figures an installed package recorded (sample, robustness, comparisons), with its leave-one-patient-out
+    tables read again from ``lopo`` when it holds any (e.g. re-run to record confidences); nothing is re-measured on
+    the package's own weights."""
+    evaluation = dict(cfg["training"]["evaluation"])
+    folds = lopo_results(lopo)
+    if folds:
+        evaluation["lopo"] = folds
+    if previous_lopo:
+        evaluation["lopo_comparison"] = lopo_comparison(_named_folders(previous_lopo), evaluation["lopo"])
+    return evaluation
 
 
 def _named_folders(values: list[str] | None) -> dict[str, Path]:
@@ -393,7 +408,9 @@ Mean Dice {sample["mean_dice"]:.3f}.
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("package", help="the trained package (RUN/package)")
-    parser.add_argument("--datalist", type=Path, required=True, help="datalist with the patients' 'evaluation' entries")
+    parser.add_argument(
+        "--datalist", type=Path, help="datalist with the patients' 'evaluation' entries (not with --card-only)"
+    )
     parser.add_argument("--lopo", type=Path, help="folder of the leave-one-patient-out folds (fold-<P>/)")
     parser.add_argument("--no-install", action="store_true", help="print the figures, install nothing")
     parser.add_argument("--note", type=Path, help="Markdown file whose text goes in the model card")
@@ -409,6 +426,12 @@ def main() -> int:
         metavar="NAME=FOLDER",
         help="an earlier recipe's leave-one-patient-out folds (FOLDER/fold-<P>/robustness/) to compare; repeatable",
     )
+    parser.add_argument(
+        "--card-only",
+        action="store_true",
+        help="PACKAGE is an installed package: keep the figures it recorded, read only the folds (--lopo) again and "
+        "what follows from them (targets, calibration), and rewrite its metadata and model card",
+    )
     parser.add_argument("--version", default="3.0.0", help="the package version to write")
     parser.add_argument(
         "--id",
@@ -417,19 +440,24 @@ def main() -> int:
         help="install under this id (a fold's package, trained identically, has its own)",
     )
     args = parser.parse_args()
+    if args.datalist is None and not args.card_only:
+        parser.error("--datalist is required (the patients to measure the package on)")
     package = load_package(args.package)
     metadata = package.metadata.to_dict()  # a JSON-ready copy, completed below
     cfg = metadata["tokenunet"]
     cfg["id"] = args.model_id
-    trained = {case.get("patient", case["name"]) for case in cfg["training"]["data"]["training"]}
-    evaluation = {"sample": measure_sample(package)}
-    evaluation["robustness"] = robustness(package, args.datalist, trained)
-    evaluation["lopo"] = lopo_results(args.lopo)
+    if args.card_only:
+        evaluation = recorded_evaluation(cfg, args.lopo, args.previous_lopo)
+    else:
+        trained = {case.get("patient", case["name"]) for case in cfg["training"]["data"]["training"]}
+        evaluation = {"sample": measure_sample(package)}
+        evaluation["robustness"] = robustness(package, args.datalist, trained)
+        evaluation["lopo"] = lopo_results(args.lopo)
+        evaluation["baseline"] = baseline(_named_folders(args.baseline), evaluation["robustness"])
+        evaluation["lopo_comparison"] = lopo_comparison(_named_folders(args.previous_lopo), evaluation["lopo"])
     evaluation["targets"] = targets(evaluation["robustness"], evaluation["lopo"])
     held_out = [pair for result in evaluation["lopo"] for pair in confidence_pairs(result)]
     evaluation["calibration"] = summarise(held_out) if held_out else None
-    evaluation["baseline"] = baseline(_named_folders(args.baseline), evaluation["robustness"])
-    evaluation["lopo_comparison"] = lopo_comparison(_named_folders(args.previous_lopo), evaluation["lopo"])
     if args.no_install:
         print(json.dumps(evaluation, indent=2))
         return 0

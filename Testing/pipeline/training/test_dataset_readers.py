@@ -171,3 +171,72 @@ def test_recipe_config_is_a_valid_training_configuration():
     config = json.loads((RECIPE / "config.json").read_text())
     _check_config(config)
     assert [label["name"] for label in config["labels"]][:2] == ["spleen", "right kidney"]
+
+
+def brain_config():
+    """A 4-channel MR configuration (T1, T1c, T2, FLAIR) whose labels are the tumour's ('edema', 'enhancing')."""
+    config = tiny_config("brats-train", in_channels=4, labels=2, roi=(16, 16, 16), intensity={"method": "zscore"})
+    for entry, name in zip(config["inputs"], ("T1", "T1c", "T2", "FLAIR"), strict=True):
+        entry.update(name=name, modality="MR", patterns=[f"*_{name.lower()}.*"])
+    config["labels"][0]["name"], config["labels"][1]["name"] = "edema", "enhancing"
+    return config
+
+
+def test_a_decathlon_task01_of_4d_images_trains_with_its_channels_in_the_models_order(tmp_path):
+    """MSD Task01_BrainTumour: imagesTr/BRATS_00N.nii.gz of 16^3 x 4 volumes ordered FLAIR, T1w, t1gd, T2w (its
+    dataset.json's "modality"). The datalist names each volume; the training loader puts each in the package's
+    channel (T1, T1c, T2, FLAIR): the same case as from four 3D files in that order (before: refused only once read,
+    "has 4 dimensions")."""
+    root = tmp_path / "Task01_BrainTumour"
+    msd_order = ("FLAIR", "T1w", "t1gd", "T2w")
+    own = {"T1w": "t1", "t1gd": "t1c", "T2w": "t2", "FLAIR": "flair"}
+    affine = affine_from_spacing((2.0, 2.0, 2.0), origin=(-10.0, 4.0, 0.0))
+    training = []
+    for case in range(2):
+        volumes = {
+            name: image_from_array(
+                ball_phantom((16, 16, 16), (8 + index - case, 8, 8), (3 + index, 4, 5), 200.0 + 100 * index, 0.0),
+                affine,
+            )
+            for index, name in enumerate(msd_order)
+        }
+        image = root / "imagesTr" / f"BRATS_00{case}.nii.gz"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(sitk.JoinSeries([volumes[name] for name in msd_order]), str(image))
+        for name, volume in volumes.items():
+            sitk.WriteImage(volume, str(tmp_path / f"BRATS_00{case}_{own[name]}.nii.gz"))
+        label = (ball_phantom((16, 16, 16), (8, 8, 8), (3, 4, 5)) > 0).astype(np.uint8)
+        write_label = image_from_array(label + (ball_phantom((16, 16, 16), (8, 8, 8), (1, 1, 1)) > 0), affine)
+        (root / "labelsTr").mkdir(exist_ok=True)
+        sitk.WriteImage(write_label, str(root / "labelsTr" / image.name))
+        training.append({"image": f"./imagesTr/{image.name}", "label": f"./labelsTr/{image.name}"})
+    spec = {
+        "modality": dict(enumerate(msd_order)),
+        "labels": {"0": "background", "1": "edema", "2": "enhancing"},
+        "training": training,
+    }
+    (root / "dataset.json").write_text(json.dumps(spec))
+    out = tmp_path / "task01.json"
+    assert cli.main(["datalist", "decathlon", str(root), "--out", str(out)]) == 0
+    written = json.loads(out.read_text())["training"][0]
+    assert written["channels"] == list(msd_order) and written["image"] == "imagesTr/BRATS_000.nii.gz"
+    entries = read_datalist(out)["training"]
+    case = load_case(entries[0], brain_config(), 8, (16, 16, 16))
+    files = dict(entries[0], image=[str(tmp_path / f"BRATS_000_{n}.nii.gz") for n in ("t1", "t1c", "t2", "flair")])
+    del files["channels"]
+    from_files = load_case(files, brain_config(), 8, (16, 16, 16))
+    assert case.image.shape[0] == 4 and np.array_equal(case.image, from_files.image)
+    assert np.array_equal(case.label, from_files.label)
+    # a 4D image the datalist does not name, outside a dataset layout: refused in plain words
+    loose = dict(entries[0], image=[str(tmp_path / "BRATS_000.nii.gz")])
+    del loose["channels"]
+    Path(loose["image"][0]).write_bytes((root / "imagesTr" / "BRATS_000.nii.gz").read_bytes())
+    with pytest.raises(Exception, match="nothing says which channel each one is"):
+        load_case(loose, brain_config(), 8, (16, 16, 16))
+    # and train runs on the datalist (two steps)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(brain_config()))
+    run = tmp_path / "run"
+    steps = ["--steps", "2", "--val-every", "2", "--patch-size", "16", "16", "16", "--select", "last", "--threads", "1"]
+    assert cli.main(["train", str(out), "--config", str(config), "--out", str(run), *steps]) == 0
+    assert (run / "package" / "configs" / "metadata.json").is_file()

@@ -13,6 +13,7 @@ from ..pipeline.channels import match_channels
 from ..pipeline.metadata import InputChannel
 from ..pipeline.run_contract import RunState
 from .parameters import MAX_INPUTS, Parameters
+from .volume_nodes import scalar_components
 
 _translate = str
 
@@ -129,6 +130,18 @@ def misplaced_input(parameters: Parameters, model: ModelInfo | None) -> tuple[st
     return None
 
 
+def multi_component_input(parameters: Parameters, model: ModelInfo | None) -> tuple[str, int] | None:
+    """(volume name, its components per voxel) of the first selected input volume with more than one value per
+    voxel (a color, vector or multi-frame volume), else None."""
+    if model is None:
+        return None
+    for node in parameters.inputs(len(model.input_names)):
+        components = scalar_components(node)
+        if components > 1:
+            return node.GetName(), components
+    return None
+
+
 def view_state(
     parameters: Parameters,
     model: ModelInfo | None,
@@ -159,6 +172,18 @@ def view_state(
     missing = missing_inputs(parameters, model)
     if model is None:
         problems.insert(0, _("Select a model."))
+    elif vector := multi_component_input(parameters, model):
+        advice = (
+            _("the model takes a scalar volume (extract one component with the Vector to Scalar Volume module).")
+            if len(names) == 1
+            else _("select one scalar volume per channel (split it with the Vector to Scalar Volume module).")
+        )
+        problems.insert(
+            0,
+            _("Volume '{volume}' has {count} components per voxel: {advice}").format(
+                volume=vector[0], count=vector[1], advice=advice
+            ),
+        )
     elif missing:
         problems.insert(0, _("Select the input volume for: {names}.").format(names=", ".join(missing)))
     elif repeated := repeated_inputs(parameters, model):

@@ -19,7 +19,7 @@ from ..pipeline.volumes import Volume, check_volume
 from .parameters import MAX_INPUTS, Parameters
 from .result_nodes import RunNodes, apply_result
 from .segmentation_nodes import check_output
-from .volume_nodes import volume_to_array
+from .volume_nodes import components_refusal, scalar_components, volume_to_array
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,10 @@ def request_from_parameters(parameters: Parameters, channels: int, scene=None) -
                 f"volume '{node.GetName()}' is selected as input {first + 1} and input {index + 1}",
                 "each input needs its own volume (e.g. one MRI sequence each)",
             )
+    for node in nodes:  # a vector volume's components are no channels: their order is unknown
+        components = scalar_components(node)
+        if components > 1:
+            raise components_refusal(node.GetName(), components, channels)
     inputs = [volume_to_array(node) for node in nodes]
     for node, (array, affine) in zip(nodes, inputs, strict=True):  # now, and named by the node (not 'ch0' later)
         check_volume(Volume(array, affine, f"volume '{node.GetName()}'"))

@@ -67,6 +67,31 @@ def array_to_world(node) -> np.ndarray:
     return ijk_to_world(node) @ start
 
 
+def scalar_components(node) -> int:
+    """Values per voxel of a volume node's image (3 for a color image, N for a vector volume of N frames or
+    sequences); 1 when it has no voxels yet (that is refused elsewhere)."""
+    image = node.GetImageData() if node is not None and hasattr(node, "GetImageData") else None
+    if image is None or image.GetPointData().GetScalars() is None:
+        return 1
+    return int(image.GetNumberOfScalarComponents())
+
+
+def components_refusal(name: str, components: int, channels: int) -> InputError:
+    """The refusal of a volume of ``components`` values per voxel given to a model of ``channels`` inputs: its
+    components are never taken as channels (their order is unknown), so say how to split it."""
+    if channels == 1:
+        return InputError(
+            f"volume '{name}' has {components} components per voxel (a color, vector or multi-frame volume); the "
+            "model takes one scalar volume",
+            "extract one component with the Vector to Scalar Volume module, or pick a scalar volume",
+        )
+    return InputError(
+        f"volume '{name}' has {components} components per voxel; the model takes its {channels} input channels as "
+        f"{channels} scalar volumes",
+        "split it into one volume per component (Vector to Scalar Volume module) and select each for its channel",
+    )
+
+
 def volume_to_array(node) -> tuple[np.ndarray, np.ndarray]:
     """``(array (i, j, k), array index -> world RAS)`` of a scalar volume node (a view of the node's voxels).
 

@@ -101,3 +101,11 @@ device_name.__name__ = "device"
 def _shown(text) -> str:
     text = str(text)
     return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def channel_names(text: str) -> list[str]:
+    """``--channels FLAIR,T1,T1c,T2``: the names, in order."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"'{text}' is no comma-separated list of channel names (e.g. FLAIR,T1,T1c,T2)")
+    return names

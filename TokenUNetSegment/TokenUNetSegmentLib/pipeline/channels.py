@@ -79,7 +79,7 @@ def order_inputs(inputs: Sequence[str], channels: Sequence, model: str) -> list[
     if len(inputs) != len(channels):
         hint = "one file or DICOM series (its folder or one of its files) per channel" if len(names) > 1 else None
         if len(names) > 1 and len(inputs) == 1:
-            hint = "one file or DICOM series per channel (split a 4D image into 3D files)"
+            hint = "one file or DICOM series per channel, or one 4D NIfTI of them all with --channels"
         stray = [Path(item).name for item in inputs if not any(channel.matches(str(item)) for channel in channels)]
         if len(names) > 1 and len(inputs) > len(names) and 0 < len(stray) <= len(inputs) - len(names):
             hint = f"{', '.join(stray)} {'matches' if len(stray) == 1 else 'match'} no channel; one file per channel"
@@ -152,22 +152,11 @@ def check_channels_fit(values: Sequence[int], limit: int | None = None) -> None:
         )
 
 
-def check_series(opened: Sequence, inputs: Sequence[str], channels: Sequence) -> list[str]:
-    """Check the opened inputs (:class:`.volumes.OpenedVolume`) of ``channels``, in order, by their DICOM series.
-
-    Returns warnings for a series whose SeriesDescription matches another channel's patterns and not its own,
-    where that channel's own series does not match them either (``FLAIR 3D`` given for T1 and ``T1 SE`` for
-    FLAIR): the description is free text, so this is said, never refused.
-
-    Raises:
-        InputError: one DICOM series given for two channels through two paths (its folder and one of its files).
-    """
-    shown = [
-        f"the DICOM series '{o.description or Path(i).name}'" if o.series else Path(i).name
-        for o, i in zip(opened, inputs, strict=True)
-    ]
-    keys = [o.series or str(Path(i).resolve()) for o, i in zip(opened, inputs, strict=True)]
-    check_distinct(keys, shown, [channel.name for channel in channels])
+def series_warnings(opened: Sequence, channels: Sequence) -> list[str]:
+    """Warnings on the opened inputs (:class:`.volumes.OpenedVolume`) of ``channels``, in order: a DICOM series whose
+    SeriesDescription matches another channel's patterns and not its own, where that channel's own series does not
+    match them either (``FLAIR 3D`` given for T1 and ``T1 SE`` for FLAIR). The description is free text, so this is
+    said, never refused (one series given for two channels is refused by :func:`.run_inputs.open_run_inputs`)."""
     warnings = []
     texts = [item.description.lower() for item in opened]
     own = [bool(text) and _describes(channel, text) for text, channel in zip(texts, channels, strict=True)]
@@ -187,3 +176,59 @@ def check_series(opened: Sequence, inputs: Sequence[str], channels: Sequence) ->
 
 def _describes(channel, text: str) -> bool:
     return any(fnmatch.fnmatch(text, pattern.lower()) for pattern in channel.patterns)
+
+
+SEQUENCE_SYNONYMS = {
+    "t1": ("t1w", "t1n", "t1native", "nativet1", "t1pre", "t1precontrast"),
+    "t1c": ("t1ce", "t1gd", "t1cgd", "t1gad", "t1post", "t1postcontrast", "t1contrast", "t1wce", "t1wc", "t1wgd"),
+    "t2": ("t2w",),
+    "flair": ("t2flair", "t2f", "t2wflair"),
+}
+"""Names of the brain-tumour MRI sequences as datasets write them (BraTS, the Medical Segmentation Decathlon's
+``t1gd`` and ``T1w``, nnU-Net's ``channel_names``), each under one key; compared without case, spaces, ``-``, ``_``,
+``+`` or ``.`` (``T1+C`` is ``t1c``)."""
+_KEYS = {synonym: key for key, synonyms in SEQUENCE_SYNONYMS.items() for synonym in (key, *synonyms)}
+
+
+def channel_key(name: str) -> str:
+    """The comparison key of a channel name: lower case without separators, a sequence's synonyms unified."""
+    plain = "".join(ch for ch in str(name).lower() if ch not in " -_+.()")
+    return _KEYS.get(plain, plain)
+
+
+def named_channel(name: str, channels: Sequence) -> int | None:
+    """The index of the channel ``name`` names: its own name (any case), else the one channel with its
+    :func:`channel_key`; None when none does, or when several do (an ambiguity: never guessed)."""
+    exact = [i for i, channel in enumerate(channels) if channel.name.lower() == str(name).lower()]
+    if len(exact) == 1:
+        return exact[0]
+    keyed = [i for i, channel in enumerate(channels) if channel_key(channel.name) == channel_key(name)]
+    return keyed[0] if len(keyed) == 1 else None
+
+
+def match_names(names: Sequence[str], channels: Sequence, model: str, what: Sequence[str]) -> list[int]:
+    """The channel of each of ``names`` (``what[i]`` says where name i comes from, for messages), one to one.
+
+    Raises:
+        InputError: a name that names no channel (or several), or two names for one channel.
+    """
+    listed = ", ".join(channel.name for channel in channels)
+    chosen: list[int] = []
+    for name, where in zip(names, what, strict=True):
+        index = named_channel(name, channels)
+        if index is None:
+            several = [c.name for c in channels if channel_key(c.name) == channel_key(name)]
+            problem = f"names several channels ({', '.join(several)})" if several else "names no channel"
+            raise InputError(
+                f"'{name}' ({where}) {problem} of model '{model}'",
+                f"use {listed}; any case, synonyms such as t1gd for T1c",
+            )
+        if index in chosen:
+            first = chosen.index(index)
+            raise InputError(
+                f"'{names[first]}' ({what[first]}) and '{name}' ({where}) both name channel {channels[index].name} "
+                f"of model '{model}'",
+                f"name each channel once: {listed}",
+            )
+        chosen.append(index)
+    return chosen

@@ -136,6 +136,16 @@ class ProgressPrinter:
                 self.last = ""
             print(f"warning: {message}", file=self.stream)
 
+    def note(self, message: str) -> None:
+        """A line for the log that is no warning (e.g. where a 4D image's channel order comes from)."""
+        if self.json:
+            self.emit(LogEvent(message, "info"))
+        else:
+            if self.mode == "bar" and self.last:
+                self.stream.write("\n")
+                self.last = ""
+            print(f"note: {message}", file=self.stream)
+
     def close(self) -> None:
         if self.mode == "bar" and self.last:
             self.stream.write("\n")

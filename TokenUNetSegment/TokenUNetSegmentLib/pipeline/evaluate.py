@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .arguments import device_name, text
+from .arguments import channel_names, device_name, text
 from .errors import InputError
 
 
@@ -267,6 +267,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", "-m", type=text("a model id or package path"), help="run this model (id or package path) on --image"
     )
     parser.add_argument("--image", nargs="+", help="input volume(s) for --model")
+    parser.add_argument(
+        "--channels",
+        type=channel_names,
+        help="with --model and one 4D NIfTI --image: what each of its volumes holds, in order (as segment's)",
+    )
     parser.add_argument("--reference-names", help='JSON name table of the reference {"1": "spleen", ...}')
     parser.add_argument("--prediction-names", help="JSON name table of the prediction")
     parser.add_argument("--no-hd95", action="store_true", help="skip the Hausdorff distance (faster)")
@@ -286,8 +291,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         check_file_destination(args.json_out, args.overwrite or json_with_keys(*EVALUATION_KEYS))
     prediction = args.prediction
     timing, segment_warnings = None, []
-    if args.prediction and (args.image or args.device):
-        given = " and ".join(option for option, value in (("--image", args.image), ("--device", args.device)) if value)
+    if args.prediction and (args.image or args.device or args.channels):
+        only_model = (("--image", args.image), ("--device", args.device), ("--channels", args.channels))
+        given = " and ".join(option for option, value in only_model if value)
         verb = "apply" if " and " in given else "applies"
         raise InputError(
             f"{given} {verb} only with --model", "drop it, or segment with --model instead of --prediction"
@@ -296,14 +302,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if not args.image:
             raise InputError("--model needs --image (the volume(s) to segment)")
         from .catalog import ModelStore
+        from .package_source import read_metadata
+        from .run_inputs import RunNeeds, channel_items, open_run_inputs
+
+        path = ModelStore(getattr(args, "catalog", None)).resolve(args.model)
+        metadata = read_metadata(path)  # the configuration, without the weights
+        items, shown = channel_items(args.image, metadata.config, metadata.id, args.channels, "--channels")
+        # from the headers, before the weights are loaded (segment() checks them again: it may be given arrays)
+        open_run_inputs(items, metadata.config, metadata.id, shown, RunNeeds(with_token_maps=False))
+        from .package_loader import load_package
         from .segmentation import segment
         from .volumes import Volume
 
-        package = ModelStore(getattr(args, "catalog", None)).load(args.model)
+        package = load_package(path)
         started = time.perf_counter()
         with warnings.catch_warnings():  # segment() warns API callers; here its warnings are printed once
             warnings.simplefilter("ignore", UserWarning)
-            result = segment(args.image, package, device=args.device or "auto", with_token_maps=False)
+            result = segment(
+                args.image, package, device=args.device or "auto", with_token_maps=False, channels=args.channels
+            )
         timing = time.perf_counter() - started
         names = {label.value: label.name for label in result.label_table}
         segment_warnings = list(result.warnings)

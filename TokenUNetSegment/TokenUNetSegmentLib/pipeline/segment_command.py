@@ -15,12 +15,10 @@ import time
 import warnings
 from pathlib import Path
 
-from ..model.variants import declared_token_count
-from .arguments import device_name, integer, number, text
+from .arguments import channel_names, device_name, integer, number, text
 from .background import BackgroundCall, switch_interval
 from .cli import WRITE_START, ProgressPrinter
 from .outputs import ATTENTION_GRIDS, DEFAULT_ATTENTION_GRID
-from .result import MAP_KINDS
 from .run_contract import ExitCode, ResultEvent
 
 
@@ -31,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="INPUT",
         help="one volume per model input channel (NIfTI, NRRD, MHA or a DICOM folder), in the "
         "model's channel order, or in any order when the file names match its channel patterns",
+    )
+    parser.add_argument(
+        "--channels",
+        type=channel_names,
+        help="for one 4D NIfTI image holding every channel (the Medical Segmentation Decathlon's imagesTr/*.nii.gz): "
+        "what each of its volumes holds, in order, comma-separated, e.g. FLAIR,T1,T1c,T2 (the model's channel names, "
+        "any case, synonyms such as t1gd or t1ce for T1c); default: the dataset.json beside its imagesTr folder",
     )
     parser.add_argument(
         "--model",
@@ -87,7 +92,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # The reading thread returns to Python between its SimpleITK calls and waits for the GIL that torch's import holds
 READ_SWITCH_INTERVAL_S = 0.001
-MOST_TOKENS = 32  # the most learned tokens of a registered network, for one whose count the configuration does not say
 AHEAD_THREADS = max(1, (os.cpu_count() or 2) - 1)  # resampling next to torch's import: one core left to the import
 
 
@@ -129,13 +133,14 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     is locked from the start and replaced only when the run is done.
     """
     from .catalog import ModelStore
-    from .channels import check_channels_fit, check_series, order_inputs
-    from .outputs import attention_bounds, estimate_output_bytes, output_folder
+    from .channel_stack import open_stack
+    from .channels import order_inputs, series_warnings
+    from .errors import InputError
+    from .outputs import estimate_output_bytes, output_folder
     from .package_source import read_metadata
     from .preprocess import resample_ahead
     from .progress import Progress
-    from .run_memory import check_inputs_fit
-    from .volumes import check_modality, open_input
+    from .run_inputs import RunNeeds, open_run_inputs
 
     cancel = cancel or threading.Event()
     printer = ProgressPrinter(args.progress)
@@ -146,8 +151,6 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
 
     folder = None
     if args.no_heatmaps and args.attention_grid != DEFAULT_ATTENTION_GRID:  # before: ignored
-        from .errors import InputError
-
         raise InputError(
             f"--attention-grid {args.attention_grid} places maps that --no-heatmaps does not write",
             "drop one of the two",
@@ -161,29 +164,38 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         package_path = store.resolve(args.model, lambda fraction: download.update("download", fraction), cancel)
         metadata = read_metadata(package_path)
         config, package_id = metadata.config, metadata.id
-        inputs = order_inputs(list(args.inputs), config.inputs, package_id)  # by name, one file per channel
-        opened = [  # headers checked, DICOM slices' included; a folder's series chosen by the channel's modality
-            open_input(item, modality=channel.modality) for item, channel in zip(inputs, config.inputs, strict=True)
-        ]
-        check_channels_fit([item.values for item in opened])
-        series_warnings = check_series(opened, inputs, config.inputs)
-        for item, channel, name in zip(opened, config.inputs, inputs, strict=True):
-            check_modality(item.modality, channel.modality, Path(name).name, package_id, channel.name)
-        architecture = config.architecture
-        learned = declared_token_count(architecture.name, architecture.build_arguments())
-        maps = 0 if args.no_heatmaps else len(MAP_KINDS) * (MOST_TOKENS if learned is None else learned)
+        stack = None  # one 4D image holding every channel: its order from --channels or its dataset.json
+        if len(args.inputs) == 1 and (len(config.inputs) > 1 or args.channels is not None):
+            stack = open_stack(args.inputs[0], config, package_id, args.channels, "--channels")
+        if stack is not None:
+            items, order = stack
+            inputs = [args.inputs[0]] * len(items)
+            shown = [f"{order.file}, volume {volume}" for volume in order.volumes]
+            printer.note(order.describe())
+        elif args.channels is not None:
+            raise InputError(
+                "--channels names the volumes of a 4D image, but the input is no 4D NIfTI image",
+                "drop --channels, or pass the 4D image alone",
+            )
+        else:
+            items = inputs = order_inputs(list(args.inputs), config.inputs, package_id)  # by name, one per channel
+            shown = [Path(item).name for item in inputs]
+        needs = RunNeeds(not args.no_heatmaps, args.probabilities, args.attention_grid)
+        # headers checked (a DICOM series' slices included, a folder's series chosen by the channel's Modality), and
+        # the run's memory, before any voxel is read: as segment() does (run_inputs)
+        checked = open_run_inputs(items, config, package_id, shown, needs)
+        opened, maps, on_input_grid = checked.opened, checked.maps, checked.on_input_grid
+        found_series = series_warnings(opened, config.inputs)
         voxels = opened[0].values
-        on_input_grid, map_voxels = attention_bounds(args.attention_grid, maps, voxels, exact=learned is not None)
-        check_inputs_fit(  # before any voxel is read; exactly again once the network is loaded
-            opened, config, Path(inputs[0]).name, not args.no_heatmaps, args.probabilities, on_input_grid
-        )
         folder.check_space(
-            estimate_output_bytes(voxels, len(config.labels), maps, map_voxels, probabilities=args.probabilities)
+            estimate_output_bytes(
+                voxels, len(config.labels), maps, checked.map_voxels, probabilities=args.probabilities
+            )
         )
 
         def read_inputs() -> list:  # once: segment() and the overview share them
             volumes = [read() for read in opened]
-            volumes[0].warnings += series_warnings  # reported with the readers' warnings
+            volumes[0].warnings += found_series  # reported with the readers' warnings
             resample_ahead(volumes, config, threads=AHEAD_THREADS)
             return volumes
 
@@ -216,6 +228,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         started = time.perf_counter()
         extra = {
             "inputs": {name: str(Path(p).resolve()) for name, p in zip(package.input_names, inputs, strict=True)},
+            **({"channel_order": stack[1].report()} if stack is not None else {}),
             "package": {
                 "id": package.id,
                 "path": str(package.path),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings as pywarnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,10 +18,9 @@ import numpy as np
 import torch
 
 from .catalog import ModelStore
-from .channels import check_channels_fit, check_distinct, check_places
 from .confidence import Assessment, assess
 from .device import check_memory, cpu_sample, estimate_memory, resolve_device
-from .errors import ArgumentError, InputError, OutOfMemoryError
+from .errors import InputError, OutOfMemoryError
 from .geometry import Grid, model_grid
 from .inference import WindowPlan, overlap_cost, plan_windows, run_windows, scan_plan
 from .map_back import map_back
@@ -31,8 +30,9 @@ from .postprocess import ModelGridOutputs, postprocess
 from .preprocess import Prepared, prepare
 from .progress import Progress
 from .result import MAP_KINDS, SegmentationResult, TokenMaps
-from .run_memory import check_inputs_fit, wrong_spacing
-from .volumes import OpenedVolume, Volume, check_modality, open_input
+from .run_inputs import RunNeeds, channel_items, open_run_inputs
+from .run_memory import wrong_spacing
+from .volumes import Volume
 
 log = logging.getLogger(__name__)
 __all__ = ["MAP_KINDS", "SegmentationResult", "TokenMaps", "channel_volumes", "segment"]
@@ -70,6 +70,7 @@ def segment(
     store: ModelStore | None = None,
     check_free_memory: bool = True,
     maps_on_input_grid: bool = False,
+    channels: Sequence[str] | None = None,
 ) -> SegmentationResult:
     """Segment one case.
 
@@ -98,6 +99,10 @@ def segment(
             line's check), then exactly once they are read.
         maps_on_input_grid: the caller will write the token maps on the input grid
             (``write_outputs(attention_grid="input")``): counted in that check.
+        channels: for one 4D NIfTI image holding every channel (the Medical Segmentation Decathlon's layout), what
+            each of its volumes holds, in order (e.g. ``["FLAIR", "T1", "T1c", "T2"]``; names in any case, with the
+            usual synonyms such as ``t1gd``); without it, the dataset.json beside its ``imagesTr``/``imagesTs``
+            folder names them, else the image is refused. Outputs lie on its 3D grid.
 
     Raises:
         TokenUNetError: (and its subclasses) for bad inputs, bad packages, cancel, or memory.
@@ -113,11 +118,9 @@ def segment(
     with clock.stage("load"):
         package = resolve_model(model, store, lambda fraction: reporter.update("download", fraction), cancel)
 
-        def fits(opened: list[OpenedVolume], name: str) -> None:  # files: from their headers, as the command line
-            maps = maps_on_input_grid and with_token_maps
-            check_inputs_fit(opened, package.config, name, with_token_maps, probabilities, maps)
-
-        volumes = channel_volumes(inputs, package, fits if check_free_memory else None)
+        grid = "input" if maps_on_input_grid else "token"
+        needs = RunNeeds(with_token_maps, probabilities, grid) if check_free_memory else None
+        volumes = channel_volumes(inputs, package, needs, channels)
         run_device = resolve_device(device)
         config, network = package.config, package.network
         keep = config.largest_component_labels(largest_component)
@@ -192,56 +195,21 @@ def assess_run(outputs: ModelGridOutputs, prepared: Prepared, config: PackageCon
 
 
 def channel_volumes(
-    inputs, package: ModelPackage, fits: Callable[[list[OpenedVolume], str], object] | None = None
+    inputs, package: ModelPackage, needs: RunNeeds | None = None, channels: Sequence[str] | None = None
 ) -> list[Volume]:
     """One checked :class:`Volume` per input channel of ``package``, in its order.
 
-    ``fits(opened, name)``: called with the opened inputs and the first one's name before any is read, when any is a
-    file (arrays in memory are allocated already): to refuse a run that cannot fit from the files' headers.
+    Before any is read, the inputs are checked from their headers as the command line checks them
+    (:func:`.run_inputs.open_run_inputs`); ``needs``: what the run keeps, for its memory check from the files'
+    headers (None: no memory check; arrays in memory are checked once, in full, later); ``channels``: the volumes of
+    a 4D image, as :func:`segment`'s.
 
     Raises:
         InputError: the wrong number of channels, or channel names the package does not have.
     """
-    names = package.input_names
-    if isinstance(inputs, dict):  # {channel name: input}, e.g. from assign_inputs()
-        missing = [name for name in names if inputs.get(name) is None]
-        unknown = [name for name in inputs if name not in names]
-        if missing or unknown:
-            parts = [
-                f"{what}: {', '.join(found)}" for what, found in (("missing", missing), ("unknown", unknown)) if found
-            ]
-            raise InputError(f"model '{package.id}' needs the channels {', '.join(names)}; " + "; ".join(parts))
-        inputs = [inputs[name] for name in names]
-    if isinstance(inputs, (str, Path)) or _is_pair(inputs):
-        items = [inputs]
-    else:
-        try:
-            items = list(inputs)
-        except TypeError:
-            raise ArgumentError(
-                f"the inputs are a path, an (array, ijk_to_ras) pair, or a list of them (one per channel), "
-                f"got {type(inputs).__name__}"
-            ) from None
-    if len(items) != len(names):
-        raise InputError(
-            f"model '{package.id}' needs {len(names)} input channel(s) ({', '.join(names)}), got {len(items)}"
-        )
-    check_distinct([_identity(item) for item in items], [_shown(item) for item in items], names)
-    if len(names) > 1:
-        check_places(items, package.config.inputs)  # a list is in the channel order: a name may not contradict it
-    channels = package.config.inputs
-    opened = [open_input(item, channel.name, channel.modality) for item, channel in zip(items, channels, strict=True)]
-    check_channels_fit([item.values for item in opened])  # all channels together, before any is read
-    for item, found, channel in zip(items, opened, channels, strict=True):  # from the headers, as the command line
-        check_modality(found.modality, channel.modality, _named(item, channel.name), package.id, channel.name)
-    if fits is not None and any(isinstance(item, (str, Path)) for item in items):
-        fits(opened, _named(items[0], names[0]))
+    items, shown = channel_items(inputs, package.config, package.id, channels)
+    opened = open_run_inputs(items, package.config, package.id, shown, needs).opened
     return [read() for read in opened]
-
-
-def _named(item, channel: str) -> str:
-    """An input as its volume will be named: a file's name, a Volume's own, else the channel's."""
-    return Path(item).name if isinstance(item, (str, Path)) else getattr(item, "name", channel)
 
 
 def _check_memory(
@@ -274,29 +242,6 @@ def _check_memory(
         if error is None:
             raise
         raise error from None
-
-
-def _identity(item):
-    """What makes two inputs the same image: a file's resolved path; an array's memory and layout with its place."""
-    if isinstance(item, (str, Path)):
-        return str(Path(item).resolve())
-    array, affine = (item.array, item.affine) if isinstance(item, Volume) else item if _is_pair(item) else (None, None)
-    if isinstance(array, np.ndarray):
-        return (array.__array_interface__["data"][0], array.shape, array.strides, np.asarray(affine, float).tobytes())
-    return id(item)
-
-
-def _shown(item) -> str:
-    return Path(item).name if isinstance(item, (str, Path)) else "the same array"
-
-
-def _is_pair(item) -> bool:
-    return (
-        isinstance(item, tuple)
-        and len(item) == 2
-        and isinstance(item[0], np.ndarray)
-        and np.asarray(item[1]).shape == (4, 4)
-    )
 
 
 def _warn(message: str, sink: list[str]) -> None:

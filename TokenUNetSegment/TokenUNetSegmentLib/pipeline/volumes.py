@@ -49,6 +49,8 @@ class OpenedVolume:
     grid: Grid | None = None
     series: str = ""  # a DICOM series' SeriesInstanceUID
     description: str = ""  # a DICOM series' SeriesDescription
+    stacked: tuple[int, ...] = ()  # the sizes of a 4D image's axes after the spatial ones (see readers.header)
+    stacked_axis: str = ""  # what its header says a 4th axis is when it is time, else ""
 
     def __call__(self) -> Volume:
         return self.read()
@@ -143,7 +145,16 @@ def open_volume(path: str | Path, limit: int | None = None, modality: str = "") 
         volume.warnings, volume.modality = warnings, opened.modality
         return volume
 
-    return OpenedVolume(opened.values, read, opened.modality, opened.grid, opened.series, opened.description)
+    return OpenedVolume(
+        opened.values,
+        read,
+        opened.modality,
+        opened.grid,
+        opened.series,
+        opened.description,
+        opened.stacked,
+        opened.stacked_axis,
+    )
 
 
 def volume_from_image(image: sitk.Image, name: str = "volume") -> Volume:

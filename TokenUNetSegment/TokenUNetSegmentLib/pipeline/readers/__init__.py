@@ -95,7 +95,13 @@ def open_image(path: str | Path, limit: int | None = None, modality: str = "") -
             raise InputError(f"{name}: read {read} values where its header declares {header.values}", "export it again")
         return image, list(header.warnings)
 
-    return OpenedImage(header.values, lambda: _guarded(name, read_file), grid=header_grid(header))
+    return OpenedImage(
+        header.values,
+        lambda: _guarded(name, read_file),
+        grid=header_grid(header),
+        stacked=header.stacked,
+        stacked_axis=header.stacked_axis,
+    )
 
 
 def _guarded(name: str, read):

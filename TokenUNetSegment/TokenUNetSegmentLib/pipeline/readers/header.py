@@ -59,6 +59,8 @@ class ImageHeader:
         directions: the spatial axis vectors as columns (any length), or None when the header has none.
         payloads: where the voxel data lies.
         warnings: what the header leaves to defaults (e.g. no spacing at all).
+        stacked: the sizes of the axes after the three spatial ones (a 4D NIfTI's volumes), trailing ones dropped.
+        stacked_axis: what the header says a 4th axis is when it is time rather than a list of volumes, else "".
     """
 
     kind: str
@@ -70,6 +72,8 @@ class ImageHeader:
     directions: np.ndarray | None
     payloads: list[Payload]
     warnings: list[str] = field(default_factory=list)
+    stacked: tuple[int, ...] = ()
+    stacked_axis: str = ""
 
     @property
     def values(self) -> int:
@@ -82,7 +86,8 @@ class OpenedImage:
     components) it declares, and ``read()`` for its voxels (the SimpleITK image and the reader's warnings);
     ``modality``: a DICOM series' Modality (CT, MR, ...), "" for other files; ``grid``: the voxel grid the header
     declares (its origin left at 0), None when it declares none, for the run's memory check before reading;
-    ``series`` a DICOM series' SeriesInstanceUID and ``description`` its SeriesDescription, "" for other files."""
+    ``series`` a DICOM series' SeriesInstanceUID and ``description`` its SeriesDescription, "" for other files;
+    ``stacked`` and ``stacked_axis``: as :class:`ImageHeader`'s (a 4D image's volumes)."""
 
     values: int
     read: Callable[[], tuple]
@@ -90,6 +95,8 @@ class OpenedImage:
     grid: Grid | None = None
     series: str = ""
     description: str = ""
+    stacked: tuple[int, ...] = ()
+    stacked_axis: str = ""
 
     def __call__(self) -> tuple:
         return self.read()

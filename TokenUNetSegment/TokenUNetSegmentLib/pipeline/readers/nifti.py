@@ -101,6 +101,8 @@ def _fields_v1(data: bytes, order: str) -> dict:
     get = lambda fmt, at: struct.unpack_from(order + fmt, data, at)  # noqa: E731
     return {
         "dim": get("8h", 40),
+        "intent_code": get("h", 68)[0],
+        "xyzt_units": data[123],
         "datatype": get("h", 70)[0],
         "pixdim": get("8f", 76),
         "vox_offset": get("f", 108)[0],
@@ -116,6 +118,8 @@ def _fields_v2(data: bytes, order: str) -> dict:
     get = lambda fmt, at: struct.unpack_from(order + fmt, data, at)  # noqa: E731
     return {
         "dim": get("8q", 16),
+        "intent_code": get("i", 504)[0],
+        "xyzt_units": get("i", 500)[0],
         "datatype": get("h", 12)[0],
         "pixdim": get("8d", 104),
         "vox_offset": get("q", 168)[0],
@@ -137,6 +141,9 @@ def _header(path: Path, name: str, f: dict, compressed: bool) -> ImageHeader:
     if f["datatype"] not in DATATYPES:
         raise header_error(name, KIND, f"unknown voxel type code {f['datatype']}")
     value_type, value_bytes = DATATYPES[f["datatype"]]
+    stacked = sizes[3:]
+    while stacked and stacked[-1] == 1:  # trailing axes of one: a 3D volume (as ITK reads it)
+        stacked = stacked[:-1]
     components = COMPONENTS.get(f["datatype"], 1)
     if components > 1:  # read by ITK as a vector of uint8 per voxel
         sizes, value_bytes = (*sizes, components), 1
@@ -171,7 +178,28 @@ def _header(path: Path, name: str, f: dict, compressed: bool) -> ImageHeader:
         directions=directions,
         payloads=[payload],
         warnings=_geometry_warnings(f, tuple(int(s) for s in f["dim"][1 : min(ndim, 3) + 1]), name),
+        stacked=stacked,
+        stacked_axis=_fourth_axis(f) if len(stacked) == 1 else "",
     )
+
+
+TIME_INTENT = 2001
+"""NIFTI_INTENT_TIME_SERIES (nifti1.h): the values along the 4th axis are a time series."""
+TIME_UNITS = {8: "s", 16: "ms", 24: "us", 32: "Hz", 40: "ppm", 48: "rad/s"}
+"""The time (and frequency) units of xyzt_units (bits 3-5, nifti1.h's NIFTI_UNITS_SEC ... NIFTI_UNITS_RADS)."""
+
+
+def _fourth_axis(f: dict) -> str:
+    """What the header says the 4th axis is when it is a time (or frequency) axis rather than a list of volumes, else
+    "". A step of 0 or 1 in time units is what writers put on any 4D image (ITK writes mm and s, step 1), so only a
+    TIME_SERIES intent or another step in time units counts."""
+    step = float(f["pixdim"][4])
+    units = TIME_UNITS.get(int(f["xyzt_units"]) & 0x38)
+    if f["intent_code"] == TIME_INTENT:
+        return "a time series (NIfTI intent TIME_SERIES)"
+    if units and math.isfinite(step) and step > 0 and step != 1:
+        return f"time (volumes {step:g} {units} apart in pixdim[4])"
+    return ""
 
 
 def _qform(f: dict) -> np.ndarray:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..channel_stack import open_stack
 from ..checksums import sha256_file
 from ..errors import InputError
 from ..geometry import box_distance_mm, overlaps, resample, same_grid
@@ -126,6 +127,14 @@ def read_datalist(path: str | Path) -> dict:
             case["synthesis"] = bool(entry.get("synthesis", True))
             if case["partial"] and not names:
                 raise InputError(f"{where} is partial but has no 'labels' name table")
+            if "channels" in entry:  # what each volume of a 4D image holds, in order (channel_stack)
+                names = entry["channels"]
+                if len(images) != 1 or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                    raise InputError(
+                        f"{where}: 'channels' names the volumes of one 4D image, as a list of names",
+                        'e.g. "image": "imagesTr/BRATS_001.nii.gz", "channels": ["FLAIR", "T1w", "t1gd", "T2w"]',
+                    )
+                case["channels"] = names
             case["repeat"] = entry.get("repeat", 1)
             if not isinstance(case["repeat"], (int, float)) or case["repeat"] <= 0:
                 raise InputError(f"{where}: 'repeat' must be a number > 0")
@@ -234,14 +243,25 @@ def _check_label_volume(volume, entry: dict, image_grid) -> None:
             )
 
 
+def _case_volumes(entry: dict, config, model: str) -> list:
+    """A case's image volumes in the model's channel order: one file per channel, or one 4D image whose volumes its
+    ``channels`` (else the dataset.json beside its imagesTr folder) name (:mod:`..channel_stack`)."""
+    images = entry["image"]
+    if len(images) == 1 and (len(config.inputs) > 1 or entry.get("channels")):
+        stack = open_stack(images[0], config, model, entry.get("channels"), "the datalist's 'channels'")
+        if stack is not None:
+            return [opened() for opened in stack[0]]
+    return [read_volume(p) for p in images]
+
+
 def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
     """Read and preprocess one datalist entry with the package configuration ``cfg``."""
-    volumes = [read_volume(p) for p in entry["image"]]
+    typed = parse_config(cfg, "training configuration")
+    volumes = _case_volumes(entry, typed, cfg.get("id", "being trained"))
     if len(volumes) != len(cfg["inputs"]):
         raise InputError(
             f"case {entry['name']} has {len(volumes)} image channels; the model takes {len(cfg['inputs'])}"
         )
-    typed = parse_config(cfg, "training configuration")
     values, label_grid = read_label_values(entry, volumes[0].grid)
     if not (overlaps(volumes[0].grid, label_grid) and overlaps(label_grid, volumes[0].grid)):
         raise InputError(

@@ -184,6 +184,8 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
                 "every case in labelsTr needs one file per channel_names entry in imagesTr",
             )
         entry = {"name": _stem(Path(label)), "image": images if len(images) > 1 else images[0], "label": label}
+        if len(images) == 1 and len(channels) > 1:  # MSD: one 4D image; its volumes named, never guessed
+            entry["channels"] = [str(channels[key]) for key in sorted(channels, key=int)]
         entry["labels"] = {str(v): n for v, n in table.items()}
         if _partial(list(table.values()), model_labels):
             entry["partial"] = True

@@ -1,0 +1,241 @@
+"""One 4D NIfTI image holding a multi-channel model's channels (the Medical Segmentation Decathlon's Task01 layout:
+``imagesTr/BRATS_001.nii.gz`` of X x Y x Z x 4, ``dataset.json`` naming the volumes FLAIR, T1w, t1gd, T2w), through
+the command line and ``segment()``: the channel order comes from ``--channels``/``channels=`` or the dataset.json,
+never from a guess; the result is the one of the four 3D files, voxel for voxel; bad 4D images are refused from their
+headers."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from helpers.packages import ThresholdNet, make_package, physical_ball, rotation, tiny_config, voxel_centres
+from helpers.readers import refuse_reading
+from TokenUNetSegmentLib.pipeline import cli
+from TokenUNetSegmentLib.pipeline.errors import InputError
+from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
+from TokenUNetSegmentLib.pipeline.package_writer import package_in_memory
+from TokenUNetSegmentLib.pipeline.segmentation import segment
+
+SEQUENCES = ("T1", "T1c", "T2", "FLAIR")  # the package's order
+MSD_ORDER = ("FLAIR", "T1w", "t1gd", "T2w")  # Task01_BrainTumour's dataset.json "modality"
+SHAPE = (16, 16, 16)
+AFFINE = affine_from_spacing((2.0, 2.0, 2.5), origin=(-14.0, 12.0, -20.0), direction=rotation(2, 25) @ rotation(0, 10))
+CENTRES = {  # each sequence's ball at its own place: a swapped channel shows
+    "T1": (-2.0, 24.0, -2.0),
+    "T1c": (4.0, 26.0, -4.0),
+    "T2": (-4.0, 20.0, 2.0),
+    "FLAIR": (-6.0, 28.0, 0.0),
+}
+
+
+def mr_config(model_id="brats-4d"):
+    config = tiny_config(model_id, in_channels=4, labels=2, roi=(16, 16, 16))
+    for entry, name in zip(config["inputs"], SEQUENCES, strict=True):
+        entry.update(name=name, modality="MR", patterns=[f"*_{name.lower()}.*"])
+    return config
+
+
+def flair_threshold():
+    """A package that labels where FLAIR (its 4th channel) is bright: the label is FLAIR's ball only when FLAIR went
+    to its channel."""
+    config = mr_config("flair-threshold")
+    config["labels"] = config["labels"][:1]
+    config["architecture"]["out_channels"] = 2
+    return package_in_memory(ThresholdNet(4, 3), config, "threshold")
+
+
+def write_4d(path, images, xyzt_units=None, pixdim4=None, intent=None):
+    """A 4D NIfTI of 3D SimpleITK images (ITK writes xyzt_units mm and s, pixdim[4] 1); header fields edited after."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.JoinSeries(images), str(path))
+    if xyzt_units is not None or pixdim4 is not None or intent is not None:
+        image = sitk.ReadImage(str(path))
+        sitk.WriteImage(image, str(path.with_suffix("")), useCompression=False)  # .nii to edit in place
+        raw = bytearray(path.with_suffix("").read_bytes())
+        if xyzt_units is not None:
+            raw[123] = xyzt_units
+        if pixdim4 is not None:
+            struct.pack_into("<f", raw, 76 + 4 * 4, pixdim4)
+        if intent is not None:
+            struct.pack_into("<h", raw, 68, intent)
+        path.with_suffix("").write_bytes(bytes(raw))
+        path.unlink()
+        return path.with_suffix("")
+    return path
+
+
+@pytest.fixture(scope="module")
+def task01(tmp_path_factory):
+    """(root, the four 3D files in the package's order, the 4D image in MSD order, package path)."""
+    root = tmp_path_factory.mktemp("task01")
+    images = {}
+    files = []
+    for value, name in enumerate(SEQUENCES):
+        array = physical_ball(SHAPE, AFFINE, CENTRES[name], 6.0, value=300 + 100 * value, background=0)
+        images[name] = image_from_array(array.astype(np.int16), AFFINE)
+        files.append(root / f"BRATS_001_{name.lower()}.nii.gz")
+        sitk.WriteImage(images[name], str(files[-1]))
+    msd = ("FLAIR", "T1", "T1c", "T2")
+    four_d = write_4d(root / "Task01_BrainTumour" / "imagesTr" / "BRATS_001.nii.gz", [images[n] for n in msd])
+    (root / "Task01_BrainTumour" / "dataset.json").write_text(
+        json.dumps({"name": "BRATS", "modality": dict(enumerate(MSD_ORDER)), "labels": {"0": "background"}})
+    )
+    package = make_package(root, mr_config())
+    return root, files, four_d, package, images
+
+
+def run_cli(package, out, *inputs, options=()) -> int:
+    fixed = ["--no-overview", "--no-heatmaps", "--progress", "none", "--device", "cpu"]
+    return cli.main(["segment", *map(str, inputs), "--model", str(package), "--out", str(out), *fixed, *options])
+
+
+def read_labels(folder):
+    image = sitk.ReadImage(str(folder / "segmentation.seg.nrrd"))
+    return sitk.GetArrayFromImage(image), np.array([*image.GetOrigin(), *image.GetSpacing(), *image.GetDirection()])
+
+
+def test_the_command_segments_a_4d_image_in_its_dataset_json_order_as_its_four_3d_files(task01, tmp_path, capsys):
+    root, files, four_d, package, _ = task01
+    assert run_cli(package, tmp_path / "three", *files) == 0
+    assert run_cli(package, tmp_path / "four", four_d) == 0
+    note = capsys.readouterr().err
+    order = "T1 = volume 1, T1c = volume 2, T2 = volume 3, FLAIR = volume 0"
+    assert f"note: BRATS_001.nii.gz holds the channels in 4D: {order} (order from " in note
+    assert "dataset.json" in note
+    three, four = read_labels(tmp_path / "three"), read_labels(tmp_path / "four")
+    assert np.array_equal(three[0], four[0]) and np.allclose(three[1], four[1])
+    report = json.loads((tmp_path / "four" / "report.json").read_text())
+    assert report["channel_order"]["source"].endswith("dataset.json")
+    assert report["channel_order"]["volumes"] == {"T1": 1, "T1c": 2, "T2": 3, "FLAIR": 0}
+    # --channels overrides the dataset.json (here with the package's own names, in other cases)
+    assert run_cli(package, tmp_path / "given", four_d, options=["--channels", "flair,T1,T1ce,t2"]) == 0
+    assert "(order from --channels)" in capsys.readouterr().err
+    assert np.array_equal(read_labels(tmp_path / "given")[0], three[0])
+
+
+def test_segment_takes_a_4d_image_and_puts_each_sequence_in_its_channel(task01, tmp_path):
+    """FLAIR's ball is found where FLAIR is, on the 4D image's 3D grid, exactly as from the 3D files."""
+    root, files, four_d, _, images = task01
+    package = flair_threshold()
+    from_files = segment([str(f) for f in files], package, device="cpu")
+    from_4d = segment(str(four_d), package, device="cpu")
+    assert np.array_equal(from_files.labels, from_4d.labels) and np.allclose(from_files.affine, from_4d.affine)
+    assert from_4d.labels.shape == SHAPE and np.allclose(from_4d.affine, AFFINE, atol=1e-4)
+    centres = voxel_centres(SHAPE, from_4d.affine)
+    assert np.linalg.norm(centres[from_4d.labels == 1].mean(axis=0) - CENTRES["FLAIR"]) < 1.0
+    # an order given wrongly by the user is theirs: the label follows the volume named FLAIR
+    wrong = segment(str(four_d), package, device="cpu", channels=["T1", "FLAIR", "T1c", "T2"])
+    assert np.linalg.norm(centres[wrong.labels == 1].mean(axis=0) - CENTRES["T1"]) < 1.0
+    # without a dataset.json and without channels=: refused, saying what to pass
+    alone = tmp_path / "BRATS_001.nii.gz"
+    alone.write_bytes(four_d.read_bytes())
+    expected = r"nothing says which channel each one is \(name its volumes in order, e.g. channels=\['T1'"
+    with pytest.raises(InputError, match=expected):
+        segment(str(alone), package, device="cpu")
+
+
+def test_a_4d_image_without_an_order_is_refused_saying_what_to_pass(task01, tmp_path, capsys, monkeypatch):
+    root, files, four_d, package, _ = task01
+    alone = tmp_path / "BRATS_001.nii.gz"
+    alone.write_bytes(four_d.read_bytes())
+    refuse_reading(monkeypatch)
+    assert run_cli(package, tmp_path / "out", alone) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: BRATS_001.nii.gz holds 4 volumes (a 4D image), and nothing says which channel")
+    assert "(name its volumes in order, e.g. --channels T1,T1c,T2,FLAIR, or keep its dataset.json)" in error
+    assert error.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def refusals(task01, tmp_path):
+    """(what, inputs, options, the message's start) of 4D inputs refused from their headers."""
+    root, files, four_d, package, images = task01
+    three = write_4d(tmp_path / "imagesTr" / "three.nii.gz", [images[n] for n in SEQUENCES[:3]])
+    fmri = write_4d(tmp_path / "fmri.nii.gz", [images[n] for n in SEQUENCES], xyzt_units=2 | 8, pixdim4=2.0)
+    series = write_4d(tmp_path / "series.nii.gz", [images[n] for n in SEQUENCES], intent=2001)
+    five = tmp_path / "five.nii.gz"
+    sitk.WriteImage(sitk.JoinSeries([sitk.JoinSeries([images[n] for n in SEQUENCES])] * 2), str(five))
+    return {
+        "three volumes": ([three], ["--channels", "T1,T1c,T2"], "three.nii.gz holds 3 volumes along its 4th axis"),
+        "a name twice": (
+            [four_d],
+            ["--channels", "FLAIR,T1,t1ce,T1c"],
+            "'t1ce' (volume 2 in --channels) and 'T1c' (volume 3 in --channels) both name channel T1c",
+        ),
+        "an unknown name": (
+            [four_d],
+            ["--channels", "FLAIR,T1,T1c,DWI"],
+            "'DWI' (volume 3 in --channels) names no channel of model 'brats-4d' (use T1, T1c, T2, FLAIR;",
+        ),
+        "too few names": ([four_d], ["--channels", "FLAIR,T1"], "--channels names 2 volumes; BRATS_001.nii.gz holds 4"),
+        "time": ([fmri], ["--channels", "T1,T1c,T2,FLAIR"], "fmri.nii is a 4D image whose 4th axis is time"),
+        "time series intent": ([series], [], "series.nii is a 4D image whose 4th axis is a time series"),
+        "5D": ([five], ["--channels", "T1,T1c,T2,FLAIR"], "five.nii.gz has 5 dimensions"),
+        "a 4D among 3D files": (
+            [four_d, *files[1:]],
+            [],
+            "BRATS_001.nii.gz is a 4D image of 4 volumes, given for channel T1 (give one",
+        ),
+        "channels for 3D files": (files, ["--channels", "T1,T1c,T2,FLAIR"], "--channels names the volumes of a 4D"),
+    }
+
+
+def test_bad_4d_inputs_are_refused_from_their_headers_in_one_line(task01, tmp_path, capsys, monkeypatch):
+    package = task01[3]
+    cases = refusals(task01, tmp_path)
+    refuse_reading(monkeypatch)
+    for what, (inputs, options, start) in cases.items():
+        assert run_cli(package, tmp_path / "out", *inputs, options=options) == 2, what
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {start}"), (what, error)
+        assert error.count("\n") == 1 and "Traceback" not in error, what
+
+
+def test_a_4d_image_for_a_one_channel_model_is_refused_before_reading(task01, tmp_path, capsys, monkeypatch):
+    root, files, four_d, _, _ = task01
+    ct = make_package(tmp_path, tiny_config())
+    refuse_reading(monkeypatch)
+    assert run_cli(ct, tmp_path / "out", four_d) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: BRATS_001.nii.gz holds 4 volumes (a 4D image); model 'tiny-ct' takes one 3D volume")
+    with pytest.raises(InputError, match="holds 4 volumes"):
+        segment(str(four_d), ct, device="cpu")
+
+
+def test_a_4d_read_is_checked_against_the_memory_limit_from_its_header(task01, tmp_path, capsys, monkeypatch):
+    """Reading a 4D image holds all its channels at once: the limit is checked on the whole image, before reading."""
+    root, files, four_d, package, _ = task01
+    refuse_reading(monkeypatch)
+    monkeypatch.setenv("TOKENUNET_MEMORY_LIMIT", "40K")  # one 16^3 int16 volume read: 16 KiB; the four: 64 KiB
+    assert run_cli(package, tmp_path / "out", four_d) == 2
+    error = capsys.readouterr().err
+    assert "BRATS_001.nii.gz declares 16 x 16 x 16 x 4 voxels of int16" in error and "TOKENUNET_MEMORY_LIMIT" in error
+
+
+def test_a_dict_names_channels_in_any_case_and_with_synonyms(task01):
+    root, files, four_d, _, _ = task01
+    package = flair_threshold()
+    by_name = dict(zip(("t1", "T1CE", "t2w", "flair"), map(str, files), strict=True))
+    result = segment(by_name, package, device="cpu")
+    assert np.array_equal(result.labels, segment([str(f) for f in files], package, device="cpu").labels)
+    with pytest.raises(InputError, match=r"missing: T1c; given twice: T1 \(as t1, T1w\)"):
+        segment({"t1": files[0], "T1w": files[1], "t2": files[2], "flair": files[3]}, package, device="cpu")
+    with pytest.raises(InputError, match="unknown: dwi"):
+        segment({"t1": files[0], "t1c": files[1], "t2": files[2], "dwi": files[3]}, package, device="cpu")
+
+
+def test_evaluate_runs_a_model_on_a_4d_image(task01, tmp_path, capsys):
+    root, files, four_d, package, _ = task01
+    assert run_cli(package, tmp_path / "three", *files) == 0
+    reference = tmp_path / "three" / "segmentation.seg.nrrd"
+    out = tmp_path / "evaluation.json"
+    assert (
+        cli.main(["evaluate", str(reference), "--model", str(package), "--image", str(four_d), "--json", str(out)]) == 0
+    )
+    result = json.loads(out.read_text())
+    dices = [m["dice"] for m in result["labels"].values()]
+    assert 1.0 in dices and set(dices) <= {1.0, None}  # the same labels as from the 3D files
+    options = ["--image", str(four_d), "--channels", "FLAIR,T1"]
+    assert cli.main(["evaluate", str(reference), "--model", str(package), *options]) == 2
+    assert "error: --channels names 2 volumes; BRATS_001.nii.gz holds 4" in capsys.readouterr().err

@@ -1,0 +1,232 @@
+"""One 4D image holding a multi-channel model's channels, split into one 3D volume per channel, in the model's order.
+
+The Medical Segmentation Decathlon stores brain-tumour MRI so (``Task01_BrainTumour/imagesTr/BRATS_001.nii.gz``:
+X x Y x Z x 4, its ``dataset.json`` saying ``"modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}``;
+nnU-Net's dataset.json calls it ``"channel_names"``). Its order need not be the package's, and a wrong guess would
+swap sequences without a word, so it is never guessed: it comes from the user (``--channels``, ``channels=``) or from
+that dataset.json, and the run says which. Everything is checked from the header before any voxel is read.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+DATASET_FOLDERS = ("imagesTr", "imagesTs")
+"""Folders of the MSD / nnU-Net layout whose parent holds the dataset.json that names the images' channels."""
+DATASET_KEYS = ("modality", "channel_names")
+"""The dataset.json keys naming each volume (MSD and nnU-Net v1: ``modality``; nnU-Net v2: ``channel_names``)."""
+STACK_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass(frozen=True)
+class ChannelOrder:
+    """What each volume of a 4D image holds: ``names`` as given (volume 0 first), where they come from
+    (``source``), and ``volumes``: the volume of each of the package's channels, in the package's order."""
+
+    file: str
+    names: tuple[str, ...]
+    source: str
+    volumes: tuple[int, ...]
+    channels: tuple[str, ...]
+
+    def describe(self) -> str:
+        pairs = ", ".join(f"{name} = volume {index}" for name, index in zip(self.channels, self.volumes, strict=True))
+        return f"{self.file} holds the channels in 4D: {pairs} (order from {self.source})"
+
+    def report(self) -> dict:
+        return {
+            "file": self.file,
+            "source": self.source,
+            "volume_names": list(self.names),
+            "volumes": dict(zip(self.channels, self.volumes, strict=True)),
+        }
+
+
+def is_stack_candidate(item) -> bool:
+    """Whether ``item`` may be a 4D image to split (a NIfTI file), judged from its name alone."""
+    if not isinstance(item, (str, Path)):
+        return False
+    name = Path(item).name.lower()
+    return name.endswith(STACK_SUFFIXES) and Path(item).is_file()
+
+
+def dataset_names(path: Path) -> tuple[list[str], Path] | None:
+    """The channel names of the dataset.json beside ``path``'s ``imagesTr``/``imagesTs`` folder, and its path; None
+    when there is no such file or it names no channels.
+
+    Raises:
+        InputError: a dataset.json that is no JSON, or whose channel names are not numbered 0, 1, ...
+    """
+    folder = Path(path).absolute().parent
+    if folder.name not in DATASET_FOLDERS:
+        return None
+    found = folder.parent / "dataset.json"
+    if not found.is_file():
+        return None
+    try:
+        data = json.loads(found.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read {found}: {error}", "fix the file, or pass --channels") from None
+    table = next((data[key] for key in DATASET_KEYS if isinstance(data, dict) and key in data), None)
+    if table is None:
+        return None
+    if not isinstance(table, dict) or sorted(table) != [str(i) for i in range(len(table))]:
+        raise InputError(
+            f"{found} names its channels in '{next(k for k in DATASET_KEYS if k in data)}' without numbering them "
+            "0, 1, ...",
+            'write it as {"0": "FLAIR", "1": "T1w", ...}, or pass --channels',
+        )
+    return [str(table[str(i)]) for i in range(len(table))], found
+
+
+def refuse_stacked(opened, name: str, channels: Sequence, model: str, channel: str = "") -> None:
+    """Refuse an opened input (:class:`.volumes.OpenedVolume`) that holds several volumes where one 3D volume is
+    needed (one input per channel; ``channel``: the one it is given for), or more than 4 dimensions, from its header.
+
+    Raises:
+        InputError: saying what the image holds and what to pass instead.
+    """
+    stacked = opened.stacked
+    if not stacked:
+        return
+    listed = ", ".join(channel.name for channel in channels)
+    if len(stacked) > 1:
+        raise InputError(
+            f"{name} has {3 + len(stacked)} dimensions ({' x '.join(map(str, stacked))} after the spatial ones)",
+            "save each volume as a 3D file"
+            + (f", or all as one 4D image (X x Y x Z x {len(channels)})" if len(channels) > 1 else ""),
+        )
+    if opened.stacked_axis:
+        raise InputError(
+            f"{name} is a 4D image whose 4th axis is {opened.stacked_axis}, not channels",
+            "pass one 3D volume per channel" if len(channels) > 1 else "pass one 3D volume (e.g. one time point)",
+        )
+    if len(channels) == 1:
+        raise InputError(
+            f"{name} holds {stacked[0]} volumes (a 4D image); model '{model}' takes one 3D volume ({listed})",
+            "pass a 3D volume, or choose a model with as many input channels",
+        )
+    raise InputError(
+        f"{name} is a 4D image of {stacked[0]} volumes, given for channel {channel or channels[0].name}",
+        "give one 3D volume per channel, or the 4D image alone with --channels naming its volumes",
+    )
+
+
+def open_stack(item, config, model: str, names: Sequence[str] | None = None, option: str = "--channels"):
+    """The package ``config``'s channels from one 4D NIfTI image ``item``: (one :class:`.volumes.OpenedVolume` per
+    channel, in the package's order, a :class:`ChannelOrder`), or None when ``item`` is no 4D NIfTI image. ``names``:
+    what each volume holds, in order (else the dataset.json beside its ``imagesTr`` folder says); ``option``: how the
+    caller passes them, for messages. The header is checked now; the image is read once, when a channel is read.
+
+    Raises:
+        InputError: a time axis, more than 4 dimensions, a volume count other than the channel count, no order, or
+            names that do not name the channels one to one.
+    """
+    from .channels import match_names
+    from .readers import open_image
+
+    channels = config.inputs
+    if not is_stack_candidate(item):
+        return None
+    path = Path(item)
+    opened = open_image(path)  # the header: the whole 4D read is checked against the memory limit
+    if not opened.stacked:
+        return None
+    if len(opened.stacked) > 1 or opened.stacked_axis:  # 5D, or a time series
+        refuse_stacked(opened, path.name, channels, model)
+    count = opened.stacked[0]
+    listed = ", ".join(channel.name for channel in channels)
+    if count != len(channels):
+        raise InputError(
+            f"{path.name} holds {count} volumes along its 4th axis; model '{model}' needs {len(channels)} channels "
+            f"({listed})",
+            f"pass a 4D image of {len(channels)} volumes, or one 3D file per channel",
+        )
+    if names is not None:
+        names, source = [str(name) for name in names], option
+        if len(names) != count:
+            raise InputError(
+                f"{option} names {len(names)} volumes; {path.name} holds {count}",
+                f"name each of its {count} volumes in order, e.g. {_example(option, channels)}",
+            )
+    else:
+        found = dataset_names(path)
+        if found is None:
+            raise InputError(
+                f"{path.name} holds {count} volumes (a 4D image), and nothing says which channel each one is",
+                f"name its volumes in order, e.g. {_example(option, channels)}, or keep its dataset.json",
+            )
+        names, where = found
+        source = str(where)
+        if len(names) != count:
+            raise InputError(
+                f"{where} names {len(names)} channels; {path.name} holds {count} volumes",
+                f"pass {option} naming each of its {count} volumes in order",
+            )
+    shown = option if source == option else "dataset.json"
+    where = [f"volume {index} in {shown}" for index in range(count)]
+    channel_of = match_names(names, channels, model, where)
+    volumes = tuple(channel_of.index(c) for c in range(len(channels)))
+    order = ChannelOrder(path.name, tuple(names), source, volumes, tuple(c.name for c in channels))
+    read = _shared_read(opened, path.name, count)
+    per_channel = [_channel(opened, read, volume, count) for volume in volumes]
+    return per_channel, order
+
+
+def _example(option: str, channels: Sequence) -> str:
+    names = [channel.name for channel in channels]
+    return f"{option}{names!r}" if option.endswith("=") else f"{option} {','.join(names)}"
+
+
+def _channel(opened, read, volume: int, count: int):
+    from .volumes import OpenedVolume
+
+    return OpenedVolume(opened.values // count, lambda: read()[volume], "", opened.grid)
+
+
+def _shared_read(opened, name: str, count: int):
+    """Read and split the image once, whichever channel asks first (a 4D read holds every channel at once)."""
+    lock, kept = threading.Lock(), []
+
+    def read():
+        with lock:
+            if not kept:
+                kept.extend(_split(opened, name, count))
+            return kept
+
+    return read
+
+
+def _split(opened, name: str, count: int) -> list:
+    import numpy as np
+    import SimpleITK as sitk
+
+    from .geometry import affine_of_image
+    from .volumes import Volume, check_volume
+
+    image, warnings = opened()
+    if image.GetDimension() != 4 or image.GetSize()[3] != count or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{name} was not read as {count} volumes of one value per voxel", "export it again")
+    spacing = image.GetSpacing()[:3]
+    if not all(s > 0 and np.isfinite(s) for s in spacing):
+        raise InputError(f"{name} has zero or negative voxel spacing {spacing}", "fix the image header")
+    place = sitk.Image([1, 1, 1], sitk.sitkUInt8)  # the 3D geometry of its volumes
+    place.SetSpacing(spacing)
+    place.SetOrigin(image.GetOrigin()[:3])
+    place.SetDirection(tuple(np.asarray(image.GetDirection()).reshape(4, 4)[:3, :3].ravel()))
+    affine = affine_of_image(place)
+    array = sitk.GetArrayFromImage(image)  # (volume, k, j, i)
+    del image
+    volumes = []
+    for index in range(count):
+        volume = Volume(array[index].transpose(2, 1, 0), affine.copy(), f"{name}, volume {index}")
+        volume.warnings = list(warnings) if index == 0 else []
+        check_volume(volume)
+        volumes.append(volume)
+    return volumes
