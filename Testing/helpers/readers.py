@@ -193,45 +193,93 @@ def write_non_image_dicom(path: Path, sop_class: str, modality: str = "SR") -> P
 
 
 def write_enhanced_ct(
-    path: Path, array_kji: np.ndarray, spacing=(0.8, 0.8, 2.5), positions=None, order=None, legacy=None
+    path: Path,
+    array_kji: np.ndarray,
+    spacing=(0.8, 0.8, 2.5),
+    positions=None,
+    order=None,
+    legacy=None,
+    unsigned=False,
+    rescale=(1, 0),
+    frame_rescales=None,
+    padding=None,
+    frame_spacings=None,
+    frame_orientations=None,
+    origins=None,
+    frame_groups=None,
+    sop_class="1.2.840.10008.5.1.4.1.1.2.1",
+    modality="CT",
+    instance=1,
 ) -> Path:
-    """One enhanced (multi-frame) CT file: frames of ``array_kji`` at ``positions`` along z (default k * spacing)
-    with pixel spacing and orientation in the shared functional groups and each frame's position in its own;
-    ``order``: the frames' order in the file (default 0, 1, ...). ``legacy``: a SOP class UID for an older
-    multi-frame file instead, with one position, orientation and SpacingBetweenSlices for all its frames."""
+    """One enhanced (multi-frame) CT file: frames of ``array_kji`` (stored values) at ``positions`` along z (default
+    k * spacing) with pixel spacing, orientation and rescale in the shared functional groups and each frame's position
+    in its own; ``order``: the frames' order in the file (default 0, 1, ...). ``legacy``: a SOP class UID for an older
+    multi-frame file instead, with one position, orientation and SpacingBetweenSlices for all its frames.
+
+    Per frame k (before ``order``), each in the frame's own functional groups instead of the shared ones:
+    ``frame_rescales`` (slope, intercept), ``frame_spacings`` (column, row spacing), ``frame_orientations`` (6
+    direction cosines), ``origins`` (in-plane x, y of its position, e.g. a gantry tilt), ``frame_groups`` (more
+    functional groups: ``{"FrameContentSequence": {"TemporalPositionIndex": 2}}``). ``padding``: PixelPaddingValue,
+    or (value, range limit); ``unsigned``: unsigned stored values; ``instance``: its InstanceNumber, in its UID."""
     from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
     from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian
 
-    array = np.asarray(array_kji, np.int16)
+    array = np.asarray(array_kji, np.uint16 if unsigned else np.int16)
     order = list(range(len(array))) if order is None else list(order)
     positions = [k * spacing[2] for k in range(len(array))] if positions is None else positions
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image Storage
-    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.2.1125.7.1"
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.2.1125.7.1.{instance}"
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientName, ds.PatientID = "CT", "Test^Patient", "P1"
+    ds.Modality, ds.PatientName, ds.PatientID = modality, "Test^Patient", "P1"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.2.1125.7", "1.2.826.0.1.3680043.2.1125.7.2"
-    ds.InstanceNumber, ds.NumberOfFrames = 1, len(order)
+    ds.InstanceNumber, ds.NumberOfFrames = instance, len(order)
     ds.Rows, ds.Columns = array.shape[1:]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    measures, plane, values = Dataset(), Dataset(), Dataset()
-    measures.PixelSpacing, measures.SliceThickness = [spacing[1], spacing[0]], spacing[2]
-    plane.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    values.RescaleIntercept, values.RescaleSlope, values.RescaleType = 0, 1, "HU"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(not unsigned)
+    if padding is not None:
+        value, limit = padding if isinstance(padding, tuple) else (padding, None)
+        ds.add_new(0x00280120, "US" if unsigned else "SS", value)  # PixelPaddingValue
+        if limit is not None:
+            ds.add_new(0x00280121, "US" if unsigned else "SS", limit)  # PixelPaddingRangeLimit
+
+    def item(**values) -> Sequence:
+        entry = Dataset()
+        for keyword, value in values.items():
+            setattr(entry, keyword, value)
+        return Sequence([entry])
+
     shared = Dataset()
-    shared.PixelMeasuresSequence = Sequence([measures])
-    shared.PlaneOrientationSequence = Sequence([plane])
-    shared.PixelValueTransformationSequence = Sequence([values])
+    if frame_spacings is None:
+        shared.PixelMeasuresSequence = item(PixelSpacing=[spacing[1], spacing[0]], SliceThickness=spacing[2])
+    if frame_orientations is None:
+        shared.PlaneOrientationSequence = item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+    if frame_rescales is None:
+        shared.PixelValueTransformationSequence = item(
+            RescaleSlope=rescale[0], RescaleIntercept=rescale[1], RescaleType="HU"
+        )
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
     frames = []
     for k in order:
-        position, frame = Dataset(), Dataset()
-        position.ImagePositionPatient = [0.0, 0.0, float(positions[k])]
-        frame.PlanePositionSequence = Sequence([position])
+        frame = Dataset()
+        x, y = (0.0, 0.0) if origins is None else origins[k]
+        frame.PlanePositionSequence = item(ImagePositionPatient=[float(x), float(y), float(positions[k])])
+        if frame_spacings is not None:
+            frame.PixelMeasuresSequence = item(
+                PixelSpacing=[frame_spacings[k][1], frame_spacings[k][0]], SliceThickness=spacing[2]
+            )
+        if frame_orientations is not None:
+            frame.PlaneOrientationSequence = item(ImageOrientationPatient=list(frame_orientations[k]))
+        if frame_rescales is not None:
+            slope, intercept = frame_rescales[k]
+            frame.PixelValueTransformationSequence = item(
+                RescaleSlope=slope, RescaleIntercept=intercept, RescaleType="HU"
+            )
+        for sequence, values in ({} if frame_groups is None else frame_groups[k]).items():
+            setattr(frame, sequence, item(**values))
         frames.append(frame)
     ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
     if legacy:
@@ -239,6 +287,8 @@ def write_enhanced_ct(
         ds.SOPClassUID = meta.MediaStorageSOPClassUID = legacy
         ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 0.0], [1, 0, 0, 0, 1, 0]
         ds.PixelSpacing, ds.SpacingBetweenSlices = [spacing[1], spacing[0]], spacing[2]
+        if tuple(rescale) != (1, 0):
+            ds.RescaleSlope, ds.RescaleIntercept = rescale
     ds.PixelData = np.ascontiguousarray(array[order]).tobytes()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)

@@ -5,6 +5,7 @@ never from a guess; the result is the one of the four 3D files, voxel for voxel;
 headers."""
 
 import json
+import re
 import struct
 
 import numpy as np
@@ -177,7 +178,11 @@ def refusals(task01, tmp_path):
             [],
             "BRATS_001.nii.gz is a 4D image of 4 volumes, given for channel T1 (give one",
         ),
-        "channels for 3D files": (files, ["--channels", "T1,T1c,T2,FLAIR"], "--channels names the volumes of a 4D"),
+        "channels for 3D files": (
+            files,
+            ["--channels", "T1,T1c,T2,FLAIR"],
+            "--channels names the volumes of one 4D image, but 4 inputs are given",
+        ),
     }
 
 
@@ -239,3 +244,193 @@ def test_evaluate_runs_a_model_on_a_4d_image(task01, tmp_path, capsys):
     options = ["--image", str(four_d), "--channels", "FLAIR,T1"]
     assert cli.main(["evaluate", str(reference), "--model", str(package), *options]) == 2
     assert "error: --channels names 2 volumes; BRATS_001.nii.gz holds 4" in capsys.readouterr().err
+
+
+def hostile_dataset_jsons():
+    """(what, dataset.json bytes or a maker, the message's start after 'error: ') of dataset.json files that must be
+    refused in one line, from the JSON, before any voxel is read."""
+    good = {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}
+    return {
+        "nested": (b"[" * 100_000 + b"]" * 100_000, "{json} nests 100000 levels deep"),
+        "too large": (b" " * (16 * 2**20 + 1) + b"{}", "{json} is too large for a JSON file"),
+        "two 'modality' keys": (
+            f'{{"modality": {json.dumps(good)}, "modality": {json.dumps(dict(enumerate(reversed(MSD_ORDER))))}}}',
+            "{json} is not valid JSON: the key 'modality' appears twice",
+        ),
+        "one number twice": (
+            '{"modality": {"0": "FLAIR", "1": "T1w", "1": "t1gd", "2": "T1w", "3": "T2w"}}',
+            "{json} is not valid JSON: the key '1' appears twice",
+        ),
+        "modality and channel_names disagree": (
+            json.dumps({"modality": good, "channel_names": dict(enumerate(reversed(MSD_ORDER)))}),
+            "{json} names its channels twice, differently, in 'modality' and 'channel_names'",
+        ),
+        "a folder": (None, "{json} is a folder, not a JSON file"),
+    }
+
+
+def test_a_hostile_dataset_json_is_refused_in_one_line_saying_to_pass_channels(task01, tmp_path, capsys, monkeypatch):
+    root, files, four_d, package, _ = task01
+    refuse_reading(monkeypatch)
+    for what, (content, start) in hostile_dataset_jsons().items():
+        dataset = tmp_path / what.replace(" ", "_").replace("'", "")
+        image = dataset / "imagesTs" / "BRATS_485.nii.gz"
+        image.parent.mkdir(parents=True)
+        image.write_bytes(four_d.read_bytes())
+        if content is None:
+            (dataset / "dataset.json").mkdir()
+        else:
+            (dataset / "dataset.json").write_bytes(content if isinstance(content, bytes) else content.encode())
+        assert run_cli(package, tmp_path / "out", image) == 2, what
+        error = capsys.readouterr().err  # one line (a long path may be cut in its middle)
+        assert error.startswith("error: ") and error.endswith("pass --channels naming its volumes in order)\n"), what
+        assert error.count("\n") == 1 and "Traceback" not in error, what
+        with pytest.raises(InputError) as refused:
+            segment(str(image), package, device="cpu")
+        assert str(refused.value).startswith(start.format(json=dataset / "dataset.json")), (what, str(refused.value))
+        assert refused.value.hint == "fix it, or pass channels= naming its volumes in order", what
+
+
+def test_dataset_json_names_that_name_no_sequence_say_to_pass_channels(task01, tmp_path, capsys):
+    """nnU-Net v2's channel_names may hold normalisation schemes (noNorm, zscore), which say nothing of the sequence:
+    refused, and the hint says how to name the volumes instead of the dataset.json."""
+    root, files, four_d, package, _ = task01
+    image = tmp_path / "Dataset001" / "imagesTs" / "BRATS_485.nii.gz"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(four_d.read_bytes())
+    schemes = {"0": "noNorm", "1": "zscore", "2": "zscore", "3": "zscore"}
+    (image.parent.parent / "dataset.json").write_text(json.dumps({"channel_names": schemes}))
+    assert run_cli(package, tmp_path / "out", image) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: 'noNorm' (volume 0 in dataset.json) names no channel of model 'brats-4d'")
+    assert "pass --channels naming its volumes in order" in error and error.count("\n") == 1
+
+
+def test_dataset_json_numbers_past_nine_are_read_in_numeric_order(tmp_path):
+    from TokenUNetSegmentLib.pipeline.channel_stack import dataset_names
+
+    image = tmp_path / "imagesTr" / "case.nii.gz"
+    image.parent.mkdir()
+    names = [f"sequence{i}" for i in range(12)]
+    (tmp_path / "dataset.json").write_text(json.dumps({"modality": {str(i): n for i, n in enumerate(names)}}))
+    assert dataset_names(image) == (names, tmp_path / "dataset.json")
+
+
+def test_a_vector_nifti_is_refused_for_its_components_as_before(task01, tmp_path, capsys):
+    """A NIfTI of vectors (intent VECTOR, the values in dim[5], dim[4] 1: what ITK writes for a multi-component
+    image) is no 5D image: ITK reads it as components, and the message says so as it did before 4D images were
+    split (before this fix: "has 5 dimensions (1 x 3 after the spatial ones)")."""
+    root, files, four_d, package, images = task01
+    vector = tmp_path / "vector.nii.gz"
+    sitk.WriteImage(sitk.Compose([images[name] for name in SEQUENCES[:3]]), str(vector))
+    ct = make_package(tmp_path, tiny_config())
+    assert run_cli(ct, tmp_path / "out", vector) == 2
+    expected = "error: vector.nii.gz has 3 components per voxel (use one scalar volume per channel)\n"
+    assert capsys.readouterr().err == expected
+
+
+def test_channel_names_given_where_no_4d_image_can_take_them_are_refused_saying_what_is_given(task01, tmp_path, capsys):
+    """--channels with the 4D image twice, with a 4D NRRD, with a one-channel model; channels= with a 4D array, and a
+    4D array without it: each refusal says what is wrong with what was given (before: "the input is no 4D NIfTI image"
+    for a 4D NIfTI given twice, "needs 1 channels ... a 4D image of 1 volumes" for a CT model, "got 1" for an array of
+    four channels)."""
+    root, files, four_d, package, images = task01
+    nrrd = tmp_path / "BRATS_001.nrrd"
+    sitk.WriteImage(sitk.JoinSeries([images[name] for name in SEQUENCES]), str(nrrd))
+    ct = make_package(tmp_path, tiny_config())
+    names = ["--channels", "FLAIR,T1,T1c,T2"]
+    cases = [
+        (package, [four_d, four_d], "--channels names the volumes of one 4D image, but 2 inputs are given"),
+        (package, [nrrd], "--channels names the volumes of a 4D NIfTI image; BRATS_001.nrrd is no NIfTI file"),
+        (ct, [four_d], "--channels names the volumes of a multi-channel 4D image; model 'tiny-ct' takes one 3D volume"),
+    ]
+    for model, inputs, start in cases:
+        assert run_cli(model, tmp_path / "out", *inputs, options=names) == 2, start
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {start}") and error.count("\n") == 1, error
+    stacked = np.stack([sitk.GetArrayFromImage(images[name]).T for name in SEQUENCES], axis=-1)
+    with pytest.raises(InputError, match=r"channels= names the volumes of a 4D NIfTI file, not of an array"):
+        segment((stacked, AFFINE), package, device="cpu", channels=list(SEQUENCES))
+    expected = (
+        r"got 1 \(an array of 4 dimensions: pass one \(array, ijk_to_ras\) pair per channel: T1, T1c, T2, FLAIR\)"
+    )
+    with pytest.raises(InputError, match=expected):
+        segment((stacked, AFFINE), package, device="cpu")
+
+
+def test_a_hand_edited_datalist_channels_entry_is_refused_with_an_example_in_json(task01):
+    """A datalist's "channels" of the wrong length: the example is the JSON to write (before: "e.g. the datalist's
+    'channels' T1,T1c,T2,FLAIR", a command-line form for a JSON file)."""
+    from TokenUNetSegmentLib.pipeline.channel_stack import open_stack
+    from TokenUNetSegmentLib.pipeline.metadata import parse_config
+
+    four_d = task01[2]
+    config = parse_config(mr_config(), "test")
+    with pytest.raises(InputError) as refused:
+        open_stack(four_d, config, "brats-4d", ["FLAIR", "T1w", "t1gd"], "the datalist's 'channels'")
+    assert str(refused.value) == (
+        "the datalist's 'channels' names 3 volumes; BRATS_001.nii.gz holds 4 "
+        '(name each of its 4 volumes in order, e.g. "channels": ["T1", "T1c", "T2", "FLAIR"])'
+    )
+
+
+def scaled_nifti(path, images, slope, inter):
+    """3D ``images`` written as one uncompressed NIfTI (4D for several) whose int16 values are (value - inter) /
+    slope, with that scl_slope and scl_inter."""
+    stored = [sitk.Cast((sitk.Cast(image, sitk.sitkFloat32) - inter) / slope, sitk.sitkInt16) for image in images]
+    sitk.WriteImage(stored[0] if len(stored) == 1 else sitk.JoinSeries(stored), str(path))
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<ff", raw, 112, slope, inter)  # scl_slope, scl_inter
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_a_4d_nifti_with_a_flipped_oblique_affine_and_scaled_values_lands_where_its_3d_files_do(tmp_path):
+    """An LPS-flipped (negative determinant), oblique, anisotropic 4D NIfTI of int16 values with scl_slope/scl_inter:
+    the labels of the four 3D files written the same way, voxel for voxel, on the same grid, and FLAIR's ball at its
+    place in physical space (scl_slope applies to every volume)."""
+    flip = np.diag([-1.0, -1.0, -1.0])
+    affine = affine_from_spacing((1.5, 2.0, 2.5), origin=(30.0, -12.0, 40.0), direction=rotation(2, 25) @ flip)
+    assert np.linalg.det(affine[:3, :3]) < 0
+    shape, centre = (20, 18, 16), np.array([10.0, 9.0, 8.0, 1.0])
+    places = {name: (affine @ centre)[:3] + (index - 1.5) * 4.0 for index, name in enumerate(SEQUENCES)}
+    images = {
+        name: image_from_array(physical_ball(shape, affine, places[name], 7.0, 300 + 100 * i, 0), affine)
+        for i, name in enumerate(SEQUENCES)
+    }
+    files = [str(scaled_nifti(tmp_path / f"case_{n.lower()}.nii", [images[n]], 2.0, -100.0)) for n in SEQUENCES]
+    four_d = scaled_nifti(tmp_path / "case.nii", [images[n] for n in SEQUENCES], 2.0, -100.0)
+    package = flair_threshold()
+    from_files = segment(files, package, device="cpu")
+    from_4d = segment(str(four_d), package, device="cpu", channels=list(SEQUENCES))
+    assert from_4d.labels.sum() > 0 and np.array_equal(from_files.labels, from_4d.labels)
+    assert np.allclose(from_4d.affine, from_files.affine, atol=1e-5)
+    assert np.allclose(from_4d.affine, affine, atol=1e-4)
+    found = voxel_centres(from_4d.labels.shape, from_4d.affine)[from_4d.labels == 1].mean(axis=0)
+    assert np.linalg.norm(found - places["FLAIR"]) < 1.0
+
+
+def test_a_dataset_json_that_lists_its_images_names_only_those(task01, tmp_path, capsys, monkeypatch):
+    """An MSD dataset.json lists its images ("training" and "test"): an image it does not list (a case from another
+    dataset copied into imagesTs) may hold its volumes in another order, so the dataset.json does not name them
+    (before: its order taken without a word)."""
+    root, files, four_d, package, _ = task01
+    dataset = tmp_path / "Task01_BrainTumour"
+    for name in ("BRATS_485.nii.gz", "other_001.nii.gz"):
+        (dataset / "imagesTs").mkdir(parents=True, exist_ok=True)
+        (dataset / "imagesTs" / name).write_bytes(four_d.read_bytes())
+    spec = {
+        "modality": dict(enumerate(MSD_ORDER)),
+        "training": [{"image": "./imagesTr/BRATS_001.nii.gz", "label": "./labelsTr/BRATS_001.nii.gz"}],
+        "test": ["./imagesTs/BRATS_485.nii.gz"],
+    }
+    (dataset / "dataset.json").write_text(json.dumps(spec))
+    assert run_cli(package, tmp_path / "listed", dataset / "imagesTs" / "BRATS_485.nii.gz") == 0
+    capsys.readouterr()
+    refuse_reading(monkeypatch)
+    assert run_cli(package, tmp_path / "unlisted", dataset / "imagesTs" / "other_001.nii.gz") == 2
+    error = capsys.readouterr().err  # one line (the long path cut in its middle)
+    assert error.endswith("(pass --channels naming its volumes in order)\n") and error.count("\n") == 1
+    expected = f"{dataset / 'dataset.json'} does not list imagesTs/other_001.nii.gz among its images, so its channel"
+    with pytest.raises(InputError, match=re.escape(expected)):
+        segment(str(dataset / "imagesTs" / "other_001.nii.gz"), package, device="cpu")

@@ -240,3 +240,33 @@ def test_a_decathlon_task01_of_4d_images_trains_with_its_channels_in_the_models_
     steps = ["--steps", "2", "--val-every", "2", "--patch-size", "16", "16", "16", "--select", "last", "--threads", "1"]
     assert cli.main(["train", str(out), "--config", str(config), "--out", str(run), *steps]) == 0
     assert (run / "package" / "configs" / "metadata.json").is_file()
+
+
+def test_datalist_decathlon_reads_the_channel_order_as_segment_does(tmp_path):
+    """A dataset.json whose 'modality' and 'channel_names' differ is refused by both `datalist decathlon` and
+    `segment` (before: the datalist took channel_names, segment took modality: two orders for one image); numbers
+    past 9 are read in numeric order."""
+    from TokenUNetSegmentLib.pipeline.channel_stack import dataset_names
+    from TokenUNetSegmentLib.pipeline.errors import InputError
+
+    root = tmp_path / "Task01_BrainTumour"
+    image = root / "imagesTr" / "BRATS_000.nii.gz"
+    write(np.zeros((8, 8, 8, 2), np.int16)[..., 0], image)
+    write(np.zeros((8, 8, 8), np.uint8), root / "labelsTr" / image.name)
+    order = {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}
+    spec = {
+        "modality": order,
+        "channel_names": dict(zip(order, reversed(order.values()), strict=True)),
+        "labels": {"0": "background", "1": "edema"},
+        "training": [{"image": "./imagesTr/BRATS_000.nii.gz", "label": "./labelsTr/BRATS_000.nii.gz"}],
+    }
+    (root / "dataset.json").write_text(json.dumps(spec))
+    differently = "names its channels twice, differently, in 'modality' and 'channel_names'"
+    with pytest.raises(InputError, match=differently):
+        datasets.decathlon(root)
+    with pytest.raises(InputError, match=differently):
+        dataset_names(image)
+    spec["modality"] = spec["channel_names"] = {str(i): f"s{i}" for i in range(11)}
+    (root / "dataset.json").write_text(json.dumps(spec))
+    datalist, _ = datasets.decathlon(root)
+    assert datalist["training"][0]["channels"] == [f"s{i}" for i in range(11)]

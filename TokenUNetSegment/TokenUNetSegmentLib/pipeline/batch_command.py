@@ -192,8 +192,9 @@ class Batch:
             progress("start", 0.0)
             folder = output_folder(record["folder"], self.protected)
             folder.open()
+            config, model, args = self.metadata.config, self.metadata.id, self.args
             opened = open_case(
-                list(case.inputs), case.channels, self.metadata.config, self.metadata.id, folder, self.args, printer
+                list(case.inputs), case.channels, config, model, folder, args, printer, "the datalist's 'channels'"
             )
             volumes = self.read(opened)
             if self.cancel.is_set():

@@ -56,33 +56,65 @@ def is_stack_candidate(item) -> bool:
     return name.endswith(STACK_SUFFIXES) and Path(item).is_file()
 
 
-def dataset_names(path: Path) -> tuple[list[str], Path] | None:
+def dataset_names(path: Path, option: str = "--channels") -> tuple[list[str], Path] | None:
     """The channel names of the dataset.json beside ``path``'s ``imagesTr``/``imagesTs`` folder, and its path; None
-    when there is no such file or it names no channels.
+    when there is no such file or it names no channels. ``option``: how the caller names the volumes instead.
 
     Raises:
-        InputError: a dataset.json that is no JSON, or whose channel names are not numbered 0, 1, ...
+        InputError: a dataset.json that cannot be read as JSON within :mod:`.json_files`' limits (size, nesting,
+            duplicate keys), or whose channel names are not numbered 0, 1, ..., or differ between its two keys.
     """
+    from .json_files import read_json_file
+
     folder = Path(path).absolute().parent
     if folder.name not in DATASET_FOLDERS:
         return None
     found = folder.parent / "dataset.json"
-    if not found.is_file():
+    if not (found.exists() or found.is_symlink()):
         return None
+    hint = f"fix it, or pass {option} naming its volumes in order"
     try:
-        data = json.loads(found.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"cannot read {found}: {error}", "fix the file, or pass --channels") from None
-    table = next((data[key] for key in DATASET_KEYS if isinstance(data, dict) and key in data), None)
-    if table is None:
+        data = read_json_file(found)
+    except InputError as error:
+        raise InputError(error.message, hint) from None
+    names = dataset_channels(data, found, hint)
+    if names is None:
         return None
-    if not isinstance(table, dict) or sorted(table) != [str(i) for i in range(len(table))]:
+    listed = _listed_images(data)
+    own = f"{folder.name}/{Path(path).name}"
+    if listed and own not in listed:  # another dataset's image copied in: its order may be another
         raise InputError(
-            f"{found} names its channels in '{next(k for k in DATASET_KEYS if k in data)}' without numbering them "
-            "0, 1, ...",
-            'write it as {"0": "FLAIR", "1": "T1w", ...}, or pass --channels',
+            f"{found} does not list {own} among its images, so its channel names may not be this image's",
+            f"pass {option} naming its volumes in order",
         )
-    return [str(table[str(i)]) for i in range(len(table))], found
+    return names, found
+
+
+def _listed_images(data: dict) -> set[str]:
+    """The images an MSD dataset.json lists in "training" and "test", as ``imagesTr/NAME``; empty when it lists none
+    (nnU-Net v2's dataset.json does not)."""
+    entries = [*(data.get("training") or []), *(data.get("test") or [])]
+    paths = [e.get("image") if isinstance(e, dict) else e for e in entries if isinstance(e, (dict, str))]
+    flat = [p for item in paths for p in (item if isinstance(item, list) else [item]) if isinstance(p, str)]
+    return {"/".join(Path(p).parts[-2:]) for p in flat}
+
+
+def dataset_channels(data, where: Path, hint: str | None = None) -> list[str] | None:
+    """The channel names of the dataset.json ``data`` (read from ``where``): its ``modality`` (MSD, nnU-Net v1) or
+    ``channel_names`` (nnU-Net v2) ``{"0": "FLAIR", "1": "T1w", ...}`` in the order of their numbers; None when it
+    has neither.
+
+    Raises:
+        InputError: a table that is no object numbered 0, 1, ... without gaps, or two tables that differ.
+    """
+    tables = {key: data[key] for key in DATASET_KEYS if isinstance(data, dict) and key in data}
+    for key, table in tables.items():
+        if not isinstance(table, dict) or set(table) != {str(i) for i in range(len(table))}:
+            raise InputError(f"{where} names its channels in '{key}' without numbering them 0, 1, ...", hint)
+    names = {key: [str(table[str(i)]) for i in range(len(table))] for key, table in tables.items()}
+    if len({tuple(listed) for listed in names.values()}) > 1:
+        raise InputError(f"{where} names its channels twice, differently, in {' and '.join(map(repr, names))}", hint)
+    return next(iter(names.values()), None)
 
 
 def refuse_stacked(opened, name: str, channels: Sequence, model: str, channel: str = "") -> None:
@@ -118,6 +150,39 @@ def refuse_stacked(opened, name: str, channels: Sequence, model: str, channel: s
     )
 
 
+def refuse_names(inputs: Sequence, channels: Sequence, model: str, option: str = "--channels") -> None:
+    """Refuse ``option`` (the names of one 4D image's volumes) where ``inputs`` are not one 4D NIfTI image of the
+    package's ``channels``, saying what was given instead.
+
+    Raises:
+        InputError: always.
+    """
+    item = inputs[0] if len(inputs) == 1 else None
+    name = Path(item).name if isinstance(item, (str, Path)) else ""
+    if len(channels) == 1:
+        problem = f"a multi-channel 4D image; model '{model}' takes one 3D volume ({channels[0].name})"
+        raise InputError(f"{option} names the volumes of {problem}", f"drop {option}")
+    if len(inputs) != 1:
+        raise InputError(
+            f"{option} names the volumes of one 4D image, but {len(inputs)} inputs are given",
+            f"pass the 4D image alone, or drop {option} and give one 3D input per channel",
+        )
+    if not name:
+        raise InputError(
+            f"{option} names the volumes of a 4D NIfTI file, not of an array",
+            "pass one (array, ijk_to_ras) pair per channel, in the model's channel order",
+        )
+    if Path(item).is_file() and not name.lower().endswith(STACK_SUFFIXES):
+        raise InputError(
+            f"{option} names the volumes of a 4D NIfTI image; {name} is no NIfTI file",
+            "save it as .nii.gz (e.g. with 3D Slicer or SimpleITK), or pass one 3D file per channel",
+        )
+    raise InputError(
+        f"{option} names the volumes of a 4D image, but the input is no 4D NIfTI image",
+        f"drop {option}, or pass the 4D image alone",
+    )
+
+
 def open_stack(item, config, model: str, names: Sequence[str] | None = None, option: str = "--channels"):
     """The package ``config``'s channels from one 4D NIfTI image ``item``: (one :class:`.volumes.OpenedVolume` per
     channel, in the package's order, a :class:`ChannelOrder`), or None when ``item`` is no 4D NIfTI image. ``names``:
@@ -132,6 +197,8 @@ def open_stack(item, config, model: str, names: Sequence[str] | None = None, opt
     from .readers import open_image
 
     channels = config.inputs
+    if names is not None and len(channels) == 1:
+        refuse_names([item], channels, model, option)
     if not is_stack_candidate(item):
         return None
     path = Path(item)
@@ -156,7 +223,7 @@ def open_stack(item, config, model: str, names: Sequence[str] | None = None, opt
                 f"name each of its {count} volumes in order, e.g. {_example(option, channels)}",
             )
     else:
-        found = dataset_names(path)
+        found = dataset_names(path, option)
         if found is None:
             raise InputError(
                 f"{path.name} holds {count} volumes (a 4D image), and nothing says which channel each one is",
@@ -171,7 +238,13 @@ def open_stack(item, config, model: str, names: Sequence[str] | None = None, opt
             )
     shown = option if source == option else "dataset.json"
     where = [f"volume {index} in {shown}" for index in range(count)]
-    channel_of = match_names(names, channels, model, where)
+    try:
+        channel_of = match_names(names, channels, model, where)
+    except InputError as error:
+        if source == option:
+            raise
+        # the dataset.json's own names (e.g. nnU-Net v2's normalisation schemes "noNorm", "zscore"): said by the user
+        raise InputError(error.message, f"pass {option} naming its volumes in order") from None
     volumes = tuple(channel_of.index(c) for c in range(len(channels)))
     order = ChannelOrder(path.name, tuple(names), source, volumes, tuple(c.name for c in channels))
     read = _shared_read(opened, path.name, count)
@@ -180,8 +253,11 @@ def open_stack(item, config, model: str, names: Sequence[str] | None = None, opt
 
 
 def _example(option: str, channels: Sequence) -> str:
+    """How ``option`` names the volumes: as ``segment()``'s keyword, the command line's option or a datalist's JSON."""
     names = [channel.name for channel in channels]
-    return f"{option}{names!r}" if option.endswith("=") else f"{option} {','.join(names)}"
+    if option.endswith("="):
+        return f"{option}{names!r}"
+    return f"{option} {','.join(names)}" if option.startswith("--") else f'"channels": {json.dumps(names)}'
 
 
 def _channel(opened, read, volume: int, count: int):

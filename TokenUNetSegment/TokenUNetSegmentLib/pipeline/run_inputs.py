@@ -103,7 +103,7 @@ def channel_items(
             channels, a list whose file names contradict the channel order.
         ArgumentError: inputs of another kind.
     """
-    from .channel_stack import open_stack
+    from .channel_stack import open_stack, refuse_names
     from .channels import check_distinct, check_places
 
     names = [channel.name for channel in config.inputs]
@@ -118,10 +118,8 @@ def channel_items(
             log.info(order.describe())
             return opened, [f"{order.file}, volume {volume}" for volume in order.volumes]
     if stack_names is not None:
-        raise InputError(
-            f"{option} names the volumes of a 4D image, but the input is no 4D NIfTI image",
-            f"drop {option}, or pass the 4D image alone",
-        )
+        given = list(inputs) if isinstance(inputs, (list, tuple)) and not _is_pair(inputs) else [inputs]
+        refuse_names(given, config.inputs, model, option)
     if isinstance(inputs, (str, Path)) or _is_pair(inputs):
         items = [inputs]
     else:
@@ -133,7 +131,13 @@ def channel_items(
                 f"got {type(inputs).__name__}"
             ) from None
     if len(items) != len(names):
-        raise InputError(f"model '{model}' needs {len(names)} input channel(s) ({', '.join(names)}), got {len(items)}")
+        stacked = len(items) == 1 and _is_pair(items[0]) and items[0][0].ndim == 4  # channels along an array's axis
+        raise InputError(
+            f"model '{model}' needs {len(names)} input channel(s) ({', '.join(names)}), got {len(items)}",
+            f"an array of 4 dimensions: pass one (array, ijk_to_ras) pair per channel: {', '.join(names)}"
+            if stacked and len(names) > 1
+            else None,
+        )
     check_distinct([_identity(item) for item in items], [_shown(item) for item in items], names)
     if len(names) > 1:
         check_places(items, config.inputs)  # a list is in the channel order: a name may not contradict it

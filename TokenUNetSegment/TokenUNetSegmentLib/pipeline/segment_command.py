@@ -159,30 +159,29 @@ class CaseInputs:
     read: Callable[[], list]
 
 
-def open_case(inputs, channels, config, package_id: str, folder, args, printer) -> CaseInputs:
-    """Open one run's ``inputs`` (``channels``: ``--channels``, for one 4D image) and check them from their headers
-    (a DICOM series' slices included, a folder's series chosen by the channel's Modality), the run's memory and the
-    free space of ``folder``'s disk, before any voxel is read: as ``segment()`` does (:mod:`.run_inputs`)."""
-    from .channel_stack import open_stack
+def open_case(
+    inputs, channels, config, package_id: str, folder, args, printer, option: str = "--channels"
+) -> CaseInputs:
+    """Open one run's ``inputs`` (``channels``: the names of one 4D image's volumes, given as ``option``) and check
+    them from their headers (a DICOM series' slices included, a folder's series chosen by the channel's Modality),
+    the run's memory and the free space of ``folder``'s disk, before any voxel is read: as ``segment()`` does
+    (:mod:`.run_inputs`)."""
+    from .channel_stack import open_stack, refuse_names
     from .channels import order_inputs, series_warnings
-    from .errors import InputError
     from .outputs import estimate_output_bytes
     from .preprocess import resample_ahead
     from .run_inputs import RunNeeds, open_run_inputs
 
     stack = None  # one 4D image holding every channel: its order from --channels or its dataset.json
     if len(inputs) == 1 and (len(config.inputs) > 1 or channels is not None):
-        stack = open_stack(inputs[0], config, package_id, channels, "--channels")
+        stack = open_stack(inputs[0], config, package_id, channels, option)
     if stack is not None:
         items, order = stack
         paths = [inputs[0]] * len(items)
         shown = [f"{order.file}, volume {volume}" for volume in order.volumes]
         printer.note(order.describe())
     elif channels is not None:
-        raise InputError(
-            "--channels names the volumes of a 4D image, but the input is no 4D NIfTI image",
-            "drop --channels, or pass the 4D image alone",
-        )
+        refuse_names(inputs, config.inputs, package_id, option)
     else:
         items = paths = order_inputs(list(inputs), config.inputs, package_id)  # by name, one per channel
         shown = [Path(item).name for item in paths]

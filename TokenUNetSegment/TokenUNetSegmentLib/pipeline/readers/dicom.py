@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..geometry import Grid
-from .dicom_meta import dicom_file_class, modality_matches
+from .dicom_meta import ENHANCED_CLASSES, dicom_file_class, modality_matches
 from .dicom_tilt import in_plane_shift, tilt_step, tilted_grid, untilted
 from .header import OpenedImage, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
@@ -56,6 +56,8 @@ class Slice:
     modality: str = ""  # Modality (0008,0060): CT, MR, PT, ...
     padding: tuple[float, float, float] | None = None  # PixelPaddingValue (to its range limit) rescaled, and slope
     image_type: str = ""  # ImageType (0008,0008): ORIGINAL\PRIMARY\AXIAL, ...\LOCALIZER
+    rescale: tuple[float, float] | None = None  # a frame of a multi-frame file: its own (slope, intercept)
+    content: tuple = ()  # a frame: what tells the volumes of a file apart (stack, phase, echo; see .dicom_frames)
 
 
 def read_series(folder: Path, limit: int | None = None) -> tuple[sitk.Image, list[str]]:
@@ -105,7 +107,7 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
     if len(slices) == 1 and slices[0].size[2:] and slices[0].size[2] > 1:  # one multi-frame file: its frames
         from .dicom_frames import open_multi_frame  # here: it builds on this module's slices and checks
 
-        return open_multi_frame(slices[0], reader, folder, limit, warnings, unread)
+        return open_multi_frame(slices[0], folder, limit, warnings, unread)
     for s in slices:
         if s.position is None:  # frames of several multi-frame files are not stacked
             raise InputError(
@@ -136,20 +138,30 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
             f"{folder.name} has {ordered[0].components} components per voxel", "use one scalar volume per channel"
         )
     if grid is not None:
-        angle = f"{grid.degrees:.1f}" if grid.degrees >= 0.95 else f"{grid.degrees:.2g}"  # 0.03, never 0.0
-        warnings.append(
-            f"the DICOM slices in {folder.name} are tilted by {angle} degrees (a gantry tilt): resampled "
-            f"onto a regular grid of {' x '.join(str(n) for n in grid.size)} voxels"
-        )
-    declared = _grid(ordered) if grid is None else Grid(grid.size, _affine(grid.direction, grid.spacing))
+        warnings.append(tilt_warning(grid, f"slices in {folder.name}"))
     return OpenedImage(
         _values(ordered[0], len(files)) if grid is None else int(np.prod(grid.size)),  # tilted: the grid resampled
         lambda: (_read_files(reader, files, ordered, folder, limit, grid), warnings),
         ordered[0].modality,
-        declared,
+        declared_grid(ordered, grid),
         uid,
         _description(files[0]),
     )
+
+
+def tilt_warning(grid, what: str) -> str:
+    """The warning that ``what`` (``slices in ct``) were resampled from a gantry tilt onto ``grid``."""
+    angle = f"{grid.degrees:.1f}" if grid.degrees >= 0.95 else f"{grid.degrees:.2g}"  # 0.03, never 0.0
+    return (
+        f"the DICOM {what} are tilted by {angle} degrees (a gantry tilt): resampled onto a regular grid of "
+        f"{' x '.join(str(n) for n in grid.size)} voxels"
+    )
+
+
+def declared_grid(ordered: list[Slice], tilted=None) -> Grid:
+    """The grid the slices (or frames) in order make, or the :class:`.dicom_tilt.TiltedGrid` they are resampled onto
+    (its origin left at 0): what the run's memory check counts before any voxel is read."""
+    return _grid(ordered) if tilted is None else Grid(tilted.size, _affine(tilted.direction, tilted.spacing))
 
 
 def _grid(ordered: list[Slice]) -> Grid:
@@ -287,14 +299,15 @@ def _slice_info(file: str, folder: Path) -> Slice:
             "export the series again",
         )
     size = tuple(int(s) for s in reader.GetSize())
-    if (position is None or orientation is None) and size[2:] and size[2] > 1:
-        position = orientation = None  # an enhanced multi-frame file: its frames carry their positions
+    sop_class = reader.GetMetaData(SOP_CLASS).strip(" \0") if reader.HasMetaDataKey(SOP_CLASS) else ""
+    if (position is None or orientation is None) and ((size[2:] and size[2] > 1) or sop_class in ENHANCED_CLASSES):
+        position = orientation = None  # an enhanced or multi-frame file: its frames carry their positions
     elif position is None or orientation is None:
         raise InputError(
             f"the DICOM slice {Path(file).name} in {folder.name} has no position or orientation",
             "this is not a volume series (e.g. a screenshot or a report): pick the CT/MR series",
         )
-    return Slice(
+    found = Slice(
         file,
         size,
         tuple(float(s) for s in reader.GetSpacing()[:2]),
@@ -302,11 +315,16 @@ def _slice_info(file: str, folder: Path) -> Slice:
         reader.GetNumberOfComponents(),
         position,
         None if orientation is None else orientation.reshape(2, 3),
-        reader.GetMetaData(SOP_CLASS).strip(" \0") if reader.HasMetaDataKey(SOP_CLASS) else "",
+        sop_class,
         reader.GetMetaData(MODALITY).strip(" \0").upper() if reader.HasMetaDataKey(MODALITY) else "",
         _padding(reader),
         reader.GetMetaData(IMAGE_TYPE).strip(" \0").upper() if reader.HasMetaDataKey(IMAGE_TYPE) else "",
     )
+    if position is None and size[2:] and size[2] == 1:  # one frame of an enhanced file: a series' slice
+        from .dicom_frames import single_frame  # here: it builds on this module's slices
+
+        return single_frame(found, folder)
+    return found
 
 
 def _padding(reader: sitk.ImageFileReader) -> tuple[float, float, float] | None:
@@ -466,8 +484,7 @@ def _read_files(
 ) -> sitk.Image:
     """The slices' voxels stacked (``tilted``: the :class:`.dicom_tilt.TiltedGrid` to resample them onto)."""
     first = slices[0]
-    frames = first.size[2] if len(first.size) > 2 else 1
-    sizes = (*first.size[:2], frames * len(files)) + ((first.components,) if first.components > 1 else ())
+    sizes = (*first.size[:2], len(files)) + ((first.components,) if first.components > 1 else ())
     # slices whose stored values and rescale give other value types (a rescale or pixel representation that changes
     # from slice to slice): GDCM rescales each slice with its own, into float32 rather than the first slice's type
     pixel_id = first.pixel if all(s.pixel == first.pixel for s in slices) else sitk.sitkFloat32
@@ -478,20 +495,9 @@ def _read_files(
         # also the float32 values and weights interpolated apart (see .dicom_tilt.untilted)
         extra = 12 if any(s.padding for s in slices) else 4
         check_size(tilted.size, pixel, pixel_bytes(pixel_id) + extra, folder.name, limit)
-    if frames > 1:  # one multi-frame file: the series reader would make it a 4D image of one volume
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(files[0])
-    else:
-        reader.SetFileNames(files)
-        reader.SetOutputPixelType(pixel_id if pixel_id != first.pixel else sitk.sitkUnknown)
-    try:
-        with quiet_itk():
-            image = reader.Execute()
-    except RuntimeError as error:
-        raise InputError(
-            f"cannot read the DICOM series in {folder.name}: {itk_error_text(error)}",
-            "the series may be damaged or compressed in an unsupported way: export it again",
-        ) from None
+    reader.SetFileNames(files)
+    reader.SetOutputPixelType(pixel_id if pixel_id != first.pixel else sitk.sitkUnknown)
+    image = execute(reader, f"the DICOM series in {folder.name}", "series")
     if tilted is not None:  # GDCM stacks tilted slices as it can; their own positions place them
         if image.GetSize()[2] != len(slices) or not np.allclose(image.GetOrigin(), first.position, atol=1e-3):
             raise InputError(
@@ -500,20 +506,39 @@ def _read_files(
             )
         padded = _padding_mask(image, slices)  # kept out of the interpolation: no padding smeared into the body
         return untilted(_without_padding(image, padded), tilted, padded)
-    if len(files) > 1 and not _placed_as_declared(image, slices):
+    if not _placed_as_declared(image, slices):
         raise InputError(
             f"the DICOM reader placed the slices of {folder.name} elsewhere than their headers say",
             "export the series again, or convert it to NRRD in Slicer",
         )
-    return _without_padding(image, _padding_mask(image, slices * image.GetSize()[2] if len(slices) == 1 else slices))
+    return _without_padding(image, _padding_mask(image, slices))
+
+
+def execute(reader, what: str, kind: str) -> sitk.Image:
+    """The voxels ``reader`` reads, GDCM's failure as the user's error naming ``what`` (``the DICOM series in ct``),
+    a ``kind`` (series, file) that may be damaged or compressed in a way GDCM cannot decode."""
+    try:
+        with quiet_itk():
+            return reader.Execute()
+    except RuntimeError as error:
+        raise InputError(
+            f"cannot read {what}: {itk_error_text(error)}",
+            f"the {kind} may be damaged or compressed in an unsupported way: export it again",
+        ) from None
 
 
 def _padding_mask(image: sitk.Image, slices: list[Slice]) -> np.ndarray | None:
     """The voxels (k, j, i) its slices' PixelPaddingValue marks (outside the scanner's field of view); None when
     there are none, or nothing else."""
-    if image.GetNumberOfComponentsPerPixel() != 1 or not any(s.padding for s in slices):
+    if image.GetNumberOfComponentsPerPixel() != 1:
         return None
-    view = sitk.GetArrayViewFromImage(image)  # (k, j, i)
+    return padding_mask(sitk.GetArrayViewFromImage(image), slices)
+
+
+def padding_mask(view: np.ndarray, slices: list[Slice]) -> np.ndarray | None:
+    """:func:`_padding_mask` of the values ``view`` (k, j, i), slice k holding ``slices[k]``'s."""
+    if not any(s.padding for s in slices):
+        return None
     mask = np.zeros(view.shape, bool)
     for k, s in enumerate(slices):
         if s.padding:
@@ -526,17 +551,24 @@ def _without_padding(image: sitk.Image, mask: np.ndarray | None) -> sitk.Image:
     """``image`` with the padding voxels ``mask`` marks (:func:`_padding_mask`) set to the lowest other value, where
     padding would read higher than that: GDCM reads padding as a value (e.g. 63536 with intercept -1024 as 62512 HU,
     a bright ring around the body), and a value below the body's is harmless."""
-    if mask is None:
-        return image
-    view = sitk.GetArrayViewFromImage(image)
-    lowest = view[~mask].min()
-    if view[mask].min() <= lowest:
+    if mask is None or not _pads_high(sitk.GetArrayViewFromImage(image), mask):
         return image
     array = sitk.GetArrayFromImage(image)
-    array[mask] = lowest
+    fill_padding(array, mask)
     cleaned = sitk.GetImageFromArray(array)
     cleaned.CopyInformation(image)
     return cleaned
+
+
+def _pads_high(view: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether the padding ``mask`` marks reads higher than the lowest other value (the only case it harms)."""
+    return bool(view[mask].min() > view[~mask].min())
+
+
+def fill_padding(array: np.ndarray, mask: np.ndarray | None) -> None:
+    """Set the padding voxels ``mask`` marks in ``array`` to the lowest other value, where padding reads higher."""
+    if mask is not None and _pads_high(array, mask):
+        array[mask] = array[~mask].min()
 
 
 def _placed_as_declared(image: sitk.Image, slices: list[Slice]) -> bool:

@@ -1,73 +1,194 @@
-"""Multi-frame DICOM files (enhanced CT, older multi-frame images): each frame placed as the slice of a series is,
-checked like one, and the image GDCM stacks compared with the frames' own positions."""
+"""Multi-frame DICOM files: enhanced CT, MR and PET (and their legacy-converted forms) and older multi-frame CT/MR.
+
+GDCM (SimpleITK's DICOM reader) decodes the frames in file order, applies one rescale to all of them (the shared
+functional group's, else the first frame's) and places them from the first frames' geometry. Here each frame's
+functional groups are read with pydicom (its position, orientation, pixel spacing and rescale), the frames are checked
+as the slices of a series are (gaps, duplicates, mixed orientations or spacings; a gantry tilt is resampled as a
+series' is), and the volume is built from them: frames stacked by position, each with its own rescale (in float32
+where they differ), PixelPaddingValue kept out, the geometry from the frames' headers. A file that holds several
+volumes (phases, stacks, echoes) or no scanner volume (a secondary capture, an RT dose grid, a cine loop) is refused.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from warnings import catch_warnings, simplefilter
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from .dicom import EXACT_MM, PIXEL_SPACING, SLICE_STEP, Slice, _grid, _numbers, _read_files, _values, check_slices
-from .header import OpenedImage
-from .itk import quiet_itk
+from .dicom import (
+    PIXEL_SPACING,
+    SLICE_STEP,
+    Slice,
+    _numbers,
+    _padding_mask,
+    _values,
+    _without_padding,
+    check_slices,
+    declared_grid,
+    execute,
+    fill_padding,
+    in_plane_tolerance,
+    padding_mask,
+    tilt_warning,
+)
+from .dicom_meta import ENHANCED_CLASSES
+from .dicom_tilt import tilt_step, tilted_grid, untilted
+from .header import OpenedImage, check_size
+from .itk import pixel_bytes, quiet_itk
+
+ONE_PLANE = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.128"}  # CT, MR, PET
+NOT_VOLUMES = {  # SOP class UID prefix: what the file is, and what to pass instead
+    "1.2.840.10008.5.1.4.1.1.7": (
+        "a secondary capture: a picture made from images (a screenshot or a derived view), without a scan's geometry",
+        "pass the CT/MR series it was made from",
+    ),
+    "1.2.840.10008.5.1.4.1.1.481.2": (
+        "an RT dose grid: the radiation dose a treatment plan computed, not an image of the body",
+        "pass the CT series the plan was made on",
+    ),
+}
+VOLUME_KEYS = (  # (functional group, attribute, what frames differing in it are): several volumes in one file
+    ("FrameContentSequence", "StackID", "stacks"),
+    ("FrameContentSequence", "TemporalPositionIndex", "temporal positions"),
+    ("MREchoSequence", "EffectiveEchoTime", "echoes"),
+    ("MRDiffusionSequence", "DiffusionBValue", "diffusion b-values"),
+    ("CardiacSynchronizationSequence", "NominalCardiacTripDelay", "cardiac phases"),
+    ("CardiacSynchronizationSequence", "NominalPercentageOfCardiacPhase", "cardiac phases"),
+)
+SPATIAL_DIMENSIONS = {0x00209057, 0x00200032, 0x00201041}  # InStackPositionNumber, ImagePositionPatient, SliceLocation
 
 
-def open_multi_frame(file: Slice, reader, folder: Path, limit, warnings: list[str], unread: list[str]) -> OpenedImage:
-    """One multi-frame file: its frames are checked as the slices of a series are, and the image GDCM stacks must
-    put every frame where the header says (GDCM falls back to 1 mm voxels where it does not find the geometry)."""
-    frames = _frames(file, folder) if file.position is None else _frames_of_one_plane(file, folder)
+def open_multi_frame(file: Slice, folder: Path, limit, warnings: list[str], unread: list[str]) -> OpenedImage:
+    """One multi-frame file: its frames are checked as the slices of a series are, then read as one volume (see the
+    module). Raises :class:`InputError` for a file that is no volume, holds several, or whose frames make no grid."""
+    name = Path(file.file).name
+    _check_kind(file, name)
+    if file.components > 1:
+        raise InputError(f"{name} has {file.components} components per voxel", "use one scalar volume per channel")
+    frames, applied = _frames(file, folder) if file.position is None else (_frames_of_one_plane(file), None)
+    several = _several_volumes(frames, name)  # also where they interleave into one regular grid
+    if several is not None:
+        raise several
     try:
-        ordered, uneven = check_slices(frames, Path(file.file).name)
+        ordered, uneven = check_slices(frames, name, tilt=True)
     except InputError as error:
         if unread:
             raise InputError(f"{error.message}; {len(unread)} damaged file(s) left out", "export it again") from None
         raise
     if uneven:
         warnings.append(uneven)
+    step = tilt_step(ordered, name, in_plane_tolerance(ordered[0]))
+    tilted = None if step is None else tilted_grid(ordered, step)
+    if tilted is not None:
+        warnings.append(tilt_warning(tilted, f"frames of {name}"))
+    if tilted is None and [id(f) for f in frames] == [id(f) for f in reversed(ordered)]:  # top to bottom: kept so
+        ordered = frames
 
     def read() -> tuple[sitk.Image, list[str]]:
-        image = _read_files(reader, [file.file], [file], folder, limit)
-        if not _frames_placed_as_declared(image, frames):
-            raise InputError(
-                f"the DICOM reader placed the frames of {Path(file.file).name} elsewhere than their headers say",
-                "convert it to NRRD in Slicer, or export classic single-frame slices",
-            )
-        return image, warnings
+        return _read_frames(file, frames, ordered, applied, limit, tilted), warnings
 
-    return OpenedImage(_values(file, 1), read, file.modality, _grid(ordered))  # the frames' grid, for memory
+    values = _values(file, 1) if tilted is None else int(np.prod(tilted.size))
+    return OpenedImage(values, read, file.modality, declared_grid(ordered, tilted))
 
 
-def _frames(file: Slice, folder: Path) -> list[Slice]:
+def _check_kind(file: Slice, name: str) -> None:
+    """Refuse a multi-frame file whose SOP class holds no scanner volume (frames that are pictures, doses, times)."""
+    for prefix, (what, instead) in NOT_VOLUMES.items():
+        if file.sop_class == prefix or file.sop_class.startswith(prefix + "."):
+            raise InputError(f"{name} is {what}", instead)
+    known = ONE_PLANE if file.position is not None else set(ENHANCED_CLASSES)
+    if file.sop_class and file.sop_class not in known:
+        raise InputError(
+            f"{name} is a multi-frame {_class_name(file.sop_class)} file: its frames are not known to be one "
+            "volume's slices (e.g. a cine loop)",
+            "pass a CT/MR series, or convert a volume to NRRD in Slicer",
+        )
+
+
+def single_frame(file: Slice, folder: Path) -> Slice:
+    """The one frame of an enhanced file as a series' slice (Siemens XA-style exports write a series of them):
+    placed and rescaled by its functional groups, as GDCM reads it."""
+    frame = _frames(file, folder)[0][0]
+    return replace(frame, file=file.file, sop_class=file.sop_class, modality=file.modality, image_type=file.image_type)
+
+
+def _class_name(uid: str) -> str:
+    """A SOP class's name (``Ultrasound Multi-frame Image``) where pydicom knows it."""
+    try:
+        from pydicom.uid import UID
+
+        known = UID(uid).name
+    except ImportError:
+        known = uid
+    return known.removesuffix(" Storage") if known != uid else f"SOP class {uid}"
+
+
+def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float]]:
     """The frames of an enhanced multi-frame file as slices, in file order, from its functional groups (pydicom:
-    SimpleITK does not show sequences)."""
+    SimpleITK does not show sequences), each with its own rescale, padding and volume keys; and the rescale GDCM
+    applies to every frame (the shared group's, else the first frame's, else the file's own, else none)."""
     name = Path(file.file).name
     try:
         import pydicom
-        from pydicom.errors import InvalidDicomError
     except ImportError:
         raise InputError(
             f"{name} is an enhanced multi-frame DICOM file: checking its frames' positions needs pydicom",
             "pip install pydicom, or convert it to NRRD in Slicer",
         ) from None
     try:
-        ds = pydicom.dcmread(file.file, stop_before_pixels=True)
-        shared = ds.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()]
+        with catch_warnings():  # pydicom's own about odd values: not the user's to read on stderr
+            simplefilter("ignore")
+            ds = pydicom.dcmread(file.file, stop_before_pixels=True)
+        shared = (ds.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
         groups = ds.get("PerFrameFunctionalGroupsSequence") or []
+        pointers = [
+            int(d.DimensionIndexPointer)
+            for d in ds.get("DimensionIndexSequence") or []
+            if d.get("DimensionIndexPointer")
+        ]
+        own = _rescale(ds) or (1.0, 0.0)
+        applied = _rescale(_item(shared), both=True) or (_rescale(_item(groups[0]), both=True) if groups else None)
+        padding = [float(v) for v in (ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit")) if v is not None]
         frames = []
-        for group in groups:
-            position = _group_value(group, shared[0], "PlanePositionSequence", "ImagePositionPatient", 3)
-            orientation = _group_value(group, shared[0], "PlaneOrientationSequence", "ImageOrientationPatient", 6)
-            spacing = _group_value(group, shared[0], "PixelMeasuresSequence", "PixelSpacing", 2)
+        for number, group in enumerate(groups, 1):
+            position = _group_value(group, shared, "PlanePositionSequence", "ImagePositionPatient", 3)
+            orientation = _group_value(group, shared, "PlaneOrientationSequence", "ImageOrientationPatient", 6)
+            spacing = _group_value(group, shared, "PixelMeasuresSequence", "PixelSpacing", 2)
             if position is None or orientation is None or spacing is None:
                 break
-            frame = (*file.size[:2], 1)
-            in_plane = (float(spacing[1]), float(spacing[0]))  # DICOM: row spacing (y) first
+            slope, intercept = _rescale(_item(group)) or _rescale(_item(shared)) or own
+            if slope == 0:
+                raise InputError(
+                    f"frame {number} of {name} in {folder.name} has RescaleSlope 0: its stored values cannot be "
+                    "turned into CT numbers or intensities (each would be its intercept)",
+                    "export it again",
+                )
+            ends = sorted(v * slope + intercept for v in (padding[0], padding[-1])) if padding else None
             frames.append(
-                Slice(file.file, frame, in_plane, file.pixel, file.components, position, orientation.reshape(2, 3))
+                Slice(
+                    f"{file.file} frame {number}",  # named so in messages
+                    (*file.size[:2], 1),
+                    (float(spacing[1]), float(spacing[0])),  # DICOM: row spacing (y) first
+                    file.pixel,
+                    file.components,
+                    position,
+                    orientation.reshape(2, 3),
+                    padding=None if ends is None else (ends[0], ends[1], abs(slope)),
+                    rescale=(slope, intercept),
+                    content=tuple(
+                        (keyword, what, _key(group, shared, sequence, keyword))
+                        for sequence, keyword, what in VOLUME_KEYS
+                    )
+                    + _dimensions(group, pointers),
+                )
             )
-    except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, KeyError) as error:
+    except (InputError, MemoryError):
+        raise
+    except Exception as error:  # a damaged file: pydicom raises many kinds (an unknown VR: NotImplementedError)
         raise InputError(
             f"the DICOM file {name} in {folder.name} cannot be read: {error}"[:160], "export it again"
         ) from None
@@ -76,11 +197,77 @@ def _frames(file: Slice, folder: Path) -> list[Slice]:
             f"the DICOM file {name} in {folder.name} has frames without a position or orientation",
             "this is not a volume (e.g. a cine loop or a screenshot): pick the CT/MR series",
         )
-    return frames
+    return frames, applied or own
 
 
-def _frames_of_one_plane(file: Slice, folder: Path) -> list[Slice]:
-    """The frames of an older multi-frame file: one position and orientation for all, SpacingBetweenSlices apart."""
+def _item(group, sequence: str = "PixelValueTransformationSequence"):
+    """The first item of a functional group's ``sequence``, None without."""
+    items = group.get(sequence)
+    return items[0] if items else None
+
+
+def _rescale(item, both: bool = False) -> tuple[float, float] | None:
+    """(slope, intercept) a dataset (a file, a PixelValueTransformationSequence item) gives; None for neither
+    (``both``: None unless it gives both, as GDCM reads a functional group's)."""
+    given = [keyword in item for keyword in ("RescaleSlope", "RescaleIntercept")] if item is not None else [False]
+    if not (all(given) if both else any(given)):
+        return None
+    slope, intercept = item.get("RescaleSlope"), item.get("RescaleIntercept")
+    return float(1.0 if slope is None else slope), float(0.0 if intercept is None else intercept)
+
+
+def _key(frame, shared, sequence: str, keyword: str):
+    """The value of ``keyword`` in the frame's functional group ``sequence`` (else the shared one's), None without."""
+    for group in (frame, shared):
+        item = _item(group, sequence)
+        if item is not None and keyword in item:
+            value = item[keyword].value
+            return float(value) if isinstance(value, (int, float)) else str(value).strip()
+    return None
+
+
+def _dimensions(group, pointers: list[int]) -> tuple:
+    """The frame's index along each of the file's non-spatial dimensions (DimensionIndexValues against the
+    DimensionIndexSequence's pointers: a time, a phase, an echo, ...), as :attr:`Slice.content` entries."""
+    from pydicom.datadict import keyword_for_tag
+
+    item = _item(group, "FrameContentSequence")
+    values = item.get("DimensionIndexValues") if item is not None else None
+    values = [] if values is None else [values] if isinstance(values, int) else list(values)
+    return tuple(
+        (f"dimension index {keyword_for_tag(pointer) or f'{pointer:08X}'}", "volumes", int(value))
+        for pointer, value in zip(pointers, values, strict=False)
+        if pointer not in SPATIAL_DIMENSIONS
+    )
+
+
+def _several_volumes(frames: list[Slice], name: str) -> InputError | None:
+    """The refusal of a file that holds several volumes told apart by one of :data:`VOLUME_KEYS` (phases of a
+    multi-phase CT, stacks, echoes) or by a non-spatial dimension index shared by several frames each, whether or
+    not their frames happen to make one grid; None when none differs."""
+    keys: dict[str, tuple[str, list]] = {}
+    for k, frame in enumerate(frames):
+        for keyword, what, value in frame.content:
+            keys.setdefault(keyword, (what, [None] * len(frames)))[1][k] = value
+    for keyword, (what, values) in keys.items():
+        kinds = sorted({v for v in values if v is not None}, key=lambda v: (isinstance(v, str), str(v).zfill(12)))
+        if what == "volumes" and len(kinds) == len(frames):  # one per frame: an order, not volumes
+            continue
+        if len(kinds) > 1:
+            counts = sorted({values.count(v) for v in kinds})
+            each = f"{counts[0]} frames each" if len(counts) == 1 else f"{counts[0]} to {counts[-1]} frames"
+            shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in kinds[:4])
+            return InputError(
+                f"{name} holds {len(kinds)} {what} ({keyword} {shown}{', ...' if len(kinds) > 4 else ''}) of {each}: "
+                "several volumes in one file",
+                "save the one to segment on its own, e.g. as NRRD in Slicer",
+            )
+    return None
+
+
+def _frames_of_one_plane(file: Slice) -> list[Slice]:
+    """The frames of an older multi-frame file: one position and orientation for all, SpacingBetweenSlices apart
+    (GDCM applies the file's one rescale to every frame)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(file.file)
     with quiet_itk():
@@ -96,13 +283,14 @@ def _frames_of_one_plane(file: Slice, folder: Path) -> list[Slice]:
     frame = (*file.size[:2], 1)
     return [
         Slice(
-            file.file,
+            f"{file.file} frame {k + 1}",
             frame,
             in_plane,
             file.pixel,
             file.components,
             file.position + k * step[0] * normal,
             file.orientation,
+            padding=file.padding,
         )
         for k in range(file.size[2])
     ]
@@ -118,16 +306,56 @@ def _group_value(frame, shared, sequence: str, keyword: str, count: int) -> np.n
     return None
 
 
-def _frames_placed_as_declared(image: sitk.Image, frames: list[Slice]) -> bool:
-    """Whether frame k (file order) of ``image`` lies at its header's position, with its pixel spacing and axes."""
-    if image.GetDimension() != 3 or image.GetSize()[2] != len(frames):
-        return False
-    points = np.array([image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(len(frames))])
-    row = np.subtract(image.TransformIndexToPhysicalPoint((1, 0, 0)), points[0])
-    column = np.subtract(image.TransformIndexToPhysicalPoint((0, 1, 0)), points[0])
-    first = frames[0]
-    return (
-        np.allclose(points, [f.position for f in frames], atol=EXACT_MM)
-        and np.allclose(row, first.spacing[0] * first.orientation[0], atol=1e-3)
-        and np.allclose(column, first.spacing[1] * first.orientation[1], atol=1e-3)
-    )
+def _read_frames(file: Slice, frames: list[Slice], ordered: list[Slice], applied, limit, tilted) -> sitk.Image:
+    """The frames' voxels as one volume: GDCM's decoding (frames in file order, ``applied`` rescale on all),
+    restacked in ``ordered``, each frame given its own rescale, padding kept out, placed by the frames' headers
+    (``tilted``: resampled onto that :class:`.dicom_tilt.TiltedGrid`)."""
+    name = Path(file.file).name
+    at = {id(f): k for k, f in enumerate(frames)}
+    order = [at[id(f)] for f in ordered]
+    rescaled = applied is not None and any(f.rescale != applied for f in frames)
+    copied = rescaled or tilted is not None or order != list(range(len(frames)))
+    read_bytes = pixel_bytes(file.pixel)
+    kept = sitk.sitkFloat32 if rescaled else file.pixel
+    sizes, extra = (*file.size[:2], len(frames)), (pixel_bytes(kept) if copied else 0)
+    check_size(sizes, sitk.GetPixelIDValueAsString(kept), read_bytes + extra, name, limit)
+    if tilted is not None:  # the float32 grid it is resampled onto, with padding its values and weights apart
+        check_size(tilted.size, "32-bit float", 4 + (12 if any(f.padding for f in frames) else 4), name, limit)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file.file)
+    image = execute(reader, f"the DICOM file {name}", "file")
+    if image.GetDimension() != 3 or image.GetSize() != sizes:
+        raise InputError(
+            f"the DICOM reader read {name} as {' x '.join(map(str, image.GetSize()))} voxels where its frames make "
+            f"{' x '.join(map(str, sizes))}",
+            "convert it to NRRD in Slicer, or export classic single-frame slices",
+        )
+    if not copied:  # GDCM's image as it is, its padding (if it reads high) replaced in a copy as a series'
+        return _placed(_without_padding(image, _padding_mask(image, ordered)), ordered)
+    view = sitk.GetArrayViewFromImage(image)  # (k, j, i), frames in file order
+    array = np.empty(view.shape, np.float32 if rescaled else view.dtype)
+    for k, source in enumerate(order):
+        if rescaled:  # the stored values back from GDCM's rescale, then the frame's own
+            slope, intercept = ordered[k].rescale
+            array[k] = (view[source] - applied[1]) / applied[0] * slope + intercept
+        else:
+            array[k] = view[source]
+    del view, image
+    mask = padding_mask(array, ordered)
+    fill_padding(array, mask)
+    stacked = _placed(sitk.GetImageFromArray(array), ordered)
+    del array
+    return stacked if tilted is None else untilted(stacked, tilted, mask)
+
+
+def _placed(image: sitk.Image, ordered: list[Slice]) -> sitk.Image:
+    """``image`` (frame k at index k) placed where ``ordered``'s headers put the frames: the first frame's position,
+    its row and column axes and spacing, and the step from frame to frame along the normal."""
+    first, last = ordered[0], ordered[-1]
+    row, column = first.orientation
+    normal = np.cross(row, column)
+    step = float((last.position - first.position) @ normal) / (len(ordered) - 1) if len(ordered) > 1 else 1.0
+    image.SetOrigin(tuple(float(v) for v in first.position))
+    image.SetSpacing((*first.spacing, abs(step)))
+    image.SetDirection(tuple(float(v) for v in np.stack([row, column, np.sign(step) * normal], axis=1).ravel()))
+    return image

@@ -10,6 +10,14 @@ DICOM_MAGIC_AT, DICOM_MAGIC = 128, b"DICM"
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: a DICOMDIR
 FILE_META_BYTES = 4096  # the file meta group (0002) holding the Media Storage SOP Class UID fits in this
 LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+ENHANCED_CLASSES = {  # SOP classes whose frames carry their geometry and rescale in functional groups
+    "1.2.840.10008.5.1.4.1.1.2.1": "an enhanced CT",
+    "1.2.840.10008.5.1.4.1.1.2.2": "a legacy converted enhanced CT",
+    "1.2.840.10008.5.1.4.1.1.4.1": "an enhanced MR",
+    "1.2.840.10008.5.1.4.1.1.4.4": "a legacy converted enhanced MR",
+    "1.2.840.10008.5.1.4.1.1.130": "an enhanced PET",
+    "1.2.840.10008.5.1.4.1.1.128.1": "a legacy converted enhanced PET",
+}
 
 
 def modality_matches(modality: str, expected: str) -> bool:

@@ -144,6 +144,8 @@ def _header(path: Path, name: str, f: dict, compressed: bool) -> ImageHeader:
     stacked = sizes[3:]
     while stacked and stacked[-1] == 1:  # trailing axes of one: a 3D volume (as ITK reads it)
         stacked = stacked[:-1]
+    if f["intent_code"] in VECTOR_INTENTS and stacked[:1] == (1,):  # dim[5]: each voxel's values, not volumes
+        stacked = ()
     components = COMPONENTS.get(f["datatype"], 1)
     if components > 1:  # read by ITK as a vector of uint8 per voxel
         sizes, value_bytes = (*sizes, components), 1
@@ -183,6 +185,9 @@ def _header(path: Path, name: str, f: dict, compressed: bool) -> ImageHeader:
     )
 
 
+VECTOR_INTENTS = (1005, 1006, 1007)
+"""NIFTI_INTENT_SYMMATRIX, DISPVECT and VECTOR (nifti1.h): dim[5] holds each voxel's values, which ITK reads as the
+components of one 3D image (a multi-component image written by ITK), not as volumes."""
 TIME_INTENT = 2001
 """NIFTI_INTENT_TIME_SERIES (nifti1.h): the values along the 4th axis are a time series."""
 TIME_UNITS = {8: "s", 16: "ms", 24: "us", 32: "Hz", 40: "ppm", 48: "rad/s"}

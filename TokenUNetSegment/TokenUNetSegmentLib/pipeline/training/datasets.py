@@ -21,6 +21,7 @@ import os
 import re
 from pathlib import Path
 
+from ..channel_stack import dataset_channels
 from ..errors import InputError, TokenUNetError
 from ..json_files import read_json_file
 from .label_tables import name_key, named_table
@@ -150,9 +151,7 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
     if not isinstance(spec, dict):
         raise InputError(f"{where} is not a JSON object", "see the Medical Segmentation Decathlon's dataset.json")
     table = _decathlon_labels(spec.get("labels"), where)
-    channels = spec.get("channel_names") or spec.get("modality") or {"0": "CT"}
-    if not isinstance(channels, dict) or not all(str(key).isdigit() for key in channels):
-        raise InputError(f"{where}: 'channel_names' must map channel numbers to names", 'e.g. {"0": "CT"} (nnU-Net v2)')
+    channels = dataset_channels(spec, where, 'e.g. "channel_names": {"0": "CT"} (nnU-Net v2)') or ["CT"]
     pairs = []
     training = spec.get("training")
     if training is not None and not isinstance(training, list):
@@ -169,7 +168,7 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
         ending = str(spec.get("file_ending", ".nii.gz"))
         for label in sorted((root / "labelsTr").glob(f"*{ending}")):
             case = label.name[: -len(ending)]
-            images = [f"imagesTr/{case}_{int(c):04d}{ending}" for c in sorted(channels, key=int)]
+            images = [f"imagesTr/{case}_{c:04d}{ending}" for c in range(len(channels))]
             pairs.append((images, f"labelsTr/{label.name}"))
     entries = []
     for images, label in pairs:
@@ -185,7 +184,7 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
             )
         entry = {"name": _stem(Path(label)), "image": images if len(images) > 1 else images[0], "label": label}
         if len(images) == 1 and len(channels) > 1:  # MSD: one 4D image; its volumes named, never guessed
-            entry["channels"] = [str(channels[key]) for key in sorted(channels, key=int)]
+            entry["channels"] = list(channels)
         entry["labels"] = {str(v): n for v, n in table.items()}
         if _partial(list(table.values()), model_labels):
             entry["partial"] = True
