@@ -297,6 +297,47 @@ def test_a_datalist_of_multichannel_cases(tmp_path, capsys):
         np.testing.assert_array_equal(labels_of(out / case["name"]), labels_of(alone))
 
 
+def test_a_datalist_entry_of_one_4d_image_with_its_channels_as_its_3d_files(tmp_path, capsys):
+    """An MSD-style entry: one 4D image, its volumes named by the entry's "channels" (FLAIR first), segmented as its
+    four 3D files in the package's order are; a wrong count is that case's failure, in the datalist's words."""
+    from helpers.packages import physical_ball, tiny_config
+    from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
+
+    sequences = ("T1", "T1c", "T2", "FLAIR")
+    config = tiny_config("mr-4d", in_channels=4, labels=2, roi=(16, 16, 16), intensity={"method": "zscore"})
+    for entry, name in zip(config["inputs"], sequences, strict=True):
+        entry.update(name=name, modality="MR", patterns=[f"*_{name.lower()}.*"])
+    package = make_package(tmp_path, config)
+    affine = affine_from_spacing((2.0, 2.0, 2.5), origin=(-14.0, 12.0, -20.0))
+    images = {}
+    for index, (name, centre) in enumerate(
+        zip(sequences, ((-2, 24, -2), (4, 26, -4), (-4, 20, 2), (-6, 28, 0)), strict=True)
+    ):
+        array = physical_ball((16, 16, 16), affine, np.array(centre, float), 6.0, value=300 + 100 * index, background=0)
+        images[name] = image_from_array(array.astype(np.int16), affine)
+        sitk.WriteImage(images[name], str(tmp_path / f"case_{name.lower()}.nii.gz"))
+    sitk.WriteImage(
+        sitk.JoinSeries([images[name] for name in ("FLAIR", "T1", "T1c", "T2")]), str(tmp_path / "BRATS_001.nii.gz")
+    )
+    entries = [
+        {"image": "BRATS_001.nii.gz", "channels": ["FLAIR", "T1w", "t1gd", "T2w"]},
+        {"image": "BRATS_001.nii.gz", "channels": ["FLAIR", "T1w", "t1gd"], "name": "short"},
+    ]
+    (tmp_path / "list.json").write_text(json.dumps({"testing": entries}))
+    out = tmp_path / "out"
+    assert batch("--datalist", tmp_path / "list.json", "--model", package, "--out", out, *FAST, "--no-heatmaps") == 2
+    assert "the datalist's 'channels'" in capsys.readouterr().out
+    document = summary(out)
+    assert [(case["name"], case["status"]) for case in document["cases"]] == [
+        ("BRATS_001", "done"),
+        ("short", "failed"),
+    ]
+    files = [str(tmp_path / f"case_{name.lower()}.nii.gz") for name in sequences]
+    alone = tmp_path / "alone"
+    assert cli.main(["segment", *files, "--model", str(package), "--out", str(alone), *FAST, "--no-heatmaps"]) == 0
+    np.testing.assert_array_equal(labels_of(out / "BRATS_001"), labels_of(alone))
+
+
 def test_a_datalist_entry_is_named_by_what_its_channel_files_share(tmp_path):
     from TokenUNetSegmentLib.pipeline.batch_cases import cases_from_datalist
 
