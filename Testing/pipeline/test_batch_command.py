@@ -428,3 +428,37 @@ def test_the_model_is_loaded_once(two_cases, tmp_path, monkeypatch):
     monkeypatch.setattr(segment_command, "load_package_at", lambda path: (loads.append(path), real(path))[1])
     assert batch(*cases, "--model", package, "--out", tmp_path / "out", *FAST) == 0
     assert len(loads) == 1
+
+
+def test_resume_runs_a_case_again_when_anything_that_shapes_its_outputs_changed(two_cases, tmp_path, capsys):
+    """--resume skips a case only when its earlier result came from the same weights, the same options that shape
+    the outputs and the same input files (size and time): a result without probability maps is no result of a run
+    that asks for them (before: skipped, as only the model's id and version and the input paths were compared)."""
+    from helpers.packages import tiny_config
+
+    package, (first, _) = two_cases
+    case = tmp_path / "in" / "case.nii.gz"
+    case.parent.mkdir()
+    case.write_bytes(first.read_bytes())
+    out = tmp_path / "out"
+
+    def status(*options) -> str:
+        capsys.readouterr()
+        assert batch(case, "--model", package, "--out", out, "--resume", *FAST, *options) == 0
+        return summary(out)["cases"][0]["status"]
+
+    assert status() == "done"
+    assert status() == "skipped"
+    assert status("--probabilities") == "done" and (out / "case" / "probabilities").is_dir()
+    assert status("--probabilities") == "skipped"
+    for changed in (["--largest-component"], ["--smooth"], ["--overlap", "0.5"], ["--attention-grid", "input"]):
+        assert status("--probabilities", *changed) == "done", changed
+    assert status("--probabilities", "--attention-grid", "input") == "skipped"
+    assert status("--probabilities", "--attention-grid", "input", "--device", "cpu", "--batch-size", "3") == "skipped"
+    case.write_bytes(shifted_case(first, tmp_path / "other.nii.gz", 2).read_bytes())  # same name, new scan
+    assert status("--probabilities", "--attention-grid", "input") == "done"
+    retrained = make_package(tmp_path / "retrained", tiny_config(roi=(32, 32, 32), spacing=(3.0, 3.0, 3.0), crop=True))
+    capsys.readouterr()
+    assert batch(case, "--model", retrained, "--out", out, "--resume", *FAST, "--probabilities") == 0
+    assert summary(out)["cases"][0]["status"] == "done"  # same id and version, other weights
+    assert "[1/1] case: done" in capsys.readouterr().out

@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="skip a case whose folder holds a finished result of the same model (id and version) on the same inputs",
+        help="skip a case whose folder holds a finished result of the same model (id, version and weights) on the "
+        "same, unchanged input files with the same options that shape the outputs (--device and --batch-size aside)",
     )
     add_run_options(parser, out_help="output root: one folder per case (its file or folder name), and batch.json")
 
@@ -186,7 +187,7 @@ class Batch:
 
         try:
             if self.args.resume and self.finished_before(case, Path(record["folder"])):
-                record.update(status="skipped", reason="a finished result of the same model on the same inputs")
+                record.update(status="skipped", reason="a finished result of the same model, inputs and options")
                 self.report(index, record, time.perf_counter() - started)
                 return
             progress("start", 0.0)
@@ -242,11 +243,14 @@ class Batch:
         return load_while_reading(load, opened.read)[1]
 
     def finished_before(self, case, folder: Path) -> bool:
-        """Whether ``folder`` holds a complete result of this model (id and version) on ``case``'s inputs."""
+        """Whether ``folder`` holds a complete result of this model (id, version and weights) made from what this run
+        would make it from (:mod:`.result_key`: the same input files, unchanged, and the options that shape the
+        files)."""
         from .errors import TokenUNetError
         from .json_files import read_json_file
         from .output_folder import complete_result
         from .outputs import REPORT_FILE
+        from .result_key import made_from
 
         if not complete_result(folder):
             return False
@@ -255,11 +259,15 @@ class Batch:
         except TokenUNetError:
             return False
         package = report.get("package") if isinstance(report, dict) else None
-        inputs = report.get("inputs") if isinstance(report, dict) else None
-        if not isinstance(package, dict) or not isinstance(inputs, dict):
+        if not isinstance(package, dict):
             return False
-        same_model = package.get("id") == self.metadata.id and package.get("version") == self.metadata.version
-        return same_model and sorted(set(inputs.values())) == sorted(set(case.inputs))
+        model = self.metadata
+        same_model = (package.get("id"), package.get("version"), package.get("weights_sha256")) == (
+            model.id,
+            model.version,
+            model.config.weights.sha256,
+        )
+        return same_model and report.get("made_from") == made_from(case.inputs, case.channels, self.args)
 
     def report(self, index: int, record: dict, seconds: float, error: ErrorEvent | None = None) -> None:
         """The case's line on stdout and its end event."""

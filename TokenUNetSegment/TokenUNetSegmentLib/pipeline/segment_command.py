@@ -157,6 +157,7 @@ class CaseInputs:
     stack_order: object | None
     on_input_grid: bool
     read: Callable[[], list]
+    made_from: dict  # what the result is made from (:mod:`.result_key`), taken before any voxel is read
 
 
 def open_case(
@@ -170,8 +171,10 @@ def open_case(
     from .channels import order_inputs, series_warnings
     from .outputs import estimate_output_bytes
     from .preprocess import resample_ahead
+    from .result_key import made_from
     from .run_inputs import RunNeeds, open_run_inputs
 
+    source = made_from(inputs, channels, args)
     stack = None  # one 4D image holding every channel: its order from --channels or its dataset.json
     if len(inputs) == 1 and (len(config.inputs) > 1 or channels is not None):
         stack = open_stack(inputs[0], config, package_id, channels, option)
@@ -201,7 +204,7 @@ def open_case(
         resample_ahead(volumes, config, threads=AHEAD_THREADS)
         return volumes
 
-    return CaseInputs(paths, stack[1] if stack is not None else None, checked.on_input_grid, read)
+    return CaseInputs(paths, stack[1] if stack is not None else None, checked.on_input_grid, read, source)
 
 
 def segment_case(case: CaseInputs, volumes: list, package, folder, args, printer, progress, cancel):
@@ -238,7 +241,9 @@ def segment_case(case: CaseInputs, volumes: list, package, folder, args, printer
             "path": str(package.path),
             "version": package.metadata.version,
             "description": package.metadata.description,
+            "weights_sha256": package.config.weights.sha256,
         },
+        "made_from": case.made_from,
     }
     outputs = write_outputs(
         result,

@@ -1,0 +1,61 @@
+"""What a result was made from, recorded in its ``report.json`` as ``"made_from"``: the options that shape its files,
+the order of a 4D image's channels and each input file's size and modification time (a folder: of every file
+below it). ``batch --resume`` skips a case only when this and the model's weights (their SHA256) are what the new
+run would use; anything else (more outputs asked for, another overlap, a scan replaced under the same name, a
+retrained model of the same version) runs the case again.
+
+Torch-free: it is computed before any voxel is read. Options that change only the speed (``--device``,
+``--batch-size``) are not part of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+RESULT_OPTIONS = (
+    "overlap",
+    "probabilities",
+    "no_heatmaps",
+    "attention_grid",
+    "largest_component",
+    "smooth",
+    "no_overview",
+)
+
+
+def input_stamp(path: str | Path) -> list:
+    """``[path, size, mtime_ns]`` of a file; ``[path, files, digest]`` of a folder (every file below it, links not
+    followed: a DICOM series with a slice replaced, added or removed gets another stamp); ``[path]`` when gone."""
+    path = Path(os.path.realpath(path))
+    try:
+        info = path.stat()
+    except OSError:
+        return [str(path)]
+    if not path.is_dir():
+        return [str(path), info.st_size, info.st_mtime_ns]
+    digest, count = hashlib.sha256(), 0
+    for parent, folders, files in os.walk(path):
+        folders.sort()
+        for name in sorted(files):
+            try:
+                found = os.lstat(os.path.join(parent, name))
+            except OSError:
+                continue
+            relative = os.path.relpath(os.path.join(parent, name), path)
+            digest.update(f"{relative}\0{found.st_size}\0{found.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+            count += 1
+    return [str(path), count, digest.hexdigest()]
+
+
+def made_from(inputs: Sequence[str | Path], channels: Sequence[str] | None, args: argparse.Namespace) -> dict:
+    """The record of what a run on ``inputs`` (``channels``: a 4D image's volume names) with ``args`` is made
+    from."""
+    return {
+        "inputs": [input_stamp(path) for path in inputs],
+        "channels": list(channels) if channels else None,
+        "options": {name: getattr(args, name, None) for name in RESULT_OPTIONS},
+    }
