@@ -462,3 +462,27 @@ def test_resume_runs_a_case_again_when_anything_that_shapes_its_outputs_changed(
     assert batch(case, "--model", retrained, "--out", out, "--resume", *FAST, "--probabilities") == 0
     assert summary(out)["cases"][0]["status"] == "done"  # same id and version, other weights
     assert "[1/1] case: done" in capsys.readouterr().out
+
+
+def test_a_second_batch_on_a_root_in_use_is_refused_and_leaves_no_folder_it_made(
+    two_cases, tmp_path, monkeypatch, capsys
+):
+    from TokenUNetSegmentLib.pipeline.errors import OutputError
+    from TokenUNetSegmentLib.pipeline.locks import DestinationLock
+
+    package, cases = two_cases
+    out = tmp_path / "out"
+    assert batch(cases[0], "--model", package, "--out", out, *FAST) == 0
+    before = summary(out)
+    with DestinationLock(out / "batch.json", "batch"):  # a batch running on this root
+        assert batch(*cases, "--model", package, "--out", out, *FAST) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "in use by another TokenUNet run (batch, pid" in error
+    assert summary(out) == before and sorted(p.name for p in out.iterdir()) == ["batch.json", "first"]
+
+    def refused(self):
+        raise OutputError("in use")
+
+    monkeypatch.setattr(DestinationLock, "acquire", refused)
+    assert batch(cases[0], "--model", package, "--out", tmp_path / "new" / "root", *FAST) == 2
+    assert not (tmp_path / "new").exists()  # before: the root (and its parents) made for the lock stayed

@@ -110,9 +110,13 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
     metadata = read_metadata(package_path)
     for note in notes:
         printer.note(note)
-    root.mkdir(parents=True, exist_ok=True)
+    created = _make_folders(root)
     lock = DestinationLock(summary_path, "batch")
-    lock.acquire()  # two batches on one root would overwrite each other's batch.json
+    try:
+        lock.acquire()  # two batches on one root would overwrite each other's batch.json
+    except BaseException:
+        _remove_empty(created)  # refused: no folder of ours left behind
+        raise
     cancel = cancel or threading.Event()
     handlers = install_cancel_handlers(cancel)
     try:
@@ -368,6 +372,26 @@ def _result_fields(result, destination: Path, files: dict) -> dict:
         "warnings": list(result.warnings),
         "files": {role: str(path.relative_to(destination)) for role, path in files.items()},
     }
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the ones created, outermost first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+    return list(reversed(missing))
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the ``folders`` this run created, innermost first, as long as they are empty."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _now() -> str:
