@@ -486,3 +486,21 @@ def test_a_second_batch_on_a_root_in_use_is_refused_and_leaves_no_folder_it_made
     monkeypatch.setattr(DestinationLock, "acquire", refused)
     assert batch(cases[0], "--model", package, "--out", tmp_path / "new" / "root", *FAST) == 2
     assert not (tmp_path / "new").exists()  # before: the root (and its parents) made for the lock stayed
+
+
+def test_links_in_the_root_to_elsewhere_are_refused_before_any_case_runs(two_cases, tmp_path, capsys):
+    """ROOT/batch.json or a case's folder that is a symbolic link would have the batch write outside the root the
+    user named (before: written through, batch.json's lock and temporary file beside the link's target)."""
+    package, cases = two_cases
+    elsewhere = tmp_path / "elsewhere"
+    assert batch(*cases, "--model", package, "--out", elsewhere, *FAST) == 0
+    kept = {path: path.read_bytes() for path in elsewhere.rglob("*") if path.is_file()}
+    for link, target in (("batch.json", elsewhere / "batch.json"), ("second", elsewhere / "second")):
+        out = tmp_path / f"out-{link}"
+        out.mkdir()
+        (out / link).symlink_to(target)
+        assert batch(*cases, "--model", package, "--out", out, *FAST) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.count("\n") == 0 and f"{out / link} is a link" in error, error
+        assert [p.name for p in out.iterdir()] == [link]
+    assert {path: path.read_bytes() for path in elsewhere.rglob("*") if path.is_file()} == kept

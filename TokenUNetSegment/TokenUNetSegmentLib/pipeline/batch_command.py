@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import signal
 import threading
 import time
@@ -101,6 +102,12 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
     check_case_names(cases, root)
     if root.exists() and not root.is_dir():
         raise OutputError(f"the output root {root} is a file, not a folder", "choose a folder")
+    for place in [root / BATCH_FILE, *(root / case.name for case in cases)]:  # writes stay inside the root
+        if place.is_symlink():
+            raise OutputError(
+                f"{place} is a link (to {os.readlink(place)}): batch writes its files inside {root}",
+                "remove the link, or choose another --out",
+            )
     summary_path = check_file_destination(root / BATCH_FILE, json_with_keys(BATCH_MARK))
     store = ModelStore(getattr(args, "catalog", None))
     protected = store.protected_folders()
