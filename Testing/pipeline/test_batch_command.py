@@ -504,3 +504,29 @@ def test_links_in_the_root_to_elsewhere_are_refused_before_any_case_runs(two_cas
         assert error.count("\n") == 0 and f"{out / link} is a link" in error, error
         assert [p.name for p in out.iterdir()] == [link]
     assert {path: path.read_bytes() for path in elsewhere.rglob("*") if path.is_file()} == kept
+
+
+def test_case_names_a_file_system_cannot_hold_apart_or_at_all_are_refused_up_front(two_cases, tmp_path, capsys):
+    """A datalist 'name' over 255 bytes (before: each such case 'internal error: OSError: File name too long', exit
+    1), names equal but for Unicode normalisation (one folder on macOS; before: two), a file given twice (before:
+    'rename one')."""
+    package, (first, second) = two_cases
+    lists = {
+        "long": [{"image": str(first), "name": "é" * 128}],
+        "composed": [{"image": str(first), "name": "Caf\u00e9"}, {"image": str(second), "name": "Cafe\u0301"}],
+        "twice": [{"image": str(first)}, {"image": str(first), "name": "again"}],
+    }
+    expected = {
+        "long": "is 256 bytes long",
+        "composed": "would both be written to",
+        "twice": f"{first.name} is given twice",
+    }
+    for name, entries in lists.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"testing": entries}))
+        out = tmp_path / name
+        assert batch("--datalist", tmp_path / f"{name}.json", "--model", package, "--out", out, *FAST) == 2, name
+        error = capsys.readouterr().err.strip()
+        assert error.count("\n") == 0 and expected[name] in error, error
+        assert not out.exists()
+    assert batch(first, first, "--model", package, "--out", tmp_path / "out", *FAST) == 2
+    assert f"{first.name} is given twice" in capsys.readouterr().err

@@ -9,6 +9,7 @@ subfolder holding DICOM files (at any depth) is one case, in name order.
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from .errors import InputError
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DATALIST_SECTIONS = ("training", "validation", "testing", "test")
 BATCH_FILE = "batch.json"
+NAME_BYTES = 255  # the longest file name most file systems take
 
 
 @dataclass(frozen=True)
@@ -172,9 +174,11 @@ def cases_from_datalist(path: str | Path, section: str | None = None) -> list[Ba
 
 
 def check_case_names(cases: Sequence[BatchCase], root: Path) -> None:
-    """Refuse names that are no plain folder name, and two cases that would write the same folder (compared
-    without case, as macOS's and Windows' file systems do)."""
+    """Refuse names that are no plain folder name or too long for one (255 bytes), the same inputs given twice, and
+    two cases that would write the same folder (compared without case and Unicode normalisation, as macOS's and
+    Windows' file systems compare names)."""
     seen: dict[str, BatchCase] = {}
+    given: dict[tuple, BatchCase] = {}
     for case in cases:
         name = case.name
         if name in ("", ".", "..") or name.startswith(".") or "/" in name or "\\" in name or name == BATCH_FILE:
@@ -182,10 +186,25 @@ def check_case_names(cases: Sequence[BatchCase], root: Path) -> None:
                 f"the case {case.source} would be written to a folder named {name!r}",
                 "rename it (or give it a 'name' in the datalist)",
             )
-        other = seen.get(name.casefold())
+        size = len(name.encode("utf-8", "surrogateescape"))
+        if size > NAME_BYTES:
+            raise InputError(
+                f"the case {case.source}'s folder name {name[:20]}... is {size} bytes long; file systems take "
+                f"{NAME_BYTES}",
+                "give it a shorter name (a 'name' in the datalist, or rename the file)",
+            )
+        twin = given.get((case.inputs, case.channels))
+        if twin is not None:
+            raise InputError(
+                f"{Path(case.inputs[0]).name} is given twice ({twin.source} and {case.source})",
+                "give each case once",
+            )
+        given[(case.inputs, case.channels)] = case
+        key = unicodedata.normalize("NFC", name).casefold()
+        other = seen.get(key)
         if other is not None:
             raise InputError(
                 f"two cases would both be written to {root / name}: {other.source} and {case.source}",
                 "rename one (or give datalist entries distinct 'name's), or run them in batches with other --out",
             )
-        seen[name.casefold()] = case
+        seen[key] = case
