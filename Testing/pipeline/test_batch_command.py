@@ -530,3 +530,18 @@ def test_case_names_a_file_system_cannot_hold_apart_or_at_all_are_refused_up_fro
         assert not out.exists()
     assert batch(first, first, "--model", package, "--out", tmp_path / "out", *FAST) == 2
     assert f"{first.name} is given twice" in capsys.readouterr().err
+
+
+def test_every_missing_file_of_a_datalist_is_named_in_one_refusal(tmp_path):
+    """A datalist whose entries name missing files is refused before any case runs (as a missing CASE is), with the
+    count and the first of them (before: the first only, so a user fixed them one run at a time)."""
+    from TokenUNetSegmentLib.pipeline.batch_cases import cases_from_datalist
+
+    (tmp_path / "here.nii.gz").write_bytes(b"")
+    entries = [{"image": "here.nii.gz"}, {"image": "gone1.nii.gz"}, {"image": ["here.nii.gz", "gone2.nii.gz"]}]
+    (tmp_path / "list.json").write_text(json.dumps({"testing": entries}))
+    with pytest.raises(InputError) as refused:
+        cases_from_datalist(tmp_path / "list.json")
+    message = refused.value.message
+    assert "2 of 3 entries" in message and "testing[1]" in message and "gone1.nii.gz" in message
+    assert "testing[2]" in message and "gone2.nii.gz" in message

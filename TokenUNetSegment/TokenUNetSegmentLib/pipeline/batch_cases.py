@@ -151,7 +151,7 @@ def cases_from_datalist(path: str | Path, section: str | None = None) -> list[Ba
             f"the datalist {path.name} has no list '{section}'", f"its lists: {', '.join(lists) or 'none'}"
         )
     root = datalist_root(path, data)
-    cases = []
+    cases, missing = [], []
     for index, entry in enumerate(data[section]):
         where = f"{path.name} {section}[{index}]"
         images = entry.get("image") if isinstance(entry, dict) else entry
@@ -159,15 +159,20 @@ def cases_from_datalist(path: str | Path, section: str | None = None) -> list[Ba
         if not images or not all(isinstance(image, str) and image for image in images):
             raise InputError(f"{where}: 'image' must be a file path or a list of them (one per channel)")
         files = [str((root / image).resolve()) for image in images]
-        for file in files:
-            if not Path(file).exists():
-                raise InputError(f"{where}: file not found: {file}", "fix the path, or its 'dataroot'")
+        missing += [f"{section}[{index}]: {file}" for file in files if not Path(file).exists()]
         channels = entry.get("channels") if isinstance(entry, dict) else None
         if channels is not None and not (isinstance(channels, list) and all(isinstance(c, str) for c in channels)):
             raise InputError(f"{where}: 'channels' names the volumes of one 4D image, as a list of names")
         name = entry.get("name") if isinstance(entry, dict) else None
         name = name if isinstance(name, str) and name else _entry_name([Path(file) for file in files])
         cases.append(BatchCase(name, tuple(files), where, tuple(channels) if channels else None))
+    if missing:
+        entries = len({item.split(":")[0] for item in missing})
+        shown = "; ".join(missing[:2]) + ("; ..." if len(missing) > 2 else "")
+        raise InputError(
+            f"{entries} of {len(cases)} entries of {path.name} name files that do not exist ({shown})",
+            "fix the paths, or the datalist's 'dataroot'",
+        )
     if not cases:
         raise InputError(f"the datalist's '{section}' list is empty")
     return cases
