@@ -545,3 +545,27 @@ def test_every_missing_file_of_a_datalist_is_named_in_one_refusal(tmp_path):
     message = refused.value.message
     assert "2 of 3 entries" in message and "testing[1]" in message and "gone1.nii.gz" in message
     assert "testing[2]" in message and "gone2.nii.gz" in message
+
+
+def test_a_cases_warnings_name_it_and_stay_with_it_in_batch_json(two_cases, tmp_path, monkeypatch, capsys):
+    """Before: a warning line named no case (only its place before the case's line told which), and a failed case's
+    warnings were not kept in batch.json."""
+    package, cases = two_cases
+    real = segment_command.segment_case
+
+    def warned(case, volumes, package, folder, args, printer, progress, cancel):
+        printer.warning(f"odd scan {Path(case.paths[0]).name}")
+        if "second" in case.paths[0]:
+            raise InputError("the second case is broken")
+        return real(case, volumes, package, folder, args, printer, progress, cancel)
+
+    monkeypatch.setattr(segment_command, "segment_case", warned)
+    out = tmp_path / "out"
+    assert batch(*cases, "--model", package, "--out", out, *FAST) == 2
+    assert capsys.readouterr().err.splitlines()[:2] == [
+        "warning: first: odd scan first.nii.gz",
+        "warning: second: odd scan second.nii.gz",
+    ]
+    records = summary(out)["cases"]
+    assert records[0]["warnings"] == ["odd scan first.nii.gz"]
+    assert records[1]["status"] == "failed" and records[1]["warnings"] == ["odd scan second.nii.gz"]

@@ -135,6 +135,28 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
         lock.release()
 
 
+class CasePrinter:
+    """The batch's printer for one case: its warnings and notes name the case (``warning: ct7: ...``) and its
+    warnings are kept for batch.json; progress and events go to the batch's printer."""
+
+    def __init__(self, printer: ProgressPrinter, name: str):
+        self.printer, self.name = printer, name
+        self.warnings: list[str] = []
+
+    def warning(self, message: str) -> None:
+        self.warnings.append(message)
+        self.printer.warning(f"{self.name}: {message}")
+
+    def note(self, message: str) -> None:
+        self.printer.note(f"{self.name}: {message}")
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        self.printer(stage, fraction)
+
+    def __getattr__(self, name: str):
+        return getattr(self.printer, name)
+
+
 class Batch:
     """One batch run: its cases' records (``batch.json``'s), the model once loaded, the progress."""
 
@@ -188,7 +210,8 @@ class Batch:
         from .outputs import output_folder
         from .segment_command import open_case, segment_case
 
-        record, count, printer = self.records[index], len(self.cases), self.printer
+        record, count = self.records[index], len(self.cases)
+        printer = CasePrinter(self.printer, case.name)
         printer.emit(CaseEvent(index + 1, count, case.name, "started", record["folder"]))
         started = time.perf_counter()
         folder = None
@@ -233,10 +256,10 @@ class Batch:
                 folder.abort()  # the previous result stays as it was
             event = ErrorEvent.from_error(error)
             failure = {"message": event.message, "hint": event.hint, "category": event.category}
-            record.update(status="failed", error={**failure, "type": event.error_type})
+            record.update(status="failed", error={**failure, "type": event.error_type}, warnings=printer.warnings)
             self.report(index, record, time.perf_counter() - started, event)
             return
-        record.update(status="done", **_result_fields(result, folder.destination, files))
+        record.update(status="done", **_result_fields(result, folder.destination, files), warnings=printer.warnings)
         self.report(index, record, time.perf_counter() - started)
 
     def read(self, opened) -> list:
@@ -376,7 +399,6 @@ def _result_fields(result, destination: Path, files: dict) -> dict:
         "summary": assessment.summary if assessment is not None else "",
         "device": str(result.device),
         "timings": {stage: round(float(value), 3) for stage, value in result.timings.items()},
-        "warnings": list(result.warnings),
         "files": {role: str(path.relative_to(destination)) for role, path in files.items()},
     }
 
