@@ -569,3 +569,23 @@ def test_a_cases_warnings_name_it_and_stay_with_it_in_batch_json(two_cases, tmp_
     records = summary(out)["cases"]
     assert records[0]["warnings"] == ["odd scan first.nii.gz"]
     assert records[1]["status"] == "failed" and records[1]["warnings"] == ["odd scan second.nii.gz"]
+
+
+def test_a_folder_whose_dicom_subfolders_hold_one_study_is_one_case(tmp_path):
+    """A CD or PACS export of one patient's study (its series in subfolders, no DICOM on top) is one case, read as
+    segment reads that folder, with a note that says so (before: one case per series, each segmented apart, a CT model
+    run on the scout and the MR); subfolders of several studies stay a folder of cases."""
+    export = tmp_path / "patient7"
+    write_dicom_series(export / "DICOM" / "SE1", dicom_array(), series="1.2.3.1", description="abdomen")
+    write_dicom_series(export / "DICOM" / "SE2", dicom_array(slices=3), series="1.2.3.2", description="scout")
+    write_dicom_series(export / "SE3", dicom_array(slices=4), series="1.2.3.3", description="other")
+    (export / "README.TXT").write_text("viewer")
+    cases, notes = cases_from_paths([export])
+    assert [(case.name, case.inputs) for case in cases] == [("patient7", (str(export),))]
+    assert len(notes) == 1 and "one study" in notes[0] and "one case" in notes[0] and "give the subfolders" in notes[0]
+    scans = tmp_path / "scans"
+    for index in (1, 2):  # two patients (two studies): two cases
+        study = {"0020|000d": f"1.2.9.{index}"}
+        write_dicom_series(scans / f"p{index}" / "SE1", dicom_array(), series=f"1.2.9.{index}.1", extra_tags=study)
+    cases, notes = cases_from_paths([scans])
+    assert [case.name for case in cases] == ["p1", "p2"] and notes == []

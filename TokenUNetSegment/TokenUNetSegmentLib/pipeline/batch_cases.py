@@ -19,6 +19,7 @@ from .errors import InputError
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DATALIST_SECTIONS = ("training", "validation", "testing", "test")
 BATCH_FILE = "batch.json"
+STUDY_UID = "0020|000d"
 NAME_BYTES = 255  # the longest file name most file systems take
 
 
@@ -74,6 +75,15 @@ def cases_from_paths(paths: Iterable[str | Path]) -> tuple[list[BatchCase], list
                     f"the folder {given} holds no case (no NIfTI, NRRD or MetaImage file, no DICOM subfolder)",
                     "give the folder that holds the cases, or the cases themselves",
                 )
+            if one_study(found):  # a CD or PACS export of one study: one case, as segment reads that folder
+                shown = ", ".join(Path(case.source).name for case in found[:3]) + (", ..." if len(found) > 3 else "")
+                notes.append(
+                    f"{given}: its {len(found)} DICOM subfolders ({shown}) hold one study: one case, read as segment "
+                    "reads that folder (the largest series of the model's modality); to segment each series, give "
+                    "the subfolders themselves"
+                )
+                cases.append(BatchCase(_case_name(path), (str(path.resolve()),), str(given)))
+                continue
             cases += found
             if left_out:
                 shown = ", ".join(left_out[:5]) + (", ..." if len(left_out) > 5 else "")
@@ -81,6 +91,38 @@ def cases_from_paths(paths: Iterable[str | Path]) -> tuple[list[BatchCase], list
             continue
         cases.append(BatchCase(_case_name(path), (str(path.resolve()),), str(given)))
     return cases, notes
+
+
+def one_study(cases: Sequence[BatchCase]) -> bool:
+    """Whether ``cases`` (of a folder of cases) are two or more DICOM folders whose first files name one study
+    (StudyInstanceUID): the series of one patient's study, not several patients' scans."""
+    if len(cases) < 2 or any(not Path(case.inputs[0]).is_dir() for case in cases):
+        return False
+    studies = {_study(Path(case.inputs[0])) for case in cases}
+    return len(studies) == 1 and "" not in studies
+
+
+def _study(folder: Path) -> str:
+    """The StudyInstanceUID of the first DICOM file below ``folder`` ("" when none says one)."""
+    import SimpleITK as sitk
+
+    from .readers.dicom_meta import DICOMDIR_CLASS, dicom_file_class
+    from .readers.itk import quiet_itk
+
+    for parent, folders, files in os.walk(folder):
+        folders.sort()
+        for name in sorted(files):
+            path = Path(parent) / name
+            if is_dicom_file(path) and dicom_file_class(path) != DICOMDIR_CLASS:
+                reader = sitk.ImageFileReader()
+                reader.SetFileName(str(path))
+                try:
+                    with quiet_itk():
+                        reader.ReadImageInformation()
+                except RuntimeError:
+                    continue
+                return reader.GetMetaData(STUDY_UID).strip(" \0") if reader.HasMetaDataKey(STUDY_UID) else ""
+    return ""
 
 
 def cases_in_folder(folder: Path) -> tuple[list[BatchCase], list[str]]:
