@@ -589,3 +589,32 @@ def test_a_folder_whose_dicom_subfolders_hold_one_study_is_one_case(tmp_path):
         write_dicom_series(scans / f"p{index}" / "SE1", dicom_array(), series=f"1.2.9.{index}.1", extra_tags=study)
     cases, notes = cases_from_paths([scans])
     assert [case.name for case in cases] == ["p1", "p2"] and notes == []
+
+
+def test_batch_json_is_rewritten_after_each_case_without_encoding_every_case_again(tmp_path, monkeypatch):
+    """Each save encodes only the cases that changed: a finished case's text is kept (before: every case encoded
+    again after each one, 25 ms a save at 1000 cases, 25 s over the batch; quadratic in the number of cases). The
+    file is still exactly ``json.dumps(document, indent=2)``."""
+    import types
+
+    from TokenUNetSegmentLib.pipeline.batch_cases import BatchCase
+
+    count = 300
+    cases = [BatchCase(f"case{i}", (f"/in/case{i}.nii.gz",), f"case{i}.nii.gz") for i in range(count)]
+    args = cli.parse_arguments(["batch", "x", "--out", str(tmp_path), "--device", "cpu"])
+    metadata = types.SimpleNamespace(id="m", version="1")
+    run = batch_command.Batch(args, cases, tmp_path, tmp_path / "batch.json", metadata, "p", None, threading.Event())
+    encoded = []
+    real = json.dumps
+
+    def counting(value, *rest, **options):
+        encoded.append(sum(1 for record in run.records if record is value) or len(value.get("cases", ())))
+        return real(value, *rest, **options)
+
+    monkeypatch.setattr(json, "dumps", counting)
+    for index, record in enumerate(run.records):
+        record.update(status="done" if index % 3 else "failed", labels=["liver", "spleen"], seconds=1.5)
+        run.save()
+        if index in (0, count // 2, count - 1):
+            assert (tmp_path / "batch.json").read_text() == real(run.document, indent=2) + "\n"
+    assert sum(encoded) < 4 * count  # each case a few times, not count times

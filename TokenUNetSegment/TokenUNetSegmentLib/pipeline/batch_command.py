@@ -167,6 +167,7 @@ class Batch:
         self.metadata, self.package_path, self.printer, self.cancel = metadata, package_path, printer, cancel
         self.package = None
         self.protected = protected
+        self.texts: dict[int, tuple] = {}  # the encoded text of each ended case (see encoded())
         self.started = time.perf_counter()
         self.records = [
             {"name": case.name, "inputs": list(case.inputs), "folder": str(root / case.name), "status": "pending"}
@@ -339,7 +340,22 @@ class Batch:
         for record in self.records:
             counts[record["status"]] += 1
         self.document["counts"] = counts
-        write_file_atomically(self.summary_path, json.dumps(self.document, indent=2) + "\n")
+        head = json.dumps({key: value for key, value in self.document.items() if key != "cases"}, indent=2)
+        cases = ",\n".join(self.encoded(index, record) for index, record in enumerate(self.records))
+        text = f'{head[:-2]},\n  "cases": [\n{cases}\n  ]\n}}\n' if cases else head[:-2] + ',\n  "cases": []\n}\n'
+        write_file_atomically(self.summary_path, text)
+
+    def encoded(self, index: int, record: dict) -> str:
+        """A case's text in batch.json (``json.dumps(document, indent=2)``'s), kept until its status or time changes
+        (a record changes only so): each save encodes only what changed, not every case again (quadratic over a batch
+        of thousands)."""
+        mark = (record["status"], record.get("seconds"))
+        kept = self.texts.get(index)
+        if kept is not None and kept[0] == mark:
+            return kept[1]
+        text = "    " + json.dumps(record, indent=2).replace("\n", "\n    ")
+        self.texts[index] = (mark, text)
+        return text
 
     def finish(self, state: str) -> int:
         """Record the batch's end, print its summary; the exit code."""
