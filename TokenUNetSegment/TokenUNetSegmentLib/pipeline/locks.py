@@ -90,8 +90,15 @@ class DestinationLock:
                     f"cannot create the lock file {self.path}: {error.strerror or error}",
                     "choose a destination in a folder you can write to",
                 ) from None
-            with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-                json.dump(owner, stream)
+            try:
+                with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+                    json.dump(owner, stream)
+            except OSError as error:  # a full disk: no empty lock file left behind
+                self.path.unlink(missing_ok=True)
+                raise OutputError(
+                    f"cannot write the lock file {self.path}: {error.strerror or error}",
+                    "free some disk space or choose another folder",
+                ) from None
             self.held = True
             return
         raise OutputError(f"cannot lock {self.destination}: other runs keep taking it", "try again")
