@@ -2,6 +2,7 @@
 it, batch.json, failures recorded and the batch going on, collisions and users' folders refused up front, cancel,
 exit codes, datalists (multi-channel), folders of cases, typed progress events."""
 
+import contextlib
 import json
 import signal
 import threading
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers.disks import LINUX_MOUNT, tmpfs
 from helpers.packages import make_package
 from helpers.processes import start_cli
 from helpers.readers import dicom_array, write_dicom_series
@@ -618,3 +620,34 @@ def test_batch_json_is_rewritten_after_each_case_without_encoding_every_case_aga
         if index in (0, count // 2, count - 1):
             assert (tmp_path / "batch.json").read_text() == real(run.document, indent=2) + "\n"
     assert sum(encoded) < 4 * count  # each case a few times, not count times
+
+
+@pytest.mark.skipif(not LINUX_MOUNT, reason="Linux tmpfs")
+def test_a_disk_that_fills_in_the_middle_of_a_batch(two_cases, tmp_path, monkeypatch, capsys):
+    """A real 3 MiB tmpfs that another program fills after the first case: the next cases fail (not enough free
+    space, checked before they run), and when batch.json itself cannot be written the batch stops in one line that
+    says how far batch.json goes (before: it stopped with the disk's message only, batch.json 'running')."""
+    package, (first, second) = two_cases
+    third = shifted_case(first, tmp_path / "in" / "third.nii.gz", 5)
+    real = batch_command.Batch.save
+    with tmpfs(tmp_path / "disk", size="3m") as disk:
+        out = disk / "out"
+
+        def save_then_fill(self):
+            real(self)
+            if self.records[0]["status"] == "done" and not (disk / "filler").exists():
+                with open(disk / "filler", "wb") as stream:  # another program fills the disk
+                    with contextlib.suppress(OSError):
+                        while True:
+                            stream.write(b"\0" * 65536)
+                            stream.flush()
+
+        monkeypatch.setattr(batch_command.Batch, "save", save_then_fill)
+        assert batch(first, second, third, "--model", package, "--out", out, *FAST, "--no-heatmaps") == 2
+        captured = capsys.readouterr()
+        error = captured.err.strip().splitlines()[-1]
+        assert error.startswith("error: ") and "full" in error and "batch.json" in error, captured
+        document = summary(out)
+        assert document["cases"][0]["status"] == "done" and document["state"] == "failed", document
+        assert sorted(p.name for p in out.iterdir()) == ["batch.json", "first"]  # no lock, no staging folder
+        assert labels_of(out / "first").any()

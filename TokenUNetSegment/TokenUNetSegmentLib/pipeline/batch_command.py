@@ -16,6 +16,7 @@ the whole batch's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -26,11 +27,14 @@ import traceback
 from pathlib import Path
 
 from .cli import ProgressPrinter
+from .locks import hidden_sibling, lock_path
 from .run_contract import CaseEvent, ErrorEvent, ExitCode, ResultEvent, one_line
 from .segment_command import add_run_options
 
 BATCH_MARK = "tokenunet_batch"  # the key that tells an earlier batch.json from a file of the user's
 BATCH_VERSION = 1
+RESERVE_TAG = ".tokenunet-reserve"
+RESERVE_BYTES, RESERVE_PER_CASE = 64 * 1024, 8 * 1024  # room for batch.json twice over (a case: 1-3 KB in it)
 OPTIONS = (  # the run options recorded in batch.json
     "device",
     "overlap",
@@ -135,6 +139,42 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
         lock.release()
 
 
+class SpaceReserve:
+    """A hidden file of zeros beside batch.json, made when the batch starts: when the disk fills up, it is deleted so
+    that batch.json can still be rewritten to say how far the batch got (a file cannot be replaced all at once on a
+    disk without room for its new copy)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.used = False
+        self.held = False
+
+    def make(self, size: int) -> None:
+        """Hold ``size`` bytes (nothing, without a word, where the disk has not even that much room)."""
+        try:
+            with open(self.path, "wb") as stream:
+                self.held = True
+                stream.write(bytes(size))
+                stream.flush()
+                os.fsync(stream.fileno())
+        except OSError:
+            self.remove()
+
+    def give_up(self) -> bool:
+        """Free the room for one more batch.json; False when there is none to free."""
+        if not self.held:
+            return False
+        self.remove()
+        self.used = True
+        return True
+
+    def remove(self) -> None:
+        if self.held:
+            self.held = False
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+
 class CasePrinter:
     """The batch's printer for one case: its warnings and notes name the case (``warning: ct7: ...``) and its
     warnings are kept for batch.json; progress and events go to the batch's printer."""
@@ -168,6 +208,7 @@ class Batch:
         self.package = None
         self.protected = protected
         self.texts: dict[int, tuple] = {}  # the encoded text of each ended case (see encoded())
+        self.reserve = SpaceReserve(lock_path(summary_path).with_name(hidden_sibling(summary_path, RESERVE_TAG)))
         self.started = time.perf_counter()
         self.records = [
             {"name": case.name, "inputs": list(case.inputs), "folder": str(root / case.name), "status": "pending"}
@@ -189,21 +230,32 @@ class Batch:
         }
 
     def run(self) -> int:
-        from .errors import CancelledError
+        from .errors import CancelledError, OutputError
 
-        self.save()
+        self.reserve.make(RESERVE_BYTES + RESERVE_PER_CASE * len(self.cases))
         try:
+            self.save()
             for index, case in enumerate(self.cases):
                 if self.cancel.is_set():
                     raise CancelledError()
                 self.run_case(index, case)
                 self.save()
+                if self.reserve.used:  # the disk is full: stop while batch.json can still say so
+                    stopped = f"the batch stopped after case {index + 1} of {len(self.cases)}"
+                    self.document["error"] = f"the disk is full: {stopped}"
+                    self.finish("failed")
+                    raise OutputError(
+                        f"{self.document['error']}; {self.summary_path.name} says which cases are done",
+                        "free some disk space, then run the batch again with --resume",
+                    )
+            return self.finish("completed")
         except (CancelledError, KeyboardInterrupt):
             return self.finish("cancelled")
         except ModelLoadError as failure:
             self.finish("failed")
             raise failure.error from None
-        return self.finish("completed")
+        finally:
+            self.reserve.remove()
 
     def run_case(self, index: int, case) -> None:
         """Segment one case into its folder and record how it went; a cancel or Ctrl-C is recorded, then raised."""
@@ -333,7 +385,9 @@ class Batch:
         )
 
     def save(self) -> None:
-        """Write batch.json all at once (a reader never sees half of it)."""
+        """Write batch.json all at once (a reader never sees half of it); on a full disk, into the room the reserve
+        held (then the batch stops, see run())."""
+        from .errors import OutputError
         from .output_folder import write_file_atomically
 
         counts = {status: 0 for status in ("done", "failed", "skipped", "cancelled", "pending")}
@@ -343,7 +397,12 @@ class Batch:
         head = json.dumps({key: value for key, value in self.document.items() if key != "cases"}, indent=2)
         cases = ",\n".join(self.encoded(index, record) for index, record in enumerate(self.records))
         text = f'{head[:-2]},\n  "cases": [\n{cases}\n  ]\n}}\n' if cases else head[:-2] + ',\n  "cases": []\n}\n'
-        write_file_atomically(self.summary_path, text)
+        try:
+            write_file_atomically(self.summary_path, text)
+        except OutputError:  # a full disk: the reserve's room, once
+            if not self.reserve.give_up():
+                raise
+            write_file_atomically(self.summary_path, text)  # in the room the reserve held
 
     def encoded(self, index: int, record: dict) -> str:
         """A case's text in batch.json (``json.dumps(document, indent=2)``'s), kept until its status or time changes
