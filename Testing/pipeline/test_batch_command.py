@@ -651,3 +651,17 @@ def test_a_disk_that_fills_in_the_middle_of_a_batch(two_cases, tmp_path, monkeyp
         assert document["cases"][0]["status"] == "done" and document["state"] == "failed", document
         assert sorted(p.name for p in out.iterdir()) == ["batch.json", "first"]  # no lock, no staging folder
         assert labels_of(out / "first").any()
+
+
+def test_ctrl_c_as_the_batch_takes_its_root_leaves_neither_root_nor_lock(two_cases, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (or SIGTERM) after the lock is taken, before the first batch.json is written: exit 130, no folder made
+    for the batch and no lock left (before: the root and the lock file stayed)."""
+    package, cases = two_cases
+
+    def interrupted(event):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(segment_command, "install_cancel_handlers", interrupted)
+    assert batch(*cases, "--model", package, "--out", tmp_path / "new" / "out", *FAST) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -123,20 +123,18 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
         printer.note(note)
     created = _make_folders(root)
     lock = DestinationLock(summary_path, "batch")
+    cancel = cancel or threading.Event()
+    handlers = []
     try:
         lock.acquire()  # two batches on one root would overwrite each other's batch.json
-    except BaseException:
-        _remove_empty(created)  # refused: no folder of ours left behind
-        raise
-    cancel = cancel or threading.Event()
-    handlers = install_cancel_handlers(cancel)
-    try:
+        handlers = install_cancel_handlers(cancel)
         batch = Batch(args, cases, root, summary_path, metadata, package_path, printer, cancel, protected)
         return batch.run()
     finally:
         for signum, handler in handlers:
             signal.signal(signum, handler)
         lock.release()
+        _remove_empty(created)  # refused or stopped before batch.json: no folder of ours left behind
 
 
 class SpaceReserve:
