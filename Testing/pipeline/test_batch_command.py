@@ -450,7 +450,12 @@ def test_resume_runs_a_case_again_when_anything_that_shapes_its_outputs_changed(
         return summary(out)["cases"][0]["status"]
 
     assert status() == "done"
+    done = summary(out)["cases"][0]
     assert status() == "skipped"
+    skipped = summary(out)["cases"][0]  # what the earlier result found, from its report.json
+    assert [skipped[key] for key in ("labels_found", "labels", "flags")] == [
+        done[key] for key in ("labels_found", "labels", "flags")
+    ]
     assert status("--probabilities") == "done" and (out / "case" / "probabilities").is_dir()
     assert status("--probabilities") == "skipped"
     for changed in (["--largest-component"], ["--smooth"], ["--overlap", "0.5"], ["--attention-grid", "input"]):

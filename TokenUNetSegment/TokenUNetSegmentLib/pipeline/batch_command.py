@@ -271,8 +271,10 @@ class Batch:
             printer(stage, (index + min(max(fraction, 0.0), 1.0)) / count)
 
         try:
-            if self.args.resume and self.finished_before(case, Path(record["folder"])):
-                record.update(status="skipped", reason="a finished result of the same model, inputs and options")
+            earlier = self.finished_before(case, Path(record["folder"])) if self.args.resume else None
+            if earlier is not None:
+                reason = "a finished result of the same model, inputs and options"
+                record.update(status="skipped", reason=reason, **_earlier_fields(earlier))
                 self.report(index, record, time.perf_counter() - started)
                 return
             progress("start", 0.0)
@@ -327,10 +329,10 @@ class Batch:
 
         return load_while_reading(load, opened.read)[1]
 
-    def finished_before(self, case, folder: Path) -> bool:
-        """Whether ``folder`` holds a complete result of this model (id, version and weights) made from what this run
-        would make it from (:mod:`.result_key`: the same input files, unchanged, and the options that shape the
-        files)."""
+    def finished_before(self, case, folder: Path) -> dict | None:
+        """The report of ``folder``'s result when it is a complete result of this model (id, version and weights) made
+        from what this run would make it from (:mod:`.result_key`: the same input files, unchanged, and the options
+        that shape the files); else None."""
         from .errors import TokenUNetError
         from .json_files import read_json_file
         from .output_folder import complete_result
@@ -338,21 +340,22 @@ class Batch:
         from .result_key import made_from
 
         if not complete_result(folder):
-            return False
+            return None
         try:
             report = read_json_file(folder / REPORT_FILE)
         except TokenUNetError:
-            return False
+            return None
         package = report.get("package") if isinstance(report, dict) else None
         if not isinstance(package, dict):
-            return False
+            return None
         model = self.metadata
         same_model = (package.get("id"), package.get("version"), package.get("weights_sha256")) == (
             model.id,
             model.version,
             model.config.weights.sha256,
         )
-        return same_model and report.get("made_from") == made_from(case.inputs, case.channels, self.args)
+        same_source = report.get("made_from") == made_from(case.inputs, case.channels, self.args)
+        return report if same_model and same_source else None
 
     def report(self, index: int, record: dict, seconds: float, error: ErrorEvent | None = None) -> None:
         """The case's line on stdout and its end event."""
@@ -474,6 +477,18 @@ def _result_fields(result, destination: Path, files: dict) -> dict:
         "timings": {stage: round(float(value), 3) for stage, value in result.timings.items()},
         "files": {role: str(path.relative_to(destination)) for role, path in files.items()},
     }
+
+
+def _earlier_fields(report: dict) -> dict:
+    """What batch.json keeps of a skipped case's earlier result, from its report.json (as for a done case)."""
+    labels = [item for item in report.get("labels") or [] if isinstance(item, dict)]
+    found = [
+        item.get("name")
+        for item in labels
+        if not any(isinstance(flag, dict) and flag.get("code") == "not_found" for flag in item.get("flags") or [])
+    ]
+    flags = [flag.get("code") for flag in report.get("flags") or [] if isinstance(flag, dict)]
+    return {"labels_found": len(found), "labels": found, "flags": flags, "summary": report.get("summary", "")}
 
 
 def _make_folders(folder: Path) -> list[Path]:
