@@ -670,3 +670,23 @@ def test_ctrl_c_as_the_batch_takes_its_root_leaves_neither_root_nor_lock(two_cas
     assert batch(*cases, "--model", package, "--out", tmp_path / "new" / "out", *FAST) == 130
     assert "interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_folders_stamp_leaves_out_what_tokenunet_writes_inside_it(tmp_path):
+    """A DICOM folder's stamp (for --resume) changes with its slices, not with a batch or segment output written
+    inside it (before: --out inside the case's folder made --resume run that case again every time)."""
+    from TokenUNetSegmentLib.pipeline.result_key import input_stamp
+
+    series = tmp_path / "SE1"
+    write_dicom_series(series, dicom_array(slices=3))
+    before = input_stamp(series)
+    (series / "out" / "SE1").mkdir(parents=True)
+    (series / "out" / "batch.json").write_text("{}")
+    (series / "out" / "SE1" / ".tokenunet-manifest.json").write_text("{}")
+    (series / "out" / "SE1" / "report.json").write_text("{}")
+    (series / "out" / ".SE1.tokenunet-lock").write_text("{}")
+    (series / "seg").mkdir()
+    (series / "seg" / ".tokenunet-manifest.json").write_text("{}")
+    assert input_stamp(series) == before
+    (series / "IM0001.dcm").write_bytes((series / "IM0001.dcm").read_bytes() + b"\0\0")
+    assert input_stamp(series) != before

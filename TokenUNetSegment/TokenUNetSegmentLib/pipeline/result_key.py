@@ -16,6 +16,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from .batch_cases import BATCH_FILE
+from .output_folder import MANIFEST
+
+TOKENUNET_TAG = ".tokenunet-"  # in the names of what TokenUNet writes beside or inside a folder (locks, staging)
 RESULT_OPTIONS = (
     "overlap",
     "probabilities",
@@ -28,8 +32,9 @@ RESULT_OPTIONS = (
 
 
 def input_stamp(path: str | Path) -> list:
-    """``[path, size, mtime_ns]`` of a file; ``[path, files, digest]`` of a folder (every file below it, links not
-    followed: a DICOM series with a slice replaced, added or removed gets another stamp); ``[path]`` when gone."""
+    """``[path, size, mtime_ns]`` of a file; ``[path, files, digest]`` of a folder (every file below it but what
+    TokenUNet wrote there, links not followed: a DICOM series with a slice replaced, added or removed gets another
+    stamp); ``[path]`` when gone."""
     path = Path(os.path.realpath(path))
     try:
         info = path.stat()
@@ -39,8 +44,8 @@ def input_stamp(path: str | Path) -> list:
         return [str(path), info.st_size, info.st_mtime_ns]
     digest, count = hashlib.sha256(), 0
     for parent, folders, files in os.walk(path):
-        folders.sort()
-        for name in sorted(files):
+        folders[:] = sorted(name for name in folders if not _tokenunet_output(Path(parent) / name))
+        for name in sorted(name for name in files if TOKENUNET_TAG not in name):
             try:
                 found = os.lstat(os.path.join(parent, name))
             except OSError:
@@ -49,6 +54,12 @@ def input_stamp(path: str | Path) -> list:
             digest.update(f"{relative}\0{found.st_size}\0{found.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
             count += 1
     return [str(path), count, digest.hexdigest()]
+
+
+def _tokenunet_output(folder: Path) -> bool:
+    """Whether ``folder`` (inside an input folder) is what TokenUNet wrote there: a result (its manifest), a batch's
+    root (batch.json), or a staging folder; an output placed inside its own input folder does not change its stamp."""
+    return TOKENUNET_TAG in folder.name or any((folder / name).is_file() for name in (MANIFEST, BATCH_FILE))
 
 
 def made_from(inputs: Sequence[str | Path], channels: Sequence[str] | None, args: argparse.Namespace) -> dict:
