@@ -8,7 +8,7 @@ import os
 
 import pytest
 from helpers.fuzz import bounded
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from TokenUNetSegmentLib.pipeline import cli
 
@@ -79,6 +79,7 @@ def test_running_with_any_options_and_a_missing_input_exits_2(command, rest, cap
     that does not exist, so every example ends with exit 2 before any work, whatever the options."""
     names = [o for o in OPTIONS[command] if o != "--debug"]  # --debug shows the traceback on purpose
     options = rest.draw(st.lists(st.one_of(st.sampled_from(names), VALUES), max_size=6))
+    assume(not any(len(option) >= 5 and "--debug".startswith(option) for option in options))  # "--deb" is --debug
     required = {"segment": ["missing.nii.gz", "--out", "out"], "evaluate": ["missing.nii.gz", "--prediction", "p"]}
     required["train"] = ["missing.json", "--config", "missing-config.json", "--out", "run"]
     capsys.readouterr()
