@@ -136,7 +136,8 @@ def test_an_internal_error_in_a_case_exits_1_after_the_other_cases(two_cases, tm
 
 def test_cases_that_would_share_a_folder_are_refused_before_anything_is_written(two_cases, tmp_path, capsys):
     package, (first, _) = two_cases
-    again = shifted_case(first, tmp_path / "other" / "FIRST.nii.gz", 3)
+    first = shifted_case(first, tmp_path / "a" / "same" / "first.nii.gz", 0)  # file and folder names alike
+    again = shifted_case(first, tmp_path / "b" / "same" / "FIRST.nii.gz", 3)
     out = tmp_path / "out"
     assert batch(first, again, "--model", package, "--out", out, *FAST) == 2
     error = capsys.readouterr().err.strip()
@@ -508,7 +509,7 @@ def test_links_in_the_root_to_elsewhere_are_refused_before_any_case_runs(two_cas
         (out / link).symlink_to(target)
         assert batch(*cases, "--model", package, "--out", out, *FAST) == 2
         error = capsys.readouterr().err.strip()
-        assert error.count("\n") == 0 and f"{out / link} is a link" in error, error
+        assert error.count("\n") == 0 and f"{out.name}/{link} is a link" in error and "--out" in error, error
         assert [p.name for p in out.iterdir()] == [link]
     assert {path: path.read_bytes() for path in elsewhere.rglob("*") if path.is_file()} == kept
 
@@ -690,3 +691,22 @@ def test_a_folders_stamp_leaves_out_what_tokenunet_writes_inside_it(tmp_path):
     assert input_stamp(series) == before
     (series / "IM0001.dcm").write_bytes((series / "IM0001.dcm").read_bytes() + b"\0\0")
     assert input_stamp(series) != before
+
+
+def test_files_of_one_name_in_one_folder_per_case_are_named_by_their_folders(tmp_path):
+    """TotalSegmentator's layout (``s0001/ct.nii.gz``, ``s0002/ct.nii.gz``): before, refused as two cases written to
+    one folder; the folder given alone said only that it holds no case."""
+    root = tmp_path / "dataset"
+    for case in ("s0001", "s0002"):
+        (root / case / "segmentations").mkdir(parents=True)
+        sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkInt16), str(root / case / "ct.nii.gz"))
+        sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkUInt8), str(root / case / "segmentations" / "liver.nii.gz"))
+    sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkInt16), str(tmp_path / "ct.nii.gz"))
+    cases, _ = cases_from_paths([root / "s0001" / "ct.nii.gz", root / "s0002" / "ct.nii.gz", tmp_path / "ct.nii.gz"])
+    assert [case.name for case in cases] == ["s0001", "s0002", tmp_path.name]
+    assert cases[1].inputs == (str((root / "s0002" / "ct.nii.gz").resolve()),)
+    with pytest.raises(InputError, match="holds no case") as refused:
+        cases_from_paths([root])
+    assert (
+        refused.value.hint == f"its subfolders hold volume files: give them as cases, e.g. {root / '*' / 'ct.nii.gz'}"
+    )

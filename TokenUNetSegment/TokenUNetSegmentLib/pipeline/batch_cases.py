@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,9 +72,12 @@ def cases_from_paths(paths: Iterable[str | Path]) -> tuple[list[BatchCase], list
         if path.is_dir() and not holds_dicom(path):
             found, left_out = cases_in_folder(path)
             if not found:
+                inner = Counter(file.name for file in _inner_volumes(path)).most_common(1)  # e.g. s0001/ct.nii.gz
                 raise InputError(
                     f"the folder {given} holds no case (no NIfTI, NRRD or MetaImage file, no DICOM subfolder)",
-                    "give the folder that holds the cases, or the cases themselves",
+                    f"its subfolders hold volume files: give them as cases, e.g. {Path(given) / '*' / inner[0][0]}"
+                    if inner
+                    else "give the folder that holds the cases, or the cases themselves",
                 )
             if one_study(found):  # a CD or PACS export of one study: one case, as segment reads that folder
                 shown = ", ".join(Path(case.source).name for case in found[:3]) + (", ..." if len(found) > 3 else "")
@@ -90,7 +94,33 @@ def cases_from_paths(paths: Iterable[str | Path]) -> tuple[list[BatchCase], list
                 notes.append(f"{given}: left out {len(left_out)} entries that hold no case ({shown})")
             continue
         cases.append(BatchCase(_case_name(path), (str(path.resolve()),), str(given)))
-    return cases, notes
+    return _named_apart(cases), notes
+
+
+def _inner_volumes(folder: Path) -> list[Path]:
+    """The volume files one level down (``folder/<case>/ct.nii.gz``, as one folder per case lays them out)."""
+    found = []
+    for entry in sorted(folder.iterdir(), key=lambda item: item.name):
+        if entry.is_dir() and not entry.name.startswith("."):
+            found += [file for file in sorted(entry.iterdir()) if file.is_file() and volume_stem(file) is not None]
+    return found
+
+
+def _named_apart(cases: list[BatchCase]) -> list[BatchCase]:
+    """Files that share a name (``s0001/ct.nii.gz``, ``s0002/ct.nii.gz``, one folder per case) named by their
+    folders instead (``s0001``, ``s0002``), then by both (``s0001_ct``) where folders share names too; names that
+    still collide are left to :func:`check_case_names`."""
+    for naming in (lambda file: file.parent.name, lambda file: f"{file.parent.name}_{volume_stem(file) or file.stem}"):
+        counts: dict[str, int] = {}
+        for case in cases:
+            counts[case.name.casefold()] = counts.get(case.name.casefold(), 0) + 1
+        cases = [
+            BatchCase(naming(Path(case.inputs[0])), case.inputs, case.source, case.channels)
+            if counts[case.name.casefold()] > 1 and Path(case.inputs[0]).is_file()
+            else case
+            for case in cases
+        ]
+    return cases
 
 
 def one_study(cases: Sequence[BatchCase]) -> bool:

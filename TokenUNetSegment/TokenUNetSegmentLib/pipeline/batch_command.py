@@ -109,7 +109,7 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
     for place in [root / BATCH_FILE, *(root / case.name for case in cases)]:  # writes stay inside the root
         if place.is_symlink():
             raise OutputError(
-                f"{place} is a link (to {os.readlink(place)}): batch writes its files inside {root}",
+                f"{place} is a link (to {os.readlink(place)}): batch writes its files only inside --out",
                 "remove the link, or choose another --out",
             )
     summary_path = check_file_destination(root / BATCH_FILE, json_with_keys(BATCH_MARK))

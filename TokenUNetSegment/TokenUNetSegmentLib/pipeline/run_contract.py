@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import ClassVar
@@ -91,11 +92,33 @@ MAX_LINE = 200  # characters of the one line a user error prints
 MAX_MESSAGE = 1000  # characters of an error event's message (a library's error text can be kilobytes long)
 
 
+LONG_PATH = re.compile(r"(?<![\w.])/(?:[^\s/]+/){3,}[^\s/]*")
+"""An absolute POSIX path of more than three parts, as users' files and folders are written in messages."""
+
+
+def shorter_paths(text: str) -> str:
+    """``text`` with each long absolute path cut to its last two parts (``/a/b/c/d.nii.gz``: ``.../c/d.nii.gz``)."""
+
+    def cut(found: re.Match) -> str:
+        path, tail = found.group(0), []
+        for part in reversed(path.rstrip("/").split("/")):  # two named parts: a wildcard's folder is kept
+            tail.insert(0, part)
+            if len([kept for kept in tail if "*" not in kept and "?" not in kept]) == 2:
+                break
+        return ".../" + "/".join(tail) + ("/" if path.endswith("/") else "")
+
+    return LONG_PATH.sub(cut, text)
+
+
 def one_line(prefix: str, message: str, hint: str | None = None, limit: int = MAX_LINE) -> str:
-    """``prefix message (hint)`` on one line of at most ``limit`` characters: whitespace collapsed, the hint kept
-    (up to half the line) and the message shortened in its middle, where long paths are."""
+    """``prefix message (hint)`` on one line of at most ``limit`` characters: whitespace collapsed; when too long, long
+    paths cut to their last two parts first, then the hint kept (up to half the line) and the message shortened in its
+    middle."""
     message = " ".join(str(message).split())
-    hint_part = f" ({' '.join(str(hint).split())})" if hint else ""
+    hint = " ".join(str(hint).split()) if hint else ""
+    if len(prefix) + len(message) + len(hint) + 3 > limit:
+        message, hint = shorter_paths(message), shorter_paths(hint)
+    hint_part = f" ({hint})" if hint else ""
     if len(hint_part) > limit // 2:
         hint_part = hint_part[: limit // 2 - 4] + "...)"
     room = limit - len(prefix) - len(hint_part)
