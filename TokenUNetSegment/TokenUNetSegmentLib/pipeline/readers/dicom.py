@@ -36,6 +36,8 @@ PADDING, PADDING_LIMIT, INTERCEPT, SLOPE = "0028|0120", "0028|0121", "0028|1052"
 SAME_ORIENTATION = 1e-4  # direction cosines
 SAME_POSITION_MM = 1e-3
 EXACT_MM = 1e-2  # slice position errors below this are rounding in the headers
+ROUNDING_PIXELS = 0.25  # in-plane offsets between slices up to this share of a pixel: rounding too (a GE MR series'
+# positions, written to 0.1 mm, wander in plane by 0.1 of its pixels), read as the regular grid they make
 UNEVEN_FRACTION = 0.1  # positions off by up to this share of the spacing: read, with a warning
 GAP_FACTOR = 1.5  # a step this much larger than the usual one means missing slices
 LOCALIZER_SLICES = 3  # at most this many slices in another orientation than the rest's are a localizer left out
@@ -137,8 +139,7 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
         raise InputError(
             f"{folder.name} has {ordered[0].components} components per voxel", "use one scalar volume per channel"
         )
-    if grid is not None:
-        warnings.append(tilt_warning(grid, f"slices in {folder.name}"))
+    warnings.extend(placement_warnings(ordered, grid, f"slices in {folder.name}"))
     return OpenedImage(
         _values(ordered[0], len(files)) if grid is None else int(np.prod(grid.size)),  # tilted: the grid resampled
         lambda: (_read_files(reader, files, ordered, folder, limit, grid), warnings),
@@ -149,13 +150,22 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
     )
 
 
-def tilt_warning(grid, what: str) -> str:
-    """The warning that ``what`` (``slices in ct``) were resampled from a gantry tilt onto ``grid``."""
+def placement_warnings(ordered: list[Slice], grid, what: str) -> list[str]:
+    """The warning that ``what`` (``slices in ct``) were resampled from a gantry tilt onto ``grid``; or, untilted, that
+    their positions wander in plane by more than :data:`EXACT_MM` (within :func:`in_plane_tolerance`); else none."""
+    if grid is None:
+        shift = in_plane_shift(ordered)
+        if shift <= EXACT_MM:
+            return []
+        return [
+            f"the DICOM {what} are placed up to {shift:.3f} mm off a regular grid in plane (rounding in their "
+            "headers): read as that grid"
+        ]
     angle = f"{grid.degrees:.1f}" if grid.degrees >= 0.95 else f"{grid.degrees:.2g}"  # 0.03, never 0.0
-    return (
+    return [
         f"the DICOM {what} are tilted by {angle} degrees (a gantry tilt): resampled onto a regular grid of "
         f"{' x '.join(str(n) for n in grid.size)} voxels"
-    )
+    ]
 
 
 def declared_grid(ordered: list[Slice], tilted=None) -> Grid:
@@ -467,8 +477,8 @@ def check_slices(slices: list[Slice], name: str, tilt: bool = False) -> tuple[li
 
 
 def in_plane_tolerance(first: Slice) -> float:
-    """In-plane position differences up to this are rounding in the headers, not a shift."""
-    return max(EXACT_MM, 0.01 * min(first.spacing))
+    """In-plane position differences up to this are rounding in the headers, not a shift (:data:`ROUNDING_PIXELS`)."""
+    return max(EXACT_MM, ROUNDING_PIXELS * min(first.spacing))
 
 
 def _pixel_spacing(s: Slice) -> str:
@@ -572,11 +582,16 @@ def fill_padding(array: np.ndarray, mask: np.ndarray | None) -> None:
 
 
 def _placed_as_declared(image: sitk.Image, slices: list[Slice]) -> bool:
-    """Whether the stacked volume starts at the first slice and steps to the last one."""
+    """Whether the stacked volume starts at the first slice and steps to the last one (in plane, within the headers'
+    rounding: :func:`in_plane_tolerance`)."""
     first, last = slices[0].position, slices[-1].position
-    index = (0, 0, len(slices) - 1)
-    return np.allclose(image.GetOrigin(), first, atol=1e-3) and np.allclose(
-        image.TransformIndexToPhysicalPoint(index), last, atol=1e-2
+    off = np.array(image.TransformIndexToPhysicalPoint((0, 0, len(slices) - 1))) - last
+    normal = np.cross(*slices[0].orientation)
+    along = float(off @ normal)
+    return (
+        np.allclose(image.GetOrigin(), first, atol=1e-3)
+        and abs(along) <= EXACT_MM
+        and float(np.linalg.norm(off - along * normal)) <= in_plane_tolerance(slices[0])
     )
 
 

@@ -33,7 +33,7 @@ from .dicom import (
     fill_padding,
     in_plane_tolerance,
     padding_mask,
-    tilt_warning,
+    placement_warnings,
 )
 from .dicom_meta import ENHANCED_CLASSES
 from .dicom_tilt import tilt_step, tilted_grid, untilted
@@ -83,8 +83,7 @@ def open_multi_frame(file: Slice, folder: Path, limit, warnings: list[str], unre
         warnings.append(uneven)
     step = tilt_step(ordered, name, in_plane_tolerance(ordered[0]))
     tilted = None if step is None else tilted_grid(ordered, step)
-    if tilted is not None:
-        warnings.append(tilt_warning(tilted, f"frames of {name}"))
+    warnings.extend(placement_warnings(ordered, tilted, f"frames of {name}"))
     if tilted is None and [id(f) for f in frames] == [id(f) for f in reversed(ordered)]:  # top to bottom: kept so
         ordered = frames
 
