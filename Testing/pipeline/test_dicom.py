@@ -93,6 +93,30 @@ def test_dicom_files_without_pixels_beside_the_series_are_not_called_damaged(ser
     assert volume.warnings == []
 
 
+def test_a_dicom_file_gdcm_cannot_parse_beside_the_series_leaves_the_series_readable(series, tmp_path):
+    """pydicom's rtdose_1frame.dcm (a real RT dose file) stops GDCM's folder scan with an internal assertion, so one
+    such file beside a CT series (as a treatment-planning export holds) made the whole folder unreadable. Now the
+    folder is listed file by file and the series read, with nothing said of the dose file (another SOP class). Before:
+    refused, "cannot list the DICOM files in ct: An invalid logic behavior occurredTag(Group,Element) == ..."; alone,
+    the file is refused naming it, exit 2 from the command line."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+    from TokenUNetSegmentLib.pipeline.cli import main
+
+    folder = copy_of(series, tmp_path)
+    shutil.copy(get_testdata_file("rtdose_1frame.dcm"), folder / "RD.dcm")
+    volume = read_volume(folder)
+    np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
+    assert volume.warnings == []
+    alone = tmp_path / "dose"
+    alone.mkdir()
+    shutil.copy(folder / "RD.dcm", alone / "RD.dcm")
+    with pytest.raises(InputError, match=r"^dose holds no DICOM image series that can be read: RD.dcm cannot be"):
+        read_volume(alone)
+    assert main(["segment", str(alone / "RD.dcm"), "--out", str(tmp_path / "out")]) == 2
+
+
 def test_duplicate_slices_are_refused(series, tmp_path):
     folder = copy_of(series, tmp_path)
     write_dicom_series(folder, PIXELS[4:5], positions=[10.0], prefix="DUP", first_number=99)

@@ -32,6 +32,7 @@ POSITION, ORIENTATION, DESCRIPTION, SOP_CLASS, MODALITY = (
     "0008|0060",
 )
 PIXEL_SPACING, SLICE_STEP, IMAGE_TYPE = "0028|0030", "0018|0088", "0008|0008"  # ..., SpacingBetweenSlices, ImageType
+SERIES_UID = "0020|000e"
 PADDING, PADDING_LIMIT, INTERCEPT, SLOPE = "0028|0120", "0028|0121", "0028|1052", "0028|1053"
 SAME_ORIENTATION = 1e-4  # direction cosines
 SAME_POSITION_MM = 1e-3
@@ -192,15 +193,49 @@ def _affine(axes: np.ndarray, spacing) -> np.ndarray:
 
 
 def _series_in(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
-    """The DICOM series GDCM finds in ``folder`` itself: (series UID, its files)."""
+    """The DICOM series GDCM finds in ``folder`` itself: (series UID, its files). GDCM's scan of a folder stops at a
+    file it cannot parse (pydicom's rtdose_1frame.dcm, a real RT dose file: an internal assertion), so the folder is
+    then listed file by file, such files left out."""
     reader = sitk.ImageSeriesReader()
     try:
         with quiet_itk():
             return [
                 (uid, reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in reader.GetGDCMSeriesIDs(str(folder))
             ]
-    except RuntimeError as error:
-        raise InputError(f"cannot list the DICOM files in {folder.name}: {itk_error_text(error)}") from None
+    except RuntimeError:
+        series, failed = _series_file_by_file(folder)
+    if failed and not series:
+        raise InputError(
+            f"{folder.name} holds no DICOM image series that can be read: {failed[0]}"
+            f"{f' and {len(failed) - 1} other file(s)' if len(failed) > 1 else ''} cannot be parsed by the DICOM "
+            "reader (damaged, or not an image)",
+            "export the series again, or pass a folder of CT/MR slices",
+        )
+    return series
+
+
+def _series_file_by_file(folder: Path) -> tuple[list[tuple[str, tuple[str, ...]]], list[str]]:
+    """The series of the DICOM files (DICM preamble) in ``folder`` by their SeriesInstanceUID, each file's header read
+    on its own; and the names of those whose header GDCM cannot read."""
+    found: dict[str, list[str]] = {}
+    failed = []
+    with os.scandir(folder) as entries:
+        paths = sorted(entry.path for entry in entries if entry.is_file())
+    for path in paths:
+        if dicom_file_class(Path(path)) is None:
+            continue
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        try:
+            with quiet_itk():
+                reader.ReadImageInformation()
+        except RuntimeError:
+            failed.append(Path(path).name)
+            continue
+        uid = reader.GetMetaData(SERIES_UID).strip(" \0") if reader.HasMetaDataKey(SERIES_UID) else ""
+        if uid:
+            found.setdefault(uid, []).append(path)
+    return [(uid, tuple(files)) for uid, files in found.items()], failed
 
 
 def _series_below(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
