@@ -2,6 +2,7 @@
 with (several series, slightly uneven spacing, an unreadable extra file) comes back as a warning."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,8 +100,6 @@ def test_a_dicom_file_gdcm_cannot_parse_beside_the_series_leaves_the_series_read
     folder is listed file by file and the series read, with nothing said of the dose file (another SOP class). Before:
     refused, "cannot list the DICOM files in ct: An invalid logic behavior occurredTag(Group,Element) == ..."; alone,
     the file is refused naming it, exit 2 from the command line."""
-    import shutil
-
     from pydicom.data import get_testdata_file
     from TokenUNetSegmentLib.pipeline.cli import main
 
@@ -115,6 +114,22 @@ def test_a_dicom_file_gdcm_cannot_parse_beside_the_series_leaves_the_series_read
     with pytest.raises(InputError, match=r"^dose holds no DICOM image series that can be read: RD.dcm cannot be"):
         read_volume(alone)
     assert main(["segment", str(alone / "RD.dcm"), "--out", str(tmp_path / "out")]) == 2
+
+
+@pytest.mark.parametrize("name", ["MR_truncated.dcm", "reportsi.dcm", "rtplan.dcm"])
+def test_a_dicom_file_without_an_image_that_can_be_read_given_alone_is_refused_naming_it(tmp_path, name):
+    """pydicom's real files given as the input, alone in their folder: a truncated MR slice (8130 of its 8192 pixel
+    bytes), a structured report, an RT plan. Refused naming the file, exit 2. Before: "/tmp/.../x is a folder without a
+    DICOM series (pass an image file or a folder of DICOM slices)": the user passed a file, not a folder."""
+    from pydicom.data import get_testdata_file
+    from TokenUNetSegmentLib.pipeline.cli import main
+
+    (tmp_path / "x").mkdir()
+    path = Path(shutil.copy(get_testdata_file(name), tmp_path / "x" / name))
+    with pytest.raises(InputError, match=rf"^{name} is a DICOM file without an image that can be read \(damaged"):
+        read_volume(path)
+    assert main(["segment", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
 
 
 def test_duplicate_slices_are_refused(series, tmp_path):

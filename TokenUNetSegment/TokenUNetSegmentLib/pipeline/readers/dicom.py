@@ -83,6 +83,12 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
     series = _series_in(folder)
     if not series and chosen is None:
         series = _series_below(folder)
+    if not series and chosen is not None:  # the user's file: what it is, not its folder
+        raise InputError(
+            f"{chosen.name} is a DICOM file without an image that can be read (damaged or truncated, or no image: a "
+            "report, a plan, a structure set)",
+            "pass a CT/MR slice, or its series' folder",
+        )
     if not series:
         raise InputError(
             f"{folder} is a folder without a DICOM series", "pass an image file or a folder of DICOM slices"
