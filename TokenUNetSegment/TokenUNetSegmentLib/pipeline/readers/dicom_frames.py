@@ -50,6 +50,10 @@ NOT_VOLUMES = {  # SOP class UID prefix: what the file is, and what to pass inst
         "an RT dose grid: the radiation dose a treatment plan computed, not an image of the body",
         "pass the CT series the plan was made on",
     ),
+    "1.2.840.10008.5.1.4.1.1.66.4": (
+        "a segmentation: labels drawn on a scan, not the scan itself",
+        "pass the CT/MR series it segments",
+    ),
 }
 VOLUME_KEYS = (  # (functional group, attribute, what frames differing in it are): several volumes in one file
     ("FrameContentSequence", "StackID", "stacks"),
@@ -191,6 +195,12 @@ def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float]
         raise InputError(
             f"the DICOM file {name} in {folder.name} cannot be read: {error}"[:160], "export it again"
         ) from None
+    if (not frames and not groups) and file.sop_class in ENHANCED_CLASSES:  # stripped (pydicom-data's emri_small)
+        raise InputError(
+            f"{name} is {ENHANCED_CLASSES[file.sop_class]} without functional groups: no frame has a position or "
+            "orientation to place it by",
+            "export it again, or convert it to NRRD in Slicer",
+        )
     if len(frames) != file.size[2] or not frames:
         raise InputError(
             f"the DICOM file {name} in {folder.name} has frames without a position or orientation",
