@@ -111,7 +111,7 @@ def test_a_dicom_file_gdcm_cannot_parse_beside_the_series_leaves_the_series_read
     alone = tmp_path / "dose"
     alone.mkdir()
     shutil.copy(folder / "RD.dcm", alone / "RD.dcm")
-    with pytest.raises(InputError, match=r"^dose holds no DICOM image series that can be read: RD.dcm cannot be"):
+    with pytest.raises(InputError, match=r"^dose is a folder without a DICOM series that can be read: RD.dcm cannot"):
         read_volume(alone)
     assert main(["segment", str(alone / "RD.dcm"), "--out", str(tmp_path / "out")]) == 2
 
@@ -130,6 +130,19 @@ def test_a_dicom_file_without_an_image_that_can_be_read_given_alone_is_refused_n
         read_volume(path)
     assert main(["segment", str(path), "--out", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_whose_only_dicom_files_cannot_be_read_names_them(tmp_path):
+    """A folder holding pydicom's real truncated MR slice (or a truncated enhanced MR) and nothing else. Before:
+    "/tmp/.../mr is a folder without a DICOM series (pass an image file or a folder of DICOM slices)", as for a folder
+    holding no DICOM at all."""
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "mr").mkdir()
+    shutil.copy(get_testdata_file("MR_truncated.dcm"), tmp_path / "mr" / "IM0001.dcm")
+    message = r"^mr is a folder without a DICOM series that can be read: IM0001.dcm cannot be read \(damaged"
+    with pytest.raises(InputError, match=message):
+        read_volume(tmp_path / "mr")
 
 
 def test_duplicate_slices_are_refused(series, tmp_path):

@@ -90,6 +90,14 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
             "pass a CT/MR slice, or its series' folder",
         )
     if not series:
+        unread = [name for name in _unread_dicom_files(folder, set(), "") if name != "DICOMDIR"]
+        if unread:  # DICOM files, none read: truncated or damaged slices, or no image (a report)
+            raise InputError(
+                f"{folder.name} is a folder without a DICOM series that can be read: {unread[0]}"
+                f"{f' and {len(unread) - 1} other file(s)' if len(unread) > 1 else ''} cannot be read (damaged or "
+                "truncated, or no image: a report, a plan)",
+                "export the series again, or pass a folder of CT/MR slices",
+            )
         raise InputError(
             f"{folder} is a folder without a DICOM series", "pass an image file or a folder of DICOM slices"
         )
@@ -209,22 +217,13 @@ def _series_in(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
                 (uid, reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in reader.GetGDCMSeriesIDs(str(folder))
             ]
     except RuntimeError:
-        series, failed = _series_file_by_file(folder)
-    if failed and not series:
-        raise InputError(
-            f"{folder.name} holds no DICOM image series that can be read: {failed[0]}"
-            f"{f' and {len(failed) - 1} other file(s)' if len(failed) > 1 else ''} cannot be parsed by the DICOM "
-            "reader (damaged, or not an image)",
-            "export the series again, or pass a folder of CT/MR slices",
-        )
-    return series
+        return _series_file_by_file(folder)
 
 
-def _series_file_by_file(folder: Path) -> tuple[list[tuple[str, tuple[str, ...]]], list[str]]:
+def _series_file_by_file(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
     """The series of the DICOM files (DICM preamble) in ``folder`` by their SeriesInstanceUID, each file's header read
-    on its own; and the names of those whose header GDCM cannot read."""
+    on its own, those GDCM cannot read left out."""
     found: dict[str, list[str]] = {}
-    failed = []
     with os.scandir(folder) as entries:
         paths = sorted(entry.path for entry in entries if entry.is_file())
     for path in paths:
@@ -236,12 +235,11 @@ def _series_file_by_file(folder: Path) -> tuple[list[tuple[str, tuple[str, ...]]
             with quiet_itk():
                 reader.ReadImageInformation()
         except RuntimeError:
-            failed.append(Path(path).name)
             continue
         uid = reader.GetMetaData(SERIES_UID).strip(" \0") if reader.HasMetaDataKey(SERIES_UID) else ""
         if uid:
             found.setdefault(uid, []).append(path)
-    return [(uid, tuple(files)) for uid, files in found.items()], failed
+    return [(uid, tuple(files)) for uid, files in found.items()]
 
 
 def _series_below(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
