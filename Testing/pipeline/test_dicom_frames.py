@@ -243,6 +243,26 @@ def test_an_enhanced_mr_without_functional_groups_is_refused_saying_so(tmp_path,
     assert "MR.dcm is an enhanced MR without functional groups" in refused_by_segment(path, tmp_path, capsys)
 
 
+@pytest.mark.parametrize("unsigned", [True, False])
+def test_a_rescale_gdcm_applies_otherwise_than_expected_is_caught_not_read_as_wrong_units(
+    tmp_path, monkeypatch, unsigned
+):
+    """Which rescale GDCM applies to a multi-frame file (the shared group's, else the first frame's) comes from its
+    source: a SimpleITK whose GDCM applied another would give wrong HU without a word. Checked at run time on the
+    first frame of an uncompressed file, its stored values read from the file (1-2 ms on 512 x 512 x 200 frames).
+    Here the expected rule is made wrong (as if GDCM applied none): refused, not 1024 HU off. With the right rule the
+    same file reads its HU (the real Philips MR and enhanced CT of pydicom-data pass the check)."""
+    from TokenUNetSegmentLib.pipeline.readers import dicom_frames
+
+    rescales = [(1, -1024)] * 6 + [(0.5, -1000)] * 6
+    path = write_enhanced_ct(tmp_path / "x" / "ENH.dcm", STORED, unsigned=unsigned, frame_rescales=rescales)
+    np.testing.assert_allclose(read_volume(path).array, hounsfield(STORED, rescales).transpose(2, 1, 0), atol=1e-3)
+    monkeypatch.setattr(dicom_frames, "gdcm_rescale", lambda shared, groups: (1.0, 0.0))
+    with pytest.raises(InputError, match=r"^the DICOM reader rescaled ENH.dcm otherwise than expected") as error:
+        read_volume(path)
+    short_line(error.value)
+
+
 def test_a_gantry_tilted_enhanced_ct_is_resampled_as_a_tilted_series_is(tmp_path):
     """Frames shifted in plane by a steady step (a tilted gantry), each with its own rescale. Before: refused,
     "shifted in plane from slice to slice". Read as the same frames written as a classic series with the stored

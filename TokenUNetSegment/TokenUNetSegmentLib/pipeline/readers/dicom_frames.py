@@ -64,6 +64,7 @@ VOLUME_KEYS = (  # (functional group, attribute, what frames differing in it are
     ("CardiacSynchronizationSequence", "NominalPercentageOfCardiacPhase", "cardiac phases"),
 )
 SPATIAL_DIMENSIONS = {0x00209057, 0x00200032, 0x00201041}  # InStackPositionNumber, ImagePositionPatient, SliceLocation
+NATIVE = {"1.2.840.10008.1.2": "<", "1.2.840.10008.1.2.1": "<", "1.2.840.10008.1.2.2": ">"}  # uncompressed: byte order
 
 
 def open_multi_frame(file: Slice, folder: Path, limit, warnings: list[str], unread: list[str]) -> OpenedImage:
@@ -73,7 +74,9 @@ def open_multi_frame(file: Slice, folder: Path, limit, warnings: list[str], unre
     _check_kind(file, name)
     if file.components > 1:
         raise InputError(f"{name} has {file.components} components per voxel", "use one scalar volume per channel")
-    frames, applied = _frames(file, folder) if file.position is None else (_frames_of_one_plane(file), None)
+    frames, applied, probe = (
+        _frames(file, folder) if file.position is None else (_frames_of_one_plane(file), None, None)
+    )
     several = _several_volumes(frames, name)  # also where they interleave into one regular grid
     if several is not None:
         raise several
@@ -92,7 +95,7 @@ def open_multi_frame(file: Slice, folder: Path, limit, warnings: list[str], unre
         ordered = frames
 
     def read() -> tuple[sitk.Image, list[str]]:
-        return _read_frames(file, frames, ordered, applied, limit, tilted), warnings
+        return _read_frames(file, frames, ordered, (applied, probe), limit, tilted), warnings
 
     values = _values(file, 1) if tilted is None else int(np.prod(tilted.size))
     return OpenedImage(values, read, file.modality, declared_grid(ordered, tilted))
@@ -130,10 +133,11 @@ def _class_name(uid: str) -> str:
     return known.removesuffix(" Storage") if known != uid else f"SOP class {uid}"
 
 
-def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float]]:
+def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float], tuple | None]:
     """The frames of an enhanced multi-frame file as slices, in file order, from its functional groups (pydicom:
-    SimpleITK does not show sequences), each with its own rescale, padding and volume keys; and the rescale GDCM
-    applies to every frame (the shared group's, else the first frame's, else the file's own, else none)."""
+    SimpleITK does not show sequences), each with its own rescale, padding and volume keys; the rescale GDCM
+    applies to every frame (:func:`gdcm_rescale`, else the file's own, else none); and where the first frame's stored
+    values lie in an uncompressed file (:func:`_first_frame`), to check that rescale once GDCM has read it."""
     name = Path(file.file).name
     try:
         import pydicom
@@ -145,7 +149,7 @@ def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float]
     try:
         with catch_warnings():  # pydicom's own about odd values: not the user's to read on stderr
             simplefilter("ignore")
-            ds = pydicom.dcmread(file.file, stop_before_pixels=True)
+            ds = pydicom.dcmread(file.file, defer_size=1024)  # the pixel data's place noted, not read
         shared = (ds.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
         groups = ds.get("PerFrameFunctionalGroupsSequence") or []
         pointers = [
@@ -154,7 +158,8 @@ def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float]
             if d.get("DimensionIndexPointer")
         ]
         own = _rescale(ds) or (1.0, 0.0)
-        applied = _rescale(_item(shared), both=True) or (_rescale(_item(groups[0]), both=True) if groups else None)
+        applied = gdcm_rescale(shared, groups)
+        probe = _first_frame(ds, file)
         padding = [float(v) for v in (ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit")) if v is not None]
         frames = []
         for number, group in enumerate(groups, 1):
@@ -206,7 +211,36 @@ def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float]
             f"the DICOM file {name} in {folder.name} has frames without a position or orientation",
             "this is not a volume (e.g. a cine loop or a screenshot): pick the CT/MR series",
         )
-    return frames, applied or own
+    return frames, applied or own, probe
+
+
+def gdcm_rescale(shared, groups) -> tuple[float, float] | None:
+    """The rescale GDCM applies to every frame (its ``ImageHelper::GetRescaleInterceptSlopeValue``): the shared
+    functional group's when it gives both slope and intercept, else the first frame's; None for neither."""
+    return _rescale(_item(shared), both=True) or (_rescale(_item(groups[0]), both=True) if groups else None)
+
+
+def _first_frame(ds, file: Slice) -> tuple[int, str, int] | None:
+    """(file offset, numpy type, BitsStored) of the first frame's stored values in an uncompressed file of one value
+    per pixel of 8 or 16 bits, its high bit BitsStored - 1 (PS3.5 8.1.1: frames follow each other in the Pixel Data
+    value); None otherwise."""
+    syntax = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
+    order = NATIVE.get(syntax)
+    bits, stored = ds.get("BitsAllocated"), ds.get("BitsStored")
+    element = ds.get_item(0x7FE00010) if 0x7FE00010 in ds else None
+    if order is None or file.components != 1 or bits not in (8, 16) or element is None:
+        return None
+    if not isinstance(stored, int) or not 0 < stored <= bits or ds.get("HighBit") != stored - 1:
+        return None
+    at = getattr(element, "file_tell", getattr(element, "value_tell", None))  # where pydicom found the value, after
+    if at is None:  # its tag, (VR, 2 reserved bytes,) 4-byte length (deferred: file_tell; read: a raw value_tell)
+        return None
+    header = 8 if syntax == "1.2.840.10008.1.2" else 12
+    with open(file.file, "rb") as stream:  # the Pixel Data tag there, or nothing is known of that place
+        stream.seek(max(at - header, 0))
+        if stream.read(4) != (b"\xe0\x7f\x10\x00" if order == "<" else b"\x7f\xe0\x00\x10"):
+            return None
+    return at, f"{order}{'i' if ds.get('PixelRepresentation') == 1 else 'u'}{bits // 8}", stored
 
 
 def _item(group, sequence: str = "PixelValueTransformationSequence"):
@@ -315,11 +349,12 @@ def _group_value(frame, shared, sequence: str, keyword: str, count: int) -> np.n
     return None
 
 
-def _read_frames(file: Slice, frames: list[Slice], ordered: list[Slice], applied, limit, tilted) -> sitk.Image:
-    """The frames' voxels as one volume: GDCM's decoding (frames in file order, ``applied`` rescale on all),
-    restacked in ``ordered``, each frame given its own rescale, padding kept out, placed by the frames' headers
-    (``tilted``: resampled onto that :class:`.dicom_tilt.TiltedGrid`)."""
+def _read_frames(file: Slice, frames: list[Slice], ordered: list[Slice], expected, limit, tilted) -> sitk.Image:
+    """The frames' voxels as one volume: GDCM's decoding (frames in file order, the ``expected`` (rescale, first
+    frame's place) checked on the first), restacked in ``ordered``, each frame given its own rescale, padding kept out,
+    placed by the frames' headers (``tilted``: resampled onto that :class:`.dicom_tilt.TiltedGrid`)."""
     name = Path(file.file).name
+    applied, probe = expected
     at = {id(f): k for k, f in enumerate(frames)}
     order = [at[id(f)] for f in ordered]
     rescaled = applied is not None and any(f.rescale != applied for f in frames)
@@ -339,6 +374,8 @@ def _read_frames(file: Slice, frames: list[Slice], ordered: list[Slice], applied
             f"{' x '.join(map(str, sizes))}",
             "convert it to NRRD in Slicer, or export classic single-frame slices",
         )
+    if probe is not None and applied is not None:
+        _check_rescale(file, sitk.GetArrayViewFromImage(image)[0], probe, applied)
     if not copied:  # GDCM's image as it is, its padding (if it reads high) replaced in a copy as a series'
         return _placed(_without_padding(image, _padding_mask(image, ordered)), ordered)
     view = sitk.GetArrayViewFromImage(image)  # (k, j, i), frames in file order
@@ -355,6 +392,29 @@ def _read_frames(file: Slice, frames: list[Slice], ordered: list[Slice], applied
     stacked = _placed(sitk.GetImageFromArray(array), ordered)
     del array
     return stacked if tilted is None else untilted(stacked, tilted, mask)
+
+
+def _check_rescale(file: Slice, read: np.ndarray, probe: tuple, applied: tuple[float, float]) -> None:
+    """Refuse when GDCM's first frame (``read``) is not its stored values (at ``probe``: :func:`_first_frame`) times
+    the ``applied`` rescale this module expects of GDCM: another GDCM may pick another rescale, which would give wrong
+    units without a word."""
+    at, kind, bits = probe
+    try:
+        raw = np.fromfile(file.file, kind, count=read.size, offset=at).reshape(read.shape).astype(np.int64)
+    except (OSError, ValueError):  # not there (truncated): GDCM's read would have failed first; nothing to compare
+        return
+    stored = raw & ((1 << bits) - 1)  # the bits above the high bit are no part of the value (PS3.5 8.1.1)
+    if "i" in kind:
+        stored = (stored ^ (1 << (bits - 1))) - (1 << (bits - 1))  # two's complement in BitsStored bits
+    want = stored * applied[0] + applied[1]
+    bad = ~np.isclose(read, want, rtol=1e-5, atol=1e-3)
+    if bad.any():
+        k = np.unravel_index(np.argmax(bad), bad.shape)
+        raise InputError(
+            f"the DICOM reader rescaled {Path(file.file).name} otherwise than expected (frame 1: {read[k]:g} for "
+            f"stored {stored[k]:g} x {applied[0]:g} + {applied[1]:g})",
+            "convert it to NRRD in Slicer",
+        )
 
 
 def _placed(image: sitk.Image, ordered: list[Slice]) -> sitk.Image:
