@@ -145,6 +145,33 @@ def test_a_folder_whose_only_dicom_files_cannot_be_read_names_them(tmp_path):
         read_volume(tmp_path / "mr")
 
 
+def test_compressed_pixel_data_the_reader_cannot_decode_is_named_with_what_to_do(tmp_path):
+    """pydicom's real JPEG2000-embedded-sequence-delimiter.dcm (a JPEG 2000 stream GDCM cannot decode), given
+    positions to make a 3-slice series. Before: "cannot read the DICOM series in ct: Failed to change to Implicit
+    Transfer Syntax (the series may be damaged or compressed in an unsupported way: export it again)", GDCM's words."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "ct").mkdir()
+    for k in range(3):
+        ds = pydicom.dcmread(get_testdata_file("JPEG2000-embedded-sequence-delimiter.dcm"))
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.2.1125.9.{k + 1}"
+        ds.SeriesInstanceUID, ds.Modality = "1.2.826.0.1.3680043.2.1125.9", "CT"
+        ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing = (
+            [0, 0, 2.5 * k],
+            [1, 0, 0, 0, 1, 0],
+            [1, 1],
+        )
+        ds.save_as(tmp_path / "ct" / f"IM{k}.dcm")
+    message = (
+        r"^cannot read the DICOM series in ct: the DICOM reader \(GDCM\) cannot decode its JPEG 2000 Image "
+        r"Compression pixel data \(decompress it first \(gdcmconv --raw\) or convert it to NRRD in Slicer\)$"
+    )
+    with pytest.raises(InputError, match=message):
+        read_volume(tmp_path / "ct")
+
+
 def test_duplicate_slices_are_refused(series, tmp_path):
     folder = copy_of(series, tmp_path)
     write_dicom_series(folder, PIXELS[4:5], positions=[10.0], prefix="DUP", first_number=99)

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..geometry import Grid
-from .dicom_meta import ENHANCED_CLASSES, dicom_file_class, modality_matches
+from .dicom_meta import ENHANCED_CLASSES, TRANSFER_SYNTAX_ELEMENT, dicom_file_class, dicom_file_meta, modality_matches
 from .dicom_tilt import in_plane_shift, tilt_step, tilted_grid, untilted
 from .header import OpenedImage, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
@@ -33,6 +33,7 @@ POSITION, ORIENTATION, DESCRIPTION, SOP_CLASS, MODALITY = (
 )
 PIXEL_SPACING, SLICE_STEP, IMAGE_TYPE = "0028|0030", "0018|0088", "0008|0008"  # ..., SpacingBetweenSlices, ImageType
 SERIES_UID = "0020|000e"
+UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}  # deflate
 PADDING, PADDING_LIMIT, INTERCEPT, SLOPE = "0028|0120", "0028|0121", "0028|1052", "0028|1053"
 SAME_ORIENTATION = 1e-4  # direction cosines
 SAME_POSITION_MM = 1e-3
@@ -546,7 +547,7 @@ def _read_files(
         check_size(tilted.size, pixel, pixel_bytes(pixel_id) + extra, folder.name, limit)
     reader.SetFileNames(files)
     reader.SetOutputPixelType(pixel_id if pixel_id != first.pixel else sitk.sitkUnknown)
-    image = execute(reader, f"the DICOM series in {folder.name}", "series")
+    image = execute(reader, f"the DICOM series in {folder.name}", "series", files[0])
     if tilted is not None:  # GDCM stacks tilted slices as it can; their own positions place them
         if image.GetSize()[2] != len(slices) or not np.allclose(image.GetOrigin(), first.position, atol=1e-3):
             raise InputError(
@@ -563,17 +564,34 @@ def _read_files(
     return _without_padding(image, _padding_mask(image, slices))
 
 
-def execute(reader, what: str, kind: str) -> sitk.Image:
+def execute(reader, what: str, kind: str, file: str) -> sitk.Image:
     """The voxels ``reader`` reads, GDCM's failure as the user's error naming ``what`` (``the DICOM series in ct``),
-    a ``kind`` (series, file) that may be damaged or compressed in a way GDCM cannot decode."""
+    a ``kind`` (series, file) that may be damaged or compressed in a way GDCM cannot decode (the compression of
+    ``file``, its first, named)."""
     try:
         with quiet_itk():
             return reader.Execute()
     except RuntimeError as error:
+        syntax = dicom_file_meta(Path(file), TRANSFER_SYNTAX_ELEMENT)
+        if syntax and syntax not in UNCOMPRESSED:
+            raise InputError(
+                f"cannot read {what}: the DICOM reader (GDCM) cannot decode its {_syntax_name(syntax)} pixel data",
+                "decompress it first (gdcmconv --raw) or convert it to NRRD in Slicer",
+            ) from None
         raise InputError(
             f"cannot read {what}: {itk_error_text(error)}",
             f"the {kind} may be damaged or compressed in an unsupported way: export it again",
         ) from None
+
+
+def _syntax_name(uid: str) -> str:
+    """A transfer syntax's name (``JPEG 2000 Image Compression``) where pydicom knows it, else its UID."""
+    try:
+        from pydicom.uid import UID
+    except ImportError:
+        return uid
+    name = UID(uid).name
+    return f"transfer syntax {uid}" if name == uid else name
 
 
 def _padding_mask(image: sitk.Image, slices: list[Slice]) -> np.ndarray | None:

@@ -367,7 +367,7 @@ def _read_frames(file: Slice, frames: list[Slice], ordered: list[Slice], expecte
         check_size(tilted.size, "32-bit float", 4 + (12 if any(f.padding for f in frames) else 4), name, limit)
     reader = sitk.ImageFileReader()
     reader.SetFileName(file.file)
-    image = execute(reader, f"the DICOM file {name}", "file")
+    image = execute(reader, f"the DICOM file {name}", "file", file.file)
     if image.GetDimension() != 3 or image.GetSize() != sizes:
         raise InputError(
             f"the DICOM reader read {name} as {' x '.join(map(str, image.GetSize()))} voxels where its frames make "
