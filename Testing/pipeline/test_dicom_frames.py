@@ -263,6 +263,27 @@ def test_a_rescale_gdcm_applies_otherwise_than_expected_is_caught_not_read_as_wr
     short_line(error.value)
 
 
+def test_an_enhanced_ct_whose_values_are_not_hounsfield_units_says_so(tmp_path):
+    """pydicom-data's real eCT_Supplemental.dcm: an enhanced CT of 2 frames that is a perfusion map (ImageType
+    DERIVED\\PRIMARY\\PERFUSION\\RCBF, RescaleType US, a real-world value mapping to ml/100ml/s). Its stored values
+    with intercept -1024 look like HU, and `segment` ran on it with exit 0, no flag on its intensities. Rebuilt: read
+    as it is, with a warning that its values are not Hounsfield units; a RescaleType HU gives none."""
+    import pydicom
+
+    path = write_enhanced_ct(tmp_path / "x" / "ENH.dcm", STORED, unsigned=True, rescale=(1, -1024))
+    assert read_volume(path).warnings == []
+    ds = pydicom.dcmread(path)
+    ds.ImageType = ["DERIVED", "PRIMARY", "PERFUSION", "RCBF"]
+    ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0].RescaleType = "US"
+    ds.save_as(path)
+    volume = read_volume(path)
+    np.testing.assert_array_equal(volume.array, (STORED.astype(np.int32) - 1024).transpose(2, 1, 0))
+    assert volume.warnings == [
+        "the values of ENH.dcm are not Hounsfield units (RescaleType US; ImageType DERIVED\\PRIMARY\\PERFUSION\\RCBF): "
+        "a CT model reads them as if they were"
+    ]
+
+
 def test_a_gantry_tilted_enhanced_ct_is_resampled_as_a_tilted_series_is(tmp_path):
     """Frames shifted in plane by a steady step (a tilted gantry), each with its own rescale. Before: refused,
     "shifted in plane from slice to slice". Read as the same frames written as a classic series with the stored

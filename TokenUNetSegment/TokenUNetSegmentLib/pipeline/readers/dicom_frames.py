@@ -75,7 +75,7 @@ def open_multi_frame(file: Slice, folder: Path, limit, warnings: list[str], unre
     if file.components > 1:
         raise InputError(f"{name} has {file.components} components per voxel", "use one scalar volume per channel")
     frames, applied, probe = (
-        _frames(file, folder) if file.position is None else (_frames_of_one_plane(file), None, None)
+        _frames(file, folder, warnings) if file.position is None else (_frames_of_one_plane(file), None, None)
     )
     several = _several_volumes(frames, name)  # also where they interleave into one regular grid
     if several is not None:
@@ -133,11 +133,12 @@ def _class_name(uid: str) -> str:
     return known.removesuffix(" Storage") if known != uid else f"SOP class {uid}"
 
 
-def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float], tuple | None]:
+def _frames(file: Slice, folder: Path, warnings=None) -> tuple[list[Slice], tuple[float, float], tuple | None]:
     """The frames of an enhanced multi-frame file as slices, in file order, from its functional groups (pydicom:
     SimpleITK does not show sequences), each with its own rescale, padding and volume keys; the rescale GDCM
     applies to every frame (:func:`gdcm_rescale`, else the file's own, else none); and where the first frame's stored
-    values lie in an uncompressed file (:func:`_first_frame`), to check that rescale once GDCM has read it."""
+    values lie in an uncompressed file (:func:`_first_frame`), to check that rescale once GDCM has read it.
+    ``warnings``: where to say that a CT's values are not Hounsfield units (:func:`_units_warning`)."""
     name = Path(file.file).name
     try:
         import pydicom
@@ -160,6 +161,8 @@ def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float]
         own = _rescale(ds) or (1.0, 0.0)
         applied = gdcm_rescale(shared, groups)
         probe = _first_frame(ds, file)
+        if warnings is not None and groups:
+            warnings.extend(_units_warning(ds, shared, groups[0], file))
         padding = [float(v) for v in (ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit")) if v is not None]
         frames = []
         for number, group in enumerate(groups, 1):
@@ -212,6 +215,19 @@ def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float]
             "this is not a volume (e.g. a cine loop or a screenshot): pick the CT/MR series",
         )
     return frames, applied or own, probe
+
+
+def _units_warning(ds, shared, first, file: Slice) -> list[str]:
+    """The warning that a CT's values are not Hounsfield units: its first frame's RescaleType (else the file's) is
+    not HU (a perfusion map: US, ml/100ml/s in a real-world value mapping); none otherwise."""
+    kind = _key(first, shared, "PixelValueTransformationSequence", "RescaleType") or ds.get("RescaleType")
+    if file.modality != "CT" or not kind or str(kind).strip().upper() == "HU":
+        return []
+    image_type = "\\".join(ds.get("ImageType") or []) or "not given"
+    return [
+        f"the values of {Path(file.file).name} are not Hounsfield units (RescaleType {str(kind).strip()}; ImageType "
+        f"{image_type}): a CT model reads them as if they were"
+    ]
 
 
 def gdcm_rescale(shared, groups) -> tuple[float, float] | None:
