@@ -172,6 +172,20 @@ def test_compressed_pixel_data_the_reader_cannot_decode_is_named_with_what_to_do
         read_volume(tmp_path / "ct")
 
 
+def test_a_series_of_secondary_captures_with_positions_is_refused_as_a_multi_frame_one_is(tmp_path, capsys):
+    """pydicom's real CT_small.dcm relabelled Secondary Capture (as some viewers export reformats: display values, not
+    HU), 4 slices with positions. Before: read as a CT volume (exit 0), where the same frames in one multi-frame
+    secondary capture are refused."""
+    from TokenUNetSegmentLib.pipeline.cli import main
+
+    write_dicom_series(tmp_path / "sc", PIXELS, extra_tags={"0008|0016": "1.2.840.10008.5.1.4.1.1.7"})
+    message = r"^the DICOM series in sc is a secondary capture: a picture made from images .* \(pass the CT/MR series"
+    with pytest.raises(InputError, match=message):
+        read_volume(tmp_path / "sc")
+    assert main(["segment", str(tmp_path / "sc"), "--out", str(tmp_path / "out")]) == 2
+    assert "Traceback" not in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_duplicate_slices_are_refused(series, tmp_path):
     folder = copy_of(series, tmp_path)
     write_dicom_series(folder, PIXELS[4:5], positions=[10.0], prefix="DUP", first_number=99)

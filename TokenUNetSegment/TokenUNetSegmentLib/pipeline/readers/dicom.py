@@ -19,7 +19,14 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..geometry import Grid
-from .dicom_meta import ENHANCED_CLASSES, TRANSFER_SYNTAX_ELEMENT, dicom_file_class, dicom_file_meta, modality_matches
+from .dicom_meta import (
+    ENHANCED_CLASSES,
+    TRANSFER_SYNTAX_ELEMENT,
+    dicom_file_class,
+    dicom_file_meta,
+    modality_matches,
+    not_a_volume,
+)
 from .dicom_tilt import in_plane_shift, tilt_step, tilted_grid, untilted
 from .header import OpenedImage, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
@@ -114,6 +121,9 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
     else:
         uid, files = _largest(series, folder, warnings, modality)
     slices = [_slice_info(file, folder) for file in files]
+    kind = not_a_volume(slices[0].sop_class) if slices[0].size[2:] in ((), (1,)) else None  # frames: .dicom_frames
+    if kind is not None:  # as a multi-frame one is: screenshots or doses with positions are no scan
+        raise InputError(f"the DICOM series in {folder.name} is {kind[0]}", kind[1])
     read = {os.path.normpath(f) for _, names in series for f in names}
     places = {folder} | {Path(f).parent for f in files}
     unread = sorted(name for place in places for name in _unread_dicom_files(place, read, slices[0].sop_class))

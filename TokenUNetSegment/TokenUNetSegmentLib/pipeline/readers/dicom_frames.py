@@ -35,26 +35,12 @@ from .dicom import (
     padding_mask,
     placement_warnings,
 )
-from .dicom_meta import ENHANCED_CLASSES
+from .dicom_meta import ENHANCED_CLASSES, not_a_volume
 from .dicom_tilt import tilt_step, tilted_grid, untilted
 from .header import OpenedImage, check_size
 from .itk import pixel_bytes, quiet_itk
 
 ONE_PLANE = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.128"}  # CT, MR, PET
-NOT_VOLUMES = {  # SOP class UID prefix: what the file is, and what to pass instead
-    "1.2.840.10008.5.1.4.1.1.7": (
-        "a secondary capture: a picture made from images (a screenshot or a derived view), without a scan's geometry",
-        "pass the CT/MR series it was made from",
-    ),
-    "1.2.840.10008.5.1.4.1.1.481.2": (
-        "an RT dose grid: the radiation dose a treatment plan computed, not an image of the body",
-        "pass the CT series the plan was made on",
-    ),
-    "1.2.840.10008.5.1.4.1.1.66.4": (
-        "a segmentation: labels drawn on a scan, not the scan itself",
-        "pass the CT/MR series it segments",
-    ),
-}
 VOLUME_KEYS = (  # (functional group, attribute, what frames differing in it are): several volumes in one file
     ("FrameContentSequence", "StackID", "stacks"),
     ("FrameContentSequence", "TemporalPositionIndex", "temporal positions"),
@@ -103,9 +89,9 @@ def open_multi_frame(file: Slice, folder: Path, limit, warnings: list[str], unre
 
 def _check_kind(file: Slice, name: str) -> None:
     """Refuse a multi-frame file whose SOP class holds no scanner volume (frames that are pictures, doses, times)."""
-    for prefix, (what, instead) in NOT_VOLUMES.items():
-        if file.sop_class == prefix or file.sop_class.startswith(prefix + "."):
-            raise InputError(f"{name} is {what}", instead)
+    kind = not_a_volume(file.sop_class)
+    if kind is not None:
+        raise InputError(f"{name} is {kind[0]}", kind[1])
     known = ONE_PLANE if file.position is not None else set(ENHANCED_CLASSES)
     if file.sop_class and file.sop_class not in known:
         raise InputError(

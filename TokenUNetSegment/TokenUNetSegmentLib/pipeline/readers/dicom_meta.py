@@ -20,6 +20,29 @@ ENHANCED_CLASSES = {  # SOP classes whose frames carry their geometry and rescal
     "1.2.840.10008.5.1.4.1.1.128.1": "a legacy converted enhanced PET",
 }
 
+NOT_VOLUMES = {  # SOP class UID prefix: what the file is, and what to pass instead
+    "1.2.840.10008.5.1.4.1.1.7": (
+        "a secondary capture: a picture made from images (a screenshot or a derived view), without a scan's geometry",
+        "pass the CT/MR series it was made from",
+    ),
+    "1.2.840.10008.5.1.4.1.1.481.2": (
+        "an RT dose grid: the radiation dose a treatment plan computed, not an image of the body",
+        "pass the CT series the plan was made on",
+    ),
+    "1.2.840.10008.5.1.4.1.1.66.4": (
+        "a segmentation: labels drawn on a scan, not the scan itself",
+        "pass the CT/MR series it segments",
+    ),
+}
+
+
+def not_a_volume(sop_class: str) -> tuple[str, str] | None:
+    """(what it is, what to pass instead) for a SOP class that holds no scanner volume (:data:`NOT_VOLUMES`)."""
+    for prefix, kind in NOT_VOLUMES.items():
+        if sop_class == prefix or sop_class.startswith(prefix + "."):
+            return kind
+    return None
+
 
 def modality_matches(modality: str, expected: str) -> bool:
     """Whether a series' Modality (CT, MR, PT, ...) is what a model input expects (``CT``, ``MR``; ``MR-T1``-like
