@@ -46,7 +46,8 @@ SAME_ORIENTATION = 1e-4  # direction cosines
 SAME_POSITION_MM = 1e-3
 EXACT_MM = 1e-2  # slice position errors below this are rounding in the headers
 ROUNDING_PIXELS = 0.25  # in-plane offsets between slices up to this share of a pixel: rounding too (a GE MR series'
-# positions, written to 0.1 mm, wander in plane by 0.1 of its pixels), read as the regular grid they make
+# positions, written to 0.1 mm, wander in plane by 0.1 of its pixels), read as the regular grid they make, with a
+QUIET_PIXELS = 0.01  # warning above this share of a pixel (and EXACT_MM): less is not worth a word
 UNEVEN_FRACTION = 0.1  # positions off by up to this share of the spacing: read, with a warning
 GAP_FACTOR = 1.5  # a step this much larger than the usual one means missing slices
 LOCALIZER_SLICES = 3  # at most this many slices in another orientation than the rest's are a localizer left out
@@ -178,10 +179,10 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
 
 def placement_warnings(ordered: list[Slice], grid, what: str) -> list[str]:
     """The warning that ``what`` (``slices in ct``) were resampled from a gantry tilt onto ``grid``; or, untilted, that
-    their positions wander in plane by more than :data:`EXACT_MM` (within :func:`in_plane_tolerance`); else none."""
+    their positions wander in plane by more than :data:`QUIET_PIXELS` (within :func:`in_plane_tolerance`); else none."""
     if grid is None:
         shift = in_plane_shift(ordered)
-        if shift <= EXACT_MM:
+        if shift <= max(EXACT_MM, QUIET_PIXELS * min(ordered[0].spacing)):
             return []
         return [
             f"the DICOM {what} are placed up to {shift:.3f} mm off a regular grid in plane (rounding in their "
