@@ -126,3 +126,23 @@ def test_an_internal_error_exits_1_with_a_hint_to_debug(monkeypatch, tmp_path, c
     assert err == "internal error: KeyError: 'a bug' (run with --debug for the traceback)\n"
     with pytest.raises(KeyError):
         cli.main(["--debug", "models", "list"])
+
+
+def test_a_long_error_line_keeps_what_to_do_by_shortening_its_paths():
+    """Before: a hint past half of the 200-character line was cut ("e.g. /work/data/offline-cases/*/image.ni...)"),
+    losing what to do; now long absolute paths are shortened to their last two parts first."""
+    from TokenUNetSegmentLib.pipeline.run_contract import MAX_LINE, one_line
+
+    folder = "/home/someone/projects/abdomen-study/data/raw/offline-cases"
+    line = one_line(
+        "error: ",
+        f"the folder {folder} holds no case (no NIfTI, NRRD or MetaImage file, no DICOM subfolder)",
+        f"its subfolders hold volume files: give them as cases, e.g. {folder}/*/image.nii.gz",
+    )
+    assert len(line) <= MAX_LINE and "\n" not in line
+    assert line.endswith(
+        "(its subfolders hold volume files: give them as cases, e.g. .../offline-cases/*/image.nii.gz)"
+    )
+    assert "the folder .../raw/offline-cases holds no case" in line
+    short = one_line("error: ", f"cannot read {folder}/a.nii.gz", "fix it")
+    assert short == f"error: cannot read {folder}/a.nii.gz (fix it)"  # paths stay whole when the line fits

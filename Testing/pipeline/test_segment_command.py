@@ -311,7 +311,7 @@ def test_sigterm_cancels_between_windows_and_exits_130(cli_case, tmp_path):
     assert not out.exists()
 
 
-def test_multichannel_files_are_assigned_by_name(tmp_path):
+def test_multichannel_files_are_assigned_by_name(tmp_path, one_inference_thread):
     config = tiny_config("two-channel", in_channels=2, intensity={"method": "zscore"}, roi=(32, 32, 32))
     config["inputs"][0]["patterns"], config["inputs"][1]["patterns"] = ["*t1c*"], ["*flair*"]
     package = make_package(tmp_path, config)

@@ -56,6 +56,11 @@ COMMANDS: dict[str, Command] = {
     "segment": Command(
         "segment volumes with a model package", "segment_command:add_arguments", "segment_command:run_segment"
     ),
+    "batch": Command(
+        "segment many cases (files, DICOM folders, a folder of cases or a datalist) with one model, loaded once",
+        "batch_command:add_arguments",
+        "batch_command:run_batch",
+    ),
     "models": Command(
         "list, inspect, import or remove model packages", "models_command:add_arguments", "models_command:run_models"
     ),
@@ -150,6 +155,7 @@ class ProgressPrinter:
         if self.mode == "bar" and self.last:
             self.stream.write("\n")
             self.stream.flush()
+            self.last = ""  # the next bar starts on its own line
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -103,6 +103,19 @@ class OutputFolder:
         if not self.committed:
             self.abort()
 
+    def check(self) -> None:
+        """What :meth:`open` refuses about the destination as it is now (inside a protected folder, a file, a
+        folder of the user's, a file of the user's that the run would replace), without locking it or writing
+        anything: for a caller that checks many destinations before it starts (``batch``)."""
+        destination = self.destination
+        self._check_protected()
+        if destination.exists() and not destination.is_dir():
+            raise OutputError(f"the output path {destination} is a file, not a folder", "choose a folder")
+        try:
+            self._check_collisions(self.reserved, patterns=True)  # reads the manifest: refuses a folder of the user's
+        except OSError as error:
+            raise _os_output_error(error, destination) from None
+
     def open(self) -> Path:
         """Check the destination, lock it, clean up after crashed runs, create the staging folder; returns it."""
         destination = self.destination
@@ -362,6 +375,19 @@ def earlier_result(required: Iterable[str], optional: Iterable[str] = ()) -> Cal
         return names if required <= plain and names <= allowed and names == plain else None
 
     return files
+
+
+def complete_result(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a complete result of this tool: a committed manifest whose every file is there,
+    unchanged since it was written."""
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
+    if manifest is None or manifest.get("state") != "complete" or not manifest.get("files"):
+        return False
+    return all(
+        _safe_relative(name) and _is_plain_file(folder, name) and _unchanged(folder, name, record)
+        for name, record in manifest["files"].items()
+    )
 
 
 def remove_listed_files(

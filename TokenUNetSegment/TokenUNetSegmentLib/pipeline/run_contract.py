@@ -4,7 +4,8 @@
   process) or into the ``segment`` command line (a run in a child process), here and nowhere else.
 - Typed events: :class:`ProgressEvent`, :class:`LogEvent`, :class:`ResultEvent` and :class:`ErrorEvent` are what
   the command line writes with ``--progress json`` (one JSON object per line, :func:`encode_event` /
-  :func:`decode_event`); :class:`FinishedEvent` ends every run in the caller's process.
+  :func:`decode_event`), and ``batch`` adds a :class:`CaseEvent` as each case starts and ends; :class:`FinishedEvent`
+  ends every run in the caller's process.
 - :class:`ExitCode`: the command line's exit codes; :class:`RunState`: where a run stands.
 
 The files a run writes, and their reader, are in :mod:`.outputs`.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import ClassVar
@@ -69,15 +71,54 @@ class ResultEvent:
     kind: ClassVar[str] = "result"
 
 
+@dataclass(frozen=True)
+class CaseEvent:
+    """The ``batch`` command's case ``index`` (from 1) of ``count`` started or ended: ``status`` started, done,
+    failed, skipped or cancelled; ``folder`` its output folder; ``message`` and ``category`` (user or internal) say
+    why a case failed. The progress events between a case's ``started`` and its end are that case's."""
+
+    index: int
+    count: int
+    name: str
+    status: str
+    folder: str = ""
+    message: str = ""
+    category: str = ""
+    seconds: float = 0.0
+    kind: ClassVar[str] = "case"
+
+
 MAX_LINE = 200  # characters of the one line a user error prints
 MAX_MESSAGE = 1000  # characters of an error event's message (a library's error text can be kilobytes long)
 
 
+LONG_PATH = re.compile(r"(?<![\w.])/(?:[^\s/]+/){3,}[^\s/]*")
+"""An absolute POSIX path of more than three parts, as users' files and folders are written in messages."""
+
+
+def shorter_paths(text: str) -> str:
+    """``text`` with each long absolute path cut to its last two parts (``/a/b/c/d.nii.gz``: ``.../c/d.nii.gz``)."""
+
+    def cut(found: re.Match) -> str:
+        path, tail = found.group(0), []
+        for part in reversed(path.rstrip("/").split("/")):  # two named parts: a wildcard's folder is kept
+            tail.insert(0, part)
+            if len([kept for kept in tail if "*" not in kept and "?" not in kept]) == 2:
+                break
+        return ".../" + "/".join(tail) + ("/" if path.endswith("/") else "")
+
+    return LONG_PATH.sub(cut, text)
+
+
 def one_line(prefix: str, message: str, hint: str | None = None, limit: int = MAX_LINE) -> str:
-    """``prefix message (hint)`` on one line of at most ``limit`` characters: whitespace collapsed, the hint kept
-    (up to half the line) and the message shortened in its middle, where long paths are."""
+    """``prefix message (hint)`` on one line of at most ``limit`` characters: whitespace collapsed; when too long, long
+    paths cut to their last two parts first, then the hint kept (up to half the line) and the message shortened in its
+    middle."""
     message = " ".join(str(message).split())
-    hint_part = f" ({' '.join(str(hint).split())})" if hint else ""
+    hint = " ".join(str(hint).split()) if hint else ""
+    if len(prefix) + len(message) + len(hint) + 3 > limit:
+        message, hint = shorter_paths(message), shorter_paths(hint)
+    hint_part = f" ({hint})" if hint else ""
     if len(hint_part) > limit // 2:
         hint_part = hint_part[: limit // 2 - 4] + "...)"
     room = limit - len(prefix) - len(hint_part)
@@ -145,7 +186,7 @@ class FinishedEvent:
     kind: ClassVar[str] = "finished"
 
 
-WIRE_EVENTS = {cls.kind: cls for cls in (ProgressEvent, LogEvent, ResultEvent, ErrorEvent)}
+WIRE_EVENTS = {cls.kind: cls for cls in (ProgressEvent, LogEvent, ResultEvent, ErrorEvent, CaseEvent)}
 
 
 def encode_event(event) -> str:

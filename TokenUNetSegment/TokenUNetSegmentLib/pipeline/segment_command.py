@@ -13,6 +13,8 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .arguments import channel_names, device_name, integer, number, text
@@ -23,6 +25,12 @@ from .run_contract import ExitCode, ResultEvent
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_input_arguments(parser)
+    add_run_options(parser)
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """One run's inputs: a volume per channel, or one 4D image with ``--channels``."""
     parser.add_argument(
         "inputs",
         nargs="+",
@@ -37,13 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "what each of its volumes holds, in order, comma-separated, e.g. FLAIR,T1,T1c,T2 (the model's channel names, "
         "any case, synonyms such as t1gd or t1ce for T1c); default: the dataset.json beside its imagesTr folder",
     )
+
+
+def add_run_options(parser: argparse.ArgumentParser, out_help: str = "output folder") -> None:
+    """The model, device, window, output and progress options, shared with the ``batch`` command."""
     parser.add_argument(
         "--model",
         "-m",
         type=text("a model id or package path"),
         help="model id or package path (default: the catalog's)",
     )
-    parser.add_argument("--out", "-o", required=True, help="output folder")
+    parser.add_argument("--out", "-o", required=True, help=out_help)
     parser.add_argument(
         "--device",
         type=device_name,
@@ -95,7 +107,8 @@ READ_SWITCH_INTERVAL_S = 0.001
 AHEAD_THREADS = max(1, (os.cpu_count() or 2) - 1)  # resampling next to torch's import: one core left to the import
 
 
-def _install_cancel_handlers(event: threading.Event) -> list:
+def install_cancel_handlers(event: threading.Event) -> list:
+    """SIGTERM (and Windows' SIGBREAK) set ``event``, to cancel between windows; the previous handlers."""
     previous = []
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM,) + ((signal.SIGBREAK,) if hasattr(signal, "SIGBREAK") else ()):
@@ -123,6 +136,126 @@ def assessment_lines(result) -> list[str]:
     return lines
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse run options that contradict each other (before anything is opened)."""
+    from .errors import InputError
+
+    if args.no_heatmaps and args.attention_grid != DEFAULT_ATTENTION_GRID:  # before: ignored
+        raise InputError(
+            f"--attention-grid {args.attention_grid} places maps that --no-heatmaps does not write",
+            "drop one of the two",
+        )
+
+
+@dataclass
+class CaseInputs:
+    """One run's inputs checked from their headers (:func:`open_case`): a path per channel, the 4D image's channel
+    order when one image holds them all, and ``read()``, which reads the voxels and resamples them onto the model
+    grid (safe to call in a thread)."""
+
+    paths: list
+    stack_order: object | None
+    on_input_grid: bool
+    read: Callable[[], list]
+
+
+def open_case(
+    inputs, channels, config, package_id: str, folder, args, printer, option: str = "--channels"
+) -> CaseInputs:
+    """Open one run's ``inputs`` (``channels``: the names of one 4D image's volumes, given as ``option``) and check
+    them from their headers (a DICOM series' slices included, a folder's series chosen by the channel's Modality),
+    the run's memory and the free space of ``folder``'s disk, before any voxel is read: as ``segment()`` does
+    (:mod:`.run_inputs`)."""
+    from .channel_stack import open_stack, refuse_names
+    from .channels import order_inputs, series_warnings
+    from .outputs import estimate_output_bytes
+    from .preprocess import resample_ahead
+    from .run_inputs import RunNeeds, open_run_inputs
+
+    stack = None  # one 4D image holding every channel: its order from --channels or its dataset.json
+    if len(inputs) == 1 and (len(config.inputs) > 1 or channels is not None):
+        stack = open_stack(inputs[0], config, package_id, channels, option)
+    if stack is not None:
+        items, order = stack
+        paths = [inputs[0]] * len(items)
+        shown = [f"{order.file}, volume {volume}" for volume in order.volumes]
+        printer.note(order.describe())
+    elif channels is not None:
+        refuse_names(inputs, config.inputs, package_id, option)
+    else:
+        items = paths = order_inputs(list(inputs), config.inputs, package_id)  # by name, one per channel
+        shown = [Path(item).name for item in paths]
+    needs = RunNeeds(not args.no_heatmaps, args.probabilities, args.attention_grid)
+    checked = open_run_inputs(items, config, package_id, shown, needs)
+    opened = checked.opened
+    found_series = series_warnings(opened, config.inputs)
+    folder.check_space(
+        estimate_output_bytes(
+            opened[0].values, len(config.labels), checked.maps, checked.map_voxels, probabilities=args.probabilities
+        )
+    )
+
+    def read() -> list:  # once: segment() and the overview share them
+        volumes = [read_one() for read_one in opened]
+        volumes[0].warnings += found_series  # reported with the readers' warnings
+        resample_ahead(volumes, config, threads=AHEAD_THREADS)
+        return volumes
+
+    return CaseInputs(paths, stack[1] if stack is not None else None, checked.on_input_grid, read)
+
+
+def segment_case(case: CaseInputs, volumes: list, package, folder, args, printer, progress, cancel):
+    """Segment one case's read ``volumes`` with the loaded ``package`` and write ``folder`` (opened) all at once;
+    ``progress(stage, fraction)`` goes over the whole case (segment(), then the files). Returns ``(result, files,
+    seconds)``; warnings are printed as they come, and the folder's own after the files are written."""
+    from .outputs import write_outputs
+    from .segmentation import segment
+
+    shown: list[str] = []
+    with warnings.catch_warnings():  # segment()'s warnings (API callers get them so) are printed when they come
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = lambda message, *_, **__: (shown.append(str(message)), printer.warning(str(message)))
+        result = segment(
+            volumes,
+            package,
+            device=args.device,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            probabilities=args.probabilities,
+            with_token_maps=not args.no_heatmaps,
+            maps_on_input_grid=case.on_input_grid,
+            largest_component=True if args.largest_component else None,
+            label_interpolation="linear" if args.smooth else "nearest",
+            progress=lambda stage, fraction: progress(stage, WRITE_START * fraction),
+            cancel=cancel,
+        )
+    started = time.perf_counter()
+    extra = {
+        "inputs": {name: str(Path(p).resolve()) for name, p in zip(package.input_names, case.paths, strict=True)},
+        **({"channel_order": case.stack_order.report()} if case.stack_order is not None else {}),
+        "package": {
+            "id": package.id,
+            "path": str(package.path),
+            "version": package.metadata.version,
+            "description": package.metadata.description,
+        },
+    }
+    outputs = write_outputs(
+        result,
+        folder,
+        image=volumes[0].array,
+        window=package.config.display_window,
+        attention_grid=args.attention_grid,
+        overview=not args.no_overview,
+        extra_report=extra,
+        progress=lambda f: progress("write", WRITE_START + (1 - WRITE_START) * f),
+    )
+    printer.close()
+    for message in [*(m for m in result.warnings if m not in shown), *folder.warnings]:
+        printer.warning(message)
+    return result, outputs, result.timings["total"] + time.perf_counter() - started
+
+
 def run_segment(args: argparse.Namespace, cancel=None) -> int:
     """Segment ``args.inputs`` and write the output folder; returns the exit code (errors raise).
 
@@ -133,120 +266,26 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     is locked from the start and replaced only when the run is done.
     """
     from .catalog import ModelStore
-    from .channel_stack import open_stack, refuse_names
-    from .channels import order_inputs, series_warnings
-    from .errors import InputError
-    from .outputs import estimate_output_bytes, output_folder
+    from .outputs import output_folder
     from .package_source import read_metadata
-    from .preprocess import resample_ahead
     from .progress import Progress
-    from .run_inputs import RunNeeds, open_run_inputs
 
     cancel = cancel or threading.Event()
     printer = ProgressPrinter(args.progress)
-    handlers = _install_cancel_handlers(cancel) if isinstance(cancel, threading.Event) else []
-
-    def segment_progress(stage: str, fraction: float) -> None:
-        printer(stage, WRITE_START * fraction)  # the output files take the rest of the bar
-
+    handlers = install_cancel_handlers(cancel) if isinstance(cancel, threading.Event) else []
     folder = None
-    if args.no_heatmaps and args.attention_grid != DEFAULT_ATTENTION_GRID:  # before: ignored
-        raise InputError(
-            f"--attention-grid {args.attention_grid} places maps that --no-heatmaps does not write",
-            "drop one of the two",
-        )
+    check_options(args)
     try:
         printer("start", 0.0)  # a first line at once: before the model and inputs are read, torch imported
         store = ModelStore(getattr(args, "catalog", None))
         folder = output_folder(args.out, store.protected_folders())
         folder.open()
-        download = Progress(segment_progress, cancel)
+        download = Progress(lambda stage, fraction: printer(stage, WRITE_START * fraction), cancel)
         package_path = store.resolve(args.model, lambda fraction: download.update("download", fraction), cancel)
         metadata = read_metadata(package_path)
-        config, package_id = metadata.config, metadata.id
-        stack = None  # one 4D image holding every channel: its order from --channels or its dataset.json
-        if len(args.inputs) == 1 and (len(config.inputs) > 1 or args.channels is not None):
-            stack = open_stack(args.inputs[0], config, package_id, args.channels, "--channels")
-        if stack is not None:
-            items, order = stack
-            inputs = [args.inputs[0]] * len(items)
-            shown = [f"{order.file}, volume {volume}" for volume in order.volumes]
-            printer.note(order.describe())
-        elif args.channels is not None:
-            refuse_names(args.inputs, config.inputs, package_id)
-        else:
-            items = inputs = order_inputs(list(args.inputs), config.inputs, package_id)  # by name, one per channel
-            shown = [Path(item).name for item in inputs]
-        needs = RunNeeds(not args.no_heatmaps, args.probabilities, args.attention_grid)
-        # headers checked (a DICOM series' slices included, a folder's series chosen by the channel's Modality), and
-        # the run's memory, before any voxel is read: as segment() does (run_inputs)
-        checked = open_run_inputs(items, config, package_id, shown, needs)
-        opened, maps, on_input_grid = checked.opened, checked.maps, checked.on_input_grid
-        found_series = series_warnings(opened, config.inputs)
-        voxels = opened[0].values
-        folder.check_space(
-            estimate_output_bytes(
-                voxels, len(config.labels), maps, checked.map_voxels, probabilities=args.probabilities
-            )
-        )
-
-        def read_inputs() -> list:  # once: segment() and the overview share them
-            volumes = [read() for read in opened]
-            volumes[0].warnings += found_series  # reported with the readers' warnings
-            resample_ahead(volumes, config, threads=AHEAD_THREADS)
-            return volumes
-
-        with switch_interval(READ_SWITCH_INTERVAL_S):
-            reading = BackgroundCall(read_inputs, "TokenUNet read")  # next to torch's import
-            from .outputs import write_outputs
-            from .package_loader import load_package
-            from .segmentation import segment
-
-            package = load_package(package_path)
-            volumes = reading.result()
-        shown: list[str] = []
-        with warnings.catch_warnings():  # segment()'s warnings (API callers get them so) are printed when they come
-            warnings.simplefilter("always", UserWarning)
-            warnings.showwarning = lambda message, *_, **__: (shown.append(str(message)), printer.warning(str(message)))
-            result = segment(
-                volumes,
-                package,
-                device=args.device,
-                overlap=args.overlap,
-                batch_size=args.batch_size,
-                probabilities=args.probabilities,
-                with_token_maps=not args.no_heatmaps,
-                maps_on_input_grid=on_input_grid,
-                largest_component=True if args.largest_component else None,
-                label_interpolation="linear" if args.smooth else "nearest",
-                progress=segment_progress,
-                cancel=cancel,
-            )
-        started = time.perf_counter()
-        extra = {
-            "inputs": {name: str(Path(p).resolve()) for name, p in zip(package.input_names, inputs, strict=True)},
-            **({"channel_order": stack[1].report()} if stack is not None else {}),
-            "package": {
-                "id": package.id,
-                "path": str(package.path),
-                "version": package.metadata.version,
-                "description": package.metadata.description,
-            },
-        }
-        outputs = write_outputs(
-            result,
-            folder,
-            image=volumes[0].array,
-            window=package.config.display_window,
-            attention_grid=args.attention_grid,
-            overview=not args.no_overview,
-            extra_report=extra,
-            progress=lambda f: printer("write", WRITE_START + (1 - WRITE_START) * f),
-        )
-        printer.close()
-        for message in [*(m for m in result.warnings if m not in shown), *folder.warnings]:
-            printer.warning(message)
-        seconds = result.timings["total"] + time.perf_counter() - started
+        case = open_case(args.inputs, args.channels, metadata.config, metadata.id, folder, args, printer)
+        package, volumes = load_while_reading(lambda: load_package_at(package_path), case.read)
+        result, outputs, seconds = segment_case(case, volumes, package, folder, args, printer, printer, cancel)
         printer.emit(
             ResultEvent(
                 str(folder.destination),
@@ -270,3 +309,18 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
     finally:
         for signum, handler in handlers:
             signal.signal(signum, handler)
+
+
+def load_while_reading(load: Callable[[], object], read: Callable[[], list]):
+    """``(load(), read())``: the voxels read in a thread while ``load()`` imports torch and loads the package."""
+    with switch_interval(READ_SWITCH_INTERVAL_S):
+        reading = BackgroundCall(read, "TokenUNet read")  # next to torch's import
+        loaded = load()
+        return loaded, reading.result()
+
+
+def load_package_at(path):
+    """The package at ``path`` loaded (torch imported on first use)."""
+    from .package_loader import load_package
+
+    return load_package(path)

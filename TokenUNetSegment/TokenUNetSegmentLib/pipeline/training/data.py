@@ -82,9 +82,7 @@ def read_datalist(path: str | Path) -> dict:
     data = read_json_file(path, f"the datalist {path}")
     if not isinstance(data, dict) or not isinstance(data.get("training"), list) or not data["training"]:
         raise InputError(f"the datalist {path} has no 'training' list", "see the README for the datalist format")
-    if not isinstance(data.get("dataroot", "."), str):
-        raise InputError(f"the datalist's 'dataroot' is not a path: {str(data['dataroot'])[:40]}")
-    root = (path.parent / data.get("dataroot", ".")).resolve()
+    root = datalist_root(path, data)
 
     def absolute(value):
         return str((root / value).resolve())
@@ -148,6 +146,14 @@ def read_datalist(path: str | Path) -> dict:
                 "validate on other scans than you train on (or leave 'validation' out)",
             )
     return out
+
+
+def datalist_root(path: Path, data: dict) -> Path:
+    """The folder a datalist's relative paths start from: its ``"dataroot"`` (relative to the file), else the
+    file's own folder."""
+    if not isinstance(data.get("dataroot", "."), str):
+        raise InputError(f"the datalist's 'dataroot' is not a path: {str(data['dataroot'])[:40]}")
+    return (Path(path).parent / data.get("dataroot", ".")).resolve()
 
 
 def label_lookup(file_names: dict[int, str] | None, labels: list[dict], partial: bool | None = None) -> np.ndarray:

@@ -1,0 +1,450 @@
+"""The ``batch`` command: many cases with one model loaded once, each case's folder exactly as ``segment`` writes
+it, batch.json, failures recorded and the batch going on, collisions and users' folders refused up front, cancel,
+exit codes, datalists (multi-channel), folders of cases, typed progress events."""
+
+import json
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from helpers.packages import make_package
+from helpers.processes import start_cli
+from helpers.readers import dicom_array, write_dicom_series
+from TokenUNetSegmentLib.pipeline import batch_command, cli, segment_command
+from TokenUNetSegmentLib.pipeline.batch_cases import cases_from_paths
+from TokenUNetSegmentLib.pipeline.errors import InputError
+from TokenUNetSegmentLib.pipeline.run_contract import CaseEvent, ErrorEvent, ProgressEvent, ResultEvent, decode_event
+
+FAST = ["--device", "cpu", "--no-overview", "--progress", "none"]
+
+
+def shifted_case(source: Path, path: Path, shift: int) -> Path:
+    """The phantom CT without its first ``shift`` slices along i (another case: another grid, other labels)."""
+    image = sitk.ReadImage(str(source))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image[shift:, :, :], str(path))
+    return path
+
+
+def truncated(source: Path, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(source.read_bytes()[:600])
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _same_threads(one_inference_thread):
+    """Labels of a batch and of segment compared voxel for voxel: the same thread count in both."""
+
+
+def batch(*arguments) -> int:
+    return cli.main(["batch", *map(str, arguments)])
+
+
+def labels_of(folder: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "segmentation.seg.nrrd")))
+
+
+def files_of(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def summary(root: Path) -> dict:
+    return json.loads((root / "batch.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def two_cases(cli_case, tmp_path_factory):
+    """(package, [first, second] CT files with different contents)."""
+    _, package, ct = cli_case
+    folder = tmp_path_factory.mktemp("cases")
+    return package, [shifted_case(ct, folder / "first.nii.gz", 0), shifted_case(ct, folder / "second.nii.gz", 9)]
+
+
+def test_each_case_folder_is_what_segment_writes(two_cases, tmp_path, capsys):
+    """Same files, voxel-identical labels, the same report (but for timings) as one ``segment`` per case."""
+    package, cases = two_cases
+    options = ["--device", "cpu", "--progress", "none"]
+    assert batch(*cases, "--model", package, "--out", tmp_path / "batch", *options) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("[1/2] first: done") and printed[1].startswith("[2/2] second: done")
+    assert printed[2].startswith("batch completed: 2 done of 2 cases")
+    for case in cases:
+        name = case.name.split(".")[0]
+        alone = tmp_path / "alone" / name
+        assert cli.main(["segment", str(case), "--model", str(package), "--out", str(alone), *options]) == 0
+        mine = tmp_path / "batch" / name
+        assert files_of(mine) == files_of(alone)
+        np.testing.assert_array_equal(labels_of(mine), labels_of(alone))
+        reports = [json.loads((folder / "report.json").read_text()) for folder in (mine, alone)]
+        for report in reports:
+            report.pop("timings_s", None)
+        assert reports[0] == reports[1]
+    first, second = (labels_of(tmp_path / "batch" / name) for name in ("first", "second"))
+    assert not np.array_equal(first, second)  # two cases, not one written twice
+    document = summary(tmp_path / "batch")
+    assert document["state"] == "completed" and document["counts"]["done"] == 2
+    assert document["model"]["id"] == "tiny-ct" and document["options"]["device"] == "cpu"
+    record = document["cases"][0]
+    assert record["inputs"] == [str(cases[0].resolve())] and record["status"] == "done"
+    assert record["labels_found"] == len(record["labels"]) and record["seconds"] > 0 and "total" in record["timings"]
+    assert record["files"]["segmentation"] == "segmentation.seg.nrrd"
+
+
+def test_a_bad_case_in_the_middle_is_recorded_and_the_others_done(two_cases, tmp_path, capsys):
+    package, (first, second) = two_cases
+    bad = truncated(first, tmp_path / "in" / "damaged.nii.gz")
+    out = tmp_path / "out"
+    assert batch(first, bad, second, "--model", package, "--out", out, *FAST) == 2
+    captured = capsys.readouterr()
+    # segment's own message for that file
+    with pytest.raises(InputError) as refused:
+        cli_args = cli.parse_arguments(["segment", str(bad), "--model", str(package), "--out", str(tmp_path / "x")])
+        segment_command.run_segment(cli_args)
+    assert f"[2/3] damaged: failed: {refused.value.message}" in captured.out
+    assert "error: 1 of 3 cases failed" in captured.err
+    document = summary(out)
+    assert [case["status"] for case in document["cases"]] == ["done", "failed", "done"]
+    failure = document["cases"][1]["error"]
+    assert failure["message"] == refused.value.message and failure["category"] == "user"
+    assert failure["hint"] == refused.value.hint
+    assert sorted(p.name for p in out.iterdir()) == ["batch.json", "first", "second"]  # nothing left of the bad one
+
+
+def test_an_internal_error_in_a_case_exits_1_after_the_other_cases(two_cases, tmp_path, monkeypatch):
+    package, cases = two_cases
+    real = segment_command.segment_case
+
+    def broken(case, *rest):
+        if "first" in case.paths[0]:
+            raise RuntimeError("a bug")
+        return real(case, *rest)
+
+    monkeypatch.setattr(segment_command, "segment_case", broken)
+    assert batch(*cases, "--model", package, "--out", tmp_path / "out", *FAST) == 1
+    document = summary(tmp_path / "out")
+    assert [case["status"] for case in document["cases"]] == ["failed", "done"]
+    assert document["cases"][0]["error"]["category"] == "internal"
+    assert "RuntimeError: a bug" in document["cases"][0]["error"]["message"]
+    assert not (tmp_path / "out" / "first").exists()
+
+
+def test_cases_that_would_share_a_folder_are_refused_before_anything_is_written(two_cases, tmp_path, capsys):
+    package, (first, _) = two_cases
+    first = shifted_case(first, tmp_path / "a" / "same" / "first.nii.gz", 0)  # file and folder names alike
+    again = shifted_case(first, tmp_path / "b" / "same" / "FIRST.nii.gz", 3)
+    out = tmp_path / "out"
+    assert batch(first, again, "--model", package, "--out", out, *FAST) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "would both be written to" in error and "distinct" in error
+    assert not out.exists()
+
+
+def test_a_users_folder_at_a_cases_place_is_refused_untouched_before_any_case_runs(two_cases, tmp_path, capsys):
+    package, cases = two_cases
+    out = tmp_path / "out"
+    (out / "second").mkdir(parents=True)
+    (out / "second" / "notes.txt").write_text("mine")
+    assert batch(*cases, "--model", package, "--out", out, *FAST) == 2
+    assert "TokenUNet did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["second"]  # the first case did not run either
+    assert [p.name for p in (out / "second").iterdir()] == ["notes.txt"]
+    assert (out / "second" / "notes.txt").read_text() == "mine"
+
+
+def test_a_file_of_the_users_named_batch_json_is_refused(two_cases, tmp_path, capsys):
+    package, cases = two_cases
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "batch.json").write_text("{}")
+    assert batch(cases[0], "--model", package, "--out", tmp_path / "out", *FAST) == 2
+    assert "not an earlier output" in capsys.readouterr().err
+    assert (tmp_path / "out" / "batch.json").read_text() == "{}"
+
+
+def test_a_second_batch_replaces_earlier_results_and_resume_skips_finished_cases(two_cases, tmp_path, capsys):
+    package, cases = two_cases
+    out = tmp_path / "out"
+    assert batch(*cases, "--model", package, "--out", out, *FAST) == 0
+    (out / "first" / "mine.txt").write_text("kept")
+    before = labels_of(out / "second")
+    assert batch(*cases, "--model", package, "--out", out, *FAST) == 0  # replaced, the user's file kept
+    assert (out / "first" / "mine.txt").read_text() == "kept"
+    capsys.readouterr()
+    (out / "second" / "segmentation.seg.nrrd").unlink()  # no longer a finished result
+    assert batch(*cases, "--model", package, "--out", out, "--resume", *FAST) == 0
+    assert "[1/2] first: skipped" in capsys.readouterr().out
+    assert [case["status"] for case in summary(out)["cases"]] == ["skipped", "done"]
+    np.testing.assert_array_equal(labels_of(out / "second"), before)
+
+
+def test_a_cancel_between_cases_keeps_finished_cases_and_a_consistent_batch_json(two_cases, tmp_path, monkeypatch):
+    package, (first, second) = two_cases
+    third = shifted_case(first, tmp_path / "in" / "third.nii.gz", 5)
+    cancel = threading.Event()
+    real = batch_command.Batch.save
+
+    def save_then_cancel(self):  # the first case is written, then SIGTERM (which sets the event) comes
+        real(self)
+        if self.records[0]["status"] == "done":
+            cancel.set()
+
+    monkeypatch.setattr(batch_command.Batch, "save", save_then_cancel)
+    out = tmp_path / "out"
+    args = cli.parse_arguments(
+        ["batch", str(first), str(second), str(third), "--model", str(package), "--out", str(out), *FAST]
+    )
+    assert batch_command.run_batch(args, cancel) == 130
+    document = summary(out)
+    assert document["state"] == "cancelled"
+    assert [case["status"] for case in document["cases"]] == ["done", "pending", "pending"]
+    assert document["counts"] == {"done": 1, "failed": 0, "skipped": 0, "cancelled": 0, "pending": 2}
+    assert sorted(p.name for p in out.iterdir()) == ["batch.json", "first"]  # no lock, no staging folder left
+    assert labels_of(out / "first").any()
+
+
+def test_a_cancel_during_a_case_drops_it(two_cases, tmp_path, monkeypatch):
+    package, cases = two_cases
+    cancel = threading.Event()
+    real = segment_command.segment_case
+
+    def cancelled_inside(case, volumes, package, folder, args, printer, progress, cancel_event):
+        if "second" in case.paths[0]:
+            cancel.set()
+        return real(case, volumes, package, folder, args, printer, progress, cancel_event)
+
+    monkeypatch.setattr(segment_command, "segment_case", cancelled_inside)
+    out = tmp_path / "out"
+    args = cli.parse_arguments(["batch", *map(str, cases), "--model", str(package), "--out", str(out), *FAST])
+    assert batch_command.run_batch(args, cancel) == 130
+    assert [case["status"] for case in summary(out)["cases"]] == ["done", "cancelled"]
+    assert sorted(p.name for p in out.iterdir()) == ["batch.json", "first"]
+
+
+@pytest.mark.slow
+def test_sigterm_cancels_a_batch_process_with_exit_130(two_cases, tmp_path):
+    package, cases = two_cases
+    out = tmp_path / "out"
+    folder = tmp_path / "many"
+    for index in range(4):
+        shifted_case(cases[0], folder / f"case{index}.nii.gz", index)
+    process = start_cli("batch", folder, "--model", package, "--out", out, "--device", "cpu", "--progress", "json")
+    for line in process.stderr:
+        event = decode_event(line)
+        if isinstance(event, CaseEvent) and event.status == "done":
+            process.send_signal(signal.SIGTERM)
+            break
+    stdout, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, stdout
+    document = summary(out)
+    assert document["state"] == "cancelled" and document["cases"][0]["status"] == "done"
+    assert {case["status"] for case in document["cases"][1:]} <= {"done", "cancelled", "pending"}
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["batch.json", *(case["name"] for case in document["cases"] if case["status"] == "done")]
+    )
+
+
+def test_exit_codes_and_one_line_errors_for_the_batch_itself(two_cases, tmp_path, capsys):
+    package, cases = two_cases
+    out = tmp_path / "out"
+    assert batch("--model", package, "--out", out) == 2  # no cases
+    assert batch(tmp_path / "missing.nii.gz", "--model", package, "--out", out) == 2
+    assert batch(cases[0], "--model", tmp_path / "no-package", "--out", out) == 2
+    assert batch(cases[0], "--section", "testing", "--model", package, "--out", out) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 4 and all(line.startswith("error: ") for line in errors)
+    assert "no cases" in errors[0] and "missing.nii.gz does not exist" in errors[1] and "--datalist" in errors[3]
+    assert not out.exists()
+
+
+def test_a_datalist_of_multichannel_cases(tmp_path, capsys):
+    """A tiny 4-channel MR package; the datalist's 'testing' entries list each case's channels (labels ignored)."""
+    from helpers.packages import physical_ball, tiny_config
+    from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
+
+    config = tiny_config("mr-tiny", in_channels=4, labels=2, roi=(16, 16, 16), intensity={"method": "zscore"})
+    for entry, name in zip(config["inputs"], ("T1", "T1c", "T2", "FLAIR"), strict=True):
+        entry.update(name=name, modality="MR", patterns=[f"*_{name.lower()}.*"])
+    package = make_package(tmp_path, config)
+    affine = affine_from_spacing((2.0, 2.0, 2.0), origin=(-30, -30, -20))
+    entries = []
+    for case, radius in (("one", 10.0), ("two", 13.0)):
+        files = []
+        for index, name in enumerate(("t1", "t1c", "t2", "flair")):
+            image = physical_ball(
+                (30, 30, 24), affine, (2.0, -5.0, 10.0), radius, value=300 + 200 * index, background=0
+            )
+            path = tmp_path / "data" / case / f"{case}_{name}.nii.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(image_from_array(image.astype(np.int16), affine), str(path))
+            files.append(str(path.relative_to(tmp_path / "data")))
+        entries.append({"image": files, "label": "not/read.nii.gz"})
+    datalist = tmp_path / "data" / "datalist.json"
+    datalist.write_text(json.dumps({"training": entries[:1], "testing": entries}))
+    out = tmp_path / "out"
+    options = ["--model", package, "--out", out, *FAST, "--no-heatmaps"]
+    assert batch("--datalist", datalist, *options) == 2  # two lists: which one?
+    assert "several: training, testing" in capsys.readouterr().err
+    assert batch("--datalist", datalist, "--section", "testing", *options) == 0
+    document = summary(out)
+    assert [case["name"] for case in document["cases"]] == ["one", "two"]  # what the channel files share
+    for case, entry in zip(document["cases"], entries, strict=True):
+        assert case["inputs"] == [str(tmp_path / "data" / file) for file in entry["image"]]
+        alone = tmp_path / "alone" / case["name"]
+        segment_options = [*FAST, "--no-heatmaps", "--model", str(package), "--out", str(alone)]
+        assert cli.main(["segment", *case["inputs"], *segment_options]) == 0
+        np.testing.assert_array_equal(labels_of(out / case["name"]), labels_of(alone))
+
+
+def test_a_datalist_entry_of_one_4d_image_with_its_channels_as_its_3d_files(tmp_path, capsys):
+    """An MSD-style entry: one 4D image, its volumes named by the entry's "channels" (FLAIR first), segmented as its
+    four 3D files in the package's order are; a wrong count is that case's failure, in the datalist's words."""
+    from helpers.packages import physical_ball, tiny_config
+    from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
+
+    sequences = ("T1", "T1c", "T2", "FLAIR")
+    config = tiny_config("mr-4d", in_channels=4, labels=2, roi=(16, 16, 16), intensity={"method": "zscore"})
+    for entry, name in zip(config["inputs"], sequences, strict=True):
+        entry.update(name=name, modality="MR", patterns=[f"*_{name.lower()}.*"])
+    package = make_package(tmp_path, config)
+    affine = affine_from_spacing((2.0, 2.0, 2.5), origin=(-14.0, 12.0, -20.0))
+    images = {}
+    for index, (name, centre) in enumerate(
+        zip(sequences, ((-2, 24, -2), (4, 26, -4), (-4, 20, 2), (-6, 28, 0)), strict=True)
+    ):
+        array = physical_ball((16, 16, 16), affine, np.array(centre, float), 6.0, value=300 + 100 * index, background=0)
+        images[name] = image_from_array(array.astype(np.int16), affine)
+        sitk.WriteImage(images[name], str(tmp_path / f"case_{name.lower()}.nii.gz"))
+    sitk.WriteImage(
+        sitk.JoinSeries([images[name] for name in ("FLAIR", "T1", "T1c", "T2")]), str(tmp_path / "BRATS_001.nii.gz")
+    )
+    entries = [
+        {"image": "BRATS_001.nii.gz", "channels": ["FLAIR", "T1w", "t1gd", "T2w"]},
+        {"image": "BRATS_001.nii.gz", "channels": ["FLAIR", "T1w", "t1gd"], "name": "short"},
+    ]
+    (tmp_path / "list.json").write_text(json.dumps({"testing": entries}))
+    out = tmp_path / "out"
+    assert batch("--datalist", tmp_path / "list.json", "--model", package, "--out", out, *FAST, "--no-heatmaps") == 2
+    assert "the datalist's 'channels'" in capsys.readouterr().out
+    document = summary(out)
+    assert [(case["name"], case["status"]) for case in document["cases"]] == [
+        ("BRATS_001", "done"),
+        ("short", "failed"),
+    ]
+    files = [str(tmp_path / f"case_{name.lower()}.nii.gz") for name in sequences]
+    alone = tmp_path / "alone"
+    assert cli.main(["segment", *files, "--model", str(package), "--out", str(alone), *FAST, "--no-heatmaps"]) == 0
+    np.testing.assert_array_equal(labels_of(out / "BRATS_001"), labels_of(alone))
+
+
+def test_a_datalist_entry_is_named_by_what_its_channel_files_share(tmp_path):
+    from TokenUNetSegmentLib.pipeline.batch_cases import cases_from_datalist
+
+    groups = {
+        "BraTS2021_00001": ["BraTS2021_00001_t1.nii.gz", "BraTS2021_00001_t1ce.nii.gz", "BraTS2021_00001_flair.nii.gz"],
+        "la_007": ["la_007_0000.nii.gz", "la_007_0001.nii.gz"],  # nnU-Net's channel suffixes
+        "x": ["x.nii.gz"],
+        "ab": ["ab.nii.gz", "abc.nii.gz"],  # one name is the other's start
+        "t1": ["t1.nii.gz", "flair.nii.gz"],  # nothing shared: the first file's
+    }
+    for files in groups.values():
+        for file in files:
+            (tmp_path / file).write_bytes(b"")
+    entries = [{"image": files} for files in groups.values()] + [{"image": "x.nii.gz", "name": "named"}]
+    (tmp_path / "list.json").write_text(json.dumps({"validation": entries}))
+    cases = cases_from_datalist(tmp_path / "list.json")
+    assert [case.name for case in cases] == [*groups, "named"]
+    assert cases[1].inputs == tuple(str(tmp_path / file) for file in groups["la_007"])
+
+
+def test_a_folder_of_cases_holds_volume_files_and_dicom_series_subfolders(tmp_path):
+    folder = tmp_path / "cases"
+    write_dicom_series(folder / "patient_b" / "series1", dicom_array())  # DICOM below a subfolder (a CD export)
+    write_dicom_series(folder / "patient_c", dicom_array())
+    for name in ("a.nii.gz", "d.nrrd", "e.mha"):
+        sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkInt16), str(folder / name))
+    (folder / "notes.txt").write_text("not a case")
+    (folder / "empty").mkdir()
+    cases, notes = cases_from_paths([folder])
+    assert [case.name for case in cases] == ["a", "d", "e", "patient_b", "patient_c"]
+    assert cases[3].inputs == (str((folder / "patient_b").resolve()),)
+    assert notes == [f"{folder}: left out 2 entries that hold no case (empty, notes.txt)"]
+    # a folder that holds DICOM files itself is one case; so is a volume file given alone
+    series, _ = cases_from_paths([folder / "patient_c", folder / "a.nii.gz"])
+    assert [(case.name, case.inputs) for case in series] == [
+        ("patient_c", (str(folder / "patient_c"),)),
+        ("a", (str(folder / "a.nii.gz"),)),
+    ]
+    with pytest.raises(InputError, match="holds no case"):
+        cases_from_paths([folder / "empty"])
+
+
+def test_a_folder_of_dicom_and_nifti_cases_end_to_end(cli_case, tmp_path):
+    _, package, ct = cli_case
+    folder = tmp_path / "cases"
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(ct)))  # (k, j, i)
+    write_dicom_series(folder / "dicom_case", array, spacing=(2.0, 2.0, 3.0))
+    shifted_case(ct, folder / "nifti_case.nii.gz", 4)
+    out = tmp_path / "out"
+    assert batch(folder, "--model", package, "--out", out, *FAST) == 0
+    document = summary(out)
+    assert [(case["name"], case["status"]) for case in document["cases"]] == [
+        ("dicom_case", "done"),
+        ("nifti_case", "done"),
+    ]
+    alone = tmp_path / "alone"
+    assert cli.main(["segment", str(folder / "dicom_case"), "--model", str(package), "--out", str(alone), *FAST]) == 0
+    np.testing.assert_array_equal(labels_of(out / "dicom_case"), labels_of(alone))
+
+
+def test_json_progress_names_each_case_and_ends_with_a_result(two_cases, tmp_path, capsys):
+    package, cases = two_cases
+    bad = truncated(cases[0], tmp_path / "in" / "bad.nii.gz")
+    options = ["--device", "cpu", "--no-overview", "--progress", "json"]
+    out = tmp_path / "out"
+    assert batch(cases[0], bad, "--model", package, "--out", out, *options) == 2
+    events = [decode_event(line) for line in capsys.readouterr().err.splitlines()]
+    assert None not in events
+    steps = [(e.index, e.status) for e in events if isinstance(e, CaseEvent)]
+    assert steps == [(1, "started"), (1, "done"), (2, "started"), (2, "failed")]
+    failed = [e for e in events if isinstance(e, CaseEvent) and e.status == "failed"][0]
+    assert failed.category == "user" and "truncated" in failed.message and failed.count == 2
+    fractions = [e.fraction for e in events if isinstance(e, ProgressEvent)]
+    assert fractions == sorted(fractions) and 0.0 <= fractions[0] and fractions[-1] <= 1.0
+    started = events.index(next(e for e in events if isinstance(e, CaseEvent) and e.index == 2))
+    assert all(e.fraction >= 0.5 for e in events[started:] if isinstance(e, ProgressEvent))
+    assert isinstance(events[-1], ErrorEvent) and events[-1].category == "user" and "1 of 2" in events[-1].message
+    assert batch(cases[0], "--model", package, "--out", tmp_path / "ok", *options) == 0
+    events = [decode_event(line) for line in capsys.readouterr().err.splitlines()]
+    assert isinstance(events[-1], ResultEvent) and events[-1].files["batch"] == "batch.json"
+    assert events[-1].folder == str((tmp_path / "ok").resolve())
+
+
+def test_the_model_is_loaded_once(two_cases, tmp_path, monkeypatch):
+    package, cases = two_cases
+    loads = []
+    real = segment_command.load_package_at
+    monkeypatch.setattr(segment_command, "load_package_at", lambda path: (loads.append(path), real(path))[1])
+    assert batch(*cases, "--model", package, "--out", tmp_path / "out", *FAST) == 0
+    assert len(loads) == 1
+
+
+def test_files_of_one_name_in_one_folder_per_case_are_named_by_their_folders(tmp_path):
+    """TotalSegmentator's layout (``s0001/ct.nii.gz``, ``s0002/ct.nii.gz``): before, refused as two cases written to
+    one folder; the folder given alone said only that it holds no case."""
+    root = tmp_path / "dataset"
+    for case in ("s0001", "s0002"):
+        (root / case / "segmentations").mkdir(parents=True)
+        sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkInt16), str(root / case / "ct.nii.gz"))
+        sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkUInt8), str(root / case / "segmentations" / "liver.nii.gz"))
+    sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkInt16), str(tmp_path / "ct.nii.gz"))
+    cases, _ = cases_from_paths([root / "s0001" / "ct.nii.gz", root / "s0002" / "ct.nii.gz", tmp_path / "ct.nii.gz"])
+    assert [case.name for case in cases] == ["s0001", "s0002", tmp_path.name]
+    assert cases[1].inputs == (str((root / "s0002" / "ct.nii.gz").resolve()),)
+    with pytest.raises(InputError, match="holds no case") as refused:
+        cases_from_paths([root])
+    assert (
+        refused.value.hint == f"its subfolders hold volume files: give them as cases, e.g. {root / '*' / 'ct.nii.gz'}"
+    )

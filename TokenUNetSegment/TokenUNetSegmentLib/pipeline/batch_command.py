@@ -1,0 +1,366 @@
+"""The ``batch`` command: many cases with one model, loaded (and torch imported) once.
+
+``tokenunet batch CASE... [--datalist FILE.json [--section KEY]] --out ROOT`` writes each case's output folder,
+exactly as ``segment`` would, to ``ROOT/<case name>/`` (same files, all at once, same lock, a previous TokenUNet
+result replaced and any other folder refused), and ``ROOT/batch.json``: every case with its inputs, status (done,
+failed, skipped, cancelled or pending), error, timings, labels found and flags, rewritten atomically after each case
+so that it is consistent whenever the batch stops. The arguments, the model, the output root and every case's
+folder are checked before any case runs; a case that fails (a damaged file, a wrong modality, too big for memory) is
+recorded with ``segment``'s message and the batch goes on. Exit code: 0 when every case is done or skipped, 2 when
+any failed from a user error, 1 when any failed from an internal error, 130 when cancelled (SIGTERM, Ctrl-C: the
+case in progress is dropped as ``segment`` drops it, finished cases stay). With ``--progress json`` stderr carries
+``segment``'s events, with a :class:`.run_contract.CaseEvent` as each case starts and ends; progress fractions are
+the whole batch's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import signal
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from .cli import ProgressPrinter
+from .run_contract import CaseEvent, ErrorEvent, ExitCode, ResultEvent, one_line
+from .segment_command import add_run_options
+
+BATCH_MARK = "tokenunet_batch"  # the key that tells an earlier batch.json from a file of the user's
+BATCH_VERSION = 1
+OPTIONS = (  # the run options recorded in batch.json
+    "device",
+    "overlap",
+    "batch_size",
+    "probabilities",
+    "no_heatmaps",
+    "attention_grid",
+    "largest_component",
+    "smooth",
+    "no_overview",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "cases",
+        nargs="*",
+        metavar="CASE",
+        help="one case each: a volume file (NIfTI, NRRD, MHA) or a DICOM series folder (one that holds DICOM files "
+        "itself); any other folder is a folder of cases: each volume file and DICOM subfolder in it, in name order",
+    )
+    parser.add_argument(
+        "--datalist",
+        help='a MONAI datalist (JSON) whose entries\' "image" (one path, or a list of channel paths for a '
+        'multi-channel model) are cases; "label" is ignored',
+    )
+    parser.add_argument(
+        "--section",
+        help="the datalist's list of cases, e.g. validation or testing (default: its only list)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip a case whose folder holds a finished result of the same model (id and version) on the same inputs",
+    )
+    add_run_options(parser, out_help="output root: one folder per case (its file or folder name), and batch.json")
+
+
+class ModelLoadError(Exception):
+    """The package failed to load (its weights): the batch stops, as it would have before its first case."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -> int:
+    """Run every case of ``args`` with one model; returns the exit code (errors of the whole batch raise)."""
+    from .batch_cases import BATCH_FILE, cases_from_datalist, cases_from_paths, check_case_names
+    from .catalog import ModelStore
+    from .errors import InputError, OutputError
+    from .locks import DestinationLock
+    from .output_folder import check_file_destination, json_with_keys, resolve_destination
+    from .outputs import output_folder
+    from .package_source import read_metadata
+    from .segment_command import check_options, install_cancel_handlers
+
+    check_options(args)
+    if args.section is not None and args.datalist is None:
+        raise InputError("--section chooses a list of the --datalist, and there is none", "add --datalist FILE.json")
+    printer = ProgressPrinter(args.progress)
+    cases, notes = cases_from_paths(args.cases)
+    if args.datalist is not None:
+        cases += cases_from_datalist(args.datalist, args.section)
+    if not cases:
+        raise InputError("no cases to segment", "give volume files, DICOM folders, folders of cases or --datalist")
+    root = resolve_destination(args.out)
+    check_case_names(cases, root)
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"the output root {root} is a file, not a folder", "choose a folder")
+    summary_path = check_file_destination(root / BATCH_FILE, json_with_keys(BATCH_MARK))
+    store = ModelStore(getattr(args, "catalog", None))
+    protected = store.protected_folders()
+    for case in cases:  # a folder of the user's at a case's place is refused before any case runs
+        output_folder(root / case.name, protected).check()
+    package_path = store.resolve(args.model, None, cancel)
+    metadata = read_metadata(package_path)
+    for note in notes:
+        printer.note(note)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = DestinationLock(summary_path, "batch")
+    lock.acquire()  # two batches on one root would overwrite each other's batch.json
+    cancel = cancel or threading.Event()
+    handlers = install_cancel_handlers(cancel)
+    try:
+        batch = Batch(args, cases, root, summary_path, metadata, package_path, printer, cancel, protected)
+        return batch.run()
+    finally:
+        for signum, handler in handlers:
+            signal.signal(signum, handler)
+        lock.release()
+
+
+class Batch:
+    """One batch run: its cases' records (``batch.json``'s), the model once loaded, the progress."""
+
+    def __init__(
+        self, args, cases, root: Path, summary_path: Path, metadata, package_path, printer, cancel, protected=()
+    ):
+        self.args, self.cases, self.root, self.summary_path = args, cases, root, summary_path
+        self.metadata, self.package_path, self.printer, self.cancel = metadata, package_path, printer, cancel
+        self.package = None
+        self.protected = protected
+        self.started = time.perf_counter()
+        self.records = [
+            {"name": case.name, "inputs": list(case.inputs), "folder": str(root / case.name), "status": "pending"}
+            for case in cases
+        ]
+        for record, case in zip(self.records, cases, strict=True):
+            if case.channels:
+                record["channels"] = list(case.channels)
+        self.document = {
+            BATCH_MARK: BATCH_VERSION,
+            "state": "running",
+            "started": _now(),
+            "finished": None,
+            "seconds": None,
+            "model": {"id": metadata.id, "version": metadata.version, "path": str(package_path)},
+            "options": {name: getattr(args, name) for name in OPTIONS},
+            "counts": {},
+            "cases": self.records,
+        }
+
+    def run(self) -> int:
+        from .errors import CancelledError
+
+        self.save()
+        try:
+            for index, case in enumerate(self.cases):
+                if self.cancel.is_set():
+                    raise CancelledError()
+                self.run_case(index, case)
+                self.save()
+        except (CancelledError, KeyboardInterrupt):
+            return self.finish("cancelled")
+        except ModelLoadError as failure:
+            self.finish("failed")
+            raise failure.error from None
+        return self.finish("completed")
+
+    def run_case(self, index: int, case) -> None:
+        """Segment one case into its folder and record how it went; a cancel or Ctrl-C is recorded, then raised."""
+        from .errors import CancelledError
+        from .outputs import output_folder
+        from .segment_command import open_case, segment_case
+
+        record, count, printer = self.records[index], len(self.cases), self.printer
+        printer.emit(CaseEvent(index + 1, count, case.name, "started", record["folder"]))
+        started = time.perf_counter()
+        folder = None
+
+        def progress(stage: str, fraction: float) -> None:
+            printer(stage, (index + min(max(fraction, 0.0), 1.0)) / count)
+
+        try:
+            if self.args.resume and self.finished_before(case, Path(record["folder"])):
+                record.update(status="skipped", reason="a finished result of the same model on the same inputs")
+                self.report(index, record, time.perf_counter() - started)
+                return
+            progress("start", 0.0)
+            folder = output_folder(record["folder"], self.protected)
+            folder.open()
+            config, model, args = self.metadata.config, self.metadata.id, self.args
+            opened = open_case(
+                list(case.inputs), case.channels, config, model, folder, args, printer, "the datalist's 'channels'"
+            )
+            volumes = self.read(opened)
+            if self.cancel.is_set():
+                raise CancelledError()
+            result, files, _ = segment_case(
+                opened, volumes, self.package, folder, self.args, printer, progress, self.cancel
+            )
+        except (CancelledError, KeyboardInterrupt):
+            printer.close()
+            if folder is not None:
+                folder.abort()
+            record.update(status="cancelled", seconds=round(time.perf_counter() - started, 3))
+            self.report(index, record, record["seconds"])
+            raise
+        except ModelLoadError:
+            if folder is not None:
+                folder.abort()
+            raise
+        except Exception as error:  # the case fails, the batch goes on
+            printer.close()
+            if getattr(self.args, "debug", False):
+                traceback.print_exc()
+            if folder is not None:
+                folder.abort()  # the previous result stays as it was
+            event = ErrorEvent.from_error(error)
+            failure = {"message": event.message, "hint": event.hint, "category": event.category}
+            record.update(status="failed", error={**failure, "type": event.error_type})
+            self.report(index, record, time.perf_counter() - started, event)
+            return
+        record.update(status="done", **_result_fields(result, folder.destination, files))
+        self.report(index, record, time.perf_counter() - started)
+
+    def read(self, opened) -> list:
+        """The case's voxels; for the first case read, while torch is imported and the package loaded."""
+        if self.package is not None:
+            return opened.read()
+        from .segment_command import load_package_at, load_while_reading
+
+        def load() -> None:  # kept when the case's own voxels fail to read
+            try:
+                self.package = load_package_at(self.package_path)
+            except Exception as error:
+                raise ModelLoadError(error) from error
+
+        return load_while_reading(load, opened.read)[1]
+
+    def finished_before(self, case, folder: Path) -> bool:
+        """Whether ``folder`` holds a complete result of this model (id and version) on ``case``'s inputs."""
+        from .errors import TokenUNetError
+        from .json_files import read_json_file
+        from .output_folder import complete_result
+        from .outputs import REPORT_FILE
+
+        if not complete_result(folder):
+            return False
+        try:
+            report = read_json_file(folder / REPORT_FILE)
+        except TokenUNetError:
+            return False
+        package = report.get("package") if isinstance(report, dict) else None
+        inputs = report.get("inputs") if isinstance(report, dict) else None
+        if not isinstance(package, dict) or not isinstance(inputs, dict):
+            return False
+        same_model = package.get("id") == self.metadata.id and package.get("version") == self.metadata.version
+        return same_model and sorted(set(inputs.values())) == sorted(set(case.inputs))
+
+    def report(self, index: int, record: dict, seconds: float, error: ErrorEvent | None = None) -> None:
+        """The case's line on stdout and its end event."""
+        record["seconds"] = round(seconds, 3)
+        count, status = len(self.cases), record["status"]
+        line = f"[{index + 1}/{count}] {record['name']}: {status}"
+        if status == "done":
+            line += f", {record['labels_found']} labels found, {seconds:.1f} s -> {record['folder']}"
+            if record.get("flags"):
+                line += f" (flags: {', '.join(record['flags'])})"
+        elif error is not None:
+            line += ": " + (one_line("", error.message, error.hint) if error.category == "user" else error.line())
+        elif status == "skipped":
+            line += f" ({record['reason']})"
+        self.printer.close()
+        print(line, flush=True)
+        self.printer.emit(
+            CaseEvent(
+                index + 1,
+                count,
+                record["name"],
+                status,
+                record["folder"],
+                error.message if error is not None else "",
+                error.category if error is not None else "",
+                round(seconds, 3),
+            )
+        )
+
+    def save(self) -> None:
+        """Write batch.json all at once (a reader never sees half of it)."""
+        from .output_folder import write_file_atomically
+
+        counts = {status: 0 for status in ("done", "failed", "skipped", "cancelled", "pending")}
+        for record in self.records:
+            counts[record["status"]] += 1
+        self.document["counts"] = counts
+        write_file_atomically(self.summary_path, json.dumps(self.document, indent=2) + "\n")
+
+    def finish(self, state: str) -> int:
+        """Record the batch's end, print its summary; the exit code."""
+        seconds = time.perf_counter() - self.started
+        self.document.update(state=state, finished=_now(), seconds=round(seconds, 3))
+        self.save()
+        counts = self.document["counts"]
+        parts = [f"{counts[status]} {status}" for status in ("done", "failed", "skipped") if counts[status]]
+        not_run = counts["cancelled"] + counts["pending"]
+        if not_run:
+            parts.append(f"{not_run} not run")
+        self.printer.close()
+        print(
+            f"batch {state}: {', '.join(parts) or 'nothing'} of {len(self.cases)} cases in {seconds:.1f} s; "
+            f"see {self.summary_path}"
+        )
+        if state == "cancelled":
+            event = ErrorEvent(
+                "cancelled", "cancelled", f"finished cases stay; see {self.summary_path}", "CancelledError"
+            )
+            self.printer.emit(event)
+            return ExitCode.CANCELLED
+        if state != "completed":
+            return ExitCode.USER_ERROR
+        categories = {record["error"]["category"] for record in self.records if record["status"] == "failed"}
+        if not categories:
+            files = {
+                "batch": self.summary_path.name,
+                **{r["name"]: r["name"] for r in self.records if r["status"] == "done"},
+            }
+            self.printer.emit(ResultEvent(str(self.root), files, (), round(seconds, 3)))
+            return ExitCode.OK
+        category = "internal" if "internal" in categories else "user"
+        message = f"{counts['failed']} of {len(self.cases)} cases failed"
+        event = ErrorEvent(message, category, f"see {self.summary_path}", "BatchError")
+        if self.printer.json:
+            self.printer.emit(event)
+        else:
+            import sys
+
+            print(f"error: {message} (see {self.summary_path})", file=sys.stderr)
+        return event.exit_code
+
+
+def _result_fields(result, destination: Path, files: dict) -> dict:
+    """What batch.json keeps of a done case: labels found, flags, device, timings, its files."""
+    assessment = result.assessment
+    found = (
+        assessment.found
+        if assessment is not None
+        else [label.name for label in result.label_table if result.volumes_ml.get(label.name, 0.0) > 0]
+    )
+    return {
+        "labels_found": len(found),
+        "labels": found,
+        "flags": [flag.code for flag in assessment.flags] if assessment is not None else [],
+        "summary": assessment.summary if assessment is not None else "",
+        "device": str(result.device),
+        "timings": {stage: round(float(value), 3) for stage, value in result.timings.items()},
+        "warnings": list(result.warnings),
+        "files": {role: str(path.relative_to(destination)) for role, path in files.items()},
+    }
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
