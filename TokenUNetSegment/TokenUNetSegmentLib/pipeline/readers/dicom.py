@@ -239,16 +239,8 @@ def _series_file_by_file(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
     with os.scandir(folder) as entries:
         paths = sorted(entry.path for entry in entries if entry.is_file())
     for path in paths:
-        if dicom_file_class(Path(path)) is None:
-            continue
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(path)
-        try:
-            with quiet_itk():
-                reader.ReadImageInformation()
-        except RuntimeError:
-            continue
-        uid = reader.GetMetaData(SERIES_UID).strip(" \0") if reader.HasMetaDataKey(SERIES_UID) else ""
+        reader = _header(path) if dicom_file_class(Path(path)) is not None else None
+        uid = _text(reader, SERIES_UID) if reader is not None else ""
         if uid:
             found.setdefault(uid, []).append(path)
     return [(uid, tuple(files)) for uid, files in found.items()]
@@ -669,16 +661,25 @@ def _description(file: str) -> str:
 
 def _series_header(file: str) -> tuple[str, str]:
     """(SeriesDescription, Modality) of a slice file, "" for what it does not say or cannot be read."""
+    reader = _header(file)
+    return ("", "") if reader is None else (_text(reader, DESCRIPTION), _text(reader, MODALITY))
+
+
+def _header(file: str) -> sitk.ImageFileReader | None:
+    """A reader holding GDCM's reading of ``file``'s header, None where it cannot read it."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(file)
     try:
         with quiet_itk():
             reader.ReadImageInformation()
     except RuntimeError:
-        return "", ""
-    return tuple(  # type: ignore[return-value]
-        reader.GetMetaData(tag).strip(" \0") if reader.HasMetaDataKey(tag) else "" for tag in (DESCRIPTION, MODALITY)
-    )
+        return None
+    return reader
+
+
+def _text(reader: sitk.ImageFileReader, tag: str) -> str:
+    """The value of ``tag`` (``0020|000e``) in a header, stripped; "" without."""
+    return reader.GetMetaData(tag).strip(" \0") if reader.HasMetaDataKey(tag) else ""
 
 
 def _unread_dicom_files(folder: Path, read: set[str], sop_class: str) -> list[str]:
