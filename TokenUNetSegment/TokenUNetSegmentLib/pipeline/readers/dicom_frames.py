@@ -33,24 +33,14 @@ from .dicom import (
     fill_padding,
     in_plane_tolerance,
     padding_mask,
-    tilt_warning,
+    placement_warnings,
 )
-from .dicom_meta import ENHANCED_CLASSES
+from .dicom_meta import ENHANCED_CLASSES, not_a_volume
 from .dicom_tilt import tilt_step, tilted_grid, untilted
 from .header import OpenedImage, check_size
 from .itk import pixel_bytes, quiet_itk
 
 ONE_PLANE = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.128"}  # CT, MR, PET
-NOT_VOLUMES = {  # SOP class UID prefix: what the file is, and what to pass instead
-    "1.2.840.10008.5.1.4.1.1.7": (
-        "a secondary capture: a picture made from images (a screenshot or a derived view), without a scan's geometry",
-        "pass the CT/MR series it was made from",
-    ),
-    "1.2.840.10008.5.1.4.1.1.481.2": (
-        "an RT dose grid: the radiation dose a treatment plan computed, not an image of the body",
-        "pass the CT series the plan was made on",
-    ),
-}
 VOLUME_KEYS = (  # (functional group, attribute, what frames differing in it are): several volumes in one file
     ("FrameContentSequence", "StackID", "stacks"),
     ("FrameContentSequence", "TemporalPositionIndex", "temporal positions"),
@@ -60,6 +50,7 @@ VOLUME_KEYS = (  # (functional group, attribute, what frames differing in it are
     ("CardiacSynchronizationSequence", "NominalPercentageOfCardiacPhase", "cardiac phases"),
 )
 SPATIAL_DIMENSIONS = {0x00209057, 0x00200032, 0x00201041}  # InStackPositionNumber, ImagePositionPatient, SliceLocation
+NATIVE = {"1.2.840.10008.1.2": "<", "1.2.840.10008.1.2.1": "<", "1.2.840.10008.1.2.2": ">"}  # uncompressed: byte order
 
 
 def open_multi_frame(file: Slice, folder: Path, limit, warnings: list[str], unread: list[str]) -> OpenedImage:
@@ -69,7 +60,9 @@ def open_multi_frame(file: Slice, folder: Path, limit, warnings: list[str], unre
     _check_kind(file, name)
     if file.components > 1:
         raise InputError(f"{name} has {file.components} components per voxel", "use one scalar volume per channel")
-    frames, applied = _frames(file, folder) if file.position is None else (_frames_of_one_plane(file), None)
+    frames, applied, probe = (
+        _frames(file, folder, warnings) if file.position is None else (_frames_of_one_plane(file), None, None)
+    )
     several = _several_volumes(frames, name)  # also where they interleave into one regular grid
     if several is not None:
         raise several
@@ -83,13 +76,12 @@ def open_multi_frame(file: Slice, folder: Path, limit, warnings: list[str], unre
         warnings.append(uneven)
     step = tilt_step(ordered, name, in_plane_tolerance(ordered[0]))
     tilted = None if step is None else tilted_grid(ordered, step)
-    if tilted is not None:
-        warnings.append(tilt_warning(tilted, f"frames of {name}"))
+    warnings.extend(placement_warnings(ordered, tilted, f"frames of {name}"))
     if tilted is None and [id(f) for f in frames] == [id(f) for f in reversed(ordered)]:  # top to bottom: kept so
         ordered = frames
 
     def read() -> tuple[sitk.Image, list[str]]:
-        return _read_frames(file, frames, ordered, applied, limit, tilted), warnings
+        return _read_frames(file, frames, ordered, (applied, probe), limit, tilted), warnings
 
     values = _values(file, 1) if tilted is None else int(np.prod(tilted.size))
     return OpenedImage(values, read, file.modality, declared_grid(ordered, tilted))
@@ -97,9 +89,9 @@ def open_multi_frame(file: Slice, folder: Path, limit, warnings: list[str], unre
 
 def _check_kind(file: Slice, name: str) -> None:
     """Refuse a multi-frame file whose SOP class holds no scanner volume (frames that are pictures, doses, times)."""
-    for prefix, (what, instead) in NOT_VOLUMES.items():
-        if file.sop_class == prefix or file.sop_class.startswith(prefix + "."):
-            raise InputError(f"{name} is {what}", instead)
+    kind = not_a_volume(file.sop_class)
+    if kind is not None:
+        raise InputError(f"{name} is {kind[0]}", kind[1])
     known = ONE_PLANE if file.position is not None else set(ENHANCED_CLASSES)
     if file.sop_class and file.sop_class not in known:
         raise InputError(
@@ -127,10 +119,12 @@ def _class_name(uid: str) -> str:
     return known.removesuffix(" Storage") if known != uid else f"SOP class {uid}"
 
 
-def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float]]:
+def _frames(file: Slice, folder: Path, warnings=None) -> tuple[list[Slice], tuple[float, float], tuple | None]:
     """The frames of an enhanced multi-frame file as slices, in file order, from its functional groups (pydicom:
-    SimpleITK does not show sequences), each with its own rescale, padding and volume keys; and the rescale GDCM
-    applies to every frame (the shared group's, else the first frame's, else the file's own, else none)."""
+    SimpleITK does not show sequences), each with its own rescale, padding and volume keys; the rescale GDCM
+    applies to every frame (:func:`gdcm_rescale`, else the file's own, else none); and where the first frame's stored
+    values lie in an uncompressed file (:func:`_first_frame`), to check that rescale once GDCM has read it.
+    ``warnings``: where to say that a CT's values are not Hounsfield units (:func:`_units_warning`)."""
     name = Path(file.file).name
     try:
         import pydicom
@@ -142,7 +136,7 @@ def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float]
     try:
         with catch_warnings():  # pydicom's own about odd values: not the user's to read on stderr
             simplefilter("ignore")
-            ds = pydicom.dcmread(file.file, stop_before_pixels=True)
+            ds = pydicom.dcmread(file.file, defer_size=1024)  # the pixel data's place noted, not read
         shared = (ds.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
         groups = ds.get("PerFrameFunctionalGroupsSequence") or []
         pointers = [
@@ -151,7 +145,10 @@ def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float]
             if d.get("DimensionIndexPointer")
         ]
         own = _rescale(ds) or (1.0, 0.0)
-        applied = _rescale(_item(shared), both=True) or (_rescale(_item(groups[0]), both=True) if groups else None)
+        applied = gdcm_rescale(shared, groups)
+        probe = _first_frame(ds, file)
+        if warnings is not None and groups:
+            warnings.extend(_units_warning(ds, shared, groups[0], file))
         padding = [float(v) for v in (ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit")) if v is not None]
         frames = []
         for number, group in enumerate(groups, 1):
@@ -192,12 +189,60 @@ def _frames(file: Slice, folder: Path) -> tuple[list[Slice], tuple[float, float]
         raise InputError(
             f"the DICOM file {name} in {folder.name} cannot be read: {error}"[:160], "export it again"
         ) from None
+    if (not frames and not groups) and file.sop_class in ENHANCED_CLASSES:  # stripped (pydicom-data's emri_small)
+        raise InputError(
+            f"{name} is {ENHANCED_CLASSES[file.sop_class]} without functional groups: no frame has a position or "
+            "orientation to place it by",
+            "export it again, or convert it to NRRD in Slicer",
+        )
     if len(frames) != file.size[2] or not frames:
         raise InputError(
             f"the DICOM file {name} in {folder.name} has frames without a position or orientation",
             "this is not a volume (e.g. a cine loop or a screenshot): pick the CT/MR series",
         )
-    return frames, applied or own
+    return frames, applied or own, probe
+
+
+def _units_warning(ds, shared, first, file: Slice) -> list[str]:
+    """The warning that a CT's values are not Hounsfield units: its first frame's RescaleType (else the file's) is
+    not HU (a perfusion map: US, ml/100ml/s in a real-world value mapping); none otherwise."""
+    kind = _key(first, shared, "PixelValueTransformationSequence", "RescaleType") or ds.get("RescaleType")
+    if file.modality != "CT" or not kind or str(kind).strip().upper() == "HU":
+        return []
+    image_type = "\\".join(ds.get("ImageType") or []) or "not given"
+    return [
+        f"the values of {Path(file.file).name} are not Hounsfield units (RescaleType {str(kind).strip()}; ImageType "
+        f"{image_type}): a CT model reads them as if they were"
+    ]
+
+
+def gdcm_rescale(shared, groups) -> tuple[float, float] | None:
+    """The rescale GDCM applies to every frame (its ``ImageHelper::GetRescaleInterceptSlopeValue``): the shared
+    functional group's when it gives both slope and intercept, else the first frame's; None for neither."""
+    return _rescale(_item(shared), both=True) or (_rescale(_item(groups[0]), both=True) if groups else None)
+
+
+def _first_frame(ds, file: Slice) -> tuple[int, str, int] | None:
+    """(file offset, numpy type, BitsStored) of the first frame's stored values in an uncompressed file of one value
+    per pixel of 8 or 16 bits, its high bit BitsStored - 1 (PS3.5 8.1.1: frames follow each other in the Pixel Data
+    value); None otherwise."""
+    syntax = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
+    order = NATIVE.get(syntax)
+    bits, stored = ds.get("BitsAllocated"), ds.get("BitsStored")
+    element = ds.get_item(0x7FE00010) if 0x7FE00010 in ds else None
+    if order is None or file.components != 1 or bits not in (8, 16) or element is None:
+        return None
+    if not isinstance(stored, int) or not 0 < stored <= bits or ds.get("HighBit") != stored - 1:
+        return None
+    at = getattr(element, "file_tell", getattr(element, "value_tell", None))  # where pydicom found the value, after
+    if at is None:  # its tag, (VR, 2 reserved bytes,) 4-byte length (deferred: file_tell; read: a raw value_tell)
+        return None
+    header = 8 if syntax == "1.2.840.10008.1.2" else 12
+    with open(file.file, "rb") as stream:  # the Pixel Data tag there, or nothing is known of that place
+        stream.seek(max(at - header, 0))
+        if stream.read(4) != (b"\xe0\x7f\x10\x00" if order == "<" else b"\x7f\xe0\x00\x10"):
+            return None
+    return at, f"{order}{'i' if ds.get('PixelRepresentation') == 1 else 'u'}{bits // 8}", stored
 
 
 def _item(group, sequence: str = "PixelValueTransformationSequence"):
@@ -306,11 +351,12 @@ def _group_value(frame, shared, sequence: str, keyword: str, count: int) -> np.n
     return None
 
 
-def _read_frames(file: Slice, frames: list[Slice], ordered: list[Slice], applied, limit, tilted) -> sitk.Image:
-    """The frames' voxels as one volume: GDCM's decoding (frames in file order, ``applied`` rescale on all),
-    restacked in ``ordered``, each frame given its own rescale, padding kept out, placed by the frames' headers
-    (``tilted``: resampled onto that :class:`.dicom_tilt.TiltedGrid`)."""
+def _read_frames(file: Slice, frames: list[Slice], ordered: list[Slice], expected, limit, tilted) -> sitk.Image:
+    """The frames' voxels as one volume: GDCM's decoding (frames in file order, the ``expected`` (rescale, first
+    frame's place) checked on the first), restacked in ``ordered``, each frame given its own rescale, padding kept out,
+    placed by the frames' headers (``tilted``: resampled onto that :class:`.dicom_tilt.TiltedGrid`)."""
     name = Path(file.file).name
+    applied, probe = expected
     at = {id(f): k for k, f in enumerate(frames)}
     order = [at[id(f)] for f in ordered]
     rescaled = applied is not None and any(f.rescale != applied for f in frames)
@@ -323,13 +369,15 @@ def _read_frames(file: Slice, frames: list[Slice], ordered: list[Slice], applied
         check_size(tilted.size, "32-bit float", 4 + (12 if any(f.padding for f in frames) else 4), name, limit)
     reader = sitk.ImageFileReader()
     reader.SetFileName(file.file)
-    image = execute(reader, f"the DICOM file {name}", "file")
+    image = execute(reader, f"the DICOM file {name}", "file", file.file)
     if image.GetDimension() != 3 or image.GetSize() != sizes:
         raise InputError(
             f"the DICOM reader read {name} as {' x '.join(map(str, image.GetSize()))} voxels where its frames make "
             f"{' x '.join(map(str, sizes))}",
             "convert it to NRRD in Slicer, or export classic single-frame slices",
         )
+    if probe is not None and applied is not None:
+        _check_rescale(file, sitk.GetArrayViewFromImage(image)[0], probe, applied)
     if not copied:  # GDCM's image as it is, its padding (if it reads high) replaced in a copy as a series'
         return _placed(_without_padding(image, _padding_mask(image, ordered)), ordered)
     view = sitk.GetArrayViewFromImage(image)  # (k, j, i), frames in file order
@@ -346,6 +394,29 @@ def _read_frames(file: Slice, frames: list[Slice], ordered: list[Slice], applied
     stacked = _placed(sitk.GetImageFromArray(array), ordered)
     del array
     return stacked if tilted is None else untilted(stacked, tilted, mask)
+
+
+def _check_rescale(file: Slice, read: np.ndarray, probe: tuple, applied: tuple[float, float]) -> None:
+    """Refuse when GDCM's first frame (``read``) is not its stored values (at ``probe``: :func:`_first_frame`) times
+    the ``applied`` rescale this module expects of GDCM: another GDCM may pick another rescale, which would give wrong
+    units without a word."""
+    at, kind, bits = probe
+    try:
+        raw = np.fromfile(file.file, kind, count=read.size, offset=at).reshape(read.shape).astype(np.int64)
+    except (OSError, ValueError):  # not there (truncated): GDCM's read would have failed first; nothing to compare
+        return
+    stored = raw & ((1 << bits) - 1)  # the bits above the high bit are no part of the value (PS3.5 8.1.1)
+    if "i" in kind:
+        stored = (stored ^ (1 << (bits - 1))) - (1 << (bits - 1))  # two's complement in BitsStored bits
+    want = stored * applied[0] + applied[1]
+    bad = ~np.isclose(read, want, rtol=1e-5, atol=1e-3)
+    if bad.any():
+        k = np.unravel_index(np.argmax(bad), bad.shape)
+        raise InputError(
+            f"the DICOM reader rescaled {Path(file.file).name} otherwise than expected (frame 1: {read[k]:g} for "
+            f"stored {stored[k]:g} x {applied[0]:g} + {applied[1]:g})",
+            "convert it to NRRD in Slicer",
+        )
 
 
 def _placed(image: sitk.Image, ordered: list[Slice]) -> sitk.Image:
