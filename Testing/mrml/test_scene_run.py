@@ -114,7 +114,8 @@ def test_subprocess_run_matches_in_process_and_cleans_up(ctx, tiny_package):
         np.testing.assert_allclose(array, expected.token_maps.coarse[kind][token], atol=0.5 / 255 + 1e-3)
         np.testing.assert_allclose(affine, expected.token_maps.coarse_grid.affine, atol=1e-5)
     for node, label in zip(run.nodes.probabilities, expected.label_table, strict=True):
-        np.testing.assert_allclose(volume_to_array(node)[0], expected.probabilities[label.name], atol=1e-5)
+        # another thread count sums the windows in another order: about 1e-5 apart under load (seen on 6 % of voxels)
+        np.testing.assert_allclose(volume_to_array(node)[0], expected.probabilities[label.name], atol=1e-4)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="checks the process table in /proc")
