@@ -25,6 +25,7 @@ from importlib import import_module
 
 from .errors import missing_dependency
 from .run_contract import ErrorEvent, ExitCode, LogEvent, ProgressEvent, encode_event
+from .stderr_events import events_on_stderr
 
 WRITE_START = 0.9  # share of the progress bar for segment(); the output files take the rest
 
@@ -250,19 +251,20 @@ def _run(argv: list[str] | None) -> int:
         JSON_ERRORS.reset(json_errors)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     json_progress = getattr(args, "progress", None) == "json"
-    try:
-        with warnings.catch_warnings(), _terminate_as_interrupt():
-            warnings.showwarning = _warning_printer(json_progress)
-            return COMMANDS[args.command](args)
-    except BrokenPipeError:  # the reader of our output went away (``| head``): nothing left to tell it
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return ExitCode.OK
-    except (Exception, KeyboardInterrupt) as error:
-        event = ErrorEvent.from_error(error)
-        if args.debug and event.category != "cancelled":
-            raise
-        return _report(event, json_progress, isinstance(error, KeyboardInterrupt))
+    with _terminate_as_interrupt(), events_on_stderr(json_progress):  # C libraries' lines too: events
+        try:
+            with warnings.catch_warnings():
+                warnings.showwarning = _warning_printer(json_progress)
+                return COMMANDS[args.command](args)
+        except BrokenPipeError:  # the reader of our output went away (``| head``): nothing left to tell it
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return ExitCode.OK
+        except (Exception, KeyboardInterrupt) as error:
+            event = ErrorEvent.from_error(error)
+            if args.debug and event.category != "cancelled":
+                raise
+            return _report(event, json_progress, isinstance(error, KeyboardInterrupt))
 
 
 @contextlib.contextmanager
