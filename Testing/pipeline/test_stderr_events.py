@@ -182,3 +182,27 @@ def test_slicer_reads_a_childs_forwarded_library_text_as_warnings(tmp_path):
     warnings = [e.message for e in seen if isinstance(e, LogEvent) and e.level == "warning"]
     assert C_LINES[0] in warnings and warnings.count(C_LINES[2]) == 50
     assert run.error.message == "the volume is damaged"
+
+
+def test_a_c_call_that_holds_the_gil_and_writes_half_a_megabyte_does_not_block_the_run():
+    """The forwarding thread needs the GIL to read: what a C call writes while it holds the GIL (ctypes.PyDLL, as
+    code run at torch's import does) must fit in the pipe (1 MiB on Linux; the default 64 KiB would hang here)."""
+    code = (
+        "import ctypes, sys\n"
+        "from TokenUNetSegmentLib.pipeline import cli\n"
+        "def arguments(parser):\n"
+        "    parser.add_argument('--progress')\n"
+        "def run(args):\n"
+        "    text = b''.join((b'library line %05d ' % i).ljust(63, b'.') + b'\\n' for i in range(8192))\n"
+        "    assert len(text) == 512 * 1024\n"
+        "    ctypes.PyDLL(None).write(2, text, len(text))\n"
+        "    ctypes.PyDLL(None).write(2, b'and a line without its end', 26)\n"
+        "    return 0\n"
+        "cli.register_command('loud', 'writes 512 KiB holding the GIL', arguments, run)\n"
+        "sys.exit(cli.main(['loud', '--progress', 'json']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
+    messages = logged(events_of(done.stderr))
+    assert len(messages) == 8193 and messages[-2].startswith("library line 08191")
+    assert messages[-1] == "and a line without its end"

@@ -95,7 +95,8 @@ class StderrEvents:
                     lines.append(pending)
                     pending = b""
                 for line in lines:
-                    if line == self.end_mark:
+                    if line.endswith(self.end_mark):  # after a last line without its end, if any
+                        pending = line[: -len(self.end_mark)]
                         return
                     self._guarded(line)
         except OSError:
