@@ -14,6 +14,7 @@ from TokenUNetSegmentLib.pipeline.run_contract import (
     RunRequest,
     decode_event,
     encode_event,
+    split_event,
 )
 
 
@@ -35,6 +36,15 @@ def test_events_survive_the_wire_unchanged(event):
 def test_lines_that_are_not_events_are_log_output():
     for line in ["error: looks like an error", "{not json", '{"event": "unknown"}', '{"stage": "x"}', "", "  "]:
         assert decode_event(line) is None
+
+
+def test_a_partial_line_written_just_before_an_event_line_is_split_from_it():
+    """A C library's line start (or unbuffered stdout's text before its newline) then an event, on one pipe."""
+    event = ProgressEvent("read", 0.25, 1.0)
+    assert split_event(encode_event(event)) == ("", event)
+    assert split_event("Marker handler function " + encode_event(event)) == ("Marker handler function ", event)
+    assert split_event('plain {"event": not json') == ('plain {"event": not json', None)
+    assert split_event("plain text") == ("plain text", None)
 
 
 def test_error_events_carry_the_typed_error_and_its_exit_code():

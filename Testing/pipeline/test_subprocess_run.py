@@ -70,3 +70,14 @@ def test_a_child_that_dies_without_an_event_reports_its_exit_code_and_last_line(
     assert run.start().wait(timeout=60) == RunState.FAILED
     assert "exit code 139" in str(run.error) and "Segmentation fault" in str(run.error)
     assert not run.folder.exists()
+
+
+def test_a_line_that_holds_text_and_then_an_event_gives_both(tmp_path):
+    """The child's stdout and stderr share one pipe: an unbuffered ``print`` writes its text and its newline apart,
+    and a forwarded stderr event may land between them (``--progress json`` forwards C libraries' lines)."""
+    library = LogEvent("Unsupported JPEG data precision 12", "warning")
+    run = fake_child(tmp_path, ["wrote out/segmentation.seg.nrrd" + encode_event(library)], 1)
+    seen = []
+    run.add_observer(seen.append)
+    assert run.start().wait(timeout=60) == RunState.FAILED
+    assert [e for e in seen if isinstance(e, LogEvent)] == [LogEvent("wrote out/segmentation.seg.nrrd"), library]

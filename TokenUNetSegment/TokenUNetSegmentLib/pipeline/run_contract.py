@@ -211,6 +211,24 @@ def decode_event(line: str):
     return event
 
 
+EVENT_START = '{"event": '
+
+
+def split_event(line: str) -> tuple[str, object]:
+    """``(text, event)`` of a line: ``("", event)`` for an event line, ``(text, None)`` for a plain one, and for a
+    plain text's start followed by an event (a partial line written to the same pipe just before an event line: a
+    C library's on stderr, or Python's unbuffered stdout merged with stderr) both."""
+    event = decode_event(line)
+    if event is not None:
+        return "", event
+    cut = line.rfind(EVENT_START)
+    if cut > 0:
+        event = decode_event(line[cut:])
+        if event is not None:
+            return line[:cut], event
+    return line, None
+
+
 @dataclass
 class RunRequest:
     """One run: the input channels, the model and the options.

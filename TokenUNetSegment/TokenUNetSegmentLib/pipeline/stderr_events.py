@@ -2,30 +2,36 @@
 
 GDCM's JPEG decoders (``Unsupported JPEG data precision 12``), ITK, VTK, OpenMP and torch's C++ code write to file
 descriptor 2 directly, bypassing Python's ``sys.stderr``. :class:`StderrEvents` points descriptor 2 at a pipe (1 MiB
-where Linux allows) and a thread forwards what arrives to the real stderr line by line: an event line as it is, any
-other line as a :class:`.run_contract.LogEvent` of level ``warning``. Python's own writes (the events, logging,
-warnings) go through the same pipe, so that the order of lines is the order of writes. The final event (result or
-error) is held back and written when the forwarding ends, after everything written before that: it stays the last
-line. A C line cut by an event written between its two halves is joined again.
+where Linux allows) read by a forwarding process (forked at the start, before any thread or torch) that writes what
+arrives to the real stderr line by line: an event line as it is, any other line as a :class:`.run_contract.LogEvent`
+of level ``warning``. Python's own writes (the events, logging, warnings) go through the same pipe, so that the order
+of lines is the order of writes. The final event (result or error) is held back and written when the forwarding ends,
+after everything written before it: it stays the last line. A C line cut by an event written between its two halves
+is joined again.
 
-POSIX only (elsewhere, and when ``sys.stderr`` is not descriptor 2, e.g. under a test's capture, nothing changes).
-Python's ``faulthandler``, when enabled, writes to the real stderr meanwhile, so that a crash's traceback is not
-lost in a pipe whose reader dies with the process.
+A process, not a thread: it needs neither this process's GIL (a C call that holds it while writing more than the pipe
+holds would wait forever for a thread) nor its life (what a library writes just before it aborts or crashes the
+process still arrives). It ignores Ctrl-C and SIGTERM (sent to the whole process group) and ends at the end mark or
+when the pipe's last writer is gone.
+
+POSIX only; elsewhere, when ``sys.stderr`` is not descriptor 2 (a test's capture) or when this process already runs
+threads (a caller's, in which a fork is unsafe), nothing changes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import threading
+import time
 
-from .run_contract import ErrorEvent, LogEvent, ResultEvent, decode_event, encode_event
+from .run_contract import ErrorEvent, LogEvent, ResultEvent, encode_event, split_event
 
-PIPE_BYTES = 1 << 20  # what C libraries may write while the forwarding thread waits (Linux's unprivileged maximum)
+PIPE_BYTES = 1 << 20  # what libraries may write before the forwarding process reads (Linux's unprivileged maximum)
 LONGEST_LINE = 64 * 1024  # a longer line without its end (binary output) is forwarded in parts
-CLOSE_SECONDS = 5.0  # how long closing waits for the thread to forward what is left
-EVENT_START = '{"event": '
+CLOSE_SECONDS = 5.0  # how long closing waits for the forwarding process to write what is left
 
 
 class StderrEvents:
@@ -33,35 +39,43 @@ class StderrEvents:
 
     def __init__(self):
         self.active = False
-        self.held: list[bytes] = []  # final events, written last
-        self.carry = ""  # the start of a line cut by an event line
-        self.done = threading.Event()
         self.end_mark = b"\x00tokenunet-end-" + os.urandom(8).hex().encode() + b"\x00"
 
     def start(self) -> bool:
         """Forward descriptor 2; False (and nothing changed) where that cannot be done."""
         try:
-            if os.name != "posix" or sys.stderr.fileno() != 2:
+            if os.name != "posix" or sys.stderr.fileno() != 2 or threading.active_count() > 1:
                 return False
             sys.stderr.flush()
         except (AttributeError, OSError, ValueError):
             return False
-        self.saved = os.dup(2)  # the real stderr (not inherited by child processes)
-        self.read_end, self.write_end = os.pipe()
+        read_end, self.write_end = os.pipe()
         with contextlib.suppress(AttributeError, OSError):
             import fcntl
 
             fcntl.fcntl(self.write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+        self.pid = os.fork()
+        if self.pid == 0:  # the forwarding process: never returns into the command
+            code = 0
+            try:
+                os.close(self.write_end)
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(signum, signal.SIG_IGN)
+                Forwarder(read_end, 2, self.end_mark).run()
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(read_end)
+        self.saved = os.dup(2)  # the real stderr, for the faulthandler (not inherited by child processes)
         os.dup2(self.write_end, 2)
-        self.thread = threading.Thread(target=self._forward, name="TokenUNet stderr", daemon=True)
-        self.thread.start()
         self.active = True
         self._point_faulthandler(self.saved)
         return True
 
     def close(self) -> None:
         """Descriptor 2 back to the real stderr, after everything written so far is forwarded and the held final
-        event written last. Waits at most :data:`CLOSE_SECONDS` (a reader of our stderr that does not read)."""
+        event written last. Waits at most :data:`CLOSE_SECONDS` (for a reader of our stderr that does not read)."""
         if not self.active:
             return
         self.active = False
@@ -69,25 +83,47 @@ class StderrEvents:
             sys.stderr.flush()
         self._point_faulthandler(2)
         os.dup2(self.saved, 2)  # the pipe's other writers now: only child processes that inherited it
+        os.close(self.saved)
         with contextlib.suppress(OSError):
             _write_all(self.write_end, self.end_mark + b"\n")
         os.close(self.write_end)
-        waited = 0.0
-        while not self.done.is_set() and waited < CLOSE_SECONDS:
+        deadline = time.monotonic() + CLOSE_SECONDS
+        while True:
             try:
-                self.done.wait(0.05)
-                waited += 0.05
+                if os.waitpid(self.pid, os.WNOHANG)[0] != 0:
+                    return
+                if time.monotonic() > deadline:
+                    os.kill(self.pid, signal.SIGKILL)
+                    os.waitpid(self.pid, 0)
+                    return
+                time.sleep(0.002)
             except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: the final event is still on its way
                 continue
-        if self.done.is_set():
-            os.close(self.saved)
+            except ChildProcessError:
+                return
 
-    def _forward(self) -> None:
-        """The thread: lines from the pipe to the real stderr until the end mark (or the pipe's end)."""
+    @staticmethod
+    def _point_faulthandler(fd: int) -> None:
+        import faulthandler
+
+        if faulthandler.is_enabled():
+            faulthandler.enable(file=fd, all_threads=True)
+
+
+class Forwarder:
+    """Lines from ``source`` to ``target``: events as they are, other text as warning log events, final events held
+    until the end mark (or the pipe's end) and written last."""
+
+    def __init__(self, source: int, target: int, end_mark: bytes):
+        self.source, self.target, self.end_mark = source, target, end_mark
+        self.held: list[bytes] = []  # final events, written last
+        self.carry = ""  # the start of a line cut by an event line
+
+    def run(self) -> None:
         pending = b""
         try:
             while True:
-                chunk = os.read(self.read_end, 65536)
+                chunk = os.read(self.source, 65536)
                 if not chunk:
                     break
                 *lines, pending = (pending + chunk).split(b"\n")
@@ -106,9 +142,6 @@ class StderrEvents:
             self.carry = ""
             for line in self.held:
                 self._write(line)
-            with contextlib.suppress(OSError):
-                os.close(self.read_end)
-            self.done.set()
 
     def _guarded(self, line: bytes) -> None:
         """One line forwarded; should that fail in any way, the line as it came (the pipe must keep draining)."""
@@ -117,19 +150,15 @@ class StderrEvents:
         except Exception:
             self._write(line + b"\n")
 
-    def _line(self, text: str) -> None:
-        event = decode_event(text)
+    def _line(self, line: str) -> None:
+        text, event = split_event(line)
         if event is None:
-            cut = text.rfind(EVENT_START)  # a C line's start, then an event written before the line's end
-            if cut > 0 and decode_event(text[cut:]) is not None:
-                self.carry += text[:cut]
-                self._line(text[cut:])
-                return
             text, self.carry = self.carry + text, ""
             if text.strip():
                 self._write(encode_event(LogEvent(text.strip(), "warning")).encode() + b"\n")
             return
-        line = text.strip().encode() + b"\n"
+        self.carry += text  # a C line's start, then an event written before the line's end
+        line = line[len(text) :].strip().encode() + b"\n"  # as it came (fields this version does not know too)
         if isinstance(event, (ResultEvent, ErrorEvent)):  # held back: the last line
             self.held, earlier = [line], self.held
             for held in earlier:
@@ -139,14 +168,7 @@ class StderrEvents:
 
     def _write(self, data: bytes) -> None:
         with contextlib.suppress(OSError):  # a reader that went away: the lines are dropped, the pipe drained
-            _write_all(self.saved, data)
-
-    @staticmethod
-    def _point_faulthandler(fd: int) -> None:
-        import faulthandler
-
-        if faulthandler.is_enabled():
-            faulthandler.enable(file=fd, all_threads=True)
+            _write_all(self.target, data)
 
 
 def _write_all(fd: int, data: bytes) -> None:

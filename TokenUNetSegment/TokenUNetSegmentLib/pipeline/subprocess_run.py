@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import CancelledError, TokenUNetError
 from .process_tree import popen_options, signal_tree, stop_tree
-from .run_contract import ErrorEvent, ExitCode, LogEvent, ProgressEvent, ResultEvent, RunRequest, RunState, decode_event
+from .run_contract import ErrorEvent, ExitCode, LogEvent, ProgressEvent, ResultEvent, RunRequest, RunState, split_event
 from .runs import Run
 
 MODULE_DIR = Path(__file__).resolve().parents[2]  # the folder that holds TokenUNetSegmentLib
@@ -138,23 +138,23 @@ class SubprocessRun(Run):
 
     def _read(self) -> None:
         for raw in self.process.stdout:
-            line = raw.rstrip("\n")
-            if not line:
-                continue
-            event = decode_event(line)
+            text, event = split_event(raw.rstrip("\n"))  # stdout and stderr share the pipe: a line may hold both
+            if text.strip():
+                self._log(LogEvent(text))
             if isinstance(event, ProgressEvent):
                 self._queue_progress(event.stage, event.fraction)
                 continue
             if isinstance(event, (ErrorEvent, ResultEvent)):
                 self.reported = event
-                continue
-            if event is None:
-                event = LogEvent(line)
-            if isinstance(event, LogEvent):
-                event = replace(event, message=self._named(event.message))
-            self.log.append(event.message)
-            self._events.put(event)
+            elif event is not None:
+                self._log(event)
         self.process.stdout.close()
+
+    def _log(self, event) -> None:
+        if isinstance(event, LogEvent):
+            event = replace(event, message=self._named(event.message))
+        self.log.append(getattr(event, "message", ""))
+        self._events.put(event)
 
     def poll(self) -> RunState:
         if self.state != RunState.RUNNING:
