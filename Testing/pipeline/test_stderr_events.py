@@ -206,3 +206,23 @@ def test_a_c_call_that_holds_the_gil_and_writes_half_a_megabyte_does_not_block_t
     messages = logged(events_of(done.stderr))
     assert len(messages) == 8193 and messages[-2].startswith("library line 08191")
     assert messages[-1] == "and a line without its end"
+
+
+def test_what_a_library_writes_just_before_it_aborts_the_process_still_arrives():
+    """The forwarding is a process of its own: a library's last words before ``abort()`` (C++'s ``terminate called
+    after throwing ...``) are what Slicer shows for a run that died without an error event."""
+    code = (
+        "import ctypes, os, sys\n"
+        "from TokenUNetSegmentLib.pipeline import cli\n"
+        "def arguments(parser):\n"
+        "    parser.add_argument('--progress')\n"
+        "def run(args):\n"
+        "    text = b'terminate called after throwing an instance of c10::Error\\n'\n"
+        "    ctypes.PyDLL(None).write(2, text, len(text))\n"
+        "    os.abort()\n"
+        "cli.register_command('aborts', 'writes a line and aborts', arguments, run)\n"
+        "sys.exit(cli.main(['aborts', '--progress', 'json']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGABRT
+    assert logged(events_of(done.stderr)) == ["terminate called after throwing an instance of c10::Error"]

@@ -16,6 +16,7 @@ from TokenUNetSegmentLib.pipeline import cli
 from TokenUNetSegmentLib.pipeline.errors import InputError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing
 from TokenUNetSegmentLib.pipeline.package_loader import load_package
+from TokenUNetSegmentLib.pipeline.run_contract import LogEvent, decode_event
 from TokenUNetSegmentLib.pipeline.segmentation import segment
 from TokenUNetSegmentLib.pipeline.training import Recipe, train
 from TokenUNetSegmentLib.pipeline.training.data import UNKNOWN, is_lateralised, label_lookup, missing_labels
@@ -205,15 +206,19 @@ def test_max_minutes_limits_each_invocation_so_a_resume_goes_on(datalist, tmp_pa
     assert not record["stopped_early"] and record["steps_done"] == 4
 
 
-def test_train_command(datalist, tmp_path):
+def test_train_command(datalist, tmp_path, capsys):
     config = tmp_path / "config.json"
     config.write_text(json.dumps(train_config()))
     out = tmp_path / "run"
     code = cli.main(
         ["train", str(datalist), "--config", str(config), "--out", str(out), "--id", "cli-model", "--steps", "2"]
         + ["--val-every", "1", "--batch-size", "1", "--optimizer", "adamw", "--schedule", "cosine", "--threads", "1"]
+        + ["--progress", "json"]
     )
     assert code == 0
+    events = [decode_event(line) for line in capsys.readouterr().err.splitlines()]
+    assert None not in events  # before: each validation's "step N: loss ..." was a plain line among the events
+    assert any(isinstance(e, LogEvent) and e.message.startswith("step 1: loss ") for e in events)
     package = load_package(out / "package")
     assert package.id == "cli-model"
     assert package.config.training["recipe"]["schedule"] == "cosine"

@@ -185,12 +185,13 @@ def _train(args: argparse.Namespace, train, Recipe, rank: int) -> int:
 
     def echo(record: dict) -> None:
         if record.get("event") == "validation":
+            line = f"step {record['step']}: loss {record['loss']:.4f}, validation mean Dice {record['mean_dice']:.4f}"
+            if printer.json:  # an info log event, not a plain line among the events
+                printer.note(line)
+                return
             printer.close()
             printer.last = ""
-            print(
-                f"step {record['step']}: loss {record['loss']:.4f}, validation mean Dice {record['mean_dice']:.4f}",
-                file=sys.stderr,
-            )
+            print(line, file=sys.stderr)
 
     try:
         package = train(
