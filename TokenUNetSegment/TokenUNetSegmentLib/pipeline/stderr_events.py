@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -54,19 +55,23 @@ class StderrEvents:
             import fcntl
 
             fcntl.fcntl(self.write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+        self.finished, finished = os.pipe()  # closed by the forwarding process once it wrote its last line
         self.pid = os.fork()
         if self.pid == 0:  # the forwarding process: never returns into the command
             code = 0
             try:
                 os.close(self.write_end)
+                os.close(self.finished)
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     signal.signal(signum, signal.SIG_IGN)
                 Forwarder(read_end, 2, self.end_mark).run()
+                os.close(finished)
             except BaseException:
                 code = 1
             finally:
                 os._exit(code)
         os.close(read_end)
+        os.close(finished)
         self.saved = os.dup(2)  # the real stderr, for the faulthandler (not inherited by child processes)
         os.dup2(self.write_end, 2)
         self.active = True
@@ -90,17 +95,15 @@ class StderrEvents:
         deadline = time.monotonic() + CLOSE_SECONDS
         while True:
             try:
-                if os.waitpid(self.pid, os.WNOHANG)[0] != 0:
-                    return
-                if time.monotonic() > deadline:
-                    os.kill(self.pid, signal.SIGKILL)
-                    os.waitpid(self.pid, 0)
-                    return
-                time.sleep(0.002)
+                finished, _, _ = select.select([self.finished], [], [], max(0.0, deadline - time.monotonic()))
+                break
             except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: the final event is still on its way
                 continue
-            except ChildProcessError:
-                return
+        os.close(self.finished)
+        with contextlib.suppress(ChildProcessError):
+            if not finished:  # a reader of our stderr that does not read: the lines left are dropped
+                os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
 
     @staticmethod
     def _point_faulthandler(fd: int) -> None:
