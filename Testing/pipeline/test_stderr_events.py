@@ -184,45 +184,45 @@ def test_slicer_reads_a_childs_forwarded_library_text_as_warnings(tmp_path):
     assert run.error.message == "the volume is damaged"
 
 
-def test_a_c_call_that_holds_the_gil_and_writes_half_a_megabyte_does_not_block_the_run():
-    """The forwarding thread needs the GIL to read: what a C call writes while it holds the GIL (ctypes.PyDLL, as
-    code run at torch's import does) must fit in the pipe (1 MiB on Linux; the default 64 KiB would hang here)."""
+def run_command(body: str) -> subprocess.CompletedProcess:
+    """A command whose run is ``body`` (indented code; ``ctypes``, ``os`` imported) run with ``--progress json`` in a
+    process of its own."""
     code = (
-        "import ctypes, sys\n"
+        "import ctypes, os, sys\n"
         "from TokenUNetSegmentLib.pipeline import cli\n"
         "def arguments(parser):\n"
         "    parser.add_argument('--progress')\n"
-        "def run(args):\n"
-        "    text = b''.join((b'library line %05d ' % i).ljust(63, b'.') + b'\\n' for i in range(8192))\n"
-        "    assert len(text) == 512 * 1024\n"
+        f"def run(args):\n{body}"
+        "cli.register_command('c-library', 'writes to file descriptor 2', arguments, run)\n"
+        "sys.exit(cli.main(['c-library', '--progress', 'json']))\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=120)
+
+
+def test_a_c_call_that_holds_the_gil_and_writes_two_megabytes_does_not_block_the_run():
+    """The forwarding process reads whatever this process does: a C call that holds the GIL (ctypes.PyDLL, as code
+    run at torch's import does) may write more than the pipe holds (a forwarding thread, which needs the GIL to
+    read, waits forever once the pipe is full: seen with Linux's default 64 KiB pipe)."""
+    done = run_command(
+        "    text = b''.join((b'library line %05d ' % i).ljust(63, b'.') + b'\\n' for i in range(32768))\n"
+        "    assert len(text) == 2 * 1024 * 1024\n"
         "    ctypes.PyDLL(None).write(2, text, len(text))\n"
         "    ctypes.PyDLL(None).write(2, b'and a line without its end', 26)\n"
         "    return 0\n"
-        "cli.register_command('loud', 'writes 512 KiB holding the GIL', arguments, run)\n"
-        "sys.exit(cli.main(['loud', '--progress', 'json']))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-500:]
     messages = logged(events_of(done.stderr))
-    assert len(messages) == 8193 and messages[-2].startswith("library line 08191")
+    assert len(messages) == 32769 and messages[-2].startswith("library line 32767")
     assert messages[-1] == "and a line without its end"
 
 
 def test_what_a_library_writes_just_before_it_aborts_the_process_still_arrives():
     """The forwarding is a process of its own: a library's last words before ``abort()`` (C++'s ``terminate called
     after throwing ...``) are what Slicer shows for a run that died without an error event."""
-    code = (
-        "import ctypes, os, sys\n"
-        "from TokenUNetSegmentLib.pipeline import cli\n"
-        "def arguments(parser):\n"
-        "    parser.add_argument('--progress')\n"
-        "def run(args):\n"
+    done = run_command(
         "    text = b'terminate called after throwing an instance of c10::Error\\n'\n"
         "    ctypes.PyDLL(None).write(2, text, len(text))\n"
         "    os.abort()\n"
-        "cli.register_command('aborts', 'writes a line and aborts', arguments, run)\n"
-        "sys.exit(cli.main(['aborts', '--progress', 'json']))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=120)
     assert done.returncode == -signal.SIGABRT
     assert logged(events_of(done.stderr)) == ["terminate called after throwing an instance of c10::Error"]
