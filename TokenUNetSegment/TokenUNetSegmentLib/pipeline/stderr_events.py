@@ -93,17 +93,12 @@ class StderrEvents:
             _write_all(self.write_end, self.end_mark + b"\n")
         os.close(self.write_end)
         deadline = time.monotonic() + CLOSE_SECONDS
-        while True:
-            try:
-                finished, _, _ = select.select([self.finished], [], [], max(0.0, deadline - time.monotonic()))
-                break
-            except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: the final event is still on its way
-                continue
+        finished = _uninterrupted(lambda: select.select([self.finished], [], [], max(0, deadline - time.monotonic())))
         os.close(self.finished)
         with contextlib.suppress(ChildProcessError):
-            if not finished:  # a reader of our stderr that does not read: the lines left are dropped
+            if not finished[0]:  # a reader of our stderr that does not read: the lines left are dropped
                 os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
+            _uninterrupted(lambda: os.waitpid(self.pid, 0))
 
     @staticmethod
     def _point_faulthandler(fd: int) -> None:
@@ -172,6 +167,15 @@ class Forwarder:
     def _write(self, data: bytes) -> None:
         with contextlib.suppress(OSError):  # a reader that went away: the lines are dropped, the pipe drained
             _write_all(self.target, data)
+
+
+def _uninterrupted(call):
+    """``call()``, called again when a second Ctrl-C or SIGTERM interrupts it (the final event is on its way)."""
+    while True:
+        try:
+            return call()
+        except KeyboardInterrupt:
+            continue
 
 
 def _write_all(fd: int, data: bytes) -> None:
