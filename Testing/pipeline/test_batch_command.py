@@ -288,7 +288,7 @@ def test_a_datalist_of_multichannel_cases(tmp_path, capsys):
     out = tmp_path / "out"
     options = ["--model", package, "--out", out, *FAST, "--no-heatmaps"]
     assert batch("--datalist", datalist, *options) == 2  # two lists: which one?
-    assert "several: training, testing" in capsys.readouterr().err
+    assert "has several lists of cases: training, testing" in capsys.readouterr().err
     assert batch("--datalist", datalist, "--section", "testing", *options) == 0
     document = summary(out)
     assert [case["name"] for case in document["cases"]] == ["one", "two"]  # what the channel files share

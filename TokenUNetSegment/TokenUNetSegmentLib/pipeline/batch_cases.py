@@ -213,8 +213,9 @@ def cases_from_datalist(path: str | Path, section: str | None = None) -> list[Ba
     if section is None:
         known = [key for key in lists if key in DATALIST_SECTIONS] or lists
         if len(known) != 1:
+            which = f"several lists of cases: {', '.join(known)}" if known else "no list of cases"
             raise InputError(
-                f"the datalist {path.name} has {'no list of cases' if not known else 'several: ' + ', '.join(known)}",
+                f"the datalist {path.name} has {which}",
                 "choose one with --section" if known else "see the README for the datalist format",
             )
         section = known[0]
