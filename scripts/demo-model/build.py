@@ -406,7 +406,7 @@ Mean Dice {sample["mean_dice"]:.3f}.
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("package", help="the trained package (RUN/package)")
     parser.add_argument(
         "--datalist", type=Path, help="datalist with the patients' 'evaluation' entries (not with --card-only)"
