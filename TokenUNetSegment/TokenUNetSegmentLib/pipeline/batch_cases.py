@@ -93,6 +93,17 @@ def cases_from_paths(paths: Iterable[str | Path]) -> tuple[list[BatchCase], list
                 shown = ", ".join(left_out[:5]) + (", ..." if len(left_out) > 5 else "")
                 notes.append(f"{given}: left out {len(left_out)} entries that hold no case ({shown})")
             continue
+        volumes = (
+            sorted(entry.name for entry in path.iterdir() if entry.is_file() and volume_stem(entry))
+            if path.is_dir()
+            else []
+        )
+        if volumes:  # a series folder's volume files are no part of its series
+            shown = ", ".join(volumes[:5]) + (", ..." if len(volumes) > 5 else "")
+            notes.append(
+                f"{given}: holds DICOM files, so it is one DICOM series; left out the volume files in it "
+                f"({shown}): give them as cases of their own"
+            )
         cases.append(BatchCase(_case_name(path), (str(path.resolve()),), str(given)))
     return _named_apart(cases), notes
 
