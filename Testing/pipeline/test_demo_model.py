@@ -165,3 +165,17 @@ def test_a_script_help_says_its_whole_first_sentence(script, monkeypatch, capsys
         module.main()
     first = " ".join(module.__doc__.split("\n\n")[0].split())
     assert first in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_new_card_keeps_the_packages_version_unless_one_is_given():
+    """Before: --version defaulted to 3.0.0 also with --card-only, stamping an installed 2.2.x package as 3.0.0."""
+    import importlib.util
+
+    from helpers.paths import ROOT
+
+    spec = importlib.util.spec_from_file_location("demo_build", ROOT / "scripts" / "demo-model" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    assert build.package_version(None, "2.2.1", card_only=True) == "2.2.1"
+    assert build.package_version("2.2.2", "2.2.1", card_only=True) == "2.2.2"
+    assert build.package_version(None, "2.2.1", card_only=False) == build.NEW_VERSION
