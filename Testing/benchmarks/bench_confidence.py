@@ -32,7 +32,7 @@ def timed(function, repeats: int) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", default=str(ROOT / "TokenUNetSegment/Resources/Samples/AbdomenCT.nii.gz"))
     parser.add_argument("--model", default=None, help="package path or id (default: the catalog's)")
     parser.add_argument("--repeats", type=int, default=5)

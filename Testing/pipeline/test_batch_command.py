@@ -288,7 +288,7 @@ def test_a_datalist_of_multichannel_cases(tmp_path, capsys):
     out = tmp_path / "out"
     options = ["--model", package, "--out", out, *FAST, "--no-heatmaps"]
     assert batch("--datalist", datalist, *options) == 2  # two lists: which one?
-    assert "several: training, testing" in capsys.readouterr().err
+    assert "has several lists of cases: training, testing" in capsys.readouterr().err
     assert batch("--datalist", datalist, "--section", "testing", *options) == 0
     document = summary(out)
     assert [case["name"] for case in document["cases"]] == ["one", "two"]  # what the channel files share
@@ -381,6 +381,22 @@ def test_a_folder_of_cases_holds_volume_files_and_dicom_series_subfolders(tmp_pa
     ]
     with pytest.raises(InputError, match="holds no case"):
         cases_from_paths([folder / "empty"])
+
+
+def test_volume_files_beside_dicom_files_are_named_as_left_out(tmp_path):
+    """A folder that holds DICOM files itself is one series; before, the volume files beside them were dropped
+    without a word (a folder of cases with one stray .dcm became one failed case)."""
+    folder = tmp_path / "mixed"
+    write_dicom_series(folder, dicom_array())
+    for name in ("a.nii.gz", "b.nrrd"):
+        sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkInt16), str(folder / name))
+    cases, notes = cases_from_paths([folder])
+    assert [case.name for case in cases] == ["mixed"]
+    assert notes == [
+        f"{folder}: holds DICOM files, so it is one DICOM series; left out the volume files in it (a.nii.gz, b.nrrd): "
+        "give them as cases of their own"
+    ]
+    assert cases_from_paths([tmp_path / "mixed"])[0] == cases and cases_from_paths([folder / "a.nii.gz"])[1] == []
 
 
 def test_a_folder_of_dicom_and_nifti_cases_end_to_end(cli_case, tmp_path):

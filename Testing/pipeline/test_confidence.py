@@ -374,3 +374,18 @@ def test_label_measures_counted_in_chunks_are_those_of_one_pass(monkeypatch):
     assert whole[value]["mean_probability"] == round(float(certainty[labels == value].mean()), 4)
     assert whole[value]["low_margin_share"] == round(float(np.mean(margin[labels == value] < confidence.LOW_MARGIN)), 4)
     assert whole[value]["edge_share"] == round(float(np.mean(edge[labels == value])), 4)
+
+
+def test_the_summary_writes_each_scan_flag_as_its_own_sentence():
+    """Before: scan flags were joined by "; " though each starts with a capital ("... this model expects CT; The scan
+    is 13 mm thin ..."); now each is a sentence."""
+    found = confidence.LabelAssessment(0.4, (confidence.Flag("cut_off", "cut"),))
+    flags = (
+        confidence.Flag("not_ct", "the image has no value below -200; this model expects CT"),
+        confidence.Flag("field_of_view_small", "the scan is 13 mm thin along one axis"),
+    )
+    text = confidence.summarise(confidence.Assessment({"liver": found}, flags))
+    assert text.endswith(
+        "cut off by the scan's edge: liver. The image has no value below -200; this model expects CT. "
+        "The scan is 13 mm thin along one axis."
+    )

@@ -148,3 +148,34 @@ def test_the_shipped_card_says_how_far_the_confidence_ranked_held_out_results(st
     assert "## How far to trust the confidence" in card
     assert f"{calibration['organs']} organs found with a known truth" in card
     assert "## Seen on scans without reference labels" in card  # the card's notes are kept
+
+
+@pytest.mark.parametrize("script", ["scripts/demo-model/build.py", "Testing/benchmarks/bench_confidence.py"])
+def test_a_script_help_says_its_whole_first_sentence(script, monkeypatch, capsys):
+    """Before: ``build.py --help`` said "... write the model card, install it under" (the docstring's first line)."""
+    import importlib.util
+
+    from helpers.paths import ROOT
+
+    spec = importlib.util.spec_from_file_location("script_under_test", ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr("sys.argv", [script, "--help"])
+    with pytest.raises(SystemExit):
+        module.main()
+    first = " ".join(module.__doc__.split("\n\n")[0].split())
+    assert first in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_new_card_keeps_the_packages_version_unless_one_is_given():
+    """Before: --version defaulted to 3.0.0 also with --card-only, stamping an installed 2.2.x package as 3.0.0."""
+    import importlib.util
+
+    from helpers.paths import ROOT
+
+    spec = importlib.util.spec_from_file_location("demo_build", ROOT / "scripts" / "demo-model" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    assert build.package_version(None, "2.2.1", card_only=True) == "2.2.1"
+    assert build.package_version("2.2.2", "2.2.1", card_only=True) == "2.2.2"
+    assert build.package_version(None, "2.2.1", card_only=False) == build.NEW_VERSION

@@ -146,3 +146,16 @@ def test_a_long_error_line_keeps_what_to_do_by_shortening_its_paths():
     assert "the folder .../raw/offline-cases holds no case" in line
     short = one_line("error: ", f"cannot read {folder}/a.nii.gz", "fix it")
     assert short == f"error: cannot read {folder}/a.nii.gz (fix it)"  # paths stay whole when the line fits
+
+
+def test_a_line_that_fits_keeps_its_whole_hint():
+    """Before: a hint over half the line was cut even when the whole line fitted (batch's case line for a 4D image
+    without an order ended "... or keep its dataset....)" at 185 characters); now only a line over the limit is cut."""
+    from TokenUNetSegmentLib.pipeline.run_contract import MAX_LINE, one_line
+
+    message = "lone.nii.gz holds 4 volumes (a 4D image), and nothing says which channel each one is"
+    hint = 'name its volumes in order, e.g. "channels": ["T1", "T1c", "T2", "FLAIR"], or put its dataset.json beside it'
+    assert len(message) + len(hint) + 3 <= MAX_LINE
+    assert one_line("", message, hint) == f"{message} ({hint})"
+    long_hint = one_line("", message, hint + " " + "x" * 60)
+    assert len(long_hint) <= MAX_LINE and long_hint.endswith("...)")  # a line over the limit still fits

@@ -145,7 +145,9 @@ def test_a_4d_image_without_an_order_is_refused_saying_what_to_pass(task01, tmp_
     assert run_cli(package, tmp_path / "out", alone) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: BRATS_001.nii.gz holds 4 volumes (a 4D image), and nothing says which channel")
-    assert "(name its volumes in order, e.g. --channels T1,T1c,T2,FLAIR, or keep its dataset.json)" in error
+    assert "(name its volumes in order, e.g. --channels T1,T1c,T2,FLAIR, or put its dataset.json beside imagesTr/)" in (
+        error
+    )
     assert error.count("\n") == 1 and not (tmp_path / "out").exists()
 
 

@@ -44,6 +44,7 @@ CATALOG = MODULE / "Resources" / "Models.json"
 TARGET_SAMPLE = {"liver": 0.85, "spleen": 0.80}
 TARGET_AGREEMENT = 0.90
 TARGET_LOPO = {"liver": 0.80, "spleen": 0.70}
+NEW_VERSION = "3.0.0"  # the version newly trained weights are packaged as, unless --version says otherwise
 BASELINE_NOTE = (
     "Dice of the earlier bundled weights and of these on the same variants (liver and spleen on every variant, "
     "every organ on the plain scan). 1.0.0: trained on A and B with plain crops and mild augmentation (fit to the "
@@ -160,6 +161,12 @@ def lopo_comparison(folders: dict[str, Path], lopo: list[dict]) -> list[dict]:
             values = {name: dice.get(organ) for name, dice in before.items()}
             rows.append({"patient": result["patient"], "organ": organ, "before": values, "after": value})
     return rows
+
+
+def package_version(given: str | None, current: str, card_only: bool) -> str:
+    """The version to write: the one given, else the package's own for a new card of the same weights, else
+    :data:`NEW_VERSION` for newly trained weights."""
+    return given or (current if card_only else NEW_VERSION)
 
 
 def recorded_evaluation(cfg: dict, lopo: Path | None, previous_lopo: list[str] | None) -> dict:
@@ -406,7 +413,7 @@ Mean Dice {sample["mean_dice"]:.3f}.
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("package", help="the trained package (RUN/package)")
     parser.add_argument(
         "--datalist", type=Path, help="datalist with the patients' 'evaluation' entries (not with --card-only)"
@@ -432,7 +439,9 @@ def main() -> int:
         help="PACKAGE is an installed package: keep the figures it recorded, read only the folds (--lopo) again and "
         "what follows from them (targets, calibration), and rewrite its metadata and model card",
     )
-    parser.add_argument("--version", default="3.0.0", help="the package version to write")
+    parser.add_argument(
+        "--version", help=f"the package version to write (default: {NEW_VERSION}; with --card-only the package's own)"
+    )
     parser.add_argument(
         "--id",
         dest="model_id",
@@ -468,7 +477,7 @@ def main() -> int:
         "model-generated labels and synthetic CTs from their label maps; research and demonstration only, not for "
         "clinical use."
     )
-    metadata["version"] = args.version
+    metadata["version"] = package_version(args.version, metadata["version"], args.card_only)
     target = MODULE / "Resources" / "Models" / cfg["id"]
     size = (Path(args.package) / cfg["weights"]["file"]).stat().st_size
     note = args.note.read_text(encoding="utf-8") if args.note else ""

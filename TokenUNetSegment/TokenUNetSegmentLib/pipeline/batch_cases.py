@@ -93,6 +93,17 @@ def cases_from_paths(paths: Iterable[str | Path]) -> tuple[list[BatchCase], list
                 shown = ", ".join(left_out[:5]) + (", ..." if len(left_out) > 5 else "")
                 notes.append(f"{given}: left out {len(left_out)} entries that hold no case ({shown})")
             continue
+        volumes = (
+            sorted(entry.name for entry in path.iterdir() if entry.is_file() and volume_stem(entry))
+            if path.is_dir()
+            else []
+        )
+        if volumes:  # a series folder's volume files are no part of its series
+            shown = ", ".join(volumes[:5]) + (", ..." if len(volumes) > 5 else "")
+            notes.append(
+                f"{given}: holds DICOM files, so it is one DICOM series; left out the volume files in it "
+                f"({shown}): give them as cases of their own"
+            )
         cases.append(BatchCase(_case_name(path), (str(path.resolve()),), str(given)))
     return _named_apart(cases), notes
 
@@ -213,8 +224,9 @@ def cases_from_datalist(path: str | Path, section: str | None = None) -> list[Ba
     if section is None:
         known = [key for key in lists if key in DATALIST_SECTIONS] or lists
         if len(known) != 1:
+            which = f"several lists of cases: {', '.join(known)}" if known else "no list of cases"
             raise InputError(
-                f"the datalist {path.name} has {'no list of cases' if not known else 'several: ' + ', '.join(known)}",
+                f"the datalist {path.name} has {which}",
                 "choose one with --section" if known else "see the README for the datalist format",
             )
         section = known[0]

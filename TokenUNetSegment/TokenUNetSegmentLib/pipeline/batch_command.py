@@ -45,12 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         metavar="CASE",
         help="one case each: a volume file (NIfTI, NRRD, MHA) or a DICOM series folder (one that holds DICOM files "
-        "itself); any other folder is a folder of cases: each volume file and DICOM subfolder in it, in name order",
+        "itself); any other folder is a folder of cases: each volume file and DICOM subfolder in it, in name order "
+        "(subfolders that all hold one DICOM study are one case, read as segment reads the folder)",
     )
     parser.add_argument(
         "--datalist",
-        help='a MONAI datalist (JSON) whose entries\' "image" (one path, or a list of channel paths for a '
-        'multi-channel model) are cases; "label" is ignored',
+        help='a MONAI datalist (JSON) whose entries\' "image" (one path, a list of channel paths for a '
+        'multi-channel model, or one 4D NIfTI whose volumes "channels" or its dataset.json names) are cases; '
+        '"label" is ignored',
     )
     parser.add_argument(
         "--section",

@@ -227,7 +227,8 @@ def open_stack(item, config, model: str, names: Sequence[str] | None = None, opt
         if found is None:
             raise InputError(
                 f"{path.name} holds {count} volumes (a 4D image), and nothing says which channel each one is",
-                f"name its volumes in order, e.g. {_example(option, channels)}, or keep its dataset.json",
+                f"name its volumes in order, e.g. {_example(option, channels)}, "
+                "or put its dataset.json beside imagesTr/",
             )
         names, where = found
         source = str(where)

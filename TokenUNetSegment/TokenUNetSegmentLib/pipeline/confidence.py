@@ -414,5 +414,5 @@ def summarise(assessment: Assessment) -> str:
     if cut:
         text += f"; cut off by the scan's edge: {', '.join(cut)}"
     if run:
-        text += ". " + "; ".join(flag.message[0].upper() + flag.message[1:] for flag in run)
+        text += ". " + ". ".join(flag.message[0].upper() + flag.message[1:] for flag in run)
     return text + "."

@@ -111,15 +111,17 @@ def shorter_paths(text: str) -> str:
 
 
 def one_line(prefix: str, message: str, hint: str | None = None, limit: int = MAX_LINE) -> str:
-    """``prefix message (hint)`` on one line of at most ``limit`` characters: whitespace collapsed; when too long, long
-    paths cut to their last two parts first, then the hint kept (up to half the line) and the message shortened in its
-    middle."""
+    """``prefix message (hint)`` on one line of at most ``limit`` characters: whitespace collapsed; only when too long,
+    long paths cut to their last two parts first, then the hint kept (up to half the line) and the message shortened in
+    its middle."""
     message = " ".join(str(message).split())
     hint = " ".join(str(hint).split()) if hint else ""
-    if len(prefix) + len(message) + len(hint) + 3 > limit:
-        message, hint = shorter_paths(message), shorter_paths(hint)
     hint_part = f" ({hint})" if hint else ""
-    if len(hint_part) > limit // 2:
+    if len(prefix) + len(message) + len(hint_part) <= limit:
+        return f"{prefix}{message}{hint_part}"
+    message, hint = shorter_paths(message), shorter_paths(hint)
+    hint_part = f" ({hint})" if hint else ""
+    if len(prefix) + len(message) + len(hint_part) > limit and len(hint_part) > limit // 2:
         hint_part = hint_part[: limit // 2 - 4] + "...)"
     room = limit - len(prefix) - len(hint_part)
     if len(message) > room:
