@@ -107,21 +107,16 @@ class OutputFolder:
         """What :meth:`open` refuses about the destination as it is now (inside a protected folder, a file, a
         folder of the user's, a file of the user's that the run would replace), without locking it or writing
         anything: for a caller that checks many destinations before it starts (``batch``)."""
-        destination = self.destination
-        self._check_protected()
-        if destination.exists() and not destination.is_dir():
-            raise OutputError(f"the output path {destination} is a file, not a folder", "choose a folder")
+        self._check_place()
         try:
             self._check_collisions(self.reserved, patterns=True)  # reads the manifest: refuses a folder of the user's
         except OSError as error:
-            raise _os_output_error(error, destination) from None
+            raise _os_output_error(error, self.destination) from None
 
     def open(self) -> Path:
         """Check the destination, lock it, clean up after crashed runs, create the staging folder; returns it."""
         destination = self.destination
-        self._check_protected()
-        if destination.exists() and not destination.is_dir():
-            raise OutputError(f"the output path {destination} is a file, not a folder", "choose a folder")
+        self._check_place()
         self._make_parents()
         self._lock.acquire()
         try:
@@ -141,6 +136,12 @@ class OutputFolder:
             raise
         self.staging = staging
         return staging
+
+    def _check_place(self) -> None:
+        """Refuse a destination inside a protected folder, or one that is a file."""
+        self._check_protected()
+        if self.destination.exists() and not self.destination.is_dir():
+            raise OutputError(f"the output path {self.destination} is a file, not a folder", "choose a folder")
 
     def _check_protected(self) -> None:
         for folder, what in self.protected:
