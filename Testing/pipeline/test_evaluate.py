@@ -147,6 +147,23 @@ def test_evaluate_command_runs_a_model(tmp_path):
     assert cli.main(["evaluate", str(reference), "--model", str(package)]) == 2  # --image missing
 
 
+def test_evaluate_command_opens_each_input_once(tmp_path, monkeypatch):
+    """The inputs' headers (a DICOM series': every slice's) are read once: checked before the weights load, then
+    segmented as opened (before: segment() opened and checked them all again)."""
+    from TokenUNetSegmentLib.pipeline import volumes
+
+    package = make_package(tmp_path, tiny_config(labels=2, spacing=(2.0, 2.0, 3.0)))
+    image = ball_phantom(SHAPE, (15, 15, 10), (8, 8, 6), value=200, background=-1000)
+    write(tmp_path / "ct.nii.gz", image.astype(np.int16))
+    reference = write(tmp_path / "ref.nii.gz", two_balls(), {"1": "organ1", "2": "organ2"})
+    opened = []
+    open_volume = volumes.open_volume
+    monkeypatch.setattr(volumes, "open_volume", lambda path, *a, **k: opened.append(path) or open_volume(path, *a, **k))
+    command = ["evaluate", str(reference), "--model", str(package), "--image", str(tmp_path / "ct.nii.gz")]
+    assert cli.main([*command, "--no-hd95"]) == 0
+    assert [str(path) for path in opened].count(str(tmp_path / "ct.nii.gz")) == 1, opened
+
+
 def test_hd95_matches_a_brute_force_computation():
     rng = np.random.default_rng(3)
     a = ball_phantom(SHAPE, (14, 15, 10), (6, 5, 4)) > 0

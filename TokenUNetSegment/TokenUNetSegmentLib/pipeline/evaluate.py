@@ -308,8 +308,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         path = ModelStore(getattr(args, "catalog", None)).resolve(args.model)
         metadata = read_metadata(path)  # the configuration, without the weights
         items, shown = channel_items(args.image, metadata.config, metadata.id, args.channels, "--channels")
-        # from the headers, before the weights are loaded (segment() checks them again: it may be given arrays)
-        open_run_inputs(items, metadata.config, metadata.id, shown, RunNeeds(with_token_maps=False))
+        # from the headers, before the weights are loaded; segment() reads them as opened (no header read again)
+        opened = open_run_inputs(items, metadata.config, metadata.id, shown, RunNeeds(with_token_maps=False)).opened
         from .package_loader import load_package
         from .segmentation import segment
         from .volumes import Volume
@@ -318,9 +318,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         with warnings.catch_warnings():  # segment() warns API callers; here its warnings are printed once
             warnings.simplefilter("ignore", UserWarning)
-            result = segment(
-                args.image, package, device=args.device or "auto", with_token_maps=False, channels=args.channels
-            )
+            result = segment(opened, package, device=args.device or "auto", with_token_maps=False)
         timing = time.perf_counter() - started
         names = {label.value: label.name for label in result.label_table}
         segment_warnings = list(result.warnings)
