@@ -226,3 +226,24 @@ def test_what_a_library_writes_just_before_it_aborts_the_process_still_arrives()
     )
     assert done.returncode == -signal.SIGABRT
     assert logged(events_of(done.stderr)) == ["terminate called after throwing an instance of c10::Error"]
+
+
+def test_a_fork_that_fails_leaves_stderr_as_it_was_and_no_descriptor_open():
+    """Before: an OSError of ``os.fork`` (EAGAIN: the user's process limit) escaped as an internal error of the run,
+    with its two pipes left open; now forwarding is skipped and stderr stays as it was."""
+    script = (
+        "import errno, os\n"
+        "from TokenUNetSegmentLib.pipeline.stderr_events import StderrEvents\n"
+        "def fork():\n"
+        "    raise OSError(errno.EAGAIN, 'Resource temporarily unavailable')\n"
+        "os.fork = fork\n"
+        "before = sorted(os.listdir('/proc/self/fd'))\n"
+        "forwarding = StderrEvents()\n"
+        "assert forwarding.start() is False and not forwarding.active\n"
+        "forwarding.close()\n"
+        "after = sorted(os.listdir('/proc/self/fd'))\n"
+        "assert len(after) == len(before), (before, after)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=MODULE_DIR, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -50,13 +50,21 @@ class StderrEvents:
             sys.stderr.flush()
         except (AttributeError, OSError, ValueError):
             return False
-        read_end, self.write_end = os.pipe()
-        with contextlib.suppress(AttributeError, OSError):
-            import fcntl
+        made: list[int] = []
+        try:
+            made += os.pipe()
+            read_end, self.write_end = made
+            with contextlib.suppress(AttributeError, OSError):
+                import fcntl
 
-            fcntl.fcntl(self.write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
-        self.finished, finished = os.pipe()  # closed by the forwarding process once it wrote its last line
-        self.pid = os.fork()
+                fcntl.fcntl(self.write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+            made += os.pipe()
+            self.finished, finished = made[2:]  # closed by the forwarding process once it wrote its last line
+            self.pid = os.fork()
+        except OSError:  # no descriptors or processes left (EMFILE, EAGAIN): the run goes on without forwarding
+            for fd in made:
+                os.close(fd)
+            return False
         if self.pid == 0:  # the forwarding process: never returns into the command
             code = 0
             try:
