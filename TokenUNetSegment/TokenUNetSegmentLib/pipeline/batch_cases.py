@@ -145,24 +145,18 @@ def one_study(cases: Sequence[BatchCase]) -> bool:
 
 def _study(folder: Path) -> str:
     """The StudyInstanceUID of the first DICOM file below ``folder`` ("" when none says one)."""
-    import SimpleITK as sitk
-
+    from .readers.dicom import _header, _text
     from .readers.dicom_meta import DICOMDIR_CLASS, dicom_file_class
-    from .readers.itk import quiet_itk
 
     for parent, folders, files in os.walk(folder):
         folders.sort()
         for name in sorted(files):
             path = Path(parent) / name
-            if is_dicom_file(path) and dicom_file_class(path) != DICOMDIR_CLASS:
-                reader = sitk.ImageFileReader()
-                reader.SetFileName(str(path))
-                try:
-                    with quiet_itk():
-                        reader.ReadImageInformation()
-                except RuntimeError:
-                    continue
-                return reader.GetMetaData(STUDY_UID).strip(" \0") if reader.HasMetaDataKey(STUDY_UID) else ""
+            kind = dicom_file_class(path)  # None: no DICM preamble
+            if (kind is not None or path.suffix.lower() == ".dcm") and kind != DICOMDIR_CLASS:  # is_dicom_file's test
+                reader = _header(str(path))
+                if reader is not None:
+                    return _text(reader, STUDY_UID)
     return ""
 
 
