@@ -39,6 +39,11 @@ class ChannelOrder:
         pairs = ", ".join(f"{name} = volume {index}" for name, index in zip(self.channels, self.volumes, strict=True))
         return f"{self.file} holds the channels in 4D: {pairs} (order from {self.source})"
 
+    def shown(self) -> list[str]:
+        """How each channel's volume is named in messages, in the package's order (``BRATS_001.nii.gz, volume 2``):
+        as :func:`_split` names the volumes it reads."""
+        return [f"{self.file}, volume {volume}" for volume in self.volumes]
+
     def report(self) -> dict:
         return {
             "file": self.file,

@@ -116,7 +116,7 @@ def channel_items(
         if stack is not None:
             opened, order = stack
             log.info(order.describe())
-            return opened, [f"{order.file}, volume {volume}" for volume in order.volumes]
+            return opened, order.shown()
     if stack_names is not None:
         given = list(inputs) if isinstance(inputs, (list, tuple)) and not _is_pair(inputs) else [inputs]
         refuse_names(given, config.inputs, model, option)

@@ -181,7 +181,7 @@ def open_case(
     if stack is not None:
         items, order = stack
         paths = [inputs[0]] * len(items)
-        shown = [f"{order.file}, volume {volume}" for volume in order.volumes]
+        shown = order.shown()
         printer.note(order.describe())
     elif channels is not None:
         refuse_names(inputs, config.inputs, package_id, option)
