@@ -104,7 +104,7 @@ def _check_kind(file: Slice, name: str) -> None:
 def single_frame(file: Slice, folder: Path) -> Slice:
     """The one frame of an enhanced file as a series' slice (Siemens XA-style exports write a series of them):
     placed and rescaled by its functional groups, as GDCM reads it."""
-    frame = _frames(file, folder)[0][0]
+    frame = _frames(file, folder, probe=False)[0][0]
     return replace(frame, file=file.file, sop_class=file.sop_class, modality=file.modality, image_type=file.image_type)
 
 
@@ -119,12 +119,15 @@ def _class_name(uid: str) -> str:
     return known.removesuffix(" Storage") if known != uid else f"SOP class {uid}"
 
 
-def _frames(file: Slice, folder: Path, warnings=None) -> tuple[list[Slice], tuple[float, float], tuple | None]:
+def _frames(
+    file: Slice, folder: Path, warnings=None, probe: bool = True
+) -> tuple[list[Slice], tuple[float, float], tuple | None]:
     """The frames of an enhanced multi-frame file as slices, in file order, from its functional groups (pydicom:
     SimpleITK does not show sequences), each with its own rescale, padding and volume keys; the rescale GDCM
     applies to every frame (:func:`gdcm_rescale`, else the file's own, else none); and where the first frame's stored
     values lie in an uncompressed file (:func:`_first_frame`), to check that rescale once GDCM has read it.
-    ``warnings``: where to say that a CT's values are not Hounsfield units (:func:`_units_warning`)."""
+    ``warnings``: where to say that a CT's values are not Hounsfield units (:func:`_units_warning`); ``probe``
+    False: the first frame's place is not looked up (one frame of a series: its file is not opened again)."""
     name = Path(file.file).name
     try:
         import pydicom
@@ -146,7 +149,7 @@ def _frames(file: Slice, folder: Path, warnings=None) -> tuple[list[Slice], tupl
         ]
         own = _rescale(ds) or (1.0, 0.0)
         applied = gdcm_rescale(shared, groups)
-        probe = _first_frame(ds, file)
+        first = _first_frame(ds, file) if probe else None
         if warnings is not None and groups:
             warnings.extend(_units_warning(ds, shared, groups[0], file))
         padding = [float(v) for v in (ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit")) if v is not None]
@@ -200,7 +203,7 @@ def _frames(file: Slice, folder: Path, warnings=None) -> tuple[list[Slice], tupl
             f"the DICOM file {name} in {folder.name} has frames without a position or orientation",
             "this is not a volume (e.g. a cine loop or a screenshot): pick the CT/MR series",
         )
-    return frames, applied or own, probe
+    return frames, applied or own, first
 
 
 def _units_warning(ds, shared, first, file: Slice) -> list[str]:
