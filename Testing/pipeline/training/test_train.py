@@ -16,7 +16,7 @@ from TokenUNetSegmentLib.pipeline import cli
 from TokenUNetSegmentLib.pipeline.errors import InputError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing
 from TokenUNetSegmentLib.pipeline.package_loader import load_package
-from TokenUNetSegmentLib.pipeline.run_contract import LogEvent, decode_event
+from TokenUNetSegmentLib.pipeline.run_contract import LogEvent, ResultEvent, decode_event
 from TokenUNetSegmentLib.pipeline.segmentation import segment
 from TokenUNetSegmentLib.pipeline.training import Recipe, train
 from TokenUNetSegmentLib.pipeline.training.data import UNKNOWN, is_lateralised, label_lookup, missing_labels
@@ -219,6 +219,10 @@ def test_train_command(datalist, tmp_path, capsys):
     events = [decode_event(line) for line in capsys.readouterr().err.splitlines()]
     assert None not in events  # before: each validation's "step N: loss ..." was a plain line among the events
     assert any(isinstance(e, LogEvent) and e.message.startswith("step 1: loss ") for e in events)
+    # before: no final event when training succeeded (only errors ended the stream with one)
+    assert isinstance(events[-1], ResultEvent) and events[-1].folder == str(out.resolve())
+    assert events[-1].files["package"] == "package" and events[-1].seconds > 0
+    assert not any(isinstance(e, ResultEvent) for e in events[:-1])
     package = load_package(out / "package")
     assert package.id == "cli-model"
     assert package.config.training["recipe"]["schedule"] == "cosine"

@@ -10,11 +10,13 @@ import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from ..arguments import device_name, integer, number
 from ..cli import ProgressPrinter
 from ..errors import InputError, OutputError
+from ..run_contract import ResultEvent
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -193,6 +195,7 @@ def _train(args: argparse.Namespace, train, Recipe, rank: int) -> int:
             printer.last = ""
             print(line, file=sys.stderr)
 
+    started = time.perf_counter()
     try:
         package = train(
             args.datalist,
@@ -208,6 +211,9 @@ def _train(args: argparse.Namespace, train, Recipe, rank: int) -> int:
     finally:
         printer.close()
     if package is not None:
+        folder = Path(args.out).resolve()
+        files = {"package": os.path.relpath(Path(package).resolve(), folder)}
+        printer.emit(ResultEvent(str(folder), files, seconds=round(time.perf_counter() - started, 3)))
         print(f"wrote {package}")
     return 0
 
