@@ -19,6 +19,10 @@ from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_fro
 from TokenUNetSegmentLib.pipeline.package_writer import package_in_memory
 from TokenUNetSegmentLib.pipeline.segmentation import segment
 
+# runs of the 4D image and of its 3D files are compared voxel for voxel: on one thread, whatever the machine's load
+# (a random-weight model's near-tied voxels moved with the thread count: evaluate's Dice 1.0 failed 2 of 5 times)
+pytestmark = pytest.mark.usefixtures("one_inference_thread")
+
 SEQUENCES = ("T1", "T1c", "T2", "FLAIR")  # the package's order
 MSD_ORDER = ("FLAIR", "T1w", "t1gd", "T2w")  # Task01_BrainTumour's dataset.json "modality"
 SHAPE = (16, 16, 16)
