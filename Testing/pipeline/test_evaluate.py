@@ -1,6 +1,7 @@
 """The evaluate command: Dice, HD95 and volume difference per label, labels matched by name."""
 
 import json
+import re
 import sys
 import warnings
 
@@ -234,3 +235,36 @@ def test_a_model_run_that_cannot_fit_is_refused_from_the_image_header_before_it_
 def python_shows_warning(message, category, filename, lineno, file=None, line=None):
     """What Python does with a warning outside pytest: two lines on stderr."""
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def test_label_maps_that_hold_no_labels_are_refused_on_either_side(tmp_path, capsys):
+    """A probability map, a linearly resampled label map or negative values given as a reference or prediction
+    (before: rounded without a word, so a soft reference at 0.4 scored half its organ; the same soft prediction
+    scored Dice 0.667 on the reference's grid and 0.0 on another, where it was cast to integers before resampling;
+    -1 wrapped to 65535 when resampled)."""
+    cube = np.zeros(SHAPE, np.uint8)
+    cube[5:25, 5:25, 5:15] = 1
+    names = {"1": "a"}
+    reference = write(tmp_path / "ref.nii.gz", cube, names)
+    soft = cube * np.float32(0.4)
+    soft[5:25, 5:25, 5:10] = 0.6
+    mirrored = AFFINE.copy()
+    mirrored[:3, 0] *= -1
+    mirrored[:3, 3] = AFFINE[:3, :3] @ np.array([SHAPE[0] - 1, 0, 0]) + AFFINE[:3, 3]
+    write(tmp_path / "soft.nii.gz", soft, names)
+    sitk.WriteImage(image_from_array(soft[::-1].copy(), mirrored), str(tmp_path / "soft_other_grid.nii.gz"))
+    (tmp_path / "soft_other_grid.json").write_text(json.dumps(names))
+    write(tmp_path / "negative.nii.gz", cube.astype(np.int16) - 1, names)
+    for prediction, ref, says in [
+        ("soft.nii.gz", "ref.nii.gz", "soft.nii.gz holds values that are not whole numbers (e.g. 0.6"),
+        ("soft_other_grid.nii.gz", "ref.nii.gz", "soft_other_grid.nii.gz holds values that are not whole numbers"),
+        ("ref.nii.gz", "soft.nii.gz", "soft.nii.gz holds values that are not whole numbers"),
+        ("negative.nii.gz", "ref.nii.gz", "negative.nii.gz holds negative values (down to -1)"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(says)):
+            evaluate_files(tmp_path / prediction, tmp_path / ref)
+        assert cli.main(["evaluate", str(tmp_path / ref), "--prediction", str(tmp_path / prediction)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+    whole = write(tmp_path / "whole.nii.gz", cube.astype(np.float32), names)  # whole values in floats are labels
+    assert evaluate_files(whole, reference)["labels"]["a"]["dice"] == pytest.approx(1.0)

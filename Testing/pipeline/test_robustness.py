@@ -197,3 +197,22 @@ def test_a_malformed_datalist_exits_2_in_one_line(tmp_path, capsys, content, mes
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_reference_that_holds_no_labels_is_refused_before_the_model_runs(tmp_path, capsys):
+    """A probability map given as the reference (before: rounded at 0.5 without a word, and scored)."""
+    image, reference = liver_phantom((32, 32, 40))
+    affine = affine_from_spacing(SPACING)
+    sitk.WriteImage(image_from_array(image.astype(np.int16), affine), str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(image_from_array(reference * np.float32(0.7), affine), str(tmp_path / "soft.nii.gz"))
+    (tmp_path / "names.json").write_text(json.dumps({"1": "liver"}))
+    config = tiny_config("random-liver", labels=1, spacing=SPACING, roi=(16, 16, 16))
+    config["labels"][0]["name"] = "liver"
+    package = make_package(tmp_path, config)
+    argv = ["robustness", "--model", str(package), "--image", str(tmp_path / "ct.nii.gz"), "--reference",
+            str(tmp_path / "soft.nii.gz"), "--reference-names", str(tmp_path / "names.json"), "--variants", "plain",
+            "--no-tokens", "--device", "cpu", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "soft.nii.gz holds values that are not whole numbers (e.g. 0.7" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()

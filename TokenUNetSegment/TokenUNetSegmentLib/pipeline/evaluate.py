@@ -181,6 +181,7 @@ def evaluate_files(
     The prediction is resampled (nearest neighbour) onto the reference grid when the grids differ.
     """
     from .geometry import overlaps, resample
+    from .label_values import check_label_values
     from .samples import PREFIX, sample
     from .volumes import Volume, read_volume
 
@@ -204,6 +205,8 @@ def evaluate_files(
             f"the {side} has no name table, so its labels cannot be matched by name",
             f'pass --{side}-names TABLE.json ({{"1": "spleen", ...}}) or use a .seg.nrrd',
         )
+    for volume in (pred_volume, ref_volume):  # before any rounding or resampling: a soft map is no label map
+        check_label_values(volume.array, Path(volume.name).name)
     pairs, unmatched = match_labels(pred_names, ref_names)
     if not pairs:
         raise InputError("no label names in common between the prediction and the reference")

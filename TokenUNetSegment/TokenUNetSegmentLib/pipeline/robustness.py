@@ -238,6 +238,9 @@ def evaluate_robustness(
     from .geometry import resample
     from .segmentation import segment
 
+    from .label_values import check_label_values
+
+    check_label_values(reference.array, Path(reference.name).name)  # before rounding: a probability map is refused
     ref = np.asarray(reference.array)
     if ref.shape != image.array.shape or not np.allclose(reference.affine, image.affine, atol=1e-4):
         ref = resample(np.rint(ref).astype(np.uint16), reference.grid, image.grid, "nearest", 0, np.uint16)
