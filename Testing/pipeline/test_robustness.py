@@ -216,3 +216,39 @@ def test_a_reference_that_holds_no_labels_is_refused_before_the_model_runs(tmp_p
     err = capsys.readouterr().err
     assert "soft.nii.gz holds values that are not whole numbers (e.g. 0.7" in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_organ_found_where_the_variants_reference_has_none_scores_as_evaluate_scores_it():
+    """A slab around the spleen holds no liver, and the model finds 'liver' there (a bright blob): ``evaluate``
+    scores such a false find Dice 0 and counts it in the mean, and so does the confidence calibration (before:
+    robustness left it out of the row, its table showed '-', and the mean was that of the other organs only).
+    An organ absent from both the reference and the result stays unscored ('-'), as in ``evaluate``."""
+    from TokenUNetSegmentLib.pipeline.evaluate import label_metrics
+
+    image, liver = liver_phantom()
+    reference = liver.copy()
+    spleen = np.zeros_like(liver, bool)
+    spleen[18:22, 16:20, 4:9] = True
+    reference[spleen] = 2
+    image[spleen] = -80.0
+    image[8:12, 16:20, 5:8] = 220.0  # bright, unlabelled: the threshold model calls it liver
+    volume = Volume(image, affine_from_spacing(SPACING))
+    result = evaluate_robustness(
+        threshold_liver_package(),
+        volume,
+        Volume(reference, volume.affine),
+        {1: "liver", 2: "spleen"},
+        wanted=("plain", "slabs"),
+        device="cpu",
+        tokens=False,
+    )
+    rows = {row["variant"]: row for row in result["variants"]}
+    slab = rows["slab 10 @ spleen"]
+    assert slab["confidence"].get("liver") is not None  # found
+    assert slab["dice"] == {"liver": 0.0} and slab["mean_dice"] == 0.0
+    crop = reference[:, :, 1:11]
+    predicted = np.zeros_like(crop)
+    predicted[8:12, 16:20, 5:8] = 1
+    assert label_metrics(predicted, crop, [(1, 1, "liver")], SPACING, hd95=False)["liver"]["dice"] == 0.0
+    assert "| slab 10 @ spleen | 0.000 | 0.000 |" in format_table(result)
+    assert rows["plain"]["dice"]["liver"] > 0.99

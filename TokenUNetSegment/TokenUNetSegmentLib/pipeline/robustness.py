@@ -263,10 +263,9 @@ def evaluate_robustness(
         predicted = result.labels
         if predicted.shape != variant.reference.shape or not np.allclose(result.affine, variant.grid.affine, atol=1e-4):
             predicted = resample(predicted, result.grid, variant.grid, "nearest", 0, np.uint8)
-        present = [(p, r, n) for p, r, n in pairs if (variant.reference == r).any()]
-        metrics = label_metrics(
-            predicted.astype(np.int32), variant.reference, present, variant.grid.spacing, hd95=False
-        )
+        # as evaluate scores: an organ the reference names but this variant's reference lacks, found anyway, is a
+        # false find (Dice 0); one absent from both is not scored
+        metrics = label_metrics(predicted.astype(np.int32), variant.reference, pairs, variant.grid.spacing, hd95=False)
         dice = {name: round(m["dice"], 4) for name, m in metrics.items() if m["dice"] is not None}
         row = {
             "variant": variant.name,
@@ -275,7 +274,7 @@ def evaluate_robustness(
             "spacing_mm": [round(float(s), 3) for s in variant.image.grid.spacing],
             "dice": dice,
             "mean_dice": round(float(np.mean(list(dice.values()))), 4) if dice else None,
-            "volume_ml": {n: round(m["volume_ml"], 1) for n, m in metrics.items()},
+            "volume_ml": {n: round(m["volume_ml"], 1) for n, m in metrics.items() if m["dice"] is not None},
             "seconds": round(result.timings["total"], 2),
             **_judgement(result.assessment),
         }
