@@ -268,3 +268,16 @@ def test_label_maps_that_hold_no_labels_are_refused_on_either_side(tmp_path, cap
         assert says in err and err.count("\n") == 1, err
     whole = write(tmp_path / "whole.nii.gz", cube.astype(np.float32), names)  # whole values in floats are labels
     assert evaluate_files(whole, reference)["labels"]["a"]["dice"] == pytest.approx(1.0)
+
+
+def test_without_name_tables_a_value_only_the_prediction_holds_is_listed_not_dropped(tmp_path):
+    """Two plain label maps, no names: labels are their values. A value the reference lacks was dropped without a
+    word (before: the table and JSON showed label 1 only); now it is listed as unmatched, as a name only the
+    prediction has is. A value the prediction misses still scores Dice 0."""
+    reference = two_balls()
+    prediction = reference.copy()
+    prediction[prediction == 2] = 0
+    prediction[0:3, 0:3, 0:3] = 5
+    result = evaluate_files(write(tmp_path / "p.nii.gz", prediction), write(tmp_path / "r.nii.gz", reference))
+    assert result["labels"]["label 1"]["dice"] == pytest.approx(1.0) and result["labels"]["label 2"]["dice"] == 0.0
+    assert result["unmatched"] == {"prediction_only": ["label 5"], "reference_only": []}

@@ -196,9 +196,11 @@ def evaluate_files(
         pred_names = name_table(prediction, prediction_names)
     ref_volume = read_volume(reference)
     ref_names = name_table(reference, reference_names)
-    if pred_names is None and ref_names is None:
+    if pred_names is None and ref_names is None:  # labels are values: the reference's, and the prediction's own
         values = sorted(set(np.unique(ref_volume.array).astype(int)) - {0})
-        pred_names = ref_names = {v: f"label {v}" for v in values}
+        ref_names = {v: f"label {v}" for v in values}
+        extra = sorted(set(np.unique(pred_volume.array).astype(int)) - {0} - set(values))
+        pred_names = {**ref_names, **{v: f"label {v}" for v in extra}}  # listed as found only in the prediction
     if pred_names is None or ref_names is None:
         side = "prediction" if pred_names is None else "reference"
         raise InputError(
