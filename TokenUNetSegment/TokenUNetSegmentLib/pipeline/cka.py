@@ -156,10 +156,14 @@ def cka_matrix(
     inputs: Sequence[torch.Tensor],
     pooling: str = "positions",
     debiased: bool = False,
+    names: tuple[str, str] = ("network a", "network b"),
 ) -> np.ndarray:
     """The stage x stage linear CKA matrix between two networks on the same inputs (rows: stages of ``a``).
 
     With ``positions`` every stage of both networks is pooled to the coarsest stage grid of the two.
+
+    Raises:
+        ValueError: a stage whose features are not all finite (``names`` say which network, in the message).
     """
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling '{pooling}'; choose one of {', '.join(POOLINGS)}.")
@@ -169,6 +173,13 @@ def cka_matrix(
     grid = coarsest_grid(maps_a, maps_b)
     features_a = [to_matrix(stage, pooling, grid) for stage in maps_a]
     features_b = [to_matrix(stage, pooling, grid) for stage in maps_b]
+    for name, features in zip(names, (features_a, features_b), strict=True):
+        for index, matrix in enumerate(features):
+            if not torch.isfinite(matrix).all():  # NaN weights, or activations past float32's range
+                raise ValueError(
+                    f"stage {index + 1} of {name} gives NaN or infinite features, so its CKA is undefined; "
+                    "check its weights"
+                )
     return np.array([[linear_cka(fa, fb, debiased) for fb in features_b] for fa in features_a])
 
 
@@ -185,6 +196,9 @@ def _parse_options(pairs: Sequence[str] | None) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key.isidentifier():
             raise ValueError(f"network option '{pair}' must look like NAME=VALUE (e.g. feature_size=12).")
+        if key in ("in_channels", "out_channels"):
+            given = "--in-channels" if key == "in_channels" else "the command (2: CKA compares the encoders' stages)"
+            raise ValueError(f"network option '{key}' is set by {given}; drop {pair}.")
         options[key] = _literal(value)
     return options
 
@@ -216,6 +230,9 @@ def _build(name: str, in_channels: int, size: int, options: dict, weights: str |
         if path.stat().st_size > limit // 3:
             raise ValueError(f"weights file {path.name} is larger than a third of {described}")
         state = state_dict_from_bytes(path.read_bytes(), path.name)
+        for key, tensor in state.items():
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ValueError(f"weights {path.name} hold NaN or infinite values ({key})")
         try:
             network.load_state_dict(state)
         except RuntimeError as error:
@@ -286,7 +303,8 @@ def _run(args: argparse.Namespace, folder) -> int:
     shape = (1, args.in_channels, args.size, args.size, args.size)
     _check_memory((network_a, network_b), args.samples, shape)
     inputs = [torch.randn(shape, generator=generator) for _ in range(args.samples)]
-    matrix = cka_matrix(network_a, network_b, inputs, args.pooling, args.debiased)
+    names = (f"network '{args.a}' (--a)", f"network '{args.b}' (--b)")
+    matrix = cka_matrix(network_a, network_b, inputs, args.pooling, args.debiased, names)
 
     kind = "debiased linear CKA" if args.debiased else "linear CKA"
     print(f"{kind} ({args.pooling}, {args.samples} samples of {args.size}^3): rows {args.a}, columns {args.b}")
