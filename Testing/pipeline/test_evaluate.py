@@ -281,3 +281,28 @@ def test_without_name_tables_a_value_only_the_prediction_holds_is_listed_not_dro
     result = evaluate_files(write(tmp_path / "p.nii.gz", prediction), write(tmp_path / "r.nii.gz", reference))
     assert result["labels"]["label 1"]["dice"] == pytest.approx(1.0) and result["labels"]["label 2"]["dice"] == 0.0
     assert result["unmatched"] == {"prediction_only": ["label 5"], "reference_only": []}
+
+
+def test_json_naming_one_of_the_evaluations_own_inputs_is_refused_even_with_overwrite(tmp_path, capsys):
+    """``--json`` naming the reference, the prediction, a name table or an image, with ``--overwrite`` (before: the
+    metrics were computed, then written over the reference label map, which was lost; a link to it as well)."""
+    labels = two_balls()
+    reference = write(tmp_path / "ref.nii.gz", labels, {"1": "a", "2": "b"})
+    prediction = write(tmp_path / "pred.nii.gz", labels)
+    table = tmp_path / "names.json"
+    table.write_text(json.dumps({"1": "a", "2": "b"}))
+    (tmp_path / "link.nii.gz").symlink_to(reference)
+    before = {path: path.read_bytes() for path in (reference, prediction, table, tmp_path / "ref.json")}
+    args = ["evaluate", str(reference), "--prediction", str(prediction), "--prediction-names", str(table)]
+    for target, what in [
+        (reference, "the reference"),
+        (prediction, "the prediction"),
+        (table, "the prediction's name table"),
+        (tmp_path / "ref.json", "the reference's name table"),
+        (tmp_path / "link.nii.gz", "the reference"),
+    ]:
+        assert cli.main([*args, "--json", str(target), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert f"--json {target.name} is {what}" in err and err.count("\n") == 1, err
+    assert {path: path.read_bytes() for path in before} == before and (tmp_path / "link.nii.gz").is_symlink()
+    assert cli.main([*args, "--json", str(tmp_path / "metrics.json")]) == 0

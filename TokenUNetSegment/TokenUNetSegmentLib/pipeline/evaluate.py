@@ -129,12 +129,47 @@ def name_table(path: str | Path, table: str | Path | dict | None = None) -> dict
                 names[int(fields[f"Segment{match.group(1)}_LabelValue"])] = value
         if names:
             return names
-    name = path.name
-    stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
-    sidecar = path.with_name(stem + ".json")
+    sidecar = _sidecar(path)
     if sidecar.is_file():
         return name_table(path, sidecar)
     return None
+
+
+def _sidecar(path: Path) -> Path:
+    """The name table beside a label file: ``<file stem>.json``."""
+    name = path.name
+    stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+    return path.with_name(stem + ".json")
+
+
+def _refuse_output_over_an_input(args: argparse.Namespace) -> None:
+    """``--json`` may not name a file this evaluation reads (``--overwrite`` or not): the label maps, their name
+    tables (given or beside them) and the images."""
+    import os
+
+    from .samples import PREFIX
+
+    out = Path(args.json_out)
+    if not out.exists():
+        return
+    inputs = []
+    for side, path, table in (
+        ("reference", args.reference, args.reference_names),
+        ("prediction", args.prediction, args.prediction_names),
+    ):
+        if path and not str(path).startswith(PREFIX):
+            inputs.append((f"the {side}", Path(path)))
+            inputs.append((f"the {side}'s name table", Path(table) if table else _sidecar(Path(path))))
+        elif table:
+            inputs.append((f"the {side}'s name table", Path(table)))
+    inputs += [("an --image", Path(image)) for image in args.image or ()]
+    for what, path in inputs:
+        try:
+            same = os.path.samefile(out, path)
+        except OSError:  # absent, or unreadable: not the same file
+            same = False
+        if same:
+            raise InputError(f"--json {out.name} is {what}, which this evaluation reads", "write the metrics elsewhere")
 
 
 def _checked_table(data, what: str) -> dict[int, str]:
@@ -293,6 +328,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .output_folder import check_file_destination, json_with_keys, write_file_atomically
 
     if args.json_out:  # before any computation; an earlier evaluation there is replaced, any other file only if asked
+        _refuse_output_over_an_input(args)
         check_file_destination(args.json_out, args.overwrite or json_with_keys(*EVALUATION_KEYS))
     prediction = args.prediction
     timing, segment_warnings = None, []
