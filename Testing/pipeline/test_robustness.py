@@ -252,3 +252,37 @@ def test_an_organ_found_where_the_variants_reference_has_none_scores_as_evaluate
     assert label_metrics(predicted, crop, [(1, 1, "liver")], SPACING, hd95=False)["liver"]["dice"] == 0.0
     assert "| slab 10 @ spleen | 0.000 | 0.000 |" in format_table(result)
     assert rows["plain"]["dice"]["liver"] > 0.99
+
+
+def test_a_multi_channel_model_or_entry_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """robustness changes one CT: a four-channel model (before: its weights loaded, the plain variant started, then
+    "needs 4 input channel(s) (ch0, ...), got 1") and a datalist entry listing channel files (before: "needs 'image'
+    and 'label' paths", though both were there) are refused before the weights are loaded, saying why."""
+    from TokenUNetSegmentLib.pipeline import package_loader
+
+    image, reference = liver_phantom((24, 24, 24))
+    affine = affine_from_spacing(SPACING)
+    sitk.WriteImage(image_from_array(image.astype(np.int16), affine), str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(image_from_array(reference, affine), str(tmp_path / "ref.nii.gz"))
+    (tmp_path / "names.json").write_text(json.dumps({"1": "liver"}))
+    four = tiny_config("four", in_channels=4, labels=1, roi=(16, 16, 16), intensity={"method": "zscore"})
+    four["labels"][0]["name"] = "liver"
+    one = tiny_config("one", labels=1, roi=(16, 16, 16))
+    one["labels"][0]["name"] = "liver"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    four, one = make_package(tmp_path / "a", four), make_package(tmp_path / "b", one)
+    entry = {"patient": "P", "image": ["ct.nii.gz", "ct.nii.gz"], "label": "ref.nii.gz", "labels": {"1": "liver"}}
+    (tmp_path / "list.json").write_text(json.dumps({"evaluation": [entry]}))
+    monkeypatch.setattr(package_loader, "load_package", lambda *a, **k: pytest.fail("weights loaded"))
+    for model, inputs, says in [
+        (four, ["--image", str(tmp_path / "ct.nii.gz"), "--reference", str(tmp_path / "ref.nii.gz"),
+                "--reference-names", str(tmp_path / "names.json")],
+         "robustness changes one CT (--image); model 'four' takes 4 input channels (ch0, ch1, ch2, ch3)"),
+        (one, ["--datalist", str(tmp_path / "list.json"), "--patient", "P"],
+         "list.json: evaluation[0]: 'image' lists 2 files; robustness changes one CT"),
+    ]:  # fmt: skip
+        assert cli.main(["robustness", "--model", str(model), *inputs, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+        assert not (tmp_path / "o").exists()

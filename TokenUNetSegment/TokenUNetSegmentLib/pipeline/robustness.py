@@ -391,6 +391,13 @@ def evaluation_entries(datalist: str | Path, patient: str) -> list[dict]:
     out = []
     for index, entry in entries:
         where = f"{path.name}: evaluation[{index}]"
+        if isinstance(entry.get("image"), list) and len(entry["image"]) != 1:
+            raise InputError(
+                f"{where}: 'image' lists {len(entry['image'])} files; robustness changes one CT",
+                "give each entry one image path (a one-channel CT model's input)",
+            )
+        if isinstance(entry.get("image"), list):
+            entry = {**entry, "image": entry["image"][0]}
         if not all(isinstance(entry.get(key), str) and entry[key] for key in ("image", "label")):
             raise InputError(f"{where} needs 'image' and 'label' paths", hint)
         try:
@@ -480,7 +487,19 @@ def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
     from .catalog import ModelStore
     from .volumes import read_volume
 
-    package = ModelStore(getattr(args, "catalog", None)).load(args.model)
+    from .package_loader import load_package
+    from .package_source import read_metadata
+
+    path = ModelStore(getattr(args, "catalog", None)).resolve(args.model)
+    metadata = read_metadata(path)  # the configuration, before the weights are loaded
+    inputs = metadata.config.inputs
+    if len(inputs) != 1:
+        raise InputError(
+            f"robustness changes one CT (--image); model '{metadata.id}' takes {len(inputs)} input "
+            f"channels ({', '.join(channel.name for channel in inputs)})",
+            "measure a one-channel model",
+        )
+    package = load_package(path)
     out = folder.staging
     results = []
     for case in cases:
