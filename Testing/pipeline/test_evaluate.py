@@ -306,3 +306,21 @@ def test_json_naming_one_of_the_evaluations_own_inputs_is_refused_even_with_over
         assert f"--json {target.name} is {what}" in err and err.count("\n") == 1, err
     assert {path: path.read_bytes() for path in before} == before and (tmp_path / "link.nii.gz").is_symlink()
     assert cli.main([*args, "--json", str(tmp_path / "metrics.json")]) == 0
+
+
+def test_an_empty_reference_is_scored_with_a_warning_saying_so(tmp_path, capsys):
+    """A reference without a voxel of any label compared (an empty label map, or another scan's labels elsewhere in
+    the grid; before: Dice 0 for every label found, mean 0.000, exit 0 without a word): scored as before, for a
+    negative case is a real case, with a warning in the result, on stderr and in ``--json``. Both empty: no Dice."""
+    names = {"1": "a", "2": "b"}
+    empty = write(tmp_path / "empty.nii.gz", np.zeros(SHAPE, np.uint8), names)
+    found = write(tmp_path / "found.nii.gz", two_balls(), names)
+    result = evaluate_files(found, empty)
+    assert result["labels"]["a"]["dice"] == 0.0 and result["mean_dice"] == 0.0
+    says = "the reference empty.nii.gz holds none of the labels compared (a, b)"
+    assert any(says in warning for warning in result["warnings"]), result["warnings"]
+    assert cli.main(["evaluate", str(empty), "--prediction", str(found), "--json", str(tmp_path / "m.json")]) == 0
+    assert says in capsys.readouterr().err
+    assert any(says in warning for warning in json.loads((tmp_path / "m.json").read_text())["warnings"])
+    both = evaluate_files(empty, empty)
+    assert both["mean_dice"] is None and all(m["dice"] is None for m in both["labels"].values())

@@ -259,18 +259,24 @@ def evaluate_files(
     ):
         pred = resample(pred.astype(np.uint16), pred_volume.grid, ref_grid, "nearest", 0, np.uint16)
     ref = np.asarray(ref_volume.array)
-    metrics = label_metrics(
-        np.rint(pred).astype(np.int32), np.rint(ref).astype(np.int32), pairs, ref_grid.spacing, hd95
-    )
+    ref = np.rint(ref).astype(np.int32)
+    metrics = label_metrics(np.rint(pred).astype(np.int32), ref, pairs, ref_grid.spacing, hd95)
     dices = [m["dice"] for m in metrics.values() if m["dice"] is not None]
     hds = [m["hd95_mm"] for m in metrics.values() if m["hd95_mm"] is not None]
+    checks = []
+    if not np.isin(ref, [value for _, value, _ in pairs]).any():  # scored (a negative case is real), but said
+        shown = ", ".join(list(metrics)[:6]) + (", ..." if len(metrics) > 6 else "")
+        checks.append(
+            f"the reference {Path(ref_volume.name).name} holds none of the labels compared ({shown}): every label "
+            "found scores Dice 0 (an empty label map, or one of another scan?)"
+        )
     return {
         "reference": str(reference),
         "labels": metrics,
         "mean_dice": float(np.mean(dices)) if dices else None,
         "mean_hd95_mm": float(np.mean(hds)) if hds else None,
         "unmatched": unmatched,
-        "warnings": [*pred_volume.warnings, *ref_volume.warnings],
+        "warnings": [*pred_volume.warnings, *ref_volume.warnings, *checks],
     }
 
 
