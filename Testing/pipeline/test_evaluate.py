@@ -324,3 +324,23 @@ def test_an_empty_reference_is_scored_with_a_warning_saying_so(tmp_path, capsys)
     assert any(says in warning for warning in json.loads((tmp_path / "m.json").read_text())["warnings"])
     both = evaluate_files(empty, empty)
     assert both["mean_dice"] is None and all(m["dice"] is None for m in both["labels"].values())
+
+
+def test_reference_labels_outside_the_predictions_box_are_said_to_count_as_missed(tmp_path, capsys):
+    """A prediction of a slab (e.g. ``segment`` on 10 slices) against the whole scan's reference: the reference's
+    labels outside the slab count as missed (Dice falls), as they must, but before this nothing said why."""
+    labels = two_balls()
+    reference = write(tmp_path / "ref.nii.gz", labels, {"1": "a", "2": "b"})
+    slab = np.ascontiguousarray(labels[:, :, 8:12])
+    slab_affine = AFFINE.copy()
+    slab_affine[:3, 3] = AFFINE[:3, :3] @ np.array([0, 0, 8]) + AFFINE[:3, 3]
+    sitk.WriteImage(image_from_array(slab, slab_affine), str(tmp_path / "slab.nii.gz"))
+    (tmp_path / "slab.json").write_text(json.dumps({"1": "a", "2": "b"}))
+    result = evaluate_files(tmp_path / "slab.nii.gz", reference)
+    outside = np.isin(labels, (1, 2)).copy()
+    outside[:, :, 8:12] = False
+    share = 100 * outside.sum() / np.isin(labels, (1, 2)).sum()
+    says = f"{share:.0f}% of the reference's labelled voxels lie outside slab.nii.gz's box"
+    assert any(says in warning for warning in result["warnings"]), result["warnings"]
+    assert result["labels"]["a"]["dice"] < 0.9  # the ball beyond the slab: missed
+    assert not evaluate_files(write(tmp_path / "same.nii.gz", labels, {"1": "a", "2": "b"}), reference)["warnings"]

@@ -254,16 +254,16 @@ def evaluate_files(
             "check that both belong to the same scan, with their geometry (origin, spacing, orientation) kept",
         )
     pred = np.asarray(pred_volume.array)
+    ref = np.rint(np.asarray(ref_volume.array)).astype(np.int32)
+    checks = []
     if isinstance(pred_volume, Volume) and (
         pred.shape != ref_grid.shape or not np.allclose(pred_volume.affine, ref_grid.affine, atol=1e-4)
     ):
         pred = resample(pred.astype(np.uint16), pred_volume.grid, ref_grid, "nearest", 0, np.uint16)
-    ref = np.asarray(ref_volume.array)
-    ref = np.rint(ref).astype(np.int32)
+        checks += _outside_the_prediction(ref, [value for _, value, _ in pairs], pred_volume, ref_grid)
     metrics = label_metrics(np.rint(pred).astype(np.int32), ref, pairs, ref_grid.spacing, hd95)
     dices = [m["dice"] for m in metrics.values() if m["dice"] is not None]
     hds = [m["hd95_mm"] for m in metrics.values() if m["hd95_mm"] is not None]
-    checks = []
     if not np.isin(ref, [value for _, value, _ in pairs]).any():  # scored (a negative case is real), but said
         shown = ", ".join(list(metrics)[:6]) + (", ..." if len(metrics) > 6 else "")
         checks.append(
@@ -278,6 +278,22 @@ def evaluate_files(
         "unmatched": unmatched,
         "warnings": [*pred_volume.warnings, *ref_volume.warnings, *checks],
     }
+
+
+def _outside_the_prediction(reference: np.ndarray, values: list[int], prediction, grid) -> list[str]:
+    """A warning when reference labels lie outside the prediction's box (a slab's result against the whole scan):
+    they count as missed, rightly, and the user should know why the Dice fell."""
+    from .scan_summary import field_of_view
+
+    labelled = np.isin(reference, values)
+    outside = int(np.count_nonzero(labelled & ~field_of_view(prediction.grid, grid)))
+    if not outside:
+        return []
+    share = 100 * outside / np.count_nonzero(labelled)
+    return [
+        f"{share:.0f}% of the reference's labelled voxels lie outside {Path(prediction.name).name}'s box: they count "
+        "as missed (a result of part of the scan?)"
+    ]
 
 
 EVALUATION_KEYS = ("reference", "labels", "mean_dice", "unmatched")
