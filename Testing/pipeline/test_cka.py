@@ -128,9 +128,17 @@ def test_cli_compares_two_families_and_saves_json_and_heatmap(tmp_path, capsys):
         ([*TINY_TOKEN_UNET, "--b", "NoToken", "--b-option", "channels"], "must look like NAME=VALUE"),
         ([*TINY_TOKEN_UNET, "--b", "NoToken", "--samples", "1"], "--samples: must be at least 2"),
         ([*TINY_TOKEN_UNET, "--b", "NoToken", "--b-weights", "missing.safetensors"], "weights file not found"),
+        (
+            ["--a", "8Token", "--b", "8Token", "--samples", "3", "--pooling", "mean", "--debiased"],
+            "--debiased needs at least 4 samples; --samples 3 with --pooling mean gives 3",
+        ),
     ],
 )
-def test_cli_user_errors_give_one_line_and_exit_code_2(argv, message, capsys, tmp_path):
+def test_cli_user_errors_give_one_line_and_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
+    from TokenUNetSegmentLib.pipeline import cka
+
+    if "--debiased" in argv:  # refused before the networks are built (before: after 4 s of work)
+        monkeypatch.setattr(cka, "_build", lambda *a, **k: pytest.fail("built before the check"))
     assert main([*argv, "--size", "16", "--out", str(tmp_path)] if "--size" not in argv else argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

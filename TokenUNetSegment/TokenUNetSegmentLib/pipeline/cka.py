@@ -267,6 +267,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--samples must be at least 2, got {args.samples}.")
     if args.size < 1:
         raise ValueError(f"--size must be positive, got {args.size}.")
+    if args.debiased and args.pooling != "positions" and args.samples < 4:  # one sample per input: known now
+        raise ValueError(
+            f"--debiased needs at least 4 samples; --samples {args.samples} with --pooling {args.pooling} gives "
+            f"{args.samples}."
+        )
     from .output_folder import OutputFolder, earlier_result
 
     written_before_manifests = earlier_result(("cka.json",), optional=("cka.png",))
