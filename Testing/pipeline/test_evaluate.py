@@ -344,3 +344,22 @@ def test_reference_labels_outside_the_predictions_box_are_said_to_count_as_misse
     assert any(says in warning for warning in result["warnings"]), result["warnings"]
     assert result["labels"]["a"]["dice"] < 0.9  # the ball beyond the slab: missed
     assert not evaluate_files(write(tmp_path / "same.nii.gz", labels, {"1": "a", "2": "b"}), reference)["warnings"]
+
+
+def test_a_name_table_naming_two_values_alike_is_refused(tmp_path, capsys):
+    """Labels are matched by name (case, spaces and dashes ignored): a table naming values 1 and 2 'kidney' and
+    'Kidney' (or a .seg.nrrd with two segments of one name) (before: the last value kept for the name, so the
+    prediction's label 1 was scored against the reference's label 2: Dice 0 for a perfect match, exit 0)."""
+    labels = two_balls()
+    names = {"1": "kidney", "2": "Kidney"}
+    reference = write(tmp_path / "ref.nii.gz", labels, names)
+    prediction = write(tmp_path / "pred.nii.gz", labels, {"1": "kidney", "2": "spleen"})
+    says = "the reference's name table names label values 1 and 2 alike ('kidney', 'Kidney')"
+    with pytest.raises(InputError, match=re.escape(says)):
+        evaluate_files(prediction, reference)
+    seg = tmp_path / "pred.seg.nrrd"
+    write_segmentation(seg, labels, AFFINE, [Label(1, "liver", (1, 2, 3)), Label(2, "Liver ", (3, 2, 1))])
+    (tmp_path / "ref.json").write_text(json.dumps({"1": "liver", "2": "spleen"}))
+    assert cli.main(["evaluate", str(reference), "--prediction", str(seg)]) == 2
+    err = capsys.readouterr().err
+    assert "the prediction's name table names label values 1 and 2 alike ('liver', 'Liver ')" in err, err

@@ -189,6 +189,23 @@ def _checked_table(data, what: str) -> dict[int, str]:
     return table
 
 
+def check_distinct_names(table: dict[int, str], whose: str) -> None:
+    """Refuse a name table that names two label values alike (labels are matched by name: one of them would be
+    scored against the other side's label of that name).
+
+    Raises:
+        InputError: naming both values and their names.
+    """
+    seen: dict[str, int] = {}
+    for value, name in sorted(table.items()):
+        first = seen.setdefault(_key(name), value)
+        if first != value:
+            raise InputError(
+                f"{whose} name table names label values {first} and {value} alike ({table[first]!r}, {name!r})",
+                "labels are matched by name: give each label value its own name",
+            )
+
+
 def match_labels(predicted: dict[int, str], reference: dict[int, str]) -> tuple[list[tuple[int, int, str]], dict]:
     """Pairs (predicted value, reference value, name) of labels with the same name (case, spaces and dashes
     ignored), and the names found on one side only."""
@@ -242,6 +259,8 @@ def evaluate_files(
             f"the {side} has no name table, so its labels cannot be matched by name",
             f'pass --{side}-names TABLE.json ({{"1": "spleen", ...}}) or use a .seg.nrrd',
         )
+    check_distinct_names(pred_names, "the prediction's")
+    check_distinct_names(ref_names, "the reference's")
     for volume in (pred_volume, ref_volume):  # before any rounding or resampling: a soft map is no label map
         check_label_values(volume.array, Path(volume.name).name)
     pairs, unmatched = match_labels(pred_names, ref_names)

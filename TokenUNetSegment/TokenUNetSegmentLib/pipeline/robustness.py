@@ -275,6 +275,9 @@ def evaluate_robustness(
     from .label_values import check_label_values
     from .segmentation import segment
 
+    from .evaluate import check_distinct_names
+
+    check_distinct_names(names, "the reference's")
     check_label_values(reference.array, Path(reference.name).name)  # before rounding: a probability map is refused
     ref = np.asarray(reference.array)
     if ref.shape != image.array.shape or not np.allclose(reference.affine, image.affine, atol=1e-4):
