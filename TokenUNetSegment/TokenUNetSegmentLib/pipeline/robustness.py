@@ -270,12 +270,10 @@ def evaluate_robustness(
 ) -> dict:
     """Segment every variant of ``image`` (a Volume) with ``package`` and score it against ``reference`` (a
     label Volume named by ``names``)."""
-    from .evaluate import label_metrics
+    from .evaluate import check_distinct_names, label_metrics
     from .geometry import resample
     from .label_values import check_label_values
     from .segmentation import segment
-
-    from .evaluate import check_distinct_names
 
     check_distinct_names(names, "the reference's")
     check_label_values(reference.array, Path(reference.name).name)  # before rounding: a probability map is refused
