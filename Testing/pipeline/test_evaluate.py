@@ -183,7 +183,7 @@ def test_hd95_matches_a_brute_force_computation():
     pa, pb = np.argwhere(edges(a)) * spacing, np.argwhere(edges(b)) * spacing
     d = np.linalg.norm(pa[:, None] - pb[None], axis=-1)
     expected = max(np.percentile(d.min(1), 95), np.percentile(d.min(0), 95))
-    assert hausdorff95(a, b, spacing) == pytest.approx(expected, rel=1e-9)
+    assert hausdorff95(a, b, spacing) == pytest.approx(expected, rel=1e-5)  # float32 distances
 
 
 def test_options_of_model_runs_are_refused_with_a_prediction(tmp_path, capsys):
@@ -363,3 +363,40 @@ def test_a_name_table_naming_two_values_alike_is_refused(tmp_path, capsys):
     assert cli.main(["evaluate", str(reference), "--prediction", str(seg)]) == 2
     err = capsys.readouterr().err
     assert "the prediction's name table names label values 1 and 2 alike ('liver', 'Liver ')" in err, err
+
+
+class _ClosedPipe:
+    """A stdout whose reader went away (``| head -1`` after its line)."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        pass
+
+    def fileno(self):
+        return sys.__stdout__.fileno()
+
+
+def test_output_files_are_written_when_the_printed_table_has_no_reader(tmp_path, monkeypatch):
+    """``evaluate ... --json m.json | head -1`` and ``cka ... | head -3`` (before: the table or matrix was printed
+    first, the closed pipe ended the command with exit 0, and m.json, cka.json and cka.png were never written)."""
+    import os
+
+    labels = two_balls()
+    reference = write(tmp_path / "ref.nii.gz", labels, {"1": "a", "2": "b"})
+    prediction = write(tmp_path / "pred.nii.gz", labels, {"1": "a", "2": "b"})
+    saved = os.dup(1)
+    try:
+        monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+        assert (
+            cli.main(["evaluate", str(reference), "--prediction", str(prediction), "--json", str(tmp_path / "m.json")])
+            == 0
+        )
+        cka = ["cka", "--a", "8Token", "--b", "8Token", "--size", "32", "--samples", "2", "--out", str(tmp_path / "c")]
+        assert cli.main(cka) == 0
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    assert json.loads((tmp_path / "m.json").read_text())["labels"]["a"]["dice"] == pytest.approx(1.0)
+    assert (tmp_path / "c" / "cka.json").is_file()

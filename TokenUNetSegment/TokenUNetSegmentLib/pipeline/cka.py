@@ -311,12 +311,6 @@ def _run(args: argparse.Namespace, folder) -> int:
     names = (f"network '{args.a}' (--a)", f"network '{args.b}' (--b)")
     matrix = cka_matrix(network_a, network_b, inputs, args.pooling, args.debiased, names)
 
-    kind = "debiased linear CKA" if args.debiased else "linear CKA"
-    print(f"{kind} ({args.pooling}, {args.samples} samples of {args.size}^3): rows {args.a}, columns {args.b}")
-    print("stage " + "".join(f"{j + 1:>8d}" for j in range(matrix.shape[1])))
-    for i, row in enumerate(matrix):
-        print(f"{i + 1:>5d} " + "".join(f"{value:8.3f}" for value in row))
-
     out = folder.staging
     record = {
         "a": args.a,
@@ -338,7 +332,12 @@ def _run(args: argparse.Namespace, folder) -> int:
                 "matplotlib is not installed: writing cka.json only (pip install matplotlib for cka.png).",
                 file=sys.stderr,
             )
-    destination = folder.commit()
+    destination = folder.commit()  # written before anything is printed: a closed stdout (``| head``) loses only text
+    kind = "debiased linear CKA" if args.debiased else "linear CKA"
+    print(f"{kind} ({args.pooling}, {args.samples} samples of {args.size}^3): rows {args.a}, columns {args.b}")
+    print("stage " + "".join(f"{j + 1:>8d}" for j in range(matrix.shape[1])))
+    for i, row in enumerate(matrix):
+        print(f"{i + 1:>5d} " + "".join(f"{value:8.3f}" for value in row))
     written = " and ".join(str(destination / name) for name in ("cka.json", "cka.png") if (destination / name).exists())
     print(f"wrote {written}")
     return 0
@@ -350,7 +349,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     try:
         return run(args)
-    except InputError:
+    except (InputError, BrokenPipeError):  # a closed stdout is the command line's to handle, not a user error
         raise
     except (ValueError, OSError) as error:
         raise InputError(" ".join(str(error).split())) from None
@@ -369,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(stop.code or 0)
     try:
         return run(args)
+    except BrokenPipeError:  # the reader of the printed matrix went away; the files are written
+        return ExitCode.OK
     except (ValueError, OSError, TokenUNetError) as error:
         message = error.message if isinstance(error, TokenUNetError) else str(error)
         hint = error.hint if isinstance(error, TokenUNetError) else None

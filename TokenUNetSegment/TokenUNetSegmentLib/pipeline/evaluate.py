@@ -42,24 +42,31 @@ def hausdorff95(predicted: np.ndarray, reference: np.ndarray, spacing) -> float:
     """95th-percentile symmetric Hausdorff distance (mm) between two non-empty masks.
 
     The definition of MONAI's ``compute_hausdorff_distance(percentile=95)``: the larger of the two directed
-    95th percentiles of edge-voxel to nearest-edge-voxel distances. Computed exactly with chunked torch
-    distances, so it needs no SciPy (which MONAI's implementation requires on the CPU).
+    95th percentiles of edge-voxel to nearest-edge-voxel distances. The nearest distances come from an exact
+    Euclidean distance transform (SimpleITK's Maurer map, in float32, on the box around both edges), so the time
+    and memory grow with the box's voxels, not with the product of the two edges' voxel counts (before: all
+    pairs, 48 s and 1 GB for two balls of 37 000 edge voxels; a liver at 0.8 mm took tens of minutes), and it
+    needs no SciPy (which MONAI's implementation requires on the CPU).
     """
-    import torch
+    import SimpleITK as sitk
 
-    scale = torch.tensor(np.asarray(spacing, dtype=np.float64))
-    a = torch.from_numpy(np.argwhere(surface_voxels(predicted))).double() * scale
-    b = torch.from_numpy(np.argwhere(surface_voxels(reference))).double() * scale
+    edges = surface_voxels(np.asarray(predicted, bool)), surface_voxels(np.asarray(reference, bool))
+    corners = np.argwhere(edges[0] | edges[1])
+    low, high = corners.min(0), corners.max(0) + 1
+    box = tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
+    # one voxel of background around the box: every edge voxel is then a contour voxel of its own map
+    cropped = [np.pad(edge[box], 1, constant_values=False) for edge in edges]
 
-    def directed(source, target):
-        nearest = torch.cat([torch.cdist(chunk, target).min(dim=1).values for chunk in source.split(2048)])
-        return (
-            float(torch.quantile(nearest, 0.95))
-            if nearest.numel() <= 16_000_000
-            else float(np.percentile(nearest.numpy(), 95))
+    def nearest(target: np.ndarray) -> np.ndarray:
+        image = sitk.GetImageFromArray(target.astype(np.uint8))  # array axes (i, j, k) are the image's (z, y, x)
+        image.SetSpacing([float(s) for s in reversed(np.asarray(spacing, float))])
+        distance = sitk.SignedMaurerDistanceMap(
+            image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
         )
+        return np.where(target, 0.0, np.abs(sitk.GetArrayViewFromImage(distance)))
 
-    return max(directed(a, b), directed(b, a))
+    directed = [np.percentile(nearest(target)[source], 95) for source, target in (cropped, cropped[::-1])]
+    return float(max(directed))
 
 
 def label_metrics(
@@ -412,10 +419,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result["warnings"] = [*segment_warnings, *result["warnings"]]
     if timing is not None:
         result["segment_seconds"] = round(timing, 2)
+    if args.json_out:  # before the table: a closed stdout (``| head``) then loses only text
+        write_file_atomically(args.json_out, json.dumps(result, indent=2))
     print(format_table(result))
     for message in result["warnings"][len(segment_warnings) :]:  # segment()'s: printed when they came
         print(f"warning: {message}", file=sys.stderr)
     if args.json_out:
-        write_file_atomically(args.json_out, json.dumps(result, indent=2))
         print(f"wrote {args.json_out}", file=sys.stderr)
     return 0
