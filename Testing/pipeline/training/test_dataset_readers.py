@@ -334,3 +334,22 @@ def test_datalist_decathlon_checks_the_datasets_channels_against_the_configs(tmp
     assert images == [f"imagesTr/case_000_000{c}.nii.gz" for c in (1, 2, 3, 0)]
     assert "T1 = imagesTr/case_000_0001.nii.gz (T1w)" in printed.out
     assert load_case(read_datalist(out)["training"][0], brain_config(), 8, (16, 16, 16)).image.shape[0] == 4
+
+
+def test_datalist_totalsegmentator_refuses_a_configuration_that_takes_no_ct(tmp_path, capsys):
+    """TotalSegmentator's cases are one CT each: a four-channel MR configuration (before: the datalist was written,
+    and ``train`` refused at its first case, after reading it)."""
+    root = totalsegmentator_dataset(tmp_path / "ts", cases=2)
+    brain = brain_config()
+    brain["labels"][0]["name"], brain["labels"][1]["name"] = (
+        "liver",
+        "spleen",
+    )  # the dataset's organs: only channels differ
+    config = tmp_path / "brain.json"
+    config.write_text(json.dumps(brain))
+    out = tmp_path / "list.json"
+    assert cli.main(["datalist", "totalsegmentator", str(root), "--config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    says = "TotalSegmentator's cases are one CT each; model 'brats-train' takes 4 channels (T1, T1c, T2, FLAIR)"
+    assert says in err and err.count("\n") == 1, err
+    assert not out.exists()

@@ -328,6 +328,13 @@ def run_datalist(args: argparse.Namespace) -> int:
     elif not args.root:
         raise InputError(f"the {args.layout} layout needs the dataset folder")
     elif args.layout == "totalsegmentator":
+        if config and (len(config.inputs) != 1 or config.inputs[0].modality.upper() not in ("", "CT")):
+            listed = ", ".join(channel.name for channel in config.inputs)
+            raise InputError(
+                f"TotalSegmentator's cases are one CT each; model '{config.id}' takes {len(config.inputs)} "
+                f"channel{'s' if len(config.inputs) > 1 else ''} ({listed})",
+                "choose the configuration of a CT model",
+            )
         datalist, report = datasets.totalsegmentator(
             args.root, labels, tuple(args.splits), tuple(args.validation_splits), args.structures
         )
