@@ -21,9 +21,8 @@ def check_label_values(values: np.ndarray, where: str) -> None:
     if not values.size:
         return
     if not np.issubdtype(values.dtype, np.integer):
-        fraction = np.abs(values - np.rint(values)) > 1e-3
-        if fraction.any() or not np.isfinite(values).all():
-            example = values[fraction][0] if fraction.any() else values[~np.isfinite(values)][0]
+        example = _first_fraction(values)
+        if example is not None:
             raise InputError(
                 f"{where} holds values that are not whole numbers (e.g. {float(example):g}; a probability map, "
                 "or linear interpolation?)",
@@ -37,3 +36,15 @@ def check_label_values(values: np.ndarray, where: str) -> None:
         )
     if high > LARGEST_LABEL:
         raise InputError(f"{where} holds values above {LARGEST_LABEL} ({float(high):g})", "use values 1 to 65535")
+
+
+def _first_fraction(values: np.ndarray, chunk: int = 1 << 22) -> float | None:
+    """The first value that is not a whole number (or not finite), or None; in chunks, so that a float label map
+    needs no temporary arrays of its own size."""
+    flat = values.reshape(-1)
+    for start in range(0, flat.size, chunk):
+        part = flat[start : start + chunk]
+        bad = ~np.isfinite(part) | (np.abs(part - np.rint(part)) > 1e-3)
+        if bad.any():
+            return float(part[bad][0])
+    return None
