@@ -316,3 +316,27 @@ def test_every_variant_is_checked_against_the_memory_limit_before_any_runs(monke
     )  # fmt: skip
     assert [row["variant"] for row in result["variants"]] == ["plain", "noise 40 HU"]
     assert len(made) == 2
+
+
+def test_robustness_and_cka_check_free_space_before_any_work(tmp_path, capsys, monkeypatch):
+    """On a disk with 40 KiB free (a real tmpfs, by hand: cka computed its matrix for 4 s, then "the disk ... is
+    full"; robustness ran every variant, minutes on a real scan, before finding out)."""
+    import collections
+    import shutil
+
+    from TokenUNetSegmentLib.pipeline import cka, robustness
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(40 << 10, 0, 40 << 10))
+    monkeypatch.setattr(cka, "_build", lambda *a, **k: pytest.fail("computed before the free-space check"))
+    monkeypatch.setattr(robustness, "evaluate_robustness", lambda *a, **k: pytest.fail("ran before the check"))
+    (tmp_path / "ct.nii.gz").write_bytes(b"")
+    for argv in [
+        ["cka", "--a", "8Token", "--b", "8Token", "--out", str(tmp_path / "c")],
+        ["robustness", "--model", "x", "--image", str(tmp_path / "ct.nii.gz"), "--reference",
+         str(tmp_path / "ct.nii.gz"), "--reference-names", str(tmp_path / "n.json"), "--out", str(tmp_path / "r")],
+    ]:  # fmt: skip
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "needs about 1 MiB but" in err and "40 KiB free" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]

@@ -278,7 +278,12 @@ def run(args: argparse.Namespace) -> int:
     folder = OutputFolder(args.out, "cka", reserved=("cka.json", "cka.png"), legacy_files=written_before_manifests)
     folder.open()  # checked and locked before anything is computed
     with folder:
+        folder.check_space(OUTPUT_BYTES)
         return _run(args, folder)
+
+
+OUTPUT_BYTES = 1 << 20
+"""Room checked for cka.json and cka.png before any work (they take 20-60 KB)."""
 
 
 def _check_memory(networks, samples: int, shape) -> None:

@@ -494,10 +494,13 @@ def run_robustness(args: argparse.Namespace) -> int:
     folder = OutputFolder(args.out, "robustness", reserved=OUTPUT_FILES, legacy_files=written_before_manifests)
     folder.open()  # checked and locked before anything is computed
     with folder:
+        folder.check_space(OUTPUT_BYTES)
         return _run(args, folder, _cases(args))
 
 
 OUTPUT_FILES = ("robustness.json", "robustness.md")
+OUTPUT_BYTES = 1 << 20
+"""Room checked for the result before any variant runs (a case's JSON and table take 10-30 KB)."""
 
 
 def _cases(args: argparse.Namespace) -> list[dict]:
