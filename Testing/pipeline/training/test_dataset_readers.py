@@ -353,3 +353,21 @@ def test_datalist_totalsegmentator_refuses_a_configuration_that_takes_no_ct(tmp_
     says = "TotalSegmentator's cases are one CT each; model 'brats-train' takes 4 channels (T1, T1c, T2, FLAIR)"
     assert says in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_datalist_out_naming_the_datasets_own_dataset_json_is_refused_even_with_overwrite(tmp_path, capsys):
+    """``datalist decathlon ROOT --out ROOT/dataset.json --overwrite`` (before: the dataset's own dataset.json, which
+    the command had just read, replaced by the datalist: the dataset's labels and channel names lost)."""
+    root = tmp_path / "Task03_Liver"
+    image, masks = phantom(0)
+    write(image, root / "imagesTr" / "liver_0.nii.gz")
+    write(masks["liver"].astype(np.uint8), root / "labelsTr" / "liver_0.nii.gz")
+    spec = {"labels": {"0": "background", "1": "liver"}, "modality": {"0": "CT"},
+            "training": [{"image": "./imagesTr/liver_0.nii.gz", "label": "./labelsTr/liver_0.nii.gz"}]}  # fmt: skip
+    (root / "dataset.json").write_text(json.dumps(spec))
+    before = (root / "dataset.json").read_bytes()
+    argv = ["datalist", "decathlon", str(root), "--out", str(root / "dataset.json"), "--overwrite"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--out dataset.json is the dataset's own dataset.json, which this command reads" in err, err
+    assert (root / "dataset.json").read_bytes() == before

@@ -312,11 +312,34 @@ def _check_layout_options(args: argparse.Namespace) -> None:
             )
 
 
+def _refuse_out_over_an_input(args: argparse.Namespace) -> None:
+    """``--out`` may not name a file the command reads (``--overwrite`` or not): the dataset's dataset.json or
+    meta.csv, a name table, the configuration."""
+    import os
+
+    root = Path(args.root) if args.root else None
+    inputs = [
+        ("the dataset's own dataset.json", root / "dataset.json" if root and args.layout == "decathlon" else None),
+        ("the dataset's meta.csv", root / "meta.csv" if root and args.layout == "totalsegmentator" else None),
+        ("the name table --table", Path(args.table) if args.layout == "folders" and args.table else None),
+        ("the configuration --config", Path(args.config) if args.config else None),
+    ]
+    out = Path(args.out)
+    for what, path in inputs:
+        try:
+            same = path is not None and out.exists() and os.path.samefile(out, path)
+        except OSError:  # absent or unreadable: not the same file
+            same = False
+        if same:
+            raise InputError(f"--out {out.name} is {what}, which this command reads", "write the datalist elsewhere")
+
+
 def run_datalist(args: argparse.Namespace) -> int:
     from ..output_folder import check_file_destination, write_file_atomically
     from . import datasets
 
     _check_layout_options(args)
+    _refuse_out_over_an_input(args)
     # before the dataset is scanned; a datalist this command wrote is replaced, any other file only if asked
     out = check_file_destination(args.out, args.overwrite or datasets.written_by_datalist)
     config = _datalist_config(args.config) if args.config else None
