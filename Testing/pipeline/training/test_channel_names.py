@@ -126,6 +126,11 @@ def test_nnunet_channel_files_given_to_segment_in_file_order_go_where_their_data
     assert cli.main(["segment", *files, "--model", str(package), "--out", str(tmp_path / "s"), *fast]) == 0
     report = json.loads((tmp_path / "s" / "report.json").read_text())
     assert [Path(p).name[-11:-7] for p in report["inputs"].values()] == ["0001", "0002", "0003", "0000"]
+    from TokenUNetSegmentLib.pipeline.metadata import parse_config
+    from TokenUNetSegmentLib.pipeline.run_inputs import channel_items
+
+    items, _ = channel_items(files, parse_config(brain_config(), "test"), "brats-names")  # segment()'s list: the same
+    assert [Path(p).name[-11:-7] for p in items] == ["0001", "0002", "0003", "0000"]
     entry = {"name": "BRATS_000", "image": files, "label": str(root / "labelsTr" / "BRATS_000.nii.gz")}
     (tmp_path / "old.json").write_text(json.dumps({"labels": {"1": "edema", "2": "enhancing"}, "training": [entry]}))
     case = load_case(read_datalist(tmp_path / "old.json")["training"][0], brain_config(), 8, ROI)
@@ -230,3 +235,16 @@ def test_datalist_config_takes_a_catalog_model_id(tmp_path, capsys):
     assert load_config("abdomen-organs-3mm-demo")["id"] == "abdomen-organs-3mm-demo"
     with pytest.raises(Exception, match="not found"):
         load_config("no-such-model")
+
+
+def test_nnunet_channel_files_in_the_folders_layout_point_to_the_decathlon_layout(tmp_path, capsys):
+    """``datalist folders --images imagesTr --labels labelsTr`` on nnU-Net's channel files: the case number is the last
+    number of a name, which is the channel's (before: "... both have case number 0 (keep one file per case in the
+    folder)", which no nnU-Net dataset can do)."""
+    root = nnunet_dataset(tmp_path / "Dataset001_BrainTumour", sequences=False)
+    out = tmp_path / "list.json"
+    given = ["--images", str(root / "imagesTr"), "--labels", str(root / "labelsTr"), "--table", "btcv"]
+    assert cli.main(["datalist", "folders", *given, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "use the decathlon layout with its dataset.json" in err and err.count("\n") == 1, err
+    assert not out.exists()

@@ -21,7 +21,7 @@ import os
 import re
 from pathlib import Path
 
-from ..channel_stack import dataset_channels
+from ..channel_stack import NNUNET_FILE, dataset_channels
 from ..errors import InputError, TokenUNetError
 from ..json_files import read_json_file
 from .label_tables import name_key, named_table
@@ -345,9 +345,12 @@ def folders(images, labels, table, model_labels=None, validation_fraction: float
         found: dict[str, Path] = {}
         for path in sorted(p for p in folder.iterdir() if _is_image(p) and number(p) is not None):
             if number(path) in found:
+                channel_files = all(NNUNET_FILE.match(p.name) for p in (found[number(path)], path))
                 raise InputError(
                     f"{found[number(path)].name} and {path.name} in {folder} both have case number {number(path)}",
-                    "keep one file per case in the folder",
+                    "they look like nnU-Net channel files (_0000, ...): use the decathlon layout with its dataset.json"
+                    if channel_files
+                    else "keep one file per case in the folder",
                 )
             found[number(path)] = path
         return found
