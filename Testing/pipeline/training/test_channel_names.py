@@ -78,7 +78,9 @@ def test_nnunet_channel_files_train_and_segment_in_the_channels_their_names_say(
     channel its name says: each channel of every training case equals that sequence's own file's."""
     root = nnunet_dataset(tmp_path / "Dataset001_BrainTumour")
     out = tmp_path / "list.json"
+    monkeypatch.setenv("TOKENUNET_MEMORY_LIMIT", "1K")  # datalist reads headers only: no memory check of its own
     assert cli.main(["datalist", "decathlon", str(root), "--out", str(out)]) == 0
+    monkeypatch.delenv("TOKENUNET_MEMORY_LIMIT")
     written = json.loads(out.read_text())["training"]
     assert written[0]["channels"] == list(NNUNET_ORDER)  # what each listed file holds
     config = tmp_path / "config.json"

@@ -27,6 +27,7 @@ from ..json_files import read_json_file
 from .label_tables import name_key, named_table
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+UNREAD = 1 << 62  # the memory "limit" of a header read for what it declares: reading is for train to check
 
 
 def _is_image(path: Path) -> bool:
@@ -272,7 +273,7 @@ def _check_images(root: Path, images: list[str], channels: list[str], where: Pat
         )
     wanted = len(channels) if len(images) == 1 else 1
     for image in images:
-        opened = open_image(root / image)
+        opened = open_image(root / image, limit=UNREAD)  # a header only: no voxel is read here
         volumes = opened.stacked[0] if len(opened.stacked) == 1 and not opened.stacked_axis else 1
         odd = opened.stacked_axis or len(opened.stacked) > 1 or volumes != wanted
         if not odd:
