@@ -12,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 from helpers.packages import ball_phantom, make_package, tiny_config
 from TokenUNetSegmentLib.pipeline import cli
-from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
 from TokenUNetSegmentLib.pipeline.errors import InputError
+from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
 from TokenUNetSegmentLib.pipeline.training import datasets, trainer
 from TokenUNetSegmentLib.pipeline.training.data import load_case, read_datalist
 
@@ -106,7 +106,8 @@ def test_nnunet_channel_files_train_and_segment_in_the_channels_their_names_say(
     # batch --datalist: each case's report says which file went to which channel
     package = make_package(tmp_path / "pkg", brain_config())
     fast = ["--no-overview", "--no-heatmaps", "--progress", "none"]
-    assert cli.main(["batch", "--datalist", str(out), "--model", str(package), "--out", str(tmp_path / "b"), *fast]) == 0
+    batch = ["batch", "--datalist", str(out), "--model", str(package), "--out", str(tmp_path / "b"), *fast]
+    assert cli.main(batch) == 0
     report = json.loads((tmp_path / "b" / "BRATS_000" / "report.json").read_text())
     files = {name: Path(path).name for name, path in report["inputs"].items()}
     assert files == {

@@ -90,7 +90,8 @@ def dataset_names(path: Path, option: str = "--channels", listed_as: str = "") -
         return None
     listed = _listed_images(data)
     own = f"{folder.name}/{Path(path).name}"
-    if listed and own not in listed and f"{folder.name}/{listed_as}" not in listed:  # another dataset's image copied in: its order may be another
+    # another dataset's image copied in: its order may be another
+    if listed and own not in listed and f"{folder.name}/{listed_as}" not in listed:
         raise InputError(
             f"{found} does not list {own} among its images, so its channel names may not be this image's",
             f"pass {option} naming its volumes in order",

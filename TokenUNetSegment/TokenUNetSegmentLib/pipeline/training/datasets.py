@@ -287,9 +287,7 @@ def _check_images(root: Path, images: list[str], channels: list[str], where: Pat
             if volumes > 1
             else "is one 3D volume"
         )
-        expected = (
-            f"one 4D image of {len(channels)} volumes per case" if wanted > 1 else "one 3D volume per file"
-        )
+        expected = f"one 4D image of {len(channels)} volumes per case" if wanted > 1 else "one 3D volume per file"
         raise InputError(
             f"{image} {held}, but {where} names {listed}: {expected}",
             "convert that case's image to match the others, or leave the case out of the dataset",
