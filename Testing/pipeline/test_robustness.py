@@ -354,8 +354,8 @@ def test_an_mr_model_runs_the_variants_that_suit_it_and_says_which_it_left_out(t
     config = tiny_config("liver-mr", labels=1, spacing=SPACING, roi=(16, 16, 16), intensity={"method": "zscore"})
     config["labels"][0]["name"], config["inputs"][0]["modality"] = "liver", "MR"
     package = make_package(tmp_path, config)
-    files = ["--image", tmp_path / "mr.nii.gz", "--reference", tmp_path / "ref.nii.gz"]
-    given = ["--model", str(package), *map(str, files), "--reference-names", str(tmp_path / "names.json"), "--no-tokens"]
+    files = ["--image", tmp_path / "mr.nii.gz", "--reference", tmp_path / "ref.nii.gz", "--reference-names"]
+    given = ["--model", str(package), *map(str, files), str(tmp_path / "names.json"), "--no-tokens"]
     assert cli.main(["robustness", *given, "--variants", "plain", "noise", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     says = "the noise variant adds Gaussian noise of 40 HU, a CT's unit; model 'liver-mr' takes MR"
