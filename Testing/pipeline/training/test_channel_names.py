@@ -251,3 +251,25 @@ def test_nnunet_channel_files_in_the_folders_layout_point_to_the_decathlon_layou
     err = capsys.readouterr().err
     assert "use the decathlon layout with its dataset.json" in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_a_resume_whose_files_went_to_other_channels_is_refused(tmp_path, capsys):
+    """``train --resume`` after the datalist's ``channels`` were edited (or the datalist written again, as this change
+    does for datalists that listed nnU-Net files in file order): the same files, so before the checkpoint's record
+    matched and the run resumed with its sequences fed to other channels than its weights learned."""
+    root = nnunet_dataset(tmp_path / "Dataset001_BrainTumour", cases=1, sequences=False)
+    out = tmp_path / "list.json"
+    assert cli.main(["datalist", "decathlon", str(root), "--out", str(out)]) == 0
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(brain_config()))
+    run = tmp_path / "run"
+    steps = ["--val-every", "1", "--patch-size", *map(str, ROI), "--select", "last", "--threads", "1"]
+    assert cli.main(["train", str(out), "--config", str(config), "--out", str(run), "--steps", "1", *steps]) == 0
+    data = json.loads(out.read_text())
+    data["training"][0]["channels"] = ["T2w", "T1w", "t1gd", "FLAIR"]  # FLAIR and T2 swapped
+    out.write_text(json.dumps(data))
+    capsys.readouterr()
+    resume = ["train", str(out), "--config", str(config), "--out", str(run), "--steps", "2", "--resume", *steps]
+    assert cli.main(resume) == 2
+    err = capsys.readouterr().err
+    assert "training cases differ from the run in" in err and "1 fed to other channels" in err, err

@@ -49,6 +49,7 @@ class Case:
     patient: str = ""
     synthesis: bool = True
     source: dict = field(default_factory=dict)  # spacing and extent of the scan as read
+    channels: tuple[str, ...] = ()  # the file (or 4D image's volume) in each of the model's channels, in its order
 
 
 UNKNOWN = 255
@@ -244,16 +245,17 @@ def _check_label_volume(volume, entry: dict, image_grid) -> None:
             )
 
 
-def _case_volumes(entry: dict, config, model: str) -> list:
-    """A case's image volumes in the model's channel order: one 4D image whose volumes its ``channels`` (else the
+def _case_volumes(entry: dict, config, model: str) -> tuple[list, list[str]]:
+    """A case's image volumes in the model's channel order, and which file (or volume) each is: one 4D image whose volumes its ``channels`` (else the
     dataset.json beside its imagesTr folder) name (:mod:`..channel_stack`), or one file per channel, each put in its
     channel by name as ``segment`` puts files (:func:`.case_files`)."""
     images = entry["image"]
     if len(images) == 1 and (len(config.inputs) > 1 or entry.get("channels")):
         stack = open_stack(images[0], config, model, entry.get("channels"), DATALIST_CHANNELS)
         if stack is not None:
-            return [opened() for opened in stack[0]]
-    return [read_volume(p) for p in case_files(entry, config, model)]
+            return [opened() for opened in stack[0]], stack[1].shown()
+    files = case_files(entry, config, model)
+    return [read_volume(p) for p in files], [Path(p).name for p in files]
 
 
 DATALIST_CHANNELS = "the datalist's 'channels'"
@@ -292,7 +294,7 @@ def case_files(entry: dict, config, model: str) -> list[str]:
 def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
     """Read and preprocess one datalist entry with the package configuration ``cfg``."""
     typed = parse_config(cfg, "training configuration")
-    volumes = _case_volumes(entry, typed, cfg.get("id", "being trained"))
+    volumes, channels = _case_volumes(entry, typed, cfg.get("id", "being trained"))
     if len(volumes) != len(cfg["inputs"]):
         raise InputError(
             f"case {entry['name']} has {len(volumes)} image channels; the model takes {len(cfg['inputs'])}"
@@ -320,10 +322,11 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
         "extent_mm": [round(float(n * s), 1) for n, s in zip(source_grid.shape, source_grid.spacing, strict=True)],
     }
     case = Case(entry["name"], prepared.image, label, spacing, files, missing, entry.get("repeat", 1))
-    case.patient, case.synthesis, case.source = (
+    case.patient, case.synthesis, case.source, case.channels = (
         entry.get("patient", entry["name"]),
         entry.get("synthesis", True),
         source,
+        tuple(channels),
     )
     ones = np.ones(source_grid.shape, np.uint8)
     case.inside = resample(ones, source_grid, prepared.region, "nearest", 0, np.uint8) > 0
