@@ -246,9 +246,9 @@ def _check_label_volume(volume, entry: dict, image_grid) -> None:
 
 
 def _case_volumes(entry: dict, config, model: str) -> tuple[list, list[str]]:
-    """A case's image volumes in the model's channel order, and which file (or volume) each is: one 4D image whose volumes its ``channels`` (else the
-    dataset.json beside its imagesTr folder) name (:mod:`..channel_stack`), or one file per channel, each put in its
-    channel by name as ``segment`` puts files (:func:`.case_files`)."""
+    """A case's image volumes in the model's channel order, and which file (or volume) each is: one 4D image whose
+    volumes its ``channels`` (else the dataset.json beside its imagesTr folder) name (:mod:`..channel_stack`), or one
+    file per channel, each put in its channel by name as ``segment`` puts files (:func:`.case_files`)."""
     images = entry["image"]
     if len(images) == 1 and (len(config.inputs) > 1 or entry.get("channels")):
         stack = open_stack(images[0], config, model, entry.get("channels"), DATALIST_CHANNELS)
