@@ -1,5 +1,6 @@
 """``robustness``: how a model holds up when a labelled CT is changed the way real scans differ: thin slabs,
-an oblique grid, other voxel sizes, noise, a scan that starts mid-liver. Each variant is segmented with
+an oblique grid, other voxel sizes, noise, a scan that starts mid-liver (a one-channel model of another modality:
+every variant but the noise, which is in HU). Each variant is segmented with
 ``segment()`` and scored against the reference (Dice per label, labels matched by name); the oblique variant
 is also compared with the plain result (agreement). On the plain scan, each label's best-token soft Dice says
 whether some learned token follows that organ.
@@ -495,7 +496,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", "-m", type=text("a model id or package path"), required=True, help="model id or package path"
     )
-    parser.add_argument("--image", help="the CT to change and segment")
+    parser.add_argument("--image", help="the scan (a CT for a CT model) to change and segment")
     parser.add_argument("--reference", help="its reference label map")
     parser.add_argument("--reference-names", help='JSON name table of the reference {"1": "liver", ...}')
     parser.add_argument("--datalist", help="a datalist with 'evaluation' entries (instead of --image/--reference)")
