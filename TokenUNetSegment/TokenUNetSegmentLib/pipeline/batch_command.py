@@ -20,7 +20,6 @@ import contextlib
 import datetime
 import json
 import os
-import signal
 import threading
 import time
 import traceback
@@ -84,6 +83,7 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
     from .output_folder import check_file_destination, json_with_keys, resolve_destination
     from .outputs import output_folder
     from .package_source import read_metadata
+    from .cancel_signals import restore_handlers
     from .segment_command import check_options, install_cancel_handlers
 
     check_options(args)
@@ -124,8 +124,7 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
         batch = Batch(args, cases, root, summary_path, metadata, package_path, printer, cancel, protected)
         return batch.run()
     finally:
-        for signum, handler in handlers:
-            signal.signal(signum, handler)
+        restore_handlers(handlers)
         lock.release()
         _remove_empty(created)  # refused or stopped before batch.json: no folder of ours left behind
 
@@ -309,10 +308,14 @@ class Batch:
         self.report(index, record, time.perf_counter() - started)
 
     def read(self, opened) -> list:
-        """The case's voxels; for the first case read, while torch is imported and the package loaded."""
-        if self.package is not None:
-            return opened.read()
+        """The case's voxels; for the first case read, while torch is imported and the package loaded. Read in a
+        thread either way: the main thread waits for it where a stop (:mod:`.cancel_signals`) reaches it at once, not
+        after the reader's C++ call."""
+        from .background import BackgroundCall
         from .segment_command import load_package_at, load_while_reading
+
+        if self.package is not None:
+            return BackgroundCall(opened.read, "TokenUNet read").result()
 
         def load() -> None:  # kept when the case's own voxels fail to read
             try:

@@ -223,7 +223,22 @@ def main(argv: list[str] | None = None) -> int:
         import gc
 
         gc.freeze()
+        if code == ExitCode.CANCELLED:
+            _exit_without_waiting(code)
     return code
+
+
+def _exit_without_waiting(code: int) -> None:
+    """End a cancelled command's process now when a worker thread is still inside a C++ call (a reading thread in
+    SimpleITK's reader): its result is not wanted, and the interpreter's exit would wait for it (seconds to minutes on a
+    large series; :class:`.background.BackgroundCall` threads are not daemons because a normal exit during such a call
+    crashes). Everything the command wrote is done and its locks are released; stdout and stderr are flushed first."""
+    if not any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _run(argv: list[str] | None) -> int:

@@ -1,0 +1,168 @@
+"""SIGTERM and Ctrl-C stop ``segment`` and ``batch`` wherever they are: while a case's headers are checked, while its
+voxels are read (in the reading thread next to torch's import, or for a later case of a batch), while torch is
+imported and the package loaded, between windows. The step in progress is not waited for; the case is dropped
+(staging folder and lock removed, an earlier result whole), ``batch.json`` says how far the batch got, exit 130.
+
+Each slow step below is a stand-in that never returns to Python on its own for seconds (as SimpleITK's reader and
+GDCM's scan do), or a Python loop (as the import is): the test checks that the step was left, not how fast."""
+
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers.paths import MODULE_DIR
+from TokenUNetSegmentLib.pipeline import cli, run_inputs, segment_command
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
+
+FAST = ["--device", "cpu", "--no-overview", "--no-heatmaps", "--progress", "none"]
+SLOW_STEP_S = 20.0  # a step the command must not wait for
+
+
+def stop(signum: int) -> None:
+    """SIGTERM or Ctrl-C to the main thread, as a batch system's stop or a terminal delivers it."""
+    signal.pthread_kill(threading.main_thread().ident, signum)
+
+
+class SlowStep:
+    """A step that takes :data:`SLOW_STEP_S` unless interrupted; ``finished`` tells whether it ran to its end."""
+
+    def __init__(self, signum: int):
+        self.signum, self.started, self.finished = signum, threading.Event(), threading.Event()
+        self.release = threading.Event()  # set by the test once it has looked: a thread left behind ends then
+
+    def python_loop(self) -> None:  # torch's import, header checks: Python between short C calls
+        self.started.set()
+        stop(self.signum)
+        deadline = time.monotonic() + SLOW_STEP_S
+        while time.monotonic() < deadline:
+            time.sleep(0.005)
+        self.finished.set()
+
+    def c_call(self) -> None:  # a reader's C++ call: returns to Python only at its end
+        self.started.set()
+        stop(self.signum)
+        if not self.release.wait(SLOW_STEP_S):  # in the main thread, a wait resumes after a handler that sets a flag
+            self.finished.set()
+
+
+def slowed(monkeypatch, phase: str, signum: int, when) -> SlowStep:
+    """Make ``phase`` of the case for which ``when(inputs)`` holds slow, with a stop signal at its start."""
+    step = SlowStep(signum)
+    if phase == "headers":
+        real_open = run_inputs.open_run_inputs
+
+        def open_run_inputs(items, *args, **kwargs):
+            if when(items):
+                step.python_loop()
+            return real_open(items, *args, **kwargs)
+
+        monkeypatch.setattr(run_inputs, "open_run_inputs", open_run_inputs)
+    elif phase == "voxels":
+        real_case = segment_command.open_case
+
+        def open_case(inputs, *args, **kwargs):
+            opened = real_case(inputs, *args, **kwargs)
+            if not when(inputs):
+                return opened
+
+            def read():
+                step.c_call()
+                return opened.read()
+
+            return dataclasses.replace(opened, read=read)
+
+        monkeypatch.setattr(segment_command, "open_case", open_case)
+    else:  # torch's import and the package's load (first case)
+        real_load = segment_command.load_package_at
+
+        def load_package_at(path):
+            step.python_loop()
+            return real_load(path)
+
+        monkeypatch.setattr(segment_command, "load_package_at", load_package_at)
+    return step
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tokenunet-" in p.name)
+
+
+PHASES = [
+    ("headers", signal.SIGTERM),
+    ("voxels", signal.SIGTERM),
+    ("model", signal.SIGTERM),
+    ("headers", signal.SIGINT),
+    ("voxels", signal.SIGINT),
+]
+
+
+@pytest.mark.parametrize("phase,signum", PHASES, ids=[f"{p}-{s.name}" for p, s in PHASES])
+def test_a_stop_during_a_segment_phase_is_not_waited_for(cli_case, tmp_path, monkeypatch, phase, signum, capsys):
+    """Before: SIGTERM only set the cancel flag, which is looked at between windows: segment went on reading the
+    headers, the voxels, importing torch (seconds to minutes on a large series) before it stopped."""
+    _, package, ct = cli_case
+    step = slowed(monkeypatch, phase, signum, lambda inputs: True)
+    out = tmp_path / "out"
+    assert cli.main(["segment", str(ct), "--model", str(package), "--out", str(out), *FAST]) == 130
+    assert step.started.is_set() and not step.finished.is_set()
+    step.release.set()
+    assert not out.exists() and leftovers(tmp_path) == []
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(("interrupted", "cancelled"))
+
+
+@pytest.mark.parametrize("phase,signum", PHASES, ids=[f"{p}-{s.name}" for p, s in PHASES])
+def test_a_stop_during_a_batch_phase_is_not_waited_for(cli_case, tmp_path, monkeypatch, phase, signum):
+    """Before: SIGTERM during a case's header check, its voxel read or torch's import waited for that step to end
+    (the reading thread and the header loop never looked at the flag); now the step is left at once, the case is
+    dropped and recorded as cancelled, the finished case stays, batch.json says cancelled, no lock is left."""
+    _, package, ct = cli_case
+    second = tmp_path / "in" / "second.nii.gz"
+    second.parent.mkdir()
+    second.write_bytes(ct.read_bytes())
+    stopped_case = "ct" if phase == "model" else "second"  # the model is loaded with the first case
+    step = slowed(monkeypatch, phase, signum, lambda inputs: stopped_case in str(inputs[0]))
+    out = tmp_path / "out"
+    assert cli.main(["batch", str(ct), str(second), "--model", str(package), "--out", str(out), *FAST]) == 130
+    assert step.started.is_set() and not step.finished.is_set()
+    step.release.set()
+    document = json.loads((out / "batch.json").read_text())
+    statuses = [case["status"] for case in document["cases"]]
+    assert document["state"] == "cancelled"
+    assert statuses == (["cancelled", "pending"] if phase == "model" else ["done", "cancelled"])
+    kept = ["batch.json"] + (["ct"] if phase != "model" else [])
+    assert sorted(p.name for p in out.iterdir()) == kept  # no lock, staging folder or reserve
+
+
+def test_a_stopped_process_does_not_wait_for_its_reading_thread(cli_case, tmp_path):
+    """A real process stopped while its reading thread is inside a long C++ read: it exits 130 without waiting for
+    the read (before: the interpreter's exit joined the thread, a minute here), batch.json written, no lock left."""
+    _, package, ct = cli_case
+    out = tmp_path / "out"
+    code = (
+        "import dataclasses, signal, sys, threading, time\n"
+        "from TokenUNetSegmentLib.pipeline import cli, segment_command\n"
+        "real = segment_command.open_case\n"
+        "def open_case(*args, **kwargs):\n"
+        "    opened = real(*args, **kwargs)\n"
+        "    def read():\n"
+        "        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)\n"
+        "        time.sleep(120)\n"
+        "        return opened.read()\n"
+        "    return dataclasses.replace(opened, read=read)\n"
+        "segment_command.open_case = open_case\n"
+        f"sys.argv = ['tokenunet', 'batch', {str(ct)!r}, '--model', {str(package)!r}, '--out', {str(out)!r}, "
+        "'--device', 'cpu', '--progress', 'none']\n"
+        "raise SystemExit(cli.main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, done.stderr
+    document = json.loads((out / "batch.json").read_text())
+    assert document["state"] == "cancelled" and document["cases"][0]["status"] == "cancelled"
+    assert sorted(p.name for p in out.iterdir()) == ["batch.json"]

@@ -1,0 +1,55 @@
+"""Ctrl-C and SIGTERM for the commands that run cases (``segment``, ``batch``, ``train``): stop now, wherever the run is.
+
+The first stop sets the run's cancel event (what the window loop, a download and ``batch``'s next case look at) and
+raises ``KeyboardInterrupt`` in the main thread at once: while a case's headers are checked, while the main thread
+waits for the reading thread, in torch's import, between windows. A cancel flag alone was looked at only between
+windows, so a stop during the other steps waited for them to end (seconds on a large DICOM series, torch's import on a
+busy machine). Later stops only set the event: the command is already stopping, and its clean-up (dropping the case in
+progress, rewriting ``batch.json``, releasing the locks) is not cut short by a second Ctrl-C.
+
+A stop that comes while a result is swapped into place waits for the swap (:mod:`.output_folder`), then only sets the
+event (:meth:`CancelOnSignal.request`): the result is complete, and ``batch`` stops before its next case.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name)
+)  # SIGBREAK: Windows' Ctrl-Break
+
+
+class CancelOnSignal:
+    """A signal handler: the first stop sets ``event`` and raises ``KeyboardInterrupt``; later ones set it only."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, signum, frame) -> None:
+        first = not self.event.is_set()
+        self.event.set()
+        if first:
+            raise KeyboardInterrupt
+
+    def request(self) -> None:
+        """A stop that must not interrupt what runs now (it was held until a swap was done): the event only."""
+        self.event.set()
+
+
+def install_cancel_handlers(event: threading.Event) -> list:
+    """Ctrl-C, SIGTERM (and Windows' SIGBREAK) cancel through ``event`` (:class:`CancelOnSignal`); the previous
+    handlers, to put back. Nothing is installed outside the main thread (signals are not delivered there)."""
+    previous = []
+    if threading.current_thread() is threading.main_thread():
+        handler = CancelOnSignal(event)
+        for signum in STOP_SIGNALS:
+            previous.append((signum, signal.signal(signum, handler)))
+    return previous
+
+
+def restore_handlers(previous: list) -> None:
+    """Put back the handlers :func:`install_cancel_handlers` replaced."""
+    for signum, handler in previous:
+        signal.signal(signum, handler)
