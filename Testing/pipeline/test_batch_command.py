@@ -3,6 +3,8 @@ it, batch.json, failures recorded and the batch going on, collisions and users' 
 exit codes, datalists (multi-channel), folders of cases, typed progress events."""
 
 import contextlib
+import os
+import time
 import json
 import signal
 import threading
@@ -726,3 +728,52 @@ def test_files_of_one_name_in_one_folder_per_case_are_named_by_their_folders(tmp
     assert (
         refused.value.hint == f"its subfolders hold volume files: give them as cases, e.g. {root / '*' / 'ct.nii.gz'}"
     )
+
+
+def replaced_keeping_size_and_time(path: Path, data: bytes, in_place: bool) -> None:
+    """``path``'s content replaced by ``data`` of the same size, its modification time put back: ``cp -p`` over it
+    (in place), or ``rsync -t`` and a restored backup (a new file renamed over it)."""
+    assert len(data) == path.stat().st_size
+    before = path.stat()
+    time.sleep(0.01)  # another clock reading than the file's
+    if in_place:
+        path.write_bytes(data)
+    else:
+        fresh = path.with_name(".rsync-tmp")
+        fresh.write_bytes(data)
+        os.replace(fresh, path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def test_resume_runs_a_case_again_whose_input_was_replaced_with_its_size_and_time_kept(two_cases, tmp_path, capsys):
+    """Before: --resume compared each input file's size and modification time only, so a scan replaced by another of
+    the same size with its time kept (``cp -p``, ``rsync -t``, a restored backup) was skipped as done, its result that
+    of the old scan. Now the stamp has the file's change time and inode too (the system sets them; copies cannot keep
+    them): the case runs again. A file left alone is still skipped."""
+    package, (first, _) = two_cases
+    cases = tmp_path / "in"
+    cases.mkdir()
+    kept, copied, synced = (cases / f"{name}.nii.gz" for name in ("kept", "copied", "synced"))
+    for path in (kept, copied, synced):
+        path.write_bytes(first.read_bytes())
+    series = cases / "series"
+    write_dicom_series(series, dicom_array(slices=3))
+    out = tmp_path / "out"
+
+    def statuses() -> dict:
+        capsys.readouterr()
+        assert batch(kept, copied, synced, series, "--model", package, "--out", out, "--resume", *FAST) in (0, 2)
+        return {case["name"]: case["status"] for case in summary(out)["cases"]}
+
+    first_run = statuses()
+    assert statuses() == dict.fromkeys(first_run, "skipped")
+    data = bytearray(first.read_bytes())
+    data[-16] ^= 0xFF  # another scan's bytes, the same size
+    replaced_keeping_size_and_time(copied, bytes(data), in_place=True)
+    replaced_keeping_size_and_time(synced, bytes(data), in_place=False)
+    slice_file = sorted(series.iterdir())[1]
+    replaced_keeping_size_and_time(slice_file, bytes(reversed(slice_file.read_bytes())), in_place=True)
+    again = statuses()
+    assert again["kept"] == "skipped"
+    assert again["copied"] != "skipped" and again["synced"] != "skipped" and again["series"] != "skipped", again
