@@ -777,3 +777,31 @@ def test_resume_runs_a_case_again_whose_input_was_replaced_with_its_size_and_tim
     again = statuses()
     assert again["kept"] == "skipped"
     assert again["copied"] != "skipped" and again["synced"] != "skipped" and again["series"] != "skipped", again
+
+
+def test_a_batch_whose_every_case_failed_says_so_and_some_failed_is_told_apart(two_cases, tmp_path, capsys):
+    """Before: a batch in which every case failed wrote ``state: completed`` and printed "batch completed: 2 failed of
+    2 cases", as a batch with one failure among successes did: read by a script or a user, a success. Now: every case
+    failed is ``state: failed`` and "batch failed: all 2 cases failed", some failed is ``completed_with_failures`` and
+    "batch completed with failures: ...", all done stays ``completed``; the exit codes stay 2 (or 1) and 0."""
+    package, (first, second) = two_cases
+    bad = [truncated(first, tmp_path / "in" / f"damaged{index}.nii.gz") for index in (1, 2)]
+    runs = {"all failed": bad, "some failed": [first, bad[0]], "all done": [first, second]}
+    seen = {}
+    for name, cases in runs.items():
+        out = tmp_path / name.replace(" ", "-")
+        capsys.readouterr()
+        code = batch(*cases, "--model", package, "--out", out, *FAST)
+        captured = capsys.readouterr()
+        summary_line = captured.out.strip().splitlines()[-1]
+        seen[name] = (code, summary(out)["state"], summary_line, captured.err.strip())
+    code, state, line, err = seen["all failed"]
+    assert (code, state) == (2, "failed")
+    assert line.startswith("batch failed: all 2 cases failed"), line
+    assert err.splitlines()[-1].startswith("error: all 2 cases failed, none done"), err
+    code, state, line, err = seen["some failed"]
+    assert (code, state) == (2, "completed_with_failures")
+    assert line.startswith("batch completed with failures: 1 done, 1 failed of 2 cases"), line
+    assert err.splitlines()[-1].startswith("error: 1 of 2 cases failed"), err
+    code, state, line, err = seen["all done"]
+    assert (code, state, err) == (0, "completed", "") and line.startswith("batch completed: 2 done of 2 cases")

@@ -238,10 +238,11 @@ class Batch:
                         f"{self.document['error']}; {self.summary_path.name} says which cases are done",
                         "free some disk space, then run the batch again with --resume",
                     )
-            return self.finish("completed")
+            return self.finish(self.outcome())
         except (CancelledError, KeyboardInterrupt):
             return self.finish("cancelled")
         except ModelLoadError as failure:
+            self.document["error"] = f"the model failed to load: {ErrorEvent.from_error(failure.error).message}"
             self.finish("failed")
             raise failure.error from None
         finally:
@@ -413,28 +414,35 @@ class Batch:
         self.texts[index] = (mark, text)
         return text
 
+    def outcome(self) -> str:
+        """The state of a batch that went through every case: ``completed`` (every case done or skipped),
+        ``completed_with_failures`` (some failed) or ``failed`` (every case failed: nothing to show for it)."""
+        statuses = {record["status"] for record in self.records}
+        if "failed" not in statuses:
+            return "completed"
+        return "failed" if statuses == {"failed"} else "completed_with_failures"
+
     def finish(self, state: str) -> int:
         """Record the batch's end, print its summary; the exit code."""
         seconds = time.perf_counter() - self.started
         self.document.update(state=state, finished=_now(), seconds=round(seconds, 3))
         self.save()
-        counts = self.document["counts"]
+        counts, count = self.document["counts"], len(self.cases)
+        every_case_failed = counts["failed"] == count
         parts = [f"{counts[status]} {status}" for status in ("done", "failed", "skipped") if counts[status]]
         not_run = counts["cancelled"] + counts["pending"]
         if not_run:
             parts.append(f"{not_run} not run")
+        told = f"all {count} cases failed" if every_case_failed else f"{', '.join(parts) or 'nothing'} of {count} cases"
         self.printer.close()
-        print(
-            f"batch {state}: {', '.join(parts) or 'nothing'} of {len(self.cases)} cases in {seconds:.1f} s; "
-            f"see {self.summary_path}"
-        )
+        print(f"batch {state.replace('_', ' ')}: {told} in {seconds:.1f} s; see {self.summary_path}")
         if state == "cancelled":
             event = ErrorEvent(
                 "cancelled", "cancelled", f"finished cases stay; see {self.summary_path}", "CancelledError"
             )
             self.printer.emit(event)
             return ExitCode.CANCELLED
-        if state != "completed":
+        if "error" in self.document:  # stopped before its end (a full disk)
             return ExitCode.USER_ERROR
         categories = {record["error"]["category"] for record in self.records if record["status"] == "failed"}
         if not categories:
@@ -445,7 +453,9 @@ class Batch:
             self.printer.emit(ResultEvent(str(self.root), files, (), round(seconds, 3)))
             return ExitCode.OK
         category = "internal" if "internal" in categories else "user"
-        message = f"{counts['failed']} of {len(self.cases)} cases failed"
+        message = f"{counts['failed']} of {count} cases failed"
+        if every_case_failed:
+            message = f"all {count} cases failed, none done" if count > 1 else "the batch's one case failed"
         event = ErrorEvent(message, category, f"see {self.summary_path}", "BatchError")
         if self.printer.json:
             self.printer.emit(event)
