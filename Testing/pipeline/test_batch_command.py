@@ -3,11 +3,11 @@ it, batch.json, failures recorded and the batch going on, collisions and users' 
 exit codes, datalists (multi-channel), folders of cases, typed progress events."""
 
 import contextlib
-import os
-import time
 import json
+import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np

@@ -166,3 +166,97 @@ def test_a_stopped_process_does_not_wait_for_its_reading_thread(cli_case, tmp_pa
     document = json.loads((out / "batch.json").read_text())
     assert document["state"] == "cancelled" and document["cases"][0]["status"] == "cancelled"
     assert sorted(p.name for p in out.iterdir()) == ["batch.json"]
+
+
+def test_a_second_stop_while_a_batch_stops_neither_cuts_its_clean_up_nor_says_nothing_was_kept(
+    cli_case, tmp_path, monkeypatch, capsys
+):
+    """Before: a second Ctrl-C while the case in progress was dropped cut that short (its staging folder and lock
+    left in the root), and one while batch.json was finished printed "interrupted; no output was written", though the
+    finished cases' folders and batch.json stayed. Now later stops wait for the clean-up, and every cancel line says
+    what was kept and how to go on."""
+    from TokenUNetSegmentLib.pipeline.output_folder import OutputFolder
+
+    _, package, ct = cli_case
+    second = tmp_path / "in" / "second.nii.gz"
+    second.parent.mkdir()
+    second.write_bytes(ct.read_bytes())
+    slowed(monkeypatch, "headers", signal.SIGINT, lambda inputs: "second" in str(inputs[0]))
+    real_abort = OutputFolder.abort
+
+    def abort_with_a_second_ctrl_c(self):
+        if self.staging is not None:
+            stop(signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here, inside the clean-up
+        real_abort(self)
+
+    monkeypatch.setattr(OutputFolder, "abort", abort_with_a_second_ctrl_c)
+    out = tmp_path / "out"
+    assert cli.main(["batch", str(ct), str(second), "--model", str(package), "--out", str(out), *FAST]) == 130
+    assert sorted(p.name for p in out.iterdir()) == ["batch.json", "ct"]  # no staging folder or lock of 'second'
+    document = json.loads((out / "batch.json").read_text())
+    assert document["state"] == "cancelled" and [c["status"] for c in document["cases"]] == ["done", "cancelled"]
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no output was written" not in err and "1 finished case" in err and "batch.json" in err, err
+    assert "--resume" in err, err
+
+
+def test_an_interrupt_that_escapes_a_batch_after_cases_finished_says_what_stays(
+    cli_case, tmp_path, monkeypatch, capsys
+):
+    """An interrupt that escapes the batch after batch.json was written (here: while it is rewritten at the end) is
+    told as what it is: the finished cases and batch.json stay (before: "interrupted; no output was written")."""
+    from TokenUNetSegmentLib.pipeline import batch_command
+
+    _, package, ct = cli_case
+    real_save = batch_command.Batch.save
+
+    def save_then_interrupted(self):
+        real_save(self)
+        if self.document["state"] != "running":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch_command.Batch, "save", save_then_interrupted)
+    out = tmp_path / "out"
+    assert cli.main(["batch", str(ct), "--model", str(package), "--out", str(out), *FAST]) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no output was written" not in err and "1 finished case" in err and str(out / "batch.json") in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["batch.json", "ct"]
+
+
+def test_a_cancelled_training_says_which_checkpoints_stay_and_how_to_resume(tmp_path, monkeypatch, capsys):
+    """Before: Ctrl-C or SIGTERM during ``train`` printed "interrupted; no output was written", though its
+    checkpoints and log stayed (and a rerun without --resume is refused for them). Now the line names them and
+    --resume; a run stopped before it wrote anything still says nothing was written, and leaves no folder."""
+    from helpers.training_data import train_config, write_dataset
+    from TokenUNetSegmentLib.pipeline.training import trainer
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(train_config()))
+    datalist = write_dataset(tmp_path / "data", cases=1, validation=0)
+    real_log = trainer._log
+
+    def log_then_stop(path, record, echo=None):
+        real_log(path, record, echo)
+        if record.get("event") == "validation" and record["step"] == 2:
+            stop(signal.SIGTERM)
+            time.sleep(0.05)
+
+    monkeypatch.setattr(trainer, "_log", log_then_stop)
+    out = tmp_path / "run"
+    arguments = ["train", str(datalist), "--config", str(config), "--out", str(out), "--progress", "none"]
+    assert cli.main([*arguments, "--steps", "6", "--val-every", "2"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no output was written" not in err and "last.pt" in err and "step 2" in err and "--resume" in err, err
+    assert (out / "checkpoints" / "last.pt").is_file() and not (out / "package").exists()
+    assert [p.name for p in out.iterdir() if ".tokenunet-" in p.name] == []
+
+    def stopped_at_start(*args, **kwargs):
+        stop(signal.SIGINT)
+        time.sleep(0.05)
+
+    monkeypatch.setattr(trainer, "load_case", stopped_at_start)
+    fresh = tmp_path / "fresh"
+    assert cli.main(["train", str(datalist), "--config", str(config), "--out", str(fresh), "--progress", "none"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("no output was written")
+    assert not fresh.exists()

@@ -20,6 +20,7 @@ import contextlib
 import datetime
 import json
 import os
+import sys
 import threading
 import time
 import traceback
@@ -77,13 +78,13 @@ class ModelLoadError(Exception):
 def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -> int:
     """Run every case of ``args`` with one model; returns the exit code (errors of the whole batch raise)."""
     from .batch_cases import BATCH_FILE, cases_from_datalist, cases_from_paths, check_case_names
+    from .cancel_signals import restore_handlers
     from .catalog import ModelStore
-    from .errors import InputError, OutputError
+    from .errors import CancelledError, InputError, OutputError
     from .locks import DestinationLock
     from .output_folder import check_file_destination, json_with_keys, resolve_destination
     from .outputs import output_folder
     from .package_source import read_metadata
-    from .cancel_signals import restore_handlers
     from .segment_command import check_options, install_cancel_handlers
 
     check_options(args)
@@ -117,16 +118,23 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
     created = _make_folders(root)
     lock = DestinationLock(summary_path, "batch")
     cancel = cancel or threading.Event()
-    handlers = []
+    handlers, batch = [], None
     try:
-        lock.acquire()  # two batches on one root would overwrite each other's batch.json
-        handlers = install_cancel_handlers(cancel)
-        batch = Batch(args, cases, root, summary_path, metadata, package_path, printer, cancel, protected)
-        return batch.run()
-    finally:
-        restore_handlers(handlers)
-        lock.release()
-        _remove_empty(created)  # refused or stopped before batch.json: no folder of ours left behind
+        try:
+            lock.acquire()  # two batches on one root would overwrite each other's batch.json
+            handlers = install_cancel_handlers(cancel)
+            batch = Batch(args, cases, root, summary_path, metadata, package_path, printer, cancel, protected)
+            return batch.run()
+        finally:
+            try:
+                lock.release()
+                _remove_empty(created)  # refused or stopped before batch.json: no folder of ours left behind
+            finally:
+                restore_handlers(handlers)  # after: a second stop does not cut the lock's release short
+    except KeyboardInterrupt:  # one that got past the batch once batch.json was written: say what stays
+        if batch is None or not batch.saved:
+            raise
+        raise CancelledError("interrupted", batch.kept()) from None
 
 
 class SpaceReserve:
@@ -200,6 +208,7 @@ class Batch:
         self.texts: dict[int, tuple] = {}  # the encoded text of each ended case (see encoded())
         self.reserve = SpaceReserve(lock_path(summary_path).with_name(hidden_sibling(summary_path, RESERVE_TAG)))
         self.started = time.perf_counter()
+        self.saved = False  # whether batch.json was written
         self.records = [
             {"name": case.name, "inputs": list(case.inputs), "folder": str(root / case.name), "status": "pending"}
             for case in cases
@@ -401,6 +410,13 @@ class Batch:
             if not self.reserve.give_up():
                 raise
             write_file_atomically(self.summary_path, text)  # in the room the reserve held
+        self.saved = True
+
+    def kept(self) -> str:
+        """What a cancelled batch leaves (the finished cases' folders, batch.json) and how to go on."""
+        finished = sum(record["status"] in ("done", "skipped") for record in self.records)
+        cases = f"{finished} finished case{'' if finished == 1 else 's'} in {self.root} and " if finished else ""
+        return f"kept: {cases}{self.summary_path} (run the batch again with --resume to do the rest)"
 
     def encoded(self, index: int, record: dict) -> str:
         """A case's text in batch.json (``json.dumps(document, indent=2)``'s), kept until its status or time changes
@@ -437,10 +453,11 @@ class Batch:
         self.printer.close()
         print(f"batch {state.replace('_', ' ')}: {told} in {seconds:.1f} s; see {self.summary_path}")
         if state == "cancelled":
-            event = ErrorEvent(
-                "cancelled", "cancelled", f"finished cases stay; see {self.summary_path}", "CancelledError"
-            )
-            self.printer.emit(event)
+            event = ErrorEvent("cancelled", "cancelled", self.kept(), "CancelledError")
+            if self.printer.json:
+                self.printer.emit(event)
+            else:
+                print(event.line(), file=sys.stderr)
             return ExitCode.CANCELLED
         if "error" in self.document:  # stopped before its end (a full disk)
             return ExitCode.USER_ERROR
@@ -460,8 +477,6 @@ class Batch:
         if self.printer.json:
             self.printer.emit(event)
         else:
-            import sys
-
             print(f"error: {message} (see {self.summary_path})", file=sys.stderr)
         return event.exit_code
 

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM for the commands that run cases (``segment``, ``batch``, ``train``): stop now, wherever the run is.
+"""Ctrl-C and SIGTERM for ``segment``, ``batch`` and ``train``: stop now, wherever the run is.
 
 The first stop sets the run's cancel event (what the window loop, a download and ``batch``'s next case look at) and
 raises ``KeyboardInterrupt`` in the main thread at once: while a case's headers are checked, while the main thread
