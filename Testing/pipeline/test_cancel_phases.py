@@ -260,3 +260,29 @@ def test_a_cancelled_training_says_which_checkpoints_stay_and_how_to_resume(tmp_
     assert cli.main(["train", str(datalist), "--config", str(config), "--out", str(fresh), "--progress", "none"]) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith("no output was written")
     assert not fresh.exists()
+
+
+def test_a_stop_while_token_maps_are_written_does_not_write_the_rest(cli_case, tmp_path, monkeypatch):
+    """Before: a stop while the token maps were written waited for every map still queued (the thread pool's exit
+    runs its whole queue: 64 maps of the input grid for the bundled model, seconds each on a large CT) before the
+    folder was dropped; now the queued maps are dropped and only those being written are waited for."""
+    from TokenUNetSegmentLib.pipeline import outputs
+
+    _, package, ct = cli_case
+    real_write, started = outputs.write_nrrd, []
+
+    def slow_write(path, *args, **kwargs):
+        if "attention" in str(path):
+            started.append(path.name)
+            if len(started) == 3:  # every map queued by now
+                stop(signal.SIGTERM)
+            time.sleep(0.2)  # a large map's compression (C code: the GIL released)
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(outputs, "write_nrrd", slow_write)
+    out = tmp_path / "out"
+    arguments = ["segment", str(ct), "--model", str(package), "--out", str(out), "--device", "cpu", "--no-overview"]
+    assert cli.main([*arguments, "--progress", "none"]) == 130
+    workers = 2  # the pool's threads: each may have started one more map when the stop came
+    assert len(started) <= 3 + workers, started
+    assert not out.exists() and leftovers(tmp_path) == []
