@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -805,3 +806,70 @@ def test_a_batch_whose_every_case_failed_says_so_and_some_failed_is_told_apart(t
     assert err.splitlines()[-1].startswith("error: 1 of 2 cases failed"), err
     code, state, line, err = seen["all done"]
     assert (code, state, err) == (0, "completed", "") and line.startswith("batch completed: 2 done of 2 cases")
+
+
+@pytest.mark.skipif(not LINUX_MOUNT, reason="Linux tmpfs")
+def test_an_output_root_that_turns_read_only_half_way_stops_the_batch_saying_what_stays(
+    two_cases, tmp_path, monkeypatch, capsys
+):
+    """A real tmpfs remounted read-only after the first case (a disk error, a share that went away). Before: the next
+    case failed, then the batch stopped with "error: cannot write .../batch.json: its file system is read-only", which
+    said neither that the first case's folder stays nor that batch.json (which cannot be rewritten) still says
+    'running'. Now the line says both and how to go on."""
+    package, (first, second) = two_cases
+    third = shifted_case(first, tmp_path / "in" / "third.nii.gz", 5)
+    real = batch_command.Batch.save
+    with tmpfs(tmp_path / "disk", size="50m") as disk:
+        out = disk / "out"
+
+        def save_then_read_only(self):
+            real(self)
+            if self.records[0]["status"] == "done" and not getattr(self, "turned", False):
+                self.turned = True
+                subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+
+        monkeypatch.setattr(batch_command.Batch, "save", save_then_read_only)
+        assert batch(first, second, third, "--model", package, "--out", out, *FAST, "--no-heatmaps") == 2
+        captured = capsys.readouterr()
+        error = captured.err.strip().splitlines()[-1]
+        assert error.startswith("error: ") and "read-only" in error, captured
+        assert "stopped after case 2 of 3 with 1 finished case kept" in error, error
+        assert "'running'" in error and "--resume" in error, error
+        document = summary(out)
+        assert document["state"] == "running" and document["cases"][0]["status"] == "done"
+        assert labels_of(out / "first").any()
+
+
+@pytest.mark.parametrize("removed", ["root", "batch.json"])
+def test_a_root_removed_or_moved_while_the_batch_runs_stops_it_without_making_it_again(
+    two_cases, tmp_path, monkeypatch, capsys, removed
+):
+    """The user deletes (or moves away) the output root, or its batch.json, after the first case. Before: the batch
+    made the root again and went on: the new root held the later cases and a batch.json that called the first case
+    done, whose folder was gone (or elsewhere), and without its lock file a second batch could start on it. Now the
+    batch stops before its next case, in one line, and writes nothing more there."""
+    package, (first, second) = two_cases
+    third = shifted_case(first, tmp_path / "in" / "third.nii.gz", 5)
+    out = tmp_path / "out"
+    real = batch_command.Batch.save
+
+    def save_then_removed(self):
+        real(self)
+        if self.records[0]["status"] == "done" and not getattr(self, "removed", False):
+            self.removed = True
+            if removed == "root":
+                out.rename(tmp_path / "moved")
+            else:
+                (out / "batch.json").unlink()
+
+    monkeypatch.setattr(batch_command.Batch, "save", save_then_removed)
+    assert batch(first, second, third, "--model", package, "--out", out, *FAST) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "was removed while the batch ran" in error, error
+    assert "stopped before case 2 of 3" in error, error
+    if removed == "root":
+        assert not out.exists()
+        moved = sorted(p.name for p in (tmp_path / "moved").iterdir())  # the lock and reserve went with it (stale)
+        assert moved == [".batch.json.tokenunet-lock", ".batch.json.tokenunet-reserve", "batch.json", "first"]
+    else:
+        assert sorted(p.name for p in out.iterdir()) == ["first"]

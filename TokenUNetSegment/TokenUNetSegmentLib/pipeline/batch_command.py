@@ -237,6 +237,7 @@ class Batch:
             for index, case in enumerate(self.cases):
                 if self.cancel.is_set():
                     raise CancelledError()
+                self.check_still_there(index)
                 self.run_case(index, case)
                 self.save()
                 if self.reserve.used:  # the disk is full: stop while batch.json can still say so
@@ -404,13 +405,47 @@ class Batch:
         head = json.dumps({key: value for key, value in self.document.items() if key != "cases"}, indent=2)
         cases = ",\n".join(self.encoded(index, record) for index, record in enumerate(self.records))
         text = f'{head[:-2]},\n  "cases": [\n{cases}\n  ]\n}}\n' if cases else head[:-2] + ',\n  "cases": []\n}\n'
+        if self.saved:
+            self.check_still_there(None)
         try:
             write_file_atomically(self.summary_path, text)
-        except OutputError:  # a full disk: the reserve's room, once
+        except OutputError as error:  # a full disk: the reserve's room, once
+            if not self.saved:
+                raise  # before any case: the error as it is
             if not self.reserve.give_up():
-                raise
-            write_file_atomically(self.summary_path, text)  # in the room the reserve held
+                raise self.unsaved(error) from None
+            try:
+                write_file_atomically(self.summary_path, text)  # in the room the reserve held
+            except OutputError as again:  # not for want of room: a read-only or lost file system, no permission
+                raise self.unsaved(again) from None
         self.saved = True
+
+    def check_still_there(self, index: int | None) -> None:
+        """Stop (before case ``index``) when batch.json, once written, is gone: the root was deleted or moved away,
+        or the file deleted. Going on would make the root again, with the later cases only, a batch.json that calls
+        the earlier ones done, and no lock."""
+        from .errors import OutputError
+
+        if not self.saved or self.summary_path.is_file():
+            return
+        where = f"before case {index + 1} of {len(self.cases)}" if index is not None else "at its end"
+        raise OutputError(
+            f"{self.summary_path} was removed while the batch ran: stopped {where}, nothing more written there",
+            "run the batch again; --resume skips finished cases still there",
+        )
+
+    def unsaved(self, error) -> Exception:
+        """The error that stops a batch whose batch.json can no longer be rewritten, saying how far it got and what
+        stays (batch.json itself says 'running': every rewrite but the last says so)."""
+        from .errors import OutputError
+
+        ended = sum(record["status"] != "pending" for record in self.records)
+        finished = sum(record["status"] in ("done", "skipped") for record in self.records)
+        return OutputError(
+            f"{error.message}; stopped after case {ended} of {len(self.cases)} with {finished} finished "
+            f"case{'' if finished == 1 else 's'} kept; {self.summary_path.name} still says 'running'",
+            "make it writable, then rerun with --resume",
+        )
 
     def kept(self) -> str:
         """What a cancelled batch leaves (the finished cases' folders, batch.json) and how to go on."""
