@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers.paths import MODULE_DIR
-from TokenUNetSegmentLib.pipeline import cli, run_inputs, segment_command
+from TokenUNetSegmentLib.pipeline import cli, segment_command
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
 
@@ -55,15 +55,15 @@ class SlowStep:
 def slowed(monkeypatch, phase: str, signum: int, when) -> SlowStep:
     """Make ``phase`` of the case for which ``when(inputs)`` holds slow, with a stop signal at its start."""
     step = SlowStep(signum)
-    if phase == "headers":
-        real_open = run_inputs.open_run_inputs
+    if phase == "headers":  # open_case: every header checked (a DICOM series' slices), before any voxel is read
+        real_open = segment_command.open_case
 
-        def open_run_inputs(items, *args, **kwargs):
-            if when(items):
+        def open_checking_slowly(inputs, *args, **kwargs):
+            if when(inputs):
                 step.python_loop()
-            return real_open(items, *args, **kwargs)
+            return real_open(inputs, *args, **kwargs)
 
-        monkeypatch.setattr(run_inputs, "open_run_inputs", open_run_inputs)
+        monkeypatch.setattr(segment_command, "open_case", open_checking_slowly)
     elif phase == "voxels":
         real_case = segment_command.open_case
 
@@ -286,3 +286,23 @@ def test_a_stop_while_token_maps_are_written_does_not_write_the_rest(cli_case, t
     workers = 2  # the pool's threads: each may have started one more map when the stop came
     assert len(started) <= 3 + workers, started
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_a_stop_while_the_batch_holds_its_disk_reserve_leaves_no_reserve_behind(cli_case, tmp_path, monkeypatch, capsys):
+    """Before: the hidden reserve file (64 KiB + 8 KiB a case, synced) was made outside the part of the batch that
+    removes it, so a stop while it was written left it, and with it the root the batch had made."""
+    from TokenUNetSegmentLib.pipeline import batch_command
+
+    _, package, ct = cli_case
+    real_make = batch_command.SpaceReserve.make
+
+    def make_then_stopped(self, size):
+        real_make(self, size)
+        stop(signal.SIGTERM)
+        time.sleep(0.05)
+
+    monkeypatch.setattr(batch_command.SpaceReserve, "make", make_then_stopped)
+    out = tmp_path / "new" / "out"
+    assert cli.main(["batch", str(ct), "--model", str(package), "--out", str(out), *FAST]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(("interrupted", "cancelled"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither the reserve nor the folders it made

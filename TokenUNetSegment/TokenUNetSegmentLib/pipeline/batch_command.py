@@ -157,6 +157,9 @@ class SpaceReserve:
                 os.fsync(stream.fileno())
         except OSError:
             self.remove()
+        except BaseException:  # a stop while it is written
+            self.remove()
+            raise
 
     def give_up(self) -> bool:
         """Free the room for one more batch.json; False when there is none to free."""
@@ -231,8 +234,8 @@ class Batch:
     def run(self) -> int:
         from .errors import CancelledError, OutputError
 
-        self.reserve.make(RESERVE_BYTES + RESERVE_PER_CASE * len(self.cases))
         try:
+            self.reserve.make(RESERVE_BYTES + RESERVE_PER_CASE * len(self.cases))  # inside: a stop here removes it
             self.save()
             for index, case in enumerate(self.cases):
                 if self.cancel.is_set():
@@ -250,6 +253,8 @@ class Batch:
                     )
             return self.finish(self.outcome())
         except (CancelledError, KeyboardInterrupt):
+            if not self.saved:  # stopped before batch.json: nothing of the batch stays (run_batch removes its root)
+                raise
             return self.finish("cancelled")
         except ModelLoadError as failure:
             self.document["error"] = f"the model failed to load: {ErrorEvent.from_error(failure.error).message}"
