@@ -288,7 +288,9 @@ def test_a_stop_while_token_maps_are_written_does_not_write_the_rest(cli_case, t
     assert not out.exists() and leftovers(tmp_path) == []
 
 
-def test_a_stop_while_the_batch_holds_its_disk_reserve_leaves_no_reserve_behind(cli_case, tmp_path, monkeypatch, capsys):
+def test_a_stop_while_the_batch_holds_its_disk_reserve_leaves_no_reserve_behind(
+    cli_case, tmp_path, monkeypatch, capsys
+):
     """Before: the hidden reserve file (64 KiB + 8 KiB a case, synced) was made outside the part of the batch that
     removes it, so a stop while it was written left it, and with it the root the batch had made."""
     from TokenUNetSegmentLib.pipeline import batch_command
