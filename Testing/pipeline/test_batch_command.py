@@ -873,3 +873,27 @@ def test_a_root_removed_or_moved_while_the_batch_runs_stops_it_without_making_it
         assert moved == [".batch.json.tokenunet-lock", ".batch.json.tokenunet-reserve", "batch.json", "first"]
     else:
         assert sorted(p.name for p in out.iterdir()) == ["first"]
+
+
+def test_a_model_that_fails_to_load_stops_the_batch_as_failed_with_its_reason(two_cases, tmp_path, monkeypatch, capsys):
+    """The package's weights fail to load with the first case (checked before: only its metadata): the batch stops,
+    exit 2 with the loader's line, batch.json ``state: failed`` and ``error`` saying why, no case charged with it,
+    no result event, nothing but batch.json in the root (before this change: batch.json had no ``error``)."""
+    from TokenUNetSegmentLib.pipeline.errors import ModelPackageError
+
+    package, cases = two_cases
+
+    def broken(path):
+        raise ModelPackageError("the weights of tiny-ct are damaged", "import the package again")
+
+    monkeypatch.setattr(segment_command, "load_package_at", broken)
+    out = tmp_path / "out"
+    assert batch(*cases, "--model", package, "--out", out, *FAST[:-2], "--progress", "json") == 2
+    events = [decode_event(line) for line in capsys.readouterr().err.strip().splitlines()]
+    assert isinstance(events[-1], ErrorEvent) and "damaged" in events[-1].message
+    assert not any(isinstance(event, ResultEvent) for event in events)
+    document = summary(out)
+    assert document["state"] == "failed" and "the model failed to load" in document["error"]
+    assert "damaged" in document["error"]
+    assert {case["status"] for case in document["cases"]} == {"pending"}
+    assert sorted(p.name for p in out.iterdir()) == ["batch.json"]
