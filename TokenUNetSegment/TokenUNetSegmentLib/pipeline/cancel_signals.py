@@ -22,13 +22,20 @@ STOP_SIGNALS = tuple(
 
 
 class CancelOnSignal:
-    """A signal handler: the first stop sets ``event`` and raises ``KeyboardInterrupt``; later ones set it only."""
+    """A signal handler: the first stop sets ``event`` and raises ``KeyboardInterrupt``; later ones set it only.
 
-    def __init__(self, event: threading.Event):
+    ``seen`` (shared with the handler this one replaces, when it is one: the command line's around a command's own)
+    records that a stop was raised: one that comes after the command put back the command line's handler (while the
+    error is reported, the process ends) is not raised again (before: a second Ctrl-C there ended the process with
+    the signal, exit -2, not 130)."""
+
+    def __init__(self, event: threading.Event, seen: threading.Event | None = None):
         self.event = event
+        self.seen = seen if seen is not None else threading.Event()
 
     def __call__(self, signum, frame) -> None:
-        first = not self.event.is_set()
+        first = not (self.seen.is_set() or self.event.is_set())
+        self.seen.set()
         self.event.set()
         if first:
             raise KeyboardInterrupt
@@ -43,7 +50,8 @@ def install_cancel_handlers(event: threading.Event) -> list:
     handlers, to put back. Nothing is installed outside the main thread (signals are not delivered there)."""
     previous = []
     if threading.current_thread() is threading.main_thread():
-        handler = CancelOnSignal(event)
+        enclosing = signal.getsignal(signal.SIGINT)
+        handler = CancelOnSignal(event, enclosing.seen if isinstance(enclosing, CancelOnSignal) else None)
         for signum in STOP_SIGNALS:
             previous.append((signum, signal.signal(signum, handler)))
     return previous
