@@ -310,13 +310,16 @@ def test_a_stop_while_the_batch_holds_its_disk_reserve_leaves_no_reserve_behind(
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither the reserve nor the folders it made
 
 
+@pytest.mark.parametrize("when", ["reporting", "exiting"])
 @pytest.mark.parametrize("command", ["segment", "batch"])
-def test_a_second_ctrl_c_while_the_process_reports_its_cancel_still_exits_130(cli_case, tmp_path, command):
+def test_a_second_ctrl_c_while_the_process_reports_its_cancel_still_exits_130(cli_case, tmp_path, command, when):
     """A real process: Ctrl-C, then another one while the cancel is being reported (after the command put back the
-    handlers it had). Before: the second raised a KeyboardInterrupt there, which ended the process with the signal
-    (exit -2, not 130; seen on a real ``segment`` with two Ctrl-C 50 ms apart). Now it exits 130 with the one line."""
+    handlers it had), or while the interpreter ends. Before: the second raised a KeyboardInterrupt there, or met
+    the default handler the interpreter's end puts back, which ended the process with the signal (exit -2, not 130;
+    seen on a real ``segment`` given two Ctrl-C 50 ms apart). Now it exits 130 with the one line."""
     _, package, ct = cli_case
     out = tmp_path / "out"
+    second_at_exit = when == "exiting"
     code = (
         "import contextlib, signal, sys, time\n"
         "from TokenUNetSegmentLib.pipeline import cli, segment_command\n"
@@ -328,13 +331,19 @@ def test_a_second_ctrl_c_while_the_process_reports_its_cancel_still_exits_130(cl
         "def events(json_progress):\n"
         "    with real_events(json_progress):\n"
         "        yield\n"
-        "    signal.raise_signal(signal.SIGINT)  # the second, as the command's end is told\n"
-        "    time.sleep(0.05)\n"
+        f"    if {not second_at_exit}:\n"
+        "        signal.raise_signal(signal.SIGINT)  # the second, as the command's end is told\n"
+        "        time.sleep(0.05)\n"
         "segment_command.open_case, cli.events_on_stderr = open_case, events\n"
         f"sys.argv = ['tokenunet', {command!r}, {str(ct)!r}, '--model', {str(package)!r}, '--out', {str(out)!r}, "
         "'--device', 'cpu', '--progress', 'none']\n"
-        "raise SystemExit(cli.main())\n"
+        "code = cli.main()\n"
+        "stops = [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)]\n"
+        "print('stops at the end:', ' '.join('ignored' if h == signal.SIG_IGN else 'handled' for h in stops))\n"
+        "raise SystemExit(code)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=120)
     assert done.returncode == 130, (done.returncode, done.stderr)
     assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith(("interrupted", "cancel"))
+    if second_at_exit:  # the interpreter's end puts back the default for handled signals: a stop would kill it (-2)
+        assert "stops at the end: ignored ignored" in done.stdout, done.stdout

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import contextvars
 import os
+import signal
 import sys
 import threading
 import time
@@ -223,15 +224,22 @@ def main(argv: list[str] | None = None) -> int:
 
         gc.freeze()
         if code == ExitCode.CANCELLED:
-            _exit_without_waiting(code)
+            _end_cancelled_process(code)
     return code
 
 
-def _exit_without_waiting(code: int) -> None:
-    """End a cancelled command's process now when a worker thread is still inside a C++ call (a reading thread in
-    SimpleITK's reader): its result is not wanted, and the interpreter's exit would wait for it (seconds to minutes on a
-    large series; :class:`.background.BackgroundCall` threads are not daemons because a normal exit during such a call
-    crashes). Everything the command wrote is done and its locks are released; stdout and stderr are flushed first."""
+def _end_cancelled_process(code: int) -> None:
+    """The end of a cancelled command's own process. Further Ctrl-C and SIGTERM are ignored: the interpreter's end
+    puts back the default handlers, and a second stop there killed the process (exit -2 or -15, not 130; an ignored
+    signal stays ignored). The process ends now when a worker thread is still inside a C++ call (a reading thread in
+    SimpleITK's reader): its result is not wanted, and the interpreter's exit would wait for it (seconds to minutes on
+    a large series; :class:`.background.BackgroundCall` threads are not daemons because a normal exit during such a
+    call crashes). Everything the command wrote is done and its locks are released; stdout and stderr are flushed."""
+    from .cancel_signals import STOP_SIGNALS
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
     if not any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         return
     for stream in (sys.stdout, sys.stderr):
