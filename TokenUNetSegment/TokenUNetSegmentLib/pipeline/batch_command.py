@@ -6,11 +6,13 @@ result replaced and any other folder refused), and ``ROOT/batch.json``: every ca
 failed, skipped, cancelled or pending), error, timings, labels found and flags, rewritten atomically after each case
 so that it is consistent whenever the batch stops. The arguments, the model, the output root and every case's
 folder are checked before any case runs; a case that fails (a damaged file, a wrong modality, too big for memory) is
-recorded with ``segment``'s message and the batch goes on. Exit code: 0 when every case is done or skipped, 2 when
-any failed from a user error, 1 when any failed from an internal error, 130 when cancelled (SIGTERM, Ctrl-C: the
-case in progress is dropped as ``segment`` drops it, finished cases stay). With ``--progress json`` stderr carries
-``segment``'s events, with a :class:`.run_contract.CaseEvent` as each case starts and ends; progress fractions are
-the whole batch's.
+recorded with ``segment``'s message and the batch goes on. Its state: ``completed`` (every case done or skipped),
+``completed_with_failures``, ``failed`` (every case failed, or the batch stopped on a full disk or a model that does
+not load) or ``cancelled``; a root that turns unwritable or is removed stops the batch with a line that says how far
+it got. Exit code: 0 when every case is done or skipped, 2 when any failed from a user error, 1 when any failed from
+an internal error, 130 when cancelled (SIGTERM, Ctrl-C, at once wherever the case is: it is dropped as ``segment``
+drops it, finished cases stay and the line says so). With ``--progress json`` stderr carries ``segment``'s events,
+with a :class:`.run_contract.CaseEvent` as each case starts and ends; progress fractions are the whole batch's.
 """
 
 from __future__ import annotations
