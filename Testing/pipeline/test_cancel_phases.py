@@ -347,3 +347,31 @@ def test_a_second_ctrl_c_while_the_process_reports_its_cancel_still_exits_130(cl
     assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith(("interrupted", "cancel"))
     if second_at_exit:  # the interpreter's end puts back the default for handled signals: a stop would kill it (-2)
         assert "stops at the end: ignored ignored" in done.stdout, done.stdout
+
+
+def test_a_stop_just_after_a_case_was_put_in_place_records_it_done(cli_case, tmp_path, monkeypatch, capsys):
+    """A stop after a case's result was swapped into place but before the batch recorded it (its warnings printed,
+    its progress ended). Before: batch.json called that case ``cancelled`` and the cancel line left it out of the
+    finished cases, though its folder held the complete result; now it is ``done``, with the labels its report.json
+    records, and counted as kept."""
+    from TokenUNetSegmentLib.pipeline import batch_command
+
+    _, package, ct = cli_case
+    real_case = segment_command.segment_case
+
+    def put_in_place_then_stopped(*args, **kwargs):
+        outcome = real_case(*args, **kwargs)
+        stop(signal.SIGTERM)
+        time.sleep(0.05)
+        return outcome
+
+    monkeypatch.setattr(segment_command, "segment_case", put_in_place_then_stopped)
+    out = tmp_path / "out"
+    assert batch_command.__name__  # the batch reads segment_case from segment_command when a case runs
+    assert cli.main(["batch", str(ct), "--model", str(package), "--out", str(out), *FAST]) == 130
+    document = json.loads((out / "batch.json").read_text())
+    case = document["cases"][0]
+    assert document["state"] == "cancelled" and case["status"] == "done", case
+    report = json.loads((out / "ct" / "report.json").read_text())
+    assert case["labels_found"] == len(case["labels"]) and set(case["labels"]) <= {x["name"] for x in report["labels"]}
+    assert "1 finished case" in capsys.readouterr().err

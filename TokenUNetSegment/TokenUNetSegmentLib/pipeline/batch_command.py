@@ -302,10 +302,14 @@ class Batch:
             )
         except (CancelledError, KeyboardInterrupt):
             printer.close()
-            if folder is not None:
-                folder.abort()
-            record.update(status="cancelled", seconds=round(time.perf_counter() - started, 3))
-            self.report(index, record, record["seconds"])
+            if folder is not None and folder.committed:  # stopped after its result was put in place: done
+                record.update(status="done", **_earlier_fields(_report_of(folder.destination)))
+                record.update(warnings=printer.warnings)
+            else:
+                if folder is not None:
+                    folder.abort()
+                record.update(status="cancelled")
+            self.report(index, record, time.perf_counter() - started)
             raise
         except ModelLoadError:
             if folder is not None:
@@ -347,19 +351,13 @@ class Batch:
         """The report of ``folder``'s result when it is a complete result of this model (id, version and weights) made
         from what this run would make it from (:mod:`.result_key`: the same input files, unchanged, and the options
         that shape the files); else None."""
-        from .errors import TokenUNetError
-        from .json_files import read_json_file
         from .output_folder import complete_result
-        from .outputs import REPORT_FILE
         from .result_key import made_from
 
         if not complete_result(folder):
             return None
-        try:
-            report = read_json_file(folder / REPORT_FILE)
-        except TokenUNetError:
-            return None
-        package = report.get("package") if isinstance(report, dict) else None
+        report = _report_of(folder)
+        package = report.get("package")
         if not isinstance(package, dict):
             return None
         model = self.metadata
@@ -552,6 +550,19 @@ def _earlier_fields(report: dict) -> dict:
     ]
     flags = [flag.get("code") for flag in report.get("flags") or [] if isinstance(flag, dict)]
     return {"labels_found": len(found), "labels": found, "flags": flags, "summary": report.get("summary", "")}
+
+
+def _report_of(folder: Path) -> dict:
+    """The report.json of a result folder (empty when it cannot be read)."""
+    from .errors import TokenUNetError
+    from .json_files import read_json_file
+    from .outputs import REPORT_FILE
+
+    try:
+        report = read_json_file(folder / REPORT_FILE)
+    except TokenUNetError:
+        return {}
+    return report if isinstance(report, dict) else {}
 
 
 def _make_folders(folder: Path) -> list[Path]:
