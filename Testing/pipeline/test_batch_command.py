@@ -61,6 +61,20 @@ def summary(root: Path) -> dict:
     return json.loads((root / "batch.json").read_text())
 
 
+def after_the_first_case(monkeypatch, action) -> None:
+    """``action()`` once, as soon as batch.json records the first case done (what another program, a user or a
+    signal does to the batch there)."""
+    real = batch_command.Batch.save
+
+    def save_then_act(self):
+        real(self)
+        if self.records[0]["status"] == "done" and not getattr(self, "acted", False):
+            self.acted = True
+            action()
+
+    monkeypatch.setattr(batch_command.Batch, "save", save_then_act)
+
+
 @pytest.fixture(scope="module")
 def two_cases(cli_case, tmp_path_factory):
     """(package, [first, second] CT files with different contents)."""
@@ -189,14 +203,7 @@ def test_a_cancel_between_cases_keeps_finished_cases_and_a_consistent_batch_json
     package, (first, second) = two_cases
     third = shifted_case(first, tmp_path / "in" / "third.nii.gz", 5)
     cancel = threading.Event()
-    real = batch_command.Batch.save
-
-    def save_then_cancel(self):  # the first case is written, then SIGTERM (which sets the event) comes
-        real(self)
-        if self.records[0]["status"] == "done":
-            cancel.set()
-
-    monkeypatch.setattr(batch_command.Batch, "save", save_then_cancel)
+    after_the_first_case(monkeypatch, cancel.set)  # the first case is written, then a cancel request comes
     out = tmp_path / "out"
     args = cli.parse_arguments(
         ["batch", str(first), str(second), str(third), "--model", str(package), "--out", str(out), *FAST]
@@ -654,20 +661,17 @@ def test_a_disk_that_fills_in_the_middle_of_a_batch(two_cases, tmp_path, monkeyp
     says how far batch.json goes (before: it stopped with the disk's message only, batch.json 'running')."""
     package, (first, second) = two_cases
     third = shifted_case(first, tmp_path / "in" / "third.nii.gz", 5)
-    real = batch_command.Batch.save
     with tmpfs(tmp_path / "disk", size="3m") as disk:
         out = disk / "out"
 
-        def save_then_fill(self):
-            real(self)
-            if self.records[0]["status"] == "done" and not (disk / "filler").exists():
-                with open(disk / "filler", "wb") as stream:  # another program fills the disk
-                    with contextlib.suppress(OSError):
-                        while True:
-                            stream.write(b"\0" * 65536)
-                            stream.flush()
+        def fill() -> None:
+            with open(disk / "filler", "wb") as stream:  # another program fills the disk
+                with contextlib.suppress(OSError):
+                    while True:
+                        stream.write(b"\0" * 65536)
+                        stream.flush()
 
-        monkeypatch.setattr(batch_command.Batch, "save", save_then_fill)
+        after_the_first_case(monkeypatch, fill)
         assert batch(first, second, third, "--model", package, "--out", out, *FAST, "--no-heatmaps") == 2
         captured = capsys.readouterr()
         error = captured.err.strip().splitlines()[-1]
@@ -818,17 +822,9 @@ def test_an_output_root_that_turns_read_only_half_way_stops_the_batch_saying_wha
     'running'. Now the line says both and how to go on."""
     package, (first, second) = two_cases
     third = shifted_case(first, tmp_path / "in" / "third.nii.gz", 5)
-    real = batch_command.Batch.save
     with tmpfs(tmp_path / "disk", size="50m") as disk:
         out = disk / "out"
-
-        def save_then_read_only(self):
-            real(self)
-            if self.records[0]["status"] == "done" and not getattr(self, "turned", False):
-                self.turned = True
-                subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-
-        monkeypatch.setattr(batch_command.Batch, "save", save_then_read_only)
+        after_the_first_case(monkeypatch, lambda: subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True))
         assert batch(first, second, third, "--model", package, "--out", out, *FAST, "--no-heatmaps") == 2
         captured = capsys.readouterr()
         error = captured.err.strip().splitlines()[-1]
@@ -851,18 +847,10 @@ def test_a_root_removed_or_moved_while_the_batch_runs_stops_it_without_making_it
     package, (first, second) = two_cases
     third = shifted_case(first, tmp_path / "in" / "third.nii.gz", 5)
     out = tmp_path / "out"
-    real = batch_command.Batch.save
-
-    def save_then_removed(self):
-        real(self)
-        if self.records[0]["status"] == "done" and not getattr(self, "removed", False):
-            self.removed = True
-            if removed == "root":
-                out.rename(tmp_path / "moved")
-            else:
-                (out / "batch.json").unlink()
-
-    monkeypatch.setattr(batch_command.Batch, "save", save_then_removed)
+    if removed == "root":
+        after_the_first_case(monkeypatch, lambda: out.rename(tmp_path / "moved"))
+    else:
+        after_the_first_case(monkeypatch, (out / "batch.json").unlink)
     assert batch(first, second, third, "--model", package, "--out", out, *FAST) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and "was removed while the batch ran" in error, error
