@@ -375,3 +375,25 @@ def test_a_stop_just_after_a_case_was_put_in_place_records_it_done(cli_case, tmp
     report = json.loads((out / "ct" / "report.json").read_text())
     assert case["labels_found"] == len(case["labels"]) and set(case["labels"]) <= {x["name"] for x in report["labels"]}
     assert "1 finished case" in capsys.readouterr().err
+
+
+def test_a_stop_that_something_swallowed_is_raised_again_by_a_later_one(monkeypatch):
+    """Later stops do not interrupt a command's clean-up, but a stop that comes well after the first (the command did
+    not end: a library caught the first KeyboardInterrupt) raises again, so that Ctrl-C still ends a run that
+    checks no cancel flag (``evaluate``, ``robustness``); at once after the first, it changes nothing."""
+    from TokenUNetSegmentLib.pipeline import cancel_signals
+
+    monkeypatch.setattr(cancel_signals, "RAISE_AGAIN_S", 0.3)
+    previous = cancel_signals.install_cancel_handlers(threading.Event())
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            stop(signal.SIGINT)
+            time.sleep(0.1)  # the handler runs here
+        stop(signal.SIGTERM)  # at once after it: the command is stopping
+        time.sleep(0.1)
+        time.sleep(0.3)
+        with pytest.raises(KeyboardInterrupt):  # the first was swallowed (above, by the test)
+            stop(signal.SIGINT)
+            time.sleep(0.1)
+    finally:
+        cancel_signals.restore_handlers(previous)
