@@ -229,19 +229,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _end_cancelled_process(code: int) -> None:
-    """The end of a cancelled command's own process. Further Ctrl-C and SIGTERM are ignored: the interpreter's end
-    puts back the default handlers, and a second stop there killed the process (exit -2 or -15, not 130; an ignored
-    signal stays ignored). The process ends now when a worker thread is still inside a C++ call (a reading thread in
-    SimpleITK's reader): its result is not wanted, and the interpreter's exit would wait for it (seconds to minutes on
-    a large series; :class:`.background.BackgroundCall` threads are not daemons because a normal exit during such a
-    call crashes). Everything the command wrote is done and its locks are released; stdout and stderr are flushed."""
+    """End a cancelled command's own process now, with ``code``: everything the command wrote is done and its locks
+    are released; stdout, stderr and the log are flushed. Not the interpreter's usual end: it waits for a worker
+    thread still inside a C++ call (a reading thread in SimpleITK's reader, torch's import: seconds to minutes on a
+    large series; :class:`.background.BackgroundCall` threads are not daemons because a normal exit during such a call
+    crashes), puts back the default handlers (a second stop then killed the process: exit -2 or -15), and ends by
+    SIGINT (exit -2, not 130) once a ``KeyboardInterrupt`` went through Python code run by C++ (torch's start-up)."""
+    import logging
+
     from .cancel_signals import STOP_SIGNALS
 
     if threading.current_thread() is threading.main_thread():
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
-    if not any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
-        return
+    logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

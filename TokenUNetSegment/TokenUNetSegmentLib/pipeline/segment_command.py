@@ -307,11 +307,14 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
 
 
 def load_while_reading(load: Callable[[], object], read: Callable[[], list]):
-    """``(load(), read())``: the voxels read in a thread while ``load()`` imports torch and loads the package."""
+    """``(load(), read())``: the voxels read in a thread while ``load()`` imports torch and loads the package in
+    another. The main thread only waits for them: a stop (:mod:`.cancel_signals`) is raised there at once, never
+    inside torch's import, where a ``KeyboardInterrupt`` from Python code that torch's C++ start-up runs aborted the
+    process (exit -6, the case's staging folder and lock left) or marked it to end by SIGINT (exit -2)."""
     with switch_interval(READ_SWITCH_INTERVAL_S):
         reading = BackgroundCall(read, "TokenUNet read")  # next to torch's import
-        loaded = load()
-        return loaded, reading.result()
+        loading = BackgroundCall(load, "TokenUNet load")
+        return loading.result(), reading.result()
 
 
 def load_package_at(path):
