@@ -122,6 +122,13 @@ def load_config(path: str) -> dict:
     return section
 
 
+def _datalist_config(path: str):
+    """The typed configuration ``datalist --config`` matches the dataset to (labels, input channels)."""
+    from ..metadata import parse_config
+
+    return parse_config(load_config(path), f"the configuration {path}")
+
+
 def check_output(out: str | Path, resume: bool) -> Path:
     """The training folder, checked before any work: a folder (or creatable), and, without ``resume``, holding
     no earlier run whose log, checkpoints or package this run would replace."""
@@ -347,14 +354,38 @@ def _check_layout_options(args: argparse.Namespace) -> None:
             )
 
 
+def _refuse_out_over_an_input(args: argparse.Namespace) -> None:
+    """``--out`` may not name a file the command reads (``--overwrite`` or not): the dataset's dataset.json or
+    meta.csv, a name table, the configuration."""
+    import os
+
+    root = Path(args.root) if args.root else None
+    inputs = [
+        ("the dataset's own dataset.json", root / "dataset.json" if root and args.layout == "decathlon" else None),
+        ("the dataset's meta.csv", root / "meta.csv" if root and args.layout == "totalsegmentator" else None),
+        ("the name table --table", Path(args.table) if args.layout == "folders" and args.table else None),
+        ("the configuration --config", Path(args.config) if args.config else None),
+    ]
+    out = Path(args.out)
+    for what, path in inputs:
+        try:
+            same = path is not None and out.exists() and os.path.samefile(out, path)
+        except OSError:  # absent or unreadable: not the same file
+            same = False
+        if same:
+            raise InputError(f"--out {out.name} is {what}, which this command reads", "write the datalist elsewhere")
+
+
 def run_datalist(args: argparse.Namespace) -> int:
     from ..output_folder import check_file_destination, write_file_atomically
     from . import datasets
 
     _check_layout_options(args)
+    _refuse_out_over_an_input(args)
     # before the dataset is scanned; a datalist this command wrote is replaced, any other file only if asked
     out = check_file_destination(args.out, args.overwrite or datasets.written_by_datalist)
-    labels = [label["name"] for label in load_config(args.config)["labels"]] if args.config else None
+    config = _datalist_config(args.config) if args.config else None
+    labels = [label.name for label in config.labels] if config else None
     if args.layout == "folders":
         if not (args.images and args.labels):
             raise InputError("the folders layout needs --images and --labels")
@@ -362,17 +393,35 @@ def run_datalist(args: argparse.Namespace) -> int:
     elif not args.root:
         raise InputError(f"the {args.layout} layout needs the dataset folder")
     elif args.layout == "totalsegmentator":
+        if config and (len(config.inputs) != 1 or config.inputs[0].modality.upper() not in ("", "CT")):
+            listed = ", ".join(channel.name for channel in config.inputs)
+            raise InputError(
+                f"TotalSegmentator's cases are one CT each; model '{config.id}' takes {len(config.inputs)} "
+                f"channel{'s' if len(config.inputs) > 1 else ''} ({listed})",
+                "choose the configuration of a CT model",
+            )
         datalist, report = datasets.totalsegmentator(
             args.root, labels, tuple(args.splits), tuple(args.validation_splits), args.structures
         )
     else:
-        datalist, report = datasets.decathlon(args.root, labels, args.validation_fraction)
+        inputs = config.inputs if config else None
+        datalist, report = datasets.decathlon(args.root, labels, args.validation_fraction, inputs, config and config.id)
     write_file_atomically(out, json.dumps(datalist, indent=2) + "\n")  # all at once
     cases = len(datalist["training"]), len(datalist.get("validation", []))
     print(f"wrote {out}: {cases[0]} training and {cases[1]} validation cases, {report['structures']} structures")
     if report.get("skipped"):
         shown = ", ".join(report["skipped"][:10]) + (", ..." if len(report["skipped"]) > 10 else "")
         print(f"warning: {len(report['skipped'])} left out: {shown}", file=sys.stderr)
+    if report.get("channels"):
+        first = datalist["training"][0]
+        files = first["image"] if isinstance(first["image"], list) else None
+        print(
+            "model channels from the dataset's: "
+            + ", ".join(
+                f"{model} = {files[index]} ({ours})" if files else f"{model} = {ours}"
+                for index, (model, ours) in enumerate(report["channels"])
+            )
+        )
     if labels:
         print(f"model labels found: {', '.join(report['matched'])}")
         if report["missing"]:
