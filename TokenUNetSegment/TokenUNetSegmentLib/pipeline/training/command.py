@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..arguments import device_name, integer, number
 from ..cli import ProgressPrinter
-from ..errors import InputError, OutputError
+from ..errors import CancelledError, InputError, OutputError
 from ..run_contract import ResultEvent
 
 
@@ -180,12 +180,21 @@ def check_output(out: str | Path, resume: bool) -> Path:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Train and package; Ctrl-C or SIGTERM stops it (:mod:`..cancel_signals`: a second stop does not cut the clean-up
+    short) with a line that names the checkpoints it keeps and ``--resume``."""
+    import threading
+
+    from ..cancel_signals import install_cancel_handlers, restore_handlers
     from ..locks import DestinationLock
     from .recipe import Recipe
     from .trainer import _distributed, train
 
     rank, _ = _distributed()
-    if rank == 0:  # one process checks and locks the folder; the others write nothing there but through it
+    handlers = install_cancel_handlers(threading.Event())
+    try:
+        if rank != 0:
+            return _train(args, train, Recipe, rank)
+        # one process checks and locks the folder; the others write nothing there but through it
         from ..output_folder import resolve_destination
 
         created = not os.path.lexists(resolve_destination(args.out))
@@ -193,12 +202,45 @@ def run_train(args: argparse.Namespace) -> int:
         try:
             with DestinationLock(out, "train"):
                 return _train(args, train, Recipe, rank)
-        except BaseException:
+        except BaseException as error:
             if created:  # a run refused or failed before writing anything leaves no empty folder behind
                 with contextlib.suppress(OSError):
                     out.rmdir()
+            kept = kept_after_a_stop(out) if isinstance(error, (KeyboardInterrupt, CancelledError)) else None
+            if kept:
+                raise CancelledError("interrupted", kept) from None
             raise
-    return _train(args, train, Recipe, rank)
+    finally:
+        restore_handlers(handlers)
+
+
+def kept_after_a_stop(out: Path) -> str | None:
+    """What a stopped training run leaves in ``out`` and how to go on (None: nothing, the folder is as it was)."""
+    from .trainer import CHECKPOINT_DIR, LOG_FILE
+
+    checkpoints, log = out / CHECKPOINT_DIR, out / LOG_FILE
+    if (checkpoints / "last.pt").is_file():
+        step = _last_saved_step(log)
+        saved = f"; the log's last save: step {step}" if step is not None else ""
+        return (
+            f"kept: the checkpoints in {checkpoints} (last.pt{saved}) and {log}; "
+            "continue with the same command and --resume"
+        )
+    if log.is_file():
+        return f"kept: {log}, no checkpoint yet; run again with --resume (it starts over) or into another folder"
+    return None
+
+
+def _last_saved_step(log: Path) -> int | None:
+    """The step of the last checkpoint ``last.pt`` the training log records (validations and timed saves)."""
+    step = None
+    with contextlib.suppress(OSError):
+        for line in log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("event") in ("validation", "checkpoint"):
+                    step = record.get("step", step)
+    return step
 
 
 def _train(args: argparse.Namespace, train, Recipe, rank: int) -> int:
