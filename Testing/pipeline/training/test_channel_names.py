@@ -273,3 +273,20 @@ def test_a_resume_whose_files_went_to_other_channels_is_refused(tmp_path, capsys
     assert cli.main(resume) == 2
     err = capsys.readouterr().err
     assert "training cases differ from the run in" in err and "1 fed to other channels" in err, err
+
+
+def test_numbered_files_a_dataset_json_does_not_list_are_not_named_by_it(tmp_path):
+    """An MSD dataset.json that lists its 4D images names none of the numbered files a user split one into (imagesTs/
+    X_0000 ...): they are not named by it (it may be another dataset's order) and run as given, as before; nnU-Net v1's
+    dataset.json, which lists ``case.nii.gz`` for the files ``case_000N.nii.gz``, names them."""
+    from TokenUNetSegmentLib.pipeline.channel_stack import nnunet_file_names
+
+    root = tmp_path / "Task01_BrainTumour"
+    files = [root / "imagesTs" / f"X_{c:04d}.nii.gz" for c in range(4)]
+    for index, file in enumerate(files):
+        write(sequence(NNUNET_ORDER[index], 0), file)
+    spec = {"modality": dict(enumerate(NNUNET_ORDER)), "labels": {"0": "background", "1": "edema"}}
+    (root / "dataset.json").write_text(json.dumps({**spec, "test": ["./imagesTs/Y.nii.gz"]}))
+    assert nnunet_file_names(files, "--channels") is None
+    (root / "dataset.json").write_text(json.dumps({**spec, "test": ["./imagesTs/X.nii.gz"]}))  # nnU-Net v1
+    assert nnunet_file_names(files, "--channels")[0] == list(NNUNET_ORDER)

@@ -62,11 +62,14 @@ def is_stack_candidate(item) -> bool:
     return name.endswith(STACK_SUFFIXES) and Path(item).is_file()
 
 
-def dataset_names(path: Path, option: str = "--channels", listed_as: str = "") -> tuple[list[str], Path] | None:
+def dataset_names(
+    path: Path, option: str = "--channels", listed_as: str = "", unlisted_refused: bool = True
+) -> tuple[list[str], Path] | None:
     """The channel names of the dataset.json beside ``path``'s ``imagesTr``/``imagesTs`` folder, and its path; None
     when there is no such file or it names no channels. ``option``: how the caller names the volumes instead;
     ``listed_as``: another file name under which the dataset.json may list ``path`` (nnU-Net v1 lists ``case.nii.gz``
-    for its per-channel files ``case_0000.nii.gz``, ...).
+    for its per-channel files ``case_0000.nii.gz``, ...); ``unlisted_refused`` False: None for an image its
+    dataset.json does not list, instead of the refusal.
 
     Raises:
         InputError: a dataset.json that cannot be read as JSON within :mod:`.json_files`' limits (size, nesting,
@@ -92,6 +95,8 @@ def dataset_names(path: Path, option: str = "--channels", listed_as: str = "") -
     own = f"{folder.name}/{Path(path).name}"
     # another dataset's image copied in: its order may be another
     if listed and own not in listed and f"{folder.name}/{listed_as}" not in listed:
+        if not unlisted_refused:
+            return None
         raise InputError(
             f"{found} does not list {own} among its images, so its channel names may not be this image's",
             f"pass {option} naming its volumes in order",
@@ -118,7 +123,8 @@ def nnunet_indices(files: Sequence) -> list[int] | None:
 def nnunet_file_names(files: Sequence, option: str) -> tuple[list[str], Path] | None:
     """What each of nnU-Net's per-channel files of one case holds (``case_0002.nii.gz``: channel 2 of the
     ``channel_names`` of the dataset.json beside its ``imagesTr``/``imagesTs`` folder) and that dataset.json; None for
-    other files, or without such a dataset.json. ``option``: how the caller names the files' channels instead.
+    other files, or without such a dataset.json or one that lists other images (an MSD dataset's 4D images).
+    ``option``: how the caller names the files' channels instead.
 
     Raises:
         InputError: a dataset.json that cannot be read (see :func:`dataset_names`), or a channel number it lacks.
@@ -127,7 +133,7 @@ def nnunet_file_names(files: Sequence, option: str) -> tuple[list[str], Path] | 
     if indices is None:
         return None
     case = NNUNET_FILE.match(Path(files[0]).name)
-    found = dataset_names(Path(files[0]), option, case["case"] + case["ending"])
+    found = dataset_names(Path(files[0]), option, case["case"] + case["ending"], unlisted_refused=False)
     if found is None:
         return None
     names, where = found
