@@ -6,7 +6,6 @@ SimpleITK works in LPS: RAS = diag(-1, -1, 1) x LPS.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,34 +168,8 @@ def resample_image(
     resampler.SetOutputPixelType(pixel)
     if threads is not None:
         resampler.SetNumberOfThreads(threads)
-    return array_of_image(resampler.Execute(image))
-
-
-_array_memory = None  # see arrays_in()
-
-
-def array_of_image(image: sitk.Image) -> np.ndarray:
-    """A scalar ``image``'s voxels copied into a new (i, j, k) array in SimpleITK's memory order (i fastest), in the
-    memory :func:`arrays_in` hands out when it does, else in fresh memory."""
-    view = sitk.GetArrayViewFromImage(image)  # (k, j, i), valid while the image lives
-    out = _array_memory(view.shape, view.dtype) if _array_memory is not None else None
-    if out is None:
-        out = np.empty_like(view)
-    np.copyto(out, view)
-    return out.transpose(2, 1, 0)
-
-
-@contextlib.contextmanager
-def arrays_in(memory):
-    """Within: :func:`array_of_image` (the readers' and the resampler's arrays) copies into ``memory(shape, dtype)``,
-    a C-ordered array (or None: fresh memory). The reading child of :mod:`.read_process` places the arrays it sends
-    so, in memory its parent maps, without a copy more."""
-    global _array_memory
-    previous, _array_memory = _array_memory, memory
-    try:
-        yield
-    finally:
-        _array_memory = previous
+    out = resampler.Execute(image)
+    return sitk.GetArrayViewFromImage(out).transpose(2, 1, 0).copy(order="K")
 
 
 def resample_nearest(array: np.ndarray, source: Grid, target: Grid, dtype=np.uint8) -> np.ndarray:

@@ -21,7 +21,6 @@ as before.
 from __future__ import annotations
 
 import contextlib
-import math
 import mmap
 import os
 import pickle
@@ -36,10 +35,8 @@ from dataclasses import replace
 import numpy as np
 
 from .errors import CancelledError, OutOfMemoryError, TokenUNetError
-from .geometry import arrays_in
 
 SWITCH_VARIABLE = "TOKENUNET_READ_PROCESS"  # "0": read in the command's own process
-REGIONS_PER_VOLUME = 2  # its voxels, its copy on the model grid
 MAX_VALUE_BYTES = 8  # the widest voxel a reader returns (float64): the shared memory is sized from the header with it
 POLL_SECONDS = 0.1  # how often a parent waiting for the child looks at its cancel event
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
@@ -64,15 +61,14 @@ def fork_safe() -> bool:
 class ReadingProcess:
     """``read()`` (a list of :class:`.volumes.Volume`) in a forked child; :meth:`result` takes the volumes.
 
-    ``values``: the values each volume's header declares (one per volume ``read`` returns); the shared memory, two
-    regions per volume (its voxels, its copy on the model grid), is sized from them before the fork. The child's
-    readers and resampler copy their arrays out of SimpleITK straight into a free region (:func:`.geometry.arrays_in`);
-    an array made otherwise is copied into one, and one that fits none (or is no numpy array) comes through the pipe.
+    ``values``: the values each volume's header declares (one per volume ``read`` returns, in its order); the shared
+    memory is sized from them before the fork. An array that does not fit its region (or is no numpy array) comes
+    through the pipe instead.
     """
 
     def __init__(self, read: Callable[[], list], values: Sequence[int]):
         self.pid = 0
-        self.regions = [_shared(count) for count in values for _ in range(REGIONS_PER_VOLUME)]
+        self.regions = [(_shared(count), _shared(count)) for count in values]  # per volume: voxels, model grid
         sys.stdout.flush()
         sys.stderr.flush()
         read_end, write_end = os.pipe()
@@ -89,9 +85,8 @@ class ReadingProcess:
                 os.close(read_end)
                 _child_signals(parent)
                 answer = _outcome(read, self.regions)  # the child's arrays are freed on return
-                for region in self.regions:  # its exit, which the parent's end of the pipe waits for, has less to free
-                    with contextlib.suppress(BufferError):  # an array still held (by an error's traceback)
-                        region.close()
+                for region in (region for pair in self.regions for region in pair):
+                    region.close()  # its exit, which the parent's end of the pipe waits for, has less to free
                 _write_all(write_end, answer)
                 code = 0
             finally:
@@ -121,9 +116,7 @@ class ReadingProcess:
             warnings.showwarning(*message)
         if not succeeded:
             raise value
-        volumes = [self._volume(*item) for item in value]
-        self.regions = []  # those left unused are unmapped; the others live as long as their arrays
-        return volumes
+        return [self._volume(index, *item) for index, item in enumerate(value)]
 
     @contextlib.contextmanager
     def stopped_by_sigterm(self):
@@ -169,10 +162,11 @@ class ReadingProcess:
             except ChildProcessError:
                 return 0
 
-    def _volume(self, volume, array, ahead):
-        volume.array = _from_region(array, self.regions)
+    def _volume(self, index: int, volume, array, ahead):
+        regions, self.regions[index] = self.regions[index], (None, None)
+        volume.array = _from_region(array, regions[0])
         if ahead is not None:
-            volume.on_model_grid = (ahead[0], _from_region(ahead[1], self.regions))
+            volume.on_model_grid = (ahead[0], _from_region(ahead[1], regions[1]))
         return volume
 
 
@@ -195,13 +189,11 @@ def _child_signals(parent: int) -> None:
 
 def _outcome(read: Callable[[], list], regions: list) -> bytes:
     """The child's answer, pickled: (True, [(volume without arrays, array, model-grid copy)], warnings) or (False,
-    error, warnings); arrays in ``regions`` travel as their place."""
-    pool = RegionPool(regions)
+    error, warnings); arrays placed in ``regions`` travel as their layout."""
     with warnings.catch_warnings(record=True) as caught:
         try:
-            with arrays_in(pool.take):
-                volumes = read()
-            value = [_shipped(volume, pool) for volume in volumes]
+            volumes = read()
+            value = [_shipped(volume, regions[index]) for index, volume in enumerate(volumes)]
             succeeded = True
         except BaseException as error:  # noqa: BLE001 - raised again in the parent
             succeeded, value = False, error
@@ -213,54 +205,30 @@ def _outcome(read: Callable[[], list], regions: list) -> bytes:
         return pickle.dumps((False, plain, [(str(w[0]), UserWarning, w[2], w[3]) for w in shown]))
 
 
-class RegionPool:
-    """The child's shared regions, each handed out once: to the readers (:meth:`take`), or to copy an array into."""
-
-    def __init__(self, regions: list):
-        self.regions = regions
-        self.starts = [np.frombuffer(region, np.uint8).ctypes.data for region in regions]
-        self.free = list(range(len(regions)))
-
-    def take(self, shape, dtype) -> np.ndarray | None:
-        """A C-ordered array in the first free region it fits, or None."""
-        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-        for index in self.free:
-            if nbytes <= len(self.regions[index]):
-                self.free.remove(index)
-                return np.ndarray(shape, dtype, buffer=self.regions[index])
-        return None
-
-    def place(self, array):
-        """Where ``array`` lies in a region (``("shared", index, offset, shape, dtype, strides)``), after copying it
-        into a free one in its own memory order if it lies in none; the array itself when it fits none."""
-        if not isinstance(array, np.ndarray) or array.dtype.hasobject:
-            return array
-        start = array.__array_interface__["data"][0]
-        for index, region_start in enumerate(self.starts):
-            offset = start - region_start
-            if index not in self.free and 0 <= offset < len(self.regions[index]):
-                return ("shared", index, offset, array.shape, array.dtype.str, array.strides)
-        order = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
-        target = self.take(array.shape[::-1] if order == "F" else array.shape, array.dtype)
-        if target is None:
-            return array
-        target = target.T if order == "F" else target
-        np.copyto(target, array, casting="no")
-        return self.place(target)
-
-
-def _shipped(volume, pool: RegionPool) -> tuple:
-    """``volume`` without its arrays, and where each array lies."""
+def _shipped(volume, regions: tuple) -> tuple:
+    """``volume`` without its arrays, and each array placed in its region (or itself when it does not fit)."""
     ahead = volume.on_model_grid
     bare = replace(volume, array=None, on_model_grid=None)
-    return bare, pool.place(volume.array), (ahead[0], pool.place(ahead[1])) if ahead is not None else None
+    shipped = _placed(volume.array, regions[0])
+    return bare, shipped, (ahead[0], _placed(ahead[1], regions[1])) if ahead is not None else None
 
 
-def _from_region(shipped, regions: list):
-    """The parent's array: a view of its region for a placed array (it keeps the region mapped), else as sent."""
+def _placed(array, region: mmap.mmap):
+    """``array`` copied into ``region`` in its own memory order: its (shape, dtype, strides); the array itself when
+    it is no numpy array or does not fit."""
+    if not isinstance(array, np.ndarray) or array.nbytes > len(region) or array.dtype.hasobject:
+        return array
+    order = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
+    target = np.ndarray(array.shape, array.dtype, buffer=region, order=order)
+    np.copyto(target, array, casting="no")
+    return ("shared", array.shape, array.dtype.str, target.strides)
+
+
+def _from_region(shipped, region: mmap.mmap | None):
+    """The parent's array: a view of ``region`` for a placed array (it keeps the region mapped), else as sent."""
     if isinstance(shipped, tuple) and shipped and shipped[0] == "shared":
-        _, index, offset, shape, dtype, strides = shipped
-        return np.ndarray(shape, np.dtype(dtype), buffer=regions[index], offset=offset, strides=strides)
+        _, shape, dtype, strides = shipped
+        return np.ndarray(shape, np.dtype(dtype), buffer=region, strides=strides)
     return shipped
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .geometry import Grid, affine_of_image, array_of_image, check_affine
+from .geometry import Grid, affine_of_image, check_affine
 from .readers import open_image
 
 
@@ -179,4 +179,5 @@ def volume_from_image(image: sitk.Image, name: str = "volume") -> Volume:
     spacing = np.asarray(image.GetSpacing())
     if np.any(spacing <= 0) or not np.all(np.isfinite(spacing)):
         raise InputError(f"{name} has zero or negative voxel spacing {tuple(spacing)}", "fix the image header")
-    return Volume(array_of_image(image), affine_of_image(image), name)
+    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    return Volume(array, affine_of_image(image), name)
