@@ -320,7 +320,7 @@ class Batch:
             except Exception as error:
                 raise ModelLoadError(error) from error
 
-        return load_while_reading(load, opened, self.cancel)[1]
+        return load_while_reading(load, opened.read)[1]
 
     def finished_before(self, case, folder: Path) -> dict | None:
         """The report of ``folder``'s result when it is a complete result of this model (id, version and weights) made

@@ -8,14 +8,13 @@ final result or error event; see :mod:`.run_contract`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .arguments import channel_names, device_name, integer, number, text
@@ -159,7 +158,6 @@ class CaseInputs:
     on_input_grid: bool
     read: Callable[[], list]
     made_from: dict  # what the result is made from (:mod:`.result_key`), taken before any voxel is read
-    values: list = field(default_factory=list)  # the values each volume's header declares, in read()'s order
 
 
 def open_case(
@@ -206,8 +204,7 @@ def open_case(
         resample_ahead(volumes, config, threads=AHEAD_THREADS)
         return volumes
 
-    order = stack[1] if stack is not None else None
-    return CaseInputs(paths, order, checked.on_input_grid, read, source, [item.values for item in opened])
+    return CaseInputs(paths, stack[1] if stack is not None else None, checked.on_input_grid, read, source)
 
 
 def segment_case(case: CaseInputs, volumes: list, package, folder, args, printer, progress, cancel):
@@ -292,7 +289,7 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
         package_path = store.resolve(args.model, lambda fraction: download.update("download", fraction), cancel)
         metadata = read_metadata(package_path)
         case = open_case(args.inputs, args.channels, metadata.config, metadata.id, folder, args, printer)
-        package, volumes = load_while_reading(lambda: load_package_at(package_path), case, cancel)
+        package, volumes = load_while_reading(lambda: load_package_at(package_path), case.read)
         result, outputs, seconds = segment_case(case, volumes, package, folder, args, printer, printer, cancel)
         printer.emit(
             ResultEvent(
@@ -319,27 +316,12 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
             signal.signal(signum, handler)
 
 
-def load_while_reading(load: Callable[[], object], case: CaseInputs, cancel=None):
-    """``(load(), case.read())``: the voxels read while ``load()`` imports torch and loads the package, in a forked
-    process where that is safe (:mod:`.read_process`), else in a thread. ``cancel`` (an event) stops the reading
-    process while it is waited for."""
-    from .read_process import ReadingProcess, fork_safe
-
-    reading = None
-    if fork_safe():
-        with contextlib.suppress(OSError, ValueError):  # no memory map or process to be had: read in a thread
-            reading = ReadingProcess(case.read, case.values)
-    if reading is None:
-        with switch_interval(READ_SWITCH_INTERVAL_S):
-            in_thread = BackgroundCall(case.read, "TokenUNet read")  # next to torch's import
-            loaded = load()
-            return loaded, in_thread.result()
-    try:
-        with reading.stopped_by_sigterm():
-            loaded = load()
-        return loaded, reading.result(cancel)
-    finally:
-        reading.stop()
+def load_while_reading(load: Callable[[], object], read: Callable[[], list]):
+    """``(load(), read())``: the voxels read in a thread while ``load()`` imports torch and loads the package."""
+    with switch_interval(READ_SWITCH_INTERVAL_S):
+        reading = BackgroundCall(read, "TokenUNet read")  # next to torch's import
+        loaded = load()
+        return loaded, reading.result()
 
 
 def load_package_at(path):
