@@ -376,13 +376,18 @@ def test_a_process_of_its_own_ends_without_the_teardown_but_with_its_exit_code_o
         "import atexit, pathlib, sys, threading, time\n"
         f"atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text('yes'))\n"
         "if sys.argv[1] == 'thread':\n"
-        f"    threading.Thread(target=lambda: (time.sleep(0.5), pathlib.Path({str(marker)!r} + '-thread').write_text('done'))).start()\n"
+        f"    late = pathlib.Path({str(marker)!r} + '-thread')\n"
+        "    threading.Thread(target=lambda: (time.sleep(0.5), late.write_text('done'))).start()\n"
         "sys.stdout.write('buffered, not flushed')\n"
         f"sys.argv = ['tokenunet', '--catalog', {str(catalog)!r}] + sys.argv[2:]\n"
         "from TokenUNetSegmentLib.pipeline.cli import run_as_process\n"
         "run_as_process()\n"
     )
-    for case, argv, expected in [("none", ["models", "list"], 0), ("none", ["segment"], 2), ("thread", ["models", "list"], 0)]:
+    for case, argv, expected in [
+        ("none", ["models", "list"], 0),
+        ("none", ["segment"], 2),
+        ("thread", ["models", "list"], 0),
+    ]:
         marker.unlink(missing_ok=True)
         done = subprocess.run([sys.executable, "-c", code, case, *argv], cwd=MODULE_DIR, capture_output=True, text=True)
         assert done.returncode == expected, done.stderr

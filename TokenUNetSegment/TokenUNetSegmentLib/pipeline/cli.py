@@ -20,9 +20,9 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from typing import NoReturn
 from dataclasses import dataclass
 from importlib import import_module
+from typing import NoReturn
 
 from .errors import missing_dependency
 from .run_contract import ErrorEvent, ExitCode, LogEvent, ProgressEvent, encode_event
