@@ -4,8 +4,11 @@ exit codes, datalists (multi-channel), folders of cases, typed progress events."
 
 import contextlib
 import json
+import os
 import signal
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +59,20 @@ def files_of(folder: Path) -> list[str]:
 
 def summary(root: Path) -> dict:
     return json.loads((root / "batch.json").read_text())
+
+
+def after_the_first_case(monkeypatch, action) -> None:
+    """``action()`` once, as soon as batch.json records the first case done (what another program, a user or a
+    signal does to the batch there)."""
+    real = batch_command.Batch.save
+
+    def save_then_act(self):
+        real(self)
+        if self.records[0]["status"] == "done" and not getattr(self, "acted", False):
+            self.acted = True
+            action()
+
+    monkeypatch.setattr(batch_command.Batch, "save", save_then_act)
 
 
 @pytest.fixture(scope="module")
@@ -186,14 +203,7 @@ def test_a_cancel_between_cases_keeps_finished_cases_and_a_consistent_batch_json
     package, (first, second) = two_cases
     third = shifted_case(first, tmp_path / "in" / "third.nii.gz", 5)
     cancel = threading.Event()
-    real = batch_command.Batch.save
-
-    def save_then_cancel(self):  # the first case is written, then SIGTERM (which sets the event) comes
-        real(self)
-        if self.records[0]["status"] == "done":
-            cancel.set()
-
-    monkeypatch.setattr(batch_command.Batch, "save", save_then_cancel)
+    after_the_first_case(monkeypatch, cancel.set)  # the first case is written, then a cancel request comes
     out = tmp_path / "out"
     args = cli.parse_arguments(
         ["batch", str(first), str(second), str(third), "--model", str(package), "--out", str(out), *FAST]
@@ -651,20 +661,17 @@ def test_a_disk_that_fills_in_the_middle_of_a_batch(two_cases, tmp_path, monkeyp
     says how far batch.json goes (before: it stopped with the disk's message only, batch.json 'running')."""
     package, (first, second) = two_cases
     third = shifted_case(first, tmp_path / "in" / "third.nii.gz", 5)
-    real = batch_command.Batch.save
     with tmpfs(tmp_path / "disk", size="3m") as disk:
         out = disk / "out"
 
-        def save_then_fill(self):
-            real(self)
-            if self.records[0]["status"] == "done" and not (disk / "filler").exists():
-                with open(disk / "filler", "wb") as stream:  # another program fills the disk
-                    with contextlib.suppress(OSError):
-                        while True:
-                            stream.write(b"\0" * 65536)
-                            stream.flush()
+        def fill() -> None:
+            with open(disk / "filler", "wb") as stream:  # another program fills the disk
+                with contextlib.suppress(OSError):
+                    while True:
+                        stream.write(b"\0" * 65536)
+                        stream.flush()
 
-        monkeypatch.setattr(batch_command.Batch, "save", save_then_fill)
+        after_the_first_case(monkeypatch, fill)
         assert batch(first, second, third, "--model", package, "--out", out, *FAST, "--no-heatmaps") == 2
         captured = capsys.readouterr()
         error = captured.err.strip().splitlines()[-1]
@@ -726,3 +733,155 @@ def test_files_of_one_name_in_one_folder_per_case_are_named_by_their_folders(tmp
     assert (
         refused.value.hint == f"its subfolders hold volume files: give them as cases, e.g. {root / '*' / 'ct.nii.gz'}"
     )
+
+
+def replaced_keeping_size_and_time(path: Path, data: bytes, in_place: bool) -> None:
+    """``path``'s content replaced by ``data`` of the same size, its modification time put back: ``cp -p`` over it
+    (in place), or ``rsync -t`` and a restored backup (a new file renamed over it)."""
+    assert len(data) == path.stat().st_size
+    before = path.stat()
+    time.sleep(0.01)  # another clock reading than the file's
+    if in_place:
+        path.write_bytes(data)
+    else:
+        fresh = path.with_name(".rsync-tmp")
+        fresh.write_bytes(data)
+        os.replace(fresh, path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def test_resume_runs_a_case_again_whose_input_was_replaced_with_its_size_and_time_kept(two_cases, tmp_path, capsys):
+    """Before: --resume compared each input file's size and modification time only, so a scan replaced by another of
+    the same size with its time kept (``cp -p``, ``rsync -t``, a restored backup) was skipped as done, its result that
+    of the old scan. Now the stamp has the file's change time and inode too (the system sets them; copies cannot keep
+    them): the case runs again. A file left alone is still skipped."""
+    package, (first, _) = two_cases
+    cases = tmp_path / "in"
+    cases.mkdir()
+    kept, copied, synced = (cases / f"{name}.nii.gz" for name in ("kept", "copied", "synced"))
+    for path in (kept, copied, synced):
+        path.write_bytes(first.read_bytes())
+    series = cases / "series"
+    write_dicom_series(series, dicom_array(slices=3))
+    out = tmp_path / "out"
+
+    def statuses() -> dict:
+        capsys.readouterr()
+        assert batch(kept, copied, synced, series, "--model", package, "--out", out, "--resume", *FAST) in (0, 2)
+        return {case["name"]: case["status"] for case in summary(out)["cases"]}
+
+    first_run = statuses()
+    assert statuses() == dict.fromkeys(first_run, "skipped")
+    data = bytearray(first.read_bytes())
+    data[-16] ^= 0xFF  # another scan's bytes, the same size
+    replaced_keeping_size_and_time(copied, bytes(data), in_place=True)
+    replaced_keeping_size_and_time(synced, bytes(data), in_place=False)
+    slice_file = sorted(series.iterdir())[1]
+    replaced_keeping_size_and_time(slice_file, bytes(reversed(slice_file.read_bytes())), in_place=True)
+    again = statuses()
+    assert again["kept"] == "skipped"
+    assert again["copied"] != "skipped" and again["synced"] != "skipped" and again["series"] != "skipped", again
+
+
+def test_a_batch_whose_every_case_failed_says_so_and_some_failed_is_told_apart(two_cases, tmp_path, capsys):
+    """Before: a batch in which every case failed wrote ``state: completed`` and printed "batch completed: 2 failed of
+    2 cases", as a batch with one failure among successes did: read by a script or a user, a success. Now: every case
+    failed is ``state: failed`` and "batch failed: all 2 cases failed", some failed is ``completed_with_failures`` and
+    "batch completed with failures: ...", all done stays ``completed``; the exit codes stay 2 (or 1) and 0."""
+    package, (first, second) = two_cases
+    bad = [truncated(first, tmp_path / "in" / f"damaged{index}.nii.gz") for index in (1, 2)]
+    runs = {"all failed": bad, "some failed": [first, bad[0]], "all done": [first, second]}
+    seen = {}
+    for name, cases in runs.items():
+        out = tmp_path / name.replace(" ", "-")
+        capsys.readouterr()
+        code = batch(*cases, "--model", package, "--out", out, *FAST)
+        captured = capsys.readouterr()
+        summary_line = captured.out.strip().splitlines()[-1]
+        seen[name] = (code, summary(out)["state"], summary_line, captured.err.strip())
+    code, state, line, err = seen["all failed"]
+    assert (code, state) == (2, "failed")
+    assert line.startswith("batch failed: all 2 cases failed"), line
+    assert err.splitlines()[-1].startswith("error: all 2 cases failed, none done"), err
+    code, state, line, err = seen["some failed"]
+    assert (code, state) == (2, "completed_with_failures")
+    assert line.startswith("batch completed with failures: 1 done, 1 failed of 2 cases"), line
+    assert err.splitlines()[-1].startswith("error: 1 of 2 cases failed"), err
+    code, state, line, err = seen["all done"]
+    assert (code, state, err) == (0, "completed", "") and line.startswith("batch completed: 2 done of 2 cases")
+
+
+@pytest.mark.skipif(not LINUX_MOUNT, reason="Linux tmpfs")
+def test_an_output_root_that_turns_read_only_half_way_stops_the_batch_saying_what_stays(
+    two_cases, tmp_path, monkeypatch, capsys
+):
+    """A real tmpfs remounted read-only after the first case (a disk error, a share that went away). Before: the next
+    case failed, then the batch stopped with "error: cannot write .../batch.json: its file system is read-only", which
+    said neither that the first case's folder stays nor that batch.json (which cannot be rewritten) still says
+    'running'. Now the line says both and how to go on."""
+    package, (first, second) = two_cases
+    third = shifted_case(first, tmp_path / "in" / "third.nii.gz", 5)
+    with tmpfs(tmp_path / "disk", size="50m") as disk:
+        out = disk / "out"
+        after_the_first_case(monkeypatch, lambda: subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True))
+        assert batch(first, second, third, "--model", package, "--out", out, *FAST, "--no-heatmaps") == 2
+        captured = capsys.readouterr()
+        error = captured.err.strip().splitlines()[-1]
+        assert error.startswith("error: ") and "read-only" in error, captured
+        assert "stopped after case 2 of 3 with 1 finished case kept" in error, error
+        assert "'running'" in error and "--resume" in error, error
+        document = summary(out)
+        assert document["state"] == "running" and document["cases"][0]["status"] == "done"
+        assert labels_of(out / "first").any()
+
+
+@pytest.mark.parametrize("removed", ["root", "batch.json"])
+def test_a_root_removed_or_moved_while_the_batch_runs_stops_it_without_making_it_again(
+    two_cases, tmp_path, monkeypatch, capsys, removed
+):
+    """The user deletes (or moves away) the output root, or its batch.json, after the first case. Before: the batch
+    made the root again and went on: the new root held the later cases and a batch.json that called the first case
+    done, whose folder was gone (or elsewhere), and without its lock file a second batch could start on it. Now the
+    batch stops before its next case, in one line, and writes nothing more there."""
+    package, (first, second) = two_cases
+    third = shifted_case(first, tmp_path / "in" / "third.nii.gz", 5)
+    out = tmp_path / "out"
+    if removed == "root":
+        after_the_first_case(monkeypatch, lambda: out.rename(tmp_path / "moved"))
+    else:
+        after_the_first_case(monkeypatch, (out / "batch.json").unlink)
+    assert batch(first, second, third, "--model", package, "--out", out, *FAST) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "was removed while the batch ran" in error, error
+    assert "stopped before case 2 of 3" in error, error
+    if removed == "root":
+        assert not out.exists()
+        moved = sorted(p.name for p in (tmp_path / "moved").iterdir())  # the lock and reserve went with it (stale)
+        assert moved == [".batch.json.tokenunet-lock", ".batch.json.tokenunet-reserve", "batch.json", "first"]
+    else:
+        assert sorted(p.name for p in out.iterdir()) == ["first"]
+
+
+def test_a_model_that_fails_to_load_stops_the_batch_as_failed_with_its_reason(two_cases, tmp_path, monkeypatch, capsys):
+    """The package's weights fail to load with the first case (checked before: only its metadata): the batch stops,
+    exit 2 with the loader's line, batch.json ``state: failed`` and ``error`` saying why, no case charged with it,
+    no result event, nothing but batch.json in the root (before this change: batch.json had no ``error``)."""
+    from TokenUNetSegmentLib.pipeline.errors import ModelPackageError
+
+    package, cases = two_cases
+
+    def broken(path):
+        raise ModelPackageError("the weights of tiny-ct are damaged", "import the package again")
+
+    monkeypatch.setattr(segment_command, "load_package_at", broken)
+    out = tmp_path / "out"
+    assert batch(*cases, "--model", package, "--out", out, *FAST[:-2], "--progress", "json") == 2
+    events = [decode_event(line) for line in capsys.readouterr().err.strip().splitlines()]
+    assert isinstance(events[-1], ErrorEvent) and "damaged" in events[-1].message
+    assert not any(isinstance(event, ResultEvent) for event in events)
+    document = summary(out)
+    assert document["state"] == "failed" and "the model failed to load" in document["error"]
+    assert "damaged" in document["error"]
+    assert {case["status"] for case in document["cases"]} == {"pending"}
+    assert sorted(p.name for p in out.iterdir()) == ["batch.json"]

@@ -128,9 +128,17 @@ def test_cli_compares_two_families_and_saves_json_and_heatmap(tmp_path, capsys):
         ([*TINY_TOKEN_UNET, "--b", "NoToken", "--b-option", "channels"], "must look like NAME=VALUE"),
         ([*TINY_TOKEN_UNET, "--b", "NoToken", "--samples", "1"], "--samples: must be at least 2"),
         ([*TINY_TOKEN_UNET, "--b", "NoToken", "--b-weights", "missing.safetensors"], "weights file not found"),
+        (
+            ["--a", "8Token", "--b", "8Token", "--samples", "3", "--pooling", "mean", "--debiased"],
+            "--debiased needs at least 4 samples; --samples 3 with --pooling mean gives 3",
+        ),
     ],
 )
-def test_cli_user_errors_give_one_line_and_exit_code_2(argv, message, capsys, tmp_path):
+def test_cli_user_errors_give_one_line_and_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
+    from TokenUNetSegmentLib.pipeline import cka
+
+    if "--debiased" in argv:  # refused before the networks are built (before: after 4 s of work)
+        monkeypatch.setattr(cka, "_build", lambda *a, **k: pytest.fail("built before the check"))
     assert main([*argv, "--size", "16", "--out", str(tmp_path)] if "--size" not in argv else argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -162,3 +170,39 @@ def test_samples_that_cannot_fit_are_refused_before_they_are_made(tmp_path, monk
     assert "2000 samples of 1 x 32^3 need about" in err and "use fewer --samples" in err, err
     assert not any(tmp_path.iterdir())
     assert (format_size(1023.6 * 2**10), format_size(999 * 2**10)) == ("1024 KiB", "999 KiB")  # not 1.02e+03 KiB
+
+
+def test_options_that_the_command_sets_itself_are_refused_in_one_line(tmp_path, capsys):
+    """``--a-option in_channels=4`` or ``out_channels=3`` (before: internal error TypeError "got multiple values for
+    argument 'in_channels'", exit 1)."""
+    from TokenUNetSegmentLib.pipeline import cli
+
+    for option, says in [("in_channels=4", "--in-channels"), ("out_channels=3", "out_channels")]:
+        argv = ["cka", "--a", "8Token", "--b", "8Token", "--size", "16", "--a-option", option]
+        assert cli.main([*argv, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and says in err and err.count("\n") == 1, err
+    assert not any(tmp_path.iterdir())
+
+
+def test_weights_that_give_no_finite_features_are_refused_not_written_as_nan(tmp_path, capsys):
+    """Weights holding NaN, or so large that a stage's features overflow float32 (before: a matrix of NaN printed and
+    written to cka.json as ``NaN``, which is no JSON, exit 0)."""
+    from safetensors.torch import save_file
+    from TokenUNetSegmentLib.pipeline import cli
+
+    state = build_network("8Token", 1, 2).state_dict()
+    first = next(key for key, value in state.items() if key.endswith("weight") and value.is_floating_point())
+    broken = {key: value.clone() for key, value in state.items()}
+    broken[first][...] = float("nan")
+    save_file(broken, tmp_path / "nan.safetensors")
+    save_file({k: v * 1e30 if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "huge.safetensors")
+    for weights, says in [
+        ("nan.safetensors", f"weights nan.safetensors hold NaN or infinite values ({first})"),
+        ("huge.safetensors", "stage 2 of network '8Token' (--a) gives NaN or infinite features"),
+    ]:
+        argv = ["cka", "--a", "8Token", "--b", "8Token", "--size", "32", "--samples", "3"]
+        assert cli.main([*argv, "--a-weights", str(tmp_path / weights), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+        assert not (tmp_path / "o").exists()

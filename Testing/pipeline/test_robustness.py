@@ -197,3 +197,146 @@ def test_a_malformed_datalist_exits_2_in_one_line(tmp_path, capsys, content, mes
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_reference_that_holds_no_labels_is_refused_before_the_model_runs(tmp_path, capsys):
+    """A probability map given as the reference (before: rounded at 0.5 without a word, and scored)."""
+    image, reference = liver_phantom((32, 32, 40))
+    affine = affine_from_spacing(SPACING)
+    sitk.WriteImage(image_from_array(image.astype(np.int16), affine), str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(image_from_array(reference * np.float32(0.7), affine), str(tmp_path / "soft.nii.gz"))
+    (tmp_path / "names.json").write_text(json.dumps({"1": "liver"}))
+    config = tiny_config("random-liver", labels=1, spacing=SPACING, roi=(16, 16, 16))
+    config["labels"][0]["name"] = "liver"
+    package = make_package(tmp_path, config)
+    argv = ["robustness", "--model", str(package), "--image", str(tmp_path / "ct.nii.gz"), "--reference",
+            str(tmp_path / "soft.nii.gz"), "--reference-names", str(tmp_path / "names.json"), "--variants", "plain",
+            "--no-tokens", "--device", "cpu", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "soft.nii.gz holds values that are not whole numbers (e.g. 0.7" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_organ_found_where_the_variants_reference_has_none_scores_as_evaluate_scores_it():
+    """A slab around the spleen holds no liver, and the model finds 'liver' there (a bright blob): ``evaluate``
+    scores such a false find Dice 0 and counts it in the mean, and so does the confidence calibration (before:
+    robustness left it out of the row, its table showed '-', and the mean was that of the other organs only).
+    An organ absent from both the reference and the result stays unscored ('-'), as in ``evaluate``."""
+    from TokenUNetSegmentLib.pipeline.evaluate import label_metrics
+
+    image, liver = liver_phantom()
+    reference = liver.copy()
+    spleen = np.zeros_like(liver, bool)
+    spleen[18:22, 16:20, 4:9] = True
+    reference[spleen] = 2
+    image[spleen] = -80.0
+    image[8:12, 16:20, 5:8] = 220.0  # bright, unlabelled: the threshold model calls it liver
+    volume = Volume(image, affine_from_spacing(SPACING))
+    result = evaluate_robustness(
+        threshold_liver_package(),
+        volume,
+        Volume(reference, volume.affine),
+        {1: "liver", 2: "spleen"},
+        wanted=("plain", "slabs"),
+        device="cpu",
+        tokens=False,
+    )
+    rows = {row["variant"]: row for row in result["variants"]}
+    slab = rows["slab 10 @ spleen"]
+    assert slab["confidence"].get("liver") is not None  # found
+    assert slab["dice"] == {"liver": 0.0} and slab["mean_dice"] == 0.0
+    crop = reference[:, :, 1:11]
+    predicted = np.zeros_like(crop)
+    predicted[8:12, 16:20, 5:8] = 1
+    assert label_metrics(predicted, crop, [(1, 1, "liver")], SPACING, hd95=False)["liver"]["dice"] == 0.0
+    assert "| slab 10 @ spleen | 0.000 | 0.000 |" in format_table(result)
+    assert rows["plain"]["dice"]["liver"] > 0.99
+
+
+def test_a_multi_channel_model_or_entry_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """robustness changes one CT: a four-channel model (before: its weights loaded, the plain variant started, then
+    "needs 4 input channel(s) (ch0, ...), got 1") and a datalist entry listing channel files (before: "needs 'image'
+    and 'label' paths", though both were there) are refused before the weights are loaded, saying why."""
+    from TokenUNetSegmentLib.pipeline import package_loader
+
+    image, reference = liver_phantom((24, 24, 24))
+    affine = affine_from_spacing(SPACING)
+    sitk.WriteImage(image_from_array(image.astype(np.int16), affine), str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(image_from_array(reference, affine), str(tmp_path / "ref.nii.gz"))
+    (tmp_path / "names.json").write_text(json.dumps({"1": "liver"}))
+    four = tiny_config("four", in_channels=4, labels=1, roi=(16, 16, 16), intensity={"method": "zscore"})
+    four["labels"][0]["name"] = "liver"
+    one = tiny_config("one", labels=1, roi=(16, 16, 16))
+    one["labels"][0]["name"] = "liver"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    four, one = make_package(tmp_path / "a", four), make_package(tmp_path / "b", one)
+    entry = {"patient": "P", "image": ["ct.nii.gz", "ct.nii.gz"], "label": "ref.nii.gz", "labels": {"1": "liver"}}
+    (tmp_path / "list.json").write_text(json.dumps({"evaluation": [entry]}))
+    monkeypatch.setattr(package_loader, "load_package", lambda *a, **k: pytest.fail("weights loaded"))
+    for model, inputs, says in [
+        (four, ["--image", str(tmp_path / "ct.nii.gz"), "--reference", str(tmp_path / "ref.nii.gz"),
+                "--reference-names", str(tmp_path / "names.json")],
+         "robustness changes one CT (--image); model 'four' takes 4 input channels (ch0, ch1, ch2, ch3)"),
+        (one, ["--datalist", str(tmp_path / "list.json"), "--patient", "P"],
+         "list.json: evaluation[0]: 'image' lists 2 files; robustness changes one CT"),
+    ]:  # fmt: skip
+        assert cli.main(["robustness", "--model", str(model), *inputs, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+        assert not (tmp_path / "o").exists()
+
+
+def test_every_variant_is_checked_against_the_memory_limit_before_any_runs(monkeypatch):
+    """The 1 mm variant of a 3 mm scan holds 27 times its voxels. Before: every variant was made at once and each was
+    segmented with the memory check off, so ``TOKENUNET_MEMORY_LIMIT`` (or free memory) bounded nothing: a chest CT
+    whose ``segment`` run needs 186 MiB ran its oblique variant (492 MiB) under a 300 MiB limit. Now each variant's
+    run is estimated from its grid (as ``segment`` estimates a header's) before any runs, and variants are made one
+    at a time."""
+    from TokenUNetSegmentLib.pipeline import segmentation
+    from TokenUNetSegmentLib.pipeline.errors import OutOfMemoryError
+
+    image, reference = liver_phantom()
+    volume = Volume(image, affine_from_spacing(SPACING))
+    real = segmentation.segment
+    monkeypatch.setenv("TOKENUNET_MEMORY_LIMIT", "8M")
+    monkeypatch.setattr(segmentation, "segment", lambda *a, **k: pytest.fail("a variant ran before the check"))
+    over = r"the oblique variant of volume needs about .* over the limit"
+    with pytest.raises(OutOfMemoryError, match=over):
+        evaluate_robustness(
+            threshold_liver_package(), volume, Volume(reference, volume.affine), {1: "liver"}, device="cpu"
+        )
+    made = []
+    monkeypatch.delenv("TOKENUNET_MEMORY_LIMIT")
+    monkeypatch.setattr(segmentation, "segment", lambda inputs, *a, **k: made.append(1) or real(inputs, *a, **k))
+    result = evaluate_robustness(
+        threshold_liver_package(), volume, Volume(reference, volume.affine), {1: "liver"}, ("plain", "noise"),
+        device="cpu", tokens=False,
+    )  # fmt: skip
+    assert [row["variant"] for row in result["variants"]] == ["plain", "noise 40 HU"]
+    assert len(made) == 2
+
+
+def test_robustness_and_cka_check_free_space_before_any_work(tmp_path, capsys, monkeypatch):
+    """On a disk with 40 KiB free (a real tmpfs, by hand: cka computed its matrix for 4 s, then "the disk ... is
+    full"; robustness ran every variant, minutes on a real scan, before finding out)."""
+    import collections
+    import shutil
+
+    from TokenUNetSegmentLib.pipeline import cka, robustness
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(40 << 10, 0, 40 << 10))
+    monkeypatch.setattr(cka, "_build", lambda *a, **k: pytest.fail("computed before the free-space check"))
+    monkeypatch.setattr(robustness, "evaluate_robustness", lambda *a, **k: pytest.fail("ran before the check"))
+    (tmp_path / "ct.nii.gz").write_bytes(b"")
+    for argv in [
+        ["cka", "--a", "8Token", "--b", "8Token", "--out", str(tmp_path / "c")],
+        ["robustness", "--model", "x", "--image", str(tmp_path / "ct.nii.gz"), "--reference",
+         str(tmp_path / "ct.nii.gz"), "--reference-names", str(tmp_path / "n.json"), "--out", str(tmp_path / "r")],
+    ]:  # fmt: skip
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "needs about 1 MiB but" in err and "40 KiB free" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]

@@ -270,3 +270,104 @@ def test_datalist_decathlon_reads_the_channel_order_as_segment_does(tmp_path):
     (root / "dataset.json").write_text(json.dumps(spec))
     datalist, _ = datasets.decathlon(root)
     assert datalist["training"][0]["channels"] == [f"s{i}" for i in range(11)]
+
+
+def test_datalist_decathlon_checks_the_datasets_channels_against_the_configs(tmp_path, capsys):
+    """``datalist decathlon --config`` matches the dataset.json's channel names to the configuration's channels (before:
+    only the labels were matched: a 4D BraTS dataset for a one-channel CT model, a CT dataset for a four-channel MR
+    model, or a sequence the model lacks gave a datalist, refused by ``train`` only once it read the first case; and
+    nnU-Net v2's per-channel files, listed in file order (FLAIR first), were trained in that order as T1, T1c, T2,
+    FLAIR: every sequence in another's channel, without a word)."""
+    brain = tmp_path / "brain.json"
+    brain.write_text(json.dumps(brain_config()))
+    one = tiny_config("tiny-ct", labels=2)
+    one["inputs"][0]["name"] = "CT"
+    one["labels"][0]["name"], one["labels"][1]["name"] = "edema", "enhancing"
+    ct = tmp_path / "ct.json"
+    ct.write_text(json.dumps(one))
+    label = (ball_phantom((8, 8, 8), (4, 4, 4), (2, 2, 2)) > 0).astype(np.uint8)
+    labels = {"0": "background", "1": "edema", "2": "enhancing"}
+
+    def dataset(name, channels, four_d=True):
+        root = tmp_path / name
+        count = len(channels)
+        if four_d:  # MSD: one image per case, its volumes along the 4th axis
+            image = root / "imagesTr" / "case_000.nii.gz"
+            image.parent.mkdir(parents=True)
+            affine = affine_from_spacing((3, 3, 3))
+            volumes = [image_from_array(np.full((8, 8, 8), c, np.int16), affine) for c in range(count)]
+            sitk.WriteImage(sitk.JoinSeries(volumes) if count > 1 else volumes[0], str(image))
+            spec = {"modality": dict(enumerate(channels)), "training": [
+                {"image": "./imagesTr/case_000.nii.gz", "label": "./labelsTr/case_000.nii.gz"}]}  # fmt: skip
+        else:  # nnU-Net v2: one file per channel, case_000_000N
+            for c in range(count):
+                write(np.full((8, 8, 8), c, np.int16), root / "imagesTr" / f"case_000_{c:04d}.nii.gz")
+            spec = {"channel_names": dict(enumerate(channels)), "file_ending": ".nii.gz"}
+        write(label, root / "labelsTr" / "case_000.nii.gz")
+        (root / "dataset.json").write_text(json.dumps({**spec, "labels": labels}))
+        return root
+
+    def datalist(root, config):
+        out = tmp_path / f"{root.name}-{config.stem}.json"
+        code = cli.main(["datalist", "decathlon", str(root), "--config", str(config), "--out", str(out)])
+        return code, out, capsys.readouterr()
+
+    brats = dataset("Task01_BrainTumour", ["FLAIR", "T1w", "t1gd", "T2w"])
+    for root, config, says in [
+        (brats, ct, "names 4 channels (FLAIR, T1w, t1gd, T2w); model 'tiny-ct' takes 1 (CT)"),
+        (dataset("Task03_Liver", ["CT"]), brain, "names 1 channel (CT); model 'brats-train' takes 4 (T1, T1c, T2,"),
+        (dataset("Task09_Dwi", ["FLAIR", "T1w", "t1gd", "DWI"]), brain,
+         "'DWI' (channel 3 in dataset.json) names no channel of model 'brats-train'"),
+        (dataset("Dataset002_Twice", ["T1", "T1w", "t1gd", "T2w"], four_d=False), brain, "both name channel T1"),
+        (dataset("Task02_Heart", ["MRI"]), ct, "names MR images (MRI); model 'tiny-ct' takes CT"),
+    ]:  # fmt: skip
+        code, out, printed = datalist(root, config)
+        assert code == 2 and says in printed.err and printed.err.count("\n") == 1, printed.err
+        assert not out.exists()
+    code, out, printed = datalist(brats, brain)  # the MSD 4D image: its names kept, each one a channel of the model
+    assert code == 0, printed.err
+    assert json.loads(out.read_text())["training"][0]["channels"] == ["FLAIR", "T1w", "t1gd", "T2w"]
+    nnunet = dataset("Dataset001_BrainTumour", ["FLAIR", "T1w", "t1gd", "T2w"], four_d=False)
+    code, out, printed = datalist(nnunet, brain)  # nnU-Net v2's files put in the model's channel order
+    assert code == 0, printed.err
+    images = json.loads(out.read_text())["training"][0]["image"]
+    assert images == [f"imagesTr/case_000_000{c}.nii.gz" for c in (1, 2, 3, 0)]
+    assert "T1 = imagesTr/case_000_0001.nii.gz (T1w)" in printed.out
+    assert load_case(read_datalist(out)["training"][0], brain_config(), 8, (16, 16, 16)).image.shape[0] == 4
+
+
+def test_datalist_totalsegmentator_refuses_a_configuration_that_takes_no_ct(tmp_path, capsys):
+    """TotalSegmentator's cases are one CT each: a four-channel MR configuration (before: the datalist was written,
+    and ``train`` refused at its first case, after reading it)."""
+    root = totalsegmentator_dataset(tmp_path / "ts", cases=2)
+    brain = brain_config()
+    brain["labels"][0]["name"], brain["labels"][1]["name"] = (
+        "liver",
+        "spleen",
+    )  # the dataset's organs: only channels differ
+    config = tmp_path / "brain.json"
+    config.write_text(json.dumps(brain))
+    out = tmp_path / "list.json"
+    assert cli.main(["datalist", "totalsegmentator", str(root), "--config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    says = "TotalSegmentator's cases are one CT each; model 'brats-train' takes 4 channels (T1, T1c, T2, FLAIR)"
+    assert says in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_datalist_out_naming_the_datasets_own_dataset_json_is_refused_even_with_overwrite(tmp_path, capsys):
+    """``datalist decathlon ROOT --out ROOT/dataset.json --overwrite`` (before: the dataset's own dataset.json, which
+    the command had just read, replaced by the datalist: the dataset's labels and channel names lost)."""
+    root = tmp_path / "Task03_Liver"
+    image, masks = phantom(0)
+    write(image, root / "imagesTr" / "liver_0.nii.gz")
+    write(masks["liver"].astype(np.uint8), root / "labelsTr" / "liver_0.nii.gz")
+    spec = {"labels": {"0": "background", "1": "liver"}, "modality": {"0": "CT"},
+            "training": [{"image": "./imagesTr/liver_0.nii.gz", "label": "./labelsTr/liver_0.nii.gz"}]}  # fmt: skip
+    (root / "dataset.json").write_text(json.dumps(spec))
+    before = (root / "dataset.json").read_bytes()
+    argv = ["datalist", "decathlon", str(root), "--out", str(root / "dataset.json"), "--overwrite"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--out dataset.json is the dataset's own dataset.json, which this command reads" in err, err
+    assert (root / "dataset.json").read_bytes() == before

@@ -6,11 +6,13 @@ result replaced and any other folder refused), and ``ROOT/batch.json``: every ca
 failed, skipped, cancelled or pending), error, timings, labels found and flags, rewritten atomically after each case
 so that it is consistent whenever the batch stops. The arguments, the model, the output root and every case's
 folder are checked before any case runs; a case that fails (a damaged file, a wrong modality, too big for memory) is
-recorded with ``segment``'s message and the batch goes on. Exit code: 0 when every case is done or skipped, 2 when
-any failed from a user error, 1 when any failed from an internal error, 130 when cancelled (SIGTERM, Ctrl-C: the
-case in progress is dropped as ``segment`` drops it, finished cases stay). With ``--progress json`` stderr carries
-``segment``'s events, with a :class:`.run_contract.CaseEvent` as each case starts and ends; progress fractions are
-the whole batch's.
+recorded with ``segment``'s message and the batch goes on. Its state: ``completed`` (every case done or skipped),
+``completed_with_failures``, ``failed`` (every case failed, or the batch stopped on a full disk or a model that does
+not load) or ``cancelled``; a root that turns unwritable or is removed stops the batch with a line that says how far
+it got. Exit code: 0 when every case is done or skipped, 2 when any failed from a user error, 1 when any failed from
+an internal error, 130 when cancelled (SIGTERM, Ctrl-C, at once wherever the case is: it is dropped as ``segment``
+drops it, finished cases stay and the line says so). With ``--progress json`` stderr carries ``segment``'s events,
+with a :class:`.run_contract.CaseEvent` as each case starts and ends; progress fractions are the whole batch's.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import contextlib
 import datetime
 import json
 import os
-import signal
+import sys
 import threading
 import time
 import traceback
@@ -78,8 +80,9 @@ class ModelLoadError(Exception):
 def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -> int:
     """Run every case of ``args`` with one model; returns the exit code (errors of the whole batch raise)."""
     from .batch_cases import BATCH_FILE, cases_from_datalist, cases_from_paths, check_case_names
+    from .cancel_signals import restore_handlers
     from .catalog import ModelStore
-    from .errors import InputError, OutputError
+    from .errors import CancelledError, InputError, OutputError
     from .locks import DestinationLock
     from .output_folder import check_file_destination, json_with_keys, resolve_destination
     from .outputs import output_folder
@@ -117,17 +120,23 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
     created = _make_folders(root)
     lock = DestinationLock(summary_path, "batch")
     cancel = cancel or threading.Event()
-    handlers = []
+    handlers, batch = [], None
     try:
-        lock.acquire()  # two batches on one root would overwrite each other's batch.json
-        handlers = install_cancel_handlers(cancel)
-        batch = Batch(args, cases, root, summary_path, metadata, package_path, printer, cancel, protected)
-        return batch.run()
-    finally:
-        for signum, handler in handlers:
-            signal.signal(signum, handler)
-        lock.release()
-        _remove_empty(created)  # refused or stopped before batch.json: no folder of ours left behind
+        try:
+            lock.acquire()  # two batches on one root would overwrite each other's batch.json
+            handlers = install_cancel_handlers(cancel)
+            batch = Batch(args, cases, root, summary_path, metadata, package_path, printer, cancel, protected)
+            return batch.run()
+        finally:
+            try:
+                lock.release()
+                _remove_empty(created)  # refused or stopped before batch.json: no folder of ours left behind
+            finally:
+                restore_handlers(handlers)  # after: a second stop does not cut the lock's release short
+    except KeyboardInterrupt:  # one that got past the batch once batch.json was written: say what stays
+        if batch is None or not batch.saved:
+            raise
+        raise CancelledError("interrupted", batch.kept()) from None
 
 
 class SpaceReserve:
@@ -150,6 +159,9 @@ class SpaceReserve:
                 os.fsync(stream.fileno())
         except OSError:
             self.remove()
+        except BaseException:  # a stop while it is written
+            self.remove()
+            raise
 
     def give_up(self) -> bool:
         """Free the room for one more batch.json; False when there is none to free."""
@@ -201,6 +213,7 @@ class Batch:
         self.texts: dict[int, tuple] = {}  # the encoded text of each ended case (see encoded())
         self.reserve = SpaceReserve(lock_path(summary_path).with_name(hidden_sibling(summary_path, RESERVE_TAG)))
         self.started = time.perf_counter()
+        self.saved = False  # whether batch.json was written
         self.records = [
             {"name": case.name, "inputs": list(case.inputs), "folder": str(root / case.name), "status": "pending"}
             for case in cases
@@ -223,12 +236,13 @@ class Batch:
     def run(self) -> int:
         from .errors import CancelledError, OutputError
 
-        self.reserve.make(RESERVE_BYTES + RESERVE_PER_CASE * len(self.cases))
         try:
+            self.reserve.make(RESERVE_BYTES + RESERVE_PER_CASE * len(self.cases))  # inside: a stop here removes it
             self.save()
             for index, case in enumerate(self.cases):
                 if self.cancel.is_set():
                     raise CancelledError()
+                self.check_still_there(index)
                 self.run_case(index, case)
                 self.save()
                 if self.reserve.used:  # the disk is full: stop while batch.json can still say so
@@ -239,10 +253,13 @@ class Batch:
                         f"{self.document['error']}; {self.summary_path.name} says which cases are done",
                         "free some disk space, then run the batch again with --resume",
                     )
-            return self.finish("completed")
+            return self.finish(self.outcome())
         except (CancelledError, KeyboardInterrupt):
+            if not self.saved:  # stopped before batch.json: nothing of the batch stays (run_batch removes its root)
+                raise
             return self.finish("cancelled")
         except ModelLoadError as failure:
+            self.document["error"] = f"the model failed to load: {ErrorEvent.from_error(failure.error).message}"
             self.finish("failed")
             raise failure.error from None
         finally:
@@ -285,10 +302,14 @@ class Batch:
             )
         except (CancelledError, KeyboardInterrupt):
             printer.close()
-            if folder is not None:
-                folder.abort()
-            record.update(status="cancelled", seconds=round(time.perf_counter() - started, 3))
-            self.report(index, record, record["seconds"])
+            if folder is not None and folder.committed:  # stopped after its result was put in place: done
+                record.update(status="done", **_earlier_fields(_report_of(folder.destination)))
+                record.update(warnings=printer.warnings)
+            else:
+                if folder is not None:
+                    folder.abort()
+                record.update(status="cancelled")
+            self.report(index, record, time.perf_counter() - started)
             raise
         except ModelLoadError:
             if folder is not None:
@@ -309,10 +330,14 @@ class Batch:
         self.report(index, record, time.perf_counter() - started)
 
     def read(self, opened) -> list:
-        """The case's voxels; for the first case read, while torch is imported and the package loaded."""
-        if self.package is not None:
-            return opened.read()
+        """The case's voxels; for the first case read, while torch is imported and the package loaded. Read in a
+        thread either way: the main thread waits for it where a stop (:mod:`.cancel_signals`) reaches it at once, not
+        after the reader's C++ call."""
+        from .background import BackgroundCall
         from .segment_command import load_package_at, load_while_reading
+
+        if self.package is not None:
+            return BackgroundCall(opened.read, "TokenUNet read").result()
 
         def load() -> None:  # kept when the case's own voxels fail to read
             try:
@@ -326,19 +351,13 @@ class Batch:
         """The report of ``folder``'s result when it is a complete result of this model (id, version and weights) made
         from what this run would make it from (:mod:`.result_key`: the same input files, unchanged, and the options
         that shape the files); else None."""
-        from .errors import TokenUNetError
-        from .json_files import read_json_file
         from .output_folder import complete_result
-        from .outputs import REPORT_FILE
         from .result_key import made_from
 
         if not complete_result(folder):
             return None
-        try:
-            report = read_json_file(folder / REPORT_FILE)
-        except TokenUNetError:
-            return None
-        package = report.get("package") if isinstance(report, dict) else None
+        report = _report_of(folder)
+        package = report.get("package")
         if not isinstance(package, dict):
             return None
         model = self.metadata
@@ -391,12 +410,53 @@ class Batch:
         head = json.dumps({key: value for key, value in self.document.items() if key != "cases"}, indent=2)
         cases = ",\n".join(self.encoded(index, record) for index, record in enumerate(self.records))
         text = f'{head[:-2]},\n  "cases": [\n{cases}\n  ]\n}}\n' if cases else head[:-2] + ',\n  "cases": []\n}\n'
+        if self.saved:
+            self.check_still_there(None)
         try:
             write_file_atomically(self.summary_path, text)
-        except OutputError:  # a full disk: the reserve's room, once
+        except OutputError as error:  # a full disk: the reserve's room, once
+            if not self.saved:
+                raise  # before any case: the error as it is
             if not self.reserve.give_up():
-                raise
-            write_file_atomically(self.summary_path, text)  # in the room the reserve held
+                raise self.unsaved(error) from None
+            try:
+                write_file_atomically(self.summary_path, text)  # in the room the reserve held
+            except OutputError as again:  # not for want of room: a read-only or lost file system, no permission
+                raise self.unsaved(again) from None
+        self.saved = True
+
+    def check_still_there(self, index: int | None) -> None:
+        """Stop (before case ``index``) when batch.json, once written, is gone: the root was deleted or moved away,
+        or the file deleted. Going on would make the root again, with the later cases only, a batch.json that calls
+        the earlier ones done, and no lock."""
+        from .errors import OutputError
+
+        if not self.saved or self.summary_path.is_file():
+            return
+        where = f"before case {index + 1} of {len(self.cases)}" if index is not None else "at its end"
+        raise OutputError(
+            f"{self.summary_path} was removed while the batch ran: stopped {where}, nothing more written there",
+            "run the batch again; --resume skips finished cases still there",
+        )
+
+    def unsaved(self, error) -> Exception:
+        """The error that stops a batch whose batch.json can no longer be rewritten, saying how far it got and what
+        stays (batch.json itself says 'running': every rewrite but the last says so)."""
+        from .errors import OutputError
+
+        ended = sum(record["status"] != "pending" for record in self.records)
+        finished = sum(record["status"] in ("done", "skipped") for record in self.records)
+        return OutputError(
+            f"{error.message}; stopped after case {ended} of {len(self.cases)} with {finished} finished "
+            f"case{'' if finished == 1 else 's'} kept; {self.summary_path.name} still says 'running'",
+            "make it writable, then rerun with --resume",
+        )
+
+    def kept(self) -> str:
+        """What a cancelled batch leaves (the finished cases' folders, batch.json) and how to go on."""
+        finished = sum(record["status"] in ("done", "skipped") for record in self.records)
+        cases = f"{finished} finished case{'' if finished == 1 else 's'} in {self.root} and " if finished else ""
+        return f"kept: {cases}{self.summary_path} (run the batch again with --resume to do the rest)"
 
     def encoded(self, index: int, record: dict) -> str:
         """A case's text in batch.json (``json.dumps(document, indent=2)``'s), kept until its status or time changes
@@ -410,28 +470,36 @@ class Batch:
         self.texts[index] = (mark, text)
         return text
 
+    def outcome(self) -> str:
+        """The state of a batch that went through every case: ``completed`` (every case done or skipped),
+        ``completed_with_failures`` (some failed) or ``failed`` (every case failed: nothing to show for it)."""
+        statuses = {record["status"] for record in self.records}
+        if "failed" not in statuses:
+            return "completed"
+        return "failed" if statuses == {"failed"} else "completed_with_failures"
+
     def finish(self, state: str) -> int:
         """Record the batch's end, print its summary; the exit code."""
         seconds = time.perf_counter() - self.started
         self.document.update(state=state, finished=_now(), seconds=round(seconds, 3))
         self.save()
-        counts = self.document["counts"]
+        counts, count = self.document["counts"], len(self.cases)
+        every_case_failed = counts["failed"] == count
         parts = [f"{counts[status]} {status}" for status in ("done", "failed", "skipped") if counts[status]]
         not_run = counts["cancelled"] + counts["pending"]
         if not_run:
             parts.append(f"{not_run} not run")
+        told = f"all {count} cases failed" if every_case_failed else f"{', '.join(parts) or 'nothing'} of {count} cases"
         self.printer.close()
-        print(
-            f"batch {state}: {', '.join(parts) or 'nothing'} of {len(self.cases)} cases in {seconds:.1f} s; "
-            f"see {self.summary_path}"
-        )
+        print(f"batch {state.replace('_', ' ')}: {told} in {seconds:.1f} s; see {self.summary_path}")
         if state == "cancelled":
-            event = ErrorEvent(
-                "cancelled", "cancelled", f"finished cases stay; see {self.summary_path}", "CancelledError"
-            )
-            self.printer.emit(event)
+            event = ErrorEvent("cancelled", "cancelled", self.kept(), "CancelledError")
+            if self.printer.json:
+                self.printer.emit(event)
+            else:
+                print(event.line(), file=sys.stderr)
             return ExitCode.CANCELLED
-        if state != "completed":
+        if "error" in self.document:  # stopped before its end (a full disk)
             return ExitCode.USER_ERROR
         categories = {record["error"]["category"] for record in self.records if record["status"] == "failed"}
         if not categories:
@@ -442,13 +510,13 @@ class Batch:
             self.printer.emit(ResultEvent(str(self.root), files, (), round(seconds, 3)))
             return ExitCode.OK
         category = "internal" if "internal" in categories else "user"
-        message = f"{counts['failed']} of {len(self.cases)} cases failed"
+        message = f"{counts['failed']} of {count} cases failed"
+        if every_case_failed:
+            message = f"all {count} cases failed, none done" if count > 1 else "the batch's one case failed"
         event = ErrorEvent(message, category, f"see {self.summary_path}", "BatchError")
         if self.printer.json:
             self.printer.emit(event)
         else:
-            import sys
-
             print(f"error: {message} (see {self.summary_path})", file=sys.stderr)
         return event.exit_code
 
@@ -482,6 +550,19 @@ def _earlier_fields(report: dict) -> dict:
     ]
     flags = [flag.get("code") for flag in report.get("flags") or [] if isinstance(flag, dict)]
     return {"labels_found": len(found), "labels": found, "flags": flags, "summary": report.get("summary", "")}
+
+
+def _report_of(folder: Path) -> dict:
+    """The report.json of a result folder (empty when it cannot be read)."""
+    from .errors import TokenUNetError
+    from .json_files import read_json_file
+    from .outputs import REPORT_FILE
+
+    try:
+        report = read_json_file(folder / REPORT_FILE)
+    except TokenUNetError:
+        return {}
+    return report if isinstance(report, dict) else {}
 
 
 def _make_folders(folder: Path) -> list[Path]:

@@ -156,10 +156,14 @@ def cka_matrix(
     inputs: Sequence[torch.Tensor],
     pooling: str = "positions",
     debiased: bool = False,
+    names: tuple[str, str] = ("network a", "network b"),
 ) -> np.ndarray:
     """The stage x stage linear CKA matrix between two networks on the same inputs (rows: stages of ``a``).
 
     With ``positions`` every stage of both networks is pooled to the coarsest stage grid of the two.
+
+    Raises:
+        ValueError: a stage whose features are not all finite (``names`` say which network, in the message).
     """
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling '{pooling}'; choose one of {', '.join(POOLINGS)}.")
@@ -169,6 +173,13 @@ def cka_matrix(
     grid = coarsest_grid(maps_a, maps_b)
     features_a = [to_matrix(stage, pooling, grid) for stage in maps_a]
     features_b = [to_matrix(stage, pooling, grid) for stage in maps_b]
+    for name, features in zip(names, (features_a, features_b), strict=True):
+        for index, matrix in enumerate(features):
+            if not torch.isfinite(matrix).all():  # NaN weights, or activations past float32's range
+                raise ValueError(
+                    f"stage {index + 1} of {name} gives NaN or infinite features, so its CKA is undefined; "
+                    "check its weights"
+                )
     return np.array([[linear_cka(fa, fb, debiased) for fb in features_b] for fa in features_a])
 
 
@@ -185,6 +196,9 @@ def _parse_options(pairs: Sequence[str] | None) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key.isidentifier():
             raise ValueError(f"network option '{pair}' must look like NAME=VALUE (e.g. feature_size=12).")
+        if key in ("in_channels", "out_channels"):
+            given = "--in-channels" if key == "in_channels" else "the command (2: CKA compares the encoders' stages)"
+            raise ValueError(f"network option '{key}' is set by {given}; drop {pair}.")
         options[key] = _literal(value)
     return options
 
@@ -216,6 +230,9 @@ def _build(name: str, in_channels: int, size: int, options: dict, weights: str |
         if path.stat().st_size > limit // 3:
             raise ValueError(f"weights file {path.name} is larger than a third of {described}")
         state = state_dict_from_bytes(path.read_bytes(), path.name)
+        for key, tensor in state.items():
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ValueError(f"weights {path.name} hold NaN or infinite values ({key})")
         try:
             network.load_state_dict(state)
         except RuntimeError as error:
@@ -250,13 +267,23 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--samples must be at least 2, got {args.samples}.")
     if args.size < 1:
         raise ValueError(f"--size must be positive, got {args.size}.")
+    if args.debiased and args.pooling != "positions" and args.samples < 4:  # one sample per input: known now
+        raise ValueError(
+            f"--debiased needs at least 4 samples; --samples {args.samples} with --pooling {args.pooling} gives "
+            f"{args.samples}."
+        )
     from .output_folder import OutputFolder, earlier_result
 
     written_before_manifests = earlier_result(("cka.json",), optional=("cka.png",))
     folder = OutputFolder(args.out, "cka", reserved=("cka.json", "cka.png"), legacy_files=written_before_manifests)
     folder.open()  # checked and locked before anything is computed
     with folder:
+        folder.check_space(OUTPUT_BYTES)
         return _run(args, folder)
+
+
+OUTPUT_BYTES = 1 << 20
+"""Room checked for cka.json and cka.png before any work (they take 20-60 KB)."""
 
 
 def _check_memory(networks, samples: int, shape) -> None:
@@ -286,13 +313,8 @@ def _run(args: argparse.Namespace, folder) -> int:
     shape = (1, args.in_channels, args.size, args.size, args.size)
     _check_memory((network_a, network_b), args.samples, shape)
     inputs = [torch.randn(shape, generator=generator) for _ in range(args.samples)]
-    matrix = cka_matrix(network_a, network_b, inputs, args.pooling, args.debiased)
-
-    kind = "debiased linear CKA" if args.debiased else "linear CKA"
-    print(f"{kind} ({args.pooling}, {args.samples} samples of {args.size}^3): rows {args.a}, columns {args.b}")
-    print("stage " + "".join(f"{j + 1:>8d}" for j in range(matrix.shape[1])))
-    for i, row in enumerate(matrix):
-        print(f"{i + 1:>5d} " + "".join(f"{value:8.3f}" for value in row))
+    names = (f"network '{args.a}' (--a)", f"network '{args.b}' (--b)")
+    matrix = cka_matrix(network_a, network_b, inputs, args.pooling, args.debiased, names)
 
     out = folder.staging
     record = {
@@ -315,7 +337,12 @@ def _run(args: argparse.Namespace, folder) -> int:
                 "matplotlib is not installed: writing cka.json only (pip install matplotlib for cka.png).",
                 file=sys.stderr,
             )
-    destination = folder.commit()
+    destination = folder.commit()  # written before anything is printed: a closed stdout (``| head``) loses only text
+    kind = "debiased linear CKA" if args.debiased else "linear CKA"
+    print(f"{kind} ({args.pooling}, {args.samples} samples of {args.size}^3): rows {args.a}, columns {args.b}")
+    print("stage " + "".join(f"{j + 1:>8d}" for j in range(matrix.shape[1])))
+    for i, row in enumerate(matrix):
+        print(f"{i + 1:>5d} " + "".join(f"{value:8.3f}" for value in row))
     written = " and ".join(str(destination / name) for name in ("cka.json", "cka.png") if (destination / name).exists())
     print(f"wrote {written}")
     return 0
@@ -327,7 +354,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     try:
         return run(args)
-    except InputError:
+    except (InputError, BrokenPipeError):  # a closed stdout is the command line's to handle, not a user error
         raise
     except (ValueError, OSError) as error:
         raise InputError(" ".join(str(error).split())) from None
@@ -346,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(stop.code or 0)
     try:
         return run(args)
+    except BrokenPipeError:  # the reader of the printed matrix went away; the files are written
+        return ExitCode.OK
     except (ValueError, OSError, TokenUNetError) as error:
         message = error.message if isinstance(error, TokenUNetError) else str(error)
         hint = error.hint if isinstance(error, TokenUNetError) else None

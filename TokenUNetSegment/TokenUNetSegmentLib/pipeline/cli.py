@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         import gc
 
         gc.freeze()
+        if code == ExitCode.CANCELLED:
+            _end_cancelled_process(code)
     return code
 
 
@@ -246,6 +248,27 @@ def run_as_process() -> NoReturn:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(int(code))
+
+
+def _end_cancelled_process(code: int) -> None:
+    """End a cancelled command's own process now, with ``code``: everything the command wrote is done and its locks
+    are released; stdout, stderr and the log are flushed. Not the interpreter's usual end: it waits for a worker
+    thread still inside a C++ call (a reading thread in SimpleITK's reader, torch's import: seconds to minutes on a
+    large series; :class:`.background.BackgroundCall` threads are not daemons because a normal exit during such a call
+    crashes), puts back the default handlers (a second stop then killed the process: exit -2 or -15), and ends by
+    SIGINT (exit -2, not 130) once a ``KeyboardInterrupt`` went through Python code run by C++ (torch's start-up)."""
+    import logging
+
+    from .cancel_signals import STOP_SIGNALS
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _run(argv: list[str] | None) -> int:
@@ -273,7 +296,7 @@ def _run(argv: list[str] | None) -> int:
         JSON_ERRORS.reset(json_errors)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     json_progress = getattr(args, "progress", None) == "json"
-    with _terminate_as_interrupt(), events_on_stderr(json_progress):  # C libraries' lines too: events
+    with _stops_cancel(restore=argv is not None), events_on_stderr(json_progress):  # C libraries' lines: events
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = _warning_printer(json_progress)
@@ -290,18 +313,20 @@ def _run(argv: list[str] | None) -> int:
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM (a batch system's or the GUI's stop) cancels as Ctrl-C does: output folders are aborted, locks
-    released, exit code 130 (before: only ``segment``, which cancels between windows; the others died at once, leaving
-    their lock and staging folder behind)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+def _stops_cancel(restore: bool):
+    """SIGTERM (a batch system's or the GUI's stop) cancels every command as Ctrl-C does: output folders are aborted,
+    locks released, exit code 130 (before: only ``segment``; the others died at once, leaving their lock and staging
+    folder behind). The first stop raises ``KeyboardInterrupt``, later ones do not (:mod:`.cancel_signals`): a second
+    Ctrl-C while the command cleans up, reports or its process ends changes nothing. The handlers are put back only
+    for a caller in this process (``restore``); a process of its own keeps them to its end."""
+    from .cancel_signals import install_cancel_handlers, restore_handlers
+
+    previous = install_cancel_handlers(threading.Event())
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if restore:
+            restore_handlers(previous)
 
 
 def _warning_printer(json_progress: bool):

@@ -42,24 +42,31 @@ def hausdorff95(predicted: np.ndarray, reference: np.ndarray, spacing) -> float:
     """95th-percentile symmetric Hausdorff distance (mm) between two non-empty masks.
 
     The definition of MONAI's ``compute_hausdorff_distance(percentile=95)``: the larger of the two directed
-    95th percentiles of edge-voxel to nearest-edge-voxel distances. Computed exactly with chunked torch
-    distances, so it needs no SciPy (which MONAI's implementation requires on the CPU).
+    95th percentiles of edge-voxel to nearest-edge-voxel distances. The nearest distances come from an exact
+    Euclidean distance transform (SimpleITK's Maurer map, in float32, on the box around both edges), so the time
+    and memory grow with the box's voxels, not with the product of the two edges' voxel counts (before: all
+    pairs, 48 s and 1 GB for two balls of 37 000 edge voxels; a liver at 0.8 mm took tens of minutes), and it
+    needs no SciPy (which MONAI's implementation requires on the CPU).
     """
-    import torch
+    import SimpleITK as sitk
 
-    scale = torch.tensor(np.asarray(spacing, dtype=np.float64))
-    a = torch.from_numpy(np.argwhere(surface_voxels(predicted))).double() * scale
-    b = torch.from_numpy(np.argwhere(surface_voxels(reference))).double() * scale
+    edges = surface_voxels(np.asarray(predicted, bool)), surface_voxels(np.asarray(reference, bool))
+    corners = np.argwhere(edges[0] | edges[1])
+    low, high = corners.min(0), corners.max(0) + 1
+    box = tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
+    # one voxel of background around the box: every edge voxel is then a contour voxel of its own map
+    cropped = [np.pad(edge[box], 1, constant_values=False) for edge in edges]
 
-    def directed(source, target):
-        nearest = torch.cat([torch.cdist(chunk, target).min(dim=1).values for chunk in source.split(2048)])
-        return (
-            float(torch.quantile(nearest, 0.95))
-            if nearest.numel() <= 16_000_000
-            else float(np.percentile(nearest.numpy(), 95))
+    def nearest(target: np.ndarray) -> np.ndarray:
+        image = sitk.GetImageFromArray(target.astype(np.uint8))  # array axes (i, j, k) are the image's (z, y, x)
+        image.SetSpacing([float(s) for s in reversed(np.asarray(spacing, float))])
+        distance = sitk.SignedMaurerDistanceMap(
+            image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
         )
+        return np.where(target, 0.0, np.abs(sitk.GetArrayViewFromImage(distance)))
 
-    return max(directed(a, b), directed(b, a))
+    directed = [np.percentile(nearest(target)[source], 95) for source, target in (cropped, cropped[::-1])]
+    return float(max(directed))
 
 
 def label_metrics(
@@ -129,12 +136,47 @@ def name_table(path: str | Path, table: str | Path | dict | None = None) -> dict
                 names[int(fields[f"Segment{match.group(1)}_LabelValue"])] = value
         if names:
             return names
-    name = path.name
-    stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
-    sidecar = path.with_name(stem + ".json")
+    sidecar = _sidecar(path)
     if sidecar.is_file():
         return name_table(path, sidecar)
     return None
+
+
+def _sidecar(path: Path) -> Path:
+    """The name table beside a label file: ``<file stem>.json``."""
+    name = path.name
+    stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+    return path.with_name(stem + ".json")
+
+
+def _refuse_output_over_an_input(args: argparse.Namespace) -> None:
+    """``--json`` may not name a file this evaluation reads (``--overwrite`` or not): the label maps, their name
+    tables (given or beside them) and the images."""
+    import os
+
+    from .samples import PREFIX
+
+    out = Path(args.json_out)
+    if not out.exists():
+        return
+    inputs = []
+    for side, path, table in (
+        ("reference", args.reference, args.reference_names),
+        ("prediction", args.prediction, args.prediction_names),
+    ):
+        if path and not str(path).startswith(PREFIX):
+            inputs.append((f"the {side}", Path(path)))
+            inputs.append((f"the {side}'s name table", Path(table) if table else _sidecar(Path(path))))
+        elif table:
+            inputs.append((f"the {side}'s name table", Path(table)))
+    inputs += [("an --image", Path(image)) for image in args.image or ()]
+    for what, path in inputs:
+        try:
+            same = os.path.samefile(out, path)
+        except OSError:  # absent, or unreadable: not the same file
+            same = False
+        if same:
+            raise InputError(f"--json {out.name} is {what}, which this evaluation reads", "write the metrics elsewhere")
 
 
 def _checked_table(data, what: str) -> dict[int, str]:
@@ -152,6 +194,23 @@ def _checked_table(data, what: str) -> dict[int, str]:
             raise InputError(f"{what} has an invalid entry {str(key)[:20]!r}: {str(name)[:40]!r}", hint)
         table[value] = name
     return table
+
+
+def check_distinct_names(table: dict[int, str], whose: str) -> None:
+    """Refuse a name table that names two label values alike (labels are matched by name: one of them would be
+    scored against the other side's label of that name).
+
+    Raises:
+        InputError: naming both values and their names.
+    """
+    seen: dict[str, int] = {}
+    for value, name in sorted(table.items()):
+        first = seen.setdefault(_key(name), value)
+        if first != value:
+            raise InputError(
+                f"{whose} name table names label values {first} and {value} alike ({table[first]!r}, {name!r})",
+                "labels are matched by name: give each label value its own name",
+            )
 
 
 def match_labels(predicted: dict[int, str], reference: dict[int, str]) -> tuple[list[tuple[int, int, str]], dict]:
@@ -181,6 +240,7 @@ def evaluate_files(
     The prediction is resampled (nearest neighbour) onto the reference grid when the grids differ.
     """
     from .geometry import overlaps, resample
+    from .label_values import check_label_values
     from .samples import PREFIX, sample
     from .volumes import Volume, read_volume
 
@@ -195,15 +255,21 @@ def evaluate_files(
         pred_names = name_table(prediction, prediction_names)
     ref_volume = read_volume(reference)
     ref_names = name_table(reference, reference_names)
-    if pred_names is None and ref_names is None:
+    if pred_names is None and ref_names is None:  # labels are values: the reference's, and the prediction's own
         values = sorted(set(np.unique(ref_volume.array).astype(int)) - {0})
-        pred_names = ref_names = {v: f"label {v}" for v in values}
+        ref_names = {v: f"label {v}" for v in values}
+        extra = sorted(set(np.unique(pred_volume.array).astype(int)) - {0} - set(values))
+        pred_names = {**ref_names, **{v: f"label {v}" for v in extra}}  # listed as found only in the prediction
     if pred_names is None or ref_names is None:
         side = "prediction" if pred_names is None else "reference"
         raise InputError(
             f"the {side} has no name table, so its labels cannot be matched by name",
             f'pass --{side}-names TABLE.json ({{"1": "spleen", ...}}) or use a .seg.nrrd',
         )
+    check_distinct_names(pred_names, "the prediction's")
+    check_distinct_names(ref_names, "the reference's")
+    for volume in (pred_volume, ref_volume):  # before any rounding or resampling: a soft map is no label map
+        check_label_values(volume.array, Path(volume.name).name)
     pairs, unmatched = match_labels(pred_names, ref_names)
     if not pairs:
         raise InputError("no label names in common between the prediction and the reference")
@@ -214,24 +280,46 @@ def evaluate_files(
             "check that both belong to the same scan, with their geometry (origin, spacing, orientation) kept",
         )
     pred = np.asarray(pred_volume.array)
+    ref = np.rint(np.asarray(ref_volume.array)).astype(np.int32)
+    checks = []
     if isinstance(pred_volume, Volume) and (
         pred.shape != ref_grid.shape or not np.allclose(pred_volume.affine, ref_grid.affine, atol=1e-4)
     ):
         pred = resample(pred.astype(np.uint16), pred_volume.grid, ref_grid, "nearest", 0, np.uint16)
-    ref = np.asarray(ref_volume.array)
-    metrics = label_metrics(
-        np.rint(pred).astype(np.int32), np.rint(ref).astype(np.int32), pairs, ref_grid.spacing, hd95
-    )
+        checks += _outside_the_prediction(ref, [value for _, value, _ in pairs], pred_volume, ref_grid)
+    metrics = label_metrics(np.rint(pred).astype(np.int32), ref, pairs, ref_grid.spacing, hd95)
     dices = [m["dice"] for m in metrics.values() if m["dice"] is not None]
     hds = [m["hd95_mm"] for m in metrics.values() if m["hd95_mm"] is not None]
+    if not np.isin(ref, [value for _, value, _ in pairs]).any():  # scored (a negative case is real), but said
+        shown = ", ".join(list(metrics)[:6]) + (", ..." if len(metrics) > 6 else "")
+        checks.append(
+            f"the reference {Path(ref_volume.name).name} holds none of the labels compared ({shown}): every label "
+            "found scores Dice 0 (an empty label map, or one of another scan?)"
+        )
     return {
         "reference": str(reference),
         "labels": metrics,
         "mean_dice": float(np.mean(dices)) if dices else None,
         "mean_hd95_mm": float(np.mean(hds)) if hds else None,
         "unmatched": unmatched,
-        "warnings": [*pred_volume.warnings, *ref_volume.warnings],
+        "warnings": [*pred_volume.warnings, *ref_volume.warnings, *checks],
     }
+
+
+def _outside_the_prediction(reference: np.ndarray, values: list[int], prediction, grid) -> list[str]:
+    """A warning when reference labels lie outside the prediction's box (a slab's result against the whole scan):
+    they count as missed, rightly, and the user should know why the Dice fell."""
+    from .scan_summary import field_of_view
+
+    labelled = np.isin(reference, values)
+    outside = int(np.count_nonzero(labelled & ~field_of_view(prediction.grid, grid)))
+    if not outside:
+        return []
+    share = 100 * outside / np.count_nonzero(labelled)
+    return [
+        f"{share:.0f}% of the reference's labelled voxels lie outside {Path(prediction.name).name}'s box: they count "
+        "as missed (a result of part of the scan?)"
+    ]
 
 
 EVALUATION_KEYS = ("reference", "labels", "mean_dice", "unmatched")
@@ -288,6 +376,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .output_folder import check_file_destination, json_with_keys, write_file_atomically
 
     if args.json_out:  # before any computation; an earlier evaluation there is replaced, any other file only if asked
+        _refuse_output_over_an_input(args)
         check_file_destination(args.json_out, args.overwrite or json_with_keys(*EVALUATION_KEYS))
     prediction = args.prediction
     timing, segment_warnings = None, []
@@ -330,10 +419,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result["warnings"] = [*segment_warnings, *result["warnings"]]
     if timing is not None:
         result["segment_seconds"] = round(timing, 2)
+    if args.json_out:  # before the table: a closed stdout (``| head``) then loses only text
+        write_file_atomically(args.json_out, json.dumps(result, indent=2))
     print(format_table(result))
     for message in result["warnings"][len(segment_warnings) :]:  # segment()'s: printed when they came
         print(f"warning: {message}", file=sys.stderr)
     if args.json_out:
-        write_file_atomically(args.json_out, json.dumps(result, indent=2))
         print(f"wrote {args.json_out}", file=sys.stderr)
     return 0

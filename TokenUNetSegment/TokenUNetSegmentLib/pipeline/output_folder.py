@@ -38,6 +38,7 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
+from .cancel_signals import CancelOnSignal
 from .errors import OutputError
 from .locks import DestinationLock, hidden_sibling
 from .memory import format_size
@@ -752,7 +753,9 @@ def _deferred_signals(warnings: list[str]):
                 handler = previous.get(signum)
                 if handler is signal.default_int_handler:
                     continue  # the result is complete: a deferred Ctrl-C (or SIGTERM as one) no longer cancels it
-                if callable(handler):
+                if isinstance(handler, CancelOnSignal):
+                    handler.request()  # the result is complete; a batch stops before its next case
+                elif callable(handler):
                     handler(signum, None)
                 elif handler == signal.SIG_DFL and signum != signal.SIGINT:
                     signal.raise_signal(signum)

@@ -244,10 +244,14 @@ def _write_token_maps(result: SegmentationResult, staging: Path, grid: str, prog
     # zlib and SimpleITK release the GIL: a few threads write maps in parallel
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
         futures = [pool.submit(write_map, kind, token) for kind, token in tasks]
-        for number, future in enumerate(as_completed(futures)):
-            future.result()
-            if progress:
-                progress(0.8 * (number + 1) / len(tasks))
+        try:
+            for number, future in enumerate(as_completed(futures)):
+                future.result()
+                if progress:
+                    progress(0.8 * (number + 1) / len(tasks))
+        except BaseException:  # a stop or a failed map: the maps still queued are not written (the pool's exit
+            pool.shutdown(wait=True, cancel_futures=True)  # would write them all first); those being written end
+            raise
         return [future.result() for future in futures]
 
 

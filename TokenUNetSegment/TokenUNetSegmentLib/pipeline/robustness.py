@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,14 +123,40 @@ def _oblique_grid(grid, degrees):
     return Grid(tuple(int(s) for s in shape), affine)
 
 
-def make_variants(image, reference: np.ndarray, names: dict[int, str], wanted=ALL_VARIANTS, seed: int = 0):
-    """The changed scans of ``image`` (a Volume) whose reference labels ``reference`` lie on its grid."""
+@dataclass
+class PlannedVariant:
+    """A variant not made yet: its name, the grid of the image the model will get (for the memory check), and how
+    to make it (variants are made one at a time: the 1 mm variant of a 3 mm scan holds 27 times its voxels)."""
+
+    name: str
+    grid: object  # Grid
+    make: Callable[[], Variant]
+
+
+def _crop_grid(grid, axis: int, lo: int, hi: int):
+    lo, hi = max(0, lo), min(grid.shape[axis], hi)
+    start, shape = [0, 0, 0], list(grid.shape)
+    start[axis], shape[axis] = lo, hi - lo
+    return grid.sub_grid(start, shape)
+
+
+def plan_variants(image, reference: np.ndarray, names: dict[int, str], wanted=ALL_VARIANTS, seed: int = 0):
+    """The changed scans of ``image`` (a Volume) whose reference labels ``reference`` lie on its grid, as
+    :class:`PlannedVariant` (made when called)."""
     from .training.label_tables import name_key
     from .volumes import Volume
 
-    variants = []
+    planned = []
+
+    def crop(lo, hi, name, note):
+        grid = _crop_grid(image.grid, axis, lo, hi)
+        planned.append(PlannedVariant(name, grid, lambda: _crop(image, reference, axis, lo, hi, name, note)))
+
+    def resampled(target, name, note, blur=None):
+        planned.append(PlannedVariant(name, target, lambda: _resampled(image, reference, target, name, note, blur)))
+
     if "plain" in wanted:
-        variants.append(Variant("plain", image, reference, image.grid))
+        planned.append(PlannedVariant("plain", image.grid, lambda: Variant("plain", image, reference, image.grid)))
     axis = _axis_along_z(image.grid)
     by_key = {name_key(n): v for v, n in names.items()}
     if "slabs" in wanted:
@@ -140,59 +167,68 @@ def make_variants(image, reference: np.ndarray, names: dict[int, str], wanted=AL
             for slices in SLAB_SLICES:
                 lo = int(round(centre[axis] - slices / 2))
                 lo = max(0, min(lo, image.array.shape[axis] - slices))  # whole slabs, inside the scan
-                variants.append(
-                    _crop(
-                        image,
-                        reference,
-                        axis,
-                        lo,
-                        lo + slices,
-                        f"slab {slices} @ {organ}",
-                        f"{slices} slices around the {organ}'s centre",
-                    )
-                )
+                crop(lo, lo + slices, f"slab {slices} @ {organ}", f"{slices} slices around the {organ}'s centre")
     if "oblique" in wanted:
-        target = _oblique_grid(image.grid, OBLIQUE_DEG)
         note = f"resampled onto a grid tilted {OBLIQUE_DEG[0]:g} and {OBLIQUE_DEG[1]:g} degrees"
-        variants.append(_resampled(image, reference, target, "oblique", note))
+        resampled(_oblique_grid(image.grid, OBLIQUE_DEG), "oblique", note)
     if "spacing" in wanted:
         for spacing in SPACINGS_MM:
-            target = _iso_grid(image.grid, spacing)
-            old = image.grid.spacing
-            blur = np.maximum(0.0, (spacing - old) / 2.355)
-            variants.append(
-                _resampled(image, reference, target, f"{spacing:g} mm", f"resampled to {spacing:g} mm", blur)
-            )
+            blur = np.maximum(0.0, (spacing - image.grid.spacing) / 2.355)
+            resampled(_iso_grid(image.grid, spacing), f"{spacing:g} mm", f"resampled to {spacing:g} mm", blur)
     if "thick" in wanted:
         spacing = image.grid.spacing.copy()
         spacing[axis] = THICK_SLICE_MM
-        target = _iso_grid(image.grid, spacing)
         blur = np.zeros(3)
         blur[axis] = max(0.0, (THICK_SLICE_MM - image.grid.spacing[axis]) / 2.355)
         name = f"{THICK_SLICE_MM:g} mm slices"
-        variants.append(_resampled(image, reference, target, name, f"{THICK_SLICE_MM:g} mm thick slices", blur))
+        resampled(_iso_grid(image.grid, spacing), name, f"{THICK_SLICE_MM:g} mm thick slices", blur)
     if "noise" in wanted:
-        rng = np.random.default_rng(seed)
-        noisy = np.asarray(image.array, np.float32) + rng.normal(0, NOISE_HU, image.array.shape).astype(np.float32)
-        variants.append(
-            Variant(
-                f"noise {NOISE_HU:g} HU",
-                Volume(noisy, image.affine, "noise"),
-                reference,
-                image.grid,
-                f"Gaussian noise SD {NOISE_HU:g} HU",
-            )
-        )
+
+        def noisy() -> Variant:
+            rng = np.random.default_rng(seed)
+            array = np.asarray(image.array, np.float32) + rng.normal(0, NOISE_HU, image.array.shape).astype(np.float32)
+            note = f"Gaussian noise SD {NOISE_HU:g} HU"
+            return Variant(f"noise {NOISE_HU:g} HU", Volume(array, image.affine, "noise"), reference, image.grid, note)
+
+        planned.append(PlannedVariant(f"noise {NOISE_HU:g} HU", image.grid, noisy))
     if "mid-liver" in wanted and name_key("liver") in by_key:
         centre = _centroid_index(reference, [by_key[name_key("liver")]])
         if centre is not None:
             up = image.grid.direction[2, axis] > 0  # index grows towards the head
             middle = int(round(centre[axis]))
             lo, hi = (0, middle) if up else (middle, image.array.shape[axis])
-            variants.append(
-                _crop(image, reference, axis, lo, hi, "mid-liver start", "the scan starts halfway down the liver")
-            )
-    return variants
+            crop(lo, hi, "mid-liver start", "the scan starts halfway down the liver")
+    return planned
+
+
+def make_variants(image, reference: np.ndarray, names: dict[int, str], wanted=ALL_VARIANTS, seed: int = 0):
+    """The changed scans of ``image`` (a Volume) whose reference labels ``reference`` lie on its grid, all made."""
+    return [planned.make() for planned in plan_variants(image, reference, names, wanted, seed)]
+
+
+def check_variants_fit(planned: list[PlannedVariant], package, image_name: str, tokens: bool) -> None:
+    """Refuse, before any variant runs, one whose run cannot fit in free memory or ``TOKENUNET_MEMORY_LIMIT``,
+    estimated from its grid as ``segment`` estimates a header's (:func:`.run_memory.check_header_fits`).
+
+    Raises:
+        OutOfMemoryError: naming the variant.
+    """
+    from ..model.variants import declared_token_count
+    from .errors import OutOfMemoryError
+    from .run_memory import check_header_fits
+
+    architecture = package.config.architecture
+    learned = declared_token_count(architecture.name, architecture.build_arguments()) or 0
+    for variant in planned:
+        voxels = int(np.prod(variant.grid.shape, dtype=np.int64))
+        try:
+            maps = learned if tokens and variant.name == "plain" else 0  # token maps: on the plain scan only
+            check_header_fits(voxels, variant.grid, package.config, maps, image_name)
+        except OutOfMemoryError as error:
+            raise OutOfMemoryError(
+                error.message.replace("this run", f"the {variant.name} variant of {image_name}", 1),
+                "leave it out with --variants",
+            ) from None
 
 
 def _pairs(model_labels, names: dict[int, str]):
@@ -234,10 +270,13 @@ def evaluate_robustness(
 ) -> dict:
     """Segment every variant of ``image`` (a Volume) with ``package`` and score it against ``reference`` (a
     label Volume named by ``names``)."""
-    from .evaluate import label_metrics
+    from .evaluate import check_distinct_names, label_metrics
     from .geometry import resample
+    from .label_values import check_label_values
     from .segmentation import segment
 
+    check_distinct_names(names, "the reference's")
+    check_label_values(reference.array, Path(reference.name).name)  # before rounding: a probability map is refused
     ref = np.asarray(reference.array)
     if ref.shape != image.array.shape or not np.allclose(reference.affine, image.affine, atol=1e-4):
         ref = resample(np.rint(ref).astype(np.uint16), reference.grid, image.grid, "nearest", 0, np.uint16)
@@ -251,19 +290,20 @@ def evaluate_robustness(
             "check that both belong to the same scan, with their geometry (origin, spacing, orientation) kept",
         )
     rows, plain_labels, tokens_out = [], None, {}
-    variants = make_variants(image, ref, names, wanted)
-    for index, variant in enumerate(variants):
+    planned = plan_variants(image, ref, names, wanted)
+    check_variants_fit(planned, package, Path(image.name).name, tokens)  # before any runs
+    for index, plan in enumerate(planned):
         if progress:
-            progress(variant.name, index / len(variants))
+            progress(plan.name, index / len(planned))
+        variant = plan.make()  # one at a time
         want_tokens = tokens and variant.name == "plain"
-        result = segment([variant.image], package, device=device, with_token_maps=want_tokens, check_free_memory=False)
+        result = segment([variant.image], package, device=device, with_token_maps=want_tokens)
         predicted = result.labels
         if predicted.shape != variant.reference.shape or not np.allclose(result.affine, variant.grid.affine, atol=1e-4):
             predicted = resample(predicted, result.grid, variant.grid, "nearest", 0, np.uint8)
-        present = [(p, r, n) for p, r, n in pairs if (variant.reference == r).any()]
-        metrics = label_metrics(
-            predicted.astype(np.int32), variant.reference, present, variant.grid.spacing, hd95=False
-        )
+        # as evaluate scores: an organ the reference names but this variant's reference lacks, found anyway, is a
+        # false find (Dice 0); one absent from both is not scored
+        metrics = label_metrics(predicted.astype(np.int32), variant.reference, pairs, variant.grid.spacing, hd95=False)
         dice = {name: round(m["dice"], 4) for name, m in metrics.items() if m["dice"] is not None}
         row = {
             "variant": variant.name,
@@ -272,7 +312,7 @@ def evaluate_robustness(
             "spacing_mm": [round(float(s), 3) for s in variant.image.grid.spacing],
             "dice": dice,
             "mean_dice": round(float(np.mean(list(dice.values()))), 4) if dice else None,
-            "volume_ml": {n: round(m["volume_ml"], 1) for n, m in metrics.items()},
+            "volume_ml": {n: round(m["volume_ml"], 1) for n, m in metrics.items() if m["dice"] is not None},
             "seconds": round(result.timings["total"], 2),
             **_judgement(result.assessment),
         }
@@ -389,6 +429,13 @@ def evaluation_entries(datalist: str | Path, patient: str) -> list[dict]:
     out = []
     for index, entry in entries:
         where = f"{path.name}: evaluation[{index}]"
+        if isinstance(entry.get("image"), list) and len(entry["image"]) != 1:
+            raise InputError(
+                f"{where}: 'image' lists {len(entry['image'])} files; robustness changes one CT",
+                "give each entry one image path (a one-channel CT model's input)",
+            )
+        if isinstance(entry.get("image"), list):
+            entry = {**entry, "image": entry["image"][0]}
         if not all(isinstance(entry.get(key), str) and entry[key] for key in ("image", "label")):
             raise InputError(f"{where} needs 'image' and 'label' paths", hint)
         try:
@@ -447,10 +494,13 @@ def run_robustness(args: argparse.Namespace) -> int:
     folder = OutputFolder(args.out, "robustness", reserved=OUTPUT_FILES, legacy_files=written_before_manifests)
     folder.open()  # checked and locked before anything is computed
     with folder:
+        folder.check_space(OUTPUT_BYTES)
         return _run(args, folder, _cases(args))
 
 
 OUTPUT_FILES = ("robustness.json", "robustness.md")
+OUTPUT_BYTES = 1 << 20
+"""Room checked for the result before any variant runs (a case's JSON and table take 10-30 KB)."""
 
 
 def _cases(args: argparse.Namespace) -> list[dict]:
@@ -476,9 +526,20 @@ def _cases(args: argparse.Namespace) -> list[dict]:
 
 def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
     from .catalog import ModelStore
+    from .package_loader import load_package
+    from .package_source import read_metadata
     from .volumes import read_volume
 
-    package = ModelStore(getattr(args, "catalog", None)).load(args.model)
+    path = ModelStore(getattr(args, "catalog", None)).resolve(args.model)
+    metadata = read_metadata(path)  # the configuration, before the weights are loaded
+    inputs = metadata.config.inputs
+    if len(inputs) != 1:
+        raise InputError(
+            f"robustness changes one CT (--image); model '{metadata.id}' takes {len(inputs)} input "
+            f"channels ({', '.join(channel.name for channel in inputs)})",
+            "measure a one-channel model",
+        )
+    package = load_package(path)
     out = folder.staging
     results = []
     for case in cases:

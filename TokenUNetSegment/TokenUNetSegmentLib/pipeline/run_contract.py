@@ -30,7 +30,7 @@ class ExitCode(enum.IntEnum):
     OK = 0
     INTERNAL_ERROR = 1  # a bug: the message suggests --debug
     USER_ERROR = 2  # bad input, bad package, not enough memory: one line says what to do
-    CANCELLED = 130  # SIGTERM, Ctrl-C or a cancel request; nothing was written
+    CANCELLED = 130  # SIGTERM, Ctrl-C or a cancel request; nothing was written, or the message says what stays
 
 
 class RunState(str, enum.Enum):
@@ -152,7 +152,10 @@ class ErrorEvent:
     def from_error(cls, error: BaseException) -> ErrorEvent:
         if isinstance(error, (CancelledError, KeyboardInterrupt)):
             message = "interrupted" if isinstance(error, KeyboardInterrupt) else "cancelled"
-            return cls(message, "cancelled", error_type="CancelledError")
+            kept = error.hint if isinstance(error, CancelledError) else None  # what stays, where a command keeps it
+            if kept:
+                message = str(error.message)
+            return cls(message, "cancelled", kept, error_type="CancelledError")
         error = missing_dependency(error) or error
         if isinstance(error, TokenUNetError):
             return cls(
@@ -163,8 +166,8 @@ class ErrorEvent:
 
     def line(self) -> str:
         """The one line (at most :data:`MAX_LINE` characters) the command line prints for this error."""
-        if self.category == "cancelled":
-            return f"{self.message}; no output was written"
+        if self.category == "cancelled":  # the hint says what was kept, where a command keeps what it finished
+            return one_line("", f"{self.message}; {self.hint or 'no output was written'}", limit=MAX_LINE * 2)
         if self.category == "internal":
             return one_line("", self.message, "run with --debug for the traceback")
         return one_line("error: ", self.message, self.hint)
@@ -172,7 +175,7 @@ class ErrorEvent:
     def to_error(self) -> TokenUNetError:
         """The typed error this event describes (its class when the pipeline defines it)."""
         if self.category == "cancelled":
-            return CancelledError(self.message)
+            return CancelledError(self.message, self.hint)
         cls = getattr(errors, self.error_type, None)
         if not (isinstance(cls, type) and issubclass(cls, TokenUNetError)) or cls is CancelledError:
             cls = TokenUNetError

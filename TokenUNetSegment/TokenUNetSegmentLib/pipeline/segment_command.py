@@ -1,15 +1,14 @@
 """The ``segment`` command: files in, the output folder of :mod:`.outputs` out.
 
-``tokenunet segment CT.nii.gz --model ID --out FOLDER``; SIGTERM (or Ctrl-C) cancels between windows and
-leaves no partial output. With ``--progress json`` stderr carries typed events only (progress, warnings, and a
-final result or error event; see :mod:`.run_contract`).
+``tokenunet segment CT.nii.gz --model ID --out FOLDER``; SIGTERM (or Ctrl-C) cancels wherever the run is (reading,
+torch's import, between windows: :mod:`.cancel_signals`) and leaves no partial output. With ``--progress json`` stderr
+carries typed events only (progress, warnings, and a final result or error event; see :mod:`.run_contract`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import threading
 import time
 import warnings
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from .arguments import channel_names, device_name, integer, number, text
 from .background import BackgroundCall, switch_interval
+from .cancel_signals import install_cancel_handlers, restore_handlers
 from .cli import WRITE_START, ProgressPrinter
 from .outputs import ATTENTION_GRIDS, DEFAULT_ATTENTION_GRID
 from .run_contract import ExitCode, ResultEvent
@@ -105,15 +105,6 @@ def add_run_options(parser: argparse.ArgumentParser, out_help: str = "output fol
 # The reading thread returns to Python between its SimpleITK calls and waits for the GIL that torch's import holds
 READ_SWITCH_INTERVAL_S = 0.001
 AHEAD_THREADS = max(1, (os.cpu_count() or 2) - 1)  # resampling next to torch's import: one core left to the import
-
-
-def install_cancel_handlers(event: threading.Event) -> list:
-    """SIGTERM (and Windows' SIGBREAK) set ``event``, to cancel between windows; the previous handlers."""
-    previous = []
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM,) + ((signal.SIGBREAK,) if hasattr(signal, "SIGBREAK") else ()):
-            previous.append((signum, signal.signal(signum, lambda *_: event.set())))
-    return previous
 
 
 def assessment_lines(result) -> list[str]:
@@ -312,16 +303,18 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
             folder.abort()  # the previous result stays as it was
         raise
     finally:
-        for signum, handler in handlers:
-            signal.signal(signum, handler)
+        restore_handlers(handlers)
 
 
 def load_while_reading(load: Callable[[], object], read: Callable[[], list]):
-    """``(load(), read())``: the voxels read in a thread while ``load()`` imports torch and loads the package."""
+    """``(load(), read())``: the voxels read in a thread while ``load()`` imports torch and loads the package in
+    another. The main thread only waits for them: a stop (:mod:`.cancel_signals`) is raised there at once, never
+    inside torch's import, where a ``KeyboardInterrupt`` from Python code that torch's C++ start-up runs aborted the
+    process (exit -6, the case's staging folder and lock left) or marked it to end by SIGINT (exit -2)."""
     with switch_interval(READ_SWITCH_INTERVAL_S):
         reading = BackgroundCall(read, "TokenUNet read")  # next to torch's import
-        loaded = load()
-        return loaded, reading.result()
+        loading = BackgroundCall(load, "TokenUNet load")
+        return loading.result(), reading.result()
 
 
 def load_package_at(path):

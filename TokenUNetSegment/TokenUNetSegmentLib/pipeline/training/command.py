@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..arguments import device_name, integer, number
 from ..cli import ProgressPrinter
-from ..errors import InputError, OutputError
+from ..errors import CancelledError, InputError, OutputError
 from ..run_contract import ResultEvent
 
 
@@ -122,6 +122,13 @@ def load_config(path: str) -> dict:
     return section
 
 
+def _datalist_config(path: str):
+    """The typed configuration ``datalist --config`` matches the dataset to (labels, input channels)."""
+    from ..metadata import parse_config
+
+    return parse_config(load_config(path), f"the configuration {path}")
+
+
 def check_output(out: str | Path, resume: bool) -> Path:
     """The training folder, checked before any work: a folder (or creatable), and, without ``resume``, holding
     no earlier run whose log, checkpoints or package this run would replace."""
@@ -149,12 +156,21 @@ def check_output(out: str | Path, resume: bool) -> Path:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Train and package; Ctrl-C or SIGTERM stops it (:mod:`..cancel_signals`: a second stop does not cut the clean-up
+    short) with a line that names the checkpoints it keeps and ``--resume``."""
+    import threading
+
+    from ..cancel_signals import install_cancel_handlers, restore_handlers
     from ..locks import DestinationLock
     from .recipe import Recipe
     from .trainer import _distributed, train
 
     rank, _ = _distributed()
-    if rank == 0:  # one process checks and locks the folder; the others write nothing there but through it
+    handlers = install_cancel_handlers(threading.Event())
+    try:
+        if rank != 0:
+            return _train(args, train, Recipe, rank)
+        # one process checks and locks the folder; the others write nothing there but through it
         from ..output_folder import resolve_destination
 
         created = not os.path.lexists(resolve_destination(args.out))
@@ -162,12 +178,45 @@ def run_train(args: argparse.Namespace) -> int:
         try:
             with DestinationLock(out, "train"):
                 return _train(args, train, Recipe, rank)
-        except BaseException:
+        except BaseException as error:
             if created:  # a run refused or failed before writing anything leaves no empty folder behind
                 with contextlib.suppress(OSError):
                     out.rmdir()
+            kept = kept_after_a_stop(out) if isinstance(error, (KeyboardInterrupt, CancelledError)) else None
+            if kept:
+                raise CancelledError("interrupted", kept) from None
             raise
-    return _train(args, train, Recipe, rank)
+    finally:
+        restore_handlers(handlers)
+
+
+def kept_after_a_stop(out: Path) -> str | None:
+    """What a stopped training run leaves in ``out`` and how to go on (None: nothing, the folder is as it was)."""
+    from .trainer import CHECKPOINT_DIR, LOG_FILE
+
+    checkpoints, log = out / CHECKPOINT_DIR, out / LOG_FILE
+    if (checkpoints / "last.pt").is_file():
+        step = _last_saved_step(log)
+        saved = f"; the log's last save: step {step}" if step is not None else ""
+        return (
+            f"kept: the checkpoints in {checkpoints} (last.pt{saved}) and {log}; "
+            "continue with the same command and --resume"
+        )
+    if log.is_file():
+        return f"kept: {log}, no checkpoint yet; run again with --resume (it starts over) or into another folder"
+    return None
+
+
+def _last_saved_step(log: Path) -> int | None:
+    """The step of the last checkpoint ``last.pt`` the training log records (validations and timed saves)."""
+    step = None
+    with contextlib.suppress(OSError):
+        for line in log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("event") in ("validation", "checkpoint"):
+                    step = record.get("step", step)
+    return step
 
 
 def _train(args: argparse.Namespace, train, Recipe, rank: int) -> int:
@@ -305,14 +354,38 @@ def _check_layout_options(args: argparse.Namespace) -> None:
             )
 
 
+def _refuse_out_over_an_input(args: argparse.Namespace) -> None:
+    """``--out`` may not name a file the command reads (``--overwrite`` or not): the dataset's dataset.json or
+    meta.csv, a name table, the configuration."""
+    import os
+
+    root = Path(args.root) if args.root else None
+    inputs = [
+        ("the dataset's own dataset.json", root / "dataset.json" if root and args.layout == "decathlon" else None),
+        ("the dataset's meta.csv", root / "meta.csv" if root and args.layout == "totalsegmentator" else None),
+        ("the name table --table", Path(args.table) if args.layout == "folders" and args.table else None),
+        ("the configuration --config", Path(args.config) if args.config else None),
+    ]
+    out = Path(args.out)
+    for what, path in inputs:
+        try:
+            same = path is not None and out.exists() and os.path.samefile(out, path)
+        except OSError:  # absent or unreadable: not the same file
+            same = False
+        if same:
+            raise InputError(f"--out {out.name} is {what}, which this command reads", "write the datalist elsewhere")
+
+
 def run_datalist(args: argparse.Namespace) -> int:
     from ..output_folder import check_file_destination, write_file_atomically
     from . import datasets
 
     _check_layout_options(args)
+    _refuse_out_over_an_input(args)
     # before the dataset is scanned; a datalist this command wrote is replaced, any other file only if asked
     out = check_file_destination(args.out, args.overwrite or datasets.written_by_datalist)
-    labels = [label["name"] for label in load_config(args.config)["labels"]] if args.config else None
+    config = _datalist_config(args.config) if args.config else None
+    labels = [label.name for label in config.labels] if config else None
     if args.layout == "folders":
         if not (args.images and args.labels):
             raise InputError("the folders layout needs --images and --labels")
@@ -320,17 +393,35 @@ def run_datalist(args: argparse.Namespace) -> int:
     elif not args.root:
         raise InputError(f"the {args.layout} layout needs the dataset folder")
     elif args.layout == "totalsegmentator":
+        if config and (len(config.inputs) != 1 or config.inputs[0].modality.upper() not in ("", "CT")):
+            listed = ", ".join(channel.name for channel in config.inputs)
+            raise InputError(
+                f"TotalSegmentator's cases are one CT each; model '{config.id}' takes {len(config.inputs)} "
+                f"channel{'s' if len(config.inputs) > 1 else ''} ({listed})",
+                "choose the configuration of a CT model",
+            )
         datalist, report = datasets.totalsegmentator(
             args.root, labels, tuple(args.splits), tuple(args.validation_splits), args.structures
         )
     else:
-        datalist, report = datasets.decathlon(args.root, labels, args.validation_fraction)
+        inputs = config.inputs if config else None
+        datalist, report = datasets.decathlon(args.root, labels, args.validation_fraction, inputs, config and config.id)
     write_file_atomically(out, json.dumps(datalist, indent=2) + "\n")  # all at once
     cases = len(datalist["training"]), len(datalist.get("validation", []))
     print(f"wrote {out}: {cases[0]} training and {cases[1]} validation cases, {report['structures']} structures")
     if report.get("skipped"):
         shown = ", ".join(report["skipped"][:10]) + (", ..." if len(report["skipped"]) > 10 else "")
         print(f"warning: {len(report['skipped'])} left out: {shown}", file=sys.stderr)
+    if report.get("channels"):
+        first = datalist["training"][0]
+        files = first["image"] if isinstance(first["image"], list) else None
+        print(
+            "model channels from the dataset's: "
+            + ", ".join(
+                f"{model} = {files[index]} ({ours})" if files else f"{model} = {ours}"
+                for index, (model, ours) in enumerate(report["channels"])
+            )
+        )
     if labels:
         print(f"model labels found: {', '.join(report['matched'])}")
         if report["missing"]:

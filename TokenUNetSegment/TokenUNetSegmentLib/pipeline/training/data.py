@@ -221,23 +221,10 @@ def read_label_values(entry: dict, image_grid=None) -> tuple[np.ndarray, object]
 
 
 def _check_label_volume(volume, entry: dict, image_grid) -> None:
+    from ..label_values import check_label_values
+
     where = f"case {entry['name']}: the label {Path(volume.name).name}"
-    values = np.asarray(volume.array)
-    if not np.issubdtype(values.dtype, np.integer):
-        fraction = np.abs(values - np.rint(values)) > 1e-3
-        if fraction.any() or not np.isfinite(values).all():
-            example = values[fraction][0] if fraction.any() else values[~np.isfinite(values)][0]
-            raise InputError(
-                f"{where} holds values that are not whole numbers (e.g. {float(example):g}; linear interpolation?)",
-                "resample label maps with nearest neighbour; threshold soft masks at 0.5",
-            )
-    if values.size and values.min() < 0:
-        raise InputError(
-            f"{where} holds negative values (down to {float(values.min()):g})",
-            "store background as 0 and structures as 1, 2, ... named in the datalist's 'labels'",
-        )
-    if values.size and values.max() > 65535:
-        raise InputError(f"{where} holds values above 65535 ({float(values.max()):g})", "use values 1 to 65535")
+    check_label_values(volume.array, where)
     if image_grid is not None and volume.grid.shape == image_grid.shape and overlaps(image_grid, volume.grid):
         distance = box_distance_mm(image_grid, volume.grid)
         if distance > 0.5 * float(np.min(image_grid.spacing)):

@@ -143,8 +143,42 @@ def totalsegmentator(root, model_labels=None, splits=("train",), validation_spli
     return _finish(root, training, validation, model_labels, sorted(seen), SOURCES[0], skipped)
 
 
-def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
-    """Datalist of a Medical Segmentation Decathlon / nnU-Net raw / AMOS dataset (``dataset.json``)."""
+def model_channel_order(channels: list[str], inputs, model: str, where: Path) -> list[int]:
+    """For each of a model's input channels (``inputs``, the configuration's), the dataset channel that holds it.
+
+    Raises:
+        InputError: another channel count, a dataset channel naming no model channel or two naming one, or a
+            one-channel dataset of MR images for a CT model (or the reverse).
+    """
+    from ..channels import match_names
+
+    listed = ", ".join(channel.name for channel in inputs)
+    hint = "choose the configuration of a model for this dataset's images"
+    if len(channels) != len(inputs):
+        plural = "s" if len(channels) > 1 else ""
+        raise InputError(
+            f"{where} names {len(channels)} channel{plural} ({', '.join(channels)}); model '{model}' takes "
+            f"{len(inputs)} ({listed})",
+            hint,
+        )
+    if len(inputs) == 1:  # one channel: its name is a modality at most ("CT", "MRI"), never a sequence to match
+        said = {"CT": "CT", "MR": "MR", "MRI": "MR"}.get(channels[0].strip().upper())
+        wanted = "CT" if inputs[0].modality.upper() == "CT" else "MR" if inputs[0].modality else None
+        if said and wanted and said != wanted:
+            raise InputError(
+                f"{where} names {said} images ({channels[0]}); model '{model}' takes {inputs[0].modality}", hint
+            )
+        return [0]
+    chosen = match_names(channels, inputs, model, [f"channel {i} in dataset.json" for i in range(len(channels))])
+    return [chosen.index(channel) for channel in range(len(inputs))]
+
+
+def decathlon(root, model_labels=None, validation_fraction: float = 0.0, inputs=None, model: str = "the model"):
+    """Datalist of a Medical Segmentation Decathlon / nnU-Net raw / AMOS dataset (``dataset.json``).
+
+    ``inputs``: the model configuration's input channels; the dataset's channels must name them one to one, and
+    a case's per-channel files are listed in the model's channel order (a 4D image keeps its volumes' names,
+    ``"channels"``, which the training loader maps)."""
     root = Path(root)
     where = root / "dataset.json"
     spec = read_json_file(where)
@@ -152,6 +186,7 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
         raise InputError(f"{where} is not a JSON object", "see the Medical Segmentation Decathlon's dataset.json")
     table = _decathlon_labels(spec.get("labels"), where)
     channels = dataset_channels(spec, where, 'e.g. "channel_names": {"0": "CT"} (nnU-Net v2)') or ["CT"]
+    order = model_channel_order(channels, inputs, model, where) if inputs is not None else None
     pairs = []
     training = spec.get("training")
     if training is not None and not isinstance(training, list):
@@ -182,6 +217,8 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
                 f"{root}: {label} has no image {missing[0]}",
                 "every case in labelsTr needs one file per channel_names entry in imagesTr",
             )
+        if order is not None and len(images) == len(order) > 1:  # one file per channel: in the model's order
+            images = [images[index] for index in order]
         entry = {"name": _stem(Path(label)), "image": images if len(images) > 1 else images[0], "label": label}
         if len(images) == 1 and len(channels) > 1:  # MSD: one 4D image; its volumes named, never guessed
             entry["channels"] = list(channels)
@@ -191,7 +228,10 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0):
         entries.append(entry)
     count = int(round(len(entries) * validation_fraction))
     training, validation = entries[count:], entries[:count]
-    return _finish(root, training, validation, model_labels, list(table.values()), SOURCES[1])
+    datalist, report = _finish(root, training, validation, model_labels, list(table.values()), SOURCES[1])
+    if order is not None and len(order) > 1:
+        report["channels"] = [(channel.name, channels[index]) for channel, index in zip(inputs, order, strict=True)]
+    return datalist, report
 
 
 def _decathlon_labels(labels, where: Path) -> dict[int, str]:

@@ -1,0 +1,76 @@
+"""Ctrl-C and SIGTERM for ``segment``, ``batch`` and ``train``: stop now, wherever the run is.
+
+The first stop sets the run's cancel event (what the window loop, a download and ``batch``'s next case look at) and
+raises ``KeyboardInterrupt`` in the main thread at once: while a case's headers are checked, while the main thread
+waits for the reading thread, in torch's import, between windows. A cancel flag alone was looked at only between
+windows, so a stop during the other steps waited for them to end (seconds on a large DICOM series, torch's import on a
+busy machine). Later stops only set the event: the command is already stopping, and its clean-up (dropping the case in
+progress, rewriting ``batch.json``, releasing the locks) is not cut short by a second Ctrl-C; one that comes 5 s or more
+after the raised one raises again (something caught that one and the run went on).
+
+A stop that comes while a result is swapped into place waits for the swap (:mod:`.output_folder`), then only sets the
+event (:meth:`CancelOnSignal.request`): the result is complete, and ``batch`` stops before its next case.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name)
+)  # SIGBREAK: Windows' Ctrl-Break
+
+
+RAISE_AGAIN_S = 5.0  # a stop this long after the one raised raises again: that one was lost (clean-up takes < 1 s)
+
+
+class StopsSeen:
+    """When a stop was last raised as ``KeyboardInterrupt`` in this command (shared by nested handlers)."""
+
+    def __init__(self):
+        self.raised_at: float | None = None
+
+
+class CancelOnSignal:
+    """A signal handler: the first stop sets ``event`` and raises ``KeyboardInterrupt``; later ones set it only, but
+    for one that comes :data:`RAISE_AGAIN_S` after the raised one (something caught it: the run went on).
+
+    ``seen`` (shared with the handler this one replaces, when it is one: the command line's around a command's own)
+    records the raised stop: one that comes after the command put back the command line's handler (while the error
+    is reported, the process ends) is not raised again (before: a second Ctrl-C there ended the process with the
+    signal, exit -2, not 130)."""
+
+    def __init__(self, event: threading.Event, seen: StopsSeen | None = None):
+        self.event = event
+        self.seen = seen if seen is not None else StopsSeen()
+
+    def __call__(self, signum, frame) -> None:
+        self.event.set()
+        now, raised_at = time.monotonic(), self.seen.raised_at
+        if raised_at is None or now - raised_at >= RAISE_AGAIN_S:
+            self.seen.raised_at = now
+            raise KeyboardInterrupt
+
+    def request(self) -> None:
+        """A stop that must not interrupt what runs now (it was held until a swap was done): the event only."""
+        self.event.set()
+
+
+def install_cancel_handlers(event: threading.Event) -> list:
+    """Ctrl-C, SIGTERM (and Windows' SIGBREAK) cancel through ``event`` (:class:`CancelOnSignal`); the previous
+    handlers, to put back. Nothing is installed outside the main thread (signals are not delivered there)."""
+    previous = []
+    if threading.current_thread() is threading.main_thread():
+        enclosing = signal.getsignal(signal.SIGINT)
+        handler = CancelOnSignal(event, enclosing.seen if isinstance(enclosing, CancelOnSignal) else None)
+        for signum in STOP_SIGNALS:
+            previous.append((signum, signal.signal(signum, handler)))
+    return previous
+
+
+def restore_handlers(previous: list) -> None:
+    """Put back the handlers :func:`install_cancel_handlers` replaced."""
+    for signum, handler in previous:
+        signal.signal(signum, handler)
