@@ -111,4 +111,4 @@ def test_screenshots_named_in_metadata_are_pngs_in_the_repository():
 def test_entry_point_is_declared():
     text = (ROOT / "pyproject.toml").read_text()
     scripts = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
-    assert 'tokenunet = "TokenUNetSegmentLib.pipeline.cli:main"' in scripts
+    assert 'tokenunet = "TokenUNetSegmentLib.pipeline.cli:run_as_process"' in scripts

@@ -1,7 +1,11 @@
 """The command line: its commands, exit codes, one-line errors, typed error events, progress display."""
 
+import subprocess
+import sys
+
 import pytest
 from helpers.packages import make_package
+from helpers.paths import MODULE_DIR
 from helpers.processes import run_python
 from TokenUNetSegmentLib.pipeline import cli
 from TokenUNetSegmentLib.pipeline.run_contract import ErrorEvent, ExitCode, decode_event
@@ -360,3 +364,32 @@ def test_attention_grid_with_no_heatmaps_is_a_contradiction(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --attention-grid input places maps that --no-heatmaps does not write"), err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_process_of_its_own_ends_without_the_teardown_but_with_its_exit_code_output_and_atexit_callbacks(tmp_path):
+    """``run_as_process`` (``tokenunet``, ``python -m``) ends with ``os._exit`` after the command: the exit code, the
+    buffered output and the ``atexit`` callbacks as a normal exit gives them; a still running thread is waited for."""
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text('{"models": []}')
+    marker = tmp_path / "atexit-ran"
+    code = (
+        "import atexit, pathlib, sys, threading, time\n"
+        f"atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text('yes'))\n"
+        "if sys.argv[1] == 'thread':\n"
+        f"    late = pathlib.Path({str(marker)!r} + '-thread')\n"
+        "    threading.Thread(target=lambda: (time.sleep(0.5), late.write_text('done'))).start()\n"
+        "sys.stdout.write('buffered, not flushed')\n"
+        f"sys.argv = ['tokenunet', '--catalog', {str(catalog)!r}] + sys.argv[2:]\n"
+        "from TokenUNetSegmentLib.pipeline.cli import run_as_process\n"
+        "run_as_process()\n"
+    )
+    for case, argv, expected in [
+        ("none", ["models", "list"], 0),
+        ("none", ["segment"], 2),
+        ("thread", ["models", "list"], 0),
+    ]:
+        marker.unlink(missing_ok=True)
+        done = subprocess.run([sys.executable, "-c", code, case, *argv], cwd=MODULE_DIR, capture_output=True, text=True)
+        assert done.returncode == expected, done.stderr
+        assert done.stdout.startswith("buffered, not flushed") and marker.read_text() == "yes"
+    assert (tmp_path / "atexit-ran-thread").read_text() == "done"
