@@ -290,3 +290,32 @@ def test_numbered_files_a_dataset_json_does_not_list_are_not_named_by_it(tmp_pat
     assert nnunet_file_names(files, "--channels") is None
     (root / "dataset.json").write_text(json.dumps({**spec, "test": ["./imagesTs/X.nii.gz"]}))  # nnU-Net v1
     assert nnunet_file_names(files, "--channels")[0] == list(NNUNET_ORDER)
+
+
+def test_batch_resume_runs_numbered_files_again_when_their_dataset_json_names_them_otherwise(tmp_path):
+    """``batch --resume`` on nnU-Net-numbered files that its datalist does not name (an old datalist): their channels
+    come from the dataset.json beside ``imagesTr``, so a result stays valid only while that file is unchanged. Before:
+    the stamp held the files alone, so a dataset.json corrected afterwards (or a result made before the files were
+    placed by it, in file order) was skipped as done, its channels still the old ones."""
+    root = nnunet_dataset(tmp_path / "Dataset001_BrainTumour", cases=1, sequences=False)
+    files = [str(root / "imagesTr" / f"BRATS_000_{c:04d}.nii.gz") for c in range(4)]
+    entry = {"name": "BRATS_000", "image": files, "label": str(root / "labelsTr" / "BRATS_000.nii.gz")}
+    datalist = tmp_path / "old.json"
+    datalist.write_text(json.dumps({"labels": {"1": "edema", "2": "enhancing"}, "training": [entry]}))
+    package = make_package(tmp_path / "pkg", brain_config())
+    fast = ["--no-overview", "--no-heatmaps", "--progress", "none"]
+    batch = ["batch", "--datalist", str(datalist), "--model", str(package), "--out", str(tmp_path / "b"), *fast]
+    batch += ["--section", "training"]
+
+    def run() -> tuple[str, dict]:
+        assert cli.main([*batch, "--resume"]) == 0
+        status = json.loads((tmp_path / "b" / "batch.json").read_text())["cases"][0]["status"]
+        report = json.loads((tmp_path / "b" / "BRATS_000" / "report.json").read_text())
+        return status, {name: Path(path).name[-11:-7] for name, path in report["inputs"].items()}
+
+    assert run() == ("done", {"T1": "0001", "T1c": "0002", "T2": "0003", "FLAIR": "0000"})
+    assert run()[0] == "skipped"  # nothing changed
+    spec = json.loads((root / "dataset.json").read_text())
+    spec["channel_names"] = dict(enumerate(("T2w", "T1w", "t1gd", "FLAIR")))  # corrected: _0000 is T2, _0003 FLAIR
+    (root / "dataset.json").write_text(json.dumps(spec))
+    assert run() == ("done", {"T1": "0001", "T1c": "0002", "T2": "0000", "FLAIR": "0003"})
