@@ -319,3 +319,20 @@ def test_batch_resume_runs_numbered_files_again_when_their_dataset_json_names_th
     spec["channel_names"] = dict(enumerate(("T2w", "T1w", "t1gd", "FLAIR")))  # corrected: _0000 is T2, _0003 FLAIR
     (root / "dataset.json").write_text(json.dumps(spec))
     assert run() == ("done", {"T1": "0001", "T1c": "0002", "T2": "0000", "FLAIR": "0003"})
+
+
+def test_batch_refuses_channels_that_are_no_list_of_names_saying_they_may_name_files(tmp_path):
+    """``batch --datalist`` with ``"channels"`` that is no list of names: the refusal says what ``"channels"`` is now
+    (what each file, or each volume of one 4D image, holds) with an example, as ``train``'s does (before: "names the
+    volumes of one 4D image", false beside a list of files, and no hint)."""
+    from TokenUNetSegmentLib.pipeline.batch_cases import cases_from_datalist
+
+    root = nnunet_dataset(tmp_path / "Dataset001_BrainTumour", cases=1, sequences=False)
+    files = [str(root / "imagesTr" / f"BRATS_000_{c:04d}.nii.gz") for c in range(4)]
+    for bad in ("FLAIR", ["FLAIR", 1, "t1gd", "T2w"], ["FLAIR", " ", "t1gd", "T2w"]):
+        datalist = tmp_path / "list.json"
+        datalist.write_text(json.dumps({"training": [{"name": "BRATS_000", "image": files, "channels": bad}]}))
+        with pytest.raises(InputError) as refused:
+            cases_from_datalist(datalist)
+        assert "what each file of 'image' (or each volume of one 4D image) holds" in refused.value.message, bad
+        assert '"channels": ["FLAIR", "T1w", "t1gd", "T2w"]' in refused.value.hint

@@ -204,11 +204,11 @@ def _entry_name(files: Sequence[Path]) -> str:
 
 def cases_from_datalist(path: str | Path, section: str | None = None) -> list[BatchCase]:
     """The cases of a MONAI datalist's ``section`` (default: its only list of cases): entries with ``"image"`` (a
-    path, or a list of channel paths; a 4D image's volumes named by ``"channels"``), or plain paths as in a
-    Decathlon ``dataset.json``'s ``"test"`` list; ``"label"`` is ignored. Relative paths start at its
-    ``"dataroot"``, else its folder; a case is named by its ``"name"``, else by its first image."""
+    path, or a list of channel paths; ``"channels"`` naming what each file, or each volume of one 4D image, holds),
+    or plain paths as in a Decathlon ``dataset.json``'s ``"test"`` list; ``"label"`` is ignored. Relative paths start
+    at its ``"dataroot"``, else its folder; a case is named by its ``"name"``, else by its first image."""
     from .json_files import read_json_file
-    from .training.data import datalist_root
+    from .training.data import check_channel_names, datalist_root
 
     path = Path(path).expanduser()
     data = read_json_file(path, f"the datalist {path}")
@@ -239,8 +239,8 @@ def cases_from_datalist(path: str | Path, section: str | None = None) -> list[Ba
         files = [str((root / image).resolve()) for image in images]
         missing += [f"{section}[{index}]: {file}" for file in files if not Path(file).exists()]
         channels = entry.get("channels") if isinstance(entry, dict) else None
-        if channels is not None and not (isinstance(channels, list) and all(isinstance(c, str) for c in channels)):
-            raise InputError(f"{where}: 'channels' names the volumes of one 4D image, as a list of names")
+        if channels is not None:
+            channels = check_channel_names(channels, where)
         name = entry.get("name") if isinstance(entry, dict) else None
         name = name if isinstance(name, str) and name else _entry_name([Path(file) for file in files])
         cases.append(BatchCase(name, tuple(files), where, tuple(channels) if channels else None))

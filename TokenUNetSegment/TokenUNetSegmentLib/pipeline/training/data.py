@@ -56,6 +56,22 @@ UNKNOWN = 255
 """Label value of voxels in a partially labelled case that are background or one of its unannotated labels."""
 
 
+def check_channel_names(names, where: str) -> list[str]:
+    """A datalist entry's ``"channels"``: what each file of its ``"image"`` (or each volume of one 4D image) holds, as
+    a list of names (``train`` and ``batch`` read it alike).
+
+    Raises:
+        InputError: anything but a list of non-empty names; ``where`` names the entry.
+    """
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise InputError(
+            f"{where}: 'channels' names what each file of 'image' (or each volume of one 4D image) holds, as a list "
+            "of names",
+            'e.g. "image": "imagesTr/BRATS_001.nii.gz", "channels": ["FLAIR", "T1w", "t1gd", "T2w"]',
+        )
+    return names
+
+
 def read_datalist(path: str | Path) -> dict:
     """A decathlon-style datalist with paths made absolute.
 
@@ -128,13 +144,7 @@ def read_datalist(path: str | Path) -> dict:
             if case["partial"] and not names:
                 raise InputError(f"{where} is partial but has no 'labels' name table")
             if "channels" in entry:  # what each file, or each volume of one 4D image, holds, in order
-                names = entry["channels"]
-                if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
-                    raise InputError(
-                        f"{where}: 'channels' names what each file of 'image' (or each volume of one 4D image) "
-                        "holds, as a list of names",
-                        'e.g. "image": "imagesTr/BRATS_001.nii.gz", "channels": ["FLAIR", "T1w", "t1gd", "T2w"]',
-                    )
+                names = check_channel_names(entry["channels"], where)
                 if len(images) > 1 and len(names) != len(images):
                     raise InputError(
                         f"{where}: 'channels' names {len(names)} channels; 'image' lists {len(images)} files",
