@@ -3,6 +3,7 @@ recipe (scripts/models/abdomen-organs-totalseg) end to end on a miniature datase
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import SimpleITK as sitk
 from helpers.packages import ball_phantom, tiny_config
 from helpers.paths import ROOT
 from TokenUNetSegmentLib.pipeline import cli
+from TokenUNetSegmentLib.pipeline.errors import InputError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
 from TokenUNetSegmentLib.pipeline.package_loader import load_package
 from TokenUNetSegmentLib.pipeline.training import datasets
@@ -373,3 +375,29 @@ def test_datalist_out_naming_the_datasets_own_dataset_json_is_refused_even_with_
     err = capsys.readouterr().err
     assert "--out dataset.json is the dataset's own dataset.json, which this command reads" in err, err
     assert (root / "dataset.json").read_bytes() == before
+
+
+def test_a_one_channel_datasets_modality_is_matched_to_any_models_modality():
+    """``datalist decathlon --config`` on a one-channel dataset: its modality against the model's, whatever that is
+    (before: any model modality but CT counted as MR, so an MRI dataset passed for a PET model, and a model whose
+    modality said "MRI" was told apart from an "MR" dataset only by luck)."""
+    from TokenUNetSegmentLib.pipeline.metadata import InputChannel
+
+    where = Path("dataset.json")
+    for dataset, modality, refused in [
+        ("MRI", "PT", "names MR images (MRI); model 'm' takes PT"),
+        ("CT", "PT", "names CT images (CT); model 'm' takes PT"),
+        ("CT", "MRI", "names CT images (CT); model 'm' takes MRI"),
+        ("MR", "CT", "names MR images (MR); model 'm' takes CT"),
+        ("MRI", "MR", None),
+        ("mr", "MRI", None),
+        ("CT", "ct", None),
+        ("T1", "PT", None),  # a name that says no modality: not checked
+        ("MRI", "", None),  # a model that says none: not checked
+    ]:
+        inputs = [InputChannel("image", modality)]
+        if refused is None:
+            assert datasets.model_channel_order([dataset], inputs, "m", where) == [0]
+        else:
+            with pytest.raises(InputError, match=re.escape(refused)):
+                datasets.model_channel_order([dataset], inputs, "m", where)

@@ -144,12 +144,17 @@ def totalsegmentator(root, model_labels=None, splits=("train",), validation_spli
     return _finish(root, training, validation, model_labels, sorted(seen), SOURCES[0], skipped)
 
 
+MODALITIES = {"CT": "CT", "MR": "MR", "MRI": "MR"}
+"""A one-channel dataset.json's channel names that say a modality, as that modality."""
+
+
 def model_channel_order(channels: list[str], inputs, model: str, where: Path) -> list[int]:
     """For each of a model's input channels (``inputs``, the configuration's), the dataset channel that holds it.
 
     Raises:
         InputError: another channel count, a dataset channel naming no model channel or two naming one, or a
-            one-channel dataset of MR images for a CT model (or the reverse).
+            one-channel dataset whose name says another
+            modality (CT, MR) than the model's.
     """
     from ..channels import match_names
 
@@ -163,9 +168,9 @@ def model_channel_order(channels: list[str], inputs, model: str, where: Path) ->
             hint,
         )
     if len(inputs) == 1:  # one channel: its name is a modality at most ("CT", "MRI"), never a sequence to match
-        said = {"CT": "CT", "MR": "MR", "MRI": "MR"}.get(channels[0].strip().upper())
-        wanted = "CT" if inputs[0].modality.upper() == "CT" else "MR" if inputs[0].modality else None
-        if said and wanted and said != wanted:
+        said = MODALITIES.get(channels[0].strip().upper())
+        wanted = inputs[0].modality.strip().upper()
+        if said and wanted and said != MODALITIES.get(wanted, wanted):
             raise InputError(
                 f"{where} names {said} images ({channels[0]}); model '{model}' takes {inputs[0].modality}", hint
             )
