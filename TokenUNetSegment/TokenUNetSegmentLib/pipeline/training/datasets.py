@@ -153,8 +153,7 @@ def model_channel_order(channels: list[str], inputs, model: str, where: Path) ->
 
     Raises:
         InputError: another channel count, a dataset channel naming no model channel or two naming one, or a
-            one-channel dataset whose name says another
-            modality (CT, MR) than the model's.
+            one-channel dataset whose name says another modality (CT, MR) than the model's.
     """
     from ..channels import match_names
 
