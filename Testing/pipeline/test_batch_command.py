@@ -812,6 +812,17 @@ def test_a_batch_whose_every_case_failed_says_so_and_some_failed_is_told_apart(t
     assert (code, state, err) == (0, "completed", "") and line.startswith("batch completed: 2 done of 2 cases")
 
 
+def test_a_batch_of_one_case_that_failed_says_so_in_words_for_one(two_cases, tmp_path, capsys):
+    """A batch of one case that failed (before: "batch failed: all 1 cases failed in ...", above "error: the batch's
+    one case failed")."""
+    package, (first, _) = two_cases
+    bad = truncated(first, tmp_path / "in" / "damaged.nii.gz")
+    assert batch(bad, "--model", package, "--out", tmp_path / "out", *FAST) == 2
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1].startswith("batch failed: its one case failed in "), captured.out
+    assert captured.err.strip().splitlines()[-1].startswith("error: the batch's one case failed"), captured.err
+
+
 @pytest.mark.skipif(not LINUX_MOUNT, reason="Linux tmpfs")
 def test_an_output_root_that_turns_read_only_half_way_stops_the_batch_saying_what_stays(
     two_cases, tmp_path, monkeypatch, capsys

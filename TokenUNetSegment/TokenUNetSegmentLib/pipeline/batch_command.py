@@ -497,7 +497,9 @@ class Batch:
         not_run = counts["cancelled"] + counts["pending"]
         if not_run:
             parts.append(f"{not_run} not run")
-        told = f"all {count} cases failed" if every_case_failed else f"{', '.join(parts) or 'nothing'} of {count} cases"
+        told = f"{', '.join(parts) or 'nothing'} of {count} cases"
+        if every_case_failed:
+            told = f"all {count} cases failed" if count > 1 else "its one case failed"
         self.printer.close()
         print(f"batch {state.replace('_', ' ')}: {told} in {seconds:.1f} s; see {self.summary_path}")
         if state == "cancelled":
