@@ -346,6 +346,20 @@ def test_reference_labels_outside_the_predictions_box_are_said_to_count_as_misse
     assert not evaluate_files(write(tmp_path / "same.nii.gz", labels, {"1": "a", "2": "b"}), reference)["warnings"]
 
 
+def test_a_sliver_of_reference_labels_outside_the_predictions_box_is_not_said_to_be_0_percent(tmp_path):
+    """Under 1 % of the labelled voxels outside the prediction's box (one edge slice of a long organ): the warning
+    says "under 1%" (before: "0% of the reference's labelled voxels lie outside ...", though some do)."""
+    labels = np.zeros((12, 12, 240), np.uint8)
+    labels[1:11, 1:11, :] = 1  # 100 voxels a slice, 24 000 in all
+    reference = write(tmp_path / "ref.nii.gz", labels, {"1": "a"})
+    sitk.WriteImage(image_from_array(np.ascontiguousarray(labels[:, :, :239]), AFFINE), str(tmp_path / "p.nii.gz"))
+    (tmp_path / "p.json").write_text(json.dumps({"1": "a"}))
+    warnings = evaluate_files(tmp_path / "p.nii.gz", reference, hd95=False)["warnings"]
+    assert any(w.startswith("under 1% of the reference's labelled voxels lie outside p.nii.gz") for w in warnings), (
+        warnings
+    )
+
+
 def test_a_name_table_naming_two_values_alike_is_refused(tmp_path, capsys):
     """Labels are matched by name (case, spaces and dashes ignored): a table naming values 1 and 2 'kidney' and
     'Kidney' (or a .seg.nrrd with two segments of one name) (before: the last value kept for the name, so the

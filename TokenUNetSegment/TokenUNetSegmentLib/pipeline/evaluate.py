@@ -316,8 +316,9 @@ def _outside_the_prediction(reference: np.ndarray, values: list[int], prediction
     if not outside:
         return []
     share = 100 * outside / np.count_nonzero(labelled)
+    shown = f"{share:.0f}%" if share >= 1 else "under 1%"  # some lie outside: never "0%"
     return [
-        f"{share:.0f}% of the reference's labelled voxels lie outside {Path(prediction.name).name}'s box: they count "
+        f"{shown} of the reference's labelled voxels lie outside {Path(prediction.name).name}'s box: they count "
         "as missed (a result of part of the scan?)"
     ]
 
