@@ -57,15 +57,19 @@ def hausdorff95(predicted: np.ndarray, reference: np.ndarray, spacing) -> float:
     # one voxel of background around the box: every edge voxel is then a contour voxel of its own map
     cropped = [np.pad(edge[box], 1, constant_values=False) for edge in edges]
 
-    def nearest(target: np.ndarray) -> np.ndarray:
+    def nearest(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """The distance from each edge voxel of ``source`` to the nearest of ``target``'s (no array of the box's size
+        but the map itself: two far-apart masks make a large box)."""
         image = sitk.GetImageFromArray(target.astype(np.uint8))  # array axes (i, j, k) are the image's (z, y, x)
         image.SetSpacing([float(s) for s in reversed(np.asarray(spacing, float))])
         distance = sitk.SignedMaurerDistanceMap(
             image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
         )
-        return np.where(target, 0.0, np.abs(sitk.GetArrayViewFromImage(distance)))
+        found = np.abs(sitk.GetArrayViewFromImage(distance)[source])
+        found[target[source]] = 0.0  # an edge voxel of both
+        return found
 
-    directed = [np.percentile(nearest(target)[source], 95) for source, target in (cropped, cropped[::-1])]
+    directed = [np.percentile(nearest(source, target), 95) for source, target in (cropped, cropped[::-1])]
     return float(max(directed))
 
 
