@@ -159,7 +159,7 @@ def test_a_stopped_process_does_not_wait_for_its_reading_thread(cli_case, tmp_pa
         "segment_command.open_case = open_case\n"
         f"sys.argv = ['tokenunet', 'batch', {str(ct)!r}, '--model', {str(package)!r}, '--out', {str(out)!r}, "
         "'--device', 'cpu', '--progress', 'none']\n"
-        "raise SystemExit(cli.main())\n"
+        "cli.run_as_process()\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=60)
     assert done.returncode == 130, done.stderr
@@ -337,10 +337,8 @@ def test_a_second_ctrl_c_while_the_process_reports_its_cancel_still_exits_130(cl
         "segment_command.open_case, cli.events_on_stderr = open_case, events\n"
         f"sys.argv = ['tokenunet', {command!r}, {str(ct)!r}, '--model', {str(package)!r}, '--out', {str(out)!r}, "
         "'--device', 'cpu', '--progress', 'none']\n"
-        "code = cli.main()\n"
-        "stops = [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)]\n"
-        "print('stops at the end:', ' '.join('ignored' if h == signal.SIG_IGN else 'handled' for h in stops))\n"
-        "raise SystemExit(code)\n"
+        "cli.run_as_process()\n"
+        "print('stops at the end')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=120)
     assert done.returncode == 130, (done.returncode, done.stderr)
@@ -420,7 +418,7 @@ def test_a_stop_during_torchs_start_up_is_not_raised_inside_it(cli_case, tmp_pat
         "segment_command.load_package_at = load_package_at\n"
         f"sys.argv = ['tokenunet', {command!r}, {str(ct)!r}, '--model', {str(package)!r}, '--out', {str(out)!r}, "
         "'--device', 'cpu', '--progress', 'none']\n"
-        "raise SystemExit(cli.main())\n"
+        "cli.run_as_process()\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=60)
     assert done.returncode == 130, (done.returncode, done.stderr)
