@@ -425,3 +425,36 @@ def test_a_stop_during_torchs_start_up_is_not_raised_inside_it(cli_case, tmp_pat
     assert "Traceback" not in done.stderr, done.stderr
     left = sorted(p.name for p in out.iterdir()) if out.exists() else []
     assert left == (["batch.json"] if command == "batch" else []), left
+
+
+@pytest.mark.parametrize("command", ["segment", "batch"])
+def test_a_later_stop_during_a_long_clean_up_does_not_cut_it_short(cli_case, tmp_path, monkeypatch, capsys, command):
+    """A clean-up that takes longer than :data:`.cancel_signals.RAISE_AGAIN_S` (a large staging folder removed from a
+    slow or network disk, batch.json rewritten there) and a user who presses Ctrl-C again meanwhile. Before: that
+    stop was taken for one after a swallowed first and raised inside the clean-up, which it cut short: the case's
+    staging folder and lock stayed in the output (and batch.json said 'running'). Now a stop while the command cleans
+    up after a stop only sets the flag; the re-raise stays for a run that went on (test above)."""
+    from TokenUNetSegmentLib.pipeline import cancel_signals
+    from TokenUNetSegmentLib.pipeline.output_folder import OutputFolder
+
+    monkeypatch.setattr(cancel_signals, "RAISE_AGAIN_S", 0.2)
+    _, package, ct = cli_case
+    slowed(monkeypatch, "headers", signal.SIGINT, lambda inputs: True)
+    real_abort = OutputFolder.abort
+
+    def slow_abort_with_a_later_ctrl_c(self):
+        if self.staging is not None:
+            time.sleep(0.3)  # the clean-up has taken longer than RAISE_AGAIN_S
+            stop(signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here, inside the clean-up
+        real_abort(self)
+
+    monkeypatch.setattr(OutputFolder, "abort", slow_abort_with_a_later_ctrl_c)
+    out = tmp_path / "out"
+    assert cli.main([command, str(ct), "--model", str(package), "--out", str(out), *FAST]) == 130
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "in")
+    assert left == (["out"] if command == "batch" else []), left  # no staging folder or lock beside a segment's out
+    if command == "batch":
+        assert sorted(p.name for p in out.iterdir()) == ["batch.json"]  # none of the case's either
+        assert json.loads((out / "batch.json").read_text())["state"] == "cancelled"
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(("interrupted", "cancelled"))

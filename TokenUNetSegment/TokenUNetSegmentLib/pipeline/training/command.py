@@ -160,7 +160,7 @@ def run_train(args: argparse.Namespace) -> int:
     short) with a line that names the checkpoints it keeps and ``--resume``."""
     import threading
 
-    from ..cancel_signals import install_cancel_handlers, restore_handlers
+    from ..cancel_signals import cleaning_up, install_cancel_handlers, restore_handlers
     from ..locks import DestinationLock
     from .recipe import Recipe
     from .trainer import _distributed, train
@@ -175,14 +175,21 @@ def run_train(args: argparse.Namespace) -> int:
 
         created = not os.path.lexists(resolve_destination(args.out))
         out = check_output(args.out, args.resume)
+        lock = DestinationLock(out, "train")
         try:
-            with DestinationLock(out, "train"):
+            lock.acquire()
+            try:
                 return _train(args, train, Recipe, rank)
+            finally:
+                with cleaning_up():  # a later stop does not cut the release short (:mod:`..cancel_signals`)
+                    lock.release()
         except BaseException as error:
-            if created:  # a run refused or failed before writing anything leaves no empty folder behind
-                with contextlib.suppress(OSError):
-                    out.rmdir()
-            kept = kept_after_a_stop(out) if isinstance(error, (KeyboardInterrupt, CancelledError)) else None
+            with cleaning_up():
+                if created:  # a run refused or failed before writing anything leaves no empty folder behind
+                    with contextlib.suppress(OSError):
+                        out.rmdir()
+                stopped = isinstance(error, (KeyboardInterrupt, CancelledError))
+                kept = kept_after_a_stop(out) if stopped else None
             if kept:
                 raise CancelledError("interrupted", kept) from None
             raise
