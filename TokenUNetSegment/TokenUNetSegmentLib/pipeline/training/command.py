@@ -166,10 +166,16 @@ def run_train(args: argparse.Namespace) -> int:
     from .trainer import _distributed, train
 
     rank, _ = _distributed()
-    handlers = install_cancel_handlers(threading.Event())
+    stop = threading.Event()  # set by Ctrl-C or SIGTERM
+    handlers = install_cancel_handlers(stop)
     try:
         if rank != 0:
-            return _train(args, train, Recipe, rank)
+            try:
+                return _train(args, train, Recipe, rank)
+            except Exception:
+                if stop.is_set():  # another process of the group stopped by the same signal: this one stops too
+                    raise KeyboardInterrupt from None
+                raise
         # one process checks and locks the folder; the others write nothing there but through it
         from ..output_folder import resolve_destination
 
@@ -188,10 +194,13 @@ def run_train(args: argparse.Namespace) -> int:
                 if created:  # a run refused or failed before writing anything leaves no empty folder behind
                     with contextlib.suppress(OSError):
                         out.rmdir()
-                stopped = isinstance(error, (KeyboardInterrupt, CancelledError))
+                # an error while a stop is handled (a worker or another process of the group ended by the same signal)
+                stopped = isinstance(error, (KeyboardInterrupt, CancelledError)) or stop.is_set()
                 kept = kept_after_a_stop(out) if stopped else None
             if kept:
                 raise CancelledError("interrupted", kept) from None
+            if stopped and isinstance(error, Exception):
+                raise KeyboardInterrupt from None
             raise
     finally:
         restore_handlers(handlers)
