@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from helpers.packages import ThresholdNet, make_package, tiny_config
-from TokenUNetSegmentLib.pipeline import cli
+from TokenUNetSegmentLib.pipeline import cli, robustness
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
 from TokenUNetSegmentLib.pipeline.package_writer import package_in_memory
 from TokenUNetSegmentLib.pipeline.robustness import (
@@ -278,9 +278,9 @@ def test_a_multi_channel_model_or_entry_is_refused_before_the_model_loads(tmp_pa
     for model, inputs, says in [
         (four, ["--image", str(tmp_path / "ct.nii.gz"), "--reference", str(tmp_path / "ref.nii.gz"),
                 "--reference-names", str(tmp_path / "names.json")],
-         "robustness changes one CT (--image); model 'four' takes 4 input channels (ch0, ch1, ch2, ch3)"),
+         "robustness changes one scan (--image); model 'four' takes 4 input channels (ch0, ch1, ch2, ch3)"),
         (one, ["--datalist", str(tmp_path / "list.json"), "--patient", "P"],
-         "list.json: evaluation[0]: 'image' lists 2 files; robustness changes one CT"),
+         "list.json: evaluation[0]: 'image' lists 2 files; robustness changes one scan"),
     ]:  # fmt: skip
         assert cli.main(["robustness", "--model", str(model), *inputs, "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err
@@ -340,3 +340,31 @@ def test_robustness_and_cka_check_free_space_before_any_work(tmp_path, capsys, m
         err = capsys.readouterr().err
         assert "needs about 1 MiB but" in err and "40 KiB free" in err and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]
+
+
+def test_an_mr_model_runs_the_variants_that_suit_it_and_says_which_it_left_out(tmp_path, capsys):
+    """A one-channel MR model: the noise variant adds 40 HU, a CT's unit, meaningless for MR intensities (before: run
+    and tabulated as "noise 40 HU" without a word). Asked for by name it is refused before the weights load; by
+    default it is left out with a note, which robustness.json records; the other variants (geometry and anatomy) run."""
+    image, reference = liver_phantom((24, 24, 24))
+    affine = affine_from_spacing(SPACING)
+    sitk.WriteImage(image_from_array(image.astype(np.int16), affine), str(tmp_path / "mr.nii.gz"))
+    sitk.WriteImage(image_from_array(reference, affine), str(tmp_path / "ref.nii.gz"))
+    (tmp_path / "names.json").write_text(json.dumps({"1": "liver"}))
+    config = tiny_config("liver-mr", labels=1, spacing=SPACING, roi=(16, 16, 16), intensity={"method": "zscore"})
+    config["labels"][0]["name"], config["inputs"][0]["modality"] = "liver", "MR"
+    package = make_package(tmp_path, config)
+    files = ["--image", tmp_path / "mr.nii.gz", "--reference", tmp_path / "ref.nii.gz", "--reference-names"]
+    given = ["--model", str(package), *map(str, files), str(tmp_path / "names.json"), "--no-tokens"]
+    assert cli.main(["robustness", *given, "--variants", "plain", "noise", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    says = "the noise variant adds Gaussian noise of 40 HU, a CT's unit; model 'liver-mr' takes MR"
+    assert says in err and "leave noise out of --variants" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "a").exists()
+    assert cli.main(["robustness", *given, "--out", str(tmp_path / "b")]) == 0
+    assert f"note: {says}: left out" in capsys.readouterr().err
+    written = json.loads((tmp_path / "b" / "robustness.json").read_text())
+    rows = [row["variant"] for row in written["variants"]]
+    assert "plain" in rows and "oblique" in rows and "mid-liver start" in rows  # geometry and anatomy: any modality
+    assert not any(row.startswith("noise") for row in rows) and written["left_out"] == [f"{says}: left out"]
+    assert robustness.variants_for(None, "CT", "ct") == (list(robustness.ALL_VARIANTS), [])

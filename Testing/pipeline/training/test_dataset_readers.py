@@ -268,6 +268,8 @@ def test_datalist_decathlon_reads_the_channel_order_as_segment_does(tmp_path):
         dataset_names(image)
     spec["modality"] = spec["channel_names"] = {str(i): f"s{i}" for i in range(11)}
     (root / "dataset.json").write_text(json.dumps(spec))
+    volume = image_from_array(np.zeros((8, 8, 8), np.int16), affine_from_spacing((3.0, 3.0, 3.0)))
+    sitk.WriteImage(sitk.JoinSeries([volume] * 11), str(image))  # its 11 volumes, as the dataset.json names them
     datalist, _ = datasets.decathlon(root)
     assert datalist["training"][0]["channels"] == [f"s{i}" for i in range(11)]
 

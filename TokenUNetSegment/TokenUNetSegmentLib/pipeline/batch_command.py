@@ -296,7 +296,15 @@ class Batch:
             folder.open()
             config, model, args = self.metadata.config, self.metadata.id, self.args
             opened = open_case(
-                list(case.inputs), case.channels, config, model, folder, args, printer, "the datalist's 'channels'"
+                list(case.inputs),
+                case.channels,
+                config,
+                model,
+                folder,
+                args,
+                printer,
+                "the datalist's 'channels'",
+                case.source,
             )
             volumes = self.read(opened)
             if self.cancel.is_set():

@@ -10,6 +10,7 @@ that dataset.json, and the run says which. Everything is checked from the header
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,9 +62,14 @@ def is_stack_candidate(item) -> bool:
     return name.endswith(STACK_SUFFIXES) and Path(item).is_file()
 
 
-def dataset_names(path: Path, option: str = "--channels") -> tuple[list[str], Path] | None:
+def dataset_names(
+    path: Path, option: str = "--channels", listed_as: str = "", unlisted_refused: bool = True
+) -> tuple[list[str], Path] | None:
     """The channel names of the dataset.json beside ``path``'s ``imagesTr``/``imagesTs`` folder, and its path; None
-    when there is no such file or it names no channels. ``option``: how the caller names the volumes instead.
+    when there is no such file or it names no channels. ``option``: how the caller names the volumes instead;
+    ``listed_as``: another file name under which the dataset.json may list ``path`` (nnU-Net v1 lists ``case.nii.gz``
+    for its per-channel files ``case_0000.nii.gz``, ...); ``unlisted_refused`` False: None for an image its
+    dataset.json does not list, instead of the refusal.
 
     Raises:
         InputError: a dataset.json that cannot be read as JSON within :mod:`.json_files`' limits (size, nesting,
@@ -87,12 +93,57 @@ def dataset_names(path: Path, option: str = "--channels") -> tuple[list[str], Pa
         return None
     listed = _listed_images(data)
     own = f"{folder.name}/{Path(path).name}"
-    if listed and own not in listed:  # another dataset's image copied in: its order may be another
+    # another dataset's image copied in: its order may be another
+    if listed and own not in listed and f"{folder.name}/{listed_as}" not in listed:
+        if not unlisted_refused:
+            return None
         raise InputError(
             f"{found} does not list {own} among its images, so its channel names may not be this image's",
             f"pass {option} naming its volumes in order",
         )
     return names, found
+
+
+NNUNET_FILE = re.compile(r"^(?P<case>.+)_(?P<index>\d{4})(?P<ending>\.[A-Za-z][A-Za-z0-9.]*)$")
+"""nnU-Net's per-channel file name, ``<case>_<XXXX><ending>``: XXXX numbers the channel in its dataset.json."""
+
+
+def nnunet_indices(files: Sequence) -> list[int] | None:
+    """The channel numbers of nnU-Net per-channel files of one case (``case_0000.nii.gz``, ``case_0001.nii.gz``, ...;
+    each number once, one case, one folder), else None."""
+    found = [NNUNET_FILE.match(Path(file).name) if isinstance(file, (str, Path)) else None for file in files]
+    if len(files) < 2 or None in found:
+        return None
+    if len({(m["case"], m["ending"], str(Path(f).absolute().parent)) for m, f in zip(found, files, strict=True)}) != 1:
+        return None
+    indices = [int(m["index"]) for m in found]
+    return indices if len(set(indices)) == len(indices) else None
+
+
+def nnunet_file_names(files: Sequence, option: str) -> tuple[list[str], Path] | None:
+    """What each of nnU-Net's per-channel files of one case holds (``case_0002.nii.gz``: channel 2 of the
+    ``channel_names`` of the dataset.json beside its ``imagesTr``/``imagesTs`` folder) and that dataset.json; None for
+    other files, or without such a dataset.json or one that lists other images (an MSD dataset's 4D images).
+    ``option``: how the caller names the files' channels instead.
+
+    Raises:
+        InputError: a dataset.json that cannot be read (see :func:`dataset_names`), or a channel number it lacks.
+    """
+    indices = nnunet_indices(files)
+    if indices is None:
+        return None
+    case = NNUNET_FILE.match(Path(files[0]).name)
+    found = dataset_names(Path(files[0]), option, case["case"] + case["ending"], unlisted_refused=False)
+    if found is None:
+        return None
+    names, where = found
+    for file, index in zip(files, indices, strict=True):
+        if index >= len(names):
+            raise InputError(
+                f"{Path(file).name} is channel {index}, but {where} names {len(names)} channels ({', '.join(names)})",
+                f"fix the file name or the dataset.json, or pass {option} naming each file's channel",
+            )
+    return [names[index] for index in indices], where
 
 
 def _listed_images(data: dict) -> set[str]:

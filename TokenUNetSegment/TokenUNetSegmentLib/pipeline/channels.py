@@ -232,3 +232,30 @@ def match_names(names: Sequence[str], channels: Sequence, model: str, what: Sequ
             )
         chosen.append(index)
     return chosen
+
+
+def order_named_files(files: Sequence, names: Sequence[str], channels: Sequence, model: str, where: str) -> list:
+    """``files`` (one per channel, ``names[i]`` saying what ``files[i]`` holds: a datalist's ``"channels"``) in the
+    model's channel order, placed by name with :func:`match_names`'s matching and synonyms, never by position.
+
+    Raises:
+        InputError: a count other than the files' or the model's, names that do not name the channels one to one,
+            or a file named like another channel than the one its name puts it in.
+    """
+    listed = ", ".join(channel.name for channel in channels)
+    if len(names) != len(files):
+        raise InputError(
+            f"{where}: 'channels' names {len(names)} channel{'s' if len(names) != 1 else ''}; 'image' lists "
+            f"{len(files)} files",
+            "name what each file holds, in the order of 'image'",
+        )
+    if len(files) != len(channels):
+        raise InputError(
+            f"{where} has {len(files)} image channels ({', '.join(map(str, names))}); the model takes "
+            f"{len(channels)} ({listed})"
+        )
+    what = [f"{where}'s 'channels' for {Path(file).name}" for file in files]
+    chosen = match_names(names, channels, model, what)
+    ordered = [files[chosen.index(channel)] for channel in range(len(channels))]
+    check_places(ordered, channels)
+    return ordered

@@ -1,5 +1,6 @@
 """``robustness``: how a model holds up when a labelled CT is changed the way real scans differ: thin slabs,
-an oblique grid, other voxel sizes, noise, a scan that starts mid-liver. Each variant is segmented with
+an oblique grid, other voxel sizes, noise, a scan that starts mid-liver (a one-channel model of another modality:
+every variant but the noise, which is in HU). Each variant is segmented with
 ``segment()`` and scored against the reference (Dice per label, labels matched by name); the oblique variant
 is also compared with the plain result (agreement). On the plain scan, each label's best-token soft Dice says
 whether some learned token follows that organ.
@@ -431,7 +432,7 @@ def evaluation_entries(datalist: str | Path, patient: str) -> list[dict]:
         where = f"{path.name}: evaluation[{index}]"
         if isinstance(entry.get("image"), list) and len(entry["image"]) != 1:
             raise InputError(
-                f"{where}: 'image' lists {len(entry['image'])} files; robustness changes one CT",
+                f"{where}: 'image' lists {len(entry['image'])} files; robustness changes one scan",
                 "give each entry one image path (a one-channel CT model's input)",
             )
         if isinstance(entry.get("image"), list):
@@ -463,17 +464,48 @@ def _announce(name: str):
     return progress
 
 
+CT_ONLY_VARIANTS = {"noise": f"the noise variant adds Gaussian noise of {NOISE_HU:g} HU, a CT's unit"}
+"""Variants whose change is stated in a CT's Hounsfield units: meaningless for an MR model's arbitrary intensities.
+The others (slabs, grids, slice thickness, a scan starting mid-liver) change geometry or anatomy, for any modality."""
+
+
+def variants_for(asked, modality: str, model: str) -> tuple[list[str], list[str]]:
+    """The variants to run for a model of ``modality`` (``asked``: the user's ``--variants``, None for all) and a note
+    on each left out (those in HU, for a model that does not take CT).
+
+    Raises:
+        InputError: a variant asked for by name that the model's modality cannot take.
+    """
+    wanted = list(ALL_VARIANTS) if asked is None else list(asked)
+    if not modality or modality.upper() == "CT":
+        return wanted, []
+    kept, notes = [], []
+    for name in wanted:
+        if name not in CT_ONLY_VARIANTS:
+            kept.append(name)
+        elif asked is not None:
+            raise InputError(
+                f"{CT_ONLY_VARIANTS[name]}; model '{model}' takes {modality}", f"leave {name} out of --variants"
+            )
+        else:
+            notes.append(f"{CT_ONLY_VARIANTS[name]}; model '{model}' takes {modality}: left out")
+    return kept, notes
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", "-m", type=text("a model id or package path"), required=True, help="model id or package path"
     )
-    parser.add_argument("--image", help="the CT to change and segment")
+    parser.add_argument("--image", help="the scan (a CT for a CT model) to change and segment")
     parser.add_argument("--reference", help="its reference label map")
     parser.add_argument("--reference-names", help='JSON name table of the reference {"1": "liver", ...}')
     parser.add_argument("--datalist", help="a datalist with 'evaluation' entries (instead of --image/--reference)")
     parser.add_argument("--patient", help="with --datalist: the patient to measure")
     parser.add_argument(
-        "--variants", nargs="+", choices=ALL_VARIANTS, default=list(ALL_VARIANTS), help="the changes to measure"
+        "--variants",
+        nargs="+",
+        choices=ALL_VARIANTS,
+        help="the changes to measure (default: all; noise, in HU, only for a CT model)",
     )
     parser.add_argument("--no-tokens", action="store_true", help="skip the best-token soft Dice")
     parser.add_argument(
@@ -535,10 +567,13 @@ def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
     inputs = metadata.config.inputs
     if len(inputs) != 1:
         raise InputError(
-            f"robustness changes one CT (--image); model '{metadata.id}' takes {len(inputs)} input "
+            f"robustness changes one scan (--image); model '{metadata.id}' takes {len(inputs)} input "
             f"channels ({', '.join(channel.name for channel in inputs)})",
             "measure a one-channel model",
         )
+    variants, left_out = variants_for(args.variants, inputs[0].modality, metadata.id)
+    for note in left_out:
+        print(f"note: {note}", file=sys.stderr)
     package = load_package(path)
     out = folder.staging
     results = []
@@ -548,13 +583,15 @@ def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
             read_volume(case["image"]),
             read_volume(case["label"]),
             case["names"],
-            args.variants,
+            variants,
             args.device,
             not args.no_tokens,
             progress=_announce(case["name"]),
         )
         result["case"] = case["name"]
         result["image"] = case["image"]
+        if left_out:
+            result["left_out"] = left_out
         results.append(result)
     tables = "\n\n".join(
         f"### {r['case']} ({r['model']})\n\n{format_table(r)}\n\nConfidence against Dice: "

@@ -93,7 +93,8 @@ def channel_items(
     inputs, config, model: str, stack_names: Sequence[str] | None = None, option: str = "channels="
 ) -> tuple[list, list[str]]:
     """``segment()``'s inputs as one item per channel of ``config``, in its order, and how each is shown: a path or
-    an ``(array, ijk_to_ras)`` pair for a one-channel model, a list in the channel order, a dict {channel name:
+    an ``(array, ijk_to_ras)`` pair for a one-channel model, a list in the channel order (nnU-Net's numbered files,
+    ``case_0000.nii.gz`` ..., in the order their dataset.json's channel names say), a dict {channel name:
     input} (names in any case, with the usual synonyms: ``flair``, ``t1ce``), or one 4D NIfTI image holding every
     channel, ``stack_names`` naming its volumes in order (else its dataset.json: :mod:`.channel_stack`). Only a 4D
     image's header is opened. ``option``: how the caller passes ``stack_names``, for messages.
@@ -103,8 +104,8 @@ def channel_items(
             channels, a list whose file names contradict the channel order.
         ArgumentError: inputs of another kind.
     """
-    from .channel_stack import open_stack, refuse_names
-    from .channels import check_distinct, check_places
+    from .channel_stack import nnunet_file_names, open_stack, refuse_names
+    from .channels import check_distinct, check_places, order_named_files
 
     names = [channel.name for channel in config.inputs]
     if isinstance(inputs, dict):  # {channel name: input}, e.g. from assign_inputs()
@@ -139,6 +140,11 @@ def channel_items(
             else None,
         )
     check_distinct([_identity(item) for item in items], [_shown(item) for item in items], names)
+    if len(names) > 1 and all(isinstance(item, (str, Path)) for item in items):
+        found = nnunet_file_names(items, option)  # nnU-Net's numbered files: what each holds, by its dataset.json
+        if found is not None:
+            where = f"{Path(items[0]).name} (channel names from {found[1]})"
+            items = order_named_files(items, found[0], config.inputs, model, where)
     if len(names) > 1:
         check_places(items, config.inputs)  # a list is in the channel order: a name may not contradict it
     return items, [_named(item, name) for item, name in zip(items, names, strict=True)]

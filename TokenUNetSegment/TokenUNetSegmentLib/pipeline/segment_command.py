@@ -151,15 +151,43 @@ class CaseInputs:
     made_from: dict  # what the result is made from (:mod:`.result_key`), taken before any voxel is read
 
 
+def _ordered_files(inputs: list, channels, config, package_id: str, option: str, where: str, printer) -> list:
+    """One file per channel in the package's order, each put in its channel by what it holds: ``channels`` (a
+    datalist's names of its files), else nnU-Net's numbered files (``case_0000.nii.gz``) by the dataset.json beside
+    their ``imagesTr``/``imagesTs`` folder, else by their names (:func:`.channels.order_inputs`)."""
+    from .channel_stack import nnunet_file_names
+    from .channels import order_inputs, order_named_files
+
+    if channels is None and len(inputs) == len(config.inputs) > 1:
+        found = nnunet_file_names(inputs, option)
+        if found is not None:
+            channels, where = found[0], f"{Path(inputs[0]).name} (channel names from {found[1]})"
+    if channels is None:
+        return order_inputs(inputs, config.inputs, package_id)  # by name, one per channel
+    ordered = order_named_files(inputs, list(channels), config.inputs, package_id, where)
+    pairs = ", ".join(f"{c.name} = {Path(item).name}" for c, item in zip(config.inputs, ordered, strict=True))
+    printer.note(f"channels by name: {pairs}")
+    return ordered
+
+
 def open_case(
-    inputs, channels, config, package_id: str, folder, args, printer, option: str = "--channels"
+    inputs,
+    channels,
+    config,
+    package_id: str,
+    folder,
+    args,
+    printer,
+    option: str = "--channels",
+    named_in: str = "",
 ) -> CaseInputs:
-    """Open one run's ``inputs`` (``channels``: the names of one 4D image's volumes, given as ``option``) and check
+    """Open one run's ``inputs`` (``channels``: the names of one 4D image's volumes, given as ``option``, or with
+    ``named_in`` (where they come from, e.g. a datalist's entry) of each of several files) and check
     them from their headers (a DICOM series' slices included, a folder's series chosen by the channel's Modality),
     the run's memory and the free space of ``folder``'s disk, before any voxel is read: as ``segment()`` does
     (:mod:`.run_inputs`)."""
     from .channel_stack import open_stack, refuse_names
-    from .channels import order_inputs, series_warnings
+    from .channels import series_warnings
     from .outputs import estimate_output_bytes
     from .preprocess import resample_ahead
     from .result_key import made_from
@@ -174,10 +202,10 @@ def open_case(
         paths = [inputs[0]] * len(items)
         shown = order.shown()
         printer.note(order.describe())
-    elif channels is not None:
+    elif channels is not None and not (named_in and len(inputs) > 1):
         refuse_names(inputs, config.inputs, package_id, option)
     else:
-        items = paths = order_inputs(list(inputs), config.inputs, package_id)  # by name, one per channel
+        items = paths = _ordered_files(list(inputs), channels, config, package_id, option, named_in, printer)
         shown = [Path(item).name for item in paths]
     needs = RunNeeds(not args.no_heatmaps, args.probabilities, args.attention_grid)
     checked = open_run_inputs(items, config, package_id, shown, needs)

@@ -28,7 +28,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         required=True,
         help="JSON with the package's 'tokenunet' section (id, architecture, inputs, preprocessing, "
-        "inference, labels), or an existing package whose configuration to train",
+        "inference, labels), or an existing package (or a catalog model id) whose configuration to train",
     )
     parser.add_argument("--out", "-o", required=True, help="output folder (log, checkpoints, package/)")
     parser.add_argument("--id", dest="model_id", help="model id of the package (default: the config's)")
@@ -103,8 +103,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(path: str) -> dict:
-    """The ``tokenunet`` section from a JSON file (bare or within a metadata.json) or a package."""
-    source = Path(path)
+    """The ``tokenunet`` section from a JSON file (bare or within a metadata.json), a package, or a catalog model's
+    package named by its id (as ``segment --model`` names it: a known id is that model)."""
+    source = _catalog_package(path) or Path(path)
     if source.is_dir() or source.suffix.lower() == ".zip":
         from ..package_source import read_metadata
 
@@ -120,6 +121,29 @@ def load_config(path: str) -> dict:
     if not isinstance(section, dict):
         raise InputError(f"the 'tokenunet' section of {path} is not a JSON object")
     return section
+
+
+def _catalog_package(text: str) -> Path | None:
+    """The package of the catalog model whose id is ``text``, None when no model has that id.
+
+    Raises:
+        InputError: a downloadable model that is not on this computer yet (nothing is downloaded here).
+    """
+    from ..catalog import ModelStore
+    from ..metadata import model_id_problem
+
+    if model_id_problem(text) is not None:
+        return None
+    store = ModelStore()
+    if text not in {entry.id for entry in store.entries()}:
+        return None
+    path = store.local_path(text)
+    if path is None:
+        raise InputError(
+            f"model '{text}' is in the catalog but not on this computer yet",
+            f"download it first (e.g. tokenunet segment --model {text} on any scan), then pass its id again",
+        )
+    return path
 
 
 def _datalist_config(path: str):
@@ -308,7 +332,11 @@ def _datalist_arguments(parser: argparse.ArgumentParser) -> None:
         default="btcv",
         help="folders: btcv, amos, totalsegmentator or a JSON name table",
     )
-    parser.add_argument("--config", help="the model configuration whose labels to match (report and 'partial')")
+    parser.add_argument(
+        "--config",
+        help="the model whose labels and input channels to match (report and 'partial'): a catalog model id, a "
+        "package, or a configuration JSON",
+    )
     parser.add_argument(
         "--splits",
         action=_LayoutOption,

@@ -4,6 +4,7 @@ for synthesis and intensity augmentation."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ class Case:
     patient: str = ""
     synthesis: bool = True
     source: dict = field(default_factory=dict)  # spacing and extent of the scan as read
+    channels: tuple[str, ...] = ()  # the file (or 4D image's volume) in each of the model's channels, in its order
 
 
 UNKNOWN = 255
@@ -125,14 +127,21 @@ def read_datalist(path: str | Path) -> dict:
             case["synthesis"] = bool(entry.get("synthesis", True))
             if case["partial"] and not names:
                 raise InputError(f"{where} is partial but has no 'labels' name table")
-            if "channels" in entry:  # what each volume of a 4D image holds, in order (channel_stack)
+            if "channels" in entry:  # what each file, or each volume of one 4D image, holds, in order
                 names = entry["channels"]
-                if len(images) != 1 or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
                     raise InputError(
-                        f"{where}: 'channels' names the volumes of one 4D image, as a list of names",
+                        f"{where}: 'channels' names what each file of 'image' (or each volume of one 4D image) "
+                        "holds, as a list of names",
                         'e.g. "image": "imagesTr/BRATS_001.nii.gz", "channels": ["FLAIR", "T1w", "t1gd", "T2w"]',
                     )
+                if len(images) > 1 and len(names) != len(images):
+                    raise InputError(
+                        f"{where}: 'channels' names {len(names)} channels; 'image' lists {len(images)} files",
+                        "name what each file holds, in the order of 'image'",
+                    )
                 case["channels"] = names
+            case["where"] = where
             case["repeat"] = entry.get("repeat", 1)
             if not isinstance(case["repeat"], (int, float)) or case["repeat"] <= 0:
                 raise InputError(f"{where}: 'repeat' must be a number > 0")
@@ -236,21 +245,56 @@ def _check_label_volume(volume, entry: dict, image_grid) -> None:
             )
 
 
-def _case_volumes(entry: dict, config, model: str) -> list:
-    """A case's image volumes in the model's channel order: one file per channel, or one 4D image whose volumes its
-    ``channels`` (else the dataset.json beside its imagesTr folder) name (:mod:`..channel_stack`)."""
+def _case_volumes(entry: dict, config, model: str) -> tuple[list, list[str]]:
+    """A case's image volumes in the model's channel order, and which file (or volume) each is: one 4D image whose
+    volumes its ``channels`` (else the dataset.json beside its imagesTr folder) name (:mod:`..channel_stack`), or one
+    file per channel, each put in its channel by name as ``segment`` puts files (:func:`.case_files`)."""
     images = entry["image"]
     if len(images) == 1 and (len(config.inputs) > 1 or entry.get("channels")):
-        stack = open_stack(images[0], config, model, entry.get("channels"), "the datalist's 'channels'")
+        stack = open_stack(images[0], config, model, entry.get("channels"), DATALIST_CHANNELS)
         if stack is not None:
-            return [opened() for opened in stack[0]]
-    return [read_volume(p) for p in images]
+            return [opened() for opened in stack[0]], stack[1].shown()
+    files = case_files(entry, config, model)
+    return [read_volume(p) for p in files], [Path(p).name for p in files]
+
+
+DATALIST_CHANNELS = "the datalist's 'channels'"
+
+
+def case_files(entry: dict, config, model: str) -> list[str]:
+    """A case's channel files in the model's channel order, placed by what each holds, never by their position: the
+    entry's ``channels`` (one name per file), else nnU-Net's file numbers read in the dataset.json beside their
+    ``imagesTr`` folder, else the files' names matched to the channels' patterns as ``segment`` matches them.
+
+    Raises:
+        InputError: names that do not name the model's channels one to one, or nnU-Net-numbered files (``_0000``)
+            that nothing names.
+    """
+    from ..channel_stack import nnunet_file_names, nnunet_indices
+    from ..channels import order_inputs, order_named_files
+
+    images, names = list(entry["image"]), entry.get("channels")
+    where = entry.get("where") or f"case {entry.get('name', '')}"
+    if len(images) < 2 or len(images) != len(config.inputs) and names is None:
+        return images  # one file, or a count load_case refuses in its words
+    if names is None:
+        found = nnunet_file_names(images, DATALIST_CHANNELS)
+        if found is not None:
+            names, where = found[0], f"{where} (channel names from {found[1]})"
+        elif nnunet_indices(images) is not None:
+            raise InputError(
+                f"{where}: nothing says what {Path(images[0]).name} and its other nnU-Net channel files hold",
+                f'name what each holds in "channels", e.g. {json.dumps([channel.name for channel in config.inputs])}',
+            )
+    if names is not None:
+        return order_named_files(images, names, config.inputs, model, where)
+    return order_inputs(images, config.inputs, model)
 
 
 def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
     """Read and preprocess one datalist entry with the package configuration ``cfg``."""
     typed = parse_config(cfg, "training configuration")
-    volumes = _case_volumes(entry, typed, cfg.get("id", "being trained"))
+    volumes, channels = _case_volumes(entry, typed, cfg.get("id", "being trained"))
     if len(volumes) != len(cfg["inputs"]):
         raise InputError(
             f"case {entry['name']} has {len(volumes)} image channels; the model takes {len(cfg['inputs'])}"
@@ -278,10 +322,11 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
         "extent_mm": [round(float(n * s), 1) for n, s in zip(source_grid.shape, source_grid.spacing, strict=True)],
     }
     case = Case(entry["name"], prepared.image, label, spacing, files, missing, entry.get("repeat", 1))
-    case.patient, case.synthesis, case.source = (
+    case.patient, case.synthesis, case.source, case.channels = (
         entry.get("patient", entry["name"]),
         entry.get("synthesis", True),
         source,
+        tuple(channels),
     )
     ones = np.ones(source_grid.shape, np.uint8)
     case.inside = resample(ones, source_grid, prepared.region, "nearest", 0, np.uint8) > 0

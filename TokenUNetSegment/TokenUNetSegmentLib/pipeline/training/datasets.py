@@ -21,12 +21,13 @@ import os
 import re
 from pathlib import Path
 
-from ..channel_stack import dataset_channels
+from ..channel_stack import NNUNET_FILE, dataset_channels
 from ..errors import InputError, TokenUNetError
 from ..json_files import read_json_file
 from .label_tables import name_key, named_table
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+UNREAD = 1 << 62  # the memory "limit" of a header read for what it declares: reading is for train to check
 
 
 def _is_image(path: Path) -> bool:
@@ -186,6 +187,8 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0, inputs=
         raise InputError(f"{where} is not a JSON object", "see the Medical Segmentation Decathlon's dataset.json")
     table = _decathlon_labels(spec.get("labels"), where)
     channels = dataset_channels(spec, where, 'e.g. "channel_names": {"0": "CT"} (nnU-Net v2)') or ["CT"]
+    if inputs is None:  # with a configuration, matching its channels says which of them two names share
+        _refuse_twice_named(channels, where)
     order = model_channel_order(channels, inputs, model, where) if inputs is not None else None
     pairs = []
     training = spec.get("training")
@@ -217,11 +220,13 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0, inputs=
                 f"{root}: {label} has no image {missing[0]}",
                 "every case in labelsTr needs one file per channel_names entry in imagesTr",
             )
+        _check_images(root, images, channels, where)
+        names = list(channels)  # what each file holds (one file per channel), or each volume of one 4D image
         if order is not None and len(images) == len(order) > 1:  # one file per channel: in the model's order
-            images = [images[index] for index in order]
+            images, names = [images[index] for index in order], [names[index] for index in order]
         entry = {"name": _stem(Path(label)), "image": images if len(images) > 1 else images[0], "label": label}
-        if len(images) == 1 and len(channels) > 1:  # MSD: one 4D image; its volumes named, never guessed
-            entry["channels"] = list(channels)
+        if len(channels) > 1:  # named, never guessed from the order: train and batch put each in its channel by name
+            entry["channels"] = names
         entry["labels"] = {str(v): n for v, n in table.items()}
         if _partial(list(table.values()), model_labels):
             entry["partial"] = True
@@ -232,6 +237,61 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0, inputs=
     if order is not None and len(order) > 1:
         report["channels"] = [(channel.name, channels[index]) for channel, index in zip(inputs, order, strict=True)]
     return datalist, report
+
+
+def _refuse_twice_named(channels: list[str], where: Path) -> None:
+    """Refuse a dataset.json naming one channel twice (``T1`` and ``T1w``, or ``zscore`` twice): its files are put in
+    a model's channels by name, and such names cannot tell them apart."""
+    from ..channels import channel_key
+
+    keys = [channel_key(name) for name in channels]
+    for second, key in enumerate(keys):
+        first = keys.index(key)
+        if first != second:
+            raise InputError(
+                f"{where} names channels {first} and {second} alike ({channels[first]!r}, {channels[second]!r}): "
+                "nothing tells their images apart",
+                "give each channel its own name in dataset.json (e.g. T1, T1c, T2, FLAIR)",
+            )
+
+
+def _check_images(root: Path, images: list[str], channels: list[str], where: Path) -> None:
+    """Each image of a case holds what the dataset.json says, from its header: one 3D volume per channel file, or
+    one 4D image of as many volumes as channels (before: a 3D image among an MSD dataset's 4D ones was found by
+    ``train`` only when it reached that case).
+
+    Raises:
+        InputError: naming the file, what it holds and what the dataset.json says.
+    """
+    from ..readers import open_image
+
+    listed = f"{len(channels)} channel{'s' if len(channels) > 1 else ''} ({', '.join(channels)})"
+    if len(images) > 1 and len(images) != len(channels):
+        raise InputError(
+            f"{where} lists {len(images)} images for the case of {images[0]}, but names {listed}",
+            "list one file per channel, in its channel_names order",
+        )
+    wanted = len(channels) if len(images) == 1 else 1
+    for image in images:
+        opened = open_image(root / image, limit=UNREAD)  # a header only: no voxel is read here
+        volumes = opened.stacked[0] if len(opened.stacked) == 1 and not opened.stacked_axis else 1
+        odd = opened.stacked_axis or len(opened.stacked) > 1 or volumes != wanted
+        if not odd:
+            continue
+        held = (
+            f"is a 4D image along {opened.stacked_axis}"
+            if opened.stacked_axis
+            else f"has {3 + len(opened.stacked)} dimensions"
+            if len(opened.stacked) > 1
+            else f"holds {volumes} volumes (a 4D image)"
+            if volumes > 1
+            else "is one 3D volume"
+        )
+        expected = f"one 4D image of {len(channels)} volumes per case" if wanted > 1 else "one 3D volume per file"
+        raise InputError(
+            f"{image} {held}, but {where} names {listed}: {expected}",
+            "convert that case's image to match the others, or leave the case out of the dataset",
+        )
 
 
 def _decathlon_labels(labels, where: Path) -> dict[int, str]:
@@ -284,9 +344,12 @@ def folders(images, labels, table, model_labels=None, validation_fraction: float
         found: dict[str, Path] = {}
         for path in sorted(p for p in folder.iterdir() if _is_image(p) and number(p) is not None):
             if number(path) in found:
+                channel_files = all(NNUNET_FILE.match(p.name) for p in (found[number(path)], path))
                 raise InputError(
                     f"{found[number(path)].name} and {path.name} in {folder} both have case number {number(path)}",
-                    "keep one file per case in the folder",
+                    "they look like nnU-Net channel files (_0000, ...): use the decathlon layout with its dataset.json"
+                    if channel_files
+                    else "keep one file per case in the folder",
                 )
             found[number(path)] = path
         return found

@@ -382,12 +382,14 @@ def _check_labelled(cases: list[Case], count: int) -> None:
 
 def _what_weights_belong_to(config: dict, cases: list[Case]) -> dict:
     """What a checkpoint's weights mean: the network, its inputs and preprocessing, its labels (value and name,
-    in order), and the training cases with their files' SHA256 (the package records them)."""
+    in order), and the training cases with their files' SHA256 (the package records them) and which file (or 4D
+    image's volume) fed each input channel."""
     keys = ("architecture", "inputs", "preprocessing")
     return {
         **{key: config.get(key) for key in keys},
         "labels": [[label["value"], label["name"]] for label in config["labels"]],
         "cases": [[case.name, case.files] for case in cases],
+        "channels": [[case.name, list(case.channels)] for case in cases],
     }
 
 
@@ -403,11 +405,15 @@ def _check_resumed_run(before: dict | None, now: dict, output: Path) -> None:
             "resume with the run's configuration, or train into a new folder",
         )
     old, new = dict(before.get("cases", [])), dict(now["cases"])
-    if old != new or len(before.get("cases", [])) != len(now["cases"]):  # the datalist's order does not matter
+    # the same files in other channels (a datalist's "channels" edited, or written again): other inputs to the weights
+    placed, placing = dict(before.get("channels", now["channels"])), dict(now["channels"])
+    moved = sum(placed.get(n, placing[n]) != placing[n] for n in placing)
+    if old != new or len(before.get("cases", [])) != len(now["cases"]) or moved:  # the datalist's order aside
         counts = {
             "added": len(new.keys() - old.keys()),
             "removed": len(old.keys() - new.keys()),
             "changed": sum(old[n] != new[n] for n in old.keys() & new.keys()),
+            "fed to other channels": moved,
         }
         what = ", ".join(f"{count} {word}" for word, count in counts.items() if count)
         raise InputError(
