@@ -410,7 +410,9 @@ def test_a_process_of_its_own_reports_output_it_could_not_write_and_a_closed_pip
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered, as by default
     with open("/dev/full", "w") as full:
-        done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, stdout=full, stderr=subprocess.PIPE, env=env)
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=MODULE_DIR, stdout=full, stderr=subprocess.PIPE, env=env, timeout=60
+        )
     assert done.returncode == ExitCode.INTERNAL_ERROR, done.stderr
     assert done.stderr.decode().splitlines() == [
         "internal error: OSError: [Errno 28] No space left on device (run with --debug for the traceback)"
@@ -425,8 +427,8 @@ def test_a_process_of_its_own_reports_output_it_could_not_write_and_a_closed_pip
 
 def test_a_caller_of_main_in_its_own_process_keeps_its_process_and_its_handlers(tmp_path):
     """``cli.main()`` without arguments, called by a script (``sys.argv`` set, then ``code = cli.main()``), is a caller
-    in its own process, as ``cli.main(argv)`` is. Before: a cancel ended the caller's whole process with ``os._exit(130)``
-    (its code after the call never ran, its ``atexit`` callbacks neither) and the command's signal handlers stayed
+    in its own process, as ``cli.main(argv)`` is. Before: a cancel ended the caller's whole process with
+    ``os._exit(130)`` (its code after the call never ran, its ``atexit`` callbacks neither) and the handlers stayed
     installed after the call. Now only ``run_as_process`` (``tokenunet``, ``python -m``) ends the process."""
     code = (
         "import signal, sys\n"
