@@ -1,5 +1,6 @@
 """The command line: its commands, exit codes, one-line errors, typed error events, progress display."""
 
+import os
 import subprocess
 import sys
 
@@ -193,22 +194,19 @@ def test_a_package_missing_from_this_python_is_a_user_error_that_says_which_and_
     assert own.category == "internal"  # our own module missing: a broken installation, not the user's Python
 
 
-def test_a_process_of_its_own_freezes_the_collector_before_it_exits_and_a_caller_keeps_its_own(
-    monkeypatch, tmp_path, capsys
-):
+def test_a_caller_of_main_keeps_its_garbage_collector_as_it_was(monkeypatch, tmp_path, capsys):
+    """Only ``run_as_process`` (``tokenunet``, ``python -m``) freezes the collector's objects before its exit;
+    ``cli.main()`` is a caller's, with or without arguments (before: without them, the caller's objects were frozen:
+    its cycles never collected again)."""
     import gc
 
     catalog = tmp_path / "catalog.json"
     catalog.write_text('{"models": []}')
     before = gc.get_freeze_count()
-    assert cli.main(["--catalog", str(catalog), "models", "list"]) == 0  # called with arguments: nothing frozen
-    assert gc.get_freeze_count() == before
+    assert cli.main(["--catalog", str(catalog), "models", "list"]) == 0
     monkeypatch.setattr("sys.argv", ["tokenunet", "--catalog", str(catalog), "models", "list"])
-    try:
-        assert cli.main() == 0  # as ``tokenunet`` / ``python -m``: the exit skips collecting every object
-        assert gc.get_freeze_count() > before
-    finally:
-        gc.unfreeze()
+    assert cli.main() == 0
+    assert gc.get_freeze_count() == before
 
 
 def test_ctrl_c_while_the_command_loads_is_a_cancel_not_a_traceback(monkeypatch, capsys):
@@ -393,3 +391,57 @@ def test_a_process_of_its_own_ends_without_the_teardown_but_with_its_exit_code_o
         assert done.returncode == expected, done.stderr
         assert done.stdout.startswith("buffered, not flushed") and marker.read_text() == "yes"
     assert (tmp_path / "atexit-ran-thread").read_text() == "done"
+
+
+def test_a_process_of_its_own_reports_output_it_could_not_write_and_a_closed_pipe_quietly(tmp_path):
+    """``run_as_process`` ends with ``os._exit``: before, a command's last stdout lines (block-buffered in a file or a
+    pipe) were flushed there with every error suppressed: stdout on a full disk (``> /dev/full``) lost the result line
+    and exited 0 without a word (the interpreter's own exit said so and exited 120). Now the output is flushed while the
+    command's errors are still reported: one line, exit 1; a reader that went away (``| head``) stays quiet, exit 0."""
+    code = (
+        "import sys\n"
+        "from TokenUNetSegmentLib.pipeline import cli\n"
+        "def run(args):\n"
+        "    print('wrote the result')\n"
+        "    return 0\n"
+        "cli.register_command('prints', 'test', lambda parser: None, run)\n"
+        "sys.argv = ['tokenunet', 'prints']\n"
+        "cli.run_as_process()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered, as by default
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=MODULE_DIR, stdout=full, stderr=subprocess.PIPE, env=env, timeout=60
+        )
+    assert done.returncode == ExitCode.INTERNAL_ERROR, done.stderr
+    assert done.stderr.decode().splitlines() == [
+        "internal error: OSError: [Errno 28] No space left on device (run with --debug for the traceback)"
+    ]
+    reader = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=MODULE_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    reader.stdout.close()  # the reader went away before the line came
+    assert reader.wait(timeout=60) == ExitCode.OK
+    assert reader.stderr.read() == b""
+
+
+def test_a_caller_of_main_in_its_own_process_keeps_its_process_and_its_handlers(tmp_path):
+    """``cli.main()`` without arguments, called by a script (``sys.argv`` set, then ``code = cli.main()``), is a caller
+    in its own process, as ``cli.main(argv)`` is. Before: a cancel ended the caller's whole process with
+    ``os._exit(130)`` (its code after the call never ran, its ``atexit`` callbacks neither) and the handlers stayed
+    installed after the call. Now only ``run_as_process`` (``tokenunet``, ``python -m``) ends the process."""
+    code = (
+        "import signal, sys\n"
+        "from TokenUNetSegmentLib.pipeline import cli\n"
+        "def run(args):\n"
+        "    signal.raise_signal(signal.SIGTERM)\n"
+        "    return 0\n"
+        "cli.register_command('stops', 'test', lambda parser: None, run)\n"
+        "sys.argv = ['tokenunet', 'stops']\n"
+        "code = cli.main()\n"
+        "print('after main', code, signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["after main 130 True"]
+    assert [line for line in done.stderr.splitlines() if line] == ["interrupted; no output was written"]

@@ -68,7 +68,7 @@ def run(args):
 
 cli.register_command('noisy', 'writes to file descriptor 2 from C', arguments, run)
 sys.argv = ['tokenunet', 'noisy', *sys.argv[1:]]
-sys.exit(cli.main())
+cli.run_as_process()
 """
 
 C_LINES = [

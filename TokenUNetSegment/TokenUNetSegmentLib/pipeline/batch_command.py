@@ -28,6 +28,7 @@ import time
 import traceback
 from pathlib import Path
 
+from .cancel_signals import cleaning_up
 from .cli import ProgressPrinter
 from .locks import hidden_sibling, lock_path
 from .result_key import RESULT_OPTIONS
@@ -129,8 +130,9 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
             return batch.run()
         finally:
             try:
-                lock.release()
-                _remove_empty(created)  # refused or stopped before batch.json: no folder of ours left behind
+                with cleaning_up():
+                    lock.release()
+                    _remove_empty(created)  # refused or stopped before batch.json: no folder of ours left behind
             finally:
                 restore_handlers(handlers)  # after: a second stop does not cut the lock's release short
     except KeyboardInterrupt:  # one that got past the batch once batch.json was written: say what stays
@@ -257,13 +259,15 @@ class Batch:
         except (CancelledError, KeyboardInterrupt):
             if not self.saved:  # stopped before batch.json: nothing of the batch stays (run_batch removes its root)
                 raise
-            return self.finish("cancelled")
+            with cleaning_up():
+                return self.finish("cancelled")
         except ModelLoadError as failure:
             self.document["error"] = f"the model failed to load: {ErrorEvent.from_error(failure.error).message}"
             self.finish("failed")
             raise failure.error from None
         finally:
-            self.reserve.remove()
+            with cleaning_up():
+                self.reserve.remove()
 
     def run_case(self, index: int, case) -> None:
         """Segment one case into its folder and record how it went; a cancel or Ctrl-C is recorded, then raised."""
@@ -309,15 +313,16 @@ class Batch:
                 opened, volumes, self.package, folder, self.args, printer, progress, self.cancel
             )
         except (CancelledError, KeyboardInterrupt):
-            printer.close()
-            if folder is not None and folder.committed:  # stopped after its result was put in place: done
-                record.update(status="done", **_earlier_fields(_report_of(folder.destination)))
-                record.update(warnings=printer.warnings)
-            else:
-                if folder is not None:
-                    folder.abort()
-                record.update(status="cancelled")
-            self.report(index, record, time.perf_counter() - started)
+            with cleaning_up():
+                printer.close()
+                if folder is not None and folder.committed:  # stopped after its result was put in place: done
+                    record.update(status="done", **_earlier_fields(_report_of(folder.destination)))
+                    record.update(warnings=printer.warnings)
+                else:
+                    if folder is not None:
+                        folder.abort()
+                    record.update(status="cancelled")
+                self.report(index, record, time.perf_counter() - started)
             raise
         except ModelLoadError:
             if folder is not None:

@@ -6,7 +6,8 @@ waits for the reading thread, in torch's import, between windows. A cancel flag 
 windows, so a stop during the other steps waited for them to end (seconds on a large DICOM series, torch's import on a
 busy machine). Later stops only set the event: the command is already stopping, and its clean-up (dropping the case in
 progress, rewriting ``batch.json``, releasing the locks) is not cut short by a second Ctrl-C; one that comes 5 s or more
-after the raised one raises again (something caught that one and the run went on).
+after the raised one raises again (something caught that one and the run went on), unless the command is in its
+clean-up (:func:`cleaning_up`), which may take longer (a large staging folder removed from a slow disk).
 
 A stop that comes while a result is swapped into place waits for the swap (:mod:`.output_folder`), then only sets the
 event (:meth:`CancelOnSignal.request`): the result is complete, and ``batch`` stops before its next case.
@@ -14,6 +15,7 @@ event (:meth:`CancelOnSignal.request`): the result is complete, and ``batch`` st
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -31,6 +33,7 @@ class StopsSeen:
 
     def __init__(self):
         self.raised_at: float | None = None
+        self.cleaning = 0  # how many clean-ups after a stop run now (:func:`cleaning_up`): no stop is raised again
 
 
 class CancelOnSignal:
@@ -49,7 +52,7 @@ class CancelOnSignal:
     def __call__(self, signum, frame) -> None:
         self.event.set()
         now, raised_at = time.monotonic(), self.seen.raised_at
-        if raised_at is None or now - raised_at >= RAISE_AGAIN_S:
+        if raised_at is None or (not self.seen.cleaning and now - raised_at >= RAISE_AGAIN_S):
             self.seen.raised_at = now
             raise KeyboardInterrupt
 
@@ -68,6 +71,24 @@ def install_cancel_handlers(event: threading.Event) -> list:
         for signum in STOP_SIGNALS:
             previous.append((signum, signal.signal(signum, handler)))
     return previous
+
+
+@contextlib.contextmanager
+def cleaning_up():
+    """Within: the command cleans up after a stop or an error (drops the case in progress, rewrites ``batch.json``,
+    releases its locks). A stop after the raised one only sets the flag here however late it comes: before, one that
+    came :data:`RAISE_AGAIN_S` after the first (a user pressing Ctrl-C again while a large staging folder was removed
+    from a slow disk) was taken for one after a swallowed stop and raised inside the clean-up, leaving the staging
+    folder and lock behind. A first stop still raises."""
+    handler = signal.getsignal(signal.SIGINT)
+    seen = handler.seen if isinstance(handler, CancelOnSignal) else None
+    if seen is not None:
+        seen.cleaning += 1
+    try:
+        yield
+    finally:
+        if seen is not None:
+            seen.cleaning -= 1
 
 
 def restore_handlers(previous: list) -> None:

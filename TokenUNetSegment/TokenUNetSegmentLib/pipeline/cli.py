@@ -213,33 +213,30 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (see :class:`.run_contract.ExitCode`).
-
-    Called without ``argv`` (a process of its own: ``tokenunet``, ``python -m``) it freezes the garbage collector's
-    objects before returning: the interpreter's exit then skips its collections over torch's hundreds of thousands
-    of objects, 0.4-0.5 s of every run with nothing to free that the process's end does not free.
-    """
-    code = _run(argv)
-    if argv is None:
-        import gc
-
-        gc.freeze()
-        if code == ExitCode.CANCELLED:
-            _end_cancelled_process(code)
-    return code
+    """Run the command line (``argv``, else ``sys.argv[1:]``); returns the exit code (see
+    :class:`.run_contract.ExitCode`). The caller's process goes on: its signal handlers are put back and nothing ends
+    it, also on a cancel (a script, a notebook, Slicer's console; the process of its own is :func:`run_as_process`)."""
+    return _run(argv)
 
 
 def run_as_process() -> NoReturn:
-    """``tokenunet`` and ``python -m TokenUNetSegmentLib.pipeline``: :func:`main`, then the process ends at once.
+    """``tokenunet`` and ``python -m TokenUNetSegmentLib.pipeline``: the command line, then the process ends at once.
 
-    Once the command has returned, its files written and closed, the interpreter's teardown of the 1,200 modules a
-    run imports (torch and MONAI) only frees what the process's end frees: 0.13 s of every run (median of 5, in a
-    process that imported what ``segment`` does). The exit runs the ``atexit`` callbacks and flushes stdout and
-    stderr first; while a thread other than a daemon still runs, the interpreter's own exit waits for it as before.
+    The command's stop handlers stay to the process's end (a second Ctrl-C while the cancel is reported changes
+    nothing), and a cancelled command's process ends with :func:`_end_cancelled_process`. Otherwise, once the command
+    has returned, its files written and closed and its stdout flushed (a write error reported as the command's),
+    the interpreter's teardown of the 1,200 modules a run imports (torch and MONAI) only frees what the process's end
+    frees: 0.13 s of every run (median of 5, in a process that imported what ``segment`` does). The exit runs the
+    ``atexit`` callbacks and flushes stdout and stderr first; while a thread other than a daemon still runs, the
+    interpreter's own exit waits for it as before, its collections skipped over the objects frozen here.
     """
     import atexit
+    import gc
 
-    code = main()
+    code = _run(None, own_process=True)
+    gc.freeze()
+    if code == ExitCode.CANCELLED:
+        _end_cancelled_process(code)
     others = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
     if others or not hasattr(atexit, "_run_exitfuncs"):
         sys.exit(code)
@@ -271,8 +268,9 @@ def _end_cancelled_process(code: int) -> None:
     os._exit(code)
 
 
-def _run(argv: list[str] | None) -> int:
-    """Parse ``argv`` and run its command; every error becomes one line (or event) and its exit code."""
+def _run(argv: list[str] | None, own_process: bool = False) -> int:
+    """Parse ``argv`` and run its command; every error becomes one line (or event) and its exit code. The stop
+    handlers are put back after the command unless this is the command line's ``own_process``."""
     import logging
 
     for stream in (sys.stdout, sys.stderr):  # file names that are not valid text are printed escaped
@@ -296,11 +294,13 @@ def _run(argv: list[str] | None) -> int:
         JSON_ERRORS.reset(json_errors)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     json_progress = getattr(args, "progress", None) == "json"
-    with _stops_cancel(restore=argv is not None), events_on_stderr(json_progress):  # C libraries' lines: events
+    with _stops_cancel(restore=not own_process), events_on_stderr(json_progress):  # C libraries' lines: events
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = _warning_printer(json_progress)
-                return COMMANDS[args.command](args)
+                code = COMMANDS[args.command](args)
+            sys.stdout.flush()  # its last lines: a full disk is told here, as the command's (``os._exit`` may follow)
+            return code
         except BrokenPipeError:  # the reader of our output went away (``| head``): nothing left to tell it
             with contextlib.suppress(OSError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .arguments import channel_names, device_name, integer, number, text
 from .background import BackgroundCall, switch_interval
-from .cancel_signals import install_cancel_handlers, restore_handlers
+from .cancel_signals import cleaning_up, install_cancel_handlers, restore_handlers
 from .cli import WRITE_START, ProgressPrinter
 from .outputs import ATTENTION_GRIDS, DEFAULT_ATTENTION_GRID
 from .run_contract import ExitCode, ResultEvent
@@ -326,9 +326,10 @@ def run_segment(args: argparse.Namespace, cancel=None) -> int:
             print(line)
         return ExitCode.OK
     except BaseException:  # errors, cancel, Ctrl-C: end the progress line before the message
-        printer.close()
-        if folder is not None:
-            folder.abort()  # the previous result stays as it was
+        with cleaning_up():
+            printer.close()
+            if folder is not None:
+                folder.abort()  # the previous result stays as it was
         raise
     finally:
         restore_handlers(handlers)

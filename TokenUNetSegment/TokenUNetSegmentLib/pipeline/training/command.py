@@ -184,31 +184,47 @@ def run_train(args: argparse.Namespace) -> int:
     short) with a line that names the checkpoints it keeps and ``--resume``."""
     import threading
 
-    from ..cancel_signals import install_cancel_handlers, restore_handlers
+    from ..cancel_signals import cleaning_up, install_cancel_handlers, restore_handlers
     from ..locks import DestinationLock
     from .recipe import Recipe
     from .trainer import _distributed, train
 
     rank, _ = _distributed()
-    handlers = install_cancel_handlers(threading.Event())
+    stop = threading.Event()  # set by Ctrl-C or SIGTERM
+    handlers = install_cancel_handlers(stop)
     try:
         if rank != 0:
-            return _train(args, train, Recipe, rank)
+            try:
+                return _train(args, train, Recipe, rank)
+            except Exception:
+                if stop.is_set():  # another process of the group stopped by the same signal: this one stops too
+                    raise KeyboardInterrupt from None
+                raise
         # one process checks and locks the folder; the others write nothing there but through it
         from ..output_folder import resolve_destination
 
         created = not os.path.lexists(resolve_destination(args.out))
         out = check_output(args.out, args.resume)
+        lock = DestinationLock(out, "train")
         try:
-            with DestinationLock(out, "train"):
+            lock.acquire()
+            try:
                 return _train(args, train, Recipe, rank)
+            finally:
+                with cleaning_up():  # a later stop does not cut the release short (:mod:`..cancel_signals`)
+                    lock.release()
         except BaseException as error:
-            if created:  # a run refused or failed before writing anything leaves no empty folder behind
-                with contextlib.suppress(OSError):
-                    out.rmdir()
-            kept = kept_after_a_stop(out) if isinstance(error, (KeyboardInterrupt, CancelledError)) else None
+            with cleaning_up():
+                if created:  # a run refused or failed before writing anything leaves no empty folder behind
+                    with contextlib.suppress(OSError):
+                        out.rmdir()
+                # an error while a stop is handled (a worker or another process of the group ended by the same signal)
+                stopped = isinstance(error, (KeyboardInterrupt, CancelledError)) or stop.is_set()
+                kept = kept_after_a_stop(out) if stopped else None
             if kept:
                 raise CancelledError("interrupted", kept) from None
+            if stopped and isinstance(error, Exception):
+                raise KeyboardInterrupt from None
             raise
     finally:
         restore_handlers(handlers)

@@ -252,7 +252,9 @@ def train(
     from torch.utils.data import DataLoader
 
     stream = PatchStream(sampler, (recipe.seed, rank, step))
-    loader = DataLoader(stream, batch_size=recipe.batch_size, num_workers=recipe.workers)
+    loader = DataLoader(
+        stream, batch_size=recipe.batch_size, num_workers=recipe.workers, worker_init_fn=_leave_stops_to_the_main
+    )
     iterator = iter(loader)
     while step < recipe.steps:
         if out_of_time():
@@ -351,6 +353,18 @@ def train(
         dist.barrier()
         dist.destroy_process_group()
     return package
+
+
+def _leave_stops_to_the_main(worker_id: int) -> None:
+    """A data loader worker ignores Ctrl-C and SIGTERM: the main process stops the run and ends its workers. Sent to
+    the whole process group (a batch system's stop, ``timeout``), SIGTERM killed the workers through torch's handler,
+    and the main process's SIGCHLD handler then raised "DataLoader worker ... is killed by signal" inside its cancel:
+    an internal error, exit 1, instead of the cancel's 130. (A worker left by a main process that died anyway ends by
+    torch's check of its parent.)"""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _check_labelled(cases: list[Case], count: int) -> None:
