@@ -493,3 +493,31 @@ def test_sigterm_to_a_training_with_data_loader_workers_is_a_cancel(tmp_path):
     _, err = run.communicate(timeout=60)
     assert run.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("interrupted; kept:"), err
+
+
+def test_a_signal_whose_handler_python_did_not_install_is_left_to_its_owner(monkeypatch):
+    """An application that embeds Python and set its own C handler for a stop signal before Python started (the
+    handler ``signal.getsignal`` reports as None): the commands' stop handlers and the held stop while a result is
+    put in place leave that signal alone, since Python could not put its handler back (before: ``signal.signal(...,
+    None)`` raised TypeError when the handlers were restored, after the run had finished)."""
+    from TokenUNetSegmentLib.pipeline import cancel_signals, output_folder
+
+    real_getsignal, real_signal = signal.getsignal, signal.signal
+    replaced = []
+
+    def getsignal(signum):
+        return None if signum == signal.SIGTERM else real_getsignal(signum)
+
+    def replace(signum, handler):
+        replaced.append(signum)
+        return real_signal(signum, handler)
+
+    monkeypatch.setattr(signal, "getsignal", getsignal)
+    monkeypatch.setattr(signal, "signal", replace)
+    previous = cancel_signals.install_cancel_handlers(threading.Event())
+    cancel_signals.restore_handlers(previous)
+    with output_folder._deferred_signals([]):
+        pass
+    assert signal.SIGTERM not in replaced
+    assert signal.SIGINT in replaced  # Python's own handler is still replaced and put back
+    assert real_getsignal(signal.SIGINT) is signal.default_int_handler

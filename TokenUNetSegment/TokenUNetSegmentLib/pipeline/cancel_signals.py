@@ -63,13 +63,15 @@ class CancelOnSignal:
 
 def install_cancel_handlers(event: threading.Event) -> list:
     """Ctrl-C, SIGTERM (and Windows' SIGBREAK) cancel through ``event`` (:class:`CancelOnSignal`); the previous
-    handlers, to put back. Nothing is installed outside the main thread (signals are not delivered there)."""
+    handlers, to put back. Nothing is installed outside the main thread (signals are not delivered there), nor for a
+    signal whose handler was not set from Python (an embedding application's own: Python could not put it back)."""
     previous = []
     if threading.current_thread() is threading.main_thread():
         enclosing = signal.getsignal(signal.SIGINT)
         handler = CancelOnSignal(event, enclosing.seen if isinstance(enclosing, CancelOnSignal) else None)
         for signum in STOP_SIGNALS:
-            previous.append((signum, signal.signal(signum, handler)))
+            if signal.getsignal(signum) is not None:  # None: a handler not set from Python, which it cannot restore
+                previous.append((signum, signal.signal(signum, handler)))
     return previous
 
 

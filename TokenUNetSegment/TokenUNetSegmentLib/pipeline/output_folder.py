@@ -738,6 +738,8 @@ def _deferred_signals(warnings: list[str]):
     names = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
     previous = {}
     for signum in names:
+        if signal.getsignal(signum) is None:  # an embedding application's own handler: Python could not restore it
+            continue
         try:
             previous[signum] = signal.signal(signum, lambda number, _frame: received.append(number))
         except (ValueError, OSError):
