@@ -401,3 +401,39 @@ def test_a_one_channel_datasets_modality_is_matched_to_any_models_modality():
         else:
             with pytest.raises(InputError, match=re.escape(refused)):
                 datasets.model_channel_order([dataset], inputs, "m", where)
+
+
+def test_datalist_out_naming_one_of_the_datasets_own_images_or_labels_is_refused_even_with_overwrite(tmp_path, capsys):
+    """``datalist ... --out imagesTr/case.nii.gz --overwrite``, or a link to a label map or a TotalSegmentator mask
+    (before: only dataset.json, meta.csv, --table and --config were refused; the user's scan or label map was replaced
+    by a JSON datalist)."""
+    msd = tmp_path / "Task03_Liver"
+    image, masks = phantom(0)
+    write(image, msd / "imagesTr" / "liver_0.nii.gz")
+    write(masks["liver"].astype(np.uint8), msd / "labelsTr" / "liver_0.nii.gz")
+    spec = {"labels": {"0": "background", "1": "liver"}, "modality": {"0": "CT"},
+            "training": [{"image": "./imagesTr/liver_0.nii.gz", "label": "./labelsTr/liver_0.nii.gz"}]}  # fmt: skip
+    (msd / "dataset.json").write_text(json.dumps(spec))
+    ts = totalsegmentator_dataset(tmp_path / "ts", cases=2)
+    for index in (1, 2):
+        write(image, tmp_path / "img" / f"img{index:04d}.nii.gz")
+        write(masks["liver"].astype(np.uint8), tmp_path / "label" / f"label{index:04d}.nii.gz")
+    (tmp_path / "link.nii.gz").symlink_to(msd / "labelsTr" / "liver_0.nii.gz")
+    os.link(tmp_path / "label" / "label0002.nii.gz", tmp_path / "hard.nii.gz")
+    folders = ["folders", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "label"), "--table", "btcv"]
+    for layout, out, said in [
+        (["decathlon", str(msd)], msd / "imagesTr" / "liver_0.nii.gz", "the image of case liver_0"),
+        (["decathlon", str(msd)], tmp_path / "link.nii.gz", "the label map of case liver_0"),
+        (["totalsegmentator", str(ts)], ts / "s0001/segmentations/spleen.nii.gz", "the spleen mask of case s0001"),
+        (["totalsegmentator", str(ts)], ts / "s0000/ct.nii.gz", "the image of case s0000"),
+        (folders, tmp_path / "hard.nii.gz", "the label map of case img0002"),
+    ]:
+        before = out.read_bytes()
+        assert cli.main(["datalist", *layout, "--out", str(out), "--overwrite"]) == 2, out
+        err = capsys.readouterr().err
+        assert f"--out {out.name} is {said}, which the datalist lists" in err, err
+        assert "write the datalist elsewhere" in err and out.read_bytes() == before
+    out = tmp_path / "img" / "notes.json"  # a file in the dataset's folders that the datalist does not list
+    out.write_text("{}")
+    assert cli.main(["datalist", *folders, "--out", str(out), "--overwrite"]) == 0
+    assert read_datalist(out)["training"][0]["label"].endswith("label0001.nii.gz")

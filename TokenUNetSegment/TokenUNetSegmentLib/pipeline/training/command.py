@@ -420,6 +420,28 @@ def _refuse_out_over_an_input(args: argparse.Namespace) -> None:
             raise InputError(f"--out {out.name} is {what}, which this command reads", "write the datalist elsewhere")
 
 
+def _refuse_out_over_a_listed_file(out: Path, given: str, datalist: dict) -> None:
+    """``--out`` may not be (or link to) an image or label map the datalist lists, ``--overwrite`` or not: the
+    user's scan would be replaced by the datalist. Checked once the dataset is scanned, before anything is written."""
+    import os
+
+    from .datasets import listed_files
+
+    try:
+        target = os.stat(out)
+    except OSError:  # not there yet: nothing of the dataset's to lose
+        return
+    for path, what in listed_files(datalist):
+        try:
+            listed = os.stat(path)
+        except OSError:
+            continue
+        if (listed.st_dev, listed.st_ino) == (target.st_dev, target.st_ino):
+            raise InputError(
+                f"--out {Path(given).name} is {what}, which the datalist lists ({path})", "write the datalist elsewhere"
+            )
+
+
 def run_datalist(args: argparse.Namespace) -> int:
     from ..output_folder import check_file_destination, write_file_atomically
     from . import datasets
@@ -450,6 +472,7 @@ def run_datalist(args: argparse.Namespace) -> int:
     else:
         inputs = config.inputs if config else None
         datalist, report = datasets.decathlon(args.root, labels, args.validation_fraction, inputs, config and config.id)
+    _refuse_out_over_a_listed_file(out, args.out, datalist)
     write_file_atomically(out, json.dumps(datalist, indent=2) + "\n")  # all at once
     cases = len(datalist["training"]), len(datalist.get("validation", []))
     print(f"wrote {out}: {cases[0]} training and {cases[1]} validation cases, {report['structures']} structures")

@@ -93,6 +93,23 @@ def written_by_datalist(path: Path) -> bool:
     return isinstance(description, str) and description.startswith(tuple(f"{s} dataset at " for s in SOURCES))
 
 
+def listed_files(datalist: dict):
+    """Each file a datalist of these readers lists, as ``(path, what it is)``: the images and label maps (or
+    TotalSegmentator's masks) of every case, the paths joined to its ``dataroot``."""
+    root = Path(datalist["dataroot"])
+    for entry in (*datalist.get("training", ()), *datalist.get("validation", ())):
+        case = entry["name"]
+        images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
+        names = entry.get("channels") if len(images) > 1 else None
+        for index, image in enumerate(images):
+            yield root / image, f"the {names[index] + ' ' if names else ''}image of case {case}"
+        if isinstance(entry["label"], dict):
+            for structure, mask in entry["label"].items():
+                yield root / mask, f"the {structure} mask of case {case}"
+        else:
+            yield root / entry["label"], f"the label map of case {case}"
+
+
 def _partial(names: list[str], model_labels) -> bool:
     keys = {name_key(n) for n in names}
     return bool(model_labels) and any(name_key(label) not in keys for label in model_labels)
