@@ -368,3 +368,24 @@ def test_an_mr_model_runs_the_variants_that_suit_it_and_says_which_it_left_out(t
     assert "plain" in rows and "oblique" in rows and "mid-liver start" in rows  # geometry and anatomy: any modality
     assert not any(row.startswith("noise") for row in rows) and written["left_out"] == [f"{says}: left out"]
     assert robustness.variants_for(None, "CT", "ct") == (list(robustness.ALL_VARIANTS), [])
+
+
+def test_evaluate_robustness_called_directly_leaves_out_the_hu_noise_for_an_mr_model_as_the_cli_does():
+    """``evaluate_robustness(...)`` from Python (as ``scripts/demo-model/build.py`` calls it) chooses the variants as
+    the command does (before: only the CLI's ``variants_for`` left the 40 HU noise out for an MR model; the API ran it
+    and tabulated "noise 40 HU" for MR intensities)."""
+    from TokenUNetSegmentLib.pipeline.errors import InputError
+
+    image, reference = liver_phantom((24, 24, 24))
+    volume = Volume(image, affine_from_spacing(SPACING))
+    config = tiny_config("liver-mr", labels=1, spacing=SPACING, roi=(16, 16, 16), intensity={"method": "zscore"})
+    config["labels"][0]["name"], config["inputs"][0]["modality"] = "liver", "MR"
+    package = package_in_memory(ThresholdNet(), config, "threshold")
+    labels = Volume(reference, volume.affine)
+    result = evaluate_robustness(package, volume, labels, {1: "liver"}, device="cpu", tokens=False)
+    rows = [row["variant"] for row in result["variants"]]
+    assert "plain" in rows and "oblique" in rows and not any(row.startswith("noise") for row in rows), rows
+    says = "the noise variant adds Gaussian noise of 40 HU, a CT's unit; model 'liver-mr' takes MR"
+    assert result["left_out"] == [f"{says}: left out"]
+    with pytest.raises(InputError, match="leave noise out of --variants"):
+        evaluate_robustness(package, volume, labels, {1: "liver"}, ["plain", "noise"], device="cpu", tokens=False)

@@ -267,15 +267,20 @@ def _best_token_dice(result, reference: np.ndarray, pairs) -> dict:
 
 
 def evaluate_robustness(
-    package, image, reference, names: dict[int, str], wanted=ALL_VARIANTS, device="auto", tokens=True, progress=None
+    package, image, reference, names: dict[int, str], wanted=None, device="auto", tokens=True, progress=None
 ) -> dict:
     """Segment every variant of ``image`` (a Volume) with ``package`` and score it against ``reference`` (a
-    label Volume named by ``names``)."""
+    label Volume named by ``names``).
+
+    ``wanted``: the variants (names of :data:`ALL_VARIANTS`); None for every one that suits the model's modality,
+    as the command chooses them (:func:`variants_for`): those in HU are left out for a model that takes no CT, and
+    the result's ``"left_out"`` says so. Asking for one of those by name is refused (InputError)."""
     from .evaluate import check_distinct_names, label_metrics
     from .geometry import resample
     from .label_values import check_label_values
     from .segmentation import segment
 
+    wanted, left_out = variants_for(wanted, package.config.inputs[0].modality, package.id)
     check_distinct_names(names, "the reference's")
     check_label_values(reference.array, Path(reference.name).name)  # before rounding: a probability map is refused
     ref = np.asarray(reference.array)
@@ -343,7 +348,7 @@ def evaluate_robustness(
     if progress:
         progress("done", 1.0)
     out = {"model": package.id, "labels": [n for _, _, n in pairs], "variants": rows, "best_token": tokens_out}
-    return {**out, "calibration": summarise(confidence_pairs(out))}
+    return {**out, "calibration": summarise(confidence_pairs(out)), **({"left_out": left_out} if left_out else {})}
 
 
 def _judgement(assessment) -> dict:
@@ -571,7 +576,7 @@ def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
             f"channels ({', '.join(channel.name for channel in inputs)})",
             "measure a one-channel model",
         )
-    variants, left_out = variants_for(args.variants, inputs[0].modality, metadata.id)
+    _, left_out = variants_for(args.variants, inputs[0].modality, metadata.id)  # before the weights load
     for note in left_out:
         print(f"note: {note}", file=sys.stderr)
     package = load_package(path)
@@ -583,15 +588,13 @@ def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
             read_volume(case["image"]),
             read_volume(case["label"]),
             case["names"],
-            variants,
+            args.variants,  # chosen for the model as above; the result says which were left out
             args.device,
             not args.no_tokens,
             progress=_announce(case["name"]),
         )
         result["case"] = case["name"]
         result["image"] = case["image"]
-        if left_out:
-            result["left_out"] = left_out
         results.append(result)
     tables = "\n\n".join(
         f"### {r['case']} ({r['model']})\n\n{format_table(r)}\n\nConfidence against Dice: "
