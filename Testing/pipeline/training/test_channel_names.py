@@ -336,3 +336,30 @@ def test_batch_refuses_channels_that_are_no_list_of_names_saying_they_may_name_f
             cases_from_datalist(datalist)
         assert "what each file of 'image' (or each volume of one 4D image) holds" in refused.value.message, bad
         assert '"channels": ["FLAIR", "T1w", "t1gd", "T2w"]' in refused.value.hint
+
+
+def test_a_case_with_another_count_of_channels_than_the_model_is_refused_saying_what_to_do(tmp_path, capsys):
+    """Four sequence files per case for a three-channel configuration: named in the datalist's ``"channels"``
+    (``channels.order_named_files``) or not (``load_case``), ``train`` refuses in one line that says what to do
+    (before: "... has 4 image channels; the model takes 3" and no hint)."""
+    root = nnunet_dataset(tmp_path / "Dataset001_BrainTumour", cases=1)
+    out = tmp_path / "list.json"
+    assert cli.main(["datalist", "decathlon", str(root), "--out", str(out)]) == 0
+    config = tiny_config("brats-three", in_channels=3, labels=2, roi=ROI, intensity={"method": "zscore"})
+    for entry, name in zip(config["inputs"], ("T1", "T1c", "T2"), strict=True):
+        entry.update(name=name, modality="MR")
+    config["labels"][0]["name"], config["labels"][1]["name"] = "edema", "enhancing"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    unnamed = json.loads(out.read_text())
+    del unnamed["training"][0]["channels"]
+    (tmp_path / "unnamed.json").write_text(json.dumps(unnamed))
+    for datalist, says, hint in [
+        (out, "has 4 image channels (FLAIR, T1w, t1gd, T2w); the model takes 3 (T1, T1c, T2)",
+         "(give one file per model channel, or choose a model that takes 4)"),
+        (tmp_path / "unnamed.json", "has 4 image channels; the model takes 3 (T1, T1c, T2)",
+         "(list one image per model channel in 'image', or train a configuration whose 'inputs' name 4)"),
+    ]:  # fmt: skip
+        run = ["train", str(datalist), "--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "run")]
+        assert cli.main([*run, "--steps", "1"]) == 2
+        err = capsys.readouterr().err
+        assert says in err and hint in err and err.count("\n") == 1, err

@@ -252,7 +252,8 @@ def order_named_files(files: Sequence, names: Sequence[str], channels: Sequence,
     if len(files) != len(channels):
         raise InputError(
             f"{where} has {len(files)} image channels ({', '.join(map(str, names))}); the model takes "
-            f"{len(channels)} ({listed})"
+            f"{len(channels)} ({listed})",
+            f"give one file per model channel, or choose a model that takes {len(files)}",
         )
     what = [f"{where}'s 'channels' for {Path(file).name}" for file in files]
     chosen = match_names(names, channels, model, what)

@@ -306,8 +306,10 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
     typed = parse_config(cfg, "training configuration")
     volumes, channels = _case_volumes(entry, typed, cfg.get("id", "being trained"))
     if len(volumes) != len(cfg["inputs"]):
+        listed = ", ".join(channel.name for channel in typed.inputs)
         raise InputError(
-            f"case {entry['name']} has {len(volumes)} image channels; the model takes {len(cfg['inputs'])}"
+            f"case {entry['name']} has {len(volumes)} image channels; the model takes {len(cfg['inputs'])} ({listed})",
+            f"list one image per model channel in 'image', or train a configuration whose 'inputs' name {len(volumes)}",
         )
     values, label_grid = read_label_values(entry, volumes[0].grid)
     if not (overlaps(volumes[0].grid, label_grid) and overlaps(label_grid, volumes[0].grid)):
