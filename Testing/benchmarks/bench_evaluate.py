@@ -11,6 +11,8 @@ The values are compared too: Dice and volumes must be equal, HD95 equal within f
 
 - ``dice``: ``label_metrics(hd95=False)``, 12 box-shaped organs on 200 x 512 x 512 (52 M voxels), the prediction
   shifted by 3 voxels (the case of diffreview23's report).
+- ``evaluate``: the whole ``evaluate_files(hd95=False)`` on that case written as two NIfTI files with a name table
+  (reading, checks and all).
 - ``hd95 far``: two 20^3 cubes at opposite corners of 512 x 512 x 300, spacing 0.8 x 0.8 x 1.0 mm.
 - ``hd95 balls``: two overlapping balls of radius 50 and 47 voxels (about 30 000 edge voxels each) on 200^3.
 - ``hd95 mid``: cubes of 40^3, 80 voxels apart, on 200^3 (near the switch between all pairs and the distance map).
@@ -21,8 +23,10 @@ The values are compared too: Dice and volumes must be equal, HD95 equal within f
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -88,7 +92,25 @@ def child(lib: str, case: str, size: float, repeats: int) -> dict:
     import numpy as np
     from TokenUNetSegmentLib.pipeline import evaluate
 
-    if case == "dice":
+    if case == "evaluate":
+        import SimpleITK as sitk
+
+        predicted, reference, pairs, spacing = dice_case(size)
+        folder = Path(tempfile.mkdtemp(prefix="bench-evaluate-files-"))
+        atexit.register(shutil.rmtree, folder, True)
+        for name, array in (("pred", predicted), ("ref", reference)):
+            image = sitk.GetImageFromArray(array.astype(np.uint8))
+            image.SetSpacing(spacing[::-1])
+            sitk.WriteImage(image, str(folder / f"{name}.nii"))
+        names = folder / "names.json"
+        names.write_text(json.dumps({str(value): name for value, _, name in pairs}))
+        del predicted, reference
+        files = str(folder / "pred.nii"), str(folder / "ref.nii")
+
+        def call():
+            result = evaluate.evaluate_files(*files, names, names, hd95=False)
+            return {name: [m["dice"], m["volume_ml"], m["reference_ml"]] for name, m in result["labels"].items()}
+    elif case == "dice":
         predicted, reference, pairs, spacing = dice_case(size)
         evaluate.label_metrics(predicted[:2], reference[:2], pairs, spacing, hd95=False)  # imports, not timed
 
@@ -126,7 +148,7 @@ def measure(lib: Path, case: str, size: float, repeats: int) -> dict:
 
 
 def same(case: str, old, new) -> bool:
-    if case == "dice":
+    if case in ("dice", "evaluate"):
         return old == new
     return abs(old - new) <= 1e-5 * max(abs(old), 1e-9)
 
@@ -140,7 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", default="f108163", help="git revision to measure against")
     parser.add_argument("--size", type=float, default=1.0, help="scale of every grid's sides")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cases", nargs="+", default=["dice", "hd95 far", "hd95 balls", "hd95 mid"])
+    parser.add_argument("--cases", nargs="+", default=["dice", "evaluate", "hd95 far", "hd95 balls", "hd95 mid"])
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -161,7 +183,7 @@ def main(argv=None) -> int:
                 f"{case:11s} baseline {old['seconds']:7.2f} s {old['added_bytes'] / 2**20:7.0f} MiB | "
                 f"now {new['seconds']:7.2f} s {new['added_bytes'] / 2**20:7.0f} MiB | "
                 f"time ratio baseline / now {ratio:6.2f} | values {'equal' if agree else 'DIFFER'}"
-                + (f" ({old['value']:.4f} mm)" if case != "dice" else "")
+                + (f" ({old['value']:.4f} mm)" if case.startswith("hd95") else "")
             )
             figures[case] = {"baseline": old, "now": new, "ratio": ratio, "equal": agree}
     if args.json:

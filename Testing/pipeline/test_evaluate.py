@@ -500,3 +500,4 @@ def test_dice_from_voxel_counts_equals_monais_compute_dice(monkeypatch):
         metrics = label_metrics(predicted, reference, pairs, spacing, hd95=False)
         for name, values in wanted.items():
             assert {key: metrics[name][key] for key in values} == values, name
+    assert label_metrics(organs.astype(np.float32), organs, [], spacing) == {}  # nothing to compare

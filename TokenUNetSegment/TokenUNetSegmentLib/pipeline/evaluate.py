@@ -134,6 +134,8 @@ def _value_indices(chunk: np.ndarray, values: np.ndarray, lookup: tuple[int, np.
     if lookup is not None:
         low, table = lookup
         return table[chunk.astype(np.intp, copy=False) - low if low else chunk]
+    if not len(values):
+        return np.zeros(chunk.shape, np.intp)
     position = np.minimum(np.searchsorted(values, chunk), len(values) - 1)
     return np.where(values[position] == chunk, position, len(values))
 
