@@ -389,3 +389,17 @@ def test_evaluate_robustness_called_directly_leaves_out_the_hu_noise_for_an_mr_m
     assert result["left_out"] == [f"{says}: left out"]
     with pytest.raises(InputError, match="leave noise out of --variants"):
         evaluate_robustness(package, volume, labels, {1: "liver"}, ["plain", "noise"], device="cpu", tokens=False)
+
+
+def test_the_variants_asked_for_through_the_api_are_checked_by_name():
+    """``evaluate_robustness(..., wanted)`` from Python: a name that is no variant is refused (before: a typo such as
+    "nosie" was skipped without a word), and one name given as a string is that variant (before: since the variants
+    are chosen by ``variants_for``, the string "noise" became the letters n, o, i, s, e, and nothing ran)."""
+    from TokenUNetSegmentLib.pipeline.errors import InputError
+
+    with pytest.raises(InputError, match="'nosie' is no robustness variant"):
+        robustness.variants_for(["plain", "nosie"], "CT", "ct")
+    assert robustness.variants_for("noise", "CT", "ct") == (["noise"], [])
+    assert robustness.variants_for(("slabs", "plain"), "MR", "mr") == (["slabs", "plain"], [])
+    with pytest.raises(InputError, match="leave noise out of --variants"):
+        robustness.variants_for("noise", "MR", "mr")

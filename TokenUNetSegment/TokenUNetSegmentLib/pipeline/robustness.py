@@ -479,8 +479,13 @@ def variants_for(asked, modality: str, model: str) -> tuple[list[str], list[str]
     on each left out (those in HU, for a model that does not take CT).
 
     Raises:
-        InputError: a variant asked for by name that the model's modality cannot take.
+        InputError: a name that is no variant, or a variant asked for by name that the model's modality cannot take.
     """
+    if isinstance(asked, str):  # one name, not its letters
+        asked = [asked]
+    for name in asked or ():
+        if name not in ALL_VARIANTS:
+            raise InputError(f"{str(name)[:40]!r} is no robustness variant", f"choose from {', '.join(ALL_VARIANTS)}")
     wanted = list(ALL_VARIANTS) if asked is None else list(asked)
     if not modality or modality.upper() == "CT":
         return wanted, []
