@@ -359,16 +359,22 @@ def test_datalist_totalsegmentator_refuses_a_configuration_that_takes_no_ct(tmp_
     assert not out.exists()
 
 
-def test_datalist_out_naming_the_datasets_own_dataset_json_is_refused_even_with_overwrite(tmp_path, capsys):
-    """``datalist decathlon ROOT --out ROOT/dataset.json --overwrite`` (before: the dataset's own dataset.json, which
-    the command had just read, replaced by the datalist: the dataset's labels and channel names lost)."""
-    root = tmp_path / "Task03_Liver"
+def one_case_liver_msd(root: Path):
+    """A one-case MSD liver dataset at ``root`` (``imagesTr``, ``labelsTr``, ``dataset.json``); the phantom written."""
     image, masks = phantom(0)
     write(image, root / "imagesTr" / "liver_0.nii.gz")
     write(masks["liver"].astype(np.uint8), root / "labelsTr" / "liver_0.nii.gz")
     spec = {"labels": {"0": "background", "1": "liver"}, "modality": {"0": "CT"},
             "training": [{"image": "./imagesTr/liver_0.nii.gz", "label": "./labelsTr/liver_0.nii.gz"}]}  # fmt: skip
     (root / "dataset.json").write_text(json.dumps(spec))
+    return image, masks
+
+
+def test_datalist_out_naming_the_datasets_own_dataset_json_is_refused_even_with_overwrite(tmp_path, capsys):
+    """``datalist decathlon ROOT --out ROOT/dataset.json --overwrite`` (before: the dataset's own dataset.json, which
+    the command had just read, replaced by the datalist: the dataset's labels and channel names lost)."""
+    root = tmp_path / "Task03_Liver"
+    image, masks = one_case_liver_msd(root)
     before = (root / "dataset.json").read_bytes()
     argv = ["datalist", "decathlon", str(root), "--out", str(root / "dataset.json"), "--overwrite"]
     assert cli.main(argv) == 2
@@ -408,12 +414,7 @@ def test_datalist_out_naming_one_of_the_datasets_own_images_or_labels_is_refused
     (before: only dataset.json, meta.csv, --table and --config were refused; the user's scan or label map was replaced
     by a JSON datalist)."""
     msd = tmp_path / "Task03_Liver"
-    image, masks = phantom(0)
-    write(image, msd / "imagesTr" / "liver_0.nii.gz")
-    write(masks["liver"].astype(np.uint8), msd / "labelsTr" / "liver_0.nii.gz")
-    spec = {"labels": {"0": "background", "1": "liver"}, "modality": {"0": "CT"},
-            "training": [{"image": "./imagesTr/liver_0.nii.gz", "label": "./labelsTr/liver_0.nii.gz"}]}  # fmt: skip
-    (msd / "dataset.json").write_text(json.dumps(spec))
+    image, masks = one_case_liver_msd(msd)
     ts = totalsegmentator_dataset(tmp_path / "ts", cases=2)
     for index in (1, 2):
         write(image, tmp_path / "img" / f"img{index:04d}.nii.gz")
