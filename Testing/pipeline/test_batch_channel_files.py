@@ -50,7 +50,10 @@ def test_a_folder_of_channel_files_is_one_case_per_case_id_placed_by_its_dataset
     out = tmp_path / "out"
     assert batch(dataset / "imagesTs", "--model", brain_package, "--out", out, *FAST) == 0
     document = summary(out)
-    assert [(case["name"], case["status"]) for case in document["cases"]] == [("BRATS_001", "done"), ("BRATS_002", "done")]
+    assert [(case["name"], case["status"]) for case in document["cases"]] == [
+        ("BRATS_001", "done"),
+        ("BRATS_002", "done"),
+    ]
     assert document["cases"][0]["inputs"] == [str(file) for file in files[:4]]
     assert channel_of_each_file(out / "BRATS_001") == EXPECTED
     alone = tmp_path / "alone"

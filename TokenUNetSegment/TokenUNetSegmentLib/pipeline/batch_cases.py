@@ -204,7 +204,9 @@ def cases_in_folder(
     (left out). ``channels``, ``model_inputs``: as :func:`cases_from_paths` takes them."""
     from .channel_file_cases import channel_file_cases
 
-    entries = [entry for entry in sorted(folder.iterdir(), key=lambda item: item.name) if not entry.name.startswith(".")]
+    entries = [
+        entry for entry in sorted(folder.iterdir(), key=lambda item: item.name) if not entry.name.startswith(".")
+    ]
     volumes = [entry for entry in entries if entry.is_file() and volume_stem(entry) is not None]
     grouped = {case.files[0]: case for case in channel_file_cases(folder, volumes, channels, model_inputs)}
     in_groups = {file for case in grouped.values() for file in case.files}

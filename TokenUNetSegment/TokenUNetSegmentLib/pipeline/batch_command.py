@@ -28,12 +28,12 @@ import time
 import traceback
 from pathlib import Path
 
+from .arguments import channel_names
 from .cancel_signals import cleaning_up
 from .cli import ProgressPrinter
 from .locks import hidden_sibling, lock_path
 from .result_key import RESULT_OPTIONS
 from .run_contract import CaseEvent, ErrorEvent, ExitCode, ResultEvent, one_line
-from .arguments import channel_names
 from .segment_command import add_run_options
 
 BATCH_MARK = "tokenunet_batch"  # the key that tells an earlier batch.json from a file of the user's
@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what nnU-Net's channel files of each case in a folder (CASE_0000.nii.gz, CASE_0001.nii.gz, ...) hold, in "
         "the order of their numbers, or the volumes of each 4D NIfTI image CASE, comma-separated, e.g. "
         "FLAIR,T1,T1c,T2 (the model's channel names, any case, synonyms such as t1gd); default: their dataset.json "
-        "(beside the files or beside their imagesTr/imagesTs folder); a datalist's entries name theirs in \"channels\"",
+        '(beside the files or beside their imagesTr/imagesTs folder); a datalist\'s entries name theirs in "channels"',
     )
     parser.add_argument(
         "--section",
@@ -104,7 +104,7 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
         raise InputError("--section chooses a list of the --datalist, and there is none", "add --datalist FILE.json")
     if args.channels is not None and not args.cases:
         raise InputError(
-            "--channels names the channels of the CASE files; a datalist's entries name theirs in \"channels\"",
+            '--channels names the channels of the CASE files; a datalist\'s entries name theirs in "channels"',
             "drop --channels, or give the files as CASE",
         )
     printer = ProgressPrinter(args.progress)
