@@ -1,9 +1,9 @@
 """What a result was made from, recorded in its ``report.json`` as ``"made_from"``: the options that shape its files,
 the order of a 4D image's channels and each input file's size, modification time, change time and inode (a folder:
 of every file below it; nnU-Net-numbered files or a NIfTI image named by nothing else: also their dataset.json's).
-``batch --resume`` skips a case only when this and the model's weights (their SHA256) are what the new run would use; anything else
-(more outputs asked for, another overlap, a scan replaced under the same name, a retrained model of the same version)
-runs the case again.
+``batch --resume`` skips a case only when this and the model's weights (their SHA256) are what the new run would use;
+anything else (more outputs asked for, another overlap, a scan replaced under the same name, a retrained model of the
+same version) runs the case again.
 
 Torch-free: it is computed before any voxel is read. Options that change only the speed (``--device``,
 ``--batch-size``) are not part of it.
