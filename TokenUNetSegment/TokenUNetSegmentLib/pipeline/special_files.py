@@ -45,6 +45,19 @@ def open_regular(path: str | Path):
         raise
 
 
+def special_entries(folder: str | Path) -> list[tuple[str, str]]:
+    """(name, what it is) of the entries of ``folder`` that are no files nor folders (FIFOs, sockets, devices), in
+    name order; none opened."""
+    found = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.is_file() and not entry.is_dir():
+                kind = special_kind(entry.path)
+                if kind is not None:
+                    found.append((entry.name, kind))
+    return sorted(found)
+
+
 def special_entries_note(names_and_kinds: list[tuple[str, str]], where: str) -> str:
     """A note on the entries of ``where`` left out because they are no files, e.g. ``left out pipe.nii.gz (a named
     pipe (FIFO), not a file)``."""
