@@ -181,3 +181,16 @@ def test_resume_runs_a_4d_image_again_when_its_dataset_json_orders_its_volumes_o
     assert run()[0] == "skipped"
     write_dataset_json(dataset, names=("T2w", "T1w", "t1gd", "FLAIR"), key="modality")
     assert run() == ("done", {"T1": 1, "T1c": 2, "T2": 0, "FLAIR": 3})
+
+
+def test_channel_files_given_one_by_one_are_grouped_as_a_folders_are(tmp_path, brain_package):
+    """``batch imagesTs/*.nii.gz`` (the shell lists the files): the same cases as the folder, in the place of their
+    first file; a BraTS-named case given beside them stays itself."""
+    dataset = tmp_path / "Dataset001_BrainTumour"
+    files = channel_files(dataset / "imagesTs")
+    write_dataset_json(dataset)
+    out = tmp_path / "out"
+    assert batch(*files[4:], *files[:4], "--model", brain_package, "--out", out, *FAST) == 0
+    cases = summary(out)["cases"]
+    assert [(case["name"], len(case["inputs"])) for case in cases] == [("BRATS_002", 4), ("BRATS_001", 4)]
+    assert channel_of_each_file(out / "BRATS_001") == EXPECTED

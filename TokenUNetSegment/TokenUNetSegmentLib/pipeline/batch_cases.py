@@ -82,6 +82,7 @@ def cases_from_paths(
     from .special_files import special_kind
 
     cases: list[BatchCase] = []
+    direct: list[BatchCase] = []  # volume files given themselves
     notes: list[str] = []
     for given in paths:
         path = Path(given).expanduser()
@@ -133,7 +134,37 @@ def cases_from_paths(
             )
         stack_names = tuple(channels) if channels and volume_stem(path) is not None else None
         cases.append(BatchCase(_case_name(path), (str(path.resolve()),), str(given), stack_names, OPTION))
-    return _named_apart(cases), notes
+        if path.is_file() and volume_stem(path) is not None:
+            direct.append(cases[-1])
+    return _named_apart(_channel_files_given(cases, direct, channels, model_inputs)), notes
+
+
+def _channel_files_given(
+    cases: list[BatchCase], direct: list[BatchCase], channels: Sequence[str] | None, model_inputs: Sequence[str] | None
+) -> list[BatchCase]:
+    """``cases`` with the nnU-Net channel files given one by one (``direct``: ``imagesTs/*.nii.gz``) grouped as a
+    folder's are (:mod:`.channel_file_cases`), each group in the place of its first file."""
+    from .channel_file_cases import channel_file_cases
+
+    source = {case.inputs[0]: case.source for case in direct}
+    given: dict[Path, list[Path]] = {}
+    for case in direct:
+        given.setdefault(Path(case.inputs[0]).parent, []).append(Path(case.inputs[0]))
+    first: dict[str, BatchCase] = {}
+    taken: set[str] = set()
+    for folder, files in given.items():
+        for found in channel_file_cases(folder, files, channels, model_inputs):
+            inputs = tuple(str(file) for file in found.files)
+            first[inputs[0]] = BatchCase(found.name, inputs, source[inputs[0]], found.names, OPTION, found.refused)
+            taken.update(inputs)
+    ids = {id(case) for case in direct}
+    kept = []
+    for case in cases:
+        if id(case) not in ids or case.inputs[0] not in taken:
+            kept.append(case)
+        elif case.inputs[0] in first:
+            kept.append(first.pop(case.inputs[0]))
+    return kept
 
 
 def _inner_volumes(folder: Path) -> list[Path]:
@@ -208,13 +239,16 @@ def cases_in_folder(
         entry for entry in sorted(folder.iterdir(), key=lambda item: item.name) if not entry.name.startswith(".")
     ]
     volumes = [entry for entry in entries if entry.is_file() and volume_stem(entry) is not None]
-    grouped = {case.files[0]: case for case in channel_file_cases(folder, volumes, channels, model_inputs)}
-    in_groups = {file for case in grouped.values() for file in case.files}
+    resolved = {entry.resolve(): entry for entry in volumes}  # read resolved when the case runs: grouped so
+    grouped = {
+        resolved[case.files[0]]: case for case in channel_file_cases(folder, list(resolved), channels, model_inputs)
+    }
+    in_groups = {resolved[file] for case in grouped.values() for file in case.files}
     cases, left_out = [], []
     for entry in entries:
         if entry in grouped:
             found = grouped[entry]
-            files = tuple(str(file.resolve()) for file in found.files)
+            files = tuple(str(file) for file in found.files)
             cases.append(BatchCase(found.name, files, str(entry), found.names, OPTION, found.refused))
         elif entry in in_groups:
             continue

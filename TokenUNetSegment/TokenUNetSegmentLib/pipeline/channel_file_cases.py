@@ -36,21 +36,23 @@ class ChannelFileCase:
 def channel_file_cases(
     folder: Path, files: Sequence[Path], names: Sequence[str] | None = None, model_inputs: Sequence[str] | None = None
 ) -> list[ChannelFileCase]:
-    """The cases of nnU-Net channel files among the volume ``files`` of ``folder``, in name order (files in none of
-    them stay cases of their own). ``names``: ``--channels``, what channels 0, 1, ... hold; ``model_inputs``: the
-    model's channel names (None when not known before it is downloaded).
+    """The cases of nnU-Net channel files among the volume ``files`` of ``folder`` (resolved: as they are read when the
+    case runs; one case's files in one folder), in name order (files in none of them stay cases of their own).
+    ``names``: ``--channels``, what channels 0, 1, ... hold; ``model_inputs``: the model's channel names (None when
+    not known before it is downloaded).
 
     Raises:
         InputError: channel files that nothing names for a multi-channel model, names whose count is not the model's,
             or a dataset.json that cannot be read.
     """
-    groups: dict[tuple[str, str], dict[int, Path]] = {}
+    groups: dict[tuple[Path, str, str], dict[int, Path]] = {}
     for file in sorted(files, key=lambda item: item.name):
         found = NNUNET_FILE.match(file.name)
-        if found is not None:
-            groups.setdefault((found["case"], found["ending"]), {})[int(found["index"])] = file
+        if found is not None:  # a case's files in one folder, as nnunet_file_names reads them when the case runs
+            key = (file.absolute().parent, found["case"], found["ending"])
+            groups.setdefault(key, {})[int(found["index"])] = file
     cases, unnamed = [], []
-    for (case, ending), numbered in groups.items():
+    for (_, case, ending), numbered in groups.items():
         first = numbered[min(numbered)]
         listed = (list(names), OPTION) if names else dataset_names(first, OPTION, case + ending, unlisted_refused=False)
         if listed is None:
