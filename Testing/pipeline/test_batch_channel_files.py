@@ -194,3 +194,29 @@ def test_channel_files_given_one_by_one_are_grouped_as_a_folders_are(tmp_path, b
     cases = summary(out)["cases"]
     assert [(case["name"], len(case["inputs"])) for case in cases] == [("BRATS_002", 4), ("BRATS_001", 4)]
     assert channel_of_each_file(out / "BRATS_001") == EXPECTED
+
+
+def test_channels_for_a_one_channel_model_or_without_case_files_is_refused(tmp_path, brain_package, cli_case, capsys):
+    """``--channels`` names what CASE files hold: refused beside a one-channel model (as ``segment`` refuses it) and
+    with only ``--datalist`` (its entries name theirs in "channels"), before anything is written."""
+    _, package, ct = cli_case
+    out = tmp_path / "out"
+    assert batch(ct, "--channels", "CT", "--model", package, "--out", out, *FAST) == 2
+    assert "--channels names the channels of a multi-channel model's files" in capsys.readouterr().err
+    (tmp_path / "list.json").write_text(json.dumps({"testing": [str(ct)]}))
+    assert (
+        batch(
+            "--datalist",
+            tmp_path / "list.json",
+            "--channels",
+            "T1,T1c,T2,FLAIR",
+            "--model",
+            brain_package,
+            "--out",
+            out,
+            *FAST,
+        )
+        == 2
+    )
+    assert 'a datalist\'s entries name theirs in "channels"' in capsys.readouterr().err
+    assert not out.exists()
