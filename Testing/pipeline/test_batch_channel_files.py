@@ -220,3 +220,12 @@ def test_channels_for_a_one_channel_model_or_without_case_files_is_refused(tmp_p
     )
     assert 'a datalist\'s entries name theirs in "channels"' in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_channel_file_given_twice_is_refused_as_any_file_given_twice(tmp_path, cli_case, capsys):
+    """Grouping files given one by one does not hide a file given twice (before grouping: "given twice")."""
+    _, package, ct = cli_case
+    shutil.copy(ct, tmp_path / "liver_001_0000.nii.gz")
+    file = tmp_path / "liver_001_0000.nii.gz"
+    assert batch(file, file, "--model", package, "--out", tmp_path / "out", *FAST) == 2
+    assert "is given twice" in capsys.readouterr().err

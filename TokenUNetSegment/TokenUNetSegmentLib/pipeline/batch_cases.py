@@ -158,12 +158,15 @@ def _channel_files_given(
             first[inputs[0]] = BatchCase(found.name, inputs, source[inputs[0]], found.names, OPTION, found.refused)
             taken.update(inputs)
     ids = {id(case) for case in direct}
-    kept = []
+    kept, placed = [], {}
     for case in cases:
         if id(case) not in ids or case.inputs[0] not in taken:
             kept.append(case)
         elif case.inputs[0] in first:
-            kept.append(first.pop(case.inputs[0]))
+            placed[case.inputs[0]] = first.pop(case.inputs[0])
+            kept.append(placed[case.inputs[0]])
+        elif case.inputs[0] in placed:  # a file given twice: refused as such by check_case_names
+            kept.append(placed[case.inputs[0]])
     return kept
 
 
