@@ -229,3 +229,18 @@ def test_a_channel_file_given_twice_is_refused_as_any_file_given_twice(tmp_path,
     file = tmp_path / "liver_001_0000.nii.gz"
     assert batch(file, file, "--model", package, "--out", tmp_path / "out", *FAST) == 2
     assert "is given twice" in capsys.readouterr().err
+
+
+def test_4d_images_numbered_one_by_one_stay_cases_of_their_own_with_channels(tmp_path):
+    """``--channels`` beside 4D images named ``BraTS_0001.nii.gz`` ... ``BraTS_0006.nii.gz`` (numbered scans, no
+    ``_0000``, numbers beyond the 4 channels): each its own case with those names for its volumes, not one case
+    "BraTS" refused for lacking channel 0."""
+    from TokenUNetSegmentLib.pipeline.batch_cases import cases_from_paths
+
+    for number in range(1, 7):
+        (tmp_path / f"BraTS_{number:04d}.nii.gz").write_bytes(b"")
+    names = ("FLAIR", "T1w", "t1gd", "T2w")
+    cases, _ = cases_from_paths([tmp_path], names, ["T1", "T1c", "T2", "FLAIR"])
+    assert [(case.name, case.channels, case.refused) for case in cases] == [
+        (f"BraTS_{number:04d}", names, None) for number in range(1, 7)
+    ]

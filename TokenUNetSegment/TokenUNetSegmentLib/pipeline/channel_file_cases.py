@@ -6,7 +6,9 @@ or ``--channels``), not the model's: the files of a case are placed in the model
 (:func:`.channel_stack.nnunet_file_names`, :func:`.channels.order_named_files`), never by position. Without names,
 only files numbered ``_0000`` alone (one channel: nnU-Net's CT layout) are grouped, each case named by its id; for a
 multi-channel model such files are refused before any case runs. A case whose numbers are not exactly those the
-names list (a channel file missing, or one more) is refused alone, in words that name its files. Torch-free.
+names list (a channel file missing, or one more) is refused alone, in words that name its files; numbers without
+``_0000`` beyond the names' count (``BraTS_0001`` ... ``BraTS_0009``: scans numbered one by one) are no channel
+files. Torch-free.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def channel_file_cases(
                 cases.append(ChannelFileCase(case, (first,)))
             if 0 in numbered:
                 unnamed.append(first)
+            continue
+        if 0 not in numbered and max(numbered) >= len(listed[0]):  # numbered scans (BraTS_0001 ...), no channels
             continue
         check_count(listed[0], str(listed[1]), model_inputs)
         cases.append(_named_case(case, numbered, listed[0], str(listed[1])))
