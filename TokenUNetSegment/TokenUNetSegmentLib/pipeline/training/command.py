@@ -189,17 +189,20 @@ def run_train(args: argparse.Namespace) -> int:
     from .recipe import Recipe
     from .trainer import _distributed, train
 
-    rank, _ = _distributed()
+    rank, world = _distributed()
     stop = threading.Event()  # set by Ctrl-C or SIGTERM
     handlers = install_cancel_handlers(stop)
     try:
-        if rank != 0:
+        if rank != 0:  # writes nothing: "no output was written" would read as if the whole run had left nothing
             try:
                 return _train(args, train, Recipe, rank)
-            except Exception:
-                if stop.is_set():  # another process of the group stopped by the same signal: this one stops too
-                    raise KeyboardInterrupt from None
-                raise
+            except (KeyboardInterrupt, CancelledError, Exception) as error:
+                if isinstance(error, Exception) and not isinstance(error, CancelledError) and not stop.is_set():
+                    raise
+                # stopped, or failing because another process of the group stopped by the same signal
+                raise CancelledError(
+                    f"interrupted (process {rank} of {world})", "process 0 writes the run's files and says what it kept"
+                ) from None
         # one process checks and locks the folder; the others write nothing there but through it
         from ..output_folder import resolve_destination
 
