@@ -434,7 +434,38 @@ def test_datalist_out_naming_one_of_the_datasets_own_images_or_labels_is_refused
         err = capsys.readouterr().err
         assert f"--out {out.name} is {said}, which the datalist lists" in err, err
         assert "write the datalist elsewhere" in err and out.read_bytes() == before
-    out = tmp_path / "img" / "notes.json"  # a file in the dataset's folders that the datalist does not list
-    out.write_text("{}")
+    out = tmp_path / "datalist.json"  # beside the dataset's folders: written
     assert cli.main(["datalist", *folders, "--out", str(out), "--overwrite"]) == 0
     assert read_datalist(out)["training"][0]["label"].endswith("label0001.nii.gz")
+
+
+def test_datalist_out_inside_the_datasets_own_folders_is_refused_even_with_overwrite(tmp_path, capsys):
+    """``--out`` naming a file in the dataset's image or label folders that the datalist does not list (an unlisted
+    scan, the user's notes, a new file there) (before: written with ``--overwrite``, the unlisted scan replaced by a
+    JSON datalist; a new JSON among the images) is refused, ``--overwrite`` or not; the dataset's root, beside
+    ``dataset.json``, stays a place for the datalist."""
+    msd = tmp_path / "Task03_Liver"
+    image, masks = one_case_liver_msd(msd)
+    write(image, msd / "imagesTr" / "unlisted_9.nii.gz")
+    ts = totalsegmentator_dataset(tmp_path / "ts", cases=2)
+    for index in (1, 2):
+        write(image, tmp_path / "img" / f"img{index:04d}.nii.gz")
+        write(masks["liver"].astype(np.uint8), tmp_path / "label" / f"label{index:04d}.nii.gz")
+    (tmp_path / "img" / "notes.json").write_text("{}")
+    folders = ["folders", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "label"), "--table", "btcv"]
+    for layout, out, folder in [
+        (["decathlon", str(msd)], msd / "imagesTr" / "unlisted_9.nii.gz", "imagesTr"),
+        (["decathlon", str(msd)], msd / "labelsTr" / "new.json", "labelsTr"),
+        (["totalsegmentator", str(ts)], ts / "s0001" / "datalist.json", "s0001"),
+        (["totalsegmentator", str(ts)], ts / "s0000" / "segmentations" / "new.json", "segmentations"),
+        (folders, tmp_path / "img" / "notes.json", "img"),
+        (folders, tmp_path / "label" / "sub" / "new.json", "label"),
+    ]:
+        before = out.read_bytes() if out.exists() else None
+        assert cli.main(["datalist", *layout, "--out", str(out), "--overwrite"]) == 2, out
+        err = capsys.readouterr().err
+        assert f"--out {out.name} is inside the dataset's folder {folder}" in err, err
+        assert "write the datalist elsewhere" in err and err.count("\n") == 1, err
+        assert (out.read_bytes() if out.exists() else None) == before
+    assert cli.main(["datalist", "decathlon", str(msd), "--out", str(msd / "datalist.json")]) == 0
+    assert cli.main(["datalist", "totalsegmentator", str(ts), "--out", str(ts / "datalist.json")]) == 0
