@@ -1,0 +1,158 @@
+"""How ``batch`` groups nnU-Net channel files (``CASE_0000.nii.gz`` ...) at the edges: links named for their channel,
+one case's files in two formats, a one-channel model's files beside a ``CASE_0000`` of the same id, numbered scans
+beside a one-channel dataset.json, and the words of the refusal when a dataset.json exists but names none of them.
+Grouping is torch-free and opens no image: most checks call it directly on empty files."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers.channel_files import NNUNET_ORDER, brain_config, channel_files, write_dataset_json
+from helpers.packages import make_package
+from TokenUNetSegmentLib.pipeline import cli
+from TokenUNetSegmentLib.pipeline.batch_cases import cases_from_paths, check_case_names
+from TokenUNetSegmentLib.pipeline.errors import InputError
+
+BRAIN = ["T1", "T1c", "T2", "FLAIR"]
+FAST = ["--device", "cpu", "--no-overview", "--no-heatmaps", "--progress", "none"]
+
+
+def empty_files(folder: Path, *names: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+    return folder
+
+
+def grouped(paths, model=BRAIN, channels=None) -> list[tuple[str, list[str], str | None]]:
+    """(name, its files' names, the start of its refusal) of each case ``batch`` makes of ``paths``, names checked."""
+    cases, _ = cases_from_paths(paths, channels, model)
+    check_case_names(cases, Path("/nonexistent/out"))
+    return [(case.name, [Path(i).name for i in case.inputs], case.refused and case.refused[0]) for case in cases]
+
+
+def test_a_dataset_json_that_names_no_channels_or_lists_other_images_is_said_to_be_there(tmp_path):
+    """The refusal of channel files nothing names, when a dataset.json is there but is not what names them (before:
+    "no dataset.json names its nnU-Net channel files", though one was beside imagesTs/): it names the file and what
+    is wrong with it."""
+    dataset = tmp_path / "Task01_BrainTumour"
+    folder = empty_files(dataset / "imagesTs", *[f"X_{i:04d}.nii.gz" for i in range(4)])
+    spec = dataset / "dataset.json"
+    for data, says in [
+        ({"modality": dict(enumerate(NNUNET_ORDER)), "test": ["./imagesTs/Y.nii.gz"]}, "does not list X"),
+        ({"labels": {"background": 0}}, "names no channels"),
+        ([1, 2], "names no channels"),
+    ]:
+        spec.write_text(json.dumps(data))
+        with pytest.raises(InputError) as refused:
+            cases_from_paths([folder], None, BRAIN)
+        assert str(spec) in refused.value.message and says in refused.value.message, refused.value.message
+        assert "no dataset.json" not in refused.value.message
+        assert "--channels" in refused.value.hint
+    spec.unlink()
+    with pytest.raises(InputError, match="no dataset.json names its nnU-Net channel files"):
+        cases_from_paths([folder], None, BRAIN)
+
+
+def test_a_one_channel_models_case_0000_beside_a_file_named_by_the_same_id_keeps_its_own_name(tmp_path):
+    """``x_0000.nii.gz`` and ``x.nii.gz`` for a CT model (before this grouping: the cases ``x_0000`` and ``x``; since
+    it: both named ``x``, then both the folder's, and the whole batch refused as two cases writing one folder): the
+    grouped case takes its file's own name back, in a folder and given one by one; so does a grouped multi-channel
+    case beside a 4D image of its id."""
+    folder = empty_files(tmp_path / "h", "x_0000.nii.gz", "x.nii.gz")
+    assert grouped([folder], ["CT"]) == [("x", ["x.nii.gz"], None), ("x_0000", ["x_0000.nii.gz"], None)]
+    given = [folder / "x_0000.nii.gz", folder / "x.nii.gz"]
+    assert grouped(given, ["CT"]) == [("x_0000", ["x_0000.nii.gz"], None), ("x", ["x.nii.gz"], None)]
+    dataset = tmp_path / "Dataset001"
+    images = empty_files(dataset / "imagesTs", *[f"B_{i:04d}.nii.gz" for i in range(4)], "B.nii.gz")
+    write_dataset_json(dataset)
+    names = [name for name, _, _ in grouped([images])]
+    assert names == ["B", "B_0000"]
+
+
+def test_scans_numbered_from_0000_beside_a_one_channel_dataset_json_stay_cases_of_their_own(tmp_path):
+    """``scan_0000`` ... ``scan_0002`` with a dataset.json naming one channel (CT): each file is a whole case for a
+    one-channel model (before: one case "scan" refused for holding channels beyond the one its dataset.json names,
+    where without the dataset.json they ran); ``liver_0000`` alone is still the case ``liver``."""
+    folder = empty_files(tmp_path / "scans", "scan_0000.nii.gz", "scan_0001.nii.gz", "scan_0002.nii.gz")
+    write_dataset_json(folder, names=("CT",))
+    assert grouped([folder], ["CT"]) == [(f"scan_000{i}", [f"scan_000{i}.nii.gz"], None) for i in range(3)]
+    empty_files(folder, "liver_0000.nii.gz")
+    assert ("liver", ["liver_0000.nii.gz"], None) in grouped([folder], ["CT"])
+
+
+def test_one_cases_channel_files_in_two_formats_are_one_case_refused_saying_so(tmp_path):
+    """``x_0000.nii.gz`` ... beside ``x_0000.nii`` ... (the same case saved twice), or one case's files split between
+    .nii.gz and .nii (before: two cases, each lacking the other's files, and the whole batch refused as two cases
+    writing ``out/imagesTs_x``): one case ``x`` refused alone, naming both formats; the other cases run."""
+    dataset = tmp_path / "Dataset001"
+    both = [f"x_{i:04d}.nii.gz" for i in range(4)] + [f"x_{i:04d}.nii" for i in range(4)]
+    split = ["y_0000.nii.gz", "y_0001.nii", "y_0002.nii.gz", "y_0003.nii.gz"]
+    whole = [f"z_{i:04d}.nrrd" for i in range(4)]
+    folder = empty_files(dataset / "imagesTs", *both, *split, *whole)
+    write_dataset_json(dataset)
+    cases = grouped([folder])
+    assert [(name, len(files)) for name, files, _ in cases] == [("x", 8), ("y", 4), ("z", 4)]
+    assert cases[2][2] is None
+    for _, _, refused in cases[:2]:
+        assert ".nii.gz" in refused and ".nii" in refused.replace(".nii.gz", ""), refused
+        assert "two formats" in refused
+
+
+def test_links_named_for_their_channel_are_grouped_and_placed_by_their_own_names(tmp_path):
+    """``imagesTs/BRATS_001_0000.nii.gz`` ... as links to files named otherwise (a common way to lay out an nnU-Net
+    dataset without copying): grouped by the links' names and placed by the dataset.json beside imagesTs, as
+    ``segment`` given the links places them (before: grouped by the targets' names: four one-file cases, or the
+    targets' own numbers and their own dataset.json, another order than ``segment``'s)."""
+    raw = empty_files(tmp_path / "raw", *[f"X_{i:04d}.nii.gz" for i in range(4)], "flair.nii.gz")
+    write_dataset_json(raw, names=("T2w", "t1gd", "T1w", "FLAIR"))  # the raw files' own order
+    dataset = tmp_path / "Dataset001"
+    links = dataset / "imagesTs"
+    links.mkdir(parents=True)
+    for index in range(4):
+        os.symlink(raw / f"X_{3 - index:04d}.nii.gz", links / f"X_{index:04d}.nii.gz")
+    os.symlink(raw / "flair.nii.gz", links / "Y_0000.nii.gz")
+    write_dataset_json(dataset)
+    for paths in ([links], sorted(links.iterdir())):
+        cases, _ = cases_from_paths(paths, None, BRAIN)
+        x = next(case for case in cases if case.name == "X")
+        assert [Path(i).name for i in x.inputs] == [f"X_{i:04d}.nii.gz" for i in range(4)]
+        assert [Path(i).parent for i in x.inputs] == [links] * 4
+        assert next(case for case in cases if case.name == "Y").refused is not None  # Y lacks _0001 ...
+
+
+def test_links_to_one_file_are_still_the_same_case_given_twice(tmp_path):
+    """Two links to one file given as cases: "given twice", as the file given twice is."""
+    folder = empty_files(tmp_path / "f", "liver_0000.nii.gz")
+    os.symlink(folder / "liver_0000.nii.gz", tmp_path / "liver_0000.nii.gz")
+    with pytest.raises(InputError, match="is given twice"):
+        grouped([folder / "liver_0000.nii.gz", tmp_path / "liver_0000.nii.gz"], ["CT"])
+
+
+@pytest.fixture(scope="module")
+def brain_package(tmp_path_factory):
+    return make_package(tmp_path_factory.mktemp("brain"), brain_config())
+
+
+def test_batch_and_segment_place_linked_channel_files_alike(tmp_path, brain_package):
+    """The links of the test above, run: ``batch`` on their folder feeds each model channel the file ``segment``
+    given the links feeds it."""
+    raw = tmp_path / "raw"
+    files = channel_files(raw, cases=("X",))
+    write_dataset_json(raw)  # the raw files' own numbers name other channels than the links'
+    links = tmp_path / "Dataset001" / "imagesTs"
+    links.mkdir(parents=True)
+    for index in range(4):
+        os.symlink(files[3 - index], links / f"X_{index:04d}.nii.gz")
+    write_dataset_json(tmp_path / "Dataset001")
+    out = tmp_path / "out"
+    assert cli.main(["batch", str(links), "--model", str(brain_package), "--out", str(out), *FAST]) == 0
+    alone = tmp_path / "alone"
+    given = [str(link) for link in sorted(links.iterdir())]
+    assert cli.main(["segment", *given, "--model", str(brain_package), "--out", str(alone), *FAST]) == 0
+    batch_inputs = json.loads((out / "X" / "report.json").read_text())["inputs"]
+    assert batch_inputs == json.loads((alone / "report.json").read_text())["inputs"]
+    assert Path(batch_inputs["FLAIR"]).name == "X_0003.nii.gz"  # link X_0000 (FLAIR beside imagesTs) -> raw X_0003
+    shutil.rmtree(out)
