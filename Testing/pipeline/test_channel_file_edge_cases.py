@@ -156,3 +156,38 @@ def test_batch_and_segment_place_linked_channel_files_alike(tmp_path, brain_pack
     assert batch_inputs == json.loads((alone / "report.json").read_text())["inputs"]
     assert Path(batch_inputs["FLAIR"]).name == "X_0003.nii.gz"  # link X_0000 (FLAIR beside imagesTs) -> raw X_0003
     shutil.rmtree(out)
+
+
+def test_numbered_channel_files_nothing_names_are_refused_by_segment_its_api_and_batch_as_by_train(
+    tmp_path, brain_package, capsys
+):
+    """``segment BRATS_001_0000.nii.gz ... _0003`` with no dataset.json naming their channels (before: run in the
+    order given, while ``train`` and ``batch`` refused them: BraTS conversions number FLAIR first or T1 first, so a
+    guess swaps sequences without a word): refused, exit 2, one line, before anything is written; ``segment()`` and a
+    ``batch --datalist`` entry without "channels" refuse them in the same words. With the dataset.json they run."""
+    from helpers.readers import refuse_reading
+    from TokenUNetSegmentLib.pipeline.package_loader import load_package
+    from TokenUNetSegmentLib.pipeline.segmentation import segment
+
+    files = [str(file) for file in channel_files(tmp_path / "loose", cases=("BRATS_001",))]
+    package = load_package(brain_package)
+    says = "nothing says what BRATS_001_0000.nii.gz and its other nnU-Net channel files hold"
+    with pytest.MonkeyPatch.context() as patched:
+        refuse_reading(patched)  # refused from the names, before any voxel is read
+        out = tmp_path / "out"
+        assert cli.main(["segment", *files, "--model", str(brain_package), "--out", str(out), *FAST]) == 2
+        printed = capsys.readouterr().err
+        assert printed.startswith(f"error: {says}") and printed.count("\n") == 1, printed
+        assert "dataset.json" in printed and not out.exists()
+        with pytest.raises(InputError) as refused:
+            segment(files, package, device="cpu", with_token_maps=False)
+        assert refused.value.message == printed[len("error: ") :].split(" (")[0]
+    datalist = tmp_path / "list.json"
+    datalist.write_text(json.dumps({"testing": [{"image": files}]}))
+    out = tmp_path / "batch"
+    assert cli.main(["batch", "--datalist", str(datalist), "--model", str(brain_package), "--out", str(out), *FAST]) == 2
+    (case,) = json.loads((out / "batch.json").read_text())["cases"]
+    assert case["status"] == "failed" and case["error"]["message"].startswith(says), case
+    assert '"channels"' in case["error"]["hint"]
+    write_dataset_json(tmp_path / "loose")
+    assert cli.main(["segment", *files, "--model", str(brain_package), "--out", str(out / "ran"), *FAST]) == 0

@@ -158,6 +158,26 @@ def nnunet_file_names(files: Sequence, option: str) -> tuple[list[str], Path] | 
     return [names[index] for index in indices], where
 
 
+def refuse_unnamed_files(files: Sequence, hint: str, where: str = "") -> None:
+    """Refuse nnU-Net channel files (``case_0000.nii.gz`` ...: :func:`nnunet_indices`) that nothing names, given to a
+    multi-channel model: their numbers are a dataset's channels, and datasets number them otherwise (BraTS
+    conversions put FLAIR or T1 first), so the given order would swap sequences without a word. ``where``: the case,
+    as messages begin.
+
+    Raises:
+        InputError: saying nothing names them, with ``hint``.
+    """
+    if nnunet_indices(files) is not None:
+        prefix = f"{where}: " if where else ""
+        raise InputError(
+            f"{prefix}nothing says what {Path(files[0]).name} and its other nnU-Net channel files hold", hint
+        )
+
+
+UNNAMED_FILES_HINT = "add the dataset.json that names their channels beside their imagesTs/ folder (or in their folder)"
+"""How the channels of nnU-Net channel files that nothing names are named, on every path."""
+
+
 def _listed_images(data: dict, depth: int = 2) -> set[str]:
     """The images an MSD dataset.json lists in "training" and "test", as their last ``depth`` parts (``imagesTr/NAME``);
     empty when it lists none (nnU-Net v2's dataset.json does not)."""
