@@ -185,7 +185,9 @@ def test_numbered_channel_files_nothing_names_are_refused_by_segment_its_api_and
     datalist = tmp_path / "list.json"
     datalist.write_text(json.dumps({"testing": [{"image": files}]}))
     out = tmp_path / "batch"
-    assert cli.main(["batch", "--datalist", str(datalist), "--model", str(brain_package), "--out", str(out), *FAST]) == 2
+    assert (
+        cli.main(["batch", "--datalist", str(datalist), "--model", str(brain_package), "--out", str(out), *FAST]) == 2
+    )
     (case,) = json.loads((out / "batch.json").read_text())["cases"]
     assert case["status"] == "failed" and case["error"]["message"].startswith(says), case
     assert '"channels"' in case["error"]["hint"]
