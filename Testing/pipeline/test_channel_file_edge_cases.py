@@ -193,3 +193,34 @@ def test_numbered_channel_files_nothing_names_are_refused_by_segment_its_api_and
     assert '"channels"' in case["error"]["hint"]
     write_dataset_json(tmp_path / "loose")
     assert cli.main(["segment", *files, "--model", str(brain_package), "--out", str(out / "ran"), *FAST]) == 0
+
+
+def test_a_one_channel_models_batch_runs_beside_a_dataset_json_it_cannot_read(tmp_path, cli_case):
+    """A CT model's ``imagesTs/liver_001_0000.nii.gz`` beside a malformed dataset.json, or a FIFO named dataset.json:
+    a one-channel model needs no channel names (``segment`` never reads it), so the batch runs, in a child process that
+    must end (before: the whole batch refused, "fix it, or pass --channels", an option batch refuses for a
+    one-channel model); a multi-channel model's batch is refused saying what the file is, without blocking."""
+    from helpers.processes import run_cli
+
+    _, package, ct = cli_case
+    dataset = tmp_path / "Task03_Liver"
+    (dataset / "imagesTs").mkdir(parents=True)
+    for case in ("liver_001", "liver_002"):
+        shutil.copy(ct, dataset / "imagesTs" / f"{case}_0000.nii.gz")
+    (dataset / "dataset.json").write_text("{not json")
+    assert grouped([dataset / "imagesTs"], ["CT"]) == [
+        ("liver_001", ["liver_001_0000.nii.gz"], None),
+        ("liver_002", ["liver_002_0000.nii.gz"], None),
+    ]
+    (dataset / "dataset.json").unlink()
+    os.mkfifo(dataset / "dataset.json")
+    out = tmp_path / "out"
+    done = run_cli("batch", dataset / "imagesTs", "--resume", "--model", package, "--out", out, *FAST, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [case["name"] for case in json.loads((out / "batch.json").read_text())["cases"]] == [
+        "liver_001",
+        "liver_002",
+    ]
+    with pytest.raises(InputError) as refused:
+        cases_from_paths([dataset / "imagesTs"], None, BRAIN)
+    assert "dataset.json is a named pipe (FIFO), not a file" in refused.value.message

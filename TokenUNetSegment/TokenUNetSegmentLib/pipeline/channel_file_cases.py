@@ -45,7 +45,7 @@ def channel_file_cases(
 
     Raises:
         InputError: channel files that nothing names for a multi-channel model, names whose count is not the model's,
-            or a dataset.json that cannot be read.
+            or a dataset.json that cannot be read (for a model of more channels than one, or not known).
     """
     groups: dict[tuple[Path, str], dict[str, dict[int, Path]]] = {}
     for file in sorted(files, key=lambda item: item.name):
@@ -60,7 +60,7 @@ def channel_file_cases(
             continue
         ((ending, numbered),) = endings.items()
         first = numbered[min(numbered)]
-        listed = (list(names), OPTION) if names else dataset_names(first, OPTION, case + ending, unlisted_refused=False)
+        listed = (list(names), OPTION) if names else _dataset_names(first, case + ending, model_inputs)
         if listed is None:
             if set(numbered) == {0}:  # nnU-Net's one-channel layout: the case is its id
                 cases.append(ChannelFileCase(case, (first,)))
@@ -76,6 +76,17 @@ def channel_file_cases(
     if unnamed and model_inputs is not None and len(model_inputs) > 1:
         raise _unnamed(folder, unnamed)
     return sorted(cases, key=lambda item: item.files[0].name)
+
+
+def _dataset_names(first: Path, listed_as: str, model_inputs: Sequence[str] | None) -> tuple[list[str], Path] | None:
+    """The channel names of the dataset.json of ``first`` (:func:`.channel_stack.dataset_names`); for a one-channel
+    model, which needs none (``segment`` never reads it), one that cannot be read (malformed, a FIFO) names none."""
+    try:
+        return dataset_names(first, OPTION, listed_as, unlisted_refused=False)
+    except InputError:
+        if model_inputs is not None and len(model_inputs) == 1:
+            return None
+        raise
 
 
 def check_count(names: Sequence[str], where: str, model_inputs: Sequence[str] | None) -> None:
