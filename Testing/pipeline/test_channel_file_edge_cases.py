@@ -224,3 +224,15 @@ def test_a_one_channel_models_batch_runs_beside_a_dataset_json_it_cannot_read(tm
     with pytest.raises(InputError) as refused:
         cases_from_paths([dataset / "imagesTs"], None, BRAIN)
     assert "dataset.json is a named pipe (FIFO), not a file" in refused.value.message
+
+
+def test_a_macos_metadata_file_given_as_a_case_is_refused_saying_what_it_is(tmp_path):
+    """``find imagesTs -name '*.nii.gz' | xargs tokenunet batch`` on a copy from a Mac lists ``._BRATS_001_0000.nii.gz``
+    too (before: refused as "would be written to a folder named '._BRATS_001' (rename it ...)"): said to be macOS's
+    metadata, to be left out; in a folder such files are left out as every hidden entry is."""
+    folder = empty_files(tmp_path / "imagesTs", "liver_001_0000.nii.gz", "._liver_001_0000.nii.gz")
+    with pytest.raises(InputError) as refused:
+        grouped(sorted(folder.iterdir()), ["CT"])
+    assert "._liver_001_0000.nii.gz is macOS's metadata of liver_001_0000.nii.gz" in refused.value.message
+    assert "._" in refused.value.hint
+    assert grouped([folder], ["CT"]) == [("liver_001", ["liver_001_0000.nii.gz"], None)]

@@ -94,6 +94,11 @@ def cases_from_paths(
         kind = special_kind(path)
         if kind is not None:  # opening a FIFO would block the batch
             raise InputError(f"the case {given} is {kind}, not a file", "give volume files, DICOM folders or folders")
+        if path.name.startswith("._") and path.is_file():  # find ... -name '*.nii.gz' lists them on a Mac's copies
+            raise InputError(
+                f"the case {given} is macOS's metadata of {path.name[2:]} (an AppleDouble file), no scan",
+                "leave out the files whose names start with ._ (find ... ! -name '._*'), or give their folder",
+            )
         if path.is_dir() and not holds_dicom(path):
             found, left_out = cases_in_folder(path, channels, model_inputs)
             if not found:
