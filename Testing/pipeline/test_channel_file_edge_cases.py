@@ -236,3 +236,17 @@ def test_a_macos_metadata_file_given_as_a_case_is_refused_saying_what_it_is(tmp_
     assert "._liver_001_0000.nii.gz is macOS's metadata of liver_001_0000.nii.gz" in refused.value.message
     assert "._" in refused.value.hint
     assert grouped([folder], ["CT"]) == [("liver_001", ["liver_001_0000.nii.gz"], None)]
+
+
+def test_links_to_a_fifo_are_left_out_of_a_folder_and_refused_as_a_case(tmp_path):
+    """A link named ``c_0000.nii.gz`` (or ``b.nii.gz``) to a named pipe: judged by what it points to, never opened
+    (grouping looks at names and ``stat`` only)."""
+    folder = empty_files(tmp_path / "cases", "a.nii.gz")
+    os.mkfifo(tmp_path / "pipe")
+    for name in ("b.nii.gz", "c_0000.nii.gz"):
+        os.symlink(tmp_path / "pipe", folder / name)
+    cases, notes = cases_from_paths([folder], None, ["CT"])
+    assert [case.name for case in cases] == ["a"]
+    assert "b.nii.gz (a named pipe (FIFO)), c_0000.nii.gz (a named pipe (FIFO))" in " ".join(notes)
+    with pytest.raises(InputError, match="is a named pipe"):
+        cases_from_paths([folder / "c_0000.nii.gz"], None, ["CT"])
