@@ -536,7 +536,7 @@ def read_results(path: str | Path) -> list[dict]:
     it) one case's result object or a list of them.
 
     Raises:
-        InputError: a file that is none of these, or one written by a newer version.
+        InputError: a file that is none of these, one of no case, or one written by a newer version.
     """
     from .json_files import read_json_file
 
@@ -559,10 +559,14 @@ def read_results(path: str | Path) -> list[dict]:
             )
         results = data.get("results")
         if version == RESULTS_VERSION and isinstance(results, list) and all(is_result(r) for r in results):
+            if not results:
+                raise InputError(f"{path.name} holds no case (its results are empty)", hint)
             return results
     elif is_result(data):
         return [data]
-    elif isinstance(data, list) and data and all(is_result(r) for r in data):
+    elif data == []:
+        raise InputError(f"{path.name} holds no case (an empty list)", hint)
+    elif isinstance(data, list) and all(is_result(r) for r in data):
         return data
     raise InputError(f"{path.name} is no robustness result", hint)
 
