@@ -529,3 +529,26 @@ def test_a_robustness_file_of_no_case_is_refused_in_every_shape(tmp_path, capsys
     assert script.main([str(tmp_path / "newer.json")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert "version 3" in line and "update the extension" in line, line
+
+
+def test_the_model_card_builder_names_the_fold_file_it_cannot_read_and_exits_2(tmp_path):
+    """``build.py --lopo`` reads one ``robustness.json`` per fold, all of that name. Before: a fold file from a newer
+    version (or a broken one) ended in an InputError traceback that named only "robustness.json", not which fold."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    fold = tmp_path / "folds" / "fold-B"
+    (fold / "robustness").mkdir(parents=True)
+    (fold / "package" / "configs").mkdir(parents=True)
+    (fold / "package" / "configs" / "metadata.json").write_text("{}")
+    newer = {"format": "tokenunet-robustness", "version": 3, "results": []}
+    (fold / "robustness" / "robustness.json").write_text(json.dumps(newer))
+    package = root / "TokenUNetSegment" / "Resources" / "Models" / "abdomen-organs-3mm-demo"
+    argv = [sys.executable, str(root / "scripts" / "demo-model" / "build.py"), str(package), "--card-only",
+            "--no-install", "--lopo", str(tmp_path / "folds")]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert str(fold / "robustness" / "robustness.json") in done.stderr and "update the extension" in done.stderr

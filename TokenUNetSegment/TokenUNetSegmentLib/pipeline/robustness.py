@@ -549,26 +549,26 @@ def read_results(path: str | Path) -> list[dict]:
 
     if isinstance(data, dict) and "format" in data:
         if data["format"] != RESULTS_FORMAT:
-            raise InputError(f"{path.name} is no robustness result (format {str(data['format'])[:40]!r})", hint)
+            raise InputError(f"{path} is no robustness result (format {str(data['format'])[:40]!r})", hint)
         version = data.get("version")
         if isinstance(version, int) and version > RESULTS_VERSION:
             raise InputError(
-                f"{path.name} was written by a newer TokenUNet (robustness.json version {version}; this one reads up "
+                f"{path} was written by a newer TokenUNet (robustness.json version {version}; this one reads up "
                 f"to {RESULTS_VERSION})",
                 "update the extension",
             )
         results = data.get("results")
         if version == RESULTS_VERSION and isinstance(results, list) and all(is_result(r) for r in results):
             if not results:
-                raise InputError(f"{path.name} holds no case (its results are empty)", hint)
+                raise InputError(f"{path} holds no case (its results are empty)", hint)
             return results
     elif is_result(data):
         return [data]
     elif data == []:
-        raise InputError(f"{path.name} holds no case (an empty list)", hint)
+        raise InputError(f"{path} holds no case (an empty list)", hint)
     elif isinstance(data, list) and all(is_result(r) for r in data):
         return data
-    raise InputError(f"{path.name} is no robustness result", hint)
+    raise InputError(f"{path} is no robustness result", hint)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
