@@ -399,7 +399,8 @@ def test_a_one_channel_datasets_modality_is_matched_to_any_models_modality():
         ("MRI", "MR", None),
         ("mr", "MRI", None),
         ("CT", "ct", None),
-        ("T1", "PT", None),  # a name that says no modality: not checked
+        ("T1", "PT", "names MR images (T1); model 'm' takes PT"),  # an MRI sequence says MR
+        ("noNorm", "PT", None),  # a name that says no modality (nnU-Net's normalisation): not checked
         ("MRI", "", None),  # a model that says none: not checked
     ]:
         inputs = [InputChannel("image", modality)]
@@ -526,3 +527,43 @@ def test_a_case_without_air_or_fat_for_a_ct_configuration_is_warned_about(tmp_pa
     with caplog.at_level("WARNING"):
         load_case(read_datalist(tmp_path / "ct" / "list.json")["training"][0], model_config(), 8, (16, 16, 16))
     assert "Hounsfield" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("modality", "refused"),
+    [
+        ({"0": "T2"}, "MR images (T2)"),  # nnU-Net v2 / MSD name one MRI channel by its sequence
+        ({"0": "T1w"}, "MR images (T1w)"),
+        ({"0": "FLAIR"}, "MR images (FLAIR)"),
+        ({"0": "ADC"}, "MR images (ADC)"),
+        ({"0": "mr t2"}, "MR images (mr t2)"),
+        ("MRI", "MR images (MRI)"),  # a plain string, as Auto3DSeg's task file writes it
+        ({"0": "ct"}, None),
+        ("CT", None),
+        ({"0": "noNorm"}, None),  # nnU-Net's normalisation names say no modality: the case check warns instead
+    ],
+)
+def test_train_matches_the_modality_a_datalist_names_in_other_spellings(tmp_path, capsys, monkeypatch, modality, refused):
+    """A one-channel MRI named by its sequence (nnU-Net v2's ``"channel_names": {"0": "T2"}``, MSD's ``"ADC"``)
+    passed as CT (before: only "MR"/"MRI" were understood, so a T2 datalist trained as HU), and a datalist whose
+    ``"modality"`` is one string (before: refused as "without numbering them 0, 1, ...", where it trained before
+    the datalist's modality was read): both say what the images are, and train refuses an MRI for a CT model."""
+    from TokenUNetSegmentLib.pipeline.training import trainer
+
+    root = tmp_path / "Task03_Liver"
+    one_case_liver_msd(root)
+    listed = read_datalist(root / "dataset.json")["training"][0]
+    entry = {"image": listed["image"][0] if isinstance(listed["image"], list) else listed["image"],
+             "label": listed["label"], "labels": {"1": "liver"}}  # fmt: skip
+    (root / "list.json").write_text(json.dumps({"modality": modality, "training": [entry]}))
+    (tmp_path / "ct.json").write_text(json.dumps(model_config("tiny-ct")))
+    monkeypatch.setattr(trainer, "load_case", lambda *a, **k: pytest.fail("a case was read"))
+    argv = ["train", str(root / "list.json"), "--config", str(tmp_path / "ct.json"), "--out", str(tmp_path / "run"),
+            "--steps", "1"]  # fmt: skip
+    if refused:
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"names {refused}; model 'tiny-ct' takes CT" in err and err.count("\n") == 1, err
+    else:
+        with pytest.raises(pytest.fail.Exception, match="a case was read"):
+            cli.main(argv)
