@@ -543,7 +543,9 @@ def test_a_case_without_air_or_fat_for_a_ct_configuration_is_warned_about(tmp_pa
         ({"0": "noNorm"}, None),  # nnU-Net's normalisation names say no modality: the case check warns instead
     ],
 )
-def test_train_matches_the_modality_a_datalist_names_in_other_spellings(tmp_path, capsys, monkeypatch, modality, refused):
+def test_train_matches_the_modality_a_datalist_names_in_other_spellings(
+    tmp_path, capsys, monkeypatch, modality, refused
+):
     """A one-channel MRI named by its sequence (nnU-Net v2's ``"channel_names": {"0": "T2"}``, MSD's ``"ADC"``)
     passed as CT (before: only "MR"/"MRI" were understood, so a T2 datalist trained as HU), and a datalist whose
     ``"modality"`` is one string (before: refused as "without numbering them 0, 1, ...", where it trained before
