@@ -208,6 +208,8 @@ def check_datalist_modality(data: dict, inputs, model: str, where) -> None:
     elif data.get("modality"):
         for channel in inputs:
             _refuse_another_modality(data["modality"], channel, model, where)
+
+
 """A one-channel dataset.json's channel names that say a modality, as that modality."""
 
 
