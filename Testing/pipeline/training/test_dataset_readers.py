@@ -519,7 +519,7 @@ def test_a_case_without_air_or_fat_for_a_ct_configuration_is_warned_about(tmp_pa
     (root / "list.json").write_text(json.dumps({"training": [entry]}))
     with caplog.at_level("WARNING"):
         load_case(read_datalist(root / "list.json")["training"][0], model_config(), 8, (16, 16, 16))
-    says = "case liver_0: its image has no value below -200 (lowest 0): not a CT in Hounsfield units (an MRI?)"
+    says = "case liver_0: its image has no value below -50 (lowest 0: no air, lung or fat): not a CT in Hounsfield"
     assert says in caplog.text and "windows CT values (-200 to 300 HU)" in caplog.text, caplog.text
     caplog.clear()
     one_case_liver_msd(tmp_path / "ct")
@@ -569,3 +569,21 @@ def test_train_matches_the_modality_a_datalist_names_in_other_spellings(
     else:
         with pytest.raises(pytest.fail.Exception, match="a case was read"):
             cli.main(argv)
+
+
+def test_a_ct_cropped_inside_the_body_is_not_warned_about_but_an_mri_with_ringing_is(tmp_path, caplog):
+    """The warning for a CT configuration's case without air: a CT cropped inside the body (a liver region: fat at
+    -150 HU is its lowest value) (before: "not a CT in Hounsfield units (an MRI?)", its threshold -200 below fat) is
+    not warned about; an MRI resampled with overshoot (lowest -30) still is."""
+    root = tmp_path / "ct"
+    image, _ = one_case_liver_msd(root)
+    entry = {"image": "imagesTr/liver_0.nii.gz", "label": "labelsTr/liver_0.nii.gz", "labels": {"1": "liver"},
+             "partial": False}  # fmt: skip
+    (root / "list.json").write_text(json.dumps({"training": [entry]}))
+    for lowest, warned in [(-150, False), (-30, True)]:
+        values = np.maximum(image, -150) if lowest == -150 else (image.astype(np.int32) + 1000) // 5 - 30
+        write(values.astype(np.int16), root / "imagesTr" / "liver_0.nii.gz")
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            load_case(read_datalist(root / "list.json")["training"][0], model_config(), 8, (16, 16, 16))
+        assert ("Hounsfield" in caplog.text) == warned, (lowest, caplog.text)

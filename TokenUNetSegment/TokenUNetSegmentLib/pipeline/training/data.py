@@ -375,8 +375,9 @@ def _warn_not_hu(name: str, volumes, intensity) -> None:
         if lowest > NOT_HU_MINIMUM:
             low, high = setting.window
             log.warning(
-                "case %s: its image has no value below %g (lowest %g): not a CT in Hounsfield units (an MRI?), but "
-                "the configuration windows CT values (%g to %g HU); train a configuration for these images",
+                "case %s: its image has no value below %g (lowest %g: no air, lung or fat): not a CT in Hounsfield "
+                "units (an MRI?), but the configuration windows CT values (%g to %g HU); train a configuration for "
+                "these images",
                 name, NOT_HU_MINIMUM, lowest, low, high,
             )  # fmt: skip
 
