@@ -587,3 +587,35 @@ def test_a_ct_cropped_inside_the_body_is_not_warned_about_but_an_mri_with_ringin
         with caplog.at_level("WARNING"):
             load_case(read_datalist(root / "list.json")["training"][0], model_config(), 8, (16, 16, 16))
         assert ("Hounsfield" in caplog.text) == warned, (lowest, caplog.text)
+
+
+def test_datalist_out_naming_an_image_file_is_refused_even_outside_the_listed_folders(tmp_path, capsys):
+    """``--out Task/imagesTs/liver_99.nii.gz --overwrite``: a test scan, in a folder the datalist lists nothing from
+    (before: replaced by the JSON datalist, exit 0). A datalist is JSON: an --out named as an image or label map
+    (.nii.gz, .nii, .nrrd, .mha, .mhd, any case) is refused before anything is written, the file kept."""
+    root = tmp_path / "Task03_Liver"
+    image, _ = one_case_liver_msd(root)
+    write(image, root / "imagesTs" / "liver_99.nii.gz")
+    for out in (root / "imagesTs" / "liver_99.nii.gz", tmp_path / "new.NRRD"):
+        before = out.read_bytes() if out.exists() else None
+        assert cli.main(["datalist", "decathlon", str(root), "--out", str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out.name} names an image file; a datalist is JSON" in err and err.count("\n") == 1, err
+        assert (out.read_bytes() if out.exists() else None) == before
+
+
+def test_datalist_out_in_a_dataset_folder_spelled_another_way_is_refused(tmp_path, capsys, monkeypatch):
+    """Two spellings of one folder that ``realpath`` does not unify (macOS and Windows: ``imagestr`` for
+    ``imagesTr`` on a case-insensitive disk) are compared as the same folder on disk (before: by their resolved
+    text, so ``--out Task/imagestr/list.json`` was written among the images). Simulated on Linux by a link to the
+    folder with ``realpath`` that resolves no link."""
+    import os
+
+    root = tmp_path / "Task03_Liver"
+    one_case_liver_msd(root)
+    (tmp_path / "imagestr").symlink_to(root / "imagesTr")
+    monkeypatch.setattr(os.path, "realpath", lambda path, strict=False: os.path.abspath(path))
+    out = tmp_path / "imagestr" / "list.json"
+    assert cli.main(["datalist", "decathlon", str(root), "--out", str(out)]) == 2
+    assert "--out list.json is inside the dataset's folder imagesTr" in capsys.readouterr().err
+    assert not out.exists()
