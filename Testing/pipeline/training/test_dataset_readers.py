@@ -541,6 +541,7 @@ def test_a_case_without_air_or_fat_for_a_ct_configuration_is_warned_about(tmp_pa
         ({"0": "ct"}, None),
         ("CT", None),
         ({"0": "noNorm"}, None),  # nnU-Net's normalisation names say no modality: the case check warns instead
+        ("", None),  # says nothing
     ],
 )
 def test_train_matches_the_modality_a_datalist_names_in_other_spellings(

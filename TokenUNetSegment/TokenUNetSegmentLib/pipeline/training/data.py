@@ -116,9 +116,10 @@ def read_datalist(path: str | Path) -> dict:
     out = {"labels": table(data.get("labels"), str(path)), "training": [], "validation": []}
     # the images' channels as the dataset names them (MSD's "modality", nnU-Net v2's "channel_names"), or None; or
     # one "modality" text for all of them ("CT", as Auto3DSeg's task file writes it)
-    text = data.get("modality") if isinstance(data.get("modality"), str) and data["modality"].strip() else None
-    out["modality"] = text
-    out["channel_names"] = None if text else dataset_channels(data, path, 'e.g. "modality": {"0": "CT"}')
+    text = data.get("modality") if isinstance(data.get("modality"), str) else None
+    out["modality"] = text.strip() if text and text.strip() else None
+    tables = {key: value for key, value in data.items() if key != "modality"} if text is not None else data
+    out["channel_names"] = dataset_channels(tables, path, 'e.g. "modality": {"0": "CT"}')
     for split in ("training", "validation"):
         for index, entry in enumerate(data.get(split) or []):
             where = f"datalist {split}[{index}]"
