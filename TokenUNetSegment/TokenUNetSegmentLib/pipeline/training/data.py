@@ -365,8 +365,9 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
 
 
 def _warn_not_hu(name: str, volumes, intensity) -> None:
-    """Warn about a channel the configuration windows as CT HU whose image has no air or fat (an MRI listed for a CT
-    model, in a datalist that does not say its modality)."""
+    """Warn about a channel the configuration windows as CT HU whose image has no air, lung or fat (no value below
+    ``NOT_HU_MINIMUM``: an MRI listed for a CT model, in a datalist that does not say its modality; a CT cropped
+    inside the body keeps its fat)."""
     from ..confidence import NOT_HU_MINIMUM
 
     for volume, setting in zip(volumes, intensity, strict=False):
