@@ -522,9 +522,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     import time
 
-    from .output_folder import check_file_destination, json_with_keys, write_file_atomically
+    from .output_folder import check_file_destination, json_with_keys, resolve_destination, write_file_atomically
 
     if args.json_out:  # before any computation; an earlier evaluation there is replaced, any other file only if asked
+        resolve_destination(args.json_out)  # a path no file system takes: refused before it is looked at
         _refuse_output_over_an_input(args)
         check_file_destination(args.json_out, args.overwrite or json_with_keys(*EVALUATION_KEYS))
     prediction = args.prediction

@@ -47,6 +47,7 @@ MANIFEST = ".tokenunet-manifest.json"
 STAGING_TAG = ".tokenunet-staging-"
 ASIDE_TAG = ".tokenunet-old-"
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+"""Errors that end a write for want of room (EFBIG: a file over the file system's or the process's size limit)."""
 
 
 def resolve_destination(path: str | Path) -> Path:
@@ -57,7 +58,37 @@ def resolve_destination(path: str | Path) -> Path:
     destination = Path(os.path.realpath(Path(text).expanduser()))
     if destination.name in ("", ".", ".."):
         raise OutputError(f"cannot use {destination} as an output folder", "name a folder inside it")
+    _check_lengths(destination)
     return destination
+
+
+NAME_MAX = 255
+"""Bytes in one file name that common file systems take (ext4, XFS, APFS, NTFS in UTF-16 units)."""
+PATH_ROOM = 256
+"""Bytes kept free below the system's path limit for what a run writes inside or beside its destination."""
+
+
+def _check_lengths(path: Path) -> None:
+    """Refuse a path with a name longer than file systems take, or too long to write inside (before any work)."""
+    for part in path.parts[1:]:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise OutputError(
+                f"the output path has a folder or file name {size} bytes long ({part[:24]}...); file systems take "
+                f"{NAME_MAX}",
+                "choose a shorter name",
+            )
+    try:
+        limit = os.pathconf("/", "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):  # Windows: long paths are allowed once enabled
+        limit = 32767
+    size = len(os.fsencode(str(path)))
+    if size > limit - PATH_ROOM:
+        raise OutputError(
+            f"the output path is {size} bytes long; with what is written inside it, it would pass this system's "
+            f"limit of {limit}",
+            "choose a shorter path",
+        )
 
 
 class OutputFolder:
@@ -143,6 +174,12 @@ class OutputFolder:
         self._check_protected()
         if self.destination.exists() and not self.destination.is_dir():
             raise OutputError(f"the output path {self.destination} is a file, not a folder", "choose a folder")
+        if os.path.ismount(self.destination):  # its staging folder would be on another file system than it
+            raise OutputError(
+                f"the output folder {self.destination} is the root of a file system (a mounted disk or share): a "
+                "result is put in place by renaming it, which cannot be done there",
+                f"name a folder inside it, e.g. {self.destination / 'tokenunet'}",
+            )
 
     def _check_protected(self) -> None:
         for folder, what in self.protected:
@@ -318,10 +355,14 @@ class OutputFolder:
             return
         owned = self._owned_files() if owned is None else owned
         names = tuple(names)
-        for relative in _files(destination):
+        folders = {str(parent) for name in names for parent in PurePosixPath(name).parents if str(parent) != "."}
+        for relative in _files(destination):  # files and links, never real folders
             if relative in owned or relative == MANIFEST:
                 continue
-            hit = any(fnmatch.fnmatchcase(relative, pattern) for pattern in names) if patterns else relative in names
+            if patterns:
+                hit = any(fnmatch.fnmatchcase(relative, pattern) for pattern in (*names, *folders))
+            else:
+                hit = relative in names or relative in folders  # a file or link where the run makes a folder
             if hit:
                 raise OutputError(
                     f"{destination / relative} was not written by TokenUNet (or was changed since) and this run "
@@ -515,6 +556,12 @@ def _sibling(destination: Path, tag: str) -> Path:
 
 
 def _os_output_error(error: OSError, destination: Path) -> OutputError:
+    if error.errno == errno.EFBIG:
+        return OutputError(
+            f"a file of the output {destination} is larger than its file system or this process's file-size limit "
+            "allows; nothing was changed there",
+            "choose a folder on another disk (FAT32 takes files up to 4 GiB), or raise the limit (ulimit -f)",
+        )
     if error.errno in _DISK_FULL:
         try:
             free = format_size(shutil.disk_usage(destination.parent).free)

@@ -1,0 +1,181 @@
+"""Where outputs may go (outaudit): a file or link of the user's where a run makes a folder, names and paths longer
+than file systems take, an output folder that is the root of a file system, a file-size limit, and the sample
+script's relative output folder (its default stays the repository's sample-output/). Each is refused before the work in one line (exit 2), or written where the user
+named; nothing of the user's is moved, replaced or written through."""
+
+import errno
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import pytest
+from helpers.disks import LINUX_MOUNT, tmpfs
+from helpers.paths import MODULE_DIR, ROOT
+from TokenUNetSegmentLib.pipeline import cli, output_folder, segmentation
+from TokenUNetSegmentLib.pipeline.errors import OutputError
+from TokenUNetSegmentLib.pipeline.output_folder import OutputFolder, write_file_atomically
+
+RESERVED = ("result.txt", "maps/m[0-9]*.txt")
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the segmentation ran before the output folder was checked")
+
+
+def one_line(err: str) -> bool:
+    return err.startswith("error: ") and err.count("\n") == 1 and len(err) <= 201
+
+
+def write(destination, files: dict) -> None:
+    folder = OutputFolder(destination, "test", reserved=RESERVED)
+    with folder:
+        for name, text in files.items():
+            (folder.staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder.staging / name).write_text(text)
+        folder.commit()
+
+
+@pytest.mark.parametrize("kind", ["file", "link to a folder", "dangling link"])
+def test_a_file_or_link_where_a_run_makes_a_folder_is_refused_before_computing(tmp_path, kind):
+    """Before: ``out/maps`` of the user's (a file, or a link to a folder elsewhere) matched no reserved pattern, so
+    the run went ahead and then moved it out of ``out`` into a hidden folder beside it, left there for good."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    write(out, {"result.txt": "1", "maps/m0.txt": "a"})
+    elsewhere.mkdir()
+    (elsewhere / "m0.txt").write_text("the user's")
+    for name in os.listdir(out / "maps"):
+        os.unlink(out / "maps" / name)
+    (out / "maps").rmdir()
+    if kind == "file":
+        (out / "maps").write_text("the user's notes")
+    else:
+        (out / "maps").symlink_to(elsewhere if kind == "link to a folder" else tmp_path / "gone")
+    with pytest.raises(OutputError, match=r"maps was not written by TokenUNet .* this run would replace it"):
+        OutputFolder(out, "test", reserved=RESERVED).open()
+    assert sorted(os.listdir(tmp_path)) == ["elsewhere", "out"]  # no staging folder, no lock
+    assert os.path.lexists(out / "maps") and (elsewhere / "m0.txt").read_text() == "the user's"
+
+
+def test_a_link_of_the_users_at_the_attention_folder_refuses_segment_before_it_runs(cli_case, tmp_path, capsys):
+    root, package, path = cli_case
+    out, theirs = tmp_path / "out", tmp_path / "theirs"
+    assert cli.main(["segment", str(path), "--model", str(package), "--out", str(out), "--no-overview"]) == 0
+    capsys.readouterr()
+    theirs.mkdir()
+    (theirs / "token00_gather.nrrd").write_text("the user's")
+    for name in os.listdir(out / "attention"):
+        os.unlink(out / "attention" / name)
+    (out / "attention").rmdir()
+    (out / "attention").symlink_to(theirs)
+    before = sorted(os.listdir(out))
+    assert cli.main(["segment", str(path), "--model", str(package), "--out", str(out), "--no-overview"]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "attention was not written by TokenUNet" in err, err
+    assert sorted(os.listdir(out)) == before and (out / "attention").is_symlink()
+    assert os.listdir(theirs) == ["token00_gather.nrrd"] and sorted(os.listdir(tmp_path)) == ["out", "theirs"]
+
+
+def test_names_and_paths_longer_than_file_systems_take_are_one_line_before_the_work(
+    cli_case, tmp_path, monkeypatch, capsys
+):
+    """Before: ``internal error: OSError: [Errno 36] File name too long``, exit 1 (a 256-byte name; a 4 KiB path)."""
+    root, package, path = cli_case
+    monkeypatch.setattr(segmentation, "segment", _must_not_run)
+    too_long_name = tmp_path / ("é" * 128)  # 256 bytes
+    too_long_path = tmp_path.joinpath(*["d" * 200] * 21, "out")
+    for out, message in [(too_long_name, "256 bytes long"), (too_long_path, "bytes long")]:
+        assert cli.main(["segment", str(path), "--model", str(package), "--out", str(out)]) == 2, out
+        err = capsys.readouterr().err
+        assert one_line(err) and message in err and "shorter" in err, err
+        with pytest.raises(OutputError, match="bytes long"):
+            write_file_atomically(out / "x.json", "{}")
+    assert os.listdir(tmp_path) == []
+    json_out = tmp_path / ("e" * 251 + ".json")
+    reference = str(path)
+    assert cli.main(["evaluate", reference, "--prediction", reference, "--json", str(json_out)]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "256 bytes long" in err, err
+    write(tmp_path / ("é" * 127), {"result.txt": "1"})  # 254 bytes: still fine
+
+
+def test_a_mount_point_as_the_output_folder_is_refused_before_computing(cli_case, tmp_path, monkeypatch, capsys):
+    """A result is renamed into place, which cannot be done at the root of a file system (a USB disk, a share).
+    Before: the whole run, then "Device or resource busy" and a stray manifest left in the user's disk."""
+    root, package, path = cli_case
+    monkeypatch.setattr(segmentation, "segment", _must_not_run)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: os.fspath(p) == str(disk) or real_ismount(p))
+    assert cli.main(["segment", str(path), "--model", str(package), "--out", str(disk)]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "root of a file system" in err and "inside it" in err, err
+    assert os.listdir(disk) == [] and sorted(os.listdir(tmp_path)) == ["disk"]
+    write(disk / "results", {"result.txt": "1"})  # a folder inside it is fine
+
+
+@pytest.mark.skipif(not LINUX_MOUNT or os.geteuid() != 0, reason="mounts a tmpfs (root on Linux)")
+def test_a_real_mount_point_keeps_its_files_and_a_folder_inside_it_works(cli_case, tmp_path, capsys):
+    root, package, path = cli_case
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        assert cli.main(["segment", str(path), "--model", str(package), "--out", str(disk), "--no-overview"]) == 2
+        assert "root of a file system" in capsys.readouterr().err
+        assert os.listdir(disk) == []
+        out = disk / "results"
+        assert cli.main(["segment", str(path), "--model", str(package), "--out", str(out), "--no-overview"]) == 0
+        assert (out / "segmentation.seg.nrrd").is_file() and sorted(os.listdir(disk)) == ["results"]
+
+
+def test_a_file_size_limit_is_not_called_a_full_disk(tmp_path):
+    """EFBIG (a process's ``ulimit -f``, or FAT32's 4 GiB) was reported as "the disk of ... is full (42.6 GiB
+    free)". A real limit, in a child process (Python ignores SIGXFSZ, so the write fails with EFBIG)."""
+    code = (
+        "import resource, sys; from TokenUNetSegmentLib.pipeline.output_folder import write_file_atomically;"
+        "from TokenUNetSegmentLib.pipeline.errors import OutputError\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+        f"try: write_file_atomically({str(tmp_path / 'big.bin')!r}, b'x' * 100000)\n"
+        "except OutputError as e: print(e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=MODULE_DIR)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert "file-size limit" in line and "full" not in line and "nothing was changed" in line, line
+    assert os.listdir(tmp_path) == []
+    assert resource.getrlimit(resource.RLIMIT_FSIZE)  # the limit was the child's only
+    message = str(output_folder._os_output_error(OSError(errno.ENOSPC, "No space left on device"), tmp_path / "o"))
+    assert "is full" in message  # a full disk is still called one
+
+
+def test_the_sample_script_writes_a_relative_output_folder_where_it_was_run(tmp_path):
+    """Before: ``bash scripts/segment-sample.sh out`` changed to the repository first, so ``out`` went into the
+    repository, not the user's folder. The script runs against stand-ins for the venv set-up and Python."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    script = (ROOT / "scripts" / "segment-sample.sh").read_text()
+    (repo / "scripts" / "segment-sample.sh").write_text(script)
+    (repo / "scripts" / "setup-venv.sh").write_text("true\n")
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    calls = tmp_path / "calls.jsonl"
+    python = repo / ".venv" / "bin" / "python"
+    python.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        f"open({str(calls)!r}, 'a').write(json.dumps({{'cwd': os.getcwd(), 'argv': sys.argv[1:]}}) + '\\n')\n"
+    )
+    python.chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    for given, expected in [("rel/out", work / "rel" / "out"), (str(tmp_path / "abs"), tmp_path / "abs")]:
+        calls.unlink(missing_ok=True)
+        done = subprocess.run(["bash", str(repo / "scripts" / "segment-sample.sh"), given], cwd=work, text=True,
+                              capture_output=True)
+        assert done.returncode == 0, done.stderr
+        segment, evaluate = [json.loads(line) for line in calls.read_text().splitlines()]
+        assert segment["argv"][segment["argv"].index("--out") + 1] == str(expected)
+        assert evaluate["argv"][evaluate["argv"].index("--json") + 1] == str(expected / "evaluation.json")
+    calls.unlink()
+    subprocess.run(["bash", str(repo / "scripts" / "segment-sample.sh")], cwd=work, check=True, capture_output=True)
+    segment = json.loads(calls.read_text().splitlines()[0])
+    out = segment["argv"][segment["argv"].index("--out") + 1]
+    assert os.path.join(segment["cwd"], out) == str(repo / "sample-output")  # as documented
