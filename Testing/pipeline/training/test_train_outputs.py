@@ -103,3 +103,36 @@ def test_an_earlier_run_is_never_replaced_without_resume(inputs, tmp_path, monke
         "checkpoints",
         "train.log",
     ]
+
+
+@pytest.mark.parametrize(
+    "place, resume",
+    [("train.log", False), ("checkpoints", True), ("checkpoints/last.pt", True), ("package", True)],
+    ids=["dangling log", "checkpoints folder", "last checkpoint", "package"],
+)
+def test_links_inside_the_training_folder_are_never_read_or_written_through(
+    inputs, tmp_path, monkeypatch, capsys, place, resume
+):
+    """(outaudit) Before: ``run/train.log`` a dangling link made the log at its target (a folder the user never
+    named) and the run went on as a fresh one; with --resume, ``run/checkpoints`` (or ``last.pt``) a link to another
+    folder had the checkpoints read from and written there."""
+    from TokenUNetSegmentLib.pipeline.training import trainer
+
+    out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("the user's")
+    (out / "checkpoints").mkdir(parents=True)
+    if place != "train.log":
+        (out / "train.log").write_text("{}\n")
+    if place == "checkpoints":
+        (out / "checkpoints").rmdir()
+    target = tmp_path / "gone" / "log" if place == "train.log" else elsewhere
+    (out / place).symlink_to(target)
+    monkeypatch.setattr(trainer, "load_case", lambda *a, **k: pytest.fail("the data was read"))
+    extra = ["--resume"] if resume else []
+    assert cli.main(train_arguments(inputs, out, "--steps", "1", *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and len(err) <= 201, err
+    assert f"{place} is a link" in err and "only inside --out" in err, err
+    assert os.listdir(elsewhere) == ["notes.txt"] and not (tmp_path / "gone").exists()
+    assert (out / place).is_symlink()

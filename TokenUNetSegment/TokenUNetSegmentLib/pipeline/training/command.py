@@ -162,7 +162,14 @@ def check_output(out: str | Path, resume: bool) -> Path:
     folder = resolve_destination(out)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"the output path {folder} is a file, not a folder", "choose a folder")
-    earlier = [name for name in (LOG_FILE, CHECKPOINT_DIR, PACKAGE_DIR) if (folder / name).exists()]
+    places = (LOG_FILE, CHECKPOINT_DIR, f"{CHECKPOINT_DIR}/best.pt", f"{CHECKPOINT_DIR}/last.pt", PACKAGE_DIR)
+    for place in (folder / name for name in places):  # what the run reads and writes stays inside --out
+        if place.is_symlink():
+            raise OutputError(
+                f"{place} is a link (to {os.readlink(place)}): train writes its files only inside --out",
+                "remove the link, or choose another --out",
+            )
+    earlier = [name for name in (LOG_FILE, CHECKPOINT_DIR, PACKAGE_DIR) if os.path.lexists(folder / name)]
     if earlier and not resume:
         raise OutputError(
             f"{folder} already holds a training run ({', '.join(earlier)})",
