@@ -179,3 +179,19 @@ def test_the_sample_script_writes_a_relative_output_folder_where_it_was_run(tmp_
     segment = json.loads(calls.read_text().splitlines()[0])
     out = segment["argv"][segment["argv"].index("--out") + 1]
     assert os.path.join(segment["cwd"], out) == str(repo / "sample-output")  # as documented
+
+
+def test_a_single_file_that_fails_leaves_no_folders_it_made(tmp_path):
+    """(outaudit) Before: ``datalist --out a/b/list.json`` on a full disk said "nothing was changed there" and left the
+    folders a/b it had made; folders that were there before stay."""
+    (tmp_path / "kept").mkdir()
+
+    def full(stream):
+        stream.write(b"{")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OutputError, match="is full"):
+        write_file_atomically(tmp_path / "kept" / "a" / "b" / "list.json", full)
+    assert os.listdir(tmp_path) == ["kept"] and os.listdir(tmp_path / "kept") == []
+    write_file_atomically(tmp_path / "kept" / "a" / "b" / "list.json", "{}")
+    assert (tmp_path / "kept" / "a" / "b" / "list.json").read_text() == "{}"

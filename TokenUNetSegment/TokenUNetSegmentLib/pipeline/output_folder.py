@@ -471,6 +471,7 @@ def write_file_atomically(path: str | Path, data: bytes | str | Callable) -> Pat
     path = resolve_destination(path)
     check_file_destination(path, replace=True)  # whether to replace a file there: decided by the caller
     temporary = _sibling(path, STAGING_TAG)
+    missing = [folder for folder in path.parents if not os.path.lexists(folder)]  # made here, removed on failure
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "xb") as stream:
@@ -486,6 +487,9 @@ def write_file_atomically(path: str | Path, data: bytes | str | Callable) -> Pat
     except BaseException as error:
         with contextlib.suppress(OSError):
             temporary.unlink()
+        with contextlib.suppress(OSError):
+            for folder in missing:  # deepest first; stops at one that holds something
+                folder.rmdir()
         if isinstance(error, OSError):
             raise _os_output_error(error, path) from None
         if isinstance(error, RuntimeError) and _disk_nearly_full(path.parent):  # a writer that hides the OSError
