@@ -195,3 +195,15 @@ def test_a_single_file_that_fails_leaves_no_folders_it_made(tmp_path):
     assert os.listdir(tmp_path) == ["kept"] and os.listdir(tmp_path / "kept") == []
     write_file_atomically(tmp_path / "kept" / "a" / "b" / "list.json", "{}")
     assert (tmp_path / "kept" / "a" / "b" / "list.json").read_text() == "{}"
+
+
+def test_a_link_at_the_manifests_temporary_name_is_not_written_through(tmp_path):
+    """(outaudit) Before: a link ``out/.tokenunet-manifest.json.tmp`` (a shared folder, another user) had the next
+    run write its manifest into the file it pointed to, replacing that file's content."""
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    write(out, {"result.txt": "1"})
+    victim.write_text("precious")
+    (out / ".tokenunet-manifest.json.tmp").symlink_to(victim)
+    write(out, {"result.txt": "2"})
+    assert victim.read_text() == "precious" and (out / "result.txt").read_text() == "2"
+    assert not os.path.islink(out / ".tokenunet-manifest.json")

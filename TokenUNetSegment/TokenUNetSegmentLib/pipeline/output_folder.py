@@ -654,7 +654,9 @@ def _sync_dir(folder: Path) -> None:
 
 def _write_manifest(folder: Path, content: dict) -> None:
     temporary = folder / f"{MANIFEST}.tmp"
-    with open(temporary, "w", encoding="utf-8") as stream:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)  # a crash's leftover, or a link: never written through
+    with open(temporary, "x", encoding="utf-8") as stream:
         json.dump({"version": 1, **content}, stream, indent=1)
         stream.flush()
         if os.name != "nt":
