@@ -207,3 +207,16 @@ def test_a_link_at_the_manifests_temporary_name_is_not_written_through(tmp_path)
     write(out, {"result.txt": "2"})
     assert victim.read_text() == "precious" and (out / "result.txt").read_text() == "2"
     assert not os.path.islink(out / ".tokenunet-manifest.json")
+
+
+def test_a_link_at_the_batch_space_reserves_name_is_not_written_through(cli_case, tmp_path, capsys):
+    """(outaudit) Before: a link ``ROOT/.batch.json.tokenunet-reserve`` had ``batch`` fill the file it pointed to
+    with zeros (the room it keeps for a last batch.json on a full disk): the user's file destroyed."""
+    root, package, path = cli_case
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    out.mkdir()
+    victim.write_text("precious")
+    (out / ".batch.json.tokenunet-reserve").symlink_to(victim)
+    assert cli.main(["batch", str(path), "--model", str(package), "--out", str(out), "--no-overview"]) == 0
+    capsys.readouterr()
+    assert victim.read_text() == "precious" and (out / "batch.json").is_file()
