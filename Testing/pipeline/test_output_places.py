@@ -220,3 +220,33 @@ def test_a_link_at_the_batch_space_reserves_name_is_not_written_through(cli_case
     assert cli.main(["batch", str(path), "--model", str(package), "--out", str(out), "--no-overview"]) == 0
     capsys.readouterr()
     assert victim.read_text() == "precious" and (out / "batch.json").is_file()
+
+
+def test_a_users_file_that_cannot_be_moved_after_the_swap_is_a_warning_not_a_failure(tmp_path, monkeypatch):
+    """(outaudit) The new result is in place once swapped; a user's file in the old one that cannot be moved into it
+    (an immutable or read-only folder: EPERM) then made the run fail ("error: cannot write the output ...", exit 2)
+    though its result was written, and every later run on the folder failed the same way."""
+    out = tmp_path / "out"
+    write(out, {"result.txt": "1", "maps/m0.txt": "a"})
+    (out / "maps" / "mine.txt").write_text("the user's")
+    real_rename = os.rename
+
+    def refuse_the_users(source, target, *args, **kwargs):
+        if os.fspath(source).endswith("mine.txt"):
+            raise PermissionError(errno.EPERM, "Operation not permitted", os.fspath(source))
+        return real_rename(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", refuse_the_users)
+    folder = OutputFolder(out, "test", reserved=RESERVED)
+    with folder:
+        (folder.staging / "result.txt").write_text("2")
+        folder.commit()  # no error: the result is in place
+    assert (out / "result.txt").read_text() == "2"
+    kept = [name for name in os.listdir(tmp_path) if name != "out"]
+    assert len(kept) == 1 and (tmp_path / kept[0] / "maps" / "mine.txt").read_text() == "the user's"
+    assert any("mine.txt" in warning and kept[0] in warning for warning in folder.warnings), folder.warnings
+    assert not (tmp_path / kept[0] / "result.txt").exists()  # the tool's old files are gone all the same
+    write(out, {"result.txt": "3"})  # a later run works (and says again where the file is)
+    monkeypatch.setattr(os, "rename", real_rename)
+    write(out, {"result.txt": "4"})  # once it can be moved, it is
+    assert (out / "maps" / "mine.txt").read_text() == "the user's" and sorted(os.listdir(tmp_path)) == ["out"]

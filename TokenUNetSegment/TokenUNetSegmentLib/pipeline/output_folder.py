@@ -311,8 +311,20 @@ class OutputFolder:
         return aside
 
     def _finish_old(self, old: Path, owned: set[str], destination: Path) -> None:
-        """Move the user's files from the replaced folder into the new one, then delete the old listed files."""
-        _carry_foreign(old, destination, owned, self.warnings)
+        """Move the user's files from the replaced folder into the new one, then delete the old listed files.
+
+        The new result is in place by now: a file of the user's that cannot be moved (a read-only or immutable
+        folder) is a warning, and the old folder keeps its manifest so that the next run on the destination tries
+        again (:meth:`_recover`)."""
+        try:
+            _carry_foreign(old, destination, owned, self.warnings)
+        except OSError as error:
+            self.warnings.append(
+                f"the new result is in place, but files of yours stay in {old}: cannot move "
+                f"{error.filename or 'one of them'}: {error.strerror or error} (the next run there tries again)"
+            )
+            _delete_listed(old, owned, keep_manifest=True)
+            return
         leftover = _delete_listed(old, owned)
         if leftover:
             self.warnings.append(f"kept {old}: it still holds {leftover[0]} (not written by TokenUNet)")
@@ -734,13 +746,14 @@ def _carry_foreign(old: Path, new: Path, owned: set[str], warnings: list[str], r
         os.rename(here, there)
 
 
-def _delete_listed(folder: Path, owned: set[str]) -> list[str]:
-    """Delete ``owned`` files of ``folder``, its manifest and then its empty folders; what remains, if anything."""
+def _delete_listed(folder: Path, owned: set[str], keep_manifest: bool = False) -> list[str]:
+    """Delete ``owned`` files of ``folder``, its manifest (unless ``keep_manifest``) and then its empty folders; what
+    remains, if anything."""
     for relative in sorted(owned):
         if _is_plain_file(folder, relative):
             with contextlib.suppress(OSError):
                 os.unlink(folder / relative)
-    for name in (MANIFEST, f"{MANIFEST}.tmp"):
+    for name in () if keep_manifest else (MANIFEST, f"{MANIFEST}.tmp"):
         with contextlib.suppress(OSError):
             os.unlink(folder / name)
     for root, dirs, _ in os.walk(folder, topdown=False):
