@@ -250,3 +250,15 @@ def test_a_users_file_that_cannot_be_moved_after_the_swap_is_a_warning_not_a_fai
     monkeypatch.setattr(os, "rename", real_rename)
     write(out, {"result.txt": "4"})  # once it can be moved, it is
     assert (out / "maps" / "mine.txt").read_text() == "the user's" and sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_a_loop_of_links_on_the_way_is_named_as_such(tmp_path):
+    """(outaudit) Before: ``--out loopa/x`` with ``loopa -> loopb -> loopa``: "cannot write in .../loopa: permission
+    denied", which sent the user to check permissions."""
+    (tmp_path / "loopa").symlink_to("loopb")
+    (tmp_path / "loopb").symlink_to("loopa")
+    for destination in (tmp_path / "loopa" / "x", tmp_path / "loopa" / "x" / "y"):
+        with pytest.raises(OutputError, match="symbolic links") as refused:
+            OutputFolder(destination, "test").open()
+        assert "permission" not in str(refused.value)
+    assert sorted(os.listdir(tmp_path)) == ["loopa", "loopb"]

@@ -600,6 +600,10 @@ def _os_output_error(error: OSError, destination: Path) -> OutputError:
 
 def _why_not_writable(folder: Path) -> str:
     try:
+        os.stat(folder)
+    except OSError as error:  # e.g. a loop of links: "Too many levels of symbolic links"
+        return (error.strerror or str(error)).lower()
+    try:
         if os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1):
             return "its file system is read-only"
     except (OSError, AttributeError):
