@@ -136,3 +136,16 @@ def test_links_inside_the_training_folder_are_never_read_or_written_through(
     assert f"{place} is a link" in err and "only inside --out" in err, err
     assert os.listdir(elsewhere) == ["notes.txt"] and not (tmp_path / "gone").exists()
     assert (out / place).is_symlink()
+
+
+def test_a_refused_run_removes_every_folder_it_made(inputs, tmp_path, monkeypatch, capsys):
+    """(outaudit) Before: ``--out new/deeper/run`` refused for want of room removed ``run`` but left ``new/deeper``."""
+    from TokenUNetSegmentLib.pipeline.training import trainer
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10**9, 10**9 - 100_000, 100_000))
+    monkeypatch.setattr(trainer, "load_case", lambda *a, **k: pytest.fail("the data was read"))
+    (tmp_path / "kept").mkdir()
+    assert cli.main(train_arguments(inputs, tmp_path / "kept" / "new" / "deeper" / "run", "--steps", "1")) == 2
+    assert "needs about" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["kept"] and os.listdir(tmp_path / "kept") == []

@@ -210,7 +210,8 @@ def run_train(args: argparse.Namespace) -> int:
         # one process checks and locks the folder; the others write nothing there but through it
         from ..output_folder import resolve_destination
 
-        created = not os.path.lexists(resolve_destination(args.out))
+        destination = resolve_destination(args.out)
+        created = [f for f in (destination, *destination.parents) if not os.path.lexists(f)]  # innermost first
         out = check_output(args.out, args.resume)
         lock = DestinationLock(out, "train")
         try:
@@ -222,9 +223,9 @@ def run_train(args: argparse.Namespace) -> int:
                     lock.release()
         except BaseException as error:
             with cleaning_up():
-                if created:  # a run refused or failed before writing anything leaves no empty folder behind
-                    with contextlib.suppress(OSError):
-                        out.rmdir()
+                with contextlib.suppress(OSError):  # a run refused or failed before writing leaves no empty folder
+                    for folder in created:
+                        folder.rmdir()
                 # an error while a stop is handled (a worker or another process of the group ended by the same signal)
                 stopped = isinstance(error, (KeyboardInterrupt, CancelledError)) or stop.is_set()
                 kept = kept_after_a_stop(out) if stopped else None
