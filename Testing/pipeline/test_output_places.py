@@ -262,3 +262,26 @@ def test_a_loop_of_links_on_the_way_is_named_as_such(tmp_path):
             OutputFolder(destination, "test").open()
         assert "permission" not in str(refused.value)
     assert sorted(os.listdir(tmp_path)) == ["loopa", "loopb"]
+
+
+@pytest.mark.parametrize("out", ["relative", "absolute"])
+def test_a_command_run_in_a_deleted_folder_is_one_line_before_any_work(cli_case, tmp_path, out):
+    """(outaudit) A terminal whose folder was deleted (``rm -rf`` in another one). Before: a relative --out was
+    ``internal error: FileNotFoundError``, exit 1; an absolute one got as far as torch's import, which ended the
+    process ("Intel oneMKL FATAL ERROR: Cannot load .../libtorch_cpu.so", exit 2 from MKL), leaving the lock and the
+    staging folder beside the output."""
+    root, package, path = cli_case
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    target = "out" if out == "relative" else str(tmp_path / "out")
+    code = (
+        "import os, sys\n"
+        f"os.chdir({str(gone)!r}); os.rmdir({str(gone)!r})\n"
+        "from TokenUNetSegmentLib.pipeline import cli\n"
+        f"sys.exit(cli.main(['segment', {str(path)!r}, '--model', {str(package)!r}, '--out', {target!r}]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(MODULE_DIR)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert one_line(done.stderr) and "current folder" in done.stderr and "no longer exists" in done.stderr
+    assert os.listdir(tmp_path) == []
