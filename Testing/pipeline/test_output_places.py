@@ -285,3 +285,24 @@ def test_a_command_run_in_a_deleted_folder_is_one_line_before_any_work(cli_case,
     assert done.returncode == 2, done.stderr
     assert one_line(done.stderr) and "current folder" in done.stderr and "no longer exists" in done.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_while_the_old_manifest_is_rewritten_leaves_no_temporary_file_in_it(tmp_path, monkeypatch):
+    """(outaudit) The swap first rewrites the old result's manifest; a full disk there left
+    ``out/.tokenunet-manifest.json.tmp`` (half written) inside the user's previous result."""
+    out = tmp_path / "out"
+    write(out, {"result.txt": "1"})
+    before = sorted(os.listdir(out)), (out / ".tokenunet-manifest.json").read_bytes()
+    real_dump = json.dump
+
+    def full_in_the_old_folder(content, stream, *args, **kwargs):
+        if isinstance(stream.name, str) and os.path.dirname(stream.name) == str(out):
+            stream.write("{")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_dump(content, stream, *args, **kwargs)
+
+    monkeypatch.setattr(json, "dump", full_in_the_old_folder)
+    with pytest.raises(OutputError, match="is full"):
+        write(out, {"result.txt": "2"})
+    assert (sorted(os.listdir(out)), (out / ".tokenunet-manifest.json").read_bytes()) == before
+    assert (out / "result.txt").read_text() == "1" and sorted(os.listdir(tmp_path)) == ["out"]

@@ -672,12 +672,17 @@ def _write_manifest(folder: Path, content: dict) -> None:
     temporary = folder / f"{MANIFEST}.tmp"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(temporary)  # a crash's leftover, or a link: never written through
-    with open(temporary, "x", encoding="utf-8") as stream:
-        json.dump({"version": 1, **content}, stream, indent=1)
-        stream.flush()
-        if os.name != "nt":
-            os.fsync(stream.fileno())
-    os.replace(temporary, folder / MANIFEST)
+    try:
+        with open(temporary, "x", encoding="utf-8") as stream:
+            json.dump({"version": 1, **content}, stream, indent=1)
+            stream.flush()
+            if os.name != "nt":
+                os.fsync(stream.fileno())
+        os.replace(temporary, folder / MANIFEST)
+    except BaseException:  # a full disk: no half-written manifest left in the folder (an old result's, the user's)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def _read_manifest(folder: Path) -> dict | None:
