@@ -1,7 +1,8 @@
-"""Where outputs may go (outaudit): a file or link of the user's where a run makes a folder, names and paths longer
-than file systems take, an output folder that is the root of a file system, a file-size limit, and the sample
-script's relative output folder (its default stays the repository's sample-output/). Each is refused before the work in one line (exit 2), or written where the user
-named; nothing of the user's is moved, replaced or written through."""
+"""Where outputs may go (outaudit): a file or link of the user's where a run makes a folder, links at the tool's own
+hidden names, names and paths longer than file systems take, an output folder that is the root of a file system, a
+file-size limit, a deleted working folder, a user's file that cannot be moved, and the sample script's relative
+output folder (its default stays the repository's sample-output/). Each is refused before the work in one line
+(exit 2), or written where the user named; nothing of the user's is moved, replaced or written through."""
 
 import errno
 import json
@@ -168,8 +169,9 @@ def test_the_sample_script_writes_a_relative_output_folder_where_it_was_run(tmp_
     work.mkdir()
     for given, expected in [("rel/out", work / "rel" / "out"), (str(tmp_path / "abs"), tmp_path / "abs")]:
         calls.unlink(missing_ok=True)
-        done = subprocess.run(["bash", str(repo / "scripts" / "segment-sample.sh"), given], cwd=work, text=True,
-                              capture_output=True)
+        done = subprocess.run(
+            ["bash", str(repo / "scripts" / "segment-sample.sh"), given], cwd=work, text=True, capture_output=True
+        )
         assert done.returncode == 0, done.stderr
         segment, evaluate = [json.loads(line) for line in calls.read_text().splitlines()]
         assert segment["argv"][segment["argv"].index("--out") + 1] == str(expected)
