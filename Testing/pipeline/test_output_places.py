@@ -59,6 +59,23 @@ def test_a_file_or_link_where_a_run_makes_a_folder_is_refused_before_computing(t
     assert os.path.lexists(out / "maps") and (elsewhere / "m0.txt").read_text() == "the user's"
 
 
+def test_a_folder_of_the_users_where_a_run_writes_a_file_is_refused_before_computing(tmp_path):
+    """(outaudit) Before: ``out/result.txt/`` a folder of the user's (``notes.txt`` in it) matched no reserved name,
+    so the run went ahead and then moved it out of ``out`` into a hidden folder beside it."""
+    out = tmp_path / "out"
+    write(out, {"result.txt": "1", "maps/m0.txt": "a"})
+    (out / "result.txt").unlink()
+    (out / "result.txt").mkdir()
+    (out / "result.txt" / "notes.txt").write_text("the user's")
+    with pytest.raises(OutputError, match=r"result.txt/notes.txt was not written by TokenUNet"):
+        OutputFolder(out, "test", reserved=RESERVED).open()
+    folder = OutputFolder(out, "test")  # nothing reserved: the same found when the result is put in place
+    with folder, pytest.raises(OutputError, match=r"result.txt/notes.txt was not written by TokenUNet"):
+        (folder.staging / "result.txt").write_text("2")
+        folder.commit()
+    assert (out / "result.txt" / "notes.txt").read_text() == "the user's" and sorted(os.listdir(tmp_path)) == ["out"]
+
+
 def test_a_link_of_the_users_at_the_attention_folder_refuses_segment_before_it_runs(cli_case, tmp_path, capsys):
     root, package, path = cli_case
     out, theirs = tmp_path / "out", tmp_path / "theirs"

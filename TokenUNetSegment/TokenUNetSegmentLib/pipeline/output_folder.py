@@ -371,10 +371,15 @@ class OutputFolder:
         for relative in _files(destination):  # files and links, never real folders
             if relative in owned or relative == MANIFEST:
                 continue
+            # the entry itself, or a folder it is in, where the run writes a file; or a file or link where it makes
+            # a folder
+            places = [relative, *(str(parent) for parent in PurePosixPath(relative).parents if str(parent) != ".")]
             if patterns:
-                hit = any(fnmatch.fnmatchcase(relative, pattern) for pattern in (*names, *folders))
+                hit = any(fnmatch.fnmatchcase(place, pattern) for place in places for pattern in names) or any(
+                    fnmatch.fnmatchcase(relative, folder) for folder in folders
+                )
             else:
-                hit = relative in names or relative in folders  # a file or link where the run makes a folder
+                hit = any(place in names for place in places) or relative in folders
             if hit:
                 raise OutputError(
                     f"{destination / relative} was not written by TokenUNet (or was changed since) and this run "
