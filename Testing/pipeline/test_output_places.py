@@ -76,6 +76,43 @@ def test_a_folder_of_the_users_where_a_run_writes_a_file_is_refused_before_compu
     assert (out / "result.txt" / "notes.txt").read_text() == "the user's" and sorted(os.listdir(tmp_path)) == ["out"]
 
 
+def test_a_result_of_another_command_is_refused_untouched(tmp_path):
+    """(outaudit) A manifest made a folder the tool's whatever command wrote it: a run of another command replaced it
+    and deleted its files (e.g. a model package's weights, metadata and licence under a segmentation)."""
+    out = tmp_path / "out"
+    folder = OutputFolder(out, "package")
+    with folder:
+        (folder.staging / "weights.bin").write_text("hours of training")
+        folder.commit()
+    with pytest.raises(OutputError, match=r"holds a model package, not a segmentation") as refused:
+        OutputFolder(out, "segment", reserved=RESERVED).open()
+    assert "choose another folder" in refused.value.hint
+    assert (out / "weights.bin").read_text() == "hours of training" and sorted(os.listdir(tmp_path)) == ["out"]
+    with pytest.raises(OutputError, match="holds a model package, not a result of 'something else'"):
+        OutputFolder(out, "something else").check()
+    write(tmp_path / "mine", {"result.txt": "1"})  # the same command replaces its own result as before
+    write(tmp_path / "mine", {"result.txt": "2"})
+    assert (tmp_path / "mine" / "result.txt").read_text() == "2"
+
+
+def test_segment_into_the_folder_of_its_own_model_package_keeps_the_package(cli_case, tmp_path, capsys):
+    """(outaudit) ``segment CT --model run/package --out run/package`` (a slip for ``--out run/seg``). Before: the
+    segmentation ran, replaced the package folder and deleted the package's metadata, weights and licence, which
+    ``train`` took hours to make; only the empty configs/, models/ and docs/ were left beside the segmentation."""
+    import shutil
+
+    root, package, path = cli_case
+    mine = tmp_path / "package"
+    shutil.copytree(package, mine)
+    before = sorted(str(p.relative_to(mine)) for p in mine.rglob("*"))
+    for out in (mine,):
+        assert cli.main(["segment", str(path), "--model", str(mine), "--out", str(out), "--no-overview"]) == 2
+        err = capsys.readouterr().err
+        assert one_line(err) and "holds a model package, not a segmentation" in err, err
+    assert sorted(str(p.relative_to(mine)) for p in mine.rglob("*")) == before
+    assert sorted(os.listdir(tmp_path)) == ["package"]
+
+
 def test_a_link_of_the_users_at_the_attention_folder_refuses_segment_before_it_runs(cli_case, tmp_path, capsys):
     root, package, path = cli_case
     out, theirs = tmp_path / "out", tmp_path / "theirs"

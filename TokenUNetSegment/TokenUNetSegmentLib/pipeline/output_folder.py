@@ -44,6 +44,14 @@ from .locks import DestinationLock, hidden_sibling
 from .memory import format_size
 
 MANIFEST = ".tokenunet-manifest.json"
+_KINDS = {"models import": "package"}
+"""Commands that write the same kind of folder (the manifest's ``written_by``): each replaces the others' results."""
+_WHAT = {
+    "segment": "a segmentation",
+    "package": "a model package",
+    "cka": "a CKA comparison",
+    "robustness": "a robustness report",
+}
 STAGING_TAG = ".tokenunet-staging-"
 ASIDE_TAG = ".tokenunet-old-"
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
@@ -353,6 +361,14 @@ class OutputFolder:
                     "choose a new or empty folder",
                 )
             return {name: None for name in legacy if _is_plain_file(destination, name)}
+        writer = manifest.get("written_by")
+        theirs, ours = _KINDS.get(writer, writer), _KINDS.get(self.command, self.command)
+        if isinstance(writer, str) and theirs != ours:
+            what = _WHAT.get(theirs, f"the output of {writer[:40]!r}")
+            raise OutputError(  # a result of another command is never replaced, nor its files deleted
+                f"the output folder {destination} holds {what}, not {_WHAT.get(ours, 'a result of ' + repr(ours))}",
+                "choose another folder",
+            )
         listed = manifest.get("files") or {}
         return {
             name: record
