@@ -362,3 +362,43 @@ def test_a_full_disk_while_the_old_manifest_is_rewritten_leaves_no_temporary_fil
         write(out, {"result.txt": "2"})
     assert (sorted(os.listdir(out)), (out / ".tokenunet-manifest.json").read_bytes()) == before
     assert (out / "result.txt").read_text() == "1" and sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_a_tilde_in_evaluate_json_is_the_home_folder_for_the_input_check_too(tmp_path, monkeypatch, capsys):
+    """(outaudit) ``--json '~/ev/ref.nii.gz' --overwrite`` (a tilde the shell left alone: quoted, from a script or a
+    GUI field). Before: the check that --json is no input compared the path unexpanded, found nothing, and the file
+    was then written at the expanded path: the user's reference label map replaced by the metrics JSON."""
+    from helpers.training_data import write_dataset
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_dataset(tmp_path / "ev", cases=1, validation=0)
+    reference = tmp_path / "ev" / "case0_seg.nii.gz"
+    before = reference.read_bytes()
+    json_out = "~/ev/case0_seg.nii.gz"
+    assert (
+        cli.main(["evaluate", str(reference), "--prediction", str(reference), "--json", json_out, "--overwrite"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert one_line(err) and "is the reference, which this evaluation reads" in err, err
+    assert reference.read_bytes() == before
+
+
+def test_a_tilde_in_datalist_out_is_the_home_folder_for_the_input_check_too(tmp_path, monkeypatch, capsys):
+    """(outaudit) The same for ``datalist --out '~/.../config.json' --overwrite``: the configuration it reads was
+    replaced by the datalist."""
+    from helpers.training_data import train_config, write_dataset
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    data = write_dataset(tmp_path / "data", cases=1, validation=0).parent
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(train_config()))
+    before = config.read_bytes()
+    images, labels = tmp_path / "img", tmp_path / "label"
+    images.mkdir(), labels.mkdir()
+    (images / "img0001.nii.gz").write_bytes((data / "case0.nii.gz").read_bytes())
+    (labels / "label0001.nii.gz").write_bytes((data / "case0_seg.nii.gz").read_bytes())
+    arguments = ["datalist", "folders", "--images", str(images), "--labels", str(labels), "--config", str(config)]
+    assert cli.main([*arguments, "--out", "~/config.json", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "is the configuration --config, which this command reads" in err, err
+    assert config.read_bytes() == before

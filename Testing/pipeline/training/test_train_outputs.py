@@ -149,3 +149,15 @@ def test_a_refused_run_removes_every_folder_it_made(inputs, tmp_path, monkeypatc
     assert cli.main(train_arguments(inputs, tmp_path / "kept" / "new" / "deeper" / "run", "--steps", "1")) == 2
     assert "needs about" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["kept"] and os.listdir(tmp_path / "kept") == []
+
+
+def test_a_tilde_in_out_is_the_home_folder_for_every_file_of_the_run(inputs, tmp_path, monkeypatch, capsys):
+    """(outaudit) ``--out '~/run'`` (a tilde the shell left alone). Before: the folder was checked and locked as
+    HOME/run, but the log and checkpoints went to a folder named ``~`` in the current folder, and the run ended in
+    "internal error: FileNotFoundError: ... '~/run/checkpoints/best.pt'", exit 1."""
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir(), here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    assert cli.main(train_arguments(inputs, "~/run", "--steps", "1")) == 0, capsys.readouterr().err
+    assert os.listdir(here) == [] and sorted(os.listdir(home / "run")) == ["checkpoints", "package", "train.log"]

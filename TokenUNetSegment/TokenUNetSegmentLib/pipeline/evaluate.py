@@ -304,7 +304,7 @@ def _refuse_output_over_an_input(args: argparse.Namespace) -> None:
 
     from .samples import PREFIX
 
-    out = Path(args.json_out)
+    out = Path(args.json_out).expanduser()  # as it is written: a tilde the shell left is the home folder
     if not out.exists():
         return
     inputs = []
@@ -320,7 +320,7 @@ def _refuse_output_over_an_input(args: argparse.Namespace) -> None:
     inputs += [("an --image", Path(image)) for image in args.image or ()]
     for what, path in inputs:
         try:
-            same = os.path.samefile(out, path)
+            same = os.path.samefile(out, path.expanduser())
         except OSError:  # absent, or unreadable: not the same file
             same = False
         if same:

@@ -200,6 +200,9 @@ def run_train(args: argparse.Namespace) -> int:
     stop = threading.Event()  # set by Ctrl-C or SIGTERM
     handlers = install_cancel_handlers(stop)
     try:
+        from ..output_folder import resolve_destination
+
+        args.out = str(resolve_destination(args.out))  # every process writes where rank 0 checks and locks ('~' too)
         if rank != 0:
             try:
                 return _train(args, train, Recipe, rank)
@@ -208,9 +211,7 @@ def run_train(args: argparse.Namespace) -> int:
                     raise KeyboardInterrupt from None
                 raise
         # one process checks and locks the folder; the others write nothing there but through it
-        from ..output_folder import resolve_destination
-
-        destination = resolve_destination(args.out)
+        destination = Path(args.out)
         created = [f for f in (destination, *destination.parents) if not os.path.lexists(f)]  # innermost first
         out = check_output(args.out, args.resume)
         lock = DestinationLock(out, "train")
@@ -418,10 +419,10 @@ def _refuse_out_over_an_input(args: argparse.Namespace) -> None:
         ("the name table --table", Path(args.table) if args.layout == "folders" and args.table else None),
         ("the configuration --config", Path(args.config) if args.config else None),
     ]
-    out = Path(args.out)
+    out = Path(args.out).expanduser()  # as it is written: a tilde the shell left is the home folder
     for what, path in inputs:
         try:
-            same = path is not None and out.exists() and os.path.samefile(out, path)
+            same = path is not None and out.exists() and os.path.samefile(out, path.expanduser())
         except OSError:  # absent or unreadable: not the same file
             same = False
         if same:
