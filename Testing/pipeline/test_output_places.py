@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 
@@ -402,3 +403,56 @@ def test_a_tilde_in_datalist_out_is_the_home_folder_for_the_input_check_too(tmp_
     err = capsys.readouterr().err
     assert one_line(err) and "is the configuration --config, which this command reads" in err, err
     assert config.read_bytes() == before
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX hang-up")
+def test_a_hang_up_cancels_as_sigterm_does_and_nohup_is_respected(tmp_path):
+    """(outaudit) The terminal closed (an ssh session dropped) during a run. Before: SIGHUP killed the process at
+    once: the output's lock and staging folder stayed beside it (a batch's batch.json said 'running'). Now a hang-up
+    cancels as SIGTERM does: the folder aborted, nothing left, exit 130; under ``nohup`` (SIGHUP ignored) the run goes
+    on to its end; one during the final swap waits for it."""
+    from helpers.processes import run_python
+
+    code = (
+        "import os, signal, sys\n"
+        "sys.stderr = sys.stdout\n"
+        "from TokenUNetSegmentLib.pipeline import cli\n"
+        "from TokenUNetSegmentLib.pipeline.output_folder import OutputFolder\n"
+        "def run(args):\n"
+        "    with OutputFolder(args.out, 'test') as folder:\n"
+        "        (folder.staging / 'half.txt').write_text('half')\n"
+        "        if args.when == 'writing':\n"
+        "            signal.raise_signal(signal.SIGHUP)\n"
+        "        (folder.staging / 'whole.txt').write_text('whole')\n"
+        "        folder.commit()\n"
+        "    return 0\n"
+        "def arguments(parser):\n"
+        "    parser.add_argument('--out')\n"
+        "    parser.add_argument('--when')\n"
+        "swap = OutputFolder._swap\n"
+        "def swap_with_a_stop(self, *a):\n"
+        "    signal.raise_signal(signal.SIGHUP) if self.destination.name == 'c' else None\n"
+        "    return swap(self, *a)\n"
+        "OutputFolder._swap = swap_with_a_stop\n"
+        "cli.register_command('stops', 'test', arguments, run)\n"
+        f"print('exit', cli.main(['stops', '--out', {str(tmp_path / 'a')!r}, '--when', 'writing']))\n"
+        f"print('exit', cli.main(['stops', '--out', {str(tmp_path / 'b')!r}, '--when', 'never']))\n"
+        "print('handler restored', signal.getsignal(signal.SIGHUP) == signal.SIG_DFL)\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup\n"
+        f"print('exit', cli.main(['stops', '--out', {str(tmp_path / 'n')!r}, '--when', 'writing']))\n"
+        "print('still ignored', signal.getsignal(signal.SIGHUP) == signal.SIG_IGN)\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_DFL)\n"
+        f"print('exit', cli.main(['stops', '--out', {str(tmp_path / 'c')!r}, '--when', 'never']))\n"
+    )
+    lines = [line for line in run_python(code).splitlines() if line]
+    assert lines == [
+        "interrupted; no output was written",
+        "exit 130",
+        "exit 0",
+        "handler restored True",
+        "exit 0",
+        "still ignored True",
+        "exit 0",
+    ], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c", "n"]  # no lock, no staging folder, no a/
+    assert sorted(os.listdir(tmp_path / "n")) == [".tokenunet-manifest.json", "half.txt", "whole.txt"]

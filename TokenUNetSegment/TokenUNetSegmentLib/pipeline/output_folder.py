@@ -38,7 +38,7 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
-from .cancel_signals import CancelOnSignal
+from .cancel_signals import STOP_SIGNALS, CancelOnSignal, left_alone
 from .errors import OutputError
 from .locks import DestinationLock, hidden_sibling
 from .memory import format_size
@@ -826,15 +826,14 @@ def _exchange(first: Path, second: Path) -> bool:
 
 @contextlib.contextmanager
 def _deferred_signals(warnings: list[str]):
-    """Hold Ctrl-C and SIGTERM until the block is done (main thread only; other threads cannot get them)."""
+    """Hold Ctrl-C, SIGTERM and a hang-up until the block is done (main thread only; other threads cannot get them)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    names = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
     previous = {}
-    for signum in names:
-        if signal.getsignal(signum) is None:  # an embedding application's own handler: Python could not restore it
+    for signum in STOP_SIGNALS:
+        if left_alone(signum):  # an embedding application's own handler (Python could not restore it); nohup
             continue
         try:
             previous[signum] = signal.signal(signum, lambda number, _frame: received.append(number))
