@@ -175,7 +175,9 @@ class SpaceReserve:
     def make(self, size: int) -> None:
         """Hold ``size`` bytes (nothing, without a word, where the disk has not even that much room)."""
         try:
-            with open(self.path, "wb") as stream:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)  # a crash's leftover, or a link: never written through
+            with open(self.path, "xb") as stream:
                 self.held = True
                 stream.write(bytes(size))
                 stream.flush()

@@ -145,16 +145,19 @@ def label_boxes(labels: np.ndarray, values) -> dict[int, tuple[np.ndarray, np.nd
     if not wanted or labels.size == 0:
         return boxes
     rows = max(1, BOX_SLAB_VOXELS // max(1, int(np.prod(labels.shape[1:]))))
-    kind = np.uint16 if max(wanted) < 1 << 16 else np.uint32
+    # SimpleITK never reports its background value: one no wanted value has (0 is a label when a table names it)
+    background = next(value for value in range(len(wanted) + 1) if value not in wanted)
+    kind = np.uint16 if max(*wanted, background) < 1 << 16 else np.uint32
     limit = np.iinfo(kind).max
     shapes = sitk.LabelShapeStatisticsImageFilter()
+    shapes.SetBackgroundValue(background)
     shapes.ComputePerimeterOff()
     shapes.ComputeFeretDiameterOff()
     shapes.ComputeOrientedBoundingBoxOff()
     for start in range(0, labels.shape[0], rows):
         slab = labels[start : start + rows]
         if slab.dtype.kind != "b" and slab.size and (slab.min() < 0 or slab.max() > limit):
-            slab = np.where((slab < 0) | (slab > limit), 0, slab)  # values no label can have: background here
+            slab = np.where((slab < 0) | (slab > limit), background, slab)  # values no label can have
         shapes.Execute(sitk.GetImageFromArray(np.ascontiguousarray(slab, kind)))
         for value in wanted.intersection(shapes.GetLabels()):
             x, y, z, nx, ny, nz = shapes.GetBoundingBox(value)  # SimpleITK's axes are the array's reversed
@@ -378,7 +381,7 @@ def _refuse_output_over_an_input(args: argparse.Namespace) -> None:
 
     from .samples import PREFIX
 
-    out = Path(args.json_out)
+    out = Path(args.json_out).expanduser()  # as it is written: a tilde the shell left is the home folder
     if not out.exists():
         return
     inputs = []
@@ -394,7 +397,7 @@ def _refuse_output_over_an_input(args: argparse.Namespace) -> None:
     inputs += [("an --image", Path(image)) for image in args.image or ()]
     for what, path in inputs:
         try:
-            same = os.path.samefile(out, path)
+            same = os.path.samefile(out, path.expanduser())
         except OSError:  # absent, or unreadable: not the same file
             same = False
         if same:
@@ -615,9 +618,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     import time
 
-    from .output_folder import check_file_destination, json_with_keys, write_file_atomically
+    from .output_folder import check_file_destination, json_with_keys, resolve_destination, write_file_atomically
 
     if args.json_out:  # before any computation; an earlier evaluation there is replaced, any other file only if asked
+        resolve_destination(args.json_out)  # a path no file system takes: refused before it is looked at
         _refuse_output_over_an_input(args)
         check_file_destination(args.json_out, args.overwrite or json_with_keys(*EVALUATION_KEYS))
     prediction = args.prediction

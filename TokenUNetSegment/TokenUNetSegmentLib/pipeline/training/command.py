@@ -162,7 +162,14 @@ def check_output(out: str | Path, resume: bool) -> Path:
     folder = resolve_destination(out)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"the output path {folder} is a file, not a folder", "choose a folder")
-    earlier = [name for name in (LOG_FILE, CHECKPOINT_DIR, PACKAGE_DIR) if (folder / name).exists()]
+    places = (LOG_FILE, CHECKPOINT_DIR, f"{CHECKPOINT_DIR}/best.pt", f"{CHECKPOINT_DIR}/last.pt", PACKAGE_DIR)
+    for place in (folder / name for name in places):  # what the run reads and writes stays inside --out
+        if place.is_symlink():
+            raise OutputError(
+                f"{place} is a link (to {os.readlink(place)}): train writes its files only inside --out",
+                "remove the link, or choose another --out",
+            )
+    earlier = [name for name in (LOG_FILE, CHECKPOINT_DIR, PACKAGE_DIR) if os.path.lexists(folder / name)]
     if earlier and not resume:
         raise OutputError(
             f"{folder} already holds a training run ({', '.join(earlier)})",
@@ -193,6 +200,9 @@ def run_train(args: argparse.Namespace) -> int:
     stop = threading.Event()  # set by Ctrl-C or SIGTERM
     handlers = install_cancel_handlers(stop)
     try:
+        from ..output_folder import resolve_destination
+
+        args.out = str(resolve_destination(args.out))  # every process writes where rank 0 checks and locks ('~' too)
         if rank != 0:  # writes nothing: "no output was written" would read as if the whole run had left nothing
             try:
                 return _train(args, train, Recipe, rank)
@@ -204,9 +214,8 @@ def run_train(args: argparse.Namespace) -> int:
                     f"interrupted (process {rank} of {world})", "process 0 writes the run's files and says what it kept"
                 ) from None
         # one process checks and locks the folder; the others write nothing there but through it
-        from ..output_folder import resolve_destination
-
-        created = not os.path.lexists(resolve_destination(args.out))
+        destination = Path(args.out)
+        created = [f for f in (destination, *destination.parents) if not os.path.lexists(f)]  # innermost first
         out = check_output(args.out, args.resume)
         lock = DestinationLock(out, "train")
         try:
@@ -218,9 +227,9 @@ def run_train(args: argparse.Namespace) -> int:
                     lock.release()
         except BaseException as error:
             with cleaning_up():
-                if created:  # a run refused or failed before writing anything leaves no empty folder behind
-                    with contextlib.suppress(OSError):
-                        out.rmdir()
+                with contextlib.suppress(OSError):  # a run refused or failed before writing leaves no empty folder
+                    for folder in created:
+                        folder.rmdir()
                 # an error while a stop is handled (a worker or another process of the group ended by the same signal)
                 stopped = isinstance(error, (KeyboardInterrupt, CancelledError)) or stop.is_set()
                 kept = kept_after_a_stop(out) if stopped else None
@@ -413,10 +422,10 @@ def _refuse_out_over_an_input(args: argparse.Namespace) -> None:
         ("the name table --table", Path(args.table) if args.layout == "folders" and args.table else None),
         ("the configuration --config", Path(args.config) if args.config else None),
     ]
-    out = Path(args.out)
+    out = Path(args.out).expanduser()  # as it is written: a tilde the shell left is the home folder
     for what, path in inputs:
         try:
-            same = path is not None and out.exists() and os.path.samefile(out, path)
+            same = path is not None and out.exists() and os.path.samefile(out, path.expanduser())
         except OSError:  # absent or unreadable: not the same file
             same = False
         if same:
@@ -454,17 +463,39 @@ def _refuse_out_inside_the_datasets_folders(out: Path, given: str, datalist: dic
 
     from .datasets import listed_files
 
+    def identity(folder) -> tuple[int, int] | None:  # the folder on disk, however its path is spelled
+        try:
+            info = os.stat(folder)
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino
+
     root = Path(os.path.realpath(args.root)) if args.root else None
     folders = {Path(os.path.realpath(path.parent)) for path, _ in listed_files(datalist)}
     folders |= {Path(os.path.realpath(f)) for f in (args.images, args.labels) if args.layout == "folders" and f}
-    target = Path(os.path.realpath(out))
-    for folder in sorted(folders - {root}, key=lambda f: -len(f.parts)):  # the innermost first
-        if target.is_relative_to(folder):
+    # compared as folders on disk, not as text: on a case-insensitive disk (macOS, Windows) "imagestr" is "imagesTr"
+    by_identity = {identity(folder): folder for folder in folders - {root}}
+    by_identity.pop(identity(root) if root else None, None)
+    by_identity.pop(None, None)
+    for parent in Path(os.path.realpath(out)).parents:  # the innermost first
+        folder = by_identity.get(identity(parent))
+        if folder is not None:
             raise InputError(
                 f"--out {Path(given).name} is inside the dataset's folder {folder.name} ({folder}), which this "
                 "command reads",
                 f"write the datalist elsewhere, e.g. in {root or folder.parent}",
             )
+
+
+def _refuse_out_named_as_an_image(out: Path) -> None:
+    """``--out`` may not be named as an image or label map, ``--overwrite`` or not: a datalist is JSON, and such a
+    name outside the listed folders is a scan the datalist does not list (a test scan in ``imagesTs``)."""
+    from .datasets import IMAGE_SUFFIXES
+
+    if out.name.lower().endswith(IMAGE_SUFFIXES):
+        raise InputError(
+            f"--out {out.name} names an image file; a datalist is JSON", "give a .json file name, e.g. datalist.json"
+        )
 
 
 def run_datalist(args: argparse.Namespace) -> int:
@@ -499,6 +530,7 @@ def run_datalist(args: argparse.Namespace) -> int:
         datalist, report = datasets.decathlon(args.root, labels, args.validation_fraction, inputs, config and config.id)
     _refuse_out_over_a_listed_file(out, args.out, datalist)
     _refuse_out_inside_the_datasets_folders(out, args.out, datalist, args)
+    _refuse_out_named_as_an_image(out)  # after the two above, which say more where they apply
     write_file_atomically(out, json.dumps(datalist, indent=2) + "\n")  # all at once
     cases = len(datalist["training"]), len(datalist.get("validation", []))
     print(f"wrote {out}: {cases[0]} training and {cases[1]} validation cases, {report['structures']} structures")
