@@ -250,3 +250,18 @@ def test_links_to_a_fifo_are_left_out_of_a_folder_and_refused_as_a_case(tmp_path
     assert "b.nii.gz (a named pipe (FIFO)), c_0000.nii.gz (a named pipe (FIFO))" in " ".join(notes)
     with pytest.raises(InputError, match="is a named pipe"):
         cases_from_paths([folder / "c_0000.nii.gz"], None, ["CT"])
+
+
+def test_a_malformed_dataset_json_of_files_given_to_segment_is_refused_with_a_way_that_works(tmp_path, capsys):
+    """``segment X_0000 ... X_0003`` beside a malformed dataset.json (before: "fix it, or pass --channels naming its
+    volumes in order", and ``segment --channels`` refuses several files): the hint names what takes such files."""
+    from TokenUNetSegmentLib.pipeline.channel_stack import nnunet_file_names
+
+    files = [
+        str(path) for path in empty_files(tmp_path / "imagesTs", *[f"X_{i:04d}.nii.gz" for i in range(4)]).iterdir()
+    ]
+    (tmp_path / "dataset.json").write_text("{not json")
+    for option, way in [("--channels", "run batch on them with --channels"), ("channels=", "{channel name: file}")]:
+        with pytest.raises(InputError) as refused:
+            nnunet_file_names(sorted(files), option)
+        assert "is not valid JSON" in refused.value.message and way in refused.value.hint, refused.value.hint
