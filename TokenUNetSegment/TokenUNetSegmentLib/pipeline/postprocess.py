@@ -15,6 +15,7 @@ from .evaluate import surface_voxels
 from .metadata import Inference, Label, PackageConfig
 from .preprocess import Prepared
 from .result import MAP_KINDS
+from .voxel_scores import softmax_labels
 
 
 @dataclass
@@ -45,7 +46,11 @@ def postprocess(
 ) -> ModelGridOutputs:
     """Labels (largest components kept for the named labels), token maps, their label matches, and the measures
     that say how far to trust each label."""
-    region_labels = labels_from_logits(logits, config.inference, config.labels)
+    scores = None
+    if config.inference.activation == "softmax" and logits.dtype == np.float32:  # labels and certainty in one pass
+        region_labels, scores = softmax_labels(logits, config.labels, workers=torch.get_num_threads())
+    else:
+        region_labels = labels_from_logits(logits, config.inference, config.labels)
     values = [label.value for label in config.labels]
     pieces = component_pieces(region_labels, values, [v.value for v in config.labels if v.name in largest_component])
     if progress is not None:
@@ -58,9 +63,12 @@ def postprocess(
     in_grid, in_region = prepared.paste_slices()
     full[in_grid] = region_labels[in_region]
     found = full[in_grid]
-    certainty, margin = label_certainty(logits[(slice(None), *in_region)], found, config.inference)
-    inside = prepared.field_of_view if prepared.field_of_view is not None else np.ones(full.shape, bool)
     labelled = found > 0
+    if scores is None:
+        certainty, margin = label_certainty(logits[(slice(None), *in_region)], found, config.inference)
+    else:
+        certainty, margin = scores.of(in_region, labelled)
+    inside = prepared.field_of_view if prepared.field_of_view is not None else np.ones(full.shape, bool)
     measures = measure_labels(
         found[labelled],
         certainty,
