@@ -52,7 +52,7 @@ def test_one_pass_gives_the_labels_and_certainty_of_the_two_passes(monkeypatch, 
     expected_labels, (probability, lead) = two_passes(logits, table, box)
     labels, scores = softmax_labels(logits, table, workers=workers)
     assert labels.dtype == np.uint8 and np.array_equal(labels, expected_labels)
-    got = scores.of(box, labels > 0)
+    got = scores.take(box, labels > 0)
     assert_bitwise_equal(got[0], probability)
     assert_bitwise_equal(got[1], lead)
 
@@ -67,7 +67,7 @@ def test_a_box_of_the_region_after_the_clean_up_gets_the_certainty_of_its_remain
     cleaned[3:6, :, 2:] = 0  # what the clean-up removes is a subset of the labelled voxels
     box = (slice(1, 13), slice(0, 11), slice(2, 10))
     _, (probability, lead) = two_passes(logits, table, box, cleaned)
-    got = scores.of(box, cleaned[box] > 0)
+    got = scores.take(box, cleaned[box] > 0)
     assert_bitwise_equal(got[0], probability)
     assert_bitwise_equal(got[1], lead)
 
@@ -82,7 +82,7 @@ def test_nan_scores_give_what_the_two_passes_give():
     expected_labels, (probability, lead) = two_passes(logits, table, box)
     labels, scores = softmax_labels(logits, table, workers=2)
     assert np.array_equal(labels, expected_labels)
-    got = scores.of(box, labels > 0)
+    got = scores.take(box, labels > 0)
     np.testing.assert_array_equal(got[0], probability)  # NaN where the two passes have NaN
     np.testing.assert_array_equal(got[1], lead)
 
@@ -105,3 +105,14 @@ def test_non_contiguous_logits_and_the_torch_threads_are_left_as_they_were():
 def test_logits_it_cannot_score_are_refused(logits):
     with pytest.raises(ValueError, match="float32"):
         softmax_labels(logits, [])
+
+
+def test_the_scores_are_taken_once_and_let_go():
+    logits = random_logits(3, 0.5, seed=1)
+    _, scores = softmax_labels(logits, label_table(3))
+    box = (slice(None),) * 3
+    labelled = labels_from_logits(logits, SOFTMAX, label_table(3)) > 0
+    scores.take(box, labelled)
+    assert scores.probability is None and scores.lead is None
+    with pytest.raises(RuntimeError, match="before"):
+        scores.take(box, labelled)

@@ -80,7 +80,7 @@ def _measure(logits, region_labels, scores, pieces, values, prepared: Prepared, 
     if scores is None:
         certainty, margin = label_certainty(logits[(slice(None), *in_region)], found, inference)
     else:
-        certainty, margin = scores.of(in_region, labelled)
+        certainty, margin = scores.take(in_region, labelled)
     inside = prepared.field_of_view if prepared.field_of_view is not None else np.ones(full.shape, bool)
     measures = measure_labels(
         found[labelled],

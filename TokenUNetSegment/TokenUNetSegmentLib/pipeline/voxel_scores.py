@@ -30,14 +30,19 @@ class VoxelScores:
     as two arrays of the region's shape; voxels that were not labelled hold unset memory (their pages are never
     touched when whole chunks are unlabelled)."""
 
-    probability: np.ndarray
-    lead: np.ndarray
+    probability: np.ndarray | None
+    lead: np.ndarray | None
 
-    def of(self, box: tuple[slice, ...], labelled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def take(self, box: tuple[slice, ...], labelled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probability, lead) of the voxels ``labelled`` marks in ``box`` of the region, in C order: what
         :func:`.postprocess.label_certainty` gives for the labels of that box (``labelled`` must be a subset of the
-        voxels labelled when scoring, as the largest-piece clean-up leaves it)."""
-        return self.probability[box][labelled], self.lead[box][labelled]
+        voxels labelled when scoring, as the largest-piece clean-up leaves it). The region's arrays are let go
+        afterwards (two float32 volumes less at the postprocessing's peak): call it once."""
+        if self.probability is None:
+            raise RuntimeError("VoxelScores.take was called before: the scores are gone")
+        values = self.probability[box][labelled], self.lead[box][labelled]
+        self.probability = self.lead = None
+        return values
 
 
 def softmax_labels(logits: np.ndarray, table: Sequence[Label], workers: int = 1) -> tuple[np.ndarray, VoxelScores]:
