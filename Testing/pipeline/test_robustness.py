@@ -2,6 +2,7 @@
 mid-liver start) scored against the reference, agreement with the plain result, best-token soft Dice."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -106,7 +107,7 @@ def test_robustness_command_writes_json_and_a_table(tmp_path):
     code = cli.main(["robustness", "--model", str(path), "--datalist", str(tmp_path / "list.json"), "--patient", "P",
                      "--variants", "plain", "slabs", "noise", "--out", str(out), "--device", "cpu"])  # fmt: skip
     assert code == 0
-    result = json.loads((out / "robustness.json").read_text())
+    (result,) = json.loads((out / "robustness.json").read_text())["results"]
     assert [row["variant"] for row in result["variants"]][:2] == ["plain", "slab 10 @ liver"]
     assert "| variant | liver | mean |" in (out / "robustness.md").read_text()
     assert "| confidence | organs | mean Dice |" in (out / "robustness.md").read_text()
@@ -363,7 +364,7 @@ def test_an_mr_model_runs_the_variants_that_suit_it_and_says_which_it_left_out(t
     assert not (tmp_path / "a").exists()
     assert cli.main(["robustness", *given, "--out", str(tmp_path / "b")]) == 0
     assert f"note: {says}: left out" in capsys.readouterr().err
-    written = json.loads((tmp_path / "b" / "robustness.json").read_text())
+    (written,) = json.loads((tmp_path / "b" / "robustness.json").read_text())["results"]
     rows = [row["variant"] for row in written["variants"]]
     assert "plain" in rows and "oblique" in rows and "mid-liver start" in rows  # geometry and anatomy: any modality
     assert not any(row.startswith("noise") for row in rows) and written["left_out"] == [f"{says}: left out"]
@@ -403,3 +404,103 @@ def test_the_variants_asked_for_through_the_api_are_checked_by_name():
     assert robustness.variants_for(("slabs", "plain"), "MR", "mr") == (["slabs", "plain"], [])
     with pytest.raises(InputError, match="leave noise out of --variants"):
         robustness.variants_for("noise", "MR", "mr")
+
+
+def _written_case(tmp_path, name="ct"):
+    image, reference = liver_phantom((24, 24, 24))
+    affine = affine_from_spacing(SPACING)
+    sitk.WriteImage(image_from_array(image.astype(np.int16), affine), str(tmp_path / f"{name}.nii.gz"))
+    sitk.WriteImage(image_from_array(reference, affine), str(tmp_path / f"{name}-ref.nii.gz"))
+    return {"patient": "P", "name": name, "image": f"{name}.nii.gz", "label": f"{name}-ref.nii.gz",
+            "labels": {"1": "liver"}}  # fmt: skip
+
+
+def test_robustness_json_is_one_versioned_object_for_one_case_or_several(tmp_path):
+    """``robustness.json`` (before: one case's result object for one case, a bare list of them for several, so every
+    reader guessed; ``build.py``'s baseline and fold comparison read only the object) is always
+    ``{"format": "tokenunet-robustness", "version": 2, "results": [...]}``, one result per case."""
+    config = tiny_config("random-liver", labels=1, spacing=SPACING, roi=(16, 16, 16))
+    config["labels"][0]["name"] = "liver"
+    path = make_package(tmp_path, config)
+    one, two = _written_case(tmp_path, "a"), _written_case(tmp_path, "b")
+    for entries, out in [([one], tmp_path / "one"), ([one, two], tmp_path / "two")]:
+        (tmp_path / "list.json").write_text(json.dumps({"training": [], "evaluation": entries}))
+        argv = ["robustness", "--model", str(path), "--datalist", str(tmp_path / "list.json"), "--patient", "P",
+                "--variants", "plain", "--no-tokens", "--out", str(out), "--device", "cpu"]  # fmt: skip
+        assert cli.main(argv) == 0
+        written = json.loads((out / "robustness.json").read_text())
+        assert {k: written[k] for k in ("format", "version")} == {"format": "tokenunet-robustness", "version": 2}
+        assert [r["case"] for r in written["results"]] == [e["name"] for e in entries]
+        assert robustness.read_results(out / "robustness.json") == written["results"]
+
+
+def test_robustness_files_of_earlier_versions_are_still_read(tmp_path):
+    """Files written before the versioned shape (one case: the result object; several: a list of them), such as
+    ``/work/runs/s23/lopo-A/robustness.json``, read as the same list of results; anything else is refused plainly."""
+    from TokenUNetSegmentLib.pipeline.errors import InputError
+
+    result = {"model": "m", "labels": ["liver"], "variants": [{"variant": "plain", "dice": {"liver": 0.9}}],
+              "case": "a"}  # fmt: skip
+    for name, content in [("object.json", result), ("list.json", [result, result]),
+                          ("v2.json", robustness.robustness_document([result]))]:  # fmt: skip
+        (tmp_path / name).write_text(json.dumps(content))
+        expected = content if isinstance(content, list) else [result]
+        assert robustness.read_results(tmp_path / name) == expected, name
+    for content, says in [
+        ({"format": "tokenunet-robustness", "version": 3, "results": []}, "version 3"),
+        ({"format": "something-else", "version": 2, "results": []}, "is no robustness result"),
+        ({"cases": []}, "is no robustness result"),
+        ([1, 2], "is no robustness result"),
+        ({"format": "tokenunet-robustness", "version": 2, "results": {"a": 1}}, "is no robustness result"),
+    ]:
+        (tmp_path / "bad.json").write_text(json.dumps(content))
+        with pytest.raises(InputError, match=says):
+            robustness.read_results(tmp_path / "bad.json")
+    real = __import__("pathlib").Path("/work/runs/s23/lopo-A/robustness.json")  # on the development machine only
+    if real.is_file():
+        results = robustness.read_results(real)
+        assert len(results) == 1 and results[0]["model"] == "demo-lopo-A" and results[0]["variants"]
+
+
+def test_the_model_card_builder_reads_both_shapes(tmp_path):
+    """``build.py --lopo``'s fold reader and its comparisons with earlier models and folds read the versioned file
+    and the earlier shapes alike (before: ``baseline`` and ``lopo_comparison`` indexed the file as one object)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("demo_build", root / "scripts" / "demo-model" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    result = {"model": "m", "labels": ["liver"], "variants": [{"variant": "plain", "dice": {"liver": 0.5}}]}
+    for name, content in [("old", [result]), ("new", robustness.robustness_document([result]))]:
+        fold = tmp_path / name / "fold-A" / "robustness"
+        fold.mkdir(parents=True)
+        (fold / "robustness.json").write_text(json.dumps(content))
+        (tmp_path / name / "A").mkdir()
+        (tmp_path / name / "A" / "robustness.json").write_text(json.dumps(content))
+    now = [{"patient": "A", "variants": [{"variant": "plain", "dice": {"liver": 0.7}}]}]
+    rows = build.lopo_comparison({"old": tmp_path / "old", "new": tmp_path / "new"}, now)
+    assert rows == [{"patient": "A", "organ": "liver", "before": {"old": 0.5, "new": 0.5}, "after": 0.7}]
+    rows = build.baseline({"old": tmp_path / "old", "new": tmp_path / "new"}, now)
+    assert rows == [{"patient": "A", "variant": "plain", "organ": "liver", "before": {"old": 0.5, "new": 0.5},
+                     "after": 0.7}]  # fmt: skip
+
+
+def test_the_api_refuses_a_multi_channel_model_before_any_work(monkeypatch):
+    """``evaluate_robustness`` with a four-sequence MRI model (before: the reference checked and resampled, the
+    variants planned, then ``segment()`` failed on the plain variant with "needs 4 input channel(s) ..., got 1")
+    raises InputError at once, as the command refuses it."""
+    from TokenUNetSegmentLib.pipeline import segmentation
+    from TokenUNetSegmentLib.pipeline.errors import InputError
+
+    image, reference = liver_phantom((24, 24, 24))
+    volume = Volume(image, affine_from_spacing(SPACING))
+    config = tiny_config("four", in_channels=4, labels=1, roi=(16, 16, 16), intensity={"method": "zscore"})
+    config["labels"][0]["name"] = "liver"
+    package = package_in_memory(ThresholdNet(), config, "threshold")
+    monkeypatch.setattr(robustness, "plan_variants", lambda *a, **k: pytest.fail("variants planned"))
+    monkeypatch.setattr(segmentation, "segment", lambda *a, **k: pytest.fail("segmented"))
+    says = "robustness changes one scan; model 'four' takes 4 input channels (ch0, ch1, ch2, ch3)"
+    with pytest.raises(InputError, match=re.escape(says)):
+        evaluate_robustness(package, volume, Volume(reference, volume.affine), {1: "liver"}, device="cpu")

@@ -33,7 +33,12 @@ from TokenUNetSegmentLib.pipeline.calibration import confidence_pairs, format_su
 from TokenUNetSegmentLib.pipeline.evaluate import evaluate_files  # noqa: E402
 from TokenUNetSegmentLib.pipeline.package_loader import load_package  # noqa: E402
 from TokenUNetSegmentLib.pipeline.package_writer import write_package  # noqa: E402
-from TokenUNetSegmentLib.pipeline.robustness import evaluate_robustness, evaluation_entries, format_table  # noqa: E402
+from TokenUNetSegmentLib.pipeline.robustness import (  # noqa: E402
+    evaluate_robustness,
+    evaluation_entries,
+    format_table,
+    read_results,
+)
 from TokenUNetSegmentLib.pipeline.segmentation import segment  # noqa: E402
 from TokenUNetSegmentLib.pipeline.training.recipe import Recipe  # noqa: E402
 from TokenUNetSegmentLib.pipeline.volumes import Volume, read_volume  # noqa: E402
@@ -103,12 +108,12 @@ def lopo_results(folder: Path | None) -> list[dict]:
         package = fold / "package" / "configs" / "metadata.json"
         if not path.is_file() or not package.is_file():
             continue
-        results = json.loads(path.read_text(encoding="utf-8"))
+        results = read_results(path)  # any version's robustness.json
         section = json.loads(package.read_text(encoding="utf-8"))["tokenunet"]
         record, trained = section["training"], section["training"]["data"]["training"]
         stats = section.get("training_statistics", {}).get("labels", {})
         labelled = {name for name, entry in stats.items() if entry.get("cases", 0) > 0}
-        for result in results if isinstance(results, list) else [results]:
+        for result in results:
             result.update(
                 patient=fold.name.removeprefix("fold-"),
                 training_patients=sorted({c.get("patient", c["name"]) for c in trained}),
@@ -133,7 +138,7 @@ def baseline(folders: dict[str, Path], robust: list[dict]) -> list[dict]:
         for name, folder in folders.items():
             path = folder / result["patient"] / "robustness.json"
             if path.is_file():
-                variants = json.loads(path.read_text(encoding="utf-8"))["variants"]
+                variants = read_results(path)[0]["variants"]  # the patient's one case
                 before[name] = {row["variant"]: row["dice"] for row in variants}
         if not before:
             continue
@@ -156,7 +161,7 @@ def lopo_comparison(folders: dict[str, Path], lopo: list[dict]) -> list[dict]:
         for name, folder in folders.items():
             path = folder / f"fold-{result['patient']}" / "robustness" / "robustness.json"
             if path.is_file():
-                before[name] = _plain(json.loads(path.read_text(encoding="utf-8")))["dice"]
+                before[name] = _plain(read_results(path)[0])["dice"]
         for organ, value in _plain(result)["dice"].items():
             values = {name: dice.get(organ) for name, dice in before.items()}
             rows.append({"patient": result["patient"], "organ": organ, "before": values, "after": value})

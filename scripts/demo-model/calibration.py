@@ -16,6 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "TokenUNetSegment"))
 
 from TokenUNetSegmentLib.pipeline.calibration import confidence_pairs, format_summary, summarise  # noqa: E402
+from TokenUNetSegmentLib.pipeline.errors import InputError  # noqa: E402
+from TokenUNetSegmentLib.pipeline.robustness import read_results  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -26,10 +28,12 @@ def main(argv=None) -> int:
     pairs = []
     for path in args.results:
         try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
-            results = loaded if isinstance(loaded, list) else [loaded]
+            results = read_results(path)  # any version's robustness.json
             found_in_file = [confidence_pairs(result) for result in results]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        except InputError as error:
+            print(f"{path}: cannot be read as a robustness.json ({error.message})", file=sys.stderr)
+            return 2
+        except (KeyError, TypeError, AttributeError) as error:
             print(f"{path}: cannot be read as a robustness.json ({type(error).__name__}: {error})", file=sys.stderr)
             return 2
         for result, found in zip(results, found_in_file, strict=True):

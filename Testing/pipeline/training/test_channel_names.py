@@ -351,10 +351,14 @@ def test_a_case_with_another_count_of_channels_than_the_model_is_refused_saying_
     config["labels"][0]["name"], config["labels"][1]["name"] = "edema", "enhancing"
     (tmp_path / "config.json").write_text(json.dumps(config))
     unnamed = json.loads(out.read_text())
+    del unnamed["modality"]  # the datalist's own channel names: checked first (below)
+    (tmp_path / "cases.json").write_text(json.dumps(unnamed))
     del unnamed["training"][0]["channels"]
     (tmp_path / "unnamed.json").write_text(json.dumps(unnamed))
     for datalist, says, hint in [
-        (out, "has 4 image channels (FLAIR, T1w, t1gd, T2w); the model takes 3 (T1, T1c, T2)",
+        (out, "list.json names 4 channels (FLAIR, T1w, t1gd, T2w); model 'brats-three' takes 3 (T1, T1c, T2)",
+         "(choose the configuration of a model for this dataset's images)"),
+        (tmp_path / "cases.json", "has 4 image channels (FLAIR, T1w, t1gd, T2w); the model takes 3 (T1, T1c, T2)",
          "(give one file per model channel, or choose a model that takes 4)"),
         (tmp_path / "unnamed.json", "has 4 image channels; the model takes 3 (T1, T1c, T2)",
          "(list one image per model channel in 'image', or train a configuration whose 'inputs' name 4)"),

@@ -16,6 +16,7 @@ from helpers.paths import ROOT
 from TokenUNetSegmentLib.pipeline import cli
 from TokenUNetSegmentLib.pipeline.errors import InputError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
+from TokenUNetSegmentLib.pipeline.metadata import parse_config
 from TokenUNetSegmentLib.pipeline.package_loader import load_package
 from TokenUNetSegmentLib.pipeline.training import datasets
 from TokenUNetSegmentLib.pipeline.training.data import load_case, read_datalist
@@ -434,7 +435,94 @@ def test_datalist_out_naming_one_of_the_datasets_own_images_or_labels_is_refused
         err = capsys.readouterr().err
         assert f"--out {out.name} is {said}, which the datalist lists" in err, err
         assert "write the datalist elsewhere" in err and out.read_bytes() == before
-    out = tmp_path / "img" / "notes.json"  # a file in the dataset's folders that the datalist does not list
-    out.write_text("{}")
+    out = tmp_path / "datalist.json"  # beside the dataset's folders: written
     assert cli.main(["datalist", *folders, "--out", str(out), "--overwrite"]) == 0
     assert read_datalist(out)["training"][0]["label"].endswith("label0001.nii.gz")
+
+
+def test_datalist_out_inside_the_datasets_own_folders_is_refused_even_with_overwrite(tmp_path, capsys):
+    """``--out`` naming a file in the dataset's image or label folders that the datalist does not list (an unlisted
+    scan, the user's notes, a new file there) (before: written with ``--overwrite``, the unlisted scan replaced by a
+    JSON datalist; a new JSON among the images) is refused, ``--overwrite`` or not; the dataset's root, beside
+    ``dataset.json``, stays a place for the datalist."""
+    msd = tmp_path / "Task03_Liver"
+    image, masks = one_case_liver_msd(msd)
+    write(image, msd / "imagesTr" / "unlisted_9.nii.gz")
+    ts = totalsegmentator_dataset(tmp_path / "ts", cases=2)
+    for index in (1, 2):
+        write(image, tmp_path / "img" / f"img{index:04d}.nii.gz")
+        write(masks["liver"].astype(np.uint8), tmp_path / "label" / f"label{index:04d}.nii.gz")
+    (tmp_path / "img" / "notes.json").write_text("{}")
+    folders = ["folders", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "label"), "--table", "btcv"]
+    for layout, out, folder in [
+        (["decathlon", str(msd)], msd / "imagesTr" / "unlisted_9.nii.gz", "imagesTr"),
+        (["decathlon", str(msd)], msd / "labelsTr" / "new.json", "labelsTr"),
+        (["totalsegmentator", str(ts)], ts / "s0001" / "datalist.json", "s0001"),
+        (["totalsegmentator", str(ts)], ts / "s0000" / "segmentations" / "new.json", "segmentations"),
+        (folders, tmp_path / "img" / "notes.json", "img"),
+        (folders, tmp_path / "label" / "sub" / "new.json", "label"),
+    ]:
+        before = out.read_bytes() if out.exists() else None
+        assert cli.main(["datalist", *layout, "--out", str(out), "--overwrite"]) == 2, out
+        err = capsys.readouterr().err
+        assert f"--out {out.name} is inside the dataset's folder {folder}" in err, err
+        assert "write the datalist elsewhere" in err and err.count("\n") == 1, err
+        assert (out.read_bytes() if out.exists() else None) == before
+    assert cli.main(["datalist", "decathlon", str(msd), "--out", str(msd / "datalist.json")]) == 0
+    assert cli.main(["datalist", "totalsegmentator", str(ts), "--out", str(ts / "datalist.json")]) == 0
+
+
+def one_case_liver_mr(root: Path):
+    """``one_case_liver_msd`` as an MRI dataset (intensities 0-400, ``"modality": {"0": "MRI"}``)."""
+    image, masks = one_case_liver_msd(root)
+    write((image.astype(np.int32) + 1000) // 5, root / "imagesTr" / "liver_0.nii.gz")
+    spec = json.loads((root / "dataset.json").read_text())
+    spec["modality"] = {"0": "MRI"}
+    (root / "dataset.json").write_text(json.dumps(spec))
+
+
+def test_train_refuses_a_datalist_of_mr_images_for_a_ct_configuration(tmp_path, capsys, monkeypatch):
+    """An MRI dataset listed without ``--config`` (before: the datalist kept no word of the modality, and ``train``
+    with a CT configuration windowed the MR intensities as HU without a word; the same for the MSD dataset.json used
+    as the datalist) is refused before any case is read: the datalist keeps the dataset's channel names as MSD's
+    ``"modality"``, and ``train`` matches them to the configuration's inputs as ``datalist --config`` does."""
+    from TokenUNetSegmentLib.pipeline.training import trainer
+
+    root = tmp_path / "Task03_LiverMR"
+    one_case_liver_mr(root)
+    out = tmp_path / "list.json"
+    assert cli.main(["datalist", "decathlon", str(root), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["modality"] == {"0": "MRI"}
+    (tmp_path / "ct.json").write_text(json.dumps(model_config("tiny-ct")))
+    monkeypatch.setattr(trainer, "load_case", lambda *a, **k: pytest.fail("a case was read"))
+    for datalist in (out, root / "dataset.json"):
+        run = tmp_path / "run"
+        argv = ["train", str(datalist), "--config", str(tmp_path / "ct.json"), "--out", str(run), "--steps", "1"]
+        assert cli.main(argv) == 2, datalist
+        err = capsys.readouterr().err
+        assert "names MR images (MRI); model 'tiny-ct' takes CT" in err and err.count("\n") == 1, err
+        assert not run.exists()
+    ts = totalsegmentator_dataset(tmp_path / "ts", cases=2)  # TotalSegmentator's cases are CT
+    assert cli.main(["datalist", "totalsegmentator", str(ts), "--out", str(tmp_path / "ts.json")]) == 0
+    assert json.loads((tmp_path / "ts.json").read_text())["modality"] == {"0": "CT"}
+    assert datasets.model_channel_order(["CT"], parse_config(model_config()).inputs, "m", out) == [0]
+
+
+def test_a_case_without_air_or_fat_for_a_ct_configuration_is_warned_about(tmp_path, caplog):
+    """A datalist that says nothing of its modality (written by hand, or by the folders layout) listing an MRI for a
+    CT configuration (before: trained as HU without a word): a warning names the case and what it lacks."""
+    root = tmp_path / "mr"
+    one_case_liver_mr(root)
+    entry = {"image": "imagesTr/liver_0.nii.gz", "label": "labelsTr/liver_0.nii.gz", "labels": {"1": "liver"},
+             "partial": False}  # fmt: skip
+    (root / "list.json").write_text(json.dumps({"training": [entry]}))
+    with caplog.at_level("WARNING"):
+        load_case(read_datalist(root / "list.json")["training"][0], model_config(), 8, (16, 16, 16))
+    says = "case liver_0: its image has no value below -200 (lowest 0): not a CT in Hounsfield units (an MRI?)"
+    assert says in caplog.text and "windows CT values (-200 to 300 HU)" in caplog.text, caplog.text
+    caplog.clear()
+    one_case_liver_msd(tmp_path / "ct")
+    (tmp_path / "ct" / "list.json").write_text(json.dumps({"training": [entry]}))
+    with caplog.at_level("WARNING"):
+        load_case(read_datalist(tmp_path / "ct" / "list.json")["training"][0], model_config(), 8, (16, 16, 16))
+    assert "Hounsfield" not in caplog.text

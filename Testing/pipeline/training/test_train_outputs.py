@@ -103,3 +103,26 @@ def test_an_earlier_run_is_never_replaced_without_resume(inputs, tmp_path, monke
         "checkpoints",
         "train.log",
     ]
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, "cancelled"])
+def test_a_stopped_torchrun_process_other_than_rank_0_says_rank_0_reports_what_was_kept(
+    tmp_path, capsys, monkeypatch, stop
+):
+    """Under ``torchrun`` every process gets Ctrl-C; rank 0 says what it kept (checkpoints, log, ``--resume``).
+    Before: every other rank printed "interrupted; no output was written", which reads as if the run left nothing.
+    Now they say which process they are and that process 0 writes and reports the run's files."""
+    from TokenUNetSegmentLib.pipeline.errors import CancelledError
+    from TokenUNetSegmentLib.pipeline.training import command
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt if stop is KeyboardInterrupt else CancelledError("cancelled")
+
+    monkeypatch.setattr(command, "_train", stopped)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = cli.main(["train", str(tmp_path / "list.json"), "--config", "c.json", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 130 and "no output was written" not in err, err
+    assert "process 1 of 2" in err and "process 0 writes the run's files and says what it kept" in err, err
+    assert err.strip().count("\n") == 0 and not (tmp_path / "run").exists()

@@ -8,7 +8,10 @@ whether some learned token follows that organ.
     tokenunet robustness --model MODEL --image CT --reference REF [--reference-names NAMES.json] --out DIR
     tokenunet robustness --model MODEL --datalist DATALIST.json --patient P --out DIR
 
-writes ``DIR/robustness.json`` and ``DIR/robustness.md`` (a table) and prints the table.
+writes ``DIR/robustness.json`` and ``DIR/robustness.md`` (a table) and prints the table. ``robustness.json`` is one
+object whatever the number of cases, ``{"format": "tokenunet-robustness", "version": 2, "results": [...]}`` with one
+result of :func:`evaluate_robustness` per case (:func:`robustness_document`); :func:`read_results` reads it and the
+files of earlier versions (one case's result object, or a list of them).
 """
 
 from __future__ import annotations
@@ -280,6 +283,7 @@ def evaluate_robustness(
     from .label_values import check_label_values
     from .segmentation import segment
 
+    check_one_channel(package.config.inputs, package.id, "")  # before any work: the variants change one scan
     wanted, left_out = variants_for(wanted, package.config.inputs[0].modality, package.id)
     check_distinct_names(names, "the reference's")
     check_label_values(reference.array, Path(reference.name).name)  # before rounding: a probability map is refused
@@ -502,6 +506,67 @@ def variants_for(asked, modality: str, model: str) -> tuple[list[str], list[str]
     return kept, notes
 
 
+def check_one_channel(inputs, model: str, given: str) -> None:
+    """Refuse a model of several input channels (four MRI sequences): the variants change one scan.
+
+    Raises:
+        InputError: naming the model's channels.
+    """
+    if len(inputs) != 1:
+        raise InputError(
+            f"robustness changes one scan{given}; model '{model}' takes {len(inputs)} input "
+            f"channels ({', '.join(channel.name for channel in inputs)})",
+            "measure a one-channel model",
+        )
+
+
+RESULTS_FORMAT = "tokenunet-robustness"
+RESULTS_VERSION = 2
+"""Version 2: ``{"format", "version", "results": [one result per case]}``. Version 1 (unmarked) wrote one case's
+result object for one case and a bare list of them for several."""
+
+
+def robustness_document(results: list[dict]) -> dict:
+    """The content of ``robustness.json``: one versioned object holding one result per case."""
+    return {"format": RESULTS_FORMAT, "version": RESULTS_VERSION, "results": list(results)}
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """The per-case results of a ``robustness.json`` of any version: the versioned object, or (files written before
+    it) one case's result object or a list of them.
+
+    Raises:
+        InputError: a file that is none of these, or one written by a newer version.
+    """
+    from .json_files import read_json_file
+
+    path = Path(path)
+    data = read_json_file(path, f"the robustness result {path}")
+    hint = "give a robustness.json written by tokenunet robustness"
+
+    def is_result(item) -> bool:
+        return isinstance(item, dict) and isinstance(item.get("variants"), list)
+
+    if isinstance(data, dict) and "format" in data:
+        if data["format"] != RESULTS_FORMAT:
+            raise InputError(f"{path.name} is no robustness result (format {str(data['format'])[:40]!r})", hint)
+        version = data.get("version")
+        if isinstance(version, int) and version > RESULTS_VERSION:
+            raise InputError(
+                f"{path.name} was written by a newer TokenUNet (robustness.json version {version}; this one reads up "
+                f"to {RESULTS_VERSION})",
+                "update the extension",
+            )
+        results = data.get("results")
+        if version == RESULTS_VERSION and isinstance(results, list) and all(is_result(r) for r in results):
+            return results
+    elif is_result(data):
+        return [data]
+    elif isinstance(data, list) and data and all(is_result(r) for r in data):
+        return data
+    raise InputError(f"{path.name} is no robustness result", hint)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", "-m", type=text("a model id or package path"), required=True, help="model id or package path"
@@ -575,12 +640,7 @@ def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
     path = ModelStore(getattr(args, "catalog", None)).resolve(args.model)
     metadata = read_metadata(path)  # the configuration, before the weights are loaded
     inputs = metadata.config.inputs
-    if len(inputs) != 1:
-        raise InputError(
-            f"robustness changes one scan (--image); model '{metadata.id}' takes {len(inputs)} input "
-            f"channels ({', '.join(channel.name for channel in inputs)})",
-            "measure a one-channel model",
-        )
+    check_one_channel(inputs, metadata.id, " (--image)")
     _, left_out = variants_for(args.variants, inputs[0].modality, metadata.id)  # before the weights load
     for note in left_out:
         print(f"note: {note}", file=sys.stderr)
@@ -607,9 +667,7 @@ def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
         for r in results
     )
     with folder.writing():
-        (out / "robustness.json").write_text(
-            json.dumps(results if len(results) > 1 else results[0], indent=2), encoding="utf-8"
-        )
+        (out / "robustness.json").write_text(json.dumps(robustness_document(results), indent=2), encoding="utf-8")
         (out / "robustness.md").write_text(tables + "\n", encoding="utf-8")
     destination = folder.commit()
     print(tables)

@@ -189,17 +189,20 @@ def run_train(args: argparse.Namespace) -> int:
     from .recipe import Recipe
     from .trainer import _distributed, train
 
-    rank, _ = _distributed()
+    rank, world = _distributed()
     stop = threading.Event()  # set by Ctrl-C or SIGTERM
     handlers = install_cancel_handlers(stop)
     try:
-        if rank != 0:
+        if rank != 0:  # writes nothing: "no output was written" would read as if the whole run had left nothing
             try:
                 return _train(args, train, Recipe, rank)
-            except Exception:
-                if stop.is_set():  # another process of the group stopped by the same signal: this one stops too
-                    raise KeyboardInterrupt from None
-                raise
+            except (KeyboardInterrupt, CancelledError, Exception) as error:
+                if isinstance(error, Exception) and not isinstance(error, CancelledError) and not stop.is_set():
+                    raise
+                # stopped, or failing because another process of the group stopped by the same signal
+                raise CancelledError(
+                    f"interrupted (process {rank} of {world})", "process 0 writes the run's files and says what it kept"
+                ) from None
         # one process checks and locks the folder; the others write nothing there but through it
         from ..output_folder import resolve_destination
 
@@ -442,6 +445,28 @@ def _refuse_out_over_a_listed_file(out: Path, given: str, datalist: dict) -> Non
             )
 
 
+def _refuse_out_inside_the_datasets_folders(out: Path, given: str, datalist: dict, args: argparse.Namespace) -> None:
+    """``--out`` may not lie inside a folder that holds the dataset's images or label maps (``imagesTr``, a
+    TotalSegmentator case folder, ``--images``/``--labels``), ``--overwrite`` or not: a file there that the datalist
+    does not list (another scan, the user's notes) would be replaced, and a new file would land among the data. The
+    dataset's root (beside ``dataset.json`` or ``meta.csv``) stays allowed."""
+    import os
+
+    from .datasets import listed_files
+
+    root = Path(os.path.realpath(args.root)) if args.root else None
+    folders = {Path(os.path.realpath(path.parent)) for path, _ in listed_files(datalist)}
+    folders |= {Path(os.path.realpath(f)) for f in (args.images, args.labels) if args.layout == "folders" and f}
+    target = Path(os.path.realpath(out))
+    for folder in sorted(folders - {root}, key=lambda f: -len(f.parts)):  # the innermost first
+        if target.is_relative_to(folder):
+            raise InputError(
+                f"--out {Path(given).name} is inside the dataset's folder {folder.name} ({folder}), which this "
+                "command reads",
+                f"write the datalist elsewhere, e.g. in {root or folder.parent}",
+            )
+
+
 def run_datalist(args: argparse.Namespace) -> int:
     from ..output_folder import check_file_destination, write_file_atomically
     from . import datasets
@@ -473,6 +498,7 @@ def run_datalist(args: argparse.Namespace) -> int:
         inputs = config.inputs if config else None
         datalist, report = datasets.decathlon(args.root, labels, args.validation_fraction, inputs, config and config.id)
     _refuse_out_over_a_listed_file(out, args.out, datalist)
+    _refuse_out_inside_the_datasets_folders(out, args.out, datalist, args)
     write_file_atomically(out, json.dumps(datalist, indent=2) + "\n")  # all at once
     cases = len(datalist["training"]), len(datalist.get("validation", []))
     print(f"wrote {out}: {cases[0]} training and {cases[1]} validation cases, {report['structures']} structures")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..channel_stack import open_stack
+from ..channel_stack import dataset_channels, open_stack
 from ..checksums import sha256_file
 from ..errors import InputError
 from ..geometry import box_distance_mm, overlaps, resample, same_grid
@@ -114,6 +114,8 @@ def read_datalist(path: str | Path) -> dict:
             ) from None
 
     out = {"labels": table(data.get("labels"), str(path)), "training": [], "validation": []}
+    # the images' channels as the dataset names them (MSD's "modality", nnU-Net v2's "channel_names"), or None
+    out["channel_names"] = dataset_channels(data, path, 'e.g. "modality": {"0": "CT"}')
     for split in ("training", "validation"):
         for index, entry in enumerate(data.get(split) or []):
             where = f"datalist {split}[{index}]"
@@ -317,6 +319,7 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
             f"case {entry['name']}: the label map {_label_name(entry)} does not overlap its image in physical space",
             "check that the label map belongs to this image (same patient, same scan)",
         )
+    _warn_not_hu(entry["name"], volumes, typed.preprocessing.intensity)
     prepared = prepare(volumes, typed, size_multiple, roi_size)
     for message in prepared.warnings:
         log.warning("case %s: %s", entry["name"], message)
@@ -355,6 +358,24 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
     else:
         case.pad = tuple(float(case.image[c].min()) for c in range(case.image.shape[0]))
     return case
+
+
+def _warn_not_hu(name: str, volumes, intensity) -> None:
+    """Warn about a channel the configuration windows as CT HU whose image has no air or fat (an MRI listed for a CT
+    model, in a datalist that does not say its modality)."""
+    from ..confidence import NOT_HU_MINIMUM
+
+    for volume, setting in zip(volumes, intensity, strict=False):
+        if setting.method != "ct_window":
+            continue
+        lowest = float(np.min(volume.array))
+        if lowest > NOT_HU_MINIMUM:
+            low, high = setting.window
+            log.warning(
+                "case %s: its image has no value below %g (lowest %g): not a CT in Hounsfield units (an MRI?), but "
+                "the configuration windows CT values (%g to %g HU); train a configuration for these images",
+                name, NOT_HU_MINIMUM, lowest, low, high,
+            )  # fmt: skip
 
 
 def _warn_unnamed_values(values: np.ndarray, entry: dict, labels: list[dict]) -> None:

@@ -63,7 +63,10 @@ def _finish(
     names_seen: list[str],
     source: str,
     skipped=(),
+    channels=None,
 ):
+    """The datalist and its report; ``channels``: the dataset's channel names, kept as MSD's ``"modality"`` so that
+    ``train`` can match them to its configuration (an MRI dataset is refused for a CT model)."""
     report = match_report(names_seen, model_labels)
     report["skipped"] = list(skipped)  # what was found but not used, and why
     if model_labels and not report["matched"]:
@@ -74,6 +77,8 @@ def _finish(
     if not training:
         raise InputError(f"no training cases found in {root}")
     datalist = {"description": f"{source} dataset at {root}", "dataroot": str(root.resolve()), "training": training}
+    if channels:
+        datalist["modality"] = {str(index): name for index, name in enumerate(channels)}
     if validation:
         datalist["validation"] = validation
     return datalist, report
@@ -158,7 +163,7 @@ def totalsegmentator(root, model_labels=None, splits=("train",), validation_spli
             training.append(entry)
         elif split in validation_splits:
             validation.append(entry)
-    return _finish(root, training, validation, model_labels, sorted(seen), SOURCES[0], skipped)
+    return _finish(root, training, validation, model_labels, sorted(seen), SOURCES[0], skipped, ["CT"])
 
 
 MODALITIES = {"CT": "CT", "MR": "MR", "MRI": "MR"}
@@ -207,7 +212,8 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0, inputs=
     if not isinstance(spec, dict):
         raise InputError(f"{where} is not a JSON object", "see the Medical Segmentation Decathlon's dataset.json")
     table = _decathlon_labels(spec.get("labels"), where)
-    channels = dataset_channels(spec, where, 'e.g. "channel_names": {"0": "CT"} (nnU-Net v2)') or ["CT"]
+    named = dataset_channels(spec, where, 'e.g. "channel_names": {"0": "CT"} (nnU-Net v2)')
+    channels = named or ["CT"]
     if inputs is None:  # with a configuration, matching its channels says which of them two names share
         _refuse_twice_named(channels, where)
     order = model_channel_order(channels, inputs, model, where) if inputs is not None else None
@@ -254,7 +260,7 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0, inputs=
         entries.append(entry)
     count = int(round(len(entries) * validation_fraction))
     training, validation = entries[count:], entries[:count]
-    datalist, report = _finish(root, training, validation, model_labels, list(table.values()), SOURCES[1])
+    datalist, report = _finish(root, training, validation, model_labels, list(table.values()), SOURCES[1], (), named)
     if order is not None and len(order) > 1:
         report["channels"] = [(channel.name, channels[index]) for channel, index in zip(inputs, order, strict=True)]
     return datalist, report
