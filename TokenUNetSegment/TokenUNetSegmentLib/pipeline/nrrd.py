@@ -74,7 +74,7 @@ def write_nrrd(
             raise ArgumentError(f"invalid NRRD field {key[:40]!r}")
         lines.append(f"{key}:={value}")
     data = voxel_bytes(array)
-    if compression:  # one gzip member, as gzip.compress(mtime=0) writes it: no separate CRC pass, the same bytes each run
+    if compression:  # one gzip member as gzip.compress(mtime=0) writes it: no CRC pass of its own, same bytes each run
         data = zlib.compress(data, compression, wbits=GZIP_WBITS)
     with open(path, "wb") as stream:
         stream.write(("\n".join(lines) + "\n\n").encode("utf-8"))
