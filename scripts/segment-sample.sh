@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The main job: set up .venv if needed, then segment the bundled sample CT with the bundled demo model.
-#   bash scripts/segment-sample.sh [OUTPUT_FOLDER]   (default: sample-output/)
+#   bash scripts/segment-sample.sh [OUTPUT_FOLDER]   (default: the repository's sample-output/)
 # Writes OUTPUT/segmentation.seg.nrrd, OUTPUT/attention/*.nrrd (token heatmaps), OUTPUT/report.json,
 # OUTPUT/overview.png, and OUTPUT/evaluation.json (Dice, HD95, volumes against the sample's reference labels).
 set -euo pipefail
+out=${1:-}
+if [ -n "$out" ] && [ "${out#/}" = "$out" ]; then
+  out="$PWD/$out"  # a relative OUTPUT_FOLDER is where the script was run from, not the repository
+fi
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
-out=${1:-sample-output}
+out=${out:-sample-output}
 samples=TokenUNetSegment/Resources/Samples
 export PYTHONPATH=TokenUNetSegment
 .venv/bin/python -m TokenUNetSegmentLib.pipeline segment "$samples/AbdomenCT.nii.gz" --out "$out"

@@ -103,10 +103,10 @@ def test_a_users_file_where_the_run_would_write_refuses_it_before_computing(tmp_
 
 def test_a_second_run_on_the_same_destination_is_refused_by_the_lock(tmp_path):
     out = tmp_path / "out"
-    first = OutputFolder(out, "segment")
+    first = OutputFolder(out, "test")  # the command ``run`` below writes too: a result of another is refused
     first.open()
-    with pytest.raises(OutputError, match=r"in use by another TokenUNet run \(segment, pid \d+") as refused:
-        OutputFolder(out, "segment").open()
+    with pytest.raises(OutputError, match=r"in use by another TokenUNet run \(test, pid \d+") as refused:
+        OutputFolder(out, "test").open()
     assert "delete" in refused.value.hint
     (first.staging / "result.txt").write_text("1")
     first.commit()

@@ -316,7 +316,7 @@ def test_unreadable_file_and_directory_named_like_a_file(tmp_path):
 
 def test_a_fifo_named_like_an_image_is_refused_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "scan.nii")
-    with pytest.raises(InputError, match="scan.nii is not a regular file"):
+    with pytest.raises(InputError, match=r"scan.nii is a named pipe \(FIFO\), not a file"):
         read_volume(tmp_path / "scan.nii")
 
 

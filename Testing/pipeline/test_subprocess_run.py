@@ -1,6 +1,7 @@
 """A run in a child process (pipeline layer, no Slicer): process-tree handling, and the typed events that carry
 the child's error back."""
 
+import os
 import sys
 import time
 
@@ -81,3 +82,23 @@ def test_a_line_that_holds_text_and_then_an_event_gives_both(tmp_path):
     run.add_observer(seen.append)
     assert run.start().wait(timeout=60) == RunState.FAILED
     assert [e for e in seen if isinstance(e, LogEvent)] == [LogEvent("wrote out/segmentation.seg.nrrd"), library]
+
+
+def test_a_relative_temporary_folder_is_the_same_folder_for_the_child(tmp_path, monkeypatch):
+    """(outaudit) The child runs in the run's folder: a relative ``temp_dir`` (a script's ``temp_dir="tmp"``) gave it
+    paths relative to the caller's folder, so it wrote (and read) below its own folder, in ``tmp/run/tmp/run/out``."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scratch").mkdir()
+    script = tmp_path / "child.py"
+    script.write_text("import os, sys\nprint(os.path.abspath(sys.argv[1]))\nsys.exit(1)\n")
+    run = SubprocessRun(
+        RunRequest(inputs=[(np.zeros((2, 2, 2), np.float32), np.eye(4))]),
+        command=[sys.executable, str(script), "{out}"],
+        temp_dir="scratch",
+    )
+    seen = []
+    run.add_observer(lambda e: seen.append(e.message) if isinstance(e, LogEvent) else None)
+    assert run.start().wait(timeout=60) == RunState.FAILED
+    assert run.folder.is_absolute() and run.folder.parent == tmp_path / "scratch"
+    assert seen[0] == str(run.folder / "out")
+    assert os.listdir(tmp_path / "scratch") == []  # its folder removed, nothing left in the user's

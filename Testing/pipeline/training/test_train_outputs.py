@@ -105,6 +105,64 @@ def test_an_earlier_run_is_never_replaced_without_resume(inputs, tmp_path, monke
     ]
 
 
+@pytest.mark.parametrize(
+    "place, resume",
+    [("train.log", False), ("checkpoints", True), ("checkpoints/last.pt", True), ("package", True)],
+    ids=["dangling log", "checkpoints folder", "last checkpoint", "package"],
+)
+def test_links_inside_the_training_folder_are_never_read_or_written_through(
+    inputs, tmp_path, monkeypatch, capsys, place, resume
+):
+    """(outaudit) Before: ``run/train.log`` a dangling link made the log at its target (a folder the user never
+    named) and the run went on as a fresh one; with --resume, ``run/checkpoints`` (or ``last.pt``) a link to another
+    folder had the checkpoints read from and written there."""
+    from TokenUNetSegmentLib.pipeline.training import trainer
+
+    out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("the user's")
+    (out / "checkpoints").mkdir(parents=True)
+    if place != "train.log":
+        (out / "train.log").write_text("{}\n")
+    if place == "checkpoints":
+        (out / "checkpoints").rmdir()
+    target = tmp_path / "gone" / "log" if place == "train.log" else elsewhere
+    (out / place).symlink_to(target)
+    monkeypatch.setattr(trainer, "load_case", lambda *a, **k: pytest.fail("the data was read"))
+    extra = ["--resume"] if resume else []
+    assert cli.main(train_arguments(inputs, out, "--steps", "1", *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and len(err) <= 201, err
+    assert f"{place} is a link" in err and "only inside --out" in err, err
+    assert os.listdir(elsewhere) == ["notes.txt"] and not (tmp_path / "gone").exists()
+    assert (out / place).is_symlink()
+
+
+def test_a_refused_run_removes_every_folder_it_made(inputs, tmp_path, monkeypatch, capsys):
+    """(outaudit) Before: ``--out new/deeper/run`` refused for want of room removed ``run`` but left ``new/deeper``."""
+    from TokenUNetSegmentLib.pipeline.training import trainer
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10**9, 10**9 - 100_000, 100_000))
+    monkeypatch.setattr(trainer, "load_case", lambda *a, **k: pytest.fail("the data was read"))
+    (tmp_path / "kept").mkdir()
+    assert cli.main(train_arguments(inputs, tmp_path / "kept" / "new" / "deeper" / "run", "--steps", "1")) == 2
+    assert "needs about" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["kept"] and os.listdir(tmp_path / "kept") == []
+
+
+def test_a_tilde_in_out_is_the_home_folder_for_every_file_of_the_run(inputs, tmp_path, monkeypatch, capsys):
+    """(outaudit) ``--out '~/run'`` (a tilde the shell left alone). Before: the folder was checked and locked as
+    HOME/run, but the log and checkpoints went to a folder named ``~`` in the current folder, and the run ended in
+    "internal error: FileNotFoundError: ... '~/run/checkpoints/best.pt'", exit 1."""
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir(), here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    assert cli.main(train_arguments(inputs, "~/run", "--steps", "1")) == 0, capsys.readouterr().err
+    assert os.listdir(here) == [] and sorted(os.listdir(home / "run")) == ["checkpoints", "package", "train.log"]
+
+
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, "cancelled"])
 def test_a_stopped_torchrun_process_other_than_rank_0_says_rank_0_reports_what_was_kept(
     tmp_path, capsys, monkeypatch, stop

@@ -8,6 +8,7 @@ subfolder holding DICOM files (at any depth) is one case, in name order.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import unicodedata
 from collections import Counter
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .channel_file_cases import OPTION
 from .errors import InputError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -22,17 +24,22 @@ DATALIST_SECTIONS = ("training", "validation", "testing", "test")
 BATCH_FILE = "batch.json"
 STUDY_UID = "0020|000d"
 NAME_BYTES = 255  # the longest file name most file systems take
+DATALIST_CHANNELS = "the datalist's 'channels'"
 
 
 @dataclass(frozen=True)
 class BatchCase:
     """One case: its ``name`` (the output folder's), its input paths (one per channel, or one 4D image whose
-    volumes ``channels`` names) and where it came from, for messages."""
+    volumes ``channels`` names) and where it came from, for messages; ``named_by``: where ``channels`` come from, for
+    messages; ``refused``: (message, hint) of a case found unfit before it runs (nnU-Net channel files missing or
+    extra: :mod:`.channel_file_cases`), recorded as failed while the other cases run."""
 
     name: str
     inputs: tuple[str, ...]
     source: str
     channels: tuple[str, ...] | None = None
+    named_by: str = DATALIST_CHANNELS
+    refused: tuple[str, str] | None = None
 
 
 def volume_stem(path: str | Path) -> str | None:
@@ -45,8 +52,13 @@ def volume_stem(path: str | Path) -> str | None:
 
 
 def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` is a DICOM file (named .dcm, or the DICM preamble); never a FIFO or device, never opened
+    then."""
     from .readers.dicom_meta import dicom_file_class
+    from .special_files import special_kind
 
+    if special_kind(path) is not None:
+        return False
     return path.suffix.lower() == ".dcm" or dicom_file_class(path) is not None
 
 
@@ -61,16 +73,26 @@ def holds_dicom(folder: Path, anywhere: bool = False) -> bool:
     return False
 
 
-def cases_from_paths(paths: Iterable[str | Path]) -> tuple[list[BatchCase], list[str]]:
-    """The cases the ``CASE`` arguments name, and notes about what a folder of cases held that is no case."""
+def cases_from_paths(
+    paths: Iterable[str | Path], channels: Sequence[str] | None = None, model_inputs: Sequence[str] | None = None
+) -> tuple[list[BatchCase], list[str]]:
+    """The cases the ``CASE`` arguments name, and notes about what a folder of cases held that is no case.
+    ``channels`` (``--channels``): what nnU-Net's channel files _0000, _0001, ... hold, or the volumes of a 4D image;
+    ``model_inputs``: the model's channel names, where known (see :mod:`.channel_file_cases`)."""
+    from .special_files import special_kind
+
     cases: list[BatchCase] = []
+    direct: list[BatchCase] = []  # volume files given themselves
     notes: list[str] = []
     for given in paths:
         path = Path(given).expanduser()
         if not path.exists():
             raise InputError(f"the case {given} does not exist", "give volume files, DICOM folders or folders of cases")
+        kind = special_kind(path)
+        if kind is not None:  # opening a FIFO would block the batch
+            raise InputError(f"the case {given} is {kind}, not a file", "give volume files, DICOM folders or folders")
         if path.is_dir() and not holds_dicom(path):
-            found, left_out = cases_in_folder(path)
+            found, left_out = cases_in_folder(path, channels, model_inputs)
             if not found:
                 inner = Counter(file.name for file in _inner_volumes(path)).most_common(1)  # e.g. s0001/ct.nii.gz
                 raise InputError(
@@ -89,6 +111,12 @@ def cases_from_paths(paths: Iterable[str | Path]) -> tuple[list[BatchCase], list
                 cases.append(BatchCase(_case_name(path), (str(path.resolve()),), str(given)))
                 continue
             cases += found
+            special = [(name, kind) for name in left_out if (kind := special_kind(path / name)) is not None]
+            left_out = [name for name in left_out if name not in dict(special)]
+            if special:
+                from .special_files import special_entries_note
+
+                notes.append(special_entries_note(special, str(given)))
             if left_out:
                 shown = ", ".join(left_out[:5]) + (", ..." if len(left_out) > 5 else "")
                 notes.append(f"{given}: left out {len(left_out)} entries that hold no case ({shown})")
@@ -104,8 +132,42 @@ def cases_from_paths(paths: Iterable[str | Path]) -> tuple[list[BatchCase], list
                 f"{given}: holds DICOM files, so it is one DICOM series; left out the volume files in it "
                 f"({shown}): give them as cases of their own"
             )
-        cases.append(BatchCase(_case_name(path), (str(path.resolve()),), str(given)))
-    return _named_apart(cases), notes
+        stack_names = tuple(channels) if channels and volume_stem(path) is not None else None
+        cases.append(BatchCase(_case_name(path), (str(path.resolve()),), str(given), stack_names, OPTION))
+        if path.is_file() and volume_stem(path) is not None:
+            direct.append(cases[-1])
+    return _named_apart(_channel_files_given(cases, direct, channels, model_inputs)), notes
+
+
+def _channel_files_given(
+    cases: list[BatchCase], direct: list[BatchCase], channels: Sequence[str] | None, model_inputs: Sequence[str] | None
+) -> list[BatchCase]:
+    """``cases`` with the nnU-Net channel files given one by one (``direct``: ``imagesTs/*.nii.gz``) grouped as a
+    folder's are (:mod:`.channel_file_cases`), each group in the place of its first file."""
+    from .channel_file_cases import channel_file_cases
+
+    source = {case.inputs[0]: case.source for case in direct}
+    given: dict[Path, list[Path]] = {}
+    for case in direct:
+        given.setdefault(Path(case.inputs[0]).parent, []).append(Path(case.inputs[0]))
+    first: dict[str, BatchCase] = {}
+    taken: set[str] = set()
+    for folder, files in given.items():
+        for found in channel_file_cases(folder, files, channels, model_inputs):
+            inputs = tuple(str(file) for file in found.files)
+            first[inputs[0]] = BatchCase(found.name, inputs, source[inputs[0]], found.names, OPTION, found.refused)
+            taken.update(inputs)
+    ids = {id(case) for case in direct}
+    kept, placed = [], {}
+    for case in cases:
+        if id(case) not in ids or case.inputs[0] not in taken:
+            kept.append(case)
+        elif case.inputs[0] in first:
+            placed[case.inputs[0]] = first.pop(case.inputs[0])
+            kept.append(placed[case.inputs[0]])
+        elif case.inputs[0] in placed:  # a file given twice: refused as such by check_case_names
+            kept.append(placed[case.inputs[0]])
+    return kept
 
 
 def _inner_volumes(folder: Path) -> list[Path]:
@@ -121,17 +183,22 @@ def _named_apart(cases: list[BatchCase]) -> list[BatchCase]:
     """Files that share a name (``s0001/ct.nii.gz``, ``s0002/ct.nii.gz``, one folder per case) named by their
     folders instead (``s0001``, ``s0002``), then by both (``s0001_ct``) where folders share names too; names that
     still collide are left to :func:`check_case_names`."""
-    for naming in (lambda file: file.parent.name, lambda file: f"{file.parent.name}_{volume_stem(file) or file.stem}"):
+    own = [case.name for case in cases]  # a file's stem, an nnU-Net case id
+    for naming in (lambda case, name: _folder(case), lambda case, name: f"{_folder(case)}_{name}"):
         counts: dict[str, int] = {}
         for case in cases:
             counts[case.name.casefold()] = counts.get(case.name.casefold(), 0) + 1
         cases = [
-            BatchCase(naming(Path(case.inputs[0])), case.inputs, case.source, case.channels)
+            dataclasses.replace(case, name=naming(case, name))
             if counts[case.name.casefold()] > 1 and Path(case.inputs[0]).is_file()
             else case
-            for case in cases
+            for case, name in zip(cases, own, strict=True)
         ]
     return cases
+
+
+def _folder(case: BatchCase) -> str:
+    return Path(case.inputs[0]).parent.name
 
 
 def one_study(cases: Sequence[BatchCase]) -> bool:
@@ -147,11 +214,14 @@ def _study(folder: Path) -> str:
     """The StudyInstanceUID of the first DICOM file below ``folder`` ("" when none says one)."""
     from .readers.dicom import _header, _text
     from .readers.dicom_meta import DICOMDIR_CLASS, dicom_file_class
+    from .special_files import special_kind
 
     for parent, folders, files in os.walk(folder):
         folders.sort()
         for name in sorted(files):
             path = Path(parent) / name
+            if special_kind(path) is not None:  # a FIFO named .dcm: never opened
+                continue
             kind = dicom_file_class(path)  # None: no DICM preamble
             if (kind is not None or path.suffix.lower() == ".dcm") and kind != DICOMDIR_CLASS:  # is_dicom_file's test
                 reader = _header(str(path))
@@ -160,15 +230,34 @@ def _study(folder: Path) -> str:
     return ""
 
 
-def cases_in_folder(folder: Path) -> tuple[list[BatchCase], list[str]]:
-    """A folder of cases: its volume files and its subfolders holding DICOM, in name order; and the names of the
-    other entries (left out)."""
+def cases_in_folder(
+    folder: Path, channels: Sequence[str] | None = None, model_inputs: Sequence[str] | None = None
+) -> tuple[list[BatchCase], list[str]]:
+    """A folder of cases: its volume files (nnU-Net's channel files of one case id as one case:
+    :mod:`.channel_file_cases`) and its subfolders holding DICOM, in name order; and the names of the other entries
+    (left out). ``channels``, ``model_inputs``: as :func:`cases_from_paths` takes them."""
+    from .channel_file_cases import channel_file_cases
+
+    entries = [
+        entry for entry in sorted(folder.iterdir(), key=lambda item: item.name) if not entry.name.startswith(".")
+    ]
+    volumes = [entry for entry in entries if entry.is_file() and volume_stem(entry) is not None]
+    resolved = {entry.resolve(): entry for entry in volumes}  # read resolved when the case runs: grouped so
+    grouped = {
+        resolved[case.files[0]]: case for case in channel_file_cases(folder, list(resolved), channels, model_inputs)
+    }
+    in_groups = {resolved[file] for case in grouped.values() for file in case.files}
     cases, left_out = [], []
-    for entry in sorted(folder.iterdir(), key=lambda item: item.name):
-        if entry.name.startswith("."):
+    for entry in entries:
+        if entry in grouped:
+            found = grouped[entry]
+            files = tuple(str(file) for file in found.files)
+            cases.append(BatchCase(found.name, files, str(entry), found.names, OPTION, found.refused))
+        elif entry in in_groups:
             continue
-        if entry.is_file() and volume_stem(entry) is not None:
-            cases.append(BatchCase(volume_stem(entry), (str(entry.resolve()),), str(entry)))
+        elif entry in volumes:
+            stack_names = tuple(channels) if channels else None  # the volumes of a 4D image
+            cases.append(BatchCase(volume_stem(entry), (str(entry.resolve()),), str(entry), stack_names, OPTION))
         elif entry.is_dir() and holds_dicom(entry, anywhere=True):
             cases.append(BatchCase(entry.name, (str(entry.resolve()),), str(entry)))
         else:

@@ -28,6 +28,7 @@ import time
 import traceback
 from pathlib import Path
 
+from .arguments import channel_names
 from .cancel_signals import cleaning_up
 from .cli import ProgressPrinter
 from .locks import hidden_sibling, lock_path
@@ -56,6 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='a MONAI datalist (JSON) whose entries\' "image" (one path, a list of channel paths for a '
         'multi-channel model, or one 4D NIfTI whose volumes "channels" or its dataset.json names) are cases; '
         '"label" is ignored',
+    )
+    parser.add_argument(
+        "--channels",
+        type=channel_names,
+        help="what nnU-Net's channel files of each case in a folder (CASE_0000.nii.gz, CASE_0001.nii.gz, ...) hold, in "
+        "the order of their numbers, or the volumes of each 4D NIfTI image CASE, comma-separated, e.g. "
+        "FLAIR,T1,T1c,T2 (the model's channel names, any case, synonyms such as t1gd); default: their dataset.json "
+        '(beside the files or beside their imagesTr/imagesTs folder); a datalist\'s entries name theirs in "channels"',
     )
     parser.add_argument(
         "--section",
@@ -93,8 +102,21 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
     check_options(args)
     if args.section is not None and args.datalist is None:
         raise InputError("--section chooses a list of the --datalist, and there is none", "add --datalist FILE.json")
+    if args.channels is not None and not args.cases:
+        raise InputError(
+            '--channels names the channels of the CASE files; a datalist\'s entries name theirs in "channels"',
+            "drop --channels, or give the files as CASE",
+        )
     printer = ProgressPrinter(args.progress)
-    cases, notes = cases_from_paths(args.cases)
+    store = ModelStore(getattr(args, "catalog", None))
+    model_inputs = store.input_names(args.model)  # without a download: None where it is not known yet
+    if args.channels is not None and model_inputs is not None and len(model_inputs) == 1:
+        raise InputError(
+            f"--channels names the channels of a multi-channel model's files; model '{args.model}' takes one "
+            f"({model_inputs[0]})",
+            "drop --channels",
+        )
+    cases, notes = cases_from_paths(args.cases, args.channels, model_inputs)
     if args.datalist is not None:
         cases += cases_from_datalist(args.datalist, args.section)
     if not cases:
@@ -110,7 +132,6 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
                 "remove the link, or choose another --out",
             )
     summary_path = check_file_destination(root / BATCH_FILE, json_with_keys(BATCH_MARK))
-    store = ModelStore(getattr(args, "catalog", None))
     protected = store.protected_folders()
     for case in cases:  # a folder of the user's at a case's place is refused before any case runs
         output_folder(root / case.name, protected).check()
@@ -154,7 +175,9 @@ class SpaceReserve:
     def make(self, size: int) -> None:
         """Hold ``size`` bytes (nothing, without a word, where the disk has not even that much room)."""
         try:
-            with open(self.path, "wb") as stream:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)  # a crash's leftover, or a link: never written through
+            with open(self.path, "xb") as stream:
                 self.held = True
                 stream.write(bytes(size))
                 stream.flush()
@@ -271,7 +294,7 @@ class Batch:
 
     def run_case(self, index: int, case) -> None:
         """Segment one case into its folder and record how it went; a cancel or Ctrl-C is recorded, then raised."""
-        from .errors import CancelledError
+        from .errors import CancelledError, InputError
         from .outputs import output_folder
         from .segment_command import open_case, segment_case
 
@@ -285,6 +308,8 @@ class Batch:
             printer(stage, (index + min(max(fraction, 0.0), 1.0)) / count)
 
         try:
+            if case.refused is not None:  # found unfit before the batch began (a channel file missing)
+                raise InputError(*case.refused)
             earlier = self.finished_before(case, Path(record["folder"])) if self.args.resume else None
             if earlier is not None:
                 reason = "a finished result of the same model, inputs and options"
@@ -303,7 +328,7 @@ class Batch:
                 folder,
                 args,
                 printer,
-                "the datalist's 'channels'",
+                case.named_by,
                 case.source,
             )
             volumes = self.read(opened)

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM for ``segment``, ``batch`` and ``train``: stop now, wherever the run is.
+"""Ctrl-C, SIGTERM and a hang-up for ``segment``, ``batch`` and ``train``: stop now, wherever the run is.
 
 The first stop sets the run's cancel event (what the window loop, a download and ``batch``'s next case look at) and
 raises ``KeyboardInterrupt`` in the main thread at once: while a case's headers are checked, while the main thread
@@ -21,8 +21,15 @@ import threading
 import time
 
 STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name)
-)  # SIGBREAK: Windows' Ctrl-Break
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK") if hasattr(signal, name)
+)  # SIGHUP: the terminal closed (an ssh session dropped); SIGBREAK: Windows' Ctrl-Break
+
+
+def left_alone(signum: int) -> bool:
+    """Whether a stop signal is not ours to handle: a handler not set from Python (an embedding application's own,
+    which Python could not put back), or a hang-up the process was told to ignore (``nohup``)."""
+    handler = signal.getsignal(signum)
+    return handler is None or (signum == getattr(signal, "SIGHUP", None) and handler == signal.SIG_IGN)
 
 
 RAISE_AGAIN_S = 5.0  # a stop this long after the one raised raises again: that one was lost (clean-up takes < 1 s)
@@ -62,15 +69,15 @@ class CancelOnSignal:
 
 
 def install_cancel_handlers(event: threading.Event) -> list:
-    """Ctrl-C, SIGTERM (and Windows' SIGBREAK) cancel through ``event`` (:class:`CancelOnSignal`); the previous
-    handlers, to put back. Nothing is installed outside the main thread (signals are not delivered there), nor for a
-    signal whose handler was not set from Python (an embedding application's own: Python could not put it back)."""
+    """Ctrl-C, SIGTERM, a hang-up (and Windows' SIGBREAK) cancel through ``event`` (:class:`CancelOnSignal`); the
+    previous handlers, to put back. Nothing is installed outside the main thread (signals are not delivered there), nor
+    for a signal :func:`left_alone` (an embedding application's own handler; a hang-up under ``nohup``)."""
     previous = []
     if threading.current_thread() is threading.main_thread():
         enclosing = signal.getsignal(signal.SIGINT)
         handler = CancelOnSignal(event, enclosing.seen if isinstance(enclosing, CancelOnSignal) else None)
         for signum in STOP_SIGNALS:
-            if signal.getsignal(signum) is not None:  # None: a handler not set from Python, which it cannot restore
+            if not left_alone(signum):
                 previous.append((signum, signal.signal(signum, handler)))
     return previous
 

@@ -62,26 +62,36 @@ def is_stack_candidate(item) -> bool:
     return name.endswith(STACK_SUFFIXES) and Path(item).is_file()
 
 
+def dataset_file(path: str | Path) -> Path | None:
+    """The dataset.json that may name the channels of the image ``path``: the one in its own folder, else the one beside
+    its ``imagesTr``/``imagesTs`` folder (the MSD and nnU-Net layout); None when there is neither."""
+    folder = Path(path).absolute().parent
+    places = [folder, folder.parent] if folder.name in DATASET_FOLDERS else [folder]
+    for place in places:
+        found = place / "dataset.json"
+        if found.exists() or found.is_symlink():
+            return found
+    return None
+
+
 def dataset_names(
     path: Path, option: str = "--channels", listed_as: str = "", unlisted_refused: bool = True
 ) -> tuple[list[str], Path] | None:
-    """The channel names of the dataset.json beside ``path``'s ``imagesTr``/``imagesTs`` folder, and its path; None
-    when there is no such file or it names no channels. ``option``: how the caller names the volumes instead;
-    ``listed_as``: another file name under which the dataset.json may list ``path`` (nnU-Net v1 lists ``case.nii.gz``
-    for its per-channel files ``case_0000.nii.gz``, ...); ``unlisted_refused`` False: None for an image its
-    dataset.json does not list, instead of the refusal.
+    """The channel names of the dataset.json of ``path`` (:func:`dataset_file`), and its path; None when there is no
+    such file or it names no channels. ``option``: how the caller names the volumes instead; ``listed_as``: another
+    file name under which the dataset.json may list ``path`` (nnU-Net v1 lists ``case.nii.gz`` for its per-channel
+    files ``case_0000.nii.gz``, ...); ``unlisted_refused`` False: None for an image its dataset.json does not list,
+    instead of the refusal.
 
     Raises:
         InputError: a dataset.json that cannot be read as JSON within :mod:`.json_files`' limits (size, nesting,
-            duplicate keys), or whose channel names are not numbered 0, 1, ..., or differ between its two keys.
+            duplicate keys, no regular file), or whose channel names are not numbered 0, 1, ..., or differ between
+            its two keys.
     """
     from .json_files import read_json_file
 
-    folder = Path(path).absolute().parent
-    if folder.name not in DATASET_FOLDERS:
-        return None
-    found = folder.parent / "dataset.json"
-    if not (found.exists() or found.is_symlink()):
+    found = dataset_file(path)
+    if found is None:
         return None
     hint = f"fix it, or pass {option} naming its volumes in order"
     try:
@@ -91,10 +101,12 @@ def dataset_names(
     names = dataset_channels(data, found, hint)
     if names is None:
         return None
-    listed = _listed_images(data)
-    own = f"{folder.name}/{Path(path).name}"
+    image = Path(path).absolute()
+    depth = len(image.relative_to(found.parent.absolute()).parts)  # imagesTr/NAME, or NAME beside it
+    listed = _listed_images(data, depth)
+    own = "/".join(image.parts[-depth:])
     # another dataset's image copied in: its order may be another
-    if listed and own not in listed and f"{folder.name}/{listed_as}" not in listed:
+    if listed and own not in listed and "/".join((*image.parts[-depth:-1], listed_as)) not in listed:
         if not unlisted_refused:
             return None
         raise InputError(
@@ -122,7 +134,7 @@ def nnunet_indices(files: Sequence) -> list[int] | None:
 
 def nnunet_file_names(files: Sequence, option: str) -> tuple[list[str], Path] | None:
     """What each of nnU-Net's per-channel files of one case holds (``case_0002.nii.gz``: channel 2 of the
-    ``channel_names`` of the dataset.json beside its ``imagesTr``/``imagesTs`` folder) and that dataset.json; None for
+    ``channel_names`` of its dataset.json, :func:`dataset_file`) and that dataset.json; None for
     other files, or without such a dataset.json or one that lists other images (an MSD dataset's 4D images).
     ``option``: how the caller names the files' channels instead.
 
@@ -146,13 +158,13 @@ def nnunet_file_names(files: Sequence, option: str) -> tuple[list[str], Path] | 
     return [names[index] for index in indices], where
 
 
-def _listed_images(data: dict) -> set[str]:
-    """The images an MSD dataset.json lists in "training" and "test", as ``imagesTr/NAME``; empty when it lists none
-    (nnU-Net v2's dataset.json does not)."""
+def _listed_images(data: dict, depth: int = 2) -> set[str]:
+    """The images an MSD dataset.json lists in "training" and "test", as their last ``depth`` parts (``imagesTr/NAME``);
+    empty when it lists none (nnU-Net v2's dataset.json does not)."""
     entries = [*(data.get("training") or []), *(data.get("test") or [])]
     paths = [e.get("image") if isinstance(e, dict) else e for e in entries if isinstance(e, (dict, str))]
     flat = [p for item in paths for p in (item if isinstance(item, list) else [item]) if isinstance(p, str)]
-    return {"/".join(Path(p).parts[-2:]) for p in flat}
+    return {"/".join(Path(p).parts[-depth:]) for p in flat}
 
 
 def dataset_channels(data, where: Path, hint: str | None = None) -> list[str] | None:
@@ -242,7 +254,7 @@ def refuse_names(inputs: Sequence, channels: Sequence, model: str, option: str =
 def open_stack(item, config, model: str, names: Sequence[str] | None = None, option: str = "--channels"):
     """The package ``config``'s channels from one 4D NIfTI image ``item``: (one :class:`.volumes.OpenedVolume` per
     channel, in the package's order, a :class:`ChannelOrder`), or None when ``item`` is no 4D NIfTI image. ``names``:
-    what each volume holds, in order (else the dataset.json beside its ``imagesTr`` folder says); ``option``: how the
+    what each volume holds, in order (else its dataset.json says: :func:`dataset_file`); ``option``: how the
     caller passes them, for messages. The header is checked now; the image is read once, when a channel is read.
 
     Raises:

@@ -268,6 +268,19 @@ def _end_cancelled_process(code: int) -> None:
     os._exit(code)
 
 
+def _check_working_folder() -> None:
+    """Refuse to run in a folder that was deleted (or moved away): relative paths name nothing there, and torch's
+    libraries fail to load from it (oneMKL ends the process), after the output's lock and staging folder were made."""
+    from .errors import InputError
+
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise InputError(
+            "the current folder no longer exists (it was deleted or moved away)", "cd into a folder, then run again"
+        ) from None
+
+
 def _run(argv: list[str] | None, own_process: bool = False) -> int:
     """Parse ``argv`` and run its command; every error becomes one line (or event) and its exit code. The stop
     handlers are put back after the command unless this is the command line's ``own_process``."""
@@ -298,6 +311,7 @@ def _run(argv: list[str] | None, own_process: bool = False) -> int:
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = _warning_printer(json_progress)
+                _check_working_folder()
                 code = COMMANDS[args.command](args)
             sys.stdout.flush()  # its last lines: a full disk is told here, as the command's (``os._exit`` may follow)
             return code

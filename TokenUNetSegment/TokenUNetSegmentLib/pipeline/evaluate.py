@@ -378,7 +378,7 @@ def _refuse_output_over_an_input(args: argparse.Namespace) -> None:
 
     from .samples import PREFIX
 
-    out = Path(args.json_out)
+    out = Path(args.json_out).expanduser()  # as it is written: a tilde the shell left is the home folder
     if not out.exists():
         return
     inputs = []
@@ -394,7 +394,7 @@ def _refuse_output_over_an_input(args: argparse.Namespace) -> None:
     inputs += [("an --image", Path(image)) for image in args.image or ()]
     for what, path in inputs:
         try:
-            same = os.path.samefile(out, path)
+            same = os.path.samefile(out, path.expanduser())
         except OSError:  # absent, or unreadable: not the same file
             same = False
         if same:
@@ -615,9 +615,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     import time
 
-    from .output_folder import check_file_destination, json_with_keys, write_file_atomically
+    from .output_folder import check_file_destination, json_with_keys, resolve_destination, write_file_atomically
 
     if args.json_out:  # before any computation; an earlier evaluation there is replaced, any other file only if asked
+        resolve_destination(args.json_out)  # a path no file system takes: refused before it is looked at
         _refuse_output_over_an_input(args)
         check_file_destination(args.json_out, args.overwrite or json_with_keys(*EVALUATION_KEYS))
     prediction = args.prediction

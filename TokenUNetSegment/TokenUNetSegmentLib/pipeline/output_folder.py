@@ -38,15 +38,24 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
-from .cancel_signals import CancelOnSignal
+from .cancel_signals import STOP_SIGNALS, CancelOnSignal, left_alone
 from .errors import OutputError
 from .locks import DestinationLock, hidden_sibling
 from .memory import format_size
 
 MANIFEST = ".tokenunet-manifest.json"
+_KINDS = {"models import": "package"}
+"""Commands that write the same kind of folder (the manifest's ``written_by``): each replaces the others' results."""
+_WHAT = {
+    "segment": "a segmentation",
+    "package": "a model package",
+    "cka": "a CKA comparison",
+    "robustness": "a robustness report",
+}
 STAGING_TAG = ".tokenunet-staging-"
 ASIDE_TAG = ".tokenunet-old-"
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+"""Errors that end a write for want of room (EFBIG: a file over the file system's or the process's size limit)."""
 
 
 def resolve_destination(path: str | Path) -> Path:
@@ -57,7 +66,37 @@ def resolve_destination(path: str | Path) -> Path:
     destination = Path(os.path.realpath(Path(text).expanduser()))
     if destination.name in ("", ".", ".."):
         raise OutputError(f"cannot use {destination} as an output folder", "name a folder inside it")
+    _check_lengths(destination)
     return destination
+
+
+NAME_MAX = 255
+"""Bytes in one file name that common file systems take (ext4, XFS, APFS, NTFS in UTF-16 units)."""
+PATH_ROOM = 256
+"""Bytes kept free below the system's path limit for what a run writes inside or beside its destination."""
+
+
+def _check_lengths(path: Path) -> None:
+    """Refuse a path with a name longer than file systems take, or too long to write inside (before any work)."""
+    for part in path.parts[1:]:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise OutputError(
+                f"the output path has a folder or file name {size} bytes long ({part[:24]}...); file systems take "
+                f"{NAME_MAX}",
+                "choose a shorter name",
+            )
+    try:
+        limit = os.pathconf("/", "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):  # Windows: long paths are allowed once enabled
+        limit = 32767
+    size = len(os.fsencode(str(path)))
+    if size > limit - PATH_ROOM:
+        raise OutputError(
+            f"the output path is {size} bytes long; with what is written inside it, it would pass this system's "
+            f"limit of {limit}",
+            "choose a shorter path",
+        )
 
 
 class OutputFolder:
@@ -143,6 +182,12 @@ class OutputFolder:
         self._check_protected()
         if self.destination.exists() and not self.destination.is_dir():
             raise OutputError(f"the output path {self.destination} is a file, not a folder", "choose a folder")
+        if os.path.ismount(self.destination):  # its staging folder would be on another file system than it
+            raise OutputError(
+                f"the output folder {self.destination} is the root of a file system (a mounted disk or share): a "
+                "result is put in place by renaming it, which cannot be done there",
+                f"name a folder inside it, e.g. {self.destination / 'tokenunet'}",
+            )
 
     def _check_protected(self) -> None:
         for folder, what in self.protected:
@@ -274,8 +319,20 @@ class OutputFolder:
         return aside
 
     def _finish_old(self, old: Path, owned: set[str], destination: Path) -> None:
-        """Move the user's files from the replaced folder into the new one, then delete the old listed files."""
-        _carry_foreign(old, destination, owned, self.warnings)
+        """Move the user's files from the replaced folder into the new one, then delete the old listed files.
+
+        The new result is in place by now: a file of the user's that cannot be moved (a read-only or immutable
+        folder) is a warning, and the old folder keeps its manifest so that the next run on the destination tries
+        again (:meth:`_recover`)."""
+        try:
+            _carry_foreign(old, destination, owned, self.warnings)
+        except OSError as error:
+            self.warnings.append(
+                f"the new result is in place, but files of yours stay in {old}: cannot move "
+                f"{error.filename or 'one of them'}: {error.strerror or error} (the next run there tries again)"
+            )
+            _delete_listed(old, owned, keep_manifest=True)
+            return
         leftover = _delete_listed(old, owned)
         if leftover:
             self.warnings.append(f"kept {old}: it still holds {leftover[0]} (not written by TokenUNet)")
@@ -304,6 +361,14 @@ class OutputFolder:
                     "choose a new or empty folder",
                 )
             return {name: None for name in legacy if _is_plain_file(destination, name)}
+        writer = manifest.get("written_by")
+        theirs, ours = _KINDS.get(writer, writer), _KINDS.get(self.command, self.command)
+        if isinstance(writer, str) and theirs != ours:
+            what = _WHAT.get(theirs, f"the output of {writer[:40]!r}")
+            raise OutputError(  # a result of another command is never replaced, nor its files deleted
+                f"the output folder {destination} holds {what}, not {_WHAT.get(ours, 'a result of ' + repr(ours))}",
+                "choose another folder",
+            )
         listed = manifest.get("files") or {}
         return {
             name: record
@@ -318,10 +383,19 @@ class OutputFolder:
             return
         owned = self._owned_files() if owned is None else owned
         names = tuple(names)
-        for relative in _files(destination):
+        folders = {str(parent) for name in names for parent in PurePosixPath(name).parents if str(parent) != "."}
+        for relative in _files(destination):  # files and links, never real folders
             if relative in owned or relative == MANIFEST:
                 continue
-            hit = any(fnmatch.fnmatchcase(relative, pattern) for pattern in names) if patterns else relative in names
+            # the entry itself, or a folder it is in, where the run writes a file; or a file or link where it makes
+            # a folder
+            places = [relative, *(str(parent) for parent in PurePosixPath(relative).parents if str(parent) != ".")]
+            if patterns:
+                hit = any(fnmatch.fnmatchcase(place, pattern) for place in places for pattern in names) or any(
+                    fnmatch.fnmatchcase(relative, folder) for folder in folders
+                )
+            else:
+                hit = any(place in names for place in places) or relative in folders
             if hit:
                 raise OutputError(
                     f"{destination / relative} was not written by TokenUNet (or was changed since) and this run "
@@ -430,6 +504,7 @@ def write_file_atomically(path: str | Path, data: bytes | str | Callable) -> Pat
     path = resolve_destination(path)
     check_file_destination(path, replace=True)  # whether to replace a file there: decided by the caller
     temporary = _sibling(path, STAGING_TAG)
+    missing = [folder for folder in path.parents if not os.path.lexists(folder)]  # made here, removed on failure
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "xb") as stream:
@@ -445,6 +520,9 @@ def write_file_atomically(path: str | Path, data: bytes | str | Callable) -> Pat
     except BaseException as error:
         with contextlib.suppress(OSError):
             temporary.unlink()
+        with contextlib.suppress(OSError):
+            for folder in missing:  # deepest first; stops at one that holds something
+                folder.rmdir()
         if isinstance(error, OSError):
             raise _os_output_error(error, path) from None
         if isinstance(error, RuntimeError) and _disk_nearly_full(path.parent):  # a writer that hides the OSError
@@ -515,6 +593,12 @@ def _sibling(destination: Path, tag: str) -> Path:
 
 
 def _os_output_error(error: OSError, destination: Path) -> OutputError:
+    if error.errno == errno.EFBIG:
+        return OutputError(
+            f"a file of the output {destination} is larger than its file system or this process's file-size limit "
+            "allows; nothing was changed there",
+            "choose a folder on another disk (FAT32 takes files up to 4 GiB), or raise the limit (ulimit -f)",
+        )
     if error.errno in _DISK_FULL:
         try:
             free = format_size(shutil.disk_usage(destination.parent).free)
@@ -536,6 +620,10 @@ def _os_output_error(error: OSError, destination: Path) -> OutputError:
 
 
 def _why_not_writable(folder: Path) -> str:
+    try:
+        os.stat(folder)
+    except OSError as error:  # e.g. a loop of links: "Too many levels of symbolic links"
+        return (error.strerror or str(error)).lower()
     try:
         if os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1):
             return "its file system is read-only"
@@ -603,12 +691,19 @@ def _sync_dir(folder: Path) -> None:
 
 def _write_manifest(folder: Path, content: dict) -> None:
     temporary = folder / f"{MANIFEST}.tmp"
-    with open(temporary, "w", encoding="utf-8") as stream:
-        json.dump({"version": 1, **content}, stream, indent=1)
-        stream.flush()
-        if os.name != "nt":
-            os.fsync(stream.fileno())
-    os.replace(temporary, folder / MANIFEST)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)  # a crash's leftover, or a link: never written through
+    try:
+        with open(temporary, "x", encoding="utf-8") as stream:
+            json.dump({"version": 1, **content}, stream, indent=1)
+            stream.flush()
+            if os.name != "nt":
+                os.fsync(stream.fileno())
+        os.replace(temporary, folder / MANIFEST)
+    except BaseException:  # a full disk: no half-written manifest left in the folder (an old result's, the user's)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def _read_manifest(folder: Path) -> dict | None:
@@ -681,13 +776,14 @@ def _carry_foreign(old: Path, new: Path, owned: set[str], warnings: list[str], r
         os.rename(here, there)
 
 
-def _delete_listed(folder: Path, owned: set[str]) -> list[str]:
-    """Delete ``owned`` files of ``folder``, its manifest and then its empty folders; what remains, if anything."""
+def _delete_listed(folder: Path, owned: set[str], keep_manifest: bool = False) -> list[str]:
+    """Delete ``owned`` files of ``folder``, its manifest (unless ``keep_manifest``) and then its empty folders; what
+    remains, if anything."""
     for relative in sorted(owned):
         if _is_plain_file(folder, relative):
             with contextlib.suppress(OSError):
                 os.unlink(folder / relative)
-    for name in (MANIFEST, f"{MANIFEST}.tmp"):
+    for name in () if keep_manifest else (MANIFEST, f"{MANIFEST}.tmp"):
         with contextlib.suppress(OSError):
             os.unlink(folder / name)
     for root, dirs, _ in os.walk(folder, topdown=False):
@@ -730,15 +826,14 @@ def _exchange(first: Path, second: Path) -> bool:
 
 @contextlib.contextmanager
 def _deferred_signals(warnings: list[str]):
-    """Hold Ctrl-C and SIGTERM until the block is done (main thread only; other threads cannot get them)."""
+    """Hold Ctrl-C, SIGTERM and a hang-up until the block is done (main thread only; other threads cannot get them)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    names = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
     previous = {}
-    for signum in names:
-        if signal.getsignal(signum) is None:  # an embedding application's own handler: Python could not restore it
+    for signum in STOP_SIGNALS:
+        if left_alone(signum):  # an embedding application's own handler (Python could not restore it); nohup
             continue
         try:
             previous[signum] = signal.signal(signum, lambda number, _frame: received.append(number))

@@ -1,9 +1,9 @@
 """What a result was made from, recorded in its ``report.json`` as ``"made_from"``: the options that shape its files,
 the order of a 4D image's channels and each input file's size, modification time, change time and inode (a folder:
-of every file below it; nnU-Net-numbered files named by nothing else: also their dataset.json's). ``batch --resume``
-skips a case only when this and the model's weights (their SHA256) are what the new run would use; anything else
-(more outputs asked for, another overlap, a scan replaced under the same name, a retrained model of the same version)
-runs the case again.
+of every file below it; nnU-Net-numbered files or a NIfTI image named by nothing else: also their dataset.json's).
+``batch --resume`` skips a case only when this and the model's weights (their SHA256) are what the new run would use;
+anything else (more outputs asked for, another overlap, a scan replaced under the same name, a retrained model of the
+same version) runs the case again.
 
 Torch-free: it is computed before any voxel is read. Options that change only the speed (``--device``,
 ``--batch-size``) are not part of it.
@@ -91,13 +91,15 @@ def made_from(inputs: Sequence[str | Path], channels: Sequence[str] | None, args
 
 
 def _channel_names_file(inputs: Sequence[str | Path], channels: Sequence[str] | None) -> Path | None:
-    """The dataset.json beside the ``imagesTr``/``imagesTs`` folder of nnU-Net-numbered files (``case_0000.nii.gz``,
-    ...) that nothing else names: it says which channel each file feeds (:func:`.channel_stack.nnunet_file_names`),
-    so a result made from them stands only while it is unchanged (and a result made before the files were placed by
-    it, in the given order, has no such stamp)."""
-    from .channel_stack import DATASET_FOLDERS, nnunet_indices
+    """The dataset.json (:func:`.channel_stack.dataset_file`) of nnU-Net-numbered files (``case_0000.nii.gz``, ...) or
+    of one NIfTI image (a 4D image's volumes) that nothing else names: it says which channel each file or volume
+    feeds (:func:`.channel_stack.nnunet_file_names`, :func:`.channel_stack.open_stack`), so a result made from them
+    stands only while it is unchanged (and a result made before the files were placed by it, in the given order, has
+    no such stamp)."""
+    from .channel_stack import dataset_file, is_stack_candidate, nnunet_indices
 
-    if channels or nnunet_indices(list(inputs)) is None:
+    if channels:
         return None
-    folder = Path(inputs[0]).absolute().parent  # as channel_stack.dataset_names finds it
-    return folder.parent / "dataset.json" if folder.name in DATASET_FOLDERS else None
+    if nnunet_indices(list(inputs)) is not None or (len(inputs) == 1 and is_stack_candidate(inputs[0])):
+        return dataset_file(inputs[0])
+    return None

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 
+from .cancel_signals import STOP_SIGNALS
 from .run_contract import ErrorEvent, LogEvent, ResultEvent, encode_event, split_event
 
 PIPE_BYTES = 1 << 20  # what libraries may write before the forwarding process reads (Linux's unprivileged maximum)
@@ -70,7 +71,7 @@ class StderrEvents:
             try:
                 os.close(self.write_end)
                 os.close(self.finished)
-                for signum in (signal.SIGINT, signal.SIGTERM):
+                for signum in STOP_SIGNALS:  # a hang-up too: the command stops, this forwards its last lines
                     signal.signal(signum, signal.SIG_IGN)
                 Forwarder(read_end, 2, self.end_mark).run()
                 os.close(finished)

@@ -109,7 +109,8 @@ class SubprocessRun(Run):
 
     def start(self) -> SubprocessRun:
         self._begin()
-        self.folder = Path(tempfile.mkdtemp(prefix="tokenunet-run-", dir=self.temp_dir))
+        # absolute: the child runs inside this folder, so a relative one would name another place for it
+        self.folder = Path(os.path.abspath(tempfile.mkdtemp(prefix="tokenunet-run-", dir=self.temp_dir)))
         try:
             inputs = self._write_inputs()
             env = dict(os.environ if self.env is None else self.env)

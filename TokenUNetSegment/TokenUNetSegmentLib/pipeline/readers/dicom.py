@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..geometry import Grid
+from ..special_files import special_entries, special_entries_note
 from .dicom_meta import (
     ENHANCED_CLASSES,
     TRANSFER_SYNTAX_ELEMENT,
@@ -127,6 +128,10 @@ def open_series(folder: Path, limit: int | None = None, chosen: Path | None = No
         raise InputError(f"the DICOM series in {folder.name} is {kind[0]}", kind[1])
     read = {os.path.normpath(f) for _, names in series for f in names}
     places = {folder} | {Path(f).parent for f in files}
+    for place in sorted(places):
+        special = special_entries(place)
+        if special:
+            warnings.append(special_entries_note(special, place.name))
     unread = sorted(name for place in places for name in _unread_dicom_files(place, read, slices[0].sop_class))
     if unread:
         warnings.append(
@@ -222,6 +227,8 @@ def _series_in(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
     """The DICOM series GDCM finds in ``folder`` itself: (series UID, its files). GDCM's scan of a folder stops at a
     file it cannot parse (pydicom's rtdose_1frame.dcm, a real RT dose file: an internal assertion), so the folder is
     then listed file by file, such files left out."""
+    if special_entries(folder):  # GDCM's scan stops at a FIFO (or would wait on it): listed here, such entries left out
+        return _series_file_by_file(folder)
     reader = sitk.ImageSeriesReader()
     try:
         with quiet_itk():

@@ -58,10 +58,15 @@ def dicom_file_class(path: Path) -> str | None:
 
 
 def dicom_file_meta(path: Path, element: int) -> str | None:
-    """None when ``path`` does not start like a DICOM file (the DICM preamble), else the UID its file meta gives
-    in (0002,``element``) ("" where that cannot be read)."""
+    """None when ``path`` does not start like a DICOM file (the DICM preamble) or is no regular file, else the UID its
+    file meta gives in (0002,``element``) ("" where that cannot be read)."""
+    from ..special_files import open_regular
+
     try:
-        with open(path, "rb") as stream:
+        stream = open_regular(path)  # a FIFO among the slices: never opened for good (it would block)
+        if stream is None:
+            return None
+        with stream:
             stream.seek(DICOM_MAGIC_AT)
             if stream.read(4) != DICOM_MAGIC:
                 return None

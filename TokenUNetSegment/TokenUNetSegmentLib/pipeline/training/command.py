@@ -162,7 +162,14 @@ def check_output(out: str | Path, resume: bool) -> Path:
     folder = resolve_destination(out)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"the output path {folder} is a file, not a folder", "choose a folder")
-    earlier = [name for name in (LOG_FILE, CHECKPOINT_DIR, PACKAGE_DIR) if (folder / name).exists()]
+    places = (LOG_FILE, CHECKPOINT_DIR, f"{CHECKPOINT_DIR}/best.pt", f"{CHECKPOINT_DIR}/last.pt", PACKAGE_DIR)
+    for place in (folder / name for name in places):  # what the run reads and writes stays inside --out
+        if place.is_symlink():
+            raise OutputError(
+                f"{place} is a link (to {os.readlink(place)}): train writes its files only inside --out",
+                "remove the link, or choose another --out",
+            )
+    earlier = [name for name in (LOG_FILE, CHECKPOINT_DIR, PACKAGE_DIR) if os.path.lexists(folder / name)]
     if earlier and not resume:
         raise OutputError(
             f"{folder} already holds a training run ({', '.join(earlier)})",
@@ -193,6 +200,9 @@ def run_train(args: argparse.Namespace) -> int:
     stop = threading.Event()  # set by Ctrl-C or SIGTERM
     handlers = install_cancel_handlers(stop)
     try:
+        from ..output_folder import resolve_destination
+
+        args.out = str(resolve_destination(args.out))  # every process writes where rank 0 checks and locks ('~' too)
         if rank != 0:  # writes nothing: "no output was written" would read as if the whole run had left nothing
             try:
                 return _train(args, train, Recipe, rank)
@@ -204,9 +214,8 @@ def run_train(args: argparse.Namespace) -> int:
                     f"interrupted (process {rank} of {world})", "process 0 writes the run's files and says what it kept"
                 ) from None
         # one process checks and locks the folder; the others write nothing there but through it
-        from ..output_folder import resolve_destination
-
-        created = not os.path.lexists(resolve_destination(args.out))
+        destination = Path(args.out)
+        created = [f for f in (destination, *destination.parents) if not os.path.lexists(f)]  # innermost first
         out = check_output(args.out, args.resume)
         lock = DestinationLock(out, "train")
         try:
@@ -218,9 +227,9 @@ def run_train(args: argparse.Namespace) -> int:
                     lock.release()
         except BaseException as error:
             with cleaning_up():
-                if created:  # a run refused or failed before writing anything leaves no empty folder behind
-                    with contextlib.suppress(OSError):
-                        out.rmdir()
+                with contextlib.suppress(OSError):  # a run refused or failed before writing leaves no empty folder
+                    for folder in created:
+                        folder.rmdir()
                 # an error while a stop is handled (a worker or another process of the group ended by the same signal)
                 stopped = isinstance(error, (KeyboardInterrupt, CancelledError)) or stop.is_set()
                 kept = kept_after_a_stop(out) if stopped else None
@@ -413,10 +422,10 @@ def _refuse_out_over_an_input(args: argparse.Namespace) -> None:
         ("the name table --table", Path(args.table) if args.layout == "folders" and args.table else None),
         ("the configuration --config", Path(args.config) if args.config else None),
     ]
-    out = Path(args.out)
+    out = Path(args.out).expanduser()  # as it is written: a tilde the shell left is the home folder
     for what, path in inputs:
         try:
-            same = path is not None and out.exists() and os.path.samefile(out, path)
+            same = path is not None and out.exists() and os.path.samefile(out, path.expanduser())
         except OSError:  # absent or unreadable: not the same file
             same = False
         if same:

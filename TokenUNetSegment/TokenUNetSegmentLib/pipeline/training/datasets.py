@@ -24,6 +24,7 @@ from pathlib import Path
 from ..channel_stack import NNUNET_FILE, dataset_channels
 from ..errors import InputError, TokenUNetError
 from ..json_files import read_json_file
+from ..special_files import special_entries, special_kind
 from .label_tables import name_key, named_table
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -128,6 +129,7 @@ def totalsegmentator(root, model_labels=None, splits=("train",), validation_spli
         raise InputError(f"dataset folder not found: {root}")
     split_of = {}
     meta = root / "meta.csv"
+    _refuse_special(meta, "meta.csv", "replace it with the dataset's meta.csv file, or remove it")
     if meta.is_file():
         with open(meta, newline="", encoding="utf-8-sig") as stream:  # Excel's "CSV UTF-8" starts with a BOM
             sample = stream.read(4096)
@@ -138,6 +140,7 @@ def totalsegmentator(root, model_labels=None, splits=("train",), validation_spli
                     split_of[row["image_id"].strip()] = (row.get("split") or "train").strip()
     training, validation, seen, skipped = [], [], set(), []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        skipped += _special_notes(folder, f"{folder.name}/")
         ct = next((folder / f"ct{s}" for s in IMAGE_SUFFIXES if (folder / f"ct{s}").is_file()), None)
         masks_dir = folder / "segmentations"
         if ct is None or not masks_dir.is_dir():
@@ -145,6 +148,7 @@ def totalsegmentator(root, model_labels=None, splits=("train",), validation_spli
                 skipped.append(f"{folder.name} (no {'segmentations/' if ct else 'ct.nii.gz'})")
             continue
         masks = {_stem(m): m for m in sorted(masks_dir.iterdir()) if _is_image(m)}
+        skipped += _special_notes(masks_dir, f"{folder.name}/segmentations/")
         if structures == "model" and model_labels:
             wanted = {name_key(label) for label in model_labels}
             masks = {n: m for n, m in masks.items() if name_key(n) in wanted}
@@ -217,7 +221,7 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0, inputs=
     if inputs is None:  # with a configuration, matching its channels says which of them two names share
         _refuse_twice_named(channels, where)
     order = model_channel_order(channels, inputs, model, where) if inputs is not None else None
-    pairs = []
+    pairs, skipped = [], []
     training = spec.get("training")
     if training is not None and not isinstance(training, list):
         raise InputError(f"{where}: 'training' must be a list of {{image, label}} pairs")
@@ -232,6 +236,9 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0, inputs=
     else:  # nnU-Net v2: cases from labelsTr, channels <case>_<XXXX><ending> in imagesTr
         ending = str(spec.get("file_ending", ".nii.gz"))
         for label in sorted((root / "labelsTr").glob(f"*{ending}")):
+            if special_kind(label) is not None:  # a FIFO: never opened (it would block)
+                skipped.append(f"labelsTr/{label.name} ({special_kind(label)})")
+                continue
             case = label.name[: -len(ending)]
             images = [f"imagesTr/{case}_{c:04d}{ending}" for c in range(len(channels))]
             pairs.append((images, f"labelsTr/{label.name}"))
@@ -239,6 +246,8 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0, inputs=
     for images, label in pairs:
         images = [str(Path(i)) for i in images]  # "./imagesTr/x" -> "imagesTr/x"
         label = str(Path(label))
+        for part in (*images, label):
+            _refuse_special(root / part, part, "replace it with the image file, or take the case out of the dataset")
         missing = [p for p in [*images, label] if not (root / p).is_file()]
         if missing and training:
             raise InputError(f"{root}: file listed in dataset.json not found: {missing[0]}")
@@ -260,7 +269,9 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0, inputs=
         entries.append(entry)
     count = int(round(len(entries) * validation_fraction))
     training, validation = entries[count:], entries[:count]
-    datalist, report = _finish(root, training, validation, model_labels, list(table.values()), SOURCES[1], (), named)
+    datalist, report = _finish(
+        root, training, validation, model_labels, list(table.values()), SOURCES[1], skipped, named
+    )
     if order is not None and len(order) > 1:
         report["channels"] = [(channel.name, channels[index]) for channel, index in zip(inputs, order, strict=True)]
     return datalist, report
@@ -388,6 +399,7 @@ def folders(images, labels, table, model_labels=None, validation_fraction: float
     entries, image_by_number = [], by_number(images)
     skipped = [f"{p.name} (no label)" for n, p in image_by_number.items() if n not in label_by_number]
     skipped += [f"{p.name} (no image)" for n, p in label_by_number.items() if n not in image_by_number]
+    skipped += _special_notes(images, "") + _special_notes(labels, "")
     for key, image in image_by_number.items():
         label = label_by_number.get(key)
         if label is None:
@@ -404,6 +416,23 @@ def folders(images, labels, table, model_labels=None, validation_fraction: float
     count = int(round(len(entries) * validation_fraction))
     names = list(names.values())
     return _finish(root, entries[count:], entries[:count], model_labels, names, SOURCES[2], skipped)
+
+
+def _special_notes(folder: Path, prefix: str) -> list[str]:
+    """``prefix + name (what it is)`` of each entry of ``folder`` that is no file nor folder (a FIFO, a socket, a
+    device): left out unopened, and said."""
+    return [f"{prefix}{name} ({kind})" for name, kind in special_entries(folder)]
+
+
+def _refuse_special(path: Path, shown: str, hint: str) -> None:
+    """Refuse ``path`` when it is a FIFO, a socket or a device (opening a FIFO would block).
+
+    Raises:
+        InputError: saying what it is.
+    """
+    kind = special_kind(path)
+    if kind is not None:
+        raise InputError(f"{shown} is {kind}, not a file", hint)
 
 
 def _common_parent(a: Path, b: Path) -> Path:

@@ -368,7 +368,9 @@ def _leave_stops_to_the_main(worker_id: int) -> None:
     torch's check of its parent.)"""
     import signal
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    from ..cancel_signals import STOP_SIGNALS
+
+    for signum in STOP_SIGNALS:  # a hang-up too (the terminal closed: its whole process group gets it)
         signal.signal(signum, signal.SIG_IGN)
 
 
