@@ -79,3 +79,19 @@ def test_a_dicom_folder_with_a_fifo_given_to_evaluate_and_robustness_reads_its_s
         "--reference-names", names, "--out", tmp_path / "r", "--no-tokens", timeout=TIMEOUT,
     )  # fmt: skip
     assert "Traceback" not in done.stderr and "IM9999.dcm (a named pipe (FIFO))" in done.stderr, done.stderr
+
+
+def test_a_fifo_given_as_the_model_package_is_refused_as_such_not_as_missing(tmp_path, cli_case):
+    """``--model pipe.zip`` (segment, batch) and ``models import pipe.zip``: exit 2 in one line that says what it is,
+    as every other file argument does (before: "model package not found", although it is there)."""
+    _, _, ct = cli_case
+    pipe = fifo(tmp_path / "pipe.zip")
+    runs = [
+        ("segment", ct, "--model", pipe, "--out", tmp_path / "s", "--device", "cpu"),
+        ("batch", ct, "--model", pipe, "--out", tmp_path / "b", "--device", "cpu"),
+        ("models", "import", pipe),
+    ]
+    for run in runs:
+        done = run_cli(*run, timeout=TIMEOUT)
+        refused_in_one_line(done, "pipe.zip is a named pipe (FIFO), not a file")
+        assert "not found" not in done.stderr, (run, done.stderr)

@@ -59,6 +59,13 @@ class PackageSource:
                 self._scan_folder()
                 return
             if not path.is_file():
+                from .special_files import special_kind
+
+                kind = special_kind(path)  # a FIFO: never opened (reading it would wait for a writer)
+                if kind is not None:
+                    raise ModelPackageError(
+                        f"the model package {path.name} is {kind}, not a file", "pass a package folder or .zip file"
+                    )
                 raise ModelPackageError(f"model package not found: {path}")
             if not zipfile.is_zipfile(path):
                 raise ModelPackageError(f"{path} is neither a package folder nor a .zip package")
