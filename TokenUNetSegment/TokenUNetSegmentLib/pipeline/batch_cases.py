@@ -3,7 +3,10 @@ MONAI datalist, each with the name of its output folder; names that would share 
 
 Torch-free: everything here runs before the model is loaded. A folder that holds DICOM files itself is one case (a
 series, or a CD export with its DICOMDIR); any other folder is a folder of cases: each volume file in it and each
-subfolder holding DICOM files (at any depth) is one case, in name order.
+subfolder holding DICOM files (at any depth) is one case, in name order, except that nnU-Net's channel files of one
+case id (``X_0000.nii.gz``, ``X_0001.nii.gz``, ...: :mod:`.channel_file_cases`), in a folder or given one by one, are
+one case; named pipes, sockets and devices (:mod:`.special_files`) are left out of a folder unopened, and refused as
+a case.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def cases_from_paths(
     from .special_files import special_kind
 
     cases: list[BatchCase] = []
-    direct: list[BatchCase] = []  # volume files given themselves
+    direct: list[tuple[BatchCase, Path]] = []  # volume files given themselves, with their paths as given
     notes: list[str] = []
     for given in paths:
         path = Path(given).expanduser()

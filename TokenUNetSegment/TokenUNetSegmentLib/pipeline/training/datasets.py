@@ -172,6 +172,7 @@ def totalsegmentator(root, model_labels=None, splits=("train",), validation_spli
 
 
 MODALITIES = {"CT": "CT", "MR": "MR", "MRI": "MR"}
+"""A one-channel dataset.json's channel names that say a modality, as that modality."""
 MR_SEQUENCES = {"adc", "dwi", "pd", "pdw", "swi", "t2star", "dce", "dixon"}
 """One-channel MRI datasets' channel names besides those of :data:`..channels.SEQUENCE_SYNONYMS` (T1, T2, FLAIR...):
 MSD Prostate's ``ADC``, diffusion, proton density."""
@@ -213,9 +214,6 @@ def check_datalist_modality(data: dict, inputs, model: str, where) -> None:
     elif data.get("modality"):
         for channel in inputs:
             _refuse_another_modality(data["modality"], channel, model, where)
-
-
-"""A one-channel dataset.json's channel names that say a modality, as that modality."""
 
 
 def model_channel_order(channels: list[str], inputs, model: str, where: Path) -> list[int]:
