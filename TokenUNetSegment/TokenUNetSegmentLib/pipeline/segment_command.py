@@ -37,7 +37,9 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="INPUT",
         help="one volume per model input channel (NIfTI, NRRD, MHA or a DICOM folder), in the "
-        "model's channel order, or in any order when the file names match its channel patterns",
+        "model's channel order, or in any order when the file names match its channel patterns; nnU-Net's numbered "
+        "files (CASE_0000.nii.gz, ...) by their dataset.json's channel names (beside them or beside their "
+        "imagesTr/imagesTs folder), refused when nothing names them",
     )
     parser.add_argument(
         "--channels",
