@@ -83,6 +83,23 @@ def text(what: str = "a value"):
     return parse
 
 
+def user_path(value: str) -> str:
+    """A path of a file the command reads, with a leading ``~`` the shell left alone (the path quoted, or from a script
+    or a GUI field) as the home folder: as the output places (``--out``), ``--model`` and ``batch``'s CASEs take it."""
+    return os.path.expanduser(str(value))
+
+
+def user_text_path(what: str):
+    """:func:`text` (not empty) that is a path read as :func:`user_path` (``models import PATH``)."""
+    check = text(what)
+
+    def parse(value: str) -> str:
+        return user_path(check(value))
+
+    parse.__name__ = "path"
+    return parse
+
+
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")  # as pipeline.device (which imports torch) accepts them
 
 

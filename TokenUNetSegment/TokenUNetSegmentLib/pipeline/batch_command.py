@@ -28,7 +28,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .arguments import channel_names
+from .arguments import channel_names, user_path
 from .cancel_signals import cleaning_up
 from .cli import ProgressPrinter
 from .locks import hidden_sibling, lock_path
@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--datalist",
+        type=user_path,
         help='a MONAI datalist (JSON) whose entries\' "image" (one path, a list of channel paths for a '
         'multi-channel model, or one 4D NIfTI whose volumes "channels" or its dataset.json names) are cases; '
         '"label" is ignored',

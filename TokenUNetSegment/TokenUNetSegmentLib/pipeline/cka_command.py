@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .arguments import integer
+from .arguments import integer, user_path
 
 POOLINGS = ("positions", "flatten", "mean")
 
@@ -33,8 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--a-option", action="append", metavar="NAME=VALUE", help="constructor option of --a")
     parser.add_argument("--b-option", action="append", metavar="NAME=VALUE", help="constructor option of --b")
-    parser.add_argument("--a-weights", help="state dict of --a (.safetensors or torch file); default: random init")
-    parser.add_argument("--b-weights", help="state dict of --b; default: random init")
+    parser.add_argument(
+        "--a-weights", type=user_path, help="state dict of --a (.safetensors or torch file); default: random init"
+    )
+    parser.add_argument("--b-weights", type=user_path, help="state dict of --b; default: random init")
     parser.add_argument("--out", default="cka", help="folder for cka.json and cka.png (default ./cka)")
     return parser
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .arguments import channel_names, device_name, text
+from .arguments import channel_names, device_name, text, user_path
 from .errors import InputError
 
 
@@ -587,20 +587,24 @@ def format_table(result: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("reference", help="reference label map (.seg.nrrd, NIfTI, NRRD, MHA), or sample:ID")
+    parser.add_argument(
+        "reference", type=user_path, help="reference label map (.seg.nrrd, NIfTI, NRRD, MHA), or sample:ID"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prediction", "-p", help="predicted label map (e.g. segmentation.seg.nrrd)")
+    source.add_argument("--prediction", "-p", type=user_path, help="predicted label map (e.g. segmentation.seg.nrrd)")
     source.add_argument(
         "--model", "-m", type=text("a model id or package path"), help="run this model (id or package path) on --image"
     )
-    parser.add_argument("--image", nargs="+", help="input volume(s) for --model")
+    parser.add_argument("--image", nargs="+", type=user_path, help="input volume(s) for --model")
     parser.add_argument(
         "--channels",
         type=channel_names,
         help="with --model and one 4D NIfTI --image: what each of its volumes holds, in order (as segment's)",
     )
-    parser.add_argument("--reference-names", help='JSON name table of the reference {"1": "spleen", ...}')
-    parser.add_argument("--prediction-names", help="JSON name table of the prediction")
+    parser.add_argument(
+        "--reference-names", type=user_path, help='JSON name table of the reference {"1": "spleen", ...}'
+    )
+    parser.add_argument("--prediction-names", type=user_path, help="JSON name table of the prediction")
     parser.add_argument(
         "--no-hd95",
         action="store_true",

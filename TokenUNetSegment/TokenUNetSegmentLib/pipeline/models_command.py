@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .arguments import text
+from .arguments import text, user_text_path
 from .catalog import ModelEntry, ModelStore
 from .errors import TokenUNetError
 from .metadata import PackageMetadata, check_model_id
@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info.add_argument("--json", action="store_true", help="print the metadata as JSON")
     imp = sub.add_parser("import", help="import a package (folder or .zip), or weights (.safetensors/.pt/.pth/.ckpt)")
     imp.add_argument(
-        "path", type=text("a package folder, .zip or weights file"), help="package folder, .zip or weights file"
+        "path",
+        type=user_text_path("a package folder, .zip or weights file"),
+        help="package folder, .zip or weights file",
     )
     imp.add_argument("--overwrite", action="store_true", help="replace a cached model of the same id")
     imp.add_argument("--like", help="for weights files: the model whose configuration they fit")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .arguments import device_name, text
+from .arguments import device_name, text, user_path
 from .calibration import confidence_pairs, format_summary, summarise
 from .errors import InputError
 
@@ -575,10 +575,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", "-m", type=text("a model id or package path"), required=True, help="model id or package path"
     )
-    parser.add_argument("--image", help="the scan (a CT for a CT model) to change and segment")
-    parser.add_argument("--reference", help="its reference label map")
-    parser.add_argument("--reference-names", help='JSON name table of the reference {"1": "liver", ...}')
-    parser.add_argument("--datalist", help="a datalist with 'evaluation' entries (instead of --image/--reference)")
+    parser.add_argument("--image", type=user_path, help="the scan (a CT for a CT model) to change and segment")
+    parser.add_argument("--reference", type=user_path, help="its reference label map")
+    parser.add_argument(
+        "--reference-names", type=user_path, help='JSON name table of the reference {"1": "liver", ...}'
+    )
+    parser.add_argument(
+        "--datalist", type=user_path, help="a datalist with 'evaluation' entries (instead of --image/--reference)"
+    )
     parser.add_argument("--patient", help="with --datalist: the patient to measure")
     parser.add_argument(
         "--variants",

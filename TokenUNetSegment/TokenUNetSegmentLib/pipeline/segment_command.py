@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .arguments import channel_names, device_name, integer, number, text
+from .arguments import channel_names, device_name, integer, number, text, user_path
 from .background import BackgroundCall, switch_interval
 from .cancel_signals import cleaning_up, install_cancel_handlers, restore_handlers
 from .cli import WRITE_START, ProgressPrinter
@@ -36,6 +36,7 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         "inputs",
         nargs="+",
         metavar="INPUT",
+        type=user_path,
         help="one volume per model input channel (NIfTI, NRRD, MHA or a DICOM folder), in the "
         "model's channel order, or in any order when the file names match its channel patterns; nnU-Net's numbered "
         "files (CASE_0000.nii.gz, ...) by their dataset.json's channel names (beside them or beside their "

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..arguments import device_name, integer, number
+from ..arguments import device_name, integer, number, user_path
 from ..cli import ProgressPrinter
 from ..errors import CancelledError, InputError, OutputError
 from ..run_contract import ResultEvent
@@ -23,10 +23,13 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     from .recipe import Recipe
 
     default = Recipe()
-    parser.add_argument("datalist", help="decathlon-style datalist JSON (training/validation cases, label names)")
+    parser.add_argument(
+        "datalist", type=user_path, help="decathlon-style datalist JSON (training/validation cases, label names)"
+    )
     parser.add_argument(
         "--config",
         required=True,
+        type=user_path,
         help="JSON with the package's 'tokenunet' section (id, architecture, inputs, preprocessing, "
         "inference, labels), or an existing package (or a catalog model id) whose configuration to train",
     )
@@ -335,17 +338,19 @@ def _datalist_arguments(parser: argparse.ArgumentParser) -> None:
         help="totalsegmentator: <case>/ct.nii.gz + segmentations/; decathlon: dataset.json "
         "(MSD, nnU-Net raw, AMOS); folders: --images and --labels paired by number (BTCV)",
     )
-    parser.add_argument("root", nargs="?", help="the dataset folder (totalsegmentator, decathlon)")
-    parser.add_argument("--images", action=_LayoutOption, help="folders: the image folder")
-    parser.add_argument("--labels", action=_LayoutOption, help="folders: the label folder")
+    parser.add_argument("root", nargs="?", type=user_path, help="the dataset folder (totalsegmentator, decathlon)")
+    parser.add_argument("--images", action=_LayoutOption, type=user_path, help="folders: the image folder")
+    parser.add_argument("--labels", action=_LayoutOption, type=user_path, help="folders: the label folder")
     parser.add_argument(
         "--table",
         action=_LayoutOption,
+        type=user_path,
         default="btcv",
         help="folders: btcv, amos, totalsegmentator or a JSON name table",
     )
     parser.add_argument(
         "--config",
+        type=user_path,
         help="the model whose labels and input channels to match (report and 'partial'): a catalog model id, a "
         "package, or a configuration JSON",
     )
