@@ -24,3 +24,16 @@ def tmpfs(path, size="1m", read_only=False):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@contextlib.contextmanager
+def bind_mount(source, target):
+    """``source`` bind-mounted at ``target`` (one file system: ``os.path.ismount`` cannot tell); root on Linux."""
+    target.mkdir()
+    done = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here ({done.stderr.strip() or 'mount failed'}); needs root on Linux")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=False)
