@@ -167,7 +167,7 @@ def test_a_mount_point_as_the_output_folder_is_refused_before_computing(cli_case
     monkeypatch.setattr(os.path, "ismount", lambda p: os.fspath(p) == str(disk) or real_ismount(p))
     assert cli.main(["segment", str(path), "--model", str(package), "--out", str(disk)]) == 2
     err = capsys.readouterr().err
-    assert one_line(err) and "root of a file system" in err and "inside it" in err, err
+    assert one_line(err) and "is a mount point" in err and "inside it" in err, err
     assert os.listdir(disk) == [] and sorted(os.listdir(tmp_path)) == ["disk"]
     write(disk / "results", {"result.txt": "1"})  # a folder inside it is fine
 
@@ -177,7 +177,7 @@ def test_a_real_mount_point_keeps_its_files_and_a_folder_inside_it_works(cli_cas
     root, package, path = cli_case
     with tmpfs(tmp_path / "disk", "4m") as disk:
         assert cli.main(["segment", str(path), "--model", str(package), "--out", str(disk), "--no-overview"]) == 2
-        assert "root of a file system" in capsys.readouterr().err
+        assert "is a mount point" in capsys.readouterr().err
         assert os.listdir(disk) == []
         out = disk / "results"
         assert cli.main(["segment", str(path), "--model", str(package), "--out", str(out), "--no-overview"]) == 0

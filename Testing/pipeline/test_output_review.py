@@ -84,7 +84,7 @@ def test_a_bind_mount_on_the_same_file_system_is_refused_before_computing(cli_ca
         assert not os.path.ismount(mounted)
         assert cli.main(["segment", str(path), "--model", str(package), "--out", str(mounted)]) == 2
         err = capsys.readouterr().err
-        assert one_line(err) and "mount point" in err and f"{mounted}/tokenunet" in err, err
+        assert one_line(err) and "is a mount point" in err and "mounted/tokenunet)" in err, err
         assert os.listdir(mounted) == [] and os.listdir(source) == []
     assert sorted(os.listdir(tmp_path)) == ["data", "mounted"]
 
