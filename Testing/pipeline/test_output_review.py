@@ -168,3 +168,16 @@ def test_a_real_hang_up_of_the_terminal_cleans_up_though_the_terminal_cannot_be_
         pytest.fail("the hung-up command did not end")
     assert os.waitstatus_to_exitcode(status) == 130
     assert sorted(os.listdir(tmp_path)) == ["ready"]  # no lock, no staging folder, no out/
+
+
+def test_a_long_name_of_a_folder_that_exists_is_taken_as_it_is(tmp_path, monkeypatch):
+    """The length check counted every name of the path in UTF-8 bytes, those of existing folders too: a folder that a
+    FAT/exFAT/NTFS disk (255 UTF-16 units) or Windows holds under a long non-Latin name (100 CJK characters: 300
+    bytes) was refused as "longer than file systems take" although it is there. A file system took it; only the
+    names the run makes are checked (here with a limit of 20, as this disk takes 255 bytes)."""
+    monkeypatch.setattr(output_folder, "NAME_MAX", 20)
+    there = tmp_path / ("患" * 10)  # 30 bytes, made by a file system that takes it
+    there.mkdir()
+    assert output_folder.resolve_destination(there / "out") == there / "out"
+    with pytest.raises(OutputError, match="30 bytes long"):
+        output_folder.resolve_destination(tmp_path / ("新" * 10))

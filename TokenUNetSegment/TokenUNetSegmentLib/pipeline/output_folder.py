@@ -83,11 +83,19 @@ PATH_ROOM = 256
 """Bytes kept free below the system's path limit for what a run writes inside or beside its destination."""
 
 
+def _name_size(name: str) -> int:
+    """A name's length as its file system counts it: UTF-16 units on Windows (NTFS), bytes elsewhere."""
+    return len(name.encode("utf-16-le", "surrogatepass")) // 2 if os.name == "nt" else len(os.fsencode(name))
+
+
 def _check_lengths(path: Path) -> None:
-    """Refuse a path with a name longer than file systems take, or too long to write inside (before any work)."""
-    for part in path.parts[1:]:
-        size = len(os.fsencode(part))
-        if size > NAME_MAX:
+    """Refuse a path with a name longer than file systems take, or too long to write inside (before any work).
+
+    Names of folders that exist are taken as they are: their file system took them (a FAT, exFAT or NTFS disk takes
+    255 UTF-16 units, up to 765 bytes of UTF-8)."""
+    for depth, part in enumerate(path.parts[1:], start=2):
+        size = _name_size(part)
+        if size > NAME_MAX and not os.path.lexists(Path(*path.parts[:depth])):
             raise OutputError(
                 f"the output path has a folder or file name {size} bytes long ({part[:24]}...); file systems take "
                 f"{NAME_MAX}",
