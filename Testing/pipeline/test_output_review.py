@@ -5,7 +5,6 @@ works as the user meant or is refused before the work in one line (exit 2), with
 import errno
 import os
 import select
-import subprocess
 import sys
 import time
 
@@ -25,7 +24,9 @@ def one_line(err: str) -> bool:
     return err.startswith("error: ") and err.count("\n") == 1 and len(err) <= 201
 
 
-def test_out_dot_twice_from_the_same_terminal_works_and_says_how_to_see_the_result(cli_case, tmp_path, monkeypatch, capsys):
+def test_out_dot_twice_from_the_same_terminal_works_and_says_how_to_see_the_result(
+    cli_case, tmp_path, monkeypatch, capsys
+):
     """``cd results; tokenunet segment ../ct.nii.gz --out .``: the result is swapped in for the folder the terminal is
     in. Before: the terminal (and the process) were left in the deleted old folder (``ls`` showed nothing), with no
     word of it, and the same command run again was refused: "the current folder no longer exists"."""
@@ -62,7 +63,9 @@ def test_a_tilde_user_that_names_no_user_is_a_plain_name_as_in_the_shell(cli_cas
 
 
 def _mount_info(*points: str) -> str:
-    lines = [f"{20 + n} 1 0:{40 + n} / {point} rw,relatime shared:1 - ext4 /dev/sda1 rw" for n, point in enumerate(points)]
+    lines = [
+        f"{20 + n} 1 0:{40 + n} / {point} rw,relatime shared:1 - ext4 /dev/sda1 rw" for n, point in enumerate(points)
+    ]
     return "\n".join(lines) + "\n"
 
 
