@@ -5,6 +5,7 @@ works as the user meant or is refused before the work in one line (exit 2), with
 import errno
 import os
 import select
+import subprocess
 import sys
 import time
 
@@ -184,3 +185,37 @@ def test_a_long_name_of_a_folder_that_exists_is_taken_as_it_is(tmp_path, monkeyp
     assert output_folder.resolve_destination(there / "out") == there / "out"
     with pytest.raises(OutputError, match="30 bytes long"):
         output_folder.resolve_destination(tmp_path / ("新" * 10))
+
+
+def test_the_sample_script_takes_a_tilde_the_shell_left_as_the_home_folder(tmp_path):
+    """``bash scripts/segment-sample.sh "~/results"`` (quoted, from a script). Before: outaudit's fix made every OUTPUT
+    that does not start with / relative to the caller's folder: the result went to ``./~/results``, while the command
+    line itself takes ``~`` as the home folder. The script runs against stand-ins for the venv set-up and Python."""
+    import json
+
+    from helpers.paths import ROOT
+
+    repo, home, work = tmp_path / "repo", tmp_path / "home", tmp_path / "work"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "scripts" / "segment-sample.sh").write_text((ROOT / "scripts" / "segment-sample.sh").read_text())
+    (repo / "scripts" / "setup-venv.sh").write_text("true\n")
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    calls = tmp_path / "calls.jsonl"
+    python = repo / ".venv" / "bin" / "python"
+    python.write_text(
+        f"#!{sys.executable}\nimport json, sys\nopen({str(calls)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
+    python.chmod(0o755)
+    home.mkdir(), work.mkdir()
+    for given, expected in [("~/results", home / "results"), ("~", home), ("a~b", work / "a~b")]:
+        calls.unlink(missing_ok=True)
+        done = subprocess.run(
+            ["bash", str(repo / "scripts" / "segment-sample.sh"), given],
+            cwd=work,
+            text=True,
+            capture_output=True,
+            env={**os.environ, "HOME": str(home)},
+        )
+        assert done.returncode == 0, done.stderr
+        segment = json.loads(calls.read_text().splitlines()[0])
+        assert segment[segment.index("--out") + 1] == str(expected), given
