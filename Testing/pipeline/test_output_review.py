@@ -219,3 +219,22 @@ def test_the_sample_script_takes_a_tilde_the_shell_left_as_the_home_folder(tmp_p
         assert done.returncode == 0, done.stderr
         segment = json.loads(calls.read_text().splitlines()[0])
         assert segment[segment.index("--out") + 1] == str(expected), given
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+@pytest.mark.parametrize("mode", [0o700, 0o2770, 0o750])
+def test_the_output_folders_permissions_stay_the_users(tmp_path, mode):
+    """``mkdir scans; chmod 700 scans`` (patient data kept private), or a lab's shared ``chmod 2770`` folder, then a run
+    into it and a run again. Before: the result was swapped in as a new folder made with the default mode (755): the
+    private folder became readable by every user of the machine, the group lost its write access."""
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chmod(out, mode)
+    for text in ("1", "2"):
+        folder = OutputFolder(out, "test")
+        with folder:
+            (folder.staging / "result.txt").write_text(text)
+            folder.commit()
+        assert (out / "result.txt").read_text() == text
+        assert oct(os.stat(out).st_mode & 0o7777) == oct(mode)
+    assert sorted(os.listdir(tmp_path)) == ["out"]

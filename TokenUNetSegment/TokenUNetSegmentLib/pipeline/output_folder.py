@@ -279,11 +279,13 @@ class OutputFolder:
                 new_names = set(files)
                 self._check_collisions(new_names, patterns=False, owned=old_files)
                 here = _working_folder_in(destination)
-                old = self._swap(staging, old_files)
+                permissions = _permissions_of(destination) if old_files is not None else None
+                old = self._swap(staging, old_files, permissions)
                 self.committed = True
                 self.staging = None
                 if old is not None:
                     self._finish_old(old, set(old_files or {}), destination)
+                    _give_permissions(destination, permissions)
                 if here is not None:
                     self._follow_working_folder(here)
         except OSError as error:
@@ -316,13 +318,14 @@ class OutputFolder:
                 break
         self._created = []
 
-    def _swap(self, staging: Path, old_files: dict | None) -> Path | None:
+    def _swap(self, staging: Path, old_files: dict | None, permissions: tuple[int, int] | None) -> Path | None:
         destination = self.destination
         if old_files is None:
             os.rename(staging, destination)
             _sync_dir(destination.parent)
             return None
         had_manifest = os.path.lexists(destination / MANIFEST)
+        _give_permissions(staging, permissions, owner_full=True)
         _write_manifest(destination, {"state": "complete", "written_by": self.command, "files": old_files})
         try:
             if _exchange(staging, destination):
@@ -475,6 +478,31 @@ class OutputFolder:
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
+
+
+def _permissions_of(folder: Path) -> tuple[int, int] | None:
+    """The group and mode of ``folder`` (None where there are none to keep: absent, or Windows)."""
+    if os.name == "nt":
+        return None
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    return info.st_gid, stat.S_IMODE(info.st_mode)
+
+
+def _give_permissions(folder: Path, permissions: tuple[int, int] | None, owner_full: bool = False) -> None:
+    """Give ``folder`` (a new result) the group and mode of the folder it replaces: a user's ``chmod 700`` (patient
+    data kept private) or a lab's ``chmod 2770`` must not become the default 755. ``owner_full``: the owner keeps
+    full access until the swap is finished. A group the user is not in is left as it is."""
+    if permissions is None:
+        return
+    group, mode = permissions
+    with contextlib.suppress(OSError):
+        if os.stat(folder).st_gid != group:
+            os.chown(folder, -1, group)
+    with contextlib.suppress(OSError):
+        os.chmod(folder, mode | (stat.S_IRWXU if owner_full else 0))
 
 
 def _working_folder_in(destination: Path) -> str | None:
