@@ -517,6 +517,8 @@ def _working_folder_in(destination: Path) -> str | None:
 def is_mount_point(path: Path) -> bool:
     """Whether ``path`` is where a file system is mounted, bind mounts of a folder of the same file system included
     (``os.path.ismount`` compares devices, so it misses those; Linux lists every mount in /proc/self/mountinfo)."""
+    if not os.path.isdir(path):
+        return False
     if os.path.ismount(path):
         return True
     try:
