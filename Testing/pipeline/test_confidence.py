@@ -389,3 +389,13 @@ def test_the_summary_writes_each_scan_flag_as_its_own_sentence():
         "cut off by the scan's edge: liver. The image has no value below -200; this model expects CT. "
         "The scan is 13 mm thin along one axis."
     )
+
+
+def test_a_ct_cropped_inside_the_body_is_ct_and_an_mri_with_ringing_is_not():
+    """A CT cropped inside the body (Slicer's Crop Volume around the liver: fat at -150 HU is its lowest value)
+    (before: flagged ``not_ct``, "no air or fat", every confidence cut, the threshold -200 being below fat) is a CT;
+    an MRI resampled with overshoot below 0 (lowest -30) is not."""
+    image, affine = ct_phantom()
+    assert "not_ct" not in codes(run((np.maximum(image, -150.0).astype(np.float32), affine), statistics=None).flags)
+    mri = np.where(image > -500, 300.0 + image / 2, -30.0).astype(np.float32)
+    assert "not_ct" in codes(run((mri, affine), statistics=None).flags)

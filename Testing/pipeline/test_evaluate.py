@@ -621,3 +621,25 @@ def test_the_mean_hd95_says_how_many_labels_it_covers(tmp_path, capsys):
     result = json.loads((tmp_path / "m.json").read_text())
     assert result["mean_hd95_labels"] == [] and result["labels_without_hd95"] == []
     assert "mean HD95 over" not in capsys.readouterr().out
+
+
+def test_hd95_of_a_label_value_0_named_on_both_sides_is_measured_not_said_to_be_in_one_map_only(tmp_path, capsys):
+    """Name tables that name value 0 (MSD's ``"labels": {"0": "background", ...}``) pair it like any label. Before:
+    the boxes came from SimpleITK's label statistics, whose background value 0 is never a label, so value 0 had no
+    HD95 (before the boxes it had one), and the table said it was "in one map only". Found in both maps, it is
+    measured, to the last bit as from the full-size masks."""
+    both = two_balls()
+    shifted = np.roll(both, 1, axis=0)
+    pairs = [(0, 0, "background"), (1, 1, "organ1"), (2, 2, "organ2")]
+    metrics = label_metrics(shifted, both, pairs, (1.0, 1.0, 2.0))
+    for value, _, name in pairs:
+        assert metrics[name]["hd95_mm"] == hausdorff95(shifted == value, both == value, (1.0, 1.0, 2.0)), name
+    names = {"0": "background", "1": "organ1", "2": "organ2"}
+    reference = write(tmp_path / "ref.nii.gz", both, names)
+    prediction = write(tmp_path / "pred.nii.gz", shifted, names)
+    argv = ["evaluate", str(reference), "--prediction", str(prediction), "--json", str(tmp_path / "m.json")]
+    assert cli.main(argv) == 0
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["labels_without_hd95"] == [], result["labels_without_hd95"]
+    assert result["mean_hd95_labels"] == ["background", "organ1", "organ2"]
+    assert "mean HD95 over" not in capsys.readouterr().out

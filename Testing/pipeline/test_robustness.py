@@ -504,3 +504,51 @@ def test_the_api_refuses_a_multi_channel_model_before_any_work(monkeypatch):
     says = "robustness changes one scan; model 'four' takes 4 input channels (ch0, ch1, ch2, ch3)"
     with pytest.raises(InputError, match=re.escape(says)):
         evaluate_robustness(package, volume, Volume(reference, volume.affine), {1: "liver"}, device="cpu")
+
+
+def test_a_robustness_file_of_no_case_is_refused_in_every_shape(tmp_path, capsys):
+    """A versioned file whose ``results`` is empty (hand-edited, or cut by a tool) was read as no result, where the
+    earlier shape's empty list is refused: ``calibration.py`` summarised nothing with exit 0 and ``build.py``'s
+    baseline failed with an IndexError traceback. Both shapes of no case are now refused saying so; and the
+    calibration script passes on what to do (before: "update the extension" was dropped from its message)."""
+    import importlib.util
+
+    from helpers.paths import SCRIPTS
+    from TokenUNetSegmentLib.pipeline.errors import InputError
+
+    for content in (robustness.robustness_document([]), []):
+        (tmp_path / "none.json").write_text(json.dumps(content))
+        with pytest.raises(InputError, match="holds no case"):
+            robustness.read_results(tmp_path / "none.json")
+    spec = importlib.util.spec_from_file_location("demo_calibration", SCRIPTS / "demo-model" / "calibration.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(tmp_path / "none.json")]) == 2
+    assert "holds no case" in capsys.readouterr().err
+    (tmp_path / "newer.json").write_text(json.dumps({"format": "tokenunet-robustness", "version": 3, "results": []}))
+    assert script.main([str(tmp_path / "newer.json")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "version 3" in line and "update the extension" in line, line
+
+
+def test_the_model_card_builder_names_the_fold_file_it_cannot_read_and_exits_2(tmp_path):
+    """``build.py --lopo`` reads one ``robustness.json`` per fold, all of that name. Before: a fold file from a newer
+    version (or a broken one) ended in an InputError traceback that named only "robustness.json", not which fold."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    fold = tmp_path / "folds" / "fold-B"
+    (fold / "robustness").mkdir(parents=True)
+    (fold / "package" / "configs").mkdir(parents=True)
+    (fold / "package" / "configs" / "metadata.json").write_text("{}")
+    newer = {"format": "tokenunet-robustness", "version": 3, "results": []}
+    (fold / "robustness" / "robustness.json").write_text(json.dumps(newer))
+    package = root / "TokenUNetSegment" / "Resources" / "Models" / "abdomen-organs-3mm-demo"
+    argv = [sys.executable, str(root / "scripts" / "demo-model" / "build.py"), str(package), "--card-only",
+            "--no-install", "--lopo", str(tmp_path / "folds")]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert str(fold / "robustness" / "robustness.json") in done.stderr and "update the extension" in done.stderr

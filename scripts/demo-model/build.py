@@ -30,6 +30,7 @@ MODULE = ROOT / "TokenUNetSegment"
 sys.path.insert(0, str(MODULE))
 
 from TokenUNetSegmentLib.pipeline.calibration import confidence_pairs, format_summary, summarise  # noqa: E402
+from TokenUNetSegmentLib.pipeline.errors import TokenUNetError  # noqa: E402
 from TokenUNetSegmentLib.pipeline.evaluate import evaluate_files  # noqa: E402
 from TokenUNetSegmentLib.pipeline.package_loader import load_package  # noqa: E402
 from TokenUNetSegmentLib.pipeline.package_writer import write_package  # noqa: E402
@@ -506,5 +507,14 @@ def main() -> int:
     return 0
 
 
+def run() -> int:
+    """:func:`main`, with a plain message and exit 2 for what it cannot read (e.g. a fold's newer robustness.json)."""
+    try:
+        return main()
+    except TokenUNetError as error:
+        print(f"build.py: {error}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run())

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
             results = read_results(path)  # any version's robustness.json
             found_in_file = [confidence_pairs(result) for result in results]
         except InputError as error:
-            print(f"{path}: cannot be read as a robustness.json ({error.message})", file=sys.stderr)
+            print(f"{path}: cannot be read as a robustness.json: {error}", file=sys.stderr)  # with what to do
             return 2
         except (KeyError, TypeError, AttributeError) as error:
             print(f"{path}: cannot be read as a robustness.json ({type(error).__name__}: {error})", file=sys.stderr)

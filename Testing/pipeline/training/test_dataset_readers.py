@@ -399,7 +399,8 @@ def test_a_one_channel_datasets_modality_is_matched_to_any_models_modality():
         ("MRI", "MR", None),
         ("mr", "MRI", None),
         ("CT", "ct", None),
-        ("T1", "PT", None),  # a name that says no modality: not checked
+        ("T1", "PT", "names MR images (T1); model 'm' takes PT"),  # an MRI sequence says MR
+        ("noNorm", "PT", None),  # a name that says no modality (nnU-Net's normalisation): not checked
         ("MRI", "", None),  # a model that says none: not checked
     ]:
         inputs = [InputChannel("image", modality)]
@@ -518,7 +519,7 @@ def test_a_case_without_air_or_fat_for_a_ct_configuration_is_warned_about(tmp_pa
     (root / "list.json").write_text(json.dumps({"training": [entry]}))
     with caplog.at_level("WARNING"):
         load_case(read_datalist(root / "list.json")["training"][0], model_config(), 8, (16, 16, 16))
-    says = "case liver_0: its image has no value below -200 (lowest 0): not a CT in Hounsfield units (an MRI?)"
+    says = "case liver_0: its image has no value below -50 (lowest 0: no air, lung or fat): not a CT in Hounsfield"
     assert says in caplog.text and "windows CT values (-200 to 300 HU)" in caplog.text, caplog.text
     caplog.clear()
     one_case_liver_msd(tmp_path / "ct")
@@ -526,3 +527,96 @@ def test_a_case_without_air_or_fat_for_a_ct_configuration_is_warned_about(tmp_pa
     with caplog.at_level("WARNING"):
         load_case(read_datalist(tmp_path / "ct" / "list.json")["training"][0], model_config(), 8, (16, 16, 16))
     assert "Hounsfield" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("modality", "refused"),
+    [
+        ({"0": "T2"}, "MR images (T2)"),  # nnU-Net v2 / MSD name one MRI channel by its sequence
+        ({"0": "T1w"}, "MR images (T1w)"),
+        ({"0": "FLAIR"}, "MR images (FLAIR)"),
+        ({"0": "ADC"}, "MR images (ADC)"),
+        ({"0": "mr t2"}, "MR images (mr t2)"),
+        ("MRI", "MR images (MRI)"),  # a plain string, as Auto3DSeg's task file writes it
+        ({"0": "ct"}, None),
+        ("CT", None),
+        ({"0": "noNorm"}, None),  # nnU-Net's normalisation names say no modality: the case check warns instead
+        ("", None),  # says nothing
+    ],
+)
+def test_train_matches_the_modality_a_datalist_names_in_other_spellings(
+    tmp_path, capsys, monkeypatch, modality, refused
+):
+    """A one-channel MRI named by its sequence (nnU-Net v2's ``"channel_names": {"0": "T2"}``, MSD's ``"ADC"``)
+    passed as CT (before: only "MR"/"MRI" were understood, so a T2 datalist trained as HU), and a datalist whose
+    ``"modality"`` is one string (before: refused as "without numbering them 0, 1, ...", where it trained before
+    the datalist's modality was read): both say what the images are, and train refuses an MRI for a CT model."""
+    from TokenUNetSegmentLib.pipeline.training import trainer
+
+    root = tmp_path / "Task03_Liver"
+    one_case_liver_msd(root)
+    listed = read_datalist(root / "dataset.json")["training"][0]
+    entry = {"image": listed["image"][0] if isinstance(listed["image"], list) else listed["image"],
+             "label": listed["label"], "labels": {"1": "liver"}}  # fmt: skip
+    (root / "list.json").write_text(json.dumps({"modality": modality, "training": [entry]}))
+    (tmp_path / "ct.json").write_text(json.dumps(model_config("tiny-ct")))
+    monkeypatch.setattr(trainer, "load_case", lambda *a, **k: pytest.fail("a case was read"))
+    argv = ["train", str(root / "list.json"), "--config", str(tmp_path / "ct.json"), "--out", str(tmp_path / "run"),
+            "--steps", "1"]  # fmt: skip
+    if refused:
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"names {refused}; model 'tiny-ct' takes CT" in err and err.count("\n") == 1, err
+    else:
+        with pytest.raises(pytest.fail.Exception, match="a case was read"):
+            cli.main(argv)
+
+
+def test_a_ct_cropped_inside_the_body_is_not_warned_about_but_an_mri_with_ringing_is(tmp_path, caplog):
+    """The warning for a CT configuration's case without air: a CT cropped inside the body (a liver region: fat at
+    -150 HU is its lowest value) (before: "not a CT in Hounsfield units (an MRI?)", its threshold -200 below fat) is
+    not warned about; an MRI resampled with overshoot (lowest -30) still is."""
+    root = tmp_path / "ct"
+    image, _ = one_case_liver_msd(root)
+    entry = {"image": "imagesTr/liver_0.nii.gz", "label": "labelsTr/liver_0.nii.gz", "labels": {"1": "liver"},
+             "partial": False}  # fmt: skip
+    (root / "list.json").write_text(json.dumps({"training": [entry]}))
+    for lowest, warned in [(-150, False), (-30, True)]:
+        values = np.maximum(image, -150) if lowest == -150 else (image.astype(np.int32) + 1000) // 5 - 30
+        write(values.astype(np.int16), root / "imagesTr" / "liver_0.nii.gz")
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            load_case(read_datalist(root / "list.json")["training"][0], model_config(), 8, (16, 16, 16))
+        assert ("Hounsfield" in caplog.text) == warned, (lowest, caplog.text)
+
+
+def test_datalist_out_naming_an_image_file_is_refused_even_outside_the_listed_folders(tmp_path, capsys):
+    """``--out Task/imagesTs/liver_99.nii.gz --overwrite``: a test scan, in a folder the datalist lists nothing from
+    (before: replaced by the JSON datalist, exit 0). A datalist is JSON: an --out named as an image or label map
+    (.nii.gz, .nii, .nrrd, .mha, .mhd, any case) is refused before anything is written, the file kept."""
+    root = tmp_path / "Task03_Liver"
+    image, _ = one_case_liver_msd(root)
+    write(image, root / "imagesTs" / "liver_99.nii.gz")
+    for out in (root / "imagesTs" / "liver_99.nii.gz", tmp_path / "new.NRRD"):
+        before = out.read_bytes() if out.exists() else None
+        assert cli.main(["datalist", "decathlon", str(root), "--out", str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out.name} names an image file; a datalist is JSON" in err and err.count("\n") == 1, err
+        assert (out.read_bytes() if out.exists() else None) == before
+
+
+def test_datalist_out_in_a_dataset_folder_spelled_another_way_is_refused(tmp_path, capsys, monkeypatch):
+    """Two spellings of one folder that ``realpath`` does not unify (macOS and Windows: ``imagestr`` for
+    ``imagesTr`` on a case-insensitive disk) are compared as the same folder on disk (before: by their resolved
+    text, so ``--out Task/imagestr/list.json`` was written among the images). Simulated on Linux by a link to the
+    folder with ``realpath`` that resolves no link."""
+    import os
+
+    root = tmp_path / "Task03_Liver"
+    one_case_liver_msd(root)
+    (tmp_path / "imagestr").symlink_to(root / "imagesTr")
+    monkeypatch.setattr(os.path, "realpath", lambda path, strict=False: os.path.abspath(path))
+    out = tmp_path / "imagestr" / "list.json"
+    assert cli.main(["datalist", "decathlon", str(root), "--out", str(out)]) == 2
+    assert "--out list.json is inside the dataset's folder imagesTr" in capsys.readouterr().err
+    assert not out.exists()

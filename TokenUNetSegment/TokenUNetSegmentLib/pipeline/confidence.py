@@ -43,7 +43,8 @@ FRAGMENTED_SHARE = 0.2  # share of a label outside its largest piece above which
 FRAGMENT_WEIGHT = 0.5  # fragmented penalty: 1 - FRAGMENT_WEIGHT x share outside the largest piece
 VOLUME_FACTOR = 2.0  # volumes within [min / factor, max x factor] of the training range pass
 MAX_EDGE_PENALTY = 0.25  # cut-off penalty: 1 - min(MAX_EDGE_PENALTY, share of the organ on the edge)
-NOT_HU_MINIMUM = -200.0  # a CT in HU has air or fat below this; an MRI or an unrescaled CT has not
+NOT_HU_MINIMUM = -50.0  # a CT in HU has air (-1000), lung or fat (-150 to -50) below this, even cropped inside the
+# body (-200 missed fat: a CT cropped around the liver was "not a CT"); an MRI or an unrescaled CT has not
 SPREAD_FACTOR = 4.0  # body intensities whose 5-95 % spread is this many times training's (or 1/this) are flagged
 SPACING_FACTOR = 1.25  # voxels coarser than the coarsest training scan by more than this are flagged
 ANATOMY_FACTOR = 4.0  # labelled share of the field of view below training's minimum / this is flagged
@@ -277,8 +278,8 @@ def scan_flags(
         flags.append(
             Flag(
                 "not_ct",
-                f"the image has no value below {NOT_HU_MINIMUM:g} (lowest {intensity.minimum:g}): no air or fat, so "
-                "it is not a CT in Hounsfield units (an MRI, or a CT in other units?); this model expects CT",
+                f"the image has no value below {NOT_HU_MINIMUM:g} (lowest {intensity.minimum:g}): no air, lung or "
+                "fat, so it is not a CT in Hounsfield units (an MRI, or a CT in other units?); this model expects CT",
             )
         )
     elif expects_hu and intensity is not None and statistics is not None and statistics.intensity_hu:

@@ -145,16 +145,19 @@ def label_boxes(labels: np.ndarray, values) -> dict[int, tuple[np.ndarray, np.nd
     if not wanted or labels.size == 0:
         return boxes
     rows = max(1, BOX_SLAB_VOXELS // max(1, int(np.prod(labels.shape[1:]))))
-    kind = np.uint16 if max(wanted) < 1 << 16 else np.uint32
+    # SimpleITK never reports its background value: one no wanted value has (0 is a label when a table names it)
+    background = next(value for value in range(len(wanted) + 1) if value not in wanted)
+    kind = np.uint16 if max(*wanted, background) < 1 << 16 else np.uint32
     limit = np.iinfo(kind).max
     shapes = sitk.LabelShapeStatisticsImageFilter()
+    shapes.SetBackgroundValue(background)
     shapes.ComputePerimeterOff()
     shapes.ComputeFeretDiameterOff()
     shapes.ComputeOrientedBoundingBoxOff()
     for start in range(0, labels.shape[0], rows):
         slab = labels[start : start + rows]
         if slab.dtype.kind != "b" and slab.size and (slab.min() < 0 or slab.max() > limit):
-            slab = np.where((slab < 0) | (slab > limit), 0, slab)  # values no label can have: background here
+            slab = np.where((slab < 0) | (slab > limit), background, slab)  # values no label can have
         shapes.Execute(sitk.GetImageFromArray(np.ascontiguousarray(slab, kind)))
         for value in wanted.intersection(shapes.GetLabels()):
             x, y, z, nx, ny, nz = shapes.GetBoundingBox(value)  # SimpleITK's axes are the array's reversed

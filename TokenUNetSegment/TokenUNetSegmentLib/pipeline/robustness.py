@@ -536,7 +536,7 @@ def read_results(path: str | Path) -> list[dict]:
     it) one case's result object or a list of them.
 
     Raises:
-        InputError: a file that is none of these, or one written by a newer version.
+        InputError: a file that is none of these, one of no case, or one written by a newer version.
     """
     from .json_files import read_json_file
 
@@ -549,22 +549,26 @@ def read_results(path: str | Path) -> list[dict]:
 
     if isinstance(data, dict) and "format" in data:
         if data["format"] != RESULTS_FORMAT:
-            raise InputError(f"{path.name} is no robustness result (format {str(data['format'])[:40]!r})", hint)
+            raise InputError(f"{path} is no robustness result (format {str(data['format'])[:40]!r})", hint)
         version = data.get("version")
         if isinstance(version, int) and version > RESULTS_VERSION:
             raise InputError(
-                f"{path.name} was written by a newer TokenUNet (robustness.json version {version}; this one reads up "
+                f"{path} was written by a newer TokenUNet (robustness.json version {version}; this one reads up "
                 f"to {RESULTS_VERSION})",
                 "update the extension",
             )
         results = data.get("results")
         if version == RESULTS_VERSION and isinstance(results, list) and all(is_result(r) for r in results):
+            if not results:
+                raise InputError(f"{path} holds no case (its results are empty)", hint)
             return results
     elif is_result(data):
         return [data]
-    elif isinstance(data, list) and data and all(is_result(r) for r in data):
+    elif data == []:
+        raise InputError(f"{path} holds no case (an empty list)", hint)
+    elif isinstance(data, list) and all(is_result(r) for r in data):
         return data
-    raise InputError(f"{path.name} is no robustness result", hint)
+    raise InputError(f"{path} is no robustness result", hint)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -465,17 +465,39 @@ def _refuse_out_inside_the_datasets_folders(out: Path, given: str, datalist: dic
 
     from .datasets import listed_files
 
+    def identity(folder) -> tuple[int, int] | None:  # the folder on disk, however its path is spelled
+        try:
+            info = os.stat(folder)
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino
+
     root = Path(os.path.realpath(args.root)) if args.root else None
     folders = {Path(os.path.realpath(path.parent)) for path, _ in listed_files(datalist)}
     folders |= {Path(os.path.realpath(f)) for f in (args.images, args.labels) if args.layout == "folders" and f}
-    target = Path(os.path.realpath(out))
-    for folder in sorted(folders - {root}, key=lambda f: -len(f.parts)):  # the innermost first
-        if target.is_relative_to(folder):
+    # compared as folders on disk, not as text: on a case-insensitive disk (macOS, Windows) "imagestr" is "imagesTr"
+    by_identity = {identity(folder): folder for folder in folders - {root}}
+    by_identity.pop(identity(root) if root else None, None)
+    by_identity.pop(None, None)
+    for parent in Path(os.path.realpath(out)).parents:  # the innermost first
+        folder = by_identity.get(identity(parent))
+        if folder is not None:
             raise InputError(
                 f"--out {Path(given).name} is inside the dataset's folder {folder.name} ({folder}), which this "
                 "command reads",
                 f"write the datalist elsewhere, e.g. in {root or folder.parent}",
             )
+
+
+def _refuse_out_named_as_an_image(out: Path) -> None:
+    """``--out`` may not be named as an image or label map, ``--overwrite`` or not: a datalist is JSON, and such a
+    name outside the listed folders is a scan the datalist does not list (a test scan in ``imagesTs``)."""
+    from .datasets import IMAGE_SUFFIXES
+
+    if out.name.lower().endswith(IMAGE_SUFFIXES):
+        raise InputError(
+            f"--out {out.name} names an image file; a datalist is JSON", "give a .json file name, e.g. datalist.json"
+        )
 
 
 def run_datalist(args: argparse.Namespace) -> int:
@@ -510,6 +532,7 @@ def run_datalist(args: argparse.Namespace) -> int:
         datalist, report = datasets.decathlon(args.root, labels, args.validation_fraction, inputs, config and config.id)
     _refuse_out_over_a_listed_file(out, args.out, datalist)
     _refuse_out_inside_the_datasets_folders(out, args.out, datalist, args)
+    _refuse_out_named_as_an_image(out)  # after the two above, which say more where they apply
     write_file_atomically(out, json.dumps(datalist, indent=2) + "\n")  # all at once
     cases = len(datalist["training"]), len(datalist.get("validation", []))
     print(f"wrote {out}: {cases[0]} training and {cases[1]} validation cases, {report['structures']} structures")

@@ -114,8 +114,12 @@ def read_datalist(path: str | Path) -> dict:
             ) from None
 
     out = {"labels": table(data.get("labels"), str(path)), "training": [], "validation": []}
-    # the images' channels as the dataset names them (MSD's "modality", nnU-Net v2's "channel_names"), or None
-    out["channel_names"] = dataset_channels(data, path, 'e.g. "modality": {"0": "CT"}')
+    # the images' channels as the dataset names them (MSD's "modality", nnU-Net v2's "channel_names"), or None; or
+    # one "modality" text for all of them ("CT", as Auto3DSeg's task file writes it)
+    text = data.get("modality") if isinstance(data.get("modality"), str) else None
+    out["modality"] = text.strip() if text and text.strip() else None
+    tables = {key: value for key, value in data.items() if key != "modality"} if text is not None else data
+    out["channel_names"] = dataset_channels(tables, path, 'e.g. "modality": {"0": "CT"}')
     for split in ("training", "validation"):
         for index, entry in enumerate(data.get(split) or []):
             where = f"datalist {split}[{index}]"
@@ -361,8 +365,9 @@ def load_case(entry: dict, cfg: dict, size_multiple: int, roi_size) -> Case:
 
 
 def _warn_not_hu(name: str, volumes, intensity) -> None:
-    """Warn about a channel the configuration windows as CT HU whose image has no air or fat (an MRI listed for a CT
-    model, in a datalist that does not say its modality)."""
+    """Warn about a channel the configuration windows as CT HU whose image has no air, lung or fat (no value below
+    ``NOT_HU_MINIMUM``: an MRI listed for a CT model, in a datalist that does not say its modality; a CT cropped
+    inside the body keeps its fat)."""
     from ..confidence import NOT_HU_MINIMUM
 
     for volume, setting in zip(volumes, intensity, strict=False):
@@ -372,8 +377,9 @@ def _warn_not_hu(name: str, volumes, intensity) -> None:
         if lowest > NOT_HU_MINIMUM:
             low, high = setting.window
             log.warning(
-                "case %s: its image has no value below %g (lowest %g): not a CT in Hounsfield units (an MRI?), but "
-                "the configuration windows CT values (%g to %g HU); train a configuration for these images",
+                "case %s: its image has no value below %g (lowest %g: no air, lung or fat): not a CT in Hounsfield "
+                "units (an MRI?), but the configuration windows CT values (%g to %g HU); train a configuration for "
+                "these images",
                 name, NOT_HU_MINIMUM, lowest, low, high,
             )  # fmt: skip
 

@@ -171,6 +171,49 @@ def totalsegmentator(root, model_labels=None, splits=("train",), validation_spli
 
 
 MODALITIES = {"CT": "CT", "MR": "MR", "MRI": "MR"}
+MR_SEQUENCES = {"adc", "dwi", "pd", "pdw", "swi", "t2star", "dce", "dixon"}
+"""One-channel MRI datasets' channel names besides those of :data:`..channels.SEQUENCE_SYNONYMS` (T1, T2, FLAIR...):
+MSD Prostate's ``ADC``, diffusion, proton density."""
+
+
+def named_modality(name) -> str | None:
+    """The modality ("CT" or "MR") that a channel or dataset name says: "CT", "ct", "MRI", an MRI sequence ("T2w",
+    "FLAIR", "ADC") or a name starting with MR ("MR T2"); None when it says none (nnU-Net's "noNorm", "zscore")."""
+    from ..channels import SEQUENCE_SYNONYMS, channel_key
+
+    text = str(name).strip()
+    if text.upper() in MODALITIES:
+        return MODALITIES[text.upper()]
+    if channel_key(text) in SEQUENCE_SYNONYMS or channel_key(text) in MR_SEQUENCES or re.match(r"mri?\b", text, re.I):
+        return "MR"
+    return None
+
+
+def _refuse_another_modality(name: str, channel, model: str, where) -> None:
+    """Refuse a dataset channel ``name`` that says another modality than the model's input ``channel`` takes."""
+    said = named_modality(name)
+    wanted = named_modality(channel.modality) or channel.modality.strip().upper()
+    if said and wanted and said != wanted:
+        raise InputError(
+            f"{where} names {said} images ({name}); model '{model}' takes {channel.modality}",
+            "choose the configuration of a model for this dataset's images",
+        )
+
+
+def check_datalist_modality(data: dict, inputs, model: str, where) -> None:
+    """Match what a datalist (:func:`.data.read_datalist`) says its images are to a configuration's ``inputs``:
+    its channel names one to one (:func:`model_channel_order`), or its one ``"modality"`` text ("CT") to every input.
+
+    Raises:
+        InputError: as :func:`model_channel_order`, or a modality text that no input takes.
+    """
+    if data.get("channel_names"):
+        model_channel_order(data["channel_names"], inputs, model, where)
+    elif data.get("modality"):
+        for channel in inputs:
+            _refuse_another_modality(data["modality"], channel, model, where)
+
+
 """A one-channel dataset.json's channel names that say a modality, as that modality."""
 
 
@@ -192,13 +235,8 @@ def model_channel_order(channels: list[str], inputs, model: str, where: Path) ->
             f"{len(inputs)} ({listed})",
             hint,
         )
-    if len(inputs) == 1:  # one channel: its name is a modality at most ("CT", "MRI"), never a sequence to match
-        said = MODALITIES.get(channels[0].strip().upper())
-        wanted = inputs[0].modality.strip().upper()
-        if said and wanted and said != MODALITIES.get(wanted, wanted):
-            raise InputError(
-                f"{where} names {said} images ({channels[0]}); model '{model}' takes {inputs[0].modality}", hint
-            )
+    if len(inputs) == 1:  # one channel: its name says a modality at most ("CT", "MRI", "T2"), never one to match
+        _refuse_another_modality(channels[0], inputs[0], model, where)
         return [0]
     chosen = match_names(channels, inputs, model, [f"channel {i} in dataset.json" for i in range(len(channels))])
     return [chosen.index(channel) for channel in range(len(inputs))]

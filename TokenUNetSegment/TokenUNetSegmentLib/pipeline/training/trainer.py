@@ -156,11 +156,11 @@ def train(
     if recipe.select not in ("best", "last"):
         raise InputError(f"select must be 'best' or 'last', got {recipe.select!r}")
     data = read_datalist(datalist)
-    if data["channel_names"]:  # what the datalist says its images are, against the configuration's inputs
-        from .datasets import model_channel_order
+    if data["channel_names"] or data["modality"]:  # what the datalist says its images are, against the inputs
+        from .datasets import check_datalist_modality
 
         typed = parse_config(config, "training configuration")
-        model_channel_order(data["channel_names"], typed.inputs, typed.id, Path(datalist))
+        check_datalist_modality(data, typed.inputs, typed.id, Path(datalist))
     held = set(recipe.hold_out)
     known = {entry["patient"] for split in ("training", "validation") for entry in data[split]}
     if held - known:
