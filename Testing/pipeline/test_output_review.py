@@ -193,32 +193,18 @@ def test_the_sample_script_takes_a_tilde_the_shell_left_as_the_home_folder(tmp_p
     line itself takes ``~`` as the home folder. The script runs against stand-ins for the venv set-up and Python."""
     import json
 
-    from helpers.paths import ROOT
+    from helpers.processes import sample_script_with_stand_ins
 
-    repo, home, work = tmp_path / "repo", tmp_path / "home", tmp_path / "work"
-    (repo / "scripts").mkdir(parents=True)
-    (repo / "scripts" / "segment-sample.sh").write_text((ROOT / "scripts" / "segment-sample.sh").read_text())
-    (repo / "scripts" / "setup-venv.sh").write_text("true\n")
-    (repo / ".venv" / "bin").mkdir(parents=True)
-    calls = tmp_path / "calls.jsonl"
-    python = repo / ".venv" / "bin" / "python"
-    python.write_text(
-        f"#!{sys.executable}\nimport json, sys\nopen({str(calls)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
-    )
-    python.chmod(0o755)
+    script, calls = sample_script_with_stand_ins(tmp_path)
+    home, work = tmp_path / "home", tmp_path / "work"
     home.mkdir(), work.mkdir()
     for given, expected in [("~/results", home / "results"), ("~", home), ("a~b", work / "a~b")]:
         calls.unlink(missing_ok=True)
-        done = subprocess.run(
-            ["bash", str(repo / "scripts" / "segment-sample.sh"), given],
-            cwd=work,
-            text=True,
-            capture_output=True,
-            env={**os.environ, "HOME": str(home)},
-        )
+        environment = {**os.environ, "HOME": str(home)}
+        done = subprocess.run(["bash", str(script), given], cwd=work, text=True, capture_output=True, env=environment)
         assert done.returncode == 0, done.stderr
-        segment = json.loads(calls.read_text().splitlines()[0])
-        assert segment[segment.index("--out") + 1] == str(expected), given
+        argv = json.loads(calls.read_text().splitlines()[0])["argv"]
+        assert argv[argv.index("--out") + 1] == str(expected), given
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
