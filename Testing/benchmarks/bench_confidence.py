@@ -7,7 +7,9 @@ The sample is segmented once (the network's stitched logits and the preprocessed
 is timed on them (median of the repeats): what postprocessing needs anyway (labels from the logits, connected
 pieces with the largest kept) and what judging adds (the field of view and its edge, the intensity summary, the
 top-two probabilities of the labelled voxels, the per-label measures, the flags and scores). Printed: seconds per
-step, the added work against the postprocessing and against the whole run of the same process.
+step, the added work against the postprocessing and against the whole run of the same process. The row "one pass"
+is what postprocess runs for a softmax model in place of "labels from logits" and "top-two probabilities"
+(:func:`~TokenUNetSegmentLib.pipeline.voxel_scores.softmax_labels`); it is in neither sum.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import numpy as np
-    from TokenUNetSegmentLib.pipeline import confidence, postprocess, scan_summary, segmentation
+    import torch
+    from TokenUNetSegmentLib.pipeline import confidence, postprocess, scan_summary, segmentation, voxel_scores
     from TokenUNetSegmentLib.pipeline.evaluate import surface_voxels
     from TokenUNetSegmentLib.pipeline.package_loader import resolve_model
     from TokenUNetSegmentLib.pipeline.volumes import read_volume
@@ -84,6 +87,10 @@ def main(argv=None) -> int:
             False,
             lambda: postprocess.label_certainty(logits[(slice(None), *in_region)], found, config.inference),
         ),
+        "labels and top two at once": (  # what postprocess runs for softmax models in place of those two rows
+            None,
+            lambda: voxel_scores.softmax_labels(logits, config.labels, workers=torch.get_num_threads()),
+        ),
         "measures": (
             False,
             lambda: confidence.measure_labels(found[found > 0], certainty, margin, edge, pieces, values, voxel_ml),
@@ -97,10 +104,11 @@ def main(argv=None) -> int:
     }
     seconds = {name: timed(function, args.repeats) for name, (_, function) in steps.items()}
     needed = sum(seconds[name] for name, (base, _) in steps.items() if base)
-    added = sum(seconds[name] for name, (base, _) in steps.items() if not base)
+    added = sum(seconds[name] for name, (base, _) in steps.items() if base is False)
     print(f"{package.id} on {Path(args.image).name}: model grid {prepared.grid.shape}, logits {logits.shape}")
     for name, (base, _) in steps.items():
-        print(f"  {'postprocess' if base else 'judging':11s}  {name:24s} {seconds[name]:8.4f} s")
+        kind = {True: "postprocess", False: "judging", None: "one pass"}[base]
+        print(f"  {kind:11s}  {name:28s} {seconds[name]:8.4f} s")
     print(f"judging adds {added:.3f} s: {added / needed:.2f} x the postprocessing it follows ({needed:.3f} s), ")
     print(f"{100 * added / result.timings['total']:.1f} % of this run ({result.timings['total']:.1f} s)")
     return 0

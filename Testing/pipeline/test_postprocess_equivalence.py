@@ -150,3 +150,22 @@ def test_labels_examined_side_by_side_give_what_one_at_a_time_gives():
     assert not np.array_equal(alone, labels)  # pieces were removed
     with pytest.raises(ValueError, match="> 0"):
         component_pieces(labels, [0, 1])
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        (slice(0, 12), slice(0, 9), slice(0, 8)),  # the whole array
+        (slice(3, 9), slice(2, 7), slice(1, 6)),  # inside, a voxel of margin on every side
+        (slice(0, 5), slice(4, 9), slice(7, 8)),  # touching the array's border, one voxel thick
+        (slice(11, 12), slice(8, 9), slice(0, 1)),  # one corner voxel
+    ],
+)
+def test_surface_in_a_box_is_the_box_of_the_whole_surface(box):
+    from TokenUNetSegmentLib.pipeline.evaluate import surface_voxels
+
+    rng = np.random.default_rng(7)
+    for mask in (rng.random((12, 9, 8)) < 0.7, np.ones((12, 9, 8), bool), np.zeros((12, 9, 8), bool)):
+        got = postprocess.surface_in_box(mask, box)
+        assert got.dtype == bool
+        assert np.array_equal(got, surface_voxels(mask)[box])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ _TYPES = {
 PLAIN_TYPES = tuple(_TYPES)  # voxel types written as they are; anything else becomes float32 (plain_array)
 TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMY_CONTEXT = "Anatomic codes - DICOM master list"
+GZIP_WBITS = 31  # zlib's gzip wrapper: header (no file name, time 0), deflate stream, CRC-32 and size
 
 
 def _vector(values) -> str:
@@ -72,13 +73,20 @@ def write_nrrd(
         if "\n" in key + str(value) or ":=" in key:
             raise ArgumentError(f"invalid NRRD field {key[:40]!r}")
         lines.append(f"{key}:={value}")
-    data = np.asarray(array, dtype=array.dtype.newbyteorder("<")).tobytes(order="F")  # no copy of i-fastest arrays
-    if compression:
-        data = gzip.compress(data, compresslevel=compression)
+    data = voxel_bytes(array)
+    if compression:  # one gzip member as gzip.compress(mtime=0) writes it: no CRC pass of its own, same bytes each run
+        data = zlib.compress(data, compression, wbits=GZIP_WBITS)
     with open(path, "wb") as stream:
         stream.write(("\n".join(lines) + "\n\n").encode("utf-8"))
         stream.write(data)
     return path
+
+
+def voxel_bytes(array: np.ndarray) -> memoryview:
+    """The voxels of an (i, j, k) array as little-endian bytes in NRRD's order (i fastest), without a copy when the
+    array is already stored so (SimpleITK's order, as every map the pipeline writes)."""
+    ordered = np.asarray(array, dtype=array.dtype.newbyteorder("<")).T  # (k, j, i): C order is the file's order
+    return memoryview(np.ascontiguousarray(ordered).reshape(-1).view(np.uint8))
 
 
 def plain_array(array: np.ndarray) -> np.ndarray:

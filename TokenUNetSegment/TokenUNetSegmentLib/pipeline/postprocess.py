@@ -10,11 +10,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .background import BackgroundCall
 from .confidence import measure_labels
 from .evaluate import surface_voxels
 from .metadata import Inference, Label, PackageConfig
 from .preprocess import Prepared
 from .result import MAP_KINDS
+from .voxel_scores import softmax_labels
 
 
 @dataclass
@@ -45,33 +47,59 @@ def postprocess(
 ) -> ModelGridOutputs:
     """Labels (largest components kept for the named labels), token maps, their label matches, and the measures
     that say how far to trust each label."""
-    region_labels = labels_from_logits(logits, config.inference, config.labels)
+    scores = None
+    if config.inference.activation == "softmax" and logits.dtype == np.float32:  # labels and certainty in one pass
+        region_labels, scores = softmax_labels(logits, config.labels, workers=torch.get_num_threads())
+    else:
+        region_labels = labels_from_logits(logits, config.inference, config.labels)
     values = [label.value for label in config.labels]
     pieces = component_pieces(region_labels, values, [v.value for v in config.labels if v.name in largest_component])
     if progress is not None:
         progress.update("postprocess", 0.4)
-    coarse, matches = None, []
-    if maps is not None:
+    coarse, matching = None, None
+    if maps is not None:  # the token matches in a thread, next to the measures (numpy and torch let go of the GIL)
         coarse = {kind: normalise_maps(maps[kind]) for kind in MAP_KINDS}
-        matches = match_tokens(coarse, region_labels, config.labels)
+        matching = BackgroundCall(lambda: match_tokens(coarse, region_labels, config.labels), "TokenUNet matches")
+    try:
+        full, measures = _measure(logits, region_labels, scores, pieces, values, prepared, config.inference)
+    finally:
+        if matching is not None:
+            matching.wait()  # nothing of this run goes on after it ends
+    matches = matching.result() if matching is not None else []
+    probability_maps = probabilities_of(logits, config.inference, config.labels) if with_probabilities else None
+    return ModelGridOutputs(full, probability_maps, coarse, matches, measures)
+
+
+def _measure(logits, region_labels, scores, pieces, values, prepared: Prepared, inference: Inference):
+    """The labels on the whole model grid (zero outside the region) and their :func:`.confidence.measure_labels`."""
     full = np.zeros(prepared.grid.shape, np.uint8)
     in_grid, in_region = prepared.paste_slices()
     full[in_grid] = region_labels[in_region]
     found = full[in_grid]
-    certainty, margin = label_certainty(logits[(slice(None), *in_region)], found, config.inference)
-    inside = prepared.field_of_view if prepared.field_of_view is not None else np.ones(full.shape, bool)
     labelled = found > 0
+    if scores is None:
+        certainty, margin = label_certainty(logits[(slice(None), *in_region)], found, inference)
+    else:
+        certainty, margin = scores.take(in_region, labelled)
+    inside = prepared.field_of_view if prepared.field_of_view is not None else np.ones(full.shape, bool)
     measures = measure_labels(
         found[labelled],
         certainty,
         margin,
-        surface_voxels(inside)[in_grid][labelled],
+        surface_in_box(inside, in_grid)[labelled],
         pieces,
         values,
         prepared.grid.voxel_volume_mm3 / 1000.0,
     )
-    probability_maps = probabilities_of(logits, config.inference, config.labels) if with_probabilities else None
-    return ModelGridOutputs(full, probability_maps, coarse, matches, measures)
+    return full, measures
+
+
+def surface_in_box(mask: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """``surface_voxels(mask)[box]`` (``box``: slices with a start and a stop), from the box and the voxels next to it
+    only: a voxel's edge depends on its 6 neighbours alone, and the array's border counts as outside in both."""
+    outer = tuple(slice(max(0, b.start - 1), min(n, b.stop + 1)) for b, n in zip(box, mask.shape, strict=True))
+    inner = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, outer, strict=True))
+    return surface_voxels(mask[outer])[inner]
 
 
 def match_tokens(coarse: dict[str, np.ndarray], labels: np.ndarray, table: Sequence[Label]) -> list[dict]:

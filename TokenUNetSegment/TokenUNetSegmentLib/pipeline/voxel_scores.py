@@ -1,0 +1,126 @@
+"""A softmax model's labels and how sure it is of each, in one pass over the stitched logits.
+
+:func:`.postprocess.labels_from_logits` and :func:`.postprocess.label_certainty` read the (C, X, Y, Z) logits
+twice, each time in a few dozen full-volume (or 1 M-voxel) torch operations per channel. Here the logits are read
+once, in chunks of :data:`SCORE_CHUNK` voxels whose temporaries stay in the CPU's caches, by a few threads at once
+(numpy's elementwise loops and torch's ``exp`` let go of the GIL). Every voxel gets the same arithmetic in the same
+order as there: a running maximum, first channel on ties; the runner-up as the running maximum of
+``min(top, channel)``; the exponentials by torch's ``exp`` (numpy's differs in the last bit), summed channel by
+channel; so labels, probabilities and leads are bit for bit theirs (``Testing/pipeline/test_voxel_scores.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .metadata import Label
+
+SCORE_CHUNK = 1 << 16  # voxels per chunk: 13 channels x 256 KB, with the temporaries, stay in the L2/L3 caches
+WHOLE_CHUNK_SHARE = 0.5  # labelled share above which a chunk's certainty is computed for all its voxels (no gather)
+
+
+@dataclass
+class VoxelScores:
+    """The top softmax probability of every labelled voxel of the scored region and its lead over the second,
+    as two arrays of the region's shape; voxels that were not labelled hold unset memory (their pages are never
+    touched when whole chunks are unlabelled)."""
+
+    probability: np.ndarray | None
+    lead: np.ndarray | None
+
+    def take(self, box: tuple[slice, ...], labelled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probability, lead) of the voxels ``labelled`` marks in ``box`` of the region, in C order: what
+        :func:`.postprocess.label_certainty` gives for the labels of that box (``labelled`` must be a subset of the
+        voxels labelled when scoring, as the largest-piece clean-up leaves it). The region's arrays are let go
+        afterwards (two float32 volumes less at the postprocessing's peak): call it once."""
+        if self.probability is None:
+            raise RuntimeError("VoxelScores.take was called before: the scores are gone")
+        values = self.probability[box][labelled], self.lead[box][labelled]
+        self.probability = self.lead = None
+        return values
+
+
+def softmax_labels(logits: np.ndarray, table: Sequence[Label], workers: int = 1) -> tuple[np.ndarray, VoxelScores]:
+    """Labels (uint8, each voxel the value of its highest-scoring channel, 0 for channels without a label) and
+    their :class:`VoxelScores`, from float32 ``logits`` (C <= 256, X, Y, Z), with ``workers`` threads.
+
+    Raises:
+        ValueError: logits that are not float32 or have more than 256 channels.
+    """
+    if logits.dtype != np.float32 or not 1 <= logits.shape[0] <= 256 or logits.ndim < 2:
+        raise ValueError(f"softmax_labels needs float32 (C <= 256, ...) logits, got {logits.dtype} {logits.shape}")
+    channels = logits.shape[0]
+    lookup = np.zeros(channels, np.uint8)
+    for label in table:
+        lookup[label.output_channel] = label.value
+    flat = np.ascontiguousarray(logits).reshape(channels, -1)
+    size = flat.shape[1]
+    labels = np.empty(size, np.uint8)
+    probability, lead = np.empty(size, np.float32), np.empty(size, np.float32)
+
+    def score(start: int) -> None:
+        part = slice(start, min(size, start + SCORE_CHUNK))
+        _score_chunk(flat[:, part], lookup, labels[part], probability[part], lead[part])
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # torch's exp inside each worker: the workers are the parallelism
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            list(pool.map(score, range(0, size, SCORE_CHUNK)))
+    finally:
+        torch.set_num_threads(threads)
+    shape = logits.shape[1:]
+    return labels.reshape(shape), VoxelScores(probability.reshape(shape), lead.reshape(shape))
+
+
+def _score_chunk(scores: np.ndarray, lookup, labels: np.ndarray, probability: np.ndarray, lead: np.ndarray) -> None:
+    """One chunk of (C, voxels) scores: its labels, and the probability and lead of its labelled voxels."""
+    top = scores[0].copy()
+    second = np.full_like(top, -np.inf)
+    index = np.zeros(top.shape, np.uint8)
+    work = np.empty_like(top)
+    greater = np.empty(top.shape, bool)
+    for channel in range(1, scores.shape[0]):
+        values = scores[channel]
+        np.greater(values, top, out=greater)  # a strictly higher score moves the label: first channel on ties
+        np.copyto(index, channel, where=greater)
+        np.minimum(top, values, out=work)
+        np.maximum(second, work, out=second)
+        np.maximum(top, values, out=top)
+    np.take(lookup, index, out=labels)
+    inside = labels > 0
+    count = int(np.count_nonzero(inside))
+    if count == 0:
+        return
+    if count > WHOLE_CHUNK_SHARE * inside.size:
+        _top_probability(scores, top, second, probability, lead)
+    else:
+        found_probability, found_lead = np.empty(count, np.float32), np.empty(count, np.float32)
+        _top_probability(scores[:, inside], top[inside], second[inside], found_probability, found_lead)
+        probability[inside] = found_probability
+        lead[inside] = found_lead
+
+
+def _top_probability(scores, top, second, probability: np.ndarray, lead: np.ndarray) -> None:
+    """The top softmax probability 1 / sum(exp(s - top)) and its lead p - exp(second - top) p, into the outputs
+    (infinite or NaN scores give NaN silently, as torch's arithmetic does)."""
+    with np.errstate(invalid="ignore"):
+        _top_probability_of(scores, top, second, probability, lead)
+
+
+def _top_probability_of(scores, top, second, probability: np.ndarray, lead: np.ndarray) -> None:
+    terms = np.subtract(scores, top)
+    torch.from_numpy(terms).exp_()
+    total = terms[0]
+    for channel in range(1, terms.shape[0]):
+        np.add(total, terms[channel], out=total)
+    np.reciprocal(total, out=probability)
+    runner_up = np.subtract(second, top)
+    torch.from_numpy(runner_up).exp_()
+    np.multiply(runner_up, probability, out=runner_up)
+    np.subtract(probability, runner_up, out=lead)
