@@ -5,9 +5,12 @@
 # OUTPUT/overview.png, and OUTPUT/evaluation.json (Dice, HD95, volumes against the sample's reference labels).
 set -euo pipefail
 out=${1:-}
-if [ -n "$out" ] && [ "${out#/}" = "$out" ]; then
-  out="$PWD/$out"  # a relative OUTPUT_FOLDER is where the script was run from, not the repository
-fi
+case "$out" in
+  "" | /*) ;;
+  "~") out=$HOME ;;  # a tilde the shell left (quoted): the home folder, as the command line takes it
+  "~/"*) out="$HOME/${out#\~/}" ;;
+  *) out="$PWD/$out" ;;  # a relative OUTPUT_FOLDER is where the script was run from, not the repository
+esac
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
 out=${out:-sample-output}

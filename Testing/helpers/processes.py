@@ -65,3 +65,25 @@ def alive(pid):
         return False
     state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] if Path(f"/proc/{pid}").exists() else "X"
     return state != "Z"
+
+
+def sample_script_with_stand_ins(folder: Path) -> tuple[Path, Path]:
+    """A copy of ``scripts/segment-sample.sh`` in ``folder/repo`` whose venv set-up does nothing and whose Python
+    records each call (``{"cwd", "argv"}``, a JSON line) in the returned file: (the script, the calls file)."""
+    import sys
+
+    from .paths import ROOT
+
+    repo = folder / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "scripts" / "segment-sample.sh").write_text((ROOT / "scripts" / "segment-sample.sh").read_text())
+    (repo / "scripts" / "setup-venv.sh").write_text("true\n")
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    calls = folder / "calls.jsonl"
+    python = repo / ".venv" / "bin" / "python"
+    python.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        f"open({str(calls)!r}, 'a').write(json.dumps({{'cwd': os.getcwd(), 'argv': sys.argv[1:]}}) + '\\n')\n"
+    )
+    python.chmod(0o755)
+    return repo / "scripts" / "segment-sample.sh", calls

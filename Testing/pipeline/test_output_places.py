@@ -14,7 +14,7 @@ import sys
 
 import pytest
 from helpers.disks import LINUX_MOUNT, tmpfs
-from helpers.paths import MODULE_DIR, ROOT
+from helpers.paths import MODULE_DIR
 from TokenUNetSegmentLib.pipeline import cli, output_folder, segmentation
 from TokenUNetSegmentLib.pipeline.errors import OutputError
 from TokenUNetSegmentLib.pipeline.output_folder import OutputFolder, write_file_atomically
@@ -167,7 +167,7 @@ def test_a_mount_point_as_the_output_folder_is_refused_before_computing(cli_case
     monkeypatch.setattr(os.path, "ismount", lambda p: os.fspath(p) == str(disk) or real_ismount(p))
     assert cli.main(["segment", str(path), "--model", str(package), "--out", str(disk)]) == 2
     err = capsys.readouterr().err
-    assert one_line(err) and "root of a file system" in err and "inside it" in err, err
+    assert one_line(err) and "is a mount point" in err and "inside it" in err, err
     assert os.listdir(disk) == [] and sorted(os.listdir(tmp_path)) == ["disk"]
     write(disk / "results", {"result.txt": "1"})  # a folder inside it is fine
 
@@ -177,7 +177,7 @@ def test_a_real_mount_point_keeps_its_files_and_a_folder_inside_it_works(cli_cas
     root, package, path = cli_case
     with tmpfs(tmp_path / "disk", "4m") as disk:
         assert cli.main(["segment", str(path), "--model", str(package), "--out", str(disk), "--no-overview"]) == 2
-        assert "root of a file system" in capsys.readouterr().err
+        assert "is a mount point" in capsys.readouterr().err
         assert os.listdir(disk) == []
         out = disk / "results"
         assert cli.main(["segment", str(path), "--model", str(package), "--out", str(out), "--no-overview"]) == 0
@@ -207,19 +207,10 @@ def test_a_file_size_limit_is_not_called_a_full_disk(tmp_path):
 def test_the_sample_script_writes_a_relative_output_folder_where_it_was_run(tmp_path):
     """Before: ``bash scripts/segment-sample.sh out`` changed to the repository first, so ``out`` went into the
     repository, not the user's folder. The script runs against stand-ins for the venv set-up and Python."""
-    repo = tmp_path / "repo"
-    (repo / "scripts").mkdir(parents=True)
-    script = (ROOT / "scripts" / "segment-sample.sh").read_text()
-    (repo / "scripts" / "segment-sample.sh").write_text(script)
-    (repo / "scripts" / "setup-venv.sh").write_text("true\n")
-    (repo / ".venv" / "bin").mkdir(parents=True)
-    calls = tmp_path / "calls.jsonl"
-    python = repo / ".venv" / "bin" / "python"
-    python.write_text(
-        f"#!{sys.executable}\nimport json, os, sys\n"
-        f"open({str(calls)!r}, 'a').write(json.dumps({{'cwd': os.getcwd(), 'argv': sys.argv[1:]}}) + '\\n')\n"
-    )
-    python.chmod(0o755)
+    from helpers.processes import sample_script_with_stand_ins
+
+    script, calls = sample_script_with_stand_ins(tmp_path)
+    repo = script.parent.parent
     work = tmp_path / "work"
     work.mkdir()
     for given, expected in [("rel/out", work / "rel" / "out"), (str(tmp_path / "abs"), tmp_path / "abs")]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .channel_file_cases import OPTION
 from .errors import InputError
+from .output_folder import expand_home
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DATALIST_SECTIONS = ("training", "validation", "testing", "test")
@@ -91,7 +92,7 @@ def cases_from_paths(
     direct: list[tuple[BatchCase, Path]] = []  # volume files given themselves, with their paths as given
     notes: list[str] = []
     for given in paths:
-        path = Path(given).expanduser()
+        path = expand_home(given)
         if not path.exists():
             raise InputError(f"the case {given} does not exist", "give volume files, DICOM folders or folders of cases")
         kind = special_kind(path)
@@ -325,7 +326,7 @@ def cases_from_datalist(path: str | Path, section: str | None = None) -> list[Ba
     from .json_files import read_json_file
     from .training.data import check_channel_names, datalist_root
 
-    path = Path(path).expanduser()
+    path = expand_home(path)
     data = read_json_file(path, f"the datalist {path}")
     if not isinstance(data, dict):
         raise InputError(f"the datalist {path} is not a JSON object", "see the README for the datalist format")

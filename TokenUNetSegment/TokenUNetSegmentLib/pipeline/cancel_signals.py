@@ -16,7 +16,9 @@ event (:meth:`CancelOnSignal.request`): the result is complete, and ``batch`` st
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import stat
 import threading
 import time
 
@@ -57,15 +59,34 @@ class CancelOnSignal:
         self.seen = seen if seen is not None else StopsSeen()
 
     def __call__(self, signum, frame) -> None:
+        silence_a_hung_up_terminal(signum)
         self.event.set()
         now, raised_at = time.monotonic(), self.seen.raised_at
         if raised_at is None or (not self.seen.cleaning and now - raised_at >= RAISE_AGAIN_S):
             self.seen.raised_at = now
             raise KeyboardInterrupt
 
-    def request(self) -> None:
+    def request(self, signum: int | None = None) -> None:
         """A stop that must not interrupt what runs now (it was held until a swap was done): the event only."""
+        silence_a_hung_up_terminal(signum)
         self.event.set()
+
+
+def silence_a_hung_up_terminal(signum: int | None) -> None:
+    """After a hang-up, point stdout and stderr at the null device where they are the terminal that hung up: every
+    write there fails (EIO), and a failing write (the line that ends a progress bar) cut the clean-up after the stop
+    short: a case's lock and staging folder left, batch.json saying "running", exit 1. A terminal still there (a
+    hang-up sent by ``kill -HUP``) is kept; so are files and pipes."""
+    if signum is None or signum != getattr(signal, "SIGHUP", None):
+        return
+    for descriptor in (1, 2):
+        try:
+            if stat.S_ISCHR(os.fstat(descriptor).st_mode) and not os.isatty(descriptor):  # a hung-up terminal
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, descriptor)
+                os.close(null)
+        except OSError:
+            continue
 
 
 def install_cancel_handlers(event: threading.Event) -> list:

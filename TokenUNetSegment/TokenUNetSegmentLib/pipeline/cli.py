@@ -125,8 +125,7 @@ class ProgressPrinter:
                 f"{time.monotonic() - self.start:6.1f}s"
             )
             if line != self.last:
-                self.stream.write(line)
-                self.stream.flush()
+                self._write(line)
                 self.last = line
 
     def emit(self, event) -> None:
@@ -155,9 +154,17 @@ class ProgressPrinter:
 
     def close(self) -> None:
         if self.mode == "bar" and self.last:
-            self.stream.write("\n")
-            self.stream.flush()
+            self._write("\n")
             self.last = ""  # the next bar starts on its own line
+
+    def _write(self, text: str) -> None:
+        """Draw on the terminal; one that is gone (hung up: EIO, before the hang-up's signal is handled) ends the bar,
+        not the command: the run, or its clean-up after the hang-up, goes on."""
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except OSError:
+            self.mode = "none"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -277,7 +284,8 @@ def _check_working_folder() -> None:
         os.getcwd()
     except FileNotFoundError:
         raise InputError(
-            "the current folder no longer exists (it was deleted or moved away)", "cd into a folder, then run again"
+            "the current folder no longer exists (it was deleted, moved away or replaced)",
+            "cd into a folder (cd . where a new folder of the same name replaced it), then run again",
         ) from None
 
 

@@ -379,9 +379,10 @@ def _refuse_output_over_an_input(args: argparse.Namespace) -> None:
     tables (given or beside them) and the images."""
     import os
 
+    from .output_folder import expand_home
     from .samples import PREFIX
 
-    out = Path(args.json_out).expanduser()  # as it is written: a tilde the shell left is the home folder
+    out = expand_home(args.json_out)  # as it is written: a tilde the shell left is the home folder
     if not out.exists():
         return
     inputs = []
@@ -397,7 +398,7 @@ def _refuse_output_over_an_input(args: argparse.Namespace) -> None:
     inputs += [("an --image", Path(image)) for image in args.image or ()]
     for what, path in inputs:
         try:
-            same = os.path.samefile(out, path.expanduser())
+            same = os.path.samefile(out, expand_home(path))
         except OSError:  # absent, or unreadable: not the same file
             same = False
         if same:

@@ -58,12 +58,19 @@ _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
 """Errors that end a write for want of room (EFBIG: a file over the file system's or the process's size limit)."""
 
 
+def expand_home(path: str | Path) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` that the shell left alone (quoted, from a script or a GUI field) made
+    the home folder, as the shell would have; a ``~word`` that names no user stays a plain name, as in the shell
+    (``Path.expanduser`` raises RuntimeError there)."""
+    return Path(os.path.expanduser(os.fspath(path)))
+
+
 def resolve_destination(path: str | Path) -> Path:
     """The absolute destination with symbolic links resolved (the folder that is really replaced)."""
     text = os.fspath(path)
     if not text or "\x00" in text:
         raise OutputError(f"invalid output path {text!r}", "give a folder name")
-    destination = Path(os.path.realpath(Path(text).expanduser()))
+    destination = Path(os.path.realpath(expand_home(text)))
     if destination.name in ("", ".", ".."):
         raise OutputError(f"cannot use {destination} as an output folder", "name a folder inside it")
     _check_lengths(destination)
@@ -76,11 +83,19 @@ PATH_ROOM = 256
 """Bytes kept free below the system's path limit for what a run writes inside or beside its destination."""
 
 
+def _name_size(name: str) -> int:
+    """A name's length as its file system counts it: UTF-16 units on Windows (NTFS), bytes elsewhere."""
+    return len(name.encode("utf-16-le", "surrogatepass")) // 2 if os.name == "nt" else len(os.fsencode(name))
+
+
 def _check_lengths(path: Path) -> None:
-    """Refuse a path with a name longer than file systems take, or too long to write inside (before any work)."""
-    for part in path.parts[1:]:
-        size = len(os.fsencode(part))
-        if size > NAME_MAX:
+    """Refuse a path with a name longer than file systems take, or too long to write inside (before any work).
+
+    Names of folders that exist are taken as they are: their file system took them (a FAT, exFAT or NTFS disk takes
+    255 UTF-16 units, up to 765 bytes of UTF-8)."""
+    for depth, part in enumerate(path.parts[1:], start=2):
+        size = _name_size(part)
+        if size > NAME_MAX and not os.path.lexists(Path(*path.parts[:depth])):
             raise OutputError(
                 f"the output path has a folder or file name {size} bytes long ({part[:24]}...); file systems take "
                 f"{NAME_MAX}",
@@ -182,10 +197,10 @@ class OutputFolder:
         self._check_protected()
         if self.destination.exists() and not self.destination.is_dir():
             raise OutputError(f"the output path {self.destination} is a file, not a folder", "choose a folder")
-        if os.path.ismount(self.destination):  # its staging folder would be on another file system than it
+        if is_mount_point(self.destination):  # its staging folder would be on another file system than it
             raise OutputError(
-                f"the output folder {self.destination} is the root of a file system (a mounted disk or share): a "
-                "result is put in place by renaming it, which cannot be done there",
+                f"the output folder {self.destination} is a mount point (a disk, share or bind mount): a result "
+                "cannot be renamed into its place there",
                 f"name a folder inside it, e.g. {self.destination / 'tokenunet'}",
             )
 
@@ -263,11 +278,16 @@ class OutputFolder:
                 old_files = self._owned_files() if destination.exists() else None
                 new_names = set(files)
                 self._check_collisions(new_names, patterns=False, owned=old_files)
-                old = self._swap(staging, old_files)
+                here = _working_folder_in(destination)
+                permissions = _permissions_of(destination) if old_files is not None else None
+                old = self._swap(staging, old_files, permissions)
                 self.committed = True
                 self.staging = None
                 if old is not None:
                     self._finish_old(old, set(old_files or {}), destination)
+                    _give_permissions(destination, permissions)
+                if here is not None:
+                    self._follow_working_folder(here)
         except OSError as error:
             raise _os_output_error(error, destination) from None
         finally:
@@ -298,25 +318,45 @@ class OutputFolder:
                 break
         self._created = []
 
-    def _swap(self, staging: Path, old_files: dict | None) -> Path | None:
+    def _swap(self, staging: Path, old_files: dict | None, permissions: tuple[int, int] | None) -> Path | None:
         destination = self.destination
         if old_files is None:
             os.rename(staging, destination)
             _sync_dir(destination.parent)
             return None
+        had_manifest = os.path.lexists(destination / MANIFEST)
+        _give_permissions(staging, permissions, owner_full=True)
         _write_manifest(destination, {"state": "complete", "written_by": self.command, "files": old_files})
-        if _exchange(staging, destination):
-            _sync_dir(destination.parent)
-            return staging
-        aside = _sibling(destination, ASIDE_TAG)
-        os.rename(destination, aside)
         try:
-            os.rename(staging, destination)
-        except BaseException:
-            os.rename(aside, destination)
+            if _exchange(staging, destination):
+                _sync_dir(destination.parent)
+                return staging
+            aside = _sibling(destination, ASIDE_TAG)
+            os.rename(destination, aside)
+            try:
+                os.rename(staging, destination)
+            except BaseException:
+                os.rename(aside, destination)
+                raise
+        except BaseException:  # the destination could not be replaced (busy): it keeps what it had, no manifest added
+            if not had_manifest:
+                with contextlib.suppress(OSError):
+                    os.unlink(destination / MANIFEST)
             raise
         _sync_dir(destination.parent)
         return aside
+
+    def _follow_working_folder(self, here: str) -> None:
+        """The result replaced the folder this process works in (``--out .``): work in the new one, and tell the user,
+        whose terminal still shows the old, deleted folder (before: ``ls`` showed nothing, and the same command run
+        again was refused because its folder no longer existed)."""
+        with contextlib.suppress(OSError):
+            os.chdir(here)
+        again = "cd ." if Path(here) == self.destination else f"cd {self.destination}"
+        self.warnings.append(
+            f"the result replaced the folder you are in ({self.destination}); a terminal still shows the old one: "
+            f"type {again} to see the new files"
+        )
 
     def _finish_old(self, old: Path, owned: set[str], destination: Path) -> None:
         """Move the user's files from the replaced folder into the new one, then delete the old listed files.
@@ -438,6 +478,68 @@ class OutputFolder:
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
+
+
+def _permissions_of(folder: Path) -> tuple[int, int] | None:
+    """The group and mode of ``folder`` (None where there are none to keep: absent, or Windows)."""
+    if os.name == "nt":
+        return None
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    return info.st_gid, stat.S_IMODE(info.st_mode)
+
+
+def _give_permissions(folder: Path, permissions: tuple[int, int] | None, owner_full: bool = False) -> None:
+    """Give ``folder`` (a new result) the group and mode of the folder it replaces: a user's ``chmod 700`` (patient
+    data kept private) or a lab's ``chmod 2770`` must not become the default 755. ``owner_full``: the owner keeps
+    full access until the swap is finished. A group the user is not in is left as it is."""
+    if permissions is None:
+        return
+    group, mode = permissions
+    with contextlib.suppress(OSError):
+        if os.stat(folder).st_gid != group:
+            os.chown(folder, -1, group)
+    with contextlib.suppress(OSError):
+        os.chmod(folder, mode | (stat.S_IRWXU if owner_full else 0))
+
+
+def _working_folder_in(destination: Path) -> str | None:
+    """This process's working folder when it is ``destination`` or inside it (the swap replaces it), else None."""
+    try:
+        here = os.getcwd()
+    except OSError:
+        return None
+    return here if Path(here) == destination or Path(here).is_relative_to(destination) else None
+
+
+def is_mount_point(path: Path) -> bool:
+    """Whether ``path`` is where a file system is mounted, bind mounts of a folder of the same file system included
+    (``os.path.ismount`` compares devices, so it misses those; Linux lists every mount in /proc/self/mountinfo)."""
+    if not os.path.isdir(path):
+        return False
+    if os.path.ismount(path):
+        return True
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as stream:
+            text = stream.read(16 * 2**20)
+    except OSError:  # not Linux
+        return False
+    return os.fspath(path) in _mount_points(text)
+
+
+def _mount_points(text: str) -> set[str]:
+    """The mount points of /proc/self/mountinfo (its fifth field, with spaces, tabs, newlines and backslashes as
+    octal escapes)."""
+    import re
+
+    points = set()
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if len(fields) > 4:
+            points.add(re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), fields[4]))
+    return points
 
 
 def earlier_result(required: Iterable[str], optional: Iterable[str] = ()) -> Callable[[Path], set[str] | None]:
@@ -851,7 +953,7 @@ def _deferred_signals(warnings: list[str]):
                 if handler is signal.default_int_handler:
                     continue  # the result is complete: a deferred Ctrl-C (or SIGTERM as one) no longer cancels it
                 if isinstance(handler, CancelOnSignal):
-                    handler.request()  # the result is complete; a batch stops before its next case
+                    handler.request(signum)  # the result is complete; a batch stops before its next case
                 elif callable(handler):
                     handler(signum, None)
                 elif handler == signal.SIG_DFL and signum != signal.SIGINT:

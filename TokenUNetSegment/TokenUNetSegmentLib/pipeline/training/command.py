@@ -420,6 +420,8 @@ def _refuse_out_over_an_input(args: argparse.Namespace) -> None:
     meta.csv, a name table, the configuration."""
     import os
 
+    from ..output_folder import expand_home
+
     root = Path(args.root) if args.root else None
     inputs = [
         ("the dataset's own dataset.json", root / "dataset.json" if root and args.layout == "decathlon" else None),
@@ -427,10 +429,10 @@ def _refuse_out_over_an_input(args: argparse.Namespace) -> None:
         ("the name table --table", Path(args.table) if args.layout == "folders" and args.table else None),
         ("the configuration --config", Path(args.config) if args.config else None),
     ]
-    out = Path(args.out).expanduser()  # as it is written: a tilde the shell left is the home folder
+    out = expand_home(args.out)  # as it is written: a tilde the shell left is the home folder
     for what, path in inputs:
         try:
-            same = path is not None and out.exists() and os.path.samefile(out, path.expanduser())
+            same = path is not None and out.exists() and os.path.samefile(out, expand_home(path))
         except OSError:  # absent or unreadable: not the same file
             same = False
         if same:
