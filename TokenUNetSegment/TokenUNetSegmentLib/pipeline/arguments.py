@@ -85,7 +85,8 @@ def text(what: str = "a value"):
 
 def user_path(value: str) -> str:
     """A path of a file the command reads, with a leading ``~`` the shell left alone (the path quoted, or from a script
-    or a GUI field) as the home folder: as the output places (``--out``), ``--model`` and ``batch``'s CASEs take it."""
+    or a GUI field) as the home folder (``~user`` too; a ``~word`` naming no user stays a name, as in the shell), as
+    :func:`.output_folder.expand_home` takes ``--out``, and as ``--model`` and ``batch``'s CASEs are taken."""
     return os.path.expanduser(str(value))
 
 
