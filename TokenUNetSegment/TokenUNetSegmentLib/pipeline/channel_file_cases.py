@@ -131,8 +131,10 @@ def _named_case(case: str, numbered: dict[int, Path], names: Sequence[str], wher
     if problems:
         hint = "add the missing file" if missing else f"take the extra file out of the folder, or fix {said}"
         refused = ("; ".join(problems), hint)
-    held = tuple(names[index] if index < len(names) else "" for index in sorted(numbered)) if where == OPTION else None
-    return ChannelFileCase(case, files, held if refused is None else None, refused)
+    if refused is not None:
+        return ChannelFileCase(case, files, None, refused)
+    held = tuple(names[index] for index in sorted(numbered)) if where == OPTION else None  # numbers 0 .. len - 1
+    return ChannelFileCase(case, files, held)
 
 
 def _two_formats(case: str, endings: dict[str, dict[int, Path]]) -> ChannelFileCase:
