@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers.channel_files import NNUNET_ORDER, brain_config, channel_files, write_dataset_json
 from helpers.packages import make_package
@@ -275,3 +276,33 @@ def test_segment_help_says_numbered_channel_files_go_by_their_dataset_json_not_t
     text = " ".join(capsys.readouterr().out.split())
     assert "nnU-Net's numbered files (CASE_0000.nii.gz, ...) by their dataset.json's channel names" in text, text
     assert "refused when nothing names them" in text, text
+
+
+def test_segment_and_evaluate_refuse_numbered_files_nothing_names_with_a_whole_hint_a_command_line_takes(
+    tmp_path, brain_package, capsys
+):
+    """``segment`` and ``evaluate REF --model M --image`` given ``BRATS_001_0000.nii.gz ... _0003`` that nothing names,
+    or beside a malformed dataset.json: the one line printed holds the whole hint, and it names ways a command line
+    takes. Before: the hint was longer than the half line a hint may take, so both printed "(add the dataset.json
+    that names their channels beside their imagesTs/ folder (or in their fold...)", the alternative cut off; and
+    evaluate's was "or pass {'FLAIR': ..., ...}", the Python API's dict, which no option of evaluate takes."""
+    from helpers.channel_files import write_volume
+
+    files = [str(file) for file in channel_files(tmp_path / "imagesTs", cases=("BRATS_001",))]
+    reference = write_volume(np.zeros((16, 16, 16), np.uint8), tmp_path / "ref.nii.gz")
+    runs = [
+        ["segment", *files, "--model", str(brain_package), "--out", str(tmp_path / "out"), *FAST],
+        ["evaluate", str(reference), "--model", str(brain_package), "--image", *files, "--device", "cpu"],
+    ]
+    for argv in runs:
+        assert cli.main(argv) == 2, argv
+        printed = capsys.readouterr().err
+        assert "nothing says what BRATS_001_0000.nii.gz and its other nnU-Net channel files hold" in printed, printed
+        assert printed.count("\n") == 1 and "...)" not in printed and "{" not in printed, printed
+        assert printed.endswith("(add a dataset.json naming their channels beside them, or run batch on them with "
+                                "--channels)\n"), printed  # fmt: skip
+    (tmp_path / "dataset.json").write_text("{not json")
+    for argv in runs:
+        assert cli.main(argv) == 2, argv
+        printed = capsys.readouterr().err
+        assert "...)" not in printed and printed.endswith("(fix it, or run batch on them with --channels)\n"), printed

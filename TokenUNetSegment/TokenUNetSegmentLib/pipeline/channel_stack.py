@@ -145,7 +145,7 @@ def nnunet_file_names(files: Sequence, option: str) -> tuple[list[str], Path] | 
     if indices is None:
         return None
     case = NNUNET_FILE.match(Path(files[0]).name)
-    instead = _files_named_instead(option)
+    instead = files_named_instead(option)
     try:
         found = dataset_names(Path(files[0]), option, case["case"] + case["ending"], unlisted_refused=False)
     except InputError as error:  # its hint names --channels of a 4D image, which several files cannot take
@@ -162,11 +162,13 @@ def nnunet_file_names(files: Sequence, option: str) -> tuple[list[str], Path] | 
     return [names[index] for index in indices], where
 
 
-def _files_named_instead(option: str) -> str:
+def files_named_instead(option: str) -> str:
     """How a caller that takes names as ``option`` names what each of several channel files holds, instead of their
-    dataset.json (``segment``'s ``--channels`` and ``segment()``'s ``channels=`` name a 4D image's volumes only)."""
+    dataset.json (``segment``'s and ``evaluate``'s ``--channels`` and ``segment()``'s ``channels=`` name a 4D image's
+    volumes only). Short: a command line's error is one line, whose hint is cut past half of it (``batch --help``
+    says what ``--channels`` names)."""
     if option == "--channels":
-        return "run batch on them with --channels naming _0000, _0001, ... in order"
+        return "run batch on them with --channels"
     if option == "channels=":
         return "pass {channel name: file}"
     return f"name what each holds in {option}"
@@ -188,8 +190,9 @@ def refuse_unnamed_files(files: Sequence, hint: str, where: str = "") -> None:
         )
 
 
-UNNAMED_FILES_HINT = "add the dataset.json that names their channels beside their imagesTs/ folder (or in their folder)"
-"""How the channels of nnU-Net channel files that nothing names are named, on every path."""
+UNNAMED_FILES_HINT = "add a dataset.json naming their channels beside them"
+"""How the channels of nnU-Net channel files that nothing names are named, on every path (beside them: the first place
+:func:`dataset_file` looks). Short, as :func:`files_named_instead` says."""
 
 
 def _listed_images(data: dict, depth: int = 2) -> set[str]:
