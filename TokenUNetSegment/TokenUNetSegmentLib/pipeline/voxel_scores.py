@@ -58,24 +58,49 @@ def softmax_labels(logits: np.ndarray, table: Sequence[Label], workers: int = 1)
     lookup = np.zeros(channels, np.uint8)
     for label in table:
         lookup[label.output_channel] = label.value
-    flat = np.ascontiguousarray(logits).reshape(channels, -1)
-    size = flat.shape[1]
-    labels = np.empty(size, np.uint8)
-    probability, lead = np.empty(size, np.float32), np.empty(size, np.float32)
+    shape = logits.shape[1:]
+    labels = np.empty(shape, np.uint8)
+    probability, lead = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    outputs = [array.reshape(-1) for array in (labels, probability, lead)]
+    source = logits.reshape(channels, -1) if logits.flags.c_contiguous else logits  # no copy either way
 
-    def score(start: int) -> None:
-        part = slice(start, min(size, start + SCORE_CHUNK))
-        _score_chunk(flat[:, part], lookup, labels[part], probability[part], lead[part])
+    def score(part: tuple[slice, ...]) -> None:
+        scores = source[(slice(None), *part)].reshape(channels, -1)  # a view, or a copy of this chunk only
+        where = _flat_range(part, source.shape[1:])
+        _score_chunk(scores, lookup, *(output[where] for output in outputs))
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # torch's exp inside each worker: the workers are the parallelism
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            list(pool.map(score, range(0, size, SCORE_CHUNK)))
+            list(pool.map(score, _chunks(source.shape[1:])))
     finally:
         torch.set_num_threads(threads)
-    shape = logits.shape[1:]
-    return labels.reshape(shape), VoxelScores(probability.reshape(shape), lead.reshape(shape))
+    return labels, VoxelScores(probability, lead)
+
+
+def _chunks(shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
+    """Boxes of about :data:`SCORE_CHUNK` voxels covering an array of voxels ``shape`` in C order, each a C-order
+    run of it: runs of the voxels of one axis (C-contiguous logits, flattened); else whole rows along the last axis
+    (the stitched logits of a region padded up to the window are a crop of the padded sums: read row by row, a chunk
+    is copied at most, never the whole logits)."""
+    if len(shape) == 1:
+        return [(slice(start, min(shape[0], start + SCORE_CHUNK)),) for start in range(0, shape[0], SCORE_CHUNK)]
+    rows = max(1, SCORE_CHUNK // max(1, shape[-1]))
+    return [
+        (*(slice(i, i + 1) for i in outer), slice(start, min(shape[-2], start + rows)))
+        for outer in np.ndindex(*shape[:-2])
+        for start in range(0, shape[-2], rows)
+    ]
+
+
+def _flat_range(part: tuple[slice, ...], shape: tuple[int, ...]) -> slice:
+    """The C-order run of voxels that a box of :func:`_chunks` covers, as a slice of the flattened outputs."""
+    if len(part) == 1:
+        return part[0]
+    first = [s.start for s in part] + [0] * (len(shape) - len(part))
+    start = int(np.ravel_multi_index(first, shape))
+    return slice(start, start + (part[-1].stop - part[-1].start) * int(np.prod(shape[len(part) :])))
 
 
 def _score_chunk(scores: np.ndarray, lookup, labels: np.ndarray, probability: np.ndarray, lead: np.ndarray) -> None:
