@@ -107,3 +107,47 @@ def test_a_stop_during_the_pass_ends_it_promptly(monkeypatch):
     count = len(started)
     time.sleep(0.2)
     assert len(started) == count  # no worker goes on after the call has ended
+
+
+def test_postprocess_of_cropped_logits_in_a_padded_region_is_that_of_their_copy():
+    """The whole stage as a run calls it: a region padded past the model grid (negative start), a field of view, a
+    label of value 255, the largest-piece clean-up, logits as stitching's crop."""
+    import types
+
+    from TokenUNetSegmentLib.pipeline.geometry import Grid
+    from TokenUNetSegmentLib.pipeline.postprocess import postprocess
+    from TokenUNetSegmentLib.pipeline.preprocess import Prepared
+
+    logits = cropped_logits((20, 18, 16))
+    table = tuple(Label(255 if c == 1 else 10 + c, f"l{c}", (0, 0, 0), channel=c) for c in range(1, 13))
+    config = types.SimpleNamespace(inference=SOFTMAX, labels=table)
+    grid = Grid((17, 18, 14), np.diag([1.0, 1.0, 2.0, 1.0]))
+    region = Grid((20, 18, 16), np.diag([1.0, 1.0, 2.0, 1.0]))
+    view = np.ones(grid.shape, bool)
+    view[:, :, :2] = False
+    prepared = Prepared(np.zeros((1, 1, 1, 1), np.float32), grid, np.array([-2, 0, -1]), region, field_of_view=view)
+    got = postprocess(logits, None, prepared, config, ["l1", "l4"], False)
+    expected = postprocess(np.ascontiguousarray(logits), None, prepared, config, ["l1", "l4"], False)
+    assert np.array_equal(got.labels, expected.labels) and 255 in got.labels
+    assert got.measures == expected.measures and 255 in got.measures
+
+
+def test_the_chunk_buffers_of_many_channels_stay_those_of_13(monkeypatch):
+    """A chunk's (channels, voxels) temporaries grow with the channels: 105 channels (TotalSegmentator's count) in
+    chunks of :data:`SCORE_CHUNK` voxels took 28-41 MB per worker, one worker per torch thread (0.5-0.7 GB on 16
+    cores, whatever the grid's size; the two passes before took 0.2 GB at most). The chunk's voxels shrink so that
+    its buffers stay those of 13 channels."""
+    monkeypatch.setattr(voxel_scores, "SCORE_CHUNK", 4096)
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((105, 32, 32, 32), np.float32)
+    table = [Label(c, f"l{c}", (0, 0, 0), channel=c) for c in range(1, 105)]
+    workers = 4
+    tracemalloc.start()
+    try:
+        labels, scores = softmax_labels(logits, table, workers=workers)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    per_worker = 13 * 4096 * 4  # a 13-channel chunk of float32
+    assert peak - 9 * labels.size < workers * 3 * per_worker, (peak - 9 * labels.size, workers * per_worker)
+    assert np.array_equal(labels, labels_from_logits(logits, SOFTMAX, table))

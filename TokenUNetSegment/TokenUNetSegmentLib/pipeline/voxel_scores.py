@@ -21,6 +21,7 @@ import torch
 from .metadata import Label
 
 SCORE_CHUNK = 1 << 16  # voxels per chunk: 13 channels x 256 KB, with the temporaries, stay in the L2/L3 caches
+CHUNK_CHANNELS = 13  # more channels than this shrink a chunk's voxels: its buffers stay those of 13 channels
 WHOLE_CHUNK_SHARE = 0.5  # labelled share above which a chunk's certainty is computed for all its voxels (no gather)
 
 
@@ -63,6 +64,8 @@ def softmax_labels(logits: np.ndarray, table: Sequence[Label], workers: int = 1)
     probability, lead = np.empty(shape, np.float32), np.empty(shape, np.float32)
     outputs = [array.reshape(-1) for array in (labels, probability, lead)]
     source = logits.reshape(channels, -1) if logits.flags.c_contiguous else logits  # no copy either way
+    # a worker's buffers as for 13 channels (105 channels in SCORE_CHUNK voxels took 28-41 MB per worker and torch thread)
+    chunk = max(1, SCORE_CHUNK * CHUNK_CHANNELS // max(CHUNK_CHANNELS, channels))
 
     def score(part: tuple[slice, ...]) -> None:
         scores = source[(slice(None), *part)].reshape(channels, -1)  # a view, or a copy of this chunk only
@@ -73,20 +76,20 @@ def softmax_labels(logits: np.ndarray, table: Sequence[Label], workers: int = 1)
     torch.set_num_threads(1)  # torch's exp inside each worker: the workers are the parallelism
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            list(pool.map(score, _chunks(source.shape[1:])))
+            list(pool.map(score, _chunks(source.shape[1:], chunk)))
     finally:
         torch.set_num_threads(threads)
     return labels, VoxelScores(probability, lead)
 
 
-def _chunks(shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
-    """Boxes of about :data:`SCORE_CHUNK` voxels covering an array of voxels ``shape`` in C order, each a C-order
+def _chunks(shape: tuple[int, ...], chunk: int) -> list[tuple[slice, ...]]:
+    """Boxes of about ``chunk`` voxels covering an array of voxels ``shape`` in C order, each a C-order
     run of it: runs of the voxels of one axis (C-contiguous logits, flattened); else whole rows along the last axis
     (the stitched logits of a region padded up to the window are a crop of the padded sums: read row by row, a chunk
     is copied at most, never the whole logits)."""
     if len(shape) == 1:
-        return [(slice(start, min(shape[0], start + SCORE_CHUNK)),) for start in range(0, shape[0], SCORE_CHUNK)]
-    rows = max(1, SCORE_CHUNK // max(1, shape[-1]))
+        return [(slice(start, min(shape[0], start + chunk)),) for start in range(0, shape[0], chunk)]
+    rows = max(1, chunk // max(1, shape[-1]))
     return [
         (*(slice(i, i + 1) for i in outer), slice(start, min(shape[-2], start + rows)))
         for outer in np.ndindex(*shape[:-2])
