@@ -64,7 +64,7 @@ def softmax_labels(logits: np.ndarray, table: Sequence[Label], workers: int = 1)
     probability, lead = np.empty(shape, np.float32), np.empty(shape, np.float32)
     outputs = [array.reshape(-1) for array in (labels, probability, lead)]
     source = logits.reshape(channels, -1) if logits.flags.c_contiguous else logits  # no copy either way
-    # a worker's buffers as for 13 channels (105 channels in SCORE_CHUNK voxels took 28-41 MB per worker and torch thread)
+    # a worker's buffers as for 13 channels (105 channels in SCORE_CHUNK voxels took 28-41 MB per worker)
     chunk = max(1, SCORE_CHUNK * CHUNK_CHANNELS // max(CHUNK_CHANNELS, channels))
 
     def score(part: tuple[slice, ...]) -> None:
