@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from TokenUNetSegmentLib.pipeline import voxel_scores
+from TokenUNetSegmentLib.pipeline.cancel_signals import install_cancel_handlers, restore_handlers
 from TokenUNetSegmentLib.pipeline.metadata import Inference, Label
 from TokenUNetSegmentLib.pipeline.postprocess import label_certainty, labels_from_logits
 from TokenUNetSegmentLib.pipeline.voxel_scores import softmax_labels
@@ -87,10 +88,8 @@ def test_a_stop_during_the_pass_ends_it_promptly(monkeypatch):
     started = slow_chunks(monkeypatch, 0.05)
     logits = cropped_logits((16, 16, 16))  # 64 chunks of 0.05 s on 2 workers: 1.6 s without the stop
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, stop)
+    event = threading.Event()
+    previous = install_cancel_handlers(event)  # the command line's handlers: the first stop raises
     threads = torch.get_num_threads()
     timer = threading.Timer(0.2, signal.raise_signal, (signal.SIGINT,))
     try:
@@ -101,7 +100,8 @@ def test_a_stop_during_the_pass_ends_it_promptly(monkeypatch):
         took = time.monotonic() - began
     finally:
         timer.cancel()
-        signal.signal(signal.SIGINT, previous)
+        restore_handlers(previous)
+    assert event.is_set()
     assert torch.get_num_threads() == threads
     assert took < 0.8 and len(started) < 30, (took, len(started))
     count = len(started)
@@ -151,3 +151,20 @@ def test_the_chunk_buffers_of_many_channels_stay_those_of_13(monkeypatch):
     per_worker = 13 * 4096 * 4  # a 13-channel chunk of float32
     assert peak - 9 * labels.size < workers * 3 * per_worker, (peak - 9 * labels.size, workers * per_worker)
     assert np.array_equal(labels, labels_from_logits(logits, SOFTMAX, table))
+
+
+def test_a_run_in_a_thread_leaves_the_callers_torch_threads_as_they_were():
+    """As in Slicer's process (an in-process run's worker thread) under a script that set its own thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        worker = threading.Thread(target=softmax_labels, args=(cropped_logits((8, 8, 8)), TABLE, 2))
+        worker.start()
+        worker.join()
+        seen = []
+        later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        later.start()
+        later.join()
+        assert torch.get_num_threads() == 3 and seen == [3]
+    finally:
+        torch.set_num_threads(threads)
