@@ -168,3 +168,22 @@ def test_a_run_in_a_thread_leaves_the_callers_torch_threads_as_they_were():
         assert torch.get_num_threads() == 3 and seen == [3]
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_cancel_of_an_in_process_run_ends_the_pass_promptly(monkeypatch):
+    """Slicer's in-process run is cancelled through its event alone (no signal): the pass looks at it between chunks
+    (before, postreview: only the progress report after the pass and the clean-up did)."""
+    from TokenUNetSegmentLib.pipeline.errors import CancelledError
+    from TokenUNetSegmentLib.pipeline.progress import Progress
+
+    started = slow_chunks(monkeypatch, 0.05)
+    event = threading.Event()
+    timer = threading.Timer(0.2, event.set)
+    timer.start()
+    began = time.monotonic()
+    try:
+        with pytest.raises(CancelledError):
+            softmax_labels(cropped_logits((16, 16, 16)), TABLE, workers=2, check=Progress(cancel=event).check)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - began < 0.8 and len(started) < 30, len(started)

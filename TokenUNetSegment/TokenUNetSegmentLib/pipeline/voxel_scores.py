@@ -11,7 +11,7 @@ channel; so labels, probabilities and leads are bit for bit theirs (``Testing/pi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -46,9 +46,13 @@ class VoxelScores:
         return values
 
 
-def softmax_labels(logits: np.ndarray, table: Sequence[Label], workers: int = 1) -> tuple[np.ndarray, VoxelScores]:
+def softmax_labels(
+    logits: np.ndarray, table: Sequence[Label], workers: int = 1, check: Callable[[], None] | None = None
+) -> tuple[np.ndarray, VoxelScores]:
     """Labels (uint8, each voxel the value of its highest-scoring channel, 0 for channels without a label) and
-    their :class:`VoxelScores`, from float32 ``logits`` (C <= 256, X, Y, Z), with ``workers`` threads.
+    their :class:`VoxelScores`, from float32 ``logits`` (C <= 256, X, Y, Z), with ``workers`` threads. ``check``
+    (e.g. :meth:`.progress.Progress.check`) is called in the caller's thread after each chunk: what it raises ends
+    the pass, the chunks not started are dropped.
 
     Raises:
         ValueError: logits that are not float32 or have more than 256 channels.
@@ -74,10 +78,13 @@ def softmax_labels(logits: np.ndarray, table: Sequence[Label], workers: int = 1)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # torch's exp inside each worker: the workers are the parallelism
+    pool = ThreadPoolExecutor(max(1, workers))
     try:
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            list(pool.map(score, _chunks(source.shape[1:], chunk)))
+        for _ in pool.map(score, _chunks(source.shape[1:], chunk)):
+            if check is not None:
+                check()
     finally:
+        pool.shutdown(cancel_futures=True)  # on an error or a stop: the running chunks end, no other starts
         torch.set_num_threads(threads)
     return labels, VoxelScores(probability, lead)
 
