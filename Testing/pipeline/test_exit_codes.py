@@ -38,7 +38,11 @@ def test_json_is_read_with_limits(text, words):
 def test_json_files_that_are_folders_fifos_or_too_large(tmp_path):
     os.mkfifo(tmp_path / "fifo.json")  # opening it would block
     (tmp_path / "big.json").write_bytes(b" " * 1001)
-    for name, words in [("fifo.json", "not a regular file"), ("missing.json", "not found"), ("big.json", "too large")]:
+    for name, words in [
+        ("fifo.json", r"is a named pipe \(FIFO\), not a file"),
+        ("missing.json", "not found"),
+        ("big.json", "too large"),
+    ]:
         with pytest.raises(InputError, match=words):
             read_json_file(tmp_path / name, max_bytes=1000)
     with pytest.raises(InputError, match="is a folder"):

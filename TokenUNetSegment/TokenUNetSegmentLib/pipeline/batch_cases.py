@@ -32,7 +32,9 @@ class BatchCase:
     """One case: its ``name`` (the output folder's), its input paths (one per channel, or one 4D image whose
     volumes ``channels`` names) and where it came from, for messages; ``named_by``: where ``channels`` come from, for
     messages; ``refused``: (message, hint) of a case found unfit before it runs (nnU-Net channel files missing or
-    extra: :mod:`.channel_file_cases`), recorded as failed while the other cases run."""
+    extra: :mod:`.channel_file_cases`), recorded as failed while the other cases run; ``file_name``: of nnU-Net channel
+    files grouped under their case id, the first file's name without extension, the case's name where its id is
+    another case's too (``x_0000.nii.gz`` beside ``x.nii.gz``)."""
 
     name: str
     inputs: tuple[str, ...]
@@ -40,6 +42,7 @@ class BatchCase:
     channels: tuple[str, ...] | None = None
     named_by: str = DATALIST_CHANNELS
     refused: tuple[str, str] | None = None
+    file_name: str | None = None
 
 
 def volume_stem(path: str | Path) -> str | None:
@@ -91,6 +94,11 @@ def cases_from_paths(
         kind = special_kind(path)
         if kind is not None:  # opening a FIFO would block the batch
             raise InputError(f"the case {given} is {kind}, not a file", "give volume files, DICOM folders or folders")
+        if path.name.startswith("._") and path.is_file():  # find ... -name '*.nii.gz' lists them on a Mac's copies
+            raise InputError(
+                f"the case {given} is macOS's metadata of {path.name[2:]} (an AppleDouble file), no scan",
+                "leave out the files whose names start with ._ (find ... ! -name '._*'), or give their folder",
+            )
         if path.is_dir() and not holds_dicom(path):
             found, left_out = cases_in_folder(path, channels, model_inputs)
             if not found:
@@ -135,39 +143,51 @@ def cases_from_paths(
         stack_names = tuple(channels) if channels and volume_stem(path) is not None else None
         cases.append(BatchCase(_case_name(path), (str(path.resolve()),), str(given), stack_names, OPTION))
         if path.is_file() and volume_stem(path) is not None:
-            direct.append(cases[-1])
+            direct.append((cases[-1], Path(os.path.abspath(path))))  # a link is grouped by its own name, as given
     return _named_apart(_channel_files_given(cases, direct, channels, model_inputs)), notes
 
 
 def _channel_files_given(
-    cases: list[BatchCase], direct: list[BatchCase], channels: Sequence[str] | None, model_inputs: Sequence[str] | None
+    cases: list[BatchCase],
+    direct: list[tuple[BatchCase, Path]],
+    channels: Sequence[str] | None,
+    model_inputs: Sequence[str] | None,
 ) -> list[BatchCase]:
-    """``cases`` with the nnU-Net channel files given one by one (``direct``: ``imagesTs/*.nii.gz``) grouped as a
-    folder's are (:mod:`.channel_file_cases`), each group in the place of its first file."""
+    """``cases`` with the nnU-Net channel files given one by one (``direct``: each case of ``imagesTs/*.nii.gz`` and
+    its path as given, made absolute) grouped as a folder's are (:mod:`.channel_file_cases`), each group in the place
+    of its first file."""
     from .channel_file_cases import channel_file_cases
 
-    source = {case.inputs[0]: case.source for case in direct}
+    source = {str(path): case.source for case, path in direct}
     given: dict[Path, list[Path]] = {}
-    for case in direct:
-        given.setdefault(Path(case.inputs[0]).parent, []).append(Path(case.inputs[0]))
+    for _, path in direct:
+        given.setdefault(path.parent, []).append(path)
     first: dict[str, BatchCase] = {}
     taken: set[str] = set()
     for folder, files in given.items():
         for found in channel_file_cases(folder, files, channels, model_inputs):
-            inputs = tuple(str(file) for file in found.files)
-            first[inputs[0]] = BatchCase(found.name, inputs, source[inputs[0]], found.names, OPTION, found.refused)
-            taken.update(inputs)
-    ids = {id(case) for case in direct}
+            first[str(found.files[0])] = _grouped_case(found, source[str(found.files[0])])
+            taken.update(str(file) for file in found.files)
+    paths = {id(case): str(path) for case, path in direct}
     kept, placed = [], {}
     for case in cases:
-        if id(case) not in ids or case.inputs[0] not in taken:
+        path = paths.get(id(case))
+        if path is None or path not in taken:
             kept.append(case)
-        elif case.inputs[0] in first:
-            placed[case.inputs[0]] = first.pop(case.inputs[0])
-            kept.append(placed[case.inputs[0]])
-        elif case.inputs[0] in placed:  # a file given twice: refused as such by check_case_names
-            kept.append(placed[case.inputs[0]])
+        elif path in first:
+            placed[path] = first.pop(path)
+            kept.append(placed[path])
+        elif path in placed:  # a file given twice: refused as such by check_case_names
+            kept.append(placed[path])
     return kept
+
+
+def _grouped_case(found, source: str) -> BatchCase:
+    """The batch case of nnU-Net channel files grouped under their case id (a :class:`.ChannelFileCase`): its files
+    as found in their folder (a link by its own name: its number and its dataset.json say its channel, as they do
+    for ``segment`` given it), ``source``: where it came from, for messages."""
+    inputs = tuple(str(file) for file in found.files)
+    return BatchCase(found.name, inputs, source, found.names, OPTION, found.refused, volume_stem(found.files[0]))
 
 
 def _inner_volumes(folder: Path) -> list[Path]:
@@ -183,6 +203,11 @@ def _named_apart(cases: list[BatchCase]) -> list[BatchCase]:
     """Files that share a name (``s0001/ct.nii.gz``, ``s0002/ct.nii.gz``, one folder per case) named by their
     folders instead (``s0001``, ``s0002``), then by both (``s0001_ct``) where folders share names too; names that
     still collide are left to :func:`check_case_names`."""
+    counts = Counter(case.name.casefold() for case in cases)  # a grouped case whose id is another's: its file's name
+    cases = [
+        dataclasses.replace(case, name=case.file_name) if case.file_name and counts[case.name.casefold()] > 1 else case
+        for case in cases
+    ]
     own = [case.name for case in cases]  # a file's stem, an nnU-Net case id
     for naming in (lambda case, name: _folder(case), lambda case, name: f"{_folder(case)}_{name}"):
         counts: dict[str, int] = {}
@@ -242,17 +267,15 @@ def cases_in_folder(
         entry for entry in sorted(folder.iterdir(), key=lambda item: item.name) if not entry.name.startswith(".")
     ]
     volumes = [entry for entry in entries if entry.is_file() and volume_stem(entry) is not None]
-    resolved = {entry.resolve(): entry for entry in volumes}  # read resolved when the case runs: grouped so
+    absolute = {Path(os.path.abspath(entry)): entry for entry in volumes}  # a link by its own name, as segment reads it
     grouped = {
-        resolved[case.files[0]]: case for case in channel_file_cases(folder, list(resolved), channels, model_inputs)
+        absolute[case.files[0]]: case for case in channel_file_cases(folder, list(absolute), channels, model_inputs)
     }
-    in_groups = {resolved[file] for case in grouped.values() for file in case.files}
+    in_groups = {absolute[file] for case in grouped.values() for file in case.files}
     cases, left_out = [], []
     for entry in entries:
         if entry in grouped:
-            found = grouped[entry]
-            files = tuple(str(file) for file in found.files)
-            cases.append(BatchCase(found.name, files, str(entry), found.names, OPTION, found.refused))
+            cases.append(_grouped_case(grouped[entry], str(entry)))
         elif entry in in_groups:
             continue
         elif entry in volumes:
@@ -365,13 +388,14 @@ def check_case_names(cases: Sequence[BatchCase], root: Path) -> None:
                 f"{NAME_BYTES}",
                 "give it a shorter name (a 'name' in the datalist, or rename the file)",
             )
-        twin = given.get((case.inputs, case.channels))
+        files = (tuple(os.path.realpath(path) for path in case.inputs), case.channels)  # two links to one file: twice
+        twin = given.get(files)
         if twin is not None:
             raise InputError(
                 f"{Path(case.inputs[0]).name} is given twice ({twin.source} and {case.source})",
                 "give each case once",
             )
-        given[(case.inputs, case.channels)] = case
+        given[files] = case
         key = unicodedata.normalize("NFC", name).casefold()
         other = seen.get(key)
         if other is not None:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .channel_stack import DATASET_FOLDERS, NNUNET_FILE, dataset_names
+from .channel_stack import DATASET_FOLDERS, NNUNET_FILE, dataset_channels, dataset_file, dataset_names
 from .errors import InputError
 
 OPTION = "--channels"
@@ -45,18 +45,22 @@ def channel_file_cases(
 
     Raises:
         InputError: channel files that nothing names for a multi-channel model, names whose count is not the model's,
-            or a dataset.json that cannot be read.
+            or a dataset.json that cannot be read (for a model of more channels than one, or not known).
     """
-    groups: dict[tuple[Path, str, str], dict[int, Path]] = {}
+    groups: dict[tuple[Path, str], dict[str, dict[int, Path]]] = {}
     for file in sorted(files, key=lambda item: item.name):
         found = NNUNET_FILE.match(file.name)
         if found is not None:  # a case's files in one folder, as nnunet_file_names reads them when the case runs
-            key = (file.absolute().parent, found["case"], found["ending"])
-            groups.setdefault(key, {})[int(found["index"])] = file
+            key = (file.absolute().parent, found["case"])
+            groups.setdefault(key, {}).setdefault(found["ending"], {})[int(found["index"])] = file
     cases, unnamed = [], []
-    for (_, case, ending), numbered in groups.items():
+    for (_, case), endings in groups.items():
+        if len(endings) > 1:  # saved twice, or split between .nii and .nii.gz: nothing says which to take
+            cases.append(_two_formats(case, endings))
+            continue
+        ((ending, numbered),) = endings.items()
         first = numbered[min(numbered)]
-        listed = (list(names), OPTION) if names else dataset_names(first, OPTION, case + ending, unlisted_refused=False)
+        listed = (list(names), OPTION) if names else _dataset_names(first, case + ending, model_inputs)
         if listed is None:
             if set(numbered) == {0}:  # nnU-Net's one-channel layout: the case is its id
                 cases.append(ChannelFileCase(case, (first,)))
@@ -65,11 +69,24 @@ def channel_file_cases(
             continue
         if 0 not in numbered and max(numbered) >= len(listed[0]):  # numbered scans (BraTS_0001 ...), no channels
             continue
+        if len(listed[0]) == 1 and set(numbered) != {0}:  # one channel: scan_0000, scan_0001 ... are whole scans
+            continue
         check_count(listed[0], str(listed[1]), model_inputs)
         cases.append(_named_case(case, numbered, listed[0], str(listed[1])))
     if unnamed and model_inputs is not None and len(model_inputs) > 1:
         raise _unnamed(folder, unnamed)
     return sorted(cases, key=lambda item: item.files[0].name)
+
+
+def _dataset_names(first: Path, listed_as: str, model_inputs: Sequence[str] | None) -> tuple[list[str], Path] | None:
+    """The channel names of the dataset.json of ``first`` (:func:`.channel_stack.dataset_names`); for a one-channel
+    model, which needs none (``segment`` never reads it), one that cannot be read (malformed, a FIFO) names none."""
+    try:
+        return dataset_names(first, OPTION, listed_as, unlisted_refused=False)
+    except InputError:
+        if model_inputs is not None and len(model_inputs) == 1:
+            return None
+        raise
 
 
 def check_count(names: Sequence[str], where: str, model_inputs: Sequence[str] | None) -> None:
@@ -118,10 +135,42 @@ def _named_case(case: str, numbered: dict[int, Path], names: Sequence[str], wher
     return ChannelFileCase(case, files, held if refused is None else None, refused)
 
 
+def _two_formats(case: str, endings: dict[str, dict[int, Path]]) -> ChannelFileCase:
+    """The case whose channel files have two endings or more (``x_0000.nii.gz`` and ``x_0000.nii``), refused."""
+    files = tuple(file for numbered in endings.values() for _, file in sorted(numbered.items()))
+    kinds = "; ".join(f"{ending}: {', '.join(file.name for _, file in sorted(numbered.items()))}"
+                      for ending, numbered in endings.items())  # fmt: skip
+    return ChannelFileCase(
+        case,
+        files,
+        refused=(
+            f"{case}'s channel files are in two formats or more ({kinds}); nothing says which to read",
+            "keep one format of each case's files in the folder (nnU-Net reads those of its dataset.json's "
+            "file_ending)",
+        ),
+    )
+
+
 def _unnamed(folder: Path, files: Sequence[Path]) -> InputError:
-    """The refusal of nnU-Net channel files that nothing names, for a multi-channel model."""
-    where = f"beside {folder.name}/" if folder.name in DATASET_FOLDERS else "in it"
+    """The refusal of nnU-Net channel files that nothing names, for a multi-channel model: saying so of the
+    dataset.json that is there (one naming no channels, or listing other images: another dataset's) where there is
+    one."""
+    from .json_files import read_json_file
+
+    option = f"pass {OPTION} naming _0000, _0001, ... in order"
+    found = dataset_file(files[0])
+    if found is None:
+        where = f"beside {folder.name}/" if folder.name in DATASET_FOLDERS else "in it"
+        return InputError(
+            f"{folder.name}: no dataset.json names its nnU-Net channel files ({files[0].name}, ...)",
+            f"add the dataset.json {where}, or {option}",
+        )
+    case = NNUNET_FILE.match(files[0].name)["case"]
+    if dataset_channels(read_json_file(found), found) is None:
+        why = "names no channels (it has neither 'channel_names' nor 'modality')"
+    else:
+        why = f"does not list {case} among its images, so its channel names may be another dataset's"
     return InputError(
-        f"{folder.name}: no dataset.json names its nnU-Net channel files ({files[0].name}, ...)",
-        f"add the dataset.json {where}, or pass --channels naming _0000, _0001, ... in order",
+        f"{folder.name}: {found} {why}; nothing says what its nnU-Net channel files ({files[0].name}, ...) hold",
+        f"fix {found.name}, or {option}",
     )

@@ -145,7 +145,11 @@ def nnunet_file_names(files: Sequence, option: str) -> tuple[list[str], Path] | 
     if indices is None:
         return None
     case = NNUNET_FILE.match(Path(files[0]).name)
-    found = dataset_names(Path(files[0]), option, case["case"] + case["ending"], unlisted_refused=False)
+    instead = _files_named_instead(option)
+    try:
+        found = dataset_names(Path(files[0]), option, case["case"] + case["ending"], unlisted_refused=False)
+    except InputError as error:  # its hint names --channels of a 4D image, which several files cannot take
+        raise InputError(error.message, f"fix it, or {instead}") from None
     if found is None:
         return None
     names, where = found
@@ -153,9 +157,39 @@ def nnunet_file_names(files: Sequence, option: str) -> tuple[list[str], Path] | 
         if index >= len(names):
             raise InputError(
                 f"{Path(file).name} is channel {index}, but {where} names {len(names)} channels ({', '.join(names)})",
-                f"fix the file name or the dataset.json, or pass {option} naming each file's channel",
+                f"fix the file name or the dataset.json, or {instead}",
             )
     return [names[index] for index in indices], where
+
+
+def _files_named_instead(option: str) -> str:
+    """How a caller that takes names as ``option`` names what each of several channel files holds, instead of their
+    dataset.json (``segment``'s ``--channels`` and ``segment()``'s ``channels=`` name a 4D image's volumes only)."""
+    if option == "--channels":
+        return "run batch on them with --channels naming _0000, _0001, ... in order"
+    if option == "channels=":
+        return "pass {channel name: file}"
+    return f"name what each holds in {option}"
+
+
+def refuse_unnamed_files(files: Sequence, hint: str, where: str = "") -> None:
+    """Refuse nnU-Net channel files (``case_0000.nii.gz`` ...: :func:`nnunet_indices`) that nothing names, given to a
+    multi-channel model: their numbers are a dataset's channels, and datasets number them otherwise (BraTS
+    conversions put FLAIR or T1 first), so the given order would swap sequences without a word. ``where``: the case,
+    as messages begin.
+
+    Raises:
+        InputError: saying nothing names them, with ``hint``.
+    """
+    if nnunet_indices(files) is not None:
+        prefix = f"{where}: " if where else ""
+        raise InputError(
+            f"{prefix}nothing says what {Path(files[0]).name} and its other nnU-Net channel files hold", hint
+        )
+
+
+UNNAMED_FILES_HINT = "add the dataset.json that names their channels beside their imagesTs/ folder (or in their folder)"
+"""How the channels of nnU-Net channel files that nothing names are named, on every path."""
 
 
 def _listed_images(data: dict, depth: int = 2) -> set[str]:

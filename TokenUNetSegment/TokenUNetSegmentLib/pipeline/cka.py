@@ -222,9 +222,13 @@ def _build(name: str, in_channels: int, size: int, options: dict, weights: str |
         )
     network = build_network(name, in_channels, 2, **options)
     if weights:
+        from .special_files import special_kind
         from .weights import state_dict_from_bytes
 
         path = Path(weights)
+        kind = special_kind(path)  # a FIFO: never opened (reading it would wait for a writer)
+        if kind is not None:
+            raise ValueError(f"weights file {path.name} is {kind}, not a file")
         if not path.is_file():
             raise ValueError(f"weights file not found: {path}")
         if path.stat().st_size > limit // 3:

@@ -104,7 +104,7 @@ def channel_items(
             channels, a list whose file names contradict the channel order.
         ArgumentError: inputs of another kind.
     """
-    from .channel_stack import nnunet_file_names, open_stack, refuse_names
+    from .channel_stack import UNNAMED_FILES_HINT, nnunet_file_names, open_stack, refuse_names, refuse_unnamed_files
     from .channels import check_distinct, check_places, order_named_files
 
     names = [channel.name for channel in config.inputs]
@@ -145,6 +145,9 @@ def channel_items(
         if found is not None:
             where = f"{Path(items[0]).name} (channel names from {found[1]})"
             items = order_named_files(items, found[0], config.inputs, model, where)
+        else:  # their numbers say no sequence: as segment's command line refuses them
+            by_name = ", ".join(f"'{name}': ..." for name in names)
+            refuse_unnamed_files(items, f"{UNNAMED_FILES_HINT}, or pass {{{by_name}}}")
     if len(names) > 1:
         check_places(items, config.inputs)  # a list is in the channel order: a name may not contradict it
     return items, [_named(item, name) for item, name in zip(items, names, strict=True)]

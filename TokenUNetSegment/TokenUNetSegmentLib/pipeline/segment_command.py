@@ -8,6 +8,7 @@ carries typed events only (progress, warnings, and a final result or error event
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import threading
 import time
@@ -156,13 +157,19 @@ def _ordered_files(inputs: list, channels, config, package_id: str, option: str,
     """One file per channel in the package's order, each put in its channel by what it holds: ``channels`` (a
     datalist's names of its files), else nnU-Net's numbered files (``case_0000.nii.gz``) by the dataset.json beside
     their ``imagesTr``/``imagesTs`` folder, else by their names (:func:`.channels.order_inputs`)."""
-    from .channel_stack import nnunet_file_names
+    from .channel_stack import UNNAMED_FILES_HINT, nnunet_file_names, refuse_unnamed_files
     from .channels import order_inputs, order_named_files
 
     if channels is None and len(inputs) == len(config.inputs) > 1:
         found = nnunet_file_names(inputs, option)
         if found is not None:
             channels, where = found[0], f"{Path(inputs[0]).name} (channel names from {found[1]})"
+        elif option == "--channels":  # segment's files: nothing but their dataset.json names them
+            refuse_unnamed_files(inputs, f"{UNNAMED_FILES_HINT}, or run batch on them with --channels naming _0000, "
+                                 "_0001, ... in order")  # fmt: skip
+        else:  # a datalist's entry, as train refuses it
+            listed = json.dumps([channel.name for channel in config.inputs])
+            refuse_unnamed_files(inputs, f'name what each holds in the entry\'s "channels", e.g. {listed}')
     if channels is None:
         return order_inputs(inputs, config.inputs, package_id)  # by name, one per channel
     ordered = order_named_files(inputs, list(channels), config.inputs, package_id, where)

@@ -286,7 +286,7 @@ def case_files(entry: dict, config, model: str) -> list[str]:
         InputError: names that do not name the model's channels one to one, or nnU-Net-numbered files (``_0000``)
             that nothing names.
     """
-    from ..channel_stack import nnunet_file_names, nnunet_indices
+    from ..channel_stack import nnunet_file_names, refuse_unnamed_files
     from ..channels import order_inputs, order_named_files
 
     images, names = list(entry["image"]), entry.get("channels")
@@ -297,11 +297,9 @@ def case_files(entry: dict, config, model: str) -> list[str]:
         found = nnunet_file_names(images, DATALIST_CHANNELS)
         if found is not None:
             names, where = found[0], f"{where} (channel names from {found[1]})"
-        elif nnunet_indices(images) is not None:
-            raise InputError(
-                f"{where}: nothing says what {Path(images[0]).name} and its other nnU-Net channel files hold",
-                f'name what each holds in "channels", e.g. {json.dumps([channel.name for channel in config.inputs])}',
-            )
+        else:
+            listed = json.dumps([channel.name for channel in config.inputs])
+            refuse_unnamed_files(images, f'name what each holds in "channels", e.g. {listed}', where)
     if names is not None:
         return order_named_files(images, names, config.inputs, model, where)
     return order_inputs(images, config.inputs, model)

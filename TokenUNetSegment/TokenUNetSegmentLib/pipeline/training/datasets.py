@@ -32,7 +32,8 @@ UNREAD = 1 << 62  # the memory "limit" of a header read for what it declares: re
 
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
+    """Whether ``path`` is an image file by its name; hidden files (macOS's ``._scan.nii.gz`` metadata) are not."""
+    return not path.name.startswith(".") and path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
 
 
 def _stem(path: Path) -> str:
@@ -273,7 +274,7 @@ def decathlon(root, model_labels=None, validation_fraction: float = 0.0, inputs=
             pairs.append((image, item["label"]))
     else:  # nnU-Net v2: cases from labelsTr, channels <case>_<XXXX><ending> in imagesTr
         ending = str(spec.get("file_ending", ".nii.gz"))
-        for label in sorted((root / "labelsTr").glob(f"*{ending}")):
+        for label in sorted((root / "labelsTr").glob(f"[!.]*{ending}")):  # hidden: macOS's ._case metadata
             if special_kind(label) is not None:  # a FIFO: never opened (it would block)
                 skipped.append(f"labelsTr/{label.name} ({special_kind(label)})")
                 continue
