@@ -63,3 +63,54 @@ def test_raw_nrrd_files_hold_the_voxels_in_file_order(tmp_path):
     header, body = split(write_nrrd(tmp_path / "raw.nrrd", array, np.eye(4), compression=0))
     assert b"encoding: raw" in header
     assert body == array.tobytes(order="F")
+
+
+def read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+LAYOUTS = {
+    "read-only, SimpleITK's order": lambda a: read_only(np.asfortranarray(a)),
+    "big-endian, SimpleITK's order": lambda a: np.asfortranarray(a.astype(">f4")),
+    "reversed axis of a Fortran array": lambda a: np.asfortranarray(a)[:, ::-1],
+    "every other voxel of a Fortran array": lambda a: np.asfortranarray(a)[::2, :, 1::2],
+    "transposed C array": lambda a: np.ascontiguousarray(a.T).T,
+    "float64, C order": lambda a: a.astype(np.float64),
+    "one voxel": lambda a: a[:1, :1, :1],
+}
+
+
+@pytest.mark.parametrize("compression", [0, 1])
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_any_layout_reads_back_as_the_array(tmp_path, name, compression):
+    """The no-copy view of the voxels (``voxel_bytes``) is the array's voxels in file order whatever its memory
+    layout, byte order or write flag: what ITK reads back is the array."""
+    array = LAYOUTS[name](np.random.default_rng(5).random((9, 8, 6)).astype(np.float32))
+    before = array.copy()
+    path = write_nrrd(tmp_path / "a.nrrd", array, np.eye(4), compression=compression)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))).T, before)
+    np.testing.assert_array_equal(array, before)  # the caller's array is left as it was
+
+
+@pytest.mark.slow
+def test_over_4_gib_of_voxels_make_one_whole_gzip_member(tmp_path):
+    """Python's ``zlib.compress`` feeds zlib's 32-bit lengths in pieces: one call takes more than 4 GiB. The zeros are
+    pages never written (no memory used) and the array is in file order (no copy); the member is read back as a
+    stream (about 10 s)."""
+    import zlib
+
+    array = np.zeros((2048, 2048, 1025), np.uint8, order="F")  # 4.3e9 voxels
+    array[-1, -1, -1] = 7
+    _, member = split(write_nrrd(tmp_path / "big.nrrd", array, np.eye(4)))
+    stream, size, nonzero, last = zlib.decompressobj(31), 0, 0, None
+    for start in range(0, len(member), 1 << 20):
+        out = stream.decompress(member[start : start + (1 << 20)], 1 << 26)
+        while True:
+            size, nonzero = size + len(out), nonzero + np.count_nonzero(np.frombuffer(out, np.uint8))
+            last = out[-1] if out else last
+            if not stream.unconsumed_tail:
+                break
+            out = stream.decompress(stream.unconsumed_tail, 1 << 26)
+    assert stream.eof and size == array.size and nonzero == 1 and last == 7
+    assert struct.unpack("<I", member[-4:])[0] == array.size % 2**32  # gzip's size field: modulo 2^32

@@ -49,7 +49,8 @@ def postprocess(
     that say how far to trust each label."""
     scores = None
     if config.inference.activation == "softmax" and logits.dtype == np.float32:  # labels and certainty in one pass
-        region_labels, scores = softmax_labels(logits, config.labels, workers=torch.get_num_threads())
+        check = progress.check if progress is not None else None
+        region_labels, scores = softmax_labels(logits, config.labels, torch.get_num_threads(), check)
     else:
         region_labels = labels_from_logits(logits, config.inference, config.labels)
     values = [label.value for label in config.labels]

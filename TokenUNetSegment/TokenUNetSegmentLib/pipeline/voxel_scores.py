@@ -11,7 +11,7 @@ channel; so labels, probabilities and leads are bit for bit theirs (``Testing/pi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -21,6 +21,7 @@ import torch
 from .metadata import Label
 
 SCORE_CHUNK = 1 << 16  # voxels per chunk: 13 channels x 256 KB, with the temporaries, stay in the L2/L3 caches
+CHUNK_CHANNELS = 13  # more channels than this shrink a chunk's voxels: its buffers stay those of 13 channels
 WHOLE_CHUNK_SHARE = 0.5  # labelled share above which a chunk's certainty is computed for all its voxels (no gather)
 
 
@@ -45,9 +46,13 @@ class VoxelScores:
         return values
 
 
-def softmax_labels(logits: np.ndarray, table: Sequence[Label], workers: int = 1) -> tuple[np.ndarray, VoxelScores]:
+def softmax_labels(
+    logits: np.ndarray, table: Sequence[Label], workers: int = 1, check: Callable[[], None] | None = None
+) -> tuple[np.ndarray, VoxelScores]:
     """Labels (uint8, each voxel the value of its highest-scoring channel, 0 for channels without a label) and
-    their :class:`VoxelScores`, from float32 ``logits`` (C <= 256, X, Y, Z), with ``workers`` threads.
+    their :class:`VoxelScores`, from float32 ``logits`` (C <= 256, X, Y, Z), with ``workers`` threads. ``check``
+    (e.g. :meth:`.progress.Progress.check`) is called in the caller's thread after each chunk: what it raises ends
+    the pass, the chunks not started are dropped.
 
     Raises:
         ValueError: logits that are not float32 or have more than 256 channels.
@@ -58,24 +63,54 @@ def softmax_labels(logits: np.ndarray, table: Sequence[Label], workers: int = 1)
     lookup = np.zeros(channels, np.uint8)
     for label in table:
         lookup[label.output_channel] = label.value
-    flat = np.ascontiguousarray(logits).reshape(channels, -1)
-    size = flat.shape[1]
-    labels = np.empty(size, np.uint8)
-    probability, lead = np.empty(size, np.float32), np.empty(size, np.float32)
+    shape = logits.shape[1:]
+    labels = np.empty(shape, np.uint8)
+    probability, lead = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    outputs = [array.reshape(-1) for array in (labels, probability, lead)]
+    source = logits.reshape(channels, -1) if logits.flags.c_contiguous else logits  # no copy either way
+    # a worker's buffers as for 13 channels (105 channels in SCORE_CHUNK voxels took 28-41 MB per worker)
+    chunk = max(1, SCORE_CHUNK * CHUNK_CHANNELS // max(CHUNK_CHANNELS, channels))
 
-    def score(start: int) -> None:
-        part = slice(start, min(size, start + SCORE_CHUNK))
-        _score_chunk(flat[:, part], lookup, labels[part], probability[part], lead[part])
+    def score(part: tuple[slice, ...]) -> None:
+        scores = source[(slice(None), *part)].reshape(channels, -1)  # a view, or a copy of this chunk only
+        where = _flat_range(part, source.shape[1:])
+        _score_chunk(scores, lookup, *(output[where] for output in outputs))
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # torch's exp inside each worker: the workers are the parallelism
+    pool = ThreadPoolExecutor(max(1, workers))
     try:
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            list(pool.map(score, range(0, size, SCORE_CHUNK)))
+        for _ in pool.map(score, _chunks(source.shape[1:], chunk)):
+            if check is not None:
+                check()
     finally:
+        pool.shutdown(cancel_futures=True)  # on an error or a stop: the running chunks end, no other starts
         torch.set_num_threads(threads)
-    shape = logits.shape[1:]
-    return labels.reshape(shape), VoxelScores(probability.reshape(shape), lead.reshape(shape))
+    return labels, VoxelScores(probability, lead)
+
+
+def _chunks(shape: tuple[int, ...], chunk: int) -> list[tuple[slice, ...]]:
+    """Boxes of about ``chunk`` voxels covering an array of voxels ``shape`` in C order, each a C-order
+    run of it: runs of the voxels of one axis (C-contiguous logits, flattened); else whole rows along the last axis
+    (the stitched logits of a region padded up to the window are a crop of the padded sums: read row by row, a chunk
+    is copied at most, never the whole logits)."""
+    if len(shape) == 1:
+        return [(slice(start, min(shape[0], start + chunk)),) for start in range(0, shape[0], chunk)]
+    rows = max(1, chunk // max(1, shape[-1]))
+    return [
+        (*(slice(i, i + 1) for i in outer), slice(start, min(shape[-2], start + rows)))
+        for outer in np.ndindex(*shape[:-2])
+        for start in range(0, shape[-2], rows)
+    ]
+
+
+def _flat_range(part: tuple[slice, ...], shape: tuple[int, ...]) -> slice:
+    """The C-order run of voxels that a box of :func:`_chunks` covers, as a slice of the flattened outputs."""
+    if len(part) == 1:
+        return part[0]
+    first = [s.start for s in part] + [0] * (len(shape) - len(part))
+    start = int(np.ravel_multi_index(first, shape))
+    return slice(start, start + (part[-1].stop - part[-1].start) * int(np.prod(shape[len(part) :])))
 
 
 def _score_chunk(scores: np.ndarray, lookup, labels: np.ndarray, probability: np.ndarray, lead: np.ndarray) -> None:
