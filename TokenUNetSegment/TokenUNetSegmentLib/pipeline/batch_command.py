@@ -101,6 +101,7 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
     from .outputs import output_folder
     from .package_source import read_metadata
     from .segment_command import check_options, install_cancel_handlers
+    from .training.datasets import check_datalist_file_modality
 
     check_options(args)
     if args.section is not None and args.datalist is None:
@@ -140,6 +141,8 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
         output_folder(root / case.name, protected).check()
     package_path = store.resolve(args.model, None, cancel)
     metadata = read_metadata(package_path)
+    if args.datalist is not None:  # what it says its images are, against the model, before any case is read
+        check_datalist_file_modality(Path(args.datalist), metadata.config)
     for note in notes:
         printer.note(note)
     created = _make_folders(root)

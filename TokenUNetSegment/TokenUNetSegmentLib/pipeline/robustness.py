@@ -643,12 +643,15 @@ def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
     from .catalog import ModelStore
     from .package_loader import load_package
     from .package_source import read_metadata
+    from .training.datasets import check_datalist_file_modality
     from .volumes import read_volume
 
     path = ModelStore(getattr(args, "catalog", None)).resolve(args.model)
     metadata = read_metadata(path)  # the configuration, before the weights are loaded
     inputs = metadata.config.inputs
     check_one_channel(inputs, metadata.id, " (--image)")
+    if args.datalist:  # what it says its images are, against the model, before the weights or a case are read
+        check_datalist_file_modality(Path(args.datalist), metadata.config)
     _, left_out = variants_for(args.variants, inputs[0].modality, metadata.id)  # before the weights load
     for note in left_out:
         print(f"note: {note}", file=sys.stderr)

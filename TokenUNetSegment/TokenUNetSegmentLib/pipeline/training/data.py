@@ -72,6 +72,22 @@ def check_channel_names(names, where: str) -> list[str]:
     return names
 
 
+def images_said(data: dict, path: Path) -> dict:
+    """What the datalist ``data`` (read from ``path``) says its images are: ``"channel_names"``, its channels as the
+    dataset names them (MSD's ``"modality"``, nnU-Net v2's ``"channel_names"``) in number order, or None; and
+    ``"modality"``, one text for all of them ("CT", as Auto3DSeg's task file writes it), or None.
+
+    Raises:
+        InputError: a channel table that is not numbered 0, 1, ... (:func:`..channel_stack.dataset_channels`).
+    """
+    text = data.get("modality") if isinstance(data.get("modality"), str) else None
+    tables = {key: value for key, value in data.items() if key != "modality"} if text is not None else data
+    return {
+        "modality": text.strip() if text and text.strip() else None,
+        "channel_names": dataset_channels(tables, path, 'e.g. "modality": {"0": "CT"}'),
+    }
+
+
 def read_datalist(path: str | Path) -> dict:
     """A decathlon-style datalist with paths made absolute.
 
@@ -114,12 +130,7 @@ def read_datalist(path: str | Path) -> dict:
             ) from None
 
     out = {"labels": table(data.get("labels"), str(path)), "training": [], "validation": []}
-    # the images' channels as the dataset names them (MSD's "modality", nnU-Net v2's "channel_names"), or None; or
-    # one "modality" text for all of them ("CT", as Auto3DSeg's task file writes it)
-    text = data.get("modality") if isinstance(data.get("modality"), str) else None
-    out["modality"] = text.strip() if text and text.strip() else None
-    tables = {key: value for key, value in data.items() if key != "modality"} if text is not None else data
-    out["channel_names"] = dataset_channels(tables, path, 'e.g. "modality": {"0": "CT"}')
+    out.update(images_said(data, path))
     for split in ("training", "validation"):
         for index, entry in enumerate(data.get(split) or []):
             where = f"datalist {split}[{index}]"

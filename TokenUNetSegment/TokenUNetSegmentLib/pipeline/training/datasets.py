@@ -191,18 +191,24 @@ def named_modality(name) -> str | None:
     return None
 
 
-def _refuse_another_modality(name: str, channel, model: str, where) -> None:
+CONFIGURATION_HINT = "choose the configuration of a model for this dataset's images"
+"""What to do about a dataset whose images a training configuration does not take."""
+MODEL_HINT = "choose a model for this datalist's images (--model)"
+"""What to do about a datalist whose images the model a command runs does not take."""
+
+
+def _refuse_another_modality(name: str, channel, model: str, where, hint: str = CONFIGURATION_HINT) -> None:
     """Refuse a dataset channel ``name`` that says another modality than the model's input ``channel`` takes."""
     said = named_modality(name)
     wanted = named_modality(channel.modality) or channel.modality.strip().upper()
     if said and wanted and said != wanted:
         raise InputError(
             f"{where} names {said} images ({name}); model '{model}' takes {channel.modality}",
-            "choose the configuration of a model for this dataset's images",
+            hint,
         )
 
 
-def check_datalist_modality(data: dict, inputs, model: str, where) -> None:
+def check_datalist_modality(data: dict, inputs, model: str, where, hint: str = CONFIGURATION_HINT) -> None:
     """Match what a datalist (:func:`.data.read_datalist`) says its images are to a configuration's ``inputs``:
     its channel names one to one (:func:`model_channel_order`), or its one ``"modality"`` text ("CT") to every input.
 
@@ -210,13 +216,30 @@ def check_datalist_modality(data: dict, inputs, model: str, where) -> None:
         InputError: as :func:`model_channel_order`, or a modality text that no input takes.
     """
     if data.get("channel_names"):
-        model_channel_order(data["channel_names"], inputs, model, where)
+        model_channel_order(data["channel_names"], inputs, model, where, hint)
     elif data.get("modality"):
         for channel in inputs:
-            _refuse_another_modality(data["modality"], channel, model, where)
+            _refuse_another_modality(data["modality"], channel, model, where, hint)
 
 
-def model_channel_order(channels: list[str], inputs, model: str, where: Path) -> list[int]:
+def check_datalist_file_modality(path: Path, config) -> None:
+    """:func:`check_datalist_modality` for a datalist that a command reads its own way (``batch --datalist``,
+    ``robustness --datalist``): what the file says its images are against the package configuration ``config``'s
+    inputs, before a case is read; a datalist that says nothing passes.
+
+    Raises:
+        InputError: as :func:`check_datalist_modality`, or a malformed channel table.
+    """
+    from .data import images_said
+
+    data = read_json_file(path, f"the datalist {path}")
+    if isinstance(data, dict):
+        check_datalist_modality(images_said(data, path), config.inputs, config.id, path, MODEL_HINT)
+
+
+def model_channel_order(
+    channels: list[str], inputs, model: str, where: Path, hint: str = CONFIGURATION_HINT
+) -> list[int]:
     """For each of a model's input channels (``inputs``, the configuration's), the dataset channel that holds it.
 
     Raises:
@@ -226,7 +249,6 @@ def model_channel_order(channels: list[str], inputs, model: str, where: Path) ->
     from ..channels import match_names
 
     listed = ", ".join(channel.name for channel in inputs)
-    hint = "choose the configuration of a model for this dataset's images"
     if len(channels) != len(inputs):
         plural = "s" if len(channels) > 1 else ""
         raise InputError(
@@ -235,7 +257,7 @@ def model_channel_order(channels: list[str], inputs, model: str, where: Path) ->
             hint,
         )
     if len(inputs) == 1:  # one channel: its name says a modality at most ("CT", "MRI", "T2"), never one to match
-        _refuse_another_modality(channels[0], inputs[0], model, where)
+        _refuse_another_modality(channels[0], inputs[0], model, where, hint)
         return [0]
     chosen = match_names(channels, inputs, model, [f"channel {i} in dataset.json" for i in range(len(channels))])
     return [chosen.index(channel) for channel in range(len(inputs))]
