@@ -43,8 +43,8 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
     from TokenUNetSegmentLib.pipeline import confidence, postprocess, scan_summary, segmentation, voxel_scores
-    from TokenUNetSegmentLib.pipeline.evaluate import surface_voxels
     from TokenUNetSegmentLib.pipeline.package_loader import resolve_model
+    from TokenUNetSegmentLib.pipeline.surface_distance import surface_voxels
     from TokenUNetSegmentLib.pipeline.volumes import read_volume
 
     package = resolve_model(args.model, None, None, None)

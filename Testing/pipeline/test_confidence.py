@@ -11,13 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from TokenUNetSegmentLib.pipeline import confidence
 from TokenUNetSegmentLib.pipeline.confidence import Assessment, Flag, assess, label_confidence, label_flags
-from TokenUNetSegmentLib.pipeline.evaluate import surface_voxels
 from TokenUNetSegmentLib.pipeline.geometry import Grid, affine_from_spacing
 from TokenUNetSegmentLib.pipeline.metadata import Inference, Region, TrainingStatistics
 from TokenUNetSegmentLib.pipeline.package_writer import package_in_memory
 from TokenUNetSegmentLib.pipeline.postprocess import component_pieces, label_certainty
 from TokenUNetSegmentLib.pipeline.scan_summary import field_of_view, summarise_intensities
 from TokenUNetSegmentLib.pipeline.segmentation import segment
+from TokenUNetSegmentLib.pipeline.surface_distance import surface_voxels
 
 SPACING = (2.0, 2.0, 2.5)
 SHAPE = (48, 44, 40)  # 96 x 88 x 100 mm

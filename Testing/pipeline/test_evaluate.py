@@ -10,12 +10,13 @@ import pytest
 import SimpleITK as sitk
 from helpers.packages import ball_phantom, make_package, tiny_config
 from helpers.readers import refuse_reading, sparse_nrrd
-from TokenUNetSegmentLib.pipeline import cli, evaluate
+from TokenUNetSegmentLib.pipeline import cli, evaluate, surface_distance
 from TokenUNetSegmentLib.pipeline.errors import InputError
-from TokenUNetSegmentLib.pipeline.evaluate import evaluate_files, hausdorff95, label_metrics, match_labels, name_table
+from TokenUNetSegmentLib.pipeline.evaluate import evaluate_files, label_metrics, match_labels, name_table
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing, image_from_array
 from TokenUNetSegmentLib.pipeline.metadata import Label
 from TokenUNetSegmentLib.pipeline.nrrd import write_segmentation
+from TokenUNetSegmentLib.pipeline.surface_distance import hausdorff95
 
 AFFINE = affine_from_spacing((2.0, 2.0, 3.0))
 SHAPE = (30, 30, 20)
@@ -169,11 +170,9 @@ def test_evaluate_command_opens_each_input_once(tmp_path, monkeypatch):
 def test_hd95_matches_a_brute_force_computation(method, monkeypatch):
     """HD95 equals the definition's brute force, whichever way it is computed: all pairs of edge voxels (few edges
     for their box) or a distance map (many), and the choice between them; overlapping masks and masks far apart."""
-    from TokenUNetSegmentLib.pipeline import evaluate
-
-    threshold = {"chosen": evaluate.ALL_PAIRS_PER_BOX_VOXEL, "all pairs": 10**12, "distance map": -1}[method]
-    monkeypatch.setattr(evaluate, "ALL_PAIRS_PER_BOX_VOXEL", threshold)
-    monkeypatch.setattr(evaluate, "PAIR_DISTANCES", 1000)  # several chunks
+    threshold = {"chosen": surface_distance.ALL_PAIRS_PER_BOX_VOXEL, "all pairs": 10**12, "distance map": -1}[method]
+    monkeypatch.setattr(surface_distance, "ALL_PAIRS_PER_BOX_VOXEL", threshold)
+    monkeypatch.setattr(surface_distance, "PAIR_DISTANCES", 1000)  # several chunks
     rng = np.random.default_rng(3)
     a = ball_phantom(SHAPE, (14, 15, 10), (6, 5, 4)) > 0
     b = (ball_phantom(SHAPE, (17, 13, 9), (5, 7, 4)) > 0) | (rng.random(SHAPE) > 0.999)
@@ -572,10 +571,10 @@ def test_hd95_per_label_on_the_box_around_both_masks_equals_the_full_size_masks(
 
 def test_hd95_of_many_labels_makes_no_mask_of_the_scans_size(monkeypatch):
     """Many labels in a large scan: each label's masks are made on the box around it, and the boxes are found in
-    slabs of ``evaluate.BOX_SLAB_VOXELS`` (numpy's arrays are traced by tracemalloc)."""
+    slabs of ``surface_distance.BOX_SLAB_VOXELS`` (numpy's arrays are traced by tracemalloc)."""
     import tracemalloc
 
-    monkeypatch.setattr(evaluate, "BOX_SLAB_VOXELS", 1 << 18)
+    monkeypatch.setattr(surface_distance, "BOX_SLAB_VOXELS", 1 << 18)
     shape = (160, 160, 160)
     predicted, reference = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
     pairs = []
@@ -589,7 +588,7 @@ def test_hd95_of_many_labels_makes_no_mask_of_the_scans_size(monkeypatch):
     pairs.append((41, 41, "corners"))
     tracemalloc.start()
     try:
-        distances = evaluate.label_hd95(predicted, reference, pairs, (1.0, 1.0, 1.0))
+        distances = surface_distance.label_hd95(predicted, reference, pairs, (1.0, 1.0, 1.0))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -162,7 +162,7 @@ def test_labels_examined_side_by_side_give_what_one_at_a_time_gives():
     ],
 )
 def test_surface_in_a_box_is_the_box_of_the_whole_surface(box):
-    from TokenUNetSegmentLib.pipeline.evaluate import surface_voxels
+    from TokenUNetSegmentLib.pipeline.surface_distance import surface_voxels
 
     rng = np.random.default_rng(7)
     for mask in (rng.random((12, 9, 8)) < 0.7, np.ones((12, 9, 8), bool), np.zeros((12, 9, 8), bool)):

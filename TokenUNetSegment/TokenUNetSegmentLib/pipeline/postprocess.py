@@ -12,10 +12,10 @@ import torch
 
 from .background import BackgroundCall
 from .confidence import measure_labels
-from .evaluate import surface_voxels
 from .metadata import Inference, Label, PackageConfig
 from .preprocess import Prepared
 from .result import MAP_KINDS
+from .surface_distance import surface_voxels
 from .voxel_scores import softmax_labels
 
 

@@ -1,6 +1,6 @@
 """What a scan looks like on the model grid, for judging a result: where the scanned field of view lies (its edge:
-:func:`.evaluate.surface_voxels`), and the intensities inside it (the quantiles the training statistics record, so
-that a scan can be compared with the training inputs). Both are computed once, on the model grid, while
+:func:`.surface_distance.surface_voxels`), and the intensities inside it (the quantiles the training statistics
+record, so that a scan can be compared with the training inputs). Both are computed once, on the model grid, while
 preprocessing has the raw values at hand.
 """
 
