@@ -63,7 +63,9 @@ def make_package(folder: Path, config=None, network=None, as_zip=False) -> Path:
     arch = config["architecture"]
     if network is None:
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in arch["parameters"].items()}
-        network = build_network(arch["name"], arch["in_channels"], arch["out_channels"], **params)
+        with torch.random.fork_rng(devices=[]):  # the same weights whichever tests ran before (session fixtures)
+            torch.manual_seed(0)
+            network = build_network(arch["name"], arch["in_channels"], arch["out_channels"], **params)
     metadata = make_metadata(config, description="tiny random-weight test model", authors="tests", copyright="none")
     name = config["id"] + (".zip" if as_zip else "")
     return write_package(
