@@ -44,6 +44,35 @@ def run_python(code: str, timeout: float = 300) -> str:
     return done.stdout
 
 
+def stops_command_code(signal_name: str) -> str:
+    """Python code registering a test command ``stops`` that writes into an output folder and raises ``signal_name``
+    (``SIGTERM``, ``SIGHUP``) while writing (``--when writing``) or, for an output named ``c``, while the result is
+    swapped in: for tests of how the command line turns a stop into a cancel."""
+    return (
+        "import os, signal, sys\n"
+        "sys.stderr = sys.stdout\n"
+        "from TokenUNetSegmentLib.pipeline import cli\n"
+        "from TokenUNetSegmentLib.pipeline.output_folder import OutputFolder\n"
+        "def run(args):\n"
+        "    with OutputFolder(args.out, 'test') as folder:\n"
+        "        (folder.staging / 'half.txt').write_text('half')\n"
+        "        if args.when == 'writing':\n"
+        f"            signal.raise_signal(signal.{signal_name})\n"
+        "        (folder.staging / 'whole.txt').write_text('whole')\n"
+        "        folder.commit()\n"
+        "    return 0\n"
+        "def arguments(parser):\n"
+        "    parser.add_argument('--out')\n"
+        "    parser.add_argument('--when')\n"
+        "swap = OutputFolder._swap\n"
+        "def swap_with_a_stop(self, *a):\n"
+        f"    signal.raise_signal(signal.{signal_name}) if self.destination.name == 'c' else None\n"
+        "    return swap(self, *a)\n"
+        "OutputFolder._swap = swap_with_a_stop\n"
+        "cli.register_command('stops', 'test', arguments, run)\n"
+    )
+
+
 def child_pids(pid):
     """Processes whose parent or process group is ``pid`` (Linux /proc)."""
     found = []

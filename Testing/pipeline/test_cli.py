@@ -7,7 +7,7 @@ import sys
 import pytest
 from helpers.packages import make_package
 from helpers.paths import MODULE_DIR
-from helpers.processes import run_python
+from helpers.processes import run_python, stops_command_code
 from TokenUNetSegmentLib.pipeline import cli
 from TokenUNetSegmentLib.pipeline.run_contract import ErrorEvent, ExitCode, decode_event
 
@@ -309,28 +309,8 @@ def test_sigterm_cancels_every_command_as_ctrl_c_does(tmp_path):
     folder's lock and staging folder stayed behind. Now it cancels as Ctrl-C: the folder is aborted, the lock
     released, exit 130 with one line; one that comes while the result is swapped in waits, then cancels nothing."""
     code = (
-        "import os, signal, sys\n"
-        "sys.stderr = sys.stdout\n"
-        "from TokenUNetSegmentLib.pipeline import cli\n"
-        "from TokenUNetSegmentLib.pipeline.output_folder import OutputFolder\n"
-        "def run(args):\n"
-        "    with OutputFolder(args.out, 'test') as folder:\n"
-        "        (folder.staging / 'half.txt').write_text('half')\n"
-        "        if args.when == 'writing':\n"
-        "            signal.raise_signal(signal.SIGTERM)\n"
-        "        (folder.staging / 'whole.txt').write_text('whole')\n"
-        "        folder.commit()\n"
-        "    return 0\n"
-        "def arguments(parser):\n"
-        "    parser.add_argument('--out')\n"
-        "    parser.add_argument('--when')\n"
-        "swap = OutputFolder._swap\n"
-        "def swap_with_a_stop(self, *a):\n"
-        "    signal.raise_signal(signal.SIGTERM) if self.destination.name == 'c' else None\n"
-        "    return swap(self, *a)\n"
-        "OutputFolder._swap = swap_with_a_stop\n"
-        "cli.register_command('stops', 'test', arguments, run)\n"
-        f"print('exit', cli.main(['stops', '--out', {str(tmp_path / 'a')!r}, '--when', 'writing']))\n"
+        stops_command_code("SIGTERM")
+        + f"print('exit', cli.main(['stops', '--out', {str(tmp_path / 'a')!r}, '--when', 'writing']))\n"
         f"print('exit', cli.main(['stops', '--out', {str(tmp_path / 'b')!r}, '--when', 'never']))\n"
         f"print('exit', cli.main(['stops', '--out', {str(tmp_path / 'c')!r}, '--when', 'never']))\n"
         "print('handler restored', signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n"

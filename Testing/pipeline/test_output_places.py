@@ -402,31 +402,11 @@ def test_a_hang_up_cancels_as_sigterm_does_and_nohup_is_respected(tmp_path):
     once: the output's lock and staging folder stayed beside it (a batch's batch.json said 'running'). Now a hang-up
     cancels as SIGTERM does: the folder aborted, nothing left, exit 130; under ``nohup`` (SIGHUP ignored) the run goes
     on to its end; one during the final swap waits for it."""
-    from helpers.processes import run_python
+    from helpers.processes import run_python, stops_command_code
 
     code = (
-        "import os, signal, sys\n"
-        "sys.stderr = sys.stdout\n"
-        "from TokenUNetSegmentLib.pipeline import cli\n"
-        "from TokenUNetSegmentLib.pipeline.output_folder import OutputFolder\n"
-        "def run(args):\n"
-        "    with OutputFolder(args.out, 'test') as folder:\n"
-        "        (folder.staging / 'half.txt').write_text('half')\n"
-        "        if args.when == 'writing':\n"
-        "            signal.raise_signal(signal.SIGHUP)\n"
-        "        (folder.staging / 'whole.txt').write_text('whole')\n"
-        "        folder.commit()\n"
-        "    return 0\n"
-        "def arguments(parser):\n"
-        "    parser.add_argument('--out')\n"
-        "    parser.add_argument('--when')\n"
-        "swap = OutputFolder._swap\n"
-        "def swap_with_a_stop(self, *a):\n"
-        "    signal.raise_signal(signal.SIGHUP) if self.destination.name == 'c' else None\n"
-        "    return swap(self, *a)\n"
-        "OutputFolder._swap = swap_with_a_stop\n"
-        "cli.register_command('stops', 'test', arguments, run)\n"
-        f"print('exit', cli.main(['stops', '--out', {str(tmp_path / 'a')!r}, '--when', 'writing']))\n"
+        stops_command_code("SIGHUP")
+        + f"print('exit', cli.main(['stops', '--out', {str(tmp_path / 'a')!r}, '--when', 'writing']))\n"
         f"print('exit', cli.main(['stops', '--out', {str(tmp_path / 'b')!r}, '--when', 'never']))\n"
         "print('handler restored', signal.getsignal(signal.SIGHUP) == signal.SIG_DFL)\n"
         "signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup\n"

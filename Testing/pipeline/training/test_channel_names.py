@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import channel_files
 from helpers.packages import ball_phantom, make_package, tiny_config
 from TokenUNetSegmentLib.pipeline import cli
 from TokenUNetSegmentLib.pipeline.errors import InputError
@@ -25,11 +26,7 @@ ROI = (16, 16, 16)
 
 
 def brain_config(model_id="brats-names"):
-    config = tiny_config(model_id, in_channels=4, labels=2, roi=ROI, intensity={"method": "zscore"})
-    for entry, name in zip(config["inputs"], ("T1", "T1c", "T2", "FLAIR"), strict=True):
-        entry.update(name=name, modality="MR", patterns=[f"*_{name.lower()}.*"])
-    config["labels"][0]["name"], config["labels"][1]["name"] = "edema", "enhancing"
-    return config
+    return channel_files.brain_config(model_id)
 
 
 def sequence(name: str, case: int) -> np.ndarray:
