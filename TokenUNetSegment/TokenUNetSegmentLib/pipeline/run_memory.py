@@ -9,6 +9,7 @@ both count the host bytes with :func:`host_bytes`, so the first never refuses wh
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +22,9 @@ from .memory import LIMIT_VARIABLE, format_size, memory_limit
 INPUT_GRID_MAP_BYTES = 20
 """Host bytes per input voxel while token maps are written on the input grid: two writer threads, each with a float32
 map and SimpleITK's copies (measured on a 512 x 512 x 100 CT: a peak RSS 17.5 B per voxel above the token grid's)."""
+RUN_BYTES = 56
+"""Host bytes per run of one label along a line in ITK's connected components (SimpleITK ``ConnectedComponent``): its
+run record (8 B length, 24 B start index, 8 B label) and two 8 B union-find entries."""
 BODY_EXTENT_MM = 2500.0
 """A scan longer than this along an axis is no scan of a body: a memory refusal then names the spacing instead."""
 
@@ -38,11 +42,29 @@ def host_bytes(
     probabilities and input-grid maps when asked for (the network and its windows are counted apart)."""
     return int(
         input_voxels * (4 * in_channels + 1 + 4)  # inputs as float32, labels, scratch of a resampling
-        + model_voxels * 4 * (in_channels + out_channels + 2)  # resampled inputs, stitched logits, weights, argmax
+        + model_voxels * (4 * (in_channels + out_channels) + postprocess_bytes(out_channels))  # inputs, logits
         + (model_voxels // 512) * 4 * 4 * tokens  # stitched token maps (1/8 grid)
         + (model_voxels * 4 * out_channels + input_voxels * 4 * out_channels if probabilities else 0)
         + (input_voxels * INPUT_GRID_MAP_BYTES if maps_on_input_grid and tokens else 0)
     )
+
+
+def postprocess_bytes(out_channels: int, cpus: int | None = None) -> int:
+    """Host bytes per model-grid voxel that :func:`.postprocess.postprocess` holds beyond the logits, for the worst
+    label map (every label spread over the whole grid; a real organ's box is far smaller), read off its code:
+
+    - 4 B: the labels of the region and of the whole grid, the labelled mask and the labelled voxels' labels;
+    - 16 B: the one pass's top probability and lead (float32), and their copies for the labelled voxels;
+    - 12 B per label examined at once by ``component_pieces`` (one per thread, at most ``min(labels, threads)``;
+      counted here as ``min(out_channels, cpus)``, ``cpus`` the CPU count, which bounds torch's default threads):
+      its mask, SimpleITK's copy, the components and their relabelling (uint32) and the clean-up's two masks;
+    - ITK's run lengths (:data:`RUN_BYTES` each): one label has at most one run per two voxels of a line, and all
+      the labels together at most one per voxel, so at most ``RUN_BYTES / 2`` per label at once and ``RUN_BYTES``
+      in all. (It exceeds the stitching's weights and argmax, 8 B, which are freed before.)
+    """
+    cpus = cpus or os.cpu_count() or 1
+    at_once = max(1, min(out_channels, cpus))
+    return 4 + 16 + 12 * at_once + min(at_once * RUN_BYTES // 2, RUN_BYTES)
 
 
 def host_shortfall(need: int, free: int) -> OutOfMemoryError:
