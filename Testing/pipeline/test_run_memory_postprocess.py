@@ -10,9 +10,10 @@ from TokenUNetSegmentLib.pipeline.run_memory import postprocess_bytes
 
 # In a fresh process on 2 threads: peak RSS of postprocess above the logits, bytes per voxel, with every label spread
 # over the whole grid at random (the most runs per label ITK's components keep); a warm-up run first loads
-# SimpleITK's and torch's pools so that only the run's own arrays are measured.
+# SimpleITK's and torch's pools so that only the run's own arrays are measured. The peak is the kernel's VmHWM, reset
+# just before the run (writing 5 to /proc/self/clear_refs): ru_maxrss would keep the parent's peak across the exec.
 PEAK_CODE = """
-import json, resource, types
+import json, types
 import numpy as np, torch
 torch.set_num_threads(2)
 from TokenUNetSegmentLib.pipeline.geometry import Grid
@@ -27,10 +28,16 @@ def run(channels, side):
     config = types.SimpleNamespace(inference=Inference(roi_size=(8, 8, 8)), labels=table)
     grid = Grid(shape, np.eye(4))
     prepared = Prepared(np.empty((1, 1, 1, 1), np.float32), grid, np.zeros(3, int), grid)
-    before = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+    with open("/proc/self/clear_refs", "w") as stream:
+        stream.write("5")
+    before = status("VmHWM")
+    assert before <= status("VmRSS") + 2**20, "the peak RSS was not reset"
     postprocess(logits, None, prepared, config, [l.name for l in table], False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return (peak - before) / logits[0].size
+    return (status("VmHWM") - before) / logits[0].size
+
+def status(field):
+    with open("/proc/self/status") as stream:
+        return next(int(line.split()[1]) * 1024 for line in stream if line.startswith(field + ":"))
 
 run(CHANNELS, 24)
 print(json.dumps(run(CHANNELS, SIDE)))
