@@ -140,6 +140,7 @@ def test_the_python_api_refuses_the_places_the_command_line_refuses_in_the_same_
     with OutputFolder(trained, "package") as folder:  # what train and package write: a manifest of a package
         (folder.staging / "weights.bin").write_text("hours of training")
         folder.commit()
+
     def files():  # every path, and each file's time (a folder's changes with the lock taken beside a destination)
         return {p: p.is_file() and p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
 
