@@ -161,6 +161,25 @@ def test_the_python_api_refuses_the_places_the_command_line_refuses_in_the_same_
     assert files() == before and not home.exists()
 
 
+def test_the_python_api_writes_a_result_where_no_home_folder_holds_a_model_cache(tmp_path, monkeypatch):
+    """With no home folder (HOME unset, no user entry, TOKENUNET_HOME unset: a bare container) there is no model cache
+    to keep results out of: ``write_outputs`` writes the result (the guard added for the cache must not refuse it)."""
+    import numpy as np
+    from helpers.packages import ball_phantom, threshold_package
+    from TokenUNetSegmentLib.pipeline import catalog
+    from TokenUNetSegmentLib.pipeline.errors import ModelPackageError
+    from TokenUNetSegmentLib.pipeline.outputs import write_outputs
+
+    def no_home():
+        raise ModelPackageError("cannot find a home folder for the model cache", "set TOKENUNET_HOME")
+
+    image = ball_phantom((24, 24, 16), (12, 12, 8), (5, 5, 4))
+    result = segmentation.segment([(image, np.eye(4))], threshold_package(), device="cpu")
+    monkeypatch.setattr(catalog, "tokenunet_home", no_home)
+    write_outputs(result, tmp_path / "out", overview=False)
+    assert (tmp_path / "out" / "report.json").is_file()
+
+
 def test_a_link_of_the_users_at_the_attention_folder_refuses_segment_before_it_runs(cli_case, tmp_path, capsys):
     root, package, path = cli_case
     out, theirs = tmp_path / "out", tmp_path / "theirs"

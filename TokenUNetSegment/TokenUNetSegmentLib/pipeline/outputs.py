@@ -98,11 +98,15 @@ RESERVED_FILES = (
 def output_folder(out_dir: str | Path, protected=None) -> OutputFolder:
     """The :class:`.output_folder.OutputFolder` of a segmentation run (``protected``: ``(folder, what)`` pairs the
     output may not be inside; None: those of the default :class:`.catalog.ModelStore`, the model cache and the
-    bundled packages, as the command line refuses them), not yet opened."""
+    bundled packages, as the command line refuses them, or none where no home folder holds a cache), not yet opened."""
     if protected is None:
         from .catalog import ModelStore
+        from .errors import ModelPackageError
 
-        protected = ModelStore().protected_folders()
+        try:
+            protected = ModelStore().protected_folders()
+        except ModelPackageError:  # no home folder, so no model cache to write into: the result is still written
+            protected = ()
     return OutputFolder(
         out_dir, "segment", reserved=RESERVED_FILES, legacy_files=_files_of_a_result, protected=protected
     )
