@@ -185,7 +185,7 @@ FOLDER_FAULTS = {
     "linked licence": "contains a symbolic link (LICENSE)",
     "linked folder": "contains a symbolic link (docs)",
     "linked metadata": "as a link or special file",
-    "fifo": "contains a special file (docs/pipe)",
+    "fifo": "contains docs/pipe, which is a named pipe (FIFO), not a file",
     "hard link": "contains a hard-linked file (docs/extra.txt)",
     "oversized file": "has a file too large for a package: docs/big.bin",
     "too many files": f"holds more than {MAX_ENTRIES} files and folders",
@@ -259,8 +259,8 @@ def _rewrite_declared_size(path, name, declared, content):
 
 ZIP_FAULTS = {
     "symbolic link": "contains a symbolic link (pkg/docs/evil)",
-    "fifo": "contains a special file (pkg/docs/pipe)",
-    "device": "contains a special file (pkg/docs/disk)",
+    "fifo": "contains pkg/docs/pipe, which is a named pipe (FIFO), not a file",
+    "device": "contains pkg/docs/disk, which is a block device, not a file",
     "parent path": "contains an unsafe path 'pkg/../../evil.txt'",
     "absolute path": "contains an unsafe path '/tmp/evil.txt'",
     "duplicate": "lists 'pkg/LICENSE' twice",

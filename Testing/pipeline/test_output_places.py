@@ -114,6 +114,72 @@ def test_segment_into_the_folder_of_its_own_model_package_keeps_the_package(cli_
     assert sorted(os.listdir(tmp_path)) == ["package"]
 
 
+def test_the_python_api_refuses_the_places_the_command_line_refuses_in_the_same_words(
+    cli_case, tmp_path, monkeypatch, capsys
+):
+    """(apiguard) ``write_outputs(result, folder)`` wrote into the model cache and into a bundled model's folder,
+    which ``segment --out`` refuses; a model package folder (one with a manifest) it refused already. The API now
+    raises the same OutputError (a TokenUNetError) as the command line's exit-2 line, and writes nothing."""
+    import json
+    import shutil
+
+    import numpy as np
+    from helpers.packages import ball_phantom, threshold_package
+    from TokenUNetSegmentLib.pipeline import catalog
+    from TokenUNetSegmentLib.pipeline.outputs import write_outputs
+
+    root, package, path = cli_case
+    home, bundled = tmp_path / "home", tmp_path / "Models" / "tiny-demo"
+    shutil.copytree(package, bundled)
+    (tmp_path / "Models.json").write_text(
+        json.dumps({"models": [{"id": "tiny-demo", "description": "tiny", "path": "Models/tiny-demo"}]})
+    )
+    monkeypatch.setenv("TOKENUNET_HOME", str(home))
+    monkeypatch.setattr(catalog, "DEFAULT_CATALOG", tmp_path / "Models.json")
+    trained = tmp_path / "run" / "package"
+    with OutputFolder(trained, "package") as folder:  # what train and package write: a manifest of a package
+        (folder.staging / "weights.bin").write_text("hours of training")
+        folder.commit()
+
+    def files():  # every path, and each file's time (a folder's changes with the lock taken beside a destination)
+        return {p: p.is_file() and p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+
+    before = files()
+    image = ball_phantom((24, 24, 16), (12, 12, 8), (5, 5, 4))
+    result = segmentation.segment([(image, np.eye(4))], threshold_package(), device="cpu")
+    argv = ["segment", str(path), "--model", str(package), "--no-overview"]
+    for out, what in [
+        (home / "models" / "new", "is inside the model cache"),
+        (bundled / "out", "is inside the bundled model 'tiny-demo'"),
+        (trained, "holds a model package, not a segmentation"),
+    ]:
+        with pytest.raises(OutputError) as refused:
+            write_outputs(result, out, overview=False)
+        assert what in str(refused.value), refused.value
+        assert cli.main([*argv, "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"error: {refused.value}\n"  # the command line's words, as one line
+    assert files() == before and not home.exists()
+
+
+def test_the_python_api_writes_a_result_where_no_home_folder_holds_a_model_cache(tmp_path, monkeypatch):
+    """With no home folder (HOME unset, no user entry, TOKENUNET_HOME unset: a bare container) there is no model cache
+    to keep results out of: ``write_outputs`` writes the result (the guard added for the cache must not refuse it)."""
+    import numpy as np
+    from helpers.packages import ball_phantom, threshold_package
+    from TokenUNetSegmentLib.pipeline import catalog
+    from TokenUNetSegmentLib.pipeline.errors import ModelPackageError
+    from TokenUNetSegmentLib.pipeline.outputs import write_outputs
+
+    def no_home():
+        raise ModelPackageError("cannot find a home folder for the model cache", "set TOKENUNET_HOME")
+
+    image = ball_phantom((24, 24, 16), (12, 12, 8), (5, 5, 4))
+    result = segmentation.segment([(image, np.eye(4))], threshold_package(), device="cpu")
+    monkeypatch.setattr(catalog, "tokenunet_home", no_home)
+    write_outputs(result, tmp_path / "out", overview=False)
+    assert (tmp_path / "out" / "report.json").is_file()
+
+
 def test_a_link_of_the_users_at_the_attention_folder_refuses_segment_before_it_runs(cli_case, tmp_path, capsys):
     root, package, path = cli_case
     out, theirs = tmp_path / "out", tmp_path / "theirs"

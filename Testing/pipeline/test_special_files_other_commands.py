@@ -95,3 +95,20 @@ def test_a_fifo_given_as_the_model_package_is_refused_as_such_not_as_missing(tmp
         done = run_cli(*run, timeout=TIMEOUT)
         refused_in_one_line(done, "pipe.zip is a named pipe (FIFO), not a file")
         assert "not found" not in done.stderr, (run, done.stderr)
+
+
+def test_a_fifo_given_as_an_output_file_is_named_as_such(tmp_path, cli_case):
+    """(apiguard) ``evaluate --json FIFO`` and a FIFO at ``batch``'s batch.json: exit 2 in one line that says what it
+    is, in the words every input path uses (before: "the output path ... is not a regular file")."""
+    _, package, ct = cli_case
+    pipe = fifo(tmp_path / "scores.json")
+    (tmp_path / "all").mkdir()
+    fifo(tmp_path / "all" / "batch.json")
+    runs = [
+        (("evaluate", ct, "--prediction", ct, "--no-hd95", "--json", pipe), "scores.json"),
+        (("batch", ct, "--model", package, "--out", tmp_path / "all", "--device", "cpu"), "batch.json"),
+    ]
+    for run, name in runs:
+        done = run_cli(*run, timeout=TIMEOUT)
+        refused_in_one_line(done, f"{name} is a named pipe (FIFO), not a file")
+        assert "not a regular file" not in done.stderr, (run, done.stderr)

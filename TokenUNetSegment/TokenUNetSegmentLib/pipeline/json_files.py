@@ -38,10 +38,9 @@ def read_json_file(
         if stat.S_ISDIR(info.st_mode):
             raise error(f"{what} is a folder, not a JSON file")
         if not stat.S_ISREG(info.st_mode):
-            from .special_files import special_kind
+            from .special_files import not_a_file, special_kind
 
-            kind = special_kind(path)  # a FIFO, a socket, a device: said
-            raise error(f"{what} is {kind}, not a file" if kind else f"{what} is not a regular file")
+            raise error(f"{what} {not_a_file(special_kind(path))}")  # a FIFO, a socket, a device: said
         if info.st_size > max_bytes:
             raise error(f"{what} is too large for a JSON file ({info.st_size} bytes; at most {max_bytes})")
         with open(path, "rb") as stream:

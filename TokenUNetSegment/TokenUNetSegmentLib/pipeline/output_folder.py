@@ -42,6 +42,7 @@ from .cancel_signals import STOP_SIGNALS, CancelOnSignal, left_alone
 from .errors import OutputError
 from .locks import DestinationLock, hidden_sibling
 from .memory import format_size
+from .special_files import not_a_file, special_kind
 
 MANIFEST = ".tokenunet-manifest.json"
 _KINDS = {"models import": "package"}
@@ -657,7 +658,7 @@ def check_file_destination(path: str | Path, replace: bool | Callable[[Path], bo
     if path.is_dir():
         raise OutputError(f"the output file {path} is a folder", "give a file name")
     if path.exists() and not path.is_file():
-        raise OutputError(f"the output path {path} is not a regular file", "give a file name")
+        raise OutputError(f"the output path {path} {not_a_file(special_kind(path))}", "give a file name")
     if path.exists() and not (replace is True or (callable(replace) and replace(path))):
         raise OutputError(
             f"{path} already exists and is not an earlier output of this command",

@@ -95,9 +95,18 @@ RESERVED_FILES = (
 """What a run may write in its folder (a user's file by one of these names refuses the run before it starts)."""
 
 
-def output_folder(out_dir: str | Path, protected=()) -> OutputFolder:
+def output_folder(out_dir: str | Path, protected=None) -> OutputFolder:
     """The :class:`.output_folder.OutputFolder` of a segmentation run (``protected``: ``(folder, what)`` pairs the
-    output may not be inside, such as the model cache), not yet opened."""
+    output may not be inside; None: those of the default :class:`.catalog.ModelStore`, the model cache and the
+    bundled packages, as the command line refuses them, or none where no home folder holds a cache), not yet opened."""
+    if protected is None:
+        from .catalog import ModelStore
+        from .errors import ModelPackageError
+
+        try:
+            protected = ModelStore().protected_folders()
+        except ModelPackageError:  # no home folder, so no model cache to write into: the result is still written
+            protected = ()
     return OutputFolder(
         out_dir, "segment", reserved=RESERVED_FILES, legacy_files=_files_of_a_result, protected=protected
     )
@@ -145,8 +154,8 @@ def write_outputs(
 
     Args:
         result: a SegmentationResult.
-        out_dir: the folder, or an :class:`.output_folder.OutputFolder` the caller opened before computing (it
-            is committed here).
+        out_dir: the folder (not inside the model cache or a bundled model's folder), or an
+            :class:`.output_folder.OutputFolder` the caller opened before computing (it is committed here).
         image: the first input channel's array (i, j, k) for the overview (skipped when None).
         window: display window (low, high) for the overview.
         attention_grid: ``"token"`` (default) writes each map on the coarse token grid with its own geometry (same
@@ -156,7 +165,8 @@ def write_outputs(
         progress: optional ``progress(fraction)`` called after each file.
 
     Raises:
-        OutputError: the folder cannot be written (a file, not writable, full, in use by another run, or holding
+        OutputError: the folder cannot be written (a file, not writable, full, in use by another run, inside the
+            model cache or a bundled model, holding another command's result such as a model package, or holding
             files of the user's that this run would replace); the folder is then as it was.
     """
     from .overview import render_overview

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from .errors import ModelPackageError
 from .json_files import parse_json_bytes
 from .metadata import PackageMetadata, parse_metadata
+from .special_files import mode_kind, not_a_file, special_kind
 
 METADATA_FILE = "configs/metadata.json"
 WEIGHTS_FILE = "models/model.safetensors"
@@ -59,12 +60,10 @@ class PackageSource:
                 self._scan_folder()
                 return
             if not path.is_file():
-                from .special_files import special_kind
-
                 kind = special_kind(path)  # a FIFO: never opened (reading it would wait for a writer)
                 if kind is not None:
                     raise ModelPackageError(
-                        f"the model package {path.name} is {kind}, not a file", "pass a package folder or .zip file"
+                        f"the model package {path.name} {not_a_file(kind)}", "pass a package folder or .zip file"
                     )
                 raise ModelPackageError(f"model package not found: {path}")
             if not zipfile.is_zipfile(path):
@@ -112,7 +111,7 @@ class PackageSource:
                         pending.append((Path(entry.path), name + "/"))
                         continue
                     if not stat.S_ISREG(info.st_mode):
-                        raise self._refuse(f"contains a special file ({name}), not a plain file")
+                        raise self._refuse(f"contains {name}, which {not_a_file(mode_kind(info.st_mode))}")
                     if info.st_nlink > 1:
                         raise self._refuse(f"contains a hard-linked file ({name}); copy the package with plain files")
                     self._check_size(name, info.st_size)
@@ -148,7 +147,7 @@ class PackageSource:
             if kind == stat.S_IFLNK:
                 raise self._refuse(f"contains a symbolic link ({name[:80]})")
             if kind not in (0, stat.S_IFREG):
-                raise self._refuse(f"contains a special file ({name[:80]}), not a plain file")
+                raise self._refuse(f"contains {name[:80]}, which {not_a_file(mode_kind(kind))}")
             if member.flag_bits & 0x1:
                 raise self._refuse(f"contains an encrypted file ({name[:80]})")
             self.sizes[name] = member.file_size

@@ -26,7 +26,18 @@ def special_kind(path: str | Path) -> str | None:
         mode = os.stat(path).st_mode
     except (OSError, ValueError):
         return None
+    return mode_kind(mode)
+
+
+def mode_kind(mode: int) -> str | None:
+    """What a file of ``st_mode`` ``mode`` is when it is a FIFO, a socket or a device (as :func:`special_kind`)."""
     return next((kind for test, kind in KINDS if test(mode)), None)
+
+
+def not_a_file(kind: str | None) -> str:
+    """The words every message uses for a path that is no regular file, after its name: ``is a named pipe (FIFO),
+    not a file`` for a ``kind`` from :func:`special_kind`, ``is not a regular file`` when what it is is unknown."""
+    return f"is {kind}, not a file" if kind else "is not a regular file"
 
 
 def open_regular(path: str | Path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from ..errors import InputError, OutOfMemoryError
-from ..special_files import special_kind
+from ..special_files import not_a_file, special_kind
 from .dicom import open_series
 from .dicom_meta import DICOMDIR_CLASS, dicom_file_class
 from .header import OpenedImage, check_header, check_size, header_grid
@@ -71,9 +71,7 @@ def open_image(path: str | Path, limit: int | None = None, modality: str = "") -
         if not path.exists():
             raise InputError(f"input not found: {path}")
         if not path.is_file():  # a FIFO or a device would block or never end
-            kind = special_kind(path)
-            what = f"is {kind}, not a file" if kind else "is not a regular file"
-            raise InputError(f"{name} {what}", "pass an image file or a DICOM series folder")
+            raise InputError(f"{name} {not_a_file(special_kind(path))}", "pass an image file or a DICOM series folder")
         suffix = file_suffix(path)
         if suffix not in FORMATS:
             kind = dicom_file_class(path)
