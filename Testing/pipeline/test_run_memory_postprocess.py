@@ -50,3 +50,43 @@ def test_the_estimate_covers_postprocess_on_labels_spread_over_the_whole_grid(ch
     allowed = postprocess_bytes(channels, cpus=2)
     assert measured > 8  # before: the estimate allowed 8 B per voxel, under the 36-52 B measured
     assert measured <= allowed, f"postprocess peaks at {measured:.1f} B per voxel; the estimate allows {allowed}"
+
+
+def test_labels_examined_at_once_and_the_estimate_stop_growing_with_many_threads(monkeypatch):
+    """On a 16-core machine 13 labels were examined at once (13 grid-sized sets of masks in the worst case) and the
+    estimate grew to 232 B a voxel, refusing large CTs that fit; now at most ``COMPONENT_THREADS`` labels at once, the
+    same bound in the estimate whatever the CPU count."""
+    import threading
+
+    import numpy as np
+    import torch
+    from TokenUNetSegmentLib.pipeline import postprocess
+    from TokenUNetSegmentLib.pipeline.run_memory import COMPONENT_THREADS
+
+    assert (
+        postprocess_bytes(13, cpus=16) == postprocess_bytes(13, cpus=COMPONENT_THREADS) < postprocess_bytes(13, 64) + 1
+    )
+    assert postprocess_bytes(13, cpus=2) < postprocess_bytes(13, cpus=16)
+    running, most, lock = [0], [0], threading.Lock()
+    pieces_of = postprocess._pieces_of
+
+    def counted(labels, value, keep):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            threading.Event().wait(0.05)  # long enough for every worker to start
+            return pieces_of(labels, value, keep)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(postprocess, "_pieces_of", counted)
+    labels = np.arange(13 * 8, dtype=np.uint8).reshape(13, 2, 4) % 13 + 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(16)
+    try:
+        postprocess.component_pieces(labels, list(range(1, 14)))
+    finally:
+        torch.set_num_threads(threads)
+    assert most[0] == COMPONENT_THREADS

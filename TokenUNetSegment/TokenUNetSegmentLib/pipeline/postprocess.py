@@ -15,6 +15,7 @@ from .confidence import measure_labels
 from .metadata import Inference, Label, PackageConfig
 from .preprocess import Prepared
 from .result import MAP_KINDS
+from .run_memory import COMPONENT_THREADS
 from .surface_distance import surface_voxels
 from .voxel_scores import softmax_labels
 
@@ -264,7 +265,7 @@ def component_pieces(labels: np.ndarray, values: list[int], keep_largest=()) -> 
     if 0 in values:
         raise ValueError("component_pieces measures label values > 0")
     keep = set(keep_largest)
-    workers = max(1, min(len(values), torch.get_num_threads()))
+    workers = max(1, min(len(values), torch.get_num_threads(), COMPONENT_THREADS))  # the memory estimate's bound
     with ThreadPoolExecutor(workers) as pool:
         found = list(pool.map(lambda value: _pieces_of(labels, value, value in keep), values))
     return {value: pieces for value, pieces in zip(values, found, strict=True) if pieces is not None}

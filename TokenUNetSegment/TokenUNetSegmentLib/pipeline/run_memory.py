@@ -49,21 +49,26 @@ def host_bytes(
     )
 
 
+COMPONENT_THREADS = 4
+"""At most this many labels are examined at once by :func:`.postprocess.component_pieces`: each holds grid-sized
+masks in the worst case, so the memory bound must not grow with a many-core machine's thread count."""
+
+
 def postprocess_bytes(out_channels: int, cpus: int | None = None) -> int:
     """Host bytes per model-grid voxel that :func:`.postprocess.postprocess` holds beyond the logits, for the worst
     label map (every label spread over the whole grid; a real organ's box is far smaller), read off its code:
 
     - 4 B: the labels of the region and of the whole grid, the labelled mask and the labelled voxels' labels;
     - 16 B: the one pass's top probability and lead (float32), and their copies for the labelled voxels;
-    - 12 B per label examined at once by ``component_pieces`` (one per thread, at most ``min(labels, threads)``;
-      counted here as ``min(out_channels, cpus)``, ``cpus`` the CPU count, which bounds torch's default threads):
+    - 12 B per label examined at once by ``component_pieces`` (one per thread, at most ``min(labels, threads,``
+      :data:`COMPONENT_THREADS` ``)``; counted here with ``cpus``, the CPU count, which bounds torch's default threads):
       its mask, SimpleITK's copy, the components and their relabelling (uint32) and the clean-up's two masks;
     - ITK's run lengths (:data:`RUN_BYTES` each): one label has at most one run per two voxels of a line, and all
       the labels together at most one per voxel, so at most ``RUN_BYTES / 2`` per label at once and ``RUN_BYTES``
       in all. (It exceeds the stitching's weights and argmax, 8 B, which are freed before.)
     """
     cpus = cpus or os.cpu_count() or 1
-    at_once = max(1, min(out_channels, cpus))
+    at_once = max(1, min(out_channels, cpus, COMPONENT_THREADS))
     return 4 + 16 + 12 * at_once + min(at_once * RUN_BYTES // 2, RUN_BYTES)
 
 
