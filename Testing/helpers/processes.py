@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,6 +72,16 @@ def stops_command_code(signal_name: str) -> str:
         "OutputFolder._swap = swap_with_a_stop\n"
         "cli.register_command('stops', 'test', arguments, run)\n"
     )
+
+
+def run_benchmark(script: Path, options: list[str], figures: Path) -> tuple[str, dict]:
+    """Run a benchmark script with ``options`` and ``--json figures``; its stdout and the figures it wrote (the
+    slow tests of the benchmarks: a small real run, checked for a clean exit)."""
+    done = subprocess.run(
+        [sys.executable, str(script), *options, "--json", str(figures)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, json.loads(figures.read_text())
 
 
 def child_pids(pid):
