@@ -37,18 +37,14 @@ def map_back(
     """Map the model-grid outputs onto ``target`` (the first input's grid).
 
     ``smooth``: decide labels on ``target`` from linearly interpolated probabilities (needs
-    ``outputs.probability_maps``) instead of mapping the model-grid labels with nearest neighbours. Without it,
-    ``outputs.from_labels`` is used when it holds what :func:`nearest_labels` gave for ``outputs.labels`` (computed
-    beside the postprocessing's measures: :func:`.postprocess.postprocess`'s ``with_labels``).
+    ``outputs.probability_maps``) instead of mapping the model-grid labels with nearest neighbours.
     """
     if smooth:
         labels = smooth_labels(outputs.probability_maps, prepared, target, inference, table)
         keep_largest_component(labels, [label.value for label in table if label.name in largest_component])
-        counts = label_counts(labels)
-    elif outputs.from_labels is not None:
-        labels, counts = outputs.from_labels
     else:
-        labels, counts = nearest_labels(outputs.labels, prepared.grid, target)
+        labels = resample_nearest(outputs.labels, prepared.grid, target, np.uint8)
+    counts = label_counts(labels)
     volumes_ml = {label.name: float(counts[label.value]) * target.voxel_volume_mm3 / 1000.0 for label in table}
     probabilities = None
     if with_probabilities:
@@ -60,13 +56,6 @@ def map_back(
         factor = prepared.region.shape[0] // next(iter(outputs.coarse_maps.values())).shape[1]
         token_maps = TokenMaps(outputs.coarse_maps, prepared.region.downsampled(factor), target)
     return InputGridOutputs(labels, volumes_ml, probabilities, token_maps)
-
-
-def nearest_labels(labels: np.ndarray, source: Grid, target: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """Model-grid ``labels`` on ``source`` mapped onto ``target`` by nearest neighbour, and their
-    :func:`label_counts`."""
-    mapped = resample_nearest(labels, source, target, np.uint8)
-    return mapped, label_counts(mapped)
 
 
 def label_counts(labels: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -27,8 +27,7 @@ class ModelGridOutputs:
     ``labels`` covers the whole model grid (zero outside the processed region); ``probability_maps`` (label
     value -> map over the processed region) only when asked for; ``coarse_maps`` (kind -> (N, h, w, d) in
     [0, 1] on the token grid of the region) only for networks with tokens; ``measures`` (label value -> what
-    :func:`.confidence.measure_labels` measured) for judging the result; ``from_labels``: what
-    :func:`postprocess`'s ``with_labels`` returned (None without it).
+    :func:`.confidence.measure_labels` measured) for judging the result.
     """
 
     labels: np.ndarray
@@ -36,7 +35,6 @@ class ModelGridOutputs:
     coarse_maps: dict[str, np.ndarray] | None
     token_matches: list[dict]
     measures: dict[int, dict[str, float]] = field(default_factory=dict)
-    from_labels: object = None
 
 
 def postprocess(
@@ -47,16 +45,9 @@ def postprocess(
     largest_component: Sequence[str],
     with_probabilities: bool,
     progress=None,
-    with_labels: Callable[[np.ndarray], object] | None = None,
 ) -> ModelGridOutputs:
     """Labels (largest components kept for the named labels), token maps, their label matches, and the measures
-    that say how far to trust each label.
-
-    ``with_labels(labels)`` is called in a thread with the finished labels of the whole model grid (read only) as
-    soon as they are known, beside the measures and the token matches (e.g. the labels' map back onto the input
-    grid, which one core did alone after them: 0.24 s for a 512 x 512 x 300 CT); its value is the outputs'
-    ``from_labels``.
-    """
+    that say how far to trust each label."""
     scores = None
     if config.inference.activation == "softmax" and logits.dtype == np.float32:  # labels and certainty in one pass
         check = progress.check if progress is not None else None
@@ -67,31 +58,25 @@ def postprocess(
     pieces = component_pieces(region_labels, values, [v.value for v in config.labels if v.name in largest_component])
     if progress is not None:
         progress.update("postprocess", 0.4)
-    full = np.zeros(prepared.grid.shape, np.uint8)  # the labels on the whole model grid, zero outside the region
-    in_grid, in_region = prepared.paste_slices()
-    full[in_grid] = region_labels[in_region]
-    # threads next to the measures (numpy, torch and SimpleITK let go of the GIL)
-    coarse, labelling, matching = None, None, None
+    coarse, matching = None, None
+    if maps is not None:  # the token matches in a thread, next to the measures (numpy and torch let go of the GIL)
+        coarse = {kind: normalise_maps(maps[kind]) for kind in MAP_KINDS}
+        matching = BackgroundCall(lambda: match_tokens(coarse, region_labels, config.labels), "TokenUNet matches")
     try:
-        if with_labels is not None:
-            labelling = BackgroundCall(lambda: with_labels(full), "TokenUNet labels")
-        if maps is not None:
-            coarse = {kind: normalise_maps(maps[kind]) for kind in MAP_KINDS}
-            matching = BackgroundCall(lambda: match_tokens(coarse, region_labels, config.labels), "TokenUNet matches")
-        measures = _measure(logits, full, scores, pieces, values, prepared, config.inference)
+        full, measures = _measure(logits, region_labels, scores, pieces, values, prepared, config.inference)
     finally:
-        for call in (labelling, matching):
-            if call is not None:
-                call.wait()  # nothing of this run goes on after it ends
-    from_labels = labelling.result() if labelling is not None else None
+        if matching is not None:
+            matching.wait()  # nothing of this run goes on after it ends
     matches = matching.result() if matching is not None else []
     probability_maps = probabilities_of(logits, config.inference, config.labels) if with_probabilities else None
-    return ModelGridOutputs(full, probability_maps, coarse, matches, measures, from_labels)
+    return ModelGridOutputs(full, probability_maps, coarse, matches, measures)
 
 
-def _measure(logits, full, scores, pieces, values, prepared: Prepared, inference: Inference):
-    """:func:`.confidence.measure_labels` of the labels ``full`` of the whole model grid (zero outside the region)."""
+def _measure(logits, region_labels, scores, pieces, values, prepared: Prepared, inference: Inference):
+    """The labels on the whole model grid (zero outside the region) and their :func:`.confidence.measure_labels`."""
+    full = np.zeros(prepared.grid.shape, np.uint8)
     in_grid, in_region = prepared.paste_slices()
+    full[in_grid] = region_labels[in_region]
     found = full[in_grid]
     labelled = found > 0
     if scores is None:
@@ -99,7 +84,7 @@ def _measure(logits, full, scores, pieces, values, prepared: Prepared, inference
     else:
         certainty, margin = scores.take(in_region, labelled)
     inside = prepared.field_of_view if prepared.field_of_view is not None else np.ones(full.shape, bool)
-    return measure_labels(
+    measures = measure_labels(
         found[labelled],
         certainty,
         margin,
@@ -108,6 +93,7 @@ def _measure(logits, full, scores, pieces, values, prepared: Prepared, inference
         values,
         prepared.grid.voxel_volume_mm3 / 1000.0,
     )
+    return full, measures
 
 
 def surface_in_box(mask: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:

@@ -23,7 +23,7 @@ from .device import check_memory, cpu_sample, estimate_memory, resolve_device
 from .errors import InputError, OutOfMemoryError
 from .geometry import Grid, model_grid
 from .inference import WindowPlan, overlap_cost, plan_windows, run_windows, scan_plan
-from .map_back import map_back, nearest_labels
+from .map_back import map_back
 from .metadata import PackageConfig
 from .package_loader import ModelPackage, resolve_model
 from .postprocess import ModelGridOutputs, postprocess
@@ -149,17 +149,13 @@ def segment(
         )
 
     with clock.stage("postprocess"):
-        target = volumes[0].grid
-        # the labels' map back onto the input grid, beside the measures
-        nearest = None if smooth else (lambda labels: nearest_labels(labels, prepared.grid, target))
-        on_model_grid = postprocess(
-            logits, maps, prepared, config, keep, probabilities or smooth, reporter, with_labels=nearest
-        )
+        on_model_grid = postprocess(logits, maps, prepared, config, keep, probabilities or smooth, reporter)
         token_matches = on_model_grid.token_matches
         del logits, maps
         assessment = assess_run(on_model_grid, prepared, config, volumes[0].grid)
 
     with clock.stage("map back"):
+        target = volumes[0].grid
         on_input_grid = map_back(
             on_model_grid, prepared, target, config.inference, config.labels, keep, smooth, probabilities
         )
