@@ -219,10 +219,14 @@ class CasePrinter:
 
     def warning(self, message: str) -> None:
         self.warnings.append(message)
-        self.printer.warning(f"{self.name}: {message}")
+        self.printer.warning(self._named(message))
 
     def note(self, message: str) -> None:
-        self.printer.note(f"{self.name}: {message}")
+        self.printer.note(self._named(message))
+
+    def _named(self, message: str) -> str:
+        """``message`` led by the case's name, once: a reader's words may already start with it (its folder's)."""
+        return message if message.startswith(f"{self.name}: ") else f"{self.name}: {message}"
 
     def __call__(self, stage: str, fraction: float) -> None:
         self.printer(stage, fraction)
