@@ -77,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume",
         action="store_true",
         help="skip a case whose folder holds a finished result of the same model (id, version and weights) on the "
-        "same, unchanged input files with the same options that shape the outputs (--device and --batch-size aside)",
+        "same, unchanged input files with the same options that shape the outputs (--device, --batch-size and "
+        "--progress aside)",
     )
     add_run_options(parser, out_help="output root: one folder per case (its file or folder name), and batch.json")
 
