@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cancel_signals import STOP_SIGNALS, stops_held, unblock_stops
 from ..errors import InputError, OutputError
 from ..metadata import parse_config, validate_metadata
 from ..output_folder import check_free_space, write_file_atomically
@@ -260,7 +261,8 @@ def train(
     loader = DataLoader(
         stream, batch_size=recipe.batch_size, num_workers=recipe.workers, worker_init_fn=_leave_stops_to_the_main
     )
-    iterator = iter(loader)
+    with stops_held():  # a stop as the workers start is handled once they run (:func:`_leave_stops_to_the_main`)
+        iterator = iter(loader)
     while step < recipe.steps:
         if out_of_time():
             stopped_early = True
@@ -365,13 +367,14 @@ def _leave_stops_to_the_main(worker_id: int) -> None:
     the whole process group (a batch system's stop, ``timeout``), SIGTERM killed the workers through torch's handler,
     and the main process's SIGCHLD handler then raised "DataLoader worker ... is killed by signal" inside its cancel:
     an internal error, exit 1, instead of the cancel's 130. (A worker left by a main process that died anyway ends by
-    torch's check of its parent.)"""
+    torch's check of its parent.) The worker starts with them blocked (:func:`..cancel_signals.stops_held` around the
+    workers' start): one sent before this point was lost in a fork hook, or ended the worker through torch's handler;
+    now it is dropped here."""
     import signal
-
-    from ..cancel_signals import STOP_SIGNALS
 
     for signum in STOP_SIGNALS:  # a hang-up too (the terminal closed: its whole process group gets it)
         signal.signal(signum, signal.SIG_IGN)
+    unblock_stops()
 
 
 def _check_labelled(cases: list[Case], count: int) -> None:
