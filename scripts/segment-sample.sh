@@ -19,4 +19,5 @@ export PYTHONPATH=TokenUNetSegment
 .venv/bin/python -m TokenUNetSegmentLib.pipeline segment "$samples/AbdomenCT.nii.gz" --out "$out"
 .venv/bin/python -m TokenUNetSegmentLib.pipeline evaluate "$samples/AbdomenCT.TotalSegmentatorLabels.nii.gz" \
   --prediction "$out/segmentation.seg.nrrd" --json "$out/evaluation.json"
-echo "open $out/overview.png, or load $out/segmentation.seg.nrrd and $samples/AbdomenCT.nii.gz in 3D Slicer"
+case "$out" in /*) ;; *) out="$PWD/$out" ;; esac  # paths that open from wherever the script was run
+echo "open $out/overview.png, or load $out/segmentation.seg.nrrd and $PWD/$samples/AbdomenCT.nii.gz in 3D Slicer"

@@ -196,6 +196,25 @@ def test_numbered_channel_files_nothing_names_are_refused_by_segment_its_api_and
     assert cli.main(["segment", *files, "--model", str(brain_package), "--out", str(out / "ran"), *FAST]) == 0
 
 
+def test_numbered_channel_files_given_to_segment_as_a_dict_run_where_the_dict_puts_them(tmp_path, brain_package):
+    """``segment({"FLAIR": "X_0000.nii.gz", "T1": "X_0001.nii.gz", ...})`` with no dataset.json (before: refused with
+    "nothing says what X_0000.nii.gz ... hold (..., or pass {'T1': ..., ...})", the very dict given): the dict names
+    every file's channel, so each goes where it says, as the same files in the channel order do beside a
+    dataset.json."""
+    from TokenUNetSegmentLib.pipeline.package_loader import load_package
+    from TokenUNetSegmentLib.pipeline.segmentation import segment
+
+    files = [str(file) for file in channel_files(tmp_path / "loose", cases=("BRATS_001",))]
+    package = load_package(brain_package)
+    by_name = dict(zip(NNUNET_ORDER, files, strict=True))  # FLAIR = _0000, T1w = _0001, t1gd = _0002, T2w = _0003
+    result = segment(by_name, package, device="cpu", with_token_maps=False)
+    write_dataset_json(tmp_path / "loose")
+    named = segment(files, package, device="cpu", with_token_maps=False)
+    assert np.array_equal(result.labels, named.labels)
+    swapped = dict(zip(NNUNET_ORDER, [files[1], files[0], *files[2:]], strict=True))  # FLAIR and T1w swapped
+    assert not np.array_equal(segment(swapped, package, device="cpu", with_token_maps=False).labels, result.labels)
+
+
 def test_a_one_channel_models_batch_runs_beside_a_dataset_json_it_cannot_read(tmp_path, cli_case):
     """A CT model's ``imagesTs/liver_001_0000.nii.gz`` beside a malformed dataset.json, or a FIFO named dataset.json:
     a one-channel model needs no channel names (``segment`` never reads it), so the batch runs, in a child process that

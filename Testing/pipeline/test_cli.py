@@ -224,6 +224,42 @@ def test_ctrl_c_while_the_command_loads_is_a_cancel_not_a_traceback(monkeypatch,
     assert capsys.readouterr().err.strip() == "interrupted; no output was written"
 
 
+def test_sigterm_while_the_command_line_loads_is_a_cancel(tmp_path):
+    """Before: SIGTERM in the first half second of ``segment`` on a busy machine (while the commands' modules are
+    imported to declare their options, before the stop handlers were set) killed the process by the signal (exit -15,
+    143 in a shell), where Ctrl-C there was already a cancel: exit 130 and its one line."""
+    import subprocess
+    import sys
+
+    from helpers.paths import MODULE_DIR
+
+    code = (
+        "import os, signal, sys, time\n"
+        "from TokenUNetSegmentLib.pipeline import cli\n"
+        "def loading(argv=None):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n"
+        "cli.parse_arguments = loading\n"
+        "sys.argv = ['tokenunet', 'segment', 'ct.nii.gz', '--out', 'o']\n"
+        "cli.run_as_process()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=60)
+    assert done.returncode == ExitCode.CANCELLED, (done.returncode, done.stderr)
+    assert done.stderr.strip() == "interrupted; no output was written"
+    importing = (  # earlier still: SIGTERM while ``python -m TokenUNetSegmentLib.pipeline`` imports the command line
+        "import os, runpy, signal, sys\n"
+        "class StopOnImport:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'TokenUNetSegmentLib.pipeline.cli':\n"
+        "            os.kill(os.getpid(), signal.SIGTERM)\n"
+        "sys.meta_path.insert(0, StopOnImport())\n"
+        "sys.argv = ['tokenunet', 'models', 'list']\n"
+        "runpy.run_module('TokenUNetSegmentLib.pipeline', run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", importing], cwd=MODULE_DIR, capture_output=True, text=True, timeout=60)
+    assert done.returncode == ExitCode.CANCELLED and "Traceback" not in done.stderr, (done.returncode, done.stderr)
+
+
 @pytest.mark.parametrize("progress", ["none", "json"])
 def test_python_warnings_of_a_command_are_one_line_or_a_json_event(monkeypatch, capsys, progress):
     """Before: a warning raised inside a command (``evaluate --model`` on a small volume) printed Python's two

@@ -288,11 +288,22 @@ def test_the_sample_script_writes_a_relative_output_folder_where_it_was_run(tmp_
         segment, evaluate = [json.loads(line) for line in calls.read_text().splitlines()]
         assert segment["argv"][segment["argv"].index("--out") + 1] == str(expected)
         assert evaluate["argv"][evaluate["argv"].index("--json") + 1] == str(expected / "evaluation.json")
+        assert done.stdout.splitlines()[-1] == said(expected, repo)  # paths that open from where it was run
     calls.unlink()
-    subprocess.run(["bash", str(repo / "scripts" / "segment-sample.sh")], cwd=work, check=True, capture_output=True)
+    done = subprocess.run(
+        ["bash", str(repo / "scripts" / "segment-sample.sh")], cwd=work, check=True, capture_output=True
+    )
     segment = json.loads(calls.read_text().splitlines()[0])
     out = segment["argv"][segment["argv"].index("--out") + 1]
     assert os.path.join(segment["cwd"], out) == str(repo / "sample-output")  # as documented
+    assert done.stdout.decode().splitlines()[-1] == said(repo / "sample-output", repo)
+
+
+def said(out, repo) -> str:
+    """The sample script's last line for the output folder ``out``: every path absolute (before: the sample's path
+    and the default output folder were relative to the repository, not to where the script was run)."""
+    sample = repo / "TokenUNetSegment" / "Resources" / "Samples" / "AbdomenCT.nii.gz"
+    return f"open {out}/overview.png, or load {out}/segmentation.seg.nrrd and {sample} in 3D Slicer"
 
 
 def test_a_single_file_that_fails_leaves_no_folders_it_made(tmp_path):

@@ -85,6 +85,20 @@ def test_a_dicom_series_folder_with_a_fifo_reads_its_series_and_says_what_was_le
     assert any("IM9999.dcm (a named pipe (FIFO))" in warning and "pipe (a named" in warning for warning in warnings)
 
 
+def test_batch_names_the_case_once_in_what_its_dicom_folder_left_out(tmp_path, cli_case):
+    """A DICOM series folder of a batch that holds a FIFO: its note named the case twice ("warning: series: series:
+    left out pipe ..."), as the reader's words start with the folder, which is the case's name."""
+    _, package, _ = cli_case
+    write_dicom_series(tmp_path / "cases" / "series", dicom_array())
+    fifo(tmp_path / "cases" / "series" / "pipe")
+    done = run_cli("batch", tmp_path / "cases", "--model", package, "--out", tmp_path / "out", *FAST, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    assert "warning: series: left out pipe (a named pipe (FIFO))" in done.stderr, done.stderr
+    assert "series: series:" not in done.stderr
+    (case,) = json.loads((tmp_path / "out" / "batch.json").read_text())["cases"]
+    assert any(warning.startswith("series: left out pipe") for warning in case["warnings"]), case["warnings"]
+
+
 def test_datalist_layouts_leave_special_files_out_and_name_them(tmp_path):
     """``datalist decathlon``: a FIFO among labelsTr left out with a warning (before: "labelsTr/b.nii.gz has no image
     imagesTr/b_0000.nii.gz", the image there); a case whose image is a FIFO refused naming it. ``datalist folders``

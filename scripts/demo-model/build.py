@@ -414,7 +414,8 @@ Mean Dice {sample["mean_dice"]:.3f}.
    (`--resume` continues, `--synthetic-ratio` mixes synthetic patches, `--hold-out P` leaves a patient out,
    `torchrun` trains on several GPUs: `scripts/models/abdomen-organs-totalseg/`).
 3. `tokenunet robustness --model RUN/package --image CT --reference REF --out RUN/robustness` measures it;
-   `models import RUN/package` installs it.
+   `models import RUN/package` installs it (trained from this model's configuration, it needs its own id:
+   `train --id NEW_ID`).
 """
 
 

@@ -77,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume",
         action="store_true",
         help="skip a case whose folder holds a finished result of the same model (id, version and weights) on the "
-        "same, unchanged input files with the same options that shape the outputs (--device and --batch-size aside)",
+        "same, unchanged input files with the same options that shape the outputs (--device, --batch-size and "
+        "--progress aside)",
     )
     add_run_options(parser, out_help="output root: one folder per case (its file or folder name), and batch.json")
 
@@ -219,10 +220,14 @@ class CasePrinter:
 
     def warning(self, message: str) -> None:
         self.warnings.append(message)
-        self.printer.warning(f"{self.name}: {message}")
+        self.printer.warning(self._named(message))
 
     def note(self, message: str) -> None:
-        self.printer.note(f"{self.name}: {message}")
+        self.printer.note(self._named(message))
+
+    def _named(self, message: str) -> str:
+        """``message`` led by the case's name, once: a reader's words may already start with it (its folder's)."""
+        return message if message.startswith(f"{self.name}: ") else f"{self.name}: {message}"
 
     def __call__(self, stage: str, fraction: float) -> None:
         self.printer(stage, fraction)

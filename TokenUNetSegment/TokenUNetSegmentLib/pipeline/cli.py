@@ -309,6 +309,10 @@ def _run(argv: list[str] | None, own_process: bool = False) -> int:
     tokens = sys.argv[1:] if argv is None else [str(a) for a in argv]
     json_progress = "--progress=json" in tokens or ("--progress", "json") in zip(tokens, tokens[1:], strict=False)
     json_errors = JSON_ERRORS.set(json_progress)
+    if own_process:  # a stop while the commands' modules load (half a second on a busy machine) is a cancel too
+        from .cancel_signals import install_cancel_handlers
+
+        install_cancel_handlers(threading.Event())
     try:
         use_huge_pages()  # before torch is imported
         args = parse_arguments(argv)

@@ -115,7 +115,8 @@ def channel_items(
     from .channels import check_distinct, check_places, order_named_files
 
     names = [channel.name for channel in config.inputs]
-    if isinstance(inputs, dict):  # {channel name: input}, e.g. from assign_inputs()
+    by_name = isinstance(inputs, dict)  # {channel name: input}, e.g. from assign_inputs(): each input's channel named
+    if by_name:
         inputs = _by_channel(inputs, config.inputs, model)
     single = isinstance(inputs, (str, Path)) or (isinstance(inputs, (list, tuple)) and len(inputs) == 1)
     if single and (len(names) > 1 or stack_names is not None):
@@ -147,7 +148,7 @@ def channel_items(
             else None,
         )
     check_distinct([_identity(item) for item in items], [_shown(item) for item in items], names)
-    if len(names) > 1 and all(isinstance(item, (str, Path)) for item in items):
+    if len(names) > 1 and not by_name and all(isinstance(item, (str, Path)) for item in items):
         found = nnunet_file_names(items, option)  # nnU-Net's numbered files: what each holds, by its dataset.json
         if found is not None:
             where = f"{Path(items[0]).name} (channel names from {found[1]})"
