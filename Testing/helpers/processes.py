@@ -45,6 +45,13 @@ def run_python(code: str, timeout: float = 300) -> str:
     return done.stdout
 
 
+def with_file_size_limit(code: str, limit: int) -> str:
+    """``code`` run under a real ``ulimit -f`` of ``limit`` bytes (for :func:`run_python`): a write past it fails with
+    EFBIG after what fits was written, as on a disk that fills up mid-write (Python ignores SIGXFSZ)."""
+    soft = f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))"
+    return f"import resource\n{soft}\n{code}"
+
+
 def stops_command_code(signal_name: str) -> str:
     """Python code registering a test command ``stops`` that writes into an output folder and raises ``signal_name``
     (``SIGTERM``, ``SIGHUP``) while writing (``--when writing``) or, for an output named ``c``, while the result is

@@ -143,16 +143,17 @@ VTK = {
     "GetId": "vtkIdList", "GetItemAsObject": "vtkCollection", "GetNumberOfIds": "vtkIdList",
     "GetNumberOfItems": "vtkCollection", "GetNumberOfPoints": "vtkDataSet",
     "GetNumberOfScalarComponents": "vtkImageData", "GetOutput": "vtkAlgorithm", "GetPointData": "vtkDataSet",
-    "GetProperty": "vtkActor", "GetScalars": "vtkDataSetAttributes",
+    "GetProperty": "vtkActor", "GetResult": "vtkPNGWriter", "GetScalars": "vtkDataSetAttributes",
     "GetTensors": "vtkDataSetAttributes", "IsA": "vtkObjectBase",
     "Modified": "vtkObject", "ModifiedEvent": "vtkCommand", "Render": "vtkRenderWindow",
     "ResetCamera": "vtkRenderer", "ScalarVisibilityOff": "vtkMapper", "SetAppendAxis": "vtkImageAppend",
     "SetBackground": "vtkRenderer", "SetComponents": "vtkImageExtractComponents", "SetElement": "vtkMatrix4x4",
-    "SetExtent": "vtkImageData", "SetFileName": "vtkPNGWriter", "SetFocalPoint": "vtkCamera",
+    "SetExtent": "vtkImageData", "SetFocalPoint": "vtkCamera",
     "SetInput": "vtkWindowToImageFilter", "SetInputBufferTypeToRGB": "vtkWindowToImageFilter",
     "SetInputConnection": "vtkAlgorithm", "SetInputData": "vtkAlgorithm", "SetMapper": "vtkActor",
     "SetOffScreenRendering": "vtkRenderWindow", "SetPosition": "vtkCamera", "SetScalars": "vtkDataSetAttributes",
     "SetSize": "vtkRenderWindow", "SetViewUp": "vtkCamera", "Update": "vtkAlgorithm", "Write": "vtkWriter",
+    "WriteToMemoryOn": "vtkPNGWriter",
 }  # fmt: skip
 # not VTK at all: Python classes and enums of this project, Python's, Qt's and the Python-scripted Slicer modules'
 NOT_VTK = {

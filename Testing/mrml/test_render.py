@@ -1,6 +1,7 @@
 """Offscreen pictures of a run: slice views through MRML's slice logic and a 3D view of the surfaces."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from helpers.packages import make_package, threshold_package, tiny_config
 from helpers.paths import SCRIPTS
+from helpers.processes import run_python, with_file_size_limit
 from helpers.scenes import ball_volume, new_scene, node_ids
 from TokenUNetSegmentLib.mrml.parameters import Parameters
 from TokenUNetSegmentLib.mrml.render import image_array, render_run
@@ -104,3 +106,26 @@ def test_views_centre_on_the_hottest_point_inside_the_scan_not_in_the_padding_ar
     values[:, :, 2] = 0.0  # nothing inside the scan: its centre
     heatmap = add_volume(ctx.scene, values[:, :, :2], coarse, name="coarse map 2")
     np.testing.assert_allclose(hottest_point_inside(heatmap, volume), (BALL_AFFINE @ [9.5, 8.5, 5.5, 1.0])[:3])
+
+
+def test_a_picture_cut_short_by_a_full_disk_leaves_the_previous_file_and_nothing_else(tmp_path):
+    """``render_run(path=...)`` and scripts/render_screenshot.py --out: a write that fails part-way. Before: VTK's PNG
+    writer left the picture's first 4 KiB under its final name, the previous picture gone, and raised nothing (an
+    error on stderr only)."""
+    path = tmp_path / "shot.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\nthe previous picture")
+    code = (
+        "import numpy as np, vtk\n"
+        "from vtk.util import numpy_support\n"
+        "from TokenUNetSegmentLib.mrml.render import write_png\n"
+        "from TokenUNetSegmentLib.pipeline.errors import OutputError\n"
+        "noise = np.random.default_rng(0).integers(0, 256, (120 * 120, 3), np.uint8)\n"
+        "image = vtk.vtkImageData()\n"
+        "image.SetDimensions(120, 120, 1)\n"
+        "image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(noise, deep=True))\n"
+        f"try: write_png(image, {str(path)!r})\n"
+        "except OutputError as error: print(error)\n"
+    )
+    line = run_python(with_file_size_limit(code, 4096)).strip()
+    assert "nothing was changed" in line, line
+    assert path.read_bytes() == b"\x89PNG\r\n\x1a\nthe previous picture" and os.listdir(tmp_path) == ["shot.png"]

@@ -412,6 +412,48 @@ def test_a_command_run_in_a_deleted_folder_is_one_line_before_any_work(cli_case,
     assert os.listdir(tmp_path) == []
 
 
+def test_commands_that_name_no_relative_path_run_in_a_deleted_folder(tmp_path):
+    """(leftfix) ``models list`` reads only the catalog and the model cache, named by absolute paths: it runs in a
+    deleted folder (before: refused as every command was). ``--help`` too. Refused still: the same list with a relative
+    ``--catalog`` or ``TOKENUNET_HOME``, and the commands that take paths (``models info`` takes an id or a path)."""
+    gone, home = tmp_path / "gone", tmp_path / "home"
+    gone.mkdir()
+    runs = {
+        "list": (["models", "list"], str(home)),
+        "list json": (["models", "list", "--json"], str(home)),
+        "help": (["--help"], str(home)),
+        "models help": (["models", "--help"], str(home)),
+        "relative catalog": (["--catalog", "catalog.json", "models", "list"], str(home)),
+        "relative home": (["models", "list"], "home"),
+        "info": (["models", "info", "abdomen-organs-3mm-demo"], str(home)),
+    }
+    code = (
+        "import contextlib, io, json, os, sys\n"
+        f"os.chdir({str(gone)!r}); os.rmdir({str(gone)!r})\n"
+        "from TokenUNetSegmentLib.pipeline import cli\n"
+        "seen = {}\n"
+        f"for name, (argv, home) in {runs!r}.items():\n"
+        "    os.environ['TOKENUNET_HOME'] = home\n"
+        "    out, err = io.StringIO(), io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
+        "        try: code = cli.main(argv)\n"
+        "        except SystemExit as done: code = done.code\n"
+        "    seen[name] = (code, out.getvalue(), err.getvalue())\n"
+        "print(json.dumps(seen))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(MODULE_DIR)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    for name in ("list", "list json", "help", "models help"):
+        assert seen[name][0] == 0 and seen[name][2] == "", (name, seen[name])
+    assert "abdomen-organs-3mm-demo" in seen["list"][1] and json.loads(seen["list json"][1])
+    for name in ("relative catalog", "relative home", "info"):
+        code, _, err = seen[name]
+        assert code == 2 and one_line(err) and "current folder" in err and "no longer exists" in err, (name, err)
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_full_disk_while_the_old_manifest_is_rewritten_leaves_no_temporary_file_in_it(tmp_path, monkeypatch):
     """(outaudit) The swap first rewrites the old result's manifest; a full disk there left
     ``out/.tokenunet-manifest.json.tmp`` (half written) inside the user's previous result."""

@@ -1,8 +1,11 @@
 """``overview.png``: the three planes it resamples are those of the whole display grid, centred on the labels."""
 
+import os
+
 import numpy as np
 import pytest
 from helpers.packages import ball_phantom, threshold_package
+from helpers.processes import run_python, with_file_size_limit
 from TokenUNetSegmentLib.pipeline.geometry import Grid, model_grid, resample
 from TokenUNetSegmentLib.pipeline.overview import (
     TILE,
@@ -11,6 +14,7 @@ from TokenUNetSegmentLib.pipeline.overview import (
     label_centre,
     plane_views,
     render_overview,
+    write_png,
 )
 from TokenUNetSegmentLib.pipeline.segmentation import segment
 
@@ -115,3 +119,22 @@ def read_png(path) -> np.ndarray:
     rows = np.frombuffer(zlib.decompress(chunks), np.uint8).reshape(height, 1 + 3 * width)
     assert not rows[:, 0].any()
     return rows[:, 1:].reshape(height, width, 3)
+
+
+def test_an_overview_cut_short_by_a_full_disk_leaves_the_previous_file_and_nothing_else(tmp_path):
+    """A write that fails part-way (a disk that fills up, a file-size limit; a kill likewise). Before: the PNG's first
+    4 KiB under its final name, the previous picture gone, and an OSError with a traceback."""
+    path = tmp_path / "overview.png"
+    write_png(path, np.zeros((8, 8, 3), np.uint8))
+    previous = path.read_bytes()
+    code = (
+        "import numpy as np\n"
+        "from TokenUNetSegmentLib.pipeline.errors import OutputError\n"
+        "from TokenUNetSegmentLib.pipeline.overview import write_png\n"
+        "noise = np.random.default_rng(0).integers(0, 256, (120, 120, 3), np.uint8)  # 43 KB as PNG\n"
+        f"try: write_png({str(path)!r}, noise)\n"
+        "except OutputError as error: print(error)\n"
+    )
+    line = run_python(with_file_size_limit(code, 4096)).strip()
+    assert "nothing was changed" in line, line
+    assert path.read_bytes() == previous and os.listdir(tmp_path) == ["overview.png"]

@@ -3,6 +3,7 @@ logits as a cropped view (a region padded up to the window), an error in a worke
 (the run's cancel handler raises ``KeyboardInterrupt`` in the main thread), and a caller's own torch thread count."""
 
 import signal
+import sys
 import threading
 import time
 import tracemalloc
@@ -107,6 +108,55 @@ def test_a_stop_during_the_pass_ends_it_promptly(monkeypatch):
     count = len(started)
     time.sleep(0.2)
     assert len(started) == count  # no worker goes on after the call has ended
+
+
+def waits_for_the_pass_end(monkeypatch) -> None:
+    """The first chunk fails; the second, started beside it, raises SIGINT once the caller's thread waits for it in
+    the pool's shutdown (the pass's clean-up), and ends."""
+    real, started = voxel_scores._score_chunk, []
+
+    def in_shutdown() -> bool:
+        frame = sys._current_frames().get(threading.main_thread().ident)
+        while frame is not None and frame.f_code.co_name != "shutdown":
+            frame = frame.f_back
+        return frame is not None
+
+    def chunk(scores, *args):
+        started.append(1)
+        if len(started) == 1:
+            raise RuntimeError("a worker failed")
+        if len(started) == 2:
+            deadline = time.monotonic() + 30
+            while not in_shutdown() and time.monotonic() < deadline:
+                time.sleep(0.001)
+            signal.raise_signal(signal.SIGINT)
+        real(scores, *args)
+
+    monkeypatch.setattr(voxel_scores, "_score_chunk", chunk)
+    monkeypatch.setattr(voxel_scores, "SCORE_CHUNK", 64)
+
+
+def test_a_stop_while_the_pass_ends_leaves_torch_threads_as_they_were(monkeypatch):
+    """A stop (Ctrl-C, SIGTERM: ``KeyboardInterrupt`` in the main thread) that comes while the pass waits for its
+    running chunks to end. Before, it left this thread and every thread started later on 1 torch thread: the process's
+    next runs (a script's or a notebook's next ``segment()``, ``cli.main``) ran their network on 1 thread."""
+    waits_for_the_pass_end(monkeypatch)
+    event = threading.Event()
+    previous = install_cancel_handlers(event)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            softmax_labels(cropped_logits((16, 16, 16)), TABLE, workers=2)
+    finally:
+        restore_handlers(previous)
+    seen = []
+    later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    later.start()
+    later.join()
+    after = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the tests after this one on the usual threads either way
+    assert event.is_set()
+    assert (after, seen) == (threads, [threads])
 
 
 def test_postprocess_of_cropped_logits_in_a_padded_region_is_that_of_their_copy():

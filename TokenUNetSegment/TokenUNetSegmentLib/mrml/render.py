@@ -11,6 +11,7 @@ import numpy as np
 import slicer
 import vtk
 
+from ..pipeline.output_folder import write_file_atomically
 from .segmentation_nodes import CLOSED_SURFACE
 
 ORIENTATIONS = ("Axial", "Coronal", "Sagittal")
@@ -126,10 +127,16 @@ def side_by_side(images) -> vtk.vtkImageData:
 
 
 def write_png(image, path) -> None:
+    """``image`` as PNG at ``path``, all at once (encoded in memory, then
+    :func:`~..pipeline.output_folder.write_file_atomically`): VTK's writer, writing the file itself, left a truncated
+    PNG under the final name on a full disk and raised nothing."""
+    from vtk.util import numpy_support
+
     writer = vtk.vtkPNGWriter()
-    writer.SetFileName(str(path))
+    writer.WriteToMemoryOn()
     writer.SetInputData(image)
     writer.Write()
+    write_file_atomically(path, numpy_support.vtk_to_numpy(writer.GetResult()).tobytes())
 
 
 def image_array(image) -> np.ndarray:
@@ -171,7 +178,7 @@ def render_run(
 ):
     """Three slice views through the heatmap's hottest point (or the volume centre) and a 3D view, joined.
 
-    Returns the joined RGB vtkImageData (also written as PNG to ``path`` when given). Nodes made for the
+    Returns the joined RGB vtkImageData (also written as PNG to ``path`` when given, all at once). Nodes made for the
     picture are removed again.
     """
     display = volume.GetDisplayNode()

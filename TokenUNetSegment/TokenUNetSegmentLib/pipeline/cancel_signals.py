@@ -125,3 +125,40 @@ def restore_handlers(previous: list) -> None:
     """Put back the handlers :func:`install_cancel_handlers` replaced."""
     for signum, handler in previous:
         signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def stops_held():
+    """Ctrl-C, SIGTERM and a hang-up held until the block is done, then handled by the handlers they would have met
+    (main thread only): for a block whose code a ``KeyboardInterrupt`` must not reach, such as torch's start of data
+    loader workers, which runs fork hooks (where Python swallows it: the stop was lost) and leaves a half-made iterator.
+    They are blocked for the main thread too, so that the processes it forks start with them blocked, to be unblocked
+    (:func:`unblock_stops`) once they have set their own handling."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {}
+    for signum in STOP_SIGNALS:
+        if not left_alone(signum):
+            previous[signum] = signal.signal(signum, lambda number, _frame: received.append(number))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if hasattr(signal, "pthread_sigmask") else None
+    try:
+        yield
+    finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one sent to this thread comes now, still held
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
+
+
+def unblock_stops() -> None:
+    """Let the stop signals that :func:`stops_held` blocked reach this thread (in a process forked inside it)."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

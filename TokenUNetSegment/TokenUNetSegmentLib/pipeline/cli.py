@@ -275,11 +275,18 @@ def _end_cancelled_process(code: int) -> None:
     os._exit(code)
 
 
-def _check_working_folder() -> None:
+def _check_working_folder(args: argparse.Namespace) -> None:
     """Refuse to run in a folder that was deleted (or moved away): relative paths name nothing there, and torch's
-    libraries fail to load from it (oneMKL ends the process), after the output's lock and staging folder were made."""
+    libraries fail to load from it (oneMKL ends the process), after the output's lock and staging folder were made.
+    ``models list`` runs there (it reads the catalog and the model cache only, without torch) unless one of them is
+    named by a relative path."""
+    from .catalog import HOME_VARIABLE
     from .errors import InputError
 
+    if (args.command, getattr(args, "action", None)) == ("models", "list"):
+        named = (getattr(args, "catalog", None), os.environ.get(HOME_VARIABLE, "").strip())
+        if not any(value and not os.path.isabs(os.path.expanduser(value)) for value in named):
+            return
     try:
         os.getcwd()
     except FileNotFoundError:
@@ -323,7 +330,7 @@ def _run(argv: list[str] | None, own_process: bool = False) -> int:
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = _warning_printer(json_progress)
-                _check_working_folder()
+                _check_working_folder(args)
                 code = COMMANDS[args.command](args)
             sys.stdout.flush()  # its last lines: a full disk is told here, as the command's (``os._exit`` may follow)
             return code

@@ -154,9 +154,9 @@ def inference_threads(device: torch.device, since: CpuSample | None = None):
     the run's first :func:`cpu_sample`."""
     current = torch.get_num_threads()
     wanted = threads_for_load(current, since=since) if device.type == "cpu" else current
-    if wanted != current:
-        torch.set_num_threads(wanted)
-    try:
+    try:  # a stop (KeyboardInterrupt) just after the change puts it back too
+        if wanted != current:
+            torch.set_num_threads(wanted)
         yield wanted
     finally:
         if wanted != current:

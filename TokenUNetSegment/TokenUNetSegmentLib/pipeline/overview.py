@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from .geometry import Grid, image_from_array, model_grid, resample_image
+from .output_folder import write_file_atomically
 
 TILE = 220  # pixels per view
 
 
 def write_png(path: str | Path, rgb: np.ndarray) -> Path:
-    """Write an (H, W, 3) uint8 image as PNG (no imaging library needed)."""
+    """Write an (H, W, 3) uint8 image as PNG (no imaging library needed), all at once: a full disk or a kill while it
+    is written leaves the file that was there (:func:`.output_folder.write_file_atomically`)."""
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     height, width, _ = rgb.shape
     raw = b"".join(b"\x00" + rgb[row].tobytes() for row in range(height))
@@ -24,7 +26,7 @@ def write_png(path: str | Path, rgb: np.ndarray) -> Path:
 
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
     png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    Path(path).write_bytes(png)
+    write_file_atomically(path, png)
     return Path(path)
 
 

@@ -77,15 +77,17 @@ def softmax_labels(
         _score_chunk(scores, lookup, *(output[where] for output in outputs))
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # torch's exp inside each worker: the workers are the parallelism
     pool = ThreadPoolExecutor(max(1, workers))
     try:
+        torch.set_num_threads(1)  # torch's exp inside each worker: the workers are the parallelism
         for _ in pool.map(score, _chunks(source.shape[1:], chunk)):
             if check is not None:
                 check()
     finally:
-        pool.shutdown(cancel_futures=True)  # on an error or a stop: the running chunks end, no other starts
-        torch.set_num_threads(threads)
+        try:
+            pool.shutdown(cancel_futures=True)  # on an error or a stop: the running chunks end, no other starts
+        finally:  # also after a stop while it waits for them: else this thread, and those started later, keep 1
+            torch.set_num_threads(threads)
     return labels, VoxelScores(probability, lead)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cancel_signals import STOP_SIGNALS, stops_held, unblock_stops
 from ..errors import InputError, OutputError
 from ..metadata import parse_config, validate_metadata
 from ..output_folder import check_free_space, write_file_atomically
@@ -260,48 +261,50 @@ def train(
     loader = DataLoader(
         stream, batch_size=recipe.batch_size, num_workers=recipe.workers, worker_init_fn=_leave_stops_to_the_main
     )
-    iterator = iter(loader)
-    while step < recipe.steps:
-        if out_of_time():
-            stopped_early = True
-            break
-        images, labels, missing = next(iterator)
-        images, labels, missing = images.to(dev), labels.long().to(dev), missing.to(dev)
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(images), labels, missing)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        losses.append(float(loss.detach()))
-        if progress and rank == 0:
-            progress(f"step {step}/{recipe.steps} loss {np.mean(losses[-20:]):.3f}", step / recipe.steps)
-        if step % recipe.val_every == 0 or step == recipe.steps:
-            if rank == 0:
-                result = validate(network, val_cases, config, recipe.val_overlap, dev)
-                network.train()  # validation's sliding windows left it in evaluation mode
-                record = {"step": step, "loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0], **result}
-                history.append(record)
-                losses = []
-                if result["mean_dice"] > best["mean_dice"]:
-                    best = {"step": step, **result}
-                    save("best")
-                save("last")
-                saved_at[0] = time.monotonic()
-                _log(log_path, {"event": "validation", **record}, echo)
-            if world > 1:
-                import torch.distributed as dist
+    with stops_held():  # a stop as the workers start is handled once they run (:func:`_leave_stops_to_the_main`)
+        iterator = iter(loader)
+    try:
+        while step < recipe.steps:
+            if out_of_time():
+                stopped_early = True
+                break
+            images, labels, missing = next(iterator)
+            images, labels, missing = images.to(dev), labels.long().to(dev), missing.to(dev)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(images), labels, missing)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            if progress and rank == 0:
+                progress(f"step {step}/{recipe.steps} loss {np.mean(losses[-20:]):.3f}", step / recipe.steps)
+            if step % recipe.val_every == 0 or step == recipe.steps:
+                if rank == 0:
+                    result = validate(network, val_cases, config, recipe.val_overlap, dev)
+                    network.train()  # validation's sliding windows left it in evaluation mode
+                    record = {"step": step, "loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0], **result}
+                    history.append(record)
+                    losses = []
+                    if result["mean_dice"] > best["mean_dice"]:
+                        best = {"step": step, **result}
+                        save("best")
+                    save("last")
+                    saved_at[0] = time.monotonic()
+                    _log(log_path, {"event": "validation", **record}, echo)
+                if world > 1:
+                    import torch.distributed as dist
 
-                dist.barrier()
-        elif rank == 0 and time.monotonic() - saved_at[0] > CHECKPOINT_SECONDS:
-            save("last")  # a run stopped from outside loses at most a few minutes
-            saved_at[0] = time.monotonic()
-            seconds = elapsed_before + saved_at[0] - started
-            _log(
-                log_path,
-                {"event": "checkpoint", "step": step, "loss": float(np.mean(losses[-50:])), "seconds": round(seconds)},
-            )
+                    dist.barrier()
+            elif rank == 0 and time.monotonic() - saved_at[0] > CHECKPOINT_SECONDS:
+                save("last")  # a run stopped from outside loses at most a few minutes
+                saved_at[0] = time.monotonic()
+                seconds = elapsed_before + saved_at[0] - started
+                loss = float(np.mean(losses[-50:]))
+                _log(log_path, {"event": "checkpoint", "step": step, "loss": loss, "seconds": round(seconds)})
+    finally:
+        _end_workers(iterator)
     if rank == 0 and (stopped_early or not (checkpoints / "best.pt").exists()):
         result = validate(network, val_cases, config, recipe.val_overlap, dev)
         history.append({"step": step, "loss": float(np.mean(losses)) if losses else None, **result})
@@ -365,13 +368,29 @@ def _leave_stops_to_the_main(worker_id: int) -> None:
     the whole process group (a batch system's stop, ``timeout``), SIGTERM killed the workers through torch's handler,
     and the main process's SIGCHLD handler then raised "DataLoader worker ... is killed by signal" inside its cancel:
     an internal error, exit 1, instead of the cancel's 130. (A worker left by a main process that died anyway ends by
-    torch's check of its parent.)"""
+    torch's check of its parent.) The worker starts with them blocked (:func:`..cancel_signals.stops_held` around the
+    workers' start): one sent before this point was lost in a fork hook, or ended the worker through torch's handler;
+    now it is dropped here."""
     import signal
-
-    from ..cancel_signals import STOP_SIGNALS
 
     for signum in STOP_SIGNALS:  # a hang-up too (the terminal closed: its whole process group gets it)
         signal.signal(signum, signal.SIG_IGN)
+    unblock_stops()
+
+
+def _end_workers(iterator) -> None:
+    """End the data loader's workers on every way out of the training loop, none left behind. torch's clean-up waits
+    5 s for each, then sends SIGTERM, which a worker ignores (:func:`_leave_stops_to_the_main`): a worker still
+    busy then outlived the run (on a busy machine after a stop) and wrote "BrokenPipeError" after the run's last line.
+    It is killed instead, once torch no longer watches it (its SIGCHLD check would call that a failure)."""
+    end = getattr(iterator, "_shutdown_workers", None)  # torch's own clean-up (no public one); absent without workers
+    if end is None:
+        return
+    end()
+    for worker in getattr(iterator, "_workers", []):
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 def _check_labelled(cases: list[Case], count: int) -> None:
