@@ -116,6 +116,18 @@ def test_evaluate_command_writes_json_and_a_table(tmp_path, capsys):
     assert result["mean_dice"] == pytest.approx(0.5)
 
 
+def test_evaluate_names_the_file_it_wrote_with_the_home_folder_expanded(tmp_path, capsys, monkeypatch):
+    """``--json '~/m.json'`` (a tilde the shell left, as a quoted path or a program's argument list has it) writes
+    into the home folder; before, the command printed "wrote ~/m.json" as typed, not where the file is."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    labels = two_balls()
+    reference = write(tmp_path / "ref.nii.gz", labels, {"1": "organ1", "2": "organ2"})
+    assert cli.main(["evaluate", str(reference), "--prediction", str(reference), "--json", "~/m.json"]) == 0
+    written = (tmp_path / "home" / "m.json").resolve()
+    assert written.is_file() and not (tmp_path / "~").exists()
+    assert f"wrote {written}" in capsys.readouterr().err.splitlines()
+
+
 def test_evaluate_replaces_only_an_earlier_evaluation_unless_told(tmp_path, capsys):
     """`--json config.json` by mistake: the user's file is kept (exit 2, before anything is computed); an earlier
     evaluation at that path is replaced, and any file with --overwrite."""

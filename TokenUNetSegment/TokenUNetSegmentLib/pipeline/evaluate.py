@@ -499,10 +499,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if timing is not None:
         result["segment_seconds"] = round(timing, 2)
     if args.json_out:  # before the table: a closed stdout (``| head``) then loses only text
-        write_file_atomically(args.json_out, json.dumps(result, indent=2))
+        written = write_file_atomically(args.json_out, json.dumps(result, indent=2))
     print(format_table(result))
     for message in result["warnings"][len(segment_warnings) :]:  # segment()'s: printed when they came
         print(f"warning: {message}", file=sys.stderr)
     if args.json_out:
-        print(f"wrote {args.json_out}", file=sys.stderr)
+        print(f"wrote {written}", file=sys.stderr)  # where it is: a '~' the shell left is the home folder
     return 0
