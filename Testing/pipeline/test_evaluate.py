@@ -128,6 +128,28 @@ def test_evaluate_names_the_file_it_wrote_with_the_home_folder_expanded(tmp_path
     assert f"wrote {written}" in capsys.readouterr().err.splitlines()
 
 
+def test_nan_in_a_map_to_evaluate_is_refused_in_evaluates_words(tmp_path, capsys):
+    """A NaN in the reference or the prediction is refused with what to do before evaluating (before: segment's hint,
+    "... before segmenting", shared by the readers); a volume given to segment keeps segment's words. A NaN in an NRRD
+    map (read as it is) is no whole label value, refused in one line (before: numpy's "invalid value encountered in
+    cast" warning came first, from the label values taken before they were checked)."""
+    labels = two_balls().astype(np.float32)
+    good = write(tmp_path / "good.nii.gz", labels)
+    labels[3, 4, 5] = np.nan
+    bad = write(tmp_path / "bad.nii.gz", labels)
+    for reference, prediction in ((bad, good), (good, bad)):
+        assert cli.main(["evaluate", str(reference), "--prediction", str(prediction)]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line == "error: bad.nii.gz has 1 NaN or infinite voxels (replace them (e.g. by the background value) " \
+            "before evaluating)", line  # fmt: skip
+    assert cli.main(["segment", str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().endswith("before segmenting)") and not (tmp_path / "out").exists()
+    sitk.WriteImage(image_from_array(labels, AFFINE), str(tmp_path / "bad.nrrd"))
+    assert cli.main(["evaluate", str(tmp_path / "bad.nrrd"), "--prediction", str(good)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: bad.nrrd holds values that are not whole numbers (e.g. nan;"), line
+
+
 def test_evaluate_replaces_only_an_earlier_evaluation_unless_told(tmp_path, capsys):
     """`--json config.json` by mistake: the user's file is kept (exit 2, before anything is computed); an earlier
     evaluation at that path is replaced, and any file with --overwrite."""
