@@ -136,3 +136,28 @@ def test_malformed_variants_are_refused_in_one_plain_line(tmp_path, capsys, monk
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: robustness.json is malformed at $.results[0].") and says in line, line
     assert line.endswith(" (give a robustness.json written by tokenunet robustness)"), line
+
+
+def test_the_scripts_json_is_written_all_at_once_where_the_home_folder_is(tmp_path, capsys, monkeypatch):
+    """``--json '~/c.json'`` (a tilde the shell left) and ``--json`` naming a folder (found by review2; before: a folder
+    named ``~`` made in the current one, no "wrote" line; an IsADirectoryError traceback, exit 1)."""
+    script = load_script()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    variant = {"variant": "plain", "dice": {"liver": 0.9}, "confidence": {"liver": 0.8}, "flags": {"liver": []}}
+    document = {
+        "format": "tokenunet-robustness",
+        "version": 2,
+        "results": [{"labels": ["liver"], "variants": [variant]}],
+    }
+    Path("robustness.json").write_text(json.dumps(document))
+    assert script.main(["robustness.json", "--json", "~/c.json"]) == 0
+    written = (tmp_path / "home" / "c.json").resolve()
+    assert json.loads(written.read_text())["pairs"] and not (tmp_path / "~").exists()
+    assert capsys.readouterr().err.splitlines()[-1] == f"wrote {written}"
+    (tmp_path / "taken").mkdir()
+    assert script.main(["robustness.json", "--json", "taken"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: ") and "taken" in line, line
+    assert (tmp_path / "taken").is_dir() and not list((tmp_path / "taken").iterdir())

@@ -131,8 +131,8 @@ def test_evaluate_names_the_file_it_wrote_with_the_home_folder_expanded(tmp_path
 def test_nan_in_a_map_to_evaluate_is_refused_in_evaluates_words(tmp_path, capsys):
     """A NaN in the reference or the prediction is refused with what to do before evaluating (before: segment's hint,
     "... before segmenting", shared by the readers); a volume given to segment keeps segment's words. A NaN in an NRRD
-    map (read as it is) is no whole label value, refused in one line (before: numpy's "invalid value encountered in
-    cast" warning came first, from the label values taken before they were checked)."""
+    or MetaImage map (read as it is) is refused in the same words (before smallfix: numpy's "invalid value encountered
+    in cast" warning came first; before review2: "holds values that are not whole numbers (e.g. nan; ...)")."""
     labels = two_balls().astype(np.float32)
     good = write(tmp_path / "good.nii.gz", labels)
     labels[3, 4, 5] = np.nan
@@ -144,10 +144,14 @@ def test_nan_in_a_map_to_evaluate_is_refused_in_evaluates_words(tmp_path, capsys
             "before evaluating)", line  # fmt: skip
     assert cli.main(["segment", str(bad), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip().endswith("before segmenting)") and not (tmp_path / "out").exists()
-    sitk.WriteImage(image_from_array(labels, AFFINE), str(tmp_path / "bad.nrrd"))
-    assert cli.main(["evaluate", str(tmp_path / "bad.nrrd"), "--prediction", str(good)]) == 2
-    (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith("error: bad.nrrd holds values that are not whole numbers (e.g. nan;"), line
+    for name in ("bad.nrrd", "bad.mha"):  # read as they are (found by review2; before: "bad.nrrd holds values that are
+        # not whole numbers (e.g. nan; a probability map, or linear interpolation?) (resample label maps with nearest
+        # neighbour; ...)", where the NIfTI said what it is)
+        sitk.WriteImage(image_from_array(labels, AFFINE), str(tmp_path / name))
+        assert cli.main(["evaluate", str(tmp_path / name), "--prediction", str(good)]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line == f"error: {name} has 1 NaN or infinite voxels (replace them (e.g. by the background value) " \
+            "before evaluating)", line  # fmt: skip
 
 
 def test_evaluate_replaces_only_an_earlier_evaluation_unless_told(tmp_path, capsys):

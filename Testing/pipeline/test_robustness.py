@@ -219,6 +219,31 @@ def test_a_reference_that_holds_no_labels_is_refused_before_the_model_runs(tmp_p
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name", ["nan.nii.gz", "nan.nrrd"])
+def test_a_nan_in_the_reference_is_refused_in_evaluatings_words(tmp_path, capsys, name):
+    """A float reference holding NaN (found by review2; before: the NIfTI "... before segmenting", segment's hint,
+    though the reference is scored, not segmented; the NRRD "holds values that are not whole numbers (e.g. nan; a
+    probability map, ...)")."""
+    image, reference = liver_phantom((32, 32, 40))
+    affine = affine_from_spacing(SPACING)
+    sitk.WriteImage(image_from_array(image.astype(np.int16), affine), str(tmp_path / "ct.nii.gz"))
+    reference = reference.astype(np.float32)
+    reference[1, 2, 3] = np.nan
+    sitk.WriteImage(image_from_array(reference, affine), str(tmp_path / name))
+    (tmp_path / "names.json").write_text(json.dumps({"1": "liver"}))
+    config = tiny_config("random-liver", labels=1, spacing=SPACING, roi=(16, 16, 16))
+    config["labels"][0]["name"] = "liver"
+    package = make_package(tmp_path, config)
+    argv = ["robustness", "--model", str(package), "--image", str(tmp_path / "ct.nii.gz"), "--reference",
+            str(tmp_path / name), "--reference-names", str(tmp_path / "names.json"), "--variants", "plain",
+            "--no-tokens", "--device", "cpu", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert cli.main(argv) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == f"error: {name} has 1 NaN or infinite voxels (replace them (e.g. by the background value) before " \
+        "evaluating)", line  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_organ_found_where_the_variants_reference_has_none_scores_as_evaluate_scores_it():
     """A slab around the spleen holds no liver, and the model finds 'liver' there (a bright blob): ``evaluate``
     scores such a false find Dice 0 and counts it in the mean, and so does the confidence calibration (before:

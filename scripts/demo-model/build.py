@@ -94,7 +94,9 @@ def robustness(package, datalist: Path, trained_patients: set[str]) -> list[dict
     for patient in sorted({str(e["patient"]) for e in spec.get("evaluation", [])}):
         for case in evaluation_entries(datalist, patient):
             print(f"robustness: patient {patient} ({case['name']})", file=sys.stderr)
-            result = evaluate_robustness(package, read_volume(case["image"]), read_volume(case["label"]), case["names"])
+            result = evaluate_robustness(
+                package, read_volume(case["image"]), read_volume(case["label"], purpose="evaluating"), case["names"]
+            )
             result.update(case=case["name"], patient=patient, trained_on=patient in trained_patients)
             out.append(result)
     return out

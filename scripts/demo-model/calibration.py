@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "TokenUNetSegment")
 
 from TokenUNetSegmentLib.pipeline.calibration import confidence_pairs, format_summary, summarise  # noqa: E402
 from TokenUNetSegmentLib.pipeline.errors import InputError, TokenUNetError  # noqa: E402
+from TokenUNetSegmentLib.pipeline.output_folder import write_file_atomically  # noqa: E402
 from TokenUNetSegmentLib.pipeline.robustness import read_results  # noqa: E402
 from TokenUNetSegmentLib.pipeline.run_contract import ErrorEvent  # noqa: E402
 
@@ -28,13 +29,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         pairs = pooled_pairs(args.results)
+        summary = summarise(pairs)
+        if args.json:  # all at once ('~' the home folder), before the summary: a closed stdout then loses only text
+            written = write_file_atomically(
+                args.json, json.dumps({"summary": summary, "pairs": pairs}, indent=2) + "\n"
+            )
     except TokenUNetError as error:  # one line, as the command line's errors: what is wrong (the file), what to do
         print(ErrorEvent.from_error(error).line(), file=sys.stderr)
         return 2
-    summary = summarise(pairs)
     print(format_summary(summary))
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "pairs": pairs}, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {written}", file=sys.stderr)
     return 0
 
 

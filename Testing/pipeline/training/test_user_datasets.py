@@ -349,3 +349,20 @@ def test_options_of_another_layout_are_refused_not_ignored(tmp_path, capsys, arg
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
     assert not (tmp_path / "list.json").exists()
+
+
+def test_a_nan_in_a_label_map_to_train_on_is_refused_in_trainings_words(tmp_path):
+    """A float label map holding NaN, as NIfTI (its reader counts them) and as NRRD (read as it is) (found by review2;
+    before: the NIfTI "... before segmenting", segment's hint; the NRRD "values that are not whole numbers (e.g. nan;
+    a probability map, or linear interpolation?)"). Now both: "... NaN or infinite voxels (... before training)"."""
+    values, _ = _label_map()
+    values = values.astype(np.float32)
+    values[3, 4, 5] = np.nan
+    entry = _case(tmp_path, _image(values))
+    with pytest.raises(InputError, match=r"label.nii.gz has 1 NaN or infinite voxels") as raised:
+        load_case(entry, model_config(), 8, (16, 16, 16))
+    assert raised.value.hint.endswith("before training"), raised.value.hint
+    sitk.WriteImage(_image(values), str(tmp_path / "label.nrrd"))
+    with pytest.raises(InputError, match=r"label.nrrd has 1 NaN or infinite voxels") as raised:
+        load_case({**entry, "label": str(tmp_path / "label.nrrd")}, model_config(), 8, (16, 16, 16))
+    assert raised.value.hint.endswith("before training"), raised.value.hint

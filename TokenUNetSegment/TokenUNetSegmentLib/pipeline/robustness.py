@@ -702,7 +702,7 @@ def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
         result = evaluate_robustness(
             package,
             read_volume(case["image"]),
-            read_volume(case["label"]),
+            read_volume(case["label"], purpose="evaluating"),
             case["names"],
             args.variants,  # chosen for the model as above; the result says which were left out
             args.device,

@@ -114,21 +114,35 @@ def check_volume(volume: Volume) -> None:
         raise InputError(f"{volume.name} has unsupported voxel type {array.dtype}")
     if array.dtype == bool or array.dtype.type in (np.float16, np.int64, np.uint64):
         volume.array = array = array.astype(np.float32)  # types SimpleITK cannot take as they are
-    if np.issubdtype(array.dtype, np.floating):
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        if bad:
-            raise non_finite_voxels(volume.name, bad)
+    refuse_non_finite(array, volume.name)
     volume.affine = check_affine(volume.affine, volume.name)
+
+
+def refuse_non_finite(array: np.ndarray, name: str, purpose: str = "segmenting", chunk: int = 1 << 22) -> None:
+    """Raise :class:`InputError` when a float ``array`` holds NaN or infinite values, its hint saying to replace them
+    before ``purpose``; counted in chunks, with no temporary array of the volume's size."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    flat = np.ravel(array, order="K")  # a view of a transposed array too
+    bad = sum(
+        int(flat[start : start + chunk].size - np.count_nonzero(np.isfinite(flat[start : start + chunk])))
+        for start in range(0, flat.size, chunk)
+    )
+    if bad:
+        raise non_finite_voxels(name, bad, purpose)
 
 
 def read_volume(path: str | Path, limit: int | None = None, purpose: str = "segmenting") -> Volume:
     """Read a scalar 3D volume from a file or a DICOM series folder, checked by :mod:`.readers`.
 
     ``limit``: bytes the voxels may take while read (default: free memory or ``TOKENUNET_MEMORY_LIMIT``).
-    The reader's warnings (e.g. uneven DICOM slices) are kept in ``Volume.warnings``. ``purpose``: what it is read
-    for, as the hint of an error about its values says ("segmenting", "evaluating").
+    The reader's warnings (e.g. uneven DICOM slices) are kept in ``Volume.warnings``. NaN or infinite voxels are
+    refused, the hint saying what to do before ``purpose``: what it is read for ("segmenting", "evaluating",
+    "training").
     """
-    return open_volume(path, limit, purpose=purpose)()
+    volume = open_volume(path, limit, purpose=purpose)()
+    refuse_non_finite(volume.array, volume.name, purpose)  # NRRD and MetaImage keep them (NIfTI's: its reader's)
+    return volume
 
 
 def open_volume(

@@ -240,12 +240,12 @@ def read_label_values(entry: dict, image_grid=None) -> tuple[np.ndarray, object]
     (fractions, as linear interpolation leaves them; negative values) and a label of the image's voxel shape
     that lies elsewhere (a header written wrong) are refused rather than rounded or trained on."""
     if not isinstance(entry["label"], dict):
-        volume = read_volume(entry["label"])
+        volume = read_volume(entry["label"], purpose="training")
         _check_label_volume(volume, entry, image_grid)
         return np.asarray(volume.array).astype(np.uint16), volume.grid
     merged, grid = None, None
     for value, file in reversed(list(enumerate(entry["label"].values(), start=1))):
-        volume = read_volume(file)
+        volume = read_volume(file, purpose="training")
         _check_label_volume(volume, entry, image_grid)
         mask = np.asarray(volume.array) > 0
         if merged is None:
@@ -282,7 +282,7 @@ def _case_volumes(entry: dict, config, model: str) -> tuple[list, list[str]]:
         if stack is not None:
             return [opened() for opened in stack[0]], stack[1].shown()
     files = case_files(entry, config, model)
-    return [read_volume(p) for p in files], [Path(p).name for p in files]
+    return [read_volume(p, purpose="training") for p in files], [Path(p).name for p in files]
 
 
 DATALIST_CHANNELS = "the datalist's 'channels'"
