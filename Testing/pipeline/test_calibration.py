@@ -139,8 +139,9 @@ def test_malformed_variants_are_refused_in_one_plain_line(tmp_path, capsys, monk
 
 
 def test_the_scripts_json_is_written_all_at_once_where_the_home_folder_is(tmp_path, capsys, monkeypatch):
-    """``--json '~/c.json'`` (a tilde the shell left) and ``--json`` naming a folder (found by review2; before: a folder
-    named ``~`` made in the current one, no "wrote" line; an IsADirectoryError traceback, exit 1)."""
+    """``--json '~/c.json'`` (a tilde the shell left) and ``--json`` naming a folder (found by review2; before: a
+    FileNotFoundError traceback, exit 1 (written into ``./~/`` where such a folder was), no "wrote" line; an
+    IsADirectoryError traceback, exit 1)."""
     script = load_script()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
