@@ -124,10 +124,10 @@ def refuse_non_finite(array: np.ndarray, name: str, purpose: str = "segmenting",
     if not np.issubdtype(array.dtype, np.floating):
         return
     flat = np.ravel(array, order="K")  # a view of a transposed array too
-    bad = sum(
-        int(flat[start : start + chunk].size - np.count_nonzero(np.isfinite(flat[start : start + chunk])))
-        for start in range(0, flat.size, chunk)
-    )
+    bad = 0
+    for start in range(0, flat.size, chunk):
+        part = flat[start : start + chunk]
+        bad += part.size - int(np.count_nonzero(np.isfinite(part)))
     if bad:
         raise non_finite_voxels(name, bad, purpose)
 
