@@ -328,3 +328,19 @@ def test_warnings_reach_the_slicer_module_runner(tmp_path):
     judged = run.result.assessment  # and the confidence and flags of report.json (the module's warning line)
     assert judged is not None and set(judged.labels) == {"organ1", "organ2"}
     assert all(0.0 <= label.confidence <= 1.0 for label in judged.labels.values()) and judged.summary
+
+
+def test_non_finite_voxels_are_counted_across_chunks_and_transposed_views():
+    """``refuse_non_finite`` counts in chunks (no volume-sized temporary): every NaN and infinity, whichever chunk holds
+    it, in an array read as a transposed view (as SimpleITK's arrays are), in the words of what it is read for."""
+    from TokenUNetSegmentLib.pipeline.volumes import refuse_non_finite
+
+    array = np.zeros((5, 6, 7), np.float32)
+    array[0, 0, 0], array[4, 5, 6], array[2, 3, 4] = np.nan, np.inf, -np.inf
+    view = array.transpose(2, 1, 0)
+    for chunk in (1, 7, 10, 1 << 22):
+        with pytest.raises(InputError, match=r"^v has 3 NaN or infinite voxels \(") as raised:
+            refuse_non_finite(view, "v", "training", chunk=chunk)
+        assert raised.value.hint.endswith("before training")
+    refuse_non_finite(np.zeros((3, 3, 3), np.float64), "v")
+    refuse_non_finite(np.full((3, 3, 3), 7, np.int16), "v")
