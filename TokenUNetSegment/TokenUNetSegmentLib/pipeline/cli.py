@@ -299,32 +299,37 @@ def _check_working_folder(args: argparse.Namespace) -> None:
 def _run(argv: list[str] | None, own_process: bool = False) -> int:
     """Parse ``argv`` and run its command; every error becomes one line (or event) and its exit code. The stop
     handlers are put back after the command unless this is the command line's ``own_process``."""
-    import logging
-
-    for stream in (sys.stdout, sys.stderr):  # file names that are not valid text are printed escaped
-        with contextlib.suppress(AttributeError, ValueError):
-            stream.reconfigure(errors="backslashreplace")
-    from .allocator import use_huge_pages
-
     tokens = sys.argv[1:] if argv is None else [str(a) for a in argv]
     json_progress = "--progress=json" in tokens or ("--progress", "json") in zip(tokens, tokens[1:], strict=False)
     json_errors = JSON_ERRORS.set(json_progress)
-    if own_process:  # a stop while the commands' modules load (half a second on a busy machine) is a cancel too
-        from .cancel_signals import install_cancel_handlers
-
-        install_cancel_handlers(threading.Event())
+    loading = threading.Event()  # set by a stop while the command line loads, in a process of its own
     try:
+        if own_process:  # a stop while the commands' modules load (half a second on a busy machine) is a cancel too
+            from .cancel_signals import install_cancel_handlers
+
+            install_cancel_handlers(loading)
+        import logging
+
+        for stream in (sys.stdout, sys.stderr):  # file names that are not valid text are printed escaped
+            with contextlib.suppress(AttributeError, ValueError):
+                stream.reconfigure(errors="backslashreplace")
+        from .allocator import use_huge_pages
+
         use_huge_pages()  # before torch is imported
         args = parse_arguments(argv)
+        if loading.is_set():  # its KeyboardInterrupt was swallowed where it was raised (importlib's callbacks)
+            raise KeyboardInterrupt
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     except KeyboardInterrupt as error:  # Ctrl-C while a command's modules load: no traceback either
         return _report(ErrorEvent.from_error(error), json_progress, after_interrupt=True)
-    except ModuleNotFoundError as error:  # declaring a command's arguments imports its module
-        if missing_dependency(error) is None or "--debug" in tokens:
-            raise
+    except Exception as error:
+        if loading.is_set():  # the stop's KeyboardInterrupt turned into another error (numpy's C start-up)
+            return _report(ErrorEvent.from_error(KeyboardInterrupt()), json_progress, after_interrupt=True)
+        if not isinstance(error, ModuleNotFoundError) or missing_dependency(error) is None or "--debug" in tokens:
+            raise  # declaring a command's arguments imports its module: a missing dependency is told in one line
         return _report(ErrorEvent.from_error(error), json_progress)
     finally:
         JSON_ERRORS.reset(json_errors)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     json_progress = getattr(args, "progress", None) == "json"
     with _stops_cancel(restore=not own_process), events_on_stderr(json_progress):  # C libraries' lines: events
         try:
