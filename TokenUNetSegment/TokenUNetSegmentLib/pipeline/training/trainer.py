@@ -5,6 +5,7 @@ schedule, sliding-window validation Dice, best/last checkpoints, resume, Distrib
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -101,6 +102,23 @@ def validate(network, cases: list[Case], cfg: dict, overlap: float, device: torc
     return {"dice": dice, "mean_dice": float(np.mean(list(dice.values()))) if dice else 0.0}
 
 
+def _keeps_torch_threads(function):
+    """``function`` run with torch's thread count put back after it (a caller's process, a script's or a notebook's
+    calling :func:`train` or ``cli.main``, keeps its own: ``--threads`` changed it for good, for the caller's thread
+    and every thread started later), also after an error or a stop."""
+
+    @functools.wraps(function)
+    def keeping(*args, **kwargs):
+        threads = torch.get_num_threads()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return keeping
+
+
+@_keeps_torch_threads
 def train(
     datalist: str | Path,
     config: dict,
