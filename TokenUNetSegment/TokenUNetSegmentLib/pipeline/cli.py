@@ -284,7 +284,8 @@ def _check_working_folder(args: argparse.Namespace) -> None:
     from .errors import InputError
 
     if (args.command, getattr(args, "action", None)) == ("models", "list"):
-        named = (getattr(args, "catalog", None), os.environ.get(HOME_VARIABLE, "").strip())
+        home = os.environ.get(HOME_VARIABLE, "").strip() or os.path.expanduser("~")  # the cache: ~/.tokenunet else
+        named = (getattr(args, "catalog", None), home)
         if not any(value and not os.path.isabs(os.path.expanduser(value)) for value in named):
             return
     try:
