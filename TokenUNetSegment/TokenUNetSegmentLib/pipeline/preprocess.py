@@ -211,9 +211,10 @@ def prepare(volumes: list[Volume], config: PackageConfig, size_multiple: int, ro
     shape = np.asarray(grid.shape)
     lo, hi = np.zeros(3, int), shape.copy()
     if pre.crop_foreground:
-        mask = np.zeros(grid.shape, bool)
+        mask = None  # the channels' foreground together (the first one's own mask: no zeroed grid to OR it into)
         for array, setting in zip(model_arrays, settings, strict=True):
-            mask |= _foreground(array, setting)
+            found = _foreground(array, setting)
+            mask = found if mask is None else np.logical_or(mask, found, out=mask)
         box = _bbox(mask)
         if box is not None:
             margin = np.ceil(pre.crop_margin_mm / grid.spacing).astype(int)
