@@ -304,11 +304,13 @@ def _run(argv: list[str] | None, own_process: bool = False) -> int:
     json_progress = "--progress=json" in tokens or ("--progress", "json") in zip(tokens, tokens[1:], strict=False)
     json_errors = JSON_ERRORS.set(json_progress)
     loading = threading.Event()  # set by a stop while the command line loads, in a process of its own
+    unraisable = sys.unraisablehook
     try:
         if own_process:  # a stop while the commands' modules load (half a second on a busy machine) is a cancel too
             from .cancel_signals import install_cancel_handlers
 
             install_cancel_handlers(loading)
+            sys.unraisablehook = _quiet_stops(unraisable)  # one swallowed is remembered, not told as a traceback
         import logging
 
         for stream in (sys.stdout, sys.stderr):  # file names that are not valid text are printed escaped
@@ -331,6 +333,7 @@ def _run(argv: list[str] | None, own_process: bool = False) -> int:
         return _report(ErrorEvent.from_error(error), json_progress)
     finally:
         JSON_ERRORS.reset(json_errors)
+        sys.unraisablehook = unraisable
     json_progress = getattr(args, "progress", None) == "json"
     with _stops_cancel(restore=not own_process), events_on_stderr(json_progress):  # C libraries' lines: events
         try:
@@ -349,6 +352,17 @@ def _run(argv: list[str] | None, own_process: bool = False) -> int:
             if args.debug and event.category != "cancelled":
                 raise
             return _report(event, json_progress, isinstance(error, KeyboardInterrupt))
+
+
+def _quiet_stops(hook):
+    """``sys.unraisablehook`` that drops a stop's ``KeyboardInterrupt`` raised where Python swallows it (a weakref
+    callback of importlib's) and hands anything else to ``hook``."""
+
+    def hook_for_others(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            hook(unraisable)
+
+    return hook_for_others
 
 
 @contextlib.contextmanager
