@@ -280,6 +280,16 @@ LOADING = {  # what the loading code does with the KeyboardInterrupt a stop rais
         "    except KeyboardInterrupt:\n"
         "        raise ImportError('PyCapsule_Import could not import module \"datetime\"') from None\n"
     ),
+    # numpy's import_array() in another extension's start-up: printed (PyErr_Print), then an ImportError
+    "printed, then turned into an ImportError": (
+        "def loading(parser):\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(5)\n"
+        "    except KeyboardInterrupt:\n"
+        "        sys.excepthook(*sys.exc_info())\n"
+        "        raise ImportError('numpy.core.multiarray failed to import') from None\n"
+    ),
 }
 
 

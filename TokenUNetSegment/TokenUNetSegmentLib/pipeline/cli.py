@@ -304,13 +304,13 @@ def _run(argv: list[str] | None, own_process: bool = False) -> int:
     json_progress = "--progress=json" in tokens or ("--progress", "json") in zip(tokens, tokens[1:], strict=False)
     json_errors = JSON_ERRORS.set(json_progress)
     loading = threading.Event()  # set by a stop while the command line loads, in a process of its own
-    unraisable = sys.unraisablehook
+    hooks = sys.unraisablehook, sys.excepthook
     try:
         if own_process:  # a stop while the commands' modules load (half a second on a busy machine) is a cancel too
             from .cancel_signals import install_cancel_handlers
 
             install_cancel_handlers(loading)
-            sys.unraisablehook = _quiet_stops(unraisable)  # one swallowed is remembered, not told as a traceback
+            sys.unraisablehook, sys.excepthook = _quiet_stops(*hooks)  # one swallowed is remembered, not printed
         import logging
 
         for stream in (sys.stdout, sys.stderr):  # file names that are not valid text are printed escaped
@@ -333,7 +333,7 @@ def _run(argv: list[str] | None, own_process: bool = False) -> int:
         return _report(ErrorEvent.from_error(error), json_progress)
     finally:
         JSON_ERRORS.reset(json_errors)
-        sys.unraisablehook = unraisable
+        sys.unraisablehook, sys.excepthook = hooks
     json_progress = getattr(args, "progress", None) == "json"
     with _stops_cancel(restore=not own_process), events_on_stderr(json_progress):  # C libraries' lines: events
         try:
@@ -354,15 +354,20 @@ def _run(argv: list[str] | None, own_process: bool = False) -> int:
             return _report(event, json_progress, isinstance(error, KeyboardInterrupt))
 
 
-def _quiet_stops(hook):
-    """``sys.unraisablehook`` that drops a stop's ``KeyboardInterrupt`` raised where Python swallows it (a weakref
-    callback of importlib's) and hands anything else to ``hook``."""
+def _quiet_stops(unraisable, excepthook) -> tuple:
+    """``sys.unraisablehook`` and ``sys.excepthook`` that drop a stop's ``KeyboardInterrupt`` where Python or a C
+    library swallows it (a weakref callback of importlib's) or prints it (numpy's ``import_array`` in an extension's
+    start-up: ``PyErr_Print``), handing anything else to the hooks they replace."""
 
-    def hook_for_others(unraisable) -> None:
-        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
-            hook(unraisable)
+    def unraisable_but_stops(information) -> None:
+        if not isinstance(information.exc_value, KeyboardInterrupt):
+            unraisable(information)
 
-    return hook_for_others
+    def excepthook_but_stops(kind, value, traceback) -> None:
+        if not isinstance(value, KeyboardInterrupt):
+            excepthook(kind, value, traceback)
+
+    return unraisable_but_stops, excepthook_but_stops
 
 
 @contextlib.contextmanager
