@@ -13,18 +13,26 @@ def main() -> None:
         stops.append(signum)
         raise KeyboardInterrupt
 
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        signum = getattr(signal, name, None)
-        if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
-            signal.signal(signum, stop)
     try:
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)
+            if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, stop)
         from .cli import run_as_process
 
         if stops:
             raise KeyboardInterrupt
         run_as_process()  # it installs the commands' handlers first thing, and ends the process
     except KeyboardInterrupt:  # in the first milliseconds: cancelled, without a traceback
-        raise SystemExit(130) from None
+        import os
+        import sys
+
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                continue
+        os._exit(130)  # not SystemExit: after a stop raised where C code ran Python, python -m ended by SIGINT (-2)
 
 
 if __name__ == "__main__":
