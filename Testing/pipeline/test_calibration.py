@@ -1,5 +1,8 @@
 """The confidence's calibration figures: pairs from robustness results, Spearman, AUC, bands."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from TokenUNetSegmentLib.pipeline.calibration import auc, confidence_pairs, format_summary, spearman, summarise
@@ -89,4 +92,47 @@ def test_the_script_pools_robustness_files_and_refuses_ones_without_confidences(
     for name in ("missing.json", "evaluation.json", "broken.json"):
         assert script.main([str(tmp_path / name)]) == 2
         (line,) = capsys.readouterr().err.splitlines()
-        assert line.startswith(str(tmp_path / name)) and "robustness" in line, line
+        assert line.startswith("error: ") and line.count(name) == 1 and "robustness" in line, line
+
+
+def load_script():
+    import importlib.util
+
+    from helpers.paths import SCRIPTS
+
+    spec = importlib.util.spec_from_file_location("demo_calibration", SCRIPTS / "demo-model" / "calibration.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.mark.parametrize(
+    ("variants", "says"),
+    [
+        (["plain"], "$.results[0].variants[0]: expected object, got str"),
+        ([{"variant": "plain", "confidence": {"liver": 0.5}}], "$.results[0].variants[0]: missing required key 'dice'"),
+        ([{"variant": "plain", "dice": [1]}], "$.results[0].variants[0].dice: expected object, got list"),
+        (
+            [{"variant": "plain", "dice": {}, "confidence": {"liver": "x"}}],
+            ".confidence.liver: expected number, got str",
+        ),
+        ([{"variant": "plain", "dice": {}, "confidence": [1]}], ".confidence: expected object or null, got list"),
+        ([{"variant": "plain", "dice": {}, "flags": [1]}], ".flags: expected object or null, got list"),
+        ([{"dice": {"liver": 0.5}}], "$.results[0].variants[0]: missing required key 'variant'"),
+        ([], "$.results[0].variants: needs at least 1 items"),
+    ],
+)
+def test_malformed_variants_are_refused_in_one_plain_line(tmp_path, capsys, monkeypatch, variants, says):
+    """A robustness.json whose variants are not as ``robustness`` writes them (hand-edited, cut, another tool's).
+    Before: "PATH: cannot be read as a robustness.json (AttributeError: 'str' object has no attribute 'get')", a
+    ValueError traceback (exit 1) for a confidence that is no number, and a summary of nothing (exit 0) for no
+    variant; every error named the file twice and had no ``error:`` prefix. Now one line as the command line's
+    errors (``error: what (what to do)``), exit 2."""
+    monkeypatch.chdir(tmp_path)
+    document = {"format": "tokenunet-robustness", "version": 2, "results": [{"labels": ["liver"], "variants": []}]}
+    document["results"][0]["variants"] = variants
+    Path("robustness.json").write_text(json.dumps(document))
+    assert load_script().main(["robustness.json"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: robustness.json is malformed at $.results[0].") and says in line, line
+    assert line.endswith(" (give a robustness.json written by tokenunet robustness)"), line

@@ -51,6 +51,33 @@ def test_huge_pages_make_a_new_large_tensor_cost_few_page_faults():
     assert _run(after_torch + "print(use_huge_pages())") == ["False"]  # too late once torch is imported
 
 
+CALLER = """
+import os
+from TokenUNetSegmentLib.pipeline import cli
+
+def run(args):
+    import torch
+
+    torch.ones(4)  # torch's CPU allocator reads the huge-page setting at its first allocation
+    return 0
+
+cli.register_command("allocate", "", lambda parser: None, run)
+print(cli.main(["allocate"]), os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="huge pages are asked for on Linux only")
+def test_a_caller_of_cli_main_gets_its_environment_back_and_keeps_the_huge_pages():
+    """``cli.main`` in a caller's process (a script, Slicer's console) asks for huge pages before torch is imported;
+    before, ``THP_MEM_ALLOC_ENABLE=1`` stayed in the caller's ``os.environ`` for good (inherited by every process it
+    starts). It is put back as it was, set or unset; torch has read it by then, so the process's tensors keep it."""
+    code, left, faults = _run(CALLER + FAULTS + "print(fewest_faults())")
+    assert (code, left) == ("0", "unset")
+    if _transparent_huge_pages():
+        assert int(faults) < 4_000  # still huge pages after the return (4 KiB pages: 16,384 faults)
+    assert _run("import os\nos.environ['THP_MEM_ALLOC_ENABLE'] = '0'\n" + CALLER) == ["0", "0"]  # the caller's own
+
+
 def test_nothing_changes_off_linux(monkeypatch):
     from TokenUNetSegmentLib.pipeline import allocator
 

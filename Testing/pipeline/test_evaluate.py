@@ -116,6 +116,40 @@ def test_evaluate_command_writes_json_and_a_table(tmp_path, capsys):
     assert result["mean_dice"] == pytest.approx(0.5)
 
 
+def test_evaluate_names_the_file_it_wrote_with_the_home_folder_expanded(tmp_path, capsys, monkeypatch):
+    """``--json '~/m.json'`` (a tilde the shell left, as a quoted path or a program's argument list has it) writes
+    into the home folder; before, the command printed "wrote ~/m.json" as typed, not where the file is."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    labels = two_balls()
+    reference = write(tmp_path / "ref.nii.gz", labels, {"1": "organ1", "2": "organ2"})
+    assert cli.main(["evaluate", str(reference), "--prediction", str(reference), "--json", "~/m.json"]) == 0
+    written = (tmp_path / "home" / "m.json").resolve()
+    assert written.is_file() and not (tmp_path / "~").exists()
+    assert f"wrote {written}" in capsys.readouterr().err.splitlines()
+
+
+def test_nan_in_a_map_to_evaluate_is_refused_in_evaluates_words(tmp_path, capsys):
+    """A NaN in the reference or the prediction is refused with what to do before evaluating (before: segment's hint,
+    "... before segmenting", shared by the readers); a volume given to segment keeps segment's words. A NaN in an NRRD
+    map (read as it is) is no whole label value, refused in one line (before: numpy's "invalid value encountered in
+    cast" warning came first, from the label values taken before they were checked)."""
+    labels = two_balls().astype(np.float32)
+    good = write(tmp_path / "good.nii.gz", labels)
+    labels[3, 4, 5] = np.nan
+    bad = write(tmp_path / "bad.nii.gz", labels)
+    for reference, prediction in ((bad, good), (good, bad)):
+        assert cli.main(["evaluate", str(reference), "--prediction", str(prediction)]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line == "error: bad.nii.gz has 1 NaN or infinite voxels (replace them (e.g. by the background value) " \
+            "before evaluating)", line  # fmt: skip
+    assert cli.main(["segment", str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().endswith("before segmenting)") and not (tmp_path / "out").exists()
+    sitk.WriteImage(image_from_array(labels, AFFINE), str(tmp_path / "bad.nrrd"))
+    assert cli.main(["evaluate", str(tmp_path / "bad.nrrd"), "--prediction", str(good)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: bad.nrrd holds values that are not whole numbers (e.g. nan;"), line
+
+
 def test_evaluate_replaces_only_an_earlier_evaluation_unless_told(tmp_path, capsys):
     """`--json config.json` by mistake: the user's file is kept (exit 2, before anything is computed); an earlier
     evaluation at that path is replaced, and any file with --overwrite."""

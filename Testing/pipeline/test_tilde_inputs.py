@@ -6,6 +6,8 @@ is the home folder, as it already was for ``--out``, ``--model`` and ``batch``'s
 import json
 import shutil
 
+import numpy as np
+import SimpleITK as sitk
 from TokenUNetSegmentLib.pipeline import cli
 
 FAST = ["--device", "cpu", "--no-overview", "--no-heatmaps", "--progress", "none"]
@@ -40,3 +42,49 @@ def test_a_tilde_in_the_files_a_command_reads_is_the_home_folder(tmp_path, monke
         assert cli.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert "gone" in err and "~/" not in err, (argv, err)
+
+
+def test_every_command_names_what_it_wrote_with_the_home_folder_expanded(tmp_path, monkeypatch, capsys, cli_case):
+    """The last line of each writing command names where its output is, not the ``~`` as typed (before: ``evaluate
+    --json '~/m.json'`` said "wrote ~/m.json"; the others, checked here, already named the expanded path)."""
+    _, package, ct = cli_case
+    home = (tmp_path / "home").resolve()
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("TOKENUNET_HOME", "~/cache")
+    shutil.copy(ct, home / "ct.nii.gz")
+    shutil.copytree(package, home / "package")
+    for folder in ("images", "labels"):
+        (home / folder).mkdir()
+    shutil.copy(ct, home / "images" / "c1.nii.gz")
+    labels = np.zeros((8, 8, 8), np.uint8)
+    labels[2:6, 2:6, 2:6] = 1
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(home / "labels" / "c1.nii.gz"))
+    tiny = [
+        "--a",
+        "NoToken",
+        "--a-option",
+        "channels=(4, 8, 16, 32)",
+        "--b",
+        "NoToken",
+        "--b-option",
+        "channels=(4, 8, 16, 32)",
+    ]
+    commands = [  # the command, the text its line names
+        (["segment", "~/ct.nii.gz", "--model", "~/package", "--out", "~/s", *FAST], f"wrote {home}/s/"),
+        (["evaluate", "~/s/segmentation.seg.nrrd", "--prediction", "~/s/segmentation.seg.nrrd", "--no-hd95",
+          "--json", "~/m.json"], f"wrote {home}/m.json"),
+        (["batch", "~/ct.nii.gz", "--model", "~/package", "--out", "~/b", *FAST], f"see {home}/b/batch.json"),
+        (["robustness", "--model", "~/package", "--image", "~/ct.nii.gz", "--reference", "~/s/segmentation.seg.nrrd",
+          "--variants", "plain", "--no-tokens", "--out", "~/r"], f"wrote {home}/r/robustness.json"),
+        (["cka", *tiny, "--size", "32", "--samples", "2", "--out", "~/c"], f"wrote {home}/c/cka.json"),
+        (["datalist", "folders", "--images", "~/images", "--labels", "~/labels", "--out", "~/d.json"],
+         f"wrote {home}/d.json"),
+        (["models", "import", "~/package"], f"into {home}/cache/models/"),
+    ]  # fmt: skip
+    for argv, names in commands:
+        code = cli.main(argv)
+        captured = capsys.readouterr()
+        assert code == 0, (argv, captured.err)
+        printed = captured.out + captured.err
+        assert names in printed and "~/" not in printed, (argv, printed)

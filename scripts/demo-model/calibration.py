@@ -16,8 +16,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "TokenUNetSegment"))
 
 from TokenUNetSegmentLib.pipeline.calibration import confidence_pairs, format_summary, summarise  # noqa: E402
-from TokenUNetSegmentLib.pipeline.errors import InputError  # noqa: E402
+from TokenUNetSegmentLib.pipeline.errors import InputError, TokenUNetError  # noqa: E402
 from TokenUNetSegmentLib.pipeline.robustness import read_results  # noqa: E402
+from TokenUNetSegmentLib.pipeline.run_contract import ErrorEvent  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -25,29 +26,32 @@ def main(argv=None) -> int:
     parser.add_argument("results", nargs="+", type=Path, help="robustness.json files")
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args(argv)
-    pairs = []
-    for path in args.results:
-        try:
-            results = read_results(path)  # any version's robustness.json
-            found_in_file = [confidence_pairs(result) for result in results]
-        except InputError as error:
-            print(f"{path}: cannot be read as a robustness.json: {error}", file=sys.stderr)  # with what to do
-            return 2
-        except (KeyError, TypeError, AttributeError) as error:
-            print(f"{path}: cannot be read as a robustness.json ({type(error).__name__}: {error})", file=sys.stderr)
-            return 2
-        for result, found in zip(results, found_in_file, strict=True):
-            if not found and result["variants"] and "confidence" not in result["variants"][0]:
-                print(
-                    f"{path} records no confidences (written before the robustness command kept them)", file=sys.stderr
-                )
-                return 2
-            pairs += found
+    try:
+        pairs = pooled_pairs(args.results)
+    except TokenUNetError as error:  # one line, as the command line's errors: what is wrong (the file), what to do
+        print(ErrorEvent.from_error(error).line(), file=sys.stderr)
+        return 2
     summary = summarise(pairs)
     print(format_summary(summary))
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "pairs": pairs}, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def pooled_pairs(paths: list[Path]) -> list[dict]:
+    """The (confidence, Dice) pairs of every case in the files ``paths``; raises :class:`InputError` for a file that is
+    no robustness.json (read_results names it and says why) or records no confidences."""
+    pairs = []
+    for path in paths:
+        for result in read_results(path):  # any version's robustness.json, its variants checked
+            found = confidence_pairs(result)
+            if not found and "confidence" not in result["variants"][0]:
+                raise InputError(
+                    f"{path} records no confidences (written before the robustness command kept them)",
+                    "run tokenunet robustness again to record them",
+                )
+            pairs += found
+    return pairs
 
 
 if __name__ == "__main__":

@@ -161,6 +161,7 @@ def test_a_tilde_in_out_is_the_home_folder_for_every_file_of_the_run(inputs, tmp
     monkeypatch.chdir(here)
     assert cli.main(train_arguments(inputs, "~/run", "--steps", "1")) == 0, capsys.readouterr().err
     assert os.listdir(here) == [] and sorted(os.listdir(home / "run")) == ["checkpoints", "package", "train.log"]
+    assert f"wrote {(home / 'run' / 'package').resolve()}" in capsys.readouterr().out.splitlines()  # not '~/run/...'
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, "cancelled"])

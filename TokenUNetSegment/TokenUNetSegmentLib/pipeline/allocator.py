@@ -11,11 +11,15 @@ was dropped: peak resident memory grew by 150-250 MB, and a 64 MB tensor allocat
 heap by 64 MB each time (PyTorch's aligned allocations do not fit the block just freed).
 
 The command line asks for huge pages before it imports torch (every command: they only change the page
-size); Slicer's own process is left as it is.
+size); Slicer's own process is left as it is. A caller of ``cli.main`` in its own process (a script, Slicer's
+console) gets its environment back when the command returns (:func:`environment_kept`): PyTorch reads the variable
+once, at its first allocation (a static in c10's CPU allocator), so the tensors of the rest of that process keep the
+huge pages, while the caller's later child processes inherit the environment it had.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -29,3 +33,17 @@ def use_huge_pages() -> bool:
         return False
     os.environ.setdefault(THP_VARIABLE, "1")
     return os.environ[THP_VARIABLE] == "1"
+
+
+@contextlib.contextmanager
+def environment_kept():
+    """Put the caller's huge-page setting (set, unset) back in ``os.environ`` on leaving, as :func:`use_huge_pages`
+    found it: an in-process caller's environment, inherited by its subprocesses, stays as it was."""
+    before = os.environ.get(THP_VARIABLE)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(THP_VARIABLE, None)
+        else:
+            os.environ[THP_VARIABLE] = before

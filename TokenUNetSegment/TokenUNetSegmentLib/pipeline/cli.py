@@ -222,8 +222,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line (``argv``, else ``sys.argv[1:]``); returns the exit code (see
     :class:`.run_contract.ExitCode`). The caller's process goes on: its signal handlers are put back and nothing ends
-    it, also on a cancel (a script, a notebook, Slicer's console; the process of its own is :func:`run_as_process`)."""
-    return _run(argv)
+    it, also on a cancel (a script, a notebook, Slicer's console; the process of its own is :func:`run_as_process`).
+    Its environment too: the huge-page request made for torch (:mod:`.allocator`) is taken back on return."""
+    from .allocator import environment_kept
+
+    with environment_kept():
+        return _run(argv)
 
 
 def run_as_process() -> NoReturn:

@@ -305,10 +305,12 @@ def evaluate_files(
     if isinstance(prediction, tuple):
         pred_volume, pred_names = prediction
     else:
-        pred_volume = read_volume(prediction)
+        pred_volume = read_volume(prediction, purpose="evaluating")
         pred_names = name_table(prediction, prediction_names)
-    ref_volume = read_volume(reference)
+    ref_volume = read_volume(reference, purpose="evaluating")
     ref_names = name_table(reference, reference_names)
+    for volume in (pred_volume, ref_volume):  # before any rounding or resampling: a soft map is no label map
+        check_label_values(volume.array, Path(volume.name).name)
     if pred_names is None and ref_names is None:  # labels are values: the reference's, and the prediction's own
         values = sorted(set(np.unique(ref_volume.array).astype(int)) - {0})
         ref_names = {v: f"label {v}" for v in values}
@@ -322,8 +324,6 @@ def evaluate_files(
         )
     check_distinct_names(pred_names, "the prediction's")
     check_distinct_names(ref_names, "the reference's")
-    for volume in (pred_volume, ref_volume):  # before any rounding or resampling: a soft map is no label map
-        check_label_values(volume.array, Path(volume.name).name)
     pairs, unmatched = match_labels(pred_names, ref_names)
     if not pairs:
         raise InputError("no label names in common between the prediction and the reference")
@@ -499,10 +499,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if timing is not None:
         result["segment_seconds"] = round(timing, 2)
     if args.json_out:  # before the table: a closed stdout (``| head``) then loses only text
-        write_file_atomically(args.json_out, json.dumps(result, indent=2))
+        written = write_file_atomically(args.json_out, json.dumps(result, indent=2))
     print(format_table(result))
     for message in result["warnings"][len(segment_warnings) :]:  # segment()'s: printed when they came
         print(f"warning: {message}", file=sys.stderr)
     if args.json_out:
-        print(f"wrote {args.json_out}", file=sys.stderr)
+        print(f"wrote {written}", file=sys.stderr)  # where it is: a '~' the shell left is the home folder
     return 0

@@ -531,12 +531,40 @@ def robustness_document(results: list[dict]) -> dict:
     return {"format": RESULTS_FORMAT, "version": RESULTS_VERSION, "results": list(results)}
 
 
+RESULT_SCHEMA = {
+    "type": "object",
+    "required": ["variants"],
+    "properties": {
+        "case": {"type": "string"},
+        "labels": {"type": "array", "items": {"type": "string"}},
+        "variants": {"type": "array", "minItems": 1, "items": {"$ref": "#/definitions/variant"}},
+    },
+    "definitions": {
+        "variant": {
+            "type": "object",
+            "required": ["variant", "dice"],
+            "properties": {
+                "variant": {"type": "string"},
+                "dice": {"type": "object", "additionalProperties": {"type": "number"}},
+                "confidence": {"type": ["object", "null"], "additionalProperties": {"type": "number"}},
+                "flags": {
+                    "type": ["object", "null"],
+                    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        }
+    },
+}
+"""What a case's result holds that its readers use (the calibration, the model card's tables), in every version."""
+
+
 def read_results(path: str | Path) -> list[dict]:
     """The per-case results of a ``robustness.json`` of any version: the versioned object, or (files written before
     it) one case's result object or a list of them.
 
     Raises:
-        InputError: a file that is none of these, one of no case, or one written by a newer version.
+        InputError: a file that is none of these, one of no case, one whose variants are malformed (checked against
+            :data:`RESULT_SCHEMA`), or one written by a newer version.
     """
     from .json_files import read_json_file
 
@@ -561,14 +589,26 @@ def read_results(path: str | Path) -> list[dict]:
         if version == RESULTS_VERSION and isinstance(results, list) and all(is_result(r) for r in results):
             if not results:
                 raise InputError(f"{path} holds no case (its results are empty)", hint)
-            return results
+            return _checked_results(results, path, hint, "$.results")
     elif is_result(data):
-        return [data]
+        return _checked_results([data], path, hint, None)
     elif data == []:
         raise InputError(f"{path} holds no case (an empty list)", hint)
     elif isinstance(data, list) and all(is_result(r) for r in data):
-        return data
+        return _checked_results(data, path, hint, "$")
     raise InputError(f"{path} is no robustness result", hint)
+
+
+def _checked_results(results: list[dict], path: Path, hint: str, where: str | None) -> list[dict]:
+    """``results`` of the file ``path``, refused in one line when one is malformed; ``where``: the JSON path of the
+    list that holds them in the file (None: the file is one case's result)."""
+    from .jsonschema_lite import validation_errors
+
+    for index, result in enumerate(results):
+        problems = validation_errors(result, RESULT_SCHEMA, path="$" if where is None else f"{where}[{index}]")
+        if problems:  # the first: the one line has room for one JSON path
+            raise InputError(f"{path} is malformed at {problems[0]}", hint)
+    return results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

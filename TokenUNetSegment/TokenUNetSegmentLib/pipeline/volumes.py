@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from .errors import InputError
 from .geometry import Grid, affine_of_image, check_affine
 from .readers import open_image
+from .readers.payload import non_finite_voxels
 
 
 @dataclass
@@ -116,28 +117,28 @@ def check_volume(volume: Volume) -> None:
     if np.issubdtype(array.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         if bad:
-            raise InputError(
-                f"{volume.name} has {bad} NaN or infinite voxels",
-                "replace them (e.g. by the background value) before segmenting",
-            )
+            raise non_finite_voxels(volume.name, bad)
     volume.affine = check_affine(volume.affine, volume.name)
 
 
-def read_volume(path: str | Path, limit: int | None = None) -> Volume:
+def read_volume(path: str | Path, limit: int | None = None, purpose: str = "segmenting") -> Volume:
     """Read a scalar 3D volume from a file or a DICOM series folder, checked by :mod:`.readers`.
 
     ``limit``: bytes the voxels may take while read (default: free memory or ``TOKENUNET_MEMORY_LIMIT``).
-    The reader's warnings (e.g. uneven DICOM slices) are kept in ``Volume.warnings``.
+    The reader's warnings (e.g. uneven DICOM slices) are kept in ``Volume.warnings``. ``purpose``: what it is read
+    for, as the hint of an error about its values says ("segmenting", "evaluating").
     """
-    return open_volume(path, limit)()
+    return open_volume(path, limit, purpose=purpose)()
 
 
-def open_volume(path: str | Path, limit: int | None = None, modality: str = "") -> OpenedVolume:
+def open_volume(
+    path: str | Path, limit: int | None = None, modality: str = "", purpose: str = "segmenting"
+) -> OpenedVolume:
     """:func:`read_volume` in two steps: the header now, the voxels when the result is called."""
     from .arguments import as_path
 
     path = as_path(path, "an input volume")
-    opened = open_image(path, limit, modality)
+    opened = open_image(path, limit, modality, purpose)
 
     def read() -> Volume:
         image, warnings = opened()

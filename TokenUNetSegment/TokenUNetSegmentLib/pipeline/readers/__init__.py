@@ -56,12 +56,15 @@ def read_image(path: str | Path, limit: int | None = None) -> tuple[sitk.Image, 
     return open_image(path, limit)()
 
 
-def open_image(path: str | Path, limit: int | None = None, modality: str = "") -> OpenedImage:
+def open_image(
+    path: str | Path, limit: int | None = None, modality: str = "", purpose: str = "segmenting"
+) -> OpenedImage:
     """:func:`read_image` in two steps: the file's header (a DICOM series' slice headers) is read and checked now;
     the :class:`.header.OpenedImage` returned says how many values it declares, and calling it checks the voxel data
     is all there and reads it (long C++ calls that release the GIL: the command line runs them in a thread while
     torch is imported). Both steps raise as :func:`read_image`. ``modality``: what the model's input expects, which
-    chooses among the series of a DICOM folder (see :func:`.dicom.open_series`)."""
+    chooses among the series of a DICOM folder (see :func:`.dicom.open_series`); ``purpose``: what the volume is read
+    for, as the hint of an error about its values says ("segmenting", "evaluating")."""
     path = Path(path)
     name = path.name
     with _read_errors(name):
@@ -89,7 +92,7 @@ def open_image(path: str | Path, limit: int | None = None, modality: str = "") -
         check_header(header, name, limit)
 
     def read_file() -> tuple[sitk.Image, list[str]]:
-        verify_payloads(header.payloads, name)
+        verify_payloads(header.payloads, name, purpose)
         image = _read_file(path, image_io, name, limit)
         read = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel()
         if read != header.values:

@@ -22,8 +22,17 @@ SLACK = 1 << 16
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-def verify_payloads(payloads: list[Payload], name: str) -> None:
-    """Raise :class:`InputError` when a payload's file is missing, short, or its compressed data is broken."""
+def non_finite_voxels(name: str, count: int, purpose: str = "segmenting") -> InputError:
+    """The error for a volume ``name`` with ``count`` NaN or infinite voxels, read for ``purpose`` (the hint's
+    last word: "segmenting", "evaluating")."""
+    return InputError(
+        f"{name} has {count} NaN or infinite voxels", f"replace them (e.g. by the background value) before {purpose}"
+    )
+
+
+def verify_payloads(payloads: list[Payload], name: str, purpose: str = "segmenting") -> None:
+    """Raise :class:`InputError` when a payload's file is missing, short, or its compressed data is broken, or holds
+    NaN or infinite floats (the hint says to replace them before ``purpose``)."""
     for payload in payloads:
         if not payload.path.is_file():
             raise InputError(
@@ -49,10 +58,7 @@ def verify_payloads(payloads: list[Payload], name: str) -> None:
             if payload.encoding == "raw":
                 _feed_file(payload, counter)
             if counter.bad:
-                raise InputError(
-                    f"{name} has {counter.bad} NaN or infinite voxels",
-                    "replace them (e.g. by the background value) before segmenting",
-                )
+                raise non_finite_voxels(name, counter.bad, purpose)
 
 
 class NonFiniteCounter:
