@@ -111,4 +111,7 @@ def test_screenshots_named_in_metadata_are_pngs_in_the_repository():
 def test_entry_point_is_declared():
     text = (ROOT / "pyproject.toml").read_text()
     scripts = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
-    assert 'tokenunet = "TokenUNetSegmentLib.pipeline.cli:run_as_process"' in scripts
+    assert 'tokenunet = "TokenUNetSegmentLib.pipeline.__main__:main"' in scripts  # as python -m (sigreview)
+    from TokenUNetSegmentLib.pipeline import __main__ as entry  # its stop handlers are set when main() runs
+
+    assert callable(entry.main)

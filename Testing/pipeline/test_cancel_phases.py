@@ -552,11 +552,15 @@ def test_sigterm_as_the_data_loader_worker_starts_is_a_cancel(tmp_path):
     assert "Traceback" not in err and "Exception ignored" not in err, err
 
 
-def test_a_data_loader_worker_busy_at_a_stop_does_not_outlive_the_run(tmp_path):
+@pytest.mark.parametrize("stops", [1, 2])
+def test_a_data_loader_worker_busy_at_a_stop_does_not_outlive_the_run(tmp_path, stops):
     """The group's SIGTERM while the worker makes a slow patch (the stand-in: 30 s; a large case on a busy machine).
     torch's clean-up waits 5 s for a worker, then sends it SIGTERM, which the worker ignores. Before (leftfix): the run
     ended and the worker went on (it wrote "BrokenPipeError" after the run's last line when it then sent the patch).
-    Now the run kills it once the 5 s are over: no worker outlives the run."""
+    Now the run kills it once the 5 s are over: no worker outlives the run. ``stops`` 2: a second SIGTERM 6 s after the
+    first if the run still runs (a user pressing Ctrl-C again). Before (sigreview): torch's clean-up waited 5 s, then
+    5 s more after its SIGTERM (a stop took 10 s per busy worker), and the second stop, raised inside that wait, cut
+    it short: the worker outlived the run. Now the workers are killed at once (a stop takes a fraction of a second)."""
     busy = tmp_path / "busy"
     prelude = (
         "import time, torch\n"
@@ -578,6 +582,11 @@ def test_a_data_loader_worker_busy_at_a_stop_does_not_outlive_the_run(tmp_path):
     workers = [int(pid) for pid in children.read_text().split()]
     assert busy.exists() and workers, "the worker did not reach its slow patch"
     os.killpg(run.pid, signal.SIGTERM)
+    if stops == 2:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            run.wait(timeout=6)
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         run.wait(timeout=120)
     left = [pid for pid in workers if alive(pid)]  # the moment the main process has ended
@@ -587,6 +596,52 @@ def test_a_data_loader_worker_busy_at_a_stop_does_not_outlive_the_run(tmp_path):
     assert run.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("interrupted; kept:"), err
     assert left == [], "the busy data loader worker outlived the run"
+
+
+SLOW_WORKER_PATCH = (
+    "import time, torch\n"
+    "from TokenUNetSegmentLib.pipeline.training import sampler\n"
+    "_real = sampler.PatchSampler.__call__\n"
+    "def _slow(self, rng):\n"
+    "    if torch.utils.data.get_worker_info() is not None:\n"
+    "        time.sleep(30)\n"
+    "    return _real(self, rng)\n"
+    "sampler.PatchSampler.__call__ = _slow\n"
+)
+
+
+def test_a_stop_as_the_workers_start_ends_them_too(tmp_path):
+    """The group's SIGTERM as torch forks the worker (held, then handled as the workers run) while the worker makes
+    its first patch slowly (the stand-in: 30 s; a large case on a busy machine). Before (sigreview): the held stop was
+    raised where the workers were started, outside the block that ends them, so the run ended and its worker went on
+    (until its patch was done and it noticed its parent gone). Now the workers are ended on that way out too."""
+    prelude = (
+        "import os, signal, time, traceback\n"
+        "def _stop():\n"
+        "    if any('dataloader' in frame.filename for frame in traceback.extract_stack()):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "os.register_at_fork(before=_stop)\n"
+        "from torch.utils.data import dataloader\n"  # a busy machine: the worker is at its patch before the main
+        "_reset = dataloader._MultiProcessingDataLoaderIter._reset\n"  # process goes on (its requests are queued)
+        "def _slow_reset(self, *args, **kwargs):\n"
+        "    _reset(self, *args, **kwargs)\n"
+        "    time.sleep(2)\n"
+        "dataloader._MultiProcessingDataLoaderIter._reset = _slow_reset\n"
+    )
+    run = training_with_a_worker(tmp_path, prelude + SLOW_WORKER_PATCH)
+    children = Path(f"/proc/{run.pid}/task/{run.pid}/children")
+    workers: set[int] = set()
+    while run.poll() is None:  # the workers as they appear, until the main process has ended
+        with contextlib.suppress(OSError):
+            workers |= {int(pid) for pid in children.read_text().split()}
+        time.sleep(0.02)
+    left = [pid for pid in workers if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    err = ended_as_a_cancel(run)
+    assert run.returncode == 130, err
+    assert workers, "no data loader worker was seen"
+    assert left == [], "a data loader worker outlived the run"
 
 
 def test_a_signal_whose_handler_python_did_not_install_is_left_to_its_owner(monkeypatch):

@@ -260,6 +260,82 @@ def test_sigterm_while_the_command_line_loads_is_a_cancel(tmp_path):
     assert done.returncode == ExitCode.CANCELLED and "Traceback" not in done.stderr, (done.returncode, done.stderr)
 
 
+LOADING = {  # what the loading code does with the KeyboardInterrupt a stop raises in it
+    # importlib's module lock's weakref callback: Python prints "Exception ignored in" and goes on
+    "swallowed": (
+        "import weakref\n"
+        "class Thing:\n"
+        "    pass\n"
+        "def loading(parser):\n"
+        "    thing = Thing()\n"
+        "    ref = weakref.ref(thing, lambda _: os.kill(os.getpid(), signal.SIGTERM))\n"
+        "    del thing\n"
+    ),
+    # numpy's C start-up: the import it makes fails, and numpy reports an ImportError instead
+    "turned into an ImportError": (
+        "def loading(parser):\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(5)\n"
+        "    except KeyboardInterrupt:\n"
+        "        raise ImportError('PyCapsule_Import could not import module \"datetime\"') from None\n"
+    ),
+    # numpy's import_array() in another extension's start-up: printed (PyErr_Print), then an ImportError
+    "printed, then turned into an ImportError": (
+        "def loading(parser):\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(5)\n"
+        "    except KeyboardInterrupt:\n"
+        "        sys.excepthook(*sys.exc_info())\n"
+        "        raise ImportError('numpy.core.multiarray failed to import') from None\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("what", LOADING)
+def test_a_stop_lost_in_the_loading_code_is_still_a_cancel(tmp_path, what):
+    """SIGTERM (or Ctrl-C) while the command line loads, raised where the code that runs catches it (found by
+    sigreview: real SIGTERMs 0.07-0.2 s into ``python -m ... segment``). Before: swallowed in importlib's callback, the
+    stop was lost: segment ran to its end, exit 0; turned into numpy's ImportError: "internal error", exit 1. Now the
+    stop is remembered: exit 130 and its one line (not Python's "Exception ignored in ..." traceback of the swallowed
+    one), the command not run."""
+    ran = tmp_path / "ran"
+    code = (
+        "import os, runpy, signal, sys, time\n"
+        f"{LOADING[what]}"
+        "def run(args):\n"
+        f"    open({str(ran)!r}, 'w').close()\n"
+        "    return 0\n"
+        "from TokenUNetSegmentLib.pipeline import cli\n"
+        "cli.register_command('loads', 'a command whose module loads slowly', loading, run)\n"
+        "sys.argv = ['tokenunet', 'loads']\n"
+        "runpy.run_module('TokenUNetSegmentLib.pipeline', run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr.strip().splitlines()) == (130, ["interrupted; no output was written"])
+    assert not ran.exists()
+
+
+def test_a_stop_as_the_command_line_starts_is_a_cancel_not_a_traceback():
+    """SIGTERM (or Ctrl-C) while ``python -m TokenUNetSegmentLib.pipeline`` has imported its command line but has not
+    begun to parse its arguments (found by sigreview: 2 of 80 real SIGTERMs 0.07-0.2 s in, at ``import logging`` and the
+    allocator's import). Before: a ``KeyboardInterrupt`` traceback, exit -2 (a SIGTERM told as a SIGINT). Now: exit 130,
+    no traceback."""
+    code = (
+        "import os, runpy, signal, sys\n"
+        "class StopOnImport:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'TokenUNetSegmentLib.pipeline.allocator':\n"
+        "            os.kill(os.getpid(), signal.SIGTERM)\n"
+        "sys.meta_path.insert(0, StopOnImport())\n"
+        "sys.argv = ['tokenunet', 'models', 'list']\n"
+        "runpy.run_module('TokenUNetSegmentLib.pipeline', run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=60)
+    assert done.returncode == ExitCode.CANCELLED and "Traceback" not in done.stderr, (done.returncode, done.stderr)
+
+
 @pytest.mark.parametrize("progress", ["none", "json"])
 def test_python_warnings_of_a_command_are_one_line_or_a_json_event(monkeypatch, capsys, progress):
     """Before: a warning raised inside a command (``evaluate --model`` on a small volume) printed Python's two

@@ -415,25 +415,28 @@ def test_a_command_run_in_a_deleted_folder_is_one_line_before_any_work(cli_case,
 def test_commands_that_name_no_relative_path_run_in_a_deleted_folder(tmp_path):
     """(leftfix) ``models list`` reads only the catalog and the model cache, named by absolute paths: it runs in a
     deleted folder (before: refused as every command was). ``--help`` too. Refused still: the same list with a relative
-    ``--catalog`` or ``TOKENUNET_HOME``, and the commands that take paths (``models info`` takes an id or a path)."""
-    gone, home = tmp_path / "gone", tmp_path / "home"
+    ``--catalog`` or ``TOKENUNET_HOME``, and the commands that take paths (``models info`` takes an id or a path).
+    (sigreview) Refused too: a relative ``HOME`` without ``TOKENUNET_HOME`` (before: the cache ``HOME/.tokenunet``,
+    relative to a folder that no longer exists, was read as empty: the list lacked the user's models, exit 0)."""
+    gone, home, user = tmp_path / "gone", tmp_path / "home", str(tmp_path / "user")
     gone.mkdir()
-    runs = {
-        "list": (["models", "list"], str(home)),
-        "list json": (["models", "list", "--json"], str(home)),
-        "help": (["--help"], str(home)),
-        "models help": (["models", "--help"], str(home)),
-        "relative catalog": (["--catalog", "catalog.json", "models", "list"], str(home)),
-        "relative home": (["models", "list"], "home"),
-        "info": (["models", "info", "abdomen-organs-3mm-demo"], str(home)),
+    runs = {  # argv, TOKENUNET_HOME, HOME
+        "list": (["models", "list"], str(home), user),
+        "list json": (["models", "list", "--json"], str(home), user),
+        "help": (["--help"], str(home), user),
+        "models help": (["models", "--help"], str(home), user),
+        "relative catalog": (["--catalog", "catalog.json", "models", "list"], str(home), user),
+        "relative home": (["models", "list"], "home", user),
+        "relative user home": (["models", "list"], "", "user"),  # the cache in ~/.tokenunet (sigreview)
+        "info": (["models", "info", "abdomen-organs-3mm-demo"], str(home), user),
     }
     code = (
         "import contextlib, io, json, os, sys\n"
         f"os.chdir({str(gone)!r}); os.rmdir({str(gone)!r})\n"
         "from TokenUNetSegmentLib.pipeline import cli\n"
         "seen = {}\n"
-        f"for name, (argv, home) in {runs!r}.items():\n"
-        "    os.environ['TOKENUNET_HOME'] = home\n"
+        f"for name, (argv, home, user) in {runs!r}.items():\n"
+        "    os.environ['TOKENUNET_HOME'], os.environ['HOME'] = home, user\n"
         "    out, err = io.StringIO(), io.StringIO()\n"
         "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
         "        try: code = cli.main(argv)\n"
@@ -448,7 +451,7 @@ def test_commands_that_name_no_relative_path_run_in_a_deleted_folder(tmp_path):
     for name in ("list", "list json", "help", "models help"):
         assert seen[name][0] == 0 and seen[name][2] == "", (name, seen[name])
     assert "abdomen-organs-3mm-demo" in seen["list"][1] and json.loads(seen["list json"][1])
-    for name in ("relative catalog", "relative home", "info"):
+    for name in ("relative catalog", "relative home", "relative user home", "info"):
         code, _, err = seen[name]
         assert code == 2 and one_line(err) and "current folder" in err and "no longer exists" in err, (name, err)
     assert os.listdir(tmp_path) == []

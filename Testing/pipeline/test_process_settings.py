@@ -78,3 +78,24 @@ def test_the_cases_of_a_batch_run_on_the_threads_of_the_first(tiny_package, netw
     assert cli.main(["batch", *cases, "--model", str(tiny_package), "--out", str(tmp_path / "out"), *options]) == 0
     assert process_settings() == before
     assert len(network_threads) == 3 and set(network_threads) == {before[0]}
+
+
+def test_a_training_run_leaves_the_process_as_it_was(tmp_path):
+    """``train --threads N`` through ``cli.main`` (a script's, a notebook's) or ``trainer.train``. Before (sigreview):
+    torch's thread count was set to N for good: the caller's thread and every thread started later (its next
+    ``segment()``, Slicer's next run thread) ran on N threads, also after a training refused or failed."""
+    import json
+
+    from helpers.training_data import train_config, write_dataset
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(train_config()))
+    datalist = write_dataset(tmp_path / "data", cases=1, validation=0)
+    before = process_settings()
+    threads = str(before[0] % 3 + 1)  # not the process's own
+    argv = ["train", str(datalist), "--config", str(config), "--progress", "none", "--threads", threads]
+    argv += ["--steps", "2", "--val-every", "2", "--workers", "0"]
+    assert cli.main([*argv, "--out", str(tmp_path / "run")]) == 0
+    assert process_settings() == before
+    assert cli.main([*argv, "--out", str(tmp_path / "refused"), "--hold-out", "nobody"]) == 2  # after the count is set
+    assert process_settings() == before

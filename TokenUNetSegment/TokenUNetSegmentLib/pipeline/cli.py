@@ -288,7 +288,8 @@ def _check_working_folder(args: argparse.Namespace) -> None:
     from .errors import InputError
 
     if (args.command, getattr(args, "action", None)) == ("models", "list"):
-        named = (getattr(args, "catalog", None), os.environ.get(HOME_VARIABLE, "").strip())
+        home = os.environ.get(HOME_VARIABLE, "").strip() or os.path.expanduser("~")  # the cache: ~/.tokenunet else
+        named = (getattr(args, "catalog", None), home)
         if not any(value and not os.path.isabs(os.path.expanduser(value)) for value in named):
             return
     try:
@@ -303,32 +304,40 @@ def _check_working_folder(args: argparse.Namespace) -> None:
 def _run(argv: list[str] | None, own_process: bool = False) -> int:
     """Parse ``argv`` and run its command; every error becomes one line (or event) and its exit code. The stop
     handlers are put back after the command unless this is the command line's ``own_process``."""
-    import logging
-
-    for stream in (sys.stdout, sys.stderr):  # file names that are not valid text are printed escaped
-        with contextlib.suppress(AttributeError, ValueError):
-            stream.reconfigure(errors="backslashreplace")
-    from .allocator import use_huge_pages
-
     tokens = sys.argv[1:] if argv is None else [str(a) for a in argv]
     json_progress = "--progress=json" in tokens or ("--progress", "json") in zip(tokens, tokens[1:], strict=False)
     json_errors = JSON_ERRORS.set(json_progress)
-    if own_process:  # a stop while the commands' modules load (half a second on a busy machine) is a cancel too
-        from .cancel_signals import install_cancel_handlers
-
-        install_cancel_handlers(threading.Event())
+    loading = threading.Event()  # set by a stop while the command line loads, in a process of its own
+    hooks = sys.unraisablehook, sys.excepthook
     try:
+        if own_process:  # a stop while the commands' modules load (half a second on a busy machine) is a cancel too
+            from .cancel_signals import install_cancel_handlers
+
+            install_cancel_handlers(loading)
+            sys.unraisablehook, sys.excepthook = _quiet_stops(*hooks)  # one swallowed is remembered, not printed
+        import logging
+
+        for stream in (sys.stdout, sys.stderr):  # file names that are not valid text are printed escaped
+            with contextlib.suppress(AttributeError, ValueError):
+                stream.reconfigure(errors="backslashreplace")
+        from .allocator import use_huge_pages
+
         use_huge_pages()  # before torch is imported
         args = parse_arguments(argv)
+        if loading.is_set():  # its KeyboardInterrupt was swallowed where it was raised (importlib's callbacks)
+            raise KeyboardInterrupt
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     except KeyboardInterrupt as error:  # Ctrl-C while a command's modules load: no traceback either
         return _report(ErrorEvent.from_error(error), json_progress, after_interrupt=True)
-    except ModuleNotFoundError as error:  # declaring a command's arguments imports its module
-        if missing_dependency(error) is None or "--debug" in tokens:
-            raise
+    except Exception as error:
+        if loading.is_set():  # the stop's KeyboardInterrupt turned into another error (numpy's C start-up)
+            return _report(ErrorEvent.from_error(KeyboardInterrupt()), json_progress, after_interrupt=True)
+        if not isinstance(error, ModuleNotFoundError) or missing_dependency(error) is None or "--debug" in tokens:
+            raise  # declaring a command's arguments imports its module: a missing dependency is told in one line
         return _report(ErrorEvent.from_error(error), json_progress)
     finally:
         JSON_ERRORS.reset(json_errors)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+        sys.unraisablehook, sys.excepthook = hooks
     json_progress = getattr(args, "progress", None) == "json"
     with _stops_cancel(restore=not own_process), events_on_stderr(json_progress):  # C libraries' lines: events
         try:
@@ -347,6 +356,22 @@ def _run(argv: list[str] | None, own_process: bool = False) -> int:
             if args.debug and event.category != "cancelled":
                 raise
             return _report(event, json_progress, isinstance(error, KeyboardInterrupt))
+
+
+def _quiet_stops(unraisable, excepthook) -> tuple:
+    """``sys.unraisablehook`` and ``sys.excepthook`` that drop a stop's ``KeyboardInterrupt`` where Python or a C
+    library swallows it (a weakref callback of importlib's) or prints it (numpy's ``import_array`` in an extension's
+    start-up: ``PyErr_Print``), handing anything else to the hooks they replace."""
+
+    def unraisable_but_stops(information) -> None:
+        if not isinstance(information.exc_value, KeyboardInterrupt):
+            unraisable(information)
+
+    def excepthook_but_stops(kind, value, traceback) -> None:
+        if not isinstance(value, KeyboardInterrupt):
+            excepthook(kind, value, traceback)
+
+    return unraisable_but_stops, excepthook_but_stops
 
 
 @contextlib.contextmanager

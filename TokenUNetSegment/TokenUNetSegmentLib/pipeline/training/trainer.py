@@ -5,6 +5,7 @@ schedule, sliding-window validation Dice, best/last checkpoints, resume, Distrib
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -101,6 +102,23 @@ def validate(network, cases: list[Case], cfg: dict, overlap: float, device: torc
     return {"dice": dice, "mean_dice": float(np.mean(list(dice.values()))) if dice else 0.0}
 
 
+def _keeps_torch_threads(function):
+    """``function`` run with torch's thread count put back after it (a caller's process, a script's or a notebook's
+    calling :func:`train` or ``cli.main``, keeps its own: ``--threads`` changed it for good, for the caller's thread
+    and every thread started later), also after an error or a stop."""
+
+    @functools.wraps(function)
+    def keeping(*args, **kwargs):
+        threads = torch.get_num_threads()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return keeping
+
+
+@_keeps_torch_threads
 def train(
     datalist: str | Path,
     config: dict,
@@ -261,9 +279,10 @@ def train(
     loader = DataLoader(
         stream, batch_size=recipe.batch_size, num_workers=recipe.workers, worker_init_fn=_leave_stops_to_the_main
     )
-    with stops_held():  # a stop as the workers start is handled once they run (:func:`_leave_stops_to_the_main`)
-        iterator = iter(loader)
+    iterator = None
     try:
+        with stops_held():  # a stop as the workers start is handled once they run (:func:`_leave_stops_to_the_main`)
+            iterator = iter(loader)  # and raised here, where the workers it started are ended too
         while step < recipe.steps:
             if out_of_time():
                 stopped_early = True
@@ -379,18 +398,38 @@ def _leave_stops_to_the_main(worker_id: int) -> None:
 
 
 def _end_workers(iterator) -> None:
-    """End the data loader's workers on every way out of the training loop, none left behind. torch's clean-up waits
-    5 s for each, then sends SIGTERM, which a worker ignores (:func:`_leave_stops_to_the_main`): a worker still
-    busy then outlived the run (on a busy machine after a stop) and wrote "BrokenPipeError" after the run's last line.
-    It is killed instead, once torch no longer watches it (its SIGCHLD check would call that a failure)."""
-    end = getattr(iterator, "_shutdown_workers", None)  # torch's own clean-up (no public one); absent without workers
+    """End the data loader's workers on every way out of the training loop, at once, none left behind: the patches
+    they make are no longer wanted. torch's clean-up waits 5 s for a busy worker, sends it SIGTERM, which a worker
+    ignores (:func:`_leave_stops_to_the_main`), and waits 5 s more: a stop took 10 s per worker busy with a slow patch
+    (20 s with 2), and a second stop after 5 s of that wait cut it short, the worker outliving the run. They are killed
+    first, once torch's SIGCHLD check no longer watches them (it would call a killed worker a failure), then torch
+    closes its queues; a later stop waits for that (:func:`..cancel_signals.cleaning_up`). torch's private attributes
+    (it has no public clean-up) are read with ``getattr``: absent without workers; without the check's removal, torch's
+    clean-up runs first, as it would alone."""
+    from ..cancel_signals import cleaning_up
+
+    end = getattr(iterator, "_shutdown_workers", None)
     if end is None:
         return
-    end()
-    for worker in getattr(iterator, "_workers", []):
+    workers = getattr(iterator, "_workers", [])
+    unwatch = getattr(getattr(torch.utils.data._utils, "signal_handling", None), "_remove_worker_pids", None)
+    with cleaning_up():
+        try:
+            if unwatch is not None and getattr(iterator, "_worker_pids_set", False):
+                unwatch(id(iterator))
+                iterator._worker_pids_set = False
+                _kill(workers)
+        finally:
+            end()
+            _kill(workers)
+
+
+def _kill(workers) -> None:
+    for worker in workers:
         if worker.is_alive():
             worker.kill()
-            worker.join()
+    for worker in workers:
+        worker.join()
 
 
 def _check_labelled(cases: list[Case], count: int) -> None:
