@@ -670,3 +670,31 @@ def test_a_signal_whose_handler_python_did_not_install_is_left_to_its_owner(monk
     assert signal.SIGTERM not in replaced
     assert signal.SIGINT in replaced  # Python's own handler is still replaced and put back
     assert real_getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("raises", [False, True])
+@pytest.mark.parametrize("holder", ["stops_held", "deferred_signals"])
+def test_a_stop_held_by_a_block_reaches_its_handler_after_it_even_when_the_block_fails(holder, raises):
+    """Both ways of holding stops (:func:`.cancel_signals.stops_held` around the data loader's start, the swap of a
+    result into place) share one recorder: a SIGTERM sent inside the block reaches the handler it would have met only
+    after the block, once, also when the block raised; the swap's holder says so in a warning."""
+    from TokenUNetSegmentLib.pipeline import cancel_signals, output_folder
+
+    calls, warnings, inside = [], [], []
+
+    def handler(signum, _frame):
+        calls.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    block = cancel_signals.stops_held() if holder == "stops_held" else output_folder._deferred_signals(warnings)
+    try:
+        with contextlib.suppress(RuntimeError), block:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            inside.extend(calls)
+            if raises:
+                raise RuntimeError("the block failed")
+        assert inside == [] and calls == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is handler and len(warnings) == (holder == "deferred_signals")
+    finally:
+        signal.signal(signal.SIGTERM, previous)

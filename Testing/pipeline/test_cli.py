@@ -246,17 +246,24 @@ def test_sigterm_while_the_command_line_loads_is_a_cancel(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=60)
     assert done.returncode == ExitCode.CANCELLED, (done.returncode, done.stderr)
     assert done.stderr.strip() == "interrupted; no output was written"
-    importing = (  # earlier still: SIGTERM while ``python -m TokenUNetSegmentLib.pipeline`` imports the command line
+    # earlier still: SIGTERM while ``python -m TokenUNetSegmentLib.pipeline`` imports the command line
+    assert_a_stop_at_the_import_of_is_a_cancel("TokenUNetSegmentLib.pipeline.cli")
+
+
+def assert_a_stop_at_the_import_of_is_a_cancel(module: str) -> None:
+    """``python -m TokenUNetSegmentLib.pipeline models list`` sent SIGTERM as it begins to import ``module``: exit 130,
+    no traceback."""
+    code = (
         "import os, runpy, signal, sys\n"
         "class StopOnImport:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'TokenUNetSegmentLib.pipeline.cli':\n"
+        f"        if name == {module!r}:\n"
         "            os.kill(os.getpid(), signal.SIGTERM)\n"
         "sys.meta_path.insert(0, StopOnImport())\n"
         "sys.argv = ['tokenunet', 'models', 'list']\n"
         "runpy.run_module('TokenUNetSegmentLib.pipeline', run_name='__main__')\n"
     )
-    done = subprocess.run([sys.executable, "-c", importing], cwd=MODULE_DIR, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=60)
     assert done.returncode == ExitCode.CANCELLED and "Traceback" not in done.stderr, (done.returncode, done.stderr)
 
 
@@ -322,18 +329,7 @@ def test_a_stop_as_the_command_line_starts_is_a_cancel_not_a_traceback():
     begun to parse its arguments (found by sigreview: 2 of 80 real SIGTERMs 0.07-0.2 s in, at ``import logging`` and the
     allocator's import). Before: a ``KeyboardInterrupt`` traceback, exit -2 (a SIGTERM told as a SIGINT). Now: exit 130,
     no traceback."""
-    code = (
-        "import os, runpy, signal, sys\n"
-        "class StopOnImport:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'TokenUNetSegmentLib.pipeline.allocator':\n"
-        "            os.kill(os.getpid(), signal.SIGTERM)\n"
-        "sys.meta_path.insert(0, StopOnImport())\n"
-        "sys.argv = ['tokenunet', 'models', 'list']\n"
-        "runpy.run_module('TokenUNetSegmentLib.pipeline', run_name='__main__')\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True, timeout=60)
-    assert done.returncode == ExitCode.CANCELLED and "Traceback" not in done.stderr, (done.returncode, done.stderr)
+    assert_a_stop_at_the_import_of_is_a_cancel("TokenUNetSegmentLib.pipeline.allocator")
 
 
 @pytest.mark.parametrize("progress", ["none", "json"])

@@ -21,6 +21,7 @@ import signal
 import stat
 import threading
 import time
+from collections.abc import Callable
 
 STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK") if hasattr(signal, name)
@@ -128,6 +129,33 @@ def restore_handlers(previous: list) -> None:
 
 
 @contextlib.contextmanager
+def stops_recorded(replay: Callable[[list[int], dict], None], block: bool = False):
+    """Ctrl-C, SIGTERM and a hang-up recorded instead of handled while the block runs (main thread only: call it
+    there); after it, even when it raised, the previous handlers are put back and ``replay(received, previous)``
+    decides what the signals that came (each once, in order) become, given the handlers they would have met.
+    ``block``: also blocked for the thread, so that processes forked inside start with them blocked. Signals left
+    alone (:func:`left_alone`: an embedding application's own handler, ``nohup``) are not touched."""
+    received: list[int] = []
+    previous = {}
+    for signum in STOP_SIGNALS:
+        if left_alone(signum):
+            continue
+        with contextlib.suppress(ValueError, OSError):
+            previous[signum] = signal.signal(signum, lambda number, _frame: received.append(number))
+    mask = (
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if block and hasattr(signal, "pthread_sigmask") else None
+    )
+    try:
+        yield
+    finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one sent to this thread comes now, still recorded
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        replay(list(dict.fromkeys(received)), previous)
+
+
+@contextlib.contextmanager
 def stops_held():
     """Ctrl-C, SIGTERM and a hang-up held until the block is done, then handled by the handlers they would have met
     (main thread only): for a block whose code a ``KeyboardInterrupt`` must not reach, such as torch's start of data
@@ -137,25 +165,17 @@ def stops_held():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[int] = []
-    previous = {}
-    for signum in STOP_SIGNALS:
-        if not left_alone(signum):
-            previous[signum] = signal.signal(signum, lambda number, _frame: received.append(number))
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if hasattr(signal, "pthread_sigmask") else None
-    try:
+    with stops_recorded(_handle_held, block=True):
         yield
-    finally:
-        if mask is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one sent to this thread comes now, still held
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(received):
-            handler = previous[signum]
-            if callable(handler):
-                handler(signum, None)
-            elif handler == signal.SIG_DFL:
-                signal.raise_signal(signum)
+
+
+def _handle_held(received: list[int], previous: dict) -> None:
+    for signum in received:
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(signum)
 
 
 def unblock_stops() -> None:

@@ -38,7 +38,7 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
-from .cancel_signals import STOP_SIGNALS, CancelOnSignal, left_alone
+from .cancel_signals import CancelOnSignal, stops_recorded
 from .errors import OutputError
 from .locks import DestinationLock, hidden_sibling
 from .memory import format_size
@@ -933,29 +933,22 @@ def _deferred_signals(warnings: list[str]):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[int] = []
-    previous = {}
-    for signum in STOP_SIGNALS:
-        if left_alone(signum):  # an embedding application's own handler (Python could not restore it); nohup
-            continue
-        try:
-            previous[signum] = signal.signal(signum, lambda number, _frame: received.append(number))
-        except (ValueError, OSError):
-            pass
-    try:
+    with stops_recorded(lambda received, previous: _handle_after_swap(received, previous, warnings)):
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if received:
-            warnings.append("an interrupt came while the result was put in place; it waited until the swap was done")
-            for signum in dict.fromkeys(received):
-                handler = previous.get(signum)
-                if handler is signal.default_int_handler:
-                    continue  # the result is complete: a deferred Ctrl-C (or SIGTERM as one) no longer cancels it
-                if isinstance(handler, CancelOnSignal):
-                    handler.request(signum)  # the result is complete; a batch stops before its next case
-                elif callable(handler):
-                    handler(signum, None)
-                elif handler == signal.SIG_DFL and signum != signal.SIGINT:
-                    signal.raise_signal(signum)
+
+
+def _handle_after_swap(received: list[int], previous: dict, warnings: list[str]) -> None:
+    """What a stop held while the result was put in place becomes once it is there: no longer a cancel of this run."""
+    if not received:
+        return
+    warnings.append("an interrupt came while the result was put in place; it waited until the swap was done")
+    for signum in received:
+        handler = previous.get(signum)
+        if handler is signal.default_int_handler:
+            continue  # the result is complete: a deferred Ctrl-C (or SIGTERM as one) no longer cancels it
+        if isinstance(handler, CancelOnSignal):
+            handler.request(signum)  # the result is complete; a batch stops before its next case
+        elif callable(handler):
+            handler(signum, None)
+        elif handler == signal.SIG_DFL and signum != signal.SIGINT:
+            signal.raise_signal(signum)
