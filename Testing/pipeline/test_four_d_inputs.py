@@ -2,7 +2,8 @@
 ``imagesTr/BRATS_001.nii.gz`` of X x Y x Z x 4, ``dataset.json`` naming the volumes FLAIR, T1w, t1gd, T2w), through
 the command line and ``segment()``: the channel order comes from ``--channels``/``channels=`` or the dataset.json,
 never from a guess; the result is the one of the four 3D files, voxel for voxel; bad 4D images are refused from their
-headers."""
+headers. The same volumes as a NRRD (a ``list`` or ``vector`` axis, ITK's 4th domain axis) or a MetaImage (a 4th axis,
+or channels per voxel) are read alike."""
 
 import json
 import re
