@@ -681,9 +681,9 @@ def _cases(args: argparse.Namespace) -> list[dict]:
 
 def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
     from .catalog import ModelStore
+    from .channel_stack import refuse_stacked
     from .package_loader import load_package
     from .package_source import read_metadata
-    from .channel_stack import refuse_stacked
     from .training.datasets import check_datalist_file_modality
     from .volumes import open_volume, read_volume
 
