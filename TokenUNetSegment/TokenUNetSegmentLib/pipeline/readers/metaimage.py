@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from .header import (
     MAX_HEADER_BYTES,
     ImageHeader,
@@ -132,6 +133,13 @@ def _payloads(path, name, fields, listed, length, data_bytes, value_bytes) -> li
     encoding = "gzip" if compressed else ("raw" if binary else "text")
     if entry.upper() == "LOCAL":
         files = [path]
+        if compressed and "compresseddatasize" not in fields:  # MetaIO then reads other values, saying only on stderr
+            raise InputError(
+                f"{name} holds compressed data after its header without CompressedDataSize, which the image reader "
+                "(ITK) cannot read",
+                f"add the line 'CompressedDataSize = {max(path.stat().st_size - length, 0)}' before ElementDataFile, "
+                "or export it again",
+            )
     elif listed:
         files = [data_file(path, f, name) for f in listed]
     else:
