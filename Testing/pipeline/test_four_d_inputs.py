@@ -545,6 +545,10 @@ def bad_nrrd_and_metaimage_inputs(task01, tmp_path):
     mixed.SetDirection((np.asarray(joined.GetDirection()).reshape(4, 4) @ turn).ravel())
     sitk.WriteImage(mixed, tmp_path / "mixed.mha")
     sequence = 'labels: "time" "" "" ""\nDataNodeClassName:=vtkMRMLScalarVolumeNode\naxis 0 index values:=0 1 2 3\n'
+    dce = sitk.Compose(four)  # a DCE series as Slicer's MultiVolume (and DICOM converters for it) store it
+    for key, value in [("FrameIdentifyingDICOMTagName", "TriggerTime"), ("FrameLabels", "0,60,120,180")]:
+        dce.SetMetaData(f"MultiVolume.{key}", value)
+    sitk.WriteImage(dce, tmp_path / "dce.nrrd")
     fields = ["--channels", "T1,T1c,T2,FLAIR"]
     return {
         "a NRRD without an order": ([nrrd], [], "mr", "BRATS_001.nrrd holds 4 volumes (a 4D image), and nothing says"),
@@ -568,6 +572,13 @@ def bad_nrrd_and_metaimage_inputs(task01, tmp_path):
             fields,
             "mr",
             "cine.seq.nrrd is a 4D image whose 4th axis is the items of a Slicer sequence or series (labelled 'time')",
+        ),
+        "a Slicer MultiVolume": (
+            [tmp_path / "dce.nrrd"],
+            fields,
+            "mr",
+            "dce.nrrd is a 4D image whose 4th axis is the items of a Slicer sequence or series (MultiVolume frames by "
+            "TriggerTime), not channels",
         ),
         "a DWI": (
             [

@@ -155,7 +155,8 @@ def _stacked(fields: dict, pairs: dict, kinds: list[str], sizes, name: str) -> t
 
     Volumes lie along a ``list`` or ``vector`` axis (:data:`CHANNEL_KINDS`) or a 4th domain axis (ITK writes a 4D image
     so, in a 4D space). A Slicer segmentation's ``list`` axis holds layers of overlapping segments (refused as such
-    when read); a Slicer sequence's (``DataNodeClassName``, or an axis labelled ``time``) the items of a series, a
+    when read); a Slicer sequence's (``DataNodeClassName``, or an axis labelled ``time``) or MultiVolume's
+    (``MultiVolume.*`` keys: DCE, multi-echo, variable flip angle frames) the items of a series, a
     DWI's (``modality:=DWMRI``) gradient directions, a ``time`` axis or a space-time's 4th axis time points.
 
     Raises:
@@ -188,6 +189,10 @@ def _stacked(fields: dict, pairs: dict, kinds: list[str], sizes, name: str) -> t
         return stacked, f"time (NRRD space '{fields['space'].strip()}')"
     if "DataNodeClassName" in pairs or series:
         what = f"labelled '{series[0]}'" if series else f"of {pairs['DataNodeClassName'].strip()[:40]}"
+        return stacked, f"the items of a Slicer sequence or series ({what})"
+    if any(key.startswith("MultiVolume.") for key in pairs):  # Slicer's MultiVolume: frames of one acquisition
+        tag = pairs.get("MultiVolume.FrameIdentifyingDICOMTagName", "").strip()[:40]
+        what = f"MultiVolume frames by {tag}" if tag else "MultiVolume frames"
         return stacked, f"the items of a Slicer sequence or series ({what})"
     if pairs.get("modality", "").strip() == "DWMRI":
         return stacked, "diffusion gradient directions (modality:=DWMRI)"
