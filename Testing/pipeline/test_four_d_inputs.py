@@ -667,3 +667,33 @@ def test_colour_geometric_vectors_and_segmentation_layers_stay_refused_as_what_t
         assert run_cli(ct, tmp_path / "out", path) == 2, what
         error = capsys.readouterr().err
         assert error.startswith(f"error: {start}") and error.count("\n") == 1, (what, error)
+
+
+def test_a_4d_image_whose_4th_axis_has_no_step_is_refused_from_its_header_in_plain_words(
+    task01, tmp_path, capsys, monkeypatch
+):
+    """ITK's 4D NRRD and MetaImage with a 4th spacing of 0 (or NaN, which MetaIO reads as 0) or a zero 4th axis
+    direction: the header passed as 4 volumes, then ITK refused the file once its data had been checked, in its own
+    words (found by review4d; before: "cannot read x.mha: Refusing to change spacing from [1, 1, 1, 1] to [2, 2,
+    2.5, 0]", "cannot read x.mha: 0 0 0 0"). Refused from the header, before any voxel is read."""
+    import re as regex
+
+    images = task01[4]
+    joined = sitk.JoinSeries([images[name] for name in SEQUENCES])
+    edits = {
+        "spacing.mha": (rb"(ElementSpacing = \S+ \S+ \S+) 1\n", rb"\1 0\n"),
+        "nan.mha": (rb"(ElementSpacing = \S+ \S+ \S+) 1\n", rb"\1 nan\n"),
+        "direction.mha": (rb"(TransformMatrix = (?:\S+ ){15})1\n", rb"\g<1>0\n"),
+        "direction.nrrd": (rb"\(0,0,0,1\)", rb"(0,0,0,0)"),
+    }
+    for name, (pattern, replacement) in edits.items():
+        sitk.WriteImage(joined, tmp_path / name)
+        data = (tmp_path / name).read_bytes()
+        assert regex.search(pattern, data), name
+        (tmp_path / name).write_bytes(regex.sub(pattern, replacement, data, count=1))
+    refuse_reading(monkeypatch)
+    for name in edits:
+        assert run_cli(task01[3], tmp_path / "out", tmp_path / name, options=["--channels", "T1,T1c,T2,FLAIR"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {name} is a 4D image whose 4th axis has a zero or invalid step"), error
+        assert error.count("\n") == 1 and not (tmp_path / "out").exists(), error

@@ -109,6 +109,8 @@ def parse_metaimage(path: Path, name: str) -> ImageHeader:
     while stacked and stacked[-1] == 1:  # trailing axes of one
         stacked = stacked[:-1]
     if ndims == 4 and sizes[3] > 1:  # ITK's 4D image: the 4th axis holds the volumes
+        if len(spacing) == 4 and math.isnan(spacing[3]):
+            spacing = (*spacing[:3], 0.0)  # MetaIO reads what is no number as 0
         directions, spacing = spatial_part(directions, spacing, name)
     value_bytes = TYPES[value_type]
     data_bytes = math.prod(sizes) * channels * value_bytes
