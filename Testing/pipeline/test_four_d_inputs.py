@@ -697,3 +697,21 @@ def test_a_4d_image_whose_4th_axis_has_no_step_is_refused_from_its_header_in_pla
         error = capsys.readouterr().err
         assert error.startswith(f"error: {name} is a 4D image whose 4th axis has a zero or invalid step"), error
         assert error.count("\n") == 1 and not (tmp_path / "out").exists(), error
+
+
+def test_a_multi_channel_image_joined_into_a_4d_image_of_one_is_refused_from_its_header_as_5d(
+    task01, tmp_path, capsys, monkeypatch
+):
+    """SimpleITK's ``JoinSeries`` of one 4-channel image (ITK's NRRD: a ``vector`` axis and a 4th domain axis of size
+    1; MetaImage: NDims 4 of 1, 4 channels), which ITK reads as a 4D image of 4 components: refused from the header
+    as 5 dimensions in both formats (found by review4d; before, the NRRD's axis of one was dropped: "holds the channels
+    in 4D" noted, the image read, then "was not read as 4 volumes of one value per voxel (export it again)")."""
+    images = task01[4]
+    joined = sitk.JoinSeries([sitk.Compose([images[name] for name in SEQUENCES])])
+    refuse_reading(monkeypatch)
+    for name in ("one.nrrd", "one.mha"):
+        sitk.WriteImage(joined, tmp_path / name)
+        assert run_cli(task01[3], tmp_path / "out", tmp_path / name, options=["--channels", "T1,T1c,T2,FLAIR"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {name} has 5 dimensions (1 x 4 after the spatial ones)"), error
+        assert error.count("\n") == 1 and not (tmp_path / "out").exists(), error

@@ -176,7 +176,7 @@ def _stacked(fields: dict, pairs: dict, kinds: list[str], sizes, name: str) -> t
             f"{name} has {len(domain)} domain axes in a {space}D space, which the image reader (ITK) cannot read",
             "give the axis of volumes the kind 'list', or save each volume as a 3D file",
         )
-    stacked = tuple(sizes[axis] for axis in sorted(listed + extra))
+    stacked = tuple(sizes[axis] for axis in extra + listed)  # as ITK reads them: domain axes, then each voxel's values
     while stacked and stacked[-1] == 1:
         stacked = stacked[:-1]
     labels = re.findall(r'"([^"]*)"', fields.get("labels", ""))
