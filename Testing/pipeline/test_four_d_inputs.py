@@ -715,3 +715,26 @@ def test_a_multi_channel_image_joined_into_a_4d_image_of_one_is_refused_from_its
         error = capsys.readouterr().err
         assert error.startswith(f"error: {name} has 5 dimensions (1 x 4 after the spatial ones)"), error
         assert error.count("\n") == 1 and not (tmp_path / "out").exists(), error
+
+
+def test_a_nrrd_whose_space_has_more_dimensions_than_its_domain_axes_is_refused_from_its_header(
+    task01, tmp_path, capsys, monkeypatch
+):
+    """A list axis and three domain axes placed in a 4D space (``space dimension: 4``, or a space-time such as
+    ``right-anterior-superior-time``, with 4-component directions), which ITK cannot read (found by review4d; before:
+    the header passed as 4 volumes, the data were checked, then ITK's words: "cannot read x.nrrd: ReadImageInformation:
+    number of domain axes in the NRRD file (3) doesn't match dimension of space in"). Refused from the header."""
+    images = task01[4]
+    base = write_nrrd(tmp_path / "base.nrrd", [images[name] for name in SEQUENCES]).read_bytes()
+    header, data = base.split(b"\n\n", 1)
+    header = re.sub(rb"\(([^)]*)\)", rb"(\1,0)", header)  # 4-component directions and origin
+    spaces = {"dimension.nrrd": b"space dimension: 4", "spacetime.nrrd": b"space: right-anterior-superior-time"}
+    for name, space in spaces.items():
+        edited = header.replace(b"space: left-posterior-superior", space)
+        (tmp_path / name).write_bytes(edited + b"\n\n" + data)
+    refuse_reading(monkeypatch)
+    for name in ("dimension.nrrd", "spacetime.nrrd"):
+        assert run_cli(task01[3], tmp_path / "out", tmp_path / name, options=["--channels", "T1,T1c,T2,FLAIR"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {name} has 3 domain axes in a 4D space, which the image reader (ITK)"), error
+        assert error.count("\n") == 1 and not (tmp_path / "out").exists(), error

@@ -160,7 +160,7 @@ def _stacked(fields: dict, pairs: dict, kinds: list[str], sizes, name: str) -> t
     DWI's (``modality:=DWMRI``) gradient directions, a ``time`` axis or a space-time's 4th axis time points.
 
     Raises:
-        InputError: four domain axes in a 3D space, which ITK cannot read.
+        InputError: four domain axes in a 3D space, or three in a 4D space, which ITK cannot read.
     """
     domain = [axis for axis, kind in enumerate(kinds) if kind in DOMAIN_KINDS]
     if len(domain) < 3:  # a 2D image is refused as such
@@ -175,6 +175,11 @@ def _stacked(fields: dict, pairs: dict, kinds: list[str], sizes, name: str) -> t
         raise InputError(
             f"{name} has {len(domain)} domain axes in a {space}D space, which the image reader (ITK) cannot read",
             "give the axis of volumes the kind 'list', or save each volume as a 3D file",
+        )
+    if space is not None and space > len(domain):  # ITK refuses it once the data are checked
+        raise InputError(
+            f"{name} has {len(domain)} domain axes in a {space}D space, which the image reader (ITK) cannot read",
+            "place it in a 3D space (e.g. space: left-posterior-superior), or export it again",
         )
     stacked = tuple(sizes[axis] for axis in extra + listed)  # as ITK reads them: domain axes, then each voxel's values
     while stacked and stacked[-1] == 1:
