@@ -1,7 +1,7 @@
 """Runs one after another in one process (Slicer's module, a script's ``segment()`` calls, ``batch``'s cases): each
 run's network gets the thread count the first got, and what a run changes of the process (torch's intra-op threads,
-in the caller's thread and in threads started later; SimpleITK's default thread count; Python's switch interval) is
-as before after it, also after a run that failed or was cancelled."""
+in the caller's thread and in threads started later; SimpleITK's default thread count; Python's switch interval;
+cudnn's flags) is as before after it, also after a run that failed or was cancelled."""
 
 import sys
 import threading
@@ -41,7 +41,14 @@ def process_settings() -> tuple:
     thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
     thread.start()
     thread.join()
-    return torch.get_num_threads(), later, sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), sys.getswitchinterval()
+    cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    return (
+        torch.get_num_threads(),
+        later,
+        sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+        sys.getswitchinterval(),
+        cudnn,
+    )
 
 
 def test_in_process_runs_leave_the_process_as_it_was(tiny_package, network_threads):
@@ -84,7 +91,9 @@ def test_the_cases_of_a_batch_run_on_the_threads_of_the_first(tiny_package, netw
 def test_a_training_run_leaves_the_process_as_it_was(tmp_path):
     """``train --threads N`` through ``cli.main`` (a script's, a notebook's) or ``trainer.train``. Before (sigreview):
     torch's thread count was set to N for good: the caller's thread and every thread started later (its next
-    ``segment()``, Slicer's next run thread) ran on N threads, also after a training refused or failed."""
+    ``segment()``, Slicer's next run thread) ran on N threads, also after a training refused or failed. Before
+    (threads2): MONAI's ``set_determinism`` left cudnn deterministic and without its benchmark for good (the process's
+    next CUDA runs on cudnn's deterministic algorithms)."""
     import json
 
     from helpers.training_data import train_config, write_dataset

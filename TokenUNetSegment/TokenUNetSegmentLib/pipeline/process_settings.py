@@ -5,27 +5,28 @@ in whatever order they end, completed, failed or cancelled.
 
 A setting saved on entry and put back on exit by each run is wrong as soon as two runs overlap: the second saves the
 first's temporary value as "the caller's", and whichever ends last puts back what it saved. Here the first holder of
-a setting saves it and the last puts it back (:class:`SharedSetting`: Python's switch interval, ITK's warning display).
+a setting saves it and the last puts it back (:class:`SharedSetting`: Python's switch interval, ITK's warning
+display, cudnn's flags).
 
 Torch's intra-op thread count is two counts in one: each thread's own (what its torch operations use; OpenMP keeps
 one per thread) and the process's, which a thread takes on its first torch operation (threads started later: an
 in-process run's worker thread, a pool's workers). ``torch.set_num_threads`` sets both, so a run that put its own
 thread on 1 thread for a while (the scoring pass) also put every thread started meanwhile on 1: another run's worker
 thread ran its whole network on 1 thread. :func:`use_threads` and :func:`threads_here` set the calling thread's
-count and keep the process's as it was when the first block began (``segment()`` and ``train`` run in one whole). On
-torch builds without OpenMP (one count for the process) a thread's own count cannot differ from the process's: the
-process's is kept there too, and the scoring pass's workers run on it.
+count and keep the process's as it was when the first block began (``segment()`` and ``train`` run in one whole). On a
+torch build without OpenMP (one count for the process; not the builds tested here, whose backend is OpenMP) a thread's
+own count cannot differ from the process's: the process's is kept there too, and the scoring pass's workers run on it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import sys
 import threading
 from collections.abc import Callable
 
 _lock = threading.Lock()
+_KEEP = object()  # a holder that sets no value of its own
 
 
 class SharedSetting:
@@ -34,27 +35,46 @@ class SharedSetting:
 
     def __init__(self, read: Callable[[], object], write: Callable[[object], None]):
         self._read, self._write = read, write
-        self._held: list[list] = []  # [value] per holder, in the order they came
+        self._held: list[list] = []  # [value] per holder (its own list: told apart by identity), in the order they came
         self._before = None
 
     @contextlib.contextmanager
-    def hold(self, value):
-        """``value`` for the block; afterwards the latest other holder's, or the value before the first holder."""
+    def hold(self, value=_KEEP):
+        """``value`` for the block (by default the setting is left as it is: the block may change it, a
+        library's call that sets it); afterwards the latest other holder's value, or the value before the first."""
         mine = [value]
         with _lock:
             if not self._held:
                 self._before = self._read()
             self._held.append(mine)
-            self._write(value)
+            if value is not _KEEP:
+                self._write(value)
         try:
             yield
         finally:
             with _lock:
                 self._held = [held for held in self._held if held is not mine]
-                self._write(self._held[-1][0] if self._held else self._before)
+                values = [held[0] for held in self._held if held[0] is not _KEEP]
+                if not self._held or values:
+                    self._write(values[-1] if values else self._before)
 
 
 switch_interval = SharedSetting(sys.getswitchinterval, sys.setswitchinterval)
+
+
+def _cudnn_flags() -> tuple[bool, bool]:
+    import torch
+
+    return torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+
+
+def _set_cudnn_flags(flags: tuple[bool, bool]) -> None:
+    import torch
+
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags
+
+
+cudnn_flags = SharedSetting(_cudnn_flags, _set_cudnn_flags)  # MONAI's set_determinism (``train``) sets them
 
 
 class _TorchThreads:
@@ -154,13 +174,10 @@ def threads_in_networks() -> int:
     return _torch.in_networks
 
 
-def held_by_runs(function):
-    """``function`` as a run (``segment()``, ``train``), in :func:`threads_here`: the first run's start saves the
-    process's torch thread count, the last run's end puts it back; the caller's thread keeps its own."""
-
-    @functools.wraps(function)
-    def run(*args, **kwargs):
-        with threads_here():
-            return function(*args, **kwargs)
-
-    return run
+@contextlib.contextmanager
+def held_by_a_run():
+    """A run's hold on the process's settings (``segment()``, ``train``): the first run's start saves torch's thread
+    count and cudnn's flags (``train`` sets them for determinism), the last run's end puts them back; the calling
+    thread keeps its own torch thread count."""
+    with threads_here(), cudnn_flags.hold():
+        yield

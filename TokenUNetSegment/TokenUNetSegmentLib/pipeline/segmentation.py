@@ -112,7 +112,7 @@ def segment(
         raise InputError(f"label_interpolation must be 'nearest' or 'linear', got {label_interpolation!r}")
     # runs that overlap (Slicer's in-process run, a console call): the first saves the process's settings, the last
     # puts them back; this thread keeps its own torch thread count
-    with process_settings.threads_here():
+    with process_settings.held_by_a_run():
         started = cpu_sample()  # the CPU time others use from here on sets the network's threads
         reporter = Progress(progress, cancel)
         clock = StageClock(reporter)

@@ -102,7 +102,7 @@ def validate(network, cases: list[Case], cfg: dict, overlap: float, device: torc
     return {"dice": dice, "mean_dice": float(np.mean(list(dice.values()))) if dice else 0.0}
 
 
-@process_settings.held_by_runs
+@process_settings.held_by_a_run()
 def train(
     datalist: str | Path,
     config: dict,
