@@ -170,8 +170,8 @@ def inference_threads(device: torch.device, since: CpuSample | None = None):
     if device.type != "cpu":
         yield current
         return
-    wanted = threads_for_load(current, since=since, beside=process_settings.threads_in_networks())
-    with process_settings.network_threads(wanted):
+    load = load_of_others(since) if since is not None and current > 1 else None  # a short wait: not under the lock
+    with process_settings.network_threads(lambda busy: threads_for_load(current, load=load, beside=busy)) as wanted:
         yield wanted
 
 

@@ -155,23 +155,20 @@ def threads_here(count: int | None = None):
 
 
 @contextlib.contextmanager
-def network_threads(count: int):
-    """:func:`threads_here` for a CPU network: its ``count`` threads are counted in :func:`threads_in_networks`
-    while it runs."""
-    with threads_here(count) as count:
-        with _lock:
-            _torch.in_networks += count
-        try:
+def network_threads(choose: Callable[[int], int]):
+    """:func:`threads_here` for a CPU network on ``choose(busy)`` threads, ``busy`` being the threads that the CPU
+    networks of this process's other runs use now (their CPU time is this process's own, which
+    :func:`.device.load_of_others` leaves out); yields the count. Chosen and counted at once: two networks that start
+    together do not both count the CPUs as free."""
+    with _lock:
+        count = choose(_torch.in_networks)
+        _torch.in_networks += count
+    try:
+        with threads_here(count):
             yield count
-        finally:
-            with _lock:
-                _torch.in_networks -= count
-
-
-def threads_in_networks() -> int:
-    """The threads that the CPU networks of this process's runs use now (their own CPU time is not "other work" to
-    :func:`.device.load_of_others`)."""
-    return _torch.in_networks
+    finally:
+        with _lock:
+            _torch.in_networks -= count
 
 
 @contextlib.contextmanager
