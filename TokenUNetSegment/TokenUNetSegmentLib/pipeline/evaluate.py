@@ -417,7 +417,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--channels",
         type=channel_names,
-        help="with --model and one 4D NIfTI --image: what each of its volumes holds, in order (as segment's)",
+        help="with --model and one 4D --image (NIfTI, NRRD, MetaImage): what each of its volumes holds, in order "
+        "(as segment's)",
     )
     parser.add_argument(
         "--reference-names", type=user_path, help='JSON name table of the reference {"1": "spleen", ...}'

@@ -95,7 +95,7 @@ def channel_items(
     """``segment()``'s inputs as one item per channel of ``config``, in its order, and how each is shown: a path or
     an ``(array, ijk_to_ras)`` pair for a one-channel model, a list in the channel order (nnU-Net's numbered files,
     ``case_0000.nii.gz`` ..., in the order their dataset.json's channel names say), a dict {channel name:
-    input} (names in any case, with the usual synonyms: ``flair``, ``t1ce``), or one 4D NIfTI image holding every
+    input} (names in any case, with the usual synonyms: ``flair``, ``t1ce``), or one 4D image holding every
     channel, ``stack_names`` naming its volumes in order (else its dataset.json: :mod:`.channel_stack`). Only a 4D
     image's header is opened. ``option``: how the caller passes ``stack_names``, for messages.
 
