@@ -443,6 +443,32 @@ def test_a_dataset_json_that_lists_its_images_names_only_those(task01, tmp_path,
         segment(str(dataset / "imagesTs" / "other_001.nii.gz"), package, device="cpu")
 
 
+def test_nan_and_infinite_values_of_a_4d_image_to_train_on_are_refused_in_trainings_words(task01, tmp_path):
+    """A datalist case whose 4D image holds a NaN (counted by the NIfTI reader) or values its scl_slope makes infinite
+    (counted once read). Before: both said "... before segmenting", segment's hint, when training."""
+    from TokenUNetSegmentLib.pipeline.training.data import load_case, read_datalist
+
+    images = task01[4]
+    floats = [sitk.Cast(images[name], sitk.sitkFloat32) for name in SEQUENCES]
+    values = sitk.GetArrayFromImage(floats[2])
+    values[3, 4, 5] = np.nan
+    floats[2] = image_from_array(values.transpose(2, 1, 0), AFFINE)
+    nan_image = write_4d(tmp_path / "nan.nii.gz", floats)
+    huge_image = tmp_path / "huge.nii"  # stored 300 to 600, scl_slope 1e36: from 400 on past float32's 3.4e38
+    sitk.WriteImage(sitk.JoinSeries([images[name] for name in SEQUENCES]), str(huge_image))
+    raw = bytearray(huge_image.read_bytes())
+    struct.pack_into("<ff", raw, 112, 1e36, 0.0)
+    huge_image.write_bytes(bytes(raw))
+    sitk.WriteImage(sitk.Cast(images["T1"] > 0, sitk.sitkUInt8), str(tmp_path / "label.nii.gz"))
+    for image, says in ((nan_image, "nan.nii.gz has 1 NaN"), (huge_image, "huge.nii, volume 1 has ")):
+        entry = {"image": image.name, "label": "label.nii.gz", "channels": list(SEQUENCES), "labels": {"1": "organ1"}}
+        (tmp_path / "list.json").write_text(json.dumps({"training": [entry]}))
+        case = read_datalist(tmp_path / "list.json")["training"][0]
+        with pytest.raises(InputError, match=re.escape(says)) as refused:
+            load_case(case, mr_config(), 8, (16, 16, 16))
+        assert refused.value.hint.endswith(" before training"), refused.value.hint
+
+
 def nrrd_vector(values) -> str:
     return "(" + ",".join(f"{value:.17g}" for value in values) + ")"
 

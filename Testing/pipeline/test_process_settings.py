@@ -1,7 +1,7 @@
 """Runs one after another in one process (Slicer's module, a script's ``segment()`` calls, ``batch``'s cases): each
 run's network gets the thread count the first got, and what a run changes of the process (torch's intra-op threads,
-in the caller's thread and in threads started later; SimpleITK's default thread count; Python's switch interval) is
-as before after it, also after a run that failed or was cancelled."""
+in the caller's thread and in threads started later; SimpleITK's default thread count; Python's switch interval;
+cudnn's flags) is as before after it, also after a run that failed or was cancelled."""
 
 import sys
 import threading
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from TokenUNetSegmentLib.pipeline import cli, device, inference
+from TokenUNetSegmentLib.pipeline import cli, device, inference, voxel_scores
+from TokenUNetSegmentLib.pipeline.background import BackgroundCall, switch_interval
 from TokenUNetSegmentLib.pipeline.errors import CancelledError
 from TokenUNetSegmentLib.pipeline.package_loader import load_package
 from TokenUNetSegmentLib.pipeline.run_contract import RunRequest, RunState
@@ -40,7 +41,14 @@ def process_settings() -> tuple:
     thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
     thread.start()
     thread.join()
-    return torch.get_num_threads(), later, sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), sys.getswitchinterval()
+    cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    return (
+        torch.get_num_threads(),
+        later,
+        sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+        sys.getswitchinterval(),
+        cudnn,
+    )
 
 
 def test_in_process_runs_leave_the_process_as_it_was(tiny_package, network_threads):
@@ -83,7 +91,9 @@ def test_the_cases_of_a_batch_run_on_the_threads_of_the_first(tiny_package, netw
 def test_a_training_run_leaves_the_process_as_it_was(tmp_path):
     """``train --threads N`` through ``cli.main`` (a script's, a notebook's) or ``trainer.train``. Before (sigreview):
     torch's thread count was set to N for good: the caller's thread and every thread started later (its next
-    ``segment()``, Slicer's next run thread) ran on N threads, also after a training refused or failed."""
+    ``segment()``, Slicer's next run thread) ran on N threads, also after a training refused or failed. Before
+    (threads2): MONAI's ``set_determinism`` left cudnn deterministic and without its benchmark for good (the process's
+    next CUDA runs on cudnn's deterministic algorithms)."""
     import json
 
     from helpers.training_data import train_config, write_dataset
@@ -99,3 +109,149 @@ def test_a_training_run_leaves_the_process_as_it_was(tmp_path):
     assert process_settings() == before
     assert cli.main([*argv, "--out", str(tmp_path / "refused"), "--hold-out", "nobody"]) == 2  # after the count is set
     assert process_settings() == before
+
+
+class Overlap:
+    """Two in-process runs of ``package`` made to overlap at chosen points, without sleeps: the first (Slicer's run
+    thread) pauses in its scoring pass (the first chunk) or in its network until released; the second's network
+    pauses until released. ``seen``: each network's torch thread count, in the order they started."""
+
+    def __init__(self, monkeypatch, package, first_pauses_in: str, first_fails: bool = False):
+        self.package, self.seen = package, []
+        self.paused = {"first": threading.Event(), "second": threading.Event()}
+        self.go = {"first": threading.Event(), "second": threading.Event()}
+        monkeypatch.setattr(device, "load_of_others", lambda since: 0.0)  # other processes' load left out
+        real_stitch, real_chunk = inference.stitch_windows, voxel_scores._score_chunk
+
+        def stitch(*args, **kwargs):
+            self.seen.append(torch.get_num_threads())
+            if len(self.seen) == 2 or (len(self.seen) == 1 and first_pauses_in == "network"):
+                self.pause("first" if len(self.seen) == 1 else "second")
+            return real_stitch(*args, **kwargs)
+
+        def chunk(*args):
+            if first_pauses_in == "scoring" and not self.paused["first"].is_set():
+                self.pause("first")
+                if first_fails:
+                    raise RuntimeError("the first run's scoring failed")
+            return real_chunk(*args)
+
+        monkeypatch.setattr(inference, "stitch_windows", stitch)
+        monkeypatch.setattr(voxel_scores, "_score_chunk", chunk)
+
+    def pause(self, which: str) -> None:
+        self.paused[which].set()
+        assert self.go[which].wait(60), f"the {which} run was never released"
+
+    def start(self, which: str) -> InProcessRun:
+        run = InProcessRun(RunRequest(inputs=[IMAGE], model=str(self.package), device="cpu")).start()
+        assert self.paused[which].wait(60), f"the {which} run never reached its pause"
+        return run
+
+    def end(self, which: str, run: InProcessRun) -> RunState:
+        self.go[which].set()
+        return run.wait(120)
+
+
+@pytest.mark.parametrize("first_ends_first", [True, False], ids=["first-ends-first", "second-ends-first"])
+@pytest.mark.parametrize("ending", ["completed", "second-cancelled", "first-failed"])
+def test_overlapping_runs_each_get_their_threads_and_leave_the_process_as_it_was(
+    tiny_package, monkeypatch, first_ends_first, ending
+):
+    """Slicer's in-process run and a second one (a second run, a ``segment()`` from the console) in one process, the
+    second started while the first is in its scoring pass (which puts its own thread and its workers on 1 torch
+    thread). Before (threads2): the second read that 1 as its caller's count and ran its whole network on 1 thread, and
+    whichever ended last put back what it had saved: threads started after both had ended got 1 torch thread."""
+    overlap = Overlap(monkeypatch, tiny_package, "scoring", first_fails=ending == "first-failed")
+    before = process_settings()
+    first = overlap.start("first")
+    second = overlap.start("second")
+    if ending == "second-cancelled":
+        second.cancel()
+    order = [("first", first), ("second", second)]
+    states = {which: overlap.end(which, run) for which, run in (order if first_ends_first else order[::-1])}
+    assert states == {
+        "first": RunState.FAILED if ending == "first-failed" else RunState.COMPLETED,
+        "second": RunState.CANCELLED if ending == "second-cancelled" else RunState.COMPLETED,
+    }
+    assert overlap.seen == [before[0], before[0]]  # what each would have used alone
+    assert process_settings() == before
+
+
+def test_a_run_started_while_another_runs_its_network_on_the_cpu_gets_the_cpus_left(tiny_package, monkeypatch):
+    """Two CPU networks of one process at once share the CPUs, as two runs in two processes do (a subprocess run
+    counts the other's threads as the load of others; an in-process run could not: its own process's CPU time is left
+    out of that load). Before (threads2): both took every thread, 4 threads on 3 CPUs here; each parallel operation
+    waits for its slowest thread (``device.threads_for_load``). A run alone afterwards gets every thread again."""
+    overlap = Overlap(monkeypatch, tiny_package, "network")
+    monkeypatch.setattr(device.os, "cpu_count", lambda: 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        before = process_settings()
+        first = overlap.start("first")
+        second = overlap.start("second")
+        assert [overlap.end("first", first), overlap.end("second", second)] == [RunState.COMPLETED] * 2
+        segment(IMAGE, load_package(tiny_package), device="cpu")
+        after = process_settings()
+    finally:
+        torch.set_num_threads(threads)
+    assert overlap.seen == [2, 1, 2]
+    assert after == before
+
+
+def test_a_run_beside_a_training_gets_the_threads_of_the_process(tiny_package, network_threads, monkeypatch, tmp_path):
+    """``train --threads N`` through ``cli.main`` in a script's thread while Slicer's in-process run starts. Before
+    (threads2): ``--threads`` set the count of every thread started while the training ran: the run's network got N."""
+    import json
+
+    from helpers.training_data import train_config, write_dataset
+    from TokenUNetSegmentLib.pipeline.training import trainer
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(train_config()))
+    datalist = write_dataset(tmp_path / "data", cases=1, validation=0)
+    monkeypatch.setattr(device.os, "cpu_count", lambda: 4)  # a run alone: 2 threads whatever the machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    training_threads, paused, go, real = [], threading.Event(), threading.Event(), trainer.build_package_network
+
+    def build(*args):
+        training_threads.append(torch.get_num_threads())
+        paused.set()
+        assert go.wait(60)
+        return real(*args)
+
+    monkeypatch.setattr(trainer, "build_package_network", build)
+    argv = ["train", str(datalist), "--config", str(config), "--progress", "none", "--threads", "1"]
+    argv += ["--steps", "2", "--val-every", "2", "--workers", "0", "--out", str(tmp_path / "run")]
+    try:
+        before = process_settings()
+        training = BackgroundCall(lambda: cli.main(argv), "a script's training")
+        try:
+            assert paused.wait(120)
+            run = InProcessRun(RunRequest(inputs=[IMAGE], model=str(tiny_package), device="cpu")).start()
+            assert run.wait(120) == RunState.COMPLETED
+        finally:
+            go.set()
+            exit_code = training.result()
+        after = process_settings()
+    finally:
+        torch.set_num_threads(threads)
+    assert exit_code == 0 and training_threads == [1]
+    assert network_threads == [2, 1]  # the run's, then the training's statistics pass on its own --threads
+    assert after == before
+    assert process_settings() == before
+
+
+def test_overlapping_switch_interval_blocks_leave_the_interval_of_before():
+    """``segment`` commands run through ``cli.main`` from two threads of one process, ending in the order they began
+    (before, threads2: the second saved the first's interval and put it back last: it stayed 1 ms)."""
+    before = sys.getswitchinterval()
+    first, second = switch_interval(0.001), switch_interval(0.002)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert sys.getswitchinterval() == pytest.approx(0.002)
+    second.__exit__(None, None, None)
+    assert sys.getswitchinterval() == before

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import threading
+
+from . import process_settings
 
 
 class BackgroundCall:
@@ -40,16 +40,12 @@ class BackgroundCall:
         return value
 
 
-@contextlib.contextmanager
 def switch_interval(seconds: float):
     """Threads hand the GIL over after ``seconds`` (Python's default: 5 ms) inside the block; restored after.
 
     A thread that calls C++ in many short steps waits for the GIL after each step while another thread runs Python:
-    a shorter interval lets it go on sooner.
+    a shorter interval lets it go on sooner. Blocks that overlap (``segment`` commands run by ``cli.main`` in two
+    threads) put back the interval of before the first once the last has ended
+    (:class:`.process_settings.SharedSetting`).
     """
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(seconds)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(previous)
+    return process_settings.switch_interval.hold(seconds)

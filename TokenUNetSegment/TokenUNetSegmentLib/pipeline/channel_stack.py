@@ -291,12 +291,20 @@ def refuse_names(inputs: Sequence, channels: Sequence, model: str, option: str =
     )
 
 
-def open_stack(item, config, model: str, names: Sequence[str] | None = None, option: str = "--channels"):
+def open_stack(
+    item,
+    config,
+    model: str,
+    names: Sequence[str] | None = None,
+    option: str = "--channels",
+    purpose: str = "segmenting",
+):
     """The package ``config``'s channels from one 4D image ``item`` (NIfTI, NRRD or MetaImage): (one
     :class:`.volumes.OpenedVolume` per channel, in the package's order, a :class:`ChannelOrder`), or None when ``item``
     is no 4D image. ``names``:
     what each volume holds, in order (else its dataset.json says: :func:`dataset_file`); ``option``: how the
-    caller passes them, for messages. The header is checked now; the image is read once, when a channel is read.
+    caller passes them, for messages; ``purpose``: what the image is read for, as :func:`.volumes.read_volume`'s. The
+    header is checked now; the image is read once, when a channel is read.
 
     Raises:
         InputError: a time axis, more than 4 dimensions, a volume count other than the channel count, no order, or
@@ -311,7 +319,7 @@ def open_stack(item, config, model: str, names: Sequence[str] | None = None, opt
     if not is_stack_candidate(item):
         return None
     path = Path(item)
-    opened = open_image(path)  # the header: the whole 4D read is checked against the memory limit
+    opened = open_image(path, purpose=purpose)  # the header: the whole 4D read is checked against the memory limit
     if not opened.stacked:
         return None
     if len(opened.stacked) > 1 or opened.stacked_axis:  # 5D, or a time series
@@ -357,7 +365,7 @@ def open_stack(item, config, model: str, names: Sequence[str] | None = None, opt
         raise InputError(error.message, f"pass {option} naming its volumes in order") from None
     volumes = tuple(channel_of.index(c) for c in range(len(channels)))
     order = ChannelOrder(path.name, tuple(names), source, volumes, tuple(c.name for c in channels))
-    read = _shared_read(opened, path.name, count)
+    read = _shared_read(opened, path.name, count, purpose)
     per_channel = [_channel(opened, read, volume, count) for volume in volumes]
     return per_channel, order
 
@@ -376,20 +384,20 @@ def _channel(opened, read, volume: int, count: int):
     return OpenedVolume(opened.values // count, lambda: read()[volume], "", opened.grid)
 
 
-def _shared_read(opened, name: str, count: int):
+def _shared_read(opened, name: str, count: int, purpose: str):
     """Read and split the image once, whichever channel asks first (a 4D read holds every channel at once)."""
     lock, kept = threading.Lock(), []
 
     def read():
         with lock:
             if not kept:
-                kept.extend(_split(opened, name, count))
+                kept.extend(_split(opened, name, count, purpose))
             return kept
 
     return read
 
 
-def _split(opened, name: str, count: int) -> list:
+def _split(opened, name: str, count: int, purpose: str) -> list:
     """The ``count`` volumes of the opened image, as ITK reads them: a 4D image (NIfTI; ITK's NRRD and MetaImage) or a
     3D image of ``count`` components per voxel (a NRRD ``list``/``vector`` axis, MetaImage channels)."""
     import numpy as np
@@ -418,6 +426,6 @@ def _split(opened, name: str, count: int) -> list:
         values = array[index] if four_d else array[..., index]
         volume = Volume(values.transpose(2, 1, 0), affine.copy(), f"{name}, volume {index}")
         volume.warnings = list(warnings) if index == 0 else []
-        check_volume(volume)
+        check_volume(volume, purpose, opened.finite_checked)
         volumes.append(volume)
     return volumes

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import process_settings
 from .errors import OutOfMemoryError, TokenUNetError
 from .memory import memory_limit
 from .run_memory import host_bytes, host_shortfall
@@ -124,10 +125,15 @@ def load_of_others(since: CpuSample, now: CpuSample | None = None) -> float | No
 
 
 def threads_for_load(
-    current: int, cpus: int | None = None, load: float | None = None, since: CpuSample | None = None
+    current: int,
+    cpus: int | None = None,
+    load: float | None = None,
+    since: CpuSample | None = None,
+    beside: int = 0,
 ) -> int:
     """Intra-op threads for CPU inference: ``current`` at most, and no more than the CPUs that other work leaves
-    free (``cpus`` minus their load, rounded; at least 1).
+    free (``cpus`` minus their load and the ``beside`` threads of this process's other CPU networks, rounded; at
+    least 1).
 
     The load of others is measured from ``since`` (a :func:`cpu_sample` taken when the run started) with this
     process's own CPU time taken out; without it (or on a system without ``/proc/stat``) it is the 1-minute load
@@ -136,31 +142,37 @@ def threads_for_load(
     its time. Each parallel operation waits for its slowest thread; where other processes keep the CPUs busy, a
     thread that lost its CPU holds up every operation. Measured on that machine at load 5-6 (the 2 threads of
     torch's default against 1): 32AttnLong over 18 windows of 128^3 took 75-114 s against 27-31 s, the bundled
-    model over 18 windows of 64^3 6.2-20.7 s against 1.4 s. Without any load figure (Windows), ``current``.
+    model over 18 windows of 64^3 6.2-20.7 s against 1.4 s. Without any load figure (Windows), ``current`` (less the
+    ``beside`` threads).
+
+    ``beside``: two runs in two processes count each other's threads in their load; runs in one process (Slicer's
+    in-process run and a console ``segment()``) cannot, their own process's CPU time being left out of the load of
+    others: without it both took every CPU, each parallel operation waiting for the slower of two threads per CPU.
     """
     if load is None and since is not None and current > 1:
         load = load_of_others(since)
     try:
         load = os.getloadavg()[0] if load is None else load
     except (AttributeError, OSError):
-        return current
+        if not beside:
+            return current
+        load = 0.0
     cpus = cpus or os.cpu_count() or current
-    return max(1, min(current, int(cpus - load + 0.5)))
+    return max(1, min(current, int(cpus - load - beside + 0.5)))
 
 
 @contextlib.contextmanager
 def inference_threads(device: torch.device, since: CpuSample | None = None):
-    """Run the block with :func:`threads_for_load` intra-op threads on the CPU (restored afterwards); ``since``:
-    the run's first :func:`cpu_sample`."""
+    """Run the block with :func:`threads_for_load` intra-op threads on the CPU, the threads of this process's other
+    CPU networks counted as busy (:func:`.process_settings.network_threads`: this thread's count only, put back
+    afterwards, also after an error or a stop); ``since``: the run's first :func:`cpu_sample`."""
     current = torch.get_num_threads()
-    wanted = threads_for_load(current, since=since) if device.type == "cpu" else current
-    try:  # a stop (KeyboardInterrupt) just after the change puts it back too
-        if wanted != current:
-            torch.set_num_threads(wanted)
+    if device.type != "cpu":
+        yield current
+        return
+    load = load_of_others(since) if since is not None and current > 1 else None  # a short wait: not under the lock
+    with process_settings.network_threads(lambda busy: threads_for_load(current, load=load, beside=busy)) as wanted:
         yield wanted
-    finally:
-        if wanted != current:
-            torch.set_num_threads(current)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -118,6 +118,7 @@ def channel_items(
     by_name = isinstance(inputs, dict)  # {channel name: input}, e.g. from assign_inputs(): each input's channel named
     if by_name:
         inputs = _by_channel(inputs, config.inputs, model)
+    inputs = _home_expanded(inputs)
     single = isinstance(inputs, (str, Path)) or (isinstance(inputs, (list, tuple)) and len(inputs) == 1)
     if single and (len(names) > 1 or stack_names is not None):
         item = inputs if isinstance(inputs, (str, Path)) else inputs[0]
@@ -187,6 +188,19 @@ def _by_channel(inputs: dict, channels: Sequence, model: str) -> list:
     if parts:
         raise InputError(f"model '{model}' needs the channels {', '.join(names)}; " + "; ".join(parts))
     return [found[index] for index in range(len(names))]
+
+
+def _home_expanded(inputs):
+    """``inputs`` with a leading ``~`` of each file path made the home folder, as the command line's
+    (:func:`.arguments.user_path`): a path from a script, a notebook or a GUI field has none expanded by a shell."""
+    from .arguments import user_path
+
+    def expanded(item):
+        return type(item)(user_path(item)) if isinstance(item, (str, Path)) else item
+
+    if isinstance(inputs, list) or (isinstance(inputs, tuple) and not _is_pair(inputs)):
+        return [expanded(item) for item in inputs]
+    return expanded(inputs)
 
 
 def _named(item, channel: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import process_settings
 from .catalog import ModelStore
 from .confidence import Assessment, assess
 from .device import check_memory, cpu_sample, estimate_memory, resolve_device
@@ -109,75 +110,78 @@ def segment(
     """
     if label_interpolation not in ("nearest", "linear"):
         raise InputError(f"label_interpolation must be 'nearest' or 'linear', got {label_interpolation!r}")
-    started = cpu_sample()  # the CPU time others use from here on sets the network's threads
-    reporter = Progress(progress, cancel)
-    clock = StageClock(reporter)
-    result_warnings: list[str] = []
-    smooth = label_interpolation == "linear"
+    # runs that overlap (Slicer's in-process run, a console call): the first saves the process's settings, the last
+    # puts them back; this thread keeps its own torch thread count
+    with process_settings.held_by_a_run():
+        started = cpu_sample()  # the CPU time others use from here on sets the network's threads
+        reporter = Progress(progress, cancel)
+        clock = StageClock(reporter)
+        result_warnings: list[str] = []
+        smooth = label_interpolation == "linear"
 
-    with clock.stage("load"):
-        package = resolve_model(model, store, lambda fraction: reporter.update("download", fraction), cancel)
+        with clock.stage("load"):
+            package = resolve_model(model, store, lambda fraction: reporter.update("download", fraction), cancel)
 
-        grid = "input" if maps_on_input_grid else "token"
-        needs = RunNeeds(with_token_maps, probabilities, grid) if check_free_memory else None
-        volumes = channel_volumes(inputs, package, needs, channels)
-        run_device = resolve_device(device)
-        config, network = package.config, package.network
-        keep = config.largest_component_labels(largest_component)
+            grid = "input" if maps_on_input_grid else "token"
+            needs = RunNeeds(with_token_maps, probabilities, grid) if check_free_memory else None
+            volumes = channel_volumes(inputs, package, needs, channels)
+            run_device = resolve_device(device)
+            config, network = package.config, package.network
+            keep = config.largest_component_labels(largest_component)
 
-    with clock.stage("preprocess"):
-        plan = plan_windows(network, config.inference, run_device, overlap, batch_size)
-        if check_free_memory:
-            _check_memory(package, volumes, plan, run_device, probabilities, maps_on_input_grid and with_token_maps)
-        prepared = prepare(volumes, config, plan.size_multiple, plan.roi_size, reporter)
-        cost = None if overlap is None else overlap_cost(prepared.image.shape[1:], plan, config.inference.overlap)
-        for message in [*prepared.warnings, *([cost] if cost else [])]:
-            pywarnings.warn(message, stacklevel=2)
-            result_warnings.append(message)
+        with clock.stage("preprocess"):
+            plan = plan_windows(network, config.inference, run_device, overlap, batch_size)
+            if check_free_memory:
+                _check_memory(package, volumes, plan, run_device, probabilities, maps_on_input_grid and with_token_maps)
+            prepared = prepare(volumes, config, plan.size_multiple, plan.roi_size, reporter)
+            cost = None if overlap is None else overlap_cost(prepared.image.shape[1:], plan, config.inference.overlap)
+            for message in [*prepared.warnings, *([cost] if cost else [])]:
+                pywarnings.warn(message, stacklevel=2)
+                result_warnings.append(message)
 
-    with clock.stage("inference"):
-        want_tokens = with_token_maps and bool(network.has_tokens)
-        logits, maps, used_device = run_windows(
-            network,
-            prepared.image,
-            plan,
-            run_device,
-            reporter,
-            want_tokens,
-            lambda m: _warn(m, result_warnings),
-            since=started,
+        with clock.stage("inference"):
+            want_tokens = with_token_maps and bool(network.has_tokens)
+            logits, maps, used_device = run_windows(
+                network,
+                prepared.image,
+                plan,
+                run_device,
+                reporter,
+                want_tokens,
+                lambda m: _warn(m, result_warnings),
+                since=started,
+            )
+
+        with clock.stage("postprocess"):
+            on_model_grid = postprocess(logits, maps, prepared, config, keep, probabilities or smooth, reporter)
+            token_matches = on_model_grid.token_matches
+            del logits, maps
+            assessment = assess_run(on_model_grid, prepared, config, volumes[0].grid)
+
+        with clock.stage("map back"):
+            target = volumes[0].grid
+            on_input_grid = map_back(
+                on_model_grid, prepared, target, config.inference, config.labels, keep, smooth, probabilities
+            )
+            del on_model_grid
+
+        timings = dict(clock.timings)
+        timings["total"] = sum(timings.values())
+        reporter.done()
+        return SegmentationResult(
+            labels=on_input_grid.labels,
+            affine=target.affine,
+            label_table=list(config.labels),
+            token_maps=on_input_grid.token_maps,
+            token_matches=token_matches,
+            volumes_ml=on_input_grid.volumes_ml,
+            timings=timings,
+            device=str(used_device),
+            model_id=package.id,
+            probabilities=on_input_grid.probabilities,
+            warnings=result_warnings,
+            assessment=assessment,
         )
-
-    with clock.stage("postprocess"):
-        on_model_grid = postprocess(logits, maps, prepared, config, keep, probabilities or smooth, reporter)
-        token_matches = on_model_grid.token_matches
-        del logits, maps
-        assessment = assess_run(on_model_grid, prepared, config, volumes[0].grid)
-
-    with clock.stage("map back"):
-        target = volumes[0].grid
-        on_input_grid = map_back(
-            on_model_grid, prepared, target, config.inference, config.labels, keep, smooth, probabilities
-        )
-        del on_model_grid
-
-    timings = dict(clock.timings)
-    timings["total"] = sum(timings.values())
-    reporter.done()
-    return SegmentationResult(
-        labels=on_input_grid.labels,
-        affine=target.affine,
-        label_table=list(config.labels),
-        token_maps=on_input_grid.token_maps,
-        token_matches=token_matches,
-        volumes_ml=on_input_grid.volumes_ml,
-        timings=timings,
-        device=str(used_device),
-        model_id=package.id,
-        probabilities=on_input_grid.probabilities,
-        warnings=result_warnings,
-        assessment=assessment,
-    )
 
 
 def assess_run(outputs: ModelGridOutputs, prepared: Prepared, config: PackageConfig, source: Grid) -> Assessment:

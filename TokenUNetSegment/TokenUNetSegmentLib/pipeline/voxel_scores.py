@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import process_settings
 from .metadata import Label
 
 SCORE_CHUNK = 1 << 16  # voxels per chunk: 13 channels x 256 KB, with the temporaries, stay in the L2/L3 caches
@@ -76,18 +77,16 @@ def softmax_labels(
         where = _flat_range(part, source.shape[1:])
         _score_chunk(scores, lookup, *(output[where] for output in outputs))
 
-    threads = torch.get_num_threads()
-    pool = ThreadPoolExecutor(max(1, workers))
+    # torch's exp on 1 thread inside each worker: the workers are the parallelism. Set in each worker, this thread's
+    # and the process's counts untouched (before, threads2: set here, it also put every thread started meanwhile,
+    # another run's among them, on 1 thread)
+    pool = ThreadPoolExecutor(max(1, workers), initializer=process_settings.use_threads, initargs=(1,))
     try:
-        torch.set_num_threads(1)  # torch's exp inside each worker: the workers are the parallelism
         for _ in pool.map(score, _chunks(source.shape[1:], chunk)):
             if check is not None:
                 check()
     finally:
-        try:
-            pool.shutdown(cancel_futures=True)  # on an error or a stop: the running chunks end, no other starts
-        finally:  # also after a stop while it waits for them: else this thread, and those started later, keep 1
-            torch.set_num_threads(threads)
+        pool.shutdown(cancel_futures=True)  # on an error or a stop: the running chunks end, no other starts
     return labels, VoxelScores(probability, lead)
 
 

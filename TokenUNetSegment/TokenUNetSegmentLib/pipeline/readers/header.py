@@ -63,6 +63,8 @@ class ImageHeader:
             axis of kind ``list`` or ``vector``, a MetaImage's 4th axis or channels), trailing ones dropped.
         stacked_axis: what the header says a 4th axis is when it is time (or another series) rather than a list of
             volumes, else "".
+        finite_checked: the image read holds no NaN or infinite value: the payloads' floats are counted and refused
+            (:mod:`.payload`), and read as stored (ITK's NIfTI reader sets them to 0; no rescaling makes new ones).
     """
 
     kind: str
@@ -76,6 +78,7 @@ class ImageHeader:
     warnings: list[str] = field(default_factory=list)
     stacked: tuple[int, ...] = ()
     stacked_axis: str = ""
+    finite_checked: bool = False
 
     @property
     def values(self) -> int:
@@ -89,7 +92,8 @@ class OpenedImage:
     ``modality``: a DICOM series' Modality (CT, MR, ...), "" for other files; ``grid``: the voxel grid the header
     declares (its origin left at 0), None when it declares none, for the run's memory check before reading;
     ``series`` a DICOM series' SeriesInstanceUID and ``description`` its SeriesDescription, "" for other files;
-    ``stacked`` and ``stacked_axis``: as :class:`ImageHeader`'s (a 4D image's volumes)."""
+    ``stacked``, ``stacked_axis`` and ``finite_checked``: as :class:`ImageHeader`'s (a 4D image's volumes; whether
+    NaN and infinite values were counted as the voxels were checked, so the volume need not be counted again)."""
 
     values: int
     read: Callable[[], tuple]
@@ -99,6 +103,7 @@ class OpenedImage:
     description: str = ""
     stacked: tuple[int, ...] = ()
     stacked_axis: str = ""
+    finite_checked: bool = False
 
     def __call__(self) -> tuple:
         return self.read()

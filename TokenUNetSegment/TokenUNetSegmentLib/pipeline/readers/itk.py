@@ -3,32 +3,19 @@ ITK's multi-line exception text cut to its one telling line."""
 
 from __future__ import annotations
 
-import contextlib
 import re
-import threading
 
 import SimpleITK as sitk
 
-_lock = threading.Lock()
-_depth = 0
+from ..process_settings import SharedSetting
+
+_warning_display = SharedSetting(sitk.ProcessObject.GetGlobalWarningDisplay, sitk.ProcessObject.SetGlobalWarningDisplay)
 
 
-@contextlib.contextmanager
 def quiet_itk():
-    """ITK's global warning display off for the block (restored after; nested and thread-safe)."""
-    global _depth
-    with _lock:
-        if _depth == 0:
-            quiet_itk.previous = sitk.ProcessObject.GetGlobalWarningDisplay()
-            sitk.ProcessObject.SetGlobalWarningDisplay(False)
-        _depth += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                sitk.ProcessObject.SetGlobalWarningDisplay(quiet_itk.previous)
+    """ITK's global warning display off for the block (put back after the last of overlapping blocks; nested and
+    thread-safe)."""
+    return _warning_display.hold(False)
 
 
 def itk_error_text(error: BaseException, limit: int = 100) -> str:

@@ -5,7 +5,6 @@ schedule, sliding-window validation Dice, best/last checkpoints, resume, Distrib
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import process_settings
 from ..cancel_signals import STOP_SIGNALS, stops_held, unblock_stops
 from ..errors import InputError, OutputError
 from ..metadata import parse_config, validate_metadata
@@ -102,23 +102,7 @@ def validate(network, cases: list[Case], cfg: dict, overlap: float, device: torc
     return {"dice": dice, "mean_dice": float(np.mean(list(dice.values()))) if dice else 0.0}
 
 
-def _keeps_torch_threads(function):
-    """``function`` run with torch's thread count put back after it (a caller's process, a script's or a notebook's
-    calling :func:`train` or ``cli.main``, keeps its own: ``--threads`` changed it for good, for the caller's thread
-    and every thread started later), also after an error or a stop."""
-
-    @functools.wraps(function)
-    def keeping(*args, **kwargs):
-        threads = torch.get_num_threads()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-
-    return keeping
-
-
-@_keeps_torch_threads
+@process_settings.held_by_a_run()
 def train(
     datalist: str | Path,
     config: dict,
@@ -154,8 +138,8 @@ def train(
     _check_config(config)
     if recipe.flip_axes and is_lateralised(config["labels"]) and 0 in recipe.flip_axes:
         raise InputError("left-right flips (axis 0) would swap the lateralised labels", "drop axis 0 from the flips")
-    if recipe.threads:
-        torch.set_num_threads(recipe.threads)
+    if recipe.threads:  # this thread's count, put back when it returns; other runs' threads keep theirs
+        process_settings.use_threads(recipe.threads)
     dev = resolve_device(device) if world == 1 else _device_for_rank(device)
     if world > 1:
         import torch.distributed as dist
