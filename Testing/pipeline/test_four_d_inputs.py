@@ -695,6 +695,15 @@ def test_colour_geometric_vectors_and_segmentation_layers_stay_refused_as_what_t
         assert error.startswith(f"error: {start}") and error.count("\n") == 1, (what, error)
 
 
+def assert_refused_with_channels(package, tmp_path, capsys, name: str, start: str) -> None:
+    """``segment tmp_path/name --channels T1,T1c,T2,FLAIR`` exits 2 with one line starting ``error: start``, nothing
+    written."""
+    assert run_cli(package, tmp_path / "out", tmp_path / name, options=["--channels", "T1,T1c,T2,FLAIR"]) == 2, name
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {start}"), error
+    assert error.count("\n") == 1 and not (tmp_path / "out").exists(), error
+
+
 def test_a_4d_image_whose_4th_axis_has_no_step_is_refused_from_its_header_in_plain_words(
     task01, tmp_path, capsys, monkeypatch
 ):
@@ -719,10 +728,9 @@ def test_a_4d_image_whose_4th_axis_has_no_step_is_refused_from_its_header_in_pla
         (tmp_path / name).write_bytes(regex.sub(pattern, replacement, data, count=1))
     refuse_reading(monkeypatch)
     for name in edits:
-        assert run_cli(task01[3], tmp_path / "out", tmp_path / name, options=["--channels", "T1,T1c,T2,FLAIR"]) == 2
-        error = capsys.readouterr().err
-        assert error.startswith(f"error: {name} is a 4D image whose 4th axis has a zero or invalid step"), error
-        assert error.count("\n") == 1 and not (tmp_path / "out").exists(), error
+        assert_refused_with_channels(
+            task01[3], tmp_path, capsys, name, f"{name} is a 4D image whose 4th axis has a zero or invalid step"
+        )
 
 
 def test_a_multi_channel_image_joined_into_a_4d_image_of_one_is_refused_from_its_header_as_5d(
@@ -737,10 +745,9 @@ def test_a_multi_channel_image_joined_into_a_4d_image_of_one_is_refused_from_its
     refuse_reading(monkeypatch)
     for name in ("one.nrrd", "one.mha"):
         sitk.WriteImage(joined, tmp_path / name)
-        assert run_cli(task01[3], tmp_path / "out", tmp_path / name, options=["--channels", "T1,T1c,T2,FLAIR"]) == 2
-        error = capsys.readouterr().err
-        assert error.startswith(f"error: {name} has 5 dimensions (1 x 4 after the spatial ones)"), error
-        assert error.count("\n") == 1 and not (tmp_path / "out").exists(), error
+        assert_refused_with_channels(
+            task01[3], tmp_path, capsys, name, f"{name} has 5 dimensions (1 x 4 after the spatial ones)"
+        )
 
 
 def test_a_nrrd_whose_space_has_more_dimensions_than_its_domain_axes_is_refused_from_its_header(
@@ -760,7 +767,6 @@ def test_a_nrrd_whose_space_has_more_dimensions_than_its_domain_axes_is_refused_
         (tmp_path / name).write_bytes(edited + b"\n\n" + data)
     refuse_reading(monkeypatch)
     for name in ("dimension.nrrd", "spacetime.nrrd"):
-        assert run_cli(task01[3], tmp_path / "out", tmp_path / name, options=["--channels", "T1,T1c,T2,FLAIR"]) == 2
-        error = capsys.readouterr().err
-        assert error.startswith(f"error: {name} has 3 domain axes in a 4D space, which the image reader (ITK)"), error
-        assert error.count("\n") == 1 and not (tmp_path / "out").exists(), error
+        assert_refused_with_channels(
+            task01[3], tmp_path, capsys, name, f"{name} has 3 domain axes in a 4D space, which the image reader (ITK)"
+        )
