@@ -247,6 +247,25 @@ def test_symlinked_files_in_the_folders_layout(tmp_path):
     assert (root / datalist["training"][1]["label"]).resolve() == (source / "label" / "label0002.nii.gz").resolve()
 
 
+def test_one_folder_given_as_both_images_and_labels_is_refused(tmp_path, capsys):
+    """``datalist folders --images img --labels img`` (also through a link or another spelling) (before: each image
+    paired with itself as its own label map, a datalist of 2 cases written, exit 0: an MRI's intensities 1..13 would
+    train as the 13 organs of the table)."""
+    root = _btcv(tmp_path / "btcv")
+    os.symlink(root / "img", tmp_path / "img-link")
+    for labels in (root / "img", tmp_path / "img-link", root / "label" / ".." / "img"):
+        out = tmp_path / "list.json"
+        assert (
+            cli.main(["datalist", "folders", "--images", str(root / "img"), "--labels", str(labels), "--out", str(out)])
+            == 2
+        )
+        err = capsys.readouterr().err
+        assert "--images and --labels name one folder" in err and err.count("\n") == 1, err
+        assert not out.exists()
+    datalist, _ = datasets.folders(root / "img", root / "label", "btcv")  # two folders: as before
+    assert len(datalist["training"]) == 2
+
+
 def _train_list(tmp_path: Path, cases: dict[str, np.ndarray], validation=()) -> Path:
     image, _ = phantom(0)
     entries = []

@@ -424,6 +424,11 @@ def folders(images, labels, table, model_labels=None, validation_fraction: float
     for folder in (images, labels):
         if not folder.is_dir():
             raise InputError(f"folder not found: {folder}")
+    if os.path.samefile(images, labels):  # each image would be paired with itself as its label map
+        raise InputError(
+            f"--images and --labels name one folder ({labels})",
+            "give the folder of label maps as --labels",
+        )
     try:
         names = named_table(table) if not (isinstance(table, str) and table.endswith(".json")) else None
     except KeyError:
