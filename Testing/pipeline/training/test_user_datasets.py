@@ -266,6 +266,14 @@ def test_one_folder_given_as_both_images_and_labels_is_refused(tmp_path, capsys)
     assert len(datalist["training"]) == 2
 
 
+def test_a_validation_fraction_that_leaves_no_training_case_says_so(tmp_path):
+    """``--validation-fraction 0.9`` of 2 cases (before: "no training cases found in btcv", though both were found)."""
+    root = _btcv(tmp_path / "btcv")
+    with pytest.raises(InputError, match=r"all 2 cases .* went to validation, none to training") as caught:
+        datasets.folders(root / "img", root / "label", "btcv", validation_fraction=0.9)
+    assert "--validation-fraction" in caught.value.hint
+
+
 def _train_list(tmp_path: Path, cases: dict[str, np.ndarray], validation=()) -> Path:
     image, _ = phantom(0)
     entries = []
