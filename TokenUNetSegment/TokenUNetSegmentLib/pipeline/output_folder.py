@@ -395,6 +395,7 @@ class OutputFolder:
                 return {}
             legacy = self.legacy_files(destination) if self.legacy_files else None
             if legacy is None:
+                _refuse_a_batch_root(destination)
                 example = sorted(entries)[0]
                 raise OutputError(
                     f"the output folder {destination} already holds files that TokenUNet did not write (e.g. "
@@ -632,6 +633,24 @@ def write_file_atomically(path: str | Path, data: bytes | str | Callable) -> Pat
             raise _os_output_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path) from None
         raise
     return path
+
+
+def _refuse_a_batch_root(folder: Path) -> None:
+    """Refuse, naming it, the root of a ``batch`` (its ``batch.json`` and one folder per case; no manifest).
+
+    Raises:
+        OutputError: when ``folder`` holds a batch's ``batch.json``.
+    """
+    from .batch_cases import BATCH_FILE
+
+    if not (folder / BATCH_FILE).is_file():
+        return
+    from .batch_command import BATCH_MARK  # the command line's module: imported only where a batch.json is
+
+    if json_with_keys(BATCH_MARK)(folder / BATCH_FILE):
+        raise OutputError(
+            f"the output folder {folder} holds the results of a batch ({BATCH_FILE})", "choose another folder"
+        )
 
 
 def check_free_space(folder: str | Path, expected_bytes: float, what: str = "the output") -> None:
