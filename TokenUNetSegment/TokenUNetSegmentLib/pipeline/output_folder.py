@@ -406,7 +406,7 @@ class OutputFolder:
         writer = manifest.get("written_by")
         theirs, ours = _KINDS.get(writer, writer), _KINDS.get(self.command, self.command)
         if isinstance(writer, str) and theirs != ours:
-            what = _WHAT.get(theirs, f"the output of {writer[:40]!r}")
+            what = result_held(destination)
             raise OutputError(  # a result of another command is never replaced, nor its files deleted
                 f"the output folder {destination} holds {what}, not {_WHAT.get(ours, 'a result of ' + repr(ours))}",
                 "choose another folder",
@@ -633,6 +633,15 @@ def write_file_atomically(path: str | Path, data: bytes | str | Callable) -> Pat
             raise _os_output_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path) from None
         raise
     return path
+
+
+def result_held(folder: Path) -> str | None:
+    """What result of a TokenUNet command ``folder`` holds, by its manifest ("a segmentation", ...); None for none."""
+    manifest = _read_manifest(folder) if folder.is_dir() else None
+    writer = manifest.get("written_by") if manifest else None
+    if not isinstance(writer, str):
+        return None
+    return _WHAT.get(_KINDS.get(writer, writer), f"the output of {writer[:40]!r}")
 
 
 def _refuse_a_batch_root(folder: Path) -> None:
