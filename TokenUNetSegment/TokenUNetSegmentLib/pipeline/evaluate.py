@@ -216,6 +216,16 @@ def _refuse_output_at_a_name_table_place(args: argparse.Namespace, out: Path) ->
             )
 
 
+def _refuse_result_folders(*paths) -> None:
+    """Refuse, pointing to its label map, the folder ``segment --out`` wrote given for a label map."""
+    from .output_folder import expand_home, result_held
+
+    for path in paths:
+        if path and result_held(expand_home(path)) == "a segmentation":
+            shown = str(path).rstrip("/")
+            raise InputError(f"{shown} is the folder of a segmentation", f"give {shown}/segmentation.seg.nrrd")
+
+
 def _same_place(a: Path, b: Path) -> bool:
     """Whether ``a`` and ``b`` name one place on disk (one may not exist yet): the same name in the same folder."""
     import os
@@ -518,6 +528,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for message in segment_warnings:
             print(f"warning: {message}", file=sys.stderr)
         prediction = (Volume(result.labels, result.affine, "prediction"), names)
+    _refuse_result_folders(args.reference, args.prediction)
     result = evaluate_files(prediction, args.reference, args.prediction_names, args.reference_names, not args.no_hd95)
     result["prediction"] = args.prediction or f"model {args.model} on {', '.join(args.image)}"
     result["warnings"] = [*segment_warnings, *result["warnings"]]
