@@ -77,7 +77,7 @@ def test_screenshot_script_renders_a_given_model_and_refuses_without_one(shot_pa
 
 
 def test_screenshot_script_checks_its_options_and_output_before_the_run(shot_package, tmp_path, capsys, monkeypatch):
-    """``--token`` the model does not have, ``--panel 0`` or negative, ``--out`` a folder or a file of the user's that is
+    """``--token`` the model does not have, ``--panel 0`` or negative, ``--out`` a folder or a user's file that is
     no picture (found by hostile) (before: each only after the 5-20 s run: a StopIteration traceback, a libpng or
     std::bad_alloc abort (exit 134), an OutputError traceback; the user's file replaced by the PNG without a word)."""
     from TokenUNetSegmentLib.mrml import scene_run

@@ -271,8 +271,8 @@ def test_a_file_size_limit_is_not_called_a_full_disk(tmp_path):
 
 
 def test_the_sample_script_prints_its_usage_for_help_and_refuses_options_and_extra_arguments(tmp_path):
-    """``bash scripts/segment-sample.sh --help`` (or ``-h``) (found by hostile) (before: taken for the output folder: the
-    sample segmented into a folder named ``--help``); ``--out x`` and a second folder (before: the second ignored)."""
+    """``bash scripts/segment-sample.sh --help`` (or ``-h``) (found by hostile) (before: taken for the output folder:
+    the sample segmented into a folder named ``--help``); ``--out x``, a second folder (before: the second ignored)."""
     from helpers.processes import sample_script_with_stand_ins
 
     script, calls = sample_script_with_stand_ins(tmp_path)

@@ -307,6 +307,21 @@ def test_a_scan_in_both_training_and_validation_is_refused(tmp_path):
         read_datalist(datalist)
 
 
+def test_a_case_whose_label_is_one_of_its_images_is_refused(tmp_path):
+    """A datalist entry naming its image as its label (or as a structure's mask), also through a link (found by
+    hostile) (before: read; a CT was refused only for its negative values, an MRI's whole intensities trained as
+    label values)."""
+    values, _ = _label_map()
+    datalist = _train_list(tmp_path, {"a": values})
+    data = json.loads(datalist.read_text())
+    (tmp_path / "a-link.nii.gz").symlink_to(tmp_path / "a.nii.gz")
+    for label in ("a.nii.gz", "a-link.nii.gz", {"liver": "a.nii.gz"}):
+        data["training"][0]["label"] = label
+        datalist.write_text(json.dumps(data))
+        with pytest.raises(InputError, match=r"training\[0\]: its label .* is its image a.nii.gz"):
+            read_datalist(datalist)
+
+
 def test_half_cases_are_named_when_left_out(tmp_path, capsys):
     """A case folder without its CT, an image without its label (before: left out without a word)."""
     root = totalsegmentator_dataset(tmp_path / "ts")
