@@ -107,9 +107,10 @@ def main(out: Path) -> None:
     print(f"wrote LiverCT image and labels to {out}")
 
 
-def parse_folder(argv=None) -> Path:
-    """The output folder from the command line (``--help`` prints the usage; anything more is refused)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_folder(doc: str, argv=None) -> Path:
+    """The output folder of a fetcher described by ``doc`` from its command line (``--help`` prints the usage;
+    anything more is refused). Shared with fetch_second_patient.py."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument(
         "out", metavar="OUT_FOLDER", nargs="?", type=Path, default=ROOT / "demo-model-data",
         help="where to write the files (default: the repository's demo-model-data)",
@@ -118,4 +119,4 @@ def parse_folder(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main(parse_folder())
+    main(parse_folder(__doc__))

@@ -15,7 +15,6 @@ the thoracic aorta and that the heart, lungs and neck hold none of the organs.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import subprocess
@@ -98,15 +97,7 @@ def main(out: Path) -> None:
     print(f"wrote ChestCT and UpperChestCT images and labels to {out}")
 
 
-def parse_folder(argv=None) -> Path:
-    """The output folder from the command line (``--help`` prints the usage; anything more is refused)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "out", metavar="OUT_FOLDER", nargs="?", type=Path, default=ROOT / "demo-model-data",
-        help="where to write the files (default: the repository's demo-model-data)",
-    )  # fmt: skip
-    return parser.parse_args(argv).out
-
-
 if __name__ == "__main__":
-    main(parse_folder())
+    from fetch_liver_patient import parse_folder  # beside this script
+
+    main(parse_folder(__doc__))
