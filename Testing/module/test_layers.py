@@ -107,11 +107,8 @@ def test_light_entry_points_load_neither_torch_nor_monai():
         "from TokenUNetSegmentLib.mrml.controller import model_infos\n"
         "out = io.StringIO()\n"
         "with contextlib.redirect_stdout(out):\n"
-        "    try:\n"
-        "        cli.main(['--help'])\n"
-        "    except SystemExit:\n"
-        "        pass\n"
-        "    codes = [cli.main(['models', 'list']), cli.main(['models', 'info', ModelStore().default_id()])]\n"
+        "    codes = [cli.main(['--help']), cli.main(['models', 'list'])]\n"
+        "    codes.append(cli.main(['models', 'info', ModelStore().default_id()]))\n"
         "infos = model_infos(ModelStore())\n"
         "lazy = [n for n in pipeline.__all__ if pipeline._LAZY.get(n) in ('metadata', 'run_contract', 'catalog')]\n"
         "resolved = all(getattr(pipeline, n) is not None for n in lazy)\n"
@@ -121,7 +118,7 @@ def test_light_entry_points_load_neither_torch_nor_monai():
     )
     heavy, commands, codes, printed, inputs, resolved = json.loads(run_python(code).strip().splitlines()[-1])
     assert heavy == [] and commands == []
-    assert codes == [0, 0] and "segment" in printed and "models" in printed and "abdomen-organs" in printed
+    assert codes == [0, 0, 0] and "segment" in printed and "models" in printed and "abdomen-organs" in printed
     assert "architecture: 32Attn" in printed and inputs and resolved
 
 

@@ -1,5 +1,6 @@
 """Every bad input gets a clear, typed error (or a warning where the issue asks to run anyway)."""
 
+import re
 import warnings
 
 import numpy as np
@@ -344,3 +345,50 @@ def test_non_finite_voxels_are_counted_across_chunks_and_transposed_views():
         assert raised.value.hint.endswith("before training")
     refuse_non_finite(np.zeros((3, 3, 3), np.float64), "v")
     refuse_non_finite(np.full((3, 3, 3), 7, np.int16), "v")
+
+
+def test_each_value_of_a_volume_is_counted_once_for_nan_and_infinity(tmp_path, monkeypatch):
+    """``read_volume`` and ``segment``'s reading (:func:`.volumes.as_volume`) count every float value once, wherever
+    that is: a float NIfTI's as it is read (ITK's reader would set them to 0), an NRRD's once read, and a NIfTI whose
+    scl_slope makes values infinite once read too; and refuse what they find. Before: a float NIfTI's values were
+    counted twice, as read and again (the second count could find nothing: 0.04 s on a 512 x 512 x 300 CT)."""
+    import struct
+
+    from TokenUNetSegmentLib.pipeline import volumes
+    from TokenUNetSegmentLib.pipeline.readers import payload
+
+    counted = []
+
+    class CountingCounter(payload.NonFiniteCounter):
+        def feed(self, data: bytes) -> None:
+            begin = self.position
+            super().feed(data)
+            counted.append(max(0, min(self.stop, self.position) - max(self.start, begin)) / self.dtype.itemsize)
+
+    def counting_refusal(array, *args, **kwargs):
+        counted.append(array.size if np.issubdtype(array.dtype, np.floating) else 0)
+        return refuse_non_finite(array, *args, **kwargs)
+
+    refuse_non_finite = volumes.refuse_non_finite
+    monkeypatch.setattr(payload, "NonFiniteCounter", CountingCounter)
+    monkeypatch.setattr(volumes, "refuse_non_finite", counting_refusal)
+    values = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    for name in ("v.nii", "v.nii.gz", "v.nrrd"):
+        sitk.WriteImage(image_from_array(values, np.eye(4)), str(tmp_path / name))
+        for read in (read_volume, volumes.as_volume):
+            counted.clear()
+            assert read(str(tmp_path / name)).array.shape == values.shape
+            assert sum(counted) == values.size, (name, read.__name__, counted)
+        values[1, 2, 3] = np.nan
+        sitk.WriteImage(image_from_array(values, np.eye(4)), str(tmp_path / name))
+        for read in (read_volume, volumes.as_volume):
+            with pytest.raises(InputError, match=f"^{re.escape(name)} has 1 NaN or infinite voxels"):
+                read(str(tmp_path / name))
+        values[1, 2, 3] = 0.0
+    sitk.WriteImage(image_from_array(values, np.eye(4)), str(tmp_path / "v.nii"))
+    raw = bytearray((tmp_path / "v.nii").read_bytes())
+    struct.pack_into("<ff", raw, 112, 1e37, 0.0)  # 35 to 119 (45 is 0 now) x 1e37: past float32's 3.4e38
+    (tmp_path / "v.nii").write_bytes(bytes(raw))
+    for read in (read_volume, volumes.as_volume):
+        with pytest.raises(InputError, match=r"^v\.nii has 84 NaN or infinite voxels"):
+            read(str(tmp_path / "v.nii"))

@@ -119,7 +119,7 @@ def load_script():
         ([{"variant": "plain", "dice": {}, "confidence": [1]}], ".confidence: expected object or null, got list"),
         ([{"variant": "plain", "dice": {}, "flags": [1]}], ".flags: expected object or null, got list"),
         ([{"dice": {"liver": 0.5}}], "$.results[0].variants[0]: missing required key 'variant'"),
-        ([], "$.results[0].variants: needs at least 1 items"),
+        ([], "$.results[0].variants: needs at least 1 item"),
     ],
 )
 def test_malformed_variants_are_refused_in_one_plain_line(tmp_path, capsys, monkeypatch, variants, says):
@@ -162,3 +162,22 @@ def test_the_scripts_json_is_written_all_at_once_where_the_home_folder_is(tmp_pa
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: ") and "taken" in line, line
     assert (tmp_path / "taken").is_dir() and not list((tmp_path / "taken").iterdir())
+
+
+def test_the_scripts_json_may_not_be_one_of_its_inputs(tmp_path, capsys, monkeypatch):
+    """Before: ``calibration.py a.json b.json --json b.json`` replaced the robustness file ``b.json`` by the summary."""
+    script = load_script()
+    monkeypatch.chdir(tmp_path)
+    variant = {"variant": "plain", "dice": {"liver": 0.9}, "confidence": {"liver": 0.8}, "flags": {"liver": []}}
+    document = json.dumps({"format": "tokenunet-robustness", "version": 2, "results": [
+        {"labels": ["liver"], "variants": [variant]}]})  # fmt: skip
+    for name in ("a.json", "b.json"):
+        Path(name).write_text(document)
+    Path("link.json").symlink_to("b.json")
+    for out in ("b.json", "./b.json", "link.json", str(tmp_path / "a.json")):
+        assert script.main(["a.json", "b.json", "--json", out]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"error: --json {Path(out).name} is the robustness file ") and "elsewhere" in line, line
+        assert [Path(name).read_text() for name in ("a.json", "b.json")] == [document, document]
+    assert script.main(["a.json", "--json", "b.json"]) == 0  # a file that is no input is replaced, as before
+    assert "summary" in json.loads(Path("b.json").read_text())

@@ -7,7 +7,7 @@ import sys
 import pytest
 from helpers.packages import make_package
 from helpers.paths import MODULE_DIR
-from helpers.processes import run_python, stops_command_code
+from helpers.processes import run_cli, run_python, stops_command_code
 from TokenUNetSegmentLib.pipeline import cli
 from TokenUNetSegmentLib.pipeline.run_contract import ErrorEvent, ExitCode, decode_event
 
@@ -107,9 +107,7 @@ def test_cka_is_a_subcommand_of_the_pipeline_cli(tmp_path, capsys):
 
 
 def test_help_lists_every_command_and_declares_none_of_their_arguments(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--help"])
-    assert exit_info.value.code == 0
+    assert cli.main(["--help"]) == 0
     printed = capsys.readouterr().out
     assert all(name in printed for name in ("segment", "models", "evaluate", "train", "cka"))
     parser = cli.build_parser()  # no command named: subcommands listed, arguments not declared (no imports)
@@ -139,10 +137,7 @@ def test_every_commands_help_imports_neither_torch_nor_monai():
         "for argv in [[], ['segment'], ['models'], ['models', 'import'], ['evaluate'], ['train'], ['robustness'],\n"
         "             ['datalist'], ['cka']]:\n"
         "    with contextlib.redirect_stdout(io.StringIO()):\n"
-        "        try:\n"
-        "            cli.main([*argv, '--help'])\n"
-        "        except SystemExit:\n"
-        "            pass\n"
+        "        assert cli.main([*argv, '--help']) == 0\n"
         "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))\n"
     )
     assert run_python(code).strip() == "[]"
@@ -432,15 +427,43 @@ def test_argument_errors_under_json_progress_are_json_events(capsys):
     """Before: ``segment ... --overlap 2 --progress json`` printed ``error: argument --overlap: ...`` as text, the
     one line on stderr that a program reading events could not decode."""
     for argv in (["--overlap", "2", "--out", "o"], ["--batch-size", "x", "--out", "b"], []):
-        with pytest.raises(SystemExit) as stop:
-            cli.main(["segment", "ct.nii.gz", "--progress", "json", *argv])
-        assert stop.value.code == ExitCode.USER_ERROR
+        assert cli.main(["segment", "ct.nii.gz", "--progress", "json", *argv]) == ExitCode.USER_ERROR
         (line,) = capsys.readouterr().err.splitlines()
         event = decode_event(line)
         assert isinstance(event, ErrorEvent) and event.category == "user" and event.error_type == "ArgumentError"
-    with pytest.raises(SystemExit):
-        cli.main(["segment", "ct.nii.gz", "--overlap", "2", "--out", "o"])
+    assert cli.main(["segment", "ct.nii.gz", "--overlap", "2", "--out", "o"]) == ExitCode.USER_ERROR
     assert capsys.readouterr().err.startswith("error: argument --overlap: must be below 1")
+
+
+def test_a_caller_of_main_gets_the_exit_code_of_bad_arguments_and_of_help(capsys):
+    """Before: argparse's ``SystemExit`` went through ``cli.main`` to its caller (a script's ``code = cli.main(argv)``
+    never got its code), where every other user error returned 2."""
+    assert cli.main(["segment", "ct.nii.gz", "--overlap", "2", "--out", "o"]) == ExitCode.USER_ERROR
+    capsys.readouterr()
+    assert cli.main(["no-such-command"]) == ExitCode.USER_ERROR
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: argument COMMAND: invalid choice: 'no-such-command'"), line
+    assert cli.main(["evaluate", "--help"]) == ExitCode.OK
+    assert "--prediction" in capsys.readouterr().out
+
+
+def test_the_command_line_still_exits_2_on_bad_arguments_and_0_after_help():
+    done = run_cli("segment", "ct.nii.gz", "--overlap", "2", "--out", "o")
+    assert done.returncode == 2 and done.stderr.startswith("error: argument --overlap: must be below 1"), done.stderr
+    assert done.stderr.count("\n") == 1 and done.stdout == ""
+    done = run_cli("segment", "--help")
+    assert done.returncode == 0 and done.stdout.startswith("usage: tokenunet segment") and done.stderr == ""
+
+
+def test_an_unknown_option_of_a_command_points_to_that_commands_help(capsys):
+    """Before: ``tokenunet datalist --layout decathlon ...`` (the layout is an argument, not an option) said "see
+    'tokenunet --help'", whose help lists the commands, not the datalist command's layouts and options."""
+    argv = ["datalist", "--layout", "decathlon", "Task09_Spleen", "--out", "d.json"]
+    assert cli.main(argv) == ExitCode.USER_ERROR
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == "error: unrecognized arguments: --layout (see 'tokenunet datalist --help')", line
+    assert cli.main(["--debug", "segment", "ct.nii.gz", "--out", "o", "--no-such-option"]) == ExitCode.USER_ERROR
+    assert "(see 'tokenunet segment --help')" in capsys.readouterr().err
 
 
 def test_attention_grid_with_no_heatmaps_is_a_contradiction(tmp_path, capsys):

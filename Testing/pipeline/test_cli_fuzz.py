@@ -83,10 +83,7 @@ def test_running_with_any_options_and_a_missing_input_exits_2(command, rest, cap
     required = {"segment": ["missing.nii.gz", "--out", "out"], "evaluate": ["missing.nii.gz", "--prediction", "p"]}
     required["train"] = ["missing.json", "--config", "missing-config.json", "--out", "run"]
     capsys.readouterr()
-    try:
-        code = cli.main([command, *required[command], *options])
-    except SystemExit as exit:
-        code = exit.code
+    code = cli.main([command, *required[command], *options])
     err = capsys.readouterr().err
     _check_exit(code, err)
     assert code == 2 or "-h" in options or "--help" in options

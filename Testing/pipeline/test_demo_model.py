@@ -150,6 +150,29 @@ def test_the_shipped_card_says_how_far_the_confidence_ranked_held_out_results(st
     assert "## Seen on scans without reference labels" in card  # the card's notes are kept
 
 
+def test_the_shipped_cards_sample_figures_are_the_recorded_evaluation(store):
+    """The card's Dice and HD95 on the sample are the package's recorded ``evaluation.sample`` (21.0 mm for the spleen
+    in both, checked by smallfix3 against a fresh measurement: 21.0), as ``build.py --card-only`` writes them: a card
+    edited by hand, or a figure measured again without the card rewritten, fails here."""
+    import importlib.util
+
+    from helpers.paths import ROOT
+
+    spec = importlib.util.spec_from_file_location("demo_build", ROOT / "scripts" / "demo-model" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    path = store.resolve(None)
+    metadata = json.loads((path / "configs" / "metadata.json").read_text())
+
+    def sample_section(card: str) -> str:
+        return card.split("\n## On the bundled sample", 1)[1].split("\n## ", 1)[0]
+
+    shipped = (path / "docs" / "README.md").read_text(encoding="utf-8")
+    assert sample_section(shipped) == sample_section(build.model_card(metadata, 2_000_000))
+    recorded = metadata["tokenunet"]["training"]["evaluation"]["sample"]
+    assert f"| spleen | {recorded['dice']['spleen']:.3f} | {recorded['hd95_mm']['spleen']} |" in shipped
+
+
 @pytest.mark.parametrize("script", ["scripts/demo-model/build.py", "Testing/benchmarks/bench_confidence.py"])
 def test_a_script_help_says_its_whole_first_sentence(script, monkeypatch, capsys):
     """Before: ``build.py --help`` said "... write the model card, install it under" (the docstring's first line)."""

@@ -108,10 +108,7 @@ def test_malformed_numeric_options_exit_2_in_one_line(cli_case, tmp_path, capsys
         "train": ["d.json", "--config", "c.json", "--out", str(tmp_path / "out")],
         "cka": ["--out", str(tmp_path / "out")],
     }[command]
-    try:
-        code = cli.main([command, *required, option, value])
-    except SystemExit as exit:
-        code = exit.code
+    code = cli.main([command, *required, option, value])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and words in err and err.count("\n") == 1 and len(err) <= 201
     assert not (tmp_path / "out").exists()

@@ -2,7 +2,8 @@
 ``imagesTr/BRATS_001.nii.gz`` of X x Y x Z x 4, ``dataset.json`` naming the volumes FLAIR, T1w, t1gd, T2w), through
 the command line and ``segment()``: the channel order comes from ``--channels``/``channels=`` or the dataset.json,
 never from a guess; the result is the one of the four 3D files, voxel for voxel; bad 4D images are refused from their
-headers."""
+headers. The same volumes as a NRRD (a ``list`` or ``vector`` axis, ITK's 4th domain axis) or a MetaImage (a 4th axis,
+or channels per voxel) are read alike."""
 
 import json
 import re
@@ -336,18 +337,18 @@ def test_a_vector_nifti_is_refused_for_its_components_as_before(task01, tmp_path
 
 
 def test_channel_names_given_where_no_4d_image_can_take_them_are_refused_saying_what_is_given(task01, tmp_path, capsys):
-    """--channels with the 4D image twice, with a 4D NRRD, with a one-channel model; channels= with a 4D array, and a
+    """--channels with the 4D image twice, with a numpy file, with a one-channel model; channels= with a 4D array, and a
     4D array without it: each refusal says what is wrong with what was given (before: "the input is no 4D NIfTI image"
     for a 4D NIfTI given twice, "needs 1 channels ... a 4D image of 1 volumes" for a CT model, "got 1" for an array of
     four channels)."""
     root, files, four_d, package, images = task01
-    nrrd = tmp_path / "BRATS_001.nrrd"
-    sitk.WriteImage(sitk.JoinSeries([images[name] for name in SEQUENCES]), str(nrrd))
+    other = tmp_path / "BRATS_001.npy"
+    np.save(other, np.stack([sitk.GetArrayFromImage(images[name]) for name in SEQUENCES]))
     ct = make_package(tmp_path, tiny_config())
     names = ["--channels", "FLAIR,T1,T1c,T2"]
     cases = [
         (package, [four_d, four_d], "--channels names the volumes of one 4D image, but 2 inputs are given"),
-        (package, [nrrd], "--channels names the volumes of a 4D NIfTI image; BRATS_001.nrrd is no NIfTI file"),
+        (package, [other], "--channels names the volumes of a 4D image; BRATS_001.npy is no NIfTI, NRRD or MetaImage"),
         (ct, [four_d], "--channels names the volumes of a multi-channel 4D image; model 'tiny-ct' takes one 3D volume"),
     ]
     for model, inputs, start in cases:
@@ -355,7 +356,7 @@ def test_channel_names_given_where_no_4d_image_can_take_them_are_refused_saying_
         error = capsys.readouterr().err
         assert error.startswith(f"error: {start}") and error.count("\n") == 1, error
     stacked = np.stack([sitk.GetArrayFromImage(images[name]).T for name in SEQUENCES], axis=-1)
-    with pytest.raises(InputError, match=r"channels= names the volumes of a 4D NIfTI file, not of an array"):
+    with pytest.raises(InputError, match=r"channels= names the volumes of a 4D image file, not of an array"):
         segment((stacked, AFFINE), package, device="cpu", channels=list(SEQUENCES))
     expected = (
         r"got 1 \(an array of 4 dimensions: pass one \(array, ijk_to_ras\) pair per channel: T1, T1c, T2, FLAIR\)"
@@ -440,3 +441,244 @@ def test_a_dataset_json_that_lists_its_images_names_only_those(task01, tmp_path,
     expected = f"{dataset / 'dataset.json'} does not list imagesTs/other_001.nii.gz among its images, so its channel"
     with pytest.raises(InputError, match=re.escape(expected)):
         segment(str(dataset / "imagesTs" / "other_001.nii.gz"), package, device="cpu")
+
+
+def test_nan_and_infinite_values_of_a_4d_image_to_train_on_are_refused_in_trainings_words(task01, tmp_path):
+    """A datalist case whose 4D image holds a NaN (counted by the NIfTI reader) or values its scl_slope makes infinite
+    (counted once read). Before: both said "... before segmenting", segment's hint, when training."""
+    from TokenUNetSegmentLib.pipeline.training.data import load_case, read_datalist
+
+    images = task01[4]
+    floats = [sitk.Cast(images[name], sitk.sitkFloat32) for name in SEQUENCES]
+    values = sitk.GetArrayFromImage(floats[2])
+    values[3, 4, 5] = np.nan
+    floats[2] = image_from_array(values.transpose(2, 1, 0), AFFINE)
+    nan_image = write_4d(tmp_path / "nan.nii.gz", floats)
+    huge_image = tmp_path / "huge.nii"  # stored 300 to 600, scl_slope 1e36: from 400 on past float32's 3.4e38
+    sitk.WriteImage(sitk.JoinSeries([images[name] for name in SEQUENCES]), str(huge_image))
+    raw = bytearray(huge_image.read_bytes())
+    struct.pack_into("<ff", raw, 112, 1e36, 0.0)
+    huge_image.write_bytes(bytes(raw))
+    sitk.WriteImage(sitk.Cast(images["T1"] > 0, sitk.sitkUInt8), str(tmp_path / "label.nii.gz"))
+    for image, says in ((nan_image, "nan.nii.gz has 1 NaN"), (huge_image, "huge.nii, volume 1 has ")):
+        entry = {"image": image.name, "label": "label.nii.gz", "channels": list(SEQUENCES), "labels": {"1": "organ1"}}
+        (tmp_path / "list.json").write_text(json.dumps({"training": [entry]}))
+        case = read_datalist(tmp_path / "list.json")["training"][0]
+        with pytest.raises(InputError, match=re.escape(says)) as refused:
+            load_case(case, mr_config(), 8, (16, 16, 16))
+        assert refused.value.hint.endswith(" before training"), refused.value.hint
+
+
+def nrrd_vector(values) -> str:
+    return "(" + ",".join(f"{value:.17g}" for value in values) + ")"
+
+
+def write_nrrd(path, images, first=True, kind="list", space="left-posterior-superior", fields=""):
+    """The 3D SimpleITK ``images`` (int16, one grid) as one NRRD whose axis of volumes, of ``kind``, is first (Slicer's
+    layout: ``sizes: 4 X Y Z``, ``space directions: none (..) (..) (..)``) or last (``X Y Z 4``, ``... none``), in LPS
+    as ITK and Slicer write it; ``fields``: more header lines."""
+    arrays = [sitk.GetArrayFromImage(image) for image in images]  # (k, j, i)
+    scaled = np.asarray(images[0].GetDirection()).reshape(3, 3) * np.asarray(images[0].GetSpacing())
+    axes = [nrrd_vector(scaled[:, axis]) for axis in range(3)]
+    x, y, z = images[0].GetSize()
+    if first:
+        data, sizes, kinds, directions = np.stack(arrays, axis=-1), f"{len(arrays)} {x} {y} {z}", f"{kind} ", ["none"]
+        directions += axes
+    else:
+        data, sizes, kinds, directions = np.stack(arrays), f"{x} {y} {z} {len(arrays)}", "", [*axes, "none"]
+    kinds = f"{kinds}domain domain domain" + ("" if first else f" {kind}")
+    header = (
+        f"NRRD0005\ntype: short\ndimension: 4\nspace: {space}\nsizes: {sizes}\n"
+        f"space directions: {' '.join(directions)}\nkinds: {kinds}\nendian: little\nencoding: raw\n"
+        f"space origin: {nrrd_vector(images[0].GetOrigin())}\n{fields}\n"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header.encode() + data.astype("<i2").tobytes())
+    return path
+
+
+FOUR_D_LAYOUTS = {
+    "NRRD, list axis first (Slicer)": ("nrrd", lambda path, images: write_nrrd(path, images)),
+    "NRRD, list axis last (teem)": ("nrrd", lambda path, images: write_nrrd(path, images, first=False)),
+    "NRRD, vector axis (SimpleITK Compose)": ("nrrd", lambda path, images: sitk.WriteImage(sitk.Compose(images), path)),
+    "NRRD, 4th domain axis (SimpleITK JoinSeries)": (
+        "nrrd",
+        lambda path, ims: sitk.WriteImage(sitk.JoinSeries(ims), path),
+    ),
+    "MetaImage, NDims 4": ("mha", lambda path, images: sitk.WriteImage(sitk.JoinSeries(images), path)),
+    "MetaImage, 4 channels": ("mha", lambda path, images: sitk.WriteImage(sitk.Compose(images), path)),
+}
+
+
+def msd_case(root, layout, images):
+    """The MSD Task01 case written in ``layout`` (:data:`FOUR_D_LAYOUTS`) as ``imagesTr/BRATS_001.<ext>``, its volumes
+    in the dataset.json's order (FLAIR, T1w, t1gd, T2w)."""
+    suffix, write = FOUR_D_LAYOUTS[layout]
+    path = root / "imagesTr" / f"BRATS_001.{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path, [images[name] for name in ("FLAIR", "T1", "T1c", "T2")])
+    (root / "dataset.json").write_text(json.dumps({"name": "BRATS", "modality": dict(enumerate(MSD_ORDER))}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def labels_of_3d_files(task01, tmp_path_factory):
+    """The labels (and their geometry) the brats-4d package gives the four 3D files through the command line."""
+    root, files, four_d, package, _ = task01
+    out = tmp_path_factory.mktemp("three")
+    assert run_cli(package, out / "run", *files) == 0
+    return read_labels(out / "run")
+
+
+@pytest.mark.parametrize("layout", FOUR_D_LAYOUTS)
+def test_a_4d_nrrd_or_metaimage_gives_the_labels_of_its_four_3d_files(task01, labels_of_3d_files, tmp_path, layout):
+    """The same four volumes as a NRRD (a list or vector axis first or last, or ITK's 4th domain axis) or a MetaImage (a
+    4th axis, or 4 channels per voxel) on the oblique 2 x 2 x 2.5 mm grid: the labels of the four 3D files, voxel for
+    voxel, on the same grid, the order from the dataset.json (before: refused, "needs 4 input channel(s) ..., got 1");
+    through segment(), FLAIR's ball where FLAIR is."""
+    root, files, four_d, package, images = task01
+    path = msd_case(tmp_path / "Task01_BrainTumour", layout, images)
+    assert run_cli(package, tmp_path / "out", path) == 0
+    labels, geometry = read_labels(tmp_path / "out")
+    assert np.array_equal(labels, labels_of_3d_files[0]) and np.allclose(geometry, labels_of_3d_files[1], atol=1e-6)
+    order = json.loads((tmp_path / "out" / "report.json").read_text())["channel_order"]
+    assert order["volumes"] == {"T1": 1, "T1c": 2, "T2": 3, "FLAIR": 0} and order["source"].endswith("dataset.json")
+    result = segment(str(path), flair_threshold(), device="cpu", channels=list(MSD_ORDER))
+    assert result.labels.shape == SHAPE and np.allclose(result.affine, AFFINE, atol=1e-4)
+    found = voxel_centres(SHAPE, result.affine)[result.labels == 1].mean(axis=0)
+    assert np.linalg.norm(found - CENTRES["FLAIR"]) < 1.0
+
+
+def bad_nrrd_and_metaimage_inputs(task01, tmp_path):
+    """(what, input, options, model: "mr" or "ct", the message's start) of 4D NRRD and MetaImage inputs refused from
+    their headers."""
+    images = task01[4]
+    four = [images[name] for name in SEQUENCES]
+    alone = tmp_path / "alone"
+    nrrd, mha = write_nrrd(alone / "BRATS_001.nrrd", four), alone / "BRATS_001.mha"
+    sitk.WriteImage(sitk.Compose(four), mha)
+    joined = sitk.JoinSeries(four)
+    sitk.WriteImage(joined, tmp_path / "spacetime.nrrd")
+    text = (
+        (tmp_path / "spacetime.nrrd")
+        .read_bytes()
+        .replace(b"space dimension: 4", b"space: right-anterior-superior-time")
+    )
+    (tmp_path / "spacetime.nrrd").write_bytes(text)
+    mixed = sitk.Image(joined)
+    turn = np.eye(4)
+    turn[2:, 2:] = [[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]]  # the 4th axis turned into the 3rd
+    mixed.SetDirection((np.asarray(joined.GetDirection()).reshape(4, 4) @ turn).ravel())
+    sitk.WriteImage(mixed, tmp_path / "mixed.mha")
+    sequence = 'labels: "time" "" "" ""\nDataNodeClassName:=vtkMRMLScalarVolumeNode\naxis 0 index values:=0 1 2 3\n'
+    fields = ["--channels", "T1,T1c,T2,FLAIR"]
+    return {
+        "a NRRD without an order": ([nrrd], [], "mr", "BRATS_001.nrrd holds 4 volumes (a 4D image), and nothing says"),
+        "a MetaImage without an order": ([mha], [], "mr", "BRATS_001.mha holds 4 volumes (a 4D image), and nothing"),
+        "a NRRD for a CT model": ([nrrd], [], "ct", "BRATS_001.nrrd holds 4 volumes (a 4D image); model 'tiny-ct'"),
+        "a MetaImage for a CT model": ([mha], [], "ct", "BRATS_001.mha holds 4 volumes (a 4D image); model 'tiny-ct'"),
+        "a time axis": (
+            [write_nrrd(tmp_path / "time.nrrd", four, first=False, kind="time")],
+            fields,
+            "mr",
+            "time.nrrd is a 4D image whose 4th axis is time (NRRD kind 'time'), not channels",
+        ),
+        "a space-time": (
+            [tmp_path / "spacetime.nrrd"],
+            fields,
+            "mr",
+            "spacetime.nrrd is a 4D image whose 4th axis is time (NRRD space 'right-anterior-superior-time')",
+        ),
+        "a Slicer sequence": (
+            [write_nrrd(tmp_path / "cine.seq.nrrd", four, fields=sequence)],
+            fields,
+            "mr",
+            "cine.seq.nrrd is a 4D image whose 4th axis is the items of a Slicer sequence or series (labelled 'time')",
+        ),
+        "a DWI": (
+            [
+                write_nrrd(
+                    tmp_path / "dwi.nhdr.nrrd", four, first=False, fields="modality:=DWMRI\nDWMRI_b-value:=1000\n"
+                )
+            ],
+            fields,
+            "mr",
+            "dwi.nhdr.nrrd is a 4D image whose 4th axis is diffusion gradient directions (modality:=DWMRI)",
+        ),
+        "four domain axes in a 3D space": (
+            [write_nrrd(tmp_path / "domains.nrrd", four, first=False, kind="domain")],
+            fields,
+            "mr",
+            "domains.nrrd has 4 domain axes in a 3D space, which the image reader (ITK) cannot read",
+        ),
+        "a 4th axis turned in space": (
+            [tmp_path / "mixed.mha"],
+            fields,
+            "mr",
+            "mixed.mha is a 4D image whose 4th axis is not apart from its spatial axes",
+        ),
+    }
+
+
+def test_bad_4d_nrrd_and_metaimage_inputs_are_refused_from_their_headers_in_one_line(
+    task01, tmp_path, capsys, monkeypatch
+):
+    """As a 4D NIfTI is: no order, a one-channel model, a time axis (NRRD kind ``time``, a space-time), a Slicer
+    sequence, a DWI's gradients; and what ITK could not split into one 3D grid. MetaImage has no field saying a 4th
+    axis is time (MetaIO's fields), so none is taken for it."""
+    models = {"mr": task01[3], "ct": make_package(tmp_path, tiny_config())}
+    cases = bad_nrrd_and_metaimage_inputs(task01, tmp_path)
+    refuse_reading(monkeypatch)
+    for what, (inputs, options, model, start) in cases.items():
+        assert run_cli(models[model], tmp_path / "out", *inputs, options=options) == 2, what
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {start}"), (what, error)
+        assert error.count("\n") == 1 and "Traceback" not in error and not (tmp_path / "out").exists(), what
+    with pytest.raises(InputError, match="holds 4 volumes"):
+        segment(str(cases["a MetaImage for a CT model"][0][0]), models["ct"], device="cpu")
+
+
+@pytest.mark.parametrize("suffix", ["nrrd", "mha"])
+def test_a_4d_nrrd_or_metaimage_read_is_checked_against_the_memory_limit_from_its_header(
+    task01, tmp_path, capsys, monkeypatch, suffix
+):
+    root, files, four_d, package, images = task01
+    path = msd_case(tmp_path, "MetaImage, 4 channels" if suffix == "mha" else "NRRD, list axis first (Slicer)", images)
+    refuse_reading(monkeypatch)
+    monkeypatch.setenv("TOKENUNET_MEMORY_LIMIT", "40K")  # one 16^3 int16 volume read: 16 KiB; the four: 64 KiB
+    assert run_cli(package, tmp_path / "out", path) == 2
+    error = capsys.readouterr().err
+    assert (
+        f"BRATS_001.{suffix} declares 16 x 16 x 16 x 4 voxels of short" in error and "TOKENUNET_MEMORY_LIMIT" in error
+    )
+
+
+def test_colour_geometric_vectors_and_segmentation_layers_stay_refused_as_what_they_are(task01, tmp_path, capsys):
+    """Only ``list`` and ``vector`` axes hold volumes: an ``RGB-color`` axis is a colour, a ``3-vector`` (or
+    ``covariant-vector``, ``point``...) axis a geometric vector's coordinates, both refused per voxel as before; a
+    Slicer .seg.nrrd's ``list`` axis holds layers of overlapping segments, refused as layers as before."""
+    images = task01[4]
+    three = [images[name] for name in SEQUENCES[:3]]
+    ct = make_package(tmp_path, tiny_config())
+    labels = [
+        image_from_array((sitk.GetArrayFromImage(images[name]).T > 0).astype(np.int16), AFFINE) for name in ("T1", "T2")
+    ]
+    cases = {
+        "RGB-color": (
+            write_nrrd(tmp_path / "rgb.nrrd", three, kind="RGB-color"),
+            "rgb.nrrd has 3 components per voxel",
+        ),
+        "3-vector": (write_nrrd(tmp_path / "v.nrrd", three, kind="3-vector"), "v.nrrd has 3 components per voxel"),
+        "covariant-vector": (
+            write_nrrd(tmp_path / "g.nrrd", three, kind="covariant-vector"),
+            "g.nrrd has 3 components per voxel",
+        ),
+        "layers": (
+            write_nrrd(tmp_path / "layers.seg.nrrd", labels, fields="Segment0_ID:=organ\n"),
+            "layers.seg.nrrd has 2 layers (Slicer stores overlapping segments so)",
+        ),
+    }
+    for what, (path, start) in cases.items():
+        assert run_cli(ct, tmp_path / "out", path) == 2, what
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {start}") and error.count("\n") == 1, (what, error)

@@ -46,6 +46,17 @@ def test_json_schema_subset_validator():
     assert validation_errors({"a": [True]}, schema) == ["$.a[0]: expected integer, got bool"]
 
 
+def test_item_counts_in_schema_errors_agree_with_their_number():
+    """Before: an empty ``inputs`` list of a catalog entry (``minItems: 1``) was told "needs at least 1 items"."""
+    for bound, given, said in (
+        ({"minItems": 1}, [], "$: needs at least 1 item"),
+        ({"minItems": 2}, [1], "$: needs at least 2 items"),
+        ({"maxItems": 1}, [1, 2], "$: allows at most 1 item"),
+        ({"maxItems": 2}, [1, 2, 3], "$: allows at most 2 items"),
+    ):
+        assert validation_errors(given, {"type": "array", **bound}) == [said]
+
+
 def test_inputs_are_assigned_by_filename_pattern():
     from TokenUNetSegmentLib.pipeline.metadata import assign_inputs
 

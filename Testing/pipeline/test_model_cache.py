@@ -49,10 +49,7 @@ def world(tmp_path, monkeypatch):
 
 def run(world, capsys, *argv) -> tuple[int, str]:
     capsys.readouterr()
-    try:
-        code = cli.main(["--catalog", str(world.catalog), "models", *argv])
-    except SystemExit as exit:  # argparse's errors
-        code = exit.code
+    code = cli.main(["--catalog", str(world.catalog), "models", *argv])
     err = capsys.readouterr().err
     if code == 2:
         lines = err.strip().splitlines()

@@ -122,7 +122,7 @@ def test_the_channel_count_is_checked_before_any_file_is_opened(brats_case, tmp_
     assert run_cli(package, tmp_path / "out", *paths[:3]) == 2
     assert "needs 4 input channel(s) (T1, T1c, T2, FLAIR), got 3" in capsys.readouterr().err
     assert run_cli(package, tmp_path / "out", root) == 2  # a study folder holding the four series
-    hint = "got 1 (one file or DICOM series per channel, or one 4D NIfTI of them all with --channels)"
+    hint = "got 1 (one file or DICOM series per channel, or one 4D image of them all with --channels)"
     assert hint in capsys.readouterr().err
     # `segment case/*.nii.gz` on a BraTS training case takes its label map too
     assert run_cli(package, tmp_path / "out", *paths, root / "case_seg.nii.gz") == 2

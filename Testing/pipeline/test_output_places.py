@@ -459,8 +459,7 @@ def test_commands_that_name_no_relative_path_run_in_a_deleted_folder(tmp_path):
         "    os.environ['TOKENUNET_HOME'], os.environ['HOME'] = home, user\n"
         "    out, err = io.StringIO(), io.StringIO()\n"
         "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
-        "        try: code = cli.main(argv)\n"
-        "        except SystemExit as done: code = done.code\n"
+        "        code = cli.main(argv)\n"
         "    seen[name] = (code, out.getvalue(), err.getvalue())\n"
         "print(json.dumps(seen))\n"
     )

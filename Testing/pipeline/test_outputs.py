@@ -77,6 +77,25 @@ def test_the_reader_refuses_maps_on_the_input_grid_and_another_geometry(result, 
         read_outputs(tmp_path / "token", moved)
 
 
+def test_a_nan_in_a_result_file_is_refused_in_the_words_of_loading_it(result, tmp_path):
+    """Before: "... has 1 NaN or infinite voxels (replace them (e.g. by the background value) before segmenting)", the
+    words of ``segment``'s input, for a file of a result read back (a subprocess run's folder, Slicer's)."""
+    import SimpleITK as sitk
+    from TokenUNetSegmentLib.pipeline.outputs import PROBABILITY_DIR
+
+    write_outputs(result, tmp_path / "out", overview=False)
+    (path,) = (tmp_path / "out" / PROBABILITY_DIR).iterdir()
+    image = sitk.ReadImage(str(path))
+    values = sitk.GetArrayFromImage(image)
+    values[0, 0, 0] = np.nan
+    changed = sitk.GetImageFromArray(values)
+    changed.CopyInformation(image)
+    sitk.WriteImage(changed, str(path))
+    with pytest.raises(InputError, match=f"^{path.name} has 1 NaN or infinite voxels") as refused:
+        read_outputs(tmp_path / "out")
+    assert refused.value.hint.endswith(" before loading the result"), refused.value.hint
+
+
 def test_auto_attention_grid_keeps_the_input_grid_until_maps_get_large():
     assert choose_attention_grid("auto", 1, 8, 122 * 101 * 112) == "input"
     assert choose_attention_grid("auto", 2, 32, 512 * 512 * 300) == "token"  # 64 maps of 300 MB each

@@ -88,3 +88,25 @@ def test_every_command_names_what_it_wrote_with_the_home_folder_expanded(tmp_pat
         assert code == 0, (argv, captured.err)
         printed = captured.out + captured.err
         assert names in printed and "~/" not in printed, (argv, printed)
+
+
+def test_segment_takes_a_tilde_in_its_inputs_and_model_as_the_home_folder(tmp_path, monkeypatch, cli_case):
+    """``segment("~/ct.nii.gz", "~/package")`` from Python (a path from a notebook's text field, a config file), as
+    the command line takes them (before: "input not found: ~/ct.nii.gz")."""
+    from pathlib import Path
+
+    from TokenUNetSegmentLib.pipeline.segmentation import segment
+
+    _, package, ct = cli_case
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    shutil.copy(ct, home / "ct.nii.gz")
+    shutil.copytree(package, home / "package")
+    expected = segment(str(ct), str(package), device="cpu", with_token_maps=False).labels
+    for inputs, model in (("~/ct.nii.gz", "~/package"), ([Path("~/ct.nii.gz")], Path("~/package"))):
+        result = segment(inputs, model, device="cpu", with_token_maps=False)
+        assert np.array_equal(result.labels, expected), (inputs, model)
+    (channel,) = json.loads((package / "configs" / "metadata.json").read_text())["tokenunet"]["inputs"]
+    result = segment({channel["name"]: "~/ct.nii.gz"}, "~/package", device="cpu", with_token_maps=False)
+    assert np.array_equal(result.labels, expected)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "TokenUNetSegment")
 
 from TokenUNetSegmentLib.pipeline.calibration import confidence_pairs, format_summary, summarise  # noqa: E402
 from TokenUNetSegmentLib.pipeline.errors import InputError, TokenUNetError  # noqa: E402
-from TokenUNetSegmentLib.pipeline.output_folder import write_file_atomically  # noqa: E402
+from TokenUNetSegmentLib.pipeline.output_folder import refuse_output_over_inputs, write_file_atomically  # noqa: E402
 from TokenUNetSegmentLib.pipeline.robustness import read_results  # noqa: E402
 from TokenUNetSegmentLib.pipeline.run_contract import ErrorEvent  # noqa: E402
 
@@ -28,6 +28,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args(argv)
     try:
+        if args.json:  # before anything is read: --json may not replace a robustness file it summarises
+            inputs = [(f"the robustness file {path}", path) for path in args.results]
+            refuse_output_over_inputs(args.json, "--json", inputs, "this script reads", "write the summary elsewhere")
         pairs = pooled_pairs(args.results)
         summary = summarise(pairs)
         if args.json:  # all at once ('~' the home folder), before the summary: a closed stdout then loses only text

@@ -58,14 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--datalist",
         type=user_path,
         help='a MONAI datalist (JSON) whose entries\' "image" (one path, a list of channel paths for a '
-        'multi-channel model, or one 4D NIfTI whose volumes "channels" or its dataset.json names) are cases; '
+        'multi-channel model, or one 4D image whose volumes "channels" or its dataset.json names) are cases; '
         '"label" is ignored',
     )
     parser.add_argument(
         "--channels",
         type=channel_names,
         help="what nnU-Net's channel files of each case in a folder (CASE_0000.nii.gz, CASE_0001.nii.gz, ...) hold, in "
-        "the order of their numbers, or the volumes of each 4D NIfTI image CASE, comma-separated, e.g. "
+        "the order of their numbers, or the volumes of each 4D image CASE, comma-separated, e.g. "
         "FLAIR,T1,T1c,T2 (the model's channel names, any case, synonyms such as t1gd); default: their dataset.json "
         '(beside the files or beside their imagesTr/imagesTs folder); a datalist\'s entries name theirs in "channels"',
     )

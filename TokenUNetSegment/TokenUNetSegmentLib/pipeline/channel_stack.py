@@ -5,6 +5,9 @@ X x Y x Z x 4, its ``dataset.json`` saying ``"modality": {"0": "FLAIR", "1": "T1
 nnU-Net's dataset.json calls it ``"channel_names"``). Its order need not be the package's, and a wrong guess would
 swap sequences without a word, so it is never guessed: it comes from the user (``--channels``, ``channels=``) or from
 that dataset.json, and the run says which. Everything is checked from the header before any voxel is read.
+
+The same volumes may come as a NRRD (a ``list`` or ``vector`` axis, or ITK's 4th domain axis) or a MetaImage (a 4th
+axis, or ``ElementNumberOfChannels``): their headers say so (``readers``' ``stacked``), and they are split alike.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ DATASET_FOLDERS = ("imagesTr", "imagesTs")
 """Folders of the MSD / nnU-Net layout whose parent holds the dataset.json that names the images' channels."""
 DATASET_KEYS = ("modality", "channel_names")
 """The dataset.json keys naming each volume (MSD and nnU-Net v1: ``modality``; nnU-Net v2: ``channel_names``)."""
-STACK_SUFFIXES = (".nii", ".nii.gz")
+STACK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class ChannelOrder:
 
 
 def is_stack_candidate(item) -> bool:
-    """Whether ``item`` may be a 4D image to split (a NIfTI file), judged from its name alone."""
+    """Whether ``item`` may be a 4D image to split (a NIfTI, NRRD or MetaImage file), judged from its name alone."""
     if not isinstance(item, (str, Path)):
         return False
     name = Path(item).name.lower()
@@ -256,8 +259,8 @@ def refuse_stacked(opened, name: str, channels: Sequence, model: str, channel: s
 
 
 def refuse_names(inputs: Sequence, channels: Sequence, model: str, option: str = "--channels") -> None:
-    """Refuse ``option`` (the names of one 4D image's volumes) where ``inputs`` are not one 4D NIfTI image of the
-    package's ``channels``, saying what was given instead.
+    """Refuse ``option`` (the names of one 4D image's volumes) where ``inputs`` are not one 4D image of the package's
+    ``channels``, saying what was given instead.
 
     Raises:
         InputError: always.
@@ -274,25 +277,34 @@ def refuse_names(inputs: Sequence, channels: Sequence, model: str, option: str =
         )
     if not name:
         raise InputError(
-            f"{option} names the volumes of a 4D NIfTI file, not of an array",
+            f"{option} names the volumes of a 4D image file, not of an array",
             "pass one (array, ijk_to_ras) pair per channel, in the model's channel order",
         )
     if Path(item).is_file() and not name.lower().endswith(STACK_SUFFIXES):
         raise InputError(
-            f"{option} names the volumes of a 4D NIfTI image; {name} is no NIfTI file",
+            f"{option} names the volumes of a 4D image; {name} is no NIfTI, NRRD or MetaImage file",
             "save it as .nii.gz (e.g. with 3D Slicer or SimpleITK), or pass one 3D file per channel",
         )
     raise InputError(
-        f"{option} names the volumes of a 4D image, but the input is no 4D NIfTI image",
+        f"{option} names the volumes of a 4D image, but the input is no 4D image",
         f"drop {option}, or pass the 4D image alone",
     )
 
 
-def open_stack(item, config, model: str, names: Sequence[str] | None = None, option: str = "--channels"):
-    """The package ``config``'s channels from one 4D NIfTI image ``item``: (one :class:`.volumes.OpenedVolume` per
-    channel, in the package's order, a :class:`ChannelOrder`), or None when ``item`` is no 4D NIfTI image. ``names``:
+def open_stack(
+    item,
+    config,
+    model: str,
+    names: Sequence[str] | None = None,
+    option: str = "--channels",
+    purpose: str = "segmenting",
+):
+    """The package ``config``'s channels from one 4D image ``item`` (NIfTI, NRRD or MetaImage): (one
+    :class:`.volumes.OpenedVolume` per channel, in the package's order, a :class:`ChannelOrder`), or None when ``item``
+    is no 4D image. ``names``:
     what each volume holds, in order (else its dataset.json says: :func:`dataset_file`); ``option``: how the
-    caller passes them, for messages. The header is checked now; the image is read once, when a channel is read.
+    caller passes them, for messages; ``purpose``: what the image is read for, as :func:`.volumes.read_volume`'s. The
+    header is checked now; the image is read once, when a channel is read.
 
     Raises:
         InputError: a time axis, more than 4 dimensions, a volume count other than the channel count, no order, or
@@ -307,7 +319,7 @@ def open_stack(item, config, model: str, names: Sequence[str] | None = None, opt
     if not is_stack_candidate(item):
         return None
     path = Path(item)
-    opened = open_image(path)  # the header: the whole 4D read is checked against the memory limit
+    opened = open_image(path, purpose=purpose)  # the header: the whole 4D read is checked against the memory limit
     if not opened.stacked:
         return None
     if len(opened.stacked) > 1 or opened.stacked_axis:  # 5D, or a time series
@@ -353,7 +365,7 @@ def open_stack(item, config, model: str, names: Sequence[str] | None = None, opt
         raise InputError(error.message, f"pass {option} naming its volumes in order") from None
     volumes = tuple(channel_of.index(c) for c in range(len(channels)))
     order = ChannelOrder(path.name, tuple(names), source, volumes, tuple(c.name for c in channels))
-    read = _shared_read(opened, path.name, count)
+    read = _shared_read(opened, path.name, count, purpose)
     per_channel = [_channel(opened, read, volume, count) for volume in volumes]
     return per_channel, order
 
@@ -372,20 +384,22 @@ def _channel(opened, read, volume: int, count: int):
     return OpenedVolume(opened.values // count, lambda: read()[volume], "", opened.grid)
 
 
-def _shared_read(opened, name: str, count: int):
+def _shared_read(opened, name: str, count: int, purpose: str):
     """Read and split the image once, whichever channel asks first (a 4D read holds every channel at once)."""
     lock, kept = threading.Lock(), []
 
     def read():
         with lock:
             if not kept:
-                kept.extend(_split(opened, name, count))
+                kept.extend(_split(opened, name, count, purpose))
             return kept
 
     return read
 
 
-def _split(opened, name: str, count: int) -> list:
+def _split(opened, name: str, count: int, purpose: str) -> list:
+    """The ``count`` volumes of the opened image, as ITK reads them: a 4D image (NIfTI; ITK's NRRD and MetaImage) or a
+    3D image of ``count`` components per voxel (a NRRD ``list``/``vector`` axis, MetaImage channels)."""
     import numpy as np
     import SimpleITK as sitk
 
@@ -393,7 +407,9 @@ def _split(opened, name: str, count: int) -> list:
     from .volumes import Volume, check_volume
 
     image, warnings = opened()
-    if image.GetDimension() != 4 or image.GetSize()[3] != count or image.GetNumberOfComponentsPerPixel() != 1:
+    dimension, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
+    four_d = dimension == 4 and image.GetSize()[3] == count and components == 1
+    if not (four_d or (dimension == 3 and components == count)):
         raise InputError(f"{name} was not read as {count} volumes of one value per voxel", "export it again")
     spacing = image.GetSpacing()[:3]
     if not all(s > 0 and np.isfinite(s) for s in spacing):
@@ -401,14 +417,15 @@ def _split(opened, name: str, count: int) -> list:
     place = sitk.Image([1, 1, 1], sitk.sitkUInt8)  # the 3D geometry of its volumes
     place.SetSpacing(spacing)
     place.SetOrigin(image.GetOrigin()[:3])
-    place.SetDirection(tuple(np.asarray(image.GetDirection()).reshape(4, 4)[:3, :3].ravel()))
+    place.SetDirection(tuple(np.asarray(image.GetDirection()).reshape(dimension, dimension)[:3, :3].ravel()))
     affine = affine_of_image(place)
-    array = sitk.GetArrayFromImage(image)  # (volume, k, j, i)
+    array = sitk.GetArrayFromImage(image)  # (volume, k, j, i), or (k, j, i, volume)
     del image
     volumes = []
     for index in range(count):
-        volume = Volume(array[index].transpose(2, 1, 0), affine.copy(), f"{name}, volume {index}")
+        values = array[index] if four_d else array[..., index]
+        volume = Volume(values.transpose(2, 1, 0), affine.copy(), f"{name}, volume {index}")
         volume.warnings = list(warnings) if index == 0 else []
-        check_volume(volume)
+        check_volume(volume, purpose, opened.finite_checked)
         volumes.append(volume)
     return volumes

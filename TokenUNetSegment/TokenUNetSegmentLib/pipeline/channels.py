@@ -79,7 +79,7 @@ def order_inputs(inputs: Sequence[str], channels: Sequence, model: str) -> list[
     if len(inputs) != len(channels):
         hint = "one file or DICOM series (its folder or one of its files) per channel" if len(names) > 1 else None
         if len(names) > 1 and len(inputs) == 1:
-            hint = "one file or DICOM series per channel, or one 4D NIfTI of them all with --channels"
+            hint = "one file or DICOM series per channel, or one 4D image of them all with --channels"
         stray = [Path(item).name for item in inputs if not any(channel.matches(str(item)) for channel in channels)]
         if len(names) > 1 and len(inputs) > len(names) and 0 < len(stray) <= len(inputs) - len(names):
             hint = f"{', '.join(stray)} {'matches' if len(stray) == 1 else 'match'} no channel; one file per channel"

@@ -200,8 +200,9 @@ def build_parser(*commands: str) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--catalog", default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = {}  # each command's parser, for the errors that are its own
     for name, command in COMMANDS.items():
-        child = sub.add_parser(name, help=command.help, description=command.help)
+        child = parser.commands[name] = sub.add_parser(name, help=command.help, description=command.help)
         child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         if name in commands:
             command.declare(child)
@@ -216,14 +217,20 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     top.add_argument("--catalog")
     _, rest = top.parse_known_args(argv)
     named = next((token for token in rest if not token.startswith("-")), None)
-    return build_parser(*([named] if named in COMMANDS else [])).parse_args(argv)
+    parser = build_parser(*([named] if named in COMMANDS else []))
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # told by the command's parser: its --help lists its options, the top's ('tokenunet --help') does not
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line (``argv``, else ``sys.argv[1:]``); returns the exit code (see
-    :class:`.run_contract.ExitCode`). The caller's process goes on: its signal handlers are put back and nothing ends
-    it, also on a cancel (a script, a notebook, Slicer's console; the process of its own is :func:`run_as_process`).
-    Its environment too: the huge-page request made for torch (:mod:`.allocator`) is taken back on return."""
+    :class:`.run_contract.ExitCode`), also for ``--help`` (0) and bad arguments (2, after their one line): argparse's
+    ``SystemExit`` does not reach the caller. The caller's process goes on: its signal handlers are put back and
+    nothing ends it, also on a cancel (a script, a notebook, Slicer's console; the process of its own is
+    :func:`run_as_process`). Its environment too: the huge-page request made for torch (:mod:`.allocator`) is taken
+    back on return."""
     from .allocator import environment_kept
 
     with environment_kept():
@@ -329,6 +336,8 @@ def _run(argv: list[str] | None, own_process: bool = False) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     except KeyboardInterrupt as error:  # Ctrl-C while a command's modules load: no traceback either
         return _report(ErrorEvent.from_error(error), json_progress, after_interrupt=True)
+    except SystemExit as stop:  # argparse's end: --help (0) or an argument error, its line already printed (2)
+        return ExitCode.OK if stop.code in (0, None) else ExitCode.USER_ERROR
     except Exception as error:
         if loading.is_set():  # the stop's KeyboardInterrupt turned into another error (numpy's C start-up)
             return _report(ErrorEvent.from_error(KeyboardInterrupt()), json_progress, after_interrupt=True)

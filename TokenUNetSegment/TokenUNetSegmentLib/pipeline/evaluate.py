@@ -239,15 +239,12 @@ def _same_place(a: Path, b: Path) -> bool:
 def _refuse_output_over_an_input(args: argparse.Namespace) -> None:
     """``--json`` may not name a file this evaluation reads (``--overwrite`` or not): the label maps, their name
     tables (given or beside them) and the images."""
-    import os
-
-    from .output_folder import expand_home
+    from .output_folder import expand_home, refuse_output_over_inputs
     from .samples import PREFIX
 
     out = expand_home(args.json_out)  # as it is written: a tilde the shell left is the home folder
     if not out.exists():
         _refuse_output_at_a_name_table_place(args, out)
-        return
     inputs = []
     for side, path, table in (
         ("reference", args.reference, args.reference_names),
@@ -259,13 +256,7 @@ def _refuse_output_over_an_input(args: argparse.Namespace) -> None:
         elif table:
             inputs.append((f"the {side}'s name table", Path(table)))
     inputs += [("an --image", Path(image)) for image in args.image or ()]
-    for what, path in inputs:
-        try:
-            same = os.path.samefile(out, expand_home(path))
-        except OSError:  # absent, or unreadable: not the same file
-            same = False
-        if same:
-            raise InputError(f"--json {out.name} is {what}, which this evaluation reads", "write the metrics elsewhere")
+    refuse_output_over_inputs(args.json_out, "--json", inputs, "this evaluation reads", "write the metrics elsewhere")
 
 
 def _checked_table(data, what: str) -> dict[int, str]:
@@ -463,7 +454,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--channels",
         type=channel_names,
-        help="with --model and one 4D NIfTI --image: what each of its volumes holds, in order (as segment's)",
+        help="with --model and one 4D --image (NIfTI, NRRD, MetaImage): what each of its volumes holds, in order "
+        "(as segment's)",
     )
     parser.add_argument(
         "--reference-names", type=user_path, help='JSON name table of the reference {"1": "spleen", ...}'

@@ -67,9 +67,9 @@ def validation_errors(instance: Any, schema: dict, root: dict | None = None, pat
             errors.append(f"{path}: {instance[:80]!r} does not match {schema['pattern']!r}")
     if isinstance(instance, list):
         if len(instance) < schema.get("minItems", 0):
-            errors.append(f"{path}: needs at least {schema['minItems']} items")
+            errors.append(f"{path}: needs at least {_items(schema['minItems'])}")
         if "maxItems" in schema and len(instance) > schema["maxItems"]:
-            errors.append(f"{path}: allows at most {schema['maxItems']} items")
+            errors.append(f"{path}: allows at most {_items(schema['maxItems'])}")
         if "items" in schema:
             for i, item in enumerate(instance):
                 errors += validation_errors(item, schema["items"], root, f"{path}[{i}]")
@@ -95,3 +95,8 @@ def validation_errors(instance: Any, schema: dict, root: dict | None = None, pat
                     f"of the allowed forms ({matches} matched)"
                 )
     return errors
+
+
+def _items(count: int) -> str:
+    """``count`` items, in words that agree with it ("1 item", "2 items")."""
+    return f"{count} item{'' if count == 1 else 's'}"

@@ -66,6 +66,22 @@ def expand_home(path: str | Path) -> Path:
     return Path(os.path.expanduser(os.fspath(path)))
 
 
+def refuse_output_over_inputs(out: str | Path, option: str, inputs, reads: str, instead: str) -> None:
+    """Raise :class:`.errors.InputError` when the output file ``out`` (``~`` the home folder) is, or links to, a file
+    of ``inputs`` (``(what, path)`` pairs; a path None is skipped), which the command ``reads``: it would be replaced by
+    its own output (the message: ``OPTION NAME is WHAT, which READS (INSTEAD)``)."""
+    from .errors import InputError
+
+    out = expand_home(out)
+    for what, path in inputs:
+        try:
+            same = path is not None and os.path.samefile(out, expand_home(path))
+        except OSError:  # absent, or unreadable: not the same file
+            same = False
+        if same:
+            raise InputError(f"{option} {out.name} is {what}, which {reads}", instead)
+
+
 def resolve_destination(path: str | Path) -> Path:
     """The absolute destination with symbolic links resolved (the folder that is really replaced)."""
     text = os.fspath(path)

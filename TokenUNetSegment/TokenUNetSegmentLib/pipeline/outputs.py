@@ -45,6 +45,7 @@ DEFAULT_ATTENTION_GRID = "token"
 MAP_STEPS = 1024  # maps on the input grid are written as float32 in steps of 1/1024
 TOKEN_GRID_LEVELS = 255  # maps on the token grid are written as uint8: value = byte / 255
 AUTO_INPUT_GRID_LIMIT = 2 * 2**30  # bytes of float32 maps on the input grid beyond which "auto" keeps the token grid
+LOADING = "loading the result"  # what its files are read for, as the hint about NaN values in them says
 MAP_FIELDS = ("TokenUNet_Token", "TokenUNet_Kind", "TokenUNet_BestLabel", "TokenUNet_SoftDice")  # NRRD keys
 SCALE_FIELD = "TokenUNet_Scale"  # of a map stored as integers: value = stored * scale
 
@@ -276,7 +277,7 @@ def read_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from .nrrd import read_nrrd_fields
     from .volumes import read_volume
 
-    volume = read_volume(path)
+    volume = read_volume(path, purpose=LOADING)
     array = volume.array.astype(np.float32)
     if volume.array.dtype.kind in "iu":
         scale = read_nrrd_fields(path).get(SCALE_FIELD)
@@ -305,7 +306,7 @@ def read_outputs(folder: str | Path, input_affine=None) -> SegmentationResult:
     report = read_json_file(folder / REPORT_FILE)
     if not isinstance(report, dict) or not isinstance(report.get("labels"), list):
         raise InputError(f"{folder / REPORT_FILE} is not the report of a segmentation run")
-    labels_volume = read_volume(folder / SEGMENTATION_FILE)
+    labels_volume = read_volume(folder / SEGMENTATION_FILE, purpose=LOADING)
     affine = labels_volume.affine
     if input_affine is not None:
         if not np.allclose(affine, input_affine, atol=1e-3):
@@ -328,7 +329,8 @@ def read_outputs(folder: str | Path, input_affine=None) -> SegmentationResult:
     probabilities = None
     if (folder / PROBABILITY_DIR).is_dir():
         probabilities = {
-            label.name: read_volume(folder / probability_file(label.name)).array.astype(np.float32) for label in table
+            label.name: read_volume(folder / probability_file(label.name), purpose=LOADING).array.astype(np.float32)
+            for label in table
         }
     return SegmentationResult(
         labels=labels,

@@ -92,10 +92,10 @@ def made_from(inputs: Sequence[str | Path], channels: Sequence[str] | None, args
 
 def _channel_names_file(inputs: Sequence[str | Path], channels: Sequence[str] | None) -> Path | None:
     """The dataset.json (:func:`.channel_stack.dataset_file`) of nnU-Net-numbered files (``case_0000.nii.gz``, ...) or
-    of one NIfTI image (a 4D image's volumes) that nothing else names: it says which channel each file or volume
-    feeds (:func:`.channel_stack.nnunet_file_names`, :func:`.channel_stack.open_stack`), so a result made from them
-    stands only while it is unchanged (and a result made before the files were placed by it, in the given order, has
-    no such stamp)."""
+    of one NIfTI, NRRD or MetaImage file (a 4D image's volumes) that nothing else names: it says which channel each
+    file or volume feeds (:func:`.channel_stack.nnunet_file_names`, :func:`.channel_stack.open_stack`), so a result
+    made from them stands only while it is unchanged (and a result made before the files were placed by it, in the
+    given order, has no such stamp)."""
     from .channel_stack import dataset_file, is_stack_candidate, nnunet_indices
 
     if channels:

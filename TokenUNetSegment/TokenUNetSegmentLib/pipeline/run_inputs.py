@@ -95,7 +95,7 @@ def channel_items(
     """``segment()``'s inputs as one item per channel of ``config``, in its order, and how each is shown: a path or
     an ``(array, ijk_to_ras)`` pair for a one-channel model, a list in the channel order (nnU-Net's numbered files,
     ``case_0000.nii.gz`` ..., in the order their dataset.json's channel names say), a dict {channel name:
-    input} (names in any case, with the usual synonyms: ``flair``, ``t1ce``), or one 4D NIfTI image holding every
+    input} (names in any case, with the usual synonyms: ``flair``, ``t1ce``), or one 4D image holding every
     channel, ``stack_names`` naming its volumes in order (else its dataset.json: :mod:`.channel_stack`). Only a 4D
     image's header is opened. ``option``: how the caller passes ``stack_names``, for messages.
 
@@ -118,6 +118,7 @@ def channel_items(
     by_name = isinstance(inputs, dict)  # {channel name: input}, e.g. from assign_inputs(): each input's channel named
     if by_name:
         inputs = _by_channel(inputs, config.inputs, model)
+    inputs = _home_expanded(inputs)
     single = isinstance(inputs, (str, Path)) or (isinstance(inputs, (list, tuple)) and len(inputs) == 1)
     if single and (len(names) > 1 or stack_names is not None):
         item = inputs if isinstance(inputs, (str, Path)) else inputs[0]
@@ -187,6 +188,19 @@ def _by_channel(inputs: dict, channels: Sequence, model: str) -> list:
     if parts:
         raise InputError(f"model '{model}' needs the channels {', '.join(names)}; " + "; ".join(parts))
     return [found[index] for index in range(len(names))]
+
+
+def _home_expanded(inputs):
+    """``inputs`` with a leading ``~`` of each file path made the home folder, as the command line's
+    (:func:`.arguments.user_path`): a path from a script, a notebook or a GUI field has none expanded by a shell."""
+    from .arguments import user_path
+
+    def expanded(item):
+        return type(item)(user_path(item)) if isinstance(item, (str, Path)) else item
+
+    if isinstance(inputs, list) or (isinstance(inputs, tuple) and not _is_pair(inputs)):
+        return [expanded(item) for item in inputs]
+    return expanded(inputs)
 
 
 def _named(item, channel: str) -> str:

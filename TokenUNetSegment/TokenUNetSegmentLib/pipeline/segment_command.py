@@ -45,7 +45,8 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--channels",
         type=channel_names,
-        help="for one 4D NIfTI image holding every channel (the Medical Segmentation Decathlon's imagesTr/*.nii.gz): "
+        help="for one 4D image holding every channel (NIfTI, NRRD or MetaImage; the Medical Segmentation Decathlon's "
+        "imagesTr/*.nii.gz): "
         "what each of its volumes holds, in order, comma-separated, e.g. FLAIR,T1,T1c,T2 (the model's channel names, "
         "any case, synonyms such as t1gd or t1ce for T1c); default: the dataset.json beside it or beside its imagesTr "
         "folder",

@@ -99,7 +99,7 @@ def segment(
             line's check), then exactly once they are read.
         maps_on_input_grid: the caller will write the token maps on the input grid
             (``write_outputs(attention_grid="input")``): counted in that check.
-        channels: for one 4D NIfTI image holding every channel (the Medical Segmentation Decathlon's layout), what
+        channels: for one 4D image (NIfTI, NRRD, MetaImage) holding every channel (the Decathlon's layout), what
             each of its volumes holds, in order (e.g. ``["FLAIR", "T1", "T1c", "T2"]``; names in any case, with the
             usual synonyms such as ``t1gd``); without it, the dataset.json beside its ``imagesTr``/``imagesTs``
             folder names them, else the image is refused. Outputs lie on its 3D grid.

@@ -52,6 +52,7 @@ class OpenedVolume:
     description: str = ""  # a DICOM series' SeriesDescription
     stacked: tuple[int, ...] = ()  # the sizes of a 4D image's axes after the spatial ones (see readers.header)
     stacked_axis: str = ""  # what its header says a 4th axis is when it is time, else ""
+    finite_checked: bool = False  # its NaN and infinite values were counted as it was read (readers.header)
 
     def __call__(self) -> Volume:
         return self.read()
@@ -66,7 +67,7 @@ def open_input(item, name: str | None = None, modality: str = "") -> OpenedVolum
     item = resolve_input(item)
     if isinstance(item, (str, Path)):
         opened = open_volume(item, modality=modality)
-        return replace(opened, read=lambda: _checked(opened()))
+        return replace(opened, read=lambda: _checked(opened(), opened.finite_checked))
     if isinstance(item, Volume):
         volume = item
     elif isinstance(item, (tuple, list)) and len(item) == 2:
@@ -80,8 +81,8 @@ def open_input(item, name: str | None = None, modality: str = "") -> OpenedVolum
     return OpenedVolume(int(volume.array.size), lambda: volume, volume.modality, volume.grid)
 
 
-def _checked(volume: Volume) -> Volume:
-    check_volume(volume)
+def _checked(volume: Volume, finite_checked: bool = False) -> Volume:
+    check_volume(volume, finite_checked=finite_checked)
     return volume
 
 
@@ -100,8 +101,9 @@ def check_modality(modality: str, expected: str, name: str, model: str, channel:
         )
 
 
-def check_volume(volume: Volume) -> None:
-    """Raise :class:`InputError` for anything but a finite scalar 3D volume with a valid geometry."""
+def check_volume(volume: Volume, purpose: str = "segmenting", finite_checked: bool = False) -> None:
+    """Raise :class:`InputError` for anything but a finite scalar 3D volume with a valid geometry (``purpose``: what it
+    is for, as :func:`read_volume`'s; ``finite_checked``: its reader counted its NaN and infinite values already)."""
     array = volume.array
     if array.ndim == 2 or (array.ndim == 3 and min(array.shape) == 1):
         raise InputError(f"{volume.name} is a 2D image (shape {array.shape})", "segmentation needs a 3D volume")
@@ -114,7 +116,8 @@ def check_volume(volume: Volume) -> None:
         raise InputError(f"{volume.name} has unsupported voxel type {array.dtype}")
     if array.dtype == bool or array.dtype.type in (np.float16, np.int64, np.uint64):
         volume.array = array = array.astype(np.float32)  # types SimpleITK cannot take as they are
-    refuse_non_finite(array, volume.name)
+    if not finite_checked:
+        refuse_non_finite(array, volume.name, purpose)
     volume.affine = check_affine(volume.affine, volume.name)
 
 
@@ -140,8 +143,10 @@ def read_volume(path: str | Path, limit: int | None = None, purpose: str = "segm
     refused, the hint saying what to do before ``purpose``: what it is read for ("segmenting", "evaluating",
     "training").
     """
-    volume = open_volume(path, limit, purpose=purpose)()
-    refuse_non_finite(volume.array, volume.name, purpose)  # NRRD and MetaImage keep them (NIfTI's: its reader's)
+    opened = open_volume(path, limit, purpose=purpose)
+    volume = opened()
+    if not opened.finite_checked:  # NRRD and MetaImage keep them; a float NIfTI's were counted as it was read
+        refuse_non_finite(volume.array, volume.name, purpose)
     return volume
 
 
@@ -169,6 +174,7 @@ def open_volume(
         opened.description,
         opened.stacked,
         opened.stacked_axis,
+        opened.finite_checked,
     )
 
 

@@ -105,6 +105,7 @@ def open_image(
         grid=header_grid(header),
         stacked=header.stacked,
         stacked_axis=header.stacked_axis,
+        finite_checked=header.finite_checked,
     )
 
 

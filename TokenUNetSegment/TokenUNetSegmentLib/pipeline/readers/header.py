@@ -51,7 +51,7 @@ class ImageHeader:
 
     Args:
         kind: the format, for messages (``NIfTI``, ``NRRD``, ``MetaImage``).
-        sizes: the size of every axis, spatial or not (e.g. a vector axis).
+        sizes: the size of every axis, spatial or not (e.g. a vector axis), the spatial ones first.
         value_type: the stored value type, for messages (``int16``).
         value_bytes: bytes per stored value.
         memory_bytes: bytes per value once read (more than stored when the reader rescales to float).
@@ -59,8 +59,12 @@ class ImageHeader:
         directions: the spatial axis vectors as columns (any length), or None when the header has none.
         payloads: where the voxel data lies.
         warnings: what the header leaves to defaults (e.g. no spacing at all).
-        stacked: the sizes of the axes after the three spatial ones (a 4D NIfTI's volumes), trailing ones dropped.
-        stacked_axis: what the header says a 4th axis is when it is time rather than a list of volumes, else "".
+        stacked: the sizes of the axes beyond the three spatial ones that hold volumes (a 4D NIfTI's 4th axis, a NRRD
+            axis of kind ``list`` or ``vector``, a MetaImage's 4th axis or channels), trailing ones dropped.
+        stacked_axis: what the header says a 4th axis is when it is time (or another series) rather than a list of
+            volumes, else "".
+        finite_checked: the image read holds no NaN or infinite value: the payloads' floats are counted and refused
+            (:mod:`.payload`), and read as stored (ITK's NIfTI reader sets them to 0; no rescaling makes new ones).
     """
 
     kind: str
@@ -74,6 +78,7 @@ class ImageHeader:
     warnings: list[str] = field(default_factory=list)
     stacked: tuple[int, ...] = ()
     stacked_axis: str = ""
+    finite_checked: bool = False
 
     @property
     def values(self) -> int:
@@ -87,7 +92,8 @@ class OpenedImage:
     ``modality``: a DICOM series' Modality (CT, MR, ...), "" for other files; ``grid``: the voxel grid the header
     declares (its origin left at 0), None when it declares none, for the run's memory check before reading;
     ``series`` a DICOM series' SeriesInstanceUID and ``description`` its SeriesDescription, "" for other files;
-    ``stacked`` and ``stacked_axis``: as :class:`ImageHeader`'s (a 4D image's volumes)."""
+    ``stacked``, ``stacked_axis`` and ``finite_checked``: as :class:`ImageHeader`'s (a 4D image's volumes; whether
+    NaN and infinite values were counted as the voxels were checked, so the volume need not be counted again)."""
 
     values: int
     read: Callable[[], tuple]
@@ -97,6 +103,7 @@ class OpenedImage:
     description: str = ""
     stacked: tuple[int, ...] = ()
     stacked_axis: str = ""
+    finite_checked: bool = False
 
     def __call__(self) -> tuple:
         return self.read()
@@ -116,6 +123,31 @@ def header_grid(header: ImageHeader) -> Grid | None:
     affine = np.eye(4)
     affine[:3, :3] = axes * spacing
     return Grid(tuple(int(s) for s in header.sizes[:3]), affine)
+
+
+def spatial_part(directions, spacing, name: str) -> tuple[np.ndarray | None, tuple[float, ...]]:
+    """The three spatial axes of a 4D grid whose 4th axis holds volumes (ITK's 4D NRRD and MetaImage): (their 3 x 3
+    axis directions, or None without directions; their spacing).
+
+    Raises:
+        InputError: the 4th axis moves in space, or a spatial axis along the 4th dimension (a 4 x 4 direction matrix
+            that is not block-diagonal): its volumes lie on no one 3D grid.
+    """
+    spacing = tuple(spacing[:3])
+    if directions is None:
+        return None, spacing
+    matrix = np.asarray(directions, dtype=np.float64)
+    if matrix.shape != (4, 4):
+        return matrix, spacing  # refused by check_directions, or a 3 x 3 already
+    lengths = np.linalg.norm(matrix, axis=0)
+    unit = matrix / np.where(lengths > 0, lengths, 1)
+    if np.any(np.abs(unit[3, :3]) > 1e-6) or np.any(np.abs(unit[:3, 3]) > 1e-6):
+        raise InputError(
+            f"{name} is a 4D image whose 4th axis is not apart from its spatial axes (its 4 x 4 axis directions mix "
+            "them), so its volumes lie on no one 3D grid",
+            "save each volume as a 3D file",
+        )
+    return matrix[:3, :3], spacing
 
 
 def header_error(name: str, kind: str, problem: str) -> InputError:

@@ -2,6 +2,11 @@
 
 ``Key = Value`` lines; ``ElementDataFile`` is the last one: ``LOCAL``, a file name, ``LIST`` (file names on the
 following lines) or ``FORMAT MIN MAX STEP`` (e.g. ``slice%03d.raw 1 40 1``).
+
+Volumes lie along a 4th axis (``NDims = 4``: ITK's 4D image) or in each voxel's channels (``ElementNumberOfChannels``,
+which ITK reads as a vector whatever their count). MetaIO has no field that says what they are (no time, no colour:
+``DistanceUnits`` is one unit for every axis; ``ElementSpacing`` a step without unit), so they are never taken as time
+or colour here: they are volumes whose names the user or a dataset.json gives.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from .header import (
     parse_numbers,
     positive_sizes,
     read_text_header,
+    spatial_part,
 )
 
 KIND = "MetaImage"
@@ -98,6 +104,11 @@ def parse_metaimage(path: Path, name: str) -> ImageHeader:
             directions = np.asarray(parse_numbers(fields[key], ndims * ndims, name, KIND, key), float)
             directions = directions.reshape(ndims, ndims).T  # MetaIO lists the matrix row by row, axes as rows
             break
+    stacked = (*sizes[3:], channels) if ndims >= 3 else ()  # a 2D image is refused as such
+    while stacked and stacked[-1] == 1:  # trailing axes of one
+        stacked = stacked[:-1]
+    if ndims == 4 and sizes[3] > 1:  # ITK's 4D image: the 4th axis holds the volumes
+        directions, spacing = spatial_part(directions, spacing, name)
     value_bytes = TYPES[value_type]
     data_bytes = math.prod(sizes) * channels * value_bytes
     return ImageHeader(
@@ -110,6 +121,7 @@ def parse_metaimage(path: Path, name: str) -> ImageHeader:
         directions=directions,
         payloads=_payloads(path, name, fields, listed, length, data_bytes, value_bytes),
         warnings=warnings,
+        stacked=stacked,
     )
 
 

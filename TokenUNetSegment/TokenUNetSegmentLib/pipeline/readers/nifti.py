@@ -182,6 +182,7 @@ def _header(path: Path, name: str, f: dict, compressed: bool) -> ImageHeader:
         warnings=_geometry_warnings(f, tuple(int(s) for s in f["dim"][1 : min(ndim, 3) + 1]), name),
         stacked=stacked,
         stacked_axis=_fourth_axis(f) if len(stacked) == 1 else "",
+        finite_checked=floats is not None and not rescaled,  # a slope can make infinite values (3e38 x 10)
     )
 
 

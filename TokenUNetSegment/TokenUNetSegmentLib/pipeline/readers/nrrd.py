@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from .header import (
     ImageHeader,
     Payload,
@@ -21,6 +22,7 @@ from .header import (
     parse_numbers,
     positive_sizes,
     read_text_header,
+    spatial_part,
 )
 
 KIND = "NRRD"
@@ -42,8 +44,31 @@ ENCODINGS = {
     "text": "text",
     "ascii": "text",
 }
-SPATIAL_KINDS = {"domain", "space", "time", "???", "none"}
-"""Axis kinds of sample positions; other kinds (vector, RGB-color, list...) are values of one voxel."""
+DOMAIN_KINDS = {"domain", "space", "time", "???", "none"}
+"""Axis kinds of sample positions (teem's domain kinds, and no kind: ``nrrdDomainAxesGet``); ITK reads one axis of any
+other kind (list, vector, RGB-color...) as the values of each voxel."""
+CHANNEL_KINDS = {"list", "vector"}
+"""Kinds of an axis whose values are volumes the model may take as channels, named by the user or a dataset.json. The
+NRRD format gives ``list`` no geometric meaning (teem: "any list of values"); ``vector`` is "a (contravariant) vector"
+of any length, which ITK writes for every multi-component image (SimpleITK's ``Compose``; a Slicer vector volume).
+The other kinds are geometric (``point``, ``covariant-vector``, ``normal``, and the fixed-size ``2-vector``,
+``3-vector``, ``3-gradient``, ``3-normal``, ``4-vector``, ``quaternion``), colours (``RGB-color``, ``3-color``...),
+tensors or ``complex``: the components of one value, never channels (refused as components per voxel)."""
+TIME_SPACES = {
+    "right-anterior-superior-time",
+    "ras-time",
+    "rast",
+    "left-anterior-superior-time",
+    "las-time",
+    "last",
+    "left-posterior-superior-time",
+    "lps-time",
+    "lpst",
+    "scanner-xyz-time",
+    "3d-right-handed-time",
+    "3d-left-handed-time",
+}
+"""The NRRD spaces whose 4th dimension is time (format definition, "space")."""
 
 
 def read_fields(path: Path, name: str) -> tuple[dict[str, str], dict[str, str], list[str], int]:
@@ -78,7 +103,7 @@ def read_fields(path: Path, name: str) -> tuple[dict[str, str], dict[str, str], 
 
 def parse_nrrd(path: Path, name: str) -> ImageHeader:
     """The header of a NRRD file, attached or detached."""
-    fields, _, listed, length = read_fields(path, name)
+    fields, pairs, listed, length = read_fields(path, name)
     for required in ("type", "dimension", "sizes", "encoding"):
         if required not in fields:
             raise header_error(name, KIND, f"the required field '{required}' is missing")
@@ -93,11 +118,16 @@ def parse_nrrd(path: Path, name: str) -> ImageHeader:
     encoding = ENCODINGS.get(fields["encoding"].lower())
     if encoding is None:
         raise header_error(name, KIND, f"unsupported encoding '{fields['encoding'][:20]}' (use raw or gzip)")
+    kinds = _kinds(fields, dimension, name)
     spacing, directions, warnings = _geometry(fields, dimension, name)
+    stacked, stacked_axis = _stacked(fields, pairs, kinds, sizes, name)
+    if len(spacing) == 4 and stacked:  # ITK's 4D image: four domain axes in a 4D space, the 4th holding the volumes
+        directions, spacing = spatial_part(directions, spacing, name)
     data_bytes = math.prod(sizes) * value_bytes
+    domain_first = sorted(range(dimension), key=lambda axis: kinds[axis] not in DOMAIN_KINDS)  # as ITK orders them
     return ImageHeader(
         kind=KIND,
-        sizes=sizes,
+        sizes=tuple(sizes[axis] for axis in domain_first),
         value_type=value_type.replace(" ", "_"),
         value_bytes=value_bytes,
         memory_bytes=value_bytes,
@@ -105,7 +135,63 @@ def parse_nrrd(path: Path, name: str) -> ImageHeader:
         directions=directions,
         payloads=_payloads(path, name, fields, listed, length, encoding, data_bytes, value_bytes),
         warnings=warnings,
+        stacked=stacked,
+        stacked_axis=stacked_axis,
     )
+
+
+def _space_dimension(fields: dict) -> int | None:
+    """The dimension of the space the header places its axes in (``space``, ``space dimension``), None without."""
+    if "space" in fields:
+        return 4 if fields["space"].strip().lower() in TIME_SPACES else 3
+    if "spacedimension" in fields and fields["spacedimension"].strip().isdigit():
+        return int(fields["spacedimension"])
+    return None
+
+
+def _stacked(fields: dict, pairs: dict, kinds: list[str], sizes, name: str) -> tuple[tuple[int, ...], str]:
+    """(the sizes of the axes beyond three spatial ones that hold volumes, what the header says they are when they are
+    a series rather than volumes: see :class:`.header.ImageHeader`).
+
+    Volumes lie along a ``list`` or ``vector`` axis (:data:`CHANNEL_KINDS`) or a 4th domain axis (ITK writes a 4D image
+    so, in a 4D space). A Slicer segmentation's ``list`` axis holds layers of overlapping segments (refused as such
+    when read); a Slicer sequence's (``DataNodeClassName``, or an axis labelled ``time``) the items of a series, a
+    DWI's (``modality:=DWMRI``) gradient directions, a ``time`` axis or a space-time's 4th axis time points.
+
+    Raises:
+        InputError: four domain axes in a 3D space, which ITK cannot read.
+    """
+    domain = [axis for axis, kind in enumerate(kinds) if kind in DOMAIN_KINDS]
+    if len(domain) < 3:  # a 2D image is refused as such
+        return (), ""
+    listed = [axis for axis, kind in enumerate(kinds) if kind in CHANNEL_KINDS and sizes[axis] > 1]
+    if listed and (name.lower().endswith(".seg.nrrd") or any(key.startswith("Segment0_") for key in pairs)):
+        listed = []  # a Slicer segmentation's layers
+    extra = domain[3:]
+    space = _space_dimension(fields)
+    time = [axis for axis in extra if kinds[axis] == "time"]
+    if extra and not time and space is not None and space < len(domain):
+        raise InputError(
+            f"{name} has {len(domain)} domain axes in a {space}D space, which the image reader (ITK) cannot read",
+            "give the axis of volumes the kind 'list', or save each volume as a 3D file",
+        )
+    stacked = tuple(sizes[axis] for axis in sorted(listed + extra))
+    while stacked and stacked[-1] == 1:
+        stacked = stacked[:-1]
+    labels = re.findall(r'"([^"]*)"', fields.get("labels", ""))
+    series = [labels[axis] for axis in listed + extra if axis < len(labels) and "time" in labels[axis].lower()]
+    if not stacked:
+        return (), ""
+    if time:
+        return stacked, "time (NRRD kind 'time')"
+    if extra and space == 4 and fields.get("space", "").strip().lower() in TIME_SPACES:
+        return stacked, f"time (NRRD space '{fields['space'].strip()}')"
+    if "DataNodeClassName" in pairs or series:
+        what = f"labelled '{series[0]}'" if series else f"of {pairs['DataNodeClassName'].strip()[:40]}"
+        return stacked, f"the items of a Slicer sequence or series ({what})"
+    if pairs.get("modality", "").strip() == "DWMRI":
+        return stacked, "diffusion gradient directions (modality:=DWMRI)"
+    return stacked, ""
 
 
 def _kinds(fields: dict, dimension: int, name: str) -> list[str]:
@@ -119,7 +205,7 @@ def _kinds(fields: dict, dimension: int, name: str) -> list[str]:
 
 def _geometry(fields: dict, dimension: int, name: str) -> tuple[tuple[float, ...], np.ndarray | None, list[str]]:
     """(spacing of each spatial axis, spatial axis vectors as columns or None, warnings)."""
-    spatial = [kind in SPATIAL_KINDS for kind in _kinds(fields, dimension, name)]
+    spatial = [kind in DOMAIN_KINDS for kind in _kinds(fields, dimension, name)]
     if "spacedirections" in fields:
         vectors = re.findall(r"\(([^)]*)\)|(none)", fields["spacedirections"])
         if len(vectors) != dimension:

@@ -418,9 +418,7 @@ def _check_layout_options(args: argparse.Namespace) -> None:
 def _refuse_out_over_an_input(args: argparse.Namespace) -> None:
     """``--out`` may not name a file the command reads (``--overwrite`` or not): the dataset's dataset.json or
     meta.csv, a name table, the configuration."""
-    import os
-
-    from ..output_folder import expand_home
+    from ..output_folder import refuse_output_over_inputs
 
     root = Path(args.root) if args.root else None
     inputs = [
@@ -429,14 +427,7 @@ def _refuse_out_over_an_input(args: argparse.Namespace) -> None:
         ("the name table --table", Path(args.table) if args.layout == "folders" and args.table else None),
         ("the configuration --config", Path(args.config) if args.config else None),
     ]
-    out = expand_home(args.out)  # as it is written: a tilde the shell left is the home folder
-    for what, path in inputs:
-        try:
-            same = path is not None and out.exists() and os.path.samefile(out, expand_home(path))
-        except OSError:  # absent or unreadable: not the same file
-            same = False
-        if same:
-            raise InputError(f"--out {out.name} is {what}, which this command reads", "write the datalist elsewhere")
+    refuse_output_over_inputs(args.out, "--out", inputs, "this command reads", "write the datalist elsewhere")
 
 
 def _refuse_out_over_a_listed_file(out: Path, given: str, datalist: dict) -> None:

@@ -286,7 +286,7 @@ def _case_volumes(entry: dict, config, model: str) -> tuple[list, list[str]]:
     file per channel, each put in its channel by name as ``segment`` puts files (:func:`.case_files`)."""
     images = entry["image"]
     if len(images) == 1 and (len(config.inputs) > 1 or entry.get("channels")):
-        stack = open_stack(images[0], config, model, entry.get("channels"), DATALIST_CHANNELS)
+        stack = open_stack(images[0], config, model, entry.get("channels"), DATALIST_CHANNELS, "training")
         if stack is not None:
             return [opened() for opened in stack[0]], stack[1].shown()
     files = case_files(entry, config, model)
