@@ -463,6 +463,47 @@ def test_the_variants_asked_for_through_the_api_are_checked_by_name():
         robustness.variants_for("noise", "MR", "mr")
 
 
+def test_variants_placed_on_organs_the_reference_lacks_are_refused_by_name_and_said_to_be_left_out(tmp_path, capsys):
+    """The slabs (around the liver's and the spleen's centres) and the mid-liver start on a reference that labels
+    neither (a kidney model's; found by hostile) (before: asked for by name, nothing ran: exit 0, a table of no row,
+    "| variant |  | mean |"; by default, they were dropped without a word)."""
+    from TokenUNetSegmentLib.pipeline.errors import InputError
+
+    image, reference = liver_phantom((24, 24, 24))
+    volume = Volume(image, affine_from_spacing(SPACING))
+    config = tiny_config("kidney", labels=1, spacing=SPACING, roi=(16, 16, 16))
+    config["labels"][0]["name"] = "kidney"
+    package = package_in_memory(ThresholdNet(), config, "threshold")
+    labels = Volume(reference, volume.affine, "ref.nii.gz")
+    for asked, words in [(["plain", "slabs"], "the slabs are cut around the liver's and the spleen's centres"),
+                         (["mid-liver"], "the mid-liver start cuts the scan at the liver's centre")]:  # fmt: skip
+        with pytest.raises(InputError, match=re.escape(words)) as caught:
+            evaluate_robustness(package, volume, labels, {1: "kidney"}, asked, device="cpu", tokens=False)
+        assert "ref.nii.gz" in caught.value.message and "leave" in caught.value.hint
+    result = evaluate_robustness(package, volume, labels, {1: "kidney"}, ["plain", "noise"], device="cpu", tokens=False)
+    assert [row["variant"] for row in result["variants"]] == ["plain", "noise 40 HU"] and "left_out" not in result
+    with pytest.MonkeyPatch.context() as patch:  # every variant but the two: what the default run says of them
+        patch.setattr(robustness, "ALL_VARIANTS", ("plain", "slabs", "mid-liver"))
+        result = evaluate_robustness(package, volume, labels, {1: "kidney"}, device="cpu", tokens=False)
+    assert [row["variant"] for row in result["variants"]] == ["plain"]
+    assert len(result["left_out"]) == 2 and all(note.endswith(": left out") for note in result["left_out"])
+    assert "no liver" in result["left_out"][1]
+    path = make_package(tmp_path, config)
+    sitk.WriteImage(image_from_array(image.astype(np.int16), volume.affine), str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(image_from_array(reference, volume.affine), str(tmp_path / "ref.nii.gz"))
+    (tmp_path / "ref.json").write_text(json.dumps({"1": "kidney"}))
+    code = cli.main(["robustness", "--model", str(path), "--image", str(tmp_path / "ct.nii.gz"), "--reference",
+                     str(tmp_path / "ref.nii.gz"), "--variants", "slabs", "--out", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "the slabs are cut around" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(robustness, "ALL_VARIANTS", ("plain", "slabs"))
+        code = cli.main(["robustness", "--model", str(path), "--image", str(tmp_path / "ct.nii.gz"), "--reference",
+                         str(tmp_path / "ref.nii.gz"), "--no-tokens", "--out", str(tmp_path / "out")])  # fmt: skip
+    assert code == 0 and "note: ct: the slabs are cut around" in capsys.readouterr().err
+
+
 def _written_case(tmp_path, name="ct"):
     image, reference = liver_phantom((24, 24, 24))
     affine = affine_from_spacing(SPACING)
