@@ -466,6 +466,16 @@ def test_an_unknown_option_of_a_command_points_to_that_commands_help(capsys):
     assert "(see 'tokenunet segment --help')" in capsys.readouterr().err
 
 
+def test_an_unknown_option_of_a_models_action_points_to_that_actions_help(capsys):
+    """``models`` has actions with options of their own (found by reviewhost). Before: ``tokenunet models list
+    --bogus`` said "see 'tokenunet models --help'", whose help lists the actions, not the options of ``list``."""
+    assert cli.main(["models", "list", "--bogus"]) == ExitCode.USER_ERROR
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == "error: unrecognized arguments: --bogus (see 'tokenunet models list --help')", line
+    assert cli.main(["models", "import", "pkg", "--id", "x", "--bogus"]) == ExitCode.USER_ERROR
+    assert "(see 'tokenunet models import --help')" in capsys.readouterr().err
+
+
 def test_attention_grid_with_no_heatmaps_is_a_contradiction(tmp_path, capsys):
     """Before: ``--no-heatmaps --attention-grid input`` wrote no maps without a word about the grid asked for."""
     argv = ["segment", "ct.nii.gz", "--out", str(tmp_path / "o"), "--no-heatmaps", "--attention-grid", "input"]

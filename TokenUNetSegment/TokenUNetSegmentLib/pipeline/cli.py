@@ -220,8 +220,17 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser(*([named] if named in COMMANDS else []))
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # told by the command's parser: its --help lists its options, the top's ('tokenunet --help') does not
-        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+        _chosen_parser(parser.commands[args.command], args).error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost parser ``args`` went through: ``models list``'s for ``tokenunet models list ...`` (the options
+    of an action are listed by its own --help only)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return _chosen_parser(action.choices[getattr(args, action.dest)], args)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
