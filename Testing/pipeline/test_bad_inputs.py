@@ -1,5 +1,6 @@
 """Every bad input gets a clear, typed error (or a warning where the issue asks to run anyway)."""
 
+import itertools
 import re
 import warnings
 
@@ -392,3 +393,65 @@ def test_each_value_of_a_volume_is_counted_once_for_nan_and_infinity(tmp_path, m
     for read in (read_volume, volumes.as_volume):
         with pytest.raises(InputError, match=r"^v\.nii has 84 NaN or infinite voxels"):
             read(str(tmp_path / "v.nii"))
+
+
+def _float_nifti(path, array, order: str, slope: float, inter: float) -> None:
+    """A single-file NIfTI-1 of ``array`` (float32 or float64) in byte ``order`` ("<" or ">") with scl_slope/inter."""
+    import gzip
+    import struct
+
+    header = bytearray(352)
+    struct.pack_into(order + "i", header, 0, 348)
+    struct.pack_into(order + "8h", header, 40, 3, *array.shape, 1, 1, 1, 1)
+    struct.pack_into(order + "2h", header, 70, 16 if array.dtype == np.float32 else 64, array.dtype.itemsize * 8)
+    struct.pack_into(order + "8f", header, 76, *[1.0] * 8)
+    struct.pack_into(order + "3f", header, 108, 352.0, slope, inter)
+    struct.pack_into(order + "2h", header, 252, 0, 1)
+    struct.pack_into(order + "12f", header, 280, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0)
+    header[344:348] = b"n+1\0"
+    data = bytes(header) + array.astype(array.dtype.newbyteorder(order)).tobytes(order="F")
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+
+
+def test_nan_and_infinity_are_refused_in_every_float_nifti_whatever_its_byte_order_compression_and_scaling(tmp_path):
+    """A guard of the single count of a float NIfTI's values (checked by reviewhost): float32 and float64, little and
+    big endian, ``.nii`` and ``.nii.gz``, with no scaling, an identity one, a slope ITK ignores (NaN, 0 with an
+    offset) or a real one: a NaN, +inf or -inf is refused by ``read_volume`` (``evaluate``, ``train``) and by
+    ``segment``'s reading, and the same file without it is read whole."""
+    from TokenUNetSegmentLib.pipeline.volumes import as_volume
+
+    for dtype, order, suffix, (slope, inter), bad in itertools.product(
+        (np.float32, np.float64),
+        "<>",
+        (".nii", ".nii.gz"),
+        ((0.0, 0.0), (1.0, 0.0), (float("nan"), 0.0), (0.0, 5.0), (2.0, 0.0)),
+        (np.nan, np.inf, -np.inf),
+    ):
+        values = np.arange(4 * 5 * 6, dtype=dtype).reshape(4, 5, 6)
+        path = tmp_path / f"v{suffix}"
+        _float_nifti(path, values, order, slope, inter)
+        scaled = (slope if np.isfinite(slope) and slope != 0 else 1.0) * values + inter  # ITK: slope 0 or NaN is 1
+        assert np.array_equal(read_volume(path).array, scaled), (dtype, order, suffix, slope, inter)
+        values[1, 2, 3] = bad
+        _float_nifti(path, values, order, slope, inter)
+        case = (dtype.__name__, order, suffix, slope, inter, bad)
+        with pytest.raises(InputError, match=rf"^v{re.escape(suffix)} has 1 NaN or infinite voxels") as refused:
+            read_volume(path, purpose="training")
+        assert refused.value.hint.endswith("before training"), case
+        with pytest.raises(InputError, match="has 1 NaN or infinite voxels"):
+            as_volume(str(path))
+
+
+def test_values_an_intercept_makes_infinite_under_a_slope_read_as_1_are_refused(tmp_path):
+    """ITK reads a float NIfTI's scl_slope of 0, NaN or infinity as 1 and still adds scl_inter (found by reviewhost):
+    stored 3e38 plus an intercept of 1e38 is infinite once read. Before: the header called such a file unscaled, so
+    its values were counted only as stored (all finite) and the infinite ones were read and segmented."""
+    from TokenUNetSegmentLib.pipeline.volumes import as_volume
+
+    values = np.zeros((4, 5, 6), dtype=np.float32)
+    values[0, :2, :3] = 3e38
+    for slope in (0.0, float("nan"), float("inf")):
+        _float_nifti(tmp_path / "v.nii", values, "<", slope, 1e38)
+        for read in (read_volume, as_volume):
+            with pytest.raises(InputError, match=r"^v\.nii has 6 NaN or infinite voxels"):
+                read(str(tmp_path / "v.nii"))

@@ -363,3 +363,19 @@ def test_the_grid_a_header_declares_is_the_grid_read(tmp_path, kind):
     volume = opened()
     assert opened.grid.shape == volume.grid.shape
     np.testing.assert_allclose(np.abs(opened.grid.affine[:3, :3]), np.abs(volume.affine[:3, :3]), atol=1e-4)
+
+
+def test_a_nii_gz_is_read_even_with_an_uncompressed_namesake_beside_it(tmp_path):
+    """ITK's NIfTI library, asked for ``ct.nii.gz``, reads ``ct.nii`` when that file is in the same folder (as
+    ``gunzip -k`` leaves it) (found by reviewhost). Before: the headers and the data of ``ct.nii.gz`` were checked,
+    then the voxels of ``ct.nii`` were read (another scan of the same size, or a NaN that ITK set to 0)."""
+    from TokenUNetSegmentLib.pipeline.volumes import read_volume
+
+    compressed = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    sitk.WriteImage(sitk.GetImageFromArray(compressed), str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros_like(compressed)), str(tmp_path / "ct.nii"))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    read = read_volume(tmp_path / "ct.nii.gz").array
+    assert np.array_equal(read, compressed.transpose(2, 1, 0))
+    assert not read_volume(tmp_path / "ct.nii").array.any()  # the other one is still itself
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

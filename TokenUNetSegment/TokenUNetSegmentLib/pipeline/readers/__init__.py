@@ -10,6 +10,8 @@ checked to form one regular grid. What a careful reader would go on with comes b
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -125,12 +127,33 @@ def _read_errors(name: str):
         raise OutOfMemoryError(f"out of memory while reading {name}", "free memory or crop the volume") from None
 
 
+@contextlib.contextmanager
+def _name_for_itk(path: Path, image_io: str, name: str):
+    """The name under which ITK reads ``path``: itself, or for a ``.nii.gz`` with a ``.nii`` of its stem beside it
+    (which ITK's NIfTI library opens in its place), a link to it alone in a temporary folder."""
+    stem = path.name[: -len(".nii.gz")]
+    namesakes = [path.with_name(stem + suffix) for suffix in (".nii", ".NII")]
+    if image_io != "NiftiImageIO" or not path.name.lower().endswith(".nii.gz") or not any(map(Path.exists, namesakes)):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="tokenunet-read-") as folder:
+        link = Path(folder) / "image.nii.gz"
+        try:
+            os.symlink(os.path.abspath(path), link)
+        except OSError:  # no links here (Windows without the privilege)
+            raise InputError(
+                f"{name} has {stem}.nii beside it, which the image reader (ITK) would read in its place",
+                "move or rename one of them",
+            ) from None
+        yield link
+
+
 def _read_file(path: Path, image_io: str, name: str, limit: int | None) -> sitk.Image:
     reader = sitk.ImageFileReader()
     reader.SetImageIO(image_io)
-    reader.SetFileName(str(path))
     try:
-        with quiet_itk():
+        with quiet_itk(), _name_for_itk(path, image_io, name) as itk_name:
+            reader.SetFileName(str(itk_name))
             reader.ReadImageInformation()  # the header as ITK sees it: the voxel type it will allocate
             components = reader.GetNumberOfComponents()
             sizes = (*reader.GetSize(),) + ((components,) if components > 1 else ())

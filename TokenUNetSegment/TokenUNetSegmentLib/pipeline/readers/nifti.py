@@ -150,7 +150,9 @@ def _header(path: Path, name: str, f: dict, compressed: bool) -> ImageHeader:
     if components > 1:  # read by ITK as a vector of uint8 per voxel
         sizes, value_bytes = (*sizes, components), 1
     slope, inter = f["scl"]
-    rescaled = np.isfinite(slope) and slope != 0 and (slope != 1 or inter != 0)
+    # as ITK reads them: a slope of 0 or not finite is 1 (its intercept still added), an intercept not finite is 0
+    slope, inter = (slope if np.isfinite(slope) and slope != 0 else 1.0), (inter if np.isfinite(inter) else 0.0)
+    rescaled = slope != 1 or inter != 0
     offset = f["vox_offset"]
     if not np.isfinite(offset) or offset < 0 or offset > 1 << 40:
         raise header_error(name, KIND, f"vox_offset {offset} is not a valid data offset")
