@@ -5,6 +5,7 @@ never from a guess; the result is the one of the four 3D files, voxel for voxel;
 headers. The same volumes as a NRRD (a ``list`` or ``vector`` axis, ITK's 4th domain axis) or a MetaImage (a 4th axis,
 or channels per voxel) are read alike."""
 
+import gzip
 import json
 import re
 import struct
@@ -323,16 +324,28 @@ def test_dataset_json_numbers_past_nine_are_read_in_numeric_order(tmp_path):
     assert dataset_names(image) == (names, tmp_path / "dataset.json")
 
 
-def test_a_vector_nifti_is_refused_for_its_components_as_before(task01, tmp_path, capsys):
-    """A NIfTI of vectors (intent VECTOR, the values in dim[5], dim[4] 1: what ITK writes for a multi-component
-    image) is no 5D image: ITK reads it as components, and the message says so as it did before 4D images were
-    split (before this fix: "has 5 dimensions (1 x 3 after the spatial ones)")."""
+def test_a_vector_nifti_to_a_ct_model_is_refused_as_volumes_and_a_displacement_field_as_components(
+    task01, tmp_path, capsys
+):
+    """A NIfTI of vectors (intent VECTOR, the values in dim[5], dim[4] 1: what ITK writes for a multi-component image,
+    e.g. sequences joined with SimpleITK's Compose) holds volumes as a NRRD vector axis does: a CT model refuses it
+    from its header in those words (before: "has 3 components per voxel", and a four-channel model refused the four
+    sequences it holds). A displacement field (intent DISPVECT) stays one quantity per voxel."""
     root, files, four_d, package, images = task01
     vector = tmp_path / "vector.nii.gz"
     sitk.WriteImage(sitk.Compose([images[name] for name in SEQUENCES[:3]]), str(vector))
     ct = make_package(tmp_path, tiny_config())
     assert run_cli(ct, tmp_path / "out", vector) == 2
-    expected = "error: vector.nii.gz has 3 components per voxel (use one scalar volume per channel)\n"
+    error = capsys.readouterr().err
+    assert error.startswith("error: vector.nii.gz holds 3 volumes (a 4D image); model 'tiny-ct' takes one 3D volume")
+    assert error.count("\n") == 1
+    field, floats = tmp_path / "field.nii", tmp_path / "floats.nii.gz"  # ITK turns displacements to RAS: floats only
+    sitk.WriteImage(sitk.Compose([sitk.Cast(images[name], sitk.sitkFloat32) for name in SEQUENCES[:3]]), str(floats))
+    data = bytearray(gzip.decompress(floats.read_bytes()))
+    data[68:70] = (1006).to_bytes(2, "little")  # NIFTI_INTENT_DISPVECT
+    field.write_bytes(bytes(data))
+    assert run_cli(ct, tmp_path / "out", field) == 2
+    expected = "error: field.nii has 3 components per voxel (use one scalar volume per channel)\n"
     assert capsys.readouterr().err == expected
 
 
@@ -507,6 +520,10 @@ FOUR_D_LAYOUTS = {
     ),
     "MetaImage, NDims 4": ("mha", lambda path, images: sitk.WriteImage(sitk.JoinSeries(images), path)),
     "MetaImage, 4 channels": ("mha", lambda path, images: sitk.WriteImage(sitk.Compose(images), path)),
+    "NIfTI, intent VECTOR (SimpleITK Compose)": (
+        "nii.gz",
+        lambda path, images: sitk.WriteImage(sitk.Compose(images), path),
+    ),
 }
 
 
