@@ -379,3 +379,24 @@ def test_a_nii_gz_is_read_even_with_an_uncompressed_namesake_beside_it(tmp_path)
     assert np.array_equal(read, compressed.transpose(2, 1, 0))
     assert not read_volume(tmp_path / "ct.nii").array.any()  # the other one is still itself
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_nii_gz_with_a_namesake_is_refused_in_plain_words_where_no_link_can_be_made(tmp_path, monkeypatch):
+    """Where no symbolic link can be made (Windows without the privilege), the namesake ITK would read instead is
+    named, and nothing is left in the temporary folder."""
+    import tempfile
+
+    def no_links(*args, **kwargs):
+        raise OSError("symbolic links are not allowed here")
+
+    scratch = tmp_path / "temporary"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(os, "symlink", no_links)
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((4, 5, 6), np.int16)), str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16)), str(tmp_path / "ct.nii"))
+    with pytest.raises(InputError) as refused:
+        readers.read_image(tmp_path / "ct.nii.gz")
+    assert str(refused.value).startswith("ct.nii.gz has ct.nii beside it, which the image reader (ITK) would read")
+    assert refused.value.hint == "move or rename one of them"
+    assert not any(scratch.iterdir())

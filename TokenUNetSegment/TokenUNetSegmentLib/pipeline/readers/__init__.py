@@ -136,15 +136,19 @@ def _name_for_itk(path: Path, image_io: str, name: str):
     if image_io != "NiftiImageIO" or not path.name.lower().endswith(".nii.gz") or not any(map(Path.exists, namesakes)):
         yield path
         return
-    with tempfile.TemporaryDirectory(prefix="tokenunet-read-") as folder:
-        link = Path(folder) / "image.nii.gz"
-        try:
-            os.symlink(os.path.abspath(path), link)
-        except OSError:  # no links here (Windows without the privilege)
-            raise InputError(
-                f"{name} has {stem}.nii beside it, which the image reader (ITK) would read in its place",
-                "move or rename one of them",
-            ) from None
+    scratch = None
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix="tokenunet-read-")
+        link = Path(scratch.name) / "image.nii.gz"
+        os.symlink(os.path.abspath(path), link)
+    except OSError:  # no links here (Windows without the privilege), or no temporary folder
+        if scratch is not None:
+            scratch.cleanup()
+        raise InputError(
+            f"{name} has {stem}.nii beside it, which the image reader (ITK) would read in its place",
+            "move or rename one of them",
+        ) from None
+    with scratch:
         yield link
 
 
