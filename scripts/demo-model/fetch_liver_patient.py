@@ -72,12 +72,26 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def pip_download(arguments: list[str], folder: Path) -> None:
+    """``pip download`` of ``arguments`` (without dependencies) into ``folder``. A failure (no network, the package
+    index out of reach) ends the script with one line saying what failed and what to do, pip's last words in it
+    (before: a CalledProcessError traceback under pip's lines). Shared with fetch_second_patient.py."""
+    command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", *arguments, "-d", str(folder)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        said = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        reason = said[-1].removeprefix("ERROR: ")[:200] if said else f"pip ended with exit status {done.returncode}"
+        raise SystemExit(
+            f"error: could not download {arguments[-1]} from the package index: {reason} (check the network "
+            "connection and pip's index settings, e.g. PIP_INDEX_URL, then run again)"
+        )
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     wheel_path = out / WHEEL_FILE
     if not wheel_path.exists():
-        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", WHEEL, "-d", str(out)]
-        subprocess.run(command, check=True)
+        pip_download([WHEEL], out)
     digest = sha256(wheel_path)
     if digest != WHEEL_SHA256:
         raise SystemExit(f"{wheel_path.name}: SHA256 {digest}, expected {WHEEL_SHA256}")

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -54,8 +52,9 @@ def sha256(path: Path) -> str:
 def download(folder: Path) -> Path:
     found = sorted(folder.glob("totalsegmentator-2.18.0.tar.gz"))
     if not found:
-        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", SDIST, "-d"]
-        subprocess.run([*command, str(folder)], check=True)
+        from fetch_liver_patient import pip_download  # beside this script
+
+        pip_download(["--no-binary", ":all:", SDIST], folder)
         found = sorted(folder.glob("totalsegmentator-2.18.0.tar.gz"))
     return found[0]
 

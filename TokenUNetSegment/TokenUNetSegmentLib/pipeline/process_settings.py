@@ -6,7 +6,7 @@ in whatever order they end, completed, failed or cancelled.
 A setting saved on entry and put back on exit by each run is wrong as soon as two runs overlap: the second saves the
 first's temporary value as "the caller's", and whichever ends last puts back what it saved. Here the first holder of
 a setting saves it and the last puts it back (:class:`SharedSetting`: Python's switch interval, ITK's warning
-display, cudnn's flags).
+display, cudnn's flags, the global random number generators that ``train`` seeds).
 
 Torch's intra-op thread count is two counts in one: each thread's own (what its torch operations use; OpenMP keeps
 one per thread) and the process's, which a thread takes on its first torch operation (threads started later: an
@@ -75,6 +75,41 @@ def _set_cudnn_flags(flags: tuple[bool, bool]) -> None:
 
 
 cudnn_flags = SharedSetting(_cudnn_flags, _set_cudnn_flags)  # MONAI's set_determinism (``train``) sets them
+
+
+def _random_states() -> tuple:
+    """The states of the process's global random number generators: Python's, numpy's, torch's (CPU; CUDA's where
+    started, else the seed they will start with) and MONAI's seed for new transforms (``monai.utils.get_seed``)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else torch.initial_seed()
+    monai_seed = getattr(sys.modules.get("monai.utils.misc"), "_seed", None)
+    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda, monai_seed
+
+
+def _set_random_states(states: tuple) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    python, numpy_state, torch_state, cuda, monai_seed = states
+    random.setstate(python)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(torch_state)
+    if isinstance(cuda, int):  # not started before: started (or, lazily, to start) with the caller's seed
+        torch.cuda.manual_seed_all(cuda)
+    else:
+        torch.cuda.set_rng_state_all(cuda)
+    monai = sys.modules.get("monai.utils.misc")
+    if monai is not None:
+        monai._seed = monai_seed
+
+
+random_generators = SharedSetting(_random_states, _set_random_states)  # ``train`` seeds them (set_determinism)
 
 
 class _TorchThreads:
