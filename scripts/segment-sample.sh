@@ -4,6 +4,16 @@
 # Writes OUTPUT/segmentation.seg.nrrd, OUTPUT/attention/*.nrrd (token heatmaps), OUTPUT/report.json,
 # OUTPUT/overview.png, and OUTPUT/evaluation.json (Dice, HD95, volumes against the sample's reference labels).
 set -euo pipefail
+usage="usage: bash scripts/segment-sample.sh [OUTPUT_FOLDER]   (default: the repository's sample-output/; \
+a folder whose name starts with '-' after --)"
+case "${1:-}" in
+  -h | --help) echo "$usage"; exit 0 ;;
+  --) shift ;;
+  -*) echo "error: unknown option $1" >&2; echo "$usage" >&2; exit 2 ;;
+esac
+if [ $# -gt 1 ]; then
+  echo "error: one OUTPUT_FOLDER at most, got $#" >&2; echo "$usage" >&2; exit 2
+fi
 out=${1:-}
 case "$out" in
   "" | /*) ;;

@@ -76,6 +76,47 @@ def test_screenshot_script_renders_a_given_model_and_refuses_without_one(shot_pa
     assert not (tmp_path / "x.png").exists() and "model package not found" in capsys.readouterr().err
 
 
+def test_screenshot_script_checks_its_options_and_output_before_the_run(shot_package, tmp_path, capsys, monkeypatch):
+    """``--token`` the model does not have, ``--panel 0`` or negative, ``--out`` a folder or a user's file that is
+    no picture (found by hostile) (before: each only after the 5-20 s run: a StopIteration traceback, a libpng or
+    std::bad_alloc abort (exit 134), an OutputError traceback; the user's file replaced by the PNG without a word)."""
+    from TokenUNetSegmentLib.mrml import scene_run
+
+    tool = screenshot_tool()
+    monkeypatch.setattr(scene_run.SceneRun, "run_now", lambda self: pytest.fail("the model ran"))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    (tmp_path / "folder").mkdir()
+    for options, words in [
+        (["--token", "8"], "--token 8: model 'tiny-ct' has tokens 0 to 7"),
+        (["--token", "-1"], "--token -1: model 'tiny-ct' has tokens 0 to 7"),
+        (["--out", str(tmp_path / "folder")], "is a folder"),
+        (["--out", str(notes)], "notes.txt already exists and is not an earlier output"),
+    ]:
+        argv = ["--model", str(shot_package), "--out", str(tmp_path / "shot.png"), *options]
+        assert tool.main(argv) == 2, options
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err
+    for panel in ("0", "-5"):
+        with pytest.raises(SystemExit) as stopped:
+            tool.main(["--model", str(shot_package), "--panel", panel])
+        assert stopped.value.code == 2 and "--panel" in capsys.readouterr().err
+    assert notes.read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["folder", "notes.txt"]
+
+
+def test_screenshot_script_replaces_an_earlier_picture_and_a_file_of_the_users_only_when_told(
+    shot_package, tmp_path, capsys
+):
+    tool = screenshot_tool()
+    picture, notes = tmp_path / "shot.png", tmp_path / "notes.txt"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\nan earlier picture")
+    notes.write_text("mine")
+    assert tool.main(["--model", str(shot_package), "--out", str(picture), "--panel", "64"]) == 0
+    assert tool.main(["--model", str(shot_package), "--out", str(notes), "--panel", "64", "--overwrite"]) == 0
+    assert picture.read_bytes()[:8] == notes.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert picture.stat().st_size > 100 and "wrote" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_screenshot_script_runs_as_a_command(shot_package, tmp_path):
     out = tmp_path / "shot.png"

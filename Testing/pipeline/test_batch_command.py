@@ -271,6 +271,26 @@ def test_exit_codes_and_one_line_errors_for_the_batch_itself(two_cases, tmp_path
     assert not out.exists()
 
 
+def test_a_root_that_holds_another_commands_result_is_refused(two_cases, tmp_path, capsys):
+    """``batch ... --out result`` where ``result`` is a ``segment`` (or ``cka``, ``robustness``) result (found by
+    hostile) (before: batch.json and the case folders written into it, unlisted in its manifest: a later ``segment``
+    there carried them into its result as files of the user's)."""
+    from TokenUNetSegmentLib.pipeline.output_folder import OutputFolder
+
+    package, cases = two_cases
+    for command, what in (("segment", "a segmentation"), ("cka", "a CKA comparison")):
+        result = tmp_path / command
+        folder = OutputFolder(result, command, reserved=("report.json",))
+        with folder:
+            (folder.staging / "report.json").write_text("{}")
+            folder.commit()
+        before = sorted(p.name for p in result.iterdir())
+        assert batch(cases[0], "--model", package, "--out", result) == 2
+        err = capsys.readouterr().err
+        assert f"the output root {result} holds {what}" in err and err.count("\n") == 1, err
+        assert sorted(p.name for p in result.iterdir()) == before
+
+
 def test_a_datalist_of_multichannel_cases(tmp_path, capsys):
     """A tiny 4-channel MR package; the datalist's 'testing' entries list each case's channels (labels ignored)."""
     from helpers.packages import physical_ball, tiny_config

@@ -144,6 +144,37 @@ def test_cli_user_errors_give_one_line_and_exit_code_2(argv, message, capsys, tm
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_two_samples_of_whole_inputs_are_refused_as_giving_a_cka_of_1_whatever_the_networks(
+    capsys, tmp_path, monkeypatch
+):
+    """``--pooling mean`` (or ``flatten``) ``--samples 2`` (found by hostile) (before: a matrix of 1.000 printed and
+    written, as if the stages were alike: the linear CKA of 2 centred samples is 1 for any features)."""
+    from TokenUNetSegmentLib.pipeline import cka
+
+    monkeypatch.setattr(cka, "_build", lambda *a, **k: pytest.fail("built before the check"))
+    for pooling in ("mean", "flatten"):
+        argv = ["--a", "8Token", "--b", "NoToken", "--samples", "2", "--pooling", pooling, "--size", "16"]
+        assert main([*argv, "--out", str(tmp_path / "cka")]) == 2
+        err = capsys.readouterr().err
+        assert "--samples 2 with --pooling " + pooling in err and "at least 3" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "cka").exists()
+
+
+def test_weights_of_another_network_or_a_folder_are_named_with_what_does_not_fit(capsys, tmp_path):
+    """``--a-weights`` of a network of other widths (found by hostile) (before: "... do not fit network '8Token':
+    Error(s) in loading state_dict for TokenUNet:", torch's first line, which says nothing of what differs); a folder
+    (before: "weights file not found", though it is there)."""
+    from safetensors.torch import save_file
+
+    other = build_network("8Token", 1, 2, channels=(4, 8, 16, 32))
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "other.safetensors"))
+    for weights, words in [(tmp_path / "other.safetensors", "size mismatch for "), (tmp_path, "is a folder")]:
+        argv = ["--a", "8Token", "--b", "8Token", "--a-weights", str(weights), "--size", "16", "--samples", "2"]
+        assert main([*argv, "--out", str(tmp_path / "cka")]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err
+
+
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules after import:RuntimeWarning")  # imported by this file
 def test_cli_runs_as_a_module_and_fails_cleanly(monkeypatch, capsys):
     """``python -m TokenUNetSegmentLib.pipeline.cka`` (its ``__main__`` entry, run here without a new interpreter)."""

@@ -375,6 +375,41 @@ def test_json_naming_one_of_the_evaluations_own_inputs_is_refused_even_with_over
     assert cli.main([*args, "--json", str(tmp_path / "metrics.json")]) == 0
 
 
+def test_json_at_the_place_of_a_name_table_not_yet_there_is_refused(tmp_path, capsys):
+    """``--json ref.json`` beside ``ref.nii.gz`` (or ``pred.json`` beside the prediction) where neither has a name
+    table yet (before: written there, so every later evaluation of that label map read the metrics as its name table:
+    "the name table ref.json has a key that is not a label value: 'reference'")."""
+    labels = two_balls()
+    reference = write(tmp_path / "ref.nii.gz", labels)
+    prediction = write(tmp_path / "pred.nii.gz", labels)
+    args = ["evaluate", str(reference), "--prediction", str(prediction), "--no-hd95"]
+    for target, what in [("ref.json", "the reference"), ("pred.json", "the prediction")]:
+        assert cli.main([*args, "--json", str(tmp_path / target)]) == 2
+        err = capsys.readouterr().err
+        assert f"--json {target} is where {what}'s name table is looked for" in err and err.count("\n") == 1, err
+        assert not (tmp_path / target).exists()
+    assert cli.main([*args, "--json", str(tmp_path / "metrics.json")]) == 0
+    assert cli.main(args) == 0  # the label maps still evaluate as before
+
+
+def test_a_segment_result_folder_given_for_a_label_map_points_to_its_file(tmp_path, capsys):
+    """``evaluate REF --prediction result/`` (the folder ``segment --out`` wrote; found by hostile) (before: "result
+    is a folder without a DICOM series (pass an image file or a folder of DICOM slices)")."""
+    from TokenUNetSegmentLib.pipeline.output_folder import OutputFolder
+
+    reference = write(tmp_path / "ref.nii.gz", two_balls(), {"1": "a", "2": "b"})
+    folder = OutputFolder(tmp_path / "result", "segment", reserved=("segmentation.seg.nrrd",))
+    with folder:
+        write(folder.staging / "segmentation.seg.nrrd", two_balls())
+        folder.commit()
+    result = str(tmp_path / "result")
+    for reference_map, prediction in ((str(reference), result), (result, str(reference))):
+        assert cli.main(["evaluate", reference_map, "--prediction", prediction]) == 2
+        err = capsys.readouterr().err
+        assert "result is the folder of a segmentation (give " in err and "result/segmentation.seg.nrrd)" in err, err
+        assert err.count("\n") == 1
+
+
 def test_an_empty_reference_is_scored_with_a_warning_saying_so(tmp_path, capsys):
     """A reference without a voxel of any label compared (an empty label map, or another scan's labels elsewhere in
     the grid; before: Dice 0 for every label found, mean 0.000, exit 0 without a word): scored as before, for a

@@ -74,6 +74,21 @@ def test_a_folder_the_tool_did_not_write_is_refused_untouched(tmp_path):
     assert tree(tmp_path / "empty") == FIRST
 
 
+def test_a_batchs_root_is_named_as_such_not_as_files_tokenunet_did_not_write(tmp_path):
+    """``segment --out results`` where ``results`` is the root of a ``batch`` (found by hostile) (before: "already
+    holds files that TokenUNet did not write (e.g. 'batch.json')", which TokenUNet wrote)."""
+    root = tmp_path / "results"
+    root.mkdir()
+    (root / "batch.json").write_text(json.dumps({"tokenunet_batch": 1, "cases": []}))
+    with pytest.raises(OutputError, match=r"results holds the results of a batch \(batch.json\)") as caught:
+        run(root, FIRST)
+    assert "choose another folder" in caught.value.hint
+    assert tree(root) == {"batch.json": '{"tokenunet_batch": 1, "cases": []}'} and siblings(root) == []
+    (root / "batch.json").write_text('{"mine": 1}')  # a file of the user's of that name: as before
+    with pytest.raises(OutputError, match="already holds files that TokenUNet did not write"):
+        run(root, FIRST)
+
+
 def test_a_file_a_protected_folder_and_a_file_in_the_way_are_refused_before_writing(tmp_path):
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(OutputError, match="is a file, not a folder"):

@@ -270,6 +270,26 @@ def test_a_file_size_limit_is_not_called_a_full_disk(tmp_path):
     assert "is full" in message  # a full disk is still called one
 
 
+def test_the_sample_script_prints_its_usage_for_help_and_refuses_options_and_extra_arguments(tmp_path):
+    """``bash scripts/segment-sample.sh --help`` (or ``-h``) (found by hostile) (before: taken for the output folder:
+    the sample segmented into a folder named ``--help``); ``--out x``, a second folder (before: the second ignored)."""
+    from helpers.processes import sample_script_with_stand_ins
+
+    script, calls = sample_script_with_stand_ins(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    for arguments, code in [(["--help"], 0), (["-h"], 0), (["--out", "x"], 2), (["a", "b"], 2), (["-x"], 2)]:
+        done = subprocess.run(["bash", str(script), *arguments], cwd=work, text=True, capture_output=True)
+        assert done.returncode == code, (arguments, done.stderr)
+        said = done.stdout if code == 0 else done.stderr
+        assert "segment-sample.sh [OUTPUT_FOLDER]" in said, said
+        assert not calls.exists() and list(work.iterdir()) == []
+    done = subprocess.run(["bash", str(script), "--", "-odd"], cwd=work, text=True, capture_output=True)
+    assert done.returncode == 0, done.stderr  # a folder whose name starts with '-', after '--'
+    segment = json.loads(calls.read_text().splitlines()[0])
+    assert segment["argv"][segment["argv"].index("--out") + 1] == str(work / "-odd")
+
+
 def test_the_sample_script_writes_a_relative_output_folder_where_it_was_run(tmp_path):
     """Before: ``bash scripts/segment-sample.sh out`` changed to the repository first, so ``out`` went into the
     repository, not the user's folder. The script runs against stand-ins for the venv set-up and Python."""

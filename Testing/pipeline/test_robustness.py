@@ -314,6 +314,38 @@ def test_a_multi_channel_model_or_entry_is_refused_before_the_model_loads(tmp_pa
         assert not (tmp_path / "o").exists()
 
 
+def test_a_4d_image_is_refused_from_its_header_before_the_model_loads_as_segment_refuses_it(
+    tmp_path, capsys, monkeypatch
+):
+    """A 4D image (NIfTI, a NRRD list axis, a MetaImage of 4 channels) as robustness's scan: refused from its header,
+    before the weights load or a voxel is read, in segment's words (found by review4d; before: the weights loaded,
+    the image read, then "x.nrrd has 4 components per voxel" or "x.nii.gz has 4 dimensions")."""
+    from helpers.readers import refuse_reading
+    from TokenUNetSegmentLib.pipeline import package_loader
+
+    image, reference = liver_phantom((16, 16, 16))
+    affine = affine_from_spacing(SPACING)
+    volumes = [image_from_array(image.astype(np.int16) + 10 * index, affine) for index in range(4)]
+    for name, made in [("x.nii.gz", sitk.JoinSeries(volumes)), ("x.nrrd", sitk.Compose(volumes))]:
+        sitk.WriteImage(made, str(tmp_path / name))
+    sitk.WriteImage(sitk.Compose(volumes), str(tmp_path / "x.mha"))
+    sitk.WriteImage(image_from_array(reference, affine), str(tmp_path / "ref.nii.gz"))
+    (tmp_path / "names.json").write_text(json.dumps({"1": "liver"}))
+    config = tiny_config("one", labels=1, roi=(16, 16, 16))
+    config["labels"][0]["name"] = "liver"
+    package = make_package(tmp_path, config)
+    monkeypatch.setattr(package_loader, "load_package", lambda *a, **k: pytest.fail("weights loaded"))
+    refuse_reading(monkeypatch)
+    for name in ("x.nii.gz", "x.nrrd", "x.mha"):
+        argv = ["robustness", "--model", str(package), "--image", str(tmp_path / name), "--reference",
+                str(tmp_path / "ref.nii.gz"), "--reference-names", str(tmp_path / "names.json"),
+                "--out", str(tmp_path / "out")]  # fmt: skip
+        assert cli.main(argv) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {name} holds 4 volumes (a 4D image); model 'one' takes one 3D volume"), err
+        assert err.count("\n") == 1 and not (tmp_path / "out").exists(), err
+
+
 def test_every_variant_is_checked_against_the_memory_limit_before_any_runs(monkeypatch):
     """The 1 mm variant of a 3 mm scan holds 27 times its voxels. Before: every variant was made at once and each was
     segmented with the memory check off, so ``TOKENUNET_MEMORY_LIMIT`` (or free memory) bounded nothing: a chest CT
@@ -429,6 +461,47 @@ def test_the_variants_asked_for_through_the_api_are_checked_by_name():
     assert robustness.variants_for(("slabs", "plain"), "MR", "mr") == (["slabs", "plain"], [])
     with pytest.raises(InputError, match="leave noise out of --variants"):
         robustness.variants_for("noise", "MR", "mr")
+
+
+def test_variants_placed_on_organs_the_reference_lacks_are_refused_by_name_and_said_to_be_left_out(tmp_path, capsys):
+    """The slabs (around the liver's and the spleen's centres) and the mid-liver start on a reference that labels
+    neither (a kidney model's; found by hostile) (before: asked for by name, nothing ran: exit 0, a table of no row,
+    "| variant |  | mean |"; by default, they were dropped without a word)."""
+    from TokenUNetSegmentLib.pipeline.errors import InputError
+
+    image, reference = liver_phantom((24, 24, 24))
+    volume = Volume(image, affine_from_spacing(SPACING))
+    config = tiny_config("kidney", labels=1, spacing=SPACING, roi=(16, 16, 16))
+    config["labels"][0]["name"] = "kidney"
+    package = package_in_memory(ThresholdNet(), config, "threshold")
+    labels = Volume(reference, volume.affine, "ref.nii.gz")
+    for asked, words in [(["plain", "slabs"], "the slabs are cut around the liver's and the spleen's centres"),
+                         (["mid-liver"], "the mid-liver start cuts the scan at the liver's centre")]:  # fmt: skip
+        with pytest.raises(InputError, match=re.escape(words)) as caught:
+            evaluate_robustness(package, volume, labels, {1: "kidney"}, asked, device="cpu", tokens=False)
+        assert "ref.nii.gz" in caught.value.message and "leave" in caught.value.hint
+    result = evaluate_robustness(package, volume, labels, {1: "kidney"}, ["plain", "noise"], device="cpu", tokens=False)
+    assert [row["variant"] for row in result["variants"]] == ["plain", "noise 40 HU"] and "left_out" not in result
+    with pytest.MonkeyPatch.context() as patch:  # every variant but the two: what the default run says of them
+        patch.setattr(robustness, "ALL_VARIANTS", ("plain", "slabs", "mid-liver"))
+        result = evaluate_robustness(package, volume, labels, {1: "kidney"}, device="cpu", tokens=False)
+    assert [row["variant"] for row in result["variants"]] == ["plain"]
+    assert len(result["left_out"]) == 2 and all(note.endswith(": left out") for note in result["left_out"])
+    assert "no liver" in result["left_out"][1]
+    path = make_package(tmp_path, config)
+    sitk.WriteImage(image_from_array(image.astype(np.int16), volume.affine), str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(image_from_array(reference, volume.affine), str(tmp_path / "ref.nii.gz"))
+    (tmp_path / "ref.json").write_text(json.dumps({"1": "kidney"}))
+    code = cli.main(["robustness", "--model", str(path), "--image", str(tmp_path / "ct.nii.gz"), "--reference",
+                     str(tmp_path / "ref.nii.gz"), "--variants", "slabs", "--out", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "the slabs are cut around" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(robustness, "ALL_VARIANTS", ("plain", "slabs"))
+        code = cli.main(["robustness", "--model", str(path), "--image", str(tmp_path / "ct.nii.gz"), "--reference",
+                         str(tmp_path / "ref.nii.gz"), "--no-tokens", "--out", str(tmp_path / "out")])  # fmt: skip
+    assert code == 0 and "note: ct: the slabs are cut around" in capsys.readouterr().err
 
 
 def _written_case(tmp_path, name="ct"):

@@ -21,6 +21,7 @@ The .pt files are pickles; they are read with an unpickler that accepts nothing 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -106,5 +107,16 @@ def main(out: Path) -> None:
     print(f"wrote LiverCT image and labels to {out}")
 
 
+def parse_folder(doc: str, argv=None) -> Path:
+    """The output folder of a fetcher described by ``doc`` from its command line (``--help`` prints the usage;
+    anything more is refused). Shared with fetch_second_patient.py."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument(
+        "out", metavar="OUT_FOLDER", nargs="?", type=Path, default=ROOT / "demo-model-data",
+        help="where to write the files (default: the repository's demo-model-data)",
+    )  # fmt: skip
+    return parser.parse_args(argv).out
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "demo-model-data")
+    main(parse_folder(__doc__))

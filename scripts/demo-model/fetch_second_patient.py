@@ -98,4 +98,6 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "demo-model-data")
+    from fetch_liver_patient import parse_folder  # beside this script
+
+    main(parse_folder(__doc__))

@@ -247,6 +247,33 @@ def test_symlinked_files_in_the_folders_layout(tmp_path):
     assert (root / datalist["training"][1]["label"]).resolve() == (source / "label" / "label0002.nii.gz").resolve()
 
 
+def test_one_folder_given_as_both_images_and_labels_is_refused(tmp_path, capsys):
+    """``datalist folders --images img --labels img`` (also through a link or another spelling) (before: each image
+    paired with itself as its own label map, a datalist of 2 cases written, exit 0: an MRI's intensities 1..13 would
+    train as the 13 organs of the table)."""
+    root = _btcv(tmp_path / "btcv")
+    os.symlink(root / "img", tmp_path / "img-link")
+    for labels in (root / "img", tmp_path / "img-link", root / "label" / ".." / "img"):
+        out = tmp_path / "list.json"
+        assert (
+            cli.main(["datalist", "folders", "--images", str(root / "img"), "--labels", str(labels), "--out", str(out)])
+            == 2
+        )
+        err = capsys.readouterr().err
+        assert "--images and --labels name one folder" in err and err.count("\n") == 1, err
+        assert not out.exists()
+    datalist, _ = datasets.folders(root / "img", root / "label", "btcv")  # two folders: as before
+    assert len(datalist["training"]) == 2
+
+
+def test_a_validation_fraction_that_leaves_no_training_case_says_so(tmp_path):
+    """``--validation-fraction 0.9`` of 2 cases (before: "no training cases found in btcv", though both were found)."""
+    root = _btcv(tmp_path / "btcv")
+    with pytest.raises(InputError, match=r"all 2 cases .* went to validation, none to training") as caught:
+        datasets.folders(root / "img", root / "label", "btcv", validation_fraction=0.9)
+    assert "--validation-fraction" in caught.value.hint
+
+
 def _train_list(tmp_path: Path, cases: dict[str, np.ndarray], validation=()) -> Path:
     image, _ = phantom(0)
     entries = []
@@ -278,6 +305,21 @@ def test_a_scan_in_both_training_and_validation_is_refused(tmp_path):
     datalist = _train_list(tmp_path, {"a": values, "b": values}, validation=("b",))
     with pytest.raises(InputError, match=r"validation\[0\] uses b.nii.gz, also in training\[1\]"):
         read_datalist(datalist)
+
+
+def test_a_case_whose_label_is_one_of_its_images_is_refused(tmp_path):
+    """A datalist entry naming its image as its label (or as a structure's mask), also through a link (found by
+    hostile) (before: read; a CT was refused only for its negative values, an MRI's whole intensities trained as
+    label values)."""
+    values, _ = _label_map()
+    datalist = _train_list(tmp_path, {"a": values})
+    data = json.loads(datalist.read_text())
+    (tmp_path / "a-link.nii.gz").symlink_to(tmp_path / "a.nii.gz")
+    for label in ("a.nii.gz", "a-link.nii.gz", {"liver": "a.nii.gz"}):
+        data["training"][0]["label"] = label
+        datalist.write_text(json.dumps(data))
+        with pytest.raises(InputError, match=r"training\[0\]: its label .* is its image a.nii.gz"):
+            read_datalist(datalist)
 
 
 def test_half_cases_are_named_when_left_out(tmp_path, capsys):

@@ -98,7 +98,7 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
     from .catalog import ModelStore
     from .errors import CancelledError, InputError, OutputError
     from .locks import DestinationLock
-    from .output_folder import check_file_destination, json_with_keys, resolve_destination
+    from .output_folder import check_file_destination, json_with_keys, resolve_destination, result_held
     from .outputs import output_folder
     from .package_source import read_metadata
     from .segment_command import check_options, install_cancel_handlers
@@ -130,6 +130,9 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
     check_case_names(cases, root)
     if root.exists() and not root.is_dir():
         raise OutputError(f"the output root {root} is a file, not a folder", "choose a folder")
+    held = result_held(root)
+    if held is not None:  # its cases would be mixed into that result, as files of the user's
+        raise OutputError(f"the output root {root} holds {held}", "choose another folder for the batch")
     for place in [root / BATCH_FILE, *(root / case.name for case in cases)]:  # writes stay inside the root
         if place.is_symlink():
             raise OutputError(

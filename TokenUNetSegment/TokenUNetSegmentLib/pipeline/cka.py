@@ -229,6 +229,8 @@ def _build(name: str, in_channels: int, size: int, options: dict, weights: str |
         kind = special_kind(path)  # a FIFO: never opened (reading it would wait for a writer)
         if kind is not None:
             raise ValueError(f"weights file {path.name} is {kind}, not a file")
+        if path.is_dir():
+            raise ValueError(f"weights file {path} is a folder (give the state dict's file)")
         if not path.is_file():
             raise ValueError(f"weights file not found: {path}")
         if path.stat().st_size > limit // 3:
@@ -240,7 +242,8 @@ def _build(name: str, in_channels: int, size: int, options: dict, weights: str |
         try:
             network.load_state_dict(state)
         except RuntimeError as error:
-            first = str(error).strip().splitlines()[0]
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            first = lines[1] if len(lines) > 1 else lines[0]  # what differs, not torch's "Error(s) in loading ..."
             raise ValueError(f"weights {path.name} do not fit network '{name}': {first}") from None
     return network
 
@@ -271,6 +274,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--samples must be at least 2, got {args.samples}.")
     if args.size < 1:
         raise ValueError(f"--size must be positive, got {args.size}.")
+    if args.pooling != "positions" and args.samples < 3:  # two centred samples: a CKA of 1 for any features
+        raise ValueError(
+            f"--samples {args.samples} with --pooling {args.pooling} gives {args.samples} samples, whose linear CKA "
+            "is 1 for any two networks; use at least 3."
+        )
     if args.debiased and args.pooling != "positions" and args.samples < 4:  # one sample per input: known now
         raise ValueError(
             f"--debiased needs at least 4 samples; --samples {args.samples} with --pooling {args.pooling} gives "

@@ -202,12 +202,49 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(stem + ".json")
 
 
+def _refuse_output_at_a_name_table_place(args: argparse.Namespace, out: Path) -> None:
+    """Refuse ``--json`` at the place of a label map's name table that is not there yet (``ref.json`` beside
+    ``ref.nii.gz``): written there, the metrics would be read as its name table by every later run."""
+    from .output_folder import expand_home
+    from .samples import PREFIX
+
+    for side, path in (("reference", args.reference), ("prediction", args.prediction)):
+        if path and not str(path).startswith(PREFIX) and _same_place(out, _sidecar(expand_home(path))):
+            raise InputError(
+                f"--json {out.name} is where the {side}'s name table is looked for ({Path(path).name}'s)",
+                "write the metrics elsewhere",
+            )
+
+
+def _refuse_result_folders(*paths) -> None:
+    """Refuse, pointing to its label map, the folder ``segment --out`` wrote given for a label map."""
+    from .output_folder import expand_home, result_held
+
+    for path in paths:
+        if path and result_held(expand_home(path)) == "a segmentation":
+            shown = str(path).rstrip("/")
+            raise InputError(f"{shown} is the folder of a segmentation", f"give {shown}/segmentation.seg.nrrd")
+
+
+def _same_place(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one place on disk (one may not exist yet): the same name in the same folder."""
+    import os
+
+    try:
+        return a.name == b.name and os.path.samefile(a.parent, b.parent)
+    except OSError:  # a folder absent or unreadable: not the same place
+        return False
+
+
 def _refuse_output_over_an_input(args: argparse.Namespace) -> None:
     """``--json`` may not name a file this evaluation reads (``--overwrite`` or not): the label maps, their name
     tables (given or beside them) and the images."""
-    from .output_folder import refuse_output_over_inputs
+    from .output_folder import expand_home, refuse_output_over_inputs
     from .samples import PREFIX
 
+    out = expand_home(args.json_out)  # as it is written: a tilde the shell left is the home folder
+    if not out.exists():
+        _refuse_output_at_a_name_table_place(args, out)
     inputs = []
     for side, path, table in (
         ("reference", args.reference, args.reference_names),
@@ -483,6 +520,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for message in segment_warnings:
             print(f"warning: {message}", file=sys.stderr)
         prediction = (Volume(result.labels, result.affine, "prediction"), names)
+    _refuse_result_folders(args.reference, args.prediction)
     result = evaluate_files(prediction, args.reference, args.prediction_names, args.reference_names, not args.no_hd95)
     result["prediction"] = args.prediction or f"model {args.model} on {', '.join(args.image)}"
     result["warnings"] = [*segment_warnings, *result["warnings"]]

@@ -411,6 +411,7 @@ class OutputFolder:
                 return {}
             legacy = self.legacy_files(destination) if self.legacy_files else None
             if legacy is None:
+                _refuse_a_batch_root(destination)
                 example = sorted(entries)[0]
                 raise OutputError(
                     f"the output folder {destination} already holds files that TokenUNet did not write (e.g. "
@@ -421,7 +422,7 @@ class OutputFolder:
         writer = manifest.get("written_by")
         theirs, ours = _KINDS.get(writer, writer), _KINDS.get(self.command, self.command)
         if isinstance(writer, str) and theirs != ours:
-            what = _WHAT.get(theirs, f"the output of {writer[:40]!r}")
+            what = result_held(destination)
             raise OutputError(  # a result of another command is never replaced, nor its files deleted
                 f"the output folder {destination} holds {what}, not {_WHAT.get(ours, 'a result of ' + repr(ours))}",
                 "choose another folder",
@@ -648,6 +649,33 @@ def write_file_atomically(path: str | Path, data: bytes | str | Callable) -> Pat
             raise _os_output_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path) from None
         raise
     return path
+
+
+def result_held(folder: Path) -> str | None:
+    """What result of a TokenUNet command ``folder`` holds, by its manifest ("a segmentation", ...); None for none."""
+    manifest = _read_manifest(folder) if folder.is_dir() else None
+    writer = manifest.get("written_by") if manifest else None
+    if not isinstance(writer, str):
+        return None
+    return _WHAT.get(_KINDS.get(writer, writer), f"the output of {writer[:40]!r}")
+
+
+def _refuse_a_batch_root(folder: Path) -> None:
+    """Refuse, naming it, the root of a ``batch`` (its ``batch.json`` and one folder per case; no manifest).
+
+    Raises:
+        OutputError: when ``folder`` holds a batch's ``batch.json``.
+    """
+    from .batch_cases import BATCH_FILE
+
+    if not (folder / BATCH_FILE).is_file():
+        return
+    from .batch_command import BATCH_MARK  # the command line's module: imported only where a batch.json is
+
+    if json_with_keys(BATCH_MARK)(folder / BATCH_FILE):
+        raise OutputError(
+            f"the output folder {folder} holds the results of a batch ({BATCH_FILE})", "choose another folder"
+        )
 
 
 def check_free_space(folder: str | Path, expected_bytes: float, what: str = "the output") -> None:

@@ -210,6 +210,31 @@ def make_variants(image, reference: np.ndarray, names: dict[int, str], wanted=AL
     return [planned.make() for planned in plan_variants(image, reference, names, wanted, seed)]
 
 
+PLACED_ON_ORGANS = {
+    "slabs": ("slab ", "the slabs are cut around the liver's and the spleen's centres", "neither"),
+    "mid-liver": ("mid-liver start", "the mid-liver start cuts the scan at the liver's centre", "no liver"),
+}
+"""Variants placed by reference organs: the names their runs start with, where they lie, what a reference lacks."""
+
+
+def _unplaced_variants(wanted, planned: list[PlannedVariant], by_name: bool, reference: str) -> list[str]:
+    """A note on each variant of ``wanted`` that found no organ to be placed on (a kidney model's reference);
+    asked for ``by_name``, it is refused instead.
+
+    Raises:
+        InputError: such a variant asked for by name.
+    """
+    notes = []
+    for name, (prefix, where, lacking) in PLACED_ON_ORGANS.items():
+        if name not in wanted or any(plan.name.startswith(prefix) for plan in planned):
+            continue
+        message = f"{where}, and the reference ({reference}) labels {lacking} inside the image"
+        if by_name:
+            raise InputError(message, f"leave {name} out of --variants, or name those organs in the reference's table")
+        notes.append(f"{message}: left out")
+    return notes
+
+
 def check_variants_fit(planned: list[PlannedVariant], package, image_name: str, tokens: bool) -> None:
     """Refuse, before any variant runs, one whose run cannot fit in free memory or ``TOKENUNET_MEMORY_LIMIT``,
     estimated from its grid as ``segment`` estimates a header's (:func:`.run_memory.check_header_fits`).
@@ -284,6 +309,7 @@ def evaluate_robustness(
     from .segmentation import segment
 
     check_one_channel(package.config.inputs, package.id, "")  # before any work: the variants change one scan
+    asked = wanted
     wanted, left_out = variants_for(wanted, package.config.inputs[0].modality, package.id)
     check_distinct_names(names, "the reference's")
     check_label_values(reference.array, Path(reference.name).name)  # before rounding: a probability map is refused
@@ -301,6 +327,7 @@ def evaluate_robustness(
         )
     rows, plain_labels, tokens_out = [], None, {}
     planned = plan_variants(image, ref, names, wanted)
+    left_out += _unplaced_variants(wanted, planned, asked is not None, Path(reference.name).name)
     check_variants_fit(planned, package, Path(image.name).name, tokens)  # before any runs
     for index, plan in enumerate(planned):
         if progress:
@@ -681,10 +708,11 @@ def _cases(args: argparse.Namespace) -> list[dict]:
 
 def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
     from .catalog import ModelStore
+    from .channel_stack import refuse_stacked
     from .package_loader import load_package
     from .package_source import read_metadata
     from .training.datasets import check_datalist_file_modality
-    from .volumes import read_volume
+    from .volumes import open_volume, read_volume
 
     path = ModelStore(getattr(args, "catalog", None)).resolve(args.model)
     metadata = read_metadata(path)  # the configuration, before the weights are loaded
@@ -692,6 +720,8 @@ def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
     check_one_channel(inputs, metadata.id, " (--image)")
     if args.datalist:  # what it says its images are, against the model, before the weights or a case are read
         check_datalist_file_modality(Path(args.datalist), metadata.config)
+    for case in cases:  # a 4D image holds no one scan: refused from its header, in segment's words
+        refuse_stacked(open_volume(case["image"]), Path(case["image"]).name, inputs, metadata.id)
     _, left_out = variants_for(args.variants, inputs[0].modality, metadata.id)  # before the weights load
     for note in left_out:
         print(f"note: {note}", file=sys.stderr)
@@ -709,6 +739,9 @@ def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
             not args.no_tokens,
             progress=_announce(case["name"]),
         )
+        for note in result.get("left_out", []):  # those of this case's reference (the model's were said above)
+            if note not in left_out:
+                print(f"note: {case['name']}: {note}", file=sys.stderr)
         result["case"] = case["name"]
         result["image"] = case["image"]
         results.append(result)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,6 +154,13 @@ def read_datalist(path: str | Path) -> dict:
             for file in [*case["image"], *files]:
                 if not Path(file).exists():
                     raise InputError(f"{where}: file not found: {file}")
+            for file in files:  # a label map that is the scan itself would train its intensities as labels
+                same = next((image for image in case["image"] if os.path.samefile(file, image)), None)
+                if same is not None:
+                    raise InputError(
+                        f"{where}: its label {Path(file).name} is its image {Path(same).name}",
+                        "name the case's label map (or masks) in 'label'",
+                    )
             case["labels"] = names
             case["name"] = entry.get("name") or Path(case["image"][0]).name.split(".")[0]
             case["patient"] = str(entry.get("patient", case["name"]))

@@ -76,6 +76,13 @@ def _finish(
             f"none of the model's labels ({', '.join(model_labels)}) is among the dataset's structures",
             "check that the configuration and the dataset describe the same anatomy",
         )
+    if not training and validation:  # found, but all held out
+        raise InputError(
+            f"all {len(validation)} cases found in {root} went to validation, none to training",
+            "name the training split in --splits (meta.csv)"
+            if source == SOURCES[0]
+            else "use a smaller --validation-fraction",
+        )
     if not training:
         raise InputError(f"no training cases found in {root}")
     datalist = {"description": f"{source} dataset at {root}", "dataroot": str(root.resolve()), "training": training}
@@ -424,6 +431,11 @@ def folders(images, labels, table, model_labels=None, validation_fraction: float
     for folder in (images, labels):
         if not folder.is_dir():
             raise InputError(f"folder not found: {folder}")
+    if os.path.samefile(images, labels):  # each image would be paired with itself as its label map
+        raise InputError(
+            f"--images and --labels name one folder ({labels})",
+            "give the folder of label maps as --labels",
+        )
     try:
         names = named_table(table) if not (isinstance(table, str) and table.endswith(".json")) else None
     except KeyError:
