@@ -5,6 +5,7 @@ never from a guess; the result is the one of the four 3D files, voxel for voxel;
 headers. The same volumes as a NRRD (a ``list`` or ``vector`` axis, ITK's 4th domain axis) or a MetaImage (a 4th axis,
 or channels per voxel) are read alike."""
 
+import gzip
 import json
 import re
 import struct
@@ -323,16 +324,28 @@ def test_dataset_json_numbers_past_nine_are_read_in_numeric_order(tmp_path):
     assert dataset_names(image) == (names, tmp_path / "dataset.json")
 
 
-def test_a_vector_nifti_is_refused_for_its_components_as_before(task01, tmp_path, capsys):
-    """A NIfTI of vectors (intent VECTOR, the values in dim[5], dim[4] 1: what ITK writes for a multi-component
-    image) is no 5D image: ITK reads it as components, and the message says so as it did before 4D images were
-    split (before this fix: "has 5 dimensions (1 x 3 after the spatial ones)")."""
+def test_a_vector_nifti_to_a_ct_model_is_refused_as_volumes_and_a_displacement_field_as_components(
+    task01, tmp_path, capsys
+):
+    """A NIfTI of vectors (intent VECTOR, the values in dim[5], dim[4] 1: what ITK writes for a multi-component image,
+    e.g. sequences joined with SimpleITK's Compose) holds volumes as a NRRD vector axis does: a CT model refuses it
+    from its header in those words (before: "has 3 components per voxel", and a four-channel model refused the four
+    sequences it holds). A displacement field (intent DISPVECT) stays one quantity per voxel."""
     root, files, four_d, package, images = task01
     vector = tmp_path / "vector.nii.gz"
     sitk.WriteImage(sitk.Compose([images[name] for name in SEQUENCES[:3]]), str(vector))
     ct = make_package(tmp_path, tiny_config())
     assert run_cli(ct, tmp_path / "out", vector) == 2
-    expected = "error: vector.nii.gz has 3 components per voxel (use one scalar volume per channel)\n"
+    error = capsys.readouterr().err
+    assert error.startswith("error: vector.nii.gz holds 3 volumes (a 4D image); model 'tiny-ct' takes one 3D volume")
+    assert error.count("\n") == 1
+    field, floats = tmp_path / "field.nii", tmp_path / "floats.nii.gz"  # ITK turns displacements to RAS: floats only
+    sitk.WriteImage(sitk.Compose([sitk.Cast(images[name], sitk.sitkFloat32) for name in SEQUENCES[:3]]), str(floats))
+    data = bytearray(gzip.decompress(floats.read_bytes()))
+    data[68:70] = (1006).to_bytes(2, "little")  # NIFTI_INTENT_DISPVECT
+    field.write_bytes(bytes(data))
+    assert run_cli(ct, tmp_path / "out", field) == 2
+    expected = "error: field.nii has 3 components per voxel (use one scalar volume per channel)\n"
     assert capsys.readouterr().err == expected
 
 
@@ -507,6 +520,10 @@ FOUR_D_LAYOUTS = {
     ),
     "MetaImage, NDims 4": ("mha", lambda path, images: sitk.WriteImage(sitk.JoinSeries(images), path)),
     "MetaImage, 4 channels": ("mha", lambda path, images: sitk.WriteImage(sitk.Compose(images), path)),
+    "NIfTI, intent VECTOR (SimpleITK Compose)": (
+        "nii.gz",
+        lambda path, images: sitk.WriteImage(sitk.Compose(images), path),
+    ),
 }
 
 
@@ -571,6 +588,10 @@ def bad_nrrd_and_metaimage_inputs(task01, tmp_path):
     mixed.SetDirection((np.asarray(joined.GetDirection()).reshape(4, 4) @ turn).ravel())
     sitk.WriteImage(mixed, tmp_path / "mixed.mha")
     sequence = 'labels: "time" "" "" ""\nDataNodeClassName:=vtkMRMLScalarVolumeNode\naxis 0 index values:=0 1 2 3\n'
+    dce = sitk.Compose(four)  # a DCE series as Slicer's MultiVolume (and DICOM converters for it) store it
+    for key, value in [("FrameIdentifyingDICOMTagName", "TriggerTime"), ("FrameLabels", "0,60,120,180")]:
+        dce.SetMetaData(f"MultiVolume.{key}", value)
+    sitk.WriteImage(dce, tmp_path / "dce.nrrd")
     fields = ["--channels", "T1,T1c,T2,FLAIR"]
     return {
         "a NRRD without an order": ([nrrd], [], "mr", "BRATS_001.nrrd holds 4 volumes (a 4D image), and nothing says"),
@@ -594,6 +615,13 @@ def bad_nrrd_and_metaimage_inputs(task01, tmp_path):
             fields,
             "mr",
             "cine.seq.nrrd is a 4D image whose 4th axis is the items of a Slicer sequence or series (labelled 'time')",
+        ),
+        "a Slicer MultiVolume": (
+            [tmp_path / "dce.nrrd"],
+            fields,
+            "mr",
+            "dce.nrrd is a 4D image whose 4th axis is the items of a Slicer sequence or series (MultiVolume frames by "
+            "TriggerTime), not channels",
         ),
         "a DWI": (
             [
@@ -682,3 +710,80 @@ def test_colour_geometric_vectors_and_segmentation_layers_stay_refused_as_what_t
         assert run_cli(ct, tmp_path / "out", path) == 2, what
         error = capsys.readouterr().err
         assert error.startswith(f"error: {start}") and error.count("\n") == 1, (what, error)
+
+
+def assert_refused_with_channels(package, tmp_path, capsys, name: str, start: str) -> None:
+    """``segment tmp_path/name --channels T1,T1c,T2,FLAIR`` exits 2 with one line starting ``error: start``, nothing
+    written."""
+    assert run_cli(package, tmp_path / "out", tmp_path / name, options=["--channels", "T1,T1c,T2,FLAIR"]) == 2, name
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {start}"), error
+    assert error.count("\n") == 1 and not (tmp_path / "out").exists(), error
+
+
+def test_a_4d_image_whose_4th_axis_has_no_step_is_refused_from_its_header_in_plain_words(
+    task01, tmp_path, capsys, monkeypatch
+):
+    """ITK's 4D NRRD and MetaImage with a 4th spacing of 0 (or NaN, which MetaIO reads as 0) or a zero 4th axis
+    direction: the header passed as 4 volumes, then ITK refused the file once its data had been checked, in its own
+    words (found by review4d; before: "cannot read x.mha: Refusing to change spacing from [1, 1, 1, 1] to [2, 2,
+    2.5, 0]", "cannot read x.mha: 0 0 0 0"). Refused from the header, before any voxel is read."""
+    import re as regex
+
+    images = task01[4]
+    joined = sitk.JoinSeries([images[name] for name in SEQUENCES])
+    edits = {
+        "spacing.mha": (rb"(ElementSpacing = \S+ \S+ \S+) 1\n", rb"\1 0\n"),
+        "nan.mha": (rb"(ElementSpacing = \S+ \S+ \S+) 1\n", rb"\1 nan\n"),
+        "direction.mha": (rb"(TransformMatrix = (?:\S+ ){15})1\n", rb"\g<1>0\n"),
+        "direction.nrrd": (rb"\(0,0,0,1\)", rb"(0,0,0,0)"),
+    }
+    for name, (pattern, replacement) in edits.items():
+        sitk.WriteImage(joined, tmp_path / name)
+        data = (tmp_path / name).read_bytes()
+        assert regex.search(pattern, data), name
+        (tmp_path / name).write_bytes(regex.sub(pattern, replacement, data, count=1))
+    refuse_reading(monkeypatch)
+    for name in edits:
+        assert_refused_with_channels(
+            task01[3], tmp_path, capsys, name, f"{name} is a 4D image whose 4th axis has a zero or invalid step"
+        )
+
+
+def test_a_multi_channel_image_joined_into_a_4d_image_of_one_is_refused_from_its_header_as_5d(
+    task01, tmp_path, capsys, monkeypatch
+):
+    """SimpleITK's ``JoinSeries`` of one 4-channel image (ITK's NRRD: a ``vector`` axis and a 4th domain axis of size
+    1; MetaImage: NDims 4 of 1, 4 channels), which ITK reads as a 4D image of 4 components: refused from the header
+    as 5 dimensions in both formats (found by review4d; before, the NRRD's axis of one was dropped: "holds the channels
+    in 4D" noted, the image read, then "was not read as 4 volumes of one value per voxel (export it again)")."""
+    images = task01[4]
+    joined = sitk.JoinSeries([sitk.Compose([images[name] for name in SEQUENCES])])
+    refuse_reading(monkeypatch)
+    for name in ("one.nrrd", "one.mha"):
+        sitk.WriteImage(joined, tmp_path / name)
+        assert_refused_with_channels(
+            task01[3], tmp_path, capsys, name, f"{name} has 5 dimensions (1 x 4 after the spatial ones)"
+        )
+
+
+def test_a_nrrd_whose_space_has_more_dimensions_than_its_domain_axes_is_refused_from_its_header(
+    task01, tmp_path, capsys, monkeypatch
+):
+    """A list axis and three domain axes placed in a 4D space (``space dimension: 4``, or a space-time such as
+    ``right-anterior-superior-time``, with 4-component directions), which ITK cannot read (found by review4d; before:
+    the header passed as 4 volumes, the data were checked, then ITK's words: "cannot read x.nrrd: ReadImageInformation:
+    number of domain axes in the NRRD file (3) doesn't match dimension of space in"). Refused from the header."""
+    images = task01[4]
+    base = write_nrrd(tmp_path / "base.nrrd", [images[name] for name in SEQUENCES]).read_bytes()
+    header, data = base.split(b"\n\n", 1)
+    header = re.sub(rb"\(([^)]*)\)", rb"(\1,0)", header)  # 4-component directions and origin
+    spaces = {"dimension.nrrd": b"space dimension: 4", "spacetime.nrrd": b"space: right-anterior-superior-time"}
+    for name, space in spaces.items():
+        edited = header.replace(b"space: left-posterior-superior", space)
+        (tmp_path / name).write_bytes(edited + b"\n\n" + data)
+    refuse_reading(monkeypatch)
+    for name in ("dimension.nrrd", "spacetime.nrrd"):
+        assert_refused_with_channels(
+            task01[3], tmp_path, capsys, name, f"{name} has 3 domain axes in a 4D space, which the image reader (ITK)"
+        )

@@ -314,6 +314,38 @@ def test_a_multi_channel_model_or_entry_is_refused_before_the_model_loads(tmp_pa
         assert not (tmp_path / "o").exists()
 
 
+def test_a_4d_image_is_refused_from_its_header_before_the_model_loads_as_segment_refuses_it(
+    tmp_path, capsys, monkeypatch
+):
+    """A 4D image (NIfTI, a NRRD list axis, a MetaImage of 4 channels) as robustness's scan: refused from its header,
+    before the weights load or a voxel is read, in segment's words (found by review4d; before: the weights loaded,
+    the image read, then "x.nrrd has 4 components per voxel" or "x.nii.gz has 4 dimensions")."""
+    from helpers.readers import refuse_reading
+    from TokenUNetSegmentLib.pipeline import package_loader
+
+    image, reference = liver_phantom((16, 16, 16))
+    affine = affine_from_spacing(SPACING)
+    volumes = [image_from_array(image.astype(np.int16) + 10 * index, affine) for index in range(4)]
+    for name, made in [("x.nii.gz", sitk.JoinSeries(volumes)), ("x.nrrd", sitk.Compose(volumes))]:
+        sitk.WriteImage(made, str(tmp_path / name))
+    sitk.WriteImage(sitk.Compose(volumes), str(tmp_path / "x.mha"))
+    sitk.WriteImage(image_from_array(reference, affine), str(tmp_path / "ref.nii.gz"))
+    (tmp_path / "names.json").write_text(json.dumps({"1": "liver"}))
+    config = tiny_config("one", labels=1, roi=(16, 16, 16))
+    config["labels"][0]["name"] = "liver"
+    package = make_package(tmp_path, config)
+    monkeypatch.setattr(package_loader, "load_package", lambda *a, **k: pytest.fail("weights loaded"))
+    refuse_reading(monkeypatch)
+    for name in ("x.nii.gz", "x.nrrd", "x.mha"):
+        argv = ["robustness", "--model", str(package), "--image", str(tmp_path / name), "--reference",
+                str(tmp_path / "ref.nii.gz"), "--reference-names", str(tmp_path / "names.json"),
+                "--out", str(tmp_path / "out")]  # fmt: skip
+        assert cli.main(argv) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {name} holds 4 volumes (a 4D image); model 'one' takes one 3D volume"), err
+        assert err.count("\n") == 1 and not (tmp_path / "out").exists(), err
+
+
 def test_every_variant_is_checked_against_the_memory_limit_before_any_runs(monkeypatch):
     """The 1 mm variant of a 3 mm scan holds 27 times its voxels. Before: every variant was made at once and each was
     segmented with the memory check off, so ``TOKENUNET_MEMORY_LIMIT`` (or free memory) bounded nothing: a chest CT

@@ -708,10 +708,11 @@ def _cases(args: argparse.Namespace) -> list[dict]:
 
 def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
     from .catalog import ModelStore
+    from .channel_stack import refuse_stacked
     from .package_loader import load_package
     from .package_source import read_metadata
     from .training.datasets import check_datalist_file_modality
-    from .volumes import read_volume
+    from .volumes import open_volume, read_volume
 
     path = ModelStore(getattr(args, "catalog", None)).resolve(args.model)
     metadata = read_metadata(path)  # the configuration, before the weights are loaded
@@ -719,6 +720,8 @@ def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
     check_one_channel(inputs, metadata.id, " (--image)")
     if args.datalist:  # what it says its images are, against the model, before the weights or a case are read
         check_datalist_file_modality(Path(args.datalist), metadata.config)
+    for case in cases:  # a 4D image holds no one scan: refused from its header, in segment's words
+        refuse_stacked(open_volume(case["image"]), Path(case["image"]).name, inputs, metadata.id)
     _, left_out = variants_for(args.variants, inputs[0].modality, metadata.id)  # before the weights load
     for note in left_out:
         print(f"note: {note}", file=sys.stderr)

@@ -131,12 +131,22 @@ def spatial_part(directions, spacing, name: str) -> tuple[np.ndarray | None, tup
 
     Raises:
         InputError: the 4th axis moves in space, or a spatial axis along the 4th dimension (a 4 x 4 direction matrix
-            that is not block-diagonal): its volumes lie on no one 3D grid.
+            that is not block-diagonal): its volumes lie on no one 3D grid; or the 4th axis has a spacing of zero or
+            infinity or a direction of zero or not numbers, which ITK refuses once the data are checked (a NaN spacing
+            says "unknown" in NRRD, which ITK reads as 1).
     """
+    step = float(spacing[3]) if len(spacing) > 3 else 1.0
+    matrix = None if directions is None else np.asarray(directions, dtype=np.float64)
+    axis = matrix[:, 3] if matrix is not None and matrix.shape == (4, 4) else np.ones(1)
+    if step == 0 or math.isinf(step) or not (np.all(np.isfinite(axis)) and np.any(axis)):
+        raise InputError(
+            f"{name} is a 4D image whose 4th axis has a zero or invalid step (its 4th spacing or axis direction is 0 "
+            "or not a number)",
+            "set its 4th spacing to 1, or save each volume as a 3D file",
+        )
     spacing = tuple(spacing[:3])
-    if directions is None:
+    if matrix is None:
         return None, spacing
-    matrix = np.asarray(directions, dtype=np.float64)
     if matrix.shape != (4, 4):
         return matrix, spacing  # refused by check_directions, or a 3 x 3 already
     lengths = np.linalg.norm(matrix, axis=0)

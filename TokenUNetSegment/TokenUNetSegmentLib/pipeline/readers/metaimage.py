@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from .header import (
     MAX_HEADER_BYTES,
     ImageHeader,
@@ -108,6 +109,8 @@ def parse_metaimage(path: Path, name: str) -> ImageHeader:
     while stacked and stacked[-1] == 1:  # trailing axes of one
         stacked = stacked[:-1]
     if ndims == 4 and sizes[3] > 1:  # ITK's 4D image: the 4th axis holds the volumes
+        if len(spacing) == 4 and math.isnan(spacing[3]):
+            spacing = (*spacing[:3], 0.0)  # MetaIO reads what is no number as 0
         directions, spacing = spatial_part(directions, spacing, name)
     value_bytes = TYPES[value_type]
     data_bytes = math.prod(sizes) * channels * value_bytes
@@ -132,6 +135,13 @@ def _payloads(path, name, fields, listed, length, data_bytes, value_bytes) -> li
     encoding = "gzip" if compressed else ("raw" if binary else "text")
     if entry.upper() == "LOCAL":
         files = [path]
+        if compressed and "compresseddatasize" not in fields:  # MetaIO then reads other values, saying only on stderr
+            raise InputError(
+                f"{name} holds compressed data after its header without CompressedDataSize, which the image reader "
+                "(ITK) cannot read",
+                f"add the line 'CompressedDataSize = {max(path.stat().st_size - length, 0)}' before ElementDataFile, "
+                "or export it again",
+            )
     elif listed:
         files = [data_file(path, f, name) for f in listed]
     else:

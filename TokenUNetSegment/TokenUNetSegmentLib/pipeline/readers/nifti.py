@@ -144,8 +144,9 @@ def _header(path: Path, name: str, f: dict, compressed: bool) -> ImageHeader:
     stacked = sizes[3:]
     while stacked and stacked[-1] == 1:  # trailing axes of one: a 3D volume (as ITK reads it)
         stacked = stacked[:-1]
-    if f["intent_code"] in VECTOR_INTENTS and stacked[:1] == (1,):  # dim[5]: each voxel's values, not volumes
-        stacked = ()
+    per_voxel = f["intent_code"] in VECTOR_INTENTS and stacked[:1] == (1,)  # dim[5]: each voxel's values
+    if per_voxel:  # a VECTOR's values may be volumes (SimpleITK's Compose of sequences), as a NRRD vector axis's
+        stacked = stacked[1:] if f["intent_code"] == VECTOR_INTENT and len(stacked) == 2 else ()
     components = COMPONENTS.get(f["datatype"], 1)
     if components > 1:  # read by ITK as a vector of uint8 per voxel
         sizes, value_bytes = (*sizes, components), 1
@@ -181,14 +182,17 @@ def _header(path: Path, name: str, f: dict, compressed: bool) -> ImageHeader:
         payloads=[payload],
         warnings=_geometry_warnings(f, tuple(int(s) for s in f["dim"][1 : min(ndim, 3) + 1]), name),
         stacked=stacked,
-        stacked_axis=_fourth_axis(f) if len(stacked) == 1 else "",
+        stacked_axis=_fourth_axis(f) if len(stacked) == 1 and not per_voxel else "",
         finite_checked=floats is not None and not rescaled,  # a slope can make infinite values (3e38 x 10)
     )
 
 
 VECTOR_INTENTS = (1005, 1006, 1007)
 """NIFTI_INTENT_SYMMATRIX, DISPVECT and VECTOR (nifti1.h): dim[5] holds each voxel's values, which ITK reads as the
-components of one 3D image (a multi-component image written by ITK), not as volumes."""
+components of one 3D image (a multi-component image written by ITK). A symmetric matrix's or a displacement's values
+are one geometric quantity, never volumes; a VECTOR's (what ITK writes for any multi-component image, e.g. sequences
+joined with SimpleITK's Compose) are taken as volumes whose order the user names, as a NRRD ``vector`` axis's are."""
+VECTOR_INTENT = 1007
 TIME_INTENT = 2001
 """NIFTI_INTENT_TIME_SERIES (nifti1.h): the values along the 4th axis are a time series."""
 TIME_UNITS = {8: "s", 16: "ms", 24: "us", 32: "Hz", 40: "ppm", 48: "rad/s"}

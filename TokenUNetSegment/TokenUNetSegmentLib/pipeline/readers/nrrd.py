@@ -155,11 +155,12 @@ def _stacked(fields: dict, pairs: dict, kinds: list[str], sizes, name: str) -> t
 
     Volumes lie along a ``list`` or ``vector`` axis (:data:`CHANNEL_KINDS`) or a 4th domain axis (ITK writes a 4D image
     so, in a 4D space). A Slicer segmentation's ``list`` axis holds layers of overlapping segments (refused as such
-    when read); a Slicer sequence's (``DataNodeClassName``, or an axis labelled ``time``) the items of a series, a
+    when read); a Slicer sequence's (``DataNodeClassName``, or an axis labelled ``time``) or MultiVolume's
+    (``MultiVolume.*`` keys: DCE, multi-echo, variable flip angle frames) the items of a series, a
     DWI's (``modality:=DWMRI``) gradient directions, a ``time`` axis or a space-time's 4th axis time points.
 
     Raises:
-        InputError: four domain axes in a 3D space, which ITK cannot read.
+        InputError: four domain axes in a 3D space, or three in a 4D space, which ITK cannot read.
     """
     domain = [axis for axis, kind in enumerate(kinds) if kind in DOMAIN_KINDS]
     if len(domain) < 3:  # a 2D image is refused as such
@@ -175,7 +176,12 @@ def _stacked(fields: dict, pairs: dict, kinds: list[str], sizes, name: str) -> t
             f"{name} has {len(domain)} domain axes in a {space}D space, which the image reader (ITK) cannot read",
             "give the axis of volumes the kind 'list', or save each volume as a 3D file",
         )
-    stacked = tuple(sizes[axis] for axis in sorted(listed + extra))
+    if space is not None and space > len(domain):  # ITK refuses it once the data are checked
+        raise InputError(
+            f"{name} has {len(domain)} domain axes in a {space}D space, which the image reader (ITK) cannot read",
+            "place it in a 3D space (e.g. space: left-posterior-superior), or export it again",
+        )
+    stacked = tuple(sizes[axis] for axis in extra + listed)  # as ITK reads them: domain axes, then each voxel's values
     while stacked and stacked[-1] == 1:
         stacked = stacked[:-1]
     labels = re.findall(r'"([^"]*)"', fields.get("labels", ""))
@@ -188,6 +194,10 @@ def _stacked(fields: dict, pairs: dict, kinds: list[str], sizes, name: str) -> t
         return stacked, f"time (NRRD space '{fields['space'].strip()}')"
     if "DataNodeClassName" in pairs or series:
         what = f"labelled '{series[0]}'" if series else f"of {pairs['DataNodeClassName'].strip()[:40]}"
+        return stacked, f"the items of a Slicer sequence or series ({what})"
+    if any(key.startswith("MultiVolume.") for key in pairs):  # Slicer's MultiVolume: frames of one acquisition
+        tag = pairs.get("MultiVolume.FrameIdentifyingDICOMTagName", "").strip()[:40]
+        what = f"MultiVolume frames by {tag}" if tag else "MultiVolume frames"
         return stacked, f"the items of a Slicer sequence or series ({what})"
     if pairs.get("modality", "").strip() == "DWMRI":
         return stacked, "diffusion gradient directions (modality:=DWMRI)"
