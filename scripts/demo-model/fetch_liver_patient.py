@@ -22,6 +22,7 @@ The .pt files are pickles; they are read with an unpickler that accepts nothing 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -87,11 +88,24 @@ def pip_download(arguments: list[str], folder: Path) -> None:
         )
 
 
-def main(out: Path) -> None:
+def pip_download_into(arguments: list[str], out: Path) -> None:
+    """:func:`pip_download` into ``out``, made if needed; a folder it made is removed again when nothing came (the
+    script leaves no trace of a failed download). Shared with fetch_second_patient.py."""
+    made = [folder for folder in (out, *out.parents) if not folder.exists()]
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        pip_download(arguments, out)
+    except BaseException:
+        for folder in made:  # deepest first, each only if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def main(out: Path) -> None:
     wheel_path = out / WHEEL_FILE
     if not wheel_path.exists():
-        pip_download([WHEEL], out)
+        pip_download_into([WHEEL], out)
     digest = sha256(wheel_path)
     if digest != WHEEL_SHA256:
         raise SystemExit(f"{wheel_path.name}: SHA256 {digest}, expected {WHEEL_SHA256}")

@@ -52,15 +52,14 @@ def sha256(path: Path) -> str:
 def download(folder: Path) -> Path:
     found = sorted(folder.glob("totalsegmentator-2.18.0.tar.gz"))
     if not found:
-        from fetch_liver_patient import pip_download  # beside this script
+        from fetch_liver_patient import pip_download_into  # beside this script
 
-        pip_download(["--no-binary", ":all:", SDIST], folder)
+        pip_download_into(["--no-binary", ":all:", SDIST], folder)
         found = sorted(folder.glob("totalsegmentator-2.18.0.tar.gz"))
     return found[0]
 
 
 def main(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     archive = download(out)
     if sha256(archive) != SDIST_SHA256:
         raise SystemExit(f"{archive.name}: SHA256 {sha256(archive)}, expected {SDIST_SHA256}")
