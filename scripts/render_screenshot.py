@@ -59,6 +59,27 @@ def check_token(token: int, model) -> None:
 
 
 def main(argv=None) -> int:
+    """The script; a stop (Ctrl-C, SIGTERM, a hang-up) ends it as it ends the command line: one "interrupted" line,
+    exit 130 (before: Ctrl-C printed Python's traceback; SIGTERM ended it at once), the picture written whole or not
+    at all."""
+    import threading
+
+    from TokenUNetSegmentLib.pipeline.cancel_signals import install_cancel_handlers, restore_handlers
+    from TokenUNetSegmentLib.pipeline.run_contract import ErrorEvent
+
+    previous = install_cancel_handlers(threading.Event())
+    try:
+        return render(argv)
+    except KeyboardInterrupt as stop:
+        event = ErrorEvent.from_error(stop)
+        print("\n" + event.line(), file=sys.stderr)
+        return event.exit_code
+    finally:
+        restore_handlers(previous)
+
+
+def render(argv=None) -> int:
+    """Parse ``argv``, segment the sample and write the picture; the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(ROOT / "Resources" / "Screenshots" / "TokenUNetSegment.png"))
     parser.add_argument("--model", default=None, help="model id or package path (default: the catalog's)")

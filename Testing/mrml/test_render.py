@@ -117,6 +117,57 @@ def test_screenshot_script_replaces_an_earlier_picture_and_a_file_of_the_users_o
     assert picture.stat().st_size > 100 and "wrote" in capsys.readouterr().out
 
 
+STOPPED_SCREENSHOT = """
+import importlib.util, os, signal, sys
+spec = importlib.util.spec_from_file_location("render_screenshot", sys.argv[1])
+tool = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tool)
+from TokenUNetSegmentLib.mrml import render, scene_run
+signum, when = getattr(signal, sys.argv[2]), sys.argv[3]
+def stop():
+    os.kill(os.getpid(), signum)
+def stopped_run(self):
+    stop()
+    raise AssertionError("the stop was not raised")
+real_write = render.write_file_atomically
+def stopped_write(path, data):  # half the picture written, then the stop
+    def write(stream):
+        stream.write(data[: len(data) // 2])
+        stream.flush()
+        stop()
+        stream.write(data[len(data) // 2 :])
+    return real_write(path, write)
+if when == "run":
+    scene_run.SceneRun.run_now = stopped_run
+else:
+    render.write_file_atomically = stopped_write
+sys.exit(tool.main(sys.argv[4:]))
+"""
+
+
+@pytest.mark.parametrize(("signal_name", "when"), [("SIGINT", "run"), ("SIGTERM", "write")])
+def test_a_stop_of_the_screenshot_script_ends_it_as_the_command_line_with_the_picture_whole_or_absent(
+    signal_name, when, shot_package, tmp_path
+):
+    """Ctrl-C or SIGTERM while the sample is segmented or while the picture is written (found by hostile) (before:
+    Ctrl-C printed Python's KeyboardInterrupt traceback, exit 1; SIGTERM ended the process at once, exit -15): one
+    "interrupted" line, exit 130, an earlier picture at ``--out`` kept as it was and nothing else left."""
+    out = tmp_path / "shots" / "shot.png"
+    out.parent.mkdir()
+    out.write_bytes(b"\x89PNG\r\n\x1a\nan earlier picture")
+    argv = [str(SCRIPTS / "render_screenshot.py"), signal_name, when, "--model", str(shot_package), "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-c", STOPPED_SCREENSHOT, *argv, "--panel", "64"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 130, (done.returncode, done.stderr[-2000:])
+    lines = done.stderr.strip().splitlines()  # after the scene's own log lines (VTK's colour files)
+    assert lines[-1] == "interrupted; no output was written" and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert out.read_bytes() == b"\x89PNG\r\n\x1a\nan earlier picture" and os.listdir(out.parent) == ["shot.png"]
+
+
 @pytest.mark.slow
 def test_screenshot_script_runs_as_a_command(shot_package, tmp_path):
     out = tmp_path / "shot.png"

@@ -542,6 +542,28 @@ def test_a_second_batch_on_a_root_in_use_is_refused_and_leaves_no_folder_it_made
     assert not (tmp_path / "new").exists()  # before: the root (and its parents) made for the lock stayed
 
 
+def test_a_segment_into_a_case_folder_of_a_running_batch_is_told_the_batch_holds_it(
+    two_cases, tmp_path, monkeypatch, capsys
+):
+    """While a batch writes a case, a ``segment --out ROOT/case`` is refused naming the batch (found by hostile)
+    (before: "in use by another TokenUNet run (segment, pid N)", N the batch's pid)."""
+    package, (first, second) = two_cases
+    out = tmp_path / "out"
+    real, told = segment_command.segment_case, []
+
+    def segment_meanwhile(case, *rest):
+        capsys.readouterr()
+        code = cli.main(["segment", str(second), "--model", str(package), "--out", str(out / "first"), *FAST])
+        told.append((code, capsys.readouterr().err.strip()))
+        return real(case, *rest)
+
+    monkeypatch.setattr(segment_command, "segment_case", segment_meanwhile)
+    assert batch(first, "--model", package, "--out", out, *FAST) == 0
+    [(code, error)] = told
+    assert code == 2 and error.count("\n") == 0, error
+    assert f"first is in use by another TokenUNet run (batch, pid {os.getpid()}" in error, error
+
+
 def test_links_in_the_root_to_elsewhere_are_refused_before_any_case_runs(two_cases, tmp_path, capsys):
     """ROOT/batch.json or a case's folder that is a symbolic link would have the batch write outside the root the
     user named (before: written through, batch.json's lock and temporary file beside the link's target)."""
@@ -599,6 +621,20 @@ def test_every_missing_file_of_a_datalist_is_named_in_one_refusal(tmp_path):
     message = refused.value.message
     assert "2 of 3 entries" in message and "testing[1]" in message and "gone1.nii.gz" in message
     assert "testing[2]" in message and "gone2.nii.gz" in message
+
+
+def test_a_datalist_name_that_is_no_text_or_empty_is_refused_naming_its_entry(two_cases, tmp_path, capsys):
+    """A datalist entry's "name" that is a number or empty (found by hostile) is refused before any case runs, naming
+    the entry (before: ignored without a word, the case named by its file)."""
+    package, (first, second) = two_cases
+    for name, shown in ((5, "5"), ("", '""'), (["a"], '["a"]')):
+        entries = [{"image": str(first), "name": "kept"}, {"image": str(second), "name": name}]
+        (tmp_path / "list.json").write_text(json.dumps({"testing": entries}))
+        out = tmp_path / "out"
+        assert batch("--datalist", tmp_path / "list.json", "--model", package, "--out", out, *FAST) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.count("\n") == 0 and error.startswith("error: list.json testing[1]: 'name'"), error
+        assert f"got {shown}" in error and not out.exists()
 
 
 def test_a_cases_warnings_name_it_and_stay_with_it_in_batch_json(two_cases, tmp_path, monkeypatch, capsys):

@@ -44,3 +44,20 @@ def test_weights_options_with_a_package_are_refused_not_ignored(tmp_path, monkey
     err = capsys.readouterr().err
     assert err.startswith("error: --id applies only to a weights file") and err.count("\n") == 1, err
     assert not (tmp_path / "home/models/zipped-model").exists()
+
+
+def test_a_folder_given_as_the_weights_file_is_named_as_a_folder(tmp_path, monkeypatch, capsys):
+    """``models import dir.pt --like M --id X`` where ``dir.pt`` is a folder (found by hostile) (before: "weights file
+    not found: dir.pt", though it is there); a missing file is still "not found"."""
+    monkeypatch.setenv("TOKENUNET_HOME", str(tmp_path / "home"))
+    catalog = tmp_path / "Models.json"
+    catalog.write_text(json.dumps({"models": []}))
+    base = ["--catalog", str(catalog), "models", "import"]
+    assert cli.main([*base, str(make_package(tmp_path, tiny_config("zipped-model"), as_zip=True))]) == 0
+    (tmp_path / "dir.pt").mkdir()
+    capsys.readouterr()
+    for name, words in (("dir.pt", "dir.pt is a folder (give the state dict's file)"), ("gone.pt", "not found")):
+        assert cli.main([*base, str(tmp_path / name), "--like", "zipped-model", "--id", "from-pt"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: weights file") and words in err and err.count("\n") == 1, err
+    assert not (tmp_path / "home/models/from-pt").exists()

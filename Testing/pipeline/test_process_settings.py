@@ -3,6 +3,7 @@ run's network gets the thread count the first got, and what a run changes of the
 in the caller's thread and in threads started later; SimpleITK's default thread count; Python's switch interval;
 cudnn's flags) is as before after it, also after a run that failed or was cancelled."""
 
+import contextlib
 import sys
 import threading
 
@@ -255,3 +256,141 @@ def test_overlapping_switch_interval_blocks_leave_the_interval_of_before():
     assert sys.getswitchinterval() == pytest.approx(0.002)
     second.__exit__(None, None, None)
     assert sys.getswitchinterval() == before
+
+
+class StopAfterRelease:
+    """``process_settings``' lock, with a stop (``KeyboardInterrupt``, as the command line's handler raises it in the
+    main thread) as its ``at``-th locked section ends: where a signal that came during the section (a thread's join,
+    torch's or ITK's calls) is handled, at the first check of Python's evaluation loop once the lock is let go."""
+
+    def __init__(self, lock, at: int):
+        self.lock, self.at, self.released = lock, at, 0
+
+    def __enter__(self):
+        return self.lock.__enter__()
+
+    def __exit__(self, *error):
+        self.lock.__exit__(*error)
+        self.released += 1
+        if self.released == self.at and error[0] is None:
+            raise KeyboardInterrupt
+        return False
+
+
+def later_holds_put_back() -> tuple:
+    """What the process gets back from blocks started after: a caller's new torch count (its console's
+    ``set_num_threads``) after a run, cudnn's flags after a training's, and whether a CPU network alone on 2 CPUs
+    gets both (none of an earlier run counted as running)."""
+    from TokenUNetSegmentLib.pipeline import process_settings as settings
+
+    threads, flags = torch.get_num_threads(), process_settings()[4]
+    torch.set_num_threads(threads % 3 + 1)
+    try:
+        with settings.held_by_a_run():
+            torch.backends.cudnn.deterministic = not flags[0]
+        kept = process_settings()[:2]
+    finally:
+        torch.set_num_threads(threads)
+    with settings.network_threads(lambda busy: device.threads_for_load(2, cpus=2, load=0.0, beside=busy)) as alone:
+        pass
+    return kept == (threads % 3 + 1, [threads % 3 + 1]), process_settings()[4] == flags, alone
+
+
+def test_a_stop_as_any_locked_section_ends_leaves_nothing_held(monkeypatch):
+    """A Ctrl-C or SIGTERM handled as any of the locked sections of a run's holds ends (``segment()``'s and
+    ``train``'s, the network's, the reading's switch interval, ITK's quiet reading), one place after another. Before
+    (reviewthreads): a stop handled after a hold was counted and before its block began left it counted for good: the
+    switch interval stayed 1 ms or ITK's warnings off, every later CPU network of the process counted the threads of
+    one that no longer ran (1 thread of 2), the process's torch count and cudnn's flags of before the first run were
+    put back over the caller's later ones."""
+    from TokenUNetSegmentLib.pipeline import process_settings as settings
+    from TokenUNetSegmentLib.pipeline.readers.itk import quiet_itk
+
+    def run_holds():
+        with settings.held_by_a_run(), switch_interval(0.001), quiet_itk():
+            with settings.network_threads(lambda busy: 1):
+                pass
+
+    def state():
+        return process_settings(), sitk.ProcessObject.GetGlobalWarningDisplay()
+
+    real, before, stops = settings._lock, state(), []
+    for at in range(1, 40):
+        monkeypatch.setattr(settings, "_lock", StopAfterRelease(real, at))
+        try:
+            run_holds()
+        except KeyboardInterrupt:
+            stops.append(at)
+        finally:
+            monkeypatch.setattr(settings, "_lock", real)
+        assert (at, state()) == (at, before)
+        assert (at, later_holds_put_back()) == (at, (True, True, 2))
+        if stops[-1:] != [at]:
+            break
+    assert len(stops) >= 8  # each enter and exit of the five holds
+
+
+def abandoned_hold() -> None:
+    """A run's hold whose block never began nor ended, left in a reference cycle: a stop handled in ``contextlib``'s
+    ``__enter__`` just after the hold was taken, its traceback kept in a cycle (an error kept by the error that
+    replaced it). Python closes the hold when its cyclic collection frees it: at any allocation, in any thread."""
+    from TokenUNetSegmentLib.pipeline import process_settings as settings
+
+    block = settings.threads_here(1)
+    block.__enter__()
+    cycle = [block]
+    cycle.append(cycle)
+
+
+def test_a_hold_freed_by_the_collector_inside_a_locked_section_does_not_hang(monkeypatch):
+    """Before (reviewthreads): the abandoned hold's end waited for the lock that its own thread held when the collector
+    ran inside a locked section (here the next run's start): that thread hung for good (a run thread of Slicer's,
+    which no Ctrl-C reaches)."""
+    import gc
+
+    from TokenUNetSegmentLib.pipeline import process_settings as settings
+
+    real, collected = torch.get_num_threads, []
+
+    def collecting():  # the collector runs at this allocation, within the section
+        if not collected:
+            collected.append(gc.collect())
+        return real()
+
+    def next_run():
+        abandoned_hold()
+        gc.disable()  # freed at the chosen point only
+        try:
+            monkeypatch.setattr(torch, "get_num_threads", collecting)
+            with settings.held_by_a_run():
+                monkeypatch.setattr(torch, "get_num_threads", real)
+        finally:
+            gc.enable()
+
+    before = process_settings()
+    thread = threading.Thread(target=next_run, daemon=True)
+    thread.start()
+    thread.join(60)
+    if thread.is_alive():
+        with contextlib.suppress(RuntimeError):
+            settings._lock.release()  # a plain lock (the old one): the hung thread let go, for the tests after
+        pytest.fail("the thread waits for the lock it holds")
+    assert collected and process_settings() == before
+
+
+def test_a_hold_freed_in_another_thread_leaves_that_threads_count():
+    """Before (reviewthreads): the abandoned hold's end set the count of its thread of before on whichever thread
+    freed it (the caller of the next run, its network's thread)."""
+    import gc
+
+    threads = torch.get_num_threads()
+    ended = threading.Thread(target=abandoned_hold)  # its thread ends, its hold is left
+    ended.start()
+    ended.join()
+    torch.set_num_threads(threads % 3 + 1)  # this thread's own count, chosen after
+    try:
+        gc.collect()
+        assert torch.get_num_threads() == threads % 3 + 1
+    finally:
+        torch.set_num_threads(threads)
+    assert process_settings()[1] == [threads]

@@ -22,6 +22,7 @@ The .pt files are pickles; they are read with an unpickler that accepts nothing 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -72,12 +73,39 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def main(out: Path) -> None:
+def pip_download(arguments: list[str], folder: Path) -> None:
+    """``pip download`` of ``arguments`` (without dependencies) into ``folder``. A failure (no network, the package
+    index out of reach) ends the script with one line saying what failed and what to do, pip's last words in it
+    (before: a CalledProcessError traceback under pip's lines). Shared with fetch_second_patient.py."""
+    command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", *arguments, "-d", str(folder)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        said = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        reason = said[-1].removeprefix("ERROR: ")[:200] if said else f"pip ended with exit status {done.returncode}"
+        raise SystemExit(
+            f"error: could not download {arguments[-1]} from the package index: {reason} (check the network "
+            "connection and pip's index settings, e.g. PIP_INDEX_URL, then run again)"
+        )
+
+
+def pip_download_into(arguments: list[str], out: Path) -> None:
+    """:func:`pip_download` into ``out``, made if needed; a folder it made is removed again when nothing came (the
+    script leaves no trace of a failed download). Shared with fetch_second_patient.py."""
+    made = [folder for folder in (out, *out.parents) if not folder.exists()]
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        pip_download(arguments, out)
+    except BaseException:
+        for folder in made:  # deepest first, each only if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def main(out: Path) -> None:
     wheel_path = out / WHEEL_FILE
     if not wheel_path.exists():
-        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", WHEEL, "-d", str(out)]
-        subprocess.run(command, check=True)
+        pip_download_into([WHEEL], out)
     digest = sha256(wheel_path)
     if digest != WHEEL_SHA256:
         raise SystemExit(f"{wheel_path.name}: SHA256 {digest}, expected {WHEEL_SHA256}")

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -54,14 +52,14 @@ def sha256(path: Path) -> str:
 def download(folder: Path) -> Path:
     found = sorted(folder.glob("totalsegmentator-2.18.0.tar.gz"))
     if not found:
-        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", SDIST, "-d"]
-        subprocess.run([*command, str(folder)], check=True)
+        from fetch_liver_patient import pip_download_into  # beside this script
+
+        pip_download_into(["--no-binary", ":all:", SDIST], folder)
         found = sorted(folder.glob("totalsegmentator-2.18.0.tar.gz"))
     return found[0]
 
 
 def main(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     archive = download(out)
     if sha256(archive) != SDIST_SHA256:
         raise SystemExit(f"{archive.name}: SHA256 {sha256(archive)}, expected {SDIST_SHA256}")

@@ -53,6 +53,51 @@ def test_few_steps_give_a_package_that_loads_and_segments(datalist, tmp_path):
     assert "# tiny-trained" in (package_path / "docs" / "README.md").read_text()
 
 
+def random_states() -> tuple:
+    """The caller's global random number generators, as comparable values (MONAI's seed for new transforms too)."""
+    import random
+
+    import torch
+    from monai.utils import get_seed
+
+    kind, keys, position, gauss, cached = np.random.get_state()
+    return random.getstate(), (kind, keys.tolist(), position, gauss, cached), torch.get_rng_state().tolist(), get_seed()
+
+
+def test_train_puts_back_the_callers_random_generators_and_the_same_seed_gives_the_same_weights(datalist, tmp_path):
+    """A notebook's ``train`` (found by threads2) (before: MONAI's ``set_determinism`` left Python's, numpy's and
+    torch's generators seeded with the recipe's seed, after a completed, failed or stopped training alike); the
+    training itself does not depend on the caller's state: the same seed gives the same weights."""
+    import random
+
+    import torch
+    from TokenUNetSegmentLib.pipeline.package_source import WEIGHTS_FILE
+
+    def stop_at_the_first_step(stage, fraction):
+        raise KeyboardInterrupt
+
+    recipe = {"steps": 2, "batch_size": 1, "val_every": 2, "threads": 1, "workers": 0}
+    weights = []
+    for seed, run, options, progress in [
+        (1, "first", {}, None),
+        (2, "second", {}, None),
+        (3, "failed", {"hold_out": ["nobody"]}, None),  # refused after the generators were seeded
+        (4, "stopped", {}, stop_at_the_first_step),
+    ]:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        before, ended = random_states(), None
+        try:
+            package = train(datalist, train_config(), tmp_path / run, Recipe(**recipe, **options), progress=progress)
+            weights.append((package / WEIGHTS_FILE).read_bytes())
+        except (InputError, KeyboardInterrupt) as error:
+            ended = type(error).__name__
+        assert ended == {"failed": "InputError", "stopped": "KeyboardInterrupt"}.get(run), (run, ended)
+        assert random_states() == before, run
+    assert weights[0] == weights[1]
+
+
 def test_validation_windows_run_on_the_training_device(datalist, tmp_path, monkeypatch):
     """Validation once ran its windows on the CPU default, which moved a GPU-trained network off its device."""
     from TokenUNetSegmentLib.pipeline import inference

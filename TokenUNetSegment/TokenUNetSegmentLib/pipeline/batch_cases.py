@@ -12,6 +12,7 @@ a case.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import unicodedata
 from collections import Counter
@@ -358,7 +359,12 @@ def cases_from_datalist(path: str | Path, section: str | None = None) -> list[Ba
         if channels is not None:
             channels = check_channel_names(channels, where)
         name = entry.get("name") if isinstance(entry, dict) else None
-        name = name if isinstance(name, str) and name else _entry_name([Path(file) for file in files])
+        if name is not None and not (isinstance(name, str) and name):  # before: ignored, the file's name used
+            raise InputError(
+                f"{where}: 'name' must be a non-empty text (the case's folder), got {json.dumps(name)[:40]}",
+                'quote it ("name": "5") or leave \'name\' out to name the case by its image',
+            )
+        name = name or _entry_name([Path(file) for file in files])
         cases.append(BatchCase(name, tuple(files), where, tuple(channels) if channels else None))
     if missing:
         entries = len({item.split(":")[0] for item in missing})

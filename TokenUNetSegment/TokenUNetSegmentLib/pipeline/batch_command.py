@@ -331,7 +331,7 @@ class Batch:
                 self.report(index, record, time.perf_counter() - started)
                 return
             progress("start", 0.0)
-            folder = output_folder(record["folder"], self.protected)
+            folder = output_folder(record["folder"], self.protected, holder="batch")
             folder.open()
             config, model, args = self.metadata.config, self.metadata.id, self.args
             opened = open_case(

@@ -222,17 +222,12 @@ def _build(name: str, in_channels: int, size: int, options: dict, weights: str |
         )
     network = build_network(name, in_channels, 2, **options)
     if weights:
-        from .special_files import special_kind
-        from .weights import state_dict_from_bytes
+        from .weights import state_dict_from_bytes, weights_file_problem
 
         path = Path(weights)
-        kind = special_kind(path)  # a FIFO: never opened (reading it would wait for a writer)
-        if kind is not None:
-            raise ValueError(f"weights file {path.name} is {kind}, not a file")
-        if path.is_dir():
-            raise ValueError(f"weights file {path} is a folder (give the state dict's file)")
-        if not path.is_file():
-            raise ValueError(f"weights file not found: {path}")
+        problem = weights_file_problem(path)  # a FIFO: never opened (reading it would wait for a writer)
+        if problem is not None:
+            raise ValueError(problem)
         if path.stat().st_size > limit // 3:
             raise ValueError(f"weights file {path.name} is larger than a third of {described}")
         state = state_dict_from_bytes(path.read_bytes(), path.name)

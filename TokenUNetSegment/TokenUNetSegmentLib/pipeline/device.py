@@ -142,8 +142,8 @@ def threads_for_load(
     its time. Each parallel operation waits for its slowest thread; where other processes keep the CPUs busy, a
     thread that lost its CPU holds up every operation. Measured on that machine at load 5-6 (the 2 threads of
     torch's default against 1): 32AttnLong over 18 windows of 128^3 took 75-114 s against 27-31 s, the bundled
-    model over 18 windows of 64^3 6.2-20.7 s against 1.4 s. Without any load figure (Windows), ``current`` (less the
-    ``beside`` threads).
+    model over 18 windows of 64^3 6.2-20.7 s against 1.4 s. Without any load figure (Windows), ``current`` (at most the
+    CPUs less the ``beside`` threads).
 
     ``beside``: two runs in two processes count each other's threads in their load; runs in one process (Slicer's
     in-process run and a console ``segment()``) cannot, their own process's CPU time being left out of the load of

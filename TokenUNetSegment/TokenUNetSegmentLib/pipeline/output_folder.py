@@ -142,6 +142,8 @@ class OutputFolder:
         legacy_files: ``legacy_files(folder)`` -> the files of a result written before manifests existed (None
             when the folder is not one); such a folder is taken over with those files as the tool's.
         protected: folders the destination may not be in (e.g. the model cache); ``(path, what)`` pairs.
+        holder: the command another run is told holds the folder's lock, where it is not ``command`` (``batch``
+            writes ``segment``'s results).
     """
 
     def __init__(
@@ -152,6 +154,7 @@ class OutputFolder:
         reserved: Iterable[str] = (),
         legacy_files: Callable[[Path], set[str] | None] | None = None,
         protected: Iterable[tuple[Path, str]] = (),
+        holder: str | None = None,
     ):
         self.destination = resolve_destination(destination)
         self.command = command
@@ -161,7 +164,7 @@ class OutputFolder:
         self.staging: Path | None = None
         self.warnings: list[str] = []
         self.committed = False
-        self._lock = DestinationLock(self.destination, command)
+        self._lock = DestinationLock(self.destination, holder or command)
         self._created: list[Path] = []
 
     # -- opening ---------------------------------------------------------------------------------------------

@@ -96,10 +96,11 @@ RESERVED_FILES = (
 """What a run may write in its folder (a user's file by one of these names refuses the run before it starts)."""
 
 
-def output_folder(out_dir: str | Path, protected=None) -> OutputFolder:
+def output_folder(out_dir: str | Path, protected=None, holder: str = "segment") -> OutputFolder:
     """The :class:`.output_folder.OutputFolder` of a segmentation run (``protected``: ``(folder, what)`` pairs the
     output may not be inside; None: those of the default :class:`.catalog.ModelStore`, the model cache and the
-    bundled packages, as the command line refuses them, or none where no home folder holds a cache), not yet opened."""
+    bundled packages, as the command line refuses them, or none where no home folder holds a cache), not yet opened;
+    ``holder``: the command that runs it, named to another run that finds the folder in use (``batch``)."""
     if protected is None:
         from .catalog import ModelStore
         from .errors import ModelPackageError
@@ -109,7 +110,12 @@ def output_folder(out_dir: str | Path, protected=None) -> OutputFolder:
         except ModelPackageError:  # no home folder, so no model cache to write into: the result is still written
             protected = ()
     return OutputFolder(
-        out_dir, "segment", reserved=RESERVED_FILES, legacy_files=_files_of_a_result, protected=protected
+        out_dir,
+        "segment",
+        reserved=RESERVED_FILES,
+        legacy_files=_files_of_a_result,
+        protected=protected,
+        holder=holder,
     )
 
 

@@ -25,7 +25,7 @@ from .output_folder import OutputFolder, check_file_destination, write_file_atom
 from .package_loader import ModelPackage, build_package_network
 from .package_source import LICENSE_FILE, METADATA_FILE, README_FILE, WEIGHTS_FILE, PackageSource, package_files
 from .versions import installed_version
-from .weights import load_weights_into, state_dict_from_bytes
+from .weights import load_weights_into, state_dict_from_bytes, weights_file_problem
 
 BUNDLE_SCHEMA = (
     "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json"
@@ -180,8 +180,9 @@ def package_from_weights(
     if not isinstance(like, ModelPackage):
         raise ArgumentError(f"package_from_weights needs a ModelPackage as 'like', got {type(like).__name__}")
     check_model_id(new_id)
-    if not weights_path.is_file():
-        raise ModelPackageError(f"weights file not found: {weights_path}")
+    problem = weights_file_problem(weights_path)  # before: a folder was "not found"
+    if problem is not None:
+        raise ModelPackageError(problem)
     limit, described = memory_limit()
     if weights_path.stat().st_size > limit // 3:
         raise ModelPackageError(f"the weights file {weights_path.name} is too large for {described}")

@@ -6,7 +6,7 @@ in whatever order they end, completed, failed or cancelled.
 A setting saved on entry and put back on exit by each run is wrong as soon as two runs overlap: the second saves the
 first's temporary value as "the caller's", and whichever ends last puts back what it saved. Here the first holder of
 a setting saves it and the last puts it back (:class:`SharedSetting`: Python's switch interval, ITK's warning
-display, cudnn's flags).
+display, cudnn's flags, the global random number generators that ``train`` seeds).
 
 Torch's intra-op thread count is two counts in one: each thread's own (what its torch operations use; OpenMP keeps
 one per thread) and the process's, which a thread takes on its first torch operation (threads started later: an
@@ -25,7 +25,9 @@ import sys
 import threading
 from collections.abc import Callable
 
-_lock = threading.Lock()
+# re-entrant: a hold's end can run inside a locked section of its own thread, when Python's cyclic collector frees
+# a hold left open (a stop handled in contextlib's __enter__ just after the hold was taken) at an allocation there
+_lock = threading.RLock()
 _KEEP = object()  # a holder that sets no value of its own
 
 
@@ -35,28 +37,29 @@ class SharedSetting:
 
     def __init__(self, read: Callable[[], object], write: Callable[[object], None]):
         self._read, self._write = read, write
-        self._held: list[list] = []  # [value] per holder (its own list: told apart by identity), in the order they came
+        self._held: dict[object, object] = {}  # each holder's token -> its value, in the order they came
         self._before = None
 
     @contextlib.contextmanager
     def hold(self, value=_KEEP):
         """``value`` for the block (by default the setting is left as it is: the block may change it, a
         library's call that sets it); afterwards the latest other holder's value, or the value before the first."""
-        mine = [value]
-        with _lock:
-            if not self._held:
-                self._before = self._read()
-            self._held.append(mine)
-            if value is not _KEEP:
-                self._write(value)
-        try:
+        mine = object()
+        try:  # a stop handled as the section ends (the lock let go) still lets go of the hold
+            with _lock:
+                if not self._held:
+                    self._before = self._read()
+                self._held[mine] = value
+                if value is not _KEEP:
+                    self._write(value)
             yield
         finally:
             with _lock:
-                self._held = [held for held in self._held if held is not mine]
-                values = [held[0] for held in self._held if held[0] is not _KEEP]
-                if not self._held or values:
-                    self._write(values[-1] if values else self._before)
+                if mine in self._held:  # not when stopped before it held; no call before the hold is gone
+                    del self._held[mine]
+                    values = [held for held in self._held.values() if held is not _KEEP]
+                    if not self._held or values:
+                        self._write(values[-1] if values else self._before)
 
 
 switch_interval = SharedSetting(sys.getswitchinterval, sys.setswitchinterval)
@@ -75,6 +78,41 @@ def _set_cudnn_flags(flags: tuple[bool, bool]) -> None:
 
 
 cudnn_flags = SharedSetting(_cudnn_flags, _set_cudnn_flags)  # MONAI's set_determinism (``train``) sets them
+
+
+def _random_states() -> tuple:
+    """The states of the process's global random number generators: Python's, numpy's, torch's (CPU; CUDA's where
+    started, else the seed they will start with) and MONAI's seed for new transforms (``monai.utils.get_seed``)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else torch.initial_seed()
+    monai_seed = getattr(sys.modules.get("monai.utils.misc"), "_seed", None)
+    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda, monai_seed
+
+
+def _set_random_states(states: tuple) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    python, numpy_state, torch_state, cuda, monai_seed = states
+    random.setstate(python)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(torch_state)
+    if isinstance(cuda, int):  # not started before: started (or, lazily, to start) with the caller's seed
+        torch.cuda.manual_seed_all(cuda)
+    else:
+        torch.cuda.set_rng_state_all(cuda)
+    monai = sys.modules.get("monai.utils.misc")
+    if monai is not None:
+        monai._seed = monai_seed
+
+
+random_generators = SharedSetting(_random_states, _set_random_states)  # ``train`` seeds them (set_determinism)
 
 
 class _TorchThreads:
@@ -128,30 +166,32 @@ def use_threads(count: int) -> None:
 def threads_here(count: int | None = None):
     """Run the block with the calling thread on ``count`` torch threads (None: its own); yields the count. After it
     the thread's own count is back, and threads started later get the process's count of before the first block of
-    any thread, whatever the order in which overlapping blocks end, also after an error or a stop."""
+    any thread, whatever the order in which overlapping blocks end, also after an error or a stop (one handled as the
+    block's locked sections end too). A block whose end never ran (a stop handled in ``contextlib``'s own code) ends
+    when Python frees it, in whichever thread: that thread keeps its own count."""
     import torch
 
-    with _lock:
-        if not _torch.holders:
-            _torch.before = _process_threads()
-        _torch.holders += 1
-        own = torch.get_num_threads()  # a new thread's: the process's, kept while blocks overlap
-        count = own if count is None else count
-        try:
+    held, mine = False, threading.current_thread()
+    try:  # a stop handled as the section ends (the lock let go) still lets go of the hold
+        with _lock:
+            own = torch.get_num_threads()  # a new thread's: the process's, kept while blocks overlap
+            if not _torch.holders:
+                _torch.before = _process_threads()
+            _torch.holders += 1
+            held = True  # no stop is handled between these two lines (no call)
+            count = own if count is None else count
             _set_threads(count)
-        except BaseException:
-            _torch.holders -= 1
-            raise
-    try:
         yield count
     finally:
-        with _lock:
-            try:
-                _set_threads(own)
-            finally:  # a stop raised here still lets go of the hold
-                _torch.holders -= 1
-                if not _torch.holders:
-                    _in_new_thread(lambda: torch.set_num_threads(_torch.before))
+        if held:  # no call before the lock: a stop is not handled before the hold is let go
+            with _lock:
+                try:  # a hold left open ends where the collector frees it: another thread keeps its count
+                    if threading.current_thread() is mine:
+                        _set_threads(own)
+                finally:  # a stop raised here still lets go of the hold
+                    _torch.holders -= 1
+                    if not _torch.holders:
+                        _in_new_thread(lambda: torch.set_num_threads(_torch.before))
 
 
 @contextlib.contextmanager
@@ -160,15 +200,18 @@ def network_threads(choose: Callable[[int], int]):
     networks of this process's other runs use now (their CPU time is this process's own, which
     :func:`.device.load_of_others` leaves out); yields the count. Chosen and counted at once: two networks that start
     together do not both count the CPUs as free."""
-    with _lock:
-        count = choose(_torch.in_networks)
-        _torch.in_networks += count
-    try:
+    counted = 0
+    try:  # a stop handled as the section ends (the lock let go) still takes the count back
+        with _lock:
+            count = choose(_torch.in_networks)
+            _torch.in_networks += count
+            counted = count  # no stop is handled between these two lines (no call)
         with threads_here(count):
             yield count
     finally:
-        with _lock:
-            _torch.in_networks -= count
+        if counted:
+            with _lock:
+                _torch.in_networks -= counted
 
 
 @contextlib.contextmanager

@@ -13,6 +13,21 @@ from torch import nn
 from .errors import ModelPackageError, UnsafeWeightsError
 
 
+def weights_file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a weights file (a named pipe or device, never opened; a folder; nothing
+    there), in the words every command uses; None for a file."""
+    from .special_files import not_a_file, special_kind
+
+    kind = special_kind(path)
+    if kind is not None:
+        return f"weights file {path.name} {not_a_file(kind)}"
+    if path.is_dir():
+        return f"weights file {path} is a folder (give the state dict's file)"
+    if not path.is_file():
+        return f"weights file not found: {path}"
+    return None
+
+
 def state_dict_from_bytes(data: bytes, name: str) -> dict[str, torch.Tensor]:
     """Tensors from safetensors bytes (``*.safetensors``) or a weights-only torch pickle (``*.pt``/``*.pth``).
 

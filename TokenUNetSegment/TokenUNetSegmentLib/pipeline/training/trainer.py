@@ -103,6 +103,7 @@ def validate(network, cases: list[Case], cfg: dict, overlap: float, device: torc
 
 
 @process_settings.held_by_a_run()
+@process_settings.random_generators.hold()  # a caller's (a notebook's) random state is not the training's seed
 def train(
     datalist: str | Path,
     config: dict,
