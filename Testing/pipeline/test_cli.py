@@ -571,9 +571,8 @@ def test_a_caller_of_main_in_its_own_process_keeps_its_process_and_its_handlers(
 def test_version_prints_the_extensions_version_without_importing_torch_or_monai(capsys):
     """Before: ``tokenunet --version`` said "the following arguments are required: COMMAND", exit 2. Now it prints the
     version pyproject.toml takes from the package (one place), exit 0, as fast as ``--help``."""
-    import tomllib
-
     import TokenUNetSegmentLib
+    import tomllib
     from helpers.paths import ROOT
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
