@@ -350,3 +350,83 @@ def test_a_compressed_metaimage_without_its_compressed_size_is_refused_not_read_
     sitk.WriteImage(images[0], str(detached), useCompression=True)
     detached.write_text(re.sub(r"CompressedDataSize = \d+\n", "", detached.read_text()))
     assert np.array_equal(read_volume(detached).array, arrays[0])
+
+
+TRAILING_BLANKS = {  # (header field, what its line ends in): ITK 5.4's NRRD reader (teem), measured on each (smallfix4)
+    "kinds, two spaces": ("kinds", "  "),
+    "kinds, a space and a tab": ("kinds", " \t"),
+    "sizes, two tabs": ("sizes", "\t\t"),
+    "type, a space": ("type", " "),
+    "endian, a tab": ("endian", "\t"),
+    "encoding, a space": ("encoding", " "),
+    "space, a space": ("space", " "),
+}
+
+
+def nrrd_with_line_ending(folder, field: str, ending: str):
+    """The plain volume as a NRRD whose header line ``field: ...`` ends in ``ending`` (spaces or tabs)."""
+    import re
+
+    array = volume_array()
+    lps = np.diag([-1.0, -1.0, 1.0]) @ AFFINE[:3, :3]
+    text = nrrd_text(array, "space: LPS\n", lps.T, AFFINE[:3, 3] * [-1, -1, 1]) + "encoding: raw\n"
+    text, count = re.subn(rf"^({field}: .*)$", lambda line: line.group(1) + ending, text, flags=re.MULTILINE)
+    assert count == 1, field
+    path = folder / "scan.nrrd"
+    path.write_bytes(text.encode() + b"\n" + array.astype("<i2").tobytes("F"))
+    return path
+
+
+@pytest.mark.parametrize("case", TRAILING_BLANKS)
+def test_nrrd_header_lines_ending_in_blanks_that_itk_cannot_read_are_refused_from_the_header(
+    tmp_path, monkeypatch, case
+):
+    """Spaces or tabs after a header line's value (a hand-edited header): ITK's NRRD reader refuses ``type``,
+    ``endian``, ``encoding``, ``space`` and ``data file`` with any, ``sizes``, ``kinds`` and ``centers`` with more than
+    one ("seem to have more than expected 3 kinds"). Before: our header parse stripped them, the data were checked,
+    then ITK's words ("cannot read scan.nrrd: [nrrd] _nrrdReadNrrdParse_kinds: seem to have more than expected 3
+    kinds"). Now refused from the header, before any voxel is read, naming the line and what to do."""
+    from helpers.readers import refuse_reading
+
+    field, ending = TRAILING_BLANKS[case]
+    path = nrrd_with_line_ending(tmp_path, field, ending)
+    with pytest.raises(RuntimeError):
+        sitk.ReadImage(str(path))  # what ITK does with it
+    refuse_reading(monkeypatch)
+    with pytest.raises(InputError) as refused:
+        open_image(path)
+    assert str(refused.value).startswith(
+        f"scan.nrrd: its header line '{field}:' ends in spaces or tabs, which the image reader (ITK) cannot read"
+    ), refused.value
+    assert refused.value.hint == f"delete the spaces and tabs at the end of its '{field}:' line, or export it again"
+
+
+@pytest.mark.parametrize("field", ["kinds", "sizes", "space origin", "space directions"])
+@pytest.mark.parametrize("ending", [" ", "\t"])
+def test_nrrd_header_lines_ending_in_blanks_that_itk_reads_are_read_as_the_plain_volume(tmp_path, field, ending):
+    """One space or tab after ``kinds`` or ``sizes`` (any after ``space origin`` or ``space directions``), which ITK
+    reads: read as the volume without them."""
+    path = nrrd_with_line_ending(tmp_path, field, ending)
+    volume = read_volume(path)
+    assert np.array_equal(volume.array, volume_array()) and np.allclose(volume.affine, AFFINE, atol=1e-6)
+
+
+def test_a_nrrd_magic_or_data_file_line_ending_in_blanks_is_refused_from_the_header(tmp_path, monkeypatch):
+    """``NRRD0004 `` (ITK: "couldn't parse "NRRD0004 " as magic") and ``data file: scan.raw `` beside scan.raw (ITK:
+    "couldn't open "./scan.raw "") as the other fields: refused from the header, naming the line."""
+    from helpers.readers import refuse_reading
+
+    attached = nrrd_with_line_ending(tmp_path, "type", "")
+    attached.write_bytes(attached.read_bytes().replace(b"NRRD0004\n", b"NRRD0004 \n", 1))
+    detached = tmp_path / "scan.nhdr"
+    text, data = attached.read_bytes().split(b"\n\n", 1)
+    (tmp_path / "scan.raw").write_bytes(data)
+    detached.write_bytes(text.replace(b"NRRD0004 \n", b"NRRD0004\n") + b"\ndata file: scan.raw \n")
+    cases = ((attached, "NRRD0004"), (detached, "data file:"))
+    for path, _ in cases:
+        with pytest.raises(RuntimeError):
+            sitk.ReadImage(str(path))
+    refuse_reading(monkeypatch)
+    for path, line in cases:
+        with pytest.raises(InputError, match=f"^{path.name}: its header line '{line}' ends in spaces or tabs"):
+            open_image(path)
