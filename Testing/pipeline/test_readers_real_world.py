@@ -430,3 +430,39 @@ def test_a_nrrd_magic_or_data_file_line_ending_in_blanks_is_refused_from_the_hea
     for path, line in cases:
         with pytest.raises(InputError, match=f"^{path.name}: its header line '{line}' ends in spaces or tabs"):
             open_image(path)
+
+
+@pytest.mark.parametrize("kind", ["nrrd", "gz.nrrd", "nhdr", "mha", "z.mha", "mhd"])
+def test_a_4d_nrrd_or_metaimage_of_one_volume_is_read_and_segmented_as_its_3d_file(tmp_path, kind):
+    """A NRRD or MetaImage whose 4th axis has size 1 (SimpleITK's ``JoinSeries`` of one volume; tools that always
+    write 4D), as a NIfTI with a 4th axis of 1 already was: its header gives the 3D grid, and it is read and
+    segmented by a one-channel model as the 3D file of that volume, on an oblique grid: the same voxels, spacing,
+    origin and axis directions (before: read, then refused: "scan.nrrd has 4 dimensions; a 3D volume is needed")."""
+    from helpers.packages import rotation
+    from TokenUNetSegmentLib.pipeline.volumes import open_volume
+
+    oblique = affine_from_spacing(
+        (0.8, 0.9, 2.5), origin=(10.0, -20.0, 30.0), direction=rotation(2, 25) @ rotation(0, 10)
+    )
+    image = image_from_array(volume_array(), oblique)
+    compressed = kind in ("gz.nrrd", "z.mha")
+    suffix = {"gz.nrrd": "nrrd", "z.mha": "mha"}.get(kind, kind)
+    (tmp_path / "3d").mkdir()
+    (tmp_path / "4d").mkdir()
+    plain, joined = tmp_path / "3d" / f"scan.{suffix}", tmp_path / "4d" / f"scan.{suffix}"
+    sitk.WriteImage(image, str(plain), useCompression=compressed)
+    sitk.WriteImage(sitk.JoinSeries([image]), str(joined), useCompression=compressed)
+    assert sitk.ReadImage(str(joined)).GetSize() == (*volume_array().shape, 1)  # ITK reads it as 4D
+    header, plain_header = open_volume(joined), open_volume(plain)
+    assert header.stacked == () and header.grid is not None
+    assert header.grid.shape == plain_header.grid.shape and np.allclose(header.grid.affine, plain_header.grid.affine)
+    volume, expected = read_volume(joined), read_volume(plain)
+    assert volume.array.dtype == expected.array.dtype and np.array_equal(volume.array, expected.array)
+    assert np.allclose(volume.affine, expected.affine, atol=1e-9) and np.allclose(volume.affine, oblique, atol=1e-6)
+    assert np.allclose(volume.grid.spacing, (0.8, 0.9, 2.5)) and np.allclose(
+        volume.grid.direction, expected.grid.direction
+    )
+    assert volume.warnings == expected.warnings
+    with pytest.warns(UserWarning, match="the volume is small for this model"):
+        result, plain_result = (segment([path], threshold_package(), device="cpu") for path in (joined, plain))
+    assert np.array_equal(result.labels, plain_result.labels) and np.allclose(result.affine, plain_result.affine)

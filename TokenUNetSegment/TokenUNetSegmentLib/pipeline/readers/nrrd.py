@@ -141,7 +141,8 @@ def parse_nrrd(path: Path, name: str) -> ImageHeader:
     kinds = _kinds(fields, dimension, name)
     spacing, directions, warnings = _geometry(fields, dimension, name)
     stacked, stacked_axis = _stacked(fields, pairs, kinds, sizes, name)
-    if len(spacing) == 4 and stacked:  # ITK's 4D image: four domain axes in a 4D space, the 4th holding the volumes
+    if len(spacing) == 4:  # ITK's 4D image: four domain axes in a 4D space, the 4th holding the volumes (one: read
+        # as the 3D volume it is)
         directions, spacing = spatial_part(directions, spacing, name)
     data_bytes = math.prod(sizes) * value_bytes
     domain_first = sorted(range(dimension), key=lambda axis: kinds[axis] not in DOMAIN_KINDS)  # as ITK orders them
