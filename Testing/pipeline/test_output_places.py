@@ -516,21 +516,28 @@ def test_a_tilde_in_evaluate_json_is_the_home_folder_for_the_input_check_too(tmp
     assert reference.read_bytes() == before
 
 
-def test_a_tilde_in_datalist_out_is_the_home_folder_for_the_input_check_too(tmp_path, monkeypatch, capsys):
-    """(outaudit) The same for ``datalist --out '~/.../config.json' --overwrite``: the configuration it reads was
-    replaced by the datalist."""
+def datalist_with_config(tmp_path) -> tuple[list[str], object]:
+    """(``datalist folders`` arguments over one case written in ``tmp_path``, with ``--config tmp_path/config.json``;
+    that configuration file)."""
     from helpers.training_data import train_config, write_dataset
 
-    monkeypatch.setenv("HOME", str(tmp_path))
     data = write_dataset(tmp_path / "data", cases=1, validation=0).parent
     config = tmp_path / "config.json"
     config.write_text(json.dumps(train_config()))
-    before = config.read_bytes()
     images, labels = tmp_path / "img", tmp_path / "label"
     images.mkdir(), labels.mkdir()
     (images / "img0001.nii.gz").write_bytes((data / "case0.nii.gz").read_bytes())
     (labels / "label0001.nii.gz").write_bytes((data / "case0_seg.nii.gz").read_bytes())
     arguments = ["datalist", "folders", "--images", str(images), "--labels", str(labels), "--config", str(config)]
+    return arguments, config
+
+
+def test_a_tilde_in_datalist_out_is_the_home_folder_for_the_input_check_too(tmp_path, monkeypatch, capsys):
+    """(outaudit) The same for ``datalist --out '~/.../config.json' --overwrite``: the configuration it reads was
+    replaced by the datalist."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    arguments, config = datalist_with_config(tmp_path)
+    before = config.read_bytes()
     assert cli.main([*arguments, "--out", "~/config.json", "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert one_line(err) and "is the configuration --config, which this command reads" in err, err
@@ -576,8 +583,6 @@ def test_the_output_over_inputs_check_compares_names_as_the_folders_file_system_
     compared only where both names exist, so on such a disk the configuration was replaced by the datalist). Whether a
     folder ignores case is probed on its entries, never guessed from the system: a hard link or a symbolic link under
     the other case's name does not make a case-sensitive folder look case-insensitive."""
-    from helpers.training_data import train_config, write_dataset
-
     folder = tmp_path / "Cases"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
@@ -599,15 +604,8 @@ def test_the_output_over_inputs_check_compares_names_as_the_folders_file_system_
         )
         assert not output_folder.same_place(folder / "CONFIG.JSON", tmp_path / "config.json")  # another folder
 
-        data = write_dataset(tmp_path / "data", cases=1, validation=0).parent
-        config = tmp_path / "config.json"
-        config.write_text(json.dumps(train_config()))
+        arguments, config = datalist_with_config(tmp_path)
         before = config.read_bytes()
-        images, labels = tmp_path / "img", tmp_path / "label"
-        images.mkdir(), labels.mkdir()
-        (images / "img0001.nii.gz").write_bytes((data / "case0.nii.gz").read_bytes())
-        (labels / "label0001.nii.gz").write_bytes((data / "case0_seg.nii.gz").read_bytes())
-        arguments = ["datalist", "folders", "--images", str(images), "--labels", str(labels), "--config", str(config)]
         assert cli.main([*arguments, "--out", str(tmp_path / "Config.Json"), "--overwrite"]) == 2
         err = capsys.readouterr().err
         assert one_line(err) and "--out Config.Json is the configuration --config, which this command reads" in err, err
