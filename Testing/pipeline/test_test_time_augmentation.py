@@ -7,12 +7,12 @@ from TokenUNetSegmentLib.pipeline import segmentation
 from TokenUNetSegmentLib.pipeline.errors import CancelledError
 from TokenUNetSegmentLib.pipeline.geometry import affine_from_spacing
 from TokenUNetSegmentLib.pipeline.run_contract import RunRequest
+from TokenUNetSegmentLib.pipeline.run_memory import augmentation_bytes
 from TokenUNetSegmentLib.pipeline.segmentation import segment
 from TokenUNetSegmentLib.pipeline.test_time_augmentation import (
     AUGMENTATIONS,
     averaged_scores,
     axial_axis,
-    extra_bytes,
     in_plane_matrix,
     to_probabilities,
     to_scores,
@@ -135,7 +135,7 @@ def test_the_memory_check_counts_the_averaging(monkeypatch):
     model_voxels = int(
         np.prod(segmentation.model_grid(segmentation.Grid(phantom[0].shape, AFFINE), "RAS", (2.0,) * 3).shape)
     )
-    assert averaged["host"] - plain["host"] == extra_bytes(2, 1, model_voxels)
+    assert averaged["host"] - plain["host"] == augmentation_bytes(2, 1, model_voxels)
     assert averaged["window"] == plain["window"]
 
 
@@ -146,3 +146,31 @@ def test_a_slicer_run_asks_for_it_in_process_and_on_the_command_line():
     assert request.segment_options()["test_time_augmentation"] is True
     assert parse_arguments(request.command_arguments([], "out") + ["x"]).tta
     assert not parse_arguments(RunRequest(inputs=[]).command_arguments([], "out") + ["x"]).tta
+
+
+def test_a_run_with_augmentation_that_cannot_fit_is_refused_from_the_header(tmp_path, monkeypatch, capsys):
+    """A limit between the plain run's header estimate and the augmented one's: --tta is refused before any voxel is
+    read (before: the header check left the averaging out; the voxels were read, then the exact check refused)."""
+    from helpers.packages import make_package, tiny_config
+    from helpers.readers import refuse_reading, sparse_nrrd
+    from TokenUNetSegmentLib.pipeline import cli
+    from TokenUNetSegmentLib.pipeline.errors import OutOfMemoryError
+    from TokenUNetSegmentLib.pipeline.package_loader import load_package
+    from TokenUNetSegmentLib.pipeline.run_memory import check_header_fits
+    from TokenUNetSegmentLib.pipeline.volumes import open_input
+
+    config = tiny_config(labels=4, spacing=(1.0, 1.0, 1.0))
+    path = make_package(tmp_path, config)
+    package = load_package(path)
+    scan = sparse_nrrd(tmp_path / "scan.nrrd", (160, 160, 100))
+    opened = open_input(scan)
+    plain = check_header_fits(opened.values, opened.grid, package.config, 0, "scan.nrrd")
+    monkeypatch.setenv("TOKENUNET_MEMORY_LIMIT", str(plain + augmentation_bytes(5, 1, opened.values) // 2))
+    refuse_reading(monkeypatch)
+    options = ["--no-overview", "--no-heatmaps", "--progress", "none", "--device", "cpu", "--tta"]
+    assert cli.main(["segment", str(scan), "--model", str(path), "--out", str(tmp_path / "out"), *options]) == 2
+    assert capsys.readouterr().err.startswith("error: this run needs about ")
+    with pytest.raises(OutOfMemoryError, match="this run needs about"):
+        segment(str(scan), package, device="cpu", with_token_maps=False, test_time_augmentation=True)
+    with pytest.raises(AssertionError, match="were read"):  # control: the plain run passes the header check
+        segment(str(scan), package, device="cpu", with_token_maps=False)

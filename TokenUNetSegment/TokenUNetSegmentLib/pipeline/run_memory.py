@@ -49,6 +49,12 @@ def host_bytes(
     )
 
 
+def augmentation_bytes(out_channels: int, in_channels: int, model_voxels: int) -> int:
+    """Host bytes that test-time augmentation (:mod:`.test_time_augmentation`) adds to a run: the running sum, one
+    pass's scores and probabilities, their warped copy and the changed input, in float32."""
+    return 4 * model_voxels * (4 * out_channels + in_channels + 4)
+
+
 COMPONENT_THREADS = 4
 """At most this many labels are examined at once by :func:`.postprocess.component_pieces`: each holds grid-sized
 masks in the worst case, so the memory bound must not grow with a many-core machine's thread count."""
@@ -108,10 +114,12 @@ def check_header_fits(
     name: str,
     probabilities: bool = False,
     maps_on_input_grid: bool = False,
+    test_time_augmentation: bool = False,
 ) -> int:
-    """Refuse a run whose host data (:func:`host_bytes`) cannot fit, from the first input's header: ``voxels`` it
-    declares, its ``grid`` (None when the header gives none: the model grid is then left out), the package's
-    ``config`` and ``tokens`` (the network's learned tokens; 0 when unknown). Returns the estimate in bytes.
+    """Refuse a run whose host data (:func:`host_bytes`, and :func:`augmentation_bytes` with
+    ``test_time_augmentation``) cannot fit, from the first input's header: ``voxels`` it declares, its ``grid`` (None
+    when the header gives none: the model grid is then left out), the package's ``config`` and ``tokens`` (the
+    network's learned tokens; 0 when unknown). Returns the estimate in bytes.
 
     Raises:
         OutOfMemoryError: over free memory or ``TOKENUNET_MEMORY_LIMIT``.
@@ -131,6 +139,8 @@ def check_header_fits(
         probabilities,
         maps_on_input_grid,
     )
+    if test_time_augmentation:
+        need += augmentation_bytes(architecture.out_channels, architecture.in_channels, model_voxels)
     free, _ = memory_limit()
     if need > free:
         raise (wrong_spacing(grid, name) if grid is not None else None) or host_shortfall(need, free)
@@ -144,6 +154,7 @@ def check_inputs_fit(
     with_token_maps: bool = True,
     probabilities: bool = False,
     maps_on_input_grid: bool = False,
+    test_time_augmentation: bool = False,
 ) -> int:
     """:func:`check_header_fits` for a run of the package ``config`` on its ``opened`` inputs (one
     :class:`.volumes.OpenedVolume` per channel, in order; ``name``: the first's), before any is read: the command
@@ -152,4 +163,6 @@ def check_inputs_fit(
     architecture = config.architecture
     learned = declared_token_count(architecture.name, architecture.build_arguments()) if with_token_maps else 0
     first = opened[0]
-    return check_header_fits(first.values, first.grid, config, learned or 0, name, probabilities, maps_on_input_grid)
+    return check_header_fits(
+        first.values, first.grid, config, learned or 0, name, probabilities, maps_on_input_grid, test_time_augmentation
+    )

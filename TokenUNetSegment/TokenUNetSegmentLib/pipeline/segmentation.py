@@ -32,8 +32,8 @@ from .preprocess import Prepared, prepare
 from .progress import PassProgress, Progress
 from .result import MAP_KINDS, SegmentationResult, TokenMaps
 from .run_inputs import RunNeeds, channel_items, open_run_inputs
-from .run_memory import wrong_spacing
-from .test_time_augmentation import AUGMENTATIONS, averaged_scores, extra_bytes
+from .run_memory import augmentation_bytes, wrong_spacing
+from .test_time_augmentation import AUGMENTATIONS, averaged_scores
 from .volumes import Volume
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,9 @@ def segment(
             package = resolve_model(model, store, lambda fraction: reporter.update("download", fraction), cancel)
 
             grid = "input" if maps_on_input_grid else "token"
-            needs = RunNeeds(with_token_maps, probabilities, grid) if check_free_memory else None
+            needs = (
+                RunNeeds(with_token_maps, probabilities, grid, test_time_augmentation) if check_free_memory else None
+            )
             volumes = channel_volumes(inputs, package, needs, channels)
             run_device = resolve_device(device)
             config, network = package.config, package.network
@@ -275,7 +277,9 @@ def _check_memory(
     estimate["host"] += sum(volume.array.nbytes for volume in volumes[1:])  # the other channels' own arrays
     if test_time_augmentation:
         network = package.network
-        estimate["host"] += extra_bytes(int(network.out_channels), int(network.in_channels), int(np.prod(grid.shape)))
+        estimate["host"] += augmentation_bytes(
+            int(network.out_channels), int(network.in_channels), int(np.prod(grid.shape))
+        )
     try:
         check_memory(estimate, device)
     except OutOfMemoryError:

@@ -102,9 +102,3 @@ def averaged_scores(
         seen += inside
         del probabilities
     return to_scores(total / seen, activation)
-
-
-def extra_bytes(out_channels: int, in_channels: int, model_voxels: int) -> int:
-    """Host memory the averaging adds to a run: the running sum, one pass's scores and probabilities, their
-    warped copy and the changed input, in float32."""
-    return 4 * model_voxels * (4 * out_channels + in_channels + 4)
