@@ -174,3 +174,28 @@ def test_a_run_with_augmentation_that_cannot_fit_is_refused_from_the_header(tmp_
         segment(str(scan), package, device="cpu", with_token_maps=False, test_time_augmentation=True)
     with pytest.raises(AssertionError, match="were read"):  # control: the plain run passes the header check
         segment(str(scan), package, device="cpu", with_token_maps=False)
+
+
+def test_later_passes_start_from_the_batch_the_first_pass_fell_back_to(monkeypatch):
+    """A fake GPU that runs out of memory with 2 windows per batch: the first pass halves its batch once, the later
+    passes start from 1 (before: each started again from 2, ran out again and repeated the warning: 5 times)."""
+    import torch
+    from TokenUNetSegmentLib.pipeline import device as dev
+    from TokenUNetSegmentLib.pipeline import inference
+
+    real = inference.sliding_window
+    tried = []
+
+    def fake_sliding_window(network, image, roi, overlap, blending, batch, device, progress, tokens, since=None):
+        tried.append((device.type, batch))
+        if device.type == "cuda" and batch > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(network, image, roi, overlap, blending, batch, torch.device("cpu"), progress, tokens)
+
+    monkeypatch.setattr(inference, "sliding_window", fake_sliding_window)
+    monkeypatch.setattr(segmentation, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(dev.torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(segmentation, "check_memory", lambda estimate, device: None)
+    result = segment(off_centre_phantom(), threshold_package(), device="cuda", test_time_augmentation=True)
+    assert tried == [("cuda", 2)] + [("cuda", 1)] * len(AUGMENTATIONS)
+    assert sum("out of memory" in warning for warning in result.warnings) == 1

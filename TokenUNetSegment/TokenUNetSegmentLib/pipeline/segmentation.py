@@ -12,6 +12,7 @@ import time
 import warnings as pywarnings
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +159,7 @@ def segment(
         with clock.stage("inference"):
             want_tokens = with_token_maps and bool(network.has_tokens)
             passes = len(AUGMENTATIONS) if test_time_augmentation else 1
-            logits, maps, used_device = run_windows(
+            logits, maps, used_device, used_batch = run_windows(
                 network,
                 prepared.image,
                 plan,
@@ -169,23 +170,28 @@ def segment(
                 since=started,
             )
             if test_time_augmentation:
+                fitted = {"device": used_device, "plan": replace(plan, batch_size=used_batch)}
 
                 def one_pass(changed, index):
-                    return run_windows(
+                    """A further pass, from the device and batch the pass before fell back to, if it did."""
+                    scores, _, fitted["device"], batch = run_windows(
                         network,
                         changed,
-                        plan,
-                        used_device,
+                        fitted["plan"],
+                        fitted["device"],
                         PassProgress(reporter, index, passes),
                         False,
                         lambda m: _warn(m, result_warnings),
                         since=started,
-                    )[0]
+                    )
+                    fitted["plan"] = replace(plan, batch_size=batch)
+                    return scores
 
                 region = prepared.region
                 logits = averaged_scores(
                     prepared.image, logits, one_pass, region.direction, region.spacing, config.inference.activation
                 )
+                used_device = fitted["device"]
 
         with clock.stage("postprocess"):
             on_model_grid = postprocess(logits, maps, prepared, config, keep, probabilities or smooth, reporter)
