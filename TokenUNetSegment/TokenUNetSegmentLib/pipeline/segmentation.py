@@ -222,6 +222,7 @@ def segment(
             probabilities=on_input_grid.probabilities,
             warnings=result_warnings,
             assessment=assessment,
+            test_time_augmentation=test_time_augmentation,
         )
 
 
