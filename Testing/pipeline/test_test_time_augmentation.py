@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from helpers.packages import ThresholdNet, ball_phantom, dice, threshold_package
 from TokenUNetSegmentLib.pipeline import segmentation
 from TokenUNetSegmentLib.pipeline.errors import CancelledError
@@ -179,7 +180,6 @@ def test_a_run_with_augmentation_that_cannot_fit_is_refused_from_the_header(tmp_
 def test_later_passes_start_from_the_batch_the_first_pass_fell_back_to(monkeypatch):
     """A fake GPU that runs out of memory with 2 windows per batch: the first pass halves its batch once, the later
     passes start from 1 (before: each started again from 2, ran out again and repeated the warning: 5 times)."""
-    import torch
     from TokenUNetSegmentLib.pipeline import device as dev
     from TokenUNetSegmentLib.pipeline import inference
 
@@ -199,3 +199,56 @@ def test_later_passes_start_from_the_batch_the_first_pass_fell_back_to(monkeypat
     result = segment(off_centre_phantom(), threshold_package(), device="cuda", test_time_augmentation=True)
     assert tried == [("cuda", 2)] + [("cuda", 1)] * len(AUGMENTATIONS)
     assert sum("out of memory" in warning for warning in result.warnings) == 1
+
+
+class NeighbourhoodNet(ThresholdNet):
+    """Label 1 where the mean of a voxel's 9^3 neighbourhood is above -800 (raw HU, a package without
+    normalisation): what lies beyond the scan's edge, as the network sees it, changes the labels inside."""
+
+    has_tokens = False
+
+    def forward(self, x, return_attention=False):
+        mean = torch.nn.functional.avg_pool3d(x[:, :1], 9, stride=1, padding=4, count_include_pad=False)
+        fg = (mean + 800.0) / 10.0
+        return torch.cat([-fg, fg], dim=1)
+
+
+def test_the_changed_copies_are_filled_beyond_the_scan_as_the_scan_is_padded():
+    """A package without intensity normalisation (raw HU) on a scan of air with a ball: the turned and shrunk copies
+    are filled with the scan's lowest value, as preprocessing pads it (before: with 0, water in HU, so the
+    network found the ball's label along the scan's edges)."""
+    from helpers.packages import tiny_config
+    from TokenUNetSegmentLib.pipeline.package_writer import package_in_memory
+
+    config = tiny_config("raw-hu", labels=1, roi=(32, 32, 32), intensity={"method": "none"})
+    package = package_in_memory(NeighbourhoodNet(), config, "raw-hu")
+    phantom = off_centre_phantom()
+    plain = segment(phantom, package, device="cpu", with_token_maps=False)
+    averaged = segment(phantom, package, device="cpu", with_token_maps=False, test_time_augmentation=True)
+    assert plain.labels.any()
+    assert dice(plain.labels == 1, averaged.labels == 1) > 0.95
+    assert int((averaged.labels == 1).sum()) <= 1.1 * int((plain.labels == 1).sum())
+
+
+@pytest.mark.parametrize(
+    "intensity, low",
+    [
+        ({"method": "ct_window", "window": [-100.0, 300.0]}, -1000.0),
+        ({"method": "ct_window", "window": [-100.0, 300.0]}, 20.0),  # a crop without air: above the window's low
+        ({"method": "zscore"}, 0.0),
+        ({"method": "zscore"}, -30.0),
+        ({"method": "none"}, -1024.0),
+    ],
+)
+def test_the_padding_value_is_what_preprocessing_pads_the_region_with(intensity, low):
+    from helpers.packages import tiny_config
+    from TokenUNetSegmentLib.pipeline.metadata import parse_config
+    from TokenUNetSegmentLib.pipeline.preprocess import prepare
+    from TokenUNetSegmentLib.pipeline.volumes import Volume
+
+    config = parse_config(tiny_config(roi=(32, 32, 32), intensity=intensity))
+    array = np.random.default_rng(0).uniform(low, low + 400.0, (12, 12, 12)).astype(np.float32)
+    array[0, 0, 0] = low
+    prepared = prepare([Volume(array, affine_from_spacing((2.0, 2.0, 2.0)))], config, 8, (32, 32, 32))
+    assert prepared.image.shape[1:] == (32, 32, 32)  # padded around the 12^3 volume
+    assert prepared.padding == pytest.approx((float(prepared.image[0, 0, 0, 0]),), abs=1e-6)

@@ -189,7 +189,13 @@ def segment(
 
                 region = prepared.region
                 logits = averaged_scores(
-                    prepared.image, logits, one_pass, region.direction, region.spacing, config.inference.activation
+                    prepared.image,
+                    logits,
+                    one_pass,
+                    region.direction,
+                    region.spacing,
+                    config.inference.activation,
+                    prepared.padding,
                 )
                 used_device = fitted["device"]
 

@@ -57,6 +57,17 @@ def _warp(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def _changed_copy(source: torch.Tensor, grid: torch.Tensor, padding) -> np.ndarray:
+    """``source`` (1, C, X, Y, Z) sampled at ``grid``, each channel's ``padding`` value where the grid leaves it
+    (blended as the image's own voxels are)."""
+    changed = _warp(source, grid)
+    if any(padding):
+        beyond = 1.0 - _warp(torch.ones((1, 1, *source.shape[2:])), grid)[:, 0]
+        for channel, value in enumerate(padding):
+            changed[:, channel] += float(value) * beyond
+    return changed[0].numpy()
+
+
 def to_probabilities(scores: np.ndarray, activation: str) -> torch.Tensor:
     tensor = torch.from_numpy(scores)[None]
     return tensor.sigmoid() if activation == "sigmoid" else tensor.softmax(1)
@@ -76,6 +87,7 @@ def averaged_scores(
     direction: np.ndarray,
     spacing,
     activation: str = "softmax",
+    padding=(),
 ) -> np.ndarray:
     """The scores of the probabilities averaged over :data:`AUGMENTATIONS`.
 
@@ -86,6 +98,8 @@ def averaged_scores(
         direction, spacing: the model grid's axis directions (RAS columns) and spacing, which fix the axial axis
             and millimetres.
         activation: the package's ``softmax`` or ``sigmoid``.
+        padding: each input channel's value beyond the image (:attr:`.preprocess.Prepared.padding`; default 0),
+            which fills what a turned or shrunk copy shows beyond it, as the image itself is padded.
     """
     shape = image.shape[1:]
     axial = axial_axis(direction)
@@ -94,7 +108,7 @@ def averaged_scores(
     source = torch.from_numpy(image)[None]
     for index, (degrees, scale) in enumerate(AUGMENTATIONS[1:], start=1):
         matrix = in_plane_matrix(degrees, scale, axial, spacing)
-        changed = _warp(source, _sampling_grid(matrix, shape))[0].numpy()
+        changed = _changed_copy(source, _sampling_grid(matrix, shape), padding)
         probabilities = to_probabilities(run(np.ascontiguousarray(changed), index), activation)
         back = _sampling_grid(np.linalg.inv(matrix), shape)
         inside = (back.abs() <= 1.0).all(-1)[:, None].float()  # voxels this pass saw inside its grid
