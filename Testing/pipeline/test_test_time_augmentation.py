@@ -252,3 +252,32 @@ def test_the_padding_value_is_what_preprocessing_pads_the_region_with(intensity,
     prepared = prepare([Volume(array, affine_from_spacing((2.0, 2.0, 2.0)))], config, 8, (32, 32, 32))
     assert prepared.image.shape[1:] == (32, 32, 32)  # padded around the 12^3 volume
     assert prepared.padding == pytest.approx((float(prepared.image[0, 0, 0, 0]),), abs=1e-6)
+
+
+def test_a_stop_after_a_pass_ends_the_run_before_its_probabilities_are_moved_back(monkeypatch):
+    """A stop that comes as a pass's last window ends: nothing more is warped (before: that pass was moved back
+    and the next copy made, whole-volume resamplings of every channel, seconds each on a CT, before the stop was
+    seen)."""
+    from TokenUNetSegmentLib.pipeline import test_time_augmentation
+
+    real_warp, stopped, warped_after = test_time_augmentation._warp, [], []
+
+    def warp(volume, grid):
+        if stopped:
+            warped_after.append(volume.shape[1])
+        return real_warp(volume, grid)
+
+    def run(changed, index):
+        if index == 2:
+            stopped.append(True)
+        return pointwise_scores(changed)
+
+    def check():
+        if stopped:
+            raise CancelledError()
+
+    monkeypatch.setattr(test_time_augmentation, "_warp", warp)
+    image = ball_phantom((40, 44, 20), (12, 30, 10), (6, 5, 4), value=1.0, background=0.0)[None]
+    with pytest.raises(CancelledError):
+        averaged_scores(image, pointwise_scores(image), run, np.eye(3), 2.0, check=check)
+    assert stopped and warped_after == []

@@ -196,6 +196,7 @@ def segment(
                     region.spacing,
                     config.inference.activation,
                     prepared.padding,
+                    reporter.check,
                 )
                 used_device = fitted["device"]
 

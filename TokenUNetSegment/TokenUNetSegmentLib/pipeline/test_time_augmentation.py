@@ -74,9 +74,10 @@ def to_probabilities(scores: np.ndarray, activation: str) -> torch.Tensor:
 
 
 def to_scores(probabilities: torch.Tensor, activation: str) -> np.ndarray:
-    """Scores whose activation gives back ``probabilities`` (log-probabilities for softmax, logits for sigmoid)."""
-    clipped = probabilities.clamp(SMALLEST_PROBABILITY, 1.0 - SMALLEST_PROBABILITY)
-    scores = torch.logit(clipped) if activation == "sigmoid" else clipped.log()
+    """Scores whose activation gives back ``probabilities`` (log-probabilities for softmax, logits for sigmoid),
+    computed in place: ``probabilities`` becomes them (no temporary copies of every channel)."""
+    scores = probabilities.clamp_(SMALLEST_PROBABILITY, 1.0 - SMALLEST_PROBABILITY)
+    scores = scores.logit_() if activation == "sigmoid" else scores.log_()
     return np.ascontiguousarray(scores[0].numpy())
 
 
@@ -88,6 +89,7 @@ def averaged_scores(
     spacing,
     activation: str = "softmax",
     padding=(),
+    check: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """The scores of the probabilities averaged over :data:`AUGMENTATIONS`.
 
@@ -100,19 +102,29 @@ def averaged_scores(
         activation: the package's ``softmax`` or ``sigmoid``.
         padding: each input channel's value beyond the image (:attr:`.preprocess.Prepared.padding`; default 0),
             which fills what a turned or shrunk copy shows beyond it, as the image itself is padded.
+        check: called between the whole-volume steps (e.g. :meth:`.progress.Progress.check`): what it raises ends
+            the averaging, as a stop between windows ends a pass.
     """
+    check = check or (lambda: None)
     shape = image.shape[1:]
     axial = axial_axis(direction)
     total = to_probabilities(first_scores, activation)
     seen = torch.ones((1, 1, *shape), dtype=torch.float32)
     source = torch.from_numpy(image)[None]
     for index, (degrees, scale) in enumerate(AUGMENTATIONS[1:], start=1):
+        check()
         matrix = in_plane_matrix(degrees, scale, axial, spacing)
         changed = _changed_copy(source, _sampling_grid(matrix, shape), padding)
+        check()
         probabilities = to_probabilities(run(np.ascontiguousarray(changed), index), activation)
+        del changed
         back = _sampling_grid(np.linalg.inv(matrix), shape)
         inside = (back.abs() <= 1.0).all(-1)[:, None].float()  # voxels this pass saw inside its grid
-        total += _warp(probabilities, back) * inside
+        for channel in range(probabilities.shape[1]):  # one channel at a time: two volumes of temporaries
+            check()
+            total[:, channel : channel + 1] += _warp(probabilities[:, channel : channel + 1], back) * inside
         seen += inside
         del probabilities
-    return to_scores(total / seen, activation)
+    check()
+    total /= seen
+    return to_scores(total, activation)
