@@ -281,3 +281,26 @@ def test_a_stop_after_a_pass_ends_the_run_before_its_probabilities_are_moved_bac
     with pytest.raises(CancelledError):
         averaged_scores(image, pointwise_scores(image), run, np.eye(3), 2.0, check=check)
     assert stopped and warped_after == []
+
+
+class InfiniteNet(ThresholdNet):
+    """Scores past float16's range where the image is bright (+inf, as a CUDA run's half precision can give)."""
+
+    has_tokens = False
+
+    def forward(self, x, return_attention=False):
+        bright = torch.where(x[:, :1] > 0.5, torch.tensor(float("inf")), torch.tensor(-5.0))
+        return torch.cat([torch.zeros_like(bright), bright], dim=1)
+
+
+def test_infinite_scores_keep_their_labels_when_averaged():
+    """+inf scores label their voxels without augmentation; averaged they keep them (before: the softmax of +inf
+    was NaN, and every such voxel lost its label: 0 voxels labelled instead of the ball)."""
+    package = threshold_package()
+    package.network = InfiniteNet()
+    phantom = off_centre_phantom()
+    plain = segment(phantom, package, device="cpu")
+    averaged = segment(phantom, package, device="cpu", test_time_augmentation=True, probabilities=True)
+    assert plain.labels.any()
+    assert dice(plain.labels == 1, averaged.labels == 1) > 0.97
+    assert np.isfinite(averaged.probabilities["ball"]).all()

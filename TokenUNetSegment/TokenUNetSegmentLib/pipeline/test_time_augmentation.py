@@ -69,7 +69,11 @@ def _changed_copy(source: torch.Tensor, grid: torch.Tensor, padding) -> np.ndarr
 
 
 def to_probabilities(scores: np.ndarray, activation: str) -> torch.Tensor:
+    """(1, out, X, Y, Z) probabilities of ``scores``; infinite scores count as the largest finite ones (the label
+    that an argmax gives them, where a softmax of +inf is NaN), NaN as 0."""
     tensor = torch.from_numpy(scores)[None]
+    if not bool(torch.isfinite(tensor).all()):  # a copy only then
+        tensor = torch.nan_to_num(tensor)
     return tensor.sigmoid() if activation == "sigmoid" else tensor.softmax(1)
 
 
