@@ -126,20 +126,6 @@ def test_a_stop_during_a_later_pass_stops_the_run():
     assert CountingThresholdNet.calls <= 2 * windows
 
 
-def test_the_memory_check_counts_the_averaging(monkeypatch):
-    package, phantom = threshold_package(), off_centre_phantom()
-    estimates = []
-    monkeypatch.setattr(segmentation, "check_memory", lambda estimate, device: estimates.append(dict(estimate)))
-    segment(phantom, package, device="cpu")
-    segment(phantom, package, device="cpu", test_time_augmentation=True)
-    plain, averaged = estimates
-    model_voxels = int(
-        np.prod(segmentation.model_grid(segmentation.Grid(phantom[0].shape, AFFINE), "RAS", (2.0,) * 3).shape)
-    )
-    assert averaged["host"] - plain["host"] == augmentation_bytes(2, 1, model_voxels)
-    assert averaged["window"] == plain["window"]
-
-
 def test_a_slicer_run_asks_for_it_in_process_and_on_the_command_line():
     from TokenUNetSegmentLib.pipeline.cli import parse_arguments
 
@@ -304,3 +290,26 @@ def test_infinite_scores_keep_their_labels_when_averaged():
     assert plain.labels.any()
     assert dice(plain.labels == 1, averaged.labels == 1) > 0.97
     assert np.isfinite(averaged.probabilities["ball"]).all()
+
+
+THIN_SLAB = (ball_phantom((80, 70, 3), (40, 35, 1), (20, 15, 3)), affine_from_spacing((2.0, 2.0, 2.0)))
+
+
+@pytest.mark.parametrize("case", ["scan", "thin slab"])
+def test_the_memory_check_counts_the_averaging_over_the_region_the_passes_run_on(case, monkeypatch):
+    """The exact check adds what the averaging holds over the network's input region, the windows alone unchanged.
+    A 3-slice slab's region is padded to the window (32 slices): before, the averaging was counted over the model
+    grid's 3, a tenth of what it holds."""
+    package, estimates, regions = threshold_package(), [], []
+    real = segmentation.averaged_scores
+    monkeypatch.setattr(segmentation, "check_memory", lambda estimate, device: estimates.append(dict(estimate)))
+    monkeypatch.setattr(
+        segmentation, "averaged_scores", lambda image, *rest: regions.append(image.shape[1:]) or real(image, *rest)
+    )
+    inputs = off_centre_phantom() if case == "scan" else THIN_SLAB
+    segment(inputs, package, device="cpu")
+    segment(inputs, package, device="cpu", test_time_augmentation=True)
+    plain, averaged = estimates
+    assert averaged["host"] - plain["host"] == augmentation_bytes(2, 1, int(np.prod(regions[0])))
+    assert averaged["window"] == plain["window"]
+    assert case == "scan" or regions[0][2] == 32

@@ -49,10 +49,19 @@ def host_bytes(
     )
 
 
-def augmentation_bytes(out_channels: int, in_channels: int, model_voxels: int) -> int:
-    """Host bytes that test-time augmentation (:mod:`.test_time_augmentation`) adds to a run: the running sum, one
-    pass's scores and probabilities, their warped copy and the changed input, in float32."""
-    return 4 * model_voxels * (4 * out_channels + in_channels + 4)
+def augmentation_bytes(out_channels: int, in_channels: int, region_voxels: int) -> int:
+    """Host bytes that test-time augmentation (:mod:`.test_time_augmentation`) adds to a run over ``region_voxels``
+    (:func:`largest_region`): the running sum, one pass's scores and probabilities, their warped copy and the changed
+    input, in float32."""
+    return 4 * region_voxels * (4 * out_channels + in_channels + 4)
+
+
+def largest_region(model_shape, roi_size, multiple: int = 1) -> int:
+    """The most voxels of the network's input region on a model grid of ``model_shape``: each side rounded up to
+    ``multiple`` and at least the window (:func:`.preprocess.prepare`; a foreground crop only shrinks it). A thin
+    slab's region is the window's depth, many times its model grid."""
+    sides = [max(int(r), -(-int(s) // multiple) * multiple) for s, r in zip(model_shape, roi_size, strict=True)]
+    return int(np.prod(sides, dtype=np.float64))
 
 
 COMPONENT_THREADS = 4
@@ -125,10 +134,12 @@ def check_header_fits(
         OutOfMemoryError: over free memory or ``TOKENUNET_MEMORY_LIMIT``.
         InputError: over it because the header's spacing makes the scan longer than a body.
     """
-    model_voxels = 0
+    model_voxels = region = 0
     if grid is not None:
         pre = config.preprocessing
-        model_voxels = int(np.prod(model_grid(grid, pre.orientation, pre.spacing).shape, dtype=np.float64))
+        shape = model_grid(grid, pre.orientation, pre.spacing).shape
+        model_voxels = int(np.prod(shape, dtype=np.float64))
+        region = largest_region(shape, config.inference.roi_size)  # the window not yet rounded: at most the exact one
     architecture = config.architecture
     need = host_bytes(
         voxels,
@@ -140,7 +151,7 @@ def check_header_fits(
         maps_on_input_grid,
     )
     if test_time_augmentation:
-        need += augmentation_bytes(architecture.out_channels, architecture.in_channels, model_voxels)
+        need += augmentation_bytes(architecture.out_channels, architecture.in_channels, region)
     free, _ = memory_limit()
     if need > free:
         raise (wrong_spacing(grid, name) if grid is not None else None) or host_shortfall(need, free)

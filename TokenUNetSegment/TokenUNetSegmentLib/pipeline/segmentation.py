@@ -33,7 +33,7 @@ from .preprocess import Prepared, prepare
 from .progress import PassProgress, Progress
 from .result import MAP_KINDS, SegmentationResult, TokenMaps
 from .run_inputs import RunNeeds, channel_items, open_run_inputs
-from .run_memory import augmentation_bytes, wrong_spacing
+from .run_memory import augmentation_bytes, largest_region, wrong_spacing
 from .test_time_augmentation import AUGMENTATIONS, averaged_scores
 from .volumes import Volume
 
@@ -291,9 +291,8 @@ def _check_memory(
     estimate["host"] += sum(volume.array.nbytes for volume in volumes[1:])  # the other channels' own arrays
     if test_time_augmentation:
         network = package.network
-        estimate["host"] += augmentation_bytes(
-            int(network.out_channels), int(network.in_channels), int(np.prod(grid.shape))
-        )
+        region = largest_region(grid.shape, plan.roi_size, plan.size_multiple)
+        estimate["host"] += augmentation_bytes(int(network.out_channels), int(network.in_channels), region)
     try:
         check_memory(estimate, device)
     except OutOfMemoryError:
