@@ -57,6 +57,14 @@ def _warp(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def _from_the_image(grid: torch.Tensor) -> torch.Tensor:
+    """(1, 1, X, Y, Z): 1 where ``grid`` samples between the image's voxel centres, 0 where it blends them with what
+    lies beyond (the outer half voxel and past it)."""
+    shape = grid.shape[1:4]
+    reach = torch.tensor([1.0 - 1.0 / n for n in reversed(shape)]) + 1e-5  # grid_sample's (Z, Y, X) order
+    return (grid.abs() <= reach).all(-1)[:, None].float()
+
+
 def _changed_copy(source: torch.Tensor, grid: torch.Tensor, padding) -> np.ndarray:
     """``source`` (1, C, X, Y, Z) sampled at ``grid``, each channel's ``padding`` value where the grid leaves it
     (blended as the image's own voxels are)."""
@@ -118,17 +126,23 @@ def averaged_scores(
     for index, (degrees, scale) in enumerate(AUGMENTATIONS[1:], start=1):
         check()
         matrix = in_plane_matrix(degrees, scale, axial, spacing)
-        changed = _changed_copy(source, _sampling_grid(matrix, shape), padding)
+        forward = _sampling_grid(matrix, shape)
+        changed = _changed_copy(source, forward, padding)
+        trusted = _from_the_image(forward)  # the copy's voxels not blended with its padding
+        del forward
         check()
         probabilities = to_probabilities(run(np.ascontiguousarray(changed), index), activation)
         del changed
+        check()
         back = _sampling_grid(np.linalg.inv(matrix), shape)
-        inside = (back.abs() <= 1.0).all(-1)[:, None].float()  # voxels this pass saw inside its grid
+        # each voxel's share of trusted voxels of this pass, as the moving back blends them (0 where it saw none):
+        # near the edges the pass counts as much as it saw of the scan itself, not of its padding
+        weight = _warp(trusted, back)
         for channel in range(probabilities.shape[1]):  # one channel at a time: two volumes of temporaries
             check()
-            total[:, channel : channel + 1] += _warp(probabilities[:, channel : channel + 1], back) * inside
-        seen += inside
-        del probabilities
+            total[:, channel : channel + 1] += _warp(probabilities[:, channel : channel + 1] * trusted, back)
+        seen += weight
+        del probabilities, trusted, weight
     check()
     total /= seen
     return to_scores(total, activation)
