@@ -59,6 +59,15 @@ def volume_stem(path: str | Path) -> str | None:
     return None
 
 
+def linked_as_named(path: Path) -> Path:
+    """``path`` absolute, the links among its folders resolved but not a link at its own name: a case that is a link
+    into a store of files named by their hashes (git-annex, DVC) is named by the link, read as ``segment`` reads the
+    link (its dataset.json is the one beside the link) and listed in batch.json by the link's path."""
+    if path.name in ("", ".."):
+        return path.resolve()
+    return path.parent.resolve() / path.name
+
+
 def is_dicom_file(path: Path) -> bool:
     """Whether ``path`` is a DICOM file (named .dcm, or the DICM preamble); never a FIFO or device, never opened
     then."""
@@ -92,6 +101,7 @@ def cases_from_paths(
     cases: list[BatchCase] = []
     direct: list[tuple[BatchCase, Path]] = []  # volume files given themselves, with their paths as given
     notes: list[str] = []
+    outputs: list[str] = []  # folders given that hold TokenUNet's output, no scans
     for given in paths:
         path = expand_home(given)
         if not path.exists():
@@ -106,6 +116,11 @@ def cases_from_paths(
             )
         if path.is_dir() and not holds_dicom(path):
             found, left_out = cases_in_folder(path, channels, model_inputs)
+            output = None if found else tokenunet_output(path)
+            if output is not None:  # ``batch data/* --out data/out`` run again: the shell lists the batch's output
+                outputs.append(f"{given} holds {output}")
+                notes.append(f"left out {given}: it holds {output} (TokenUNet's output), no scans")
+                continue
             if not found:
                 inner = Counter(file.name for file in _inner_volumes(path)).most_common(1)  # e.g. s0001/ct.nii.gz
                 raise InputError(
@@ -121,7 +136,7 @@ def cases_from_paths(
                     "reads that folder (the largest series of the model's modality); to segment each series, give "
                     "the subfolders themselves"
                 )
-                cases.append(BatchCase(_case_name(path), (str(path.resolve()),), str(given)))
+                cases.append(BatchCase(_case_name(path), (str(linked_as_named(path)),), str(given)))
                 continue
             cases += found
             special = [(name, kind) for name in left_out if (kind := special_kind(path / name)) is not None]
@@ -146,10 +161,27 @@ def cases_from_paths(
                 f"({shown}): give them as cases of their own"
             )
         stack_names = tuple(channels) if channels and volume_stem(path) is not None else None
-        cases.append(BatchCase(_case_name(path), (str(path.resolve()),), str(given), stack_names, OPTION))
+        cases.append(BatchCase(_case_name(path), (str(linked_as_named(path)),), str(given), stack_names, OPTION))
         if path.is_file() and volume_stem(path) is not None:
             direct.append((cases[-1], Path(os.path.abspath(path))))  # a link is grouped by its own name, as given
+    if outputs and not cases:
+        raise InputError(
+            f"{outputs[0]} (TokenUNet's output), no scans", "give the scans, or the folders that hold them"
+        )
     return _named_apart(_channel_files_given(cases, direct, channels, model_inputs)), notes
+
+
+def tokenunet_output(folder: Path) -> str | None:
+    """What output of TokenUNet ``folder`` holds ("the results of a batch (batch.json)", "a segmentation", ...), or
+    None."""
+    from .output_folder import json_with_keys, result_held
+
+    if (folder / BATCH_FILE).is_file():
+        from .batch_command import BATCH_MARK  # the command line's module: imported only where a batch.json is
+
+        if json_with_keys(BATCH_MARK)(folder / BATCH_FILE):
+            return f"the results of a batch ({BATCH_FILE})"
+    return result_held(folder)
 
 
 def _channel_files_given(
@@ -199,7 +231,7 @@ def _inner_volumes(folder: Path) -> list[Path]:
     """The volume files one level down (``folder/<case>/ct.nii.gz``, as one folder per case lays them out)."""
     found = []
     for entry in sorted(folder.iterdir(), key=lambda item: item.name):
-        if entry.is_dir() and not entry.name.startswith("."):
+        if entry.is_dir() and not entry.name.startswith(".") and tokenunet_output(entry) is None:
             found += [file for file in sorted(entry.iterdir()) if file.is_file() and volume_stem(file) is not None]
     return found
 
@@ -285,9 +317,9 @@ def cases_in_folder(
             continue
         elif entry in volumes:
             stack_names = tuple(channels) if channels else None  # the volumes of a 4D image
-            cases.append(BatchCase(volume_stem(entry), (str(entry.resolve()),), str(entry), stack_names, OPTION))
+            cases.append(BatchCase(volume_stem(entry), (str(linked_as_named(entry)),), str(entry), stack_names, OPTION))
         elif entry.is_dir() and holds_dicom(entry, anywhere=True):
-            cases.append(BatchCase(entry.name, (str(entry.resolve()),), str(entry)))
+            cases.append(BatchCase(entry.name, (str(linked_as_named(entry)),), str(entry)))
         else:
             left_out.append(entry.name)
     return cases, left_out
@@ -296,8 +328,10 @@ def cases_in_folder(
 def _case_name(path: Path) -> str:
     """A case's output folder name: a volume file's name without extension, a DICOM folder's name, a DICOM file's
     folder's name."""
-    if path.is_dir():
-        return path.resolve().name
+    if (
+        path.is_dir()
+    ):  # a link by its own name (``patient7`` -> a store's ``1.2.840...``), as a folder of cases names it
+        return path.name if path.name not in ("", "..") else path.resolve().name
     stem = volume_stem(path)
     if stem is not None:
         return stem
@@ -353,7 +387,7 @@ def cases_from_datalist(path: str | Path, section: str | None = None) -> list[Ba
         images = images if isinstance(images, list) else [images]
         if not images or not all(isinstance(image, str) and image for image in images):
             raise InputError(f"{where}: 'image' must be a file path or a list of them (one per channel)")
-        files = [str((root / image).resolve()) for image in images]
+        files = [str(linked_as_named(root / image)) for image in images]
         missing += [f"{section}[{index}]: {file}" for file in files if not Path(file).exists()]
         channels = entry.get("channels") if isinstance(entry, dict) else None
         if channels is not None:

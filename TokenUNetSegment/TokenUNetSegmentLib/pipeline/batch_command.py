@@ -595,7 +595,8 @@ def _result_fields(result, destination: Path, files: dict) -> dict:
 
 
 def _earlier_fields(report: dict) -> dict:
-    """What batch.json keeps of a skipped case's earlier result, from its report.json (as for a done case)."""
+    """What batch.json keeps of a skipped case's earlier result, from its report.json (as for a done case, its
+    warnings too: the batch.json that listed them is rewritten)."""
     labels = [item for item in report.get("labels") or [] if isinstance(item, dict)]
     found = [
         item.get("name")
@@ -603,7 +604,9 @@ def _earlier_fields(report: dict) -> dict:
         if not any(isinstance(flag, dict) and flag.get("code") == "not_found" for flag in item.get("flags") or [])
     ]
     flags = [flag.get("code") for flag in report.get("flags") or [] if isinstance(flag, dict)]
-    return {"labels_found": len(found), "labels": found, "flags": flags, "summary": report.get("summary", "")}
+    warnings = [text for text in report.get("warnings") or [] if isinstance(text, str)]
+    summary = report.get("summary", "")
+    return {"labels_found": len(found), "labels": found, "flags": flags, "summary": summary, "warnings": warnings}
 
 
 def _report_of(folder: Path) -> dict:

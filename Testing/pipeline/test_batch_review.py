@@ -1,0 +1,113 @@
+"""Defects of ``batch`` found by reviewbatch: what a user with a folder of real scans sees in its case names and
+batch.json."""
+
+import json
+import os
+
+import pytest
+import SimpleITK as sitk
+from helpers.channel_files import brain_config, channel_files, write_dataset_json
+from helpers.packages import make_package
+from helpers.readers import dicom_array, write_dicom_series
+from TokenUNetSegmentLib.pipeline import cli
+from TokenUNetSegmentLib.pipeline.batch_cases import cases_from_datalist, cases_from_paths
+from TokenUNetSegmentLib.pipeline.errors import InputError
+
+FAST = ["--device", "cpu", "--no-overview", "--progress", "none"]
+
+
+def test_datalist_entries_that_are_links_are_named_by_the_links_as_a_folder_of_them_is(tmp_path):
+    """git-annex, DVC and hand-made link farms name each scan by a link into a store of files named by their hashes
+    (before: the datalist's cases were named by the targets, ``out/SHA256E-s1--aaa/``, and batch.json's inputs held
+    the targets only: nothing said which patient a result was; the same links as CASE were named by the links)."""
+    store, cases = tmp_path / ".store", tmp_path / "cases"
+    store.mkdir()
+    cases.mkdir()
+    for number in (1, 2):
+        sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkInt16), str(store / f"SHA256E-s{number}--abc{number}.nii.gz"))
+        os.symlink(store / f"SHA256E-s{number}--abc{number}.nii.gz", cases / f"patient{number}.nii.gz")
+    write_dicom_series(store / "1.2.840.99", dicom_array())
+    os.symlink(store / "1.2.840.99", cases / "patient3")
+    images = ["cases/patient1.nii.gz", "cases/patient2.nii.gz", "cases/patient3"]
+    (tmp_path / "list.json").write_text(json.dumps({"testing": [{"image": image} for image in images]}))
+    from_datalist = cases_from_datalist(tmp_path / "list.json")
+    assert [case.name for case in from_datalist] == ["patient1", "patient2", "patient3"]
+    from_folder, _ = cases_from_paths([cases])
+    assert [case.name for case in from_folder] == ["patient1", "patient2", "patient3"]
+
+
+def test_a_folder_of_links_to_4d_images_is_read_as_segment_reads_each_link(tmp_path):
+    """The Decathlon's ``imagesTr/BRATS_001.nii.gz`` as git-annex keeps it: a link into ``.git/annex/objects``, the
+    dataset.json naming its volumes beside ``imagesTr/`` (before: the batch read the link's target, so it looked for a
+    dataset.json beside the target: every case failed "nothing says which channel each one is ... put its dataset.json
+    beside imagesTr/", where ``segment`` given the same link read it and found the order)."""
+    package = make_package(tmp_path, brain_config())
+    volumes = [sitk.ReadImage(str(path)) for path in channel_files(tmp_path / "parts", cases=("BRATS_001",))]
+    store = tmp_path / ".git" / "annex" / "objects" / "Xx" / "Yy" / "SHA256E-s1--h.nii.gz"
+    store.mkdir(parents=True)
+    sitk.WriteImage(sitk.JoinSeries(volumes), str(store / "SHA256E-s1--h.nii.gz"))
+    dataset = tmp_path / "Task01_BrainTumour"
+    (dataset / "imagesTr").mkdir(parents=True)
+    os.symlink(store / "SHA256E-s1--h.nii.gz", dataset / "imagesTr" / "BRATS_001.nii.gz")
+    write_dataset_json(dataset, key="modality")
+    out = tmp_path / "out"
+    options = ["--model", str(package), "--out", str(out), *FAST, "--no-heatmaps"]
+    assert cli.main(["batch", str(dataset / "imagesTr"), *options]) == 0
+    record = json.loads((out / "batch.json").read_text())["cases"][0]
+    assert record["name"] == "BRATS_001" and record["status"] == "done"
+    assert record["inputs"] == [str(dataset / "imagesTr" / "BRATS_001.nii.gz")]
+    report = json.loads((out / "BRATS_001" / "report.json").read_text())
+    assert report["channel_order"]["volumes"] == {"T1": 1, "T1c": 2, "T2": 3, "FLAIR": 0}
+    options[3] = str(tmp_path / "given")  # the link given as CASE itself
+    assert cli.main(["batch", str(dataset / "imagesTr" / "BRATS_001.nii.gz"), *options]) == 0
+
+
+def test_resume_keeps_the_warnings_of_the_cases_it_skips_in_batch_json(cli_case, tmp_path, capsys):
+    """batch.json is rewritten by ``--resume``: a skipped case's record comes from its report.json (before: without
+    its warnings, so a scan warned about, e.g. too small for the model, read as clean in the new batch.json)."""
+    _, package, ct = cli_case
+    thin = tmp_path / "in" / "thin.nii.gz"
+    thin.parent.mkdir()
+    sitk.WriteImage(sitk.ReadImage(str(ct))[:, :, :3], str(thin))
+    out = tmp_path / "out"
+    assert cli.main(["batch", str(thin), "--model", str(package), "--out", str(out), *FAST]) == 0
+    first = json.loads((out / "batch.json").read_text())["cases"][0]
+    assert first["status"] == "done" and first["warnings"]
+    assert cli.main(["batch", str(thin), "--model", str(package), "--out", str(out), "--resume", *FAST]) == 0
+    again = json.loads((out / "batch.json").read_text())["cases"][0]
+    assert again["status"] == "skipped"
+    assert again["warnings"] == first["warnings"]
+    assert {key: again[key] for key in ("labels", "labels_found", "flags", "summary")} == {
+        key: first[key] for key in ("labels", "labels_found", "flags", "summary")
+    }
+
+
+def test_a_rerun_over_a_glob_that_now_holds_the_batchs_own_output_leaves_that_output_out(cli_case, tmp_path, capsys):
+    """``batch data/* --out data/out``, run again (``--resume``, after new scans came): the shell now lists data/out
+    (before: the whole batch refused, "the folder .../out holds no case ... (its subfolders hold volume files: give
+    them as cases, e.g. .../out/*/segmentation.seg.nrrd)": a hint to segment its own label maps; so for a folder of
+    ``segment``'s results)."""
+    _, package, ct = cli_case
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a", "b"):
+        (data / f"{name}.nii.gz").write_bytes(ct.read_bytes())
+    out = data / "out"
+    options = ["--model", str(package), "--out", str(out), *FAST, "--resume"]
+    assert cli.main(["batch", *map(str, sorted(data.iterdir())), *options]) == 0
+    capsys.readouterr()
+    assert cli.main(["batch", *map(str, sorted(data.iterdir())), *options]) == 0
+    printed = capsys.readouterr()
+    assert [case["status"] for case in json.loads((out / "batch.json").read_text())["cases"]] == ["skipped"] * 2
+    assert f"left out {out}: it holds the results of a batch" in printed.err
+    assert cli.main(["batch", str(out), *options]) == 2
+    error = capsys.readouterr().err
+    assert "the results of a batch" in error and "segmentation.seg.nrrd" not in error
+    segmented = tmp_path / "segmented"  # segment's results, one folder per scan: no scans either
+    assert (
+        cli.main(["segment", str(data / "a.nii.gz"), "--model", str(package), "--out", str(segmented / "a"), *FAST])
+        == 0
+    )
+    with pytest.raises(InputError) as refused:
+        cases_from_paths([segmented])
+    assert "segmentation.seg.nrrd" not in refused.value.hint
