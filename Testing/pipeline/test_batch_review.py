@@ -1,8 +1,9 @@
-"""Defects of ``batch`` found by reviewbatch: what a user with a folder of real scans sees in its case names and
-batch.json."""
+"""Defects of ``batch`` and of the outputs every run writes, found by reviewbatch: what a user with a folder of real
+scans sees in its case names, batch.json and output folders."""
 
 import json
 import os
+import shutil
 
 import pytest
 import SimpleITK as sitk
@@ -111,3 +112,23 @@ def test_a_rerun_over_a_glob_that_now_holds_the_batchs_own_output_leaves_that_ou
     with pytest.raises(InputError) as refused:
         cases_from_paths([segmented])
     assert "segmentation.seg.nrrd" not in refused.value.hint
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "left/kidney", ".."])
+def test_a_package_whose_label_name_is_a_path_is_refused_before_anything_is_written(cli_case, tmp_path, capsys, name):
+    """A model package from elsewhere whose label is named ``../../escaped`` or ``left/kidney`` (``--probabilities``
+    writes ``probabilities/<label name>.nrrd``; before: ``escaped.nrrd`` written beside the output folder, outside
+    every place the user named, and left there when the run then failed on ``left/kidney``: "cannot write the output
+    ... No such file or directory (choose another folder)", exit 2)."""
+    _, package, ct = cli_case
+    edited = tmp_path / "package"
+    shutil.copytree(package, edited)
+    metadata = json.loads((edited / "configs" / "metadata.json").read_text())
+    metadata["tokenunet"]["labels"][0]["name"] = name
+    (edited / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    place = tmp_path / "place"
+    place.mkdir()
+    arguments = ["segment", str(ct), "--model", str(edited), "--out", str(place / "out"), *FAST, "--probabilities"]
+    assert cli.main(arguments) == 2
+    assert "cannot name a file" in capsys.readouterr().err
+    assert list(place.iterdir()) == [] and not (tmp_path / "escaped.nrrd").exists()
