@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import SimpleITK as sitk
-from helpers.channel_files import brain_config, channel_files, write_dataset_json
+from helpers.channel_files import brain_config, channel_files, sequence, write_dataset_json, write_volume
 from helpers.packages import make_package
 from helpers.readers import dicom_array, write_dicom_series
 from TokenUNetSegmentLib.pipeline import cli
@@ -132,3 +132,34 @@ def test_a_package_whose_label_name_is_a_path_is_refused_before_anything_is_writ
     assert cli.main(arguments) == 2
     assert "cannot name a file" in capsys.readouterr().err
     assert list(place.iterdir()) == [] and not (tmp_path / "escaped.nrrd").exists()
+
+
+def test_a_folder_of_brats_case_folders_is_one_case_per_folder_for_a_multichannel_model(tmp_path, capsys):
+    """BraTS 2021's layout: ``BraTS/BraTS_001/BraTS_001_t1.nii.gz``, ``_t1c``, ``_t2``, ``_flair``, one folder per case
+    (before: "the folder BraTS holds no case ... (its subfolders hold volume files: give them as cases, e.g.
+    BraTS/*/BraTS_001_flair.nii.gz)", a glob naming one file of one case, and given so every file was its own case,
+    all failing "needs 4 input channel(s)"). For a multi-channel model each subfolder of volume files is one case,
+    its files placed by the model's patterns as ``segment`` given them places them."""
+    package = make_package(tmp_path, brain_config())
+    folder = tmp_path / "BraTS"
+    for case in (1, 2):
+        for index, name in enumerate(("t1", "t1c", "t2", "flair")):
+            write_volume(sequence(index, case - 1), folder / f"BraTS_{case:03d}" / f"BraTS_{case:03d}_{name}.nii.gz")
+    out = tmp_path / "out"
+    assert cli.main(["batch", str(folder), "--model", str(package), "--out", str(out), *FAST, "--no-heatmaps"]) == 0
+    records = json.loads((out / "batch.json").read_text())["cases"]
+    assert [(record["name"], record["status"], len(record["inputs"])) for record in records] == [
+        ("BraTS_001", "done", 4),
+        ("BraTS_002", "done", 4),
+    ]
+    alone = tmp_path / "alone"
+    files = sorted(map(str, (folder / "BraTS_002").iterdir()))
+    assert cli.main(["segment", *files, "--model", str(package), "--out", str(alone), *FAST, "--no-heatmaps"]) == 0
+    labels = [
+        sitk.GetArrayFromImage(sitk.ReadImage(str(place / "segmentation.seg.nrrd")))
+        for place in (out / "BraTS_002", alone)
+    ]
+    assert (labels[0] == labels[1]).all()
+    with pytest.raises(InputError) as refused:  # a one-channel model: no case there, and a glob of every file
+        cases_from_paths([folder], model_inputs=["CT"])
+    assert refused.value.hint.endswith(f"e.g. {folder / '*' / '*.nii.gz'}")

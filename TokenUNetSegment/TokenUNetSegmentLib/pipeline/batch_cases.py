@@ -123,6 +123,8 @@ def cases_from_paths(
                 continue
             if not found:
                 inner = Counter(file.name for file in _inner_volumes(path)).most_common(1)  # e.g. s0001/ct.nii.gz
+                if inner and inner[0][1] == 1:  # no name shared by the subfolders: their files' ending
+                    inner = [("*" + inner[0][0][len(volume_stem(inner[0][0])) :], 1)]
                 raise InputError(
                     f"the folder {given} holds no case (no NIfTI, NRRD or MetaImage file, no DICOM subfolder)",
                     f"its subfolders hold volume files: give them as cases, e.g. {Path(given) / '*' / inner[0][0]}"
@@ -296,8 +298,9 @@ def cases_in_folder(
     folder: Path, channels: Sequence[str] | None = None, model_inputs: Sequence[str] | None = None
 ) -> tuple[list[BatchCase], list[str]]:
     """A folder of cases: its volume files (nnU-Net's channel files of one case id as one case:
-    :mod:`.channel_file_cases`) and its subfolders holding DICOM, in name order; and the names of the other entries
-    (left out). ``channels``, ``model_inputs``: as :func:`cases_from_paths` takes them."""
+    :mod:`.channel_file_cases`), its subfolders holding DICOM and, for a multi-channel model, its subfolders holding
+    volume files (one case each), in name order; and the names of the other entries (left out). ``channels``,
+    ``model_inputs``: as :func:`cases_from_paths` takes them."""
     from .channel_file_cases import channel_file_cases
 
     entries = [
@@ -320,17 +323,27 @@ def cases_in_folder(
             cases.append(BatchCase(volume_stem(entry), (str(linked_as_named(entry)),), str(entry), stack_names, OPTION))
         elif entry.is_dir() and holds_dicom(entry, anywhere=True):
             cases.append(BatchCase(entry.name, (str(linked_as_named(entry)),), str(entry)))
+        elif len(model_inputs or ()) > 1 and (files := _case_folder_files(entry)):  # BraTS: a folder per case
+            cases.append(BatchCase(entry.name, tuple(str(linked_as_named(file)) for file in files), str(entry)))
         else:
             left_out.append(entry.name)
     return cases, left_out
 
 
+def _case_folder_files(folder: Path) -> list[Path]:
+    """The volume files of one case's folder (``BraTS_001/BraTS_001_t1.nii.gz``, ``_t1c``, ``_t2``, ``_flair``: a
+    multi-channel case, its files placed by the model's patterns as ``segment`` places them), in name order; none
+    for a file, or a folder that holds TokenUNet's output."""
+    if not folder.is_dir() or tokenunet_output(folder) is not None:
+        return []
+    entries = sorted(folder.iterdir(), key=lambda item: item.name)
+    return [entry for entry in entries if not entry.name.startswith(".") and entry.is_file() and volume_stem(entry)]
+
+
 def _case_name(path: Path) -> str:
     """A case's output folder name: a volume file's name without extension, a DICOM folder's name, a DICOM file's
     folder's name."""
-    if (
-        path.is_dir()
-    ):  # a link by its own name (``patient7`` -> a store's ``1.2.840...``), as a folder of cases names it
+    if path.is_dir():  # a link by its own name (``patient7`` -> ``1.2.840...``), as a folder of cases names it
         return path.name if path.name not in ("", "..") else path.resolve().name
     stem = volume_stem(path)
     if stem is not None:

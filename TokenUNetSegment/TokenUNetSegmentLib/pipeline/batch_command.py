@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CASE",
         help="one case each: a volume file (NIfTI, NRRD, MHA) or a DICOM series folder (one that holds DICOM files "
         "itself); any other folder is a folder of cases: each volume file and DICOM subfolder in it, in name order "
-        "(subfolders that all hold one DICOM study are one case, read as segment reads the folder). nnU-Net's "
+        "(subfolders that all hold one DICOM study are one case, read as segment reads the folder; for a "
+        "multi-channel model, each subfolder of volume files is one case, as BraTS lays them out). nnU-Net's "
         "channel files CASE_0000.nii.gz, CASE_0001.nii.gz, ... of one case id are one case, CASE (in a folder, or "
         "given one by one too; see --channels); named pipes (FIFOs), sockets and devices in a folder are left out",
     )
