@@ -163,3 +163,21 @@ def test_a_folder_of_brats_case_folders_is_one_case_per_folder_for_a_multichanne
     with pytest.raises(InputError) as refused:  # a one-channel model: no case there, and a glob of every file
         cases_from_paths([folder], model_inputs=["CT"])
     assert refused.value.hint.endswith(f"e.g. {folder / '*' / '*.nii.gz'}")
+
+
+def test_a_dicom_folders_stamp_leaves_out_the_batch_json_of_a_batch_rooted_in_it(tmp_path):
+    """``batch dicom/p1 --out dicom/p1``: the batch's root is the series folder itself, so its batch.json lies among
+    the slices (before: part of the folder's stamp, rewritten after every case, so ``--resume`` ran the case again on
+    every run). A batch.json of the user's (no batch's mark) still counts."""
+    from TokenUNetSegmentLib.pipeline.batch_command import BATCH_MARK
+    from TokenUNetSegmentLib.pipeline.result_key import input_stamp
+
+    series = tmp_path / "SE1"
+    write_dicom_series(series, dicom_array(slices=3))
+    before = input_stamp(series)
+    (series / "batch.json").write_text(json.dumps({BATCH_MARK: 1, "state": "running"}))
+    assert input_stamp(series) == before
+    (series / "batch.json").write_text(json.dumps({BATCH_MARK: 1, "state": "completed"}))
+    assert input_stamp(series) == before
+    (series / "batch.json").write_text(json.dumps({"mine": 1}))
+    assert input_stamp(series) != before

@@ -53,6 +53,8 @@ def input_stamp(path: str | Path) -> list:
     for parent, folders, files in os.walk(path):
         folders[:] = sorted(name for name in folders if not _tokenunet_output(Path(parent) / name))
         for name in sorted(name for name in files if TOKENUNET_TAG not in name):
+            if name == BATCH_FILE and _batch_summary(Path(parent) / name):  # ``--out`` the input folder itself
+                continue
             try:
                 found = os.lstat(os.path.join(parent, name))
             except OSError:
@@ -68,6 +70,14 @@ def _identity(info: os.stat_result) -> tuple[int, int, int, int]:
     """What tells one version of a file from another without reading it: size, modification and change times,
     inode."""
     return info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino
+
+
+def _batch_summary(path: Path) -> bool:
+    """Whether ``path`` is a batch's batch.json (its mark), not a file of the user's of that name."""
+    from .batch_command import BATCH_MARK  # the command line's module: imported only where a batch.json is
+    from .output_folder import json_with_keys
+
+    return json_with_keys(BATCH_MARK)(path)
 
 
 def _tokenunet_output(folder: Path) -> bool:
