@@ -181,3 +181,21 @@ def test_a_dicom_folders_stamp_leaves_out_the_batch_json_of_a_batch_rooted_in_it
     assert input_stamp(series) == before
     (series / "batch.json").write_text(json.dumps({"mine": 1}))
     assert input_stamp(series) != before
+
+
+def test_a_case_folder_whose_file_names_do_not_place_its_channels_is_refused_alone(tmp_path, capsys):
+    """A multi-channel case folder is placed by the model's patterns only where they place every file one way only:
+    ``scan1.nii.gz`` ... ``scan4.nii.gz`` would otherwise run in name order, as ``segment`` runs files whose names say
+    nothing in the order the user typed them (an order no one chose: a wrong result with exit 0)."""
+    package = make_package(tmp_path, brain_config())
+    folder = tmp_path / "cases"
+    for index in range(4):
+        write_volume(sequence(index, 0), folder / "anon" / f"scan{index + 1}.nii.gz")
+    for index, name in enumerate(("t1", "t1c", "t2", "flair")):
+        write_volume(sequence(index, 1), folder / "named" / f"named_{name}.nii.gz")
+    out = tmp_path / "out"
+    assert cli.main(["batch", str(folder), "--model", str(package), "--out", str(out), *FAST, "--no-heatmaps"]) == 2
+    records = json.loads((out / "batch.json").read_text())["cases"]
+    assert [(record["name"], record["status"]) for record in records] == [("anon", "failed"), ("named", "done")]
+    assert "scan1.nii.gz" in records[0]["error"]["message"] and "--datalist" in records[0]["error"]["hint"]
+    assert not (out / "anon").exists()

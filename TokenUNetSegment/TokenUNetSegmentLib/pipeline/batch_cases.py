@@ -39,7 +39,8 @@ class BatchCase:
     messages; ``refused``: (message, hint) of a case found unfit before it runs (nnU-Net channel files missing or
     extra: :mod:`.channel_file_cases`), recorded as failed while the other cases run; ``file_name``: of nnU-Net channel
     files grouped under their case id, the first file's name without extension, the case's name where its id is
-    another case's too (``x_0000.nii.gz`` beside ``x.nii.gz``)."""
+    another case's too (``x_0000.nii.gz`` beside ``x.nii.gz``); ``by_patterns``: the volume files of one case's folder
+    (:func:`check_placed_by_patterns`)."""
 
     name: str
     inputs: tuple[str, ...]
@@ -48,6 +49,7 @@ class BatchCase:
     named_by: str = DATALIST_CHANNELS
     refused: tuple[str, str] | None = None
     file_name: str | None = None
+    by_patterns: bool = False
 
 
 def volume_stem(path: str | Path) -> str | None:
@@ -324,7 +326,8 @@ def cases_in_folder(
         elif entry.is_dir() and holds_dicom(entry, anywhere=True):
             cases.append(BatchCase(entry.name, (str(linked_as_named(entry)),), str(entry)))
         elif len(model_inputs or ()) > 1 and (files := _case_folder_files(entry)):  # BraTS: a folder per case
-            cases.append(BatchCase(entry.name, tuple(str(linked_as_named(file)) for file in files), str(entry)))
+            inputs = tuple(str(linked_as_named(file)) for file in files)
+            cases.append(BatchCase(entry.name, inputs, str(entry), named_by=OPTION, by_patterns=True))
         else:
             left_out.append(entry.name)
     return cases, left_out
@@ -338,6 +341,27 @@ def _case_folder_files(folder: Path) -> list[Path]:
         return []
     entries = sorted(folder.iterdir(), key=lambda item: item.name)
     return [entry for entry in entries if not entry.name.startswith(".") and entry.is_file() and volume_stem(entry)]
+
+
+def check_placed_by_patterns(case: BatchCase, channels: Sequence) -> None:
+    """Refuse a case folder's files that the model's ``channels`` (their filename patterns) do not place one way only:
+    ``segment`` runs such files in the order given, and a folder's name order is no order anyone chose. nnU-Net's
+    numbered files are left to their dataset.json, as ``segment`` places them; a wrong count to ``segment``'s words.
+
+    Raises:
+        InputError: naming the files and the channels.
+    """
+    from .channel_stack import nnunet_indices
+    from .channels import channel_assignment
+
+    if len(channels) < 2 or len(case.inputs) != len(channels) or nnunet_indices(list(case.inputs)) is not None:
+        return
+    if not channel_assignment(list(case.inputs), channels)[1]:
+        files = ", ".join(Path(item).name for item in case.inputs)
+        raise InputError(
+            f"the names of {files} do not say which channel ({', '.join(c.name for c in channels)}) each holds",
+            "name each file for its channel, or give the case in a --datalist with its 'channels'",
+        )
 
 
 def _case_name(path: Path) -> str:
