@@ -199,3 +199,30 @@ def test_a_case_folder_whose_file_names_do_not_place_its_channels_is_refused_alo
     assert [(record["name"], record["status"]) for record in records] == [("anon", "failed"), ("named", "done")]
     assert "scan1.nii.gz" in records[0]["error"]["message"] and "--datalist" in records[0]["error"]["hint"]
     assert not (out / "anon").exists()
+
+
+def test_the_slices_of_one_dicom_series_given_one_by_one_are_one_case(tmp_path):
+    """``batch dicom/p1/*`` (the shell lists the slices; ``find -name '*.dcm'`` likewise): ``segment`` given one slice
+    reads its series, so every slice is that one case (before: refused, "two cases would both be written to
+    .../out/p1_p1: .../p1/IM0001.dcm and .../p1/IM0002.dcm (rename one ...)"). Slices of two series are two cases."""
+    for name in ("p1", "p2"):
+        write_dicom_series(tmp_path / "dicom" / name, dicom_array(slices=3))
+    slices = sorted((tmp_path / "dicom" / "p1").iterdir()) + sorted((tmp_path / "dicom" / "p2").iterdir())
+    cases, notes = cases_from_paths(slices)
+    assert [(case.name, case.inputs) for case in cases] == [
+        ("p1", (str(tmp_path / "dicom" / "p1" / "IM0001.dcm"),)),
+        ("p2", (str(tmp_path / "dicom" / "p2" / "IM0001.dcm"),)),
+    ]
+    assert any("3 files of one DICOM series" in note for note in notes)
+
+
+def test_a_dicom_file_given_as_its_case_is_stamped_with_its_series_folder(tmp_path):
+    """``batch p1/IM0001.dcm`` reads the whole series of that file (before: ``--resume``'s stamp held that one file,
+    so after another slice of the series was replaced the case was skipped, its result that of the old series)."""
+    from TokenUNetSegmentLib.pipeline.result_key import input_stamp
+
+    series = tmp_path / "p1"
+    write_dicom_series(series, dicom_array(slices=3))
+    before = input_stamp(series / "IM0001.dcm")
+    (series / "IM0003.dcm").write_bytes((series / "IM0003.dcm").read_bytes() + b"\0\0")
+    assert input_stamp(series / "IM0001.dcm") != before

@@ -104,6 +104,7 @@ def cases_from_paths(
     direct: list[tuple[BatchCase, Path]] = []  # volume files given themselves, with their paths as given
     notes: list[str] = []
     outputs: list[str] = []  # folders given that hold TokenUNet's output, no scans
+    slices: dict[tuple[str, str], list[str]] = {}  # DICOM files given, by their folder and series
     for given in paths:
         path = expand_home(given)
         if not path.exists():
@@ -164,15 +165,40 @@ def cases_from_paths(
                 f"{given}: holds DICOM files, so it is one DICOM series; left out the volume files in it "
                 f"({shown}): give them as cases of their own"
             )
+        series = _series_of_file(path)
+        if series is not None and series in slices:  # ``dicom/p1/*``: segment given one slice reads its series
+            slices[series].append(str(given))
+            continue
+        if series is not None:
+            slices[series] = [str(given)]
         stack_names = tuple(channels) if channels and volume_stem(path) is not None else None
         cases.append(BatchCase(_case_name(path), (str(linked_as_named(path)),), str(given), stack_names, OPTION))
         if path.is_file() and volume_stem(path) is not None:
             direct.append((cases[-1], Path(os.path.abspath(path))))  # a link is grouped by its own name, as given
+    for files in slices.values():
+        if len(files) > 1:
+            shown = ", ".join(Path(file).name for file in files[:3]) + (", ..." if len(files) > 3 else "")
+            notes.append(
+                f"{Path(files[0]).parent}: {len(files)} files of one DICOM series given ({shown}): one case, read "
+                "as segment reads one of them"
+            )
     if outputs and not cases:
         raise InputError(
             f"{outputs[0]} (TokenUNet's output), no scans", "give the scans, or the folders that hold them"
         )
     return _named_apart(_channel_files_given(cases, direct, channels, model_inputs)), notes
+
+
+def _series_of_file(path: Path) -> tuple[str, str] | None:
+    """(its folder, its SeriesInstanceUID) of a DICOM file; None for anything else, or a file whose header names no
+    series."""
+    if not path.is_file() or volume_stem(path) is not None or not is_dicom_file(path):
+        return None
+    from .readers.dicom import SERIES_UID, _header, _text
+
+    reader = _header(str(path))
+    uid = _text(reader, SERIES_UID) if reader is not None else ""
+    return (os.path.realpath(path.parent), uid) if uid else None
 
 
 def tokenunet_output(folder: Path) -> str | None:
