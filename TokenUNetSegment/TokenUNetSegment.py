@@ -280,6 +280,7 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
         show3D=False,
         largestComponent=False,
         runMode="inprocess",
+        testTimeAugmentation=False,
         observer=None,
     ):
         """Segment ``inputVolumes`` (one volume node per model input channel) with ``model``.
@@ -293,6 +294,8 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
             waitForCompletion: block until done (returns the nodes); otherwise returns the started run, which a
                 timer polls in the background (``run.nodes`` is set once it completes).
             runMode: ``inprocess`` (default for scripting) or ``subprocess``.
+            testTimeAugmentation: average five passes of the network (the scan as it is, turned and scaled
+                in-plane): about five times the network's time.
             observer: optional callable receiving the run's typed events (``ProgressEvent``, ..., and a final
                 ``SceneRunFinished``).
 
@@ -316,6 +319,7 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
             heatmapKind=heatmapKind,
             attentionThreshold=attentionThreshold,
             probabilities=probabilities,
+            testTimeAugmentation=testTimeAugmentation,
         )
         check_volume_count(len(volumes), parameters)
         for index, volume in enumerate(volumes):

@@ -505,9 +505,12 @@ def test_resume_runs_a_case_again_when_anything_that_shapes_its_outputs_changed(
     ]
     assert status("--probabilities") == "done" and (out / "case" / "probabilities").is_dir()
     assert status("--probabilities") == "skipped"
-    for changed in (["--largest-component"], ["--smooth"], ["--overlap", "0.5"], ["--attention-grid", "input"]):
+    changes = (["--largest-component"], ["--smooth"], ["--overlap", "0.5"], ["--tta"], ["--attention-grid", "input"])
+    for changed in changes:
         assert status("--probabilities", *changed) == "done", changed
     assert status("--probabilities", "--attention-grid", "input") == "skipped"
+    made = json.loads((out / "case" / "report.json").read_text())["made_from"]
+    assert "tta" not in made["options"]  # results made before --tta existed keep their record
     assert status("--probabilities", "--attention-grid", "input", "--device", "cpu", "--batch-size", "3") == "skipped"
     case.write_bytes(shifted_case(first, tmp_path / "other.nii.gz", 2).read_bytes())  # same name, new scan
     assert status("--probabilities", "--attention-grid", "input") == "done"

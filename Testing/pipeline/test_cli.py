@@ -566,3 +566,28 @@ def test_a_caller_of_main_in_its_own_process_keeps_its_process_and_its_handlers(
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["after main 130 True"]
     assert [line for line in done.stderr.splitlines() if line] == ["interrupted; no output was written"]
+
+
+def test_version_prints_the_extensions_version_without_importing_torch_or_monai(capsys):
+    """Before: ``tokenunet --version`` said "the following arguments are required: COMMAND", exit 2. Now it prints the
+    version pyproject.toml takes from the package (one place), exit 0, as fast as ``--help``."""
+    import TokenUNetSegmentLib
+    import tomllib
+    from helpers.paths import ROOT
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "TokenUNetSegmentLib.__version__"}
+    assert cli.main(["--version"]) == ExitCode.OK
+    printed = capsys.readouterr()
+    assert printed.out == f"tokenunet {TokenUNetSegmentLib.__version__}\n" and printed.err == ""
+    done = run_cli("--version")
+    assert (done.returncode, done.stdout, done.stderr) == (0, printed.out, "")
+    code = (
+        "import contextlib, io, sys\n"
+        "from TokenUNetSegmentLib.pipeline import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert cli.main(['--version']) == 0\n"
+        "print(sorted(m for m in ('torch', 'monai', 'numpy', 'SimpleITK') if m in sys.modules))\n"
+    )
+    assert run_python(code).strip() == "[]"

@@ -1,6 +1,7 @@
 """The evaluate command: Dice, HD95 and volume difference per label, labels matched by name."""
 
 import json
+import os
 import re
 import sys
 import warnings
@@ -715,3 +716,41 @@ def test_hd95_of_a_label_value_0_named_on_both_sides_is_measured_not_said_to_be_
     assert result["labels_without_hd95"] == [], result["labels_without_hd95"]
     assert result["mean_hd95_labels"] == ["background", "organ1", "organ2"]
     assert "mean HD95 over" not in capsys.readouterr().out
+
+
+def test_json_named_in_another_case_or_spelling_of_an_input_is_refused_as_the_file_system_sees_it(
+    tmp_path, capsys, monkeypatch
+):
+    """``--json REF.json`` beside ``ref.nii.gz`` on a file system that ignores case (macOS, Windows), where no name
+    table is there yet (before: the names compared exactly, so the metrics were written where every later evaluation
+    reads ref.nii.gz's name table); the same file named otherwise (a hard link, ``sub/../``) is refused as itself.
+    The file system's way is probed (:func:`.output_folder.names_ignore_case`): simulated here, as this machine's
+    (ext4) tells case apart, where ``REF.json`` is another file and is written."""
+    from TokenUNetSegmentLib.pipeline import output_folder
+
+    labels = two_balls()
+    reference = write(tmp_path / "ref.nii.gz", labels)
+    prediction = write(tmp_path / "pred.nii.gz", labels)
+    args = ["evaluate", str(reference), "--prediction", str(prediction), "--no-hd95"]
+    assert not output_folder.names_ignore_case(tmp_path)  # what this machine's temporary folder does
+    with monkeypatch.context() as simulated:
+        simulated.setattr(output_folder, "names_ignore_case", lambda folder: True)
+        for target, says in [
+            ("REF.json", "--json REF.json is where the reference's name table is looked for (ref.nii.gz's)"),
+            ("Pred.JSON", "--json Pred.JSON is where the prediction's name table is looked for (pred.nii.gz's)"),
+            ("REF.nii.gz", "--json REF.nii.gz is the reference, which this evaluation reads"),
+        ]:
+            assert cli.main([*args, "--json", str(tmp_path / target), "--overwrite"]) == 2
+            err = capsys.readouterr().err
+            assert says in err and err.count("\n") == 1, err
+            assert not (tmp_path / target).exists()
+    (tmp_path / "sub").mkdir()
+    os.link(reference, tmp_path / "hard.nii.gz")
+    before = reference.read_bytes()
+    for target in (tmp_path / "hard.nii.gz", tmp_path / "sub" / ".." / "ref.nii.gz"):
+        assert cli.main([*args, "--json", str(target), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert f"--json {target.name} is the reference, which this evaluation reads" in err, err
+    assert reference.read_bytes() == before
+    assert cli.main([*args, "--json", str(tmp_path / "REF.json")]) == 0  # told apart here: another file
+    assert json.loads((tmp_path / "REF.json").read_text())["labels"] and not (tmp_path / "ref.json").exists()

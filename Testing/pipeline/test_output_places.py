@@ -16,7 +16,7 @@ import pytest
 from helpers.disks import LINUX_MOUNT, tmpfs
 from helpers.paths import MODULE_DIR
 from TokenUNetSegmentLib.pipeline import cli, output_folder, segmentation
-from TokenUNetSegmentLib.pipeline.errors import OutputError
+from TokenUNetSegmentLib.pipeline.errors import InputError, OutputError
 from TokenUNetSegmentLib.pipeline.output_folder import OutputFolder, write_file_atomically
 
 RESERVED = ("result.txt", "maps/m[0-9]*.txt")
@@ -516,21 +516,28 @@ def test_a_tilde_in_evaluate_json_is_the_home_folder_for_the_input_check_too(tmp
     assert reference.read_bytes() == before
 
 
-def test_a_tilde_in_datalist_out_is_the_home_folder_for_the_input_check_too(tmp_path, monkeypatch, capsys):
-    """(outaudit) The same for ``datalist --out '~/.../config.json' --overwrite``: the configuration it reads was
-    replaced by the datalist."""
+def datalist_with_config(tmp_path) -> tuple[list[str], object]:
+    """(``datalist folders`` arguments over one case written in ``tmp_path``, with ``--config tmp_path/config.json``;
+    that configuration file)."""
     from helpers.training_data import train_config, write_dataset
 
-    monkeypatch.setenv("HOME", str(tmp_path))
     data = write_dataset(tmp_path / "data", cases=1, validation=0).parent
     config = tmp_path / "config.json"
     config.write_text(json.dumps(train_config()))
-    before = config.read_bytes()
     images, labels = tmp_path / "img", tmp_path / "label"
     images.mkdir(), labels.mkdir()
     (images / "img0001.nii.gz").write_bytes((data / "case0.nii.gz").read_bytes())
     (labels / "label0001.nii.gz").write_bytes((data / "case0_seg.nii.gz").read_bytes())
     arguments = ["datalist", "folders", "--images", str(images), "--labels", str(labels), "--config", str(config)]
+    return arguments, config
+
+
+def test_a_tilde_in_datalist_out_is_the_home_folder_for_the_input_check_too(tmp_path, monkeypatch, capsys):
+    """(outaudit) The same for ``datalist --out '~/.../config.json' --overwrite``: the configuration it reads was
+    replaced by the datalist."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    arguments, config = datalist_with_config(tmp_path)
+    before = config.read_bytes()
     assert cli.main([*arguments, "--out", "~/config.json", "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert one_line(err) and "is the configuration --config, which this command reads" in err, err
@@ -568,3 +575,38 @@ def test_a_hang_up_cancels_as_sigterm_does_and_nohup_is_respected(tmp_path):
     ], lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c", "n"]  # no lock, no staging folder, no a/
     assert sorted(os.listdir(tmp_path / "n")) == [".tokenunet-manifest.json", "half.txt", "whole.txt"]
+
+
+def test_the_output_over_inputs_check_compares_names_as_the_folders_file_system_does(tmp_path, monkeypatch, capsys):
+    """(smallfix4) ``refuse_output_over_inputs`` (``evaluate --json``, ``datalist --out``, the calibration script's
+    ``--json``): ``--out CONFIG.JSON`` beside the ``config.json`` it reads, on a file system that ignores case (before:
+    compared only where both names exist, so on such a disk the configuration was replaced by the datalist). Whether a
+    folder ignores case is probed on its entries, never guessed from the system: a hard link or a symbolic link under
+    the other case's name does not make a case-sensitive folder look case-insensitive."""
+    folder = tmp_path / "Cases"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    inputs = [("the configuration --config", folder / "config.json")]
+    refuse = output_folder.refuse_output_over_inputs
+    refuse(folder / "CONFIG.JSON", "--out", inputs, "this command reads", "write the datalist elsewhere")  # told apart
+    assert not output_folder.names_ignore_case(folder) and not output_folder.names_ignore_case(tmp_path / "empty")
+    os.link(folder / "config.json", folder / "CONFIG.json")
+    (folder / "Config.json").symlink_to("config.json")
+    assert not output_folder.names_ignore_case(folder)  # three entries: the names are told apart
+    (tmp_path / "empty").mkdir()
+    assert not output_folder.names_ignore_case(tmp_path / "empty")  # probed on its own name in its parent
+    with monkeypatch.context() as simulated:
+        simulated.setattr(output_folder, "names_ignore_case", lambda place: True)
+        with pytest.raises(InputError) as refused:
+            refuse(folder / "CONFIG.JSON", "--out", inputs, "this command reads", "write the datalist elsewhere")
+        assert str(refused.value) == (
+            "--out CONFIG.JSON is the configuration --config, which this command reads (write the datalist elsewhere)"
+        )
+        assert not output_folder.same_place(folder / "CONFIG.JSON", tmp_path / "config.json")  # another folder
+
+        arguments, config = datalist_with_config(tmp_path)
+        before = config.read_bytes()
+        assert cli.main([*arguments, "--out", str(tmp_path / "Config.Json"), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert one_line(err) and "--out Config.Json is the configuration --config, which this command reads" in err, err
+        assert config.read_bytes() == before and not (tmp_path / "Config.Json").exists()

@@ -350,3 +350,119 @@ def test_a_compressed_metaimage_without_its_compressed_size_is_refused_not_read_
     sitk.WriteImage(images[0], str(detached), useCompression=True)
     detached.write_text(re.sub(r"CompressedDataSize = \d+\n", "", detached.read_text()))
     assert np.array_equal(read_volume(detached).array, arrays[0])
+
+
+TRAILING_BLANKS = {  # (header field, what its line ends in): ITK 5.4's NRRD reader (teem), measured on each (smallfix4)
+    "kinds, two spaces": ("kinds", "  "),
+    "kinds, a space and a tab": ("kinds", " \t"),
+    "sizes, two tabs": ("sizes", "\t\t"),
+    "type, a space": ("type", " "),
+    "endian, a tab": ("endian", "\t"),
+    "encoding, a space": ("encoding", " "),
+    "space, a space": ("space", " "),
+}
+
+
+def nrrd_with_line_ending(folder, field: str, ending: str):
+    """The plain volume as a NRRD whose header line ``field: ...`` ends in ``ending`` (spaces or tabs)."""
+    import re
+
+    array = volume_array()
+    lps = np.diag([-1.0, -1.0, 1.0]) @ AFFINE[:3, :3]
+    text = nrrd_text(array, "space: LPS\n", lps.T, AFFINE[:3, 3] * [-1, -1, 1]) + "encoding: raw\n"
+    text, count = re.subn(rf"^({field}: .*)$", lambda line: line.group(1) + ending, text, flags=re.MULTILINE)
+    assert count == 1, field
+    path = folder / "scan.nrrd"
+    path.write_bytes(text.encode() + b"\n" + array.astype("<i2").tobytes("F"))
+    return path
+
+
+@pytest.mark.parametrize("case", TRAILING_BLANKS)
+def test_nrrd_header_lines_ending_in_blanks_that_itk_cannot_read_are_refused_from_the_header(
+    tmp_path, monkeypatch, case
+):
+    """Spaces or tabs after a header line's value (a hand-edited header): ITK's NRRD reader refuses ``type``,
+    ``endian``, ``encoding``, ``space`` and ``data file`` with any, ``sizes``, ``kinds`` and ``centers`` with more than
+    one ("seem to have more than expected 3 kinds"). Before: our header parse stripped them, the data were checked,
+    then ITK's words ("cannot read scan.nrrd: [nrrd] _nrrdReadNrrdParse_kinds: seem to have more than expected 3
+    kinds"). Now refused from the header, before any voxel is read, naming the line and what to do."""
+    from helpers.readers import refuse_reading
+
+    field, ending = TRAILING_BLANKS[case]
+    path = nrrd_with_line_ending(tmp_path, field, ending)
+    with pytest.raises(RuntimeError):
+        sitk.ReadImage(str(path))  # what ITK does with it
+    refuse_reading(monkeypatch)
+    with pytest.raises(InputError) as refused:
+        open_image(path)
+    assert str(refused.value).startswith(
+        f"scan.nrrd: its header line '{field}:' ends in spaces or tabs, which the image reader (ITK) cannot read"
+    ), refused.value
+    assert refused.value.hint == f"delete the spaces and tabs at the end of its '{field}:' line, or export it again"
+
+
+@pytest.mark.parametrize("field", ["kinds", "sizes", "space origin", "space directions"])
+@pytest.mark.parametrize("ending", [" ", "\t"])
+def test_nrrd_header_lines_ending_in_blanks_that_itk_reads_are_read_as_the_plain_volume(tmp_path, field, ending):
+    """One space or tab after ``kinds`` or ``sizes`` (any after ``space origin`` or ``space directions``), which ITK
+    reads: read as the volume without them."""
+    path = nrrd_with_line_ending(tmp_path, field, ending)
+    volume = read_volume(path)
+    assert np.array_equal(volume.array, volume_array()) and np.allclose(volume.affine, AFFINE, atol=1e-6)
+
+
+def test_a_nrrd_magic_or_data_file_line_ending_in_blanks_is_refused_from_the_header(tmp_path, monkeypatch):
+    """``NRRD0004 `` (ITK: "couldn't parse "NRRD0004 " as magic") and ``data file: scan.raw `` beside scan.raw (ITK:
+    "couldn't open "./scan.raw "") as the other fields: refused from the header, naming the line."""
+    from helpers.readers import refuse_reading
+
+    attached = nrrd_with_line_ending(tmp_path, "type", "")
+    attached.write_bytes(attached.read_bytes().replace(b"NRRD0004\n", b"NRRD0004 \n", 1))
+    detached = tmp_path / "scan.nhdr"
+    text, data = attached.read_bytes().split(b"\n\n", 1)
+    (tmp_path / "scan.raw").write_bytes(data)
+    detached.write_bytes(text.replace(b"NRRD0004 \n", b"NRRD0004\n") + b"\ndata file: scan.raw \n")
+    cases = ((attached, "NRRD0004"), (detached, "data file:"))
+    for path, _ in cases:
+        with pytest.raises(RuntimeError):
+            sitk.ReadImage(str(path))
+    refuse_reading(monkeypatch)
+    for path, line in cases:
+        with pytest.raises(InputError, match=f"^{path.name}: its header line '{line}' ends in spaces or tabs"):
+            open_image(path)
+
+
+@pytest.mark.parametrize("kind", ["nrrd", "gz.nrrd", "nhdr", "mha", "z.mha", "mhd"])
+def test_a_4d_nrrd_or_metaimage_of_one_volume_is_read_and_segmented_as_its_3d_file(tmp_path, kind):
+    """A NRRD or MetaImage whose 4th axis has size 1 (SimpleITK's ``JoinSeries`` of one volume; tools that always
+    write 4D), as a NIfTI with a 4th axis of 1 already was: its header gives the 3D grid, and it is read and
+    segmented by a one-channel model as the 3D file of that volume, on an oblique grid: the same voxels, spacing,
+    origin and axis directions (before: read, then refused: "scan.nrrd has 4 dimensions; a 3D volume is needed")."""
+    from helpers.packages import rotation
+    from TokenUNetSegmentLib.pipeline.volumes import open_volume
+
+    oblique = affine_from_spacing(
+        (0.8, 0.9, 2.5), origin=(10.0, -20.0, 30.0), direction=rotation(2, 25) @ rotation(0, 10)
+    )
+    image = image_from_array(volume_array(), oblique)
+    compressed = kind in ("gz.nrrd", "z.mha")
+    suffix = {"gz.nrrd": "nrrd", "z.mha": "mha"}.get(kind, kind)
+    (tmp_path / "3d").mkdir()
+    (tmp_path / "4d").mkdir()
+    plain, joined = tmp_path / "3d" / f"scan.{suffix}", tmp_path / "4d" / f"scan.{suffix}"
+    sitk.WriteImage(image, str(plain), useCompression=compressed)
+    sitk.WriteImage(sitk.JoinSeries([image]), str(joined), useCompression=compressed)
+    assert sitk.ReadImage(str(joined)).GetSize() == (*volume_array().shape, 1)  # ITK reads it as 4D
+    header, plain_header = open_volume(joined), open_volume(plain)
+    assert header.stacked == () and header.grid is not None
+    assert header.grid.shape == plain_header.grid.shape and np.allclose(header.grid.affine, plain_header.grid.affine)
+    volume, expected = read_volume(joined), read_volume(plain)
+    assert volume.array.dtype == expected.array.dtype and np.array_equal(volume.array, expected.array)
+    assert np.allclose(volume.affine, expected.affine, atol=1e-9) and np.allclose(volume.affine, oblique, atol=1e-6)
+    assert np.allclose(volume.grid.spacing, (0.8, 0.9, 2.5)) and np.allclose(
+        volume.grid.direction, expected.grid.direction
+    )
+    assert volume.warnings == expected.warnings
+    with pytest.warns(UserWarning, match="the volume is small for this model"):
+        result, plain_result = (segment([path], threshold_package(), device="cpu") for path in (joined, plain))
+    assert np.array_equal(result.labels, plain_result.labels) and np.allclose(result.affine, plain_result.affine)

@@ -89,6 +89,35 @@ def test_robustness_of_a_threshold_model_is_near_perfect():
     assert "| oblique: agreement with plain |" in table and "best-token soft Dice (vs reference)" in table
 
 
+def test_robustness_with_test_time_augmentation_runs_every_variant_with_it_and_says_so(monkeypatch):
+    from TokenUNetSegmentLib.pipeline import segmentation
+
+    asked = []
+    real = segmentation.segment
+    monkeypatch.setattr(
+        segmentation, "segment", lambda *a, **k: asked.append(k["test_time_augmentation"]) or real(*a, **k)
+    )
+    image, reference = liver_phantom()
+    volume = Volume(image, affine_from_spacing(SPACING))
+    package, names = threshold_liver_package(), {1: "liver"}
+    result = evaluate_robustness(
+        package,
+        volume,
+        Volume(reference, volume.affine),
+        names,
+        ["plain", "slabs"],
+        "cpu",
+        False,
+        test_time_augmentation=True,
+    )
+    assert asked and all(asked) and result["test_time_augmentation"] is True
+    assert result["variants"][0]["dice"]["liver"] > 0.99
+    assert "test_time_augmentation" not in evaluate_robustness(
+        package, volume, Volume(reference, volume.affine), names, ["plain"], "cpu", False
+    )
+    assert not asked[-1]
+
+
 def test_robustness_command_writes_json_and_a_table(tmp_path):
     image, reference = liver_phantom((32, 32, 40))
     affine = affine_from_spacing(SPACING)

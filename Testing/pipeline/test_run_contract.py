@@ -77,7 +77,13 @@ def test_a_request_is_the_same_run_in_process_and_on_the_command_line():
     request = RunRequest(inputs=[], model=Path("pkg.zip"), device="cpu", with_token_maps=False, probabilities=True)
     assert request.model == "pkg.zip" and RunRequest(inputs=[], model="").model is None
     options = request.segment_options()
-    assert options == {"device": "cpu", "with_token_maps": False, "probabilities": True, "largest_component": None}
+    assert options == {
+        "device": "cpu",
+        "with_token_maps": False,
+        "probabilities": True,
+        "largest_component": None,
+        "test_time_augmentation": False,
+    }
     arguments = request.command_arguments([Path("in/channel0.nrrd")], Path("out"))
     args = parse_arguments(arguments)  # what the child parses is what segment() gets in-process
     assert (args.inputs, args.out, args.model, args.device) == (["in/channel0.nrrd"], "out", "pkg.zip", "cpu")

@@ -7,3 +7,6 @@
 
 Importing this package imports nothing heavy: import the layer you need.
 """
+
+__version__ = "0.1.0"
+"""The extension's version: ``tokenunet --version`` prints it, and pyproject.toml takes it from here."""

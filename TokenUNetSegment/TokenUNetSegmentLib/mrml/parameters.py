@@ -42,6 +42,7 @@ class Parameters:
     heatmapOpacity: float = field(default=0.6, metadata={"range": (0.0, 1.0)})
     selectedHeatmap: object = _node("vtkMRMLScalarVolumeNode")
     probabilities: bool = False
+    testTimeAugmentation: bool = False
 
     def inputs(self, count: int | None = None) -> list:
         """The first ``count`` input volume nodes (all set ones when ``count`` is None)."""

@@ -91,6 +91,7 @@ def request_from_parameters(parameters: Parameters, channels: int, scene=None) -
         with_token_maps=parameters.heatmaps,
         probabilities=parameters.probabilities,
         largest_component=parameters.largestComponent,
+        test_time_augmentation=parameters.testTimeAugmentation,
         names=tuple(node.GetName() for node in nodes),
     )
 

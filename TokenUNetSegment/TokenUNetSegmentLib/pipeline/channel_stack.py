@@ -414,11 +414,7 @@ def _split(opened, name: str, count: int, purpose: str) -> list:
     spacing = image.GetSpacing()[:3]
     if not all(s > 0 and np.isfinite(s) for s in spacing):
         raise InputError(f"{name} has zero or negative voxel spacing {spacing}", "fix the image header")
-    place = sitk.Image([1, 1, 1], sitk.sitkUInt8)  # the 3D geometry of its volumes
-    place.SetSpacing(spacing)
-    place.SetOrigin(image.GetOrigin()[:3])
-    place.SetDirection(tuple(np.asarray(image.GetDirection()).reshape(dimension, dimension)[:3, :3].ravel()))
-    affine = affine_of_image(place)
+    affine = affine_of_image(image)  # the 3D geometry of its volumes
     array = sitk.GetArrayFromImage(image)  # (volume, k, j, i), or (k, j, i, volume)
     del image
     volumes = []

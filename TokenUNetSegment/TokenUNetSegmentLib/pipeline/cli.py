@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import NoReturn
 
+from .. import __version__
 from .errors import missing_dependency
 from .run_contract import ErrorEvent, ExitCode, LogEvent, ProgressEvent, encode_event
 from .stderr_events import events_on_stderr
@@ -199,6 +200,7 @@ def build_parser(*commands: str) -> argparse.ArgumentParser:
     parser = OneLineParser(prog="tokenunet", description="TokenUNet segmentation with token attention maps.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--catalog", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"tokenunet {__version__}", help="print the version")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parser.commands = {}  # each command's parser, for the errors that are its own
     for name, command in COMMANDS.items():

@@ -205,11 +205,11 @@ def _sidecar(path: Path) -> Path:
 def _refuse_output_at_a_name_table_place(args: argparse.Namespace, out: Path) -> None:
     """Refuse ``--json`` at the place of a label map's name table that is not there yet (``ref.json`` beside
     ``ref.nii.gz``): written there, the metrics would be read as its name table by every later run."""
-    from .output_folder import expand_home
+    from .output_folder import expand_home, same_place
     from .samples import PREFIX
 
     for side, path in (("reference", args.reference), ("prediction", args.prediction)):
-        if path and not str(path).startswith(PREFIX) and _same_place(out, _sidecar(expand_home(path))):
+        if path and not str(path).startswith(PREFIX) and same_place(out, _sidecar(expand_home(path))):
             raise InputError(
                 f"--json {out.name} is where the {side}'s name table is looked for ({Path(path).name}'s)",
                 "write the metrics elsewhere",
@@ -224,16 +224,6 @@ def _refuse_result_folders(*paths) -> None:
         if path and result_held(expand_home(path)) == "a segmentation":
             shown = str(path).rstrip("/")
             raise InputError(f"{shown} is the folder of a segmentation", f"give {shown}/segmentation.seg.nrrd")
-
-
-def _same_place(a: Path, b: Path) -> bool:
-    """Whether ``a`` and ``b`` name one place on disk (one may not exist yet): the same name in the same folder."""
-    import os
-
-    try:
-        return a.name == b.name and os.path.samefile(a.parent, b.parent)
-    except OSError:  # a folder absent or unreadable: not the same place
-        return False
 
 
 def _refuse_output_over_an_input(args: argparse.Namespace) -> None:

@@ -109,10 +109,13 @@ def set_geometry(image: sitk.Image, affine: np.ndarray) -> None:
 
 
 def affine_of_image(image: sitk.Image) -> np.ndarray:
-    """IJK->RAS of a 3D SimpleITK image."""
+    """IJK->RAS of a 3D SimpleITK image, or of the grid of a 4D image's volumes (its three spatial axes: the readers
+    refuse a 4th axis that is not apart from them)."""
+    dimension = image.GetDimension()
     lps = np.eye(4)
-    lps[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
-    lps[:3, 3] = image.GetOrigin()
+    direction = np.asarray(image.GetDirection()).reshape(dimension, dimension)[:3, :3]
+    lps[:3, :3] = direction * np.asarray(image.GetSpacing()[:3])
+    lps[:3, 3] = image.GetOrigin()[:3]
     return LPS_FROM_RAS @ lps
 
 

@@ -67,19 +67,64 @@ def expand_home(path: str | Path) -> Path:
 
 
 def refuse_output_over_inputs(out: str | Path, option: str, inputs, reads: str, instead: str) -> None:
-    """Raise :class:`.errors.InputError` when the output file ``out`` (``~`` the home folder) is, or links to, a file
-    of ``inputs`` (``(what, path)`` pairs; a path None is skipped), which the command ``reads``: it would be replaced by
-    its own output (the message: ``OPTION NAME is WHAT, which READS (INSTEAD)``)."""
+    """Raise :class:`.errors.InputError` when the output file ``out`` (``~`` the home folder) is, links to, or names the
+    place of a file of ``inputs`` (``(what, path)`` pairs; a path None is skipped; :func:`same_place`: as the file
+    system compares names), which the command ``reads``: it would be replaced by its own output (the message:
+    ``OPTION NAME is WHAT, which READS (INSTEAD)``)."""
     from .errors import InputError
 
     out = expand_home(out)
     for what, path in inputs:
-        try:
-            same = path is not None and os.path.samefile(out, expand_home(path))
-        except OSError:  # absent, or unreadable: not the same file
-            same = False
-        if same:
+        if path is not None and same_place(out, expand_home(path)):
             raise InputError(f"{option} {out.name} is {what}, which {reads}", instead)
+
+
+def same_place(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file on disk, either of which may not exist yet: the same file where both exist
+    (a link, a hard link, the path spelled otherwise, another case on a file system that ignores case); else the same
+    name in the same folder, compared as that folder's file system compares names (:func:`names_ignore_case`)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them absent (or unreadable): their names then
+        pass
+    try:
+        if not os.path.samefile(a.parent, b.parent):
+            return False
+    except OSError:  # a folder absent or unreadable: not the same place
+        return False
+    return a.name == b.name or (a.name.casefold() == b.name.casefold() and names_ignore_case(a.parent))
+
+
+def names_ignore_case(folder: Path) -> bool:
+    """Whether the file system of ``folder`` takes names that differ only in case for one file (macOS's APFS and HFS+,
+    Windows' NTFS, FAT and exFAT as formatted by default, an ext4 folder with casefold): probed, not guessed from the
+    system, on the first of its entries with a letter, looked up in the other case (the same entry, where no other
+    entry has that name), else on the folder's own name in its parent. False when nothing tells (an empty folder whose
+    name has no letter)."""
+    folder = Path(os.path.abspath(folder))
+    for place, candidates in ((folder, None), (folder.parent, [folder.name])):
+        try:
+            names = os.listdir(place)
+        except OSError:
+            continue
+        probe = next((name for name in candidates or names if _has_case(name)), None)
+        if probe is None:
+            continue
+        other = probe.swapcase()
+        if other in names:  # two entries: names are told apart by case
+            return False
+        try:
+            first, second = os.lstat(place / probe), os.lstat(place / other)
+        except OSError:  # the other case names nothing: told apart
+            return False
+        return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+    return False
+
+
+def _has_case(name: str) -> bool:
+    """Whether ``name`` has an ASCII letter (whose other case every case-insensitive file system maps to it) and no
+    other cased character (whose case mappings file systems disagree on)."""
+    return name.isascii() and name.lower() != name.upper()
 
 
 def resolve_destination(path: str | Path) -> Path:

@@ -61,3 +61,18 @@ class Progress:
         self.fraction = 1.0
         if self.callback is not None:
             self.callback("done", 1.0)
+
+
+class PassProgress:
+    """One of ``count`` equal passes over a stage, reported to ``progress`` as its share of that stage (the
+    network's passes of test-time augmentation each report 0..1 of ``inference``)."""
+
+    def __init__(self, progress: Progress, index: int, count: int):
+        self.progress, self.index, self.count = progress, index, count
+
+    def check(self) -> None:
+        self.progress.check()
+
+    def update(self, stage: str, stage_fraction: float = 0.0) -> None:
+        within = min(max(stage_fraction, 0.0), 1.0)
+        self.progress.update(stage, (self.index + within) / self.count)

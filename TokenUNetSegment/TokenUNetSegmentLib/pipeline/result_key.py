@@ -30,6 +30,8 @@ RESULT_OPTIONS = (
     "smooth",
     "no_overview",
 )
+# options recorded only when given, so that results made before they existed keep their record
+RESULT_OPTIONS_WHEN_SET = ("tta",)
 
 
 def input_stamp(path: str | Path) -> list:
@@ -94,7 +96,10 @@ def made_from(inputs: Sequence[str | Path], channels: Sequence[str] | None, args
     record = {
         "inputs": [input_stamp(path) for path in inputs],
         "channels": list(channels) if channels else None,
-        "options": {name: getattr(args, name, None) for name in RESULT_OPTIONS},
+        "options": {
+            **{name: getattr(args, name, None) for name in RESULT_OPTIONS},
+            **{name: True for name in RESULT_OPTIONS_WHEN_SET if getattr(args, name, False)},
+        },
     }
     named_by = _channel_names_file(inputs, channels)
     if named_by is not None:  # the files' channels are what that file says: the result is as valid as it

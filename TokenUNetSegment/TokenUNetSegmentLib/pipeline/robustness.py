@@ -295,14 +295,24 @@ def _best_token_dice(result, reference: np.ndarray, pairs) -> dict:
 
 
 def evaluate_robustness(
-    package, image, reference, names: dict[int, str], wanted=None, device="auto", tokens=True, progress=None
+    package,
+    image,
+    reference,
+    names: dict[int, str],
+    wanted=None,
+    device="auto",
+    tokens=True,
+    progress=None,
+    test_time_augmentation: bool = False,
 ) -> dict:
     """Segment every variant of ``image`` (a Volume) with ``package`` and score it against ``reference`` (a
     label Volume named by ``names``).
 
     ``wanted``: the variants (names of :data:`ALL_VARIANTS`); None for every one that suits the model's modality,
     as the command chooses them (:func:`variants_for`): those in HU are left out for a model that takes no CT, and
-    the result's ``"left_out"`` says so. Asking for one of those by name is refused (InputError)."""
+    the result's ``"left_out"`` says so. Asking for one of those by name is refused (InputError).
+    ``test_time_augmentation``: every variant segmented with it (:func:`.segmentation.segment`'s); the result
+    records it."""
     from .evaluate import check_distinct_names, label_metrics
     from .geometry import resample
     from .label_values import check_label_values
@@ -334,7 +344,13 @@ def evaluate_robustness(
             progress(plan.name, index / len(planned))
         variant = plan.make()  # one at a time
         want_tokens = tokens and variant.name == "plain"
-        result = segment([variant.image], package, device=device, with_token_maps=want_tokens)
+        result = segment(
+            [variant.image],
+            package,
+            device=device,
+            with_token_maps=want_tokens,
+            test_time_augmentation=test_time_augmentation,
+        )
         predicted = result.labels
         if predicted.shape != variant.reference.shape or not np.allclose(result.affine, variant.grid.affine, atol=1e-4):
             predicted = resample(predicted, result.grid, variant.grid, "nearest", 0, np.uint8)
@@ -379,6 +395,8 @@ def evaluate_robustness(
     if progress:
         progress("done", 1.0)
     out = {"model": package.id, "labels": [n for _, _, n in pairs], "variants": rows, "best_token": tokens_out}
+    if test_time_augmentation:
+        out["test_time_augmentation"] = True
     return {**out, "calibration": summarise(confidence_pairs(out)), **({"left_out": left_out} if left_out else {})}
 
 
@@ -659,6 +677,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-tokens", action="store_true", help="skip the best-token soft Dice")
     parser.add_argument(
+        "--tta", action="store_true", help="segment every variant with test-time augmentation (segment's --tta)"
+    )
+    parser.add_argument(
         "--device", type=device_name, default="auto", help="auto (the default), cpu, cuda, cuda:N or mps"
     )
     parser.add_argument("--out", "-o", required=True, help="folder for robustness.json and robustness.md")
@@ -738,6 +759,7 @@ def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
             args.device,
             not args.no_tokens,
             progress=_announce(case["name"]),
+            test_time_augmentation=args.tta,
         )
         for note in result.get("left_out", []):  # those of this case's reference (the model's were said above)
             if note not in left_out:
@@ -746,8 +768,8 @@ def _run(args: argparse.Namespace, folder, cases: list[dict]) -> int:
         result["image"] = case["image"]
         results.append(result)
     tables = "\n\n".join(
-        f"### {r['case']} ({r['model']})\n\n{format_table(r)}\n\nConfidence against Dice: "
-        + format_summary(r["calibration"])
+        f"### {r['case']} ({r['model']}{', test-time augmentation' if r.get('test_time_augmentation') else ''})"
+        f"\n\n{format_table(r)}\n\nConfidence against Dice: " + format_summary(r["calibration"])
         for r in results
     )
     with folder.writing():

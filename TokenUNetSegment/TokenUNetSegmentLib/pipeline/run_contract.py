@@ -246,6 +246,7 @@ class RunRequest:
         with_token_maps: compute the per-token attention maps (Token-UNet models).
         names: what the user calls each input (a Slicer volume's name), for the run's messages about inputs
             that it holds as arrays.
+        test_time_augmentation: average five passes of the network (``segment``'s ``--tta``).
     """
 
     inputs: list
@@ -255,6 +256,7 @@ class RunRequest:
     probabilities: bool = False
     largest_component: bool = False
     names: tuple[str, ...] = ()
+    test_time_augmentation: bool = False
 
     def __post_init__(self) -> None:
         from .errors import ArgumentError
@@ -274,6 +276,7 @@ class RunRequest:
             "with_token_maps": self.with_token_maps,
             "probabilities": self.probabilities,
             "largest_component": True if self.largest_component else None,
+            "test_time_augmentation": self.test_time_augmentation,
         }
 
     def command_arguments(self, input_files: list[Path], out: Path) -> list[str]:
@@ -291,4 +294,6 @@ class RunRequest:
             arguments.append("--no-heatmaps")
         if self.largest_component:
             arguments.append("--largest-component")
+        if self.test_time_augmentation:
+            arguments.append("--tta")
         return arguments

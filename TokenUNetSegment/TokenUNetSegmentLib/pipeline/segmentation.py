@@ -29,10 +29,11 @@ from .metadata import PackageConfig
 from .package_loader import ModelPackage, resolve_model
 from .postprocess import ModelGridOutputs, postprocess
 from .preprocess import Prepared, prepare
-from .progress import Progress
+from .progress import PassProgress, Progress
 from .result import MAP_KINDS, SegmentationResult, TokenMaps
 from .run_inputs import RunNeeds, channel_items, open_run_inputs
 from .run_memory import wrong_spacing
+from .test_time_augmentation import AUGMENTATIONS, averaged_scores, extra_bytes
 from .volumes import Volume
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def segment(
     check_free_memory: bool = True,
     maps_on_input_grid: bool = False,
     channels: Sequence[str] | None = None,
+    test_time_augmentation: bool = False,
 ) -> SegmentationResult:
     """Segment one case.
 
@@ -104,6 +106,10 @@ def segment(
             each of its volumes holds, in order (e.g. ``["FLAIR", "T1", "T1c", "T2"]``; names in any case, with the
             usual synonyms such as ``t1gd``); without it, the dataset.json beside its ``imagesTr``/``imagesTs``
             folder names them, else the image is refused. Outputs lie on its 3D grid.
+        test_time_augmentation: average the label probabilities of five passes of the network (the scan as it
+            is, turned +/-15 degrees and scaled 0.85/1.15 in-plane; :mod:`.test_time_augmentation`): about five
+            times the network's time, labels that depend less on the body's pose and size. Token maps come from
+            the unchanged pass.
 
     Raises:
         TokenUNetError: (and its subclasses) for bad inputs, bad packages, cancel, or memory.
@@ -132,7 +138,15 @@ def segment(
         with clock.stage("preprocess"):
             plan = plan_windows(network, config.inference, run_device, overlap, batch_size)
             if check_free_memory:
-                _check_memory(package, volumes, plan, run_device, probabilities, maps_on_input_grid and with_token_maps)
+                _check_memory(
+                    package,
+                    volumes,
+                    plan,
+                    run_device,
+                    probabilities,
+                    maps_on_input_grid and with_token_maps,
+                    test_time_augmentation,
+                )
             prepared = prepare(volumes, config, plan.size_multiple, plan.roi_size, reporter)
             cost = None if overlap is None else overlap_cost(prepared.image.shape[1:], plan, config.inference.overlap)
             for message in [*prepared.warnings, *([cost] if cost else [])]:
@@ -141,16 +155,35 @@ def segment(
 
         with clock.stage("inference"):
             want_tokens = with_token_maps and bool(network.has_tokens)
+            passes = len(AUGMENTATIONS) if test_time_augmentation else 1
             logits, maps, used_device = run_windows(
                 network,
                 prepared.image,
                 plan,
                 run_device,
-                reporter,
+                PassProgress(reporter, 0, passes),
                 want_tokens,
                 lambda m: _warn(m, result_warnings),
                 since=started,
             )
+            if test_time_augmentation:
+
+                def one_pass(changed, index):
+                    return run_windows(
+                        network,
+                        changed,
+                        plan,
+                        used_device,
+                        PassProgress(reporter, index, passes),
+                        False,
+                        lambda m: _warn(m, result_warnings),
+                        since=started,
+                    )[0]
+
+                region = prepared.region
+                logits = averaged_scores(
+                    prepared.image, logits, one_pass, region.direction, region.spacing, config.inference.activation
+                )
 
         with clock.stage("postprocess"):
             on_model_grid = postprocess(logits, maps, prepared, config, keep, probabilities or smooth, reporter)
@@ -223,6 +256,7 @@ def _check_memory(
     device,
     probabilities: bool,
     maps_on_input_grid: bool,
+    test_time_augmentation: bool = False,
 ) -> None:
     first = volumes[0]
     pre = package.config.preprocessing
@@ -239,6 +273,9 @@ def _check_memory(
         maps_on_input_grid,
     )
     estimate["host"] += sum(volume.array.nbytes for volume in volumes[1:])  # the other channels' own arrays
+    if test_time_augmentation:
+        network = package.network
+        estimate["host"] += extra_bytes(int(network.out_channels), int(network.in_channels), int(np.prod(grid.shape)))
     try:
         check_memory(estimate, device)
     except OutOfMemoryError:

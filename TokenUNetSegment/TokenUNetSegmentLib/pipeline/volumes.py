@@ -192,13 +192,14 @@ def volume_from_image(image: sitk.Image, name: str = "volume") -> Volume:
         )
     if image.GetDimension() == 2:
         raise InputError(f"{name} is a 2D image", "segmentation needs a 3D volume")
-    if image.GetDimension() != 3:
+    one_volume = image.GetDimension() == 4 and image.GetSize()[3] == 1  # a NRRD's or MetaImage's 4th axis of one
+    if image.GetDimension() != 3 and not one_volume:
         raise InputError(
             f"{name} has {image.GetDimension()} dimensions; a 3D volume is needed",
             "split 4D images into one 3D volume per channel",
         )
-    spacing = np.asarray(image.GetSpacing())
+    spacing = np.asarray(image.GetSpacing()[:3])
     if np.any(spacing <= 0) or not np.all(np.isfinite(spacing)):
         raise InputError(f"{name} has zero or negative voxel spacing {tuple(spacing)}", "fix the image header")
-    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-    return Volume(array, affine_of_image(image), name)
+    array = sitk.GetArrayFromImage(image)  # (k, j, i), or (1, k, j, i)
+    return Volume((array[0] if one_volume else array).transpose(2, 1, 0), affine_of_image(image), name)

@@ -108,7 +108,7 @@ def parse_metaimage(path: Path, name: str) -> ImageHeader:
     stacked = (*sizes[3:], channels) if ndims >= 3 else ()  # a 2D image is refused as such
     while stacked and stacked[-1] == 1:  # trailing axes of one
         stacked = stacked[:-1]
-    if ndims == 4 and sizes[3] > 1:  # ITK's 4D image: the 4th axis holds the volumes
+    if ndims == 4:  # ITK's 4D image: the 4th axis holds the volumes (one: read as the 3D volume it is)
         if len(spacing) == 4 and math.isnan(spacing[3]):
             spacing = (*spacing[:3], 0.0)  # MetaIO reads what is no number as 0
         directions, spacing = spatial_part(directions, spacing, name)

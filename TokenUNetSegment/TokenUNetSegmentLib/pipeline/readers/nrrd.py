@@ -69,6 +69,12 @@ TIME_SPACES = {
     "3d-left-handed-time",
 }
 """The NRRD spaces whose 4th dimension is time (format definition, "space")."""
+WHOLE_LINE_FIELDS = {"type", "endian", "encoding", "space", "datafile"}
+"""Fields whose value ITK's NRRD reader (teem) takes up to the line's end: one space or tab after it is refused
+("couldn't parse type "short ""; a data file's name gets it)."""
+PER_AXIS_FIELDS = {"sizes", "kinds", "centers", "centerings"}
+"""Fields of one word per axis, which ITK's NRRD reader reads with one space or tab after the last but not two ("seem
+to have more than expected 3 kinds"): measured on ITK 5.4; the others (numbers, vectors, strings) take any."""
 
 
 def read_fields(path: Path, name: str) -> tuple[dict[str, str], dict[str, str], list[str], int]:
@@ -80,6 +86,8 @@ def read_fields(path: Path, name: str) -> tuple[dict[str, str], dict[str, str], 
     lines = text.splitlines()
     if not lines or not re.fullmatch(r"NRRD000[1-5]", lines[0].strip()):
         raise header_error(name, KIND, "its first line is not a NRRD magic (NRRD0001 to NRRD0005)")
+    if lines[0] != lines[0].rstrip():
+        raise _blanks_at_the_end(name, lines[0].strip())
     fields, pairs, listed = {}, {}, []
     for index, line in enumerate(lines[1:], start=1):
         if not line.strip():
@@ -92,13 +100,25 @@ def read_fields(path: Path, name: str) -> tuple[dict[str, str], dict[str, str], 
             continue
         if ": " not in line:
             raise header_error(name, KIND, f"line {index + 1} is neither a field nor a key:=value pair")
-        key, value = line.split(": ", 1)
-        key = key.strip().lower().replace(" ", "")
+        field, value = line.split(": ", 1)
+        key = field.strip().lower().replace(" ", "")
+        blanks = len(value) - len(value.rstrip(" \t"))
+        if (key in WHOLE_LINE_FIELDS and blanks) or (key in PER_AXIS_FIELDS and blanks > 1):
+            raise _blanks_at_the_end(name, f"{field.strip()}:")
         fields[key] = value.strip()
         if key == "datafile" and value.split()[:1] == ["LIST"]:
             listed = [entry.strip() for entry in lines[index + 1 :] if entry.strip()]
             break
     return fields, pairs, listed, length
+
+
+def _blanks_at_the_end(name: str, line: str) -> InputError:
+    """The error for a header line (``line``: its start) ending in spaces or tabs that ITK's NRRD reader refuses, in
+    its words only after the data were checked."""
+    return InputError(
+        f"{name}: its header line '{line}' ends in spaces or tabs, which the image reader (ITK) cannot read",
+        f"delete the spaces and tabs at the end of its '{line}' line, or export it again",
+    )
 
 
 def parse_nrrd(path: Path, name: str) -> ImageHeader:
@@ -121,7 +141,8 @@ def parse_nrrd(path: Path, name: str) -> ImageHeader:
     kinds = _kinds(fields, dimension, name)
     spacing, directions, warnings = _geometry(fields, dimension, name)
     stacked, stacked_axis = _stacked(fields, pairs, kinds, sizes, name)
-    if len(spacing) == 4 and stacked:  # ITK's 4D image: four domain axes in a 4D space, the 4th holding the volumes
+    if len(spacing) == 4:  # ITK's 4D image: four domain axes in a 4D space, the 4th holding the volumes (one: read
+        # as the 3D volume it is)
         directions, spacing = spatial_part(directions, spacing, name)
     data_bytes = math.prod(sizes) * value_bytes
     domain_first = sorted(range(dimension), key=lambda axis: kinds[axis] not in DOMAIN_KINDS)  # as ITK orders them
