@@ -127,6 +127,14 @@ def test_a_colour_image_or_a_vector_field_is_never_taken_as_channels(ctx, compon
         request_from_parameters(Parameters(inputVolume0=node, inputChannels=names), components, ctx.scene)
 
 
+def test_the_several_values_of_a_volume_that_is_no_vector_volume_are_never_taken_as_channels(ctx):
+    """A diffusion-weighted volume (one image per gradient direction) is a scalar volume node of several values."""
+    node = ctx.scene.AddNewNodeByClass("vtkMRMLDiffusionWeightedVolumeNode", "dwi")
+    slicer.util.updateVolumeFromArray(node, np.ones((8, 8, 8, 4), np.float32))
+    with pytest.raises(InputError, match=re.escape("volume 'dwi' holds diffusion-weighted images (one per gradient")):
+        request_from_parameters(Parameters(inputVolume0=node, inputChannels=",".join(SEQUENCES)), 4, ctx.scene)
+
+
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory):
     root = tmp_path_factory.mktemp("vector")
@@ -174,7 +182,8 @@ def test_named_components_go_to_their_channels_in_physical_space(ctx):
     package = package_in_memory(ThresholdNet(4, 3), config, "threshold")
     request = request_from_parameters(Parameters(inputVolume0=node, inputChannels=STORED), 4, ctx.scene)
     assert request.channels == ("FLAIR", "T1w", "t1gd", "T2w") and request.names == ("BRATS_001",)
-    result = segment(request.segment_inputs(), package, device="cpu", **request.segment_options())
+    request.device = "cpu"
+    result = segment(request.segment_inputs(), package, **request.segment_options())
     assert result.labels.shape == SHAPE and np.allclose(result.affine, OBLIQUE)
     found = voxel_centres(SHAPE, OBLIQUE)[result.labels == 1]
     assert len(found) > 20 and np.linalg.norm(found.mean(axis=0) - BALLS["FLAIR"]) < 1.0
