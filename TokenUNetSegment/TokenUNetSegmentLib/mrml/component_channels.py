@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import slicer
 
 from ..pipeline.errors import InputError
+from .parameters import MAX_INPUTS
 from .volume_nodes import scalar_components
 
 FIELD = "Input channels"
@@ -84,6 +85,26 @@ def names_text(channels) -> str:
         if "," in name:
             raise InputError(f"channel name '{name}' holds a comma", "pass one name per component")
     return ",".join(names)
+
+
+def check_component_input(parameters, inputs: Sequence[str] | None, model: str) -> tuple[str, ...]:
+    """The names of the components of the first input of ``parameters`` (:class:`.parameters.Parameters`), which
+    holds every channel of the model (channel names ``inputs``, None when unknown here; ``model``: its id, for
+    messages), checked as :func:`check_component_names` does, with no other input selected.
+
+    Raises:
+        InputError: another input volume selected too, or what :func:`check_component_names` refuses.
+    """
+    first = parameters.inputVolume0
+    nodes = parameters.inputs(MAX_INPUTS)
+    other = next((index for index in range(1, len(nodes)) if nodes[index] is not None), None)
+    if other is not None:
+        raise InputError(
+            f"volume '{first.GetName()}' holds every channel; input volume {other + 1} ('{nodes[other].GetName()}') "
+            "is selected too",
+            "clear the other input volumes, or select one scalar volume per channel",
+        )
+    return check_component_names(first, parse_names(parameters.inputChannels), inputs, model)
 
 
 def check_component_names(node, names: Sequence[str], inputs: Sequence[str] | None, model: str) -> tuple[str, ...]:

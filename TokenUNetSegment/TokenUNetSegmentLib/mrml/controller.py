@@ -13,7 +13,7 @@ from ..pipeline.channels import match_channels
 from ..pipeline.errors import InputError
 from ..pipeline.metadata import InputChannel
 from ..pipeline.run_contract import RunState
-from .component_channels import check_component_names, parse_names, takes_components
+from .component_channels import check_component_input, takes_components
 from .parameters import MAX_INPUTS, Parameters
 from .volume_nodes import scalar_components
 
@@ -135,15 +135,9 @@ def misplaced_input(parameters: Parameters, model: ModelInfo | None) -> tuple[st
 
 def component_channels_problem(parameters: Parameters, model: ModelInfo) -> str:
     """What keeps the first input, a volume holding every channel of ``model`` as its components, from being
-    segmented ("" when nothing does): other inputs selected too, or components unnamed or unfit to be channels."""
-    first = parameters.inputVolume0
-    others = [(i + 2, node) for i, node in enumerate(parameters.inputs(MAX_INPUTS)[1:]) if node is not None]
-    if others:
-        return _("Volume '{volume}' holds every channel; input volume {index} is selected too: clear it.").format(
-            volume=first.GetName(), index=others[0][0]
-        )
+    segmented ("" when nothing does): what a run would refuse (:func:`.component_channels.check_component_input`)."""
     try:
-        check_component_names(first, parse_names(parameters.inputChannels), model.input_names, model.id)
+        check_component_input(parameters, model.input_names, model.id)
     except InputError as error:
         text = str(error)
         return text[:1].upper() + text[1:] + "."

@@ -18,7 +18,7 @@ from ..pipeline.errors import InputError, ModelPackageError, TokenUNetError
 from ..pipeline.run_contract import FinishedEvent, RunRequest, RunState
 from ..pipeline.runs import InProcessRun, make_run
 from ..pipeline.volumes import Volume, check_volume
-from .component_channels import check_component_names, parse_names, takes_components
+from .component_channels import check_component_input, parse_names, takes_components
 from .parameters import MAX_INPUTS, Parameters
 from .result_nodes import RunNodes, apply_result
 from .segmentation_nodes import check_output
@@ -81,15 +81,7 @@ def request_from_parameters(
     first = parameters.inputVolume0
     named: tuple[str, ...] = ()
     if takes_components(first, channels):
-        for index, node in enumerate(parameters.inputs(MAX_INPUTS)[1:], start=2):
-            if node is not None:
-                raise InputError(
-                    f"volume '{first.GetName()}' holds every channel; input volume {index} ('{node.GetName()}') is "
-                    "selected too",
-                    "clear the other input volumes, or select one scalar volume per channel",
-                )
-        names = parse_names(parameters.inputChannels)
-        named = check_component_names(first, names, inputs, parameters.model or "default")
+        named = check_component_input(parameters, inputs, parameters.model or "default")
     nodes = [first] if named else parameters.inputs(channels)
     missing = [str(i + 1) for i, node in enumerate(nodes) if node is None]
     if missing:
