@@ -39,7 +39,8 @@ class BatchCase:
     messages; ``refused``: (message, hint) of a case found unfit before it runs (nnU-Net channel files missing or
     extra: :mod:`.channel_file_cases`), recorded as failed while the other cases run; ``file_name``: of nnU-Net channel
     files grouped under their case id, the first file's name without extension, the case's name where its id is
-    another case's too (``x_0000.nii.gz`` beside ``x.nii.gz``)."""
+    another case's too (``x_0000.nii.gz`` beside ``x.nii.gz``); ``by_patterns``: the volume files of one case's folder
+    (:func:`check_placed_by_patterns`)."""
 
     name: str
     inputs: tuple[str, ...]
@@ -48,6 +49,7 @@ class BatchCase:
     named_by: str = DATALIST_CHANNELS
     refused: tuple[str, str] | None = None
     file_name: str | None = None
+    by_patterns: bool = False
 
 
 def volume_stem(path: str | Path) -> str | None:
@@ -57,6 +59,15 @@ def volume_stem(path: str | Path) -> str | None:
         if name.lower().endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return None
+
+
+def linked_as_named(path: Path) -> Path:
+    """``path`` absolute, the links among its folders resolved but not a link at its own name: a case that is a link
+    into a store of files named by their hashes (git-annex, DVC) is named by the link, read as ``segment`` reads the
+    link (its dataset.json is the one beside the link) and listed in batch.json by the link's path."""
+    if path.name in ("", ".."):
+        return path.resolve()
+    return path.parent.resolve() / path.name
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -92,6 +103,8 @@ def cases_from_paths(
     cases: list[BatchCase] = []
     direct: list[tuple[BatchCase, Path]] = []  # volume files given themselves, with their paths as given
     notes: list[str] = []
+    outputs: list[str] = []  # folders given that hold TokenUNet's output, no scans
+    slices: dict[tuple[str, str], list[str]] = {}  # DICOM files given, by their folder and series
     for given in paths:
         path = expand_home(given)
         if not path.exists():
@@ -106,8 +119,15 @@ def cases_from_paths(
             )
         if path.is_dir() and not holds_dicom(path):
             found, left_out = cases_in_folder(path, channels, model_inputs)
+            output = None if found else tokenunet_output(path)
+            if output is not None:  # ``batch data/* --out data/out`` run again: the shell lists the batch's output
+                outputs.append(f"{given} holds {output}")
+                notes.append(f"left out {given}: it holds {output} (TokenUNet's output), no scans")
+                continue
             if not found:
                 inner = Counter(file.name for file in _inner_volumes(path)).most_common(1)  # e.g. s0001/ct.nii.gz
+                if inner and inner[0][1] == 1:  # no name shared by the subfolders: their files' ending
+                    inner = [("*" + inner[0][0][len(volume_stem(inner[0][0])) :], 1)]
                 raise InputError(
                     f"the folder {given} holds no case (no NIfTI, NRRD or MetaImage file, no DICOM subfolder)",
                     f"its subfolders hold volume files: give them as cases, e.g. {Path(given) / '*' / inner[0][0]}"
@@ -121,7 +141,7 @@ def cases_from_paths(
                     "reads that folder (the largest series of the model's modality); to segment each series, give "
                     "the subfolders themselves"
                 )
-                cases.append(BatchCase(_case_name(path), (str(path.resolve()),), str(given)))
+                cases.append(BatchCase(_case_name(path), (str(linked_as_named(path)),), str(given)))
                 continue
             cases += found
             special = [(name, kind) for name in left_out if (kind := special_kind(path / name)) is not None]
@@ -145,11 +165,53 @@ def cases_from_paths(
                 f"{given}: holds DICOM files, so it is one DICOM series; left out the volume files in it "
                 f"({shown}): give them as cases of their own"
             )
+        series = _series_of_file(path)
+        if series is not None and series in slices:  # ``dicom/p1/*``: segment given one slice reads its series
+            slices[series].append(str(given))
+            continue
+        if series is not None:
+            slices[series] = [str(given)]
         stack_names = tuple(channels) if channels and volume_stem(path) is not None else None
-        cases.append(BatchCase(_case_name(path), (str(path.resolve()),), str(given), stack_names, OPTION))
+        cases.append(BatchCase(_case_name(path), (str(linked_as_named(path)),), str(given), stack_names, OPTION))
         if path.is_file() and volume_stem(path) is not None:
             direct.append((cases[-1], Path(os.path.abspath(path))))  # a link is grouped by its own name, as given
+    for files in slices.values():
+        if len(files) > 1:
+            shown = ", ".join(Path(file).name for file in files[:3]) + (", ..." if len(files) > 3 else "")
+            notes.append(
+                f"{Path(files[0]).parent}: {len(files)} files of one DICOM series given ({shown}): one case, read "
+                "as segment reads one of them"
+            )
+    if outputs and not cases:
+        raise InputError(
+            f"{outputs[0]} (TokenUNet's output), no scans", "give the scans, or the folders that hold them"
+        )
     return _named_apart(_channel_files_given(cases, direct, channels, model_inputs)), notes
+
+
+def _series_of_file(path: Path) -> tuple[str, str] | None:
+    """(its folder, its SeriesInstanceUID) of a DICOM file; None for anything else, or a file whose header names no
+    series."""
+    if not path.is_file() or volume_stem(path) is not None or not is_dicom_file(path):
+        return None
+    from .readers.dicom import SERIES_UID, _header, _text
+
+    reader = _header(str(path))
+    uid = _text(reader, SERIES_UID) if reader is not None else ""
+    return (os.path.realpath(path.parent), uid) if uid else None
+
+
+def tokenunet_output(folder: Path) -> str | None:
+    """What output of TokenUNet ``folder`` holds ("the results of a batch (batch.json)", "a segmentation", ...), or
+    None."""
+    from .output_folder import json_with_keys, result_held
+
+    if (folder / BATCH_FILE).is_file():
+        from .batch_command import BATCH_MARK  # the command line's module: imported only where a batch.json is
+
+        if json_with_keys(BATCH_MARK)(folder / BATCH_FILE):
+            return f"the results of a batch ({BATCH_FILE})"
+    return result_held(folder)
 
 
 def _channel_files_given(
@@ -199,7 +261,7 @@ def _inner_volumes(folder: Path) -> list[Path]:
     """The volume files one level down (``folder/<case>/ct.nii.gz``, as one folder per case lays them out)."""
     found = []
     for entry in sorted(folder.iterdir(), key=lambda item: item.name):
-        if entry.is_dir() and not entry.name.startswith("."):
+        if entry.is_dir() and not entry.name.startswith(".") and tokenunet_output(entry) is None:
             found += [file for file in sorted(entry.iterdir()) if file.is_file() and volume_stem(file) is not None]
     return found
 
@@ -264,8 +326,9 @@ def cases_in_folder(
     folder: Path, channels: Sequence[str] | None = None, model_inputs: Sequence[str] | None = None
 ) -> tuple[list[BatchCase], list[str]]:
     """A folder of cases: its volume files (nnU-Net's channel files of one case id as one case:
-    :mod:`.channel_file_cases`) and its subfolders holding DICOM, in name order; and the names of the other entries
-    (left out). ``channels``, ``model_inputs``: as :func:`cases_from_paths` takes them."""
+    :mod:`.channel_file_cases`), its subfolders holding DICOM and, for a multi-channel model, its subfolders holding
+    volume files (one case each), in name order; and the names of the other entries (left out). ``channels``,
+    ``model_inputs``: as :func:`cases_from_paths` takes them."""
     from .channel_file_cases import channel_file_cases
 
     entries = [
@@ -285,19 +348,53 @@ def cases_in_folder(
             continue
         elif entry in volumes:
             stack_names = tuple(channels) if channels else None  # the volumes of a 4D image
-            cases.append(BatchCase(volume_stem(entry), (str(entry.resolve()),), str(entry), stack_names, OPTION))
+            cases.append(BatchCase(volume_stem(entry), (str(linked_as_named(entry)),), str(entry), stack_names, OPTION))
         elif entry.is_dir() and holds_dicom(entry, anywhere=True):
-            cases.append(BatchCase(entry.name, (str(entry.resolve()),), str(entry)))
+            cases.append(BatchCase(entry.name, (str(linked_as_named(entry)),), str(entry)))
+        elif len(model_inputs or ()) > 1 and (files := _case_folder_files(entry)):  # BraTS: a folder per case
+            inputs = tuple(str(linked_as_named(file)) for file in files)
+            cases.append(BatchCase(entry.name, inputs, str(entry), named_by=OPTION, by_patterns=True))
         else:
             left_out.append(entry.name)
     return cases, left_out
 
 
+def _case_folder_files(folder: Path) -> list[Path]:
+    """The volume files of one case's folder (``BraTS_001/BraTS_001_t1.nii.gz``, ``_t1c``, ``_t2``, ``_flair``: a
+    multi-channel case, its files placed by the model's patterns as ``segment`` places them), in name order; none
+    for a file, or a folder that holds TokenUNet's output."""
+    if not folder.is_dir() or tokenunet_output(folder) is not None:
+        return []
+    entries = sorted(folder.iterdir(), key=lambda item: item.name)
+    return [entry for entry in entries if not entry.name.startswith(".") and entry.is_file() and volume_stem(entry)]
+
+
+def check_placed_by_patterns(case: BatchCase, channels: Sequence) -> None:
+    """Refuse a case folder's files that the model's ``channels`` (their filename patterns) do not place one way only:
+    ``segment`` runs such files in the order given, and a folder's name order is no order anyone chose. nnU-Net's
+    numbered files are left to their dataset.json, as ``segment`` places them; a wrong count to ``segment``'s words.
+
+    Raises:
+        InputError: naming the files and the channels.
+    """
+    from .channel_stack import nnunet_indices
+    from .channels import channel_assignment
+
+    if len(channels) < 2 or len(case.inputs) != len(channels) or nnunet_indices(list(case.inputs)) is not None:
+        return
+    if not channel_assignment(list(case.inputs), channels)[1]:
+        files = ", ".join(Path(item).name for item in case.inputs)
+        raise InputError(
+            f"the names of {files} do not say which channel ({', '.join(c.name for c in channels)}) each holds",
+            "name each file for its channel, or give the case in a --datalist with its 'channels'",
+        )
+
+
 def _case_name(path: Path) -> str:
     """A case's output folder name: a volume file's name without extension, a DICOM folder's name, a DICOM file's
     folder's name."""
-    if path.is_dir():
-        return path.resolve().name
+    if path.is_dir():  # a link by its own name (``patient7`` -> ``1.2.840...``), as a folder of cases names it
+        return path.name if path.name not in ("", "..") else path.resolve().name
     stem = volume_stem(path)
     if stem is not None:
         return stem
@@ -353,7 +450,7 @@ def cases_from_datalist(path: str | Path, section: str | None = None) -> list[Ba
         images = images if isinstance(images, list) else [images]
         if not images or not all(isinstance(image, str) and image for image in images):
             raise InputError(f"{where}: 'image' must be a file path or a list of them (one per channel)")
-        files = [str((root / image).resolve()) for image in images]
+        files = [str(linked_as_named(root / image)) for image in images]
         missing += [f"{section}[{index}]: {file}" for file in files if not Path(file).exists()]
         channels = entry.get("channels") if isinstance(entry, dict) else None
         if channels is not None:

@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CASE",
         help="one case each: a volume file (NIfTI, NRRD, MHA) or a DICOM series folder (one that holds DICOM files "
         "itself); any other folder is a folder of cases: each volume file and DICOM subfolder in it, in name order "
-        "(subfolders that all hold one DICOM study are one case, read as segment reads the folder). nnU-Net's "
+        "(subfolders that all hold one DICOM study are one case, read as segment reads the folder; for a "
+        "multi-channel model, each subfolder of volume files is one case, as BraTS lays them out). nnU-Net's "
         "channel files CASE_0000.nii.gz, CASE_0001.nii.gz, ... of one case id are one case, CASE (in a folder, or "
         "given one by one too; see --channels); named pipes (FIFOs), sockets and devices in a folder are left out",
     )
@@ -308,6 +309,7 @@ class Batch:
 
     def run_case(self, index: int, case) -> None:
         """Segment one case into its folder and record how it went; a cancel or Ctrl-C is recorded, then raised."""
+        from .batch_cases import check_placed_by_patterns
         from .errors import CancelledError, InputError
         from .outputs import output_folder
         from .segment_command import open_case, segment_case
@@ -324,6 +326,8 @@ class Batch:
         try:
             if case.refused is not None:  # found unfit before the batch began (a channel file missing)
                 raise InputError(*case.refused)
+            if case.by_patterns:  # a case folder's files: placed by their names, never by their order
+                check_placed_by_patterns(case, self.metadata.config.inputs)
             earlier = self.finished_before(case, Path(record["folder"])) if self.args.resume else None
             if earlier is not None:
                 reason = "a finished result of the same model, inputs and options"
@@ -595,7 +599,8 @@ def _result_fields(result, destination: Path, files: dict) -> dict:
 
 
 def _earlier_fields(report: dict) -> dict:
-    """What batch.json keeps of a skipped case's earlier result, from its report.json (as for a done case)."""
+    """What batch.json keeps of a skipped case's earlier result, from its report.json (as for a done case, its
+    warnings too: the batch.json that listed them is rewritten)."""
     labels = [item for item in report.get("labels") or [] if isinstance(item, dict)]
     found = [
         item.get("name")
@@ -603,7 +608,9 @@ def _earlier_fields(report: dict) -> dict:
         if not any(isinstance(flag, dict) and flag.get("code") == "not_found" for flag in item.get("flags") or [])
     ]
     flags = [flag.get("code") for flag in report.get("flags") or [] if isinstance(flag, dict)]
-    return {"labels_found": len(found), "labels": found, "flags": flags, "summary": report.get("summary", "")}
+    warnings = [text for text in report.get("warnings") or [] if isinstance(text, str)]
+    summary = report.get("summary", "")
+    return {"labels_found": len(found), "labels": found, "flags": flags, "summary": summary, "warnings": warnings}
 
 
 def _report_of(folder: Path) -> dict:

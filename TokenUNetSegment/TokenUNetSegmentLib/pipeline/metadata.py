@@ -474,6 +474,9 @@ def semantic_problems(config: PackageConfig) -> list[str]:
     names = [label.name for label in config.labels]
     if len(set(names)) != len(names):
         problems.append("label names must be unique")
+    for name in names:  # --probabilities writes probabilities/<name>.nrrd: no other folder, inside or outside
+        if name in (".", "..") or any(mark in name for mark in "/\\\0"):
+            problems.append(f"label name {name[:40]!r} cannot name a file (no '/', '\\', '.' or '..')")
     out = arch.out_channels
     if config.inference.activation == "sigmoid":
         if not config.inference.regions:

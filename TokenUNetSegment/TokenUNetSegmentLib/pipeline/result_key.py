@@ -1,9 +1,9 @@
 """What a result was made from, recorded in its ``report.json`` as ``"made_from"``: the options that shape its files,
-the order of a 4D image's channels and each input file's size, modification time, change time and inode (a folder:
-of every file below it; nnU-Net-numbered files or a NIfTI image named by nothing else: also their dataset.json's).
-``batch --resume`` skips a case only when this and the model's weights (their SHA256) are what the new run would use;
-anything else (more outputs asked for, another overlap, a scan replaced under the same name, a retrained model of the
-same version) runs the case again.
+the order of a 4D image's channels and each input file's size, modification time, change time and inode (a folder: of
+every file below it, as of a DICOM file's folder; nnU-Net-numbered files or a NIfTI image named by nothing else: also
+their dataset.json's). ``batch --resume`` skips a case only when this and the model's weights (their SHA256) are what
+the new run would use; anything else (more outputs asked for, another overlap, a scan replaced under the same name, a
+retrained model of the same version) runs the case again.
 
 Torch-free: it is computed before any voxel is read. Options that change only the speed (``--device``,
 ``--batch-size``) are not part of it.
@@ -17,7 +17,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .batch_cases import BATCH_FILE
+from .batch_cases import BATCH_FILE, is_dicom_file, volume_stem
 from .output_folder import MANIFEST
 
 TOKENUNET_TAG = ".tokenunet-"  # in the names of what TokenUNet writes beside or inside a folder (locks, staging)
@@ -37,7 +37,7 @@ RESULT_OPTIONS_WHEN_SET = ("tta",)
 def input_stamp(path: str | Path) -> list:
     """``[path, size, mtime_ns, ctime_ns, inode]`` of a file; ``[path, files, digest]`` of a folder (the same of every
     file below it but what TokenUNet wrote there, links not followed: a DICOM series with a slice replaced, added or
-    removed gets another stamp); ``[path]`` when gone.
+    removed gets another stamp), and of a DICOM file its folder's (the series it is read with); ``[path]`` when gone.
 
     Size and modification time alone miss a file replaced by another of the same size whose time was kept (``cp -p``,
     ``rsync -t``, a restored backup): the change time is set by the system on every write, rename or time change and
@@ -50,11 +50,15 @@ def input_stamp(path: str | Path) -> list:
     except OSError:
         return [str(path)]
     if not path.is_dir():
+        if volume_stem(path) is None and is_dicom_file(path):  # one slice stands for its series: its folder's stamp
+            return [str(path), *input_stamp(path.parent)[1:]]
         return [str(path), *_identity(info)]
     digest, count = hashlib.sha256(), 0
     for parent, folders, files in os.walk(path):
         folders[:] = sorted(name for name in folders if not _tokenunet_output(Path(parent) / name))
         for name in sorted(name for name in files if TOKENUNET_TAG not in name):
+            if name == BATCH_FILE and _batch_summary(Path(parent) / name):  # ``--out`` the input folder itself
+                continue
             try:
                 found = os.lstat(os.path.join(parent, name))
             except OSError:
@@ -70,6 +74,14 @@ def _identity(info: os.stat_result) -> tuple[int, int, int, int]:
     """What tells one version of a file from another without reading it: size, modification and change times,
     inode."""
     return info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino
+
+
+def _batch_summary(path: Path) -> bool:
+    """Whether ``path`` is a batch's batch.json (its mark), not a file of the user's of that name."""
+    from .batch_command import BATCH_MARK  # the command line's module: imported only where a batch.json is
+    from .output_folder import json_with_keys
+
+    return json_with_keys(BATCH_MARK)(path)
 
 
 def _tokenunet_output(folder: Path) -> bool:

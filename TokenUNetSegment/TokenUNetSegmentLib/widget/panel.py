@@ -405,6 +405,8 @@ class Panel:
             label.text, label.visible, selector.visible = text, visible, visible
             selector.enabled = view.inputs_enabled
         ui.modelSelector.enabled = view.inputs_enabled
+        ui.inputChannelsLabel.visible = ui.inputChannelsEdit.visible = view.channels_visible
+        ui.inputChannelsEdit.enabled = view.inputs_enabled
         ui.deviceNoteLabel.text = view.device_note
         ui.deviceNoteLabel.visible = bool(view.device_note)
         ui.progressBar.visible = view.progress_visible
