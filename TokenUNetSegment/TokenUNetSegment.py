@@ -188,7 +188,9 @@ class TokenUNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameters)
         self._parameterNode = wrapped
         if self._parameterNode:
-            self._guiConnection = self._parameterNode.connectGui(self.ui)
+            from TokenUNetSegmentLib.widget.parameter_binding import connect_gui
+
+            self._guiConnection = connect_gui(self._parameterNode, self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameters)
             self.onParameters()
 
@@ -308,7 +310,7 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
             RunNodes (segmentation, heatmap_nodes, attention, probabilities, folder, and the run's assessment and
             warnings) or, without waiting, the run.
         """
-        from TokenUNetSegmentLib.mrml.component_channels import names_text
+        from TokenUNetSegmentLib.mrml.component_channels import check_channels_given_for, names_text
         from TokenUNetSegmentLib.mrml.parameters import Parameters
         from TokenUNetSegmentLib.mrml.scene_run import check_volume_count
         from TokenUNetSegmentLib.pipeline.run_contract import RunState
@@ -329,6 +331,7 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
             inputChannels=names_text(channels),
         )
         check_volume_count(len(volumes), parameters)
+        check_channels_given_for(volumes, parameters.inputChannels)
         for index, volume in enumerate(volumes):
             setattr(parameters, f"inputVolume{index}", volume)
         run = self.startRun(parameters, mode=runMode, python=self._python() if runMode == "subprocess" else None)

@@ -47,6 +47,7 @@ SLICER = {
     "GenerateUniqueName": ("vtkMRMLScene",),
     "GenerateUniqueSegmentID": ("vtkSegmentation",),
     "GetAttribute": ("vtkMRMLNode",),
+    "GetAttributeNames": ("vtkMRMLNode",),
     "GetColor": ("vtkSegment",),
     "GetDisplayNode": ("vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode"),
     "GetHideFromEditors": ("vtkMRMLNode",),

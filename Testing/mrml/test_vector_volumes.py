@@ -135,6 +135,27 @@ def test_the_several_values_of_a_volume_that_is_no_vector_volume_are_never_taken
         request_from_parameters(Parameters(inputVolume0=node, inputChannels=",".join(SEQUENCES)), 4, ctx.scene)
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("axis 3 index values", "0 30 60 90"),  # Sequences' volume sequence NRRD (vtkMRMLVolumeSequenceStorageNode)
+        ("axis 0 index values", "0 30 60 90"),
+        ("MultiVolume.FrameLabels", "0,30,60,90"),  # MultiVolumeExplorer's NRRD
+    ],
+)
+def test_the_frames_of_a_time_series_are_never_taken_as_channels(ctx, key, value):
+    """A DCE series saved by Slicer's Sequences or MultiVolumeExplorer and loaded as a plain volume is one vector
+    volume whose NRRD key/value pairs Slicer keeps as node attributes (``vtkMRMLNRRDStorageNode``): its components
+    are frames, whatever names are typed (before: four frames named FLAIR,T1w,t1gd,T2w were segmented)."""
+    node = vector_volume(ctx.scene, name="DCE")
+    node.SetAttribute(key, value)
+    expected = "volume 'DCE' holds the frames of a time series (its attribute '"
+    state = view_state(Parameters(inputVolume0=node, inputChannels=STORED), BRATS)
+    assert not state.button_enabled and state.button_tooltip.startswith(expected[0].upper() + expected[1:])
+    with pytest.raises(InputError, match=re.escape(expected)):
+        request_from_parameters(Parameters(inputVolume0=node, inputChannels=STORED), 4, ctx.scene)
+
+
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory):
     root = tmp_path_factory.mktemp("vector")

@@ -16,6 +16,7 @@ Which component holds which channel is never guessed: the user names them in ord
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Sequence
 
 import slicer
@@ -35,6 +36,12 @@ NOT_CHANNELS = {
     slicer.vtkMRMLVolumeNode.VoxelVectorTypeSpatialCovariant: "a vector field (a gradient per voxel)",
 }
 
+FRAME_ATTRIBUTE = re.compile(r"axis [03] index (?:type|values)|MultiVolume\.(?:FrameLabels|NumberOfFrames)")
+"""Node attributes that say a vector volume's components are the frames of a time series (a DCE series): Slicer keeps
+a NRRD's key/value pairs as attributes (``vtkMRMLNRRDStorageNode``), and Sequences' volume sequence files
+(``vtkMRMLVolumeSequenceStorageNode``: ``axis 3 index values``) and MultiVolumeExplorer's files
+(``MultiVolume.FrameLabels``) write these. A 4D NIfTI keeps no such mark: nothing tells its frames from channels."""
+
 
 def components_kind(node) -> str | None:
     """What the components of a multi-component volume node hold when they cannot be a model's channels (``a colour
@@ -46,6 +53,9 @@ def components_kind(node) -> str | None:
         return "diffusion-weighted images (one per gradient direction)"
     if not node.IsA("vtkMRMLVectorVolumeNode"):
         return "several values per voxel of no vector volume (e.g. the frames of one acquisition)"
+    frames = next((key for key in node.GetAttributeNames() or () if FRAME_ATTRIBUTE.fullmatch(key)), None)
+    if frames is not None:
+        return f"the frames of a time series (its attribute '{frames}' lists them)"
     return NOT_CHANNELS.get(node.GetVoxelVectorType())
 
 
@@ -85,6 +95,21 @@ def names_text(channels) -> str:
         if "," in name:
             raise InputError(f"channel name '{name}' holds a comma", "pass one name per component")
     return ",".join(names)
+
+
+def check_channels_given_for(volumes: Sequence, names: str) -> None:
+    """Refuse component names (``logic.process``'s ``channels=``) given for anything but one volume of several
+    values per voxel: scalar volumes are taken in the model's channel order, whatever names say.
+
+    Raises:
+        InputError: names given with scalar volumes.
+    """
+    if names.strip() and not (len(volumes) == 1 and scalar_components(volumes[0]) > 1):
+        raise InputError(
+            "channels= names the components of one vector volume; the volumes given are taken in the model's "
+            "channel order",
+            "pass the scalar volumes in the model's order without channels=, or one vector volume with channels=",
+        )
 
 
 def check_component_input(parameters, inputs: Sequence[str] | None, model: str) -> tuple[str, ...]:
