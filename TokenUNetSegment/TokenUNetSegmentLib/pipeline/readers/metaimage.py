@@ -105,7 +105,8 @@ def parse_metaimage(path: Path, name: str) -> ImageHeader:
             directions = np.asarray(parse_numbers(fields[key], ndims * ndims, name, KIND, key), float)
             directions = directions.reshape(ndims, ndims).T  # MetaIO lists the matrix row by row, axes as rows
             break
-    stacked = (*sizes[3:], channels) if ndims >= 3 else ()  # a 2D image is refused as such
+    beyond = () if ndims == 4 and sizes[3] == 1 else sizes[3:]  # a 4th axis of one: the 3D volume (or channels) it is
+    stacked = (*beyond, channels) if ndims >= 3 else ()  # a 2D image is refused as such
     while stacked and stacked[-1] == 1:  # trailing axes of one
         stacked = stacked[:-1]
     if ndims == 4:  # ITK's 4D image: the 4th axis holds the volumes (one: read as the 3D volume it is)

@@ -231,7 +231,9 @@ def _stacked(fields: dict, pairs: dict, kinds: list[str], sizes, name: str) -> t
             f"{name} has {len(domain)} domain axes in a {space}D space, which the image reader (ITK) cannot read",
             "place it in a 3D space (e.g. space: left-posterior-superior), or export it again",
         )
-    stacked = tuple(sizes[axis] for axis in extra + listed)  # as ITK reads them: domain axes, then each voxel's values
+    # as ITK reads them: domain axes (ITK's 4th of one: the 3D volume or channels it is), then each voxel's values
+    volumes = [axis for axis in extra if len(domain) > 4 or sizes[axis] > 1]
+    stacked = tuple(sizes[axis] for axis in volumes + listed)
     while stacked and stacked[-1] == 1:
         stacked = stacked[:-1]
     labels = re.findall(r'"([^"]*)"', fields.get("labels", ""))
