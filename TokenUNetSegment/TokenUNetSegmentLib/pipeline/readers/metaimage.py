@@ -66,8 +66,23 @@ def read_fields(path: Path, name: str) -> tuple[dict[str, str], list[str], int]:
         with open(path, "rb") as stream:
             stream.seek(length)
             rest = stream.read(MAX_HEADER_BYTES).decode("utf-8", errors="replace")
-        listed = [entry.strip() for entry in rest.splitlines() if entry.strip()]
+        listed = _listed_names(rest.splitlines(), name)
     return fields, listed, length
+
+
+def _listed_names(lines: list[str], name: str) -> list[str]:
+    """The file names after ``ElementDataFile = LIST``, one a line: MetaIO trims a name's end but not its start, and
+    takes an empty line before the last name for the folder, so such a line is refused here, naming it."""
+    while lines and not lines[-1].strip():
+        lines = lines[:-1]
+    for entry in lines:
+        if not entry.strip() or entry[0] in " \t":
+            raise InputError(
+                f"{name}: its data file list has the line {entry!r}, which the image reader (ITK) cannot open as a "
+                "file",
+                "give one file name a line, without spaces or tabs before it, or export it again",
+            )
+    return [entry.rstrip() for entry in lines]
 
 
 def _flag(fields: dict, key: str) -> bool:
