@@ -377,6 +377,20 @@ def nrrd_with_line_ending(folder, field: str, ending: str):
     return path
 
 
+def assert_refused_from_the_header_where_itk_fails(path, monkeypatch, start: str, hint: str) -> None:
+    """ITK cannot read ``path``; we refuse it from its header (its voxels never read) with a message starting ``start``
+    and the hint ``hint``."""
+    from helpers.readers import refuse_reading
+
+    with pytest.raises(RuntimeError):
+        sitk.ReadImage(str(path))  # what ITK does with it
+    refuse_reading(monkeypatch)
+    with pytest.raises(InputError) as refused:
+        open_image(path)
+    assert str(refused.value).startswith(start), refused.value
+    assert refused.value.hint == hint
+
+
 @pytest.mark.parametrize("case", TRAILING_BLANKS)
 def test_nrrd_header_lines_ending_in_blanks_that_itk_cannot_read_are_refused_from_the_header(
     tmp_path, monkeypatch, case
@@ -386,19 +400,13 @@ def test_nrrd_header_lines_ending_in_blanks_that_itk_cannot_read_are_refused_fro
     one ("seem to have more than expected 3 kinds"). Before: our header parse stripped them, the data were checked,
     then ITK's words ("cannot read scan.nrrd: [nrrd] _nrrdReadNrrdParse_kinds: seem to have more than expected 3
     kinds"). Now refused from the header, before any voxel is read, naming the line and what to do."""
-    from helpers.readers import refuse_reading
-
     field, ending = TRAILING_BLANKS[case]
-    path = nrrd_with_line_ending(tmp_path, field, ending)
-    with pytest.raises(RuntimeError):
-        sitk.ReadImage(str(path))  # what ITK does with it
-    refuse_reading(monkeypatch)
-    with pytest.raises(InputError) as refused:
-        open_image(path)
-    assert str(refused.value).startswith(
-        f"scan.nrrd: its header line '{field}:' ends in spaces or tabs, which the image reader (ITK) cannot read"
-    ), refused.value
-    assert refused.value.hint == f"delete the spaces and tabs at the end of its '{field}:' line, or export it again"
+    assert_refused_from_the_header_where_itk_fails(
+        nrrd_with_line_ending(tmp_path, field, ending),
+        monkeypatch,
+        f"scan.nrrd: its header line '{field}:' ends in spaces or tabs, which the image reader (ITK) cannot read",
+        f"delete the spaces and tabs at the end of its '{field}:' line, or export it again",
+    )
 
 
 @pytest.mark.parametrize("field", ["kinds", "sizes", "space origin", "space directions"])
@@ -516,19 +524,13 @@ def test_a_data_file_list_entry_with_blanks_or_an_empty_line_is_refused_from_the
     header): ITK's NRRD reader takes each line whole as a file name ("couldn't open "./s007.raw "", "expected 7
     filenames but got 8"). Before (reviewsmall4): our header parse stripped them and dropped empty lines, checked the
     files so named, then gave ITK's words. Now refused from the header, naming the line, before any voxel is read."""
-    from helpers.readers import refuse_reading
-
-    path = nhdr_of_slices(tmp_path, "LIST", entries)
-    with pytest.raises(RuntimeError):
-        sitk.ReadImage(str(path))  # what ITK does with it
-    refuse_reading(monkeypatch)
-    with pytest.raises(InputError) as refused:
-        open_image(path)
-    assert str(refused.value).startswith(
+    assert_refused_from_the_header_where_itk_fails(
+        nhdr_of_slices(tmp_path, "LIST", entries),
+        monkeypatch,
         f"scan.nhdr: its data file list has the line {shown!r}, with spaces or tabs at an end or nothing else, which "
-        "the image reader (ITK) reads as a file name"
-    ), refused.value
-    assert refused.value.hint == "give one file name a line, without spaces or tabs around it, or export it again"
+        "the image reader (ITK) reads as a file name",
+        "give one file name a line, without spaces or tabs around it, or export it again",
+    )
 
 
 def test_a_size_one_time_axis_in_a_3d_space_is_refused_from_the_header_as_itk_cannot_read_it(tmp_path, monkeypatch):
@@ -583,18 +585,11 @@ def test_a_metaimage_list_entry_that_starts_with_a_blank_or_is_empty_is_refused_
     "Reason: Is a directory", with MetaIO's lines on stderr). Before (reviewsmall4): our parse stripped each name and
     dropped empty lines, checked the files so named, then gave ITK's words. Now refused from the header, naming the
     line; blanks after a name and empty lines after the last are read, as MetaIO reads them."""
-    from helpers.readers import refuse_reading
-
-    path = mhd_of_slices(tmp_path, entries)
-    with pytest.raises(RuntimeError):
-        sitk.ReadImage(str(path))  # what ITK does with it
     volume = read_volume(mhd_of_slices(tmp_path, [MHD_SLICES[0] + " \t", *MHD_SLICES[1:], "", ""]))
     assert np.array_equal(volume.array, volume_array())  # blanks after a name, empty lines after the last: read
-    path = mhd_of_slices(tmp_path, entries)
-    refuse_reading(monkeypatch)
-    with pytest.raises(InputError) as refused:
-        open_image(path)
-    assert str(refused.value).startswith(
-        f"scan.mhd: its data file list has the line {shown!r}, which the image reader (ITK) cannot open as a file"
-    ), refused.value
-    assert refused.value.hint == "give one file name a line, without spaces or tabs before it, or export it again"
+    assert_refused_from_the_header_where_itk_fails(
+        mhd_of_slices(tmp_path, entries),
+        monkeypatch,
+        f"scan.mhd: its data file list has the line {shown!r}, which the image reader (ITK) cannot open as a file",
+        "give one file name a line, without spaces or tabs before it, or export it again",
+    )
