@@ -225,7 +225,7 @@ def available_memory(device: torch.device) -> int:
 
 def estimate_memory(
     network,
-    model_voxels: int,
+    region_voxels: int,
     input_voxels: int,
     roi_size,
     batch_size: int,
@@ -245,7 +245,7 @@ def estimate_memory(
     window = batch_size * roi_voxels * 4 * (in_ch + out_ch + 6 * first) + sum(
         p.numel() * p.element_size() for p in network.parameters()
     )
-    host = host_bytes(input_voxels, model_voxels, in_ch, out_ch, tokens, probabilities, maps_on_input_grid)
+    host = host_bytes(input_voxels, region_voxels, in_ch, out_ch, tokens, probabilities, maps_on_input_grid)
     return {"host": int(host), "window": int(window)}
 
 
