@@ -232,8 +232,9 @@ def estimate_memory(
     probabilities: bool = False,
     maps_on_input_grid: bool = False,
 ) -> dict[str, int]:
-    """Rough peak bytes: ``host`` (volumes, stitched outputs, and the token maps being written on the input grid
-    when ``maps_on_input_grid``) and ``window`` (one window batch's activations)."""
+    """Rough peak bytes: ``host`` (volumes, stitched outputs over the ``region_voxels`` the network runs on, and the
+    token maps being written on the input grid when ``maps_on_input_grid``) and ``window`` (one window batch's
+    activations)."""
     in_ch = int(getattr(network, "in_channels", 1))
     out_ch = int(getattr(network, "out_channels", 2))
     tokens = int(getattr(network, "num_tokens", 0)) if getattr(network, "has_tokens", False) else 0
