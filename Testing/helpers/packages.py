@@ -223,3 +223,18 @@ def blank_network(config: dict):
         network.head.weight.zero_()
         network.head.bias.copy_(torch.tensor([10.0] + [0.0] * (arch["out_channels"] - 1)))
     return network
+
+
+def record_network_inputs(monkeypatch) -> list[np.ndarray]:
+    """A list that receives a copy of each image ``segment()`` runs its network over (the region padded to the
+    window, one per pass)."""
+    from TokenUNetSegmentLib.pipeline import segmentation
+
+    images, real = [], segmentation.run_windows
+
+    def recording(network, image, *rest, **named):
+        images.append(image.copy())
+        return real(network, image, *rest, **named)
+
+    monkeypatch.setattr(segmentation, "run_windows", recording)
+    return images

@@ -426,8 +426,9 @@ def test_a_run_that_cannot_fit_is_refused_from_the_header_before_any_voxel_is_re
 
 
 def test_the_header_estimate_is_the_host_part_of_the_exact_one(cli_case, monkeypatch):
-    """The check before reading counts what the exact check counts for the data (same model grid, tokens and
-    channels), so it refuses nothing the exact check lets run."""
+    """The check before reading counts what the exact check counts for the data (same region, tokens and channels;
+    the region's sides not yet rounded up to the network's multiple), so it refuses nothing the exact check lets
+    run."""
     from TokenUNetSegmentLib.pipeline import segmentation
     from TokenUNetSegmentLib.pipeline.run_memory import check_header_fits
     from TokenUNetSegmentLib.pipeline.volumes import open_input
@@ -441,7 +442,30 @@ def test_the_header_estimate_is_the_host_part_of_the_exact_one(cli_case, monkeyp
     tokens = package.network.num_tokens
     assert tokens == 8
     header = check_header_fits(opened.values, opened.grid, package.config, tokens, path.name, True, True)
-    assert header == exact["host"]
+    assert 0.8 * exact["host"] < header <= exact["host"]  # the same arrays; the exact region rounded to the multiple
     segment(str(path), package, device="cpu", probabilities=True, maps_on_input_grid=True, test_time_augmentation=True)
     averaged = check_header_fits(opened.values, opened.grid, package.config, tokens, path.name, True, True, True)
     assert header < averaged <= exact["host"]  # the window's rounding to the network's multiple: known only after
+
+
+def test_the_plain_run_counts_its_arrays_over_the_region_the_network_runs_on(tmp_path, monkeypatch):
+    """A 2-slice slab runs over a region padded to the window's 32 slices: the estimates without --tta, exact and
+    from the header, count its input and logits there (before: over the model grid's 2 slices, about a third of
+    what the input and logits alone hold), the header's at most the exact one."""
+    from helpers.packages import record_network_inputs, threshold_package
+    from helpers.readers import sparse_nrrd
+    from TokenUNetSegmentLib.pipeline import segmentation
+    from TokenUNetSegmentLib.pipeline.run_memory import check_header_fits
+    from TokenUNetSegmentLib.pipeline.volumes import open_input
+
+    package = threshold_package()  # 1 input, 2 outputs, 32^3 windows at 2 mm
+    path = sparse_nrrd(tmp_path / "slab.nrrd", (80, 70, 2), spacing=2.0)
+    exact, images = {}, record_network_inputs(monkeypatch)
+    monkeypatch.setattr(segmentation, "check_memory", lambda estimate, device: exact.update(estimate))
+    segment(str(path), package, device="cpu", with_token_maps=False)
+    region = images[0].shape[1:]
+    assert region[2] == 32
+    held = 4 * (1 + 2) * int(np.prod(region))  # the network's input and its stitched logits, float32
+    opened = open_input(path)
+    header = check_header_fits(opened.values, opened.grid, package.config, 0, path.name)
+    assert held <= header <= exact["host"]

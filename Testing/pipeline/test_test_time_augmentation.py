@@ -344,3 +344,69 @@ def test_a_sigmoid_region_at_the_scans_edge_keeps_its_probability():
     averaged = segment(body, package, device="cpu", probabilities=True, test_time_augmentation=True)
     inside = plain.probabilities["organ1"][:, :, 8:]
     np.testing.assert_allclose(averaged.probabilities["organ1"][:, :, 8:], inside, atol=0.01)
+
+
+class InfiniteSigmoidNet(InfiniteNet):
+    """One region channel: +inf where the image is bright, -inf elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.out_channels = 1
+
+    def forward(self, x, return_attention=False):
+        return torch.where(x[:, :1] > 0.5, torch.tensor(float("inf")), torch.tensor(float("-inf")))
+
+
+def sigmoid_threshold_package():
+    """:func:`threshold_package` with one sigmoid region channel ('ball')."""
+    from helpers.packages import tiny_config
+    from TokenUNetSegmentLib.pipeline.package_writer import package_in_memory
+
+    config = tiny_config("threshold", labels=1, roi=(32, 32, 32), activation="sigmoid")
+    config["labels"][0]["name"] = "ball"
+    return package_in_memory(InfiniteSigmoidNet(), config, "threshold")
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_infinite_scores_give_finite_probabilities_and_confidence_without_augmentation(activation):
+    """Without --tta, +inf scores keep their labels and get the probabilities the averaging gives them (infinite
+    scores count as the largest finite ones), with a warning that says what to do (before, softmax: the probabilities
+    were NaN and the ball's confidence 0, silently)."""
+    package = threshold_package() if activation == "softmax" else sigmoid_threshold_package()
+    if activation == "softmax":
+        package.network = InfiniteNet()
+    phantom = off_centre_phantom()
+    result = segment(phantom, package, device="cpu", probabilities=True)
+    ball = package.config.labels[-1].name
+    assert result.labels.any()
+    assert np.isfinite(result.probabilities[ball]).all()
+    inside = result.labels == package.config.labels[-1].value
+    assert dice(inside, result.probabilities[ball] > 0.5) > 0.9  # (linear on the input grid, labels nearest)
+    assert result.assessment.labels[ball].confidence > 0.9
+    if activation == "softmax":
+        assert [w for w in result.warnings if "infinite" in w and "--device cpu" in w]
+
+
+def test_a_thin_sagittal_slab_is_turned_about_its_thin_axis_and_keeps_its_slices(monkeypatch):
+    """A 3-voxel slab along left-right (thinner than the 32-voxel window) is turned and scaled in its own plane: each
+    pass's copy holds the slab's slices as they are (before: turned about the head-foot axis, each copy blended the
+    slices with each other and with the padding beside them)."""
+    from helpers.packages import record_network_inputs
+    from TokenUNetSegmentLib.pipeline.test_time_augmentation import turning_axis
+
+    slab = np.broadcast_to(np.array([-50.0, 100.0, 250.0], np.float32)[:, None, None], (3, 80, 70)).copy()
+    images = record_network_inputs(monkeypatch)
+    sagittal = (slab, affine_from_spacing((2.0, 2.0, 2.0)))
+    segment(sagittal, threshold_package(), device="cpu", test_time_augmentation=True)
+    first, *changed = images
+    assert len(changed) == len(AUGMENTATIONS) - 1 and first.shape[1] == 32
+    inside = np.flatnonzero(np.ptp(first[0], axis=(1, 2)) == 0)  # the slab's slices (constant each) and the padding
+    centre = (slice(None), slice(30, 50), slice(25, 45))  # in-plane, inside every pass's field
+    for copy in changed:
+        np.testing.assert_allclose(copy[0][inside][centre], first[0][inside][centre], atol=1e-5)
+    window = (32, 32, 32)
+    assert turning_axis(np.eye(3), (3, 80, 70), window) == 0
+    assert turning_axis(np.eye(3), (80, 3, 70), window) == 1
+    assert turning_axis(np.eye(3), (80, 70, 3), window) == 2  # an axial slab, as before
+    assert turning_axis(np.eye(3), (80, 70, 60), window) == 2  # a scan: the head-foot axis
+    assert turning_axis(np.eye(3), (20, 20, 20), window) == 2  # smaller than the window: the head-foot axis on a tie

@@ -62,7 +62,7 @@ def slow_chunks(monkeypatch, seconds: float, fail_at: int | None = None) -> list
         if fail_at is not None and len(started) == fail_at:
             raise RuntimeError("a worker failed")
         time.sleep(seconds)
-        real(scores, *args)
+        return real(scores, *args)
 
     monkeypatch.setattr(voxel_scores, "_score_chunk", chunk)
     monkeypatch.setattr(voxel_scores, "SCORE_CHUNK", 64)
@@ -130,7 +130,7 @@ def waits_for_the_pass_end(monkeypatch) -> None:
             while not in_shutdown() and time.monotonic() < deadline:
                 time.sleep(0.001)
             signal.raise_signal(signal.SIGINT)
-        real(scores, *args)
+        return real(scores, *args)
 
     monkeypatch.setattr(voxel_scores, "_score_chunk", chunk)
     monkeypatch.setattr(voxel_scores, "SCORE_CHUNK", 64)

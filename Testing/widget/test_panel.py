@@ -453,3 +453,28 @@ def test_choosing_a_model_fills_no_other_selector_while_the_first_input_holds_ev
     env.node.SetNodeReferenceID("inputVolume0", None)
     env.panel.on_model_changed(1)
     assert env.node.GetNodeReferenceID("inputVolume2") == t2.GetID()
+
+
+def test_names_typed_for_one_vector_volume_are_refused_for_another_of_a_different_component_count(panel_env):
+    """The Input channels names stay when the first input changes (a batch of cases in one order keeps them), but a
+    vector volume whose component count differs from them disables Segment with the reason in its tooltip; back on
+    a volume of the named count, Segment is enabled again."""
+    from helpers.scenes import add_vector_volume
+
+    env, ui = panel_env, panel_env.ui
+    env.logic.modelInfos = lambda: [ModelInfo("four", "four", input_names=["T1", "T1c", "T2", "FLAIR"])]
+    four = add_vector_volume(env.ctx.scene, [noise() + 10 * c for c in range(4)], np.eye(4), "case 1")
+    three = add_vector_volume(env.ctx.scene, [noise() + 10 * c for c in range(3)], np.eye(4), "case 2")
+    env.panel.refresh_models()
+    env.node.SetNodeReferenceID("inputVolume0", four.GetID())
+    env.node.SetParameter("inputChannels", "FLAIR,T1w,t1gd,T2w")
+    env.panel.update_view()
+    assert ui.segmentButton.enabled, ui.segmentButton.toolTip
+    env.node.SetNodeReferenceID("inputVolume0", three.GetID())
+    env.panel.update_view()
+    assert ui.inputChannelsEdit.visible and env.panel.parameters().inputChannels == "FLAIR,T1w,t1gd,T2w"
+    assert not ui.segmentButton.enabled
+    assert ui.segmentButton.toolTip.startswith("Volume 'case 2' has 3 components per voxel; the model takes 4 channels")
+    env.node.SetNodeReferenceID("inputVolume0", four.GetID())
+    env.panel.update_view()
+    assert ui.segmentButton.enabled, ui.segmentButton.toolTip

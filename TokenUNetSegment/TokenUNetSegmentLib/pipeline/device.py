@@ -225,15 +225,16 @@ def available_memory(device: torch.device) -> int:
 
 def estimate_memory(
     network,
-    model_voxels: int,
+    region_voxels: int,
     input_voxels: int,
     roi_size,
     batch_size: int,
     probabilities: bool = False,
     maps_on_input_grid: bool = False,
 ) -> dict[str, int]:
-    """Rough peak bytes: ``host`` (volumes, stitched outputs, and the token maps being written on the input grid
-    when ``maps_on_input_grid``) and ``window`` (one window batch's activations)."""
+    """Rough peak bytes: ``host`` (volumes, stitched outputs over the ``region_voxels`` the network runs on, and the
+    token maps being written on the input grid when ``maps_on_input_grid``) and ``window`` (one window batch's
+    activations)."""
     in_ch = int(getattr(network, "in_channels", 1))
     out_ch = int(getattr(network, "out_channels", 2))
     tokens = int(getattr(network, "num_tokens", 0)) if getattr(network, "has_tokens", False) else 0
@@ -245,7 +246,7 @@ def estimate_memory(
     window = batch_size * roi_voxels * 4 * (in_ch + out_ch + 6 * first) + sum(
         p.numel() * p.element_size() for p in network.parameters()
     )
-    host = host_bytes(input_voxels, model_voxels, in_ch, out_ch, tokens, probabilities, maps_on_input_grid)
+    host = host_bytes(input_voxels, region_voxels, in_ch, out_ch, tokens, probabilities, maps_on_input_grid)
     return {"host": int(host), "window": int(window)}
 
 

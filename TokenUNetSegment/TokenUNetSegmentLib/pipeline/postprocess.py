@@ -35,6 +35,14 @@ class ModelGridOutputs:
     coarse_maps: dict[str, np.ndarray] | None
     token_matches: list[dict]
     measures: dict[int, dict[str, float]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+NON_FINITE_SCORES = (
+    "the network's scores were infinite or not a number in {voxels} voxels (on a GPU: half precision overflowing); "
+    "they were counted as the largest finite scores, which keeps their labels but makes their probabilities and "
+    "confidence approximate (run on the CPU, --device cpu, for exact ones)"
+)
 
 
 def postprocess(
@@ -47,11 +55,16 @@ def postprocess(
     progress=None,
 ) -> ModelGridOutputs:
     """Labels (largest components kept for the named labels), token maps, their label matches, and the measures
-    that say how far to trust each label."""
-    scores = None
+    that say how far to trust each label. A softmax model's infinite or NaN float32 ``logits`` are made finite in
+    place (the largest finite values, NaN 0), with a warning."""
+    scores, warnings = None, []
     if config.inference.activation == "softmax" and logits.dtype == np.float32:  # labels and certainty in one pass
         check = progress.check if progress is not None else None
         region_labels, scores = softmax_labels(logits, config.labels, torch.get_num_threads(), check)
+        if scores.non_finite:  # NaN probabilities: scored again from finite logits (a sigmoid of +-inf is 0 or 1)
+            warnings.append(NON_FINITE_SCORES.format(voxels=scores.non_finite))
+            np.nan_to_num(logits, copy=False)  # in place, as test_time_augmentation.to_probabilities counts them
+            region_labels, scores = softmax_labels(logits, config.labels, torch.get_num_threads(), check)
     else:
         region_labels = labels_from_logits(logits, config.inference, config.labels)
     values = [label.value for label in config.labels]
@@ -69,7 +82,7 @@ def postprocess(
             matching.wait()  # nothing of this run goes on after it ends
     matches = matching.result() if matching is not None else []
     probability_maps = probabilities_of(logits, config.inference, config.labels) if with_probabilities else None
-    return ModelGridOutputs(full, probability_maps, coarse, matches, measures)
+    return ModelGridOutputs(full, probability_maps, coarse, matches, measures, warnings)
 
 
 def _measure(logits, region_labels, scores, pieces, values, prepared: Prepared, inference: Inference):

@@ -31,7 +31,7 @@ BODY_EXTENT_MM = 2500.0
 
 def host_bytes(
     input_voxels: int,
-    model_voxels: int,
+    region_voxels: int,
     in_channels: int,
     out_channels: int,
     tokens: int,
@@ -39,12 +39,14 @@ def host_bytes(
     maps_on_input_grid: bool = False,
 ) -> int:
     """Rough peak host bytes of a run's data: the inputs, the model-grid arrays, the stitched token maps, and the
-    probabilities and input-grid maps when asked for (the network and its windows are counted apart)."""
+    probabilities and input-grid maps when asked for (the network and its windows are counted apart). The model-grid
+    arrays are counted over ``region_voxels``, the network's input region (:func:`largest_region`: a thin slab's is
+    padded to the window, many times its model grid)."""
     return int(
         input_voxels * (4 * in_channels + 1 + 4)  # inputs as float32, labels, scratch of a resampling
-        + model_voxels * (4 * (in_channels + out_channels) + postprocess_bytes(out_channels))  # inputs, logits
-        + (model_voxels // 512) * 4 * 4 * tokens  # stitched token maps (1/8 grid)
-        + (model_voxels * 4 * out_channels + input_voxels * 4 * out_channels if probabilities else 0)
+        + region_voxels * (4 * (in_channels + out_channels) + postprocess_bytes(out_channels))  # inputs, logits
+        + (region_voxels // 512) * 4 * 4 * tokens  # stitched token maps (1/8 grid)
+        + (region_voxels * 4 * out_channels + input_voxels * 4 * out_channels if probabilities else 0)
         + (input_voxels * INPUT_GRID_MAP_BYTES if maps_on_input_grid and tokens else 0)
     )
 
@@ -135,16 +137,15 @@ def check_header_fits(
         OutOfMemoryError: over free memory or ``TOKENUNET_MEMORY_LIMIT``.
         InputError: over it because the header's spacing makes the scan longer than a body.
     """
-    model_voxels = region = 0
+    region = 0
     if grid is not None:
         pre = config.preprocessing
         shape = model_grid(grid, pre.orientation, pre.spacing).shape
-        model_voxels = int(np.prod(shape, dtype=np.float64))
         region = largest_region(shape, config.inference.roi_size)  # the window not yet rounded: at most the exact one
     architecture = config.architecture
     need = host_bytes(
         voxels,
-        model_voxels,
+        region,
         architecture.in_channels,
         architecture.out_channels,
         tokens,

@@ -34,7 +34,7 @@ from .progress import PassProgress, Progress
 from .result import MAP_KINDS, SegmentationResult, TokenMaps
 from .run_inputs import RunNeeds, channel_items, open_run_inputs
 from .run_memory import augmentation_bytes, largest_region, wrong_spacing
-from .test_time_augmentation import AUGMENTATIONS, averaged_scores
+from .test_time_augmentation import AUGMENTATIONS, averaged_scores, turning_axis
 from .volumes import Volume
 
 log = logging.getLogger(__name__)
@@ -152,9 +152,7 @@ def segment(
                 )
             prepared = prepare(volumes, config, plan.size_multiple, plan.roi_size, reporter)
             cost = None if overlap is None else overlap_cost(prepared.image.shape[1:], plan, config.inference.overlap)
-            for message in [*prepared.warnings, *([cost] if cost else [])]:
-                pywarnings.warn(message, stacklevel=2)
-                result_warnings.append(message)
+            _publish([*prepared.warnings, *([cost] if cost else [])], result_warnings)
 
         with clock.stage("inference"):
             want_tokens = with_token_maps and bool(network.has_tokens)
@@ -188,6 +186,7 @@ def segment(
                     return scores
 
                 region = prepared.region
+                extent = [part.stop - part.start for part in prepared.paste_slices()[1]]  # the scan in the region
                 logits = averaged_scores(
                     prepared.image,
                     logits,
@@ -197,11 +196,13 @@ def segment(
                     config.inference.activation,
                     prepared.padding,
                     reporter.check,
+                    turning_axis(region.direction, extent, plan.roi_size),
                 )
                 used_device = fitted["device"]
 
         with clock.stage("postprocess"):
             on_model_grid = postprocess(logits, maps, prepared, config, keep, probabilities or smooth, reporter)
+            _publish(on_model_grid.warnings, result_warnings)
             token_matches = on_model_grid.token_matches
             del logits, maps
             assessment = assess_run(on_model_grid, prepared, config, volumes[0].grid)
@@ -279,9 +280,10 @@ def _check_memory(
     grid = model_grid(first.grid, pre.orientation, pre.spacing)
     _, windows = scan_plan(grid.shape, plan.roi_size, plan.overlap, plan.step_multiple)
     batch = min(plan.batch_size, windows)  # a batch holds at most the volume's windows
+    region = largest_region(grid.shape, plan.roi_size, plan.size_multiple)  # what the network runs over
     estimate = estimate_memory(
         package.network,
-        int(np.prod(grid.shape)),
+        region,
         int(first.array.size),
         plan.roi_size,
         batch,
@@ -291,7 +293,6 @@ def _check_memory(
     estimate["host"] += sum(volume.array.nbytes for volume in volumes[1:])  # the other channels' own arrays
     if test_time_augmentation:
         network = package.network
-        region = largest_region(grid.shape, plan.roi_size, plan.size_multiple)
         estimate["host"] += augmentation_bytes(int(network.out_channels), int(network.in_channels), region)
     try:
         check_memory(estimate, device)
@@ -300,6 +301,13 @@ def _check_memory(
         if error is None:
             raise
         raise error from None
+
+
+def _publish(messages: Sequence[str], sink: list[str]) -> None:
+    """Warn ``segment()``'s caller of each message and keep it for the result."""
+    for message in messages:
+        pywarnings.warn(message, stacklevel=3)
+        sink.append(message)
 
 
 def _warn(message: str, sink: list[str]) -> None:

@@ -3,10 +3,12 @@
 The scan on the model grid is run as it is, rotated by +/-15 degrees about its axial axis, and scaled in-plane
 by 0.85 and 1.15 (a smaller and a larger body); each run's probabilities are moved back onto the model grid and
 averaged where that run saw the voxel. The changes lie inside the training augmentation of the bundled model
-(rotations to 30 degrees, body-size scale 0.75-1.3) and leave the axial axis alone: resampling a thin slab
-along it would make up slices above and below it. Averaging predictions over such changes (Wang et al. 2019,
-"Aleatoric uncertainty estimation with test-time augmentation for medical image segmentation") trades run time
-(five passes of the network) for predictions that depend less on one pose of the body.
+(rotations to 30 degrees, body-size scale 0.75-1.3) and leave the axis they turn about alone: resampling a thin
+slab along its thin axis would make up slices beside it, so a scan thinner than the window along another axis (a
+sagittal or coronal slab) is turned about that axis instead (:func:`turning_axis`). Averaging predictions over such
+changes (Wang et al. 2019, "Aleatoric uncertainty estimation with test-time augmentation for medical image
+segmentation") trades run time (five passes of the network) for predictions that depend less on one pose of the
+body.
 
 Only the label probabilities are averaged; token maps come from the unchanged pass.
 """
@@ -28,6 +30,17 @@ SMALLEST_PROBABILITY = 1e-7  # floor before the logarithm that turns averaged pr
 def axial_axis(direction: np.ndarray) -> int:
     """The index axis that runs most nearly head-foot (the one whose direction has the largest S component)."""
     return int(np.argmax(np.abs(np.asarray(direction)[2, :3])))
+
+
+def turning_axis(direction: np.ndarray, extent, window) -> int:
+    """The index axis the passes turn and scale about: the scan's thinnest (``extent``: its voxels per axis on the
+    model grid) when it is thinner than the ``window`` there, so a slab of any orientation keeps its slices; else,
+    and on a tie with it, the head-foot axis (:func:`axial_axis`)."""
+    axial = axial_axis(direction)
+    thinnest = int(np.argmin(extent))
+    if extent[thinnest] < extent[axial] and extent[thinnest] < window[thinnest]:
+        return thinnest
+    return axial
 
 
 def in_plane_matrix(degrees: float, scale: float, axial: int, spacing) -> np.ndarray:
@@ -102,6 +115,7 @@ def averaged_scores(
     activation: str = "softmax",
     padding=(),
     check: Callable[[], None] | None = None,
+    axis: int | None = None,
 ) -> np.ndarray:
     """The scores of the probabilities averaged over :data:`AUGMENTATIONS`.
 
@@ -116,10 +130,11 @@ def averaged_scores(
             which fills what a turned or shrunk copy shows beyond it, as the image itself is padded.
         check: called between the whole-volume steps (e.g. :meth:`.progress.Progress.check`): what it raises ends
             the averaging, as a stop between windows ends a pass.
+        axis: the index axis to turn about (:func:`turning_axis`); default the axial axis of ``direction``.
     """
     check = check or (lambda: None)
     shape = image.shape[1:]
-    axial = axial_axis(direction)
+    axial = axial_axis(direction) if axis is None else axis
     total = to_probabilities(first_scores, activation)
     seen = torch.ones((1, 1, *shape), dtype=torch.float32)
     source = torch.from_numpy(image)[None]

@@ -34,6 +34,7 @@ class VoxelScores:
 
     probability: np.ndarray | None
     lead: np.ndarray | None
+    non_finite: int = 0  # voxels whose top score was infinite or NaN (their probability and lead are NaN)
 
     def take(self, box: tuple[slice, ...], labelled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probability, lead) of the voxels ``labelled`` marks in ``box`` of the region, in C order: what
@@ -72,22 +73,24 @@ def softmax_labels(
     # a worker's buffers as for 13 channels (105 channels in SCORE_CHUNK voxels took 28-41 MB per worker)
     chunk = max(1, SCORE_CHUNK * CHUNK_CHANNELS // max(CHUNK_CHANNELS, channels))
 
-    def score(part: tuple[slice, ...]) -> None:
+    def score(part: tuple[slice, ...]) -> int:
         scores = source[(slice(None), *part)].reshape(channels, -1)  # a view, or a copy of this chunk only
         where = _flat_range(part, source.shape[1:])
-        _score_chunk(scores, lookup, *(output[where] for output in outputs))
+        return _score_chunk(scores, lookup, *(output[where] for output in outputs))
 
     # torch's exp on 1 thread inside each worker: the workers are the parallelism. Set in each worker, this thread's
     # and the process's counts untouched (before, threads2: set here, it also put every thread started meanwhile,
     # another run's among them, on 1 thread)
     pool = ThreadPoolExecutor(max(1, workers), initializer=process_settings.use_threads, initargs=(1,))
+    non_finite = 0
     try:
-        for _ in pool.map(score, _chunks(source.shape[1:], chunk)):
+        for count in pool.map(score, _chunks(source.shape[1:], chunk)):
+            non_finite += count
             if check is not None:
                 check()
     finally:
         pool.shutdown(cancel_futures=True)  # on an error or a stop: the running chunks end, no other starts
-    return labels, VoxelScores(probability, lead)
+    return labels, VoxelScores(probability, lead, non_finite)
 
 
 def _chunks(shape: tuple[int, ...], chunk: int) -> list[tuple[slice, ...]]:
@@ -114,8 +117,10 @@ def _flat_range(part: tuple[slice, ...], shape: tuple[int, ...]) -> slice:
     return slice(start, start + (part[-1].stop - part[-1].start) * int(np.prod(shape[len(part) :])))
 
 
-def _score_chunk(scores: np.ndarray, lookup, labels: np.ndarray, probability: np.ndarray, lead: np.ndarray) -> None:
-    """One chunk of (C, voxels) scores: its labels, and the probability and lead of its labelled voxels."""
+def _score_chunk(scores: np.ndarray, lookup, labels: np.ndarray, probability: np.ndarray, lead: np.ndarray) -> int:
+    """One chunk of (C, voxels) scores: its labels, and the probability and lead of its labelled voxels. Returns how
+    many of its voxels have an infinite or NaN top score (the running maximum keeps +inf and NaN, and a voxel's -inf
+    only when all its scores are: the chunk's top scores show every voxel whose probability is NaN)."""
     top = scores[0].copy()
     second = np.full_like(top, -np.inf)
     index = np.zeros(top.shape, np.uint8)
@@ -129,10 +134,12 @@ def _score_chunk(scores: np.ndarray, lookup, labels: np.ndarray, probability: np
         np.maximum(second, work, out=second)
         np.maximum(top, values, out=top)
     np.take(lookup, index, out=labels)
+    finite = np.isfinite(top.max()) and np.isfinite(top.min())  # two reductions of a chunk in the caches
+    non_finite = 0 if finite else int(np.count_nonzero(~np.isfinite(top)))
     inside = labels > 0
     count = int(np.count_nonzero(inside))
     if count == 0:
-        return
+        return non_finite
     if count > WHOLE_CHUNK_SHARE * inside.size:
         _top_probability(scores, top, second, probability, lead)
     else:
@@ -140,6 +147,7 @@ def _score_chunk(scores: np.ndarray, lookup, labels: np.ndarray, probability: np
         _top_probability(scores[:, inside], top[inside], second[inside], found_probability, found_lead)
         probability[inside] = found_probability
         lead[inside] = found_lead
+    return non_finite
 
 
 def _top_probability(scores, top, second, probability: np.ndarray, lead: np.ndarray) -> None:
