@@ -398,8 +398,8 @@ def _case_name(path: Path) -> str:
     stem = volume_stem(path)
     if stem is not None:
         return stem
-    if is_dicom_file(path):
-        return path.resolve().parent.name
+    if is_dicom_file(path):  # a link's folder, the series segment reads with it (not a git-annex object's folder)
+        return Path(os.path.abspath(path)).parent.name
     return path.stem
 
 
