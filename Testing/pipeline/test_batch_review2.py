@@ -6,11 +6,12 @@ import os
 
 import pytest
 from helpers.channel_files import brain_config, sequence, write_volume
-from helpers.packages import make_package
+from helpers.packages import make_package, tiny_config
 from helpers.readers import dicom_array, write_dicom_series
 from TokenUNetSegmentLib.pipeline import cli
 from TokenUNetSegmentLib.pipeline.batch_cases import cases_from_paths
-from TokenUNetSegmentLib.pipeline.metadata import PackageConfig, semantic_problems
+from TokenUNetSegmentLib.pipeline.errors import ModelPackageError
+from TokenUNetSegmentLib.pipeline.package_source import read_metadata
 
 FAST = ["--device", "cpu", "--no-overview", "--progress", "none", "--no-heatmaps"]
 
@@ -55,3 +56,68 @@ def test_resume_reruns_an_annexed_slice_case_whose_series_got_a_new_slice_versio
     (series / "IM0003.dcm").unlink()
     _annex(tmp_path, data + b"\0\0", series / "IM0003.dcm", "SHA256E-s9--new.dcm")
     assert input_stamp(series / "IM0001.dcm") != before
+
+
+def test_brats_training_case_folders_with_their_seg_file_run_on_the_four_sequences(tmp_path, capsys):
+    """BraTS's training data, the layout users validate on: each case folder holds its label map beside the four
+    sequences (``BraTS_001_seg.nii.gz``) (before: every case failed "model ... needs 4 input channel(s) ..., got 5",
+    exit 2: the documented layout never ran). The files the patterns place one way only run; a file no channel's
+    pattern matches is left out with a note, and batch.json lists the files that ran."""
+    package = make_package(tmp_path, brain_config())
+    folder = tmp_path / "BraTS"
+    for case in (1, 2):
+        for index, name in enumerate(("t1", "t1c", "t2", "flair", "seg")):
+            path = folder / f"BraTS_{case:03d}" / f"BraTS_{case:03d}_{name}.nii.gz"
+            write_volume(sequence(min(index, 3), case - 1), path)
+    out = tmp_path / "out"
+    options = ["--model", str(package), "--out", str(out), *FAST]
+    assert cli.main(["batch", str(folder), *options]) == 0
+    records = json.loads((out / "batch.json").read_text())["cases"]
+    assert [(record["status"], len(record["inputs"])) for record in records] == [("done", 4), ("done", 4)]
+    assert not any(path.endswith("_seg.nii.gz") for record in records for path in record["inputs"])
+    assert "left out BraTS_001_seg.nii.gz" in capsys.readouterr().err
+    assert cli.main(["batch", str(folder), *options, "--resume"]) == 0
+    records = json.loads((out / "batch.json").read_text())["cases"]
+    assert [record["status"] for record in records] == ["skipped", "skipped"]
+
+
+def test_a_case_folder_with_two_files_for_one_channel_is_refused_alone(tmp_path):
+    """``BraTS_001_t1.nii.gz`` and a second ``BraTS_001_t1.nrrd`` beside the other sequences: which is T1 is no one's
+    choice, so the case is recorded failed, never run on either."""
+    package = make_package(tmp_path, brain_config())
+    folder = tmp_path / "BraTS"
+    for index, name in enumerate(("t1", "t1c", "t2", "flair")):
+        write_volume(sequence(index, 0), folder / "BraTS_001" / f"BraTS_001_{name}.nii.gz")
+    write_volume(sequence(3, 0), folder / "BraTS_001" / "BraTS_001_t1.nrrd")
+    out = tmp_path / "out"
+    assert cli.main(["batch", str(folder), "--model", str(package), "--out", str(out), *FAST]) == 2
+    record = json.loads((out / "batch.json").read_text())["cases"][0]
+    assert record["status"] == "failed" and not (out / "BraTS_001").exists()
+
+
+def _package_with_label(tmp_path, name: str):
+    package = make_package(tmp_path, tiny_config())
+    path = package / "configs" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata["tokenunet"]["labels"][0]["name"] = name
+    path.write_text(json.dumps(metadata))
+    return package
+
+
+@pytest.mark.parametrize(
+    "name", ["\x1b]0;pwned\x07liver", "line\nbreak", "left:kidney", "liver?", "liver.", "CON", "nul.left", "x" * 251]
+)
+def test_a_package_whose_label_name_no_system_can_name_a_file_by_is_refused(tmp_path, name):
+    """A package from elsewhere whose label name holds a terminal escape, a line break, what Windows cannot hold in a
+    file name (``left:kidney`` writes the stream ``kidney.nrrd`` of a file ``left`` on NTFS) or reads as a device
+    (``CON``), or too many bytes for a file name (before: accepted; the escape went raw to the terminal in the summary
+    and into ``probabilities/``' file names; a 251-byte name failed only after the whole run, "cannot write the output
+    ... File name too long (choose a shorter path)", a hint about the path, not the package)."""
+    with pytest.raises(ModelPackageError) as refused:
+        read_metadata(_package_with_label(tmp_path, name))
+    assert "cannot name a file" in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["left kidney", "vertebrae_L1", "côte (rib) 1", "Liver-2.5"])
+def test_label_names_that_name_files_everywhere_are_kept(tmp_path, name):
+    assert read_metadata(_package_with_label(tmp_path, name)).config.labels[0].name == name

@@ -40,7 +40,7 @@ class BatchCase:
     extra: :mod:`.channel_file_cases`), recorded as failed while the other cases run; ``file_name``: of nnU-Net channel
     files grouped under their case id, the first file's name without extension, the case's name where its id is
     another case's too (``x_0000.nii.gz`` beside ``x.nii.gz``); ``by_patterns``: the volume files of one case's folder
-    (:func:`check_placed_by_patterns`)."""
+    (:func:`placed_by_patterns`)."""
 
     name: str
     inputs: tuple[str, ...]
@@ -369,10 +369,13 @@ def _case_folder_files(folder: Path) -> list[Path]:
     return [entry for entry in entries if not entry.name.startswith(".") and entry.is_file() and volume_stem(entry)]
 
 
-def check_placed_by_patterns(case: BatchCase, channels: Sequence) -> None:
-    """Refuse a case folder's files that the model's ``channels`` (their filename patterns) do not place one way only:
-    ``segment`` runs such files in the order given, and a folder's name order is no order anyone chose. nnU-Net's
-    numbered files are left to their dataset.json, as ``segment`` places them; a wrong count to ``segment``'s words.
+def placed_by_patterns(case: BatchCase, channels: Sequence) -> tuple[BatchCase, list[str]]:
+    """A case folder's files that the model's ``channels`` (their filename patterns) place one way only, as ``case``
+    with those files, and the names of the files left out: those no channel's pattern matches (BraTS's training
+    folders hold ``BraTS_001_seg.nii.gz`` beside the sequences). Refused when the patterns do not place every channel
+    one way only: ``segment`` runs such files in the order given, and a folder's name order is no order anyone chose.
+    nnU-Net's numbered files are left to their dataset.json, as ``segment`` places them; a wrong count (too few files,
+    or a left-over file some pattern matches) to ``segment``'s words.
 
     Raises:
         InputError: naming the files and the channels.
@@ -380,14 +383,21 @@ def check_placed_by_patterns(case: BatchCase, channels: Sequence) -> None:
     from .channel_stack import nnunet_indices
     from .channels import channel_assignment
 
-    if len(channels) < 2 or len(case.inputs) != len(channels) or nnunet_indices(list(case.inputs)) is not None:
-        return
-    if not channel_assignment(list(case.inputs), channels)[1]:
-        files = ", ".join(Path(item).name for item in case.inputs)
+    inputs = list(case.inputs)
+    if len(channels) < 2 or len(inputs) < len(channels) or nnunet_indices(inputs) is not None:
+        return case, []
+    chosen, unique = channel_assignment(inputs, channels)
+    placed = sorted(inputs[index] for index in chosen if index is not None)
+    left = [item for item in inputs if item not in placed]
+    if any(channel.matches(item) for item in left for channel in channels):
+        return case, []
+    if not unique:
+        files = ", ".join(Path(item).name for item in inputs)
         raise InputError(
             f"the names of {files} do not say which channel ({', '.join(c.name for c in channels)}) each holds",
             "name each file for its channel, or give the case in a --datalist with its 'channels'",
         )
+    return dataclasses.replace(case, inputs=tuple(placed)), [Path(item).name for item in left]
 
 
 def _case_name(path: Path) -> str:

@@ -51,8 +51,8 @@ def input_stamp(path: str | Path) -> list:
     except OSError:
         return [str(path)]
     if not path.is_dir():
-        if volume_stem(path) is None and is_dicom_file(path):  # one slice stands for its series: the stamp of the
-            return [str(path), *input_stamp(given.parent)[1:]]  # folder read, a link's own (git-annex: not its target's)
+        if volume_stem(path) is None and is_dicom_file(path):  # one slice stands for its series, read in its folder:
+            return [str(path), *input_stamp(given.parent)[1:]]  # a link's own (git-annex), not its target's
         return [str(path), *_identity(info)]
     digest, count = hashlib.sha256(), 0
     for parent, folders, files in os.walk(path):
