@@ -121,3 +121,25 @@ def test_a_package_whose_label_name_no_system_can_name_a_file_by_is_refused(tmp_
 @pytest.mark.parametrize("name", ["left kidney", "vertebrae_L1", "côte (rib) 1", "Liver-2.5"])
 def test_label_names_that_name_files_everywhere_are_kept(tmp_path, name):
     assert read_metadata(_package_with_label(tmp_path, name)).config.labels[0].name == name
+
+
+@pytest.mark.parametrize("layout", ["Task01_BrainTumour", "Dataset001_BraTS"])
+def test_a_datasets_root_given_to_a_multichannel_model_is_refused_with_its_images_folder(tmp_path, capsys, layout):
+    """``batch Task01_BrainTumour/`` (the Decathlon's or nnU-Net's dataset root: imagesTr/, imagesTs/, labelsTr/,
+    dataset.json) with a 4-channel model (before: imagesTr, imagesTs and labelsTr each taken as one BraTS case
+    folder: three cases, every one failed "the names of BRATS_001.nii.gz, BRATS_002.nii.gz, ... do not say which
+    channel (T1, T1c, T2, FLAIR) each holds (name each file for its channel ...)", a batch.json written and label
+    maps offered as scans). Refused before anything is written, the hint naming the folder of cases to give."""
+    package = make_package(tmp_path, brain_config())
+    root = tmp_path / layout
+    channels = ["_0000", "_0001", "_0002", "_0003"] if layout.startswith("Dataset") else [""]  # nnU-Net's: 3D files
+    for folder in ("imagesTr", "labelsTr", "imagesTs"):
+        for case in (1, 2, 3):
+            for channel in channels if folder.startswith("images") else [""]:
+                write_volume(sequence(0, 0), root / folder / f"BRATS_{case:03d}{channel}.nii.gz")
+    (root / "dataset.json").write_text("{}")
+    out = tmp_path / "out"
+    assert cli.main(["batch", str(root), "--model", str(package), "--out", str(out), *FAST]) == 2
+    error = capsys.readouterr().err
+    assert "it is a dataset's root: give the folder of its images" in error and error.endswith("/imagesTs)\n")
+    assert not out.exists()

@@ -30,6 +30,7 @@ BATCH_FILE = "batch.json"
 STUDY_UID = "0020|000d"
 NAME_BYTES = 255  # the longest file name most file systems take
 DATALIST_CHANNELS = "the datalist's 'channels'"
+DATASET_FOLDERS = ("imagesTr", "imagesTs", "labelsTr", "labelsTs")  # a Decathlon or nnU-Net dataset's folders of cases
 
 
 @dataclass(frozen=True)
@@ -128,11 +129,16 @@ def cases_from_paths(
                 inner = Counter(file.name for file in _inner_volumes(path)).most_common(1)  # e.g. s0001/ct.nii.gz
                 if inner and inner[0][1] == 1:  # no name shared by the subfolders: their files' ending
                     inner = [("*" + inner[0][0][len(volume_stem(inner[0][0])) :], 1)]
-                raise InputError(
-                    f"the folder {given} holds no case (no NIfTI, NRRD or MetaImage file, no DICOM subfolder)",
+                hint = (
                     f"its subfolders hold volume files: give them as cases, e.g. {Path(given) / '*' / inner[0][0]}"
                     if inner
-                    else "give the folder that holds the cases, or the cases themselves",
+                    else "give the folder that holds the cases, or the cases themselves"
+                )
+                images = [path / name for name in ("imagesTs", "imagesTr") if (path / name).is_dir()]
+                if images:  # a Decathlon or nnU-Net dataset's root: its images folder is the folder of cases
+                    hint = f"it is a dataset's root: give the folder of its images, e.g. {images[0]}"
+                raise InputError(
+                    f"the folder {given} holds no case (no NIfTI, NRRD or MetaImage file, no DICOM subfolder)", hint
                 )
             if one_study(found):  # a CD or PACS export of one study: one case, as segment reads that folder
                 shown = ", ".join(Path(case.source).name for case in found[:3]) + (", ..." if len(found) > 3 else "")
@@ -351,7 +357,7 @@ def cases_in_folder(
             cases.append(BatchCase(volume_stem(entry), (str(linked_as_named(entry)),), str(entry), stack_names, OPTION))
         elif entry.is_dir() and holds_dicom(entry, anywhere=True):
             cases.append(BatchCase(entry.name, (str(linked_as_named(entry)),), str(entry)))
-        elif len(model_inputs or ()) > 1 and (files := _case_folder_files(entry)):  # BraTS: a folder per case
+        elif len(model_inputs or ()) > 1 and entry.name not in DATASET_FOLDERS and (files := _case_folder_files(entry)):
             inputs = tuple(str(linked_as_named(file)) for file in files)
             cases.append(BatchCase(entry.name, inputs, str(entry), named_by=OPTION, by_patterns=True))
         else:
@@ -392,7 +398,7 @@ def placed_by_patterns(case: BatchCase, channels: Sequence) -> tuple[BatchCase, 
     if any(channel.matches(item) for item in left for channel in channels):
         return case, []
     if not unique:
-        files = ", ".join(Path(item).name for item in inputs)
+        files = ", ".join(Path(item).name for item in inputs[:6]) + (", ..." if len(inputs) > 6 else "")
         raise InputError(
             f"the names of {files} do not say which channel ({', '.join(c.name for c in channels)}) each holds",
             "name each file for its channel, or give the case in a --datalist with its 'channels'",
