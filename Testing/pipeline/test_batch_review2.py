@@ -143,3 +143,31 @@ def test_a_datasets_root_given_to_a_multichannel_model_is_refused_with_its_image
     error = capsys.readouterr().err
     assert "it is a dataset's root: give the folder of its images" in error and error.endswith("/imagesTs)\n")
     assert not out.exists()
+
+
+def test_brats_case_folders_given_one_by_one_are_one_case_each(tmp_path, capsys):
+    """``batch BraTS/BraTS_00*`` (the shell lists the case folders; a few cases picked from a dataset), as
+    ``batch dicom/*`` lists series folders (before: each given folder was a folder of cases, each sequence its own
+    case: every one failed "needs 4 input channel(s) ..., got 1 (... or one 4D image of them all with --channels)",
+    where ``batch BraTS`` ran them). A given folder whose volume files the model's patterns place one way only is one
+    case; a folder of 4D images (the Decathlon's imagesTs) stays a folder of cases."""
+    package = make_package(tmp_path, brain_config())
+    folder = tmp_path / "BraTS"
+    for case in (1, 2):
+        for index, name in enumerate(("t1", "t1c", "t2", "flair", "seg")):
+            path = folder / f"BraTS_{case:03d}" / f"BraTS_{case:03d}_{name}.nii.gz"
+            write_volume(sequence(min(index, 3), case - 1), path)
+    out = tmp_path / "out"
+    given = sorted(map(str, folder.iterdir()))
+    assert cli.main(["batch", *given, "--model", str(package), "--out", str(out), *FAST]) == 0
+    records = json.loads((out / "batch.json").read_text())["cases"]
+    assert [(record["name"], record["status"], len(record["inputs"])) for record in records] == [
+        ("BraTS_001", "done", 4),
+        ("BraTS_002", "done", 4),
+    ]
+    images = tmp_path / "imagesTs"
+    for case in range(1, 5):
+        write_volume(sequence(0, 0), images / f"BRATS_{case:03d}.nii.gz")
+    channels = read_metadata(package).config.inputs
+    cases, _ = cases_from_paths([images], None, [channel.name for channel in channels], channels)
+    assert [case.name for case in cases] == ["BRATS_001", "BRATS_002", "BRATS_003", "BRATS_004"]

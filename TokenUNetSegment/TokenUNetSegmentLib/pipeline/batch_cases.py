@@ -94,11 +94,15 @@ def holds_dicom(folder: Path, anywhere: bool = False) -> bool:
 
 
 def cases_from_paths(
-    paths: Iterable[str | Path], channels: Sequence[str] | None = None, model_inputs: Sequence[str] | None = None
+    paths: Iterable[str | Path],
+    channels: Sequence[str] | None = None,
+    model_inputs: Sequence[str] | None = None,
+    model_channels: Sequence | None = None,
 ) -> tuple[list[BatchCase], list[str]]:
     """The cases the ``CASE`` arguments name, and notes about what a folder of cases held that is no case.
     ``channels`` (``--channels``): what nnU-Net's channel files _0000, _0001, ... hold, or the volumes of a 4D image;
-    ``model_inputs``: the model's channel names, where known (see :mod:`.channel_file_cases`)."""
+    ``model_inputs``: the model's channel names, where known (see :mod:`.channel_file_cases`); ``model_channels``: its
+    channels with their filename patterns, where its package is here (a given folder they place is one case)."""
     from .special_files import special_kind
 
     cases: list[BatchCase] = []
@@ -120,6 +124,10 @@ def cases_from_paths(
             )
         if path.is_dir() and not holds_dicom(path):
             found, left_out = cases_in_folder(path, channels, model_inputs)
+            if _one_case_folder(found, model_channels):  # ``batch BraTS/*``: each case folder given
+                files = tuple(str(linked_as_named(file)) for file in _case_folder_files(path))
+                cases.append(BatchCase(_case_name(path), files, str(given), named_by=OPTION, by_patterns=True))
+                continue
             output = None if found else tokenunet_output(path)
             if output is not None:  # ``batch data/* --out data/out`` run again: the shell lists the batch's output
                 outputs.append(f"{given} holds {output}")
@@ -193,6 +201,23 @@ def cases_from_paths(
             f"{outputs[0]} (TokenUNet's output), no scans", "give the scans, or the folders that hold them"
         )
     return _named_apart(_channel_files_given(cases, direct, channels, model_inputs)), notes
+
+
+def _one_case_folder(found: Sequence[BatchCase], channels: Sequence | None) -> bool:
+    """Whether a given folder's cases ``found`` are the volume files of one multi-channel case: the model's
+    ``channels`` place them one way only, as they place a case folder's files (:func:`placed_by_patterns`); never a
+    folder of DICOM series, of nnU-Net channel files, of case folders, or of 4D images the patterns do not place."""
+    if not channels or len(channels) < 2 or len(found) < len(channels):
+        return False
+    if any(
+        case.by_patterns or case.file_name or len(case.inputs) != 1 or Path(case.inputs[0]).is_dir() for case in found
+    ):
+        return False
+    case = BatchCase("", tuple(case.inputs[0] for case in found), "")
+    try:
+        return placed_by_patterns(case, channels)[0] is not case  # the same case: files the patterns do not place
+    except InputError:
+        return False
 
 
 def _series_of_file(path: Path) -> tuple[str, str] | None:

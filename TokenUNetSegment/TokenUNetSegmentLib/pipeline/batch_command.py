@@ -122,7 +122,9 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
             f"({model_inputs[0]})",
             "drop --channels",
         )
-    cases, notes = cases_from_paths(args.cases, args.channels, model_inputs)
+    local = store.local_path(args.model)  # its channels' filename patterns, where the package is here
+    model_channels = read_metadata(local).config.inputs if local is not None else None
+    cases, notes = cases_from_paths(args.cases, args.channels, model_inputs, model_channels)
     if args.datalist is not None:
         cases += cases_from_datalist(args.datalist, args.section)
     if not cases:
