@@ -171,3 +171,18 @@ def test_brats_case_folders_given_one_by_one_are_one_case_each(tmp_path, capsys)
     channels = read_metadata(package).config.inputs
     cases, _ = cases_from_paths([images], None, [channel.name for channel in channels], channels)
     assert [case.name for case in cases] == ["BRATS_001", "BRATS_002", "BRATS_003", "BRATS_004"]
+
+
+def test_a_series_subfolder_holding_a_batch_json_of_the_users_stays_in_the_stamp(tmp_path):
+    """A study folder whose series subfolder holds a ``batch.json`` the user wrote (a PACS tool's, a script's: no
+    batch's mark) beside its slices (before: any subfolder holding a file of that name counted as TokenUNet's output
+    and was left out of the folder's stamp: a slice replaced there, ``--resume`` skipped the case, exit 0, the result
+    that of the old series)."""
+    from TokenUNetSegmentLib.pipeline.result_key import input_stamp
+
+    series = tmp_path / "study" / "SE1"
+    write_dicom_series(series, dicom_array(slices=3))
+    (series / "batch.json").write_text(json.dumps({"exported": "2024-05-01"}))
+    before = input_stamp(tmp_path / "study")
+    (series / "IM0002.dcm").write_bytes((series / "IM0002.dcm").read_bytes() + b"\0\0")
+    assert input_stamp(tmp_path / "study") != before

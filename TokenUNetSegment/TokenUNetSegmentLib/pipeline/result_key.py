@@ -87,8 +87,12 @@ def _batch_summary(path: Path) -> bool:
 
 def _tokenunet_output(folder: Path) -> bool:
     """Whether ``folder`` (inside an input folder) is what TokenUNet wrote there: a result (its manifest), a batch's
-    root (batch.json), or a staging folder; an output placed inside its own input folder does not change its stamp."""
-    return TOKENUNET_TAG in folder.name or any((folder / name).is_file() for name in (MANIFEST, BATCH_FILE))
+    root (batch.json with a batch's mark, not a file of the user's of that name), or a staging folder; an output placed
+    inside its own input folder does not change its stamp."""
+    summary = folder / BATCH_FILE
+    return (
+        TOKENUNET_TAG in folder.name or (folder / MANIFEST).is_file() or summary.is_file() and _batch_summary(summary)
+    )
 
 
 def made_from(inputs: Sequence[str | Path], channels: Sequence[str] | None, args: argparse.Namespace) -> dict:
