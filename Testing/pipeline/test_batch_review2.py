@@ -186,3 +186,16 @@ def test_a_series_subfolder_holding_a_batch_json_of_the_users_stays_in_the_stamp
     before = input_stamp(tmp_path / "study")
     (series / "IM0002.dcm").write_bytes((series / "IM0002.dcm").read_bytes() + b"\0\0")
     assert input_stamp(tmp_path / "study") != before
+
+
+def test_label_names_that_differ_only_in_case_are_refused(tmp_path):
+    """Labels ``Liver`` and ``liver`` (before: accepted; ``--probabilities`` writes ``probabilities/Liver.nrrd`` and
+    ``liver.nrrd``, one file on macOS's and Windows' file systems: one label's map silently replaced the other's)."""
+    package = make_package(tmp_path, tiny_config())
+    path = package / "configs" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata["tokenunet"]["labels"][0]["name"], metadata["tokenunet"]["labels"][1]["name"] = "Liver", "liver"
+    path.write_text(json.dumps(metadata))
+    with pytest.raises(ModelPackageError) as refused:
+        read_metadata(package)
+    assert "label names must be unique" in str(refused.value)

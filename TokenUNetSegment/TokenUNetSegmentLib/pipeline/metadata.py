@@ -494,8 +494,8 @@ def semantic_problems(config: PackageConfig) -> list[str]:
     if len(set(values)) != len(values):
         problems.append("label values must be unique")
     names = [label.name for label in config.labels]
-    if len(set(names)) != len(names):
-        problems.append("label names must be unique")
+    if len({unicodedata.normalize("NFC", name).casefold() for name in names}) != len(names):  # one file on macOS
+        problems.append("label names must be unique (compared without case: Liver and liver name one file)")
     for name in names:  # --probabilities writes probabilities/<name>.nrrd: no other folder, inside or outside
         why = label_file_problem(name)
         if why is not None:
