@@ -188,7 +188,9 @@ class TokenUNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameters)
         self._parameterNode = wrapped
         if self._parameterNode:
-            self._guiConnection = self._parameterNode.connectGui(self.ui)
+            from TokenUNetSegmentLib.widget.parameter_binding import connect_gui
+
+            self._guiConnection = connect_gui(self._parameterNode, self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameters)
             self.onParameters()
 
@@ -282,11 +284,13 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
         runMode="inprocess",
         testTimeAugmentation=False,
         observer=None,
+        channels=None,
     ):
         """Segment ``inputVolumes`` (one volume node per model input channel) with ``model``.
 
         Args:
-            inputVolumes: a volume node or a list of them, in the model's channel order.
+            inputVolumes: a volume node or a list of them, in the model's channel order; or one vector volume holding
+                every channel of a multi-channel model as its components (``channels`` names them).
             outputSegmentation: a segmentation node to write into (only segments this module made and nobody edited
                 since are replaced), or None for a new one beside the input.
             model: model id, package path or None for the catalog's default.
@@ -298,11 +302,15 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
                 in-plane): about five times the network's time.
             observer: optional callable receiving the run's typed events (``ProgressEvent``, ..., and a final
                 ``SceneRunFinished``).
+            channels: what each component of a vector volume input holds, in order (``["FLAIR", "T1", "T1c",
+                "T2"]`` or ``"FLAIR,T1,T1c,T2"``; any case, synonyms such as ``t1gd``): matched to the model's
+                channels by name, as the panel's Input channels field and the command line's ``--channels``.
 
         Returns:
             RunNodes (segmentation, heatmap_nodes, attention, probabilities, folder, and the run's assessment and
             warnings) or, without waiting, the run.
         """
+        from TokenUNetSegmentLib.mrml.component_channels import check_channels_given_for, names_text
         from TokenUNetSegmentLib.mrml.parameters import Parameters
         from TokenUNetSegmentLib.mrml.scene_run import check_volume_count
         from TokenUNetSegmentLib.pipeline.run_contract import RunState
@@ -320,8 +328,10 @@ class TokenUNetSegmentLogic(ScriptedLoadableModuleLogic):
             attentionThreshold=attentionThreshold,
             probabilities=probabilities,
             testTimeAugmentation=testTimeAugmentation,
+            inputChannels=names_text(channels),
         )
         check_volume_count(len(volumes), parameters)
+        check_channels_given_for(volumes, parameters.inputChannels)
         for index, volume in enumerate(volumes):
             setattr(parameters, f"inputVolume{index}", volume)
         run = self.startRun(parameters, mode=runMode, python=self._python() if runMode == "subprocess" else None)

@@ -38,6 +38,22 @@ def add_volume(scene, array_ijk, affine, name="ct", transform=None):
     return node
 
 
+def add_vector_volume(scene, components_ijk, affine, name="BRATS_001", voxel_vector_type=None):
+    """A vector volume node whose voxels hold the (i, j, k) arrays ``components_ijk``, one per component, at
+    ``affine`` (what Slicer makes of a 4D NIfTI or a NRRD with a ``list`` axis); ``voxel_vector_type``: what its
+    reader would say the components are (e.g. ``vtkMRMLVolumeNode.VoxelVectorTypeColorRGB``; default undefined)."""
+    import slicer
+
+    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", name)
+    stacked = np.stack([np.asarray(c).transpose(2, 1, 0) for c in components_ijk], axis=-1)  # (k, j, i, n)
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(stacked))
+    node.SetIJKToRASMatrix(array_to_matrix(affine))
+    if voxel_vector_type is not None:
+        node.SetVoxelVectorType(voxel_vector_type)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
 def add_linear_transform(scene, matrix, name="moved"):
     node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
     node.SetMatrixTransformToParent(array_to_matrix(matrix))

@@ -10,7 +10,15 @@ import pytest
 from helpers.paths import MODULE_DIR, ROOT
 from helpers.processes import run_python
 from helpers.ui import UI_FILE, ui_widgets
-from TokenUNetSegmentLib.mrml.parameters import MAX_INPUTS, Parameters, choices, node_fields, value_fields, value_range
+from TokenUNetSegmentLib.mrml.parameters import (
+    MAX_INPUTS,
+    Parameters,
+    choices,
+    node_fields,
+    selector_types,
+    value_fields,
+    value_range,
+)
 from TokenUNetSegmentLib.widget.dependencies import (
     PROTECTED,
     TORCH_REQUIREMENT,
@@ -44,7 +52,8 @@ def test_every_slicer_parameter_name_maps_to_a_parameter_field_of_a_fitting_type
         bound[parameter] = name
         if parameter in node_fields():
             assert cls == "qMRMLNodeComboBox", name
-            assert properties["nodeTypes"] == [node_fields()[parameter]], name
+            assert properties["nodeTypes"] == selector_types(parameter), name
+            assert properties["nodeTypes"][0] == node_fields()[parameter], name
         else:
             assert parameter in value_fields(), f"{name}: no parameter field '{parameter}'"
             assert WIDGET_TYPES[cls] is value_fields()[parameter], name
@@ -55,6 +64,10 @@ def test_every_slicer_parameter_name_maps_to_a_parameter_field_of_a_fitting_type
                 assert (float(properties["minimum"]), float(properties["maximum"])) == (low, high), name
     # the inputs, the output and the run options are bound; the device combo is filled by the panel (cuda:N)
     assert {f"inputVolume{i}" for i in range(MAX_INPUTS)} | {"outputSegmentation", "runMode"} <= set(bound)
+    # the first selector also lists vector volumes (a selector lists no subclass it does not name), whose components
+    # the Input channels field names
+    assert selector_types("inputVolume0") == ["vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"]
+    assert bound["inputChannels"] == "inputChannelsEdit" and value_fields()["inputChannels"] is str
     assert "device" not in bound and choices("device") is None
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import slicer
 from helpers.packages import make_package, physical_ball, tiny_config
-from helpers.scenes import add_volume, new_scene
+from helpers.scenes import add_vector_volume, add_volume, new_scene
 from TokenUNetSegmentLib.mrml.attributes import MODEL_TAG
 from TokenUNetSegmentLib.mrml.segmentation_nodes import segment_tag
 from TokenUNetSegmentLib.pipeline.run_contract import FinishedEvent, RunState
@@ -110,6 +110,44 @@ def test_process_reports_failures_as_typed_errors(module):
         module.module.TokenUNetSegmentLogic().process(volumes, model=str(package))
     with pytest.raises(InputError, match="5 input volumes given; the model takes 4"):
         module.module.TokenUNetSegmentLogic().process(volumes + volumes[:2], model=str(package))
+
+
+def test_process_takes_a_vector_volume_whose_channels_are_named(module):
+    """``logic.process(vector, channels=...)``: one vector volume holding a two-channel model's channels in another
+    order, named by a list or a text (before: refused, "has 2 components per voxel ... split it")."""
+    from TokenUNetSegmentLib.pipeline.errors import InputError
+
+    config = tiny_config("mr-two", in_channels=2, roi=(16, 16, 16), intensity={"method": "zscore"})
+    config["inputs"][0]["name"], config["inputs"][1]["name"] = "T1", "FLAIR"
+    package = make_package(module.tmp, config)
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    values = physical_ball((24, 20, 16), affine, (30.0, 30.0, 24.0), 15.0, value=400.0, background=20.0)
+    vector = add_vector_volume(module.ctx.scene, [values * 0.5, values], affine, "BRATS_001 (FLAIR, T1)")
+    logic = module.module.TokenUNetSegmentLogic()
+    with pytest.raises(InputError, match=r"nothing says which channel each of the 2 components .* \(name them"):
+        logic.process(vector, model=str(package), device="cpu")
+    with pytest.raises(InputError, match="channel name 'FLAIR,T1' holds a comma"):
+        logic.process(vector, model=str(package), device="cpu", channels=["FLAIR,T1"])
+    for channels in (["flair", "T1w"], "FLAIR, T1"):
+        nodes = logic.process(vector, model=str(package), device="cpu", heatmaps=False, channels=channels)
+        assert nodes.segmentation.GetSegmentation().GetNumberOfSegments() == 2
+
+
+def test_process_refuses_channel_names_for_scalar_volumes_it_would_take_in_the_model_order(module):
+    """``channels=`` names the components of one vector volume; given with one scalar volume per channel it was
+    ignored (before: the volumes ran in the model's order, T1 given FLAIR's voxels, whatever the names said)."""
+    from TokenUNetSegmentLib.pipeline.errors import InputError
+
+    config = tiny_config("mr-two", in_channels=2, roi=(16, 16, 16), intensity={"method": "zscore"})
+    config["inputs"][0]["name"], config["inputs"][1]["name"] = "T1", "FLAIR"
+    package = make_package(module.tmp, config)
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    values = physical_ball((24, 20, 16), affine, (30.0, 30.0, 24.0), 15.0, value=400.0, background=20.0)
+    flair = add_volume(module.ctx.scene, values, affine, "FLAIR")
+    t1 = add_volume(module.ctx.scene, values * 0.5, affine, "T1")
+    logic = module.module.TokenUNetSegmentLogic()
+    with pytest.raises(InputError, match=r"channels= names the components of one vector volume.*\(pass the scalar"):
+        logic.process([flair, t1], model=str(package), device="cpu", channels=["FLAIR", "T1"])
 
 
 def test_model_infos_list_cached_packages_with_their_inputs_and_devices(module):

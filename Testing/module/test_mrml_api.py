@@ -47,6 +47,7 @@ SLICER = {
     "GenerateUniqueName": ("vtkMRMLScene",),
     "GenerateUniqueSegmentID": ("vtkSegmentation",),
     "GetAttribute": ("vtkMRMLNode",),
+    "GetAttributeNames": ("vtkMRMLNode",),
     "GetColor": ("vtkSegment",),
     "GetDisplayNode": ("vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode"),
     "GetHideFromEditors": ("vtkMRMLNode",),
@@ -133,6 +134,11 @@ SLICER = {
     "StartCloseEvent": ("vtkMRMLScene",),
     "StartModify": ("vtkMRMLNode",),
     "UpdateImageData": ("vtkMRMLSliceLogic",),
+    "GetVoxelVectorType": ("vtkMRMLVectorVolumeNode",),
+    "VoxelVectorTypeColorRGB": ("vtkMRMLVolumeNode",),
+    "VoxelVectorTypeColorRGBA": ("vtkMRMLVolumeNode",),
+    "VoxelVectorTypeSpatial": ("vtkMRMLVolumeNode",),
+    "VoxelVectorTypeSpatialCovariant": ("vtkMRMLVolumeNode",),
 }
 # VTK's own API (vtkObject, data objects, rendering): not Slicer's, stable across the VTK 9 of Slicer 5.10+
 VTK = {
@@ -159,7 +165,7 @@ VTK = {
 NOT_VTK = {
     "Annotated", "CANCELLED", "COMPLETED", "DECLINED", "FAILED", "IDLE", "RUNNING", "ModelInfo",
     "PackageNotFoundError", "PyTorchUtilsLogic", "SampleDataLogic", "SkipTest", "T", "QDesktopServices",
-    "QFileDialog", "QListWidgetItem", "QLabel", "QTimer", "QUrl", "Qt", "UserRole",
+    "QFileDialog", "QListWidgetItem", "QLabel", "QTimer", "QUrl", "Qt", "UserRole", "ArgumentTypeError",
 }  # fmt: skip
 
 

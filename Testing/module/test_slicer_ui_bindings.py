@@ -175,6 +175,61 @@ def test_parameters_are_stored_as_the_real_wrapper_stores_them():
             assert node.GetParameter(name) == fact["parameter"]
 
 
+class NodeComboBox:
+    """A qMRMLNodeComboBox as far as the binding goes: it shows only a node of a class it lists (no subclass, as
+    ``showChildNodeTypes`` is off in the .ui file)."""
+
+    def __init__(self, parameter: str, node_types: list[str]):
+        self.parameter, self.nodeTypes, self.current = parameter, node_types, None
+
+    def property(self, name):
+        return self.parameter if name == "SlicerParameterName" else None
+
+    def setCurrentNode(self, node):
+        self.current = node if node is not None and node.GetClassName() in self.nodeTypes else None
+
+
+class BindingWrapper:
+    """``connectGui`` as Slicer 5.10's wrapper does it for node parameters (``guiConnectors.py``:
+    ``qMRMLNodeComboBoxToNodeConnector.__init__`` sets ``nodeTypes = getNodeTypes(datatype)``, the annotation's one
+    class; then ``connector.write(value)``)."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+    def connectGui(self, ui):
+        from TokenUNetSegmentLib.mrml.parameters import node_fields
+
+        for widget in vars(ui).values():
+            name = widget.property("SlicerParameterName")
+            if name in node_fields():
+                widget.nodeTypes = [node_fields()[name]]
+                widget.setCurrentNode(getattr(self, name))
+        return 7
+
+
+def test_the_first_input_selector_lists_and_shows_a_vector_volume_once_bound():
+    """Before: the binding left the selector listing scalar volumes only, so no vector volume could be chosen in the
+    panel, and one a saved scene held as the first input was shown as none."""
+    import types
+
+    import slicer
+    from TokenUNetSegmentLib.mrml.parameters import MAX_INPUTS, selector_types
+    from TokenUNetSegmentLib.widget.parameter_binding import connect_gui
+
+    scene = slicer.vtkMRMLScene()
+    vector = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "BRATS_001")
+    names = [f"inputVolume{index}" for index in range(MAX_INPUTS)]
+    ui = types.SimpleNamespace(
+        **{f"inputSelector{index}": NodeComboBox(name, selector_types(name)) for index, name in enumerate(names)}
+    )
+    wrapped = BindingWrapper(**{**dict.fromkeys(names), "inputVolume0": vector})
+    assert connect_gui(wrapped, ui) == 7
+    assert ui.inputSelector0.nodeTypes == ["vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"]
+    assert ui.inputSelector0.current is vector
+    assert ui.inputSelector1.nodeTypes == ["vtkMRMLScalarVolumeNode"]
+
+
 # -- packaging facts -----------------------------------------------------------------------------------------
 
 

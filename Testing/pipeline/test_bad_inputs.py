@@ -348,6 +348,31 @@ def test_non_finite_voxels_are_counted_across_chunks_and_transposed_views():
     refuse_non_finite(np.full((3, 3, 3), 7, np.int16), "v")
 
 
+def test_non_finite_voxels_of_one_component_of_a_vector_volume_are_counted_without_copying_it():
+    """One component of a Slicer vector volume is a strided view ((k, j, i, n) memory seen as (i, j, k), every n-th
+    value): counted in chunks as a whole volume is, all its NaN and infinities and no other component's (before:
+    ``np.ravel`` copied the component whole, a temporary of its size at each check; numpy's arrays are traced by
+    tracemalloc)."""
+    import tracemalloc
+
+    from TokenUNetSegmentLib.pipeline.volumes import refuse_non_finite
+
+    stacked = np.zeros((64, 48, 40, 4), np.float32)  # (k, j, i, n) as arrayFromVolume gives it
+    stacked[0, 0, 0, 2], stacked[63, 47, 39, 2], stacked[5, 6, 7, 1] = np.nan, np.inf, np.nan
+    component = stacked.transpose(2, 1, 0, 3)[..., 2]
+    for chunk in (1, 1000, 1 << 22):
+        with pytest.raises(InputError, match=r"^v has 2 NaN or infinite voxels \("):
+            refuse_non_finite(component, "v", chunk=chunk)
+    clean = stacked.transpose(2, 1, 0, 3)[..., 3]
+    tracemalloc.start()
+    try:
+        refuse_non_finite(clean, "v", chunk=1 << 12)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < clean.size * clean.itemsize / 8, peak
+
+
 def test_each_value_of_a_volume_is_counted_once_for_nan_and_infinity(tmp_path, monkeypatch):
     """``read_volume`` and ``segment``'s reading (:func:`.volumes.as_volume`) count every float value once, wherever
     that is: a float NIfTI's as it is read (ITK's reader would set them to 0), an NRRD's once read, and a NIfTI whose

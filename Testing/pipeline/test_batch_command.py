@@ -21,6 +21,7 @@ from helpers.readers import dicom_array, write_dicom_series
 from TokenUNetSegmentLib.pipeline import batch_command, cli, segment_command
 from TokenUNetSegmentLib.pipeline.batch_cases import cases_from_paths
 from TokenUNetSegmentLib.pipeline.errors import InputError
+from TokenUNetSegmentLib.pipeline.outputs import read_outputs
 from TokenUNetSegmentLib.pipeline.run_contract import CaseEvent, ErrorEvent, ProgressEvent, ResultEvent, decode_event
 
 FAST = ["--device", "cpu", "--no-overview", "--progress", "none"]
@@ -808,6 +809,28 @@ def replaced_keeping_size_and_time(path: Path, data: bytes, in_place: bool) -> N
         os.replace(fresh, path)
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def test_a_batch_with_test_time_augmentation_says_so_and_resumes_only_its_own_results(two_cases, tmp_path, capsys):
+    """batch.json's options and each case's report.json say that --tta was used (before: neither did, but for the
+    report's resume record); --resume skips a --tta result for --tta only, and a plain one for a plain run only."""
+    package, (first, _) = two_cases
+    out = tmp_path / "out"
+
+    def status(*options) -> str:
+        capsys.readouterr()
+        assert batch(first, "--model", package, "--out", out, "--resume", "--no-heatmaps", *FAST, *options) == 0
+        return summary(out)["cases"][0]["status"]
+
+    assert status("--tta") == "done"
+    assert summary(out)["options"]["tta"] is True
+    assert json.loads((out / "first" / "report.json").read_text())["test_time_augmentation"] is True
+    assert read_outputs(out / "first").test_time_augmentation
+    assert status("--tta") == "skipped"
+    assert status() == "done" and summary(out)["options"]["tta"] is False
+    assert "test_time_augmentation" not in json.loads((out / "first" / "report.json").read_text())
+    assert status() == "skipped"
+    assert status("--tta") == "done"
 
 
 def test_resume_runs_a_case_again_whose_input_was_replaced_with_its_size_and_time_kept(two_cases, tmp_path, capsys):

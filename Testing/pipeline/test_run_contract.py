@@ -2,9 +2,15 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 from TokenUNetSegmentLib.pipeline import errors
 from TokenUNetSegmentLib.pipeline.cli import parse_arguments
+from TokenUNetSegmentLib.pipeline.errors import ArgumentError
+from TokenUNetSegmentLib.pipeline.geometry import affine_of_image
+from TokenUNetSegmentLib.pipeline.nrrd import write_nrrd
+from TokenUNetSegmentLib.pipeline.readers import open_image
 from TokenUNetSegmentLib.pipeline.run_contract import (
     ErrorEvent,
     ExitCode,
@@ -91,3 +97,36 @@ def test_a_request_is_the_same_run_in_process_and_on_the_command_line():
     assert (args.progress, args.attention_grid, args.no_overview) == ("json", "token", True)
     default = parse_arguments(RunRequest(inputs=[], largest_component=True).command_arguments([], Path("o")) + ["x"])
     assert default.model is None and default.largest_component and not default.no_heatmaps
+
+
+def test_a_request_for_one_array_holding_every_channel_names_its_components_both_ways(tmp_path):
+    """A Slicer vector volume's components named in order: in-process, segment() gets {name: component} (its
+    channels= names the volumes of a 4D file only); the child gets the array as one NRRD of a list axis, which the
+    readers split into the named volumes, and --channels naming them."""
+    affine = np.array([[0, -1.5, 0, 10], [1.2, 0, 0, -4], [0, 0, -2, 7], [0, 0, 0, 1]])
+    stacked = np.random.default_rng(0).normal(size=(5, 6, 7, 3)).astype(np.float32)
+    request = RunRequest(inputs=[(stacked, affine)], channels=("FLAIR", "t1gd", "T2w"), names=("BRATS_001",))
+    assert "channels" not in request.segment_options()
+    split = request.segment_inputs()
+    assert list(split) == ["FLAIR", "t1gd", "T2w"]
+    for index, volume in enumerate(split.values()):  # named as the child names the volumes of the file it reads
+        assert np.shares_memory(volume.array, stacked) and np.array_equal(volume.array, stacked[..., index])
+        assert np.array_equal(volume.affine, affine) and volume.name == f"'BRATS_001', volume {index}"
+    args = parse_arguments(request.command_arguments([tmp_path / "channel0.nrrd"], tmp_path / "out"))
+    assert args.channels == ["FLAIR", "t1gd", "T2w"]
+    path = write_nrrd(tmp_path / "channel0.nrrd", stacked, affine, compression=0)
+    opened = open_image(path)
+    assert opened.stacked == (3,) and not opened.stacked_axis
+    image, _ = opened()
+    assert image.GetNumberOfComponentsPerPixel() == 3
+    read = sitk.GetArrayFromImage(image).transpose(2, 1, 0, 3)
+    np.testing.assert_array_equal(read, stacked)
+    np.testing.assert_allclose(affine_of_image(image), affine, atol=1e-6)
+    file_request = RunRequest(inputs=[str(path)], channels=("FLAIR", "t1gd", "T2w"))
+    assert file_request.segment_inputs() == [str(path)]
+    assert file_request.segment_options()["channels"] == ["FLAIR", "t1gd", "T2w"]
+    for inputs, names in [([(stacked, affine)], ("FLAIR", "T1")), ([(stacked, affine)] * 2, ("a", "b", "c"))]:
+        with pytest.raises(ArgumentError, match="a run's channels name the"):
+            RunRequest(inputs=inputs, channels=names)
+    with pytest.raises(ArgumentError, match="without commas"):
+        RunRequest(inputs=[(stacked, affine)], channels=("FLAIR,T1", "T1c", "T2"))

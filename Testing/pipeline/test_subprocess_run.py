@@ -2,6 +2,7 @@
 the child's error back."""
 
 import os
+import re
 import sys
 import time
 
@@ -102,3 +103,32 @@ def test_a_relative_temporary_folder_is_the_same_folder_for_the_child(tmp_path, 
     assert run.folder.is_absolute() and run.folder.parent == tmp_path / "scratch"
     assert seen[0] == str(run.folder / "out")
     assert os.listdir(tmp_path / "scratch") == []  # its folder removed, nothing left in the user's
+
+
+def test_a_run_whose_exchange_files_cannot_fit_on_the_disk_is_refused_before_writing_them(tmp_path, monkeypatch):
+    """A Slicer vector volume of 4 float32 components goes to the child as one uncompressed NRRD of 4 values per voxel:
+    where the temporary folder's disk has less room, the run fails at once in plain words, before any voxel is written
+    or converted, and its folder is removed (before: "cannot start the segmentation process: [Errno 28] No space left
+    on device", after writing until the disk was full)."""
+    import shutil
+    from collections import namedtuple
+
+    from TokenUNetSegmentLib.pipeline import nrrd
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(1 << 40, 1 << 40, 100_000))
+    written = []
+    monkeypatch.setattr(nrrd, "write_nrrd", lambda path, *args, **kwargs: written.append(path))
+    stacked = np.zeros((20, 20, 20, 4), np.float64)  # 256 KB, converted to nothing: float64 is written as it is
+    run = SubprocessRun(
+        RunRequest(inputs=[(stacked, np.eye(4))], channels=("FLAIR", "T1", "T1c", "T2"), names=("BRATS_001",)),
+        command=[sys.executable, "-c", "raise SystemExit(3)"],
+        temp_dir=tmp_path,
+    )
+    assert run.start().wait(timeout=60) == RunState.FAILED
+    assert re.fullmatch(
+        r"writing the run's inputs for the segmentation process needs about 25\d KiB but \S+ has "
+        r"97.7 KiB free \(free some disk space or choose another folder\)",
+        str(run.error),
+    ), str(run.error)
+    assert written == [] and os.listdir(tmp_path) == []

@@ -397,3 +397,59 @@ def test_an_input_deleted_during_the_run_is_never_shown_again(panel_env):
     ui.tokenList.emit("currentRowChanged(int)", 0)
     assert composite.GetForegroundVolumeID() == env.panel.heatmap_nodes[0].GetID()
     assert composite.GetBackgroundVolumeID() != volume.GetID()
+
+
+def test_panel_takes_a_vector_volume_whose_components_are_named_in_input_channels(panel_env, tmp_path):
+    """A 4-channel model and a vector volume of four sequences as the first input: the Input channels field appears
+    (bound to ``inputChannels``), the other selectors hide, Segment waits for the names, then runs on the components
+    in the model's order (before: the selector did not list vector volumes, and a run refused them)."""
+    from helpers.packages import make_package, tiny_config
+    from helpers.scenes import add_vector_volume
+
+    env, ui = panel_env, panel_env.ui
+    config = tiny_config("mr-four", in_channels=4, roi=(16, 16, 16), intensity={"method": "zscore"})
+    for entry, name in zip(config["inputs"], ("T1", "T1c", "T2", "FLAIR"), strict=True):
+        entry["name"] = name
+    package = make_package(tmp_path, config)
+    env.logic.modelInfos = lambda: [ModelInfo(str(package), "four", input_names=["T1", "T1c", "T2", "FLAIR"])]
+    volume = add_vector_volume(env.ctx.scene, [noise() + 10 * c for c in range(4)], np.eye(4), "BRATS_001")
+    env.panel.refresh_models()
+    assert not ui.inputChannelsEdit.visible and not ui.inputChannelsLabel.visible
+    env.node.SetNodeReferenceID("inputVolume0", volume.GetID())
+    env.panel.update_view()
+    assert ui.inputChannelsEdit.visible and ui.inputChannelsLabel.visible and ui.inputChannelsEdit.enabled
+    assert [s.visible for s in env.panel.input_selectors] == [True, False, False, False]
+    assert not ui.segmentButton.enabled and "name them in order in Input channels" in ui.segmentButton.toolTip
+    env.node.SetParameter("inputChannels", "FLAIR,T1w,t1gd,T2w")  # what the bound line edit writes
+    env.panel.update_view()
+    assert ui.segmentButton.enabled, ui.segmentButton.toolTip
+    ui.segmentButton.emit("clicked(bool)", False)
+    run_panel_until_done(env)
+    assert env.panel.run.state == RunState.COMPLETED, env.panel.run.error
+    assert env.panel.run.request.channels == ("FLAIR", "T1w", "t1gd", "T2w") and env.panel.reference is volume
+
+
+def test_choosing_a_model_fills_no_other_selector_while_the_first_input_holds_every_channel(panel_env):
+    """A vector volume holding the four sequences as the first input, and a scalar volume called "T2" loaded too:
+    choosing the four-channel model leaves the other selectors empty and hidden (before: "T2" was put in the third
+    selector by its name, and Segment refused, "volume 'BRATS_001' holds every channel; input volume 3 ('T2') is
+    selected too"). Without a vector volume, the same choice still fills the selectors by name."""
+    from helpers.scenes import add_vector_volume
+
+    env, ui = panel_env, panel_env.ui
+    patterns = [["*t1*"], ["*t1c*", "*t1ce*"], ["*t2*"], ["*flair*"]]
+    four = ModelInfo("four", "four", input_names=["T1", "T1c", "T2", "FLAIR"], input_patterns=patterns)
+    env.logic.modelInfos = lambda: [ModelInfo("ct", "ct", input_names=["ct"]), four]
+    vector = add_vector_volume(env.ctx.scene, [noise() + 10 * c for c in range(4)], np.eye(4), "BRATS_001")
+    t2 = add_volume(env.ctx.scene, noise(), np.eye(4), "T2")
+    env.panel.refresh_models()
+    env.node.SetNodeReferenceID("inputVolume0", vector.GetID())
+    env.node.SetParameter("inputChannels", "FLAIR,T1w,t1gd,T2w")
+    ui.modelSelector.currentIndex = 1
+    env.panel.on_model_changed(1)
+    assert [env.node.GetNodeReferenceID(f"inputVolume{i}") for i in range(4)] == [vector.GetID(), None, None, None]
+    assert [s.visible for s in env.panel.input_selectors] == [True, False, False, False]
+    assert ui.segmentButton.enabled, ui.segmentButton.toolTip
+    env.node.SetNodeReferenceID("inputVolume0", None)
+    env.panel.on_model_changed(1)
+    assert env.node.GetNodeReferenceID("inputVolume2") == t2.GetID()

@@ -10,8 +10,10 @@ import logging
 from dataclasses import dataclass, field
 
 from ..pipeline.channels import match_channels
+from ..pipeline.errors import InputError
 from ..pipeline.metadata import InputChannel
 from ..pipeline.run_contract import RunState
+from .component_channels import check_component_input, takes_components
 from .parameters import MAX_INPUTS, Parameters
 from .volume_nodes import scalar_components
 
@@ -75,6 +77,7 @@ class ViewState:
     problems: list[str]
     warning: str = ""  # the warning line about the last result ("" hides it)
     warning_details: str = ""  # its tooltip: every flag and warning in full
+    channels_visible: bool = False  # the Input channels field: the first input holds every channel as components
 
 
 def format_elapsed(seconds: float) -> str:
@@ -130,6 +133,17 @@ def misplaced_input(parameters: Parameters, model: ModelInfo | None) -> tuple[st
     return None
 
 
+def component_channels_problem(parameters: Parameters, model: ModelInfo) -> str:
+    """What keeps the first input, a volume holding every channel of ``model`` as its components, from being
+    segmented ("" when nothing does): what a run would refuse (:func:`.component_channels.check_component_input`)."""
+    try:
+        check_component_input(parameters, model.input_names, model.id)
+    except InputError as error:
+        text = str(error)
+        return text[:1].upper() + text[1:] + "."
+    return ""
+
+
 def multi_component_input(parameters: Parameters, model: ModelInfo | None) -> tuple[str, int] | None:
     """(volume name, its components per voxel) of the first selected input volume with more than one value per
     voxel (a color, vector or multi-frame volume), else None."""
@@ -170,8 +184,15 @@ def view_state(
     visible = [i < len(names) for i in range(MAX_INPUTS)]
     problems = list(parameters.validate())
     missing = missing_inputs(parameters, model)
+    components = model is not None and takes_components(parameters.inputVolume0, len(names))
+    if components:  # one volume holds every channel: the others are shown only while they hold a volume to clear
+        labels[0] = _("Input volume:")
+        visible = [i == 0 or node is not None for i, node in enumerate(parameters.inputs(MAX_INPUTS))]
     if model is None:
         problems.insert(0, _("Select a model."))
+    elif components:
+        if problem := component_channels_problem(parameters, model):
+            problems.insert(0, problem)
     elif vector := multi_component_input(parameters, model):
         advice = (
             _("the model takes a scalar volume (extract one component with the Vector to Scalar Volume module).")
@@ -228,6 +249,7 @@ def view_state(
         problems=problems,
         warning=notice.text if notice is not None and not running else "",
         warning_details=notice.details if notice is not None and not running else "",
+        channels_visible=components,
     )
 
 

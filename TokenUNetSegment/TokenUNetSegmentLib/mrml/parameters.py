@@ -16,18 +16,22 @@ HEATMAP_KINDS = ("gather", "broadcast", "both")
 HEATMAP_GRIDS = ("auto", "input", "token")
 
 
-def _node(class_name: str):
-    return field(default=None, metadata={"node": class_name})
+def _node(class_name: str, *shown_too: str):
+    """A node-valued field of ``class_name``; its selector also lists the subclasses ``shown_too`` (a selector
+    lists the classes it names, without their subclasses)."""
+    return field(default=None, metadata={"node": class_name, "selector": (class_name, *shown_too)})
 
 
 @dataclass
 class Parameters:
     """What a run needs and how its results are shown (field names are the GUI's ``SlicerParameterName``)."""
 
-    inputVolume0: object = _node("vtkMRMLScalarVolumeNode")
+    # the first input may be a vector volume holding every channel as its components (named in inputChannels)
+    inputVolume0: object = _node("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
     inputVolume1: object = _node("vtkMRMLScalarVolumeNode")
     inputVolume2: object = _node("vtkMRMLScalarVolumeNode")
     inputVolume3: object = _node("vtkMRMLScalarVolumeNode")
+    inputChannels: str = ""  # what each component of a vector volume input holds, in order: "FLAIR,T1,T1c,T2"
     outputSegmentation: object = _node("vtkMRMLSegmentationNode")
     model: str = ""  # model id or package path; "" = the catalog's default
     device: str = "auto"  # one of DEVICES or cuda:N: the panel lists what the computer has (no fixed choices)
@@ -104,6 +108,11 @@ def value_range(name: str) -> tuple[float, float] | None:
 def node_fields() -> dict[str, str]:
     """Field name -> MRML class of the node-valued parameters."""
     return {f.name: f.metadata["node"] for f in fields(Parameters) if "node" in f.metadata}
+
+
+def selector_types(name: str) -> list[str]:
+    """The MRML classes the selector of a node-valued field lists (its ``nodeTypes`` in the .ui file)."""
+    return next(list(f.metadata["selector"]) for f in fields(Parameters) if f.name == name)
 
 
 def value_fields() -> dict[str, type]:

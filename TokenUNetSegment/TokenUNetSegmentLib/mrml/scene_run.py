@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..pipeline.errors import InputError, ModelPackageError, TokenUNetError
 from ..pipeline.run_contract import FinishedEvent, RunRequest, RunState
 from ..pipeline.runs import InProcessRun, make_run
 from ..pipeline.volumes import Volume, check_volume
+from .component_channels import check_component_input, parse_names, takes_components
 from .parameters import MAX_INPUTS, Parameters
 from .result_nodes import RunNodes, apply_result
 from .segmentation_nodes import check_output
@@ -29,17 +32,26 @@ class SceneRunFinished(FinishedEvent):
     nodes: RunNodes | None = None
 
 
-def channel_count(parameters: Parameters, store=None) -> int:
-    """How many input volumes the model of ``parameters`` takes, from its metadata (or the catalog for a model
-    not downloaded yet); when that cannot be known here, the selected volumes up to the first empty selector."""
+def model_inputs(parameters: Parameters, store=None) -> list[str] | None:
+    """The input channel names of the model of ``parameters``, from its metadata (or the catalog for a model not
+    downloaded yet); None when they cannot be known here."""
     from ..pipeline.catalog import ModelStore
 
     try:
-        names = (store or ModelStore()).input_names(parameters.model or None)
+        return (store or ModelStore()).input_names(parameters.model or None) or None
     except ModelPackageError:
-        names = None  # the run reports the model's problem
+        return None  # the run reports the model's problem
+
+
+def channel_count(parameters: Parameters, store=None, names: list[str] | None = None) -> int:
+    """How many input channels the model of ``parameters`` takes (``names``: its :func:`model_inputs`, when known
+    already); when that cannot be known here, the named components of a vector volume, else the selected volumes up
+    to the first empty selector."""
+    names = names or model_inputs(parameters, store)
     if names:
         return len(names)
+    if scalar_components(parameters.inputVolume0) > 1 and parameters.inputChannels.strip():
+        return len(parse_names(parameters.inputChannels))
     nodes = parameters.inputs(MAX_INPUTS)
     return next((index for index, node in enumerate(nodes) if node is None), MAX_INPUTS) or 1
 
@@ -55,14 +67,22 @@ def check_volume_count(count: int, parameters: Parameters, store=None) -> None:
         )
 
 
-def request_from_parameters(parameters: Parameters, channels: int, scene=None) -> RunRequest:
-    """A run request with the arrays of the first ``channels`` input volumes (world geometry).
+def request_from_parameters(
+    parameters: Parameters, channels: int, scene=None, inputs: list[str] | None = None
+) -> RunRequest:
+    """A run request with the arrays of the first ``channels`` input volumes (world geometry), or of the first
+    alone when it holds every channel as its components (named in ``parameters.inputChannels``, checked against the
+    model's channel names ``inputs`` when they are known: :mod:`.component_channels`).
 
     Raises:
         InputError: an input volume is missing, no longer in ``scene``, selected twice, or unusable (what the
-            pipeline would refuse in it included).
+            pipeline would refuse in it included); a vector volume's components unnamed or unfit to be channels.
     """
-    nodes = parameters.inputs(channels)
+    first = parameters.inputVolume0
+    named: tuple[str, ...] = ()
+    if takes_components(first, channels):
+        named = check_component_input(parameters, inputs, parameters.model or "default")
+    nodes = [first] if named else parameters.inputs(channels)
     missing = [str(i + 1) for i, node in enumerate(nodes) if node is None]
     if missing:
         raise InputError(f"input volume {', '.join(missing)} of {channels} is not selected")
@@ -77,15 +97,17 @@ def request_from_parameters(parameters: Parameters, channels: int, scene=None) -
                 f"volume '{node.GetName()}' is selected as input {first + 1} and input {index + 1}",
                 "each input needs its own volume (e.g. one MRI sequence each)",
             )
-    for node in nodes:  # a vector volume's components are no channels: their order is unknown
+    for node in nodes:  # components are channels only when named (above): their order is unknown
         components = scalar_components(node)
-        if components > 1:
+        if components > 1 and not named:
             raise components_refusal(node.GetName(), components, channels)
-    inputs = [volume_to_array(node) for node in nodes]
-    for node, (array, affine) in zip(nodes, inputs, strict=True):  # now, and named by the node (not 'ch0' later)
-        check_volume(Volume(array, affine, f"volume '{node.GetName()}'"))
+    arrays = [volume_to_array(node, len(named) or 1) for node in nodes]
+    for node, (array, affine) in zip(nodes, arrays, strict=True):  # now, and named by the node (not 'ch0' later)
+        for index, values in enumerate(np.moveaxis(array, 3, 0) if named else [array]):
+            part = f", component {index}" if named else ""
+            check_volume(Volume(values, affine, f"volume '{node.GetName()}'{part}"))
     return RunRequest(
-        inputs=inputs,
+        inputs=arrays,
         model=parameters.model or None,
         device=parameters.device,
         with_token_maps=parameters.heatmaps,
@@ -93,6 +115,7 @@ def request_from_parameters(parameters: Parameters, channels: int, scene=None) -
         largest_component=parameters.largestComponent,
         test_time_augmentation=parameters.testTimeAugmentation,
         names=tuple(node.GetName() for node in nodes),
+        channels=named,
     )
 
 
@@ -122,8 +145,9 @@ class SceneRun:
         self.parameters = parameters
         if parameters.outputSegmentation is not None:
             check_output(parameters.outputSegmentation)  # before minutes of inference, not after
-        channels = channel_count(parameters, store)
-        self.request = request_from_parameters(parameters, channels, scene)
+        inputs = model_inputs(parameters, store)
+        channels = channel_count(parameters, store, inputs)
+        self.request = request_from_parameters(parameters, channels, scene, inputs)
         self.reference = parameters.inputs(channels)[0]
         self.run = make_run(self.request, mode or parameters.runMode, python, temp_dir)
         self.nodes: RunNodes | None = None

@@ -92,11 +92,12 @@ def components_refusal(name: str, components: int, channels: int) -> InputError:
     )
 
 
-def volume_to_array(node) -> tuple[np.ndarray, np.ndarray]:
-    """``(array (i, j, k), array index -> world RAS)`` of a scalar volume node (a view of the node's voxels).
+def volume_to_array(node, components: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(array (i, j, k), array index -> world RAS)`` of a scalar volume node (a view of the node's voxels); with
+    ``components`` above 1, ``(array (i, j, k, components), ...)`` of a vector volume of that many.
 
     Raises:
-        InputError: no node, no voxels, a labelmap or tensor volume, more than one component, or a non-linear
+        InputError: no node, no voxels, a labelmap or tensor volume, another number of components, or a non-linear
             parent transform.
     """
     if node is None:
@@ -115,14 +116,14 @@ def volume_to_array(node) -> tuple[np.ndarray, np.ndarray]:
             f"volume '{node.GetName()}' holds diffusion tensors",
             "segmentation needs a scalar volume (e.g. a scalar map computed from the tensors)",
         )
-    if image.GetNumberOfScalarComponents() != 1:
+    if image.GetNumberOfScalarComponents() != components:
         raise InputError(
             f"volume '{node.GetName()}' has {image.GetNumberOfScalarComponents()} components per voxel",
             "segmentation needs a scalar volume: convert a color image to grayscale, or pick one frame of a "
             "multi-frame (4D) volume",
         )
-    array_kji = slicer.util.arrayFromVolume(node)
-    return array_kji.transpose(2, 1, 0), array_to_world(node)
+    array_kji = slicer.util.arrayFromVolume(node)  # (k, j, i), or (k, j, i, components)
+    return array_kji.transpose(2, 1, 0, *range(3, array_kji.ndim)), array_to_world(node)
 
 
 def set_volume_from_array(node, array_ijk: np.ndarray, world_affine: np.ndarray) -> None:

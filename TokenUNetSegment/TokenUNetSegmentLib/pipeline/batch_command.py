@@ -32,7 +32,7 @@ from .arguments import channel_names, user_path
 from .cancel_signals import cleaning_up
 from .cli import ProgressPrinter
 from .locks import hidden_sibling, lock_path
-from .result_key import RESULT_OPTIONS
+from .result_key import RESULT_OPTIONS, RESULT_OPTIONS_WHEN_SET
 from .run_contract import CaseEvent, ErrorEvent, ExitCode, ResultEvent, one_line
 from .segment_command import add_run_options
 
@@ -40,7 +40,7 @@ BATCH_MARK = "tokenunet_batch"  # the key that tells an earlier batch.json from 
 BATCH_VERSION = 1
 RESERVE_TAG = ".tokenunet-reserve"
 RESERVE_BYTES, RESERVE_PER_CASE = 64 * 1024, 8 * 1024  # room for batch.json twice over (a case: 1-3 KB in it)
-OPTIONS = ("device", "batch_size", *RESULT_OPTIONS)  # the run options recorded in batch.json
+OPTIONS = ("device", "batch_size", *RESULT_OPTIONS, *RESULT_OPTIONS_WHEN_SET)  # the run options recorded in batch.json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

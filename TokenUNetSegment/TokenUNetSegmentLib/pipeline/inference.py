@@ -49,11 +49,12 @@ def plan_windows(
 def run_windows(network, image: np.ndarray, plan: WindowPlan, device, progress, with_tokens: bool, warn, since=None):
     """:func:`sliding_window` with the CUDA out-of-memory fallbacks; the network is back on the CPU afterwards
     (also after a cancel or an error). ``since``: the run's first :func:`~.device.cpu_sample`, for the number of
-    CPU threads. Returns (logits, token maps or None, the device used)."""
-    used = {"device": device}
+    CPU threads. Returns (logits, token maps or None, the device used, the windows per batch it ran with: a further
+    pass over the same grid starts from these)."""
+    used = {"device": device, "batch_size": plan.batch_size}
 
     def run(dev, size):
-        used["device"] = dev
+        used["device"], used["batch_size"] = dev, size
         return sliding_window(
             network, image, plan.roi_size, plan.overlap, plan.blending, size, dev, progress, with_tokens, since=since
         )
@@ -62,7 +63,7 @@ def run_windows(network, image: np.ndarray, plan: WindowPlan, device, progress, 
         logits, maps = run_with_oom_fallback(run, device, plan.batch_size, warn=warn)
     finally:
         network.to("cpu")
-    return logits, maps, used["device"]
+    return logits, maps, used["device"], used["batch_size"]
 
 
 def step_multiple(network) -> int:

@@ -34,7 +34,9 @@ def _vector(values) -> str:
 def write_nrrd(
     path: str | Path, array: np.ndarray, affine: np.ndarray, fields: dict[str, str] | None = None, compression: int = 1
 ) -> Path:
-    """Write an (i, j, k) array with its IJK->RAS affine as NRRD (LPS space; gzip unless compression is 0).
+    """Write an (i, j, k) array with its IJK->RAS affine as NRRD (LPS space; gzip unless compression is 0); an
+    (i, j, k, n) array becomes n values per voxel on a leading ``list`` axis (as Slicer writes a vector volume whose
+    components are independent values: the readers split it into n volumes).
 
     ``fields`` become ``key:=value`` lines (NRRD key/value pairs), e.g. Slicer's ``Segment0_Name``.
     """
@@ -47,7 +49,7 @@ def write_nrrd(
     except (TypeError, ValueError):
         raise ArgumentError("write_nrrd needs a 3D array") from None
     kind = _TYPES.get(array.dtype.type)
-    if kind is None or array.ndim != 3:
+    if kind is None or array.ndim not in (3, 4):
         raise ArgumentError(f"write_nrrd needs a 3D array of a numeric NRRD type, got {array.dtype} {array.shape}")
     try:
         affine = np.asarray(affine, float)
@@ -56,15 +58,17 @@ def write_nrrd(
     if affine is None or affine.shape != (4, 4) or not np.isfinite(affine).all():
         raise ArgumentError("write_nrrd needs a finite 4 x 4 IJK->RAS matrix")
     lps = LPS_FROM_RAS @ affine
+    listed = array.ndim == 4  # each voxel's values first in the file, on a list axis without a direction
+    sizes = (array.shape[3], *array.shape[:3]) if listed else array.shape
     lines = [
         "NRRD0004",
         "# Complete NRRD file format specification at: http://teem.sourceforge.net/nrrd/format.html",
         f"type: {kind}",
-        "dimension: 3",
+        f"dimension: {array.ndim}",
         "space: left-posterior-superior",
-        "sizes: " + " ".join(str(s) for s in array.shape),
-        "space directions: " + " ".join(_vector(lps[:3, axis]) for axis in range(3)),
-        "kinds: domain domain domain",
+        "sizes: " + " ".join(str(s) for s in sizes),
+        "space directions: " + "none " * listed + " ".join(_vector(lps[:3, axis]) for axis in range(3)),
+        "kinds: " + "list " * listed + "domain domain domain",
         "endian: little",
         f"encoding: {'gzip' if compression else 'raw'}",
         "space origin: " + _vector(lps[:3, 3]),
@@ -83,9 +87,11 @@ def write_nrrd(
 
 
 def voxel_bytes(array: np.ndarray) -> memoryview:
-    """The voxels of an (i, j, k) array as little-endian bytes in NRRD's order (i fastest), without a copy when the
-    array is already stored so (SimpleITK's order, as every map the pipeline writes)."""
-    ordered = np.asarray(array, dtype=array.dtype.newbyteorder("<")).T  # (k, j, i): C order is the file's order
+    """The voxels of an (i, j, k) array as little-endian bytes in NRRD's order (i fastest; an (i, j, k, n) array's n
+    values of a voxel before the next voxel), without a copy when the array is already stored so (SimpleITK's order,
+    as every map the pipeline writes)."""
+    array = np.asarray(array, dtype=array.dtype.newbyteorder("<"))
+    ordered = np.moveaxis(array, 3, 0).T if array.ndim == 4 else array.T  # (k, j, i[, n]): C order is the file's
     return memoryview(np.ascontiguousarray(ordered).reshape(-1).view(np.uint8))
 
 

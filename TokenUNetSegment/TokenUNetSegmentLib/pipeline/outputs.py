@@ -351,4 +351,5 @@ def read_outputs(folder: str | Path, input_affine=None) -> SegmentationResult:
         probabilities=probabilities,
         warnings=list(report.get("warnings", [])),
         assessment=Assessment.from_report(report),
+        test_time_augmentation=report.get("test_time_augmentation") is True,
     )

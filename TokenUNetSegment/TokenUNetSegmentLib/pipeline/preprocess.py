@@ -20,9 +20,9 @@ class Prepared:
     """The network input and where it sits in physical space.
 
     ``image`` (C, *region.shape) is the preprocessed region of ``grid`` (the model grid) starting at index
-    ``start``; parts of the region outside the model grid are padding. ``field_of_view`` marks the model-grid
-    voxels inside the first input's box and ``intensity`` summarises its raw values there (for judging the
-    result, :mod:`.confidence`).
+    ``start``; parts of the region outside the model grid are padding, each channel's ``padding`` value (its lowest
+    value, normalised). ``field_of_view`` marks the model-grid voxels inside the first input's box and ``intensity``
+    summarises its raw values there (for judging the result, :mod:`.confidence`).
     """
 
     image: np.ndarray
@@ -32,6 +32,7 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)
     field_of_view: np.ndarray | None = None
     intensity: IntensitySummary | None = None
+    padding: tuple[float, ...] = ()
 
     def paste_slices(self) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
         """(slices into the model grid, slices into the region) of their intersection."""
@@ -115,6 +116,17 @@ def normalise_intensity(array: np.ndarray, setting: Intensity) -> np.ndarray:
         mean, std = float(values.mean()), float(values.std())
         array[mask] = (values - mean) / std if std > 0 else 0.0
     return array
+
+
+def normalised_low(low: float, normalised: np.ndarray, setting: Intensity) -> float:
+    """What a channel's lowest raw value ``low`` (its padding) became in ``normalised``: a z-score leaves zeros
+    alone and turns any other lowest value into the lowest z-score; the other methods keep the order of values."""
+    if setting.method == "ct_window":
+        low_hu, high_hu = setting.window
+        return float(np.clip((low - low_hu) / (high_hu - low_hu), 0.0, 1.0))
+    if setting.method == "zscore":
+        return 0.0 if low == 0 else float(normalised.min())
+    return low
 
 
 CT_AIR_HU = -500.0
@@ -227,11 +239,15 @@ def prepare(volumes: list[Volume], config: PackageConfig, size_multiple: int, ro
     image = np.empty((len(model_arrays), *target), np.float32)
     prepared = Prepared(image, grid, start, region, warnings, inside, intensity)
     in_grid, in_region = prepared.paste_slices()
+    padding = []
     for channel, (array, setting) in enumerate(zip(model_arrays, settings, strict=True)):
-        image[channel].fill(float(array.min()))
+        low = float(array.min())
+        image[channel].fill(low)
         image[channel][in_region] = array[in_grid]
         model_arrays[channel] = None
         normalise_intensity(image[channel], setting)
+        padding.append(normalised_low(low, image[channel], setting))
+    prepared.padding = tuple(padding)
     if progress:
         progress.update("preprocess", 1.0)
     return prepared

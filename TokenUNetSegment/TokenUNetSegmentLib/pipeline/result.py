@@ -67,6 +67,7 @@ class SegmentationResult:
     probabilities: dict[str, np.ndarray] | None = None
     warnings: list[str] = field(default_factory=list)
     assessment: Assessment | None = None  # confidence and flags per label, flags about the scan
+    test_time_augmentation: bool = False  # labels from the probabilities averaged over its passes
 
     @property
     def grid(self) -> Grid:
@@ -99,6 +100,8 @@ class SegmentationResult:
             "token_matches": self.token_matches,
             "warnings": list(self.warnings),
         }
+        if self.test_time_augmentation:  # said only when used: the reports of other runs are as they were
+            report["test_time_augmentation"] = True
         if assessment is not None:
             report["flags"] = [flag.to_dict() for flag in assessment.flags]
             report["summary"] = assessment.summary

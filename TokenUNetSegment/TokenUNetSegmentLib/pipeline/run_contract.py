@@ -247,6 +247,9 @@ class RunRequest:
         names: what the user calls each input (a Slicer volume's name), for the run's messages about inputs
             that it holds as arrays.
         test_time_augmentation: average five passes of the network (``segment``'s ``--tta``).
+        channels: what each of the n values per voxel of the one input holds, in order (a Slicer vector volume whose
+            components are MRI sequences: an ``(array (i, j, k, n), IJK -> world RAS)`` pair, or a 4D image file);
+            matched to the model's channels by name, with their synonyms, never by position.
     """
 
     inputs: list
@@ -257,6 +260,7 @@ class RunRequest:
     largest_component: bool = False
     names: tuple[str, ...] = ()
     test_time_augmentation: bool = False
+    channels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from .errors import ArgumentError
@@ -268,6 +272,42 @@ class RunRequest:
         if not isinstance(self.inputs, (list, tuple)):
             raise ArgumentError("a run's inputs are a list (one per channel)")
         self.model = str(self.model) if self.model not in (None, "") else None
+        self.channels = tuple(self.channels)
+        if self.channels:
+            stacked = self.stacked_array()
+            values = stacked.shape[3] if stacked is not None else None
+            if len(self.inputs) != 1 or values not in (None, len(self.channels)):
+                raise ArgumentError(
+                    f"a run's channels name the {len(self.channels)} values per voxel of its one input, got "
+                    f"{len(self.inputs)} input(s)" + (f" of {values} values per voxel" if values else "")
+                )
+            if not all(isinstance(name, str) and name.strip() and "," not in name for name in self.channels):
+                raise ArgumentError("a run's channel names are non-empty texts without commas")
+
+    def stacked_array(self):
+        """The array of the one input when it is an ``(array (i, j, k, n), affine)`` pair, else None."""
+        import numpy as np
+
+        item = self.inputs[0] if len(self.inputs) == 1 else None
+        array = item[0] if isinstance(item, tuple) and len(item) == 2 else None
+        return array if isinstance(array, np.ndarray) and array.ndim == 4 else None
+
+    def segment_inputs(self):
+        """The inputs as :func:`.segmentation.segment` takes them: ``inputs``, or, for one array whose values per
+        voxel ``channels`` names, {name: a :class:`.volumes.Volume` of that component}, which ``segment()`` places in
+        the model's channels by name and synonym (its ``channels=`` names the volumes of a 4D image file only). Each
+        is named in messages as the command line names the volumes of the file a child run gets (``'BRATS_001',
+        volume 2``)."""
+        from .volumes import Volume
+
+        stacked = self.stacked_array()
+        if not self.channels or stacked is None:
+            return self.inputs
+        affine, owner = self.inputs[0][1], f"'{self.names[0]}', " if self.names else ""
+        return {
+            name: Volume(stacked[..., index], affine, f"{owner}volume {index}")
+            for index, name in enumerate(self.channels)
+        }
 
     def segment_options(self) -> dict:
         """Keyword arguments of :func:`.segmentation.segment` for this request (besides inputs and model)."""
@@ -277,6 +317,7 @@ class RunRequest:
             "probabilities": self.probabilities,
             "largest_component": True if self.largest_component else None,
             "test_time_augmentation": self.test_time_augmentation,
+            **({"channels": list(self.channels)} if self.channels and self.stacked_array() is None else {}),
         }
 
     def command_arguments(self, input_files: list[Path], out: Path) -> list[str]:
@@ -296,4 +337,6 @@ class RunRequest:
             arguments.append("--largest-component")
         if self.test_time_augmentation:
             arguments.append("--tta")
+        if self.channels:  # the one input file holds every channel: what each of its volumes holds
+            arguments += ["--channels", ",".join(self.channels)]
         return arguments

@@ -27,11 +27,13 @@ MOST_TOKENS = 32  # the most learned tokens of a registered network, for one who
 @dataclass(frozen=True)
 class RunNeeds:
     """What a run will keep besides its labels, for the memory and disk checks: token maps (on the token grid,
-    ``input`` or ``auto``: see :func:`.outputs.attention_bounds`) and probability maps."""
+    ``input`` or ``auto``: see :func:`.outputs.attention_bounds`) and probability maps; and whether it averages
+    test-time augmentation's passes (memory only)."""
 
     with_token_maps: bool = True
     probabilities: bool = False
     attention_grid: str = "token"
+    test_time_augmentation: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,15 @@ def open_run_inputs(
     grid = needs.attention_grid if needs is not None else "token"
     on_input_grid, map_voxels = attention_bounds(grid, maps, voxels, exact=learned is not None)
     if needs is not None and any(isinstance(item, (str, Path, OpenedVolume)) for item in items):  # files
-        check_inputs_fit(opened, config, names[0], needs.with_token_maps, needs.probabilities, on_input_grid)
+        check_inputs_fit(
+            opened,
+            config,
+            names[0],
+            needs.with_token_maps,
+            needs.probabilities,
+            on_input_grid,
+            needs.test_time_augmentation,
+        )
     return OpenedInputs(opened, maps, on_input_grid, map_voxels)
 
 

@@ -49,6 +49,22 @@ def host_bytes(
     )
 
 
+def augmentation_bytes(out_channels: int, in_channels: int, region_voxels: int) -> int:
+    """Host bytes that test-time augmentation (:mod:`.test_time_augmentation`) adds to a run over ``region_voxels``
+    (:func:`largest_region`), in float32: the running sum, one pass's stitched sums, scores and probabilities, the
+    changed input, and 14 volumes of sampling grids, weights and one channel's warped copy (measured with a no-op
+    network on 160 x 160 x 96: 215 MiB grown for 2 outputs, 603 MiB for 14; counted 216 and 666)."""
+    return 4 * region_voxels * (4 * out_channels + in_channels + 14)
+
+
+def largest_region(model_shape, roi_size, multiple: int = 1) -> int:
+    """The most voxels of the network's input region on a model grid of ``model_shape``: each side rounded up to
+    ``multiple`` and at least the window (:func:`.preprocess.prepare`; a foreground crop only shrinks it). A thin
+    slab's region is the window's depth, many times its model grid."""
+    sides = [max(int(r), -(-int(s) // multiple) * multiple) for s, r in zip(model_shape, roi_size, strict=True)]
+    return int(np.prod(sides, dtype=np.float64))
+
+
 COMPONENT_THREADS = 4
 """At most this many labels are examined at once by :func:`.postprocess.component_pieces`: each holds grid-sized
 masks in the worst case, so the memory bound must not grow with a many-core machine's thread count."""
@@ -108,19 +124,23 @@ def check_header_fits(
     name: str,
     probabilities: bool = False,
     maps_on_input_grid: bool = False,
+    test_time_augmentation: bool = False,
 ) -> int:
-    """Refuse a run whose host data (:func:`host_bytes`) cannot fit, from the first input's header: ``voxels`` it
-    declares, its ``grid`` (None when the header gives none: the model grid is then left out), the package's
-    ``config`` and ``tokens`` (the network's learned tokens; 0 when unknown). Returns the estimate in bytes.
+    """Refuse a run whose host data (:func:`host_bytes`, and :func:`augmentation_bytes` with
+    ``test_time_augmentation``) cannot fit, from the first input's header: ``voxels`` it declares, its ``grid`` (None
+    when the header gives none: the model grid is then left out), the package's ``config`` and ``tokens`` (the
+    network's learned tokens; 0 when unknown). Returns the estimate in bytes.
 
     Raises:
         OutOfMemoryError: over free memory or ``TOKENUNET_MEMORY_LIMIT``.
         InputError: over it because the header's spacing makes the scan longer than a body.
     """
-    model_voxels = 0
+    model_voxels = region = 0
     if grid is not None:
         pre = config.preprocessing
-        model_voxels = int(np.prod(model_grid(grid, pre.orientation, pre.spacing).shape, dtype=np.float64))
+        shape = model_grid(grid, pre.orientation, pre.spacing).shape
+        model_voxels = int(np.prod(shape, dtype=np.float64))
+        region = largest_region(shape, config.inference.roi_size)  # the window not yet rounded: at most the exact one
     architecture = config.architecture
     need = host_bytes(
         voxels,
@@ -131,6 +151,8 @@ def check_header_fits(
         probabilities,
         maps_on_input_grid,
     )
+    if test_time_augmentation:
+        need += augmentation_bytes(architecture.out_channels, architecture.in_channels, region)
     free, _ = memory_limit()
     if need > free:
         raise (wrong_spacing(grid, name) if grid is not None else None) or host_shortfall(need, free)
@@ -144,6 +166,7 @@ def check_inputs_fit(
     with_token_maps: bool = True,
     probabilities: bool = False,
     maps_on_input_grid: bool = False,
+    test_time_augmentation: bool = False,
 ) -> int:
     """:func:`check_header_fits` for a run of the package ``config`` on its ``opened`` inputs (one
     :class:`.volumes.OpenedVolume` per channel, in order; ``name``: the first's), before any is read: the command
@@ -152,4 +175,6 @@ def check_inputs_fit(
     architecture = config.architecture
     learned = declared_token_count(architecture.name, architecture.build_arguments()) if with_token_maps else 0
     first = opened[0]
-    return check_header_fits(first.values, first.grid, config, learned or 0, name, probabilities, maps_on_input_grid)
+    return check_header_fits(
+        first.values, first.grid, config, learned or 0, name, probabilities, maps_on_input_grid, test_time_augmentation
+    )

@@ -100,7 +100,7 @@ class InProcessRun(Run):
         from .segmentation import segment
 
         r = self.request
-        return segment(r.inputs, r.model, progress=progress, cancel=self._cancel, **r.segment_options())
+        return segment(r.segment_inputs(), r.model, progress=progress, cancel=self._cancel, **r.segment_options())
 
     def _outcome(self, progress) -> tuple[RunState, TokenUNetError | None]:
         try:

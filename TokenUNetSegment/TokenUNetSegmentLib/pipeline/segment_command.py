@@ -224,7 +224,7 @@ def open_case(
     else:
         items = paths = _ordered_files(list(inputs), channels, config, package_id, option, named_in, printer)
         shown = [Path(item).name for item in paths]
-    needs = RunNeeds(not args.no_heatmaps, args.probabilities, args.attention_grid)
+    needs = RunNeeds(not args.no_heatmaps, args.probabilities, args.attention_grid, bool(getattr(args, "tta", False)))
     checked = open_run_inputs(items, config, package_id, shown, needs)
     opened = checked.opened
     found_series = series_warnings(opened, config.inputs)

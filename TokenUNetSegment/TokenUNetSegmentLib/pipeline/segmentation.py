@@ -12,6 +12,7 @@ import time
 import warnings as pywarnings
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,8 @@ from .preprocess import Prepared, prepare
 from .progress import PassProgress, Progress
 from .result import MAP_KINDS, SegmentationResult, TokenMaps
 from .run_inputs import RunNeeds, channel_items, open_run_inputs
-from .run_memory import wrong_spacing
-from .test_time_augmentation import AUGMENTATIONS, averaged_scores, extra_bytes
+from .run_memory import augmentation_bytes, largest_region, wrong_spacing
+from .test_time_augmentation import AUGMENTATIONS, averaged_scores
 from .volumes import Volume
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,9 @@ def segment(
             package = resolve_model(model, store, lambda fraction: reporter.update("download", fraction), cancel)
 
             grid = "input" if maps_on_input_grid else "token"
-            needs = RunNeeds(with_token_maps, probabilities, grid) if check_free_memory else None
+            needs = (
+                RunNeeds(with_token_maps, probabilities, grid, test_time_augmentation) if check_free_memory else None
+            )
             volumes = channel_volumes(inputs, package, needs, channels)
             run_device = resolve_device(device)
             config, network = package.config, package.network
@@ -156,7 +159,7 @@ def segment(
         with clock.stage("inference"):
             want_tokens = with_token_maps and bool(network.has_tokens)
             passes = len(AUGMENTATIONS) if test_time_augmentation else 1
-            logits, maps, used_device = run_windows(
+            logits, maps, used_device, used_batch = run_windows(
                 network,
                 prepared.image,
                 plan,
@@ -167,23 +170,35 @@ def segment(
                 since=started,
             )
             if test_time_augmentation:
+                fitted = {"device": used_device, "plan": replace(plan, batch_size=used_batch)}
 
                 def one_pass(changed, index):
-                    return run_windows(
+                    """A further pass, from the device and batch the pass before fell back to, if it did."""
+                    scores, _, fitted["device"], batch = run_windows(
                         network,
                         changed,
-                        plan,
-                        used_device,
+                        fitted["plan"],
+                        fitted["device"],
                         PassProgress(reporter, index, passes),
                         False,
                         lambda m: _warn(m, result_warnings),
                         since=started,
-                    )[0]
+                    )
+                    fitted["plan"] = replace(plan, batch_size=batch)
+                    return scores
 
                 region = prepared.region
                 logits = averaged_scores(
-                    prepared.image, logits, one_pass, region.direction, region.spacing, config.inference.activation
+                    prepared.image,
+                    logits,
+                    one_pass,
+                    region.direction,
+                    region.spacing,
+                    config.inference.activation,
+                    prepared.padding,
+                    reporter.check,
                 )
+                used_device = fitted["device"]
 
         with clock.stage("postprocess"):
             on_model_grid = postprocess(logits, maps, prepared, config, keep, probabilities or smooth, reporter)
@@ -214,6 +229,7 @@ def segment(
             probabilities=on_input_grid.probabilities,
             warnings=result_warnings,
             assessment=assessment,
+            test_time_augmentation=test_time_augmentation,
         )
 
 
@@ -275,7 +291,8 @@ def _check_memory(
     estimate["host"] += sum(volume.array.nbytes for volume in volumes[1:])  # the other channels' own arrays
     if test_time_augmentation:
         network = package.network
-        estimate["host"] += extra_bytes(int(network.out_channels), int(network.in_channels), int(np.prod(grid.shape)))
+        region = largest_region(grid.shape, plan.roi_size, plan.size_multiple)
+        estimate["host"] += augmentation_bytes(int(network.out_channels), int(network.in_channels), region)
     try:
         check_memory(estimate, device)
     except OutOfMemoryError:

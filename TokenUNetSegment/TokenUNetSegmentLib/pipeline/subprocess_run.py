@@ -26,6 +26,7 @@ from .run_contract import ErrorEvent, ExitCode, LogEvent, ProgressEvent, ResultE
 from .runs import Run
 
 MODULE_DIR = Path(__file__).resolve().parents[2]  # the folder that holds TokenUNetSegmentLib
+HEADER_BYTES = 2048  # room for one exchange file's NRRD header
 
 
 def python_executable() -> str:
@@ -83,8 +84,17 @@ class SubprocessRun(Run):
         signal_tree(self.process, kill=False)
 
     def _write_inputs(self) -> list[Path]:
-        from .nrrd import plain_array, write_nrrd
+        """The inputs as uncompressed NRRD files in the run's folder, once its disk has room for them all.
 
+        Raises:
+            OutputError: less free space than the files need (before any is written or converted).
+        """
+        from .nrrd import PLAIN_TYPES, plain_array, write_nrrd
+        from .output_folder import check_free_space
+
+        arrays = [np.asarray(array) for array, _ in self.request.inputs]
+        needed = sum(a.size * (a.itemsize if a.dtype.type in PLAIN_TYPES else 4) + HEADER_BYTES for a in arrays)
+        check_free_space(self.folder, needed, "writing the run's inputs for the segmentation process")
         paths = []
         for index, (array, affine) in enumerate(self.request.inputs):
             path = self.folder / "inputs" / f"channel{index}.nrrd"
@@ -131,7 +141,9 @@ class SubprocessRun(Run):
             )
         except Exception as error:
             self._cleanup()
-            self._finish(RunState.FAILED, TokenUNetError(f"cannot start the segmentation process: {error}"))
+            if not isinstance(error, TokenUNetError):
+                error = TokenUNetError(f"cannot start the segmentation process: {error}")
+            self._finish(RunState.FAILED, error)
             return self
         self._reader = threading.Thread(target=self._read, name="TokenUNet output", daemon=True)
         self._reader.start()

@@ -57,15 +57,39 @@ def _warp(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def _from_the_image(grid: torch.Tensor) -> torch.Tensor:
+    """(1, 1, X, Y, Z): 1 where ``grid`` samples between the image's voxel centres, 0 where it blends them with what
+    lies beyond (the outer half voxel and past it)."""
+    shape = grid.shape[1:4]
+    reach = torch.tensor([1.0 - 1.0 / n for n in reversed(shape)]) + 1e-5  # grid_sample's (Z, Y, X) order
+    return (grid.abs() <= reach).all(-1)[:, None].float()
+
+
+def _changed_copy(source: torch.Tensor, grid: torch.Tensor, padding) -> np.ndarray:
+    """``source`` (1, C, X, Y, Z) sampled at ``grid``, each channel's ``padding`` value where the grid leaves it
+    (blended as the image's own voxels are)."""
+    changed = _warp(source, grid)
+    if any(padding):
+        beyond = 1.0 - _warp(torch.ones((1, 1, *source.shape[2:])), grid)[:, 0]
+        for channel, value in enumerate(padding):
+            changed[:, channel] += float(value) * beyond
+    return changed[0].numpy()
+
+
 def to_probabilities(scores: np.ndarray, activation: str) -> torch.Tensor:
+    """(1, out, X, Y, Z) probabilities of ``scores``; infinite scores count as the largest finite ones (the label
+    that an argmax gives them, where a softmax of +inf is NaN), NaN as 0."""
     tensor = torch.from_numpy(scores)[None]
+    if not bool(torch.isfinite(tensor).all()):  # a copy only then
+        tensor = torch.nan_to_num(tensor)
     return tensor.sigmoid() if activation == "sigmoid" else tensor.softmax(1)
 
 
 def to_scores(probabilities: torch.Tensor, activation: str) -> np.ndarray:
-    """Scores whose activation gives back ``probabilities`` (log-probabilities for softmax, logits for sigmoid)."""
-    clipped = probabilities.clamp(SMALLEST_PROBABILITY, 1.0 - SMALLEST_PROBABILITY)
-    scores = torch.logit(clipped) if activation == "sigmoid" else clipped.log()
+    """Scores whose activation gives back ``probabilities`` (log-probabilities for softmax, logits for sigmoid),
+    computed in place: ``probabilities`` becomes them (no temporary copies of every channel)."""
+    scores = probabilities.clamp_(SMALLEST_PROBABILITY, 1.0 - SMALLEST_PROBABILITY)
+    scores = scores.logit_() if activation == "sigmoid" else scores.log_()
     return np.ascontiguousarray(scores[0].numpy())
 
 
@@ -76,6 +100,8 @@ def averaged_scores(
     direction: np.ndarray,
     spacing,
     activation: str = "softmax",
+    padding=(),
+    check: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """The scores of the probabilities averaged over :data:`AUGMENTATIONS`.
 
@@ -86,25 +112,37 @@ def averaged_scores(
         direction, spacing: the model grid's axis directions (RAS columns) and spacing, which fix the axial axis
             and millimetres.
         activation: the package's ``softmax`` or ``sigmoid``.
+        padding: each input channel's value beyond the image (:attr:`.preprocess.Prepared.padding`; default 0),
+            which fills what a turned or shrunk copy shows beyond it, as the image itself is padded.
+        check: called between the whole-volume steps (e.g. :meth:`.progress.Progress.check`): what it raises ends
+            the averaging, as a stop between windows ends a pass.
     """
+    check = check or (lambda: None)
     shape = image.shape[1:]
     axial = axial_axis(direction)
     total = to_probabilities(first_scores, activation)
     seen = torch.ones((1, 1, *shape), dtype=torch.float32)
     source = torch.from_numpy(image)[None]
     for index, (degrees, scale) in enumerate(AUGMENTATIONS[1:], start=1):
+        check()
         matrix = in_plane_matrix(degrees, scale, axial, spacing)
-        changed = _warp(source, _sampling_grid(matrix, shape))[0].numpy()
+        forward = _sampling_grid(matrix, shape)
+        changed = _changed_copy(source, forward, padding)
+        trusted = _from_the_image(forward)  # the copy's voxels not blended with its padding
+        del forward
+        check()
         probabilities = to_probabilities(run(np.ascontiguousarray(changed), index), activation)
+        del changed
+        check()
         back = _sampling_grid(np.linalg.inv(matrix), shape)
-        inside = (back.abs() <= 1.0).all(-1)[:, None].float()  # voxels this pass saw inside its grid
-        total += _warp(probabilities, back) * inside
-        seen += inside
-        del probabilities
-    return to_scores(total / seen, activation)
-
-
-def extra_bytes(out_channels: int, in_channels: int, model_voxels: int) -> int:
-    """Host memory the averaging adds to a run: the running sum, one pass's scores and probabilities, their
-    warped copy and the changed input, in float32."""
-    return 4 * model_voxels * (4 * out_channels + in_channels + 4)
+        # each voxel's share of trusted voxels of this pass, as the moving back blends them (0 where it saw none):
+        # near the edges the pass counts as much as it saw of the scan itself, not of its padding
+        weight = _warp(trusted, back)
+        for channel in range(probabilities.shape[1]):  # one channel at a time: two volumes of temporaries
+            check()
+            total[:, channel : channel + 1] += _warp(probabilities[:, channel : channel + 1] * trusted, back)
+        seen += weight
+        del probabilities, trusted, weight
+    check()
+    total /= seen
+    return to_scores(total, activation)

@@ -126,10 +126,13 @@ def refuse_non_finite(array: np.ndarray, name: str, purpose: str = "segmenting",
     before ``purpose``; counted in chunks, with no temporary array of the volume's size."""
     if not np.issubdtype(array.dtype, np.floating):
         return
-    flat = np.ravel(array, order="K")  # a view of a transposed array too
+    # slabs along the axis of the largest stride: views whatever the layout (a transposed array, or one component of
+    # a vector volume, every n-th value), where np.ravel would copy a strided array whole
+    slabs = np.moveaxis(array, int(np.argmax(np.abs(array.strides))), 0) if array.ndim else array.reshape(1)
+    step = max(1, chunk // max(1, slabs[0].size)) if len(slabs) else 1
     bad = 0
-    for start in range(0, flat.size, chunk):
-        part = flat[start : start + chunk]
+    for start in range(0, len(slabs), step):
+        part = slabs[start : start + step]
         bad += part.size - int(np.count_nonzero(np.isfinite(part)))
     if bad:
         raise non_finite_voxels(name, bad, purpose)

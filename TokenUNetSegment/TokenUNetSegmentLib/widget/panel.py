@@ -19,6 +19,7 @@ from ..mrml.attributes import (
     SOFT_DICE_ATTRIBUTE,
     TOKEN_ATTRIBUTE,
 )
+from ..mrml.component_channels import takes_components
 from ..mrml.heatmap_nodes import show_in_slice_views, update_attention_segments
 from ..mrml.parameters import MAX_INPUTS, Parameters
 from ..mrml.scene_run import SceneRunFinished
@@ -141,6 +142,8 @@ class Panel:
         ]
         volumes = [v for v in volumes if not is_run_output(v) and not v.GetHideFromEditors()]
         parameters = self.parameters()
+        if takes_components(parameters.inputVolume0, len(info.input_names)):
+            return  # the first input holds every channel: another volume selected would only be refused
         current = [n.GetName() if n is not None else None for n in parameters.inputs(len(info.input_names))]
         chosen = controller.assign_inputs([v.GetName() for v in volumes], info, current)
         node = self.get_parameter_node()
@@ -405,6 +408,8 @@ class Panel:
             label.text, label.visible, selector.visible = text, visible, visible
             selector.enabled = view.inputs_enabled
         ui.modelSelector.enabled = view.inputs_enabled
+        ui.inputChannelsLabel.visible = ui.inputChannelsEdit.visible = view.channels_visible
+        ui.inputChannelsEdit.enabled = view.inputs_enabled
         ui.deviceNoteLabel.text = view.device_note
         ui.deviceNoteLabel.visible = bool(view.device_note)
         ui.progressBar.visible = view.progress_visible
