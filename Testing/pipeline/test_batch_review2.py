@@ -58,17 +58,22 @@ def test_resume_reruns_an_annexed_slice_case_whose_series_got_a_new_slice_versio
     assert input_stamp(series / "IM0001.dcm") != before
 
 
-def test_brats_training_case_folders_with_their_seg_file_run_on_the_four_sequences(tmp_path, capsys):
-    """BraTS's training data, the layout users validate on: each case folder holds its label map beside the four
-    sequences (``BraTS_001_seg.nii.gz``) (before: every case failed "model ... needs 4 input channel(s) ..., got 5",
-    exit 2: the documented layout never ran). The files the patterns place one way only run; a file no channel's
-    pattern matches is left out with a note, and batch.json lists the files that ran."""
-    package = make_package(tmp_path, brain_config())
+def _brats_training_folder(tmp_path):
+    """``BraTS/BraTS_00{1,2}/``, each with its four sequences and its label map ``_seg``, as BraTS's training data."""
     folder = tmp_path / "BraTS"
     for case in (1, 2):
         for index, name in enumerate(("t1", "t1c", "t2", "flair", "seg")):
             path = folder / f"BraTS_{case:03d}" / f"BraTS_{case:03d}_{name}.nii.gz"
             write_volume(sequence(min(index, 3), case - 1), path)
+    return folder
+
+
+def test_brats_training_case_folders_with_their_seg_file_run_on_the_four_sequences(tmp_path, capsys):
+    """BraTS's training data, the layout users validate on: each case folder holds its label map beside the four
+    sequences (``BraTS_001_seg.nii.gz``) (before: every case failed "model ... needs 4 input channel(s) ..., got 5",
+    exit 2: the documented layout never ran). The files the patterns place one way only run; a file no channel's
+    pattern matches is left out with a note, and batch.json lists the files that ran."""
+    package, folder = make_package(tmp_path, brain_config()), _brats_training_folder(tmp_path)
     out = tmp_path / "out"
     options = ["--model", str(package), "--out", str(out), *FAST]
     assert cli.main(["batch", str(folder), *options]) == 0
@@ -151,12 +156,7 @@ def test_brats_case_folders_given_one_by_one_are_one_case_each(tmp_path, capsys)
     case: every one failed "needs 4 input channel(s) ..., got 1 (... or one 4D image of them all with --channels)",
     where ``batch BraTS`` ran them). A given folder whose volume files the model's patterns place one way only is one
     case; a folder of 4D images (the Decathlon's imagesTs) stays a folder of cases."""
-    package = make_package(tmp_path, brain_config())
-    folder = tmp_path / "BraTS"
-    for case in (1, 2):
-        for index, name in enumerate(("t1", "t1c", "t2", "flair", "seg")):
-            path = folder / f"BraTS_{case:03d}" / f"BraTS_{case:03d}_{name}.nii.gz"
-            write_volume(sequence(min(index, 3), case - 1), path)
+    package, folder = make_package(tmp_path, brain_config()), _brats_training_folder(tmp_path)
     out = tmp_path / "out"
     given = sorted(map(str, folder.iterdir()))
     assert cli.main(["batch", *given, "--model", str(package), "--out", str(out), *FAST]) == 0
