@@ -520,6 +520,14 @@ FOUR_D_LAYOUTS = {
     ),
     "MetaImage, NDims 4": ("mha", lambda path, images: sitk.WriteImage(sitk.JoinSeries(images), path)),
     "MetaImage, 4 channels": ("mha", lambda path, images: sitk.WriteImage(sitk.Compose(images), path)),
+    "NRRD, JoinSeries of one 4-channel image (a vector axis, a 4th domain axis of 1)": (
+        "nrrd",
+        lambda path, images: sitk.WriteImage(sitk.JoinSeries([sitk.Compose(images)]), path),
+    ),
+    "MetaImage, JoinSeries of one 4-channel image (NDims 4 of 1, 4 channels)": (
+        "mha",
+        lambda path, images: sitk.WriteImage(sitk.JoinSeries([sitk.Compose(images)]), path),
+    ),
     "NIfTI, intent VECTOR (SimpleITK Compose)": (
         "nii.gz",
         lambda path, images: sitk.WriteImage(sitk.Compose(images), path),
@@ -750,20 +758,21 @@ def test_a_4d_image_whose_4th_axis_has_no_step_is_refused_from_its_header_in_pla
         )
 
 
-def test_a_multi_channel_image_joined_into_a_4d_image_of_one_is_refused_from_its_header_as_5d(
+def test_multi_channel_images_joined_into_a_4d_image_of_two_are_refused_from_the_header_as_5d(
     task01, tmp_path, capsys, monkeypatch
 ):
-    """SimpleITK's ``JoinSeries`` of one 4-channel image (ITK's NRRD: a ``vector`` axis and a 4th domain axis of size
-    1; MetaImage: NDims 4 of 1, 4 channels), which ITK reads as a 4D image of 4 components: refused from the header
-    as 5 dimensions in both formats (found by review4d; before, the NRRD's axis of one was dropped: "holds the channels
-    in 4D" noted, the image read, then "was not read as 4 volumes of one value per voxel (export it again)")."""
+    """SimpleITK's ``JoinSeries`` of two 4-channel images (ITK's NRRD: a ``vector`` axis and a 4th domain axis of 2;
+    MetaImage: NDims 4 of 2, 4 channels), which ITK reads as a 4D image of 4 components: refused from the header as 5
+    dimensions in both formats (found by review4d). One such image (a 4th axis of 1) is read as its 4 channels, as a
+    4th axis of 1 is read as the 3D volume it is (:data:`FOUR_D_LAYOUTS`; reviewsmall4)."""
     images = task01[4]
-    joined = sitk.JoinSeries([sitk.Compose([images[name] for name in SEQUENCES])])
+    one = sitk.Compose([images[name] for name in SEQUENCES])
+    joined = sitk.JoinSeries([one, one])
     refuse_reading(monkeypatch)
-    for name in ("one.nrrd", "one.mha"):
+    for name in ("two.nrrd", "two.mha"):
         sitk.WriteImage(joined, tmp_path / name)
         assert_refused_with_channels(
-            task01[3], tmp_path, capsys, name, f"{name} has 5 dimensions (1 x 4 after the spatial ones)"
+            task01[3], tmp_path, capsys, name, f"{name} has 5 dimensions (2 x 4 after the spatial ones)"
         )
 
 

@@ -399,7 +399,8 @@ def _shared_read(opened, name: str, count: int, purpose: str):
 
 def _split(opened, name: str, count: int, purpose: str) -> list:
     """The ``count`` volumes of the opened image, as ITK reads them: a 4D image (NIfTI; ITK's NRRD and MetaImage) or a
-    3D image of ``count`` components per voxel (a NRRD ``list``/``vector`` axis, MetaImage channels)."""
+    3D image of ``count`` components per voxel (a NRRD ``list``/``vector`` axis, MetaImage channels), or a 4D image of
+    one such (a 4th axis of 1: SimpleITK's ``JoinSeries`` of one multi-channel image)."""
     import numpy as np
     import SimpleITK as sitk
 
@@ -409,13 +410,15 @@ def _split(opened, name: str, count: int, purpose: str) -> list:
     image, warnings = opened()
     dimension, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
     four_d = dimension == 4 and image.GetSize()[3] == count and components == 1
-    if not (four_d or (dimension == 3 and components == count)):
+    one_of_channels = dimension == 4 and image.GetSize()[3] == 1 and components == count
+    if not (four_d or one_of_channels or (dimension == 3 and components == count)):
         raise InputError(f"{name} was not read as {count} volumes of one value per voxel", "export it again")
     spacing = image.GetSpacing()[:3]
     if not all(s > 0 and np.isfinite(s) for s in spacing):
         raise InputError(f"{name} has zero or negative voxel spacing {spacing}", "fix the image header")
     affine = affine_of_image(image)  # the 3D geometry of its volumes
-    array = sitk.GetArrayFromImage(image)  # (volume, k, j, i), or (k, j, i, volume)
+    array = sitk.GetArrayFromImage(image)  # (volume, k, j, i), or (k, j, i, volume), or (1, k, j, i, volume)
+    array = array[0] if one_of_channels else array
     del image
     volumes = []
     for index in range(count):

@@ -66,8 +66,23 @@ def read_fields(path: Path, name: str) -> tuple[dict[str, str], list[str], int]:
         with open(path, "rb") as stream:
             stream.seek(length)
             rest = stream.read(MAX_HEADER_BYTES).decode("utf-8", errors="replace")
-        listed = [entry.strip() for entry in rest.splitlines() if entry.strip()]
+        listed = _listed_names(rest.splitlines(), name)
     return fields, listed, length
+
+
+def _listed_names(lines: list[str], name: str) -> list[str]:
+    """The file names after ``ElementDataFile = LIST``, one a line: MetaIO trims a name's end but not its start, and
+    takes an empty line before the last name for the folder, so such a line is refused here, naming it."""
+    while lines and not lines[-1].strip():
+        lines = lines[:-1]
+    for entry in lines:
+        if not entry.strip() or entry[0] in " \t":
+            raise InputError(
+                f"{name}: its data file list has the line {entry!r}, which the image reader (ITK) cannot open as a "
+                "file",
+                "give one file name a line, without spaces or tabs before it, or export it again",
+            )
+    return [entry.rstrip() for entry in lines]
 
 
 def _flag(fields: dict, key: str) -> bool:
@@ -105,7 +120,8 @@ def parse_metaimage(path: Path, name: str) -> ImageHeader:
             directions = np.asarray(parse_numbers(fields[key], ndims * ndims, name, KIND, key), float)
             directions = directions.reshape(ndims, ndims).T  # MetaIO lists the matrix row by row, axes as rows
             break
-    stacked = (*sizes[3:], channels) if ndims >= 3 else ()  # a 2D image is refused as such
+    beyond = () if ndims == 4 and sizes[3] == 1 else sizes[3:]  # a 4th axis of one: the 3D volume (or channels) it is
+    stacked = (*beyond, channels) if ndims >= 3 else ()  # a 2D image is refused as such
     while stacked and stacked[-1] == 1:  # trailing axes of one
         stacked = stacked[:-1]
     if ndims == 4:  # ITK's 4D image: the 4th axis holds the volumes (one: read as the 3D volume it is)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from .header import (
+    MAX_HEADER_BYTES,
     ImageHeader,
     Payload,
     data_file,
@@ -71,7 +72,8 @@ TIME_SPACES = {
 """The NRRD spaces whose 4th dimension is time (format definition, "space")."""
 WHOLE_LINE_FIELDS = {"type", "endian", "encoding", "space", "datafile"}
 """Fields whose value ITK's NRRD reader (teem) takes up to the line's end: one space or tab after it is refused
-("couldn't parse type "short ""; a data file's name gets it)."""
+("couldn't parse type "short ""; a data file's name gets it; but not a ``data file`` of numbered files, ``s%03d.raw 1
+6 1``, or ``LIST 2``, whose numbers are read with blanks after them: :func:`_data_file_names_a_file`)."""
 PER_AXIS_FIELDS = {"sizes", "kinds", "centers", "centerings"}
 """Fields of one word per axis, which ITK's NRRD reader reads with one space or tab after the last but not two ("seem
 to have more than expected 3 kinds"): measured on ITK 5.4; the others (numbers, vectors, strings) take any."""
@@ -103,13 +105,39 @@ def read_fields(path: Path, name: str) -> tuple[dict[str, str], dict[str, str], 
         field, value = line.split(": ", 1)
         key = field.strip().lower().replace(" ", "")
         blanks = len(value) - len(value.rstrip(" \t"))
-        if (key in WHOLE_LINE_FIELDS and blanks) or (key in PER_AXIS_FIELDS and blanks > 1):
+        whole_line = key in WHOLE_LINE_FIELDS and (key != "datafile" or _data_file_names_a_file(value))
+        if (whole_line and blanks) or (key in PER_AXIS_FIELDS and blanks > 1):
             raise _blanks_at_the_end(name, f"{field.strip()}:")
         fields[key] = value.strip()
         if key == "datafile" and value.split()[:1] == ["LIST"]:
-            listed = [entry.strip() for entry in lines[index + 1 :] if entry.strip()]
+            with open(path, "rb") as stream:  # teem reads the list to the file's end, past any empty line
+                stream.seek(length)
+                rest = stream.read(MAX_HEADER_BYTES).decode("utf-8", errors="replace")
+            listed = _listed_names(lines[index + 1 :] + rest.splitlines(), name)
             break
     return fields, pairs, listed, length
+
+
+def _data_file_names_a_file(value: str) -> bool:
+    """Whether a ``data file:`` value is one file's name or a bare ``LIST``, which teem takes up to the line's end,
+    rather than a pattern of numbered files (``s%03d.raw 1 6 1``, and the files' dimension) or ``LIST 2``: words and
+    numbers, read with any blanks after them (measured on ITK 5.4)."""
+    words = value.split()
+    return not (words[:1] == ["LIST"] and len(words) == 2 or "%" in value and len(words) in (4, 5))
+
+
+def _listed_names(lines: list[str], name: str) -> list[str]:
+    """The file names after ``data file: LIST``, one a line: teem takes each line whole, blanks at its ends and empty
+    lines too (one after the last name: "expected 6 filenames but got 7"), so one it could not open is refused here,
+    naming it."""
+    for entry in lines:
+        if not entry or entry != entry.strip(" \t"):
+            raise InputError(
+                f"{name}: its data file list has the line {entry!r}, with spaces or tabs at an end or nothing else, "
+                "which the image reader (ITK) reads as a file name",
+                "give one file name a line, without spaces or tabs around it, or export it again",
+            )
+    return lines
 
 
 def _blanks_at_the_end(name: str, line: str) -> InputError:
@@ -192,7 +220,8 @@ def _stacked(fields: dict, pairs: dict, kinds: list[str], sizes, name: str) -> t
     extra = domain[3:]
     space = _space_dimension(fields)
     time = [axis for axis in extra if kinds[axis] == "time"]
-    if extra and not time and space is not None and space < len(domain):
+    series = any(sizes[axis] > 1 for axis in time)  # refused below as time, in plainer words
+    if extra and not series and space is not None and space < len(domain):
         raise InputError(
             f"{name} has {len(domain)} domain axes in a {space}D space, which the image reader (ITK) cannot read",
             "give the axis of volumes the kind 'list', or save each volume as a 3D file",
@@ -202,19 +231,21 @@ def _stacked(fields: dict, pairs: dict, kinds: list[str], sizes, name: str) -> t
             f"{name} has {len(domain)} domain axes in a {space}D space, which the image reader (ITK) cannot read",
             "place it in a 3D space (e.g. space: left-posterior-superior), or export it again",
         )
-    stacked = tuple(sizes[axis] for axis in extra + listed)  # as ITK reads them: domain axes, then each voxel's values
+    # as ITK reads them: domain axes (ITK's 4th of one: the 3D volume or channels it is), then each voxel's values
+    volumes = [axis for axis in extra if len(domain) > 4 or sizes[axis] > 1]
+    stacked = tuple(sizes[axis] for axis in volumes + listed)
     while stacked and stacked[-1] == 1:
         stacked = stacked[:-1]
     labels = re.findall(r'"([^"]*)"', fields.get("labels", ""))
-    series = [labels[axis] for axis in listed + extra if axis < len(labels) and "time" in labels[axis].lower()]
+    labelled = [labels[axis] for axis in listed + extra if axis < len(labels) and "time" in labels[axis].lower()]
     if not stacked:
         return (), ""
     if time:
         return stacked, "time (NRRD kind 'time')"
     if extra and space == 4 and fields.get("space", "").strip().lower() in TIME_SPACES:
         return stacked, f"time (NRRD space '{fields['space'].strip()}')"
-    if "DataNodeClassName" in pairs or series:
-        what = f"labelled '{series[0]}'" if series else f"of {pairs['DataNodeClassName'].strip()[:40]}"
+    if "DataNodeClassName" in pairs or labelled:
+        what = f"labelled '{labelled[0]}'" if labelled else f"of {pairs['DataNodeClassName'].strip()[:40]}"
         return stacked, f"the items of a Slicer sequence or series ({what})"
     if any(key.startswith("MultiVolume.") for key in pairs):  # Slicer's MultiVolume: frames of one acquisition
         tag = pairs.get("MultiVolume.FrameIdentifyingDICOMTagName", "").strip()[:40]
