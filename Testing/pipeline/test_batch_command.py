@@ -765,7 +765,7 @@ def test_a_folders_stamp_leaves_out_what_tokenunet_writes_inside_it(tmp_path):
     write_dicom_series(series, dicom_array(slices=3))
     before = input_stamp(series)
     (series / "out" / "SE1").mkdir(parents=True)
-    (series / "out" / "batch.json").write_text("{}")
+    (series / "out" / "batch.json").write_text('{"tokenunet_batch": 1}')  # a batch's: its mark
     (series / "out" / "SE1" / ".tokenunet-manifest.json").write_text("{}")
     (series / "out" / "SE1" / "report.json").write_text("{}")
     (series / "out" / ".SE1.tokenunet-lock").write_text("{}")

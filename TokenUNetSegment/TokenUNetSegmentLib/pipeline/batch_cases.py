@@ -30,6 +30,7 @@ BATCH_FILE = "batch.json"
 STUDY_UID = "0020|000d"
 NAME_BYTES = 255  # the longest file name most file systems take
 DATALIST_CHANNELS = "the datalist's 'channels'"
+DATASET_FOLDERS = ("imagesTr", "imagesTs", "labelsTr", "labelsTs")  # a Decathlon or nnU-Net dataset's folders of cases
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class BatchCase:
     extra: :mod:`.channel_file_cases`), recorded as failed while the other cases run; ``file_name``: of nnU-Net channel
     files grouped under their case id, the first file's name without extension, the case's name where its id is
     another case's too (``x_0000.nii.gz`` beside ``x.nii.gz``); ``by_patterns``: the volume files of one case's folder
-    (:func:`check_placed_by_patterns`)."""
+    (:func:`placed_by_patterns`)."""
 
     name: str
     inputs: tuple[str, ...]
@@ -93,11 +94,15 @@ def holds_dicom(folder: Path, anywhere: bool = False) -> bool:
 
 
 def cases_from_paths(
-    paths: Iterable[str | Path], channels: Sequence[str] | None = None, model_inputs: Sequence[str] | None = None
+    paths: Iterable[str | Path],
+    channels: Sequence[str] | None = None,
+    model_inputs: Sequence[str] | None = None,
+    model_channels: Sequence | None = None,
 ) -> tuple[list[BatchCase], list[str]]:
     """The cases the ``CASE`` arguments name, and notes about what a folder of cases held that is no case.
     ``channels`` (``--channels``): what nnU-Net's channel files _0000, _0001, ... hold, or the volumes of a 4D image;
-    ``model_inputs``: the model's channel names, where known (see :mod:`.channel_file_cases`)."""
+    ``model_inputs``: the model's channel names, where known (see :mod:`.channel_file_cases`); ``model_channels``: its
+    channels with their filename patterns, where its package is here (a given folder they place is one case)."""
     from .special_files import special_kind
 
     cases: list[BatchCase] = []
@@ -119,6 +124,10 @@ def cases_from_paths(
             )
         if path.is_dir() and not holds_dicom(path):
             found, left_out = cases_in_folder(path, channels, model_inputs)
+            if _one_case_folder(found, model_channels):  # ``batch BraTS/*``: each case folder given
+                files = tuple(str(linked_as_named(file)) for file in _case_folder_files(path))
+                cases.append(BatchCase(_case_name(path), files, str(given), named_by=OPTION, by_patterns=True))
+                continue
             output = None if found else tokenunet_output(path)
             if output is not None:  # ``batch data/* --out data/out`` run again: the shell lists the batch's output
                 outputs.append(f"{given} holds {output}")
@@ -128,11 +137,16 @@ def cases_from_paths(
                 inner = Counter(file.name for file in _inner_volumes(path)).most_common(1)  # e.g. s0001/ct.nii.gz
                 if inner and inner[0][1] == 1:  # no name shared by the subfolders: their files' ending
                     inner = [("*" + inner[0][0][len(volume_stem(inner[0][0])) :], 1)]
-                raise InputError(
-                    f"the folder {given} holds no case (no NIfTI, NRRD or MetaImage file, no DICOM subfolder)",
+                hint = (
                     f"its subfolders hold volume files: give them as cases, e.g. {Path(given) / '*' / inner[0][0]}"
                     if inner
-                    else "give the folder that holds the cases, or the cases themselves",
+                    else "give the folder that holds the cases, or the cases themselves"
+                )
+                images = [path / name for name in ("imagesTs", "imagesTr") if (path / name).is_dir()]
+                if images:  # a Decathlon or nnU-Net dataset's root: its images folder is the folder of cases
+                    hint = f"it is a dataset's root: give the folder of its images, e.g. {images[0]}"
+                raise InputError(
+                    f"the folder {given} holds no case (no NIfTI, NRRD or MetaImage file, no DICOM subfolder)", hint
                 )
             if one_study(found):  # a CD or PACS export of one study: one case, as segment reads that folder
                 shown = ", ".join(Path(case.source).name for case in found[:3]) + (", ..." if len(found) > 3 else "")
@@ -187,6 +201,23 @@ def cases_from_paths(
             f"{outputs[0]} (TokenUNet's output), no scans", "give the scans, or the folders that hold them"
         )
     return _named_apart(_channel_files_given(cases, direct, channels, model_inputs)), notes
+
+
+def _one_case_folder(found: Sequence[BatchCase], channels: Sequence | None) -> bool:
+    """Whether a given folder's cases ``found`` are the volume files of one multi-channel case: the model's
+    ``channels`` place them one way only, as they place a case folder's files (:func:`placed_by_patterns`); never a
+    folder of DICOM series, of nnU-Net channel files, of case folders, or of 4D images the patterns do not place."""
+    if not channels or len(channels) < 2 or len(found) < len(channels):
+        return False
+    if any(
+        case.by_patterns or case.file_name or len(case.inputs) != 1 or Path(case.inputs[0]).is_dir() for case in found
+    ):
+        return False
+    case = BatchCase("", tuple(case.inputs[0] for case in found), "")
+    try:
+        return placed_by_patterns(case, channels)[0] is not case  # the same case: files the patterns do not place
+    except InputError:
+        return False
 
 
 def _series_of_file(path: Path) -> tuple[str, str] | None:
@@ -351,7 +382,7 @@ def cases_in_folder(
             cases.append(BatchCase(volume_stem(entry), (str(linked_as_named(entry)),), str(entry), stack_names, OPTION))
         elif entry.is_dir() and holds_dicom(entry, anywhere=True):
             cases.append(BatchCase(entry.name, (str(linked_as_named(entry)),), str(entry)))
-        elif len(model_inputs or ()) > 1 and (files := _case_folder_files(entry)):  # BraTS: a folder per case
+        elif len(model_inputs or ()) > 1 and entry.name not in DATASET_FOLDERS and (files := _case_folder_files(entry)):
             inputs = tuple(str(linked_as_named(file)) for file in files)
             cases.append(BatchCase(entry.name, inputs, str(entry), named_by=OPTION, by_patterns=True))
         else:
@@ -369,10 +400,13 @@ def _case_folder_files(folder: Path) -> list[Path]:
     return [entry for entry in entries if not entry.name.startswith(".") and entry.is_file() and volume_stem(entry)]
 
 
-def check_placed_by_patterns(case: BatchCase, channels: Sequence) -> None:
-    """Refuse a case folder's files that the model's ``channels`` (their filename patterns) do not place one way only:
-    ``segment`` runs such files in the order given, and a folder's name order is no order anyone chose. nnU-Net's
-    numbered files are left to their dataset.json, as ``segment`` places them; a wrong count to ``segment``'s words.
+def placed_by_patterns(case: BatchCase, channels: Sequence) -> tuple[BatchCase, list[str]]:
+    """A case folder's files that the model's ``channels`` (their filename patterns) place one way only, as ``case``
+    with those files, and the names of the files left out: those no channel's pattern matches (BraTS's training
+    folders hold ``BraTS_001_seg.nii.gz`` beside the sequences). Refused when the patterns do not place every channel
+    one way only: ``segment`` runs such files in the order given, and a folder's name order is no order anyone chose.
+    nnU-Net's numbered files are left to their dataset.json, as ``segment`` places them; a wrong count (too few files,
+    or a left-over file some pattern matches) to ``segment``'s words.
 
     Raises:
         InputError: naming the files and the channels.
@@ -380,14 +414,21 @@ def check_placed_by_patterns(case: BatchCase, channels: Sequence) -> None:
     from .channel_stack import nnunet_indices
     from .channels import channel_assignment
 
-    if len(channels) < 2 or len(case.inputs) != len(channels) or nnunet_indices(list(case.inputs)) is not None:
-        return
-    if not channel_assignment(list(case.inputs), channels)[1]:
-        files = ", ".join(Path(item).name for item in case.inputs)
+    inputs = list(case.inputs)
+    if len(channels) < 2 or len(inputs) < len(channels) or nnunet_indices(inputs) is not None:
+        return case, []
+    chosen, unique = channel_assignment(inputs, channels)
+    placed = sorted(inputs[index] for index in chosen if index is not None)
+    left = [item for item in inputs if item not in placed]
+    if any(channel.matches(item) for item in left for channel in channels):
+        return case, []
+    if not unique:
+        files = ", ".join(Path(item).name for item in inputs[:6]) + (", ..." if len(inputs) > 6 else "")
         raise InputError(
             f"the names of {files} do not say which channel ({', '.join(c.name for c in channels)}) each holds",
             "name each file for its channel, or give the case in a --datalist with its 'channels'",
         )
+    return dataclasses.replace(case, inputs=tuple(placed)), [Path(item).name for item in left]
 
 
 def _case_name(path: Path) -> str:
@@ -398,8 +439,8 @@ def _case_name(path: Path) -> str:
     stem = volume_stem(path)
     if stem is not None:
         return stem
-    if is_dicom_file(path):
-        return path.resolve().parent.name
+    if is_dicom_file(path):  # a link's folder, the series segment reads with it (not a git-annex object's folder)
+        return Path(os.path.abspath(path)).parent.name
     return path.stem
 
 

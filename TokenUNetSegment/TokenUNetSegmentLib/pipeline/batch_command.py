@@ -122,7 +122,9 @@ def run_batch(args: argparse.Namespace, cancel: threading.Event | None = None) -
             f"({model_inputs[0]})",
             "drop --channels",
         )
-    cases, notes = cases_from_paths(args.cases, args.channels, model_inputs)
+    local = store.local_path(args.model)  # its channels' filename patterns, where the package is here
+    model_channels = read_metadata(local).config.inputs if local is not None else None
+    cases, notes = cases_from_paths(args.cases, args.channels, model_inputs, model_channels)
     if args.datalist is not None:
         cases += cases_from_datalist(args.datalist, args.section)
     if not cases:
@@ -309,7 +311,7 @@ class Batch:
 
     def run_case(self, index: int, case) -> None:
         """Segment one case into its folder and record how it went; a cancel or Ctrl-C is recorded, then raised."""
-        from .batch_cases import check_placed_by_patterns
+        from .batch_cases import placed_by_patterns
         from .errors import CancelledError, InputError
         from .outputs import output_folder
         from .segment_command import open_case, segment_case
@@ -327,7 +329,10 @@ class Batch:
             if case.refused is not None:  # found unfit before the batch began (a channel file missing)
                 raise InputError(*case.refused)
             if case.by_patterns:  # a case folder's files: placed by their names, never by their order
-                check_placed_by_patterns(case, self.metadata.config.inputs)
+                case, left = placed_by_patterns(case, self.metadata.config.inputs)
+                record["inputs"] = list(case.inputs)
+                if left:
+                    printer.note(f"left out {', '.join(left)}: no channel's file name pattern matches it")
             earlier = self.finished_before(case, Path(record["folder"])) if self.args.resume else None
             if earlier is not None:
                 reason = "a finished result of the same model, inputs and options"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -452,6 +453,27 @@ def _config_from(section: Mapping) -> PackageConfig:
     )
 
 
+WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM", "LPT") for n in range(1, 10))}
+LABEL_NAME_BYTES = 250  # probabilities/<name>.nrrd: within the 255 bytes most file systems take for a name
+
+
+def label_file_problem(name: str) -> str | None:
+    """Why the label ``name`` cannot name its file ``probabilities/<name>.nrrd`` on every system the package may run
+    on (a path; a control character, which would also reach the terminal raw; what Windows cannot hold or reads as a
+    device or a stream), or None."""
+    if name in (".", "..") or any(mark in name for mark in "/\\"):
+        return "no '/', '\\', '.' or '..'"
+    if any(unicodedata.category(char) == "Cc" for char in name):
+        return "no control characters"
+    if any(mark in name for mark in '<>:"|?*') or name.endswith((".", " ")):
+        return "no '<', '>', ':', '\"', '|', '?' or '*', no '.' or space at its end: Windows cannot name a file so"
+    if name.split(".")[0].rstrip(" ").upper() in WINDOWS_DEVICES:
+        return f"Windows reserves {name.split('.')[0].upper()!r} for a device"
+    if len(name.encode("utf-8", "surrogateescape")) > LABEL_NAME_BYTES:
+        return f"at most {LABEL_NAME_BYTES} bytes"
+    return None
+
+
 def semantic_problems(config: PackageConfig) -> list[str]:
     """The rules a schema cannot express: channel counts, windows, orientation, unique labels, output channels."""
     problems = []
@@ -472,11 +494,12 @@ def semantic_problems(config: PackageConfig) -> list[str]:
     if len(set(values)) != len(values):
         problems.append("label values must be unique")
     names = [label.name for label in config.labels]
-    if len(set(names)) != len(names):
-        problems.append("label names must be unique")
+    if len({unicodedata.normalize("NFC", name).casefold() for name in names}) != len(names):  # one file on macOS
+        problems.append("label names must be unique (compared without case: Liver and liver name one file)")
     for name in names:  # --probabilities writes probabilities/<name>.nrrd: no other folder, inside or outside
-        if name in (".", "..") or any(mark in name for mark in "/\\\0"):
-            problems.append(f"label name {name[:40]!r} cannot name a file (no '/', '\\', '.' or '..')")
+        why = label_file_problem(name)
+        if why is not None:
+            problems.append(f"label name {name[:40]!r} cannot name a file ({why})")
     out = arch.out_channels
     if config.inference.activation == "sigmoid":
         if not config.inference.regions:

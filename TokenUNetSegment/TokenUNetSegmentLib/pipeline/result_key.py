@@ -37,21 +37,22 @@ RESULT_OPTIONS_WHEN_SET = ("tta",)
 def input_stamp(path: str | Path) -> list:
     """``[path, size, mtime_ns, ctime_ns, inode]`` of a file; ``[path, files, digest]`` of a folder (the same of every
     file below it but what TokenUNet wrote there, links not followed: a DICOM series with a slice replaced, added or
-    removed gets another stamp), and of a DICOM file its folder's (the series it is read with); ``[path]`` when gone.
+    removed gets another stamp), and of a DICOM file the stamp of the folder it lies in, a link's own (the series
+    ``segment`` reads with it); ``[path]`` when gone.
 
     Size and modification time alone miss a file replaced by another of the same size whose time was kept (``cp -p``,
     ``rsync -t``, a restored backup): the change time is set by the system on every write, rename or time change and
     cannot be set back, and a file renamed over it has another inode. Only ``stat`` is called: 2.4 ms for a 300-slice
     series, where hashing its 150 MB took 102 ms with the files in memory (43 times; a disk or network share is read
     at its own speed), on every case of every ``--resume``."""
-    path = Path(os.path.realpath(path))
+    given, path = Path(os.path.abspath(path)), Path(os.path.realpath(path))
     try:
         info = path.stat()
     except OSError:
         return [str(path)]
     if not path.is_dir():
-        if volume_stem(path) is None and is_dicom_file(path):  # one slice stands for its series: its folder's stamp
-            return [str(path), *input_stamp(path.parent)[1:]]
+        if volume_stem(path) is None and is_dicom_file(path):  # one slice stands for its series, read in its folder:
+            return [str(path), *input_stamp(given.parent)[1:]]  # a link's own (git-annex), not its target's
         return [str(path), *_identity(info)]
     digest, count = hashlib.sha256(), 0
     for parent, folders, files in os.walk(path):
@@ -86,8 +87,12 @@ def _batch_summary(path: Path) -> bool:
 
 def _tokenunet_output(folder: Path) -> bool:
     """Whether ``folder`` (inside an input folder) is what TokenUNet wrote there: a result (its manifest), a batch's
-    root (batch.json), or a staging folder; an output placed inside its own input folder does not change its stamp."""
-    return TOKENUNET_TAG in folder.name or any((folder / name).is_file() for name in (MANIFEST, BATCH_FILE))
+    root (batch.json with a batch's mark, not a file of the user's of that name), or a staging folder; an output placed
+    inside its own input folder does not change its stamp."""
+    summary = folder / BATCH_FILE
+    return (
+        TOKENUNET_TAG in folder.name or (folder / MANIFEST).is_file() or summary.is_file() and _batch_summary(summary)
+    )
 
 
 def made_from(inputs: Sequence[str | Path], channels: Sequence[str] | None, args: argparse.Namespace) -> dict:
