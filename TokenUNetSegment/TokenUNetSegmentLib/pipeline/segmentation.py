@@ -168,37 +168,9 @@ def segment(
                 since=started,
             )
             if test_time_augmentation:
-                fitted = {"device": used_device, "plan": replace(plan, batch_size=used_batch)}
-
-                def one_pass(changed, index):
-                    """A further pass, from the device and batch the pass before fell back to, if it did."""
-                    scores, _, fitted["device"], batch = run_windows(
-                        network,
-                        changed,
-                        fitted["plan"],
-                        fitted["device"],
-                        PassProgress(reporter, index, passes),
-                        False,
-                        lambda m: _warn(m, result_warnings),
-                        since=started,
-                    )
-                    fitted["plan"] = replace(plan, batch_size=batch)
-                    return scores
-
-                region = prepared.region
-                extent = [part.stop - part.start for part in prepared.paste_slices()[1]]  # the scan in the region
-                logits = averaged_scores(
-                    prepared.image,
-                    logits,
-                    one_pass,
-                    region.direction,
-                    region.spacing,
-                    config.inference.activation,
-                    prepared.padding,
-                    reporter.check,
-                    turning_axis(region.direction, extent, plan.roi_size),
+                logits, used_device = _augmented_logits(
+                    network, prepared, logits, plan, used_device, used_batch, reporter, result_warnings, started, config
                 )
-                used_device = fitted["device"]
 
         with clock.stage("postprocess"):
             on_model_grid = postprocess(logits, maps, prepared, config, keep, probabilities or smooth, reporter)
@@ -232,6 +204,45 @@ def segment(
             assessment=assessment,
             test_time_augmentation=test_time_augmentation,
         )
+
+
+def _augmented_logits(
+    network, prepared: Prepared, logits, plan: WindowPlan, device, batch, reporter, sink, since, config
+):
+    """Test-time augmentation's further passes over ``prepared`` and the averaged scores (:func:`.averaged_scores`),
+    each pass starting from the device and batch the pass before fell back to, if it did. Returns (scores, the
+    device the last pass ran on)."""
+    passes = len(AUGMENTATIONS)
+    fitted = {"device": device, "plan": replace(plan, batch_size=batch)}
+
+    def one_pass(changed, index):
+        scores, _, fitted["device"], used_batch = run_windows(
+            network,
+            changed,
+            fitted["plan"],
+            fitted["device"],
+            PassProgress(reporter, index, passes),
+            False,
+            lambda m: _warn(m, sink),
+            since=since,
+        )
+        fitted["plan"] = replace(plan, batch_size=used_batch)
+        return scores
+
+    region = prepared.region
+    extent = [part.stop - part.start for part in prepared.paste_slices()[1]]  # the scan in the region
+    logits = averaged_scores(
+        prepared.image,
+        logits,
+        one_pass,
+        region.direction,
+        region.spacing,
+        config.inference.activation,
+        prepared.padding,
+        reporter.check,
+        turning_axis(region.direction, extent, plan.roi_size),
+    )
+    return logits, fitted["device"]
 
 
 def assess_run(outputs: ModelGridOutputs, prepared: Prepared, config: PackageConfig, source: Grid) -> Assessment:
